@@ -1,0 +1,33 @@
+//! Weft's sans-IO core: the signed event envelope and everything it needs.
+//!
+//! This crate performs no I/O, reads no clock and uses no global randomness: time arrives
+//! as an argument (`now_ms`), randomness as a caller-supplied `CryptoRng`. The node, the
+//! edge agent and the simulator all drive this same code.
+//!
+//! - [`envelope`]: the event's fields and the verified/unverified event types;
+//! - [`codec`]: canonical CBOR encoding and strict decoding (`docs/wire.md`);
+//! - [`sign`]: Ed25519 signing, strict and batch verification;
+//! - [`seal`]: XChaCha20-Poly1305 sealed payloads and key rings;
+//! - [`hlc`]: hybrid logical clocks;
+//! - [`stream`]: stream names and subscription patterns;
+//! - [`limits`]: every limit of the format, named.
+
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod hlc;
+pub mod limits;
+pub mod seal;
+pub mod sign;
+pub mod stream;
+
+pub use codec::decode;
+pub use envelope::{
+    ENVELOPE_VERSION, Event, EventData, EventDraft, EventId, Jurisdiction, KeyId, OrderKey,
+    OriginKey, Payload, Residency, SealedPayload, SecurityContext, TraceContext, UnverifiedEvent,
+};
+pub use error::{EnvelopeError, SealError, VerifyError};
+pub use hlc::{ClockError, Hlc, HybridClock};
+pub use seal::KeyRing;
+pub use sign::{Signer, verify_batch};
+pub use stream::{StreamName, StreamNameError, StreamPattern};
