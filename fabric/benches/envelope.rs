@@ -41,7 +41,9 @@ fn draft(seq: u64) -> EventDraft {
 }
 
 fn signers(n: usize) -> Vec<Signer> {
-    (0..n).map(|i| Signer::from_secret(&[i as u8 + 1; 32])).collect()
+    (0..n)
+        .map(|i| Signer::from_secret(&[i as u8 + 1; 32]))
+        .collect()
 }
 
 fn encoded(n: usize) -> Vec<Vec<u8>> {
@@ -62,20 +64,36 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope");
     g.throughput(Throughput::Elements(1));
     g.bench_function("sign (encode + ed25519 sign + sha256 id)", |b| {
-        b.iter_batched(|| draft(1), |d| signer.sign(black_box(d)).unwrap(), BatchSize::SmallInput)
+        b.iter_batched(
+            || draft(1),
+            |d| signer.sign(black_box(d)).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
-    g.bench_function("encode (signed event to bytes)", |b| b.iter(|| black_box(&event).encode()));
+    g.bench_function("encode (signed event to bytes)", |b| {
+        b.iter(|| black_box(&event).encode())
+    });
     g.bench_function("decode (strict, canonical check, id)", |b| {
         b.iter(|| decode(black_box(&bytes)).unwrap())
     });
     g.bench_function("verify (strict, single)", |b| {
-        b.iter_batched(|| decode(&bytes).unwrap(), |u| u.verify().unwrap(), BatchSize::SmallInput)
+        b.iter_batched(
+            || decode(&bytes).unwrap(),
+            |u| u.verify().unwrap(),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("seal and sign", |b| {
-        b.iter_batched(|| draft(1), |d| signer.seal_and_sign(d, &ring, &mut rng).unwrap(), BatchSize::SmallInput)
+        b.iter_batched(
+            || draft(1),
+            |d| signer.seal_and_sign(d, &ring, &mut rng).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
     let sealed = signer.seal_and_sign(draft(1), &ring, &mut rng).unwrap();
-    g.bench_function("open", |b| b.iter(|| sealed.open(black_box(&ring)).unwrap()));
+    g.bench_function("open", |b| {
+        b.iter(|| sealed.open(black_box(&ring)).unwrap())
+    });
     g.finish();
 
     let many = encoded(BATCH);
@@ -143,7 +161,9 @@ fn summary() {
     });
     let rate = |d: Duration| 1.0 / d.as_secs_f64();
     println!();
-    println!("summary ({PAYLOAD_LEN} B payload, median of {ROUNDS} rounds of {BATCH} events, one core)");
+    println!(
+        "summary ({PAYLOAD_LEN} B payload, median of {ROUNDS} rounds of {BATCH} events, one core)"
+    );
     println!("{:<28} {:>12} {:>14}", "operation", "per event", "events/s");
     for (name, d) in [
         ("sign", sign),
@@ -151,7 +171,12 @@ fn summary() {
         ("verify, single (strict)", single),
         ("verify, batch of 64", batch),
     ] {
-        println!("{:<28} {:>9.2} us {:>14.0}", name, d.as_secs_f64() * 1e6, rate(d));
+        println!(
+            "{:<28} {:>9.2} us {:>14.0}",
+            name,
+            d.as_secs_f64() * 1e6,
+            rate(d)
+        );
     }
     println!(
         "batch vs single verification: {:.2}x the throughput ({:.2} us vs {:.2} us per event)",

@@ -16,7 +16,14 @@ const SECRET: [u8; 32] = [0x01; 32];
 const SEAL_KEY: [u8; 32] = [0x42; 32];
 const SEAL_KEY_ID: &str = "acme/2026-11";
 
-fn common(description: &str, valid: bool, envelope: &[u8], body: &[u8], sig: &[u8; 64], origin: OriginKey) -> Value {
+fn common(
+    description: &str,
+    valid: bool,
+    envelope: &[u8],
+    body: &[u8],
+    sig: &[u8; 64],
+    origin: OriginKey,
+) -> Value {
     let mut signed = SIGNING_CONTEXT.to_vec();
     signed.extend_from_slice(body);
     let id = {
@@ -35,7 +42,14 @@ fn common(description: &str, valid: bool, envelope: &[u8], body: &[u8], sig: &[u
 }
 
 fn valid(description: &str, event: &Event) -> Value {
-    common(description, true, &event.encode(), event.body_bytes(), event.signature(), event.origin())
+    common(
+        description,
+        true,
+        &event.encode(),
+        event.body_bytes(),
+        event.signature(),
+        event.origin(),
+    )
 }
 
 /// Wraps a body and signature in the outer array, canonically.
@@ -65,8 +79,13 @@ fn vectors() -> Value {
     let signer = Signer::from_secret(&SECRET);
     let mut out = Vec::new();
 
-    let clear = signer.sign(util::draft("orders.created", 1, br#"{"order":"A-1001"}"#)).unwrap();
-    out.push(valid("clear payload, no key, no trace, unrestricted residency", &clear));
+    let clear = signer
+        .sign(util::draft("orders.created", 1, br#"{"order":"A-1001"}"#))
+        .unwrap();
+    out.push(valid(
+        "clear payload, no key, no trace, unrestricted residency",
+        &clear,
+    ));
 
     let ring = KeyRing::new(KeyId::new(SEAL_KEY_ID).unwrap(), SEAL_KEY);
     let mut d = util::draft("payments.captured", 2, b"");
@@ -74,8 +93,12 @@ fn vectors() -> Value {
     d.payload = Payload::Clear(plaintext.clone());
     d.security.classification = "pci".into();
     d.security.residency = Residency::only(["EU"]).unwrap();
-    let sealed = signer.seal_and_sign(d, &ring, &mut util::rng(2026)).unwrap();
-    let Payload::Sealed(s) = sealed.payload() else { unreachable!() };
+    let sealed = signer
+        .seal_and_sign(d, &ring, &mut util::rng(2026))
+        .unwrap();
+    let Payload::Sealed(s) = sealed.payload() else {
+        unreachable!()
+    };
     let mut v = valid("sealed payload (XChaCha20-Poly1305), residency EU", &sealed);
     v["key_hex"] = json!(hex::encode(SEAL_KEY));
     v["key_id"] = json!(SEAL_KEY_ID);
@@ -86,7 +109,10 @@ fn vectors() -> Value {
 
     let mut d = util::draft("inventory.stock", 3, br#"{"sku":"X-1","qty":7}"#);
     d.key = Some(b"sku/X-1".to_vec());
-    out.push(valid("keyed event (table key sku/X-1)", &signer.sign(d).unwrap()));
+    out.push(valid(
+        "keyed event (table key sku/X-1)",
+        &signer.sign(d).unwrap(),
+    ));
 
     let mut d = util::draft("orders.shipped", 4, b"shipped");
     d.content_type = "text/plain".into();
@@ -119,7 +145,10 @@ fn vectors() -> Value {
 
     // Invalid: non-canonical integer (seq 1 as 0x18 0x01), correctly signed over those bytes.
     let canonical_body = clear.body_bytes();
-    let pos = canonical_body.windows(2).position(|w| w == [0x04, 0x01]).unwrap();
+    let pos = canonical_body
+        .windows(2)
+        .position(|w| w == [0x04, 0x01])
+        .unwrap();
     let mut body = canonical_body[..pos + 1].to_vec();
     body.extend_from_slice(&[0x18, 0x01]);
     body.extend_from_slice(&canonical_body[pos + 2..]);
@@ -158,27 +187,49 @@ fn vectors() -> Value {
     let mut body = canonical_body.to_vec();
     assert_eq!(&body[1..3], &[0x00, 0x01]);
     body[2] = 0x02;
-    out.push(signed_invalid("envelope version 2 (signed correctly): this format reads version 1 only", &body, clear.origin()));
+    out.push(signed_invalid(
+        "envelope version 2 (signed correctly): this format reads version 1 only",
+        &body,
+        clear.origin(),
+    ));
 
     // Invalid: residency set out of order, correctly signed.
     let mut d = util::draft("orders.created", 9, b"{}");
     d.security.residency = Residency::only(["CH", "EU"]).unwrap();
     let ordered = signer.sign(d).unwrap();
     let mut body = ordered.body_bytes().to_vec();
-    let pos = body.windows(6).position(|w| w == [0x62, b'C', b'H', 0x62, b'E', b'U']).unwrap();
+    let pos = body
+        .windows(6)
+        .position(|w| w == [0x62, b'C', b'H', 0x62, b'E', b'U'])
+        .unwrap();
     body[pos..pos + 6].copy_from_slice(&[0x62, b'E', b'U', 0x62, b'C', b'H']);
-    out.push(signed_invalid("residency set not in ascending order (signed correctly): sets are sorted", &body, clear.origin()));
+    out.push(signed_invalid(
+        "residency set not in ascending order (signed correctly): sets are sorted",
+        &body,
+        clear.origin(),
+    ));
 
     // Invalid: indefinite-length body map, correctly signed.
     let mut body = vec![0xbf];
     body.extend_from_slice(&canonical_body[1..]);
     body.push(0xff);
-    out.push(signed_invalid("indefinite-length body map (signed correctly): only definite lengths", &body, clear.origin()));
+    out.push(signed_invalid(
+        "indefinite-length body map (signed correctly): only definite lengths",
+        &body,
+        clear.origin(),
+    ));
 
     // Invalid: one byte after the envelope.
     let mut env = clear.encode();
     env.push(0x00);
-    let mut v = common("one trailing byte after a valid envelope", false, &env, clear.body_bytes(), clear.signature(), clear.origin());
+    let mut v = common(
+        "one trailing byte after a valid envelope",
+        false,
+        &env,
+        clear.body_bytes(),
+        clear.signature(),
+        clear.origin(),
+    );
     v["reason"] = json!(decode(&env).unwrap_err().to_string());
     out.push(v);
 
@@ -187,7 +238,10 @@ fn vectors() -> Value {
     let mut weak = [0u8; 32];
     weak[0] = 1;
     let mut body = canonical_body.to_vec();
-    let at = body.windows(32).position(|w| w == clear.origin().0).unwrap();
+    let at = body
+        .windows(32)
+        .position(|w| w == clear.origin().0)
+        .unwrap();
     body[at..at + 32].copy_from_slice(&weak);
     let mut sig = [0u8; 64];
     sig[..32].copy_from_slice(&weak);
@@ -225,10 +279,14 @@ fn committed_vectors_match_the_code() {
         std::fs::write(PATH, &text).unwrap();
     }
     let committed: Value = serde_json::from_str(
-        &std::fs::read_to_string(PATH).expect("docs/wire-vectors.json missing; run with WEFT_WRITE_VECTORS=1"),
+        &std::fs::read_to_string(PATH)
+            .expect("docs/wire-vectors.json missing; run with WEFT_WRITE_VECTORS=1"),
     )
     .unwrap();
-    assert_eq!(committed, generated, "docs/wire-vectors.json is stale; regenerate it (see module docs)");
+    assert_eq!(
+        committed, generated,
+        "docs/wire-vectors.json is stale; regenerate it (see module docs)"
+    );
 }
 
 #[test]

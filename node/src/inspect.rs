@@ -52,14 +52,20 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let unverified = match weft_fabric::decode(bytes) {
         Ok(u) => u,
         Err(e) => {
-            println!("{}", json!({ "valid": false, "stage": "decode", "reason": e.to_string() }));
+            println!(
+                "{}",
+                json!({ "valid": false, "stage": "decode", "reason": e.to_string() })
+            );
             return Ok(ExitCode::from(2));
         }
     };
     let fields = event_json(&unverified);
     match unverified.verify() {
         Ok(_) => {
-            println!("{}", serde_json::to_string_pretty(&json!({ "valid": true, "event": fields }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "valid": true, "event": fields }))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -51,7 +51,8 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Inspect { path, hex } => {
             let raw = if path.as_os_str() == "-" {
                 let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading standard input")?;
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                    .context("reading standard input")?;
                 buf
             } else {
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?

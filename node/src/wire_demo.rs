@@ -33,7 +33,11 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         policy_epoch: 1,
     };
     let mut seq = 0;
-    let mut next = |stream: &str, key: Option<&str>, sec: SecurityContext, payload: &str| -> anyhow::Result<EventDraft> {
+    let mut next = |stream: &str,
+                    key: Option<&str>,
+                    sec: SecurityContext,
+                    payload: &str|
+     -> anyhow::Result<EventDraft> {
         seq += 1;
         Ok(EventDraft {
             stream: StreamName::new(stream)?,
@@ -47,48 +51,113 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         })
     };
 
-    let clear = producer.sign(next("orders.created", None, security("internal", Residency::Unrestricted), r#"{"order":"A-1001","total":129.5}"#)?)?;
-    let keyed = producer.sign(next("inventory.stock", Some("sku/X-1"), security("internal", Residency::Unrestricted), r#"{"qty":7}"#)?)?;
+    let clear = producer.sign(next(
+        "orders.created",
+        None,
+        security("internal", Residency::Unrestricted),
+        r#"{"order":"A-1001","total":129.5}"#,
+    )?)?;
+    let keyed = producer.sign(next(
+        "inventory.stock",
+        Some("sku/X-1"),
+        security("internal", Residency::Unrestricted),
+        r#"{"qty":7}"#,
+    )?)?;
     let sealed = producer.seal_and_sign(
-        next("customers.eu.updated", Some("customer/42"), security("personal", Residency::only(["EU"])?), r#"{"name":"Ada","city":"Dublin"}"#)?,
+        next(
+            "customers.eu.updated",
+            Some("customer/42"),
+            security("personal", Residency::only(["EU"])?),
+            r#"{"name":"Ada","city":"Dublin"}"#,
+        )?,
         &ring,
         &mut rng,
     )?;
-    let mut traced_draft = next("orders.shipped", None, security("internal", Residency::Unrestricted), r#"{"order":"A-1001"}"#)?;
+    let mut traced_draft = next(
+        "orders.shipped",
+        None,
+        security("internal", Residency::Unrestricted),
+        r#"{"order":"A-1001"}"#,
+    )?;
     traced_draft.trace = Some(TraceContext {
         traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         tracestate: None,
     });
     let traced = producer.sign(traced_draft)?;
 
-    for (title, event) in [("clear", &clear), ("keyed", &keyed), ("sealed, EU only", &sealed), ("with trace context", &traced)] {
+    for (title, event) in [
+        ("clear", &clear),
+        ("keyed", &keyed),
+        ("sealed, EU only", &sealed),
+        ("with trace context", &traced),
+    ] {
         let bytes = event.encode();
-        let back = decode(&bytes).context("decoding our own event")?.verify().context("verifying our own event")?;
+        let back = decode(&bytes)
+            .context("decoding our own event")?
+            .verify()
+            .context("verifying our own event")?;
         anyhow::ensure!(back.id() == event.id(), "id changed in a round trip");
         println!("== {title}: {} bytes, id {}", bytes.len(), event.id());
         println!("{}", hex::encode(&bytes));
         println!("{}", serde_json::to_string_pretty(&event_json(&back))?);
         if matches!(back.payload(), Payload::Sealed(_)) {
-            println!("opened with the key ring: {}", String::from_utf8_lossy(&back.open(&ring)?));
+            println!(
+                "opened with the key ring: {}",
+                String::from_utf8_lossy(&back.open(&ring)?)
+            );
         }
         println!();
     }
 
     println!("== what gets rejected");
     let mut tampered = clear.encode();
-    let at = tampered.windows(6).position(|w| w == b"A-1001").context("payload not found")?;
+    let at = tampered
+        .windows(6)
+        .position(|w| w == b"A-1001")
+        .context("payload not found")?;
     tampered[at + 5] = b'2';
-    let verdict = decode(&tampered).map_err(|e| e.to_string()).and_then(|u| u.verify().map(|_| ()).map_err(|e| e.to_string()));
-    println!("payload byte changed after signing: {}", verdict.err().unwrap_or_else(|| "ACCEPTED (bug)".into()));
+    let verdict = decode(&tampered)
+        .map_err(|e| e.to_string())
+        .and_then(|u| u.verify().map(|_| ()).map_err(|e| e.to_string()));
+    println!(
+        "payload byte changed after signing: {}",
+        verdict.err().unwrap_or_else(|| "ACCEPTED (bug)".into())
+    );
     let mut trailing = clear.encode();
     trailing.push(0);
-    println!("one trailing byte: {}", decode(&trailing).err().map(|e| e.to_string()).unwrap_or_else(|| "ACCEPTED (bug)".into()));
+    println!(
+        "one trailing byte: {}",
+        decode(&trailing)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "ACCEPTED (bug)".into())
+    );
     let mut moved = keyed.draft().clone();
     moved.payload = sealed.payload().clone();
     let moved = producer.sign(moved)?;
-    println!("sealed payload moved into another envelope: {}", moved.open(&ring).err().map(|e| e.to_string()).unwrap_or_else(|| "OPENED (bug)".into()));
+    println!(
+        "sealed payload moved into another envelope: {}",
+        moved
+            .open(&ring)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "OPENED (bug)".into())
+    );
     let ahead = Hlc::new(now_ms + 60_000, 0)?;
-    println!("timestamp 60 s in the future: {}", clock.receive(ahead, now_ms).err().map(|e| e.to_string()).unwrap_or_else(|| "ACCEPTED (bug)".into()));
-    println!("stream name 'orders..created': {}", StreamName::new("orders..created").err().map(|e| e.to_string()).unwrap_or_default());
+    println!(
+        "timestamp 60 s in the future: {}",
+        clock
+            .receive(ahead, now_ms)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "ACCEPTED (bug)".into())
+    );
+    println!(
+        "stream name 'orders..created': {}",
+        StreamName::new("orders..created")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    );
     Ok(ExitCode::SUCCESS)
 }

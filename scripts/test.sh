@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command (README): every Rust test, the independent check of the wire
+# vectors, and the sans-IO dependency guard. Works on a fresh machine: it installs the two
+# Python packages the independent checker needs if they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== independent wire-vector check (Python cbor2 + libsodium)"
+if ! python3 -c 'import cbor2, nacl' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'cbor2>=5.6,<7' 'pynacl>=1.5,<2'
+fi
+python3 tools/check-wire-vectors.py
+
+echo "== sans-IO dependency guard"
+bash scripts/check-core-deps.sh
