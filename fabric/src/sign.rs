@@ -15,7 +15,6 @@
 //! the private key's holder can construct, may pass a batch while failing `verify_strict`.
 //! Honest signers never produce one; `docs/wire.md` documents it.
 
-use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
@@ -126,18 +125,37 @@ fn origin_key(event: &EventData) -> Result<VerifyingKey, VerifyError> {
     Ok(key)
 }
 
-/// The R checks `verify_strict` makes that the batch equation does not: R decodes to a
-/// point, its encoding is the canonical one, and the point is not of small order.
+/// The R checks `verify_strict` makes that the batch equation does not: R is canonically
+/// encoded and not of small order. Done on the encoding, as libsodium does, because
+/// decompressing R here would cost a field inversion per signature and eat most of the
+/// batch speed-up; an R that is not a curve point at all fails the batch equation and then
+/// strict verification.
 fn check_r(signature: &[u8; 64]) -> Result<(), VerifyError> {
     let mut r = [0u8; 32];
     r.copy_from_slice(&signature[..32]);
-    let point = CompressedEdwardsY(r)
-        .decompress()
-        .ok_or(VerifyError::InvalidSignatureR)?;
-    if point.compress().to_bytes() != r || point.is_small_order() {
+    let sign_cleared = |mut b: [u8; 32]| {
+        b[31] &= 0x7f;
+        b
+    };
+    let y = sign_cleared(r);
+    // y >= p = 2^255 - 19 is a non-canonical encoding of y - p.
+    let y_non_canonical = y[31] == 0x7f && y[1..31].iter().all(|b| *b == 0xff) && y[0] >= 0xed;
+    // The eight points of small order; comparing without the sign bit also catches the
+    // non-canonical "negative zero" x of the two points with x = 0.
+    let small_order = small_order_encodings()
+        .iter()
+        .any(|t| sign_cleared(*t) == y);
+    if y_non_canonical || small_order {
         return Err(VerifyError::InvalidSignatureR);
     }
     Ok(())
+}
+
+/// Compressed encodings of the eight small-order points, computed once.
+fn small_order_encodings() -> &'static [[u8; 32]; 8] {
+    static ENCODINGS: std::sync::OnceLock<[[u8; 32]; 8]> = std::sync::OnceLock::new();
+    ENCODINGS
+        .get_or_init(|| curve25519_dalek::constants::EIGHT_TORSION.map(|p| p.compress().to_bytes()))
 }
 
 /// Verifies many events at once, in batches of at most [`VERIFY_BATCH_LEN_MAX`]. Returns one
@@ -195,5 +213,67 @@ fn verify_chunk(
             },
             Err(rejected) => Err(rejected),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use proptest::prelude::*;
+
+    /// What `verify_strict` demands of R, computed the slow way.
+    fn strict_r_ok(r: [u8; 32]) -> Option<bool> {
+        let point = CompressedEdwardsY(r).decompress()?;
+        Some(point.compress().to_bytes() == r && !point.is_small_order())
+    }
+
+    fn sig_with_r(r: [u8; 32]) -> [u8; 64] {
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r);
+        sig
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_r_are_refused() {
+        for t in small_order_encodings() {
+            assert_eq!(
+                check_r(&sig_with_r(*t)),
+                Err(VerifyError::InvalidSignatureR)
+            );
+            let mut flipped = *t;
+            flipped[31] ^= 0x80;
+            assert_eq!(
+                check_r(&sig_with_r(flipped)),
+                Err(VerifyError::InvalidSignatureR)
+            );
+        }
+        // Every y in [p, 2^255) with either sign bit.
+        for low in 0xedu8..=0xff {
+            for sign in [0u8, 0x80] {
+                let mut r = [0xffu8; 32];
+                r[0] = low;
+                r[31] = 0x7f | sign;
+                assert_eq!(check_r(&sig_with_r(r)), Err(VerifyError::InvalidSignatureR));
+            }
+        }
+    }
+
+    proptest! {
+        /// On every encoding that is a curve point, the cheap check agrees with the strict
+        /// rule (decompress, re-compress equal, not small order).
+        #[test]
+        fn cheap_r_check_agrees_with_strict(r in any::<[u8; 32]>()) {
+            if let Some(ok) = strict_r_ok(r) {
+                prop_assert_eq!(check_r(&sig_with_r(r)).is_ok(), ok);
+            }
+        }
+
+        /// Real signatures' R always passes.
+        #[test]
+        fn honest_r_passes(seed in any::<[u8; 32]>(), msg in any::<Vec<u8>>()) {
+            let key = SigningKey::from_bytes(&seed);
+            prop_assert!(check_r(&key.sign(&msg).to_bytes()).is_ok());
+        }
     }
 }
