@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod hlc;
 pub mod limits;
+pub mod mesh;
 pub mod seal;
 pub mod sign;
 pub mod stream;

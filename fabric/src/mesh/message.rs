@@ -1,0 +1,110 @@
+//! The messages mesh nodes exchange, and the QUIC channel each one travels on.
+
+use std::sync::Arc;
+
+use crate::envelope::{Event, EventId, OriginKey};
+
+/// Which kind of QUIC channel a message needs (one job per channel, as corrosion does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Unreliable datagrams: SWIM probes and gossip, IHAVE announcements.
+    Datagram,
+    /// A unidirectional stream: eager pushes, GRAFT and PRUNE.
+    Uni,
+    /// A bidirectional stream: anti-entropy sync and fetches.
+    Bi,
+}
+
+/// Names one event compactly: its origin, per-origin sequence and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventRef {
+    /// The producer.
+    pub origin: OriginKey,
+    /// Its per-origin sequence number.
+    pub seq: u64,
+    /// The event id.
+    pub id: EventId,
+}
+
+impl EventRef {
+    /// The reference of an event.
+    pub fn of(event: &Event) -> Self {
+        Self {
+            origin: event.origin(),
+            seq: event.seq(),
+            id: event.id(),
+        }
+    }
+}
+
+/// Per-origin sequence ranges a node holds: what anti-entropy compares.
+pub type Digest = Vec<(OriginKey, Vec<(u64, u64)>)>;
+
+/// A message between two mesh nodes.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// SWIM membership traffic, encoded by foca.
+    Swim(Vec<u8>),
+    /// Eager push of whole events (PlumTree).
+    Push(Vec<Arc<Event>>),
+    /// Lazy push: "I have these" (PlumTree IHAVE).
+    IHave(Vec<EventRef>),
+    /// "Send me these and push to me eagerly from now on" (PlumTree GRAFT).
+    Graft(Vec<EventRef>),
+    /// "Stop pushing to me eagerly; announce instead" (PlumTree PRUNE).
+    Prune,
+    /// Anti-entropy: the requester's digest; origins before `from_origin` were already
+    /// settled in this round (resumable transfers).
+    SyncRequest {
+        /// What the requester holds.
+        digest: Digest,
+        /// Resume point of a transfer cut short by the batch limit.
+        from_origin: Option<OriginKey>,
+    },
+    /// Anti-entropy answer: events the requester lacks, at most one batch; `resume` says
+    /// where to continue if there are more.
+    SyncResponse {
+        /// Events the requester did not have.
+        events: Vec<Arc<Event>>,
+        /// Where the next request should resume, if the batch was full.
+        resume: Option<OriginKey>,
+        /// How many events the responder holds in all (partner choice: "most missing").
+        held: u64,
+    },
+}
+
+impl Message {
+    /// The channel the message travels on.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Message::Swim(_) | Message::IHave(_) => Channel::Datagram,
+            Message::Push(_) | Message::Graft(_) | Message::Prune => Channel::Uni,
+            Message::SyncRequest { .. } | Message::SyncResponse { .. } => Channel::Bi,
+        }
+    }
+
+    /// Approximate encoded size in bytes (the simulator's byte counters use it).
+    pub fn wire_len(&self) -> usize {
+        const REF_LEN: usize = 32 + 8 + 32;
+        match self {
+            Message::Swim(bytes) => bytes.len(),
+            Message::Push(events) => {
+                4 + events
+                    .iter()
+                    .map(|e| e.signed_bytes().len() + 64 + 8)
+                    .sum::<usize>()
+            }
+            Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,
+            Message::Prune => 2,
+            Message::SyncRequest { digest, .. } => {
+                40 + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()
+            }
+            Message::SyncResponse { events, .. } => {
+                48 + events
+                    .iter()
+                    .map(|e| e.signed_bytes().len() + 64 + 8)
+                    .sum::<usize>()
+            }
+        }
+    }
+}

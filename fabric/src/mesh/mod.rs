@@ -1,0 +1,14 @@
+//! The mesh core: one deterministic state machine per node ([`Node`]) with SWIM membership,
+//! PlumTree dissemination, anti-entropy and a [`Store`] it persists through.
+
+pub mod member;
+pub mod message;
+pub mod node;
+pub mod ranges;
+pub mod store;
+
+pub use member::MemberInfo;
+pub use message::{Channel, Digest, EventRef, Message};
+pub use node::{AllowAll, AppEvent, MeshConfig, Micros, Node, ReplicationFilter, Stats, Transmit};
+pub use ranges::SeqRanges;
+pub use store::{Inserted, MemStore, Store, StoreError};

@@ -1,0 +1,1074 @@
+//! The mesh node state machine: SWIM membership (foca), PlumTree dissemination with
+//! latency-ranked eager peers, anti-entropy, interest and per-origin ordered delivery.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::envelope::{Event, EventData, EventId, OriginKey};
+use crate::mesh::member::MemberInfo;
+use crate::mesh::message::{Digest, EventRef, Message};
+use crate::mesh::ranges::SeqRanges;
+use crate::mesh::store::{Inserted, Store, StoreError};
+use crate::stream::StreamPattern;
+
+/// Monotonic time in microseconds since an arbitrary epoch chosen by the driver.
+pub type Micros = u64;
+
+/// Most transmits queued between two `poll_transmit` drains. The driver drains after every
+/// input, and one input produces at most a few hundred sends; overflow means a driver bug
+/// and is counted (`Stats::transmits_dropped`).
+pub const TRANSMIT_QUEUE_LEN_MAX: usize = 65_536;
+/// Most application events (deliveries, member changes) queued before delivery pauses.
+/// Paused deliveries resume from the per-origin cursor; nothing is lost.
+pub const APP_QUEUE_LEN_MAX: usize = 16_384;
+/// Most announced-but-missing events tracked for GRAFT. Beyond it, announcements are
+/// ignored (counted) and anti-entropy repairs.
+pub const MISSING_LEN_MAX: usize = 16_384;
+/// Most announcers remembered per missing event.
+pub const ANNOUNCERS_MAX: usize = 4;
+/// Most event references in one IHAVE or GRAFT message (fits a datagram's worth of work).
+pub const REFS_PER_MESSAGE_MAX: usize = 256;
+/// Most events relayed but not stored (streams outside this node's interest) kept to answer
+/// GRAFTs.
+pub const RELAY_CACHE_LEN_MAX: usize = 4_096;
+/// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
+/// rest in later rounds).
+pub const DIGEST_ORIGINS_MAX: usize = 65_536;
+/// Most eager peers. Eager peers receive every event in full; more means more duplicates.
+pub const EAGER_MAX: usize = 16;
+/// Most lazy peers.
+pub const LAZY_MAX: usize = 32;
+/// RTT samples kept per peer; the estimate is their minimum (robust to delayed-ACK
+/// outliers, which only ever add delay).
+pub const RTT_WINDOW_LEN: usize = 8;
+/// A farther peer replaces a nearer one only if its RTT is below this percentage of the
+/// current one's (hysteresis: no flapping between peers of nearly equal latency).
+pub const RTT_HYSTERESIS_PCT: u64 = 80;
+
+/// How the node behaves; defaults suit a WAN.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Eager peers chosen as the nearest by measured RTT.
+    pub eager_near: usize,
+    /// Eager peers chosen at random among the rest (keeps the tree connected across
+    /// regions and clouds).
+    pub eager_far: usize,
+    /// Lazy peers (IHAVE only) chosen at random.
+    pub lazy: usize,
+    /// How long an IHAVE waits for a batch to fill before it is sent.
+    pub ihave_delay_us: Micros,
+    /// How long after an IHAVE the node waits for the eager copy before it GRAFTs.
+    pub graft_timeout_us: Micros,
+    /// Anti-entropy period.
+    pub sync_interval_us: Micros,
+    /// Most events in one anti-entropy response.
+    pub sync_batch_len_max: usize,
+    /// Most events in one eager push.
+    pub push_batch_len_max: usize,
+    /// How often the peer view is refreshed from membership and RTT.
+    pub view_refresh_us: Micros,
+    /// Stream patterns this node stores and delivers; it relays everything else.
+    pub interest: Vec<StreamPattern>,
+    /// SWIM timings.
+    pub swim: foca::Config,
+}
+
+impl MeshConfig {
+    /// WAN defaults for a mesh of about `cluster_size` nodes.
+    pub fn wan(cluster_size: u32) -> Self {
+        let size =
+            std::num::NonZeroU32::new(cluster_size.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let mut swim = foca::Config::new_wan(size);
+        // Probes cross oceans: allow the slowest measured pair (~330 ms RTT) several times.
+        swim.probe_period = Duration::from_secs(2);
+        swim.probe_rtt = Duration::from_millis(1_000);
+        Self {
+            eager_near: 3,
+            eager_far: 1,
+            lazy: 3,
+            ihave_delay_us: 20_000,
+            graft_timeout_us: 250_000,
+            sync_interval_us: 2_000_000,
+            sync_batch_len_max: 512,
+            push_batch_len_max: 64,
+            view_refresh_us: 10_000_000,
+            interest: vec![
+                StreamPattern::new(">").unwrap_or_else(|_| unreachable!("'>' is a valid pattern")),
+            ],
+            swim,
+        }
+    }
+}
+
+/// Decides whether an event may go to a peer at all: applied before any peer is chosen for
+/// an eager push, an IHAVE, a GRAFT answer or an anti-entropy transfer. Residency policy
+/// (issue 6) implements it; the default allows everything.
+pub trait ReplicationFilter {
+    /// Whether `event` may be sent to `peer`.
+    fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool;
+}
+
+/// The filter that allows every event to every peer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl ReplicationFilter for AllowAll {
+    fn allows(&self, _event: &EventData, _peer: &MemberInfo) -> bool {
+        true
+    }
+}
+
+/// A message to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    /// The peer's node key.
+    pub to: OriginKey,
+    /// The message; `msg.channel()` says which QUIC channel carries it.
+    pub msg: Message,
+}
+
+/// Something for the application or the operator.
+#[derive(Debug, Clone)]
+pub enum AppEvent {
+    /// An event for local subscribers: in per-origin order, exactly once per node lifetime
+    /// of the store.
+    Deliver(Arc<Event>),
+    /// A member joined or came back.
+    MemberUp(MemberInfo),
+    /// A member was declared down.
+    MemberDown(MemberInfo),
+}
+
+/// Counters, for metrics and the simulator's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events accepted for the first time.
+    pub events_new: u64,
+    /// Events received again (pushes, grafts or syncs of something already held).
+    pub events_duplicate: u64,
+    /// Events refused by the store (full, equivocation).
+    pub events_refused: u64,
+    /// Eager push messages sent.
+    pub pushes_sent: u64,
+    /// IHAVE messages sent.
+    pub ihaves_sent: u64,
+    /// GRAFT messages sent.
+    pub grafts_sent: u64,
+    /// PRUNE messages sent.
+    pub prunes_sent: u64,
+    /// Events sent by anti-entropy.
+    pub sync_events_sent: u64,
+    /// Events received through anti-entropy that were new.
+    pub sync_events_new: u64,
+    /// Announcements ignored because the missing table was full.
+    pub missing_dropped: u64,
+    /// Transmits dropped because the queue was full (driver bug).
+    pub transmits_dropped: u64,
+    /// Sends withheld by the replication filter.
+    pub filtered: u64,
+    /// Events delivered to the application.
+    pub delivered: u64,
+    /// SWIM errors (undecodable or unexpected membership packets).
+    pub swim_errors: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Timer {
+    Swim(foca::Timer<MemberInfo>),
+    Graft(EventId),
+    FlushIHave,
+    Sync,
+    ViewRefresh,
+}
+
+#[derive(Debug)]
+struct Missing {
+    event: EventRef,
+    announcers: VecDeque<OriginKey>,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    rtt_samples: VecDeque<Micros>,
+    last_sync_us: Option<Micros>,
+    held: u64,
+}
+
+impl PeerState {
+    fn rtt_us(&self) -> Option<Micros> {
+        self.rtt_samples.iter().min().copied()
+    }
+}
+
+/// Collects what foca asks of its runtime during one call.
+#[derive(Default)]
+struct SwimRuntime {
+    sends: Vec<(MemberInfo, Vec<u8>)>,
+    timers: Vec<(foca::Timer<MemberInfo>, Duration)>,
+    notes: Vec<OwnedNotification<MemberInfo>>,
+}
+
+impl foca::Runtime<MemberInfo> for SwimRuntime {
+    fn notify(&mut self, notification: foca::Notification<'_, MemberInfo>) {
+        self.notes.push(notification.to_owned());
+    }
+    fn send_to(&mut self, to: MemberInfo, data: &[u8]) {
+        self.sends.push((to, data.to_vec()));
+    }
+    fn submit_after(&mut self, event: foca::Timer<MemberInfo>, after: Duration) {
+        self.timers.push((event, after));
+    }
+}
+
+/// One mesh node, as a deterministic state machine with no I/O.
+///
+/// # Method classes
+///
+/// - **Inputs** (`handle_*`): [`Node::handle_message`] (a message from a peer),
+///   [`Node::handle_timeout`] (time has reached [`Node::poll_timeout`]),
+///   [`Node::handle_rtt_sample`] (the transport measured a round trip),
+///   [`Node::handle_publish`] (a local producer's signed event), [`Node::join`] (contact
+///   seed members). Every input takes `now`, the driver's monotonic time in microseconds,
+///   which must never go backwards.
+/// - **Outputs** (`poll_*`): [`Node::poll_transmit`] (messages to send, each naming its
+///   channel), [`Node::poll_event`] (deliveries and membership changes for the application),
+///   [`Node::poll_timeout`] (when to call `handle_timeout` next).
+///
+/// # Polling order
+///
+/// After every input, drain `poll_transmit` until `None`, then `poll_event` until `None`,
+/// then read `poll_timeout` and arm one timer for it. Outputs are queued in bounded queues;
+/// a driver that does not drain loses transmits (counted in [`Stats::transmits_dropped`]),
+/// never events: deliveries pause at [`APP_QUEUE_LEN_MAX`] and resume from the per-origin
+/// cursor.
+///
+/// # Preconditions
+///
+/// Events passed in have verified signatures (the type says so). The driver authenticates
+/// peers: `from` in `handle_message` is the peer's verified node key.
+pub struct Node<S: Store> {
+    me: MemberInfo,
+    config: MeshConfig,
+    foca: Foca<MemberInfo, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
+    rng: ChaCha8Rng,
+    store: S,
+    filter: Box<dyn ReplicationFilter>,
+    members: BTreeMap<OriginKey, MemberInfo>,
+    peers: BTreeMap<OriginKey, PeerState>,
+    eager: BTreeSet<OriginKey>,
+    lazy: BTreeSet<OriginKey>,
+    /// Sequence numbers accepted per origin (stored, or relayed when outside interest).
+    seen: BTreeMap<OriginKey, SeqRanges>,
+    /// Next sequence number to deliver per origin, minus one.
+    delivered: BTreeMap<OriginKey, u64>,
+    relay_cache: BTreeMap<EventId, Arc<Event>>,
+    relay_order: VecDeque<EventId>,
+    missing: BTreeMap<EventId, Missing>,
+    pending_ihave: BTreeMap<OriginKey, Vec<EventRef>>,
+    timers: BTreeMap<(Micros, u64), Timer>,
+    timer_seq: u64,
+    transmits: VecDeque<Transmit>,
+    app: VecDeque<AppEvent>,
+    /// Origins whose delivery paused because the app queue was full.
+    delivery_paused: BTreeSet<OriginKey>,
+    stats: Stats,
+    now: Micros,
+}
+
+impl<S: Store> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("me", &self.me.addr)
+            .field("members", &self.members.len())
+            .field("eager", &self.eager.len())
+            .field("lazy", &self.lazy.len())
+            .field("stored", &self.store.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Node<S> {
+    /// A node with identity `me`, randomness derived from `seed`, and `store` (which may
+    /// already hold events from before a restart).
+    pub fn new(me: MemberInfo, config: MeshConfig, seed: u64, store: S, now: Micros) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let foca_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
+        let foca = Foca::new(me.clone(), config.swim.clone(), foca_rng, PostcardCodec);
+        let mut seen = BTreeMap::new();
+        let mut delivered = BTreeMap::new();
+        for origin in store.origins() {
+            if let Some(r) = store.ranges(&origin) {
+                seen.insert(origin, r.clone());
+                // A restarted node has delivered what it stored (the node's durable
+                // subscription cursors refine this in issue 4).
+                delivered.insert(origin, r.contiguous());
+            }
+        }
+        let mut node = Self {
+            me,
+            config,
+            foca,
+            rng,
+            store,
+            filter: Box::new(AllowAll),
+            members: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            eager: BTreeSet::new(),
+            lazy: BTreeSet::new(),
+            seen,
+            delivered,
+            relay_cache: BTreeMap::new(),
+            relay_order: VecDeque::new(),
+            missing: BTreeMap::new(),
+            pending_ihave: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            transmits: VecDeque::new(),
+            app: VecDeque::new(),
+            delivery_paused: BTreeSet::new(),
+            stats: Stats::default(),
+            now,
+        };
+        let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
+        node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);
+        node.schedule(now + node.config.view_refresh_us, Timer::ViewRefresh);
+        node
+    }
+
+    /// Replaces the replication filter (policy installs the residency filter here).
+    pub fn set_filter(&mut self, filter: Box<dyn ReplicationFilter>) {
+        self.filter = filter;
+    }
+
+    /// This node's member record.
+    pub fn me(&self) -> &MemberInfo {
+        &self.me
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Takes the store out (the simulator keeps it across a crash that keeps the disk).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Members currently up (excluding this node).
+    pub fn members(&self) -> impl Iterator<Item = &MemberInfo> {
+        self.members.values()
+    }
+
+    /// Current eager peers.
+    pub fn eager_peers(&self) -> impl Iterator<Item = &OriginKey> {
+        self.eager.iter()
+    }
+
+    /// Current lazy peers.
+    pub fn lazy_peers(&self) -> impl Iterator<Item = &OriginKey> {
+        self.lazy.iter()
+    }
+
+    /// The RTT estimate to `peer`, if measured.
+    pub fn rtt_us(&self, peer: &OriginKey) -> Option<Micros> {
+        self.peers.get(peer).and_then(PeerState::rtt_us)
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// Contacts seed members to join the mesh.
+    pub fn join(&mut self, now: Micros, seeds: &[MemberInfo]) {
+        self.advance(now);
+        let me = self.me.key;
+        for seed in seeds.iter().filter(|s| s.key != me) {
+            let mut rt = SwimRuntime::default();
+            if self.foca.announce(seed.clone(), &mut rt).is_err() {
+                self.stats.swim_errors += 1;
+            }
+            self.apply_swim(rt);
+        }
+    }
+
+    /// A round-trip time measured by the transport to `peer`.
+    pub fn handle_rtt_sample(&mut self, now: Micros, peer: OriginKey, rtt_us: Micros) {
+        self.advance(now);
+        let state = self.peers.entry(peer).or_default();
+        if state.rtt_samples.len() == RTT_WINDOW_LEN {
+            state.rtt_samples.pop_front();
+        }
+        state.rtt_samples.push_back(rtt_us);
+    }
+
+    /// A signed event from a local producer: store, deliver locally, disseminate.
+    pub fn handle_publish(&mut self, now: Micros, event: Arc<Event>) -> Result<(), StoreError> {
+        self.advance(now);
+        match self.accept(event.clone())? {
+            Inserted::Duplicate => Ok(()),
+            Inserted::New => {
+                let me = self.me.node_key();
+                self.forward(&[event], Some(me), true);
+                Ok(())
+            }
+        }
+    }
+
+    /// A message from peer `from` (authenticated by the transport).
+    pub fn handle_message(&mut self, now: Micros, from: OriginKey, msg: Message) {
+        self.advance(now);
+        match msg {
+            Message::Swim(bytes) => {
+                let mut rt = SwimRuntime::default();
+                if self.foca.handle_data(&bytes, &mut rt).is_err() {
+                    self.stats.swim_errors += 1;
+                }
+                self.apply_swim(rt);
+            }
+            Message::Push(events) => self.on_push(from, events),
+            Message::IHave(refs) => self.on_ihave(from, refs),
+            Message::Graft(refs) => self.on_graft(from, refs),
+            Message::Prune => {
+                if self.eager.remove(&from) {
+                    self.lazy.insert(from);
+                }
+            }
+            Message::SyncRequest {
+                digest,
+                from_origin,
+            } => self.on_sync_request(from, digest, from_origin),
+            Message::SyncResponse {
+                events,
+                resume,
+                held,
+            } => {
+                self.peers.entry(from).or_default().held = held;
+                let mut fresh = Vec::new();
+                for event in events {
+                    if let Ok(Inserted::New) = self.accept(event.clone()) {
+                        self.stats.sync_events_new += 1;
+                        fresh.push(event);
+                    }
+                }
+                // Repaired events travel on lazily: peers that lack them GRAFT.
+                self.forward(&fresh, Some(from), false);
+                if let Some(origin) = resume {
+                    let digest = self.digest();
+                    self.send(
+                        from,
+                        Message::SyncRequest {
+                            digest,
+                            from_origin: Some(origin),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Time has reached a deadline from [`Node::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Micros) {
+        self.advance(now);
+        // Bounded: each timer fires once; timers they schedule are for the future.
+        while let Some((&(at, seq), _)) = self.timers.first_key_value() {
+            if at > now {
+                break;
+            }
+            let Some(timer) = self.timers.remove(&(at, seq)) else {
+                break;
+            };
+            match timer {
+                Timer::Swim(t) => {
+                    let mut rt = SwimRuntime::default();
+                    if self.foca.handle_timer(t, &mut rt).is_err() {
+                        self.stats.swim_errors += 1;
+                    }
+                    self.apply_swim(rt);
+                }
+                Timer::Graft(id) => self.on_graft_timer(id),
+                Timer::FlushIHave => self.flush_ihave(),
+                Timer::Sync => {
+                    self.start_sync();
+                    let next = now + self.config.sync_interval_us;
+                    self.schedule(next, Timer::Sync);
+                }
+                Timer::ViewRefresh => {
+                    self.refresh_view();
+                    let next = now + self.config.view_refresh_us;
+                    self.schedule(next, Timer::ViewRefresh);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next delivery or membership change.
+    pub fn poll_event(&mut self) -> Option<AppEvent> {
+        if self.app.is_empty() && !self.delivery_paused.is_empty() {
+            let paused = std::mem::take(&mut self.delivery_paused);
+            for origin in paused {
+                self.advance_delivery(origin);
+            }
+        }
+        self.app.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Micros> {
+        self.timers.first_key_value().map(|(&(at, _), _)| at)
+    }
+
+    // ------------------------------------------------------------------ invariants
+
+    /// Checks the node's internal invariants; panics with a description if one is broken.
+    /// The simulator calls it after every step.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.eager.is_disjoint(&self.lazy),
+            "a peer is both eager and lazy"
+        );
+        assert!(
+            !self.eager.contains(&self.me.node_key()),
+            "self in eager set"
+        );
+        assert!(!self.lazy.contains(&self.me.node_key()), "self in lazy set");
+        assert!(
+            self.eager.len() <= EAGER_MAX && self.lazy.len() <= LAZY_MAX,
+            "peer sets over limit"
+        );
+        assert!(
+            self.transmits.len() <= TRANSMIT_QUEUE_LEN_MAX,
+            "transmit queue over limit"
+        );
+        assert!(
+            self.missing.len() <= MISSING_LEN_MAX,
+            "missing table over limit"
+        );
+        assert!(
+            self.relay_cache.len() <= RELAY_CACHE_LEN_MAX,
+            "relay cache over limit"
+        );
+        assert_eq!(
+            self.relay_cache.len(),
+            self.relay_order.len(),
+            "relay cache index out of step"
+        );
+        for (id, m) in &self.missing {
+            assert!(!self.store.contains(id), "missing event is stored");
+            assert!(m.announcers.len() <= ANNOUNCERS_MAX);
+        }
+        for (origin, cursor) in &self.delivered {
+            let seen = self.seen.get(origin).map_or(0, SeqRanges::contiguous);
+            assert!(*cursor <= seen, "delivered past what was seen");
+        }
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn advance(&mut self, now: Micros) {
+        debug_assert!(now >= self.now, "time went backwards");
+        self.now = self.now.max(now);
+    }
+
+    fn schedule(&mut self, at: Micros, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    fn send(&mut self, to: OriginKey, msg: Message) {
+        if self.transmits.len() >= TRANSMIT_QUEUE_LEN_MAX {
+            self.stats.transmits_dropped += 1;
+            return;
+        }
+        self.transmits.push_back(Transmit { to, msg });
+    }
+
+    fn apply_swim(&mut self, rt: SwimRuntime) {
+        for (to, data) in rt.sends {
+            self.send(OriginKey(to.key), Message::Swim(data));
+        }
+        for (timer, after) in rt.timers {
+            let at = self.now + u64::try_from(after.as_micros()).unwrap_or(u64::MAX / 2);
+            self.schedule(at, Timer::Swim(timer));
+        }
+        let mut changed = false;
+        for note in rt.notes {
+            match note {
+                OwnedNotification::MemberUp(m) => {
+                    changed = true;
+                    self.members.insert(OriginKey(m.key), m.clone());
+                    self.push_app(AppEvent::MemberUp(m));
+                }
+                OwnedNotification::MemberDown(m) => {
+                    let key = OriginKey(m.key);
+                    // A stale generation going down while a newer one is up changes nothing.
+                    if self
+                        .members
+                        .get(&key)
+                        .is_some_and(|cur| cur.generation <= m.generation)
+                    {
+                        changed = true;
+                        self.members.remove(&key);
+                        self.eager.remove(&key);
+                        self.lazy.remove(&key);
+                        self.push_app(AppEvent::MemberDown(m));
+                    }
+                }
+                OwnedNotification::Rename(_, new) => {
+                    changed = true;
+                    self.members.insert(OriginKey(new.key), new);
+                }
+                OwnedNotification::Defunct => {
+                    // The mesh declared us down (we were cut off): come back with a new
+                    // generation so members accept us again.
+                    if let Some(next) = foca::Identity::renew(&self.me) {
+                        let mut rt2 = SwimRuntime::default();
+                        if self.foca.change_identity(next.clone(), &mut rt2).is_ok() {
+                            self.me = next;
+                        } else {
+                            self.stats.swim_errors += 1;
+                        }
+                        // Apply the follow-up sends and timers (no recursion into notes).
+                        for (to, data) in rt2.sends {
+                            self.send(OriginKey(to.key), Message::Swim(data));
+                        }
+                        for (timer, after) in rt2.timers {
+                            let at =
+                                self.now + u64::try_from(after.as_micros()).unwrap_or(u64::MAX / 2);
+                            self.schedule(at, Timer::Swim(timer));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.refresh_view();
+        }
+    }
+
+    fn push_app(&mut self, event: AppEvent) {
+        // Membership notes are few; they may exceed the soft limit rather than be lost.
+        self.app.push_back(event);
+    }
+
+    /// Picks peers: the nearest by RTT and a few at random become eager; some more lazy.
+    fn refresh_view(&mut self) {
+        let me = self.me.node_key();
+        let up: Vec<OriginKey> = self.members.keys().copied().filter(|k| *k != me).collect();
+        self.eager.retain(|k| up.binary_search(k).is_ok());
+        self.lazy.retain(|k| up.binary_search(k).is_ok());
+        if up.is_empty() {
+            return;
+        }
+        let rtt = |k: &OriginKey| self.peers.get(k).and_then(PeerState::rtt_us);
+        // Nearest first; unmeasured peers last, by key for determinism.
+        let mut by_rtt: Vec<(Micros, OriginKey)> = up
+            .iter()
+            .map(|k| (rtt(k).unwrap_or(Micros::MAX), *k))
+            .collect();
+        by_rtt.sort();
+        let in_tree = |k: &OriginKey, eager: &BTreeSet<OriginKey>, lazy: &BTreeSet<OriginKey>| {
+            eager.contains(k) || lazy.contains(k)
+        };
+        // Near: make sure the `eager_near` nearest are in the tree, with hysteresis against
+        // the farthest current eager peer.
+        let worst_eager = self.eager.iter().filter_map(rtt).max();
+        for (i, (r, k)) in by_rtt.iter().enumerate() {
+            if i >= self.config.eager_near {
+                break;
+            }
+            if in_tree(k, &self.eager, &self.lazy) {
+                continue;
+            }
+            let clearly_better = match worst_eager {
+                Some(w) if self.eager.len() >= self.config.eager_near + self.config.eager_far => {
+                    *r != Micros::MAX
+                        && r.saturating_mul(100) < w.saturating_mul(RTT_HYSTERESIS_PCT)
+                }
+                _ => true,
+            };
+            if clearly_better && self.eager.len() < EAGER_MAX {
+                self.eager.insert(*k);
+            }
+        }
+        // Far: random peers outside the tree until the eager target is met.
+        let target = self.config.eager_near + self.config.eager_far;
+        let mut attempts = 0;
+        while self.eager.len() < target.min(up.len()) && attempts < 4 * up.len() {
+            attempts += 1;
+            let k = up[(self.rng.next_u64() % up.len() as u64) as usize];
+            if !in_tree(&k, &self.eager, &self.lazy) {
+                self.eager.insert(k);
+            }
+        }
+        // Lazy: random others.
+        let mut attempts = 0;
+        while self.lazy.len()
+            < self
+                .config
+                .lazy
+                .min(up.len().saturating_sub(self.eager.len()))
+            && attempts < 4 * up.len()
+        {
+            attempts += 1;
+            let k = up[(self.rng.next_u64() % up.len() as u64) as usize];
+            if !in_tree(&k, &self.eager, &self.lazy) && self.lazy.len() < LAZY_MAX {
+                self.lazy.insert(k);
+            }
+        }
+    }
+
+    /// Stores (or relays) a new event and delivers what is now in order.
+    fn accept(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
+        let id = event.id();
+        let origin = event.origin();
+        let seq = event.seq();
+        if self.store.contains(&id)
+            || self.relay_cache.contains_key(&id)
+            || self.seen.get(&origin).is_some_and(|r| r.contains(seq))
+        {
+            self.stats.events_duplicate += 1;
+            return Ok(Inserted::Duplicate);
+        }
+        let interested = self
+            .config
+            .interest
+            .iter()
+            .any(|p| p.matches(event.stream()));
+        if interested {
+            match self.store.insert(event) {
+                Ok(Inserted::Duplicate) => {
+                    self.stats.events_duplicate += 1;
+                    return Ok(Inserted::Duplicate);
+                }
+                Ok(Inserted::New) => {}
+                Err(e) => {
+                    self.stats.events_refused += 1;
+                    return Err(e);
+                }
+            }
+        } else {
+            if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
+                && let Some(old) = self.relay_order.pop_front()
+            {
+                self.relay_cache.remove(&old);
+            }
+            self.relay_cache.insert(id, event);
+            self.relay_order.push_back(id);
+        }
+        self.stats.events_new += 1;
+        self.seen.entry(origin).or_default().insert(seq);
+        self.missing.remove(&id);
+        self.advance_delivery(origin);
+        Ok(Inserted::New)
+    }
+
+    /// Delivers stored events of `origin` in sequence order from its cursor.
+    fn advance_delivery(&mut self, origin: OriginKey) {
+        let Some(seen) = self.seen.get(&origin) else {
+            return;
+        };
+        let upto = seen.contiguous();
+        let cursor = self.delivered.entry(origin).or_insert(0);
+        while *cursor < upto {
+            if self.app.len() >= APP_QUEUE_LEN_MAX {
+                self.delivery_paused.insert(origin);
+                return;
+            }
+            *cursor += 1;
+            if let Some(event) = self.store.get(&origin, *cursor) {
+                self.stats.delivered += 1;
+                self.app.push_back(AppEvent::Deliver(event));
+            }
+        }
+    }
+
+    /// Eager-pushes `events` to eager peers and queues IHAVEs for lazy peers, skipping
+    /// `except` (where they came from). `eager` false announces to everyone lazily.
+    fn forward(&mut self, events: &[Arc<Event>], except: Option<OriginKey>, eager: bool) {
+        if events.is_empty() {
+            return;
+        }
+        let eager_peers: Vec<OriginKey> = if eager {
+            self.eager.iter().copied().collect()
+        } else {
+            Vec::new()
+        };
+        let lazy_peers: Vec<OriginKey> = if eager {
+            self.lazy.iter().copied().collect()
+        } else {
+            self.eager.iter().chain(self.lazy.iter()).copied().collect()
+        };
+        for peer in eager_peers.into_iter().filter(|p| Some(*p) != except) {
+            let batch = self.allowed(events, &peer);
+            for chunk in batch.chunks(self.config.push_batch_len_max.max(1)) {
+                self.stats.pushes_sent += 1;
+                self.send(peer, Message::Push(chunk.to_vec()));
+            }
+        }
+        for peer in lazy_peers.into_iter().filter(|p| Some(*p) != except) {
+            let refs: Vec<EventRef> = self
+                .allowed(events, &peer)
+                .iter()
+                .map(|e| EventRef::of(e))
+                .collect();
+            if refs.is_empty() {
+                continue;
+            }
+            if self.pending_ihave.is_empty() {
+                let at = self.now + self.config.ihave_delay_us;
+                self.schedule(at, Timer::FlushIHave);
+            }
+            self.pending_ihave.entry(peer).or_default().extend(refs);
+        }
+    }
+
+    /// The events the replication filter lets go to `peer`.
+    fn allowed(&mut self, events: &[Arc<Event>], peer: &OriginKey) -> Vec<Arc<Event>> {
+        let Some(info) = self.members.get(peer) else {
+            // Not a known member (yet): nothing may go there until membership says who it is.
+            self.stats.filtered += events.len() as u64;
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            if self.filter.allows(e, info) {
+                out.push(e.clone());
+            } else {
+                self.stats.filtered += 1;
+            }
+        }
+        out
+    }
+
+    fn flush_ihave(&mut self) {
+        let pending = std::mem::take(&mut self.pending_ihave);
+        for (peer, refs) in pending {
+            for chunk in refs.chunks(REFS_PER_MESSAGE_MAX) {
+                self.stats.ihaves_sent += 1;
+                self.send(peer, Message::IHave(chunk.to_vec()));
+            }
+        }
+    }
+
+    fn on_push(&mut self, from: OriginKey, events: Vec<Arc<Event>>) {
+        let mut fresh = Vec::new();
+        for event in events {
+            if let Ok(Inserted::New) = self.accept(event.clone()) {
+                fresh.push(event);
+            }
+        }
+        if fresh.is_empty() {
+            // Everything was a duplicate: this link is redundant in the tree.
+            if self.eager.remove(&from) {
+                self.lazy.insert(from);
+            }
+            self.stats.prunes_sent += 1;
+            self.send(from, Message::Prune);
+            return;
+        }
+        if self.members.contains_key(&from)
+            && !self.eager.contains(&from)
+            && self.eager.len() < EAGER_MAX
+        {
+            self.lazy.remove(&from);
+            self.eager.insert(from);
+        }
+        self.forward(&fresh, Some(from), true);
+    }
+
+    fn on_ihave(&mut self, from: OriginKey, refs: Vec<EventRef>) {
+        for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
+            if self.store.contains(&r.id)
+                || self.relay_cache.contains_key(&r.id)
+                || self.seen.get(&r.origin).is_some_and(|s| s.contains(r.seq))
+            {
+                continue;
+            }
+            if let Some(m) = self.missing.get_mut(&r.id) {
+                if m.announcers.len() < ANNOUNCERS_MAX && !m.announcers.contains(&from) {
+                    m.announcers.push_back(from);
+                }
+                continue;
+            }
+            if self.missing.len() >= MISSING_LEN_MAX {
+                self.stats.missing_dropped += 1;
+                continue;
+            }
+            self.missing.insert(
+                r.id,
+                Missing {
+                    event: r,
+                    announcers: VecDeque::from([from]),
+                },
+            );
+            let at = self.now + self.config.graft_timeout_us;
+            self.schedule(at, Timer::Graft(r.id));
+        }
+    }
+
+    fn on_graft_timer(&mut self, id: EventId) {
+        let Some(m) = self.missing.get_mut(&id) else {
+            return;
+        };
+        let Some(peer) = m.announcers.pop_front() else {
+            self.missing.remove(&id);
+            return;
+        };
+        let r = m.event;
+        let retry = !m.announcers.is_empty();
+        if !retry {
+            self.missing.remove(&id);
+        }
+        if self.members.contains_key(&peer) {
+            self.lazy.remove(&peer);
+            if self.eager.len() < EAGER_MAX {
+                self.eager.insert(peer);
+            }
+            self.stats.grafts_sent += 1;
+            self.send(peer, Message::Graft(vec![r]));
+        }
+        if retry {
+            let at = self.now + self.config.graft_timeout_us;
+            self.schedule(at, Timer::Graft(id));
+        }
+    }
+
+    fn on_graft(&mut self, from: OriginKey, refs: Vec<EventRef>) {
+        if self.members.contains_key(&from) {
+            self.lazy.remove(&from);
+            if self.eager.len() < EAGER_MAX {
+                self.eager.insert(from);
+            }
+        }
+        let mut events = Vec::new();
+        for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
+            if let Some(e) = self
+                .store
+                .get(&r.origin, r.seq)
+                .or_else(|| self.relay_cache.get(&r.id).cloned())
+                && e.id() == r.id
+            {
+                events.push(e);
+            }
+        }
+        let events = self.allowed(&events, &from);
+        if !events.is_empty() {
+            self.stats.pushes_sent += 1;
+            self.send(from, Message::Push(events));
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        self.seen
+            .iter()
+            .map(|(o, r)| (*o, r.iter().collect()))
+            .collect()
+    }
+
+    /// Starts an anti-entropy round with the best partner: the one known to hold the most
+    /// more than we do, else the one synced least recently, ties broken by RTT.
+    fn start_sync(&mut self) {
+        let me = self.me.node_key();
+        let held = self.store.len() as u64;
+        let partner = self
+            .members
+            .keys()
+            .filter(|k| **k != me)
+            .map(|k| {
+                let p = self.peers.get(k);
+                let more = p.map_or(0, |p| p.held.saturating_sub(held));
+                let last = p.and_then(|p| p.last_sync_us).unwrap_or(0);
+                let rtt = p.and_then(PeerState::rtt_us).unwrap_or(Micros::MAX);
+                // Most missing first (descending), then stalest, then nearest.
+                (std::cmp::Reverse(more), last, rtt, *k)
+            })
+            .min()
+            .map(|(_, _, _, k)| k);
+        let Some(partner) = partner else {
+            return;
+        };
+        self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
+        let digest = self.digest();
+        self.send(
+            partner,
+            Message::SyncRequest {
+                digest,
+                from_origin: None,
+            },
+        );
+    }
+
+    fn on_sync_request(&mut self, from: OriginKey, digest: Digest, from_origin: Option<OriginKey>) {
+        let theirs: BTreeMap<OriginKey, SeqRanges> = digest
+            .into_iter()
+            .take(DIGEST_ORIGINS_MAX)
+            .map(|(o, r)| (o, SeqRanges::from_ranges(r)))
+            .collect();
+        let mut events = Vec::new();
+        let mut resume = None;
+        let limit = self.config.sync_batch_len_max.max(1);
+        let empty = SeqRanges::new();
+        for origin in self
+            .store
+            .origins()
+            .into_iter()
+            .filter(|o| from_origin.is_none_or(|f| *o >= f))
+        {
+            let Some(mine) = self.store.ranges(&origin) else {
+                continue;
+            };
+            let room = limit - events.len();
+            let lacking = mine.difference(theirs.get(&origin).unwrap_or(&empty), room + 1);
+            for seq in lacking.iter().take(room) {
+                if let Some(e) = self.store.get(&origin, *seq) {
+                    events.push(e);
+                }
+            }
+            if lacking.len() > room {
+                resume = Some(origin);
+                break;
+            }
+        }
+        let events = self.allowed(&events, &from);
+        self.stats.sync_events_sent += events.len() as u64;
+        let held = self.store.len() as u64;
+        self.send(
+            from,
+            Message::SyncResponse {
+                events,
+                resume,
+                held,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wan_config_is_sane() {
+        let c = MeshConfig::wan(100);
+        assert!(c.eager_near + c.eager_far <= EAGER_MAX);
+        assert!(c.lazy <= LAZY_MAX);
+        assert!(c.graft_timeout_us > c.ihave_delay_us);
+    }
+}

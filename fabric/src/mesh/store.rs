@@ -1,0 +1,151 @@
+//! The `Store` trait the mesh core persists events through, and an in-memory store.
+//!
+//! The node implements it over SQLite (issue 4); the simulator and tests use [`MemStore`].
+//! Calls are synchronous: the core decides, the store records. `insert` returning means the
+//! event is durable at the store's level (for SQLite, committed).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::envelope::{Event, EventId, OriginKey};
+use crate::mesh::message::Digest;
+use crate::mesh::ranges::SeqRanges;
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The event is new and now stored.
+    New,
+    /// The event (same id) was already stored; nothing changed.
+    Duplicate,
+}
+
+/// Why the store refused an event. The store is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store is at its event limit.
+    #[error("store holds {len} events, at the limit {max}")]
+    Full {
+        /// Events held.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A different event already holds this origin and sequence number (the origin
+    /// signed two events with one sequence number).
+    #[error("origin {origin} already has a different event at seq {seq}")]
+    Equivocation {
+        /// The origin.
+        origin: OriginKey,
+        /// The sequence number.
+        seq: u64,
+    },
+    /// The backing storage failed (I/O, corruption).
+    #[error("storage failed: {0}")]
+    Backend(String),
+}
+
+/// Durable storage of events for one node.
+pub trait Store {
+    /// Stores `event` (idempotent by id).
+    fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError>;
+    /// Whether an event with this id is stored.
+    fn contains(&self, id: &EventId) -> bool;
+    /// The event of `origin` at `seq`, if stored.
+    fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>>;
+    /// Per-origin ranges of stored sequence numbers.
+    fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges>;
+    /// Every origin with at least one stored event, ascending.
+    fn origins(&self) -> Vec<OriginKey>;
+    /// Number of stored events.
+    fn len(&self) -> usize;
+    /// Whether nothing is stored.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets everything (a crash that loses the disk, in the simulator).
+    fn clear(&mut self);
+
+    /// The digest of everything stored.
+    fn digest(&self) -> Digest {
+        self.origins()
+            .into_iter()
+            .filter_map(|o| self.ranges(&o).map(|r| (o, r.iter().collect())))
+            .collect()
+    }
+}
+
+/// Events held in memory, bounded by a count.
+#[derive(Debug)]
+pub struct MemStore {
+    by_origin: BTreeMap<OriginKey, BTreeMap<u64, Arc<Event>>>,
+    ranges: BTreeMap<OriginKey, SeqRanges>,
+    ids: std::collections::HashSet<EventId>,
+    len_max: usize,
+}
+
+impl MemStore {
+    /// A store holding at most `len_max` events.
+    pub fn new(len_max: usize) -> Self {
+        Self {
+            by_origin: BTreeMap::new(),
+            ranges: BTreeMap::new(),
+            ids: std::collections::HashSet::new(),
+            len_max,
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
+        let id = event.id();
+        if self.ids.contains(&id) {
+            return Ok(Inserted::Duplicate);
+        }
+        let origin = event.origin();
+        let seq = event.seq();
+        if self
+            .by_origin
+            .get(&origin)
+            .is_some_and(|m| m.contains_key(&seq))
+        {
+            return Err(StoreError::Equivocation { origin, seq });
+        }
+        if self.ids.len() >= self.len_max {
+            return Err(StoreError::Full {
+                len: self.ids.len(),
+                max: self.len_max,
+            });
+        }
+        self.ids.insert(id);
+        self.by_origin.entry(origin).or_default().insert(seq, event);
+        self.ranges.entry(origin).or_default().insert(seq);
+        Ok(Inserted::New)
+    }
+
+    fn contains(&self, id: &EventId) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+        self.by_origin.get(origin)?.get(&seq).cloned()
+    }
+
+    fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
+        self.ranges.get(origin)
+    }
+
+    fn origins(&self) -> Vec<OriginKey> {
+        self.by_origin.keys().copied().collect()
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn clear(&mut self) {
+        self.by_origin.clear();
+        self.ranges.clear();
+        self.ids.clear();
+    }
+}
