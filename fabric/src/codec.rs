@@ -108,7 +108,7 @@ pub(crate) fn encode_body(
     draft.check()?;
     let body = encode_map(origin, draft, Part::Body);
     // The body, plus the outer array and bstr heads and the signature, must fit the limit.
-    let total = body.len() + 2 * 9 + 1 + 64;
+    let total = envelope_len(body.len());
     if total > EVENT_LEN_MAX {
         return Err(EnvelopeError::EventTooLarge {
             len: total,
@@ -227,9 +227,21 @@ pub(crate) fn event_id(signed: &[u8]) -> EventId {
     EventId(Sha256::digest(signed).into())
 }
 
+/// Length of the envelope around a body of `body_len` bytes.
+fn envelope_len(body_len: usize) -> usize {
+    let head = match body_len {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    };
+    1 + head + body_len + 2 + SIGNATURE_LEN
+}
+
 /// The outer envelope: `[body: bstr, signature: bstr .size 64]`.
 pub(crate) fn encode_envelope(body: &[u8], signature: &[u8; 64]) -> Vec<u8> {
-    let mut out = Out(Vec::with_capacity(body.len() + 2 * 9 + 1 + 64));
+    let mut out = Out(Vec::with_capacity(envelope_len(body.len())));
     out.array(2);
     out.bytes(body);
     out.bytes(signature);
@@ -247,18 +259,17 @@ pub fn decode(input: &[u8]) -> Result<UnverifiedEvent, EnvelopeError> {
         });
     }
     let mut r = Reader::new(input, 0);
-    let len = r.array_len("envelope", 2, "2")?;
+    let len = r.array_len("envelope", ENVELOPE_ITEMS, "ENVELOPE_ITEMS")?;
     if len != 2 {
         return Err(EnvelopeError::InvalidField {
             field: "envelope",
             reason: format!("must be an array of 2 items (body, signature), found {len}"),
         });
     }
-    let body_offset_head = r.pos;
     let body = r.bytes("body", EVENT_LEN_MAX, "EVENT_LEN_MAX")?;
     let body_offset = r.pos - body.len();
     let sig_offset = r.pos;
-    let sig = r.bytes("signature", 64, "64")?;
+    let sig = r.bytes("signature", SIGNATURE_LEN, "SIGNATURE_LEN")?;
     let signature: [u8; 64] = sig.try_into().map_err(|_| EnvelopeError::InvalidField {
         field: "signature",
         reason: format!(
@@ -281,11 +292,17 @@ pub fn decode(input: &[u8]) -> Result<UnverifiedEvent, EnvelopeError> {
             offset: body_offset + i,
         });
     }
-    let canonical = encode_envelope(body, &signature);
-    if let Some(i) = first_difference(&canonical, input) {
+    // The outer structure is canonical when its two heads are the shortest: compare the
+    // head bytes rather than rebuilding a copy of the whole envelope.
+    // (The signature head is checked the same way: a 64-byte bstr has exactly one head.)
+    let mut expected_heads = vec![0x82];
+    expected_heads.extend_from_slice(&encode_bstr_head(body.len()));
+    if let Some(i) = first_difference(&expected_heads, &input[..body_offset]) {
         return Err(EnvelopeError::NonCanonical { offset: i });
     }
-    debug_assert!(body_offset_head < body_offset);
+    if input[sig_offset..sig_offset + 2] != [0x58, 0x40] {
+        return Err(EnvelopeError::NonCanonical { offset: sig_offset });
+    }
 
     let signed = signed_bytes(body);
     let id = event_id(&signed);
@@ -296,6 +313,15 @@ pub fn decode(input: &[u8]) -> Result<UnverifiedEvent, EnvelopeError> {
         signature,
         id,
     }))
+}
+
+/// The canonical head of a byte string of `len` bytes.
+fn encode_bstr_head(len: usize) -> Vec<u8> {
+    let mut out = Out(Vec::with_capacity(9));
+    if let Err(e) = types::Bytes::bounded(len, &mut out) {
+        unreachable!("writing CBOR to a Vec failed: {e}")
+    }
+    out.0
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
@@ -434,14 +460,13 @@ impl<'a> Reader<'a> {
         self.container_len(field, MAJOR_ARRAY, "an array", max, limit)
     }
 
-    fn map_len(&mut self, field: &'static str, max: usize) -> Result<usize, EnvelopeError> {
-        self.container_len(
-            field,
-            MAJOR_MAP,
-            "a map",
-            max,
-            "the number of defined fields",
-        )
+    fn map_len(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        limit: &'static str,
+    ) -> Result<usize, EnvelopeError> {
+        self.container_len(field, MAJOR_MAP, "a map", max, limit)
     }
 
     /// Reads the length head of a byte or text string and checks it against `max` before
@@ -571,7 +596,7 @@ impl<'a> Reader<'a> {
 fn decode_body(body: &[u8], base: usize) -> Result<(OriginKey, EventDraft), EnvelopeError> {
     const MAP: &str = "event";
     let mut r = Reader::new(body, base);
-    let n = r.map_len(MAP, 11)?;
+    let n = r.map_len(MAP, EVENT_FIELDS, "EVENT_FIELDS")?;
     let mut prev = None;
 
     let mut version = None;
@@ -610,7 +635,7 @@ fn decode_body(body: &[u8], base: usize) -> Result<(OriginKey, EventDraft), Enve
             }
             key::KEY => event_key = Some(r.bytes("key", KEY_LEN_MAX, "KEY_LEN_MAX")?.to_vec()),
             key::ORIGIN => {
-                let b = r.bytes("origin", 32, "32")?;
+                let b = r.bytes("origin", ORIGIN_LEN, "ORIGIN_LEN")?;
                 let arr: [u8; 32] = b.try_into().map_err(|_| EnvelopeError::InvalidField {
                     field: "origin",
                     reason: format!("must be 32 bytes, found {}", b.len()),
@@ -677,7 +702,7 @@ fn decode_body(body: &[u8], base: usize) -> Result<(OriginKey, EventDraft), Enve
 
 fn decode_security(r: &mut Reader<'_>) -> Result<SecurityContext, EnvelopeError> {
     const MAP: &str = "security";
-    let n = r.map_len(MAP, 6)?;
+    let n = r.map_len(MAP, SECURITY_FIELDS, "SECURITY_FIELDS")?;
     let mut prev = None;
     let (mut tenant, mut principal, mut classification) = (None, None, None);
     let mut residency = Residency::Unrestricted;
@@ -761,7 +786,7 @@ fn decode_security(r: &mut Reader<'_>) -> Result<SecurityContext, EnvelopeError>
 
 fn decode_sealed(r: &mut Reader<'_>) -> Result<SealedPayload, EnvelopeError> {
     const MAP: &str = "payload.sealed";
-    let n = r.map_len(MAP, 3)?;
+    let n = r.map_len(MAP, SEALED_FIELDS, "SEALED_FIELDS")?;
     let mut prev = None;
     let (mut key_id, mut nonce, mut ciphertext) = (None, None, None);
     for _ in 0..n {
@@ -812,7 +837,7 @@ fn decode_sealed(r: &mut Reader<'_>) -> Result<SealedPayload, EnvelopeError> {
 
 fn decode_trace(r: &mut Reader<'_>) -> Result<TraceContext, EnvelopeError> {
     const MAP: &str = "trace";
-    let n = r.map_len(MAP, 2)?;
+    let n = r.map_len(MAP, TRACE_FIELDS, "TRACE_FIELDS")?;
     let mut prev = None;
     let (mut parent, mut state) = (None, None);
     for _ in 0..n {

@@ -416,11 +416,12 @@ impl EventData {
     pub fn body_bytes(&self) -> &[u8] {
         &self.signed[crate::codec::SIGNING_CONTEXT.len()..]
     }
-    /// The total order of events: by HLC, then by origin for ties.
+    /// The total order of events: by HLC, then origin, then id.
     pub fn order_key(&self) -> OrderKey {
         OrderKey {
             hlc: self.draft.hlc,
             origin: self.origin,
+            id: self.id,
         }
     }
     /// The complete encoded envelope.
@@ -430,14 +431,42 @@ impl EventData {
 }
 
 /// A decoded event whose signature has not been checked yet. Call
-/// [`UnverifiedEvent::verify`] or [`crate::verify_batch`].
+/// [`UnverifiedEvent::verify`] or [`crate::verify_batch`]. Deliberately not a `Deref` to
+/// [`EventData`]: its fields are claims until verified, so reading them (and opening the
+/// payload) goes through [`Event`]; only what verification, routing of errors and
+/// diagnostics need is exposed here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnverifiedEvent(pub(crate) EventData);
 
-impl Deref for UnverifiedEvent {
-    type Target = EventData;
-    fn deref(&self) -> &EventData {
-        &self.0
+impl UnverifiedEvent {
+    /// The event id (derived from the bytes; a claim about nothing).
+    pub fn id(&self) -> EventId {
+        self.0.id
+    }
+    /// The origin the event claims.
+    pub fn origin(&self) -> OriginKey {
+        self.0.origin
+    }
+    /// The signature.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.0.signature
+    }
+    /// Exactly the bytes the signature must cover.
+    pub fn signed_bytes(&self) -> &[u8] {
+        &self.0.signed
+    }
+    /// The canonical CBOR body.
+    pub fn body_bytes(&self) -> &[u8] {
+        self.0.body_bytes()
+    }
+    /// The complete encoded envelope.
+    pub fn encode(&self) -> Vec<u8> {
+        self.0.encode()
+    }
+    /// The fields as claimed by an unauthenticated producer: for diagnostics (what did the
+    /// rejected event say?), never for decisions.
+    pub fn claimed(&self) -> &EventDraft {
+        &self.0.draft
     }
 }
 
@@ -452,14 +481,18 @@ impl Deref for Event {
     }
 }
 
-/// The total order of events: `(hlc, origin)`. Two distinct events from one origin never
-/// share an HLC (the origin's clock is strictly monotonic), so this orders all events.
+/// The total order of events: `(hlc, origin, id)`. An honest origin never issues one HLC
+/// twice (its clock is strictly monotonic), so `(hlc, origin)` decides; the id breaks the
+/// tie an equivocating origin (or one that lost its clock state) could create, so every
+/// replica still orders every pair of distinct events the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OrderKey {
     /// Primary: the HLC timestamp.
     pub hlc: Hlc,
-    /// Tie-break: the origin's public key bytes.
+    /// Then the origin's public key bytes.
     pub origin: OriginKey,
+    /// Last: the event id.
+    pub id: EventId,
 }
 
 // ---- field grammars, shared by the encoder and the decoder ----

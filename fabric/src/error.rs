@@ -192,12 +192,6 @@ pub enum SealError {
     /// Sealing was asked for a payload that is already sealed.
     #[error("payload is already sealed")]
     AlreadySealed,
-    /// A key id breaks its grammar.
-    #[error("key id is invalid: {reason}")]
-    InvalidKeyId {
-        /// What is wrong with it.
-        reason: String,
-    },
     /// Adding a key would exceed [`crate::limits::KEYRING_LEN_MAX`].
     #[error(
         "key ring holds {len} keys, at the limit KEYRING_LEN_MAX = {max}; retire old keys first"

@@ -62,6 +62,27 @@ pub const TRACESTATE_LEN_MAX: usize = 512;
 /// Longest sealing key id, in bytes.
 pub const KEY_ID_LEN_MAX: usize = 64;
 
+/// Length of an origin (Ed25519 public key), in bytes.
+pub const ORIGIN_LEN: usize = 32;
+
+/// Length of an Ed25519 signature, in bytes.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Items in the outer envelope array: body and signature.
+pub const ENVELOPE_ITEMS: usize = 2;
+
+/// Fields defined in the body map (keys 0 to 10).
+pub const EVENT_FIELDS: usize = 11;
+
+/// Fields defined in the security context map.
+pub const SECURITY_FIELDS: usize = 6;
+
+/// Fields defined in the sealed payload map.
+pub const SEALED_FIELDS: usize = 3;
+
+/// Fields defined in the trace context map.
+pub const TRACE_FIELDS: usize = 2;
+
 /// Most keys in a [`crate::KeyRing`]: the active key plus older ones kept for reading.
 /// Monthly rotation for five years.
 pub const KEYRING_LEN_MAX: usize = 64;

@@ -16,7 +16,7 @@ use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 use crate::codec;
-use crate::envelope::{EventData, KeyId, NONCE_LEN, Payload, SealedPayload};
+use crate::envelope::{Event, KeyId, NONCE_LEN, Payload, SealedPayload};
 use crate::error::SealError;
 use crate::limits::KEYRING_LEN_MAX;
 
@@ -153,16 +153,17 @@ impl KeyRing {
     }
 }
 
-impl EventData {
+impl Event {
     /// The associated data a sealed payload of this event is bound to.
     pub fn seal_aad(&self) -> Vec<u8> {
-        codec::seal_header(&self.origin, &self.draft)
+        codec::seal_header(&self.origin(), self.draft())
     }
 
     /// The payload in clear text: the bytes themselves if clear, opened with `ring` if
-    /// sealed.
+    /// sealed. Only on verified events: a tenant key is shared by many producers, so a
+    /// payload that opens proves nothing about who sent it; the signature does.
     pub fn open(&self, ring: &KeyRing) -> Result<Vec<u8>, SealError> {
-        match &self.draft.payload {
+        match self.payload() {
             Payload::Clear(bytes) => Ok(bytes.clone()),
             Payload::Sealed(sealed) => ring.open_sealed(&self.seal_aad(), sealed),
         }

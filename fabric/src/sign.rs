@@ -1,22 +1,35 @@
-//! Producing signed events and verifying them: Ed25519 (RFC 8032) with strict verification,
-//! and batch verification that agrees with it on everything an honest producer can sign.
+//! Producing signed events and verifying them.
 //!
-//! Strict verification (`verify_strict`) rejects small-order public keys, small-order or
-//! non-canonically encoded R, and non-canonical s, so nobody but the key holder can turn a
-//! valid signature into a second valid one. The event id does not cover the signature
-//! anyway (it is the hash of the signed bytes), so even the key holder cannot mint two ids
-//! for one body.
+//! Signing is RFC 8032 Ed25519 through ed25519-dalek. Verification is strict about encodings
+//! and uses the **cofactored** equation, in single and batch verification alike:
 //!
-//! Batch verification runs the same per-signature checks first (key, R canonical and of
-//! large order, s canonical inside dalek), then the randomised batch equation of
-//! `ed25519_dalek::verify_batch`; if the batch fails, every event is verified on its own to
-//! name the culprits. The one gap left: the batch equation is cofactorless with random
-//! 128-bit weights, so a signature whose R carries a small torsion component, which only
-//! the private key's holder can construct, may pass a batch while failing `verify_strict`.
-//! Honest signers never produce one; `docs/wire.md` documents it.
+//! 1. the origin key A and the signature's R must be canonical encodings (y < p, no
+//!    "negative zero") of curve points that are not of small order, and s must be below the
+//!    group order, so nobody but the key holder can turn a valid signature into another;
+//! 2. `[8][s]B = [8]R + [8][k]A` with `k = SHA-512(R || A || M) mod l`.
+//!
+//! Why not ed25519-dalek's `verify_strict` plus `verify_batch`: `verify_strict` is
+//! cofactorless, and dalek's batch equation is cofactorless with weights derived from the
+//! batch itself, so the two disagree on signatures whose R or A carries a small torsion
+//! component, and a key holder can grind a signature that one node's batch accepts and
+//! another node's single check rejects: replicas would diverge on the same bytes. With the
+//! cofactored equation everywhere, batch and single verification agree on every input (the
+//! recommendation of Chalkias, Garillot and Nikolaenko, "Taming the many EdDSAs", 2020, and
+//! of Zcash's ZIP 215). The equation is a few lines over curve25519-dalek, ed25519-dalek's
+//! own curve crate; no maintained crate combines cofactored batch verification with strict
+//! encodings (ed25519-consensus implements ZIP 215, which deliberately accepts non-canonical
+//! points). For every signature an honest signer produces, the verdict equals
+//! `verify_strict`'s (a property test checks it); libsodium and `verify_strict` reject, and
+//! Weft accepts, only signatures whose R has a torsion component, which only the private
+//! key's holder can make and which change nothing (the event id does not cover the
+//! signature).
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use ed25519_dalek::{Signer as _, SigningKey};
 use rand_core::CryptoRng;
+use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
 use crate::codec;
@@ -102,68 +115,79 @@ impl Signer {
 }
 
 impl UnverifiedEvent {
-    /// Verifies the producer's signature strictly.
+    /// Verifies the producer's signature (strict encodings, cofactored equation).
     pub fn verify(self) -> Result<Event, VerifyError> {
-        verify_strict(&self.0)?;
+        let prepared = prepare(&self.0)?;
+        if !prepared.holds() {
+            return Err(VerifyError::BadSignature);
+        }
         Ok(Event(self.0))
     }
 }
 
-fn verify_strict(event: &EventData) -> Result<(), VerifyError> {
-    let key = origin_key(event)?;
-    let signature = Signature::from_bytes(&event.signature);
-    key.verify_strict(&event.signed, &signature)
-        .map_err(|_| VerifyError::BadSignature)
+/// A signature's parts, decoded and checked, ready for the verification equation.
+struct Prepared {
+    a: EdwardsPoint,
+    r: EdwardsPoint,
+    s: Scalar,
+    k: Scalar,
 }
 
-/// Parses the origin as a verifying key and refuses weak keys.
-fn origin_key(event: &EventData) -> Result<VerifyingKey, VerifyError> {
-    let key = VerifyingKey::from_bytes(&event.origin.0).map_err(|_| VerifyError::InvalidOrigin)?;
-    if key.is_weak() {
+impl Prepared {
+    /// `[8]([s]B - [k]A - R) == identity`.
+    fn holds(&self) -> bool {
+        let sb_minus_ka =
+            EdwardsPoint::vartime_double_scalar_mul_basepoint(&self.k, &-self.a, &self.s);
+        (sb_minus_ka - self.r).mul_by_cofactor().is_identity()
+    }
+}
+
+/// Decodes A, R and s with the strict encoding rules and computes k.
+fn prepare(event: &EventData) -> Result<Prepared, VerifyError> {
+    let a = decode_point(&event.origin.0).ok_or(VerifyError::InvalidOrigin)?;
+    if a.is_small_order() {
         return Err(VerifyError::WeakOrigin);
     }
-    Ok(key)
-}
-
-/// The R checks `verify_strict` makes that the batch equation does not: R is canonically
-/// encoded and not of small order. Done on the encoding, as libsodium does, because
-/// decompressing R here would cost a field inversion per signature and eat most of the
-/// batch speed-up; an R that is not a curve point at all fails the batch equation and then
-/// strict verification.
-fn check_r(signature: &[u8; 64]) -> Result<(), VerifyError> {
-    let mut r = [0u8; 32];
-    r.copy_from_slice(&signature[..32]);
-    let sign_cleared = |mut b: [u8; 32]| {
-        b[31] &= 0x7f;
-        b
-    };
-    let y = sign_cleared(r);
-    // y >= p = 2^255 - 19 is a non-canonical encoding of y - p.
-    let y_non_canonical = y[31] == 0x7f && y[1..31].iter().all(|b| *b == 0xff) && y[0] >= 0xed;
-    // The eight points of small order; comparing without the sign bit also catches the
-    // non-canonical "negative zero" x of the two points with x = 0.
-    let small_order = small_order_encodings()
-        .iter()
-        .any(|t| sign_cleared(*t) == y);
-    if y_non_canonical || small_order {
+    let mut r_bytes = [0u8; 32];
+    r_bytes.copy_from_slice(&event.signature[..32]);
+    let r = decode_point(&r_bytes).ok_or(VerifyError::InvalidSignatureR)?;
+    if r.is_small_order() {
         return Err(VerifyError::InvalidSignatureR);
     }
-    Ok(())
+    let mut s_bytes = [0u8; 32];
+    s_bytes.copy_from_slice(&event.signature[32..]);
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
+        .ok_or(VerifyError::BadSignature)?;
+    let mut h = Sha512::new();
+    h.update(r_bytes);
+    h.update(event.origin.0);
+    h.update(&event.signed);
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    Ok(Prepared { a, r, s, k })
 }
 
-/// Compressed encodings of the eight small-order points, computed once.
-fn small_order_encodings() -> &'static [[u8; 32]; 8] {
-    static ENCODINGS: std::sync::OnceLock<[[u8; 32]; 8]> = std::sync::OnceLock::new();
-    ENCODINGS
-        .get_or_init(|| curve25519_dalek::constants::EIGHT_TORSION.map(|p| p.compress().to_bytes()))
+/// A point from its canonical encoding only. An encoding is canonical when y < p and the
+/// sign bit is clear for x = 0; the only points with x = 0 are (0, 1) and (0, -1), both of
+/// small order and refused by the caller anyway, so checking y < p on the bytes suffices
+/// (and saves the field inversion a re-compression would cost).
+fn decode_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+    // y >= p = 2^255 - 19 iff the low 255 bits are 0x7fff..ffed or above.
+    let y_non_canonical =
+        (bytes[31] & 0x7f) == 0x7f && bytes[1..31].iter().all(|b| *b == 0xff) && bytes[0] >= 0xed;
+    if y_non_canonical {
+        return None;
+    }
+    CompressedEdwardsY(*bytes).decompress()
 }
+
+/// One result of [`verify_batch`]: the verified event, or the event and why it failed.
+pub type BatchResult = Result<Event, (UnverifiedEvent, VerifyError)>;
 
 /// Verifies many events at once, in batches of at most [`VERIFY_BATCH_LEN_MAX`]. Returns one
-/// result per input, in input order. A batch that fails is re-verified event by event, so
-/// one bad signature costs its batch the speed-up, never a good event its acceptance.
-pub fn verify_batch(
-    events: Vec<UnverifiedEvent>,
-) -> Vec<Result<Event, (UnverifiedEvent, VerifyError)>> {
+/// result per input, in input order, always the result [`UnverifiedEvent::verify`] would
+/// give: a batch that fails is re-verified event by event, so one bad signature costs its
+/// batch the speed-up, never a good event its acceptance.
+pub fn verify_batch(events: Vec<UnverifiedEvent>) -> Vec<BatchResult> {
     let mut out = Vec::with_capacity(events.len());
     let mut events = events.into_iter().peekable();
     while events.peek().is_some() {
@@ -173,107 +197,284 @@ pub fn verify_batch(
     out
 }
 
-fn verify_chunk(
-    chunk: Vec<UnverifiedEvent>,
-    out: &mut Vec<Result<Event, (UnverifiedEvent, VerifyError)>>,
-) {
-    // Per-event checks first; events that fail them are settled now.
-    let mut prechecked: Vec<
-        Result<(UnverifiedEvent, VerifyingKey), (UnverifiedEvent, VerifyError)>,
-    > = Vec::with_capacity(chunk.len());
-    for event in chunk {
-        let check = origin_key(&event.0).and_then(|key| check_r(&event.0.signature).map(|()| key));
-        prechecked.push(match check {
-            Ok(key) => Ok((event, key)),
+fn verify_chunk(chunk: Vec<UnverifiedEvent>, out: &mut Vec<BatchResult>) {
+    let items: Vec<(UnverifiedEvent, Result<Prepared, VerifyError>)> = chunk
+        .into_iter()
+        .map(|e| {
+            let p = prepare(&e.0);
+            (e, p)
+        })
+        .collect();
+    let good: Vec<&Prepared> = items.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
+    let batch_ok = match good.len() {
+        0 => true,
+        1 => good[0].holds(),
+        _ => batch_holds(&good),
+    };
+    for (event, prepared) in items {
+        out.push(match prepared {
+            Ok(_) if batch_ok => Ok(Event(event.0)),
+            Ok(p) if p.holds() => Ok(Event(event.0)),
+            Ok(_) => Err((event, VerifyError::BadSignature)),
             Err(e) => Err((event, e)),
         });
     }
-    let candidates: Vec<&(UnverifiedEvent, VerifyingKey)> =
-        prechecked.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let batch_ok = if candidates.is_empty() {
-        true
-    } else {
-        let messages: Vec<&[u8]> = candidates
-            .iter()
-            .map(|(e, _)| e.0.signed.as_slice())
-            .collect();
-        let signatures: Vec<Signature> = candidates
-            .iter()
-            .map(|(e, _)| Signature::from_bytes(&e.0.signature))
-            .collect();
-        let keys: Vec<VerifyingKey> = candidates.iter().map(|(_, k)| *k).collect();
-        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
-    };
-    for item in prechecked {
-        out.push(match item {
-            Ok((event, _)) if batch_ok => Ok(Event(event.0)),
-            Ok((event, _)) => match verify_strict(&event.0) {
-                Ok(()) => Ok(Event(event.0)),
-                Err(e) => Err((event, e)),
-            },
-            Err(rejected) => Err(rejected),
-        });
+}
+
+/// The cofactored batch equation `[8](-(sum z_i s_i) B + sum z_i R_i + sum z_i k_i A_i) = 0`
+/// with 128-bit weights z_i derived by hashing every k_i and s_i of the batch (Fiat-Shamir:
+/// no signature can be chosen after its weight is known). The torsion components vanish
+/// under the cofactor, so the batch holds exactly when every single equation holds, except
+/// with probability about 2^-128.
+fn batch_holds(items: &[&Prepared]) -> bool {
+    let mut transcript = Sha512::new();
+    transcript.update(b"weft/verify-batch\0");
+    for p in items {
+        transcript.update(p.k.as_bytes());
+        transcript.update(p.s.as_bytes());
     }
+    let seed: [u8; 64] = transcript.finalize().into();
+    let weights: Vec<Scalar> = (0..items.len() as u64)
+        .map(|i| {
+            let mut h = Sha512::new();
+            h.update(seed);
+            h.update(i.to_le_bytes());
+            let digest: [u8; 64] = h.finalize().into();
+            let mut z = [0u8; 32];
+            z[..16].copy_from_slice(&digest[..16]);
+            Scalar::from_bytes_mod_order(z)
+        })
+        .collect();
+    let b_coefficient: Scalar = items.iter().zip(&weights).map(|(p, z)| z * p.s).sum();
+    let scalars = std::iter::once(-b_coefficient)
+        .chain(weights.iter().copied())
+        .chain(items.iter().zip(&weights).map(|(p, z)| z * p.k));
+    let points = std::iter::once(curve25519_dalek::constants::ED25519_BASEPOINT_POINT)
+        .chain(items.iter().map(|p| p.r))
+        .chain(items.iter().map(|p| p.a));
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
+        .mul_by_cofactor()
+        .is_identity()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
-    /// What `verify_strict` demands of R, computed the slow way.
-    fn strict_r_ok(r: [u8; 32]) -> Option<bool> {
-        let point = CompressedEdwardsY(r).decompress()?;
-        Some(point.compress().to_bytes() == r && !point.is_small_order())
+    use crate::envelope::{Residency, SecurityContext};
+    use crate::hlc::Hlc;
+    use crate::stream::StreamName;
+
+    fn draft() -> EventDraft {
+        EventDraft {
+            stream: StreamName::new("a.b").unwrap(),
+            key: None,
+            seq: 1,
+            hlc: Hlc::new(1_000, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "t".into(),
+                principal: "p".into(),
+                classification: "c".into(),
+                residency: Residency::Unrestricted,
+                scopes: BTreeSet::new(),
+                policy_epoch: 0,
+            },
+            content_type: "x/y".into(),
+            payload: Payload::Clear(b"hello".to_vec()),
+            trace: None,
+        }
     }
 
-    fn sig_with_r(r: [u8; 32]) -> [u8; 64] {
-        let mut sig = [0u8; 64];
-        sig[..32].copy_from_slice(&r);
-        sig
+    /// An unverified event over `draft()` with origin `a` and a hand-made signature (R, s).
+    fn forged(a: [u8; 32], r: [u8; 32], s: [u8; 32]) -> UnverifiedEvent {
+        let origin = OriginKey(a);
+        let body = codec::encode_body(&origin, &draft()).unwrap();
+        let signed = codec::signed_bytes(&body);
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&r);
+        signature[32..].copy_from_slice(&s);
+        let id = codec::event_id(&signed);
+        UnverifiedEvent(EventData {
+            origin,
+            draft: draft(),
+            signed,
+            signature,
+            id,
+        })
+    }
+
+    /// Signs like Ed25519 but with a chosen nonce and a torsion point added to R and/or A:
+    /// the cases where cofactorless and cofactored verification can disagree.
+    fn torsion_signature(
+        secret: u64,
+        nonce: u64,
+        r_torsion: usize,
+        a_torsion: usize,
+    ) -> UnverifiedEvent {
+        let a_scalar = Scalar::from(secret);
+        let a_point = ED25519_BASEPOINT_POINT * a_scalar + EIGHT_TORSION[a_torsion];
+        let r_point = ED25519_BASEPOINT_POINT * Scalar::from(nonce) + EIGHT_TORSION[r_torsion];
+        let a = a_point.compress().to_bytes();
+        let r = r_point.compress().to_bytes();
+        let probe = forged(a, r, [0; 32]);
+        let mut h = Sha512::new();
+        h.update(r);
+        h.update(a);
+        h.update(&probe.0.signed);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let s = Scalar::from(nonce) + k * a_scalar;
+        forged(a, r, s.to_bytes())
+    }
+
+    fn verdict(r: &BatchResult) -> Result<(), VerifyError> {
+        r.as_ref().map(|_| ()).map_err(|(_, e)| *e)
     }
 
     #[test]
-    fn small_order_and_non_canonical_r_are_refused() {
-        for t in small_order_encodings() {
-            assert_eq!(
-                check_r(&sig_with_r(*t)),
-                Err(VerifyError::InvalidSignatureR)
-            );
-            let mut flipped = *t;
-            flipped[31] ^= 0x80;
-            assert_eq!(
-                check_r(&sig_with_r(flipped)),
-                Err(VerifyError::InvalidSignatureR)
-            );
-        }
-        // Every y in [p, 2^255) with either sign bit.
-        for low in 0xedu8..=0xff {
-            for sign in [0u8, 0x80] {
-                let mut r = [0xffu8; 32];
-                r[0] = low;
-                r[31] = 0x7f | sign;
-                assert_eq!(check_r(&sig_with_r(r)), Err(VerifyError::InvalidSignatureR));
+    fn single_and_batch_agree_on_torsion_cases() {
+        let honest: Vec<UnverifiedEvent> = (1..4u8)
+            .map(|i| {
+                let ev = Signer::from_secret(&[i; 32]).sign(draft()).unwrap();
+                crate::decode(&ev.encode()).unwrap()
+            })
+            .collect();
+        let mut checked = 0;
+        for rt in 0..8 {
+            for at in 0..8 {
+                for nonce in 1..6u64 {
+                    let ev = torsion_signature(7, 1000 + nonce, rt, at);
+                    let single = ev.clone().verify().map(|_| ());
+                    let mut batch = honest.clone();
+                    batch.push(ev.clone());
+                    let in_batch = verify_batch(batch);
+                    assert!(in_batch[..3].iter().all(Result::is_ok));
+                    assert_eq!(
+                        verdict(&in_batch[3]),
+                        single,
+                        "R torsion {rt}, A torsion {at}"
+                    );
+                    let pair = verify_batch(vec![ev.clone(), ev.clone()]);
+                    assert_eq!(verdict(&pair[0]), single);
+                    assert_eq!(verdict(&pair[1]), single);
+                    // Large-order R and A (torsion index 0 is the identity): valid.
+                    if rt == 0 && at == 0 {
+                        assert_eq!(single, Ok(()));
+                    }
+                    checked += 1;
+                }
             }
+        }
+        assert_eq!(checked, 8 * 8 * 5);
+    }
+
+    #[test]
+    fn weak_keys_and_small_order_r_are_refused() {
+        let identity = EIGHT_TORSION[0].compress().to_bytes();
+        let ev = forged(identity, identity, [0; 32]);
+        assert_eq!(ev.clone().verify().unwrap_err(), VerifyError::WeakOrigin);
+        assert_eq!(
+            verdict(&verify_batch(vec![ev])[0]),
+            Err(VerifyError::WeakOrigin)
+        );
+        let honest = Signer::from_secret(&[5; 32]);
+        for t in EIGHT_TORSION {
+            let ev = forged(honest.origin().0, t.compress().to_bytes(), [0; 32]);
+            assert_eq!(ev.verify().unwrap_err(), VerifyError::InvalidSignatureR);
         }
     }
 
     proptest! {
-        /// On every encoding that is a curve point, the cheap check agrees with the strict
-        /// rule (decompress, re-compress equal, not small order).
+        /// The byte-level canonical check equals "re-compresses to the same bytes" on every
+        /// encoding of a point that is not of small order.
         #[test]
-        fn cheap_r_check_agrees_with_strict(r in any::<[u8; 32]>()) {
-            if let Some(ok) = strict_r_ok(r) {
-                prop_assert_eq!(check_r(&sig_with_r(r)).is_ok(), ok);
+        fn cheap_canonical_check_is_exact(bytes in any::<[u8; 32]>()) {
+            if let Some(p) = CompressedEdwardsY(bytes).decompress()
+                && !p.is_small_order()
+            {
+                let canonical = p.compress().to_bytes() == bytes;
+                prop_assert_eq!(decode_point(&bytes).is_some(), canonical);
             }
         }
+    }
 
-        /// Real signatures' R always passes.
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        let signer = Signer::from_secret(&[9; 32]);
+        let good = crate::decode(&signer.sign(draft()).unwrap().encode()).unwrap();
+        let mut r = [0u8; 32];
+        r.copy_from_slice(&good.signature()[..32]);
+        let mut s = [0u8; 32];
+        s.copy_from_slice(&good.signature()[32..]);
+        assert!(good.clone().verify().is_ok());
+        // s + l is the same scalar mod l, but not canonical.
+        // l = 2^252 + 27742317777372353535851937790883648493, little-endian.
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        assert_eq!(Scalar::from_bytes_mod_order(l), Scalar::ZERO);
+        let mut s_plus_l = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(s[i]) + u16::from(l[i]) + carry;
+            s_plus_l[i] = v as u8;
+            carry = v >> 8;
+        }
+        assert_eq!(
+            forged(signer.origin().0, r, s_plus_l).verify().unwrap_err(),
+            VerifyError::BadSignature
+        );
+        // y = p + 1 encodes the identity's y non-canonically.
+        let mut y = [0xffu8; 32];
+        y[0] = 0xee;
+        y[31] = 0x7f;
+        assert_eq!(
+            forged(signer.origin().0, y, s).verify().unwrap_err(),
+            VerifyError::InvalidSignatureR
+        );
+        assert_eq!(
+            forged(y, r, s).verify().unwrap_err(),
+            VerifyError::InvalidOrigin
+        );
+        // Every non-canonical y (y + p for y < 19, either sign) is refused, including those
+        // that decompress to a point.
+        let mut decompressible = 0;
+        for small in 0u8..19 {
+            for sign in [0u8, 0x80] {
+                let mut enc = [0xffu8; 32];
+                enc[0] = 0xed + small;
+                enc[31] = 0x7f | sign;
+                if CompressedEdwardsY(enc).decompress().is_some() {
+                    decompressible += 1;
+                }
+                assert!(decode_point(&enc).is_none(), "y = p + {small}");
+            }
+        }
+        assert!(
+            decompressible > 0,
+            "the loop must cover encodings that decompress"
+        );
+    }
+
+    proptest! {
+        /// For honest signatures, Weft's verification and ed25519-dalek's `verify_strict`
+        /// agree (both accept), and both reject a corrupted message.
         #[test]
-        fn honest_r_passes(seed in any::<[u8; 32]>(), msg in any::<Vec<u8>>()) {
-            let key = SigningKey::from_bytes(&seed);
-            prop_assert!(check_r(&key.sign(&msg).to_bytes()).is_ok());
+        fn agrees_with_dalek_verify_strict(seed in any::<[u8; 32]>(), flip in any::<prop::sample::Index>()) {
+            let signer = Signer::from_secret(&seed);
+            let ev = crate::decode(&signer.sign(draft()).unwrap().encode()).unwrap();
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&ev.origin().0).unwrap();
+            let sig = ed25519_dalek::Signature::from_bytes(ev.signature());
+            prop_assert!(key.verify_strict(ev.signed_bytes(), &sig).is_ok());
+            prop_assert!(ev.clone().verify().is_ok());
+            let mut bad = ev.clone();
+            let i = flip.index(bad.0.signed.len());
+            bad.0.signed[i] ^= 1;
+            prop_assert!(key.verify_strict(&bad.0.signed, &sig).is_err());
+            prop_assert!(bad.verify().is_err());
         }
     }
 }

@@ -107,7 +107,7 @@ proptest! {
         prop_assert!(bytes.len() <= EVENT_LEN_MAX);
         let decoded = decode(&bytes).unwrap();
         prop_assert_eq!(decoded.id(), event.id());
-        prop_assert_eq!(decoded.draft(), &draft);
+        prop_assert_eq!(decoded.claimed(), &draft);
         prop_assert_eq!(decoded.origin(), signer.origin());
         let verified = decoded.verify().unwrap();
         prop_assert_eq!(verified.encode(), bytes);
@@ -701,4 +701,125 @@ fn order_key_breaks_ties_by_origin() {
     assert_eq!(a.hlc(), b.hlc());
     assert_ne!(a.order_key(), b.order_key());
     assert_eq!(a.order_key() < b.order_key(), a.origin() < b.origin());
+}
+
+/// Replaces the first occurrence of `from` in `body` by `to`.
+fn patch(body: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at = body
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern in body");
+    let mut out = body[..at].to_vec();
+    out.extend_from_slice(to);
+    out.extend_from_slice(&body[at + from.len()..]);
+    out
+}
+
+#[test]
+fn rejects_malformed_fields_inside_the_body() {
+    let signer = util::signer(1);
+    let sig = [0u8; 64];
+    let decode_body = |body: &[u8]| decode(&envelope_with_body(body, &sig)).unwrap_err();
+
+    // Both a clear and a sealed payload.
+    let ring = util::ring("k1", 5);
+    let sealed = signer
+        .seal_and_sign(util::draft("a", 1, b"x"), &ring, &mut util::rng(0))
+        .unwrap();
+    let body = sealed.body_bytes();
+    let mut both = patch(body, &[0x09, 0xa3], &[0x08, 0x40, 0x09, 0xa3]);
+    both[0] += 1;
+    let err = decode_body(&both);
+    assert!(
+        matches!(
+            err,
+            EnvelopeError::InvalidField {
+                field: "payload",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // A nonce one byte short.
+    let nonce_at = body.windows(2).position(|w| w == [0x58, 0x18]).unwrap();
+    let mut short = body[..nonce_at].to_vec();
+    short.push(0x57);
+    short.extend_from_slice(&body[nonce_at + 2..nonce_at + 2 + 23]);
+    short.extend_from_slice(&body[nonce_at + 2 + 24..]);
+    let err = decode_body(&short);
+    assert!(
+        matches!(
+            err,
+            EnvelopeError::InvalidField {
+                field: "payload.sealed.nonce",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // An empty residency array.
+    let mut d = util::draft("a", 1, b"");
+    d.security.residency = Residency::only(["EU"]).unwrap();
+    let body = signer.sign(d).unwrap().body_bytes().to_vec();
+    let empty = patch(&body, &[0x03, 0x81, 0x62, b'E', b'U'], &[0x03, 0x80]);
+    let err = decode_body(&empty);
+    assert!(
+        matches!(
+            err,
+            EnvelopeError::InvalidField {
+                field: "security.residency",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Invalid UTF-8 in the tenant.
+    let bad_utf8 = patch(&body, b"acme", &[0xff, b'c', b'm', b'e']);
+    let err = decode_body(&bad_utf8);
+    assert!(
+        matches!(
+            err,
+            EnvelopeError::InvalidField {
+                field: "security.tenant",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+
+    // A first key that is not the version.
+    let no_version = patch(&body, &[0x00, 0x01, 0x01], &[0x01]);
+    let mut no_version = no_version;
+    no_version[0] -= 1;
+    let err = decode_body(&no_version);
+    assert_eq!(err, EnvelopeError::MissingField { field: "version" });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Mutations of a valid envelope (byte changes, insertions, deletions) never panic the
+    /// decoder, and whatever it accepts is the canonical encoding of what it decoded.
+    #[test]
+    fn mutated_envelopes_decode_canonically_or_not_at_all(
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        op in 0u8..3,
+    ) {
+        let bytes = util::signer(2).sign(util::full_draft()).unwrap().encode();
+        let i = at.index(bytes.len());
+        let mut m = bytes.clone();
+        match op {
+            0 => m[i] = byte,
+            1 => m.insert(i, byte),
+            _ => { m.remove(i); }
+        }
+        if let Ok(u) = decode(&m) {
+            prop_assert_eq!(u.encode(), m);
+        }
+    }
 }

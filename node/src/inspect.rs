@@ -3,12 +3,17 @@
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use weft_fabric::{EventData, Payload, Residency};
+use weft_fabric::{EventDraft, EventId, OriginKey, Payload, Residency};
 
-/// The event's fields as JSON (payloads as hex, or as text when they are UTF-8).
-pub(crate) fn event_json(event: &EventData) -> Value {
-    let sec = event.security();
-    let payload = match event.payload() {
+/// An event's fields as JSON (payloads as hex, or as text when they are UTF-8).
+pub(crate) fn event_json(
+    id: EventId,
+    origin: OriginKey,
+    event: &EventDraft,
+    envelope_len: usize,
+) -> Value {
+    let sec = &event.security;
+    let payload = match &event.payload {
         Payload::Clear(bytes) => match std::str::from_utf8(bytes) {
             Ok(text) => json!({ "clear_text": text }),
             Err(_) => json!({ "clear_hex": hex::encode(bytes) }),
@@ -26,12 +31,12 @@ pub(crate) fn event_json(event: &EventData) -> Value {
         Residency::Only(set) => json!(set.iter().map(|j| j.as_str()).collect::<Vec<_>>()),
     };
     json!({
-        "id": event.id().to_string(),
-        "stream": event.stream().as_str(),
-        "key": event.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        "origin": event.origin().to_string(),
-        "seq": event.seq(),
-        "hlc": event.hlc().to_string(),
+        "id": id.to_string(),
+        "stream": event.stream.as_str(),
+        "key": event.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        "origin": origin.to_string(),
+        "seq": event.seq,
+        "hlc": event.hlc.to_string(),
         "security": {
             "tenant": sec.tenant,
             "principal": sec.principal,
@@ -40,10 +45,10 @@ pub(crate) fn event_json(event: &EventData) -> Value {
             "scopes": sec.scopes,
             "policy_epoch": sec.policy_epoch,
         },
-        "content_type": event.content_type(),
+        "content_type": event.content_type,
         "payload": payload,
-        "trace": event.trace().map(|t| json!({ "traceparent": t.traceparent, "tracestate": t.tracestate })),
-        "envelope_len": event.encode().len(),
+        "trace": event.trace.as_ref().map(|t| json!({ "traceparent": t.traceparent, "tracestate": t.tracestate })),
+        "envelope_len": envelope_len,
     })
 }
 
@@ -59,7 +64,12 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let fields = event_json(&unverified);
+    let fields = event_json(
+        unverified.id(),
+        unverified.origin(),
+        unverified.claimed(),
+        bytes.len(),
+    );
     match unverified.verify() {
         Ok(_) => {
             println!(
@@ -72,7 +82,7 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({
-                    "valid": false, "stage": "verify", "reason": e.to_string(), "event": fields
+                    "valid": false, "stage": "verify", "reason": e.to_string(), "claimed": fields
                 }))?
             );
             Ok(ExitCode::from(2))

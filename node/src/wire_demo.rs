@@ -99,7 +99,15 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         anyhow::ensure!(back.id() == event.id(), "id changed in a round trip");
         println!("== {title}: {} bytes, id {}", bytes.len(), event.id());
         println!("{}", hex::encode(&bytes));
-        println!("{}", serde_json::to_string_pretty(&event_json(&back))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&event_json(
+                back.id(),
+                back.origin(),
+                back.draft(),
+                bytes.len()
+            ))?
+        );
         if matches!(back.payload(), Payload::Sealed(_)) {
             println!(
                 "opened with the key ring: {}",

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!(&signed[SIGNING_CONTEXT.len()..], event.body_bytes());
     assert!(
-        event.draft().check().is_ok(),
+        event.claimed().check().is_ok(),
         "decoded draft fails EventDraft::check"
     );
 
