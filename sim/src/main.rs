@@ -1,11 +1,178 @@
-//! `weft-sim`: Weft's deterministic simulator.
-//!
-//! **Not built yet** (issue 3). This binary exists so the workspace has its final layout; it
-//! does nothing but say so and exit with a failure status.
+//! `weft-sim`: run a scenario of the Weft mesh (and baselines beside it) in the
+//! deterministic simulator, print a summary, write a JSON report, and exit non-zero when a
+//! check fails (printing the seed that reproduces it).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weft_sim::catalog::RegionCatalog;
+use weft_sim::engine::{Engine, Strategy};
+use weft_sim::report::{Report, StrategyReport};
+use weft_sim::scenario::{Baseline, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-sim",
+    version,
+    about = "Deterministic simulator of the Weft mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario file.
+    Run {
+        /// The scenario (TOML); see docs/sim.md.
+        scenario: PathBuf,
+        /// Master seed (overrides the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Skip the baseline strategies.
+        #[arg(long)]
+        no_baselines: bool,
+    },
+    /// List the shipped scenarios.
+    List {
+        /// Directory to list.
+        #[arg(long, default_value = "sim/scenarios")]
+        dir: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    eprintln!("weft-sim: the simulator is not built yet (issue 3); see README.md, Status");
-    ExitCode::FAILURE
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft-sim: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::List { dir } => list(&dir),
+        Command::Run {
+            scenario,
+            seed,
+            json,
+            no_baselines,
+        } => run_scenario(&scenario, seed, json.as_deref(), no_baselines),
+    }
+}
+
+fn list(dir: &Path) -> anyhow::Result<ExitCode> {
+    let catalog = RegionCatalog::embedded()?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path)?;
+        match Scenario::parse(&text, &catalog) {
+            Ok(s) => println!(
+                "{:<36} {:>5} nodes {:>7.0} s  {}",
+                path.display(),
+                s.topology.len(),
+                s.duration_us as f64 / 1e6,
+                s.description.lines().next().unwrap_or("")
+            ),
+            Err(e) => println!("{:<36} INVALID: {e}", path.display()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_scenario(
+    path: &Path,
+    seed: Option<u64>,
+    json: Option<&Path>,
+    no_baselines: bool,
+) -> anyhow::Result<ExitCode> {
+    let catalog = RegionCatalog::embedded()?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let scenario =
+        Scenario::parse(&text, &catalog).with_context(|| format!("in {}", path.display()))?;
+    let plan = weft_sim::plan::build(&scenario, &catalog, seed);
+    let seed = plan.seed;
+    let mut strategies = vec![Strategy::Weft];
+    if !no_baselines {
+        for b in &scenario.baselines {
+            strategies.push(match b {
+                Baseline::Flooding => Strategy::Flooding { degree: 6 },
+                Baseline::RandomGossip { fanout } => Strategy::RandomGossip {
+                    fanout: *fanout as usize,
+                },
+            });
+        }
+    }
+    let mut reports = Vec::new();
+    let mut wall_secs = Vec::new();
+    for strategy in strategies {
+        let started = Instant::now();
+        let bar = progress_bar(strategy.name());
+        let engine = Engine::new(plan.clone(), strategy);
+        let metrics = engine.run(|at, end| {
+            if started.elapsed().as_secs_f64() > 1.0 {
+                bar.set_length(end);
+                bar.set_position(at);
+            }
+        });
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        wall_secs.push((strategy.name(), secs, metrics.message_deliveries));
+        reports.push(StrategyReport::new(strategy.name(), &plan, &metrics));
+    }
+    let report = Report::new(&scenario, &plan, reports);
+    print!("{}", report.table());
+    for (name, secs, deliveries) in &wall_secs {
+        println!(
+            "{name}: {deliveries} simulated message deliveries in {secs:.2} s wall = {:.0} deliveries/s",
+            *deliveries as f64 / secs.max(1e-9)
+        );
+    }
+    if let Some(path) = json {
+        std::fs::write(path, report.to_json()?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    let failures = report.failed_checks();
+    if failures.is_empty() {
+        println!("all checks passed (seed {seed})");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &failures {
+            println!("CHECK FAILED: {f}");
+        }
+        println!(
+            "reproduce with: weft-sim run {} --seed {seed}",
+            path.display()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn progress_bar(name: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>14} [{bar:40}] {percent:>3}% simulated time",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    bar
 }

@@ -51,8 +51,10 @@ pub enum Message {
     IHave(Vec<EventRef>),
     /// "Send me these and push to me eagerly from now on" (PlumTree GRAFT).
     Graft(Vec<EventRef>),
-    /// "Stop pushing to me eagerly; announce instead" (PlumTree PRUNE).
-    Prune,
+    /// "Stop pushing me these origins' events eagerly; announce them instead" (PlumTree
+    /// PRUNE, per origin: every origin gets its own tree, rooted at it, so one source's
+    /// redundant link is not cut for the others).
+    Prune(Vec<OriginKey>),
     /// Anti-entropy: the requester's digest; origins before `from_origin` were already
     /// settled in this round (resumable transfers).
     SyncRequest {
@@ -78,7 +80,7 @@ impl Message {
     pub fn channel(&self) -> Channel {
         match self {
             Message::Swim(_) | Message::IHave(_) => Channel::Datagram,
-            Message::Push(_) | Message::Graft(_) | Message::Prune => Channel::Uni,
+            Message::Push(_) | Message::Graft(_) | Message::Prune(_) => Channel::Uni,
             Message::SyncRequest { .. } | Message::SyncResponse { .. } => Channel::Bi,
         }
     }
@@ -95,7 +97,7 @@ impl Message {
                     .sum::<usize>()
             }
             Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,
-            Message::Prune => 2,
+            Message::Prune(origins) => 4 + origins.len() * 32,
             Message::SyncRequest { digest, .. } => {
                 40 + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()
             }

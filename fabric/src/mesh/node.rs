@@ -43,6 +43,9 @@ pub const DIGEST_ORIGINS_MAX: usize = 65_536;
 pub const EAGER_MAX: usize = 16;
 /// Most lazy peers.
 pub const LAZY_MAX: usize = 32;
+/// Origins a peer may ask us not to push eagerly (per-origin PRUNE). Beyond it, further
+/// prunes are ignored: more duplicates, never a loss.
+pub const PRUNED_ORIGINS_PER_PEER_MAX: usize = 4_096;
 /// RTT samples kept per peer; the estimate is their minimum (robust to delayed-ACK
 /// outliers, which only ever add delay).
 pub const RTT_WINDOW_LEN: usize = 8;
@@ -262,6 +265,8 @@ pub struct Node<S: Store> {
     peers: BTreeMap<OriginKey, PeerState>,
     eager: BTreeSet<OriginKey>,
     lazy: BTreeSet<OriginKey>,
+    /// Per eager peer, the origins whose events it asked to receive lazily only.
+    pruned: BTreeMap<OriginKey, BTreeSet<OriginKey>>,
     /// Sequence numbers accepted per origin (stored, or relayed when outside interest).
     seen: BTreeMap<OriginKey, SeqRanges>,
     /// Next sequence number to deliver per origin, minus one.
@@ -320,6 +325,7 @@ impl<S: Store> Node<S> {
             peers: BTreeMap::new(),
             eager: BTreeSet::new(),
             lazy: BTreeSet::new(),
+            pruned: BTreeMap::new(),
             seen,
             delivered,
             relay_cache: BTreeMap::new(),
@@ -380,6 +386,11 @@ impl<S: Store> Node<S> {
         self.lazy.iter()
     }
 
+    /// How many (peer, origin) pairs are pruned (pushed lazily only).
+    pub fn pruned_len(&self) -> usize {
+        self.pruned.values().map(BTreeSet::len).sum()
+    }
+
     /// The RTT estimate to `peer`, if measured.
     pub fn rtt_us(&self, peer: &OriginKey) -> Option<Micros> {
         self.peers.get(peer).and_then(PeerState::rtt_us)
@@ -437,9 +448,13 @@ impl<S: Store> Node<S> {
             Message::Push(events) => self.on_push(from, events),
             Message::IHave(refs) => self.on_ihave(from, refs),
             Message::Graft(refs) => self.on_graft(from, refs),
-            Message::Prune => {
-                if self.eager.remove(&from) {
-                    self.lazy.insert(from);
+            Message::Prune(origins) => {
+                let set = self.pruned.entry(from).or_default();
+                for origin in origins {
+                    if set.len() >= PRUNED_ORIGINS_PER_PEER_MAX {
+                        break;
+                    }
+                    set.insert(origin);
                 }
             }
             Message::SyncRequest {
@@ -626,6 +641,7 @@ impl<S: Store> Node<S> {
                         self.members.remove(&key);
                         self.eager.remove(&key);
                         self.lazy.remove(&key);
+                        self.pruned.remove(&key);
                         self.push_app(AppEvent::MemberDown(m));
                     }
                 }
@@ -817,26 +833,35 @@ impl<S: Store> Node<S> {
         };
         for peer in eager_peers.into_iter().filter(|p| Some(*p) != except) {
             let batch = self.allowed(events, &peer);
-            for chunk in batch.chunks(self.config.push_batch_len_max.max(1)) {
+            let pruned = self.pruned.get(&peer);
+            let (lazy_part, eager_part): (Vec<Arc<Event>>, Vec<Arc<Event>>) = batch
+                .into_iter()
+                .partition(|e| pruned.is_some_and(|p| p.contains(&e.origin())));
+            for chunk in eager_part.chunks(self.config.push_batch_len_max.max(1)) {
                 self.stats.pushes_sent += 1;
                 self.send(peer, Message::Push(chunk.to_vec()));
             }
+            self.announce(peer, &lazy_part);
         }
         for peer in lazy_peers.into_iter().filter(|p| Some(*p) != except) {
-            let refs: Vec<EventRef> = self
-                .allowed(events, &peer)
-                .iter()
-                .map(|e| EventRef::of(e))
-                .collect();
-            if refs.is_empty() {
-                continue;
-            }
-            if self.pending_ihave.is_empty() {
-                let at = self.now + self.config.ihave_delay_us;
-                self.schedule(at, Timer::FlushIHave);
-            }
-            self.pending_ihave.entry(peer).or_default().extend(refs);
+            let batch = self.allowed(events, &peer);
+            self.announce(peer, &batch);
         }
+    }
+
+    /// Queues IHAVEs for `events` to `peer`, sent in one batch after `ihave_delay_us`.
+    fn announce(&mut self, peer: OriginKey, events: &[Arc<Event>]) {
+        if events.is_empty() {
+            return;
+        }
+        if self.pending_ihave.is_empty() {
+            let at = self.now + self.config.ihave_delay_us;
+            self.schedule(at, Timer::FlushIHave);
+        }
+        self.pending_ihave
+            .entry(peer)
+            .or_default()
+            .extend(events.iter().map(|e| EventRef::of(e)));
     }
 
     /// The events the replication filter lets go to `peer`.
@@ -869,18 +894,25 @@ impl<S: Store> Node<S> {
 
     fn on_push(&mut self, from: OriginKey, events: Vec<Arc<Event>>) {
         let mut fresh = Vec::new();
+        let mut dup_origins = BTreeSet::new();
         for event in events {
-            if let Ok(Inserted::New) = self.accept(event.clone()) {
-                fresh.push(event);
+            match self.accept(event.clone()) {
+                Ok(Inserted::New) => fresh.push(event),
+                Ok(Inserted::Duplicate) => {
+                    dup_origins.insert(event.origin());
+                }
+                Err(_) => {}
             }
         }
-        if fresh.is_empty() {
-            // Everything was a duplicate: this link is redundant in the tree.
-            if self.eager.remove(&from) {
-                self.lazy.insert(from);
-            }
+        // Origins that arrived here only as duplicates: this link is redundant in their
+        // trees.
+        let fresh_origins: BTreeSet<OriginKey> = fresh.iter().map(|e| e.origin()).collect();
+        let redundant: Vec<OriginKey> = dup_origins.difference(&fresh_origins).copied().collect();
+        if !redundant.is_empty() {
             self.stats.prunes_sent += 1;
-            self.send(from, Message::Prune);
+            self.send(from, Message::Prune(redundant));
+        }
+        if fresh.is_empty() {
             return;
         }
         if self.members.contains_key(&from)
@@ -951,6 +983,11 @@ impl<S: Store> Node<S> {
     }
 
     fn on_graft(&mut self, from: OriginKey, refs: Vec<EventRef>) {
+        if let Some(p) = self.pruned.get_mut(&from) {
+            for r in &refs {
+                p.remove(&r.origin);
+            }
+        }
         if self.members.contains_key(&from) {
             self.lazy.remove(&from);
             if self.eager.len() < EAGER_MAX {

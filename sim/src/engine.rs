@@ -1,0 +1,1012 @@
+//! The deterministic discrete-event engine: runs many fabric [`Node`]s over a modelled WAN,
+//! injects faults, checks invariants and collects metrics.
+//!
+//! Determinism: one master seed; every random choice (network jitter and loss, each node's
+//! seed, each producer's key) derives from it; the event queue is ordered by `(time, seq)`
+//! with a global sequence tie-break; every map that is iterated is a `BTreeMap`. The same
+//! plan and seed produce the same report, byte for byte.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use weft_fabric::mesh::{
+    AppEvent, MemStore, MemberInfo, MeshConfig, Message, Micros, Node, Transmit,
+};
+
+use crate::baseline::{BaselineKind, BaselineNode};
+use weft_fabric::{
+    Event, EventDraft, EventId, Hlc, HybridClock, OriginKey, Payload, Residency, SecurityContext,
+    Signer, StreamName, StreamPattern,
+};
+
+/// Most events a simulated node stores; scenarios stay far below it.
+pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
+/// Most simulator events processed in one run (a runaway protocol stops here, reported).
+pub const STEPS_MAX: u64 = 2_000_000_000;
+
+/// A resolved simulation: nodes, latencies, workload and faults, in microseconds.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Master seed.
+    pub seed: u64,
+    /// Simulated duration.
+    pub duration_us: Micros,
+    /// Region ids, indexed by `PlanNode::region`.
+    pub regions: Vec<String>,
+    /// One-way latency between regions (symmetric), microseconds.
+    pub one_way_us: Vec<Vec<Micros>>,
+    /// One-way latency between two nodes of the same region.
+    pub intra_region_us: Micros,
+    /// The nodes.
+    pub nodes: Vec<PlanNode>,
+    /// Jitter added to each message's one-way delay, uniform in `[0, jitter_us]`.
+    pub jitter_us: Micros,
+    /// Baseline loss probability per message.
+    pub loss: f64,
+    /// Modelled cost of verifying one received event's signature (not executed).
+    pub verify_us: Micros,
+    /// Event sources.
+    pub workloads: Vec<PlanWorkload>,
+    /// Faults.
+    pub faults: Vec<PlanFault>,
+    /// After the last fault heals, every event must reach every live interested node
+    /// within this time.
+    pub converge_within_us: Micros,
+}
+
+/// One simulated node.
+#[derive(Debug, Clone)]
+pub struct PlanNode {
+    /// Display name (`aws:us-east-1/0`).
+    pub name: String,
+    /// Index into `Plan::regions`.
+    pub region: usize,
+    /// Cloud.
+    pub cloud: String,
+    /// Jurisdiction.
+    pub jurisdiction: String,
+    /// Extra one-way access latency (edge sites attached to a region).
+    pub access_us: Micros,
+}
+
+/// One stream's publishers and subscribers.
+#[derive(Debug, Clone)]
+pub struct PlanWorkload {
+    /// The stream.
+    pub stream: StreamName,
+    /// Events per simulated second, over all publishers.
+    pub rate_per_s: f64,
+    /// Payload size.
+    pub payload_bytes: usize,
+    /// Publishing nodes (round-robin).
+    pub publishers: Vec<usize>,
+    /// Interested nodes.
+    pub subscribers: Vec<usize>,
+    /// When publishing starts.
+    pub start_us: Micros,
+    /// When it stops.
+    pub stop_us: Micros,
+}
+
+/// A fault window.
+#[derive(Debug, Clone)]
+pub struct PlanFault {
+    /// Start.
+    pub at_us: Micros,
+    /// Heal.
+    pub until_us: Micros,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+/// Fault kinds.
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// Nodes go down (a region outage, or a crash); back at `until_us`.
+    Down {
+        /// Affected nodes.
+        nodes: Vec<usize>,
+        /// Whether they lose their stored events.
+        lose_memory: bool,
+    },
+    /// Messages between the groups are dropped (both ways if symmetric, else a to b).
+    Partition {
+        /// One side.
+        a: Vec<usize>,
+        /// The other side.
+        b: Vec<usize>,
+        /// Both directions.
+        symmetric: bool,
+    },
+    /// Links between the groups get slower and lossier.
+    Degrade {
+        /// One side.
+        a: Vec<usize>,
+        /// The other side.
+        b: Vec<usize>,
+        /// Latency multiplier.
+        latency_factor: f64,
+        /// Extra loss probability.
+        loss: f64,
+    },
+    /// The nodes' wall clocks are off by `skew_ms` (HLC stamps of their events).
+    ClockSkew {
+        /// Affected nodes.
+        nodes: Vec<usize>,
+        /// Offset.
+        skew_ms: i64,
+    },
+}
+
+/// The dissemination strategy a run simulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Weft's mesh core (the real protocol code).
+    Weft,
+    /// Flooding over a random overlay where each node links to `degree` others.
+    Flooding {
+        /// Links each node opens.
+        degree: usize,
+    },
+    /// Random-peer gossip.
+    RandomGossip {
+        /// Peers per forward.
+        fanout: usize,
+    },
+}
+
+impl Strategy {
+    /// Name in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Weft => "weft",
+            Strategy::Flooding { .. } => "flooding",
+            Strategy::RandomGossip { .. } => "random-gossip",
+        }
+    }
+}
+
+/// A simulated node's protocol instance.
+enum Proto {
+    Weft(Box<Node<MemStore>>),
+    Base(Box<BaselineNode>),
+}
+
+impl Proto {
+    fn handle_message(&mut self, now: Micros, from: OriginKey, msg: Message) {
+        match self {
+            Proto::Weft(n) => n.handle_message(now, from, msg),
+            Proto::Base(n) => n.handle_message(from, msg),
+        }
+    }
+    fn handle_timeout(&mut self, now: Micros) {
+        if let Proto::Weft(n) = self {
+            n.handle_timeout(now);
+        }
+    }
+    fn handle_publish(&mut self, now: Micros, event: Arc<Event>) -> Result<(), String> {
+        match self {
+            Proto::Weft(n) => n.handle_publish(now, event).map_err(|e| e.to_string()),
+            Proto::Base(n) => {
+                n.handle_publish(event);
+                Ok(())
+            }
+        }
+    }
+    fn handle_rtt_sample(&mut self, now: Micros, peer: OriginKey, rtt: Micros) {
+        if let Proto::Weft(n) = self {
+            n.handle_rtt_sample(now, peer, rtt);
+        }
+    }
+    fn join(&mut self, now: Micros, seeds: &[MemberInfo]) {
+        if let Proto::Weft(n) = self {
+            n.join(now, seeds);
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        match self {
+            Proto::Weft(n) => n.poll_transmit(),
+            Proto::Base(n) => n.poll_transmit(),
+        }
+    }
+    fn poll_event(&mut self) -> Option<AppEvent> {
+        match self {
+            Proto::Weft(n) => n.poll_event(),
+            Proto::Base(n) => n.poll_event(),
+        }
+    }
+    fn poll_timeout(&self) -> Option<Micros> {
+        match self {
+            Proto::Weft(n) => n.poll_timeout(),
+            Proto::Base(n) => n.poll_timeout(),
+        }
+    }
+    fn events_new(&self) -> u64 {
+        match self {
+            Proto::Weft(n) => n.stats().events_new,
+            Proto::Base(n) => n.events_new(),
+        }
+    }
+    fn check_invariants(&self) {
+        if let Proto::Weft(n) = self {
+            n.check_invariants();
+        }
+    }
+    fn into_store(self) -> Option<MemStore> {
+        match self {
+            Proto::Weft(n) => Some(n.into_store()),
+            Proto::Base(_) => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Msg {
+        to: usize,
+        from: usize,
+        msg: Message,
+    },
+    Timer {
+        node: usize,
+    },
+    Publish {
+        workload: usize,
+    },
+    FaultStart(usize),
+    FaultEnd(usize),
+}
+
+struct SimNode {
+    info: MemberInfo,
+    node: Option<Proto>,
+    parked: Option<MemStore>,
+    timer_at: Option<Micros>,
+    signer: Signer,
+    clock: HybridClock,
+    skew_ms: i64,
+    next_seq: u64,
+    interest: Vec<StreamPattern>,
+    /// Application view: ids delivered, and last delivered seq per origin.
+    app_ids: HashSet<EventId>,
+    app_last: HashMap<OriginKey, u64>,
+    /// Busy until (models signature verification cost on receive).
+    busy_until: Micros,
+}
+
+/// Everything measured during a run.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    /// Events published.
+    pub published: u64,
+    /// Deliveries to applications.
+    pub deliveries: u64,
+    /// First deliveries of an event to a node other than its origin.
+    pub remote_deliveries: u64,
+    /// Delivery latencies (µs), all.
+    pub latency_us: Vec<Micros>,
+    /// Stretch samples (latency / ideal), x1000 as integers for determinism.
+    pub stretch_milli: Vec<u64>,
+    /// Per region pair (origin region, destination region): latencies.
+    pub latency_by_pair: BTreeMap<(usize, usize), Vec<Micros>>,
+    /// Event copies received by nodes (push and sync), for RMR.
+    pub payload_copies: u64,
+    /// First receipts of events by nodes other than their origin (RMR's denominator).
+    pub first_receipts: u64,
+    /// Messages sent, by kind.
+    pub messages_by_kind: BTreeMap<&'static str, u64>,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Bytes sent between different regions.
+    pub cross_region_bytes: u64,
+    /// Messages dropped by faults or loss.
+    pub dropped: u64,
+    /// Messages delivered (simulator deliveries).
+    pub message_deliveries: u64,
+    /// Duplicate deliveries to applications (safety violation).
+    pub app_duplicates: u64,
+    /// Out-of-order deliveries per origin (safety violation).
+    pub order_violations: u64,
+    /// Events not delivered to a live interested node at the end.
+    pub missed: u64,
+    /// Time from the last heal (or the end of publishing, if later) until every event had
+    /// reached every live interested node; `None` if some never did.
+    pub convergence_us: Option<Micros>,
+    /// Time of the last first-delivery of any event to any node.
+    pub last_delivery_us: Micros,
+    /// Delivered fraction over time: (time, delivered, expected so far).
+    pub timeline: Vec<(Micros, u64, u64)>,
+    /// Invariant violations (descriptions).
+    pub violations: Vec<String>,
+    /// Simulator steps.
+    pub steps: u64,
+}
+
+/// The engine.
+pub struct Engine {
+    plan: Plan,
+    strategy: Strategy,
+    /// Baseline overlay: each node's peers.
+    overlay: Vec<Vec<OriginKey>>,
+    now: Micros,
+    queue: BTreeMap<(Micros, u64), Ev>,
+    seq: u64,
+    rng: ChaCha8Rng,
+    nodes: Vec<SimNode>,
+    key_index: HashMap<OriginKey, usize>,
+    blocked: HashSet<(usize, usize)>,
+    degraded: HashMap<(usize, usize), (f64, f64)>,
+    /// Published events: id -> (publish time, origin node, workload).
+    events: BTreeMap<EventId, (Micros, usize, usize)>,
+    /// Delivery record: (event, node) pairs seen at applications.
+    delivered_pairs: HashSet<(EventId, usize)>,
+    ideal_us: Vec<Vec<Micros>>,
+    workload_next_pub: Vec<usize>,
+    metrics: Metrics,
+}
+
+impl Engine {
+    /// Builds the engine: nodes, keys and the initial schedule.
+    pub fn new(plan: Plan, strategy: Strategy) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+        let mut nodes = Vec::with_capacity(plan.nodes.len());
+        let mut key_index = HashMap::new();
+        for (i, n) in plan.nodes.iter().enumerate() {
+            let mut secret = [0u8; 32];
+            rng.fill_bytes(&mut secret);
+            let signer = Signer::from_secret(&secret);
+            let info = MemberInfo {
+                key: signer.origin().0,
+                region: plan.regions[n.region].clone(),
+                cloud: n.cloud.clone(),
+                jurisdiction: n.jurisdiction.clone(),
+                addr: n.name.clone(),
+                policy_epoch: 0,
+                generation: 0,
+            };
+            key_index.insert(signer.origin(), i);
+            let interest = plan
+                .workloads
+                .iter()
+                .filter(|w| w.subscribers.contains(&i))
+                .map(|w| StreamPattern::from(w.stream.clone()))
+                .collect();
+            nodes.push(SimNode {
+                info,
+                node: None,
+                parked: Some(MemStore::new(NODE_STORE_LEN_MAX)),
+                timer_at: None,
+                signer,
+                clock: HybridClock::new(60_000),
+                skew_ms: 0,
+                next_seq: 1,
+                interest,
+                app_ids: HashSet::new(),
+                app_last: HashMap::new(),
+                busy_until: 0,
+            });
+        }
+        let workload_next_pub = vec![0; plan.workloads.len()];
+        let overlay = build_overlay(&nodes, strategy, &mut rng);
+        let mut engine = Self {
+            ideal_us: Vec::new(),
+            plan,
+            strategy,
+            overlay,
+            now: 0,
+            queue: BTreeMap::new(),
+            seq: 0,
+            rng,
+            nodes,
+            key_index,
+            blocked: HashSet::new(),
+            degraded: HashMap::new(),
+            events: BTreeMap::new(),
+            delivered_pairs: HashSet::new(),
+            workload_next_pub,
+            metrics: Metrics::default(),
+        };
+        for i in 0..engine.nodes.len() {
+            engine.start_node(i);
+        }
+        engine.recompute_ideal();
+        // Everyone joins through the first node of each region (seeds), as an operator would
+        // configure it.
+        let mut seeds: Vec<usize> = Vec::new();
+        let mut seen_regions = BTreeSet::new();
+        for (i, n) in engine.plan.nodes.iter().enumerate() {
+            if seen_regions.insert(n.region) {
+                seeds.push(i);
+            }
+        }
+        let seed_infos: Vec<MemberInfo> = seeds
+            .iter()
+            .map(|s| engine.nodes[*s].info.clone())
+            .collect();
+        for i in 0..engine.nodes.len() {
+            if let Some(node) = engine.nodes[i].node.as_mut() {
+                node.join(0, &seed_infos);
+            }
+            engine.drain(i);
+        }
+        for (w, wl) in engine.plan.workloads.iter().enumerate() {
+            let at = wl.start_us;
+            engine.seq += 1;
+            engine
+                .queue
+                .insert((at, engine.seq), Ev::Publish { workload: w });
+        }
+        for (f, fault) in engine.plan.faults.iter().enumerate() {
+            engine.seq += 1;
+            engine
+                .queue
+                .insert((fault.at_us, engine.seq), Ev::FaultStart(f));
+            engine.seq += 1;
+            engine
+                .queue
+                .insert((fault.until_us, engine.seq), Ev::FaultEnd(f));
+        }
+        engine
+    }
+
+    fn push(&mut self, at: Micros, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let seed = self.plan.seed
+            ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            ^ u64::from(n.info.generation);
+        let me = OriginKey(n.info.key);
+        n.node = Some(match self.strategy {
+            Strategy::Weft => {
+                let store = n
+                    .parked
+                    .take()
+                    .unwrap_or_else(|| MemStore::new(NODE_STORE_LEN_MAX));
+                let mut config = MeshConfig::wan(self.plan.nodes.len() as u32);
+                config.interest = n.interest.clone();
+                Proto::Weft(Box::new(Node::new(
+                    n.info.clone(),
+                    config,
+                    seed,
+                    store,
+                    self.now,
+                )))
+            }
+            Strategy::Flooding { .. } => Proto::Base(Box::new(BaselineNode::new(
+                BaselineKind::Flooding,
+                me,
+                self.overlay[i].clone(),
+                seed,
+            ))),
+            Strategy::RandomGossip { fanout } => Proto::Base(Box::new(BaselineNode::new(
+                BaselineKind::RandomGossip { fanout },
+                me,
+                self.overlay[i].clone(),
+                seed,
+            ))),
+        });
+    }
+
+    /// Runs the plan to the end and returns the metrics.
+    pub fn run(mut self, mut progress: impl FnMut(Micros, Micros)) -> Metrics {
+        let end = self.plan.duration_us;
+        let mut next_sample = 0;
+        let sample_every = (end / 100).max(1);
+        while let Some((&(at, seq), _)) = self.queue.first_key_value() {
+            if at > end || self.metrics.steps >= STEPS_MAX {
+                break;
+            }
+            let Some(ev) = self.queue.remove(&(at, seq)) else {
+                break;
+            };
+            self.now = at;
+            self.metrics.steps += 1;
+            if at >= next_sample {
+                let expected = self.expected_so_far();
+                self.metrics
+                    .timeline
+                    .push((at, self.metrics.remote_deliveries, expected));
+                next_sample = at + sample_every;
+                progress(at, end);
+            }
+            let touched = self.step(ev);
+            // Invariants after every step on small meshes; sampled on large ones (cost).
+            if let Some(i) = touched
+                && (self.nodes.len() <= 64 || self.metrics.steps.is_multiple_of(997))
+                && let Some(node) = &self.nodes[i].node
+            {
+                node.check_invariants();
+            }
+        }
+        self.now = end;
+        self.finish();
+        self.metrics
+    }
+
+    fn step(&mut self, ev: Ev) -> Option<usize> {
+        let touched = match &ev {
+            Ev::Msg { to, .. } => Some(*to),
+            Ev::Timer { node } => Some(*node),
+            _ => None,
+        };
+        match ev {
+            Ev::Msg { to, from, msg } => {
+                let now = self.now;
+                let from_key = OriginKey(self.nodes[from].info.key);
+                let copies = match &msg {
+                    Message::Push(e) => e.len() as u64,
+                    Message::SyncResponse { events, .. } => events.len() as u64,
+                    _ => 0,
+                };
+                let verify_us = self.plan.verify_us;
+                let target = &mut self.nodes[to];
+                let Some(node) = target.node.as_mut() else {
+                    self.metrics.dropped += 1;
+                    return None;
+                };
+                self.metrics.message_deliveries += 1;
+                self.metrics.payload_copies += copies;
+                // Modelled verification cost: the node is busy for verify_us per event.
+                let start = now.max(target.busy_until);
+                target.busy_until = start + copies * verify_us;
+                node.handle_message(now, from_key, msg);
+                self.drain(to);
+            }
+            Ev::Timer { node: i } => {
+                self.nodes[i].timer_at = None;
+                let now = self.now;
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    node.handle_timeout(now);
+                }
+                self.drain(i);
+            }
+            Ev::Publish { workload } => self.publish(workload),
+            Ev::FaultStart(f) => self.fault(f, true),
+            Ev::FaultEnd(f) => self.fault(f, false),
+        }
+        touched
+    }
+
+    fn publish(&mut self, w: usize) {
+        let wl = self.plan.workloads[w].clone();
+        if self.now >= wl.stop_us || wl.publishers.is_empty() || wl.rate_per_s <= 0.0 {
+            return;
+        }
+        let interval = (1_000_000.0 / wl.rate_per_s) as Micros;
+        self.push(self.now + interval.max(1), Ev::Publish { workload: w });
+        let k = self.workload_next_pub[w] % wl.publishers.len();
+        self.workload_next_pub[w] += 1;
+        let i = wl.publishers[k];
+        if self.nodes[i].node.is_none() {
+            return; // a down node publishes nothing
+        }
+        let wall_ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
+        let n = &mut self.nodes[i];
+        let Ok(hlc) = n.clock.tick(wall_ms.max(0) as u64) else {
+            self.metrics
+                .violations
+                .push(format!("hlc refused at node {}", n.info.addr));
+            return;
+        };
+        let draft = EventDraft {
+            stream: wl.stream.clone(),
+            key: None,
+            seq: n.next_seq,
+            hlc: Hlc::from_u64(hlc.as_u64()),
+            security: SecurityContext {
+                tenant: "sim".into(),
+                principal: n.info.addr.clone(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: BTreeSet::new(),
+                policy_epoch: 0,
+            },
+            content_type: "application/octet-stream".into(),
+            payload: Payload::Clear(vec![0u8; wl.payload_bytes]),
+            trace: None,
+        };
+        let Ok(event) = n.signer.sign(draft) else {
+            self.metrics.violations.push("signing failed".into());
+            return;
+        };
+        n.next_seq += 1;
+        let event = Arc::new(event);
+        self.events.insert(event.id(), (self.now, i, w));
+        self.metrics.published += 1;
+        let now = self.now;
+        if let Some(node) = self.nodes[i].node.as_mut()
+            && let Err(e) = node.handle_publish(now, event)
+        {
+            self.metrics
+                .violations
+                .push(format!("publish refused: {e}"));
+        }
+        self.drain(i);
+    }
+
+    fn fault(&mut self, f: usize, start: bool) {
+        let fault = self.plan.faults[f].clone();
+        match fault.kind {
+            FaultKind::Down { nodes, lose_memory } => {
+                for i in nodes {
+                    if start {
+                        if let Some(node) = self.nodes[i].node.take() {
+                            self.metrics.first_receipts += node.events_new();
+                            let store = node.into_store();
+                            self.nodes[i].parked = if lose_memory { None } else { store };
+                            if lose_memory {
+                                // A node that lost its disk is a new application instance.
+                                self.nodes[i].app_ids.clear();
+                                self.nodes[i].app_last.clear();
+                            }
+                        }
+                        self.nodes[i].timer_at = None;
+                    } else if self.nodes[i].node.is_none() {
+                        self.nodes[i].info.generation += 1;
+                        self.start_node(i);
+                        let seeds: Vec<MemberInfo> = self
+                            .nodes
+                            .iter()
+                            .filter(|n| n.node.is_some())
+                            .take(8)
+                            .map(|n| n.info.clone())
+                            .collect();
+                        let now = self.now;
+                        if let Some(node) = self.nodes[i].node.as_mut() {
+                            node.join(now, &seeds);
+                        }
+                        self.drain(i);
+                    }
+                }
+            }
+            FaultKind::Partition { a, b, symmetric } => {
+                for &x in &a {
+                    for &y in &b {
+                        for pair in [(x, y), (y, x)]
+                            .into_iter()
+                            .take(if symmetric { 2 } else { 1 })
+                        {
+                            if start {
+                                self.blocked.insert(pair);
+                            } else {
+                                self.blocked.remove(&pair);
+                            }
+                        }
+                    }
+                }
+            }
+            FaultKind::Degrade {
+                a,
+                b,
+                latency_factor,
+                loss,
+            } => {
+                for &x in &a {
+                    for &y in &b {
+                        for pair in [(x, y), (y, x)] {
+                            if start {
+                                self.degraded.insert(pair, (latency_factor, loss));
+                            } else {
+                                self.degraded.remove(&pair);
+                            }
+                        }
+                    }
+                }
+            }
+            FaultKind::ClockSkew { nodes, skew_ms } => {
+                for i in nodes {
+                    self.nodes[i].skew_ms = if start { skew_ms } else { 0 };
+                }
+            }
+        }
+        self.recompute_ideal();
+    }
+
+    /// Sends everything node `i` has queued and re-arms its timer; hands deliveries to the
+    /// application model.
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        let mut sends = Vec::new();
+        let mut app = Vec::new();
+        let next_timer;
+        {
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                return;
+            };
+            while let Some(t) = node.poll_transmit() {
+                sends.push(t);
+            }
+            while let Some(e) = node.poll_event() {
+                app.push(e);
+            }
+            next_timer = node.poll_timeout();
+        }
+        for t in sends {
+            let Some(&to) = self.key_index.get(&t.to) else {
+                continue;
+            };
+            self.transmit(i, to, t.msg);
+        }
+        for e in app {
+            match e {
+                AppEvent::Deliver(event) => self.app_deliver(i, &event),
+                AppEvent::MemberUp(m) => {
+                    // The transport measures the RTT when it connects to a new member.
+                    if let Some(&j) = self.key_index.get(&OriginKey(m.key)) {
+                        let rtt = 2 * self.link_us(i, j);
+                        if let Some(node) = self.nodes[i].node.as_mut() {
+                            node.handle_rtt_sample(now, OriginKey(m.key), rtt);
+                        }
+                    }
+                }
+                AppEvent::MemberDown(_) => {}
+            }
+        }
+        if let Some(at) = next_timer {
+            let at = at.max(now);
+            let n = &mut self.nodes[i];
+            if n.timer_at.is_none_or(|cur| at < cur) {
+                n.timer_at = Some(at);
+                self.push(at, Ev::Timer { node: i });
+            }
+        }
+    }
+
+    fn link_us(&self, a: usize, b: usize) -> Micros {
+        let (na, nb) = (&self.plan.nodes[a], &self.plan.nodes[b]);
+        let base = if na.region == nb.region {
+            self.plan.intra_region_us
+        } else {
+            self.plan.one_way_us[na.region][nb.region]
+        };
+        base + na.access_us + nb.access_us
+    }
+
+    fn transmit(&mut self, from: usize, to: usize, msg: Message) {
+        let kind = match &msg {
+            Message::Swim(_) => "swim",
+            Message::Push(_) => "push",
+            Message::IHave(_) => "ihave",
+            Message::Graft(_) => "graft",
+            Message::Prune(_) => "prune",
+            Message::SyncRequest { .. } => "sync_request",
+            Message::SyncResponse { .. } => "sync_response",
+        };
+        *self.metrics.messages_by_kind.entry(kind).or_default() += 1;
+        let len = msg.wire_len() as u64;
+        self.metrics.bytes += len;
+        if self.plan.nodes[from].region != self.plan.nodes[to].region {
+            self.metrics.cross_region_bytes += len;
+        }
+        if self.blocked.contains(&(from, to)) {
+            self.metrics.dropped += 1;
+            return;
+        }
+        let (factor, extra_loss) = self
+            .degraded
+            .get(&(from, to))
+            .copied()
+            .unwrap_or((1.0, 0.0));
+        let base = (self.link_us(from, to) as f64 * factor) as Micros;
+        let jitter = (self.plan.jitter_us as f64 * unit(&mut self.rng)) as Micros;
+        let loss = self.plan.loss + extra_loss;
+        let mut delay = base + jitter;
+        if loss > 0.0 && unit(&mut self.rng) < loss {
+            match msg.channel() {
+                weft_fabric::mesh::Channel::Datagram => {
+                    self.metrics.dropped += 1;
+                    return;
+                }
+                // Streams are reliable: a lost packet costs a retransmission, about one RTT.
+                _ => delay += 2 * base,
+            }
+        }
+        let at = self.now.max(self.nodes[from].busy_until) + delay;
+        self.push(at, Ev::Msg { to, from, msg });
+    }
+
+    fn app_deliver(&mut self, i: usize, event: &Event) {
+        let id = event.id();
+        let n = &mut self.nodes[i];
+        if !n.app_ids.insert(id) {
+            self.metrics.app_duplicates += 1;
+            self.metrics
+                .violations
+                .push(format!("event {id} delivered twice at {}", n.info.addr));
+            return;
+        }
+        let last = n.app_last.entry(event.origin()).or_insert(0);
+        if event.seq() <= *last {
+            self.metrics.order_violations += 1;
+        }
+        *last = event.seq();
+        self.metrics.deliveries += 1;
+        if !self.delivered_pairs.insert((id, i)) {
+            return; // a node that lost its disk receives again: not a new delivery
+        }
+        if let Some(&(t0, origin, _)) = self.events.get(&id) {
+            if origin == i {
+                return;
+            }
+            self.metrics.remote_deliveries += 1;
+            self.metrics.last_delivery_us = self.now;
+            let latency = self.now.saturating_sub(t0);
+            self.metrics.latency_us.push(latency);
+            let ideal = self.ideal_us[origin][i].max(1);
+            self.metrics.stretch_milli.push(latency * 1000 / ideal);
+            let pair = (self.plan.nodes[origin].region, self.plan.nodes[i].region);
+            self.metrics
+                .latency_by_pair
+                .entry(pair)
+                .or_default()
+                .push(latency);
+        }
+    }
+
+    /// Shortest one-way latency between every pair of live nodes' regions (Floyd-Warshall
+    /// over regions with a live node), plus access latencies.
+    fn recompute_ideal(&mut self) {
+        let r = self.plan.regions.len();
+        let live_region: Vec<bool> = (0..r)
+            .map(|reg| {
+                self.plan.nodes.iter().enumerate().any(|(i, n)| {
+                    n.region == reg && self.nodes.get(i).is_none_or(|s| s.node.is_some())
+                })
+            })
+            .collect();
+        let mut d = vec![vec![Micros::MAX / 4; r]; r];
+        for a in 0..r {
+            for b in 0..r {
+                if a == b {
+                    d[a][b] = 0;
+                } else if live_region[a] && live_region[b] {
+                    d[a][b] = self.plan.one_way_us[a][b];
+                }
+            }
+        }
+        for k in 0..r {
+            if !live_region[k] {
+                continue;
+            }
+            for a in 0..r {
+                for b in 0..r {
+                    let via = d[a][k] + d[k][b];
+                    if via < d[a][b] {
+                        d[a][b] = via;
+                    }
+                }
+            }
+        }
+        let n = self.plan.nodes.len();
+        let mut ideal = vec![vec![0; n]; n];
+        for (a, na) in self.plan.nodes.iter().enumerate() {
+            for (b, nb) in self.plan.nodes.iter().enumerate() {
+                let base = if na.region == nb.region {
+                    self.plan.intra_region_us
+                } else {
+                    d[na.region][nb.region]
+                };
+                ideal[a][b] = base + na.access_us + nb.access_us;
+            }
+        }
+        self.ideal_us = ideal;
+    }
+
+    /// (event, live subscriber) pairs expected so far; the origin itself excluded.
+    fn expected_so_far(&self) -> u64 {
+        self.events
+            .values()
+            .map(|(_, origin, w)| {
+                self.plan.workloads[*w]
+                    .subscribers
+                    .iter()
+                    .filter(|s| **s != *origin && self.nodes[**s].node.is_some())
+                    .count() as u64
+            })
+            .sum()
+    }
+
+    fn missing_pairs(&self) -> u64 {
+        let mut missing = 0;
+        for (id, (_, origin, w)) in &self.events {
+            for &s in &self.plan.workloads[*w].subscribers {
+                if s != *origin
+                    && self.nodes[s].node.is_some()
+                    && !self.delivered_pairs.contains(&(*id, s))
+                {
+                    missing += 1;
+                }
+            }
+        }
+        missing
+    }
+
+    fn finish(&mut self) {
+        if std::env::var_os("WEFT_SIM_DEBUG").is_some() {
+            for n in &self.nodes {
+                if let Some(Proto::Weft(node)) = &n.node {
+                    eprintln!(
+                        "{}: members {} eager {} lazy {} pruned {} stats {:?}",
+                        n.info.addr,
+                        node.members().count(),
+                        node.eager_peers().count(),
+                        node.lazy_peers().count(),
+                        node.pruned_len(),
+                        node.stats()
+                    );
+                }
+            }
+        }
+        self.metrics.missed = self.missing_pairs();
+        if self.metrics.missed == 0 {
+            let reference = self
+                .plan
+                .workloads
+                .iter()
+                .map(|w| w.stop_us)
+                .chain(self.plan.faults.iter().map(|f| f.until_us))
+                .max()
+                .unwrap_or(0);
+            self.metrics.convergence_us =
+                Some(self.metrics.last_delivery_us.saturating_sub(reference));
+        }
+        for n in &self.nodes {
+            if let Some(node) = &n.node {
+                node.check_invariants();
+                self.metrics.first_receipts += node.events_new();
+            }
+        }
+        // Each origin's own accept of its publish is not a receipt.
+        self.metrics.first_receipts = self
+            .metrics
+            .first_receipts
+            .saturating_sub(self.metrics.published);
+    }
+}
+
+/// A uniform float in [0, 1) from the RNG.
+fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The baselines' peer lists: for flooding a random symmetric overlay where every node opens
+/// `degree` links; for gossip the whole membership. Weft gets none (it finds its own).
+fn build_overlay(
+    nodes: &[SimNode],
+    strategy: Strategy,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<OriginKey>> {
+    let keys: Vec<OriginKey> = nodes.iter().map(|n| OriginKey(n.info.key)).collect();
+    let n = keys.len();
+    match strategy {
+        Strategy::Weft => vec![Vec::new(); n],
+        Strategy::RandomGossip { .. } => keys
+            .iter()
+            .map(|me| keys.iter().copied().filter(|k| k != me).collect())
+            .collect(),
+        Strategy::Flooding { degree } => {
+            let mut links: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+            for i in 0..n {
+                let mut attempts = 0;
+                while links[i].len() < degree.min(n.saturating_sub(1)) && attempts < 16 * degree {
+                    attempts += 1;
+                    let j = (rng.next_u64() % n as u64) as usize;
+                    if j != i {
+                        links[i].insert(j);
+                        links[j].insert(i);
+                    }
+                }
+            }
+            links
+                .into_iter()
+                .map(|l| l.into_iter().map(|j| keys[j]).collect())
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `weft-sim`: Weft's deterministic discrete-event simulator of the mesh.
+//!
+//! The library holds what the `weft-sim` binary and its tests share:
+//!
+//! - [`catalog`]: real cloud regions with their metadata and a complete round-trip-time
+//!   matrix, measured where the data has the pair and derived (and labelled so) elsewhere;
+//! - [`engine`]: the deterministic discrete-event engine running fabric nodes (and the
+//!   [`baseline`] strategies) over the modelled WAN, with faults, invariants and metrics;
+//! - [`plan`]: scenario + catalog -> the engine's resolved plan;
+//! - [`report`]: summary figures, terminal table and JSON;
+//! - [`scenario`]: the TOML scenario format (topology, network, workloads, faults, checks,
+//!   baselines), validated against a catalog, and the deterministic numbering of nodes.
+//!
+//! `docs/sim.md` documents both for people who write scenarios.
+
+pub mod baseline;
+pub mod catalog;
+pub mod engine;
+pub mod plan;
+pub mod report;
+pub mod scenario;
+
+mod toml_text;

@@ -1,0 +1,348 @@
+//! The run report: summary figures computed from the engine's metrics, rendered as a
+//! terminal table and as JSON (fields documented in `docs/sim.md`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::engine::{Metrics, Plan};
+
+/// Percentiles of a latency distribution, in milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: usize,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From samples in microseconds (nearest-rank percentiles).
+    pub fn from_us(samples: &[u64]) -> Self {
+        Self::from_scaled(samples, 1000.0)
+    }
+
+    fn from_scaled(samples: &[u64], div: f64) -> Self {
+        let mut v = samples.to_vec();
+        v.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            round3(v[rank - 1] as f64 / div)
+        };
+        Self {
+            count: v.len(),
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// One strategy's results in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyReport {
+    /// `weft`, `flooding` or `random-gossip`.
+    pub strategy: String,
+    /// Events published.
+    pub published: u64,
+    /// Deliveries to applications.
+    pub deliveries: u64,
+    /// Delivery latency, ms.
+    pub latency_ms: Percentiles,
+    /// Stretch = latency / ideal (shortest path over live nodes).
+    pub stretch: Percentiles,
+    /// Relative message redundancy: payload copies received / first receipts - 1.
+    pub rmr: f64,
+    /// Messages sent per published event.
+    pub messages_per_event: f64,
+    /// Bytes sent per published event.
+    pub bytes_per_event: f64,
+    /// Bytes sent between regions.
+    pub cross_region_bytes: u64,
+    /// Messages by kind.
+    pub messages_by_kind: BTreeMap<String, u64>,
+    /// (event, live interested node) pairs never delivered.
+    pub missed: u64,
+    /// Deliveries of one event twice to one application.
+    pub duplicates: u64,
+    /// Per-origin order violations at applications.
+    pub order_violations: u64,
+    /// Time from the last heal (or end of publishing) to full delivery, ms.
+    pub convergence_ms: Option<f64>,
+    /// Messages dropped by faults and loss.
+    pub dropped: u64,
+    /// Latency by (origin region, destination region), ms.
+    pub latency_by_region_pair: Vec<RegionPairLatency>,
+    /// Delivered fraction over time: (seconds, delivered / expected).
+    pub delivered_fraction: Vec<(f64, f64)>,
+    /// Invariant violations found.
+    pub violations: Vec<String>,
+    /// Simulator steps.
+    pub steps: u64,
+}
+
+/// Latency between two regions.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionPairLatency {
+    /// Origin region.
+    pub from: String,
+    /// Destination region.
+    pub to: String,
+    /// Latency, ms.
+    pub latency_ms: Percentiles,
+}
+
+impl StrategyReport {
+    /// Summarises a run's metrics.
+    pub fn new(strategy: &str, plan: &Plan, m: &Metrics) -> Self {
+        let rmr = if m.first_receipts == 0 {
+            0.0
+        } else {
+            round3(m.payload_copies as f64 / m.first_receipts as f64 - 1.0)
+        };
+        let per_event = |x: u64| {
+            if m.published == 0 {
+                0.0
+            } else {
+                round3(x as f64 / m.published as f64)
+            }
+        };
+        let total_messages: u64 = m.messages_by_kind.values().sum();
+        Self {
+            strategy: strategy.to_string(),
+            published: m.published,
+            deliveries: m.deliveries,
+            latency_ms: Percentiles::from_us(&m.latency_us),
+            stretch: Percentiles::from_scaled(&m.stretch_milli, 1000.0),
+            rmr,
+            messages_per_event: per_event(total_messages),
+            bytes_per_event: per_event(m.bytes),
+            cross_region_bytes: m.cross_region_bytes,
+            messages_by_kind: m
+                .messages_by_kind
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            missed: m.missed,
+            duplicates: m.app_duplicates,
+            order_violations: m.order_violations,
+            convergence_ms: m.convergence_us.map(|u| round3(u as f64 / 1000.0)),
+            dropped: m.dropped,
+            latency_by_region_pair: m
+                .latency_by_pair
+                .iter()
+                .map(|((a, b), v)| RegionPairLatency {
+                    from: plan.regions[*a].clone(),
+                    to: plan.regions[*b].clone(),
+                    latency_ms: Percentiles::from_us(v),
+                })
+                .collect(),
+            delivered_fraction: m
+                .timeline
+                .iter()
+                .map(|(t, d, e)| {
+                    (
+                        round3(*t as f64 / 1e6),
+                        if *e == 0 {
+                            1.0
+                        } else {
+                            round3(*d as f64 / *e as f64)
+                        },
+                    )
+                })
+                .collect(),
+            violations: m.violations.clone(),
+            steps: m.steps,
+        }
+    }
+}
+
+/// One check of the run (safety or liveness), with its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// The measured value and the bound.
+    pub detail: String,
+}
+
+/// The whole report of one `weft-sim run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Master seed.
+    pub seed: u64,
+    /// Nodes simulated.
+    pub nodes: usize,
+    /// Simulated duration, seconds.
+    pub duration_s: f64,
+    /// How signature checks were treated.
+    pub signature_checks: String,
+    /// Results per strategy; Weft first.
+    pub strategies: Vec<StrategyReport>,
+    /// Checks on Weft's run.
+    pub checks: Vec<CheckResult>,
+}
+
+impl Report {
+    /// Assembles the report and evaluates the checks on Weft's results.
+    pub fn new(
+        scenario: &crate::scenario::Scenario,
+        plan: &Plan,
+        strategies: Vec<StrategyReport>,
+    ) -> Self {
+        let mut checks = Vec::new();
+        if let Some(w) = strategies.iter().find(|s| s.strategy == "weft") {
+            let mut check = |name: &str, passed: bool, detail: String| {
+                checks.push(CheckResult {
+                    name: name.to_string(),
+                    passed,
+                    detail,
+                })
+            };
+            check(
+                "no event delivered twice to an application",
+                w.duplicates == 0,
+                format!("{} duplicates", w.duplicates),
+            );
+            check(
+                "per-origin order at every application",
+                w.order_violations == 0,
+                format!("{} violations", w.order_violations),
+            );
+            check(
+                "node invariants",
+                w.violations.is_empty(),
+                w.violations
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "none broken".into()),
+            );
+            check(
+                "missed = 0 after faults heal",
+                w.missed == 0,
+                format!("{} (event, node) pairs missed", w.missed),
+            );
+            let within_ms = plan.converge_within_us as f64 / 1000.0;
+            check(
+                "converged within the stated time",
+                w.convergence_ms.is_some_and(|c| c <= within_ms),
+                match w.convergence_ms {
+                    Some(c) => format!("{c} ms (bound {within_ms} ms)"),
+                    None => format!("did not converge before the end (bound {within_ms} ms)"),
+                },
+            );
+            if let Some(max) = scenario.checks.stretch_p99_max {
+                check(
+                    "stretch p99",
+                    w.stretch.p99 <= max,
+                    format!("{} (bound {max})", w.stretch.p99),
+                );
+            }
+            if let Some(max) = scenario.checks.rmr_max {
+                check("RMR", w.rmr <= max, format!("{} (bound {max})", w.rmr));
+            }
+        }
+        Self {
+            scenario: scenario.name.clone(),
+            seed: plan.seed,
+            nodes: plan.nodes.len(),
+            duration_s: plan.duration_us as f64 / 1e6,
+            signature_checks: format!(
+                "modelled, not executed: each received event costs {} us of node time",
+                plan.verify_us
+            ),
+            strategies,
+            checks,
+        }
+    }
+
+    /// Checks that failed, as lines.
+    pub fn failed_checks(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect()
+    }
+
+    /// Pretty JSON (deterministic: no wall-clock figures).
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self).map(|s| s + "\n")
+    }
+
+    /// The terminal summary table.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {} | seed {} | {} nodes | {} s simulated | signatures {}",
+            self.scenario, self.seed, self.nodes, self.duration_s, self.signature_checks
+        );
+        let _ = writeln!(
+            out,
+            "{:<14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>10}",
+            "strategy",
+            "published",
+            "delivered",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "str p50",
+            "str p99",
+            "RMR",
+            "msgs/ev",
+            "missed",
+            "dups",
+            "converge"
+        );
+        for s in &self.strategies {
+            let _ = writeln!(
+                out,
+                "{:<14} {:>9} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>8.3} {:>8.3} {:>7.2} {:>8.1} {:>6} {:>6} {:>10}",
+                s.strategy,
+                s.published,
+                s.deliveries,
+                s.latency_ms.p50,
+                s.latency_ms.p99,
+                s.latency_ms.max,
+                s.stretch.p50,
+                s.stretch.p99,
+                s.rmr,
+                s.messages_per_event,
+                s.missed,
+                s.duplicates,
+                s.convergence_ms
+                    .map_or("-".to_string(), |c| format!("{:.0} ms", c)),
+            );
+        }
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "  [{}] {}: {}",
+                if c.passed { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+        out
+    }
+}
