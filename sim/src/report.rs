@@ -63,8 +63,10 @@ pub struct StrategyReport {
     pub deliveries: u64,
     /// Delivery latency, ms.
     pub latency_ms: Percentiles,
-    /// Stretch = latency / ideal (shortest path over live nodes).
+    /// Stretch = latency / ideal (shortest path over live nodes), deliveries across regions.
     pub stretch: Percentiles,
+    /// Latency of deliveries inside the origin's region, ms.
+    pub intra_region_latency_ms: Percentiles,
     /// Relative message redundancy: payload copies received / first receipts - 1.
     pub rmr: f64,
     /// Messages sent per published event.
@@ -128,6 +130,7 @@ impl StrategyReport {
             deliveries: m.deliveries,
             latency_ms: Percentiles::from_us(&m.latency_us),
             stretch: Percentiles::from_scaled(&m.stretch_milli, 1000.0),
+            intra_region_latency_ms: Percentiles::from_us(&m.intra_region_latency_us),
             rmr,
             messages_per_event: per_event(total_messages),
             bytes_per_event: per_event(m.bytes),

@@ -49,12 +49,8 @@ pub enum Message {
     Push(Vec<Arc<Event>>),
     /// Lazy push: "I have these" (PlumTree IHAVE).
     IHave(Vec<EventRef>),
-    /// "Send me these and push to me eagerly from now on" (PlumTree GRAFT).
+    /// "Send me these" (PlumTree GRAFT, after an IHAVE whose event did not arrive).
     Graft(Vec<EventRef>),
-    /// "Stop pushing me these origins' events eagerly; announce them instead" (PlumTree
-    /// PRUNE, per origin: every origin gets its own tree, rooted at it, so one source's
-    /// redundant link is not cut for the others).
-    Prune(Vec<OriginKey>),
     /// Anti-entropy: the requester's digest; origins before `from_origin` were already
     /// settled in this round (resumable transfers).
     SyncRequest {
@@ -80,7 +76,7 @@ impl Message {
     pub fn channel(&self) -> Channel {
         match self {
             Message::Swim(_) | Message::IHave(_) => Channel::Datagram,
-            Message::Push(_) | Message::Graft(_) | Message::Prune(_) => Channel::Uni,
+            Message::Push(_) | Message::Graft(_) => Channel::Uni,
             Message::SyncRequest { .. } | Message::SyncResponse { .. } => Channel::Bi,
         }
     }
@@ -97,7 +93,6 @@ impl Message {
                     .sum::<usize>()
             }
             Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,
-            Message::Prune(origins) => 4 + origins.len() * 32,
             Message::SyncRequest { digest, .. } => {
                 40 + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()
             }

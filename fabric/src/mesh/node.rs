@@ -1,5 +1,21 @@
-//! The mesh node state machine: SWIM membership (foca), PlumTree dissemination with
-//! latency-ranked eager peers, anti-entropy, interest and per-origin ordered delivery.
+//! The mesh node state machine: SWIM membership (foca), PlumTree-style dissemination over
+//! per-origin, region-aware trees (eager push, lazy IHAVE, GRAFT), anti-entropy, interest
+//! and per-origin ordered delivery.
+//!
+//! # Why the eager tree is computed, not discovered
+//!
+//! PlumTree proper starts with every link eager and prunes a link when it delivers a
+//! duplicate. With a tree per origin (needed for low latency from every source) that costs
+//! one flood per origin before the tree settles, and a fabric has many origins publishing a
+//! few events each: measured on `scale-1000.toml` (1000 nodes, 800 events from ~800
+//! origins), RMR was 5.9. So each node computes, for an event of origin O, the same tree
+//! every other node computes from the same membership: the origin sends directly to one
+//! *entry* node in every region (the direct inter-region link, the shortest path when the
+//! latency matrix obeys the triangle inequality; relays for when it does not are routing's
+//! job); inside each region the event descends a `tree_arity`-ary tree whose order is a
+//! rendezvous hash of (origin, member), so the load spreads over members and origins. Views
+//! that disagree (membership churn) cost a duplicate or a gap; lazy IHAVEs to a few
+//! RTT-ranked peers and GRAFT repair gaps within a `graft_timeout_us`, anti-entropy the rest.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -39,13 +55,10 @@ pub const RELAY_CACHE_LEN_MAX: usize = 4_096;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
-/// Most eager peers. Eager peers receive every event in full; more means more duplicates.
-pub const EAGER_MAX: usize = 16;
 /// Most lazy peers.
 pub const LAZY_MAX: usize = 32;
-/// Origins a peer may ask us not to push eagerly (per-origin PRUNE). Beyond it, further
-/// prunes are ignored: more duplicates, never a loss.
-pub const PRUNED_ORIGINS_PER_PEER_MAX: usize = 4_096;
+/// Largest tree arity: children per node in a region's tree.
+pub const TREE_ARITY_MAX: usize = 16;
 /// RTT samples kept per peer; the estimate is their minimum (robust to delayed-ACK
 /// outliers, which only ever add delay).
 pub const RTT_WINDOW_LEN: usize = 8;
@@ -56,12 +69,11 @@ pub const RTT_HYSTERESIS_PCT: u64 = 80;
 /// How the node behaves; defaults suit a WAN.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
-    /// Eager peers chosen as the nearest by measured RTT.
-    pub eager_near: usize,
-    /// Eager peers chosen at random among the rest (keeps the tree connected across
-    /// regions and clouds).
-    pub eager_far: usize,
-    /// Lazy peers (IHAVE only) chosen at random.
+    /// Children per node in a region's dissemination tree (depth is log base this of the
+    /// region's size; intra-region hops cost well under a millisecond).
+    pub tree_arity: usize,
+    /// Lazy peers that get an IHAVE for every event: the nearest by measured RTT, plus one
+    /// at random in another region (repairs across a broken tree link).
     pub lazy: usize,
     /// How long an IHAVE waits for a batch to fill before it is sent.
     pub ihave_delay_us: Micros,
@@ -91,10 +103,9 @@ impl MeshConfig {
         swim.probe_period = Duration::from_secs(2);
         swim.probe_rtt = Duration::from_millis(1_000);
         Self {
-            eager_near: 3,
-            eager_far: 1,
+            tree_arity: 4,
             lazy: 3,
-            ihave_delay_us: 20_000,
+            ihave_delay_us: 50_000,
             graft_timeout_us: 250_000,
             sync_interval_us: 2_000_000,
             sync_batch_len_max: 512,
@@ -162,8 +173,6 @@ pub struct Stats {
     pub ihaves_sent: u64,
     /// GRAFT messages sent.
     pub grafts_sent: u64,
-    /// PRUNE messages sent.
-    pub prunes_sent: u64,
     /// Events sent by anti-entropy.
     pub sync_events_sent: u64,
     /// Events received through anti-entropy that were new.
@@ -198,13 +207,15 @@ struct Missing {
 #[derive(Debug, Default)]
 struct PeerState {
     rtt_samples: VecDeque<Micros>,
+    /// Minimum of `rtt_samples`, kept up to date on every sample.
+    rtt_min_us: Option<Micros>,
     last_sync_us: Option<Micros>,
     held: u64,
 }
 
 impl PeerState {
     fn rtt_us(&self) -> Option<Micros> {
-        self.rtt_samples.iter().min().copied()
+        self.rtt_min_us
     }
 }
 
@@ -263,10 +274,9 @@ pub struct Node<S: Store> {
     filter: Box<dyn ReplicationFilter>,
     members: BTreeMap<OriginKey, MemberInfo>,
     peers: BTreeMap<OriginKey, PeerState>,
-    eager: BTreeSet<OriginKey>,
     lazy: BTreeSet<OriginKey>,
-    /// Per eager peer, the origins whose events it asked to receive lazily only.
-    pruned: BTreeMap<OriginKey, BTreeSet<OriginKey>>,
+    /// Live members by region, this node included, each list sorted by key.
+    regions: BTreeMap<String, Vec<OriginKey>>,
     /// Sequence numbers accepted per origin (stored, or relayed when outside interest).
     seen: BTreeMap<OriginKey, SeqRanges>,
     /// Next sequence number to deliver per origin, minus one.
@@ -290,7 +300,6 @@ impl<S: Store> std::fmt::Debug for Node<S> {
         f.debug_struct("Node")
             .field("me", &self.me.addr)
             .field("members", &self.members.len())
-            .field("eager", &self.eager.len())
             .field("lazy", &self.lazy.len())
             .field("stored", &self.store.len())
             .finish_non_exhaustive()
@@ -323,9 +332,8 @@ impl<S: Store> Node<S> {
             filter: Box::new(AllowAll),
             members: BTreeMap::new(),
             peers: BTreeMap::new(),
-            eager: BTreeSet::new(),
             lazy: BTreeSet::new(),
-            pruned: BTreeMap::new(),
+            regions: BTreeMap::new(),
             seen,
             delivered,
             relay_cache: BTreeMap::new(),
@@ -340,6 +348,7 @@ impl<S: Store> Node<S> {
             stats: Stats::default(),
             now,
         };
+        node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
         node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);
         node.schedule(now + node.config.view_refresh_us, Timer::ViewRefresh);
@@ -376,19 +385,9 @@ impl<S: Store> Node<S> {
         self.members.values()
     }
 
-    /// Current eager peers.
-    pub fn eager_peers(&self) -> impl Iterator<Item = &OriginKey> {
-        self.eager.iter()
-    }
-
     /// Current lazy peers.
     pub fn lazy_peers(&self) -> impl Iterator<Item = &OriginKey> {
         self.lazy.iter()
-    }
-
-    /// How many (peer, origin) pairs are pruned (pushed lazily only).
-    pub fn pruned_len(&self) -> usize {
-        self.pruned.values().map(BTreeSet::len).sum()
     }
 
     /// The RTT estimate to `peer`, if measured.
@@ -419,6 +418,7 @@ impl<S: Store> Node<S> {
             state.rtt_samples.pop_front();
         }
         state.rtt_samples.push_back(rtt_us);
+        state.rtt_min_us = state.rtt_samples.iter().min().copied();
     }
 
     /// A signed event from a local producer: store, deliver locally, disseminate.
@@ -428,7 +428,7 @@ impl<S: Store> Node<S> {
             Inserted::Duplicate => Ok(()),
             Inserted::New => {
                 let me = self.me.node_key();
-                self.forward(&[event], Some(me), true);
+                self.forward(&[event], Some(me), true, true);
                 Ok(())
             }
         }
@@ -448,15 +448,6 @@ impl<S: Store> Node<S> {
             Message::Push(events) => self.on_push(from, events),
             Message::IHave(refs) => self.on_ihave(from, refs),
             Message::Graft(refs) => self.on_graft(from, refs),
-            Message::Prune(origins) => {
-                let set = self.pruned.entry(from).or_default();
-                for origin in origins {
-                    if set.len() >= PRUNED_ORIGINS_PER_PEER_MAX {
-                        break;
-                    }
-                    set.insert(origin);
-                }
-            }
             Message::SyncRequest {
                 digest,
                 from_origin,
@@ -475,7 +466,7 @@ impl<S: Store> Node<S> {
                     }
                 }
                 // Repaired events travel on lazily: peers that lack them GRAFT.
-                self.forward(&fresh, Some(from), false);
+                self.forward(&fresh, Some(from), false, false);
                 if let Some(origin) = resume {
                     let digest = self.digest();
                     self.send(
@@ -553,18 +544,18 @@ impl<S: Store> Node<S> {
     /// Checks the node's internal invariants; panics with a description if one is broken.
     /// The simulator calls it after every step.
     pub fn check_invariants(&self) {
+        let me = self.me.node_key();
+        assert!(!self.lazy.contains(&me), "self in lazy set");
+        assert!(self.lazy.len() <= LAZY_MAX, "lazy set over limit");
         assert!(
-            self.eager.is_disjoint(&self.lazy),
-            "a peer is both eager and lazy"
+            self.lazy.iter().all(|k| self.members.contains_key(k)),
+            "lazy peer is not a live member"
         );
         assert!(
-            !self.eager.contains(&self.me.node_key()),
-            "self in eager set"
-        );
-        assert!(!self.lazy.contains(&self.me.node_key()), "self in lazy set");
-        assert!(
-            self.eager.len() <= EAGER_MAX && self.lazy.len() <= LAZY_MAX,
-            "peer sets over limit"
+            self.regions
+                .get(&self.me.region)
+                .is_some_and(|r| r.binary_search(&me).is_ok()),
+            "this node is missing from its region's member list"
         );
         assert!(
             self.transmits.len() <= TRANSMIT_QUEUE_LEN_MAX,
@@ -626,7 +617,11 @@ impl<S: Store> Node<S> {
             match note {
                 OwnedNotification::MemberUp(m) => {
                     changed = true;
-                    self.members.insert(OriginKey(m.key), m.clone());
+                    let key = OriginKey(m.key);
+                    if let Some(old) = self.members.insert(key, m.clone()) {
+                        self.region_remove(&old.region, &key);
+                    }
+                    self.region_insert(&m.region, key);
                     self.push_app(AppEvent::MemberUp(m));
                 }
                 OwnedNotification::MemberDown(m) => {
@@ -638,16 +633,20 @@ impl<S: Store> Node<S> {
                         .is_some_and(|cur| cur.generation <= m.generation)
                     {
                         changed = true;
-                        self.members.remove(&key);
-                        self.eager.remove(&key);
+                        if let Some(old) = self.members.remove(&key) {
+                            self.region_remove(&old.region, &key);
+                        }
                         self.lazy.remove(&key);
-                        self.pruned.remove(&key);
                         self.push_app(AppEvent::MemberDown(m));
                     }
                 }
                 OwnedNotification::Rename(_, new) => {
                     changed = true;
-                    self.members.insert(OriginKey(new.key), new);
+                    let key = OriginKey(new.key);
+                    if let Some(old) = self.members.insert(key, new.clone()) {
+                        self.region_remove(&old.region, &key);
+                    }
+                    self.region_insert(&new.region, key);
                 }
                 OwnedNotification::Defunct => {
                     // The mesh declared us down (we were cut off): come back with a new
@@ -673,8 +672,31 @@ impl<S: Store> Node<S> {
                 _ => {}
             }
         }
-        if changed {
-            self.refresh_view();
+        // Lazy peers are re-ranked by the periodic view refresh; here only fill a short set
+        // (cheap: membership changes arrive one at a time, a thousand at start-up).
+        if changed && self.lazy.len() < self.config.lazy.min(LAZY_MAX) {
+            self.refresh_lazy();
+        }
+    }
+
+    fn region_insert(&mut self, region: &str, key: OriginKey) {
+        let list = self.regions.entry(region.to_string()).or_default();
+        if let Err(at) = list.binary_search(&key) {
+            list.insert(at, key);
+        }
+    }
+
+    fn region_remove(&mut self, region: &str, key: &OriginKey) {
+        if *key == self.me.node_key() {
+            return;
+        }
+        if let Some(list) = self.regions.get_mut(region) {
+            if let Ok(at) = list.binary_search(key) {
+                list.remove(at);
+            }
+            if list.is_empty() {
+                self.regions.remove(region);
+            }
         }
     }
 
@@ -683,71 +705,131 @@ impl<S: Store> Node<S> {
         self.app.push_back(event);
     }
 
-    /// Picks peers: the nearest by RTT and a few at random become eager; some more lazy.
+    /// Rebuilds the per-region member lists and picks lazy peers: the nearest by measured
+    /// RTT (with hysteresis, so near-equal peers do not flap), plus one at random from
+    /// another region.
     fn refresh_view(&mut self) {
         let me = self.me.node_key();
-        let up: Vec<OriginKey> = self.members.keys().copied().filter(|k| *k != me).collect();
-        self.eager.retain(|k| up.binary_search(k).is_ok());
-        self.lazy.retain(|k| up.binary_search(k).is_ok());
-        if up.is_empty() {
-            return;
+        self.regions.clear();
+        self.regions
+            .entry(self.me.region.clone())
+            .or_default()
+            .push(me);
+        for (k, m) in &self.members {
+            if *k != me {
+                self.regions.entry(m.region.clone()).or_default().push(*k);
+            }
         }
+        for list in self.regions.values_mut() {
+            list.sort();
+        }
+        self.refresh_lazy();
+    }
+
+    /// Picks the lazy peers (see [`Node::refresh_view`]).
+    fn refresh_lazy(&mut self) {
+        let me = self.me.node_key();
+        self.lazy
+            .retain(|k| self.members.contains_key(k) && *k != me);
+        let want = self.config.lazy.min(LAZY_MAX);
         let rtt = |k: &OriginKey| self.peers.get(k).and_then(PeerState::rtt_us);
-        // Nearest first; unmeasured peers last, by key for determinism.
-        let mut by_rtt: Vec<(Micros, OriginKey)> = up
-            .iter()
+        let mut by_rtt: Vec<(Micros, OriginKey)> = self
+            .members
+            .keys()
+            .filter(|k| **k != me)
             .map(|k| (rtt(k).unwrap_or(Micros::MAX), *k))
             .collect();
         by_rtt.sort();
-        let in_tree = |k: &OriginKey, eager: &BTreeSet<OriginKey>, lazy: &BTreeSet<OriginKey>| {
-            eager.contains(k) || lazy.contains(k)
-        };
-        // Near: make sure the `eager_near` nearest are in the tree, with hysteresis against
-        // the farthest current eager peer.
-        let worst_eager = self.eager.iter().filter_map(rtt).max();
-        for (i, (r, k)) in by_rtt.iter().enumerate() {
-            if i >= self.config.eager_near {
-                break;
-            }
-            if in_tree(k, &self.eager, &self.lazy) {
+        // Near: the nearest `want - 1`, replacing a current lazy peer only when clearly
+        // nearer (hysteresis).
+        let near_target = want.saturating_sub(1);
+        for (r, k) in by_rtt.iter().take(near_target) {
+            if self.lazy.contains(k) {
                 continue;
             }
-            let clearly_better = match worst_eager {
-                Some(w) if self.eager.len() >= self.config.eager_near + self.config.eager_far => {
-                    *r != Micros::MAX
-                        && r.saturating_mul(100) < w.saturating_mul(RTT_HYSTERESIS_PCT)
-                }
-                _ => true,
-            };
-            if clearly_better && self.eager.len() < EAGER_MAX {
-                self.eager.insert(*k);
+            if self.lazy.len() < want {
+                self.lazy.insert(*k);
+                continue;
             }
-        }
-        // Far: random peers outside the tree until the eager target is met.
-        let target = self.config.eager_near + self.config.eager_far;
-        let mut attempts = 0;
-        while self.eager.len() < target.min(up.len()) && attempts < 4 * up.len() {
-            attempts += 1;
-            let k = up[(self.rng.next_u64() % up.len() as u64) as usize];
-            if !in_tree(&k, &self.eager, &self.lazy) {
-                self.eager.insert(k);
-            }
-        }
-        // Lazy: random others.
-        let mut attempts = 0;
-        while self.lazy.len()
-            < self
-                .config
+            let worst = self
                 .lazy
-                .min(up.len().saturating_sub(self.eager.len()))
-            && attempts < 4 * up.len()
-        {
-            attempts += 1;
-            let k = up[(self.rng.next_u64() % up.len() as u64) as usize];
-            if !in_tree(&k, &self.eager, &self.lazy) && self.lazy.len() < LAZY_MAX {
-                self.lazy.insert(k);
+                .iter()
+                .map(|l| (rtt(l).unwrap_or(Micros::MAX), *l))
+                .max();
+            if let Some((w, wk)) = worst
+                && *r != Micros::MAX
+                && r.saturating_mul(100) < w.saturating_mul(RTT_HYSTERESIS_PCT)
+            {
+                self.lazy.remove(&wk);
+                self.lazy.insert(*k);
             }
         }
+        // Far: one random member of another region, if there is room.
+        let others: Vec<OriginKey> = self
+            .members
+            .iter()
+            .filter(|(k, m)| **k != me && m.region != self.me.region && !self.lazy.contains(*k))
+            .map(|(k, _)| *k)
+            .collect();
+        if self.lazy.len() < want && !others.is_empty() {
+            let k = others[(self.rng.next_u64() % others.len() as u64) as usize];
+            self.lazy.insert(k);
+        }
+    }
+
+    /// The members of `region` in the dissemination order for `origin`: the origin first if
+    /// it is a member there, then by rendezvous hash of (origin, member).
+    fn region_order(&self, origin: &OriginKey, region: &str) -> Vec<OriginKey> {
+        let Some(list) = self.regions.get(region) else {
+            return Vec::new();
+        };
+        let mut order: Vec<(u64, OriginKey)> = list
+            .iter()
+            .map(|m| {
+                (
+                    if m == origin {
+                        0
+                    } else {
+                        1 + rank(origin, m) / 2
+                    },
+                    *m,
+                )
+            })
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Where this node pushes an event of `origin`: as the publisher, to the root of every
+    /// region's tree (or, for its own region's tree if it is the root, to its children);
+    /// otherwise to its children in its own region's tree.
+    fn tree_targets(&self, origin: &OriginKey, publishing: bool) -> Vec<OriginKey> {
+        let me = self.me.node_key();
+        let arity = self.config.tree_arity.clamp(1, TREE_ARITY_MAX);
+        let children = |order: &[OriginKey]| -> Vec<OriginKey> {
+            match order.iter().position(|k| *k == me) {
+                Some(i) => order
+                    .iter()
+                    .skip(i * arity + 1)
+                    .take(arity)
+                    .copied()
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        if !publishing {
+            return children(&self.region_order(origin, &self.me.region));
+        }
+        let mut out = Vec::new();
+        for region in self.regions.keys() {
+            let order = self.region_order(origin, region);
+            match order.first() {
+                Some(root) if *root == me => out.extend(children(&order)),
+                Some(root) => out.push(*root),
+                None => {}
+            }
+        }
+        out
     }
 
     /// Stores (or relays) a new event and delivers what is now in order.
@@ -815,35 +897,44 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Eager-pushes `events` to eager peers and queues IHAVEs for lazy peers, skipping
-    /// `except` (where they came from). `eager` false announces to everyone lazily.
-    fn forward(&mut self, events: &[Arc<Event>], except: Option<OriginKey>, eager: bool) {
+    /// Pushes `events` down their trees (as publisher or relay) and queues IHAVEs for the
+    /// lazy peers, skipping `except` (where they came from). With `eager` false (events
+    /// repaired by anti-entropy) it only announces.
+    fn forward(
+        &mut self,
+        events: &[Arc<Event>],
+        except: Option<OriginKey>,
+        eager: bool,
+        publishing: bool,
+    ) {
         if events.is_empty() {
             return;
         }
-        let eager_peers: Vec<OriginKey> = if eager {
-            self.eager.iter().copied().collect()
-        } else {
-            Vec::new()
-        };
-        let lazy_peers: Vec<OriginKey> = if eager {
-            self.lazy.iter().copied().collect()
-        } else {
-            self.eager.iter().chain(self.lazy.iter()).copied().collect()
-        };
-        for peer in eager_peers.into_iter().filter(|p| Some(*p) != except) {
-            let batch = self.allowed(events, &peer);
-            let pruned = self.pruned.get(&peer);
-            let (lazy_part, eager_part): (Vec<Arc<Event>>, Vec<Arc<Event>>) = batch
-                .into_iter()
-                .partition(|e| pruned.is_some_and(|p| p.contains(&e.origin())));
-            for chunk in eager_part.chunks(self.config.push_batch_len_max.max(1)) {
-                self.stats.pushes_sent += 1;
-                self.send(peer, Message::Push(chunk.to_vec()));
+        let me = self.me.node_key();
+        if eager {
+            let mut batches: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
+            for event in events {
+                for target in self.tree_targets(&event.origin(), publishing) {
+                    if Some(target) != except && target != me {
+                        batches.entry(target).or_default().push(event.clone());
+                    }
+                }
             }
-            self.announce(peer, &lazy_part);
+            for (peer, batch) in batches {
+                let batch = self.allowed(&batch, &peer);
+                for chunk in batch.chunks(self.config.push_batch_len_max.max(1)) {
+                    self.stats.pushes_sent += 1;
+                    self.send(peer, Message::Push(chunk.to_vec()));
+                }
+            }
         }
-        for peer in lazy_peers.into_iter().filter(|p| Some(*p) != except) {
+        let lazy: Vec<OriginKey> = self
+            .lazy
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != except)
+            .collect();
+        for peer in lazy {
             let batch = self.allowed(events, &peer);
             self.announce(peer, &batch);
         }
@@ -894,35 +985,12 @@ impl<S: Store> Node<S> {
 
     fn on_push(&mut self, from: OriginKey, events: Vec<Arc<Event>>) {
         let mut fresh = Vec::new();
-        let mut dup_origins = BTreeSet::new();
         for event in events {
-            match self.accept(event.clone()) {
-                Ok(Inserted::New) => fresh.push(event),
-                Ok(Inserted::Duplicate) => {
-                    dup_origins.insert(event.origin());
-                }
-                Err(_) => {}
+            if let Ok(Inserted::New) = self.accept(event.clone()) {
+                fresh.push(event);
             }
         }
-        // Origins that arrived here only as duplicates: this link is redundant in their
-        // trees.
-        let fresh_origins: BTreeSet<OriginKey> = fresh.iter().map(|e| e.origin()).collect();
-        let redundant: Vec<OriginKey> = dup_origins.difference(&fresh_origins).copied().collect();
-        if !redundant.is_empty() {
-            self.stats.prunes_sent += 1;
-            self.send(from, Message::Prune(redundant));
-        }
-        if fresh.is_empty() {
-            return;
-        }
-        if self.members.contains_key(&from)
-            && !self.eager.contains(&from)
-            && self.eager.len() < EAGER_MAX
-        {
-            self.lazy.remove(&from);
-            self.eager.insert(from);
-        }
-        self.forward(&fresh, Some(from), true);
+        self.forward(&fresh, Some(from), true, false);
     }
 
     fn on_ihave(&mut self, from: OriginKey, refs: Vec<EventRef>) {
@@ -969,10 +1037,6 @@ impl<S: Store> Node<S> {
             self.missing.remove(&id);
         }
         if self.members.contains_key(&peer) {
-            self.lazy.remove(&peer);
-            if self.eager.len() < EAGER_MAX {
-                self.eager.insert(peer);
-            }
             self.stats.grafts_sent += 1;
             self.send(peer, Message::Graft(vec![r]));
         }
@@ -983,17 +1047,6 @@ impl<S: Store> Node<S> {
     }
 
     fn on_graft(&mut self, from: OriginKey, refs: Vec<EventRef>) {
-        if let Some(p) = self.pruned.get_mut(&from) {
-            for r in &refs {
-                p.remove(&r.origin);
-            }
-        }
-        if self.members.contains_key(&from) {
-            self.lazy.remove(&from);
-            if self.eager.len() < EAGER_MAX {
-                self.eager.insert(from);
-            }
-        }
         let mut events = Vec::new();
         for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
             if let Some(e) = self
@@ -1097,6 +1150,28 @@ impl<S: Store> Node<S> {
     }
 }
 
+/// Rendezvous rank of `member` for `origin`: a fixed mixing function (splitmix64) of both
+/// keys, the same on every node and every run.
+fn rank(origin: &OriginKey, member: &OriginKey) -> u64 {
+    let word = |k: &OriginKey, at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&k.0[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    splitmix64(
+        word(origin, 0)
+            ^ splitmix64(word(member, 0) ^ word(member, 8))
+            ^ word(origin, 8).rotate_left(17),
+    )
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1104,7 +1179,7 @@ mod tests {
     #[test]
     fn wan_config_is_sane() {
         let c = MeshConfig::wan(100);
-        assert!(c.eager_near + c.eager_far <= EAGER_MAX);
+        assert!((1..=TREE_ARITY_MAX).contains(&c.tree_arity));
         assert!(c.lazy <= LAZY_MAX);
         assert!(c.graft_timeout_us > c.ihave_delay_us);
     }

@@ -1,0 +1,220 @@
+//! Small versions of every fault class through the real engine and the real fabric core,
+//! the determinism check (same seed, byte-identical report), and the shipped scenarios'
+//! validity.
+
+use weft_sim::catalog::RegionCatalog;
+use weft_sim::engine::{Engine, Strategy};
+use weft_sim::report::{Report, StrategyReport};
+use weft_sim::scenario::Scenario;
+
+/// A small four-region, three-cloud mesh publishing from everywhere, with `faults` spliced
+/// in.
+fn small(name: &str, faults: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+description = "test"
+duration_s = 150
+seed = 5
+
+[topology]
+regions = [
+  {{ region = "aws:us-east-1", nodes = 2 }},
+  {{ region = "aws:eu-west-1", nodes = 2 }},
+  {{ region = "azure:westeurope", nodes = 2 }},
+  {{ region = "gcp:asia-south1", nodes = 2 }},
+]
+
+[network]
+jitter_ms = 1.0
+loss = 0.01
+verify_us = 60
+
+[[workload]]
+stream = "t.events"
+rate_per_s = 10
+payload_bytes = 64
+start_s = 10
+stop_s = 80
+
+{faults}
+
+[checks]
+converge_within_s = 60
+"#
+    )
+}
+
+fn run(text: &str, seed: Option<u64>) -> Report {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let scenario = Scenario::parse(text, &catalog).unwrap_or_else(|e| panic!("{e}"));
+    let plan = weft_sim::plan::build(&scenario, &catalog, seed);
+    let metrics = Engine::new(plan.clone(), Strategy::Weft).run(|_, _| {});
+    let report = StrategyReport::new("weft", &plan, &metrics);
+    Report::new(&scenario, &plan, vec![report])
+}
+
+fn assert_healthy(report: &Report) {
+    let failed = report.failed_checks();
+    assert!(
+        failed.is_empty(),
+        "seed {}: {failed:?}\n{}",
+        report.seed,
+        report.table()
+    );
+    let w = &report.strategies[0];
+    assert!(w.published > 500, "the workload ran: {}", w.published);
+    assert_eq!(w.missed, 0);
+    assert_eq!(w.duplicates, 0);
+    assert_eq!(w.order_violations, 0);
+}
+
+#[test]
+fn no_faults() {
+    let r = run(&small("none", ""), None);
+    assert_healthy(&r);
+    assert!(r.strategies[0].rmr < 0.5, "rmr {}", r.strategies[0].rmr);
+}
+
+#[test]
+fn region_outage() {
+    let r = run(
+        &small(
+            "outage",
+            r#"
+[[fault]]
+kind = "region-outage"
+region = "aws:eu-west-1"
+at_s = 30
+duration_s = 30"#,
+        ),
+        None,
+    );
+    assert_healthy(&r);
+    assert!(r.strategies[0].dropped > 0, "the outage dropped traffic");
+}
+
+#[test]
+fn partition_symmetric_and_asymmetric() {
+    for symmetric in [true, false] {
+        let r = run(
+            &small(
+                "partition",
+                &format!(
+                    r#"
+[[fault]]
+kind = "partition"
+a = {{ clouds = ["aws"] }}
+b = "rest"
+symmetric = {symmetric}
+at_s = 30
+duration_s = 30"#
+                ),
+            ),
+            None,
+        );
+        assert_healthy(&r);
+    }
+}
+
+#[test]
+fn link_degradation() {
+    let r = run(
+        &small(
+            "degrade",
+            r#"
+[[fault]]
+kind = "link-degradation"
+a = { jurisdictions = ["EU"] }
+b = { jurisdictions = ["US", "IN"] }
+latency_factor = 3.0
+loss = 0.2
+at_s = 20
+duration_s = 40"#,
+        ),
+        None,
+    );
+    assert_healthy(&r);
+}
+
+#[test]
+fn node_crash_with_and_without_memory_loss() {
+    for lose in [false, true] {
+        let r = run(
+            &small(
+                "crash",
+                &format!(
+                    r#"
+[[fault]]
+kind = "node-crash"
+nodes = {{ nodes = ["aws:us-east-1/0"] }}
+lose_memory = {lose}
+at_s = 30
+duration_s = 20"#
+                ),
+            ),
+            None,
+        );
+        assert_healthy(&r);
+    }
+}
+
+#[test]
+fn clock_skew() {
+    let r = run(
+        &small(
+            "skew",
+            r#"
+[[fault]]
+kind = "clock-skew"
+nodes = { regions = ["gcp:asia-south1"] }
+skew_ms = 1500
+at_s = 15
+duration_s = 50"#,
+        ),
+        None,
+    );
+    assert_healthy(&r);
+}
+
+#[test]
+fn same_seed_same_report_byte_for_byte() {
+    let text = small(
+        "determinism",
+        r#"
+[[fault]]
+kind = "node-crash"
+nodes = { nodes = ["azure:westeurope/1"] }
+lose_memory = true
+at_s = 30
+duration_s = 20"#,
+    );
+    let a = run(&text, Some(99)).to_json().unwrap();
+    let b = run(&text, Some(99)).to_json().unwrap();
+    assert_eq!(a, b);
+    let c = run(&text, Some(100)).to_json().unwrap();
+    assert_ne!(a, c, "a different seed must change something");
+}
+
+#[test]
+fn shipped_scenarios_parse() {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        Scenario::parse(&text, &catalog).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+    }
+    for required in [
+        "region-outage",
+        "cloud-partition",
+        "transoceanic-degradation",
+        "rolling-crash",
+        "clock-skew",
+        "scale-1000",
+    ] {
+        assert!(names.iter().any(|n| n == required), "missing {required}");
+    }
+}
