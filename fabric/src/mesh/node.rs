@@ -837,10 +837,16 @@ impl<S: Store> Node<S> {
         let id = event.id();
         let origin = event.origin();
         let seq = event.seq();
-        if self.store.contains(&id)
-            || self.relay_cache.contains_key(&id)
-            || self.seen.get(&origin).is_some_and(|r| r.contains(seq))
-        {
+        if self.store.contains(&id) || self.relay_cache.contains_key(&id) {
+            self.stats.events_duplicate += 1;
+            // Held, but the seen-set may have dropped it at its range limit: re-record it
+            // so delivery and digests move on.
+            if self.seen.entry(origin).or_default().insert(seq) {
+                self.advance_delivery(origin);
+            }
+            return Ok(Inserted::Duplicate);
+        }
+        if self.seen.get(&origin).is_some_and(|r| r.contains(seq)) {
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
         }

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-/// Most ranges kept per origin. Gaps come from out-of-order arrival and close quickly; an
-/// origin with more holes than this is being repaired by anti-entropy anyway, and the
-/// highest ranges are merged (the digest then claims less than is held, which only costs a
-/// resend, never a loss).
-pub const RANGES_PER_ORIGIN_MAX: usize = 64;
+/// Most ranges kept per origin (16 KiB at most). Gaps come from out-of-order arrival and
+/// close quickly; a node catching up after an outage can hold many holes at once. Beyond
+/// the limit the highest range is dropped: the set then under-claims, which costs a resend
+/// (the event comes back and is re-recorded), never a loss.
+pub const RANGES_PER_ORIGIN_MAX: usize = 1024;
 
 /// A set of sequence numbers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn bounded() {
         let mut set = SeqRanges::new();
-        for s in (1..1000).step_by(2) {
+        for s in (1..5000).step_by(2) {
             set.insert(s);
         }
         assert!(set.iter().count() <= RANGES_PER_ORIGIN_MAX);
