@@ -102,11 +102,21 @@ impl MeshConfig {
         // Probes cross oceans: allow the slowest measured pair (~330 ms RTT) several times.
         swim.probe_period = Duration::from_secs(2);
         swim.probe_rtt = Duration::from_millis(1_000);
+        // After a partition heals the sides must find each other in seconds, not the
+        // default minutes: announce to members we believe down every 5 s.
+        swim.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(5),
+            num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
+        });
+        swim.periodic_announce = Some(foca::PeriodicParams {
+            frequency: Duration::from_secs(15),
+            num_members: std::num::NonZeroUsize::MIN.saturating_add(1),
+        });
         Self {
             tree_arity: 4,
             lazy: 3,
-            ihave_delay_us: 50_000,
-            graft_timeout_us: 250_000,
+            ihave_delay_us: 20_000,
+            graft_timeout_us: 120_000,
             sync_interval_us: 2_000_000,
             sync_batch_len_max: 512,
             push_batch_len_max: 64,
