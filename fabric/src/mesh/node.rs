@@ -72,6 +72,11 @@ pub struct MeshConfig {
     /// Children per node in a region's dissemination tree (depth is log base this of the
     /// region's size; intra-region hops cost well under a millisecond).
     pub tree_arity: usize,
+    /// Regions whose measured RTT from the publisher is below this get the event from the
+    /// publisher directly, every member at once, instead of through their tree: there a
+    /// tree's sub-millisecond hops are a large fraction of the path (co-located clouds in
+    /// one metro). The tree still runs, so those members also get a duplicate from it.
+    pub near_region_rtt_us: Micros,
     /// Lazy peers that get an IHAVE for every event: the nearest by measured RTT, plus one
     /// at random in another region (repairs across a broken tree link).
     pub lazy: usize,
@@ -113,7 +118,8 @@ impl MeshConfig {
             num_members: std::num::NonZeroUsize::MIN.saturating_add(1),
         });
         Self {
-            tree_arity: 4,
+            tree_arity: 8,
+            near_region_rtt_us: 20_000,
             lazy: 3,
             ihave_delay_us: 20_000,
             graft_timeout_us: 120_000,
@@ -301,6 +307,8 @@ pub struct Node<S: Store> {
     app: VecDeque<AppEvent>,
     /// Origins whose delivery paused because the app queue was full.
     delivery_paused: BTreeSet<OriginKey>,
+    /// Anti-entropy rounds started.
+    sync_rounds: u64,
     stats: Stats,
     now: Micros,
 }
@@ -355,6 +363,7 @@ impl<S: Store> Node<S> {
             transmits: VecDeque::new(),
             app: VecDeque::new(),
             delivery_paused: BTreeSet::new(),
+            sync_rounds: 0,
             stats: Stats::default(),
             now,
         };
@@ -831,7 +840,17 @@ impl<S: Store> Node<S> {
             return children(&self.region_order(origin, &self.me.region));
         }
         let mut out = Vec::new();
-        for region in self.regions.keys() {
+        for (region, members) in &self.regions {
+            let near = *region != self.me.region
+                && members
+                    .iter()
+                    .filter_map(|m| self.peers.get(m).and_then(PeerState::rtt_us))
+                    .min()
+                    .is_some_and(|rtt| rtt < self.config.near_region_rtt_us);
+            if near {
+                out.extend(members.iter().copied());
+                continue;
+            }
             let order = self.region_order(origin, region);
             match order.first() {
                 Some(root) if *root == me => out.extend(children(&order)),
@@ -1089,9 +1108,34 @@ impl<S: Store> Node<S> {
     }
 
     /// Starts an anti-entropy round with the best partner: the one known to hold the most
-    /// more than we do, else the one synced least recently, ties broken by RTT.
+    /// more than we do, else the one synced least recently, ties broken by RTT. Every other
+    /// round instead goes to a random member of another region: a whole region can miss the
+    /// same event (its tree root was unreachable), and "nearest" would then keep pairing
+    /// nodes that all lack it.
     fn start_sync(&mut self) {
         let me = self.me.node_key();
+        self.sync_rounds += 1;
+        if self.sync_rounds % 2 == 0 {
+            let others: Vec<OriginKey> = self
+                .members
+                .iter()
+                .filter(|(k, m)| **k != me && m.region != self.me.region)
+                .map(|(k, _)| *k)
+                .collect();
+            if !others.is_empty() {
+                let partner = others[(self.rng.next_u64() % others.len() as u64) as usize];
+                self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
+                let digest = self.digest();
+                self.send(
+                    partner,
+                    Message::SyncRequest {
+                        digest,
+                        from_origin: None,
+                    },
+                );
+                return;
+            }
+        }
         let held = self.store.len() as u64;
         let partner = self
             .members
