@@ -1115,7 +1115,7 @@ impl<S: Store> Node<S> {
     fn start_sync(&mut self) {
         let me = self.me.node_key();
         self.sync_rounds += 1;
-        if self.sync_rounds % 2 == 0 {
+        if self.sync_rounds.is_multiple_of(2) {
             let others: Vec<OriginKey> = self
                 .members
                 .iter()
