@@ -57,7 +57,7 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let unverified = match weft_fabric::decode(bytes) {
         Ok(u) => u,
         Err(e) => {
-            println!(
+            outln!(
                 "{}",
                 json!({ "valid": false, "stage": "decode", "reason": e.to_string() })
             );
@@ -72,19 +72,15 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     );
     match unverified.verify() {
         Ok(_) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({ "valid": true, "event": fields }))?
-            );
+            let text = serde_json::to_string_pretty(&json!({ "valid": true, "event": fields }))?;
+            outln!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "valid": false, "stage": "verify", "reason": e.to_string(), "claimed": fields
-                }))?
-            );
+            let text = serde_json::to_string_pretty(&json!({
+                "valid": false, "stage": "verify", "reason": e.to_string(), "claimed": fields
+            }))?;
+            outln!("{text}");
             Ok(ExitCode::from(2))
         }
     }

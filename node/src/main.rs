@@ -4,8 +4,40 @@
 //! reject events, printing every step) and `weft inspect` (decode and verify an envelope).
 //! The node itself (`weft node`) arrives with issue 4.
 
+/// Appends a line to the command's output buffer (see [`flush_output`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::OUTPUT.with(|o| {
+            use std::fmt::Write as _;
+            // Writing to a String cannot fail.
+            let _ = writeln!(o.borrow_mut(), $($arg)*);
+        })
+    };
+}
+
 mod inspect;
 mod wire_demo;
+
+thread_local! {
+    /// What the command prints, written out once at the end so that a closed pipe
+    /// (`weft inspect ... | head`) ends the program quietly instead of panicking in
+    /// `println!`.
+    static OUTPUT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Writes the buffered output; a reader that went away is not an error.
+fn flush_output() -> std::io::Result<()> {
+    use std::io::Write as _;
+    let text = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +67,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let result = run();
+    if let Err(e) = flush_output() {
+        eprintln!("weft: error: writing output: {e}");
+        return ExitCode::FAILURE;
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("weft: error: {e:#}");

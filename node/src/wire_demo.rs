@@ -21,8 +21,8 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let ring = KeyRing::new(KeyId::new("acme/demo-1")?, seal_key);
     let mut clock = HybridClock::new(500);
 
-    println!("producer key (origin): {}", producer.origin());
-    println!("sealing key ring: active key {}\n", ring.active());
+    outln!("producer key (origin): {}", producer.origin());
+    outln!("sealing key ring: active key {}\n", ring.active());
 
     let security = |classification: &str, residency: Residency| SecurityContext {
         tenant: "acme".into(),
@@ -97,27 +97,26 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             .verify()
             .context("verifying our own event")?;
         anyhow::ensure!(back.id() == event.id(), "id changed in a round trip");
-        println!("== {title}: {} bytes, id {}", bytes.len(), event.id());
-        println!("{}", hex::encode(&bytes));
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&event_json(
-                back.id(),
-                back.origin(),
-                back.draft(),
-                bytes.len()
-            ))?
-        );
+        outln!("== {title}: {} bytes, id {}", bytes.len(), event.id());
+        outln!("{}", hex::encode(&bytes));
+        let fields = serde_json::to_string_pretty(&event_json(
+            back.id(),
+            back.origin(),
+            back.draft(),
+            bytes.len(),
+        ))?;
+        outln!("{fields}");
         if matches!(back.payload(), Payload::Sealed(_)) {
-            println!(
+            let opened = back.open(&ring)?;
+            outln!(
                 "opened with the key ring: {}",
-                String::from_utf8_lossy(&back.open(&ring)?)
+                String::from_utf8_lossy(&opened)
             );
         }
-        println!();
+        outln!();
     }
 
-    println!("== what gets rejected");
+    outln!("== what gets rejected");
     let mut tampered = clear.encode();
     let at = tampered
         .windows(6)
@@ -127,13 +126,13 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let verdict = decode(&tampered)
         .map_err(|e| e.to_string())
         .and_then(|u| u.verify().map(|_| ()).map_err(|e| e.to_string()));
-    println!(
+    outln!(
         "payload byte changed after signing: {}",
         verdict.err().unwrap_or_else(|| "ACCEPTED (bug)".into())
     );
     let mut trailing = clear.encode();
     trailing.push(0);
-    println!(
+    outln!(
         "one trailing byte: {}",
         decode(&trailing)
             .err()
@@ -143,7 +142,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let mut moved = keyed.draft().clone();
     moved.payload = sealed.payload().clone();
     let moved = producer.sign(moved)?;
-    println!(
+    outln!(
         "sealed payload moved into another envelope: {}",
         moved
             .open(&ring)
@@ -152,7 +151,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "OPENED (bug)".into())
     );
     let ahead = Hlc::new(now_ms + 60_000, 0)?;
-    println!(
+    outln!(
         "timestamp 60 s in the future: {}",
         clock
             .receive(ahead, now_ms)
@@ -160,7 +159,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "ACCEPTED (bug)".into())
     );
-    println!(
+    outln!(
         "stream name 'orders..created': {}",
         StreamName::new("orders..created")
             .err()
