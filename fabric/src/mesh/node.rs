@@ -593,6 +593,12 @@ impl<S: Store> Node<S> {
             self.relay_order.len(),
             "relay cache index out of step"
         );
+        assert!(
+            self.pending_ihave
+                .values()
+                .all(|p| p.len() < REFS_PER_MESSAGE_MAX),
+            "pending IHAVE batch over limit"
+        );
         for (id, m) in &self.missing {
             assert!(!self.store.contains(id), "missing event is stored");
             assert!(m.announcers.len() <= ANNOUNCERS_MAX);
@@ -984,10 +990,16 @@ impl<S: Store> Node<S> {
             let at = self.now + self.config.ihave_delay_us;
             self.schedule(at, Timer::FlushIHave);
         }
-        self.pending_ihave
-            .entry(peer)
-            .or_default()
-            .extend(events.iter().map(|e| EventRef::of(e)));
+        let pending = self.pending_ihave.entry(peer).or_default();
+        pending.extend(events.iter().map(|e| EventRef::of(e)));
+        // Bounded: a full message's worth goes out at once instead of waiting.
+        if pending.len() >= REFS_PER_MESSAGE_MAX {
+            let full: Vec<EventRef> = pending.drain(..).collect();
+            for chunk in full.chunks(REFS_PER_MESSAGE_MAX) {
+                self.stats.ihaves_sent += 1;
+                self.send(peer, Message::IHave(chunk.to_vec()));
+            }
+        }
     }
 
     /// The events the replication filter lets go to `peer`.
