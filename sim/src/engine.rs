@@ -530,6 +530,11 @@ impl Engine {
             }
         }
         self.now = end;
+        // A last sample at the end, so every strategy's timeline spans the whole run.
+        let expected = self.expected_so_far();
+        self.metrics
+            .timeline
+            .push((end, self.metrics.remote_deliveries, expected));
         self.finish();
         self.metrics
     }
@@ -927,7 +932,8 @@ impl Engine {
         self.ideal_us = ideal;
     }
 
-    /// (event, live subscriber) pairs expected so far; the origin itself excluded.
+    /// (event, subscriber) pairs expected so far, the origin itself excluded; nodes that are
+    /// down count, so an outage shows as a dip in the delivered fraction.
     fn expected_so_far(&self) -> u64 {
         self.events
             .values()
@@ -935,7 +941,7 @@ impl Engine {
                 self.plan.workloads[*w]
                     .subscribers
                     .iter()
-                    .filter(|s| **s != *origin && self.nodes[**s].node.is_some())
+                    .filter(|s| **s != *origin)
                     .count() as u64
             })
             .sum()

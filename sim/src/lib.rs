@@ -6,6 +6,7 @@
 //!   matrix, measured where the data has the pair and derived (and labelled so) elsewhere;
 //! - [`engine`]: the deterministic discrete-event engine running fabric nodes (and the
 //!   [`baseline`] strategies) over the modelled WAN, with faults, invariants and metrics;
+//! - [`html`]: the HTML report with SVG charts (`--html DIR`);
 //! - [`plan`]: scenario + catalog -> the engine's resolved plan;
 //! - [`report`]: summary figures, terminal table and JSON;
 //! - [`scenario`]: the TOML scenario format (topology, network, workloads, faults, checks,
@@ -16,6 +17,7 @@
 pub mod baseline;
 pub mod catalog;
 pub mod engine;
+pub mod html;
 pub mod plan;
 pub mod report;
 pub mod scenario;

@@ -36,6 +36,9 @@ enum Command {
         /// Write the JSON report here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write an HTML report with SVG charts into this directory (created if missing).
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// Skip the baseline strategies.
         #[arg(long)]
         no_baselines: bool,
@@ -65,8 +68,15 @@ fn run() -> anyhow::Result<ExitCode> {
             scenario,
             seed,
             json,
+            html,
             no_baselines,
-        } => run_scenario(&scenario, seed, json.as_deref(), no_baselines),
+        } => run_scenario(
+            &scenario,
+            seed,
+            json.as_deref(),
+            html.as_deref(),
+            no_baselines,
+        ),
     }
 }
 
@@ -98,6 +108,7 @@ fn run_scenario(
     path: &Path,
     seed: Option<u64>,
     json: Option<&Path>,
+    html: Option<&Path>,
     no_baselines: bool,
 ) -> anyhow::Result<ExitCode> {
     let catalog = RegionCatalog::embedded()?;
@@ -147,6 +158,10 @@ fn run_scenario(
         std::fs::write(path, report.to_json()?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("report: {}", path.display());
+    }
+    if let Some(dir) = html {
+        let index = weft_sim::html::write(&report, dir).context("writing the HTML report")?;
+        println!("html report: {}", index.display());
     }
     let failures = report.failed_checks();
     if failures.is_empty() {

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::engine::{Metrics, Plan};
+use crate::engine::{FaultKind, Metrics, Plan};
+
+/// Points of a latency CDF: the nearest-rank latency at quantiles 0.01, 0.02, .., 1.00.
+const CDF_POINTS: usize = 100;
 
 /// Percentiles of a latency distribution, in milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -46,6 +49,23 @@ impl Percentiles {
             max: at(1.0),
         }
     }
+}
+
+/// The CDF of samples in microseconds: `(latency ms, fraction)` at the quantiles
+/// `1/CDF_POINTS ..= 1` (nearest rank); empty without samples.
+fn cdf_ms(samples: &[u64]) -> Vec<(f64, f64)> {
+    if samples.is_empty() {
+        return Vec::new();
+    }
+    let mut v = samples.to_vec();
+    v.sort_unstable();
+    (1..=CDF_POINTS)
+        .map(|i| {
+            let q = i as f64 / CDF_POINTS as f64;
+            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            (round3(v[rank - 1] as f64 / 1000.0), round3(q))
+        })
+        .collect()
 }
 
 fn round3(x: f64) -> f64 {
@@ -89,6 +109,11 @@ pub struct StrategyReport {
     pub dropped: u64,
     /// Latency by (origin region, destination region), ms.
     pub latency_by_region_pair: Vec<RegionPairLatency>,
+    /// Latency by destination region (all origins), ms.
+    pub latency_by_destination: Vec<RegionLatency>,
+    /// Latency CDF: `(latency ms, fraction of deliveries at most that late)` at the
+    /// quantiles 0.01, 0.02, .., 1.00 (nearest rank); empty without deliveries.
+    pub latency_cdf_ms: Vec<(f64, f64)>,
     /// Delivered fraction over time: (seconds, delivered / expected).
     pub delivered_fraction: Vec<(f64, f64)>,
     /// Invariant violations found.
@@ -108,6 +133,42 @@ pub struct RegionPairLatency {
     pub latency_ms: Percentiles,
 }
 
+/// Latency of deliveries to one region.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionLatency {
+    /// Destination region.
+    pub region: String,
+    /// Latency, ms.
+    pub latency_ms: Percentiles,
+}
+
+/// A fault's window in a run, for the charts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaultWindow {
+    /// `down` (region outage or node crash), `partition`, `degrade` or `clock-skew`.
+    pub kind: String,
+    /// Start, seconds.
+    pub at_s: f64,
+    /// Heal, seconds.
+    pub until_s: f64,
+}
+
+impl FaultWindow {
+    fn new(f: &crate::engine::PlanFault) -> Self {
+        let kind = match f.kind {
+            FaultKind::Down { .. } => "down",
+            FaultKind::Partition { .. } => "partition",
+            FaultKind::Degrade { .. } => "degrade",
+            FaultKind::ClockSkew { .. } => "clock-skew",
+        };
+        Self {
+            kind: kind.to_string(),
+            at_s: round3(f.at_us as f64 / 1e6),
+            until_s: round3(f.until_us as f64 / 1e6),
+        }
+    }
+}
+
 impl StrategyReport {
     /// Summarises a run's metrics.
     pub fn new(strategy: &str, plan: &Plan, m: &Metrics) -> Self {
@@ -124,6 +185,10 @@ impl StrategyReport {
             }
         };
         let total_messages: u64 = m.messages_by_kind.values().sum();
+        let mut by_destination: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for ((_, to), v) in &m.latency_by_pair {
+            by_destination.entry(*to).or_default().extend_from_slice(v);
+        }
         Self {
             strategy: strategy.to_string(),
             published: m.published,
@@ -154,6 +219,14 @@ impl StrategyReport {
                     latency_ms: Percentiles::from_us(v),
                 })
                 .collect(),
+            latency_by_destination: by_destination
+                .iter()
+                .map(|(to, v)| RegionLatency {
+                    region: plan.regions[*to].clone(),
+                    latency_ms: Percentiles::from_us(v),
+                })
+                .collect(),
+            latency_cdf_ms: cdf_ms(&m.latency_us),
             delivered_fraction: m
                 .timeline
                 .iter()
@@ -202,6 +275,8 @@ pub struct Report {
     pub strategies: Vec<StrategyReport>,
     /// Checks on Weft's run.
     pub checks: Vec<CheckResult>,
+    /// The scenario's fault windows, in plan order.
+    pub faults: Vec<FaultWindow>,
 }
 
 impl Report {
@@ -274,6 +349,7 @@ impl Report {
             ),
             strategies,
             checks,
+            faults: plan.faults.iter().map(FaultWindow::new).collect(),
         }
     }
 

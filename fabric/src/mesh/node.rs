@@ -994,7 +994,7 @@ impl<S: Store> Node<S> {
         pending.extend(events.iter().map(|e| EventRef::of(e)));
         // Bounded: a full message's worth goes out at once instead of waiting.
         if pending.len() >= REFS_PER_MESSAGE_MAX {
-            let full: Vec<EventRef> = pending.drain(..).collect();
+            let full: Vec<EventRef> = std::mem::take(pending);
             for chunk in full.chunks(REFS_PER_MESSAGE_MAX) {
                 self.stats.ihaves_sent += 1;
                 self.send(peer, Message::IHave(chunk.to_vec()));
