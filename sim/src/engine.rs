@@ -319,6 +319,10 @@ pub struct Metrics {
     pub convergence_us: Option<Micros>,
     /// Deliveries of events published while a fault was active (not in latency figures).
     pub fault_window_deliveries: u64,
+    /// Last delivery hop per event: hops travelled by the event's last-reached delivery
+    /// (only deliveries whose sender's hop count is known: relays that do not subscribe
+    /// break the chain).
+    pub ldh: Vec<u64>,
     /// Time of the last first-delivery of any event to any node.
     pub last_delivery_us: Micros,
     /// Delivered fraction over time: (time, delivered, expected so far).
@@ -347,6 +351,12 @@ pub struct Engine {
     events: BTreeMap<EventId, (Micros, usize, usize)>,
     /// Delivery record: (event, node) pairs seen at applications.
     delivered_pairs: HashSet<(EventId, usize)>,
+    /// Hops each (event, node) delivery travelled from the origin (0 at the origin).
+    hops: HashMap<(EventId, usize), u16>,
+    /// Per event, the hop count of its last delivery so far (LDH).
+    last_hop: HashMap<EventId, u16>,
+    /// The node whose message is being handled (deliveries it causes are one hop further).
+    handling_from: Option<usize>,
     ideal_us: Vec<Vec<Micros>>,
     workload_next_pub: Vec<usize>,
     metrics: Metrics,
@@ -410,6 +420,9 @@ impl Engine {
             degraded: HashMap::new(),
             events: BTreeMap::new(),
             delivered_pairs: HashSet::new(),
+            hops: HashMap::new(),
+            last_hop: HashMap::new(),
+            handling_from: None,
             workload_next_pub,
             metrics: Metrics::default(),
         };
@@ -566,7 +579,9 @@ impl Engine {
                 let start = now.max(target.busy_until);
                 target.busy_until = start + copies * verify_us;
                 node.handle_message(now, from_key, msg);
+                self.handling_from = Some(from);
                 self.drain(to);
+                self.handling_from = None;
             }
             Ev::Timer { node: i, at } => {
                 // Only the latest armed timer counts; earlier ones were superseded.
@@ -632,6 +647,7 @@ impl Engine {
         n.next_seq += 1;
         let event = Arc::new(event);
         self.events.insert(event.id(), (self.now, i, w));
+        self.hops.insert((event.id(), i), 0);
         self.metrics.published += 1;
         let now = self.now;
         if let Some(node) = self.nodes[i].node.as_mut()
@@ -843,6 +859,14 @@ impl Engine {
         if !self.delivered_pairs.insert((id, i)) {
             return; // a node that lost its disk receives again: not a new delivery
         }
+        if let Some(from) = self.handling_from
+            && let Some(&h) = self.hops.get(&(id, from))
+        {
+            let hop = h.saturating_add(1);
+            self.hops.insert((id, i), hop);
+            let last = self.last_hop.entry(id).or_insert(0);
+            *last = (*last).max(hop);
+        }
         if let Some(&(t0, origin, _)) = self.events.get(&id) {
             if origin == i {
                 return;
@@ -963,6 +987,12 @@ impl Engine {
     }
 
     fn finish(&mut self) {
+        self.metrics.ldh = self
+            .events
+            .keys()
+            .filter_map(|id| self.last_hop.get(id))
+            .map(|h| u64::from(*h))
+            .collect();
         if std::env::var_os("WEFT_SIM_DEBUG").is_some() {
             for n in &self.nodes {
                 if let Some(Proto::Weft(node)) = &n.node {

@@ -13,6 +13,47 @@ use weft_sim::engine::{Engine, Strategy};
 use weft_sim::report::{Report, StrategyReport};
 use weft_sim::scenario::{Baseline, Scenario};
 
+thread_local! {
+    /// What the command prints, written once at the end so that a closed pipe
+    /// (`weft-sim run ... | head`) ends the program quietly instead of panicking.
+    static OUTPUT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Appends formatted text to the output buffer.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        OUTPUT.with(|o| {
+            use std::fmt::Write as _;
+            // Writing to a String cannot fail.
+            let _ = write!(o.borrow_mut(), $($arg)*);
+        })
+    };
+}
+
+/// Appends a line to the output buffer.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        OUTPUT.with(|o| {
+            use std::fmt::Write as _;
+            let _ = writeln!(o.borrow_mut(), $($arg)*);
+        })
+    };
+}
+
+/// Writes the buffered output; a reader that went away is not an error.
+fn flush_output() -> std::io::Result<()> {
+    use std::io::Write as _;
+    let text = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "weft-sim",
@@ -52,7 +93,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let result = run();
+    if let Err(e) = flush_output() {
+        eprintln!("weft-sim: error: writing output: {e}");
+        return ExitCode::from(2);
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("weft-sim: error: {e:#}");
@@ -91,14 +137,14 @@ fn list(dir: &Path) -> anyhow::Result<ExitCode> {
     for path in entries {
         let text = std::fs::read_to_string(&path)?;
         match Scenario::parse(&text, &catalog) {
-            Ok(s) => println!(
+            Ok(s) => outln!(
                 "{:<36} {:>5} nodes {:>7.0} s  {}",
                 path.display(),
                 s.topology.len(),
                 s.duration_us as f64 / 1e6,
                 s.description.lines().next().unwrap_or("")
             ),
-            Err(e) => println!("{:<36} INVALID: {e}", path.display()),
+            Err(e) => outln!("{:<36} INVALID: {e}", path.display()),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -147,9 +193,9 @@ fn run_scenario(
         reports.push(StrategyReport::new(strategy.name(), &plan, &metrics));
     }
     let report = Report::new(&scenario, &plan, reports);
-    print!("{}", report.table());
+    out!("{}", report.table());
     for (name, secs, deliveries) in &wall_secs {
-        println!(
+        outln!(
             "{name}: {deliveries} simulated message deliveries in {secs:.2} s wall = {:.0} deliveries/s",
             *deliveries as f64 / secs.max(1e-9)
         );
@@ -157,21 +203,21 @@ fn run_scenario(
     if let Some(path) = json {
         std::fs::write(path, report.to_json()?)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("report: {}", path.display());
+        outln!("report: {}", path.display());
     }
     if let Some(dir) = html {
         let index = weft_sim::html::write(&report, dir).context("writing the HTML report")?;
-        println!("html report: {}", index.display());
+        outln!("html report: {}", index.display());
     }
     let failures = report.failed_checks();
     if failures.is_empty() {
-        println!("all checks passed (seed {seed})");
+        outln!("all checks passed (seed {seed})");
         Ok(ExitCode::SUCCESS)
     } else {
         for f in &failures {
-            println!("CHECK FAILED: {f}");
+            outln!("CHECK FAILED: {f}");
         }
-        println!(
+        outln!(
             "reproduce with: weft-sim run {} --seed {seed}",
             path.display()
         );

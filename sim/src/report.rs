@@ -87,6 +87,8 @@ pub struct StrategyReport {
     pub stretch: Percentiles,
     /// Latency of deliveries inside the origin's region, ms.
     pub intra_region_latency_ms: Percentiles,
+    /// Last delivery hop: hops travelled to the last node an event reached (p50, p99, max).
+    pub ldh: Percentiles,
     /// Relative message redundancy: payload copies received / first receipts - 1.
     pub rmr: f64,
     /// Messages sent per published event.
@@ -196,6 +198,7 @@ impl StrategyReport {
             latency_ms: Percentiles::from_us(&m.latency_us),
             stretch: Percentiles::from_scaled(&m.stretch_milli, 1000.0),
             intra_region_latency_ms: Percentiles::from_us(&m.intra_region_latency_us),
+            ldh: Percentiles::from_scaled(&m.ldh, 1.0),
             rmr,
             messages_per_event: per_event(total_messages),
             bytes_per_event: per_event(m.bytes),
@@ -378,7 +381,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>10}",
+            "{:<14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7} {:>6} {:>6} {:>10}",
             "strategy",
             "published",
             "delivered",
@@ -388,6 +391,7 @@ impl Report {
             "str p50",
             "str p99",
             "RMR",
+            "LDH p99",
             "msgs/ev",
             "missed",
             "dups",
@@ -396,7 +400,7 @@ impl Report {
         for s in &self.strategies {
             let _ = writeln!(
                 out,
-                "{:<14} {:>9} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>8.3} {:>8.3} {:>7.2} {:>8.1} {:>6} {:>6} {:>10}",
+                "{:<14} {:>9} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>8.3} {:>8.3} {:>7.2} {:>8.0} {:>7.1} {:>6} {:>6} {:>10}",
                 s.strategy,
                 s.published,
                 s.deliveries,
@@ -406,6 +410,7 @@ impl Report {
                 s.stretch.p50,
                 s.stretch.p99,
                 s.rmr,
+                s.ldh.p99,
                 s.messages_per_event,
                 s.missed,
                 s.duplicates,
