@@ -1255,4 +1255,77 @@ mod tests {
         assert!(c.lazy <= LAZY_MAX);
         assert!(c.graft_timeout_us > c.ihave_delay_us);
     }
+
+    use proptest::prelude::*;
+
+    /// Nodes with keys from `seeds`, spread over `regions`, each knowing all the others.
+    fn mesh(seeds: &[u8], regions: usize, arity: usize) -> Vec<Node<crate::mesh::MemStore>> {
+        let infos: Vec<MemberInfo> = seeds
+            .iter()
+            .enumerate()
+            .map(|(i, seed)| {
+                let signer = crate::Signer::from_secret(&[*seed; 32]);
+                MemberInfo {
+                    key: signer.origin().0,
+                    region: format!("r{}", i % regions),
+                    cloud: "c".into(),
+                    jurisdiction: "EU".into(),
+                    addr: format!("n{i}"),
+                    policy_epoch: 0,
+                    generation: 0,
+                }
+            })
+            .collect();
+        infos
+            .iter()
+            .map(|me| {
+                let mut config = MeshConfig::wan(infos.len() as u32);
+                config.tree_arity = arity;
+                let mut node = Node::new(me.clone(), config, 1, crate::mesh::MemStore::new(16), 0);
+                for other in infos.iter().filter(|o| o.key != me.key) {
+                    node.members.insert(OriginKey(other.key), other.clone());
+                    node.region_insert(&other.region, OriginKey(other.key));
+                }
+                node
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// With consistent views, the computed trees reach every node exactly once: the
+        /// publisher's sends plus every receiver's children cover the mesh with no
+        /// duplicate and no gap, whatever the origin, the region layout and the arity.
+        #[test]
+        fn computed_trees_cover_every_node_exactly_once(
+            seeds in proptest::collection::btree_set(1u8..=250, 1..40),
+            regions in 1usize..6,
+            arity in 1usize..9,
+            origin_pick in any::<prop::sample::Index>(),
+        ) {
+            let seeds: Vec<u8> = seeds.into_iter().collect();
+            let nodes = mesh(&seeds, regions, arity);
+            let by_key: BTreeMap<OriginKey, usize> =
+                nodes.iter().enumerate().map(|(i, n)| (n.me().node_key(), i)).collect();
+            let origin = origin_pick.index(nodes.len());
+            let origin_key = nodes[origin].me().node_key();
+            let mut received = vec![0u32; nodes.len()];
+            received[origin] = 1;
+            let mut frontier: Vec<usize> = nodes[origin]
+                .tree_targets(&origin_key, true)
+                .iter()
+                .map(|k| by_key[k])
+                .collect();
+            // Bounded: every node forwards at most once (duplicates stop the walk).
+            while let Some(i) = frontier.pop() {
+                received[i] += 1;
+                if received[i] > 1 {
+                    continue;
+                }
+                frontier.extend(nodes[i].tree_targets(&origin_key, false).iter().map(|k| by_key[k]));
+            }
+            prop_assert!(received.iter().all(|r| *r == 1), "coverage {:?}", received);
+        }
+    }
 }
