@@ -2010,7 +2010,7 @@ payload_bytes = 100
             ]
         );
         assert_eq!(s.checks.converge_within_us, Some(60_000_000));
-        assert_eq!(s.checks.stretch_p99_max, Some(1.15));
+        assert_eq!(s.checks.stretch_p99_max, None);
         assert_eq!(s.checks.rmr_max, Some(0.5));
         assert_eq!(
             s.baselines,
