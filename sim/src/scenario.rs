@@ -619,6 +619,26 @@ pub struct Scenario {
     pub baselines: Vec<Baseline>,
 }
 
+/// Checks `{path}.nodes`: at least one (leave the `what` out instead), at most `max`.
+fn node_count(
+    path: &str,
+    nodes: u32,
+    what: &str,
+    limit: &'static str,
+    max: u32,
+) -> Result<(), ScenarioError> {
+    if nodes == 0 {
+        return Err(invalid(
+            format!("{path}.nodes"),
+            format!("must be at least 1 (leave the {what} out instead)"),
+        ));
+    }
+    if nodes > max {
+        return Err(over_limit(format!("{path}.nodes"), nodes, limit, max));
+    }
+    Ok(())
+}
+
 impl Scenario {
     /// Parses and validates a scenario file against `catalog`.
     pub fn parse(text: &str, catalog: &RegionCatalog) -> Result<Self, ScenarioError> {
@@ -1092,20 +1112,13 @@ fn topology(file: &TopologyFile, catalog: &RegionCatalog) -> Result<Topology, Sc
                 ),
             ));
         }
-        if entry.nodes == 0 {
-            return Err(invalid(
-                format!("{path}.nodes"),
-                "must be at least 1 (leave the region out instead)",
-            ));
-        }
-        if entry.nodes > NODES_PER_REGION_MAX {
-            return Err(over_limit(
-                format!("{path}.nodes"),
-                entry.nodes,
-                "NODES_PER_REGION_MAX",
-                NODES_PER_REGION_MAX,
-            ));
-        }
+        node_count(
+            &path,
+            entry.nodes,
+            "region",
+            "NODES_PER_REGION_MAX",
+            NODES_PER_REGION_MAX,
+        )?;
         total += entry.nodes as usize;
         let index = catalog.region_index(&entry.region).unwrap_or(usize::MAX);
         regions.insert(index, (entry.region.clone(), entry.nodes));
@@ -1158,20 +1171,13 @@ fn topology(file: &TopologyFile, catalog: &RegionCatalog) -> Result<Topology, Sc
             ACCESS_RTT_MS_MAX,
             "ACCESS_RTT_MS_MAX",
         )?;
-        if site.nodes == 0 {
-            return Err(invalid(
-                format!("{path}.nodes"),
-                "must be at least 1 (leave the site out instead)",
-            ));
-        }
-        if site.nodes > NODES_PER_SITE_MAX {
-            return Err(over_limit(
-                format!("{path}.nodes"),
-                site.nodes,
-                "NODES_PER_SITE_MAX",
-                NODES_PER_SITE_MAX,
-            ));
-        }
+        node_count(
+            &path,
+            site.nodes,
+            "site",
+            "NODES_PER_SITE_MAX",
+            NODES_PER_SITE_MAX,
+        )?;
         let jurisdiction = match &site.jurisdiction {
             Some(code) => jurisdiction(&format!("{path}.jurisdiction"), code)?,
             None => region.jurisdiction.clone(),

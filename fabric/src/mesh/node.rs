@@ -527,7 +527,9 @@ impl<S: Store> Node<S> {
                     self.schedule(next, Timer::Sync);
                 }
                 Timer::ViewRefresh => {
-                    self.refresh_view();
+                    // The region lists are kept up to date on every membership change; only
+                    // the lazy peers need re-ranking as RTT samples arrive.
+                    self.refresh_lazy();
                     let next = now + self.config.view_refresh_us;
                     self.schedule(next, Timer::ViewRefresh);
                 }
@@ -730,7 +732,8 @@ impl<S: Store> Node<S> {
         self.app.push_back(event);
     }
 
-    /// Rebuilds the per-region member lists and picks lazy peers: the nearest by measured
+    /// Builds the per-region member lists from scratch (at construction; afterwards they are
+    /// maintained incrementally) and picks lazy peers: the nearest by measured
     /// RTT (with hysteresis, so near-equal peers do not flap), plus one at random from
     /// another region.
     fn refresh_view(&mut self) {
