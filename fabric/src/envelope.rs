@@ -468,6 +468,12 @@ impl UnverifiedEvent {
     pub fn claimed(&self) -> &EventDraft {
         &self.0.draft
     }
+    /// Every field as the bytes claim them, unverified: for showing events that this node
+    /// verified when it stored them (reading its own log back), never for decisions about
+    /// events from elsewhere.
+    pub fn claimed_data(&self) -> &EventData {
+        &self.0
+    }
 }
 
 /// An event whose producer's signature verified over exactly these fields.

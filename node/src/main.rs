@@ -1,8 +1,9 @@
 //! `weft`: the Weft node binary and its command-line tools.
 //!
-//! Today it offers the envelope tools: `weft wire-demo` (sign, seal, encode, decode and
-//! reject events, printing every step) and `weft inspect` (decode and verify an envelope).
-//! The node itself (`weft node`) arrives with issue 4.
+//! `weft node --config FILE` runs a node: the mesh core over QUIC, the SQLite store and the
+//! HTTP API. The other subcommands are tools: keys (`keygen`), a client of the HTTP API
+//! (`publish`, `tail`, `peers`, `routes`, `status`) and envelope tools (`wire-demo`,
+//! `inspect`).
 
 /// Appends a line to the command's output buffer (see [`flush_output`]).
 macro_rules! outln {
@@ -15,7 +16,19 @@ macro_rules! outln {
     };
 }
 
+mod chaos;
+mod client;
+mod cloudevents;
+mod config;
+mod driver;
+mod http;
 mod inspect;
+mod keys;
+mod metrics;
+mod serve;
+mod store;
+mod tls;
+mod transport;
 mod wire_demo;
 
 thread_local! {
@@ -54,6 +67,78 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node (see docs/config.md for the config file).
+    Node {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write a new Ed25519 key (PKCS#8 PEM, mode 0600) and print its public key. With
+    /// --client, also write a bearer token to PATH.token and print its SHA-256 for the
+    /// node config's `principals`.
+    Keygen {
+        /// Where to write the key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// A client key and token rather than a node key.
+        #[arg(long)]
+        client: bool,
+    },
+    /// Publish events as CloudEvents: DATA, or one event per line of standard input.
+    Publish {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Durability before the node answers: none, local or regions:N.
+        #[arg(long, default_value = "local")]
+        ack: String,
+        /// Table key of the events.
+        #[arg(long)]
+        key: Option<String>,
+        /// CloudEvents type.
+        #[arg(long = "type", default_value = "weft.cli")]
+        ty: String,
+        /// Stream to publish to, e.g. orders.eu.
+        stream: String,
+        /// The event data (JSON or text); `-` or nothing reads lines from standard input.
+        data: Option<String>,
+    },
+    /// Follow a stream (Server-Sent Events), printing one CloudEvents JSON per line.
+    Tail {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Start after this cursor (0 = from the beginning).
+        #[arg(long)]
+        after: Option<u64>,
+        /// A durable subscription name: resumes where it left off, across restarts.
+        #[arg(long)]
+        durable: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Give up after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The stream.
+        stream: String,
+    },
+    /// List the node's mesh peers with region, state and RTT.
+    Peers {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the path events take to each region.
+    Routes {
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Show the node's status.
+    Status {
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// Sign, seal, encode, decode and reject sample events, showing each step.
     WireDemo,
     /// Decode and verify one encoded envelope and print it as JSON.
@@ -84,6 +169,59 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Node { config } => {
+            flush_output()?;
+            serve::run(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out, client } => {
+            let signer = keys::generate(&out)?;
+            outln!("wrote {} (mode 0600)", out.display());
+            outln!("public key: {}", signer.origin());
+            if client {
+                let mut tpath = out.clone().into_os_string();
+                tpath.push(".token");
+                let tpath = PathBuf::from(tpath);
+                let (_, hash) = keys::generate_token(&tpath)?;
+                outln!("wrote {} (mode 0600)", tpath.display());
+                outln!("token_sha256: {hash}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish {
+            conn,
+            ack,
+            key,
+            ty,
+            stream,
+            data,
+        } => {
+            client::publish(&conn, &stream, data, &ack, key, &ty)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail {
+            conn,
+            after,
+            durable,
+            count,
+            timeout,
+            stream,
+        } => {
+            client::tail(&conn, &stream, after, durable, count, timeout)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers { conn, json } => {
+            client::peers(&conn, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Routes { conn } => {
+            client::routes(&conn)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { conn } => {
+            client::status(&conn)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::WireDemo => wire_demo::run(),
         Command::Inspect { path, hex } => {
             let raw = if path.as_os_str() == "-" {

@@ -6,6 +6,7 @@ pub mod message;
 pub mod node;
 pub mod ranges;
 pub mod store;
+pub mod wire;
 
 pub use member::MemberInfo;
 pub use message::{Channel, Digest, EventRef, Message};

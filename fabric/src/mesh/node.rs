@@ -55,6 +55,9 @@ pub const RELAY_CACHE_LEN_MAX: usize = 4_096;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
+/// Most envelope bytes in one eager push or anti-entropy response (a batch of large events
+/// is cut here; anti-entropy resumes where it stopped). Under [`super::wire::MESSAGE_LEN_MAX`].
+pub const BATCH_BYTES_MAX: usize = 8 << 20;
 /// Most lazy peers.
 pub const LAZY_MAX: usize = 32;
 /// Largest tree arity: children per node in a region's tree.
@@ -138,7 +141,7 @@ impl MeshConfig {
 /// Decides whether an event may go to a peer at all: applied before any peer is chosen for
 /// an eager push, an IHAVE, a GRAFT answer or an anti-entropy transfer. Residency policy
 /// (issue 6) implements it; the default allows everything.
-pub trait ReplicationFilter {
+pub trait ReplicationFilter: Send {
     /// Whether `event` may be sent to `peer`.
     fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool;
 }
@@ -387,6 +390,12 @@ impl<S: Store> Node<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The store, for the driver's own records next to the events (log positions, cursors,
+    /// peers). Inserting or removing events through it bypasses the node's bookkeeping.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 
     /// Takes the store out (the simulator keeps it across a crash that keeps the disk).
@@ -966,7 +975,7 @@ impl<S: Store> Node<S> {
             }
             for (peer, batch) in batches {
                 let batch = self.allowed(&batch, &peer);
-                for chunk in batch.chunks(self.config.push_batch_len_max.max(1)) {
+                for chunk in batches_of(&batch, self.config.push_batch_len_max) {
                     self.stats.pushes_sent += 1;
                     self.send(peer, Message::Push(chunk.to_vec()));
                 }
@@ -1188,6 +1197,7 @@ impl<S: Store> Node<S> {
             .collect();
         let mut events = Vec::new();
         let mut resume = None;
+        let mut bytes = 0usize;
         let limit = self.config.sync_batch_len_max.max(1);
         let empty = SeqRanges::new();
         for origin in self
@@ -1201,12 +1211,18 @@ impl<S: Store> Node<S> {
             };
             let room = limit - events.len();
             let lacking = mine.difference(theirs.get(&origin).unwrap_or(&empty), room + 1);
+            let mut cut = false;
             for seq in lacking.iter().take(room) {
                 if let Some(e) = self.store.get(&origin, *seq) {
+                    bytes += e.signed_bytes().len() + 64;
                     events.push(e);
+                    if bytes >= BATCH_BYTES_MAX {
+                        cut = true;
+                        break;
+                    }
                 }
             }
-            if lacking.len() > room {
+            if cut || lacking.len() > room {
                 resume = Some(origin);
                 break;
             }
@@ -1223,6 +1239,28 @@ impl<S: Store> Node<S> {
             },
         );
     }
+}
+
+/// Splits `events` into batches of at most `len_max` events and [`BATCH_BYTES_MAX`] bytes
+/// (a single larger event still travels, alone).
+fn batches_of(events: &[Arc<Event>], len_max: usize) -> Vec<&[Arc<Event>]> {
+    let len_max = len_max.max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, event) in events.iter().enumerate() {
+        let len = event.signed_bytes().len() + 64;
+        if i > start && (i - start == len_max || bytes + len > BATCH_BYTES_MAX) {
+            out.push(&events[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += len;
+    }
+    if start < events.len() {
+        out.push(&events[start..]);
+    }
+    out
 }
 
 /// Rendezvous rank of `member` for `origin`: a fixed mixing function (splitmix64) of both

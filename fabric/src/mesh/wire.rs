@@ -1,0 +1,397 @@
+//! Bytes on the wire for mesh [`Message`]s, as the node sends them over QUIC.
+//!
+//! Framing is postcard (serde, varint lengths, no padding): the messages are a handful of
+//! fixed-shape records, and postcard is the compact, well-kept encoding foca already uses
+//! for SWIM. Events travel as their signed envelopes (`docs/wire.md`), byte for byte, so a
+//! receiver checks each signature itself: decoding yields [`IncomingMessage`], whose events
+//! are unverified until [`IncomingMessage::verify`] runs them through the batch verifier.
+//!
+//! Every message is one QUIC datagram or one stream; the transport bounds its length with
+//! [`MESSAGE_LEN_MAX`] before anything is decoded.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::Bytes;
+
+use crate::envelope::{EventId, OriginKey, UnverifiedEvent};
+use crate::error::{EnvelopeError, VerifyError};
+use crate::mesh::message::{Digest, EventRef, Message};
+use crate::sign::verify_batch;
+
+/// Largest encoded message accepted from a peer (a full push or sync batch of large events;
+/// the core keeps its batches under [`crate::mesh::node::BATCH_BYTES_MAX`]).
+pub const MESSAGE_LEN_MAX: usize = 16 << 20;
+
+/// Why bytes from a peer are not a message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Longer than [`MESSAGE_LEN_MAX`].
+    #[error("message of {len} bytes is over MESSAGE_LEN_MAX ({max})")]
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a valid postcard encoding of a message, or bytes left over.
+    #[error("malformed mesh message: {0}")]
+    Malformed(String),
+    /// An event inside is not a valid envelope.
+    #[error("event {index} of the message: {source}")]
+    Event {
+        /// Its position in the message.
+        index: usize,
+        /// Why.
+        source: EnvelopeError,
+    },
+}
+
+impl WireError {
+    /// Short code for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WireError::TooLong { .. } => "message_too_long",
+            WireError::Malformed(_) => "malformed_message",
+            WireError::Event { .. } => "bad_envelope",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRef {
+    origin: [u8; 32],
+    seq: u64,
+    id: [u8; 32],
+}
+
+impl From<&EventRef> for WireRef {
+    fn from(r: &EventRef) -> Self {
+        Self {
+            origin: r.origin.0,
+            seq: r.seq,
+            id: r.id.0,
+        }
+    }
+}
+
+impl From<WireRef> for EventRef {
+    fn from(r: WireRef) -> Self {
+        Self {
+            origin: OriginKey(r.origin),
+            seq: r.seq,
+            id: EventId(r.id),
+        }
+    }
+}
+
+/// The encoded form. Variant order is the wire tag: append only.
+#[derive(Serialize, Deserialize)]
+enum Wire<'a> {
+    Swim(#[serde(borrow)] &'a Bytes),
+    Push(#[serde(borrow)] Vec<&'a Bytes>),
+    IHave(Vec<WireRef>),
+    Graft(Vec<WireRef>),
+    SyncRequest {
+        digest: Vec<([u8; 32], Vec<(u64, u64)>)>,
+        from_origin: Option<[u8; 32]>,
+    },
+    SyncResponse {
+        #[serde(borrow)]
+        events: Vec<&'a Bytes>,
+        resume: Option<[u8; 32]>,
+        held: u64,
+    },
+}
+
+/// Encodes `msg` for the wire.
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let envelopes = |events: &[Arc<crate::envelope::Event>]| -> Vec<Vec<u8>> {
+        events.iter().map(|e| e.encode()).collect()
+    };
+    let refs = |refs: &[EventRef]| refs.iter().map(WireRef::from).collect::<Vec<_>>();
+    let owned;
+    let wire = match msg {
+        Message::Swim(bytes) => Wire::Swim(Bytes::new(bytes)),
+        Message::Push(events) => {
+            owned = envelopes(events);
+            Wire::Push(owned.iter().map(|b| Bytes::new(b)).collect())
+        }
+        Message::IHave(r) => Wire::IHave(refs(r)),
+        Message::Graft(r) => Wire::Graft(refs(r)),
+        Message::SyncRequest {
+            digest,
+            from_origin,
+        } => Wire::SyncRequest {
+            digest: digest.iter().map(|(o, r)| (o.0, r.clone())).collect(),
+            from_origin: from_origin.map(|o| o.0),
+        },
+        Message::SyncResponse {
+            events,
+            resume,
+            held,
+        } => {
+            owned = envelopes(events);
+            Wire::SyncResponse {
+                events: owned.iter().map(|b| Bytes::new(b)).collect(),
+                resume: resume.map(|o| o.0),
+                held: *held,
+            }
+        }
+    };
+    // Serializing these types to a Vec has no failure mode (no maps with non-string keys,
+    // no unknown lengths); postcard's error type is shared with decoding.
+    postcard::to_allocvec(&wire).unwrap_or_else(|e| unreachable!("postcard to Vec: {e}"))
+}
+
+/// A decoded message whose events have not been verified yet.
+#[derive(Debug)]
+pub enum IncomingMessage {
+    /// A message that carries no events.
+    Plain(Message),
+    /// An eager push.
+    Push(Vec<UnverifiedEvent>),
+    /// An anti-entropy answer.
+    SyncResponse {
+        /// The events, unverified.
+        events: Vec<UnverifiedEvent>,
+        /// Where to resume.
+        resume: Option<OriginKey>,
+        /// Events the responder holds.
+        held: u64,
+    },
+}
+
+/// An event that failed verification, for the caller to count and log.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The id it claims.
+    pub id: EventId,
+    /// The origin it claims.
+    pub origin: OriginKey,
+    /// Why it was refused.
+    pub error: VerifyError,
+}
+
+impl IncomingMessage {
+    /// How many events the message carries.
+    pub fn event_count(&self) -> usize {
+        match self {
+            IncomingMessage::Plain(_) => 0,
+            IncomingMessage::Push(e) | IncomingMessage::SyncResponse { events: e, .. } => e.len(),
+        }
+    }
+
+    /// Verifies the events (in batches) and returns the message holding only those that
+    /// passed, with the ones that did not.
+    pub fn verify(self) -> (Message, Vec<Rejected>) {
+        let check = |events: Vec<UnverifiedEvent>| {
+            let mut good = Vec::with_capacity(events.len());
+            let mut bad = Vec::new();
+            for result in verify_batch(events) {
+                match result {
+                    Ok(event) => good.push(Arc::new(event)),
+                    Err((event, error)) => bad.push(Rejected {
+                        id: event.id(),
+                        origin: event.origin(),
+                        error,
+                    }),
+                }
+            }
+            (good, bad)
+        };
+        match self {
+            IncomingMessage::Plain(msg) => (msg, Vec::new()),
+            IncomingMessage::Push(events) => {
+                let (good, bad) = check(events);
+                (Message::Push(good), bad)
+            }
+            IncomingMessage::SyncResponse {
+                events,
+                resume,
+                held,
+            } => {
+                let (good, bad) = check(events);
+                (
+                    Message::SyncResponse {
+                        events: good,
+                        resume,
+                        held,
+                    },
+                    bad,
+                )
+            }
+        }
+    }
+}
+
+/// Decodes a message from a peer. Trailing bytes, an unknown tag and any malformed event
+/// are errors; signatures are checked later by [`IncomingMessage::verify`].
+pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
+    if bytes.len() > MESSAGE_LEN_MAX {
+        return Err(WireError::TooLong {
+            len: bytes.len(),
+            max: MESSAGE_LEN_MAX,
+        });
+    }
+    let (wire, rest): (Wire<'_>, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} bytes after the message",
+            rest.len()
+        )));
+    }
+    let events = |list: Vec<&Bytes>| {
+        list.into_iter()
+            .enumerate()
+            .map(|(index, b)| {
+                crate::codec::decode(b).map_err(|source| WireError::Event { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(match wire {
+        Wire::Swim(b) => IncomingMessage::Plain(Message::Swim(b.to_vec())),
+        Wire::Push(list) => IncomingMessage::Push(events(list)?),
+        Wire::IHave(r) => {
+            IncomingMessage::Plain(Message::IHave(r.into_iter().map(Into::into).collect()))
+        }
+        Wire::Graft(r) => {
+            IncomingMessage::Plain(Message::Graft(r.into_iter().map(Into::into).collect()))
+        }
+        Wire::SyncRequest {
+            digest,
+            from_origin,
+        } => IncomingMessage::Plain(Message::SyncRequest {
+            digest: digest
+                .into_iter()
+                .map(|(o, r)| (OriginKey(o), r))
+                .collect::<Digest>(),
+            from_origin: from_origin.map(OriginKey),
+        }),
+        Wire::SyncResponse {
+            events: list,
+            resume,
+            held,
+        } => IncomingMessage::SyncResponse {
+            events: events(list)?,
+            resume: resume.map(OriginKey),
+            held,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{EventDraft, Payload, Residency, SecurityContext};
+    use crate::hlc::Hlc;
+    use crate::sign::Signer;
+    use crate::stream::StreamName;
+
+    fn event(seq: u64) -> Arc<crate::envelope::Event> {
+        let draft = EventDraft {
+            stream: StreamName::new("orders.eu").unwrap(),
+            key: None,
+            seq,
+            hlc: Hlc::new(1_764_000_000_000, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "acme".into(),
+                principal: "svc".into(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: 0,
+            },
+            content_type: "text/plain".into(),
+            payload: Payload::Clear(format!("event {seq}").into_bytes()),
+            trace: None,
+        };
+        Arc::new(Signer::from_secret(&[3; 32]).sign(draft).unwrap())
+    }
+
+    fn round_trip(msg: &Message) -> (Message, Vec<Rejected>) {
+        decode(&encode(msg)).unwrap().verify()
+    }
+
+    #[test]
+    fn every_message_kind_round_trips() {
+        let e1 = event(1);
+        let e2 = event(2);
+        let r = EventRef::of(&e1);
+        let msgs = vec![
+            Message::Swim(vec![1, 2, 3]),
+            Message::Push(vec![e1.clone(), e2.clone()]),
+            Message::IHave(vec![r]),
+            Message::Graft(vec![r, EventRef::of(&e2)]),
+            Message::SyncRequest {
+                digest: vec![(e1.origin(), vec![(1, 2), (5, 9)])],
+                from_origin: Some(e2.origin()),
+            },
+            Message::SyncResponse {
+                events: vec![e2.clone()],
+                resume: None,
+                held: 42,
+            },
+        ];
+        for msg in &msgs {
+            let (back, rejected) = round_trip(msg);
+            assert!(rejected.is_empty());
+            // Messages hold events by Arc; compare through their encodings.
+            assert_eq!(encode(&back), encode(msg), "{msg:?}");
+        }
+        match round_trip(&msgs[1]).0 {
+            Message::Push(events) => {
+                assert_eq!(events.len(), 2);
+                assert_eq!(events[0].id(), e1.id());
+                assert_eq!(events[1].seq(), 2);
+            }
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_unknown_tags_and_oversize_are_refused() {
+        let mut bytes = encode(&Message::IHave(vec![EventRef::of(&event(1))]));
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(&[200]), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(&[]), Err(WireError::Malformed(_))));
+        let big = vec![0u8; MESSAGE_LEN_MAX + 1];
+        let err = decode(&big).unwrap_err();
+        assert_eq!(err.reason(), "message_too_long");
+    }
+
+    #[test]
+    fn a_malformed_envelope_names_its_index() {
+        let good = event(1).encode();
+        let wire = Wire::Push(vec![Bytes::new(&good), Bytes::new(&[1, 2, 3])]);
+        let bytes = postcard::to_allocvec(&wire).unwrap();
+        match decode(&bytes) {
+            Err(WireError::Event { index, .. }) => assert_eq!(index, 1),
+            other => panic!("expected an event error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_forged_event_is_dropped_and_reported_the_rest_kept() {
+        let good = event(1);
+        let mut forged = event(2).encode();
+        // The signature is the last 64 bytes of the envelope: flip one bit of it.
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let good_bytes = good.encode();
+        let wire = Wire::Push(vec![Bytes::new(&good_bytes), Bytes::new(&forged)]);
+        let bytes = postcard::to_allocvec(&wire).unwrap();
+        let (msg, rejected) = decode(&bytes).unwrap().verify();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].origin, good.origin());
+        match msg {
+            Message::Push(events) => {
+                assert_eq!(events.len(), 1);
+                assert_eq!(events[0].id(), good.id());
+            }
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+}

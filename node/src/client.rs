@@ -1,0 +1,316 @@
+//! The command-line client: `weft publish`, `tail`, `peers`, `routes`, `status`, over the
+//! node's HTTP API (reqwest).
+
+use std::io::BufRead as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
+use serde_json::Value;
+
+/// Where and how to reach a node.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Conn {
+    /// Base URL of the node's HTTP API.
+    #[arg(long, env = "WEFT_NODE", default_value = "http://127.0.0.1:8401")]
+    pub(crate) node: String,
+    /// Bearer token (or set WEFT_TOKEN, or use --token-file).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// File holding the bearer token (as written by `weft keygen --client`).
+    #[arg(long)]
+    pub(crate) token_file: Option<std::path::PathBuf>,
+}
+
+impl Conn {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.node.trim_end_matches('/'))
+    }
+
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.token_file {
+            Some(p) => Ok(Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Turns an error response into a readable error.
+async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let detail = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!(
+                "{}: {}",
+                e.get("reason")?.as_str()?,
+                e.get("message")?.as_str()?
+            ))
+        })
+        .unwrap_or(text);
+    bail!("node answered {status}: {}", detail.trim())
+}
+
+fn ce_id() -> String {
+    let r = crate::keys::random32()
+        .map(|b| hex::encode(&b[..16]))
+        .unwrap_or_default();
+    format!("cli-{r}")
+}
+
+/// `weft publish`.
+pub(crate) fn publish(
+    conn: &Conn,
+    stream: &str,
+    data: Option<String>,
+    ack: &str,
+    key: Option<String>,
+    ty: &str,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let token = conn.token()?.context(
+            "publishing needs a token: --token, WEFT_TOKEN or --token-file (weft keygen --client)",
+        )?;
+        let url = conn.url(&format!("/v1/streams/{stream}/events?ack={ack}"));
+        let lines: Vec<String> = match data.as_deref() {
+            Some("-") | None => std::io::stdin()
+                .lock()
+                .lines()
+                .collect::<Result<Vec<_>, _>>()
+                .context("reading standard input")?
+                .into_iter()
+                .filter(|l| !l.trim().is_empty())
+                .collect(),
+            Some(d) => vec![d.to_string()],
+        };
+        if lines.is_empty() {
+            bail!("nothing to publish (empty input)");
+        }
+        for chunk in lines.chunks(500) {
+            let batch: Vec<Value> = chunk
+                .iter()
+                .map(|line| {
+                    let mut ev = serde_json::json!({
+                        "specversion": "1.0",
+                        "id": ce_id(),
+                        "source": "weft-cli",
+                        "type": ty,
+                    });
+                    match serde_json::from_str::<Value>(line) {
+                        Ok(v) => {
+                            ev["datacontenttype"] = "application/json".into();
+                            ev["data"] = v;
+                        }
+                        Err(_) => {
+                            ev["datacontenttype"] = "text/plain".into();
+                            ev["data"] = line.clone().into();
+                        }
+                    }
+                    if let Some(k) = &key {
+                        ev["weftkey"] = k.clone().into();
+                    }
+                    ev
+                })
+                .collect();
+            let resp = client
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", crate::cloudevents::CE_BATCH_JSON)
+                .body(serde_json::to_vec(&batch)?)
+                .send()
+                .await
+                .with_context(|| format!("POST {url}"))?;
+            let body: Value = check(resp).await?.json().await?;
+            for id in body["ids"].as_array().into_iter().flatten() {
+                println!("{}", id.as_str().unwrap_or_default());
+            }
+            if let Some(regions) = body["regions"].as_array()
+                && !regions.is_empty()
+            {
+                eprintln!(
+                    "durable in: {}",
+                    regions
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `weft tail`: prints each event as one line of CloudEvents JSON.
+pub(crate) fn tail(
+    conn: &Conn,
+    stream: &str,
+    after: Option<u64>,
+    durable: Option<String>,
+    count: Option<u64>,
+    timeout: Option<u64>,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut url = conn.url(&format!("/v1/streams/{stream}/subscribe?"));
+        if let Some(a) = after {
+            url.push_str(&format!("after={a}&"));
+        }
+        if let Some(d) = &durable {
+            url.push_str(&format!("durable={d}&"));
+        }
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let mut body = check(resp).await?.bytes_stream();
+        let mut buf = Vec::new();
+        let mut seen = 0u64;
+        let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, body.next()).await {
+                    Ok(n) => n,
+                    Err(_) => bail!("timed out after {} events", seen),
+                },
+                None => body.next().await,
+            };
+            let Some(chunk) = next else { break };
+            buf.extend_from_slice(&chunk.context("reading the event stream")?);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                for line in String::from_utf8_lossy(&frame).lines() {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        println!("{}", data.trim_start());
+                        seen += 1;
+                        if count.is_some_and(|c| seen >= c) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn get_json(conn: &Conn, path: &str) -> anyhow::Result<Value> {
+    let url = conn.url(path);
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    Ok(check(resp).await?.json().await?)
+}
+
+/// `weft peers`.
+pub(crate) fn peers(conn: &Conn, json: bool) -> anyhow::Result<()> {
+    let v = runtime()?.block_on(get_json(conn, "/v1/mesh/peers"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let me = &v["self"];
+    println!(
+        "this node: {} {} in {} ({})",
+        me["name"].as_str().unwrap_or(""),
+        &me["key"].as_str().unwrap_or("")[..16.min(me["key"].as_str().unwrap_or("").len())],
+        me["region"].as_str().unwrap_or(""),
+        me["jurisdiction"].as_str().unwrap_or("")
+    );
+    println!(
+        "{:<18} {:<28} {:<6} {:<5} {:>9}  {}",
+        "PEER", "REGION", "JUR", "STATE", "RTT ms", "ADDR"
+    );
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let key = p["key"].as_str().unwrap_or("");
+        println!(
+            "{:<18} {:<28} {:<6} {:<5} {:>9}  {}",
+            &key[..16.min(key.len())],
+            p["region"].as_str().unwrap_or(""),
+            p["jurisdiction"].as_str().unwrap_or(""),
+            p["state"].as_str().unwrap_or(""),
+            p["rtt_ms"]
+                .as_f64()
+                .map(|r| format!("{r:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            p["addr"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+/// `weft routes`.
+pub(crate) fn routes(conn: &Conn) -> anyhow::Result<()> {
+    let v = runtime()?.block_on(get_json(conn, "/v1/mesh/routes"))?;
+    println!("from {}", v["from"].as_str().unwrap_or(""));
+    println!(
+        "{:<28} {:<8} {:>12}  {:<18} {}",
+        "TO REGION", "KIND", "EST ms", "VIA", "ALTERNATIVES"
+    );
+    for r in v["routes"].as_array().into_iter().flatten() {
+        let via = r["via"].as_str().unwrap_or("");
+        println!(
+            "{:<28} {:<8} {:>12}  {:<18} {}",
+            r["region"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            r["estimated_ms"]
+                .as_f64()
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            &via[..16.min(via.len())],
+            r["alternatives"].as_array().map(Vec::len).unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// `weft status`.
+pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
+    let v = runtime()?.block_on(get_json(conn, "/v1/status"))?;
+    for k in [
+        "name",
+        "region",
+        "cloud",
+        "jurisdiction",
+        "key",
+        "version",
+        "uptime_s",
+        "members_up",
+        "stored_events",
+        "committed_pos",
+        "policy_epoch",
+    ] {
+        println!(
+            "{k:<14} {}",
+            match &v[k] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        );
+    }
+    Ok(())
+}

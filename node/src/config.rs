@@ -1,0 +1,364 @@
+//! The node's configuration file (`docs/config.md`): TOML, every field validated at start
+//! with an error that names it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use weft_fabric::StreamPattern;
+
+/// A node's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeConfig {
+    /// Human-readable node name (logs, dashboards).
+    pub(crate) name: String,
+    /// Cloud region id, e.g. `aws:eu-west-1`.
+    pub(crate) region: String,
+    /// Cloud provider, e.g. `aws`.
+    pub(crate) cloud: String,
+    /// Jurisdiction code, e.g. `EU`.
+    pub(crate) jurisdiction: String,
+    /// Path of the node's Ed25519 identity key (from `weft keygen`), relative to the config
+    /// file's directory unless absolute.
+    pub(crate) key: PathBuf,
+    /// Directory of the SQLite store, relative like `key`.
+    pub(crate) data_dir: PathBuf,
+    /// Listen addresses.
+    pub(crate) listen: Listen,
+    /// Mesh address other nodes reach this one at (defaults to `listen.mesh`).
+    #[serde(default)]
+    pub(crate) advertise: Option<SocketAddr>,
+    /// Mesh addresses of nodes to join through.
+    #[serde(default)]
+    pub(crate) seeds: Vec<SocketAddr>,
+    /// Hex public keys of the nodes allowed to connect (this node's own is implied).
+    #[serde(default)]
+    pub(crate) trusted_nodes: Vec<String>,
+    /// Stream patterns this node stores and serves (others it only relays).
+    #[serde(default = "default_streams")]
+    pub(crate) streams: Vec<String>,
+    /// HTTP principals: bearer token (by SHA-256) to principal and tenant.
+    #[serde(default)]
+    pub(crate) principals: Vec<Principal>,
+    /// Limits.
+    #[serde(default)]
+    pub(crate) limits: Limits,
+    /// Fault injection (off unless enabled).
+    #[serde(default)]
+    pub(crate) chaos: ChaosConfig,
+    /// Logging.
+    #[serde(default)]
+    pub(crate) log: LogConfig,
+    /// Find nodes on the local network with mDNS (not built yet: refused when true).
+    #[serde(default)]
+    pub(crate) mdns: bool,
+}
+
+/// Where the node listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Listen {
+    /// QUIC mesh (UDP).
+    pub(crate) mesh: SocketAddr,
+    /// HTTP API and dashboard (TCP).
+    pub(crate) http: SocketAddr,
+    /// Edge agents (QUIC, issue 8); reserved.
+    #[serde(default)]
+    pub(crate) edge: Option<SocketAddr>,
+}
+
+/// An HTTP principal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Principal {
+    /// Principal name recorded in the security context of what it publishes.
+    pub(crate) name: String,
+    /// Tenant.
+    pub(crate) tenant: String,
+    /// Hex SHA-256 of the bearer token (`weft keygen --client` prints it).
+    pub(crate) token_sha256: String,
+}
+
+/// Limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Limits {
+    /// Most events stored.
+    pub(crate) events_max: usize,
+    /// Largest HTTP request body in bytes.
+    pub(crate) http_body_max: usize,
+    /// Most publishes waiting in the driver's queue; beyond it, 503 with Retry-After.
+    pub(crate) publish_queue_max: usize,
+    /// How long `ack=regions:N` waits for confirmations, in milliseconds.
+    pub(crate) ack_timeout_ms: u64,
+    /// Most events one read returns.
+    pub(crate) read_limit_max: usize,
+    /// Most concurrent SSE subscribers.
+    pub(crate) subscribers_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            events_max: 50_000_000,
+            http_body_max: 16 << 20,
+            publish_queue_max: 4096,
+            ack_timeout_ms: 5_000,
+            read_limit_max: 10_000,
+            subscribers_max: 1024,
+        }
+    }
+}
+
+/// Fault injection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChaosConfig {
+    /// Whether `POST /v1/chaos` may change link behaviour.
+    #[serde(default)]
+    pub(crate) enabled: bool,
+    /// Rules applied from the start (same shape as the API's).
+    #[serde(default)]
+    pub(crate) rules: Vec<crate::chaos::Rule>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogConfig {
+    /// `text` or `json`.
+    pub(crate) format: String,
+    /// A tracing filter, e.g. `info` or `weft=debug` (RUST_LOG overrides it).
+    pub(crate) level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_streams() -> Vec<String> {
+    vec![">".into()]
+}
+
+/// A validated configuration with resolved paths and parsed values.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub(crate) raw: NodeConfig,
+    pub(crate) key_path: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) trusted: BTreeSet<[u8; 32]>,
+    pub(crate) streams: Vec<StreamPattern>,
+    pub(crate) tokens: Vec<([u8; 32], Principal)>,
+    pub(crate) advertise: SocketAddr,
+}
+
+fn field_err(field: &str, what: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("config field `{field}`: {what}")
+}
+
+/// Parses 64 hex digits into 32 bytes.
+pub(crate) fn hex32(field: &str, text: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(text.trim())
+        .map_err(|e| field_err(field, format!("not hex ({e}): {text:?}")))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        field_err(
+            field,
+            format!("expected 32 bytes (64 hex digits), got {}", b.len()),
+        )
+    })
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Resolved> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses and validates config text; relative paths resolve against `base`.
+    pub(crate) fn parse(text: &str, base: &Path) -> anyhow::Result<Resolved> {
+        let de = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let raw: NodeConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("config field `{path}`: {}", e.into_inner())
+        })?;
+        raw.resolve(base)
+    }
+
+    fn resolve(self, base: &Path) -> anyhow::Result<Resolved> {
+        for (field, value, max) in [
+            ("name", &self.name, 128),
+            ("region", &self.region, 64),
+            ("cloud", &self.cloud, 32),
+            (
+                "jurisdiction",
+                &self.jurisdiction,
+                weft_fabric::limits::JURISDICTION_LEN_MAX,
+            ),
+        ] {
+            if value.is_empty() || value.len() > max {
+                bail!(field_err(
+                    field,
+                    format!("must be 1 to {max} bytes, got {}", value.len())
+                ));
+            }
+        }
+        weft_fabric::Jurisdiction::new(self.jurisdiction.clone())
+            .map_err(|e| field_err("jurisdiction", e))?;
+        if self.mdns {
+            bail!(field_err(
+                "mdns",
+                "LAN discovery is not built yet (README status table); list seeds instead"
+            ));
+        }
+        let mut trusted = BTreeSet::new();
+        for (i, k) in self.trusted_nodes.iter().enumerate() {
+            trusted.insert(hex32(&format!("trusted_nodes[{i}]"), k)?);
+        }
+        let mut streams = Vec::new();
+        for (i, p) in self.streams.iter().enumerate() {
+            streams.push(
+                StreamPattern::new(p.clone())
+                    .map_err(|e| field_err(&format!("streams[{i}]"), e))?,
+            );
+        }
+        let mut tokens = Vec::new();
+        for (i, p) in self.principals.iter().enumerate() {
+            if p.name.is_empty() || p.name.len() > weft_fabric::limits::NAME_LEN_MAX {
+                bail!(field_err(
+                    &format!("principals[{i}].name"),
+                    "must be 1 to 128 bytes"
+                ));
+            }
+            if p.tenant.is_empty() || p.tenant.len() > weft_fabric::limits::NAME_LEN_MAX {
+                bail!(field_err(
+                    &format!("principals[{i}].tenant"),
+                    "must be 1 to 128 bytes"
+                ));
+            }
+            tokens.push((
+                hex32(&format!("principals[{i}].token_sha256"), &p.token_sha256)?,
+                p.clone(),
+            ));
+        }
+        let l = &self.limits;
+        for (field, value) in [
+            ("limits.events_max", l.events_max),
+            ("limits.http_body_max", l.http_body_max),
+            ("limits.publish_queue_max", l.publish_queue_max),
+            ("limits.read_limit_max", l.read_limit_max),
+            ("limits.subscribers_max", l.subscribers_max),
+        ] {
+            if value == 0 {
+                bail!(field_err(field, "must be at least 1"));
+            }
+        }
+        if l.ack_timeout_ms == 0 {
+            bail!(field_err("limits.ack_timeout_ms", "must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(field_err(
+                "log.format",
+                format!("must be \"text\" or \"json\", got {:?}", self.log.format)
+            ));
+        }
+        if !self.chaos.enabled && !self.chaos.rules.is_empty() {
+            bail!(field_err(
+                "chaos.rules",
+                "set chaos.enabled = true to use fault injection"
+            ));
+        }
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        Ok(Resolved {
+            key_path: resolve(&self.key),
+            data_dir: resolve(&self.data_dir),
+            advertise: self.advertise.unwrap_or(self.listen.mesh),
+            trusted,
+            streams,
+            tokens,
+            raw: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "eu-1"
+region = "aws:eu-west-1"
+cloud = "aws"
+jurisdiction = "EU"
+key = "eu-1.key"
+data_dir = "data/eu-1"
+seeds = ["127.0.0.2:7400"]
+trusted_nodes = ["0101010101010101010101010101010101010101010101010101010101010101"]
+[listen]
+mesh = "127.0.0.1:7400"
+http = "127.0.0.1:8400"
+"#;
+
+    #[test]
+    fn a_good_config_resolves_paths_and_defaults() {
+        let c = NodeConfig::parse(GOOD, Path::new("/etc/weft")).unwrap();
+        assert_eq!(c.key_path, Path::new("/etc/weft/eu-1.key"));
+        assert_eq!(c.data_dir, Path::new("/etc/weft/data/eu-1"));
+        assert_eq!(c.advertise.to_string(), "127.0.0.1:7400");
+        assert_eq!(c.trusted.len(), 1);
+        assert_eq!(c.streams.len(), 1);
+        assert_eq!(c.raw.limits.ack_timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("aws:eu-west-1", ""), "`region`"),
+            (GOOD.replace("127.0.0.1:8400", "nope"), "listen.http"),
+            (
+                GOOD.replace(
+                    "0101010101010101010101010101010101010101010101010101010101010101",
+                    "zz",
+                ),
+                "trusted_nodes[0]",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nevents_max = 0\n"),
+                "limits.events_max",
+            ),
+            (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
+            (format!("{GOOD}\nbogus = 1\n"), "bogus"),
+            (
+                GOOD.replace("data_dir", "streams = [\"a..b\"]\ndata_dir"),
+                "streams[0]",
+            ),
+            (
+                GOOD.replace("name = \"eu-1\"", "name = \"eu-1\"\nmdns = true"),
+                "mdns",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = format!(
+                "{:#}",
+                NodeConfig::parse(&text, Path::new(".")).unwrap_err()
+            );
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+}

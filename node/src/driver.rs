@@ -1,0 +1,617 @@
+//! The driver: one task owns the mesh core (`weft_fabric::mesh::Node`) and the SQLite
+//! store, and turns the core's outputs into QUIC sends, log appends and acknowledgements.
+//!
+//! Loop: wait for a mesh message, a publish, a timer or a tick; feed it to the core; drain
+//! the core's transmits (to the transport) and application events (deliveries appended to
+//! the local log); take every other input already queued (up to [`GROUP_MAX`]); then
+//! commit once (group commit: one fsync for the whole batch) and only then acknowledge:
+//! `ack=local` publishers, confirmable pushes from peers (`ack=regions:N` elsewhere), and
+//! SSE readers (the committed log position).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, info_span, warn};
+use weft_fabric::mesh::{AppEvent, MemberInfo, Message, Micros, Node, Store as _};
+use weft_fabric::{Event, EventId, OriginKey};
+
+use crate::metrics::Metrics;
+use crate::store::SqliteStore;
+use crate::transport::{FromMesh, Outgoing, Reply, Transport};
+
+/// Most inputs folded into one group commit.
+pub(crate) const GROUP_MAX: usize = 1024;
+
+/// How durable a publish must be before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) enum Ack {
+    /// Accepted by the node (in memory, not yet fsync'd).
+    None,
+    /// Committed to this node's disk.
+    Local,
+    /// Committed in this many distinct regions (this node's counts as one).
+    Regions(usize),
+}
+
+impl Ack {
+    /// Parses `none`, `local` or `regions:N`.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Ack::None),
+            "local" => Ok(Ack::Local),
+            _ => match text.strip_prefix("regions:").map(str::parse::<usize>) {
+                Some(Ok(n)) if (1..=64).contains(&n) => Ok(Ack::Regions(n)),
+                _ => Err(format!(
+                    "ack must be none, local or regions:N with N from 1 to 64, got {text:?}"
+                )),
+            },
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Ack::None => "none",
+            Ack::Local => "local",
+            Ack::Regions(_) => "regions",
+        }
+    }
+}
+
+/// What a publish achieved.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Published {
+    /// Hex ids of the events, in request order.
+    pub(crate) ids: Vec<String>,
+    /// Whether the events are on this node's disk.
+    pub(crate) durable_local: bool,
+    /// Regions where the events are confirmed committed (every event of the request).
+    pub(crate) regions: Vec<String>,
+    /// Whether the requested ack level was reached.
+    pub(crate) complete: bool,
+}
+
+/// Why a publish failed in the driver.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum PublishError {
+    /// The store refused (full, or an I/O failure).
+    #[error("the store refused the event: {0}")]
+    Store(String),
+}
+
+/// Inputs from the HTTP side.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Publish signed events.
+    Publish {
+        events: Vec<Arc<Event>>,
+        ack: Ack,
+        /// CloudEvents idempotency keys to record with the events (principal, source, id).
+        dedup: Vec<Option<(String, String, String)>>,
+        started: Instant,
+        reply: oneshot::Sender<Result<Published, PublishError>>,
+    },
+    /// Save a durable subscription cursor.
+    SaveCursor {
+        name: String,
+        stream: String,
+        pos: u64,
+    },
+}
+
+/// A peer as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PeerView {
+    pub(crate) key: String,
+    pub(crate) region: String,
+    pub(crate) cloud: String,
+    pub(crate) jurisdiction: String,
+    pub(crate) addr: String,
+    pub(crate) state: &'static str,
+    pub(crate) rtt_ms: Option<f64>,
+    pub(crate) policy_epoch: u64,
+}
+
+/// What the driver publishes for the API after every step.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Snapshot {
+    pub(crate) members_up: usize,
+    pub(crate) peers: Vec<PeerView>,
+    pub(crate) stored_events: usize,
+    pub(crate) committed_pos: u64,
+    pub(crate) stats: BTreeMap<&'static str, u64>,
+}
+
+struct Waiting {
+    ids: Vec<EventId>,
+    ack: Ack,
+    started: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Published, PublishError>>,
+}
+
+/// The driver's state.
+pub(crate) struct Driver {
+    node: Node<SqliteStore>,
+    me: MemberInfo,
+    epoch: Instant,
+    transport: Arc<Transport>,
+    metrics: Arc<Metrics>,
+    members: BTreeMap<OriginKey, MemberInfo>,
+    down: BTreeMap<OriginKey, MemberInfo>,
+    /// Publishes waiting for the next commit.
+    after_commit: Vec<Waiting>,
+    /// Publishes waiting for confirmations from other regions.
+    confirming: Vec<Waiting>,
+    /// Regions where each watched event is confirmed committed.
+    confirmed: BTreeMap<EventId, BTreeSet<String>>,
+    /// Confirmable pushes from peers, answered after the next commit.
+    confirm_replies: Vec<(oneshot::Sender<Vec<[u8; 32]>>, Vec<EventId>)>,
+    dedup: Vec<(String, String, String, EventId)>,
+    last_pos: u64,
+    ack_timeout: Duration,
+    committed: watch::Sender<u64>,
+    snapshot: watch::Sender<Snapshot>,
+}
+
+impl Driver {
+    /// A driver for `node`; `committed` carries the last committed log position to readers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        node: Node<SqliteStore>,
+        epoch: Instant,
+        transport: Arc<Transport>,
+        metrics: Arc<Metrics>,
+        ack_timeout: Duration,
+        last_pos: u64,
+        committed: watch::Sender<u64>,
+        snapshot: watch::Sender<Snapshot>,
+    ) -> Self {
+        Self {
+            me: node.me().clone(),
+            node,
+            epoch,
+            transport,
+            metrics,
+            members: BTreeMap::new(),
+            down: BTreeMap::new(),
+            after_commit: Vec::new(),
+            confirming: Vec::new(),
+            confirmed: BTreeMap::new(),
+            confirm_replies: Vec::new(),
+            dedup: Vec::new(),
+            last_pos,
+            ack_timeout,
+            committed,
+            snapshot,
+        }
+    }
+
+    fn now(&self) -> Micros {
+        self.epoch.elapsed().as_micros() as Micros
+    }
+
+    /// Runs until `shutdown` fires or both input channels close.
+    pub(crate) async fn run(
+        mut self,
+        mut mesh_rx: mpsc::Receiver<FromMesh>,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+        known_peers: Vec<MemberInfo>,
+    ) {
+        let now = self.now();
+        if !known_peers.is_empty() {
+            self.node.join(now, &known_peers);
+            self.drain();
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let deadline = self
+                .node
+                .poll_timeout()
+                .map(|at| self.epoch + Duration::from_micros(at))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(input) = mesh_rx.recv() => self.on_mesh(input),
+                Some(cmd) = cmd_rx.recv() => self.on_command(cmd),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    let now = self.now();
+                    self.node.handle_timeout(now);
+                    self.drain();
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+            // Group commit: fold whatever else is already queued into the same fsync.
+            for _ in 0..GROUP_MAX {
+                if let Ok(input) = mesh_rx.try_recv() {
+                    self.on_mesh(input);
+                } else if let Ok(cmd) = cmd_rx.try_recv() {
+                    self.on_command(cmd);
+                } else {
+                    break;
+                }
+            }
+            self.metrics.queue("driver_mesh_inputs", mesh_rx.len());
+            self.metrics.queue("driver_publishes", cmd_rx.len());
+            self.commit();
+        }
+        self.commit();
+        info!("driver stopped");
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<Waiting>;
+        (expired, self.confirming) = std::mem::take(&mut self.confirming)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
+        for w in expired {
+            self.metrics.reject("ack_timeout");
+            self.answer(w, false);
+        }
+        self.publish_snapshot();
+    }
+
+    fn on_mesh(&mut self, input: FromMesh) {
+        let now = self.now();
+        match input {
+            FromMesh::Message { from, msg, reply } => {
+                let push_ids: Vec<EventId> = match &msg {
+                    Message::Push(events) => events.iter().map(|e| e.id()).collect(),
+                    _ => Vec::new(),
+                };
+                let is_sync = matches!(msg, Message::SyncRequest { .. });
+                let before = self.node.stats().events_new;
+                if let Message::Push(events) | Message::SyncResponse { events, .. } = &msg {
+                    for e in events {
+                        let _span = info_span!("hop", event = %e.id(), from = %from,
+                            traceparent = e.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
+                        .entered();
+                        debug!("event received");
+                    }
+                }
+                let received = match &msg {
+                    Message::Push(e) | Message::SyncResponse { events: e, .. } => e.len() as u64,
+                    _ => 0,
+                };
+                self.node.handle_message(now, from, msg);
+                let new = self.node.stats().events_new - before;
+                self.metrics.replicated_in.inc_by(new);
+                self.metrics
+                    .duplicates_in
+                    .inc_by(received.saturating_sub(new));
+                match reply {
+                    Some(Reply::Sync(tx)) if is_sync => {
+                        // The core answers a sync request at once: route that answer back
+                        // on the request's stream.
+                        self.drain_with(Some((from, tx)));
+                        return;
+                    }
+                    Some(Reply::Confirm(tx)) => self.confirm_replies.push((tx, push_ids)),
+                    _ => {}
+                }
+            }
+            FromMesh::Confirmed { from, ids } => {
+                let region = self
+                    .members
+                    .get(&from)
+                    .map(|m| m.region.clone())
+                    .unwrap_or_default();
+                for id in ids {
+                    if let Some(set) = self.confirmed.get_mut(&EventId(id)) {
+                        set.insert(region.clone());
+                    }
+                }
+                self.settle_confirmations();
+            }
+            FromMesh::SeedReached { key, addr } => {
+                info!(peer = %key, %addr, "seed reached; joining");
+                let seed = MemberInfo {
+                    key: key.0,
+                    region: String::new(),
+                    cloud: String::new(),
+                    jurisdiction: String::new(),
+                    addr: addr.to_string(),
+                    policy_epoch: 0,
+                    generation: 0,
+                };
+                self.node.join(now, &[seed]);
+            }
+            FromMesh::Rtt { peer, rtt } => {
+                self.node
+                    .handle_rtt_sample(now, peer, rtt.as_micros() as Micros);
+                self.metrics
+                    .peer_rtt
+                    .get_or_create(&vec![("peer", self.peer_label(&peer))])
+                    .set(rtt.as_secs_f64());
+            }
+        }
+        self.drain();
+    }
+
+    fn peer_label(&self, key: &OriginKey) -> String {
+        let short = &hex::encode(key.0)[..12];
+        match self.members.get(key) {
+            Some(m) => format!("{}/{short}", m.region),
+            None => short.to_string(),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish {
+                events,
+                ack,
+                dedup,
+                started,
+                reply,
+            } => {
+                let now = self.now();
+                let mut ids = Vec::with_capacity(events.len());
+                for (event, key) in events.into_iter().zip(dedup) {
+                    let id = event.id();
+                    let _span = info_span!("publish", event = %id,
+                        traceparent = event.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
+                    .entered();
+                    if let Err(e) = self.node.handle_publish(now, event) {
+                        self.metrics.reject("store_refused");
+                        let _ = reply.send(Err(PublishError::Store(e.to_string())));
+                        self.drain();
+                        return;
+                    }
+                    if let Some((p, s, i)) = key {
+                        self.dedup.push((p, s, i, id));
+                    }
+                    ids.push(id);
+                }
+                if let Ack::Regions(n) = ack
+                    && n > 1
+                {
+                    for id in &ids {
+                        self.confirmed
+                            .entry(*id)
+                            .or_default()
+                            .insert(self.me.region.clone());
+                    }
+                }
+                self.drain();
+                let w = Waiting {
+                    ids,
+                    ack,
+                    started,
+                    deadline: Instant::now() + self.ack_timeout,
+                    reply,
+                };
+                if ack == Ack::None {
+                    self.answer(w, false);
+                } else {
+                    self.after_commit.push(w);
+                }
+            }
+            Command::SaveCursor { name, stream, pos } => {
+                if let Err(e) = self.node_store().cursor_set(&name, &stream, pos) {
+                    warn!(cursor = %name, error = %e, "saving a cursor failed");
+                }
+            }
+        }
+    }
+
+    fn node_store(&mut self) -> &mut SqliteStore {
+        self.node.store_mut()
+    }
+
+    fn answer(&mut self, w: Waiting, durable: bool) {
+        let regions: Vec<String> = match w.ack {
+            Ack::Regions(_) => {
+                let mut common: Option<BTreeSet<String>> = None;
+                for id in &w.ids {
+                    let set = self.confirmed.get(id).cloned().unwrap_or_default();
+                    common = Some(match common {
+                        None => set,
+                        Some(c) => c.intersection(&set).cloned().collect(),
+                    });
+                }
+                for id in &w.ids {
+                    self.confirmed.remove(id);
+                }
+                common.unwrap_or_default().into_iter().collect()
+            }
+            _ if durable => vec![self.me.region.clone()],
+            _ => Vec::new(),
+        };
+        let complete = match w.ack {
+            Ack::None => true,
+            Ack::Local => durable,
+            Ack::Regions(n) => durable && regions.len() >= n,
+        };
+        self.metrics
+            .ack_seconds
+            .get_or_create(&vec![("level", w.ack.label().to_string())])
+            .observe(w.started.elapsed().as_secs_f64());
+        let _ = w.reply.send(Ok(Published {
+            ids: w.ids.iter().map(|i| i.to_string()).collect(),
+            durable_local: durable,
+            regions,
+            complete,
+        }));
+    }
+
+    fn settle_confirmations(&mut self) {
+        let (done, waiting): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.confirming)
+            .into_iter()
+            .partition(|w| {
+                let Ack::Regions(n) = w.ack else { return true };
+                w.ids
+                    .iter()
+                    .all(|id| self.confirmed.get(id).is_some_and(|s| s.len() >= n))
+            });
+        self.confirming = waiting;
+        for w in done {
+            self.answer(w, true);
+        }
+    }
+
+    /// Sends the core's transmits and applies its application events.
+    fn drain(&mut self) {
+        self.drain_with(None);
+    }
+
+    fn drain_with(&mut self, mut sync_reply: Option<(OriginKey, oneshot::Sender<Vec<u8>>)>) {
+        while let Some(t) = self.node.poll_transmit() {
+            if let Message::SyncResponse { .. } = &t.msg
+                && sync_reply.as_ref().is_some_and(|(to, _)| *to == t.to)
+                && let Some((_, tx)) = sync_reply.take()
+            {
+                let _ = tx.send(weft_fabric::mesh::wire::encode(&t.msg));
+                continue;
+            }
+            let confirm = matches!(&t.msg, Message::Push(events)
+                if events.iter().any(|e| self.confirmed.contains_key(&e.id())));
+            let addr = self
+                .members
+                .get(&t.to)
+                .or_else(|| self.down.get(&t.to))
+                .and_then(|m| m.addr.parse::<SocketAddr>().ok());
+            self.transport.send(
+                t.to,
+                addr,
+                Outgoing {
+                    msg: t.msg,
+                    confirm,
+                },
+            );
+        }
+        while let Some(ev) = self.node.poll_event() {
+            match ev {
+                AppEvent::Deliver(event) => match self.node.store_mut().append_log(&event) {
+                    Ok(pos) => {
+                        self.last_pos = pos;
+                        self.metrics.deliveries.inc();
+                    }
+                    Err(e) => {
+                        self.metrics.reject("log_append_failed");
+                        warn!(event = %event.id(), error = %e, "appending to the log failed");
+                    }
+                },
+                AppEvent::MemberUp(m) => {
+                    info!(peer = %m.node_key(), region = %m.region, addr = %m.addr, "member up");
+                    let addr = m.addr.parse::<SocketAddr>().ok();
+                    self.transport.learn(m.node_key(), addr, &m.region);
+                    let json = serde_json::to_string(&m).unwrap_or_default();
+                    let now_ms = wall_ms();
+                    if let Err(e) = self.node.store_mut().peer_upsert(m.key, &json, now_ms) {
+                        debug!(error = %e, "remembering a peer failed");
+                    }
+                    self.down.remove(&m.node_key());
+                    self.members.insert(m.node_key(), m);
+                }
+                AppEvent::MemberDown(m) => {
+                    info!(peer = %m.node_key(), region = %m.region, "member down");
+                    self.members.remove(&m.node_key());
+                    self.down.insert(m.node_key(), m);
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self) {
+        for (p, s, i, id) in std::mem::take(&mut self.dedup) {
+            if let Err(e) = self.node.store_mut().ce_dedup_put(&p, &s, &i, &id) {
+                debug!(error = %e, "recording a CloudEvents id failed");
+            }
+        }
+        let started = Instant::now();
+        let result = self.node.store_mut().commit();
+        let durable = match result {
+            Ok(n) => {
+                if n > 0 {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                true
+            }
+            Err(e) => {
+                self.metrics.reject("commit_failed");
+                warn!(error = %e, "group commit failed; nothing of this batch is acknowledged");
+                false
+            }
+        };
+        for w in std::mem::take(&mut self.after_commit) {
+            match (w.ack, durable) {
+                (Ack::Regions(n), true) if n > 1 => self.confirming.push(w),
+                _ => self.answer(w, durable),
+            }
+        }
+        if durable {
+            for (tx, ids) in std::mem::take(&mut self.confirm_replies) {
+                let held: Vec<[u8; 32]> = ids
+                    .into_iter()
+                    .filter(|id| self.node.store().contains(id))
+                    .map(|id| id.0)
+                    .collect();
+                let _ = tx.send(held);
+            }
+            self.committed.send_if_modified(|p| {
+                let changed = *p != self.last_pos;
+                *p = self.last_pos;
+                changed
+            });
+        }
+        self.settle_confirmations();
+    }
+
+    fn publish_snapshot(&mut self) {
+        let mut peers: Vec<PeerView> = Vec::new();
+        let view = |m: &MemberInfo, state: &'static str, rtt: Option<Micros>| PeerView {
+            key: hex::encode(m.key),
+            region: m.region.clone(),
+            cloud: m.cloud.clone(),
+            jurisdiction: m.jurisdiction.clone(),
+            addr: m.addr.clone(),
+            state,
+            rtt_ms: rtt.map(|r| r as f64 / 1000.0),
+            policy_epoch: m.policy_epoch,
+        };
+        for m in self.members.values() {
+            peers.push(view(m, "up", self.node.rtt_us(&m.node_key())));
+        }
+        for m in self.down.values() {
+            peers.push(view(m, "down", None));
+        }
+        let s = self.node.stats();
+        let stats = BTreeMap::from([
+            ("events_new", s.events_new),
+            ("events_duplicate", s.events_duplicate),
+            ("events_refused", s.events_refused),
+            ("pushes_sent", s.pushes_sent),
+            ("ihaves_sent", s.ihaves_sent),
+            ("grafts_sent", s.grafts_sent),
+            ("sync_events_sent", s.sync_events_sent),
+            ("sync_events_new", s.sync_events_new),
+        ]);
+        let stored = self.node.store().len();
+        self.metrics.stored_events.set(stored as i64);
+        self.metrics.members.set(self.members.len() as i64);
+        self.snapshot.send_replace(Snapshot {
+            members_up: self.members.len(),
+            peers,
+            stored_events: stored,
+            committed_pos: *self.committed.borrow(),
+            stats,
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

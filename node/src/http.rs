@@ -1,0 +1,851 @@
+//! The HTTP API (axum): CloudEvents publish and read, SSE subscriptions, mesh views,
+//! health, metrics and fault injection. Every refusal is a 4xx/5xx with a JSON body
+//! `{"error": {"reason", "message"}}` and a count in `weft_rejected{reason}`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use weft_fabric::mesh::MemberInfo;
+use weft_fabric::{
+    Event, EventDraft, HybridClock, Payload, Residency, SecurityContext, Signer, StreamName,
+    TraceContext,
+};
+
+use crate::chaos::{Chaos, Rule};
+use crate::cloudevents::{self, CE_JSON, IncomingEvent};
+use crate::config::Principal;
+use crate::driver::{Ack, Command, Published, Snapshot};
+use crate::metrics::Metrics;
+use crate::store::StoreReader;
+
+/// Content type of a pre-signed Weft envelope.
+pub(crate) const WEFT_CBOR: &str = "application/vnd.weft.event+cbor";
+/// Default page size of reads.
+const READ_LIMIT_DEFAULT: usize = 100;
+
+/// The node's own producer state: events published over HTTP are signed by the node on
+/// behalf of the authenticated principal, with the node's key and sequence.
+pub(crate) struct Producer {
+    pub(crate) signer: Signer,
+    pub(crate) next_seq: u64,
+    pub(crate) clock: HybridClock,
+}
+
+/// Shared state of the handlers.
+pub(crate) struct Api {
+    pub(crate) me: MemberInfo,
+    pub(crate) name: String,
+    pub(crate) cmd_tx: mpsc::Sender<Command>,
+    pub(crate) producer: Mutex<Producer>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) readers: Mutex<Vec<StoreReader>>,
+    pub(crate) committed: watch::Receiver<u64>,
+    pub(crate) snapshot: watch::Receiver<Snapshot>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) chaos: Arc<Chaos>,
+    pub(crate) tokens: HashMap<[u8; 32], Principal>,
+    pub(crate) streams: Vec<weft_fabric::StreamPattern>,
+    pub(crate) read_limit_max: usize,
+    pub(crate) subscribers_max: usize,
+    pub(crate) seeded: bool,
+    pub(crate) started: Instant,
+}
+
+/// An API error: status, reason code (metric label) and message.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"reason": self.reason, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+impl Api {
+    fn fail(&self, e: ApiError) -> ApiError {
+        self.metrics.reject(e.reason);
+        e
+    }
+
+    /// The principal of a bearer token.
+    fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Principal> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(self.fail(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "publishing needs `Authorization: Bearer <token>`",
+            )));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        match self.tokens.get(&crate::keys::token_hash(token)) {
+            Some(p) => Ok(p.clone()),
+            None => {
+                tracing::warn!(target: "audit", decision = "deny", reason = "bad_token",
+                    "publish refused: unknown bearer token");
+                Err(self.fail(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_token",
+                    "the bearer token matches no principal in this node's config",
+                )))
+            }
+        }
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&StoreReader) -> ApiResult<T>) -> ApiResult<T> {
+        let reader = self.readers.lock().ok().and_then(|mut r| r.pop());
+        let reader = match reader {
+            Some(r) => r,
+            None => StoreReader::open(&self.data_dir).map_err(|e| {
+                self.fail(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("opening a store reader: {e}"),
+                ))
+            })?,
+        };
+        let out = f(&reader);
+        if let Ok(mut r) = self.readers.lock()
+            && r.len() < 8
+        {
+            r.push(reader);
+        }
+        out
+    }
+}
+
+/// The router.
+pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
+    Router::new()
+        .route("/v1/events", post(publish_any))
+        .route(
+            "/v1/streams/{stream}/events",
+            post(publish_stream).get(read_events),
+        )
+        .route("/v1/streams/{stream}/subscribe", get(subscribe))
+        .route("/v1/mesh/peers", get(peers))
+        .route("/v1/mesh/routes", get(routes))
+        .route("/v1/status", get(status))
+        .route("/v1/chaos", get(chaos_get).post(chaos_set))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(api)
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishQuery {
+    ack: Option<String>,
+}
+
+async fn publish_any(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<PublishQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    publish(api, None, q, headers, body).await
+}
+
+async fn publish_stream(
+    State(api): State<Arc<Api>>,
+    Path(stream): Path<String>,
+    Query(q): Query<PublishQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    publish(api, Some(stream), q, headers, body).await
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+async fn publish(
+    api: Arc<Api>,
+    path_stream: Option<String>,
+    q: PublishQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match publish_inner(&api, path_stream, q, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn publish_inner(
+    api: &Arc<Api>,
+    path_stream: Option<String>,
+    q: PublishQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let ack = match q.ack.as_deref() {
+        None => Ack::Local,
+        Some(a) => Ack::parse(a)
+            .map_err(|m| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_ack", m)))?,
+    };
+    let path_stream = match path_stream {
+        Some(s) => Some(StreamName::new(s.clone()).map_err(|e| {
+            api.fail(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_stream",
+                format!("stream {s:?}: {e}"),
+            ))
+        })?),
+        None => None,
+    };
+    let principal = api.authenticate(&headers)?;
+    let media = media_type(&headers);
+    if media == WEFT_CBOR {
+        let event = presigned(api, &body, path_stream.as_ref())?;
+        api.metrics
+            .publishes
+            .get_or_create(&vec![("api", "cbor".to_string())])
+            .inc();
+        return submit(api, vec![Arc::new(event)], vec![None], ack, started).await;
+    }
+    let pairs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    let incoming = cloudevents::parse_http(pairs, &body).map_err(|e| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.reason(),
+            e.to_string(),
+        ))
+    })?;
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(|t| TraceContext {
+            traceparent: t.to_string(),
+            tracestate: headers
+                .get("tracestate")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        })
+        .filter(|t| t.check().is_ok());
+
+    // Idempotent publish: a CloudEvent already accepted from this principal (same source
+    // and id) is answered with the stored event's id, not stored twice.
+    let mut fresh: Vec<IncomingEvent> = Vec::new();
+    let mut known: Vec<(usize, String)> = Vec::new();
+    {
+        let api2 = api.clone();
+        let keys: Vec<(String, String)> = incoming
+            .iter()
+            .map(|e| (e.source.clone(), e.id.clone()))
+            .collect();
+        let name = principal.name.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            api2.with_reader(|r| {
+                Ok(keys
+                    .iter()
+                    .map(|(s, i)| r.ce_dedup_get(&name, s, i).ok().flatten())
+                    .collect::<Vec<_>>())
+            })
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+        for (i, (event, seen)) in incoming.into_iter().zip(found).enumerate() {
+            match seen {
+                Some(id) => known.push((i, id.to_string())),
+                None => fresh.push(event),
+            }
+        }
+    }
+
+    let mut drafts = Vec::with_capacity(fresh.len());
+    let mut dedup = Vec::with_capacity(fresh.len());
+    for (i, e) in fresh.iter().enumerate() {
+        let stream = match (&path_stream, &e.stream) {
+            (Some(p), Some(w)) if p != w => {
+                return Err(api.fail(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "stream_mismatch",
+                    format!(
+                        "event {i}: weftstream {} differs from the path's stream {}",
+                        w.as_str(),
+                        p.as_str()
+                    ),
+                )));
+            }
+            (Some(p), _) => p.clone(),
+            (None, Some(w)) => w.clone(),
+            (None, None) => {
+                return Err(api.fail(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "missing_stream",
+                    format!("event {i}: no stream: POST to /v1/streams/{{stream}}/events or set the weftstream attribute"),
+                )));
+            }
+        };
+        drafts.push(EventDraft {
+            stream,
+            key: e.key.as_ref().map(|k| k.as_bytes().to_vec()),
+            seq: 0,
+            hlc: weft_fabric::Hlc::new(0, 0).unwrap_or_else(|_| unreachable!("zero HLC")),
+            security: SecurityContext {
+                tenant: principal.tenant.clone(),
+                principal: principal.name.clone(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: BTreeSet::new(),
+                policy_epoch: api.me.policy_epoch,
+            },
+            content_type: CE_JSON.into(),
+            payload: Payload::Clear(e.to_payload()),
+            trace: trace.clone(),
+        });
+        dedup.push(Some((
+            principal.name.clone(),
+            e.source.clone(),
+            e.id.clone(),
+        )));
+    }
+    api.metrics
+        .publishes
+        .get_or_create(&vec![("api", "cloudevents".to_string())])
+        .inc_by(drafts.len() as u64);
+    if drafts.is_empty() {
+        let ids = known.into_iter().map(|(_, id)| id).collect::<Vec<_>>();
+        return Ok(published_response(
+            &Published {
+                ids,
+                durable_local: true,
+                regions: vec![],
+                complete: true,
+            },
+            true,
+        ));
+    }
+    // Reserve the driver's queue before signing: an event signed with a sequence number
+    // must reach the core, or its origin's later events would wait for it forever.
+    let permit = api.cmd_tx.clone().try_reserve_owned().map_err(|_| {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the node's publish queue is full (limits.publish_queue_max); retry shortly",
+        );
+        e.retry_after = Some(1);
+        api.fail(e)
+    })?;
+    let api2 = api.clone();
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let signed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut p = api2
+            .producer
+            .lock()
+            .map_err(|_| "producer lock poisoned".to_string())?;
+        let mut events = Vec::with_capacity(drafts.len());
+        for mut d in drafts {
+            let hlc = p
+                .clock
+                .tick(crate::driver::wall_ms().max(0) as u64)
+                .map_err(|e| e.to_string())?;
+            d.seq = p.next_seq + 1;
+            d.hlc = hlc;
+            let event = p.signer.sign(d).map_err(|e| e.to_string())?;
+            p.next_seq += 1;
+            events.push(Arc::new(event));
+        }
+        permit.send(Command::Publish {
+            events,
+            ack,
+            dedup,
+            started,
+            reply,
+        });
+        Ok(())
+    })
+    .await;
+    match signed {
+        Ok(Ok(())) => {}
+        Ok(Err(m)) => {
+            return Err(api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_event", m)));
+        }
+        Err(e) => {
+            return Err(api.fail(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            )));
+        }
+    }
+    let mut out = wait_published(api, rx).await?;
+    // Ids of already-known events go back in request order.
+    for (i, id) in known {
+        out.ids.insert(i.min(out.ids.len()), id);
+    }
+    Ok(published_response(&out, out.complete))
+}
+
+fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiResult<Event> {
+    let unverified = weft_fabric::decode(body).map_err(|e| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_envelope",
+            e.to_string(),
+        ))
+    })?;
+    let event = unverified.verify().map_err(|e| {
+        tracing::warn!(target: "audit", decision = "deny", reason = "bad_signature", error = %e,
+            "pre-signed event refused");
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_signature",
+            e.to_string(),
+        ))
+    })?;
+    if let Some(s) = path_stream
+        && event.stream() != s
+    {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "stream_mismatch",
+            format!(
+                "the envelope's stream {} differs from the path's {}",
+                event.stream().as_str(),
+                s.as_str()
+            ),
+        )));
+    }
+    Ok(event)
+}
+
+async fn submit(
+    api: &Arc<Api>,
+    events: Vec<Arc<Event>>,
+    dedup: Vec<Option<(String, String, String)>>,
+    ack: Ack,
+    started: Instant,
+) -> ApiResult<Response> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    api.cmd_tx
+        .try_send(Command::Publish {
+            events,
+            ack,
+            dedup,
+            started,
+            reply,
+        })
+        .map_err(|_| {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the node's publish queue is full (limits.publish_queue_max); retry shortly",
+            );
+            e.retry_after = Some(1);
+            api.fail(e)
+        })?;
+    let out = wait_published(api, rx).await?;
+    Ok(published_response(&out, out.complete))
+}
+
+async fn wait_published(
+    api: &Api,
+    rx: tokio::sync::oneshot::Receiver<Result<Published, crate::driver::PublishError>>,
+) -> ApiResult<Published> {
+    match rx.await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(api.fail(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "store_refused",
+            e.to_string(),
+        ))),
+        Err(_) => Err(api.fail(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is shutting down",
+        ))),
+    }
+}
+
+fn published_response(p: &Published, complete: bool) -> Response {
+    let status = if complete {
+        StatusCode::OK
+    } else if p.durable_local {
+        // Stored here and replicating, but not yet confirmed where the client asked.
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!(p))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    durable: Option<String>,
+}
+
+fn check_stream(api: &Api, stream: &str) -> ApiResult<StreamName> {
+    let name = StreamName::new(stream.to_string()).map_err(|e| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_stream",
+            format!("stream {stream:?}: {e}"),
+        ))
+    })?;
+    if !api.streams.iter().any(|p| p.matches(&name)) {
+        return Err(api.fail(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "stream_not_stored",
+            format!("this node does not store {stream} (config `streams`); read it from a node that does"),
+        )));
+    }
+    Ok(name)
+}
+
+/// Decodes log entries into CloudEvents JSON objects with their cursor.
+fn render_entries(entries: Vec<crate::store::LogEntry>) -> Vec<(u64, Value)> {
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let u = weft_fabric::decode(&e.envelope).ok()?;
+            let mut obj = cloudevents::render(u.claimed_data());
+            obj.insert("weftcursor".into(), Value::String(e.pos.to_string()));
+            Some((e.pos, Value::Object(obj)))
+        })
+        .collect()
+}
+
+async fn read_events(
+    State(api): State<Arc<Api>>,
+    Path(stream): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<Response> {
+    let name = check_stream(&api, &stream)?;
+    let limit = q.limit.unwrap_or(READ_LIMIT_DEFAULT);
+    if limit == 0 || limit > api.read_limit_max {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_limit",
+            format!(
+                "limit must be 1 to {} (limits.read_limit_max), got {limit}",
+                api.read_limit_max
+            ),
+        )));
+    }
+    let after = q.after.unwrap_or(0);
+    let api2 = api.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        api2.with_reader(|r| {
+            r.read_log(name.as_str(), after, limit).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    e.to_string(),
+                )
+            })
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let rendered = render_entries(entries);
+    let next = rendered.last().map(|(p, _)| *p).unwrap_or(after);
+    let body: Vec<Value> = rendered.into_iter().map(|(_, v)| v).collect();
+    let mut resp = (
+        [(header::CONTENT_TYPE, cloudevents::CE_BATCH_JSON)],
+        serde_json::to_string(&body).unwrap_or_default(),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("weft-next-cursor", HeaderValue::from(next));
+    Ok(resp)
+}
+
+async fn subscribe(
+    State(api): State<Arc<Api>>,
+    Path(stream): Path<String>,
+    Query(q): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let name = check_stream(&api, &stream)?;
+    if api.metrics.subscribers.get() as usize >= api.subscribers_max {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!(
+                "{} subscribers open (limits.subscribers_max)",
+                api.subscribers_max
+            ),
+        );
+        e.retry_after = Some(5);
+        return Err(api.fail(e));
+    }
+    if let Some(d) = &q.durable
+        && (d.is_empty()
+            || d.len() > 128
+            || !d
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_durable_name",
+            "durable: 1 to 128 characters of A-Z a-z 0-9 - _ .",
+        )));
+    }
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let durable = q.durable.clone().map(|d| format!("{}/{d}", name.as_str()));
+    let saved = match &durable {
+        Some(d) => {
+            let api2 = api.clone();
+            let d = d.clone();
+            tokio::task::spawn_blocking(move || {
+                api2.with_reader(|r| Ok(r.cursor_get(&d).ok().flatten()))
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map(|(_, pos)| pos)
+        }
+        None => None,
+    };
+    let mut after = last_event_id.or(q.after).or(saved).unwrap_or(0);
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let api2 = api.clone();
+    api.metrics.subscribers.inc();
+    tokio::spawn(async move {
+        let mut committed = api2.committed.clone();
+        let mut last_saved = after;
+        'outer: loop {
+            let api3 = api2.clone();
+            let stream = name.as_str().to_string();
+            let entries = tokio::task::spawn_blocking(move || {
+                api3.with_reader(|r| {
+                    r.read_log(&stream, after, 500).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "store_error",
+                            e.to_string(),
+                        )
+                    })
+                })
+            })
+            .await;
+            let Ok(Ok(entries)) = entries else { break };
+            let n = entries.len();
+            for (pos, value) in render_entries(entries) {
+                let ev = SseEvent::default()
+                    .id(pos.to_string())
+                    .data(value.to_string());
+                if tx.send(Ok(ev)).await.is_err() {
+                    break 'outer;
+                }
+                after = pos;
+            }
+            if let Some(d) = &durable
+                && after != last_saved
+            {
+                let _ = api2
+                    .cmd_tx
+                    .send(Command::SaveCursor {
+                        name: d.clone(),
+                        stream: name.as_str().to_string(),
+                        pos: after,
+                    })
+                    .await;
+                last_saved = after;
+            }
+            if n == 0 {
+                tokio::select! {
+                    r = committed.changed() => if r.is_err() { break },
+                    () = tx.closed() => break,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+        api2.metrics.subscribers.dec();
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn peers(State(api): State<Arc<Api>>) -> Response {
+    let s = api.snapshot.borrow().clone();
+    axum::Json(json!({"self": {
+        "key": hex::encode(api.me.key), "name": api.name, "region": api.me.region,
+        "cloud": api.me.cloud, "jurisdiction": api.me.jurisdiction, "addr": api.me.addr},
+        "peers": s.peers}))
+    .into_response()
+}
+
+async fn routes(State(api): State<Arc<Api>>) -> Response {
+    // Per destination region: the path events take today (the direct link to the region's
+    // nearest live member) and the other members as alternatives. Multi-hop relay routes
+    // arrive with issue 5.
+    let s = api.snapshot.borrow().clone();
+    let mut by_region: std::collections::BTreeMap<String, Vec<&crate::driver::PeerView>> =
+        Default::default();
+    for p in s.peers.iter().filter(|p| p.state == "up") {
+        by_region.entry(p.region.clone()).or_default().push(p);
+    }
+    let routes: Vec<Value> = by_region
+        .into_iter()
+        .map(|(region, mut members)| {
+            members.sort_by(|a, b| {
+                a.rtt_ms
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&b.rtt_ms.unwrap_or(f64::MAX))
+            });
+            let best = members[0];
+            json!({
+                "region": region,
+                "path": [api.me.region.clone(), region],
+                "via": best.key,
+                "estimated_ms": best.rtt_ms.map(|r| r / 2.0),
+                "kind": "direct",
+                "alternatives": members[1..].iter().map(|m| json!({"via": m.key, "estimated_ms": m.rtt_ms.map(|r| r / 2.0)})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(json!({"from": api.me.region, "routes": routes})).into_response()
+}
+
+async fn status(State(api): State<Arc<Api>>) -> Response {
+    let s = api.snapshot.borrow().clone();
+    axum::Json(json!({
+        "name": api.name,
+        "key": hex::encode(api.me.key),
+        "region": api.me.region,
+        "cloud": api.me.cloud,
+        "jurisdiction": api.me.jurisdiction,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": api.started.elapsed().as_secs(),
+        "members_up": s.members_up,
+        "stored_events": s.stored_events,
+        "committed_pos": *api.committed.borrow(),
+        "policy_epoch": api.me.policy_epoch,
+        "stats": s.stats,
+    }))
+    .into_response()
+}
+
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let up = api.snapshot.borrow().members_up;
+    if api.seeded && up == 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no mesh member reachable yet (seeds configured)\n",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, format!("ready: {up} members up\n")).into_response()
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    api.metrics.queue(
+        "chaos_dropped",
+        api.chaos.dropped.load(std::sync::atomic::Ordering::Relaxed) as usize,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn chaos_get(State(api): State<Arc<Api>>) -> Response {
+    axum::Json(json!({"enabled": api.chaos.enabled(), "rules": api.chaos.rules()})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChaosBody {
+    rules: Vec<Rule>,
+}
+
+async fn chaos_set(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    api.authenticate(&headers)?;
+    let parsed: ChaosBody = serde_json::from_slice(&body).map_err(|e| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_chaos",
+            format!("body: {e}"),
+        ))
+    })?;
+    api.chaos.set(parsed.rules).map_err(|m| {
+        let status = if api.chaos.enabled() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        api.fail(ApiError::new(status, "bad_chaos", m))
+    })?;
+    tracing::warn!(target: "audit", rules = ?api.chaos.rules(), "fault injection rules changed");
+    Ok(axum::Json(json!({"enabled": true, "rules": api.chaos.rules()})).into_response())
+}

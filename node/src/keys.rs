@@ -1,0 +1,122 @@
+//! Key files: Ed25519 secret keys as PKCS#8 PEM (RFC 8410; `openssl pkey` reads them),
+//! written with file mode 0600, and bearer tokens for HTTP clients.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use sha2::Digest as _;
+use weft_fabric::Signer;
+
+use crate::tls::ED25519_PKCS8_PREFIX;
+
+const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
+const PEM_END: &str = "-----END PRIVATE KEY-----";
+
+/// 32 bytes from the operating system's random source.
+pub(crate) fn random32() -> anyhow::Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
+    Ok(b)
+}
+
+/// Writes `text` to a new file readable by its owner only; refuses to overwrite.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a fresh Ed25519 secret key to `path` (PEM, mode 0600); returns its signer.
+pub(crate) fn generate(path: &Path) -> anyhow::Result<Signer> {
+    let seed = random32()?;
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(&seed);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    write_private(path, &format!("{PEM_BEGIN}\n{b64}\n{PEM_END}\n"))?;
+    Ok(Signer::from_secret(&seed))
+}
+
+/// Writes a fresh bearer token to `path` (mode 0600); returns (token, hex SHA-256).
+pub(crate) fn generate_token(path: &Path) -> anyhow::Result<(String, String)> {
+    let token = format!("weft_{}", hex::encode(random32()?));
+    write_private(path, &format!("{token}\n"))?;
+    Ok((token.clone(), token_hash_hex(&token)))
+}
+
+/// Hex SHA-256 of a bearer token, as the config stores it.
+pub(crate) fn token_hash_hex(token: &str) -> String {
+    hex::encode(token_hash(token))
+}
+
+/// SHA-256 of a bearer token.
+pub(crate) fn token_hash(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Reads an Ed25519 secret key written by [`generate`]; refuses a file others can read.
+pub(crate) fn load(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let meta = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "key file {} is readable by others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != PEM_BEGIN)
+        .skip(1)
+        .take_while(|l| *l != PEM_END)
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .with_context(|| format!("{}: not a PEM private key", path.display()))?;
+    let seed = der
+        .strip_prefix(&ED25519_PKCS8_PREFIX[..])
+        .filter(|s| s.len() == 32)
+        .with_context(|| format!("{}: not an Ed25519 PKCS#8 key", path.display()))?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(seed);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_loads_back_and_is_private() {
+        let dir = std::env::temp_dir().join(format!("weft-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.key");
+        let _ = std::fs::remove_file(&path);
+        let signer = generate(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let seed = load(&path).unwrap();
+        assert_eq!(Signer::from_secret(&seed).origin(), signer.origin());
+        // No overwrite.
+        assert!(generate(&path).is_err());
+        // Others may not read it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(format!("{:#}", load(&path).unwrap_err()).contains("chmod 600"));
+        let tpath = dir.join("client.token");
+        let _ = std::fs::remove_file(&tpath);
+        let (token, hash) = generate_token(&tpath).unwrap();
+        assert_eq!(token_hash_hex(&token), hash);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! Prometheus metrics (`GET /metrics`, text format), through prometheus-client.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the node exports.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Events accepted from local producers, by API (`cloudevents`, `cbor`).
+    pub(crate) publishes: Family<Labels, Counter>,
+    /// Requests or events refused, by reason.
+    pub(crate) rejected: Family<Labels, Counter>,
+    /// Events delivered to this node's log (local subscribers), in order.
+    pub(crate) deliveries: Counter,
+    /// Events received from peers that were new here.
+    pub(crate) replicated_in: Counter,
+    /// Events received from peers that were already here.
+    pub(crate) duplicates_in: Counter,
+    /// Mesh messages sent, by kind.
+    pub(crate) mesh_sent: Family<Labels, Counter>,
+    /// Mesh messages received, by kind.
+    pub(crate) mesh_received: Family<Labels, Counter>,
+    /// Mesh messages dropped before sending (peer queue full, no route, chaos), by reason.
+    pub(crate) mesh_dropped: Family<Labels, Counter>,
+    /// Group-commit latency of the store.
+    pub(crate) commit_seconds: Histogram,
+    /// Events stored.
+    pub(crate) stored_events: Gauge,
+    /// Members up (peers).
+    pub(crate) members: Gauge,
+    /// Smoothed RTT to each peer, in seconds.
+    pub(crate) peer_rtt: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Queue depths, by queue.
+    pub(crate) queue_depth: Family<Labels, Gauge>,
+    /// Publish-to-acknowledgement latency, by ack level.
+    pub(crate) ack_seconds: Family<Labels, Histogram>,
+    /// Active SSE subscribers.
+    pub(crate) subscribers: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+impl Metrics {
+    /// All metrics, registered.
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let m = Self {
+            publishes: Family::default(),
+            rejected: Family::default(),
+            deliveries: Counter::default(),
+            replicated_in: Counter::default(),
+            duplicates_in: Counter::default(),
+            mesh_sent: Family::default(),
+            mesh_received: Family::default(),
+            mesh_dropped: Family::default(),
+            commit_seconds: latency_histogram(),
+            stored_events: Gauge::default(),
+            members: Gauge::default(),
+            peer_rtt: Family::default(),
+            queue_depth: Family::default(),
+            ack_seconds: Family::new_with_constructor(latency_histogram),
+            subscribers: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "publishes",
+            "Events accepted from local producers",
+            m.publishes.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests and events refused, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Events appended to the local log in order",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "replicated_in",
+            "New events received from peers",
+            m.replicated_in.clone(),
+        );
+        registry.register(
+            "duplicates_in",
+            "Events received from peers already held",
+            m.duplicates_in.clone(),
+        );
+        registry.register(
+            "mesh_sent",
+            "Mesh messages sent, by kind",
+            m.mesh_sent.clone(),
+        );
+        registry.register(
+            "mesh_received",
+            "Mesh messages received, by kind",
+            m.mesh_received.clone(),
+        );
+        registry.register(
+            "mesh_dropped",
+            "Mesh messages dropped before sending, by reason",
+            m.mesh_dropped.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Group commit (fsync) latency",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "stored_events",
+            "Events in the store",
+            m.stored_events.clone(),
+        );
+        registry.register(
+            "members",
+            "Mesh members up, excluding this node",
+            m.members.clone(),
+        );
+        registry.register(
+            "peer_rtt_seconds",
+            "RTT estimate per peer",
+            m.peer_rtt.clone(),
+        );
+        registry.register("queue_depth", "Queue depths", m.queue_depth.clone());
+        registry.register(
+            "ack_seconds",
+            "Publish to acknowledgement, by ack level",
+            m.ack_seconds.clone(),
+        );
+        registry.register(
+            "sse_subscribers",
+            "Open SSE subscriptions",
+            m.subscribers.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts a refusal.
+    pub(crate) fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Counts a refusal `n` times.
+    pub(crate) fn reject_n(&self, reason: &str, n: u64) {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(n);
+    }
+
+    /// One labelled counter.
+    pub(crate) fn inc(family: &Family<Labels, Counter>, key: &'static str, value: &str) {
+        family.get_or_create(&vec![(key, value.to_string())]).inc();
+    }
+
+    /// Sets a queue depth gauge.
+    pub(crate) fn queue(&self, queue: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&vec![("queue", queue.to_string())])
+            .set(depth as i64);
+    }
+
+    /// The text exposition.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

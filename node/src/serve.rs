@@ -1,0 +1,186 @@
+//! `weft node`: start a node from its config and run until Ctrl-C or SIGTERM.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+use weft_fabric::mesh::{MemberInfo, MeshConfig, Node};
+use weft_fabric::{HybridClock, Signer};
+
+use crate::chaos::Chaos;
+use crate::config::NodeConfig;
+use crate::driver::{Driver, Snapshot};
+use crate::http::{Api, Producer};
+use crate::metrics::Metrics;
+use crate::store::{SqliteStore, StoreLimits, StoreReader};
+use crate::transport::Transport;
+
+/// Most mesh inputs queued for the driver (the transport waits when it is full: QUIC flow
+/// control then slows the senders).
+const MESH_QUEUE_LEN_MAX: usize = 8192;
+/// Largest clock drift accepted from remote HLC stamps.
+const HLC_DRIFT_MS_MAX: u64 = 60_000;
+
+fn init_tracing(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless.
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs the node described by the config at `path`.
+pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(path)?;
+    init_tracing(&config.raw.log.format, &config.raw.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weft")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
+    let raw = &config.raw;
+    let seed = crate::keys::load(&config.key_path)?;
+    let signer = Signer::from_secret(&seed);
+    let origin = signer.origin();
+
+    let limits = StoreLimits {
+        events_max: raw.limits.events_max,
+        ..StoreLimits::default()
+    };
+    let mut store = SqliteStore::open(&config.data_dir, limits)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    // A new generation on every start: the fresh member record supersedes the one the
+    // mesh remembers from before a crash.
+    let generation = store
+        .meta_get("generation")?
+        .and_then(|v| v.try_into().ok().map(u32::from_le_bytes))
+        .map_or(0, |g| g.saturating_add(1));
+    store
+        .meta_set("generation", &generation.to_le_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.commit()?;
+    let next_seq = store.max_seq(&origin)?;
+    let known_peers: Vec<MemberInfo> = store
+        .peers()?
+        .into_iter()
+        .filter_map(|(_, json, _)| serde_json::from_str(&json).ok())
+        .collect();
+
+    let me = MemberInfo {
+        key: origin.0,
+        region: raw.region.clone(),
+        cloud: raw.cloud.clone(),
+        jurisdiction: raw.jurisdiction.clone(),
+        addr: config.advertise.to_string(),
+        policy_epoch: 0,
+        generation,
+    };
+    let mut trusted = config.trusted.clone();
+    trusted.insert(origin.0);
+    let mut mesh = MeshConfig::wan(trusted.len() as u32);
+    mesh.interest = config.streams.clone();
+    let node_seed = u64::from_le_bytes(crate::keys::random32()?[..8].try_into()?);
+    let epoch = Instant::now();
+    let node = Node::new(me.clone(), mesh, node_seed, store, 0);
+
+    let metrics = Arc::new(Metrics::new());
+    let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
+    let (client_cfg, server_cfg) = crate::tls::quic_configs(&seed, trusted.iter().copied())?;
+    let (mesh_tx, mesh_rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);
+    let (cmd_tx, cmd_rx) = mpsc::channel(raw.limits.publish_queue_max);
+    let transport = Transport::start(
+        raw.listen.mesh,
+        origin,
+        client_cfg,
+        server_cfg,
+        mesh_tx,
+        chaos.clone(),
+        metrics.clone(),
+    )?;
+    transport.dial_seeds(raw.seeds.clone());
+
+    let (committed_tx, committed_rx) = watch::channel(0u64);
+    let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let driver = Driver::new(
+        node,
+        epoch,
+        transport.clone(),
+        metrics.clone(),
+        Duration::from_millis(raw.limits.ack_timeout_ms),
+        0,
+        committed_tx,
+        snapshot_tx,
+    );
+    let driver_task = tokio::spawn(driver.run(mesh_rx, cmd_rx, shutdown_rx, known_peers));
+
+    let api = Arc::new(Api {
+        me: me.clone(),
+        name: raw.name.clone(),
+        cmd_tx,
+        producer: Mutex::new(Producer {
+            signer,
+            next_seq,
+            clock: HybridClock::new(HLC_DRIFT_MS_MAX),
+        }),
+        data_dir: config.data_dir.clone(),
+        readers: Mutex::new(vec![StoreReader::open(&config.data_dir)?]),
+        committed: committed_rx,
+        snapshot: snapshot_rx,
+        metrics,
+        chaos,
+        tokens: config.tokens.iter().cloned().collect::<HashMap<_, _>>(),
+        streams: config.streams.clone(),
+        read_limit_max: raw.limits.read_limit_max,
+        subscribers_max: raw.limits.subscribers_max,
+        seeded: !raw.seeds.is_empty(),
+        started: Instant::now(),
+    });
+    let listener = tokio::net::TcpListener::bind(raw.listen.http)
+        .await
+        .with_context(|| format!("binding HTTP on {}", raw.listen.http))?;
+    info!(name = %raw.name, key = %origin, region = %raw.region, mesh = %raw.listen.mesh,
+        http = %raw.listen.http, generation, "node started");
+    let app = crate::http::router(api, raw.limits.http_body_max);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver_task).await;
+    transport.close();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

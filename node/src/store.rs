@@ -1,0 +1,1511 @@
+//! Durable storage for the node: the mesh core's [`Store`] over SQLite, plus the node's
+//! local delivery log, durable cursors, peer table, metadata and CloudEvents dedup.
+//!
+//! One [`SqliteStore`] (owned by the driver thread) is the only writer. It keeps a write
+//! transaction open between commits: the first write of a batch runs `BEGIN IMMEDIATE`,
+//! and the driver calls [`SqliteStore::commit`] after processing a batch of inputs (group
+//! commit), then acknowledges publishers. With `journal_mode=WAL` and `synchronous=FULL`
+//! a returned `commit` is on disk: `kill -9` after it loses nothing; a crash before it
+//! loses the uncommitted tail, which nobody was told was durable.
+//!
+//! [`StoreReader`] is a separate read-only connection for HTTP readers on other threads.
+//! WAL snapshots mean it sees only committed rows. Readers return raw envelope bytes.
+//!
+//! **Invariant:** the in-memory `len` and per-origin [`SeqRanges`] describe exactly the
+//! rows the writer's connection sees (committed or in the open transaction). A failed
+//! commit rolls back and reloads them from disk.
+//!
+//! The disk is not trusted blindly: [`Store::get`] decodes and verifies the envelope and
+//! checks it is the event asked for; a corrupt row reads as absent (and is logged).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use weft_fabric::mesh::ranges::RANGES_PER_ORIGIN_MAX;
+use weft_fabric::mesh::{Inserted, SeqRanges, Store, StoreError};
+use weft_fabric::{Event, EventId, OriginKey};
+
+/// The schema version this build writes (`PRAGMA user_version`). A database with a newer
+/// version is refused rather than misread.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// The database file inside the store directory.
+pub(crate) const DB_FILE: &str = "weft.db";
+
+/// How long a statement waits for a lock. The writer is alone and WAL readers never block
+/// it, so waits come only from checkpoints or a second process opened by mistake; five
+/// seconds rides out the first and fails the second clearly.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes in one transaction before the store commits by itself. Bounds the WAL growth and
+/// the work a crash can roll back if a driver forgets to commit; committing early only makes
+/// data durable sooner, which never breaks an acknowledgement.
+pub(crate) const TX_WRITES_MAX: usize = 65_536;
+
+/// Bytes the WAL file is truncated to after a checkpoint (64 MiB): bounds disk use after a
+/// burst without re-growing it on every batch.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Prepared statements kept per connection: every statement of this module fits.
+const STATEMENT_CACHE_LEN: usize = 64;
+
+/// Highest sequence number the store accepts: SQLite integers are signed 64-bit. An honest
+/// origin never gets near it; an event beyond it is refused.
+pub(crate) const SEQ_MAX: u64 = i64::MAX as u64;
+
+/// Most entries one [`StoreReader::read_log`] call returns, whatever the caller asks: one
+/// HTTP page.
+pub(crate) const READ_LOG_LEN_MAX: usize = 1_000;
+
+/// Envelope bytes after which [`StoreReader::read_log`] stops (8 MiB): eight maximal events
+/// or thousands of ordinary ones. At least one entry is always returned.
+pub(crate) const READ_LOG_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Longest cursor name, metadata key or CloudEvents principal, in bytes.
+pub(crate) const NAME_LEN_MAX: usize = 128;
+
+/// Longest metadata value (64 KiB): metadata is small node state, not events.
+pub(crate) const META_VALUE_LEN_MAX: usize = 64 * 1024;
+
+/// Most metadata keys: set by the node's own code, a handful in practice.
+pub(crate) const META_KEYS_MAX: usize = 1_024;
+
+/// Longest peer info JSON (4 KiB): a member record is a few hundred bytes.
+pub(crate) const PEER_INFO_LEN_MAX: usize = 4 * 1024;
+
+/// Longest CloudEvents `source` or `id` kept for dedup (512 bytes): the spec sets no limit,
+/// real ids are UUIDs and sources short URIs.
+pub(crate) const CE_FIELD_LEN_MAX: usize = 512;
+
+/// The stream name limit of the envelope format, for cursors.
+const STREAM_LEN_MAX: usize = weft_fabric::limits::STREAM_LEN_MAX;
+
+/// Bounds of a [`SqliteStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoreLimits {
+    /// Most events stored; beyond it `insert` returns [`StoreError::Full`].
+    pub(crate) events_max: usize,
+    /// Recently stored or read events kept decoded in memory for `get` (GRAFT answers and
+    /// delivery ask for recent events). 0 disables the cache.
+    pub(crate) event_cache_len: usize,
+    /// Most durable cursors; beyond it `cursor_set` of a new name is refused.
+    pub(crate) cursors_max: usize,
+    /// Most peers remembered; a new peer beyond it evicts the least recently seen.
+    pub(crate) peers_max: usize,
+    /// Most CloudEvents dedup entries; a new entry beyond it evicts the oldest, so the
+    /// idempotency window is the last `ce_dedup_max` publishes.
+    pub(crate) ce_dedup_max: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            events_max: 10_000_000,
+            event_cache_len: 4_096,
+            cursors_max: 1_024,
+            peers_max: 4_096,
+            ce_dedup_max: 1_000_000,
+        }
+    }
+}
+
+/// Why a store could not be opened. Nothing was changed on disk unless stated.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// The directory could not be created.
+    #[error("cannot create store directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// SQLite failed to open, configure or create the schema.
+    #[error("cannot open store {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// SQLite did not grant WAL journaling (a file system without shared memory?).
+    #[error("store {path}: journal_mode is {mode}, WAL is required")]
+    NotWal {
+        /// The database file.
+        path: PathBuf,
+        /// The mode SQLite reported.
+        mode: String,
+    },
+    /// The database was written by a newer build; it is left untouched.
+    #[error(
+        "store {path} has schema version {found}, this build reads up to {supported}; \
+         upgrade weft or point it at another directory"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Version found.
+        found: i64,
+        /// Version this build supports.
+        supported: i64,
+    },
+    /// A reader found no schema: the writer has not created the store yet.
+    #[error("store {path} has no schema yet (open it with the writer first)")]
+    NotInitialized {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Loading the per-origin state failed (a corrupt row or an I/O error).
+    #[error("cannot load store {path}: {source}")]
+    Load {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        source: StoreError,
+    },
+}
+
+/// Why a record from a caller (cursor, metadata, peer, dedup entry) was refused. Nothing
+/// changed unless the variant is [`RecordError::Store`] from a failed write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RecordError {
+    /// A field is longer than its limit. Nothing changed.
+    #[error("{field} is {len} bytes, over the limit {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The table is at its row limit and does not evict. Nothing changed.
+    #[error("{table} holds {len} rows, at the limit {max}")]
+    TableFull {
+        /// The table.
+        table: &'static str,
+        /// Rows held.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A number is beyond what the store represents. Nothing changed.
+    #[error("{field} is {value}, over the limit {max}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The storage failed; see [`StoreError::Backend`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters for metrics. Monotonic except the `_last` field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StoreStats {
+    /// Events newly stored.
+    pub(crate) inserts: u64,
+    /// Inserts of an event already stored.
+    pub(crate) duplicates: u64,
+    /// Inserts refused as equivocation.
+    pub(crate) equivocations: u64,
+    /// Inserts refused at `events_max`.
+    pub(crate) refused_full: u64,
+    /// Successful commits (including automatic ones at [`TX_WRITES_MAX`]).
+    pub(crate) commits: u64,
+    /// Commits the store made by itself at [`TX_WRITES_MAX`].
+    pub(crate) commits_auto: u64,
+    /// Failed commits (their writes were rolled back).
+    pub(crate) commit_failures: u64,
+    /// Writes made durable by commits.
+    pub(crate) writes_committed: u64,
+    /// Duration of the last commit, in microseconds.
+    pub(crate) commit_us_last: u64,
+    /// Total time spent committing, in microseconds.
+    pub(crate) commit_us_total: u64,
+    /// `get` answered from the event cache.
+    pub(crate) cache_hits: u64,
+    /// Rows that failed to decode or verify (corruption).
+    pub(crate) corrupt_rows: u64,
+}
+
+/// One entry of the local delivery log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LogEntry {
+    /// Position in this node's log (a cursor value; ascending, never reused).
+    pub(crate) pos: u64,
+    /// The encoded envelope (decode and verify before trusting it).
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// A bounded cache of recent events in two generations: lookups hit the young one or
+/// promote from the old one; when the young one is full the old one is dropped. Holds at
+/// most `2 * half` events and approximates LRU at O(1) per operation.
+#[derive(Debug)]
+struct EventCache {
+    young: HashMap<(OriginKey, u64), Arc<Event>>,
+    old: HashMap<(OriginKey, u64), Arc<Event>>,
+    half: usize,
+}
+
+impl EventCache {
+    fn new(len_max: usize) -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            half: len_max / 2,
+        }
+    }
+
+    fn get(&mut self, key: &(OriginKey, u64)) -> Option<Arc<Event>> {
+        if let Some(e) = self.young.get(key) {
+            return Some(e.clone());
+        }
+        let e = self.old.remove(key)?;
+        self.put(*key, e.clone());
+        Some(e)
+    }
+
+    fn put(&mut self, key: (OriginKey, u64), event: Arc<Event>) {
+        if self.half == 0 {
+            return;
+        }
+        if self.young.len() >= self.half {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, event);
+        debug_assert!(self.young.len() + self.old.len() <= 2 * self.half);
+    }
+
+    fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+    }
+}
+
+/// What the writer keeps in memory about the rows, loaded at open and after a failed
+/// commit.
+#[derive(Debug, Default)]
+struct Loaded {
+    len: usize,
+    ranges: BTreeMap<OriginKey, SeqRanges>,
+    cursors_len: usize,
+    peers_len: usize,
+    meta_len: usize,
+    ce_dedup_len: usize,
+}
+
+/// The node's event store over SQLite: the mesh core's [`Store`] plus the node's tables.
+/// `Send`, not `Sync`: one thread owns it.
+#[derive(Debug)]
+pub(crate) struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    limits: StoreLimits,
+    state: Loaded,
+    /// Whether `BEGIN IMMEDIATE` ran and `COMMIT` has not.
+    in_tx: bool,
+    /// Writes in the open transaction.
+    tx_writes: usize,
+    cache: RefCell<EventCache>,
+    stats: RefCell<StoreStats>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE events (
+    id BLOB PRIMARY KEY,
+    origin BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    key BLOB,
+    hlc INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    UNIQUE (origin, seq)
+);
+CREATE TABLE log (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    id BLOB NOT NULL,
+    stream TEXT NOT NULL
+);
+CREATE INDEX log_stream_pos ON log (stream, pos);
+CREATE UNIQUE INDEX log_id ON log (id);
+CREATE TABLE cursors (name TEXT PRIMARY KEY, stream TEXT NOT NULL, pos INTEGER NOT NULL);
+CREATE TABLE peers (key BLOB PRIMARY KEY, info TEXT NOT NULL, last_seen_ms INTEGER NOT NULL);
+CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE ce_dedup (
+    principal TEXT NOT NULL,
+    source TEXT NOT NULL,
+    ce_id TEXT NOT NULL,
+    event_id BLOB NOT NULL,
+    PRIMARY KEY (principal, source, ce_id)
+);
+";
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Backend(format!("corrupt row: {what}"))
+}
+
+fn key32(bytes: &[u8], what: &str) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| corrupt(what))
+}
+
+fn pos_from_sql(pos: i64) -> Result<u64, StoreError> {
+    u64::try_from(pos).map_err(|_| corrupt("negative log position"))
+}
+
+fn check_len(field: &'static str, value: &[u8], max: usize) -> Result<(), RecordError> {
+    if value.len() > max {
+        return Err(RecordError::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn db_path(dir: &Path) -> PathBuf {
+    dir.join(DB_FILE)
+}
+
+/// Opens a connection with the settings both handles share.
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {
+    let sqlite = |source| OpenError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_LEN);
+    Ok(conn)
+}
+
+/// Refuses a schema newer than [`SCHEMA_VERSION`]; returns the version found.
+fn schema_version(conn: &Connection, path: &Path) -> Result<i64, OpenError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|source| OpenError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
+}
+
+fn count(conn: &Connection, table: &str) -> Result<usize, StoreError> {
+    // `table` is one of this module's constant names, never input.
+    let n: i64 = conn
+        .prepare_cached(&format!("SELECT COUNT(*) FROM {table}"))
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    usize::try_from(n).map_err(|_| corrupt("negative count"))
+}
+
+/// Reads the counts and the per-origin ranges. Streams `(origin, seq)` in index order and
+/// keeps at most [`RANGES_PER_ORIGIN_MAX`] ranges per origin (the lowest, as
+/// [`SeqRanges`] does), so memory is bounded whatever the table holds.
+fn load(conn: &Connection) -> Result<Loaded, StoreError> {
+    let mut ranges = BTreeMap::new();
+    let mut len = 0usize;
+    {
+        let mut stmt = conn
+            .prepare("SELECT origin, seq FROM events ORDER BY origin, seq")
+            .map_err(backend)?;
+        let mut rows = stmt.query([]).map_err(backend)?;
+        let mut current: Option<(OriginKey, Vec<(u64, u64)>)> = None;
+        let mut flush = |cur: Option<(OriginKey, Vec<(u64, u64)>)>| {
+            if let Some((origin, islands)) = cur {
+                ranges.insert(origin, SeqRanges::from_ranges(islands));
+            }
+        };
+        while let Some(row) = rows.next().map_err(backend)? {
+            len += 1;
+            let origin_ref = row.get_ref(0).map_err(backend)?;
+            let origin = OriginKey(key32(
+                origin_ref.as_blob().map_err(|_| corrupt("origin"))?,
+                "origin",
+            )?);
+            let seq: i64 = row.get(1).map_err(backend)?;
+            let seq = u64::try_from(seq)
+                .ok()
+                .filter(|s| *s >= 1)
+                .ok_or_else(|| corrupt("seq"))?;
+            if current.as_ref().is_none_or(|(o, _)| *o != origin) {
+                flush(current.take());
+                current = Some((origin, Vec::new()));
+            }
+            if let Some((_, islands)) = current.as_mut() {
+                let full = islands.len() >= RANGES_PER_ORIGIN_MAX;
+                match islands.last_mut() {
+                    Some((_, end)) if end.checked_add(1) == Some(seq) => *end = seq,
+                    _ if full => {}
+                    _ => islands.push((seq, seq)),
+                }
+            }
+        }
+        flush(current);
+    }
+    Ok(Loaded {
+        len,
+        ranges,
+        cursors_len: count(conn, "cursors")?,
+        peers_len: count(conn, "peers")?,
+        meta_len: count(conn, "meta")?,
+        ce_dedup_len: count(conn, "ce_dedup")?,
+    })
+}
+
+fn cursor_get(conn: &Connection, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+    let row: Option<(String, i64)> = conn
+        .prepare_cached("SELECT stream, pos FROM cursors WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    row.map(|(stream, pos)| Ok((stream, pos_from_sql(pos)?)))
+        .transpose()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir` (`dir/weft.db`), configures WAL and
+    /// full sync, creates or checks the schema and loads the per-origin ranges and counts.
+    pub(crate) fn open(dir: &Path, limits: StoreLimits) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = db_path(dir);
+        let conn = connect(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let sqlite = |source| OpenError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(sqlite)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(OpenError::NotWal { path, mode });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
+            .map_err(sqlite)?;
+        if schema_version(&conn, &path)? == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(sqlite)?;
+            tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "created store");
+        }
+        let state = load(&conn).map_err(|source| OpenError::Load {
+            path: path.clone(),
+            source,
+        })?;
+        tracing::info!(
+            path = %path.display(),
+            events = state.len,
+            origins = state.ranges.len(),
+            "opened store"
+        );
+        Ok(Self {
+            conn,
+            path,
+            cache: RefCell::new(EventCache::new(limits.event_cache_len)),
+            limits,
+            state,
+            in_tx: false,
+            tx_writes: 0,
+            stats: RefCell::new(StoreStats::default()),
+        })
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The limits the store was opened with.
+    pub(crate) fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
+    /// Counters for metrics.
+    pub(crate) fn stats(&self) -> StoreStats {
+        *self.stats.borrow()
+    }
+
+    /// Writes in the open transaction (0 if none is open).
+    pub(crate) fn pending_writes(&self) -> usize {
+        self.tx_writes
+    }
+
+    /// Makes every write since the last commit durable (fsync'd); returns how many writes
+    /// that was. A no-op returning 0 without an open transaction. On failure the open
+    /// transaction is rolled back, the in-memory state is reloaded from disk and nothing
+    /// of the batch is durable: do not acknowledge it.
+    pub(crate) fn commit(&mut self) -> Result<usize, StoreError> {
+        if !self.in_tx {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let result = self.conn.execute_batch("COMMIT");
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let writes = std::mem::take(&mut self.tx_writes);
+        self.in_tx = false;
+        match result {
+            Ok(()) => {
+                debug_assert!(self.conn.is_autocommit());
+                let mut stats = self.stats.borrow_mut();
+                stats.commits += 1;
+                stats.writes_committed += writes as u64;
+                stats.commit_us_last = us;
+                stats.commit_us_total = stats.commit_us_total.saturating_add(us);
+                Ok(writes)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes, "store commit failed; rolling back");
+                self.stats.borrow_mut().commit_failures += 1;
+                if !self.conn.is_autocommit()
+                    && let Err(rb) = self.conn.execute_batch("ROLLBACK")
+                {
+                    tracing::error!(error = %rb, "store rollback failed");
+                }
+                self.reload();
+                Err(StoreError::Backend(format!(
+                    "commit failed, {writes} writes rolled back: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Reloads the in-memory state from the rows (after a rollback).
+    fn reload(&mut self) {
+        self.cache.borrow_mut().clear();
+        match load(&self.conn) {
+            Ok(state) => self.state = state,
+            Err(e) => tracing::error!(error = %e, "store reload failed; state may be stale"),
+        }
+    }
+
+    /// Opens the write transaction if none is open, committing first when the open one
+    /// reached [`TX_WRITES_MAX`]. Counts one write.
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        if self.in_tx && self.tx_writes >= TX_WRITES_MAX {
+            tracing::debug!(
+                writes = self.tx_writes,
+                "store commits by itself at TX_WRITES_MAX"
+            );
+            self.commit()?;
+            self.stats.borrow_mut().commits_auto += 1;
+        }
+        if !self.in_tx {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(backend)?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    /// Appends a delivered event to the local log and returns its position. Call in
+    /// delivery order. Idempotent: an event already logged keeps its position.
+    pub(crate) fn append_log(&mut self, event: &Event) -> Result<u64, StoreError> {
+        let id = event.id();
+        let existing: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT pos FROM log WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id.0[..]], |r| r.get(0)).optional())
+            .map_err(backend)?;
+        if let Some(pos) = existing {
+            return pos_from_sql(pos);
+        }
+        self.begin_write()?;
+        self.conn
+            .prepare_cached("INSERT INTO log (id, stream) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![&id.0[..], event.stream().as_str()]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        pos_from_sql(self.conn.last_insert_rowid())
+    }
+
+    /// The highest stored sequence number of `origin` (0 if none). Exact (read from the
+    /// rows, not from the bounded ranges): a restarting publisher continues after it.
+    pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
+        let max: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(seq) FROM events WHERE origin = ?1")
+            .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
+            .map_err(backend)?;
+        max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
+    }
+
+    /// A metadata value.
+    pub(crate) fn meta_get(&self, k: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT v FROM meta WHERE k = ?1")
+            .and_then(|mut s| s.query_row([k], |r| r.get(0)).optional())
+            .map_err(backend)
+    }
+
+    /// Sets a metadata value (durable at the next commit).
+    pub(crate) fn meta_set(&mut self, k: &str, v: &[u8]) -> Result<(), RecordError> {
+        check_len("meta key", k.as_bytes(), NAME_LEN_MAX)?;
+        check_len("meta value", v, META_VALUE_LEN_MAX)?;
+        let exists = self.meta_get(k)?.is_some();
+        if !exists && self.state.meta_len >= META_KEYS_MAX {
+            return Err(RecordError::TableFull {
+                table: "meta",
+                len: self.state.meta_len,
+                max: META_KEYS_MAX,
+            });
+        }
+        self.begin_write()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = ?2",
+            )
+            .and_then(|mut s| s.execute(params![k, v]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        if !exists {
+            self.state.meta_len += 1;
+        }
+        Ok(())
+    }
+
+    /// A durable cursor: its stream and log position.
+    pub(crate) fn cursor_get(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        cursor_get(&self.conn, name)
+    }
+
+    /// Creates or moves a durable cursor (durable at the next commit).
+    pub(crate) fn cursor_set(
+        &mut self,
+        name: &str,
+        stream: &str,
+        pos: u64,
+    ) -> Result<(), RecordError> {
+        check_len("cursor name", name.as_bytes(), NAME_LEN_MAX)?;
+        check_len("cursor stream", stream.as_bytes(), STREAM_LEN_MAX)?;
+        let pos_sql = i64::try_from(pos).map_err(|_| RecordError::OutOfRange {
+            field: "cursor pos",
+            value: pos,
+            max: SEQ_MAX,
+        })?;
+        let exists = self.cursor_get(name)?.is_some();
+        if !exists && self.state.cursors_len >= self.limits.cursors_max {
+            return Err(RecordError::TableFull {
+                table: "cursors",
+                len: self.state.cursors_len,
+                max: self.limits.cursors_max,
+            });
+        }
+        self.begin_write()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO cursors (name, stream, pos) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET stream = ?2, pos = ?3",
+            )
+            .and_then(|mut s| s.execute(params![name, stream, pos_sql]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        if !exists {
+            self.state.cursors_len += 1;
+        }
+        Ok(())
+    }
+
+    /// Records a peer (durable at the next commit). A new peer at `peers_max` evicts the
+    /// least recently seen one.
+    pub(crate) fn peer_upsert(
+        &mut self,
+        key: [u8; 32],
+        info_json: &str,
+        last_seen_ms: i64,
+    ) -> Result<(), RecordError> {
+        check_len("peer info", info_json.as_bytes(), PEER_INFO_LEN_MAX)?;
+        let exists = self
+            .conn
+            .prepare_cached("SELECT 1 FROM peers WHERE key = ?1")
+            .and_then(|mut s| s.exists([&key[..]]))
+            .map_err(backend)?;
+        if !exists && self.limits.peers_max == 0 {
+            return Err(RecordError::TableFull {
+                table: "peers",
+                len: 0,
+                max: 0,
+            });
+        }
+        self.begin_write()?;
+        if !exists && self.state.peers_len >= self.limits.peers_max {
+            let evicted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM peers WHERE key = \
+                     (SELECT key FROM peers ORDER BY last_seen_ms, key LIMIT 1)",
+                )
+                .and_then(|mut s| s.execute([]))
+                .map_err(backend)?;
+            self.state.peers_len -= evicted.min(self.state.peers_len);
+            self.tx_writes += 1;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO peers (key, info, last_seen_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET info = ?2, last_seen_ms = ?3",
+            )
+            .and_then(|mut s| s.execute(params![&key[..], info_json, last_seen_ms]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        if !exists {
+            self.state.peers_len += 1;
+        }
+        Ok(())
+    }
+
+    /// Every remembered peer (at most `peers_max`), by key.
+    pub(crate) fn peers(&self) -> Result<Vec<([u8; 32], String, i64)>, StoreError> {
+        let limit = i64::try_from(self.limits.peers_max).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, info, last_seen_ms FROM peers ORDER BY key LIMIT ?1")
+            .map_err(backend)?;
+        let mut rows = stmt.query([limit]).map_err(backend)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(backend)? {
+            let key = row.get_ref(0).map_err(backend)?;
+            let key = key32(key.as_blob().map_err(|_| corrupt("peer key"))?, "peer key")?;
+            out.push((
+                key,
+                row.get(1).map_err(backend)?,
+                row.get(2).map_err(backend)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The event a CloudEvent `(principal, source, ce_id)` was published as, if recorded.
+    pub(crate) fn ce_dedup_get(
+        &self,
+        principal: &str,
+        source: &str,
+        ce_id: &str,
+    ) -> Result<Option<EventId>, StoreError> {
+        ce_dedup_lookup(&self.conn, principal, source, ce_id)
+    }
+
+    /// Records that a CloudEvent was published as `event_id` (durable at the next commit).
+    /// The first record of a triple wins. A new entry at `ce_dedup_max` evicts the oldest.
+    pub(crate) fn ce_dedup_put(
+        &mut self,
+        principal: &str,
+        source: &str,
+        ce_id: &str,
+        event_id: &EventId,
+    ) -> Result<(), RecordError> {
+        check_len("principal", principal.as_bytes(), NAME_LEN_MAX)?;
+        check_len("ce source", source.as_bytes(), CE_FIELD_LEN_MAX)?;
+        check_len("ce id", ce_id.as_bytes(), CE_FIELD_LEN_MAX)?;
+        if self.limits.ce_dedup_max == 0 || self.ce_dedup_get(principal, source, ce_id)?.is_some() {
+            return Ok(());
+        }
+        self.begin_write()?;
+        if self.state.ce_dedup_len >= self.limits.ce_dedup_max {
+            // Rowids ascend with insertion and only the lowest is deleted: FIFO.
+            let evicted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM ce_dedup WHERE rowid = (SELECT MIN(rowid) FROM ce_dedup)",
+                )
+                .and_then(|mut s| s.execute([]))
+                .map_err(backend)?;
+            self.state.ce_dedup_len -= evicted.min(self.state.ce_dedup_len);
+            self.tx_writes += 1;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ce_dedup (principal, source, ce_id, event_id) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![principal, source, ce_id, &event_id.0[..]]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        self.state.ce_dedup_len += 1;
+        Ok(())
+    }
+
+    /// Checks the in-memory state against the rows (slow: counts every table). For tests
+    /// and debugging.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let rows = load(&self.conn).map_err(|e| e.to_string())?;
+        let pairs = [
+            ("events", self.state.len, rows.len),
+            ("cursors", self.state.cursors_len, rows.cursors_len),
+            ("peers", self.state.peers_len, rows.peers_len),
+            ("meta", self.state.meta_len, rows.meta_len),
+            ("ce_dedup", self.state.ce_dedup_len, rows.ce_dedup_len),
+        ];
+        for (table, memory, disk) in pairs {
+            if memory != disk {
+                return Err(format!("{table}: {memory} in memory, {disk} rows"));
+            }
+        }
+        if self.state.ranges != rows.ranges {
+            return Err("per-origin ranges differ from the rows".into());
+        }
+        if self.in_tx == self.conn.is_autocommit() {
+            return Err("transaction flag out of step with SQLite".into());
+        }
+        Ok(())
+    }
+
+    fn get_row(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
+        let Ok(seq_sql) = i64::try_from(seq) else {
+            return Ok(None);
+        };
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT id, envelope FROM events WHERE origin = ?1 AND seq = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![&origin.0[..], seq_sql], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(backend)?;
+        let Some((id, envelope)) = row else {
+            return Ok(None);
+        };
+        let event = weft_fabric::decode(&envelope)
+            .map_err(|e| StoreError::Backend(format!("corrupt envelope: {e}")))?
+            .verify()
+            .map_err(|e| StoreError::Backend(format!("envelope fails verification: {e}")))?;
+        if event.origin() != *origin || event.seq() != seq || event.id().0[..] != id[..] {
+            return Err(corrupt("envelope is not the event its row names"));
+        }
+        Ok(Some(Arc::new(event)))
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if self.in_tx {
+            // Closing the connection rolls the transaction back: never acknowledged.
+            tracing::debug!(
+                writes = self.tx_writes,
+                "store dropped with uncommitted writes"
+            );
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
+        let id = event.id();
+        let origin = event.origin();
+        let seq = event.seq();
+        let seq_sql = i64::try_from(seq)
+            .map_err(|_| StoreError::Backend(format!("seq {seq} is over the limit {SEQ_MAX}")))?;
+        let existing: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT id FROM events WHERE origin = ?1 AND seq = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![&origin.0[..], seq_sql], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(backend)?;
+        // The id hashes the signed bytes, origin and seq included: a stored id sits at its
+        // own (origin, seq), so this one lookup finds duplicates and equivocations.
+        if let Some(existing) = existing {
+            if existing[..] == id.0[..] {
+                self.stats.borrow_mut().duplicates += 1;
+                return Ok(Inserted::Duplicate);
+            }
+            self.stats.borrow_mut().equivocations += 1;
+            return Err(StoreError::Equivocation { origin, seq });
+        }
+        if self.state.len >= self.limits.events_max {
+            self.stats.borrow_mut().refused_full += 1;
+            return Err(StoreError::Full {
+                len: self.state.len,
+                max: self.limits.events_max,
+            });
+        }
+        self.begin_write()?;
+        let hlc = event.hlc().as_u64().cast_signed();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (id, origin, seq, stream, key, hlc, envelope) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &id.0[..],
+                    &origin.0[..],
+                    seq_sql,
+                    event.stream().as_str(),
+                    event.key(),
+                    hlc,
+                    event.encode(),
+                ])
+            })
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        self.state.len += 1;
+        self.state.ranges.entry(origin).or_default().insert(seq);
+        self.cache.get_mut().put((origin, seq), event);
+        self.stats.get_mut().inserts += 1;
+        Ok(Inserted::New)
+    }
+
+    fn contains(&self, id: &EventId) -> bool {
+        self.conn
+            .prepare_cached("SELECT 1 FROM events WHERE id = ?1")
+            .and_then(|mut s| s.exists([&id.0[..]]))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "store lookup failed");
+                false
+            })
+    }
+
+    fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+        let key = (*origin, seq);
+        if let Some(event) = self.cache.borrow_mut().get(&key) {
+            self.stats.borrow_mut().cache_hits += 1;
+            return Some(event);
+        }
+        match self.get_row(origin, seq) {
+            Ok(Some(event)) => {
+                self.cache.borrow_mut().put(key, event.clone());
+                Some(event)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.stats.borrow_mut().corrupt_rows += 1;
+                tracing::error!(%origin, seq, error = %e, "stored event unreadable");
+                None
+            }
+        }
+    }
+
+    fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
+        self.state.ranges.get(origin)
+    }
+
+    fn origins(&self) -> Vec<OriginKey> {
+        self.state.ranges.keys().copied().collect()
+    }
+
+    fn len(&self) -> usize {
+        self.state.len
+    }
+
+    fn clear(&mut self) {
+        // `log` keeps its AUTOINCREMENT counter: positions are never reused, so a reader's
+        // saved cursor never points at a different event.
+        let result = self.begin_write().and_then(|()| {
+            self.conn
+                .execute_batch(
+                    "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
+                     DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup;",
+                )
+                .map_err(backend)
+        });
+        match result {
+            Ok(()) => {
+                self.tx_writes += 1;
+                self.state = Loaded::default();
+                self.cache.get_mut().clear();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store clear failed");
+                self.reload();
+            }
+        }
+    }
+}
+
+/// A read-only handle for readers on other threads (HTTP). Its own connection, with
+/// `query_only`; every query sees one committed snapshot. `Send`, not `Sync`: open one per
+/// worker or share it behind a mutex.
+#[derive(Debug)]
+pub(crate) struct StoreReader {
+    conn: Connection,
+}
+
+fn ce_dedup_lookup(
+    conn: &Connection,
+    principal: &str,
+    source: &str,
+    ce_id: &str,
+) -> Result<Option<EventId>, StoreError> {
+    let id: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT event_id FROM ce_dedup WHERE principal = ?1 AND source = ?2 AND ce_id = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row([principal, source, ce_id], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    id.map(|id| key32(&id, "ce_dedup event_id").map(EventId))
+        .transpose()
+}
+
+impl StoreReader {
+    /// The event a CloudEvent (principal, source, id) was published as, if committed.
+    pub(crate) fn ce_dedup_get(
+        &self,
+        principal: &str,
+        source: &str,
+        ce_id: &str,
+    ) -> Result<Option<EventId>, StoreError> {
+        ce_dedup_lookup(&self.conn, principal, source, ce_id)
+    }
+
+    /// Opens the store in `dir` for reading. The writer must have created it.
+    pub(crate) fn open(dir: &Path) -> Result<Self, OpenError> {
+        let path = db_path(dir);
+        let conn = connect(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(|source| OpenError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        if schema_version(&conn, &path)? == 0 {
+            return Err(OpenError::NotInitialized { path });
+        }
+        Ok(Self { conn })
+    }
+
+    /// Up to `limit` (at most [`READ_LOG_LEN_MAX`], and about [`READ_LOG_BYTES_MAX`] bytes)
+    /// log entries of `stream` after position `after`, ascending.
+    pub(crate) fn read_log(
+        &self,
+        stream: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let limit = limit.min(READ_LOG_LEN_MAX);
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
+                 WHERE log.stream = ?1 AND log.pos > ?2 ORDER BY log.pos LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt
+            .query(params![stream, after, limit_sql])
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let pos = pos_from_sql(row.get(0).map_err(backend)?)?;
+            let envelope: Vec<u8> = row.get(1).map_err(backend)?;
+            bytes = bytes.saturating_add(envelope.len());
+            out.push(LogEntry { pos, envelope });
+            if bytes >= READ_LOG_BYTES_MAX {
+                break;
+            }
+        }
+        debug_assert!(out.len() <= limit);
+        Ok(out)
+    }
+
+    /// The last log position of `stream` (0 if it has none).
+    pub(crate) fn last_pos(&self, stream: &str) -> Result<u64, StoreError> {
+        let pos: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(pos) FROM log WHERE stream = ?1")
+            .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
+            .map_err(backend)?;
+        pos.map_or(Ok(0), pos_from_sql)
+    }
+
+    /// The envelope of event `id`, if stored.
+    pub(crate) fn event_by_id(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT envelope FROM events WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id.0[..]], |r| r.get(0)).optional())
+            .map_err(backend)
+    }
+
+    /// Number of committed events (counts an index: linear, cheap per call).
+    pub(crate) fn count(&self) -> Result<u64, StoreError> {
+        count(&self.conn, "events").map(|n| n as u64)
+    }
+
+    /// A durable cursor: its stream and log position.
+    pub(crate) fn cursor_get(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        cursor_get(&self.conn, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use weft_fabric::mesh::MemStore;
+    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
+
+    fn event(signer: u8, stream: &str, seq: u64, payload: &[u8]) -> Arc<Event> {
+        let draft = EventDraft {
+            stream: StreamName::new(stream).unwrap(),
+            key: Some(b"k".to_vec()),
+            seq,
+            hlc: Hlc::new(1_764_331_200_000 + seq, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "acme".into(),
+                principal: "orders-service".into(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: BTreeSet::new(),
+                policy_epoch: 1,
+            },
+            content_type: "application/json".into(),
+            payload: Payload::Clear(payload.to_vec()),
+            trace: None,
+        };
+        Arc::new(Signer::from_secret(&[signer; 32]).sign(draft).unwrap())
+    }
+
+    fn open(dir: &Path) -> SqliteStore {
+        SqliteStore::open(dir, StoreLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn insert_duplicate_equivocation_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            events_max: 2,
+            ..StoreLimits::default()
+        };
+        let mut store = SqliteStore::open(dir.path(), limits).unwrap();
+        let a = event(1, "orders", 1, b"a");
+        assert_eq!(store.insert(a.clone()), Ok(Inserted::New));
+        assert_eq!(store.insert(a.clone()), Ok(Inserted::Duplicate));
+        assert!(store.contains(&a.id()));
+        let other = event(1, "orders", 1, b"other");
+        assert!(!store.contains(&other.id()));
+        assert_eq!(
+            store.insert(other),
+            Err(StoreError::Equivocation {
+                origin: a.origin(),
+                seq: 1
+            })
+        );
+        assert_eq!(store.insert(event(1, "orders", 2, b"b")), Ok(Inserted::New));
+        assert_eq!(
+            store.insert(event(1, "orders", 3, b"c")),
+            Err(StoreError::Full { len: 2, max: 2 })
+        );
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.get(&a.origin(), 1).as_deref(), Some(&*a));
+        assert_eq!(store.max_seq(&a.origin()), Ok(2));
+        let stats = store.stats();
+        assert_eq!(
+            (stats.inserts, stats.duplicates, stats.equivocations),
+            (2, 1, 1)
+        );
+        assert_eq!(store.commit(), Ok(2));
+        assert_eq!(store.commit(), Ok(0));
+        store.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn state_reloads_and_uncommitted_writes_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let (o1, o2) = (
+            event(1, "a", 1, b"").origin(),
+            event(2, "a", 1, b"").origin(),
+        );
+        {
+            let mut store = open(dir.path());
+            for seq in [1, 2, 3, 5] {
+                store.insert(event(1, "a", seq, b"x")).unwrap();
+            }
+            store.insert(event(2, "a", 1, b"x")).unwrap();
+            store.cursor_set("c", "a", 3).unwrap();
+            store.commit().unwrap();
+            // A crash before commit: these are lost.
+            store.insert(event(1, "a", 4, b"x")).unwrap();
+            store.insert(event(3, "a", 1, b"x")).unwrap();
+            store.cursor_set("c", "a", 9).unwrap();
+            store.meta_set("m", b"v").unwrap();
+            assert_eq!(store.len(), 7);
+        }
+        let store = open(dir.path());
+        store.check_invariants().unwrap();
+        assert_eq!(store.len(), 5);
+        assert_eq!(store.origins(), {
+            let mut v = vec![o1, o2];
+            v.sort();
+            v
+        });
+        let r1: Vec<_> = store.ranges(&o1).unwrap().iter().collect();
+        assert_eq!(r1, vec![(1, 3), (5, 5)]);
+        assert_eq!(store.ranges(&o2).unwrap().contiguous(), 1);
+        assert!(store.get(&o1, 4).is_none());
+        assert!(store.get(&o1, 5).is_some());
+        assert_eq!(store.cursor_get("c"), Ok(Some(("a".into(), 3))));
+        assert_eq!(store.meta_get("m"), Ok(None));
+    }
+
+    #[test]
+    fn log_pages_per_stream_and_reader_sees_only_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let reader = StoreReader::open(dir.path()).unwrap();
+        let mut expected: BTreeMap<&str, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        for seq in 1..=10u64 {
+            let stream = if seq % 3 == 0 { "b" } else { "a" };
+            let e = event(1, stream, seq, &seq.to_be_bytes());
+            store.insert(e.clone()).unwrap();
+            let pos = store.append_log(&e).unwrap();
+            assert_eq!(store.append_log(&e), Ok(pos), "idempotent");
+            expected.entry(stream).or_default().push((pos, e.encode()));
+        }
+        assert_eq!(reader.count(), Ok(0));
+        assert_eq!(reader.read_log("a", 0, 100), Ok(Vec::new()));
+        assert_eq!(reader.last_pos("a"), Ok(0));
+        store.commit().unwrap();
+        assert_eq!(reader.count(), Ok(10));
+        for (stream, entries) in &expected {
+            let positions: Vec<u64> = entries.iter().map(|(p, _)| *p).collect();
+            assert!(positions.windows(2).all(|w| w[0] < w[1]));
+            assert_eq!(reader.last_pos(stream), Ok(*positions.last().unwrap()));
+            let mut after = 0;
+            let mut got = Vec::new();
+            loop {
+                let page = reader.read_log(stream, after, 2).unwrap();
+                assert!(page.len() <= 2);
+                let Some(last) = page.last() else { break };
+                after = last.pos;
+                got.extend(page.into_iter().map(|e| (e.pos, e.envelope)));
+            }
+            assert_eq!(&got, entries);
+        }
+        let e = event(1, "a", 1, &1u64.to_be_bytes());
+        assert_eq!(reader.event_by_id(&e.id()), Ok(Some(e.encode())));
+        assert_eq!(reader.read_log("none", 0, 10), Ok(Vec::new()));
+        store.cursor_set("sub", "a", 4).unwrap();
+        assert_eq!(reader.cursor_get("sub"), Ok(None));
+        store.commit().unwrap();
+        assert_eq!(reader.cursor_get("sub"), Ok(Some(("a".into(), 4))));
+    }
+
+    #[test]
+    fn records_round_trip_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            cursors_max: 1,
+            peers_max: 2,
+            ce_dedup_max: 2,
+            ..StoreLimits::default()
+        };
+        let mut store = SqliteStore::open(dir.path(), limits.clone()).unwrap();
+        store.cursor_set("one", "s", 1).unwrap();
+        store.cursor_set("one", "s", 2).unwrap();
+        assert!(matches!(
+            store.cursor_set("two", "s", 1),
+            Err(RecordError::TableFull { .. })
+        ));
+        assert!(matches!(
+            store.cursor_set(&"n".repeat(NAME_LEN_MAX + 1), "s", 1),
+            Err(RecordError::TooLong { .. })
+        ));
+        store.peer_upsert([1; 32], "{\"a\":1}", 10).unwrap();
+        store.peer_upsert([2; 32], "{}", 20).unwrap();
+        store.peer_upsert([1; 32], "{\"a\":2}", 30).unwrap();
+        store.peer_upsert([3; 32], "{}", 40).unwrap(); // evicts [2] (seen at 20)
+        let (e1, e2, e3) = (EventId([7; 32]), EventId([8; 32]), EventId([9; 32]));
+        store.ce_dedup_put("p", "src", "id-1", &e1).unwrap();
+        store.ce_dedup_put("p", "src", "id-1", &e2).unwrap(); // first wins
+        store.ce_dedup_put("p", "src", "id-2", &e2).unwrap();
+        store.ce_dedup_put("p", "src", "id-3", &e3).unwrap(); // evicts id-1
+        store.meta_set("k", b"\x00\x01").unwrap();
+        store.meta_set("k", b"\x02").unwrap();
+        store.check_invariants().unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let store = SqliteStore::open(dir.path(), limits).unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.cursor_get("one"), Ok(Some(("s".into(), 2))));
+        assert_eq!(
+            store.peers(),
+            Ok(vec![
+                ([1; 32], "{\"a\":2}".into(), 30),
+                ([3; 32], "{}".into(), 40)
+            ])
+        );
+        assert_eq!(store.ce_dedup_get("p", "src", "id-1"), Ok(None));
+        assert_eq!(store.ce_dedup_get("p", "src", "id-2"), Ok(Some(e2)));
+        assert_eq!(store.ce_dedup_get("p", "src", "id-3"), Ok(Some(e3)));
+        assert_eq!(store.meta_get("k"), Ok(Some(vec![2])));
+    }
+
+    #[test]
+    fn get_verifies_what_the_disk_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = event(1, "a", 1, b"payload");
+        let f = event(1, "a", 2, b"payload");
+        {
+            let mut store = open(dir.path());
+            store.insert(e.clone()).unwrap();
+            store.insert(f.clone()).unwrap();
+            store.commit().unwrap();
+        }
+        let raw = Connection::open(db_path(dir.path())).unwrap();
+        // Flip a byte of one envelope; give the other the bytes of a different (valid)
+        // event.
+        let mut bytes: Vec<u8> = raw
+            .query_row("SELECT envelope FROM events WHERE seq = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        raw.execute("UPDATE events SET envelope = ?1 WHERE seq = 1", [bytes])
+            .unwrap();
+        raw.execute(
+            "UPDATE events SET envelope = ?1 WHERE seq = 2",
+            [event(1, "a", 3, b"x").encode()],
+        )
+        .unwrap();
+        drop(raw);
+        let store = open(dir.path());
+        assert!(store.get(&e.origin(), 1).is_none());
+        assert!(store.get(&e.origin(), 2).is_none());
+        assert_eq!(store.stats().corrupt_rows, 2);
+        assert!(store.contains(&e.id()));
+    }
+
+    #[test]
+    fn clear_forgets_everything_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let e = event(1, "a", 1, b"");
+        store.insert(e.clone()).unwrap();
+        store.append_log(&e).unwrap();
+        store.meta_set("k", b"v").unwrap();
+        store.commit().unwrap();
+        store.clear();
+        assert!(store.is_empty());
+        assert!(store.origins().is_empty());
+        assert!(store.get(&e.origin(), 1).is_none());
+        store.check_invariants().unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let raw = Connection::open(db_path(dir.path())).unwrap();
+        raw.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(raw);
+        assert!(matches!(
+            SqliteStore::open(dir.path(), StoreLimits::default()),
+            Err(OpenError::NewerSchema { found, .. }) if found == SCHEMA_VERSION + 1
+        ));
+        assert!(matches!(
+            StoreReader::open(dir.path()),
+            Err(OpenError::NewerSchema { .. })
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(StoreReader::open(empty.path()).is_err());
+    }
+
+    #[test]
+    fn reader_works_from_another_thread() {
+        fn send<T: Send>() {}
+        send::<SqliteStore>();
+        send::<StoreReader>();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let reader = StoreReader::open(dir.path()).unwrap();
+        let e = event(1, "a", 1, b"");
+        store.insert(e.clone()).unwrap();
+        store.append_log(&e).unwrap();
+        store.commit().unwrap();
+        let page = std::thread::spawn(move || reader.read_log("a", 0, 10))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            page,
+            vec![LogEntry {
+                pos: 1,
+                envelope: e.encode()
+            }]
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+
+            /// Random inserts (with duplicates, equivocations and commits) leave the same
+            /// outcomes, ranges and length as a `MemStore`, before and after a reopen.
+            #[test]
+            fn ranges_match_memstore(
+                ops in proptest::collection::vec((0u8..3, 1u64..24, 0u8..2, any::<bool>()), 0..60),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let limits = StoreLimits { events_max: 40, ..StoreLimits::default() };
+                let mut store = SqliteStore::open(dir.path(), limits.clone()).unwrap();
+                let mut model = MemStore::new(40);
+                for (signer, seq, variant, commit) in ops {
+                    let e = event(signer, "s", seq, &[variant]);
+                    prop_assert_eq!(store.insert(e.clone()), model.insert(e));
+                    if commit {
+                        store.commit().unwrap();
+                    }
+                }
+                store.commit().unwrap();
+                let check = |store: &SqliteStore| -> Result<(), TestCaseError> {
+                    prop_assert_eq!(store.len(), model.len());
+                    prop_assert_eq!(store.origins(), model.origins());
+                    for origin in model.origins() {
+                        prop_assert_eq!(store.ranges(&origin), model.ranges(&origin));
+                    }
+                    prop_assert_eq!(store.digest(), model.digest());
+                    store.check_invariants().map_err(TestCaseError::fail)?;
+                    Ok(())
+                };
+                check(&store)?;
+                drop(store);
+                check(&SqliteStore::open(dir.path(), limits).unwrap())?;
+            }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The mesh transport: one quinn endpoint, one connection per peer, and the mapping of the
+//! core's channels onto QUIC.
+//!
+//! - `Channel::Datagram` messages (SWIM, IHAVE) go as QUIC datagrams; one too large for the
+//!   path's datagram size goes on a unidirectional stream instead.
+//! - `Channel::Uni` messages (pushes, GRAFT) each take one unidirectional stream: streams
+//!   are cheap in QUIC, and one message per stream means no head-of-line blocking between
+//!   events of different origins.
+//! - `Channel::Bi` (anti-entropy): the request and its answer share one bidirectional
+//!   stream. A push whose events wait for `ack=regions:N` also travels on a bidirectional
+//!   stream, and the receiver answers with the ids it has committed.
+//!
+//! Every stream starts with one kind byte. Each peer has a bounded send queue served by
+//! one task, which dials (and redials with backoff) when no connection is up; a full queue
+//! drops the message (counted): the core repairs losses through GRAFT and anti-entropy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+use weft_fabric::OriginKey;
+use weft_fabric::mesh::wire::{self, IncomingMessage, MESSAGE_LEN_MAX};
+use weft_fabric::mesh::{Channel, Message};
+
+use crate::chaos::{Chaos, Verdict};
+use crate::metrics::Metrics;
+
+/// Stream kind bytes.
+const KIND_MESSAGE: u8 = 0;
+const KIND_SYNC: u8 = 1;
+const KIND_CONFIRM: u8 = 2;
+/// Most messages queued per peer.
+pub(crate) const PEER_QUEUE_LEN_MAX: usize = 4096;
+/// Longest wait for an answer on a bidirectional stream.
+const BI_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the transport hands the driver.
+#[derive(Debug)]
+pub(crate) enum FromMesh {
+    /// A verified message from an authenticated peer. `reply` answers on the same stream
+    /// (sync requests, confirmable pushes).
+    Message {
+        from: OriginKey,
+        msg: Message,
+        reply: Option<Reply>,
+    },
+    /// Committed ids a peer confirmed for a confirmable push.
+    Confirmed { from: OriginKey, ids: Vec<[u8; 32]> },
+    /// A connection to a seed address is up; the peer's key is now known.
+    SeedReached { key: OriginKey, addr: SocketAddr },
+    /// QUIC's RTT estimate to a peer, plus the chaos delay.
+    Rtt { peer: OriginKey, rtt: Duration },
+}
+
+/// How the driver answers on a bidirectional stream.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Answer a sync request with a sync response.
+    Sync(oneshot::Sender<Vec<u8>>),
+    /// Answer a confirmable push with the committed ids.
+    Confirm(oneshot::Sender<Vec<[u8; 32]>>),
+}
+
+/// One message to send.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) msg: Message,
+    /// Send a push on a bidirectional stream and collect the receiver's confirmation.
+    pub(crate) confirm: bool,
+}
+
+struct Peer {
+    queue: mpsc::Sender<Outgoing>,
+    addr: Option<SocketAddr>,
+}
+
+/// The endpoint and the peers.
+pub(crate) struct Transport {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    me: OriginKey,
+    peers: Mutex<HashMap<OriginKey, Peer>>,
+    conns: Mutex<HashMap<OriginKey, quinn::Connection>>,
+    regions: Mutex<HashMap<OriginKey, String>>,
+    to_driver: mpsc::Sender<FromMesh>,
+    chaos: Arc<Chaos>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Swim(_) => "swim",
+        Message::Push(_) => "push",
+        Message::IHave(_) => "ihave",
+        Message::Graft(_) => "graft",
+        Message::SyncRequest { .. } => "sync_request",
+        Message::SyncResponse { .. } => "sync_response",
+    }
+}
+
+impl Transport {
+    /// Binds the endpoint and starts accepting.
+    pub(crate) fn start(
+        listen: SocketAddr,
+        me: OriginKey,
+        client_config: quinn::ClientConfig,
+        server_config: quinn::ServerConfig,
+        to_driver: mpsc::Sender<FromMesh>,
+        chaos: Arc<Chaos>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let endpoint = quinn::Endpoint::server(server_config, listen)
+            .map_err(|e| anyhow::anyhow!("binding the mesh endpoint on {listen}: {e}"))?;
+        let t = Arc::new(Self {
+            endpoint,
+            client_config,
+            me,
+            peers: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            regions: Mutex::new(HashMap::new()),
+            to_driver,
+            chaos,
+            metrics,
+        });
+        tokio::spawn(t.clone().accept_loop());
+        tokio::spawn(t.clone().rtt_loop());
+        Ok(t)
+    }
+
+    /// Closes every connection.
+    pub(crate) fn close(&self) {
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+    }
+
+    /// Records where a peer is and its region (for chaos rules).
+    pub(crate) fn learn(&self, key: OriginKey, addr: Option<SocketAddr>, region: &str) {
+        if let Ok(mut r) = self.regions.lock() {
+            r.insert(key, region.to_string());
+        }
+        if let (Some(addr), Ok(mut peers)) = (addr, self.peers.lock())
+            && let Some(p) = peers.get_mut(&key)
+        {
+            p.addr = Some(addr);
+        }
+    }
+
+    /// Connects to seed addresses until each answers, reporting their keys to the driver.
+    pub(crate) fn dial_seeds(self: &Arc<Self>, seeds: Vec<SocketAddr>) {
+        for addr in seeds {
+            let t = self.clone();
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    match t.connect(addr).await {
+                        Ok((key, conn)) => {
+                            if key != t.me {
+                                t.adopt(key, conn);
+                                let _ = t.to_driver.send(FromMesh::SeedReached { key, addr }).await;
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            debug!(%addr, error = %e, "seed not reachable yet");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> anyhow::Result<(OriginKey, quinn::Connection)> {
+        let conn = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, "weft-node")?
+            .await?;
+        let key = crate::tls::peer_key(&conn)
+            .ok_or_else(|| anyhow::anyhow!("peer at {addr} presented no Ed25519 identity"))?;
+        Ok((OriginKey(key), conn))
+    }
+
+    /// Registers a connection to `key` and starts reading from it.
+    fn adopt(self: &Arc<Self>, key: OriginKey, conn: quinn::Connection) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.insert(key, conn.clone());
+        }
+        tokio::spawn(self.clone().read_loop(key, conn));
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let t = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => match crate::tls::peer_key(&conn) {
+                        Some(key) => t.adopt(OriginKey(key), conn),
+                        None => t.metrics.reject("peer_without_identity"),
+                    },
+                    Err(e) => {
+                        // Unknown keys fail here, in the TLS handshake.
+                        t.metrics.reject("peer_handshake_failed");
+                        debug!(error = %e, "incoming mesh connection failed");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn rtt_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let conns: Vec<(OriginKey, quinn::Connection)> = self
+                .conns
+                .lock()
+                .map(|c| c.iter().map(|(k, c)| (*k, c.clone())).collect())
+                .unwrap_or_default();
+            for (peer, conn) in conns {
+                if conn.close_reason().is_some() {
+                    continue;
+                }
+                let extra = self
+                    .chaos
+                    .delay_to(&hex::encode(peer.0), &self.region_of(&peer));
+                let rtt = conn.rtt() + extra * 2;
+                if self
+                    .to_driver
+                    .send(FromMesh::Rtt { peer, rtt })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn region_of(&self, key: &OriginKey) -> String {
+        self.regions
+            .lock()
+            .ok()
+            .and_then(|r| r.get(key).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Queues `out` for `to`; never blocks. `addr` is where to dial if no connection is up.
+    pub(crate) fn send(self: &Arc<Self>, to: OriginKey, addr: Option<SocketAddr>, out: Outgoing) {
+        let Ok(mut peers) = self.peers.lock() else {
+            return;
+        };
+        let peer = peers.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+            tokio::spawn(self.clone().peer_task(to, rx));
+            Peer { queue: tx, addr }
+        });
+        if addr.is_some() {
+            peer.addr = addr;
+        }
+        let k = kind(&out.msg);
+        match peer.queue.try_send(out) {
+            Ok(()) => Metrics::inc(&self.metrics.mesh_sent, "kind", k),
+            Err(_) => Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_queue_full"),
+        }
+    }
+
+    async fn connection_to(self: &Arc<Self>, to: OriginKey) -> Option<quinn::Connection> {
+        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&to).cloned())
+            && c.close_reason().is_none()
+        {
+            return Some(c);
+        }
+        let addr = self
+            .peers
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&to).and_then(|p| p.addr))?;
+        match tokio::time::timeout(Duration::from_secs(5), self.connect(addr)).await {
+            Ok(Ok((key, conn))) if key == to => {
+                self.adopt(key, conn.clone());
+                Some(conn)
+            }
+            Ok(Ok((key, _))) => {
+                warn!(%addr, expected = %to, found = %key, "peer address now has another key");
+                None
+            }
+            Ok(Err(e)) => {
+                debug!(%addr, error = %e, "dial failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn peer_task(self: Arc<Self>, to: OriginKey, mut rx: mpsc::Receiver<Outgoing>) {
+        let key_hex = hex::encode(to.0);
+        let mut down_until: Option<tokio::time::Instant> = None;
+        while let Some(out) = rx.recv().await {
+            if down_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
+                continue;
+            }
+            let Some(conn) = self.connection_to(to).await else {
+                // Drop while the peer is unreachable instead of dialing per message.
+                down_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
+                continue;
+            };
+            down_until = None;
+            let verdict = self.chaos.verdict(&key_hex, &self.region_of(&to));
+            let t = self.clone();
+            match verdict {
+                Verdict::Drop => Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos"),
+                Verdict::Send => t.transmit(to, conn, out).await,
+                Verdict::Delay(d) => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        t.transmit(to, conn, out).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn transmit(self: Arc<Self>, to: OriginKey, conn: quinn::Connection, out: Outgoing) {
+        let bytes = wire::encode(&out.msg);
+        let result: anyhow::Result<()> = async {
+            match (out.msg.channel(), out.confirm) {
+                (Channel::Datagram, _)
+                    if conn.max_datagram_size().is_some_and(|m| bytes.len() <= m) =>
+                {
+                    conn.send_datagram(bytes.into())?;
+                }
+                (Channel::Bi, _) => {
+                    let t = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = t.sync_exchange(to, conn, bytes).await {
+                            debug!(peer = %to, error = %e, "sync exchange failed");
+                        }
+                    });
+                }
+                (_, true) => {
+                    let t = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
+                            debug!(peer = %to, error = %e, "confirmable push failed");
+                        }
+                    });
+                }
+                _ => {
+                    let mut s = conn.open_uni().await?;
+                    s.write_all(&[KIND_MESSAGE]).await?;
+                    s.write_all(&bytes).await?;
+                    s.finish()?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            Metrics::inc(&self.metrics.mesh_dropped, "reason", "send_failed");
+            debug!(peer = %to, error = %e, "send failed");
+        }
+    }
+
+    async fn sync_exchange(
+        &self,
+        to: OriginKey,
+        conn: quinn::Connection,
+        request: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&[KIND_SYNC]).await?;
+        send.write_all(&request).await?;
+        send.finish()?;
+        let answer =
+            tokio::time::timeout(BI_ANSWER_TIMEOUT, recv.read_to_end(MESSAGE_LEN_MAX)).await??;
+        self.deliver(to, &answer, None).await;
+        Ok(())
+    }
+
+    async fn confirm_exchange(
+        &self,
+        to: OriginKey,
+        conn: quinn::Connection,
+        push: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&[KIND_CONFIRM]).await?;
+        send.write_all(&push).await?;
+        send.finish()?;
+        let answer = tokio::time::timeout(BI_ANSWER_TIMEOUT, recv.read_to_end(1 << 20)).await??;
+        let ids: Vec<[u8; 32]> = postcard::from_bytes(&answer)?;
+        let _ = self
+            .to_driver
+            .send(FromMesh::Confirmed { from: to, ids })
+            .await;
+        Ok(())
+    }
+
+    /// Decodes and verifies one message and hands it to the driver.
+    async fn deliver(&self, from: OriginKey, bytes: &[u8], reply: Option<Reply>) {
+        let incoming = match wire::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.reject(e.reason());
+                warn!(peer = %from, error = %e, "malformed mesh message");
+                return;
+            }
+        };
+        let msg = if incoming.event_count() > 0 {
+            // Signature checks are CPU work: keep them off the async workers.
+            match tokio::task::spawn_blocking(move || incoming.verify()).await {
+                Ok((msg, rejected)) => {
+                    for r in &rejected {
+                        self.metrics.reject("bad_signature");
+                        warn!(peer = %from, event = %r.id, origin = %r.origin, error = %r.error,
+                              "event with a bad signature refused");
+                    }
+                    msg
+                }
+                Err(_) => return,
+            }
+        } else {
+            match incoming {
+                IncomingMessage::Plain(m) => m,
+                other => other.verify().0,
+            }
+        };
+        Metrics::inc(&self.metrics.mesh_received, "kind", kind(&msg));
+        let _ = self
+            .to_driver
+            .send(FromMesh::Message { from, msg, reply })
+            .await;
+    }
+
+    async fn read_loop(self: Arc<Self>, from: OriginKey, conn: quinn::Connection) {
+        let datagrams = {
+            let t = self.clone();
+            let conn = conn.clone();
+            async move {
+                while let Ok(d) = conn.read_datagram().await {
+                    t.deliver(from, &d, None).await;
+                }
+            }
+        };
+        let uni = {
+            let t = self.clone();
+            let conn = conn.clone();
+            async move {
+                while let Ok(mut s) = conn.accept_uni().await {
+                    let t = t.clone();
+                    tokio::spawn(async move {
+                        match s.read_to_end(MESSAGE_LEN_MAX + 1).await {
+                            Ok(b) if b.first() == Some(&KIND_MESSAGE) => {
+                                t.deliver(from, &b[1..], None).await
+                            }
+                            Ok(_) => t.metrics.reject("unknown_stream_kind"),
+                            Err(e) => {
+                                t.metrics.reject("stream_read_failed");
+                                debug!(peer = %from, error = %e, "uni stream");
+                            }
+                        }
+                    });
+                }
+            }
+        };
+        let bi = {
+            let t = self.clone();
+            async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let t = t.clone();
+                    tokio::spawn(async move {
+                        let Ok(b) = recv.read_to_end(MESSAGE_LEN_MAX + 1).await else {
+                            t.metrics.reject("stream_read_failed");
+                            return;
+                        };
+                        match b.first() {
+                            Some(&KIND_SYNC) => {
+                                let (tx, rx) = oneshot::channel();
+                                t.deliver(from, &b[1..], Some(Reply::Sync(tx))).await;
+                                if let Ok(answer) = rx.await {
+                                    let _ = send.write_all(&answer).await;
+                                    let _ = send.finish();
+                                }
+                            }
+                            Some(&KIND_CONFIRM) => {
+                                let (tx, rx) = oneshot::channel();
+                                t.deliver(from, &b[1..], Some(Reply::Confirm(tx))).await;
+                                if let Ok(ids) = rx.await {
+                                    let bytes = postcard::to_allocvec(&ids).unwrap_or_default();
+                                    let _ = send.write_all(&bytes).await;
+                                    let _ = send.finish();
+                                }
+                            }
+                            _ => t.metrics.reject("unknown_stream_kind"),
+                        }
+                        // Let the peer read the answer before the stream is dropped.
+                        let _ = send.stopped().await;
+                    });
+                }
+            }
+        };
+        tokio::join!(datagrams, uni, bi);
+        if let Ok(mut conns) = self.conns.lock()
+            && conns
+                .get(&from)
+                .is_some_and(|c| c.stable_id() == conn_id(&conns, &from))
+        {
+            conns.remove(&from);
+        }
+    }
+}
+
+fn conn_id(conns: &HashMap<OriginKey, quinn::Connection>, key: &OriginKey) -> usize {
+    conns.get(key).map(|c| c.stable_id()).unwrap_or(usize::MAX)
+}
