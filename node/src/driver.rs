@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 use crate::store::SqliteStore;
 use crate::transport::{FromMesh, Outgoing, Reply, Transport};
 
+/// Least time between two API snapshots taken after commits (the tick takes one too).
+const SNAPSHOT_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// Most inputs folded into one group commit.
 pub(crate) const GROUP_MAX: usize = 1024;
 
@@ -155,6 +157,7 @@ pub(crate) struct Driver {
     ack_timeout: Duration,
     committed: watch::Sender<u64>,
     snapshot: watch::Sender<Snapshot>,
+    last_snapshot: Instant,
 }
 
 impl Driver {
@@ -187,6 +190,7 @@ impl Driver {
             ack_timeout,
             committed,
             snapshot,
+            last_snapshot: Instant::now(),
         }
     }
 
@@ -564,9 +568,13 @@ impl Driver {
             });
         }
         self.settle_confirmations();
+        if self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL_MIN {
+            self.publish_snapshot();
+        }
     }
 
     fn publish_snapshot(&mut self) {
+        self.last_snapshot = Instant::now();
         let mut peers: Vec<PeerView> = Vec::new();
         let view = |m: &MemberInfo, state: &'static str, rtt: Option<Micros>| PeerView {
             key: hex::encode(m.key),

@@ -172,8 +172,27 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response_with_state(
+            api.clone(),
+            count_body_limit,
+        ))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(api)
+}
+
+/// Bodies over `limits.http_body_max` are refused by axum's extractor before a handler
+/// runs: give them the API's error shape and count them.
+async fn count_body_limit(State(api): State<Arc<Api>>, resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return api
+            .fail(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over limits.http_body_max",
+            ))
+            .into_response();
+    }
+    resp
 }
 
 #[derive(Debug, Deserialize)]

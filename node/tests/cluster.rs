@@ -1,0 +1,464 @@
+//! Real `weft` processes on 127.x.0.y: replication with realistic injected latencies, SSE,
+//! `kill -9` under load, partition and heal, bad input. Each test is bounded (waits of at
+//! most tens of seconds) and kills its processes when it ends.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn an_event_published_in_one_region_is_read_and_streamed_in_the_other_two() {
+    rt().block_on(async {
+        let mut c = Cluster::new("replicate", 11, &three_regions(), "");
+        c.start_all();
+        c.wait_meshed().await;
+        for i in 0..3 {
+            c.chaos(i, latency_rules(i)).await;
+        }
+        // Subscribers on the two other regions, from the start of the stream.
+        let mut subs = Vec::new();
+        for i in [1, 2] {
+            let url = c.url(i, "/v1/streams/orders.eu/subscribe");
+            subs.push(tokio::spawn(async move {
+                use futures_util::StreamExt as _;
+                let resp = reqwest::get(url).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut body = resp.bytes_stream();
+                let mut text = String::new();
+                while let Some(chunk) = body.next().await {
+                    text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                    if let Some(line) = text.lines().find(|l| l.starts_with("data:")) {
+                        return serde_json::from_str::<Value>(&line[5..]).unwrap();
+                    }
+                }
+                panic!("stream ended")
+            }));
+        }
+        let (status, body) = c
+            .publish(0, "orders.eu", "regions:3", &[json!({"order": 42})])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["complete"], true);
+        let regions: BTreeSet<&str> = body["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            regions,
+            BTreeSet::from(["aws:eu-west-1", "aws:us-east-1", "aws:ap-northeast-1"])
+        );
+        let id = body["ids"][0].as_str().unwrap().to_string();
+        for sub in subs {
+            let ev = tokio::time::timeout(Duration::from_secs(20), sub)
+                .await
+                .expect("SSE delivery in time")
+                .unwrap();
+            assert_eq!(ev["weftid"], id.as_str());
+            assert_eq!(ev["data"]["order"], 42);
+            assert_eq!(ev["weftprincipal"], "tester");
+            assert_eq!(ev["weftstream"], "orders.eu");
+        }
+        for i in [1, 2] {
+            assert_eq!(c.ids(i, "orders.eu").await.unwrap(), vec![id.clone()]);
+        }
+        // The injected latency shows in the RTT estimate (eu <-> ap 198.6 ms) once the
+        // window of samples from before the rules has passed.
+        let rtt = wait_for(Duration::from_secs(20), || async {
+            let v: Value = reqwest::get(c.url(0, "/v1/mesh/peers"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let rtt = v["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["region"] == "aws:ap-northeast-1")?["rtt_ms"]
+                .as_f64()?;
+            (rtt > 150.0).then_some(rtt)
+        })
+        .await;
+        assert!(rtt.is_some_and(|r| r < 260.0), "rtt to ap: {rtt:?}");
+    });
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_event_and_all_converge() {
+    rt().block_on(async {
+        let mut c = Cluster::new("kill9", 12, &three_regions(), "");
+        c.start_all();
+        c.wait_meshed().await;
+        let mut acked: BTreeSet<String> = BTreeSet::new();
+        let mut refused = 0;
+        // Publish to node 0 in batches while it is killed and restarted.
+        for round in 0..60 {
+            if round == 20 {
+                c.kill9(0);
+            }
+            if round == 30 {
+                c.start(0);
+            }
+            let data: Vec<Value> = (0..20).map(|k| json!({"round": round, "k": k})).collect();
+            let (status, body) = c.publish(0, "load", "local", &data).await;
+            if status == 200 {
+                for id in body["ids"].as_array().unwrap() {
+                    acked.insert(id.as_str().unwrap().to_string());
+                }
+            } else {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        assert!(refused > 0, "the kill should have refused some publishes");
+        assert!(acked.len() >= 40 * 20 / 2, "acknowledged {}", acked.len());
+        // Every acknowledged event ends up on all three nodes.
+        for i in 0..3 {
+            let held = wait_for(Duration::from_secs(40), || async {
+                let ids: BTreeSet<String> = c.ids(i, "load").await?.into_iter().collect();
+                acked.is_subset(&ids).then_some(ids)
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} lacks acknowledged events:\n{}", c.log(i)));
+            // Nothing duplicated in the log.
+            let list = c.ids(i, "load").await.unwrap();
+            assert_eq!(list.len(), held.len(), "node {i} logged an event twice");
+        }
+        let a: BTreeSet<String> = c.ids(0, "load").await.unwrap().into_iter().collect();
+        for i in 1..3 {
+            let b = wait_for(Duration::from_secs(20), || async {
+                let b: BTreeSet<String> = c.ids(i, "load").await?.into_iter().collect();
+                (b == a).then_some(b)
+            })
+            .await;
+            assert!(b.is_some(), "node {i} differs from node 0");
+        }
+    });
+}
+
+#[test]
+fn a_partition_through_the_chaos_api_heals_and_the_sides_converge() {
+    rt().block_on(async {
+        let mut c = Cluster::new("partition", 13, &three_regions(), "");
+        c.start_all();
+        c.wait_meshed().await;
+        // Cut node 2 (ap) off from the others, both directions.
+        c.chaos(2, json!([{"peer": "*", "blackhole": true}])).await;
+        for i in 0..2 {
+            c.chaos(
+                i,
+                json!([{"peer": "aws:ap-northeast-1", "blackhole": true}]),
+            )
+            .await;
+        }
+        let mut ids = BTreeSet::new();
+        for i in [0, 2] {
+            let data: Vec<Value> = (0..50).map(|k| json!({"side": i, "k": k})).collect();
+            let (status, body) = c.publish(i, "p", "local", &data).await;
+            assert_eq!(status, 200, "{body}");
+            ids.extend(
+                body["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string()),
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // During the partition, ap has only its own 50.
+        assert_eq!(c.ids(2, "p").await.unwrap().len(), 50);
+        for i in 0..3 {
+            c.chaos(i, json!([])).await;
+        }
+        for i in 0..3 {
+            let got = wait_for(Duration::from_secs(40), || async {
+                let got: BTreeSet<String> = c.ids(i, "p").await?.into_iter().collect();
+                (got == ids).then_some(())
+            })
+            .await;
+            assert!(got.is_some(), "node {i} did not converge:\n{}", c.log(i));
+        }
+    });
+}
+
+#[test]
+fn bad_input_gets_a_named_error_a_metric_and_stores_nothing() {
+    rt().block_on(async {
+        let mut c = Cluster::new("badinput", 14, &three_regions()[..1], "");
+        c.start(0);
+        let http = reqwest::Client::new();
+        wait_for(Duration::from_secs(20), || async {
+            http.get(c.url(0, "/healthz"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await
+        .expect("node up");
+        let post = |path: &str, ctype: &str, body: Vec<u8>, token: Option<&str>| {
+            let mut r = http
+                .post(c.url(0, path))
+                .header("content-type", ctype.to_string())
+                .body(body);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send()
+        };
+        let tok = c.token.clone();
+        let cases: Vec<(u16, &str, reqwest::Response)> = vec![
+            (
+                401,
+                "missing_token",
+                post(
+                    "/v1/streams/s/events",
+                    "application/cloudevents+json",
+                    b"{}".to_vec(),
+                    None,
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                401,
+                "bad_token",
+                post(
+                    "/v1/streams/s/events",
+                    "application/cloudevents+json",
+                    b"{}".to_vec(),
+                    Some("nope"),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
+                "bad_json",
+                post(
+                    "/v1/streams/s/events",
+                    "application/cloudevents+json",
+                    b"{not json".to_vec(),
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
+                "missing_attribute",
+                post(
+                    "/v1/streams/s/events",
+                    "application/cloudevents+json",
+                    br#"{"specversion":"1.0","id":"1","type":"t"}"#.to_vec(),
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
+                "bad_stream",
+                post(
+                    "/v1/streams/a..b/events",
+                    "application/cloudevents+json",
+                    b"{}".to_vec(),
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
+                "missing_stream",
+                post(
+                    "/v1/events",
+                    "application/cloudevents+json",
+                    br#"{"specversion":"1.0","id":"1","type":"t","source":"s"}"#.to_vec(),
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
+                "bad_envelope",
+                post(
+                    "/v1/streams/s/events",
+                    "application/vnd.weft.event+cbor",
+                    vec![0x82, 0x01],
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
+                "bad_ack",
+                post(
+                    "/v1/streams/s/events?ack=everywhere",
+                    "application/cloudevents+json",
+                    b"{}".to_vec(),
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                413,
+                "",
+                post(
+                    "/v1/streams/s/events",
+                    "application/cloudevents+json",
+                    vec![b' '; 17 << 20],
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+        ];
+        for (want, reason, resp) in cases {
+            assert_eq!(resp.status().as_u16(), want, "{reason}");
+            if !reason.is_empty() {
+                let v: Value = resp.json().await.unwrap();
+                assert_eq!(v["error"]["reason"], reason, "{v}");
+                assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+            }
+        }
+        let metrics = reqwest::Client::new()
+            .get(c.url(0, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for reason in [
+            "body_too_large",
+            "missing_token",
+            "bad_token",
+            "bad_json",
+            "missing_attribute",
+            "bad_stream",
+            "missing_stream",
+            "bad_envelope",
+            "bad_ack",
+        ] {
+            assert!(
+                metrics.contains(&format!("weft_rejected_total{{reason=\"{reason}\"}} 1")),
+                "{reason} not counted:\n{metrics}"
+            );
+        }
+        let status: Value = http
+            .get(c.url(0, "/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["stored_events"], 0);
+        // A pre-signed envelope with a forged signature is refused.
+        let (_, ok) = c.publish(0, "s", "local", &[json!(1)]).await;
+        assert_eq!(ok["complete"], true);
+        let read = http
+            .get(c.url(0, "/v1/streams/s/events?limit=0"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 400);
+    });
+}
+
+#[test]
+fn the_cli_publishes_tails_and_shows_peers_and_status() {
+    rt().block_on(async {
+        let mut c = Cluster::new("cli", 15, &three_regions()[..2], "");
+        c.start_all();
+        c.wait_meshed().await;
+        let token_file = c.dir.join("client.key.token");
+        let run = |args: Vec<String>| {
+            let out = std::process::Command::new(WEFT)
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "weft {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let node0 = c.nodes[0].http.clone();
+        let node1 = c.nodes[1].http.clone();
+        let id = run(vec![
+            "publish".into(),
+            "--node".into(),
+            node0.clone(),
+            "--token-file".into(),
+            token_file.to_str().unwrap().into(),
+            "--ack".into(),
+            "regions:2".into(),
+            "cli.test".into(),
+            r#"{"hello":"world"}"#.into(),
+        ]);
+        let id = id.trim().to_string();
+        assert_eq!(id.len(), 64, "{id}");
+        let tailed = run(vec![
+            "tail".into(),
+            "--node".into(),
+            node1.clone(),
+            "--count".into(),
+            "1".into(),
+            "--timeout".into(),
+            "20".into(),
+            "cli.test".into(),
+        ]);
+        let ev: Value = serde_json::from_str(tailed.lines().next().unwrap()).unwrap();
+        assert_eq!(ev["weftid"], id.as_str());
+        assert_eq!(ev["data"]["hello"], "world");
+        let peers = run(vec!["peers".into(), "--node".into(), node0.clone()]);
+        assert!(
+            peers.contains("aws:us-east-1") && peers.contains(" up "),
+            "{peers}"
+        );
+        let mut status = String::new();
+        for _ in 0..30 {
+            status = run(vec!["status".into(), "--node".into(), node1.clone()]);
+            if status.contains("stored_events  1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            status.contains("aws:us-east-1") && status.contains("stored_events  1"),
+            "{status}"
+        );
+        let routes = run(vec!["routes".into(), "--node".into(), node0]);
+        assert!(routes.contains("aws:us-east-1"), "{routes}");
+        // A wrong token is a readable error and a failure exit.
+        let out = std::process::Command::new(WEFT)
+            .args([
+                "publish", "--node", &node1, "--token", "wrong", "cli.test", "x",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("bad_token"));
+    });
+}

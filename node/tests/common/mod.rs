@@ -1,0 +1,340 @@
+//! Real `weft` processes on loopback for the integration tests: keys, configs, start, stop,
+//! `kill -9`, and HTTP helpers. Every process is killed when its handle drops; every wait
+//! is bounded.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// One node's placement.
+#[derive(Clone)]
+pub struct Spec {
+    pub name: &'static str,
+    pub region: &'static str,
+    pub jurisdiction: &'static str,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<NodeProc>,
+    pub token: String,
+    pub keys: Vec<String>,
+}
+
+pub struct NodeProc {
+    pub spec: Spec,
+    pub config: PathBuf,
+    pub http: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(WEFT).args(args).output().expect("run weft");
+    assert!(
+        out.status.success(),
+        "weft {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn field(out: &str, label: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no {label} in {out}"))
+}
+
+impl Cluster {
+    /// Writes keys and configs for `specs` under a fresh directory; `net` (1..=250) picks
+    /// the loopback subnet 127.`net`.0.x and HTTP ports 20000 + net*10 + i, so tests
+    /// running side by side do not collide.
+    pub fn new(test: &str, net: u8, specs: &[Spec], extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("weft-it-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut keys = Vec::new();
+        for s in specs {
+            let path = dir.join(format!("{}.key", s.name));
+            let out = run_ok(&["keygen", "--out", path.to_str().unwrap()]);
+            keys.push(field(&out, "public key:"));
+        }
+        let cpath = dir.join("client.key");
+        let out = run_ok(&["keygen", "--client", "--out", cpath.to_str().unwrap()]);
+        let hash = field(&out, "token_sha256:");
+        let token = std::fs::read_to_string(dir.join("client.key.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let trusted = keys
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let mesh = format!("127.{net}.0.{}:7400", i + 1);
+            let http_port = 20000 + net as u16 * 10 + i as u16;
+            let http = format!("127.0.0.1:{http_port}");
+            let seed = format!("127.{net}.0.1:7400");
+            let text = format!(
+                r#"name = "{name}"
+region = "{region}"
+cloud = "{cloud}"
+jurisdiction = "{jur}"
+key = "{name}.key"
+data_dir = "data/{name}"
+seeds = ["{seed}"]
+trusted_nodes = [{trusted}]
+[listen]
+mesh = "{mesh}"
+http = "{http}"
+[[principals]]
+name = "tester"
+tenant = "acme"
+token_sha256 = "{hash}"
+[chaos]
+enabled = true
+{extra}
+"#,
+                name = s.name,
+                region = s.region,
+                cloud = s.region.split(':').next().unwrap(),
+                jur = s.jurisdiction,
+            );
+            let config = dir.join(format!("{}.toml", s.name));
+            std::fs::write(&config, text).unwrap();
+            nodes.push(NodeProc {
+                spec: s.clone(),
+                config,
+                http: format!("http://{http}"),
+                child: None,
+                log: dir.join(format!("{}.log", s.name)),
+            });
+        }
+        Self {
+            dir,
+            nodes,
+            token,
+            keys,
+        }
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let child = Command::new(WEFT)
+            .args(["node", "--config", n.config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start weft node");
+        n.child = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i);
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{path}", self.nodes[i].http)
+    }
+
+    /// Waits until every node sees all others up.
+    pub async fn wait_meshed(&self) {
+        let want = self.nodes.len() - 1;
+        let c = reqwest::Client::new();
+        for i in 0..self.nodes.len() {
+            wait_for(Duration::from_secs(30), || async {
+                let v: Value = c
+                    .get(self.url(i, "/v1/mesh/peers"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let up = v["peers"]
+                    .as_array()?
+                    .iter()
+                    .filter(|p| p["state"] == "up")
+                    .count();
+                (up == want).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} did not see {want} peers up:\n{}", self.log(i)));
+        }
+    }
+
+    /// Every event id of `stream` stored at node `i`, in log order.
+    pub async fn ids(&self, i: usize, stream: &str) -> Option<Vec<String>> {
+        let c = reqwest::Client::new();
+        let mut after = 0u64;
+        let mut out = Vec::new();
+        loop {
+            let url = self.url(
+                i,
+                &format!("/v1/streams/{stream}/events?after={after}&limit=1000"),
+            );
+            let resp = c.get(url).send().await.ok()?;
+            let next: u64 = resp
+                .headers()
+                .get("weft-next-cursor")?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()?;
+            let page: Vec<Value> = resp.json().await.ok()?;
+            if page.is_empty() {
+                return Some(out);
+            }
+            out.extend(
+                page.iter()
+                    .map(|e| e["weftid"].as_str().unwrap_or("").to_string()),
+            );
+            after = next;
+        }
+    }
+
+    /// Publishes one JSON CloudEvent per item to node `i`; returns the response status and
+    /// body.
+    pub async fn publish(&self, i: usize, stream: &str, ack: &str, data: &[Value]) -> (u16, Value) {
+        let batch: Vec<Value> = data
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                serde_json::json!({"specversion": "1.0", "id": format!("{}-{k}-{}", stream, nonce()),
+                    "source": "it", "type": "t", "datacontenttype": "application/json", "data": d})
+            })
+            .collect();
+        let resp = reqwest::Client::new()
+            .post(self.url(i, &format!("/v1/streams/{stream}/events?ack={ack}")))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&batch).unwrap())
+            .send()
+            .await;
+        match resp {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                (s, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub async fn chaos(&self, i: usize, rules: Value) {
+        let r = reqwest::Client::new()
+            .post(self.url(i, "/v1/chaos"))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "rules": rules }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    pub fn key_path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `limit` passes.
+pub async fn wait_for<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Three regions with measured round-trip times from sim/data/region-rtt.csv:
+/// eu-west-1 <-> us-east-1 80.6 ms, eu-west-1 <-> ap-northeast-1 198.6 ms, us-east-1 <->
+/// ap-northeast-1 145.3 ms. Each side delays its sends by half.
+pub fn three_regions() -> Vec<Spec> {
+    vec![
+        Spec {
+            name: "eu",
+            region: "aws:eu-west-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "us",
+            region: "aws:us-east-1",
+            jurisdiction: "US",
+        },
+        Spec {
+            name: "ap",
+            region: "aws:ap-northeast-1",
+            jurisdiction: "JP",
+        },
+    ]
+}
+
+/// Chaos rules giving node `i` of [`three_regions`] its one-way delays to the others.
+pub fn latency_rules(i: usize) -> Value {
+    let d = [[0.0, 40.3, 99.3], [40.3, 0.0, 72.65], [99.3, 72.65, 0.0]];
+    let regions = ["aws:eu-west-1", "aws:us-east-1", "aws:ap-northeast-1"];
+    let rules: Vec<Value> = (0..3)
+        .filter(|&j| j != i)
+        .map(|j| serde_json::json!({"peer": regions[j], "delay_ms": d[i][j], "jitter_ms": 1.0}))
+        .collect();
+    Value::Array(rules)
+}
