@@ -242,8 +242,8 @@ pub(crate) fn peers(conn: &Conn, json: bool) -> anyhow::Result<()> {
         me["jurisdiction"].as_str().unwrap_or("")
     );
     println!(
-        "{:<18} {:<28} {:<6} {:<5} {:>9}  {}",
-        "PEER", "REGION", "JUR", "STATE", "RTT ms", "ADDR"
+        "{:<18} {:<28} {:<6} {:<5} {:>9}  ADDR",
+        "PEER", "REGION", "JUR", "STATE", "RTT ms"
     );
     for p in v["peers"].as_array().into_iter().flatten() {
         let key = p["key"].as_str().unwrap_or("");
@@ -268,8 +268,8 @@ pub(crate) fn routes(conn: &Conn) -> anyhow::Result<()> {
     let v = runtime()?.block_on(get_json(conn, "/v1/mesh/routes"))?;
     println!("from {}", v["from"].as_str().unwrap_or(""));
     println!(
-        "{:<28} {:<8} {:>12}  {:<18} {}",
-        "TO REGION", "KIND", "EST ms", "VIA", "ALTERNATIVES"
+        "{:<28} {:<8} {:>12}  {:<18} ALTERNATIVES",
+        "TO REGION", "KIND", "EST ms", "VIA"
     );
     for r in v["routes"].as_array().into_iter().flatten() {
         let via = r["via"].as_str().unwrap_or("");

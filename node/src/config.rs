@@ -67,6 +67,10 @@ pub(crate) struct Listen {
     pub(crate) http: SocketAddr,
     /// Edge agents (QUIC, issue 8); reserved.
     #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "the edge listener arrives with the agent (issue 8)"
+    )]
     pub(crate) edge: Option<SocketAddr>,
 }
 

@@ -127,6 +127,9 @@ pub(crate) struct Snapshot {
     pub(crate) stats: BTreeMap<&'static str, u64>,
 }
 
+/// A confirmable push from a peer: answered with the ids committed here.
+type ConfirmReply = (oneshot::Sender<Vec<[u8; 32]>>, Vec<EventId>);
+
 struct Waiting {
     ids: Vec<EventId>,
     ack: Ack,
@@ -151,7 +154,7 @@ pub(crate) struct Driver {
     /// Regions where each watched event is confirmed committed.
     confirmed: BTreeMap<EventId, BTreeSet<String>>,
     /// Confirmable pushes from peers, answered after the next commit.
-    confirm_replies: Vec<(oneshot::Sender<Vec<[u8; 32]>>, Vec<EventId>)>,
+    confirm_replies: Vec<ConfirmReply>,
     dedup: Vec<(String, String, String, EventId)>,
     last_pos: u64,
     ack_timeout: Duration,
@@ -603,6 +606,12 @@ impl Driver {
             ("sync_events_sent", s.sync_events_sent),
             ("sync_events_new", s.sync_events_new),
         ]);
+        let mut stats = stats;
+        let st = self.node.store().stats();
+        stats.insert("store_commits", st.commits);
+        stats.insert("store_commit_failures", st.commit_failures);
+        stats.insert("store_corrupt_rows", st.corrupt_rows);
+        stats.insert("store_commit_us_last", st.commit_us_last);
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
         self.metrics.members.set(self.members.len() as i64);

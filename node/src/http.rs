@@ -160,6 +160,7 @@ impl Api {
 pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
     Router::new()
         .route("/v1/events", post(publish_any))
+        .route("/v1/events/{id}", get(event_by_id))
         .route(
             "/v1/streams/{stream}/events",
             post(publish_stream).get(read_events),
@@ -632,6 +633,50 @@ async fn read_events(
     resp.headers_mut()
         .insert("weft-next-cursor", HeaderValue::from(next));
     Ok(resp)
+}
+
+/// `GET /v1/events/{id}`: one event by its hex id, as a CloudEvent.
+async fn event_by_id(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let key = crate::config::hex32("id", &id).map_err(|e| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_event_id",
+            format!("{e:#}"),
+        ))
+    })?;
+    let api2 = api.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        api2.with_reader(|r| {
+            r.event_by_id(&weft_fabric::EventId(key)).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    e.to_string(),
+                )
+            })
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let Some(bytes) = found else {
+        return Err(api.fail(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "event_not_found",
+            format!("no event {id} is stored on this node"),
+        )));
+    };
+    let event = weft_fabric::decode(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_corrupt",
+            e.to_string(),
+        )
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, CE_JSON)],
+        Value::Object(cloudevents::render(event.claimed_data())).to_string(),
+    )
+        .into_response())
 }
 
 async fn subscribe(

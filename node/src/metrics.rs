@@ -158,13 +158,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a refusal `n` times.
-    pub(crate) fn reject_n(&self, reason: &str, n: u64) {
-        self.rejected
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .inc_by(n);
-    }
-
     /// One labelled counter.
     pub(crate) fn inc(family: &Family<Labels, Counter>, key: &'static str, value: &str) {
         family.get_or_create(&vec![(key, value.to_string())]).inc();

@@ -308,7 +308,6 @@ struct Loaded {
 #[derive(Debug)]
 pub(crate) struct SqliteStore {
     conn: Connection,
-    path: PathBuf,
     limits: StoreLimits,
     state: Loaded,
     /// Whether `BEGIN IMMEDIATE` ran and `COMMIT` has not.
@@ -533,7 +532,6 @@ impl SqliteStore {
         );
         Ok(Self {
             conn,
-            path,
             cache: RefCell::new(EventCache::new(limits.event_cache_len)),
             limits,
             state,
@@ -543,24 +541,9 @@ impl SqliteStore {
         })
     }
 
-    /// The database file.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The limits the store was opened with.
-    pub(crate) fn limits(&self) -> &StoreLimits {
-        &self.limits
-    }
-
     /// Counters for metrics.
     pub(crate) fn stats(&self) -> StoreStats {
         *self.stats.borrow()
-    }
-
-    /// Writes in the open transaction (0 if none is open).
-    pub(crate) fn pending_writes(&self) -> usize {
-        self.tx_writes
     }
 
     /// Makes every write since the last commit durable (fsync'd); returns how many writes
@@ -859,6 +842,7 @@ impl SqliteStore {
 
     /// Checks the in-memory state against the rows (slow: counts every table). For tests
     /// and debugging.
+    #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         let rows = load(&self.conn).map_err(|e| e.to_string())?;
         let pairs = [
@@ -1143,6 +1127,7 @@ impl StoreReader {
     }
 
     /// The last log position of `stream` (0 if it has none).
+    #[cfg(test)]
     pub(crate) fn last_pos(&self, stream: &str) -> Result<u64, StoreError> {
         let pos: Option<i64> = self
             .conn
@@ -1161,6 +1146,7 @@ impl StoreReader {
     }
 
     /// Number of committed events (counts an index: linear, cheap per call).
+    #[cfg(test)]
     pub(crate) fn count(&self) -> Result<u64, StoreError> {
         count(&self.conn, "events").map(|n| n as u64)
     }

@@ -85,6 +85,9 @@ impl From<WireRef> for EventRef {
     }
 }
 
+/// One origin's sequence ranges in a digest.
+type WireRanges = ([u8; 32], Vec<(u64, u64)>);
+
 /// The encoded form. Variant order is the wire tag: append only.
 #[derive(Serialize, Deserialize)]
 enum Wire<'a> {
@@ -93,7 +96,7 @@ enum Wire<'a> {
     IHave(Vec<WireRef>),
     Graft(Vec<WireRef>),
     SyncRequest {
-        digest: Vec<([u8; 32], Vec<(u64, u64)>)>,
+        digest: Vec<WireRanges>,
         from_origin: Option<[u8; 32]>,
     },
     SyncResponse {
