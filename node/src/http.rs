@@ -63,6 +63,8 @@ pub(crate) struct Api {
     pub(crate) subscribers_max: usize,
     pub(crate) seeded: bool,
     pub(crate) started: Instant,
+    /// Becomes true when the node starts shutting down: open SSE streams end.
+    pub(crate) closing: watch::Receiver<bool>,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -737,6 +739,7 @@ async fn subscribe(
     api.metrics.subscribers.inc();
     tokio::spawn(async move {
         let mut committed = api2.committed.clone();
+        let mut closing = api2.closing.clone();
         let mut last_saved = after;
         'outer: loop {
             let api3 = api2.clone();
@@ -781,6 +784,7 @@ async fn subscribe(
                 tokio::select! {
                     r = committed.changed() => if r.is_err() { break },
                     () = tx.closed() => break,
+                    _ = closing.changed() => break,
                     () = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }

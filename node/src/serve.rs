@@ -116,6 +116,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let (committed_tx, committed_rx) = watch::channel(0u64);
     let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (closing_tx, closing_rx) = watch::channel(false);
     let driver = Driver::new(
         node,
         epoch,
@@ -149,6 +150,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         subscribers_max: raw.limits.subscribers_max,
         seeded: !raw.seeds.is_empty(),
         started: Instant::now(),
+        closing: closing_rx,
     });
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await
@@ -157,7 +159,11 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         http = %raw.listen.http, generation, "node started");
     let app = crate::http::router(api, raw.limits.http_body_max);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // End SSE streams, or the graceful shutdown would wait for them forever.
+            let _ = closing_tx.send(true);
+        })
         .await
         .context("HTTP server")?;
     info!("shutting down");

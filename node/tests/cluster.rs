@@ -462,3 +462,128 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("bad_token"));
     });
 }
+
+/// Reads `n` SSE events from `url` (with an optional Last-Event-ID); returns their JSON.
+async fn sse_take(url: String, last_event_id: Option<&str>, n: usize) -> Vec<Value> {
+    use futures_util::StreamExt as _;
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
+            .await
+            .expect("SSE event in time")
+            .expect("stream open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let frame: String = text.drain(..end + 2).collect();
+            for line in frame.lines() {
+                if let Some(d) = line.strip_prefix("data:") {
+                    out.push(serde_json::from_str(d.trim()).unwrap());
+                }
+            }
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
+    rt().block_on(async {
+        let mut c = Cluster::new("sse", 16, &three_regions()[..1], "");
+        c.start(0);
+        wait_for(Duration::from_secs(20), || async {
+            reqwest::get(c.url(0, "/healthz"))
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await
+        .expect("node up");
+        let data: Vec<Value> = (0..5).map(|k| json!({"k": k})).collect();
+        let (status, _) = c.publish(0, "s", "local", &data).await;
+        assert_eq!(status, 200);
+        // Resume after cursor 2: the first event is the third.
+        let got = sse_take(c.url(0, "/v1/streams/s/subscribe"), Some("2"), 3).await;
+        let ks: Vec<i64> = got
+            .iter()
+            .map(|e| e["data"]["k"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ks, vec![2, 3, 4]);
+        assert_eq!(got[0]["weftcursor"], "3");
+        // A durable subscription reads everything, and its position is kept.
+        let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 5).await;
+        assert_eq!(got.len(), 5);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A graceful stop (SIGTERM) ends even with an SSE stream open.
+        let open = tokio::spawn(sse_take(c.url(0, "/v1/streams/s/subscribe"), None, 6));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = c.nodes[0].child.as_ref().unwrap().id();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut child = c.nodes[0].child.take().unwrap();
+        let mut exited = None;
+        for _ in 0..100 {
+            exited = child.try_wait().unwrap();
+            if exited.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            exited.is_some_and(|s| s.success()),
+            "node did not stop on SIGTERM"
+        );
+        open.abort();
+        c.start(0);
+        wait_for(Duration::from_secs(20), || async {
+            reqwest::get(c.url(0, "/healthz"))
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await
+        .expect("node back");
+        let more: Vec<Value> = (5..7).map(|k| json!({"k": k})).collect();
+        let (status, _) = c.publish(0, "s", "local", &more).await;
+        assert_eq!(status, 200);
+        // The durable subscription resumes after what it was sent before the restart.
+        let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 2).await;
+        let ks: Vec<i64> = got
+            .iter()
+            .map(|e| e["data"]["k"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ks, vec![5, 6]);
+        // Reads page with the cursor.
+        let resp = reqwest::get(c.url(0, "/v1/streams/s/events?after=5&limit=1"))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["weft-next-cursor"], "6");
+        let page: Vec<Value> = resp.json().await.unwrap();
+        assert_eq!(page[0]["data"]["k"], 5);
+        // And one event by id.
+        let id = page[0]["weftid"].as_str().unwrap();
+        let one: Value = reqwest::get(c.url(0, &format!("/v1/events/{id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(one["data"]["k"], 5);
+    });
+}
