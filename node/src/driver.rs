@@ -70,8 +70,10 @@ pub(crate) struct Published {
     pub(crate) ids: Vec<String>,
     /// Whether the events are on this node's disk.
     pub(crate) durable_local: bool,
-    /// Regions where the events are confirmed committed (every event of the request).
+    /// Regions where every event of the request is confirmed committed.
     pub(crate) regions: Vec<String>,
+    /// The fewest regions any one event of the request is confirmed committed in.
+    pub(crate) regions_min: usize,
     /// Whether the requested ack level was reached.
     pub(crate) complete: bool,
 }
@@ -413,28 +415,32 @@ impl Driver {
     }
 
     fn answer(&mut self, w: Waiting, durable: bool) {
-        let regions: Vec<String> = match w.ack {
+        // Each event must be durable in N regions; they need not be the same N for every
+        // event of a batch. `regions` lists those holding every event, `regions_min` the
+        // fewest regions any one event is confirmed in.
+        let (regions, regions_min): (Vec<String>, usize) = match w.ack {
             Ack::Regions(_) => {
                 let mut common: Option<BTreeSet<String>> = None;
+                let mut min = usize::MAX;
                 for id in &w.ids {
-                    let set = self.confirmed.get(id).cloned().unwrap_or_default();
+                    let set = self.confirmed.remove(id).unwrap_or_default();
+                    min = min.min(set.len());
                     common = Some(match common {
                         None => set,
                         Some(c) => c.intersection(&set).cloned().collect(),
                     });
                 }
-                for id in &w.ids {
-                    self.confirmed.remove(id);
-                }
-                common.unwrap_or_default().into_iter().collect()
+                let common: Vec<String> = common.unwrap_or_default().into_iter().collect();
+                let min = if w.ids.is_empty() { common.len() } else { min };
+                (common, min)
             }
-            _ if durable => vec![self.me.region.clone()],
-            _ => Vec::new(),
+            _ if durable => (vec![self.me.region.clone()], 1),
+            _ => (Vec::new(), 0),
         };
         let complete = match w.ack {
             Ack::None => true,
             Ack::Local => durable,
-            Ack::Regions(n) => durable && regions.len() >= n,
+            Ack::Regions(n) => durable && regions_min >= n,
         };
         self.metrics
             .ack_seconds
@@ -444,6 +450,7 @@ impl Driver {
             ids: w.ids.iter().map(|i| i.to_string()).collect(),
             durable_local: durable,
             regions,
+            regions_min,
             complete,
         }));
     }

@@ -395,6 +395,7 @@ async fn publish_inner(
                 ids,
                 durable_local: true,
                 regions: vec![],
+                regions_min: 0,
                 complete: true,
             },
             true,
