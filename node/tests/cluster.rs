@@ -587,3 +587,64 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
         assert_eq!(one["data"]["k"], 5);
     });
 }
+
+#[test]
+fn overload_is_refused_with_retry_after_and_nothing_accepted_is_lost() {
+    rt().block_on(async {
+        let mut c = Cluster::new(
+            "overload",
+            17,
+            &three_regions()[..1],
+            "[limits]\npublish_queue_max = 1\n",
+        );
+        c.start(0);
+        wait_for(Duration::from_secs(20), || async {
+            reqwest::get(c.url(0, "/healthz")).await.ok()?.status().is_success().then_some(())
+        })
+        .await
+        .expect("node up");
+        let c = std::sync::Arc::new(c);
+        let http = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for w in 0..64 {
+            let (c, http) = (c.clone(), http.clone());
+            tasks.push(tokio::spawn(async move {
+                let batch: Vec<Value> = (0..50)
+                    .map(|k| json!({"specversion": "1.0", "id": format!("o-{w}-{k}"), "source": "it", "type": "t", "data": k}))
+                    .collect();
+                let r = http
+                    .post(c.url(0, "/v1/streams/o/events"))
+                    .bearer_auth(&c.token)
+                    .header("content-type", "application/cloudevents-batch+json")
+                    .body(serde_json::to_vec(&batch).unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                let body: Value = r.json().await.unwrap();
+                (status, retry, body)
+            }));
+        }
+        let mut accepted = BTreeSet::new();
+        let mut refused = 0;
+        for t in tasks {
+            let (status, retry, body) = t.await.unwrap();
+            match status {
+                200 => accepted.extend(body["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string())),
+                503 => {
+                    refused += 1;
+                    assert_eq!(retry.as_deref(), Some("1"));
+                    assert_eq!(body["error"]["reason"], "overloaded");
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        assert!(refused > 0, "64 concurrent batches against a queue of 1 should refuse some");
+        assert!(!accepted.is_empty());
+        let stored: BTreeSet<String> = c.ids(0, "o").await.unwrap().into_iter().collect();
+        assert_eq!(stored, accepted, "exactly the accepted events are stored");
+        let metrics = reqwest::get(c.url(0, "/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("weft_rejected_total{reason=\"overloaded\"}"), "{metrics}");
+    });
+}
