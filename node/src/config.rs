@@ -52,7 +52,7 @@ pub(crate) struct NodeConfig {
     /// Logging.
     #[serde(default)]
     pub(crate) log: LogConfig,
-    /// Find nodes on the local network with mDNS (not built yet: refused when true).
+    /// Find trusted nodes on the local network with mDNS (libp2p), in addition to seeds.
     #[serde(default)]
     pub(crate) mdns: bool,
 }
@@ -219,12 +219,6 @@ impl NodeConfig {
         }
         weft_fabric::Jurisdiction::new(self.jurisdiction.clone())
             .map_err(|e| field_err("jurisdiction", e))?;
-        if self.mdns {
-            bail!(field_err(
-                "mdns",
-                "LAN discovery is not built yet (README status table); list seeds instead"
-            ));
-        }
         let mut trusted = BTreeSet::new();
         for (i, k) in self.trusted_nodes.iter().enumerate() {
             trusted.insert(hex32(&format!("trusted_nodes[{i}]"), k)?);
@@ -353,7 +347,7 @@ http = "127.0.0.1:8400"
                 "streams[0]",
             ),
             (
-                GOOD.replace("name = \"eu-1\"", "name = \"eu-1\"\nmdns = true"),
+                GOOD.replace("name = \"eu-1\"", "name = \"eu-1\"\nmdns = 1"),
                 "mdns",
             ),
         ];

@@ -20,6 +20,7 @@ mod chaos;
 mod client;
 mod cloudevents;
 mod config;
+mod discovery;
 mod driver;
 mod http;
 mod inspect;

@@ -112,6 +112,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     transport.dial_seeds(raw.seeds.clone());
+    if raw.mdns {
+        crate::discovery::start(&seed, raw.listen.mesh, trusted.clone(), transport.clone())?;
+    }
 
     let (committed_tx, committed_rx) = watch::channel(0u64);
     let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::default());
@@ -148,7 +151,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         streams: config.streams.clone(),
         read_limit_max: raw.limits.read_limit_max,
         subscribers_max: raw.limits.subscribers_max,
-        seeded: !raw.seeds.is_empty(),
+        seeded: !raw.seeds.is_empty() || raw.mdns,
         started: Instant::now(),
         closing: closing_rx,
     });
