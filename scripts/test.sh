@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (README): every Rust test, the independent check of the wire
 # vectors, and the sans-IO dependency guard. Works on a fresh machine: it installs the two
-# Python packages the independent checker needs if they are missing.
+# Python packages the independent checker needs, and iproute2, if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The mDNS test puts two nodes in network namespaces it creates: it needs iproute2 (and
+# root, which CI has).
+if ! command -v ip >/dev/null 2>&1; then
+  apt-get install -y iproute2
+fi
 
 echo "== cargo test"
 cargo test --workspace

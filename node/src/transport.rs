@@ -446,6 +446,7 @@ impl Transport {
     }
 
     async fn read_loop(self: Arc<Self>, from: OriginKey, conn: quinn::Connection) {
+        let id = conn.stable_id();
         let datagrams = {
             let t = self.clone();
             let conn = conn.clone();
@@ -513,16 +514,11 @@ impl Transport {
             }
         };
         tokio::join!(datagrams, uni, bi);
+        // Forget the connection, unless a newer one to the same peer replaced it.
         if let Ok(mut conns) = self.conns.lock()
-            && conns
-                .get(&from)
-                .is_some_and(|c| c.stable_id() == conn_id(&conns, &from))
+            && conns.get(&from).is_some_and(|c| c.stable_id() == id)
         {
             conns.remove(&from);
         }
     }
-}
-
-fn conn_id(conns: &HashMap<OriginKey, quinn::Connection>, key: &OriginKey) -> usize {
-    conns.get(key).map(|c| c.stable_id()).unwrap_or(usize::MAX)
 }
