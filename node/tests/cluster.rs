@@ -648,3 +648,109 @@ fn overload_is_refused_with_retry_after_and_nothing_accepted_is_lost() {
         assert!(metrics.contains("weft_rejected_total{reason=\"overloaded\"}"), "{metrics}");
     });
 }
+
+#[test]
+fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
+    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
+    rt().block_on(async {
+        let specs = three_regions();
+        let mut c = Cluster::new("forged", 18, &specs[..2], "");
+        // Node 1 is not trusted by node 0: drop its key from node 0's list.
+        let cfg = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        std::fs::write(
+            &c.nodes[0].config,
+            cfg.replace(&format!("\"{}\"", c.keys[1]), ""),
+        )
+        .unwrap();
+        c.start_all();
+        let http = reqwest::Client::new();
+        wait_for(Duration::from_secs(20), || async {
+            http.get(c.url(0, "/healthz"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await
+        .expect("node up");
+        let event = Signer::from_secret(&[4; 32])
+            .sign(EventDraft {
+                stream: StreamName::new("s").unwrap(),
+                key: None,
+                seq: 1,
+                hlc: Hlc::new(1_795_000_000_000, 0).unwrap(),
+                security: SecurityContext {
+                    tenant: "acme".into(),
+                    principal: "dev".into(),
+                    classification: "internal".into(),
+                    residency: Residency::Unrestricted,
+                    scopes: Default::default(),
+                    policy_epoch: 0,
+                },
+                content_type: "text/plain".into(),
+                payload: Payload::Clear(b"hi".to_vec()),
+                trace: None,
+            })
+            .unwrap();
+        let mut forged = event.encode();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let post = |body: Vec<u8>| {
+            http.post(c.url(0, "/v1/streams/s/events"))
+                .bearer_auth(&c.token)
+                .header("content-type", "application/vnd.weft.event+cbor")
+                .body(body)
+                .send()
+        };
+        let r = post(forged).await.unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "bad_signature");
+        // The genuine envelope is accepted and keeps its producer's identity.
+        let r = post(event.encode()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Vec<Value> = reqwest::get(c.url(0, "/v1/streams/s/events"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0]["weftorigin"], event.origin().to_string());
+        // The untrusted node's handshakes fail and are counted; it never becomes a member.
+        let failed = wait_for(Duration::from_secs(20), || async {
+            let m = http
+                .get(c.url(0, "/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            m.contains("weft_rejected_total{reason=\"peer_handshake_failed\"}")
+                .then_some(m)
+        })
+        .await;
+        assert!(
+            failed.is_some(),
+            "no refused handshake counted:\n{}",
+            c.log(0)
+        );
+        let peers: Value = http
+            .get(c.url(0, "/v1/mesh/peers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(peers["peers"].as_array().unwrap().is_empty(), "{peers}");
+        let metrics = failed.unwrap();
+        assert!(
+            metrics.contains("weft_rejected_total{reason=\"bad_signature\"} 1"),
+            "{metrics}"
+        );
+    });
+}
