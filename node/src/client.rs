@@ -57,6 +57,28 @@ async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     }
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
+    if let Ok(v) = serde_json::from_str::<Value>(&text)
+        && v["complete"] == false
+    {
+        let regions: Vec<&str> = v["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        bail!(
+            "node answered {status}: the events are {} but confirmed in only {} region(s) ({}) \
+             before the ack timeout; they keep replicating. ids: {}",
+            if v["durable_local"] == true {
+                "stored on the node"
+            } else {
+                "not yet durable"
+            },
+            v["regions_min"],
+            regions.join(", "),
+            v["ids"]
+        );
+    }
     let detail = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| {
@@ -190,12 +212,38 @@ pub(crate) fn tail(
         let mut body = check(resp).await?.bytes_stream();
         let mut buf = Vec::new();
         let mut seen = 0u64;
+        // Durable subscriptions are at-least-once: acknowledge what was printed, every 100
+        // events and when tail ends normally.
+        let mut last_id: Option<u64> = None;
+        let mut acked: Option<u64> = None;
+        let ack = |pos: u64| {
+            let url = conn.url(&format!(
+                "/v1/streams/{stream}/subscriptions/{}/ack?cursor={pos}",
+                durable.as_deref().unwrap_or("")
+            ));
+            let client = client.clone();
+            async move {
+                let resp = client
+                    .post(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("POST {url}"))?;
+                check(resp).await.map(|_| ())
+            }
+        };
         let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
         loop {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, body.next()).await {
                     Ok(n) => n,
-                    Err(_) => bail!("timed out after {} events", seen),
+                    Err(_) => {
+                        if let (Some(_), Some(p)) = (&durable, last_id)
+                            && acked != Some(p)
+                        {
+                            ack(p).await?;
+                        }
+                        bail!("timed out after {} events", seen)
+                    }
                 },
                 None => body.next().await,
             };
@@ -203,14 +251,28 @@ pub(crate) fn tail(
             buf.extend_from_slice(&chunk.context("reading the event stream")?);
             while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
                 let frame: Vec<u8> = buf.drain(..end + 2).collect();
-                for line in String::from_utf8_lossy(&frame).lines() {
+                let text = String::from_utf8_lossy(&frame).into_owned();
+                let id = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id:"))
+                    .and_then(|i| i.trim().parse::<u64>().ok());
+                for line in text.lines() {
                     if let Some(data) = line.strip_prefix("data:") {
                         println!("{}", data.trim_start());
                         seen += 1;
-                        if count.is_some_and(|c| seen >= c) {
-                            return Ok(());
-                        }
+                        last_id = id.or(last_id);
                     }
+                }
+                let done = count.is_some_and(|c| seen >= c);
+                if let (Some(_), Some(p)) = (&durable, last_id)
+                    && (done || seen % 100 == 0)
+                    && acked != Some(p)
+                {
+                    ack(p).await?;
+                    acked = Some(p);
+                }
+                if done {
+                    return Ok(());
                 }
             }
         }

@@ -260,8 +260,9 @@ impl Driver {
             .into_iter()
             .partition(|w| w.deadline <= now);
         for w in expired {
+            // Committed here (they waited in `confirming`), not yet where asked.
             self.metrics.reject("ack_timeout");
-            self.answer(w, false);
+            self.answer(w, true);
         }
         self.publish_snapshot();
     }

@@ -168,6 +168,10 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
             post(publish_stream).get(read_events),
         )
         .route("/v1/streams/{stream}/subscribe", get(subscribe))
+        .route(
+            "/v1/streams/{stream}/subscriptions/{name}/ack",
+            post(ack_subscription),
+        )
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/mesh/routes", get(routes))
         .route("/v1/status", get(status))
@@ -701,18 +705,8 @@ async fn subscribe(
         e.retry_after = Some(5);
         return Err(api.fail(e));
     }
-    if let Some(d) = &q.durable
-        && (d.is_empty()
-            || d.len() > 128
-            || !d
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-    {
-        return Err(api.fail(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_durable_name",
-            "durable: 1 to 128 characters of A-Z a-z 0-9 - _ .",
-        )));
+    if let Some(d) = &q.durable {
+        check_durable_name(&api, d)?;
     }
     let last_event_id = headers
         .get("last-event-id")
@@ -734,6 +728,19 @@ async fn subscribe(
         }
         None => None,
     };
+    // Reconnecting with Last-Event-ID acknowledges everything up to it.
+    if let (Some(d), Some(pos)) = (&durable, last_event_id)
+        && saved.is_none_or(|s| pos > s)
+    {
+        let _ = api
+            .cmd_tx
+            .send(Command::SaveCursor {
+                name: d.clone(),
+                stream: name.as_str().to_string(),
+                pos,
+            })
+            .await;
+    }
     let mut after = last_event_id.or(q.after).or(saved).unwrap_or(0);
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let api2 = api.clone();
@@ -741,7 +748,6 @@ async fn subscribe(
     tokio::spawn(async move {
         let mut committed = api2.committed.clone();
         let mut closing = api2.closing.clone();
-        let mut last_saved = after;
         'outer: loop {
             let api3 = api2.clone();
             let stream = name.as_str().to_string();
@@ -768,19 +774,6 @@ async fn subscribe(
                 }
                 after = pos;
             }
-            if let Some(d) = &durable
-                && after != last_saved
-            {
-                let _ = api2
-                    .cmd_tx
-                    .send(Command::SaveCursor {
-                        name: d.clone(),
-                        stream: name.as_str().to_string(),
-                        pos: after,
-                    })
-                    .await;
-                last_saved = after;
-            }
             if n == 0 {
                 tokio::select! {
                     r = committed.changed() => if r.is_err() { break },
@@ -795,6 +788,67 @@ async fn subscribe(
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+fn check_durable_name(api: &Api, d: &str) -> ApiResult<()> {
+    if d.is_empty()
+        || d.len() > 128
+        || !d
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_durable_name",
+            "durable: 1 to 128 characters of A-Z a-z 0-9 - _ .",
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct AckQuery {
+    cursor: u64,
+}
+
+/// `POST /v1/streams/{stream}/subscriptions/{name}/ack?cursor=N`: the subscriber has
+/// processed everything up to cursor N; a reconnect of the durable subscription resumes
+/// after it. The cursor only moves forward.
+async fn ack_subscription(
+    State(api): State<Arc<Api>>,
+    Path((stream, name)): Path<(String, String)>,
+    Query(q): Query<AckQuery>,
+) -> ApiResult<Response> {
+    let stream = check_stream(&api, &stream)?;
+    check_durable_name(&api, &name)?;
+    let key = format!("{}/{name}", stream.as_str());
+    let api2 = api.clone();
+    let k2 = key.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        api2.with_reader(|r| Ok(r.cursor_get(&k2).ok().flatten()))
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .flatten()
+    .map(|(_, pos)| pos);
+    if saved.is_none_or(|s| q.cursor > s) {
+        api.cmd_tx
+            .send(Command::SaveCursor {
+                name: key,
+                stream: stream.as_str().to_string(),
+                pos: q.cursor,
+            })
+            .await
+            .map_err(|_| {
+                api.fail(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the node is shutting down",
+                ))
+            })?;
+    }
+    Ok(axum::Json(json!({"cursor": q.cursor.max(saved.unwrap_or(0))})).into_response())
 }
 
 async fn peers(State(api): State<Arc<Api>>) -> Response {

@@ -432,6 +432,32 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
         let ev: Value = serde_json::from_str(tailed.lines().next().unwrap()).unwrap();
         assert_eq!(ev["weftid"], id.as_str());
         assert_eq!(ev["data"]["hello"], "world");
+        // A second event; a durable tail acknowledges what it printed, so two tails of one
+        // event each see the two events in turn.
+        run(vec![
+            "publish".into(),
+            "--node".into(),
+            node0.clone(),
+            "--token-file".into(),
+            token_file.to_str().unwrap().into(),
+            "cli.test".into(),
+            "second".into(),
+        ]);
+        for want in [r#""hello":"world""#, r#""data":"second""#] {
+            let out = run(vec![
+                "tail".into(),
+                "--node".into(),
+                node1.clone(),
+                "--durable".into(),
+                "cli".into(),
+                "--count".into(),
+                "1".into(),
+                "--timeout".into(),
+                "20".into(),
+                "cli.test".into(),
+            ]);
+            assert!(out.contains(want), "{want}: {out}");
+        }
         let peers = run(vec!["peers".into(), "--node".into(), node0.clone()]);
         assert!(
             peers.contains("aws:us-east-1") && peers.contains(" up "),
@@ -440,13 +466,13 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
         let mut status = String::new();
         for _ in 0..30 {
             status = run(vec!["status".into(), "--node".into(), node1.clone()]);
-            if status.contains("stored_events  1") {
+            if status.contains("stored_events  2") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
-            status.contains("aws:us-east-1") && status.contains("stored_events  1"),
+            status.contains("aws:us-east-1") && status.contains("stored_events  2"),
             "{status}"
         );
         let routes = run(vec!["routes".into(), "--node".into(), node0]);
@@ -521,9 +547,25 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
             .collect();
         assert_eq!(ks, vec![2, 3, 4]);
         assert_eq!(got[0]["weftcursor"], "3");
-        // A durable subscription reads everything, and its position is kept.
+        // A durable subscription is at-least-once: what was not acknowledged comes again.
+        let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 3).await;
+        assert_eq!(got[0]["data"]["k"], 0);
         let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 5).await;
-        assert_eq!(got.len(), 5);
+        assert_eq!(
+            got[0]["data"]["k"], 0,
+            "unacknowledged events are redelivered"
+        );
+        // Acknowledge all five; the position is kept, across a restart too.
+        let cursor = got[4]["weftcursor"].as_str().unwrap().to_string();
+        let r = reqwest::Client::new()
+            .post(c.url(
+                0,
+                &format!("/v1/streams/s/subscriptions/billing/ack?cursor={cursor}"),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(500)).await;
         // A graceful stop (SIGTERM) ends even with an SSE stream open.
         let open = tokio::spawn(sse_take(c.url(0, "/v1/streams/s/subscribe"), None, 6));
