@@ -265,7 +265,7 @@ pub(crate) fn tail(
                 }
                 let done = count.is_some_and(|c| seen >= c);
                 if let (Some(_), Some(p)) = (&durable, last_id)
-                    && (done || seen % 100 == 0)
+                    && (done || seen.is_multiple_of(100))
                     && acked != Some(p)
                 {
                     ack(p).await?;
