@@ -6,7 +6,8 @@
 //! with a global sequence tie-break; every map that is iterated is a `BTreeMap`. The same
 //! plan and seed produce the same report, byte for byte.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -17,8 +18,8 @@ use weft_fabric::mesh::{
 
 use crate::baseline::{BaselineKind, BaselineNode};
 use weft_fabric::{
-    Event, EventDraft, EventId, Hlc, HybridClock, OriginKey, Payload, Residency, SecurityContext,
-    Signer, StreamName, StreamPattern,
+    Event, EventDraft, EventId, Hlc, HybridClock, KeyBuildHasher, OriginKey, Payload, Residency,
+    SecurityContext, Signer, StreamName, StreamPattern,
 };
 
 /// Most events a simulated node stores; scenarios stay far below it.
@@ -260,6 +261,33 @@ enum Ev {
     FaultEnd(usize),
 }
 
+/// A queued simulator event; the heap's maximum is the earliest `(time, seq)`.
+#[derive(Debug)]
+struct Queued {
+    key: Reverse<(Micros, u64)>,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
 struct SimNode {
     info: MemberInfo,
     node: Option<Proto>,
@@ -271,8 +299,8 @@ struct SimNode {
     next_seq: u64,
     interest: Vec<StreamPattern>,
     /// Application view: ids delivered, and last delivered seq per origin.
-    app_ids: HashSet<EventId>,
-    app_last: HashMap<OriginKey, u64>,
+    app_ids: HashSet<EventId, KeyBuildHasher>,
+    app_last: HashMap<OriginKey, u64, KeyBuildHasher>,
     /// Busy until (models signature verification cost on receive).
     busy_until: Micros,
 }
@@ -340,26 +368,31 @@ pub struct Engine {
     /// Baseline overlay: each node's peers.
     overlay: Vec<Vec<OriginKey>>,
     now: Micros,
-    queue: BTreeMap<(Micros, u64), Ev>,
+    /// Pending simulator events, earliest `(time, seq)` first (`seq` is unique, so the
+    /// order is total and the same on every run).
+    queue: BinaryHeap<Queued>,
     seq: u64,
     rng: ChaCha8Rng,
     nodes: Vec<SimNode>,
-    key_index: HashMap<OriginKey, usize>,
-    blocked: HashSet<(usize, usize)>,
-    degraded: HashMap<(usize, usize), (f64, f64)>,
+    key_index: HashMap<OriginKey, usize, KeyBuildHasher>,
+    blocked: HashSet<(usize, usize), KeyBuildHasher>,
+    degraded: HashMap<(usize, usize), (f64, f64), KeyBuildHasher>,
     /// Published events: id -> (publish time, origin node, workload).
     events: BTreeMap<EventId, (Micros, usize, usize)>,
     /// Delivery record: (event, node) pairs seen at applications.
-    delivered_pairs: HashSet<(EventId, usize)>,
+    delivered_pairs: HashSet<(EventId, usize), KeyBuildHasher>,
     /// Hops each (event, node) delivery travelled from the origin (0 at the origin).
-    hops: HashMap<(EventId, usize), u16>,
+    hops: HashMap<(EventId, usize), u16, KeyBuildHasher>,
     /// Per event, the hop count of its last delivery so far (LDH).
-    last_hop: HashMap<EventId, u16>,
+    last_hop: HashMap<EventId, u16, KeyBuildHasher>,
     /// The node whose message is being handled (deliveries it causes are one hop further).
     handling_from: Option<usize>,
     ideal_us: Vec<Vec<Micros>>,
     workload_next_pub: Vec<usize>,
     metrics: Metrics,
+    /// Scratch buffers of `drain`.
+    drain_sends: Vec<Transmit>,
+    drain_app: Vec<AppEvent>,
 }
 
 impl Engine {
@@ -367,7 +400,7 @@ impl Engine {
     pub fn new(plan: Plan, strategy: Strategy) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
         let mut nodes = Vec::with_capacity(plan.nodes.len());
-        let mut key_index = HashMap::new();
+        let mut key_index = HashMap::default();
         for (i, n) in plan.nodes.iter().enumerate() {
             let mut secret = [0u8; 32];
             rng.fill_bytes(&mut secret);
@@ -398,8 +431,8 @@ impl Engine {
                 skew_ms: 0,
                 next_seq: 1,
                 interest,
-                app_ids: HashSet::new(),
-                app_last: HashMap::new(),
+                app_ids: HashSet::default(),
+                app_last: HashMap::default(),
                 busy_until: 0,
             });
         }
@@ -411,20 +444,22 @@ impl Engine {
             strategy,
             overlay,
             now: 0,
-            queue: BTreeMap::new(),
+            queue: BinaryHeap::new(),
             seq: 0,
             rng,
             nodes,
             key_index,
-            blocked: HashSet::new(),
-            degraded: HashMap::new(),
+            blocked: HashSet::default(),
+            degraded: HashMap::default(),
             events: BTreeMap::new(),
-            delivered_pairs: HashSet::new(),
-            hops: HashMap::new(),
-            last_hop: HashMap::new(),
+            delivered_pairs: HashSet::default(),
+            hops: HashMap::default(),
+            last_hop: HashMap::default(),
             handling_from: None,
             workload_next_pub,
             metrics: Metrics::default(),
+            drain_sends: Vec::new(),
+            drain_app: Vec::new(),
         };
         for i in 0..engine.nodes.len() {
             engine.start_node(i);
@@ -449,29 +484,24 @@ impl Engine {
             }
             engine.drain(i);
         }
-        for (w, wl) in engine.plan.workloads.iter().enumerate() {
-            let at = wl.start_us;
-            engine.seq += 1;
-            engine
-                .queue
-                .insert((at, engine.seq), Ev::Publish { workload: w });
+        for w in 0..engine.plan.workloads.len() {
+            let at = engine.plan.workloads[w].start_us;
+            engine.push(at, Ev::Publish { workload: w });
         }
-        for (f, fault) in engine.plan.faults.iter().enumerate() {
-            engine.seq += 1;
-            engine
-                .queue
-                .insert((fault.at_us, engine.seq), Ev::FaultStart(f));
-            engine.seq += 1;
-            engine
-                .queue
-                .insert((fault.until_us, engine.seq), Ev::FaultEnd(f));
+        for f in 0..engine.plan.faults.len() {
+            let (at, until) = (engine.plan.faults[f].at_us, engine.plan.faults[f].until_us);
+            engine.push(at, Ev::FaultStart(f));
+            engine.push(until, Ev::FaultEnd(f));
         }
         engine
     }
 
     fn push(&mut self, at: Micros, ev: Ev) {
         self.seq += 1;
-        self.queue.insert((at, self.seq), ev);
+        self.queue.push(Queued {
+            key: Reverse((at, self.seq)),
+            ev,
+        });
     }
 
     fn start_node(&mut self, i: usize) {
@@ -516,11 +546,16 @@ impl Engine {
         let end = self.plan.duration_us;
         let mut next_sample = 0;
         let sample_every = (end / 100).max(1);
-        while let Some((&(at, seq), _)) = self.queue.first_key_value() {
+        while let Some(Queued {
+            key: Reverse((at, _)),
+            ..
+        }) = self.queue.peek()
+        {
+            let at = *at;
             if at > end || self.metrics.steps >= STEPS_MAX {
                 break;
             }
-            let Some(ev) = self.queue.remove(&(at, seq)) else {
+            let Some(Queued { ev, .. }) = self.queue.pop() else {
                 break;
             };
             self.now = at;
@@ -742,11 +777,14 @@ impl Engine {
     /// application model.
     fn drain(&mut self, i: usize) {
         let now = self.now;
-        let mut sends = Vec::new();
-        let mut app = Vec::new();
+        // Reused buffers (no allocation per step); taken out while the engine is borrowed.
+        let mut sends = std::mem::take(&mut self.drain_sends);
+        let mut app = std::mem::take(&mut self.drain_app);
         let next_timer;
         {
             let Some(node) = self.nodes[i].node.as_mut() else {
+                self.drain_sends = sends;
+                self.drain_app = app;
                 return;
             };
             while let Some(t) = node.poll_transmit() {
@@ -757,13 +795,13 @@ impl Engine {
             }
             next_timer = node.poll_timeout();
         }
-        for t in sends {
+        for t in sends.drain(..) {
             let Some(&to) = self.key_index.get(&t.to) else {
                 continue;
             };
             self.transmit(i, to, t.msg);
         }
-        for e in app {
+        for e in app.drain(..) {
             match e {
                 AppEvent::Deliver(event) => self.app_deliver(i, &event),
                 AppEvent::MemberUp(m) => {
@@ -778,6 +816,8 @@ impl Engine {
                 AppEvent::MemberDown(_) => {}
             }
         }
+        self.drain_sends = sends;
+        self.drain_app = app;
         if let Some(at) = next_timer {
             let at = at.max(now);
             let n = &mut self.nodes[i];

@@ -605,9 +605,16 @@ impl<S: Store> Node<S> {
             assert!(!self.store.contains(id), "missing event is stored");
             assert!(m.announcers.len() <= ANNOUNCERS_MAX);
         }
+        // Both maps are ordered by origin: walk them together instead of a lookup per
+        // origin (the simulator runs this after every step).
+        let mut seen = self.seen.iter().peekable();
         for (origin, cursor) in &self.delivered {
-            let seen = self.seen.get(origin).map_or(0, SeqRanges::contiguous);
-            assert!(*cursor <= seen, "delivered past what was seen");
+            while seen.next_if(|(o, _)| *o < origin).is_some() {}
+            let upto = seen
+                .peek()
+                .filter(|(o, _)| *o == origin)
+                .map_or(0, |(_, r)| r.contiguous());
+            assert!(*cursor <= upto, "delivered past what was seen");
         }
     }
 
