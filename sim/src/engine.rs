@@ -27,6 +27,9 @@ pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 /// Most simulator events processed in one run (a runaway protocol stops here, reported).
 pub const STEPS_MAX: u64 = 2_000_000_000;
 
+/// Hop count not known (relays outside the stream's interest break the chain).
+const HOPS_UNKNOWN: u16 = u16::MAX;
+
 /// A resolved simulation: nodes, latencies, workload and faults, in microseconds.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -298,8 +301,9 @@ struct SimNode {
     skew_ms: i64,
     next_seq: u64,
     interest: Vec<StreamPattern>,
-    /// Application view: ids delivered, and last delivered seq per origin.
-    app_ids: HashSet<EventId, KeyBuildHasher>,
+    /// Application view: events delivered (by index in `Engine::events`), and last
+    /// delivered seq per origin.
+    app_ids: Vec<bool>,
     app_last: HashMap<OriginKey, u64, KeyBuildHasher>,
     /// Busy until (models signature verification cost on receive).
     busy_until: Micros,
@@ -377,14 +381,20 @@ pub struct Engine {
     key_index: HashMap<OriginKey, usize, KeyBuildHasher>,
     blocked: HashSet<(usize, usize), KeyBuildHasher>,
     degraded: HashMap<(usize, usize), (f64, f64), KeyBuildHasher>,
-    /// Published events: id -> (publish time, origin node, workload).
-    events: BTreeMap<EventId, (Micros, usize, usize)>,
-    /// Delivery record: (event, node) pairs seen at applications.
-    delivered_pairs: HashSet<(EventId, usize), KeyBuildHasher>,
-    /// Hops each (event, node) delivery travelled from the origin (0 at the origin).
-    hops: HashMap<(EventId, usize), u16, KeyBuildHasher>,
-    /// Per event, the hop count of its last delivery so far (LDH).
-    last_hop: HashMap<EventId, u16, KeyBuildHasher>,
+    /// Published events: id -> index in `events`.
+    event_index: HashMap<EventId, usize, KeyBuildHasher>,
+    /// Published events in publish order: (publish time, origin node, workload).
+    events: Vec<(Micros, usize, usize)>,
+    /// (event, subscriber) pairs expected so far, the origin excluded.
+    expected_pairs: u64,
+    /// Delivery record per (event, node), at `event * nodes + node`: seen at the
+    /// application. (Flat arrays: a hash set of pairs cost a cache miss per delivery.)
+    delivered_pairs: Vec<bool>,
+    /// Hops each (event, node) delivery travelled from the origin (0 at the origin), at
+    /// `event * nodes + node`; [`HOPS_UNKNOWN`] if not known.
+    hops: Vec<u16>,
+    /// Per event, the hop count of its last delivery so far (LDH); [`HOPS_UNKNOWN`] if none.
+    last_hop: Vec<u16>,
     /// The node whose message is being handled (deliveries it causes are one hop further).
     handling_from: Option<usize>,
     ideal_us: Vec<Vec<Micros>>,
@@ -431,7 +441,7 @@ impl Engine {
                 skew_ms: 0,
                 next_seq: 1,
                 interest,
-                app_ids: HashSet::default(),
+                app_ids: Vec::new(),
                 app_last: HashMap::default(),
                 busy_until: 0,
             });
@@ -451,10 +461,12 @@ impl Engine {
             key_index,
             blocked: HashSet::default(),
             degraded: HashMap::default(),
-            events: BTreeMap::new(),
-            delivered_pairs: HashSet::default(),
-            hops: HashMap::default(),
-            last_hop: HashMap::default(),
+            events: Vec::new(),
+            event_index: HashMap::default(),
+            expected_pairs: 0,
+            delivered_pairs: Vec::new(),
+            hops: Vec::new(),
+            last_hop: Vec::new(),
             handling_from: None,
             workload_next_pub,
             metrics: Metrics::default(),
@@ -681,8 +693,15 @@ impl Engine {
         };
         n.next_seq += 1;
         let event = Arc::new(event);
-        self.events.insert(event.id(), (self.now, i, w));
-        self.hops.insert((event.id(), i), 0);
+        let e = self.events.len();
+        let nodes = self.nodes.len();
+        self.events.push((self.now, i, w));
+        self.event_index.insert(event.id(), e);
+        self.expected_pairs += wl.subscribers.iter().filter(|s| **s != i).count() as u64;
+        self.delivered_pairs.resize(nodes * (e + 1), false);
+        self.hops.resize(nodes * (e + 1), HOPS_UNKNOWN);
+        self.hops[e * nodes + i] = 0;
+        self.last_hop.push(HOPS_UNKNOWN);
         self.metrics.published += 1;
         let now = self.now;
         if let Some(node) = self.nodes[i].node.as_mut()
@@ -882,8 +901,18 @@ impl Engine {
 
     fn app_deliver(&mut self, i: usize, event: &Event) {
         let id = event.id();
+        let Some(&e) = self.event_index.get(&id) else {
+            self.metrics
+                .violations
+                .push(format!("event {id} delivered but never published"));
+            return;
+        };
+        let nodes = self.nodes.len();
         let n = &mut self.nodes[i];
-        if !n.app_ids.insert(id) {
+        if n.app_ids.len() <= e {
+            n.app_ids.resize(e + 1, false);
+        }
+        if std::mem::replace(&mut n.app_ids[e], true) {
             self.metrics.app_duplicates += 1;
             self.metrics
                 .violations
@@ -896,18 +925,23 @@ impl Engine {
         }
         *last = event.seq();
         self.metrics.deliveries += 1;
-        if !self.delivered_pairs.insert((id, i)) {
+        if std::mem::replace(&mut self.delivered_pairs[e * nodes + i], true) {
             return; // a node that lost its disk receives again: not a new delivery
         }
         if let Some(from) = self.handling_from
-            && let Some(&h) = self.hops.get(&(id, from))
+            && let h = self.hops[e * nodes + from]
+            && h != HOPS_UNKNOWN
         {
-            let hop = h.saturating_add(1);
-            self.hops.insert((id, i), hop);
-            let last = self.last_hop.entry(id).or_insert(0);
-            *last = (*last).max(hop);
+            let hop = h.saturating_add(1).min(HOPS_UNKNOWN - 1);
+            self.hops[e * nodes + i] = hop;
+            let last = &mut self.last_hop[e];
+            *last = if *last == HOPS_UNKNOWN {
+                hop
+            } else {
+                (*last).max(hop)
+            };
         }
-        if let Some(&(t0, origin, _)) = self.events.get(&id) {
+        if let Some(&(t0, origin, _)) = self.events.get(e) {
             if origin == i {
                 return;
             }
@@ -999,25 +1033,17 @@ impl Engine {
     /// (event, subscriber) pairs expected so far, the origin itself excluded; nodes that are
     /// down count, so an outage shows as a dip in the delivered fraction.
     fn expected_so_far(&self) -> u64 {
-        self.events
-            .values()
-            .map(|(_, origin, w)| {
-                self.plan.workloads[*w]
-                    .subscribers
-                    .iter()
-                    .filter(|s| **s != *origin)
-                    .count() as u64
-            })
-            .sum()
+        self.expected_pairs
     }
 
     fn missing_pairs(&self) -> u64 {
         let mut missing = 0;
-        for (id, (_, origin, w)) in &self.events {
+        let nodes = self.nodes.len();
+        for (e, (_, origin, w)) in self.events.iter().enumerate() {
             for &s in &self.plan.workloads[*w].subscribers {
                 if s != *origin
                     && self.nodes[s].node.is_some()
-                    && !self.delivered_pairs.contains(&(*id, s))
+                    && !self.delivered_pairs[e * nodes + s]
                 {
                     missing += 1;
                 }
@@ -1028,9 +1054,9 @@ impl Engine {
 
     fn finish(&mut self) {
         self.metrics.ldh = self
-            .events
-            .keys()
-            .filter_map(|id| self.last_hop.get(id))
+            .last_hop
+            .iter()
+            .filter(|h| **h != HOPS_UNKNOWN)
             .map(|h| u64::from(*h))
             .collect();
         if std::env::var_os("WEFT_SIM_DEBUG").is_some() {
