@@ -32,25 +32,30 @@ pub struct OriginKey(pub [u8; 32]);
 /// same order as comparing the arrays, without a `memcmp` call per comparison (keys are
 /// compared in every ordered map of the mesh core; measured: 9% of the simulator's time on
 /// a 24-node scenario went to `memcmp` from these comparisons).
+#[inline]
 fn cmp_key32(a: &[u8; 32], b: &[u8; 32]) -> std::cmp::Ordering {
-    let word = |k: &[u8; 32], i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&k[i * 8..i * 8 + 8]);
-        u64::from_be_bytes(w)
-    };
-    (0..4)
-        .map(|i| word(a, i).cmp(&word(b, i)))
-        .find(|o| o.is_ne())
-        .unwrap_or(std::cmp::Ordering::Equal)
+    #[inline(always)]
+    fn words(k: &[u8; 32]) -> [u64; 4] {
+        let mut w = [0u64; 4];
+        for (i, chunk) in k.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            w[i] = u64::from_be_bytes(b);
+        }
+        w
+    }
+    words(a).cmp(&words(b))
 }
 
 impl Ord for OriginKey {
+    #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         cmp_key32(&self.0, &other.0)
     }
 }
 
 impl PartialOrd for OriginKey {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
@@ -111,12 +116,14 @@ pub type KeyBuildHasher = std::hash::BuildHasherDefault<KeyHasher>;
 pub struct EventId(pub [u8; 32]);
 
 impl Ord for EventId {
+    #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         cmp_key32(&self.0, &other.0)
     }
 }
 
 impl PartialOrd for EventId {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }

@@ -16,6 +16,10 @@ pub const RANGES_PER_ORIGIN_MAX: usize = 1024;
 pub struct SeqRanges {
     /// start -> end (inclusive), disjoint and non-adjacent.
     ranges: BTreeMap<u64, u64>,
+    /// The end of the range starting at 1, else 0: a copy of what `ranges` says, kept
+    /// beside it so the common questions (is `seq` held, how far is it contiguous) need no
+    /// walk of the tree (the simulator asks them several times per message).
+    contiguous: u64,
 }
 
 impl SeqRanges {
@@ -26,6 +30,9 @@ impl SeqRanges {
 
     /// Whether `seq` is in the set.
     pub fn contains(&self, seq: u64) -> bool {
+        if seq >= 1 && seq <= self.contiguous {
+            return true;
+        }
         self.ranges
             .range(..=seq)
             .next_back()
@@ -67,15 +74,20 @@ impl SeqRanges {
             let last = *self.ranges.keys().next_back().unwrap_or(&0);
             self.ranges.remove(&last);
         }
+        self.update_contiguous();
         true
+    }
+
+    fn update_contiguous(&mut self) {
+        self.contiguous = match self.ranges.first_key_value() {
+            Some((1, end)) => *end,
+            _ => 0,
+        };
     }
 
     /// The highest `n` such that `1..=n` is in the set (0 if 1 is missing).
     pub fn contiguous(&self) -> u64 {
-        match self.ranges.first_key_value() {
-            Some((1, end)) => *end,
-            _ => 0,
-        }
+        self.contiguous
     }
 
     /// The ranges, ascending.
@@ -155,6 +167,7 @@ impl SeqRanges {
             let last = *self.ranges.keys().next_back().unwrap_or(&0);
             self.ranges.remove(&last);
         }
+        self.update_contiguous();
     }
 }
 
