@@ -714,7 +714,12 @@ impl<S: Store> Node<S> {
     }
 
     fn region_insert(&mut self, region: &str, key: OriginKey) {
-        let list = self.regions.entry(region.to_string()).or_default();
+        // Look up by `&str` first: the region is almost always known already, and
+        // `entry` would allocate its key on every call.
+        let list = match self.regions.get_mut(region) {
+            Some(list) => list,
+            None => self.regions.entry(region.to_string()).or_default(),
+        };
         if let Err(at) = list.binary_search(&key) {
             list.insert(at, key);
         }
@@ -1138,14 +1143,18 @@ impl<S: Store> Node<S> {
         let me = self.me.node_key();
         self.sync_rounds += 1;
         if self.sync_rounds.is_multiple_of(2) {
-            let others: Vec<OriginKey> = self
-                .members
-                .iter()
-                .filter(|(k, m)| **k != me && m.region != self.me.region)
-                .map(|(k, _)| *k)
-                .collect();
-            if !others.is_empty() {
-                let partner = others[(self.rng.next_u64() % others.len() as u64) as usize];
+            let others = || {
+                self.members
+                    .iter()
+                    .filter(|(k, m)| **k != me && m.region != self.me.region)
+                    .map(|(k, _)| *k)
+            };
+            let count = others().count();
+            if count > 0 {
+                let pick = (self.rng.next_u64() % count as u64) as usize;
+                let Some(partner) = others().nth(pick) else {
+                    return;
+                };
                 self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
                 let digest = self.digest();
                 self.send(
@@ -1159,12 +1168,16 @@ impl<S: Store> Node<S> {
             }
         }
         let held = self.store.len() as u64;
+        // `members` and `peers` are both ordered by key: walk them together rather than
+        // look each member up (this runs every sync interval over every member).
+        let mut peers = self.peers.iter().peekable();
         let partner = self
             .members
             .keys()
             .filter(|k| **k != me)
             .map(|k| {
-                let p = self.peers.get(k);
+                while peers.next_if(|(pk, _)| *pk < k).is_some() {}
+                let p = peers.peek().filter(|(pk, _)| *pk == k).map(|(_, p)| *p);
                 let more = p.map_or(0, |p| p.held.saturating_sub(held));
                 let last = p.and_then(|p| p.last_sync_us).unwrap_or(0);
                 let rtt = p.and_then(PeerState::rtt_us).unwrap_or(Micros::MAX);
