@@ -1208,7 +1208,7 @@ impl<S: Store> Node<S> {
         let mut theirs: Digest = digest;
         theirs.truncate(DIGEST_ORIGINS_MAX);
         if !theirs.windows(2).all(|w| w[0].0 < w[1].0) {
-            theirs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: duplicates keep their order
+            theirs.sort_by_key(|entry| entry.0); // stable: duplicates keep their order
             let mut dedup: Digest = Vec::with_capacity(theirs.len());
             for entry in theirs {
                 match dedup.last_mut() {
