@@ -24,8 +24,9 @@ pub mod stream;
 
 pub use codec::decode;
 pub use envelope::{
-    ENVELOPE_VERSION, Event, EventData, EventDraft, EventId, Jurisdiction, KeyId, OrderKey,
-    OriginKey, Payload, Residency, SealedPayload, SecurityContext, TraceContext, UnverifiedEvent,
+    ENVELOPE_VERSION, Event, EventData, EventDraft, EventId, Jurisdiction, KeyBuildHasher,
+    KeyHasher, KeyId, OrderKey, OriginKey, Payload, Residency, SealedPayload, SecurityContext,
+    TraceContext, UnverifiedEvent,
 };
 pub use error::{EnvelopeError, SealError, VerifyError};
 pub use hlc::{ClockError, Hlc, HybridClock};

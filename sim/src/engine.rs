@@ -6,7 +6,8 @@
 //! with a global sequence tie-break; every map that is iterated is a `BTreeMap`. The same
 //! plan and seed produce the same report, byte for byte.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -17,14 +18,27 @@ use weft_fabric::mesh::{
 
 use crate::baseline::{BaselineKind, BaselineNode};
 use weft_fabric::{
-    Event, EventDraft, EventId, Hlc, HybridClock, OriginKey, Payload, Residency, SecurityContext,
-    Signer, StreamName, StreamPattern,
+    Event, EventDraft, EventId, Hlc, HybridClock, KeyBuildHasher, OriginKey, Payload, Residency,
+    SecurityContext, Signer, StreamName, StreamPattern,
 };
 
 /// Most events a simulated node stores; scenarios stay far below it.
 pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 /// Most simulator events processed in one run (a runaway protocol stops here, reported).
 pub const STEPS_MAX: u64 = 2_000_000_000;
+
+/// Message kinds as reported, in the order of `Engine::sent_by_kind`.
+const MESSAGE_KINDS: [&str; 6] = [
+    "swim",
+    "push",
+    "ihave",
+    "graft",
+    "sync_request",
+    "sync_response",
+];
+
+/// Hop count not known (relays outside the stream's interest break the chain).
+const HOPS_UNKNOWN: u16 = u16::MAX;
 
 /// A resolved simulation: nodes, latencies, workload and faults, in microseconds.
 #[derive(Debug, Clone)]
@@ -260,6 +274,33 @@ enum Ev {
     FaultEnd(usize),
 }
 
+/// A queued simulator event; the heap's maximum is the earliest `(time, seq)`.
+#[derive(Debug)]
+struct Queued {
+    key: Reverse<(Micros, u64)>,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
 struct SimNode {
     info: MemberInfo,
     node: Option<Proto>,
@@ -270,9 +311,10 @@ struct SimNode {
     skew_ms: i64,
     next_seq: u64,
     interest: Vec<StreamPattern>,
-    /// Application view: ids delivered, and last delivered seq per origin.
-    app_ids: HashSet<EventId>,
-    app_last: HashMap<OriginKey, u64>,
+    /// Application view: events delivered (by index in `Engine::events`), and last
+    /// delivered seq per origin.
+    app_ids: Vec<bool>,
+    app_last: HashMap<OriginKey, u64, KeyBuildHasher>,
     /// Busy until (models signature verification cost on receive).
     busy_until: Micros,
 }
@@ -340,26 +382,40 @@ pub struct Engine {
     /// Baseline overlay: each node's peers.
     overlay: Vec<Vec<OriginKey>>,
     now: Micros,
-    queue: BTreeMap<(Micros, u64), Ev>,
+    /// Pending simulator events, earliest `(time, seq)` first (`seq` is unique, so the
+    /// order is total and the same on every run).
+    queue: BinaryHeap<Queued>,
     seq: u64,
     rng: ChaCha8Rng,
     nodes: Vec<SimNode>,
-    key_index: HashMap<OriginKey, usize>,
-    blocked: HashSet<(usize, usize)>,
-    degraded: HashMap<(usize, usize), (f64, f64)>,
-    /// Published events: id -> (publish time, origin node, workload).
-    events: BTreeMap<EventId, (Micros, usize, usize)>,
-    /// Delivery record: (event, node) pairs seen at applications.
-    delivered_pairs: HashSet<(EventId, usize)>,
-    /// Hops each (event, node) delivery travelled from the origin (0 at the origin).
-    hops: HashMap<(EventId, usize), u16>,
-    /// Per event, the hop count of its last delivery so far (LDH).
-    last_hop: HashMap<EventId, u16>,
+    key_index: HashMap<OriginKey, usize, KeyBuildHasher>,
+    blocked: HashSet<(usize, usize), KeyBuildHasher>,
+    degraded: HashMap<(usize, usize), (f64, f64), KeyBuildHasher>,
+    /// Published events: id -> index in `events`.
+    event_index: HashMap<EventId, usize, KeyBuildHasher>,
+    /// Published events in publish order: (publish time, origin node, workload).
+    events: Vec<(Micros, usize, usize)>,
+    /// (event, subscriber) pairs expected so far, the origin excluded.
+    expected_pairs: u64,
+    /// Delivery record per (event, node), at `event * nodes + node`: seen at the
+    /// application. (Flat arrays: a hash set of pairs cost a cache miss per delivery.)
+    delivered_pairs: Vec<bool>,
+    /// Hops each (event, node) delivery travelled from the origin (0 at the origin), at
+    /// `event * nodes + node`; [`HOPS_UNKNOWN`] if not known.
+    hops: Vec<u16>,
+    /// Per event, the hop count of its last delivery so far (LDH); [`HOPS_UNKNOWN`] if none.
+    last_hop: Vec<u16>,
     /// The node whose message is being handled (deliveries it causes are one hop further).
     handling_from: Option<usize>,
     ideal_us: Vec<Vec<Micros>>,
     workload_next_pub: Vec<usize>,
     metrics: Metrics,
+    /// Messages sent per kind, indexed as [`MESSAGE_KINDS`] (copied into
+    /// `Metrics::messages_by_kind` at the end; a map entry per message was measurable).
+    sent_by_kind: [u64; MESSAGE_KINDS.len()],
+    /// Scratch buffers of `drain`.
+    drain_sends: Vec<Transmit>,
+    drain_app: Vec<AppEvent>,
 }
 
 impl Engine {
@@ -367,7 +423,7 @@ impl Engine {
     pub fn new(plan: Plan, strategy: Strategy) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
         let mut nodes = Vec::with_capacity(plan.nodes.len());
-        let mut key_index = HashMap::new();
+        let mut key_index = HashMap::default();
         for (i, n) in plan.nodes.iter().enumerate() {
             let mut secret = [0u8; 32];
             rng.fill_bytes(&mut secret);
@@ -398,8 +454,8 @@ impl Engine {
                 skew_ms: 0,
                 next_seq: 1,
                 interest,
-                app_ids: HashSet::new(),
-                app_last: HashMap::new(),
+                app_ids: Vec::new(),
+                app_last: HashMap::default(),
                 busy_until: 0,
             });
         }
@@ -411,20 +467,25 @@ impl Engine {
             strategy,
             overlay,
             now: 0,
-            queue: BTreeMap::new(),
+            queue: BinaryHeap::new(),
             seq: 0,
             rng,
             nodes,
             key_index,
-            blocked: HashSet::new(),
-            degraded: HashMap::new(),
-            events: BTreeMap::new(),
-            delivered_pairs: HashSet::new(),
-            hops: HashMap::new(),
-            last_hop: HashMap::new(),
+            blocked: HashSet::default(),
+            degraded: HashMap::default(),
+            events: Vec::new(),
+            event_index: HashMap::default(),
+            expected_pairs: 0,
+            delivered_pairs: Vec::new(),
+            hops: Vec::new(),
+            last_hop: Vec::new(),
             handling_from: None,
             workload_next_pub,
             metrics: Metrics::default(),
+            drain_sends: Vec::new(),
+            drain_app: Vec::new(),
+            sent_by_kind: [0; MESSAGE_KINDS.len()],
         };
         for i in 0..engine.nodes.len() {
             engine.start_node(i);
@@ -449,29 +510,24 @@ impl Engine {
             }
             engine.drain(i);
         }
-        for (w, wl) in engine.plan.workloads.iter().enumerate() {
-            let at = wl.start_us;
-            engine.seq += 1;
-            engine
-                .queue
-                .insert((at, engine.seq), Ev::Publish { workload: w });
+        for w in 0..engine.plan.workloads.len() {
+            let at = engine.plan.workloads[w].start_us;
+            engine.push(at, Ev::Publish { workload: w });
         }
-        for (f, fault) in engine.plan.faults.iter().enumerate() {
-            engine.seq += 1;
-            engine
-                .queue
-                .insert((fault.at_us, engine.seq), Ev::FaultStart(f));
-            engine.seq += 1;
-            engine
-                .queue
-                .insert((fault.until_us, engine.seq), Ev::FaultEnd(f));
+        for f in 0..engine.plan.faults.len() {
+            let (at, until) = (engine.plan.faults[f].at_us, engine.plan.faults[f].until_us);
+            engine.push(at, Ev::FaultStart(f));
+            engine.push(until, Ev::FaultEnd(f));
         }
         engine
     }
 
     fn push(&mut self, at: Micros, ev: Ev) {
         self.seq += 1;
-        self.queue.insert((at, self.seq), ev);
+        self.queue.push(Queued {
+            key: Reverse((at, self.seq)),
+            ev,
+        });
     }
 
     fn start_node(&mut self, i: usize) {
@@ -516,11 +572,16 @@ impl Engine {
         let end = self.plan.duration_us;
         let mut next_sample = 0;
         let sample_every = (end / 100).max(1);
-        while let Some((&(at, seq), _)) = self.queue.first_key_value() {
+        while let Some(Queued {
+            key: Reverse((at, _)),
+            ..
+        }) = self.queue.peek()
+        {
+            let at = *at;
             if at > end || self.metrics.steps >= STEPS_MAX {
                 break;
             }
-            let Some(ev) = self.queue.remove(&(at, seq)) else {
+            let Some(Queued { ev, .. }) = self.queue.pop() else {
                 break;
             };
             self.now = at;
@@ -646,8 +707,15 @@ impl Engine {
         };
         n.next_seq += 1;
         let event = Arc::new(event);
-        self.events.insert(event.id(), (self.now, i, w));
-        self.hops.insert((event.id(), i), 0);
+        let e = self.events.len();
+        let nodes = self.nodes.len();
+        self.events.push((self.now, i, w));
+        self.event_index.insert(event.id(), e);
+        self.expected_pairs += wl.subscribers.iter().filter(|s| **s != i).count() as u64;
+        self.delivered_pairs.resize(nodes * (e + 1), false);
+        self.hops.resize(nodes * (e + 1), HOPS_UNKNOWN);
+        self.hops[e * nodes + i] = 0;
+        self.last_hop.push(HOPS_UNKNOWN);
         self.metrics.published += 1;
         let now = self.now;
         if let Some(node) = self.nodes[i].node.as_mut()
@@ -742,11 +810,14 @@ impl Engine {
     /// application model.
     fn drain(&mut self, i: usize) {
         let now = self.now;
-        let mut sends = Vec::new();
-        let mut app = Vec::new();
+        // Reused buffers (no allocation per step); taken out while the engine is borrowed.
+        let mut sends = std::mem::take(&mut self.drain_sends);
+        let mut app = std::mem::take(&mut self.drain_app);
         let next_timer;
         {
             let Some(node) = self.nodes[i].node.as_mut() else {
+                self.drain_sends = sends;
+                self.drain_app = app;
                 return;
             };
             while let Some(t) = node.poll_transmit() {
@@ -757,13 +828,13 @@ impl Engine {
             }
             next_timer = node.poll_timeout();
         }
-        for t in sends {
+        for t in sends.drain(..) {
             let Some(&to) = self.key_index.get(&t.to) else {
                 continue;
             };
             self.transmit(i, to, t.msg);
         }
-        for e in app {
+        for e in app.drain(..) {
             match e {
                 AppEvent::Deliver(event) => self.app_deliver(i, &event),
                 AppEvent::MemberUp(m) => {
@@ -778,6 +849,8 @@ impl Engine {
                 AppEvent::MemberDown(_) => {}
             }
         }
+        self.drain_sends = sends;
+        self.drain_app = app;
         if let Some(at) = next_timer {
             let at = at.max(now);
             let n = &mut self.nodes[i];
@@ -800,14 +873,14 @@ impl Engine {
 
     fn transmit(&mut self, from: usize, to: usize, msg: Message) {
         let kind = match &msg {
-            Message::Swim(_) => "swim",
-            Message::Push(_) => "push",
-            Message::IHave(_) => "ihave",
-            Message::Graft(_) => "graft",
-            Message::SyncRequest { .. } => "sync_request",
-            Message::SyncResponse { .. } => "sync_response",
+            Message::Swim(_) => 0,
+            Message::Push(_) => 1,
+            Message::IHave(_) => 2,
+            Message::Graft(_) => 3,
+            Message::SyncRequest { .. } => 4,
+            Message::SyncResponse { .. } => 5,
         };
-        *self.metrics.messages_by_kind.entry(kind).or_default() += 1;
+        self.sent_by_kind[kind] += 1;
         let len = msg.wire_len() as u64;
         self.metrics.bytes += len;
         if self.plan.nodes[from].region != self.plan.nodes[to].region {
@@ -842,8 +915,18 @@ impl Engine {
 
     fn app_deliver(&mut self, i: usize, event: &Event) {
         let id = event.id();
+        let Some(&e) = self.event_index.get(&id) else {
+            self.metrics
+                .violations
+                .push(format!("event {id} delivered but never published"));
+            return;
+        };
+        let nodes = self.nodes.len();
         let n = &mut self.nodes[i];
-        if !n.app_ids.insert(id) {
+        if n.app_ids.len() <= e {
+            n.app_ids.resize(e + 1, false);
+        }
+        if std::mem::replace(&mut n.app_ids[e], true) {
             self.metrics.app_duplicates += 1;
             self.metrics
                 .violations
@@ -856,18 +939,23 @@ impl Engine {
         }
         *last = event.seq();
         self.metrics.deliveries += 1;
-        if !self.delivered_pairs.insert((id, i)) {
+        if std::mem::replace(&mut self.delivered_pairs[e * nodes + i], true) {
             return; // a node that lost its disk receives again: not a new delivery
         }
         if let Some(from) = self.handling_from
-            && let Some(&h) = self.hops.get(&(id, from))
+            && let h = self.hops[e * nodes + from]
+            && h != HOPS_UNKNOWN
         {
-            let hop = h.saturating_add(1);
-            self.hops.insert((id, i), hop);
-            let last = self.last_hop.entry(id).or_insert(0);
-            *last = (*last).max(hop);
+            let hop = h.saturating_add(1).min(HOPS_UNKNOWN - 1);
+            self.hops[e * nodes + i] = hop;
+            let last = &mut self.last_hop[e];
+            *last = if *last == HOPS_UNKNOWN {
+                hop
+            } else {
+                (*last).max(hop)
+            };
         }
-        if let Some(&(t0, origin, _)) = self.events.get(&id) {
+        if let Some(&(t0, origin, _)) = self.events.get(e) {
             if origin == i {
                 return;
             }
@@ -959,25 +1047,17 @@ impl Engine {
     /// (event, subscriber) pairs expected so far, the origin itself excluded; nodes that are
     /// down count, so an outage shows as a dip in the delivered fraction.
     fn expected_so_far(&self) -> u64 {
-        self.events
-            .values()
-            .map(|(_, origin, w)| {
-                self.plan.workloads[*w]
-                    .subscribers
-                    .iter()
-                    .filter(|s| **s != *origin)
-                    .count() as u64
-            })
-            .sum()
+        self.expected_pairs
     }
 
     fn missing_pairs(&self) -> u64 {
         let mut missing = 0;
-        for (id, (_, origin, w)) in &self.events {
+        let nodes = self.nodes.len();
+        for (e, (_, origin, w)) in self.events.iter().enumerate() {
             for &s in &self.plan.workloads[*w].subscribers {
                 if s != *origin
                     && self.nodes[s].node.is_some()
-                    && !self.delivered_pairs.contains(&(*id, s))
+                    && !self.delivered_pairs[e * nodes + s]
                 {
                     missing += 1;
                 }
@@ -987,10 +1067,15 @@ impl Engine {
     }
 
     fn finish(&mut self) {
+        for (kind, sent) in MESSAGE_KINDS.iter().zip(self.sent_by_kind) {
+            if sent > 0 {
+                self.metrics.messages_by_kind.insert(kind, sent);
+            }
+        }
         self.metrics.ldh = self
-            .events
-            .keys()
-            .filter_map(|id| self.last_hop.get(id))
+            .last_hop
+            .iter()
+            .filter(|h| **h != HOPS_UNKNOWN)
             .map(|h| u64::from(*h))
             .collect();
         if std::env::var_os("WEFT_SIM_DEBUG").is_some() {

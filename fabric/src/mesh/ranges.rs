@@ -16,6 +16,10 @@ pub const RANGES_PER_ORIGIN_MAX: usize = 1024;
 pub struct SeqRanges {
     /// start -> end (inclusive), disjoint and non-adjacent.
     ranges: BTreeMap<u64, u64>,
+    /// The end of the range starting at 1, else 0: a copy of what `ranges` says, kept
+    /// beside it so the common questions (is `seq` held, how far is it contiguous) need no
+    /// walk of the tree (the simulator asks them several times per message).
+    contiguous: u64,
 }
 
 impl SeqRanges {
@@ -26,6 +30,9 @@ impl SeqRanges {
 
     /// Whether `seq` is in the set.
     pub fn contains(&self, seq: u64) -> bool {
+        if seq >= 1 && seq <= self.contiguous {
+            return true;
+        }
         self.ranges
             .range(..=seq)
             .next_back()
@@ -67,15 +74,20 @@ impl SeqRanges {
             let last = *self.ranges.keys().next_back().unwrap_or(&0);
             self.ranges.remove(&last);
         }
+        self.update_contiguous();
         true
+    }
+
+    fn update_contiguous(&mut self) {
+        self.contiguous = match self.ranges.first_key_value() {
+            Some((1, end)) => *end,
+            _ => 0,
+        };
     }
 
     /// The highest `n` such that `1..=n` is in the set (0 if 1 is missing).
     pub fn contiguous(&self) -> u64 {
-        match self.ranges.first_key_value() {
-            Some((1, end)) => *end,
-            _ => 0,
-        }
+        self.contiguous
     }
 
     /// The ranges, ascending.
@@ -135,6 +147,58 @@ impl SeqRanges {
         out
     }
 
+    /// Whether `ranges` is already in the form a set keeps (ascending, each `1 <= s <= e`,
+    /// disjoint and non-adjacent, at most [`RANGES_PER_ORIGIN_MAX`]): then
+    /// `SeqRanges::from_ranges(ranges)` holds exactly these ranges, and
+    /// [`SeqRanges::difference_normalized`] can use them as they are.
+    pub fn is_normalized(ranges: &[(u64, u64)]) -> bool {
+        ranges.len() <= RANGES_PER_ORIGIN_MAX
+            && ranges.iter().all(|(s, e)| *s >= 1 && s <= e)
+            && ranges
+                .windows(2)
+                .all(|w| w[0].1.checked_add(1).is_some_and(|next| next < w[1].0))
+    }
+
+    /// [`SeqRanges::difference`] against a set given as normalized ranges (see
+    /// [`SeqRanges::is_normalized`]; the caller checks), without building it: the same
+    /// answer as `self.difference(&SeqRanges::from_ranges(other), limit)`.
+    pub fn difference_normalized(&self, other: &[(u64, u64)], limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (s, e) in self.iter() {
+            let mut cur = s;
+            // The first range of `other` that can overlap [s, e]: the last starting at or
+            // before s, else the first after it.
+            let first = other.partition_point(|(os, _)| *os <= s).saturating_sub(1);
+            for &(os, oe) in &other[first..] {
+                if os > e {
+                    break;
+                }
+                if oe < cur {
+                    continue;
+                }
+                while cur < os && cur <= e {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    out.push(cur);
+                    cur += 1;
+                }
+                cur = cur.max(oe.saturating_add(1));
+                if cur > e {
+                    break;
+                }
+            }
+            while cur <= e {
+                if out.len() >= limit {
+                    return out;
+                }
+                out.push(cur);
+                cur += 1;
+            }
+        }
+        out
+    }
+
     fn insert_range(&mut self, start: u64, end: u64) {
         let mut s = start;
         let mut e = end;
@@ -155,6 +219,7 @@ impl SeqRanges {
             let last = *self.ranges.keys().next_back().unwrap_or(&0);
             self.ranges.remove(&last);
         }
+        self.update_contiguous();
     }
 }
 
@@ -190,7 +255,21 @@ mod tests {
             let sa = SeqRanges::from_ranges(a.iter().map(|s| (*s, *s)));
             let sb = SeqRanges::from_ranges(b.iter().map(|s| (*s, *s)));
             let expected: Vec<u64> = a.difference(&b).copied().take(limit).collect();
-            prop_assert_eq!(sa.difference(&sb, limit), expected);
+            prop_assert_eq!(sa.difference(&sb, limit), expected.clone());
+            let normalized: Vec<(u64, u64)> = sb.iter().collect();
+            prop_assert!(SeqRanges::is_normalized(&normalized));
+            prop_assert_eq!(sa.difference_normalized(&normalized, limit), expected);
+        }
+
+        /// Raw ranges (as a peer's digest may carry them) are normalized exactly when the
+        /// set built from them holds them unchanged.
+        #[test]
+        fn normalized_means_unchanged_by_from_ranges(
+            raw in proptest::collection::vec((0u64..60, 0u64..60), 0..12),
+        ) {
+            let set = SeqRanges::from_ranges(raw.iter().copied());
+            let kept: Vec<(u64, u64)> = set.iter().collect();
+            prop_assert_eq!(SeqRanges::is_normalized(&raw), kept == raw);
         }
     }
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::envelope::{Event, EventId, OriginKey};
+use crate::envelope::{Event, EventId, KeyBuildHasher, OriginKey};
 use crate::mesh::message::Digest;
 use crate::mesh::ranges::SeqRanges;
 
@@ -78,10 +78,17 @@ pub trait Store {
 /// Events held in memory, bounded by a count.
 #[derive(Debug)]
 pub struct MemStore {
-    by_origin: BTreeMap<OriginKey, BTreeMap<u64, Arc<Event>>>,
-    ranges: BTreeMap<OriginKey, SeqRanges>,
-    ids: std::collections::HashSet<EventId>,
+    by_origin: BTreeMap<OriginKey, OriginEvents>,
+    ids: std::collections::HashSet<EventId, KeyBuildHasher>,
     len_max: usize,
+}
+
+/// One origin's events and the ranges of their sequence numbers (one map lookup serves
+/// both).
+#[derive(Debug, Default)]
+struct OriginEvents {
+    events: BTreeMap<u64, Arc<Event>>,
+    ranges: SeqRanges,
 }
 
 impl MemStore {
@@ -89,8 +96,7 @@ impl MemStore {
     pub fn new(len_max: usize) -> Self {
         Self {
             by_origin: BTreeMap::new(),
-            ranges: BTreeMap::new(),
-            ids: std::collections::HashSet::new(),
+            ids: std::collections::HashSet::default(),
             len_max,
         }
     }
@@ -107,7 +113,7 @@ impl Store for MemStore {
         if self
             .by_origin
             .get(&origin)
-            .is_some_and(|m| m.contains_key(&seq))
+            .is_some_and(|m| m.events.contains_key(&seq))
         {
             return Err(StoreError::Equivocation { origin, seq });
         }
@@ -118,8 +124,9 @@ impl Store for MemStore {
             });
         }
         self.ids.insert(id);
-        self.by_origin.entry(origin).or_default().insert(seq, event);
-        self.ranges.entry(origin).or_default().insert(seq);
+        let held = self.by_origin.entry(origin).or_default();
+        held.events.insert(seq, event);
+        held.ranges.insert(seq);
         Ok(Inserted::New)
     }
 
@@ -128,11 +135,11 @@ impl Store for MemStore {
     }
 
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
-        self.by_origin.get(origin)?.get(&seq).cloned()
+        self.by_origin.get(origin)?.events.get(&seq).cloned()
     }
 
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
-        self.ranges.get(origin)
+        self.by_origin.get(origin).map(|o| &o.ranges)
     }
 
     fn origins(&self) -> Vec<OriginKey> {
@@ -145,7 +152,6 @@ impl Store for MemStore {
 
     fn clear(&mut self) {
         self.by_origin.clear();
-        self.ranges.clear();
         self.ids.clear();
     }
 }
