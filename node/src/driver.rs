@@ -363,21 +363,31 @@ impl Driver {
             } => {
                 let now = self.now();
                 let mut ids = Vec::with_capacity(events.len());
+                let mut refused: Option<String> = None;
                 for (event, key) in events.into_iter().zip(dedup) {
                     let id = event.id();
                     let _span = info_span!("publish", event = %id,
                         traceparent = event.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
                     .entered();
+                    // Every event of the request is offered, even after a refusal: only
+                    // what the store truly refuses is missing.
                     if let Err(e) = self.node.handle_publish(now, event) {
                         self.metrics.reject("store_refused");
-                        let _ = reply.send(Err(PublishError::Store(e.to_string())));
-                        self.drain();
-                        return;
+                        refused.get_or_insert(e.to_string());
+                        continue;
                     }
                     if let Some((p, s, i)) = key {
                         self.dedup.push((p, s, i, id));
                     }
                     ids.push(id);
+                }
+                if let Some(e) = refused {
+                    let _ = reply.send(Err(PublishError::Store(format!(
+                        "{e} ({} of the request's events were accepted)",
+                        ids.len()
+                    ))));
+                    self.drain();
+                    return;
                 }
                 if let Ack::Regions(n) = ack
                     && n > 1

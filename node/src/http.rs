@@ -423,18 +423,22 @@ async fn publish_inner(
             .producer
             .lock()
             .map_err(|_| "producer lock poisoned".to_string())?;
+        // All or nothing: the sequence advances only once every event of the request is
+        // signed, and then all of them go to the core (the permit cannot fail), so a
+        // refused event never leaves a gap in this node's sequence.
+        let base = p.next_seq;
         let mut events = Vec::with_capacity(drafts.len());
-        for mut d in drafts {
+        for (i, mut d) in drafts.into_iter().enumerate() {
             let hlc = p
                 .clock
                 .tick(crate::driver::wall_ms().max(0) as u64)
                 .map_err(|e| e.to_string())?;
-            d.seq = p.next_seq + 1;
+            d.seq = base + i as u64 + 1;
             d.hlc = hlc;
-            let event = p.signer.sign(d).map_err(|e| e.to_string())?;
-            p.next_seq += 1;
+            let event = p.signer.sign(d).map_err(|e| format!("event {i}: {e}"))?;
             events.push(Arc::new(event));
         }
+        p.next_seq = base + events.len() as u64;
         permit.send(Command::Publish {
             events,
             ack,
