@@ -96,6 +96,9 @@ pub(crate) struct Limits {
     pub(crate) http_body_max: usize,
     /// Most publishes waiting in the driver's queue; beyond it, 503 with Retry-After.
     pub(crate) publish_queue_max: usize,
+    /// Most publish requests in progress at once (including those waiting for their ack);
+    /// beyond it, 503 with Retry-After. Bounds the node's memory for acknowledgements.
+    pub(crate) publishes_inflight_max: usize,
     /// How long `ack=regions:N` waits for confirmations, in milliseconds.
     pub(crate) ack_timeout_ms: u64,
     /// Most events one read returns.
@@ -110,6 +113,7 @@ impl Default for Limits {
             events_max: 50_000_000,
             http_body_max: 16 << 20,
             publish_queue_max: 4096,
+            publishes_inflight_max: 8192,
             ack_timeout_ms: 5_000,
             read_limit_max: 10_000,
             subscribers_max: 1024,
@@ -254,6 +258,7 @@ impl NodeConfig {
             ("limits.events_max", l.events_max),
             ("limits.http_body_max", l.http_body_max),
             ("limits.publish_queue_max", l.publish_queue_max),
+            ("limits.publishes_inflight_max", l.publishes_inflight_max),
             ("limits.read_limit_max", l.read_limit_max),
             ("limits.subscribers_max", l.subscribers_max),
         ] {

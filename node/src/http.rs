@@ -50,6 +50,8 @@ pub(crate) struct Api {
     pub(crate) me: MemberInfo,
     pub(crate) name: String,
     pub(crate) cmd_tx: mpsc::Sender<Command>,
+    /// Publish requests in progress (`limits.publishes_inflight_max`).
+    pub(crate) inflight: Arc<tokio::sync::Semaphore>,
     pub(crate) producer: Mutex<Producer>,
     pub(crate) data_dir: PathBuf,
     pub(crate) readers: Mutex<Vec<StoreReader>>,
@@ -277,6 +279,16 @@ async fn publish_inner(
         None => None,
     };
     let principal = api.authenticate(&headers)?;
+    // Held until the answer: bounds everything kept per waiting publish.
+    let _inflight = api.inflight.clone().try_acquire_owned().map_err(|_| {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many publishes in progress (limits.publishes_inflight_max); retry shortly",
+        );
+        e.retry_after = Some(1);
+        api.fail(e)
+    })?;
     let media = media_type(&headers);
     if media == WEFT_CBOR {
         let event = presigned(api, &body, path_stream.as_ref())?;

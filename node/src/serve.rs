@@ -99,17 +99,17 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
-    let (client_cfg, server_cfg) = crate::tls::quic_configs(&seed, trusted.iter().copied())?;
+    let quic = crate::tls::quic_configs(&seed, trusted.iter().copied())?;
     let (mesh_tx, mesh_rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);
     let (cmd_tx, cmd_rx) = mpsc::channel(raw.limits.publish_queue_max);
     let transport = Transport::start(
         raw.listen.mesh,
         origin,
-        client_cfg,
-        server_cfg,
+        quic,
         mesh_tx,
         chaos.clone(),
         metrics.clone(),
+        trusted.clone(),
     )?;
     transport.dial_seeds(raw.seeds.clone());
     if raw.mdns {
@@ -136,6 +136,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         me: me.clone(),
         name: raw.name.clone(),
         cmd_tx,
+        inflight: Arc::new(tokio::sync::Semaphore::new(
+            raw.limits.publishes_inflight_max,
+        )),
         producer: Mutex::new(Producer {
             signer,
             next_seq,

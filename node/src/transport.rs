@@ -34,6 +34,9 @@ const KIND_SYNC: u8 = 1;
 const KIND_CONFIRM: u8 = 2;
 /// Most messages queued per peer.
 pub(crate) const PEER_QUEUE_LEN_MAX: usize = 4096;
+/// Most messages held back by chaos delays at once (all peers); beyond it they are dropped
+/// and counted (`mesh_dropped{reason="chaos_delay_overflow"}`).
+pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
 /// Longest wait for an answer on a bidirectional stream.
 const BI_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -82,12 +85,16 @@ pub(crate) struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     me: OriginKey,
+    /// Send queues by peer; only trusted keys get one, so the map is bounded by them.
     peers: Mutex<HashMap<OriginKey, Peer>>,
+    trusted: std::collections::BTreeSet<[u8; 32]>,
     conns: Mutex<HashMap<OriginKey, quinn::Connection>>,
     regions: Mutex<HashMap<OriginKey, String>>,
     to_driver: mpsc::Sender<FromMesh>,
     chaos: Arc<Chaos>,
     metrics: Arc<Metrics>,
+    /// Messages currently held back by chaos delays.
+    delayed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -110,16 +117,18 @@ fn kind(msg: &Message) -> &'static str {
 }
 
 impl Transport {
-    /// Binds the endpoint and starts accepting.
+    /// Binds the endpoint and starts accepting. `quic` is the (client, server) pair from
+    /// [`crate::tls::quic_configs`].
     pub(crate) fn start(
         listen: SocketAddr,
         me: OriginKey,
-        client_config: quinn::ClientConfig,
-        server_config: quinn::ServerConfig,
+        quic: (quinn::ClientConfig, quinn::ServerConfig),
         to_driver: mpsc::Sender<FromMesh>,
         chaos: Arc<Chaos>,
         metrics: Arc<Metrics>,
+        trusted: std::collections::BTreeSet<[u8; 32]>,
     ) -> anyhow::Result<Arc<Self>> {
+        let (client_config, server_config) = quic;
         let endpoint = quinn::Endpoint::server(server_config, listen)
             .map_err(|e| anyhow::anyhow!("binding the mesh endpoint on {listen}: {e}"))?;
         let t = Arc::new(Self {
@@ -127,11 +136,13 @@ impl Transport {
             client_config,
             me,
             peers: Mutex::new(HashMap::new()),
+            trusted,
             conns: Mutex::new(HashMap::new()),
             regions: Mutex::new(HashMap::new()),
             to_driver,
             chaos,
             metrics,
+            delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         });
         tokio::spawn(t.clone().accept_loop());
         tokio::spawn(t.clone().rtt_loop());
@@ -257,6 +268,12 @@ impl Transport {
 
     /// Queues `out` for `to`; never blocks. `addr` is where to dial if no connection is up.
     pub(crate) fn send(self: &Arc<Self>, to: OriginKey, addr: Option<SocketAddr>, out: Outgoing) {
+        if !self.trusted.contains(&to.0) {
+            // A member record gossiped for a key this node does not trust: the handshake
+            // would fail anyway; do not keep a queue for it.
+            Metrics::inc(&self.metrics.mesh_dropped, "reason", "untrusted_peer");
+            return;
+        }
         let Ok(mut peers) = self.peers.lock() else {
             return;
         };
@@ -324,8 +341,16 @@ impl Transport {
                 Verdict::Drop => Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos"),
                 Verdict::Send => t.transmit(to, conn, out).await,
                 Verdict::Delay(d) => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    if self.delayed.fetch_add(1, Relaxed) >= CHAOS_DELAYED_MAX {
+                        self.delayed.fetch_sub(1, Relaxed);
+                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos_delay_overflow");
+                        continue;
+                    }
+                    let delayed = self.delayed.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(d).await;
+                        delayed.fetch_sub(1, Relaxed);
                         t.transmit(to, conn, out).await;
                     });
                 }
