@@ -160,6 +160,33 @@ impl Api {
     }
 }
 
+/// Runs `f` on a store reader off the async workers. A store failure is a 500
+/// `store_error`, counted.
+async fn read_store<T, F>(api: &Arc<Api>, f: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&StoreReader) -> Result<T, weft_fabric::mesh::StoreError> + Send + 'static,
+{
+    let api2 = api.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        api2.with_reader(|r| {
+            f(r).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    e.to_string(),
+                )
+            })
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()));
+    match out {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) | Err(e) => Err(api.fail(e)),
+    }
+}
+
 /// The router.
 pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
     Router::new()
@@ -326,24 +353,17 @@ async fn publish_inner(
     let mut fresh: Vec<IncomingEvent> = Vec::new();
     let mut known: Vec<(usize, String)> = Vec::new();
     {
-        let api2 = api.clone();
         let keys: Vec<(String, String)> = incoming
             .iter()
             .map(|e| (e.source.clone(), e.id.clone()))
             .collect();
         let name = principal.name.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            api2.with_reader(|r| {
-                Ok(keys
-                    .iter()
-                    .map(|(s, i)| r.ce_dedup_get(&name, s, i).ok().flatten())
-                    .collect::<Vec<_>>())
-            })
+        let found = read_store(api, move |r| {
+            keys.iter()
+                .map(|(s, i)| r.ce_dedup_get(&name, s, i))
+                .collect::<Result<Vec<_>, _>>()
         })
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+        .await?;
         for (i, (event, seen)) in incoming.into_iter().zip(found).enumerate() {
             match seen {
                 Some(id) => known.push((i, id.to_string())),
@@ -631,20 +651,7 @@ async fn read_events(
         )));
     }
     let after = q.after.unwrap_or(0);
-    let api2 = api.clone();
-    let entries = tokio::task::spawn_blocking(move || {
-        api2.with_reader(|r| {
-            r.read_log(name.as_str(), after, limit).map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    e.to_string(),
-                )
-            })
-        })
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let entries = read_store(&api, move |r| r.read_log(name.as_str(), after, limit)).await?;
     let rendered = render_entries(entries);
     let next = rendered.last().map(|(p, _)| *p).unwrap_or(after);
     let body: Vec<Value> = rendered.into_iter().map(|(_, v)| v).collect();
@@ -667,20 +674,7 @@ async fn event_by_id(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Api
             format!("{e:#}"),
         ))
     })?;
-    let api2 = api.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        api2.with_reader(|r| {
-            r.event_by_id(&weft_fabric::EventId(key)).map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    e.to_string(),
-                )
-            })
-        })
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let found = read_store(&api, move |r| r.event_by_id(&weft_fabric::EventId(key))).await?;
     let Some(bytes) = found else {
         return Err(api.fail(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -731,16 +725,10 @@ async fn subscribe(
     let durable = q.durable.clone().map(|d| format!("{}/{d}", name.as_str()));
     let saved = match &durable {
         Some(d) => {
-            let api2 = api.clone();
             let d = d.clone();
-            tokio::task::spawn_blocking(move || {
-                api2.with_reader(|r| Ok(r.cursor_get(&d).ok().flatten()))
-            })
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .map(|(_, pos)| pos)
+            read_store(&api, move |r| r.cursor_get(&d))
+                .await?
+                .map(|(_, pos)| pos)
         }
         None => None,
     };
@@ -765,21 +753,11 @@ async fn subscribe(
         let mut committed = api2.committed.clone();
         let mut closing = api2.closing.clone();
         'outer: loop {
-            let api3 = api2.clone();
             let stream = name.as_str().to_string();
-            let entries = tokio::task::spawn_blocking(move || {
-                api3.with_reader(|r| {
-                    r.read_log(&stream, after, 500).map_err(|e| {
-                        ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "store_error",
-                            e.to_string(),
-                        )
-                    })
-                })
-            })
-            .await;
-            let Ok(Ok(entries)) = entries else { break };
+            let Ok(entries) = read_store(&api2, move |r| r.read_log(&stream, after, 500)).await
+            else {
+                break;
+            };
             let n = entries.len();
             for (pos, value) in render_entries(entries) {
                 let ev = SseEvent::default()
@@ -838,16 +816,10 @@ async fn ack_subscription(
     let stream = check_stream(&api, &stream)?;
     check_durable_name(&api, &name)?;
     let key = format!("{}/{name}", stream.as_str());
-    let api2 = api.clone();
     let k2 = key.clone();
-    let saved = tokio::task::spawn_blocking(move || {
-        api2.with_reader(|r| Ok(r.cursor_get(&k2).ok().flatten()))
-    })
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .flatten()
-    .map(|(_, pos)| pos);
+    let saved = read_store(&api, move |r| r.cursor_get(&k2))
+        .await?
+        .map(|(_, pos)| pos);
     if saved.is_none_or(|s| q.cursor > s) {
         api.cmd_tx
             .send(Command::SaveCursor {

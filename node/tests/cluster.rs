@@ -200,17 +200,7 @@ fn bad_input_gets_a_named_error_a_metric_and_stores_nothing() {
         let mut c = Cluster::new("badinput", 14, &three_regions()[..1], "");
         c.start(0);
         let http = reqwest::Client::new();
-        wait_for(Duration::from_secs(20), || async {
-            http.get(c.url(0, "/healthz"))
-                .send()
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        })
-        .await
-        .expect("node up");
+        c.wait_healthy(0).await;
         let post = |path: &str, ctype: &str, body: Vec<u8>, token: Option<&str>| {
             let mut r = http
                 .post(c.url(0, path))
@@ -526,16 +516,7 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
     rt().block_on(async {
         let mut c = Cluster::new("sse", 16, &three_regions()[..1], "");
         c.start(0);
-        wait_for(Duration::from_secs(20), || async {
-            reqwest::get(c.url(0, "/healthz"))
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        })
-        .await
-        .expect("node up");
+        c.wait_healthy(0).await;
         let data: Vec<Value> = (0..5).map(|k| json!({"k": k})).collect();
         let (status, _) = c.publish(0, "s", "local", &data).await;
         assert_eq!(status, 200);
@@ -591,16 +572,7 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
         );
         open.abort();
         c.start(0);
-        wait_for(Duration::from_secs(20), || async {
-            reqwest::get(c.url(0, "/healthz"))
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        })
-        .await
-        .expect("node back");
+        c.wait_healthy(0).await;
         let more: Vec<Value> = (5..7).map(|k| json!({"k": k})).collect();
         let (status, _) = c.publish(0, "s", "local", &more).await;
         assert_eq!(status, 200);
@@ -640,11 +612,7 @@ fn overload_is_refused_with_retry_after_and_nothing_accepted_is_lost() {
             "[limits]\npublish_queue_max = 1\n",
         );
         c.start(0);
-        wait_for(Duration::from_secs(20), || async {
-            reqwest::get(c.url(0, "/healthz")).await.ok()?.status().is_success().then_some(())
-        })
-        .await
-        .expect("node up");
+        c.wait_healthy(0).await;
         let c = std::sync::Arc::new(c);
         let http = reqwest::Client::new();
         let mut tasks = Vec::new();
@@ -706,17 +674,7 @@ fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
         .unwrap();
         c.start_all();
         let http = reqwest::Client::new();
-        wait_for(Duration::from_secs(20), || async {
-            http.get(c.url(0, "/healthz"))
-                .send()
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        })
-        .await
-        .expect("node up");
+        c.wait_healthy(0).await;
         let event = Signer::from_secret(&[4; 32])
             .sign(EventDraft {
                 stream: StreamName::new("s").unwrap(),

@@ -175,6 +175,22 @@ enabled = true
         format!("{}{path}", self.nodes[i].http)
     }
 
+    /// Waits until node `i` answers `/healthz`.
+    pub async fn wait_healthy(&self, i: usize) {
+        let c = reqwest::Client::new();
+        wait_for(Duration::from_secs(20), || async {
+            c.get(self.url(i, "/healthz"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node {i} did not come up:\n{}", self.log(i)));
+    }
+
     /// Waits until every node sees all others up.
     pub async fn wait_meshed(&self) {
         let want = self.nodes.len() - 1;
