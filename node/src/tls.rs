@@ -189,7 +189,9 @@ pub(crate) fn quic_configs(
     transport
         .keep_alive_interval(Some(std::time::Duration::from_secs(5)))
         .max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(1024))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(256))
+        // Unread data per connection (what waits behind STREAM_READS_MAX).
+        .receive_window(quinn::VarInt::from_u32(64 << 20))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(256))
         .datagram_receive_buffer_size(Some(4 << 20));
     let transport = Arc::new(transport);

@@ -37,6 +37,8 @@ pub(crate) const PEER_QUEUE_LEN_MAX: usize = 4096;
 /// Most messages held back by chaos delays at once (all peers); beyond it they are dropped
 /// and counted (`mesh_dropped{reason="chaos_delay_overflow"}`).
 pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
+/// Most incoming streams read at the same time per connection.
+pub(crate) const STREAM_READS_MAX: usize = 32;
 /// Longest wait for an answer on a bidirectional stream.
 const BI_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -481,13 +483,21 @@ impl Transport {
                 }
             }
         };
+        // Streams read at once per connection (each up to MESSAGE_LEN_MAX): bounds the
+        // memory one peer can make this node hold; the rest wait in QUIC flow control.
+        let reading = Arc::new(tokio::sync::Semaphore::new(STREAM_READS_MAX));
         let uni = {
             let t = self.clone();
             let conn = conn.clone();
+            let reading = reading.clone();
             async move {
                 while let Ok(mut s) = conn.accept_uni().await {
                     let t = t.clone();
+                    let Ok(permit) = reading.clone().acquire_owned().await else {
+                        break;
+                    };
                     tokio::spawn(async move {
+                        let _permit = permit;
                         match s.read_to_end(MESSAGE_LEN_MAX + 1).await {
                             Ok(b) if b.first() == Some(&KIND_MESSAGE) => {
                                 t.deliver(from, &b[1..], None).await
@@ -507,8 +517,13 @@ impl Transport {
             async move {
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let t = t.clone();
+                    let Ok(permit) = reading.clone().acquire_owned().await else {
+                        break;
+                    };
                     tokio::spawn(async move {
-                        let Ok(b) = recv.read_to_end(MESSAGE_LEN_MAX + 1).await else {
+                        let read = recv.read_to_end(MESSAGE_LEN_MAX + 1).await;
+                        drop(permit);
+                        let Ok(b) = read else {
                             t.metrics.reject("stream_read_failed");
                             return;
                         };
