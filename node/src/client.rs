@@ -216,15 +216,23 @@ pub(crate) fn tail(
         // events and when tail ends normally.
         let mut last_id: Option<u64> = None;
         let mut acked: Option<u64> = None;
+        let token = match &durable {
+            Some(_) => Some(conn.token()?.context(
+                "a durable tail acknowledges what it printed and needs a token: --token, WEFT_TOKEN or --token-file",
+            )?),
+            None => None,
+        };
         let ack = |pos: u64| {
             let url = conn.url(&format!(
                 "/v1/streams/{stream}/subscriptions/{}/ack?cursor={pos}",
                 durable.as_deref().unwrap_or("")
             ));
             let client = client.clone();
+            let token = token.clone().unwrap_or_default();
             async move {
                 let resp = client
                     .post(&url)
+                    .bearer_auth(token)
                     .send()
                     .await
                     .with_context(|| format!("POST {url}"))?;

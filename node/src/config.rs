@@ -84,6 +84,9 @@ pub(crate) struct Principal {
     pub(crate) tenant: String,
     /// Hex SHA-256 of the bearer token (`weft keygen --client` prints it).
     pub(crate) token_sha256: String,
+    /// May change fault injection rules (`POST /v1/chaos`).
+    #[serde(default)]
+    pub(crate) admin: bool,
 }
 
 /// Limits.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 use weft_fabric::mesh::{AppEvent, MemberInfo, Message, Micros, Node, Store as _};
 use weft_fabric::{Event, EventId, OriginKey};
 
@@ -46,7 +46,9 @@ impl Ack {
             "none" => Ok(Ack::None),
             "local" => Ok(Ack::Local),
             _ => match text.strip_prefix("regions:").map(str::parse::<usize>) {
-                Some(Ok(n)) if (1..=64).contains(&n) => Ok(Ack::Regions(n)),
+                // This node's own region is the first: regions:1 is local.
+                Some(Ok(1)) => Ok(Ack::Local),
+                Some(Ok(n)) if (2..=64).contains(&n) => Ok(Ack::Regions(n)),
                 _ => Err(format!(
                     "ack must be none, local or regions:N with N from 1 to 64, got {text:?}"
                 )),
@@ -163,6 +165,10 @@ pub(crate) struct Driver {
     committed: watch::Sender<u64>,
     snapshot: watch::Sender<Snapshot>,
     last_snapshot: Instant,
+    /// Transmits of this step, sent after its commit.
+    outbox: Vec<(OriginKey, Option<SocketAddr>, Outgoing)>,
+    /// Sync answers of this step, sent after its commit.
+    outbox_replies: Vec<(oneshot::Sender<Vec<u8>>, Vec<u8>)>,
 }
 
 impl Driver {
@@ -196,6 +202,8 @@ impl Driver {
             committed,
             snapshot,
             last_snapshot: Instant::now(),
+            outbox: Vec::new(),
+            outbox_replies: Vec::new(),
         }
     }
 
@@ -213,8 +221,15 @@ impl Driver {
     ) {
         let now = self.now();
         if !known_peers.is_empty() {
+            // Peers remembered from before a restart: dialable at their last addresses.
+            for m in &known_peers {
+                self.transport
+                    .learn(m.node_key(), m.addr.parse().ok(), &m.region);
+                self.down.insert(m.node_key(), m.clone());
+            }
             self.node.join(now, &known_peers);
             self.drain();
+            self.commit();
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -223,8 +238,8 @@ impl Driver {
                 .poll_timeout()
                 .map(|at| self.epoch + Duration::from_micros(at))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            // Not biased: a flood of mesh input must not starve publishes and timers.
             tokio::select! {
-                biased;
                 _ = shutdown.changed() => break,
                 Some(input) = mesh_rx.recv() => self.on_mesh(input),
                 Some(cmd) = cmd_rx.recv() => self.on_command(cmd),
@@ -237,12 +252,16 @@ impl Driver {
             }
             // Group commit: fold whatever else is already queued into the same fsync.
             for _ in 0..GROUP_MAX {
-                if let Ok(input) = mesh_rx.try_recv() {
-                    self.on_mesh(input);
-                } else if let Ok(cmd) = cmd_rx.try_recv() {
-                    self.on_command(cmd);
-                } else {
+                let cmd = cmd_rx.try_recv().ok();
+                let mesh = mesh_rx.try_recv().ok();
+                if cmd.is_none() && mesh.is_none() {
                     break;
+                }
+                if let Some(cmd) = cmd {
+                    self.on_command(cmd);
+                }
+                if let Some(input) = mesh {
+                    self.on_mesh(input);
                 }
             }
             self.metrics.queue("driver_mesh_inputs", mesh_rx.len());
@@ -307,11 +326,17 @@ impl Driver {
                 }
             }
             FromMesh::Confirmed { from, ids } => {
-                let region = self
+                // Only a peer whose region is known counts (a member, up or down).
+                let Some(region) = self
                     .members
                     .get(&from)
+                    .or_else(|| self.down.get(&from))
                     .map(|m| m.region.clone())
-                    .unwrap_or_default();
+                    .filter(|r| !r.is_empty())
+                else {
+                    self.metrics.reject("confirm_from_unknown_peer");
+                    return;
+                };
                 for id in ids {
                     if let Some(set) = self.confirmed.get_mut(&EventId(id)) {
                         set.insert(region.clone());
@@ -492,7 +517,8 @@ impl Driver {
                 && sync_reply.as_ref().is_some_and(|(to, _)| *to == t.to)
                 && let Some((_, tx)) = sync_reply.take()
             {
-                let _ = tx.send(weft_fabric::mesh::wire::encode(&t.msg));
+                self.outbox_replies
+                    .push((tx, weft_fabric::mesh::wire::encode(&t.msg)));
                 continue;
             }
             let confirm = matches!(&t.msg, Message::Push(events)
@@ -502,14 +528,17 @@ impl Driver {
                 .get(&t.to)
                 .or_else(|| self.down.get(&t.to))
                 .and_then(|m| m.addr.parse::<SocketAddr>().ok());
-            self.transport.send(
+            // Held until the commit of this step: nothing leaves the node before the state
+            // that produced it is durable (a crash can never leave peers holding sequence
+            // numbers this node would hand out again after a restart).
+            self.outbox.push((
                 t.to,
                 addr,
                 Outgoing {
                     msg: t.msg,
                     confirm,
                 },
-            );
+            ));
         }
         while let Some(ev) = self.node.poll_event() {
             match ev {
@@ -551,7 +580,8 @@ impl Driver {
             }
         }
         let started = Instant::now();
-        let result = self.node.store_mut().commit();
+        // The fsync blocks: let the runtime move its other tasks off this worker.
+        let result = tokio::task::block_in_place(|| self.node.store_mut().commit());
         let durable = match result {
             Ok(n) => {
                 if n > 0 {
@@ -562,11 +592,25 @@ impl Driver {
                 true
             }
             Err(e) => {
+                // Fail-stop: the store rolled back but the core's memory did not; going on
+                // would let the two disagree. Refuse everything waiting, send nothing of
+                // this step, and exit so a supervisor restarts the node from its store.
                 self.metrics.reject("commit_failed");
-                warn!(error = %e, "group commit failed; nothing of this batch is acknowledged");
-                false
+                error!(error = %e, "group commit failed; stopping (nothing of this batch was acknowledged or sent)");
+                for w in std::mem::take(&mut self.after_commit) {
+                    let _ = w
+                        .reply
+                        .send(Err(PublishError::Store(format!("commit failed: {e}"))));
+                }
+                std::process::exit(74);
             }
         };
+        for (to, addr, out) in std::mem::take(&mut self.outbox) {
+            self.transport.send(to, addr, out);
+        }
+        for (tx, bytes) in std::mem::take(&mut self.outbox_replies) {
+            let _ = tx.send(bytes);
+        }
         for w in std::mem::take(&mut self.after_commit) {
             match (w.ack, durable) {
                 (Ack::Regions(n), true) if n > 1 => self.confirming.push(w),

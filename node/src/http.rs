@@ -397,6 +397,7 @@ async fn publish_inner(
                 )));
             }
         };
+        check_stored(api, &stream)?;
         drafts.push(EventDraft {
             stream,
             key: e.key.as_ref().map(|k| k.as_bytes().to_vec()),
@@ -502,6 +503,22 @@ async fn publish_inner(
     Ok(published_response(&out, out.complete))
 }
 
+/// A node accepts publishes only on streams it stores: an event it signs or takes in must
+/// be durable here before it is acknowledged or sent on.
+fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
+    if api.streams.iter().any(|p| p.matches(stream)) {
+        return Ok(());
+    }
+    Err(api.fail(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "stream_not_stored",
+        format!(
+            "this node does not store {} (config `streams`), so it cannot make it durable; publish through a node that does",
+            stream.as_str()
+        ),
+    )))
+}
+
 fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiResult<Event> {
     let unverified = weft_fabric::decode(body).map_err(|e| {
         api.fail(ApiError::new(
@@ -519,6 +536,7 @@ fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiRes
             e.to_string(),
         ))
     })?;
+    check_stored(api, event.stream())?;
     if let Some(s) = path_stream
         && event.stream() != s
     {
@@ -735,6 +753,7 @@ async fn subscribe(
     // Reconnecting with Last-Event-ID acknowledges everything up to it.
     if let (Some(d), Some(pos)) = (&durable, last_event_id)
         && saved.is_none_or(|s| pos > s)
+        && pos <= *api.committed.borrow()
     {
         let _ = api
             .cmd_tx
@@ -812,9 +831,22 @@ async fn ack_subscription(
     State(api): State<Arc<Api>>,
     Path((stream, name)): Path<(String, String)>,
     Query(q): Query<AckQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
+    api.authenticate(&headers)?;
     let stream = check_stream(&api, &stream)?;
     check_durable_name(&api, &name)?;
+    let committed = *api.committed.borrow();
+    if q.cursor > committed {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_cursor",
+            format!(
+                "cursor {} is beyond this node's log (last position {committed})",
+                q.cursor
+            ),
+        )));
+    }
     let key = format!("{}/{name}", stream.as_str());
     let k2 = key.clone();
     let saved = read_store(&api, move |r| r.cursor_get(&k2))
@@ -941,7 +973,19 @@ async fn chaos_set(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    api.authenticate(&headers)?;
+    let who = api.authenticate(&headers)?;
+    if !who.admin {
+        tracing::warn!(target: "audit", decision = "deny", principal = %who.name,
+            "chaos change refused: not an admin principal");
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_admin",
+            format!(
+                "principal {} may not change fault injection (principals[].admin)",
+                who.name
+            ),
+        )));
+    }
     let parsed: ChaosBody = serde_json::from_slice(&body).map_err(|e| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -19,8 +19,9 @@ use crate::metrics::Metrics;
 use crate::store::{SqliteStore, StoreLimits, StoreReader};
 use crate::transport::Transport;
 
-/// Most mesh inputs queued for the driver (the transport waits when it is full: QUIC flow
-/// control then slows the senders).
+/// Most mesh inputs queued for the driver (the transport's readers wait when it is full;
+/// they hold at most `transport::STREAM_READS_MAX` streams per connection, and the rest
+/// wait in QUIC flow control).
 const MESH_QUEUE_LEN_MAX: usize = 8192;
 /// Largest clock drift accepted from remote HLC stamps.
 const HLC_DRIFT_MS_MAX: u64 = 60_000;
@@ -74,6 +75,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     store.commit()?;
     let next_seq = store.max_seq(&origin)?;
+    let last_pos = store.log_max_pos()?;
     let known_peers: Vec<MemberInfo> = store
         .peers()?
         .into_iter()
@@ -116,7 +118,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         crate::discovery::start(&seed, raw.listen.mesh, trusted.clone(), transport.clone())?;
     }
 
-    let (committed_tx, committed_rx) = watch::channel(0u64);
+    let (committed_tx, committed_rx) = watch::channel(last_pos);
     let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -126,7 +128,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         transport.clone(),
         metrics.clone(),
         Duration::from_millis(raw.limits.ack_timeout_ms),
-        0,
+        last_pos,
         committed_tx,
         snapshot_tx,
     );

@@ -546,6 +546,16 @@ impl SqliteStore {
         *self.stats.borrow()
     }
 
+    /// The highest position in the delivery log (0 when empty).
+    pub(crate) fn log_max_pos(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|p| p.max(0) as u64)
+            .map_err(backend)
+    }
+
     /// Makes every write since the last commit durable (fsync'd); returns how many writes
     /// that was. A no-op returning 0 without an open transaction. On failure the open
     /// transaction is rolled back, the in-memory state is reloaded from disk and nothing
@@ -686,6 +696,7 @@ impl SqliteStore {
     }
 
     /// Creates or moves a durable cursor (durable at the next commit).
+    /// (A cursor only moves forward: an older position than the stored one is ignored.)
     pub(crate) fn cursor_set(
         &mut self,
         name: &str,
@@ -711,7 +722,7 @@ impl SqliteStore {
         self.conn
             .prepare_cached(
                 "INSERT INTO cursors (name, stream, pos) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (name) DO UPDATE SET stream = ?2, pos = ?3",
+                 ON CONFLICT (name) DO UPDATE SET stream = ?2, pos = MAX(pos, ?3)",
             )
             .and_then(|mut s| s.execute(params![name, stream, pos_sql]))
             .map_err(backend)?;

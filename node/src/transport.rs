@@ -37,6 +37,9 @@ pub(crate) const PEER_QUEUE_LEN_MAX: usize = 4096;
 /// Most messages held back by chaos delays at once (all peers); beyond it they are dropped
 /// and counted (`mesh_dropped{reason="chaos_delay_overflow"}`).
 pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
+/// Most outgoing bidirectional exchanges (sync, confirmable pushes) waiting for their
+/// answer at once; beyond it the message is dropped and counted.
+pub(crate) const BI_INFLIGHT_MAX: usize = 256;
 /// Most incoming streams read at the same time per connection.
 pub(crate) const STREAM_READS_MAX: usize = 32;
 /// Longest wait for an answer on a bidirectional stream.
@@ -97,6 +100,8 @@ pub(crate) struct Transport {
     metrics: Arc<Metrics>,
     /// Messages currently held back by chaos delays.
     delayed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Outgoing bidirectional exchanges in progress.
+    bi_inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -145,6 +150,7 @@ impl Transport {
             chaos,
             metrics,
             delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            bi_inflight: Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX)),
         });
         tokio::spawn(t.clone().accept_loop());
         tokio::spawn(t.clone().rtt_loop());
@@ -370,16 +376,26 @@ impl Transport {
                     conn.send_datagram(bytes.into())?;
                 }
                 (Channel::Bi, _) => {
+                    let Ok(permit) = self.bi_inflight.clone().try_acquire_owned() else {
+                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "bi_inflight_full");
+                        return Ok(());
+                    };
                     let t = self.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         if let Err(e) = t.sync_exchange(to, conn, bytes).await {
                             debug!(peer = %to, error = %e, "sync exchange failed");
                         }
                     });
                 }
                 (_, true) => {
+                    let Ok(permit) = self.bi_inflight.clone().try_acquire_owned() else {
+                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "bi_inflight_full");
+                        return Ok(());
+                    };
                     let t = self.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
                             debug!(peer = %to, error = %e, "confirmable push failed");
                         }
@@ -521,8 +537,9 @@ impl Transport {
                         break;
                     };
                     tokio::spawn(async move {
+                        // Held until the driver has the message and answered.
+                        let _permit = permit;
                         let read = recv.read_to_end(MESSAGE_LEN_MAX + 1).await;
-                        drop(permit);
                         let Ok(b) = read else {
                             t.metrics.reject("stream_read_failed");
                             return;

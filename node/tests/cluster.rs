@@ -440,6 +440,8 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
                 node1.clone(),
                 "--durable".into(),
                 "cli".into(),
+                "--token-file".into(),
+                token_file.to_str().unwrap().into(),
                 "--count".into(),
                 "1".into(),
                 "--timeout".into(),
@@ -543,6 +545,7 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
                 0,
                 &format!("/v1/streams/s/subscriptions/billing/ack?cursor={cursor}"),
             ))
+            .bearer_auth(&c.token)
             .send()
             .await
             .unwrap();
@@ -752,5 +755,45 @@ fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
             metrics.contains("weft_rejected_total{reason=\"bad_signature\"} 1"),
             "{metrics}"
         );
+    });
+}
+
+#[test]
+fn a_seed_node_killed_and_declared_down_rejoins_after_its_restart() {
+    rt().block_on(async {
+        let mut c = Cluster::new("seedback", 19, &three_regions()[..2], "");
+        c.start_all();
+        c.wait_meshed().await;
+        c.kill9(0);
+        // Node 1 declares the seed down (SWIM suspicion over the WAN timings).
+        let down = wait_for(Duration::from_secs(40), || async {
+            let v: Value = reqwest::get(c.url(1, "/v1/mesh/peers"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            v["peers"]
+                .as_array()?
+                .iter()
+                .any(|p| p["state"] == "down")
+                .then_some(())
+        })
+        .await;
+        assert!(
+            down.is_some(),
+            "node 1 never declared the seed down:\n{}",
+            c.log(1)
+        );
+        // The seed comes back with only itself as seed: it must find node 1 from the
+        // peers it remembers.
+        c.start(0);
+        c.wait_meshed().await;
+        let (status, body) = c.publish(0, "back", "regions:2", &[json!({"k": 1})]).await;
+        assert_eq!(status, 200, "{body}");
+        // regions:1 is the same as local.
+        let (status, body) = c.publish(1, "back", "regions:1", &[json!({"k": 2})]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["complete"], true);
     });
 }

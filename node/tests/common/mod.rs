@@ -109,6 +109,7 @@ http = "{http}"
 name = "tester"
 tenant = "acme"
 token_sha256 = "{hash}"
+admin = true
 [chaos]
 enabled = true
 {extra}
