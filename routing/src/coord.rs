@@ -33,7 +33,7 @@
 //! x_i  ← x_i + F·u
 //! h_i  ← max(HEIGHT_MIN, h_i + (h_i + h_j)·F/|x_i - x_j|)
 //! a_i  ← mean over the last ADJUSTMENT_WINDOW_LEN samples of (rtt - raw(i, j)) / 2
-//! gravity: the same force step toward the origin with F = -(|x_i|+h_i+h_min)/RHO)^2
+//! gravity: a force step against the origin o (height HEIGHT_MIN) with F = -(dist(o, i)/RHO)^2
 //! ```
 //!
 //! The constants are Serf's defaults (`coordinate/config.go`), which Serf chose from the

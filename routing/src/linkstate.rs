@@ -277,36 +277,25 @@ impl<N: Ord + Copy> LatencyGraph<N> {
     {
         debug_assert!(nodes.windows(2).all(|w| w[0] < w[1]));
         let index = |n: &N| nodes.binary_search(n).ok().map(|i| i as u32);
-        let mut adj: Vec<Vec<(u32, u64)>> = vec![Vec::new(); nodes.len()];
-        let mut reported: Vec<bool> = vec![false; nodes.len()];
-        let reports: Vec<(N, &[(N, u64)])> = reports.collect();
-        for (u, links) in &reports {
-            let Some(ui) = index(u) else { continue };
-            reported[ui as usize] = true;
-            for (v, rtt_us) in *links {
-                if let Some(vi) = index(v) {
-                    adj[ui as usize].push((vi, *rtt_us));
-                }
-            }
-        }
-        // Reverse edges for pairs the other side did not report.
-        for (u, links) in &reports {
-            let Some(ui) = index(u) else { continue };
-            for (v, rtt_us) in *links {
+        // Every reported link gives its own direction (`false`) and the reverse (`true`);
+        // sorting puts a node's own figure before a reverse one for the same target, and
+        // dedup keeps the first.
+        let mut adj: Vec<Vec<(u32, bool, u64)>> = vec![Vec::new(); nodes.len()];
+        for (u, links) in reports {
+            let Some(ui) = index(&u) else { continue };
+            for (v, rtt_us) in links {
                 let Some(vi) = index(v) else { continue };
-                let v_links = &adj[vi as usize];
-                let has = reported[vi as usize] && v_links.iter().any(|(t, _)| *t == ui);
-                if !has {
-                    adj[vi as usize].push((ui, *rtt_us));
-                }
+                adj[ui as usize].push((vi, false, *rtt_us));
+                adj[vi as usize].push((ui, true, *rtt_us));
             }
         }
         let mut offsets = Vec::with_capacity(nodes.len() + 1);
-        let mut edges = Vec::new();
+        let mut edges = Vec::with_capacity(adj.iter().map(Vec::len).sum());
         offsets.push(0u32);
         for mut out in adj {
             out.sort_unstable();
-            edges.extend(out);
+            out.dedup_by_key(|e| e.0);
+            edges.extend(out.into_iter().map(|(t, _, w)| (t, w)));
             offsets.push(edges.len() as u32);
         }
         Self {
@@ -323,19 +312,19 @@ impl<N: Ord + Copy> LatencyGraph<N> {
         let mut nodes: Vec<N> = edges.iter().flat_map(|(u, v, _)| [*u, *v]).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let mut adj: Vec<Vec<(u32, u64)>> = vec![Vec::new(); nodes.len()];
-        for (u, v, w) in edges {
+        // (target, position in the input, rtt): sorting and dedup keep the first of a pair.
+        let mut adj: Vec<Vec<(u32, usize, u64)>> = vec![Vec::new(); nodes.len()];
+        for (seq, (u, v, w)) in edges.into_iter().enumerate() {
             let ui = nodes.binary_search(&u).unwrap_or(0);
             let vi = nodes.binary_search(&v).unwrap_or(0) as u32;
-            if !adj[ui].iter().any(|(t, _)| *t == vi) {
-                adj[ui].push((vi, w));
-            }
+            adj[ui].push((vi, seq, w));
         }
         let mut offsets = vec![0u32];
         let mut flat = Vec::new();
         for mut out in adj {
             out.sort_unstable();
-            flat.extend(out);
+            out.dedup_by_key(|e| e.0);
+            flat.extend(out.into_iter().map(|(t, _, w)| (t, w)));
             offsets.push(flat.len() as u32);
         }
         Self {

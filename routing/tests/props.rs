@@ -239,6 +239,16 @@ proptest! {
         prop_assert_eq!(db.nodes_len(), nodes.len());
         let graph = db.graph();
         prop_assert_eq!(graph.nodes(), nodes.as_slice());
+        // Edge a -> b weighs a's figure for b, else b's figure for a.
+        let figure = |x: &u32, y: &u32| {
+            model.get(x).and_then(|(_, l)| l.iter().find(|(p, _)| p == y).map(|(_, w)| *w))
+        };
+        for a in &nodes {
+            for b in &nodes {
+                let expected = if a == b { None } else { figure(a, b).or_else(|| figure(b, a)) };
+                prop_assert_eq!(graph.rtt_us(a, b), expected, "{} -> {}", a, b);
+            }
+        }
         prop_assert!(LINKS_PER_NODE_MAX >= 8);
     }
 }
