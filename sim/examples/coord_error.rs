@@ -58,7 +58,9 @@ fn main() -> anyhow::Result<()> {
     let n = catalog.regions().len();
     let rtt_us = |a: usize, b: usize| catalog.rtt_at(a, b).map(|e| e.rtt_us());
     let measured = |a: usize, b: usize| catalog.rtt_at(a, b).is_some_and(|e| e.is_measured());
-    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).collect();
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+        .collect();
     let measured_pairs = pairs.iter().filter(|(i, j)| measured(*i, *j)).count();
     println!(
         "catalog: {n} regions, {} pairs, {measured_pairs} measured (the rest derived from the great-circle fit)",
@@ -68,25 +70,32 @@ fn main() -> anyhow::Result<()> {
     for regime in [Regime::Dense, Regime::Sparse, Regime::SparseNoise] {
         for seed in SEEDS {
             let mut rng = SplitMix(seed);
-            let mut clients: Vec<VivaldiClient> =
-                (0..n).map(|i| VivaldiClient::new(seed.wrapping_mul(1000) + i as u64)).collect();
-            let mut estimators: Vec<Vec<RttEstimator>> =
-                (0..n).map(|_| (0..n).map(|_| RttEstimator::new()).collect()).collect();
+            let mut clients: Vec<VivaldiClient> = (0..n)
+                .map(|i| VivaldiClient::new(seed.wrapping_mul(1000) + i as u64))
+                .collect();
+            let mut estimators: Vec<Vec<RttEstimator>> = (0..n)
+                .map(|_| (0..n).map(|_| RttEstimator::new()).collect())
+                .collect();
             // Fixed peers for the sparse regimes (symmetric: a link is measured from both ends).
             let mut contacted = vec![vec![false; n]; n];
-            for i in 0..n {
+            let mut chosen = Vec::new();
+            for (i, row) in contacted.iter_mut().enumerate() {
                 let mut k = 0;
                 while k < SPARSE_PEERS.min(n - 1) {
                     let j = rng.below(n);
-                    if j != i && !contacted[i][j] {
-                        contacted[i][j] = true;
-                        contacted[j][i] = true;
+                    if j != i && !row[j] {
+                        row[j] = true;
+                        chosen.push((i, j));
                         k += 1;
                     }
                 }
             }
-            let peers: Vec<Vec<usize>> =
-                (0..n).map(|i| (0..n).filter(|j| contacted[i][*j]).collect()).collect();
+            for (i, j) in chosen {
+                contacted[j][i] = true;
+            }
+            let peers: Vec<Vec<usize>> = (0..n)
+                .map(|i| (0..n).filter(|j| contacted[i][*j]).collect())
+                .collect();
             for _ in 0..ROUNDS {
                 for i in 0..n {
                     let j = match regime {
@@ -110,23 +119,37 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let err = |(i, j): &(usize, usize)| {
-                let est = clients[*i].coordinate().distance_us(&clients[*j].coordinate()) as f64;
+                let est = clients[*i]
+                    .coordinate()
+                    .distance_us(&clients[*j].coordinate()) as f64;
                 let real = rtt_us(*i, *j).expect("complete matrix") as f64;
                 (est - real).abs() / real
             };
             let (label, eval): (&str, Vec<&(usize, usize)>) = match regime {
                 Regime::Dense => ("dense", pairs.iter().collect()),
-                Regime::Sparse => ("sparse", pairs.iter().filter(|(i, j)| !contacted[*i][*j]).collect()),
-                Regime::SparseNoise => {
-                    ("sparse+noise", pairs.iter().filter(|(i, j)| !contacted[*i][*j]).collect())
-                }
+                Regime::Sparse => (
+                    "sparse",
+                    pairs.iter().filter(|(i, j)| !contacted[*i][*j]).collect(),
+                ),
+                Regime::SparseNoise => (
+                    "sparse+noise",
+                    pairs.iter().filter(|(i, j)| !contacted[*i][*j]).collect(),
+                ),
             };
             let all: Vec<f64> = eval.iter().map(|p| err(p)).collect();
-            let meas: Vec<f64> = eval.iter().filter(|(i, j)| measured(*i, *j)).map(|p| err(p)).collect();
+            let meas: Vec<f64> = eval
+                .iter()
+                .filter(|(i, j)| measured(*i, *j))
+                .map(|p| err(p))
+                .collect();
             println!(
                 "{label:>12} seed {seed}: {} pairs evaluated{}: median {:.1} %, p90 {:.1} %; measured pairs only ({}): median {:.1} %, p90 {:.1} %",
                 all.len(),
-                if regime == Regime::Dense { "" } else { " (never measured)" },
+                if regime == Regime::Dense {
+                    ""
+                } else {
+                    " (never measured)"
+                },
                 100.0 * percentile(all.clone(), 0.5),
                 100.0 * percentile(all, 0.9),
                 meas.len(),
@@ -138,9 +161,9 @@ fn main() -> anyhow::Result<()> {
 
     // Relays on the real matrix: pairs where one relay beats the direct path by > 15 %.
     let graph = LatencyGraph::from_edges(
-        (0..n).flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j))).map(|(i, j)| {
-            (i, j, rtt_us(i, j).expect("complete matrix"))
-        }),
+        (0..n)
+            .flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j)))
+            .map(|(i, j)| (i, j, rtt_us(i, j).expect("complete matrix"))),
     );
     let mut relayed = 0;
     let mut relayed_measured = 0;
