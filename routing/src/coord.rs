@@ -120,16 +120,13 @@ impl Coordinate {
         Coord64::origin().to_wire()
     }
 
-    /// Checks a coordinate received from elsewhere: every field finite, height at least
-    /// [`HEIGHT_MIN_S`] (rounded to `f32`) and no more than [`RTT_US_MAX`], error in
-    /// `0..=VIVALDI_ERROR_MAX`, `|adjustment|` at most [`RTT_US_MAX`].
+    /// Checks a coordinate received from elsewhere: every field finite; each vector
+    /// component, the height and `|adjustment|` at most [`RTT_US_MAX`] (as seconds: no
+    /// component of a real coordinate exceeds the largest RTT); height at least
+    /// [`HEIGHT_MIN_S`] (rounded to `f32`); error in `0..=VIVALDI_ERROR_MAX`.
     pub fn validate(&self) -> Result<(), CoordError> {
         let bound_s = RTT_US_MAX as f32 / 1e6;
-        if !self
-            .vec
-            .iter()
-            .all(|v| v.is_finite() && v.abs() <= bound_s * 1e3)
-        {
+        if !self.vec.iter().all(|v| v.is_finite() && v.abs() <= bound_s) {
             return Err(CoordError::InvalidCoordinate { field: "vec" });
         }
         if !(self.height.is_finite()

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use weft_routing::linkstate::{LINKS_PER_NODE_MAX, LinkStateError};
 use weft_routing::paths::RELAY_COST_PCT_MAX;
+use weft_routing::rtt::{RTT_CHANGE_PCT, RTT_CHANGE_SAMPLES, RTT_CHANGE_US_MIN};
 use weft_routing::{
     LatencyGraph, LinkStateDb, ReportOutcome, RttEstimator, best_relay, shortest_paths,
 };
@@ -181,6 +182,26 @@ proptest! {
             e.check_invariants();
         }
         prop_assert_eq!(e.estimate_us(), Some(base));
+    }
+
+    /// Hysteresis: after the first sample, the published estimate changes at most once per
+    /// `RTT_CHANGE_SAMPLES` samples, and every change is larger than the band.
+    #[test]
+    fn rtt_changes_only_after_hysteresis(samples in prop::collection::vec(0u64..1_000_000, 1..300)) {
+        let mut e = RttEstimator::new();
+        let mut last: Option<(usize, u64)> = None;
+        for (i, s) in samples.iter().enumerate() {
+            if let Some(v) = e.handle_sample(*s).unwrap() {
+                if let Some((j, prev)) = last {
+                    prop_assert!(i - j >= RTT_CHANGE_SAMPLES as usize, "changes at {} and {}", j, i);
+                    let band = (prev * RTT_CHANGE_PCT / 100).max(RTT_CHANGE_US_MIN);
+                    prop_assert!(v.abs_diff(prev) > band, "{} -> {} within band {}", prev, v, band);
+                } else {
+                    prop_assert_eq!(i, 0);
+                }
+                last = Some((i, v));
+            }
+        }
     }
 
     /// The published estimate always lies within the range of samples seen.
