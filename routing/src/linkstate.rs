@@ -28,6 +28,10 @@ pub const LINKS_PER_NODE_MAX: usize = 64;
 /// largest scenario has 1000 nodes; 4096 is the same order as the fabric's membership.
 pub const NODES_MAX: usize = 4096;
 
+// Edge offsets in a `LatencyGraph` are `u32`: a full database (every link stored in both
+// directions) must fit.
+const _: () = assert!(NODES_MAX * LINKS_PER_NODE_MAX * 2 <= u32::MAX as usize);
+
 /// A report the database refused. The database did not change.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LinkStateError {
@@ -305,8 +309,9 @@ impl<N: Ord + Copy> LatencyGraph<N> {
         }
     }
 
-    /// A graph straight from an edge list, for tests and benchmarks: each `(u, v, rtt_us)`
-    /// is one directed edge; later duplicates of a `(u, v)` pair are ignored.
+    /// A graph straight from an edge list, for tests, benchmarks and the simulator: each
+    /// `(u, v, rtt_us)` is one directed edge; later duplicates of a `(u, v)` pair are
+    /// ignored. Unlike [`LinkStateDb`] it applies no limits; panics past `u32::MAX` edges.
     pub fn from_edges(edges: impl IntoIterator<Item = (N, N, u64)>) -> Self {
         let edges: Vec<(N, N, u64)> = edges.into_iter().collect();
         let mut nodes: Vec<N> = edges.iter().flat_map(|(u, v, _)| [*u, *v]).collect();
@@ -319,6 +324,10 @@ impl<N: Ord + Copy> LatencyGraph<N> {
             let vi = nodes.binary_search(&v).unwrap_or(0) as u32;
             adj[ui].push((vi, seq, w));
         }
+        assert!(
+            edges_len_fits(adj.iter().map(Vec::len).sum()),
+            "too many edges"
+        );
         let mut offsets = vec![0u32];
         let mut flat = Vec::new();
         for mut out in adj {
@@ -360,6 +369,7 @@ impl<N: Ord + Copy> LatencyGraph<N> {
     }
 
     /// Out-edges of the node at `index`, as `(target index, rtt_us)`, sorted by target.
+    /// Panics if `index` is not below [`LatencyGraph::len`].
     pub fn out_edges(&self, index: usize) -> &[(u32, u64)] {
         &self.edges[self.offsets[index] as usize..self.offsets[index + 1] as usize]
     }
@@ -370,6 +380,10 @@ impl<N: Ord + Copy> LatencyGraph<N> {
         let out = self.out_edges(f);
         out.binary_search_by(|e| e.0.cmp(&t)).ok().map(|i| out[i].1)
     }
+}
+
+fn edges_len_fits(len: usize) -> bool {
+    u32::try_from(len).is_ok()
 }
 
 #[cfg(test)]
