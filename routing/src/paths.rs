@@ -9,7 +9,10 @@
 //!   its estimated latency per destination. A node that fails the predicate is a sink: it is
 //!   reachable but never relaxed, which is exactly "no forbidden transit hop".
 //! - [`best_relay`]: for one `(src, dst)` pair, the best single relay, used only when the
-//!   direct link is missing or the relay is clearly faster ([`RELAY_COST_PCT_MAX`]).
+//!   direct link is missing or the relay is clearly faster ([`RELAY_COST_PCT_MAX`]). A
+//!   degraded direct link shows up as a higher figure in the graph once the RTT estimator
+//!   publishes the change and the report is gossiped; the function uses whatever the graph
+//!   holds.
 //!
 //! Both can fall back to coordinate estimates ([`crate::coord`]) for links nobody measured:
 //! pass an [`Estimator`]. In [`shortest_paths`] only the source's own missing links are

@@ -6,7 +6,8 @@
 //!    is their minimum. Delayed acknowledgements, queueing and scheduler stalls only ever
 //!    *add* delay, so the minimum ignores them: up to `RTT_WINDOW_LEN - 1` high samples in a
 //!    row never move it. The mesh core keeps the same window today
-//!    (`weft_fabric::mesh::node::RTT_WINDOW_LEN`, 8); this is its replacement.
+//!    (`weft_fabric::mesh::node::RTT_WINDOW_LEN`, 8, minimum only); this estimator is meant to
+//!    replace that when routing is wired into the mesh (not done yet).
 //! 2. **Smoothing.** An exponentially weighted moving average of the window minimum with gain
 //!    `1 / RTT_SMOOTHING_DIV`, so a new minimum moves the estimate gradually.
 //! 3. **Hysteresis.** The published estimate ([`RttEstimator::estimate_us`]) changes only
