@@ -38,7 +38,8 @@ pub(crate) const PEER_QUEUE_LEN_MAX: usize = 4096;
 /// and counted (`mesh_dropped{reason="chaos_delay_overflow"}`).
 pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
 /// Most outgoing bidirectional exchanges (sync, confirmable pushes) waiting for their
-/// answer at once; beyond it the message is dropped and counted.
+/// answer at once; a sender waits for a slot, so its peer queue fills and overflows
+/// (counted) instead.
 pub(crate) const BI_INFLIGHT_MAX: usize = 256;
 /// Most incoming streams read at the same time per connection.
 pub(crate) const STREAM_READS_MAX: usize = 32;
@@ -376,8 +377,8 @@ impl Transport {
                     conn.send_datagram(bytes.into())?;
                 }
                 (Channel::Bi, _) => {
-                    let Ok(permit) = self.bi_inflight.clone().try_acquire_owned() else {
-                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "bi_inflight_full");
+                    // Waits for a slot: backpressure onto this peer's bounded queue.
+                    let Ok(permit) = self.bi_inflight.clone().acquire_owned().await else {
                         return Ok(());
                     };
                     let t = self.clone();
@@ -389,8 +390,8 @@ impl Transport {
                     });
                 }
                 (_, true) => {
-                    let Ok(permit) = self.bi_inflight.clone().try_acquire_owned() else {
-                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "bi_inflight_full");
+                    // Waits for a slot: backpressure onto this peer's bounded queue.
+                    let Ok(permit) = self.bi_inflight.clone().acquire_owned().await else {
                         return Ok(());
                     };
                     let t = self.clone();
