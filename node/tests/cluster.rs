@@ -797,3 +797,28 @@ fn a_seed_node_killed_and_declared_down_rejoins_after_its_restart() {
         assert_eq!(body["complete"], true);
     });
 }
+
+#[test]
+fn regions_2_is_confirmed_for_concurrent_batches() {
+    rt().block_on(async {
+        let mut c = Cluster::new("regions2", 20, &three_regions()[..2], "");
+        c.start_all();
+        c.wait_meshed().await;
+        let c = std::sync::Arc::new(c);
+        // Each event travels in its own confirmable push: 4 x 300 of them at once is more
+        // than the transport's outgoing-exchange slots, which must queue, not drop.
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let data: Vec<Value> = (0..300).map(|k| json!({"w": w, "k": k})).collect();
+                c.publish(0, "r2", "regions:2", &data).await
+            }));
+        }
+        for t in tasks {
+            let (status, body) = t.await.unwrap();
+            assert_eq!(status, 200, "{}", body["regions_min"]);
+            assert_eq!(body["regions_min"], 2);
+        }
+    });
+}
