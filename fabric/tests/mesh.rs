@@ -229,3 +229,38 @@ fn a_restarted_node_catches_up_by_anti_entropy() {
         "through anti-entropy"
     );
 }
+
+#[test]
+fn a_published_batch_travels_in_shared_pushes_and_arrives_once_in_order() {
+    let mut net = Net::new(&["eu", "eu", "us", "us"]);
+    net.run_until(10 * SECOND);
+    let events: Vec<Arc<Event>> = (1..=50)
+        .map(|seq| {
+            let mut d = util::draft("t.events", seq, b"x");
+            d.hlc = Hlc::new(1_000_000 + net.now / 1000, 0).unwrap();
+            Arc::new(net.signers[0].sign(d).unwrap())
+        })
+        .collect();
+    let ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+    let pushes_before = net.nodes[0].as_ref().unwrap().stats().pushes_sent;
+    let now = net.now;
+    let results = net.nodes[0]
+        .as_mut()
+        .unwrap()
+        .handle_publish_batch(now, events.clone());
+    assert!(results.iter().all(Result::is_ok));
+    net.drain(0);
+    let pushes = net.nodes[0].as_ref().unwrap().stats().pushes_sent - pushes_before;
+    // One push per target peer for the whole batch (50 events fit one batch), not 50.
+    assert!(pushes <= 3, "{pushes} pushes for one batch");
+    // Publishing the same batch again changes nothing.
+    let again = net.nodes[0]
+        .as_mut()
+        .unwrap()
+        .handle_publish_batch(now, events);
+    assert!(again.iter().all(Result::is_ok));
+    net.run_until(net.now + 5 * SECOND);
+    for (i, got) in net.delivered.iter().enumerate() {
+        assert_eq!(got, &ids, "node {i} got the batch once, in order");
+    }
+}

@@ -389,14 +389,18 @@ impl Driver {
                 let now = self.now();
                 let mut ids = Vec::with_capacity(events.len());
                 let mut refused: Option<String> = None;
-                for (event, key) in events.into_iter().zip(dedup) {
-                    let id = event.id();
-                    let _span = info_span!("publish", event = %id,
+                for event in &events {
+                    let _span = info_span!("publish", event = %event.id(),
                         traceparent = event.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
                     .entered();
-                    // Every event of the request is offered, even after a refusal: only
-                    // what the store truly refuses is missing.
-                    if let Err(e) = self.node.handle_publish(now, event) {
+                    debug!("published");
+                }
+                let event_ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+                // One call for the whole request: its events share pushes. Every event is
+                // offered, even after a refusal: only what the store truly refuses is missing.
+                let results = self.node.handle_publish_batch(now, events);
+                for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
+                    if let Err(e) = result {
                         self.metrics.reject("store_refused");
                         refused.get_or_insert(e.to_string());
                         continue;

@@ -462,6 +462,33 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// Signed events from local producers, published together: each is stored and
+    /// delivered as by [`Node::handle_publish`], and the new ones are disseminated in shared
+    /// pushes (one message per peer and batch instead of one per event). Returns one result
+    /// per event, in order; a refused event does not stop the others.
+    pub fn handle_publish_batch(
+        &mut self,
+        now: Micros,
+        events: Vec<Arc<Event>>,
+    ) -> Vec<Result<(), StoreError>> {
+        self.advance(now);
+        let mut fresh = Vec::with_capacity(events.len());
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(match self.accept(event.clone()) {
+                Ok(Inserted::New) => {
+                    fresh.push(event);
+                    Ok(())
+                }
+                Ok(Inserted::Duplicate) => Ok(()),
+                Err(e) => Err(e),
+            });
+        }
+        let me = self.me.node_key();
+        self.forward(&fresh, Some(me), true, true);
+        results
+    }
+
     /// A message from peer `from` (authenticated by the transport).
     pub fn handle_message(&mut self, now: Micros, from: OriginKey, msg: Message) {
         self.advance(now);
