@@ -89,6 +89,15 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503 with `Retry-After: 1`: a bounded resource is full; the client should retry.
+    fn overloaded(message: &str) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+        e.retry_after = Some(1);
+        e
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"reason": self.reason, "message": self.message}});
@@ -308,13 +317,9 @@ async fn publish_inner(
     let principal = api.authenticate(&headers)?;
     // Held until the answer: bounds everything kept per waiting publish.
     let _inflight = api.inflight.clone().try_acquire_owned().map_err(|_| {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+        api.fail(ApiError::overloaded(
             "too many publishes in progress (limits.publishes_inflight_max); retry shortly",
-        );
-        e.retry_after = Some(1);
-        api.fail(e)
+        ))
     })?;
     let media = media_type(&headers);
     if media == WEFT_CBOR {
@@ -440,15 +445,7 @@ async fn publish_inner(
     }
     // Reserve the driver's queue before signing: an event signed with a sequence number
     // must reach the core, or its origin's later events would wait for it forever.
-    let permit = api.cmd_tx.clone().try_reserve_owned().map_err(|_| {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "the node's publish queue is full (limits.publish_queue_max); retry shortly",
-        );
-        e.retry_after = Some(1);
-        api.fail(e)
-    })?;
+    let permit = reserve(api)?;
     let api2 = api.clone();
     let (reply, rx) = tokio::sync::oneshot::channel();
     let signed = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -561,25 +558,24 @@ async fn submit(
     started: Instant,
 ) -> ApiResult<Response> {
     let (reply, rx) = tokio::sync::oneshot::channel();
-    api.cmd_tx
-        .try_send(Command::Publish {
-            events,
-            ack,
-            dedup,
-            started,
-            reply,
-        })
-        .map_err(|_| {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "the node's publish queue is full (limits.publish_queue_max); retry shortly",
-            );
-            e.retry_after = Some(1);
-            api.fail(e)
-        })?;
+    reserve(api)?.send(Command::Publish {
+        events,
+        ack,
+        dedup,
+        started,
+        reply,
+    });
     let out = wait_published(api, rx).await?;
     Ok(published_response(&out, out.complete))
+}
+
+/// A slot in the driver's publish queue, or 503 when it is full.
+fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
+    api.cmd_tx.clone().try_reserve_owned().map_err(|_| {
+        api.fail(ApiError::overloaded(
+            "the node's publish queue is full (limits.publish_queue_max); retry shortly",
+        ))
+    })
 }
 
 async fn wait_published(

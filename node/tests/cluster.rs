@@ -10,6 +10,11 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
+/// GETs `url` and parses the JSON body (panics on any failure: tests only).
+async fn get_json<T: serde::de::DeserializeOwned>(url: String) -> T {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -354,14 +359,7 @@ fn bad_input_gets_a_named_error_a_metric_and_stores_nothing() {
                 "{reason} not counted:\n{metrics}"
             );
         }
-        let status: Value = http
-            .get(c.url(0, "/v1/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = get_json(c.url(0, "/v1/status")).await;
         assert_eq!(status["stored_events"], 0);
         // A pre-signed envelope with a forged signature is refused.
         let (_, ok) = c.publish(0, "s", "local", &[json!(1)]).await;
@@ -714,12 +712,7 @@ fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
         // The genuine envelope is accepted and keeps its producer's identity.
         let r = post(event.encode()).await.unwrap();
         assert_eq!(r.status(), 200);
-        let page: Vec<Value> = reqwest::get(c.url(0, "/v1/streams/s/events"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Vec<Value> = get_json(c.url(0, "/v1/streams/s/events")).await;
         assert_eq!(page.len(), 1);
         assert_eq!(page[0]["weftorigin"], event.origin().to_string());
         // The untrusted node's handshakes fail and are counted; it never becomes a member.
@@ -741,14 +734,7 @@ fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
             "no refused handshake counted:\n{}",
             c.log(0)
         );
-        let peers: Value = http
-            .get(c.url(0, "/v1/mesh/peers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let peers: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
         assert!(peers["peers"].as_array().unwrap().is_empty(), "{peers}");
         let metrics = failed.unwrap();
         assert!(

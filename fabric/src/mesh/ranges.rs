@@ -116,35 +116,10 @@ impl SeqRanges {
     /// Sequence numbers in `self` but not in `other`, ascending, at most `limit` of them.
     /// Work is bounded by `limit` plus the number of ranges, not by the span they cover.
     pub fn difference(&self, other: &SeqRanges, limit: usize) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (s, e) in self.iter() {
-            let mut cur = s;
+        self.difference_by(limit, |s, e| {
             let first = other.ranges.range(..=s).next_back().map_or(s, |(k, _)| *k);
-            for (&os, &oe) in other.ranges.range(first..=e) {
-                if oe < cur {
-                    continue;
-                }
-                while cur < os && cur <= e {
-                    if out.len() >= limit {
-                        return out;
-                    }
-                    out.push(cur);
-                    cur += 1;
-                }
-                cur = cur.max(oe.saturating_add(1));
-                if cur > e {
-                    break;
-                }
-            }
-            while cur <= e {
-                if out.len() >= limit {
-                    return out;
-                }
-                out.push(cur);
-                cur += 1;
-            }
-        }
-        out
+            other.ranges.range(first..=e).map(|(a, b)| (*a, *b))
+        })
     }
 
     /// Whether `ranges` is already in the form a set keeps (ascending, each `1 <= s <= e`,
@@ -163,16 +138,27 @@ impl SeqRanges {
     /// [`SeqRanges::is_normalized`]; the caller checks), without building it: the same
     /// answer as `self.difference(&SeqRanges::from_ranges(other), limit)`.
     pub fn difference_normalized(&self, other: &[(u64, u64)], limit: usize) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (s, e) in self.iter() {
-            let mut cur = s;
+        self.difference_by(limit, |s, e| {
             // The first range of `other` that can overlap [s, e]: the last starting at or
             // before s, else the first after it.
             let first = other.partition_point(|(os, _)| *os <= s).saturating_sub(1);
-            for &(os, oe) in &other[first..] {
-                if os > e {
-                    break;
-                }
+            other[first..]
+                .iter()
+                .copied()
+                .take_while(move |(os, _)| *os <= e)
+        })
+    }
+
+    /// The difference walk shared by both forms of `other`: `overlapping(s, e)` yields, in
+    /// ascending order, the ranges of `other` that can overlap `[s, e]`.
+    fn difference_by<I>(&self, limit: usize, mut overlapping: impl FnMut(u64, u64) -> I) -> Vec<u64>
+    where
+        I: Iterator<Item = (u64, u64)>,
+    {
+        let mut out = Vec::new();
+        for (s, e) in self.iter() {
+            let mut cur = s;
+            for (os, oe) in overlapping(s, e) {
                 if oe < cur {
                     continue;
                 }
