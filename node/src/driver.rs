@@ -291,12 +291,12 @@ impl Driver {
         match input {
             FromMesh::Message { from, msg, reply } => {
                 let push_ids: Vec<EventId> = match &msg {
-                    Message::Push(events) => events.iter().map(|e| e.id()).collect(),
+                    Message::Push { events, .. } => events.iter().map(|e| e.id()).collect(),
                     _ => Vec::new(),
                 };
                 let is_sync = matches!(msg, Message::SyncRequest { .. });
                 let before = self.node.stats().events_new;
-                if let Message::Push(events) | Message::SyncResponse { events, .. } = &msg {
+                if let Message::Push { events, .. } | Message::SyncResponse { events, .. } = &msg {
                     for e in events {
                         let _span = info_span!("hop", event = %e.id(), from = %from,
                             traceparent = e.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
@@ -305,7 +305,9 @@ impl Driver {
                     }
                 }
                 let received = match &msg {
-                    Message::Push(e) | Message::SyncResponse { events: e, .. } => e.len() as u64,
+                    Message::Push { events: e, .. } | Message::SyncResponse { events: e, .. } => {
+                        e.len() as u64
+                    }
                     _ => 0,
                 };
                 self.node.handle_message(now, from, msg);
@@ -525,7 +527,7 @@ impl Driver {
                     .push((tx, weft_fabric::mesh::wire::encode(&t.msg)));
                 continue;
             }
-            let confirm = matches!(&t.msg, Message::Push(events)
+            let confirm = matches!(&t.msg, Message::Push { events, .. }
                 if events.iter().any(|e| self.confirmed.contains_key(&e.id())));
             let addr = self
                 .members

@@ -116,7 +116,11 @@ impl std::fmt::Debug for Transport {
 fn kind(msg: &Message) -> &'static str {
     match msg {
         Message::Swim(_) => "swim",
-        Message::Push(_) => "push",
+        Message::Push { .. } => "push",
+        Message::PushAck(_) => "push_ack",
+        Message::Probe { .. } => "probe",
+        Message::ProbeAck { .. } => "probe_ack",
+        Message::Links(_) => "links",
         Message::IHave(_) => "ihave",
         Message::Graft(_) => "graft",
         Message::SyncRequest { .. } => "sync_request",

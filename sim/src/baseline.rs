@@ -58,7 +58,7 @@ impl BaselineNode {
 
     /// A message from a peer; only pushes mean anything to a baseline.
     pub fn handle_message(&mut self, from: OriginKey, msg: Message) {
-        if let Message::Push(events) = msg {
+        if let Message::Push { events, .. } = msg {
             for e in events {
                 self.receive(Some(from), e);
             }
@@ -96,7 +96,12 @@ impl BaselineNode {
         for to in targets {
             self.transmits.push_back(Transmit {
                 to,
-                msg: Message::Push(vec![event.clone()]),
+                msg: Message::Push {
+                    events: vec![event.clone()],
+                    relay: Vec::new(),
+                    ack: 0,
+                    reroutes: 0,
+                },
             });
         }
     }

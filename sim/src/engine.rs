@@ -28,13 +28,17 @@ pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 pub const STEPS_MAX: u64 = 2_000_000_000;
 
 /// Message kinds as reported, in the order of `Engine::sent_by_kind`.
-const MESSAGE_KINDS: [&str; 6] = [
+const MESSAGE_KINDS: [&str; 10] = [
     "swim",
     "push",
     "ihave",
     "graft",
     "sync_request",
     "sync_response",
+    "push_ack",
+    "probe",
+    "probe_ack",
+    "links",
 ];
 
 /// Hop count not known (relays outside the stream's interest break the chain).
@@ -111,6 +115,9 @@ pub struct PlanFault {
     pub at_us: Micros,
     /// Heal.
     pub until_us: Micros,
+    /// Events published during the fault count in latency and stretch (against the ideal
+    /// under the fault).
+    pub measure: bool,
     /// What happens.
     pub kind: FaultKind,
 }
@@ -361,6 +368,14 @@ pub struct Metrics {
     pub convergence_us: Option<Micros>,
     /// Deliveries of events published while a fault was active (not in latency figures).
     pub fault_window_deliveries: u64,
+    /// For events published during a `measure` fault: delivery latency minus the ideal
+    /// under the fault, per cross-region delivery (how long rerouting took).
+    pub measured_extra_us: Vec<Micros>,
+    /// Largest base RTT of a link a `measure` fault cuts or degrades (what rerouting time is
+    /// compared with), 0 without such a fault.
+    pub measured_link_rtt_us: Micros,
+    /// Routing counters summed over Weft's nodes (zero for the baselines).
+    pub routing: RoutingCounters,
     /// Last delivery hop per event: hops travelled by the event's last-reached delivery
     /// (only deliveries whose sender's hop count is known: relays that do not subscribe
     /// break the chain).
@@ -373,6 +388,21 @@ pub struct Metrics {
     pub violations: Vec<String>,
     /// Simulator steps.
     pub steps: u64,
+}
+
+/// Routing counters of the mesh core, summed over nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingCounters {
+    /// Cross-region pushes that timed out and were rerouted.
+    pub failovers: u64,
+    /// Longest push-to-failover time at any node, microseconds.
+    pub failover_after_us_max: u64,
+    /// Pushes relayed on to other regions.
+    pub relayed: u64,
+    /// Failed links that came back.
+    pub links_recovered: u64,
+    /// Link probes sent.
+    pub probes_sent: u64,
 }
 
 /// The engine.
@@ -407,7 +437,11 @@ pub struct Engine {
     last_hop: Vec<u16>,
     /// The node whose message is being handled (deliveries it causes are one hop further).
     handling_from: Option<usize>,
-    ideal_us: Vec<Vec<Micros>>,
+    /// Ideal latency matrices (node x node), one per fault start or heal; each event is
+    /// compared with the one in force when it was published.
+    ideals: Vec<Vec<Vec<Micros>>>,
+    /// Per published event, its index into `ideals`.
+    event_ideal: Vec<u32>,
     workload_next_pub: Vec<usize>,
     metrics: Metrics,
     /// Messages sent per kind, indexed as [`MESSAGE_KINDS`] (copied into
@@ -462,7 +496,8 @@ impl Engine {
         let workload_next_pub = vec![0; plan.workloads.len()];
         let overlay = build_overlay(&nodes, strategy, &mut rng);
         let mut engine = Self {
-            ideal_us: Vec::new(),
+            ideals: Vec::new(),
+            event_ideal: Vec::new(),
             plan,
             strategy,
             overlay,
@@ -491,6 +526,21 @@ impl Engine {
             engine.start_node(i);
         }
         engine.recompute_ideal();
+        engine.metrics.measured_link_rtt_us = engine
+            .plan
+            .faults
+            .iter()
+            .filter(|f| f.measure)
+            .filter_map(|f| match &f.kind {
+                FaultKind::Partition { a, b, .. } | FaultKind::Degrade { a, b, .. } => a
+                    .iter()
+                    .flat_map(|x| b.iter().map(move |y| (*x, *y)))
+                    .map(|(x, y)| 2 * engine.link_us(x, y))
+                    .max(),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
         // Everyone joins through the first node of each region (seeds), as an operator would
         // configure it.
         let mut seeds: Vec<usize> = Vec::new();
@@ -624,7 +674,7 @@ impl Engine {
                 let now = self.now;
                 let from_key = OriginKey(self.nodes[from].info.key);
                 let copies = match &msg {
-                    Message::Push(e) => e.len() as u64,
+                    Message::Push { events: e, .. } => e.len() as u64,
                     Message::SyncResponse { events, .. } => events.len() as u64,
                     _ => 0,
                 };
@@ -710,6 +760,8 @@ impl Engine {
         let e = self.events.len();
         let nodes = self.nodes.len();
         self.events.push((self.now, i, w));
+        self.event_ideal
+            .push(u32::try_from(self.ideals.len().saturating_sub(1)).unwrap_or(u32::MAX));
         self.event_index.insert(event.id(), e);
         self.expected_pairs += wl.subscribers.iter().filter(|s| **s != i).count() as u64;
         self.delivered_pairs.resize(nodes * (e + 1), false);
@@ -874,11 +926,15 @@ impl Engine {
     fn transmit(&mut self, from: usize, to: usize, msg: Message) {
         let kind = match &msg {
             Message::Swim(_) => 0,
-            Message::Push(_) => 1,
+            Message::Push { .. } => 1,
             Message::IHave(_) => 2,
             Message::Graft(_) => 3,
             Message::SyncRequest { .. } => 4,
             Message::SyncResponse { .. } => 5,
+            Message::PushAck(_) => 6,
+            Message::Probe { .. } => 7,
+            Message::ProbeAck { .. } => 8,
+            Message::Links(_) => 9,
         };
         self.sent_by_kind[kind] += 1;
         let len = msg.wire_len() as u64;
@@ -964,15 +1020,12 @@ impl Engine {
             // Latency and stretch describe the fabric at work; events published while a
             // fault was active reach some nodes only after the heal, which the convergence
             // time reports instead.
-            if self
-                .plan
-                .faults
-                .iter()
-                .any(|f| f.at_us <= t0 && t0 < f.until_us)
-            {
+            let during = |f: &&PlanFault| f.at_us <= t0 && t0 < f.until_us;
+            if self.plan.faults.iter().filter(during).any(|f| !f.measure) {
                 self.metrics.fault_window_deliveries += 1;
                 return;
             }
+            let measured = self.plan.faults.iter().filter(during).any(|f| f.measure);
             let latency = self.now.saturating_sub(t0);
             self.metrics.latency_us.push(latency);
             // Stretch is measured across regions: inside one region the ideal is a single
@@ -983,8 +1036,13 @@ impl Engine {
             {
                 self.metrics.intra_region_latency_us.push(latency);
             } else {
-                let ideal = self.ideal_us[origin][i].max(1);
+                let ideal = self.ideals[self.event_ideal[e] as usize][origin][i].max(1);
                 self.metrics.stretch_milli.push(latency * 1000 / ideal);
+                if measured {
+                    self.metrics
+                        .measured_extra_us
+                        .push(latency.saturating_sub(ideal));
+                }
             }
             let pair = (self.plan.nodes[origin].region, self.plan.nodes[i].region);
             self.metrics
@@ -1006,13 +1064,34 @@ impl Engine {
                 })
             })
             .collect();
+        let mut first_node: Vec<Option<usize>> = vec![None; r];
+        for (i, n) in self.plan.nodes.iter().enumerate() {
+            if first_node[n.region].is_none() && n.access_us == 0 {
+                first_node[n.region] = Some(i);
+            }
+        }
+        for (i, n) in self.plan.nodes.iter().enumerate() {
+            if first_node[n.region].is_none() {
+                first_node[n.region] = Some(i);
+            }
+        }
         let mut d = vec![vec![Micros::MAX / 4; r]; r];
         for a in 0..r {
             for b in 0..r {
                 if a == b {
                     d[a][b] = 0;
                 } else if live_region[a] && live_region[b] {
-                    d[a][b] = self.plan.one_way_us[a][b];
+                    // Partitions and degradations act on node pairs; scenarios select them
+                    // by region, cloud or jurisdiction, so one pair of the two regions'
+                    // first nodes stands for the link.
+                    let (Some(x), Some(y)) = (first_node[a], first_node[b]) else {
+                        continue;
+                    };
+                    if self.blocked.contains(&(x, y)) {
+                        continue;
+                    }
+                    let factor = self.degraded.get(&(x, y)).map_or(1.0, |d| d.0);
+                    d[a][b] = (self.plan.one_way_us[a][b] as f64 * factor) as Micros;
                 }
             }
         }
@@ -1041,7 +1120,7 @@ impl Engine {
                 ideal[a][b] = base + na.access_us + nb.access_us;
             }
         }
-        self.ideal_us = ideal;
+        self.ideals.push(ideal);
     }
 
     /// (event, subscriber) pairs expected so far, the origin itself excluded; nodes that are
@@ -1067,6 +1146,17 @@ impl Engine {
     }
 
     fn finish(&mut self) {
+        for n in &self.nodes {
+            if let Some(Proto::Weft(node)) = &n.node {
+                let s = node.stats();
+                let r = &mut self.metrics.routing;
+                r.failovers += s.failovers;
+                r.failover_after_us_max = r.failover_after_us_max.max(s.failover_after_us_max);
+                r.relayed += s.relayed;
+                r.links_recovered += s.links_recovered;
+                r.probes_sent += s.probes_sent;
+            }
+        }
         for (kind, sent) in MESSAGE_KINDS.iter().zip(self.sent_by_kind) {
             if sent > 0 {
                 self.metrics.messages_by_kind.insert(kind, sent);

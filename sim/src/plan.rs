@@ -50,6 +50,7 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
         .map(|f| PlanFault {
             at_us: f.at_us,
             until_us: f.heal_us(),
+            measure: f.measure,
             kind: match &f.kind {
                 scenario::FaultKind::RegionOutage { nodes, .. } => FaultKind::Down {
                     nodes: idx(nodes),

@@ -122,6 +122,29 @@ pub struct StrategyReport {
     pub violations: Vec<String>,
     /// Simulator steps.
     pub steps: u64,
+    /// Latency-aware routing at work (Weft's counters; zero for the baselines).
+    pub routing: RoutingReport,
+}
+
+/// What routing did in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingReport {
+    /// Cross-region pushes whose acknowledgement did not come within the RTT timeout and
+    /// were sent again along the next-best path.
+    pub failovers: u64,
+    /// Longest time from such a push to its failover, ms.
+    pub failover_after_ms_max: f64,
+    /// Pushes relayed on to other regions (source-routed hops).
+    pub relayed: u64,
+    /// Failed links that came back.
+    pub links_recovered: u64,
+    /// Link probes sent.
+    pub probes_sent: u64,
+    /// For events published during `measure` faults: delivery latency minus the ideal
+    /// under the fault, ms (cross-region deliveries; the time rerouting cost).
+    pub measured_extra_ms: Percentiles,
+    /// Largest base RTT of a link those faults cut or degrade, ms (0 without).
+    pub measured_link_rtt_ms: f64,
 }
 
 /// Latency between two regions.
@@ -230,6 +253,15 @@ impl StrategyReport {
                 })
                 .collect(),
             latency_cdf_ms: cdf_ms(&m.latency_us),
+            routing: RoutingReport {
+                failovers: m.routing.failovers,
+                failover_after_ms_max: round3(m.routing.failover_after_us_max as f64 / 1000.0),
+                relayed: m.routing.relayed,
+                links_recovered: m.routing.links_recovered,
+                probes_sent: m.routing.probes_sent,
+                measured_extra_ms: Percentiles::from_us(&m.measured_extra_us),
+                measured_link_rtt_ms: round3(m.measured_link_rtt_us as f64 / 1000.0),
+            },
             delivered_fraction: m
                 .timeline
                 .iter()
@@ -339,6 +371,19 @@ impl Report {
             }
             if let Some(max) = scenario.checks.rmr_max {
                 check("RMR", w.rmr <= max, format!("{} (bound {max})", w.rmr));
+            }
+            if let Some(factor) = scenario.checks.reroute_within_rtt {
+                let rtt = w.routing.measured_link_rtt_ms;
+                let extra = w.routing.measured_extra_ms.max;
+                check(
+                    "rerouted within the stated RTTs",
+                    w.routing.measured_extra_ms.count > 0 && extra <= factor * rtt,
+                    format!(
+                        "worst extra delay {extra} ms over the ideal under the fault (bound \
+                         {factor} x {rtt} ms link RTT); {} failovers, slowest after {} ms",
+                        w.routing.failovers, w.routing.failover_after_ms_max
+                    ),
+                );
             }
         }
         Self {

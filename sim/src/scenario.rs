@@ -472,6 +472,11 @@ pub struct Fault {
     pub duration_us: u64,
     /// What it is.
     pub kind: FaultKind,
+    /// `measure` (partitions and link degradations): events published while the fault is
+    /// active count in latency and stretch, against the ideal *under* the fault (the
+    /// fastest path that is left), instead of being set apart as fault-window deliveries.
+    /// This is how a scenario checks that routing finds the new best path.
+    pub measure: bool,
 }
 
 impl Fault {
@@ -580,6 +585,10 @@ pub struct Checks {
     /// Largest allowed relative message redundancy (RMR): messages sent per delivery,
     /// minus one.
     pub rmr_max: Option<f64>,
+    /// For scenarios with `measure` faults: every delivery of an event published during
+    /// them arrives at most this many RTTs (of the faulted link) later than the ideal
+    /// under the fault: how fast traffic moves to the next path.
+    pub reroute_within_rtt: Option<f64>,
 }
 
 /// A dissemination strategy run beside Weft's, for comparison.
@@ -751,8 +760,8 @@ impl FaultKindFile {
     fn fields(self) -> (&'static [&'static str], &'static [&'static str]) {
         match self {
             FaultKindFile::RegionOutage => (&["region"], &[]),
-            FaultKindFile::Partition => (&["a", "b"], &["symmetric"]),
-            FaultKindFile::LinkDegradation => (&["a", "b"], &["latency_factor", "loss"]),
+            FaultKindFile::Partition => (&["a", "b"], &["symmetric", "measure"]),
+            FaultKindFile::LinkDegradation => (&["a", "b"], &["latency_factor", "loss", "measure"]),
             FaultKindFile::NodeCrash => (&["nodes"], &["lose_memory"]),
             FaultKindFile::ClockSkew => (&["nodes", "skew_ms"], &[]),
         }
@@ -774,6 +783,7 @@ struct FaultFile {
     nodes: Option<SelectorFile>,
     lose_memory: Option<bool>,
     skew_ms: Option<i64>,
+    measure: Option<bool>,
 }
 
 impl FaultFile {
@@ -789,6 +799,7 @@ impl FaultFile {
             ("nodes", self.nodes.is_some()),
             ("lose_memory", self.lose_memory.is_some()),
             ("skew_ms", self.skew_ms.is_some()),
+            ("measure", self.measure.is_some()),
         ];
         flags.iter().filter(|(_, p)| *p).map(|(n, _)| *n).collect()
     }
@@ -800,6 +811,7 @@ struct ChecksFile {
     converge_within_s: Option<f64>,
     stretch_p99_max: Option<f64>,
     rmr_max: Option<f64>,
+    reroute_within_rtt: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1760,6 +1772,7 @@ fn fault(
         at_us,
         duration_us: fault_duration_us,
         kind,
+        measure: file.measure.unwrap_or(false),
     })
 }
 
@@ -1886,10 +1899,19 @@ fn checks(
     {
         return Err(invalid("checks.rmr_max", format!("is {v}, must be >= 0")));
     }
+    if let Some(v) = file.reroute_within_rtt
+        && !(v.is_finite() && v > 0.0)
+    {
+        return Err(invalid(
+            "checks.reroute_within_rtt",
+            format!("is {v}, must be > 0 (a number of RTTs)"),
+        ));
+    }
     Ok(Checks {
         converge_within_us,
         stretch_p99_max: file.stretch_p99_max,
         rmr_max: file.rmr_max,
+        reroute_within_rtt: file.reroute_within_rtt,
     })
 }
 

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use weft_routing::Coordinate;
+
 use crate::envelope::{Event, EventId, OriginKey};
+use crate::mesh::route::{LinkRecord, RelayHop};
 
 /// Which kind of QUIC channel a message needs (one job per channel, as corrosion does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,8 +48,39 @@ pub type Digest = Vec<(OriginKey, Vec<(u64, u64)>)>;
 pub enum Message {
     /// SWIM membership traffic, encoded by foca.
     Swim(Vec<u8>),
-    /// Eager push of whole events (PlumTree).
-    Push(Vec<Arc<Event>>),
+    /// Eager push of whole events (PlumTree). Inside a region `relay` is empty and `ack`
+    /// is 0; across regions the sender names the regions the receiver relays on to (source
+    /// routing over the region graph, `route.rs`) and asks for a [`Message::PushAck`].
+    Push {
+        /// The events.
+        events: Vec<Arc<Event>>,
+        /// Regions the receiver forwards the events to after its own region's tree.
+        relay: Vec<RelayHop>,
+        /// Non-zero: answer with `PushAck(ack)` once the push is handled.
+        ack: u64,
+        /// How many times this push's path was rerouted after a failed link (bounded by
+        /// `route::REROUTES_MAX`, so pushes toward an unreachable region cannot circulate).
+        reroutes: u8,
+    },
+    /// "Your push `ack` arrived": the link works (failover detects a dead path by its
+    /// absence).
+    PushAck(u64),
+    /// Link probe: measures RTT to a peer and carries the sender's network coordinate.
+    Probe {
+        /// Echoed in the answer.
+        nonce: u64,
+        /// The sender's Vivaldi coordinate.
+        coord: Coordinate,
+    },
+    /// Answer to a [`Message::Probe`].
+    ProbeAck {
+        /// The probe's nonce.
+        nonce: u64,
+        /// The answerer's Vivaldi coordinate.
+        coord: Coordinate,
+    },
+    /// Link-state gossip: nodes' measured link RTTs, coordinates and status.
+    Links(Vec<LinkRecord>),
     /// Lazy push: "I have these" (PlumTree IHAVE).
     IHave(Vec<EventRef>),
     /// "Send me these" (PlumTree GRAFT, after an IHAVE whose event did not arrive).
@@ -75,8 +109,13 @@ impl Message {
     /// The channel the message travels on.
     pub fn channel(&self) -> Channel {
         match self {
-            Message::Swim(_) | Message::IHave(_) => Channel::Datagram,
-            Message::Push(_) | Message::Graft(_) => Channel::Uni,
+            Message::Swim(_)
+            | Message::IHave(_)
+            | Message::PushAck(_)
+            | Message::Probe { .. }
+            | Message::ProbeAck { .. }
+            | Message::Links(_) => Channel::Datagram,
+            Message::Push { .. } | Message::Graft(_) => Channel::Uni,
             Message::SyncRequest { .. } | Message::SyncResponse { .. } => Channel::Bi,
         }
     }
@@ -86,12 +125,16 @@ impl Message {
         const REF_LEN: usize = 32 + 8 + 32;
         match self {
             Message::Swim(bytes) => bytes.len(),
-            Message::Push(events) => {
-                4 + events
-                    .iter()
-                    .map(|e| e.signed_bytes().len() + 64 + 8)
-                    .sum::<usize>()
+            Message::Push { events, relay, .. } => {
+                12 + relay.iter().map(|h| h.region.len() + 2).sum::<usize>()
+                    + events
+                        .iter()
+                        .map(|e| e.signed_bytes().len() + 64 + 8)
+                        .sum::<usize>()
             }
+            Message::PushAck(_) => 9,
+            Message::Probe { .. } | Message::ProbeAck { .. } => 9 + 44,
+            Message::Links(records) => 2 + records.iter().map(LinkRecord::wire_len).sum::<usize>(),
             Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,
             Message::SyncRequest { digest, .. } => {
                 40 + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()

@@ -5,6 +5,7 @@ pub mod member;
 pub mod message;
 pub mod node;
 pub mod ranges;
+pub mod route;
 pub mod store;
 pub mod wire;
 
@@ -12,4 +13,5 @@ pub use member::MemberInfo;
 pub use message::{Channel, Digest, EventRef, Message};
 pub use node::{AllowAll, AppEvent, MeshConfig, Micros, Node, ReplicationFilter, Stats, Transmit};
 pub use ranges::SeqRanges;
+pub use route::{LinkRecord, NodeStatus, RegionRoute, RelayHop};
 pub use store::{Inserted, MemStore, Store, StoreError};

@@ -29,6 +29,10 @@ use crate::envelope::{Event, EventData, EventId, OriginKey};
 use crate::mesh::member::MemberInfo;
 use crate::mesh::message::{Digest, EventRef, Message};
 use crate::mesh::ranges::SeqRanges;
+use crate::mesh::route::{
+    self, LINK_RECORDS_PER_MESSAGE_MAX, LinkRecord, PENDING_ACKS_MAX, PROBES_OUT_MAX, PendingAck,
+    RegionRoute, RelayHop, Router,
+};
 use crate::mesh::store::{Inserted, Store, StoreError};
 use crate::stream::StreamPattern;
 
@@ -62,9 +66,6 @@ pub const BATCH_BYTES_MAX: usize = 8 << 20;
 pub const LAZY_MAX: usize = 32;
 /// Largest tree arity: children per node in a region's tree.
 pub const TREE_ARITY_MAX: usize = 16;
-/// RTT samples kept per peer; the estimate is their minimum (robust to delayed-ACK
-/// outliers, which only ever add delay).
-pub const RTT_WINDOW_LEN: usize = 8;
 /// A farther peer replaces a nearer one only if its RTT is below this percentage of the
 /// current one's (hysteresis: no flapping between peers of nearly equal latency).
 pub const RTT_HYSTERESIS_PCT: u64 = 80;
@@ -97,6 +98,19 @@ pub struct MeshConfig {
     pub view_refresh_us: Micros,
     /// Stream patterns this node stores and delivers; it relays everything else.
     pub interest: Vec<StreamPattern>,
+    /// How often link probes go out (to a few regions each time; see `probe_regions`).
+    pub probe_interval_us: Micros,
+    /// Regions probed per probe tick, round robin (regions whose link failed are probed
+    /// every tick besides).
+    pub probe_regions: usize,
+    /// How often link-state records are gossiped.
+    pub link_gossip_us: Micros,
+    /// Peers each link-state gossip goes to.
+    pub link_fanout: usize,
+    /// A changed link estimate is republished at most this often.
+    pub link_report_min_us: Micros,
+    /// This node's record is republished at least this often (status counters, liveness).
+    pub link_refresh_us: Micros,
     /// SWIM timings.
     pub swim: foca::Config,
 }
@@ -130,6 +144,14 @@ impl MeshConfig {
             sync_batch_len_max: 512,
             push_batch_len_max: 64,
             view_refresh_us: 10_000_000,
+            probe_interval_us: 2_000_000,
+            probe_regions: 3,
+            link_gossip_us: 2_000_000,
+            link_fanout: 2,
+            link_report_min_us: 10_000_000,
+            // A small mesh refreshes often (dashboards read the status); a large one spreads
+            // its records out: at most about 20 new records a second fabric-wide.
+            link_refresh_us: (u64::from(cluster_size) * 50_000).max(5_000_000),
             interest: vec![
                 StreamPattern::new(">").unwrap_or_else(|_| unreachable!("'>' is a valid pattern")),
             ],
@@ -206,7 +228,37 @@ pub struct Stats {
     pub delivered: u64,
     /// SWIM errors (undecodable or unexpected membership packets).
     pub swim_errors: u64,
+    /// Link probes sent.
+    pub probes_sent: u64,
+    /// Link probes answered.
+    pub probes_answered: u64,
+    /// Link-state records taken (new versions).
+    pub link_records_new: u64,
+    /// Link-state records refused (over a limit, malformed).
+    pub link_records_refused: u64,
+    /// Cross-region pushes acknowledged.
+    pub pushes_acked: u64,
+    /// Cross-region pushes sent without waiting for an acknowledgement (pending table full).
+    pub acks_untracked: u64,
+    /// Cross-region pushes whose acknowledgement did not come within the RTT timeout: the
+    /// direct link was marked failed and the events rerouted.
+    pub failovers: u64,
+    /// Regions a rerouted push could not reach by any path (anti-entropy repairs them).
+    pub reroute_unreachable: u64,
+    /// Failed direct links that came back (a probe or a late acknowledgement answered).
+    pub links_recovered: u64,
+    /// Pushes relayed on to other regions for their origin (source-routed hops).
+    pub relayed: u64,
+    /// Received relay hop lists refused as malformed.
+    pub hops_refused: u64,
+    /// Longest time from a cross-region push to its failover (the RTT timeout that
+    /// expired), microseconds.
+    pub failover_after_us_max: u64,
 }
+
+/// A push target: the peer, the relay hops it gets, whether the push wants an
+/// acknowledgement (it crosses regions), and how often its path was rerouted.
+type Target = (OriginKey, Vec<RelayHop>, bool, u8);
 
 #[derive(Debug, Clone)]
 enum Timer {
@@ -215,6 +267,9 @@ enum Timer {
     FlushIHave,
     Sync,
     ViewRefresh,
+    Probe,
+    Links,
+    Ack(u64),
 }
 
 #[derive(Debug)]
@@ -225,17 +280,8 @@ struct Missing {
 
 #[derive(Debug, Default)]
 struct PeerState {
-    rtt_samples: VecDeque<Micros>,
-    /// Minimum of `rtt_samples`, kept up to date on every sample.
-    rtt_min_us: Option<Micros>,
     last_sync_us: Option<Micros>,
     held: u64,
-}
-
-impl PeerState {
-    fn rtt_us(&self) -> Option<Micros> {
-        self.rtt_min_us
-    }
 }
 
 /// Collects what foca asks of its runtime during one call.
@@ -291,6 +337,7 @@ pub struct Node<S: Store> {
     rng: ChaCha8Rng,
     store: S,
     filter: Box<dyn ReplicationFilter>,
+    router: Router,
     members: BTreeMap<OriginKey, MemberInfo>,
     peers: BTreeMap<OriginKey, PeerState>,
     lazy: BTreeSet<OriginKey>,
@@ -344,6 +391,7 @@ impl<S: Store> Node<S> {
                 delivered.insert(origin, r.contiguous());
             }
         }
+        let router = Router::new(rng.next_u64());
         let mut node = Self {
             me,
             config,
@@ -351,6 +399,7 @@ impl<S: Store> Node<S> {
             rng,
             store,
             filter: Box::new(AllowAll),
+            router,
             members: BTreeMap::new(),
             peers: BTreeMap::new(),
             lazy: BTreeSet::new(),
@@ -374,6 +423,10 @@ impl<S: Store> Node<S> {
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
         node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);
         node.schedule(now + node.config.view_refresh_us, Timer::ViewRefresh);
+        let jitter = node.rng.next_u64() % node.config.probe_interval_us.max(1);
+        node.schedule(now + jitter, Timer::Probe);
+        let jitter = node.rng.next_u64() % node.config.link_gossip_us.max(1);
+        node.schedule(now + jitter, Timer::Links);
         node
     }
 
@@ -420,7 +473,44 @@ impl<S: Store> Node<S> {
 
     /// The RTT estimate to `peer`, if measured.
     pub fn rtt_us(&self, peer: &OriginKey) -> Option<Micros> {
-        self.peers.get(peer).and_then(PeerState::rtt_us)
+        self.router.rtt_us(peer)
+    }
+
+    /// Sets the name and HTTP address this node gossips with its link state.
+    pub fn set_status(&mut self, name: &str, http: &str) {
+        let cut = |s: &str, max: usize| {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        };
+        self.router.status.name = cut(name, route::NODE_NAME_LEN_MAX);
+        self.router.status.http = cut(http, route::NODE_HTTP_LEN_MAX);
+        self.router.own_forced = true;
+    }
+
+    /// The link-state records this node holds (its own included once published): every
+    /// known node's measured links, coordinate and status.
+    pub fn link_records(&self) -> impl Iterator<Item = &LinkRecord> {
+        self.router.records()
+    }
+
+    /// Regions whose direct link from this node is marked failed, with since when.
+    pub fn failed_regions(&self) -> impl Iterator<Item = (&str, Micros)> {
+        self.router.failed.iter().map(|(r, t)| (r.as_str(), *t))
+    }
+
+    /// This node's network coordinate.
+    pub fn coordinate(&self) -> weft_routing::Coordinate {
+        self.router.vivaldi.coordinate()
+    }
+
+    /// Per destination region: the path events take now, its estimated latency, the
+    /// direct link and the alternatives.
+    pub fn region_routes(&mut self) -> Vec<RegionRoute> {
+        self.router
+            .region_routes(&self.me, &self.members, &self.regions)
     }
 
     // ------------------------------------------------------------------ inputs
@@ -441,12 +531,7 @@ impl<S: Store> Node<S> {
     /// A round-trip time measured by the transport to `peer`.
     pub fn handle_rtt_sample(&mut self, now: Micros, peer: OriginKey, rtt_us: Micros) {
         self.advance(now);
-        let state = self.peers.entry(peer).or_default();
-        if state.rtt_samples.len() == RTT_WINDOW_LEN {
-            state.rtt_samples.pop_front();
-        }
-        state.rtt_samples.push_back(rtt_us);
-        state.rtt_min_us = state.rtt_samples.iter().min().copied();
+        self.router.rtt_sample(peer, rtt_us);
     }
 
     /// A signed event from a local producer: store, deliver locally, disseminate.
@@ -456,7 +541,7 @@ impl<S: Store> Node<S> {
             Inserted::Duplicate => Ok(()),
             Inserted::New => {
                 let me = self.me.node_key();
-                self.forward(&[event], Some(me), true, true);
+                self.forward(&[event], Some(me), true, true, &[], 0);
                 Ok(())
             }
         }
@@ -485,7 +570,7 @@ impl<S: Store> Node<S> {
             });
         }
         let me = self.me.node_key();
-        self.forward(&fresh, Some(me), true, true);
+        self.forward(&fresh, Some(me), true, true, &[], 0);
         results
     }
 
@@ -500,7 +585,24 @@ impl<S: Store> Node<S> {
                 }
                 self.apply_swim(rt);
             }
-            Message::Push(events) => self.on_push(from, events),
+            Message::Push {
+                events,
+                relay,
+                ack,
+                reroutes,
+            } => {
+                self.on_push(from, events, &relay, reroutes);
+                if ack != 0 {
+                    self.send(from, Message::PushAck(ack));
+                }
+            }
+            Message::PushAck(id) => self.on_push_ack(from, id),
+            Message::Probe { nonce, coord: _ } => {
+                let coord = self.router.vivaldi.coordinate();
+                self.send(from, Message::ProbeAck { nonce, coord });
+            }
+            Message::ProbeAck { nonce, coord } => self.on_probe_ack(from, nonce, coord),
+            Message::Links(records) => self.on_links(records),
             Message::IHave(refs) => self.on_ihave(from, refs),
             Message::Graft(refs) => self.on_graft(from, refs),
             Message::SyncRequest {
@@ -521,7 +623,7 @@ impl<S: Store> Node<S> {
                     }
                 }
                 // Repaired events travel on lazily: peers that lack them GRAFT.
-                self.forward(&fresh, Some(from), false, false);
+                self.forward(&fresh, Some(from), false, false, &[], 0);
                 if let Some(origin) = resume {
                     let digest = self.digest();
                     self.send(
@@ -569,6 +671,17 @@ impl<S: Store> Node<S> {
                     let next = now + self.config.view_refresh_us;
                     self.schedule(next, Timer::ViewRefresh);
                 }
+                Timer::Probe => {
+                    self.send_probes();
+                    let next = now + self.config.probe_interval_us.max(1);
+                    self.schedule(next, Timer::Probe);
+                }
+                Timer::Links => {
+                    self.gossip_links();
+                    let next = now + self.config.link_gossip_us.max(1);
+                    self.schedule(next, Timer::Links);
+                }
+                Timer::Ack(id) => self.on_ack_timeout(id),
             }
         }
     }
@@ -707,6 +820,7 @@ impl<S: Store> Node<S> {
                             self.region_remove(&old.region, &key);
                         }
                         self.lazy.remove(&key);
+                        self.router.member_down(&key);
                         self.push_app(AppEvent::MemberDown(m));
                     }
                 }
@@ -744,6 +858,9 @@ impl<S: Store> Node<S> {
         }
         // Lazy peers are re-ranked by the periodic view refresh; here only fill a short set
         // (cheap: membership changes arrive one at a time, a thousand at start-up).
+        if changed {
+            self.router.invalidate();
+        }
         if changed && self.lazy.len() < self.config.lazy.min(LAZY_MAX) {
             self.refresh_lazy();
         }
@@ -808,7 +925,7 @@ impl<S: Store> Node<S> {
         self.lazy
             .retain(|k| self.members.contains_key(k) && *k != me);
         let want = self.config.lazy.min(LAZY_MAX);
-        let rtt = |k: &OriginKey| self.peers.get(k).and_then(PeerState::rtt_us);
+        let rtt = |k: &OriginKey| self.router.rtt_us(k);
         let mut by_rtt: Vec<(Micros, OriginKey)> = self
             .members
             .keys()
@@ -876,46 +993,149 @@ impl<S: Store> Node<S> {
         order.into_iter().map(|(_, k)| k).collect()
     }
 
-    /// Where this node pushes an event of `origin`: as the publisher, to the root of every
-    /// region's tree (or, for its own region's tree if it is the root, to its children);
-    /// otherwise to its children in its own region's tree.
-    fn tree_targets(&self, origin: &OriginKey, publishing: bool) -> Vec<OriginKey> {
+    /// The root of `region`'s tree for events of `origin`: the first member in
+    /// [`Node::region_order`], found without sorting the region.
+    fn region_root(&self, origin: &OriginKey, region: &str) -> Option<OriginKey> {
+        route::entry_of(self.regions.get(region)?, origin)
+    }
+
+    /// This node's children in its own region's tree for `origin`.
+    fn children(&self, origin: &OriginKey) -> Vec<OriginKey> {
         let me = self.me.node_key();
         let arity = self.config.tree_arity.clamp(1, TREE_ARITY_MAX);
-        let children = |order: &[OriginKey]| -> Vec<OriginKey> {
-            match order.iter().position(|k| *k == me) {
-                Some(i) => order
-                    .iter()
-                    .skip(i * arity + 1)
-                    .take(arity)
-                    .copied()
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
-        if !publishing {
-            return children(&self.region_order(origin, &self.me.region));
+        let order = self.region_order(origin, &self.me.region);
+        match order.iter().position(|k| *k == me) {
+            Some(i) => order
+                .iter()
+                .skip(i * arity + 1)
+                .take(arity)
+                .copied()
+                .collect(),
+            None => Vec::new(),
         }
-        let mut out = Vec::new();
-        for (region, members) in &self.regions {
-            let near = *region != self.me.region
-                && members
+    }
+
+    /// Which regions transit is allowed through for `event` (by the replication filter,
+    /// asked about each region's first member), indexed like the sorted region names.
+    fn transit_mask(&self, event: &Event) -> Vec<bool> {
+        self.regions
+            .values()
+            .map(|list| {
+                list.first()
+                    .and_then(|k| self.members.get(k))
+                    .is_none_or(|m| self.filter.allows(event, m))
+            })
+            .collect()
+    }
+
+    /// Cross-region pushes for `regions` (indices into the sorted region names) along the
+    /// current region tree: `(root of the first-hop region, hops it relays to)`.
+    fn plan_regions(
+        &mut self,
+        origin: &OriginKey,
+        mask: Vec<bool>,
+        dests: &BTreeSet<u16>,
+    ) -> Vec<(OriginKey, Vec<RelayHop>)> {
+        let (tree, names, mine) = self
+            .router
+            .tree(&self.me, &self.members, &self.regions, mask);
+        let (plan, unreachable) = tree.plan(names, mine, dests);
+        self.stats.reroute_unreachable += unreachable.len() as u64;
+        plan.into_iter()
+            .filter_map(|(region, hops)| Some((self.region_root(origin, &region)?, hops)))
+            .collect()
+    }
+
+    /// Where this node pushes `event`, each target with the relay hops it gets and whether
+    /// the push crosses regions (and so wants an acknowledgement). As the publisher: its
+    /// children in its own region, the roots of the first-hop regions of the region tree
+    /// (which relay on to the rest), and every member of near regions. As a relay: its
+    /// children, and the roots of the regions `relay` names.
+    fn targets(
+        &mut self,
+        event: &Event,
+        publishing: bool,
+        relay: &[RelayHop],
+        reroutes: u8,
+    ) -> Vec<Target> {
+        let origin = event.origin();
+        let mut out: Vec<Target> = self
+            .children(&origin)
+            .into_iter()
+            .map(|k| (k, Vec::new(), false, 0))
+            .collect();
+        if publishing {
+            let mut dests = BTreeSet::new();
+            let mut near_members = Vec::new();
+            for (i, (region, members)) in self.regions.iter().enumerate() {
+                if *region == self.me.region {
+                    continue;
+                }
+                dests.insert(i as u16);
+                let near = members
                     .iter()
-                    .filter_map(|m| self.peers.get(m).and_then(PeerState::rtt_us))
+                    .filter_map(|m| self.router.rtt_us(m))
                     .min()
                     .is_some_and(|rtt| rtt < self.config.near_region_rtt_us);
-            if near {
-                out.extend(members.iter().copied());
+                if near {
+                    near_members.extend(members.iter().copied());
+                }
+            }
+            let mask = self.transit_mask(event);
+            let plan = self.plan_regions(&origin, mask, &dests);
+            for (root, hops) in plan {
+                near_members.retain(|m| *m != root);
+                out.push((root, hops, true, 0));
+            }
+            out.extend(near_members.into_iter().map(|k| (k, Vec::new(), false, 0)));
+        } else if !relay.is_empty() {
+            out.extend(self.relay_targets(event, relay, reroutes));
+        }
+        out
+    }
+
+    /// Where a relay sends `event` on: the roots of the regions `relay` names at its top
+    /// level, each with its sub-list. A region whose direct link from here is marked failed
+    /// is re-planned from this node's own view instead (one more reroute, if the push has
+    /// any left; otherwise it is left to GRAFT and anti-entropy).
+    fn relay_targets(&mut self, event: &Event, relay: &[RelayHop], reroutes: u8) -> Vec<Target> {
+        let origin = event.origin();
+        let Some(next) = route::split_hops(relay, &self.me.region) else {
+            self.stats.hops_refused += 1;
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (region, hops) in next {
+            if self.router.failed.contains_key(&region) {
+                if reroutes >= route::REROUTES_MAX {
+                    self.stats.reroute_unreachable += 1;
+                    continue;
+                }
+                let dests = self.region_indices(
+                    std::iter::once(region.as_str()).chain(hops.iter().map(|h| h.region.as_str())),
+                );
+                let mask = self.transit_mask(event);
+                for (root, sub) in self.plan_regions(&origin, mask, &dests) {
+                    self.stats.relayed += 1;
+                    out.push((root, sub, true, reroutes + 1));
+                }
                 continue;
             }
-            let order = self.region_order(origin, region);
-            match order.first() {
-                Some(root) if *root == me => out.extend(children(&order)),
-                Some(root) => out.push(*root),
-                None => {}
+            if let Some(root) = self.region_root(&origin, &region) {
+                self.stats.relayed += 1;
+                out.push((root, hops, true, reroutes));
             }
         }
         out
+    }
+
+    /// Indices of the named regions in the sorted region list (unknown names skipped).
+    fn region_indices<'a>(&self, names: impl Iterator<Item = &'a str>) -> BTreeSet<u16> {
+        let list: Vec<&String> = self.regions.keys().collect();
+        names
+            .filter_map(|r| list.binary_search_by(|n| n.as_str().cmp(r)).ok())
+            .map(|i| i as u16)
+            .collect()
     }
 
     /// Stores (or relays) a new event and delivers what is now in order.
@@ -989,35 +1209,34 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Pushes `events` down their trees (as publisher or relay) and queues IHAVEs for the
-    /// lazy peers, skipping `except` (where they came from). With `eager` false (events
-    /// repaired by anti-entropy) it only announces.
+    /// Pushes `events` down their trees (as publisher or relay, with the relay hops they
+    /// arrived with) and queues IHAVEs for the lazy peers, skipping `except` (where they
+    /// came from). With `eager` false (events repaired by anti-entropy) it only announces.
     fn forward(
         &mut self,
         events: &[Arc<Event>],
         except: Option<OriginKey>,
         eager: bool,
         publishing: bool,
+        relay: &[RelayHop],
+        reroutes: u8,
     ) {
         if events.is_empty() {
             return;
         }
         let me = self.me.node_key();
         if eager {
-            let mut batches: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
+            let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
             for event in events {
-                for target in self.tree_targets(&event.origin(), publishing) {
-                    if Some(target) != except && target != me {
+                for target in self.targets(event, publishing, relay, reroutes) {
+                    if Some(target.0) != except && target.0 != me {
                         batches.entry(target).or_default().push(event.clone());
                     }
                 }
             }
-            for (peer, batch) in batches {
+            for ((peer, hops, ack, reroutes), batch) in batches {
                 let batch = self.allowed(&batch, &peer);
-                for chunk in batches_of(&batch, self.config.push_batch_len_max) {
-                    self.stats.pushes_sent += 1;
-                    self.send(peer, Message::Push(chunk.to_vec()));
-                }
+                self.push(peer, &batch, hops, ack, reroutes);
             }
         }
         let lazy: Vec<OriginKey> = self
@@ -1029,6 +1248,237 @@ impl<S: Store> Node<S> {
         for peer in lazy {
             let batch = self.allowed(events, &peer);
             self.announce(peer, &batch);
+        }
+    }
+
+    /// Sends `events` to `peer` in batches, each naming `hops`; with `ack`, each batch is
+    /// remembered until acknowledged or timed out (failover).
+    fn push(
+        &mut self,
+        peer: OriginKey,
+        events: &[Arc<Event>],
+        hops: Vec<RelayHop>,
+        ack: bool,
+        reroutes: u8,
+    ) {
+        for chunk in batches_of(events, self.config.push_batch_len_max) {
+            self.stats.pushes_sent += 1;
+            let mut id = 0;
+            if ack {
+                if self.router.pending.len() < PENDING_ACKS_MAX
+                    && let Some(region) = self.members.get(&peer).map(|m| m.region.clone())
+                {
+                    self.router.ack_seq += 1;
+                    id = self.router.ack_seq;
+                    self.router.pending.insert(
+                        id,
+                        PendingAck {
+                            to: peer,
+                            region,
+                            events: chunk.to_vec(),
+                            relay: hops.clone(),
+                            reroutes,
+                            sent_us: self.now,
+                        },
+                    );
+                    let at = self.now + route::rto_us(self.router.rtt_us(&peer));
+                    self.schedule(at, Timer::Ack(id));
+                } else {
+                    self.stats.acks_untracked += 1;
+                }
+            }
+            self.send(
+                peer,
+                Message::Push {
+                    events: chunk.to_vec(),
+                    relay: hops.clone(),
+                    ack: id,
+                    reroutes,
+                },
+            );
+        }
+    }
+
+    /// An acknowledgement: an RTT sample of the link at traffic rate (each push is sent
+    /// once, so there is no retransmission ambiguity), and proof that the link works, also
+    /// when it comes after its push timed out.
+    fn on_push_ack(&mut self, from: OriginKey, id: u64) {
+        let sent = if self.router.pending.get(&id).is_some_and(|p| p.to == from) {
+            self.router.pending.remove(&id).map(|p| p.sent_us)
+        } else if self.router.late.get(&id).is_some_and(|(to, _)| *to == from) {
+            self.router.late.remove(&id).map(|(_, sent)| sent)
+        } else {
+            None
+        };
+        let Some(sent) = sent else {
+            return;
+        };
+        self.stats.pushes_acked += 1;
+        self.router
+            .rtt_sample(from, self.now.saturating_sub(sent).max(1));
+        if let Some(region) = self.members.get(&from).map(|m| m.region.clone())
+            && self.router.recover(&region)
+        {
+            self.stats.links_recovered += 1;
+        }
+    }
+
+    /// A cross-region push went unacknowledged for its RTT timeout: mark the direct link
+    /// to that region failed and send the events to the regions the push was for along
+    /// the next-best path.
+    fn on_ack_timeout(&mut self, id: u64) {
+        let Some(p) = self.router.pending.remove(&id) else {
+            return;
+        };
+        if self.router.late.len() >= route::LATE_ACKS_MAX {
+            self.router.late.pop_first();
+        }
+        self.router.late.insert(id, (p.to, p.sent_us));
+        self.stats.failovers += 1;
+        self.stats.failover_after_us_max = self
+            .stats
+            .failover_after_us_max
+            .max(self.now.saturating_sub(p.sent_us));
+        if self.router.fail(&p.region, self.now) {
+            // Check the link at once: a lost acknowledgement recovers it within an RTT.
+            self.probe(p.to);
+        }
+        if p.reroutes >= route::REROUTES_MAX {
+            self.stats.reroute_unreachable += 1;
+            return;
+        }
+        let dests = self.region_indices(
+            std::iter::once(p.region.as_str()).chain(p.relay.iter().map(|h| h.region.as_str())),
+        );
+        let Some(first) = p.events.first() else {
+            return;
+        };
+        let mask = self.transit_mask(first);
+        let origin = first.origin();
+        for (root, hops) in self.plan_regions(&origin, mask, &dests) {
+            let batch = self.allowed(&p.events, &root);
+            self.push(root, &batch, hops, true, p.reroutes + 1);
+        }
+    }
+
+    fn probe(&mut self, target: OriginKey) {
+        if self.router.probes.len() >= PROBES_OUT_MAX {
+            return;
+        }
+        self.router.probe_nonce += 1;
+        let nonce = self.router.probe_nonce;
+        self.router.probes.insert(nonce, (target, self.now));
+        self.stats.probes_sent += 1;
+        let coord = self.router.vivaldi.coordinate();
+        self.send(target, Message::Probe { nonce, coord });
+    }
+
+    fn on_probe_ack(&mut self, from: OriginKey, nonce: u64, coord: weft_routing::Coordinate) {
+        let Some((to, sent)) = self.router.probes.remove(&nonce) else {
+            return;
+        };
+        if to != from {
+            return;
+        }
+        self.stats.probes_answered += 1;
+        let rtt = self.now.saturating_sub(sent).max(1);
+        let _ = self.router.vivaldi.update(&coord, rtt);
+        self.router.rtt_sample(from, rtt);
+        if let Some(region) = self.members.get(&from).map(|m| m.region.clone())
+            && self.router.recover(&region)
+        {
+            self.stats.links_recovered += 1;
+        }
+    }
+
+    /// Probes the entry member (the root of this node's own tree) of a few regions, round
+    /// robin, and of every region whose direct link is marked failed.
+    fn send_probes(&mut self) {
+        let me = self.me.node_key();
+        // Forget probes that were never answered.
+        let horizon = self.now.saturating_sub(10 * route::RTO_US_UNKNOWN);
+        self.router.probes.retain(|_, (_, sent)| *sent >= horizon);
+        let others: Vec<String> = self
+            .regions
+            .keys()
+            .filter(|r| **r != self.me.region)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let mut pick: BTreeSet<String> = self.router.failed.keys().cloned().collect();
+        for i in 0..self.config.probe_regions.min(others.len()) {
+            pick.insert(others[(self.router.probe_cursor + i) % others.len()].clone());
+        }
+        self.router.probe_cursor =
+            (self.router.probe_cursor + self.config.probe_regions) % others.len();
+        for region in pick {
+            if let Some(target) = self.region_root(&me, &region) {
+                self.probe(target);
+            }
+        }
+    }
+
+    /// Republishes this node's link record when due, and gossips records to a few peers.
+    fn gossip_links(&mut self) {
+        let me = self.me.node_key();
+        let since = self
+            .router
+            .own_published_us
+            .map(|t| self.now.saturating_sub(t));
+        let due = match since {
+            None => true,
+            Some(age) => {
+                self.router.own_forced
+                    || (self.router.own_dirty && age >= self.config.link_report_min_us)
+                    || age >= self.config.link_refresh_us
+            }
+        };
+        if due {
+            self.router.status.published = self.seen.get(&me).map_or(0, SeqRanges::contiguous);
+            self.router.status.stored = self.store.len() as u64;
+            self.router.status.missing = self.missing.len() as u64;
+            self.router.status.policy_epoch = self.me.policy_epoch;
+            let record = self.router.own_record(&self.me, &self.members);
+            let _ = self
+                .router
+                .take_record(record, &self.members, &self.regions, &me);
+            self.router.own_dirty = false;
+            self.router.own_forced = false;
+            self.router.own_published_us = Some(self.now);
+        }
+        let candidates: Vec<OriginKey> = self
+            .members
+            .iter()
+            .filter(|(k, m)| **k != me && !self.router.failed.contains_key(&m.region))
+            .map(|(k, _)| *k)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let budget = (usize::BITS - candidates.len().leading_zeros()) + 1;
+        let batch = self.router.gossip_batch(budget);
+        if batch.is_empty() {
+            return;
+        }
+        for _ in 0..self.config.link_fanout.min(candidates.len()) {
+            let k = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
+            self.send(k, Message::Links(batch.clone()));
+        }
+    }
+
+    fn on_links(&mut self, records: Vec<LinkRecord>) {
+        let me = self.me.node_key();
+        for record in records.into_iter().take(LINK_RECORDS_PER_MESSAGE_MAX) {
+            match self
+                .router
+                .take_record(record, &self.members, &self.regions, &me)
+            {
+                Ok(true) => self.stats.link_records_new += 1,
+                Ok(false) => {}
+                Err(_) => self.stats.link_records_refused += 1,
+            }
         }
     }
 
@@ -1081,14 +1531,37 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn on_push(&mut self, from: OriginKey, events: Vec<Arc<Event>>) {
+    fn on_push(
+        &mut self,
+        from: OriginKey,
+        events: Vec<Arc<Event>>,
+        relay: &[RelayHop],
+        reroutes: u8,
+    ) {
         let mut fresh = Vec::new();
+        let mut held = Vec::new();
         for event in events {
-            if let Ok(Inserted::New) = self.accept(event.clone()) {
-                fresh.push(event);
+            match self.accept(event.clone()) {
+                Ok(Inserted::New) => fresh.push(event),
+                Ok(Inserted::Duplicate) if !relay.is_empty() => held.push(event),
+                _ => {}
             }
         }
-        self.forward(&fresh, Some(from), true, false);
+        self.forward(&fresh, Some(from), true, false, relay, reroutes);
+        // Events this node already had still go on to the regions it relays for (a
+        // rerouted push passes through regions that hold the event already).
+        let mut by_target: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
+        for event in held {
+            for target in self.relay_targets(&event, relay, reroutes) {
+                if target.0 != from {
+                    by_target.entry(target).or_default().push(event.clone());
+                }
+            }
+        }
+        for ((root, hops, ack, reroutes), events) in by_target {
+            let batch = self.allowed(&events, &root);
+            self.push(root, &batch, hops, ack, reroutes);
+        }
     }
 
     fn on_ihave(&mut self, from: OriginKey, refs: Vec<EventRef>) {
@@ -1159,7 +1632,15 @@ impl<S: Store> Node<S> {
         let events = self.allowed(&events, &from);
         if !events.is_empty() {
             self.stats.pushes_sent += 1;
-            self.send(from, Message::Push(events));
+            self.send(
+                from,
+                Message::Push {
+                    events,
+                    relay: Vec::new(),
+                    ack: 0,
+                    reroutes: 0,
+                },
+            );
         }
     }
 
@@ -1182,7 +1663,11 @@ impl<S: Store> Node<S> {
             let others = || {
                 self.members
                     .iter()
-                    .filter(|(k, m)| **k != me && m.region != self.me.region)
+                    .filter(|(k, m)| {
+                        **k != me
+                            && m.region != self.me.region
+                            && !self.router.failed.contains_key(&m.region)
+                    })
                     .map(|(k, _)| *k)
             };
             let count = others().count();
@@ -1207,16 +1692,18 @@ impl<S: Store> Node<S> {
         // `members` and `peers` are both ordered by key: walk them together rather than
         // look each member up (this runs every sync interval over every member).
         let mut peers = self.peers.iter().peekable();
-        let partner = self
-            .members
-            .keys()
-            .filter(|k| **k != me)
+        let failed = &self.router.failed;
+        let members = &self.members;
+        let partner = members
+            .iter()
+            .filter(|(k, m)| **k != me && !failed.contains_key(&m.region))
+            .map(|(k, _)| k)
             .map(|k| {
                 while peers.next_if(|(pk, _)| *pk < k).is_some() {}
                 let p = peers.peek().filter(|(pk, _)| *pk == k).map(|(_, p)| *p);
                 let more = p.map_or(0, |p| p.held.saturating_sub(held));
                 let last = p.and_then(|p| p.last_sync_us).unwrap_or(0);
-                let rtt = p.and_then(PeerState::rtt_us).unwrap_or(Micros::MAX);
+                let rtt = self.router.rtt_us(k).unwrap_or(Micros::MAX);
                 // Most missing first (descending), then stalest, then nearest.
                 (std::cmp::Reverse(more), last, rtt, *k)
             })
@@ -1333,7 +1820,7 @@ fn batches_of(events: &[Arc<Event>], len_max: usize) -> Vec<&[Arc<Event>]> {
 
 /// Rendezvous rank of `member` for `origin`: a fixed mixing function (splitmix64) of both
 /// keys, the same on every node and every run.
-fn rank(origin: &OriginKey, member: &OriginKey) -> u64 {
+pub(crate) fn rank(origin: &OriginKey, member: &OriginKey) -> u64 {
     let word = |k: &OriginKey, at: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&k.0[at..at + 8]);
@@ -1367,8 +1854,15 @@ mod tests {
 
     use proptest::prelude::*;
 
-    /// Nodes with keys from `seeds`, spread over `regions`, each knowing all the others.
-    fn mesh(seeds: &[u8], regions: usize, arity: usize) -> Vec<Node<crate::mesh::MemStore>> {
+    /// Nodes with keys from `seeds`, spread over `regions`, each knowing all the others,
+    /// with RTTs between regions from `rtts` (a 6 x 6 matrix, symmetrized) measured by
+    /// every node and shared as link-state records.
+    fn mesh(
+        seeds: &[u8],
+        regions: usize,
+        arity: usize,
+        rtts: &[u64],
+    ) -> Vec<Node<crate::mesh::MemStore>> {
         let infos: Vec<MemberInfo> = seeds
             .iter()
             .enumerate()
@@ -1385,54 +1879,140 @@ mod tests {
                 }
             })
             .collect();
-        infos
+        let rtt = |a: usize, b: usize| -> u64 {
+            let (ra, rb) = (a % regions, b % regions);
+            if ra == rb {
+                500
+            } else {
+                rtts[ra.min(rb) * 6 + ra.max(rb)]
+            }
+        };
+        let mut nodes: Vec<Node<crate::mesh::MemStore>> = infos
             .iter()
-            .map(|me| {
+            .enumerate()
+            .map(|(i, me)| {
                 let mut config = MeshConfig::wan(infos.len() as u32);
                 config.tree_arity = arity;
+                // Near regions get a deliberate duplicate (see `near_region_rtt_us`).
+                config.near_region_rtt_us = 0;
                 let mut node = Node::new(me.clone(), config, 1, crate::mesh::MemStore::new(16), 0);
-                for other in infos.iter().filter(|o| o.key != me.key) {
+                for (j, other) in infos.iter().enumerate().filter(|(_, o)| o.key != me.key) {
                     node.members.insert(OriginKey(other.key), other.clone());
                     node.region_insert(&other.region, OriginKey(other.key));
+                    node.handle_rtt_sample(0, OriginKey(other.key), rtt(i, j));
                 }
+                node.router.invalidate();
+                node.gossip_links();
                 node
             })
-            .collect()
+            .collect();
+        let records: Vec<LinkRecord> = nodes
+            .iter()
+            .flat_map(|n| n.link_records().cloned().collect::<Vec<_>>())
+            .collect();
+        for node in &mut nodes {
+            for chunk in records.chunks(LINK_RECORDS_PER_MESSAGE_MAX) {
+                node.on_links(chunk.to_vec());
+            }
+            while node.poll_transmit().is_some() {}
+        }
+        nodes
+    }
+
+    fn event_of(seed: u8) -> Arc<Event> {
+        let draft = crate::envelope::EventDraft {
+            stream: crate::StreamName::new("orders.eu").unwrap(),
+            key: None,
+            seq: 1,
+            hlc: crate::Hlc::new(1_764_000_000_000, 0).unwrap(),
+            security: crate::envelope::SecurityContext {
+                tenant: "acme".into(),
+                principal: "svc".into(),
+                classification: "internal".into(),
+                residency: crate::envelope::Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: 0,
+            },
+            content_type: "text/plain".into(),
+            payload: crate::envelope::Payload::Clear(b"x".to_vec()),
+            trace: None,
+        };
+        Arc::new(crate::Signer::from_secret(&[seed; 32]).sign(draft).unwrap())
+    }
+
+    #[test]
+    fn a_publisher_reaches_a_far_region_through_a_relay_region() {
+        // r0 - r2 direct 200 ms; r0 - r1 30 ms and r1 - r2 40 ms.
+        let mut rtts = vec![0u64; 36];
+        rtts[1] = 30_000; // r0-r1
+        rtts[2] = 200_000; // r0-r2
+        rtts[6 + 2] = 40_000; // r1-r2
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 3, 2, &rtts);
+        let region_of: BTreeMap<OriginKey, String> = nodes
+            .iter()
+            .map(|n| (n.me().node_key(), n.me().region.clone()))
+            .collect();
+        let event = event_of(seeds[0]);
+        let targets = nodes[0].targets(&event, true, &[], 0);
+        let cross: Vec<(&str, &[RelayHop])> = targets
+            .iter()
+            .filter(|(k, _, ack, _)| *ack && region_of[k] != "r0")
+            .map(|(k, hops, _, _)| (region_of[k].as_str(), hops.as_slice()))
+            .collect();
+        assert_eq!(
+            cross,
+            vec![(
+                "r1",
+                &[RelayHop {
+                    region: "r2".into(),
+                    parent: None
+                }][..]
+            )]
+        );
+        let routes = nodes[0].region_routes();
+        let r2 = routes.iter().find(|r| r.region == "r2").unwrap();
+        assert_eq!(r2.path, vec!["r0", "r1", "r2"]);
+        assert_eq!(r2.latency_us, 35_000);
+        assert_eq!(r2.direct_us, Some(100_000));
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         /// With consistent views, the computed trees reach every node exactly once: the
-        /// publisher's sends plus every receiver's children cover the mesh with no
-        /// duplicate and no gap, whatever the origin, the region layout and the arity.
+        /// publisher's sends plus every receiver's children and relay hops cover the mesh
+        /// with no duplicate and no gap, whatever the origin, the region layout, the arity
+        /// and the inter-region latencies (which decide where relays are used).
         #[test]
         fn computed_trees_cover_every_node_exactly_once(
             seeds in proptest::collection::btree_set(1u8..=250, 1..40),
             regions in 1usize..6,
             arity in 1usize..9,
             origin_pick in any::<prop::sample::Index>(),
+            rtts in proptest::collection::vec(1_000u64..300_000, 36),
         ) {
             let seeds: Vec<u8> = seeds.into_iter().collect();
-            let nodes = mesh(&seeds, regions, arity);
+            let mut nodes = mesh(&seeds, regions, arity, &rtts);
             let by_key: BTreeMap<OriginKey, usize> =
                 nodes.iter().enumerate().map(|(i, n)| (n.me().node_key(), i)).collect();
             let origin = origin_pick.index(nodes.len());
-            let origin_key = nodes[origin].me().node_key();
+            let event = event_of(seeds[origin]);
             let mut received = vec![0u32; nodes.len()];
             received[origin] = 1;
-            let mut frontier: Vec<usize> = nodes[origin]
-                .tree_targets(&origin_key, true)
-                .iter()
-                .map(|k| by_key[k])
+            let mut frontier: Vec<(usize, Vec<RelayHop>)> = nodes[origin]
+                .targets(&event, true, &[], 0)
+                .into_iter()
+                .map(|(k, hops, _, _)| (by_key[&k], hops))
                 .collect();
             // Bounded: every node forwards at most once (duplicates stop the walk).
-            while let Some(i) = frontier.pop() {
+            while let Some((i, hops)) = frontier.pop() {
                 received[i] += 1;
                 if received[i] > 1 {
                     continue;
                 }
-                frontier.extend(nodes[i].tree_targets(&origin_key, false).iter().map(|k| by_key[k]));
+                let next = nodes[i].targets(&event, false, &hops, 0);
+                frontier.extend(next.into_iter().map(|(k, h, _, _)| (by_key[&k], h)));
             }
             prop_assert!(received.iter().all(|r| *r == 1), "coverage {:?}", received);
         }

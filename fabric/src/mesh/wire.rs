@@ -17,6 +17,7 @@ use serde_bytes::Bytes;
 use crate::envelope::{EventId, OriginKey, UnverifiedEvent};
 use crate::error::{EnvelopeError, VerifyError};
 use crate::mesh::message::{Digest, EventRef, Message};
+use crate::mesh::route::{LinkRecord, RelayHop};
 use crate::sign::verify_batch;
 
 /// Largest encoded message accepted from a peer (a full push or sync batch of large events;
@@ -92,7 +93,13 @@ type WireRanges = ([u8; 32], Vec<(u64, u64)>);
 #[derive(Serialize, Deserialize)]
 enum Wire<'a> {
     Swim(#[serde(borrow)] &'a Bytes),
-    Push(#[serde(borrow)] Vec<&'a Bytes>),
+    Push {
+        #[serde(borrow)]
+        events: Vec<&'a Bytes>,
+        relay: Vec<RelayHop>,
+        ack: u64,
+        reroutes: u8,
+    },
     IHave(Vec<WireRef>),
     Graft(Vec<WireRef>),
     SyncRequest {
@@ -105,6 +112,16 @@ enum Wire<'a> {
         resume: Option<[u8; 32]>,
         held: u64,
     },
+    PushAck(u64),
+    Probe {
+        nonce: u64,
+        coord: weft_routing::Coordinate,
+    },
+    ProbeAck {
+        nonce: u64,
+        coord: weft_routing::Coordinate,
+    },
+    Links(Vec<LinkRecord>),
 }
 
 /// Encodes `msg` for the wire.
@@ -116,10 +133,30 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     let owned;
     let wire = match msg {
         Message::Swim(bytes) => Wire::Swim(Bytes::new(bytes)),
-        Message::Push(events) => {
+        Message::Push {
+            events,
+            relay,
+            ack,
+            reroutes,
+        } => {
             owned = envelopes(events);
-            Wire::Push(owned.iter().map(|b| Bytes::new(b)).collect())
+            Wire::Push {
+                events: owned.iter().map(|b| Bytes::new(b)).collect(),
+                relay: relay.clone(),
+                ack: *ack,
+                reroutes: *reroutes,
+            }
         }
+        Message::PushAck(id) => Wire::PushAck(*id),
+        Message::Probe { nonce, coord } => Wire::Probe {
+            nonce: *nonce,
+            coord: *coord,
+        },
+        Message::ProbeAck { nonce, coord } => Wire::ProbeAck {
+            nonce: *nonce,
+            coord: *coord,
+        },
+        Message::Links(records) => Wire::Links(records.clone()),
         Message::IHave(r) => Wire::IHave(refs(r)),
         Message::Graft(r) => Wire::Graft(refs(r)),
         Message::SyncRequest {
@@ -153,7 +190,16 @@ pub enum IncomingMessage {
     /// A message that carries no events.
     Plain(Message),
     /// An eager push.
-    Push(Vec<UnverifiedEvent>),
+    Push {
+        /// The events, unverified.
+        events: Vec<UnverifiedEvent>,
+        /// Relay hops (see [`Message::Push`]).
+        relay: Vec<RelayHop>,
+        /// Acknowledgement id, 0 for none.
+        ack: u64,
+        /// Reroutes so far.
+        reroutes: u8,
+    },
     /// An anti-entropy answer.
     SyncResponse {
         /// The events, unverified.
@@ -181,7 +227,8 @@ impl IncomingMessage {
     pub fn event_count(&self) -> usize {
         match self {
             IncomingMessage::Plain(_) => 0,
-            IncomingMessage::Push(e) | IncomingMessage::SyncResponse { events: e, .. } => e.len(),
+            IncomingMessage::Push { events: e, .. }
+            | IncomingMessage::SyncResponse { events: e, .. } => e.len(),
         }
     }
 
@@ -205,9 +252,22 @@ impl IncomingMessage {
         };
         match self {
             IncomingMessage::Plain(msg) => (msg, Vec::new()),
-            IncomingMessage::Push(events) => {
+            IncomingMessage::Push {
+                events,
+                relay,
+                ack,
+                reroutes,
+            } => {
                 let (good, bad) = check(events);
-                (Message::Push(good), bad)
+                (
+                    Message::Push {
+                        events: good,
+                        relay,
+                        ack,
+                        reroutes,
+                    },
+                    bad,
+                )
             }
             IncomingMessage::SyncResponse {
                 events,
@@ -255,7 +315,23 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
     };
     Ok(match wire {
         Wire::Swim(b) => IncomingMessage::Plain(Message::Swim(b.to_vec())),
-        Wire::Push(list) => IncomingMessage::Push(events(list)?),
+        Wire::Push {
+            events: list,
+            relay,
+            ack,
+            reroutes,
+        } => IncomingMessage::Push {
+            events: events(list)?,
+            relay,
+            ack,
+            reroutes,
+        },
+        Wire::PushAck(id) => IncomingMessage::Plain(Message::PushAck(id)),
+        Wire::Probe { nonce, coord } => IncomingMessage::Plain(Message::Probe { nonce, coord }),
+        Wire::ProbeAck { nonce, coord } => {
+            IncomingMessage::Plain(Message::ProbeAck { nonce, coord })
+        }
+        Wire::Links(records) => IncomingMessage::Plain(Message::Links(records)),
         Wire::IHave(r) => {
             IncomingMessage::Plain(Message::IHave(r.into_iter().map(Into::into).collect()))
         }
@@ -324,7 +400,38 @@ mod tests {
         let r = EventRef::of(&e1);
         let msgs = vec![
             Message::Swim(vec![1, 2, 3]),
-            Message::Push(vec![e1.clone(), e2.clone()]),
+            Message::Push {
+                events: vec![e1.clone(), e2.clone()],
+                relay: vec![RelayHop {
+                    region: "aws:us-east-1".into(),
+                    parent: None,
+                }],
+                ack: 7,
+                reroutes: 1,
+            },
+            Message::PushAck(7),
+            Message::Probe {
+                nonce: 3,
+                coord: weft_routing::Coordinate::origin(),
+            },
+            Message::ProbeAck {
+                nonce: 3,
+                coord: weft_routing::Coordinate::origin(),
+            },
+            Message::Links(vec![LinkRecord {
+                node: [9; 32],
+                version: 1 << 32 | 4,
+                coord: weft_routing::Coordinate::origin(),
+                links: vec![([8; 32], 80_600)],
+                status: crate::mesh::route::NodeStatus {
+                    name: "eu-1".into(),
+                    http: "127.0.0.1:8401".into(),
+                    published: 5,
+                    stored: 9,
+                    missing: 0,
+                    policy_epoch: 0,
+                },
+            }]),
             Message::IHave(vec![r]),
             Message::Graft(vec![r, EventRef::of(&e2)]),
             Message::SyncRequest {
@@ -344,7 +451,15 @@ mod tests {
             assert_eq!(encode(&back), encode(msg), "{msg:?}");
         }
         match round_trip(&msgs[1]).0 {
-            Message::Push(events) => {
+            Message::Push {
+                events,
+                relay,
+                ack,
+                reroutes,
+            } => {
+                assert_eq!(reroutes, 1);
+                assert_eq!(ack, 7);
+                assert_eq!(relay[0].region, "aws:us-east-1");
                 assert_eq!(events.len(), 2);
                 assert_eq!(events[0].id(), e1.id());
                 assert_eq!(events[1].seq(), 2);
@@ -368,7 +483,12 @@ mod tests {
     #[test]
     fn a_malformed_envelope_names_its_index() {
         let good = event(1).encode();
-        let wire = Wire::Push(vec![Bytes::new(&good), Bytes::new(&[1, 2, 3])]);
+        let wire = Wire::Push {
+            events: vec![Bytes::new(&good), Bytes::new(&[1, 2, 3])],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
         let bytes = postcard::to_allocvec(&wire).unwrap();
         match decode(&bytes) {
             Err(WireError::Event { index, .. }) => assert_eq!(index, 1),
@@ -384,13 +504,18 @@ mod tests {
         let last = forged.len() - 1;
         forged[last] ^= 1;
         let good_bytes = good.encode();
-        let wire = Wire::Push(vec![Bytes::new(&good_bytes), Bytes::new(&forged)]);
+        let wire = Wire::Push {
+            events: vec![Bytes::new(&good_bytes), Bytes::new(&forged)],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
         let bytes = postcard::to_allocvec(&wire).unwrap();
         let (msg, rejected) = decode(&bytes).unwrap().verify();
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].origin, good.origin());
         match msg {
-            Message::Push(events) => {
+            Message::Push { events, .. } => {
                 assert_eq!(events.len(), 1);
                 assert_eq!(events[0].id(), good.id());
             }

@@ -1,0 +1,991 @@
+//! Latency-aware routing inside the mesh core: link probes, link-state gossip, the region
+//! graph, source-routed relays and failover. The algorithms are `weft-routing`'s (RTT
+//! estimation, Vivaldi coordinates, the link-state database, constrained Dijkstra); this
+//! module holds the per-node state that feeds them and turns their answers into pushes.
+//!
+//! # How an event finds its path
+//!
+//! Dissemination works on two levels (see `node.rs`): inside a region a rendezvous tree,
+//! between regions one push per destination region to that region's *root* for the event's
+//! origin. Which regions a push goes to first, and which it is relayed through, is decided
+//! here, over a graph whose vertices are regions:
+//!
+//! - the edges out of this node's region are this node's own measurements (RTT estimators
+//!   fed by probes and by the transport), minus regions whose direct link just failed;
+//! - every other edge is the median of what the nodes of one region report for the other
+//!   (link-state records, gossiped), or, for pairs nobody measured, the median distance
+//!   between the two regions' network coordinates;
+//! - a transit region's outgoing edges weigh `100 / RELAY_COST_PCT_MAX` times their
+//!   latency, so a relay is taken only when it saves a clear margin over the direct link
+//!   (hysteresis: estimates within a few percent of each other do not flap the path);
+//! - transit is allowed only through regions the replication filter admits for the event
+//!   (residency, issue 6), so the path is the shortest *allowed* one.
+//!
+//! The publisher computes the shortest-path tree from its region and sends each first-hop
+//! region's root a push naming the rest of that subtree ([`RelayHop`]s): *source routing*,
+//! so a relay needs no view of the graph that agrees with the publisher's; it forwards to
+//! the roots of the regions named under it, even for events it already holds.
+//!
+//! # Failover
+//!
+//! Pushes across regions ask for a [`super::Message::PushAck`]. If none arrives within the
+//! link's RTT timeout ([`rto_us`]), the sender marks its direct link to that region failed,
+//! recomputes the tree without it and sends the same events to the regions the lost push
+//! was for along the next-best path: traffic is on the new path one RTT timeout after the
+//! old one broke. A failed link comes back when a probe to the region is answered (failed
+//! regions are probed every tick) or a late acknowledgement arrives.
+//!
+//! # Link state
+//!
+//! Every node probes the entry member of each other region (the root of its own tree
+//! there) a few regions per tick, and gossips a [`LinkRecord`]: its measured link RTTs (at
+//! most [`LINKS_PER_REGION_MAX`] per region, [`LINKS_PER_NODE_MAX`] in all), its Vivaldi
+//! coordinate, and a small status (name, HTTP address, counters) for dashboards. Records
+//! spread by push gossip with a transmit budget (new versions first) plus a slow rotation
+//! through everything held, so late joiners fill in. Each node keeps the records of at
+//! most [`RECORDS_PER_REGION_MAX`] nodes per region: the region graph needs a sample of
+//! each region, not every node, and a thousand-node mesh would otherwise hold a million
+//! records per simulated run. Records come only from authenticated mesh peers; they are
+//! not signed by the node they describe (a trusted node could misreport another's links).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use weft_routing::linkstate::LINKS_PER_NODE_MAX;
+use weft_routing::paths::RELAY_COST_PCT_MAX;
+use weft_routing::{Coordinate, LatencyGraph, LinkStateDb, RttEstimator, VivaldiClient};
+
+use crate::envelope::OriginKey;
+use crate::mesh::member::MemberInfo;
+use crate::mesh::node::Micros;
+
+/// Most link records in one gossip message.
+pub const LINK_RECORDS_PER_MESSAGE_MAX: usize = 16;
+/// Most links a node reports per destination region (its nearest there).
+pub const LINKS_PER_REGION_MAX: usize = 3;
+/// Most nodes per region whose records a node keeps (module docs).
+pub const RECORDS_PER_REGION_MAX: usize = 16;
+/// Longest node name in a record, bytes.
+pub const NODE_NAME_LEN_MAX: usize = 64;
+/// Longest HTTP address in a record, bytes.
+pub const NODE_HTTP_LEN_MAX: usize = 128;
+/// Most times one push's path is rerouted after failed links.
+pub const REROUTES_MAX: u8 = 2;
+/// Most relay hops named in one push.
+pub const RELAY_HOPS_MAX: usize = 64;
+/// Most cross-region pushes waiting for their acknowledgement; beyond it pushes go out
+/// without one (counted: `Stats::acks_untracked`) and rely on GRAFT and anti-entropy.
+pub const PENDING_ACKS_MAX: usize = 4_096;
+/// Most timed-out pushes remembered so that a late acknowledgement still counts (as an RTT
+/// sample and as proof the link works).
+pub const LATE_ACKS_MAX: usize = 1_024;
+/// Most probes in flight.
+pub const PROBES_OUT_MAX: usize = 1_024;
+/// Most records waiting in the hot (recently changed) gossip queue.
+pub const HOT_RECORDS_MAX: usize = 256;
+/// Smallest RTT timeout, microseconds.
+pub const RTO_US_MIN: Micros = 10_000;
+/// RTT timeout for a link never measured, microseconds (the slowest measured pair is about
+/// 330 ms).
+pub const RTO_US_UNKNOWN: Micros = 1_000_000;
+
+/// One region a relayed push must still reach: the region and the position of its parent
+/// hop in the same list (`None`: the receiver of the push is the parent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RelayHop {
+    /// Region id, e.g. `aws:us-east-1`.
+    pub region: String,
+    /// Index of the parent hop in the list; always below this hop's own index.
+    pub parent: Option<u8>,
+}
+
+/// What a node says about itself besides its links (for dashboards and `weft peers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Operator-chosen node name.
+    pub name: String,
+    /// Where its HTTP API listens (`host:port`), or empty.
+    pub http: String,
+    /// Events this node originated.
+    pub published: u64,
+    /// Events it holds.
+    pub stored: u64,
+    /// Events it knows of (announced) but does not hold yet: its replication lag.
+    pub missing: u64,
+    /// The policy epoch it enforces.
+    pub policy_epoch: u64,
+}
+
+/// A node's gossiped link state: its measured RTTs, coordinate and status, versioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// The node described.
+    pub node: [u8; 32],
+    /// Grows with every new record of the node (generation in the high 32 bits, so a
+    /// restarted node's records replace its old ones).
+    pub version: u64,
+    /// Its Vivaldi coordinate.
+    pub coord: Coordinate,
+    /// Its measured RTT estimates, microseconds, by peer key.
+    pub links: Vec<([u8; 32], u32)>,
+    /// Its status.
+    pub status: NodeStatus,
+}
+
+impl LinkRecord {
+    /// Approximate encoded size (the simulator's byte counters).
+    pub fn wire_len(&self) -> usize {
+        32 + 8
+            + 44
+            + 2
+            + self.links.len() * 36
+            + self.status.name.len()
+            + self.status.http.len()
+            + 32
+    }
+
+    /// Checks the limits of a record received from a peer.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.links.len() > LINKS_PER_NODE_MAX {
+            return Err("links over LINKS_PER_NODE_MAX");
+        }
+        if self.status.name.len() > NODE_NAME_LEN_MAX {
+            return Err("status.name over NODE_NAME_LEN_MAX");
+        }
+        if self.status.http.len() > NODE_HTTP_LEN_MAX {
+            return Err("status.http over NODE_HTTP_LEN_MAX");
+        }
+        if self.coord.validate().is_err() {
+            return Err("coord invalid");
+        }
+        if self.links.iter().any(|(k, _)| *k == self.node) {
+            return Err("links name the node itself");
+        }
+        Ok(())
+    }
+}
+
+/// RTT timeout for a link whose RTT estimate is `rtt_us`: the estimate plus a quarter and
+/// 5 ms of slack for jitter and the receiver's work, at least [`RTO_US_MIN`].
+pub fn rto_us(rtt_us: Option<Micros>) -> Micros {
+    match rtt_us {
+        Some(r) => (r + r / 4 + 5_000).max(RTO_US_MIN),
+        None => RTO_US_UNKNOWN,
+    }
+}
+
+/// A cross-region push waiting for its acknowledgement.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingAck {
+    pub(crate) to: OriginKey,
+    pub(crate) region: String,
+    pub(crate) events: Vec<std::sync::Arc<crate::envelope::Event>>,
+    pub(crate) relay: Vec<RelayHop>,
+    pub(crate) reroutes: u8,
+    pub(crate) sent_us: Micros,
+}
+
+/// How a region-graph edge was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeSource {
+    /// This node's own measurement.
+    Measured,
+    /// The median of other nodes' gossiped reports.
+    Reported,
+    /// Network coordinates.
+    Estimated,
+}
+
+/// One region's current path from this node, for `/v1/mesh/routes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionRoute {
+    /// Destination region.
+    pub region: String,
+    /// Regions from this node's to the destination, both included.
+    pub path: Vec<String>,
+    /// Estimated one-way latency along the path, microseconds.
+    pub latency_us: Micros,
+    /// Estimated one-way latency of the direct link, if known and usable.
+    pub direct_us: Option<Micros>,
+    /// Whether the direct link is currently marked failed.
+    pub direct_failed: bool,
+    /// How the first hop's latency was obtained.
+    pub first_hop: EdgeSource,
+    /// Other first hops, with the latency through them, best first.
+    pub alternatives: Vec<(Vec<String>, Micros)>,
+}
+
+/// The region graph as built from the current link state.
+#[derive(Debug, Clone)]
+struct RegionGraph {
+    names: Vec<String>,
+    mine: u16,
+    /// True round-trip latency per directed edge `(a, b)`, and where it came from.
+    edges: BTreeMap<(u16, u16), (Micros, EdgeSource)>,
+}
+
+/// A shortest-path tree over regions from this node's region.
+#[derive(Debug, Clone)]
+pub(crate) struct RegionTree {
+    /// Parent of each region index on its path (`None` for the root and unreachable ones).
+    parent: Vec<Option<u16>>,
+    reachable: Vec<bool>,
+}
+
+/// Per-node routing state (module docs).
+pub(crate) struct Router {
+    pub(crate) vivaldi: VivaldiClient,
+    rtt: BTreeMap<OriginKey, RttEstimator>,
+    records: BTreeMap<OriginKey, LinkRecord>,
+    db: LinkStateDb<OriginKey>,
+    hot: BTreeMap<OriginKey, u32>,
+    cold_cursor: Option<OriginKey>,
+    own_counter: u32,
+    pub(crate) own_dirty: bool,
+    pub(crate) own_forced: bool,
+    pub(crate) own_published_us: Option<Micros>,
+    /// Regions whose direct link from this node failed, since when.
+    pub(crate) failed: BTreeMap<String, Micros>,
+    pub(crate) probes: BTreeMap<u64, (OriginKey, Micros)>,
+    pub(crate) probe_nonce: u64,
+    pub(crate) probe_cursor: usize,
+    pub(crate) pending: BTreeMap<u64, PendingAck>,
+    /// Pushes that timed out: id -> (peer, sent at).
+    pub(crate) late: BTreeMap<u64, (OriginKey, Micros)>,
+    pub(crate) ack_seq: u64,
+    graph: Option<RegionGraph>,
+    trees: BTreeMap<Vec<bool>, RegionTree>,
+    pub(crate) status: NodeStatus,
+}
+
+impl Router {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            vivaldi: VivaldiClient::new(seed),
+            rtt: BTreeMap::new(),
+            records: BTreeMap::new(),
+            db: LinkStateDb::new(),
+            hot: BTreeMap::new(),
+            cold_cursor: None,
+            own_counter: 0,
+            own_dirty: true,
+            own_forced: false,
+            own_published_us: None,
+            failed: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            probe_nonce: 0,
+            probe_cursor: 0,
+            pending: BTreeMap::new(),
+            late: BTreeMap::new(),
+            ack_seq: 0,
+            graph: None,
+            trees: BTreeMap::new(),
+            status: NodeStatus::default(),
+        }
+    }
+
+    /// The published RTT estimate to `peer`.
+    pub(crate) fn rtt_us(&self, peer: &OriginKey) -> Option<Micros> {
+        self.rtt.get(peer).and_then(RttEstimator::estimate_us)
+    }
+
+    /// Takes one RTT sample; returns whether the published estimate changed.
+    pub(crate) fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> bool {
+        let changed = matches!(
+            self.rtt.entry(peer).or_default().handle_sample(rtt_us),
+            Ok(Some(_))
+        );
+        if changed {
+            self.own_dirty = true;
+            self.invalidate();
+        }
+        if let Some(c) = self.records.get(&peer).map(|r| r.coord) {
+            let _ = self.vivaldi.update(&c, rtt_us);
+        }
+        changed
+    }
+
+    /// Forgets a member that left.
+    pub(crate) fn member_down(&mut self, peer: &OriginKey) {
+        self.rtt.remove(peer);
+        if self.records.remove(peer).is_some() {
+            self.db.remove_node(peer);
+            self.hot.remove(peer);
+            self.invalidate();
+        }
+    }
+
+    /// The cached region graph and trees are out of date.
+    pub(crate) fn invalidate(&mut self) {
+        self.graph = None;
+        self.trees.clear();
+    }
+
+    /// Marks the direct link to `region` failed (true if it was not already).
+    pub(crate) fn fail(&mut self, region: &str, now: Micros) -> bool {
+        if self.failed.contains_key(region) {
+            return false;
+        }
+        self.failed.insert(region.to_string(), now);
+        self.own_forced = true;
+        self.invalidate();
+        true
+    }
+
+    /// The direct link to `region` works again.
+    pub(crate) fn recover(&mut self, region: &str) -> bool {
+        if self.failed.remove(region).is_some() {
+            self.own_forced = true;
+            self.invalidate();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// All records held (this node's own included once published).
+    pub(crate) fn records(&self) -> impl Iterator<Item = &LinkRecord> {
+        self.records.values()
+    }
+
+    /// Builds this node's next record.
+    pub(crate) fn own_record(
+        &mut self,
+        me: &MemberInfo,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+    ) -> LinkRecord {
+        self.own_counter = self.own_counter.wrapping_add(1);
+        let mut by_region: BTreeMap<&str, Vec<(Micros, OriginKey)>> = BTreeMap::new();
+        for (k, est) in &self.rtt {
+            let (Some(m), Some(r)) = (members.get(k), est.estimate_us()) else {
+                continue;
+            };
+            if m.region != me.region && self.failed.contains_key(&m.region) {
+                continue;
+            }
+            by_region.entry(&m.region).or_default().push((r, *k));
+        }
+        let mut links = Vec::new();
+        for list in by_region.values_mut() {
+            list.sort_unstable();
+            for (r, k) in list.iter().take(LINKS_PER_REGION_MAX) {
+                if links.len() < LINKS_PER_NODE_MAX {
+                    links.push((k.0, u32::try_from(*r).unwrap_or(u32::MAX)));
+                }
+            }
+        }
+        links.sort_unstable();
+        LinkRecord {
+            node: me.key,
+            version: (u64::from(me.generation) << 32) | u64::from(self.own_counter),
+            coord: self.vivaldi.coordinate(),
+            links,
+            status: self.status.clone(),
+        }
+    }
+
+    /// Takes a record (own or received). Returns `Ok(true)` if it was new and kept.
+    pub(crate) fn take_record(
+        &mut self,
+        record: LinkRecord,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+        me: &OriginKey,
+    ) -> Result<bool, &'static str> {
+        record.validate()?;
+        let key = OriginKey(record.node);
+        if key == *me {
+            // Our own record comes back through gossip; only the one we made counts.
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|r| r.version >= record.version)
+            {
+                return Ok(false);
+            }
+            return self.store(record).map(|_| true);
+        }
+        let Some(member) = members.get(&key) else {
+            // Not a member (yet): the rotation brings the record again later.
+            return Ok(false);
+        };
+        if let Some(old) = self.records.get(&key) {
+            if old.version >= record.version {
+                return Ok(false);
+            }
+        } else {
+            // Keep a sample per region (module docs).
+            let held = regions.get(&member.region).map_or(0, |list| {
+                list.iter().filter(|k| self.records.contains_key(k)).count()
+            });
+            if held >= RECORDS_PER_REGION_MAX {
+                return Ok(false);
+            }
+        }
+        self.store(record).map(|_| true)
+    }
+
+    fn store(&mut self, record: LinkRecord) -> Result<(), &'static str> {
+        let key = OriginKey(record.node);
+        let links: Vec<(OriginKey, u64)> = record
+            .links
+            .iter()
+            .map(|(k, r)| (OriginKey(*k), u64::from(*r)))
+            .collect();
+        match self.db.handle_report(key, record.version, links) {
+            Ok(_) => {}
+            Err(_) => return Err("link report refused by the link-state database"),
+        }
+        if self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key) {
+            self.hot.insert(key, 0);
+        }
+        self.records.insert(key, record);
+        self.invalidate();
+        Ok(())
+    }
+
+    /// Records for one gossip message: hot ones first (each sent `budget` times in all),
+    /// then a couple from the rotation through everything held.
+    pub(crate) fn gossip_batch(&mut self, budget: u32) -> Vec<LinkRecord> {
+        let mut out = Vec::new();
+        let mut spent = Vec::new();
+        let mut hot: Vec<(u32, OriginKey)> = self.hot.iter().map(|(k, n)| (*n, *k)).collect();
+        hot.sort_unstable();
+        for (n, k) in hot.into_iter().take(LINK_RECORDS_PER_MESSAGE_MAX - 2) {
+            if let Some(r) = self.records.get(&k) {
+                out.push(r.clone());
+            }
+            spent.push((k, n + 1));
+        }
+        for (k, n) in spent {
+            if n >= budget {
+                self.hot.remove(&k);
+            } else {
+                self.hot.insert(k, n);
+            }
+        }
+        for _ in 0..2 {
+            let next = match self.cold_cursor {
+                Some(c) => self
+                    .records
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .next()
+                    .or_else(|| self.records.iter().next()),
+                None => self.records.iter().next(),
+            };
+            let Some((k, r)) = next else {
+                break;
+            };
+            self.cold_cursor = Some(*k);
+            if !out.iter().any(|o| o.node == r.node) {
+                out.push(r.clone());
+            }
+        }
+        out
+    }
+
+    /// Builds (or returns the cached) region graph.
+    fn graph(
+        &mut self,
+        me: &MemberInfo,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+    ) -> &RegionGraph {
+        if self.graph.is_none() {
+            self.graph = Some(self.build_graph(me, members, regions));
+        }
+        self.graph
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("set above"))
+    }
+
+    /// The region graph (module docs). The edge from this node's region to another is the
+    /// RTT estimate to the member this node pushes its own events to there (its *entry*:
+    /// probes and acknowledged pushes keep that estimate fresh), or, before that member was
+    /// measured, the best estimate to any member there.
+    fn build_graph(
+        &self,
+        me: &MemberInfo,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+    ) -> RegionGraph {
+        let names: Vec<String> = regions.keys().cloned().collect();
+        let index = |r: &str| names.binary_search_by(|n| n.as_str().cmp(r)).ok();
+        let mine = index(&me.region).unwrap_or(0) as u16;
+        let region_of = |k: &OriginKey| -> Option<u16> {
+            if *k == me.node_key() {
+                return Some(mine);
+            }
+            members
+                .get(k)
+                .and_then(|m| index(&m.region))
+                .map(|i| i as u16)
+        };
+        // Reports by other nodes, per unordered region pair.
+        let mut reported: BTreeMap<(u16, u16), Vec<Micros>> = BTreeMap::new();
+        for (k, rec) in &self.records {
+            if *k == me.node_key() {
+                continue;
+            }
+            let Some(a) = region_of(k) else { continue };
+            for (peer, rtt) in &rec.links {
+                let Some(b) = region_of(&OriginKey(*peer)) else {
+                    continue;
+                };
+                if a != b {
+                    reported
+                        .entry((a.min(b), a.max(b)))
+                        .or_default()
+                        .push(u64::from(*rtt));
+                }
+            }
+        }
+        let median = |v: &mut Vec<Micros>| -> Micros {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let mut edges: BTreeMap<(u16, u16), (Micros, EdgeSource)> = BTreeMap::new();
+        for ((a, b), mut v) in reported {
+            let w = median(&mut v);
+            edges.insert((a, b), (w, EdgeSource::Reported));
+            edges.insert((b, a), (w, EdgeSource::Reported));
+        }
+        // Coordinates for pairs nobody reported.
+        let coords: BTreeMap<u16, Vec<Coordinate>> = {
+            let mut m: BTreeMap<u16, Vec<Coordinate>> = BTreeMap::new();
+            for (k, rec) in &self.records {
+                if let Some(r) = region_of(k) {
+                    let list = m.entry(r).or_default();
+                    if list.len() < 3 {
+                        list.push(rec.coord);
+                    }
+                }
+            }
+            m
+        };
+        for (a, ca) in &coords {
+            for (b, cb) in &coords {
+                if a == b || edges.contains_key(&(*a, *b)) {
+                    continue;
+                }
+                let mut v: Vec<Micros> = ca
+                    .iter()
+                    .flat_map(|x| cb.iter().map(move |y| x.distance_us(y)))
+                    .collect();
+                if !v.is_empty() {
+                    edges.insert((*a, *b), (median(&mut v), EdgeSource::Estimated));
+                }
+            }
+        }
+        // Edges out of this node's region: this node's own view.
+        for (i, name) in names.iter().enumerate() {
+            let i = i as u16;
+            if i == mine {
+                continue;
+            }
+            if self.failed.contains_key(name) {
+                edges.remove(&(mine, i));
+                continue;
+            }
+            let entry = regions
+                .get(name)
+                .and_then(|list| entry_of(list, &me.node_key()))
+                .and_then(|k| self.rtt_us(&k));
+            let measured = entry.or_else(|| {
+                regions
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.rtt_us(k))
+                    .min()
+            });
+            if let Some(r) = measured {
+                edges.insert((mine, i), (r, EdgeSource::Measured));
+            } else if let std::collections::btree_map::Entry::Vacant(slot) = edges.entry((mine, i))
+            {
+                // Nobody in this region measured that one: estimate from coordinates.
+                let own = self.vivaldi.coordinate();
+                let mut v: Vec<Micros> = coords
+                    .get(&i)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| own.distance_us(c))
+                    .collect();
+                if !v.is_empty() && self.vivaldi.updates() > 0 {
+                    slot.insert((median(&mut v), EdgeSource::Estimated));
+                }
+            }
+        }
+        RegionGraph { names, mine, edges }
+    }
+
+    /// The shortest-path tree from this node's region, transit allowed only through
+    /// regions with `allowed[i]` (indexes into the sorted region names; `None` = all).
+    pub(crate) fn tree(
+        &mut self,
+        me: &MemberInfo,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+        allowed: Vec<bool>,
+    ) -> (&RegionTree, &[String], u16) {
+        if self.graph.is_none() {
+            self.graph = Some(self.build_graph(me, members, regions));
+        }
+        let graph = self
+            .graph
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("set above"));
+        let tree = self
+            .trees
+            .entry(allowed)
+            .or_insert_with_key(|allowed| shortest_tree(graph, allowed));
+        (tree, &graph.names, graph.mine)
+    }
+
+    /// Per destination region: the path, its latency and the alternatives (for
+    /// `/v1/mesh/routes`).
+    pub(crate) fn region_routes(
+        &mut self,
+        me: &MemberInfo,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+    ) -> Vec<RegionRoute> {
+        let graph = self.graph(me, members, regions).clone();
+        let all = vec![true; graph.names.len()];
+        let tree = shortest_tree(&graph, &all);
+        let mine = graph.mine;
+        let mut out = Vec::new();
+        for (i, name) in graph.names.iter().enumerate() {
+            let i = i as u16;
+            if i == mine {
+                continue;
+            }
+            let direct = graph.edges.get(&(mine, i)).map(|(w, _)| w / 2);
+            let direct_failed = self.failed.contains_key(name);
+            // Alternatives: the best path through each other first hop.
+            let mut alternatives = Vec::new();
+            for (&(a, h), (w1, _)) in graph.edges.range((mine, 0)..=(mine, u16::MAX)) {
+                debug_assert_eq!(a, mine);
+                if h == i {
+                    continue;
+                }
+                if let Some((w2, _)) = graph.edges.get(&(h, i)) {
+                    alternatives.push((
+                        vec![
+                            graph.names[mine as usize].clone(),
+                            graph.names[h as usize].clone(),
+                            name.clone(),
+                        ],
+                        (w1 + w2) / 2,
+                    ));
+                }
+            }
+            alternatives.sort_by_key(|a| a.1);
+            alternatives.truncate(3);
+            let Some(path) = tree.path(mine, i) else {
+                out.push(RegionRoute {
+                    region: name.clone(),
+                    path: Vec::new(),
+                    latency_us: 0,
+                    direct_us: direct,
+                    direct_failed,
+                    first_hop: EdgeSource::Estimated,
+                    alternatives,
+                });
+                continue;
+            };
+            let latency: Micros = path
+                .windows(2)
+                .map(|w| graph.edges.get(&(w[0], w[1])).map_or(0, |e| e.0))
+                .sum::<Micros>()
+                / 2;
+            let first_hop = graph
+                .edges
+                .get(&(path[0], path[1]))
+                .map_or(EdgeSource::Estimated, |e| e.1);
+            out.push(RegionRoute {
+                region: name.clone(),
+                path: path
+                    .iter()
+                    .map(|r| graph.names[*r as usize].clone())
+                    .collect(),
+                latency_us: latency,
+                direct_us: direct,
+                direct_failed,
+                first_hop,
+                alternatives,
+            });
+        }
+        out
+    }
+}
+
+/// The root of a region's tree for `origin`'s events: the member first in rendezvous order
+/// (the origin itself if it is a member).
+pub(crate) fn entry_of(members: &[OriginKey], origin: &OriginKey) -> Option<OriginKey> {
+    members
+        .iter()
+        .map(|m| {
+            (
+                if m == origin {
+                    0
+                } else {
+                    1 + crate::mesh::node::rank(origin, m) / 2
+                },
+                *m,
+            )
+        })
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn shortest_tree(graph: &RegionGraph, allowed: &[bool]) -> RegionTree {
+    let n = graph.names.len();
+    let mine = graph.mine;
+    // Transit edges (out of a region other than the source) cost more: a relay must save a
+    // clear margin (module docs).
+    let lg = LatencyGraph::from_edges(
+        graph
+            .edges
+            .iter()
+            .map(|(&(a, b), &(w, _))| {
+                let w = if a == mine {
+                    w
+                } else {
+                    w.saturating_mul(100) / RELAY_COST_PCT_MAX
+                };
+                (a, b, w.max(1))
+            })
+            .chain(std::iter::once((mine, mine, 0))),
+    );
+    let mut parent = vec![None; n];
+    let mut reachable = vec![false; n];
+    reachable[mine as usize] = true;
+    if let Some(routes) = weft_routing::shortest_paths(
+        &lg,
+        &mine,
+        |r| allowed.get(*r as usize).copied().unwrap_or(false),
+        None,
+    ) {
+        for (dst, _) in routes.reachable() {
+            if let Some(route) = routes.route(&dst) {
+                reachable[dst as usize] = true;
+                if route.path.len() >= 2 {
+                    parent[dst as usize] = Some(route.path[route.path.len() - 2]);
+                }
+            }
+        }
+    }
+    RegionTree { parent, reachable }
+}
+
+impl RegionTree {
+    /// Region indices from `from` (the root) to `to`, both included.
+    pub(crate) fn path(&self, from: u16, to: u16) -> Option<Vec<u16>> {
+        if !self.reachable.get(to as usize).copied().unwrap_or(false) {
+            return None;
+        }
+        let mut path = vec![to];
+        let mut at = to;
+        while at != from {
+            at = self.parent.get(at as usize).copied().flatten()?;
+            path.push(at);
+            if path.len() > self.parent.len() {
+                return None;
+            }
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    /// Splits the paths to `dests` into one hop list per first-hop region: which region to
+    /// push to directly, and the [`RelayHop`]s it relays to. Unreachable destinations are
+    /// returned last.
+    pub(crate) fn plan(
+        &self,
+        names: &[String],
+        from: u16,
+        dests: &BTreeSet<u16>,
+    ) -> (Vec<(String, Vec<RelayHop>)>, Vec<String>) {
+        let mut first: BTreeMap<u16, Vec<RelayHop>> = BTreeMap::new();
+        let mut unreachable = Vec::new();
+        for &d in dests {
+            if d == from {
+                continue;
+            }
+            let Some(path) = self.path(from, d) else {
+                unreachable.push(names[d as usize].clone());
+                continue;
+            };
+            let hops = first.entry(path[1]).or_default();
+            // Walk the rest of the path, adding hops not yet in the list.
+            let mut parent: Option<u8> = None;
+            for r in &path[2..] {
+                let name = &names[*r as usize];
+                match hops.iter().position(|h| h.region == *name) {
+                    Some(at) => parent = u8::try_from(at).ok(),
+                    None => {
+                        if hops.len() >= RELAY_HOPS_MAX {
+                            break;
+                        }
+                        hops.push(RelayHop {
+                            region: name.clone(),
+                            parent,
+                        });
+                        parent = u8::try_from(hops.len() - 1).ok();
+                    }
+                }
+            }
+        }
+        (
+            first
+                .into_iter()
+                .map(|(r, hops)| (names[r as usize].clone(), hops))
+                .collect(),
+            unreachable,
+        )
+    }
+}
+
+/// Splits a received hop list into its top-level regions, each with its own sub-list
+/// (re-indexed). Malformed lists (a parent not before its child, too many hops, a region
+/// twice or the receiver's own region) yield `None`.
+pub fn split_hops(hops: &[RelayHop], own_region: &str) -> Option<Vec<(String, Vec<RelayHop>)>> {
+    if hops.len() > RELAY_HOPS_MAX {
+        return None;
+    }
+    let mut seen = BTreeSet::new();
+    for (i, h) in hops.iter().enumerate() {
+        if h.region == own_region || !seen.insert(h.region.as_str()) {
+            return None;
+        }
+        if h.parent.is_some_and(|p| usize::from(p) >= i) {
+            return None;
+        }
+    }
+    // Top-level hop of each hop.
+    let mut top = vec![0usize; hops.len()];
+    for (i, h) in hops.iter().enumerate() {
+        top[i] = match h.parent {
+            None => i,
+            Some(p) => top[usize::from(p)],
+        };
+    }
+    let mut out = Vec::new();
+    for (i, h) in hops.iter().enumerate() {
+        if h.parent.is_some() {
+            continue;
+        }
+        // Descendants of i, in order; their parents re-indexed into the sub-list.
+        let mut map: BTreeMap<usize, u8> = BTreeMap::new();
+        let mut sub = Vec::new();
+        for (j, hj) in hops.iter().enumerate().skip(i + 1) {
+            if top[j] != i {
+                continue;
+            }
+            let parent = match hj.parent {
+                Some(p) if usize::from(p) == i => None,
+                Some(p) => Some(*map.get(&usize::from(p))?),
+                None => None,
+            };
+            map.insert(j, u8::try_from(sub.len()).ok()?);
+            sub.push(RelayHop {
+                region: hj.region.clone(),
+                parent,
+            });
+        }
+        out.push((h.region.clone(), sub));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(region: &str, parent: Option<u8>) -> RelayHop {
+        RelayHop {
+            region: region.into(),
+            parent,
+        }
+    }
+
+    #[test]
+    fn hop_lists_split_into_subtrees() {
+        // b <- (c <- d), e
+        let hops = vec![
+            hop("b", None),
+            hop("c", Some(0)),
+            hop("d", Some(1)),
+            hop("e", None),
+        ];
+        let split = split_hops(&hops, "a").unwrap();
+        assert_eq!(
+            split,
+            vec![
+                ("b".to_string(), vec![hop("c", None), hop("d", Some(0))]),
+                ("e".to_string(), vec![]),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_hop_lists_are_refused() {
+        assert!(split_hops(&[hop("a", None)], "a").is_none(), "own region");
+        assert!(
+            split_hops(&[hop("b", Some(0))], "a").is_none(),
+            "self parent"
+        );
+        assert!(
+            split_hops(&[hop("b", None), hop("b", None)], "a").is_none(),
+            "region twice"
+        );
+        let many: Vec<RelayHop> = (0..=RELAY_HOPS_MAX)
+            .map(|i| hop(&format!("r{i}"), None))
+            .collect();
+        assert!(split_hops(&many, "a").is_none(), "too many");
+    }
+
+    #[test]
+    fn a_relay_is_taken_only_when_it_saves_a_margin() {
+        // a -> c direct 100; a -> b 30, b -> c 40: relay 30 + 40 * 100/85 = 77 < 100.
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut edges = BTreeMap::new();
+        let mut e = |a: u16, b: u16, w: Micros| {
+            edges.insert((a, b), (w, EdgeSource::Reported));
+            edges.insert((b, a), (w, EdgeSource::Reported));
+        };
+        e(0, 1, 30_000);
+        e(1, 2, 40_000);
+        e(0, 2, 100_000);
+        let g = RegionGraph {
+            names: names.clone(),
+            mine: 0,
+            edges: edges.clone(),
+        };
+        let t = shortest_tree(&g, &[true, true, true]);
+        assert_eq!(t.path(0, 2), Some(vec![0, 1, 2]));
+        let (plan, unreachable) = t.plan(&names, 0, &[1u16, 2].into_iter().collect());
+        assert!(unreachable.is_empty());
+        assert_eq!(plan, vec![("b".to_string(), vec![hop("c", None)])]);
+        // Transit through b not allowed: direct.
+        let t = shortest_tree(&g, &[true, false, true]);
+        assert_eq!(t.path(0, 2), Some(vec![0, 2]));
+        // A relay saving only 5%: stays direct.
+        edges.insert((0, 2), (72_000, EdgeSource::Reported));
+        let g = RegionGraph {
+            names,
+            mine: 0,
+            edges,
+        };
+        let t = shortest_tree(&g, &[true, true, true]);
+        assert_eq!(t.path(0, 2), Some(vec![0, 2]));
+    }
+
+    #[test]
+    fn rto_has_a_floor_and_slack() {
+        assert_eq!(rto_us(None), RTO_US_UNKNOWN);
+        assert_eq!(rto_us(Some(1_000)), RTO_US_MIN);
+        assert_eq!(rto_us(Some(100_000)), 130_000);
+    }
+}
