@@ -338,21 +338,42 @@ pub(crate) fn routes(conn: &Conn) -> anyhow::Result<()> {
     let v = runtime()?.block_on(get_json(conn, "/v1/mesh/routes"))?;
     println!("from {}", v["from"].as_str().unwrap_or(""));
     println!(
-        "{:<28} {:<8} {:>12}  {:<18} ALTERNATIVES",
-        "TO REGION", "KIND", "EST ms", "VIA"
+        "{:<28} {:<11} {:>8} {:>10}  PATH (ALTERNATIVES)",
+        "TO REGION", "KIND", "EST ms", "DIRECT ms"
     );
+    let ms = |x: &Value| x.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.1}"));
+    let path = |p: &Value| {
+        p.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" > ")
+    };
     for r in v["routes"].as_array().into_iter().flatten() {
-        let via = r["via"].as_str().unwrap_or("");
+        let failed = if r["direct_failed"].as_bool() == Some(true) {
+            " (failed)"
+        } else {
+            ""
+        };
+        let alternatives: Vec<String> = r["alternatives"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| format!("{} {} ms", path(&a["path"]), ms(&a["latency_ms"])))
+            .collect();
         println!(
-            "{:<28} {:<8} {:>12}  {:<18} {}",
+            "{:<28} {:<11} {:>8} {:>10}  {}{}",
             r["region"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
-            r["estimated_ms"]
-                .as_f64()
-                .map(|x| format!("{x:.1}"))
-                .unwrap_or_else(|| "-".into()),
-            &via[..16.min(via.len())],
-            r["alternatives"].as_array().map(Vec::len).unwrap_or(0)
+            ms(&r["latency_ms"]),
+            format!("{}{failed}", ms(&r["direct_ms"])),
+            path(&r["path"]),
+            if alternatives.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", alternatives.join("; "))
+            }
         );
     }
     Ok(())

@@ -55,6 +55,21 @@ pub(crate) struct NodeConfig {
     /// Find trusted nodes on the local network with mDNS (libp2p), in addition to seeds.
     #[serde(default)]
     pub(crate) mdns: bool,
+    /// Priority classes of streams on busy links.
+    #[serde(default)]
+    pub(crate) priority: PriorityConfig,
+}
+
+/// Stream priority classes: when a peer's send queue backs up, messages of `latency`
+/// streams (and mesh control traffic) go first, `bulk` streams (and anti-entropy) last,
+/// every other stream in between.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PriorityConfig {
+    /// Stream patterns sent ahead of everything else.
+    pub(crate) latency: Vec<String>,
+    /// Stream patterns sent behind everything else.
+    pub(crate) bulk: Vec<String>,
 }
 
 /// Where the node listens.
@@ -169,6 +184,7 @@ pub(crate) struct Resolved {
     pub(crate) streams: Vec<StreamPattern>,
     pub(crate) tokens: Vec<([u8; 32], Principal)>,
     pub(crate) advertise: SocketAddr,
+    pub(crate) priorities: crate::transport::Priorities,
 }
 
 fn field_err(field: &str, what: impl std::fmt::Display) -> anyhow::Error {
@@ -237,6 +253,19 @@ impl NodeConfig {
                     .map_err(|e| field_err(&format!("streams[{i}]"), e))?,
             );
         }
+        let patterns = |field: &str, list: &[String]| -> anyhow::Result<Vec<StreamPattern>> {
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    StreamPattern::new(p.clone())
+                        .map_err(|e| field_err(&format!("{field}[{i}]"), e))
+                })
+                .collect()
+        };
+        let priorities = crate::transport::Priorities {
+            latency: patterns("priority.latency", &self.priority.latency)?,
+            bulk: patterns("priority.bulk", &self.priority.bulk)?,
+        };
         let mut tokens = Vec::new();
         for (i, p) in self.principals.iter().enumerate() {
             if p.name.is_empty() || p.name.len() > weft_fabric::limits::NAME_LEN_MAX {
@@ -295,6 +324,7 @@ impl NodeConfig {
             key_path: resolve(&self.key),
             data_dir: resolve(&self.data_dir),
             advertise: self.advertise.unwrap_or(self.listen.mesh),
+            priorities,
             trusted,
             streams,
             tokens,

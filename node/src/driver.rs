@@ -121,11 +121,65 @@ pub(crate) struct PeerView {
     pub(crate) policy_epoch: u64,
 }
 
+/// A node of the fabric as this node knows it from link-state gossip.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NodeView {
+    pub(crate) key: String,
+    pub(crate) name: String,
+    pub(crate) region: String,
+    pub(crate) cloud: String,
+    pub(crate) jurisdiction: String,
+    pub(crate) http: String,
+    pub(crate) alive: bool,
+    /// How long ago its newest record arrived.
+    pub(crate) age_ms: u64,
+    pub(crate) published: u64,
+    pub(crate) stored: u64,
+    pub(crate) missing: u64,
+    pub(crate) policy_epoch: u64,
+    pub(crate) links: Vec<LinkView>,
+}
+
+/// One measured link of a node.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct LinkView {
+    pub(crate) to: String,
+    pub(crate) rtt_ms: f64,
+}
+
+/// The path events take to one region.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RouteView {
+    pub(crate) region: String,
+    /// Regions from this node's to the destination.
+    pub(crate) path: Vec<String>,
+    /// `direct`, `relay` or `unreachable`.
+    pub(crate) kind: &'static str,
+    /// Estimated one-way latency along the path.
+    pub(crate) latency_ms: Option<f64>,
+    /// Estimated one-way latency of the direct link.
+    pub(crate) direct_ms: Option<f64>,
+    /// Whether the direct link is marked failed (a push went unacknowledged).
+    pub(crate) direct_failed: bool,
+    /// Where the first hop's latency comes from: `measured`, `reported` or `estimated`.
+    pub(crate) first_hop: &'static str,
+    pub(crate) alternatives: Vec<AltView>,
+}
+
+/// An alternative path.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AltView {
+    pub(crate) path: Vec<String>,
+    pub(crate) latency_ms: f64,
+}
+
 /// What the driver publishes for the API after every step.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Snapshot {
     pub(crate) members_up: usize,
     pub(crate) peers: Vec<PeerView>,
+    pub(crate) nodes: Vec<NodeView>,
+    pub(crate) routes: Vec<RouteView>,
     pub(crate) stored_events: usize,
     pub(crate) committed_pos: u64,
     pub(crate) stats: BTreeMap<&'static str, u64>,
@@ -169,6 +223,8 @@ pub(crate) struct Driver {
     outbox: Vec<(OriginKey, Option<SocketAddr>, Outgoing)>,
     /// Sync answers of this step, sent after its commit.
     outbox_replies: Vec<(oneshot::Sender<Vec<u8>>, Vec<u8>)>,
+    /// Stream priority classes for the transport's lanes.
+    priorities: crate::transport::Priorities,
 }
 
 impl Driver {
@@ -183,6 +239,7 @@ impl Driver {
         last_pos: u64,
         committed: watch::Sender<u64>,
         snapshot: watch::Sender<Snapshot>,
+        priorities: crate::transport::Priorities,
     ) -> Self {
         Self {
             me: node.me().clone(),
@@ -204,6 +261,7 @@ impl Driver {
             last_snapshot: Instant::now(),
             outbox: Vec::new(),
             outbox_replies: Vec::new(),
+            priorities,
         }
     }
 
@@ -541,6 +599,7 @@ impl Driver {
                 t.to,
                 addr,
                 Outgoing {
+                    class: self.priorities.of(&t.msg),
                     msg: t.msg,
                     confirm,
                 },
@@ -663,6 +722,8 @@ impl Driver {
         for m in self.down.values() {
             peers.push(view(m, "down", None));
         }
+        let nodes = self.node_views();
+        let routes = self.route_views();
         let s = self.node.stats();
         let stats = BTreeMap::from([
             ("events_new", s.events_new),
@@ -673,7 +734,18 @@ impl Driver {
             ("grafts_sent", s.grafts_sent),
             ("sync_events_sent", s.sync_events_sent),
             ("sync_events_new", s.sync_events_new),
+            ("probes_sent", s.probes_sent),
+            ("probes_answered", s.probes_answered),
+            ("link_records_new", s.link_records_new),
+            ("link_records_refused", s.link_records_refused),
+            ("pushes_acked", s.pushes_acked),
+            ("failovers", s.failovers),
+            ("links_recovered", s.links_recovered),
+            ("relayed", s.relayed),
+            ("hops_refused", s.hops_refused),
         ]);
+        self.metrics.failovers.set(s.failovers as i64);
+        self.metrics.relayed.set(s.relayed as i64);
         let mut stats = stats;
         let st = self.node.store().stats();
         stats.insert("store_commits", st.commits);
@@ -686,10 +758,87 @@ impl Driver {
         self.snapshot.send_replace(Snapshot {
             members_up: self.members.len(),
             peers,
+            nodes,
+            routes,
             stored_events: stored,
             committed_pos: *self.committed.borrow(),
             stats,
         });
+    }
+}
+
+impl Driver {
+    /// Every node this one holds a link-state record of.
+    fn node_views(&self) -> Vec<NodeView> {
+        let now = self.now();
+        let me = self.node.me().node_key();
+        self.node
+            .link_records()
+            .map(|(r, at)| {
+                let key = OriginKey(r.node);
+                let info = if key == me {
+                    Some(self.node.me())
+                } else {
+                    self.members.get(&key).or_else(|| self.down.get(&key))
+                };
+                NodeView {
+                    key: hex::encode(r.node),
+                    name: r.status.name.clone(),
+                    region: info.map(|m| m.region.clone()).unwrap_or_default(),
+                    cloud: info.map(|m| m.cloud.clone()).unwrap_or_default(),
+                    jurisdiction: info.map(|m| m.jurisdiction.clone()).unwrap_or_default(),
+                    http: r.status.http.clone(),
+                    alive: key == me || self.members.contains_key(&key),
+                    age_ms: now.saturating_sub(at) / 1000,
+                    published: r.status.published,
+                    stored: r.status.stored,
+                    missing: r.status.missing,
+                    policy_epoch: r.status.policy_epoch,
+                    links: r
+                        .links
+                        .iter()
+                        .map(|(k, rtt)| LinkView {
+                            to: hex::encode(k),
+                            rtt_ms: f64::from(*rtt) / 1000.0,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The current path to every other region.
+    fn route_views(&mut self) -> Vec<RouteView> {
+        let ms = |us: u64| us as f64 / 1000.0;
+        self.node
+            .region_routes()
+            .into_iter()
+            .map(|r| RouteView {
+                kind: match r.path.len() {
+                    0 => "unreachable",
+                    2 => "direct",
+                    _ => "relay",
+                },
+                latency_ms: (!r.path.is_empty()).then(|| ms(r.latency_us)),
+                direct_ms: r.direct_us.map(ms),
+                direct_failed: r.direct_failed,
+                first_hop: match r.first_hop {
+                    weft_fabric::mesh::route::EdgeSource::Measured => "measured",
+                    weft_fabric::mesh::route::EdgeSource::Reported => "reported",
+                    weft_fabric::mesh::route::EdgeSource::Estimated => "estimated",
+                },
+                alternatives: r
+                    .alternatives
+                    .into_iter()
+                    .map(|(path, l)| AltView {
+                        path,
+                        latency_ms: ms(l),
+                    })
+                    .collect(),
+                region: r.region,
+                path: r.path,
+            })
+            .collect()
     }
 }
 

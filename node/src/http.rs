@@ -212,6 +212,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         )
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/mesh/routes", get(routes))
+        .route("/v1/mesh/nodes", get(mesh_nodes))
         .route("/v1/status", get(status))
         .route("/v1/chaos", get(chaos_get).post(chaos_set))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -877,35 +878,17 @@ async fn peers(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn routes(State(api): State<Arc<Api>>) -> Response {
-    // Per destination region: the path events take today (the direct link to the region's
-    // nearest live member) and the other members as alternatives. Multi-hop relay routes
-    // arrive with issue 5.
+    // Per destination region: the path over the region graph (direct or through relay
+    // regions), its estimated one-way latency, the direct link and the alternatives.
     let s = api.snapshot.borrow().clone();
-    let mut by_region: std::collections::BTreeMap<String, Vec<&crate::driver::PeerView>> =
-        Default::default();
-    for p in s.peers.iter().filter(|p| p.state == "up") {
-        by_region.entry(p.region.clone()).or_default().push(p);
-    }
-    let routes: Vec<Value> = by_region
-        .into_iter()
-        .map(|(region, mut members)| {
-            members.sort_by(|a, b| {
-                a.rtt_ms
-                    .unwrap_or(f64::MAX)
-                    .total_cmp(&b.rtt_ms.unwrap_or(f64::MAX))
-            });
-            let best = members[0];
-            json!({
-                "region": region,
-                "path": [api.me.region.clone(), region],
-                "via": best.key,
-                "estimated_ms": best.rtt_ms.map(|r| r / 2.0),
-                "kind": "direct",
-                "alternatives": members[1..].iter().map(|m| json!({"via": m.key, "estimated_ms": m.rtt_ms.map(|r| r / 2.0)})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    axum::Json(json!({"from": api.me.region, "routes": routes})).into_response()
+    axum::Json(json!({"from": api.me.region, "routes": s.routes})).into_response()
+}
+
+async fn mesh_nodes(State(api): State<Arc<Api>>) -> Response {
+    // The fabric as this node knows it from link-state gossip: every node's links, status
+    // and counters (at most RECORDS_PER_REGION_MAX nodes per region are kept).
+    let s = api.snapshot.borrow().clone();
+    axum::Json(json!({"me": hex::encode(api.me.key), "nodes": s.nodes})).into_response()
 }
 
 async fn status(State(api): State<Arc<Api>>) -> Response {

@@ -35,6 +35,10 @@ pub(crate) struct Metrics {
     pub(crate) stored_events: Gauge,
     /// Members up (peers).
     pub(crate) members: Gauge,
+    /// Cross-region pushes rerouted after their acknowledgement timed out (since start).
+    pub(crate) failovers: Gauge,
+    /// Pushes relayed on to other regions for their origin (since start).
+    pub(crate) relayed: Gauge,
     /// Smoothed RTT to each peer, in seconds.
     pub(crate) peer_rtt: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Queue depths, by queue.
@@ -71,6 +75,8 @@ impl Metrics {
             commit_seconds: latency_histogram(),
             stored_events: Gauge::default(),
             members: Gauge::default(),
+            failovers: Gauge::default(),
+            relayed: Gauge::default(),
             peer_rtt: Family::default(),
             queue_depth: Family::default(),
             ack_seconds: Family::new_with_constructor(latency_histogram),
@@ -131,6 +137,16 @@ impl Metrics {
             "members",
             "Mesh members up, excluding this node",
             m.members.clone(),
+        );
+        registry.register(
+            "route_failovers",
+            "Cross-region pushes rerouted after a missing acknowledgement, since start",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "route_relayed",
+            "Pushes relayed on to other regions, since start",
+            m.relayed.clone(),
         );
         registry.register(
             "peer_rtt_seconds",

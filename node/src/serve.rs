@@ -97,7 +97,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     mesh.interest = config.streams.clone();
     let node_seed = u64::from_le_bytes(crate::keys::random32()?[..8].try_into()?);
     let epoch = Instant::now();
-    let node = Node::new(me.clone(), mesh, node_seed, store, 0);
+    let mut node = Node::new(me.clone(), mesh, node_seed, store, 0);
+    node.set_status(&raw.name, &raw.listen.http.to_string());
 
     let metrics = Arc::new(Metrics::new());
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
@@ -131,6 +132,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         last_pos,
         committed_tx,
         snapshot_tx,
+        config.priorities.clone(),
     );
     let driver_task = tokio::spawn(driver.run(mesh_rx, cmd_rx, shutdown_rx, known_peers));
 

@@ -79,10 +79,84 @@ pub(crate) struct Outgoing {
     pub(crate) msg: Message,
     /// Send a push on a bidirectional stream and collect the receiver's confirmation.
     pub(crate) confirm: bool,
+    /// Which lane of the peer's queue it waits in.
+    pub(crate) class: Class,
+}
+
+/// Priority class of a message: the lane it waits in when a peer's queue backs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Class {
+    /// Mesh control traffic and streams configured latency-sensitive.
+    Latency = 0,
+    /// Every other stream.
+    Normal = 1,
+    /// Anti-entropy and streams configured bulk.
+    Bulk = 2,
+}
+
+/// Stream patterns per priority class (config `priority`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Priorities {
+    pub(crate) latency: Vec<weft_fabric::StreamPattern>,
+    pub(crate) bulk: Vec<weft_fabric::StreamPattern>,
+}
+
+impl Priorities {
+    /// The class of one stream.
+    pub(crate) fn of_stream(&self, stream: &weft_fabric::StreamName) -> Class {
+        if self.latency.iter().any(|p| p.matches(stream)) {
+            Class::Latency
+        } else if self.bulk.iter().any(|p| p.matches(stream)) {
+            Class::Bulk
+        } else {
+            Class::Normal
+        }
+    }
+
+    /// The class of a message: a push takes its most urgent event's class, anti-entropy
+    /// goes last, everything else (membership, probes, acknowledgements, announcements)
+    /// first.
+    pub(crate) fn of(&self, msg: &Message) -> Class {
+        match msg {
+            Message::Push { events, .. } => events
+                .iter()
+                .map(|e| self.of_stream(e.stream()))
+                .min()
+                .unwrap_or(Class::Normal),
+            Message::SyncRequest { .. } | Message::SyncResponse { .. } => Class::Bulk,
+            _ => Class::Latency,
+        }
+    }
+}
+
+/// A peer's send queue: one bounded lane per [`Class`], drained most urgent first.
+struct Lanes {
+    rx: [mpsc::Receiver<Outgoing>; 3],
+}
+
+impl Lanes {
+    fn new() -> ([mpsc::Sender<Outgoing>; 3], Self) {
+        let (t0, r0) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+        let (t1, r1) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+        let (t2, r2) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+        ([t0, t1, t2], Self { rx: [r0, r1, r2] })
+    }
+
+    /// The next message, from the most urgent lane that has one; `None` when all closed.
+    async fn next(&mut self) -> Option<Outgoing> {
+        let [r0, r1, r2] = &mut self.rx;
+        tokio::select! {
+            biased;
+            Some(o) = r0.recv() => Some(o),
+            Some(o) = r1.recv() => Some(o),
+            Some(o) = r2.recv() => Some(o),
+            else => None,
+        }
+    }
 }
 
 struct Peer {
-    queue: mpsc::Sender<Outgoing>,
+    lanes: [mpsc::Sender<Outgoing>; 3],
     addr: Option<SocketAddr>,
 }
 
@@ -291,15 +365,15 @@ impl Transport {
             return;
         };
         let peer = peers.entry(to).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+            let (lanes, rx) = Lanes::new();
             tokio::spawn(self.clone().peer_task(to, rx));
-            Peer { queue: tx, addr }
+            Peer { lanes, addr }
         });
         if addr.is_some() {
             peer.addr = addr;
         }
         let k = kind(&out.msg);
-        match peer.queue.try_send(out) {
+        match peer.lanes[out.class as usize].try_send(out) {
             Ok(()) => Metrics::inc(&self.metrics.mesh_sent, "kind", k),
             Err(_) => Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_queue_full"),
         }
@@ -333,10 +407,10 @@ impl Transport {
         }
     }
 
-    async fn peer_task(self: Arc<Self>, to: OriginKey, mut rx: mpsc::Receiver<Outgoing>) {
+    async fn peer_task(self: Arc<Self>, to: OriginKey, mut lanes: Lanes) {
         let key_hex = hex::encode(to.0);
         let mut down_until: Option<tokio::time::Instant> = None;
-        while let Some(out) = rx.recv().await {
+        while let Some(out) = lanes.next().await {
             if down_until.is_some_and(|t| tokio::time::Instant::now() < t) {
                 Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
                 continue;

@@ -492,7 +492,7 @@ impl<S: Store> Node<S> {
 
     /// The link-state records this node holds (its own included once published): every
     /// known node's measured links, coordinate and status.
-    pub fn link_records(&self) -> impl Iterator<Item = &LinkRecord> {
+    pub fn link_records(&self) -> impl Iterator<Item = (&LinkRecord, Micros)> {
         self.router.records()
     }
 
@@ -1443,7 +1443,7 @@ impl<S: Store> Node<S> {
             let record = self.router.own_record(&self.me, &self.members);
             let _ = self
                 .router
-                .take_record(record, &self.members, &self.regions, &me);
+                .take_record(record, &self.members, &self.regions, &me, self.now);
             self.router.own_dirty = false;
             self.router.own_forced = false;
             self.router.own_published_us = Some(self.now);
@@ -1473,7 +1473,7 @@ impl<S: Store> Node<S> {
         for record in records.into_iter().take(LINK_RECORDS_PER_MESSAGE_MAX) {
             match self
                 .router
-                .take_record(record, &self.members, &self.regions, &me)
+                .take_record(record, &self.members, &self.regions, &me, self.now)
             {
                 Ok(true) => self.stats.link_records_new += 1,
                 Ok(false) => {}
@@ -1908,7 +1908,7 @@ mod tests {
             .collect();
         let records: Vec<LinkRecord> = nodes
             .iter()
-            .flat_map(|n| n.link_records().cloned().collect::<Vec<_>>())
+            .flat_map(|n| n.link_records().map(|(r, _)| r.clone()).collect::<Vec<_>>())
             .collect();
         for node in &mut nodes {
             for chunk in records.chunks(LINK_RECORDS_PER_MESSAGE_MAX) {
