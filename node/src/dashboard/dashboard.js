@@ -18,9 +18,11 @@ const DATA_CHARS_MAX = 140;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MAP_W = 1000;
 const MAP_H = 440;
-/** Latitudes shown on the map (no cloud region lies outside). */
-const LAT_TOP = 72;
-const LAT_BOTTOM = -50;
+/** Room around the outermost nodes, in pixels (labels sit to their right or left). */
+const MAP_PAD = 70;
+/** Smallest area the map shows, in degrees, so that nearby regions are not zoomed into. */
+const MAP_SPAN_LON_MIN = 60;
+const MAP_SPAN_LAT_MIN = 30;
 
 const params = new URLSearchParams(location.search);
 const extraNodes = (params.get("nodes") || "")
@@ -188,14 +190,40 @@ function updateRates(nodes, now) {
   }
 }
 
-function project(lat, lon) {
-  const x = ((lon + 180) / 360) * MAP_W;
-  const y = ((LAT_TOP - Math.max(LAT_BOTTOM, Math.min(LAT_TOP, lat))) / (LAT_TOP - LAT_BOTTOM)) * MAP_H;
-  return [x, y];
+/**
+ * An equirectangular projection fitted to the regions of `nodes` (same scale on both
+ * axes), as a function (lat, lon) -> [x, y].
+ */
+function projection(nodes) {
+  const pts = nodes.map((n) => state.regions[n.region]).filter(Boolean);
+  let [lon0, lon1, lat0, lat1] = [-180, 180, -60, 75];
+  if (pts.length) {
+    lon0 = Math.min(...pts.map((r) => r.lon_deg));
+    lon1 = Math.max(...pts.map((r) => r.lon_deg));
+    lat0 = Math.min(...pts.map((r) => r.lat_deg));
+    lat1 = Math.max(...pts.map((r) => r.lat_deg));
+  }
+  const grow = (lo, hi, min) => {
+    const extra = Math.max(0, min - (hi - lo)) / 2;
+    return [lo - extra, hi + extra];
+  };
+  [lon0, lon1] = grow(lon0, lon1, MAP_SPAN_LON_MIN);
+  [lat0, lat1] = grow(lat0, lat1, MAP_SPAN_LAT_MIN);
+  const scale = Math.min((MAP_W - 2 * MAP_PAD) / (lon1 - lon0), (MAP_H - 2 * MAP_PAD) / (lat1 - lat0));
+  const cx = (lon0 + lon1) / 2;
+  const cy = (lat0 + lat1) / 2;
+  const f = (lat, lon) => [MAP_W / 2 + (lon - cx) * scale, MAP_H / 2 - (lat - cy) * scale];
+  f.bounds = {
+    lon0: cx - MAP_W / 2 / scale,
+    lon1: cx + MAP_W / 2 / scale,
+    lat0: cy - MAP_H / 2 / scale,
+    lat1: cy + MAP_H / 2 / scale,
+  };
+  return f;
 }
 
 /** Map positions: the region's coordinates, nodes of one region spread around them. */
-function positions(nodes) {
+function positions(nodes, project) {
   const pos = new Map();
   const byRegion = new Map();
   for (const n of nodes) {
@@ -209,7 +237,8 @@ function positions(nodes) {
     if (r) {
       base = project(r.lat_deg, r.lon_deg);
     } else {
-      base = [60 + unknown * 90, MAP_H - 30];
+      // A region the catalog does not know: along the bottom edge.
+      base = [MAP_PAD + unknown * 140, MAP_H - 24];
       unknown += 1;
     }
     members.forEach((n, i) => {
@@ -248,44 +277,50 @@ function rttClass(ms) {
 function renderMap(nodes) {
   const map = document.getElementById("map");
   map.replaceChildren();
+  const project = projection(nodes);
+  const b = project.bounds;
   const grid = svg("g", { class: "grid" });
-  for (let lon = -150; lon <= 150; lon += 30) {
+  for (let lon = Math.ceil(b.lon0 / 30) * 30; lon <= b.lon1; lon += 30) {
     const [x] = project(0, lon);
     grid.append(svg("line", { x1: x, y1: 0, x2: x, y2: MAP_H }));
   }
-  for (let lat = -30; lat <= 60; lat += 30) {
+  for (let lat = Math.ceil(b.lat0 / 30) * 30; lat <= b.lat1; lat += 30) {
     const [, y] = project(lat, 0);
     grid.append(svg("line", { x1: 0, y1: y, x2: MAP_W, y2: y }));
   }
   map.append(grid);
-  const pos = positions(nodes);
+  const pos = positions(nodes, project);
   const byKey = new Map(nodes.map((n) => [n.key, n]));
   const links = svg("g", { class: "links" });
   const labels = svg("g", { class: "link-labels" });
   for (const p of linkPairs(nodes)) {
     const a = pos.get(p.a);
-    const b = pos.get(p.b);
-    if (!a || !b) continue;
+    const c = pos.get(p.b);
+    if (!a || !c) continue;
     const line = svg("line", {
-      x1: a[0], y1: a[1], x2: b[0], y2: b[1],
+      x1: a[0], y1: a[1], x2: c[0], y2: c[1],
       class: `link ${rttClass(p.rtt)}`,
     });
     line.append(
       svg("title", {}, `${nodeLabel(byKey.get(p.a))} \u2194 ${nodeLabel(byKey.get(p.b))}: ${fmt(p.rtt, 1)} ms RTT`),
     );
     links.append(line);
-    const mx = (a[0] + b[0]) / 2;
-    const my = (a[1] + b[1]) / 2;
+    const mx = (a[0] + c[0]) / 2;
+    const my = (a[1] + c[1]) / 2;
     labels.append(svg("text", { x: mx, y: my - 4, class: "rtt" }, `${fmt(p.rtt, 1)} ms`));
   }
   map.append(links, labels);
   const dots = svg("g", { class: "nodes" });
   for (const n of nodes) {
     const [x, y] = pos.get(n.key);
+    // Labels go to the left of nodes near the right edge.
+    const left = x > MAP_W - 200;
+    const tx = left ? x - 12 : x + 12;
+    const anchor = left ? "end" : "start";
     const g = svg("g", { class: `node ${n.alive ? "up" : "down"}${n.self ? " self" : ""}` });
     g.append(svg("circle", { cx: x, cy: y, r: n.self ? 9 : 7 }));
-    g.append(svg("text", { x: x + 12, y: y + 4, class: "name" }, nodeLabel(n)));
-    g.append(svg("text", { x: x + 12, y: y + 17, class: "region" }, n.region));
+    g.append(svg("text", { x: tx, y: y + 4, class: "name", "text-anchor": anchor }, nodeLabel(n)));
+    g.append(svg("text", { x: tx, y: y + 18, class: "region", "text-anchor": anchor }, n.region));
     g.append(svg("title", {}, `${nodeLabel(n)} ${n.region} (${n.jurisdiction}) ${n.alive ? "up" : "down"}`));
     dots.append(g);
   }
@@ -343,18 +378,21 @@ function renderLinks(nodes) {
   const body = document.querySelector("#links tbody");
   body.replaceChildren();
   const byKey = new Map(nodes.map((n) => [n.key, n]));
-  const rows = [];
-  for (const n of nodes) {
-    for (const l of n.links || []) {
-      const to = byKey.get(l.to);
-      rows.push([nodeLabel(n), to ? nodeLabel(to) : l.to.slice(0, 8), l.rtt_ms]);
-    }
-  }
-  rows.sort((a, b) => a[0].localeCompare(b[0]) || a[1].localeCompare(b[1]));
-  for (const [from, to, rtt] of rows) {
+  const label = (k) => (byKey.get(k) ? nodeLabel(byKey.get(k)) : k.slice(0, 8));
+  const rows = linkPairs(nodes).map((p) => {
+    const [a, b] = [label(p.a), label(p.b)].sort();
+    const ka = label(p.a) === a ? p.a : p.b;
+    const one = (from) => p.samples.find((s) => s.from === from);
+    const ab = one(ka);
+    const ba = one(ka === p.a ? p.b : p.a);
+    return [a, b, ab ? ab.rtt : null, ba ? ba.rtt : null];
+  });
+  rows.sort((x, y) => x[0].localeCompare(y[0]) || x[1].localeCompare(y[1]));
+  for (const [a, b, ab, ba] of rows) {
     const tr = el("tr");
-    tr.append(el("td", {}, from), el("td", {}, to));
-    tr.append(el("td", { class: `num ${rttClass(rtt)}` }, fmt(rtt, 1)));
+    tr.append(el("td", {}, `${a} \u2194 ${b}`));
+    tr.append(el("td", { class: `num ${ab == null ? "" : rttClass(ab)}` }, fmt(ab, 1)));
+    tr.append(el("td", { class: `num ${ba == null ? "" : rttClass(ba)}` }, fmt(ba, 1)));
     body.append(tr);
   }
 }
@@ -448,6 +486,8 @@ async function poll() {
     state.committedPos = status.committed_pos || 0;
     const view = await loadNodes(status, metrics);
     const now = performance.now();
+    // This node first, then by name.
+    view.nodes.sort((a, b) => (b.self ? 1 : 0) - (a.self ? 1 : 0) || nodeLabel(a).localeCompare(nodeLabel(b)));
     state.nodes = view.nodes;
     updateRates(view.nodes, now);
     const regions = new Set(view.nodes.map((n) => n.region));
