@@ -472,3 +472,111 @@ fn the_dashboard_shows_every_node_in_headless_chromium() {
         );
     });
 }
+
+/// The page against `/v1/mesh/nodes`, the fabric-wide view learned by gossip, in its
+/// specified shape: served here by a stub with the dashboard's own assets, so the page's
+/// gossip path is checked whether or not the node serves that endpoint yet.
+#[test]
+fn the_dashboard_renders_the_fabric_view_of_v1_mesh_nodes() {
+    use axum::routing::get;
+    chromium();
+    let key = |b: u8| format!("{b:02x}").repeat(32);
+    let nodes = json!({
+        "me": key(1),
+        "nodes": [
+            {"key": key(1), "name": "gossip-eu-1", "region": "aws:eu-west-1", "cloud": "aws",
+             "jurisdiction": "EU", "http": "127.0.0.1:1", "alive": true, "age_ms": 0,
+             "published": 120, "stored": 450, "missing": 0, "policy_epoch": 3,
+             "links": [{"to": key(2), "rtt_ms": 80.6}, {"to": key(3), "rtt_ms": 198.6}]},
+            {"key": key(2), "name": "gossip-us-1", "region": "aws:us-east-1", "cloud": "aws",
+             "jurisdiction": "US", "http": "127.0.0.1:2", "alive": true, "age_ms": 900,
+             "published": 130, "stored": 433, "missing": 17, "policy_epoch": 3,
+             "links": [{"to": key(1), "rtt_ms": 81.0}]},
+            {"key": key(3), "name": "gossip-ap-1", "region": "aws:ap-northeast-1", "cloud": "aws",
+             "jurisdiction": "JP", "http": "127.0.0.1:3", "alive": false, "age_ms": 45000,
+             "published": 200, "stored": 300, "missing": 150, "policy_epoch": 2,
+             "links": []},
+        ]
+    });
+    let status = json!({"name": "gossip-eu-1", "key": key(1), "region": "aws:eu-west-1",
+        "cloud": "aws", "jurisdiction": "EU", "version": "0.1.0", "committed_pos": 450,
+        "stored_events": 450, "policy_epoch": 3});
+    let regions = json!({
+        "aws:eu-west-1": {"lat_deg": 53.35, "lon_deg": -6.26},
+        "aws:us-east-1": {"lat_deg": 39.04, "lon_deg": -77.49},
+        "aws:ap-northeast-1": {"lat_deg": 35.68, "lon_deg": 139.69},
+    });
+    let metrics = "weft_rejected_total{reason=\"bad_token\"} 2\nweft_publishes_total{api=\"cloudevents\"} 120\n";
+    let html = |body: &'static str, ty: &'static str| {
+        get(move || async move { ([("content-type", ty)], body) })
+    };
+    let app = axum::Router::new()
+        .route(
+            "/",
+            html(
+                include_str!("../src/dashboard/index.html"),
+                "text/html; charset=utf-8",
+            ),
+        )
+        .route(
+            "/dashboard.js",
+            html(
+                include_str!("../src/dashboard/dashboard.js"),
+                "text/javascript",
+            ),
+        )
+        .route(
+            "/dashboard.css",
+            html(include_str!("../src/dashboard/dashboard.css"), "text/css"),
+        )
+        .route(
+            "/dashboard/regions.json",
+            get(move || async move { axum::Json(regions) }),
+        )
+        .route("/v1/status", get(move || async move { axum::Json(status) }))
+        .route(
+            "/v1/mesh/nodes",
+            get(move || async move { axum::Json(nodes) }),
+        )
+        .route("/metrics", get(move || async move { metrics }));
+    let dir = std::env::temp_dir().join(format!("weft-it-dashboard-gossip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runtime = rt();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    let dom = run_chromium(
+        &dir,
+        &[
+            format!("--virtual-time-budget={VIRTUAL_TIME_MS}"),
+            "--dump-dom".into(),
+            format!("http://{addr}/"),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        dom.contains("fabric view from gossip (/v1/mesh/nodes)"),
+        "{dom}"
+    );
+    assert!(dom.contains("3 nodes, 2 up, in 3 regions"), "{dom}");
+    assert!(dom.contains(">gossip-eu-1 (this node)<"), "{dom}");
+    for name in ["gossip-us-1", "gossip-ap-1"] {
+        // Other nodes link to their own dashboards.
+        assert!(dom.contains(&format!(">{name}</a>")), "{name}: {dom}");
+    }
+    // Replication lag is the nodes' own count of missing events, not an estimate.
+    assert!(
+        dom.contains(">17 events<") && dom.contains(">150 events<"),
+        "{dom}"
+    );
+    assert!(!dom.contains("~"), "{dom}");
+    assert!(dom.contains("class=\"down\">down<"), "{dom}");
+    // The eu <-> us link measured from both sides: the mean on the map; eu <-> ap.
+    assert!(
+        dom.contains(">80.8 ms<") && dom.contains(">198.6 ms<"),
+        "{dom}"
+    );
+    assert!(dom.contains(">bad_token<"), "{dom}");
+}
