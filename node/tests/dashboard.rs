@@ -312,7 +312,7 @@ fn the_dashboard_shows_every_node_in_headless_chromium() {
         // Links with the injected latency (each estimate within 20 % of the measured RTT)
         // once the estimator's window of loopback samples has passed.
         let rtt_ms = [[0.0, 80.6, 198.6], [80.6, 0.0, 145.3], [198.6, 145.3, 0.0]];
-        for i in 0..3 {
+        for (i, expected) in rtt_ms.iter().enumerate() {
             let links = wait_for(Duration::from_secs(40), || async {
                 let v: Value = http
                     .get(c.url(i, "/dashboard/node.json"))
@@ -326,7 +326,7 @@ fn the_dashboard_shows_every_node_in_headless_chromium() {
                 let realistic = links.iter().all(|l| {
                     let j = c.keys.iter().position(|k| l["to"] == k.as_str()).unwrap();
                     let rtt = l["rtt_ms"].as_f64().unwrap_or(0.0);
-                    (rtt - rtt_ms[i][j]).abs() < 0.2 * rtt_ms[i][j]
+                    (rtt - expected[j]).abs() < 0.2 * expected[j]
                 });
                 (links.len() == 2 && realistic).then_some(links)
             })
