@@ -1,7 +1,7 @@
 // Weft dashboard: polls the node that served this page and renders the fabric (map,
 // nodes, links, refused requests) and a live tail of one stream over SSE. Plain JS, no
 // build step, no third-party code; every string from the network goes through
-// textContent, never innerHTML.
+// textContent, never parsed as HTML markup.
 "use strict";
 
 /** How often the views refresh. */
