@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): every Rust test, the independent check of the wire
-# vectors, and the sans-IO dependency guard. Works on a fresh machine: it installs the two
-# Python packages the independent checker needs, and iproute2, if they are missing.
+# vectors, the sans-IO dependency guard and the checks of deploy/. Works on a fresh
+# machine: it installs what is missing (iproute2, Chromium, the checkers' Python packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 # root, which CI has).
 if ! command -v ip >/dev/null 2>&1; then
   apt-get install -y iproute2
+fi
+
+# The dashboard test loads the page in Debian's headless Chromium (node/tests/dashboard.rs
+# fails, saying so, without it).
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update
+  apt-get install -y chromium
 fi
 
 echo "== cargo test"
@@ -22,3 +29,6 @@ python3 tools/check-wire-vectors.py
 
 echo "== sans-IO dependency guard"
 bash scripts/check-core-deps.sh
+
+echo "== deploy checks"
+bash scripts/check-deploy.sh

@@ -218,6 +218,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .layer(axum::middleware::map_response_with_state(
             api.clone(),
             count_body_limit,
