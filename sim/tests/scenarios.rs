@@ -190,6 +190,107 @@ duration_s = 40"#,
     assert_healthy(&r);
 }
 
+/// Four regions where the Ireland - Virginia link has a faster way round through Frankfurt
+/// once it degrades or breaks; `fault` is the fault section.
+fn relay_scenario(name: &str, fault: &str, checks: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+description = "test"
+duration_s = 120
+seed = 9
+
+[topology]
+regions = [
+  {{ region = "aws:eu-west-1", nodes = 2 }},
+  {{ region = "aws:us-east-1", nodes = 2 }},
+  {{ region = "aws:eu-central-1", nodes = 2 }},
+  {{ region = "aws:ap-northeast-1", nodes = 2 }},
+]
+
+[network]
+jitter_ms = 0.5
+loss = 0.0
+verify_us = 60
+
+[[workload]]
+stream = "t.events"
+rate_per_s = 40
+payload_bytes = 64
+start_s = 10
+stop_s = 90
+
+{fault}
+
+[checks]
+converge_within_s = 20
+{checks}
+"#
+    )
+}
+
+/// A degraded link: events published during the degradation are measured against the
+/// ideal through the relay region, and stay within 15% of it at p99.
+#[test]
+fn a_degraded_link_is_routed_around_through_a_relay() {
+    let r = run(
+        &relay_scenario(
+            "degraded-relay",
+            r#"[[fault]]
+kind = "link-degradation"
+a = { regions = ["aws:eu-west-1"] }
+b = { regions = ["aws:us-east-1"] }
+latency_factor = 3.0
+at_s = 30
+duration_s = 50
+measure = true"#,
+            "stretch_p99_max = 1.15",
+        ),
+        None,
+    );
+    assert_healthy(&r);
+    let w = &r.strategies[0];
+    assert!(
+        w.routing.relayed > 0,
+        "nothing was relayed: {:?}",
+        w.routing
+    );
+    assert!(w.routing.measured_extra_ms.count > 0);
+}
+
+/// A cut link: senders notice the missing acknowledgement and reroute within two RTTs of
+/// the cut link; nothing is missed.
+#[test]
+fn a_cut_link_fails_over_within_two_rtts() {
+    let r = run(
+        &relay_scenario(
+            "cut",
+            r#"[[fault]]
+kind = "partition"
+a = { regions = ["aws:eu-west-1"] }
+b = { regions = ["aws:us-east-1"] }
+at_s = 30
+duration_s = 50
+measure = true"#,
+            "reroute_within_rtt = 2.0",
+        ),
+        None,
+    );
+    assert_healthy(&r);
+    let w = &r.strategies[0];
+    assert!(w.routing.failovers > 0, "no failover: {:?}", w.routing);
+    assert!(
+        w.routing.relayed > 0,
+        "nothing was relayed: {:?}",
+        w.routing
+    );
+    assert!(
+        (w.routing.measured_link_rtt_ms - 80.6).abs() < 0.01,
+        "{}",
+        w.routing.measured_link_rtt_ms
+    );
+}
+
 #[test]
 fn node_crash_with_and_without_memory_loss() {
     for lose in [false, true] {

@@ -805,6 +805,11 @@ impl<S: Store> Node<S> {
                         self.region_remove(&old.region, &key);
                     }
                     self.region_insert(&m.region, key);
+                    if self.router.failed.contains_key(&m.region) {
+                        // Back after a partition or outage: check the link now rather
+                        // than at the next probe tick.
+                        self.probe(key);
+                    }
                     self.push_app(AppEvent::MemberUp(m));
                 }
                 OwnedNotification::MemberDown(m) => {
@@ -888,6 +893,8 @@ impl<S: Store> Node<S> {
             }
             if list.is_empty() {
                 self.regions.remove(region);
+                // Nobody left there: a failure mark would only outlive its cause.
+                self.router.recover(region);
             }
         }
     }
@@ -1030,20 +1037,23 @@ impl<S: Store> Node<S> {
 
     /// Cross-region pushes for `regions` (indices into the sorted region names) along the
     /// current region tree: `(root of the first-hop region, hops it relays to)`.
+    /// Also returns the destinations the graph has no path to (no estimate at all yet, or
+    /// every way there marked failed).
     fn plan_regions(
         &mut self,
         origin: &OriginKey,
         mask: Vec<bool>,
         dests: &BTreeSet<u16>,
-    ) -> Vec<(OriginKey, Vec<RelayHop>)> {
+    ) -> (Vec<(OriginKey, Vec<RelayHop>)>, Vec<String>) {
         let (tree, names, mine) = self
             .router
             .tree(&self.me, &self.members, &self.regions, mask);
         let (plan, unreachable) = tree.plan(names, mine, dests);
-        self.stats.reroute_unreachable += unreachable.len() as u64;
-        plan.into_iter()
+        let plan = plan
+            .into_iter()
             .filter_map(|(region, hops)| Some((self.region_root(origin, &region)?, hops)))
-            .collect()
+            .collect();
+        (plan, unreachable)
     }
 
     /// Where this node pushes `event`, each target with the relay hops it gets and whether
@@ -1082,10 +1092,18 @@ impl<S: Store> Node<S> {
                 }
             }
             let mask = self.transit_mask(event);
-            let plan = self.plan_regions(&origin, mask, &dests);
+            let (plan, unreachable) = self.plan_regions(&origin, mask, &dests);
             for (root, hops) in plan {
                 near_members.retain(|m| *m != root);
                 out.push((root, hops, true, 0));
+            }
+            // No path known (nothing measured yet, or every way marked failed): the direct
+            // push is still the best bet; its acknowledgement tells.
+            for region in unreachable {
+                if let Some(root) = self.region_root(&origin, &region) {
+                    near_members.retain(|m| *m != root);
+                    out.push((root, Vec::new(), true, 0));
+                }
             }
             out.extend(near_members.into_iter().map(|k| (k, Vec::new(), false, 0)));
         } else if !relay.is_empty() {
@@ -1106,20 +1124,21 @@ impl<S: Store> Node<S> {
         };
         let mut out = Vec::new();
         for (region, hops) in next {
-            if self.router.failed.contains_key(&region) {
-                if reroutes >= route::REROUTES_MAX {
-                    self.stats.reroute_unreachable += 1;
-                    continue;
-                }
+            if self.router.failed.contains_key(&region) && reroutes < route::REROUTES_MAX {
                 let dests = self.region_indices(
                     std::iter::once(region.as_str()).chain(hops.iter().map(|h| h.region.as_str())),
                 );
                 let mask = self.transit_mask(event);
-                for (root, sub) in self.plan_regions(&origin, mask, &dests) {
-                    self.stats.relayed += 1;
-                    out.push((root, sub, true, reroutes + 1));
+                let (plan, unreachable) = self.plan_regions(&origin, mask, &dests);
+                if unreachable.is_empty() {
+                    for (root, sub) in plan {
+                        self.stats.relayed += 1;
+                        out.push((root, sub, true, reroutes + 1));
+                    }
+                    continue;
                 }
-                continue;
+                // No other way: try the direct link after all (the failure mark may be
+                // stale), below.
             }
             if let Some(root) = self.region_root(&origin, &region) {
                 self.stats.relayed += 1;
@@ -1355,7 +1374,9 @@ impl<S: Store> Node<S> {
         };
         let mask = self.transit_mask(first);
         let origin = first.origin();
-        for (root, hops) in self.plan_regions(&origin, mask, &dests) {
+        let (plan, unreachable) = self.plan_regions(&origin, mask, &dests);
+        self.stats.reroute_unreachable += unreachable.len() as u64;
+        for (root, hops) in plan {
             let batch = self.allowed(&p.events, &root);
             self.push(root, &batch, hops, true, p.reroutes + 1);
         }

@@ -299,10 +299,19 @@ impl Router {
 
     /// Takes one RTT sample; returns whether the published estimate changed.
     pub(crate) fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> bool {
-        let changed = matches!(
-            self.rtt.entry(peer).or_default().handle_sample(rtt_us),
-            Ok(Some(_))
-        );
+        let estimator = self.rtt.entry(peer).or_default();
+        // A sample beyond the RTT timeout is no delayed-ACK outlier (those add milliseconds):
+        // the path changed (a degraded link). One under three quarters of the estimate is
+        // no outlier either (nothing makes a round trip faster than its path): the link
+        // healed. Either way start the estimate over from the sample instead of waiting for
+        // the window and the smoothing to catch up, so routing moves in one sample.
+        if estimator
+            .estimate_us()
+            .is_some_and(|est| rtt_us > rto_us(Some(est)) || rtt_us * 4 < est * 3)
+        {
+            *estimator = RttEstimator::new();
+        }
+        let changed = matches!(estimator.handle_sample(rtt_us), Ok(Some(_)));
         if changed {
             self.own_dirty = true;
             self.invalidate();
