@@ -337,6 +337,39 @@ fn the_dashboard_shows_every_node_in_headless_chromium() {
             );
         }
 
+        // Node 0's gossiped fabric view (what the page reads first) has caught up: all
+        // three nodes, each with its two links at the injected RTTs.
+        let view = wait_for(Duration::from_secs(60), || async {
+            let v: Value = http
+                .get(c.url(0, "/v1/mesh/nodes"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let nodes = v["nodes"].as_array()?;
+            let complete = nodes.len() == 3
+                && nodes.iter().all(|n| {
+                    let i = c.keys.iter().position(|k| n["key"] == k.as_str());
+                    let links = n["links"].as_array().cloned().unwrap_or_default();
+                    i.is_some_and(|i| {
+                        links.len() == 2
+                            && links.iter().all(|l| {
+                                let j = c.keys.iter().position(|k| l["to"] == k.as_str());
+                                let rtt = l["rtt_ms"].as_f64().unwrap_or(0.0);
+                                j.is_some_and(|j| (rtt - rtt_ms[i][j]).abs() < 0.2 * rtt_ms[i][j])
+                            })
+                    })
+                });
+            complete.then_some(v)
+        })
+        .await;
+        assert!(
+            view.is_some(),
+            "node 0's /v1/mesh/nodes never showed the three nodes with their links"
+        );
+
         // The page in Chromium, as an operator opens it: node 0's dashboard, told where
         // the other two nodes are (the fabric-wide /v1/mesh/nodes view makes that
         // unnecessary once nodes serve it).
