@@ -658,3 +658,92 @@ impl Transport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc as StdArc;
+    use weft_fabric::envelope::{EventDraft, Payload, Residency, SecurityContext};
+    use weft_fabric::{Hlc, Signer, StreamName, StreamPattern};
+
+    fn push(stream: &str) -> Message {
+        let draft = EventDraft {
+            stream: StreamName::new(stream).unwrap(),
+            key: None,
+            seq: 1,
+            hlc: Hlc::new(1_764_000_000_000, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "acme".into(),
+                principal: "svc".into(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: 0,
+            },
+            content_type: "text/plain".into(),
+            payload: Payload::Clear(b"x".to_vec()),
+            trace: None,
+        };
+        let event = StdArc::new(Signer::from_secret(&[5; 32]).sign(draft).unwrap());
+        Message::Push {
+            events: vec![event],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        }
+    }
+
+    fn priorities() -> Priorities {
+        Priorities {
+            latency: vec![StreamPattern::new("orders.>").unwrap()],
+            bulk: vec![StreamPattern::new("logs.>").unwrap()],
+        }
+    }
+
+    #[test]
+    fn messages_get_the_class_of_their_most_urgent_stream() {
+        let p = priorities();
+        assert_eq!(p.of(&push("orders.eu")), Class::Latency);
+        assert_eq!(p.of(&push("metrics.cpu")), Class::Normal);
+        assert_eq!(p.of(&push("logs.app")), Class::Bulk);
+        assert_eq!(p.of(&Message::PushAck(1)), Class::Latency);
+        assert_eq!(p.of(&Message::Swim(vec![1])), Class::Latency);
+        assert_eq!(
+            p.of(&Message::SyncRequest {
+                digest: Vec::new(),
+                from_origin: None
+            }),
+            Class::Bulk
+        );
+    }
+
+    /// A backed-up peer queue drains latency-sensitive traffic first, bulk last, each lane
+    /// in its own order.
+    #[tokio::test]
+    async fn a_busy_queue_sends_latency_first_and_bulk_last() {
+        let p = priorities();
+        let (lanes, mut rx) = Lanes::new();
+        for stream in ["logs.a", "metrics.a", "orders.a", "logs.b", "orders.b", "metrics.b"] {
+            let msg = push(stream);
+            let class = p.of(&msg);
+            lanes[class as usize]
+                .try_send(Outgoing {
+                    msg,
+                    confirm: false,
+                    class,
+                })
+                .unwrap();
+        }
+        drop(lanes);
+        let mut order = Vec::new();
+        while let Some(out) = rx.next().await {
+            if let Message::Push { events, .. } = &out.msg {
+                order.push(events[0].stream().as_str().to_string());
+            }
+        }
+        assert_eq!(
+            order,
+            ["orders.a", "orders.b", "metrics.a", "metrics.b", "logs.a", "logs.b"]
+        );
+    }
+}

@@ -932,7 +932,8 @@ impl<S: Store> Node<S> {
         self.lazy
             .retain(|k| self.members.contains_key(k) && *k != me);
         let want = self.config.lazy.min(LAZY_MAX);
-        let rtt = |k: &OriginKey| self.router.rtt_us(k);
+        // Measured RTT, else estimated from network coordinates (members never contacted).
+        let rtt = |k: &OriginKey| self.router.estimate_us(k);
         let mut by_rtt: Vec<(Micros, OriginKey)> = self
             .members
             .keys()
@@ -1619,7 +1620,16 @@ impl<S: Store> Node<S> {
         let Some(m) = self.missing.get_mut(&id) else {
             return;
         };
-        let Some(peer) = m.announcers.pop_front() else {
+        // The nearest announcer first (measured, else estimated from coordinates): the
+        // graft's answer comes back soonest from there.
+        let router = &self.router;
+        let nearest = m
+            .announcers
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, k)| (router.estimate_us(k).unwrap_or(Micros::MAX), *i))
+            .map(|(i, _)| i);
+        let Some(peer) = nearest.and_then(|i| m.announcers.remove(i)) else {
             self.missing.remove(&id);
             return;
         };

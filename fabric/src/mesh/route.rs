@@ -297,6 +297,15 @@ impl Router {
         self.rtt.get(peer).and_then(RttEstimator::estimate_us)
     }
 
+    /// The RTT to `peer`: measured if it was, else estimated from its gossiped network
+    /// coordinate (once this node's own coordinate has learned something).
+    pub(crate) fn estimate_us(&self, peer: &OriginKey) -> Option<Micros> {
+        self.rtt_us(peer).or_else(|| {
+            let coord = self.records.get(peer)?.coord;
+            (self.vivaldi.updates() > 0).then(|| self.vivaldi.estimate_rtt_us(&coord))
+        })
+    }
+
     /// Takes one RTT sample; returns whether the published estimate changed.
     pub(crate) fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> bool {
         let estimator = self.rtt.entry(peer).or_default();
