@@ -531,6 +531,23 @@ impl Transport {
         Ok(())
     }
 
+    /// Fault injection on an answer written back on a peer's bidirectional stream (sync
+    /// responses, push confirmations): the same rules as for messages this node sends, so a
+    /// delay rule delays both directions of an exchange. `false`: drop the answer.
+    async fn chaos_gate(&self, to: OriginKey) -> bool {
+        match self.chaos.verdict(&hex::encode(to.0), &self.region_of(&to)) {
+            Verdict::Send => true,
+            Verdict::Drop => {
+                Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos");
+                false
+            }
+            Verdict::Delay(d) => {
+                tokio::time::sleep(d).await;
+                true
+            }
+        }
+    }
+
     /// Decodes and verifies one message and hands it to the driver.
     async fn deliver(&self, from: OriginKey, bytes: &[u8], reply: Option<Reply>) {
         let incoming = match wire::decode(bytes) {
@@ -627,7 +644,9 @@ impl Transport {
                             Some(&KIND_SYNC) => {
                                 let (tx, rx) = oneshot::channel();
                                 t.deliver(from, &b[1..], Some(Reply::Sync(tx))).await;
-                                if let Ok(answer) = rx.await {
+                                if let Ok(answer) = rx.await
+                                    && t.chaos_gate(from).await
+                                {
                                     let _ = send.write_all(&answer).await;
                                     let _ = send.finish();
                                 }
@@ -635,7 +654,9 @@ impl Transport {
                             Some(&KIND_CONFIRM) => {
                                 let (tx, rx) = oneshot::channel();
                                 t.deliver(from, &b[1..], Some(Reply::Confirm(tx))).await;
-                                if let Ok(ids) = rx.await {
+                                if let Ok(ids) = rx.await
+                                    && t.chaos_gate(from).await
+                                {
                                     let bytes = postcard::to_allocvec(&ids).unwrap_or_default();
                                     let _ = send.write_all(&bytes).await;
                                     let _ = send.finish();
@@ -723,7 +744,14 @@ mod tests {
     async fn a_busy_queue_sends_latency_first_and_bulk_last() {
         let p = priorities();
         let (lanes, mut rx) = Lanes::new();
-        for stream in ["logs.a", "metrics.a", "orders.a", "logs.b", "orders.b", "metrics.b"] {
+        for stream in [
+            "logs.a",
+            "metrics.a",
+            "orders.a",
+            "logs.b",
+            "orders.b",
+            "metrics.b",
+        ] {
             let msg = push(stream);
             let class = p.of(&msg);
             lanes[class as usize]
@@ -743,7 +771,14 @@ mod tests {
         }
         assert_eq!(
             order,
-            ["orders.a", "orders.b", "metrics.a", "metrics.b", "logs.a", "logs.b"]
+            [
+                "orders.a",
+                "orders.b",
+                "metrics.a",
+                "metrics.b",
+                "logs.a",
+                "logs.b"
+            ]
         );
     }
 }
