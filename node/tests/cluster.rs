@@ -15,14 +15,6 @@ async fn get_json<T: serde::de::DeserializeOwned>(url: String) -> T {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn an_event_published_in_one_region_is_read_and_streamed_in_the_other_two() {
     rt().block_on(async {

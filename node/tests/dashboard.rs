@@ -26,14 +26,6 @@ const CHROMIUM_WAIT_MAX: Duration = Duration::from_secs(120);
 const VIRTUAL_TIME_MS: u32 = 10_000;
 const WINDOW: (u32, u32) = (1400, 1300);
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn specs() -> Vec<Spec> {
     // Names that occur nowhere else on the page, so finding them means the page shows
     // the node.

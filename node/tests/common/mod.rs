@@ -306,6 +306,15 @@ fn nonce() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The tests' runtime: two workers, like the machine.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Polls `f` every 100 ms until it returns `Some` or `limit` passes.
 pub async fn wait_for<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
 where
