@@ -570,12 +570,69 @@ impl Driver {
         }
     }
 
+    /// Routing may take an event to a region through a relay region, and a relay does not
+    /// answer for the regions behind it: for events awaiting `ack=regions:N`, every region
+    /// the core did not push to directly also gets a confirmable copy at its nearest member
+    /// (a duplicate there, answered with what it has committed), so confirmations come
+    /// from every region whatever the path.
+    fn confirm_around_relays(
+        &mut self,
+        watched: BTreeMap<EventId, (Arc<Event>, BTreeSet<String>)>,
+    ) {
+        if watched.is_empty() {
+            return;
+        }
+        let mut nearest: BTreeMap<&str, (Micros, OriginKey)> = BTreeMap::new();
+        for (k, m) in &self.members {
+            if m.region == self.me.region || m.region.is_empty() {
+                continue;
+            }
+            let rtt = self.node.rtt_us(k).unwrap_or(Micros::MAX);
+            let best = nearest.entry(&m.region).or_insert((rtt, *k));
+            if (rtt, *k) < *best {
+                *best = (rtt, *k);
+            }
+        }
+        let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
+        for (event, direct) in watched.into_values() {
+            for (region, (_, peer)) in &nearest {
+                if !direct.contains(*region) {
+                    extra.entry(*peer).or_default().push(event.clone());
+                }
+            }
+        }
+        for (peer, events) in extra {
+            let addr = self
+                .members
+                .get(&peer)
+                .and_then(|m| m.addr.parse::<SocketAddr>().ok());
+            let msg = Message::Push {
+                events,
+                relay: Vec::new(),
+                ack: 0,
+                reroutes: 0,
+            };
+            self.outbox.push((
+                peer,
+                addr,
+                Outgoing {
+                    class: self.priorities.of(&msg),
+                    msg,
+                    confirm: true,
+                },
+            ));
+        }
+    }
+
     /// Sends the core's transmits and applies its application events.
     fn drain(&mut self) {
         self.drain_with(None);
     }
 
     fn drain_with(&mut self, mut sync_reply: Option<(OriginKey, oneshot::Sender<Vec<u8>>)>) {
+        // Events awaiting `ack=regions:N` pushed in this step, and the regions they went to
+        // directly (see `confirm_around_relays`).
+        let mut watched: BTreeMap<EventId, (Arc<Event>, BTreeSet<String>)> = BTreeMap::new();
         while let Some(t) = self.node.poll_transmit() {
             if let Message::SyncResponse { .. } = &t.msg
                 && sync_reply.as_ref().is_some_and(|(to, _)| *to == t.to)
@@ -587,6 +644,21 @@ impl Driver {
             }
             let confirm = matches!(&t.msg, Message::Push { events, .. }
                 if events.iter().any(|e| self.confirmed.contains_key(&e.id())));
+            if confirm
+                && let Message::Push { events, .. } = &t.msg
+                && let Some(region) = self.members.get(&t.to).map(|m| m.region.clone())
+            {
+                for e in events
+                    .iter()
+                    .filter(|e| self.confirmed.contains_key(&e.id()))
+                {
+                    watched
+                        .entry(e.id())
+                        .or_insert_with(|| (e.clone(), BTreeSet::new()))
+                        .1
+                        .insert(region.clone());
+                }
+            }
             let addr = self
                 .members
                 .get(&t.to)
@@ -605,6 +677,7 @@ impl Driver {
                 },
             ));
         }
+        self.confirm_around_relays(watched);
         while let Some(ev) = self.node.poll_event() {
             match ev {
                 AppEvent::Deliver(event) => match self.node.store_mut().append_log(&event) {

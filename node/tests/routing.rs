@@ -185,6 +185,13 @@ fn a_degraded_then_cut_link_is_routed_around_through_a_relay_region() {
             via_ms < direct_ms,
             "the relay path ({via_ms} ms) must be faster than the degraded direct link ({direct_ms} ms)"
         );
+        // Confirmation from every region although Virginia is reached through Frankfurt.
+        let (status, body) = c
+            .publish(0, "orders.eu", "regions:4", &[json!({"confirm": "all"})])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["complete"], true, "{body}");
+        assert_eq!(body["regions"].as_array().unwrap().len(), 4, "{body}");
         let relayed_before = stat(&c, 2, "relayed").await;
         let (_, degraded) = publish_and_time(&c, "orders.eu", 10).await;
         let relayed_after = stat(&c, 2, "relayed").await;
