@@ -77,8 +77,8 @@ pub const AGGREGATE_LINEAGE_IDS_MAX: usize = 64;
 /// Most rate-limit entries.
 pub const RATE_LIMITS_MAX: usize = 1024;
 
-/// Most enrolled devices.
-pub const DEVICES_MAX: usize = 2048;
+/// Most enrolled devices (each is also a principal, so under [`PRINCIPALS_MAX`]).
+pub const DEVICES_MAX: usize = 1024;
 
 /// Most stream patterns one device is enrolled for.
 pub const DEVICE_STREAMS_MAX: usize = 16;
@@ -101,4 +101,5 @@ pub const SIGNATURES_MAX: usize = OPERATORS_MAX;
 
 const _: () = assert!(BUNDLE_LEN_MAX < PAYLOAD_LEN_MAX);
 const _: () = assert!(JURISDICTIONS_MAX <= 64);
+const _: () = assert!(DEVICES_MAX < PRINCIPALS_MAX);
 const _: () = assert!(AGGREGATE_LINEAGE_IDS_MAX <= AGGREGATE_GROUPS_MAX);
