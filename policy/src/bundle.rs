@@ -372,9 +372,20 @@ impl Bundle {
     }
 
     /// The canonical CBOR encoding (what operators sign). Checks the bundle first.
+    /// Refuses a bundle whose encoding, with [`crate::limits::SIGNATURES_MAX`] signatures,
+    /// would exceed [`crate::limits::BUNDLE_LEN_MAX`].
     pub fn to_cbor(&self) -> Result<Vec<u8>, BundleError> {
         crate::Policy::compile(self)?;
-        Ok(crate::codec::encode_bundle(self))
+        let cbor = crate::codec::encode_bundle(self);
+        let max = crate::limits::BUNDLE_LEN_MAX - crate::sign::SIGNED_OVERHEAD_MAX;
+        if cbor.len() > max {
+            return Err(BundleError::TooLarge {
+                len: cbor.len(),
+                limit: "BUNDLE_LEN_MAX - SIGNED_OVERHEAD_MAX",
+                max,
+            });
+        }
+        Ok(cbor)
     }
 
     /// Decodes canonical CBOR, refusing any other encoding of the same value, then checks

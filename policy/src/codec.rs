@@ -15,9 +15,11 @@ use cbor4ii::core::utils::{BufWriter, SliceReader};
 
 use crate::bundle::Bundle;
 use crate::error::BundleError;
+use crate::limits::BUNDLE_LEN_MAX;
 
-/// The canonical encoding of a bundle. Does not check it (see [`Bundle::to_cbor`]).
-pub(crate) fn encode_bundle(bundle: &Bundle) -> Vec<u8> {
+/// The canonical encoding of a bundle, without checking it ([`Bundle::to_cbor`] checks
+/// first). Tools and tests use it to build bundles a node must refuse.
+pub fn encode_bundle(bundle: &Bundle) -> Vec<u8> {
     let raw = match cbor4ii::serde::to_vec(Vec::new(), bundle) {
         Ok(raw) => raw,
         Err(e) => unreachable!("serializing a bundle to a Vec failed: {e:?}"),
@@ -61,6 +63,13 @@ fn canonical(value: Value) -> Value {
 /// Decodes a bundle from its canonical encoding; refuses any other encoding. Does not
 /// check limits or references (see [`Bundle::from_cbor`]).
 pub(crate) fn decode_bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
+    if bytes.len() > BUNDLE_LEN_MAX {
+        return Err(BundleError::TooLarge {
+            len: bytes.len(),
+            limit: "BUNDLE_LEN_MAX",
+            max: BUNDLE_LEN_MAX,
+        });
+    }
     let mut de = cbor4ii::serde::Deserializer::new(SliceReader::new(bytes));
     let bundle: Bundle = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -770,6 +770,14 @@ fn no_duplicates(field: &str, items: &[String]) -> Result<(), BundleError> {
     Ok(())
 }
 
+/// A list of names in a rule, what they name, and how to tell a declared one.
+type RefCheck<'a> = (
+    &'a str,
+    &'a Vec<String>,
+    &'static str,
+    &'a dyn Fn(&str) -> bool,
+);
+
 fn rule_list<T>(field: &str, items: &[T]) -> Result<(), BundleError> {
     count(field, items.len(), "RULE_LIST_LEN_MAX", RULE_LIST_LEN_MAX)
 }
@@ -1009,7 +1017,7 @@ impl Policy {
                 .enumerate()
                 .map(|(k, s)| pattern(&format!("{field}.streams[{k}]"), s))
                 .collect::<Result<Vec<_>, _>>()?;
-            let refs: [(&str, &Vec<String>, &'static str, &dyn Fn(&str) -> bool); 5] = [
+            let refs: [RefCheck<'_>; 5] = [
                 ("roles", &rule.roles, "role", &|n| b.roles.contains_key(n)),
                 ("principals", &rule.principals, "principal", &|n| {
                     b.principals.contains_key(n)

@@ -21,6 +21,12 @@ use crate::policy::Policy;
 /// Prefix of the bytes operators sign: domain separation from every other Weft signature.
 pub const BUNDLE_SIGNING_CONTEXT: &[u8] = b"weft/policy\0";
 
+/// Most bytes a signed bundle adds around the bundle: the outer array and byte-string
+/// heads (1 + 5 + 1) and [`SIGNATURES_MAX`] signature pairs of 1 + (2 + 32) + (2 + 64).
+pub const SIGNED_OVERHEAD_MAX: usize = 7 + SIGNATURES_MAX * 101;
+
+const _: () = assert!(SIGNED_OVERHEAD_MAX < BUNDLE_LEN_MAX);
+
 /// The operator keys a node trusts to sign bundles and how many of them must sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trust {
