@@ -432,3 +432,9 @@ fn toml_errors_name_the_field() {
             .contains("epoch")
     );
 }
+
+#[test]
+fn docs_quote_the_example_verbatim() {
+    let doc = include_str!("../../docs/policy.md");
+    assert!(doc.contains(EXAMPLE), "docs/policy.md §1 differs from policy/examples/eu-retail.toml");
+}
