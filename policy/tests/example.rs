@@ -436,5 +436,8 @@ fn toml_errors_name_the_field() {
 #[test]
 fn docs_quote_the_example_verbatim() {
     let doc = include_str!("../../docs/policy.md");
-    assert!(doc.contains(EXAMPLE), "docs/policy.md §1 differs from policy/examples/eu-retail.toml");
+    assert!(
+        doc.contains(EXAMPLE),
+        "docs/policy.md §1 differs from policy/examples/eu-retail.toml"
+    );
 }
