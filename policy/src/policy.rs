@@ -1,0 +1,1262 @@
+//! The compiled policy: a bundle checked once and turned into lookup tables, and every
+//! decision the node, the mesh and the agent ask for (`docs/policy.md` §6).
+//!
+//! Compilation ([`Policy::compile`]) is the only validation there is: a bundle that
+//! compiles is a bundle every node accepts. Evaluation never fails and never allocates on
+//! the per-hop path ([`Policy::event_scope`], [`Policy::placement`], [`EventScope::hop`]:
+//! residency sets are 64-bit masks, one bit per jurisdiction).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use weft_fabric::mesh::{MemberInfo, ReplicationFilter};
+use weft_fabric::{
+    EventData, Jurisdiction, Payload, Residency, SecurityContext, StreamName, StreamPattern,
+};
+
+use crate::bundle::*;
+use crate::error::BundleError;
+use crate::limits::*;
+use crate::transform::Transform;
+
+/// A bundle compiled for evaluation. Immutable; a new epoch compiles a new one.
+#[derive(Debug)]
+pub struct Policy {
+    bundle: Bundle,
+    jurisdictions: Vec<Jurisdiction>,
+    jurisdiction_bits: HashMap<String, u8>,
+    region_bits: HashMap<String, u8>,
+    node_bits: HashMap<[u8; 32], u8>,
+    principals: HashMap<String, Principal>,
+    by_key: HashMap<[u8; 32], String>,
+    by_token: HashMap<[u8; 32], String>,
+    rules: Vec<Rule>,
+    classes: HashMap<String, Class>,
+    streams: Vec<(StreamPattern, StreamRuleInfo)>,
+    transforms: Vec<Transform>,
+    principal_limits: HashMap<String, RateLimit>,
+    tenant_limits: HashMap<String, RateLimit>,
+    devices: HashMap<[u8; 32], Enrollment>,
+    device_streams: HashMap<String, Vec<StreamPattern>>,
+}
+
+#[derive(Debug)]
+struct Principal {
+    tenant: Option<String>,
+    roles: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    label: Arc<str>,
+    effect: Effect,
+    actions: Vec<Action>,
+    streams: Vec<StreamPattern>,
+    roles: Vec<String>,
+    principals: Vec<String>,
+    tenants: Vec<String>,
+    classifications: Vec<String>,
+    regions: Vec<String>,
+}
+
+/// A residency class, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    /// The residency set stamped into events of the class.
+    pub residency: Residency,
+    /// Transit mode (`None` for classes allowed anywhere).
+    pub transit: Option<TransitMode>,
+    /// One bit per jurisdiction; `None` for anywhere.
+    mask: Option<u64>,
+}
+
+/// What a stream rule says about one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRuleInfo {
+    /// Position of the rule in the bundle's `streams` list.
+    pub index: usize,
+    /// Classification stamped when the publisher names none.
+    pub classification: String,
+    /// Replication scope.
+    pub replication: ReplicationScope,
+    /// Regions, for [`ReplicationScope::Regions`].
+    pub regions: BTreeSet<String>,
+    /// Retention time, seconds.
+    pub retention_s: Option<u64>,
+    /// Retention size, bytes per node.
+    pub retention_bytes: Option<u64>,
+    /// Conflict strategy for keyed events.
+    pub conflict: Option<ConflictStrategy>,
+    /// Send priority.
+    pub priority: Priority,
+}
+
+/// A rate limit and quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained events per second.
+    pub events_per_s: u64,
+    /// Burst, events.
+    pub burst: u64,
+    /// Events per UTC day.
+    pub events_per_day: Option<u64>,
+    /// Payload bytes per UTC day.
+    pub bytes_per_day: Option<u64>,
+}
+
+/// The limits that apply to one publish: the principal's and the tenant's (both must
+/// admit the event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimits {
+    /// The principal's own limit.
+    pub principal: Option<RateLimit>,
+    /// The tenant's limit, shared by all its principals.
+    pub tenant: Option<RateLimit>,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Its principal name.
+    pub principal: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Stream patterns it may publish to.
+    pub streams: Vec<StreamPattern>,
+    /// Its jurisdiction.
+    pub jurisdiction: Jurisdiction,
+}
+
+/// An access question: may `principal` do `action` on `stream`?
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRequest<'a> {
+    /// Principal name.
+    pub principal: &'a str,
+    /// What it wants to do.
+    pub action: Action,
+    /// The stream.
+    pub stream: &'a StreamName,
+    /// The tenant it acts for (the event's tenant, or the tenant whose events it reads).
+    pub tenant: &'a str,
+    /// The classification involved, when known (publishing a classified event).
+    pub classification: Option<&'a str>,
+    /// Region of the node serving the request.
+    pub region: &'a str,
+}
+
+/// Why a decision came out as it did. `Display` is the sentence for audit entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The principal is not in the bundle.
+    UnknownPrincipal,
+    /// The principal belongs to another tenant than the request's.
+    TenantMismatch {
+        /// The principal's tenant.
+        tenant: String,
+    },
+    /// An allow rule matched and no deny rule did.
+    AllowedByRule {
+        /// The rule's name, or `#index`.
+        rule: Arc<str>,
+    },
+    /// A deny rule matched.
+    DeniedByRule {
+        /// The rule's name, or `#index`.
+        rule: Arc<str>,
+    },
+    /// No rule allows it (the default).
+    NoRuleAllows,
+    /// An enrolled device publishing to one of its streams.
+    Enrolled,
+    /// A device publishing outside the streams it is enrolled for.
+    NotEnrolledStream,
+    /// The classification is not a class of this bundle.
+    UnknownClassification {
+        /// The classification.
+        classification: String,
+    },
+    /// No classification given and no stream rule supplies a default.
+    NoClassification,
+    /// The residency set is not inside the class's jurisdictions.
+    ResidencyWiderThanClass {
+        /// The classification.
+        classification: String,
+    },
+    /// The stamp is the class's (or a narrower requested) residency.
+    Stamped {
+        /// The classification.
+        classification: String,
+    },
+    /// The key is granted the jurisdiction and the region lies in it.
+    JurisdictionGranted,
+    /// The jurisdiction is not in the bundle.
+    UnknownJurisdiction,
+    /// The key is not granted the jurisdiction.
+    KeyNotGranted,
+    /// The region is not in the jurisdiction.
+    RegionNotInJurisdiction,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::UnknownPrincipal => write!(f, "principal is not in the policy"),
+            Reason::TenantMismatch { tenant } => {
+                write!(f, "principal belongs to tenant `{tenant}`")
+            }
+            Reason::AllowedByRule { rule } => write!(f, "allowed by access rule {rule}"),
+            Reason::DeniedByRule { rule } => write!(f, "denied by access rule {rule}"),
+            Reason::NoRuleAllows => write!(f, "no access rule allows it"),
+            Reason::Enrolled => write!(f, "device enrolled for the stream"),
+            Reason::NotEnrolledStream => write!(f, "device is not enrolled for the stream"),
+            Reason::UnknownClassification { classification } => {
+                write!(
+                    f,
+                    "classification `{classification}` is not a residency class"
+                )
+            }
+            Reason::NoClassification => {
+                write!(f, "no classification given and no stream rule supplies one")
+            }
+            Reason::ResidencyWiderThanClass { classification } => write!(
+                f,
+                "residency set is wider than class `{classification}` allows"
+            ),
+            Reason::Stamped { classification } => {
+                write!(f, "residency of class `{classification}`")
+            }
+            Reason::JurisdictionGranted => write!(f, "jurisdiction granted to the node key"),
+            Reason::UnknownJurisdiction => write!(f, "jurisdiction is not in the policy"),
+            Reason::KeyNotGranted => write!(f, "node key is not granted the jurisdiction"),
+            Reason::RegionNotInJurisdiction => write!(f, "region is not in the jurisdiction"),
+        }
+    }
+}
+
+/// A yes/no decision with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether it is allowed.
+    pub allowed: bool,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    fn allow(reason: Reason) -> Decision {
+        Decision {
+            allowed: true,
+            reason,
+        }
+    }
+    fn deny(reason: Reason) -> Decision {
+        Decision {
+            allowed: false,
+            reason,
+        }
+    }
+}
+
+/// What to stamp into a new event's security context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The classification.
+    pub classification: String,
+    /// The residency set.
+    pub residency: Residency,
+}
+
+/// What a node may receive of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// The event, to store, deliver and relay.
+    Clear,
+    /// The sealed event, to relay only: never stored, delivered or opened there.
+    SealedTransit,
+    /// Nothing about the event (no push, IHAVE or digest naming it).
+    Refuse,
+}
+
+/// Why a hop decision came out as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopReason {
+    /// The event has no residency constraint.
+    Unrestricted,
+    /// The node's granted jurisdiction is in the event's effective residency set.
+    InResidency,
+    /// Outside the set, but the class allows sealed transit and the payload is sealed.
+    SealedTransit,
+    /// Outside the set (or no granted jurisdiction) and the class forbids transit.
+    OutsideResidency,
+    /// Outside the set; the class allows sealed transit but the payload is clear.
+    PayloadNotSealed,
+}
+
+impl fmt::Display for HopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HopReason::Unrestricted => "event has no residency constraint",
+            HopReason::InResidency => "node's jurisdiction is in the residency set",
+            HopReason::SealedTransit => "sealed transit allowed by the event's class",
+            HopReason::OutsideResidency => "node is outside the residency set; transit forbidden",
+            HopReason::PayloadNotSealed => "node is outside the residency set; payload not sealed",
+        })
+    }
+}
+
+/// A hop decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopDecision {
+    /// What the node may receive.
+    pub hop: Hop,
+    /// Why.
+    pub reason: HopReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransitState {
+    Forbidden,
+    Sealed,
+    SealedButClear,
+}
+
+/// An event's residency as the policy sees it, computed once per event: the effective
+/// residency set (the signed set narrowed to the class's jurisdictions) as a mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventScope {
+    /// `None`: unrestricted.
+    clear: Option<u64>,
+    transit: TransitState,
+}
+
+/// A node's place as the policy sees it, computed once per member record: its granted
+/// jurisdiction, if its claim holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    bit: Option<u8>,
+}
+
+impl Placement {
+    /// Whether the node's jurisdiction claim holds.
+    pub fn is_granted(&self) -> bool {
+        self.bit.is_some()
+    }
+}
+
+impl EventScope {
+    /// What a node at `placement` may receive of the event. A few bit operations.
+    pub fn hop(&self, placement: Placement) -> HopDecision {
+        let Some(clear) = self.clear else {
+            return HopDecision {
+                hop: Hop::Clear,
+                reason: HopReason::Unrestricted,
+            };
+        };
+        if placement.bit.is_some_and(|b| clear & (1u64 << b) != 0) {
+            return HopDecision {
+                hop: Hop::Clear,
+                reason: HopReason::InResidency,
+            };
+        }
+        match self.transit {
+            TransitState::Sealed => HopDecision {
+                hop: Hop::SealedTransit,
+                reason: HopReason::SealedTransit,
+            },
+            TransitState::SealedButClear => HopDecision {
+                hop: Hop::Refuse,
+                reason: HopReason::PayloadNotSealed,
+            },
+            TransitState::Forbidden => HopDecision {
+                hop: Hop::Refuse,
+                reason: HopReason::OutsideResidency,
+            },
+        }
+    }
+}
+
+/// The mesh's [`ReplicationFilter`] backed by a compiled policy: an event goes to a peer
+/// when the peer may receive it in clear or as sealed transit. (The receiving node must
+/// itself store and deliver only on [`Hop::Clear`].)
+#[derive(Debug, Clone)]
+pub struct PolicyFilter(pub Arc<Policy>);
+
+impl ReplicationFilter for PolicyFilter {
+    fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool {
+        self.0.hop(event, peer).hop != Hop::Refuse
+    }
+}
+
+// ------------------------------------------------------------------ evaluation
+
+impl Policy {
+    /// The bundle this was compiled from.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The policy epoch.
+    pub fn epoch(&self) -> u64 {
+        self.bundle.epoch
+    }
+
+    /// The principal holding the HTTP token whose SHA-256 is `token_sha256`.
+    pub fn principal_for_token(&self, token_sha256: &[u8; 32]) -> Option<&str> {
+        self.by_token.get(token_sha256).map(String::as_str)
+    }
+
+    /// The principal holding a node or device key.
+    pub fn principal_for_key(&self, key: &[u8; 32]) -> Option<&str> {
+        self.by_key.get(key).map(String::as_str)
+    }
+
+    /// May the principal publish to, subscribe to or read the stream? Deny rules win over
+    /// allow rules; nothing matching denies. A principal bound to a tenant acts for that
+    /// tenant only; an enrolled device publishes to its enrolled streams only (and
+    /// enrollment allows those unless a deny rule matches).
+    pub fn authorize(&self, req: &AccessRequest<'_>) -> Decision {
+        let Some(principal) = self.principals.get(req.principal) else {
+            return Decision::deny(Reason::UnknownPrincipal);
+        };
+        if let Some(tenant) = &principal.tenant
+            && tenant != req.tenant
+        {
+            return Decision::deny(Reason::TenantMismatch {
+                tenant: tenant.clone(),
+            });
+        }
+        let device = self.device_streams.get(req.principal);
+        if req.action == Action::Publish
+            && let Some(patterns) = device
+            && !patterns.iter().any(|p| p.matches(req.stream))
+        {
+            return Decision::deny(Reason::NotEnrolledStream);
+        }
+        let mut allowed_by = None;
+        for rule in &self.rules {
+            if !rule.matches(req, principal) {
+                continue;
+            }
+            match rule.effect {
+                Effect::Deny => {
+                    return Decision::deny(Reason::DeniedByRule {
+                        rule: rule.label.clone(),
+                    });
+                }
+                Effect::Allow => {
+                    allowed_by.get_or_insert_with(|| rule.label.clone());
+                }
+            }
+        }
+        match allowed_by {
+            Some(rule) => Decision::allow(Reason::AllowedByRule { rule }),
+            None if req.action == Action::Publish && device.is_some() => {
+                Decision::allow(Reason::Enrolled)
+            }
+            None => Decision::deny(Reason::NoRuleAllows),
+        }
+    }
+
+    /// The rule for a stream: the first stream rule whose pattern matches.
+    pub fn stream_rule(&self, stream: &StreamName) -> Option<&StreamRuleInfo> {
+        self.streams
+            .iter()
+            .find(|(p, _)| p.matches(stream))
+            .map(|(_, info)| info)
+    }
+
+    /// Whether events of `stream` replicate to a node in `region` by the stream's scope
+    /// (residency is decided separately, per hop). Streams without a rule replicate to all.
+    pub fn replicates_to(&self, stream: &StreamName, region: &str) -> bool {
+        self.stream_rule(stream).is_none_or(|r| {
+            r.replication != ReplicationScope::Regions || r.regions.contains(region)
+        })
+    }
+
+    /// A residency class by classification.
+    pub fn class(&self, classification: &str) -> Option<&Class> {
+        self.classes.get(classification)
+    }
+
+    /// What to stamp on a new event on `stream`: the publisher's `classification`, or the
+    /// stream rule's default; the class's residency set, or `requested` if it is narrower
+    /// (a requested set wider than the class is refused).
+    pub fn stamp(
+        &self,
+        stream: &StreamName,
+        classification: Option<&str>,
+        requested: &Residency,
+    ) -> Result<Stamp, Reason> {
+        let classification = match classification {
+            Some(c) => c,
+            None => match self.stream_rule(stream) {
+                Some(rule) => rule.classification.as_str(),
+                None => return Err(Reason::NoClassification),
+            },
+        };
+        let Some(class) = self.classes.get(classification) else {
+            return Err(Reason::UnknownClassification {
+                classification: classification.into(),
+            });
+        };
+        let residency = match requested {
+            Residency::Unrestricted => class.residency.clone(),
+            Residency::Only(_) => {
+                if !within(requested, &class.residency) {
+                    return Err(Reason::ResidencyWiderThanClass {
+                        classification: classification.into(),
+                    });
+                }
+                requested.clone()
+            }
+        };
+        Ok(Stamp {
+            classification: classification.into(),
+            residency,
+        })
+    }
+
+    /// Checks a security context stamped elsewhere (a pre-signed event, a device's event):
+    /// the classification must be a class and the residency set inside it.
+    pub fn check_stamped(&self, security: &SecurityContext) -> Decision {
+        let Some(class) = self.classes.get(&security.classification) else {
+            return Decision::deny(Reason::UnknownClassification {
+                classification: security.classification.clone(),
+            });
+        };
+        let reason = Reason::Stamped {
+            classification: security.classification.clone(),
+        };
+        if within(&security.residency, &class.residency) {
+            Decision::allow(reason)
+        } else {
+            Decision::deny(Reason::ResidencyWiderThanClass {
+                classification: security.classification.clone(),
+            })
+        }
+    }
+
+    /// May the node with `key` in `region` claim `jurisdiction`? Both the key and the
+    /// region must be granted to it.
+    pub fn claim(&self, key: &[u8; 32], jurisdiction: &str, region: &str) -> Decision {
+        match self.claim_bit(key, jurisdiction, region) {
+            Ok(_) => Decision::allow(Reason::JurisdictionGranted),
+            Err(reason) => Decision::deny(reason),
+        }
+    }
+
+    fn claim_bit(&self, key: &[u8; 32], jurisdiction: &str, region: &str) -> Result<u8, Reason> {
+        let Some(&bit) = self.jurisdiction_bits.get(jurisdiction) else {
+            return Err(Reason::UnknownJurisdiction);
+        };
+        if self.node_bits.get(key) != Some(&bit) {
+            return Err(Reason::KeyNotGranted);
+        }
+        if self.region_bits.get(region) != Some(&bit) {
+            return Err(Reason::RegionNotInJurisdiction);
+        }
+        Ok(bit)
+    }
+
+    /// A member's placement: its claimed jurisdiction if the claim holds, none otherwise
+    /// (such a node receives only unrestricted events and sealed transit).
+    pub fn placement(&self, member: &MemberInfo) -> Placement {
+        Placement {
+            bit: self
+                .claim_bit(&member.key, &member.jurisdiction, &member.region)
+                .ok(),
+        }
+    }
+
+    /// An event's effective residency: its signed set narrowed to its class's
+    /// jurisdictions (an event cannot widen its class), plus whether sealed transit applies.
+    /// An event whose classification this epoch does not know keeps its signed set, with
+    /// transit forbidden.
+    pub fn event_scope(&self, event: &EventData) -> EventScope {
+        let security = event.security();
+        let class = self.classes.get(&security.classification);
+        let signed = match &security.residency {
+            Residency::Unrestricted => None,
+            Residency::Only(set) => Some(set.iter().fold(0u64, |mask, j| {
+                self.jurisdiction_bits
+                    .get(j.as_str())
+                    .map_or(mask, |b| mask | (1u64 << b))
+            })),
+        };
+        let class_mask = class.and_then(|c| c.mask);
+        let clear = match (signed, class_mask) {
+            (None, None) => None,
+            (Some(a), None) | (None, Some(a)) => Some(a),
+            (Some(a), Some(b)) => Some(a & b),
+        };
+        let sealed = matches!(event.payload(), Payload::Sealed(_));
+        let transit = match class.and_then(|c| c.transit) {
+            Some(TransitMode::Sealed) if sealed => TransitState::Sealed,
+            Some(TransitMode::Sealed) => TransitState::SealedButClear,
+            _ => TransitState::Forbidden,
+        };
+        EventScope { clear, transit }
+    }
+
+    /// What `node` may receive of `event` (the replication filter's predicate). The mesh
+    /// should cache [`Policy::placement`] per member and [`Policy::event_scope`] per event
+    /// and call [`EventScope::hop`]; this convenience computes both.
+    pub fn hop(&self, event: &EventData, node: &MemberInfo) -> HopDecision {
+        self.event_scope(event).hop(self.placement(node))
+    }
+
+    /// The enrollment of a device key.
+    pub fn enrollment(&self, device_key: &[u8; 32]) -> Option<&Enrollment> {
+        self.devices.get(device_key)
+    }
+
+    /// The rate limits for a publish by `principal` for `tenant`.
+    pub fn rate_limits(&self, principal: &str, tenant: &str) -> RateLimits {
+        RateLimits {
+            principal: self.principal_limits.get(principal).copied(),
+            tenant: self.tenant_limits.get(tenant).copied(),
+        }
+    }
+
+    /// The egress transforms whose source pattern matches `stream`.
+    pub fn transforms_for<'a>(
+        &'a self,
+        stream: &'a StreamName,
+    ) -> impl Iterator<Item = &'a Transform> + 'a {
+        self.transforms
+            .iter()
+            .filter(move |t| t.source().matches(stream))
+    }
+
+    /// A transform by name.
+    pub fn transform(&self, name: &str) -> Option<&Transform> {
+        self.transforms.iter().find(|t| t.name() == name)
+    }
+}
+
+/// Whether residency `a` is inside `b`.
+fn within(a: &Residency, b: &Residency) -> bool {
+    match (a, b) {
+        (_, Residency::Unrestricted) => true,
+        (Residency::Unrestricted, Residency::Only(_)) => false,
+        (Residency::Only(a), Residency::Only(b)) => a.is_subset(b),
+    }
+}
+
+impl Rule {
+    fn matches(&self, req: &AccessRequest<'_>, principal: &Principal) -> bool {
+        self.actions.contains(&req.action)
+            && self.streams.iter().any(|p| p.matches(req.stream))
+            && (self.principals.iter().any(|p| p == req.principal)
+                || self.roles.iter().any(|r| principal.roles.contains(r)))
+            && (self.tenants.is_empty() || self.tenants.iter().any(|t| t == req.tenant))
+            && (self.classifications.is_empty()
+                || req
+                    .classification
+                    .is_some_and(|c| self.classifications.iter().any(|x| x == c)))
+            && (self.regions.is_empty() || self.regions.iter().any(|r| r == req.region))
+    }
+}
+
+// ------------------------------------------------------------------ compilation
+
+/// Field-path helpers for errors.
+fn count(field: &str, len: usize, limit: &'static str, max: usize) -> Result<(), BundleError> {
+    if len > max {
+        return Err(BundleError::TooMany {
+            field: field.into(),
+            len,
+            limit,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> BundleError {
+    BundleError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn unknown(field: impl Into<String>, kind: &'static str, name: &str) -> BundleError {
+    BundleError::Unknown {
+        field: field.into(),
+        kind,
+        name: name.into(),
+    }
+}
+
+/// Names of regions, tenants, roles, principals, classes, transforms and rules: 1 to
+/// `max` bytes, an ASCII letter or digit, then letters, digits, `.`, `_`, `:`, `-`.
+fn name(field: &str, s: &str, limit: &'static str, max: usize) -> Result<(), BundleError> {
+    if s.len() > max {
+        return Err(BundleError::TooLong {
+            field: field.into(),
+            len: s.len(),
+            limit,
+            max,
+        });
+    }
+    let ok = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if !ok {
+        return Err(invalid(
+            field,
+            format!(
+                "`{s}` is not a name (an ASCII letter or digit, then letters, digits, `.`, `_`, `:`, `-`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn plain_name(field: &str, s: &str) -> Result<(), BundleError> {
+    name(field, s, "NAME_LEN_MAX", NAME_LEN_MAX)
+}
+
+fn text(
+    field: &str,
+    s: &Option<String>,
+    limit: &'static str,
+    max: usize,
+) -> Result<(), BundleError> {
+    if let Some(s) = s
+        && s.len() > max
+    {
+        return Err(BundleError::TooLong {
+            field: field.into(),
+            len: s.len(),
+            limit,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn description(field: &str, s: &Option<String>) -> Result<(), BundleError> {
+    text(field, s, "DESCRIPTION_LEN_MAX", DESCRIPTION_LEN_MAX)
+}
+
+/// A 32-byte value written as exactly 64 lowercase hex digits (one spelling per value, so
+/// the canonical CBOR is unique).
+pub(crate) fn key_hex(field: &str, s: &str) -> Result<[u8; 32], BundleError> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(invalid(field, "must be exactly 64 lowercase hex digits"));
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let digit = |c: u8| if c <= b'9' { c - b'0' } else { c - b'a' + 10 };
+        out[i] = digit(pair[0]) << 4 | digit(pair[1]);
+    }
+    Ok(out)
+}
+
+fn pattern(field: &str, s: &str) -> Result<StreamPattern, BundleError> {
+    StreamPattern::new(s).map_err(|e| invalid(field, e.to_string()))
+}
+
+fn no_duplicates(field: &str, items: &[String]) -> Result<(), BundleError> {
+    let mut seen = BTreeSet::new();
+    for item in items {
+        if !seen.insert(item) {
+            return Err(invalid(field, format!("`{item}` is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// A list of names in a rule, what they name, and how to tell a declared one.
+type RefCheck<'a> = (
+    &'a str,
+    &'a Vec<String>,
+    &'static str,
+    &'a dyn Fn(&str) -> bool,
+);
+
+fn rule_list<T>(field: &str, items: &[T]) -> Result<(), BundleError> {
+    count(field, items.len(), "RULE_LIST_LEN_MAX", RULE_LIST_LEN_MAX)
+}
+
+impl Policy {
+    /// Checks every limit, grammar and reference of `bundle` and builds the evaluator.
+    /// Errors name the field path and the limit; nothing is partially applied.
+    pub fn compile(bundle: &Bundle) -> Result<Policy, BundleError> {
+        let b = bundle;
+        if b.format != BUNDLE_FORMAT {
+            return Err(invalid(
+                "format",
+                format!(
+                    "format {} is not supported (this node reads {BUNDLE_FORMAT})",
+                    b.format
+                ),
+            ));
+        }
+        if b.epoch == 0 {
+            return Err(invalid("epoch", "epochs start at 1"));
+        }
+        description("description", &b.description)?;
+
+        // Jurisdictions, regions, node keys.
+        count(
+            "jurisdictions",
+            b.jurisdictions.len(),
+            "JURISDICTIONS_MAX",
+            JURISDICTIONS_MAX,
+        )?;
+        let mut jurisdictions = Vec::new();
+        let mut jurisdiction_bits = HashMap::new();
+        let mut region_bits = HashMap::new();
+        let mut node_bits = HashMap::new();
+        for (i, (code, spec)) in b.jurisdictions.iter().enumerate() {
+            let field = format!("jurisdictions.{code}");
+            let j = Jurisdiction::new(code.clone()).map_err(|e| invalid(&field, e.to_string()))?;
+            let bit = u8::try_from(i).unwrap_or(u8::MAX);
+            jurisdictions.push(j);
+            jurisdiction_bits.insert(code.clone(), bit);
+            for (k, region) in spec.regions.iter().enumerate() {
+                let f = format!("{field}.regions[{k}]");
+                plain_name(&f, region)?;
+                if region_bits.insert(region.clone(), bit).is_some() {
+                    return Err(invalid(f, format!("region `{region}` is granted twice")));
+                }
+                count(&f, region_bits.len(), "REGIONS_MAX", REGIONS_MAX)?;
+            }
+            for (k, node) in spec.nodes.iter().enumerate() {
+                let f = format!("{field}.nodes[{k}]");
+                let key = key_hex(&f, node)?;
+                if node_bits.insert(key, bit).is_some() {
+                    return Err(invalid(f, "node key is granted twice"));
+                }
+                count(&f, node_bits.len(), "NODES_MAX", NODES_MAX)?;
+            }
+        }
+
+        // Tenants and roles.
+        count("tenants", b.tenants.len(), "TENANTS_MAX", TENANTS_MAX)?;
+        for (t, spec) in &b.tenants {
+            plain_name(&format!("tenants.{t}"), t)?;
+            description(&format!("tenants.{t}.description"), &spec.description)?;
+        }
+        count("roles", b.roles.len(), "ROLES_MAX", ROLES_MAX)?;
+        for (r, spec) in &b.roles {
+            plain_name(&format!("roles.{r}"), r)?;
+            description(&format!("roles.{r}.description"), &spec.description)?;
+        }
+
+        // Principals.
+        count(
+            "principals",
+            b.principals.len(),
+            "PRINCIPALS_MAX",
+            PRINCIPALS_MAX,
+        )?;
+        let mut principals = HashMap::new();
+        let mut by_key = HashMap::new();
+        let mut by_token = HashMap::new();
+        for (p, spec) in &b.principals {
+            let field = format!("principals.{p}");
+            plain_name(&field, p)?;
+            if let Some(t) = &spec.tenant
+                && !b.tenants.contains_key(t)
+            {
+                return Err(unknown(format!("{field}.tenant"), "tenant", t));
+            }
+            count(
+                &format!("{field}.roles"),
+                spec.roles.len(),
+                "PRINCIPAL_ROLES_MAX",
+                PRINCIPAL_ROLES_MAX,
+            )?;
+            no_duplicates(&format!("{field}.roles"), &spec.roles)?;
+            for (k, r) in spec.roles.iter().enumerate() {
+                if !b.roles.contains_key(r) {
+                    return Err(unknown(format!("{field}.roles[{k}]"), "role", r));
+                }
+            }
+            let credentials = [
+                ("node_key", &spec.node_key),
+                ("device_key", &spec.device_key),
+                ("token_sha256", &spec.token_sha256),
+            ];
+            let set: Vec<_> = credentials.iter().filter(|(_, v)| v.is_some()).collect();
+            let [(cred, Some(value))] = set.as_slice() else {
+                return Err(invalid(
+                    field,
+                    "set exactly one of node_key, device_key, token_sha256",
+                ));
+            };
+            let f = format!("{field}.{cred}");
+            let bytes = key_hex(&f, value)?;
+            let table = if *cred == "token_sha256" {
+                &mut by_token
+            } else {
+                &mut by_key
+            };
+            if table.insert(bytes, p.clone()).is_some() {
+                return Err(invalid(
+                    f,
+                    "credential is already held by another principal",
+                ));
+            }
+            principals.insert(
+                p.clone(),
+                Principal {
+                    tenant: spec.tenant.clone(),
+                    roles: spec.roles.iter().cloned().collect(),
+                },
+            );
+        }
+
+        // Residency classes.
+        count("classes", b.classes.len(), "CLASSES_MAX", CLASSES_MAX)?;
+        let mut classes = HashMap::new();
+        for (c, spec) in &b.classes {
+            let field = format!("classes.{c}");
+            name(
+                &field,
+                c,
+                "CLASSIFICATION_LEN_MAX",
+                weft_fabric::limits::CLASSIFICATION_LEN_MAX,
+            )?;
+            description(&format!("{field}.description"), &spec.description)?;
+            let class = match (spec.anywhere, spec.jurisdictions.is_empty(), spec.transit) {
+                (true, true, None) => Class {
+                    residency: Residency::Unrestricted,
+                    transit: None,
+                    mask: None,
+                },
+                (true, _, _) => {
+                    return Err(invalid(
+                        field,
+                        "`anywhere = true` excludes `jurisdictions` and `transit`",
+                    ));
+                }
+                (false, true, _) => {
+                    return Err(invalid(
+                        field,
+                        "set `jurisdictions` (with `transit`) or `anywhere = true`",
+                    ));
+                }
+                (false, false, None) => {
+                    return Err(invalid(
+                        format!("{field}.transit"),
+                        "required with `jurisdictions`: \"forbidden\" or \"sealed\"",
+                    ));
+                }
+                (false, false, Some(transit)) => {
+                    let f = format!("{field}.jurisdictions");
+                    count(
+                        &f,
+                        spec.jurisdictions.len(),
+                        "RESIDENCY_LEN_MAX",
+                        weft_fabric::limits::RESIDENCY_LEN_MAX,
+                    )?;
+                    no_duplicates(&f, &spec.jurisdictions)?;
+                    let mut mask = 0u64;
+                    for (k, j) in spec.jurisdictions.iter().enumerate() {
+                        let Some(bit) = jurisdiction_bits.get(j) else {
+                            return Err(unknown(format!("{f}[{k}]"), "jurisdiction", j));
+                        };
+                        mask |= 1u64 << bit;
+                    }
+                    let residency = Residency::only(spec.jurisdictions.iter().cloned())
+                        .map_err(|e| invalid(&f, e.to_string()))?;
+                    Class {
+                        residency,
+                        transit: Some(transit),
+                        mask: Some(mask),
+                    }
+                }
+            };
+            classes.insert(c.clone(), class);
+        }
+
+        // Access rules.
+        count(
+            "access",
+            b.access.len(),
+            "ACCESS_RULES_MAX",
+            ACCESS_RULES_MAX,
+        )?;
+        let mut rules = Vec::with_capacity(b.access.len());
+        for (i, rule) in b.access.iter().enumerate() {
+            let field = format!("access[{i}]");
+            if let Some(n) = &rule.name {
+                plain_name(&format!("{field}.name"), n)?;
+            }
+            rule_list(&format!("{field}.actions"), &rule.actions)?;
+            rule_list(&format!("{field}.streams"), &rule.streams)?;
+            rule_list(&format!("{field}.roles"), &rule.roles)?;
+            rule_list(&format!("{field}.principals"), &rule.principals)?;
+            rule_list(&format!("{field}.tenants"), &rule.tenants)?;
+            rule_list(&format!("{field}.classifications"), &rule.classifications)?;
+            rule_list(&format!("{field}.regions"), &rule.regions)?;
+            if rule.actions.is_empty() {
+                return Err(invalid(
+                    format!("{field}.actions"),
+                    "name at least one action",
+                ));
+            }
+            if rule.streams.is_empty() {
+                return Err(invalid(
+                    format!("{field}.streams"),
+                    "name at least one stream pattern",
+                ));
+            }
+            if rule.roles.is_empty() && rule.principals.is_empty() {
+                return Err(invalid(field, "name at least one role or principal"));
+            }
+            let streams = rule
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(k, s)| pattern(&format!("{field}.streams[{k}]"), s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: [RefCheck<'_>; 5] = [
+                ("roles", &rule.roles, "role", &|n| b.roles.contains_key(n)),
+                ("principals", &rule.principals, "principal", &|n| {
+                    b.principals.contains_key(n)
+                }),
+                ("tenants", &rule.tenants, "tenant", &|n| {
+                    b.tenants.contains_key(n)
+                }),
+                ("classifications", &rule.classifications, "class", &|n| {
+                    b.classes.contains_key(n)
+                }),
+                ("regions", &rule.regions, "region", &|n| {
+                    region_bits.contains_key(n)
+                }),
+            ];
+            for (list, items, kind, known) in refs {
+                for (k, item) in items.iter().enumerate() {
+                    if !known(item) {
+                        return Err(unknown(format!("{field}.{list}[{k}]"), kind, item));
+                    }
+                }
+            }
+            rules.push(Rule {
+                label: rule.name.clone().unwrap_or_else(|| format!("#{i}")).into(),
+                effect: rule.effect,
+                actions: rule.actions.clone(),
+                streams,
+                roles: rule.roles.clone(),
+                principals: rule.principals.clone(),
+                tenants: rule.tenants.clone(),
+                classifications: rule.classifications.clone(),
+                regions: rule.regions.clone(),
+            });
+        }
+
+        // Stream rules.
+        count(
+            "streams",
+            b.streams.len(),
+            "STREAM_RULES_MAX",
+            STREAM_RULES_MAX,
+        )?;
+        let mut streams = Vec::with_capacity(b.streams.len());
+        for (i, rule) in b.streams.iter().enumerate() {
+            let field = format!("streams[{i}]");
+            let p = pattern(&format!("{field}.pattern"), &rule.pattern)?;
+            if !b.classes.contains_key(&rule.classification) {
+                return Err(unknown(
+                    format!("{field}.classification"),
+                    "class",
+                    &rule.classification,
+                ));
+            }
+            let f = format!("{field}.regions");
+            count(
+                &f,
+                rule.regions.len(),
+                "STREAM_REGIONS_MAX",
+                STREAM_REGIONS_MAX,
+            )?;
+            no_duplicates(&f, &rule.regions)?;
+            match (rule.replication, rule.regions.is_empty()) {
+                (ReplicationScope::Regions, true) => {
+                    return Err(invalid(f, "required with replication = \"regions\""));
+                }
+                (ReplicationScope::All | ReplicationScope::Interest, false) => {
+                    return Err(invalid(f, "only with replication = \"regions\""));
+                }
+                _ => {}
+            }
+            for (k, r) in rule.regions.iter().enumerate() {
+                if !region_bits.contains_key(r) {
+                    return Err(unknown(format!("{f}[{k}]"), "region", r));
+                }
+            }
+            if rule.retention_s == Some(0) {
+                return Err(invalid(
+                    format!("{field}.retention_s"),
+                    "must be at least 1",
+                ));
+            }
+            if rule.retention_bytes == Some(0) {
+                return Err(invalid(
+                    format!("{field}.retention_bytes"),
+                    "must be at least 1",
+                ));
+            }
+            streams.push((
+                p,
+                StreamRuleInfo {
+                    index: i,
+                    classification: rule.classification.clone(),
+                    replication: rule.replication,
+                    regions: rule.regions.iter().cloned().collect(),
+                    retention_s: rule.retention_s,
+                    retention_bytes: rule.retention_bytes,
+                    conflict: rule.conflict,
+                    priority: rule.priority,
+                },
+            ));
+        }
+
+        // Transforms.
+        count(
+            "transforms",
+            b.transforms.len(),
+            "TRANSFORMS_MAX",
+            TRANSFORMS_MAX,
+        )?;
+        let mut transforms = Vec::with_capacity(b.transforms.len());
+        for (t, spec) in &b.transforms {
+            let field = format!("transforms.{t}");
+            plain_name(&field, t)?;
+            if !b.classes.contains_key(&spec.classification) {
+                return Err(unknown(
+                    format!("{field}.classification"),
+                    "class",
+                    &spec.classification,
+                ));
+            }
+            transforms.push(Transform::compile(&field, t, spec, b.epoch)?);
+        }
+
+        // Rate limits.
+        count("limits", b.limits.len(), "RATE_LIMITS_MAX", RATE_LIMITS_MAX)?;
+        let mut principal_limits = HashMap::new();
+        let mut tenant_limits = HashMap::new();
+        for (i, spec) in b.limits.iter().enumerate() {
+            let field = format!("limits[{i}]");
+            let limit = RateLimit {
+                events_per_s: spec.events_per_s,
+                burst: spec.burst,
+                events_per_day: spec.events_per_day,
+                bytes_per_day: spec.bytes_per_day,
+            };
+            if spec.events_per_s == 0 {
+                return Err(invalid(
+                    format!("{field}.events_per_s"),
+                    "must be at least 1",
+                ));
+            }
+            if spec.burst == 0 {
+                return Err(invalid(format!("{field}.burst"), "must be at least 1"));
+            }
+            let (table, who, kind, known) = match (&spec.principal, &spec.tenant) {
+                (Some(p), None) => (
+                    &mut principal_limits,
+                    p,
+                    "principal",
+                    b.principals.contains_key(p),
+                ),
+                (None, Some(t)) => (&mut tenant_limits, t, "tenant", b.tenants.contains_key(t)),
+                _ => return Err(invalid(field, "set exactly one of principal, tenant")),
+            };
+            if !known {
+                return Err(unknown(format!("{field}.{kind}"), kind, who));
+            }
+            if table.insert(who.clone(), limit).is_some() {
+                return Err(invalid(
+                    field,
+                    format!("{kind} `{who}` already has a limit"),
+                ));
+            }
+        }
+
+        // Devices.
+        count("devices", b.devices.len(), "DEVICES_MAX", DEVICES_MAX)?;
+        let mut devices = HashMap::new();
+        let mut device_streams = HashMap::new();
+        for (d, spec) in &b.devices {
+            let field = format!("devices.{d}");
+            let Some(principal) = b.principals.get(d) else {
+                return Err(unknown(field, "principal", d));
+            };
+            let (Some(key), Some(tenant)) = (&principal.device_key, &principal.tenant) else {
+                return Err(invalid(
+                    field,
+                    format!("principal `{d}` must have a device_key and a tenant to be enrolled"),
+                ));
+            };
+            let f = format!("{field}.streams");
+            count(
+                &f,
+                spec.streams.len(),
+                "DEVICE_STREAMS_MAX",
+                DEVICE_STREAMS_MAX,
+            )?;
+            if spec.streams.is_empty() {
+                return Err(invalid(f, "name at least one stream pattern"));
+            }
+            let patterns = spec
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(k, s)| pattern(&format!("{f}[{k}]"), s))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !jurisdiction_bits.contains_key(&spec.jurisdiction) {
+                return Err(unknown(
+                    format!("{field}.jurisdiction"),
+                    "jurisdiction",
+                    &spec.jurisdiction,
+                ));
+            }
+            let jurisdiction = Jurisdiction::new(spec.jurisdiction.clone())
+                .map_err(|e| invalid(format!("{field}.jurisdiction"), e.to_string()))?;
+            let key = key_hex(&format!("principals.{d}.device_key"), key)?;
+            device_streams.insert(d.clone(), patterns.clone());
+            devices.insert(
+                key,
+                Enrollment {
+                    principal: d.clone(),
+                    tenant: tenant.clone(),
+                    streams: patterns,
+                    jurisdiction,
+                },
+            );
+        }
+
+        Ok(Policy {
+            bundle: bundle.clone(),
+            jurisdictions,
+            jurisdiction_bits,
+            region_bits,
+            node_bits,
+            principals,
+            by_key,
+            by_token,
+            rules,
+            classes,
+            streams,
+            transforms,
+            principal_limits,
+            tenant_limits,
+            devices,
+            device_streams,
+        })
+    }
+
+    /// The jurisdictions of the bundle, in code order.
+    pub fn jurisdictions(&self) -> &[Jurisdiction] {
+        &self.jurisdictions
+    }
+}

@@ -1,0 +1,455 @@
+//! Egress transforms (`docs/policy.md` §7): pure functions from a source event's JSON
+//! payload to a derived payload for another stream, with fields dropped, hashed or masked,
+//! or aggregated over a window, always carrying lineage back to the source event ids.
+//!
+//! The node decides when to run them (on events that may not leave their residency set)
+//! and publishes the derived payload as a new event it signs; nothing here does I/O or
+//! reads a clock (an aggregation window is closed by the caller, with its start time).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use weft_fabric::{EventId, StreamName, StreamPattern};
+
+use crate::bundle::TransformSpec;
+use crate::error::{BundleError, TransformError};
+use crate::limits::*;
+use crate::sign::hex;
+
+/// A derived payload, ready to publish on `stream` with `classification`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    /// Target stream.
+    pub stream: StreamName,
+    /// Classification of the derived event.
+    pub classification: String,
+    /// JSON: `{"data": ..., "lineage": {...}}`.
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone)]
+struct Mask {
+    path: Vec<String>,
+    keep_last: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Ops {
+    Fields {
+        drop: Vec<Vec<String>>,
+        hash: Vec<Vec<String>>,
+        salt: String,
+        mask: Vec<Mask>,
+    },
+    Aggregate {
+        window_s: u64,
+        group_by: Vec<Vec<String>>,
+        sum: Vec<Vec<String>>,
+    },
+}
+
+/// A compiled egress transform.
+#[derive(Debug, Clone)]
+pub struct Transform {
+    name: String,
+    source: StreamPattern,
+    target: StreamName,
+    classification: String,
+    epoch: u64,
+    ops: Ops,
+}
+
+fn field_path(field: &str, path: &str) -> Result<Vec<String>, BundleError> {
+    if path.len() > FIELD_PATH_LEN_MAX {
+        return Err(BundleError::TooLong {
+            field: field.into(),
+            len: path.len(),
+            limit: "FIELD_PATH_LEN_MAX",
+            max: FIELD_PATH_LEN_MAX,
+        });
+    }
+    let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+    if segments.len() > FIELD_PATH_DEPTH_MAX {
+        return Err(BundleError::TooMany {
+            field: field.into(),
+            len: segments.len(),
+            limit: "FIELD_PATH_DEPTH_MAX",
+            max: FIELD_PATH_DEPTH_MAX,
+        });
+    }
+    if segments.iter().any(String::is_empty) {
+        return Err(BundleError::Invalid {
+            field: field.into(),
+            reason: format!("`{path}` has an empty segment"),
+        });
+    }
+    Ok(segments)
+}
+
+fn paths(field: &str, list: &[String]) -> Result<Vec<Vec<String>>, BundleError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| field_path(&format!("{field}[{i}]"), p))
+        .collect()
+}
+
+impl Transform {
+    pub(crate) fn compile(
+        field: &str,
+        name: &str,
+        spec: &TransformSpec,
+        epoch: u64,
+    ) -> Result<Transform, BundleError> {
+        let invalid = |f: String, reason: &str| BundleError::Invalid {
+            field: f,
+            reason: reason.into(),
+        };
+        let source = StreamPattern::new(spec.source.clone())
+            .map_err(|e| invalid(format!("{field}.source"), &e.to_string()))?;
+        let target = StreamName::new(spec.target.clone())
+            .map_err(|e| invalid(format!("{field}.target"), &e.to_string()))?;
+        if source.matches(&target) {
+            return Err(invalid(
+                format!("{field}.target"),
+                "matches the source pattern: the transform would feed itself",
+            ));
+        }
+        let fields = spec.drop.len()
+            + spec.hash.len()
+            + spec.mask.len()
+            + spec
+                .aggregate
+                .as_ref()
+                .map_or(0, |a| a.group_by.len() + a.sum.len());
+        if fields > TRANSFORM_FIELDS_MAX {
+            return Err(BundleError::TooMany {
+                field: field.into(),
+                len: fields,
+                limit: "TRANSFORM_FIELDS_MAX",
+                max: TRANSFORM_FIELDS_MAX,
+            });
+        }
+        if spec
+            .salt
+            .as_ref()
+            .is_some_and(|s| s.len() > FIELD_PATH_LEN_MAX)
+        {
+            return Err(BundleError::TooLong {
+                field: format!("{field}.salt"),
+                len: spec.salt.as_ref().map_or(0, String::len),
+                limit: "FIELD_PATH_LEN_MAX",
+                max: FIELD_PATH_LEN_MAX,
+            });
+        }
+        let ops = match &spec.aggregate {
+            Some(agg) => {
+                if !spec.drop.is_empty() || !spec.hash.is_empty() || !spec.mask.is_empty() {
+                    return Err(invalid(
+                        format!("{field}.aggregate"),
+                        "excludes drop, hash and mask (an aggregate keeps only its groups and sums)",
+                    ));
+                }
+                if agg.window_s == 0 {
+                    return Err(invalid(
+                        format!("{field}.aggregate.window_s"),
+                        "must be at least 1",
+                    ));
+                }
+                Ops::Aggregate {
+                    window_s: agg.window_s,
+                    group_by: paths(&format!("{field}.aggregate.group_by"), &agg.group_by)?,
+                    sum: paths(&format!("{field}.aggregate.sum"), &agg.sum)?,
+                }
+            }
+            None => {
+                if spec.drop.is_empty() && spec.hash.is_empty() && spec.mask.is_empty() {
+                    return Err(invalid(
+                        field.into(),
+                        "set drop, hash, mask or aggregate (a transform that changes nothing would copy the data out)",
+                    ));
+                }
+                Ops::Fields {
+                    drop: paths(&format!("{field}.drop"), &spec.drop)?,
+                    hash: paths(&format!("{field}.hash"), &spec.hash)?,
+                    salt: spec.salt.clone().unwrap_or_default(),
+                    mask: spec
+                        .mask
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| {
+                            Ok(Mask {
+                                path: field_path(&format!("{field}.mask[{i}].field"), &m.field)?,
+                                keep_last: usize::from(m.keep_last),
+                            })
+                        })
+                        .collect::<Result<_, BundleError>>()?,
+                }
+            }
+        };
+        Ok(Transform {
+            name: name.into(),
+            source,
+            target,
+            classification: spec.classification.clone(),
+            epoch,
+            ops,
+        })
+    }
+
+    /// The transform's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The source pattern.
+    pub fn source(&self) -> &StreamPattern {
+        &self.source
+    }
+
+    /// The target stream.
+    pub fn target(&self) -> &StreamName {
+        &self.target
+    }
+
+    /// Whether this transform aggregates (use [`Transform::window`]) rather than mapping
+    /// one event to one (use [`Transform::apply`]).
+    pub fn is_aggregate(&self) -> bool {
+        matches!(self.ops, Ops::Aggregate { .. })
+    }
+
+    /// The aggregation window length, seconds, for an aggregating transform.
+    pub fn window_s(&self) -> Option<u64> {
+        match self.ops {
+            Ops::Aggregate { window_s, .. } => Some(window_s),
+            Ops::Fields { .. } => None,
+        }
+    }
+
+    /// Derives one payload from one source event's JSON payload: fields dropped, hashed
+    /// (`sha256:` + hex of SHA-256 over a domain separator, the salt and the value's JSON)
+    /// and masked (all but the last `keep_last` characters replaced by `*`; non-strings
+    /// masked as their JSON text). Fields that are absent are skipped.
+    pub fn apply(&self, source: &EventId, payload: &[u8]) -> Result<Derived, TransformError> {
+        let Ops::Fields {
+            drop,
+            hash,
+            salt,
+            mask,
+        } = &self.ops
+        else {
+            return Err(TransformError::WrongKind {
+                name: self.name.clone(),
+                reason: "aggregates: use window() and add()",
+            });
+        };
+        let mut data = parse_object(payload)?;
+        for path in drop {
+            take(&mut data, path);
+        }
+        for path in hash {
+            if let Some(v) = get_mut(&mut data, path) {
+                *v = Value::String(hash_value(salt, v));
+            }
+        }
+        for m in mask {
+            if let Some(v) = get_mut(&mut data, &m.path) {
+                let text = match &*v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                *v = Value::String(mask_text(&text, m.keep_last));
+            }
+        }
+        Ok(Derived {
+            stream: self.target.clone(),
+            classification: self.classification.clone(),
+            payload: json!({
+                "data": Value::Object(data),
+                "lineage": {
+                    "transform": self.name,
+                    "policy_epoch": self.epoch,
+                    "sources": [hex(&source.0)],
+                },
+            }),
+        })
+    }
+
+    /// A new, empty aggregation window for an aggregating transform.
+    pub fn window(&self) -> Result<AggregateWindow, TransformError> {
+        match &self.ops {
+            Ops::Aggregate { .. } => Ok(AggregateWindow {
+                groups: BTreeMap::new(),
+            }),
+            Ops::Fields { .. } => Err(TransformError::WrongKind {
+                name: self.name.clone(),
+                reason: "maps one event to one: use apply()",
+            }),
+        }
+    }
+}
+
+/// One window of an aggregating transform: groups with their counts and sums, and the
+/// source ids for lineage. The caller closes it with [`AggregateWindow::finish`].
+#[derive(Debug, Clone, Default)]
+pub struct AggregateWindow {
+    groups: BTreeMap<String, Group>,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    key: Map<String, Value>,
+    count: u64,
+    sums: Vec<f64>,
+    ids: Vec<String>,
+    digest: Sha256,
+}
+
+impl AggregateWindow {
+    /// Adds one source event. Refuses a payload that is not a JSON object, a summed field
+    /// that is not a number, and a new group once [`AGGREGATE_GROUPS_MAX`] are held; the
+    /// window is unchanged on error.
+    pub fn add(
+        &mut self,
+        transform: &Transform,
+        source: &EventId,
+        payload: &[u8],
+    ) -> Result<(), TransformError> {
+        let Ops::Aggregate { group_by, sum, .. } = &transform.ops else {
+            return Err(TransformError::WrongKind {
+                name: transform.name.clone(),
+                reason: "maps one event to one: use apply()",
+            });
+        };
+        let mut data = parse_object(payload)?;
+        let mut key = Map::new();
+        for path in group_by {
+            let v = get_mut(&mut data, path).map_or(Value::Null, |v| v.clone());
+            key.insert(path.join("."), v);
+        }
+        let mut values = Vec::with_capacity(sum.len());
+        for path in sum {
+            let v = match get_mut(&mut data, path) {
+                None => 0.0,
+                Some(v) => v.as_f64().ok_or_else(|| TransformError::NotNumber {
+                    field: path.join("."),
+                })?,
+            };
+            values.push(v);
+        }
+        let group_id = Value::Object(key.clone()).to_string();
+        if !self.groups.contains_key(&group_id) && self.groups.len() >= AGGREGATE_GROUPS_MAX {
+            return Err(TransformError::GroupsFull {
+                max: AGGREGATE_GROUPS_MAX,
+            });
+        }
+        let group = self.groups.entry(group_id).or_insert_with(|| Group {
+            key,
+            count: 0,
+            sums: vec![0.0; sum.len()],
+            ids: Vec::new(),
+            digest: Sha256::new(),
+        });
+        group.count += 1;
+        for (s, v) in group.sums.iter_mut().zip(values) {
+            *s += v;
+        }
+        if group.ids.len() < AGGREGATE_LINEAGE_IDS_MAX {
+            group.ids.push(hex(&source.0));
+        }
+        group.digest.update(source.0);
+        Ok(())
+    }
+
+    /// Events added so far, all groups together.
+    pub fn len(&self) -> u64 {
+        self.groups.values().map(|g| g.count).sum()
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Closes the window that started at `window_start_ms`: one derived payload per group,
+    /// in group order, each with the group's fields, `count`, the sums, and lineage (the
+    /// first [`AGGREGATE_LINEAGE_IDS_MAX`] source ids, and the SHA-256 of all of them in
+    /// the order added).
+    pub fn finish(self, transform: &Transform, window_start_ms: u64) -> Vec<Derived> {
+        let (window_s, sum) = match &transform.ops {
+            Ops::Aggregate { window_s, sum, .. } => (*window_s, sum),
+            Ops::Fields { .. } => return Vec::new(),
+        };
+        self.groups
+            .into_values()
+            .map(|g| {
+                let mut data = g.key;
+                data.insert("count".into(), json!(g.count));
+                for (path, total) in sum.iter().zip(&g.sums) {
+                    data.insert(format!("sum.{}", path.join(".")), json!(total));
+                }
+                Derived {
+                    stream: transform.target.clone(),
+                    classification: transform.classification.clone(),
+                    payload: json!({
+                        "data": Value::Object(data),
+                        "lineage": {
+                            "transform": transform.name,
+                            "policy_epoch": transform.epoch,
+                            "window_start_ms": window_start_ms,
+                            "window_s": window_s,
+                            "source_count": g.count,
+                            "sources": g.ids,
+                            "sources_sha256": hex(&g.digest.finalize()),
+                        },
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
+fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, TransformError> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(TransformError::NotJson("expected an object".into())),
+        Err(e) => Err(TransformError::NotJson(e.to_string())),
+    }
+}
+
+fn get_mut<'a>(data: &'a mut Map<String, Value>, path: &[String]) -> Option<&'a mut Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = data.get_mut(first)?;
+    for seg in rest {
+        v = v.as_object_mut()?.get_mut(seg)?;
+    }
+    Some(v)
+}
+
+fn take(data: &mut Map<String, Value>, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    if parents.is_empty() {
+        data.remove(last);
+    } else if let Some(Value::Object(parent)) = get_mut(data, parents) {
+        parent.remove(last);
+    }
+}
+
+fn hash_value(salt: &str, v: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(b"weft/transform-hash\0");
+    h.update(salt.as_bytes());
+    h.update([0]);
+    h.update(v.to_string().as_bytes());
+    format!("sha256:{}", hex(&h.finalize()))
+}
+
+fn mask_text(text: &str, keep_last: usize) -> String {
+    let n = text.chars().count();
+    let keep = keep_last.min(n);
+    let mut out: String = "*".repeat(n - keep);
+    out.extend(text.chars().skip(n - keep));
+    out
+}

@@ -1,0 +1,443 @@
+//! The example bundle (`policy/examples/eu-retail.toml`) parses, signs, verifies and
+//! evaluates as `docs/policy.md` documents.
+
+mod common;
+
+use common::*;
+use weft_fabric::mesh::ReplicationFilter;
+use weft_fabric::{EventId, Residency, StreamName};
+use weft_policy::*;
+
+fn policy() -> Policy {
+    Policy::compile(&Bundle::from_toml(EXAMPLE).unwrap()).unwrap()
+}
+
+fn stream(s: &str) -> StreamName {
+    StreamName::new(s).unwrap()
+}
+
+#[test]
+fn parses_signs_verifies() {
+    let bundle = Bundle::from_toml(EXAMPLE).unwrap();
+    assert_eq!(bundle.epoch, 7);
+    let signed = sign_bundle(&bundle, &[&key(1), &key(2)]).unwrap();
+    let trust = Trust::new([public(1), public(2), public(3)], 2).unwrap();
+    let verified = verify_bundle(&signed, &trust, 6).unwrap();
+    assert_eq!(verified.policy.epoch(), 7);
+    assert_eq!(verified.policy.bundle(), &bundle);
+    let mut signers = vec![public(1), public(2)];
+    signers.sort();
+    assert_eq!(verified.signers, signers);
+    // Same bundle, same bytes: signing is deterministic.
+    assert_eq!(signed, sign_bundle(&bundle, &[&key(2), &key(1)]).unwrap());
+    // The CBOR decodes back to the same bundle.
+    assert_eq!(
+        Bundle::from_cbor(&bundle.to_cbor().unwrap()).unwrap(),
+        bundle
+    );
+}
+
+fn req<'a>(
+    principal: &'a str,
+    action: Action,
+    stream: &'a StreamName,
+    tenant: &'a str,
+    classification: Option<&'a str>,
+    region: &'a str,
+) -> AccessRequest<'a> {
+    AccessRequest {
+        principal,
+        action,
+        stream,
+        tenant,
+        classification,
+        region,
+    }
+}
+
+#[test]
+fn access_decisions() {
+    let p = policy();
+    let orders = stream("orders.eu.ie");
+    let d = p.authorize(&req(
+        "orders-api",
+        Action::Publish,
+        &orders,
+        "acme",
+        None,
+        "aws:us-east-1",
+    ));
+    assert!(d.allowed);
+    assert_eq!(
+        d.reason.to_string(),
+        "allowed by access rule orders-publish"
+    );
+    // Bound to tenant acme: refused for globex.
+    let d = p.authorize(&req(
+        "orders-api",
+        Action::Publish,
+        &orders,
+        "globex",
+        None,
+        "aws:eu-west-1",
+    ));
+    assert!(!d.allowed);
+    assert_eq!(
+        d.reason,
+        Reason::TenantMismatch {
+            tenant: "acme".into()
+        }
+    );
+    // No rule lets the orders API read.
+    let d = p.authorize(&req(
+        "orders-api",
+        Action::Read,
+        &orders,
+        "acme",
+        None,
+        "aws:eu-west-1",
+    ));
+    assert_eq!(
+        d,
+        Decision {
+            allowed: false,
+            reason: Reason::NoRuleAllows
+        }
+    );
+    // Analysts read global streams, but the deny rule wins for EU personal data.
+    let global = stream("orders.global.masked");
+    let d = p.authorize(&req(
+        "analytics",
+        Action::Subscribe,
+        &global,
+        "acme",
+        Some("public"),
+        "aws:us-east-1",
+    ));
+    assert!(d.allowed);
+    let d = p.authorize(&req(
+        "analytics",
+        Action::Subscribe,
+        &global,
+        "acme",
+        Some("eu-personal"),
+        "aws:us-east-1",
+    ));
+    assert!(!d.allowed);
+    assert_eq!(
+        d.reason.to_string(),
+        "denied by access rule no-personal-data-for-analysts"
+    );
+    // Unknown principal.
+    let d = p.authorize(&req(
+        "mallory",
+        Action::Publish,
+        &orders,
+        "acme",
+        None,
+        "aws:eu-west-1",
+    ));
+    assert_eq!(d.reason, Reason::UnknownPrincipal);
+    // The enrolled till publishes to its stream only.
+    let till = stream("telemetry.tills.dublin-7.temp");
+    let d = p.authorize(&req(
+        "till-dublin-7",
+        Action::Publish,
+        &till,
+        "acme",
+        None,
+        "aws:eu-west-1",
+    ));
+    assert_eq!(
+        d,
+        Decision {
+            allowed: true,
+            reason: Reason::Enrolled
+        }
+    );
+    let d = p.authorize(&req(
+        "till-dublin-7",
+        Action::Publish,
+        &orders,
+        "acme",
+        None,
+        "aws:eu-west-1",
+    ));
+    assert_eq!(d.reason, Reason::NotEnrolledStream);
+    // Principals by credential.
+    assert_eq!(p.principal_for_key(&public(4)), Some("node-eu-west-1"));
+    let token = <[u8; 32]>::try_from(
+        (0..32)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"fc784da6d8cda7be614213dfc3e05a95ae70d1aab7baaa6ac23f9d8393919abd"
+                        [2 * i..2 * i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert_eq!(p.principal_for_token(&token), Some("orders-api"));
+}
+
+#[test]
+fn stamping() {
+    let p = policy();
+    let eu = Residency::only(["EU"]).unwrap();
+    let s = p
+        .stamp(&stream("orders.eu.ie"), None, &Residency::Unrestricted)
+        .unwrap();
+    assert_eq!(
+        s,
+        Stamp {
+            classification: "eu-personal".into(),
+            residency: eu.clone()
+        }
+    );
+    let s = p
+        .stamp(&stream("payments.card"), None, &Residency::Unrestricted)
+        .unwrap();
+    assert_eq!(s.residency, Residency::only(["EU", "US"]).unwrap());
+    // A narrower requested set is kept; a wider one is refused.
+    let s = p.stamp(&stream("payments.card"), None, &eu).unwrap();
+    assert_eq!(s.residency, eu);
+    let wide = Residency::only(["EU", "APAC"]).unwrap();
+    assert_eq!(
+        p.stamp(&stream("payments.card"), None, &wide),
+        Err(Reason::ResidencyWiderThanClass {
+            classification: "payment".into()
+        })
+    );
+    assert_eq!(
+        p.stamp(&stream("misc.x"), None, &Residency::Unrestricted),
+        Err(Reason::NoClassification)
+    );
+    assert_eq!(
+        p.stamp(&stream("misc.x"), Some("secret"), &Residency::Unrestricted),
+        Err(Reason::UnknownClassification {
+            classification: "secret".into()
+        })
+    );
+    let s = p
+        .stamp(
+            &stream("catalogue.items"),
+            Some("public"),
+            &Residency::Unrestricted,
+        )
+        .unwrap();
+    assert_eq!(s.residency, Residency::Unrestricted);
+    // An event claiming wider residency than its class is refused at ingress.
+    let e = event(
+        "orders.eu.ie",
+        "eu-personal",
+        Residency::Unrestricted,
+        false,
+    );
+    assert!(!p.check_stamped(e.security()).allowed);
+    let e = event("orders.eu.ie", "eu-personal", eu, false);
+    assert!(p.check_stamped(e.security()).allowed);
+}
+
+#[test]
+fn hops_and_claims() {
+    let p = policy();
+    let eu_node = member(4, "EU", "aws:eu-west-1");
+    let us_node = member(6, "US", "aws:us-east-1");
+    let apac_node = member(7, "APAC", "aws:ap-northeast-1");
+    // A US key claiming EU is not granted, and gets nothing EU-only.
+    let liar = member(6, "EU", "aws:eu-west-1");
+    assert_eq!(
+        p.claim(&public(6), "EU", "aws:eu-west-1").reason,
+        Reason::KeyNotGranted
+    );
+    assert_eq!(
+        p.claim(&public(4), "EU", "aws:us-east-1").reason,
+        Reason::RegionNotInJurisdiction
+    );
+    assert_eq!(
+        p.claim(&public(4), "MARS", "aws:eu-west-1").reason,
+        Reason::UnknownJurisdiction
+    );
+    assert!(p.claim(&public(4), "EU", "aws:eu-west-1").allowed);
+
+    let eu = Residency::only(["EU"]).unwrap();
+    let personal = event("orders.eu.ie", "eu-personal", eu.clone(), false);
+    assert_eq!(p.hop(&personal, &eu_node).hop, Hop::Clear);
+    assert_eq!(
+        p.hop(&personal, &us_node),
+        HopDecision {
+            hop: Hop::Refuse,
+            reason: HopReason::OutsideResidency
+        }
+    );
+    assert_eq!(p.hop(&personal, &liar).hop, Hop::Refuse);
+    // Even sealed, eu-personal never transits.
+    let sealed_personal = event("orders.eu.ie", "eu-personal", eu, true);
+    assert_eq!(p.hop(&sealed_personal, &apac_node).hop, Hop::Refuse);
+
+    // Payments: clear in EU and US; sealed transit through APAC; a clear one not at all.
+    let pay = Residency::only(["EU", "US"]).unwrap();
+    let sealed_pay = event("payments.card", "payment", pay.clone(), true);
+    assert_eq!(p.hop(&sealed_pay, &us_node).hop, Hop::Clear);
+    assert_eq!(
+        p.hop(&sealed_pay, &apac_node),
+        HopDecision {
+            hop: Hop::SealedTransit,
+            reason: HopReason::SealedTransit
+        }
+    );
+    let clear_pay = event("payments.card", "payment", pay, false);
+    assert_eq!(
+        p.hop(&clear_pay, &apac_node),
+        HopDecision {
+            hop: Hop::Refuse,
+            reason: HopReason::PayloadNotSealed
+        }
+    );
+
+    // An event claiming more than its class allows is narrowed on every hop.
+    let wide = event(
+        "orders.eu.ie",
+        "eu-personal",
+        Residency::only(["EU", "US"]).unwrap(),
+        false,
+    );
+    assert_eq!(p.hop(&wide, &us_node).hop, Hop::Refuse);
+
+    // Public data goes everywhere, even to a node whose claim fails.
+    let public_event = event("catalogue.items", "public", Residency::Unrestricted, false);
+    assert_eq!(p.hop(&public_event, &liar).hop, Hop::Clear);
+
+    // The mesh filter: allowed = not refused.
+    let filter = PolicyFilter(std::sync::Arc::new(policy()));
+    assert!(filter.allows(&personal, &eu_node));
+    assert!(!filter.allows(&personal, &us_node));
+    assert!(filter.allows(&sealed_pay, &apac_node));
+}
+
+#[test]
+fn stream_rules_limits_enrollment() {
+    let p = policy();
+    let r = p.stream_rule(&stream("orders.eu.ie")).unwrap();
+    assert_eq!(r.index, 0);
+    assert_eq!(r.replication, ReplicationScope::Regions);
+    assert_eq!(r.retention_s, Some(2_592_000));
+    assert_eq!(r.priority, Priority::Latency);
+    assert!(p.replicates_to(&stream("orders.eu.ie"), "aws:eu-central-1"));
+    assert!(!p.replicates_to(&stream("orders.eu.ie"), "aws:us-east-1"));
+    assert_eq!(
+        p.stream_rule(&stream("stock.sku1")).unwrap().conflict,
+        Some(ConflictStrategy::Counter)
+    );
+    assert!(p.stream_rule(&stream("misc")).is_none());
+
+    let limits = p.rate_limits("orders-api", "acme");
+    assert_eq!(limits.principal.unwrap().events_per_s, 500);
+    assert_eq!(limits.tenant.unwrap().events_per_day, Some(100_000_000));
+    assert_eq!(p.rate_limits("analytics", "globex"), RateLimits::default());
+
+    let e = p.enrollment(&public(9)).unwrap();
+    assert_eq!(e.principal, "till-dublin-7");
+    assert_eq!(e.tenant, "acme");
+    assert_eq!(e.jurisdiction.as_str(), "EU");
+    assert!(p.enrollment(&public(8)).is_none());
+}
+
+#[test]
+fn transforms() {
+    let p = policy();
+    let source = stream("orders.eu.ie");
+    let names: Vec<&str> = p.transforms_for(&source).map(|t| t.name()).collect();
+    assert_eq!(names, ["orders-masked", "orders-per-country"]);
+    let t = p.transform("orders-masked").unwrap();
+    let id = EventId([0xab; 32]);
+    let payload = br#"{"customer":{"id":"c-17","email":"a@b.eu","address":"1 Main St","tier":"gold"},"card":"4111111111111111","total":42,"country":"IE"}"#;
+    let d = t.apply(&id, payload).unwrap();
+    assert_eq!(d.stream.as_str(), "orders.global.masked");
+    assert_eq!(d.classification, "public");
+    let data = &d.payload["data"];
+    assert!(data["customer"].get("email").is_none());
+    assert!(data["customer"].get("address").is_none());
+    assert_eq!(data["customer"]["tier"], "gold");
+    let hashed = data["customer"]["id"].as_str().unwrap();
+    assert!(hashed.starts_with("sha256:") && hashed.len() == 7 + 64);
+    assert_eq!(data["card"], "************1111");
+    assert_eq!(data["total"], 42);
+    assert_eq!(d.payload["lineage"]["sources"][0], "ab".repeat(32));
+    assert_eq!(d.payload["lineage"]["transform"], "orders-masked");
+    assert_eq!(d.payload["lineage"]["policy_epoch"], 7);
+    // Deterministic: same input, same output.
+    assert_eq!(t.apply(&id, payload).unwrap(), d);
+    assert!(matches!(
+        t.apply(&id, b"[1]"),
+        Err(TransformError::NotJson(_))
+    ));
+
+    let agg = p.transform("orders-per-country").unwrap();
+    assert!(agg.apply(&id, payload).is_err());
+    let mut w = agg.window().unwrap();
+    for (i, (country, total)) in [("IE", 10), ("DE", 5), ("IE", 7)].iter().enumerate() {
+        let body = format!(r#"{{"country":"{country}","total":{total},"customer":{{"id":"x"}}}}"#);
+        w.add(agg, &EventId([i as u8; 32]), body.as_bytes())
+            .unwrap();
+    }
+    assert!(matches!(
+        w.add(agg, &id, br#"{"country":"IE","total":"many"}"#),
+        Err(TransformError::NotNumber { .. })
+    ));
+    assert_eq!(w.len(), 3);
+    let out = w.finish(agg, 60_000);
+    assert_eq!(out.len(), 2);
+    let de = &out[0].payload;
+    assert_eq!(de["data"]["country"], "DE");
+    assert_eq!(de["data"]["count"], 1);
+    let ie = &out[1].payload;
+    assert_eq!(ie["data"]["count"], 2);
+    assert_eq!(ie["data"]["sum.total"], 17.0);
+    assert!(ie["data"].get("customer").is_none());
+    assert_eq!(ie["lineage"]["sources"].as_array().unwrap().len(), 2);
+    assert_eq!(ie["lineage"]["window_start_ms"], 60_000);
+}
+
+#[test]
+fn toml_errors_name_the_field() {
+    let bad = EXAMPLE.replace(
+        "tenant = \"acme\"\nroles = [\"order-writer\"]",
+        "tenat = \"acme\"\nroles = [\"order-writer\"]",
+    );
+    let e = Bundle::from_toml(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("principals.orders-api") && e.contains("tenat"),
+        "{e}"
+    );
+    let bad = EXAMPLE.replace("transit = \"forbidden\"", "transit = \"sometimes\"");
+    let e = Bundle::from_toml(&bad).unwrap_err().to_string();
+    assert!(e.contains("classes.eu-personal.transit"), "{e}");
+    let bad = EXAMPLE.replace(
+        "roles = [\"analyst\"]\ntoken",
+        "roles = [\"analyst\", \"ghost\"]\ntoken",
+    );
+    let e = Bundle::from_toml(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("principals.analytics.roles[1]") && e.contains("ghost"),
+        "{e}"
+    );
+    let bad = EXAMPLE.replace("epoch = 7", "epoch = 0");
+    assert!(
+        Bundle::from_toml(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("epoch")
+    );
+}
+
+#[test]
+fn docs_quote_the_example_verbatim() {
+    let doc = include_str!("../../docs/policy.md");
+    assert!(
+        doc.contains(EXAMPLE),
+        "docs/policy.md §1 differs from policy/examples/eu-retail.toml"
+    );
+}
