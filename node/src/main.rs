@@ -29,6 +29,7 @@ mod http;
 mod inspect;
 mod keys;
 mod metrics;
+mod policy_cli;
 mod regions;
 mod serve;
 mod store;
@@ -71,6 +72,40 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum PolicyCommand {
+    /// Sign a TOML bundle (or add signatures to a signed one) with operator keys from
+    /// `weft keygen`; writes the canonical signed CBOR a node applies.
+    Sign {
+        /// Operator key (repeat for several signatures: nodes need k of their n).
+        #[arg(long = "key", value_name = "PATH", required = true)]
+        keys: Vec<PathBuf>,
+        /// Add the signatures to this signed bundle instead of signing a TOML one.
+        #[arg(long, value_name = "SIGNED")]
+        add_to: Option<PathBuf>,
+        /// Where to write the signed bundle (must not exist, unless it is --add-to).
+        #[arg(long)]
+        out: PathBuf,
+        /// The bundle, in TOML.
+        bundle: Option<PathBuf>,
+    },
+    /// Check a signed bundle exactly as a node trusting these operators would, and print
+    /// its epoch, signers and contents; the reason if it would be refused.
+    Verify {
+        /// Hex public key of a trusted operator (repeat).
+        #[arg(long = "operator", value_name = "HEX", required = true)]
+        operators: Vec<String>,
+        /// Signatures of distinct trusted operators needed.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// Policy epoch the node has in force (the bundle must be newer).
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+        /// The signed bundle.
+        bundle: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a node (see docs/config.md for the config file).
     Node {
@@ -99,6 +134,12 @@ enum Command {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Policy bundles (docs/policy.md): sign a TOML bundle with operator keys, check a
+    /// signed one as a node would.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Write a new Ed25519 key (PKCS#8 PEM, mode 0600) and print its public key. With
     /// --client, also write a bearer token to PATH.token and print its SHA-256 for the
@@ -244,6 +285,23 @@ fn run() -> anyhow::Result<ExitCode> {
                 c.key_path.display(),
                 c.data_dir.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command } => {
+            match command {
+                PolicyCommand::Sign {
+                    keys,
+                    add_to,
+                    out,
+                    bundle,
+                } => policy_cli::sign(bundle.as_deref(), add_to.as_deref(), &keys, &out)?,
+                PolicyCommand::Verify {
+                    operators,
+                    threshold,
+                    epoch,
+                    bundle,
+                } => policy_cli::verify(&bundle, &operators, threshold, epoch)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out, client } => {

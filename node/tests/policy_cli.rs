@@ -1,0 +1,130 @@
+//! `weft policy sign` and `weft policy verify` on the example bundle: k-of-n signatures,
+//! and each refusal a node would make, with its reason.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../policy/examples/eu-retail.toml"
+);
+
+fn weft(dir: &Path, args: &[&str]) -> Output {
+    Command::new(WEFT)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run weft")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Writes an operator key and returns its public key.
+fn operator(dir: &Path, name: &str) -> String {
+    let o = weft(dir, &["keygen", "--out", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn bundles_are_signed_k_of_n_and_verified_as_a_node_would() {
+    let dir = std::env::temp_dir().join(format!("weft-policy-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, c) = (
+        operator(&dir, "a.key"),
+        operator(&dir, "b.key"),
+        operator(&dir, "c.key"),
+    );
+
+    // One signature, then a second operator adds theirs to the same bytes.
+    let o = weft(
+        &dir,
+        &[
+            "policy", "sign", "--key", "a.key", "--out", "p.cbor", EXAMPLE,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("1 signature(s)"), "{}", text(&o));
+    let one = std::fs::read(dir.join("p.cbor")).unwrap();
+    let o = weft(
+        &dir,
+        &[
+            "policy", "sign", "--key", "b.key", "--add-to", "p.cbor", "--out", "p.cbor",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 signature(s)"), "{}", text(&o));
+    std::fs::write(dir.join("one.cbor"), &one).unwrap();
+
+    let verify = |file: &str, ops: &[&str], threshold: &str, epoch: &str| {
+        let mut args = vec![
+            "policy",
+            "verify",
+            "--threshold",
+            threshold,
+            "--epoch",
+            epoch,
+        ];
+        for op in ops {
+            args.extend(["--operator", op]);
+        }
+        args.push(file);
+        weft(&dir, &args)
+    };
+    // 2 of 3 trusted operators signed: valid.
+    let o = verify("p.cbor", &[&a, &b, &c], "2", "0");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("valid: epoch 7"), "{}", text(&o));
+    assert!(text(&o).contains("3 jurisdictions"), "{}", text(&o));
+
+    // Each refusal, with its reason.
+    let refused = |o: Output, why: &str| {
+        assert!(!o.status.success(), "accepted: {}", text(&o));
+        assert!(text(&o).contains(why), "expected {why:?} in: {}", text(&o));
+    };
+    refused(
+        verify("one.cbor", &[&a, &b, &c], "2", "0"),
+        "threshold is 2",
+    );
+    refused(
+        verify("p.cbor", &[&a, &b, &c], "2", "7"),
+        "rollback refused",
+    );
+    refused(verify("p.cbor", &[&a, &c], "1", "0"), "unknown key");
+    let mut tampered = std::fs::read(dir.join("p.cbor")).unwrap();
+    tampered[40] ^= 1;
+    std::fs::write(dir.join("bad.cbor"), &tampered).unwrap();
+    refused(verify("bad.cbor", &[&a, &b, &c], "2", "0"), "bad signature");
+    std::fs::write(dir.join("junk.cbor"), b"not a bundle").unwrap();
+    refused(verify("junk.cbor", &[&a, &b, &c], "1", "0"), "refused");
+    // A bundle with an unknown field is refused at signing, naming the field.
+    let toml = std::fs::read_to_string(EXAMPLE).unwrap();
+    std::fs::write(dir.join("typo.toml"), format!("colour = \"blue\"\n{toml}")).unwrap();
+    let o = weft(
+        &dir,
+        &[
+            "policy",
+            "sign",
+            "--key",
+            "a.key",
+            "--out",
+            "t.cbor",
+            "typo.toml",
+        ],
+    );
+    refused(o, "colour");
+    let _ = std::fs::remove_dir_all(&dir);
+}
