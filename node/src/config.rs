@@ -58,6 +58,27 @@ pub(crate) struct NodeConfig {
     /// Priority classes of streams on busy links.
     #[serde(default)]
     pub(crate) priority: PriorityConfig,
+    /// The policy bundle this node enforces (docs/policy.md), if any.
+    #[serde(default)]
+    pub(crate) policy: Option<PolicyConfig>,
+}
+
+/// Where the node's policy comes from and whom it trusts to sign it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyConfig {
+    /// Hex public keys of the operators allowed to sign bundles.
+    pub(crate) operators: Vec<String>,
+    /// Signatures of distinct operators a bundle needs.
+    #[serde(default = "one")]
+    pub(crate) threshold: usize,
+    /// The signed bundle to enforce from the start (`weft policy sign`), relative like
+    /// `key`.
+    pub(crate) bundle: PathBuf,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Stream priority classes: when a peer's send queue backs up, messages of `latency`
@@ -185,6 +206,8 @@ pub(crate) struct Resolved {
     pub(crate) tokens: Vec<([u8; 32], Principal)>,
     pub(crate) advertise: SocketAddr,
     pub(crate) priorities: crate::transport::Priorities,
+    /// Operator trust and the bundle path, when a policy is configured.
+    pub(crate) policy: Option<(weft_policy::Trust, PathBuf)>,
 }
 
 fn field_err(field: &str, what: impl std::fmt::Display) -> anyhow::Error {
@@ -266,6 +289,18 @@ impl NodeConfig {
             latency: patterns("priority.latency", &self.priority.latency)?,
             bulk: patterns("priority.bulk", &self.priority.bulk)?,
         };
+        let policy = match &self.policy {
+            None => None,
+            Some(p) => {
+                let mut keys = Vec::new();
+                for (i, k) in p.operators.iter().enumerate() {
+                    keys.push(hex32(&format!("policy.operators[{i}]"), k)?);
+                }
+                let trust = weft_policy::Trust::new(keys, p.threshold)
+                    .map_err(|e| field_err("policy", e))?;
+                Some((trust, p.bundle.clone()))
+            }
+        };
         let mut tokens = Vec::new();
         for (i, p) in self.principals.iter().enumerate() {
             if p.name.is_empty() || p.name.len() > weft_fabric::limits::NAME_LEN_MAX {
@@ -325,6 +360,7 @@ impl NodeConfig {
             data_dir: resolve(&self.data_dir),
             advertise: self.advertise.unwrap_or(self.listen.mesh),
             priorities,
+            policy: policy.map(|(trust, path)| (trust, resolve(&path))),
             trusted,
             streams,
             tokens,

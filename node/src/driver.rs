@@ -596,7 +596,9 @@ impl Driver {
         let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
         for (event, direct) in watched.into_values() {
             for (region, (_, peer)) in &nearest {
-                if !direct.contains(*region) {
+                // Never around the replication filter (residency): a region the policy
+                // keeps the event out of gets no copy, and cannot confirm.
+                if !direct.contains(*region) && self.node.replication_allowed(&event, peer) {
                     extra.entry(*peer).or_default().push(event.clone());
                 }
             }

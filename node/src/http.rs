@@ -67,6 +67,10 @@ pub(crate) struct Api {
     pub(crate) started: Instant,
     /// Becomes true when the node starts shutting down: open SSE streams end.
     pub(crate) closing: watch::Receiver<bool>,
+    /// The policy this node enforces, if any.
+    pub(crate) policy: Option<Arc<weft_policy::Policy>>,
+    /// Hex keys of the operators who signed it.
+    pub(crate) policy_signers: Vec<String>,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -213,6 +217,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/mesh/routes", get(routes))
         .route("/v1/mesh/nodes", get(mesh_nodes))
+        .route("/v1/policy", get(policy_get))
         .route("/v1/status", get(status))
         .route("/v1/chaos", get(chaos_get).post(chaos_set))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -405,6 +410,10 @@ async fn publish_inner(
             }
         };
         check_stored(api, &stream)?;
+        let (classification, residency) = match &api.policy {
+            None => ("internal".to_string(), Residency::Unrestricted),
+            Some(policy) => enforce_publish(api, policy, &principal, &stream, i)?,
+        };
         drafts.push(EventDraft {
             stream,
             key: e.key.as_ref().map(|k| k.as_bytes().to_vec()),
@@ -413,8 +422,8 @@ async fn publish_inner(
             security: SecurityContext {
                 tenant: principal.tenant.clone(),
                 principal: principal.name.clone(),
-                classification: "internal".into(),
-                residency: Residency::Unrestricted,
+                classification,
+                residency,
                 scopes: BTreeSet::new(),
                 policy_epoch: api.me.policy_epoch,
             },
@@ -883,6 +892,78 @@ async fn routes(State(api): State<Arc<Api>>) -> Response {
     // regions), its estimated one-way latency, the direct link and the alternatives.
     let s = api.snapshot.borrow().clone();
     axum::Json(json!({"from": api.me.region, "routes": s.routes})).into_response()
+}
+
+async fn policy_get(State(api): State<Arc<Api>>) -> Response {
+    let Some(p) = &api.policy else {
+        return axum::Json(json!({"epoch": 0, "policy": null})).into_response();
+    };
+    let b = p.bundle();
+    axum::Json(json!({
+        "epoch": p.epoch(),
+        "signers": api.policy_signers,
+        "description": b.description,
+        "jurisdictions": b.jurisdictions.keys().collect::<Vec<_>>(),
+        "classes": b.classes.keys().collect::<Vec<_>>(),
+        "tenants": b.tenants.keys().collect::<Vec<_>>(),
+        "principals": b.principals.len(),
+        "access_rules": b.access.len(),
+        "stream_rules": b.streams.len(),
+    }))
+    .into_response()
+}
+
+/// Publish authorization and residency stamping under the policy: who may publish to the
+/// stream, and which classification and residency set the event is signed with. A refusal
+/// is a 403 naming the rule's reason, counted and audited.
+fn enforce_publish(
+    api: &Api,
+    policy: &weft_policy::Policy,
+    principal: &Principal,
+    stream: &StreamName,
+    index: usize,
+) -> ApiResult<(String, Residency)> {
+    let decision = policy.authorize(&weft_policy::AccessRequest {
+        principal: &principal.name,
+        action: weft_policy::Action::Publish,
+        stream,
+        tenant: &principal.tenant,
+        classification: None,
+        region: &api.me.region,
+    });
+    if !decision.allowed {
+        tracing::warn!(target: "audit", decision = "deny", reason = "publish_forbidden",
+            principal = %principal.name, stream = %stream.as_str(), epoch = policy.epoch(),
+            "publish refused by policy: {}", decision.reason);
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "publish_forbidden",
+            format!(
+                "event {index}: principal {} may not publish to {} (policy epoch {}): {}",
+                principal.name,
+                stream.as_str(),
+                policy.epoch(),
+                decision.reason
+            ),
+        )));
+    }
+    match policy.stamp(stream, None, &Residency::Unrestricted) {
+        Ok(stamp) => Ok((stamp.classification, stamp.residency)),
+        Err(reason) => {
+            tracing::warn!(target: "audit", decision = "deny", reason = "unclassified",
+                principal = %principal.name, stream = %stream.as_str(), epoch = policy.epoch(),
+                "publish refused by policy: {reason}");
+            Err(api.fail(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unclassified",
+                format!(
+                    "event {index}: stream {} has no classification under policy epoch {}: {reason}",
+                    stream.as_str(),
+                    policy.epoch()
+                ),
+            )))
+        }
+    }
 }
 
 async fn mesh_nodes(State(api): State<Arc<Api>>) -> Response {

@@ -82,13 +82,46 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .filter_map(|(_, json, _)| serde_json::from_str(&json).ok())
         .collect();
 
+    // The policy, verified as it would be off the fabric (k-of-n operators), and this
+    // node's own jurisdiction claim checked against it: a node never runs claiming a
+    // jurisdiction the bundle does not grant its key and region.
+    let policy = match &config.policy {
+        None => None,
+        Some((trust, path)) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading policy bundle {}", path.display()))?;
+            let verified = weft_policy::verify_bundle(&bytes, trust, 0).map_err(|e| {
+                tracing::warn!(target: "audit", decision = "deny", reason = "bundle_refused",
+                    bundle = %path.display(), "policy bundle refused: {e}");
+                anyhow::anyhow!("policy bundle {}: {e}", path.display())
+            })?;
+            let claim = verified
+                .policy
+                .claim(&origin.0, &raw.jurisdiction, &raw.region);
+            if !claim.allowed {
+                tracing::warn!(target: "audit", decision = "deny", reason = "jurisdiction_claim",
+                    jurisdiction = %raw.jurisdiction, region = %raw.region,
+                    "this node's jurisdiction claim is refused by the policy: {}", claim.reason);
+                anyhow::bail!(
+                    "policy epoch {} does not grant this node's key jurisdiction {} in region {}: {}",
+                    verified.policy.epoch(),
+                    raw.jurisdiction,
+                    raw.region,
+                    claim.reason
+                );
+            }
+            tracing::info!(target: "audit", epoch = verified.policy.epoch(),
+                signers = verified.signers.len(), "policy bundle applied");
+            Some(verified)
+        }
+    };
     let me = MemberInfo {
         key: origin.0,
         region: raw.region.clone(),
         cloud: raw.cloud.clone(),
         jurisdiction: raw.jurisdiction.clone(),
         addr: config.advertise.to_string(),
-        policy_epoch: 0,
+        policy_epoch: policy.as_ref().map_or(0, |p| p.policy.epoch()),
         generation,
     };
     let mut trusted = config.trusted.clone();
@@ -99,6 +132,18 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let epoch = Instant::now();
     let mut node = Node::new(me.clone(), mesh, node_seed, store, 0);
     node.set_status(&raw.name, &raw.listen.http.to_string());
+    let (enforced, policy_signers) = match policy {
+        Some(v) => (
+            Some(Arc::new(v.policy)),
+            v.signers.iter().map(hex::encode).collect(),
+        ),
+        None => (None, Vec::new()),
+    };
+    if let Some(p) = &enforced {
+        // Residency on every hop: the core asks the policy before any peer is chosen for a
+        // push, an announcement or an anti-entropy batch, and before a relay region.
+        node.set_filter(Box::new(weft_policy::PolicyFilter(p.clone())));
+    }
 
     let metrics = Arc::new(Metrics::new());
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
@@ -161,6 +206,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         seeded: !raw.seeds.is_empty() || raw.mdns,
         started: Instant::now(),
         closing: closing_rx,
+        policy: enforced,
+        policy_signers,
     });
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await

@@ -195,6 +195,7 @@ fn kind(msg: &Message) -> &'static str {
         Message::Probe { .. } => "probe",
         Message::ProbeAck { .. } => "probe_ack",
         Message::Links(_) => "links",
+        Message::Skip(_) => "skip",
         Message::IHave(_) => "ihave",
         Message::Graft(_) => "graft",
         Message::SyncRequest { .. } => "sync_request",

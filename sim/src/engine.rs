@@ -28,7 +28,7 @@ pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 pub const STEPS_MAX: u64 = 2_000_000_000;
 
 /// Message kinds as reported, in the order of `Engine::sent_by_kind`.
-const MESSAGE_KINDS: [&str; 10] = [
+const MESSAGE_KINDS: [&str; 11] = [
     "swim",
     "push",
     "ihave",
@@ -39,6 +39,7 @@ const MESSAGE_KINDS: [&str; 10] = [
     "probe",
     "probe_ack",
     "links",
+    "skip",
 ];
 
 /// Hop count not known (relays outside the stream's interest break the chain).
@@ -935,6 +936,7 @@ impl Engine {
             Message::Probe { .. } => 7,
             Message::ProbeAck { .. } => 8,
             Message::Links(_) => 9,
+            Message::Skip(_) => 10,
         };
         self.sent_by_kind[kind] += 1;
         let len = msg.wire_len() as u64;

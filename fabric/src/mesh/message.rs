@@ -81,6 +81,11 @@ pub enum Message {
     },
     /// Link-state gossip: nodes' measured link RTTs, coordinates and status.
     Links(Vec<LinkRecord>),
+    /// "These sequence numbers are not for you": events the replication filter (residency)
+    /// kept from the receiver, named only by origin and sequence number (no id, stream or
+    /// content; the gap in the sequence is visible anyway), so its per-origin delivery and
+    /// anti-entropy move past them instead of waiting forever.
+    Skip(Vec<(OriginKey, u64)>),
     /// Lazy push: "I have these" (PlumTree IHAVE).
     IHave(Vec<EventRef>),
     /// "Send me these" (PlumTree GRAFT, after an IHAVE whose event did not arrive).
@@ -114,7 +119,8 @@ impl Message {
             | Message::PushAck(_)
             | Message::Probe { .. }
             | Message::ProbeAck { .. }
-            | Message::Links(_) => Channel::Datagram,
+            | Message::Links(_)
+            | Message::Skip(_) => Channel::Datagram,
             Message::Push { .. } | Message::Graft(_) => Channel::Uni,
             Message::SyncRequest { .. } | Message::SyncResponse { .. } => Channel::Bi,
         }
@@ -133,6 +139,7 @@ impl Message {
                         .sum::<usize>()
             }
             Message::PushAck(_) => 9,
+            Message::Skip(list) => 2 + list.len() * 40,
             Message::Probe { .. } | Message::ProbeAck { .. } => 9 + 44,
             Message::Links(records) => 2 + records.iter().map(LinkRecord::wire_len).sum::<usize>(),
             Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,

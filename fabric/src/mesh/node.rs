@@ -251,6 +251,8 @@ pub struct Stats {
     pub relayed: u64,
     /// Received relay hop lists refused as malformed.
     pub hops_refused: u64,
+    /// Sequence numbers a peer said are not for this node (residency), taken as seen.
+    pub skips_in: u64,
     /// Longest time from a cross-region push to its failover (the RTT timeout that
     /// expired), microseconds.
     pub failover_after_us_max: u64,
@@ -476,6 +478,15 @@ impl<S: Store> Node<S> {
         self.router.rtt_us(peer)
     }
 
+    /// Whether the replication filter lets `event` go to `peer` (a known member): for
+    /// drivers that send events outside the core's own dissemination (the node's
+    /// confirmation copies), so that they never bypass residency.
+    pub fn replication_allowed(&self, event: &Event, peer: &OriginKey) -> bool {
+        self.members
+            .get(peer)
+            .is_some_and(|info| self.filter.allows(event, info))
+    }
+
     /// Sets the name and HTTP address this node gossips with its link state.
     pub fn set_status(&mut self, name: &str, http: &str) {
         let cut = |s: &str, max: usize| {
@@ -603,6 +614,7 @@ impl<S: Store> Node<S> {
             }
             Message::ProbeAck { nonce, coord } => self.on_probe_ack(from, nonce, coord),
             Message::Links(records) => self.on_links(records),
+            Message::Skip(list) => self.on_skip(list),
             Message::IHave(refs) => self.on_ihave(from, refs),
             Message::Graft(refs) => self.on_graft(from, refs),
             Message::SyncRequest {
@@ -1526,6 +1538,8 @@ impl<S: Store> Node<S> {
     }
 
     /// The events the replication filter lets go to `peer`.
+    /// Events kept from the peer by the filter are announced as [`Message::Skip`] (origin
+    /// and sequence number only), so the peer's ordered delivery does not wait for them.
     fn allowed(&mut self, events: &[Arc<Event>], peer: &OriginKey) -> Vec<Arc<Event>> {
         let Some(info) = self.members.get(peer) else {
             // Not a known member (yet): nothing may go there until membership says who it is.
@@ -1533,14 +1547,31 @@ impl<S: Store> Node<S> {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(events.len());
+        let mut skipped = Vec::new();
         for e in events {
             if self.filter.allows(e, info) {
                 out.push(e.clone());
             } else {
                 self.stats.filtered += 1;
+                skipped.push((e.origin(), e.seq()));
             }
         }
+        for chunk in skipped.chunks(REFS_PER_MESSAGE_MAX) {
+            self.send(*peer, Message::Skip(chunk.to_vec()));
+        }
         out
+    }
+
+    fn on_skip(&mut self, list: Vec<(OriginKey, u64)>) {
+        for (origin, seq) in list.into_iter().take(REFS_PER_MESSAGE_MAX) {
+            if seq == 0 || origin == self.me.node_key() {
+                continue;
+            }
+            if self.seen.entry(origin).or_default().insert(seq) {
+                self.stats.skips_in += 1;
+                self.advance_delivery(origin);
+            }
+        }
     }
 
     fn flush_ihave(&mut self) {

@@ -122,6 +122,7 @@ enum Wire<'a> {
         coord: weft_routing::Coordinate,
     },
     Links(Vec<LinkRecord>),
+    Skip(Vec<([u8; 32], u64)>),
 }
 
 /// Encodes `msg` for the wire.
@@ -157,6 +158,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             coord: *coord,
         },
         Message::Links(records) => Wire::Links(records.clone()),
+        Message::Skip(list) => Wire::Skip(list.iter().map(|(o, s)| (o.0, *s)).collect()),
         Message::IHave(r) => Wire::IHave(refs(r)),
         Message::Graft(r) => Wire::Graft(refs(r)),
         Message::SyncRequest {
@@ -332,6 +334,9 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
             IncomingMessage::Plain(Message::ProbeAck { nonce, coord })
         }
         Wire::Links(records) => IncomingMessage::Plain(Message::Links(records)),
+        Wire::Skip(list) => IncomingMessage::Plain(Message::Skip(
+            list.into_iter().map(|(o, s)| (OriginKey(o), s)).collect(),
+        )),
         Wire::IHave(r) => {
             IncomingMessage::Plain(Message::IHave(r.into_iter().map(Into::into).collect()))
         }
@@ -410,6 +415,7 @@ mod tests {
                 reroutes: 1,
             },
             Message::PushAck(7),
+            Message::Skip(vec![(e1.origin(), 3)]),
             Message::Probe {
                 nonce: 3,
                 coord: weft_routing::Coordinate::origin(),

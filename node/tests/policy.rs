@@ -1,0 +1,250 @@
+//! A signed policy bundle enforced by real nodes: an EU-resident stream never reaches the
+//! US node (not stored, not announced, not synced), an unrestricted one does, publishing
+//! outside the access rules is refused with 403 and audited, and a node whose jurisdiction
+//! claim the bundle does not grant refuses to start. Bounded waits; processes killed at
+//! the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sha2::Digest as _;
+
+fn specs() -> Vec<Spec> {
+    vec![
+        Spec {
+            name: "eu-a",
+            region: "aws:eu-west-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "eu-b",
+            region: "aws:eu-central-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "us",
+            region: "aws:us-east-1",
+            jurisdiction: "US",
+        },
+    ]
+}
+
+fn weft(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(WEFT)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "weft {args:?}: {text}");
+    text
+}
+
+/// The bundle: EU = the two EU nodes in their regions, US = the US node; `pii.>` is
+/// EU-resident personal data, `orders.>` public; the test principal may publish to both
+/// and nothing else. `us_jurisdiction` is where the US node's key is granted.
+fn bundle(keys: &[String], token_sha256: &str, us_jurisdiction: &str) -> String {
+    format!(
+        r#"format = 1
+epoch = 3
+description = "test: EU-resident personal data"
+
+[jurisdictions.EU]
+regions = ["aws:eu-west-1", "aws:eu-central-1"]
+nodes = ["{a}", "{b}"{us_in_eu}]
+
+[jurisdictions.US]
+regions = ["aws:us-east-1"]
+nodes = [{us_in_us}]
+
+[tenants.acme]
+
+[roles.writer]
+
+[principals.tester]
+tenant = "acme"
+roles = ["writer"]
+token_sha256 = "{token_sha256}"
+
+[[access]]
+name = "write"
+effect = "allow"
+actions = ["publish"]
+streams = ["pii.>", "orders.>"]
+roles = ["writer"]
+
+[classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[classes.public]
+anywhere = true
+
+[[streams]]
+pattern = "pii.>"
+classification = "eu-personal"
+replication = "all"
+
+[[streams]]
+pattern = "orders.>"
+classification = "public"
+replication = "all"
+"#,
+        a = keys[0],
+        b = keys[1],
+        us_in_eu = if us_jurisdiction == "EU" {
+            format!(", \"{}\"", keys[2])
+        } else {
+            String::new()
+        },
+        us_in_us = if us_jurisdiction == "US" {
+            format!("\"{}\"", keys[2])
+        } else {
+            String::new()
+        },
+    )
+}
+
+#[test]
+fn an_eu_resident_stream_never_reaches_the_us_node_and_access_rules_hold() {
+    rt().block_on(async {
+        // The operator key lives outside the cluster's directory (operators sign offline).
+        let ops = std::env::temp_dir().join(format!("weft-it-policy-ops-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&ops);
+        std::fs::create_dir_all(&ops).unwrap();
+        let out = weft(&ops, &["keygen", "--out", "op.key"]);
+        let operator = out
+            .lines()
+            .find_map(|l| l.strip_prefix("public key: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        let extra = format!(
+            "[policy]\noperators = [\"{operator}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n"
+        );
+        let mut c = Cluster::new("policy", 22, &specs(), &extra);
+        let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+        std::fs::write(ops.join("b.toml"), bundle(&c.keys, &token_sha256, "US")).unwrap();
+        let signed = c.dir.join("policy.cbor");
+        weft(
+            &ops,
+            &[
+                "policy",
+                "sign",
+                "--key",
+                "op.key",
+                "--out",
+                signed.to_str().unwrap(),
+                "b.toml",
+            ],
+        );
+        c.start_all();
+        c.wait_meshed().await;
+        let p: serde_json::Value = reqwest::get(c.url(2, "/v1/policy"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(p["epoch"], 3, "{p}");
+        assert_eq!(p["signers"][0], operator.as_str(), "{p}");
+
+        // EU-resident: stored on both EU nodes, never on the US one.
+        let (status, body) = c
+            .publish(0, "pii.customers", "regions:2", &[json!({"name": "Ada"})])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let pii_id = body["ids"][0].as_str().unwrap().to_string();
+        let regions: Vec<&str> = body["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert!(!regions.contains(&"aws:us-east-1"), "{body}");
+        // Public: everywhere (and a marker that the US node has caught up with eu-a).
+        let (status, body) = c
+            .publish(0, "orders.eu", "regions:3", &[json!({"order": 1})])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // Anti-entropy runs every 2 s: give it several rounds to (wrongly) repair.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let on = |i: usize| {
+            let c = &c;
+            async move { c.ids(i, "pii.customers").await.unwrap_or_default() }
+        };
+        assert_eq!(on(1).await, vec![pii_id.clone()], "eu-b holds the EU event");
+        assert!(
+            on(2).await.is_empty(),
+            "the US node holds the EU-resident event"
+        );
+        let r = reqwest::get(c.url(2, &format!("/v1/events/{pii_id}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "the US node serves the EU-resident event");
+        let orders = c.ids(2, "orders.eu").await.unwrap_or_default();
+        assert_eq!(orders.len(), 1, "the public event reached the US node");
+
+        // The stamp is in the signed security context.
+        let ev: serde_json::Value = reqwest::get(c.url(1, &format!("/v1/events/{pii_id}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let text = ev.to_string();
+        assert!(text.contains("eu-personal"), "{ev}");
+
+        // Outside the access rules: refused, with the reason, counted.
+        let (status, body) = c.publish(0, "audit.trail", "local", &[json!({})]).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["reason"], "publish_forbidden", "{body}");
+        let metrics = reqwest::get(c.url(0, "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("weft_rejected_total{reason=\"publish_forbidden\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            c.log(0).contains("publish refused by policy"),
+            "not audited"
+        );
+
+        // A node whose claim the bundle does not grant (the US key listed under EU while
+        // it claims US) refuses to start, saying why.
+        c.kill9(2);
+        std::fs::write(ops.join("b2.toml"), bundle(&c.keys, &token_sha256, "EU")).unwrap();
+        let _ = std::fs::remove_file(&signed);
+        weft(
+            &ops,
+            &[
+                "policy",
+                "sign",
+                "--key",
+                "op.key",
+                "--out",
+                signed.to_str().unwrap(),
+                "b2.toml",
+            ],
+        );
+        let out = std::process::Command::new(WEFT)
+            .args(["node", "--config", c.nodes[2].config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with a refused claim");
+        assert!(text.contains("does not grant"), "{text}");
+        let _ = std::fs::remove_dir_all(&ops);
+    });
+}
