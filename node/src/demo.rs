@@ -294,8 +294,13 @@ fn prepare(base_port: u16) -> anyhow::Result<Demo> {
             log: dir.join(format!("{name}.log")),
         });
     }
+    let operator = write_policy(&dir, &demo.nodes, &token_hash)?;
     for i in 0..demo.nodes.len() {
-        let text = config_text(&demo.nodes, i, &token_hash)?;
+        let text = config_text(&demo.nodes, i, &token_hash)?
+            + &format!(
+                "\n# The demo's policy, signed by its operator key (`weft policy sign`).\n\
+                 [policy]\noperators = [\"{operator}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n"
+            );
         // Refuse to start anything from a config the node would refuse.
         crate::config::NodeConfig::parse(&text, &dir)
             .with_context(|| format!("the generated config of {}", demo.nodes[i].name))?;
@@ -304,6 +309,88 @@ fn prepare(base_port: u16) -> anyhow::Result<Demo> {
         demo.children.push(None);
     }
     Ok(demo)
+}
+
+/// The EU-resident stream of the sample policy (published by the EU node).
+const EU_STREAM: &str = "customers.eu.profiles";
+
+/// Writes the demo's policy bundle (`policy.toml`, for reading) signed by a fresh operator
+/// key (`policy.cbor`, what the nodes enforce) and returns the operator's public key: each
+/// node granted its own jurisdiction, personal data of EU customers (`customers.eu.>`,
+/// class `eu-personal`) kept in the EU with transit forbidden, orders and telemetry public,
+/// the demo's principal allowed to publish to those three.
+fn write_policy(dir: &Path, nodes: &[DemoNode], token_hash: &str) -> anyhow::Result<String> {
+    let operator = crate::keys::generate(&dir.join("operator.key"))?;
+    let mut jurisdictions: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    for n in nodes {
+        let j = jurisdictions.entry(n.jurisdiction.as_str()).or_default();
+        j.0.push(n.region);
+        j.1.push(n.key_hex.as_str());
+    }
+    let mut text = String::from(
+        "# The `weft demo` policy (docs/policy.md), generated; the nodes enforce its signed form.\n\
+         format = 1\nepoch = 1\ndescription = \"weft demo: EU customer data stays in the EU\"\n",
+    );
+    for (j, (regions, keys)) in &jurisdictions {
+        let _ = write!(
+            text,
+            "\n[jurisdictions.{j}]\nregions = [{}]\nnodes = [{}]\n",
+            quoted(regions.iter().copied()),
+            quoted(keys.iter().copied())
+        );
+    }
+    let _ = write!(
+        text,
+        r#"
+[tenants.demo]
+
+[roles.app]
+
+[principals.demo-app]
+tenant = "demo"
+roles = ["app"]
+token_sha256 = "{token_hash}"
+
+[[access]]
+name = "demo-app-publishes"
+effect = "allow"
+actions = ["publish", "subscribe", "read"]
+streams = ["orders.>", "telemetry.>", "customers.eu.>"]
+roles = ["app"]
+
+[classes.eu-personal]
+description = "personal data of EU customers: never leaves the EU"
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[classes.public]
+anywhere = true
+
+[[streams]]
+pattern = "customers.eu.>"
+classification = "eu-personal"
+replication = "all"
+
+[[streams]]
+pattern = "orders.>"
+classification = "public"
+replication = "all"
+
+[[streams]]
+pattern = "telemetry.>"
+classification = "public"
+replication = "all"
+"#
+    );
+    std::fs::write(dir.join("policy.toml"), &text)?;
+    let bundle = weft_policy::Bundle::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("the demo's policy bundle: {e}"))?;
+    let mut signed = weft_policy::SignedBundle::new(&bundle)
+        .map_err(|e| anyhow::anyhow!("the demo's policy bundle: {e}"))?;
+    let secret = crate::keys::load(&dir.join("operator.key"))?;
+    signed.add_signature(&ed25519_dalek::SigningKey::from_bytes(&secret));
+    std::fs::write(dir.join("policy.cbor"), signed.encode())?;
+    Ok(operator.origin().to_string())
 }
 
 /// The config of node `i`: every other node as a seed and trusted, the demo's principal,
@@ -597,7 +684,17 @@ impl Demo {
         say!(
             "Workload: each node publishes 2 events/s to orders.<node> (ack=regions:2, confirmed in a second region)"
         );
-        say!("and 2 events/s to telemetry.<node> (ack=local); every node stores every stream.");
+        say!(
+            "and 2 events/s to telemetry.<node> (ack=local); eu-1 also publishes 2 customer profiles/s to"
+        );
+        say!(
+            "{EU_STREAM}, which the policy keeps in the EU: eu-1 is the only EU node, so no other node ever sees it."
+        );
+        say!(
+            "Policy: {} (epoch 1, signed by the demo's operator key; readable in {}).",
+            self.dir.join("policy.cbor").display(),
+            self.dir.join("policy.toml").display()
+        );
         say!("");
         say!("Open the dashboard (every node serves one; this one also polls the others):");
         say!(
@@ -626,11 +723,22 @@ impl Demo {
         say!("  {weft} routes --node {}", first.url(""));
         say!("  {weft} status --node {}", second.url(""));
         say!("  curl -s {}", first.url("/metrics"));
+        say!(
+            "  curl -s {}          # the policy in force",
+            second.url("/v1/policy")
+        );
+        say!(
+            "  curl -s {}   # EU customer data on eu-1 ...",
+            first.url(&format!("/v1/streams/{EU_STREAM}/events?limit=2"))
+        );
+        say!(
+            "  curl -s {}   # ... and none on us-1",
+            second.url(&format!("/v1/streams/{EU_STREAM}/events?limit=2"))
+        );
         say!("");
         say!(
-            "Not in this demo because they are not built yet: policy (signed bundles, an EU-resident class, \
-             residency enforced on every hop: issue 6) and the edge agent (issue 8). Nothing here pretends \
-             otherwise: every node stores and serves every stream, and the policy epoch shown is 0."
+            "Not in this demo because they are not built yet: pushing a new policy through the fabric \
+             (`weft policy push`, issue 6) and the edge agent (issue 8)."
         );
         say!("");
         match duration {
@@ -778,6 +886,8 @@ async fn workload(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = short(name);
     let (orders, telemetry) = (format!("orders.{stream}"), format!("telemetry.{stream}"));
+    // The EU node also publishes EU-resident customer data (the policy keeps it in the EU).
+    let customers = (region == "aws:eu-west-1").then_some(EU_STREAM);
     for n in 0u64.. {
         tick.tick().await;
         let order = json!({
@@ -816,6 +926,19 @@ async fn workload(
         }
         if let Err(e) = r {
             push_error(&errors, name, e);
+        }
+        if let Some(stream) = customers {
+            let profile = json!({
+                "specversion": "1.0",
+                "id": format!("demo-{name}-profile-{n}"),
+                "source": format!("weft-demo/{name}"),
+                "type": "demo.customer.updated",
+                "datacontenttype": "application/json",
+                "data": {"customer": n % 50, "country": "IE", "email": format!("c{}@example.eu", n % 50)},
+            });
+            if let Err(e) = publish(&client, &base, stream, "local", &token, &profile).await {
+                push_error(&errors, name, e);
+            }
         }
     }
 }

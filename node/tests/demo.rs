@@ -226,11 +226,35 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
     };
     assert_eq!(from_us["data"]["region"], "aws:us-east-1");
     assert_eq!(from_us["weftprincipal"], "demo-app");
-    // Every node serves the dashboard.
+    // Every node serves the dashboard, and enforces the demo's policy (epoch 1).
     for i in 0..4 {
         let node = get_json(&node_url(i, "/dashboard/node.json")).expect("node.json");
-        assert_eq!(node["policy_epoch"], 0);
+        assert_eq!(node["policy_epoch"], 1);
     }
+    // EU customer data: on eu-1 (the only EU node), never on the others.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = get_json(&node_url(
+            0,
+            "/v1/streams/customers.eu.profiles/events?limit=5",
+        ));
+        if page.as_ref().and_then(|p| p.get(0)).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no EU customer data on eu-1");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give replication a few seconds to (wrongly) carry it anywhere else.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 1..4 {
+        let page = get_json(&node_url(
+            i,
+            "/v1/streams/customers.eu.profiles/events?limit=5",
+        ))
+        .expect("events page");
+        assert_eq!(page.as_array().map(Vec::len), Some(0), "node {i}: {page}");
+    }
+    assert!(guide.contains("keeps in the EU"), "{guide}");
     // The printed commands work as printed.
     let commands: Vec<String> = guide
         .lines()
