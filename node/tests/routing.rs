@@ -244,14 +244,27 @@ fn a_degraded_then_cut_link_is_routed_around_through_a_relay_region() {
             r["kind"] == "direct" && r["direct_failed"] == false
         })
         .await;
-        // The link-state view: every node knows all four, with their links.
-        let nodes = get(&c, 3, "/v1/mesh/nodes").await;
-        let list = nodes["nodes"].as_array().unwrap();
-        assert_eq!(list.len(), 4, "{nodes}");
-        for n in list {
-            assert!(!n["links"].as_array().unwrap().is_empty(), "{n}");
-            assert!(n["name"].as_str().is_some_and(|s| !s.is_empty()), "{n}");
-        }
+        // The link-state view: every node comes to know all four, with their links
+        // (records spread by gossip within seconds; bounded wait).
+        let complete = |v: &Value| {
+            v["nodes"].as_array().is_some_and(|list| {
+                list.len() == 4
+                    && list.iter().all(|n| {
+                        n["links"].as_array().is_some_and(|l| !l.is_empty())
+                            && n["name"].as_str().is_some_and(|s| !s.is_empty())
+                    })
+            })
+        };
+        let seen = wait_for(Duration::from_secs(60), || async {
+            let v = get(&c, 3, "/v1/mesh/nodes").await;
+            complete(&v).then_some(v)
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "d's /v1/mesh/nodes: {}",
+            get(&c, 3, "/v1/mesh/nodes").await
+        );
         // `weft routes` prints the paths.
         let out = std::process::Command::new(WEFT)
             .args(["routes", "--node", &c.nodes[0].http])
