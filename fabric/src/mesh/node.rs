@@ -1163,17 +1163,20 @@ impl<S: Store> Node<S> {
         let id = event.id();
         let origin = event.origin();
         let seq = event.seq();
+        // The seen-set first: a small ordered map of per-origin ranges answers most
+        // duplicates without a probe of the store's id index (a cache miss per event on a
+        // large store).
+        if self.seen.get(&origin).is_some_and(|r| r.contains(seq)) {
+            self.stats.events_duplicate += 1;
+            return Ok(Inserted::Duplicate);
+        }
         if self.store.contains(&id) || self.relay_cache.contains_key(&id) {
             self.stats.events_duplicate += 1;
-            // Held, but the seen-set may have dropped it at its range limit: re-record it
-            // so delivery and digests move on.
+            // Held, but the seen-set dropped it at its range limit: re-record it so
+            // delivery and digests move on.
             if self.seen.entry(origin).or_default().insert(seq) {
                 self.advance_delivery(origin);
             }
-            return Ok(Inserted::Duplicate);
-        }
-        if self.seen.get(&origin).is_some_and(|r| r.contains(seq)) {
-            self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
         }
         let interested = self
@@ -1588,9 +1591,10 @@ impl<S: Store> Node<S> {
 
     fn on_ihave(&mut self, from: OriginKey, refs: Vec<EventRef>) {
         for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
-            if self.store.contains(&r.id)
+            // Cheapest test first (the seen-set answers nearly every announcement).
+            if self.seen.get(&r.origin).is_some_and(|s| s.contains(r.seq))
+                || self.store.contains(&r.id)
                 || self.relay_cache.contains_key(&r.id)
-                || self.seen.get(&r.origin).is_some_and(|s| s.contains(r.seq))
             {
                 continue;
             }
