@@ -873,7 +873,7 @@ impl<S: Store> Node<S> {
         // Lazy peers are re-ranked by the periodic view refresh; here only fill a short set
         // (cheap: membership changes arrive one at a time, a thousand at start-up).
         if changed {
-            self.router.invalidate();
+            self.router.members_changed();
         }
         if changed && self.lazy.len() < self.config.lazy.min(LAZY_MAX) {
             self.refresh_lazy();
@@ -1945,7 +1945,7 @@ mod tests {
                     node.region_insert(&other.region, OriginKey(other.key));
                     node.handle_rtt_sample(0, OriginKey(other.key), rtt(i, j));
                 }
-                node.router.invalidate();
+                node.router.members_changed();
                 node.gossip_links();
                 node
             })
