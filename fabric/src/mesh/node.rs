@@ -1196,7 +1196,11 @@ impl<S: Store> Node<S> {
         // The seen-set first: a small ordered map of per-origin ranges answers most
         // duplicates without a probe of the store's id index (a cache miss per event on a
         // large store).
-        if self.seen.get(&origin).is_some_and(|r| r.ranges.contains(seq)) {
+        if self
+            .seen
+            .get(&origin)
+            .is_some_and(|r| r.ranges.contains(seq))
+        {
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
         }
@@ -1622,7 +1626,10 @@ impl<S: Store> Node<S> {
     fn on_ihave(&mut self, from: OriginKey, refs: Vec<EventRef>) {
         for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
             // Cheapest test first (the seen-set answers nearly every announcement).
-            if self.seen.get(&r.origin).is_some_and(|s| s.ranges.contains(r.seq))
+            if self
+                .seen
+                .get(&r.origin)
+                .is_some_and(|s| s.ranges.contains(r.seq))
                 || self.store.contains(&r.id)
                 || self.relay_cache.contains_key(&r.id)
             {
