@@ -141,35 +141,35 @@ impl<N: Ord + Copy> LinkStateDb<N> {
                 });
             }
         }
-        // Duplicates, reported at the position of the later occurrence in the input.
-        let mut order: Vec<usize> = (0..links.len()).collect();
-        order.sort_by(|a, b| links[*a].0.cmp(&links[*b].0).then(a.cmp(b)));
-        if let Some(w) = order.windows(2).find(|w| links[w[0]].0 == links[w[1]].0) {
-            return Err(LinkStateError::DuplicatePeer { index: w[1] });
+        // Reports arrive sorted by peer (nodes build them so): then there is no duplicate
+        // and nothing to sort. Otherwise duplicates are reported at the position of the
+        // later occurrence in the input.
+        let ascending = links.windows(2).all(|w| w[0].0 < w[1].0);
+        if !ascending {
+            let mut order: Vec<usize> = (0..links.len()).collect();
+            order.sort_by(|a, b| links[*a].0.cmp(&links[*b].0).then(a.cmp(b)));
+            if let Some(w) = order.windows(2).find(|w| links[w[0]].0 == links[w[1]].0) {
+                return Err(LinkStateError::DuplicatePeer { index: w[1] });
+            }
         }
         let old = self.reports.get(&node);
         if old.is_some_and(|r| r.version >= version) {
             return Ok(ReportOutcome::Stale);
         }
-        links.sort_unstable_by_key(|l| l.0);
-        // Count the nodes the database would hold: present ones stay (the old report's
-        // peers may drop out, which only lowers the count; counting them is conservative
-        // only if they are still referenced elsewhere, so compute exactly).
-        let mut added = 0usize;
-        let mut removed = 0usize;
+        if !ascending {
+            links.sort_unstable_by_key(|l| l.0);
+        }
+        // Count the nodes the database would hold. The old and the new report are both
+        // sorted by peer: walk them together, so that only peers that come or go are
+        // looked up (a node's successive reports mostly name the same peers).
         let old_links: &[(N, u64)] = old.map_or(&[], |r| &r.links);
-        if !self.refs.contains_key(&node) {
-            added += 1;
-        }
-        for (peer, _) in &links {
-            if !self.refs.contains_key(peer) {
-                added += 1;
-            }
-        }
-        for (peer, _) in old_links {
-            let in_new = links.binary_search_by(|l| l.0.cmp(peer)).is_ok();
-            if !in_new && self.refs.get(peer) == Some(&1) {
-                removed += 1;
+        let mut added = usize::from(!self.refs.contains_key(&node));
+        let mut removed = 0usize;
+        for change in merge_peers(old_links, &links) {
+            match change {
+                PeerChange::Gone(peer) if self.refs.get(peer) == Some(&1) => removed += 1,
+                PeerChange::New(peer) if !self.refs.contains_key(peer) => added += 1,
+                _ => {}
             }
         }
         let len = self.refs.len() + added - removed;
@@ -179,28 +179,32 @@ impl<N: Ord + Copy> LinkStateDb<N> {
                 max: NODES_MAX,
             });
         }
-        if let Some(old) = self.reports.remove(&node) {
-            for (peer, _) in &old.links {
-                self.unref(*peer);
+        // Apply the same walk: peers in both reports keep their count.
+        match self.reports.get_mut(&node) {
+            Some(old) => {
+                for change in merge_peers(&old.links, &links) {
+                    match change {
+                        PeerChange::Gone(peer) => unref(&mut self.refs, *peer),
+                        PeerChange::New(peer) => *self.refs.entry(*peer).or_insert(0) += 1,
+                        PeerChange::Kept => {}
+                    }
+                }
+                *old = Report { version, links };
             }
-        } else {
-            *self.refs.entry(node).or_insert(0) += 1;
+            None => {
+                *self.refs.entry(node).or_insert(0) += 1;
+                for (peer, _) in &links {
+                    *self.refs.entry(*peer).or_insert(0) += 1;
+                }
+                self.reports.insert(node, Report { version, links });
+            }
         }
-        for (peer, _) in &links {
-            *self.refs.entry(*peer).or_insert(0) += 1;
-        }
-        self.reports.insert(node, Report { version, links });
         debug_assert_eq!(self.refs.len(), len);
         Ok(ReportOutcome::Applied)
     }
 
     fn unref(&mut self, n: N) {
-        if let Some(c) = self.refs.get_mut(&n) {
-            *c -= 1;
-            if *c == 0 {
-                self.refs.remove(&n);
-            }
-        }
+        unref(&mut self.refs, n);
     }
 
     /// Forgets `node`'s report (it left the mesh). Returns whether there was one. Its
@@ -384,6 +388,63 @@ impl<N: Ord + Copy> LatencyGraph<N> {
 
 fn edges_len_fits(len: usize) -> bool {
     u32::try_from(len).is_ok()
+}
+
+/// Drops one reference to `n`, forgetting it at zero.
+fn unref<N: Ord>(refs: &mut BTreeMap<N, u32>, n: N) {
+    if let Some(c) = refs.get_mut(&n) {
+        *c -= 1;
+        if *c == 0 {
+            refs.remove(&n);
+        }
+    }
+}
+
+/// How a peer differs between an old and a new report.
+enum PeerChange<'a, N> {
+    /// Only in the old report.
+    Gone(&'a N),
+    /// Only in the new report.
+    New(&'a N),
+    /// In both.
+    Kept,
+}
+
+/// The peers of two reports sorted by peer, walked together.
+fn merge_peers<'a, N: Ord>(
+    old: &'a [(N, u64)],
+    new: &'a [(N, u64)],
+) -> impl Iterator<Item = PeerChange<'a, N>> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let change = match (old.get(i), new.get(j)) {
+            (None, None) => return None,
+            (Some((o, _)), None) => {
+                i += 1;
+                PeerChange::Gone(o)
+            }
+            (None, Some((n, _))) => {
+                j += 1;
+                PeerChange::New(n)
+            }
+            (Some((o, _)), Some((n, _))) => match o.cmp(n) {
+                std::cmp::Ordering::Less => {
+                    i += 1;
+                    PeerChange::Gone(o)
+                }
+                std::cmp::Ordering::Greater => {
+                    j += 1;
+                    PeerChange::New(n)
+                }
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                    PeerChange::Kept
+                }
+            },
+        };
+        Some(change)
+    })
 }
 
 #[cfg(test)]

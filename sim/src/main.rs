@@ -13,6 +13,11 @@ use weft_sim::engine::{Engine, Strategy};
 use weft_sim::report::{Report, StrategyReport};
 use weft_sim::scenario::{Baseline, Scenario};
 
+/// mimalloc instead of the system allocator: the simulator allocates and frees small objects
+/// at a high rate (see the comment on the dependency in the workspace `Cargo.toml`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 thread_local! {
     /// What the command prints, written once at the end so that a closed pipe
     /// (`weft-sim run ... | head`) ends the program quietly instead of panicking.

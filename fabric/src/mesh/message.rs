@@ -40,8 +40,12 @@ impl EventRef {
     }
 }
 
+/// One origin's sequence ranges in a [`Digest`], ascending. Nearly always a single range
+/// (`1..=n`), held inline: no allocation per origin.
+pub type DigestRanges = smallvec::SmallVec<[(u64, u64); 1]>;
+
 /// Per-origin sequence ranges a node holds: what anti-entropy compares.
-pub type Digest = Vec<(OriginKey, Vec<(u64, u64)>)>;
+pub type Digest = Vec<(OriginKey, DigestRanges)>;
 
 /// A message between two mesh nodes.
 #[derive(Debug, Clone)]

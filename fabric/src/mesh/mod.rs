@@ -10,7 +10,7 @@ pub mod store;
 pub mod wire;
 
 pub use member::MemberInfo;
-pub use message::{Channel, Digest, EventRef, Message};
+pub use message::{Channel, Digest, DigestRanges, EventRef, Message};
 pub use node::{AllowAll, AppEvent, MeshConfig, Micros, Node, ReplicationFilter, Stats, Transmit};
 pub use ranges::SeqRanges;
 pub use route::{LinkRecord, NodeStatus, RegionRoute, RelayHop};

@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use weft_routing::linkstate::LINKS_PER_NODE_MAX;
 use weft_routing::{Coordinate, LatencyGraph, LinkStateDb, RttEstimator, VivaldiClient};
 
-use crate::envelope::OriginKey;
+use crate::envelope::{KeyBuildHasher, OriginKey};
 use crate::mesh::member::MemberInfo;
 use crate::mesh::node::Micros;
 
@@ -229,6 +229,69 @@ struct RegionGraph {
     edges: BTreeMap<(u16, u16), (Micros, EdgeSource)>,
 }
 
+/// What the region graph needs of the membership, derived once per membership change
+/// instead of once per graph build (a build follows nearly every gossiped link record and
+/// RTT change; looking each reported peer up in the member map and its region name in the
+/// sorted names was most of `build_graph`).
+#[derive(Debug, Clone, PartialEq)]
+struct Topology {
+    /// Region names, sorted (the region indices).
+    names: Vec<String>,
+    /// This node's region index.
+    mine: u16,
+    /// Region index of every member and of this node.
+    region_of: std::collections::HashMap<OriginKey, u16, KeyBuildHasher>,
+    /// Per region index: this node's entry member there ([`entry_of`]).
+    entries: Vec<Option<OriginKey>>,
+}
+
+impl Topology {
+    fn new(
+        me: &MemberInfo,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+    ) -> Self {
+        let names: Vec<String> = regions.keys().cloned().collect();
+        let index = |r: &str| names.binary_search_by(|n| n.as_str().cmp(r)).ok();
+        let mine = index(&me.region).unwrap_or(0) as u16;
+        let mut region_of: std::collections::HashMap<OriginKey, u16, KeyBuildHasher> =
+            std::collections::HashMap::with_capacity_and_hasher(
+                members.len() + 1,
+                KeyBuildHasher::default(),
+            );
+        // Consecutive members often share a region: remember the last name looked up.
+        let mut last: Option<(&str, Option<usize>)> = None;
+        for (k, m) in members {
+            let i = match last {
+                Some((name, i)) if name == m.region => i,
+                _ => {
+                    let i = index(&m.region);
+                    last = Some((&m.region, i));
+                    i
+                }
+            };
+            if let Some(i) = i {
+                region_of.insert(*k, i as u16);
+            }
+        }
+        region_of.insert(me.node_key(), mine);
+        let entries = names
+            .iter()
+            .map(|name| {
+                regions
+                    .get(name)
+                    .and_then(|list| entry_of(list, &me.node_key()))
+            })
+            .collect();
+        Self {
+            names,
+            mine,
+            region_of,
+            entries,
+        }
+    }
+}
+
 /// A shortest-path tree over regions from this node's region.
 #[derive(Debug, Clone)]
 pub(crate) struct RegionTree {
@@ -262,6 +325,8 @@ pub(crate) struct Router {
     pub(crate) ack_seq: u64,
     graph: Option<RegionGraph>,
     trees: BTreeMap<Vec<bool>, RegionTree>,
+    /// Derived from the membership; dropped by [`Router::members_changed`].
+    topology: Option<Topology>,
     pub(crate) status: NodeStatus,
 }
 
@@ -288,6 +353,7 @@ impl Router {
             ack_seq: 0,
             graph: None,
             trees: BTreeMap::new(),
+            topology: None,
             status: NodeStatus::default(),
         }
     }
@@ -346,6 +412,13 @@ impl Router {
     pub(crate) fn invalidate(&mut self) {
         self.graph = None;
         self.trees.clear();
+    }
+
+    /// The membership (or the per-region member lists) changed: everything derived from
+    /// it is out of date. Callers must say so on every change of either.
+    pub(crate) fn members_changed(&mut self) {
+        self.topology = None;
+        self.invalidate();
     }
 
     /// Marks the direct link to `region` failed (true if it was not already).
@@ -531,30 +604,45 @@ impl Router {
             .unwrap_or_else(|| unreachable!("set above"))
     }
 
+    /// The membership-derived part of the graph, built when missing.
+    fn topology(
+        &mut self,
+        me: &MemberInfo,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+    ) -> &Topology {
+        let topology = self
+            .topology
+            .get_or_insert_with(|| Topology::new(me, members, regions));
+        debug_assert!(
+            *topology == Topology::new(me, members, regions),
+            "membership changed without Router::members_changed"
+        );
+        topology
+    }
+
     /// The region graph (module docs). The edge from this node's region to another is the
     /// RTT estimate to the member this node pushes its own events to there (its *entry*:
     /// probes and acknowledged pushes keep that estimate fresh), or, before that member was
     /// measured, the best estimate to any member there.
     fn build_graph(
-        &self,
+        &mut self,
         me: &MemberInfo,
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
     ) -> RegionGraph {
-        let names: Vec<String> = regions.keys().cloned().collect();
-        let index = |r: &str| names.binary_search_by(|n| n.as_str().cmp(r)).ok();
-        let mine = index(&me.region).unwrap_or(0) as u16;
-        let region_of = |k: &OriginKey| -> Option<u16> {
-            if *k == me.node_key() {
-                return Some(mine);
-            }
-            members
-                .get(k)
-                .and_then(|m| index(&m.region))
-                .map(|i| i as u16)
+        self.topology(me, members, regions);
+        let Some(topology) = self.topology.as_ref() else {
+            unreachable!("set above");
         };
-        // Reports by other nodes, per unordered region pair.
-        let mut reported: BTreeMap<(u16, u16), Vec<Micros>> = BTreeMap::new();
+        let names = topology.names.clone();
+        let mine = topology.mine;
+        let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
+        // Reports by other nodes, per unordered region pair: collected flat as one integer
+        // per sample (pair in the high bits, RTT in the low 32) and sorted, so each pair's
+        // samples end up together and ascending (the median is the middle one), without a
+        // map entry and a vector per pair.
+        let mut reported: Vec<u64> = Vec::new();
         for (k, rec) in &self.records {
             if *k == me.node_key() {
                 continue;
@@ -565,20 +653,21 @@ impl Router {
                     continue;
                 };
                 if a != b {
-                    reported
-                        .entry((a.min(b), a.max(b)))
-                        .or_default()
-                        .push(u64::from(*rtt));
+                    let pair = (u64::from(a.min(b)) << 16) | u64::from(a.max(b));
+                    reported.push((pair << 32) | u64::from(*rtt));
                 }
             }
         }
+        reported.sort_unstable();
         let median = |v: &mut Vec<Micros>| -> Micros {
             v.sort_unstable();
             v[v.len() / 2]
         };
         let mut edges: BTreeMap<(u16, u16), (Micros, EdgeSource)> = BTreeMap::new();
-        for ((a, b), mut v) in reported {
-            let w = median(&mut v);
+        for group in reported.chunk_by(|x, y| x >> 32 == y >> 32) {
+            let pair = group[0] >> 32;
+            let (a, b) = ((pair >> 16) as u16, pair as u16);
+            let w = group[group.len() / 2] & u64::from(u32::MAX);
             edges.insert((a, b), (w, EdgeSource::Reported));
             edges.insert((b, a), (w, EdgeSource::Reported));
         }
@@ -619,10 +708,7 @@ impl Router {
                 edges.remove(&(mine, i));
                 continue;
             }
-            let entry = regions
-                .get(name)
-                .and_then(|list| entry_of(list, &me.node_key()))
-                .and_then(|k| self.rtt_us(&k));
+            let entry = topology.entries[i as usize].and_then(|k| self.rtt_us(&k));
             let measured = entry.or_else(|| {
                 regions
                     .get(name)
@@ -661,7 +747,8 @@ impl Router {
         allowed: Vec<bool>,
     ) -> (&RegionTree, &[String], u16) {
         if self.graph.is_none() {
-            self.graph = Some(self.build_graph(me, members, regions));
+            let graph = self.build_graph(me, members, regions);
+            self.graph = Some(graph);
         }
         let graph = self
             .graph

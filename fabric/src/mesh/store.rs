@@ -105,17 +105,19 @@ impl MemStore {
 impl Store for MemStore {
     fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
         let id = event.id();
-        if self.ids.contains(&id) {
-            return Ok(Inserted::Duplicate);
-        }
         let origin = event.origin();
         let seq = event.seq();
-        if self
-            .by_origin
-            .get(&origin)
-            .is_some_and(|m| m.events.contains_key(&seq))
-        {
-            return Err(StoreError::Equivocation { origin, seq });
+        // One walk of each tree: the id is a hash of the signed bytes, which name the
+        // origin and the sequence number, so the event at (origin, seq) tells both whether
+        // this is a duplicate (same id) and whether it equivocates (another id). `ids`
+        // always holds exactly the ids of the events in `by_origin`.
+        let held = self.by_origin.get_mut(&origin);
+        if let Some(existing) = held.as_ref().and_then(|h| h.events.get(&seq)) {
+            return if existing.id() == id {
+                Ok(Inserted::Duplicate)
+            } else {
+                Err(StoreError::Equivocation { origin, seq })
+            };
         }
         if self.ids.len() >= self.len_max {
             return Err(StoreError::Full {
@@ -124,7 +126,10 @@ impl Store for MemStore {
             });
         }
         self.ids.insert(id);
-        let held = self.by_origin.entry(origin).or_default();
+        let held = match held {
+            Some(h) => h,
+            None => self.by_origin.entry(origin).or_default(),
+        };
         held.events.insert(seq, event);
         held.ranges.insert(seq);
         Ok(Inserted::New)

@@ -165,7 +165,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             digest,
             from_origin,
         } => Wire::SyncRequest {
-            digest: digest.iter().map(|(o, r)| (o.0, r.clone())).collect(),
+            digest: digest.iter().map(|(o, r)| (o.0, r.to_vec())).collect(),
             from_origin: from_origin.map(|o| o.0),
         },
         Message::SyncResponse {
@@ -349,7 +349,7 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
         } => IncomingMessage::Plain(Message::SyncRequest {
             digest: digest
                 .into_iter()
-                .map(|(o, r)| (OriginKey(o), r))
+                .map(|(o, r)| (OriginKey(o), r.into()))
                 .collect::<Digest>(),
             from_origin: from_origin.map(OriginKey),
         }),
@@ -441,7 +441,7 @@ mod tests {
             Message::IHave(vec![r]),
             Message::Graft(vec![r, EventRef::of(&e2)]),
             Message::SyncRequest {
-                digest: vec![(e1.origin(), vec![(1, 2), (5, 9)])],
+                digest: vec![(e1.origin(), vec![(1, 2), (5, 9)].into())],
                 from_origin: Some(e2.origin()),
             },
             Message::SyncResponse {
