@@ -1604,7 +1604,7 @@ impl<S: Store> Node<S> {
             if seq == 0 || origin == self.me.node_key() {
                 continue;
             }
-            if self.seen.entry(origin).or_default().insert(seq) {
+            if self.seen.entry(origin).or_default().ranges.insert(seq) {
                 self.stats.skips_in += 1;
                 self.advance_delivery(origin);
             }
