@@ -1296,8 +1296,24 @@ impl<S: Store> Node<S> {
         let me = self.me.node_key();
         if eager {
             let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
+            // A publisher's targets depend only on the origin and what transit the filter
+            // allows: plan once per such pair, not once per event of a batch.
+            let mut planned: BTreeMap<(OriginKey, Vec<bool>), Vec<Target>> = BTreeMap::new();
             for event in events {
-                for target in self.targets(event, publishing, relay, reroutes) {
+                let targets = if publishing {
+                    let key = (event.origin(), self.transit_mask(event));
+                    match planned.get(&key) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t = self.targets(event, publishing, relay, reroutes);
+                            planned.insert(key, t.clone());
+                            t
+                        }
+                    }
+                } else {
+                    self.targets(event, publishing, relay, reroutes)
+                };
+                for target in targets {
                     if Some(target.0) != except && target.0 != me {
                         batches.entry(target).or_default().push(event.clone());
                     }

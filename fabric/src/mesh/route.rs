@@ -590,18 +590,16 @@ impl Router {
     }
 
     /// Builds (or returns the cached) region graph.
-    fn graph(
+    /// Builds the region graph unless the cached one is current.
+    fn ensure_graph(
         &mut self,
         me: &MemberInfo,
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
-    ) -> &RegionGraph {
+    ) {
         if self.graph.is_none() {
             self.graph = Some(self.build_graph(me, members, regions));
         }
-        self.graph
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("set above"))
     }
 
     /// The membership-derived part of the graph, built when missing.
@@ -746,14 +744,11 @@ impl Router {
         regions: &BTreeMap<String, Vec<OriginKey>>,
         allowed: Vec<bool>,
     ) -> (&RegionTree, &[String], u16) {
-        if self.graph.is_none() {
-            let graph = self.build_graph(me, members, regions);
-            self.graph = Some(graph);
-        }
+        self.ensure_graph(me, members, regions);
         let graph = self
             .graph
             .as_ref()
-            .unwrap_or_else(|| unreachable!("set above"));
+            .unwrap_or_else(|| unreachable!("ensured above"));
         let tree = self
             .trees
             .entry(allowed)
@@ -769,7 +764,10 @@ impl Router {
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
     ) -> Vec<RegionRoute> {
-        let graph = self.graph(me, members, regions).clone();
+        self.ensure_graph(me, members, regions);
+        let Some(graph) = self.graph.as_ref() else {
+            unreachable!("ensured above")
+        };
         let all = vec![true; graph.names.len()];
         let tree = shortest_tree(&graph, &all);
         let mine = graph.mine;
@@ -780,7 +778,7 @@ impl Router {
                 continue;
             }
             let direct = graph.edges.get(&(mine, i)).map(|(w, _)| w / 2);
-            let direct_failed = self.failed.contains_key(name);
+            let direct_failed = self.failed.contains_key(name.as_str());
             // Alternatives: the best path through each other first hop.
             let mut alternatives = Vec::new();
             for (&(a, h), (w1, _)) in graph.edges.range((mine, 0)..=(mine, u16::MAX)) {
