@@ -769,7 +769,7 @@ impl Router {
             unreachable!("ensured above")
         };
         let all = vec![true; graph.names.len()];
-        let tree = shortest_tree(&graph, &all);
+        let tree = shortest_tree(graph, &all);
         let mine = graph.mine;
         let mut out = Vec::new();
         for (i, name) in graph.names.iter().enumerate() {
