@@ -67,10 +67,9 @@ pub(crate) struct Api {
     pub(crate) started: Instant,
     /// Becomes true when the node starts shutting down: open SSE streams end.
     pub(crate) closing: watch::Receiver<bool>,
-    /// The policy this node enforces, if any.
-    pub(crate) policy: Option<Arc<weft_policy::Policy>>,
-    /// Hex keys of the operators who signed it.
-    pub(crate) policy_signers: Vec<String>,
+    /// The policy this node enforces, if any; swapped atomically when a newer bundle
+    /// arrives. Take it once per request (`api.policy.policy()` or `.current()`).
+    pub(crate) policy: Arc<crate::policy_state::PolicyState>,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -218,6 +217,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/mesh/routes", get(routes))
         .route("/v1/mesh/nodes", get(mesh_nodes))
         .route("/v1/policy", get(policy_get))
+        .route("/v1/policy/bundle", get(policy_bundle))
         .route("/v1/status", get(status))
         .route("/v1/chaos", get(chaos_get).post(chaos_set))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -386,6 +386,8 @@ async fn publish_inner(
 
     let mut drafts = Vec::with_capacity(fresh.len());
     let mut dedup = Vec::with_capacity(fresh.len());
+    // One epoch for the whole request, even if a newer bundle lands meanwhile.
+    let policy = api.policy.policy();
     for (i, e) in fresh.iter().enumerate() {
         let stream = match (&path_stream, &e.stream) {
             (Some(p), Some(w)) if p != w => {
@@ -410,7 +412,7 @@ async fn publish_inner(
             }
         };
         check_stored(api, &stream)?;
-        let (classification, residency) = match &api.policy {
+        let (classification, residency) = match &policy {
             None => ("internal".to_string(), Residency::Unrestricted),
             Some(policy) => enforce_publish(api, policy, &principal, &stream, i)?,
         };
@@ -425,7 +427,7 @@ async fn publish_inner(
                 classification,
                 residency,
                 scopes: BTreeSet::new(),
-                policy_epoch: api.me.policy_epoch,
+                policy_epoch: policy.as_ref().map_or(0, |p| p.epoch()),
             },
             content_type: CE_JSON.into(),
             payload: Payload::Clear(e.to_payload()),
@@ -895,13 +897,14 @@ async fn routes(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn policy_get(State(api): State<Arc<Api>>) -> Response {
-    let Some(p) = &api.policy else {
+    let Some(applied) = api.policy.current() else {
         return axum::Json(json!({"epoch": 0, "policy": null})).into_response();
     };
+    let p = &applied.policy;
     let b = p.bundle();
     axum::Json(json!({
         "epoch": p.epoch(),
-        "signers": api.policy_signers,
+        "signers": applied.signers,
         "description": b.description,
         "jurisdictions": b.jurisdictions.keys().collect::<Vec<_>>(),
         "classes": b.classes.keys().collect::<Vec<_>>(),
@@ -911,6 +914,24 @@ async fn policy_get(State(api): State<Arc<Api>>) -> Response {
         "stream_rules": b.streams.len(),
     }))
     .into_response()
+}
+
+async fn policy_bundle(State(api): State<Arc<Api>>) -> Response {
+    // The signed bundle in force, byte for byte as the operators signed it: what
+    // `weft policy verify` checks and what a push re-sends.
+    match api.policy.current() {
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_policy",
+            "this node enforces no policy bundle",
+        )
+        .into_response(),
+        Some(a) => (
+            [(axum::http::header::CONTENT_TYPE, "application/cbor")],
+            a.signed.as_ref().clone(),
+        )
+            .into_response(),
+    }
 }
 
 /// Publish authorization and residency stamping under the policy: who may publish to the
@@ -986,7 +1007,7 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
         "members_up": s.members_up,
         "stored_events": s.stored_events,
         "committed_pos": *api.committed.borrow(),
-        "policy_epoch": api.me.policy_epoch,
+        "policy_epoch": api.policy.epoch(),
         "stats": s.stats,
     }))
     .into_response()

@@ -30,6 +30,7 @@ mod inspect;
 mod keys;
 mod metrics;
 mod policy_cli;
+mod policy_state;
 mod regions;
 mod serve;
 mod store;

@@ -112,7 +112,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
             }
             tracing::info!(target: "audit", epoch = verified.policy.epoch(),
                 signers = verified.signers.len(), "policy bundle applied");
-            Some(verified)
+            Some((verified, bytes))
         }
     };
     let me = MemberInfo {
@@ -121,7 +121,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         cloud: raw.cloud.clone(),
         jurisdiction: raw.jurisdiction.clone(),
         addr: config.advertise.to_string(),
-        policy_epoch: policy.as_ref().map_or(0, |p| p.policy.epoch()),
+        policy_epoch: policy.as_ref().map_or(0, |(p, _)| p.policy.epoch()),
         generation,
     };
     let mut trusted = config.trusted.clone();
@@ -132,18 +132,17 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let epoch = Instant::now();
     let mut node = Node::new(me.clone(), mesh, node_seed, store, 0);
     node.set_status(&raw.name, &raw.listen.http.to_string());
-    let (enforced, policy_signers) = match policy {
-        Some(v) => (
-            Some(Arc::new(v.policy)),
-            v.signers.iter().map(hex::encode).collect(),
-        ),
-        None => (None, Vec::new()),
-    };
-    if let Some(p) = &enforced {
+    let applied = policy.map(|(v, signed)| crate::policy_state::Applied {
+        policy: Arc::new(v.policy),
+        signers: v.signers.iter().map(hex::encode).collect(),
+        signed: Arc::new(signed),
+    });
+    if let Some(a) = &applied {
         // Residency on every hop: the core asks the policy before any peer is chosen for a
         // push, an announcement or an anti-entropy batch, and before a relay region.
-        node.set_filter(Box::new(weft_policy::PolicyFilter(p.clone())));
+        node.set_filter(Box::new(weft_policy::PolicyFilter(a.policy.clone())));
     }
+    let policy_state = Arc::new(crate::policy_state::PolicyState::new(applied));
 
     let metrics = Arc::new(Metrics::new());
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
@@ -206,8 +205,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         seeded: !raw.seeds.is_empty() || raw.mdns,
         started: Instant::now(),
         closing: closing_rx,
-        policy: enforced,
-        policy_signers,
+        policy: policy_state,
     });
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await

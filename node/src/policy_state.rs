@@ -1,0 +1,69 @@
+//! The policy in force on this node, swapped atomically when a newer bundle is applied.
+//!
+//! Readers take an `Arc` of the whole applied state (compiled policy, signers, the signed
+//! bundle's bytes) once per request and decide everything under that one epoch; a swap
+//! never leaves a request half under the old rules and half under the new. A `std`
+//! `RwLock` around an `Arc` rather than the `arc-swap` crate: a read is one uncontended
+//! lock and an `Arc` clone per request (not per event), and swaps happen once per epoch.
+
+use std::sync::{Arc, RwLock};
+
+use weft_policy::Policy;
+
+/// A verified bundle in force.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The compiled policy.
+    pub(crate) policy: Arc<Policy>,
+    /// Hex keys of the operators whose signatures were verified.
+    pub(crate) signers: Vec<String>,
+    /// The signed bundle as received (what `weft policy push` relays to the fabric).
+    pub(crate) signed: Arc<Vec<u8>>,
+}
+
+/// The node's policy: none (every principal with a token may do anything) or one applied
+/// bundle.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyState {
+    current: RwLock<Option<Arc<Applied>>>,
+}
+
+impl PolicyState {
+    /// A state holding `applied`.
+    pub(crate) fn new(applied: Option<Applied>) -> Self {
+        Self {
+            current: RwLock::new(applied.map(Arc::new)),
+        }
+    }
+
+    /// The bundle in force, if any.
+    pub(crate) fn current(&self) -> Option<Arc<Applied>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The compiled policy in force, if any.
+    pub(crate) fn policy(&self) -> Option<Arc<Policy>> {
+        self.current().map(|a| a.policy.clone())
+    }
+
+    /// The epoch in force (0 without a policy).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.current().map_or(0, |a| a.policy.epoch())
+    }
+
+    #[allow(
+        dead_code,
+        reason = "the fabric-wide push applies bundles through it (next)"
+    )]
+    /// Replaces the bundle in force. The caller has verified it and checked that its epoch
+    /// is newer.
+    pub(crate) fn set(&self, applied: Applied) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(applied));
+    }
+}
