@@ -1035,21 +1035,21 @@ async fn policy_push(
     .into_response())
 }
 
-async fn policy_bundle(State(api): State<Arc<Api>>) -> Response {
+async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Response> {
     // The signed bundle in force, byte for byte as the operators signed it: what
-    // `weft policy verify` checks and what a push re-sends.
+    // `weft policy verify` checks. Authenticated: it lists principals' token hashes.
+    api.authenticate(&headers)?;
     match api.policy.current() {
-        None => ApiError::new(
+        None => Err(api.fail(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_policy",
             "this node enforces no policy bundle",
-        )
-        .into_response(),
-        Some(a) => (
+        ))),
+        Some(a) => Ok((
             [(axum::http::header::CONTENT_TYPE, "application/cbor")],
             a.signed.as_ref().clone(),
         )
-            .into_response(),
+            .into_response()),
     }
 }
 
