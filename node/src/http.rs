@@ -337,7 +337,7 @@ async fn publish_inner(
     })?;
     let media = media_type(&headers);
     if media == WEFT_CBOR {
-        let event = presigned(api, &body, path_stream.as_ref())?;
+        let event = presigned(api, &principal, &body, path_stream.as_ref())?;
         api.metrics
             .publishes
             .get_or_create(&vec![("api", "cbor".to_string())])
@@ -560,7 +560,12 @@ fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
     )))
 }
 
-fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiResult<Event> {
+fn presigned(
+    api: &Api,
+    principal: &Principal,
+    body: &[u8],
+    path_stream: Option<&StreamName>,
+) -> ApiResult<Event> {
     let unverified = weft_fabric::decode(body).map_err(|e| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -591,7 +596,72 @@ fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiRes
             ),
         )));
     }
+    if let Some(policy) = api.policy.policy() {
+        enforce_presigned(api, &policy, principal, &event)?;
+    }
     Ok(event)
+}
+
+/// Policy on an event signed elsewhere: the token's principal must be allowed to publish
+/// it, and the security context its producer signed must be one the policy would stamp
+/// (a known class, at least as restrictive as the stream's, residency within it). A
+/// refusal is a 403, counted and audited with the event id.
+fn enforce_presigned(
+    api: &Api,
+    policy: &weft_policy::Policy,
+    principal: &Principal,
+    event: &Event,
+) -> ApiResult<()> {
+    let security = event.security();
+    let decision = policy.authorize(&weft_policy::AccessRequest {
+        principal: &principal.name,
+        action: weft_policy::Action::Publish,
+        stream: event.stream(),
+        tenant: &principal.tenant,
+        classification: Some(&security.classification),
+        region: &api.me.region,
+    });
+    if !decision.allowed {
+        tracing::warn!(target: "audit", decision = "deny", reason = "publish_forbidden",
+            principal = %principal.name, stream = %event.stream().as_str(), event = %event.id(),
+            epoch = policy.epoch(), "pre-signed publish refused by policy: {}", decision.reason);
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "publish_forbidden",
+            format!(
+                "principal {} may not publish to {} (policy epoch {}): {}",
+                principal.name,
+                event.stream().as_str(),
+                policy.epoch(),
+                decision.reason
+            ),
+        )));
+    }
+    let decision = policy.check_presigned(event.stream(), security);
+    if !decision.allowed {
+        let code = match decision.reason {
+            weft_policy::Reason::UnknownClassification { .. } => "unclassified",
+            _ => "residency_wider",
+        };
+        tracing::warn!(target: "audit", decision = "deny", reason = code,
+            principal = %principal.name, stream = %event.stream().as_str(), event = %event.id(),
+            classification = %security.classification, epoch = policy.epoch(),
+            "pre-signed event refused by policy: {}", decision.reason);
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            code,
+            format!(
+                "event {} on {}: classification {:?} with residency {:?} refused by policy epoch {}: {}",
+                event.id(),
+                event.stream().as_str(),
+                security.classification,
+                security.residency,
+                policy.epoch(),
+                decision.reason
+            ),
+        )));
+    }
+    Ok(())
 }
 
 async fn submit(

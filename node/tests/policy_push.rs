@@ -34,25 +34,8 @@ fn specs() -> Vec<Spec> {
     ]
 }
 
-/// Runs `weft` in `dir`; returns (success, stdout + stderr).
-fn weft(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(WEFT)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn weft_ok(dir: &Path, args: &[&str]) -> String {
-    let (ok, text) = weft(dir, args);
+    let (ok, text) = weft_in(dir, args);
     assert!(ok, "weft {args:?}: {text}");
     text
 }
@@ -130,20 +113,6 @@ async fn wait_epoch(c: &Cluster, i: usize, want: u64, within: Duration) {
     }
 }
 
-/// The value of `weft_rejected_total{reason="..."}` on node `i`.
-async fn rejected(c: &Cluster, i: usize, reason: &str) -> u64 {
-    let text = reqwest::get(c.url(i, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let needle = format!("weft_rejected_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 async fn push(c: &Cluster, i: usize, token: &str, body: Vec<u8>) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(c.url(i, "/v1/policy"))
@@ -160,20 +129,8 @@ async fn push(c: &Cluster, i: usize, token: &str, body: Vec<u8>) -> (u16, Value)
 #[test]
 fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
     rt().block_on(async {
-        let ops = std::env::temp_dir().join(format!("weft-it-push-ops-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&ops);
-        std::fs::create_dir_all(&ops).unwrap();
-        let mut operators = Vec::new();
-        for k in ["op1", "op2", "rogue"] {
-            let out = weft_ok(&ops, &["keygen", "--out", &format!("{k}.key")]);
-            operators.push(
-                out.lines()
-                    .find_map(|l| l.strip_prefix("public key: "))
-                    .unwrap()
-                    .trim()
-                    .to_string(),
-            );
-        }
+        let ops = Operators::new("policy-push", &["op1", "op2", "rogue"]);
+        let operators = &ops.keys;
         // A second principal, not an admin.
         let reader_token = "reader-token-for-the-push-test";
         let reader_hash = hex::encode(sha2::Sha256::digest(reader_token.as_bytes()));
@@ -192,31 +149,17 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
         .unwrap();
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let sign = |epoch: u64, keys: &[&str], out: &str| -> Vec<u8> {
-            std::fs::write(
-                ops.join(format!("e{epoch}.toml")),
-                bundle(epoch, &c.keys, &token_sha256),
-            )
-            .unwrap();
-            let out = ops.join(out);
-            let _ = std::fs::remove_file(&out);
-            let mut args = vec!["policy", "sign"];
-            for k in keys {
-                args.extend(["--key", k]);
-            }
-            let toml = format!("e{epoch}.toml");
-            args.extend(["--out", out.to_str().unwrap(), &toml]);
-            weft_ok(&ops, &args);
-            std::fs::read(out).unwrap()
+            ops.sign(&bundle(epoch, &c.keys, &token_sha256), keys, out)
         };
         std::fs::write(
             c.dir.join("policy.cbor"),
-            sign(3, &["op1.key", "op2.key"], "e3.cbor"),
+            sign(3, &["op1", "op2"], "e3.cbor"),
         )
         .unwrap();
-        sign(4, &["op1.key", "op2.key"], "e4.cbor");
-        sign(2, &["op1.key", "op2.key"], "e2.cbor");
-        let rogue = sign(7, &["rogue.key"], "rogue.cbor");
-        let one_signer = sign(5, &["op1.key"], "e5.cbor");
+        sign(4, &["op1", "op2"], "e4.cbor");
+        sign(2, &["op1", "op2"], "e2.cbor");
+        let rogue = sign(7, &["rogue"], "rogue.cbor");
+        let one_signer = sign(5, &["op1"], "e5.cbor");
 
         c.start_all();
         c.wait_meshed().await;
@@ -230,7 +173,7 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
         c.kill9(2);
         let node0 = c.nodes[0].http.clone();
         let out = weft_ok(
-            &ops,
+            &ops.dir,
             &[
                 "policy",
                 "push",
@@ -255,8 +198,8 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
         // `weft policy status` sees every node at 4 once the gossiped status catches up.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (ok, out) = weft(
-                &ops,
+            let (ok, out) = weft_in(
+                &ops.dir,
                 &["policy", "status", "--node", &node0, "--expect", "4"],
             );
             if ok {
@@ -269,8 +212,8 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
         }
 
         // Refusals at the push, each with its own reason, counted.
-        let e4 = std::fs::read(ops.join("e4.cbor")).unwrap();
-        let e2 = std::fs::read(ops.join("e2.cbor")).unwrap();
+        let e4 = std::fs::read(ops.dir.join("e4.cbor")).unwrap();
+        let e2 = std::fs::read(ops.dir.join("e2.cbor")).unwrap();
         for (name, token, body, status, reason) in [
             ("same epoch", c.token.as_str(), e4, 409, "bundle_rollback"),
             ("older epoch", c.token.as_str(), e2, 409, "bundle_rollback"),
@@ -292,7 +235,7 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
             (
                 "not an admin",
                 reader_token,
-                std::fs::read(ops.join("e4.cbor")).unwrap(),
+                std::fs::read(ops.dir.join("e4.cbor")).unwrap(),
                 403,
                 "not_admin",
             ),
@@ -338,6 +281,5 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
         c.start(0);
         c.wait_healthy(0).await;
         assert_eq!(epoch(&c, 0).await, Some(5));
-        let _ = std::fs::remove_dir_all(&ops);
     });
 }
