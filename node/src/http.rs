@@ -70,6 +70,8 @@ pub(crate) struct Api {
     /// The policy this node enforces, if any; swapped atomically when a newer bundle
     /// arrives. Take it once per request (`api.policy.policy()` or `.current()`).
     pub(crate) policy: Arc<crate::policy_state::PolicyState>,
+    /// Egress transforms' state on the publish path (`egress.rs`).
+    pub(crate) egress: crate::egress::Egress,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -150,7 +152,7 @@ impl Api {
         }
     }
 
-    fn with_reader<T>(&self, f: impl FnOnce(&StoreReader) -> ApiResult<T>) -> ApiResult<T> {
+    pub(crate) fn with_reader<T>(&self, f: impl FnOnce(&StoreReader) -> ApiResult<T>) -> ApiResult<T> {
         let reader = self.readers.lock().ok().and_then(|mut r| r.pop());
         let reader = match reader {
             Some(r) => r,
@@ -452,6 +454,7 @@ async fn publish_inner(
                 regions: vec![],
                 regions_min: 0,
                 complete: true,
+                derived: Vec::new(),
             },
             true,
         ));
@@ -482,8 +485,14 @@ async fn publish_inner(
             events.push(Arc::new(event));
         }
         p.next_seq = base + events.len() as u64;
+        // Egress transforms: derivatives signed right after their sources, sent with them.
+        let derived = match &policy {
+            Some(policy) => crate::egress::derive(&api2, policy, &events, &mut p),
+            None => Vec::new(),
+        };
         permit.send(Command::Publish {
             events,
+            derived,
             ack,
             dedup,
             started,
@@ -547,6 +556,13 @@ fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiRes
         ))
     })?;
     check_stored(api, event.stream())?;
+    crate::egress::check_presigned(&event).map_err(|m| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_content_type",
+            m,
+        ))
+    })?;
     if let Some(s) = path_stream
         && event.stream() != s
     {
@@ -571,13 +587,8 @@ async fn submit(
     started: Instant,
 ) -> ApiResult<Response> {
     let (reply, rx) = tokio::sync::oneshot::channel();
-    reserve(api)?.send(Command::Publish {
-        events,
-        ack,
-        dedup,
-        started,
-        reply,
-    });
+    let permit = reserve(api)?;
+    crate::egress::send_presigned(api, permit, events, dedup, ack, started, reply).await;
     let out = wait_published(api, rx).await?;
     Ok(published_response(&out, out.complete))
 }
@@ -912,6 +923,7 @@ async fn policy_get(State(api): State<Arc<Api>>) -> Response {
         "principals": b.principals.len(),
         "access_rules": b.access.len(),
         "stream_rules": b.streams.len(),
+        "transforms": crate::egress::view(p),
     }))
     .into_response()
 }
