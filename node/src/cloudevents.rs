@@ -1503,12 +1503,43 @@ mod tests {
     fn render_overwrites_spoofed_weft_attributes() {
         let body = with(json!({
             "weftprincipal": "root", "weftsealed": true, "weftseq": 1, "weftstream": "x.y",
+            "weftlineage": "{\"sources\":[]}",
         }));
         let rendered = render(&stored(&parse_structured(&body).unwrap()));
+        assert!(
+            !rendered.contains_key("weftlineage"),
+            "only derived events carry lineage"
+        );
         assert_eq!(rendered["weftprincipal"], json!("svc-orders"));
         assert_eq!(rendered["weftseq"], json!(42));
         assert_eq!(rendered["weftstream"], json!("orders.eu"));
         assert!(!rendered.contains_key("weftsealed"));
+    }
+
+    #[test]
+    fn render_gives_a_derived_event_its_data_and_lineage() {
+        let payload = json!({"data": {"email": "sha256:00"},
+            "lineage": {"transform": "masked", "policy_epoch": 3, "sources": ["ab"]}});
+        let event = sign(
+            crate::egress::DERIVED_CONTENT_TYPE,
+            Payload::Clear(payload.to_string().into_bytes()),
+            None,
+        );
+        let r = render(&event);
+        assert_eq!(r["data"], json!({"email": "sha256:00"}));
+        assert_eq!(r["source"], json!("weft:transform/masked"));
+        assert_eq!(r["id"], json!(event.id().to_string()));
+        let lineage: Value = serde_json::from_str(r["weftlineage"].as_str().unwrap()).unwrap();
+        assert_eq!(lineage, payload["lineage"]);
+        assert_eq!(r["weftid"], json!(event.id().to_string()));
+        // A derived content type whose payload is not a derived payload: synthesized, no
+        // lineage.
+        let odd = sign(
+            crate::egress::DERIVED_CONTENT_TYPE,
+            Payload::Clear(b"[1]".to_vec()),
+            None,
+        );
+        assert!(!render(&odd).contains_key("weftlineage"));
     }
 
     #[test]

@@ -791,6 +791,174 @@ mod tests {
             .unwrap()
     }
 
+    const WINDOW_MS: u64 = 10_000;
+    const T0: u64 = 1_700_000_000_000;
+
+    fn state() -> Arc<PolicyState> {
+        let bundle = weft_policy::Bundle::from_toml(
+            r#"format = 1
+epoch = 2
+[jurisdictions.EU]
+regions = ["aws:eu-west-1"]
+[classes.eu]
+jurisdictions = ["EU"]
+transit = "forbidden"
+[classes.public]
+anywhere = true
+[[streams]]
+pattern = "customers.eu.>"
+classification = "eu"
+replication = "all"
+[transforms.per-country]
+source = "customers.eu.>"
+target = "customers.global.per-country"
+classification = "public"
+aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
+"#,
+        )
+        .unwrap();
+        let policy = Arc::new(Policy::compile(&bundle).unwrap());
+        Arc::new(PolicyState::new(Some(crate::policy_state::Applied {
+            policy,
+            signers: Vec::new(),
+            signed: Arc::new(Vec::new()),
+        })))
+    }
+
+    fn profile(seq: u64, tenant: &str, country: &str, ltv: u64) -> Event {
+        Signer::from_secret(&[8; 32])
+            .sign(EventDraft {
+                stream: StreamName::new("customers.eu.profiles").unwrap(),
+                key: None,
+                seq,
+                hlc: Hlc::new(T0, 0).unwrap(),
+                security: SecurityContext {
+                    tenant: tenant.into(),
+                    principal: "p".into(),
+                    classification: "eu".into(),
+                    residency: Residency::Unrestricted,
+                    scopes: Default::default(),
+                    policy_epoch: 2,
+                },
+                content_type: "application/json".into(),
+                payload: Payload::Clear(
+                    json!({"country": country, "ltv": ltv, "email": "x@example.eu"})
+                        .to_string()
+                        .into_bytes(),
+                ),
+                trace: None,
+            })
+            .unwrap()
+    }
+
+    fn aggregator() -> (Aggregator, mpsc::Receiver<Vec<Pending>>, Arc<Metrics>) {
+        let (tx, rx) = mpsc::channel(FLUSH_QUEUE_LEN_MAX);
+        let metrics = Arc::new(Metrics::new());
+        (Aggregator::new(state(), tx, metrics.clone()), rx, metrics)
+    }
+
+    fn failures(metrics: &Metrics, reason: &str) -> u64 {
+        metrics
+            .egress_failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .get()
+    }
+
+    /// (tenant, country) -> (count, sum.ltv) over summaries.
+    fn totals(batches: &[Vec<Pending>]) -> BTreeMap<(String, String), (u64, f64)> {
+        let mut out = BTreeMap::new();
+        for p in batches.iter().flatten() {
+            let data = &p.derived.payload["data"];
+            let e = out
+                .entry((p.tenant.clone(), data["country"].as_str().unwrap().to_string()))
+                .or_insert((0, 0.0));
+            e.0 += data["count"].as_u64().unwrap();
+            e.1 += data["sum.ltv"].as_f64().unwrap();
+        }
+        out
+    }
+
+    fn take(rx: &mut mpsc::Receiver<Vec<Pending>>) -> Vec<Vec<Pending>> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn windows_are_per_tenant_and_close_at_their_end() {
+        let (mut agg, mut rx, metrics) = aggregator();
+        let t = T0 + 3_000;
+        agg.add(&profile(1, "acme", "IE", 10), t);
+        agg.add(&profile(2, "acme", "IE", 5), t + 1);
+        agg.add(&profile(3, "acme", "DE", 7), t + 2);
+        agg.add(&profile(4, "globex", "IE", 100), t + 3);
+        assert_eq!(metrics.egress_windows.get(), 2, "one window per tenant");
+        agg.tick(T0 + WINDOW_MS - 1);
+        assert!(take(&mut rx).is_empty(), "closed before its end");
+        agg.tick(T0 + WINDOW_MS);
+        let batches = take(&mut rx);
+        assert_eq!(batches.len(), 2);
+        let want = BTreeMap::from([
+            (("acme".into(), "DE".into()), (1, 7.0)),
+            (("acme".into(), "IE".into()), (2, 15.0)),
+            (("globex".into(), "IE".into()), (1, 100.0)),
+        ]);
+        assert_eq!(totals(&batches), want, "tenants never share a summary");
+        for p in batches.iter().flatten() {
+            assert_eq!(p.derived.stream.as_str(), "customers.global.per-country");
+            assert_eq!(p.derived.payload["lineage"]["window_start_ms"], T0);
+            assert!(p.derived.payload["data"].get("email").is_none());
+        }
+        assert_eq!(metrics.egress_windows.get(), 0);
+        assert_eq!(metrics.egress_window_bytes.get(), 0);
+    }
+
+    #[test]
+    fn the_next_window_closes_the_previous_one_and_drain_closes_all() {
+        let (mut agg, mut rx, _) = aggregator();
+        agg.add(&profile(1, "acme", "IE", 1), T0);
+        agg.add(&profile(2, "acme", "IE", 2), T0 + WINDOW_MS);
+        let first = take(&mut rx);
+        assert_eq!(totals(&first)[&("acme".into(), "IE".into())], (1, 1.0));
+        let rest = agg.drain();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].derived.payload["lineage"]["window_start_ms"], T0 + WINDOW_MS);
+        assert!(agg.drain().is_empty());
+    }
+
+    #[test]
+    fn open_windows_are_bounded_and_a_refusal_is_counted() {
+        let (mut agg, _rx, metrics) = aggregator();
+        for i in 0..=WINDOWS_MAX as u64 {
+            agg.add(&profile(i + 1, &format!("t{i}"), "IE", 1), T0);
+        }
+        assert_eq!(metrics.egress_windows.get(), WINDOWS_MAX as i64);
+        assert_eq!(failures(&metrics, "windows_full"), 1);
+    }
+
+    #[test]
+    fn a_window_at_its_group_limit_closes_early_and_nothing_is_lost() {
+        let (mut agg, mut rx, metrics) = aggregator();
+        let max = weft_policy::limits::AGGREGATE_GROUPS_MAX;
+        for i in 0..=max as u64 {
+            agg.add(&profile(i + 1, "acme", &format!("c{i}"), 1), T0);
+        }
+        let early = take(&mut rx);
+        assert_eq!(early.iter().map(Vec::len).sum::<usize>(), max);
+        let rest = agg.drain();
+        assert_eq!(rest.len(), 1);
+        let all = totals(&[early.into_iter().flatten().chain(rest).collect()]);
+        assert_eq!(all.len(), max + 1);
+        assert!(all.values().all(|&(n, s)| n == 1 && s == 1.0));
+        assert_eq!(failures(&metrics, "windows_full"), 0);
+    }
+
+    #[test]
+    fn a_source_that_is_not_json_is_counted_not_added() {
+        let (mut agg, _rx, metrics) = aggregator();
+        agg.add(&event("text/plain", b"hello"), T0);
+        assert_eq!(failures(&metrics, "not_json"), 1);
+        assert!(agg.drain().is_empty());
+    }
+
     #[test]
     fn source_json_reads_cloudevent_data_or_a_json_payload() {
         let ce = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"a":1}}"#;
