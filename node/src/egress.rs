@@ -144,7 +144,10 @@ impl std::fmt::Display for Failure {
                 "the flusher's queue is full (FLUSH_QUEUE_LEN_MAX {FLUSH_QUEUE_LEN_MAX})"
             ),
             Failure::DroppedAtShutdown => {
-                write!(f, "the node stopped before the window's summaries committed")
+                write!(
+                    f,
+                    "the node stopped before the window's summaries committed"
+                )
             }
         }
     }
@@ -420,7 +423,10 @@ pub(crate) async fn send_presigned(
 /// `datacontenttype` = `application/json`, `time` from the HLC, `data` = the derived data;
 /// and the lineage as compact JSON text (for `weftlineage`). `None` if the payload is not
 /// a derived payload.
-pub(crate) fn render_derived(event: &EventData, bytes: &[u8]) -> Option<(Map<String, Value>, String)> {
+pub(crate) fn render_derived(
+    event: &EventData,
+    bytes: &[u8],
+) -> Option<(Map<String, Value>, String)> {
     let Value::Object(mut payload) = serde_json::from_slice::<Value>(bytes).ok()? else {
         return None;
     };
@@ -569,11 +575,20 @@ impl Aggregator {
             let window_ms = t.window_s().unwrap_or(1).saturating_mul(1000).max(1);
             let start_ms = now_ms - now_ms % window_ms;
             let key = (policy.epoch(), t.name().to_string(), tenant.clone());
-            if self.windows.get(&key).is_some_and(|w| w.start_ms != start_ms) {
+            if self
+                .windows
+                .get(&key)
+                .is_some_and(|w| w.start_ms != start_ms)
+            {
                 self.close(&key);
             }
             if !self.windows.contains_key(&key) && self.windows.len() >= WINDOWS_MAX {
-                fail(&self.metrics, &Failure::WindowsFull, t.name(), &id.to_string());
+                fail(
+                    &self.metrics,
+                    &Failure::WindowsFull,
+                    t.name(),
+                    &id.to_string(),
+                );
                 continue;
             }
             let mut attempt = 0;
@@ -667,7 +682,12 @@ impl Aggregator {
                 mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
             };
             for p in &batch {
-                fail(&self.metrics, &Failure::FlushQueueFull, &p.transform, "window");
+                fail(
+                    &self.metrics,
+                    &Failure::FlushQueueFull,
+                    &p.transform,
+                    "window",
+                );
             }
         }
     }
@@ -696,10 +716,19 @@ async fn publish_pending(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut derived = Vec::with_capacity(batch.len());
         for pending in batch {
-            match sign_derived(&api2, &mut p, &pending.policy, &pending.tenant, pending.derived)
-            {
+            match sign_derived(
+                &api2,
+                &mut p,
+                &pending.policy,
+                &pending.tenant,
+                pending.derived,
+            ) {
                 Ok(event) => {
-                    Metrics::inc(&api2.metrics.egress_derived, "transform", &pending.transform);
+                    Metrics::inc(
+                        &api2.metrics.egress_derived,
+                        "transform",
+                        &pending.transform,
+                    );
                     derived.push(event);
                 }
                 Err(f) => fail(&api2.metrics, &f, &pending.transform, "window"),
@@ -752,7 +781,10 @@ pub(crate) async fn flush_at_shutdown(api: &Arc<Api>) {
     match tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, work).await {
         Ok(Some((n, committed))) if committed == n => {
             if n > 0 {
-                tracing::info!(summaries = n, "open aggregation windows flushed at shutdown");
+                tracing::info!(
+                    summaries = n,
+                    "open aggregation windows flushed at shutdown"
+                );
             }
         }
         Ok(Some((n, committed))) => {
@@ -870,7 +902,10 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
         for p in batches.iter().flatten() {
             let data = &p.derived.payload["data"];
             let e = out
-                .entry((p.tenant.clone(), data["country"].as_str().unwrap().to_string()))
+                .entry((
+                    p.tenant.clone(),
+                    data["country"].as_str().unwrap().to_string(),
+                ))
                 .or_insert((0, 0.0));
             e.0 += data["count"].as_u64().unwrap();
             e.1 += data["sum.ltv"].as_f64().unwrap();
@@ -920,7 +955,10 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
         assert_eq!(totals(&first)[&("acme".into(), "IE".into())], (1, 1.0));
         let rest = agg.drain();
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].derived.payload["lineage"]["window_start_ms"], T0 + WINDOW_MS);
+        assert_eq!(
+            rest[0].derived.payload["lineage"]["window_start_ms"],
+            T0 + WINDOW_MS
+        );
         assert!(agg.drain().is_empty());
     }
 
@@ -989,7 +1027,11 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
                 br#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#,
                 "no data",
             ),
-            (crate::cloudevents::CE_JSON, b"{not json", "stored CloudEvent"),
+            (
+                crate::cloudevents::CE_JSON,
+                b"{not json",
+                "stored CloudEvent",
+            ),
         ];
         for (ct, payload, want) in cases {
             let f = source_json(&event(ct, payload)).unwrap_err();

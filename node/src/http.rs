@@ -152,7 +152,10 @@ impl Api {
         }
     }
 
-    pub(crate) fn with_reader<T>(&self, f: impl FnOnce(&StoreReader) -> ApiResult<T>) -> ApiResult<T> {
+    pub(crate) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&StoreReader) -> ApiResult<T>,
+    ) -> ApiResult<T> {
         let reader = self.readers.lock().ok().and_then(|mut r| r.pop());
         let reader = match reader {
             Some(r) => r,

@@ -176,7 +176,7 @@ fn profile(i: usize) -> Value {
         "email": format!("ada.{i}@example.eu"),
         "phone": format!("+353 1 555 01{i:02}"),
         "address": format!("{i} Liffey Quay, Dublin"),
-        "country": if i % 2 == 0 { "IE" } else { "DE" },
+        "country": if i.is_multiple_of(2) { "IE" } else { "DE" },
         "ltv": 100 + i,
     })
 }
@@ -224,16 +224,17 @@ async fn sse_text(c: &Cluster, i: usize, stream: &str, window: Duration) -> Stri
     assert_eq!(resp.status(), 200, "subscribe at node {i}");
     let mut text = String::new();
     let deadline = Instant::now() + window;
-    while let Ok(Ok(Some(chunk))) =
-        tokio::time::timeout_at(deadline.into(), resp.chunk()).await
-    {
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline.into(), resp.chunk()).await {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     text
 }
 
 fn db_path(c: &Cluster, i: usize) -> PathBuf {
-    c.dir.join("data").join(c.nodes[i].spec.name).join("weft.db")
+    c.dir
+        .join("data")
+        .join(c.nodes[i].spec.name)
+        .join("weft.db")
 }
 
 /// Which `needles` occur anywhere in node `i`'s SQLite store: every column of every row
@@ -612,17 +613,26 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
 
         // Exactly once fabric-wide: only the ingress node derived; the failures counted.
         let m = metrics(&c, eu_a).await;
-        let derived_masked = metric(&m, "weft_egress_derived_total{transform=\"profiles-masked\"}");
+        let derived_masked = metric(
+            &m,
+            "weft_egress_derived_total{transform=\"profiles-masked\"}",
+        );
         assert_eq!(derived_masked, Some(json_sources as f64), "{m}");
         assert_eq!(
             metric(&m, "weft_egress_failures_total{reason=\"not_json\"}"),
             Some(3.0),
             "one per transform reading the stream: {m}"
         );
-        assert!(c.log(eu_a).contains("egress transform failed"), "not audited");
+        assert!(
+            c.log(eu_a).contains("egress transform failed"),
+            "not audited"
+        );
         for i in [eu_b, us, ap] {
             let m = metrics(&c, i).await;
-            assert!(!m.contains("weft_egress_derived_total{"), "node {i} derived: {m}");
+            assert!(
+                !m.contains("weft_egress_derived_total{"),
+                "node {i} derived: {m}"
+            );
         }
 
         // Give anti-entropy (every 2 s) several rounds to (wrongly) repair, then look for
@@ -630,26 +640,44 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         let settle = Duration::from_secs(6).saturating_sub(published.elapsed());
         tokio::time::sleep(settle).await;
         for &i in &outside {
-            assert_eq!(c.ids(i, SOURCE).await, Some(vec![]), "node {i} lists EU events");
+            assert_eq!(
+                c.ids(i, SOURCE).await,
+                Some(vec![]),
+                "node {i} lists EU events"
+            );
             for id in &sources {
-                let r = http.get(c.url(i, &format!("/v1/events/{id}"))).send().await.unwrap();
+                let r = http
+                    .get(c.url(i, &format!("/v1/events/{id}")))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 404, "node {i} serves EU event {id}");
             }
         }
         let control = sse_text(&c, eu_b, SOURCE, Duration::from_millis(1500)).await;
         for id in &sources {
-            assert!(control.contains(id.as_str()), "SSE at eu-b lacks {id}: {control}");
+            assert!(
+                control.contains(id.as_str()),
+                "SSE at eu-b lacks {id}: {control}"
+            );
         }
         for &i in &outside {
             let text = sse_text(&c, i, SOURCE, Duration::from_millis(1500)).await;
-            assert!(!text.contains("data:"), "node {i} streams EU events: {text}");
+            assert!(
+                !text.contains("data:"),
+                "node {i} streams EU events: {text}"
+            );
         }
 
         // The stores. Needles: each EU event id as the store keys events (its 32 bytes;
         // the hex text of a source id is expected outside the EU, as the derivatives'
         // lineage) and each clear-text value.
         for (i, want) in [(eu_b, sources.len()), (us, 0), (ap, 0)] {
-            assert_eq!(stored_ids(&c, i, &sources), want, "node {i}: EU events stored");
+            assert_eq!(
+                stored_ids(&c, i, &sources),
+                want,
+                "node {i}: EU events stored"
+            );
         }
         let mut needles: Vec<Vec<u8>> = Vec::new();
         let mut labels: Vec<String> = Vec::new();
@@ -674,15 +702,20 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         for &i in &outside {
             let hits = store_hits(&c, i, &needles);
             let found: Vec<&String> = hits.iter().map(|&k| &labels[k]).collect();
-            assert!(found.is_empty(), "node {i}'s store holds EU data: {found:?}");
+            assert!(
+                found.is_empty(),
+                "node {i}'s store holds EU data: {found:?}"
+            );
             // ... while it does hold the derivatives (the search sees what is there).
             let derived: Vec<Vec<u8>> = events(&c, i, MASKED)
                 .await
                 .iter()
                 .map(|e| hex::decode(e["weftid"].as_str().unwrap()).unwrap())
-                .chain(by_source.values().map(|p| {
-                    expected_hash(&p["email"]).into_bytes()
-                }))
+                .chain(
+                    by_source
+                        .values()
+                        .map(|p| expected_hash(&p["email"]).into_bytes()),
+                )
                 .collect();
             assert_eq!(
                 store_hits(&c, i, &derived).len(),
@@ -694,9 +727,17 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         // An open window is published at a graceful shutdown: one more profile goes into
         // the hourly window, and the node is stopped at once.
         let m = metrics(&c, eu_a).await;
-        assert!(metric(&m, "weft_egress_windows").unwrap_or(0.0) >= 1.0, "{m}");
+        assert!(
+            metric(&m, "weft_egress_windows").unwrap_or(0.0) >= 1.0,
+            "{m}"
+        );
         let (status, body) = c
-            .publish(eu_a, SOURCE, "local", &[json!({"country": "FR", "ltv": 1000})])
+            .publish(
+                eu_a,
+                SOURCE,
+                "local",
+                &[json!({"country": "FR", "ltv": 1000})],
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         let pid = c.nodes[eu_a].child.as_ref().unwrap().id();
@@ -716,7 +757,8 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         };
         assert!(status.success(), "eu-a exit status {status}");
         assert!(
-            c.log(eu_a).contains("aggregation windows flushed at shutdown"),
+            c.log(eu_a)
+                .contains("aggregation windows flushed at shutdown"),
             "{}",
             c.log(eu_a)
         );
