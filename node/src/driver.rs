@@ -499,6 +499,18 @@ impl Driver {
                     .zip(watched)
                     .map(|(e, w)| (w && !self.node.store().contains(&e.id())).then(|| e.clone()))
                     .collect();
+                // Events this node already holds (a producer's retry, a replay): the core
+                // does not push them again, so with `ack=regions:N` they get confirmable
+                // copies below, or they would never be confirmed.
+                let held: Vec<Arc<Event>> = if matches!(ack, Ack::Regions(n) if n > 1) {
+                    events
+                        .iter()
+                        .filter(|e| self.node.store().contains(&e.id()))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let derived_ids: Vec<EventId> = derived.iter().map(|e| e.id()).collect();
                 let sources = events.len();
                 let mut all = events;
@@ -556,6 +568,11 @@ impl Driver {
                     }
                 }
                 self.drain();
+                self.confirm_around_relays(
+                    held.into_iter()
+                        .map(|e| (e.id(), (e, BTreeSet::new())))
+                        .collect(),
+                );
                 let w = Waiting {
                     ids,
                     derived: derived_ok,
