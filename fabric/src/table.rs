@@ -590,217 +590,406 @@ impl Table {
             self.stats.duplicates += 1;
             return Applied::Duplicate;
         }
-        let outcome = match self.strategy {
-            Strategy::Lww => self.apply_lww(w),
-            Strategy::MultiValue => self.apply_mv(w),
-            Strategy::Counter => self.apply_counter(w),
-            Strategy::Set => self.apply_set(w),
-        };
         // Ignored writes count as applied for deduplication: every replica ignores them.
         self.applied.add(&w.dot);
-        match outcome {
-            Applied::Ignored => self.stats.ignored += 1,
-            _ => self.stats.applied += 1,
+        let mut state = self.keys.remove(w.key);
+        let outcome = apply_key(self.strategy, &mut state, w, &mut self.stats);
+        if let Some(state) = state {
+            self.keys.insert(w.key.to_vec(), state);
         }
         outcome
-    }
-
-    fn apply_lww(&mut self, w: &Write<'_>) -> Applied {
-        let value = match w.op {
-            Op::Put {
-                content_type,
-                value,
-                ..
-            } => Some(Value {
-                content_type: content_type.clone(),
-                bytes: value.clone(),
-            }),
-            Op::Delete { .. } => None,
-            _ => return Applied::Ignored,
-        };
-        let new = KeyState::Lww {
-            hlc: w.hlc,
-            dot: w.dot,
-            value,
-        };
-        match self.keys.get_mut(w.key) {
-            Some(KeyState::Lww { hlc, dot, .. }) if (*hlc, *dot) > (w.hlc, w.dot) => {
-                self.stats.lww_lost += 1;
-            }
-            Some(old) => *old = new,
-            None => {
-                self.keys.insert(w.key.to_vec(), new);
-            }
-        }
-        Applied::Applied
-    }
-
-    fn apply_mv(&mut self, w: &Write<'_>) -> Applied {
-        let (ctx, value) = match w.op {
-            Op::Put {
-                content_type,
-                value,
-                ctx,
-            } => (
-                ctx,
-                Some(Value {
-                    content_type: content_type.clone(),
-                    bytes: value.clone(),
-                }),
-            ),
-            Op::Delete { ctx, .. } => (ctx, None),
-            _ => return Applied::Ignored,
-        };
-        let state = self
-            .keys
-            .entry(w.key.to_vec())
-            .or_insert_with(|| KeyState::MultiValue {
-                siblings: BTreeMap::new(),
-                covered: Vv::default(),
-            });
-        let KeyState::MultiValue { siblings, covered } = state else {
-            unreachable!("one strategy per table")
-        };
-        let before = siblings.len();
-        siblings.retain(|d, _| !ctx.covers(d));
-        let resolved = before - siblings.len();
-        self.stats.mv_resolved += resolved as u64;
-        covered.join(ctx);
-        if let Some(value) = value {
-            if covered.covers(&w.dot) {
-                self.stats.superseded_late += 1;
-            } else {
-                if !siblings.is_empty() {
-                    self.stats.mv_siblings += 1;
-                }
-                siblings.insert(w.dot, (w.hlc, value));
-            }
-        }
-        Applied::Applied
-    }
-
-    fn apply_counter(&mut self, w: &Write<'_>) -> Applied {
-        if !matches!(w.op, Op::Add { .. } | Op::Delete { .. }) {
-            return Applied::Ignored;
-        }
-        let state = self
-            .keys
-            .entry(w.key.to_vec())
-            .or_insert_with(|| KeyState::Counter {
-                totals: BTreeMap::new(),
-                reset: BTreeMap::new(),
-            });
-        let KeyState::Counter { totals, reset } = state else {
-            unreachable!("one strategy per table")
-        };
-        match w.op {
-            Op::Add { delta } => {
-                if totals.keys().any(|o| *o != w.dot.origin) {
-                    self.stats.counter_merged += 1;
-                }
-                let t = totals.entry(w.dot.origin).or_default();
-                t.seq = t.seq.max(w.dot.seq);
-                if *delta >= 0 {
-                    t.p = t.p.wrapping_add(*delta as u128);
-                } else {
-                    t.n = t.n.wrapping_add(delta.unsigned_abs() as u128);
-                }
-            }
-            Op::Delete { totals: seen, .. } => {
-                for (o, t) in seen {
-                    let r = reset.entry(*o).or_default();
-                    *r = (*r).max(*t);
-                }
-            }
-            _ => unreachable!("checked above"),
-        }
-        Applied::Applied
-    }
-
-    fn apply_set(&mut self, w: &Write<'_>) -> Applied {
-        if !matches!(
-            w.op,
-            Op::Insert { .. } | Op::Remove { .. } | Op::Delete { .. }
-        ) {
-            return Applied::Ignored;
-        }
-        let state = self
-            .keys
-            .entry(w.key.to_vec())
-            .or_insert_with(|| KeyState::Set {
-                tags: BTreeMap::new(),
-                removed: BTreeMap::new(),
-                cleared: Vv::default(),
-            });
-        let KeyState::Set {
-            tags,
-            removed,
-            cleared,
-        } = state
-        else {
-            unreachable!("one strategy per table")
-        };
-        match w.op {
-            Op::Insert { elements } => {
-                for e in elements {
-                    let gone = cleared.covers(&w.dot)
-                        || removed.get(e).is_some_and(|vv| vv.covers(&w.dot));
-                    if gone {
-                        self.stats.superseded_late += 1;
-                    } else {
-                        tags.entry(e.clone()).or_default().insert(w.dot);
-                    }
-                }
-            }
-            Op::Remove { elements, ctx } => {
-                for e in elements {
-                    let r = removed.entry(e.clone()).or_default();
-                    r.join(ctx);
-                    normalize(r, cleared);
-                    if r.0.is_empty() {
-                        removed.remove(e);
-                    }
-                    if let Some(t) = tags.get_mut(e) {
-                        t.retain(|d| !ctx.covers(d));
-                        if t.is_empty() {
-                            tags.remove(e);
-                        } else {
-                            self.stats.set_add_wins += 1;
-                        }
-                    }
-                }
-            }
-            Op::Delete { ctx, .. } => {
-                cleared.join(ctx);
-                tags.retain(|_, t| {
-                    t.retain(|d| !ctx.covers(d));
-                    !t.is_empty()
-                });
-                // Per-element removals keep only what the key-wide context does not cover
-                // (canonical whatever the order removes and deletes came in).
-                removed.retain(|_, vv| {
-                    normalize(vv, cleared);
-                    !vv.0.is_empty()
-                });
-            }
-            _ => unreachable!("checked above"),
-        }
-        Applied::Applied
     }
 
     /// A SHA-256 digest of the table's state (keys, values, versions and the bookkeeping
     /// that decides later writes): equal on two replicas exactly when their states are.
     pub fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.strategy.as_str().as_bytes());
-        digest_vv(&mut h, &self.applied);
-        h.update((self.keys.len() as u64).to_be_bytes());
-        for (k, s) in &self.keys {
-            digest_bytes(&mut h, k);
-            digest_state(&mut h, s);
-        }
-        h.finalize().into()
+        digest(
+            self.strategy,
+            &self.applied,
+            self.keys.iter().map(|(k, s)| (k.as_slice(), s)),
+        )
     }
+}
+
+/// The digest of a table given as its strategy, what it applied and its keys in ascending
+/// order ([`Table::digest`]; the node computes it over its SQLite rows).
+pub fn digest<'a>(
+    strategy: Strategy,
+    applied: &Vv,
+    keys: impl Iterator<Item = (&'a [u8], &'a KeyState)>,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(strategy.as_str().as_bytes());
+    digest_vv(&mut h, applied);
+    let mut n: u64 = 0;
+    for (k, s) in keys {
+        digest_bytes(&mut h, k);
+        digest_state(&mut h, s);
+        n += 1;
+    }
+    h.update(n.to_be_bytes());
+    h.finalize().into()
+}
+
+// ------------------------------------------------------------------ storage
+
+type WireDot = ([u8; 32], u64);
+
+#[derive(Serialize, Deserialize)]
+enum StoredState {
+    Lww {
+        hlc: u64,
+        dot: WireDot,
+        value: Option<(String, Vec<u8>)>,
+    },
+    MultiValue {
+        siblings: Vec<(WireDot, u64, String, Vec<u8>)>,
+        covered: Vec<WireDot>,
+    },
+    Counter {
+        totals: Vec<([u8; 32], u64, u128, u128)>,
+        reset: Vec<([u8; 32], u64, u128, u128)>,
+    },
+    Set {
+        tags: Vec<(Vec<u8>, Vec<WireDot>)>,
+        removed: Vec<(Vec<u8>, Vec<WireDot>)>,
+        cleared: Vec<WireDot>,
+    },
+}
+
+fn wire_dot(d: &Dot) -> WireDot {
+    (d.origin.0, d.seq)
+}
+
+fn from_wire_dot((o, s): WireDot) -> Dot {
+    Dot {
+        origin: OriginKey(o),
+        seq: s,
+    }
+}
+
+fn wire_vv(vv: &Vv) -> Vec<WireDot> {
+    vv.0.iter().map(|(o, s)| (o.0, *s)).collect()
+}
+
+fn from_wire_vv(v: Vec<WireDot>) -> Vv {
+    Vv(v.into_iter().map(|(o, s)| (OriginKey(o), s)).collect())
+}
+
+fn wire_totals(m: &BTreeMap<OriginKey, Totals>) -> Vec<([u8; 32], u64, u128, u128)> {
+    m.iter().map(|(o, t)| (o.0, t.seq, t.p, t.n)).collect()
+}
+
+fn from_wire_totals(v: Vec<([u8; 32], u64, u128, u128)>) -> BTreeMap<OriginKey, Totals> {
+    v.into_iter()
+        .map(|(o, seq, p, n)| (OriginKey(o), Totals { seq, p, n }))
+        .collect()
+}
+
+impl KeyState {
+    /// The state's compact encoding for a store (postcard), read back by
+    /// [`KeyState::decode`].
+    pub fn encode(&self) -> Vec<u8> {
+        let stored = match self {
+            KeyState::Lww { hlc, dot, value } => StoredState::Lww {
+                hlc: hlc.as_u64(),
+                dot: wire_dot(dot),
+                value: value
+                    .as_ref()
+                    .map(|v| (v.content_type.clone(), v.bytes.clone())),
+            },
+            KeyState::MultiValue { siblings, covered } => StoredState::MultiValue {
+                siblings: siblings
+                    .iter()
+                    .map(|(d, (h, v))| {
+                        (
+                            wire_dot(d),
+                            h.as_u64(),
+                            v.content_type.clone(),
+                            v.bytes.clone(),
+                        )
+                    })
+                    .collect(),
+                covered: wire_vv(covered),
+            },
+            KeyState::Counter { totals, reset } => StoredState::Counter {
+                totals: wire_totals(totals),
+                reset: wire_totals(reset),
+            },
+            KeyState::Set {
+                tags,
+                removed,
+                cleared,
+            } => StoredState::Set {
+                tags: tags
+                    .iter()
+                    .map(|(e, ds)| (e.clone(), ds.iter().map(wire_dot).collect()))
+                    .collect(),
+                removed: removed
+                    .iter()
+                    .map(|(e, vv)| (e.clone(), wire_vv(vv)))
+                    .collect(),
+                cleared: wire_vv(cleared),
+            },
+        };
+        postcard::to_allocvec(&stored).unwrap_or_else(|_| unreachable!("encoding into a Vec"))
+    }
+
+    /// Reads a state written by [`KeyState::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<KeyState, OpError> {
+        let stored: StoredState =
+            postcard::from_bytes(bytes).map_err(|e| OpError::Malformed(e.to_string()))?;
+        Ok(match stored {
+            StoredState::Lww { hlc, dot, value } => KeyState::Lww {
+                hlc: Hlc::from_u64(hlc),
+                dot: from_wire_dot(dot),
+                value: value.map(|(content_type, bytes)| Value {
+                    content_type,
+                    bytes,
+                }),
+            },
+            StoredState::MultiValue { siblings, covered } => KeyState::MultiValue {
+                siblings: siblings
+                    .into_iter()
+                    .map(|(d, h, content_type, bytes)| {
+                        (
+                            from_wire_dot(d),
+                            (
+                                Hlc::from_u64(h),
+                                Value {
+                                    content_type,
+                                    bytes,
+                                },
+                            ),
+                        )
+                    })
+                    .collect(),
+                covered: from_wire_vv(covered),
+            },
+            StoredState::Counter { totals, reset } => KeyState::Counter {
+                totals: from_wire_totals(totals),
+                reset: from_wire_totals(reset),
+            },
+            StoredState::Set {
+                tags,
+                removed,
+                cleared,
+            } => KeyState::Set {
+                tags: tags
+                    .into_iter()
+                    .map(|(e, ds)| (e, ds.into_iter().map(from_wire_dot).collect()))
+                    .collect(),
+                removed: removed
+                    .into_iter()
+                    .map(|(e, vv)| (e, from_wire_vv(vv)))
+                    .collect(),
+                cleared: from_wire_vv(cleared),
+            },
+        })
+    }
+}
+
+/// Applies one write to one key's state (`None`: the key has none yet). The caller has
+/// checked that the write is not a duplicate (per-origin sequence order). This is what a
+/// store that keeps each key's state apart (the node's SQLite tables) calls.
+pub fn apply_key(
+    strategy: Strategy,
+    state: &mut Option<KeyState>,
+    w: &Write<'_>,
+    stats: &mut ConflictStats,
+) -> Applied {
+    let outcome = match strategy {
+        Strategy::Lww => apply_lww(state, w, stats),
+        Strategy::MultiValue => apply_mv(state, w, stats),
+        Strategy::Counter => apply_counter(state, w, stats),
+        Strategy::Set => apply_set(state, w, stats),
+    };
+    match outcome {
+        Applied::Ignored => stats.ignored += 1,
+        _ => stats.applied += 1,
+    }
+    outcome
+}
+
+fn apply_lww(state: &mut Option<KeyState>, w: &Write<'_>, stats: &mut ConflictStats) -> Applied {
+    let value = match w.op {
+        Op::Put {
+            content_type,
+            value,
+            ..
+        } => Some(Value {
+            content_type: content_type.clone(),
+            bytes: value.clone(),
+        }),
+        Op::Delete { .. } => None,
+        _ => return Applied::Ignored,
+    };
+    let new = KeyState::Lww {
+        hlc: w.hlc,
+        dot: w.dot,
+        value,
+    };
+    match state {
+        Some(KeyState::Lww { hlc, dot, .. }) if (*hlc, *dot) > (w.hlc, w.dot) => {
+            stats.lww_lost += 1;
+        }
+        _ => *state = Some(new),
+    }
+    Applied::Applied
+}
+
+fn apply_mv(state: &mut Option<KeyState>, w: &Write<'_>, stats: &mut ConflictStats) -> Applied {
+    let (ctx, value) = match w.op {
+        Op::Put {
+            content_type,
+            value,
+            ctx,
+        } => (
+            ctx,
+            Some(Value {
+                content_type: content_type.clone(),
+                bytes: value.clone(),
+            }),
+        ),
+        Op::Delete { ctx, .. } => (ctx, None),
+        _ => return Applied::Ignored,
+    };
+    let state = state.get_or_insert_with(|| KeyState::MultiValue {
+        siblings: BTreeMap::new(),
+        covered: Vv::default(),
+    });
+    let KeyState::MultiValue { siblings, covered } = state else {
+        // State of another strategy (the stream's strategy changed): the node rebuilds
+        // the table from its log; ignore rather than mix strategies.
+        return Applied::Ignored;
+    };
+    let before = siblings.len();
+    siblings.retain(|d, _| !ctx.covers(d));
+    let resolved = before - siblings.len();
+    stats.mv_resolved += resolved as u64;
+    covered.join(ctx);
+    if let Some(value) = value {
+        if covered.covers(&w.dot) {
+            stats.superseded_late += 1;
+        } else {
+            if !siblings.is_empty() {
+                stats.mv_siblings += 1;
+            }
+            siblings.insert(w.dot, (w.hlc, value));
+        }
+    }
+    Applied::Applied
+}
+
+fn apply_counter(
+    state: &mut Option<KeyState>,
+    w: &Write<'_>,
+    stats: &mut ConflictStats,
+) -> Applied {
+    if !matches!(w.op, Op::Add { .. } | Op::Delete { .. }) {
+        return Applied::Ignored;
+    }
+    let state = state.get_or_insert_with(|| KeyState::Counter {
+        totals: BTreeMap::new(),
+        reset: BTreeMap::new(),
+    });
+    let KeyState::Counter { totals, reset } = state else {
+        // State of another strategy (the stream's strategy changed): the node rebuilds
+        // the table from its log; ignore rather than mix strategies.
+        return Applied::Ignored;
+    };
+    match w.op {
+        Op::Add { delta } => {
+            if totals.keys().any(|o| *o != w.dot.origin) {
+                stats.counter_merged += 1;
+            }
+            let t = totals.entry(w.dot.origin).or_default();
+            t.seq = t.seq.max(w.dot.seq);
+            if *delta >= 0 {
+                t.p = t.p.wrapping_add(*delta as u128);
+            } else {
+                t.n = t.n.wrapping_add(delta.unsigned_abs() as u128);
+            }
+        }
+        Op::Delete { totals: seen, .. } => {
+            for (o, t) in seen {
+                let r = reset.entry(*o).or_default();
+                *r = (*r).max(*t);
+            }
+        }
+        _ => unreachable!("checked above"),
+    }
+    Applied::Applied
+}
+
+fn apply_set(state: &mut Option<KeyState>, w: &Write<'_>, stats: &mut ConflictStats) -> Applied {
+    if !matches!(
+        w.op,
+        Op::Insert { .. } | Op::Remove { .. } | Op::Delete { .. }
+    ) {
+        return Applied::Ignored;
+    }
+    let state = state.get_or_insert_with(|| KeyState::Set {
+        tags: BTreeMap::new(),
+        removed: BTreeMap::new(),
+        cleared: Vv::default(),
+    });
+    let KeyState::Set {
+        tags,
+        removed,
+        cleared,
+    } = state
+    else {
+        // State of another strategy (the stream's strategy changed): the node rebuilds
+        // the table from its log; ignore rather than mix strategies.
+        return Applied::Ignored;
+    };
+    match w.op {
+        Op::Insert { elements } => {
+            for e in elements {
+                let gone =
+                    cleared.covers(&w.dot) || removed.get(e).is_some_and(|vv| vv.covers(&w.dot));
+                if gone {
+                    stats.superseded_late += 1;
+                } else {
+                    tags.entry(e.clone()).or_default().insert(w.dot);
+                }
+            }
+        }
+        Op::Remove { elements, ctx } => {
+            for e in elements {
+                let r = removed.entry(e.clone()).or_default();
+                r.join(ctx);
+                normalize(r, cleared);
+                if r.0.is_empty() {
+                    removed.remove(e);
+                }
+                if let Some(t) = tags.get_mut(e) {
+                    t.retain(|d| !ctx.covers(d));
+                    if t.is_empty() {
+                        tags.remove(e);
+                    } else {
+                        stats.set_add_wins += 1;
+                    }
+                }
+            }
+        }
+        Op::Delete { ctx, .. } => {
+            cleared.join(ctx);
+            tags.retain(|_, t| {
+                t.retain(|d| !ctx.covers(d));
+                !t.is_empty()
+            });
+            // Per-element removals keep only what the key-wide context does not cover
+            // (canonical whatever the order removes and deletes came in).
+            removed.retain(|_, vv| {
+                normalize(vv, cleared);
+                !vv.0.is_empty()
+            });
+        }
+        _ => unreachable!("checked above"),
+    }
+    Applied::Applied
 }
 
 /// Drops the entries of `vv` that `cleared` covers.

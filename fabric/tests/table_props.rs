@@ -313,6 +313,10 @@ fn converge(strategy: Kind, steps: &[Step]) {
         assert_eq!(t.digest(), d0, "replica {i} differs from replica 0");
     }
     check_model(strategy, &run);
+    // The stored form reads back to the same state.
+    for (_, state) in run.tables[0].iter() {
+        assert_eq!(&KeyState::decode(&state.encode()).unwrap(), state);
+    }
 }
 
 proptest! {
