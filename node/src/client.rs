@@ -518,3 +518,175 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
     }
     Ok(behind == 0)
 }
+
+/// The URL of a table or one of its keys (the key percent-encoded as one path segment).
+fn table_url(conn: &Conn, stream: &str, key: Option<&str>) -> anyhow::Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(&conn.url("/v1/tables"))
+        .with_context(|| format!("node URL {}", conn.node))?;
+    {
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("node URL {} cannot take a path", conn.node))?;
+        segments.push(stream);
+        if let Some(k) = key {
+            segments.push(k);
+        }
+    }
+    Ok(url)
+}
+
+fn authed(conn: &Conn, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::RequestBuilder> {
+    Ok(match conn.token()? {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    })
+}
+
+/// How `weft get` prints one key.
+fn print_key(v: &Value) {
+    let show = |x: &Value| match x {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let key = show(&v["key"]);
+    match v["strategy"].as_str().unwrap_or("") {
+        "multi-value" => {
+            let siblings = v["siblings"].as_array().cloned().unwrap_or_default();
+            println!("{key}: {} value(s)", siblings.len());
+            for s in siblings {
+                println!(
+                    "  {}  (writer {}, seq {})",
+                    show(&s["value"]),
+                    &s["writer"].as_str().unwrap_or("")
+                        [..16.min(s["writer"].as_str().unwrap_or("").len())],
+                    s["seq"]
+                );
+            }
+        }
+        "set" => println!(
+            "{key}: {{{}}}",
+            v["elements"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(show)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => println!("{key}: {}", show(&v["value"])),
+    }
+    println!("  version {}", v["version"].as_str().unwrap_or(""));
+}
+
+/// `weft get STREAM [KEY] [--prefix P]`: one key of a table, or its keys.
+pub(crate) fn table_get(
+    conn: &Conn,
+    stream: &str,
+    key: Option<&str>,
+    prefix: Option<&str>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let mut url = table_url(conn, stream, key)?;
+    if let Some(p) = prefix {
+        url.query_pairs_mut().append_pair("prefix", p);
+    }
+    let (status, v) = runtime()?.block_on(async {
+        let resp = authed(conn, reqwest::Client::new().get(url.clone()))?
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND && key.is_some() {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if v["error"]["reason"] == "no_such_key" {
+                return anyhow::Ok((status, v));
+            }
+            bail!("node answered {status}: {}", v["error"]["message"]);
+        }
+        anyhow::Ok((status, check(resp).await?.json::<Value>().await?))
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(status.is_success());
+    }
+    if !status.is_success() {
+        println!(
+            "{}{}",
+            v["error"]["message"].as_str().unwrap_or("no such key"),
+            if v["deleted"] == true {
+                " (deleted)"
+            } else {
+                ""
+            }
+        );
+        return Ok(false);
+    }
+    if key.is_some() {
+        print_key(&v);
+    } else {
+        for k in v["keys"].as_array().into_iter().flatten() {
+            print_key(k);
+        }
+    }
+    Ok(true)
+}
+
+/// What `weft put` writes.
+pub(crate) enum TableWrite {
+    /// lww / multi-value: a value and its content type.
+    Value(String, String),
+    /// counter: add.
+    Add(i64),
+    /// set: insert.
+    Insert(Vec<String>),
+    /// set: remove.
+    Remove(Vec<String>),
+}
+
+/// `weft put` and `weft del`.
+pub(crate) fn table_write(
+    conn: &Conn,
+    stream: &str,
+    key: &str,
+    write: Option<TableWrite>,
+    version: Option<&str>,
+    ack: &str,
+) -> anyhow::Result<()> {
+    if conn.token()?.is_none() {
+        bail!("writing a table needs a token: --token, WEFT_TOKEN or --token-file");
+    }
+    let mut url = table_url(conn, stream, Some(key))?;
+    url.query_pairs_mut().append_pair("ack", ack);
+    if let Some(v) = version {
+        url.query_pairs_mut().append_pair("version", v);
+    }
+    let client = reqwest::Client::new();
+    let req = match write {
+        None => client.delete(url.clone()),
+        Some(TableWrite::Value(value, content_type)) => client
+            .put(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(value),
+        Some(TableWrite::Add(n)) => client.put(url.clone()).json(&serde_json::json!({"add": n})),
+        Some(TableWrite::Insert(e)) => client
+            .put(url.clone())
+            .json(&serde_json::json!({"insert": e})),
+        Some(TableWrite::Remove(e)) => client
+            .put(url.clone())
+            .json(&serde_json::json!({"remove": e})),
+    };
+    let v: Value = runtime()?.block_on(async {
+        let resp = authed(conn, req)?
+            .send()
+            .await
+            .with_context(|| format!("{url}"))?;
+        anyhow::Ok(check(resp).await?.json::<Value>().await?)
+    })?;
+    println!(
+        "ok: event {} (durable here: {}, regions {})",
+        v["ids"][0].as_str().unwrap_or("-"),
+        v["durable_local"],
+        v["regions"]
+    );
+    Ok(())
+}

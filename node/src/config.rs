@@ -61,6 +61,20 @@ pub(crate) struct NodeConfig {
     /// The policy bundle this node enforces (docs/policy.md), if any.
     #[serde(default)]
     pub(crate) policy: Option<PolicyConfig>,
+    /// Keyed tables without a policy (docs/tables.md): with a policy in force, its stream
+    /// rules' `conflict` decide instead.
+    #[serde(default)]
+    pub(crate) tables: Vec<TableConfig>,
+}
+
+/// A stream pattern whose keyed events form tables, and their conflict strategy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TableConfig {
+    /// Stream pattern.
+    pub(crate) pattern: String,
+    /// `lww`, `multi-value`, `counter` or `set`.
+    pub(crate) strategy: String,
 }
 
 /// Where the node's policy comes from and whom it trusts to sign it.
@@ -210,6 +224,8 @@ pub(crate) struct Resolved {
     pub(crate) priorities: crate::transport::Priorities,
     /// Operator trust and the initial bundle's path, when a policy is configured.
     pub(crate) policy: Option<(weft_policy::Trust, Option<PathBuf>)>,
+    /// Tables declared by the config.
+    pub(crate) tables: Vec<(StreamPattern, weft_fabric::table::Strategy)>,
 }
 
 fn field_err(field: &str, what: impl std::fmt::Display) -> anyhow::Error {
@@ -357,7 +373,23 @@ impl NodeConfig {
                 base.join(p)
             }
         };
+        let mut tables = Vec::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let pattern = StreamPattern::new(t.pattern.clone())
+                .map_err(|e| field_err(&format!("tables[{i}].pattern"), e))?;
+            let strategy = crate::tables::parse_strategy(&t.strategy).ok_or_else(|| {
+                field_err(
+                    &format!("tables[{i}].strategy"),
+                    format!(
+                        "{:?} is not a strategy: lww, multi-value, counter or set",
+                        t.strategy
+                    ),
+                )
+            })?;
+            tables.push((pattern, strategy));
+        }
         Ok(Resolved {
+            tables,
             key_path: resolve(&self.key),
             data_dir: resolve(&self.data_dir),
             advertise: self.advertise.unwrap_or(self.listen.mesh),

@@ -244,6 +244,9 @@ pub(crate) struct Driver {
     policy: Option<(weft_policy::Trust, Arc<crate::policy_state::PolicyState>)>,
     /// Egress aggregation windows.
     aggregator: crate::egress::Aggregator,
+    /// Keyed tables: which streams, and conflict counters per strategy.
+    tables: Option<crate::tables::Declared>,
+    table_stats: BTreeMap<&'static str, weft_fabric::table::ConflictStats>,
 }
 
 impl Driver {
@@ -284,6 +287,40 @@ impl Driver {
             priorities,
             policy: None,
             aggregator,
+            tables: None,
+            table_stats: BTreeMap::new(),
+        }
+    }
+
+    /// Materializes keyed tables (`tables.rs`) for the streams `declared` names.
+    pub(crate) fn with_tables(mut self, declared: crate::tables::Declared) -> Self {
+        self.tables = Some(declared);
+        self
+    }
+
+    /// Applies a delivered keyed event to its table, in the step's transaction.
+    fn apply_table(&mut self, event: &Event) {
+        let Some(strategy) = self
+            .tables
+            .as_ref()
+            .and_then(|t| t.strategy(event.stream()))
+        else {
+            return;
+        };
+        let stats = self.table_stats.entry(strategy.as_str()).or_default();
+        let before = *stats;
+        let result = self
+            .node
+            .store_mut()
+            .write_conn()
+            .map_err(|e| e.to_string())
+            .and_then(|conn| crate::tables::apply(conn, strategy, event, stats));
+        match result {
+            Ok(_) => self.metrics.table_writes(strategy.as_str(), &before, stats),
+            Err(e) => {
+                self.metrics.reject("table_apply_failed");
+                warn!(event = %event.id(), error = %e, "applying a table write failed");
+            }
         }
     }
 
@@ -777,6 +814,8 @@ impl Driver {
                         self.metrics.deliveries.inc();
                         if event.stream().as_str() == crate::policy_push::POLICY_STREAM {
                             self.apply_policy(&event);
+                        } else if event.key().is_some() {
+                            self.apply_table(&event);
                         }
                     }
                     Err(e) => {

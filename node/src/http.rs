@@ -74,6 +74,8 @@ pub(crate) struct Api {
     pub(crate) policy_trust: Option<weft_policy::Trust>,
     /// Egress transforms' state on the publish path (`egress.rs`).
     pub(crate) egress: crate::egress::Egress,
+    /// Which streams are keyed tables (`tables.rs`).
+    pub(crate) tables: crate::tables::Declared,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -86,7 +88,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             reason,
@@ -117,16 +123,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 impl Api {
-    fn fail(&self, e: ApiError) -> ApiError {
+    pub(crate) fn fail(&self, e: ApiError) -> ApiError {
         self.metrics.reject(e.reason);
         e
     }
 
     /// The principal of a bearer token.
-    fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Principal> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Principal> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(self.fail(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -181,7 +187,7 @@ impl Api {
 
 /// Runs `f` on a store reader off the async workers. A store failure is a 500
 /// `store_error`, counted.
-async fn read_store<T, F>(api: &Arc<Api>, f: F) -> ApiResult<T>
+pub(crate) async fn read_store<T, F>(api: &Arc<Api>, f: F) -> ApiResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&StoreReader) -> Result<T, weft_fabric::mesh::StoreError> + Send + 'static,
@@ -225,6 +231,13 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/mesh/nodes", get(mesh_nodes))
         .route("/v1/policy", get(policy_get).post(policy_push))
         .route("/v1/policy/bundle", get(policy_bundle))
+        .route("/v1/tables/{stream}", get(crate::tables::list))
+        .route(
+            "/v1/tables/{stream}/{key}",
+            get(crate::tables::get_key)
+                .put(crate::tables::put)
+                .delete(crate::tables::delete),
+        )
         .route("/v1/status", get(status))
         .route("/v1/chaos", get(chaos_get).post(chaos_set))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -474,6 +487,98 @@ async fn publish_inner(
     for (i, id) in known {
         out.ids.insert(i.min(out.ids.len()), id);
     }
+    Ok(published_response(&out, out.complete))
+}
+
+/// Read authorization of one stream under the policy in force (none without a policy):
+/// the token's principal, the stream rule's classification; 403 `read_forbidden`,
+/// counted and audited.
+pub(crate) fn authorize_read(api: &Api, headers: &HeaderMap, stream: &StreamName) -> ApiResult<()> {
+    let Some(policy) = api.policy.policy() else {
+        return Ok(());
+    };
+    let principal = api.authenticate(headers)?;
+    let decision = policy.authorize(&weft_policy::AccessRequest {
+        principal: &principal.name,
+        action: weft_policy::Action::Read,
+        stream,
+        tenant: &principal.tenant,
+        classification: policy
+            .stream_rule(stream)
+            .map(|r| r.classification.as_str()),
+        region: &api.me.region,
+    });
+    if decision.allowed {
+        return Ok(());
+    }
+    tracing::warn!(target: "audit", decision = "deny", reason = "read_forbidden",
+        principal = %principal.name, stream = %stream.as_str(), epoch = policy.epoch(),
+        "read refused by policy: {}", decision.reason);
+    Err(api.fail(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "read_forbidden",
+        format!(
+            "principal {} may not read {} (policy epoch {}): {}",
+            principal.name,
+            stream.as_str(),
+            policy.epoch(),
+            decision.reason
+        ),
+    )))
+}
+
+/// Publishes one keyed event carrying `payload` (a table operation, `tables.rs`) for the
+/// token's principal: the same checks as any publish (stream stored, access rules,
+/// residency stamping, inflight bound), signed by this node, acknowledged at `ack`.
+pub(crate) async fn publish_op(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    stream: StreamName,
+    key: Vec<u8>,
+    content_type: &str,
+    payload: Vec<u8>,
+    ack: Option<&str>,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let ack = match ack {
+        None => Ack::Local,
+        Some(a) => Ack::parse(a)
+            .map_err(|m| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_ack", m)))?,
+    };
+    let principal = api.authenticate(headers)?;
+    let _inflight = api.inflight.clone().try_acquire_owned().map_err(|_| {
+        api.fail(ApiError::overloaded(
+            "too many publishes in progress (limits.publishes_inflight_max); retry shortly",
+        ))
+    })?;
+    check_stored(api, &stream)?;
+    let policy = api.policy.policy();
+    let (classification, residency) = match &policy {
+        None => ("internal".to_string(), Residency::Unrestricted),
+        Some(p) => enforce_publish(api, p, &principal, &stream, 0)?,
+    };
+    let draft = EventDraft {
+        stream,
+        key: Some(key),
+        seq: 0,
+        hlc: weft_fabric::Hlc::new(0, 0).unwrap_or_else(|_| unreachable!("zero HLC")),
+        security: SecurityContext {
+            tenant: principal.tenant.clone(),
+            principal: principal.name.clone(),
+            classification,
+            residency,
+            scopes: BTreeSet::new(),
+            policy_epoch: policy.as_ref().map_or(0, |p| p.epoch()),
+        },
+        content_type: content_type.to_string(),
+        payload: Payload::Clear(payload),
+        trace: None,
+    };
+    api.metrics
+        .publishes
+        .get_or_create(&vec![("api", "table".to_string())])
+        .inc();
+    let out = sign_and_send(api, policy, vec![draft], vec![None], ack, started).await?;
     Ok(published_response(&out, out.complete))
 }
 

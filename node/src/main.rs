@@ -36,6 +36,7 @@ mod policy_state;
 mod regions;
 mod serve;
 mod store;
+mod tables;
 mod tls;
 mod transport;
 mod wire_demo;
@@ -192,6 +193,63 @@ enum Command {
         stream: String,
         /// The event data (JSON or text); `-` or nothing reads lines from standard input.
         data: Option<String>,
+    },
+    /// Read a keyed table (docs/tables.md): one key, or the keys (with --prefix).
+    Get {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        /// The table's stream.
+        stream: String,
+        /// The key.
+        key: Option<String>,
+    },
+    /// Write a key of a table: a value (lww, multi-value), --add N (counter), --insert or
+    /// --remove ELEMENT (set).
+    Put {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Durability before the node answers: none, local or regions:N.
+        #[arg(long, default_value = "local")]
+        ack: String,
+        /// Supersede the versions a read returned (multi-value: resolves siblings).
+        #[arg(long)]
+        version: Option<String>,
+        /// Content type of VALUE.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Counter: add this (negative to subtract).
+        #[arg(long, allow_hyphen_values = true)]
+        add: Option<i64>,
+        /// Set: insert this element (repeat for several).
+        #[arg(long)]
+        insert: Vec<String>,
+        /// Set: remove this element as this node has seen it (repeat for several).
+        #[arg(long)]
+        remove: Vec<String>,
+        /// The table's stream.
+        stream: String,
+        /// The key.
+        key: String,
+        /// The value (lww, multi-value).
+        value: Option<String>,
+    },
+    /// Delete a key of a table (a replicated tombstone; docs/tables.md).
+    Del {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Durability before the node answers: none, local or regions:N.
+        #[arg(long, default_value = "local")]
+        ack: String,
+        /// The table's stream.
+        stream: String,
+        /// The key.
+        key: String,
     },
     /// Follow a stream (Server-Sent Events), printing one CloudEvents JSON per line.
     Tail {
@@ -356,6 +414,53 @@ fn run() -> anyhow::Result<ExitCode> {
             data,
         } => {
             client::publish(&conn, &stream, data, &ack, key, &ty)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get {
+            conn,
+            prefix,
+            json,
+            stream,
+            key,
+        } => {
+            let found = client::table_get(&conn, &stream, key.as_deref(), prefix.as_deref(), json)?;
+            Ok(if found {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Put {
+            conn,
+            ack,
+            version,
+            content_type,
+            add,
+            insert,
+            remove,
+            stream,
+            key,
+            value,
+        } => {
+            let write = match (value, add, insert.is_empty(), remove.is_empty()) {
+                (Some(v), None, true, true) => client::TableWrite::Value(v, content_type),
+                (None, Some(n), true, true) => client::TableWrite::Add(n),
+                (None, None, false, true) => client::TableWrite::Insert(insert),
+                (None, None, true, false) => client::TableWrite::Remove(remove),
+                _ => anyhow::bail!(
+                    "give exactly one of: VALUE (lww, multi-value), --add N (counter), --insert or --remove (set)"
+                ),
+            };
+            client::table_write(&conn, &stream, &key, Some(write), version.as_deref(), &ack)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Del {
+            conn,
+            ack,
+            stream,
+            key,
+        } => {
+            client::table_write(&conn, &stream, &key, None, None, &ack)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail {

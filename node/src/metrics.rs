@@ -51,6 +51,8 @@ pub(crate) struct Metrics {
     pub(crate) policy_epoch: Gauge,
     /// Policy bundles applied since start (pushed, caught up or published here).
     pub(crate) policy_applied: Counter,
+    /// Keyed-table writes and conflict resolutions, by strategy and kind.
+    pub(crate) table_events: Family<Labels, Counter>,
     /// Events derived by egress transforms and handed to the core, by transform.
     pub(crate) egress_derived: Family<Labels, Counter>,
     /// Egress derivations that failed (their sources accepted all the same), by reason.
@@ -96,6 +98,7 @@ impl Metrics {
             ack_seconds: Family::new_with_constructor(latency_histogram),
             subscribers: Gauge::default(),
             egress_derived: Family::default(),
+            table_events: Family::default(),
             egress_failures: Family::default(),
             egress_windows: Gauge::default(),
             egress_window_bytes: Gauge::default(),
@@ -193,6 +196,11 @@ impl Metrics {
             m.policy_applied.clone(),
         );
         registry.register(
+            "table_events",
+            "Keyed-table writes (applied, duplicate, ignored) and conflicts resolved, by strategy and kind",
+            m.table_events.clone(),
+        );
+        registry.register(
             "egress_derived",
             "Events derived by egress transforms, by transform",
             m.egress_derived.clone(),
@@ -213,6 +221,45 @@ impl Metrics {
             m.egress_window_bytes.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// Counts what one table write did: the difference between two snapshots of a
+    /// strategy's conflict counters.
+    pub(crate) fn table_writes(
+        &self,
+        strategy: &str,
+        before: &weft_fabric::table::ConflictStats,
+        after: &weft_fabric::table::ConflictStats,
+    ) {
+        let pairs = [
+            ("applied", before.applied, after.applied),
+            ("duplicate", before.duplicates, after.duplicates),
+            ("ignored", before.ignored, after.ignored),
+            ("lww_lost", before.lww_lost, after.lww_lost),
+            ("mv_siblings", before.mv_siblings, after.mv_siblings),
+            ("mv_resolved", before.mv_resolved, after.mv_resolved),
+            (
+                "superseded_late",
+                before.superseded_late,
+                after.superseded_late,
+            ),
+            (
+                "counter_merged",
+                before.counter_merged,
+                after.counter_merged,
+            ),
+            ("set_add_wins", before.set_add_wins, after.set_add_wins),
+        ];
+        for (kind, b, a) in pairs {
+            if a > b {
+                self.table_events
+                    .get_or_create(&vec![
+                        ("strategy", strategy.to_string()),
+                        ("kind", kind.to_string()),
+                    ])
+                    .inc_by(a - b);
+            }
+        }
     }
 
     /// Counts a refusal.

@@ -203,6 +203,11 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     if let Some(trust) = &trust {
         driver = driver.with_policy(trust.clone(), policy_state.clone());
     }
+    let tables = crate::tables::Declared {
+        config: config.tables.clone(),
+        policy: policy_state.clone(),
+    };
+    driver = driver.with_tables(tables.clone());
     let driver_task = tokio::spawn(driver.run(mesh_rx, cmd_rx, shutdown_rx, known_peers));
 
     let api = Arc::new(Api {
@@ -233,6 +238,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         policy: policy_state,
         policy_trust: trust,
         egress: crate::egress::Egress::default(),
+        tables: tables.clone(),
     });
     tokio::spawn(crate::egress::run_flusher(api.clone(), flush_rx));
     let api_at_shutdown = api.clone();

@@ -521,6 +521,8 @@ impl SqliteStore {
             .map_err(sqlite)?;
             tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "created store");
         }
+        // Keyed tables' materialized state (added after version 1; created when missing).
+        conn.execute_batch(crate::tables::SCHEMA).map_err(sqlite)?;
         let state = load(&conn).map_err(|source| OpenError::Load {
             path: path.clone(),
             source,
@@ -803,6 +805,14 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// The connection inside the open write transaction (begun if needed), for the keyed
+    /// tables' rows (`tables.rs`): committed with everything else of the driver's step.
+    pub(crate) fn write_conn(&mut self) -> Result<&Connection, StoreError> {
+        self.begin_write()?;
+        self.tx_writes += 1;
+        Ok(&self.conn)
+    }
+
     /// The event a CloudEvent `(principal, source, ce_id)` was published as, if recorded.
     pub(crate) fn ce_dedup_get(
         &self,
@@ -1072,6 +1082,11 @@ fn ce_dedup_lookup(
 }
 
 impl StoreReader {
+    /// The connection (committed data only), for the keyed tables' reads.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The event a CloudEvent (principal, source, id) was published as, if committed.
     pub(crate) fn ce_dedup_get(
         &self,

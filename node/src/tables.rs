@@ -1,0 +1,707 @@
+//! Keyed tables in the node (issue 7, `docs/tables.md`): streams declared as tables (by
+//! the policy's stream rules, `conflict = ...`, or the config's `[[tables]]` without a
+//! policy) get per-key state materialized on every node that stores them, resolved by the
+//! pure strategies of `weft_fabric::table`.
+//!
+//! The driver applies each keyed event of a table stream when it is delivered to the log
+//! (per-origin order, exactly once per store), in the same transaction as the log append:
+//! the table never runs ahead of, or behind, the committed log. A key's state is a row
+//! (`table_keys`); what each origin has written to the table is `table_applied`; the
+//! strategy a table was built with is `table_meta`, and a table whose strategy changes
+//! (a new policy epoch) is rebuilt from the log, identically on every node.
+//!
+//! Reads (`GET /v1/tables/...`) go to a committed-data reader; writes (`PUT`, `DELETE`)
+//! are ordinary keyed events carrying a `weft_fabric::table::Op`, published through the
+//! usual path (authorization, residency stamping, signing, acks).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use weft_fabric::table::{
+    self, Applied, ConflictStats, Dot, KeyState, Op, Strategy, Totals, Vv, Write,
+};
+use weft_fabric::{Event, OriginKey, Payload, StreamName, StreamPattern};
+
+use crate::http::{Api, ApiError, ApiResult};
+use crate::policy_state::PolicyState;
+use weft_fabric::mesh::StoreError;
+
+/// The tables' schema (idempotent; run at every open).
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS table_keys (
+    stream TEXT NOT NULL,
+    key BLOB NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (stream, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS table_applied (
+    stream TEXT NOT NULL,
+    origin BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (stream, origin)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS table_meta (stream TEXT PRIMARY KEY, strategy TEXT NOT NULL);
+";
+
+/// Most keys one list request returns.
+pub(crate) const LIST_LIMIT_MAX: usize = 1000;
+/// Longest key accepted in a table path, bytes.
+pub(crate) const KEY_LEN_MAX: usize = 1024;
+
+/// Parses a strategy name (`lww`, `multi-value`, `counter`, `set`).
+pub(crate) fn parse_strategy(name: &str) -> Option<Strategy> {
+    match name {
+        "lww" => Some(Strategy::Lww),
+        "multi-value" => Some(Strategy::MultiValue),
+        "counter" => Some(Strategy::Counter),
+        "set" => Some(Strategy::Set),
+        _ => None,
+    }
+}
+
+fn from_policy(c: weft_policy::ConflictStrategy) -> Strategy {
+    match c {
+        weft_policy::ConflictStrategy::Lww => Strategy::Lww,
+        weft_policy::ConflictStrategy::MultiValue => Strategy::MultiValue,
+        weft_policy::ConflictStrategy::Counter => Strategy::Counter,
+        weft_policy::ConflictStrategy::Set => Strategy::Set,
+    }
+}
+
+/// Which streams are tables, and how they resolve conflicts.
+#[derive(Debug, Clone)]
+pub(crate) struct Declared {
+    /// From the config (`[[tables]]`), used when no policy is in force.
+    pub(crate) config: Vec<(StreamPattern, Strategy)>,
+    /// The policy in force (its stream rules' `conflict`), which wins when present.
+    pub(crate) policy: Arc<PolicyState>,
+}
+
+impl Declared {
+    /// The strategy of `stream`, if it is a table.
+    pub(crate) fn strategy(&self, stream: &StreamName) -> Option<Strategy> {
+        if let Some(p) = self.policy.policy() {
+            return p
+                .stream_rule(stream)
+                .and_then(|r| r.conflict)
+                .map(from_policy);
+        }
+        self.config
+            .iter()
+            .find(|(p, _)| p.matches(stream))
+            .map(|(_, s)| *s)
+    }
+}
+
+fn backend(e: rusqlite::Error) -> String {
+    format!("table store: {e}")
+}
+
+fn load_state(conn: &Connection, stream: &str, key: &[u8]) -> Result<Option<KeyState>, String> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT state FROM table_keys WHERE stream = ?1 AND key = ?2")
+        .and_then(|mut s| s.query_row(params![stream, key], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    bytes
+        .map(|b| KeyState::decode(&b).map_err(|e| format!("corrupt table row: {e}")))
+        .transpose()
+}
+
+/// Applies one delivered event to its table (inside the driver's write transaction).
+/// Events without a key, or sealed (the node cannot read them), change nothing.
+pub(crate) fn apply(
+    conn: &Connection,
+    strategy: Strategy,
+    event: &Event,
+    stats: &mut ConflictStats,
+) -> Result<Applied, String> {
+    let stream = event.stream().as_str();
+    let meta: Option<String> = conn
+        .prepare_cached("SELECT strategy FROM table_meta WHERE stream = ?1")
+        .and_then(|mut s| s.query_row([stream], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    if meta.as_deref() != Some(strategy.as_str()) {
+        // A new table, or a new strategy: (re)build from the log, this event included
+        // (it was appended just before).
+        rebuild(conn, strategy, event.stream(), stats)?;
+        return Ok(Applied::Applied);
+    }
+    apply_one(conn, strategy, event, stats)
+}
+
+fn apply_one(
+    conn: &Connection,
+    strategy: Strategy,
+    event: &Event,
+    stats: &mut ConflictStats,
+) -> Result<Applied, String> {
+    let Some(key) = event.key() else {
+        return Ok(Applied::Ignored);
+    };
+    let stream = event.stream().as_str();
+    let origin = event.origin();
+    let seq_sql = i64::try_from(event.seq()).map_err(|_| "sequence number over i64")?;
+    let applied: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM table_applied WHERE stream = ?1 AND origin = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![stream, &origin.0[..]], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    if applied.is_some_and(|a| a >= seq_sql) {
+        stats.duplicates += 1;
+        return Ok(Applied::Duplicate);
+    }
+    conn.prepare_cached(
+        "INSERT INTO table_applied (stream, origin, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (stream, origin) DO UPDATE SET seq = excluded.seq",
+    )
+    .and_then(|mut s| s.execute(params![stream, &origin.0[..], seq_sql]))
+    .map_err(backend)?;
+    let op = match event.payload() {
+        Payload::Sealed(_) => {
+            stats.ignored += 1;
+            return Ok(Applied::Ignored);
+        }
+        Payload::Clear(bytes) => match Op::from_event(event.content_type(), bytes) {
+            Ok(op) => op,
+            Err(e) => {
+                tracing::debug!(event = %event.id(), error = %e, "table write ignored");
+                stats.ignored += 1;
+                return Ok(Applied::Ignored);
+            }
+        },
+    };
+    let mut state = load_state(conn, stream, key)?;
+    let outcome = table::apply_key(
+        strategy,
+        &mut state,
+        &Write {
+            dot: Dot {
+                origin,
+                seq: event.seq(),
+            },
+            hlc: event.hlc(),
+            key,
+            op: &op,
+        },
+        stats,
+    );
+    if let Some(state) = state {
+        conn.prepare_cached(
+            "INSERT INTO table_keys (stream, key, state) VALUES (?1, ?2, ?3)
+             ON CONFLICT (stream, key) DO UPDATE SET state = excluded.state",
+        )
+        .and_then(|mut s| s.execute(params![stream, key, state.encode()]))
+        .map_err(backend)?;
+    }
+    Ok(outcome)
+}
+
+/// Rebuilds a table from the events of its stream in the log (log order keeps each
+/// origin's order), under `strategy`.
+fn rebuild(
+    conn: &Connection,
+    strategy: Strategy,
+    stream: &StreamName,
+    stats: &mut ConflictStats,
+) -> Result<(), String> {
+    let name = stream.as_str();
+    conn.execute("DELETE FROM table_keys WHERE stream = ?1", [name])
+        .map_err(backend)?;
+    conn.execute("DELETE FROM table_applied WHERE stream = ?1", [name])
+        .map_err(backend)?;
+    let mut select = conn
+        .prepare(
+            "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
+             WHERE l.stream = ?1 AND e.key IS NOT NULL ORDER BY l.pos",
+        )
+        .map_err(backend)?;
+    let envelopes: Vec<Vec<u8>> = select
+        .query_map([name], |r| r.get(0))
+        .and_then(Iterator::collect)
+        .map_err(backend)?;
+    let mut n = 0usize;
+    for bytes in envelopes {
+        // Stored events were verified on arrival; decoding checks the structure again.
+        let event = weft_fabric::decode(&bytes)
+            .map_err(|e| format!("corrupt event in the log: {e}"))?
+            .verify()
+            .map_err(|e| format!("event in the log fails verification: {e}"))?;
+        apply_one(conn, strategy, &event, stats)?;
+        n += 1;
+    }
+    conn.execute(
+        "INSERT INTO table_meta (stream, strategy) VALUES (?1, ?2)
+         ON CONFLICT (stream) DO UPDATE SET strategy = excluded.strategy",
+        params![name, strategy.as_str()],
+    )
+    .map_err(backend)?;
+    tracing::info!(
+        stream = name,
+        strategy = strategy.as_str(),
+        events = n,
+        "table built from the log"
+    );
+    Ok(())
+}
+
+/// What a table's state hashes to ([`table::digest`]), read from committed rows.
+fn digest(conn: &Connection, stream: &str, strategy: Strategy) -> Result<[u8; 32], String> {
+    let applied = applied_vv(conn, stream)?;
+    let mut rows = Vec::new();
+    let mut s = conn
+        .prepare("SELECT key, state FROM table_keys WHERE stream = ?1 ORDER BY key")
+        .map_err(backend)?;
+    let mut q = s.query([stream]).map_err(backend)?;
+    while let Some(r) = q.next().map_err(backend)? {
+        let key: Vec<u8> = r.get(0).map_err(backend)?;
+        let state: Vec<u8> = r.get(1).map_err(backend)?;
+        rows.push((
+            key,
+            KeyState::decode(&state).map_err(|e| format!("corrupt table row: {e}"))?,
+        ));
+    }
+    Ok(table::digest(
+        strategy,
+        &applied,
+        rows.iter().map(|(k, s)| (k.as_slice(), s)),
+    ))
+}
+
+fn applied_vv(conn: &Connection, stream: &str) -> Result<Vv, String> {
+    let mut s = conn
+        .prepare("SELECT origin, seq FROM table_applied WHERE stream = ?1")
+        .map_err(backend)?;
+    let rows: Vec<(Vec<u8>, i64)> = s
+        .query_map([stream], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(Iterator::collect)
+        .map_err(backend)?;
+    let mut vv = Vv::default();
+    for (o, seq) in rows {
+        let origin = OriginKey(
+            o.try_into()
+                .map_err(|_| "corrupt origin in table_applied")?,
+        );
+        vv.add(&Dot {
+            origin,
+            seq: u64::try_from(seq).map_err(|_| "corrupt seq in table_applied")?,
+        });
+    }
+    Ok(vv)
+}
+
+// ------------------------------------------------------------------ versions
+
+/// The version token a client sends back to supersede what it read: the version vector,
+/// postcard-encoded, base64url.
+pub(crate) fn version_token(vv: &Vv) -> String {
+    let pairs: Vec<([u8; 32], u64)> = vv.0.iter().map(|(o, s)| (o.0, *s)).collect();
+    let bytes = postcard::to_allocvec(&pairs).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn parse_version(token: &str) -> Result<Vv, String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|e| format!("version token is not base64url: {e}"))?;
+    let pairs: Vec<([u8; 32], u64)> =
+        postcard::from_bytes(&bytes).map_err(|e| format!("version token: {e}"))?;
+    if pairs.len() > table::VV_LEN_MAX {
+        return Err(format!(
+            "version token names {} origins, over {}",
+            pairs.len(),
+            table::VV_LEN_MAX
+        ));
+    }
+    Ok(Vv(pairs
+        .into_iter()
+        .map(|(o, s)| (OriginKey(o), s))
+        .collect()))
+}
+
+// ------------------------------------------------------------------ views
+
+fn value_json(content_type: &str, bytes: &[u8]) -> Value {
+    if content_type.contains("json")
+        && let Ok(mut v) = serde_json::from_slice::<Value>(bytes)
+    {
+        // A plain keyed CloudEvent publish: the value is its data.
+        if content_type.starts_with("application/cloudevents") {
+            return v.get_mut("data").map(Value::take).unwrap_or(Value::Null);
+        }
+        return v;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.to_string()),
+        Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(bytes)}),
+    }
+}
+
+fn key_text(key: &[u8]) -> Value {
+    match std::str::from_utf8(key) {
+        Ok(s) => Value::String(s.to_string()),
+        Err(_) => json!({"hex": hex::encode(key)}),
+    }
+}
+
+fn int(v: i128) -> Value {
+    i64::try_from(v).map_or_else(|_| Value::String(v.to_string()), Value::from)
+}
+
+/// A key's state as the API shows it.
+pub(crate) fn view(strategy: Strategy, key: &[u8], state: &KeyState) -> Value {
+    let mut out = json!({
+        "key": key_text(key),
+        "strategy": strategy.as_str(),
+        "version": version_token(&state.version()),
+        "deleted": state.is_absent(),
+    });
+    let extra = match state {
+        KeyState::Lww { hlc, dot, value } => json!({
+            "value": value.as_ref().map(|v| value_json(&v.content_type, &v.bytes)),
+            "content_type": value.as_ref().map(|v| v.content_type.clone()),
+            "writer": dot.origin.to_string(),
+            "hlc_ms": hlc.physical_ms(),
+        }),
+        KeyState::MultiValue { siblings, .. } => json!({
+            "siblings": siblings.iter().map(|(d, (h, v))| json!({
+                "value": value_json(&v.content_type, &v.bytes),
+                "content_type": v.content_type,
+                "writer": d.origin.to_string(),
+                "seq": d.seq,
+                "hlc_ms": h.physical_ms(),
+            })).collect::<Vec<_>>(),
+        }),
+        KeyState::Counter { totals, .. } => json!({
+            "value": int(state.counter_value()),
+            "origins": totals.len(),
+        }),
+        KeyState::Set { tags, .. } => json!({
+            "elements": tags.keys().map(|e| key_text(e)).collect::<Vec<_>>(),
+        }),
+    };
+    if let (Value::Object(o), Value::Object(e)) = (&mut out, extra) {
+        o.extend(e);
+    }
+    out
+}
+
+// ------------------------------------------------------------------ HTTP
+
+fn declared_strategy(api: &Api, stream: &str) -> ApiResult<(StreamName, Strategy)> {
+    let name = StreamName::new(stream.to_string()).map_err(|e| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_stream",
+            format!("stream {stream:?}: {e}"),
+        ))
+    })?;
+    match api.tables.strategy(&name) {
+        Some(s) => Ok((name, s)),
+        None => Err(api.fail(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_a_table",
+            format!(
+                "{stream} is not a table: declare it with a stream rule's `conflict` in the policy (or `[[tables]]` in the config without one)"
+            ),
+        ))),
+    }
+}
+
+fn check_key(api: &Api, key: &str) -> ApiResult<()> {
+    if key.is_empty() || key.len() > KEY_LEN_MAX {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_key",
+            format!("a table key is 1 to {KEY_LEN_MAX} bytes, got {}", key.len()),
+        )));
+    }
+    Ok(())
+}
+
+fn store_error(api: &Api, e: String) -> ApiError {
+    api.fail(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_error",
+        e,
+    ))
+}
+
+/// `GET /v1/tables/{stream}/{key}`.
+pub(crate) async fn get_key(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((stream, key)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let (name, strategy) = declared_strategy(&api, &stream)?;
+    check_key(&api, &key)?;
+    crate::http::authorize_read(&api, &headers, &name)?;
+    let k = key.clone();
+    let state = crate::http::read_store(&api, move |r| {
+        load_state(r.conn(), name.as_str(), k.as_bytes()).map_err(StoreError::Backend)
+    })
+    .await?;
+    match state {
+        Some(s) if !s.is_absent() => {
+            Ok(axum::Json(view(strategy, key.as_bytes(), &s)).into_response())
+        }
+        other => {
+            let mut body = json!({"error": {"reason": "no_such_key",
+                "message": format!("{stream} has no key {key:?}")}});
+            if let Some(s) = other {
+                // A tombstone: deleted, with the version that deleted it.
+                body["deleted"] = Value::Bool(true);
+                body["version"] = Value::String(version_token(&s.version()));
+            }
+            Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+    /// Also return the table's state digest (equal on two replicas exactly when their
+    /// states are).
+    #[serde(default)]
+    digest: bool,
+}
+
+/// `GET /v1/tables/{stream}?prefix=P&after=K&limit=N&digest=true`.
+pub(crate) async fn list(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(stream): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    let (name, strategy) = declared_strategy(&api, &stream)?;
+    crate::http::authorize_read(&api, &headers, &name)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > LIST_LIMIT_MAX {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_limit",
+            format!("limit must be 1 to {LIST_LIMIT_MAX}, got {limit}"),
+        )));
+    }
+    let prefix = q.prefix.unwrap_or_default();
+    let after = q.after.unwrap_or_default();
+    let want_digest = q.digest;
+    let (rows, digest) = crate::http::read_store(&api, move |r| {
+        let conn = r.conn();
+        let mut s = conn
+            .prepare(
+                "SELECT key, state FROM table_keys WHERE stream = ?1 AND key > ?2
+                 AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
+            )
+            .map_err(|e| StoreError::Backend(backend(e)))?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = s
+            .query_map(
+                params![
+                    name.as_str(),
+                    after.as_bytes(),
+                    prefix.as_bytes(),
+                    // Tombstones are skipped below; read a little more than the limit.
+                    (limit * 2) as i64
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .and_then(Iterator::collect)
+            .map_err(|e| StoreError::Backend(backend(e)))?;
+        let digest = if want_digest {
+            Some(digest(conn, name.as_str(), strategy).map_err(StoreError::Backend)?)
+        } else {
+            None
+        };
+        Ok((rows, digest))
+    })
+    .await?;
+    let mut keys = Vec::new();
+    let mut last = None;
+    for (k, s) in rows {
+        let state = KeyState::decode(&s).map_err(|e| store_error(&api, e.to_string()))?;
+        last = Some(k.clone());
+        if !state.is_absent() {
+            keys.push(view(strategy, &k, &state));
+        }
+        if keys.len() == limit {
+            break;
+        }
+    }
+    let mut body = json!({"stream": stream, "strategy": strategy.as_str(), "keys": keys});
+    if let Some(last) = last {
+        body["next_after"] = key_text(&last);
+    }
+    if let Some(d) = digest {
+        body["digest"] = Value::String(hex::encode(d));
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WriteQuery {
+    ack: Option<String>,
+    /// The version token of a read: the write supersedes what it covers (multi-value).
+    version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterBody {
+    add: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    #[serde(default)]
+    insert: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// `PUT /v1/tables/{stream}/{key}`: lww and multi-value take the body as the value (its
+/// content type kept; `?version=` supersedes what a read returned); a counter takes
+/// `{"add": N}`; a set `{"insert": [...]}` or `{"remove": [...]}` (removes what this
+/// node has seen of those elements).
+pub(crate) async fn put(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((stream, key)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let (name, strategy) = declared_strategy(&api, &stream)?;
+    check_key(&api, &key)?;
+    let bad = |m: String| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_table_write", m));
+    let op = match strategy {
+        Strategy::Lww | Strategy::MultiValue => {
+            let ctx = match &q.version {
+                Some(t) => parse_version(t).map_err(&bad)?,
+                None => Vv::default(),
+            };
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string();
+            Op::Put {
+                content_type,
+                value: body.to_vec(),
+                ctx,
+            }
+        }
+        Strategy::Counter => {
+            let b: CounterBody = serde_json::from_slice(&body).map_err(|e| {
+                bad(format!(
+                    "a counter takes {{\"add\": N}} (N a signed 64-bit integer): {e}"
+                ))
+            })?;
+            Op::Add { delta: b.add }
+        }
+        Strategy::Set => {
+            let b: SetBody = serde_json::from_slice(&body).map_err(|e| {
+                bad(format!(
+                    "a set takes {{\"insert\": [...]}} or {{\"remove\": [...]}}: {e}"
+                ))
+            })?;
+            match (b.insert.is_empty(), b.remove.is_empty()) {
+                (false, true) if b.insert.len() <= table::SET_ELEMENTS_MAX => Op::Insert {
+                    elements: b.insert.into_iter().map(String::into_bytes).collect(),
+                },
+                (true, false) if b.remove.len() <= table::SET_ELEMENTS_MAX => {
+                    let seen = current(&api, &name, &key).await?;
+                    Op::Remove {
+                        elements: b.remove.into_iter().map(String::into_bytes).collect(),
+                        ctx: seen.map(|s| s.version()).unwrap_or_default(),
+                    }
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "give either insert or remove, with 1 to {} elements",
+                        table::SET_ELEMENTS_MAX
+                    )));
+                }
+            }
+        }
+    };
+    write(&api, &headers, name, key, op, q.ack.as_deref()).await
+}
+
+/// `DELETE /v1/tables/{stream}/{key}`: a replicated tombstone (lww), or the removal of
+/// what this node has seen of the key (multi-value, set), or a reset of the counts it
+/// has seen (counter); concurrent writes elsewhere survive (docs/tables.md).
+pub(crate) async fn delete(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((stream, key)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
+) -> ApiResult<Response> {
+    let (name, _) = declared_strategy(&api, &stream)?;
+    check_key(&api, &key)?;
+    let seen = current(&api, &name, &key).await?;
+    let mut ctx = seen.as_ref().map(KeyState::version).unwrap_or_default();
+    if let Some(t) = &q.version {
+        ctx.join(
+            &parse_version(t).map_err(|m| {
+                api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_table_write", m))
+            })?,
+        );
+    }
+    let totals: BTreeMap<OriginKey, Totals> = match &seen {
+        Some(KeyState::Counter { totals, .. }) => totals.clone(),
+        _ => BTreeMap::new(),
+    };
+    write(
+        &api,
+        &headers,
+        name,
+        key,
+        Op::Delete { ctx, totals },
+        q.ack.as_deref(),
+    )
+    .await
+}
+
+async fn current(api: &Arc<Api>, stream: &StreamName, key: &str) -> ApiResult<Option<KeyState>> {
+    let stream = stream.clone();
+    let key = key.to_string();
+    crate::http::read_store(api, move |r| {
+        load_state(r.conn(), stream.as_str(), key.as_bytes()).map_err(StoreError::Backend)
+    })
+    .await
+}
+
+async fn write(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    stream: StreamName,
+    key: String,
+    op: Op,
+    ack: Option<&str>,
+) -> ApiResult<Response> {
+    let out = crate::http::publish_op(
+        api,
+        headers,
+        stream,
+        key.into_bytes(),
+        table::OP_CONTENT_TYPE,
+        op.encode(),
+        ack,
+    )
+    .await?;
+    Ok(out)
+}

@@ -1,0 +1,276 @@
+//! Keyed tables across a partition with real processes: two sides write the same keys
+//! of an lww, a multi-value, a counter and a set table while cut off from each other;
+//! after the heal every node ends with identical table state (equal digests) and the
+//! values each strategy's rule gives. Writes go through the HTTP API and the CLI
+//! (`weft put/get/del`). Bounded waits; processes killed at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const TABLES: &str = r#"
+[[tables]]
+pattern = "kv.>"
+strategy = "lww"
+
+[[tables]]
+pattern = "mv.>"
+strategy = "multi-value"
+
+[[tables]]
+pattern = "cnt.>"
+strategy = "counter"
+
+[[tables]]
+pattern = "set.>"
+strategy = "set"
+"#;
+
+async fn put(c: &Cluster, i: usize, path: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .put(c.url(i, path))
+        .bearer_auth(&c.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "PUT {path} on node {i}: {status} {v}");
+    v
+}
+
+async fn del(c: &Cluster, i: usize, path: &str) {
+    let r = reqwest::Client::new()
+        .delete(c.url(i, path))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "DELETE {path}: {}", r.status());
+}
+
+async fn get(c: &Cluster, i: usize, path: &str) -> (u16, Value) {
+    let r = reqwest::get(c.url(i, path)).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The digest of `stream`'s table on every node, once they all agree (or panics).
+async fn converged(c: &Cluster, stream: &str) -> String {
+    let agreed = wait_for(Duration::from_secs(40), || async {
+        let mut digests = Vec::new();
+        for i in 0..3 {
+            let (s, v) = get(c, i, &format!("/v1/tables/{stream}?digest=true")).await;
+            if s != 200 {
+                return None;
+            }
+            digests.push(v["digest"].as_str()?.to_string());
+        }
+        digests
+            .iter()
+            .all(|d| *d == digests[0])
+            .then(|| digests[0].clone())
+    })
+    .await;
+    agreed.unwrap_or_else(|| {
+        panic!(
+            "{stream}: the nodes' tables never agreed:\n{}",
+            (0..3)
+                .map(|i| c.log(i))
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        )
+    })
+}
+
+async fn cut(c: &Cluster) {
+    c.chaos(2, json!([{"peer": "*", "blackhole": true}])).await;
+    for i in 0..2 {
+        c.chaos(
+            i,
+            json!([{"peer": "aws:ap-northeast-1", "blackhole": true}]),
+        )
+        .await;
+    }
+}
+
+#[test]
+fn both_sides_of_a_partition_write_the_same_keys_and_every_replica_converges() {
+    rt().block_on(async {
+        let mut c = Cluster::new("tables", 62, &three_regions(), TABLES);
+        c.start_all();
+        c.wait_meshed().await;
+
+        // Before the partition: values both sides see.
+        put(&c, 0, "/v1/tables/kv.users/carol", json!({"v": "c0"})).await;
+        put(&c, 0, "/v1/tables/set.tags/t", json!({"insert": ["x"]})).await;
+        for stream in ["kv.users", "set.tags"] {
+            converged(&c, stream).await;
+        }
+
+        cut(&c).await;
+        // Side A (eu, us) and side B (ap) write the same keys.
+        put(&c, 0, "/v1/tables/kv.users/alice", json!({"v": "a1"})).await;
+        del(&c, 0, "/v1/tables/kv.users/carol").await;
+        put(&c, 0, "/v1/tables/mv.docs/doc", json!({"side": "A"})).await;
+        put(&c, 2, "/v1/tables/mv.docs/doc", json!({"side": "B"})).await;
+        put(&c, 0, "/v1/tables/set.tags/t", json!({"remove": ["x"]})).await;
+        put(
+            &c,
+            2,
+            "/v1/tables/set.tags/t",
+            json!({"insert": ["x", "y"]}),
+        )
+        .await;
+        // The CLI on both sides: three +5 on A, two -2 on B.
+        let node0 = c.nodes[0].http.clone();
+        let node2 = c.nodes[2].http.clone();
+        for (node, n) in [
+            (&node0, "5"),
+            (&node0, "5"),
+            (&node0, "5"),
+            (&node2, "-2"),
+            (&node2, "-2"),
+        ] {
+            let (ok, out) = weft_in(
+                &c.dir,
+                &[
+                    "put",
+                    "--node",
+                    node,
+                    "--token",
+                    &c.token,
+                    "--add",
+                    n,
+                    "cnt.stock",
+                    "sku-1",
+                ],
+            );
+            assert!(ok, "{out}");
+        }
+        // B writes alice last (a later HLC): B's value wins after the heal.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        put(&c, 2, "/v1/tables/kv.users/alice", json!({"v": "b1"})).await;
+        // Still apart: each side sees its own writes only.
+        let (_, a) = get(&c, 0, "/v1/tables/cnt.stock/sku-1").await;
+        let (_, b) = get(&c, 2, "/v1/tables/cnt.stock/sku-1").await;
+        assert_eq!(
+            (a["value"].clone(), b["value"].clone()),
+            (json!(15), json!(-4))
+        );
+
+        for i in 0..3 {
+            c.chaos(i, json!([])).await;
+        }
+        for stream in ["kv.users", "mv.docs", "cnt.stock", "set.tags"] {
+            converged(&c, stream).await;
+        }
+        for i in 0..3 {
+            let (_, v) = get(&c, i, "/v1/tables/kv.users/alice").await;
+            assert_eq!(
+                v["value"],
+                json!({"v": "b1"}),
+                "node {i}: lww, the later write wins"
+            );
+            let (s, v) = get(&c, i, "/v1/tables/kv.users/carol").await;
+            assert_eq!(s, 404, "node {i}: carol stays deleted: {v}");
+            assert_eq!(v["deleted"], true, "{v}");
+            let (_, v) = get(&c, i, "/v1/tables/mv.docs/doc").await;
+            let mut sides: Vec<String> = v["siblings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["value"]["side"].as_str().unwrap().to_string())
+                .collect();
+            sides.sort();
+            assert_eq!(
+                sides,
+                ["A", "B"],
+                "node {i}: both concurrent writes kept: {v}"
+            );
+            let (_, v) = get(&c, i, "/v1/tables/cnt.stock/sku-1").await;
+            assert_eq!(v["value"], 11, "node {i}: 3 x 5 - 2 x 2");
+            let (_, v) = get(&c, i, "/v1/tables/set.tags/t").await;
+            assert_eq!(
+                v["elements"],
+                json!(["x", "y"]),
+                "node {i}: the concurrent insert of x survives the remove"
+            );
+        }
+
+        // Resolving the siblings: a write naming the version it read.
+        let (_, v) = get(&c, 1, "/v1/tables/mv.docs/doc").await;
+        let version = v["version"].as_str().unwrap().to_string();
+        put(
+            &c,
+            1,
+            &format!("/v1/tables/mv.docs/doc?version={version}"),
+            json!({"side": "merged"}),
+        )
+        .await;
+        converged(&c, "mv.docs").await;
+        for i in 0..3 {
+            let (_, v) = get(&c, i, "/v1/tables/mv.docs/doc").await;
+            assert_eq!(v["siblings"].as_array().unwrap().len(), 1, "{v}");
+            assert_eq!(v["siblings"][0]["value"]["side"], "merged", "{v}");
+        }
+
+        // The CLI reads and deletes.
+        let (ok, out) = weft_in(&c.dir, &["get", "--node", &node2, "cnt.stock", "sku-1"]);
+        assert!(ok && out.contains("sku-1: 11"), "{out}");
+        let (ok, out) = weft_in(
+            &c.dir,
+            &[
+                "del",
+                "--node",
+                &node2,
+                "--token",
+                &c.token,
+                "--ack",
+                "regions:3",
+                "kv.users",
+                "alice",
+            ],
+        );
+        assert!(ok, "{out}");
+        let (ok, out) = weft_in(&c.dir, &["get", "--node", &node0, "kv.users", "alice"]);
+        assert!(!ok && out.contains("deleted"), "{out}");
+        let (ok, out) = weft_in(
+            &c.dir,
+            &["get", "--node", &node0, "--prefix", "a", "set.tags"],
+        );
+        assert!(ok && out.is_empty(), "no key starts with a: {out}");
+
+        // Conflicts were counted by strategy.
+        let m = reqwest::get(c.url(0, "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            m.contains("weft_table_events_total{strategy=\"multi-value\",kind=\"mv_resolved\"}"),
+            "{m}"
+        );
+        // Bad input: not a table, a bad body.
+        let (s, v) = get(&c, 0, "/v1/tables/plain.stream/k").await;
+        assert_eq!(
+            (s, v["error"]["reason"].clone()),
+            (404, json!("not_a_table"))
+        );
+        let r = reqwest::Client::new()
+            .put(c.url(0, "/v1/tables/cnt.stock/sku-1"))
+            .bearer_auth(&c.token)
+            .json(&json!({"add": "many"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "bad_table_write", "{v}");
+    });
+}
