@@ -70,6 +70,10 @@ pub(crate) struct Api {
     /// The policy this node enforces, if any; swapped atomically when a newer bundle
     /// arrives. Take it once per request (`api.policy.policy()` or `.current()`).
     pub(crate) policy: Arc<crate::policy_state::PolicyState>,
+    /// The audit log (every deny, every policy and fault-injection change).
+    pub(crate) audit: crate::audit::Audit,
+    /// Publish rate limits and daily quotas of the policy in force.
+    pub(crate) limiter: crate::ratelimit::Limiter,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -115,20 +119,71 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A reader under a policy: every event it gets is one the policy lets it read.
+pub(crate) struct ReadGuard {
+    policy: Arc<weft_policy::Policy>,
+    principal: Principal,
+    action: weft_policy::Action,
+    region: String,
+}
+
+impl ReadGuard {
+    /// Whether the principal may read this event: its own stream, tenant (the reader's
+    /// when the event has none) and classification, so a deny rule on a classification
+    /// holds even for an event whose stream rule says otherwise.
+    fn allows(&self, event: &weft_fabric::EventData) -> bool {
+        let sec = &event.draft().security;
+        let tenant = if sec.tenant.is_empty() {
+            self.principal.tenant.as_str()
+        } else {
+            sec.tenant.as_str()
+        };
+        self.policy
+            .authorize(&weft_policy::AccessRequest {
+                principal: &self.principal.name,
+                action: self.action,
+                stream: event.stream(),
+                tenant,
+                classification: Some(&sec.classification),
+                region: &self.region,
+            })
+            .allowed
+    }
+}
+
 impl Api {
     fn fail(&self, e: ApiError) -> ApiError {
         self.metrics.reject(e.reason);
         e
     }
 
-    /// The principal of a bearer token.
+    /// A security refusal: counted like every refusal, and written to the audit log with
+    /// the principal, stream and policy epoch it concerns.
+    fn refuse(
+        &self,
+        e: ApiError,
+        principal: Option<&str>,
+        stream: Option<&str>,
+        epoch: u64,
+    ) -> ApiError {
+        self.audit
+            .deny(e.reason, principal, stream, epoch, e.message.clone());
+        self.fail(e)
+    }
+
+    /// The principal of a bearer token. A missing or unknown token is refused and audited.
     fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Principal> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(self.fail(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "publishing needs `Authorization: Bearer <token>`",
-            )));
+            return Err(self.refuse(
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_token",
+                    "this request needs `Authorization: Bearer <token>`",
+                ),
+                None,
+                None,
+                self.policy.epoch(),
+            ));
         };
         let token = value
             .to_str()
@@ -138,16 +193,83 @@ impl Api {
             .unwrap_or("");
         match self.tokens.get(&crate::keys::token_hash(token)) {
             Some(p) => Ok(p.clone()),
-            None => {
-                tracing::warn!(target: "audit", decision = "deny", reason = "bad_token",
-                    "publish refused: unknown bearer token");
-                Err(self.fail(ApiError::new(
+            None => Err(self.refuse(
+                ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "bad_token",
                     "the bearer token matches no principal in this node's config",
-                )))
-            }
+                ),
+                None,
+                None,
+                self.policy.epoch(),
+            )),
         }
+    }
+
+    /// Who reads, under the policy in force: without a policy reads stay open (no token
+    /// needed, `None`); with one, the token's principal and that policy (one epoch for the
+    /// whole request).
+    fn read_guard(
+        &self,
+        headers: &HeaderMap,
+        action: weft_policy::Action,
+    ) -> ApiResult<Option<ReadGuard>> {
+        let Some(policy) = self.policy.policy() else {
+            return Ok(None);
+        };
+        let principal = self.authenticate(headers)?;
+        Ok(Some(ReadGuard {
+            policy,
+            principal,
+            action,
+            region: self.me.region.clone(),
+        }))
+    }
+
+    /// Authorizes `action` on one stream for the guard's principal (the stream rule's
+    /// classification, the principal's tenant): 403 `read_forbidden` /
+    /// `subscribe_forbidden`, counted and audited.
+    fn authorize_stream(
+        &self,
+        guard: &ReadGuard,
+        stream: &StreamName,
+        what: &str,
+    ) -> ApiResult<()> {
+        let classification = guard
+            .policy
+            .stream_rule(stream)
+            .map(|r| r.classification.as_str());
+        let decision = guard.policy.authorize(&weft_policy::AccessRequest {
+            principal: &guard.principal.name,
+            action: guard.action,
+            stream,
+            tenant: &guard.principal.tenant,
+            classification,
+            region: &guard.region,
+        });
+        if decision.allowed {
+            return Ok(());
+        }
+        let reason = match guard.action {
+            weft_policy::Action::Subscribe => "subscribe_forbidden",
+            _ => "read_forbidden",
+        };
+        let epoch = guard.policy.epoch();
+        Err(self.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                reason,
+                format!(
+                    "principal {} may not {what} {} (policy epoch {epoch}): {}",
+                    guard.principal.name,
+                    stream.as_str(),
+                    decision.reason
+                ),
+            ),
+            Some(&guard.principal.name),
+            Some(stream.as_str()),
+            epoch,
+        ))
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&StoreReader) -> ApiResult<T>) -> ApiResult<T> {
@@ -220,6 +342,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/policy/bundle", get(policy_bundle))
         .route("/v1/status", get(status))
         .route("/v1/chaos", get(chaos_get).post(chaos_set))
+        .route("/v1/audit", get(audit_get))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -331,6 +454,16 @@ async fn publish_inner(
     let media = media_type(&headers);
     if media == WEFT_CBOR {
         let event = presigned(api, &body, path_stream.as_ref())?;
+        if let Some(policy) = api.policy.policy() {
+            enforce_rate(
+                api,
+                &policy,
+                &principal,
+                1,
+                body.len() as u64,
+                event.stream().as_str(),
+            )?;
+        }
         api.metrics
             .publishes
             .get_or_create(&vec![("api", "cbor".to_string())])
@@ -386,6 +519,7 @@ async fn publish_inner(
 
     let mut drafts = Vec::with_capacity(fresh.len());
     let mut dedup = Vec::with_capacity(fresh.len());
+    let mut payload_bytes = 0u64;
     // One epoch for the whole request, even if a newer bundle lands meanwhile.
     let policy = api.policy.policy();
     for (i, e) in fresh.iter().enumerate() {
@@ -430,7 +564,11 @@ async fn publish_inner(
                 policy_epoch: policy.as_ref().map_or(0, |p| p.epoch()),
             },
             content_type: CE_JSON.into(),
-            payload: Payload::Clear(e.to_payload()),
+            payload: Payload::Clear({
+                let p = e.to_payload();
+                payload_bytes += p.len() as u64;
+                p
+            }),
             trace: trace.clone(),
         });
         dedup.push(Some((
@@ -438,6 +576,18 @@ async fn publish_inner(
             e.source.clone(),
             e.id.clone(),
         )));
+    }
+    // Rate limits and quotas: every event of the request fits, or none is taken.
+    if let (Some(policy), Some(first)) = (&policy, drafts.first()) {
+        let stream = first.stream.as_str().to_string();
+        enforce_rate(
+            api,
+            policy,
+            &principal,
+            drafts.len() as u64,
+            payload_bytes,
+            &stream,
+        )?;
     }
     api.metrics
         .publishes
@@ -537,9 +687,17 @@ fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiRes
             e.to_string(),
         ))
     })?;
+    let id = unverified.id().to_string();
     let event = unverified.verify().map_err(|e| {
-        tracing::warn!(target: "audit", decision = "deny", reason = "bad_signature", error = %e,
-            "pre-signed event refused");
+        api.audit.record(
+            crate::audit::Entry::now(
+                crate::audit::Decision::Deny,
+                "bad_signature",
+                api.policy.epoch(),
+                format!("pre-signed event refused: {e}"),
+            )
+            .event(id),
+        );
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_signature",
@@ -647,25 +805,62 @@ fn check_stream(api: &Api, stream: &str) -> ApiResult<StreamName> {
     Ok(name)
 }
 
-/// Decodes log entries into CloudEvents JSON objects with their cursor.
-fn render_entries(entries: Vec<crate::store::LogEntry>) -> Vec<(u64, Value)> {
-    entries
+/// Decodes log entries into CloudEvents JSON objects with their cursor, leaving out the
+/// events the guard's principal may not read. Returns them and how many were left out.
+fn render_entries(
+    entries: Vec<crate::store::LogEntry>,
+    guard: Option<&ReadGuard>,
+) -> (Vec<(u64, Value)>, u64) {
+    let mut left_out = 0u64;
+    let rendered = entries
         .into_iter()
         .filter_map(|e| {
             let u = weft_fabric::decode(&e.envelope).ok()?;
+            if let Some(g) = guard
+                && !g.allows(u.claimed_data())
+            {
+                left_out += 1;
+                return None;
+            }
             let mut obj = cloudevents::render(u.claimed_data());
             obj.insert("weftcursor".into(), Value::String(e.pos.to_string()));
             Some((e.pos, Value::Object(obj)))
         })
-        .collect()
+        .collect();
+    (rendered, left_out)
+}
+
+/// Counts and audits events left out of a read (one entry per page, not per event).
+fn audit_left_out(api: &Api, guard: &ReadGuard, stream: &str, left_out: u64) {
+    if left_out == 0 {
+        return;
+    }
+    api.metrics.reject_n("read_filtered", left_out);
+    api.audit.deny(
+        "read_filtered",
+        Some(&guard.principal.name),
+        Some(stream),
+        guard.policy.epoch(),
+        format!(
+            "{left_out} events of {stream} left out of a {} by principal {}: their tenant or classification is not readable by it (policy epoch {})",
+            if guard.action == weft_policy::Action::Subscribe { "subscription" } else { "read" },
+            guard.principal.name,
+            guard.policy.epoch()
+        ),
+    );
 }
 
 async fn read_events(
     State(api): State<Arc<Api>>,
     Path(stream): Path<String>,
     Query(q): Query<ReadQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = check_stream(&api, &stream)?;
+    let guard = api.read_guard(&headers, weft_policy::Action::Read)?;
+    if let Some(g) = &guard {
+        api.authorize_stream(g, &name, "read")?;
+    }
     let limit = q.limit.unwrap_or(READ_LIMIT_DEFAULT);
     if limit == 0 || limit > api.read_limit_max {
         return Err(api.fail(ApiError::new(
@@ -678,9 +873,14 @@ async fn read_events(
         )));
     }
     let after = q.after.unwrap_or(0);
+    let stream_name = name.as_str().to_string();
     let entries = read_store(&api, move |r| r.read_log(name.as_str(), after, limit)).await?;
-    let rendered = render_entries(entries);
-    let next = rendered.last().map(|(p, _)| *p).unwrap_or(after);
+    // The cursor moves past events left out too, so a reader never rereads them.
+    let next = entries.last().map(|e| e.pos).unwrap_or(after);
+    let (rendered, left_out) = render_entries(entries, guard.as_ref());
+    if let Some(g) = &guard {
+        audit_left_out(&api, g, &stream_name, left_out);
+    }
     let body: Vec<Value> = rendered.into_iter().map(|(_, v)| v).collect();
     let mut resp = (
         [(header::CONTENT_TYPE, cloudevents::CE_BATCH_JSON)],
@@ -692,8 +892,14 @@ async fn read_events(
     Ok(resp)
 }
 
-/// `GET /v1/events/{id}`: one event by its hex id, as a CloudEvent.
-async fn event_by_id(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult<Response> {
+/// `GET /v1/events/{id}`: one event by its hex id, as a CloudEvent. Under a policy, a
+/// read of the event's stream, tenant and classification.
+async fn event_by_id(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let guard = api.read_guard(&headers, weft_policy::Action::Read)?;
     let key = crate::config::hex32("id", &id).map_err(|e| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -716,6 +922,32 @@ async fn event_by_id(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Api
             e.to_string(),
         )
     })?;
+    if let Some(g) = &guard
+        && !g.allows(event.claimed_data())
+    {
+        let stream = event.claimed_data().stream().as_str().to_string();
+        let epoch = g.policy.epoch();
+        let e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_forbidden",
+            format!(
+                "principal {} may not read event {id} of {stream} (policy epoch {epoch})",
+                g.principal.name
+            ),
+        );
+        api.audit.record(
+            crate::audit::Entry::now(
+                crate::audit::Decision::Deny,
+                e.reason,
+                epoch,
+                e.message.clone(),
+            )
+            .principal(g.principal.name.clone())
+            .stream(stream)
+            .event(id.clone()),
+        );
+        return Err(api.fail(e));
+    }
     Ok((
         [(header::CONTENT_TYPE, CE_JSON)],
         Value::Object(cloudevents::render(event.claimed_data())).to_string(),
@@ -730,6 +962,14 @@ async fn subscribe(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = check_stream(&api, &stream)?;
+    let guard = api.read_guard(&headers, weft_policy::Action::Subscribe)?;
+    if let Some(g) = &guard {
+        let what = match &q.durable {
+            Some(d) => format!("hold durable subscription {d} on"),
+            None => "subscribe to".to_string(),
+        };
+        api.authorize_stream(g, &name, &what)?;
+    }
     if api.metrics.subscribers.get() as usize >= api.subscribers_max {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -776,18 +1016,35 @@ async fn subscribe(
     let mut after = last_event_id.or(q.after).or(saved).unwrap_or(0);
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let api2 = api.clone();
+    let mut guard = guard;
     api.metrics.subscribers.inc();
     tokio::spawn(async move {
         let mut committed = api2.committed.clone();
         let mut closing = api2.closing.clone();
         'outer: loop {
+            // A newer policy decides from its epoch on: an open subscription it no longer
+            // allows ends (refused and audited like a new one).
+            if let Some(g) = &mut guard
+                && let Some(p) = api2.policy.policy()
+                && p.epoch() != g.policy.epoch()
+            {
+                g.policy = p;
+                if api2.authorize_stream(g, &name, "subscribe to").is_err() {
+                    break;
+                }
+            }
             let stream = name.as_str().to_string();
             let Ok(entries) = read_store(&api2, move |r| r.read_log(&stream, after, 500)).await
             else {
                 break;
             };
             let n = entries.len();
-            for (pos, value) in render_entries(entries) {
+            let last = entries.last().map(|e| e.pos);
+            let (rendered, left_out) = render_entries(entries, guard.as_ref());
+            if let Some(g) = &guard {
+                audit_left_out(&api2, g, name.as_str(), left_out);
+            }
+            for (pos, value) in rendered {
                 let ev = SseEvent::default()
                     .id(pos.to_string())
                     .data(value.to_string());
@@ -796,6 +1053,8 @@ async fn subscribe(
                 }
                 after = pos;
             }
+            // Past the events left out too.
+            after = last.map_or(after, |l| l.max(after));
             if n == 0 {
                 tokio::select! {
                     r = committed.changed() => if r.is_err() { break },
@@ -842,9 +1101,22 @@ async fn ack_subscription(
     Query(q): Query<AckQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    api.authenticate(&headers)?;
+    let who = api.authenticate(&headers)?;
     let stream = check_stream(&api, &stream)?;
     check_durable_name(&api, &name)?;
+    if let Some(policy) = api.policy.policy() {
+        let guard = ReadGuard {
+            policy,
+            principal: who,
+            action: weft_policy::Action::Subscribe,
+            region: api.me.region.clone(),
+        };
+        api.authorize_stream(
+            &guard,
+            &stream,
+            &format!("acknowledge durable subscription {name} on"),
+        )?;
+    }
     let committed = *api.committed.borrow();
     if q.cursor > committed {
         return Err(api.fail(ApiError::new(
@@ -953,28 +1225,27 @@ fn enforce_publish(
         region: &api.me.region,
     });
     if !decision.allowed {
-        tracing::warn!(target: "audit", decision = "deny", reason = "publish_forbidden",
-            principal = %principal.name, stream = %stream.as_str(), epoch = policy.epoch(),
-            "publish refused by policy: {}", decision.reason);
-        return Err(api.fail(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "publish_forbidden",
-            format!(
-                "event {index}: principal {} may not publish to {} (policy epoch {}): {}",
-                principal.name,
-                stream.as_str(),
-                policy.epoch(),
-                decision.reason
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "publish_forbidden",
+                format!(
+                    "event {index}: principal {} may not publish to {} (policy epoch {}): {}",
+                    principal.name,
+                    stream.as_str(),
+                    policy.epoch(),
+                    decision.reason
+                ),
             ),
-        )));
+            Some(&principal.name),
+            Some(stream.as_str()),
+            policy.epoch(),
+        ));
     }
     match policy.stamp(stream, None, &Residency::Unrestricted) {
         Ok(stamp) => Ok((stamp.classification, stamp.residency)),
-        Err(reason) => {
-            tracing::warn!(target: "audit", decision = "deny", reason = "unclassified",
-                principal = %principal.name, stream = %stream.as_str(), epoch = policy.epoch(),
-                "publish refused by policy: {reason}");
-            Err(api.fail(ApiError::new(
+        Err(reason) => Err(api.refuse(
+            ApiError::new(
                 StatusCode::FORBIDDEN,
                 "unclassified",
                 format!(
@@ -982,9 +1253,51 @@ fn enforce_publish(
                     stream.as_str(),
                     policy.epoch()
                 ),
-            )))
-        }
+            ),
+            Some(&principal.name),
+            Some(stream.as_str()),
+            policy.epoch(),
+        )),
     }
+}
+
+/// Publish rate limits and daily quotas of the policy (`Policy::rate_limits`): the
+/// principal's and the tenant's token buckets must both admit every event of the request.
+/// A refusal is 429 `rate_limited` or `quota_exceeded` with `Retry-After`, or 413
+/// `batch_over_burst` for a request no bucket could ever admit whole; counted and audited.
+fn enforce_rate(
+    api: &Api,
+    policy: &weft_policy::Policy,
+    principal: &Principal,
+    events: u64,
+    bytes: u64,
+    stream: &str,
+) -> ApiResult<()> {
+    let limits = policy.rate_limits(&principal.name, &principal.tenant);
+    let refusal = match api.limiter.admit(
+        policy.epoch(),
+        &limits,
+        &principal.name,
+        &principal.tenant,
+        events,
+        bytes,
+        Instant::now(),
+        crate::driver::wall_ms(),
+    ) {
+        Ok(()) => return Ok(()),
+        Err(r) => r,
+    };
+    let status = match refusal {
+        crate::ratelimit::Refusal::OverBurst { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let mut e = ApiError::new(
+        status,
+        refusal.reason(),
+        format!("policy epoch {}: {refusal}", policy.epoch()),
+    );
+    e.retry_after = refusal.retry_after_s();
+    Err(api.refuse(e, Some(&principal.name), Some(stream), policy.epoch()))
 }
 
 async fn mesh_nodes(State(api): State<Arc<Api>>) -> Response {
@@ -1030,6 +1343,7 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
         "chaos_dropped",
         api.chaos.dropped.load(std::sync::atomic::Ordering::Relaxed) as usize,
     );
+    api.metrics.queue("audit", api.audit.queued() as usize);
     (
         [(
             header::CONTENT_TYPE,
@@ -1057,16 +1371,19 @@ async fn chaos_set(
 ) -> ApiResult<Response> {
     let who = api.authenticate(&headers)?;
     if !who.admin {
-        tracing::warn!(target: "audit", decision = "deny", principal = %who.name,
-            "chaos change refused: not an admin principal");
-        return Err(api.fail(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_admin",
-            format!(
-                "principal {} may not change fault injection (principals[].admin)",
-                who.name
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_admin",
+                format!(
+                    "principal {} may not change fault injection (principals[].admin)",
+                    who.name
+                ),
             ),
-        )));
+            Some(&who.name),
+            None,
+            api.policy.epoch(),
+        ));
     }
     let parsed: ChaosBody = serde_json::from_slice(&body).map_err(|e| {
         api.fail(ApiError::new(
@@ -1083,6 +1400,147 @@ async fn chaos_set(
         };
         api.fail(ApiError::new(status, "bad_chaos", m))
     })?;
-    tracing::warn!(target: "audit", rules = ?api.chaos.rules(), "fault injection rules changed");
+    api.audit.record(
+        crate::audit::Entry::now(
+            crate::audit::Decision::Change,
+            "chaos_changed",
+            api.policy.epoch(),
+            format!(
+                "fault injection rules changed to {}",
+                serde_json::to_string(&api.chaos.rules()).unwrap_or_default()
+            ),
+        )
+        .principal(who.name.clone()),
+    );
     Ok(axum::Json(json!({"enabled": true, "rules": api.chaos.rules()})).into_response())
+}
+
+/// `GET /v1/audit` parameters; anything else is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    since: Option<i64>,
+    before: Option<i64>,
+    limit: Option<usize>,
+    decision: Option<String>,
+    reason: Option<String>,
+    principal: Option<String>,
+    stream: Option<String>,
+}
+
+/// `GET /v1/audit`: audit entries, newest first, for an admin principal. Filters combine;
+/// `next_before` is the cursor of the next (older) page, null on the last one.
+async fn audit_get(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    use crate::audit::{AUDIT_NAME_LEN_MAX, AUDIT_READ_LIMIT_DEFAULT, AUDIT_READ_LIMIT_MAX};
+    let who = api.authenticate(&headers)?;
+    if !who.admin {
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_admin",
+                format!(
+                    "principal {} may not read the audit log (principals[].admin)",
+                    who.name
+                ),
+            ),
+            Some(&who.name),
+            None,
+            api.policy.epoch(),
+        ));
+    }
+    let bad = |m: String| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_audit_query", m));
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(AUDIT_READ_LIMIT_DEFAULT);
+    if limit == 0 || limit > AUDIT_READ_LIMIT_MAX {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_limit",
+            format!(
+                "limit must be 1 to {AUDIT_READ_LIMIT_MAX} (AUDIT_READ_LIMIT_MAX), got {limit}"
+            ),
+        )));
+    }
+    if q.since.is_some_and(|s| s < 0) {
+        return Err(bad(
+            "since is a unix time in milliseconds, at least 0".into()
+        ));
+    }
+    if q.before.is_some_and(|b| b < 1) {
+        return Err(bad(
+            "before is an entry id (next_before of the previous page), at least 1".into(),
+        ));
+    }
+    let decision = match q.decision.as_deref() {
+        None => None,
+        Some(d) => Some(crate::audit::Decision::parse(d).ok_or_else(|| {
+            bad(format!(
+                "decision {d:?} is not one of {}",
+                crate::audit::Decision::ALL
+                    .map(crate::audit::Decision::as_str)
+                    .join(", ")
+            ))
+        })?),
+    };
+    if let Some(r) = &q.reason
+        && (r.is_empty()
+            || r.len() > crate::audit::AUDIT_REASON_LEN_MAX
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+    {
+        return Err(bad(format!(
+            "reason {r:?} is not a reason code (snake_case, 1 to {} bytes)",
+            crate::audit::AUDIT_REASON_LEN_MAX
+        )));
+    }
+    for (field, v) in [("principal", &q.principal), ("stream", &q.stream)] {
+        if let Some(v) = v
+            && (v.is_empty() || v.len() > AUDIT_NAME_LEN_MAX)
+        {
+            return Err(bad(format!(
+                "{field} must be 1 to {AUDIT_NAME_LEN_MAX} bytes"
+            )));
+        }
+    }
+    let filter = crate::audit::Filter {
+        since_ms: q.since,
+        before: q.before,
+        decision,
+        reason: q.reason,
+        principal: q.principal,
+        stream: q.stream,
+        limit,
+    };
+    let audit = api.audit.clone();
+    let rows = tokio::task::spawn_blocking(move || audit.query(&filter))
+        .await
+        .map_err(|e| {
+            api.fail(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            ))
+        })?
+        .map_err(|e| {
+            api.fail(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_error",
+                e.to_string(),
+            ))
+        })?;
+    let next_before = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    let (node, key) = api.audit.node();
+    Ok(axum::Json(json!({
+        "node": node,
+        "node_key": key,
+        "entries": rows,
+        "next_before": next_before,
+    }))
+    .into_response())
 }

@@ -25,6 +25,8 @@ use crate::transport::Transport;
 const MESH_QUEUE_LEN_MAX: usize = 8192;
 /// Largest clock drift accepted from remote HLC stamps.
 const HLC_DRIFT_MS_MAX: u64 = 60_000;
+/// How long a stopping node waits for its audit entries to reach the disk.
+const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 fn init_tracing(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -82,6 +84,31 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .filter_map(|(_, json, _)| serde_json::from_str(&json).ok())
         .collect();
 
+    let metrics = Arc::new(Metrics::new());
+    let audit = crate::audit::Audit::start(
+        &config.data_dir,
+        &raw.name,
+        &origin.to_string(),
+        crate::audit::Retention {
+            days: raw.audit.retention_days,
+            entries_max: raw.audit.max_entries,
+        },
+        metrics.clone(),
+    )
+    .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?;
+    // Refusals at start end the process: their entries are written before it exits.
+    let refuse_start = |reason: &str, message: String| {
+        audit.record(crate::audit::Entry::now(
+            crate::audit::Decision::Deny,
+            reason,
+            0,
+            message,
+        ));
+        if !audit.flush(AUDIT_FLUSH_LIMIT) {
+            tracing::error!("the audit entry of the refusal could not be written in time");
+        }
+    };
+
     // The policy, verified as it would be off the fabric (k-of-n operators), and this
     // node's own jurisdiction claim checked against it: a node never runs claiming a
     // jurisdiction the bundle does not grant its key and region.
@@ -91,17 +118,26 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading policy bundle {}", path.display()))?;
             let verified = weft_policy::verify_bundle(&bytes, trust, 0).map_err(|e| {
-                tracing::warn!(target: "audit", decision = "deny", reason = "bundle_refused",
-                    bundle = %path.display(), "policy bundle refused: {e}");
+                refuse_start(
+                    "bundle_refused",
+                    format!("policy bundle {} refused: {e}", path.display()),
+                );
                 anyhow::anyhow!("policy bundle {}: {e}", path.display())
             })?;
             let claim = verified
                 .policy
                 .claim(&origin.0, &raw.jurisdiction, &raw.region);
             if !claim.allowed {
-                tracing::warn!(target: "audit", decision = "deny", reason = "jurisdiction_claim",
-                    jurisdiction = %raw.jurisdiction, region = %raw.region,
-                    "this node's jurisdiction claim is refused by the policy: {}", claim.reason);
+                refuse_start(
+                    "jurisdiction_claim",
+                    format!(
+                        "policy epoch {} refuses this node's claim of jurisdiction {} in region {}: {}",
+                        verified.policy.epoch(),
+                        raw.jurisdiction,
+                        raw.region,
+                        claim.reason
+                    ),
+                );
                 anyhow::bail!(
                     "policy epoch {} does not grant this node's key jurisdiction {} in region {}: {}",
                     verified.policy.epoch(),
@@ -110,8 +146,22 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
                     claim.reason
                 );
             }
-            tracing::info!(target: "audit", epoch = verified.policy.epoch(),
-                signers = verified.signers.len(), "policy bundle applied");
+            audit.record(crate::audit::Entry::now(
+                crate::audit::Decision::Apply,
+                "policy_applied",
+                verified.policy.epoch(),
+                format!(
+                    "policy bundle {} applied at start: epoch {}, signed by {}",
+                    path.display(),
+                    verified.policy.epoch(),
+                    verified
+                        .signers
+                        .iter()
+                        .map(hex::encode)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
             Some((verified, bytes))
         }
     };
@@ -144,7 +194,6 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     }
     let policy_state = Arc::new(crate::policy_state::PolicyState::new(applied));
 
-    let metrics = Arc::new(Metrics::new());
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
     let quic = crate::tls::quic_configs(&seed, trusted.iter().copied())?;
     let (mesh_tx, mesh_rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);
@@ -206,6 +255,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         started: Instant::now(),
         closing: closing_rx,
         policy: policy_state,
+        audit: audit.clone(),
+        limiter: crate::ratelimit::Limiter::default(),
     });
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await
@@ -225,6 +276,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), driver_task).await;
     transport.close();
+    audit.flush(AUDIT_FLUSH_LIMIT);
     Ok(())
 }
 
