@@ -448,8 +448,26 @@ impl Audit {
         retention: Retention,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AuditError> {
+        let (audit, run) =
+            Self::build(dir, node, node_key, retention, metrics, AUDIT_QUEUE_LEN_MAX)?;
+        std::thread::Builder::new()
+            .name("weft-audit".into())
+            .spawn(run)
+            .map_err(AuditError::Thread)?;
+        Ok(audit)
+    }
+
+    /// The handle and its writer loop (not yet running), with a queue of `queue_len`.
+    fn build(
+        dir: &Path,
+        node: &str,
+        node_key: &str,
+        retention: Retention,
+        metrics: Arc<Metrics>,
+        queue_len: usize,
+    ) -> Result<(Self, impl FnOnce() + Send + 'static), AuditError> {
         let store = AuditStore::open(dir)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(AUDIT_QUEUE_LEN_MAX);
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue_len);
         let inner = Arc::new(Inner {
             tx,
             node: node.to_string(),
@@ -460,11 +478,7 @@ impl Audit {
             queued: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("weft-audit".into())
-            .spawn(move || writer(store, rx, weak, retention))
-            .map_err(AuditError::Thread)?;
-        Ok(Self { inner })
+        Ok((Self { inner }, move || writer(store, rx, weak, retention)))
     }
 
     /// Records an entry: the `audit` tracing line now, the database row by the writer
@@ -787,6 +801,47 @@ mod tests {
         assert!(rows[0].message.len() <= AUDIT_MESSAGE_LEN_MAX);
         assert!(rows[0].message.starts_with("refusal 49"));
         assert_eq!(metrics.audit_dropped.get(), 0);
+        assert_eq!(audit.queued(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_is_counted_and_reported_in_the_log_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (audit, run) = Audit::build(
+            dir.path(),
+            "n1",
+            "00",
+            Retention {
+                days: 1,
+                entries_max: 1000,
+            },
+            metrics.clone(),
+            4,
+        )
+        .unwrap();
+        // The writer is not running yet: four entries fit, six do not.
+        for i in 0..10 {
+            audit.deny("bad_token", None, None, 0, format!("refusal {i}"));
+        }
+        assert_eq!(metrics.audit_dropped.get(), 6);
+        std::thread::spawn(run);
+        assert!(audit.flush(Duration::from_secs(10)));
+        let rows = audit
+            .query(&Filter {
+                limit: 100,
+                ..Filter::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 5, "{rows:?}");
+        let overflow = &rows[0];
+        assert_eq!(overflow.decision, "overflow");
+        assert_eq!(overflow.reason, "audit_overflow");
+        assert!(
+            overflow.message.starts_with("6 audit entries"),
+            "{overflow:?}"
+        );
+        assert!(rows[1..].iter().all(|r| r.reason == "bad_token"));
         assert_eq!(audit.queued(), 0);
     }
 }
