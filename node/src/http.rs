@@ -1263,7 +1263,7 @@ fn enforce_publish(
 
 /// Publish rate limits and daily quotas of the policy (`Policy::rate_limits`): the
 /// principal's and the tenant's token buckets must both admit every event of the request.
-/// A refusal is 429 `rate_limited` or `quota_exceeded` with `Retry-After`, or 413
+/// A refusal is 429 `rate_limited` or `quota_exceeded` with `Retry-After`, or 400
 /// `batch_over_burst` for a request no bucket could ever admit whole; counted and audited.
 fn enforce_rate(
     api: &Api,
@@ -1288,7 +1288,7 @@ fn enforce_rate(
         Err(r) => r,
     };
     let status = match refusal {
-        crate::ratelimit::Refusal::OverBurst { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        crate::ratelimit::Refusal::OverBurst { .. } => StatusCode::BAD_REQUEST,
         _ => StatusCode::TOO_MANY_REQUESTS,
     };
     let mut e = ApiError::new(
