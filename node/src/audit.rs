@@ -485,9 +485,10 @@ impl Audit {
     /// thread. Never blocks; a full queue is counted (see the module docs).
     pub(crate) fn record(&self, entry: Entry) {
         let e = entry.bounded();
-        let principal = e.principal.as_deref().unwrap_or("");
-        let stream = e.stream.as_deref().unwrap_or("");
-        let event = e.event_id.as_deref().unwrap_or("");
+        // `None` fields are left out of the line.
+        let principal = e.principal.as_deref();
+        let stream = e.stream.as_deref();
+        let event = e.event_id.as_deref();
         match e.decision {
             Decision::Deny | Decision::Overflow => {
                 tracing::warn!(target: "audit", decision = e.decision.as_str(), reason = %e.reason,
