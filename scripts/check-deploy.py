@@ -220,8 +220,6 @@ def check_k8s(repo, out_dir, weft):
                 out = os.path.join(out_dir, f"k8s-{dig(cm, 'metadata', 'name')}.toml")
                 with open(out, "w") as f:
                     f.write(data["weft.toml"])
-            if "policy.toml" in data and "PLACEHOLDER" not in data["policy.toml"]:
-                fail(where, "policy.toml must be marked PLACEHOLDER (policy is issue 6)")
         for s in by_kind["StatefulSet"]:
             check_statefulset(where, s, by_kind, out_dir, weft)
     if regions < 3:

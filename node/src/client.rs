@@ -407,6 +407,119 @@ pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `weft policy push`: hands a signed bundle to a node, which verifies it and sends it
+/// through the fabric to every node.
+pub(crate) fn policy_push(conn: &Conn, bundle: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(bundle)
+        .with_context(|| format!("reading signed bundle {}", bundle.display()))?;
+    let Some(token) = conn.token()? else {
+        bail!(
+            "pushing a policy needs an admin principal's token: --token, WEFT_TOKEN or --token-file"
+        );
+    };
+    let v: Value = runtime()?.block_on(async {
+        let url = conn.url("/v1/policy");
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/cbor")
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        anyhow::Ok(check(resp).await?.json::<Value>().await?)
+    })?;
+    println!(
+        "epoch {} in force on {} (was {}); carried to the fabric by event {}",
+        v["epoch"],
+        conn.node,
+        v["previous"],
+        v["event"].as_str().unwrap_or("-")
+    );
+    println!("follow it with: weft policy status --node {}", conn.node);
+    Ok(())
+}
+
+/// `weft policy status`: the policy epoch of every node the contacted node knows of (its
+/// gossiped fabric view). With `expect`, fails unless every live node has that epoch.
+pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> anyhow::Result<bool> {
+    let (policy, nodes) = runtime()?.block_on(async {
+        let policy = get_json(conn, "/v1/policy").await?;
+        let nodes = get_json(conn, "/v1/mesh/nodes").await?;
+        anyhow::Ok((policy, nodes))
+    })?;
+    let list: Vec<&Value> = nodes["nodes"].as_array().into_iter().flatten().collect();
+    let live = || list.iter().filter(|n| n["alive"] == true);
+    let newest = live()
+        .filter_map(|n| n["policy_epoch"].as_u64())
+        .chain(policy["epoch"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let target = expect.unwrap_or(newest);
+    let behind = live()
+        .filter(|n| n["policy_epoch"].as_u64() != Some(target))
+        .count();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "node": policy,
+                "newest_epoch": newest,
+                "expected_epoch": target,
+                "live_nodes": live().count(),
+                "not_at_expected": behind,
+                "nodes": list.iter().map(|n| serde_json::json!({
+                    "name": n["name"], "key": n["key"], "region": n["region"],
+                    "jurisdiction": n["jurisdiction"], "alive": n["alive"],
+                    "policy_epoch": n["policy_epoch"], "age_ms": n["age_ms"],
+                })).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        let signers = policy["signers"].as_array().map_or(0, std::vec::Vec::len);
+        println!(
+            "{}: epoch {} ({} signer(s))",
+            conn.node, policy["epoch"], signers
+        );
+        println!(
+            "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8}",
+            "NODE", "REGION", "JUR", "EPOCH", "STATE", "SEEN s"
+        );
+        for n in &list {
+            let epoch = n["policy_epoch"].as_u64().unwrap_or(0);
+            let state = if n["alive"] != true {
+                "down"
+            } else if epoch == target {
+                "current"
+            } else if epoch < target {
+                "behind"
+            } else {
+                "ahead"
+            };
+            println!(
+                "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8.1}",
+                n["name"].as_str().unwrap_or(""),
+                n["region"].as_str().unwrap_or(""),
+                n["jurisdiction"].as_str().unwrap_or(""),
+                epoch,
+                state,
+                n["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
+            );
+        }
+        println!(
+            "{} live node(s); {} at epoch {target}{}",
+            live().count(),
+            live().count() - behind,
+            if expect.is_some() {
+                " (expected)"
+            } else {
+                " (newest)"
+            }
+        );
+    }
+    Ok(behind == 0)
+}
+
 /// `weft audit` filters.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct AuditArgs {

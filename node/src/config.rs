@@ -100,8 +100,10 @@ pub(crate) struct PolicyConfig {
     #[serde(default = "one")]
     pub(crate) threshold: usize,
     /// The signed bundle to enforce from the start (`weft policy sign`), relative like
-    /// `key`.
-    pub(crate) bundle: PathBuf,
+    /// `key`. Optional: without it the node starts with no policy (or the newest bundle it
+    /// applied before a restart) and takes bundles pushed through the fabric.
+    #[serde(default)]
+    pub(crate) bundle: Option<PathBuf>,
 }
 
 fn one() -> usize {
@@ -233,8 +235,8 @@ pub(crate) struct Resolved {
     pub(crate) tokens: Vec<([u8; 32], Principal)>,
     pub(crate) advertise: SocketAddr,
     pub(crate) priorities: crate::transport::Priorities,
-    /// Operator trust and the bundle path, when a policy is configured.
-    pub(crate) policy: Option<(weft_policy::Trust, PathBuf)>,
+    /// Operator trust and the initial bundle's path, when a policy is configured.
+    pub(crate) policy: Option<(weft_policy::Trust, Option<PathBuf>)>,
 }
 
 fn field_err(field: &str, what: impl std::fmt::Display) -> anyhow::Error {
@@ -405,7 +407,7 @@ impl NodeConfig {
             data_dir: resolve(&self.data_dir),
             advertise: self.advertise.unwrap_or(self.listen.mesh),
             priorities,
-            policy: policy.map(|(trust, path)| (trust, resolve(&path))),
+            policy: policy.map(|(trust, path)| (trust, path.map(|p| resolve(&p)))),
             trusted,
             streams,
             tokens,

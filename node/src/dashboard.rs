@@ -159,7 +159,7 @@ async fn node_json(State(api): State<Arc<Api>>) -> Response {
         "published": published(&api),
         "stored": s.stored_events,
         "missing": null,
-        "policy_epoch": api.me.policy_epoch,
+        "policy_epoch": api.policy.epoch(),
         "links": links,
     });
     (

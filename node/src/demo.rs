@@ -425,6 +425,8 @@ http = "{http}"
 name = "demo-app"
 tenant = "demo"
 token_sha256 = "{token_hash}"
+# The demo's one principal may also push policy bundles and set fault injection.
+admin = true
 
 # Realistic WAN latency on loopback: half the measured RTT to each other region.
 [chaos]
@@ -742,10 +744,22 @@ impl Demo {
             second.url(&format!("/v1/streams/{EU_STREAM}/events?limit=2"))
         );
         say!("");
+        say!("Change the policy everywhere with one push (raise `epoch` in the TOML first):");
         say!(
-            "Not in this demo because they are not built yet: pushing a new policy through the fabric \
-             (`weft policy push`, issue 6) and the edge agent (issue 8)."
+            "  {weft} policy sign --key {} --out {} {}",
+            self.dir.join("operator.key").display(),
+            self.dir.join("policy-2.cbor").display(),
+            self.dir.join("policy.toml").display()
         );
+        say!(
+            "  {weft} policy push --node {} --token-file {} {}",
+            second.url(""),
+            self.token_file.display(),
+            self.dir.join("policy-2.cbor").display()
+        );
+        say!("  {weft} policy status --node {}", first.url(""));
+        say!("");
+        say!("Not in this demo because it is not built yet: the edge agent (issue 8).");
         say!("");
         match duration {
             Some(s) => say!("Stopping by itself after {s} s (--duration), or on Ctrl-C."),

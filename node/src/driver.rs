@@ -225,6 +225,9 @@ pub(crate) struct Driver {
     outbox_replies: Vec<(oneshot::Sender<Vec<u8>>, Vec<u8>)>,
     /// Stream priority classes for the transport's lanes.
     priorities: crate::transport::Priorities,
+    /// Operator trust and the policy in force, when a policy is configured: bundles
+    /// arriving on the policy stream are applied here (`policy_push`).
+    policy: Option<(weft_policy::Trust, Arc<crate::policy_state::PolicyState>)>,
 }
 
 impl Driver {
@@ -262,7 +265,19 @@ impl Driver {
             outbox: Vec::new(),
             outbox_replies: Vec::new(),
             priorities,
+            policy: None,
         }
+    }
+
+    /// Applies bundles arriving on the policy stream, verified against `trust`, to `state`.
+    pub(crate) fn with_policy(
+        mut self,
+        trust: weft_policy::Trust,
+        state: Arc<crate::policy_state::PolicyState>,
+    ) -> Self {
+        self.metrics.policy_epoch.set(state.epoch() as i64);
+        self.policy = Some((trust, state));
+        self
     }
 
     fn now(&self) -> Micros {
@@ -686,6 +701,9 @@ impl Driver {
                     Ok(pos) => {
                         self.last_pos = pos;
                         self.metrics.deliveries.inc();
+                        if event.stream().as_str() == crate::policy_push::POLICY_STREAM {
+                            self.apply_policy(&event);
+                        }
                     }
                     Err(e) => {
                         self.metrics.reject("log_append_failed");
@@ -709,6 +727,57 @@ impl Driver {
                     self.members.remove(&m.node_key());
                     self.down.insert(m.node_key(), m);
                 }
+            }
+        }
+    }
+
+    /// Applies the bundle a policy carrier event holds (see `policy_push`); every outcome
+    /// but a repeat of the bundle in force is audited.
+    fn apply_policy(&mut self, event: &Event) {
+        use crate::policy_push::{Outcome, apply, carried_bundle};
+        let carrier = event.id();
+        let relayed_by = event.origin();
+        let Some((trust, state)) = &self.policy else {
+            self.metrics.reject("policy_no_trust");
+            warn!(target: "audit", decision = "deny", reason = "policy_no_trust",
+                event = %carrier, relayed_by = %relayed_by,
+                "policy bundle ignored: this node has no operator trust configured ([policy] operators)");
+            return;
+        };
+        let bytes = match carried_bundle(event) {
+            Ok(b) => b,
+            Err(why) => {
+                self.metrics.reject("policy_carrier_invalid");
+                warn!(target: "audit", decision = "deny", reason = "policy_carrier_invalid",
+                    event = %carrier, relayed_by = %relayed_by, "policy bundle refused: {why}");
+                return;
+            }
+        };
+        match apply(trust, state, &mut self.node, bytes) {
+            Outcome::Applied {
+                epoch,
+                previous,
+                claim_revoked,
+            } => {
+                self.metrics.policy_epoch.set(epoch as i64);
+                self.metrics.policy_applied.inc();
+                info!(target: "audit", decision = "apply", reason = "policy_applied", epoch,
+                    previous, event = %carrier, relayed_by = %relayed_by,
+                    "policy bundle applied");
+                if let Some(why) = claim_revoked {
+                    warn!(target: "audit", decision = "deny", reason = "jurisdiction_claim",
+                        epoch, jurisdiction = %self.me.jurisdiction, region = %self.me.region,
+                        "policy epoch {epoch} no longer grants this node's jurisdiction claim ({why}): it now receives only unrestricted events");
+                }
+            }
+            Outcome::AlreadyInForce { epoch } => {
+                debug!(epoch, event = %carrier, "policy bundle already in force");
+            }
+            Outcome::Refused(e) => {
+                self.metrics.reject(e.code());
+                warn!(target: "audit", decision = "deny", reason = e.code(),
+                    event = %carrier, relayed_by = %relayed_by, epoch_in_force = state.epoch(),
+                    "policy bundle from the fabric refused: {e}");
             }
         }
     }

@@ -74,6 +74,8 @@ pub(crate) struct Api {
     pub(crate) audit: crate::audit::Audit,
     /// Publish rate limits and daily quotas of the policy in force.
     pub(crate) limiter: crate::ratelimit::Limiter,
+    /// The operators whose signatures this node accepts on bundles (`[policy]`), if any.
+    pub(crate) policy_trust: Option<weft_policy::Trust>,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -334,7 +336,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/mesh/routes", get(routes))
         .route("/v1/mesh/nodes", get(mesh_nodes))
-        .route("/v1/policy", get(policy_get))
+        .route("/v1/policy", get(policy_get).post(policy_push))
         .route("/v1/policy/bundle", get(policy_bundle))
         .route("/v1/status", get(status))
         .route("/v1/chaos", get(chaos_get).post(chaos_set))
@@ -352,9 +354,14 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
 }
 
 /// Bodies over `limits.http_body_max` are refused by axum's extractor before a handler
-/// runs: give them the API's error shape and count them.
+/// runs: give them the API's error shape and count them. (A handler's own 413, already
+/// JSON with a more precise reason, passes through.)
 async fn count_body_limit(State(api): State<Arc<Api>>, resp: Response) -> Response {
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
         return api
             .fail(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -449,7 +456,7 @@ async fn publish_inner(
     })?;
     let media = media_type(&headers);
     if media == WEFT_CBOR {
-        let event = presigned(api, &body, path_stream.as_ref())?;
+        let event = presigned(api, &principal, &body, path_stream.as_ref())?;
         if let Some(policy) = api.policy.policy() {
             enforce_rate(
                 api,
@@ -602,6 +609,23 @@ async fn publish_inner(
             true,
         ));
     }
+    let mut out = sign_and_send(api, drafts, dedup, ack, started).await?;
+    // Ids of already-known events go back in request order.
+    for (i, id) in known {
+        out.ids.insert(i.min(out.ids.len()), id);
+    }
+    Ok(published_response(&out, out.complete))
+}
+
+/// Signs drafts with this node's key and sequence and hands them to the driver; returns
+/// what the publish achieved at the requested ack level.
+pub(crate) async fn sign_and_send(
+    api: &Arc<Api>,
+    drafts: Vec<EventDraft>,
+    dedup: Vec<Option<(String, String, String)>>,
+    ack: Ack,
+    started: Instant,
+) -> ApiResult<Published> {
     // Reserve the driver's queue before signing: an event signed with a sequence number
     // must reach the core, or its origin's later events would wait for it forever.
     let permit = reserve(api)?;
@@ -651,17 +675,24 @@ async fn publish_inner(
             )));
         }
     }
-    let mut out = wait_published(api, rx).await?;
-    // Ids of already-known events go back in request order.
-    for (i, id) in known {
-        out.ids.insert(i.min(out.ids.len()), id);
-    }
-    Ok(published_response(&out, out.complete))
+    wait_published(api, rx).await
 }
 
 /// A node accepts publishes only on streams it stores: an event it signs or takes in must
 /// be durable here before it is acknowledged or sent on.
 fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
+    if stream.is_system() {
+        tracing::warn!(target: "audit", decision = "deny", reason = "system_stream",
+            stream = %stream.as_str(), "publish to a system stream refused");
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "system_stream",
+            format!(
+                "{} is a system stream (first token `_weft`): only nodes publish there (policy bundles go through POST /v1/policy)",
+                stream.as_str()
+            ),
+        )));
+    }
     if api.streams.iter().any(|p| p.matches(stream)) {
         return Ok(());
     }
@@ -675,7 +706,12 @@ fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
     )))
 }
 
-fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiResult<Event> {
+fn presigned(
+    api: &Api,
+    principal: &Principal,
+    body: &[u8],
+    path_stream: Option<&StreamName>,
+) -> ApiResult<Event> {
     let unverified = weft_fabric::decode(body).map_err(|e| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -714,7 +750,72 @@ fn presigned(api: &Api, body: &[u8], path_stream: Option<&StreamName>) -> ApiRes
             ),
         )));
     }
+    if let Some(policy) = api.policy.policy() {
+        enforce_presigned(api, &policy, principal, &event)?;
+    }
     Ok(event)
+}
+
+/// Policy on an event signed elsewhere: the token's principal must be allowed to publish
+/// it, and the security context its producer signed must be one the policy would stamp
+/// (a known class, at least as restrictive as the stream's, residency within it). A
+/// refusal is a 403, counted and audited with the event id.
+fn enforce_presigned(
+    api: &Api,
+    policy: &weft_policy::Policy,
+    principal: &Principal,
+    event: &Event,
+) -> ApiResult<()> {
+    let security = event.security();
+    let decision = policy.authorize(&weft_policy::AccessRequest {
+        principal: &principal.name,
+        action: weft_policy::Action::Publish,
+        stream: event.stream(),
+        tenant: &principal.tenant,
+        classification: Some(&security.classification),
+        region: &api.me.region,
+    });
+    if !decision.allowed {
+        tracing::warn!(target: "audit", decision = "deny", reason = "publish_forbidden",
+            principal = %principal.name, stream = %event.stream().as_str(), event = %event.id(),
+            epoch = policy.epoch(), "pre-signed publish refused by policy: {}", decision.reason);
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "publish_forbidden",
+            format!(
+                "principal {} may not publish to {} (policy epoch {}): {}",
+                principal.name,
+                event.stream().as_str(),
+                policy.epoch(),
+                decision.reason
+            ),
+        )));
+    }
+    let decision = policy.check_presigned(event.stream(), security);
+    if !decision.allowed {
+        let code = match decision.reason {
+            weft_policy::Reason::UnknownClassification { .. } => "unclassified",
+            _ => "residency_wider",
+        };
+        tracing::warn!(target: "audit", decision = "deny", reason = code,
+            principal = %principal.name, stream = %event.stream().as_str(), event = %event.id(),
+            classification = %security.classification, epoch = policy.epoch(),
+            "pre-signed event refused by policy: {}", decision.reason);
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            code,
+            format!(
+                "event {} on {}: classification {:?} with residency {:?} refused by policy epoch {}: {}",
+                event.id(),
+                event.stream().as_str(),
+                security.classification,
+                security.residency,
+                policy.epoch(),
+                decision.reason
+            ),
+        )));
+    }
+    Ok(())
 }
 
 async fn submit(
@@ -1184,21 +1285,109 @@ async fn policy_get(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
-async fn policy_bundle(State(api): State<Arc<Api>>) -> Response {
+/// `POST /v1/policy` (`weft policy push`): an admin hands this node a signed bundle. The
+/// node verifies it as every node will (operator signatures, threshold, epoch newer than
+/// the one in force), then publishes it on the policy system stream; every node, this one
+/// included, applies it when the carrier reaches its log (`policy_push`). The answer comes
+/// after this node has applied it and made it durable.
+async fn policy_push(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let who = api.authenticate(&headers)?;
+    if !who.admin {
+        tracing::warn!(target: "audit", decision = "deny", reason = "not_admin",
+            principal = %who.name, "policy push refused: not an admin principal");
+        return Err(api.fail(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_admin",
+            format!(
+                "principal {} may not push policy bundles (principals[].admin)",
+                who.name
+            ),
+        )));
+    }
+    let Some(trust) = &api.policy_trust else {
+        return Err(api.fail(ApiError::new(
+            StatusCode::CONFLICT,
+            "policy_no_trust",
+            "this node has no operator keys configured ([policy] operators), so it cannot verify a bundle",
+        )));
+    };
+    let previous = api.policy.epoch();
+    let verified = crate::policy_push::check(trust, &api.policy, &body).map_err(|e| {
+        tracing::warn!(target: "audit", decision = "deny", reason = e.code(),
+            principal = %who.name, epoch_in_force = previous, "policy push refused: {e}");
+        let status = match &e {
+            weft_policy::VerifyError::Oversize { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            weft_policy::VerifyError::Rollback { .. } => StatusCode::CONFLICT,
+            weft_policy::VerifyError::Malformed(_) | weft_policy::VerifyError::Invalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::FORBIDDEN,
+        };
+        api.fail(ApiError::new(
+            status,
+            e.code(),
+            format!("policy bundle refused: {e}"),
+        ))
+    })?;
+    let epoch = verified.policy.epoch();
+    let draft = EventDraft {
+        stream: crate::policy_push::policy_stream(),
+        key: None,
+        seq: 0,
+        hlc: weft_fabric::Hlc::new(0, 0).unwrap_or_else(|_| unreachable!("zero HLC")),
+        security: SecurityContext {
+            tenant: who.tenant.clone(),
+            principal: who.name.clone(),
+            classification: crate::policy_push::SYSTEM_CLASSIFICATION.into(),
+            residency: Residency::Unrestricted,
+            scopes: BTreeSet::new(),
+            policy_epoch: previous,
+        },
+        content_type: crate::policy_push::BUNDLE_CONTENT_TYPE.into(),
+        payload: Payload::Clear(body.to_vec()),
+        trace: None,
+    };
+    let out = sign_and_send(&api, vec![draft], vec![None], Ack::Local, Instant::now()).await?;
+    let in_force = api.policy.epoch();
+    if in_force != epoch {
+        // Another bundle landed between the check and the apply.
+        return Err(api.fail(ApiError::new(
+            StatusCode::CONFLICT,
+            "bundle_rollback",
+            format!("epoch {in_force} came into force first; epoch {epoch} was not applied"),
+        )));
+    }
+    tracing::info!(target: "audit", decision = "apply", reason = "policy_pushed",
+        principal = %who.name, epoch, previous, event = ?out.ids.first(),
+        "policy bundle pushed to the fabric");
+    Ok(axum::Json(json!({
+        "epoch": epoch,
+        "previous": previous,
+        "event": out.ids.first(),
+        "signers": verified.signers.iter().map(hex::encode).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Response> {
     // The signed bundle in force, byte for byte as the operators signed it: what
-    // `weft policy verify` checks and what a push re-sends.
+    // `weft policy verify` checks. Authenticated: it lists principals' token hashes.
+    api.authenticate(&headers)?;
     match api.policy.current() {
-        None => ApiError::new(
+        None => Err(api.fail(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_policy",
             "this node enforces no policy bundle",
-        )
-        .into_response(),
-        Some(a) => (
+        ))),
+        Some(a) => Ok((
             [(axum::http::header::CONTENT_TYPE, "application/cbor")],
             a.signed.as_ref().clone(),
         )
-            .into_response(),
+            .into_response()),
     }
 }
 

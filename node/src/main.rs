@@ -31,6 +31,7 @@ mod inspect;
 mod keys;
 mod metrics;
 mod policy_cli;
+mod policy_push;
 mod policy_state;
 mod ratelimit;
 mod regions;
@@ -106,6 +107,26 @@ enum PolicyCommand {
         /// The signed bundle.
         bundle: PathBuf,
     },
+    /// Push a signed bundle to a node (an admin principal's token): the node verifies it
+    /// and sends it through the fabric; every node applies it, nodes that were down when
+    /// they come back.
+    Push {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// The signed bundle (`weft policy sign`).
+        bundle: PathBuf,
+    },
+    /// Each node's policy epoch, fabric wide, as the contacted node knows it from gossip.
+    Status {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 1 unless every live node has this epoch.
+        #[arg(long, value_name = "EPOCH")]
+        expect: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,7 +160,7 @@ enum Command {
         config: PathBuf,
     },
     /// Policy bundles (docs/policy.md): sign a TOML bundle with operator keys, check a
-    /// signed one as a node would.
+    /// signed one as a node would, push one to the fabric, see each node's epoch.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -312,6 +333,12 @@ fn run() -> anyhow::Result<ExitCode> {
                     epoch,
                     bundle,
                 } => policy_cli::verify(&bundle, &operators, threshold, epoch)?,
+                PolicyCommand::Push { conn, bundle } => client::policy_push(&conn, &bundle)?,
+                PolicyCommand::Status { conn, json, expect } => {
+                    if !client::policy_status(&conn, json, expect)? {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -56,6 +56,10 @@ pub(crate) struct Metrics {
     pub(crate) audit_write_errors: Counter,
     /// Audit entries deleted by retention.
     pub(crate) audit_pruned: Counter,
+    /// The policy epoch in force (0: none).
+    pub(crate) policy_epoch: Gauge,
+    /// Policy bundles applied since start (pushed, caught up or published here).
+    pub(crate) policy_applied: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,6 +91,8 @@ impl Metrics {
             failovers: Gauge::default(),
             relayed: Gauge::default(),
             peer_rtt: Family::default(),
+            policy_epoch: Gauge::default(),
+            policy_applied: Counter::default(),
             queue_depth: Family::default(),
             ack_seconds: Family::new_with_constructor(latency_histogram),
             subscribers: Gauge::default(),
@@ -196,6 +202,16 @@ impl Metrics {
             "audit_pruned",
             "Audit entries deleted by retention",
             m.audit_pruned.clone(),
+        );
+        registry.register(
+            "policy_epoch",
+            "Policy epoch in force (0: no policy)",
+            m.policy_epoch.clone(),
+        );
+        registry.register(
+            "policy_applied",
+            "Policy bundles applied since start",
+            m.policy_applied.clone(),
         );
         Self { registry, ..m }
     }

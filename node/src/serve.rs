@@ -109,60 +109,69 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         }
     };
 
-    // The policy, verified as it would be off the fabric (k-of-n operators), and this
-    // node's own jurisdiction claim checked against it: a node never runs claiming a
-    // jurisdiction the bundle does not grant its key and region.
-    let policy = match &config.policy {
-        None => None,
+    // The policy: the newest of the configured bundle and the one last applied before a
+    // restart (a push through the fabric may have superseded the configured one), each
+    // verified as it would be off the fabric (k-of-n operators); then this node's own
+    // jurisdiction claim checked against it: a node never starts claiming a jurisdiction
+    // the bundle does not grant its key and region.
+    let (trust, policy) = match &config.policy {
+        None => (None, None),
         Some((trust, path)) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("reading policy bundle {}", path.display()))?;
-            let verified = weft_policy::verify_bundle(&bytes, trust, 0).map_err(|e| {
-                refuse_start(
-                    "bundle_refused",
-                    format!("policy bundle {} refused: {e}", path.display()),
-                );
-                anyhow::anyhow!("policy bundle {}: {e}", path.display())
+            let configured = match path {
+                None => None,
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("reading policy bundle {}", path.display()))?,
+                ),
+            };
+            let stored = store.meta_get(crate::policy_push::META_KEY)?;
+            let chosen = crate::policy_push::at_start(trust, configured, stored).map_err(|e| {
+                let shown = path
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string());
+                refuse_start(e.code(), format!("policy bundle {shown} refused: {e}"));
+                anyhow::anyhow!("policy bundle {shown}: {e}")
             })?;
-            let claim = verified
-                .policy
-                .claim(&origin.0, &raw.jurisdiction, &raw.region);
-            if !claim.allowed {
-                refuse_start(
-                    "jurisdiction_claim",
-                    format!(
-                        "policy epoch {} refuses this node's claim of jurisdiction {} in region {}: {}",
+            if let Some((verified, _)) = &chosen {
+                let claim = verified
+                    .policy
+                    .claim(&origin.0, &raw.jurisdiction, &raw.region);
+                if !claim.allowed {
+                    refuse_start(
+                        "jurisdiction_claim",
+                        format!(
+                            "policy epoch {} refuses this node's claim of jurisdiction {} in region {}: {}",
+                            verified.policy.epoch(),
+                            raw.jurisdiction,
+                            raw.region,
+                            claim.reason
+                        ),
+                    );
+                    anyhow::bail!(
+                        "policy epoch {} does not grant this node's key jurisdiction {} in region {}: {}",
                         verified.policy.epoch(),
                         raw.jurisdiction,
                         raw.region,
                         claim.reason
+                    );
+                }
+                audit.record(crate::audit::Entry::now(
+                    crate::audit::Decision::Apply,
+                    "policy_applied",
+                    verified.policy.epoch(),
+                    format!(
+                        "policy bundle applied at start: epoch {}, signed by {}",
+                        verified.policy.epoch(),
+                        verified
+                            .signers
+                            .iter()
+                            .map(hex::encode)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
-                );
-                anyhow::bail!(
-                    "policy epoch {} does not grant this node's key jurisdiction {} in region {}: {}",
-                    verified.policy.epoch(),
-                    raw.jurisdiction,
-                    raw.region,
-                    claim.reason
-                );
+                ));
             }
-            audit.record(crate::audit::Entry::now(
-                crate::audit::Decision::Apply,
-                "policy_applied",
-                verified.policy.epoch(),
-                format!(
-                    "policy bundle {} applied at start: epoch {}, signed by {}",
-                    path.display(),
-                    verified.policy.epoch(),
-                    verified
-                        .signers
-                        .iter()
-                        .map(hex::encode)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-            Some((verified, bytes))
+            (Some(trust.clone()), chosen)
         }
     };
     let me = MemberInfo {
@@ -178,6 +187,11 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     trusted.insert(origin.0);
     let mut mesh = MeshConfig::wan(trusted.len() as u32);
     mesh.interest = config.streams.clone();
+    // Every node stores the system streams (policy bundles travel on them).
+    mesh.interest.push(
+        weft_fabric::StreamPattern::new(crate::policy_push::SYSTEM_PATTERN)
+            .unwrap_or_else(|_| unreachable!("valid constant")),
+    );
     let node_seed = u64::from_le_bytes(crate::keys::random32()?[..8].try_into()?);
     let epoch = Instant::now();
     let mut node = Node::new(me.clone(), mesh, node_seed, store, 0);
@@ -216,7 +230,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (closing_tx, closing_rx) = watch::channel(false);
-    let driver = Driver::new(
+    let mut driver = Driver::new(
         node,
         epoch,
         transport.clone(),
@@ -227,6 +241,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         snapshot_tx,
         config.priorities.clone(),
     );
+    if let Some(trust) = &trust {
+        driver = driver.with_policy(trust.clone(), policy_state.clone());
+    }
     let driver_task = tokio::spawn(driver.run(mesh_rx, cmd_rx, shutdown_rx, known_peers));
 
     let api = Arc::new(Api {
@@ -257,6 +274,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         policy: policy_state,
         audit: audit.clone(),
         limiter: crate::ratelimit::Limiter::default(),
+        policy_trust: trust,
     });
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await

@@ -68,8 +68,9 @@ pub(crate) const READ_LOG_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Longest cursor name, metadata key or CloudEvents principal, in bytes.
 pub(crate) const NAME_LEN_MAX: usize = 128;
 
-/// Longest metadata value (64 KiB): metadata is small node state, not events.
-pub(crate) const META_VALUE_LEN_MAX: usize = 64 * 1024;
+/// Longest metadata value: metadata is small node state, not events; the largest value
+/// is the signed policy bundle in force (kept so a restart resumes the newest epoch).
+pub(crate) const META_VALUE_LEN_MAX: usize = weft_policy::limits::BUNDLE_LEN_MAX;
 
 /// Most metadata keys: set by the node's own code, a handful in practice.
 pub(crate) const META_KEYS_MAX: usize = 1_024;

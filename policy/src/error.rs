@@ -153,6 +153,25 @@ pub enum VerifyError {
     Invalid(BundleError),
 }
 
+impl VerifyError {
+    /// A stable snake_case code for the refusal: the node's API error reason, metric label
+    /// and audit reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::Oversize { .. } => "bundle_oversize",
+            VerifyError::Malformed(_) => "bundle_malformed",
+            VerifyError::Unsigned => "bundle_unsigned",
+            VerifyError::TooManySignatures { .. } => "bundle_too_many_signatures",
+            VerifyError::SignerOrder { .. } => "bundle_signer_order",
+            VerifyError::UnknownSigner { .. } => "bundle_unknown_signer",
+            VerifyError::BadSignature { .. } => "bundle_bad_signature",
+            VerifyError::TooFewSigners { .. } => "bundle_too_few_signers",
+            VerifyError::Rollback { .. } => "bundle_rollback",
+            VerifyError::Invalid(_) => "bundle_invalid",
+        }
+    }
+}
+
 /// An operator trust configuration a node cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {

@@ -537,6 +537,35 @@ impl Policy {
         }
     }
 
+    /// Checks the security context of an event on `stream` signed elsewhere (a pre-signed
+    /// event, a device's event): [`Policy::check_stamped`], and the classification must
+    /// be at least as restrictive as the stream rule's (its residency set within the
+    /// default class's): an event cannot escape its stream's residency by naming a laxer
+    /// class.
+    pub fn check_presigned(&self, stream: &StreamName, security: &SecurityContext) -> Decision {
+        let decision = self.check_stamped(security);
+        if !decision.allowed {
+            return decision;
+        }
+        if let Some(rule) = self.stream_rule(stream)
+            && rule.classification != security.classification
+        {
+            let narrower = match (
+                self.classes.get(&security.classification),
+                self.classes.get(&rule.classification),
+            ) {
+                (Some(own), Some(default)) => within(&own.residency, &default.residency),
+                _ => false,
+            };
+            if !narrower {
+                return Decision::deny(Reason::ResidencyWiderThanClass {
+                    classification: rule.classification.clone(),
+                });
+            }
+        }
+        decision
+    }
+
     /// May the node with `key` in `region` claim `jurisdiction`? Both the key and the
     /// region must be granted to it.
     pub fn claim(&self, key: &[u8; 32], jurisdiction: &str, region: &str) -> Decision {

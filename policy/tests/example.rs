@@ -236,8 +236,29 @@ fn stamping() {
         false,
     );
     assert!(!p.check_stamped(e.security()).allowed);
-    let e = event("orders.eu.ie", "eu-personal", eu, false);
+    let e = event("orders.eu.ie", "eu-personal", eu.clone(), false);
     assert!(p.check_stamped(e.security()).allowed);
+    assert!(
+        p.check_presigned(&stream("orders.eu.ie"), e.security())
+            .allowed
+    );
+    // Naming a laxer class than the stream's does not escape its residency...
+    let e = event("orders.eu.ie", "public", Residency::Unrestricted, false);
+    assert!(p.check_stamped(e.security()).allowed, "valid on its own");
+    let d = p.check_presigned(&stream("orders.eu.ie"), e.security());
+    assert!(!d.allowed);
+    assert_eq!(
+        d.reason,
+        Reason::ResidencyWiderThanClass {
+            classification: "eu-personal".into()
+        }
+    );
+    // ... while a stricter one is fine (EU-only card data on the EU+US payments stream).
+    let e = event("payments.card", "eu-personal", eu, false);
+    assert!(
+        p.check_presigned(&stream("payments.card"), e.security())
+            .allowed
+    );
 }
 
 #[test]

@@ -510,6 +510,15 @@ impl<S: Store> Node<S> {
             .is_some_and(|info| self.filter.allows(event, info))
     }
 
+    /// Records the policy epoch now in force (a newer bundle was applied): gossiped at once
+    /// in this node's link-state status, which is what `weft policy status` reads. The
+    /// SWIM member record keeps the epoch it was announced with until its next renewal (a
+    /// new SWIM identity per policy change would churn membership fabric-wide).
+    pub fn set_policy_epoch(&mut self, epoch: u64) {
+        self.me.policy_epoch = epoch;
+        self.router.own_forced = true;
+    }
+
     /// Sets the name and HTTP address this node gossips with its link state.
     pub fn set_status(&mut self, name: &str, http: &str) {
         let cut = |s: &str, max: usize| {

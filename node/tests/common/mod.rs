@@ -365,3 +365,82 @@ pub fn latency_rules(i: usize) -> Value {
         .collect();
     Value::Array(rules)
 }
+
+/// Runs `weft` in `dir`; returns (success, stdout + stderr).
+pub fn weft_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(WEFT)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Operator keys made with `weft keygen` in a directory of their own (operators sign
+/// offline, away from the nodes).
+pub struct Operators {
+    pub dir: PathBuf,
+    /// Public keys (hex), in the order of the names given.
+    pub keys: Vec<String>,
+}
+
+impl Operators {
+    pub fn new(test: &str, names: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("weft-it-{test}-ops-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = names
+            .iter()
+            .map(|n| {
+                let (ok, out) = weft_in(&dir, &["keygen", "--out", &format!("{n}.key")]);
+                assert!(ok, "{out}");
+                field(&out, "public key:")
+            })
+            .collect();
+        Self { dir, keys }
+    }
+
+    /// Signs the TOML bundle `toml` with the named operators' keys (`weft policy sign`);
+    /// returns the signed bytes, also written to `out` in the operators' directory.
+    pub fn sign(&self, toml: &str, signers: &[&str], out: &str) -> Vec<u8> {
+        let src = format!("{out}.toml");
+        std::fs::write(self.dir.join(&src), toml).unwrap();
+        let _ = std::fs::remove_file(self.dir.join(out));
+        let keys: Vec<String> = signers.iter().map(|s| format!("{s}.key")).collect();
+        let mut args = vec!["policy", "sign"];
+        for k in &keys {
+            args.extend(["--key", k.as_str()]);
+        }
+        args.extend(["--out", out, &src]);
+        let (ok, text) = weft_in(&self.dir, &args);
+        assert!(ok, "weft {args:?}: {text}");
+        std::fs::read(self.dir.join(out)).unwrap()
+    }
+}
+
+impl Drop for Operators {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `weft_rejected_total{reason}` on node `i` (0 when never counted).
+pub async fn rejected(c: &Cluster, i: usize, reason: &str) -> u64 {
+    let text = reqwest::get(c.url(i, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let needle = format!("weft_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}

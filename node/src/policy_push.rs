@@ -1,0 +1,195 @@
+//! Policy bundles through the fabric: a bundle pushed to one node (`POST /v1/policy`,
+//! `weft policy push`) travels as an event on the system stream [`POLICY_STREAM`], and
+//! every node applies it when the event reaches its log, whether it arrived by push,
+//! by anti-entropy after an outage, or was published here.
+//!
+//! The event is only a carrier: its node signature says which node relayed the bundle,
+//! the operators' k-of-n signatures inside the payload are what a node trusts. Every node
+//! verifies the bundle itself against its own operator trust and the epoch in force
+//! (`weft_policy::verify_bundle`), so a bundle a node would refuse on its API it refuses
+//! off the fabric too, with the same reason, audited.
+//!
+//! Applying is atomic within the driver's step: the core's replication filter, the
+//! policy the HTTP handlers read ([`PolicyState`]), the epoch this node gossips, and the
+//! bundle kept in the store (committed with the step) all change together. Epochs only
+//! grow, so nodes converge on the newest bundle whatever order the carriers arrive in.
+
+use std::sync::Arc;
+
+use weft_fabric::mesh::{MemberInfo, Node};
+use weft_fabric::{Event, Payload, StreamName};
+use weft_policy::{Trust, VerifiedBundle, VerifyError, verify_bundle};
+
+use crate::policy_state::{Applied, PolicyState};
+use crate::store::SqliteStore;
+
+/// The system stream carrying signed policy bundles (every node stores it).
+pub(crate) const POLICY_STREAM: &str = "_weft.policy";
+/// The pattern every node's interest includes: all system streams.
+pub(crate) const SYSTEM_PATTERN: &str = "_weft.>";
+/// Classification of system events: not a residency class of any bundle, so with an
+/// unrestricted residency set they reach every node.
+pub(crate) const SYSTEM_CLASSIFICATION: &str = "_system";
+/// Content type of the carrier event's payload.
+pub(crate) const BUNDLE_CONTENT_TYPE: &str = "application/vnd.weft.policy+cbor";
+/// Store metadata key of the signed bundle in force.
+pub(crate) const META_KEY: &str = "policy_bundle";
+
+/// The stream name of [`POLICY_STREAM`].
+pub(crate) fn policy_stream() -> StreamName {
+    StreamName::new(POLICY_STREAM).unwrap_or_else(|_| unreachable!("valid constant"))
+}
+
+/// What applying a bundle did.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Now in force.
+    Applied {
+        epoch: u64,
+        previous: u64,
+        /// This node's own jurisdiction claim is not granted by the new epoch: it now
+        /// holds no residency-restricted data (its placement is empty).
+        claim_revoked: Option<String>,
+    },
+    /// The same bundle is already in force (a second carrier of one push).
+    AlreadyInForce { epoch: u64 },
+    /// Refused, with the policy in force unchanged.
+    Refused(VerifyError),
+}
+
+/// Verifies a signed bundle as this node would apply it now.
+pub(crate) fn check(
+    trust: &Trust,
+    state: &PolicyState,
+    bytes: &[u8],
+) -> Result<VerifiedBundle, VerifyError> {
+    verify_bundle(bytes, trust, state.epoch())
+}
+
+/// Applies the signed bundle `bytes` if it verifies and is newer than the epoch in force:
+/// swaps the core's replication filter, the API's policy and the gossiped epoch, and
+/// records the bundle in the store (committed with the driver's step).
+pub(crate) fn apply(
+    trust: &Trust,
+    state: &PolicyState,
+    node: &mut Node<SqliteStore>,
+    bytes: &[u8],
+) -> Outcome {
+    let current = state.current();
+    if let Some(c) = &current
+        && c.signed.as_slice() == bytes
+    {
+        return Outcome::AlreadyInForce {
+            epoch: c.policy.epoch(),
+        };
+    }
+    let verified = match check(trust, state, bytes) {
+        Ok(v) => v,
+        Err(e) => return Outcome::Refused(e),
+    };
+    let me: MemberInfo = node.me().clone();
+    let claim = verified.policy.claim(&me.key, &me.jurisdiction, &me.region);
+    let claim_revoked = (!claim.allowed).then(|| claim.reason.to_string());
+    let epoch = verified.policy.epoch();
+    let policy = Arc::new(verified.policy);
+    node.set_filter(Box::new(weft_policy::PolicyFilter(policy.clone())));
+    node.set_policy_epoch(epoch);
+    if let Err(e) = node.store_mut().meta_set(META_KEY, bytes) {
+        // The bundle is in force; only a restart would fall back to an older one until
+        // the carrier event is applied again from the log.
+        tracing::warn!(error = %e, epoch, "keeping the applied policy bundle in the store failed");
+    }
+    state.set(Applied {
+        policy,
+        signers: verified.signers.iter().map(hex::encode).collect(),
+        signed: Arc::new(bytes.to_vec()),
+    });
+    Outcome::Applied {
+        epoch,
+        previous: current.map_or(0, |c| c.policy.epoch()),
+        claim_revoked,
+    }
+}
+
+/// The signed bundle a policy carrier event holds, or why it is not one.
+pub(crate) fn carried_bundle(event: &Event) -> Result<&[u8], &'static str> {
+    if event.stream().as_str() != POLICY_STREAM {
+        return Err("not on the policy stream");
+    }
+    match event.payload() {
+        Payload::Clear(bytes) => Ok(bytes),
+        Payload::Sealed(_) => Err("a policy carrier's payload must be clear"),
+    }
+}
+
+/// The newest bundle a node can start with: the one in its config, or the one it last
+/// applied (kept in the store), whichever has the higher epoch and verifies. A stored
+/// bundle that no longer verifies (the operator trust changed) is skipped with a warning;
+/// a configured bundle that does not verify stops the node (an operator error).
+pub(crate) fn at_start(
+    trust: &Trust,
+    configured: Option<Vec<u8>>,
+    stored: Option<Vec<u8>>,
+) -> Result<Option<(VerifiedBundle, Vec<u8>)>, VerifyError> {
+    let configured = match configured {
+        None => None,
+        Some(bytes) => Some((verify_bundle(&bytes, trust, 0)?, bytes)),
+    };
+    let stored = stored.and_then(|bytes| match verify_bundle(&bytes, trust, 0) {
+        Ok(v) => Some((v, bytes)),
+        Err(e) => {
+            tracing::warn!(target: "audit", decision = "deny", reason = e.code(),
+                "the policy bundle kept from before the restart no longer verifies: {e}");
+            None
+        }
+    });
+    Ok(match (configured, stored) {
+        (Some(c), Some(s)) => Some(if s.0.policy.epoch() > c.0.policy.epoch() {
+            s
+        } else {
+            c
+        }),
+        (c, s) => c.or(s),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn bundle(epoch: u64) -> weft_policy::Bundle {
+        weft_policy::Bundle::from_toml(&format!(
+            "format = 1\nepoch = {epoch}\n\
+             [jurisdictions.EU]\nregions = [\"aws:eu-west-1\"]\n\
+             [classes.public]\nanywhere = true\n"
+        ))
+        .expect("bundle")
+    }
+
+    fn signed(epoch: u64, key: &SigningKey) -> Vec<u8> {
+        weft_policy::sign_bundle(&bundle(epoch), &[key]).expect("sign")
+    }
+
+    #[test]
+    fn start_takes_the_newest_verified_bundle() {
+        let op = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let trust = Trust::new(vec![op.verifying_key().to_bytes()], 1).expect("trust");
+        let epoch = |r: Option<(VerifiedBundle, Vec<u8>)>| r.map(|(v, _)| v.policy.epoch());
+        // The stored bundle is newer: a push applied before the restart wins.
+        let r = at_start(&trust, Some(signed(2, &op)), Some(signed(5, &op))).expect("ok");
+        assert_eq!(epoch(r), Some(5));
+        // The configured bundle is newer (the operator edited the config).
+        let r = at_start(&trust, Some(signed(6, &op)), Some(signed(5, &op))).expect("ok");
+        assert_eq!(epoch(r), Some(6));
+        // A stored bundle from a trust no longer configured is skipped.
+        let r = at_start(&trust, Some(signed(2, &op)), Some(signed(9, &other))).expect("ok");
+        assert_eq!(epoch(r), Some(2));
+        let r = at_start(&trust, None, Some(signed(9, &other))).expect("ok");
+        assert_eq!(epoch(r), None);
+        // A configured bundle that does not verify is an error, with the reason.
+        let e = at_start(&trust, Some(signed(2, &other)), None).expect_err("unknown signer");
+        assert_eq!(e.code(), "bundle_unknown_signer");
+    }
+}

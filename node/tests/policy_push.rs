@@ -1,0 +1,285 @@
+//! Policy bundles pushed through the fabric (`weft policy push`, `POST /v1/policy`): every
+//! node applies a pushed bundle, a node that was down catches up through anti-entropy when
+//! it returns, a restart keeps the newest applied epoch, every node verifies a bundle
+//! itself (one with a stricter threshold refuses what the others accept), and the push
+//! refuses rollback, unknown signers, oversize and non-admin pushes with distinct reasons,
+//! counted. Bounded waits; processes killed at the end.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+fn specs() -> Vec<Spec> {
+    vec![
+        Spec {
+            name: "eu-a",
+            region: "aws:eu-west-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "eu-b",
+            region: "aws:eu-central-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "us",
+            region: "aws:us-east-1",
+            jurisdiction: "US",
+        },
+    ]
+}
+
+fn weft_ok(dir: &Path, args: &[&str]) -> String {
+    let (ok, text) = weft_in(dir, args);
+    assert!(ok, "weft {args:?}: {text}");
+    text
+}
+
+/// A bundle of `epoch`: the tester may publish to `orders.>`, and from epoch 4 on also
+/// to `audit.>` (the change a push makes visible).
+fn bundle(epoch: u64, keys: &[String], token_sha256: &str) -> String {
+    let audit = if epoch >= 4 { ", \"audit.>\"" } else { "" };
+    format!(
+        r#"format = 1
+epoch = {epoch}
+description = "push test, epoch {epoch}"
+
+[jurisdictions.EU]
+regions = ["aws:eu-west-1", "aws:eu-central-1"]
+nodes = ["{a}", "{b}"]
+
+[jurisdictions.US]
+regions = ["aws:us-east-1"]
+nodes = ["{c}"]
+
+[tenants.acme]
+
+[roles.writer]
+
+[principals.tester]
+tenant = "acme"
+roles = ["writer"]
+token_sha256 = "{token_sha256}"
+
+[[access]]
+name = "write"
+effect = "allow"
+actions = ["publish", "subscribe", "read"]
+streams = ["orders.>"{audit}]
+roles = ["writer"]
+
+[classes.public]
+anywhere = true
+
+[[streams]]
+pattern = ">"
+classification = "public"
+replication = "all"
+"#,
+        a = keys[0],
+        b = keys[1],
+        c = keys[2],
+    )
+}
+
+async fn epoch(c: &Cluster, i: usize) -> Option<u64> {
+    let v: Value = reqwest::get(c.url(i, "/v1/policy"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["epoch"].as_u64()
+}
+
+async fn wait_epoch(c: &Cluster, i: usize, want: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let e = epoch(c, i).await;
+        if e == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {i} at epoch {e:?}, not {want}, after {within:?}; log:\n{}",
+            c.log(i)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn push(c: &Cluster, i: usize, token: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(c.url(i, "/v1/policy"))
+        .bearer_auth(token)
+        .header("content-type", "application/cbor")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
+    rt().block_on(async {
+        let ops = Operators::new("policy-push", &["op1", "op2", "rogue"]);
+        let operators = &ops.keys;
+        // A second principal, not an admin.
+        let reader_token = "reader-token-for-the-push-test";
+        let reader_hash = hex::encode(sha2::Sha256::digest(reader_token.as_bytes()));
+        let extra = format!(
+            "[[principals]]\nname = \"reader\"\ntenant = \"acme\"\ntoken_sha256 = \"{reader_hash}\"\n\
+             [policy]\noperators = [\"{}\", \"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            operators[0], operators[1]
+        );
+        let mut c = Cluster::new("policy-push", 60, &specs(), &extra);
+        // The US node needs both operators' signatures: it verifies every bundle itself.
+        let us_config = std::fs::read_to_string(&c.nodes[2].config).unwrap();
+        std::fs::write(
+            &c.nodes[2].config,
+            us_config.replace("threshold = 1", "threshold = 2"),
+        )
+        .unwrap();
+        let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+        let sign = |epoch: u64, keys: &[&str], out: &str| -> Vec<u8> {
+            ops.sign(&bundle(epoch, &c.keys, &token_sha256), keys, out)
+        };
+        std::fs::write(
+            c.dir.join("policy.cbor"),
+            sign(3, &["op1", "op2"], "e3.cbor"),
+        )
+        .unwrap();
+        sign(4, &["op1", "op2"], "e4.cbor");
+        sign(2, &["op1", "op2"], "e2.cbor");
+        let rogue = sign(7, &["rogue"], "rogue.cbor");
+        let one_signer = sign(5, &["op1"], "e5.cbor");
+
+        c.start_all();
+        c.wait_meshed().await;
+        for i in 0..3 {
+            assert_eq!(epoch(&c, i).await, Some(3));
+        }
+        let (s, body) = c.publish(1, "audit.trail", "local", &[json!({})]).await;
+        assert_eq!(s, 403, "epoch 3 does not allow audit.>: {body}");
+
+        // The US node is down while the bundle is pushed.
+        c.kill9(2);
+        let node0 = c.nodes[0].http.clone();
+        let out = weft_ok(
+            &ops.dir,
+            &[
+                "policy",
+                "push",
+                "--node",
+                &node0,
+                "--token",
+                &c.token,
+                "e4.cbor",
+            ],
+        );
+        assert!(out.contains("epoch 4 in force"), "{out}");
+        assert_eq!(epoch(&c, 0).await, Some(4), "applied before the answer");
+        wait_epoch(&c, 1, 4, Duration::from_secs(10)).await;
+        let (s, body) = c.publish(1, "audit.trail", "local", &[json!({"n": 1})]).await;
+        assert_eq!(s, 200, "epoch 4 allows audit.> on every node: {body}");
+        // Back up: the US node catches up through anti-entropy.
+        c.start(2);
+        c.wait_healthy(2).await;
+        wait_epoch(&c, 2, 4, Duration::from_secs(30)).await;
+        let (s, body) = c.publish(2, "audit.trail", "local", &[json!({"n": 2})]).await;
+        assert_eq!(s, 200, "{body}");
+        // `weft policy status` sees every node at 4 once the gossiped status catches up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (ok, out) = weft_in(
+                &ops.dir,
+                &["policy", "status", "--node", &node0, "--expect", "4"],
+            );
+            if ok {
+                assert!(out.contains("3 live node(s); 3 at epoch 4"), "{out}");
+                break;
+            }
+            assert!(out.contains("behind"), "{out}");
+            assert!(Instant::now() < deadline, "status never converged: {out}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+
+        // Refusals at the push, each with its own reason, counted.
+        let e4 = std::fs::read(ops.dir.join("e4.cbor")).unwrap();
+        let e2 = std::fs::read(ops.dir.join("e2.cbor")).unwrap();
+        for (name, token, body, status, reason) in [
+            ("same epoch", c.token.as_str(), e4, 409, "bundle_rollback"),
+            ("older epoch", c.token.as_str(), e2, 409, "bundle_rollback"),
+            (
+                "unknown signer",
+                c.token.as_str(),
+                rogue,
+                403,
+                "bundle_unknown_signer",
+            ),
+            (
+                "oversize",
+                c.token.as_str(),
+                vec![0xa0; 600 * 1024],
+                413,
+                "bundle_oversize",
+            ),
+            ("garbage", c.token.as_str(), vec![1, 2, 3], 400, "bundle_malformed"),
+            (
+                "not an admin",
+                reader_token,
+                std::fs::read(ops.dir.join("e4.cbor")).unwrap(),
+                403,
+                "not_admin",
+            ),
+        ] {
+            let before = rejected(&c, 0, reason).await;
+            let (s, body) = push(&c, 0, token, body).await;
+            assert_eq!(s, status, "{name}: {body}");
+            assert_eq!(body["error"]["reason"], reason, "{name}: {body}");
+            assert_eq!(rejected(&c, 0, reason).await, before + 1, "{name} counted");
+        }
+        assert_eq!(epoch(&c, 0).await, Some(4), "nothing refused was applied");
+        // Only nodes publish on system streams.
+        let (s, body) = c
+            .publish(0, "_weft.policy", "local", &[json!({"forged": true})])
+            .await;
+        assert_eq!(s, 403, "{body}");
+        assert_eq!(body["error"]["reason"], "system_stream", "{body}");
+
+        // One operator's signature: enough for the EU nodes (threshold 1), not for the US
+        // node (threshold 2), which refuses the carrier from the fabric and keeps epoch 4.
+        let before = rejected(&c, 2, "bundle_too_few_signers").await;
+        let (s, body) = push(&c, 0, &c.token, one_signer).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["epoch"], 5, "{body}");
+        wait_epoch(&c, 1, 5, Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while rejected(&c, 2, "bundle_too_few_signers").await == before {
+            assert!(
+                Instant::now() < deadline,
+                "the US node never saw the carrier: {}",
+                c.log(2)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(epoch(&c, 2).await, Some(4), "the US node refused epoch 5");
+        assert!(
+            c.log(2).contains("bundle_too_few_signers"),
+            "the refusal is audited with its reason"
+        );
+
+        // A restart keeps the newest applied epoch, not the configured one (3).
+        c.kill9(0);
+        c.start(0);
+        c.wait_healthy(0).await;
+        assert_eq!(epoch(&c, 0).await, Some(5));
+    });
+}

@@ -1,0 +1,341 @@
+//! The security checklist of issue 6, against real nodes enforcing a signed policy: each
+//! attack is refused with its own reason, counted in `weft_rejected_total{reason}`, and
+//! audited; nothing refused changes what the nodes hold.
+//!
+//! forged signature, tampered payload, a captured event replayed to another node (never
+//! delivered twice), an event claiming wider residency than policy allows (directly, and
+//! by naming a laxer class), a node claiming a jurisdiction it was not granted, an
+//! old-epoch bundle, a bundle signed by an unknown key, publishing without permission, an
+//! oversize bundle. Bounded waits; processes killed at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use weft_fabric::{
+    Event, EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName,
+};
+
+fn specs() -> Vec<Spec> {
+    vec![
+        Spec {
+            name: "eu-a",
+            region: "aws:eu-west-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "eu-b",
+            region: "aws:eu-central-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "us",
+            region: "aws:us-east-1",
+            jurisdiction: "US",
+        },
+    ]
+}
+
+fn bundle(epoch: u64, keys: &[String], token_sha256: &str) -> String {
+    format!(
+        r#"format = 1
+epoch = {epoch}
+
+[jurisdictions.EU]
+regions = ["aws:eu-west-1", "aws:eu-central-1"]
+nodes = ["{a}", "{b}"]
+
+[jurisdictions.US]
+regions = ["aws:us-east-1"]
+nodes = ["{c}"]
+
+[tenants.acme]
+
+[roles.writer]
+
+[principals.tester]
+tenant = "acme"
+roles = ["writer"]
+token_sha256 = "{token_sha256}"
+
+[[access]]
+name = "write"
+effect = "allow"
+actions = ["publish"]
+streams = ["pii.>", "orders.>"]
+roles = ["writer"]
+
+[classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[classes.public]
+anywhere = true
+
+[[streams]]
+pattern = "pii.>"
+classification = "eu-personal"
+replication = "all"
+
+[[streams]]
+pattern = "orders.>"
+classification = "public"
+replication = "all"
+"#,
+        a = keys[0],
+        b = keys[1],
+        c = keys[2],
+    )
+}
+
+/// An event signed by a device key (not a node): what a producer hands a node pre-signed.
+fn device_event(stream: &str, seq: u64, classification: &str, residency: Residency) -> Event {
+    Signer::from_secret(&[9; 32])
+        .sign(EventDraft {
+            stream: StreamName::new(stream).unwrap(),
+            key: None,
+            seq,
+            hlc: Hlc::new(1_795_000_000_000 + seq, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "acme".into(),
+                principal: "sensor-7".into(),
+                classification: classification.into(),
+                residency,
+                scopes: Default::default(),
+                policy_epoch: 1,
+            },
+            content_type: "application/json".into(),
+            payload: Payload::Clear(br#"{"reading":"payload-marker-42"}"#.to_vec()),
+            trace: None,
+        })
+        .unwrap()
+}
+
+async fn post_cbor(c: &Cluster, i: usize, stream: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(c.url(i, &format!("/v1/streams/{stream}/events")))
+        .bearer_auth(&c.token)
+        .header("content-type", "application/vnd.weft.event+cbor")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn push(c: &Cluster, i: usize, body: Vec<u8>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(c.url(i, "/v1/policy"))
+        .bearer_auth(&c.token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Asserts that `attempt` was refused on node `i` with `status` and `reason`, counted
+/// once more than `before`, and audited.
+async fn assert_refused(
+    c: &Cluster,
+    i: usize,
+    attempt: &str,
+    (status, body): (u16, Value),
+    want: (u16, &str),
+    before: u64,
+) {
+    assert_eq!(status, want.0, "{attempt}: {body}");
+    assert_eq!(body["error"]["reason"], want.1, "{attempt}: {body}");
+    assert_eq!(
+        rejected(c, i, want.1).await,
+        before + 1,
+        "{attempt}: counted in weft_rejected_total"
+    );
+    let log = c.log(i);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit") && l.contains(want.1)),
+        "{attempt}: no audit record with reason {}",
+        want.1
+    );
+}
+
+#[test]
+fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
+    rt().block_on(async {
+        let ops = Operators::new("security", &["op", "rogue"]);
+        let extra = format!(
+            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            ops.keys[0]
+        );
+        let mut c = Cluster::new("security", 61, &specs(), &extra);
+        let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+        let signed = ops.sign(&bundle(3, &c.keys, &token_sha256), &["op"], "e3.cbor");
+        std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
+        c.start_all();
+        c.wait_meshed().await;
+
+        // 1. Forged signature: the envelope's signature bytes altered.
+        let good = device_event("orders.x", 1, "public", Residency::Unrestricted);
+        let mut forged = good.encode();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let before = rejected(&c, 0, "bad_signature").await;
+        let r = post_cbor(&c, 0, "orders.x", forged).await;
+        assert_refused(&c, 0, "forged signature", r, (400, "bad_signature"), before).await;
+
+        // 2. Tampered payload: one byte of the clear payload changed after signing.
+        let mut tampered = good.encode();
+        let at = tampered
+            .windows(9)
+            .position(|w| w == b"marker-42")
+            .expect("payload in the envelope");
+        tampered[at + 7] = b'3';
+        let before = rejected(&c, 0, "bad_signature").await;
+        let r = post_cbor(&c, 0, "orders.x", tampered).await;
+        assert_refused(&c, 0, "tampered payload", r, (400, "bad_signature"), before).await;
+
+        // 3. Replay: the genuine event, accepted at eu-a, captured and replayed to eu-b
+        //    (which already has it by replication) and again to eu-a: accepted as the
+        //    same event, delivered once on every node.
+        let (s, body) = post_cbor(&c, 0, "orders.x", good.encode()).await;
+        assert_eq!(s, 200, "{body}");
+        let id = good.id().to_string();
+        let on_b = wait_for(Duration::from_secs(10), || async {
+            c.ids(1, "orders.x").await.filter(|ids| ids.contains(&id))
+        })
+        .await;
+        assert!(on_b.is_some(), "replicated to eu-b");
+        for node in [1, 0, 2] {
+            let (s, body) = post_cbor(&c, node, "orders.x", good.encode()).await;
+            assert_eq!(s, 200, "replay to node {node}: {body}");
+            assert_eq!(body["ids"][0], id.as_str(), "{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for node in 0..3 {
+            let ids = c.ids(node, "orders.x").await.unwrap();
+            assert_eq!(
+                ids.iter().filter(|i| **i == id).count(),
+                1,
+                "node {node} delivered the replayed event once: {ids:?}"
+            );
+        }
+
+        // 4. Wider residency than policy allows: an EU-personal event signed as
+        //    unrestricted, and one naming the laxer `public` class on an EU stream.
+        for (what, classification) in [
+            ("residency wider than its class", "eu-personal"),
+            ("a laxer class than the stream's", "public"),
+        ] {
+            let e = device_event("pii.x", 2, classification, Residency::Unrestricted);
+            let before = rejected(&c, 0, "residency_wider").await;
+            let r = post_cbor(&c, 0, "pii.x", e.encode()).await;
+            assert_refused(&c, 0, what, r, (403, "residency_wider"), before).await;
+        }
+        // The same event stamped with its class's set is accepted, and stays in the EU.
+        let eu = Residency::only(["EU"]).unwrap();
+        let e = device_event("pii.x", 3, "eu-personal", eu);
+        let (s, body) = post_cbor(&c, 0, "pii.x", e.encode()).await;
+        assert_eq!(s, 200, "{body}");
+
+        // 5. Publishing without permission (no access rule allows audit.>).
+        let before = rejected(&c, 1, "publish_forbidden").await;
+        let r = c.publish(1, "audit.trail", "local", &[json!({})]).await;
+        assert_refused(
+            &c,
+            1,
+            "publish without permission",
+            r,
+            (403, "publish_forbidden"),
+            before,
+        )
+        .await;
+        let before = rejected(&c, 1, "publish_forbidden").await;
+        let e = device_event("audit.trail", 4, "public", Residency::Unrestricted);
+        let r = post_cbor(&c, 1, "audit.trail", e.encode()).await;
+        assert_refused(
+            &c,
+            1,
+            "pre-signed, without permission",
+            r,
+            (403, "publish_forbidden"),
+            before,
+        )
+        .await;
+
+        // 6-8. Bundles: an older epoch, an unknown signer, an oversize one.
+        let old = ops.sign(&bundle(2, &c.keys, &token_sha256), &["op"], "e2.cbor");
+        let before = rejected(&c, 2, "bundle_rollback").await;
+        let r = push(&c, 2, old).await;
+        assert_refused(
+            &c,
+            2,
+            "old-epoch bundle",
+            r,
+            (409, "bundle_rollback"),
+            before,
+        )
+        .await;
+        let rogue = ops.sign(&bundle(9, &c.keys, &token_sha256), &["rogue"], "rogue.cbor");
+        let before = rejected(&c, 2, "bundle_unknown_signer").await;
+        let r = push(&c, 2, rogue).await;
+        assert_refused(
+            &c,
+            2,
+            "unknown signer",
+            r,
+            (403, "bundle_unknown_signer"),
+            before,
+        )
+        .await;
+        let before = rejected(&c, 2, "bundle_oversize").await;
+        let r = push(&c, 2, vec![0x80; 513 * 1024]).await;
+        assert_refused(
+            &c,
+            2,
+            "oversize bundle",
+            r,
+            (413, "bundle_oversize"),
+            before,
+        )
+        .await;
+        for node in 0..3 {
+            let p: Value = reqwest::get(c.url(node, "/v1/policy"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(p["epoch"], 3, "node {node} still at epoch 3");
+        }
+
+        // 9. A node claiming a jurisdiction it was not granted (the US node's key, EU):
+        //    it refuses to start, saying why, and audits it.
+        c.kill9(2);
+        let cfg = std::fs::read_to_string(&c.nodes[2].config).unwrap();
+        std::fs::write(
+            &c.nodes[2].config,
+            cfg.replace("jurisdiction = \"US\"", "jurisdiction = \"EU\""),
+        )
+        .unwrap();
+        let out = std::process::Command::new(WEFT)
+            .args(["node", "--config", c.nodes[2].config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the liar started: {text}");
+        assert!(
+            text.contains("does not grant this node's key jurisdiction EU"),
+            "{text}"
+        );
+        assert!(
+            text.contains("audit") && text.contains("jurisdiction_claim"),
+            "{text}"
+        );
+    });
+}
