@@ -682,16 +682,19 @@ pub(crate) async fn sign_and_send(
 /// be durable here before it is acknowledged or sent on.
 fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
     if stream.is_system() {
-        tracing::warn!(target: "audit", decision = "deny", reason = "system_stream",
-            stream = %stream.as_str(), "publish to a system stream refused");
-        return Err(api.fail(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "system_stream",
-            format!(
-                "{} is a system stream (first token `_weft`): only nodes publish there (policy bundles go through POST /v1/policy)",
-                stream.as_str()
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "system_stream",
+                format!(
+                    "{} is a system stream (first token `_weft`): only nodes publish there (policy bundles go through POST /v1/policy)",
+                    stream.as_str()
+                ),
             ),
-        )));
+            None,
+            Some(stream.as_str()),
+            api.policy.epoch(),
+        ));
     }
     if api.streams.iter().any(|p| p.matches(stream)) {
         return Ok(());
@@ -776,10 +779,7 @@ fn enforce_presigned(
         region: &api.me.region,
     });
     if !decision.allowed {
-        tracing::warn!(target: "audit", decision = "deny", reason = "publish_forbidden",
-            principal = %principal.name, stream = %event.stream().as_str(), event = %event.id(),
-            epoch = policy.epoch(), "pre-signed publish refused by policy: {}", decision.reason);
-        return Err(api.fail(ApiError::new(
+        let e = ApiError::new(
             StatusCode::FORBIDDEN,
             "publish_forbidden",
             format!(
@@ -789,7 +789,9 @@ fn enforce_presigned(
                 policy.epoch(),
                 decision.reason
             ),
-        )));
+        );
+        audit_event(api, &e, &principal.name, event, policy.epoch());
+        return Err(api.fail(e));
     }
     let decision = policy.check_presigned(event.stream(), security);
     if !decision.allowed {
@@ -797,11 +799,7 @@ fn enforce_presigned(
             weft_policy::Reason::UnknownClassification { .. } => "unclassified",
             _ => "residency_wider",
         };
-        tracing::warn!(target: "audit", decision = "deny", reason = code,
-            principal = %principal.name, stream = %event.stream().as_str(), event = %event.id(),
-            classification = %security.classification, epoch = policy.epoch(),
-            "pre-signed event refused by policy: {}", decision.reason);
-        return Err(api.fail(ApiError::new(
+        let e = ApiError::new(
             StatusCode::FORBIDDEN,
             code,
             format!(
@@ -813,7 +811,9 @@ fn enforce_presigned(
                 policy.epoch(),
                 decision.reason
             ),
-        )));
+        );
+        audit_event(api, &e, &principal.name, event, policy.epoch());
+        return Err(api.fail(e));
     }
     Ok(())
 }
@@ -1297,28 +1297,41 @@ async fn policy_push(
 ) -> ApiResult<Response> {
     let who = api.authenticate(&headers)?;
     if !who.admin {
-        tracing::warn!(target: "audit", decision = "deny", reason = "not_admin",
-            principal = %who.name, "policy push refused: not an admin principal");
-        return Err(api.fail(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_admin",
-            format!(
-                "principal {} may not push policy bundles (principals[].admin)",
-                who.name
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_admin",
+                format!(
+                    "principal {} may not push policy bundles (principals[].admin)",
+                    who.name
+                ),
             ),
-        )));
+            Some(&who.name),
+            None,
+            api.policy.epoch(),
+        ));
     }
     let Some(trust) = &api.policy_trust else {
-        return Err(api.fail(ApiError::new(
-            StatusCode::CONFLICT,
-            "policy_no_trust",
-            "this node has no operator keys configured ([policy] operators), so it cannot verify a bundle",
-        )));
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "policy_no_trust",
+                "this node has no operator keys configured ([policy] operators), so it cannot verify a bundle",
+            ),
+            Some(&who.name),
+            None,
+            0,
+        ));
     };
     let previous = api.policy.epoch();
     let verified = crate::policy_push::check(trust, &api.policy, &body).map_err(|e| {
-        tracing::warn!(target: "audit", decision = "deny", reason = e.code(),
-            principal = %who.name, epoch_in_force = previous, "policy push refused: {e}");
+        api.audit.deny(
+            e.code(),
+            Some(&who.name),
+            None,
+            previous,
+            format!("policy push refused (epoch {previous} in force): {e}"),
+        );
         let status = match &e {
             weft_policy::VerifyError::Oversize { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             weft_policy::VerifyError::Rollback { .. } => StatusCode::CONFLICT,
@@ -1355,15 +1368,26 @@ async fn policy_push(
     let in_force = api.policy.epoch();
     if in_force != epoch {
         // Another bundle landed between the check and the apply.
-        return Err(api.fail(ApiError::new(
-            StatusCode::CONFLICT,
-            "bundle_rollback",
-            format!("epoch {in_force} came into force first; epoch {epoch} was not applied"),
-        )));
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "bundle_rollback",
+                format!("epoch {in_force} came into force first; epoch {epoch} was not applied"),
+            ),
+            Some(&who.name),
+            None,
+            in_force,
+        ));
     }
-    tracing::info!(target: "audit", decision = "apply", reason = "policy_pushed",
-        principal = %who.name, epoch, previous, event = ?out.ids.first(),
-        "policy bundle pushed to the fabric");
+    let mut entry = crate::audit::Entry::now(
+        crate::audit::Decision::Apply,
+        "policy_pushed",
+        epoch,
+        format!("policy bundle epoch {epoch} (was {previous}) pushed to the fabric"),
+    )
+    .principal(who.name.clone());
+    entry.event_id = out.ids.first().cloned();
+    api.audit.record(entry);
     Ok(axum::Json(json!({
         "epoch": epoch,
         "previous": previous,
@@ -1444,6 +1468,21 @@ fn enforce_publish(
             policy.epoch(),
         )),
     }
+}
+
+/// Audits a refused pre-signed event with its id.
+fn audit_event(api: &Api, e: &ApiError, principal: &str, event: &Event, epoch: u64) {
+    api.audit.record(
+        crate::audit::Entry::now(
+            crate::audit::Decision::Deny,
+            e.reason,
+            epoch,
+            e.message.clone(),
+        )
+        .principal(principal)
+        .stream(event.stream().as_str())
+        .event(event.id().to_string()),
+    );
 }
 
 /// Publish rate limits and daily quotas of the policy (`Policy::rate_limits`): the

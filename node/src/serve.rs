@@ -125,13 +125,25 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
                 ),
             };
             let stored = store.meta_get(crate::policy_push::META_KEY)?;
-            let chosen = crate::policy_push::at_start(trust, configured, stored).map_err(|e| {
-                let shown = path
-                    .as_ref()
-                    .map_or(String::new(), |p| p.display().to_string());
-                refuse_start(e.code(), format!("policy bundle {shown} refused: {e}"));
-                anyhow::anyhow!("policy bundle {shown}: {e}")
-            })?;
+            let stale = |e: &weft_policy::VerifyError| {
+                audit.deny(
+                    e.code(),
+                    None,
+                    None,
+                    0,
+                    format!(
+                        "the policy bundle kept from before the restart no longer verifies (skipped): {e}"
+                    ),
+                );
+            };
+            let chosen =
+                crate::policy_push::at_start(trust, configured, stored, stale).map_err(|e| {
+                    let shown = path
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string());
+                    refuse_start(e.code(), format!("policy bundle {shown} refused: {e}"));
+                    anyhow::anyhow!("policy bundle {shown}: {e}")
+                })?;
             if let Some((verified, _)) = &chosen {
                 let claim = verified
                     .policy
@@ -240,6 +252,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         committed_tx,
         snapshot_tx,
         config.priorities.clone(),
+        audit.clone(),
     );
     if let Some(trust) = &trust {
         driver = driver.with_policy(trust.clone(), policy_state.clone());

@@ -139,7 +139,7 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
              [policy]\noperators = [\"{}\", \"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             operators[0], operators[1]
         );
-        let mut c = Cluster::new("policy-push", 60, &specs(), &extra);
+        let mut c = Cluster::new("policy-push", 54, &specs(), &extra);
         // The US node needs both operators' signatures: it verifies every bundle itself.
         let us_config = std::fs::read_to_string(&c.nodes[2].config).unwrap();
         std::fs::write(

@@ -64,7 +64,7 @@ token_sha256 = "{token_sha256}"
 [[access]]
 name = "write"
 effect = "allow"
-actions = ["publish"]
+actions = ["publish", "subscribe", "read"]
 streams = ["pii.>", "orders.>"]
 roles = ["writer"]
 
@@ -173,7 +173,7 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
             "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
-        let mut c = Cluster::new("security", 61, &specs(), &extra);
+        let mut c = Cluster::new("security", 53, &specs(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let signed = ops.sign(&bundle(3, &c.keys, &token_sha256), &["op"], "e3.cbor");
         std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
