@@ -433,6 +433,78 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         assert!(denials[0].get("principal").is_none(), "{summary}");
         assert!(!summary.to_string().contains("tester"), "{summary}");
 
+        // A newer policy pushed at runtime: an open subscription it no longer allows ends
+        // (refused and audited under the new epoch), and the rate-limit buckets start
+        // over under its limits.
+        let mut sse = http
+            .get(c.url(0, "/v1/streams/orders.eu/subscribe?after=0"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status(), 200);
+        let first = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
+            .await
+            .expect("the subscription delivers the stored events");
+        assert!(first.unwrap().is_some());
+        let b5 = bundle(&c.keys[0], &tester_sha)
+            .replace("epoch = 4", "epoch = 5")
+            .replace(
+                "actions = [\"read\", \"subscribe\"]\nstreams = [\"orders.>\"]",
+                "actions = [\"read\", \"subscribe\"]\nstreams = [\"catalogue.>\"]",
+            )
+            .replace("events_per_s = 1\nburst = 5", "events_per_s = 100\nburst = 100");
+        assert!(b5.contains("catalogue.>") && b5.contains("burst = 100"), "{b5}");
+        std::fs::write(ops.join("b5.toml"), b5).unwrap();
+        let b5_signed = ops.join("b5.cbor");
+        weft_ok(
+            &ops,
+            &[
+                "policy",
+                "sign",
+                "--key",
+                "op.key",
+                "--out",
+                b5_signed.to_str().unwrap(),
+                "b5.toml",
+            ],
+        );
+        weft_ok(
+            &ops,
+            &[
+                "policy",
+                "push",
+                "--node",
+                &c.nodes[0].http,
+                "--token",
+                &token,
+                b5_signed.to_str().unwrap(),
+            ],
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match sse.chunk().await {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the subscription outlived the policy that revoked it");
+        let e = audited(
+            &c,
+            &token,
+            "reason=subscribe_forbidden&stream=orders.eu",
+            "subscribe_forbidden",
+        )
+        .await;
+        assert_eq!(e["epoch"], 5, "{e}");
+        audited(&c, &token, "reason=policy_pushed", "policy_pushed").await;
+        for i in 0..10 {
+            let (status, body) = c.publish(0, "orders.eu", "local", &[json!({ "i": i })]).await;
+            assert_eq!(status, 200, "epoch 5 allows a burst of 100: {body}");
+        }
+
         // A bundle refused at start: the node exits, and the entry it wrote first is in the
         // log when it runs again.
         c.kill9(0);
@@ -446,7 +518,13 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         sign("b.toml", "op.key");
         c.start(0);
         c.wait_healthy(0).await;
-        let e = audited(&c, &token, "reason=bundle_refused", "bundle_refused").await;
+        let e = audited(
+            &c,
+            &token,
+            "reason=bundle_unknown_signer",
+            "bundle_unknown_signer",
+        )
+        .await;
         assert_eq!(e["decision"], "deny", "{e}");
         let _ = std::fs::remove_dir_all(&ops);
     });
