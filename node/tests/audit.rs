@@ -1,8 +1,9 @@
 //! The audit log, read authorization and rate limits on a real node enforcing a signed
 //! policy: a denied publish, read and subscribe and a rate-limited burst each answer the
 //! HTTP error, move `weft_rejected_total`, and appear in `GET /v1/audit` and in
-//! `weft audit`; bad audit queries get 400; a bundle refused at start is in the audit log
-//! the node wrote before exiting. Bounded waits; processes killed at the end.
+//! `weft audit`; bad audit queries get 400; a policy pushed at runtime ends a subscription
+//! it no longer allows and rebuilds the rate-limit buckets; a bundle refused at start is in
+//! the audit log the node wrote before exiting. Bounded waits; processes killed at the end.
 
 mod common;
 
