@@ -232,6 +232,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         chaos.clone(),
         metrics.clone(),
         trusted.clone(),
+        audit.clone(),
     )?;
     transport.dial_seeds(raw.seeds.clone());
     if raw.mdns {
