@@ -506,6 +506,43 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             assert_eq!(status, 200, "epoch 5 allows a burst of 100: {body}");
         }
 
+        // The mesh side: a node whose key node 0 does not trust is refused in the TLS
+        // handshake, and that is audited too.
+        weft_ok(&c.dir, &["keygen", "--out", "intruder.key"]);
+        let intruder = c.dir.join("intruder.toml");
+        std::fs::write(
+            &intruder,
+            format!(
+                "name = \"intruder\"\nregion = \"aws:eu-west-1\"\ncloud = \"aws\"\n\
+                 jurisdiction = \"EU\"\nkey = \"intruder.key\"\ndata_dir = \"data/intruder\"\n\
+                 seeds = [\"127.50.0.1:7400\"]\ntrusted_nodes = [\"{}\"]\n\
+                 [listen]\nmesh = \"127.50.0.2:7400\"\nhttp = \"127.0.0.1:20501\"\n",
+                c.keys[0]
+            ),
+        )
+        .unwrap();
+        // Killed when dropped, also if an assertion fails first.
+        let intruder = KillOnDrop(
+            std::process::Command::new(WEFT)
+                .args(["node", "--config", intruder.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let e = audited(
+            &c,
+            &token,
+            "reason=peer_handshake_failed",
+            "peer_handshake_failed",
+        )
+        .await;
+        drop(intruder);
+        assert!(
+            e["message"].as_str().unwrap().contains("127.50.0.2"),
+            "{e}"
+        );
+
         // A bundle refused at start: the node exits, and the entry it wrote first is in the
         // log when it runs again.
         c.kill9(0);
@@ -535,4 +572,13 @@ fn rand_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
