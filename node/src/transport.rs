@@ -208,6 +208,7 @@ fn kind(msg: &Message) -> &'static str {
 impl Transport {
     /// Binds the endpoint and starts accepting. `quic` is the (client, server) pair from
     /// [`crate::tls::quic_configs`].
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         listen: SocketAddr,
         me: OriginKey,

@@ -483,12 +483,7 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             ],
         );
         let ended = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                match sse.chunk().await {
-                    Ok(Some(_)) => continue,
-                    _ => break,
-                }
-            }
+            while let Ok(Some(_)) = sse.chunk().await {}
         })
         .await;
         assert!(ended.is_ok(), "the subscription outlived the policy that revoked it");
