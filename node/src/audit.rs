@@ -274,6 +274,22 @@ impl AuditStore {
         Ok(Self { conn, path })
     }
 
+    /// A read-only connection to the audit database in `dir` (for queries).
+    pub(crate) fn open_reader(dir: &Path) -> Result<Self, AuditError> {
+        let path = db_path(dir);
+        let err = |source| AuditError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        Ok(Self { conn, path })
+    }
+
     fn err(&self, source: rusqlite::Error) -> AuditError {
         AuditError::Sqlite {
             path: self.path.clone(),
@@ -552,7 +568,7 @@ impl Audit {
 
     /// Entries matching `f`, newest first (a reader connection of its own; blocking).
     pub(crate) fn query(&self, f: &Filter) -> Result<Vec<Row>, AuditError> {
-        AuditStore::open(&self.inner.dir)?.query(f)
+        AuditStore::open_reader(&self.inner.dir)?.query(f)
     }
 
     /// This node's name and key, as entries carry them.
