@@ -21,6 +21,7 @@ pub mod mesh;
 pub mod seal;
 pub mod sign;
 pub mod stream;
+pub mod table;
 
 pub use codec::decode;
 pub use envelope::{

@@ -58,15 +58,18 @@ pub(crate) enum Decision {
     Change,
     /// Entries were dropped because the audit queue was full.
     Overflow,
+    /// An egress transform could not derive its event (the source event is accepted).
+    EgressFailed,
 }
 
 impl Decision {
     /// Every decision, as stored and as `?decision=` accepts it.
-    pub(crate) const ALL: [Decision; 4] = [
+    pub(crate) const ALL: [Decision; 5] = [
         Decision::Deny,
         Decision::Apply,
         Decision::Change,
         Decision::Overflow,
+        Decision::EgressFailed,
     ];
 
     /// The stored text.
@@ -76,6 +79,7 @@ impl Decision {
             Decision::Apply => "apply",
             Decision::Change => "change",
             Decision::Overflow => "overflow",
+            Decision::EgressFailed => "egress_failed",
         }
     }
 
@@ -497,6 +501,24 @@ impl Audit {
         Ok((Self { inner }, move || writer(store, rx, weak, retention)))
     }
 
+    /// A handle with no database behind it, for unit tests of other modules: entries go
+    /// to the tracing line and count as dropped.
+    #[cfg(test)]
+    pub(crate) fn detached(metrics: Arc<Metrics>) -> Self {
+        let (tx, _) = std::sync::mpsc::sync_channel(1);
+        Self {
+            inner: Arc::new(Inner {
+                tx,
+                node: "test".into(),
+                node_key: String::new(),
+                dir: PathBuf::new(),
+                metrics,
+                dropped: AtomicU64::new(0),
+                queued: AtomicU64::new(0),
+            }),
+        }
+    }
+
     /// Records an entry: the `audit` tracing line now, the database row by the writer
     /// thread. Never blocks; a full queue is counted (see the module docs).
     pub(crate) fn record(&self, entry: Entry) {
@@ -506,7 +528,7 @@ impl Audit {
         let stream = e.stream.as_deref();
         let event = e.event_id.as_deref();
         match e.decision {
-            Decision::Deny | Decision::Overflow => {
+            Decision::Deny | Decision::Overflow | Decision::EgressFailed => {
                 tracing::warn!(target: "audit", decision = e.decision.as_str(), reason = %e.reason,
                     principal, stream, event, epoch = e.epoch, "{}", e.message);
             }

@@ -14,7 +14,8 @@
 //! path names none) and `weftkey` (the table key; else `subject` is the key). [`render`]
 //! always sets `weftstream`, `weftid`, `weftorigin`, `weftseq`, `wefthlc`, `weftprincipal`,
 //! `wefttenant`, `weftclassification` (and `weftsealed` for sealed payloads) from the signed
-//! envelope, overwriting whatever the publisher put there.
+//! envelope, overwriting whatever the publisher put there; for an event an egress transform
+//! derived (`egress::DERIVED_CONTENT_TYPE`) also `weftlineage`, the lineage as JSON text.
 //!
 //! This module does no I/O: bytes and header pairs in, values out.
 
@@ -60,7 +61,8 @@ const SYNTH_TYPE: &str = "weft.event";
 
 /// Extension attributes [`render`] sets from the envelope. Any the publisher supplied are
 /// replaced (or removed, for `weftsealed`), so readers can trust them.
-const RENDER_ATTRIBUTES: [&str; 9] = [
+const RENDER_ATTRIBUTES: [&str; 10] = [
+    "weftlineage",
     "weftstream",
     "weftid",
     "weftorigin",
@@ -367,11 +369,20 @@ pub(crate) fn parse_http<'a>(
 /// = the key if UTF-8, and `data` by the normalization rules. Both get the Weft extension
 /// attributes; a sealed payload gets `weftsealed: true` and no data (it is never opened).
 pub(crate) fn render(event: &EventData) -> Map<String, Value> {
+    let mut lineage = None;
     let stored = match event.payload() {
         Payload::Clear(bytes) if media_essence(event.content_type()) == CE_JSON => {
             parse_structured_unbounded(bytes)
                 .ok()
                 .map(|incoming| incoming.structured)
+        }
+        Payload::Clear(bytes)
+            if media_essence(event.content_type()) == crate::egress::DERIVED_CONTENT_TYPE =>
+        {
+            crate::egress::render_derived(event, bytes).map(|(map, l)| {
+                lineage = Some(l);
+                map
+            })
         }
         _ => None,
     };
@@ -398,6 +409,9 @@ pub(crate) fn render(event: &EventData) -> Map<String, Value> {
     }
     if matches!(event.payload(), Payload::Sealed(_)) {
         map.insert("weftsealed".into(), Value::Bool(true));
+    }
+    if let Some(lineage) = lineage {
+        map.insert("weftlineage".into(), Value::String(lineage));
     }
     map
 }
@@ -781,7 +795,7 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 
 /// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds; `None` past the
 /// year 9999, which RFC 3339 cannot write.
-fn rfc3339_from_ms(ms: u64) -> Option<String> {
+pub(crate) fn rfc3339_from_ms(ms: u64) -> Option<String> {
     const MS_PER_DAY: u64 = 86_400_000;
     let days = i64::try_from(ms / MS_PER_DAY).ok()?;
     let in_day = ms % MS_PER_DAY;
@@ -1489,12 +1503,43 @@ mod tests {
     fn render_overwrites_spoofed_weft_attributes() {
         let body = with(json!({
             "weftprincipal": "root", "weftsealed": true, "weftseq": 1, "weftstream": "x.y",
+            "weftlineage": "{\"sources\":[]}",
         }));
         let rendered = render(&stored(&parse_structured(&body).unwrap()));
+        assert!(
+            !rendered.contains_key("weftlineage"),
+            "only derived events carry lineage"
+        );
         assert_eq!(rendered["weftprincipal"], json!("svc-orders"));
         assert_eq!(rendered["weftseq"], json!(42));
         assert_eq!(rendered["weftstream"], json!("orders.eu"));
         assert!(!rendered.contains_key("weftsealed"));
+    }
+
+    #[test]
+    fn render_gives_a_derived_event_its_data_and_lineage() {
+        let payload = json!({"data": {"email": "sha256:00"},
+            "lineage": {"transform": "masked", "policy_epoch": 3, "sources": ["ab"]}});
+        let event = sign(
+            crate::egress::DERIVED_CONTENT_TYPE,
+            Payload::Clear(payload.to_string().into_bytes()),
+            None,
+        );
+        let r = render(&event);
+        assert_eq!(r["data"], json!({"email": "sha256:00"}));
+        assert_eq!(r["source"], json!("weft:transform/masked"));
+        assert_eq!(r["id"], json!(event.id().to_string()));
+        let lineage: Value = serde_json::from_str(r["weftlineage"].as_str().unwrap()).unwrap();
+        assert_eq!(lineage, payload["lineage"]);
+        assert_eq!(r["weftid"], json!(event.id().to_string()));
+        // A derived content type whose payload is not a derived payload: synthesized, no
+        // lineage.
+        let odd = sign(
+            crate::egress::DERIVED_CONTENT_TYPE,
+            Payload::Clear(b"[1]".to_vec()),
+            None,
+        );
+        assert!(!render(&odd).contains_key("weftlineage"));
     }
 
     #[test]

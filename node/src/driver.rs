@@ -78,6 +78,10 @@ pub(crate) struct Published {
     pub(crate) regions_min: usize,
     /// Whether the requested ack level was reached.
     pub(crate) complete: bool,
+    /// Hex ids of the events egress transforms derived from them (same group commit), in
+    /// the order derived; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) derived: Vec<String>,
 }
 
 /// Why a publish failed in the driver.
@@ -94,6 +98,11 @@ pub(crate) enum Command {
     /// Publish signed events.
     Publish {
         events: Vec<Arc<Event>>,
+        /// Events egress transforms derived from them (signed by this node, sequence
+        /// numbers after the sources'), published in the same step and group commit. The
+        /// ack level applies to `events`; a derivative the store refuses is counted, not
+        /// an error of the publish.
+        derived: Vec<Arc<Event>>,
         ack: Ack,
         /// CloudEvents idempotency keys to record with the events (principal, source, id).
         dedup: Vec<Option<(String, String, String)>>,
@@ -105,6 +114,10 @@ pub(crate) enum Command {
         name: String,
         stream: String,
         pos: u64,
+    },
+    /// Close every open aggregation window and hand over the summaries (shutdown).
+    DrainWindows {
+        reply: oneshot::Sender<Vec<crate::egress::Pending>>,
     },
 }
 
@@ -190,6 +203,7 @@ type ConfirmReply = (oneshot::Sender<Vec<[u8; 32]>>, Vec<EventId>);
 
 struct Waiting {
     ids: Vec<EventId>,
+    derived: Vec<EventId>,
     ack: Ack,
     started: Instant,
     deadline: Instant,
@@ -230,6 +244,8 @@ pub(crate) struct Driver {
     policy: Option<(weft_policy::Trust, Arc<crate::policy_state::PolicyState>)>,
     /// The audit log: bundles applied or refused off the fabric.
     audit: crate::audit::Audit,
+    /// Egress aggregation windows.
+    aggregator: crate::egress::Aggregator,
 }
 
 impl Driver {
@@ -246,6 +262,7 @@ impl Driver {
         snapshot: watch::Sender<Snapshot>,
         priorities: crate::transport::Priorities,
         audit: crate::audit::Audit,
+        aggregator: crate::egress::Aggregator,
     ) -> Self {
         Self {
             me: node.me().clone(),
@@ -270,6 +287,7 @@ impl Driver {
             priorities,
             policy: None,
             audit,
+            aggregator,
         }
     }
 
@@ -360,6 +378,7 @@ impl Driver {
             self.metrics.reject("ack_timeout");
             self.answer(w, true);
         }
+        self.aggregator.tick(wall_ms().max(0) as u64);
         self.publish_snapshot();
     }
 
@@ -460,6 +479,7 @@ impl Driver {
         match cmd {
             Command::Publish {
                 events,
+                derived,
                 ack,
                 dedup,
                 started,
@@ -475,9 +495,54 @@ impl Driver {
                     debug!("published");
                 }
                 let event_ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
-                // One call for the whole request: its events share pushes. Every event is
-                // offered, even after a refusal: only what the store truly refuses is missing.
-                let results = self.node.handle_publish_batch(now, events);
+                // Sources an aggregating transform reads, and new here: each is added to
+                // its windows once it is accepted (a source seen before was counted then).
+                let watched = self.aggregator.watching(&events);
+                let fresh: Vec<Option<Arc<Event>>> = events
+                    .iter()
+                    .zip(watched)
+                    .map(|(e, w)| (w && !self.node.store().contains(&e.id())).then(|| e.clone()))
+                    .collect();
+                // Events this node already holds (a producer's retry, a replay): the core
+                // does not push them again, so with `ack=regions:N` they get confirmable
+                // copies below, or they would never be confirmed.
+                let held: Vec<Arc<Event>> = if matches!(ack, Ack::Regions(n) if n > 1) {
+                    events
+                        .iter()
+                        .filter(|e| self.node.store().contains(&e.id()))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let derived_ids: Vec<EventId> = derived.iter().map(|e| e.id()).collect();
+                let sources = events.len();
+                let mut all = events;
+                all.extend(derived);
+                // One call for the whole request, derivatives included: its events share
+                // pushes and the group commit. Every event is offered, even after a
+                // refusal: only what the store truly refuses is missing.
+                let mut results = self.node.handle_publish_batch(now, all);
+                let derived_results = results.split_off(sources.min(results.len()));
+                let mut derived_ok = Vec::with_capacity(derived_ids.len());
+                for (id, result) in derived_ids.into_iter().zip(derived_results) {
+                    match result {
+                        Ok(()) => derived_ok.push(id),
+                        Err(e) => crate::egress::fail(
+                            &self.metrics,
+                            &self.audit,
+                            &crate::egress::Failure::StoreRefused(e.to_string()),
+                            "",
+                            &id.to_string(),
+                        ),
+                    }
+                }
+                let wall = wall_ms().max(0) as u64;
+                for (source, result) in fresh.iter().zip(&results) {
+                    if let (Some(event), Ok(())) = (source, result) {
+                        self.aggregator.add(event, wall);
+                    }
+                }
                 for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
                     if let Err(e) = result {
                         self.metrics.reject("store_refused");
@@ -508,8 +573,14 @@ impl Driver {
                     }
                 }
                 self.drain();
+                self.confirm_around_relays(
+                    held.into_iter()
+                        .map(|e| (e.id(), (e, BTreeSet::new())))
+                        .collect(),
+                );
                 let w = Waiting {
                     ids,
+                    derived: derived_ok,
                     ack,
                     started,
                     deadline: Instant::now() + self.ack_timeout,
@@ -525,6 +596,9 @@ impl Driver {
                 if let Err(e) = self.node_store().cursor_set(&name, &stream, pos) {
                     warn!(cursor = %name, error = %e, "saving a cursor failed");
                 }
+            }
+            Command::DrainWindows { reply } => {
+                let _ = reply.send(self.aggregator.drain());
             }
         }
     }
@@ -571,6 +645,7 @@ impl Driver {
             regions,
             regions_min,
             complete,
+            derived: w.derived.iter().map(|i| i.to_string()).collect(),
         }));
     }
 

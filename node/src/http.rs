@@ -76,6 +76,8 @@ pub(crate) struct Api {
     pub(crate) limiter: crate::ratelimit::Limiter,
     /// The operators whose signatures this node accepts on bundles (`[policy]`), if any.
     pub(crate) policy_trust: Option<weft_policy::Trust>,
+    /// Egress transforms' state on the publish path (`egress.rs`).
+    pub(crate) egress: crate::egress::Egress,
 }
 
 /// An API error: status, reason code (metric label) and message.
@@ -270,7 +272,10 @@ impl Api {
         ))
     }
 
-    fn with_reader<T>(&self, f: impl FnOnce(&StoreReader) -> ApiResult<T>) -> ApiResult<T> {
+    pub(crate) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&StoreReader) -> ApiResult<T>,
+    ) -> ApiResult<T> {
         let reader = self.readers.lock().ok().and_then(|mut r| r.pop());
         let reader = match reader {
             Some(r) => r,
@@ -605,11 +610,12 @@ async fn publish_inner(
                 regions: vec![],
                 regions_min: 0,
                 complete: true,
+                derived: Vec::new(),
             },
             true,
         ));
     }
-    let mut out = sign_and_send(api, drafts, dedup, ack, started).await?;
+    let mut out = sign_and_send(api, policy, drafts, dedup, ack, started).await?;
     // Ids of already-known events go back in request order.
     for (i, id) in known {
         out.ids.insert(i.min(out.ids.len()), id);
@@ -617,10 +623,12 @@ async fn publish_inner(
     Ok(published_response(&out, out.complete))
 }
 
-/// Signs drafts with this node's key and sequence and hands them to the driver; returns
-/// what the publish achieved at the requested ack level.
+/// Signs drafts with this node's key and sequence and hands them to the driver, with the
+/// derivatives of `policy`'s egress transforms; returns what the publish achieved at the
+/// requested ack level.
 pub(crate) async fn sign_and_send(
     api: &Arc<Api>,
+    policy: Option<Arc<weft_policy::Policy>>,
     drafts: Vec<EventDraft>,
     dedup: Vec<Option<(String, String, String)>>,
     ack: Ack,
@@ -652,8 +660,14 @@ pub(crate) async fn sign_and_send(
             events.push(Arc::new(event));
         }
         p.next_seq = base + events.len() as u64;
+        // Egress transforms: derivatives signed right after their sources, sent with them.
+        let derived = match &policy {
+            Some(policy) => crate::egress::derive(&api2, policy, &events, &mut p),
+            None => Vec::new(),
+        };
         permit.send(Command::Publish {
             events,
+            derived,
             ack,
             dedup,
             started,
@@ -740,6 +754,13 @@ fn presigned(
         ))
     })?;
     check_stored(api, event.stream())?;
+    crate::egress::check_presigned(&event).map_err(|m| {
+        api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_content_type",
+            m,
+        ))
+    })?;
     if let Some(s) = path_stream
         && event.stream() != s
     {
@@ -826,13 +847,8 @@ async fn submit(
     started: Instant,
 ) -> ApiResult<Response> {
     let (reply, rx) = tokio::sync::oneshot::channel();
-    reserve(api)?.send(Command::Publish {
-        events,
-        ack,
-        dedup,
-        started,
-        reply,
-    });
+    let permit = reserve(api)?;
+    crate::egress::send_presigned(api, permit, events, dedup, ack, started, reply).await;
     let out = wait_published(api, rx).await?;
     Ok(published_response(&out, out.complete))
 }
@@ -1281,6 +1297,7 @@ async fn policy_get(State(api): State<Arc<Api>>) -> Response {
         "principals": b.principals.len(),
         "access_rules": b.access.len(),
         "stream_rules": b.streams.len(),
+        "transforms": crate::egress::view(p),
     }))
     .into_response()
 }
@@ -1364,7 +1381,16 @@ async fn policy_push(
         payload: Payload::Clear(body.to_vec()),
         trace: None,
     };
-    let out = sign_and_send(&api, vec![draft], vec![None], Ack::Local, Instant::now()).await?;
+    // No egress transforms on system streams.
+    let out = sign_and_send(
+        &api,
+        None,
+        vec![draft],
+        vec![None],
+        Ack::Local,
+        Instant::now(),
+    )
+    .await?;
     let in_force = api.policy.epoch();
     if in_force != epoch {
         // Another bundle landed between the check and the apply.
@@ -1399,8 +1425,24 @@ async fn policy_push(
 
 async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Response> {
     // The signed bundle in force, byte for byte as the operators signed it: what
-    // `weft policy verify` checks. Authenticated: it lists principals' token hashes.
-    api.authenticate(&headers)?;
+    // `weft policy verify` checks. Admins only: it lists principals' token hashes and the
+    // transforms' hashing salts.
+    let who = api.authenticate(&headers)?;
+    if !who.admin {
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_admin",
+                format!(
+                    "principal {} may not read the signed bundle (principals[].admin): it holds token hashes and salts",
+                    who.name
+                ),
+            ),
+            Some(&who.name),
+            None,
+            api.policy.epoch(),
+        ));
+    }
     match api.policy.current() {
         None => Err(api.fail(ApiError::new(
             StatusCode::NOT_FOUND,

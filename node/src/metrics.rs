@@ -60,6 +60,14 @@ pub(crate) struct Metrics {
     pub(crate) policy_epoch: Gauge,
     /// Policy bundles applied since start (pushed, caught up or published here).
     pub(crate) policy_applied: Counter,
+    /// Events derived by egress transforms and handed to the core, by transform.
+    pub(crate) egress_derived: Family<Labels, Counter>,
+    /// Egress derivations that failed (their sources accepted all the same), by reason.
+    pub(crate) egress_failures: Family<Labels, Counter>,
+    /// Aggregation windows open.
+    pub(crate) egress_windows: Gauge,
+    /// Estimated bytes held by open aggregation windows.
+    pub(crate) egress_window_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -100,6 +108,10 @@ impl Metrics {
             audit_dropped: Counter::default(),
             audit_write_errors: Counter::default(),
             audit_pruned: Counter::default(),
+            egress_derived: Family::default(),
+            egress_failures: Family::default(),
+            egress_windows: Gauge::default(),
+            egress_window_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -212,6 +224,26 @@ impl Metrics {
             "policy_applied",
             "Policy bundles applied since start",
             m.policy_applied.clone(),
+        );
+        registry.register(
+            "egress_derived",
+            "Events derived by egress transforms, by transform",
+            m.egress_derived.clone(),
+        );
+        registry.register(
+            "egress_failures",
+            "Egress derivations that failed (sources still accepted), by reason",
+            m.egress_failures.clone(),
+        );
+        registry.register(
+            "egress_windows",
+            "Aggregation windows open",
+            m.egress_windows.clone(),
+        );
+        registry.register(
+            "egress_window_bytes",
+            "Estimated bytes held by open aggregation windows",
+            m.egress_window_bytes.clone(),
         );
         Self { registry, ..m }
     }

@@ -243,6 +243,13 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (closing_tx, closing_rx) = watch::channel(false);
+    let (flush_tx, flush_rx) = mpsc::channel(crate::egress::FLUSH_QUEUE_LEN_MAX);
+    let aggregator = crate::egress::Aggregator::new(
+        policy_state.clone(),
+        flush_tx,
+        metrics.clone(),
+        audit.clone(),
+    );
     let mut driver = Driver::new(
         node,
         epoch,
@@ -254,6 +261,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         snapshot_tx,
         config.priorities.clone(),
         audit.clone(),
+        aggregator,
     );
     if let Some(trust) = &trust {
         driver = driver.with_policy(trust.clone(), policy_state.clone());
@@ -289,7 +297,10 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         audit: audit.clone(),
         limiter: crate::ratelimit::Limiter::default(),
         policy_trust: trust,
+        egress: crate::egress::Egress::default(),
     });
+    tokio::spawn(crate::egress::run_flusher(api.clone(), flush_rx));
+    let api_at_shutdown = api.clone();
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await
         .with_context(|| format!("binding HTTP on {}", raw.listen.http))?;
@@ -305,6 +316,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .await
         .context("HTTP server")?;
     info!("shutting down");
+    // Open aggregation windows: their summaries are published before the driver stops.
+    crate::egress::flush_at_shutdown(&api_at_shutdown).await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), driver_task).await;
     transport.close();

@@ -115,8 +115,18 @@ fn device_event(stream: &str, seq: u64, classification: &str, residency: Residen
 }
 
 async fn post_cbor(c: &Cluster, i: usize, stream: &str, body: Vec<u8>) -> (u16, Value) {
+    post_cbor_ack(c, i, stream, body, "local").await
+}
+
+async fn post_cbor_ack(
+    c: &Cluster,
+    i: usize,
+    stream: &str,
+    body: Vec<u8>,
+    ack: &str,
+) -> (u16, Value) {
     let r = reqwest::Client::new()
-        .post(c.url(i, &format!("/v1/streams/{stream}/events")))
+        .post(c.url(i, &format!("/v1/streams/{stream}/events?ack={ack}")))
         .bearer_auth(&c.token)
         .header("content-type", "application/vnd.weft.event+cbor")
         .body(body)
@@ -201,8 +211,8 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         assert_refused(&c, 0, "tampered payload", r, (400, "bad_signature"), before).await;
 
         // 3. Replay: the genuine event, accepted at eu-a, captured and replayed to eu-b
-        //    (which already has it by replication) and again to eu-a: accepted as the
-        //    same event, delivered once on every node.
+        //    (which already has it by replication), to eu-a and to the US node: accepted
+        //    as the same event, delivered once on every node.
         let (s, body) = post_cbor(&c, 0, "orders.x", good.encode()).await;
         assert_eq!(s, 200, "{body}");
         let id = good.id().to_string();
@@ -211,10 +221,13 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         })
         .await;
         assert!(on_b.is_some(), "replicated to eu-b");
+        // A replay asking for regions:3 is confirmed by the regions that hold it (the
+        // node sends confirmable copies of what it already has).
         for node in [1, 0, 2] {
-            let (s, body) = post_cbor(&c, node, "orders.x", good.encode()).await;
+            let (s, body) = post_cbor_ack(&c, node, "orders.x", good.encode(), "regions:3").await;
             assert_eq!(s, 200, "replay to node {node}: {body}");
             assert_eq!(body["ids"][0], id.as_str(), "{body}");
+            assert_eq!(body["regions_min"], 3, "{body}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         for node in 0..3 {

@@ -366,6 +366,12 @@ impl AggregateWindow {
         self.groups.values().map(|g| g.count).sum()
     }
 
+    /// Groups held (at most [`AGGREGATE_GROUPS_MAX`]): what a caller bounding its memory
+    /// counts, since each group keeps its key and up to [`AGGREGATE_LINEAGE_IDS_MAX`] ids.
+    pub fn groups_len(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()

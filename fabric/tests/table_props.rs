@@ -1,0 +1,407 @@
+//! Keyed tables converge: replicas that issue writes from what they have seen, exchange
+//! them in any interleaving (each origin's writes in order, as the mesh delivers them),
+//! with duplicates, end with byte-identical state (equal digests), and that state is the
+//! one each strategy's rule defines, computed independently from the list of writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use weft_fabric::table::{Applied, Dot, KeyState, Op, Strategy as Kind, Table, Totals, Vv, Write};
+use weft_fabric::{Hlc, OriginKey};
+
+const REPLICAS: usize = 3;
+const KEYS: [&[u8]; 2] = [b"k1", b"k2"];
+const ELEMENTS: [&[u8]; 3] = [b"a", b"b", b"c"];
+
+#[derive(Debug, Clone)]
+struct Issued {
+    dot: Dot,
+    hlc: Hlc,
+    key: Vec<u8>,
+    op: Op,
+}
+
+/// One step of a run: replica `who` issues a write (choice `pick`), or receives the next
+/// write of origin `from` it has not seen (or, with `dup`, one it has seen again).
+#[derive(Debug, Clone)]
+enum Step {
+    Issue { who: usize, pick: u8, key: usize },
+    Deliver { to: usize, from: usize, dup: bool },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..REPLICAS, any::<u8>(), 0..KEYS.len()).prop_map(|(who, pick, key)| Step::Issue {
+            who,
+            pick,
+            key
+        }),
+        (0..REPLICAS, 0..REPLICAS, prop::bool::weighted(0.2))
+            .prop_map(|(to, from, dup)| Step::Deliver { to, from, dup }),
+    ]
+}
+
+fn origin(i: usize) -> OriginKey {
+    OriginKey([i as u8 + 1; 32])
+}
+
+/// The write replica `who` makes from its local view of `key`.
+fn make_op(strategy: Kind, local: Option<&KeyState>, pick: u8) -> Op {
+    let version = local.map(KeyState::version).unwrap_or_default();
+    let value = vec![b'v', pick];
+    match strategy {
+        Kind::Lww => {
+            if pick.is_multiple_of(4) {
+                Op::Delete {
+                    ctx: Vv::default(),
+                    totals: BTreeMap::new(),
+                }
+            } else {
+                Op::Put {
+                    content_type: "text/plain".into(),
+                    value,
+                    ctx: Vv::default(),
+                }
+            }
+        }
+        Kind::MultiValue => match pick % 4 {
+            0 => Op::Delete {
+                ctx: version,
+                totals: BTreeMap::new(),
+            },
+            // A blind write: concurrent with everything.
+            1 => Op::Put {
+                content_type: "text/plain".into(),
+                value,
+                ctx: Vv::default(),
+            },
+            _ => Op::Put {
+                content_type: "text/plain".into(),
+                value,
+                ctx: version,
+            },
+        },
+        Kind::Counter => {
+            if pick.is_multiple_of(5) {
+                let totals = match local {
+                    Some(KeyState::Counter { totals, .. }) => totals.clone(),
+                    _ => BTreeMap::new(),
+                };
+                Op::Delete {
+                    ctx: Vv::default(),
+                    totals,
+                }
+            } else {
+                Op::Add {
+                    delta: i64::from(pick % 11) - 5,
+                }
+            }
+        }
+        Kind::Set => {
+            let e = ELEMENTS[pick as usize % ELEMENTS.len()].to_vec();
+            match pick % 5 {
+                0 => Op::Delete {
+                    ctx: version,
+                    totals: BTreeMap::new(),
+                },
+                1 | 2 => Op::Remove {
+                    elements: vec![e],
+                    ctx: version,
+                },
+                _ => Op::Insert { elements: vec![e] },
+            }
+        }
+    }
+}
+
+struct Run {
+    tables: Vec<Table>,
+    /// Writes per origin, in sequence order.
+    log: Vec<Vec<Issued>>,
+    /// Per replica, per origin: how many of that origin's writes it has applied.
+    cursor: Vec<Vec<usize>>,
+    clocks: Vec<u64>,
+    seqs: Vec<u64>,
+}
+
+impl Run {
+    fn new(strategy: Kind) -> Self {
+        Self {
+            tables: (0..REPLICAS).map(|_| Table::new(strategy)).collect(),
+            log: vec![Vec::new(); REPLICAS],
+            cursor: vec![vec![0; REPLICAS]; REPLICAS],
+            clocks: vec![0; REPLICAS],
+            seqs: vec![0; REPLICAS],
+        }
+    }
+
+    fn apply(&mut self, to: usize, w: &Issued) -> Applied {
+        // HLC receive rule: the local clock moves past what it sees.
+        self.clocks[to] = self.clocks[to].max(w.hlc.as_u64());
+        self.tables[to].apply(&Write {
+            dot: w.dot,
+            hlc: w.hlc,
+            key: &w.key,
+            op: &w.op,
+        })
+    }
+
+    fn step(&mut self, s: &Step) {
+        match *s {
+            Step::Issue { who, pick, key } => {
+                let key = KEYS[key].to_vec();
+                let op = make_op(
+                    self.tables[who].strategy(),
+                    self.tables[who].get(&key),
+                    pick,
+                );
+                self.clocks[who] += 1;
+                // Gaps in the sequence: the origin publishes other streams too.
+                self.seqs[who] += 1 + u64::from(pick % 3);
+                let w = Issued {
+                    dot: Dot {
+                        origin: origin(who),
+                        seq: self.seqs[who],
+                    },
+                    hlc: Hlc::from_u64(self.clocks[who] << 16),
+                    key,
+                    op,
+                };
+                assert_eq!(self.apply(who, &w), Applied::Applied);
+                self.log[who].push(w);
+                self.cursor[who][who] = self.log[who].len();
+            }
+            Step::Deliver { to, from, dup } => {
+                let at = self.cursor[to][from];
+                if dup && at > 0 {
+                    let w = self.log[from][at - 1].clone();
+                    assert_eq!(self.apply(to, &w), Applied::Duplicate);
+                } else if at < self.log[from].len() {
+                    let w = self.log[from][at].clone();
+                    self.apply(to, &w);
+                    self.cursor[to][from] = at + 1;
+                }
+            }
+        }
+    }
+
+    /// Delivers everything still missing, replica by replica in a fixed order.
+    fn finish(&mut self) {
+        for to in 0..REPLICAS {
+            for from in 0..REPLICAS {
+                while self.cursor[to][from] < self.log[from].len() {
+                    self.step(&Step::Deliver {
+                        to,
+                        from,
+                        dup: false,
+                    });
+                }
+            }
+        }
+    }
+
+    fn all(&self) -> Vec<&Issued> {
+        self.log.iter().flatten().collect()
+    }
+}
+
+/// Every covering context the writes of `key` carry, for the superseding rules.
+fn contexts<'a>(writes: &[&'a Issued], key: &[u8]) -> Vec<&'a Op> {
+    writes
+        .iter()
+        .filter(|w| w.key == key)
+        .map(|w| &w.op)
+        .collect()
+}
+
+fn check_model(strategy: Kind, run: &Run) {
+    let writes = run.all();
+    let table = &run.tables[0];
+    for key in KEYS {
+        let state = table.get(key);
+        let ops = contexts(&writes, key);
+        let on_key: Vec<&&Issued> = writes.iter().filter(|w| w.key == key).collect();
+        match strategy {
+            Kind::Lww => {
+                let winner = on_key.iter().max_by_key(|w| (w.hlc, w.dot));
+                let want = winner.and_then(|w| match &w.op {
+                    Op::Put { value, .. } => Some(value.clone()),
+                    _ => None,
+                });
+                let got = match state {
+                    Some(KeyState::Lww { value, .. }) => value.as_ref().map(|v| v.bytes.clone()),
+                    None => None,
+                    other => panic!("not lww: {other:?}"),
+                };
+                assert_eq!(got, want, "lww value of {key:?}");
+            }
+            Kind::MultiValue => {
+                let covered = |d: &Dot| {
+                    ops.iter().any(|op| match op {
+                        Op::Put { ctx, .. } | Op::Delete { ctx, .. } => ctx.covers(d),
+                        _ => false,
+                    })
+                };
+                let want: BTreeSet<Dot> = on_key
+                    .iter()
+                    .filter(|w| matches!(w.op, Op::Put { .. }) && !covered(&w.dot))
+                    .map(|w| w.dot)
+                    .collect();
+                let got: BTreeSet<Dot> = match state {
+                    Some(KeyState::MultiValue { siblings, .. }) => {
+                        siblings.keys().copied().collect()
+                    }
+                    None => BTreeSet::new(),
+                    other => panic!("not mv: {other:?}"),
+                };
+                assert_eq!(got, want, "siblings of {key:?}");
+            }
+            Kind::Counter => {
+                let mut total: i128 = 0;
+                let mut reset: BTreeMap<OriginKey, Totals> = BTreeMap::new();
+                for w in &on_key {
+                    match &w.op {
+                        Op::Add { delta } => total += i128::from(*delta),
+                        Op::Delete { totals, .. } => {
+                            for (o, t) in totals {
+                                let r = reset.entry(*o).or_default();
+                                *r = (*r).max(*t);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let reset_sum: i128 = reset.values().map(|t| t.p as i128 - t.n as i128).sum();
+                let got = state.map_or(0, KeyState::counter_value);
+                assert_eq!(got, total - reset_sum, "counter {key:?}");
+            }
+            Kind::Set => {
+                for e in ELEMENTS {
+                    let removed = |d: &Dot| {
+                        ops.iter().any(|op| match op {
+                            Op::Delete { ctx, .. } => ctx.covers(d),
+                            Op::Remove { elements, ctx } => {
+                                elements.iter().any(|x| x == e) && ctx.covers(d)
+                            }
+                            _ => false,
+                        })
+                    };
+                    let want = on_key.iter().any(|w| {
+                        matches!(&w.op, Op::Insert { elements } if elements.iter().any(|x| x == e))
+                            && !removed(&w.dot)
+                    });
+                    let got = match state {
+                        Some(KeyState::Set { tags, .. }) => tags.contains_key(e),
+                        None => false,
+                        other => panic!("not a set: {other:?}"),
+                    };
+                    assert_eq!(got, want, "element {e:?} of {key:?}");
+                }
+            }
+        }
+    }
+}
+
+fn converge(strategy: Kind, steps: &[Step]) {
+    let mut run = Run::new(strategy);
+    for s in steps {
+        run.step(s);
+    }
+    run.finish();
+    let d0 = run.tables[0].digest();
+    for (i, t) in run.tables.iter().enumerate() {
+        assert_eq!(t.digest(), d0, "replica {i} differs from replica 0");
+    }
+    check_model(strategy, &run);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn lww_converges(steps in prop::collection::vec(step(), 0..80)) {
+        converge(Kind::Lww, &steps);
+    }
+
+    #[test]
+    fn multi_value_converges(steps in prop::collection::vec(step(), 0..80)) {
+        converge(Kind::MultiValue, &steps);
+    }
+
+    #[test]
+    fn counter_converges(steps in prop::collection::vec(step(), 0..80)) {
+        converge(Kind::Counter, &steps);
+    }
+
+    #[test]
+    fn set_converges(steps in prop::collection::vec(step(), 0..80)) {
+        converge(Kind::Set, &steps);
+    }
+
+    #[test]
+    fn ops_round_trip(pick in any::<u8>(), strategy in prop_oneof![
+        Just(Kind::Lww), Just(Kind::MultiValue), Just(Kind::Counter), Just(Kind::Set)
+    ]) {
+        let op = make_op(strategy, None, pick);
+        prop_assert_eq!(Op::decode(&op.encode()).unwrap(), op);
+    }
+}
+
+#[test]
+fn a_late_older_write_never_resurrects_a_deleted_key() {
+    let mut t = Table::new(Kind::Lww);
+    let (a, b) = (origin(0), origin(1));
+    let put = Op::Put {
+        content_type: "text/plain".into(),
+        value: b"old".to_vec(),
+        ctx: Vv::default(),
+    };
+    let del = Op::Delete {
+        ctx: Vv::default(),
+        totals: BTreeMap::new(),
+    };
+    let w = |origin, seq, hlc: u64, op| (Dot { origin, seq }, Hlc::from_u64(hlc << 16), op);
+    let (d1, h1, o1) = w(b, 1, 20, del);
+    t.apply(&Write {
+        dot: d1,
+        hlc: h1,
+        key: b"k",
+        op: &o1,
+    });
+    let (d2, h2, o2) = w(a, 1, 10, put);
+    t.apply(&Write {
+        dot: d2,
+        hlc: h2,
+        key: b"k",
+        op: &o2,
+    });
+    assert!(t.get(b"k").unwrap().is_absent(), "the delete (hlc 20) wins");
+    assert_eq!(t.stats().lww_lost, 1);
+}
+
+#[test]
+fn malformed_and_oversize_operations_are_refused_with_the_limit() {
+    assert!(matches!(
+        Op::decode(b"\xff\x00"),
+        Err(weft_fabric::table::OpError::Malformed(_))
+    ));
+    let big = Op::Insert {
+        elements: vec![b"x".to_vec(); weft_fabric::table::SET_ELEMENTS_MAX + 1],
+    };
+    assert!(matches!(
+        Op::decode(&big.encode()),
+        Err(weft_fabric::table::OpError::TooLong {
+            field: "elements",
+            ..
+        })
+    ));
+    // Anything but the operation content type is a plain put of the payload.
+    assert_eq!(
+        Op::from_event("application/json", b"{}").unwrap(),
+        Op::Put {
+            content_type: "application/json".into(),
+            value: b"{}".to_vec(),
+            ctx: Vv::default()
+        }
+    );
+}
