@@ -530,7 +530,7 @@ pub(crate) struct AuditArgs {
     /// Most entries to print (the node allows 1 to 1000).
     #[arg(long, default_value_t = 50)]
     pub(crate) limit: usize,
-    /// Only this decision: deny, apply, change or overflow.
+    /// Only this decision: deny, apply, change, overflow or egress_failed.
     #[arg(long)]
     pub(crate) decision: Option<String>,
     /// Only this reason code, e.g. publish_forbidden.
