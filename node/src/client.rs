@@ -539,6 +539,9 @@ pub(crate) struct AuditArgs {
     /// Only this principal.
     #[arg(long)]
     pub(crate) principal: Option<String>,
+    /// Only this stream.
+    #[arg(long)]
+    pub(crate) stream: Option<String>,
     /// Print the raw JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -601,6 +604,7 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
         ("decision", &args.decision),
         ("reason", &args.reason),
         ("principal", &args.principal),
+        ("stream", &args.stream),
     ] {
         if let Some(v) = v {
             let enc: String = v
