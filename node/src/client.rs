@@ -1,5 +1,5 @@
-//! The command-line client: `weft publish`, `tail`, `peers`, `routes`, `status`, over the
-//! node's HTTP API (reqwest).
+//! The command-line client: `weft publish`, `tail`, `peers`, `routes`, `status`, `audit`,
+//! over the node's HTTP API (reqwest).
 
 use std::io::BufRead as _;
 use std::time::Duration;
@@ -204,11 +204,12 @@ pub(crate) fn tail(
         if let Some(d) = &durable {
             url.push_str(&format!("durable={d}&"));
         }
-        let resp = client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        // A node enforcing a policy authorizes subscriptions: send the token when given.
+        let mut req = client.get(&url);
+        if let Some(t) = conn.token()? {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
         let mut body = check(resp).await?.bytes_stream();
         let mut buf = Vec::new();
         let mut seen = 0u64;
@@ -689,4 +690,171 @@ pub(crate) fn table_write(
         v["regions"]
     );
     Ok(())
+}
+
+/// `weft audit` filters.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct AuditArgs {
+    /// Only entries at or after this time: unix milliseconds, or an age like 90s, 15m,
+    /// 2h, 7d.
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Most entries to print (the node allows 1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: usize,
+    /// Only this decision: deny, apply, change, overflow or egress_failed.
+    #[arg(long)]
+    pub(crate) decision: Option<String>,
+    /// Only this reason code, e.g. publish_forbidden.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Only this principal.
+    #[arg(long)]
+    pub(crate) principal: Option<String>,
+    /// Only this stream.
+    #[arg(long)]
+    pub(crate) stream: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Parses `--since`: unix ms, or an age before `now_ms`.
+fn since_ms(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("--since {text:?}: unix milliseconds or an age like 15m"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("--since {text:?}: the unit must be s, m, h or d"),
+    };
+    Ok(now_ms.saturating_sub(n.saturating_mul(ms)))
+}
+
+/// UTC `YYYY-MM-DD HH:MM:SS.mmm` of unix milliseconds (civil-from-days, H. Hinnant).
+fn utc(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// `weft audit`: the node's audit log, newest first (needs an admin token).
+pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
+    let token = conn.token()?.context(
+        "reading the audit log needs an admin token: --token, WEFT_TOKEN or --token-file",
+    )?;
+    let mut query = vec![format!("limit={}", args.limit)];
+    if let Some(s) = &args.since {
+        query.push(format!("since={}", since_ms(s, crate::driver::wall_ms())?));
+    }
+    for (k, v) in [
+        ("decision", &args.decision),
+        ("reason", &args.reason),
+        ("principal", &args.principal),
+        ("stream", &args.stream),
+    ] {
+        if let Some(v) = v {
+            let enc: String = v
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            query.push(format!("{k}={enc}"));
+        }
+    }
+    let url = conn.url(&format!("/v1/audit?{}", query.join("&")));
+    let v: Value = runtime()?.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        anyhow::Ok(check(resp).await?.json().await?)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "audit log of {} ({})",
+        v["node"].as_str().unwrap_or(""),
+        &v["node_key"].as_str().unwrap_or("")[..16.min(v["node_key"].as_str().unwrap_or("").len())]
+    );
+    println!(
+        "{:<23} {:<8} {:<20} {:<16} {:<20} {:>5}  MESSAGE",
+        "TIME (UTC)", "DECISION", "REASON", "PRINCIPAL", "STREAM", "EPOCH"
+    );
+    let text = |x: &Value| x.as_str().unwrap_or("-").to_string();
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    for e in &entries {
+        println!(
+            "{:<23} {:<8} {:<20} {:<16} {:<20} {:>5}  {}",
+            utc(e["time_ms"].as_i64().unwrap_or(0)),
+            text(&e["decision"]),
+            text(&e["reason"]),
+            text(&e["principal"]),
+            text(&e["stream"]),
+            e["epoch"].as_u64().unwrap_or(0),
+            text(&e["message"]),
+        );
+    }
+    if let Some(b) = v["next_before"].as_i64() {
+        eprintln!(
+            "({} entries shown; older ones: GET /v1/audit?before={b})",
+            entries.len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_unix_milliseconds() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(utc(1_798_502_400_123), "2026-12-29 00:00:00.123");
+    }
+
+    #[test]
+    fn since_takes_milliseconds_or_an_age() {
+        assert_eq!(since_ms("1234", 10_000_000).unwrap(), 1234);
+        assert_eq!(since_ms("15m", 10_000_000).unwrap(), 10_000_000 - 900_000);
+        assert_eq!(since_ms("2d", 0).unwrap(), -172_800_000);
+        assert!(since_ms("5y", 0).is_err());
+        assert!(since_ms("m", 0).is_err());
+    }
 }

@@ -65,6 +65,9 @@ pub(crate) struct NodeConfig {
     /// rules' `conflict` decide instead.
     #[serde(default)]
     pub(crate) tables: Vec<TableConfig>,
+    /// Retention of the audit log (`audit.sqlite` in the data directory).
+    #[serde(default)]
+    pub(crate) audit: AuditConfig,
 }
 
 /// A stream pattern whose keyed events form tables, and their conflict strategy.
@@ -75,6 +78,30 @@ pub(crate) struct TableConfig {
     pub(crate) pattern: String,
     /// `lww`, `multi-value`, `counter` or `set`.
     pub(crate) strategy: String,
+}
+
+/// How long the audit log keeps entries: both bounds apply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AuditConfig {
+    /// Entries older than this many days are deleted (1 to [`AUDIT_RETENTION_DAYS_MAX`]).
+    pub(crate) retention_days: u32,
+    /// Beyond this many entries the oldest are deleted (1 to [`AUDIT_ENTRIES_MAX`]).
+    pub(crate) max_entries: u64,
+}
+
+/// Longest audit retention accepted: ten years.
+pub(crate) const AUDIT_RETENTION_DAYS_MAX: u32 = 3650;
+/// Largest audit log accepted, in entries (entries are typically a few hundred bytes).
+pub(crate) const AUDIT_ENTRIES_MAX: u64 = 100_000_000;
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            max_entries: 1_000_000,
+        }
+    }
 }
 
 /// Where the node's policy comes from and whom it trusts to sign it.
@@ -354,6 +381,24 @@ impl NodeConfig {
         if l.ack_timeout_ms == 0 {
             bail!(field_err("limits.ack_timeout_ms", "must be at least 1"));
         }
+        if self.audit.retention_days == 0 || self.audit.retention_days > AUDIT_RETENTION_DAYS_MAX {
+            bail!(field_err(
+                "audit.retention_days",
+                format!(
+                    "must be 1 to {AUDIT_RETENTION_DAYS_MAX} (days), got {}",
+                    self.audit.retention_days
+                )
+            ));
+        }
+        if self.audit.max_entries == 0 || self.audit.max_entries > AUDIT_ENTRIES_MAX {
+            bail!(field_err(
+                "audit.max_entries",
+                format!(
+                    "must be 1 to {AUDIT_ENTRIES_MAX}, got {}",
+                    self.audit.max_entries
+                )
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(field_err(
                 "log.format",
@@ -449,6 +494,19 @@ http = "127.0.0.1:8400"
                 "limits.events_max",
             ),
             (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
+            (
+                format!("{GOOD}\n[audit]\nretention_days = 0\n"),
+                "audit.retention_days",
+            ),
+            (
+                format!("{GOOD}\n[audit]\nmax_entries = 0\n"),
+                "audit.max_entries",
+            ),
+            (
+                format!("{GOOD}\n[audit]\nretention_days = 99999\n"),
+                "audit.retention_days",
+            ),
+            (format!("{GOOD}\n[audit]\nkeep = 1\n"), "audit.keep"),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
             (
                 GOOD.replace("data_dir", "streams = [\"a..b\"]\ndata_dir"),

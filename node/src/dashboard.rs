@@ -44,6 +44,50 @@ pub(crate) fn routes() -> Router<Arc<Api>> {
         )
         .route("/dashboard/regions.json", get(regions))
         .route("/dashboard/node.json", get(node_json))
+        .route("/dashboard/audit.json", get(audit_json))
+}
+
+/// Denials shown on the dashboard.
+const AUDIT_DENIALS_SHOWN: usize = 20;
+
+/// The dashboard's view of the audit log: the last [`AUDIT_DENIALS_SHOWN`] denials with
+/// their time, reason code and policy epoch only. The page cannot authenticate (it is a
+/// plain page; `EventSource` and `<a>` links carry no bearer token), and `GET /v1/audit`
+/// needs an admin token, so this summary holds no more than what the unauthenticated
+/// `/metrics` already tells (reason codes, and when they happen), leaving out principals,
+/// streams, event ids and messages. Same origin only (no CORS header).
+async fn audit_json(State(api): State<Arc<Api>>) -> Response {
+    let audit = api.audit.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        audit.query(&crate::audit::Filter {
+            decision: Some(crate::audit::Decision::Deny),
+            limit: AUDIT_DENIALS_SHOWN,
+            ..crate::audit::Filter::default()
+        })
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => {
+            let denials: Vec<Value> = rows
+                .iter()
+                .map(|r| json!({"time_ms": r.time_ms, "reason": r.reason, "epoch": r.epoch}))
+                .collect();
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                axum::Json(json!({"denials": denials})),
+            )
+                .into_response()
+        }
+        _ => {
+            api.metrics.reject("audit_error");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"error": {"reason": "audit_error",
+                    "message": "reading the audit log failed (see the node's log)"}})),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn index() -> Response {

@@ -699,17 +699,21 @@ impl Demo {
         );
         say!("");
         say!("Open the dashboard (every node serves one; this one also polls the others):");
+        // The token rides in the fragment (never sent to a server): the policy authorizes
+        // the page's live tail like any other subscription.
         say!(
-            "  {}?nodes={}&stream=orders.{}",
+            "  {}?nodes={}&stream=orders.{}#token={}",
             first.url("/"),
             others.join(","),
-            short(second.name)
+            short(second.name),
+            self.token
         );
         say!("");
-        say!("Try (reads need no token; publishing does):");
+        say!("Try (the policy authorizes reads and publishes alike: both need the demo's token):");
         say!(
-            "  {weft} tail --node {} orders.{}          # {} orders arriving in {}",
+            "  {weft} tail --node {} --token-file {} orders.{}          # {} orders arriving in {}",
             second.url(""),
+            self.token_file.display(),
             short(first.name),
             first.region,
             second.region
@@ -730,11 +734,13 @@ impl Demo {
             second.url("/v1/policy")
         );
         say!(
-            "  curl -s {}   # EU customer data on eu-1 ...",
+            "  curl -s -H \"Authorization: Bearer $(cat {})\" {}   # EU customer data on eu-1 ...",
+            self.token_file.display(),
             first.url(&format!("/v1/streams/{EU_STREAM}/events?limit=2"))
         );
         say!(
-            "  curl -s {}   # ... and none on us-1",
+            "  curl -s -H \"Authorization: Bearer $(cat {})\" {}   # ... and none on us-1",
+            self.token_file.display(),
             second.url(&format!("/v1/streams/{EU_STREAM}/events?limit=2"))
         );
         say!("");

@@ -242,6 +242,8 @@ pub(crate) struct Driver {
     /// Operator trust and the policy in force, when a policy is configured: bundles
     /// arriving on the policy stream are applied here (`policy_push`).
     policy: Option<(weft_policy::Trust, Arc<crate::policy_state::PolicyState>)>,
+    /// The audit log: bundles applied or refused off the fabric.
+    audit: crate::audit::Audit,
     /// Egress aggregation windows.
     aggregator: crate::egress::Aggregator,
     /// Keyed tables: which streams, and conflict counters per strategy.
@@ -262,6 +264,7 @@ impl Driver {
         committed: watch::Sender<u64>,
         snapshot: watch::Sender<Snapshot>,
         priorities: crate::transport::Priorities,
+        audit: crate::audit::Audit,
         aggregator: crate::egress::Aggregator,
     ) -> Self {
         Self {
@@ -286,6 +289,7 @@ impl Driver {
             outbox_replies: Vec::new(),
             priorities,
             policy: None,
+            audit,
             aggregator,
             tables: None,
             table_stats: BTreeMap::new(),
@@ -563,6 +567,7 @@ impl Driver {
                         Ok(()) => derived_ok.push(id),
                         Err(e) => crate::egress::fail(
                             &self.metrics,
+                            &self.audit,
                             &crate::egress::Failure::StoreRefused(e.to_string()),
                             "",
                             &id.to_string(),
@@ -850,19 +855,36 @@ impl Driver {
         use crate::policy_push::{Outcome, apply, carried_bundle};
         let carrier = event.id();
         let relayed_by = event.origin();
+        let audit = |decision, reason: &str, epoch: u64, message: String| {
+            self.audit.record(
+                crate::audit::Entry::now(decision, reason, epoch, message)
+                    .stream(event.stream().as_str())
+                    .event(carrier.to_string()),
+            );
+        };
+        use crate::audit::Decision::{Apply, Deny};
         let Some((trust, state)) = &self.policy else {
             self.metrics.reject("policy_no_trust");
-            warn!(target: "audit", decision = "deny", reason = "policy_no_trust",
-                event = %carrier, relayed_by = %relayed_by,
-                "policy bundle ignored: this node has no operator trust configured ([policy] operators)");
+            audit(
+                Deny,
+                "policy_no_trust",
+                0,
+                format!(
+                    "policy bundle relayed by {relayed_by} ignored: this node has no operator trust configured ([policy] operators)"
+                ),
+            );
             return;
         };
         let bytes = match carried_bundle(event) {
             Ok(b) => b,
             Err(why) => {
                 self.metrics.reject("policy_carrier_invalid");
-                warn!(target: "audit", decision = "deny", reason = "policy_carrier_invalid",
-                    event = %carrier, relayed_by = %relayed_by, "policy bundle refused: {why}");
+                audit(
+                    Deny,
+                    "policy_carrier_invalid",
+                    state.epoch(),
+                    format!("policy bundle relayed by {relayed_by} refused: {why}"),
+                );
                 return;
             }
         };
@@ -874,13 +896,24 @@ impl Driver {
             } => {
                 self.metrics.policy_epoch.set(epoch as i64);
                 self.metrics.policy_applied.inc();
-                info!(target: "audit", decision = "apply", reason = "policy_applied", epoch,
-                    previous, event = %carrier, relayed_by = %relayed_by,
-                    "policy bundle applied");
+                audit(
+                    Apply,
+                    "policy_applied",
+                    epoch,
+                    format!(
+                        "policy bundle epoch {epoch} (was {previous}) from the fabric applied (relayed by {relayed_by})"
+                    ),
+                );
                 if let Some(why) = claim_revoked {
-                    warn!(target: "audit", decision = "deny", reason = "jurisdiction_claim",
-                        epoch, jurisdiction = %self.me.jurisdiction, region = %self.me.region,
-                        "policy epoch {epoch} no longer grants this node's jurisdiction claim ({why}): it now receives only unrestricted events");
+                    audit(
+                        Deny,
+                        "jurisdiction_claim",
+                        epoch,
+                        format!(
+                            "policy epoch {epoch} no longer grants this node's jurisdiction claim {} in {} ({why}): it now receives only unrestricted events",
+                            self.me.jurisdiction, self.me.region
+                        ),
+                    );
                 }
             }
             Outcome::AlreadyInForce { epoch } => {
@@ -888,9 +921,12 @@ impl Driver {
             }
             Outcome::Refused(e) => {
                 self.metrics.reject(e.code());
-                warn!(target: "audit", decision = "deny", reason = e.code(),
-                    event = %carrier, relayed_by = %relayed_by, epoch_in_force = state.epoch(),
-                    "policy bundle from the fabric refused: {e}");
+                audit(
+                    Deny,
+                    e.code(),
+                    state.epoch(),
+                    format!("policy bundle from the fabric (relayed by {relayed_by}) refused: {e}"),
+                );
             }
         }
     }

@@ -164,10 +164,26 @@ impl From<TransformError> for Failure {
 }
 
 /// Counts and audits one failed derivation. The source event is unaffected.
-pub(crate) fn fail(metrics: &Metrics, failure: &Failure, transform: &str, source: &str) {
+pub(crate) fn fail(
+    metrics: &Metrics,
+    audit: &crate::audit::Audit,
+    failure: &Failure,
+    transform: &str,
+    source: &str,
+) {
     Metrics::inc(&metrics.egress_failures, "reason", failure.reason());
-    warn!(target: "audit", decision = "egress_failed", reason = failure.reason(),
-        transform, source, "egress transform failed (the source event is accepted): {failure}");
+    let mut entry = crate::audit::Entry::now(
+        crate::audit::Decision::EgressFailed,
+        failure.reason(),
+        0,
+        format!(
+            "egress transform failed: {transform:?} on {source} (the source event is accepted): {failure}"
+        ),
+    );
+    if source.len() == 64 && source.bytes().all(|b| b.is_ascii_hexdigit()) {
+        entry.event_id = Some(source.to_string());
+    }
+    audit.record(entry);
 }
 
 /// The HTTP side's egress state.
@@ -344,7 +360,7 @@ pub(crate) fn derive(
                     debug!(source = %id, derived = %event.id(), transform = t.name(), "derived");
                     out.push(event);
                 }
-                Err(f) => fail(&api.metrics, &f, t.name(), &id.to_string()),
+                Err(f) => fail(&api.metrics, &api.audit, &f, t.name(), &id.to_string()),
             }
         }
     }
@@ -521,6 +537,7 @@ pub(crate) struct Aggregator {
     bytes: usize,
     flush_tx: mpsc::Sender<Vec<Pending>>,
     metrics: Arc<Metrics>,
+    audit: crate::audit::Audit,
 }
 
 impl Aggregator {
@@ -529,6 +546,7 @@ impl Aggregator {
         policy: Arc<PolicyState>,
         flush_tx: mpsc::Sender<Vec<Pending>>,
         metrics: Arc<Metrics>,
+        audit: crate::audit::Audit,
     ) -> Self {
         Self {
             policy,
@@ -536,6 +554,7 @@ impl Aggregator {
             bytes: 0,
             flush_tx,
             metrics,
+            audit,
         }
     }
 
@@ -568,7 +587,7 @@ impl Aggregator {
             let data = match &data {
                 Ok(d) => d,
                 Err(f) => {
-                    fail(&self.metrics, f, t.name(), &id.to_string());
+                    fail(&self.metrics, &self.audit, f, t.name(), &id.to_string());
                     continue;
                 }
             };
@@ -585,6 +604,7 @@ impl Aggregator {
             if !self.windows.contains_key(&key) && self.windows.len() >= WINDOWS_MAX {
                 fail(
                     &self.metrics,
+                    &self.audit,
                     &Failure::WindowsFull,
                     t.name(),
                     &id.to_string(),
@@ -620,7 +640,13 @@ impl Aggregator {
                         attempt += 1;
                     }
                     Err(e) => {
-                        fail(&self.metrics, &Failure::from(e), t.name(), &id.to_string());
+                        fail(
+                            &self.metrics,
+                            &self.audit,
+                            &Failure::from(e),
+                            t.name(),
+                            &id.to_string(),
+                        );
                         break;
                     }
                 }
@@ -684,6 +710,7 @@ impl Aggregator {
             for p in &batch {
                 fail(
                     &self.metrics,
+                    &self.audit,
                     &Failure::FlushQueueFull,
                     &p.transform,
                     "window",
@@ -731,7 +758,7 @@ async fn publish_pending(
                     );
                     derived.push(event);
                 }
-                Err(f) => fail(&api2.metrics, &f, &pending.transform, "window"),
+                Err(f) => fail(&api2.metrics, &api2.audit, &f, &pending.transform, "window"),
             }
         }
         if derived.is_empty() {
@@ -789,10 +816,22 @@ pub(crate) async fn flush_at_shutdown(api: &Arc<Api>) {
         }
         Ok(Some((n, committed))) => {
             for _ in committed..n {
-                fail(&api.metrics, &Failure::DroppedAtShutdown, "", "window");
+                fail(
+                    &api.metrics,
+                    &api.audit,
+                    &Failure::DroppedAtShutdown,
+                    "",
+                    "window",
+                );
             }
         }
-        _ => fail(&api.metrics, &Failure::DroppedAtShutdown, "", "window"),
+        _ => fail(
+            &api.metrics,
+            &api.audit,
+            &Failure::DroppedAtShutdown,
+            "",
+            "window",
+        ),
     }
 }
 
@@ -886,7 +925,12 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
     fn aggregator() -> (Aggregator, mpsc::Receiver<Vec<Pending>>, Arc<Metrics>) {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_LEN_MAX);
         let metrics = Arc::new(Metrics::new());
-        (Aggregator::new(state(), tx, metrics.clone()), rx, metrics)
+        let audit = crate::audit::Audit::detached(metrics.clone());
+        (
+            Aggregator::new(state(), tx, metrics.clone(), audit),
+            rx,
+            metrics,
+        )
     }
 
     fn failures(metrics: &Metrics, reason: &str) -> u64 {

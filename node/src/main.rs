@@ -4,7 +4,7 @@
 //! HTTP API (with the web dashboard). `weft demo` runs a local multi-region mesh of such
 //! nodes with a sample workload. The other subcommands are tools: keys (`keygen`), config
 //! checks (`check-config`), a client of the HTTP API (`publish`, `tail`, `peers`, `routes`,
-//! `status`) and envelope tools (`wire-demo`, `inspect`).
+//! `status`, `audit`) and envelope tools (`wire-demo`, `inspect`).
 
 /// Appends a line to the command's output buffer (see [`flush_output`]).
 macro_rules! outln {
@@ -17,6 +17,7 @@ macro_rules! outln {
     };
 }
 
+mod audit;
 mod chaos;
 mod client;
 mod cloudevents;
@@ -33,6 +34,7 @@ mod metrics;
 mod policy_cli;
 mod policy_push;
 mod policy_state;
+mod ratelimit;
 mod regions;
 mod serve;
 mod store;
@@ -288,6 +290,14 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
+    /// Print the node's audit log (denials, policy and fault-injection changes), newest
+    /// first. Needs an admin principal's token.
+    Audit {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(flatten)]
+        args: client::AuditArgs,
+    },
     /// Sign, seal, encode, decode and reject sample events, showing each step.
     WireDemo,
     /// Decode and verify one encoded envelope and print it as JSON.
@@ -484,6 +494,10 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Status { conn } => {
             client::status(&conn)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { conn, args } => {
+            client::audit(&conn, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::WireDemo => wire_demo::run(),

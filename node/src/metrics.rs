@@ -47,6 +47,15 @@ pub(crate) struct Metrics {
     pub(crate) ack_seconds: Family<Labels, Histogram>,
     /// Active SSE subscribers.
     pub(crate) subscribers: Gauge,
+    /// Audit entries recorded, by decision (`deny`, `apply`, `change`, `overflow`).
+    pub(crate) audit_entries: Family<Labels, Counter>,
+    /// Audit entries not stored because the audit queue was full (each is still in the
+    /// node's log under target `audit`).
+    pub(crate) audit_dropped: Counter,
+    /// Audit entries the writer failed to store (disk or database errors).
+    pub(crate) audit_write_errors: Counter,
+    /// Audit entries deleted by retention.
+    pub(crate) audit_pruned: Counter,
     /// The policy epoch in force (0: none).
     pub(crate) policy_epoch: Gauge,
     /// Policy bundles applied since start (pushed, caught up or published here).
@@ -97,6 +106,10 @@ impl Metrics {
             queue_depth: Family::default(),
             ack_seconds: Family::new_with_constructor(latency_histogram),
             subscribers: Gauge::default(),
+            audit_entries: Family::default(),
+            audit_dropped: Counter::default(),
+            audit_write_errors: Counter::default(),
+            audit_pruned: Counter::default(),
             egress_derived: Family::default(),
             table_events: Family::default(),
             egress_failures: Family::default(),
@@ -186,6 +199,26 @@ impl Metrics {
             m.subscribers.clone(),
         );
         registry.register(
+            "audit_entries",
+            "Audit entries recorded, by decision",
+            m.audit_entries.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit entries not stored because the audit queue was full",
+            m.audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Audit entries the writer failed to store",
+            m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "audit_pruned",
+            "Audit entries deleted by retention",
+            m.audit_pruned.clone(),
+        );
+        registry.register(
             "policy_epoch",
             "Policy epoch in force (0: no policy)",
             m.policy_epoch.clone(),
@@ -267,6 +300,13 @@ impl Metrics {
         self.rejected
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+
+    /// Counts `n` refusals of one reason.
+    pub(crate) fn reject_n(&self, reason: &str, n: u64) {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(n);
     }
 
     /// One labelled counter.

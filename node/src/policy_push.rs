@@ -130,6 +130,7 @@ pub(crate) fn at_start(
     trust: &Trust,
     configured: Option<Vec<u8>>,
     stored: Option<Vec<u8>>,
+    mut stale: impl FnMut(&VerifyError),
 ) -> Result<Option<(VerifiedBundle, Vec<u8>)>, VerifyError> {
     let configured = match configured {
         None => None,
@@ -138,8 +139,7 @@ pub(crate) fn at_start(
     let stored = stored.and_then(|bytes| match verify_bundle(&bytes, trust, 0) {
         Ok(v) => Some((v, bytes)),
         Err(e) => {
-            tracing::warn!(target: "audit", decision = "deny", reason = e.code(),
-                "the policy bundle kept from before the restart no longer verifies: {e}");
+            stale(&e);
             None
         }
     });
@@ -178,18 +178,25 @@ mod tests {
         let trust = Trust::new(vec![op.verifying_key().to_bytes()], 1).expect("trust");
         let epoch = |r: Option<(VerifiedBundle, Vec<u8>)>| r.map(|(v, _)| v.policy.epoch());
         // The stored bundle is newer: a push applied before the restart wins.
-        let r = at_start(&trust, Some(signed(2, &op)), Some(signed(5, &op))).expect("ok");
+        let r = at_start(&trust, Some(signed(2, &op)), Some(signed(5, &op)), |_| {}).expect("ok");
         assert_eq!(epoch(r), Some(5));
         // The configured bundle is newer (the operator edited the config).
-        let r = at_start(&trust, Some(signed(6, &op)), Some(signed(5, &op))).expect("ok");
+        let r = at_start(&trust, Some(signed(6, &op)), Some(signed(5, &op)), |_| {}).expect("ok");
         assert_eq!(epoch(r), Some(6));
         // A stored bundle from a trust no longer configured is skipped.
-        let r = at_start(&trust, Some(signed(2, &op)), Some(signed(9, &other))).expect("ok");
+        let r = at_start(
+            &trust,
+            Some(signed(2, &op)),
+            Some(signed(9, &other)),
+            |_| {},
+        )
+        .expect("ok");
         assert_eq!(epoch(r), Some(2));
-        let r = at_start(&trust, None, Some(signed(9, &other))).expect("ok");
+        let r = at_start(&trust, None, Some(signed(9, &other)), |_| {}).expect("ok");
         assert_eq!(epoch(r), None);
         // A configured bundle that does not verify is an error, with the reason.
-        let e = at_start(&trust, Some(signed(2, &other)), None).expect_err("unknown signer");
+        let e =
+            at_start(&trust, Some(signed(2, &other)), None, |_| {}).expect_err("unknown signer");
         assert_eq!(e.code(), "bundle_unknown_signer");
     }
 }

@@ -25,6 +25,8 @@ use crate::transport::Transport;
 const MESH_QUEUE_LEN_MAX: usize = 8192;
 /// Largest clock drift accepted from remote HLC stamps.
 const HLC_DRIFT_MS_MAX: u64 = 60_000;
+/// How long a stopping node waits for its audit entries to reach the disk.
+const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 fn init_tracing(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -82,6 +84,31 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .filter_map(|(_, json, _)| serde_json::from_str(&json).ok())
         .collect();
 
+    let metrics = Arc::new(Metrics::new());
+    let audit = crate::audit::Audit::start(
+        &config.data_dir,
+        &raw.name,
+        &origin.to_string(),
+        crate::audit::Retention {
+            days: raw.audit.retention_days,
+            entries_max: raw.audit.max_entries,
+        },
+        metrics.clone(),
+    )
+    .with_context(|| format!("opening the audit log in {}", config.data_dir.display()))?;
+    // Refusals at start end the process: their entries are written before it exits.
+    let refuse_start = |reason: &str, message: String| {
+        audit.record(crate::audit::Entry::now(
+            crate::audit::Decision::Deny,
+            reason,
+            0,
+            message,
+        ));
+        if !audit.flush(AUDIT_FLUSH_LIMIT) {
+            tracing::error!("the audit entry of the refusal could not be written in time");
+        }
+    };
+
     // The policy: the newest of the configured bundle and the one last applied before a
     // restart (a push through the fabric may have superseded the configured one), each
     // verified as it would be off the fabric (k-of-n operators); then this node's own
@@ -98,22 +125,40 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
                 ),
             };
             let stored = store.meta_get(crate::policy_push::META_KEY)?;
-            let chosen = crate::policy_push::at_start(trust, configured, stored).map_err(|e| {
-                let shown = path
-                    .as_ref()
-                    .map_or(String::new(), |p| p.display().to_string());
-                tracing::warn!(target: "audit", decision = "deny", reason = e.code(),
-                    bundle = %shown, "policy bundle refused: {e}");
-                anyhow::anyhow!("policy bundle {shown}: {e}")
-            })?;
+            let stale = |e: &weft_policy::VerifyError| {
+                audit.deny(
+                    e.code(),
+                    None,
+                    None,
+                    0,
+                    format!(
+                        "the policy bundle kept from before the restart no longer verifies (skipped): {e}"
+                    ),
+                );
+            };
+            let chosen =
+                crate::policy_push::at_start(trust, configured, stored, stale).map_err(|e| {
+                    let shown = path
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string());
+                    refuse_start(e.code(), format!("policy bundle {shown} refused: {e}"));
+                    anyhow::anyhow!("policy bundle {shown}: {e}")
+                })?;
             if let Some((verified, _)) = &chosen {
                 let claim = verified
                     .policy
                     .claim(&origin.0, &raw.jurisdiction, &raw.region);
                 if !claim.allowed {
-                    tracing::warn!(target: "audit", decision = "deny", reason = "jurisdiction_claim",
-                        jurisdiction = %raw.jurisdiction, region = %raw.region,
-                        "this node's jurisdiction claim is refused by the policy: {}", claim.reason);
+                    refuse_start(
+                        "jurisdiction_claim",
+                        format!(
+                            "policy epoch {} refuses this node's claim of jurisdiction {} in region {}: {}",
+                            verified.policy.epoch(),
+                            raw.jurisdiction,
+                            raw.region,
+                            claim.reason
+                        ),
+                    );
                     anyhow::bail!(
                         "policy epoch {} does not grant this node's key jurisdiction {} in region {}: {}",
                         verified.policy.epoch(),
@@ -122,8 +167,21 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
                         claim.reason
                     );
                 }
-                tracing::info!(target: "audit", epoch = verified.policy.epoch(),
-                    signers = verified.signers.len(), "policy bundle applied");
+                audit.record(crate::audit::Entry::now(
+                    crate::audit::Decision::Apply,
+                    "policy_applied",
+                    verified.policy.epoch(),
+                    format!(
+                        "policy bundle applied at start: epoch {}, signed by {}",
+                        verified.policy.epoch(),
+                        verified
+                            .signers
+                            .iter()
+                            .map(hex::encode)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
             }
             (Some(trust.clone()), chosen)
         }
@@ -162,7 +220,6 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     }
     let policy_state = Arc::new(crate::policy_state::PolicyState::new(applied));
 
-    let metrics = Arc::new(Metrics::new());
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
     let quic = crate::tls::quic_configs(&seed, trusted.iter().copied())?;
     let (mesh_tx, mesh_rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);
@@ -175,6 +232,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         chaos.clone(),
         metrics.clone(),
         trusted.clone(),
+        audit.clone(),
     )?;
     transport.dial_seeds(raw.seeds.clone());
     if raw.mdns {
@@ -186,8 +244,12 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (closing_tx, closing_rx) = watch::channel(false);
     let (flush_tx, flush_rx) = mpsc::channel(crate::egress::FLUSH_QUEUE_LEN_MAX);
-    let aggregator =
-        crate::egress::Aggregator::new(policy_state.clone(), flush_tx, metrics.clone());
+    let aggregator = crate::egress::Aggregator::new(
+        policy_state.clone(),
+        flush_tx,
+        metrics.clone(),
+        audit.clone(),
+    );
     let mut driver = Driver::new(
         node,
         epoch,
@@ -198,6 +260,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         committed_tx,
         snapshot_tx,
         config.priorities.clone(),
+        audit.clone(),
         aggregator,
     );
     if let Some(trust) = &trust {
@@ -236,6 +299,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         started: Instant::now(),
         closing: closing_rx,
         policy: policy_state,
+        audit: audit.clone(),
+        limiter: crate::ratelimit::Limiter::default(),
         policy_trust: trust,
         egress: crate::egress::Egress::default(),
         tables: tables.clone(),
@@ -262,6 +327,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), driver_task).await;
     transport.close();
+    audit.flush(AUDIT_FLUSH_LIMIT);
     Ok(())
 }
 

@@ -173,6 +173,8 @@ pub(crate) struct Transport {
     to_driver: mpsc::Sender<FromMesh>,
     chaos: Arc<Chaos>,
     metrics: Arc<Metrics>,
+    /// Refused peers and forged events go to the audit log.
+    audit: crate::audit::Audit,
     /// Messages currently held back by chaos delays.
     delayed: Arc<std::sync::atomic::AtomicUsize>,
     /// Outgoing bidirectional exchanges in progress.
@@ -206,6 +208,7 @@ fn kind(msg: &Message) -> &'static str {
 impl Transport {
     /// Binds the endpoint and starts accepting. `quic` is the (client, server) pair from
     /// [`crate::tls::quic_configs`].
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         listen: SocketAddr,
         me: OriginKey,
@@ -214,6 +217,7 @@ impl Transport {
         chaos: Arc<Chaos>,
         metrics: Arc<Metrics>,
         trusted: std::collections::BTreeSet<[u8; 32]>,
+        audit: crate::audit::Audit,
     ) -> anyhow::Result<Arc<Self>> {
         let (client_config, server_config) = quic;
         let endpoint = quinn::Endpoint::server(server_config, listen)
@@ -229,6 +233,7 @@ impl Transport {
             to_driver,
             chaos,
             metrics,
+            audit,
             delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             bi_inflight: Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX)),
         });
@@ -301,16 +306,33 @@ impl Transport {
     async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
             let t = self.clone();
+            let from = incoming.remote_address();
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => match crate::tls::peer_key(&conn) {
                         Some(key) => t.adopt(OriginKey(key), conn),
-                        None => t.metrics.reject("peer_without_identity"),
+                        None => {
+                            t.metrics.reject("peer_without_identity");
+                            t.audit.deny(
+                                "peer_without_identity",
+                                None,
+                                None,
+                                0,
+                                format!("mesh connection from {from} refused: no node key in its certificate"),
+                            );
+                        }
                     },
                     Err(e) => {
                         // Unknown keys fail here, in the TLS handshake.
                         t.metrics.reject("peer_handshake_failed");
                         debug!(error = %e, "incoming mesh connection failed");
+                        t.audit.deny(
+                            "peer_handshake_failed",
+                            None,
+                            None,
+                            0,
+                            format!("mesh connection from {from} refused in the handshake (an untrusted node key, or a broken connection): {e}"),
+                        );
                     }
                 }
             });
@@ -565,8 +587,18 @@ impl Transport {
                 Ok((msg, rejected)) => {
                     for r in &rejected {
                         self.metrics.reject("bad_signature");
-                        warn!(peer = %from, event = %r.id, origin = %r.origin, error = %r.error,
-                              "event with a bad signature refused");
+                        self.audit.record(
+                            crate::audit::Entry::now(
+                                crate::audit::Decision::Deny,
+                                "bad_signature",
+                                0,
+                                format!(
+                                    "event from peer {from} (origin {}) refused: {}",
+                                    r.origin, r.error
+                                ),
+                            )
+                            .event(r.id.to_string()),
+                        );
                     }
                     msg
                 }

@@ -238,7 +238,7 @@ impl Drop for Devtools {
 fn the_dashboard_shows_every_node_in_headless_chromium() {
     let browser = chromium();
     rt().block_on(async {
-        let mut c = Cluster::new("dashboard", 40, &specs(), "");
+        let mut c = Cluster::new("dashboard", 52, &specs(), "");
         c.start_all();
         c.wait_meshed().await;
         for i in 0..3 {
@@ -251,6 +251,30 @@ fn the_dashboard_shows_every_node_in_headless_chromium() {
 
         // The page and its assets, over plain HTTP.
         let http = reqwest::Client::new();
+        // A refused token: an audit denial for the page's audit panel.
+        let r = http
+            .post(c.url(0, "/v1/streams/orders.eu/events"))
+            .bearer_auth("not-a-token")
+            .header("content-type", "application/cloudevents+json")
+            .body(r#"{"specversion":"1.0","id":"x","source":"it","type":"t"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let summary = wait_for(Duration::from_secs(10), || async {
+            let v: Value = http
+                .get(c.url(0, "/dashboard/audit.json"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["denials"][0]["reason"] == "bad_token").then_some(v)
+        })
+        .await
+        .expect("the refused token is not in /dashboard/audit.json");
+        assert!(summary["denials"][0]["time_ms"].as_i64().unwrap() > 0);
         let page = http.get(c.url(0, "/")).send().await.unwrap();
         assert_eq!(page.status(), 200);
         let csp = page.headers()["content-security-policy"]
@@ -395,6 +419,16 @@ fn the_dashboard_shows_every_node_in_headless_chromium() {
         assert_eq!(dom.matches("<circle").count(), 3, "{dom}");
         assert_eq!(dom.matches("class=\"link ").count(), 3, "{dom}");
         assert!(!dom.contains("cannot read this node's API"), "{dom}");
+        // The audit panel lists the refused token.
+        let audit = dom
+            .split("id=\"audit\"")
+            .nth(1)
+            .and_then(|rest| rest.split("</table>").next())
+            .expect("the audit panel");
+        assert!(
+            audit.contains("class=\"denial\"") && audit.contains(">bad_token<"),
+            "{audit}"
+        );
         // The links are labelled with the measured RTTs (80.6, 145.3, 198.6 ms injected).
         let mut labels: Vec<f64> = dom
             .split("class=\"rtt\">")
@@ -563,7 +597,15 @@ fn the_dashboard_renders_the_fabric_view_of_v1_mesh_nodes() {
             "/v1/mesh/nodes",
             get(move || async move { axum::Json(nodes) }),
         )
-        .route("/metrics", get(move || async move { metrics }));
+        .route("/metrics", get(move || async move { metrics }))
+        .route(
+            "/dashboard/audit.json",
+            get(move || async move {
+                axum::Json(json!({"denials": [
+                    {"time_ms": 1_798_502_400_000_i64, "reason": "read_forbidden", "epoch": 3}
+                ]}))
+            }),
+        );
     let dir = std::env::temp_dir().join(format!("weft-it-dashboard-gossip-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let runtime = rt();
@@ -604,4 +646,9 @@ fn the_dashboard_renders_the_fabric_view_of_v1_mesh_nodes() {
         "{dom}"
     );
     assert!(dom.contains(">bad_token<"), "{dom}");
+    // The audit panel: time in UTC, reason, epoch.
+    assert!(
+        dom.contains(">2026-12-29 00:00:00<") && dom.contains(">read_forbidden<"),
+        "{dom}"
+    );
 }

@@ -143,14 +143,22 @@ fn wait_no_processes(dir: &Path, limit: Duration) {
 }
 
 fn get_json(url: &str) -> Option<Value> {
+    get_json_as(url, None)
+}
+
+/// A GET with the demo's token: its nodes enforce a policy, which authorizes reads.
+fn get_json_as(url: &str, token: Option<&str>) -> Option<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(5))
+        let req = reqwest::Client::new().get(url);
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        req.timeout(Duration::from_secs(5))
             .send()
             .await
             .ok()?
@@ -187,6 +195,8 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
     let mut demo = Demo::start(&["--duration", "20"]);
     let dir = demo.dir();
     assert!(dir.join("demo.token").exists());
+    let token = std::fs::read_to_string(dir.join("demo.token")).unwrap();
+    let token = Some(token.trim());
     demo.wait_line("mesh up after");
     let guide_end = demo.wait_line("Stopping by itself after 20 s");
     assert!(guide_end.contains("--duration"));
@@ -205,10 +215,8 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
         );
     }
     assert!(guide.contains("eu-1   <-> us-1     80.6 ms"), "{guide}");
-    assert!(
-        guide.contains("issue 6") && guide.contains("issue 8"),
-        "{guide}"
-    );
+    // What is not built yet is said, not faked (policy push exists since issue 6).
+    assert!(guide.contains("issue 8"), "{guide}");
     let dashboard = guide
         .lines()
         .find(|l| l.contains("/?nodes="))
@@ -217,7 +225,7 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
     // Events published in us-east-1 reach eu-west-1 (node 0).
     let deadline = Instant::now() + Duration::from_secs(30);
     let from_us = loop {
-        let page = get_json(&node_url(0, "/v1/streams/orders.us/events?limit=10"));
+        let page = get_json_as(&node_url(0, "/v1/streams/orders.us/events?limit=10"), token);
         if let Some(first) = page.as_ref().and_then(|p| p.get(0)) {
             break first.clone();
         }
@@ -234,10 +242,10 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
     // EU customer data: on eu-1 (the only EU node), never on the others.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let page = get_json(&node_url(
-            0,
-            "/v1/streams/customers.eu.profiles/events?limit=5",
-        ));
+        let page = get_json_as(
+            &node_url(0, "/v1/streams/customers.eu.profiles/events?limit=5"),
+            token,
+        );
         if page.as_ref().and_then(|p| p.get(0)).is_some() {
             break;
         }
@@ -247,10 +255,10 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
     // Give replication a few seconds to (wrongly) carry it anywhere else.
     std::thread::sleep(Duration::from_secs(3));
     for i in 1..4 {
-        let page = get_json(&node_url(
-            i,
-            "/v1/streams/customers.eu.profiles/events?limit=5",
-        ))
+        let page = get_json_as(
+            &node_url(i, "/v1/streams/customers.eu.profiles/events?limit=5"),
+            token,
+        )
         .expect("events page");
         assert_eq!(page.as_array().map(Vec::len), Some(0), "node {i}: {page}");
     }
@@ -261,9 +269,20 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
         .filter(|l| l.contains(" --node http://127.0.0.1:"))
         .map(str::to_string)
         .collect();
-    assert_eq!(commands.len(), 5, "{guide}");
+    assert_eq!(commands.len(), 7, "{guide}");
     for line in &commands {
+        if line.contains(" policy push ") {
+            // Pushes the bundle the printed `policy sign` writes after the user raised the
+            // epoch by hand: not runnable as printed (policy_push.rs tests pushing).
+            continue;
+        }
         let out = run_printed(line);
+        if line.contains(" policy status ") {
+            assert!(
+                out.contains("live node(s)") && out.contains("at epoch 1"),
+                "{out}"
+            );
+        }
         if line.contains(" tail ") {
             let ev: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
             assert_eq!(ev["weftstream"], "orders.eu");

@@ -139,7 +139,7 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
              [policy]\noperators = [\"{}\", \"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             operators[0], operators[1]
         );
-        let mut c = Cluster::new("policy-push", 60, &specs(), &extra);
+        let mut c = Cluster::new("policy-push", 54, &specs(), &extra);
         // The US node needs both operators' signatures: it verifies every bundle itself.
         let us_config = std::fs::read_to_string(&c.nodes[2].config).unwrap();
         std::fs::write(
@@ -202,11 +202,12 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
                 &ops.dir,
                 &["policy", "status", "--node", &node0, "--expect", "4"],
             );
-            if ok {
-                assert!(out.contains("3 live node(s); 3 at epoch 4"), "{out}");
+            // `ok` with fewer than 3 live nodes: node 0's gossiped view has not (re)learned
+            // every node yet (the US node restarted above); wait for it.
+            if ok && out.contains("3 live node(s); 3 at epoch 4") {
                 break;
             }
-            assert!(out.contains("behind"), "{out}");
+            assert!(ok || out.contains("behind"), "{out}");
             assert!(Instant::now() < deadline, "status never converged: {out}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

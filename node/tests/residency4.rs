@@ -90,6 +90,13 @@ actions = ["publish"]
 streams = ["customers.eu.>"]
 roles = ["writer"]
 
+[[access]]
+name = "read-customers"
+effect = "allow"
+actions = ["read", "subscribe"]
+streams = ["customers.>"]
+roles = ["writer"]
+
 [classes.eu-personal]
 jurisdictions = ["EU"]
 transit = "forbidden"
@@ -212,13 +219,25 @@ async fn get_json(url: String) -> Value {
 
 /// Every event of `stream` at node `i` (CloudEvents as the API renders them).
 async fn events(c: &Cluster, i: usize, stream: &str) -> Vec<Value> {
-    let v = get_json(c.url(i, &format!("/v1/streams/{stream}/events?limit=1000"))).await;
+    // Reads under a policy are authorized: with the tester's token.
+    let v: Value = reqwest::Client::new()
+        .get(c.url(i, &format!("/v1/streams/{stream}/events?limit=1000")))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     v.as_array().cloned().unwrap_or_default()
 }
 
 /// What an SSE subscription to `stream` at node `i` delivers within `window`.
 async fn sse_text(c: &Cluster, i: usize, stream: &str, window: Duration) -> String {
-    let mut resp = reqwest::get(c.url(i, &format!("/v1/streams/{stream}/subscribe?after=0")))
+    let mut resp = reqwest::Client::new()
+        .get(c.url(i, &format!("/v1/streams/{stream}/subscribe?after=0")))
+        .bearer_auth(&c.token)
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "subscribe at node {i}");
@@ -648,6 +667,7 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             for id in &sources {
                 let r = http
                     .get(c.url(i, &format!("/v1/events/{id}")))
+                    .bearer_auth(&c.token)
                     .send()
                     .await
                     .unwrap();

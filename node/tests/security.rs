@@ -1,6 +1,6 @@
 //! The security checklist of issue 6, against real nodes enforcing a signed policy: each
 //! attack is refused with its own reason, counted in `weft_rejected_total{reason}`, and
-//! audited; nothing refused changes what the nodes hold.
+//! in the audit log (`GET /v1/audit`); nothing refused changes what the nodes hold.
 //!
 //! forged signature, tampered payload, a captured event replayed to another node (never
 //! delivered twice), an event claiming wider residency than policy allows (directly, and
@@ -64,7 +64,7 @@ token_sha256 = "{token_sha256}"
 [[access]]
 name = "write"
 effect = "allow"
-actions = ["publish"]
+actions = ["publish", "subscribe", "read"]
 streams = ["pii.>", "orders.>"]
 roles = ["writer"]
 
@@ -166,11 +166,23 @@ async fn assert_refused(
         before + 1,
         "{attempt}: counted in weft_rejected_total"
     );
-    let log = c.log(i);
+    // In the node's audit log (`GET /v1/audit`, admin token), with its reason.
+    let found = wait_for(Duration::from_secs(5), || async {
+        let v: Value = reqwest::Client::new()
+            .get(c.url(i, &format!("/v1/audit?reason={}&limit=100", want.1)))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (!v["entries"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
     assert!(
-        log.lines()
-            .any(|l| l.contains("audit") && l.contains(want.1)),
-        "{attempt}: no audit record with reason {}",
+        found.is_some(),
+        "{attempt}: no audit entry with reason {}",
         want.1
     );
 }
@@ -183,7 +195,7 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
             "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
-        let mut c = Cluster::new("security", 61, &specs(), &extra);
+        let mut c = Cluster::new("security", 53, &specs(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let signed = ops.sign(&bundle(3, &c.keys, &token_sha256), &["op"], "e3.cbor");
         std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
@@ -350,5 +362,19 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
             text.contains("audit") && text.contains("jurisdiction_claim"),
             "{text}"
         );
+        // The refusal is in that node's audit log, read once it runs with its true claim.
+        std::fs::write(&c.nodes[2].config, cfg).unwrap();
+        c.start(2);
+        c.wait_healthy(2).await;
+        let v: Value = reqwest::Client::new()
+            .get(c.url(2, "/v1/audit?reason=jurisdiction_claim"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["entries"].as_array().unwrap().len(), 1, "{v}");
     });
 }

@@ -24,7 +24,18 @@ const MAP_PAD = 70;
 const MAP_SPAN_LON_MIN = 60;
 const MAP_SPAN_LAT_MIN = 30;
 
+/** Audit denials shown (the node serves at most 20). */
+const AUDIT_ROWS_MAX = 20;
+/** Wait before the token-authenticated tail reconnects. */
+const TAIL_RETRY_MS = 3000;
+
 const params = new URLSearchParams(location.search);
+/**
+ * A bearer token from the page's fragment (`#token=...`): the fragment is never sent to a
+ * server, and the token goes only into the Authorization header of this node's live tail,
+ * which a node enforcing a policy authorizes (EventSource cannot send headers).
+ */
+const pageToken = new URLSearchParams(location.hash.slice(1)).get("token") || "";
 const extraNodes = (params.get("nodes") || "")
   .split(",")
   .map((s) => s.trim())
@@ -39,6 +50,7 @@ const state = {
   rates: new Map(),
   prevRejected: null,
   committedPos: 0,
+  policyEpoch: 0,
   tail: { source: null, stream: "", rows: [] },
   nodes: [],
 };
@@ -444,6 +456,79 @@ function setTailState(text) {
   document.getElementById("tail-state").textContent = text;
 }
 
+function addTailEvent(data) {
+  let ev;
+  try {
+    ev = JSON.parse(data);
+  } catch {
+    return;
+  }
+  state.tail.rows.unshift(ev);
+  state.tail.rows.length = Math.min(state.tail.rows.length, TAIL_ROWS_MAX);
+  renderTail();
+}
+
+/** The reason of an API error response, for the tail's state line. */
+async function errorText(r) {
+  try {
+    const v = await r.json();
+    return `${v.error.reason}: ${v.error.message}`;
+  } catch {
+    return `HTTP ${r.status}`;
+  }
+}
+
+/**
+ * The live tail with the page's token: SSE read through fetch (which can send the
+ * Authorization header), frames split on blank lines, resuming after the last id.
+ */
+function followWithToken(stream, after) {
+  const ctrl = new AbortController();
+  state.tail.source = { close: () => ctrl.abort() };
+  let last = after;
+  (async () => {
+    while (!ctrl.signal.aborted) {
+      const url = `v1/streams/${encodeURIComponent(stream)}/subscribe?after=${last}`;
+      try {
+        const r = await fetch(url, {
+          headers: { Authorization: `Bearer ${pageToken}`, Accept: "text/event-stream" },
+          cache: "no-store",
+          signal: ctrl.signal,
+        });
+        if (!r.ok) {
+          setTailState(`${stream}: ${await errorText(r)}; retrying`);
+        } else {
+          setTailState(`following ${stream} on this node (SSE, with the page's token)`);
+          const reader = r.body.getReader();
+          const decoder = new TextDecoder();
+          let buf = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buf += decoder.decode(value, { stream: true });
+            let end;
+            while ((end = buf.indexOf("\n\n")) >= 0) {
+              const frame = buf.slice(0, end);
+              buf = buf.slice(end + 2);
+              let data = "";
+              for (const line of frame.split("\n")) {
+                if (line.startsWith("data:")) data += line.slice(5).trimStart();
+                else if (line.startsWith("id:")) last = Number(line.slice(3).trim()) || last;
+              }
+              if (data) addTailEvent(data);
+            }
+          }
+          setTailState(`${stream}: the node closed the stream; reconnecting`);
+        }
+      } catch {
+        if (ctrl.signal.aborted) return;
+        setTailState(`${stream}: not connected (the node is down?); retrying`);
+      }
+      await new Promise((done) => setTimeout(done, TAIL_RETRY_MS));
+    }
+  })();
+}
+
 function follow(stream) {
   if (state.tail.source) state.tail.source.close();
   state.tail = { source: null, stream, rows: [] };
@@ -453,24 +538,54 @@ function follow(stream) {
     return;
   }
   const after = Math.max(0, state.committedPos - TAIL_BACKLOG_POS);
+  setTailState(`connecting to ${stream}\u2026`);
+  if (pageToken) {
+    followWithToken(stream, after);
+    return;
+  }
   const url = `v1/streams/${encodeURIComponent(stream)}/subscribe?after=${after}`;
   const es = new EventSource(url);
   state.tail.source = es;
-  setTailState(`connecting to ${stream}\u2026`);
   es.onopen = () => setTailState(`following ${stream} on this node (SSE)`);
   es.onerror = () =>
-    setTailState(`${stream}: not connected (a stream this node does not store, or the node is down); retrying`);
-  es.onmessage = (m) => {
-    let ev;
-    try {
-      ev = JSON.parse(m.data);
-    } catch {
-      return;
-    }
-    state.tail.rows.unshift(ev);
-    state.tail.rows.length = Math.min(state.tail.rows.length, TAIL_ROWS_MAX);
-    renderTail();
-  };
+    setTailState(
+      state.policyEpoch > 0
+        ? `${stream}: not connected: this node enforces a policy (epoch ${state.policyEpoch}), which authorizes reads; open the page with #token=<token>`
+        : `${stream}: not connected (a stream this node does not store, or the node is down); retrying`,
+    );
+  es.onmessage = (m) => addTailEvent(m.data);
+}
+
+/** UTC `YYYY-MM-DD HH:MM:SS` of unix milliseconds. */
+function utc(ms) {
+  return new Date(ms).toISOString().replace("T", " ").slice(0, 19);
+}
+
+/** The newest audit denials (`/dashboard/audit.json`); a node without it shows a note. */
+async function pollAudit() {
+  const body = document.querySelector("#audit tbody");
+  let v;
+  try {
+    v = await getJSON("dashboard/audit.json");
+  } catch (e) {
+    body.replaceChildren();
+    const tr = el("tr");
+    tr.append(el("td", { colspan: 3, class: "note" }, `audit log not readable here (${e.message})`));
+    body.append(tr);
+    return;
+  }
+  body.replaceChildren();
+  const rows = (v.denials || []).slice(0, AUDIT_ROWS_MAX);
+  if (!rows.length) {
+    const tr = el("tr");
+    tr.append(el("td", { colspan: 3, class: "note" }, "no denials in the audit log"));
+    body.append(tr);
+  }
+  for (const d of rows) {
+    const tr = el("tr", { class: "denial" });
+    tr.append(el("td", {}, utc(d.time_ms)), el("td", {}, d.reason), el("td", { class: "num" }, fmt(d.epoch)));
+    body.append(tr);
+  }
 }
 
 function showError(text) {
@@ -484,6 +599,7 @@ async function poll() {
     const [status, metricsText] = await Promise.all([getJSON("v1/status"), getText("metrics")]);
     const metrics = parseMetrics(metricsText);
     state.committedPos = status.committed_pos || 0;
+    state.policyEpoch = status.policy_epoch || 0;
     const view = await loadNodes(status, metrics);
     const now = performance.now();
     // This node first, then by name.
@@ -499,6 +615,7 @@ async function poll() {
     renderNodes(view.nodes, view.gossip);
     renderLinks(view.nodes);
     renderRejections(metrics.rejected, now);
+    await pollAudit();
     showError("");
   } catch (e) {
     showError(`cannot read this node's API: ${e.message}`);

@@ -228,7 +228,8 @@ enabled = true
                 i,
                 &format!("/v1/streams/{stream}/events?after={after}&limit=1000"),
             );
-            let resp = c.get(url).send().await.ok()?;
+            // Nodes enforcing a policy authorize reads; without one the token is ignored.
+            let resp = c.get(url).bearer_auth(&self.token).send().await.ok()?;
             let next: u64 = resp
                 .headers()
                 .get("weft-next-cursor")?
