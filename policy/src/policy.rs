@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use weft_fabric::mesh::{MemberInfo, ReplicationFilter};
+use weft_fabric::mesh::{FilterHop, MemberInfo, ReplicationFilter};
 use weft_fabric::{
     EventData, Jurisdiction, Payload, Residency, SecurityContext, StreamName, StreamPattern,
 };
@@ -376,15 +376,28 @@ impl EventScope {
     }
 }
 
-/// The mesh's [`ReplicationFilter`] backed by a compiled policy: an event goes to a peer
-/// when the peer may receive it in clear or as sealed transit. (The receiving node must
-/// itself store and deliver only on [`Hop::Clear`].)
+/// The mesh's [`ReplicationFilter`] backed by a compiled policy: [`Hop::Clear`] becomes
+/// [`FilterHop::Clear`] (store, deliver, disseminate), [`Hop::SealedTransit`] becomes
+/// [`FilterHop::Transit`] (carried along a relay path only, never stored, delivered or
+/// announced there), [`Hop::Refuse`] becomes [`FilterHop::Refuse`] (nothing naming the
+/// event). The receiving node applies the same filter to itself.
 #[derive(Debug, Clone)]
 pub struct PolicyFilter(pub Arc<Policy>);
 
+impl Hop {
+    /// The mesh's view of the hop.
+    pub fn filter_hop(self) -> FilterHop {
+        match self {
+            Hop::Clear => FilterHop::Clear,
+            Hop::SealedTransit => FilterHop::Transit,
+            Hop::Refuse => FilterHop::Refuse,
+        }
+    }
+}
+
 impl ReplicationFilter for PolicyFilter {
-    fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool {
-        self.0.hop(event, peer).hop != Hop::Refuse
+    fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
+        self.0.hop(event, peer).hop.filter_hop()
     }
 }
 

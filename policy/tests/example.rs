@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use weft_fabric::mesh::ReplicationFilter;
+use weft_fabric::mesh::{FilterHop, ReplicationFilter};
 use weft_fabric::{EventId, Residency, StreamName};
 use weft_policy::*;
 
@@ -310,11 +310,18 @@ fn hops_and_claims() {
     let public_event = event("catalogue.items", "public", Residency::Unrestricted, false);
     assert_eq!(p.hop(&public_event, &liar).hop, Hop::Clear);
 
-    // The mesh filter: allowed = not refused.
+    // The mesh filter: three answers; only clear means "may hold it".
     let filter = PolicyFilter(std::sync::Arc::new(policy()));
+    assert_eq!(filter.hop(&personal, &eu_node), FilterHop::Clear);
+    assert_eq!(filter.hop(&personal, &us_node), FilterHop::Refuse);
+    assert_eq!(filter.hop(&sealed_pay, &apac_node), FilterHop::Transit);
+    assert_eq!(filter.hop(&clear_pay, &apac_node), FilterHop::Refuse);
     assert!(filter.allows(&personal, &eu_node));
     assert!(!filter.allows(&personal, &us_node));
-    assert!(filter.allows(&sealed_pay, &apac_node));
+    assert!(
+        !filter.allows(&sealed_pay, &apac_node),
+        "sealed transit is no licence to hold the event"
+    );
 }
 
 #[test]
