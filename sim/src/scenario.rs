@@ -1123,7 +1123,8 @@ fn policy(
                 return Err(invalid(
                     format!("workload[{i}].publishers"),
                     format!(
-                        "node {} (jurisdiction {}) may not hold events of class {c:?},                          which stay in {:?}: a publisher stores what it publishes",
+                        "node {} (jurisdiction {}) may not hold events of class {c:?}, \
+                         which stay in {:?}: a publisher stores what it publishes",
                         node.name,
                         node.jurisdiction.as_str(),
                         class.jurisdictions
@@ -2137,8 +2138,15 @@ payload_bytes = 100
                 verify_us: 60
             }
         );
-        assert_eq!(s.workloads.len(), 2);
+        assert_eq!(s.workloads.len(), 3);
         assert_eq!(s.workloads[1].publisher_nodes.len(), 2);
+        assert_eq!(s.workloads[1].classification.as_deref(), Some("eu-personal"));
+        assert!(s.workloads[2].sealed);
+        let policy = s.policy.as_ref().unwrap();
+        assert_eq!(
+            policy.classes.keys().collect::<Vec<_>>(),
+            ["eu-personal", "payment", "public"]
+        );
         assert_eq!(s.faults.len(), 5);
         let kinds: Vec<&str> = s.faults.iter().map(|f| f.kind.name()).collect();
         assert_eq!(

@@ -320,6 +320,11 @@ struct OriginSeen {
     ranges: SeqRanges,
     /// Next sequence number to deliver, minus one.
     delivered: u64,
+    /// Sequence numbers above the cursor that were stored, and so delivered, before a
+    /// restart: the cursor passes them without delivering again. (The seen-set of a
+    /// restarted node is its store's ranges; sequence numbers it had taken as Skips are
+    /// gaps until a Skip comes again, and the events above them were delivered already.)
+    restored: SeqRanges,
 }
 
 #[derive(Debug, Default)]
@@ -436,11 +441,15 @@ impl<S: Store> Node<S> {
             if let Some(r) = store.ranges(&origin) {
                 // A restarted node has delivered what it stored (the node's durable
                 // subscription cursors refine this in issue 4).
+                let delivered = r.contiguous();
                 seen.insert(
                     origin,
                     OriginSeen {
                         ranges: r.clone(),
-                        delivered: r.contiguous(),
+                        delivered,
+                        restored: SeqRanges::from_ranges(
+                            r.iter().filter(|(lo, _)| *lo > delivered),
+                        ),
                     },
                 );
             }
@@ -1356,6 +1365,9 @@ impl<S: Store> Node<S> {
                 return;
             }
             *cursor += 1;
+            if seen.restored.contains(*cursor) {
+                continue;
+            }
             if let Some(event) = self.store.get(&origin, *cursor) {
                 self.stats.delivered += 1;
                 self.app.push_back(AppEvent::Deliver(event));
