@@ -1925,6 +1925,24 @@ impl<S: Store> Node<S> {
     fn start_sync(&mut self) {
         let me = self.me.node_key();
         self.sync_rounds += 1;
+        // Every fourth round, a hole in an origin's sequence (delivery stalled behind an
+        // event, or a Skip, that never came: a node the publisher did not know yet gets no
+        // Skip) is repaired from the origin itself, which holds all its events: it answers
+        // with the event, or with a Skip when this node may not hold it.
+        if self.sync_rounds % 4 == 2
+            && let Some(origin) = self.stalled_origin()
+        {
+            self.peers.entry(origin).or_default().last_sync_us = Some(self.now);
+            let digest = self.digest();
+            self.send(
+                origin,
+                Message::SyncRequest {
+                    digest,
+                    from_origin: Some(origin),
+                },
+            );
+            return;
+        }
         if self.sync_rounds.is_multiple_of(2) {
             let others = || {
                 self.members
@@ -1987,6 +2005,28 @@ impl<S: Store> Node<S> {
                 from_origin: None,
             },
         );
+    }
+
+    /// A live origin (not in a region whose link failed) with a hole in what this node has
+    /// seen of it, rotating over such origins round by round.
+    fn stalled_origin(&self) -> Option<OriginKey> {
+        let me = self.me.node_key();
+        let stalled = || {
+            self.seen.iter().filter_map(|(o, s)| {
+                let first_gap = usize::from(s.ranges.contiguous() > 0);
+                let hole = s.ranges.iter().nth(first_gap).is_some();
+                let live = self
+                    .members
+                    .get(o)
+                    .is_some_and(|m| !self.router.failed.contains_key(&m.region));
+                (hole && live && *o != me).then_some(*o)
+            })
+        };
+        let count = stalled().count();
+        if count == 0 {
+            return None;
+        }
+        stalled().nth((self.sync_rounds / 4) as usize % count)
     }
 
     fn on_sync_request(&mut self, from: OriginKey, digest: Digest, from_origin: Option<OriginKey>) {
@@ -2405,6 +2445,95 @@ mod tests {
             .filter(|(_, r)| *r == "r1")
             .any(|(n, _)| n.stats().relayed > 0);
         assert!(via_r1, "r1 relayed the push to r2");
+    }
+
+    /// Refuses events of stream `orders.eu` to every node but their origin; clears
+    /// everything else.
+    struct OriginOnly;
+
+    impl ReplicationFilter for OriginOnly {
+        fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
+            if event.stream().as_str() == "orders.eu" && event.origin().0 != peer.key {
+                FilterHop::Refuse
+            } else {
+                FilterHop::Clear
+            }
+        }
+    }
+
+    fn event_at(seed: u8, seq: u64, stream: &str) -> Arc<Event> {
+        let mut draft = crate::envelope::EventDraft {
+            stream: crate::StreamName::new(stream).unwrap(),
+            key: None,
+            seq,
+            hlc: crate::Hlc::new(1_764_000_000_000 + seq, 0).unwrap(),
+            security: crate::envelope::SecurityContext {
+                tenant: "acme".into(),
+                principal: "svc".into(),
+                classification: "internal".into(),
+                residency: crate::envelope::Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: 0,
+            },
+            content_type: "text/plain".into(),
+            payload: crate::envelope::Payload::Clear(b"x".to_vec()),
+            trace: None,
+        };
+        draft.seq = seq;
+        Arc::new(crate::Signer::from_secret(&[seed; 32]).sign(draft).unwrap())
+    }
+
+    /// A node the publisher did not know when it published gets no Skip for the sequence
+    /// number it may not hold; its delivery of the origin's next events stalls on the hole
+    /// until anti-entropy with the origin (here the only node holding the event) answers
+    /// with a Skip.
+    #[test]
+    fn a_missed_skip_is_repaired_from_the_origin() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        for n in &mut nodes {
+            n.set_filter(Box::new(OriginOnly));
+        }
+        // nodes[0] (r0) publishes; it does not know nodes[5] (r1, not its region's root for
+        // this origin) yet.
+        let unknown = nodes[5].me().node_key();
+        assert_eq!(nodes[5].me().region, "r1");
+        let origin = nodes[0].me().node_key();
+        assert_ne!(nodes[0].region_root(&origin, "r1"), Some(unknown));
+        nodes[0].members.remove(&unknown);
+        nodes[0].region_remove("r1", &unknown);
+        nodes[0].router.members_changed();
+        nodes[0].handle_publish(0, event_at(seeds[0], 1, "orders.eu")).unwrap();
+        let public = event_at(seeds[0], 2, "orders.all");
+        nodes[0].handle_publish(0, public.clone()).unwrap();
+        let seen = pump(&mut nodes, 0, 1_000_000);
+        assert!(nodes[5].store().contains(&public.id()), "the public event arrived");
+        assert_eq!(nodes[5].stats().delivered, 0, "delivery waits on the hole");
+        assert!(seen[5].skips.is_empty());
+        // Membership catches up. The next anti-entropy round of the stalled node goes to
+        // the origin of its hole (the only node holding the event, so no other partner could
+        // answer), starting at that origin's events.
+        let info = nodes[5].me().clone();
+        nodes[0].members.insert(unknown, info);
+        nodes[0].region_insert("r1", unknown);
+        nodes[0].router.members_changed();
+        nodes[5].sync_rounds = 1;
+        nodes[5].start_sync();
+        let t = nodes[5].poll_transmit().expect("a sync request");
+        assert_eq!(t.to, origin);
+        assert!(
+            matches!(&t.msg, Message::SyncRequest { from_origin: Some(o), .. } if *o == origin),
+            "{:?}",
+            t.msg
+        );
+        nodes[0].handle_message(1_000_000, unknown, t.msg);
+        let seen = pump(&mut nodes, 1_000_000, 1_500_000);
+        assert!(seen[5].skips.contains(&(origin, 1)), "{:?}", seen[5]);
+        assert!(seen[5].pushes.iter().all(|(id, _)| *id == public.id()));
+        assert!(seen[5].named.iter().all(|(_, id)| *id == public.id()));
+        assert_eq!(nodes[5].stats().delivered, 1, "the public event was delivered");
+        assert_eq!(nodes[5].stats().residency_refused, 0);
     }
 
     #[test]
