@@ -13,8 +13,7 @@ use std::sync::Arc;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use weft_fabric::mesh::{
-    Store,
-    AppEvent, MemStore, MemberInfo, MeshConfig, Message, Micros, Node, Transmit,
+    AppEvent, MemStore, MemberInfo, MeshConfig, Message, Micros, Node, Store, Transmit,
 };
 
 use crate::baseline::{BaselineKind, BaselineNode};
@@ -1190,7 +1189,11 @@ impl Engine {
         let base = if na.region == nb.region {
             self.plan.intra_region_us
         } else {
-            let mask = self.workload_mask.get(self.events[e].2).copied().unwrap_or(0);
+            let mask = self
+                .workload_mask
+                .get(self.events[e].2)
+                .copied()
+                .unwrap_or(0);
             self.ideals[self.event_ideal[e] as usize][mask][na.region][nb.region]
         };
         base + na.access_us + nb.access_us
@@ -1565,8 +1568,7 @@ fn residency_state(
         })
         .collect();
     let policy = Arc::new(
-        residency::compile(spec, &regions, &granted)
-            .map_err(|e| format!("policy refused: {e}"))?,
+        residency::compile(spec, &regions, &granted).map_err(|e| format!("policy refused: {e}"))?,
     );
     let mut key_rng = ChaCha8Rng::seed_from_u64(plan.seed ^ 0x5ea1_ed00_5ea1_ed00);
     let mut key = [0u8; 32];

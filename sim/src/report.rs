@@ -254,7 +254,10 @@ impl StrategyReport {
         let mut by_workload: BTreeMap<usize, BTreeMap<(usize, usize), Vec<u64>>> = BTreeMap::new();
         for ((w, from, to), v) in &m.latency_by_pair {
             by_destination.entry(*to).or_default().extend_from_slice(v);
-            by_pair.entry((*from, *to)).or_default().extend_from_slice(v);
+            by_pair
+                .entry((*from, *to))
+                .or_default()
+                .extend_from_slice(v);
             by_workload
                 .entry(*w)
                 .or_default()
@@ -561,7 +564,11 @@ impl Report {
                     "  {} {:<24} class {:<16} p50 {:>7.1} ms  p99 {:>7.1} ms  ({} deliveries)",
                     w.strategy,
                     wl.stream,
-                    format!("{}{}", wl.classification, if wl.sealed { " (sealed)" } else { "" }),
+                    format!(
+                        "{}{}",
+                        wl.classification,
+                        if wl.sealed { " (sealed)" } else { "" }
+                    ),
                     wl.latency_ms.p50,
                     wl.latency_ms.p99,
                     wl.latency_ms.count

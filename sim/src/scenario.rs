@@ -1066,7 +1066,10 @@ fn policy(
         return Ok(None);
     };
     if file.classes.is_empty() {
-        return Err(invalid("policy.classes", "name at least one residency class"));
+        return Err(invalid(
+            "policy.classes",
+            "name at least one residency class",
+        ));
     }
     if topology.len() > weft_policy::limits::NODES_MAX {
         return Err(over_limit(
@@ -1097,8 +1100,7 @@ fn policy(
             key: None,
         })
         .collect();
-    residency::compile(&spec, &regions, &nodes)
-        .map_err(|e| invalid("policy", e.to_string()))?;
+    residency::compile(&spec, &regions, &nodes).map_err(|e| invalid("policy", e.to_string()))?;
     for (i, w) in workloads.iter().enumerate() {
         let path = format!("workload[{i}].classification");
         let Some(c) = &w.classification else {
@@ -2140,7 +2142,10 @@ payload_bytes = 100
         );
         assert_eq!(s.workloads.len(), 3);
         assert_eq!(s.workloads[1].publisher_nodes.len(), 2);
-        assert_eq!(s.workloads[1].classification.as_deref(), Some("eu-personal"));
+        assert_eq!(
+            s.workloads[1].classification.as_deref(),
+            Some("eu-personal")
+        );
         assert!(s.workloads[2].sealed);
         let policy = s.policy.as_ref().unwrap();
         assert_eq!(

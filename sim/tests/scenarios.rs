@@ -118,7 +118,10 @@ fn assert_healthy(report: &Report) {
         report.seed, w.residency.examples
     );
     assert!(w.residency.checked > 0, "restricted events were checked");
-    assert!(w.residency.withheld_pairs > 0, "residency withheld something");
+    assert!(
+        w.residency.withheld_pairs > 0,
+        "residency withheld something"
+    );
     assert_eq!(w.residency.refused_by_receivers, 0);
 }
 
@@ -448,7 +451,9 @@ fn a_fabric_that_does_not_enforce_residency_is_caught() {
     assert!(w.residency.violations > 0, "{:?}", w.residency);
     assert!(!w.residency.examples.is_empty());
     assert!(
-        r.failed_checks().iter().any(|c| c.starts_with("residency violations = 0")),
+        r.failed_checks()
+            .iter()
+            .any(|c| c.starts_with("residency violations = 0")),
         "{:?}",
         r.failed_checks()
     );
@@ -482,16 +487,31 @@ fn sovereignty_under_failure_keeps_eu_data_in_the_eu() {
             .latency_ms
             .p50
     };
-    let (personal, payment, public) = (p50("customers.eu"), p50("payments.eu"), p50("catalogue.global"));
+    let (personal, payment, public) = (
+        p50("customers.eu"),
+        p50("payments.eu"),
+        p50("catalogue.global"),
+    );
     // Most events are published during the degradation: the medians are fault-time paths.
-    assert!(personal > 150.0, "EU personal data took the direct EU link: {personal}");
-    assert!(public < 100.0, "public data took the fast path through the US: {public}");
-    assert!(payment < 100.0, "sealed payments crossed the US in transit: {payment}");
+    assert!(
+        personal > 150.0,
+        "EU personal data took the direct EU link: {personal}"
+    );
+    assert!(
+        public < 100.0,
+        "public data took the fast path through the US: {public}"
+    );
+    assert!(
+        payment < 100.0,
+        "sealed payments crossed the US in transit: {payment}"
+    );
     // The US regions never got EU events for themselves.
     for wl in &w.workloads {
         if wl.classification != "public" {
             assert!(
-                wl.latency_by_region_pair.iter().all(|p| !p.to.starts_with("aws:us-")),
+                wl.latency_by_region_pair
+                    .iter()
+                    .all(|p| !p.to.starts_with("aws:us-")),
                 "{} delivered in the US",
                 wl.stream
             );
@@ -507,8 +527,8 @@ fn shipped_scenarios_parse() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let scenario = Scenario::parse(&text, &catalog)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let scenario =
+            Scenario::parse(&text, &catalog).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // Every shipped scenario runs under a policy of at least two residency classes, at
         // least one of them restricted.
         let policy = scenario
@@ -553,7 +573,11 @@ fn policy_errors_name_the_field() {
         "{}",
         err(&no_policy)
     );
-    let unknown = base.replacen("classification = \"public\"", "classification = \"secret\"", 1);
+    let unknown = base.replacen(
+        "classification = \"public\"",
+        "classification = \"secret\"",
+        1,
+    );
     assert!(
         err(&unknown).starts_with("workload[0].classification: \"secret\" is not a class"),
         "{}",
@@ -569,12 +593,18 @@ fn policy_errors_name_the_field() {
         "publishers = { regions = [\"aws:us-east-1\"] }",
     );
     assert!(
-        err(&outside).starts_with("workload[1].publishers: node aws:us-east-1/0 (jurisdiction US) may not hold"),
+        err(&outside).starts_with(
+            "workload[1].publishers: node aws:us-east-1/0 (jurisdiction US) may not hold"
+        ),
         "{}",
         err(&outside)
     );
     let bad_transit = base.replace("transit = \"forbidden\"", "transit = \"sometimes\"");
-    assert!(err(&bad_transit).contains("policy.classes"), "{}", err(&bad_transit));
+    assert!(
+        err(&bad_transit).contains("policy.classes"),
+        "{}",
+        err(&bad_transit)
+    );
     let unknown_jurisdiction = base.replace("jurisdictions = [\"EU\"]", "jurisdictions = [\"eu\"]");
     assert!(
         err(&unknown_jurisdiction).starts_with("policy: "),

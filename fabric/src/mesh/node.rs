@@ -2504,11 +2504,16 @@ mod tests {
         nodes[0].members.remove(&unknown);
         nodes[0].region_remove("r1", &unknown);
         nodes[0].router.members_changed();
-        nodes[0].handle_publish(0, event_at(seeds[0], 1, "orders.eu")).unwrap();
+        nodes[0]
+            .handle_publish(0, event_at(seeds[0], 1, "orders.eu"))
+            .unwrap();
         let public = event_at(seeds[0], 2, "orders.all");
         nodes[0].handle_publish(0, public.clone()).unwrap();
         let seen = pump(&mut nodes, 0, 1_000_000);
-        assert!(nodes[5].store().contains(&public.id()), "the public event arrived");
+        assert!(
+            nodes[5].store().contains(&public.id()),
+            "the public event arrived"
+        );
         assert_eq!(nodes[5].stats().delivered, 0, "delivery waits on the hole");
         assert!(seen[5].skips.is_empty());
         // Membership catches up. The next anti-entropy round of the stalled node goes to
@@ -2532,7 +2537,11 @@ mod tests {
         assert!(seen[5].skips.contains(&(origin, 1)), "{:?}", seen[5]);
         assert!(seen[5].pushes.iter().all(|(id, _)| *id == public.id()));
         assert!(seen[5].named.iter().all(|(_, id)| *id == public.id()));
-        assert_eq!(nodes[5].stats().delivered, 1, "the public event was delivered");
+        assert_eq!(
+            nodes[5].stats().delivered,
+            1,
+            "the public event was delivered"
+        );
         assert_eq!(nodes[5].stats().residency_refused, 0);
     }
 
