@@ -686,7 +686,7 @@ impl Engine {
                 if let Some(r) = &self.residency
                     && self.plan.enforce_residency
                 {
-                    node.set_filter(Box::new(PolicyFilter(r.policy.clone())));
+                    node.set_filter(Box::new(PolicyFilter::new(r.policy.clone())));
                 }
                 Proto::Weft(Box::new(node))
             }
