@@ -1036,6 +1036,9 @@ impl Driver {
             ("links_recovered", s.links_recovered),
             ("relayed", s.relayed),
             ("hops_refused", s.hops_refused),
+            ("skips_in", s.skips_in),
+            ("transit_forwarded", s.transit_forwarded),
+            ("residency_refused", s.residency_refused),
         ]);
         self.metrics.failovers.set(s.failovers as i64);
         self.metrics.relayed.set(s.relayed as i64);

@@ -92,7 +92,7 @@ pub(crate) fn apply(
     let claim_revoked = (!claim.allowed).then(|| claim.reason.to_string());
     let epoch = verified.policy.epoch();
     let policy = Arc::new(verified.policy);
-    node.set_filter(Box::new(weft_policy::PolicyFilter(policy.clone())));
+    node.set_filter(Box::new(weft_policy::PolicyFilter::new(policy.clone())));
     node.set_policy_epoch(epoch);
     if let Err(e) = node.store_mut().meta_set(META_KEY, bytes) {
         // The bundle is in force; only a restart would fall back to an older one until

@@ -216,7 +216,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     if let Some(a) = &applied {
         // Residency on every hop: the core asks the policy before any peer is chosen for a
         // push, an announcement or an anti-entropy batch, and before a relay region.
-        node.set_filter(Box::new(weft_policy::PolicyFilter(a.policy.clone())));
+        node.set_filter(Box::new(weft_policy::PolicyFilter::new(a.policy.clone())));
     }
     let policy_state = Arc::new(crate::policy_state::PolicyState::new(applied));
 

@@ -6,13 +6,15 @@
 //! the per-hop path ([`Policy::event_scope`], [`Policy::placement`], [`EventScope::hop`]:
 //! residency sets are 64-bit masks, one bit per jurisdiction).
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use weft_fabric::mesh::{MemberInfo, ReplicationFilter};
+use weft_fabric::mesh::{FilterHop, MemberInfo, ReplicationFilter};
 use weft_fabric::{
-    EventData, Jurisdiction, Payload, Residency, SecurityContext, StreamName, StreamPattern,
+    EventData, EventId, Jurisdiction, KeyBuildHasher, OriginKey, Payload, Residency,
+    SecurityContext, StreamName, StreamPattern,
 };
 
 use crate::bundle::*;
@@ -376,15 +378,104 @@ impl EventScope {
     }
 }
 
-/// The mesh's [`ReplicationFilter`] backed by a compiled policy: an event goes to a peer
-/// when the peer may receive it in clear or as sealed transit. (The receiving node must
-/// itself store and deliver only on [`Hop::Clear`].)
-#[derive(Debug, Clone)]
-pub struct PolicyFilter(pub Arc<Policy>);
+/// Most member placements a [`PolicyFilter`] remembers; past it the cache starts over (a
+/// mesh has at most `NODES_MAX` granted nodes, and a node meets each member once).
+pub const PLACEMENT_CACHE_LEN_MAX: usize = NODES_MAX;
+
+/// The mesh's [`ReplicationFilter`] backed by a compiled policy: [`Hop::Clear`] becomes
+/// [`FilterHop::Clear`] (store, deliver, disseminate), [`Hop::SealedTransit`] becomes
+/// [`FilterHop::Transit`] (carried along a relay path only, never stored, delivered or
+/// announced there), [`Hop::Refuse`] becomes [`FilterHop::Refuse`] (nothing naming the
+/// event). The receiving node applies the same filter to itself.
+///
+/// The mesh asks about one event for many peers in a row, and about the same few hundred
+/// members again and again: the filter remembers the last event's scope and each member's
+/// placement (checked against the member record's region and jurisdiction, so a changed
+/// record is placed again), so that a hop is a cache hit and a few bit operations.
+#[derive(Clone)]
+pub struct PolicyFilter {
+    policy: Arc<Policy>,
+    placements: RefCell<HashMap<OriginKey, (String, String, Placement), KeyBuildHasher>>,
+    last: Cell<Option<(EventId, EventScope)>>,
+}
+
+impl PolicyFilter {
+    /// A filter enforcing `policy`.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self {
+            policy,
+            placements: RefCell::new(HashMap::default()),
+            last: Cell::new(None),
+        }
+    }
+
+    /// The policy it enforces.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    fn scope(&self, event: &EventData) -> EventScope {
+        let id = event.id();
+        if let Some((last, scope)) = self.last.get()
+            && last == id
+        {
+            return scope;
+        }
+        let scope = self.policy.event_scope(event);
+        self.last.set(Some((id, scope)));
+        scope
+    }
+
+    fn placement(&self, member: &MemberInfo) -> Placement {
+        let key = OriginKey(member.key);
+        let mut cache = self.placements.borrow_mut();
+        if let Some((region, jurisdiction, placement)) = cache.get(&key)
+            && *region == member.region
+            && *jurisdiction == member.jurisdiction
+        {
+            return *placement;
+        }
+        if cache.len() >= PLACEMENT_CACHE_LEN_MAX {
+            cache.clear();
+        }
+        let placement = self.policy.placement(member);
+        cache.insert(
+            key,
+            (
+                member.region.clone(),
+                member.jurisdiction.clone(),
+                placement,
+            ),
+        );
+        placement
+    }
+}
+
+impl fmt::Debug for PolicyFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyFilter")
+            .field("epoch", &self.policy.epoch())
+            .field("placements", &self.placements.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hop {
+    /// The mesh's view of the hop.
+    pub fn filter_hop(self) -> FilterHop {
+        match self {
+            Hop::Clear => FilterHop::Clear,
+            Hop::SealedTransit => FilterHop::Transit,
+            Hop::Refuse => FilterHop::Refuse,
+        }
+    }
+}
 
 impl ReplicationFilter for PolicyFilter {
-    fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool {
-        self.0.hop(event, peer).hop != Hop::Refuse
+    fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
+        let hop = self.scope(event).hop(self.placement(peer)).hop;
+        debug_assert_eq!(hop, self.policy.hop(event, peer).hop, "cache out of step");
+        hop.filter_hop()
     }
 }
 

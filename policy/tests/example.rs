@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use weft_fabric::mesh::ReplicationFilter;
+use weft_fabric::mesh::{FilterHop, ReplicationFilter};
 use weft_fabric::{EventId, Residency, StreamName};
 use weft_policy::*;
 
@@ -331,11 +331,31 @@ fn hops_and_claims() {
     let public_event = event("catalogue.items", "public", Residency::Unrestricted, false);
     assert_eq!(p.hop(&public_event, &liar).hop, Hop::Clear);
 
-    // The mesh filter: allowed = not refused.
-    let filter = PolicyFilter(std::sync::Arc::new(policy()));
+    // The mesh filter: three answers; only clear means "may hold it".
+    let filter = PolicyFilter::new(std::sync::Arc::new(policy()));
+    assert_eq!(filter.hop(&personal, &eu_node), FilterHop::Clear);
+    assert_eq!(filter.hop(&personal, &us_node), FilterHop::Refuse);
+    assert_eq!(filter.hop(&sealed_pay, &apac_node), FilterHop::Transit);
+    assert_eq!(filter.hop(&clear_pay, &apac_node), FilterHop::Refuse);
     assert!(filter.allows(&personal, &eu_node));
     assert!(!filter.allows(&personal, &us_node));
-    assert!(filter.allows(&sealed_pay, &apac_node));
+    assert!(
+        !filter.allows(&sealed_pay, &apac_node),
+        "sealed transit is no licence to hold the event"
+    );
+    // The filter remembers placements per key, but a changed member record is placed again:
+    // the EU node's key claiming EU from a US region is refused EU data.
+    let mut moved = eu_node.clone();
+    moved.region = "aws:us-east-1".into();
+    assert_eq!(filter.hop(&personal, &eu_node), FilterHop::Clear);
+    assert_eq!(filter.hop(&personal, &moved), FilterHop::Refuse);
+    assert_eq!(filter.hop(&personal, &eu_node), FilterHop::Clear);
+    // Every answer agrees with the policy's own, event after event, member after member.
+    for e in [&personal, &sealed_pay, &clear_pay, &wide, &public_event] {
+        for m in [&eu_node, &us_node, &apac_node, &liar, &moved] {
+            assert_eq!(filter.hop(e, m), p.hop(e, m).hop.filter_hop());
+        }
+    }
 }
 
 #[test]

@@ -13,14 +13,16 @@ use std::sync::Arc;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use weft_fabric::mesh::{
-    AppEvent, MemStore, MemberInfo, MeshConfig, Message, Micros, Node, Transmit,
+    AppEvent, MemStore, MemberInfo, MeshConfig, Message, Micros, Node, Store, Transmit,
 };
 
 use crate::baseline::{BaselineKind, BaselineNode};
+use crate::residency::{self, GrantedNode, PolicySpec};
 use weft_fabric::{
-    Event, EventDraft, EventId, Hlc, HybridClock, KeyBuildHasher, OriginKey, Payload, Residency,
-    SecurityContext, Signer, StreamName, StreamPattern,
+    Event, EventDraft, EventId, Hlc, HybridClock, KeyBuildHasher, KeyId, KeyRing, OriginKey,
+    Payload, Residency, SecurityContext, Signer, StreamName, StreamPattern,
 };
+use weft_policy::{Hop, Policy, PolicyFilter};
 
 /// Most events a simulated node stores; scenarios stay far below it.
 pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
@@ -41,6 +43,9 @@ const MESSAGE_KINDS: [&str; 11] = [
     "links",
     "skip",
 ];
+
+/// Most residency violations described in the report (all are counted).
+pub const RESIDENCY_EXAMPLES_MAX: usize = 8;
 
 /// Hop count not known (relays outside the stream's interest break the chain).
 const HOPS_UNKNOWN: u16 = u16::MAX;
@@ -73,6 +78,14 @@ pub struct Plan {
     /// After the last fault heals, every event must reach every live interested node
     /// within this time.
     pub converge_within_us: Micros,
+    /// Residency classes (the scenario's `[policy]`), compiled into a real bundle at start.
+    pub policy: Option<PolicySpec>,
+    /// Jurisdiction of each region, indexed like `regions`.
+    pub region_jurisdictions: Vec<String>,
+    /// Whether the simulated nodes enforce the policy (`PolicyFilter` in every core). The
+    /// checker checks every send either way; `false` (nodes run `AllowAll`) exists to show
+    /// that the check catches a fabric that does not enforce.
+    pub enforce_residency: bool,
 }
 
 /// One simulated node.
@@ -107,6 +120,10 @@ pub struct PlanWorkload {
     pub start_us: Micros,
     /// When it stops.
     pub stop_us: Micros,
+    /// Classification of its events (with a policy).
+    pub classification: Option<String>,
+    /// Whether the producer seals the payload.
+    pub sealed: bool,
 }
 
 /// A fault window.
@@ -342,8 +359,8 @@ pub struct Metrics {
     pub intra_region_latency_us: Vec<Micros>,
     /// Stretch samples (latency / ideal) across regions, x1000 as integers for determinism.
     pub stretch_milli: Vec<u64>,
-    /// Per region pair (origin region, destination region): latencies.
-    pub latency_by_pair: BTreeMap<(usize, usize), Vec<Micros>>,
+    /// Per (workload, origin region, destination region): latencies.
+    pub latency_by_pair: BTreeMap<(usize, usize, usize), Vec<Micros>>,
     /// Event copies received by nodes (push and sync), for RMR.
     pub payload_copies: u64,
     /// First receipts of events by nodes other than their origin (RMR's denominator).
@@ -389,6 +406,47 @@ pub struct Metrics {
     pub violations: Vec<String>,
     /// Simulator steps.
     pub steps: u64,
+    /// Residency, checked by the engine on every send, delivery and store.
+    pub residency: ResidencyCounters,
+}
+
+/// What the engine's residency checker found (all zero without a policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResidencyCounters {
+    /// Violations: an event, or a message naming it (push, IHAVE, GRAFT, anti-entropy
+    /// batch), sent to a node the policy refuses it; an event pushed to a sealed-transit
+    /// node outside a relay path (or in anti-entropy, IHAVE or GRAFT); an event delivered to
+    /// an application or found in the store of a node that may not hold it.
+    pub violations: u64,
+    /// The first [`RESIDENCY_EXAMPLES_MAX`] violations, described.
+    pub examples: Vec<String>,
+    /// Messages checked that carried or named a restricted event (residency not
+    /// unrestricted), each event counted once per message.
+    pub checked: u64,
+    /// Events relayed in sealed transit by nodes outside their residency (the cores'
+    /// `transit_forwarded`).
+    pub transit_forwarded: u64,
+    /// Events the receiving cores refused (the cores' `residency_refused`).
+    pub refused_by_receivers: u64,
+    /// (event, subscriber) pairs withheld by residency: subscribers that may not hold the
+    /// event (not expected, not counted as missed).
+    pub withheld_pairs: u64,
+}
+
+/// The run's policy and the checker's tables.
+struct ResidencyState {
+    policy: Arc<Policy>,
+    /// Per workload: classification and residency stamped into its events.
+    stamps: Vec<(String, Residency)>,
+    /// Per workload, per node: what the node may receive of the workload's events
+    /// (`Policy::hop`, computed once: every event of a workload has the same scope).
+    hops: Vec<Vec<Hop>>,
+    /// Per workload: every node may hold its events (nothing to check).
+    open: Vec<bool>,
+    /// The producers' sealing keys (one ring for the run).
+    ring: KeyRing,
+    /// Nonces for sealing: its own stream, so sealing does not disturb the network's.
+    seal_rng: ChaCha8Rng,
 }
 
 /// Routing counters of the mesh core, summed over nodes.
@@ -438,9 +496,16 @@ pub struct Engine {
     last_hop: Vec<u16>,
     /// The node whose message is being handled (deliveries it causes are one hop further).
     handling_from: Option<usize>,
-    /// Ideal latency matrices (node x node), one per fault start or heal; each event is
-    /// compared with the one in force when it was published.
-    ideals: Vec<Vec<Vec<Micros>>>,
+    /// Ideal one-way latency between regions, one set per fault start or heal, each set one
+    /// matrix per transit mask (`transit_masks`); each event is compared with the matrix of
+    /// its workload's mask in force when it was published.
+    ideals: Vec<Vec<Vec<Vec<Micros>>>>,
+    /// Distinct sets of regions transit is allowed through (residency), per region.
+    transit_masks: Vec<Vec<bool>>,
+    /// Per workload, its index into `transit_masks`.
+    workload_mask: Vec<usize>,
+    /// Residency: the policy and the checker (None without a `[policy]`).
+    residency: Option<ResidencyState>,
     /// Per published event, its index into `ideals`.
     event_ideal: Vec<u32>,
     workload_next_pub: Vec<usize>,
@@ -469,7 +534,11 @@ impl Engine {
                 cloud: n.cloud.clone(),
                 jurisdiction: n.jurisdiction.clone(),
                 addr: n.name.clone(),
-                policy_epoch: 0,
+                policy_epoch: if plan.policy.is_some() {
+                    residency::SIM_POLICY_EPOCH
+                } else {
+                    0
+                },
                 generation: 0,
             };
             key_index.insert(signer.origin(), i);
@@ -496,8 +565,22 @@ impl Engine {
         }
         let workload_next_pub = vec![0; plan.workloads.len()];
         let overlay = build_overlay(&nodes, strategy, &mut rng);
+        let mut refused = None;
+        let residency = match &plan.policy {
+            Some(spec) => match residency_state(&plan, spec, &nodes) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    refused = Some(e);
+                    None
+                }
+            },
+            None => None,
+        };
         let mut engine = Self {
             ideals: Vec::new(),
+            transit_masks: Vec::new(),
+            workload_mask: Vec::new(),
+            residency,
             event_ideal: Vec::new(),
             plan,
             strategy,
@@ -523,9 +606,13 @@ impl Engine {
             drain_app: Vec::new(),
             sent_by_kind: [0; MESSAGE_KINDS.len()],
         };
+        if let Some(e) = refused {
+            engine.metrics.violations.push(e);
+        }
         for i in 0..engine.nodes.len() {
             engine.start_node(i);
         }
+        engine.compute_transit_masks();
         engine.recompute_ideal();
         engine.metrics.measured_link_rtt_us = engine
             .plan
@@ -595,13 +682,13 @@ impl Engine {
                     .unwrap_or_else(|| MemStore::new(NODE_STORE_LEN_MAX));
                 let mut config = MeshConfig::wan(self.plan.nodes.len() as u32);
                 config.interest = n.interest.clone();
-                Proto::Weft(Box::new(Node::new(
-                    n.info.clone(),
-                    config,
-                    seed,
-                    store,
-                    self.now,
-                )))
+                let mut node = Node::new(n.info.clone(), config, seed, store, self.now);
+                if let Some(r) = &self.residency
+                    && self.plan.enforce_residency
+                {
+                    node.set_filter(Box::new(PolicyFilter::new(r.policy.clone())));
+                }
+                Proto::Weft(Box::new(node))
             }
             Strategy::Flooding { .. } => Proto::Base(Box::new(BaselineNode::new(
                 BaselineKind::Flooding,
@@ -735,24 +822,23 @@ impl Engine {
                 .push(format!("hlc refused at node {}", n.info.addr));
             return;
         };
-        let draft = EventDraft {
-            stream: wl.stream.clone(),
-            key: None,
-            seq: n.next_seq,
-            hlc: Hlc::from_u64(hlc.as_u64()),
-            security: SecurityContext {
-                tenant: "sim".into(),
-                principal: n.info.addr.clone(),
-                classification: "internal".into(),
-                residency: Residency::Unrestricted,
-                scopes: BTreeSet::new(),
-                policy_epoch: 0,
-            },
-            content_type: "application/octet-stream".into(),
-            payload: Payload::Clear(vec![0u8; wl.payload_bytes]),
-            trace: None,
+        let draft = draft(
+            &wl,
+            n.next_seq,
+            Hlc::from_u64(hlc.as_u64()),
+            &n.info.addr,
+            self.residency.as_ref().map(|r| &r.stamps[w]),
+        );
+        // Sealed by the producer, as a device or service would: the key never reaches the
+        // fabric.
+        let signed = match &mut self.residency {
+            Some(r) if wl.sealed => n
+                .signer
+                .seal_and_sign(draft, &r.ring, &mut r.seal_rng)
+                .map_err(|e| e.to_string()),
+            _ => n.signer.sign(draft).map_err(|e| e.to_string()),
         };
-        let Ok(event) = n.signer.sign(draft) else {
+        let Ok(event) = signed else {
             self.metrics.violations.push("signing failed".into());
             return;
         };
@@ -764,7 +850,14 @@ impl Engine {
         self.event_ideal
             .push(u32::try_from(self.ideals.len().saturating_sub(1)).unwrap_or(u32::MAX));
         self.event_index.insert(event.id(), e);
-        self.expected_pairs += wl.subscribers.iter().filter(|s| **s != i).count() as u64;
+        let entitled = wl
+            .subscribers
+            .iter()
+            .filter(|s| **s != i && self.entitled(w, **s))
+            .count() as u64;
+        let others = wl.subscribers.iter().filter(|s| **s != i).count() as u64;
+        self.expected_pairs += entitled;
+        self.metrics.residency.withheld_pairs += others - entitled;
         self.delivered_pairs.resize(nodes * (e + 1), false);
         self.hops.resize(nodes * (e + 1), HOPS_UNKNOWN);
         self.hops[e * nodes + i] = 0;
@@ -790,6 +883,9 @@ impl Engine {
                         if let Some(node) = self.nodes[i].node.take() {
                             self.metrics.first_receipts += node.events_new();
                             let store = node.into_store();
+                            if lose_memory && let Some(lost) = &store {
+                                self.audit_store(i, lost);
+                            }
                             self.nodes[i].parked = if lose_memory { None } else { store };
                             if lose_memory {
                                 // A node that lost its disk is a new application instance.
@@ -914,6 +1010,195 @@ impl Engine {
         }
     }
 
+    /// Whether node `i` may hold events of workload `w` (always, without a policy).
+    fn entitled(&self, w: usize, i: usize) -> bool {
+        self.residency
+            .as_ref()
+            .is_none_or(|r| r.open[w] || r.hops[w][i] == Hop::Clear)
+    }
+
+    /// Counts residency violations (with a description of the first few).
+    fn residency_violation(&mut self, count: u64, describe: impl FnOnce() -> String) {
+        if count == 0 {
+            return;
+        }
+        let r = &mut self.metrics.residency;
+        r.violations += count;
+        if r.examples.len() < RESIDENCY_EXAMPLES_MAX {
+            r.examples.push(describe());
+        }
+    }
+
+    /// The residency check of one send, independent of the cores' filter: every event the
+    /// message carries or names, against what the receiving node may receive of it.
+    fn check_send(&mut self, from: usize, to: usize, msg: &Message) {
+        let Some(r) = &self.residency else {
+            return;
+        };
+        let (mut bad, mut checked) = (0u64, 0u64);
+        let mut first: Option<(EventId, &'static str, Hop)> = None;
+        let mut check = |id: EventId, relaying: bool, what: &'static str| {
+            let Some(&e) = self.event_index.get(&id) else {
+                return;
+            };
+            let w = self.events[e].2;
+            if r.open[w] {
+                return;
+            }
+            checked += 1;
+            let hop = r.hops[w][to];
+            let ok = match hop {
+                Hop::Clear => true,
+                Hop::SealedTransit => relaying,
+                Hop::Refuse => false,
+            };
+            if !ok {
+                bad += 1;
+                first.get_or_insert((id, what, hop));
+            }
+        };
+        match msg {
+            Message::Push { events, relay, .. } => {
+                for e in events {
+                    check(e.id(), !relay.is_empty(), "push");
+                }
+            }
+            Message::SyncResponse { events, .. } => {
+                for e in events {
+                    check(e.id(), false, "anti-entropy batch");
+                }
+            }
+            Message::IHave(refs) => {
+                for r in refs {
+                    check(r.id, false, "IHAVE");
+                }
+            }
+            Message::Graft(refs) => {
+                for r in refs {
+                    check(r.id, false, "GRAFT");
+                }
+            }
+            // Digests and Skips carry origins and sequence numbers only: no id, stream,
+            // classification or content (docs/sim.md).
+            _ => {}
+        }
+        self.metrics.residency.checked += checked;
+        if let Some((id, what, hop)) = first {
+            let (a, b) = (&self.nodes[from].info.addr, &self.nodes[to].info.addr);
+            let text = format!("{what} {a} -> {b} names event {id}, which {b} may get as {hop:?}");
+            self.residency_violation(bad, || text);
+        }
+    }
+
+    /// The residency check of a store: every event in it must be one the node may hold.
+    /// Only the origins that publish a workload the node may not hold can hold such events,
+    /// so only their ranges are walked.
+    fn audit_store(&mut self, i: usize, store: &MemStore) {
+        let Some(r) = &self.residency else {
+            return;
+        };
+        let suspects: BTreeSet<OriginKey> = self
+            .plan
+            .workloads
+            .iter()
+            .enumerate()
+            .filter(|(w, _)| !r.open[*w] && r.hops[*w][i] != Hop::Clear)
+            .flat_map(|(_, wl)| wl.publishers.iter())
+            .map(|p| OriginKey(self.nodes[*p].info.key))
+            .collect();
+        let mut bad = 0u64;
+        let mut first = None;
+        for origin in suspects {
+            let Some(ranges) = store.ranges(&origin) else {
+                continue;
+            };
+            for (lo, hi) in ranges.iter() {
+                for seq in lo..=hi {
+                    let Some(event) = store.get(&origin, seq) else {
+                        continue;
+                    };
+                    let Some(&e) = self.event_index.get(&event.id()) else {
+                        continue;
+                    };
+                    if !self.entitled(self.events[e].2, i) {
+                        bad += 1;
+                        first.get_or_insert(event.id());
+                    }
+                }
+            }
+        }
+        if let Some(id) = first {
+            let text = format!(
+                "{} stores event {id}, which it may not hold",
+                self.nodes[i].info.addr
+            );
+            self.residency_violation(bad, || text);
+        }
+    }
+
+    /// Per workload, the regions its events may cross (clear or sealed transit, judged by
+    /// each region's first node), deduplicated into `transit_masks`.
+    fn compute_transit_masks(&mut self) {
+        let r = self.plan.regions.len();
+        let first = self.first_nodes();
+        self.transit_masks.clear();
+        self.workload_mask.clear();
+        for w in 0..self.plan.workloads.len() {
+            let mask: Vec<bool> = (0..r)
+                .map(|reg| match (&self.residency, first[reg]) {
+                    (Some(res), Some(i)) => res.hops[w][i] != Hop::Refuse,
+                    _ => true,
+                })
+                .collect();
+            let at = match self.transit_masks.iter().position(|m| *m == mask) {
+                Some(at) => at,
+                None => {
+                    self.transit_masks.push(mask);
+                    self.transit_masks.len() - 1
+                }
+            };
+            self.workload_mask.push(at);
+        }
+        if self.transit_masks.is_empty() {
+            self.transit_masks.push(vec![true; r]);
+        }
+    }
+
+    /// Per region, its first node without access latency (else its first node): the node
+    /// that stands for the region in ideal paths.
+    fn first_nodes(&self) -> Vec<Option<usize>> {
+        let r = self.plan.regions.len();
+        let mut first_node: Vec<Option<usize>> = vec![None; r];
+        for (i, n) in self.plan.nodes.iter().enumerate() {
+            if first_node[n.region].is_none() && n.access_us == 0 {
+                first_node[n.region] = Some(i);
+            }
+        }
+        for (i, n) in self.plan.nodes.iter().enumerate() {
+            if first_node[n.region].is_none() {
+                first_node[n.region] = Some(i);
+            }
+        }
+        first_node
+    }
+
+    /// The ideal one-way latency from node `a` to node `b` for event `e`: the shortest path
+    /// its residency allows, under the faults in force when it was published.
+    fn ideal_us(&self, e: usize, a: usize, b: usize) -> Micros {
+        let (na, nb) = (&self.plan.nodes[a], &self.plan.nodes[b]);
+        let base = if na.region == nb.region {
+            self.plan.intra_region_us
+        } else {
+            let mask = self
+                .workload_mask
+                .get(self.events[e].2)
+                .copied()
+                .unwrap_or(0);
+            self.ideals[self.event_ideal[e] as usize][mask][na.region][nb.region]
+        };
+        base + na.access_us + nb.access_us
+    }
+
     fn link_us(&self, a: usize, b: usize) -> Micros {
         let (na, nb) = (&self.plan.nodes[a], &self.plan.nodes[b]);
         let base = if na.region == nb.region {
@@ -939,6 +1224,9 @@ impl Engine {
             Message::Skip(_) => 10,
         };
         self.sent_by_kind[kind] += 1;
+        if self.residency.is_some() {
+            self.check_send(from, to, &msg);
+        }
         let len = msg.wire_len() as u64;
         self.metrics.bytes += len;
         if self.plan.nodes[from].region != self.plan.nodes[to].region {
@@ -980,6 +1268,14 @@ impl Engine {
             return;
         };
         let nodes = self.nodes.len();
+        let w = self.events[e].2;
+        if !self.entitled(w, i) {
+            let text = format!(
+                "{} delivered event {id}, which it may not hold",
+                self.nodes[i].info.addr
+            );
+            self.residency_violation(1, || text);
+        }
         let n = &mut self.nodes[i];
         if n.app_ids.len() <= e {
             n.app_ids.resize(e + 1, false);
@@ -1038,7 +1334,7 @@ impl Engine {
             {
                 self.metrics.intra_region_latency_us.push(latency);
             } else {
-                let ideal = self.ideals[self.event_ideal[e] as usize][origin][i].max(1);
+                let ideal = self.ideal_us(e, origin, i).max(1);
                 self.metrics.stretch_milli.push(latency * 1000 / ideal);
                 if measured {
                     self.metrics
@@ -1046,7 +1342,7 @@ impl Engine {
                         .push(latency.saturating_sub(ideal));
                 }
             }
-            let pair = (self.plan.nodes[origin].region, self.plan.nodes[i].region);
+            let pair = (w, self.plan.nodes[origin].region, self.plan.nodes[i].region);
             self.metrics
                 .latency_by_pair
                 .entry(pair)
@@ -1055,8 +1351,9 @@ impl Engine {
         }
     }
 
-    /// Shortest one-way latency between every pair of live nodes' regions (Floyd-Warshall
-    /// over regions with a live node), plus access latencies.
+    /// Shortest one-way latency between every pair of live regions (Floyd-Warshall over
+    /// regions with a live node), one matrix per transit mask: transit only through live
+    /// regions the mask allows (residency), so the ideal is the shortest *allowed* path.
     fn recompute_ideal(&mut self) {
         let r = self.plan.regions.len();
         let live_region: Vec<bool> = (0..r)
@@ -1066,17 +1363,7 @@ impl Engine {
                 })
             })
             .collect();
-        let mut first_node: Vec<Option<usize>> = vec![None; r];
-        for (i, n) in self.plan.nodes.iter().enumerate() {
-            if first_node[n.region].is_none() && n.access_us == 0 {
-                first_node[n.region] = Some(i);
-            }
-        }
-        for (i, n) in self.plan.nodes.iter().enumerate() {
-            if first_node[n.region].is_none() {
-                first_node[n.region] = Some(i);
-            }
-        }
+        let first_node = self.first_nodes();
         let mut d = vec![vec![Micros::MAX / 4; r]; r];
         for a in 0..r {
             for b in 0..r {
@@ -1097,32 +1384,25 @@ impl Engine {
                 }
             }
         }
-        for k in 0..r {
-            if !live_region[k] {
-                continue;
-            }
-            for a in 0..r {
-                for b in 0..r {
-                    let via = d[a][k] + d[k][b];
-                    if via < d[a][b] {
-                        d[a][b] = via;
+        let mut per_mask = Vec::with_capacity(self.transit_masks.len());
+        for mask in &self.transit_masks {
+            let mut d = d.clone();
+            for k in 0..r {
+                if !live_region[k] || !mask[k] {
+                    continue;
+                }
+                for a in 0..r {
+                    for b in 0..r {
+                        let via = d[a][k] + d[k][b];
+                        if via < d[a][b] {
+                            d[a][b] = via;
+                        }
                     }
                 }
             }
+            per_mask.push(d);
         }
-        let n = self.plan.nodes.len();
-        let mut ideal = vec![vec![0; n]; n];
-        for (a, na) in self.plan.nodes.iter().enumerate() {
-            for (b, nb) in self.plan.nodes.iter().enumerate() {
-                let base = if na.region == nb.region {
-                    self.plan.intra_region_us
-                } else {
-                    d[na.region][nb.region]
-                };
-                ideal[a][b] = base + na.access_us + nb.access_us;
-            }
-        }
-        self.ideals.push(ideal);
+        self.ideals.push(per_mask);
     }
 
     /// (event, subscriber) pairs expected so far, the origin itself excluded; nodes that are
@@ -1139,6 +1419,7 @@ impl Engine {
                 if s != *origin
                     && self.nodes[s].node.is_some()
                     && !self.delivered_pairs[e * nodes + s]
+                    && self.entitled(*w, s)
                 {
                     missing += 1;
                 }
@@ -1157,7 +1438,22 @@ impl Engine {
                 r.relayed += s.relayed;
                 r.links_recovered += s.links_recovered;
                 r.probes_sent += s.probes_sent;
+                self.metrics.residency.transit_forwarded += s.transit_forwarded;
+                self.metrics.residency.refused_by_receivers += s.residency_refused;
             }
+        }
+        // Every store, live or parked: nothing a node may not hold.
+        for i in 0..self.nodes.len() {
+            // Taken out for the audit (which reads the engine) and put back.
+            let node = self.nodes[i].node.take();
+            let parked = self.nodes[i].parked.take();
+            match (&node, &parked) {
+                (Some(Proto::Weft(n)), _) => self.audit_store(i, n.store()),
+                (None, Some(store)) => self.audit_store(i, store),
+                _ => {}
+            }
+            self.nodes[i].node = node;
+            self.nodes[i].parked = parked;
         }
         for (kind, sent) in MESSAGE_KINDS.iter().zip(self.sent_by_kind) {
             if sent > 0 {
@@ -1208,6 +1504,117 @@ impl Engine {
             .first_receipts
             .saturating_sub(self.metrics.published);
     }
+}
+
+/// An event of workload `wl` as its producer drafts it: stamped with the class's
+/// classification and residency when the run has a policy (as a node stamps a publish).
+fn draft(
+    wl: &PlanWorkload,
+    seq: u64,
+    hlc: Hlc,
+    principal: &str,
+    stamp: Option<&(String, Residency)>,
+) -> EventDraft {
+    let (classification, residency, policy_epoch) = match stamp {
+        Some((c, r)) => (c.clone(), r.clone(), residency::SIM_POLICY_EPOCH),
+        None => ("internal".to_string(), Residency::Unrestricted, 0),
+    };
+    EventDraft {
+        stream: wl.stream.clone(),
+        key: None,
+        seq,
+        hlc,
+        security: SecurityContext {
+            tenant: "sim".into(),
+            principal: principal.to_string(),
+            classification,
+            residency,
+            scopes: BTreeSet::new(),
+            policy_epoch,
+        },
+        content_type: "application/octet-stream".into(),
+        payload: Payload::Clear(vec![0u8; wl.payload_bytes]),
+        trace: None,
+    }
+}
+
+/// Compiles the run's policy over its nodes' keys and computes, per workload, what every
+/// node may receive of its events (from one prototype event per workload, stamped and
+/// sealed exactly as the workload's events are).
+fn residency_state(
+    plan: &Plan,
+    spec: &PolicySpec,
+    nodes: &[SimNode],
+) -> Result<ResidencyState, String> {
+    let regions: Vec<(&str, &str)> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                plan.regions[n.region].as_str(),
+                plan.region_jurisdictions
+                    .get(n.region)
+                    .map_or("", String::as_str),
+            )
+        })
+        .collect();
+    let granted: Vec<GrantedNode<'_>> = plan
+        .nodes
+        .iter()
+        .zip(nodes)
+        .map(|(p, n)| GrantedNode {
+            jurisdiction: &p.jurisdiction,
+            key: Some(n.info.key),
+        })
+        .collect();
+    let policy = Arc::new(
+        residency::compile(spec, &regions, &granted).map_err(|e| format!("policy refused: {e}"))?,
+    );
+    let mut key_rng = ChaCha8Rng::seed_from_u64(plan.seed ^ 0x5ea1_ed00_5ea1_ed00);
+    let mut key = [0u8; 32];
+    key_rng.fill_bytes(&mut key);
+    let ring = KeyRing::new(
+        KeyId::new("sim-producers-1").map_err(|e| e.to_string())?,
+        key,
+    );
+    let prototype_signer = Signer::from_secret(&[0x5a; 32]);
+    let mut stamps = Vec::with_capacity(plan.workloads.len());
+    let mut hops = Vec::with_capacity(plan.workloads.len());
+    let mut open = Vec::with_capacity(plan.workloads.len());
+    for wl in &plan.workloads {
+        let stamp = policy
+            .stamp(
+                &wl.stream,
+                wl.classification.as_deref(),
+                &Residency::Unrestricted,
+            )
+            .map_err(|reason| format!("stream {}: {reason}", wl.stream.as_str()))?;
+        let stamp = (stamp.classification, stamp.residency);
+        let d = draft(wl, 1, Hlc::from_u64(1 << 16), "prototype", Some(&stamp));
+        let prototype = if wl.sealed {
+            prototype_signer
+                .seal_and_sign(d, &ring, &mut key_rng)
+                .map_err(|e| e.to_string())?
+        } else {
+            prototype_signer.sign(d).map_err(|e| e.to_string())?
+        };
+        let scope = policy.event_scope(&prototype);
+        let per_node: Vec<Hop> = nodes
+            .iter()
+            .map(|n| scope.hop(policy.placement(&n.info)).hop)
+            .collect();
+        open.push(per_node.iter().all(|h| *h == Hop::Clear));
+        hops.push(per_node);
+        stamps.push(stamp);
+    }
+    Ok(ResidencyState {
+        policy,
+        stamps,
+        hops,
+        open,
+        ring,
+        seal_rng: ChaCha8Rng::seed_from_u64(plan.seed ^ 0x5ea1_0000_0000_5ea1),
+    })
 }
 
 /// A uniform float in [0, 1) from the RNG.

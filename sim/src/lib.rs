@@ -20,6 +20,7 @@ pub mod engine;
 pub mod html;
 pub mod plan;
 pub mod report;
+pub mod residency;
 pub mod scenario;
 
 mod toml_text;

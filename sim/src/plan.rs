@@ -42,6 +42,8 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
             subscribers: idx(&w.subscriber_nodes),
             start_us: w.start_us,
             stop_us: w.stop_us,
+            classification: w.classification.clone(),
+            sealed: w.sealed,
         })
         .collect();
     let faults = scenario
@@ -91,6 +93,11 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
             },
         })
         .collect();
+    let region_jurisdictions = catalog
+        .regions()
+        .iter()
+        .map(|r| r.jurisdiction.as_str().to_string())
+        .collect();
     Plan {
         seed: seed.or(scenario.seed).unwrap_or(1),
         duration_us: scenario.duration_us,
@@ -107,5 +114,8 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
             .checks
             .converge_within_us
             .unwrap_or(CONVERGE_WITHIN_US_DEFAULT),
+        policy: scenario.policy.clone(),
+        region_jurisdictions,
+        enforce_residency: true,
     }
 }

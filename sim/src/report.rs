@@ -124,6 +124,45 @@ pub struct StrategyReport {
     pub steps: u64,
     /// Latency-aware routing at work (Weft's counters; zero for the baselines).
     pub routing: RoutingReport,
+    /// Residency, as the engine checked it on every send, delivery and store.
+    pub residency: ResidencyReport,
+    /// Per workload: its residency class and delivery latency.
+    pub workloads: Vec<WorkloadReport>,
+}
+
+/// What the residency checker found (`docs/sim.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidencyReport {
+    /// Whether the run had a policy (residency classes).
+    pub policy: bool,
+    /// Events (or messages naming them) sent where the policy keeps them out, and events
+    /// delivered or stored by nodes that may not hold them.
+    pub violations: u64,
+    /// The first few violations, described.
+    pub examples: Vec<String>,
+    /// (message, event) pairs checked that concerned a restricted event.
+    pub checked: u64,
+    /// Events relayed in sealed transit by nodes outside their residency.
+    pub transit_forwarded: u64,
+    /// Events the receiving cores refused as not theirs to hold (a sender broke policy).
+    pub refused_by_receivers: u64,
+    /// (event, subscriber) pairs withheld by residency (not expected, not missed).
+    pub withheld_pairs: u64,
+}
+
+/// One workload's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadReport {
+    /// The stream.
+    pub stream: String,
+    /// Its classification (`-` without a policy).
+    pub classification: String,
+    /// Whether its payloads are sealed by the producer.
+    pub sealed: bool,
+    /// Delivery latency of its events (remote deliveries), ms.
+    pub latency_ms: Percentiles,
+    /// Latency by (origin region, destination region), ms.
+    pub latency_by_region_pair: Vec<RegionPairLatency>,
 }
 
 /// What routing did in a run.
@@ -211,9 +250,44 @@ impl StrategyReport {
         };
         let total_messages: u64 = m.messages_by_kind.values().sum();
         let mut by_destination: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-        for ((_, to), v) in &m.latency_by_pair {
+        let mut by_pair: BTreeMap<(usize, usize), Vec<u64>> = BTreeMap::new();
+        let mut by_workload: BTreeMap<usize, BTreeMap<(usize, usize), Vec<u64>>> = BTreeMap::new();
+        for ((w, from, to), v) in &m.latency_by_pair {
             by_destination.entry(*to).or_default().extend_from_slice(v);
+            by_pair
+                .entry((*from, *to))
+                .or_default()
+                .extend_from_slice(v);
+            by_workload
+                .entry(*w)
+                .or_default()
+                .insert((*from, *to), v.clone());
         }
+        let pairs = |map: &BTreeMap<(usize, usize), Vec<u64>>| -> Vec<RegionPairLatency> {
+            map.iter()
+                .map(|((a, b), v)| RegionPairLatency {
+                    from: plan.regions[*a].clone(),
+                    to: plan.regions[*b].clone(),
+                    latency_ms: Percentiles::from_us(v),
+                })
+                .collect()
+        };
+        let workloads = plan
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(w, wl)| {
+                let map = by_workload.remove(&w).unwrap_or_default();
+                let all: Vec<u64> = map.values().flatten().copied().collect();
+                WorkloadReport {
+                    stream: wl.stream.as_str().to_string(),
+                    classification: wl.classification.clone().unwrap_or_else(|| "-".into()),
+                    sealed: wl.sealed,
+                    latency_ms: Percentiles::from_us(&all),
+                    latency_by_region_pair: pairs(&map),
+                }
+            })
+            .collect();
         Self {
             strategy: strategy.to_string(),
             published: m.published,
@@ -236,15 +310,7 @@ impl StrategyReport {
             order_violations: m.order_violations,
             convergence_ms: m.convergence_us.map(|u| round3(u as f64 / 1000.0)),
             dropped: m.dropped,
-            latency_by_region_pair: m
-                .latency_by_pair
-                .iter()
-                .map(|((a, b), v)| RegionPairLatency {
-                    from: plan.regions[*a].clone(),
-                    to: plan.regions[*b].clone(),
-                    latency_ms: Percentiles::from_us(v),
-                })
-                .collect(),
+            latency_by_region_pair: pairs(&by_pair),
             latency_by_destination: by_destination
                 .iter()
                 .map(|(to, v)| RegionLatency {
@@ -278,6 +344,16 @@ impl StrategyReport {
                 .collect(),
             violations: m.violations.clone(),
             steps: m.steps,
+            residency: ResidencyReport {
+                policy: plan.policy.is_some(),
+                violations: m.residency.violations,
+                examples: m.residency.examples.clone(),
+                checked: m.residency.checked,
+                transit_forwarded: m.residency.transit_forwarded,
+                refused_by_receivers: m.residency.refused_by_receivers,
+                withheld_pairs: m.residency.withheld_pairs,
+            },
+            workloads,
         }
     }
 }
@@ -347,6 +423,22 @@ impl Report {
                     .first()
                     .cloned()
                     .unwrap_or_else(|| "none broken".into()),
+            );
+            check(
+                "residency violations = 0 (checked on every send, delivery and store)",
+                w.residency.violations == 0,
+                match (w.residency.policy, w.residency.examples.first()) {
+                    (false, _) => "no policy in this scenario".into(),
+                    (true, None) => format!(
+                        "0 violations; {} restricted sends checked, {} sealed-transit relays, {} pairs withheld",
+                        w.residency.checked,
+                        w.residency.transit_forwarded,
+                        w.residency.withheld_pairs
+                    ),
+                    (true, Some(first)) => {
+                        format!("{} violations, first: {first}", w.residency.violations)
+                    }
+                },
             );
             check(
                 "missed = 0 after faults heal",
@@ -426,7 +518,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7} {:>6} {:>6} {:>10}",
+            "{:<14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>10}",
             "strategy",
             "published",
             "delivered",
@@ -440,12 +532,13 @@ impl Report {
             "msgs/ev",
             "missed",
             "dups",
+            "resid",
             "converge"
         );
         for s in &self.strategies {
             let _ = writeln!(
                 out,
-                "{:<14} {:>9} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>8.3} {:>8.3} {:>7.2} {:>8.0} {:>7.1} {:>6} {:>6} {:>10}",
+                "{:<14} {:>9} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>8.3} {:>8.3} {:>7.2} {:>8.0} {:>7.1} {:>6} {:>6} {:>6} {:>10}",
                 s.strategy,
                 s.published,
                 s.deliveries,
@@ -459,9 +552,28 @@ impl Report {
                 s.messages_per_event,
                 s.missed,
                 s.duplicates,
+                s.residency.violations,
                 s.convergence_ms
                     .map_or("-".to_string(), |c| format!("{:.0} ms", c)),
             );
+        }
+        if let Some(w) = self.strategies.first().filter(|w| w.residency.policy) {
+            for wl in &w.workloads {
+                let _ = writeln!(
+                    out,
+                    "  {} {:<24} class {:<16} p50 {:>7.1} ms  p99 {:>7.1} ms  ({} deliveries)",
+                    w.strategy,
+                    wl.stream,
+                    format!(
+                        "{}{}",
+                        wl.classification,
+                        if wl.sealed { " (sealed)" } else { "" }
+                    ),
+                    wl.latency_ms.p50,
+                    wl.latency_ms.p99,
+                    wl.latency_ms.count
+                );
+            }
         }
         for c in &self.checks {
             let _ = writeln!(

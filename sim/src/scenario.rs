@@ -27,6 +27,7 @@ use weft_fabric::limits::PAYLOAD_LEN_MAX;
 use weft_fabric::{Jurisdiction, StreamName};
 
 use crate::catalog::{RegionCatalog, SAME_REGION_RTT_MS};
+use crate::residency::{self, GrantedNode, PolicySpec};
 use crate::toml_text;
 
 /// Longest scenario name, in bytes: it names report files and appears in report titles.
@@ -461,6 +462,12 @@ pub struct Workload {
     pub start_us: u64,
     /// When publishing stops (exclusive), in microseconds; `start_us < stop_us`.
     pub stop_us: u64,
+    /// The events' classification (a class of the scenario's `[policy]`; required with
+    /// one, refused without): stamped with the class's residency as a node stamps it.
+    pub classification: Option<String>,
+    /// Whether the producer seals the payload (sealed transit applies only to sealed
+    /// payloads).
+    pub sealed: bool,
 }
 
 /// One `[[fault]]`: what goes wrong, from `at_us` until it heals at `at_us + duration_us`.
@@ -626,6 +633,8 @@ pub struct Scenario {
     pub checks: Checks,
     /// Baselines to run beside Weft, sorted.
     pub baselines: Vec<Baseline>,
+    /// Residency classes every node enforces (and the simulator checks on every send).
+    pub policy: Option<PolicySpec>,
 }
 
 /// Checks `{path}.nodes`: at least one (leave the `what` out instead), at most `max`.
@@ -686,6 +695,13 @@ struct ScenarioFile {
     checks: ChecksFile,
     #[serde(default)]
     baselines: BaselinesFile,
+    policy: Option<PolicyFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    classes: BTreeMap<String, weft_policy::ClassSpec>,
 }
 
 #[derive(Deserialize)]
@@ -733,6 +749,9 @@ struct WorkloadFile {
     subscribers: Option<SelectorFile>,
     start_s: Option<f64>,
     stop_s: Option<f64>,
+    classification: Option<String>,
+    #[serde(default)]
+    sealed: bool,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -1008,6 +1027,7 @@ fn validate(file: ScenarioFile, catalog: &RegionCatalog) -> Result<Scenario, Sce
 
     let checks = checks(&file.checks, duration_us, &workloads, &faults)?;
     let baselines = baselines(&file.baselines, topology.len())?;
+    let policy = policy(file.policy.as_ref(), &topology, &workloads, catalog)?;
 
     Ok(Scenario {
         name: file.name,
@@ -1020,7 +1040,102 @@ fn validate(file: ScenarioFile, catalog: &RegionCatalog) -> Result<Scenario, Sce
         faults,
         checks,
         baselines,
+        policy,
     })
+}
+
+/// Validates `[policy]` and the workloads' classifications: the classes compile (as a
+/// bundle over the run's regions and jurisdictions, `residency.rs`), every workload names a
+/// class, and every publisher may hold its workload's events (a publisher stores what it
+/// publishes).
+fn policy(
+    file: Option<&PolicyFile>,
+    topology: &Topology,
+    workloads: &[Workload],
+    catalog: &RegionCatalog,
+) -> Result<Option<PolicySpec>, ScenarioError> {
+    let Some(file) = file else {
+        for (i, w) in workloads.iter().enumerate() {
+            if w.classification.is_some() || w.sealed {
+                return Err(invalid(
+                    format!("workload[{i}].classification"),
+                    "classifications and sealed payloads need a [policy] section",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if file.classes.is_empty() {
+        return Err(invalid(
+            "policy.classes",
+            "name at least one residency class",
+        ));
+    }
+    if topology.len() > weft_policy::limits::NODES_MAX {
+        return Err(over_limit(
+            "topology",
+            format!("{} nodes with a [policy]", topology.len()),
+            "weft_policy::limits::NODES_MAX",
+            weft_policy::limits::NODES_MAX,
+        ));
+    }
+    let spec = PolicySpec {
+        classes: file.classes.clone(),
+    };
+    let region_jurisdiction = |region: &str| {
+        catalog
+            .region(region)
+            .map_or("", |r| r.jurisdiction.as_str())
+    };
+    let regions: Vec<(&str, &str)> = topology
+        .regions()
+        .iter()
+        .map(|r| (r.region.as_str(), region_jurisdiction(&r.region)))
+        .collect();
+    let nodes: Vec<GrantedNode<'_>> = topology
+        .nodes()
+        .iter()
+        .map(|n| GrantedNode {
+            jurisdiction: n.jurisdiction.as_str(),
+            key: None,
+        })
+        .collect();
+    residency::compile(&spec, &regions, &nodes).map_err(|e| invalid("policy", e.to_string()))?;
+    for (i, w) in workloads.iter().enumerate() {
+        let path = format!("workload[{i}].classification");
+        let Some(c) = &w.classification else {
+            return Err(invalid(path, "required with a [policy] section"));
+        };
+        let Some(class) = spec.classes.get(c) else {
+            return Err(invalid(
+                path,
+                format!("{c:?} is not a class of [policy.classes]"),
+            ));
+        };
+        for n in &w.publisher_nodes {
+            let Some(node) = topology.node(*n) else {
+                continue;
+            };
+            // A node's claim holds when its region lies in its jurisdiction.
+            let placed = (region_jurisdiction(&node.region) == node.jurisdiction.as_str())
+                .then_some(node.jurisdiction.as_str());
+            let holds = class.anywhere
+                || placed.is_some_and(|j| class.jurisdictions.iter().any(|c| c == j));
+            if !holds {
+                return Err(invalid(
+                    format!("workload[{i}].publishers"),
+                    format!(
+                        "node {} (jurisdiction {}) may not hold events of class {c:?}, \
+                         which stay in {:?}: a publisher stores what it publishes",
+                        node.name,
+                        node.jurisdiction.as_str(),
+                        class.jurisdictions
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(spec))
 }
 
 fn check_name(path: &str, name: &str) -> Result<(), ScenarioError> {
@@ -1544,6 +1659,8 @@ fn workload(
         subscribers,
         start_us,
         stop_us,
+        classification: file.classification.clone(),
+        sealed: file.sealed,
     })
 }
 
@@ -2023,8 +2140,18 @@ payload_bytes = 100
                 verify_us: 60
             }
         );
-        assert_eq!(s.workloads.len(), 2);
+        assert_eq!(s.workloads.len(), 3);
         assert_eq!(s.workloads[1].publisher_nodes.len(), 2);
+        assert_eq!(
+            s.workloads[1].classification.as_deref(),
+            Some("eu-personal")
+        );
+        assert!(s.workloads[2].sealed);
+        let policy = s.policy.as_ref().unwrap();
+        assert_eq!(
+            policy.classes.keys().collect::<Vec<_>>(),
+            ["eu-personal", "payment", "public"]
+        );
         assert_eq!(s.faults.len(), 5);
         let kinds: Vec<&str> = s.faults.iter().map(|f| f.kind.name()).collect();
         assert_eq!(

@@ -13,7 +13,9 @@ fn small(name: &str, faults: &str) -> String {
     small_at(name, 10, faults)
 }
 
-/// [`small`] with a chosen fabric-wide publish rate.
+/// [`small`] with a chosen fabric-wide publish rate for its public stream; an EU-only stream
+/// published in the EU and sealed payments published in the US run beside it, all subscribed
+/// everywhere (residency withholds what a node may not hold).
 fn small_at(name: &str, rate_per_s: u32, faults: &str) -> String {
     format!(
         r#"
@@ -35,10 +37,41 @@ jitter_ms = 1.0
 loss = 0.01
 verify_us = 60
 
+[policy.classes.public]
+anywhere = true
+
+[policy.classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[policy.classes.payment]
+jurisdictions = ["EU", "US"]
+transit = "sealed"
+
 [[workload]]
 stream = "t.events"
+classification = "public"
 rate_per_s = {rate_per_s}
 payload_bytes = 64
+start_s = 10
+stop_s = 80
+
+[[workload]]
+stream = "t.eu"
+classification = "eu-personal"
+rate_per_s = 4
+payload_bytes = 64
+publishers = {{ regions = ["aws:eu-west-1", "azure:westeurope"] }}
+start_s = 10
+stop_s = 80
+
+[[workload]]
+stream = "t.pay"
+classification = "payment"
+sealed = true
+rate_per_s = 4
+payload_bytes = 64
+publishers = {{ regions = ["aws:us-east-1"] }}
 start_s = 10
 stop_s = 80
 
@@ -51,9 +84,15 @@ converge_within_s = 60
 }
 
 fn run(text: &str, seed: Option<u64>) -> Report {
+    run_enforcing(text, seed, true)
+}
+
+/// [`run`], with the nodes enforcing residency or not (the checker checks either way).
+fn run_enforcing(text: &str, seed: Option<u64>, enforce: bool) -> Report {
     let catalog = RegionCatalog::embedded().unwrap();
     let scenario = Scenario::parse(text, &catalog).unwrap_or_else(|e| panic!("{e}"));
-    let plan = weft_sim::plan::build(&scenario, &catalog, seed);
+    let mut plan = weft_sim::plan::build(&scenario, &catalog, seed);
+    plan.enforce_residency = enforce;
     let metrics = Engine::new(plan.clone(), Strategy::Weft).run(|_, _| {});
     let report = StrategyReport::new("weft", &plan, &metrics);
     Report::new(&scenario, &plan, vec![report])
@@ -72,6 +111,18 @@ fn assert_healthy(report: &Report) {
     assert_eq!(w.missed, 0);
     assert_eq!(w.duplicates, 0);
     assert_eq!(w.order_violations, 0);
+    assert!(w.residency.policy, "every test scenario runs with a policy");
+    assert_eq!(
+        w.residency.violations, 0,
+        "seed {}: {:?}",
+        report.seed, w.residency.examples
+    );
+    assert!(w.residency.checked > 0, "restricted events were checked");
+    assert!(
+        w.residency.withheld_pairs > 0,
+        "residency withheld something"
+    );
+    assert_eq!(w.residency.refused_by_receivers, 0);
 }
 
 #[test]
@@ -128,10 +179,29 @@ jitter_ms = 1.0
 loss = 0.001
 verify_us = 60
 
+[policy.classes.public]
+anywhere = true
+
+[policy.classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+
 [[workload]]
 stream = "orders.created"
+classification = "public"
 rate_per_s = 100
 payload_bytes = 512
+start_s = 20
+stop_s = 130
+
+# EU-only events from the region that goes dark, mixed into its nodes' sequences: the
+# returning nodes must move past the sequence numbers others were told to skip.
+[[workload]]
+stream = "customers.eu"
+classification = "eu-personal"
+rate_per_s = 20
+payload_bytes = 256
+publishers = { regions = ["aws:eu-west-1", "gcp:europe-west3"] }
 start_s = 20
 stop_s = 130
 
@@ -213,10 +283,31 @@ jitter_ms = 0.5
 loss = 0.0
 verify_us = 60
 
+[policy.classes.public]
+anywhere = true
+
+[policy.classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[policy.classes.payment]
+jurisdictions = ["EU", "US"]
+transit = "sealed"
+
 [[workload]]
 stream = "t.events"
+classification = "public"
 rate_per_s = 40
 payload_bytes = 64
+start_s = 10
+stop_s = 90
+
+[[workload]]
+stream = "t.eu"
+classification = "eu-personal"
+rate_per_s = 10
+payload_bytes = 64
+publishers = {{ regions = ["aws:eu-central-1"] }}
 start_s = 10
 stop_s = 90
 
@@ -350,6 +441,84 @@ duration_s = 20"#,
     assert_ne!(a, c, "a different seed must change something");
 }
 
+/// The checker is independent of the cores' filter: a fabric whose nodes do not enforce
+/// residency (every core runs `AllowAll`) is caught on its first sends, and the report's
+/// residency check fails.
+#[test]
+fn a_fabric_that_does_not_enforce_residency_is_caught() {
+    let r = run_enforcing(&small("no-enforcement", ""), None, false);
+    let w = &r.strategies[0];
+    assert!(w.residency.violations > 0, "{:?}", w.residency);
+    assert!(!w.residency.examples.is_empty());
+    assert!(
+        r.failed_checks()
+            .iter()
+            .any(|c| c.starts_with("residency violations = 0")),
+        "{:?}",
+        r.failed_checks()
+    );
+    // The same scenario with enforcement: clean.
+    assert_healthy(&run(&small("enforcement", ""), None));
+}
+
+/// The shipped sovereignty scenario: the Ireland - Frankfurt link degrades and the fast path
+/// runs through Virginia. EU personal data stays in the EU on the slow direct link, sealed
+/// EU payments cross Virginia as sealed transit, public data takes the fast path; nothing
+/// is missed and nothing is violated.
+#[test]
+fn sovereignty_under_failure_keeps_eu_data_in_the_eu() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/sovereignty-under-failure.toml"
+    ))
+    .unwrap();
+    let r = run(&text, None);
+    assert!(r.failed_checks().is_empty(), "{:?}", r.failed_checks());
+    let w = &r.strategies[0];
+    assert_eq!(w.missed, 0);
+    assert_eq!(w.residency.violations, 0);
+    assert!(w.residency.transit_forwarded > 0, "no sealed transit");
+    let p50 = |stream: &str| {
+        let wl = w.workloads.iter().find(|x| x.stream == stream).unwrap();
+        wl.latency_by_region_pair
+            .iter()
+            .find(|p| p.from == "aws:eu-west-1" && p.to == "aws:eu-central-1")
+            .unwrap()
+            .latency_ms
+            .p50
+    };
+    let (personal, payment, public) = (
+        p50("customers.eu"),
+        p50("payments.eu"),
+        p50("catalogue.global"),
+    );
+    // Most events are published during the degradation: the medians are fault-time paths.
+    assert!(
+        personal > 150.0,
+        "EU personal data took the direct EU link: {personal}"
+    );
+    assert!(
+        public < 100.0,
+        "public data took the fast path through the US: {public}"
+    );
+    assert!(
+        payment < 100.0,
+        "sealed payments crossed the US in transit: {payment}"
+    );
+    // The US regions never got EU events for themselves.
+    for wl in &w.workloads {
+        if wl.classification != "public" {
+            assert!(
+                wl.latency_by_region_pair
+                    .iter()
+                    .all(|p| !p.to.starts_with("aws:us-")),
+                "{} delivered in the US",
+                wl.stream
+            );
+        }
+    }
+}
+
 #[test]
 fn shipped_scenarios_parse() {
     let catalog = RegionCatalog::embedded().unwrap();
@@ -358,7 +527,20 @@ fn shipped_scenarios_parse() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        Scenario::parse(&text, &catalog).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let scenario =
+            Scenario::parse(&text, &catalog).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Every shipped scenario runs under a policy of at least two residency classes, at
+        // least one of them restricted.
+        let policy = scenario
+            .policy
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no [policy]", path.display()));
+        assert!(policy.classes.len() >= 2, "{}", path.display());
+        assert!(
+            policy.classes.values().any(|c| !c.anywhere),
+            "{}: no restricted class",
+            path.display()
+        );
         names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
     }
     for required in [
@@ -368,7 +550,65 @@ fn shipped_scenarios_parse() {
         "rolling-crash",
         "clock-skew",
         "scale-1000",
+        "sovereignty-under-failure",
     ] {
         assert!(names.iter().any(|n| n == required), "missing {required}");
     }
+}
+
+/// `[policy]` and workload classifications are validated with the field named.
+#[test]
+fn policy_errors_name_the_field() {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let base = small("policy", "");
+    let err = |text: &str| Scenario::parse(text, &catalog).unwrap_err().to_string();
+    let no_policy = base
+        .split("[policy.classes.public]")
+        .next()
+        .unwrap()
+        .to_string()
+        + &base[base.find("[[workload]]").unwrap()..];
+    assert!(
+        err(&no_policy).starts_with("workload[0].classification: classifications and sealed"),
+        "{}",
+        err(&no_policy)
+    );
+    let unknown = base.replacen(
+        "classification = \"public\"",
+        "classification = \"secret\"",
+        1,
+    );
+    assert!(
+        err(&unknown).starts_with("workload[0].classification: \"secret\" is not a class"),
+        "{}",
+        err(&unknown)
+    );
+    let missing = base.replacen("classification = \"public\"\n", "", 1);
+    assert_eq!(
+        err(&missing),
+        "workload[0].classification: required with a [policy] section"
+    );
+    let outside = base.replace(
+        "publishers = { regions = [\"aws:eu-west-1\", \"azure:westeurope\"] }",
+        "publishers = { regions = [\"aws:us-east-1\"] }",
+    );
+    assert!(
+        err(&outside).starts_with(
+            "workload[1].publishers: node aws:us-east-1/0 (jurisdiction US) may not hold"
+        ),
+        "{}",
+        err(&outside)
+    );
+    let bad_transit = base.replace("transit = \"forbidden\"", "transit = \"sometimes\"");
+    assert!(
+        err(&bad_transit).contains("policy.classes"),
+        "{}",
+        err(&bad_transit)
+    );
+    let unknown_jurisdiction = base.replace("jurisdictions = [\"EU\"]", "jurisdictions = [\"eu\"]");
+    assert!(
+        err(&unknown_jurisdiction).starts_with("policy: "),
+        "{}",
+        err(&unknown_jurisdiction)
+    );
 }

@@ -11,7 +11,9 @@ pub mod wire;
 
 pub use member::MemberInfo;
 pub use message::{Channel, Digest, DigestRanges, EventRef, Message};
-pub use node::{AllowAll, AppEvent, MeshConfig, Micros, Node, ReplicationFilter, Stats, Transmit};
+pub use node::{
+    AllowAll, AppEvent, FilterHop, MeshConfig, Micros, Node, ReplicationFilter, Stats, Transmit,
+};
 pub use ranges::SeqRanges;
 pub use route::{LinkRecord, NodeStatus, RegionRoute, RelayHop};
 pub use store::{Inserted, MemStore, Store, StoreError};

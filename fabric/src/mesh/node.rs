@@ -160,21 +160,44 @@ impl MeshConfig {
     }
 }
 
-/// Decides whether an event may go to a peer at all: applied before any peer is chosen for
-/// an eager push, an IHAVE, a GRAFT answer or an anti-entropy transfer. Residency policy
-/// (issue 6) implements it; the default allows everything.
-pub trait ReplicationFilter: Send {
-    /// Whether `event` may be sent to `peer`.
-    fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool;
+/// What a peer may receive of an event: the replication filter's answer, asked before any
+/// peer is chosen (residency policy, issue 6, implements it; the default clears everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FilterHop {
+    /// The event itself: the peer stores it, delivers it, announces it and disseminates it.
+    Clear,
+    /// Sealed transit: the peer may carry the (producer-sealed) event along a source-routed
+    /// relay path ([`RelayHop`]s) and nothing else: it never stores, delivers, announces or
+    /// answers for it, and it is never sent the event for dissemination (eager push inside a
+    /// region, IHAVE, GRAFT answer, anti-entropy).
+    Transit,
+    /// Nothing naming the event: no push, IHAVE, GRAFT answer or anti-entropy batch (a
+    /// [`Message::Skip`] with origin and sequence number only, so its ordered delivery moves
+    /// on).
+    Refuse,
 }
 
-/// The filter that allows every event to every peer.
+/// Decides what of an event may go to a peer (see [`FilterHop`]): applied before any peer is
+/// chosen for an eager push, an IHAVE, a GRAFT answer, an anti-entropy transfer or a relay
+/// region, and by a receiving node to itself (it stores only what is [`FilterHop::Clear`]
+/// for its own member record).
+pub trait ReplicationFilter: Send {
+    /// What `peer` may receive of `event`.
+    fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop;
+
+    /// Whether `peer` may hold `event` (store, deliver, disseminate it): [`FilterHop::Clear`].
+    fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool {
+        self.hop(event, peer) == FilterHop::Clear
+    }
+}
+
+/// The filter that clears every event for every peer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
 
 impl ReplicationFilter for AllowAll {
-    fn allows(&self, _event: &EventData, _peer: &MemberInfo) -> bool {
-        true
+    fn hop(&self, _event: &EventData, _peer: &MemberInfo) -> FilterHop {
+        FilterHop::Clear
     }
 }
 
@@ -253,6 +276,13 @@ pub struct Stats {
     pub hops_refused: u64,
     /// Sequence numbers a peer said are not for this node (residency), taken as seen.
     pub skips_in: u64,
+    /// Events this node carried on along a relay path as sealed transit (its own hop for
+    /// them is [`FilterHop::Transit`]): relayed, never stored, delivered or announced.
+    pub transit_forwarded: u64,
+    /// Events received that this node may not hold (its own hop is [`FilterHop::Refuse`],
+    /// or [`FilterHop::Transit`] outside a relay path): dropped unopened. Non-zero means a
+    /// sender broke residency (or enforces another policy epoch).
+    pub residency_refused: u64,
     /// Longest time from a cross-region push to its failover (the RTT timeout that
     /// expired), microseconds.
     pub failover_after_us_max: u64,
@@ -290,6 +320,11 @@ struct OriginSeen {
     ranges: SeqRanges,
     /// Next sequence number to deliver, minus one.
     delivered: u64,
+    /// Sequence numbers above the cursor that were stored, and so delivered, before a
+    /// restart: the cursor passes them without delivering again. (The seen-set of a
+    /// restarted node is its store's ranges; sequence numbers it had taken as Skips are
+    /// gaps until a Skip comes again, and the events above them were delivered already.)
+    restored: SeqRanges,
 }
 
 #[derive(Debug, Default)]
@@ -406,11 +441,15 @@ impl<S: Store> Node<S> {
             if let Some(r) = store.ranges(&origin) {
                 // A restarted node has delivered what it stored (the node's durable
                 // subscription cursors refine this in issue 4).
+                let delivered = r.contiguous();
                 seen.insert(
                     origin,
                     OriginSeen {
                         ranges: r.clone(),
-                        delivered: r.contiguous(),
+                        delivered,
+                        restored: SeqRanges::from_ranges(
+                            r.iter().filter(|(lo, _)| *lo > delivered),
+                        ),
                     },
                 );
             }
@@ -501,9 +540,9 @@ impl<S: Store> Node<S> {
         self.router.rtt_us(peer)
     }
 
-    /// Whether the replication filter lets `event` go to `peer` (a known member): for
-    /// drivers that send events outside the core's own dissemination (the node's
-    /// confirmation copies), so that they never bypass residency.
+    /// Whether the replication filter clears `event` for `peer` (a known member; sealed
+    /// transit does not count): for drivers that send events outside the core's own
+    /// dissemination (the node's confirmation copies), so that they never bypass residency.
     pub fn replication_allowed(&self, event: &Event, peer: &OriginKey) -> bool {
         self.members
             .get(peer)
@@ -661,6 +700,11 @@ impl<S: Store> Node<S> {
                 self.peers.entry(from).or_default().held = held;
                 let mut fresh = Vec::new();
                 for event in events {
+                    if self.own_hop(&event) != FilterHop::Clear {
+                        // Anti-entropy carries only what the receiver may hold.
+                        self.refuse_own(&event);
+                        continue;
+                    }
                     if let Ok(Inserted::New) = self.accept(event.clone()) {
                         self.stats.sync_events_new += 1;
                         fresh.push(event);
@@ -1074,17 +1118,66 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Which regions transit is allowed through for `event` (by the replication filter,
-    /// asked about each region's first member), indexed like the sorted region names.
-    fn transit_mask(&self, event: &Event) -> Vec<bool> {
+    /// This node's own hop for `event`: what it may do with it.
+    fn own_hop(&self, event: &EventData) -> FilterHop {
+        self.filter.hop(event, &self.me)
+    }
+
+    /// An event this node may not hold arrived (see [`Stats::residency_refused`]): dropped
+    /// unopened, its sequence number taken as seen (a Skip) so ordered delivery moves on.
+    fn refuse_own(&mut self, event: &Event) {
+        self.stats.residency_refused += 1;
+        self.skip_own(event.origin(), event.seq());
+    }
+
+    /// Takes `(origin, seq)` as seen without an event (a Skip): the sequence number is not
+    /// for this node, so per-origin delivery and anti-entropy move past it.
+    fn skip_own(&mut self, origin: OriginKey, seq: u64) -> bool {
+        if seq == 0 || origin == self.me.node_key() {
+            return false;
+        }
+        if self.seen.entry(origin).or_default().ranges.insert(seq) {
+            self.advance_delivery(origin);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Per region (indexed like the sorted region names): what the region's root for the
+    /// event's origin (the member a push to the region goes to) may receive of it. This
+    /// node's own region counts as clear (it is the source of any path planned here).
+    fn region_hops(&self, event: &Event) -> Vec<FilterHop> {
+        let origin = event.origin();
         self.regions
-            .values()
-            .map(|list| {
-                list.first()
-                    .and_then(|k| self.members.get(k))
-                    .is_none_or(|m| self.filter.allows(event, m))
+            .iter()
+            .map(|(name, list)| {
+                if *name == self.me.region {
+                    return FilterHop::Clear;
+                }
+                route::entry_of(list, &origin)
+                    .and_then(|k| self.members.get(&k))
+                    .map_or(FilterHop::Refuse, |m| self.filter.hop(event, m))
             })
             .collect()
+    }
+
+    /// The region plan for `event` to the regions `dests` (indices into the sorted region
+    /// names): only regions where the event is clear are destinations, and only regions
+    /// that may carry it (clear or sealed transit) relay it.
+    fn plan_for(
+        &mut self,
+        event: &Event,
+        dests: &BTreeSet<u16>,
+    ) -> (Vec<(OriginKey, Vec<RelayHop>)>, Vec<String>) {
+        let hops = self.region_hops(event);
+        let dests: BTreeSet<u16> = dests
+            .iter()
+            .copied()
+            .filter(|i| hops.get(usize::from(*i)) == Some(&FilterHop::Clear))
+            .collect();
+        let mask = hops.iter().map(|h| *h != FilterHop::Refuse).collect();
+        self.plan_regions(&event.origin(), mask, &dests)
     }
 
     /// Cross-region pushes for `regions` (indices into the sorted region names) along the
@@ -1127,10 +1220,13 @@ impl<S: Store> Node<S> {
             .map(|k| (k, Vec::new(), false, 0))
             .collect();
         if publishing {
+            let hops = self.region_hops(event);
             let mut dests = BTreeSet::new();
             let mut near_members = Vec::new();
             for (i, (region, members)) in self.regions.iter().enumerate() {
-                if *region == self.me.region {
+                // Regions whose root may not hold the event are no destination (their
+                // members got a Skip from `forward`); they may still relay it.
+                if *region == self.me.region || hops[i] != FilterHop::Clear {
                     continue;
                 }
                 dests.insert(i as u16);
@@ -1143,8 +1239,7 @@ impl<S: Store> Node<S> {
                     near_members.extend(members.iter().copied());
                 }
             }
-            let mask = self.transit_mask(event);
-            let (plan, unreachable) = self.plan_regions(&origin, mask, &dests);
+            let (plan, unreachable) = self.plan_for(event, &dests);
             for (root, hops) in plan {
                 near_members.retain(|m| *m != root);
                 out.push((root, hops, true, 0));
@@ -1180,8 +1275,7 @@ impl<S: Store> Node<S> {
                 let dests = self.region_indices(
                     std::iter::once(region.as_str()).chain(hops.iter().map(|h| h.region.as_str())),
                 );
-                let mask = self.transit_mask(event);
-                let (plan, unreachable) = self.plan_regions(&origin, mask, &dests);
+                let (plan, unreachable) = self.plan_for(event, &dests);
                 if unreachable.is_empty() {
                     for (root, sub) in plan {
                         self.stats.relayed += 1;
@@ -1280,6 +1374,9 @@ impl<S: Store> Node<S> {
                 return;
             }
             *cursor += 1;
+            if seen.restored.contains(*cursor) {
+                continue;
+            }
             if let Some(event) = self.store.get(&origin, *cursor) {
                 self.stats.delivered += 1;
                 self.app.push_back(AppEvent::Deliver(event));
@@ -1303,14 +1400,17 @@ impl<S: Store> Node<S> {
             return;
         }
         let me = self.me.node_key();
+        if publishing {
+            self.skip_members(events);
+        }
         if eager {
             let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
-            // A publisher's targets depend only on the origin and what transit the filter
-            // allows: plan once per such pair, not once per event of a batch.
-            let mut planned: BTreeMap<(OriginKey, Vec<bool>), Vec<Target>> = BTreeMap::new();
+            // A publisher's targets depend only on the origin and what the filter lets each
+            // region's root receive: plan once per such pair, not once per event of a batch.
+            let mut planned: BTreeMap<(OriginKey, Vec<FilterHop>), Vec<Target>> = BTreeMap::new();
             for event in events {
                 let targets = if publishing {
-                    let key = (event.origin(), self.transit_mask(event));
+                    let key = (event.origin(), self.region_hops(event));
                     match planned.get(&key) {
                         Some(t) => t.clone(),
                         None => {
@@ -1329,7 +1429,9 @@ impl<S: Store> Node<S> {
                 }
             }
             for ((peer, hops, ack, reroutes), batch) in batches {
-                let batch = self.allowed(&batch, &peer);
+                // A publisher already told every member that may not hold an event.
+                let relaying = !hops.is_empty();
+                let batch = self.allowed(&batch, &peer, relaying, !publishing);
                 self.push(peer, &batch, hops, ack, reroutes);
             }
         }
@@ -1340,8 +1442,33 @@ impl<S: Store> Node<S> {
             .filter(|p| Some(*p) != except)
             .collect();
         for peer in lazy {
-            let batch = self.allowed(events, &peer);
+            let batch = self.allowed(events, &peer, false, !publishing);
             self.announce(peer, &batch);
+        }
+    }
+
+    /// The publisher's Skips: every member that may not hold one of `events` (its hop is
+    /// not [`FilterHop::Clear`]) gets their origins and sequence numbers, so that its
+    /// per-origin delivery never waits for them. Only the publisher, which evaluates the
+    /// filter for each member, sends these: a Skip is never passed on (a node outside an
+    /// event's residency cannot tell which of its neighbours are inside).
+    fn skip_members(&mut self, events: &[Arc<Event>]) {
+        let mut skips: Vec<(OriginKey, Vec<(OriginKey, u64)>)> = Vec::new();
+        for (key, info) in &self.members {
+            let list: Vec<(OriginKey, u64)> = events
+                .iter()
+                .filter(|e| self.filter.hop(e, info) != FilterHop::Clear)
+                .map(|e| (e.origin(), e.seq()))
+                .collect();
+            if !list.is_empty() {
+                skips.push((*key, list));
+            }
+        }
+        for (peer, list) in skips {
+            self.stats.filtered += list.len() as u64;
+            for chunk in list.chunks(REFS_PER_MESSAGE_MAX) {
+                self.send(peer, Message::Skip(chunk.to_vec()));
+            }
         }
     }
 
@@ -1444,15 +1571,14 @@ impl<S: Store> Node<S> {
         let dests = self.region_indices(
             std::iter::once(p.region.as_str()).chain(p.relay.iter().map(|h| h.region.as_str())),
         );
-        let Some(first) = p.events.first() else {
+        let Some(first) = p.events.first().cloned() else {
             return;
         };
-        let mask = self.transit_mask(first);
-        let origin = first.origin();
-        let (plan, unreachable) = self.plan_regions(&origin, mask, &dests);
+        let (plan, unreachable) = self.plan_for(&first, &dests);
         self.stats.reroute_unreachable += unreachable.len() as u64;
         for (root, hops) in plan {
-            let batch = self.allowed(&p.events, &root);
+            let relaying = !hops.is_empty();
+            let batch = self.allowed(&p.events, &root, relaying, true);
             self.push(root, &batch, hops, true, p.reroutes + 1);
         }
     }
@@ -1599,10 +1725,18 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// The events the replication filter lets go to `peer`.
-    /// Events kept from the peer by the filter are announced as [`Message::Skip`] (origin
-    /// and sequence number only), so the peer's ordered delivery does not wait for them.
-    fn allowed(&mut self, events: &[Arc<Event>], peer: &OriginKey) -> Vec<Arc<Event>> {
+    /// The events the replication filter lets go to `peer`: those clear for it, and, when
+    /// `relaying` (the push names relay hops for the peer to carry it on), those it may carry
+    /// as sealed transit. With `notify`, events kept from the peer are announced as
+    /// [`Message::Skip`] (origin and sequence number only), so the peer's ordered delivery
+    /// does not wait for them.
+    fn allowed(
+        &mut self,
+        events: &[Arc<Event>],
+        peer: &OriginKey,
+        relaying: bool,
+        notify: bool,
+    ) -> Vec<Arc<Event>> {
         let Some(info) = self.members.get(peer) else {
             // Not a known member (yet): nothing may go there until membership says who it is.
             self.stats.filtered += events.len() as u64;
@@ -1611,11 +1745,15 @@ impl<S: Store> Node<S> {
         let mut out = Vec::with_capacity(events.len());
         let mut skipped = Vec::new();
         for e in events {
-            if self.filter.allows(e, info) {
-                out.push(e.clone());
-            } else {
-                self.stats.filtered += 1;
-                skipped.push((e.origin(), e.seq()));
+            match self.filter.hop(e, info) {
+                FilterHop::Clear => out.push(e.clone()),
+                FilterHop::Transit if relaying => out.push(e.clone()),
+                FilterHop::Transit | FilterHop::Refuse => {
+                    self.stats.filtered += 1;
+                    if notify {
+                        skipped.push((e.origin(), e.seq()));
+                    }
+                }
             }
         }
         for chunk in skipped.chunks(REFS_PER_MESSAGE_MAX) {
@@ -1626,12 +1764,8 @@ impl<S: Store> Node<S> {
 
     fn on_skip(&mut self, list: Vec<(OriginKey, u64)>) {
         for (origin, seq) in list.into_iter().take(REFS_PER_MESSAGE_MAX) {
-            if seq == 0 || origin == self.me.node_key() {
-                continue;
-            }
-            if self.seen.entry(origin).or_default().ranges.insert(seq) {
+            if self.skip_own(origin, seq) {
                 self.stats.skips_in += 1;
-                self.advance_delivery(origin);
             }
         }
     }
@@ -1656,15 +1790,27 @@ impl<S: Store> Node<S> {
         let mut fresh = Vec::new();
         let mut held = Vec::new();
         for event in events {
-            match self.accept(event.clone()) {
-                Ok(Inserted::New) => fresh.push(event),
-                Ok(Inserted::Duplicate) if !relay.is_empty() => held.push(event),
-                _ => {}
+            match self.own_hop(&event) {
+                FilterHop::Clear => match self.accept(event.clone()) {
+                    Ok(Inserted::New) => fresh.push(event),
+                    Ok(Inserted::Duplicate) if !relay.is_empty() => held.push(event),
+                    _ => {}
+                },
+                // Sealed transit: carried on along the relay path, never stored, delivered,
+                // announced or passed down this region's tree; for this node's own ordered
+                // delivery it is a Skip.
+                FilterHop::Transit if !relay.is_empty() => {
+                    self.stats.transit_forwarded += 1;
+                    self.skip_own(event.origin(), event.seq());
+                    held.push(event);
+                }
+                FilterHop::Transit | FilterHop::Refuse => self.refuse_own(&event),
             }
         }
         self.forward(&fresh, Some(from), true, false, relay, reroutes);
-        // Events this node already had still go on to the regions it relays for (a
-        // rerouted push passes through regions that hold the event already).
+        // Events this node already had (or carries in transit) still go on to the regions
+        // it relays for (a rerouted push passes through regions that hold the event
+        // already).
         let mut by_target: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         for event in held {
             for target in self.relay_targets(&event, relay, reroutes) {
@@ -1674,7 +1820,8 @@ impl<S: Store> Node<S> {
             }
         }
         for ((root, hops, ack, reroutes), events) in by_target {
-            let batch = self.allowed(&events, &root);
+            let relaying = !hops.is_empty();
+            let batch = self.allowed(&events, &root, relaying, true);
             self.push(root, &batch, hops, ack, reroutes);
         }
     }
@@ -1757,7 +1904,7 @@ impl<S: Store> Node<S> {
                 events.push(e);
             }
         }
-        let events = self.allowed(&events, &from);
+        let events = self.allowed(&events, &from, false, true);
         if !events.is_empty() {
             self.stats.pushes_sent += 1;
             self.send(
@@ -1787,6 +1934,24 @@ impl<S: Store> Node<S> {
     fn start_sync(&mut self) {
         let me = self.me.node_key();
         self.sync_rounds += 1;
+        // Every fourth round, a hole in an origin's sequence (delivery stalled behind an
+        // event, or a Skip, that never came: a node the publisher did not know yet gets no
+        // Skip) is repaired from the origin itself, which holds all its events: it answers
+        // with the event, or with a Skip when this node may not hold it.
+        if self.sync_rounds % 4 == 2
+            && let Some(origin) = self.stalled_origin()
+        {
+            self.peers.entry(origin).or_default().last_sync_us = Some(self.now);
+            let digest = self.digest();
+            self.send(
+                origin,
+                Message::SyncRequest {
+                    digest,
+                    from_origin: Some(origin),
+                },
+            );
+            return;
+        }
         if self.sync_rounds.is_multiple_of(2) {
             let others = || {
                 self.members
@@ -1851,6 +2016,28 @@ impl<S: Store> Node<S> {
         );
     }
 
+    /// A live origin (not in a region whose link failed) with a hole in what this node has
+    /// seen of it, rotating over such origins round by round.
+    fn stalled_origin(&self) -> Option<OriginKey> {
+        let me = self.me.node_key();
+        let stalled = || {
+            self.seen.iter().filter_map(|(o, s)| {
+                let first_gap = usize::from(s.ranges.contiguous() > 0);
+                let hole = s.ranges.iter().nth(first_gap).is_some();
+                let live = self
+                    .members
+                    .get(o)
+                    .is_some_and(|m| !self.router.failed.contains_key(&m.region));
+                (hole && live && *o != me).then_some(*o)
+            })
+        };
+        let count = stalled().count();
+        if count == 0 {
+            return None;
+        }
+        stalled().nth((self.sync_rounds / 4) as usize % count)
+    }
+
     fn on_sync_request(&mut self, from: OriginKey, digest: Digest, from_origin: Option<OriginKey>) {
         // The digest as a list sorted by origin (a later duplicate of an origin replaces an
         // earlier one). Digests arrive sorted and with normalized ranges (they are built
@@ -1910,7 +2097,7 @@ impl<S: Store> Node<S> {
                 break;
             }
         }
-        let events = self.allowed(&events, &from);
+        let events = self.allowed(&events, &from, false, true);
         self.stats.sync_events_sent += events.len() as u64;
         let held = self.store.len() as u64;
         self.send(
@@ -2103,6 +2290,325 @@ mod tests {
         assert_eq!(r2.path, vec!["r0", "r1", "r2"]);
         assert_eq!(r2.latency_us, 35_000);
         assert_eq!(r2.direct_us, Some(100_000));
+    }
+
+    /// A residency filter by region name (regions not named are clear).
+    struct ByRegion(BTreeMap<String, FilterHop>);
+
+    impl ReplicationFilter for ByRegion {
+        fn hop(&self, _event: &EventData, peer: &MemberInfo) -> FilterHop {
+            self.0
+                .get(&peer.region)
+                .copied()
+                .unwrap_or(FilterHop::Clear)
+        }
+    }
+
+    /// What the pump saw go to each node: messages naming an event, by kind.
+    #[derive(Default, Debug)]
+    struct Seen {
+        pushes: Vec<(EventId, bool)>,
+        named: Vec<(&'static str, EventId)>,
+        skips: Vec<(OriginKey, u64)>,
+    }
+
+    /// Delivers every queued message (membership traffic aside: the harness fixed the
+    /// views) and fires timers, in 10 ms steps up to `until_us`, recording per receiving
+    /// node the messages that name an event.
+    fn pump(
+        nodes: &mut [Node<crate::mesh::MemStore>],
+        from_us: Micros,
+        until_us: Micros,
+    ) -> Vec<Seen> {
+        let by_key: BTreeMap<OriginKey, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.me().node_key(), i))
+            .collect();
+        let mut seen: Vec<Seen> = (0..nodes.len()).map(|_| Seen::default()).collect();
+        let mut now = from_us;
+        while now <= until_us {
+            for n in nodes.iter_mut() {
+                n.handle_timeout(now);
+            }
+            // Bounded: each round delivers what the previous one queued; dissemination of
+            // one event settles in a few rounds.
+            for _ in 0..64 {
+                let mut queued = Vec::new();
+                for (i, n) in nodes.iter_mut().enumerate() {
+                    while let Some(t) = n.poll_transmit() {
+                        queued.push((i, t));
+                    }
+                    while n.poll_event().is_some() {}
+                }
+                if queued.is_empty() {
+                    break;
+                }
+                for (i, t) in queued {
+                    let Some(&j) = by_key.get(&t.to) else {
+                        continue;
+                    };
+                    let s = &mut seen[j];
+                    match &t.msg {
+                        Message::Swim(_) => continue,
+                        Message::Push { events, relay, .. } => {
+                            for e in events {
+                                s.pushes.push((e.id(), !relay.is_empty()));
+                            }
+                        }
+                        Message::IHave(refs) | Message::Graft(refs) => {
+                            s.named.extend(refs.iter().map(|r| ("ihave/graft", r.id)));
+                        }
+                        Message::SyncResponse { events, .. } => {
+                            s.named.extend(events.iter().map(|e| ("sync", e.id())));
+                        }
+                        Message::Skip(list) => s.skips.extend(list.iter().copied()),
+                        _ => {}
+                    }
+                    let from = nodes[i].me().node_key();
+                    nodes[j].handle_message(now, from, t.msg);
+                }
+            }
+            for n in nodes.iter() {
+                n.check_invariants();
+            }
+            now += 10_000;
+        }
+        seen
+    }
+
+    #[test]
+    fn sealed_transit_crosses_a_region_without_being_stored_there() {
+        // r0 - r2 direct 200 ms; through r1: 30 + 40 ms. r3 is near everything.
+        let mut rtts = vec![0u64; 36];
+        rtts[1] = 30_000; // r0-r1
+        rtts[2] = 200_000; // r0-r2
+        rtts[3] = 20_000; // r0-r3
+        rtts[6 + 2] = 40_000; // r1-r2
+        rtts[6 + 3] = 20_000; // r1-r3
+        rtts[2 * 6 + 3] = 20_000; // r2-r3
+        let seeds: Vec<u8> = (1..=8).collect();
+        let mut nodes = mesh(&seeds, 4, 2, &rtts);
+        let filter = || {
+            ByRegion(BTreeMap::from([
+                ("r1".to_string(), FilterHop::Transit),
+                ("r3".to_string(), FilterHop::Refuse),
+            ]))
+        };
+        for n in &mut nodes {
+            n.set_filter(Box::new(filter()));
+        }
+        let region: Vec<String> = nodes.iter().map(|n| n.me().region.clone()).collect();
+        let event = event_of(seeds[0]);
+        let id = event.id();
+        assert_eq!(region[0], "r0");
+        nodes[0].handle_publish(0, event).unwrap();
+        // Several anti-entropy rounds and IHAVE/GRAFT timeouts.
+        let seen = pump(&mut nodes, 0, 12_000_000);
+        for (i, n) in nodes.iter().enumerate() {
+            let s = &seen[i];
+            match region[i].as_str() {
+                "r0" | "r2" => {
+                    assert!(n.store().contains(&id), "{} lacks the event", n.me().addr);
+                    assert_eq!(n.stats().delivered, 1, "{}", n.me().addr);
+                }
+                "r1" => {
+                    assert!(!n.store().contains(&id), "transit region stored it");
+                    assert!(!n.relay_cache.contains_key(&id), "transit region cached it");
+                    assert!(
+                        s.pushes.iter().all(|(_, relaying)| *relaying),
+                        "a transit node got the event outside a relay path: {s:?}"
+                    );
+                    assert!(
+                        s.named.is_empty(),
+                        "a transit node was named the event: {s:?}"
+                    );
+                    assert_eq!(n.stats().delivered, 0);
+                    // Its own ordered delivery moved past the sequence number.
+                    assert!(n.seen[&nodes[0].me().node_key()].ranges.contains(1));
+                }
+                "r3" => {
+                    assert!(!n.store().contains(&id));
+                    assert!(
+                        s.pushes.is_empty() && s.named.is_empty(),
+                        "refused node got {s:?}"
+                    );
+                    assert!(s.skips.contains(&(nodes[0].me().node_key(), 1)));
+                    assert_eq!(n.stats().delivered, 0);
+                }
+                r => unreachable!("{r}"),
+            }
+            assert_eq!(n.stats().residency_refused, 0, "{}", n.me().addr);
+        }
+        // The far region got it through the transit region, not over the slow direct link.
+        let transit: u64 = nodes
+            .iter()
+            .zip(&region)
+            .filter(|(_, r)| *r == "r1")
+            .map(|(n, _)| n.stats().transit_forwarded)
+            .sum();
+        assert_eq!(transit, 1, "exactly one transit forward (r1's root)");
+        let via_r1 = nodes
+            .iter()
+            .zip(&region)
+            .filter(|(_, r)| *r == "r1")
+            .any(|(n, _)| n.stats().relayed > 0);
+        assert!(via_r1, "r1 relayed the push to r2");
+    }
+
+    /// Refuses events of stream `orders.eu` to every node but their origin; clears
+    /// everything else.
+    struct OriginOnly;
+
+    impl ReplicationFilter for OriginOnly {
+        fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
+            if event.stream().as_str() == "orders.eu" && event.origin().0 != peer.key {
+                FilterHop::Refuse
+            } else {
+                FilterHop::Clear
+            }
+        }
+    }
+
+    fn event_at(seed: u8, seq: u64, stream: &str) -> Arc<Event> {
+        let mut draft = crate::envelope::EventDraft {
+            stream: crate::StreamName::new(stream).unwrap(),
+            key: None,
+            seq,
+            hlc: crate::Hlc::new(1_764_000_000_000 + seq, 0).unwrap(),
+            security: crate::envelope::SecurityContext {
+                tenant: "acme".into(),
+                principal: "svc".into(),
+                classification: "internal".into(),
+                residency: crate::envelope::Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: 0,
+            },
+            content_type: "text/plain".into(),
+            payload: crate::envelope::Payload::Clear(b"x".to_vec()),
+            trace: None,
+        };
+        draft.seq = seq;
+        Arc::new(crate::Signer::from_secret(&[seed; 32]).sign(draft).unwrap())
+    }
+
+    /// A node the publisher did not know when it published gets no Skip for the sequence
+    /// number it may not hold; its delivery of the origin's next events stalls on the hole
+    /// until anti-entropy with the origin (here the only node holding the event) answers
+    /// with a Skip.
+    #[test]
+    fn a_missed_skip_is_repaired_from_the_origin() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        for n in &mut nodes {
+            n.set_filter(Box::new(OriginOnly));
+        }
+        // nodes[0] (r0) publishes; it does not know nodes[5] (r1, not its region's root for
+        // this origin) yet.
+        let unknown = nodes[5].me().node_key();
+        assert_eq!(nodes[5].me().region, "r1");
+        let origin = nodes[0].me().node_key();
+        assert_ne!(nodes[0].region_root(&origin, "r1"), Some(unknown));
+        nodes[0].members.remove(&unknown);
+        nodes[0].region_remove("r1", &unknown);
+        nodes[0].router.members_changed();
+        nodes[0]
+            .handle_publish(0, event_at(seeds[0], 1, "orders.eu"))
+            .unwrap();
+        let public = event_at(seeds[0], 2, "orders.all");
+        nodes[0].handle_publish(0, public.clone()).unwrap();
+        let seen = pump(&mut nodes, 0, 1_000_000);
+        assert!(
+            nodes[5].store().contains(&public.id()),
+            "the public event arrived"
+        );
+        assert_eq!(nodes[5].stats().delivered, 0, "delivery waits on the hole");
+        assert!(seen[5].skips.is_empty());
+        // Membership catches up. The next anti-entropy round of the stalled node goes to
+        // the origin of its hole (the only node holding the event, so no other partner could
+        // answer), starting at that origin's events.
+        let info = nodes[5].me().clone();
+        nodes[0].members.insert(unknown, info);
+        nodes[0].region_insert("r1", unknown);
+        nodes[0].router.members_changed();
+        nodes[5].sync_rounds = 1;
+        nodes[5].start_sync();
+        let t = nodes[5].poll_transmit().expect("a sync request");
+        assert_eq!(t.to, origin);
+        assert!(
+            matches!(&t.msg, Message::SyncRequest { from_origin: Some(o), .. } if *o == origin),
+            "{:?}",
+            t.msg
+        );
+        nodes[0].handle_message(1_000_000, unknown, t.msg);
+        let seen = pump(&mut nodes, 1_000_000, 1_500_000);
+        assert!(seen[5].skips.contains(&(origin, 1)), "{:?}", seen[5]);
+        assert!(seen[5].pushes.iter().all(|(id, _)| *id == public.id()));
+        assert!(seen[5].named.iter().all(|(_, id)| *id == public.id()));
+        assert_eq!(
+            nodes[5].stats().delivered,
+            1,
+            "the public event was delivered"
+        );
+        assert_eq!(nodes[5].stats().residency_refused, 0);
+    }
+
+    #[test]
+    fn a_node_refuses_what_it_may_not_hold() {
+        let rtts = vec![50_000u64; 36];
+        let seeds: Vec<u8> = (1..=4).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        for n in &mut nodes {
+            n.set_filter(Box::new(ByRegion(BTreeMap::from([(
+                "r1".to_string(),
+                FilterHop::Transit,
+            )]))));
+        }
+        let event = event_of(seeds[0]);
+        let from = nodes[0].me().node_key();
+        // A transit node sent the event outside a relay path (a GRAFT answer, say), and in
+        // an anti-entropy batch: both refused, counted, never stored or delivered.
+        let push = Message::Push {
+            events: vec![event.clone()],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        nodes[1].handle_message(1, from, push);
+        let sync = Message::SyncResponse {
+            events: vec![event.clone()],
+            resume: None,
+            held: 1,
+        };
+        nodes[1].handle_message(2, from, sync);
+        assert_eq!(nodes[1].me().region, "r1");
+        assert_eq!(nodes[1].stats().residency_refused, 2);
+        assert!(!nodes[1].store().contains(&event.id()));
+        assert_eq!(nodes[1].stats().delivered, 0);
+        while let Some(t) = nodes[1].poll_transmit() {
+            assert!(
+                !matches!(t.msg, Message::Push { .. } | Message::IHave(_)),
+                "a refused event went on: {:?}",
+                t.msg
+            );
+        }
+        // The same event is clear in r0: stored and delivered.
+        nodes[2].handle_message(
+            3,
+            from,
+            Message::Push {
+                events: vec![event.clone()],
+                relay: Vec::new(),
+                ack: 0,
+                reroutes: 0,
+            },
+        );
+        assert_eq!(nodes[2].me().region, "r0");
+        assert!(nodes[2].store().contains(&event.id()));
+        assert_eq!(nodes[2].stats().residency_refused, 0);
+        nodes[1].check_invariants();
+        nodes[2].check_invariants();
     }
 
     proptest! {
