@@ -918,7 +918,35 @@ fn enforce_presigned(
         audit_event(api, &e, &principal.name, event, policy.epoch());
         return Err(api.fail(e));
     }
+    if let Err(e) = check_may_hold(api, policy, &security.classification, &security.residency) {
+        audit_event(api, &e, &principal.name, event, policy.epoch());
+        return Err(api.fail(e));
+    }
     Ok(())
+}
+
+/// A node stores what it accepts, so it accepts a publish only of a class it may hold in
+/// clear: an EU-resident event published at a US node is refused there (403
+/// `residency_ingress`), never stored and forwarded.
+fn check_may_hold(
+    api: &Api,
+    policy: &weft_policy::Policy,
+    classification: &str,
+    residency: &Residency,
+) -> Result<(), ApiError> {
+    if policy.may_hold(&api.me, classification, residency) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "residency_ingress",
+        format!(
+            "this node ({} in {}) may not hold events of class {classification} (residency {residency:?}, policy epoch {}): publish through a node inside the residency set",
+            api.me.jurisdiction,
+            api.me.region,
+            policy.epoch()
+        ),
+    ))
 }
 
 async fn submit(
@@ -1576,7 +1604,12 @@ fn enforce_publish(
         ));
     }
     match policy.stamp(stream, None, &Residency::Unrestricted) {
-        Ok(stamp) => Ok((stamp.classification, stamp.residency)),
+        Ok(stamp) => {
+            check_may_hold(api, policy, &stamp.classification, &stamp.residency).map_err(
+                |e| api.refuse(e, Some(&principal.name), Some(stream.as_str()), policy.epoch()),
+            )?;
+            Ok((stamp.classification, stamp.residency))
+        }
         Err(reason) => Err(api.refuse(
             ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -4,7 +4,7 @@
 //!
 //! forged signature, tampered payload, a captured event replayed to another node (never
 //! delivered twice), an event claiming wider residency than policy allows (directly, and
-//! by naming a laxer class), a node claiming a jurisdiction it was not granted, an
+//! by naming a laxer class), an event published at a node outside its residency set, a node claiming a jurisdiction it was not granted, an
 //! old-epoch bundle, a bundle signed by an unknown key, publishing without permission, an
 //! oversize bundle. Bounded waits; processes killed at the end.
 
@@ -267,6 +267,34 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         let e = device_event("pii.x", 3, "eu-personal", eu);
         let (s, body) = post_cbor(&c, 0, "pii.x", e.encode()).await;
         assert_eq!(s, 200, "{body}");
+
+        // ... and an EU-resident event published at the US node is refused there: a node
+        // stores what it accepts, so it never takes an event it may not hold.
+        let before = rejected(&c, 2, "residency_ingress").await;
+        let r = c
+            .publish(2, "pii.x", "local", &[json!({"name": "Ada"})])
+            .await;
+        assert_refused(
+            &c,
+            2,
+            "EU data published in the US",
+            r,
+            (403, "residency_ingress"),
+            before,
+        )
+        .await;
+        let before = rejected(&c, 2, "residency_ingress").await;
+        let e = device_event("pii.x", 5, "eu-personal", Residency::only(["EU"]).unwrap());
+        let r = post_cbor(&c, 2, "pii.x", e.encode()).await;
+        assert_refused(
+            &c,
+            2,
+            "pre-signed EU data in the US",
+            r,
+            (403, "residency_ingress"),
+            before,
+        )
+        .await;
 
         // 5. Publishing without permission (no access rule allows audit.>).
         let before = rejected(&c, 1, "publish_forbidden").await;

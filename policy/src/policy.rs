@@ -695,8 +695,23 @@ impl Policy {
     /// transit forbidden.
     pub fn event_scope(&self, event: &EventData) -> EventScope {
         let security = event.security();
-        let class = self.classes.get(&security.classification);
-        let signed = match &security.residency {
+        let sealed = matches!(event.payload(), Payload::Sealed(_));
+        self.scope_of(&security.classification, &security.residency, sealed)
+    }
+
+    /// Whether `node` may hold (store and deliver, in clear) an event of `classification`
+    /// stamped with `residency`: what a node asks before accepting a publish, since it
+    /// stores what it accepts.
+    pub fn may_hold(&self, node: &MemberInfo, classification: &str, residency: &Residency) -> bool {
+        self.scope_of(classification, residency, false)
+            .hop(self.placement(node))
+            .hop
+            == Hop::Clear
+    }
+
+    fn scope_of(&self, classification: &str, residency: &Residency, sealed: bool) -> EventScope {
+        let class = self.classes.get(classification);
+        let signed = match residency {
             Residency::Unrestricted => None,
             Residency::Only(set) => Some(set.iter().fold(0u64, |mask, j| {
                 self.jurisdiction_bits
@@ -710,7 +725,6 @@ impl Policy {
             (Some(a), None) | (None, Some(a)) => Some(a),
             (Some(a), Some(b)) => Some(a & b),
         };
-        let sealed = matches!(event.payload(), Payload::Sealed(_));
         let transit = match class.and_then(|c| c.transit) {
             Some(TransitMode::Sealed) if sealed => TransitState::Sealed,
             Some(TransitMode::Sealed) => TransitState::SealedButClear,
