@@ -61,6 +61,9 @@ pub(crate) struct NodeConfig {
     /// The policy bundle this node enforces (docs/policy.md), if any.
     #[serde(default)]
     pub(crate) policy: Option<PolicyConfig>,
+    /// The edge port's devices and limits (`listen.edge`; docs/agent.md).
+    #[serde(default)]
+    pub(crate) edge: crate::edge::EdgeConfig,
 }
 
 /// Where the node's policy comes from and whom it trusts to sign it.
@@ -103,12 +106,8 @@ pub(crate) struct Listen {
     pub(crate) mesh: SocketAddr,
     /// HTTP API and dashboard (TCP).
     pub(crate) http: SocketAddr,
-    /// Edge agents (QUIC, issue 8); reserved.
+    /// Edge agents (QUIC, UDP; ALPN `weft-edge/1`), optional.
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "the edge listener arrives with the agent (issue 8)"
-    )]
     pub(crate) edge: Option<SocketAddr>,
 }
 
@@ -338,6 +337,7 @@ impl NodeConfig {
         if l.ack_timeout_ms == 0 {
             bail!(field_err("limits.ack_timeout_ms", "must be at least 1"));
         }
+        crate::edge::check_config(&self.edge)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(field_err(
                 "log.format",

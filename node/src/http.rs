@@ -95,6 +95,16 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// The reason code (the `weft_rejected_total` label), for the edge port's answers.
+    pub(crate) fn reason(&self) -> &'static str {
+        self.reason
+    }
+
+    /// What was wrong.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// 503 with `Retry-After: 1`: a bounded resource is full; the client should retry.
     fn overloaded(message: &str) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
@@ -115,7 +125,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 impl Api {
     fn fail(&self, e: ApiError) -> ApiError {
@@ -176,7 +186,7 @@ impl Api {
 
 /// Runs `f` on a store reader off the async workers. A store failure is a 500
 /// `store_error`, counted.
-async fn read_store<T, F>(api: &Arc<Api>, f: F) -> ApiResult<T>
+pub(crate) async fn read_store<T, F>(api: &Arc<Api>, f: F) -> ApiResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&StoreReader) -> Result<T, weft_fabric::mesh::StoreError> + Send + 'static,
@@ -534,7 +544,7 @@ pub(crate) async fn sign_and_send(
 
 /// A node accepts publishes only on streams it stores: an event it signs or takes in must
 /// be durable here before it is acknowledged or sent on.
-fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
+pub(crate) fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
     if stream.is_system() {
         tracing::warn!(target: "audit", decision = "deny", reason = "system_stream",
             stream = %stream.as_str(), "publish to a system stream refused");
@@ -606,7 +616,7 @@ fn presigned(
 /// it, and the security context its producer signed must be one the policy would stamp
 /// (a known class, at least as restrictive as the stream's, residency within it). A
 /// refusal is a 403, counted and audited with the event id.
-fn enforce_presigned(
+pub(crate) fn enforce_presigned(
     api: &Api,
     policy: &weft_policy::Policy,
     principal: &Principal,
@@ -684,7 +694,7 @@ async fn submit(
 }
 
 /// A slot in the driver's publish queue, or 503 when it is full.
-fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
+pub(crate) fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
     api.cmd_tx.clone().try_reserve_owned().map_err(|_| {
         api.fail(ApiError::overloaded(
             "the node's publish queue is full (limits.publish_queue_max); retry shortly",

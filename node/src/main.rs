@@ -25,6 +25,7 @@ mod dashboard;
 mod demo;
 mod discovery;
 mod driver;
+mod edge;
 mod http;
 mod inspect;
 mod keys;

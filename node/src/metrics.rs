@@ -51,6 +51,8 @@ pub(crate) struct Metrics {
     pub(crate) policy_epoch: Gauge,
     /// Policy bundles applied since start (pushed, caught up or published here).
     pub(crate) policy_applied: Counter,
+    /// Edge agents connected now.
+    pub(crate) edge_agents: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,6 +86,7 @@ impl Metrics {
             peer_rtt: Family::default(),
             policy_epoch: Gauge::default(),
             policy_applied: Counter::default(),
+            edge_agents: Gauge::default(),
             queue_depth: Family::default(),
             ack_seconds: Family::new_with_constructor(latency_histogram),
             subscribers: Gauge::default(),
@@ -179,6 +182,11 @@ impl Metrics {
             "policy_applied",
             "Policy bundles applied since start",
             m.policy_applied.clone(),
+        );
+        registry.register(
+            "edge_agents",
+            "Edge agents connected",
+            m.edge_agents.clone(),
         );
         Self { registry, ..m }
     }
