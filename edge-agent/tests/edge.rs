@@ -195,3 +195,201 @@ fn fails_over_to_the_second_node_and_back() {
         tail(&log, 40)
     );
 }
+
+#[test]
+fn local_rules_downlink_and_refused_devices() {
+    let rules = r#"
+[[edge.devices.rules]]
+stream = "telemetry.till-7"
+filter = { field = "level", op = "eq", value = "debug" }
+[[edge.devices.rules]]
+stream = "telemetry.till-7.hb"
+sample = 5
+[[edge.devices.rules]]
+stream = "telemetry.till-7.temp"
+aggregate = { window_s = 2, fields = ["c"] }
+"#;
+    let commands = std::env::temp_dir().join(format!(
+        "weft-agent-it-commands-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&commands);
+    let downlink = format!(
+        "[downlink]\nenabled = true\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+        commands.display()
+    );
+    let mut w = World::with_device("rules", 73, 1, "", rules, &[], &downlink);
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    // Filter: debug lines never leave the device.
+    let mut lines = String::new();
+    for i in 0..10 {
+        let level = if i % 2 == 0 { "debug" } else { "info" };
+        lines.push_str(&format!("{{\"n\":{i},\"level\":\"{level}\"}}\n"));
+    }
+    std::io::Write::write_all(w.agent_stdin.as_mut().unwrap(), lines.as_bytes()).unwrap();
+    // Sample (1 in 5) and aggregate through the local HTTP input (CloudEvents batch).
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        batch.push(
+            serde_json::json!({"specversion": "1.0", "id": format!("hb-{i}"), "source": "test",
+            "type": "hb", "weftstream": "telemetry.till-7.hb", "data": {"i": i}}),
+        );
+    }
+    for (i, c) in [20, 21, 22, 23].iter().enumerate() {
+        batch.push(
+            serde_json::json!({"specversion": "1.0", "id": format!("t-{i}"), "source": "test",
+            "type": "temp", "weftstream": "telemetry.till-7.temp", "data": {"c": c}}),
+        );
+    }
+    let body = serde_json::to_vec(&batch).unwrap();
+    let (code, resp) = http_post(
+        &agent_http(73),
+        "/v1/events",
+        &[("content-type", "application/cloudevents-batch+json")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&resp));
+    // Bad input is refused with a reason and counted.
+    let (code, resp) = http_post(
+        &agent_http(73),
+        "/v1/events",
+        &[("content-type", "application/cloudevents+json")],
+        br#"{"specversion":"1.0","id":"x"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400);
+    assert!(String::from_utf8_lossy(&resp).contains("`source` must be a non-empty string"));
+
+    let kept = wait_for(Duration::from_secs(30), || {
+        let e = w.events(0, STREAM)?;
+        (e.len() >= 5).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("filtered stream incomplete\n{}", w.logs()));
+    assert_eq!(kept.len(), 5);
+    assert!(
+        kept.iter().all(|e| e["data"]["level"] == "info"),
+        "{kept:?}"
+    );
+    let hb = wait_for(Duration::from_secs(30), || {
+        let e = w.events(0, "telemetry.till-7.hb")?;
+        (e.len() >= 2).then_some(e)
+    })
+    .unwrap();
+    assert_eq!(
+        hb.iter()
+            .map(|e| e["data"]["i"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 5]
+    );
+    let summaries = wait_for(Duration::from_secs(30), || {
+        let e = w.events(0, "telemetry.till-7.temp")?;
+        let total: u64 = e
+            .iter()
+            .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
+            .sum();
+        (total >= 4).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("no aggregate summary\n{}", w.logs()));
+    let total: u64 = summaries
+        .iter()
+        .map(|s| s["data"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 4, "{summaries:?}");
+    assert!(
+        summaries
+            .iter()
+            .all(|s| s["type"] == "weft.agent.aggregate")
+    );
+    if summaries.len() == 1 {
+        assert_eq!(summaries[0]["data"]["fields"]["c"]["avg"], 21.5);
+        assert_eq!(summaries[0]["data"]["fields"]["c"]["max"], 23.0);
+    }
+    let s = w.status().unwrap();
+    let c = &s["counters"];
+    assert_eq!(c["filtered"].as_u64(), Some(5), "{s}");
+    assert_eq!(c["sampled_out"].as_u64(), Some(8), "{s}");
+    assert_eq!(c["aggregated"].as_u64(), Some(4), "{s}");
+    assert_eq!(c["bad_input"].as_u64(), Some(1), "{s}");
+
+    // Downlink: an operator publishes a command; the agent hands it to its command.
+    let auth = format!("Bearer {}", w.token);
+    let cmd = br#"{"specversion":"1.0","id":"c1","source":"ops","type":"reboot","data":{"action":"reboot"}}"#;
+    let (code, resp) = http_post(
+        &node_http(73, 0),
+        "/v1/streams/devices.till-7.commands/events",
+        &[
+            ("content-type", "application/cloudevents+json"),
+            ("authorization", &auth),
+        ],
+        cmd,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
+    let got = wait_for(Duration::from_secs(30), || {
+        let t = std::fs::read_to_string(&commands).ok()?;
+        t.contains("reboot").then_some(t)
+    })
+    .unwrap_or_else(|| panic!("command never reached the device\n{}", w.logs()));
+    let line: serde_json::Value = serde_json::from_str(got.lines().next().unwrap()).unwrap();
+    assert_eq!(line["stream"], "devices.till-7.commands");
+    assert_eq!(line["payload"]["data"]["action"], "reboot");
+
+    // A device the node does not know is refused, counted and audited.
+    let dir = &w.dir;
+    let out = run_ok(
+        std::path::Path::new(AGENT),
+        &[
+            "keygen",
+            "--out",
+            dir.join("stranger.key").to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("public key:"));
+    let text = std::fs::read_to_string(&w.agent_config)
+        .unwrap()
+        .replace("device.key", "stranger.key")
+        .replace("agent-data", "stranger-data")
+        .replace(&agent_http(73), "127.73.0.51:8700")
+        .replace("[inputs.stdin]\nstream = \"telemetry.till-7\"\n", "");
+    std::fs::write(dir.join("stranger.toml"), text).unwrap();
+    let mut stranger = Proc {
+        child: Some(
+            std::process::Command::new(AGENT)
+                .args([
+                    "run",
+                    "--config",
+                    dir.join("stranger.toml").to_str().unwrap(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.join("stranger.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        ),
+        log: dir.join("stranger.log"),
+    };
+    let err = wait_for(Duration::from_secs(30), || {
+        let (_, b) = http_get("127.73.0.51:8700", "/v1/status")?;
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        v["candidates"][0]["error"]
+            .as_str()
+            .filter(|e| e.contains("device_not_allowed"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("stranger not refused\n{}", stranger.log()));
+    assert!(err.contains("not in this node's edge.devices"), "{err}");
+    stranger.kill9();
+    let m = w.metrics(0);
+    assert!(
+        m.contains("weft_rejected_total{reason=\"device_not_allowed\"}"),
+        "{m}"
+    );
+    assert!(
+        w.nodes[0].log().contains("edge agent refused"),
+        "not audited"
+    );
+    let _ = std::fs::remove_file(&commands);
+}

@@ -87,6 +87,8 @@ pub struct World {
     pub agent: Option<Proc>,
     pub agent_stdin: Option<ChildStdin>,
     pub agent_config: PathBuf,
+    /// Bearer token of the nodes' `operator` principal.
+    pub token: String,
 }
 
 pub fn node_http(net: u8, i: usize) -> String {
@@ -108,6 +110,20 @@ impl World {
         biases: &[f64],
         agent_extra: &str,
     ) -> Self {
+        Self::with_device(test, net, n, edge, "", biases, agent_extra)
+    }
+
+    /// As [`World::new`], with `device` appended to the agent's `[[edge.devices]]` entry
+    /// (its `[[edge.devices.rules]]`).
+    pub fn with_device(
+        test: &str,
+        net: u8,
+        n: usize,
+        edge: &str,
+        device: &str,
+        biases: &[f64],
+        agent_extra: &str,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("weft-agent-it-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -124,6 +140,16 @@ impl World {
             &["keygen", "--out", apath.to_str().unwrap()],
         );
         let agent_key = field(&out, "public key:");
+        let cpath = dir.join("client.key");
+        let out = run_ok(
+            &weft,
+            &["keygen", "--client", "--out", cpath.to_str().unwrap()],
+        );
+        let token_hash = field(&out, "token_sha256:");
+        let token = std::fs::read_to_string(dir.join("client.key.token"))
+            .unwrap()
+            .trim()
+            .to_string();
         let trusted = node_keys
             .iter()
             .map(|k| format!("\"{k}\""))
@@ -143,12 +169,17 @@ trusted_nodes = [{trusted}]
 mesh = "127.{net}.0.{a}:7400"
 http = "127.{net}.0.{a}:8400"
 edge = "127.{net}.0.{a}:7500"
+[[principals]]
+name = "operator"
+tenant = "acme"
+token_sha256 = "{token_hash}"
 [edge]
 {edge}
 [[edge.devices]]
 name = "till-7"
 tenant = "acme"
 key = "{agent_key}"
+{device}
 "#,
                 r = i + 1,
                 a = i + 1,
@@ -195,6 +226,7 @@ listen = "{http}"
             agent: None,
             agent_stdin: None,
             agent_config,
+            token,
         }
     }
 
@@ -397,4 +429,31 @@ pub fn assert_exactly_once_in_order(events: &[Value], count: u64, agent_key: &st
             "{what}: event {i} principal"
         );
     }
+}
+
+/// POST over HTTP/1.1 with `connection: close`; (status, body).
+pub fn http_post(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let code: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, raw[end..].to_vec()))
 }
