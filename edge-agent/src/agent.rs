@@ -605,6 +605,21 @@ fn choose(cands: &[Candidate], current: Option<usize>) -> Option<usize> {
 
 // ------------------------------------------------------------------------- drain
 
+/// Cuts `rows` to what fits one batch frame (at least one row: an envelope is at most
+/// `EVENT_LEN_MAX`, well under `FRAME_LEN_MAX`); returns the sequence numbers cut off.
+fn fit_frame(rows: &mut Vec<crate::outbox::Ready>) -> Vec<u64> {
+    let mut total = 4;
+    let mut keep = 0;
+    for r in rows.iter() {
+        if keep > 0 && total + 4 + r.envelope.len() > edge::FRAME_LEN_MAX {
+            break;
+        }
+        total += 4 + r.envelope.len();
+        keep += 1;
+    }
+    rows.split_off(keep).into_iter().map(|r| r.seq).collect()
+}
+
 struct Sent {
     seqs: Vec<u64>,
     answer: anyhow::Result<BatchAnswer>,
@@ -696,16 +711,21 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
             let credits = profile.batches_inflight_max.max(1) as usize;
             let batch_len = (profile.batch_len_max as usize).clamp(1, edge::BATCH_LEN_MAX);
             while inflight.len() < credits {
-                let rows = if let Some(seqs) = retry.pop_front() {
+                let mut rows = if let Some(seqs) = retry.pop_front() {
                     let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
-                    match with_outbox(&shared, move |o| {
+                    let mut rows: Vec<crate::outbox::Ready> = match with_outbox(&shared, move |o| {
                         o.ready(first, (last - first + 1) as usize)
                     })
                     .await
                     {
                         Ok(r) => r.into_iter().filter(|r| r.seq <= last).collect(),
                         Err(_) => Vec::new(),
+                    };
+                    let over = fit_frame(&mut rows);
+                    if !over.is_empty() {
+                        retry.push_front(over);
                     }
+                    rows
                 } else {
                     let p = profile.clone();
                     let from = next_send;
@@ -728,6 +748,8 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                         }
                     }
                 };
+                // Fresh rows beyond the frame are simply read again next time.
+                let _ = fit_frame(&mut rows);
                 let Some(last) = rows.last() else {
                     break;
                 };
