@@ -47,14 +47,16 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     println!("node binary: {}", weft_bin().display());
-    println!("agent binary: {AGENT}");
+    println!("agent binary: {}", agent_bin().display());
 
     // 1. Live: the node is up, lines stream in.
     let mut w = World::new("bench", 74, 1, "", &[], "[log]\nlevel = \"warn\"\n");
     w.start_node(0);
     w.start_agent(false);
-    wait_for(Duration::from_secs(30), || w.status()?["connected"]["node"].as_str().map(|_| ()))
-        .expect("agent connected");
+    wait_for(Duration::from_secs(30), || {
+        w.status()?["connected"]["node"].as_str().map(|_| ())
+    })
+    .expect("agent connected");
     let pid = w.agent.as_ref().unwrap().child.as_ref().unwrap().id();
     let start = Instant::now();
     let feeder = {
@@ -63,7 +65,9 @@ fn main() {
             use std::io::Write as _;
             let mut text = String::new();
             for i in 0..n {
-                text.push_str(&format!("{{\"n\":{i},\"celsius\":21.5,\"site\":\"dublin-7\"}}\n"));
+                text.push_str(&format!(
+                    "{{\"n\":{i},\"celsius\":21.5,\"site\":\"dublin-7\"}}\n"
+                ));
                 if text.len() > 64 << 10 {
                     stdin.write_all(text.as_bytes()).unwrap();
                     text.clear();
@@ -90,17 +94,25 @@ fn main() {
 
     // 2. Drain: the node is down while the outbox fills, then returns.
     w.nodes[0].kill9();
-    wait_for(Duration::from_secs(30), || w.status()?["connected"].is_null().then_some(()))
-        .expect("agent noticed the node's death");
+    wait_for(Duration::from_secs(30), || {
+        w.status()?["connected"].is_null().then_some(())
+    })
+    .expect("agent noticed the node's death");
     w.feed(n..2 * n);
-    wait_for(Duration::from_secs(600), || (w.status()?["outbox_depth"].as_u64()? >= n).then_some(()))
-        .expect("outbox filled");
+    wait_for(Duration::from_secs(600), || {
+        (w.status()?["outbox_depth"].as_u64()? >= n).then_some(())
+    })
+    .expect("outbox filled");
     w.start_node(0);
-    wait_for(Duration::from_secs(30), || w.status()?["connected"]["node"].as_str().map(|_| ()))
-        .expect("agent reconnected");
+    wait_for(Duration::from_secs(30), || {
+        w.status()?["connected"]["node"].as_str().map(|_| ())
+    })
+    .expect("agent reconnected");
     let start = Instant::now();
-    wait_for(Duration::from_secs(600), || (delivered(&w)? >= 2 * n).then_some(()))
-        .expect("outbox drained");
+    wait_for(Duration::from_secs(600), || {
+        (delivered(&w)? >= 2 * n).then_some(())
+    })
+    .expect("outbox drained");
     let drain = start.elapsed();
     let (rss_now, hwm) = rss(pid);
     println!(
@@ -117,13 +129,22 @@ fn main() {
     while sent < n {
         let k = (n - sent).min(256);
         let batch: Vec<serde_json::Value> = (0..k)
-            .map(|i| serde_json::json!({"specversion": "1.0", "id": format!("b-{}", sent + i),
-                "source": "bench", "type": "t", "data": {"n": sent + i, "celsius": 21.5}}))
+            .map(|i| {
+                serde_json::json!({"specversion": "1.0", "id": format!("b-{}", sent + i),
+                "source": "bench", "type": "t", "data": {"n": sent + i, "celsius": 21.5}})
+            })
             .collect();
         let body = serde_json::to_vec(&batch).unwrap();
-        let (code, resp) = http_post(&addr, "/v1/streams/bench.http/events",
-            &[("content-type", "application/cloudevents-batch+json"), ("authorization", &auth)], &body)
-            .expect("baseline publish");
+        let (code, resp) = http_post(
+            &addr,
+            "/v1/streams/bench.http/events",
+            &[
+                ("content-type", "application/cloudevents-batch+json"),
+                ("authorization", &auth),
+            ],
+            &body,
+        )
+        .expect("baseline publish");
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
         sent += k;
     }
@@ -141,14 +162,24 @@ fn main() {
 
     // 4. Size and memory.
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
-    if let Some(s) = size(Path::new(AGENT)) {
-        println!("size:     {:.2} MB this build ({AGENT})", s as f64 / 1e6);
+    if let Some(s) = size(&agent_bin()) {
+        println!(
+            "size:     {:.2} MB the binary measured ({})",
+            s as f64 / 1e6,
+            agent_bin().display()
+        );
     }
     if let Some(t) = Path::new(AGENT).parent().and_then(Path::parent) {
         let p = t.join("agent").join("weft-agent");
         match size(&p) {
-            Some(s) => println!("size:     {:.2} MB stripped, profile `agent` ({})", s as f64 / 1e6, p.display()),
-            None => println!("size:     profile `agent` not built (cargo build --profile agent -p weft-agent)"),
+            Some(s) => println!(
+                "size:     {:.2} MB stripped, profile `agent` ({})",
+                s as f64 / 1e6,
+                p.display()
+            ),
+            None => println!(
+                "size:     profile `agent` not built (cargo build --profile agent -p weft-agent)"
+            ),
         }
     }
     println!(

@@ -400,7 +400,12 @@ fn a_device_enrolled_by_policy_is_stamped_and_gets_its_rules() {
     let weft = weft_bin();
     let ops = w.dir.join("ops.key");
     let out = run_ok(&weft, &["keygen", "--out", ops.to_str().unwrap()]);
-    let ops_key = out.lines().find_map(|l| l.strip_prefix("public key:")).unwrap().trim().to_string();
+    let ops_key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .unwrap()
+        .trim()
+        .to_string();
     let bundle = format!(
         r#"format = 1
 epoch = 1
@@ -429,16 +434,31 @@ sample = 2
         device = w.agent_key
     );
     std::fs::write(w.dir.join("bundle.toml"), bundle).unwrap();
-    run_ok(&weft, &["policy", "sign", "--key", ops.to_str().unwrap(), "--out",
-        w.dir.join("bundle.cbor").to_str().unwrap(), w.dir.join("bundle.toml").to_str().unwrap()]);
+    run_ok(
+        &weft,
+        &[
+            "policy",
+            "sign",
+            "--key",
+            ops.to_str().unwrap(),
+            "--out",
+            w.dir.join("bundle.cbor").to_str().unwrap(),
+            w.dir.join("bundle.toml").to_str().unwrap(),
+        ],
+    );
     let cfg = w.dir.join("n0.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!("[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle.cbor\"\n"));
+    text.push_str(&format!(
+        "[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle.cbor\"\n"
+    ));
     std::fs::write(&cfg, text).unwrap();
     w.start_node(0);
     w.start_agent(false);
-    let s = wait_for(Duration::from_secs(30), || w.status().filter(|s| s["policy_epoch"] == 1 && !s["connected"].is_null()))
-        .unwrap_or_else(|| panic!("agent never got epoch 1\n{}", w.logs()));
+    let s = wait_for(Duration::from_secs(30), || {
+        w.status()
+            .filter(|s| s["policy_epoch"] == 1 && !s["connected"].is_null())
+    })
+    .unwrap_or_else(|| panic!("agent never got epoch 1\n{}", w.logs()));
     assert_eq!(s["connected"]["node"], "n0");
     w.feed(0..10);
     let events = wait_for(Duration::from_secs(30), || {
@@ -448,8 +468,16 @@ sample = 2
     .unwrap_or_else(|| panic!("events never arrived\n{}", w.logs()));
     // Sampled 1 in 2 by the policy's rule, stamped with the stream's class by the device.
     assert_eq!(ns(&events), vec![0, 2, 4, 6, 8]);
-    assert!(events.iter().all(|e| e["weftclassification"] == "eu-personal"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["weftclassification"] == "eu-personal"),
+        "{events:?}"
+    );
     assert!(events.iter().all(|e| e["weftprincipal"] == "till-7"));
     let log = w.nodes[0].log();
-    assert!(log.contains("edge agent connected") && log.contains("\"allow\""), "admission not audited");
+    assert!(
+        log.contains("edge agent connected") && log.contains("\"allow\""),
+        "admission not audited"
+    );
 }

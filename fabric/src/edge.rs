@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(decode_batch(&body).unwrap(), events);
         assert_eq!(
             decode_batch(&body[..body.len() - 1]),
-            Err(FrameError::Truncated(15))
+            Err(FrameError::Truncated(19))
         );
         let mut long = body.clone();
         long.push(0);

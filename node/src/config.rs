@@ -417,6 +417,14 @@ http = "127.0.0.1:8400"
                 "limits.events_max",
             ),
             (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
+            (
+                format!("{GOOD}\n[edge]\nbatch_len_max = 0\n"),
+                "edge.batch_len_max",
+            ),
+            (
+                format!("{GOOD}\n[[edge.devices]]\nname = \"d\"\ntenant = \"t\"\nkey = \"zz\"\n"),
+                "edge.devices[0].key",
+            ),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
             (
                 GOOD.replace("data_dir", "streams = [\"a..b\"]\ndata_dir"),

@@ -41,18 +41,30 @@ fn rules_compile_round_trip_and_reach_the_enrollment() {
     let e = policy.enrollment(&key).unwrap();
     assert_eq!(e.rules.len(), 3);
     assert_eq!(e.rules[1].sample, Some(10));
-    assert_eq!(e.rules[2].aggregate.as_ref().unwrap().fields, vec!["celsius".to_string()]);
+    assert_eq!(
+        e.rules[2].aggregate.as_ref().unwrap().fields,
+        vec!["celsius".to_string()]
+    );
 }
 
 #[test]
 fn a_bad_rule_is_refused_with_its_path() {
     let cases = [
-        (BUNDLE.replace("sample = 10", "sample = 0"), "devices.till-7.rules[1]"),
         (
-            BUNDLE.replace("sample = 10", "sample = 10\nfilter = { field = \"x\", op = \"exists\" }"),
+            BUNDLE.replace("sample = 10", "sample = 0"),
+            "devices.till-7.rules[1]",
+        ),
+        (
+            BUNDLE.replace(
+                "sample = 10",
+                "sample = 10\nfilter = { field = \"x\", op = \"exists\" }",
+            ),
             "exactly one",
         ),
-        (BUNDLE.replace("window_s = 60", "window_s = 0"), "AGGREGATE_WINDOW_S_MAX"),
+        (
+            BUNDLE.replace("window_s = 60", "window_s = 0"),
+            "AGGREGATE_WINDOW_S_MAX",
+        ),
         (BUNDLE.replace("op = \"eq\"", "op = \"like\""), "like"),
     ];
     for (text, want) in cases {
@@ -62,6 +74,8 @@ fn a_bad_rule_is_refused_with_its_path() {
     let many: String = (0..33)
         .map(|_| "[[devices.till-7.rules]]\nstream = \"telemetry.till-7.hb\"\nsample = 2\n")
         .collect();
-    let err = Bundle::from_toml(&format!("{BUNDLE}{many}")).unwrap_err().to_string();
+    let err = Bundle::from_toml(&format!("{BUNDLE}{many}"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("RULES_MAX"), "{err}");
 }

@@ -15,6 +15,12 @@ use serde_json::Value;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 
+/// The agent binary to run: `$WEFT_AGENT_BIN` (e.g. the stripped `target/agent/weft-agent`
+/// the benchmark measures) or this build's.
+pub fn agent_bin() -> PathBuf {
+    std::env::var("WEFT_AGENT_BIN").map_or_else(|_| PathBuf::from(AGENT), PathBuf::from)
+}
+
 /// The `weft` node binary: next to `weft-agent` in the same target directory (`cargo test
 /// --workspace` builds both; `cargo build -p weft-node` first when testing this crate
 /// alone), or `$WEFT_BIN`.
@@ -263,7 +269,7 @@ listen = "{http}"
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(AGENT);
+        let mut cmd = Command::new(agent_bin());
         cmd.args(["run", "--config", self.agent_config.to_str().unwrap()])
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
