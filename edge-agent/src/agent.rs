@@ -497,7 +497,8 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
     let mut backoff = Duration::from_millis(250);
     loop {
         match connect(&shared, addr, key).await {
-            Ok((conn, mut recv, profile)) => {
+            // The control stream's send half stays open as long as the connection.
+            Ok((conn, _send, mut recv, profile)) => {
                 backoff = Duration::from_millis(250);
                 info!(%addr, node = %profile.node, rtt_ms = conn.rtt().as_secs_f64() * 1000.0, "connected");
                 {
@@ -547,7 +548,12 @@ async fn connect(
     shared: &Arc<Shared>,
     addr: SocketAddr,
     key: [u8; 32],
-) -> anyhow::Result<(quinn::Connection, quinn::RecvStream, Profile)> {
+) -> anyhow::Result<(
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    Profile,
+)> {
     let cfg = shared.identity.client_config(key)?;
     let fut = async {
         let conn = shared
@@ -576,9 +582,7 @@ async fn connect(
             }
         };
         let profile: Profile = serde_json::from_slice(&bytes).context("profile frame")?;
-        // The send half stays open for the life of the connection.
-        std::mem::forget(send);
-        anyhow::Ok((conn, recv, profile))
+        anyhow::Ok((conn, send, recv, profile))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, fut)
         .await

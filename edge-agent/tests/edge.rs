@@ -480,4 +480,17 @@ sample = 2
         log.contains("edge agent connected") && log.contains("\"allow\""),
         "admission not audited"
     );
+    // `weft-agent status`: the connected node, its RTT, the outbox and the drops.
+    let out = run_ok(
+        &agent_bin(),
+        &["status", "--config", w.agent_config.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("connected:     n0 at 127.74.0.1:7500"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rtt:") && out.contains("outbox:") && out.contains("sampled out 5"),
+        "{out}"
+    );
 }

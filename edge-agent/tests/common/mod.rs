@@ -141,10 +141,7 @@ impl World {
             node_keys.push(field(&out, "public key:"));
         }
         let apath = dir.join("device.key");
-        let out = run_ok(
-            Path::new(AGENT),
-            &["keygen", "--out", apath.to_str().unwrap()],
-        );
+        let out = run_ok(&agent_bin(), &["keygen", "--out", apath.to_str().unwrap()]);
         let agent_key = field(&out, "public key:");
         let cpath = dir.join("client.key");
         let out = run_ok(
