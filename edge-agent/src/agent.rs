@@ -508,13 +508,10 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
                 }
                 set_profile(&shared, idx, profile);
                 // Profile updates until the connection ends.
-                loop {
-                    match read_frame(&mut recv, edge::FRAME_LEN_MAX).await {
-                        Ok(bytes) => match serde_json::from_slice::<Profile>(&bytes) {
-                            Ok(p) => set_profile(&shared, idx, p),
-                            Err(e) => warn!(%addr, error = %e, "bad profile from node"),
-                        },
-                        Err(_) => break,
+                while let Ok(bytes) = read_frame(&mut recv, edge::FRAME_LEN_MAX).await {
+                    match serde_json::from_slice::<Profile>(&bytes) {
+                        Ok(p) => set_profile(&shared, idx, p),
+                        Err(e) => warn!(%addr, error = %e, "bad profile from node"),
                     }
                 }
                 let reason = conn

@@ -146,7 +146,7 @@ impl Rules {
             } else if let Some(n) = rule.sample {
                 let k = self.seen[i];
                 self.seen[i] += 1;
-                if k % n != 0 {
+                if !k.is_multiple_of(n) {
                     return Verdict::Sampled;
                 }
             } else if let Some(a) = &rule.aggregate {
