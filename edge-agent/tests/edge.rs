@@ -25,7 +25,16 @@ fn connected_to(w: &World) -> Option<String> {
 #[test]
 fn ten_thousand_events_made_offline_arrive_once_and_in_order() {
     const N: u64 = 10_000;
-    let mut w = World::new("offline", 70, 1, "", &[], "");
+    // One publish in flight at the node: the agent's 4 batches in flight meet `busy`
+    // answers, which it must honour (pause, resend) without losing or reordering anything.
+    let mut w = World::new(
+        "offline",
+        70,
+        1,
+        "[limits]\npublishes_inflight_max = 1\n",
+        &[],
+        "",
+    );
     w.start_node(0);
     w.start_agent(false);
     wait_for(Duration::from_secs(30), || connected_to(&w))
@@ -59,11 +68,19 @@ fn ten_thousand_events_made_offline_arrive_once_and_in_order() {
     assert_exactly_once_in_order(&events, N, &w.agent_key, "after the node's return");
     let s = w.status().unwrap();
     assert_eq!(s["counters"]["delivered"].as_u64(), Some(N), "{s}");
+    let m = w.metrics(0);
     assert!(
-        w.metrics(0)
-            .contains("weft_publishes_total{api=\"edge\"} 10000"),
-        "{}",
-        w.metrics(0)
+        m.contains("weft_publishes_total{api=\"edge\"} 10000"),
+        "{m}"
+    );
+    let busy: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_rejected_total{reason=\"edge_busy\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        busy > 0,
+        "the node never answered busy; backpressure untested:\n{m}"
     );
 }
 
