@@ -97,6 +97,21 @@ pub struct World {
     pub token: String,
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+        if let Some(a) = &mut self.agent {
+            a.kill9();
+        }
+        // Kept after a failure, for its logs.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 pub fn node_http(net: u8, i: usize) -> String {
     format!("127.{net}.0.{}:8400", i + 1)
 }
