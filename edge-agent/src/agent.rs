@@ -651,6 +651,8 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
     let mut pause_until = Instant::now();
     let mut downlink_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut reselect = tokio::time::interval(Duration::from_millis(500));
+    // Whether the outbox may have something to send (idle agents do not poll it).
+    let mut dirty = true;
     loop {
         // Which node.
         let chosen = {
@@ -699,6 +701,7 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                 None => info!("no node reachable; events wait in the outbox"),
             }
             current = chosen;
+            dirty = true;
         } else if let (Some(cur), Some(ch)) = (&mut current, &chosen)
             && cur.2 != ch.2
         {
@@ -707,8 +710,10 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
 
         // Fill the window.
         if let Some((_, conn, profile)) = &current
+            && dirty
             && Instant::now() >= pause_until
         {
+            dirty = false;
             let credits = profile.batches_inflight_max.max(1) as usize;
             let batch_len = (profile.batch_len_max as usize).clamp(1, edge::BATCH_LEN_MAX);
             while inflight.len() < credits {
@@ -766,12 +771,13 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
         let pause = pause_until.saturating_duration_since(Instant::now());
         tokio::select! {
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                dirty = true;
                 let Ok(sent) = done else { continue };
                 handle_answer(&shared, sent, &mut retry, &mut pause_until).await;
             }
-            () = shared.wake.notified() => {}
-            () = shared.changed.notified() => {}
-            () = tokio::time::sleep(pause), if !pause.is_zero() => {}
+            () = shared.wake.notified() => dirty = true,
+            () = shared.changed.notified() => dirty = true,
+            () = tokio::time::sleep(pause), if !pause.is_zero() => dirty = true,
             _ = reselect.tick() => {}
         }
     }
