@@ -773,7 +773,8 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                 dirty = true;
                 let Ok(sent) = done else { continue };
-                handle_answer(&shared, sent, &mut retry, &mut pause_until).await;
+                let profile = current.as_ref().map(|c| c.2.clone());
+                handle_answer(&shared, profile, sent, &mut retry, &mut pause_until).await;
             }
             () = shared.wake.notified() => dirty = true,
             () = shared.changed.notified() => dirty = true,
@@ -785,6 +786,7 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
 
 async fn handle_answer(
     shared: &Arc<Shared>,
+    profile: Option<Profile>,
     sent: Sent,
     retry: &mut std::collections::VecDeque<Vec<u64>>,
     pause_until: &mut Instant,
@@ -809,12 +811,23 @@ async fn handle_answer(
             message,
         }) => {
             let seq = sent.seqs.get(index as usize).copied().unwrap_or(first);
-            warn!(seq, %reason, %message, "the node refused an event for good; moved to dead letters");
+            warn!(seq, %reason, %message,
+                "the node refused an event for good; moved to dead letters, a void event takes its number");
             let why = format!("{reason}: {message}");
-            if let Err(e) = with_outbox(shared, move |o| o.dead_letter(seq, &why)).await {
-                error!(error = %format!("{e:#}"), "outbox dead-letter failed");
-            }
-            let rest: Vec<u64> = sent.seqs.into_iter().filter(|s| *s != seq).collect();
+            let s = shared.clone();
+            let voided = with_outbox(shared, move |o| match profile {
+                Some(p) => o.void(seq, &why, &p, &s.signer).map(|()| true),
+                None => o.dead_letter(seq, &why).map(|()| false),
+            })
+            .await;
+            let rest: Vec<u64> = match voided {
+                Ok(true) => sent.seqs,
+                Ok(false) => sent.seqs.into_iter().filter(|s| *s != seq).collect(),
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "outbox dead-letter failed");
+                    sent.seqs.into_iter().filter(|s| *s != seq).collect()
+                }
+            };
             if !rest.is_empty() {
                 retry.push_back(rest);
             }

@@ -497,8 +497,76 @@ impl Outbox {
         Ok(n as u64)
     }
 
-    /// A node refused sequenced event `seq` for good: it moves to the dead-letter table
-    /// (its number stays a gap; `docs/agent.md` says what that costs).
+    /// A node refused sequenced event `seq` for good: the event moves to the dead-letter
+    /// table and its row becomes a signed **void** event under the same number
+    /// (`weft_fabric::edge::VOID_STREAM`), sent in its place so that nodes, which deliver
+    /// the device's events in sequence order, do not wait for the number forever.
+    pub(crate) fn void(
+        &mut self,
+        seq: u64,
+        reason: &str,
+        profile: &Profile,
+        signer: &Signer,
+    ) -> anyhow::Result<()> {
+        use weft_fabric::edge::{VOID_CONTENT_TYPE, VOID_PAYLOAD_LEN_MAX, VOID_STREAM};
+        let tx = self.conn.transaction()?;
+        let row: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT length(payload), produced_ms FROM outbox WHERE seq = ?1",
+                [seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((len, produced_ms)) = row else {
+            return Ok(());
+        };
+        tx.execute(
+            "INSERT INTO dead (seq, stream, payload, envelope, reason, at_ms) \
+             SELECT seq, stream, payload, envelope, ?2, ?3 FROM outbox WHERE seq = ?1",
+            params![seq as i64, reason, wall_ms() as i64],
+        )?;
+        let mut why: String = reason.chars().take(VOID_PAYLOAD_LEN_MAX / 2).collect();
+        why.retain(|c| !c.is_control());
+        let payload = serde_json::to_vec(&serde_json::json!({"void": seq, "reason": why}))?;
+        let mut clock = self.clock.clone();
+        let draft = EventDraft {
+            stream: StreamName::new(VOID_STREAM)?,
+            key: None,
+            seq,
+            hlc: clock.tick(produced_ms.max(0) as u64)?,
+            security: SecurityContext {
+                tenant: profile.tenant.clone(),
+                principal: profile.principal.clone(),
+                classification: "_system".into(),
+                residency: Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: profile.epoch,
+            },
+            content_type: VOID_CONTENT_TYPE.into(),
+            payload: Payload::Clear(payload.clone()),
+            trace: None,
+        };
+        let event = signer.sign(draft)?;
+        tx.execute(
+            "UPDATE outbox SET stream = ?2, payload = ?3, envelope = ?4, content_type = ?5 WHERE seq = ?1",
+            params![seq as i64, VOID_STREAM, payload, event.encode(), VOID_CONTENT_TYPE],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('hlc_last', ?1)",
+            [&clock.last().as_u64().to_be_bytes()[..]],
+        )?;
+        let mut c = self.counters.clone();
+        c.dead += 1;
+        Self::write_counters(&tx, &mut c)?;
+        tx.commit()?;
+        self.counters = c;
+        self.clock = clock;
+        self.bytes = self.bytes - len as u64 + payload.len() as u64;
+        Ok(())
+    }
+
+    /// A node refused sequenced event `seq` for good and no profile is at hand to sign a
+    /// void: it moves to the dead-letter table (its number stays a gap).
     pub(crate) fn dead_letter(&mut self, seq: u64, reason: &str) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         let len: Option<i64> = tx

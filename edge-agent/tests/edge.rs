@@ -236,6 +236,14 @@ aggregate = { window_s = 2, fields = ["c"] }
         commands.display()
     );
     let mut w = World::with_device("rules", 73, 1, "", rules, &[], &downlink);
+    // The node stores only these: an event on another stream is refused after the agent
+    // sequenced it (the profile does not say what a node stores).
+    let cfg = w.dir.join("n0.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[listen]",
+        "streams = [\"telemetry.>\", \"devices.>\"]\n[listen]",
+    );
+    std::fs::write(&cfg, text).unwrap();
     w.start_node(0);
     w.start_agent(false);
     wait_for(Duration::from_secs(30), || connected_to(&w))
@@ -354,6 +362,38 @@ aggregate = { window_s = 2, fields = ["c"] }
     let line: serde_json::Value = serde_json::from_str(got.lines().next().unwrap()).unwrap();
     assert_eq!(line["stream"], "devices.till-7.commands");
     assert_eq!(line["payload"]["data"]["action"], "reboot");
+
+    // A refusal after sequencing: the event goes to dead letters and a void event takes its
+    // number, so the device's next event is still delivered (nodes deliver in order).
+    let batch = serde_json::json!([
+        {"specversion": "1.0", "id": "o-1", "source": "test", "type": "t", "weftstream": "other.x", "data": {}},
+        {"specversion": "1.0", "id": "a-1", "source": "test", "type": "t", "weftstream": "telemetry.till-7.after", "data": {"k": 1}},
+    ]);
+    let (code, resp) = http_post(
+        &agent_http(73),
+        "/v1/events",
+        &[("content-type", "application/cloudevents-batch+json")],
+        &serde_json::to_vec(&batch).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&resp));
+    let after = wait_for(Duration::from_secs(30), || {
+        let e = w.events(0, "telemetry.till-7.after")?;
+        (!e.is_empty()).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the event after a refused one was never delivered\n{}",
+            w.logs()
+        )
+    });
+    assert_eq!(after[0]["data"]["k"], 1);
+    let s = w.status().unwrap();
+    assert_eq!(s["counters"]["dead"].as_u64(), Some(1), "{s}");
+    assert!(
+        w.metrics(0)
+            .contains("weft_rejected_total{reason=\"stream_not_stored\"}")
+    );
 
     // A device the node does not know is refused, counted and audited.
     let dir = &w.dir;

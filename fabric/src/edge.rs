@@ -39,6 +39,16 @@ pub const AGGREGATE_FIELDS_MAX: usize = 16;
 /// Longest aggregation window, seconds (one day: longer windows hold data back too long).
 pub const AGGREGATE_WINDOW_S_MAX: u64 = 86_400;
 
+/// The system stream of **void** events: when a node refuses a device's event for good
+/// after the agent gave it a sequence number, the agent signs a void event under the same
+/// number (a small JSON payload saying why) so that nodes are not left waiting for that
+/// number. Nodes store every `_weft.>` stream; applications never read this one.
+pub const VOID_STREAM: &str = "_weft.void";
+/// Largest void payload, bytes.
+pub const VOID_PAYLOAD_LEN_MAX: usize = 1024;
+/// Content type of void payloads.
+pub const VOID_CONTENT_TYPE: &str = "application/vnd.weft.void+json";
+
 /// QUIC application close codes the node uses.
 pub mod close {
     /// The device key is not enrolled (policy) or not allowed (config).

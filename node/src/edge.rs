@@ -722,6 +722,23 @@ impl Edge {
             ));
         }
         let api: &Api = &self.api;
+        if event.stream().as_str() == edge::VOID_STREAM {
+            // A void fills the device's own sequence number after a refusal: no policy
+            // applies to it (it carries nothing but the reason), only its size.
+            return match event.payload() {
+                weft_fabric::Payload::Clear(b) if b.len() <= edge::VOID_PAYLOAD_LEN_MAX => Ok(()),
+                _ => {
+                    api.metrics.reject("bad_void");
+                    Err((
+                        "bad_void",
+                        format!(
+                            "a void event must have a clear payload of at most {} bytes (VOID_PAYLOAD_LEN_MAX)",
+                            edge::VOID_PAYLOAD_LEN_MAX
+                        ),
+                    ))
+                }
+            };
+        }
         crate::http::check_stored(api, event.stream())
             .map_err(|e| (e.reason(), e.message().to_string()))?;
         match policy {
