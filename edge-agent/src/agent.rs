@@ -705,7 +705,22 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
         } else if let (Some(cur), Some(ch)) = (&mut current, &chosen)
             && cur.2 != ch.2
         {
+            // A new profile from the same node (a new epoch): a command stream that
+            // appeared or changed gets a new subscription.
+            if cur.2.commands != ch.2.commands {
+                if let Some(t) = downlink_task.take() {
+                    t.abort();
+                }
+                if downlink.enabled && ch.2.commands.is_some() {
+                    downlink_task = Some(tokio::spawn(downlink_run(
+                        shared.clone(),
+                        ch.1.clone(),
+                        downlink.command.clone(),
+                    )));
+                }
+            }
             cur.2 = ch.2.clone();
+            dirty = true;
         }
 
         // Fill the window.
