@@ -10,9 +10,11 @@
 //! - [`seal`]: XChaCha20-Poly1305 sealed payloads and key rings;
 //! - [`hlc`]: hybrid logical clocks;
 //! - [`stream`]: stream names and subscription patterns;
-//! - [`limits`]: every limit of the format, named.
+//! - [`limits`]: every limit of the format, named;
+//! - [`edge`]: the edge protocol between `weft-agent` and a node (types and framing).
 
 pub mod codec;
+pub mod edge;
 pub mod envelope;
 pub mod error;
 pub mod hlc;

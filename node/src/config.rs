@@ -68,6 +68,9 @@ pub(crate) struct NodeConfig {
     /// Retention of the audit log (`audit.sqlite` in the data directory).
     #[serde(default)]
     pub(crate) audit: AuditConfig,
+    /// The edge port's devices and limits (`listen.edge`; docs/agent.md).
+    #[serde(default)]
+    pub(crate) edge: crate::edge::EdgeConfig,
 }
 
 /// A stream pattern whose keyed events form tables, and their conflict strategy.
@@ -144,12 +147,8 @@ pub(crate) struct Listen {
     pub(crate) mesh: SocketAddr,
     /// HTTP API and dashboard (TCP).
     pub(crate) http: SocketAddr,
-    /// Edge agents (QUIC, issue 8); reserved.
+    /// Edge agents (QUIC, UDP; ALPN `weft-edge/1`), optional.
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "the edge listener arrives with the agent (issue 8)"
-    )]
     pub(crate) edge: Option<SocketAddr>,
 }
 
@@ -399,6 +398,7 @@ impl NodeConfig {
                 )
             ));
         }
+        crate::edge::check_config(&self.edge)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(field_err(
                 "log.format",
@@ -507,6 +507,14 @@ http = "127.0.0.1:8400"
                 "audit.retention_days",
             ),
             (format!("{GOOD}\n[audit]\nkeep = 1\n"), "audit.keep"),
+            (
+                format!("{GOOD}\n[edge]\nbatch_len_max = 0\n"),
+                "edge.batch_len_max",
+            ),
+            (
+                format!("{GOOD}\n[[edge.devices]]\nname = \"d\"\ntenant = \"t\"\nkey = \"zz\"\n"),
+                "edge.devices[0].key",
+            ),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
             (
                 GOOD.replace("data_dir", "streams = [\"a..b\"]\ndata_dir"),

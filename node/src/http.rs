@@ -107,6 +107,16 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// The reason code (the `weft_rejected_total` label), for the edge port's answers.
+    pub(crate) fn reason(&self) -> &'static str {
+        self.reason
+    }
+
+    /// What was wrong.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// 503 with `Retry-After: 1`: a bounded resource is full; the client should retry.
     fn overloaded(message: &str) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
@@ -776,7 +786,7 @@ pub(crate) async fn sign_and_send(
 
 /// A node accepts publishes only on streams it stores: an event it signs or takes in must
 /// be durable here before it is acknowledged or sent on.
-fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
+pub(crate) fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
     if stream.is_system() {
         return Err(api.refuse(
             ApiError::new(
@@ -866,7 +876,7 @@ fn presigned(
 /// it, and the security context its producer signed must be one the policy would stamp
 /// (a known class, at least as restrictive as the stream's, residency within it). A
 /// refusal is a 403, counted and audited with the event id.
-fn enforce_presigned(
+pub(crate) fn enforce_presigned(
     api: &Api,
     policy: &weft_policy::Policy,
     principal: &Principal,
@@ -964,7 +974,7 @@ async fn submit(
 }
 
 /// A slot in the driver's publish queue, or 503 when it is full.
-fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
+pub(crate) fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
     api.cmd_tx.clone().try_reserve_owned().map_err(|_| {
         api.fail(ApiError::overloaded(
             "the node's publish queue is full (limits.publish_queue_max); retry shortly",

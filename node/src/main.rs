@@ -26,6 +26,7 @@ mod dashboard;
 mod demo;
 mod discovery;
 mod driver;
+mod edge;
 mod egress;
 mod http;
 mod inspect;

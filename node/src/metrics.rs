@@ -70,6 +70,8 @@ pub(crate) struct Metrics {
     pub(crate) egress_windows: Gauge,
     /// Estimated bytes held by open aggregation windows.
     pub(crate) egress_window_bytes: Gauge,
+    /// Edge agents connected now.
+    pub(crate) edge_agents: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +105,7 @@ impl Metrics {
             peer_rtt: Family::default(),
             policy_epoch: Gauge::default(),
             policy_applied: Counter::default(),
+            edge_agents: Gauge::default(),
             queue_depth: Family::default(),
             ack_seconds: Family::new_with_constructor(latency_histogram),
             subscribers: Gauge::default(),
@@ -252,6 +255,11 @@ impl Metrics {
             "egress_window_bytes",
             "Estimated bytes held by open aggregation windows",
             m.egress_window_bytes.clone(),
+        );
+        registry.register(
+            "edge_agents",
+            "Edge agents connected",
+            m.edge_agents.clone(),
         );
         Self { registry, ..m }
     }

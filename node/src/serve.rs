@@ -312,6 +312,15 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", raw.listen.http))?;
     info!(name = %raw.name, key = %origin, region = %raw.region, mesh = %raw.listen.mesh,
         http = %raw.listen.http, generation, "node started");
+    let edge = match raw.listen.edge {
+        Some(addr) => Some(crate::edge::start(
+            addr,
+            &seed,
+            raw.edge.clone(),
+            api.clone(),
+        )?),
+        None => None,
+    };
     let app = crate::http::router(api, raw.limits.http_body_max);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -324,6 +333,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     info!("shutting down");
     // Open aggregation windows: their summaries are published before the driver stops.
     crate::egress::flush_at_shutdown(&api_at_shutdown).await;
+    if let Some(edge) = &edge {
+        edge.close();
+    }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), driver_task).await;
     transport.close();

@@ -343,6 +343,10 @@ pub struct DeviceSpec {
     pub streams: Vec<String>,
     /// The jurisdiction the device is in.
     pub jurisdiction: String,
+    /// Local rules the device's agent applies before sending (filter, sample, aggregate;
+    /// `docs/agent.md`), in order. At most [`weft_fabric::edge::RULES_MAX`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<weft_fabric::edge::LocalRule>,
 }
 
 impl Bundle {

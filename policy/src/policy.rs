@@ -128,6 +128,8 @@ pub struct Enrollment {
     pub streams: Vec<StreamPattern>,
     /// Its jurisdiction.
     pub jurisdiction: Jurisdiction,
+    /// Local rules its agent applies (`devices.<name>.rules`).
+    pub rules: Vec<weft_fabric::edge::LocalRule>,
 }
 
 /// An access question: may `principal` do `action` on `stream`?
@@ -1356,6 +1358,16 @@ impl Policy {
             }
             let jurisdiction = Jurisdiction::new(spec.jurisdiction.clone())
                 .map_err(|e| invalid(format!("{field}.jurisdiction"), e.to_string()))?;
+            let f = format!("{field}.rules");
+            count(
+                &f,
+                spec.rules.len(),
+                "RULES_MAX",
+                weft_fabric::edge::RULES_MAX,
+            )?;
+            for (k, rule) in spec.rules.iter().enumerate() {
+                rule.check().map_err(|e| invalid(format!("{f}[{k}]"), e))?;
+            }
             let key = key_hex(&format!("principals.{d}.device_key"), key)?;
             device_streams.insert(d.clone(), patterns.clone());
             devices.insert(
@@ -1365,6 +1377,7 @@ impl Policy {
                     tenant: tenant.clone(),
                     streams: patterns,
                     jurisdiction,
+                    rules: spec.rules.clone(),
                 },
             );
         }

@@ -1,0 +1,942 @@
+//! The running agent: inputs feed the ingest task (local rules, then the outbox), the
+//! uplink keeps a QUIC connection to every candidate node and picks the lowest-RTT healthy
+//! one, the drain sends the outbox in order in batches over it, and the downlink hands
+//! commands to the device.
+//!
+//! Limits: [`INPUT_QUEUE_LEN_MAX`] input messages wait for the ingest task (inputs wait
+//! when it is full: backpressure to stdin, files and HTTP); [`INGEST_GROUP_MAX`] input
+//! messages share one outbox transaction; the node's profile bounds batches
+//! (`batch_len_max`) and batches in flight (`batches_inflight_max`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+use weft_fabric::edge::{self, BatchAnswer, Hello, Profile, Subscribe};
+use weft_fabric::{Signer, StreamName};
+
+use crate::config::Resolved;
+use crate::outbox::{Counters, NewEvent, Outbox};
+use crate::rules::{Rules, Verdict};
+
+/// Input messages waiting for the ingest task.
+pub(crate) const INPUT_QUEUE_LEN_MAX: usize = 1024;
+/// Input messages folded into one outbox transaction (one fsync).
+pub(crate) const INGEST_GROUP_MAX: usize = 256;
+/// Largest answer frame from a node, bytes.
+const ANSWER_FRAME_LEN_MAX: usize = 1 << 20;
+/// Longest wait for a batch's answer before the connection is considered stuck.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connection attempt timeout (handshake and profile).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest back-off between reconnection attempts to one candidate.
+const BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// A healthy node replaces the current one only if its RTT (plus bias) is lower by this
+/// fraction and [`SWITCH_MARGIN_MS`]: no flapping between nodes of similar RTT.
+const SWITCH_MARGIN_PCT: f64 = 20.0;
+/// See [`SWITCH_MARGIN_PCT`].
+const SWITCH_MARGIN_MS: f64 = 1.0;
+/// How long a downlink command program may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Content type of events the agent makes: structured CloudEvents.
+pub(crate) const CE_JSON: &str = "application/cloudevents+json";
+
+/// One event from an input.
+#[derive(Debug)]
+pub(crate) struct InEvent {
+    pub(crate) stream: StreamName,
+    pub(crate) priority: u8,
+    /// The structured CloudEvent stored as the payload.
+    pub(crate) ce: Map<String, Value>,
+}
+
+/// A message from an input: events accepted together (one transaction), meta values
+/// written with them (a file's offset), and who waits for the outcome.
+#[derive(Debug)]
+pub(crate) struct Input {
+    pub(crate) events: Vec<InEvent>,
+    pub(crate) meta: Vec<(String, Vec<u8>)>,
+    /// Bad lines or events the input refused before (counted with this message).
+    pub(crate) bad: u64,
+    pub(crate) reply: Option<oneshot::Sender<IngestOutcome>>,
+}
+
+/// What happened to an input message's events.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct IngestOutcome {
+    pub(crate) accepted: usize,
+    pub(crate) refused_full: usize,
+    pub(crate) dropped_by_rules: usize,
+    pub(crate) error: Option<String>,
+}
+
+/// One candidate node as the status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CandidateView {
+    pub(crate) addr: String,
+    pub(crate) key: String,
+    pub(crate) source: &'static str,
+    pub(crate) state: &'static str,
+    pub(crate) node: Option<String>,
+    pub(crate) rtt_ms: Option<f64>,
+    pub(crate) rtt_bias_ms: f64,
+    pub(crate) error: Option<String>,
+}
+
+/// `weft-agent status` (`GET /v1/status` on the local HTTP input).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StatusView {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) connected: Option<CandidateView>,
+    pub(crate) candidates: Vec<CandidateView>,
+    pub(crate) outbox_depth: u64,
+    pub(crate) outbox_bytes: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) policy_epoch: Option<u64>,
+    pub(crate) counters: Counters,
+    pub(crate) batches_inflight: usize,
+}
+
+struct Candidate {
+    addr: SocketAddr,
+    key: [u8; 32],
+    bias_ms: f64,
+    source: &'static str,
+    conn: Option<quinn::Connection>,
+    profile: Option<Profile>,
+    error: Option<String>,
+}
+
+impl Candidate {
+    fn score(&self) -> Option<f64> {
+        let c = self.conn.as_ref()?;
+        if c.close_reason().is_some() || self.profile.is_none() {
+            return None;
+        }
+        Some(c.rtt().as_secs_f64() * 1000.0 + self.bias_ms)
+    }
+
+    fn view(&self) -> CandidateView {
+        let up = self.score().is_some();
+        CandidateView {
+            addr: self.addr.to_string(),
+            key: hex::encode(self.key),
+            source: self.source,
+            state: if up { "up" } else { "down" },
+            node: self.profile.as_ref().filter(|_| up).map(|p| p.node.clone()),
+            rtt_ms: self
+                .conn
+                .as_ref()
+                .filter(|_| up)
+                .map(|c| c.rtt().as_secs_f64() * 1000.0),
+            rtt_bias_ms: self.bias_ms,
+            error: if up { None } else { self.error.clone() },
+        }
+    }
+}
+
+/// State shared by the agent's tasks.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) signer: Signer,
+    pub(crate) outbox: Mutex<Outbox>,
+    /// The profile of the node in use (or the last one stored).
+    pub(crate) profile: RwLock<Option<Profile>>,
+    /// Something entered the outbox.
+    pub(crate) wake: Notify,
+    candidates: Mutex<Vec<Candidate>>,
+    /// A candidate went up or down, or sent a new profile.
+    changed: Notify,
+    active: Mutex<Option<usize>>,
+    inflight: std::sync::atomic::AtomicUsize,
+    identity: crate::tls::Identity,
+    endpoint: quinn::Endpoint,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs `f` on the outbox off the async thread.
+pub(crate) async fn with_outbox<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Outbox) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&s.outbox)))
+        .await
+        .context("outbox task")?
+}
+
+impl Shared {
+    /// Opens the outbox and the QUIC endpoint.
+    pub(crate) fn new(config: &Resolved, seed: &[u8; 32]) -> anyhow::Result<Arc<Self>> {
+        let outbox = Outbox::open(&config.data_dir, config.raw.outbox.clone())?;
+        let profile = outbox
+            .meta_get("profile")?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+            .context("binding the agent's UDP socket")?;
+        let candidates = config
+            .nodes
+            .iter()
+            .map(|(addr, key, bias)| Candidate {
+                addr: *addr,
+                key: *key,
+                bias_ms: *bias,
+                source: "config",
+                conn: None,
+                profile: None,
+                error: None,
+            })
+            .collect();
+        Ok(Arc::new(Self {
+            name: config.raw.name.clone(),
+            signer: Signer::from_secret(seed),
+            outbox: Mutex::new(outbox),
+            profile: RwLock::new(profile),
+            wake: Notify::new(),
+            candidates: Mutex::new(candidates),
+            changed: Notify::new(),
+            active: Mutex::new(None),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
+            identity: crate::tls::Identity::new(seed)?,
+            endpoint,
+        }))
+    }
+
+    /// The status view.
+    pub(crate) fn status(&self) -> StatusView {
+        let (depth, bytes, next_seq, counters) = {
+            let o = lock(&self.outbox);
+            (o.depth(), o.bytes(), o.next_seq(), o.counters.clone())
+        };
+        let cands = lock(&self.candidates);
+        let active = *lock(&self.active);
+        StatusView {
+            name: self.name.clone(),
+            key: self.signer.origin().to_string(),
+            connected: active.and_then(|i| cands.get(i)).map(Candidate::view),
+            candidates: cands.iter().map(Candidate::view).collect(),
+            outbox_depth: depth,
+            outbox_bytes: bytes,
+            next_seq,
+            policy_epoch: self
+                .profile
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map(|p| p.epoch),
+            counters,
+            batches_inflight: self.inflight.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Adds a node found on the LAN (mDNS) unless known; starts its connection task.
+    #[cfg_attr(not(feature = "mdns"), allow(dead_code))]
+    pub(crate) fn discovered(self: &Arc<Self>, addr: SocketAddr, key: [u8; 32]) {
+        let idx = {
+            let mut c = lock(&self.candidates);
+            if c.iter().any(|c| c.key == key && c.addr == addr)
+                || c.len() >= crate::config::CANDIDATES_MAX
+            {
+                return;
+            }
+            c.push(Candidate {
+                addr,
+                key,
+                bias_ms: 0.0,
+                source: "mdns",
+                conn: None,
+                profile: None,
+                error: None,
+            });
+            c.len() - 1
+        };
+        info!(%addr, node = %hex::encode(key), "node found by mDNS");
+        tokio::spawn(candidate_task(self.clone(), idx));
+    }
+}
+
+/// Starts the ingest, candidate, drain and downlink tasks; returns the input sender.
+pub(crate) fn start(shared: &Arc<Shared>, config: &Resolved) -> mpsc::Sender<Input> {
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE_LEN_MAX);
+    tokio::spawn(ingest_task(shared.clone(), rx));
+    let n = lock(&shared.candidates).len();
+    for i in 0..n {
+        tokio::spawn(candidate_task(shared.clone(), i));
+    }
+    tokio::spawn(drain_task(shared.clone(), config.raw.downlink.clone()));
+    tx
+}
+
+// ------------------------------------------------------------------------- ingest
+
+fn summary_ce(name: &str, summary: Value) -> Map<String, Value> {
+    let mut ce = Map::new();
+    ce.insert("specversion".into(), json!("1.0"));
+    ce.insert("id".into(), json!(crate::inputs::event_id()));
+    ce.insert("source".into(), json!(format!("weft-agent/{name}")));
+    ce.insert("type".into(), json!("weft.agent.aggregate"));
+    ce.insert("datacontenttype".into(), json!("application/json"));
+    ce.insert("data".into(), summary);
+    ce
+}
+
+fn to_new(e: InEvent, now: u64) -> NewEvent {
+    NewEvent {
+        stream: e.stream,
+        priority: e.priority,
+        produced_ms: now,
+        content_type: CE_JSON.into(),
+        payload: serde_json::to_vec(&e.ce).unwrap_or_default(),
+    }
+}
+
+async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
+    let mut rules = Rules::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let mut group: Vec<Input> = Vec::new();
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => group.push(m),
+                None => return,
+            },
+            _ = tick.tick() => {}
+        }
+        while group.len() < INGEST_GROUP_MAX {
+            match rx.try_recv() {
+                Ok(m) => group.push(m),
+                Err(_) => break,
+            }
+        }
+        let now = wall_ms();
+        // New rules with a new profile: close the old windows first.
+        let mut summaries = Vec::new();
+        {
+            let p = shared
+                .profile
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let current: &[weft_fabric::edge::LocalRule] = p.as_ref().map_or(&[], |p| &p.rules);
+            if !rules.same(current) {
+                summaries.extend(rules.due(now, true));
+                rules = Rules::new(current);
+                info!(rules = current.len(), "local rules in force");
+            }
+        }
+        summaries.extend(rules.due(now, false));
+        if group.is_empty() && summaries.is_empty() {
+            continue;
+        }
+        let mut extra = Counters::default();
+        let mut events = Vec::new();
+        let mut meta = Vec::new();
+        let mut slices = Vec::new();
+        for m in &mut group {
+            extra.bad_input += m.bad;
+            let start = events.len();
+            let mut dropped = 0;
+            for e in m.events.drain(..) {
+                let data = e.ce.get("data");
+                match rules.apply(&e.stream, data, now) {
+                    Verdict::Keep => events.push(to_new(e, now)),
+                    Verdict::Filtered => {
+                        extra.filtered += 1;
+                        dropped += 1;
+                    }
+                    Verdict::Sampled => {
+                        extra.sampled_out += 1;
+                        dropped += 1;
+                    }
+                    Verdict::Aggregated => {
+                        extra.aggregated += 1;
+                        dropped += 1;
+                    }
+                }
+            }
+            meta.append(&mut m.meta);
+            slices.push((start, events.len(), dropped));
+        }
+        for (stream, summary) in summaries {
+            extra.summaries += 1;
+            events.push(to_new(
+                InEvent {
+                    stream,
+                    priority: 5,
+                    ce: summary_ce(&shared.name, summary),
+                },
+                now,
+            ));
+        }
+        let result = {
+            let events = events;
+            with_outbox(&shared, move |o| o.insert(&events, &meta, &extra)).await
+        };
+        match result {
+            Ok(accepted) => {
+                for (m, (a, b, dropped)) in group.into_iter().zip(slices) {
+                    let ok = accepted[a..b].iter().filter(|x| **x).count();
+                    if let Some(r) = m.reply {
+                        let _ = r.send(IngestOutcome {
+                            accepted: ok,
+                            refused_full: (b - a) - ok,
+                            dropped_by_rules: dropped,
+                            error: None,
+                        });
+                    }
+                }
+                shared.wake.notify_one();
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "the outbox refused a write");
+                for m in group {
+                    if let Some(r) = m.reply {
+                        let _ = r.send(IngestOutcome {
+                            error: Some(format!("{e:#}")),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- uplink
+
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> anyhow::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.context("frame length")?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        anyhow::bail!("frame of {len} bytes, over the limit of {max}");
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.context("frame body")?;
+    Ok(buf)
+}
+
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    kind: Option<u8>,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    if let Some(k) = kind {
+        out.push(k);
+    }
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    send.write_all(&out).await?;
+    Ok(())
+}
+
+fn set_profile(shared: &Arc<Shared>, idx: usize, profile: Profile) {
+    let is_active = *lock(&shared.active) == Some(idx);
+    if let Some(c) = lock(&shared.candidates).get_mut(idx) {
+        c.profile = Some(profile.clone());
+    }
+    if is_active {
+        adopt_profile(shared, profile);
+    }
+    shared.changed.notify_one();
+}
+
+/// Makes `profile` the one in use and stores it (an offline restart stamps with it).
+fn adopt_profile(shared: &Arc<Shared>, profile: Profile) {
+    let same = shared
+        .profile
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        == Some(&profile);
+    if same {
+        return;
+    }
+    info!(node = %profile.node, epoch = profile.epoch, rules = profile.rules.len(), "profile in use");
+    let bytes = serde_json::to_vec(&profile).unwrap_or_default();
+    *shared
+        .profile
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(profile);
+    let s = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = with_outbox(&s, move |o| o.meta_set(&[("profile", &bytes)])).await {
+            warn!(error = %format!("{e:#}"), "storing the profile failed");
+        }
+    });
+}
+
+/// Keeps a connection to candidate `idx`: connect, hello, profiles, reconnect.
+async fn candidate_task(shared: Arc<Shared>, idx: usize) {
+    let (addr, key) = {
+        let c = lock(&shared.candidates);
+        (c[idx].addr, c[idx].key)
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match connect(&shared, addr, key).await {
+            // The control stream's send half stays open as long as the connection.
+            Ok((conn, _send, mut recv, profile)) => {
+                backoff = Duration::from_millis(250);
+                info!(%addr, node = %profile.node, rtt_ms = conn.rtt().as_secs_f64() * 1000.0, "connected");
+                {
+                    let mut c = lock(&shared.candidates);
+                    c[idx].conn = Some(conn.clone());
+                    c[idx].error = None;
+                }
+                set_profile(&shared, idx, profile);
+                // Profile updates until the connection ends.
+                while let Ok(bytes) = read_frame(&mut recv, edge::FRAME_LEN_MAX).await {
+                    match serde_json::from_slice::<Profile>(&bytes) {
+                        Ok(p) => set_profile(&shared, idx, p),
+                        Err(e) => warn!(%addr, error = %e, "bad profile from node"),
+                    }
+                }
+                let reason = conn
+                    .close_reason()
+                    .map_or("control stream ended".to_string(), |r| r.to_string());
+                warn!(%addr, %reason, "connection to node lost");
+                {
+                    let mut c = lock(&shared.candidates);
+                    c[idx].conn = None;
+                    c[idx].profile = None;
+                    c[idx].error = Some(reason);
+                }
+                shared.changed.notify_one();
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                debug!(%addr, error = %msg, "connecting failed");
+                if msg.contains("not_enrolled") || msg.contains("not_allowed") {
+                    error!(%addr, "the node refused this device: {msg}");
+                }
+                let mut c = lock(&shared.candidates);
+                c[idx].error = Some(msg);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    key: [u8; 32],
+) -> anyhow::Result<(
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+    Profile,
+)> {
+    let cfg = shared.identity.client_config(key)?;
+    let fut = async {
+        let conn = shared
+            .endpoint
+            .connect_with(cfg, addr, "weft-node")?
+            .await
+            .context("QUIC handshake")?;
+        let (mut send, mut recv) = conn.open_bi().await.context("control stream")?;
+        let hello = Hello {
+            agent: format!("weft-agent {}", env!("CARGO_PKG_VERSION")),
+            name: shared.name.clone(),
+        };
+        write_frame(
+            &mut send,
+            Some(edge::STREAM_HELLO),
+            &serde_json::to_vec(&hello)?,
+        )
+        .await?;
+        let bytes = match read_frame(&mut recv, edge::FRAME_LEN_MAX).await {
+            Ok(b) => b,
+            Err(e) => {
+                let why = conn
+                    .close_reason()
+                    .map_or_else(|| format!("{e:#}"), |r| r.to_string());
+                anyhow::bail!("no profile: {why}");
+            }
+        };
+        let profile: Profile = serde_json::from_slice(&bytes).context("profile frame")?;
+        anyhow::Ok((conn, send, recv, profile))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, fut)
+        .await
+        .context("timed out")?
+}
+
+/// The candidate to use: the current one unless it is down or another healthy one is
+/// better by the switch margin; otherwise the lowest score (RTT plus bias), ties to the
+/// first configured.
+fn choose(cands: &[Candidate], current: Option<usize>) -> Option<usize> {
+    let best = cands
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.score()?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))?;
+    if let Some(cur) = current
+        && let Some(score) = cands.get(cur).and_then(Candidate::score)
+        && best.1 >= score * (1.0 - SWITCH_MARGIN_PCT / 100.0) - SWITCH_MARGIN_MS
+    {
+        return Some(cur);
+    }
+    Some(best.0)
+}
+
+// ------------------------------------------------------------------------- drain
+
+/// Cuts `rows` to what fits one batch frame (at least one row: an envelope is at most
+/// `EVENT_LEN_MAX`, well under `FRAME_LEN_MAX`); returns the sequence numbers cut off.
+fn fit_frame(rows: &mut Vec<crate::outbox::Ready>) -> Vec<u64> {
+    let mut total = 4;
+    let mut keep = 0;
+    for r in rows.iter() {
+        if keep > 0 && total + 4 + r.envelope.len() > edge::FRAME_LEN_MAX {
+            break;
+        }
+        total += 4 + r.envelope.len();
+        keep += 1;
+    }
+    rows.split_off(keep).into_iter().map(|r| r.seq).collect()
+}
+
+struct Sent {
+    seqs: Vec<u64>,
+    answer: anyhow::Result<BatchAnswer>,
+}
+
+async fn send_batch(conn: quinn::Connection, rows: Vec<crate::outbox::Ready>) -> Sent {
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    let answer = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let body = edge::encode_batch(rows.iter().map(|r| r.envelope.as_slice()));
+        write_frame(&mut send, Some(edge::STREAM_BATCH), &body).await?;
+        send.finish()?;
+        let bytes =
+            tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut recv, ANSWER_FRAME_LEN_MAX))
+                .await
+                .context("no answer in time")??;
+        anyhow::Ok(serde_json::from_slice::<BatchAnswer>(&bytes)?)
+    }
+    .await;
+    Sent { seqs, answer }
+}
+
+async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
+    let mut inflight: JoinSet<Sent> = JoinSet::new();
+    let mut current: Option<(usize, quinn::Connection, Profile)> = None;
+    let mut next_send: u64 = 0;
+    let mut retry: std::collections::VecDeque<Vec<u64>> = Default::default();
+    let mut pause_until = Instant::now();
+    let mut downlink_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut reselect = tokio::time::interval(Duration::from_millis(500));
+    // Whether the outbox may have something to send (idle agents do not poll it).
+    let mut dirty = true;
+    loop {
+        // Which node.
+        let chosen = {
+            let cands = lock(&shared.candidates);
+            let cur = current.as_ref().map(|c| c.0);
+            choose(&cands, cur)
+                .and_then(|i| Some((i, cands[i].conn.clone()?, cands[i].profile.clone()?)))
+        };
+        let switch = match (&current, &chosen) {
+            (Some(a), Some(b)) => a.0 != b.0 || a.1.stable_id() != b.1.stable_id(),
+            (None, None) => false,
+            _ => true,
+        };
+        if switch {
+            inflight.abort_all();
+            while inflight.join_next().await.is_some() {}
+            retry.clear();
+            if let Some(t) = downlink_task.take() {
+                t.abort();
+            }
+            *lock(&shared.active) = chosen.as_ref().map(|c| c.0);
+            match &chosen {
+                Some((_, conn, profile)) => {
+                    info!(node = %profile.node, addr = %conn.remote_address(),
+                        rtt_ms = conn.rtt().as_secs_f64() * 1000.0, "using node");
+                    adopt_profile(&shared, profile.clone());
+                    // Everything not yet confirmed goes again, from the oldest.
+                    next_send =
+                        match with_outbox(&shared, |o| Ok(o.head_seq()?.unwrap_or(o.next_seq())))
+                            .await
+                        {
+                            Ok(h) => h,
+                            Err(e) => {
+                                error!(error = %format!("{e:#}"), "outbox read failed");
+                                1
+                            }
+                        };
+                    if downlink.enabled && profile.commands.is_some() {
+                        downlink_task = Some(tokio::spawn(downlink_run(
+                            shared.clone(),
+                            conn.clone(),
+                            downlink.command.clone(),
+                        )));
+                    }
+                }
+                None => info!("no node reachable; events wait in the outbox"),
+            }
+            current = chosen;
+            dirty = true;
+        } else if let (Some(cur), Some(ch)) = (&mut current, &chosen)
+            && cur.2 != ch.2
+        {
+            // A new profile from the same node (a new epoch): a command stream that
+            // appeared or changed gets a new subscription.
+            if cur.2.commands != ch.2.commands {
+                if let Some(t) = downlink_task.take() {
+                    t.abort();
+                }
+                if downlink.enabled && ch.2.commands.is_some() {
+                    downlink_task = Some(tokio::spawn(downlink_run(
+                        shared.clone(),
+                        ch.1.clone(),
+                        downlink.command.clone(),
+                    )));
+                }
+            }
+            cur.2 = ch.2.clone();
+            dirty = true;
+        }
+
+        // Fill the window.
+        if let Some((_, conn, profile)) = &current
+            && dirty
+            && Instant::now() >= pause_until
+        {
+            dirty = false;
+            let credits = profile.batches_inflight_max.max(1) as usize;
+            let batch_len = (profile.batch_len_max as usize).clamp(1, edge::BATCH_LEN_MAX);
+            while inflight.len() < credits {
+                let mut rows = if let Some(seqs) = retry.pop_front() {
+                    let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
+                    let mut rows: Vec<crate::outbox::Ready> = match with_outbox(&shared, move |o| {
+                        o.ready(first, (last - first + 1) as usize)
+                    })
+                    .await
+                    {
+                        Ok(r) => r.into_iter().filter(|r| r.seq <= last).collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    let over = fit_frame(&mut rows);
+                    if !over.is_empty() {
+                        retry.push_front(over);
+                    }
+                    rows
+                } else {
+                    let p = profile.clone();
+                    let from = next_send;
+                    let s = shared.clone();
+                    let got = with_outbox(&shared, move |o| {
+                        let mut rows = o.ready(from, batch_len)?;
+                        if rows.len() < batch_len && o.has_unsequenced()? {
+                            o.sequence(batch_len - rows.len(), &p, &s.signer)?;
+                            let from = rows.last().map_or(from, |r| r.seq + 1);
+                            rows.extend(o.ready(from, batch_len - rows.len())?);
+                        }
+                        Ok(rows)
+                    })
+                    .await;
+                    match got {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "outbox read failed");
+                            Vec::new()
+                        }
+                    }
+                };
+                // Fresh rows beyond the frame are simply read again next time.
+                let _ = fit_frame(&mut rows);
+                let Some(last) = rows.last() else {
+                    break;
+                };
+                next_send = next_send.max(last.seq + 1);
+                inflight.spawn(send_batch(conn.clone(), rows));
+            }
+        }
+        shared
+            .inflight
+            .store(inflight.len(), std::sync::atomic::Ordering::Relaxed);
+
+        // Wait for an answer, new events, a change of nodes, or the pause to end.
+        let pause = pause_until.saturating_duration_since(Instant::now());
+        tokio::select! {
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                dirty = true;
+                let Ok(sent) = done else { continue };
+                let profile = current.as_ref().map(|c| c.2.clone());
+                handle_answer(&shared, profile, sent, &mut retry, &mut pause_until).await;
+            }
+            () = shared.wake.notified() => dirty = true,
+            () = shared.changed.notified() => dirty = true,
+            () = tokio::time::sleep(pause), if !pause.is_zero() => dirty = true,
+            _ = reselect.tick() => {}
+        }
+    }
+}
+
+async fn handle_answer(
+    shared: &Arc<Shared>,
+    profile: Option<Profile>,
+    sent: Sent,
+    retry: &mut std::collections::VecDeque<Vec<u64>>,
+    pause_until: &mut Instant,
+) {
+    let (first, last) = (sent.seqs[0], sent.seqs[sent.seqs.len() - 1]);
+    match sent.answer {
+        Ok(BatchAnswer::Durable { ids }) => {
+            debug!(first, last, n = ids.len(), "batch durable");
+            if let Err(e) = with_outbox(shared, move |o| o.ack(first, last)).await {
+                error!(error = %format!("{e:#}"), "outbox ack failed");
+            }
+            shared.wake.notify_one();
+        }
+        Ok(BatchAnswer::Busy { retry_ms }) => {
+            debug!(first, last, retry_ms, "node busy");
+            retry.push_back(sent.seqs);
+            *pause_until = Instant::now() + Duration::from_millis(retry_ms.clamp(10, 10_000));
+        }
+        Ok(BatchAnswer::Refused {
+            index,
+            reason,
+            message,
+        }) => {
+            let seq = sent.seqs.get(index as usize).copied().unwrap_or(first);
+            warn!(seq, %reason, %message,
+                "the node refused an event for good; moved to dead letters, a void event takes its number");
+            let why = format!("{reason}: {message}");
+            let s = shared.clone();
+            let voided = with_outbox(shared, move |o| match profile {
+                Some(p) => o.void(seq, &why, &p, &s.signer).map(|()| true),
+                None => o.dead_letter(seq, &why).map(|()| false),
+            })
+            .await;
+            let rest: Vec<u64> = match voided {
+                Ok(true) => sent.seqs,
+                Ok(false) => sent.seqs.into_iter().filter(|s| *s != seq).collect(),
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "outbox dead-letter failed");
+                    sent.seqs.into_iter().filter(|s| *s != seq).collect()
+                }
+            };
+            if !rest.is_empty() {
+                retry.push_back(rest);
+            }
+        }
+        Ok(BatchAnswer::Failed { reason, message }) => {
+            warn!(%reason, %message, "the node failed to store a batch; retrying");
+            retry.push_back(sent.seqs);
+            *pause_until = Instant::now() + Duration::from_secs(1);
+        }
+        Err(e) => {
+            debug!(error = %format!("{e:#}"), "batch not answered; will resend");
+            retry.push_back(sent.seqs);
+            *pause_until = Instant::now() + Duration::from_millis(200);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- downlink
+
+async fn downlink_run(shared: Arc<Shared>, conn: quinn::Connection, command: Vec<String>) {
+    let r = async {
+        let after = with_outbox(&shared, |o| {
+            Ok(o.meta_get("downlink_cursor")?
+                .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0))
+        })
+        .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(
+            &mut send,
+            Some(edge::STREAM_COMMANDS),
+            &serde_json::to_vec(&Subscribe { after })?,
+        )
+        .await?;
+        info!(after, "downlink subscribed");
+        loop {
+            let frame = read_frame(&mut recv, edge::FRAME_LEN_MAX).await?;
+            let (pos, envelope) = edge::decode_command(&frame)?;
+            let event = weft_fabric::decode(envelope)?.verify()?;
+            let payload = match event.payload() {
+                weft_fabric::Payload::Clear(b) => serde_json::from_slice::<Value>(b)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
+                weft_fabric::Payload::Sealed(_) => Value::Null,
+            };
+            let line = json!({
+                "pos": pos,
+                "stream": event.stream().as_str(),
+                "id": event.id().to_string(),
+                "origin": event.origin().to_string(),
+                "seq": event.seq(),
+                "principal": event.security().principal,
+                "payload": payload,
+            });
+            if command.is_empty() {
+                println!("{line}");
+            } else {
+                run_command(&command, &line.to_string()).await;
+            }
+            with_outbox(&shared, move |o| {
+                o.meta_set(&[("downlink_cursor", &pos.to_be_bytes())])
+            })
+            .await?;
+        }
+        #[allow(unreachable_code)]
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        debug!(error = %format!("{e:#}"), "downlink ended");
+    }
+}
+
+async fn run_command(command: &[String], input: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = match tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(program = %command[0], error = %e, "downlink command could not start");
+            return;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes()).await;
+        let _ = stdin.write_all(b"\n").await;
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await {
+        Ok(Ok(s)) if s.success() => {}
+        Ok(Ok(s)) => warn!(program = %command[0], status = %s, "downlink command failed"),
+        Ok(Err(e)) => warn!(program = %command[0], error = %e, "downlink command failed"),
+        Err(_) => warn!(program = %command[0], "downlink command timed out; killed"),
+    }
+}

@@ -1,0 +1,605 @@
+//! Inputs: standard input (one JSON or text line per event), a local HTTP endpoint on a
+//! loopback address accepting CloudEvents (and serving `GET /v1/status`), and file
+//! followers (like `tail -f`, resuming at a stored offset after a restart).
+//!
+//! Every input wraps what it reads as a structured CloudEvent (`specversion` 1.0, a fresh
+//! `id`, `source` `weft-agent/<name>`, `type` `weft.agent.line` for lines) and hands it
+//! to the ingest task; bad input (an over-long line, a request that is not a CloudEvent)
+//! is refused with a reason and counted (`bad_input`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use weft_fabric::StreamName;
+
+use crate::agent::{InEvent, IngestOutcome, Input, Shared};
+
+/// Longest input line, bytes (a line is one event; the envelope's payload limit is larger,
+/// but a device line this long is a runaway writer, not an event).
+pub(crate) const LINE_LEN_MAX: usize = 256 << 10;
+/// Largest HTTP request body, bytes.
+pub(crate) const HTTP_BODY_MAX: usize = 1 << 20;
+/// Largest HTTP request head, bytes.
+const HTTP_HEAD_MAX: usize = 16 << 10;
+/// Events in one CloudEvents batch request.
+const HTTP_BATCH_LEN_MAX: usize = 512;
+/// HTTP connections served at once.
+const HTTP_CONNS_MAX: usize = 64;
+/// Bytes read from a followed file per poll.
+const FILE_READ_MAX: usize = 1 << 20;
+/// How often followed files are polled.
+const FILE_POLL: Duration = Duration::from_millis(250);
+/// Lines from standard input grouped into one input message.
+const STDIN_GROUP_MAX: usize = 256;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A fresh CloudEvents id: a random per-run prefix and a counter.
+pub(crate) fn event_id() -> String {
+    let boot = BOOT.get_or_init(|| {
+        let r = crate::keys::random32().unwrap_or([0; 32]);
+        hex::encode(&r[..8])
+    });
+    format!("{boot}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A line as a CloudEvent: JSON lines as JSON data, other lines as text.
+fn line_event(name: &str, stream: &StreamName, priority: u8, line: &str) -> InEvent {
+    let (data, ct) = match serde_json::from_str::<Value>(line) {
+        Ok(v) => (v, "application/json"),
+        Err(_) => (Value::String(line.to_string()), "text/plain"),
+    };
+    let mut ce = Map::new();
+    ce.insert("specversion".into(), json!("1.0"));
+    ce.insert("id".into(), json!(event_id()));
+    ce.insert("source".into(), json!(format!("weft-agent/{name}")));
+    ce.insert("type".into(), json!("weft.agent.line"));
+    ce.insert("datacontenttype".into(), json!(ct));
+    ce.insert("data".into(), data);
+    InEvent {
+        stream: stream.clone(),
+        priority,
+        ce,
+    }
+}
+
+/// Reads standard input until it ends; `done` fires then (after its last events are in
+/// the outbox).
+pub(crate) fn stdin(
+    name: String,
+    stream: StreamName,
+    priority: u8,
+    tx: mpsc::Sender<Input>,
+    done: oneshot::Sender<()>,
+) {
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, tokio::io::stdin());
+        let mut buf = Vec::new();
+        let mut eof = false;
+        while !eof {
+            let mut events = Vec::new();
+            let mut bad = 0;
+            // Group what is already buffered into one message (one transaction).
+            loop {
+                buf.clear();
+                let n = match (&mut reader)
+                    .take(LINE_LEN_MAX as u64 + 1)
+                    .read_until(b'\n', &mut buf)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "reading standard input failed");
+                        0
+                    }
+                };
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+                if buf.last() != Some(&b'\n') && buf.len() > LINE_LEN_MAX {
+                    warn!(limit = LINE_LEN_MAX, "input line over LINE_LEN_MAX refused");
+                    bad += 1;
+                    // Skip the rest of the long line.
+                    let mut rest = Vec::new();
+                    let _ = reader.read_until(b'\n', &mut rest).await;
+                    continue;
+                }
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']);
+                if !line.is_empty() {
+                    events.push(line_event(&name, &stream, priority, line));
+                }
+                if events.len() >= STDIN_GROUP_MAX || reader.buffer().is_empty() {
+                    break;
+                }
+            }
+            if events.is_empty() && bad == 0 {
+                continue;
+            }
+            let (rtx, rrx) = oneshot::channel();
+            let msg = Input {
+                events,
+                meta: Vec::new(),
+                bad,
+                reply: Some(rtx),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            // Wait until the outbox has them: standard input is read no faster than the
+            // outbox takes it (backpressure to the producer).
+            match rrx.await {
+                Ok(o) if o.refused_full > 0 => {
+                    warn!(
+                        refused = o.refused_full,
+                        "outbox full: lines refused (counted)"
+                    );
+                }
+                _ => {}
+            }
+        }
+        info!("standard input ended");
+        let _ = done.send(());
+    });
+}
+
+/// Follows a file like `tail -f`: new complete lines become events; the offset is stored
+/// with them, so a restart neither skips nor repeats lines; a truncated or replaced file
+/// is read again from its start.
+pub(crate) fn follow(
+    shared: Arc<Shared>,
+    name: String,
+    path: PathBuf,
+    stream: StreamName,
+    priority: u8,
+    from_start: bool,
+    tx: mpsc::Sender<Input>,
+) {
+    use std::os::unix::fs::MetadataExt as _;
+    tokio::spawn(async move {
+        let key = format!("file_offset:{}", path.display());
+        let k2 = key.clone();
+        let stored = crate::agent::with_outbox(&shared, move |o| o.meta_get(&k2))
+            .await
+            .ok()
+            .flatten()
+            .filter(|v| v.len() == 16)
+            .map(|v| {
+                let ino = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                let off = u64::from_be_bytes(v[8..].try_into().unwrap_or([0; 8]));
+                (ino, off)
+            });
+        let mut state: Option<(u64, u64)> = stored;
+        info!(path = %path.display(), "following file");
+        loop {
+            tokio::time::sleep(FILE_POLL).await;
+            let Ok(meta) = tokio::fs::metadata(&path).await else {
+                continue;
+            };
+            let (ino, len) = (meta.ino(), meta.len());
+            let offset = match state {
+                Some((i, off)) if i == ino && off <= len => off,
+                Some(_) => 0, // replaced or truncated: from the start
+                None if from_start => 0,
+                None => len,
+            };
+            state = Some((ino, offset));
+            if len == offset {
+                continue;
+            }
+            let Ok(mut f) = tokio::fs::File::open(&path).await else {
+                continue;
+            };
+            if tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let want = ((len - offset) as usize).min(FILE_READ_MAX);
+            let mut buf = vec![0u8; want];
+            let Ok(n) = f.read(&mut buf).await else {
+                continue;
+            };
+            buf.truncate(n);
+            // Complete lines only; a partial last line waits for its newline, unless the
+            // read is full and has no newline at all (an over-long line: refused).
+            let end = match buf.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None if buf.len() >= FILE_READ_MAX => buf.len(),
+                None => continue,
+            };
+            let mut events = Vec::new();
+            let mut bad = 0;
+            for line in buf[..end].split(|b| *b == b'\n') {
+                if line.len() > LINE_LEN_MAX {
+                    bad += 1;
+                    continue;
+                }
+                let text = String::from_utf8_lossy(line);
+                let text = text.trim_end_matches('\r');
+                if !text.is_empty() {
+                    events.push(line_event(&name, &stream, priority, text));
+                }
+            }
+            let new_off = offset + end as u64;
+            let mut v = ino.to_be_bytes().to_vec();
+            v.extend_from_slice(&new_off.to_be_bytes());
+            let (rtx, rrx) = oneshot::channel();
+            let msg = Input {
+                events,
+                meta: vec![(key.clone(), v)],
+                bad,
+                reply: Some(rtx),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            if let Ok(o) = rrx.await
+                && o.error.is_none()
+            {
+                state = Some((ino, new_off));
+            }
+        }
+    });
+}
+
+/// Serves the local HTTP endpoint.
+pub(crate) async fn http(
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    default_stream: Option<StreamName>,
+    priority: u8,
+    tx: mpsc::Sender<Input>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the HTTP input on {listen}: {e}"))?;
+    info!(%listen, "HTTP input listening");
+    let conns = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNS_MAX));
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(permit) = conns.clone().try_acquire_owned() else {
+                drop(sock);
+                continue;
+            };
+            let (shared, tx, ds) = (shared.clone(), tx.clone(), default_stream.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = serve_http(sock, &shared, ds.as_ref(), priority, &tx).await {
+                    debug!(error = %e, "HTTP input connection");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+struct Request {
+    method: String,
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+async fn read_request(sock: &mut tokio::net::TcpStream) -> Result<Request, (u16, String)> {
+    let mut buf = Vec::with_capacity(4096);
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > HTTP_HEAD_MAX {
+            return Err((431, format!("request head over {HTTP_HEAD_MAX} bytes")));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk))
+            .await
+            .map_err(|_| (408, "request timed out".to_string()))?
+            .map_err(|e| (400, e.to_string()))?;
+        if n == 0 {
+            return Err((400, "connection closed mid-request".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let path = first.next().unwrap_or("").to_string();
+    let mut len = 0usize;
+    let mut content_type = String::new();
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                len = v
+                    .parse()
+                    .map_err(|_| (400, format!("bad content-length {v:?}")))?;
+            }
+            "content-type" => {
+                content_type = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+            }
+            "transfer-encoding" => {
+                return Err((
+                    411,
+                    "chunked bodies are not supported; send content-length".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if len > HTTP_BODY_MAX {
+        return Err((
+            413,
+            format!("body of {len} bytes, over HTTP_BODY_MAX ({HTTP_BODY_MAX})"),
+        ));
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let mut chunk = vec![0u8; (len - body.len()).min(64 << 10)];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk))
+            .await
+            .map_err(|_| (408, "request timed out".to_string()))?
+            .map_err(|e| (400, e.to_string()))?;
+        if n == 0 {
+            return Err((400, "connection closed mid-body".into()));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Ok(Request {
+        method,
+        path,
+        content_type,
+        body,
+    })
+}
+
+async fn respond(
+    sock: &mut tokio::net::TcpStream,
+    status: u16,
+    body: &Value,
+) -> std::io::Result<()> {
+    let text = body.to_string();
+    let reason = match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        507 => "Insufficient Storage",
+        _ => "Error",
+    };
+    let out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    sock.write_all(out.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+fn error(reason: &str, message: impl Into<String>) -> Value {
+    json!({"error": {"reason": reason, "message": message.into()}})
+}
+
+/// Checks one structured CloudEvent and picks its stream.
+fn check_ce(
+    v: Value,
+    path_stream: Option<&StreamName>,
+    default: Option<&StreamName>,
+    i: usize,
+) -> Result<(StreamName, Map<String, Value>), String> {
+    let Value::Object(ce) = v else {
+        return Err(format!("event {i}: not a JSON object"));
+    };
+    if ce.get("specversion").and_then(Value::as_str) != Some("1.0") {
+        return Err(format!("event {i}: specversion must be \"1.0\""));
+    }
+    for attr in ["id", "source", "type"] {
+        match ce.get(attr).and_then(Value::as_str) {
+            Some(s) if !s.is_empty() => {}
+            _ => return Err(format!("event {i}: `{attr}` must be a non-empty string")),
+        }
+    }
+    let own = match ce.get("weftstream") {
+        None => None,
+        Some(Value::String(s)) => Some(
+            StreamName::new(s.clone()).map_err(|e| format!("event {i}: weftstream {s:?}: {e}"))?,
+        ),
+        Some(_) => return Err(format!("event {i}: weftstream must be a string")),
+    };
+    let stream = match (path_stream, own) {
+        (Some(p), Some(o)) if p != &o => {
+            return Err(format!(
+                "event {i}: weftstream {} differs from the path's {}",
+                o.as_str(),
+                p.as_str()
+            ));
+        }
+        (Some(p), _) => p.clone(),
+        (None, Some(o)) => o,
+        (None, None) => default.cloned().ok_or_else(|| {
+            format!("event {i}: no stream: POST to /v1/streams/{{stream}}/events, set weftstream, or configure inputs.http.stream")
+        })?,
+    };
+    Ok((stream, ce))
+}
+
+async fn serve_http(
+    mut sock: tokio::net::TcpStream,
+    shared: &Arc<Shared>,
+    default: Option<&StreamName>,
+    priority: u8,
+    tx: &mpsc::Sender<Input>,
+) -> anyhow::Result<()> {
+    let req = match read_request(&mut sock).await {
+        Ok(r) => r,
+        Err((status, message)) => {
+            count_bad(tx).await;
+            respond(&mut sock, status, &error("bad_request", message)).await?;
+            return Ok(());
+        }
+    };
+    if req.method == "GET" && (req.path == "/v1/status" || req.path == "/status") {
+        let status = serde_json::to_value(shared.status())?;
+        respond(&mut sock, 200, &status).await?;
+        return Ok(());
+    }
+    let path_stream = match req
+        .path
+        .strip_prefix("/v1/streams/")
+        .and_then(|r| r.strip_suffix("/events"))
+    {
+        Some(s) => match StreamName::new(s.to_string()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                count_bad(tx).await;
+                respond(
+                    &mut sock,
+                    400,
+                    &error("bad_stream", format!("stream {s:?}: {e}")),
+                )
+                .await?;
+                return Ok(());
+            }
+        },
+        None if req.path == "/v1/events" => None,
+        None => {
+            respond(
+                &mut sock,
+                404,
+                &error("not_found", format!("no route {}", req.path)),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    if req.method != "POST" {
+        respond(
+            &mut sock,
+            405,
+            &error("method_not_allowed", "POST events here"),
+        )
+        .await?;
+        return Ok(());
+    }
+    let parsed: Result<Vec<Value>, String> = match req.content_type.as_str() {
+        "application/cloudevents+json" | "application/json" => {
+            serde_json::from_slice::<Value>(&req.body)
+                .map(|v| vec![v])
+                .map_err(|e| format!("not JSON: {e}"))
+        }
+        "application/cloudevents-batch+json" => match serde_json::from_slice::<Value>(&req.body) {
+            Ok(Value::Array(a)) if a.len() <= HTTP_BATCH_LEN_MAX => Ok(a),
+            Ok(Value::Array(a)) => Err(format!(
+                "batch of {} events, over HTTP_BATCH_LEN_MAX ({HTTP_BATCH_LEN_MAX})",
+                a.len()
+            )),
+            Ok(_) => Err("a batch must be a JSON array".into()),
+            Err(e) => Err(format!("not JSON: {e}")),
+        },
+        other => {
+            count_bad(tx).await;
+            respond(
+                &mut sock,
+                415,
+                &error(
+                    "unsupported_media_type",
+                    format!("content type {other:?}: send application/cloudevents+json (structured) or application/cloudevents-batch+json"),
+                ),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    let checked: Result<Vec<InEvent>, String> = parsed.and_then(|vs| {
+        vs.into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                check_ce(v, path_stream.as_ref(), default, i).map(|(stream, ce)| InEvent {
+                    stream,
+                    priority,
+                    ce,
+                })
+            })
+            .collect()
+    });
+    let events = match checked {
+        Ok(e) => e,
+        Err(message) => {
+            count_bad(tx).await;
+            respond(&mut sock, 400, &error("bad_cloudevent", message)).await?;
+            return Ok(());
+        }
+    };
+    let (rtx, rrx) = oneshot::channel();
+    if tx
+        .send(Input {
+            events,
+            meta: Vec::new(),
+            bad: 0,
+            reply: Some(rtx),
+        })
+        .await
+        .is_err()
+    {
+        respond(
+            &mut sock,
+            503,
+            &error("shutting_down", "the agent is stopping"),
+        )
+        .await?;
+        return Ok(());
+    }
+    let outcome: IngestOutcome = rrx.await.unwrap_or_default();
+    let (status, body) = if let Some(e) = &outcome.error {
+        (503, error("outbox_error", e.clone()))
+    } else if outcome.refused_full > 0 {
+        (
+            507,
+            json!({"error": {"reason": "outbox_full", "message": "the outbox is full (outbox.events_max / bytes_max) and the overflow rule refused events"},
+                   "accepted": outcome.accepted, "refused": outcome.refused_full}),
+        )
+    } else {
+        (202, serde_json::to_value(&outcome)?)
+    };
+    respond(&mut sock, status, &body).await?;
+    Ok(())
+}
+
+async fn count_bad(tx: &mpsc::Sender<Input>) {
+    let _ = tx
+        .send(Input {
+            events: Vec::new(),
+            meta: Vec::new(),
+            bad: 1,
+            reply: None,
+        })
+        .await;
+}

@@ -1,0 +1,689 @@
+//! The store-and-forward outbox: SQLite (WAL, `synchronous=FULL`), so an event the agent
+//! accepted survives power loss.
+//!
+//! An event enters unsequenced and unsigned. It is **sequenced and signed** when the drain
+//! takes it into a batch ([`Outbox::sequence`]): the per-origin sequence number, the HLC
+//! stamp and the signature are written in one transaction before any byte is sent, so a
+//! restart resends the same bytes and never reuses a number. Until then the overflow rule
+//! may drop it without leaving a gap that nodes would wait for. An event leaves the outbox
+//! only when a node answered that it is durable ([`Outbox::ack`]).
+//!
+//! Bounds: `outbox.events_max` events and `outbox.bytes_max` payload bytes; the overflow
+//! rule refuses the new event or drops the oldest unsequenced one of the lowest priority
+//! not above the new one's. Everything is counted ([`Counters`]), durably.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use rusqlite::{OptionalExtension as _, params};
+use weft_fabric::edge::Profile;
+use weft_fabric::{
+    EventDraft, Hlc, HybridClock, Payload, Residency, SecurityContext, Signer, StreamName,
+    StreamPattern,
+};
+
+use crate::config::{OutboxConfig, Overflow};
+
+/// Most rows kept in the dead-letter table (events a node refused for good); older ones
+/// are deleted first.
+const DEAD_LETTERS_MAX: i64 = 1000;
+/// Largest clock drift accepted by the agent's HLC (it only ticks locally).
+const HLC_DRIFT_MS_MAX: u64 = 60_000;
+
+/// Durable counters (`weft-agent status`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Counters {
+    /// Events accepted into the outbox.
+    pub(crate) accepted: u64,
+    /// New events refused because the outbox was full.
+    pub(crate) refused_full: u64,
+    /// Events dropped by the drop-oldest overflow rule.
+    pub(crate) dropped_overflow: u64,
+    /// Events dropped by a filter rule.
+    pub(crate) filtered: u64,
+    /// Events dropped by a sample rule.
+    pub(crate) sampled_out: u64,
+    /// Events folded into an aggregate.
+    pub(crate) aggregated: u64,
+    /// Summary events made by aggregate rules.
+    pub(crate) summaries: u64,
+    /// Events a node confirmed durable (and that left the outbox).
+    pub(crate) delivered: u64,
+    /// Events moved to the dead-letter table: refused by a node, or not publishable
+    /// under the device's profile (not enrolled for the stream, no classification).
+    pub(crate) dead: u64,
+    /// Bad input lines or requests refused at the inputs.
+    pub(crate) bad_input: u64,
+}
+
+impl Counters {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 10] {
+        [
+            ("accepted", &mut self.accepted),
+            ("refused_full", &mut self.refused_full),
+            ("dropped_overflow", &mut self.dropped_overflow),
+            ("filtered", &mut self.filtered),
+            ("sampled_out", &mut self.sampled_out),
+            ("aggregated", &mut self.aggregated),
+            ("summaries", &mut self.summaries),
+            ("delivered", &mut self.delivered),
+            ("dead", &mut self.dead),
+            ("bad_input", &mut self.bad_input),
+        ]
+    }
+}
+
+/// An event handed to the outbox.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEvent {
+    pub(crate) stream: StreamName,
+    pub(crate) priority: u8,
+    pub(crate) produced_ms: u64,
+    pub(crate) content_type: String,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// A sequenced event ready to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Ready {
+    pub(crate) seq: u64,
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// The outbox.
+pub(crate) struct Outbox {
+    conn: rusqlite::Connection,
+    config: OutboxConfig,
+    depth: u64,
+    bytes: u64,
+    next_seq: u64,
+    clock: HybridClock,
+    /// Counters, written with every transaction.
+    pub(crate) counters: Counters,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("depth", &self.depth)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Outbox {
+    /// Opens (or creates) `dir/outbox.db`.
+    pub(crate) fn open(dir: &Path, config: OutboxConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("outbox.db");
+        let conn = rusqlite::Connection::open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS outbox (
+                 id INTEGER PRIMARY KEY,
+                 stream TEXT NOT NULL,
+                 priority INTEGER NOT NULL,
+                 produced_ms INTEGER NOT NULL,
+                 content_type TEXT NOT NULL,
+                 payload BLOB NOT NULL,
+                 seq INTEGER UNIQUE,
+                 envelope BLOB);
+             CREATE INDEX IF NOT EXISTS outbox_unsequenced ON outbox(priority, id) WHERE seq IS NULL;
+             CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS counters (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS dead (
+                 id INTEGER PRIMARY KEY, seq INTEGER, stream TEXT NOT NULL,
+                 payload BLOB NOT NULL, envelope BLOB, reason TEXT NOT NULL, at_ms INTEGER NOT NULL);",
+        )
+        .context("creating the outbox schema")?;
+        let (depth, bytes): (i64, Option<i64>) = conn.query_row(
+            "SELECT COUNT(*), SUM(length(payload)) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut out = Self {
+            conn,
+            config,
+            depth: depth as u64,
+            bytes: bytes.unwrap_or(0) as u64,
+            next_seq: 1,
+            clock: HybridClock::new(HLC_DRIFT_MS_MAX),
+            counters: Counters::default(),
+        };
+        if let Some(v) = out.meta_get("next_seq")? {
+            out.next_seq = u64::from_be_bytes(v.try_into().unwrap_or([0; 8])).max(1);
+        }
+        if let Some(v) = out.meta_get("hlc_last")? {
+            let last = Hlc::from_u64(u64::from_be_bytes(v.try_into().unwrap_or([0; 8])));
+            out.clock = HybridClock::resume(last, HLC_DRIFT_MS_MAX);
+        }
+        let mut stmt = out.conn.prepare("SELECT k, v FROM counters")?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        for (k, v) in rows {
+            for (name, slot) in out.counters.fields() {
+                if name == k {
+                    *slot = v as u64;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events held.
+    pub(crate) fn depth(&self) -> u64 {
+        self.depth
+    }
+
+    /// Payload bytes held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The next sequence number to assign.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// A stored value.
+    pub(crate) fn meta_get(&self, k: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn write_counters(tx: &rusqlite::Transaction<'_>, c: &mut Counters) -> anyhow::Result<()> {
+        let mut stmt =
+            tx.prepare_cached("INSERT OR REPLACE INTO counters (k, v) VALUES (?1, ?2)")?;
+        for (k, v) in c.fields() {
+            stmt.execute(params![k, *v as i64])?;
+        }
+        Ok(())
+    }
+
+    /// Stores values in one transaction (profile, cursors, file offsets).
+    pub(crate) fn meta_set(&mut self, pairs: &[(&str, &[u8])]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        for (k, v) in pairs {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Accepts events in one transaction (one fsync), applying the overflow rule; `meta`
+    /// is written in the same transaction (a followed file's offset moves with its lines).
+    /// Returns, per event, whether it was accepted.
+    pub(crate) fn insert(
+        &mut self,
+        events: &[NewEvent],
+        meta: &[(String, Vec<u8>)],
+        extra: &Counters,
+    ) -> anyhow::Result<Vec<bool>> {
+        let tx = self.conn.transaction()?;
+        let mut accepted = Vec::with_capacity(events.len());
+        let mut depth = self.depth;
+        let mut bytes = self.bytes;
+        let mut c = self.counters.clone();
+        for e in events {
+            let len = e.payload.len() as u64;
+            let mut ok = true;
+            while depth + 1 > self.config.events_max || bytes + len > self.config.bytes_max {
+                if self.config.overflow == Overflow::Refuse {
+                    ok = false;
+                    break;
+                }
+                let victim: Option<(i64, i64)> = tx
+                    .query_row(
+                        "SELECT id, length(payload) FROM outbox WHERE seq IS NULL AND priority <= ?1 \
+                         ORDER BY priority, id LIMIT 1",
+                        [e.priority],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((id, vlen)) = victim else {
+                    ok = false;
+                    break;
+                };
+                tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+                depth -= 1;
+                bytes -= vlen as u64;
+                c.dropped_overflow += 1;
+            }
+            if !ok {
+                c.refused_full += 1;
+                accepted.push(false);
+                continue;
+            }
+            tx.prepare_cached(
+                "INSERT INTO outbox (stream, priority, produced_ms, content_type, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                e.stream.as_str(),
+                e.priority,
+                e.produced_ms as i64,
+                e.content_type,
+                e.payload
+            ])?;
+            depth += 1;
+            bytes += len;
+            c.accepted += 1;
+            accepted.push(true);
+        }
+        for (k, v) in meta {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        c.filtered += extra.filtered;
+        c.sampled_out += extra.sampled_out;
+        c.aggregated += extra.aggregated;
+        c.summaries += extra.summaries;
+        c.bad_input += extra.bad_input;
+        Self::write_counters(&tx, &mut c)?;
+        tx.commit()?;
+        self.depth = depth;
+        self.bytes = bytes;
+        self.counters = c;
+        Ok(accepted)
+    }
+
+    /// Sequences and signs up to `n` of the oldest unsequenced events under `profile`, in
+    /// one transaction, before anything is sent. An event the profile does not allow
+    /// (stream not enrolled, no classification) goes to the dead-letter table without a
+    /// sequence number, so it leaves no gap. Returns how many were sequenced.
+    pub(crate) fn sequence(
+        &mut self,
+        n: usize,
+        profile: &Profile,
+        signer: &Signer,
+    ) -> anyhow::Result<usize> {
+        let enrolled: Vec<StreamPattern> = profile
+            .streams
+            .iter()
+            .filter_map(|p| StreamPattern::new(p.clone()).ok())
+            .collect();
+        let stamps: Vec<(StreamPattern, &weft_fabric::edge::StampRule)> = profile
+            .stamps
+            .iter()
+            .filter_map(|s| Some((StreamPattern::new(s.pattern.clone()).ok()?, s)))
+            .collect();
+        let tx = self.conn.transaction()?;
+        let rows: Vec<(i64, String, i64, String, Vec<u8>)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, stream, produced_ms, content_type, payload FROM outbox \
+                 WHERE seq IS NULL ORDER BY id LIMIT ?1",
+            )?;
+            stmt.query_map([n as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut seq = self.next_seq;
+        let mut clock = self.clock.clone();
+        let mut c = self.counters.clone();
+        let mut depth = self.depth;
+        let mut bytes = self.bytes;
+        let mut done = 0;
+        let now = wall_ms();
+        for (id, stream, produced_ms, content_type, payload) in rows {
+            let plen = payload.len() as u64;
+            let refuse = |why: String, payload: &[u8]| -> anyhow::Result<()> {
+                tx.execute(
+                    "INSERT INTO dead (seq, stream, payload, envelope, reason, at_ms) VALUES (NULL, ?1, ?2, NULL, ?3, ?4)",
+                    params![stream, payload, why, now as i64],
+                )?;
+                tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+                Ok(())
+            };
+            let name = StreamName::new(stream.clone());
+            let stamp = name.as_ref().ok().and_then(|s| {
+                stamps
+                    .iter()
+                    .find(|(p, _)| p.matches(s))
+                    .map(|(_, r)| *r)
+                    .or(profile.default_stamp.as_ref())
+            });
+            let why = match (&name, stamp) {
+                (Err(e), _) => Some(format!("bad stream {stream:?}: {e}")),
+                (Ok(s), _) if !enrolled.iter().any(|p| p.matches(s)) => Some(format!(
+                    "the device is not enrolled for {stream} (epoch {})",
+                    profile.epoch
+                )),
+                (Ok(_), None) => Some(format!("no classification for {stream}")),
+                _ => None,
+            };
+            if let Some(why) = why {
+                tracing::warn!(stream = %stream, "event not publishable, moved to dead letters: {why}");
+                refuse(why, &payload)?;
+                c.dead += 1;
+                depth -= 1;
+                bytes -= plen;
+                continue;
+            }
+            let (Ok(name), Some(stamp)) = (name, stamp) else {
+                continue;
+            };
+            let residency = match &stamp.residency {
+                None => Residency::Unrestricted,
+                Some(codes) => Residency::only(codes.iter().cloned())?,
+            };
+            // The production time is the event's physical time (the clock keeps it monotonic).
+            let hlc = clock.tick(produced_ms.max(0) as u64)?;
+            let draft = EventDraft {
+                stream: name,
+                key: None,
+                seq,
+                hlc,
+                security: SecurityContext {
+                    tenant: profile.tenant.clone(),
+                    principal: profile.principal.clone(),
+                    classification: stamp.classification.clone(),
+                    residency,
+                    scopes: Default::default(),
+                    policy_epoch: profile.epoch,
+                },
+                content_type,
+                payload: Payload::Clear(payload),
+                trace: None,
+            };
+            let event = match signer.sign(draft) {
+                Ok(e) => e,
+                Err(e) => {
+                    refuse(format!("cannot be signed: {e}"), &[])?;
+                    c.dead += 1;
+                    depth -= 1;
+                    bytes -= plen;
+                    continue;
+                }
+            };
+            tx.prepare_cached("UPDATE outbox SET seq = ?1, envelope = ?2 WHERE id = ?3")?
+                .execute(params![seq as i64, event.encode(), id])?;
+            seq += 1;
+            done += 1;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('next_seq', ?1)",
+            [&seq.to_be_bytes()[..]],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('hlc_last', ?1)",
+            [&clock.last().as_u64().to_be_bytes()[..]],
+        )?;
+        tx.execute(
+            "DELETE FROM dead WHERE id <= (SELECT MAX(id) FROM dead) - ?1",
+            [DEAD_LETTERS_MAX],
+        )?;
+        Self::write_counters(&tx, &mut c)?;
+        tx.commit()?;
+        self.next_seq = seq;
+        self.clock = clock;
+        self.counters = c;
+        self.depth = depth;
+        self.bytes = bytes;
+        Ok(done)
+    }
+
+    /// Up to `n` sequenced events from `from_seq` on, in sequence order.
+    pub(crate) fn ready(&self, from_seq: u64, n: usize) -> anyhow::Result<Vec<Ready>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, envelope FROM outbox WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let out = stmt
+            .query_map(params![from_seq as i64, n as i64], |r| {
+                Ok(Ready {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    envelope: r.get(1)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(out)
+    }
+
+    /// Whether unsequenced events wait.
+    pub(crate) fn has_unsequenced(&self) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM outbox WHERE seq IS NULL LIMIT 1", [], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// The lowest sequenced, unacknowledged sequence number.
+    pub(crate) fn head_seq(&self) -> anyhow::Result<Option<u64>> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT MIN(seq) FROM outbox", [], |r| r.get(0))?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// A node confirmed `first..=last` durable: they leave the outbox.
+    pub(crate) fn ack(&mut self, first: u64, last: u64) -> anyhow::Result<u64> {
+        let tx = self.conn.transaction()?;
+        let (n, b): (i64, Option<i64>) = tx.query_row(
+            "SELECT COUNT(*), SUM(length(payload)) FROM outbox WHERE seq BETWEEN ?1 AND ?2",
+            params![first as i64, last as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.execute(
+            "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2",
+            params![first as i64, last as i64],
+        )?;
+        let mut c = self.counters.clone();
+        c.delivered += n as u64;
+        Self::write_counters(&tx, &mut c)?;
+        tx.commit()?;
+        self.counters = c;
+        self.depth -= n as u64;
+        self.bytes -= b.unwrap_or(0) as u64;
+        Ok(n as u64)
+    }
+
+    /// A node refused sequenced event `seq` for good: the event moves to the dead-letter
+    /// table and its row becomes a signed **void** event under the same number
+    /// (`weft_fabric::edge::VOID_STREAM`), sent in its place so that nodes, which deliver
+    /// the device's events in sequence order, do not wait for the number forever.
+    pub(crate) fn void(
+        &mut self,
+        seq: u64,
+        reason: &str,
+        profile: &Profile,
+        signer: &Signer,
+    ) -> anyhow::Result<()> {
+        use weft_fabric::edge::{VOID_CONTENT_TYPE, VOID_PAYLOAD_LEN_MAX, VOID_STREAM};
+        let tx = self.conn.transaction()?;
+        let row: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT length(payload), produced_ms FROM outbox WHERE seq = ?1",
+                [seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((len, produced_ms)) = row else {
+            return Ok(());
+        };
+        tx.execute(
+            "INSERT INTO dead (seq, stream, payload, envelope, reason, at_ms) \
+             SELECT seq, stream, payload, envelope, ?2, ?3 FROM outbox WHERE seq = ?1",
+            params![seq as i64, reason, wall_ms() as i64],
+        )?;
+        let mut why: String = reason.chars().take(VOID_PAYLOAD_LEN_MAX / 2).collect();
+        why.retain(|c| !c.is_control());
+        let payload = serde_json::to_vec(&serde_json::json!({"void": seq, "reason": why}))?;
+        let mut clock = self.clock.clone();
+        let draft = EventDraft {
+            stream: StreamName::new(VOID_STREAM)?,
+            key: None,
+            seq,
+            hlc: clock.tick(produced_ms.max(0) as u64)?,
+            security: SecurityContext {
+                tenant: profile.tenant.clone(),
+                principal: profile.principal.clone(),
+                classification: "_system".into(),
+                residency: Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: profile.epoch,
+            },
+            content_type: VOID_CONTENT_TYPE.into(),
+            payload: Payload::Clear(payload.clone()),
+            trace: None,
+        };
+        let event = signer.sign(draft)?;
+        tx.execute(
+            "UPDATE outbox SET stream = ?2, payload = ?3, envelope = ?4, content_type = ?5 WHERE seq = ?1",
+            params![seq as i64, VOID_STREAM, payload, event.encode(), VOID_CONTENT_TYPE],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('hlc_last', ?1)",
+            [&clock.last().as_u64().to_be_bytes()[..]],
+        )?;
+        let mut c = self.counters.clone();
+        c.dead += 1;
+        Self::write_counters(&tx, &mut c)?;
+        tx.commit()?;
+        self.counters = c;
+        self.clock = clock;
+        self.bytes = self.bytes - len as u64 + payload.len() as u64;
+        Ok(())
+    }
+
+    /// A node refused sequenced event `seq` for good and no profile is at hand to sign a
+    /// void: it moves to the dead-letter table (its number stays a gap).
+    pub(crate) fn dead_letter(&mut self, seq: u64, reason: &str) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let len: Option<i64> = tx
+            .query_row(
+                "SELECT length(payload) FROM outbox WHERE seq = ?1",
+                [seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute(
+            "INSERT INTO dead (seq, stream, payload, envelope, reason, at_ms) \
+             SELECT seq, stream, payload, envelope, ?2, ?3 FROM outbox WHERE seq = ?1",
+            params![seq as i64, reason, wall_ms() as i64],
+        )?;
+        tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq as i64])?;
+        let mut c = self.counters.clone();
+        if let Some(len) = len {
+            c.dead += 1;
+            self.depth -= 1;
+            self.bytes -= len as u64;
+        }
+        Self::write_counters(&tx, &mut c)?;
+        tx.commit()?;
+        self.counters = c;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_fabric::edge::StampRule;
+
+    fn profile() -> Profile {
+        Profile {
+            node: "n".into(),
+            region: "r".into(),
+            epoch: 0,
+            principal: "dev".into(),
+            tenant: "acme".into(),
+            streams: vec!["t.>".into()],
+            stamps: vec![],
+            default_stamp: Some(StampRule {
+                pattern: ">".into(),
+                classification: "internal".into(),
+                residency: None,
+            }),
+            rules: vec![],
+            commands: None,
+            batch_len_max: 256,
+            batches_inflight_max: 4,
+        }
+    }
+
+    fn ev(stream: &str, priority: u8, n: usize) -> NewEvent {
+        NewEvent {
+            stream: StreamName::new(stream.to_string()).unwrap(),
+            priority,
+            produced_ms: 1_700_000_000_000,
+            content_type: "text/plain".into(),
+            payload: format!("event {n}").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_survive_a_reopen_and_overflow_never_drops_a_sequenced_event() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-outbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = OutboxConfig {
+            events_max: 3,
+            bytes_max: 1 << 20,
+            overflow: Overflow::DropOldest,
+        };
+        let signer = Signer::from_secret(&[7; 32]);
+        let mut o = Outbox::open(&dir, config.clone()).unwrap();
+        let none = Counters::default();
+        let ok = o
+            .insert(
+                &[ev("t.a", 5, 0), ev("t.a", 5, 1), ev("x.b", 5, 2)],
+                &[],
+                &none,
+            )
+            .unwrap();
+        assert_eq!(ok, vec![true, true, true]);
+        // The stream x.b is not enrolled: dead-lettered without a number.
+        assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 2);
+        assert_eq!(o.counters.dead, 1);
+        assert_eq!(o.depth(), 2);
+        // Full at 3: a new event drops the oldest unsequenced one, never a sequenced one.
+        o.insert(&[ev("t.a", 5, 3)], &[], &none).unwrap();
+        let r = o.insert(&[ev("t.a", 5, 4)], &[], &none).unwrap();
+        assert_eq!(r, vec![true]);
+        assert_eq!(o.counters.dropped_overflow, 1);
+        // A lower priority cannot evict a higher one: refused.
+        let r = o.insert(&[ev("t.a", 1, 5)], &[], &none).unwrap();
+        assert_eq!(r, vec![false]);
+        assert_eq!(o.counters.refused_full, 1);
+        drop(o);
+        let mut o = Outbox::open(&dir, config).unwrap();
+        assert_eq!(o.next_seq(), 3);
+        assert_eq!(o.depth(), 3);
+        assert_eq!(o.counters.dropped_overflow, 1);
+        assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 1);
+        let ready = o.ready(1, 10).unwrap();
+        assert_eq!(
+            ready.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let e = weft_fabric::decode(&ready[2].envelope)
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert_eq!(e.seq(), 3);
+        assert_eq!(e.security().principal, "dev");
+        assert_eq!(o.ack(1, 2).unwrap(), 2);
+        assert_eq!(o.head_seq().unwrap(), Some(3));
+        assert_eq!(o.counters.delivered, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,838 @@
+//! The edge port (issue 8): a second QUIC endpoint (`listen.edge`, ALPN `weft-edge/1`)
+//! where `weft-agent` devices connect, prove their Ed25519 device key in TLS, receive
+//! their profile (principal, stamps, local rules, command stream) and publish batches of
+//! events they signed themselves. Protocol: `weft_fabric::edge`; docs: `docs/agent.md`.
+//!
+//! Admission: with a policy in force, a device key is accepted when the policy enrolls it
+//! (`Policy::enrollment`); without one, when the config's `[[edge.devices]]` allow-list
+//! names it. Refusals close the connection with `close::NOT_ENROLLED`, are counted
+//! (`weft_rejected_total{reason}`) and audited. Events go through the same checks as the
+//! HTTP pre-signed path (signature, stream stored here, policy authorization and stamp:
+//! `http::enforce_presigned`), plus: the envelope's origin is the connection's device key
+//! and its principal and tenant are the device's. A batch is all or nothing; it is
+//! answered once the driver's group commit made it durable (`Ack::Local`). Backpressure:
+//! QUIC limits each agent to `edge.batches_inflight_max` batch streams, and a full
+//! publish queue or in-flight limit answers `Busy` (counted as `edge_busy`) without
+//! keeping anything. A resent event the node already holds is answered durable: the core
+//! drops duplicates by (origin, sequence number).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+use weft_fabric::edge::{
+    self, BatchAnswer, EDGE_ALPN, FRAME_LEN_MAX, Hello, LocalRule, Profile, StampRule, Subscribe,
+    close,
+};
+use weft_fabric::{Event, Residency, StreamName, StreamPattern};
+
+use crate::driver::Ack;
+use crate::http::Api;
+
+/// How often a connected agent's profile is re-derived to notice a new policy epoch.
+const EPOCH_POLL: Duration = Duration::from_secs(1);
+/// Downlink events read from the log per query (one round trip to the store each).
+const COMMANDS_PAGE_LEN: usize = 128;
+/// How long a busy agent is told to wait.
+const BUSY_RETRY_MS: u64 = 100;
+/// Largest control frame (hello, subscribe), bytes.
+const CONTROL_FRAME_LEN_MAX: usize = 64 << 10;
+
+/// The `[edge]` config section (`docs/config.md`); the address is `listen.edge`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EdgeConfig {
+    /// Devices admitted when no policy is in force (a policy's enrollment replaces the list).
+    pub(crate) devices: Vec<EdgeDevice>,
+    /// Batches one agent may have in flight (QUIC stream limit).
+    pub(crate) batches_inflight_max: u32,
+    /// Events per batch.
+    pub(crate) batch_len_max: u32,
+    /// Agents connected at once.
+    pub(crate) agents_max: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            batches_inflight_max: 4,
+            batch_len_max: 256,
+            agents_max: 1024,
+        }
+    }
+}
+
+/// A device in the config allow-list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EdgeDevice {
+    /// Principal name stamped in its events.
+    pub(crate) name: String,
+    /// Tenant.
+    pub(crate) tenant: String,
+    /// Hex Ed25519 public key (`weft-agent keygen` prints it).
+    pub(crate) key: String,
+    /// Stream patterns it may publish to.
+    #[serde(default = "any_stream")]
+    pub(crate) streams: Vec<String>,
+    /// Local rules sent to its agent.
+    #[serde(default)]
+    pub(crate) rules: Vec<LocalRule>,
+}
+
+fn any_stream() -> Vec<String> {
+    vec![">".into()]
+}
+
+/// Checks the `[edge]` section; errors name the field.
+pub(crate) fn check_config(c: &EdgeConfig) -> anyhow::Result<()> {
+    let err = |f: String, m: String| anyhow::anyhow!("config field `{f}`: {m}");
+    if c.batches_inflight_max == 0 || c.batches_inflight_max > 64 {
+        return Err(err(
+            "edge.batches_inflight_max".into(),
+            "must be 1 to 64".into(),
+        ));
+    }
+    if c.batch_len_max == 0 || c.batch_len_max as usize > edge::BATCH_LEN_MAX {
+        return Err(err(
+            "edge.batch_len_max".into(),
+            format!("must be 1 to {} (BATCH_LEN_MAX)", edge::BATCH_LEN_MAX),
+        ));
+    }
+    if c.agents_max == 0 {
+        return Err(err("edge.agents_max".into(), "must be at least 1".into()));
+    }
+    for (i, d) in c.devices.iter().enumerate() {
+        let f = format!("edge.devices[{i}]");
+        crate::config::hex32(&format!("{f}.key"), &d.key)?;
+        if d.name.is_empty() || d.name.len() > weft_fabric::limits::NAME_LEN_MAX {
+            return Err(err(format!("{f}.name"), "must be 1 to 128 bytes".into()));
+        }
+        if d.tenant.is_empty() || d.tenant.len() > weft_fabric::limits::NAME_LEN_MAX {
+            return Err(err(format!("{f}.tenant"), "must be 1 to 128 bytes".into()));
+        }
+        for (k, p) in d.streams.iter().enumerate() {
+            StreamPattern::new(p.clone())
+                .map_err(|e| err(format!("{f}.streams[{k}]"), e.to_string()))?;
+        }
+        if d.rules.len() > edge::RULES_MAX {
+            return Err(err(
+                format!("{f}.rules"),
+                format!("over RULES_MAX ({})", edge::RULES_MAX),
+            ));
+        }
+        for (k, r) in d.rules.iter().enumerate() {
+            r.check().map_err(|e| err(format!("{f}.rules[{k}]"), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// An admitted device.
+#[derive(Debug, Clone)]
+struct Device {
+    key: [u8; 32],
+    principal: String,
+    tenant: String,
+    /// Stream patterns it may publish to (enforced here without a policy; the policy's
+    /// `authorize` does it otherwise).
+    streams: Vec<StreamPattern>,
+    profile: Profile,
+}
+
+/// The edge port's shared state.
+pub(crate) struct Edge {
+    api: Arc<Api>,
+    config: EdgeConfig,
+    allow: Vec<([u8; 32], EdgeDevice)>,
+    agents: Arc<tokio::sync::Semaphore>,
+    endpoint: quinn::Endpoint,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Edge")
+    }
+}
+
+/// Accepts any Ed25519 client certificate (TLS still checks the handshake signature, so
+/// the agent proves it holds the key); admission is decided after the handshake, where a
+/// refusal can be counted, audited and explained.
+#[derive(Debug)]
+struct DeviceCertVerifier(WebPkiSupportedAlgorithms);
+
+impl ClientCertVerifier for DeviceCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        crate::tls::cert_key(end_entity).ok_or_else(|| {
+            rustls::Error::General("device certificate does not carry an Ed25519 key".into())
+        })?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+fn server_config(
+    seed: &[u8; 32],
+    batches_inflight_max: u32,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut pkcs8 = crate::tls::ED25519_PKCS8_PREFIX.to_vec();
+    pkcs8.extend_from_slice(seed);
+    let key_der = PrivatePkcs8KeyDer::from(pkcs8);
+    let key_pair = rcgen::KeyPair::try_from(&key_der).context("loading the node key for TLS")?;
+    let cert = rcgen::CertificateParams::new(vec!["weft-node".to_string()])
+        .context("certificate parameters")?
+        .self_signed(&key_pair)
+        .context("self-signing the edge certificate")?;
+    let verifier = DeviceCertVerifier(provider.signature_verification_algorithms);
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 server")?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key_der))
+        .context("edge certificate")?;
+    tls.alpn_protocols = vec![EDGE_ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC server crypto")?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(10_000).into()))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        // Batches in flight, plus the control stream and the downlink.
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(batches_inflight_max + 2))
+        .receive_window(quinn::VarInt::from_u32(
+            (FRAME_LEN_MAX as u32).saturating_mul(batches_inflight_max.min(8)),
+        ))
+        .stream_receive_window(quinn::VarInt::from_u32(FRAME_LEN_MAX as u32));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+/// Starts the edge port on `addr`; agents are served until [`Edge::close`].
+pub(crate) fn start(
+    addr: SocketAddr,
+    seed: &[u8; 32],
+    config: EdgeConfig,
+    api: Arc<Api>,
+) -> anyhow::Result<Arc<Edge>> {
+    let server = server_config(seed, config.batches_inflight_max)?;
+    let endpoint = quinn::Endpoint::server(server, addr)
+        .with_context(|| format!("binding the edge port on {addr} (UDP)"))?;
+    let allow = config
+        .devices
+        .iter()
+        .map(|d| Ok((crate::config::hex32("edge.devices.key", &d.key)?, d.clone())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !allow.is_empty() && api.policy.policy().is_some() {
+        warn!("a policy is in force: edge.devices is ignored, the policy's enrollment decides");
+    }
+    let edge = Arc::new(Edge {
+        agents: Arc::new(tokio::sync::Semaphore::new(config.agents_max)),
+        api,
+        config,
+        allow,
+        endpoint,
+    });
+    info!(%addr, "edge port listening (ALPN weft-edge/1)");
+    let e = edge.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = e.endpoint.accept().await {
+            tokio::spawn(e.clone().serve(incoming));
+        }
+    });
+    Ok(edge)
+}
+
+fn deny(edge: &Edge, reason: &'static str, key: &str, message: &str) {
+    edge.api.metrics.reject(reason);
+    warn!(target: "audit", decision = "deny", reason, device = %key, "edge agent refused: {message}");
+}
+
+impl Edge {
+    /// Stops accepting agents and closes their connections.
+    pub(crate) fn close(&self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(close::SHUTDOWN),
+            b"node shutting down",
+        );
+    }
+
+    /// Admission and profile of a device key under the policy in force (or the allow-list).
+    fn admit(&self, key: &[u8; 32]) -> Result<Device, (&'static str, String)> {
+        let hex_key = hex::encode(key);
+        let api = &self.api;
+        let (principal, tenant, streams, rules, stamps, default_stamp, epoch) = match api
+            .policy
+            .policy()
+        {
+            Some(policy) => {
+                let Some(e) = policy.enrollment(key) else {
+                    return Err((
+                        "device_not_enrolled",
+                        format!(
+                            "device key {hex_key} is not enrolled by policy epoch {}",
+                            policy.epoch()
+                        ),
+                    ));
+                };
+                let stamps = policy
+                    .bundle()
+                    .streams
+                    .iter()
+                    .filter_map(|r| {
+                        let class = policy.class(&r.classification)?;
+                        Some(StampRule {
+                            pattern: r.pattern.clone(),
+                            classification: r.classification.clone(),
+                            residency: residency_codes(&class.residency),
+                        })
+                    })
+                    .collect();
+                (
+                    e.principal.clone(),
+                    e.tenant.clone(),
+                    e.streams.clone(),
+                    e.rules.clone(),
+                    stamps,
+                    None,
+                    policy.epoch(),
+                )
+            }
+            None => {
+                let Some((_, d)) = self.allow.iter().find(|(k, _)| k == key) else {
+                    return Err((
+                        "device_not_allowed",
+                        format!(
+                            "device key {hex_key} is not in this node's edge.devices (and no policy is in force)"
+                        ),
+                    ));
+                };
+                let streams = d
+                    .streams
+                    .iter()
+                    .filter_map(|p| StreamPattern::new(p.clone()).ok())
+                    .collect();
+                let internal = StampRule {
+                    pattern: ">".into(),
+                    classification: "internal".into(),
+                    residency: None,
+                };
+                (
+                    d.name.clone(),
+                    d.tenant.clone(),
+                    streams,
+                    d.rules.clone(),
+                    Vec::new(),
+                    Some(internal),
+                    0,
+                )
+            }
+        };
+        let commands = StreamName::new(format!("devices.{principal}.commands"))
+            .ok()
+            .filter(|s| api.streams.iter().any(|p| p.matches(s)))
+            .map(|s| s.as_str().to_string());
+        let profile = Profile {
+            node: api.name.clone(),
+            region: api.me.region.clone(),
+            epoch,
+            principal: principal.clone(),
+            tenant: tenant.clone(),
+            streams: streams.iter().map(|p| p.as_str().to_string()).collect(),
+            stamps,
+            default_stamp,
+            rules,
+            commands,
+            batch_len_max: self.config.batch_len_max,
+            batches_inflight_max: self.config.batches_inflight_max,
+        };
+        Ok(Device {
+            key: *key,
+            principal,
+            tenant,
+            streams,
+            profile,
+        })
+    }
+
+    async fn serve(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let Ok(_slot) = self.agents.clone().try_acquire_owned() else {
+            deny(
+                &self,
+                "edge_too_many_agents",
+                "?",
+                "edge.agents_max reached",
+            );
+            incoming.refuse();
+            return;
+        };
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                deny(
+                    &self,
+                    "edge_handshake_failed",
+                    &remote.to_string(),
+                    &e.to_string(),
+                );
+                return;
+            }
+        };
+        let Some(key) = crate::tls::peer_key(&conn) else {
+            conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"no device key");
+            return;
+        };
+        let device = match self.admit(&key) {
+            Ok(d) => d,
+            Err((reason, message)) => {
+                deny(&self, reason, &hex::encode(key), &message);
+                conn.close(
+                    quinn::VarInt::from_u32(close::NOT_ENROLLED),
+                    format!("{reason}: {message}").as_bytes(),
+                );
+                return;
+            }
+        };
+        self.api.metrics.edge_agents.inc();
+        info!(target: "audit", decision = "allow", device = %hex::encode(key),
+            principal = %device.principal, %remote, "edge agent connected");
+        let device = Arc::new(std::sync::RwLock::new(device));
+        loop {
+            let (send, mut recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "edge connection ended");
+                    break;
+                }
+            };
+            let edge = self.clone();
+            let device = device.clone();
+            let conn2 = conn.clone();
+            tokio::spawn(async move {
+                let mut kind = [0u8; 1];
+                if recv.read_exact(&mut kind).await.is_err() {
+                    return;
+                }
+                let r = match kind[0] {
+                    edge::STREAM_HELLO => edge.control(&conn2, &device, send, recv).await,
+                    edge::STREAM_BATCH => edge.batch_stream(&device, send, recv).await,
+                    edge::STREAM_COMMANDS => edge.commands(&device, send, recv).await,
+                    k => {
+                        edge.api.metrics.reject("edge_protocol");
+                        conn2.close(
+                            quinn::VarInt::from_u32(close::PROTOCOL),
+                            format!("unknown stream kind {k}").as_bytes(),
+                        );
+                        Ok(())
+                    }
+                };
+                if let Err(e) = r {
+                    debug!(error = %e, "edge stream ended");
+                }
+            });
+        }
+        self.api.metrics.edge_agents.dec();
+        info!(device = %hex::encode(key), "edge agent disconnected");
+    }
+
+    /// The control stream: hello, the profile, and a new profile whenever the policy epoch
+    /// changes (the connection closes if the new epoch no longer enrolls the device).
+    async fn control(
+        &self,
+        conn: &quinn::Connection,
+        device: &std::sync::RwLock<Device>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> anyhow::Result<()> {
+        let hello: Hello =
+            serde_json::from_slice(&read_frame(&mut recv, CONTROL_FRAME_LEN_MAX).await?)
+                .context("hello frame")?;
+        let (key, profile) = {
+            let d = device
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (d.key, d.profile.clone())
+        };
+        info!(device = %hex::encode(key), name = %hello.name, agent = %hello.agent, "edge hello");
+        write_frame(&mut send, &serde_json::to_vec(&profile)?).await?;
+        let mut epoch = self.api.policy.epoch();
+        loop {
+            tokio::select! {
+                _ = conn.closed() => return Ok(()),
+                () = tokio::time::sleep(EPOCH_POLL) => {}
+            }
+            let now = self.api.policy.epoch();
+            if now == epoch {
+                continue;
+            }
+            epoch = now;
+            match self.admit(&key) {
+                Ok(d) => {
+                    let profile = d.profile.clone();
+                    *device
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = d;
+                    write_frame(&mut send, &serde_json::to_vec(&profile)?).await?;
+                    info!(device = %hex::encode(key), epoch, "edge profile updated");
+                }
+                Err((reason, message)) => {
+                    deny(self, reason, &hex::encode(key), &message);
+                    conn.close(
+                        quinn::VarInt::from_u32(close::NOT_ENROLLED),
+                        format!("{reason}: {message}").as_bytes(),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn batch_stream(
+        &self,
+        device: &std::sync::RwLock<Device>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> anyhow::Result<()> {
+        let body = match read_frame(&mut recv, FRAME_LEN_MAX).await {
+            Ok(b) => b,
+            Err(e) => {
+                let answer = self.refuse(0, "edge_bad_frame", e.to_string());
+                write_frame(&mut send, &serde_json::to_vec(&answer)?).await?;
+                send.finish()?;
+                return Ok(());
+            }
+        };
+        let device = device
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let answer = self.batch(&device, &body).await;
+        write_frame(&mut send, &serde_json::to_vec(&answer)?).await?;
+        send.finish()?;
+        Ok(())
+    }
+
+    fn refuse(&self, index: usize, reason: &'static str, message: String) -> BatchAnswer {
+        self.api.metrics.reject(reason);
+        BatchAnswer::Refused {
+            index: index as u32,
+            reason: reason.into(),
+            message,
+        }
+    }
+
+    fn busy(&self, why: &str) -> BatchAnswer {
+        self.api.metrics.reject("edge_busy");
+        debug!(why, "edge batch answered busy");
+        BatchAnswer::Busy {
+            retry_ms: BUSY_RETRY_MS,
+        }
+    }
+
+    /// Checks, publishes and waits for one batch: all of it durable, or nothing kept.
+    async fn batch(&self, device: &Device, body: &[u8]) -> BatchAnswer {
+        let started = Instant::now();
+        let api = &self.api;
+        let envelopes = match edge::decode_batch(body) {
+            Ok(e) => e,
+            Err(e) => return self.refuse(0, "edge_bad_frame", e.to_string()),
+        };
+        if envelopes.len() > self.config.batch_len_max as usize {
+            return self.refuse(
+                0,
+                "edge_batch_too_large",
+                format!(
+                    "{} events, over edge.batch_len_max ({})",
+                    envelopes.len(),
+                    self.config.batch_len_max
+                ),
+            );
+        }
+        let Ok(_inflight) = api.inflight.clone().try_acquire_owned() else {
+            return self.busy("publishes_inflight_max");
+        };
+        let mut unverified = Vec::with_capacity(envelopes.len());
+        for (i, bytes) in envelopes.iter().enumerate() {
+            match weft_fabric::decode(bytes) {
+                Ok(u) => unverified.push(u),
+                Err(e) => return self.refuse(i, "bad_envelope", e.to_string()),
+            }
+        }
+        let mut events: Vec<Arc<Event>> = Vec::with_capacity(unverified.len());
+        for (i, r) in weft_fabric::verify_batch(unverified)
+            .into_iter()
+            .enumerate()
+        {
+            match r {
+                Ok(e) => events.push(Arc::new(e)),
+                Err((u, e)) => {
+                    warn!(target: "audit", decision = "deny", reason = "bad_signature",
+                        device = %hex::encode(device.key), event = %u.id(), error = %e,
+                        "edge event refused");
+                    return self.refuse(i, "bad_signature", e.to_string());
+                }
+            }
+        }
+        // One epoch for the whole batch.
+        let policy = api.policy.policy();
+        let principal = crate::config::Principal {
+            name: device.principal.clone(),
+            tenant: device.tenant.clone(),
+            token_sha256: String::new(),
+            admin: false,
+        };
+        for (i, event) in events.iter().enumerate() {
+            if let Err((reason, message)) = self.check(device, &principal, policy.as_deref(), event)
+            {
+                // A resend of an event this node already holds (stored under an older
+                // epoch, its acknowledgement lost) is durable, not refused.
+                let id = event.id();
+                let held = crate::http::read_store(api, move |r| r.event_by_id(&id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+                if held {
+                    continue;
+                }
+                warn!(target: "audit", decision = "deny", reason, device = %hex::encode(device.key),
+                    principal = %device.principal, event = %event.id(), stream = %event.stream().as_str(),
+                    "edge event refused: {message}");
+                // Counted by `check` (or by the HTTP checks it shares).
+                return BatchAnswer::Refused {
+                    index: i as u32,
+                    reason: reason.into(),
+                    message,
+                };
+            }
+        }
+        let permit = match crate::http::reserve(api) {
+            Ok(p) => p,
+            Err(_) => return self.busy("publish_queue_max"),
+        };
+        let n = events.len();
+        api.metrics
+            .publishes
+            .get_or_create(&vec![("api", "edge".to_string())])
+            .inc_by(n as u64);
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        // Egress transforms derive from device events too, as from any pre-signed publish.
+        crate::egress::send_presigned(
+            api,
+            permit,
+            events,
+            vec![None; n],
+            Ack::Local,
+            started,
+            reply,
+        )
+        .await;
+        match rx.await {
+            Ok(Ok(p)) if p.durable_local => BatchAnswer::Durable { ids: p.ids },
+            Ok(Ok(_)) => BatchAnswer::Failed {
+                reason: "not_durable".into(),
+                message: "the node did not confirm the commit".into(),
+            },
+            Ok(Err(e)) => {
+                api.metrics.reject("store_refused");
+                BatchAnswer::Failed {
+                    reason: "store_refused".into(),
+                    message: e.to_string(),
+                }
+            }
+            Err(_) => BatchAnswer::Failed {
+                reason: "shutting_down".into(),
+                message: "the node is shutting down".into(),
+            },
+        }
+    }
+
+    /// The checks of one event: who signed it, whom it claims, and the HTTP pre-signed
+    /// path's stream and policy checks. The error is (reason, message).
+    fn check(
+        &self,
+        device: &Device,
+        principal: &crate::config::Principal,
+        policy: Option<&weft_policy::Policy>,
+        event: &Event,
+    ) -> Result<(), (&'static str, String)> {
+        if event.origin().0 != device.key {
+            self.api.metrics.reject("origin_mismatch");
+            return Err((
+                "origin_mismatch",
+                format!(
+                    "event {} is signed by {}, not by this connection's device key {}",
+                    event.id(),
+                    event.origin(),
+                    hex::encode(device.key)
+                ),
+            ));
+        }
+        let s = event.security();
+        if s.principal != device.principal || s.tenant != device.tenant {
+            self.api.metrics.reject("principal_mismatch");
+            return Err((
+                "principal_mismatch",
+                format!(
+                    "event {} claims principal {:?} tenant {:?}; the device is {:?} of {:?}",
+                    event.id(),
+                    s.principal,
+                    s.tenant,
+                    device.principal,
+                    device.tenant
+                ),
+            ));
+        }
+        let api: &Api = &self.api;
+        if event.stream().as_str() == edge::VOID_STREAM {
+            // A void fills the device's own sequence number after a refusal: no policy
+            // applies to it (it carries nothing but the reason), only its size.
+            return match event.payload() {
+                weft_fabric::Payload::Clear(b) if b.len() <= edge::VOID_PAYLOAD_LEN_MAX => Ok(()),
+                _ => {
+                    api.metrics.reject("bad_void");
+                    Err((
+                        "bad_void",
+                        format!(
+                            "a void event must have a clear payload of at most {} bytes (VOID_PAYLOAD_LEN_MAX)",
+                            edge::VOID_PAYLOAD_LEN_MAX
+                        ),
+                    ))
+                }
+            };
+        }
+        crate::http::check_stored(api, event.stream())
+            .map_err(|e| (e.reason(), e.message().to_string()))?;
+        match policy {
+            Some(p) => crate::http::enforce_presigned(api, p, principal, event)
+                .map_err(|e| (e.reason(), e.message().to_string())),
+            None if device.streams.iter().any(|p| p.matches(event.stream())) => Ok(()),
+            None => {
+                api.metrics.reject("stream_not_allowed");
+                Err((
+                    "stream_not_allowed",
+                    format!(
+                        "device {} may not publish to {} (edge.devices streams)",
+                        device.principal,
+                        event.stream().as_str()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The downlink: the device's command stream from the agent's cursor, then live.
+    async fn commands(
+        &self,
+        device: &std::sync::RwLock<Device>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> anyhow::Result<()> {
+        let sub: Subscribe =
+            serde_json::from_slice(&read_frame(&mut recv, CONTROL_FRAME_LEN_MAX).await?)
+                .context("subscribe frame")?;
+        let stream = device
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .profile
+            .commands
+            .clone();
+        let Some(stream) = stream else {
+            send.finish()?;
+            return Ok(());
+        };
+        let mut after = sub.after;
+        let mut committed = self.api.committed.clone();
+        let mut closing = self.api.closing.clone();
+        loop {
+            let s = stream.clone();
+            let entries = crate::http::read_store(&self.api, move |r| {
+                r.read_log(&s, after, COMMANDS_PAGE_LEN)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            if entries.is_empty() {
+                tokio::select! {
+                    r = committed.changed() => if r.is_err() { return Ok(()) },
+                    _ = closing.changed() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = send.stopped() => return Ok(()),
+                }
+                continue;
+            }
+            for e in entries {
+                write_frame(&mut send, &edge::encode_command(e.pos, &e.envelope)).await?;
+                after = e.pos;
+            }
+        }
+    }
+}
+
+fn residency_codes(r: &Residency) -> Option<Vec<String>> {
+    match r {
+        Residency::Unrestricted => None,
+        Residency::Only(set) => Some(set.iter().map(|j| j.as_str().to_string()).collect()),
+    }
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes.
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> anyhow::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.context("frame length")?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        anyhow::bail!("frame of {len} bytes, over the limit of {max}");
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.context("frame body")?;
+    Ok(buf)
+}
+
+/// Writes one length-prefixed frame.
+async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> anyhow::Result<()> {
+    send.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    send.write_all(body).await?;
+    Ok(())
+}
