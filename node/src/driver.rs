@@ -1152,6 +1152,8 @@ impl Driver {
             ("skips_in", s.skips_in),
             ("transit_forwarded", s.transit_forwarded),
             ("residency_refused", s.residency_refused),
+            ("events_erased", s.events_erased),
+            ("erased_skips_sent", s.erased_skips_sent),
         ]);
         self.metrics.failovers.set(s.failovers as i64);
         self.metrics.relayed.set(s.relayed as i64);
@@ -1161,6 +1163,8 @@ impl Driver {
         stats.insert("store_commit_failures", st.commit_failures);
         stats.insert("store_corrupt_rows", st.corrupt_rows);
         stats.insert("store_commit_us_last", st.commit_us_last);
+        stats.insert("store_erased", st.erased);
+        stats.insert("store_erased_refused", st.erased_refused);
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
         self.metrics.members.set(self.members.len() as i64);
