@@ -185,11 +185,8 @@ pub(crate) fn carried(event: &Event) -> Result<(Target, u64), String> {
     let rule: Rule = serde_json::from_slice(bytes).map_err(|e| format!("malformed: {e}"))?;
     let target = rule.check()?;
     let hlc = event.hlc();
-    let bound = Hlc::new(
-        hlc.physical_ms().saturating_add(COVER_AFTER_MS),
-        u16::MAX,
-    )
-    .map_or(u64::MAX, Hlc::as_u64);
+    let bound = Hlc::new(hlc.physical_ms().saturating_add(COVER_AFTER_MS), u16::MAX)
+        .map_or(u64::MAX, Hlc::as_u64);
     Ok((target, bound))
 }
 

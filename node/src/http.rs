@@ -1541,9 +1541,14 @@ async fn erase(
             epoch,
         )
     };
-    let rule: crate::erase::Rule = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("erase request is not valid JSON of the expected shape: {e}")))?;
-    let target = rule.check().map_err(|e| bad(format!("erase request refused: {e}")))?;
+    let rule: crate::erase::Rule = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "erase request is not valid JSON of the expected shape: {e}"
+        ))
+    })?;
+    let target = rule
+        .check()
+        .map_err(|e| bad(format!("erase request refused: {e}")))?;
     let rules = read_store(&api, |r| {
         r.conn()
             .query_row("SELECT COUNT(*) FROM erase_rules", [], |row| {
@@ -1567,9 +1572,8 @@ async fn erase(
             epoch,
         ));
     }
-    let payload = serde_json::to_vec(&rule).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })?;
+    let payload = serde_json::to_vec(&rule)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let stream = StreamName::new(crate::erase::ERASE_STREAM)
         .unwrap_or_else(|_| unreachable!("valid constant"));
     let draft = EventDraft {
@@ -1589,7 +1593,15 @@ async fn erase(
         payload: Payload::Clear(payload),
         trace: None,
     };
-    let out = sign_and_send(&api, None, vec![draft], vec![None], Ack::Local, Instant::now()).await?;
+    let out = sign_and_send(
+        &api,
+        None,
+        vec![draft],
+        vec![None],
+        Ack::Local,
+        Instant::now(),
+    )
+    .await?;
     let mut entry = crate::audit::Entry::now(
         crate::audit::Decision::Apply,
         "erase_requested",

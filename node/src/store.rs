@@ -1059,14 +1059,20 @@ impl SqliteStore {
                 .and_then(|mut s| s.execute([&id[..]]))
                 .map_err(backend)?;
             self.conn
-                .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)",
+                )
                 .and_then(|mut s| s.execute(params![&origin[..], seq, &id[..]]))
                 .map_err(backend)?;
             self.tx_writes += 1;
             self.state.len -= 1;
             self.state.ce_dedup_len -= dedup;
             self.state.erased_len += 1;
-            self.state.ranges.entry(origin_key).or_default().insert(seq_u);
+            self.state
+                .ranges
+                .entry(origin_key)
+                .or_default()
+                .insert(seq_u);
             self.cache.get_mut().remove(&(origin_key, seq_u));
             erased.push(ErasedEvent {
                 id: weft_fabric::EventId(key32(&id, "id")?),
@@ -1179,7 +1185,9 @@ impl Store for SqliteStore {
             // so peers asking for it get a Skip and a restart does not reopen the hole.
             self.begin_write()?;
             self.conn
-                .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)",
+                )
                 .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &id.0[..]]))
                 .map_err(backend)?;
             self.tx_writes += 1;
@@ -1633,7 +1641,12 @@ mod tests {
             principal: "orders-service".into(),
             tenant: "globex".into(),
         };
-        assert!(store.erase(&wrong_tenant, u64::MAX >> 1).unwrap().is_empty());
+        assert!(
+            store
+                .erase(&wrong_tenant, u64::MAX >> 1)
+                .unwrap()
+                .is_empty()
+        );
         store.commit().unwrap();
         store.check_invariants().unwrap();
         assert_eq!(store.stats().erased, 1, "counted since the reopen");

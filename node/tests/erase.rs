@@ -84,9 +84,7 @@ async fn everywhere(c: &Cluster, stream: &str, id: &str) {
 
 /// Rows of node `i`'s store holding `needle` (an event id in hex, or clear text), by table.
 fn rows_with(c: &Cluster, i: usize, needle: &[u8]) -> Vec<String> {
-    let path = c
-        .dir
-        .join(format!("data/{}/weft.db", c.nodes[i].spec.name));
+    let path = c.dir.join(format!("data/{}/weft.db", c.nodes[i].spec.name));
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
@@ -97,7 +95,9 @@ fn rows_with(c: &Cluster, i: usize, needle: &[u8]) -> Vec<String> {
         ("table_keys", "key, state"),
         ("ce_dedup", "ce_id, event_id"),
     ] {
-        let mut stmt = conn.prepare(&format!("SELECT {cols} FROM {table}")).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {cols} FROM {table}"))
+            .unwrap();
         let rows: Vec<(Vec<u8>, Vec<u8>)> = stmt
             .query_map([], |r| {
                 let a = r.get_ref(0)?;
@@ -116,7 +116,10 @@ fn rows_with(c: &Cluster, i: usize, needle: &[u8]) -> Vec<String> {
         for (a, b) in rows {
             let hits = |v: &[u8]| {
                 v.windows(needle.len()).any(|w| w == needle)
-                    || hex::encode(v).as_bytes().windows(needle.len()).any(|w| w == needle)
+                    || hex::encode(v)
+                        .as_bytes()
+                        .windows(needle.len())
+                        .any(|w| w == needle)
             };
             if hits(&a) || hits(&b) {
                 found.push(table.to_string());
@@ -136,11 +139,46 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
 
         // Alice's data: a table key and plain events; the admin's own data beside it,
         // one key of which is erased by a key rule.
-        let alice_key = put(&c, 0, ALICE_TOKEN, "/v1/tables/kv.users/alice", json!({"v": "ALICE-SECRET-KEY"})).await;
-        let alice_a = publish(&c, 1, ALICE_TOKEN, "notes.x", json!({"m": "ALICE-SECRET-A"})).await;
-        let alice_b = publish(&c, 0, ALICE_TOKEN, "notes.x", json!({"m": "ALICE-SECRET-B"})).await;
-        let carol = put(&c, 1, &admin, "/v1/tables/kv.users/carol", json!({"v": "CAROL-SECRET"})).await;
-        let bob = put(&c, 0, &admin, "/v1/tables/kv.users/bob", json!({"v": "bob-stays"})).await;
+        let alice_key = put(
+            &c,
+            0,
+            ALICE_TOKEN,
+            "/v1/tables/kv.users/alice",
+            json!({"v": "ALICE-SECRET-KEY"}),
+        )
+        .await;
+        let alice_a = publish(
+            &c,
+            1,
+            ALICE_TOKEN,
+            "notes.x",
+            json!({"m": "ALICE-SECRET-A"}),
+        )
+        .await;
+        let alice_b = publish(
+            &c,
+            0,
+            ALICE_TOKEN,
+            "notes.x",
+            json!({"m": "ALICE-SECRET-B"}),
+        )
+        .await;
+        let carol = put(
+            &c,
+            1,
+            &admin,
+            "/v1/tables/kv.users/carol",
+            json!({"v": "CAROL-SECRET"}),
+        )
+        .await;
+        let bob = put(
+            &c,
+            0,
+            &admin,
+            "/v1/tables/kv.users/bob",
+            json!({"v": "bob-stays"}),
+        )
+        .await;
         let keep = publish(&c, 2, &admin, "notes.x", json!({"m": "admin-stays"})).await;
         for (stream, id) in [
             ("kv.users", &alice_key),
@@ -156,17 +194,29 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
         // Cut node 2 off; alice writes there during the partition.
         c.chaos(2, json!([{"peer": "*", "blackhole": true}])).await;
         for i in 0..2 {
-            c.chaos(i, json!([{"peer": "aws:ap-northeast-1", "blackhole": true}]))
-                .await;
+            c.chaos(
+                i,
+                json!([{"peer": "aws:ap-northeast-1", "blackhole": true}]),
+            )
+            .await;
         }
-        let partitioned =
-            publish(&c, 2, ALICE_TOKEN, "notes.x", json!({"m": "ALICE-PARTITIONED"})).await;
+        let partitioned = publish(
+            &c,
+            2,
+            ALICE_TOKEN,
+            "notes.x",
+            json!({"m": "ALICE-PARTITIONED"}),
+        )
+        .await;
 
         // Bad requests: 400 naming the field; a non-admin is refused.
         let http = reqwest::Client::new();
         for (body, field) in [
             (json!({"stream": "kv.users"}), "key"),
-            (json!({"principal": "alice", "stream": "kv.users", "key": "a"}), "principal"),
+            (
+                json!({"principal": "alice", "stream": "kv.users", "key": "a"}),
+                "principal",
+            ),
             (json!({"stream": "_weft.policy", "key": "a"}), "stream"),
             (json!({"principal": "alice", "color": "red"}), "color"),
         ] {
@@ -211,7 +261,18 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
             let (ok, out) = weft_in(&c.dir, &all);
             assert!(ok, "{out}");
         }
-        let (ok, out) = weft_in(&c.dir, &["erase", "--node", &node0, "--token-file", token_file.to_str().unwrap(), "--stream", "kv.users"]);
+        let (ok, out) = weft_in(
+            &c.dir,
+            &[
+                "erase",
+                "--node",
+                &node0,
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--stream",
+                "kv.users",
+            ],
+        );
         assert!(!ok, "the CLI needs --key with --stream: {out}");
 
         // Heal; publish after the erase on both sides: delivered everywhere (no stall on
@@ -238,10 +299,16 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
             let notes = c.ids(i, "notes.x").await.unwrap();
             let users = c.ids(i, "kv.users").await.unwrap();
             for id in gone {
-                assert!(!notes.contains(id) && !users.contains(id), "node {i} still logs {id}");
+                assert!(
+                    !notes.contains(id) && !users.contains(id),
+                    "node {i} still logs {id}"
+                );
                 let (s, v) = get(&c, i, &format!("/v1/events/{id}")).await;
                 assert_eq!(s, 404, "node {i} still serves {id}: {v}");
-                assert!(rows_with(&c, i, id.as_bytes()).is_empty(), "node {i}: rows name {id}");
+                assert!(
+                    rows_with(&c, i, id.as_bytes()).is_empty(),
+                    "node {i}: rows name {id}"
+                );
             }
             for id in [&keep, &after0, &after2] {
                 assert!(notes.contains(id), "node {i} lost {id}");
@@ -255,7 +322,10 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
             let (s, v) = get(&c, i, "/v1/tables/kv.users/bob").await;
             assert_eq!((s, &v["value"]), (200, &json!({"v": "bob-stays"})));
             let (_, v) = get(&c, i, "/v1/tables/kv.users").await;
-            assert!(!v.to_string().contains("alice") && !v.to_string().contains("carol"), "{v}");
+            assert!(
+                !v.to_string().contains("alice") && !v.to_string().contains("carol"),
+                "{v}"
+            );
             for marker in ["ALICE-SECRET", "ALICE-PARTITIONED", "CAROL-SECRET"] {
                 let rows = rows_with(&c, i, marker.as_bytes());
                 assert!(rows.is_empty(), "node {i}: {marker} in {rows:?}");
@@ -276,11 +346,30 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
         // Audited where it was asked for, and applied (with a count) on every node.
         let (_, v) = get(&c, 0, "/v1/audit?limit=1000").await;
         let entries = v["entries"].as_array().unwrap();
-        assert!(entries.iter().any(|e| e["reason"] == "erase_requested"), "{v}");
-        assert!(entries.iter().any(|e| e["reason"] == "erase_applied"
-            && e["message"].as_str().unwrap_or("").contains("3 stored events removed")), "{v}");
-        assert!(entries.iter().any(|e| e["reason"] == "bad_erase_request"), "{v}");
+        assert!(
+            entries.iter().any(|e| e["reason"] == "erase_requested"),
+            "{v}"
+        );
+        assert!(
+            entries.iter().any(|e| e["reason"] == "erase_applied"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("3 stored events removed")),
+            "{v}"
+        );
+        assert!(
+            entries.iter().any(|e| e["reason"] == "bad_erase_request"),
+            "{v}"
+        );
         let (_, v) = get(&c, 2, "/v1/audit?limit=1000").await;
-        assert!(v["entries"].as_array().unwrap().iter().any(|e| e["reason"] == "erase_applied"), "{v}");
+        assert!(
+            v["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["reason"] == "erase_applied"),
+            "{v}"
+        );
     });
 }

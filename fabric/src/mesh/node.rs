@@ -2642,7 +2642,11 @@ mod tests {
         assert!(seen[1].pushes.iter().all(|(id, _)| *id != erased.id()));
         assert!(seen[1].named.iter().all(|(_, id)| *id != erased.id()));
         assert_eq!(nodes[0].stats().erased_skips_sent, 1);
-        assert_eq!(nodes[1].stats().delivered, 2, "the third event was delivered");
+        assert_eq!(
+            nodes[1].stats().delivered,
+            2,
+            "the third event was delivered"
+        );
         assert!(!nodes[1].store().contains(&erased.id()));
         // A GRAFT for it is answered with a Skip too.
         let graft = Message::Graft(vec![EventRef {
