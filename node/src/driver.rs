@@ -90,6 +90,9 @@ pub(crate) enum PublishError {
     /// The store refused (full, or an I/O failure).
     #[error("the store refused the event: {0}")]
     Store(String),
+    /// An erase rule covers the event (`erase.rs`): not stored, delivered or sent.
+    #[error("erased: {0}")]
+    Erased(String),
 }
 
 /// Inputs from the HTTP side.
@@ -525,6 +528,7 @@ impl Driver {
                 let now = self.now();
                 let mut ids = Vec::with_capacity(events.len());
                 let mut refused: Option<String> = None;
+                let mut erased: Option<String> = None;
                 for event in &events {
                     let _span = info_span!("publish", event = %event.id(),
                         traceparent = event.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
@@ -582,8 +586,22 @@ impl Driver {
                 }
                 for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
                     if let Err(e) = result {
-                        self.metrics.reject("store_refused");
-                        refused.get_or_insert(e.to_string());
+                        if let weft_fabric::mesh::StoreError::Erased { .. } = e {
+                            self.metrics.reject("erased");
+                            self.audit.record(
+                                crate::audit::Entry::now(
+                                    crate::audit::Decision::Deny,
+                                    "erased",
+                                    self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                                    format!("publish of event {id} refused: {e}"),
+                                )
+                                .event(id.to_string()),
+                            );
+                            erased.get_or_insert(e.to_string());
+                        } else {
+                            self.metrics.reject("store_refused");
+                            refused.get_or_insert(e.to_string());
+                        }
                         continue;
                     }
                     if let Some((p, s, i)) = key {
@@ -594,6 +612,14 @@ impl Driver {
                 if let Some(e) = refused {
                     let _ = reply.send(Err(PublishError::Store(format!(
                         "{e} ({} of the request's events were accepted)",
+                        ids.len()
+                    ))));
+                    self.drain();
+                    return;
+                }
+                if let Some(e) = erased {
+                    let _ = reply.send(Err(PublishError::Erased(format!(
+                        "{e}: a recent erase covers it ({} of the request's events were accepted)",
                         ids.len()
                     ))));
                     self.drain();

@@ -951,6 +951,9 @@ async fn wait_published(
 ) -> ApiResult<Published> {
     match rx.await {
         Ok(Ok(p)) => Ok(p),
+        Ok(Err(e @ crate::driver::PublishError::Erased(_))) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "erased", e.to_string()))
+        }
         Ok(Err(e)) => Err(api.fail(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "store_refused",

@@ -275,6 +275,23 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
         );
         assert!(!ok, "the CLI needs --key with --stream: {out}");
 
+        // Alice publishing right after the erase (within its cover window) is refused
+        // with a reason; the sequence number it took is skipped, not waited for.
+        let ce = json!({"specversion": "1.0", "id": "late", "source": "it", "type": "t",
+            "datacontenttype": "application/json", "data": {"m": "ALICE-SECRET-LATE"}});
+        let r = http
+            .post(c.url(0, "/v1/streams/notes.x/events?ack=local"))
+            .bearer_auth(ALICE_TOKEN)
+            .header("content-type", "application/cloudevents+json")
+            .body(serde_json::to_vec(&ce).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "erased", "{v}");
+        assert_eq!(rejected(&c, 0, "erased").await, 1);
+
         // Heal; publish after the erase on both sides: delivered everywhere (no stall on
         // the erased sequence numbers).
         for i in 0..3 {
@@ -326,7 +343,12 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
                 !v.to_string().contains("alice") && !v.to_string().contains("carol"),
                 "{v}"
             );
-            for marker in ["ALICE-SECRET", "ALICE-PARTITIONED", "CAROL-SECRET"] {
+            for marker in [
+                "ALICE-SECRET",
+                "ALICE-PARTITIONED",
+                "CAROL-SECRET",
+                "ALICE-SECRET-LATE",
+            ] {
                 let rows = rows_with(&c, i, marker.as_bytes());
                 assert!(rows.is_empty(), "node {i}: {marker} in {rows:?}");
             }
@@ -349,6 +371,10 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
         assert!(
             entries.iter().any(|e| e["reason"] == "erase_requested"),
             "{v}"
+        );
+        assert!(
+            entries.iter().any(|e| e["reason"] == "erased"),
+            "the refused publish: {v}"
         );
         assert!(
             entries.iter().any(|e| e["reason"] == "erase_applied"
