@@ -1183,6 +1183,15 @@ impl Store for SqliteStore {
         if self.erase_covers(&event) {
             // Covered by an erase rule: never stored; its (origin, seq) is kept as erased
             // so peers asking for it get a Skip and a restart does not reopen the hole.
+            // Those rows are bounded like events (a flood of covered events cannot grow
+            // the table past the store's event limit).
+            if self.state.erased_len >= self.limits.events_max {
+                self.stats.borrow_mut().refused_full += 1;
+                return Err(StoreError::Full {
+                    len: self.state.erased_len,
+                    max: self.limits.events_max,
+                });
+            }
             self.begin_write()?;
             self.conn
                 .prepare_cached(

@@ -365,6 +365,20 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
         }
         assert!(refused_or_skipped >= 1, "neither refused nor skipped");
 
+        // A restart of the partitioned node (kill -9): its erased sequence numbers stay
+        // seen, nothing comes back, and what it publishes next arrives everywhere.
+        c.kill9(2);
+        c.start(2);
+        c.wait_healthy(2).await;
+        c.wait_meshed().await;
+        let restarted = publish(&c, 2, &admin, "notes.x", json!({"m": "after-restart"})).await;
+        everywhere(&c, "notes.x", &restarted).await;
+        for id in gone {
+            let (s, _) = get(&c, 2, &format!("/v1/events/{id}")).await;
+            assert_eq!(s, 404, "node 2 serves {id} again after its restart");
+            assert!(rows_with(&c, 2, id.as_bytes()).is_empty());
+        }
+
         // Audited where it was asked for, and applied (with a count) on every node.
         let (_, v) = get(&c, 0, "/v1/audit?limit=1000").await;
         let entries = v["entries"].as_array().unwrap();
