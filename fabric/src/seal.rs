@@ -78,6 +78,29 @@ impl KeyRing {
         Ok(self.keys.remove(id).is_some())
     }
 
+    /// Destroys a key (crypto-shredding): its bytes are overwritten with zeros before the
+    /// memory is released, and events sealed under it can no longer be opened by this ring
+    /// ([`SealError::UnknownKeyId`]). Used to erase a subject whose events were sealed
+    /// under a key id naming the subject (`docs/tables.md`, Erasure): destroying that key
+    /// everywhere it is held makes every copy of the ciphertext unreadable, backups
+    /// included. The active key cannot be shredded (rotate first). Returns whether the key
+    /// was present.
+    pub fn shred(&mut self, id: &KeyId) -> Result<bool, SealError> {
+        use zeroize::Zeroize;
+        if *id == self.active {
+            return Err(SealError::RetireActive {
+                key_id: id.to_string(),
+            });
+        }
+        Ok(match self.keys.remove(id) {
+            Some(mut key) => {
+                key.zeroize();
+                true
+            }
+            None => false,
+        })
+    }
+
     /// The key that seals new payloads.
     pub fn active(&self) -> &KeyId {
         &self.active

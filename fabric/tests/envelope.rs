@@ -823,3 +823,37 @@ proptest! {
         }
     }
 }
+
+/// Crypto-shredding: a subject's events sealed under a key id naming the subject cannot be
+/// opened once that key is shredded; other subjects' events still open.
+#[test]
+fn shredding_a_subject_key_closes_its_events() {
+    let signer = util::signer(1);
+    let mut rng = util::rng(3);
+    let mut ring = util::ring("subject-alice", 1);
+    let alice = signer
+        .seal_and_sign(util::draft("a", 1, b"alice's record"), &ring, &mut rng)
+        .unwrap();
+    ring.rotate(KeyId::new("subject-bob").unwrap(), [2; 32])
+        .unwrap();
+    let bob = signer
+        .seal_and_sign(util::draft("a", 2, b"bob's record"), &ring, &mut rng)
+        .unwrap();
+    assert_eq!(alice.open(&ring).unwrap(), b"alice's record");
+    // The active key is refused (rotate first), and the ring is unchanged.
+    assert!(matches!(
+        ring.shred(&KeyId::new("subject-bob").unwrap()),
+        Err(SealError::RetireActive { .. })
+    ));
+    assert!(ring.shred(&KeyId::new("subject-alice").unwrap()).unwrap());
+    assert!(!ring.contains(&KeyId::new("subject-alice").unwrap()));
+    assert_eq!(
+        alice.open(&ring).unwrap_err(),
+        SealError::UnknownKeyId {
+            key_id: "subject-alice".into()
+        }
+    );
+    assert_eq!(bob.open(&ring).unwrap(), b"bob's record");
+    // Shredding twice is harmless.
+    assert!(!ring.shred(&KeyId::new("subject-alice").unwrap()).unwrap());
+}

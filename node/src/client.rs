@@ -407,6 +407,47 @@ pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `weft erase`: asks a node to erase a key or a principal's data fabric-wide.
+pub(crate) fn erase(
+    conn: &Conn,
+    stream: Option<String>,
+    key: Option<String>,
+    principal: Option<String>,
+    tenant: Option<String>,
+) -> anyhow::Result<()> {
+    let Some(token) = conn.token()? else {
+        bail!("erasing needs an admin principal's token: --token, WEFT_TOKEN or --token-file");
+    };
+    let mut body = serde_json::Map::new();
+    for (k, v) in [
+        ("stream", stream),
+        ("key", key),
+        ("principal", principal),
+        ("tenant", tenant),
+    ] {
+        if let Some(v) = v {
+            body.insert(k.into(), Value::String(v));
+        }
+    }
+    let v: Value = runtime()?.block_on(async {
+        let url = conn.url("/v1/erase");
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        anyhow::Ok(check(resp).await?.json::<Value>().await?)
+    })?;
+    println!(
+        "erase applied on {}; carried to the fabric by event {}",
+        conn.node,
+        v["event"].as_str().unwrap_or("-")
+    );
+    Ok(())
+}
+
 /// `weft policy push`: hands a signed bundle to a node, which verifies it and sends it
 /// through the fabric to every node.
 pub(crate) fn policy_push(conn: &Conn, bundle: &std::path::Path) -> anyhow::Result<()> {

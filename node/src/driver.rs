@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn};
 use weft_fabric::mesh::{AppEvent, MemberInfo, Message, Micros, Node, Store as _};
-use weft_fabric::{Event, EventId, OriginKey};
+use weft_fabric::{Event, EventId, OriginKey, StreamName};
 
 use crate::metrics::Metrics;
 use crate::store::SqliteStore;
@@ -90,6 +90,9 @@ pub(crate) enum PublishError {
     /// The store refused (full, or an I/O failure).
     #[error("the store refused the event: {0}")]
     Store(String),
+    /// An erase rule covers the event (`erase.rs`): not stored, delivered or sent.
+    #[error("erased: {0}")]
+    Erased(String),
 }
 
 /// Inputs from the HTTP side.
@@ -525,6 +528,7 @@ impl Driver {
                 let now = self.now();
                 let mut ids = Vec::with_capacity(events.len());
                 let mut refused: Option<String> = None;
+                let mut erased: Option<String> = None;
                 for event in &events {
                     let _span = info_span!("publish", event = %event.id(),
                         traceparent = event.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
@@ -582,8 +586,22 @@ impl Driver {
                 }
                 for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
                     if let Err(e) = result {
-                        self.metrics.reject("store_refused");
-                        refused.get_or_insert(e.to_string());
+                        if let weft_fabric::mesh::StoreError::Erased { .. } = e {
+                            self.metrics.reject("erased");
+                            self.audit.record(
+                                crate::audit::Entry::now(
+                                    crate::audit::Decision::Deny,
+                                    "erased",
+                                    self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                                    format!("publish of event {id} refused: {e}"),
+                                )
+                                .event(id.to_string()),
+                            );
+                            erased.get_or_insert(e.to_string());
+                        } else {
+                            self.metrics.reject("store_refused");
+                            refused.get_or_insert(e.to_string());
+                        }
                         continue;
                     }
                     if let Some((p, s, i)) = key {
@@ -594,6 +612,14 @@ impl Driver {
                 if let Some(e) = refused {
                     let _ = reply.send(Err(PublishError::Store(format!(
                         "{e} ({} of the request's events were accepted)",
+                        ids.len()
+                    ))));
+                    self.drain();
+                    return;
+                }
+                if let Some(e) = erased {
+                    let _ = reply.send(Err(PublishError::Erased(format!(
+                        "{e}: a recent erase covers it ({} of the request's events were accepted)",
                         ids.len()
                     ))));
                     self.drain();
@@ -813,12 +839,19 @@ impl Driver {
         self.confirm_around_relays(watched);
         while let Some(ev) = self.node.poll_event() {
             match ev {
+                // Queued for delivery before an erase applied earlier in this step removed
+                // it: never logged.
+                AppEvent::Deliver(event) if self.node.store().erase_covers(&event) => {
+                    debug!(event = %event.id(), "erased before delivery");
+                }
                 AppEvent::Deliver(event) => match self.node.store_mut().append_log(&event) {
                     Ok(pos) => {
                         self.last_pos = pos;
                         self.metrics.deliveries.inc();
                         if event.stream().as_str() == crate::policy_push::POLICY_STREAM {
                             self.apply_policy(&event);
+                        } else if event.stream().as_str() == crate::erase::ERASE_STREAM {
+                            self.apply_erase(&event);
                         } else if event.key().is_some() {
                             self.apply_table(&event);
                         }
@@ -847,6 +880,112 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Applies the erase request an event on the erase stream holds (`erase.rs`), in this
+    /// step's transaction: records the rule, removes what it covers (events, log rows, the
+    /// key's table row; a principal's tables are rebuilt from what remains), and audits
+    /// the count. An invalid request is refused and audited, and changes nothing.
+    fn apply_erase(&mut self, event: &Event) {
+        use crate::audit::Decision::{Apply, Deny};
+        let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
+        let entry = |decision, reason: &str, message: String| {
+            crate::audit::Entry::now(decision, reason, epoch, message)
+                .stream(event.stream().as_str())
+                .event(event.id().to_string())
+        };
+        let (target, hlc_max) = match crate::erase::carried(event) {
+            Ok(t) => t,
+            Err(why) => {
+                self.metrics.reject("erase_invalid");
+                self.audit.record(entry(
+                    Deny,
+                    "erase_invalid",
+                    format!("erase request from {} refused: {why}", event.origin()),
+                ));
+                return;
+            }
+        };
+        let erased = match self.node.store_mut().erase(&target, hlc_max) {
+            Ok(e) => e,
+            Err(e) => {
+                // Rolled back with the step if the commit fails; a failed statement here
+                // leaves the rule unapplied until the carrier is delivered again.
+                self.metrics.reject("erase_failed");
+                error!(error = %e, "applying an erase failed");
+                self.audit.record(entry(
+                    Deny,
+                    "erase_failed",
+                    format!("erase of {target} failed: {e}"),
+                ));
+                return;
+            }
+        };
+        let relayed = self
+            .node
+            .forget_relayed(|e: &Event| e.hlc().as_u64() <= hlc_max && target.covers(e));
+        // Tables: a key rule removes the key's row; a principal rule rebuilds each table
+        // it touched from the events that remain.
+        let mut touched: BTreeSet<(String, Option<Vec<u8>>)> = BTreeSet::new();
+        for e in &erased {
+            touched.insert((e.stream.clone(), e.key.clone()));
+        }
+        if let crate::erase::Target::Key { stream, key } = &target {
+            touched.insert((stream.clone(), Some(key.clone())));
+        }
+        let tables_result = self.erase_table_rows(&target, &touched);
+        if let Err(e) = tables_result {
+            self.metrics.reject("erase_failed");
+            warn!(error = %e, "removing erased table rows failed");
+        }
+        self.metrics.erased.inc_by(erased.len() as u64);
+        let what = target.to_string();
+        info!(erased = erased.len(), "{what} erased");
+        self.audit.record(entry(
+            Apply,
+            "erase_applied",
+            format!(
+                "erase of {what} (requested through {}) applied: {} stored events removed, {relayed} relayed copies forgotten",
+                event.origin(),
+                erased.len()
+            ),
+        ));
+    }
+
+    /// Removes table rows an erase touched (see `apply_erase`).
+    fn erase_table_rows(
+        &mut self,
+        target: &crate::erase::Target,
+        touched: &BTreeSet<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), String> {
+        let tables = self.tables.clone();
+        let conn = self
+            .node
+            .store_mut()
+            .write_conn()
+            .map_err(|e| e.to_string())?;
+        match target {
+            crate::erase::Target::Key { stream, key } => {
+                crate::tables::erase_key(conn, stream, key)?;
+            }
+            crate::erase::Target::Principal { .. } => {
+                let streams: BTreeSet<&String> = touched
+                    .iter()
+                    .filter(|(_, k)| k.is_some())
+                    .map(|(s, _)| s)
+                    .collect();
+                for stream in streams {
+                    let Ok(name) = StreamName::new(stream.as_str()) else {
+                        continue;
+                    };
+                    if let Some(strategy) = tables.as_ref().and_then(|t| t.strategy(&name)) {
+                        let stats = self.table_stats.entry(strategy.as_str()).or_default();
+                        crate::tables::rebuild(conn, strategy, &name, stats)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies the bundle a policy carrier event holds (see `policy_push`); every outcome
@@ -1039,6 +1178,8 @@ impl Driver {
             ("skips_in", s.skips_in),
             ("transit_forwarded", s.transit_forwarded),
             ("residency_refused", s.residency_refused),
+            ("events_erased", s.events_erased),
+            ("erased_skips_sent", s.erased_skips_sent),
         ]);
         self.metrics.failovers.set(s.failovers as i64);
         self.metrics.relayed.set(s.relayed as i64);
@@ -1048,6 +1189,8 @@ impl Driver {
         stats.insert("store_commit_failures", st.commit_failures);
         stats.insert("store_corrupt_rows", st.corrupt_rows);
         stats.insert("store_commit_us_last", st.commit_us_last);
+        stats.insert("store_erased", st.erased);
+        stats.insert("store_erased_refused", st.erased_refused);
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
         self.metrics.members.set(self.members.len() as i64);

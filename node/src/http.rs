@@ -359,6 +359,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/mesh/nodes", get(mesh_nodes))
         .route("/v1/policy", get(policy_get).post(policy_push))
         .route("/v1/policy/bundle", get(policy_bundle))
+        .route("/v1/erase", post(erase))
         .route("/v1/tables/{stream}", get(crate::tables::list))
         .route(
             "/v1/tables/{stream}/{key}",
@@ -988,6 +989,9 @@ async fn wait_published(
 ) -> ApiResult<Published> {
     match rx.await {
         Ok(Ok(p)) => Ok(p),
+        Ok(Err(e @ crate::driver::PublishError::Erased(_))) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "erased", e.to_string()))
+        }
         Ok(Err(e)) => Err(api.fail(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "store_refused",
@@ -1539,6 +1543,119 @@ async fn policy_push(
         "previous": previous,
         "event": out.ids.first(),
         "signers": verified.signers.iter().map(hex::encode).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/erase` (`weft erase`): an admin asks for a key (`{"stream", "key"}`) or all
+/// data of a principal (`{"principal", "tenant"?}`) to be erased fabric-wide. The node checks
+/// the request, audits it and publishes it on the erase system stream; every node, this
+/// one included, applies it when the event reaches its log (`erase.rs`). The answer comes
+/// after this node has applied it and made it durable.
+async fn erase(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let who = api.authenticate(&headers)?;
+    let epoch = api.policy.epoch();
+    if !who.admin {
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_admin",
+                format!(
+                    "principal {} may not erase data (principals[].admin)",
+                    who.name
+                ),
+            ),
+            Some(&who.name),
+            None,
+            epoch,
+        ));
+    }
+    let bad = |message: String| {
+        api.refuse(
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_erase_request", message),
+            Some(&who.name),
+            None,
+            epoch,
+        )
+    };
+    let rule: crate::erase::Rule = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "erase request is not valid JSON of the expected shape: {e}"
+        ))
+    })?;
+    let target = rule
+        .check()
+        .map_err(|e| bad(format!("erase request refused: {e}")))?;
+    let rules = read_store(&api, |r| {
+        r.conn()
+            .query_row("SELECT COUNT(*) FROM erase_rules", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map_err(|e| weft_fabric::mesh::StoreError::Backend(e.to_string()))
+    })
+    .await?;
+    if usize::try_from(rules).unwrap_or(usize::MAX) >= crate::erase::RULES_MAX {
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "erase_rules_full",
+                format!(
+                    "this node keeps {rules} erase rules, at the limit {} (RULES_MAX)",
+                    crate::erase::RULES_MAX
+                ),
+            ),
+            Some(&who.name),
+            None,
+            epoch,
+        ));
+    }
+    let payload = serde_json::to_vec(&rule)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let stream = StreamName::new(crate::erase::ERASE_STREAM)
+        .unwrap_or_else(|_| unreachable!("valid constant"));
+    let draft = EventDraft {
+        stream,
+        key: None,
+        seq: 0,
+        hlc: weft_fabric::Hlc::new(0, 0).unwrap_or_else(|_| unreachable!("zero HLC")),
+        security: SecurityContext {
+            tenant: who.tenant.clone(),
+            principal: who.name.clone(),
+            classification: crate::policy_push::SYSTEM_CLASSIFICATION.into(),
+            residency: Residency::Unrestricted,
+            scopes: BTreeSet::new(),
+            policy_epoch: epoch,
+        },
+        content_type: crate::erase::CONTENT_TYPE.into(),
+        payload: Payload::Clear(payload),
+        trace: None,
+    };
+    let out = sign_and_send(
+        &api,
+        None,
+        vec![draft],
+        vec![None],
+        Ack::Local,
+        Instant::now(),
+    )
+    .await?;
+    let mut entry = crate::audit::Entry::now(
+        crate::audit::Decision::Apply,
+        "erase_requested",
+        epoch,
+        format!("erase of {target} requested; published to the fabric"),
+    )
+    .principal(who.name.clone())
+    .stream(crate::erase::ERASE_STREAM);
+    entry.event_id = out.ids.first().cloned();
+    api.audit.record(entry);
+    Ok(axum::Json(json!({
+        "event": out.ids.first(),
+        "rule": rule,
     }))
     .into_response())
 }

@@ -28,6 +28,7 @@ mod discovery;
 mod driver;
 mod edge;
 mod egress;
+mod erase;
 mod http;
 mod inspect;
 mod keys;
@@ -167,6 +168,24 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Erase a key of a stream, or all data of a principal, on every node of the fabric
+    /// (docs/tables.md, Erasure). Needs an admin principal's token.
+    Erase {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// The stream of the key to erase (with --key).
+        #[arg(long, requires = "key", conflicts_with = "principal")]
+        stream: Option<String>,
+        /// The key to erase (with --stream).
+        #[arg(long, requires = "stream")]
+        key: Option<String>,
+        /// Erase every event this principal published.
+        #[arg(long, required_unless_present = "stream")]
+        principal: Option<String>,
+        /// With --principal: only in this tenant.
+        #[arg(long, requires = "principal")]
+        tenant: Option<String>,
     },
     /// Write a new Ed25519 key (PKCS#8 PEM, mode 0600) and print its public key. With
     /// --client, also write a bearer token to PATH.token and print its SHA-256 for the
@@ -400,6 +419,16 @@ fn run() -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Erase {
+            conn,
+            stream,
+            key,
+            principal,
+            tenant,
+        } => {
+            client::erase(&conn, stream, key, principal, tenant)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out, client } => {

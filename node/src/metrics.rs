@@ -19,6 +19,8 @@ pub(crate) struct Metrics {
     pub(crate) rejected: Family<Labels, Counter>,
     /// Events delivered to this node's log (local subscribers), in order.
     pub(crate) deliveries: Counter,
+    /// Stored events removed by erase requests (`erase.rs`).
+    pub(crate) erased: Counter,
     /// Events received from peers that were new here.
     pub(crate) replicated_in: Counter,
     /// Events received from peers that were already here.
@@ -92,6 +94,7 @@ impl Metrics {
             publishes: Family::default(),
             rejected: Family::default(),
             deliveries: Counter::default(),
+            erased: Counter::default(),
             replicated_in: Counter::default(),
             duplicates_in: Counter::default(),
             mesh_sent: Family::default(),
@@ -134,6 +137,11 @@ impl Metrics {
             "deliveries",
             "Events appended to the local log in order",
             m.deliveries.clone(),
+        );
+        registry.register(
+            "erased_events",
+            "Stored events removed by erase requests",
+            m.erased.clone(),
         );
         registry.register(
             "replicated_in",

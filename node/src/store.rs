@@ -236,6 +236,10 @@ pub(crate) struct StoreStats {
     pub(crate) cache_hits: u64,
     /// Rows that failed to decode or verify (corruption).
     pub(crate) corrupt_rows: u64,
+    /// Stored events removed by erase rules.
+    pub(crate) erased: u64,
+    /// Inserts refused as covered by an erase rule (or erased before).
+    pub(crate) erased_refused: u64,
 }
 
 /// One entry of the local delivery log.
@@ -290,6 +294,11 @@ impl EventCache {
         self.young.clear();
         self.old.clear();
     }
+
+    fn remove(&mut self, key: &(OriginKey, u64)) {
+        self.young.remove(key);
+        self.old.remove(key);
+    }
 }
 
 /// What the writer keeps in memory about the rows, loaded at open and after a failed
@@ -302,7 +311,38 @@ struct Loaded {
     peers_len: usize,
     meta_len: usize,
     ce_dedup_len: usize,
+    /// Rows in `erased`.
+    erased_len: usize,
 }
+
+/// Erase rules in memory (`erase.rs`): each target with the packed HLC it covers up to.
+/// Bounded by the API (`erase::RULES_MAX`).
+type EraseRules = BTreeMap<crate::erase::Target, u64>;
+
+/// One event an erase removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ErasedEvent {
+    pub(crate) id: weft_fabric::EventId,
+    pub(crate) stream: String,
+    pub(crate) key: Option<Vec<u8>>,
+}
+
+/// Erase rules and erased events (idempotent; run at every open).
+const ERASE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS erase_rules (
+    kind TEXT NOT NULL,
+    a TEXT NOT NULL,
+    b BLOB NOT NULL,
+    hlc_max INTEGER NOT NULL,
+    PRIMARY KEY (kind, a, b)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS erased (
+    origin BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+";
 
 /// The node's event store over SQLite: the mesh core's [`Store`] plus the node's tables.
 /// `Send`, not `Sync`: one thread owns it.
@@ -317,6 +357,8 @@ pub(crate) struct SqliteStore {
     tx_writes: usize,
     cache: RefCell<EventCache>,
     stats: RefCell<StoreStats>,
+    /// Erase rules in force (loaded at open; `erase_rules` rows).
+    erase_rules: EraseRules,
 }
 
 const SCHEMA: &str = "
@@ -426,8 +468,12 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     let mut ranges = BTreeMap::new();
     let mut len = 0usize;
     {
+        // (origin, seq) of stored and of erased events: both are seen.
         let mut stmt = conn
-            .prepare("SELECT origin, seq FROM events ORDER BY origin, seq")
+            .prepare(
+                "SELECT origin, seq FROM events UNION SELECT origin, seq FROM erased \
+                 ORDER BY origin, seq",
+            )
             .map_err(backend)?;
         let mut rows = stmt.query([]).map_err(backend)?;
         let mut current: Option<(OriginKey, Vec<(u64, u64)>)> = None;
@@ -437,7 +483,6 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
             }
         };
         while let Some(row) = rows.next().map_err(backend)? {
-            len += 1;
             let origin_ref = row.get_ref(0).map_err(backend)?;
             let origin = OriginKey(key32(
                 origin_ref.as_blob().map_err(|_| corrupt("origin"))?,
@@ -463,9 +508,13 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         }
         flush(current);
     }
+    // Erased sequence numbers are in the ranges (a restart must not reopen their holes),
+    // not in the count of stored events.
+    len += count(conn, "events")?;
     Ok(Loaded {
         len,
         ranges,
+        erased_len: count(conn, "erased")?,
         cursors_len: count(conn, "cursors")?,
         peers_len: count(conn, "peers")?,
         meta_len: count(conn, "meta")?,
@@ -483,6 +532,31 @@ fn cursor_get(conn: &Connection, name: &str) -> Result<Option<(String, u64)>, St
         .map_err(backend)?;
     row.map(|(stream, pos)| Ok((stream, pos_from_sql(pos)?)))
         .transpose()
+}
+
+/// Reads the erase rules (bounded by the API's `erase::RULES_MAX`).
+fn load_erase_rules(conn: &Connection) -> Result<EraseRules, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT kind, a, b, hlc_max FROM erase_rules")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut rules = EraseRules::new();
+    for row in rows {
+        let (kind, a, b, hlc_max) = row.map_err(backend)?;
+        let target =
+            crate::erase::Target::from_columns(&kind, a, b).ok_or_else(|| corrupt("erase rule"))?;
+        rules.insert(target, hlc_max.cast_unsigned());
+    }
+    Ok(rules)
 }
 
 impl SqliteStore {
@@ -514,6 +588,9 @@ impl SqliteStore {
             .map_err(sqlite)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
             .map_err(sqlite)?;
+        // Erased rows (`erase`) are overwritten with zeros in the file, not just unlinked.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(sqlite)?;
         if schema_version(&conn, &path)? == 0 {
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
@@ -523,6 +600,11 @@ impl SqliteStore {
         }
         // Keyed tables' materialized state (added after version 1; created when missing).
         conn.execute_batch(crate::tables::SCHEMA).map_err(sqlite)?;
+        conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
+        let erase_rules = load_erase_rules(&conn).map_err(|source| OpenError::Load {
+            path: path.clone(),
+            source,
+        })?;
         let state = load(&conn).map_err(|source| OpenError::Load {
             path: path.clone(),
             source,
@@ -541,6 +623,7 @@ impl SqliteStore {
             in_tx: false,
             tx_writes: 0,
             stats: RefCell::new(StoreStats::default()),
+            erase_rules,
         })
     }
 
@@ -653,7 +736,10 @@ impl SqliteStore {
     pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
         let max: Option<i64> = self
             .conn
-            .prepare_cached("SELECT MAX(seq) FROM events WHERE origin = ?1")
+            .prepare_cached(
+                "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE origin = ?1 \
+                 UNION ALL SELECT seq FROM erased WHERE origin = ?1)",
+            )
             .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
             .map_err(backend)?;
         max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
@@ -862,6 +948,142 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Whether an erase rule in force covers `event` (it must not be stored or logged).
+    pub(crate) fn erase_covers(&self, event: &weft_fabric::EventData) -> bool {
+        if self.erase_rules.is_empty() {
+            return false;
+        }
+        let hlc = event.hlc().as_u64();
+        let s = event.security();
+        let key_rule = event.key().and_then(|k| {
+            self.erase_rules.get(&crate::erase::Target::Key {
+                stream: event.stream().as_str().to_string(),
+                key: k.to_vec(),
+            })
+        });
+        let principal = |tenant: &str| {
+            self.erase_rules.get(&crate::erase::Target::Principal {
+                principal: s.principal.clone(),
+                tenant: tenant.to_string(),
+            })
+        };
+        [key_rule, principal(""), principal(&s.tenant)]
+            .into_iter()
+            .flatten()
+            .any(|bound| hlc <= *bound)
+            && !event.stream().as_str().starts_with("_weft.")
+    }
+
+    /// Number of erase rules in force.
+    #[cfg(test)]
+    pub(crate) fn erase_rules_len(&self) -> usize {
+        self.erase_rules.len()
+    }
+
+    /// Records the erase rule `target` (covering events stamped up to `hlc_max`) and
+    /// erases every stored event it covers: rows in `events`, `log` and `ce_dedup` go, each
+    /// event's `(origin, seq, id)` goes to `erased` (still in the ranges). In the open
+    /// write transaction (committed with the driver's step). A principal rule reads every
+    /// stored event (a full scan); a key rule uses the key's rows.
+    pub(crate) fn erase(
+        &mut self,
+        target: &crate::erase::Target,
+        hlc_max: u64,
+    ) -> Result<Vec<ErasedEvent>, StoreError> {
+        self.begin_write()?;
+        let (kind, a, b) = target.columns();
+        let hlc_sql = hlc_max.min(i64::MAX as u64).cast_signed();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO erase_rules (kind, a, b, hlc_max) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (kind, a, b) DO UPDATE SET hlc_max = MAX(hlc_max, excluded.hlc_max)",
+            )
+            .and_then(|mut s| s.execute(params![kind, a, b, hlc_sql]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        let bound = self.erase_rules.entry(target.clone()).or_insert(hlc_max);
+        *bound = (*bound).max(hlc_max);
+        // Candidates: (id, origin, seq, envelope) of rows the rule may cover.
+        type Row = (Vec<u8>, Vec<u8>, i64, Vec<u8>);
+        let candidates: Vec<Row> = match target {
+            crate::erase::Target::Key { stream, key } => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, origin, seq, envelope FROM events \
+                     WHERE stream = ?1 AND key = ?2 AND hlc <= ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![stream, key, hlc_sql], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect()
+                }),
+            crate::erase::Target::Principal { .. } => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, origin, seq, envelope FROM events \
+                     WHERE hlc <= ?1 AND stream NOT LIKE '\\_weft.%' ESCAPE '\\'",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![hlc_sql], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect()
+                }),
+        }
+        .map_err(backend)?;
+        let mut erased = Vec::new();
+        for (id, origin, seq, envelope) in candidates {
+            // Stored events were verified on arrival: the claimed fields are the signed ones.
+            let Ok(unverified) = weft_fabric::decode(&envelope) else {
+                return Err(corrupt("envelope"));
+            };
+            let data = unverified.claimed_data();
+            if !target.covers(data) {
+                continue;
+            }
+            let origin_key = OriginKey(key32(&origin, "origin")?);
+            let seq_u = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
+            for sql in [
+                "DELETE FROM events WHERE id = ?1",
+                "DELETE FROM log WHERE id = ?1",
+            ] {
+                self.conn
+                    .prepare_cached(sql)
+                    .and_then(|mut s| s.execute([&id[..]]))
+                    .map_err(backend)?;
+            }
+            let dedup = self
+                .conn
+                .prepare_cached("DELETE FROM ce_dedup WHERE event_id = ?1")
+                .and_then(|mut s| s.execute([&id[..]]))
+                .map_err(backend)?;
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![&origin[..], seq, &id[..]]))
+                .map_err(backend)?;
+            self.tx_writes += 1;
+            self.state.len -= 1;
+            self.state.ce_dedup_len -= dedup;
+            self.state.erased_len += 1;
+            self.state
+                .ranges
+                .entry(origin_key)
+                .or_default()
+                .insert(seq_u);
+            self.cache.get_mut().remove(&(origin_key, seq_u));
+            erased.push(ErasedEvent {
+                id: weft_fabric::EventId(key32(&id, "id")?),
+                stream: data.stream().as_str().to_string(),
+                key: data.key().map(<[u8]>::to_vec),
+            });
+        }
+        self.stats.get_mut().erased += erased.len() as u64;
+        Ok(erased)
+    }
+
     /// Checks the in-memory state against the rows (slow: counts every table). For tests
     /// and debugging.
     #[cfg(test)]
@@ -873,6 +1095,7 @@ impl SqliteStore {
             ("peers", self.state.peers_len, rows.peers_len),
             ("meta", self.state.meta_len, rows.meta_len),
             ("ce_dedup", self.state.ce_dedup_len, rows.ce_dedup_len),
+            ("erased", self.state.erased_len, rows.erased_len),
         ];
         for (table, memory, disk) in pairs {
             if memory != disk {
@@ -953,6 +1176,35 @@ impl Store for SqliteStore {
             self.stats.borrow_mut().equivocations += 1;
             return Err(StoreError::Equivocation { origin, seq });
         }
+        if self.state.erased_len > 0 && self.erased(&origin, seq) {
+            self.stats.borrow_mut().erased_refused += 1;
+            return Ok(Inserted::Erased);
+        }
+        if self.erase_covers(&event) {
+            // Covered by an erase rule: never stored; its (origin, seq) is kept as erased
+            // so peers asking for it get a Skip and a restart does not reopen the hole.
+            // Those rows are bounded like events (a flood of covered events cannot grow
+            // the table past the store's event limit).
+            if self.state.erased_len >= self.limits.events_max {
+                self.stats.borrow_mut().refused_full += 1;
+                return Err(StoreError::Full {
+                    len: self.state.erased_len,
+                    max: self.limits.events_max,
+                });
+            }
+            self.begin_write()?;
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &id.0[..]]))
+                .map_err(backend)?;
+            self.tx_writes += 1;
+            self.state.erased_len += 1;
+            self.state.ranges.entry(origin).or_default().insert(seq);
+            self.stats.borrow_mut().erased_refused += 1;
+            return Ok(Inserted::Erased);
+        }
         if self.state.len >= self.limits.events_max {
             self.stats.borrow_mut().refused_full += 1;
             return Err(StoreError::Full {
@@ -1021,6 +1273,19 @@ impl Store for SqliteStore {
         self.state.ranges.get(origin)
     }
 
+    fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
+        let Ok(seq_sql) = i64::try_from(seq) else {
+            return false;
+        };
+        self.conn
+            .prepare_cached("SELECT 1 FROM erased WHERE origin = ?1 AND seq = ?2")
+            .and_then(|mut s| s.exists(params![&origin.0[..], seq_sql]))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "store lookup failed");
+                false
+            })
+    }
+
     fn origins(&self) -> Vec<OriginKey> {
         self.state.ranges.keys().copied().collect()
     }
@@ -1036,7 +1301,8 @@ impl Store for SqliteStore {
             self.conn
                 .execute_batch(
                     "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
-                     DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup;",
+                     DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup; \
+                     DELETE FROM erased; DELETE FROM erase_rules;",
                 )
                 .map_err(backend)
         });
@@ -1044,6 +1310,7 @@ impl Store for SqliteStore {
             Ok(()) => {
                 self.tx_writes += 1;
                 self.state = Loaded::default();
+                self.erase_rules.clear();
                 self.cache.get_mut().clear();
             }
             Err(e) => {
@@ -1292,6 +1559,106 @@ mod tests {
         assert!(store.get(&o1, 5).is_some());
         assert_eq!(store.cursor_get("c"), Ok(Some(("a".into(), 3))));
         assert_eq!(store.meta_get("m"), Ok(None));
+    }
+
+    #[test]
+    fn erase_removes_rows_refuses_later_copies_and_survives_reopen() {
+        use crate::erase::Target;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let a = event(1, "orders", 1, b"a");
+        let b = event(1, "orders", 2, b"b");
+        let other = event(1, "prefs", 3, b"c");
+        let origin = a.origin();
+        for e in [&a, &b, &other] {
+            assert_eq!(store.insert(e.clone()), Ok(Inserted::New));
+            store.append_log(e).unwrap();
+        }
+        store
+            .write_conn()
+            .unwrap()
+            .execute(
+                "INSERT INTO ce_dedup VALUES ('p', 's', 'ce-1', ?1)",
+                [&a.id().0[..]],
+            )
+            .unwrap();
+        store.state.ce_dedup_len += 1;
+        store.commit().unwrap();
+        // A key rule whose bound is before the events covers nothing (an erase is not a
+        // ban on later writes).
+        let key = Target::Key {
+            stream: "orders".into(),
+            key: b"k".to_vec(),
+        };
+        assert_eq!(store.erase(&key, a.hlc().as_u64() - 1), Ok(vec![]));
+        // Covering both events of the key: both go, the other stream's event stays.
+        let bound = weft_fabric::Hlc::new(b.hlc().physical_ms() + 1000, 0)
+            .unwrap()
+            .as_u64();
+        let erased = store.erase(&key, bound).unwrap();
+        assert_eq!(
+            erased.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![a.id(), b.id()]
+        );
+        assert_eq!(erased[0].key.as_deref(), Some(&b"k"[..]));
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert!(!store.contains(&a.id()) && store.get(&origin, 1).is_none());
+        assert!(store.erased(&origin, 1) && store.erased(&origin, 2));
+        assert!(!store.erased(&origin, 3) && store.contains(&other.id()));
+        assert_eq!(store.ranges(&origin).map(|r| r.contiguous()), Some(3));
+        assert_eq!(store.len(), 1);
+        let reader = StoreReader::open(dir.path()).unwrap();
+        assert!(reader.read_log("orders", 0, 10).unwrap().is_empty());
+        assert_eq!(reader.event_by_id(&a.id()).unwrap(), None);
+        assert_eq!(reader.read_log("prefs", 0, 10).unwrap().len(), 1);
+        assert_eq!(store.state.ce_dedup_len, 0);
+        // Later copies are refused: the erased event itself, and a new event the rule
+        // covers (its sequence number is then erased too).
+        assert_eq!(store.insert(a.clone()), Ok(Inserted::Erased));
+        let late = event(1, "orders", 4, b"late");
+        assert!(store.erase_covers(&late));
+        assert_eq!(store.insert(late.clone()), Ok(Inserted::Erased));
+        assert!(store.erased(&origin, 4) && !store.contains(&late.id()));
+        let later = event(1, "orders", 5_000_000, b"after the bound");
+        assert!(!store.erase_covers(&later), "stamped after the bound");
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        // A restart: the rule, the erased set and the ranges are back; the origin's
+        // sequence continues after its erased events.
+        drop(store);
+        let mut store = open(dir.path());
+        store.check_invariants().unwrap();
+        assert_eq!(store.ranges(&origin).map(|r| r.contiguous()), Some(4));
+        assert!(store.erased(&origin, 4) && store.erase_covers(&late));
+        assert_eq!(store.erase_rules_len(), 1);
+        assert_eq!(store.max_seq(&origin), Ok(4));
+        assert_eq!(store.insert(b.clone()), Ok(Inserted::Erased));
+        // A principal rule: every event of the principal, other streams included, never
+        // system streams.
+        let system = event(1, "_weft.erase", 6, b"{}");
+        assert_eq!(store.insert(system.clone()), Ok(Inserted::New));
+        let principal = Target::Principal {
+            principal: "orders-service".into(),
+            tenant: String::new(),
+        };
+        let erased = store.erase(&principal, u64::MAX >> 1).unwrap();
+        assert_eq!(erased.len(), 1);
+        assert_eq!(erased[0].id, other.id());
+        assert!(store.contains(&system.id()));
+        let wrong_tenant = Target::Principal {
+            principal: "orders-service".into(),
+            tenant: "globex".into(),
+        };
+        assert!(
+            store
+                .erase(&wrong_tenant, u64::MAX >> 1)
+                .unwrap()
+                .is_empty()
+        );
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.stats().erased, 1, "counted since the reopen");
     }
 
     #[test]

@@ -206,9 +206,20 @@ fn apply_one(
     Ok(outcome)
 }
 
+/// Removes a key's row (an erase, `erase.rs`): no tombstone is left, the key reads as
+/// never written; writes stamped after the erase's bound create it afresh.
+pub(crate) fn erase_key(conn: &Connection, stream: &str, key: &[u8]) -> Result<(), String> {
+    conn.execute(
+        "DELETE FROM table_keys WHERE stream = ?1 AND key = ?2",
+        params![stream, key],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
 /// Rebuilds a table from the events of its stream in the log (log order keeps each
 /// origin's order), under `strategy`.
-fn rebuild(
+pub(crate) fn rebuild(
     conn: &Connection,
     strategy: Strategy,
     stream: &StreamName,

@@ -283,6 +283,11 @@ pub struct Stats {
     /// or [`FilterHop::Transit`] outside a relay path): dropped unopened. Non-zero means a
     /// sender broke residency (or enforces another policy epoch).
     pub residency_refused: u64,
+    /// Events the store refused as matching an erase rule ([`Inserted::Erased`]): not
+    /// stored, delivered or passed on; their sequence numbers taken as seen.
+    pub events_erased: u64,
+    /// Skips sent for erased events a peer asked for (GRAFT, anti-entropy, hole repair).
+    pub erased_skips_sent: u64,
     /// Longest time from a cross-region push to its failover (the RTT timeout that
     /// expired), microseconds.
     pub failover_after_us_max: u64,
@@ -509,6 +514,16 @@ impl<S: Store> Node<S> {
         &self.store
     }
 
+    /// Forgets the events this node relays without storing (its relay cache) that
+    /// `erased` says are erased, so it never answers a GRAFT with them. Returns how many.
+    pub fn forget_relayed(&mut self, erased: impl Fn(&Event) -> bool) -> usize {
+        let before = self.relay_cache.len();
+        self.relay_cache.retain(|_, e| !erased(e));
+        let cache = &self.relay_cache;
+        self.relay_order.retain(|id| cache.contains_key(id));
+        before - self.relay_cache.len()
+    }
+
     /// The store, for the driver's own records next to the events (log positions, cursors,
     /// peers). Inserting or removing events through it bypasses the node's bookkeeping.
     pub fn store_mut(&mut self) -> &mut S {
@@ -621,6 +636,10 @@ impl<S: Store> Node<S> {
         self.advance(now);
         match self.accept(event.clone())? {
             Inserted::Duplicate => Ok(()),
+            Inserted::Erased => Err(StoreError::Erased {
+                origin: event.origin(),
+                seq: event.seq(),
+            }),
             Inserted::New => {
                 let me = self.me.node_key();
                 self.forward(&[event], Some(me), true, true, &[], 0);
@@ -648,6 +667,10 @@ impl<S: Store> Node<S> {
                     Ok(())
                 }
                 Ok(Inserted::Duplicate) => Ok(()),
+                Ok(Inserted::Erased) => Err(StoreError::Erased {
+                    origin: event.origin(),
+                    seq: event.seq(),
+                }),
                 Err(e) => Err(e),
             });
         }
@@ -1340,6 +1363,16 @@ impl<S: Store> Node<S> {
                     return Ok(Inserted::Duplicate);
                 }
                 Ok(Inserted::New) => {}
+                Ok(Inserted::Erased) => {
+                    // Erased fabric-wide: for this node's order a Skip (its own events
+                    // too, so its own delivery moves on), nothing stored or passed on.
+                    self.stats.events_erased += 1;
+                    self.missing.remove(&id);
+                    if self.seen.entry(origin).or_default().ranges.insert(seq) {
+                        self.advance_delivery(origin);
+                    }
+                    return Ok(Inserted::Erased);
+                }
                 Err(e) => {
                     self.stats.events_refused += 1;
                     return Err(e);
@@ -1762,6 +1795,15 @@ impl<S: Store> Node<S> {
         out
     }
 
+    /// Skips for erased events `peer` asked for: origin and sequence number only, like a
+    /// residency Skip, so the peer's ordered delivery moves on.
+    fn send_erased_skips(&mut self, peer: OriginKey, erased: &[(OriginKey, u64)]) {
+        self.stats.erased_skips_sent += erased.len() as u64;
+        for chunk in erased.chunks(REFS_PER_MESSAGE_MAX) {
+            self.send(peer, Message::Skip(chunk.to_vec()));
+        }
+    }
+
     fn on_skip(&mut self, list: Vec<(OriginKey, u64)>) {
         for (origin, seq) in list.into_iter().take(REFS_PER_MESSAGE_MAX) {
             if self.skip_own(origin, seq) {
@@ -1894,6 +1936,7 @@ impl<S: Store> Node<S> {
 
     fn on_graft(&mut self, from: OriginKey, refs: Vec<EventRef>) {
         let mut events = Vec::new();
+        let mut erased = Vec::new();
         for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
             if let Some(e) = self
                 .store
@@ -1902,8 +1945,11 @@ impl<S: Store> Node<S> {
                 && e.id() == r.id
             {
                 events.push(e);
+            } else if self.store.erased(&r.origin, r.seq) {
+                erased.push((r.origin, r.seq));
             }
         }
+        self.send_erased_skips(from, &erased);
         let events = self.allowed(&events, &from, false, true);
         if !events.is_empty() {
             self.stats.pushes_sent += 1;
@@ -2057,6 +2103,7 @@ impl<S: Store> Node<S> {
             theirs = dedup;
         }
         let mut events = Vec::new();
+        let mut erased = Vec::new();
         let mut resume = None;
         let mut bytes = 0usize;
         let limit = self.config.sync_batch_len_max.max(1);
@@ -2090,6 +2137,10 @@ impl<S: Store> Node<S> {
                         cut = true;
                         break;
                     }
+                } else if self.store.erased(&origin, *seq) {
+                    // In the ranges, not stored: erased here. The peer gets a Skip so
+                    // its ordered delivery does not wait for it.
+                    erased.push((origin, *seq));
                 }
             }
             if cut || lacking.len() > room {
@@ -2097,6 +2148,7 @@ impl<S: Store> Node<S> {
                 break;
             }
         }
+        self.send_erased_skips(from, &erased);
         let events = self.allowed(&events, &from, false, true);
         self.stats.sync_events_sent += events.len() as u64;
         let held = self.store.len() as u64;
@@ -2552,6 +2604,72 @@ mod tests {
             "the public event was delivered"
         );
         assert_eq!(nodes[5].stats().residency_refused, 0);
+    }
+
+    /// An event erased at the only node holding it (its store reports it erased): a peer
+    /// missing it asks by anti-entropy, gets a Skip, and its ordered delivery of the
+    /// origin's later events moves on; the erased event is never sent again, and a copy
+    /// arriving later is refused by the store, seen but not delivered.
+    #[test]
+    fn a_peer_missing_an_erased_event_gets_a_skip_and_moves_on() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2];
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        let peer = nodes[1].me().node_key();
+        let first = event_at(seeds[0], 1, "orders.all");
+        let erased = event_at(seeds[0], 2, "orders.all");
+        let third = event_at(seeds[0], 3, "orders.all");
+        nodes[0].handle_publish(0, first).unwrap();
+        pump(&mut nodes, 0, 500_000);
+        // The second event never reaches the peer, and is erased at its origin.
+        nodes[0].handle_publish(500_000, erased.clone()).unwrap();
+        while nodes[0].poll_transmit().is_some() {}
+        nodes[0].pending_ihave.clear();
+        assert!(nodes[0].store_mut().erase(origin, 2));
+        nodes[0].handle_publish(500_000, third.clone()).unwrap();
+        let seen = pump(&mut nodes, 500_000, 1_000_000);
+        assert!(nodes[1].store().contains(&third.id()));
+        assert_eq!(nodes[1].stats().delivered, 1, "delivery waits on the hole");
+        assert!(seen[1].skips.is_empty(), "{:?}", seen[1]);
+        nodes[1].sync_rounds = 1;
+        nodes[1].start_sync();
+        let t = nodes[1].poll_transmit().expect("a sync request");
+        assert_eq!(t.to, origin);
+        nodes[0].handle_message(1_000_000, peer, t.msg);
+        let seen = pump(&mut nodes, 1_000_000, 1_500_000);
+        assert!(seen[1].skips.contains(&(origin, 2)), "{:?}", seen[1]);
+        assert!(seen[1].pushes.iter().all(|(id, _)| *id != erased.id()));
+        assert!(seen[1].named.iter().all(|(_, id)| *id != erased.id()));
+        assert_eq!(nodes[0].stats().erased_skips_sent, 1);
+        assert_eq!(
+            nodes[1].stats().delivered,
+            2,
+            "the third event was delivered"
+        );
+        assert!(!nodes[1].store().contains(&erased.id()));
+        // A GRAFT for it is answered with a Skip too.
+        let graft = Message::Graft(vec![EventRef {
+            id: erased.id(),
+            origin,
+            seq: 2,
+        }]);
+        nodes[0].handle_message(1_500_000, peer, graft);
+        let t = nodes[0].poll_transmit().expect("an answer");
+        assert!(
+            matches!(&t.msg, Message::Skip(list) if list == &vec![(origin, 2)]),
+            "{:?}",
+            t.msg
+        );
+        // A late copy (a node that had not applied the erase yet pushes it) is refused by
+        // a store that erased it: seen, never stored or delivered.
+        let mut late = crate::mesh::MemStore::new(100);
+        late.erase(origin, 2);
+        assert_eq!(late.insert(erased.clone()), Ok(Inserted::Erased));
+        assert!(late.erased(&origin, 2) && late.ranges(&origin).is_some_and(|r| r.contains(2)));
+        for n in &nodes {
+            n.check_invariants();
+        }
     }
 
     #[test]

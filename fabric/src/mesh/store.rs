@@ -18,6 +18,11 @@ pub enum Inserted {
     New,
     /// The event (same id) was already stored; nothing changed.
     Duplicate,
+    /// The event matches an erase rule of the store (the node erased it, or everything
+    /// like it, fabric-wide): it is not stored, and the store now reports its
+    /// `(origin, seq)` as [`Store::erased`] and in [`Store::ranges`]. The core takes the
+    /// sequence number as seen (like a Skip): nothing is delivered or passed on.
+    Erased,
 }
 
 /// Why the store refused an event. The store is unchanged.
@@ -43,6 +48,15 @@ pub enum StoreError {
     /// The backing storage failed (I/O, corruption).
     #[error("storage failed: {0}")]
     Backend(String),
+    /// A local publish matches an erase rule: the event was not stored, delivered or
+    /// sent; its sequence number is taken as seen (peers get a Skip for it).
+    #[error("origin {origin} seq {seq} matches an erase rule and was not stored")]
+    Erased {
+        /// The origin.
+        origin: OriginKey,
+        /// The sequence number.
+        seq: u64,
+    },
 }
 
 /// Durable storage of events for one node.
@@ -53,7 +67,15 @@ pub trait Store {
     fn contains(&self, id: &EventId) -> bool;
     /// The event of `origin` at `seq`, if stored.
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>>;
-    /// Per-origin ranges of stored sequence numbers.
+    /// Whether the event of `origin` at `seq` was erased (removed by an erase rule, or
+    /// refused on arrival as matching one). The core answers requests for it with a Skip,
+    /// so peers' ordered delivery moves past it. Default: nothing is ever erased.
+    fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
+        let _ = (origin, seq);
+        false
+    }
+    /// Per-origin ranges of stored sequence numbers, erased ones included (so a restart
+    /// does not reopen the holes an erase leaves).
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges>;
     /// Every origin with at least one stored event, ascending.
     fn origins(&self) -> Vec<OriginKey>;
@@ -81,6 +103,8 @@ pub struct MemStore {
     by_origin: BTreeMap<OriginKey, OriginEvents>,
     ids: std::collections::HashSet<EventId, KeyBuildHasher>,
     len_max: usize,
+    /// Erased `(origin, seq)`s (see [`MemStore::erase`]); in the ranges, not in `events`.
+    erased: std::collections::BTreeSet<(OriginKey, u64)>,
 }
 
 /// One origin's events and the ranges of their sequence numbers (one map lookup serves
@@ -98,6 +122,23 @@ impl MemStore {
             by_origin: BTreeMap::new(),
             ids: std::collections::HashSet::default(),
             len_max,
+            erased: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Erases the event of `origin` at `seq` (held or not): removes it, keeps its sequence
+    /// number in the ranges and reports it as [`Store::erased`]; a later insert of it
+    /// returns [`Inserted::Erased`]. Returns whether an event was removed.
+    pub fn erase(&mut self, origin: OriginKey, seq: u64) -> bool {
+        self.erased.insert((origin, seq));
+        let held = self.by_origin.entry(origin).or_default();
+        held.ranges.insert(seq);
+        match held.events.remove(&seq) {
+            Some(e) => {
+                self.ids.remove(&e.id());
+                true
+            }
+            None => false,
         }
     }
 }
@@ -107,6 +148,9 @@ impl Store for MemStore {
         let id = event.id();
         let origin = event.origin();
         let seq = event.seq();
+        if self.erased.contains(&(origin, seq)) {
+            return Ok(Inserted::Erased);
+        }
         // One walk of each tree: the id is a hash of the signed bytes, which name the
         // origin and the sequence number, so the event at (origin, seq) tells both whether
         // this is a duplicate (same id) and whether it equivocates (another id). `ids`
@@ -143,6 +187,10 @@ impl Store for MemStore {
         self.by_origin.get(origin)?.events.get(&seq).cloned()
     }
 
+    fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
+        self.erased.contains(&(*origin, seq))
+    }
+
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
         self.by_origin.get(origin).map(|o| &o.ranges)
     }
@@ -158,5 +206,6 @@ impl Store for MemStore {
     fn clear(&mut self) {
         self.by_origin.clear();
         self.ids.clear();
+        self.erased.clear();
     }
 }

@@ -1,0 +1,415 @@
+//! Erasure fabric-wide with real processes: three nodes hold table keys and plain events
+//! of a principal; one node is cut off and takes a write of that principal during the
+//! partition; an admin erases the principal and a key through the CLI at another node.
+//! After the heal no node has any of it (API reads, event lookups, table reads, SQLite
+//! rows), the partitioned write never appears anywhere, ordered delivery goes on (events
+//! published afterwards arrive everywhere), the erase is audited, and bad requests get a
+//! 400 naming the field. Bounded waits; processes killed at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+const ALICE_TOKEN: &str = "alice-token-0123456789abcdef0123456789abcdef";
+
+fn extra() -> String {
+    let sha = hex::encode(sha2::Sha256::digest(ALICE_TOKEN.as_bytes()));
+    format!(
+        "[[tables]]\npattern = \"kv.>\"\nstrategy = \"lww\"\n\
+         [[principals]]\nname = \"alice\"\ntenant = \"acme\"\ntoken_sha256 = \"{sha}\"\n"
+    )
+}
+
+async fn put(c: &Cluster, i: usize, token: &str, path: &str, body: Value) -> String {
+    let r = reqwest::Client::new()
+        .put(c.url(i, path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "PUT {path} on node {i}: {status} {v}");
+    v["ids"][0].as_str().unwrap().to_string()
+}
+
+/// Publishes one CloudEvent as `token`; returns its event id.
+async fn publish(c: &Cluster, i: usize, token: &str, stream: &str, data: Value) -> String {
+    let ce = json!({"specversion": "1.0", "id": format!("{stream}-{data}"), "source": "it",
+        "type": "t", "datacontenttype": "application/json", "data": data});
+    let r = reqwest::Client::new()
+        .post(c.url(i, &format!("/v1/streams/{stream}/events?ack=local")))
+        .bearer_auth(token)
+        .header("content-type", "application/cloudevents+json")
+        .body(serde_json::to_vec(&ce).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "publish on node {i}: {status} {v}");
+    v["ids"][0].as_str().unwrap().to_string()
+}
+
+async fn get(c: &Cluster, i: usize, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(c.url(i, path))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until every node's log of `stream` holds `id`.
+async fn everywhere(c: &Cluster, stream: &str, id: &str) {
+    for i in 0..3 {
+        wait_for(Duration::from_secs(40), || async {
+            c.ids(i, stream)
+                .await?
+                .iter()
+                .any(|x| x == id)
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node {i} never delivered {id} of {stream}:\n{}", c.log(i)));
+    }
+}
+
+/// Rows of node `i`'s store holding `needle` (an event id in hex, or clear text), by table.
+fn rows_with(c: &Cluster, i: usize, needle: &[u8]) -> Vec<String> {
+    let path = c.dir.join(format!("data/{}/weft.db", c.nodes[i].spec.name));
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut found = Vec::new();
+    for (table, cols) in [
+        ("events", "id, envelope"),
+        ("log", "id, stream"),
+        ("table_keys", "key, state"),
+        ("ce_dedup", "ce_id, event_id"),
+    ] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT {cols} FROM {table}"))
+            .unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = stmt
+            .query_map([], |r| {
+                let a = r.get_ref(0)?;
+                let b = r.get_ref(1)?;
+                let bytes = |v: rusqlite::types::ValueRef<'_>| match v {
+                    rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => {
+                        b.to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                Ok((bytes(a), bytes(b)))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (a, b) in rows {
+            let hits = |v: &[u8]| {
+                v.windows(needle.len()).any(|w| w == needle)
+                    || hex::encode(v)
+                        .as_bytes()
+                        .windows(needle.len())
+                        .any(|w| w == needle)
+            };
+            if hits(&a) || hits(&b) {
+                found.push(table.to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
+    rt().block_on(async {
+        let mut c = Cluster::new("erase", 63, &three_regions(), &extra());
+        c.start_all();
+        c.wait_meshed().await;
+        let admin = c.token.clone();
+
+        // Alice's data: a table key and plain events; the admin's own data beside it,
+        // one key of which is erased by a key rule.
+        let alice_key = put(
+            &c,
+            0,
+            ALICE_TOKEN,
+            "/v1/tables/kv.users/alice",
+            json!({"v": "ALICE-SECRET-KEY"}),
+        )
+        .await;
+        let alice_a = publish(
+            &c,
+            1,
+            ALICE_TOKEN,
+            "notes.x",
+            json!({"m": "ALICE-SECRET-A"}),
+        )
+        .await;
+        let alice_b = publish(
+            &c,
+            0,
+            ALICE_TOKEN,
+            "notes.x",
+            json!({"m": "ALICE-SECRET-B"}),
+        )
+        .await;
+        let carol = put(
+            &c,
+            1,
+            &admin,
+            "/v1/tables/kv.users/carol",
+            json!({"v": "CAROL-SECRET"}),
+        )
+        .await;
+        let bob = put(
+            &c,
+            0,
+            &admin,
+            "/v1/tables/kv.users/bob",
+            json!({"v": "bob-stays"}),
+        )
+        .await;
+        let keep = publish(&c, 2, &admin, "notes.x", json!({"m": "admin-stays"})).await;
+        for (stream, id) in [
+            ("kv.users", &alice_key),
+            ("kv.users", &carol),
+            ("kv.users", &bob),
+            ("notes.x", &alice_a),
+            ("notes.x", &alice_b),
+            ("notes.x", &keep),
+        ] {
+            everywhere(&c, stream, id).await;
+        }
+
+        // Cut node 2 off; alice writes there during the partition.
+        c.chaos(2, json!([{"peer": "*", "blackhole": true}])).await;
+        for i in 0..2 {
+            c.chaos(
+                i,
+                json!([{"peer": "aws:ap-northeast-1", "blackhole": true}]),
+            )
+            .await;
+        }
+        let partitioned = publish(
+            &c,
+            2,
+            ALICE_TOKEN,
+            "notes.x",
+            json!({"m": "ALICE-PARTITIONED"}),
+        )
+        .await;
+
+        // Bad requests: 400 naming the field; a non-admin is refused.
+        let http = reqwest::Client::new();
+        for (body, field) in [
+            (json!({"stream": "kv.users"}), "key"),
+            (
+                json!({"principal": "alice", "stream": "kv.users", "key": "a"}),
+                "principal",
+            ),
+            (json!({"stream": "_weft.policy", "key": "a"}), "stream"),
+            (json!({"principal": "alice", "color": "red"}), "color"),
+        ] {
+            let r = http
+                .post(c.url(0, "/v1/erase"))
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{body}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["reason"], "bad_erase_request", "{v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains(field), "{body}: {message}");
+        }
+        let r = http
+            .post(c.url(0, "/v1/erase"))
+            .bearer_auth(ALICE_TOKEN)
+            .json(&json!({"principal": "alice"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(rejected(&c, 0, "bad_erase_request").await >= 4);
+
+        // The erase, through the CLI at node 0.
+        let token_file = c.dir.join("client.key.token");
+        let node0 = c.nodes[0].http.clone();
+        for args in [
+            vec!["--principal", "alice"],
+            vec!["--stream", "kv.users", "--key", "carol"],
+        ] {
+            let mut all = vec![
+                "erase",
+                "--node",
+                &node0,
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ];
+            all.extend(args);
+            let (ok, out) = weft_in(&c.dir, &all);
+            assert!(ok, "{out}");
+        }
+        let (ok, out) = weft_in(
+            &c.dir,
+            &[
+                "erase",
+                "--node",
+                &node0,
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--stream",
+                "kv.users",
+            ],
+        );
+        assert!(!ok, "the CLI needs --key with --stream: {out}");
+
+        // Alice publishing right after the erase (within its cover window) is refused
+        // with a reason; the sequence number it took is skipped, not waited for.
+        let ce = json!({"specversion": "1.0", "id": "late", "source": "it", "type": "t",
+            "datacontenttype": "application/json", "data": {"m": "ALICE-SECRET-LATE"}});
+        let r = http
+            .post(c.url(0, "/v1/streams/notes.x/events?ack=local"))
+            .bearer_auth(ALICE_TOKEN)
+            .header("content-type", "application/cloudevents+json")
+            .body(serde_json::to_vec(&ce).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "erased", "{v}");
+        assert_eq!(rejected(&c, 0, "erased").await, 1);
+
+        // Heal; publish after the erase on both sides: delivered everywhere (no stall on
+        // the erased sequence numbers).
+        for i in 0..3 {
+            c.chaos(i, json!([])).await;
+        }
+        let after0 = publish(&c, 0, &admin, "notes.x", json!({"m": "after-0"})).await;
+        let after2 = publish(&c, 2, &admin, "notes.x", json!({"m": "after-2"})).await;
+        everywhere(&c, "notes.x", &after0).await;
+        everywhere(&c, "notes.x", &after2).await;
+        // Node 2 applied the erase too (it reached its log by anti-entropy).
+        wait_for(Duration::from_secs(40), || async {
+            let (s, _) = get(&c, 2, "/v1/tables/kv.users/carol").await;
+            (s == 404).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node 2 never applied the erase:\n{}", c.log(2)));
+        // Give anti-entropy a few rounds to (wrongly) bring anything back.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let gone = [&alice_key, &alice_a, &alice_b, &carol, &partitioned];
+        for i in 0..3 {
+            let notes = c.ids(i, "notes.x").await.unwrap();
+            let users = c.ids(i, "kv.users").await.unwrap();
+            for id in gone {
+                assert!(
+                    !notes.contains(id) && !users.contains(id),
+                    "node {i} still logs {id}"
+                );
+                let (s, v) = get(&c, i, &format!("/v1/events/{id}")).await;
+                assert_eq!(s, 404, "node {i} still serves {id}: {v}");
+                assert!(
+                    rows_with(&c, i, id.as_bytes()).is_empty(),
+                    "node {i}: rows name {id}"
+                );
+            }
+            for id in [&keep, &after0, &after2] {
+                assert!(notes.contains(id), "node {i} lost {id}");
+            }
+            assert!(users.contains(&bob), "node {i} lost bob");
+            for key in ["alice", "carol"] {
+                let (s, v) = get(&c, i, &format!("/v1/tables/kv.users/{key}")).await;
+                assert_eq!(s, 404, "node {i}: {key} still readable: {v}");
+                assert_ne!(v["deleted"], true, "no tombstone: {v}");
+            }
+            let (s, v) = get(&c, i, "/v1/tables/kv.users/bob").await;
+            assert_eq!((s, &v["value"]), (200, &json!({"v": "bob-stays"})));
+            let (_, v) = get(&c, i, "/v1/tables/kv.users").await;
+            assert!(
+                !v.to_string().contains("alice") && !v.to_string().contains("carol"),
+                "{v}"
+            );
+            for marker in [
+                "ALICE-SECRET",
+                "ALICE-PARTITIONED",
+                "CAROL-SECRET",
+                "ALICE-SECRET-LATE",
+            ] {
+                let rows = rows_with(&c, i, marker.as_bytes());
+                assert!(rows.is_empty(), "node {i}: {marker} in {rows:?}");
+            }
+        }
+
+        // The partitioned write reached the others only as something refused or skipped:
+        // a node's store refused a copy the rule covers, or node 2 (having erased it)
+        // answered the others' requests for its sequence number with a Skip.
+        let mut refused_or_skipped = 0;
+        for i in 0..3 {
+            let (_, v) = get(&c, i, "/v1/status").await;
+            refused_or_skipped += v["stats"]["events_erased"].as_u64().unwrap()
+                + v["stats"]["erased_skips_sent"].as_u64().unwrap();
+        }
+        assert!(refused_or_skipped >= 1, "neither refused nor skipped");
+
+        // A restart of the partitioned node (kill -9): its erased sequence numbers stay
+        // seen, nothing comes back, and what it publishes next arrives everywhere.
+        c.kill9(2);
+        c.start(2);
+        c.wait_healthy(2).await;
+        c.wait_meshed().await;
+        let restarted = publish(&c, 2, &admin, "notes.x", json!({"m": "after-restart"})).await;
+        everywhere(&c, "notes.x", &restarted).await;
+        for id in gone {
+            let (s, _) = get(&c, 2, &format!("/v1/events/{id}")).await;
+            assert_eq!(s, 404, "node 2 serves {id} again after its restart");
+            assert!(rows_with(&c, 2, id.as_bytes()).is_empty());
+        }
+
+        // Audited where it was asked for, and applied (with a count) on every node.
+        let (_, v) = get(&c, 0, "/v1/audit?limit=1000").await;
+        let entries = v["entries"].as_array().unwrap();
+        assert!(
+            entries.iter().any(|e| e["reason"] == "erase_requested"),
+            "{v}"
+        );
+        assert!(
+            entries.iter().any(|e| e["reason"] == "erased"),
+            "the refused publish: {v}"
+        );
+        assert!(
+            entries.iter().any(|e| e["reason"] == "erase_applied"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("3 stored events removed")),
+            "{v}"
+        );
+        assert!(
+            entries.iter().any(|e| e["reason"] == "bad_erase_request"),
+            "{v}"
+        );
+        let (_, v) = get(&c, 2, "/v1/audit?limit=1000").await;
+        assert!(
+            v["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["reason"] == "erase_applied"),
+            "{v}"
+        );
+    });
+}
