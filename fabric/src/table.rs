@@ -237,12 +237,7 @@ struct WireTotals(
 fn u128_from_wire(field: &'static str, bytes: &[u8]) -> Result<u128, OpError> {
     <[u8; 16]>::try_from(bytes)
         .map(u128::from_be_bytes)
-        .map_err(|_| {
-            OpError::Malformed(format!(
-                "{field}: a sum is {} bytes, not 16",
-                bytes.len()
-            ))
-        })
+        .map_err(|_| OpError::Malformed(format!("{field}: a sum is {} bytes, not 16", bytes.len())))
 }
 
 fn origin(field: &'static str, bytes: &[u8]) -> Result<OriginKey, OpError> {
