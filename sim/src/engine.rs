@@ -966,9 +966,9 @@ impl Engine {
             op: &op,
         };
         let targeted = match self.table_sabotage {
-            Some(
-                TableSabotage::SkipFirstWrite { node } | TableSabotage::ApplyAddTwice { node },
-            ) => node == i,
+            Some(TableSabotage::SkipFirstAdd { node } | TableSabotage::ApplyAddTwice { node }) => {
+                node == i
+            }
             None => false,
         };
         if targeted {
