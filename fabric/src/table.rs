@@ -224,8 +224,21 @@ enum WireOp {
 #[derive(Serialize, Deserialize)]
 struct WireVvEntry(#[serde(with = "serde_bytes")] Vec<u8>, u64);
 
+// The sums are 16-byte big-endian byte strings: the CBOR reader does not take 128-bit
+// integers (a `u128` field made every counter delete with totals undecodable).
 #[derive(Serialize, Deserialize)]
-struct WireTotals(#[serde(with = "serde_bytes")] Vec<u8>, u64, u128, u128);
+struct WireTotals(
+    #[serde(with = "serde_bytes")] Vec<u8>,
+    u64,
+    #[serde(with = "serde_bytes")] Vec<u8>,
+    #[serde(with = "serde_bytes")] Vec<u8>,
+);
+
+fn u128_from_wire(field: &'static str, bytes: &[u8]) -> Result<u128, OpError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(u128::from_be_bytes)
+        .map_err(|_| OpError::Malformed(format!("{field}: a sum is {} bytes, not 16", bytes.len())))
+}
 
 fn origin(field: &'static str, bytes: &[u8]) -> Result<OriginKey, OpError> {
     <[u8; 32]>::try_from(bytes)
@@ -289,7 +302,14 @@ impl Op {
                 ctx: vv_to_wire(ctx),
                 totals: totals
                     .iter()
-                    .map(|(o, t)| WireTotals(o.0.to_vec(), t.seq, t.p, t.n))
+                    .map(|(o, t)| {
+                        WireTotals(
+                            o.0.to_vec(),
+                            t.seq,
+                            t.p.to_be_bytes().to_vec(),
+                            t.n.to_be_bytes().to_vec(),
+                        )
+                    })
                     .collect(),
             },
             Op::Add { delta } => WireOp::Add { delta: *delta },
@@ -330,7 +350,11 @@ impl Op {
                 }
                 let mut map = BTreeMap::new();
                 for WireTotals(o, seq, p, n) in totals {
-                    let t = Totals { seq, p, n };
+                    let t = Totals {
+                        seq,
+                        p: u128_from_wire("totals", &p)?,
+                        n: u128_from_wire("totals", &n)?,
+                    };
                     let e = map.entry(origin("totals", &o)?).or_insert(t);
                     *e = (*e).max(t);
                 }

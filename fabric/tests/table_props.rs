@@ -383,6 +383,26 @@ fn a_late_older_write_never_resurrects_a_deleted_key() {
     assert_eq!(t.stats().lww_lost, 1);
 }
 
+/// A counter delete carries the sums its writer had seen; they must survive the wire (the
+/// round-trip property above only makes deletes from an empty view).
+#[test]
+fn a_counter_delete_with_totals_round_trips() {
+    let mut totals = BTreeMap::new();
+    totals.insert(
+        origin(0),
+        Totals {
+            seq: 7,
+            p: u128::from(u64::MAX) + 5,
+            n: 3,
+        },
+    );
+    let op = Op::Delete {
+        ctx: Vv::default(),
+        totals,
+    };
+    assert_eq!(Op::decode(&op.encode()).unwrap(), op);
+}
+
 #[test]
 fn malformed_and_oversize_operations_are_refused_with_the_limit() {
     assert!(matches!(

@@ -18,6 +18,8 @@ use weft_fabric::mesh::{
 
 use crate::baseline::{BaselineKind, BaselineNode};
 use crate::residency::{self, GrantedNode, PolicySpec};
+use crate::tables::{self, TableMetrics, TableSabotage, TableSpec, Written};
+use weft_fabric::table::{OP_CONTENT_TYPE, Op, Table};
 use weft_fabric::{
     Event, EventDraft, EventId, Hlc, HybridClock, KeyBuildHasher, KeyId, KeyRing, OriginKey,
     Payload, Residency, SecurityContext, Signer, StreamName, StreamPattern,
@@ -86,6 +88,9 @@ pub struct Plan {
     /// checker checks every send either way; `false` (nodes run `AllowAll`) exists to show
     /// that the check catches a fabric that does not enforce.
     pub enforce_residency: bool,
+    /// A deliberate fault in one replica's table application (tests only: it shows that
+    /// the table digest checks can fail); `None` in every real run.
+    pub table_sabotage: Option<TableSabotage>,
 }
 
 /// One simulated node.
@@ -124,6 +129,8 @@ pub struct PlanWorkload {
     pub classification: Option<String>,
     /// Whether the producer seals the payload.
     pub sealed: bool,
+    /// A table workload: keyed writes applied by every subscriber to its replica.
+    pub table: Option<TableSpec>,
 }
 
 /// A fault window.
@@ -342,6 +349,8 @@ struct SimNode {
     app_last: HashMap<OriginKey, u64, KeyBuildHasher>,
     /// Busy until (models signature verification cost on receive).
     busy_until: Micros,
+    /// Per workload, this node's replica of its table (table workloads it subscribes to).
+    tables: Vec<Option<Table>>,
 }
 
 /// Everything measured during a run.
@@ -408,6 +417,8 @@ pub struct Metrics {
     pub steps: u64,
     /// Residency, checked by the engine on every send, delivery and store.
     pub residency: ResidencyCounters,
+    /// Per table workload (by workload index): its replicas compared at the end.
+    pub tables: BTreeMap<usize, TableMetrics>,
 }
 
 /// What the engine's residency checker found (all zero without a policy).
@@ -516,6 +527,14 @@ pub struct Engine {
     /// Scratch buffers of `drain`.
     drain_sends: Vec<Transmit>,
     drain_app: Vec<AppEvent>,
+    /// Per workload, the table writes published, in publish order (the reference replica
+    /// replays them).
+    table_writes: Vec<Vec<Written>>,
+    /// Draws of the table workloads (keys, operations, values): their own stream from the
+    /// seed, so adding a table workload does not disturb the network's draws.
+    table_rng: ChaCha8Rng,
+    /// The plan's table sabotage until it fires.
+    table_sabotage: Option<TableSabotage>,
 }
 
 impl Engine {
@@ -548,6 +567,14 @@ impl Engine {
                 .filter(|w| w.subscribers.contains(&i))
                 .map(|w| StreamPattern::from(w.stream.clone()))
                 .collect();
+            let tables = plan
+                .workloads
+                .iter()
+                .map(|w| match &w.table {
+                    Some(t) if w.subscribers.contains(&i) => Some(Table::new(t.strategy)),
+                    _ => None,
+                })
+                .collect();
             nodes.push(SimNode {
                 info,
                 node: None,
@@ -561,9 +588,12 @@ impl Engine {
                 app_ids: Vec::new(),
                 app_last: HashMap::default(),
                 busy_until: 0,
+                tables,
             });
         }
         let workload_next_pub = vec![0; plan.workloads.len()];
+        let (plan_workloads_len, plan_seed, plan_sabotage) =
+            (plan.workloads.len(), plan.seed, plan.table_sabotage);
         let overlay = build_overlay(&nodes, strategy, &mut rng);
         let mut refused = None;
         let residency = match &plan.policy {
@@ -605,6 +635,9 @@ impl Engine {
             drain_sends: Vec::new(),
             drain_app: Vec::new(),
             sent_by_kind: [0; MESSAGE_KINDS.len()],
+            table_writes: vec![Vec::new(); plan_workloads_len],
+            table_rng: ChaCha8Rng::seed_from_u64(plan_seed ^ 0x7ab1_e000_0000_7ab1),
+            table_sabotage: plan_sabotage,
         };
         if let Some(e) = refused {
             engine.metrics.violations.push(e);
@@ -822,13 +855,26 @@ impl Engine {
                 .push(format!("hlc refused at node {}", n.info.addr));
             return;
         };
-        let draft = draft(
+        let mut draft = draft(
             &wl,
             n.next_seq,
             Hlc::from_u64(hlc.as_u64()),
             &n.info.addr,
             self.residency.as_ref().map(|r| &r.stamps[w]),
         );
+        // A table write: a key and the operation the writer makes from its own replica's
+        // current view of it, as a client reading then writing would.
+        let table_write = match (&wl.table, n.tables[w].as_ref()) {
+            (Some(spec), Some(local)) => {
+                let (key, op) =
+                    tables::next_write(spec, local, wl.payload_bytes, &mut self.table_rng);
+                draft.key = Some(key.clone());
+                draft.content_type = OP_CONTENT_TYPE.into();
+                draft.payload = Payload::Clear(op.encode());
+                Some((key, op))
+            }
+            _ => None,
+        };
         // Sealed by the producer, as a device or service would: the key never reaches the
         // fabric.
         let signed = match &mut self.residency {
@@ -864,14 +910,72 @@ impl Engine {
         self.last_hop.push(HOPS_UNKNOWN);
         self.metrics.published += 1;
         let now = self.now;
-        if let Some(node) = self.nodes[i].node.as_mut()
-            && let Err(e) = node.handle_publish(now, event)
-        {
-            self.metrics
-                .violations
-                .push(format!("publish refused: {e}"));
+        let written = table_write.map(|(key, op)| Written {
+            dot: tables::dot(event.origin(), event.seq()),
+            hlc: event.hlc(),
+            key,
+            op,
+        });
+        if let Some(node) = self.nodes[i].node.as_mut() {
+            match node.handle_publish(now, event) {
+                Ok(()) => {
+                    if let Some(written) = written {
+                        self.table_writes[w].push(written);
+                    }
+                }
+                Err(e) => self
+                    .metrics
+                    .violations
+                    .push(format!("publish refused: {e}")),
+            }
         }
         self.drain(i);
+    }
+
+    /// Applies a delivered event of table workload `w` to node `i`'s replica (the HLC
+    /// receive rule first, as a node's clock moves past what it reads).
+    fn apply_table(&mut self, i: usize, w: usize, event: &Event) {
+        let op = match event.payload() {
+            Payload::Clear(bytes) => Op::from_event(event.content_type(), bytes),
+            Payload::Sealed(_) => {
+                self.metrics
+                    .violations
+                    .push(format!("table event {} is sealed", event.id()));
+                return;
+            }
+        };
+        let (Ok(op), Some(key)) = (op, event.key()) else {
+            self.metrics.violations.push(format!(
+                "table event {} has no key or no readable operation",
+                event.id()
+            ));
+            return;
+        };
+        let wall_ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
+        let n = &mut self.nodes[i];
+        // A remote HLC beyond the drift bound is refused by the clock; the write still
+        // applies (the table orders by the event's HLC, not the node's clock).
+        let _ = n.clock.receive(event.hlc(), wall_ms.max(0) as u64);
+        let Some(table) = n.tables[w].as_mut() else {
+            return;
+        };
+        let write = weft_fabric::table::Write {
+            dot: tables::dot(event.origin(), event.seq()),
+            hlc: event.hlc(),
+            key,
+            op: &op,
+        };
+        let targeted = match self.table_sabotage {
+            Some(TableSabotage::SkipFirstAdd { node } | TableSabotage::ApplyAddTwice { node }) => {
+                node == i
+            }
+            None => false,
+        };
+        if targeted {
+            tables::apply_delivered(table, &write, &mut self.table_sabotage);
+        } else {
+            table.apply(&write);
+        }
     }
 
     fn fault(&mut self, f: usize, start: bool) {
@@ -891,6 +995,11 @@ impl Engine {
                                 // A node that lost its disk is a new application instance.
                                 self.nodes[i].app_ids.clear();
                                 self.nodes[i].app_last.clear();
+                                // Its replicas too: it rebuilds them from what it
+                                // receives again.
+                                for t in self.nodes[i].tables.iter_mut().flatten() {
+                                    *t = Table::new(t.strategy());
+                                }
                             }
                         }
                         self.nodes[i].timer_at = None;
@@ -1293,6 +1402,9 @@ impl Engine {
         }
         *last = event.seq();
         self.metrics.deliveries += 1;
+        if self.plan.workloads[w].table.is_some() {
+            self.apply_table(i, w, event);
+        }
         if std::mem::replace(&mut self.delivered_pairs[e * nodes + i], true) {
             return; // a node that lost its disk receives again: not a new delivery
         }
@@ -1428,6 +1540,23 @@ impl Engine {
         missing
     }
 
+    /// Compares every table's replicas on live nodes that may hold it with each other and
+    /// with the reference replay of every write (`tables::compare`).
+    fn compare_tables(&mut self) {
+        for (w, wl) in self.plan.workloads.iter().enumerate() {
+            let Some(spec) = &wl.table else {
+                continue;
+            };
+            let replicas = wl
+                .subscribers
+                .iter()
+                .filter(|s| self.nodes[**s].node.is_some() && self.entitled(w, **s))
+                .filter_map(|s| self.nodes[*s].tables[w].as_ref());
+            let m = tables::compare(spec.strategy, &self.table_writes[w], replicas);
+            self.metrics.tables.insert(w, m);
+        }
+    }
+
     fn finish(&mut self) {
         for n in &self.nodes {
             if let Some(Proto::Weft(node)) = &n.node {
@@ -1480,6 +1609,7 @@ impl Engine {
             }
         }
         self.metrics.missed = self.missing_pairs();
+        self.compare_tables();
         if self.metrics.missed == 0 {
             let reference = self
                 .plan

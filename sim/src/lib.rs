@@ -10,7 +10,9 @@
 //! - [`plan`]: scenario + catalog -> the engine's resolved plan;
 //! - [`report`]: summary figures, terminal table and JSON;
 //! - [`scenario`]: the TOML scenario format (topology, network, workloads, faults, checks,
-//!   baselines), validated against a catalog, and the deterministic numbering of nodes.
+//!   baselines), validated against a catalog, and the deterministic numbering of nodes;
+//! - [`tables`]: table workloads (keyed writes), the replicas every node keeps, and their
+//!   comparison with a reference replay.
 //!
 //! `docs/sim.md` documents both for people who write scenarios.
 
@@ -22,5 +24,6 @@ pub mod plan;
 pub mod report;
 pub mod residency;
 pub mod scenario;
+pub mod tables;
 
 mod toml_text;

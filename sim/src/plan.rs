@@ -44,6 +44,7 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
             stop_us: w.stop_us,
             classification: w.classification.clone(),
             sealed: w.sealed,
+            table: w.table.clone(),
         })
         .collect();
     let faults = scenario
@@ -117,5 +118,6 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
         policy: scenario.policy.clone(),
         region_jurisdictions,
         enforce_residency: true,
+        table_sabotage: None,
     }
 }

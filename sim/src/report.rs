@@ -128,6 +128,42 @@ pub struct StrategyReport {
     pub residency: ResidencyReport,
     /// Per workload: its residency class and delivery latency.
     pub workloads: Vec<WorkloadReport>,
+    /// Per table workload: its replicas compared at the end of the run.
+    pub tables: Vec<TableReport>,
+}
+
+/// One table workload's replicas at the end of a run (`docs/sim.md` section 4).
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// The stream.
+    pub stream: String,
+    /// `lww`, `multi-value`, `counter` or `set`.
+    pub strategy: String,
+    /// Size of the key space.
+    pub keys: u32,
+    /// Writes published.
+    pub writes: u64,
+    /// Live replicas compared (subscribers that may hold the stream).
+    pub replicas: u64,
+    /// Whether every replica's state digest is the same.
+    pub digests_equal: bool,
+    /// Distinct digests among the replicas.
+    pub digests_distinct: u64,
+    /// Whether every replica's digest equals the reference replica's (every write replayed
+    /// in publish order into a fresh table): nothing resurrected, nothing lost.
+    pub equal_to_reference: bool,
+    /// Replicas whose digest equals the reference's.
+    pub replicas_equal_to_reference: u64,
+    /// The reference's digest, first 8 bytes in hex.
+    pub reference_digest: String,
+    /// Keys present (not deleted or empty) in the reference.
+    pub reference_keys_present: u64,
+    /// (replica, key) pairs present on a replica but absent in the reference (resurrected).
+    pub resurrected: u64,
+    /// (replica, key) pairs absent on a replica but present in the reference (lost).
+    pub lost: u64,
+    /// Conflict counters summed over the replicas (`weft_fabric::table::ConflictStats`).
+    pub conflicts: weft_fabric::table::ConflictStats,
 }
 
 /// What the residency checker found (`docs/sim.md`).
@@ -288,6 +324,30 @@ impl StrategyReport {
                 }
             })
             .collect();
+        let tables = m
+            .tables
+            .iter()
+            .filter_map(|(w, t)| {
+                let wl = plan.workloads.get(*w)?;
+                let spec = wl.table.as_ref()?;
+                Some(TableReport {
+                    stream: wl.stream.as_str().to_string(),
+                    strategy: spec.strategy.as_str().to_string(),
+                    keys: spec.keys,
+                    writes: t.writes,
+                    replicas: t.replicas,
+                    digests_equal: t.digests_distinct <= 1,
+                    digests_distinct: t.digests_distinct,
+                    equal_to_reference: t.replicas_equal_to_reference == t.replicas,
+                    replicas_equal_to_reference: t.replicas_equal_to_reference,
+                    reference_digest: crate::tables::short_hex(&t.reference_digest),
+                    reference_keys_present: t.reference_keys_present,
+                    resurrected: t.resurrected,
+                    lost: t.lost,
+                    conflicts: t.conflicts,
+                })
+            })
+            .collect();
         Self {
             strategy: strategy.to_string(),
             published: m.published,
@@ -354,8 +414,32 @@ impl StrategyReport {
                 withheld_pairs: m.residency.withheld_pairs,
             },
             workloads,
+            tables,
         }
     }
+}
+
+/// The conflict counters of a table report that its strategy produces, as `name n` pairs.
+fn conflicts_text(t: &TableReport) -> String {
+    let c = &t.conflicts;
+    let pairs: &[(&str, u64)] = match t.strategy.as_str() {
+        "lww" => &[("lww_lost", c.lww_lost)],
+        "multi-value" => &[
+            ("mv_siblings", c.mv_siblings),
+            ("mv_resolved", c.mv_resolved),
+            ("superseded_late", c.superseded_late),
+        ],
+        "counter" => &[("counter_merged", c.counter_merged)],
+        _ => &[
+            ("set_add_wins", c.set_add_wins),
+            ("superseded_late", c.superseded_late),
+        ],
+    };
+    pairs
+        .iter()
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One check of the run (safety or liveness), with its outcome.
@@ -454,6 +538,50 @@ impl Report {
                     None => format!("did not converge before the end (bound {within_ms} ms)"),
                 },
             );
+            if !w.tables.is_empty() {
+                let diverged: Vec<String> = w
+                    .tables
+                    .iter()
+                    .filter(|t| !t.digests_equal)
+                    .map(|t| format!("{} ({} digests)", t.stream, t.digests_distinct))
+                    .collect();
+                check(
+                    "table digests equal on every replica",
+                    diverged.is_empty(),
+                    if diverged.is_empty() {
+                        format!("{} tables, every replica alike", w.tables.len())
+                    } else {
+                        format!("diverged: {}", diverged.join(", "))
+                    },
+                );
+                let off: Vec<String> = w
+                    .tables
+                    .iter()
+                    .filter(|t| !t.equal_to_reference)
+                    .map(|t| {
+                        format!(
+                            "{} ({} of {} replicas differ; {} keys resurrected, {} lost)",
+                            t.stream,
+                            t.replicas - t.replicas_equal_to_reference,
+                            t.replicas,
+                            t.resurrected,
+                            t.lost
+                        )
+                    })
+                    .collect();
+                check(
+                    "table digests = reference replay (nothing resurrected or lost)",
+                    off.is_empty(),
+                    if off.is_empty() {
+                        format!(
+                            "{} writes replayed in publish order into fresh tables",
+                            w.tables.iter().map(|t| t.writes).sum::<u64>()
+                        )
+                    } else {
+                        off.join(", ")
+                    },
+                );
+            }
             if let Some(max) = scenario.checks.stretch_p99_max {
                 check(
                     "stretch p99",
@@ -572,6 +700,26 @@ impl Report {
                     wl.latency_ms.p50,
                     wl.latency_ms.p99,
                     wl.latency_ms.count
+                );
+            }
+        }
+        if let Some(w) = self.strategies.first() {
+            for t in &w.tables {
+                let _ = writeln!(
+                    out,
+                    "  table {:<20} {:<11} {:>5} keys {:>6} writes {:>3} replicas  digests equal {}{}  {}",
+                    t.stream,
+                    t.strategy,
+                    t.keys,
+                    t.writes,
+                    t.replicas,
+                    if t.digests_equal { "yes" } else { "NO" },
+                    if t.equal_to_reference {
+                        ", = reference"
+                    } else {
+                        ", != REFERENCE"
+                    },
+                    conflicts_text(t)
                 );
             }
         }

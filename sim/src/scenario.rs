@@ -28,6 +28,7 @@ use weft_fabric::{Jurisdiction, StreamName};
 
 use crate::catalog::{RegionCatalog, SAME_REGION_RTT_MS};
 use crate::residency::{self, GrantedNode, PolicySpec};
+use crate::tables::{COUNTER_DELTA_ABS_MAX, SET_ELEMENTS_DOMAIN_MAX, TABLE_KEYS_MAX, TableSpec};
 use crate::toml_text;
 
 /// Longest scenario name, in bytes: it names report files and appears in report titles.
@@ -468,6 +469,9 @@ pub struct Workload {
     /// Whether the producer seals the payload (sealed transit applies only to sealed
     /// payloads).
     pub sealed: bool,
+    /// A table workload (`[workload.table]`): keyed writes of one conflict strategy,
+    /// applied by every subscriber to its replica.
+    pub table: Option<TableSpec>,
 }
 
 /// One `[[fault]]`: what goes wrong, from `at_us` until it heals at `at_us + duration_us`.
@@ -752,6 +756,21 @@ struct WorkloadFile {
     classification: Option<String>,
     #[serde(default)]
     sealed: bool,
+    table: Option<TableFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableFile {
+    strategy: weft_fabric::table::Strategy,
+    keys: u32,
+    #[serde(default)]
+    delete: f64,
+    blind: Option<f64>,
+    delta_min: Option<i64>,
+    delta_max: Option<i64>,
+    elements: Option<u32>,
+    remove: Option<f64>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -1648,19 +1667,143 @@ fn workload(
             ),
         ));
     }
+    let publisher_nodes = topology.resolve(&publishers);
+    let subscriber_nodes = topology.resolve(&subscribers);
+    if file.table.is_some()
+        && let Some(p) = publisher_nodes
+            .iter()
+            .find(|p| subscriber_nodes.binary_search(p).is_err())
+    {
+        let name = topology.node(*p).map_or("?", |n| n.name.as_str());
+        return Err(invalid(
+            format!("{path}.publishers"),
+            format!(
+                "node {name} publishes to a table it does not subscribe to: a writer reads \
+                 its own replica before it writes"
+            ),
+        ));
+    }
     Ok(Workload {
         stream,
         rate_per_s: file.rate_per_s,
         // At most PAYLOAD_LEN_MAX (1 MiB), checked above.
         payload_bytes: u32::try_from(file.payload_bytes).unwrap_or(u32::MAX),
-        publisher_nodes: topology.resolve(&publishers),
+        publisher_nodes,
         publishers,
-        subscriber_nodes: topology.resolve(&subscribers),
+        subscriber_nodes,
         subscribers,
         start_us,
         stop_us,
         classification: file.classification.clone(),
         sealed: file.sealed,
+        table: match &file.table {
+            Some(t) => Some(table_spec(&format!("{path}.table"), t, file)?),
+            None => None,
+        },
+    })
+}
+
+/// Validates `[workload.table]`: the strategy's fields only, each in range; the workload
+/// clear (tables read payloads) and published only by subscribers (a writer reads its own
+/// replica before it writes).
+fn table_spec(path: &str, t: &TableFile, w: &WorkloadFile) -> Result<TableSpec, ScenarioError> {
+    use weft_fabric::table::Strategy as S;
+    if w.sealed {
+        return Err(invalid(
+            path,
+            "a table workload cannot be sealed: nodes must read the operations to apply them",
+        ));
+    }
+    let strategy = t.strategy;
+    let foreign: [(&str, bool, &[S]); 5] = [
+        ("blind", t.blind.is_some(), &[S::MultiValue]),
+        ("delta_min", t.delta_min.is_some(), &[S::Counter]),
+        ("delta_max", t.delta_max.is_some(), &[S::Counter]),
+        ("elements", t.elements.is_some(), &[S::Set]),
+        ("remove", t.remove.is_some(), &[S::Set]),
+    ];
+    for (field, present, allowed) in foreign {
+        if present && !allowed.contains(&strategy) {
+            return Err(invalid(
+                format!("{path}.{field}"),
+                format!(
+                    "is a field of {} tables, not of {}",
+                    allowed[0].as_str(),
+                    strategy.as_str()
+                ),
+            ));
+        }
+    }
+    if t.keys == 0 {
+        return Err(invalid(format!("{path}.keys"), "must be at least 1"));
+    }
+    if t.keys > TABLE_KEYS_MAX {
+        return Err(over_limit(
+            format!("{path}.keys"),
+            t.keys,
+            "TABLE_KEYS_MAX",
+            TABLE_KEYS_MAX,
+        ));
+    }
+    let delete = probability(&format!("{path}.delete"), t.delete)?;
+    let blind = match t.blind {
+        Some(b) if !(b.is_finite() && (0.0..=1.0).contains(&b)) => {
+            return Err(invalid(
+                format!("{path}.blind"),
+                format!("is {b}, must be >= 0 and <= 1 (a share of the puts)"),
+            ));
+        }
+        Some(b) => b,
+        None => 0.0,
+    };
+    let (delta_min, delta_max) = (t.delta_min.unwrap_or(1), t.delta_max.unwrap_or(1));
+    for (field, d) in [("delta_min", delta_min), ("delta_max", delta_max)] {
+        if d.unsigned_abs() > COUNTER_DELTA_ABS_MAX.unsigned_abs() {
+            return Err(over_limit(
+                format!("{path}.{field}"),
+                d,
+                "COUNTER_DELTA_ABS_MAX",
+                COUNTER_DELTA_ABS_MAX,
+            ));
+        }
+    }
+    if delta_min > delta_max {
+        return Err(invalid(
+            format!("{path}.delta_max"),
+            format!("is {delta_max}, below delta_min = {delta_min}"),
+        ));
+    }
+    let elements = t.elements.unwrap_or(1);
+    if elements == 0 {
+        return Err(invalid(format!("{path}.elements"), "must be at least 1"));
+    }
+    if elements > SET_ELEMENTS_DOMAIN_MAX {
+        return Err(over_limit(
+            format!("{path}.elements"),
+            elements,
+            "SET_ELEMENTS_DOMAIN_MAX",
+            SET_ELEMENTS_DOMAIN_MAX,
+        ));
+    }
+    let remove = probability(&format!("{path}.remove"), t.remove.unwrap_or(0.0))?;
+    if delete + remove >= 1.0 {
+        return Err(invalid(
+            format!("{path}.remove"),
+            format!(
+                "delete + remove is {}, must be < 1 (the rest are inserts)",
+                delete + remove
+            ),
+        ));
+    }
+    Ok(TableSpec {
+        strategy,
+        keys: t.keys,
+        delete,
+        blind,
+        delta_min,
+        delta_max,
+        elements,
+        remove,
     })
 }
 

@@ -6,6 +6,7 @@ use weft_sim::catalog::RegionCatalog;
 use weft_sim::engine::{Engine, Strategy};
 use weft_sim::report::{Report, StrategyReport};
 use weft_sim::scenario::Scenario;
+use weft_sim::tables::TableSabotage;
 
 /// A small four-region, three-cloud mesh publishing from everywhere, with `faults` spliced
 /// in.
@@ -551,6 +552,7 @@ fn shipped_scenarios_parse() {
         "clock-skew",
         "scale-1000",
         "sovereignty-under-failure",
+        "split-brain-writes",
     ] {
         assert!(names.iter().any(|n| n == required), "missing {required}");
     }
@@ -610,5 +612,259 @@ fn policy_errors_name_the_field() {
         err(&unknown_jurisdiction).starts_with("policy: "),
         "{}",
         err(&unknown_jurisdiction)
+    );
+}
+
+/// Two clouds partitioned while both sides write the same four keys of one table per
+/// strategy (`split-brain-writes.toml` in small), then healed.
+fn split_brain(name: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+description = "test"
+duration_s = 160
+seed = 9
+
+[topology]
+regions = [
+  {{ region = "aws:us-east-1", nodes = 2 }},
+  {{ region = "aws:eu-west-1", nodes = 1 }},
+  {{ region = "gcp:us-central1", nodes = 2 }},
+  {{ region = "gcp:europe-west1", nodes = 1 }},
+]
+
+[network]
+jitter_ms = 1.0
+loss = 0.01
+verify_us = 60
+
+[policy.classes.public]
+anywhere = true
+
+[policy.classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[[workload]]
+stream = "t.lww"
+classification = "public"
+rate_per_s = 4
+payload_bytes = 16
+start_s = 10
+stop_s = 100
+table = {{ strategy = "lww", keys = 4, delete = 0.2 }}
+
+[[workload]]
+stream = "t.mv"
+classification = "public"
+rate_per_s = 4
+payload_bytes = 16
+start_s = 10
+stop_s = 100
+table = {{ strategy = "multi-value", keys = 4, delete = 0.1, blind = 0.25 }}
+
+[[workload]]
+stream = "t.counter"
+classification = "public"
+rate_per_s = 4
+payload_bytes = 0
+start_s = 10
+stop_s = 100
+table = {{ strategy = "counter", keys = 4, delete = 0.1, delta_min = -5, delta_max = 10 }}
+
+[[workload]]
+stream = "t.set"
+classification = "public"
+rate_per_s = 4
+payload_bytes = 0
+start_s = 10
+stop_s = 100
+table = {{ strategy = "set", keys = 4, elements = 5, delete = 0.05, remove = 0.35 }}
+
+[[workload]]
+stream = "t.eu"
+classification = "eu-personal"
+rate_per_s = 2
+payload_bytes = 64
+publishers = {{ regions = ["aws:eu-west-1", "gcp:europe-west1"] }}
+start_s = 10
+stop_s = 100
+
+[[fault]]
+kind = "partition"
+a = {{ clouds = ["aws"] }}
+b = "rest"
+at_s = 30
+duration_s = 60
+
+[checks]
+converge_within_s = 60
+"#
+    )
+}
+
+fn run_sabotaged(text: &str, sabotage: TableSabotage) -> Report {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let scenario = Scenario::parse(text, &catalog).unwrap_or_else(|e| panic!("{e}"));
+    let mut plan = weft_sim::plan::build(&scenario, &catalog, None);
+    plan.table_sabotage = Some(sabotage);
+    let metrics = Engine::new(plan.clone(), Strategy::Weft).run(|_, _| {});
+    let report = StrategyReport::new("weft", &plan, &metrics);
+    Report::new(&scenario, &plan, vec![report])
+}
+
+/// Both sides of a cloud partition write the same keys; after the heal every replica of
+/// every table has the same digest, equal to the reference replay of all writes, and each
+/// strategy resolved conflicts. The same seed gives the same report, byte for byte.
+#[test]
+fn split_brain_writes_converge_to_the_reference() {
+    let text = split_brain("split-brain");
+    let r = run(&text, None);
+    assert!(
+        r.failed_checks().is_empty(),
+        "seed {}: {:?}\n{}",
+        r.seed,
+        r.failed_checks(),
+        r.table()
+    );
+    let w = &r.strategies[0];
+    assert_eq!(w.missed, 0);
+    assert_eq!(w.residency.violations, 0);
+    assert!(
+        w.residency.withheld_pairs > 0,
+        "residency withheld the EU stream"
+    );
+    assert_eq!(w.tables.len(), 4);
+    for t in &w.tables {
+        assert_eq!(t.replicas, 6, "{}", t.stream);
+        assert!(t.writes > 300, "{}: {} writes", t.stream, t.writes);
+        assert!(t.digests_equal && t.digests_distinct == 1, "{t:?}");
+        assert!(t.equal_to_reference, "{t:?}");
+        assert_eq!((t.resurrected, t.lost), (0, 0), "{t:?}");
+        assert_eq!(
+            t.conflicts.ignored, 0,
+            "{t:?}: every write was readable and taken"
+        );
+        let c = &t.conflicts;
+        let resolved = match t.strategy.as_str() {
+            "lww" => c.lww_lost,
+            "multi-value" => c.mv_siblings.min(c.mv_resolved),
+            "counter" => c.counter_merged,
+            "set" => c.set_add_wins,
+            other => panic!("strategy {other}"),
+        };
+        assert!(resolved > 0, "{}: no conflict resolved: {c:?}", t.stream);
+    }
+    assert!(
+        r.table().contains("table t.counter"),
+        "one summary line per table"
+    );
+    let again = run(&text, None);
+    assert_eq!(r.to_json().unwrap(), again.to_json().unwrap());
+}
+
+/// The table checks can fail: a replica that skips one delivered counter add, or applies
+/// one twice, differs from the others and from the reference, and the run fails.
+#[test]
+fn a_replica_that_skips_or_repeats_a_write_fails_the_table_checks() {
+    let text = split_brain("split-brain-sabotaged");
+    let skipped = run_sabotaged(&text, TableSabotage::SkipFirstAdd { node: 2 });
+    let failed = skipped.failed_checks();
+    assert!(
+        failed
+            .iter()
+            .any(|c| c.starts_with("table digests equal on every replica")),
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|c| c.starts_with("table digests = reference replay")),
+        "{failed:?}"
+    );
+    let diverged: Vec<_> = skipped.strategies[0]
+        .tables
+        .iter()
+        .filter(|t| !t.digests_equal)
+        .collect();
+    assert_eq!(diverged.len(), 1, "exactly the table of the skipped write");
+    assert_eq!(diverged[0].strategy, "counter");
+    assert_eq!(diverged[0].digests_distinct, 2);
+    assert_eq!(diverged[0].replicas_equal_to_reference, 5);
+
+    let twice = run_sabotaged(&text, TableSabotage::ApplyAddTwice { node: 0 });
+    let counter = twice.strategies[0]
+        .tables
+        .iter()
+        .find(|t| t.strategy == "counter")
+        .unwrap();
+    assert!(
+        !counter.digests_equal && !counter.equal_to_reference,
+        "{counter:?}"
+    );
+    assert!(!twice.failed_checks().is_empty());
+}
+
+/// `[workload.table]` errors name the field.
+#[test]
+fn table_workload_errors_name_the_field() {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let base = split_brain("table-errors");
+    let err = |from: &str, to: &str| {
+        let text = base.replacen(from, to, 1);
+        assert_ne!(text, base, "{from}");
+        Scenario::parse(&text, &catalog).unwrap_err().to_string()
+    };
+    let lww = r#"table = { strategy = "lww", keys = 4, delete = 0.2 }"#;
+    let e = err(lww, r#"table = { strategy = "lwx", keys = 4 }"#);
+    assert!(
+        e.starts_with("workload[0].table.strategy: unknown variant"),
+        "{e}"
+    );
+    let e = err(lww, r#"table = { strategy = "lww", keys = 0 }"#);
+    assert_eq!(e, "workload[0].table.keys: must be at least 1");
+    let e = err(
+        lww,
+        r#"table = { strategy = "lww", keys = 4, blind = 0.5 }"#,
+    );
+    assert_eq!(
+        e,
+        "workload[0].table.blind: is a field of multi-value tables, not of lww"
+    );
+    let e = err(
+        lww,
+        r#"table = { strategy = "lww", keys = 4, delete = 1.0 }"#,
+    );
+    assert!(
+        e.starts_with("workload[0].table.delete: is 1, must be >= 0 and < 1"),
+        "{e}"
+    );
+    let e = err(lww, r#"table = { strategy = "lww", keys = 4, colour = 1 }"#);
+    assert!(
+        e.starts_with("workload[0].table.colour: unknown field"),
+        "{e}"
+    );
+    let e = err(
+        "delta_min = -5, delta_max = 10",
+        "delta_min = 5, delta_max = 1",
+    );
+    assert_eq!(e, "workload[2].table.delta_max: is 1, below delta_min = 5");
+    let e = err("delete = 0.05, remove = 0.35", "delete = 0.5, remove = 0.5");
+    assert!(
+        e.starts_with("workload[3].table.remove: delete + remove is 1"),
+        "{e}"
+    );
+    let e = err(
+        "payload_bytes = 16\nstart_s = 10\nstop_s = 100\ntable = { strategy = \"lww\"",
+        "payload_bytes = 16\nsubscribers = { clouds = [\"gcp\"] }\nstart_s = 10\nstop_s = 100\ntable = { strategy = \"lww\"",
+    );
+    assert!(
+        e.starts_with("workload[0].publishers: node aws:eu-west-1/0 publishes to a table it does not subscribe to"),
+        "{e}"
+    );
+    let e = err(lww, &format!("sealed = true\n{lww}"));
+    assert!(
+        e.starts_with("workload[0].table: a table workload cannot be sealed"),
+        "{e}"
     );
 }
