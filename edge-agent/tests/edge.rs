@@ -474,6 +474,17 @@ nodes = ["{node}"]
 [principals.till-7]
 tenant = "acme"
 device_key = "{device}"
+[roles.reader]
+[principals.operator]
+tenant = "acme"
+roles = ["reader"]
+token_sha256 = "{token_hash}"
+[[access]]
+name = "operator-reads"
+effect = "allow"
+actions = ["read", "subscribe"]
+streams = ["telemetry.>"]
+roles = ["reader"]
 [classes.eu-personal]
 jurisdictions = ["EU"]
 transit = "forbidden"
@@ -489,7 +500,8 @@ stream = "telemetry.till-7"
 sample = 2
 "#,
         node = w.node_keys[0],
-        device = w.agent_key
+        device = w.agent_key,
+        token_hash = w.token_hash
     );
     std::fs::write(w.dir.join("bundle.toml"), bundle).unwrap();
     run_ok(

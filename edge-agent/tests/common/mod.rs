@@ -95,6 +95,8 @@ pub struct World {
     pub agent_config: PathBuf,
     /// Bearer token of the nodes' `operator` principal.
     pub token: String,
+    /// Its SHA-256 (hex), for a policy bundle naming the same principal.
+    pub token_hash: String,
 }
 
 impl Drop for World {
@@ -245,6 +247,7 @@ listen = "{http}"
             agent_stdin: None,
             agent_config,
             token,
+            token_hash,
         }
     }
 
@@ -333,9 +336,11 @@ listen = "{http}"
         let mut after = 0u64;
         let mut out = Vec::new();
         loop {
-            let (code, body) = http_get(
+            // With the token: a node under a policy authorizes reads like publishes.
+            let (code, body) = http_get_as(
                 &node_http(self.net, i),
                 &format!("/v1/streams/{stream}/events?after={after}&limit=5000"),
+                Some(&self.token),
             )?;
             if code != 200 {
                 return None;
@@ -377,11 +382,17 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 
 /// GET over HTTP/1.1 with `connection: close`; (status, body). Handles chunked bodies.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+    http_get_as(addr, path, None)
+}
+
+/// A GET with a bearer token.
+pub fn http_get_as(addr: &str, path: &str, token: Option<&str>) -> Option<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = Vec::new();
