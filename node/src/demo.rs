@@ -7,9 +7,11 @@
 //! Each node is this same binary re-executed as `weft node --config ...`, and the agent as
 //! `weft agent-run --config ...` (the `weft-agent` library, the code of the `weft-agent`
 //! binary, with its own SQLite outbox), each in its own process group, with keys and
-//! configs generated into a fresh directory under the system temp dir. Latency comes from each node's fault injection (`chaos` in docs/config.md):
-//! every node delays what it sends to each other region by half the measured round-trip
-//! time from `sim/data/region-rtt.csv` (see `crate::regions`).
+//! configs generated into a fresh directory under the system temp dir. Latency comes from
+//! each node's fault injection (`chaos` in docs/config.md): every node delays what it sends
+//! to each other region by half the measured round-trip time from `sim/data/region-rtt.csv`
+//! (see `crate::regions`). The agent runs on loopback too; its choice of node follows the
+//! measured RTTs through `rtt_bias_ms` (see [`agent_config_text`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -564,7 +566,7 @@ level = "info"
         };
         let _ = write!(
             text,
-            "\n# {} in {}\n[[nodes]]\naddr = \"{}\"\nkey = \"{}\"\nrtt_bias_ms = {bias}\n",
+            "\n# {} in {}\n[[nodes]]\naddr = \"{}\"\nkey = \"{}\"\nrtt_bias_ms = {bias:?}\n",
             n.name, n.region, n.edge, n.key_hex
         );
     }
