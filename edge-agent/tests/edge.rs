@@ -482,7 +482,7 @@ token_sha256 = "{token_hash}"
 [[access]]
 name = "operator-reads"
 effect = "allow"
-actions = ["read"]
+actions = ["read", "subscribe"]
 streams = ["telemetry.>"]
 roles = ["reader"]
 [classes.eu-personal]

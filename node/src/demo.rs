@@ -1,13 +1,17 @@
 //! `weft demo`: a local multi-region mesh of real `weft node` processes with the measured
-//! inter-region latencies injected, a sample workload, and a printout of what to look at.
-//! Ctrl-C (or SIGTERM, SIGHUP, or `--duration`) stops every node and removes the demo's
+//! inter-region latencies injected, an edge agent for a device enrolled in the sample
+//! policy, a sample workload, and a printout of what to look at. Ctrl-C (or SIGTERM,
+//! SIGHUP, or `--duration`) stops every node and the agent and removes the demo's
 //! temporary directory.
 //!
-//! Each node is this same binary re-executed as `weft node --config ...`, in its own
-//! process group, with keys and configs generated into a fresh directory under the system
-//! temp dir. Latency comes from each node's fault injection (`chaos` in docs/config.md):
-//! every node delays what it sends to each other region by half the measured round-trip
-//! time from `sim/data/region-rtt.csv` (see `crate::regions`).
+//! Each node is this same binary re-executed as `weft node --config ...`, and the agent as
+//! `weft agent-run --config ...` (the `weft-agent` library, the code of the `weft-agent`
+//! binary, with its own SQLite outbox), each in its own process group, with keys and
+//! configs generated into a fresh directory under the system temp dir. Latency comes from
+//! each node's fault injection (`chaos` in docs/config.md): every node delays what it sends
+//! to each other region by half the measured round-trip time from `sim/data/region-rtt.csv`
+//! (see `crate::regions`). The agent runs on loopback too; its choice of node follows the
+//! measured RTTs through `rtt_bias_ms` (see [`agent_config_text`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,11 +37,23 @@ const NODES: [(&str, &str); 4] = [
     ("ap-1", "aws:ap-northeast-1"),
     ("sa-1", "aws:sa-east-1"),
 ];
-/// Node `i` serves HTTP on `base_port + i` and the QUIC mesh on `base_port + MESH_PORT_OFFSET
-/// + i`; the demo uses ports base_port .. base_port + PORT_SPAN.
+/// Node `i` serves HTTP (TCP) on `base_port + i`, its edge port (QUIC, UDP) on `base_port +
+/// EDGE_PORT_OFFSET + i` and the QUIC mesh (UDP) on `base_port + MESH_PORT_OFFSET + i`; the
+/// agent's local HTTP input (TCP) is on `base_port + AGENT_HTTP_OFFSET`, a number no other
+/// port of the demo uses (TCP or UDP). The demo uses ports base_port .. base_port +
+/// PORT_SPAN.
 const MESH_PORT_OFFSET: u16 = 10;
+const EDGE_PORT_OFFSET: u16 = 4;
+const AGENT_HTTP_OFFSET: u16 = EDGE_PORT_OFFSET + NODES.len() as u16;
 const PORT_SPAN: u16 = MESH_PORT_OFFSET + NODES.len() as u16;
-const _: () = assert!(NODES.len() as u16 <= MESH_PORT_OFFSET);
+const _: () = assert!(EDGE_PORT_OFFSET + NODES.len() as u16 <= MESH_PORT_OFFSET);
+const _: () = assert!(AGENT_HTTP_OFFSET < MESH_PORT_OFFSET);
+/// The demo's device: its name (the policy's principal), where it sits, the stream it
+/// publishes to and the patterns the policy enrolls it for.
+const DEVICE: &str = "sensor-dublin-1";
+const DEVICE_REGION: &str = "aws:eu-west-1";
+const DEVICE_STREAM: &str = "telemetry.devices.sensor-dublin-1.readings";
+const DEVICE_STREAMS: &str = "telemetry.devices.sensor-dublin-1.>";
 /// The default `--base-port`: the CLI's default `--node` is `http://127.0.0.1:8401`, so
 /// `weft peers` and friends reach the first demo node without flags.
 pub(crate) const BASE_PORT_DEFAULT: u16 = 8401;
@@ -60,6 +76,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most acknowledgement latencies kept per node between two status lines (the workload
 /// produces 20; the bound only matters if status lines stall).
 const ACK_SAMPLES_MAX: usize = 1024;
+/// The period of the device's readings (handed to the agent's local HTTP input).
+const READING_INTERVAL: Duration = Duration::from_millis(500);
 /// Lines of a node's log shown when it fails.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -96,7 +114,7 @@ pub(crate) fn exit_with_parent(parent: u32) -> anyhow::Result<()> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).context("prctl(PR_SET_PDEATHSIG)")?;
     let now = std::os::unix::process::parent_id();
     if now != parent {
-        bail!("the process that started this node (pid {parent}) has exited (parent now {now})");
+        bail!("the process that started this process (pid {parent}) has exited (parent now {now})");
     }
     Ok(())
 }
@@ -107,8 +125,19 @@ struct DemoNode {
     region: &'static str,
     jurisdiction: String,
     http: String,
+    edge: String,
     mesh: String,
     key_hex: String,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+/// The demo's edge agent.
+struct DemoAgent {
+    /// The device key (hex), enrolled in the policy.
+    key_hex: String,
+    /// Its local HTTP input (CloudEvents in, `GET /v1/status`).
+    http: String,
     config: PathBuf,
     log: PathBuf,
 }
@@ -124,6 +153,8 @@ impl DemoNode {
 struct Demo {
     dir: PathBuf,
     nodes: Vec<DemoNode>,
+    agent: DemoAgent,
+    /// The nodes' processes (index `i` is node `i`), then the agent's.
     children: Vec<Option<Child>>,
     token: String,
     token_file: PathBuf,
@@ -163,22 +194,25 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     say!(
-        "Weft demo: {} real `weft node` processes, one per region, on 127.0.0.1 (generated keys and configs in {})",
+        "Weft demo: {} real `weft node` processes, one per region, and an edge agent, on 127.0.0.1 (generated keys and configs in {})",
         demo.nodes.len(),
         demo.dir.display()
     );
     for i in 0..demo.nodes.len() {
         demo.start(&exe, i)?;
     }
+    // The agent retries its candidates with back-off until their edge ports answer.
+    demo.start_agent(&exe)?;
     let outcome = rt.block_on(demo.main(&exe, opts.duration));
-    say!("stopping the nodes ...");
+    say!("stopping the nodes and the edge agent ...");
     let stopped = demo.stop();
     let dir = demo.dir.clone();
     // Kills anything still running and removes the directory.
     drop(demo);
-    let stopped = stopped?;
+    let (nodes, agent) = stopped?;
     say!(
-        "stopped {stopped} nodes (SIGTERM and a clean shutdown each) and removed {}; nothing is left running",
+        "stopped {nodes} nodes{} (SIGTERM and a clean shutdown each) and removed {}; nothing is left running",
+        if agent { " and the edge agent" } else { "" },
         dir.display()
     );
     outcome
@@ -249,7 +283,15 @@ fn check_ports(base_port: u16) -> anyhow::Result<()> {
         std::net::UdpSocket::bind(("127.0.0.1", mesh)).with_context(|| {
             format!("UDP port {mesh} (mesh of node {i}) is in use: is another demo or node running? Pick other ports with --base-port")
         })?;
+        let edge = base_port + EDGE_PORT_OFFSET + i;
+        std::net::UdpSocket::bind(("127.0.0.1", edge)).with_context(|| {
+            format!("UDP port {edge} (edge port of node {i}) is in use: is another demo or node running? Pick other ports with --base-port")
+        })?;
     }
+    let agent = base_port + AGENT_HTTP_OFFSET;
+    std::net::TcpListener::bind(("127.0.0.1", agent)).with_context(|| {
+        format!("TCP port {agent} (the edge agent's HTTP input) is in use: is another demo running? Pick other ports with --base-port")
+    })?;
     Ok(())
 }
 
@@ -272,6 +314,12 @@ fn prepare(base_port: u16) -> anyhow::Result<Demo> {
     let mut demo = Demo {
         dir: dir.clone(),
         nodes: Vec::new(),
+        agent: DemoAgent {
+            key_hex: String::new(),
+            http: format!("127.0.0.1:{}", base_port + AGENT_HTTP_OFFSET),
+            config: dir.join("agent.toml"),
+            log: dir.join("agent.log"),
+        },
         children: Vec::new(),
         token: String::new(),
         token_file: dir.join("demo.token"),
@@ -288,13 +336,17 @@ fn prepare(base_port: u16) -> anyhow::Result<Demo> {
             region,
             jurisdiction: meta.jurisdiction.clone(),
             http: format!("127.0.0.1:{}", base_port + i as u16),
+            edge: format!("127.0.0.1:{}", base_port + EDGE_PORT_OFFSET + i as u16),
             mesh: format!("127.0.0.1:{}", base_port + MESH_PORT_OFFSET + i as u16),
             key_hex: signer.origin().to_string(),
             config: dir.join(format!("{name}.toml")),
             log: dir.join(format!("{name}.log")),
         });
     }
-    let operator = write_policy(&dir, &demo.nodes, &token_hash)?;
+    // The device key, in the same PEM format `weft-agent keygen` writes.
+    let device = crate::keys::generate(&dir.join(format!("{DEVICE}.key")))?;
+    demo.agent.key_hex = device.origin().to_string();
+    let operator = write_policy(&dir, &demo.nodes, &token_hash, &demo.agent.key_hex)?;
     for i in 0..demo.nodes.len() {
         let text = config_text(&demo.nodes, i, &token_hash)?
             + &format!(
@@ -308,6 +360,12 @@ fn prepare(base_port: u16) -> anyhow::Result<Demo> {
             .with_context(|| format!("writing {}", demo.nodes[i].config.display()))?;
         demo.children.push(None);
     }
+    let text = agent_config_text(&demo.nodes, &demo.agent)?;
+    // Refuse to start an agent from a config it would refuse.
+    weft_agent::check_config(&text, &dir).context("the generated agent config")?;
+    std::fs::write(&demo.agent.config, text)
+        .with_context(|| format!("writing {}", demo.agent.config.display()))?;
+    demo.children.push(None);
     Ok(demo)
 }
 
@@ -318,8 +376,18 @@ const EU_STREAM: &str = "customers.eu.profiles";
 /// key (`policy.cbor`, what the nodes enforce) and returns the operator's public key: each
 /// node granted its own jurisdiction, personal data of EU customers (`customers.eu.>`,
 /// class `eu-personal`) kept in the EU with transit forbidden, orders and telemetry public,
-/// the demo's principal allowed to publish to those three.
-fn write_policy(dir: &Path, nodes: &[DemoNode], token_hash: &str) -> anyhow::Result<String> {
+/// the demo's principal allowed to publish to those three, and the demo's device enrolled
+/// for its telemetry stream.
+fn write_policy(
+    dir: &Path,
+    nodes: &[DemoNode],
+    token_hash: &str,
+    device_key: &str,
+) -> anyhow::Result<String> {
+    let device_jurisdiction = &crate::regions::regions()
+        .get(DEVICE_REGION)
+        .with_context(|| format!("region {DEVICE_REGION} is not in sim/data/regions.toml"))?
+        .jurisdiction;
     let operator = crate::keys::generate(&dir.join("operator.key"))?;
     let mut jurisdictions: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
     for n in nodes {
@@ -380,6 +448,16 @@ replication = "all"
 pattern = "telemetry.>"
 classification = "public"
 replication = "all"
+
+# The demo's device: its key is admitted at the nodes' edge ports (listen.edge) and may
+# publish to its enrolled streams; its events carry this principal and tenant.
+[principals.{DEVICE}]
+tenant = "demo"
+device_key = "{device_key}"
+
+[devices.{DEVICE}]
+streams = ["{DEVICE_STREAMS}"]
+jurisdiction = "{device_jurisdiction}"
 "#
     );
     std::fs::write(dir.join("policy.toml"), &text)?;
@@ -420,6 +498,8 @@ trusted_nodes = [{trusted}]
 [listen]
 mesh = "{mesh}"
 http = "{http}"
+# Edge agents (QUIC); the policy enrolls the devices admitted here.
+edge = "{edge}"
 
 [[principals]]
 name = "demo-app"
@@ -437,6 +517,7 @@ enabled = true
         jur = n.jurisdiction,
         mesh = n.mesh,
         http = n.http,
+        edge = n.edge,
     );
     for o in nodes.iter().filter(|o| o.region != n.region) {
         let delay = one_way_ms(n.region, o.region)?;
@@ -447,6 +528,70 @@ enabled = true
         );
     }
     Ok(text)
+}
+
+/// The agent's config: every node's edge port as a candidate, the device's local HTTP input.
+/// The device sits in [`DEVICE_REGION`] but everything runs on loopback, so each candidate's
+/// `rtt_bias_ms` is the measured RTT from that region to the node's: the agent's choice
+/// (lowest RTT plus bias) is the one a device there would make.
+fn agent_config_text(nodes: &[DemoNode], agent: &DemoAgent) -> anyhow::Result<String> {
+    let mut text = format!(
+        r#"# `weft demo`'s edge agent (docs/agent.md) for device {DEVICE} in {DEVICE_REGION}:
+# generated, removed when the demo stops.
+name = "{DEVICE}"
+key = "{DEVICE}.key"
+data_dir = "agent"
+
+# The demo hands the agent a reading (a CloudEvent) every 500 ms on its local HTTP input,
+# which also serves GET /v1/status (what `weft agent-status` shows).
+[inputs.http]
+listen = "{http}"
+stream = "{DEVICE_STREAM}"
+
+[log]
+level = "info"
+"#,
+        http = agent.http,
+    );
+    for n in nodes {
+        let bias = if n.region == DEVICE_REGION {
+            0.0
+        } else {
+            crate::regions::measured_rtt_ms(DEVICE_REGION, n.region).with_context(|| {
+                format!(
+                    "sim/data/region-rtt.csv has no measured RTT for {DEVICE_REGION} <-> {}",
+                    n.region
+                )
+            })?
+        };
+        let _ = write!(
+            text,
+            "\n# {} in {}\n[[nodes]]\naddr = \"{}\"\nkey = \"{}\"\nrtt_bias_ms = {bias:?}\n",
+            n.name, n.region, n.edge, n.key_hex
+        );
+    }
+    Ok(text)
+}
+
+/// Starts this binary as `weft <command> --config <config>` with its stderr in `log`, in its
+/// own process group, stopping when the demo dies.
+fn spawn_child(exe: &Path, command: &str, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new(exe)
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .arg("--exit-with-parent")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        // Its own process group: Ctrl-C in the terminal signals the terminal's foreground
+        // group, i.e. only the demo, which then stops its children in order (SIGTERM,
+        // wait for a clean shutdown, remove the directory) instead of racing them.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} {command} --config ...", exe.display()))
 }
 
 /// `"a", "b"`: a TOML array's items.
@@ -462,31 +607,30 @@ impl Demo {
     /// when the demo dies.
     fn start(&mut self, exe: &Path, i: usize) -> anyhow::Result<()> {
         let n = &self.nodes[i];
-        let log = std::fs::File::create(&n.log)
-            .with_context(|| format!("creating {}", n.log.display()))?;
-        let child = Command::new(exe)
-            .arg("node")
-            .arg("--config")
-            .arg(&n.config)
-            .arg("--exit-with-parent")
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Its own process group: Ctrl-C in the terminal signals the terminal's
-            // foreground group, i.e. only the demo, which then stops the nodes in order
-            // (SIGTERM, wait for a clean shutdown, remove the directory) instead of racing
-            // them.
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {} node --config ...", exe.display()))?;
-        self.children[i] = Some(child);
+        self.children[i] = Some(spawn_child(exe, "node", &n.config, &n.log)?);
         Ok(())
     }
 
-    /// The last lines of node `i`'s log.
+    /// Starts the edge agent: this binary as `weft agent-run` (the `weft-agent` library),
+    /// like the nodes in its own process group and stopping when the demo dies.
+    fn start_agent(&mut self, exe: &Path) -> anyhow::Result<()> {
+        let child = spawn_child(exe, "agent-run", &self.agent.config, &self.agent.log)?;
+        self.children[self.nodes.len()] = Some(child);
+        Ok(())
+    }
+
+    /// What child `i` is, for messages: node `i`, or the agent after the nodes.
+    fn label(&self, i: usize) -> String {
+        match self.nodes.get(i) {
+            Some(n) => format!("node {}", n.name),
+            None => format!("the edge agent ({DEVICE})"),
+        }
+    }
+
+    /// The last lines of child `i`'s log.
     fn log_tail(&self, i: usize) -> String {
-        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let log = self.nodes.get(i).map_or(&self.agent.log, |n| &n.log);
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
@@ -497,11 +641,11 @@ impl Demo {
             let Some(c) = self.children[i].as_mut() else {
                 continue;
             };
-            if let Some(status) = c.try_wait().context("checking a node process")? {
+            if let Some(status) = c.try_wait().context("checking a child process")? {
                 self.children[i] = None;
                 bail!(
-                    "node {} exited unexpectedly ({status}); the end of its log:\n{}",
-                    self.nodes[i].name,
+                    "{} exited unexpectedly ({status}); the end of its log:\n{}",
+                    self.label(i),
                     self.log_tail(i)
                 );
             }
@@ -509,12 +653,13 @@ impl Demo {
         Ok(())
     }
 
-    /// Stops every node: SIGTERM, up to [`STOP_WAIT_MAX`] for a clean shutdown, then
-    /// SIGKILL. Returns how many were running.
-    fn stop(&mut self) -> anyhow::Result<usize> {
-        let mut running = 0;
+    /// Stops every node and the agent: SIGTERM, up to [`STOP_WAIT_MAX`] for a clean
+    /// shutdown, then SIGKILL. Returns how many nodes were running, and whether the agent
+    /// was.
+    fn stop(&mut self) -> anyhow::Result<(usize, bool)> {
+        let nodes = self.children[..self.nodes.len()].iter().flatten().count();
+        let agent = self.children[self.nodes.len()..].iter().flatten().count() > 0;
         for c in self.children.iter().flatten() {
-            running += 1;
             // The process may have exited already: nothing to do then.
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
         }
@@ -529,7 +674,7 @@ impl Demo {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     _ => {
-                        unclean.push(self.nodes[i].name);
+                        unclean.push(i);
                         let _ = c.kill();
                         let _ = c.wait();
                         break;
@@ -538,12 +683,13 @@ impl Demo {
             }
         }
         if !unclean.is_empty() {
+            let names: Vec<String> = unclean.iter().map(|&i| self.label(i)).collect();
             bail!(
-                "nodes {} did not stop within {STOP_WAIT_MAX:?} of SIGTERM and were killed",
-                unclean.join(", ")
+                "{} did not stop within {STOP_WAIT_MAX:?} of SIGTERM and were killed",
+                names.join(", ")
             );
         }
-        Ok(running)
+        Ok((nodes, agent))
     }
 
     /// Waits for the mesh, prints what to look at, runs the workload until a stop.
@@ -586,6 +732,11 @@ impl Demo {
                 ))
             })
             .collect();
+        let feed = tokio::spawn(device_readings(
+            client.clone(),
+            format!("http://{}/v1/events", self.agent.http),
+            errors.clone(),
+        ));
 
         let end = self
             .until_stop(&client, &mut signals, duration, &acks, &errors)
@@ -593,6 +744,7 @@ impl Demo {
         for w in workload {
             w.abort();
         }
+        feed.abort();
         match end? {
             End::Signal(s) => say!("{s}: stopping"),
             End::Duration => say!("--duration reached: stopping"),
@@ -654,20 +806,22 @@ impl Demo {
         let others: Vec<&str> = self.nodes[1..].iter().map(|n| n.http.as_str()).collect();
         say!("");
         say!(
-            "  {:<6} {:<20} {:<4} {:<40} mesh (QUIC)",
+            "  {:<6} {:<20} {:<4} {:<26} {:<17} edge (agents, QUIC)",
             "node",
             "region",
             "jur",
-            "dashboard and HTTP API"
+            "dashboard and HTTP API",
+            "mesh (QUIC)"
         );
         for n in &self.nodes {
             say!(
-                "  {:<6} {:<20} {:<4} {:<40} {}",
+                "  {:<6} {:<20} {:<4} {:<26} {:<17} {}",
                 n.name,
                 n.region,
                 n.jurisdiction,
                 n.url("/"),
-                n.mesh
+                n.mesh,
+                n.edge
             );
         }
         say!("");
@@ -759,7 +913,7 @@ impl Demo {
         );
         say!("  {weft} policy status --node {}", first.url(""));
         say!("");
-        say!("Not in this demo because it is not built yet: the edge agent (issue 8).");
+        self.print_agent_guide(&weft);
         say!("");
         match duration {
             Some(s) => say!("Stopping by itself after {s} s (--duration), or on Ctrl-C."),
@@ -768,6 +922,67 @@ impl Demo {
                 self.dir.display()
             ),
         }
+    }
+
+    /// The guide's part about the edge agent.
+    fn print_agent_guide(&self, weft: &str) {
+        let eu = &self.nodes[0];
+        let second = &self.nodes[1];
+        say!(
+            "Edge agent: device {DEVICE} in {DEVICE_REGION}, key {}",
+            self.agent.key_hex
+        );
+        say!(
+            "(enrolled in the policy for {DEVICE_STREAMS}; tenant demo, jurisdiction {}). It is the",
+            eu.jurisdiction
+        );
+        say!(
+            "weft-agent code in a process of its own (`weft agent-run`; log {}, SQLite outbox in {}).",
+            self.agent.log.display(),
+            self.dir.join("agent").display()
+        );
+        say!(
+            "Its candidates are the {} nodes' edge ports; it uses the lowest RTT plus bias, and as all run on",
+            self.nodes.len()
+        );
+        say!(
+            "loopback each node's bias is its measured RTT from {DEVICE_REGION}: it picks {} (agent-status shows it).",
+            eu.name
+        );
+        say!(
+            "The demo hands it a reading every {} ms on its local HTTP input ({}); the agent signs each",
+            READING_INTERVAL.as_millis(),
+            self.agent.http
+        );
+        say!("with the device key (weftorigin) and the fabric carries it to every region.");
+        say!(
+            "  {weft} tail --node {} --token-file {} {DEVICE_STREAM}   # the device's readings in {}",
+            second.url(""),
+            self.token_file.display(),
+            second.region
+        );
+        say!(
+            "  {weft} agent-status --config {}   # the agent: connected node, RTT, outbox, counters",
+            self.agent.config.display()
+        );
+        say!("  curl -s http://{}/v1/status", self.agent.http);
+        say!(
+            "  curl -s -H 'content-type: application/cloudevents+json' -d '{{\"specversion\":\"1.0\",\"id\":\"mine-1\",\"source\":\"me\",\"type\":\"demo.device.reading\",\"data\":{{\"celsius\":30}}}}' http://{}/v1/events   # a reading of your own",
+            self.agent.http
+        );
+        let others: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.name != second.name)
+            .map(|n| n.http.as_str())
+            .collect();
+        say!("The device's readings live in {}'s dashboard:", second.name);
+        say!(
+            "  {}?nodes={}&stream={DEVICE_STREAM}#token={}",
+            second.url("/"),
+            others.join(","),
+            self.token
+        );
     }
 
     /// Prints a status line every [`STATUS_INTERVAL`] until a signal or the duration.
@@ -831,6 +1046,24 @@ impl Demo {
                 stored.map_or("?".to_string(), |s| s.to_string())
             );
         }
+        let agent = async {
+            let v: Value = client
+                .get(format!("http://{}/v1/status", self.agent.http))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(format!(
+                " | device {DEVICE} via {}: delivered {}, outbox {}",
+                v["connected"]["node"].as_str().unwrap_or("-"),
+                v["counters"]["delivered"],
+                v["outbox_depth"]
+            ))
+        }
+        .await;
+        line.push_str(&agent.unwrap_or_else(|| format!(" | device {DEVICE}: no status")));
         line.push_str(" | order ack (regions:2) median:");
         let mut acks = acks
             .lock()
@@ -963,6 +1196,45 @@ async fn workload(
     }
 }
 
+/// The device's readings: every [`READING_INTERVAL`], one CloudEvent to the agent's local
+/// HTTP input (the agent answers 202 once the reading is in its outbox on disk; it signs
+/// and sends it to a node from there).
+async fn device_readings(client: reqwest::Client, url: String, errors: Arc<Mutex<Vec<String>>>) {
+    let mut tick = tokio::time::interval(READING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        tick.tick().await;
+        let reading = json!({
+            "specversion": "1.0",
+            "id": format!("demo-{DEVICE}-reading-{n}"),
+            "source": format!("weft-demo/{DEVICE}"),
+            "type": "demo.device.reading",
+            "datacontenttype": "application/json",
+            "data": {"reading": n, "celsius": 19.0 + ((n * 3) % 40) as f64 / 10.0,
+                     "humidity_pct": 40 + (n * 7) % 25},
+        });
+        let sent = async {
+            let resp = client
+                .post(&url)
+                .header("content-type", crate::cloudevents::CE_JSON)
+                .body(reading.to_string())
+                .send()
+                .await
+                .context("POST to the agent")?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp.text().await.unwrap_or_default();
+                bail!("the agent's HTTP input: {status} {}", body.trim());
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            push_error(&errors, DEVICE, e);
+        }
+    }
+}
+
 fn push_error(errors: &Mutex<Vec<String>>, name: &str, e: anyhow::Error) {
     if let Ok(mut v) = errors.lock()
         && v.len() < ACK_SAMPLES_MAX
@@ -1026,6 +1298,7 @@ mod tests {
                 region,
                 jurisdiction: crate::regions::regions()[*region].jurisdiction.clone(),
                 http: format!("127.0.0.1:{}", 9000 + i),
+                edge: format!("127.0.0.1:{}", 9004 + i),
                 mesh: format!("127.0.0.1:{}", 9010 + i),
                 key_hex: format!("{i:02}").repeat(32),
                 config: PathBuf::new(),
@@ -1048,6 +1321,24 @@ mod tests {
             .unwrap();
         assert_eq!(to_us.delay_ms, 40.3);
         assert_eq!(c.raw.chaos.rules.len(), 3);
+        assert_eq!(c.raw.listen.edge, Some("127.0.0.1:9004".parse().unwrap()));
+        // The agent's config: accepted by the agent, every node a candidate, biased by the
+        // measured RTT from the device's region (none for its own).
+        let agent = DemoAgent {
+            key_hex: String::new(),
+            http: "127.0.0.1:9008".into(),
+            config: PathBuf::new(),
+            log: PathBuf::new(),
+        };
+        let text = agent_config_text(&nodes, &agent).unwrap();
+        weft_agent::check_config(&text, Path::new("/tmp/x")).unwrap();
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        let cands = v["nodes"].as_array().unwrap();
+        assert_eq!(cands.len(), 4);
+        assert_eq!(cands[0]["addr"].as_str(), Some("127.0.0.1:9004"));
+        assert_eq!(cands[0]["rtt_bias_ms"].as_float(), Some(0.0));
+        assert_eq!(cands[1]["rtt_bias_ms"].as_float(), Some(80.6));
+        assert_eq!(v["inputs"]["http"]["stream"].as_str(), Some(DEVICE_STREAM));
     }
 
     #[test]

@@ -145,14 +145,38 @@ enum Command {
         #[arg(long, hide = true)]
         exit_with_parent: Option<u32>,
     },
+    /// Run the edge agent (`weft-agent run`: the library, this same code) in this process.
+    /// `weft demo` starts its device this way, so `cargo run --bin weft -- demo` needs no
+    /// second binary.
+    #[command(hide = true)]
+    AgentRun {
+        /// The agent's config file (docs/agent.md).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop (SIGTERM) when the process with this pid, this agent's parent, exits.
+        #[arg(long, hide = true)]
+        exit_with_parent: Option<u32>,
+    },
+    /// `weft-agent status` for an agent config: connected node, RTT, outbox, counters.
+    #[command(hide = true)]
+    AgentStatus {
+        /// The agent's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a local mesh of real nodes in four regions with the measured inter-region
-    /// latencies injected, run a sample workload and print what to look at (dashboard
-    /// URLs, example commands). Ctrl-C stops every node and removes the demo's files.
+    /// latencies injected and an edge agent for an enrolled device, run a sample workload
+    /// and print what to look at (dashboard URLs, example commands). Ctrl-C stops every
+    /// node and the agent and removes the demo's files.
     Demo {
         /// Stop by itself after this many seconds of workload.
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
-        /// First of the ports the demo uses: HTTP on PORT.., the QUIC mesh on PORT+10...
+        /// First of the ports the demo uses: the nodes' HTTP on PORT.. (TCP), their edge
+        /// ports on PORT+4.. and mesh on PORT+10.. (UDP), the agent's HTTP input on PORT+8.
         #[arg(long, value_name = "PORT", default_value_t = demo::BASE_PORT_DEFAULT)]
         base_port: u16,
     },
@@ -358,6 +382,20 @@ fn run() -> anyhow::Result<ExitCode> {
             flush_output()?;
             serve::run(&config)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::AgentRun {
+            config,
+            exit_with_parent,
+        } => {
+            if let Some(parent) = exit_with_parent {
+                demo::exit_with_parent(parent)?;
+            }
+            flush_output()?;
+            weft_agent::run(&config, false)
+        }
+        Command::AgentStatus { config, json } => {
+            flush_output()?;
+            weft_agent::status(&config, json)
         }
         Command::Demo {
             duration,

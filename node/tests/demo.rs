@@ -1,8 +1,9 @@
-//! `weft demo` as a user runs it: it starts its nodes, events cross regions, the commands
-//! it prints work when pasted into a shell, and every way it ends leaves nothing running:
-//! `--duration`, SIGTERM, and SIGKILL of the demo itself (its nodes then stop through their
-//! parent-death signal). Ports 20450-20463 on 127.0.0.1 (the ranges of nets 45 and 46 in
-//! `common`); every wait is bounded.
+//! `weft demo` as a user runs it: it starts its nodes and its edge agent, events cross
+//! regions, the device's signed events reach the nodes, the commands it prints work when
+//! pasted into a shell, and every way it ends leaves nothing running: `--duration`, SIGTERM,
+//! and SIGKILL of the demo itself (its nodes and agent then stop through their parent-death
+//! signal). Ports 20450-20463 on 127.0.0.1 (the ranges of nets 45 and 46 in `common`);
+//! every wait is bounded.
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -109,7 +110,8 @@ impl Drop for Demo {
     }
 }
 
-/// Processes whose command line mentions `dir` (the demo's nodes do: `--config DIR/..`).
+/// Processes whose command line mentions `dir` (the demo's nodes and agent do: `--config
+/// DIR/..`).
 fn processes_using(dir: &Path) -> Vec<String> {
     let needle = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
@@ -215,8 +217,20 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
         );
     }
     assert!(guide.contains("eu-1   <-> us-1     80.6 ms"), "{guide}");
-    // What is not built yet is said, not faked (policy push exists since issue 6).
-    assert!(guide.contains("issue 8"), "{guide}");
+    // Nothing is announced as missing any more: the edge agent (issue 8) runs too.
+    assert!(!guide.contains("not built yet"), "{guide}");
+    assert!(
+        guide.contains("Edge agent: device sensor-dublin-1"),
+        "{guide}"
+    );
+    let policy = std::fs::read_to_string(dir.join("policy.toml")).unwrap();
+    let device_key = policy
+        .lines()
+        .find_map(|l| l.strip_prefix("device_key = \""))
+        .expect("the device enrolled in the policy")
+        .trim_end_matches('"')
+        .to_string();
+    assert!(guide.contains(&device_key), "{guide}");
     let dashboard = guide
         .lines()
         .find(|l| l.contains("/?nodes="))
@@ -263,13 +277,40 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
         assert_eq!(page.as_array().map(Vec::len), Some(0), "node {i}: {page}");
     }
     assert!(guide.contains("keeps in the EU"), "{guide}");
+    // The device's readings, signed by the device key on the agent, reach every region
+    // (eu-1 where the agent delivers, and by replication the others), stamped with the
+    // device's principal from its enrollment.
+    const DEVICE_EVENTS: &str = "/v1/streams/telemetry.devices.sensor-dublin-1.readings/events";
+    for i in [0, 1, 3] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ev = loop {
+            let page = get_json_as(&node_url(i, &format!("{DEVICE_EVENTS}?limit=5")), token);
+            if let Some(first) = page.as_ref().and_then(|p| p.get(0)) {
+                break first.clone();
+            }
+            assert!(Instant::now() < deadline, "no device events on node {i}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(ev["weftorigin"], device_key.as_str(), "node {i}: {ev}");
+        assert_eq!(ev["weftprincipal"], "sensor-dublin-1", "node {i}: {ev}");
+        assert_eq!(ev["type"], "demo.device.reading", "node {i}: {ev}");
+    }
+    // The agent picked the node nearest the device (eu-1: measured RTTs as biases), as its
+    // printed status command shows.
+    let status_cmd = guide
+        .lines()
+        .find(|l| l.contains(" agent-status --config "))
+        .expect("an agent-status command");
+    let out = run_printed(status_cmd);
+    assert!(out.contains("connected:     eu-1 at 127.0.0.1:"), "{out}");
+    assert!(out.contains("delivered:"), "{out}");
     // The printed commands work as printed.
     let commands: Vec<String> = guide
         .lines()
         .filter(|l| l.contains(" --node http://127.0.0.1:"))
         .map(str::to_string)
         .collect();
-    assert_eq!(commands.len(), 7, "{guide}");
+    assert_eq!(commands.len(), 8, "{guide}");
     for line in &commands {
         if line.contains(" policy push ") {
             // Pushes the bundle the printed `policy sign` writes after the user raised the
@@ -285,7 +326,11 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
         }
         if line.contains(" tail ") {
             let ev: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-            assert_eq!(ev["weftstream"], "orders.eu");
+            if line.contains("telemetry.devices.") {
+                assert_eq!(ev["weftorigin"], device_key.as_str(), "{ev}");
+            } else {
+                assert_eq!(ev["weftstream"], "orders.eu");
+            }
         }
         if line.contains(" peers ") {
             assert_eq!(out.matches(" up ").count(), 3, "{out}");
@@ -294,7 +339,7 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
     assert!(demo.wait_exit(), "{}", demo.out.join("\n"));
     let out = demo.out.join("\n");
     assert!(out.contains("--duration reached"), "{out}");
-    assert!(out.contains("stopped 4 nodes"), "{out}");
+    assert!(out.contains("stopped 4 nodes and the edge agent"), "{out}");
     assert!(!dir.exists(), "{} was not removed", dir.display());
     assert!(processes_using(&dir).is_empty());
     assert!(get_json(&node_url(0, "/v1/status")).is_none());
@@ -317,7 +362,13 @@ fn the_demo_meshes_four_regions_replicates_and_leaves_nothing_running() {
     let mut demo = Demo::start(&[]);
     let dir = demo.dir();
     demo.wait_line("Ctrl-C stops every node");
-    assert_eq!(processes_using(&dir).len(), 4);
+    // Four nodes and the agent.
+    assert_eq!(
+        processes_using(&dir).len(),
+        5,
+        "{:?}",
+        processes_using(&dir)
+    );
     demo.child.kill().unwrap();
     demo.child.wait().unwrap();
     wait_no_processes(&dir, Duration::from_secs(20));

@@ -95,7 +95,7 @@ pub struct World {
     pub agent_config: PathBuf,
     /// Bearer token of the nodes' `operator` principal.
     pub token: String,
-    /// Its SHA-256 (hex), for policy bundles that name the principal.
+    /// Its SHA-256 (hex), for a policy bundle naming the same principal.
     pub token_hash: String,
 }
 
@@ -336,8 +336,8 @@ listen = "{http}"
         let mut after = 0u64;
         let mut out = Vec::new();
         loop {
-            // With the operator's token: under a policy, reads are authorized.
-            let (code, body) = http_get_auth(
+            // With the token: a node under a policy authorizes reads like publishes.
+            let (code, body) = http_get_as(
                 &node_http(self.net, i),
                 &format!("/v1/streams/{stream}/events?after={after}&limit=5000"),
                 Some(&self.token),
@@ -382,11 +382,11 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 
 /// GET over HTTP/1.1 with `connection: close`; (status, body). Handles chunked bodies.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, Vec<u8>)> {
-    http_get_auth(addr, path, None)
+    http_get_as(addr, path, None)
 }
 
-/// [`http_get`] with a bearer token.
-pub fn http_get_auth(addr: &str, path: &str, token: Option<&str>) -> Option<(u16, Vec<u8>)> {
+/// A GET with a bearer token.
+pub fn http_get_as(addr: &str, path: &str, token: Option<&str>) -> Option<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
