@@ -254,11 +254,27 @@ def check_compose(repo):
             if ip:
                 ips.add(ip)
         config = None
+        agent_config = None
         for v in s.get("volumes") or []:
             src, _, rest = v.partition(":")
             dst = rest.split(":")[0]
             if dst == "/etc/weft/weft.toml":
                 config = src
+            if dst == "/etc/weft/agent.toml":
+                agent_config = src
+        if "agent-run" in (s.get("command") or []):
+            # The edge agent: its config template exists, and names the nodes' edge ports.
+            if not agent_config:
+                fail(where, f"service {name}: no agent config mounted at /etc/weft/agent.toml")
+                continue
+            template = os.path.join(repo, "deploy", "compose", os.path.basename(agent_config))
+            if not os.path.exists(template):
+                fail(where, f"service {name}: no template {os.path.relpath(template, repo)}")
+                continue
+            addrs = re.findall(r'^addr = "([0-9.]+):7500"', open(template).read(), re.M)
+            if not addrs or not set(addrs) <= ips:
+                fail(where, f"service {name}: the agent's nodes are not the nodes' addresses")
+            continue
         if not config:
             fail(where, f"service {name}: no config mounted at /etc/weft/weft.toml")
             continue
@@ -271,6 +287,8 @@ def check_compose(repo):
         adv = re.search(r'^advertise = "([0-9.]+):7400"', text, re.M)
         if not adv or adv.group(1) not in ips:
             fail(where, f"service {name}: the config's advertise address is not its ipv4_address")
+    if not any("agent-run" in (s.get("command") or []) for s in services.values()):
+        fail(where, "no edge agent service (a command running `weft agent-run`)")
     if "x-node" in doc and not dig(doc, "x-node", "healthcheck"):
         fail(where, "x-node: no healthcheck")
 

@@ -28,7 +28,7 @@ python3 scripts/check-deploy.py "$PWD" "$tmp" "$weft"
 
 echo "== deploy: node configs parse (weft check-config)"
 shopt -s nullglob
-configs=(deploy/compose/*.toml deploy/systemd/*.toml "$tmp"/k8s-*.toml "$tmp"/render-*/run/weft.toml)
+configs=(deploy/compose/*-1.toml deploy/systemd/*.toml "$tmp"/k8s-*.toml "$tmp"/render-*/run/weft.toml)
 if [ "${#configs[@]}" -lt 8 ]; then
   echo "check-deploy: expected at least 8 node configs, found ${#configs[@]}" >&2
   exit 1
@@ -44,7 +44,11 @@ for n in eu-1 us-1 ap-1; do
   "$weft" check-config --config "$tmp/compose-state/$n.toml" | grep -q "3 trusted nodes"
   [ -s "$tmp/compose-state/keys/$n.key" ]
 done
-echo "  ok (3 keys, 3 configs trusting each other, a client token)"
+# The edge agent: its device key, admitted on every node, and the three nodes' keys.
+[ -s "$tmp/compose-state/keys/agent.key" ]
+[ "$(grep -c '^\[\[edge.devices\]\]' "$tmp"/compose-state/*-1.toml | grep -c ':1$')" = 3 ]
+[ "$(grep -cE '^key = "[0-9a-f]{64}"' "$tmp/compose-state/agent.toml")" = 3 ]
+echo "  ok (3 keys, 3 configs trusting each other, a client token, the agent's key admitted and its nodes' keys)"
 
 echo "== deploy: tools, where available"
 if command -v kubectl >/dev/null 2>&1 && timeout 10 kubectl version >/dev/null 2>&1; then

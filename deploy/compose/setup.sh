@@ -6,6 +6,8 @@
 #   state/<node>.toml      the config the container mounts at /etc/weft/weft.toml
 #   state/keys/<node>.key  the node's Ed25519 key (mode 0600)
 #   state/client.key.token the bearer token for `weft publish` (mode 0600)
+#   state/agent.toml       the edge agent's config (from agent.toml), state/keys/agent.key
+#   state/agent-input/     the file the agent follows (readings.log), state/data/agent/
 #   state/data/<node>/     the node's SQLite store
 #   ../.env                WEFT_UID/WEFT_GID: the containers run as the owner of state/
 #
@@ -42,6 +44,11 @@ for n in "${nodes[@]}"; do
   keys+=("$(sed -n 's/^public key: //p' <<<"$out")")
   mkdir -p "$state/data/$n"
 done
+# The edge agent's device key (the same PEM format as weft-agent keygen's).
+out=$("$weft" keygen --out "$state/keys/agent.key")
+agent_key=$(sed -n 's/^public key: //p' <<<"$out")
+mkdir -p "$state/data/agent" "$state/agent-input"
+touch "$state/agent-input/readings.log"
 out=$("$weft" keygen --client --out "$state/client.key")
 hash=$(sed -n 's/^token_sha256: //p' <<<"$out")
 trusted=$(printf '"%s", ' "${keys[@]}")
@@ -51,9 +58,18 @@ for n in "${nodes[@]}"; do
   sed -e "s/^trusted_nodes = \[\].*/trusted_nodes = $trusted/" \
       -e "s/^token_sha256 = \"0\{64\}\".*/token_sha256 = \"$hash\"/" \
       "$here/$n.toml" >"$state/$n.toml"
+  # Admit the agent's device key on the node's edge port (no policy in this mesh).
+  printf '\n[[edge.devices]]\nname = "sensor-1"\ntenant = "dev"\nkey = "%s"\nstreams = ["telemetry.devices.sensor-1.>"]\n' \
+    "$agent_key" >>"$state/$n.toml"
   chmod 0644 "$state/$n.toml"
   "$weft" check-config --config "$state/$n.toml" >/dev/null
 done
+
+sed -e "s/^key = \"eu-1\".*/key = \"${keys[0]}\"/" \
+    -e "s/^key = \"us-1\".*/key = \"${keys[1]}\"/" \
+    -e "s/^key = \"ap-1\".*/key = \"${keys[2]}\"/" \
+    "$here/agent.toml" >"$state/agent.toml"
+chmod 0644 "$state/agent.toml" "$state/agent-input/readings.log"
 
 uid=$(id -u)
 gid=$(id -g)
