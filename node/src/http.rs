@@ -187,6 +187,25 @@ impl Api {
         self.fail(e)
     }
 
+    /// The principal of a bearer token, which must be an admin (`principals[].admin`): a
+    /// non-admin gets 403 `not_admin` saying it may not do `what`, counted and audited.
+    pub(crate) fn require_admin(&self, headers: &HeaderMap, what: &str) -> ApiResult<Principal> {
+        let who = self.authenticate(headers)?;
+        if who.admin {
+            return Ok(who);
+        }
+        Err(self.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_admin",
+                format!("principal {} may not {what}", who.name),
+            ),
+            Some(&who.name),
+            None,
+            self.policy.epoch(),
+        ))
+    }
+
     /// The principal of a bearer token. A missing or unknown token is refused and audited.
     pub(crate) fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Principal> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -1436,22 +1455,7 @@ async fn policy_push(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let who = api.authenticate(&headers)?;
-    if !who.admin {
-        return Err(api.refuse(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_admin",
-                format!(
-                    "principal {} may not push policy bundles (principals[].admin)",
-                    who.name
-                ),
-            ),
-            Some(&who.name),
-            None,
-            api.policy.epoch(),
-        ));
-    }
+    let who = api.require_admin(&headers, "push policy bundles (principals[].admin)")?;
     let Some(trust) = &api.policy_trust else {
         return Err(api.refuse(
             ApiError::new(
@@ -1557,23 +1561,8 @@ async fn erase(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let who = api.authenticate(&headers)?;
+    let who = api.require_admin(&headers, "erase data (principals[].admin)")?;
     let epoch = api.policy.epoch();
-    if !who.admin {
-        return Err(api.refuse(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_admin",
-                format!(
-                    "principal {} may not erase data (principals[].admin)",
-                    who.name
-                ),
-            ),
-            Some(&who.name),
-            None,
-            epoch,
-        ));
-    }
     let bad = |message: String| {
         api.refuse(
             ApiError::new(StatusCode::BAD_REQUEST, "bad_erase_request", message),
@@ -1664,22 +1653,10 @@ async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiRe
     // The signed bundle in force, byte for byte as the operators signed it: what
     // `weft policy verify` checks. Admins only: it lists principals' token hashes and the
     // transforms' hashing salts.
-    let who = api.authenticate(&headers)?;
-    if !who.admin {
-        return Err(api.refuse(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_admin",
-                format!(
-                    "principal {} may not read the signed bundle (principals[].admin): it holds token hashes and salts",
-                    who.name
-                ),
-            ),
-            Some(&who.name),
-            None,
-            api.policy.epoch(),
-        ));
-    }
+    api.require_admin(
+        &headers,
+        "read the signed bundle (principals[].admin): it holds token hashes and salts",
+    )?;
     match api.policy.current() {
         None => Err(api.fail(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1877,22 +1854,7 @@ async fn chaos_set(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let who = api.authenticate(&headers)?;
-    if !who.admin {
-        return Err(api.refuse(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_admin",
-                format!(
-                    "principal {} may not change fault injection (principals[].admin)",
-                    who.name
-                ),
-            ),
-            Some(&who.name),
-            None,
-            api.policy.epoch(),
-        ));
-    }
+    let who = api.require_admin(&headers, "change fault injection (principals[].admin)")?;
     let parsed: ChaosBody = serde_json::from_slice(&body).map_err(|e| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1944,22 +1906,7 @@ async fn audit_get(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     use crate::audit::{AUDIT_NAME_LEN_MAX, AUDIT_READ_LIMIT_DEFAULT, AUDIT_READ_LIMIT_MAX};
-    let who = api.authenticate(&headers)?;
-    if !who.admin {
-        return Err(api.refuse(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_admin",
-                format!(
-                    "principal {} may not read the audit log (principals[].admin)",
-                    who.name
-                ),
-            ),
-            Some(&who.name),
-            None,
-            api.policy.epoch(),
-        ));
-    }
+    api.require_admin(&headers, "read the audit log (principals[].admin)")?;
     let bad = |m: String| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_audit_query", m));
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let limit = q.limit.unwrap_or(AUDIT_READ_LIMIT_DEFAULT);
