@@ -1,5 +1,7 @@
-//! The device key: an Ed25519 secret key as PKCS#8 PEM (RFC 8410), mode 0600, the same
-//! format `weft keygen` writes (so `openssl pkey` and the node read it too).
+//! Ed25519 key files: a secret key as PKCS#8 PEM (RFC 8410), mode 0600. The one
+//! implementation of the format: device keys here, and the node's keys (`weft keygen`)
+//! through `weft-node`'s `keys.rs`, so `openssl pkey`, the node and the agent read each
+//! other's files.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -16,14 +18,14 @@ const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 const PEM_END: &str = "-----END PRIVATE KEY-----";
 
 /// 32 bytes from the operating system's random source.
-pub(crate) fn random32() -> anyhow::Result<[u8; 32]> {
+pub fn random32() -> anyhow::Result<[u8; 32]> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
     Ok(b)
 }
 
 /// Writes a fresh key to `path` (refuses to overwrite); returns the seed.
-pub(crate) fn generate(path: &Path) -> anyhow::Result<[u8; 32]> {
+pub fn generate(path: &Path) -> anyhow::Result<[u8; 32]> {
     let seed = random32()?;
     let mut der = ED25519_PKCS8_PREFIX.to_vec();
     der.extend_from_slice(&seed);
@@ -41,7 +43,7 @@ pub(crate) fn generate(path: &Path) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Reads a key written by [`generate`] (or `weft keygen`); refuses a file others can read.
-pub(crate) fn load(path: &Path) -> anyhow::Result<[u8; 32]> {
+pub fn load(path: &Path) -> anyhow::Result<[u8; 32]> {
     let meta = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         bail!(

@@ -21,7 +21,7 @@ use tracing::info;
 mod agent;
 mod config;
 mod inputs;
-mod keys;
+pub mod keys;
 #[cfg(feature = "mdns")]
 mod mdns;
 mod outbox;

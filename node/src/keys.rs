@@ -2,24 +2,16 @@
 //! written with file mode 0600, and bearer tokens for HTTP clients.
 
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
-use base64::Engine as _;
+use anyhow::Context as _;
 use sha2::Digest as _;
 use weft_fabric::Signer;
 
-use crate::tls::ED25519_PKCS8_PREFIX;
-
-const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-const PEM_END: &str = "-----END PRIVATE KEY-----";
-
 /// 32 bytes from the operating system's random source.
 pub(crate) fn random32() -> anyhow::Result<[u8; 32]> {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
-    Ok(b)
+    weft_agent::keys::random32()
 }
 
 /// Writes `text` to a new file readable by its owner only; refuses to overwrite.
@@ -35,14 +27,10 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes a fresh Ed25519 secret key to `path` (PEM, mode 0600); returns its signer.
+/// Writes a fresh Ed25519 secret key to `path` (PEM, mode 0600); returns its signer. The
+/// file format is `weft_agent::keys`' (one implementation for nodes and devices).
 pub(crate) fn generate(path: &Path) -> anyhow::Result<Signer> {
-    let seed = random32()?;
-    let mut der = ED25519_PKCS8_PREFIX.to_vec();
-    der.extend_from_slice(&seed);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
-    write_private(path, &format!("{PEM_BEGIN}\n{b64}\n{PEM_END}\n"))?;
-    Ok(Signer::from_secret(&seed))
+    weft_agent::keys::generate(path).map(|seed| Signer::from_secret(&seed))
 }
 
 /// Writes a fresh bearer token to `path` (mode 0600); returns (token, hex SHA-256).
@@ -64,38 +52,13 @@ pub(crate) fn token_hash(token: &str) -> [u8; 32] {
 
 /// Reads an Ed25519 secret key written by [`generate`]; refuses a file others can read.
 pub(crate) fn load(path: &Path) -> anyhow::Result<[u8; 32]> {
-    let meta = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "key file {} is readable by others (mode {:o}); chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let body: String = text
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| *l != PEM_BEGIN)
-        .skip(1)
-        .take_while(|l| *l != PEM_END)
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .with_context(|| format!("{}: not a PEM private key", path.display()))?;
-    let seed = der
-        .strip_prefix(&ED25519_PKCS8_PREFIX[..])
-        .filter(|s| s.len() == 32)
-        .with_context(|| format!("{}: not an Ed25519 PKCS#8 key", path.display()))?;
-    let mut out = [0u8; 32];
-    out.copy_from_slice(seed);
-    Ok(out)
+    weft_agent::keys::load(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn a_generated_key_loads_back_and_is_private() {
