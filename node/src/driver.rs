@@ -252,6 +252,8 @@ pub(crate) struct Driver {
     /// Keyed tables: which streams, and conflict counters per strategy.
     tables: Option<crate::tables::Declared>,
     table_stats: BTreeMap<&'static str, weft_fabric::table::ConflictStats>,
+    /// The strategy each table stream was built with (`tables::apply`'s memory).
+    tables_built: BTreeMap<String, weft_fabric::table::Strategy>,
 }
 
 impl Driver {
@@ -296,6 +298,7 @@ impl Driver {
             aggregator,
             tables: None,
             table_stats: BTreeMap::new(),
+            tables_built: BTreeMap::new(),
         }
     }
 
@@ -321,7 +324,9 @@ impl Driver {
             .store_mut()
             .write_conn()
             .map_err(|e| e.to_string())
-            .and_then(|conn| crate::tables::apply(conn, strategy, event, stats));
+            .and_then(|conn| {
+                crate::tables::apply(conn, strategy, event, stats, &mut self.tables_built)
+            });
         match result {
             Ok(_) => self.metrics.table_writes(strategy.as_str(), &before, stats),
             Err(e) => {

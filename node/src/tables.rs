@@ -122,17 +122,29 @@ pub(crate) fn apply(
     strategy: Strategy,
     event: &Event,
     stats: &mut ConflictStats,
+    built: &mut BTreeMap<String, Strategy>,
 ) -> Result<Applied, String> {
     let stream = event.stream().as_str();
-    let meta: Option<String> = conn
-        .prepare_cached("SELECT strategy FROM table_meta WHERE stream = ?1")
-        .and_then(|mut s| s.query_row([stream], |r| r.get(0)).optional())
-        .map_err(backend)?;
-    if meta.as_deref() != Some(strategy.as_str()) {
-        // A new table, or a new strategy: (re)build from the log, this event included
-        // (it was appended just before).
-        rebuild(conn, strategy, event.stream(), stats)?;
-        return Ok(Applied::Applied);
+    // Which strategy each table was built with, remembered after the first look at
+    // `table_meta` (one query per table, not per event; a failed commit stops the node,
+    // so the memory never outlives a rolled-back row).
+    if built.get(stream) != Some(&strategy) {
+        let meta: Option<String> = conn
+            .prepare_cached("SELECT strategy FROM table_meta WHERE stream = ?1")
+            .and_then(|mut s| s.query_row([stream], |r| r.get(0)).optional())
+            .map_err(backend)?;
+        let outcome = if meta.as_deref() == Some(strategy.as_str()) {
+            None
+        } else {
+            // A new table, or a new strategy: (re)build from the log, this event included
+            // (it was appended just before).
+            rebuild(conn, strategy, event.stream(), stats)?;
+            Some(Applied::Applied)
+        };
+        built.insert(stream.to_string(), strategy);
+        if let Some(applied) = outcome {
+            return Ok(applied);
+        }
     }
     apply_one(conn, strategy, event, stats)
 }
