@@ -2,6 +2,7 @@
 # Weft against NATS JetStream on this machine, in one run (docs/performance.md): installs
 # Debian's nats-server if it is missing, then runs node/benches/nats.rs in release mode.
 #   WEFT_BENCH_SECS=3        seconds per throughput cell
+#   WEFT_BENCH_LOAD=256:256:8    one load shape (size:batch:publishers) of the one-node part
 #   WEFT_BENCH_ONLY=single,agent,latency,overload,three,bounds   a subset of the parts
 set -euo pipefail
 cd "$(dirname "$0")/.."

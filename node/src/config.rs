@@ -180,6 +180,11 @@ pub(crate) struct Limits {
     /// Most publish requests in progress at once (including those waiting for their ack);
     /// beyond it, 503 with Retry-After. Bounds the node's memory for acknowledgements.
     pub(crate) publishes_inflight_max: usize,
+    /// Most bytes of HTTP publish bodies in progress at once (declared by Content-Length,
+    /// `http_body_max` for a body that declares none), taken before the body is read and
+    /// held until the answer; beyond it, 503 with Retry-After. Bounds the node's memory
+    /// under overload (docs/performance.md).
+    pub(crate) publish_bytes_inflight_max: usize,
     /// How long `ack=regions:N` waits for confirmations, in milliseconds.
     pub(crate) ack_timeout_ms: u64,
     /// Most events one read returns.
@@ -195,6 +200,7 @@ impl Default for Limits {
             http_body_max: 16 << 20,
             publish_queue_max: 4096,
             publishes_inflight_max: 8192,
+            publish_bytes_inflight_max: 32 << 20,
             ack_timeout_ms: 5_000,
             read_limit_max: 10_000,
             subscribers_max: 1024,
@@ -370,6 +376,10 @@ impl NodeConfig {
             ("limits.http_body_max", l.http_body_max),
             ("limits.publish_queue_max", l.publish_queue_max),
             ("limits.publishes_inflight_max", l.publishes_inflight_max),
+            (
+                "limits.publish_bytes_inflight_max",
+                l.publish_bytes_inflight_max,
+            ),
             ("limits.read_limit_max", l.read_limit_max),
             ("limits.subscribers_max", l.subscribers_max),
         ] {
@@ -379,6 +389,21 @@ impl NodeConfig {
         }
         if l.ack_timeout_ms == 0 {
             bail!(field_err("limits.ack_timeout_ms", "must be at least 1"));
+        }
+        if l.publish_bytes_inflight_max < l.http_body_max {
+            bail!(field_err(
+                "limits.publish_bytes_inflight_max",
+                format!(
+                    "must be at least limits.http_body_max ({} bytes), or a largest body could never be taken; got {}",
+                    l.http_body_max, l.publish_bytes_inflight_max
+                )
+            ));
+        }
+        if l.publish_bytes_inflight_max / 1024 > tokio::sync::Semaphore::MAX_PERMITS {
+            bail!(field_err(
+                "limits.publish_bytes_inflight_max",
+                "is too large (at most about 2 PiB)"
+            ));
         }
         if self.audit.retention_days == 0 || self.audit.retention_days > AUDIT_RETENTION_DAYS_MAX {
             bail!(field_err(
@@ -492,6 +517,12 @@ http = "127.0.0.1:8400"
             (
                 format!("{GOOD}\n[limits]\nevents_max = 0\n"),
                 "limits.events_max",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[limits]\nhttp_body_max = 2048\npublish_bytes_inflight_max = 1024\n"
+                ),
+                "limits.publish_bytes_inflight_max",
             ),
             (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
             (

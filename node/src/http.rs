@@ -52,7 +52,15 @@ pub(crate) struct Api {
     pub(crate) cmd_tx: mpsc::Sender<Command>,
     /// Publish requests in progress (`limits.publishes_inflight_max`).
     pub(crate) inflight: Arc<tokio::sync::Semaphore>,
+    /// KiB of publish bodies in progress (`limits.publish_bytes_inflight_max`).
+    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
+    /// `limits.http_body_max`: what a body without Content-Length is counted as.
+    pub(crate) body_max: usize,
     pub(crate) producer: Mutex<Producer>,
+    /// One signing task at a time (the producer lock orders them anyway): publishes wait
+    /// for their turn here, on the runtime, not as threads of the blocking pool parked on
+    /// the lock (64 concurrent publishers made 64 such threads).
+    pub(crate) sign_gate: tokio::sync::Mutex<()>,
     pub(crate) data_dir: PathBuf,
     pub(crate) readers: Mutex<Vec<StoreReader>>,
     pub(crate) committed: watch::Receiver<u64>,
@@ -362,11 +370,22 @@ where
 /// The router.
 pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
     Router::new()
-        .route("/v1/events", post(publish_any))
+        .route(
+            "/v1/events",
+            post(publish_any).layer(axum::middleware::from_fn_with_state(
+                api.clone(),
+                bound_publish_bytes,
+            )),
+        )
         .route("/v1/events/{id}", get(event_by_id))
         .route(
             "/v1/streams/{stream}/events",
-            post(publish_stream).get(read_events),
+            post(publish_stream)
+                .layer(axum::middleware::from_fn_with_state(
+                    api.clone(),
+                    bound_publish_bytes,
+                ))
+                .get(read_events),
         )
         .route("/v1/streams/{stream}/subscribe", get(subscribe))
         .route(
@@ -399,6 +418,47 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(api)
+}
+
+/// Publish bodies in progress are bounded in bytes before they are read: the request takes
+/// its declared length (Content-Length; `limits.http_body_max` when it declares none) from
+/// `limits.publish_bytes_inflight_max` and gives it back with the answer, so everything a
+/// publish keeps (the body, its parsed and signed events, the driver's queue) scales with a
+/// fixed budget, not with how many clients send at once. Beyond it: 503 `overloaded` with
+/// Retry-After, counted.
+async fn bound_publish_bytes(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(api.body_max)
+        .min(api.body_max);
+    let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let Ok(permit) = api.body_budget.clone().try_acquire_many_owned(kib) else {
+        // Read the body chunk by chunk and drop it (at most `http_body_max`): answering
+        // before it is read would make HTTP/1.1 close the connection under a client still
+        // sending, which then sees a reset instead of the 503.
+        let mut body = req.into_body().into_data_stream();
+        let mut drained = 0usize;
+        while drained <= api.body_max
+            && let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await
+        {
+            drained += chunk.len();
+        }
+        return api
+            .fail(ApiError::overloaded(
+                "publish bodies in progress are at limits.publish_bytes_inflight_max; retry shortly",
+            ))
+            .into_response();
+    };
+    let resp = next.run(req).await;
+    drop(permit);
+    resp
 }
 
 /// Bodies over `limits.http_body_max` are refused by axum's extractor before a handler
@@ -751,6 +811,7 @@ pub(crate) async fn sign_and_send(
     let permit = reserve(api)?;
     let api2 = api.clone();
     let (reply, rx) = tokio::sync::oneshot::channel();
+    let gate = api.sign_gate.lock().await;
     let signed = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let mut p = api2
             .producer
@@ -760,7 +821,7 @@ pub(crate) async fn sign_and_send(
         // signed, and then all of them go to the core (the permit cannot fail), so a
         // refused event never leaves a gap in this node's sequence.
         let base = p.next_seq;
-        let mut events = Vec::with_capacity(drafts.len());
+        let mut stamped = Vec::with_capacity(drafts.len());
         for (i, mut d) in drafts.into_iter().enumerate() {
             let hlc = p
                 .clock
@@ -768,9 +829,9 @@ pub(crate) async fn sign_and_send(
                 .map_err(|e| e.to_string())?;
             d.seq = base + i as u64 + 1;
             d.hlc = hlc;
-            let event = p.signer.sign(d).map_err(|e| format!("event {i}: {e}"))?;
-            events.push(Arc::new(event));
+            stamped.push(d);
         }
+        let events = sign_all(&p.signer, stamped)?;
         p.next_seq = base + events.len() as u64;
         // Egress transforms: derivatives signed right after their sources, sent with them.
         let derived = match &policy {
@@ -788,6 +849,7 @@ pub(crate) async fn sign_and_send(
         Ok(())
     })
     .await;
+    drop(gate);
     match signed {
         Ok(Ok(())) => {}
         Ok(Err(m)) => {
@@ -802,6 +864,60 @@ pub(crate) async fn sign_and_send(
         }
     }
     wait_published(api, rx).await
+}
+
+/// Fewest events per signing thread: below it a thread costs more than it saves.
+const SIGN_CHUNK_MIN: usize = 64;
+
+/// Signs `drafts` in order, a large batch on several threads: Ed25519 is the largest cost
+/// of a publish (about 20 µs an event on this project's machines, docs/performance.md) and
+/// the events of one request are independent once numbered. Error messages name the
+/// event's index in the request.
+fn sign_all(
+    signer: &weft_fabric::Signer,
+    drafts: Vec<EventDraft>,
+) -> Result<Vec<Arc<weft_fabric::Event>>, String> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(drafts.len() / SIGN_CHUNK_MIN)
+        .max(1);
+    let sign_part = |first: usize, part: Vec<EventDraft>| {
+        part.into_iter()
+            .enumerate()
+            .map(|(j, d)| {
+                signer
+                    .sign(d)
+                    .map(Arc::new)
+                    .map_err(|e| format!("event {}: {e}", first + j))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    };
+    if threads == 1 {
+        return sign_part(0, drafts);
+    }
+    let per = drafts.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = drafts;
+    while rest.len() > per {
+        let tail = rest.split_off(per);
+        parts.push(std::mem::replace(&mut rest, tail));
+    }
+    parts.push(rest);
+    std::thread::scope(|s| {
+        let mut parts = parts.into_iter().enumerate();
+        let (_, mine) = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts
+            .map(|(k, part)| s.spawn(move || sign_part(k * per, part)))
+            .collect();
+        let mut out = sign_part(0, mine)?;
+        for h in others {
+            out.extend(
+                h.join()
+                    .map_err(|_| "a signing thread panicked".to_string())??,
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// A node accepts publishes only on streams it stores: an event it signs or takes in must

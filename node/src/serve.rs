@@ -280,6 +280,11 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         inflight: Arc::new(tokio::sync::Semaphore::new(
             raw.limits.publishes_inflight_max,
         )),
+        body_budget: Arc::new(tokio::sync::Semaphore::new(
+            raw.limits.publish_bytes_inflight_max / 1024,
+        )),
+        body_max: raw.limits.http_body_max,
+        sign_gate: tokio::sync::Mutex::new(()),
         producer: Mutex::new(Producer {
             signer,
             next_seq,

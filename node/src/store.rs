@@ -19,7 +19,7 @@
 //! checks it is the event asked for; a corrupt row reads as absent (and is logged).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +49,20 @@ pub(crate) const TX_WRITES_MAX: usize = 65_536;
 /// Bytes the WAL file is truncated to after a checkpoint (64 MiB): bounds disk use after a
 /// burst without re-growing it on every batch.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// The writer's page cache (SQLite's default is 2 MiB). Every event adds entries at random
+/// places of three indexes (event id, log id, CloudEvents id); with the default cache the
+/// writer spilled dirty pages mid-transaction and re-read index pages from the OS at every
+/// insert, a third of its time under load (perf, docs/performance.md).
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+
+/// WAL pages after which the writer checkpoints by itself (SQLite's default is 1000). The
+/// [`Checkpointer`] thread copies the WAL into the database long before; this is the
+/// backstop that also lets the WAL restart from its beginning under continuous writes.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+
+/// How often the [`Checkpointer`] copies the WAL into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Prepared statements kept per connection: every statement of this module fits.
 const STATEMENT_CACHE_LEN: usize = 64;
@@ -121,6 +135,14 @@ pub(crate) enum OpenError {
     #[error("cannot create store directory {path}: {source}")]
     Dir {
         /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The background checkpoint thread could not be started.
+    #[error("store {path}: cannot start the checkpoint thread: {source}")]
+    Thread {
+        /// The database file.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
@@ -313,6 +335,21 @@ struct Loaded {
     ce_dedup_len: usize,
     /// Rows in `erased`.
     erased_len: usize,
+    /// Origins whose `ranges` may under-claim (they reached [`RANGES_PER_ORIGIN_MAX`] and
+    /// may have dropped a range). For every other origin the ranges are exact, so a
+    /// sequence number outside them is not stored and needs no lookup ([`Store::holds`]).
+    lossy: BTreeSet<OriginKey>,
+}
+
+impl Loaded {
+    /// Records `seq` of `origin` as stored or erased.
+    fn note(&mut self, origin: OriginKey, seq: u64) {
+        let ranges = self.ranges.entry(origin).or_default();
+        ranges.insert(seq);
+        if ranges.range_count() >= RANGES_PER_ORIGIN_MAX {
+            self.lossy.insert(origin);
+        }
+    }
 }
 
 /// Erase rules in memory (`erase.rs`): each target with the packed HLC it covers up to.
@@ -349,6 +386,8 @@ CREATE TABLE IF NOT EXISTS erased (
 #[derive(Debug)]
 pub(crate) struct SqliteStore {
     conn: Connection,
+    /// Copies the WAL into the database off the writer's thread; stops with the store.
+    _checkpointer: Checkpointer,
     limits: StoreLimits,
     state: Loaded,
     /// Whether `BEGIN IMMEDIATE` ran and `COMMIT` has not.
@@ -434,6 +473,58 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {
     Ok(conn)
 }
 
+/// A thread with a connection of its own that runs a PASSIVE checkpoint every
+/// [`CHECKPOINT_INTERVAL`]: it copies committed WAL frames into the database file and
+/// fsyncs it, never waiting for the writer nor making it wait. Done inside `COMMIT` by
+/// SQLite's automatic checkpoint, that copy cost the driver a quarter of its time under
+/// load (perf, docs/performance.md); here it runs on the other core. A failed checkpoint
+/// is only logged: the writer's own automatic checkpoint
+/// ([`WAL_AUTOCHECKPOINT_PAGES`]) still bounds the WAL.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, OpenError> {
+        let conn = connect(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("weft-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(error = %e, "background checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|source| OpenError::Thread {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Refuses a schema newer than [`SCHEMA_VERSION`]; returns the version found.
 fn schema_version(conn: &Connection, path: &Path) -> Result<i64, OpenError> {
     let found: i64 = conn
@@ -466,6 +557,7 @@ fn count(conn: &Connection, table: &str) -> Result<usize, StoreError> {
 /// [`SeqRanges`] does), so memory is bounded whatever the table holds.
 fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     let mut ranges = BTreeMap::new();
+    let mut lossy = BTreeSet::new();
     let mut len = 0usize;
     {
         // (origin, seq) of stored and of erased events: both are seen.
@@ -501,7 +593,9 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
                 let full = islands.len() >= RANGES_PER_ORIGIN_MAX;
                 match islands.last_mut() {
                     Some((_, end)) if end.checked_add(1) == Some(seq) => *end = seq,
-                    _ if full => {}
+                    _ if full => {
+                        lossy.insert(origin);
+                    }
                     _ => islands.push((seq, seq)),
                 }
             }
@@ -514,6 +608,7 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     Ok(Loaded {
         len,
         ranges,
+        lossy,
         erased_len: count(conn, "erased")?,
         cursors_len: count(conn, "cursors")?,
         peers_len: count(conn, "peers")?,
@@ -588,6 +683,10 @@ impl SqliteStore {
             .map_err(sqlite)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
             .map_err(sqlite)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+            .map_err(sqlite)?;
         // Erased rows (`erase`) are overwritten with zeros in the file, not just unlinked.
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(sqlite)?;
@@ -615,8 +714,10 @@ impl SqliteStore {
             origins = state.ranges.len(),
             "opened store"
         );
+        let checkpointer = Checkpointer::start(&path)?;
         Ok(Self {
             conn,
+            _checkpointer: checkpointer,
             cache: RefCell::new(EventCache::new(limits.event_cache_len)),
             limits,
             state,
@@ -714,19 +815,23 @@ impl SqliteStore {
     /// delivery order. Idempotent: an event already logged keeps its position.
     pub(crate) fn append_log(&mut self, event: &Event) -> Result<u64, StoreError> {
         let id = event.id();
-        let existing: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT pos FROM log WHERE id = ?1")
-            .and_then(|mut s| s.query_row([&id.0[..]], |r| r.get(0)).optional())
-            .map_err(backend)?;
-        if let Some(pos) = existing {
-            return pos_from_sql(pos);
-        }
         self.begin_write()?;
-        self.conn
-            .prepare_cached("INSERT INTO log (id, stream) VALUES (?1, ?2)")
+        // One probe of the id index, not two: the insert finds an entry already there.
+        let added = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO log (id, stream) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+            )
             .and_then(|mut s| s.execute(params![&id.0[..], event.stream().as_str()]))
             .map_err(backend)?;
+        if added == 0 {
+            let pos: i64 = self
+                .conn
+                .prepare_cached("SELECT pos FROM log WHERE id = ?1")
+                .and_then(|mut s| s.query_row([&id.0[..]], |r| r.get(0)))
+                .map_err(backend)?;
+            return pos_from_sql(pos);
+        }
         self.tx_writes += 1;
         pos_from_sql(self.conn.last_insert_rowid())
     }
@@ -1068,11 +1173,7 @@ impl SqliteStore {
             self.state.len -= 1;
             self.state.ce_dedup_len -= dedup;
             self.state.erased_len += 1;
-            self.state
-                .ranges
-                .entry(origin_key)
-                .or_default()
-                .insert(seq_u);
+            self.state.note(origin_key, seq_u);
             self.cache.get_mut().remove(&(origin_key, seq_u));
             erased.push(ErasedEvent {
                 id: weft_fabric::EventId(key32(&id, "id")?),
@@ -1201,7 +1302,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             self.tx_writes += 1;
             self.state.erased_len += 1;
-            self.state.ranges.entry(origin).or_default().insert(seq);
+            self.state.note(origin, seq);
             self.stats.borrow_mut().erased_refused += 1;
             return Ok(Inserted::Erased);
         }
@@ -1233,10 +1334,26 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         self.tx_writes += 1;
         self.state.len += 1;
-        self.state.ranges.entry(origin).or_default().insert(seq);
+        self.state.note(origin, seq);
         self.cache.get_mut().put((origin, seq), event);
         self.stats.get_mut().inserts += 1;
         Ok(Inserted::New)
+    }
+
+    fn holds(&self, event: &Event) -> bool {
+        let (origin, seq) = (event.origin(), event.seq());
+        // Exact ranges answer "not stored" from memory: a new event (the common case on the
+        // publish path) costs no probe of the id index, a random read on a large store.
+        if !self.state.lossy.contains(&origin)
+            && !self
+                .state
+                .ranges
+                .get(&origin)
+                .is_some_and(|r| r.contains(seq))
+        {
+            return false;
+        }
+        self.contains(&event.id())
     }
 
     fn contains(&self, id: &EventId) -> bool {

@@ -652,6 +652,78 @@ fn overload_is_refused_with_retry_after_and_nothing_accepted_is_lost() {
     });
 }
 
+/// A publish body in progress holds its declared bytes of `limits.publish_bytes_inflight_max`
+/// until its answer: with the budget taken by a slow client, the next publish gets a clean
+/// 503 (its body read and dropped, not a reset connection), and once the slow body arrives
+/// the budget is free again. Nothing refused is stored.
+#[test]
+fn publish_bodies_in_progress_are_bounded_in_bytes() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    rt().block_on(async {
+        let mut c = Cluster::new(
+            "bodybudget",
+            23,
+            &three_regions()[..1],
+            "[limits]\nhttp_body_max = 65536\npublish_bytes_inflight_max = 65536\n",
+        );
+        c.start(0);
+        c.wait_healthy(0).await;
+        let event = |id: &str| {
+            serde_json::to_vec(&json!({"specversion": "1.0", "id": id, "source": "it", "type": "t",
+                "data": "x".repeat(60_000)}))
+            .unwrap()
+        };
+        // A slow client: the whole budget declared, half of the body sent.
+        let slow_body = event("slow");
+        let addr = c.nodes[0].http.trim_start_matches("http://").to_string();
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/streams/b/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n",
+            c.token,
+            slow_body.len()
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let half = slow_body.len() / 2;
+        slow.write_all(&slow_body[..half]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let r = reqwest::Client::new()
+            .post(c.url(0, "/v1/streams/b/events"))
+            .bearer_auth(&c.token)
+            .header("content-type", "application/cloudevents+json")
+            .body(event("refused"))
+            .send()
+            .await
+            .expect("a clean answer, not a reset connection");
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["reason"], "overloaded");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("limits.publish_bytes_inflight_max"),
+            "{body}"
+        );
+
+        // The slow body completes: accepted, and the budget is back.
+        slow.write_all(&slow_body[half..]).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop(slow);
+        let (status, body) = c.publish(0, "b", "local", &[json!({"after": true})]).await;
+        assert_eq!(status, 200, "{body}");
+
+        let stored = c.ids(0, "b").await.unwrap();
+        assert_eq!(stored.len(), 2, "the slow event and the one after it; not the refused one");
+        let metrics = reqwest::get(c.url(0, "/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("weft_rejected_total{reason=\"overloaded\"} 1"), "{metrics}");
+    });
+}
+
 #[test]
 fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
     use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};

@@ -1342,7 +1342,7 @@ impl<S: Store> Node<S> {
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
         }
-        if self.store.contains(&id) || self.relay_cache.contains_key(&id) {
+        if self.store.holds(&event) || self.relay_cache.contains_key(&id) {
             self.stats.events_duplicate += 1;
             // Held, but the seen-set dropped it at its range limit: re-record it so
             // delivery and digests move on.

@@ -28,6 +28,11 @@ impl SeqRanges {
         Self::default()
     }
 
+    /// Number of disjoint ranges (at most [`RANGES_PER_ORIGIN_MAX`] after an insert).
+    pub fn range_count(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// Whether `seq` is in the set.
     pub fn contains(&self, seq: u64) -> bool {
         if seq >= 1 && seq <= self.contiguous {

@@ -65,6 +65,11 @@ pub trait Store {
     fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError>;
     /// Whether an event with this id is stored.
     fn contains(&self, id: &EventId) -> bool;
+    /// Whether `event` is stored. The default asks [`Store::contains`]; a store that
+    /// knows its per-origin ranges exactly may answer "no" without a lookup.
+    fn holds(&self, event: &Event) -> bool {
+        self.contains(&event.id())
+    }
     /// The event of `origin` at `seq`, if stored.
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>>;
     /// Whether the event of `origin` at `seq` was erased (removed by an erase rule, or
