@@ -710,7 +710,7 @@ async fn weft_overload(h: &WeftHttp, pid: u32) -> Overload {
         rss_last_kib = rss_kib(pid);
         rss_max_kib = rss_max_kib.max(rss_last_kib);
         ticks += 1;
-        if ticks % 20 == 0 {
+        if ticks.is_multiple_of(20) {
             rss_series.push((ticks / 10, rss_last_kib));
         }
     }
