@@ -34,5 +34,5 @@ pub use envelope::{
 pub use error::{EnvelopeError, SealError, VerifyError};
 pub use hlc::{ClockError, Hlc, HybridClock};
 pub use seal::KeyRing;
-pub use sign::{Signer, verify_batch};
+pub use sign::{Signer, VerifiedCache, verify_batch};
 pub use stream::{StreamName, StreamNameError, StreamPattern};

@@ -180,6 +180,100 @@ fn decode_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
     CompressedEdwardsY(*bytes).decompress()
 }
 
+/// Which exact envelopes (claimed id, origin and signature) passed verification lately, so
+/// that a copy arriving again is not verified again: on a mesh the same event reaches a
+/// node by an eager push, a relay, a confirmable copy or an anti-entropy answer, and with
+/// three nodes on two cores re-verifying those copies was a quarter of all CPU (perf,
+/// docs/performance.md). Equal id, origin and signature mean equal signed bytes (the id
+/// is their SHA-256) and an equal signature, so the answer cannot differ. A forged copy
+/// differs in one of them and is verified (and refused) as before. Bounded: the oldest
+/// entries go first.
+#[derive(Debug)]
+pub struct VerifiedCache {
+    inner: std::sync::Mutex<VerifiedInner>,
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct VerifiedInner {
+    set: std::collections::HashSet<[u8; 128]>,
+    order: std::collections::VecDeque<[u8; 128]>,
+}
+
+impl VerifiedCache {
+    /// A cache of at most `cap` envelopes.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            inner: std::sync::Mutex::new(VerifiedInner::default()),
+            cap: cap.max(1),
+        }
+    }
+
+    fn key(id: &[u8; 32], origin: &[u8; 32], signature: &[u8; 64]) -> [u8; 128] {
+        let mut k = [0u8; 128];
+        k[..32].copy_from_slice(id);
+        k[32..64].copy_from_slice(origin);
+        k[64..].copy_from_slice(signature);
+        k
+    }
+
+    /// Envelopes remembered.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |i| i.set.len())
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Verifies `events` like [`verify_batch`] (same results, same order), skipping the
+    /// signature check of envelopes this cache saw pass, and remembering those that pass
+    /// now. Returns the results and how many checks were skipped.
+    pub fn verify_batch(&self, events: Vec<UnverifiedEvent>) -> (Vec<BatchResult>, usize) {
+        let keys: Vec<[u8; 128]> = events
+            .iter()
+            .map(|e| Self::key(&e.id().0, &e.origin().0, e.signature()))
+            .collect();
+        let known: Vec<bool> = match self.inner.lock() {
+            Ok(inner) => keys.iter().map(|k| inner.set.contains(k)).collect(),
+            Err(_) => vec![false; keys.len()],
+        };
+        let skipped = known.iter().filter(|k| **k).count();
+        let mut fresh = Vec::with_capacity(events.len() - skipped);
+        let mut slots: Vec<Option<BatchResult>> = Vec::with_capacity(events.len());
+        for (e, k) in events.into_iter().zip(&known) {
+            if *k {
+                slots.push(Some(Ok(Event(e.0))));
+            } else {
+                fresh.push(e);
+                slots.push(None);
+            }
+        }
+        let mut checked = verify_batch(fresh).into_iter();
+        let out: Vec<BatchResult> = slots
+            .into_iter()
+            .map(|s| {
+                s.or_else(|| checked.next())
+                    .unwrap_or_else(|| unreachable!("one result per fresh event"))
+            })
+            .collect();
+        if let Ok(mut inner) = self.inner.lock() {
+            for ((r, k), was_known) in out.iter().zip(keys).zip(known) {
+                if r.is_ok() && !was_known && inner.set.insert(k) {
+                    inner.order.push_back(k);
+                    if inner.order.len() > self.cap
+                        && let Some(old) = inner.order.pop_front()
+                    {
+                        inner.set.remove(&old);
+                    }
+                }
+            }
+        }
+        (out, skipped)
+    }
+}
+
 /// One result of [`verify_batch`]: the verified event, or the event and why it failed.
 pub type BatchResult = Result<Event, (UnverifiedEvent, VerifyError)>;
 
@@ -368,6 +462,47 @@ mod tests {
             }
         }
         assert_eq!(checked, 8 * 8 * 5);
+    }
+
+    /// The cache answers exactly what `verify_batch` answers, skips only exact copies of
+    /// envelopes that passed, and a forged copy (same body, another signature) of a cached
+    /// event is still checked and refused.
+    #[test]
+    fn the_verified_cache_skips_exact_copies_only() {
+        let good: Vec<UnverifiedEvent> = (1..4u8)
+            .map(|i| {
+                let ev = Signer::from_secret(&[i; 32]).sign(draft()).unwrap();
+                crate::decode(&ev.encode()).unwrap()
+            })
+            .collect();
+        let mut forged_copy = good[0].clone();
+        forged_copy.0.signature[40] ^= 1;
+        let cache = VerifiedCache::new(2);
+        let (first, skipped) = cache.verify_batch(good.clone());
+        assert_eq!(skipped, 0);
+        assert!(first.iter().all(Result::is_ok));
+        assert_eq!(cache.len(), 2, "bounded: the oldest went");
+        let mixed = vec![
+            forged_copy.clone(),
+            good[2].clone(),
+            good[0].clone(),
+            good[1].clone(),
+        ];
+        let (again, skipped) = cache.verify_batch(mixed.clone());
+        assert_eq!(
+            skipped, 2,
+            "good[1] and good[2] are remembered, good[0] was evicted"
+        );
+        let plain = verify_batch(mixed);
+        assert_eq!(again.len(), plain.len());
+        for (a, p) in again.iter().zip(&plain) {
+            assert_eq!(verdict(a), verdict(p));
+        }
+        assert_eq!(verdict(&again[0]), Err(VerifyError::BadSignature));
+        // A refused envelope is never remembered.
+        let (once_more, skipped) = cache.verify_batch(vec![forged_copy]);
+        assert_eq!(skipped, 0);
+        assert!(once_more[0].is_err());
     }
 
     #[test]

@@ -94,6 +94,8 @@ struct Cell {
     secs: f64,
     acks_ms: Vec<f64>,
     busy: u64,
+    /// CPU time the server processes (nats-server, or the Weft nodes) spent in the cell.
+    server_cpu_s: f64,
 }
 
 impl Cell {
@@ -103,6 +105,34 @@ impl Cell {
     fn pct(&self, p: f64) -> f64 {
         pct(&self.acks_ms, p)
     }
+    /// Server CPU per acknowledged event, in microseconds.
+    fn cpu_us(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.events.max(1) as f64
+    }
+}
+
+/// CPU seconds (user + system) processes `pids` have used so far, from /proc/PID/stat
+/// (fields 14 and 15, in USER_HZ = 100 ticks per second on Linux).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+            (ticks(11) + ticks(12)) as f64 / 100.0
+        })
+        .sum()
+}
+
+/// Runs `cell` and records the CPU time `pids` spent meanwhile.
+async fn with_cpu(pids: &[u32], cell: impl std::future::Future<Output = Cell>) -> Cell {
+    let before = cpu_seconds(pids);
+    let mut c = cell.await;
+    c.server_cpu_s = cpu_seconds(pids) - before;
+    c
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -782,7 +812,7 @@ fn fsync_rate(dir: &Path) -> f64 {
 
 fn row(label: &str, nats: &Cell, weft: &Cell) {
     println!(
-        "{:<34} {:>10.0} {:>10.0} {:>7.2}x  {:>6.1} / {:<6.1}  {:>6.1} / {:<6.1}",
+        "{:<34} {:>10.0} {:>10.0} {:>7.2}x  {:>6.1} / {:<6.1}  {:>6.1} / {:<6.1}  {:>6.1} {:>7.1}",
         label,
         nats.rate(),
         weft.rate(),
@@ -791,14 +821,22 @@ fn row(label: &str, nats: &Cell, weft: &Cell) {
         nats.pct(0.99),
         weft.pct(0.5),
         weft.pct(0.99),
+        nats.cpu_us(),
+        weft.cpu_us(),
     );
 }
 
 fn header(title: &str) {
     println!("\n{title}");
     println!(
-        "{:<34} {:>10} {:>10} {:>8}  {:>15}  {:>15}",
-        "load", "NATS ev/s", "Weft ev/s", "ratio", "NATS ack p50/p99", "Weft ack p50/p99"
+        "{:<34} {:>10} {:>10} {:>8}  {:>15}  {:>15}  {:>14}",
+        "load",
+        "NATS ev/s",
+        "Weft ev/s",
+        "ratio",
+        "NATS ack p50/p99",
+        "Weft ack p50/p99",
+        "CPU µs/ev N W"
     );
 }
 
@@ -892,6 +930,8 @@ fn main() {
     rt.block_on(async {
         // ------------------------------------------------------------ one node
         let (mut nats_peak1, mut weft_peak1) = (f64::NAN, f64::NAN);
+        // Server CPU per event at the one-node peak (NATS, Weft), for the bounds.
+        let mut peak_cpu_us = (f64::NAN, f64::NAN);
         let mut nats_lat1 = None;
         let mut weft_lat1 = None;
         let device_key;
@@ -922,18 +962,20 @@ fn main() {
             c.start_all();
             c.wait_healthy(0).await;
             let h = WeftHttp::new(&c, 0);
+            let weft_pid = c.nodes[0].child.as_ref().unwrap().id();
             let nats = Nats::start(1);
             let _ = Nats::connect(0).await;
 
             if want("single") {
                 header("one node: NATS JetStream (file) vs Weft (signed, fsync'd, ack=local)");
                 for (i, load) in loads.iter().enumerate() {
-                    let n = nats_cell(0, &format!("s{i}"), 1, *load, dur).await;
-                    let w = weft_cell(&h, &format!("bench.s{i}"), "local", *load, dur).await;
+                    let n = with_cpu(&[nats.pid(0)], nats_cell(0, &format!("s{i}"), 1, *load, dur)).await;
+                    let w = with_cpu(&[weft_pid], weft_cell(&h, &format!("bench.s{i}"), "local", *load, dur)).await;
                     row(&load.label(), &n, &w);
                     if load.size == peak_load.size && load.batch == peak_load.batch && load.publishers == peak_load.publishers {
                         nats_peak1 = n.rate();
                         weft_peak1 = w.rate();
+                        peak_cpu_us = (n.cpu_us(), w.cpu_us());
                         met.push(target("one node, 256 B batched, N publishers: Weft/NATS", w.rate() / n.rate(), 0.5, true));
                     }
                     if w.busy > 0 {
@@ -1005,7 +1047,9 @@ fn main() {
             c.start_all();
             c.wait_meshed().await;
             let hs: Vec<WeftHttp> = (0..3).map(|i| WeftHttp::new(&c, i)).collect();
-            let _nats = Nats::start(3);
+            let nats = Nats::start(3);
+            let nats_pids: Vec<u32> = (0..3).map(|i| nats.pid(i)).collect();
+            let weft_pids: Vec<u32> = c.nodes.iter().map(|n| n.child.as_ref().unwrap().id()).collect();
             for i in 0..3 {
                 let _ = Nats::connect(i).await;
             }
@@ -1018,8 +1062,8 @@ fn main() {
             ];
             let (mut nats_peak3, mut weft_peak3) = (f64::NAN, f64::NAN);
             for (i, load) in loads3.iter().enumerate() {
-                let n = nats_cell(0, &format!("r{i}"), 3, *load, dur).await;
-                let w = weft_cell(&hs[0], &format!("bench.r{i}"), "regions:2", *load, dur).await;
+                let n = with_cpu(&nats_pids, nats_cell(0, &format!("r{i}"), 3, *load, dur)).await;
+                let w = with_cpu(&weft_pids, weft_cell(&hs[0], &format!("bench.r{i}"), "regions:2", *load, dur)).await;
                 row(&load.label(), &n, &w);
                 if i == 2 {
                     nats_peak3 = n.rate();
@@ -1045,8 +1089,23 @@ fn main() {
             let dir = std::env::temp_dir().join(format!("weft-bench-fsync-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             println!("\nwhat bounds Weft on this machine");
-            println!("  Ed25519: {:.0} events signed per second on one core (encode + sign + id, 256 B)", sign_rate());
+            let signs = sign_rate();
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            println!("  Ed25519: {signs:.0} events signed per second on one core (encode + sign + id, 256 B): {:.1} µs an event", 1e6 / signs);
             println!("  disk: {:.0} fsync'd SQLite transactions per second (one per group commit)", fsync_rate(&dir));
+            if !peak_cpu_us.1.is_nan() {
+                let (nats_us, weft_us) = peak_cpu_us;
+                println!(
+                    "  at the one-node peak: Weft's node spent {weft_us:.1} µs of CPU per event ({:.0} % of it the signature), nats-server {nats_us:.1} µs",
+                    100.0 * (1e6 / signs) / weft_us
+                );
+                println!(
+                    "  0.5x NATS's peak is {:.0} events/s: on {cores:.0} cores, shared with the load generator, that leaves at most {:.1} µs of CPU per event for everything; the signature alone takes {:.1} µs",
+                    nats_peak1 / 2.0,
+                    cores * 1e6 / (nats_peak1 / 2.0),
+                    1e6 / signs
+                );
+            }
             let _ = std::fs::remove_dir_all(&dir);
         }
     });

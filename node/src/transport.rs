@@ -28,6 +28,10 @@ use weft_fabric::mesh::{Channel, Message};
 use crate::chaos::{Chaos, Verdict};
 use crate::metrics::Metrics;
 
+/// Envelopes remembered as verified (id, origin and signature; about 8 MiB): copies of an
+/// event arrive within seconds of each other, by push, relay, confirmable copy or sync.
+const VERIFIED_CACHE_LEN: usize = 32_768;
+
 /// Stream kind bytes.
 const KIND_MESSAGE: u8 = 0;
 const KIND_SYNC: u8 = 1;
@@ -179,6 +183,8 @@ pub(crate) struct Transport {
     delayed: Arc<std::sync::atomic::AtomicUsize>,
     /// Outgoing bidirectional exchanges in progress.
     bi_inflight: Arc<tokio::sync::Semaphore>,
+    /// Envelopes that passed verification lately: a copy of one is not verified again.
+    verified: Arc<weft_fabric::VerifiedCache>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -236,6 +242,7 @@ impl Transport {
             audit,
             delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             bi_inflight: Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX)),
+            verified: Arc::new(weft_fabric::VerifiedCache::new(VERIFIED_CACHE_LEN)),
         });
         tokio::spawn(t.clone().accept_loop());
         tokio::spawn(t.clone().rtt_loop());
@@ -583,7 +590,8 @@ impl Transport {
         };
         let msg = if incoming.event_count() > 0 {
             // Signature checks are CPU work: keep them off the async workers.
-            match tokio::task::spawn_blocking(move || incoming.verify()).await {
+            let verified = self.verified.clone();
+            match tokio::task::spawn_blocking(move || incoming.verify_cached(&verified)).await {
                 Ok((msg, rejected)) => {
                     for r in &rejected {
                         self.metrics.reject("bad_signature");

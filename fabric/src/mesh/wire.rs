@@ -237,10 +237,23 @@ impl IncomingMessage {
     /// Verifies the events (in batches) and returns the message holding only those that
     /// passed, with the ones that did not.
     pub fn verify(self) -> (Message, Vec<Rejected>) {
+        self.verify_by(verify_batch)
+    }
+
+    /// [`IncomingMessage::verify`], skipping envelopes `cache` saw pass (and remembering
+    /// those that pass now).
+    pub fn verify_cached(self, cache: &crate::sign::VerifiedCache) -> (Message, Vec<Rejected>) {
+        self.verify_by(|events| cache.verify_batch(events).0)
+    }
+
+    fn verify_by(
+        self,
+        verify: impl Fn(Vec<UnverifiedEvent>) -> Vec<crate::sign::BatchResult>,
+    ) -> (Message, Vec<Rejected>) {
         let check = |events: Vec<UnverifiedEvent>| {
             let mut good = Vec::with_capacity(events.len());
             let mut bad = Vec::new();
-            for result in verify_batch(events) {
+            for result in verify(events) {
                 match result {
                     Ok(event) => good.push(Arc::new(event)),
                     Err((event, error)) => bad.push(Rejected {
