@@ -251,13 +251,13 @@ impl VerifiedCache {
             }
         }
         let mut checked = verify_batch(fresh).into_iter();
-        let out: Vec<BatchResult> = slots
-            .into_iter()
-            .map(|s| {
-                s.or_else(|| checked.next())
-                    .unwrap_or_else(|| unreachable!("one result per fresh event"))
-            })
-            .collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Some(r) => out.push(r),
+                None => out.extend(checked.next()),
+            }
+        }
         if let Ok(mut inner) = self.inner.lock() {
             for ((r, k), was_known) in out.iter().zip(keys).zip(known) {
                 if r.is_ok() && !was_known && inner.set.insert(k) {
