@@ -783,29 +783,18 @@ async fn weft_overload(h: &WeftHttp, pid: u32) -> Overload {
 
 /// Ed25519 signatures per second on one core (an event of 256 B: encode, sign, id).
 fn sign_rate() -> f64 {
-    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
+    use weft_fabric::Signer;
     let signer = Signer::from_secret(&[5; 32]);
     let n = 2_000u64;
     let started = Instant::now();
     for seq in 1..=n {
         let e = signer
-            .sign(EventDraft {
-                stream: StreamName::new("bench.sign").unwrap(),
-                key: None,
+            .sign(draft(
+                "bench.sign",
                 seq,
-                hlc: Hlc::new(1_795_000_000_000 + seq, 0).unwrap(),
-                security: SecurityContext {
-                    tenant: "acme".into(),
-                    principal: "bench".into(),
-                    classification: "internal".into(),
-                    residency: Residency::Unrestricted,
-                    scopes: Default::default(),
-                    policy_epoch: 0,
-                },
-                content_type: "application/octet-stream".into(),
-                payload: Payload::Clear(vec![7; 256]),
-                trace: None,
-            })
+                "application/octet-stream",
+                vec![7; 256],
+            ))
             .unwrap();
         std::hint::black_box(e);
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
+use weft_fabric::Signer;
 
 const EVENTS: usize = 20_000;
 const BATCH: usize = 500;
@@ -50,23 +50,12 @@ async fn cbor_throughput(c: &Arc<Cluster>, ack: &'static str, secret: u8) -> f64
     let envelopes: Vec<Vec<u8>> = (1..=n as u64)
         .map(|seq| {
             signer
-                .sign(EventDraft {
-                    stream: StreamName::new("bench.cbor").unwrap(),
-                    key: None,
+                .sign(draft(
+                    "bench.cbor",
                     seq,
-                    hlc: Hlc::new(1_795_000_000_000 + seq, 0).unwrap(),
-                    security: SecurityContext {
-                        tenant: "acme".into(),
-                        principal: "bench".into(),
-                        classification: "internal".into(),
-                        residency: Residency::Unrestricted,
-                        scopes: Default::default(),
-                        policy_epoch: 0,
-                    },
-                    content_type: "application/octet-stream".into(),
-                    payload: Payload::Clear(vec![7; 256]),
-                    trace: None,
-                })
+                    "application/octet-stream",
+                    vec![7; 256],
+                ))
                 .unwrap()
                 .encode()
         })

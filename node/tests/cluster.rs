@@ -726,7 +726,7 @@ fn publish_bodies_in_progress_are_bounded_in_bytes() {
 
 #[test]
 fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
-    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
+    use weft_fabric::Signer;
     rt().block_on(async {
         let specs = three_regions();
         let mut c = Cluster::new("forged", 18, &specs[..2], "");
@@ -741,23 +741,7 @@ fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
         let http = reqwest::Client::new();
         c.wait_healthy(0).await;
         let event = Signer::from_secret(&[4; 32])
-            .sign(EventDraft {
-                stream: StreamName::new("s").unwrap(),
-                key: None,
-                seq: 1,
-                hlc: Hlc::new(1_795_000_000_000, 0).unwrap(),
-                security: SecurityContext {
-                    tenant: "acme".into(),
-                    principal: "dev".into(),
-                    classification: "internal".into(),
-                    residency: Residency::Unrestricted,
-                    scopes: Default::default(),
-                    policy_epoch: 0,
-                },
-                content_type: "text/plain".into(),
-                payload: Payload::Clear(b"hi".to_vec()),
-                trace: None,
-            })
+            .sign(draft("s", 1, "text/plain", b"hi".to_vec()))
             .unwrap();
         let mut forged = event.encode();
         let last = forged.len() - 1;

@@ -444,3 +444,30 @@ pub async fn rejected(c: &Cluster, i: usize, reason: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&needle))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
+
+/// A draft on `stream` at `seq` for tenant `acme`, class `internal`, unrestricted, with a
+/// clear payload: what a producer signs before it hands a node a pre-signed event.
+pub fn draft(
+    stream: &str,
+    seq: u64,
+    content_type: &str,
+    payload: Vec<u8>,
+) -> weft_fabric::EventDraft {
+    weft_fabric::EventDraft {
+        stream: weft_fabric::StreamName::new(stream).unwrap(),
+        key: None,
+        seq,
+        hlc: weft_fabric::Hlc::new(1_795_000_000_000 + seq, 0).unwrap(),
+        security: weft_fabric::SecurityContext {
+            tenant: "acme".into(),
+            principal: "producer".into(),
+            classification: "internal".into(),
+            residency: weft_fabric::Residency::Unrestricted,
+            scopes: Default::default(),
+            policy_epoch: 0,
+        },
+        content_type: content_type.into(),
+        payload: weft_fabric::Payload::Clear(payload),
+        trace: None,
+    }
+}
