@@ -1535,7 +1535,7 @@ impl<S: Store> Node<S> {
                             sent_us: self.now,
                         },
                     );
-                    let at = self.now + self.router.ack_timeout_us(&peer);
+                    let at = self.now + route::rto_us(self.router.rtt_us(&peer));
                     self.schedule(at, Timer::Ack(id));
                 } else {
                     self.stats.acks_untracked += 1;
@@ -1569,7 +1569,7 @@ impl<S: Store> Node<S> {
         };
         self.stats.pushes_acked += 1;
         self.router
-            .ack_sample(from, self.now.saturating_sub(sent).max(1));
+            .rtt_sample(from, self.now.saturating_sub(sent).max(1));
         if let Some(region) = self.members.get(&from).map(|m| m.region.clone())
             && self.router.recover(&region)
         {

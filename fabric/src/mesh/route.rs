@@ -30,9 +30,7 @@
 //! # Failover
 //!
 //! Pushes across regions ask for a [`super::Message::PushAck`]. If none arrives within the
-//! link's RTT timeout ([`rto_us`]) plus the receiver's measured work ([`AckWork`]: a push
-//! is acknowledged after the receiver's group commit, tens of milliseconds on a loaded
-//! node), the sender marks its direct link to that region failed,
+//! link's RTT timeout ([`rto_us`]), the sender marks its direct link to that region failed,
 //! recomputes the tree without it and sends the same events to the regions the lost push
 //! was for along the next-best path: traffic is on the new path one RTT timeout after the
 //! old one broke. A failed link comes back when a probe to the region is answered (failed
@@ -92,8 +90,6 @@ pub const PROBES_OUT_MAX: usize = 1_024;
 pub const HOT_RECORDS_MAX: usize = 256;
 /// Smallest RTT timeout, microseconds.
 pub const RTO_US_MIN: Micros = 10_000;
-/// Most time allowed for the receiver's work on top of a push's RTT timeout, microseconds.
-pub const ACK_WORK_US_MAX: Micros = 1_000_000;
 /// RTT timeout for a link never measured, microseconds (the slowest measured pair is about
 /// 330 ms).
 pub const RTO_US_UNKNOWN: Micros = 1_000_000;
@@ -180,40 +176,6 @@ pub fn rto_us(rtt_us: Option<Micros>) -> Micros {
     match rtt_us {
         Some(r) => (r + r / 4 + 5_000).max(RTO_US_MIN),
         None => RTO_US_UNKNOWN,
-    }
-}
-
-/// How much later than the link's RTT a peer's push acknowledgements come: the receiver's
-/// work (its group commit, its queue). Smoothed like TCP's RTT (RFC 6298: SRTT and RTTVAR)
-/// over that excess, so the acknowledgement timeout is the link's RTT timeout plus
-/// `srtt + 4 var`. Without it, loaded nodes on fast links declared each other failed
-/// hundreds of times a minute and relayed every event around the "failed" link
-/// (docs/performance.md). Reset when the link's RTT estimate starts over (a path change is
-/// no receiver work).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct AckWork {
-    srtt: Micros,
-    var: Micros,
-    samples: u64,
-}
-
-impl AckWork {
-    fn sample(&mut self, excess: Micros) {
-        if self.samples == 0 {
-            self.srtt = excess;
-            self.var = excess / 2;
-        } else {
-            self.var = (3 * self.var + self.srtt.abs_diff(excess)) / 4;
-            self.srtt = (7 * self.srtt + excess) / 8;
-        }
-        self.samples += 1;
-    }
-
-    /// Time to allow for the receiver's work.
-    pub(crate) fn allowance_us(&self) -> Micros {
-        self.srtt
-            .saturating_add(self.var.saturating_mul(4))
-            .min(ACK_WORK_US_MAX)
     }
 }
 
@@ -361,8 +323,6 @@ pub(crate) struct Router {
     /// Pushes that timed out: id -> (peer, sent at).
     pub(crate) late: BTreeMap<u64, (OriginKey, Micros)>,
     pub(crate) ack_seq: u64,
-    /// The receiver's work behind each peer's push acknowledgements.
-    ack_work: BTreeMap<OriginKey, AckWork>,
     graph: Option<RegionGraph>,
     trees: BTreeMap<Vec<bool>, RegionTree>,
     /// Derived from the membership; dropped by [`Router::members_changed`].
@@ -391,7 +351,6 @@ impl Router {
             pending: BTreeMap::new(),
             late: BTreeMap::new(),
             ack_seq: 0,
-            ack_work: BTreeMap::new(),
             graph: None,
             trees: BTreeMap::new(),
             topology: None,
@@ -426,7 +385,6 @@ impl Router {
             .is_some_and(|est| rtt_us > rto_us(Some(est)) || rtt_us * 4 < est * 3)
         {
             *estimator = RttEstimator::new();
-            self.ack_work.remove(&peer);
         }
         let changed = matches!(estimator.handle_sample(rtt_us), Ok(Some(_)));
         if changed {
@@ -439,36 +397,9 @@ impl Router {
         changed
     }
 
-    /// How long to wait for `peer` to acknowledge a push: the link's RTT timeout plus the
-    /// receiver's measured work.
-    pub(crate) fn ack_timeout_us(&self, peer: &OriginKey) -> Micros {
-        rto_us(self.rtt_us(peer)) + self.ack_work.get(peer).map_or(0, AckWork::allowance_us)
-    }
-
-    /// A push acknowledged `rtt_us` after it was sent (in time or late). What it took
-    /// beyond the link's estimate is the receiver's work; within the link's RTT timeout it
-    /// is also an RTT sample of the link. A later one does not restart the estimate: the
-    /// probe sent when the push timed out, answered at once by the peer, tells a slower path
-    /// from a busy receiver. Returns whether the published estimate changed.
-    pub(crate) fn ack_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> bool {
-        let est = self.rtt_us(&peer);
-        if let Some(est) = est {
-            self.ack_work
-                .entry(peer)
-                .or_default()
-                .sample(rtt_us.saturating_sub(est));
-        }
-        if est.is_none_or(|e| rtt_us <= rto_us(Some(e))) {
-            self.rtt_sample(peer, rtt_us)
-        } else {
-            false
-        }
-    }
-
     /// Forgets a member that left.
     pub(crate) fn member_down(&mut self, peer: &OriginKey) {
         self.rtt.remove(peer);
-        self.ack_work.remove(peer);
         self.received.remove(peer);
         if self.records.remove(peer).is_some() {
             self.db.remove_node(peer);
@@ -1166,37 +1097,6 @@ mod tests {
         };
         let t = shortest_tree(&g, &[true, true, true]);
         assert_eq!(t.path(0, 2), Some(vec![0, 2]));
-    }
-
-    /// A busy receiver's late acknowledgements lengthen the timeout by its measured work
-    /// (bounded) without moving the link's RTT estimate; a path change (the estimate
-    /// starting over) forgets the work.
-    #[test]
-    fn ack_timeouts_learn_the_receivers_work() {
-        let peer = OriginKey([7; 32]);
-        let mut r = Router::new(1);
-        for _ in 0..10 {
-            r.rtt_sample(peer, 1_000);
-        }
-        let rtt = r.rtt_us(&peer).unwrap();
-        assert_eq!(r.ack_timeout_us(&peer), rto_us(Some(rtt)));
-        for _ in 0..20 {
-            r.ack_sample(peer, 40_000);
-        }
-        assert_eq!(
-            r.rtt_us(&peer),
-            Some(rtt),
-            "acks beyond the timeout are no RTT samples"
-        );
-        let t = r.ack_timeout_us(&peer);
-        assert!(t > 40_000 && t < 80_000, "{t}");
-        for _ in 0..20 {
-            r.ack_sample(peer, 10_000_000);
-        }
-        assert_eq!(r.ack_timeout_us(&peer), rto_us(Some(rtt)) + ACK_WORK_US_MAX);
-        // A probe finds the path itself slower: the estimate starts over, the work is forgotten.
-        r.rtt_sample(peer, 200_000);
-        assert_eq!(r.ack_timeout_us(&peer), rto_us(r.rtt_us(&peer)));
     }
 
     #[test]
