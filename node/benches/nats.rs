@@ -801,20 +801,6 @@ fn sign_rate() -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// fsync'd SQLite transactions per second on this disk (WAL, synchronous=FULL).
-fn fsync_rate(dir: &Path) -> f64 {
-    let conn = rusqlite::Connection::open(dir.join("fsync.db")).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t(v BLOB);")
-        .unwrap();
-    let n = 500;
-    let started = Instant::now();
-    for _ in 0..n {
-        conn.execute("INSERT INTO t(v) VALUES (?1)", [vec![0u8; 300]])
-            .unwrap();
-    }
-    n as f64 / started.elapsed().as_secs_f64()
-}
-
 // --------------------------------------------------------------------------- report
 
 fn row(label: &str, nats: &Cell, weft: &Cell) {

@@ -144,20 +144,6 @@ async fn sse_latency(c: &Arc<Cluster>) -> (f64, f64, usize) {
     (pct(0.5), pct(0.99), lat.len())
 }
 
-/// One fsync'd SQLite transaction per event on the same disk: the rate group commit beats.
-fn fsync_per_event_baseline(dir: &std::path::Path) -> f64 {
-    let conn = rusqlite::Connection::open(dir.join("baseline.db")).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t(v BLOB);")
-        .unwrap();
-    let n = 500;
-    let started = Instant::now();
-    for _ in 0..n {
-        conn.execute("INSERT INTO t(v) VALUES (?1)", [vec![0u8; 400]])
-            .unwrap();
-    }
-    n as f64 / started.elapsed().as_secs_f64()
-}
-
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing else we use.
     if std::env::args().any(|a| a == "--list") {
@@ -173,7 +159,7 @@ fn main() {
         c.wait_meshed().await;
         let c = Arc::new(c);
         println!("weft publish benchmark: 3 nodes on loopback, {EVENTS} events of ~200 B JSON, batches of {BATCH}, {CLIENTS} clients");
-        let baseline = fsync_per_event_baseline(&c.dir);
+        let baseline = fsync_rate(&c.dir);
         let local = batch_throughput(&c, "bench.local", "local").await;
         let regions = batch_throughput(&c, "bench.regions", "regions:2").await;
         let cbor = cbor_throughput(&c, "local", 9).await;

@@ -877,10 +877,13 @@ fn sign_all(
     signer: &weft_fabric::Signer,
     drafts: Vec<EventDraft>,
 ) -> Result<Vec<Arc<weft_fabric::Event>>, String> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(drafts.len() / SIGN_CHUNK_MIN)
-        .max(1);
+    // Asked once: `available_parallelism` reads cgroup files on Linux, I/O that has no
+    // place on every publish.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = (*CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+    .min(drafts.len() / SIGN_CHUNK_MIN)
+    .max(1);
     let sign_part = |first: usize, part: Vec<EventDraft>| {
         part.into_iter()
             .enumerate()

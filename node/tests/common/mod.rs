@@ -471,3 +471,18 @@ pub fn draft(
         trace: None,
     }
 }
+
+/// fsync'd SQLite transactions per second on the disk of `dir` (WAL, synchronous=FULL, one
+/// small row each): what one fsync per event would allow, the rate group commit beats.
+pub fn fsync_rate(dir: &Path) -> f64 {
+    let conn = rusqlite::Connection::open(dir.join("fsync-rate.db")).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t(v BLOB);")
+        .unwrap();
+    let n = 500;
+    let started = Instant::now();
+    for _ in 0..n {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [vec![0u8; 300]])
+            .unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
