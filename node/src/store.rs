@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use weft_fabric::mesh::ranges::RANGES_PER_ORIGIN_MAX;
-use weft_fabric::mesh::{Inserted, SeqRanges, Store, StoreError};
+use weft_fabric::mesh::{EventRef, Inserted, SeqRanges, Store, StoreError};
 use weft_fabric::{Event, EventId, OriginKey};
 
 /// The schema version this build writes (`PRAGMA user_version`). A database with a newer
@@ -1340,8 +1340,8 @@ impl Store for SqliteStore {
         Ok(Inserted::New)
     }
 
-    fn holds(&self, event: &Event) -> bool {
-        let (origin, seq) = (event.origin(), event.seq());
+    fn holds(&self, r: &EventRef) -> bool {
+        let (origin, seq) = (r.origin, r.seq);
         // Exact ranges answer "not stored" from memory: a new event (the common case on the
         // publish path) costs no probe of the id index, a random read on a large store.
         if !self.state.lossy.contains(&origin)
@@ -1353,7 +1353,7 @@ impl Store for SqliteStore {
         {
             return false;
         }
-        self.contains(&event.id())
+        self.contains(&r.id)
     }
 
     fn contains(&self, id: &EventId) -> bool {

@@ -18,6 +18,7 @@
 //! RTT-ranked peers and GRAFT repair gaps within a `graft_timeout_us`, anti-entropy the rest.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -421,7 +422,15 @@ pub struct Node<S: Store> {
     /// simulation's instructions when run after every step) are repeated only after the
     /// view changed.
     view_checked: std::sync::atomic::AtomicU64,
+    /// Where `check_invariants`'s walk of the missing table and the seen-set resumes (the
+    /// last entries it checked): each call checks a window of [`CHECK_WINDOW`] entries of
+    /// each, not the whole tables (in a partition, the missing table holds thousands of
+    /// entries and the full walk after every step was most of the simulation's time).
+    check_cursor: std::sync::Mutex<(Option<EventId>, Option<OriginKey>)>,
 }
+
+/// Entries of each per-event table `check_invariants` checks per call.
+const CHECK_WINDOW: usize = 32;
 
 impl<S: Store> std::fmt::Debug for Node<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -487,6 +496,7 @@ impl<S: Store> Node<S> {
             now,
             view_version: 0,
             view_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
+            check_cursor: std::sync::Mutex::new((None, None)),
         };
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
@@ -824,7 +834,66 @@ impl<S: Store> Node<S> {
 
     /// Checks the node's internal invariants; panics with a description if one is broken.
     /// The simulator calls it after every step.
+    ///
+    /// Bounded per call: the view and the queue limits are checked whole (the view only
+    /// after it changed), the missing table and the seen-set in a window of
+    /// [`CHECK_WINDOW`] entries that moves on each call, so every entry is checked within
+    /// `len / CHECK_WINDOW` calls. [`Node::check_invariants_full`] checks everything at once.
     pub fn check_invariants(&self) {
+        self.check_bounded();
+        let mut cursor = self
+            .check_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (missing_at, seen_at) = &mut *cursor;
+        let after = |at: &Option<EventId>| match at {
+            Some(id) => (Excluded(*id), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        let mut last = None;
+        for (id, m) in self.missing.range(after(missing_at)).take(CHECK_WINDOW) {
+            self.check_missing(id, m);
+            last = Some(*id);
+        }
+        *missing_at = last;
+        let after = |at: &Option<OriginKey>| match at {
+            Some(o) => (Excluded(*o), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        let mut last = None;
+        for (o, s) in self.seen.range(after(seen_at)).take(CHECK_WINDOW) {
+            Self::check_seen(s);
+            last = Some(*o);
+        }
+        *seen_at = last;
+    }
+
+    /// [`Node::check_invariants`] over every entry of every table.
+    pub fn check_invariants_full(&self) {
+        self.check_bounded();
+        for (id, m) in &self.missing {
+            self.check_missing(id, m);
+        }
+        for s in self.seen.values() {
+            Self::check_seen(s);
+        }
+    }
+
+    fn check_missing(&self, id: &EventId, m: &Missing) {
+        assert_eq!(m.event.id, *id, "missing table keyed wrongly");
+        assert!(!self.store.holds(&m.event), "missing event is stored");
+        assert!(m.announcers.len() <= ANNOUNCERS_MAX);
+    }
+
+    fn check_seen(s: &OriginSeen) {
+        assert!(
+            s.delivered <= s.ranges.contiguous(),
+            "delivered past what was seen"
+        );
+    }
+
+    /// The checks whose cost does not grow with the events held.
+    fn check_bounded(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         if self.view_checked.load(Relaxed) != self.view_version {
             let me = self.me.node_key();
@@ -865,16 +934,6 @@ impl<S: Store> Node<S> {
                 .all(|p| p.len() < REFS_PER_MESSAGE_MAX),
             "pending IHAVE batch over limit"
         );
-        for (id, m) in &self.missing {
-            assert!(!self.store.contains(id), "missing event is stored");
-            assert!(m.announcers.len() <= ANNOUNCERS_MAX);
-        }
-        for s in self.seen.values() {
-            assert!(
-                s.delivered <= s.ranges.contiguous(),
-                "delivered past what was seen"
-            );
-        }
     }
 
     // ------------------------------------------------------------------ internals
@@ -1342,7 +1401,7 @@ impl<S: Store> Node<S> {
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
         }
-        if self.store.holds(&event) || self.relay_cache.contains_key(&id) {
+        if self.store.holds(&EventRef::of(&event)) || self.relay_cache.contains_key(&id) {
             self.stats.events_duplicate += 1;
             // Held, but the seen-set dropped it at its range limit: re-record it so
             // delivery and digests move on.
@@ -1875,7 +1934,7 @@ impl<S: Store> Node<S> {
                 .seen
                 .get(&r.origin)
                 .is_some_and(|s| s.ranges.contains(r.seq))
-                || self.store.contains(&r.id)
+                || self.store.holds(&r)
                 || self.relay_cache.contains_key(&r.id)
             {
                 continue;
@@ -2668,7 +2727,7 @@ mod tests {
         assert_eq!(late.insert(erased.clone()), Ok(Inserted::Erased));
         assert!(late.erased(&origin, 2) && late.ranges(&origin).is_some_and(|r| r.contains(2)));
         for n in &nodes {
-            n.check_invariants();
+            n.check_invariants_full();
         }
     }
 
@@ -2725,8 +2784,8 @@ mod tests {
         assert_eq!(nodes[2].me().region, "r0");
         assert!(nodes[2].store().contains(&event.id()));
         assert_eq!(nodes[2].stats().residency_refused, 0);
-        nodes[1].check_invariants();
-        nodes[2].check_invariants();
+        nodes[1].check_invariants_full();
+        nodes[2].check_invariants_full();
     }
 
     proptest! {

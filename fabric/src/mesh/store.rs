@@ -4,12 +4,12 @@
 //! Calls are synchronous: the core decides, the store records. `insert` returning means the
 //! event is durable at the store's level (for SQLite, committed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::envelope::{Event, EventId, KeyBuildHasher, OriginKey};
-use crate::mesh::message::Digest;
-use crate::mesh::ranges::SeqRanges;
+use crate::mesh::message::{Digest, EventRef};
+use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +65,12 @@ pub trait Store {
     fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError>;
     /// Whether an event with this id is stored.
     fn contains(&self, id: &EventId) -> bool;
-    /// Whether `event` is stored. The default asks [`Store::contains`]; a store that
-    /// knows its per-origin ranges exactly may answer "no" without a lookup.
-    fn holds(&self, event: &Event) -> bool {
-        self.contains(&event.id())
+    /// Whether the event `r` names (its origin, sequence number and id) is stored. The
+    /// default asks [`Store::contains`]; a store that knows its per-origin ranges exactly
+    /// may answer "no" without a lookup, and one indexed by origin and sequence number may
+    /// answer from that index.
+    fn holds(&self, r: &EventRef) -> bool {
+        self.contains(&r.id)
     }
     /// The event of `origin` at `seq`, if stored.
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>>;
@@ -103,10 +105,20 @@ pub trait Store {
 }
 
 /// Events held in memory, bounded by a count.
+///
+/// Indexed by origin and sequence number only (what the core asks: [`Store::holds`],
+/// [`Store::get`]); [`Store::contains`] by id alone walks the held events, so it serves
+/// tests and checks, not a hot path. An id set beside the table cost a tenth of a
+/// simulation's time in hashing and growing it.
 #[derive(Debug)]
 pub struct MemStore {
-    by_origin: BTreeMap<OriginKey, OriginEvents>,
-    ids: std::collections::HashSet<EventId, KeyBuildHasher>,
+    /// Per origin, hashed: the simulator looks an origin up several times per message,
+    /// and a tree of 32-byte keys cost a cache miss per level.
+    by_origin: HashMap<OriginKey, OriginEvents, KeyBuildHasher>,
+    /// The keys of `by_origin`, ascending (for [`Store::origins`]).
+    origins: Vec<OriginKey>,
+    /// Events held.
+    len: usize,
     len_max: usize,
     /// Erased `(origin, seq)`s (see [`MemStore::erase`]); in the ranges, not in `events`.
     erased: std::collections::BTreeSet<(OriginKey, u64)>,
@@ -116,16 +128,79 @@ pub struct MemStore {
 /// both).
 #[derive(Debug, Default)]
 struct OriginEvents {
-    events: BTreeMap<u64, Arc<Event>>,
+    events: SeqTable,
     ranges: SeqRanges,
+}
+
+/// Events by sequence number: a vector indexed by `seq - 1` while sequence numbers come
+/// nearly in order (they do: an origin numbers its events from 1 without gaps, and a node
+/// holding only some of its streams sees gaps of a few), with a tree for the ones far
+/// beyond the end, so a stray large number costs one tree entry, not a huge vector.
+#[derive(Debug, Default)]
+struct SeqTable {
+    dense: Vec<Option<Arc<Event>>>,
+    /// Only numbers beyond `dense.len() + 1`.
+    sparse: BTreeMap<u64, Arc<Event>>,
+}
+
+/// Most empty slots one insert may add to [`SeqTable::dense`].
+const DENSE_GAP_MAX: u64 = 64;
+
+impl SeqTable {
+    fn get(&self, seq: u64) -> Option<&Arc<Event>> {
+        match seq.checked_sub(1).and_then(|i| usize::try_from(i).ok()) {
+            Some(i) if i < self.dense.len() => self.dense[i].as_ref(),
+            _ => self.sparse.get(&seq),
+        }
+    }
+
+    fn insert(&mut self, seq: u64, event: Arc<Event>) {
+        let len = self.dense.len() as u64;
+        match seq.checked_sub(1) {
+            Some(i) if i < len => self.dense[i as usize] = Some(event),
+            Some(i) if i - len <= DENSE_GAP_MAX => {
+                self.dense.resize(i as usize + 1, None);
+                self.dense[i as usize] = Some(event);
+                // Keep every sparse number beyond the vector's end: move in those that
+                // now fall inside it or continue it.
+                while let Some(entry) = self.sparse.first_entry() {
+                    let (at, end) = (*entry.key(), self.dense.len() as u64);
+                    if at > end + 1 {
+                        break;
+                    }
+                    let e = entry.remove();
+                    if at <= end {
+                        self.dense[at as usize - 1] = Some(e);
+                    } else {
+                        self.dense.push(Some(e));
+                    }
+                }
+            }
+            _ => {
+                self.sparse.insert(seq, event);
+            }
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Arc<Event>> {
+        match seq.checked_sub(1).and_then(|i| usize::try_from(i).ok()) {
+            Some(i) if i < self.dense.len() => self.dense[i].take(),
+            _ => self.sparse.remove(&seq),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Event>> {
+        self.dense.iter().flatten().chain(self.sparse.values())
+    }
 }
 
 impl MemStore {
     /// A store holding at most `len_max` events.
     pub fn new(len_max: usize) -> Self {
         Self {
-            by_origin: BTreeMap::new(),
-            ids: std::collections::HashSet::default(),
+            by_origin: HashMap::default(),
+            origins: Vec::new(),
+            len: 0,
             len_max,
             erased: std::collections::BTreeSet::new(),
         }
@@ -136,15 +211,21 @@ impl MemStore {
     /// returns [`Inserted::Erased`]. Returns whether an event was removed.
     pub fn erase(&mut self, origin: OriginKey, seq: u64) -> bool {
         self.erased.insert((origin, seq));
-        let held = self.by_origin.entry(origin).or_default();
+        let held = self.origin_mut(origin);
         held.ranges.insert(seq);
-        match held.events.remove(&seq) {
-            Some(e) => {
-                self.ids.remove(&e.id());
-                true
-            }
-            None => false,
+        let removed = held.events.remove(seq).is_some();
+        if removed {
+            self.len -= 1;
         }
+        removed
+    }
+
+    /// The entry of `origin`, created (and listed) if new.
+    fn origin_mut(&mut self, origin: OriginKey) -> &mut OriginEvents {
+        if let Err(at) = self.origins.binary_search(&origin) {
+            self.origins.insert(at, origin);
+        }
+        self.by_origin.entry(origin).or_default()
     }
 }
 
@@ -153,31 +234,30 @@ impl Store for MemStore {
         let id = event.id();
         let origin = event.origin();
         let seq = event.seq();
-        if self.erased.contains(&(origin, seq)) {
+        if !self.erased.is_empty() && self.erased.contains(&(origin, seq)) {
             return Ok(Inserted::Erased);
         }
-        // One walk of each tree: the id is a hash of the signed bytes, which name the
-        // origin and the sequence number, so the event at (origin, seq) tells both whether
-        // this is a duplicate (same id) and whether it equivocates (another id). `ids`
-        // always holds exactly the ids of the events in `by_origin`.
+        // The id is a hash of the signed bytes, which name the origin and the sequence
+        // number, so the event at (origin, seq) tells both whether this is a duplicate
+        // (same id) and whether it equivocates (another id).
         let held = self.by_origin.get_mut(&origin);
-        if let Some(existing) = held.as_ref().and_then(|h| h.events.get(&seq)) {
+        if let Some(existing) = held.as_ref().and_then(|h| h.events.get(seq)) {
             return if existing.id() == id {
                 Ok(Inserted::Duplicate)
             } else {
                 Err(StoreError::Equivocation { origin, seq })
             };
         }
-        if self.ids.len() >= self.len_max {
+        if self.len >= self.len_max {
             return Err(StoreError::Full {
-                len: self.ids.len(),
+                len: self.len,
                 max: self.len_max,
             });
         }
-        self.ids.insert(id);
+        self.len += 1;
         let held = match held {
             Some(h) => h,
-            None => self.by_origin.entry(origin).or_default(),
+            None => self.origin_mut(origin),
         };
         held.events.insert(seq, event);
         held.ranges.insert(seq);
@@ -185,11 +265,26 @@ impl Store for MemStore {
     }
 
     fn contains(&self, id: &EventId) -> bool {
-        self.ids.contains(id)
+        self.by_origin
+            .values()
+            .any(|o| o.events.iter().any(|e| e.id() == *id))
+    }
+
+    fn holds(&self, r: &EventRef) -> bool {
+        // The origin's ranges answer "no" for a new event (the common question) at once.
+        // They are exact unless an origin ever reached the range limit (they then
+        // under-claim): the table is asked then, and for every "yes".
+        let Some(held) = self.by_origin.get(&r.origin) else {
+            return false;
+        };
+        if held.ranges.range_count() < RANGES_PER_ORIGIN_MAX && !held.ranges.contains(r.seq) {
+            return false;
+        }
+        held.events.get(r.seq).is_some_and(|e| e.id() == r.id)
     }
 
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
-        self.by_origin.get(origin)?.events.get(&seq).cloned()
+        self.by_origin.get(origin)?.events.get(seq).cloned()
     }
 
     fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
@@ -201,16 +296,92 @@ impl Store for MemStore {
     }
 
     fn origins(&self) -> Vec<OriginKey> {
-        self.by_origin.keys().copied().collect()
+        self.origins.clone()
     }
 
     fn len(&self) -> usize {
-        self.ids.len()
+        self.len
     }
 
     fn clear(&mut self) {
         self.by_origin.clear();
-        self.ids.clear();
+        self.origins.clear();
+        self.len = 0;
         self.erased.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(seq: u64) -> Arc<Event> {
+        let draft = crate::EventDraft {
+            stream: crate::StreamName::new("orders.eu").unwrap(),
+            key: None,
+            seq,
+            hlc: crate::Hlc::new(1_764_000_000_000, 0).unwrap(),
+            security: crate::SecurityContext {
+                tenant: "acme".into(),
+                principal: "svc".into(),
+                classification: "internal".into(),
+                residency: crate::Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: 0,
+            },
+            content_type: "text/plain".into(),
+            payload: crate::Payload::Clear(b"x".to_vec()),
+            trace: None,
+        };
+        Arc::new(crate::Signer::from_secret(&[7; 32]).sign(draft).unwrap())
+    }
+
+    proptest! {
+        /// The table of one origin's events answers like a map, whatever order and gaps
+        /// sequence numbers come in (near ones go to the vector, far ones to the tree and
+        /// move into the vector when it reaches them).
+        #[test]
+        fn the_seq_table_behaves_like_a_map(
+            seqs in proptest::collection::vec(
+                prop_oneof![1u64..40, 1u64..400, Just(u64::MAX)], 0..120),
+        ) {
+            let mut table = SeqTable::default();
+            let mut model = BTreeMap::new();
+            for seq in seqs {
+                let e = event(seq);
+                table.insert(seq, e.clone());
+                model.insert(seq, e);
+                prop_assert!(table.sparse.keys().all(|k| *k > table.dense.len() as u64 + 1));
+            }
+            for seq in (0..420).chain([u64::MAX, u64::MAX - 1]) {
+                prop_assert_eq!(table.get(seq).map(|e| e.id()), model.get(&seq).map(|e| e.id()));
+            }
+            prop_assert_eq!(table.iter().count(), model.len());
+            if let Some((&seq, _)) = model.iter().next() {
+                prop_assert!(table.remove(seq).is_some());
+                prop_assert!(table.get(seq).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn holds_and_contains_agree_with_insert() {
+        let mut store = MemStore::new(10);
+        let (a, b) = (event(1), event(500));
+        assert_eq!(store.insert(a.clone()), Ok(Inserted::New));
+        assert_eq!(store.insert(b.clone()), Ok(Inserted::New));
+        assert_eq!(store.insert(a.clone()), Ok(Inserted::Duplicate));
+        for e in [&a, &b] {
+            assert!(store.holds(&EventRef::of(e)));
+            assert!(store.contains(&e.id()));
+        }
+        let absent = event(2);
+        assert!(!store.holds(&EventRef::of(&absent)));
+        assert!(!store.contains(&absent.id()));
+        assert_eq!(store.len(), 2);
+        assert!(store.erase(a.origin(), 1));
+        assert!(!store.holds(&EventRef::of(&a)) && store.len() == 1);
+        assert_eq!(store.insert(a), Ok(Inserted::Erased));
     }
 }
