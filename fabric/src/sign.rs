@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 use crate::codec;
 use crate::envelope::{Event, EventData, EventDraft, OriginKey, Payload, UnverifiedEvent};
 use crate::error::{SealError, VerifyError};
-use crate::limits::VERIFY_BATCH_LEN_MAX;
+use crate::limits::{SIGNATURE_LEN, VERIFY_BATCH_LEN_MAX};
 use crate::seal::KeyRing;
 
 /// Signs events with one Ed25519 key (a node's, a device's, or a principal's the node signs
@@ -80,9 +80,52 @@ impl Signer {
 
     /// Encodes and signs `draft`. Fails if a field breaks its grammar or a limit.
     pub fn sign(&self, draft: EventDraft) -> Result<Event, crate::EnvelopeError> {
+        self.assemble(draft, |signed| self.key.sign(signed).to_bytes())
+    }
+
+    /// Seals the clear payload of `draft` with the key ring's active key (a random nonce
+    /// from `rng`, the header as associated data), then signs the event.
+    pub fn seal_and_sign<R: CryptoRng + ?Sized>(
+        &self,
+        draft: EventDraft,
+        ring: &KeyRing,
+        rng: &mut R,
+    ) -> Result<Event, SealError> {
+        Ok(self.sign(self.seal(draft, ring, rng)?)?)
+    }
+
+    /// [`Signer::sign`] without computing the signature: the event is encoded and gets
+    /// its id exactly as when signed (the id covers the signed bytes, not the signature),
+    /// but its signature is 64 zero bytes, which no verifier accepts. For the simulator
+    /// only (feature `model-signatures`, which the node and the agent never enable), where
+    /// signing is modelled like verification and an Ed25519 signature per event was the
+    /// largest single cost of a run.
+    #[cfg(feature = "model-signatures")]
+    pub fn model_sign(&self, draft: EventDraft) -> Result<Event, crate::EnvelopeError> {
+        self.assemble(draft, |_| [0; SIGNATURE_LEN])
+    }
+
+    /// [`Signer::seal_and_sign`] with the signature modelled as in [`Signer::model_sign`]
+    /// (the payload is really sealed).
+    #[cfg(feature = "model-signatures")]
+    pub fn model_seal_and_sign<R: CryptoRng + ?Sized>(
+        &self,
+        draft: EventDraft,
+        ring: &KeyRing,
+        rng: &mut R,
+    ) -> Result<Event, SealError> {
+        Ok(self.model_sign(self.seal(draft, ring, rng)?)?)
+    }
+
+    /// Encodes `draft` and attaches the signature `sign` makes of the signed bytes.
+    fn assemble(
+        &self,
+        draft: EventDraft,
+        sign: impl FnOnce(&[u8]) -> [u8; SIGNATURE_LEN],
+    ) -> Result<Event, crate::EnvelopeError> {
         let body = codec::encode_body(&self.origin, &draft)?;
         let signed = codec::signed_bytes(&body);
-        let signature = self.key.sign(&signed).to_bytes();
+        let signature = sign(&signed);
         let id = codec::event_id(&signed);
         Ok(Event(EventData {
             origin: self.origin,
@@ -93,14 +136,13 @@ impl Signer {
         }))
     }
 
-    /// Seals the clear payload of `draft` with the key ring's active key (a random nonce
-    /// from `rng`, the header as associated data), then signs the event.
-    pub fn seal_and_sign<R: CryptoRng + ?Sized>(
+    /// Replaces the clear payload of `draft` by its sealed form.
+    fn seal<R: CryptoRng + ?Sized>(
         &self,
         mut draft: EventDraft,
         ring: &KeyRing,
         rng: &mut R,
-    ) -> Result<Event, SealError> {
+    ) -> Result<EventDraft, SealError> {
         let Payload::Clear(plaintext) = &draft.payload else {
             return Err(SealError::AlreadySealed);
         };
@@ -110,7 +152,7 @@ impl Signer {
         let aad = codec::seal_header(&self.origin, &draft);
         let sealed = ring.seal(&aad, plaintext, rng);
         draft.payload = Payload::Sealed(sealed);
-        Ok(self.sign(draft)?)
+        Ok(draft)
     }
 }
 
@@ -380,6 +422,22 @@ mod tests {
             payload: Payload::Clear(b"hello".to_vec()),
             trace: None,
         }
+    }
+
+    /// A modelled signature leaves the event, its id and its encoding as signing does, and
+    /// no verifier accepts it.
+    #[cfg(feature = "model-signatures")]
+    #[test]
+    fn a_modelled_signature_changes_only_the_signature_and_never_verifies() {
+        let signer = Signer::from_secret(&[3; 32]);
+        let real = signer.sign(draft()).unwrap();
+        let modelled = signer.model_sign(draft()).unwrap();
+        assert_eq!(real.id(), modelled.id());
+        assert_eq!(real.signed_bytes(), modelled.signed_bytes());
+        assert_eq!(modelled.signature(), &[0; 64]);
+        let unverified = UnverifiedEvent(modelled.0.clone());
+        assert!(unverified.verify().is_err(), "a zero signature verified");
+        assert!(UnverifiedEvent(real.0.clone()).verify().is_ok());
     }
 
     /// An unverified event over `draft()` with origin `a` and a hand-made signature (R, s).

@@ -18,6 +18,7 @@ use weft_fabric::mesh::{
 
 use crate::baseline::{BaselineKind, BaselineNode};
 use crate::residency::{self, GrantedNode, PolicySpec};
+use crate::scenario::Signing;
 use crate::tables::{self, TableMetrics, TableSabotage, TableSpec, Written};
 use weft_fabric::table::{OP_CONTENT_TYPE, Op, Table};
 use weft_fabric::{
@@ -73,6 +74,8 @@ pub struct Plan {
     pub loss: f64,
     /// Modelled cost of verifying one received event's signature (not executed).
     pub verify_us: Micros,
+    /// Whether publishers compute signatures (see [`Signing`]).
+    pub signing: Signing,
     /// Event sources.
     pub workloads: Vec<PlanWorkload>,
     /// Faults.
@@ -882,12 +885,17 @@ impl Engine {
         };
         // Sealed by the producer, as a device or service would: the key never reaches the
         // fabric.
-        let signed = match &mut self.residency {
-            Some(r) if wl.sealed => n
+        let signed = match (&mut self.residency, self.plan.signing) {
+            (Some(r), Signing::Executed) if wl.sealed => n
                 .signer
                 .seal_and_sign(draft, &r.ring, &mut r.seal_rng)
                 .map_err(|e| e.to_string()),
-            _ => n.signer.sign(draft).map_err(|e| e.to_string()),
+            (Some(r), Signing::Modelled) if wl.sealed => n
+                .signer
+                .model_seal_and_sign(draft, &r.ring, &mut r.seal_rng)
+                .map_err(|e| e.to_string()),
+            (_, Signing::Executed) => n.signer.sign(draft).map_err(|e| e.to_string()),
+            (_, Signing::Modelled) => n.signer.model_sign(draft).map_err(|e| e.to_string()),
         };
         let Ok(event) = signed else {
             self.metrics.violations.push("signing failed".into());

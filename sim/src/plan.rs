@@ -109,6 +109,7 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
         jitter_us: scenario.network.jitter_us,
         loss: scenario.network.loss,
         verify_us: scenario.network.verify_us,
+        signing: scenario.network.signing,
         workloads,
         faults,
         converge_within_us: scenario

@@ -466,6 +466,9 @@ pub struct Report {
     pub duration_s: f64,
     /// How signature checks were treated.
     pub signature_checks: String,
+    /// How publishers signed: `"modelled"` (signature not computed, ids as when signed) or
+    /// `"executed"` (Ed25519).
+    pub signing: String,
     /// Results per strategy; Weft first.
     pub strategies: Vec<StrategyReport>,
     /// Checks on Weft's run.
@@ -615,6 +618,7 @@ impl Report {
                 "modelled, not executed: each received event costs {} us of node time",
                 plan.verify_us
             ),
+            signing: plan.signing.name().to_owned(),
             strategies,
             checks,
             faults: plan.faults.iter().map(FaultWindow::new).collect(),
@@ -641,8 +645,13 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "scenario {} | seed {} | {} nodes | {} s simulated | signatures {}",
-            self.scenario, self.seed, self.nodes, self.duration_s, self.signature_checks
+            "scenario {} | seed {} | {} nodes | {} s simulated | signing {} | signature checks {}",
+            self.scenario,
+            self.seed,
+            self.nodes,
+            self.duration_s,
+            self.signing,
+            self.signature_checks
         );
         let _ = writeln!(
             out,

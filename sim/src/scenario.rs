@@ -440,6 +440,31 @@ pub struct Network {
     /// Modelled cost of verifying one received event's signature, in microseconds of the
     /// receiving node's time.
     pub verify_us: u64,
+    /// Whether publishers compute their events' Ed25519 signatures.
+    pub signing: Signing,
+}
+
+/// `network.signing`: how publishers sign. Verification is always modelled (nodes in the
+/// simulator trust what they receive and pay `verify_us` for it), so a signature is never
+/// read; computing it changes no event id and no result, only the run's speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signing {
+    /// Events are encoded and get their ids as when signed; the signature is not computed
+    /// (`"modelled"`, the default).
+    #[default]
+    Modelled,
+    /// Every event is really signed with its publisher's Ed25519 key (`"executed"`).
+    Executed,
+}
+
+impl Signing {
+    /// The name scenario files and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signing::Modelled => "modelled",
+            Signing::Executed => "executed",
+        }
+    }
 }
 
 /// One `[[workload]]`: events published on one stream.
@@ -739,6 +764,7 @@ struct NetworkFile {
     jitter_ms: f64,
     loss: f64,
     verify_us: u64,
+    signing: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1425,10 +1451,21 @@ fn network(file: &NetworkFile) -> Result<Network, ScenarioError> {
             format!("{VERIFY_US_MAX} µs"),
         ));
     }
+    let signing = match file.signing.as_deref() {
+        None | Some("modelled") => Signing::Modelled,
+        Some("executed") => Signing::Executed,
+        Some(other) => {
+            return Err(invalid(
+                "network.signing",
+                format!("{other:?} is not one of \"modelled\", \"executed\""),
+            ));
+        }
+    };
     Ok(Network {
         jitter_us,
         loss,
         verify_us: file.verify_us,
+        signing,
     })
 }
 
@@ -2280,7 +2317,8 @@ payload_bytes = 100
             Network {
                 jitter_us: 2_000,
                 loss: 0.001,
-                verify_us: 60
+                verify_us: 60,
+                signing: Signing::Modelled,
             }
         );
         assert_eq!(s.workloads.len(), 3);
@@ -2381,7 +2419,8 @@ payload_bytes = 100
             Network {
                 jitter_us: 0,
                 loss: 0.0,
-                verify_us: 0
+                verify_us: 0,
+                signing: Signing::Modelled,
             }
         );
         let w = &s.workloads[0];
@@ -2750,15 +2789,22 @@ payload_bytes = 100
             err(with("[network]\nverify_us = 200000")),
             "network.verify_us: 200000 µs is over the limit VERIFY_US_MAX = 100000 µs"
         );
+        assert_eq!(
+            err(with("[network]\nsigning = \"sometimes\"")),
+            "network.signing: \"sometimes\" is not one of \"modelled\", \"executed\""
+        );
         let s = with("[network]\njitter_ms = 0.25\nloss = 0.01\nverify_us = 50").unwrap();
         assert_eq!(
             s.network,
             Network {
                 jitter_us: 250,
                 loss: 0.01,
-                verify_us: 50
+                verify_us: 50,
+                signing: Signing::Modelled,
             }
         );
+        let s = with("[network]\nsigning = \"executed\"").unwrap();
+        assert_eq!(s.network.signing, Signing::Executed);
     }
 
     #[test]

@@ -442,6 +442,27 @@ duration_s = 20"#,
     assert_ne!(a, c, "a different seed must change something");
 }
 
+/// Signing is modelled by default (the signature is not computed; verification is modelled
+/// either way): the run with every event really signed, sealed ones included, gives the
+/// same report but for the field that says how events were signed.
+#[test]
+fn modelled_signing_changes_nothing_but_the_run_time() {
+    let text = small("signing", "");
+    let executed = text.replace("verify_us = 60", "verify_us = 60\nsigning = \"executed\"");
+    assert_ne!(text, executed);
+    let modelled = run(&text, Some(7));
+    let signed = run(&executed, Some(7));
+    assert_eq!(modelled.signing, "modelled");
+    assert_eq!(signed.signing, "executed");
+    assert_healthy(&signed);
+    let json = |r: &Report| {
+        let mut v: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("signing");
+        v
+    };
+    assert_eq!(json(&modelled), json(&signed));
+}
+
 /// The checker is independent of the cores' filter: a fabric whose nodes do not enforce
 /// residency (every core runs `AllowAll`) is caught on its first sends, and the report's
 /// residency check fails.
