@@ -18,7 +18,6 @@
 //! RTT-ranked peers and GRAFT repair gaps within a `graft_timeout_us`, anti-entropy the rest.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -422,15 +421,14 @@ pub struct Node<S: Store> {
     /// simulation's instructions when run after every step) are repeated only after the
     /// view changed.
     view_checked: std::sync::atomic::AtomicU64,
-    /// Where `check_invariants`'s walk of the missing table and the seen-set resumes (the
-    /// last entries it checked): each call checks a window of [`CHECK_WINDOW`] entries of
-    /// each, not the whole tables (in a partition, the missing table holds thousands of
-    /// entries and the full walk after every step was most of the simulation's time).
-    check_cursor: std::sync::Mutex<(Option<EventId>, Option<OriginKey>)>,
+    /// Calls of `check_invariants`: every [`CHECK_TABLES_EVERY`]th walks the missing table
+    /// and the seen-set (in a partition the missing table holds thousands of entries, and
+    /// walking it after every step was most of the simulation's time).
+    check_calls: std::sync::atomic::AtomicU64,
 }
 
-/// Entries of each per-event table `check_invariants` checks per call.
-const CHECK_WINDOW: usize = 32;
+/// `check_invariants` walks the per-event tables on one call in this many.
+const CHECK_TABLES_EVERY: u64 = 16;
 
 impl<S: Store> std::fmt::Debug for Node<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -496,7 +494,7 @@ impl<S: Store> Node<S> {
             now,
             view_version: 0,
             view_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
-            check_cursor: std::sync::Mutex::new((None, None)),
+            check_calls: std::sync::atomic::AtomicU64::new(0),
         };
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
@@ -835,37 +833,21 @@ impl<S: Store> Node<S> {
     /// Checks the node's internal invariants; panics with a description if one is broken.
     /// The simulator calls it after every step.
     ///
-    /// Bounded per call: the view and the queue limits are checked whole (the view only
-    /// after it changed), the missing table and the seen-set in a window of
-    /// [`CHECK_WINDOW`] entries that moves on each call, so every entry is checked within
-    /// `len / CHECK_WINDOW` calls. [`Node::check_invariants_full`] checks everything at once.
+    /// Amortized: the view (only after it changed) and the queue limits are checked on
+    /// every call, the missing table and the seen-set on one call in
+    /// [`CHECK_TABLES_EVERY`]. [`Node::check_invariants_full`] checks everything at once
+    /// (the simulator calls it at the end of a run).
     pub fn check_invariants(&self) {
-        self.check_bounded();
-        let mut cursor = self
-            .check_cursor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (missing_at, seen_at) = &mut *cursor;
-        let after = |at: &Option<EventId>| match at {
-            Some(id) => (Excluded(*id), Unbounded),
-            None => (Unbounded, Unbounded),
-        };
-        let mut last = None;
-        for (id, m) in self.missing.range(after(missing_at)).take(CHECK_WINDOW) {
-            self.check_missing(id, m);
-            last = Some(*id);
+        use std::sync::atomic::Ordering::Relaxed;
+        if self
+            .check_calls
+            .fetch_add(1, Relaxed)
+            .is_multiple_of(CHECK_TABLES_EVERY)
+        {
+            self.check_invariants_full();
+        } else {
+            self.check_bounded();
         }
-        *missing_at = last;
-        let after = |at: &Option<OriginKey>| match at {
-            Some(o) => (Excluded(*o), Unbounded),
-            None => (Unbounded, Unbounded),
-        };
-        let mut last = None;
-        for (o, s) in self.seen.range(after(seen_at)).take(CHECK_WINDOW) {
-            Self::check_seen(s);
-            last = Some(*o);
-        }
-        *seen_at = last;
     }
 
     /// [`Node::check_invariants`] over every entry of every table.
