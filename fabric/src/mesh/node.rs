@@ -1235,13 +1235,23 @@ impl<S: Store> Node<S> {
         dests: &BTreeSet<u16>,
     ) -> (Vec<(OriginKey, Vec<RelayHop>)>, Vec<String>) {
         let hops = self.region_hops(event);
+        self.plan_with(&event.origin(), &hops, dests)
+    }
+
+    /// [`Node::plan_for`] with the event's [`Node::region_hops`] already known.
+    fn plan_with(
+        &mut self,
+        origin: &OriginKey,
+        hops: &[FilterHop],
+        dests: &BTreeSet<u16>,
+    ) -> (Vec<(OriginKey, Vec<RelayHop>)>, Vec<String>) {
         let dests: BTreeSet<u16> = dests
             .iter()
             .copied()
             .filter(|i| hops.get(usize::from(*i)) == Some(&FilterHop::Clear))
             .collect();
         let mask = hops.iter().map(|h| *h != FilterHop::Refuse).collect();
-        self.plan_regions(&event.origin(), mask, &dests)
+        self.plan_regions(origin, mask, &dests)
     }
 
     /// Cross-region pushes for `regions` (indices into the sorted region names) along the
@@ -1254,9 +1264,9 @@ impl<S: Store> Node<S> {
         mask: Vec<bool>,
         dests: &BTreeSet<u16>,
     ) -> (Vec<(OriginKey, Vec<RelayHop>)>, Vec<String>) {
-        let (tree, names, mine) = self
-            .router
-            .tree(&self.me, &self.members, &self.regions, mask);
+        let (tree, names, mine) =
+            self.router
+                .tree(&self.me, &self.members, &self.regions, mask, self.now);
         let (plan, unreachable) = tree.plan(names, mine, dests);
         let plan = plan
             .into_iter()
@@ -1265,11 +1275,8 @@ impl<S: Store> Node<S> {
         (plan, unreachable)
     }
 
-    /// Where this node pushes `event`, each target with the relay hops it gets and whether
-    /// the push crosses regions (and so wants an acknowledgement). As the publisher: its
-    /// children in its own region, the roots of the first-hop regions of the region tree
-    /// (which relay on to the rest), and every member of near regions. As a relay: its
-    /// children, and the roots of the regions `relay` names.
+    /// Where this node pushes `event`: as the publisher [`Node::publish_targets`], else
+    /// [`Node::relay_or_child_targets`].
     fn targets(
         &mut self,
         event: &Event,
@@ -1277,49 +1284,78 @@ impl<S: Store> Node<S> {
         relay: &[RelayHop],
         reroutes: u8,
     ) -> Vec<Target> {
-        let origin = event.origin();
+        if publishing {
+            let hops = self.region_hops(event);
+            self.publish_targets(&event.origin(), &hops)
+        } else {
+            self.relay_or_child_targets(event, relay, reroutes)
+        }
+    }
+
+    /// Where this node, not the publisher, pushes `event`: its children in the event's
+    /// per-origin tree, and as a relay the roots of the regions `relay` names; each target
+    /// with the relay hops it gets and whether the push crosses regions (and so wants an
+    /// acknowledgement). The publisher's targets are [`Node::publish_targets`].
+    fn relay_or_child_targets(
+        &mut self,
+        event: &Event,
+        relay: &[RelayHop],
+        reroutes: u8,
+    ) -> Vec<Target> {
         let mut out: Vec<Target> = self
-            .children(&origin)
+            .children(&event.origin())
             .into_iter()
             .map(|k| (k, Vec::new(), false, 0))
             .collect();
-        if publishing {
-            let hops = self.region_hops(event);
-            let mut dests = BTreeSet::new();
-            let mut near_members = Vec::new();
-            for (i, (region, members)) in self.regions.iter().enumerate() {
-                // Regions whose root may not hold the event are no destination (their
-                // members got a Skip from `forward`); they may still relay it.
-                if *region == self.me.region || hops[i] != FilterHop::Clear {
-                    continue;
-                }
-                dests.insert(i as u16);
-                let near = members
-                    .iter()
-                    .filter_map(|m| self.router.rtt_us(m))
-                    .min()
-                    .is_some_and(|rtt| rtt < self.config.near_region_rtt_us);
-                if near {
-                    near_members.extend(members.iter().copied());
-                }
-            }
-            let (plan, unreachable) = self.plan_for(event, &dests);
-            for (root, hops) in plan {
-                near_members.retain(|m| *m != root);
-                out.push((root, hops, true, 0));
-            }
-            // No path known (nothing measured yet, or every way marked failed): the direct
-            // push is still the best bet; its acknowledgement tells.
-            for region in unreachable {
-                if let Some(root) = self.region_root(&origin, &region) {
-                    near_members.retain(|m| *m != root);
-                    out.push((root, Vec::new(), true, 0));
-                }
-            }
-            out.extend(near_members.into_iter().map(|k| (k, Vec::new(), false, 0)));
-        } else if !relay.is_empty() {
+        if !relay.is_empty() {
             out.extend(self.relay_targets(event, relay, reroutes));
         }
+        out
+    }
+
+    /// Where the publisher pushes an event of `origin` whose [`Node::region_hops`] are
+    /// `hops` (all it depends on, with the view and the routes): its children in its own
+    /// region, the roots of the first-hop regions of the region tree (which relay on to the
+    /// rest), and every member of near regions; each with the relay hops it gets and
+    /// whether the push crosses regions (and so wants an acknowledgement).
+    fn publish_targets(&mut self, origin: &OriginKey, hops: &[FilterHop]) -> Vec<Target> {
+        let mut out: Vec<Target> = self
+            .children(origin)
+            .into_iter()
+            .map(|k| (k, Vec::new(), false, 0))
+            .collect();
+        let mut dests = BTreeSet::new();
+        let mut near_members = Vec::new();
+        for (i, (region, members)) in self.regions.iter().enumerate() {
+            // Regions whose root may not hold the event are no destination (their members
+            // got a Skip from `forward`); they may still relay it.
+            if *region == self.me.region || hops[i] != FilterHop::Clear {
+                continue;
+            }
+            dests.insert(i as u16);
+            let near = members
+                .iter()
+                .filter_map(|m| self.router.rtt_us(m))
+                .min()
+                .is_some_and(|rtt| rtt < self.config.near_region_rtt_us);
+            if near {
+                near_members.extend(members.iter().copied());
+            }
+        }
+        let (plan, unreachable) = self.plan_with(origin, hops, &dests);
+        for (root, hops) in plan {
+            near_members.retain(|m| *m != root);
+            out.push((root, hops, true, 0));
+        }
+        // No path known (nothing measured yet, or every way marked failed): the direct push
+        // is still the best bet; its acknowledgement tells.
+        for region in unreachable {
+            if let Some(root) = self.region_root(origin, &region) {
+                near_members.retain(|m| *m != root);
+                out.push((root, Vec::new(), true, 0));
+            }
+        }
+        out.extend(near_members.into_iter().map(|k| (k, Vec::new(), false, 0)));
         out
     }
 
@@ -1488,13 +1524,13 @@ impl<S: Store> Node<S> {
                     match planned.get(&key) {
                         Some(t) => t.clone(),
                         None => {
-                            let t = self.targets(event, publishing, relay, reroutes);
+                            let t = self.publish_targets(&key.0, &key.1);
                             planned.insert(key, t.clone());
                             t
                         }
                     }
                 } else {
-                    self.targets(event, publishing, relay, reroutes)
+                    self.targets(event, false, relay, reroutes)
                 };
                 for target in targets {
                     if Some(target.0) != except && target.0 != me {

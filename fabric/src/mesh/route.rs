@@ -64,6 +64,13 @@ use crate::mesh::node::Micros;
 /// asks for 15%, right for a single relay choice made once; here the margin also bounds
 /// the stretch a path may keep, and 15% would allow up to 1.18.)
 pub const TRANSIT_COST_PCT: u64 = 105;
+/// How long the region graph may lag behind drifting estimates and newly gossiped records:
+/// it is rebuilt at the first use after this much time, not on every change. A membership
+/// change, a failed or recovered link and an RTT level shift rebuild it at once. Records
+/// and estimates change several times a second per node on a busy mesh, and rebuilding
+/// the graph (and every tree over it) before each publish after such a change was a tenth
+/// of a simulation's time, and cost the node the same.
+pub const GRAPH_REFRESH_US: Micros = 100_000;
 /// Most link records in one gossip message.
 pub const LINK_RECORDS_PER_MESSAGE_MAX: usize = 16;
 /// Most links a node reports per destination region (its nearest there).
@@ -324,6 +331,11 @@ pub(crate) struct Router {
     pub(crate) late: BTreeMap<u64, (OriginKey, Micros)>,
     pub(crate) ack_seq: u64,
     graph: Option<RegionGraph>,
+    /// When `graph` was built.
+    graph_built_us: Micros,
+    /// An estimate or a record `graph` was built from changed since (see
+    /// [`GRAPH_REFRESH_US`]).
+    graph_stale: bool,
     trees: BTreeMap<Vec<bool>, RegionTree>,
     /// Derived from the membership; dropped by [`Router::members_changed`].
     topology: Option<Topology>,
@@ -352,6 +364,8 @@ impl Router {
             late: BTreeMap::new(),
             ack_seq: 0,
             graph: None,
+            graph_built_us: 0,
+            graph_stale: false,
             trees: BTreeMap::new(),
             topology: None,
             status: NodeStatus::default(),
@@ -380,16 +394,22 @@ impl Router {
         // no outlier either (nothing makes a round trip faster than its path): the link
         // healed. Either way start the estimate over from the sample instead of waiting for
         // the window and the smoothing to catch up, so routing moves in one sample.
-        if estimator
+        let shifted = estimator
             .estimate_us()
-            .is_some_and(|est| rtt_us > rto_us(Some(est)) || rtt_us * 4 < est * 3)
-        {
+            .is_some_and(|est| rtt_us > rto_us(Some(est)) || rtt_us * 4 < est * 3);
+        if shifted {
             *estimator = RttEstimator::new();
         }
         let changed = matches!(estimator.handle_sample(rtt_us), Ok(Some(_)));
         if changed {
             self.own_dirty = true;
-            self.invalidate();
+            // A level shift replans at once; the drift of an estimate within
+            // GRAPH_REFRESH_US.
+            if shifted {
+                self.invalidate();
+            } else {
+                self.graph_stale = true;
+            }
         }
         if let Some(c) = self.records.get(&peer).map(|r| r.coord) {
             let _ = self.vivaldi.update(&c, rtt_us);
@@ -408,7 +428,8 @@ impl Router {
         }
     }
 
-    /// The cached region graph and trees are out of date.
+    /// The cached region graph and trees are out of date (a membership change or a failed
+    /// or recovered link: rebuilt at the next use, whatever the time).
     pub(crate) fn invalidate(&mut self) {
         self.graph = None;
         self.trees.clear();
@@ -545,7 +566,7 @@ impl Router {
         }
         self.records.insert(key, record);
         self.received.insert(key, now);
-        self.invalidate();
+        self.graph_stale = true;
         Ok(())
     }
 
@@ -589,16 +610,22 @@ impl Router {
         out
     }
 
-    /// Builds (or returns the cached) region graph.
-    /// Builds the region graph unless the cached one is current.
+    /// Builds the region graph unless the cached one is current at `now`: built since the
+    /// last membership or link-failure change, and, if an estimate or a record changed
+    /// since, less than [`GRAPH_REFRESH_US`] ago.
     fn ensure_graph(
         &mut self,
         me: &MemberInfo,
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
+        now: Micros,
     ) {
-        if self.graph.is_none() {
+        let expired = self.graph_stale && now >= self.graph_built_us + GRAPH_REFRESH_US;
+        if self.graph.is_none() || expired {
             self.graph = Some(self.build_graph(me, members, regions));
+            self.trees.clear();
+            self.graph_built_us = now;
+            self.graph_stale = false;
         }
     }
 
@@ -743,8 +770,9 @@ impl Router {
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         allowed: Vec<bool>,
+        now: Micros,
     ) -> (&RegionTree, &[String], u16) {
-        self.ensure_graph(me, members, regions);
+        self.ensure_graph(me, members, regions, now);
         let graph = self
             .graph
             .as_ref()
@@ -764,7 +792,11 @@ impl Router {
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
     ) -> Vec<RegionRoute> {
-        self.ensure_graph(me, members, regions);
+        // What an operator reads is never stale.
+        if self.graph_stale {
+            self.invalidate();
+        }
+        self.ensure_graph(me, members, regions, 0);
         let Some(graph) = self.graph.as_ref() else {
             unreachable!("ensured above")
         };
@@ -1097,6 +1129,67 @@ mod tests {
         };
         let t = shortest_tree(&g, &[true, true, true]);
         assert_eq!(t.path(0, 2), Some(vec![0, 2]));
+    }
+
+    /// The region graph follows a drifting estimate within GRAPH_REFRESH_US, a level shift,
+    /// a failed link and a membership change at once.
+    #[test]
+    fn the_graph_lags_drift_by_at_most_the_refresh_interval() {
+        let member = |key: u8, region: &str| MemberInfo {
+            key: [key; 32],
+            region: region.into(),
+            cloud: "aws".into(),
+            jurisdiction: "US".into(),
+            addr: format!("n{key}"),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let (me, b) = (member(1, "a"), member(2, "b"));
+        let members: BTreeMap<OriginKey, MemberInfo> = [&me, &b]
+            .into_iter()
+            .map(|m| (m.node_key(), m.clone()))
+            .collect();
+        let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
+        for m in [&me, &b] {
+            regions
+                .entry(m.region.clone())
+                .or_default()
+                .push(m.node_key());
+        }
+        let mut router = Router::new(7);
+        let weight = |router: &mut Router, now: Micros| {
+            router.tree(&me, &members, &regions, vec![true, true], now);
+            let g = router.graph.as_ref().unwrap();
+            g.edges.get(&(g.mine, 1 - g.mine)).map(|(w, _)| *w)
+        };
+        assert!(router.rtt_sample(b.node_key(), 100_000));
+        let first = weight(&mut router, 0).expect("an edge to b");
+        // Drift: a lower sample that is no level shift moves the estimate, and the graph
+        // follows GRAPH_REFRESH_US later, not before.
+        let mut now = 1_000;
+        let mut drifted = false;
+        for _ in 0..20 {
+            now += 1_000;
+            if router.rtt_sample(b.node_key(), 80_000) {
+                drifted = true;
+                break;
+            }
+        }
+        assert!(drifted, "the estimate never moved");
+        assert_eq!(
+            weight(&mut router, now),
+            Some(first),
+            "rebuilt before the interval"
+        );
+        let later = weight(&mut router, now + GRAPH_REFRESH_US).unwrap();
+        assert!(later < first, "{later} after {first}");
+        // A level shift (beyond the RTT timeout) is followed at once.
+        now += GRAPH_REFRESH_US + 1;
+        assert!(router.rtt_sample(b.node_key(), 2_000_000));
+        assert!(weight(&mut router, now).unwrap() > later);
+        // So is a failed link: the edge is gone.
+        assert!(router.fail("b", now));
+        assert_eq!(weight(&mut router, now), None);
     }
 
     #[test]
