@@ -25,8 +25,25 @@ pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 
 /// An event producer's identity: an Ed25519 public key (32 bytes, RFC 8032 encoding).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct OriginKey(pub [u8; 32]);
+
+/// Hashes the first eight bytes only: keys are uniformly distributed (public keys, SHA-256
+/// digests), so eight bytes spread them as well as thirty-two, and making keys that share
+/// them takes about 2^64 tries (equality still compares all 32). Hashing every byte was a
+/// few percent of a simulation, where these keys index most maps.
+fn hash_key32<H: std::hash::Hasher>(key: &[u8; 32], state: &mut H) {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&key[..8]);
+    state.write_u64(u64::from_le_bytes(word));
+}
+
+impl std::hash::Hash for OriginKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_key32(&self.0, state);
+    }
+}
 
 /// Byte-lexicographic order of two 32-byte keys, compared as four big-endian words: the
 /// same order as comparing the arrays, without a `memcmp` call per comparison (keys are
@@ -112,8 +129,15 @@ impl std::hash::Hasher for KeyHasher {
 pub type KeyBuildHasher = std::hash::BuildHasherDefault<KeyHasher>;
 
 /// An event id: SHA-256 of the signed bytes (see `docs/wire.md`, "Event id").
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct EventId(pub [u8; 32]);
+
+impl std::hash::Hash for EventId {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_key32(&self.0, state);
+    }
+}
 
 impl Ord for EventId {
     #[inline]

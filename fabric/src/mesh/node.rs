@@ -421,11 +421,18 @@ pub struct Node<S: Store> {
     /// simulation's instructions when run after every step) are repeated only after the
     /// view changed.
     view_checked: std::sync::atomic::AtomicU64,
+    /// This node's children in each origin's tree in its region, for the `view_version`
+    /// `children_at` (computing them ranks and sorts the region's members).
+    children_cache: BTreeMap<OriginKey, Vec<OriginKey>>,
+    children_at: u64,
     /// Calls of `check_invariants`: every [`CHECK_TABLES_EVERY`]th walks the missing table
     /// and the seen-set (in a partition the missing table holds thousands of entries, and
     /// walking it after every step was most of the simulation's time).
     check_calls: std::sync::atomic::AtomicU64,
 }
+
+/// Most origins whose children a node remembers (one per origin it relays for).
+const CHILDREN_CACHE_LEN_MAX: usize = 4_096;
 
 /// `check_invariants` walks the per-event tables on one call in this many.
 const CHECK_TABLES_EVERY: u64 = 16;
@@ -495,6 +502,8 @@ impl<S: Store> Node<S> {
             view_version: 0,
             view_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
             check_calls: std::sync::atomic::AtomicU64::new(0),
+            children_cache: BTreeMap::new(),
+            children_at: u64::MAX,
         };
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
@@ -1167,7 +1176,24 @@ impl<S: Store> Node<S> {
     }
 
     /// This node's children in its own region's tree for `origin`.
-    fn children(&self, origin: &OriginKey) -> Vec<OriginKey> {
+    fn children(&mut self, origin: &OriginKey) -> Vec<OriginKey> {
+        // Every event received asks, and the answer changes only with the view.
+        if self.children_at != self.view_version {
+            self.children_cache.clear();
+            self.children_at = self.view_version;
+        }
+        if let Some(c) = self.children_cache.get(origin) {
+            return c.clone();
+        }
+        let c = self.compute_children(origin);
+        if self.children_cache.len() >= CHILDREN_CACHE_LEN_MAX {
+            self.children_cache.clear();
+        }
+        self.children_cache.insert(*origin, c.clone());
+        c
+    }
+
+    fn compute_children(&self, origin: &OriginKey) -> Vec<OriginKey> {
         let me = self.me.node_key();
         let arity = self.config.tree_arity.clamp(1, TREE_ARITY_MAX);
         let order = self.region_order(origin, &self.me.region);
