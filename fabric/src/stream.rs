@@ -147,6 +147,14 @@ impl StreamPattern {
 
     /// Whether `name` is matched by this pattern.
     pub fn matches(&self, name: &StreamName) -> bool {
+        // The usual patterns first, without splitting: everything (a node's default
+        // interest, asked for every event it receives) and a concrete name.
+        if self.0 == ">" {
+            return true;
+        }
+        if !self.0.contains(['*', '>']) {
+            return self.0 == name.0;
+        }
         let mut pattern = self.0.split('.');
         let mut tokens = name.0.split('.');
         loop {
@@ -341,5 +349,36 @@ mod tests {
         assert!(p("a.b").matches(&name("a.b")));
         assert!(!p("a.b").matches(&name("a.bc")));
         assert!(StreamPattern::from(name("a.b")).matches(&name("a.b")));
+    }
+
+    proptest::proptest! {
+        /// The shortcuts (">" and concrete names) agree with the token-by-token rule.
+        #[test]
+        fn matching_agrees_with_the_token_rule(
+            name_tokens in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "c"]), 1..4),
+            pattern_tokens in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*"]), 0..4),
+            tail in proptest::bool::ANY,
+        ) {
+            let mut tokens: Vec<&str> = pattern_tokens.clone();
+            if tail || tokens.is_empty() {
+                tokens.push(">");
+            }
+            let pattern = StreamPattern::new(&tokens.join(".")).unwrap();
+            let n = name(&name_tokens.join("."));
+            let by_rule = {
+                let mut i = 0;
+                loop {
+                    match (tokens.get(i), name_tokens.get(i)) {
+                        (Some(&">"), Some(_)) => break true,
+                        (Some(&"*"), Some(_)) => {}
+                        (Some(p), Some(t)) if p == t => {}
+                        (None, None) => break true,
+                        _ => break false,
+                    }
+                    i += 1;
+                }
+            };
+            proptest::prop_assert_eq!(pattern.matches(&n), by_rule, "{} {}", pattern, n);
+        }
     }
 }
