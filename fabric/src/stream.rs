@@ -363,7 +363,7 @@ mod tests {
             if tail || tokens.is_empty() {
                 tokens.push(">");
             }
-            let pattern = StreamPattern::new(&tokens.join(".")).unwrap();
+            let pattern = StreamPattern::new(tokens.join(".")).unwrap();
             let n = name(&name_tokens.join("."));
             let by_rule = {
                 let mut i = 0;
