@@ -425,17 +425,23 @@ pub struct Node<S: Store> {
     /// `children_at` (computing them ranks and sorts the region's members).
     children_cache: BTreeMap<OriginKey, Vec<OriginKey>>,
     children_at: u64,
-    /// Calls of `check_invariants`: every [`CHECK_TABLES_EVERY`]th walks the missing table
-    /// and the seen-set (in a partition the missing table holds thousands of entries, and
-    /// walking it after every step was most of the simulation's time).
+    /// Calls of `check_invariants`, and where its walk of the missing table and the
+    /// seen-set resumes: one call in [`CHECK_TABLES_EVERY`] checks the next
+    /// [`CHECK_WINDOW`] entries of each, so small tables are checked whole every few steps
+    /// and the cost per step stays bounded however large they grow (in a partition the
+    /// missing table holds thousands of entries, and walking it all after every step was
+    /// most of the simulation's time).
     check_calls: std::sync::atomic::AtomicU64,
+    check_cursor: std::sync::Mutex<(Option<EventId>, Option<OriginKey>)>,
 }
 
 /// Most origins whose children a node remembers (one per origin it relays for).
 const CHILDREN_CACHE_LEN_MAX: usize = 4_096;
 
-/// `check_invariants` walks the per-event tables on one call in this many.
+/// `check_invariants` walks the per-event tables on one call in this many ...
 const CHECK_TABLES_EVERY: u64 = 16;
+/// ... and then at most this many entries of each, from where the last walk stopped.
+const CHECK_WINDOW: usize = 1_024;
 
 impl<S: Store> std::fmt::Debug for Node<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -502,6 +508,7 @@ impl<S: Store> Node<S> {
             view_version: 0,
             view_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
             check_calls: std::sync::atomic::AtomicU64::new(0),
+            check_cursor: std::sync::Mutex::new((None, None)),
             children_cache: BTreeMap::new(),
             children_at: u64::MAX,
         };
@@ -842,21 +849,31 @@ impl<S: Store> Node<S> {
     /// Checks the node's internal invariants; panics with a description if one is broken.
     /// The simulator calls it after every step.
     ///
-    /// Amortized: the view (only after it changed) and the queue limits are checked on
-    /// every call, the missing table and the seen-set on one call in
-    /// [`CHECK_TABLES_EVERY`]. [`Node::check_invariants_full`] checks everything at once
-    /// (the simulator calls it at the end of a run).
+    /// Bounded: the view (only after it changed) and the queue limits are checked whole
+    /// on every call; on one call in [`CHECK_TABLES_EVERY`], the next [`CHECK_WINDOW`]
+    /// entries of the missing table and of the seen-set (wrapping), so every entry is
+    /// checked within `CHECK_TABLES_EVERY * len / CHECK_WINDOW` calls.
+    /// [`Node::check_invariants_full`] checks everything at once (the simulator calls it
+    /// at the end of a run).
     pub fn check_invariants(&self) {
         use std::sync::atomic::Ordering::Relaxed;
-        if self
+        self.check_bounded();
+        if !self
             .check_calls
             .fetch_add(1, Relaxed)
             .is_multiple_of(CHECK_TABLES_EVERY)
         {
-            self.check_invariants_full();
-        } else {
-            self.check_bounded();
+            return;
         }
+        let mut cursor = self
+            .check_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (missing_at, seen_at) = &mut *cursor;
+        *missing_at = check_window(&self.missing, *missing_at, |id, m| {
+            self.check_missing(id, m)
+        });
+        *seen_at = check_window(&self.seen, *seen_at, |_, s| Self::check_seen(s));
     }
 
     /// [`Node::check_invariants`] over every entry of every table.
@@ -2264,6 +2281,23 @@ impl<S: Store> Node<S> {
             },
         );
     }
+}
+
+/// Checks up to [`CHECK_WINDOW`] entries of `map` after `after` (from the start when `None`
+/// or past the end) and returns where the next window starts.
+fn check_window<K: Ord + Copy, V>(
+    map: &BTreeMap<K, V>,
+    after: Option<K>,
+    mut check: impl FnMut(&K, &V),
+) -> Option<K> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let from = after.map_or(Unbounded, Excluded);
+    let mut last = None;
+    for (k, v) in map.range((from, Unbounded)).take(CHECK_WINDOW) {
+        check(k, v);
+        last = Some(*k);
+    }
+    last
 }
 
 /// Splits `events` into batches of at most `len_max` events and [`BATCH_BYTES_MAX`] bytes
