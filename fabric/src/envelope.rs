@@ -29,9 +29,10 @@ pub const TAG_LEN: usize = 16;
 pub struct OriginKey(pub [u8; 32]);
 
 /// Hashes the first eight bytes only: keys are uniformly distributed (public keys, SHA-256
-/// digests), so eight bytes spread them as well as thirty-two, and making keys that share
-/// them takes about 2^64 tries (equality still compares all 32). Hashing every byte was a
-/// few percent of a simulation, where these keys index most maps.
+/// digests), so eight bytes spread them as well as thirty-two (equality still compares all
+/// 32). With the unseeded [`KeyHasher`] bucket collisions can be ground either way, as its
+/// docs say; with a seeded hasher they cannot. Hashing every byte was a few percent of a
+/// simulation, where these keys index most maps.
 fn hash_key32<H: std::hash::Hasher>(key: &[u8; 32], state: &mut H) {
     let mut word = [0u8; 8];
     word.copy_from_slice(&key[..8]);

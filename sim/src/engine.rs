@@ -348,7 +348,9 @@ impl EventQueue {
 
     fn pop(&mut self) -> Option<(Micros, Ev)> {
         let (Reverse((at, _)), slot) = self.heap.pop()?;
-        let ev = self.slots[slot as usize].take()?;
+        let ev = self.slots[slot as usize]
+            .take()
+            .expect("every queued key names a filled slot");
         self.free.push(slot);
         Some((at, ev))
     }

@@ -631,7 +631,7 @@ impl<S: Store> Node<S> {
     /// direct link and the alternatives.
     pub fn region_routes(&mut self) -> Vec<RegionRoute> {
         self.router
-            .region_routes(&self.me, &self.members, &self.regions)
+            .region_routes(&self.me, &self.members, &self.regions, self.now)
     }
 
     // ------------------------------------------------------------------ inputs
@@ -1319,7 +1319,8 @@ impl<S: Store> Node<S> {
     }
 
     /// Where this node pushes `event`: as the publisher [`Node::publish_targets`], else
-    /// [`Node::relay_or_child_targets`].
+    /// [`Node::relay_or_child_targets`] (for tests, which walk whole trees).
+    #[cfg(test)]
     fn targets(
         &mut self,
         event: &Event,
@@ -1345,15 +1346,20 @@ impl<S: Store> Node<S> {
         relay: &[RelayHop],
         reroutes: u8,
     ) -> Vec<Target> {
-        let mut out: Vec<Target> = self
-            .children(&event.origin())
-            .into_iter()
-            .map(|k| (k, Vec::new(), false, 0))
-            .collect();
+        let mut out = self.child_targets(&event.origin());
         if !relay.is_empty() {
             out.extend(self.relay_targets(event, relay, reroutes));
         }
         out
+    }
+
+    /// This node's children in `origin`'s tree in its region, as push targets (no relay
+    /// hops, no acknowledgement).
+    fn child_targets(&mut self, origin: &OriginKey) -> Vec<Target> {
+        self.children(origin)
+            .into_iter()
+            .map(|k| (k, Vec::new(), false, 0))
+            .collect()
     }
 
     /// Where the publisher pushes an event of `origin` whose [`Node::region_hops`] are
@@ -1362,11 +1368,7 @@ impl<S: Store> Node<S> {
     /// rest), and every member of near regions; each with the relay hops it gets and
     /// whether the push crosses regions (and so wants an acknowledgement).
     fn publish_targets(&mut self, origin: &OriginKey, hops: &[FilterHop]) -> Vec<Target> {
-        let mut out: Vec<Target> = self
-            .children(origin)
-            .into_iter()
-            .map(|k| (k, Vec::new(), false, 0))
-            .collect();
+        let mut out = self.child_targets(origin);
         let mut dests = BTreeSet::new();
         let mut near_members = Vec::new();
         for (i, (region, members)) in self.regions.iter().enumerate() {
@@ -1480,6 +1482,11 @@ impl<S: Store> Node<S> {
             match self.store.insert(event) {
                 Ok(Inserted::Duplicate) => {
                     self.stats.events_duplicate += 1;
+                    // Held after all (a store whose `holds` under-claims): record it as
+                    // seen so delivery and digests move on.
+                    if self.seen.entry(origin).or_default().ranges.insert(seq) {
+                        self.advance_delivery(origin);
+                    }
                     return Ok(Inserted::Duplicate);
                 }
                 Ok(Inserted::New) => {}
@@ -1573,7 +1580,7 @@ impl<S: Store> Node<S> {
                         }
                     }
                 } else {
-                    self.targets(event, false, relay, reroutes)
+                    self.relay_or_child_targets(event, relay, reroutes)
                 };
                 for target in targets {
                     if Some(target.0) != except && target.0 != me {
@@ -2283,8 +2290,8 @@ impl<S: Store> Node<S> {
     }
 }
 
-/// Checks up to [`CHECK_WINDOW`] entries of `map` after `after` (from the start when `None`
-/// or past the end) and returns where the next window starts.
+/// Checks up to [`CHECK_WINDOW`] entries of `map` after `after` (from the start when `None`)
+/// and returns where the next window starts (`None`: from the start again).
 fn check_window<K: Ord + Copy, V>(
     map: &BTreeMap<K, V>,
     after: Option<K>,
@@ -2293,11 +2300,14 @@ fn check_window<K: Ord + Copy, V>(
     use std::ops::Bound::{Excluded, Unbounded};
     let from = after.map_or(Unbounded, Excluded);
     let mut last = None;
+    let mut taken = 0;
     for (k, v) in map.range((from, Unbounded)).take(CHECK_WINDOW) {
         check(k, v);
         last = Some(*k);
+        taken += 1;
     }
-    last
+    // The end reached: the next walk starts over.
+    if taken < CHECK_WINDOW { None } else { last }
 }
 
 /// Splits `events` into batches of at most `len_max` events and [`BATCH_BYTES_MAX`] bytes

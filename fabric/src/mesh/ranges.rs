@@ -79,10 +79,18 @@ impl SeqRanges {
             }
             (true, false) => self.ranges[at - 1].1 = seq,
             (false, true) => self.ranges[at].0 = seq,
-            (false, false) => self.ranges.insert(at, (seq, seq)),
+            (false, false) => {
+                // At the limit the highest range goes (the set then under-claims, which is
+                // safe), before the insert, so the vector never grows past the limit.
+                if self.ranges.len() >= RANGES_PER_ORIGIN_MAX {
+                    if at >= self.ranges.len() {
+                        return true;
+                    }
+                    self.ranges.pop();
+                }
+                self.ranges.insert(at, (seq, seq));
+            }
         }
-        // Drop the highest ranges: the set then under-claims, which is safe.
-        self.ranges.truncate(RANGES_PER_ORIGIN_MAX);
         true
     }
 
@@ -193,8 +201,14 @@ impl SeqRanges {
             e = e.max(self.ranges[hi - 1].1);
         }
         self.ranges.drain(lo..hi);
+        if self.ranges.len() >= RANGES_PER_ORIGIN_MAX {
+            // As in `insert`: the highest range goes first.
+            if lo >= self.ranges.len() {
+                return;
+            }
+            self.ranges.pop();
+        }
         self.ranges.insert(lo, (s, e));
-        self.ranges.truncate(RANGES_PER_ORIGIN_MAX);
     }
 }
 

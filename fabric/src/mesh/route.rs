@@ -64,9 +64,10 @@ use crate::mesh::node::Micros;
 /// asks for 15%, right for a single relay choice made once; here the margin also bounds
 /// the stretch a path may keep, and 15% would allow up to 1.18.)
 pub const TRANSIT_COST_PCT: u64 = 105;
-/// How long the region graph may lag behind drifting estimates and newly gossiped records:
-/// it is rebuilt at the first use after this much time, not on every change. A membership
-/// change, a failed or recovered link and an RTT level shift rebuild it at once. Records
+/// How long the region graph may lag behind drifting estimates and newly gossiped records
+/// (including other nodes' reports of links they lost): it is rebuilt at the first use
+/// after this much time, not on every change. A membership change, this node's own link
+/// failing or recovering and an RTT level shift it measured rebuild it at once. Records
 /// and estimates change several times a second per node on a busy mesh, and rebuilding
 /// the graph (and every tree over it) before each publish after such a change was a tenth
 /// of a simulation's time, and cost the node the same.
@@ -791,12 +792,13 @@ impl Router {
         me: &MemberInfo,
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
+        now: Micros,
     ) -> Vec<RegionRoute> {
         // What an operator reads is never stale.
         if self.graph_stale {
             self.invalidate();
         }
-        self.ensure_graph(me, members, regions, 0);
+        self.ensure_graph(me, members, regions, now);
         let Some(graph) = self.graph.as_ref() else {
             unreachable!("ensured above")
         };

@@ -130,6 +130,18 @@ pub struct MemStore {
 struct OriginEvents {
     events: SeqTable,
     ranges: SeqRanges,
+    /// The ranges once reached [`RANGES_PER_ORIGIN_MAX`] and may have dropped numbers
+    /// still held (they under-claim from then on, even after merges shrink them again).
+    lossy: bool,
+}
+
+impl OriginEvents {
+    fn record(&mut self, seq: u64) {
+        self.ranges.insert(seq);
+        if self.ranges.range_count() >= RANGES_PER_ORIGIN_MAX {
+            self.lossy = true;
+        }
+    }
 }
 
 /// Events by sequence number: a vector indexed by `seq - 1` while sequence numbers come
@@ -212,7 +224,7 @@ impl MemStore {
     pub fn erase(&mut self, origin: OriginKey, seq: u64) -> bool {
         self.erased.insert((origin, seq));
         let held = self.origin_mut(origin);
-        held.ranges.insert(seq);
+        held.record(seq);
         let removed = held.events.remove(seq).is_some();
         if removed {
             self.len -= 1;
@@ -260,7 +272,7 @@ impl Store for MemStore {
             None => self.origin_mut(origin),
         };
         held.events.insert(seq, event);
-        held.ranges.insert(seq);
+        held.record(seq);
         Ok(Inserted::New)
     }
 
@@ -272,12 +284,12 @@ impl Store for MemStore {
 
     fn holds(&self, r: &EventRef) -> bool {
         // The origin's ranges answer "no" for a new event (the common question) at once.
-        // They are exact unless an origin ever reached the range limit (they then
-        // under-claim): the table is asked then, and for every "yes".
+        // They are exact unless the origin ever reached the range limit (they may then
+        // under-claim for good): the table is asked then, and for every "yes".
         let Some(held) = self.by_origin.get(&r.origin) else {
             return false;
         };
-        if held.ranges.range_count() < RANGES_PER_ORIGIN_MAX && !held.ranges.contains(r.seq) {
+        if !held.lossy && !held.ranges.contains(r.seq) {
             return false;
         }
         held.events.get(r.seq).is_some_and(|e| e.id() == r.id)
@@ -363,6 +375,27 @@ mod tests {
                 prop_assert!(table.get(seq).is_none());
             }
         }
+    }
+
+    /// Ranges that once hit the limit under-claim even after merges shrink them below it:
+    /// `holds` must then ask the table (a stored event reported as not held stalls
+    /// ordered delivery).
+    #[test]
+    fn holds_stays_exact_after_the_ranges_dropped_a_number() {
+        let mut store = MemStore::new(5_000);
+        let odd: Vec<u64> = (1..2 * RANGES_PER_ORIGIN_MAX as u64).step_by(2).collect();
+        for seq in odd {
+            store.insert(event(seq)).unwrap();
+        }
+        let far = event(4_000);
+        assert_eq!(store.insert(far.clone()), Ok(Inserted::New));
+        store.insert(event(2)).unwrap();
+        assert!(store.ranges(&far.origin()).unwrap().range_count() < RANGES_PER_ORIGIN_MAX);
+        assert!(
+            store.holds(&EventRef::of(&far)),
+            "a stored event reported as not held"
+        );
+        assert!(store.contains(&far.id()));
     }
 
     #[test]
