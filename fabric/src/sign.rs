@@ -105,18 +105,6 @@ impl Signer {
         self.assemble(draft, |_| [0; SIGNATURE_LEN])
     }
 
-    /// [`Signer::seal_and_sign`] with the signature modelled as in [`Signer::model_sign`]
-    /// (the payload is really sealed).
-    #[cfg(feature = "model-signatures")]
-    pub fn model_seal_and_sign<R: CryptoRng + ?Sized>(
-        &self,
-        draft: EventDraft,
-        ring: &KeyRing,
-        rng: &mut R,
-    ) -> Result<Event, SealError> {
-        Ok(self.model_sign(self.seal(draft, ring, rng)?)?)
-    }
-
     /// Encodes `draft` and attaches the signature `sign` makes of the signed bytes.
     fn assemble(
         &self,
@@ -136,8 +124,9 @@ impl Signer {
         }))
     }
 
-    /// Replaces the clear payload of `draft` by its sealed form.
-    fn seal<R: CryptoRng + ?Sized>(
+    /// Replaces the clear payload of `draft` by its sealed form (the first half of
+    /// [`Signer::seal_and_sign`]; the simulator follows it with [`Signer::model_sign`]).
+    pub fn seal<R: CryptoRng + ?Sized>(
         &self,
         mut draft: EventDraft,
         ring: &KeyRing,

@@ -892,18 +892,20 @@ impl Engine {
         };
         // Sealed by the producer, as a device or service would: the key never reaches the
         // fabric.
-        let signed = match (&mut self.residency, self.plan.signing) {
-            (Some(r), Signing::Executed) if wl.sealed => n
+        let sealed = match &mut self.residency {
+            Some(r) if wl.sealed => n
                 .signer
-                .seal_and_sign(draft, &r.ring, &mut r.seal_rng)
+                .seal(draft, &r.ring, &mut r.seal_rng)
                 .map_err(|e| e.to_string()),
-            (Some(r), Signing::Modelled) if wl.sealed => n
-                .signer
-                .model_seal_and_sign(draft, &r.ring, &mut r.seal_rng)
-                .map_err(|e| e.to_string()),
-            (_, Signing::Executed) => n.signer.sign(draft).map_err(|e| e.to_string()),
-            (_, Signing::Modelled) => n.signer.model_sign(draft).map_err(|e| e.to_string()),
+            _ => Ok(draft),
         };
+        let signed = sealed.and_then(|draft| {
+            match self.plan.signing {
+                Signing::Executed => n.signer.sign(draft),
+                Signing::Modelled => n.signer.model_sign(draft),
+            }
+            .map_err(|e| e.to_string())
+        });
         let Ok(event) = signed else {
             self.metrics.violations.push("signing failed".into());
             return;

@@ -458,6 +458,9 @@ pub enum Signing {
 }
 
 impl Signing {
+    /// Every mode, in the order errors list them.
+    pub const ALL: [Signing; 2] = [Signing::Modelled, Signing::Executed];
+
     /// The name scenario files and reports use.
     pub fn name(self) -> &'static str {
         match self {
@@ -1452,14 +1455,20 @@ fn network(file: &NetworkFile) -> Result<Network, ScenarioError> {
         ));
     }
     let signing = match file.signing.as_deref() {
-        None | Some("modelled") => Signing::Modelled,
-        Some("executed") => Signing::Executed,
-        Some(other) => {
-            return Err(invalid(
-                "network.signing",
-                format!("{other:?} is not one of \"modelled\", \"executed\""),
-            ));
-        }
+        None => Signing::default(),
+        Some(name) => Signing::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = Signing::ALL
+                    .iter()
+                    .map(|s| format!("{:?}", s.name()))
+                    .collect();
+                invalid(
+                    "network.signing",
+                    format!("{name:?} is not one of {}", names.join(", ")),
+                )
+            })?,
     };
     Ok(Network {
         jitter_us,

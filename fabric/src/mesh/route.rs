@@ -1133,8 +1133,8 @@ mod tests {
         assert_eq!(t.path(0, 2), Some(vec![0, 2]));
     }
 
-    /// The region graph follows a drifting estimate within GRAPH_REFRESH_US, a level shift,
-    /// a failed link and a membership change at once.
+    /// The region graph follows a drifting estimate within GRAPH_REFRESH_US, a level shift
+    /// and a failed link at once.
     #[test]
     fn the_graph_lags_drift_by_at_most_the_refresh_interval() {
         let member = |key: u8, region: &str| MemberInfo {

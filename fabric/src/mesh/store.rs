@@ -159,10 +159,16 @@ struct SeqTable {
 const DENSE_GAP_MAX: u64 = 64;
 
 impl SeqTable {
+    /// The index of `seq` in `dense`, if it falls there.
+    fn slot(&self, seq: u64) -> Option<usize> {
+        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
+        (i < self.dense.len()).then_some(i)
+    }
+
     fn get(&self, seq: u64) -> Option<&Arc<Event>> {
-        match seq.checked_sub(1).and_then(|i| usize::try_from(i).ok()) {
-            Some(i) if i < self.dense.len() => self.dense[i].as_ref(),
-            _ => self.sparse.get(&seq),
+        match self.slot(seq) {
+            Some(i) => self.dense[i].as_ref(),
+            None => self.sparse.get(&seq),
         }
     }
 
@@ -195,9 +201,9 @@ impl SeqTable {
     }
 
     fn remove(&mut self, seq: u64) -> Option<Arc<Event>> {
-        match seq.checked_sub(1).and_then(|i| usize::try_from(i).ok()) {
-            Some(i) if i < self.dense.len() => self.dense[i].take(),
-            _ => self.sparse.remove(&seq),
+        match self.slot(seq) {
+            Some(i) => self.dense[i].take(),
+            None => self.sparse.remove(&seq),
         }
     }
 
