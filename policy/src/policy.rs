@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use weft_fabric::mesh::{FilterHop, MemberInfo, ReplicationFilter};
 use weft_fabric::{
     EventData, EventId, Jurisdiction, KeyBuildHasher, OriginKey, Payload, Residency,
@@ -27,14 +28,17 @@ use crate::transform::Transform;
 pub struct Policy {
     bundle: Bundle,
     jurisdictions: Vec<Jurisdiction>,
-    jurisdiction_bits: HashMap<String, u8>,
-    region_bits: HashMap<String, u8>,
+    // Names looked up for every event a node handles: FxHash (keys come from the signed
+    // bundle, so there is no hash flooding to defend against; SipHash was a third of the
+    // cost of working out an event's scope).
+    jurisdiction_bits: FxHashMap<String, u8>,
+    region_bits: FxHashMap<String, u8>,
     node_bits: HashMap<[u8; 32], u8>,
     principals: HashMap<String, Principal>,
     by_key: HashMap<[u8; 32], String>,
     by_token: HashMap<[u8; 32], String>,
     rules: Vec<Rule>,
-    classes: HashMap<String, Class>,
+    classes: FxHashMap<String, Class>,
     streams: Vec<(StreamPattern, StreamRuleInfo)>,
     transforms: Vec<Transform>,
     principal_limits: HashMap<String, RateLimit>,
@@ -478,6 +482,11 @@ impl ReplicationFilter for PolicyFilter {
         let hop = self.scope(event).hop(self.placement(peer)).hop;
         debug_assert_eq!(hop, self.policy.hop(event, peer).hop, "cache out of step");
         hop.filter_hop()
+    }
+
+    fn unrestricted(&self, event: &EventData) -> bool {
+        // No clear set: `EventScope::hop` answers Clear before looking at the placement.
+        self.scope(event).clear.is_none()
     }
 }
 
@@ -945,8 +954,8 @@ impl Policy {
             JURISDICTIONS_MAX,
         )?;
         let mut jurisdictions = Vec::new();
-        let mut jurisdiction_bits = HashMap::new();
-        let mut region_bits = HashMap::new();
+        let mut jurisdiction_bits = FxHashMap::default();
+        let mut region_bits = FxHashMap::default();
         let mut node_bits = HashMap::new();
         for (i, (code, spec)) in b.jurisdictions.iter().enumerate() {
             let field = format!("jurisdictions.{code}");
@@ -1050,7 +1059,7 @@ impl Policy {
 
         // Residency classes.
         count("classes", b.classes.len(), "CLASSES_MAX", CLASSES_MAX)?;
-        let mut classes = HashMap::new();
+        let mut classes = FxHashMap::default();
         for (c, spec) in &b.classes {
             let field = format!("classes.{c}");
             name(

@@ -17,6 +17,7 @@
 //! that disagree (membership churn) cost a duplicate or a gap; lazy IHAVEs to a few
 //! RTT-ranked peers and GRAFT repair gaps within a `graft_timeout_us`, anti-entropy the rest.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +190,13 @@ pub trait ReplicationFilter: Send {
     fn allows(&self, event: &EventData, peer: &MemberInfo) -> bool {
         self.hop(event, peer) == FilterHop::Clear
     }
+
+    /// Whether `event` is [`FilterHop::Clear`] for every member whatever its record says,
+    /// so the mesh need not ask member by member. `false` is always a correct answer (the
+    /// default); `true` must imply `hop(event, m) == Clear` for every `m`.
+    fn unrestricted(&self, _event: &EventData) -> bool {
+        false
+    }
 }
 
 /// The filter that clears every event for every peer.
@@ -198,6 +206,10 @@ pub struct AllowAll;
 impl ReplicationFilter for AllowAll {
     fn hop(&self, _event: &EventData, _peer: &MemberInfo) -> FilterHop {
         FilterHop::Clear
+    }
+
+    fn unrestricted(&self, _event: &EventData) -> bool {
+        true
     }
 }
 
@@ -299,7 +311,9 @@ type Target = (OriginKey, Vec<RelayHop>, bool, u8);
 
 #[derive(Debug, Clone)]
 enum Timer {
-    Swim(foca::Timer<MemberInfo>),
+    /// Boxed: foca's timers carry a whole member record, and the timer map moves its
+    /// values on every insert and removal.
+    Swim(Box<foca::Timer<MemberInfo>>),
     Graft(EventId),
     FlushIHave,
     Sync,
@@ -395,6 +409,8 @@ pub struct Node<S: Store> {
     members: BTreeMap<OriginKey, MemberInfo>,
     peers: BTreeMap<OriginKey, PeerState>,
     lazy: BTreeSet<OriginKey>,
+    /// Reused by [`Node::forward`] (no allocation per forwarded message).
+    lazy_scratch: Vec<OriginKey>,
     /// Live members by region, this node included, each list sorted by key.
     regions: BTreeMap<String, Vec<OriginKey>>,
     /// Per origin: sequence numbers accepted (stored, or relayed when outside interest)
@@ -491,6 +507,7 @@ impl<S: Store> Node<S> {
             members: BTreeMap::new(),
             peers: BTreeMap::new(),
             lazy: BTreeSet::new(),
+            lazy_scratch: Vec::new(),
             regions: BTreeMap::new(),
             seen,
             relay_cache: BTreeMap::new(),
@@ -777,17 +794,14 @@ impl<S: Store> Node<S> {
     pub fn handle_timeout(&mut self, now: Micros) {
         self.advance(now);
         // Bounded: each timer fires once; timers they schedule are for the future.
-        while let Some((&(at, seq), _)) = self.timers.first_key_value() {
-            if at > now {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            let Some(timer) = self.timers.remove(&(at, seq)) else {
-                break;
-            };
-            match timer {
+            match entry.remove() {
                 Timer::Swim(t) => {
                     let mut rt = SwimRuntime::default();
-                    if self.foca.handle_timer(t, &mut rt).is_err() {
+                    if self.foca.handle_timer(*t, &mut rt).is_err() {
                         self.stats.swim_errors += 1;
                     }
                     self.apply_swim(rt);
@@ -974,7 +988,7 @@ impl<S: Store> Node<S> {
         }
         for (timer, after) in rt.timers {
             let at = self.now + u64::try_from(after.as_micros()).unwrap_or(u64::MAX / 2);
-            self.schedule(at, Timer::Swim(timer));
+            self.schedule(at, Timer::Swim(Box::new(timer)));
         }
         let mut changed = false;
         for note in rt.notes {
@@ -1035,7 +1049,7 @@ impl<S: Store> Node<S> {
                         for (timer, after) in rt2.timers {
                             let at =
                                 self.now + u64::try_from(after.as_micros()).unwrap_or(u64::MAX / 2);
-                            self.schedule(at, Timer::Swim(timer));
+                            self.schedule(at, Timer::Swim(Box::new(timer)));
                         }
                     }
                 }
@@ -1227,6 +1241,9 @@ impl<S: Store> Node<S> {
 
     /// This node's own hop for `event`: what it may do with it.
     fn own_hop(&self, event: &EventData) -> FilterHop {
+        if self.filter.unrestricted(event) {
+            return FilterHop::Clear;
+        }
         self.filter.hop(event, &self.me)
     }
 
@@ -1564,46 +1581,81 @@ impl<S: Store> Node<S> {
             self.skip_members(events);
         }
         if eager {
-            let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
-            // A publisher's targets depend only on the origin and what the filter lets each
-            // region's root receive: plan once per such pair, not once per event of a batch.
-            let mut planned: BTreeMap<(OriginKey, Vec<FilterHop>), Vec<Target>> = BTreeMap::new();
-            for event in events {
-                let targets = if publishing {
-                    let key = (event.origin(), self.region_hops(event));
-                    match planned.get(&key) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t = self.publish_targets(&key.0, &key.1);
-                            planned.insert(key, t.clone());
-                            t
-                        }
-                    }
+            if let [event] = events {
+                // One event (most relayed pushes, every local publish): no per-target
+                // batching. Sorted and deduplicated like the batch map below, so both ways
+                // push in the same order.
+                let mut targets = if publishing {
+                    let hops = self.region_hops(event);
+                    self.publish_targets(&event.origin(), &hops)
                 } else {
                     self.relay_or_child_targets(event, relay, reroutes)
                 };
-                for target in targets {
-                    if Some(target.0) != except && target.0 != me {
-                        batches.entry(target).or_default().push(event.clone());
+                targets.retain(|t| Some(t.0) != except && t.0 != me);
+                targets.sort_unstable();
+                targets.dedup();
+                for (peer, hops, ack, reroutes) in targets {
+                    let relaying = !hops.is_empty();
+                    let batch = self.allowed(events, &peer, relaying, !publishing);
+                    self.push(peer, &batch, hops, ack, reroutes);
+                }
+            } else {
+                self.forward_batches(events, except, publishing, relay, reroutes);
+            }
+        }
+        let mut lazy = std::mem::take(&mut self.lazy_scratch);
+        lazy.extend(self.lazy.iter().copied().filter(|p| Some(*p) != except));
+        for peer in lazy.drain(..) {
+            let batch = self.allowed(events, &peer, false, !publishing);
+            self.announce(peer, &batch);
+        }
+        self.lazy_scratch = lazy;
+    }
+
+    /// [`Node::forward`]'s eager pushes of several events: one push (or a few, see
+    /// [`batches_of`]) per distinct target.
+    fn forward_batches(
+        &mut self,
+        events: &[Arc<Event>],
+        except: Option<OriginKey>,
+        publishing: bool,
+        relay: &[RelayHop],
+        reroutes: u8,
+    ) {
+        let me = self.me.node_key();
+        let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
+        // A publisher's targets depend only on the origin and what the filter lets each
+        // region's root receive: plan once per such pair, not once per event of a batch.
+        let mut planned: BTreeMap<(OriginKey, Vec<FilterHop>), Vec<Target>> = BTreeMap::new();
+        for event in events {
+            let targets = if publishing {
+                let key = (event.origin(), self.region_hops(event));
+                match planned.get(&key) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = self.publish_targets(&key.0, &key.1);
+                        planned.insert(key, t.clone());
+                        t
+                    }
+                }
+            } else {
+                self.relay_or_child_targets(event, relay, reroutes)
+            };
+            for target in targets {
+                if Some(target.0) != except && target.0 != me {
+                    let batch = batches.entry(target).or_default();
+                    // A target named twice for one event gets it once.
+                    if !batch.last().is_some_and(|last| Arc::ptr_eq(last, event)) {
+                        batch.push(event.clone());
                     }
                 }
             }
-            for ((peer, hops, ack, reroutes), batch) in batches {
-                // A publisher already told every member that may not hold an event.
-                let relaying = !hops.is_empty();
-                let batch = self.allowed(&batch, &peer, relaying, !publishing);
-                self.push(peer, &batch, hops, ack, reroutes);
-            }
         }
-        let lazy: Vec<OriginKey> = self
-            .lazy
-            .iter()
-            .copied()
-            .filter(|p| Some(*p) != except)
-            .collect();
-        for peer in lazy {
-            let batch = self.allowed(events, &peer, false, !publishing);
-            self.announce(peer, &batch);
+        for ((peer, hops, ack, reroutes), batch) in batches {
+            // A publisher already told every member that may not hold an event.
+            let relaying = !hops.is_empty();
+            let batch = self.allowed(&batch, &peer, relaying, !publishing);
+            self.push(peer, &batch, hops, ack, reroutes);
         }
     }
 
@@ -1613,6 +1665,9 @@ impl<S: Store> Node<S> {
     /// filter for each member, sends these: a Skip is never passed on (a node outside an
     /// event's residency cannot tell which of its neighbours are inside).
     fn skip_members(&mut self, events: &[Arc<Event>]) {
+        if events.iter().all(|e| self.filter.unrestricted(e)) {
+            return;
+        }
         let mut skips: Vec<(OriginKey, Vec<(OriginKey, u64)>)> = Vec::new();
         for (key, info) in &self.members {
             let list: Vec<(OriginKey, u64)> = events
@@ -1642,7 +1697,15 @@ impl<S: Store> Node<S> {
         ack: bool,
         reroutes: u8,
     ) {
-        for chunk in batches_of(events, self.config.push_batch_len_max) {
+        let chunks = batches_of(events, self.config.push_batch_len_max);
+        let last = chunks.len().saturating_sub(1);
+        let mut hops = Some(hops);
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let relay = if i == last {
+                hops.take().unwrap_or_default()
+            } else {
+                hops.clone().unwrap_or_default()
+            };
             self.stats.pushes_sent += 1;
             let mut id = 0;
             if ack {
@@ -1657,7 +1720,7 @@ impl<S: Store> Node<S> {
                             to: peer,
                             region,
                             events: chunk.to_vec(),
-                            relay: hops.clone(),
+                            relay: relay.clone(),
                             reroutes,
                             sent_us: self.now,
                         },
@@ -1672,7 +1735,7 @@ impl<S: Store> Node<S> {
                 peer,
                 Message::Push {
                     events: chunk.to_vec(),
-                    relay: hops.clone(),
+                    relay,
                     ack: id,
                     reroutes,
                 },
@@ -1890,18 +1953,21 @@ impl<S: Store> Node<S> {
     /// as sealed transit. With `notify`, events kept from the peer are announced as
     /// [`Message::Skip`] (origin and sequence number only), so the peer's ordered delivery
     /// does not wait for them.
-    fn allowed(
+    fn allowed<'a>(
         &mut self,
-        events: &[Arc<Event>],
+        events: &'a [Arc<Event>],
         peer: &OriginKey,
         relaying: bool,
         notify: bool,
-    ) -> Vec<Arc<Event>> {
+    ) -> Cow<'a, [Arc<Event>]> {
         let Some(info) = self.members.get(peer) else {
             // Not a known member (yet): nothing may go there until membership says who it is.
             self.stats.filtered += events.len() as u64;
-            return Vec::new();
+            return Cow::Owned(Vec::new());
         };
+        if events.iter().all(|e| self.filter.unrestricted(e)) {
+            return Cow::Borrowed(events);
+        }
         let mut out = Vec::with_capacity(events.len());
         let mut skipped = Vec::new();
         for e in events {
@@ -1919,7 +1985,22 @@ impl<S: Store> Node<S> {
         for chunk in skipped.chunks(REFS_PER_MESSAGE_MAX) {
             self.send(*peer, Message::Skip(chunk.to_vec()));
         }
-        out
+        Cow::Owned(out)
+    }
+
+    /// [`Node::allowed`] of a list this node owns: the list itself when all of it may go.
+    fn allowed_vec(
+        &mut self,
+        events: Vec<Arc<Event>>,
+        peer: &OriginKey,
+        relaying: bool,
+        notify: bool,
+    ) -> Vec<Arc<Event>> {
+        let kept = match self.allowed(&events, peer, relaying, notify) {
+            Cow::Owned(kept) => Some(kept),
+            Cow::Borrowed(_) => None,
+        };
+        kept.unwrap_or(events)
     }
 
     /// Skips for erased events `peer` asked for: origin and sequence number only, like a
@@ -2077,7 +2158,7 @@ impl<S: Store> Node<S> {
             }
         }
         self.send_erased_skips(from, &erased);
-        let events = self.allowed(&events, &from, false, true);
+        let events = self.allowed_vec(events, &from, false, true);
         if !events.is_empty() {
             self.stats.pushes_sent += 1;
             self.send(
@@ -2276,7 +2357,7 @@ impl<S: Store> Node<S> {
             }
         }
         self.send_erased_skips(from, &erased);
-        let events = self.allowed(&events, &from, false, true);
+        let events = self.allowed_vec(events, &from, false, true);
         self.stats.sync_events_sent += events.len() as u64;
         let held = self.store.len() as u64;
         self.send(
