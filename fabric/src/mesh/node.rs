@@ -457,7 +457,7 @@ const CHILDREN_CACHE_LEN_MAX: usize = 4_096;
 /// `check_invariants` walks the per-event tables on one call in this many ...
 const CHECK_TABLES_EVERY: u64 = 16;
 /// ... and then at most this many entries of each, from where the last walk stopped.
-const CHECK_WINDOW: usize = 1_024;
+const CHECK_WINDOW: usize = 256;
 
 impl<S: Store> std::fmt::Debug for Node<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
