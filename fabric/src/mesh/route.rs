@@ -308,6 +308,117 @@ pub(crate) struct RegionTree {
     reachable: Vec<bool>,
 }
 
+/// See [`Router::reported`].
+#[derive(Debug, Clone, Default)]
+struct ReportedLinks {
+    /// Each record's links between regions, as `pair << 32 | rtt` with `pair` the two
+    /// region indices (lower one in the high 16 bits).
+    by_record: BTreeMap<OriginKey, Vec<u64>>,
+    /// Per region pair, every reported RTT, ascending.
+    by_pair: BTreeMap<u32, Vec<u32>>,
+}
+
+impl ReportedLinks {
+    fn new(
+        records: &BTreeMap<OriginKey, LinkRecord>,
+        topology: &Topology,
+        me: &MemberInfo,
+    ) -> Self {
+        let mut out = Self::default();
+        for (key, record) in records {
+            out.update(*key, Some(record), topology, me);
+        }
+        out
+    }
+
+    /// Replaces what `key`'s record said (nothing, if the record is gone). This node's own
+    /// record is not a report: its own view enters the graph as measured edges.
+    fn update(
+        &mut self,
+        key: OriginKey,
+        record: Option<&LinkRecord>,
+        topology: &Topology,
+        me: &MemberInfo,
+    ) {
+        for sample in self.by_record.remove(&key).unwrap_or_default() {
+            let (pair, rtt) = ((sample >> 32) as u32, sample as u32);
+            if let Some(list) = self.by_pair.get_mut(&pair) {
+                if let Ok(i) = list.binary_search(&rtt) {
+                    list.remove(i);
+                }
+                if list.is_empty() {
+                    self.by_pair.remove(&pair);
+                }
+            }
+        }
+        let Some(record) = record else { return };
+        if key == me.node_key() {
+            return;
+        }
+        let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
+        let Some(a) = region_of(&key) else { return };
+        let mut samples = Vec::new();
+        for (peer, rtt) in &record.links {
+            let Some(b) = region_of(&OriginKey(*peer)) else {
+                continue;
+            };
+            if a != b {
+                let pair = (u32::from(a.min(b)) << 16) | u32::from(a.max(b));
+                samples.push((u64::from(pair) << 32) | u64::from(*rtt));
+                let list = self.by_pair.entry(pair).or_default();
+                let i = list.partition_point(|x| x <= rtt);
+                list.insert(i, *rtt);
+            }
+        }
+        self.by_record.insert(key, samples);
+    }
+}
+
+impl RecordEdges {
+    /// The edges the link records give (see [`Router::build_graph`]): per region pair the
+    /// median of the reports, and for pairs nobody reported the median distance between
+    /// up to three record coordinates of each region.
+    fn new(
+        reported: &ReportedLinks,
+        records: &BTreeMap<OriginKey, LinkRecord>,
+        topology: &Topology,
+    ) -> Self {
+        let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
+        let mut edges: BTreeMap<(u16, u16), (Micros, EdgeSource)> = BTreeMap::new();
+        for (pair, rtts) in &reported.by_pair {
+            let (a, b) = ((pair >> 16) as u16, *pair as u16);
+            let w = Micros::from(rtts[rtts.len() / 2]);
+            edges.insert((a, b), (w, EdgeSource::Reported));
+            edges.insert((b, a), (w, EdgeSource::Reported));
+        }
+        let mut coords: BTreeMap<u16, Vec<Coordinate>> = BTreeMap::new();
+        for (k, rec) in records {
+            if let Some(r) = region_of(k) {
+                let list = coords.entry(r).or_default();
+                if list.len() < 3 {
+                    list.push(rec.coord);
+                }
+            }
+        }
+        for (a, ca) in &coords {
+            for (b, cb) in &coords {
+                if a == b || edges.contains_key(&(*a, *b)) {
+                    continue;
+                }
+                let mut v: Vec<Micros> = ca
+                    .iter()
+                    .flat_map(|x| cb.iter().map(move |y| x.distance_us(y)))
+                    .collect();
+                if !v.is_empty() {
+                    v.sort_unstable();
+                    edges.insert((*a, *b), (v[v.len() / 2], EdgeSource::Estimated));
+                }
+            }
+        }
+        Self { edges, coords }
+    }
+}
+
 /// Per-node routing state (module docs).
 pub(crate) struct Router {
     pub(crate) vivaldi: VivaldiClient,
@@ -340,7 +451,27 @@ pub(crate) struct Router {
     trees: BTreeMap<Vec<bool>, RegionTree>,
     /// Derived from the membership; dropped by [`Router::members_changed`].
     topology: Option<Topology>,
+    /// The part of the region graph that the link records give (medians of reported
+    /// links, coordinates for pairs nobody reported), kept between builds until a record
+    /// or the membership changes: most builds follow a change of this node's own
+    /// estimates, which only the edges out of its region read.
+    record_edges: Option<RecordEdges>,
+    /// Every other node's reported links by region pair, kept up to date one changed
+    /// record at a time (`changed_records`) instead of regrouping every link of every
+    /// record per build (a record arrives before nearly every build). Dropped with the
+    /// topology its region indices come from.
+    reported: Option<ReportedLinks>,
+    /// Records stored or dropped since `reported` was brought up to date.
+    changed_records: BTreeSet<OriginKey>,
     pub(crate) status: NodeStatus,
+}
+
+/// See [`Router::record_edges`].
+#[derive(Debug, Clone)]
+struct RecordEdges {
+    edges: BTreeMap<(u16, u16), (Micros, EdgeSource)>,
+    /// Up to three record coordinates per region.
+    coords: BTreeMap<u16, Vec<Coordinate>>,
 }
 
 impl Router {
@@ -369,6 +500,9 @@ impl Router {
             graph_stale: false,
             trees: BTreeMap::new(),
             topology: None,
+            record_edges: None,
+            reported: None,
+            changed_records: BTreeSet::new(),
             status: NodeStatus::default(),
         }
     }
@@ -423,6 +557,8 @@ impl Router {
         self.rtt.remove(peer);
         self.received.remove(peer);
         if self.records.remove(peer).is_some() {
+            self.record_edges = None;
+            self.changed_records.insert(*peer);
             self.db.remove_node(peer);
             self.hot.remove(peer);
             self.invalidate();
@@ -440,6 +576,8 @@ impl Router {
     /// it is out of date. Callers must say so on every change of either.
     pub(crate) fn members_changed(&mut self) {
         self.topology = None;
+        self.record_edges = None;
+        self.reported = None;
         self.invalidate();
     }
 
@@ -567,6 +705,8 @@ impl Router {
         }
         self.records.insert(key, record);
         self.received.insert(key, now);
+        self.record_edges = None;
+        self.changed_records.insert(key);
         self.graph_stale = true;
         Ok(())
     }
@@ -663,67 +803,25 @@ impl Router {
         };
         let names = topology.names.clone();
         let mine = topology.mine;
-        let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
-        // Reports by other nodes, per unordered region pair: collected flat as one integer
-        // per sample (pair in the high bits, RTT in the low 32) and sorted, so each pair's
-        // samples end up together and ascending (the median is the middle one), without a
-        // map entry and a vector per pair.
-        let mut reported: Vec<u64> = Vec::new();
-        for (k, rec) in &self.records {
-            if *k == me.node_key() {
-                continue;
+        if self.record_edges.is_none() {
+            let reported = self.reported.get_or_insert_with(|| {
+                self.changed_records.clear();
+                ReportedLinks::new(&self.records, topology, me)
+            });
+            for key in std::mem::take(&mut self.changed_records) {
+                reported.update(key, self.records.get(&key), topology, me);
             }
-            let Some(a) = region_of(k) else { continue };
-            for (peer, rtt) in &rec.links {
-                let Some(b) = region_of(&OriginKey(*peer)) else {
-                    continue;
-                };
-                if a != b {
-                    let pair = (u64::from(a.min(b)) << 16) | u64::from(a.max(b));
-                    reported.push((pair << 32) | u64::from(*rtt));
-                }
-            }
+            self.record_edges = Some(RecordEdges::new(reported, &self.records, topology));
         }
-        reported.sort_unstable();
+        let Some(from_records) = self.record_edges.as_ref() else {
+            unreachable!("set above");
+        };
+        let mut edges = from_records.edges.clone();
+        let coords = &from_records.coords;
         let median = |v: &mut Vec<Micros>| -> Micros {
             v.sort_unstable();
             v[v.len() / 2]
         };
-        let mut edges: BTreeMap<(u16, u16), (Micros, EdgeSource)> = BTreeMap::new();
-        for group in reported.chunk_by(|x, y| x >> 32 == y >> 32) {
-            let pair = group[0] >> 32;
-            let (a, b) = ((pair >> 16) as u16, pair as u16);
-            let w = group[group.len() / 2] & u64::from(u32::MAX);
-            edges.insert((a, b), (w, EdgeSource::Reported));
-            edges.insert((b, a), (w, EdgeSource::Reported));
-        }
-        // Coordinates for pairs nobody reported.
-        let coords: BTreeMap<u16, Vec<Coordinate>> = {
-            let mut m: BTreeMap<u16, Vec<Coordinate>> = BTreeMap::new();
-            for (k, rec) in &self.records {
-                if let Some(r) = region_of(k) {
-                    let list = m.entry(r).or_default();
-                    if list.len() < 3 {
-                        list.push(rec.coord);
-                    }
-                }
-            }
-            m
-        };
-        for (a, ca) in &coords {
-            for (b, cb) in &coords {
-                if a == b || edges.contains_key(&(*a, *b)) {
-                    continue;
-                }
-                let mut v: Vec<Micros> = ca
-                    .iter()
-                    .flat_map(|x| cb.iter().map(move |y| x.distance_us(y)))
-                    .collect();
-                if !v.is_empty() {
-                    edges.insert((*a, *b), (median(&mut v), EdgeSource::Estimated));
-                }
-            }
-        }
         // Edges out of this node's region: this node's own view.
         for (i, name) in names.iter().enumerate() {
             let i = i as u16;
@@ -1192,6 +1290,67 @@ mod tests {
         // So is a failed link: the edge is gone.
         assert!(router.fail("b", now));
         assert_eq!(weight(&mut router, now), None);
+    }
+
+    /// Reported links kept up to date one record at a time equal the ones regrouped from
+    /// every record, whatever the order of stores, replacements and removals.
+    #[test]
+    fn reported_links_follow_record_changes() {
+        use proptest::prelude::*;
+        let member = |key: u8, region: &str| MemberInfo {
+            key: [key; 32],
+            region: region.into(),
+            cloud: "aws".into(),
+            jurisdiction: "US".into(),
+            addr: format!("n{key}"),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let all: Vec<MemberInfo> = (1..=8u8)
+            .map(|k| member(k, ["a", "b", "c"][usize::from(k % 3)]))
+            .collect();
+        let me = all[0].clone();
+        let members: BTreeMap<OriginKey, MemberInfo> =
+            all.iter().map(|m| (m.node_key(), m.clone())).collect();
+        let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
+        for m in &all {
+            regions
+                .entry(m.region.clone())
+                .or_default()
+                .push(m.node_key());
+        }
+        let topology = Topology::new(&me, &members, &regions);
+        // (node, RTTs to each of the 8 members; `None`: the record is dropped)
+        let change = (
+            1..=8u8,
+            proptest::option::of(prop::collection::vec(1u32..500, 8)),
+        );
+        proptest!(|(changes in prop::collection::vec(change, 1..40))| {
+            let mut records: BTreeMap<OriginKey, LinkRecord> = BTreeMap::new();
+            let mut incremental = ReportedLinks::default();
+            for (node, rtts) in changes {
+                let key = OriginKey([node; 32]);
+                match rtts {
+                    Some(rtts) => {
+                        let record = LinkRecord {
+                            node: key.0,
+                            version: 1,
+                            coord: Coordinate::origin(),
+                            links: (1..=8u8).zip(rtts).map(|(p, r)| ([p; 32], r)).collect(),
+                            status: NodeStatus::default(),
+                        };
+                        records.insert(key, record);
+                    }
+                    None => {
+                        records.remove(&key);
+                    }
+                }
+                incremental.update(key, records.get(&key), &topology, &me);
+            }
+            let whole = ReportedLinks::new(&records, &topology, &me);
+            prop_assert_eq!(&incremental.by_pair, &whole.by_pair);
+            prop_assert_eq!(&incremental.by_record, &whole.by_record);
+        });
     }
 
     #[test]
