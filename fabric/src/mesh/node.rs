@@ -441,6 +441,15 @@ pub struct Node<S: Store> {
     /// `children_at` (computing them ranks and sorts the region's members).
     children_cache: BTreeMap<OriginKey, Vec<OriginKey>>,
     children_at: u64,
+    /// The publisher's targets per origin and region hops ([`Node::publish_targets`]), for
+    /// the region graph epoch, near epoch and `view_version` in `plans_at`: a plan reads
+    /// the view, the region tree (rebuilt within [`route::GRAPH_REFRESH_US`] of an
+    /// estimate's change, at once after a failed link or a level shift) and which regions
+    /// are near (which changes only when an estimate crosses `near_region_rtt_us`).
+    /// Planning was most of a publish's cost: a graph check, a tree walk and an estimate
+    /// lookup per region member.
+    plans: BTreeMap<(OriginKey, Vec<FilterHop>), Vec<Target>>,
+    plans_at: (u64, u64, u64),
     /// Calls of `check_invariants`, and where its walk of the missing table and the
     /// seen-set resumes: one call in [`CHECK_TABLES_EVERY`] checks the next
     /// [`CHECK_WINDOW`] entries of each, so small tables are checked whole every few steps
@@ -453,6 +462,9 @@ pub struct Node<S: Store> {
 
 /// Most origins whose children a node remembers (one per origin it relays for).
 const CHILDREN_CACHE_LEN_MAX: usize = 4_096;
+/// Most publish plans a node remembers (one per origin it publishes for and filter
+/// outcome: its own, and its edge devices').
+const PLANS_LEN_MAX: usize = 1_024;
 
 /// `check_invariants` walks the per-event tables on one call in this many ...
 const CHECK_TABLES_EVERY: u64 = 16;
@@ -495,7 +507,8 @@ impl<S: Store> Node<S> {
                 );
             }
         }
-        let router = Router::new(rng.next_u64());
+        let mut router = Router::new(rng.next_u64());
+        router.near_rtt_us = config.near_region_rtt_us;
         let mut node = Self {
             me,
             config,
@@ -528,6 +541,8 @@ impl<S: Store> Node<S> {
             check_cursor: std::sync::Mutex::new((None, None)),
             children_cache: BTreeMap::new(),
             children_at: u64::MAX,
+            plans: BTreeMap::new(),
+            plans_at: (u64::MAX, u64::MAX, u64::MAX),
         };
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
@@ -1385,6 +1400,28 @@ impl<S: Store> Node<S> {
     /// rest), and every member of near regions; each with the relay hops it gets and
     /// whether the push crosses regions (and so wants an acknowledgement).
     fn publish_targets(&mut self, origin: &OriginKey, hops: &[FilterHop]) -> Vec<Target> {
+        let epoch = self
+            .router
+            .ensure_graph(&self.me, &self.members, &self.regions, self.now);
+        let at = (epoch, self.router.near_epoch, self.view_version);
+        if self.plans_at != at {
+            self.plans.clear();
+            self.plans_at = at;
+        }
+        let key = (*origin, hops.to_vec());
+        if let Some(plan) = self.plans.get(&key) {
+            return plan.clone();
+        }
+        let plan = self.plan_publish(origin, hops);
+        if self.plans.len() >= PLANS_LEN_MAX {
+            self.plans.clear();
+        }
+        self.plans.insert(key, plan.clone());
+        plan
+    }
+
+    /// [`Node::publish_targets`] worked out.
+    fn plan_publish(&mut self, origin: &OriginKey, hops: &[FilterHop]) -> Vec<Target> {
         let mut out = self.child_targets(origin);
         let mut dests = BTreeSet::new();
         let mut near_members = Vec::new();

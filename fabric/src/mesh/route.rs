@@ -229,7 +229,7 @@ pub struct RegionRoute {
 }
 
 /// The region graph as built from the current link state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct RegionGraph {
     names: Vec<String>,
     mine: u16,
@@ -312,10 +312,12 @@ pub(crate) struct RegionTree {
 #[derive(Debug, Clone, Default)]
 struct ReportedLinks {
     /// Each record's links between regions, as `pair << 32 | rtt` with `pair` the two
-    /// region indices (lower one in the high 16 bits).
+    /// region indices (lower one in the high 16 bits), ascending.
     by_record: BTreeMap<OriginKey, Vec<u64>>,
     /// Per region pair, every reported RTT, ascending.
     by_pair: BTreeMap<u32, Vec<u32>>,
+    /// Per region pair, both ways, the median of its reports.
+    edges: BTreeMap<(u16, u16), (Micros, EdgeSource)>,
 }
 
 impl ReportedLinks {
@@ -332,7 +334,9 @@ impl ReportedLinks {
     }
 
     /// Replaces what `key`'s record said (nothing, if the record is gone). This node's own
-    /// record is not a report: its own view enters the graph as measured edges.
+    /// record is not a report: its own view enters the graph as measured edges. A new
+    /// record mostly repeats the old one's links: only the samples that differ are moved,
+    /// and only the pairs they belong to get a new median.
     fn update(
         &mut self,
         key: OriginKey,
@@ -340,83 +344,110 @@ impl ReportedLinks {
         topology: &Topology,
         me: &MemberInfo,
     ) {
-        for sample in self.by_record.remove(&key).unwrap_or_default() {
-            let (pair, rtt) = ((sample >> 32) as u32, sample as u32);
-            if let Some(list) = self.by_pair.get_mut(&pair) {
-                if let Ok(i) = list.binary_search(&rtt) {
-                    list.remove(i);
-                }
-                if list.is_empty() {
-                    self.by_pair.remove(&pair);
-                }
-            }
-        }
-        let Some(record) = record else { return };
-        if key == me.node_key() {
-            return;
-        }
-        let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
-        let Some(a) = region_of(&key) else { return };
         let mut samples = Vec::new();
-        for (peer, rtt) in &record.links {
-            let Some(b) = region_of(&OriginKey(*peer)) else {
-                continue;
-            };
-            if a != b {
-                let pair = (u32::from(a.min(b)) << 16) | u32::from(a.max(b));
-                samples.push((u64::from(pair) << 32) | u64::from(*rtt));
-                let list = self.by_pair.entry(pair).or_default();
-                let i = list.partition_point(|x| x <= rtt);
-                list.insert(i, *rtt);
+        let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
+        if let Some(record) = record
+            && key != me.node_key()
+            && let Some(a) = region_of(&key)
+        {
+            for (peer, rtt) in &record.links {
+                if let Some(b) = region_of(&OriginKey(*peer))
+                    && a != b
+                {
+                    let pair = (u32::from(a.min(b)) << 16) | u32::from(a.max(b));
+                    samples.push((u64::from(pair) << 32) | u64::from(*rtt));
+                }
+            }
+            samples.sort_unstable();
+        }
+        let old = self.by_record.remove(&key).unwrap_or_default();
+        // Both ascending: walk them side by side, moving what is in one only.
+        let (mut i, mut j) = (0, 0);
+        let mut touched: Vec<u32> = Vec::new();
+        loop {
+            match (old.get(i).copied(), samples.get(j).copied()) {
+                (None, None) => break,
+                (Some(o), Some(n)) if o == n => {
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), n) if n.is_none_or(|n| o < n) => {
+                    let (pair, rtt) = ((o >> 32) as u32, o as u32);
+                    if let Some(list) = self.by_pair.get_mut(&pair)
+                        && let Ok(at) = list.binary_search(&rtt)
+                    {
+                        list.remove(at);
+                    }
+                    touched.push(pair);
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    let (pair, rtt) = ((n >> 32) as u32, n as u32);
+                    let list = self.by_pair.entry(pair).or_default();
+                    let at = list.partition_point(|x| *x <= rtt);
+                    list.insert(at, rtt);
+                    touched.push(pair);
+                    j += 1;
+                }
+                (Some(_), None) => unreachable!("taken by the arm above"),
             }
         }
-        self.by_record.insert(key, samples);
+        touched.sort_unstable();
+        touched.dedup();
+        for pair in touched {
+            let (a, b) = ((pair >> 16) as u16, pair as u16);
+            match self.by_pair.get(&pair) {
+                Some(rtts) if !rtts.is_empty() => {
+                    let w = Micros::from(rtts[rtts.len() / 2]);
+                    self.edges.insert((a, b), (w, EdgeSource::Reported));
+                    self.edges.insert((b, a), (w, EdgeSource::Reported));
+                }
+                _ => {
+                    self.by_pair.remove(&pair);
+                    self.edges.remove(&(a, b));
+                    self.edges.remove(&(b, a));
+                }
+            }
+        }
+        if !samples.is_empty() {
+            self.by_record.insert(key, samples);
+        }
     }
 }
 
-impl RecordEdges {
-    /// The edges the link records give (see [`Router::build_graph`]): per region pair the
-    /// median of the reports, and for pairs nobody reported the median distance between
-    /// up to three record coordinates of each region.
-    fn new(
-        reported: &ReportedLinks,
-        records: &BTreeMap<OriginKey, LinkRecord>,
-        topology: &Topology,
-    ) -> Self {
-        let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
-        let mut edges: BTreeMap<(u16, u16), (Micros, EdgeSource)> = BTreeMap::new();
-        for (pair, rtts) in &reported.by_pair {
-            let (a, b) = ((pair >> 16) as u16, *pair as u16);
-            let w = Micros::from(rtts[rtts.len() / 2]);
-            edges.insert((a, b), (w, EdgeSource::Reported));
-            edges.insert((b, a), (w, EdgeSource::Reported));
-        }
-        let mut coords: BTreeMap<u16, Vec<Coordinate>> = BTreeMap::new();
-        for (k, rec) in records {
-            if let Some(r) = region_of(k) {
-                let list = coords.entry(r).or_default();
-                if list.len() < 3 {
-                    list.push(rec.coord);
-                }
+/// Edges for the region pairs nobody reported: the median distance between up to three
+/// record coordinates of each region. Returns those coordinates per region (coordinates
+/// move with every record, so they are read afresh for each build).
+fn estimate_unreported(
+    edges: &mut BTreeMap<(u16, u16), (Micros, EdgeSource)>,
+    records: &BTreeMap<OriginKey, LinkRecord>,
+    topology: &Topology,
+) -> BTreeMap<u16, Vec<Coordinate>> {
+    let mut coords: BTreeMap<u16, Vec<Coordinate>> = BTreeMap::new();
+    for (k, rec) in records {
+        if let Some(&r) = topology.region_of.get(k) {
+            let list = coords.entry(r).or_default();
+            if list.len() < 3 {
+                list.push(rec.coord);
             }
         }
-        for (a, ca) in &coords {
-            for (b, cb) in &coords {
-                if a == b || edges.contains_key(&(*a, *b)) {
-                    continue;
-                }
-                let mut v: Vec<Micros> = ca
-                    .iter()
-                    .flat_map(|x| cb.iter().map(move |y| x.distance_us(y)))
-                    .collect();
-                if !v.is_empty() {
-                    v.sort_unstable();
-                    edges.insert((*a, *b), (v[v.len() / 2], EdgeSource::Estimated));
-                }
-            }
-        }
-        Self { edges, coords }
     }
+    for (a, ca) in &coords {
+        for (b, cb) in &coords {
+            if a == b || edges.contains_key(&(*a, *b)) {
+                continue;
+            }
+            let mut v: Vec<Micros> = ca
+                .iter()
+                .flat_map(|x| cb.iter().map(move |y| x.distance_us(y)))
+                .collect();
+            if !v.is_empty() {
+                v.sort_unstable();
+                edges.insert((*a, *b), (v[v.len() / 2], EdgeSource::Estimated));
+            }
+        }
+    }
+    coords
 }
 
 /// Per-node routing state (module docs).
@@ -449,29 +480,26 @@ pub(crate) struct Router {
     /// [`GRAPH_REFRESH_US`]).
     graph_stale: bool,
     trees: BTreeMap<Vec<bool>, RegionTree>,
+    /// Grows with every graph build that changed the graph.
+    graph_epoch: u64,
+    /// `graph` has an edge estimated from coordinates (see [`Router::graph_reads_estimate`]).
+    graph_uses_coords: bool,
+    /// Where an estimate makes a peer near (the mesh's `near_region_rtt_us`).
+    pub(crate) near_rtt_us: Micros,
+    /// Grows whenever a peer's estimate crosses `near_rtt_us` (either way) or a near peer
+    /// is forgotten: which regions are near changes only then (or with the membership).
+    pub(crate) near_epoch: u64,
     /// Derived from the membership; dropped by [`Router::members_changed`].
     topology: Option<Topology>,
-    /// The part of the region graph that the link records give (medians of reported
-    /// links, coordinates for pairs nobody reported), kept between builds until a record
-    /// or the membership changes: most builds follow a change of this node's own
-    /// estimates, which only the edges out of its region read.
-    record_edges: Option<RecordEdges>,
-    /// Every other node's reported links by region pair, kept up to date one changed
-    /// record at a time (`changed_records`) instead of regrouping every link of every
-    /// record per build (a record arrives before nearly every build). Dropped with the
+    /// Every other node's reported links by region pair and their medians (the edges the
+    /// records give), kept up to date one changed record at a time (`changed_records`)
+    /// instead of regrouping every link of every record per build (a few records arrive
+    /// before nearly every build, each mostly repeating its links). Dropped with the
     /// topology its region indices come from.
     reported: Option<ReportedLinks>,
     /// Records stored or dropped since `reported` was brought up to date.
     changed_records: BTreeSet<OriginKey>,
     pub(crate) status: NodeStatus,
-}
-
-/// See [`Router::record_edges`].
-#[derive(Debug, Clone)]
-struct RecordEdges {
-    edges: BTreeMap<(u16, u16), (Micros, EdgeSource)>,
-    /// Up to three record coordinates per region.
-    coords: BTreeMap<u16, Vec<Coordinate>>,
 }
 
 impl Router {
@@ -499,8 +527,11 @@ impl Router {
             graph_built_us: 0,
             graph_stale: false,
             trees: BTreeMap::new(),
+            graph_epoch: 0,
+            graph_uses_coords: true,
+            near_rtt_us: 0,
+            near_epoch: 0,
             topology: None,
-            record_edges: None,
             reported: None,
             changed_records: BTreeSet::new(),
             status: NodeStatus::default(),
@@ -524,6 +555,9 @@ impl Router {
     /// Takes one RTT sample; returns whether the published estimate changed.
     pub(crate) fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> bool {
         let estimator = self.rtt.entry(peer).or_default();
+        let was_near = estimator
+            .estimate_us()
+            .is_some_and(|e| e < self.near_rtt_us);
         // A sample beyond the RTT timeout is no delayed-ACK outlier (those add milliseconds):
         // the path changed (a degraded link). One under three quarters of the estimate is
         // no outlier either (nothing makes a round trip faster than its path): the link
@@ -536,13 +570,20 @@ impl Router {
             *estimator = RttEstimator::new();
         }
         let changed = matches!(estimator.handle_sample(rtt_us), Ok(Some(_)));
+        if was_near
+            != estimator
+                .estimate_us()
+                .is_some_and(|e| e < self.near_rtt_us)
+        {
+            self.near_epoch += 1;
+        }
         if changed {
             self.own_dirty = true;
             // A level shift replans at once; the drift of an estimate within
             // GRAPH_REFRESH_US.
             if shifted {
                 self.invalidate();
-            } else {
+            } else if self.graph_reads_estimate(&peer) {
                 self.graph_stale = true;
             }
         }
@@ -552,12 +593,42 @@ impl Router {
         changed
     }
 
+    /// Whether the region graph reads this node's estimate for `peer`: always while the
+    /// graph has an edge estimated from coordinates (as before this rule, so that a graph
+    /// estimated at startup keeps following), else only for the entry member of `peer`'s
+    /// region, or for any member of a region whose entry has no estimate yet (its edge is
+    /// the best estimate there). Other estimates never change the graph: no rebuild.
+    fn graph_reads_estimate(&self, peer: &OriginKey) -> bool {
+        if self.graph_uses_coords {
+            return true;
+        }
+        let Some(topology) = &self.topology else {
+            return true;
+        };
+        let Some(&region) = topology.region_of.get(peer) else {
+            return false;
+        };
+        if region == topology.mine {
+            return false;
+        }
+        match topology.entries.get(usize::from(region)).copied().flatten() {
+            Some(entry) => entry == *peer || self.rtt_us(&entry).is_none(),
+            None => true,
+        }
+    }
+
     /// Forgets a member that left.
     pub(crate) fn member_down(&mut self, peer: &OriginKey) {
-        self.rtt.remove(peer);
+        if self
+            .rtt
+            .remove(peer)
+            .and_then(|e| e.estimate_us())
+            .is_some_and(|e| e < self.near_rtt_us)
+        {
+            self.near_epoch += 1;
+        }
         self.received.remove(peer);
         if self.records.remove(peer).is_some() {
-            self.record_edges = None;
             self.changed_records.insert(*peer);
             self.db.remove_node(peer);
             self.hot.remove(peer);
@@ -576,7 +647,6 @@ impl Router {
     /// it is out of date. Callers must say so on every change of either.
     pub(crate) fn members_changed(&mut self) {
         self.topology = None;
-        self.record_edges = None;
         self.reported = None;
         self.invalidate();
     }
@@ -703,11 +773,20 @@ impl Router {
         if self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key) {
             self.hot.insert(key, 0);
         }
+        // A new version usually repeats most links; one with the very same links changes
+        // only the coordinate, which every build reads afresh.
+        let same_links = self
+            .records
+            .get(&key)
+            .is_some_and(|old| old.links == record.links);
         self.records.insert(key, record);
         self.received.insert(key, now);
-        self.record_edges = None;
-        self.changed_records.insert(key);
-        self.graph_stale = true;
+        if !same_links {
+            self.changed_records.insert(key);
+            self.graph_stale = true;
+        } else if self.graph_uses_coords {
+            self.graph_stale = true;
+        }
         Ok(())
     }
 
@@ -754,20 +833,33 @@ impl Router {
     /// Builds the region graph unless the cached one is current at `now`: built since the
     /// last membership or link-failure change, and, if an estimate or a record changed
     /// since, less than [`GRAPH_REFRESH_US`] ago.
-    fn ensure_graph(
+    /// Returns the graph's [`Router::graph_epoch`]: whatever was derived from the graph
+    /// (and from the estimates as of its build) under an older one is out of date.
+    pub(crate) fn ensure_graph(
         &mut self,
         me: &MemberInfo,
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         now: Micros,
-    ) {
+    ) -> u64 {
         let expired = self.graph_stale && now >= self.graph_built_us + GRAPH_REFRESH_US;
         if self.graph.is_none() || expired {
-            self.graph = Some(self.build_graph(me, members, regions));
-            self.trees.clear();
+            let graph = self.build_graph(me, members, regions);
+            // The same graph again (estimates that moved without changing an edge): the
+            // trees and what was planned from them still hold.
+            if self.graph.as_ref() != Some(&graph) {
+                self.graph_uses_coords = graph
+                    .edges
+                    .values()
+                    .any(|(_, source)| *source == EdgeSource::Estimated);
+                self.graph = Some(graph);
+                self.trees.clear();
+                self.graph_epoch += 1;
+            }
             self.graph_built_us = now;
             self.graph_stale = false;
         }
+        self.graph_epoch
     }
 
     /// The membership-derived part of the graph, built when missing.
@@ -803,21 +895,15 @@ impl Router {
         };
         let names = topology.names.clone();
         let mine = topology.mine;
-        if self.record_edges.is_none() {
-            let reported = self.reported.get_or_insert_with(|| {
-                self.changed_records.clear();
-                ReportedLinks::new(&self.records, topology, me)
-            });
-            for key in std::mem::take(&mut self.changed_records) {
-                reported.update(key, self.records.get(&key), topology, me);
-            }
-            self.record_edges = Some(RecordEdges::new(reported, &self.records, topology));
+        let reported = self.reported.get_or_insert_with(|| {
+            self.changed_records.clear();
+            ReportedLinks::new(&self.records, topology, me)
+        });
+        for key in std::mem::take(&mut self.changed_records) {
+            reported.update(key, self.records.get(&key), topology, me);
         }
-        let Some(from_records) = self.record_edges.as_ref() else {
-            unreachable!("set above");
-        };
-        let mut edges = from_records.edges.clone();
-        let coords = &from_records.coords;
+        let mut edges = reported.edges.clone();
+        let coords = estimate_unreported(&mut edges, &self.records, topology);
         let median = |v: &mut Vec<Micros>| -> Micros {
             v.sort_unstable();
             v[v.len() / 2]
@@ -1350,6 +1436,7 @@ mod tests {
             let whole = ReportedLinks::new(&records, &topology, &me);
             prop_assert_eq!(&incremental.by_pair, &whole.by_pair);
             prop_assert_eq!(&incremental.by_record, &whole.by_record);
+            prop_assert_eq!(&incremental.edges, &whole.edges);
         });
     }
 
