@@ -29,7 +29,7 @@ use rand_core::{Rng, SeedableRng};
 use crate::envelope::{Event, EventData, EventId, OriginKey};
 use crate::mesh::member::MemberInfo;
 use crate::mesh::message::{Digest, EventRef, Message};
-use crate::mesh::ranges::SeqRanges;
+use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::route::{
     self, LINK_RECORDS_PER_MESSAGE_MAX, LinkRecord, PENDING_ACKS_MAX, PROBES_OUT_MAX, PendingAck,
     RegionRoute, RelayHop, Router,
@@ -344,6 +344,22 @@ struct OriginSeen {
     /// restarted node is its store's ranges; sequence numbers it had taken as Skips are
     /// gaps until a Skip comes again, and the events above them were delivered already.)
     restored: SeqRanges,
+    /// `ranges` may lack numbers this node accepted: they reached
+    /// [`RANGES_PER_ORIGIN_MAX`] once (the set then drops its highest range), or were
+    /// rebuilt from a store after a restart. While false, every event of this origin that
+    /// is stored or in the relay cache is in `ranges`, so a number `ranges` lacks needs no
+    /// store lookup.
+    lossy: bool,
+}
+
+impl OriginSeen {
+    /// Records `seq` as seen; returns false if it was already.
+    fn record(&mut self, seq: u64) -> bool {
+        if self.ranges.range_count() >= RANGES_PER_ORIGIN_MAX {
+            self.lossy = true;
+        }
+        self.ranges.insert(seq)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -503,6 +519,8 @@ impl<S: Store> Node<S> {
                         restored: SeqRanges::from_ranges(
                             r.iter().filter(|(lo, _)| *lo > delivered),
                         ),
+                        // A store's ranges may under-claim (see `Store::ranges`).
+                        lossy: true,
                     },
                 );
             }
@@ -980,9 +998,11 @@ impl<S: Store> Node<S> {
         self.now = self.now.max(now);
     }
 
-    fn schedule(&mut self, at: Micros, timer: Timer) {
+    /// Returns the timer's key (to drop it from `timers` again).
+    fn schedule(&mut self, at: Micros, timer: Timer) -> (Micros, u64) {
         self.timer_seq += 1;
         self.timers.insert((at, self.timer_seq), timer);
+        (at, self.timer_seq)
     }
 
     fn send(&mut self, to: OriginKey, msg: Message) {
@@ -1275,7 +1295,7 @@ impl<S: Store> Node<S> {
         if seq == 0 || origin == self.me.node_key() {
             return false;
         }
-        if self.seen.entry(origin).or_default().ranges.insert(seq) {
+        if self.seen.entry(origin).or_default().record(seq) {
             self.advance_delivery(origin);
             true
         } else {
@@ -1510,19 +1530,19 @@ impl<S: Store> Node<S> {
         // The seen-set first: a small ordered map of per-origin ranges answers most
         // duplicates without a probe of the store's id index (a cache miss per event on a
         // large store).
-        if self
-            .seen
-            .get(&origin)
-            .is_some_and(|r| r.ranges.contains(seq))
-        {
+        let seen = self.seen.get(&origin);
+        if seen.is_some_and(|r| r.ranges.contains(seq)) {
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
         }
-        if self.store.holds(&EventRef::of(&event)) || self.relay_cache.contains_key(&id) {
+        // An exact seen-set that lacks the number: neither stored nor relayed (no lookup).
+        if seen.is_none_or(|r| r.lossy)
+            && (self.store.holds(&EventRef::of(&event)) || self.relay_cache.contains_key(&id))
+        {
             self.stats.events_duplicate += 1;
             // Held, but the seen-set dropped it at its range limit: re-record it so
             // delivery and digests move on.
-            if self.seen.entry(origin).or_default().ranges.insert(seq) {
+            if self.seen.entry(origin).or_default().record(seq) {
                 self.advance_delivery(origin);
             }
             return Ok(Inserted::Duplicate);
@@ -1538,7 +1558,7 @@ impl<S: Store> Node<S> {
                     self.stats.events_duplicate += 1;
                     // Held after all (a store whose `holds` under-claims): record it as
                     // seen so delivery and digests move on.
-                    if self.seen.entry(origin).or_default().ranges.insert(seq) {
+                    if self.seen.entry(origin).or_default().record(seq) {
                         self.advance_delivery(origin);
                     }
                     return Ok(Inserted::Duplicate);
@@ -1549,7 +1569,7 @@ impl<S: Store> Node<S> {
                     // too, so its own delivery moves on), nothing stored or passed on.
                     self.stats.events_erased += 1;
                     self.missing.remove(&id);
-                    if self.seen.entry(origin).or_default().ranges.insert(seq) {
+                    if self.seen.entry(origin).or_default().record(seq) {
                         self.advance_delivery(origin);
                     }
                     return Ok(Inserted::Erased);
@@ -1569,7 +1589,7 @@ impl<S: Store> Node<S> {
             self.relay_order.push_back(id);
         }
         self.stats.events_new += 1;
-        self.seen.entry(origin).or_default().ranges.insert(seq);
+        self.seen.entry(origin).or_default().record(seq);
         self.missing.remove(&id);
         self.advance_delivery(origin);
         Ok(Inserted::New)
@@ -1751,6 +1771,8 @@ impl<S: Store> Node<S> {
                 {
                     self.router.ack_seq += 1;
                     id = self.router.ack_seq;
+                    let at = self.now + route::rto_us(self.router.rtt_us(&peer));
+                    let timer = self.schedule(at, Timer::Ack(id));
                     self.router.pending.insert(
                         id,
                         PendingAck {
@@ -1760,10 +1782,9 @@ impl<S: Store> Node<S> {
                             relay: relay.clone(),
                             reroutes,
                             sent_us: self.now,
+                            timer,
                         },
                     );
-                    let at = self.now + route::rto_us(self.router.rtt_us(&peer));
-                    self.schedule(at, Timer::Ack(id));
                 } else {
                     self.stats.acks_untracked += 1;
                 }
@@ -1785,7 +1806,12 @@ impl<S: Store> Node<S> {
     /// when it comes after its push timed out.
     fn on_push_ack(&mut self, from: OriginKey, id: u64) {
         let sent = if self.router.pending.get(&id).is_some_and(|p| p.to == from) {
-            self.router.pending.remove(&id).map(|p| p.sent_us)
+            // Acknowledged in time: its timeout would find nothing; drop it now (a quarter
+            // of a simulation's timer steps were such timeouts).
+            self.router.pending.remove(&id).map(|p| {
+                self.timers.remove(&p.timer);
+                p.sent_us
+            })
         } else if self.router.late.get(&id).is_some_and(|(to, _)| *to == from) {
             self.router.late.remove(&id).map(|(_, sent)| sent)
         } else {
@@ -2807,6 +2833,66 @@ mod tests {
         };
         draft.seq = seq;
         Arc::new(crate::Signer::from_secret(&[seed; 32]).sign(draft).unwrap())
+    }
+
+    /// A seen-set that once reached its range limit is no longer trusted to be exact: an
+    /// event it dropped but the store holds still counts as a duplicate when pushed again
+    /// (and an exact seen-set spares the store lookup for every new event).
+    #[test]
+    fn a_seen_set_at_its_range_limit_falls_back_to_the_store() {
+        let me = MemberInfo {
+            key: crate::Signer::from_secret(&[9; 32]).origin().0,
+            region: "r0".into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: "n9".into(),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let mut node = Node::new(
+            me,
+            MeshConfig::wan(2),
+            1,
+            crate::mesh::MemStore::new(10_000),
+            0,
+        );
+        let from = crate::Signer::from_secret(&[1; 32]).origin();
+        let push = |node: &mut Node<crate::mesh::MemStore>, event: Arc<Event>| {
+            node.handle_message(
+                1,
+                from,
+                Message::Push {
+                    events: vec![event],
+                    relay: Vec::new(),
+                    ack: 0,
+                    reroutes: 0,
+                },
+            );
+        };
+        // Odd numbers only: every one is a range of its own.
+        let last = 2 * RANGES_PER_ORIGIN_MAX as u64 + 1;
+        let mut events = Vec::new();
+        for seq in (1..=last).step_by(2) {
+            let e = event_at(1, seq, "orders.eu");
+            push(&mut node, e.clone());
+            events.push(e);
+        }
+        let seen = &node.seen[&from];
+        assert!(seen.lossy, "the limit was reached");
+        let dropped = events
+            .iter()
+            .find(|e| !seen.ranges.contains(e.seq()))
+            .expect("the set under-claims at its limit")
+            .clone();
+        assert!(node.store.holds(&EventRef::of(&dropped)));
+        let before = node.stats.events_duplicate;
+        push(&mut node, dropped);
+        assert_eq!(node.stats.events_duplicate, before + 1);
+        assert!(
+            node.seen
+                .values()
+                .all(|s| s.ranges.range_count() <= RANGES_PER_ORIGIN_MAX)
+        );
     }
 
     /// A node the publisher did not know when it published gets no Skip for the sequence

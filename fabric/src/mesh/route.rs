@@ -196,6 +196,8 @@ pub(crate) struct PendingAck {
     pub(crate) relay: Vec<RelayHop>,
     pub(crate) reroutes: u8,
     pub(crate) sent_us: Micros,
+    /// The key of its timeout in the node's timer map.
+    pub(crate) timer: (Micros, u64),
 }
 
 /// How a region-graph edge was obtained.
