@@ -1242,21 +1242,20 @@ impl<S: Store> Node<S> {
     }
 
     /// This node's children in its own region's tree for `origin`.
-    fn children(&mut self, origin: &OriginKey) -> Vec<OriginKey> {
+    fn children(&mut self, origin: &OriginKey) -> &[OriginKey] {
         // Every event received asks, and the answer changes only with the view.
         if self.children_at != self.view_version {
             self.children_cache.clear();
             self.children_at = self.view_version;
         }
-        if let Some(c) = self.children_cache.get(origin) {
-            return c.clone();
+        if !self.children_cache.contains_key(origin) {
+            let c = self.compute_children(origin);
+            if self.children_cache.len() >= CHILDREN_CACHE_LEN_MAX {
+                self.children_cache.clear();
+            }
+            self.children_cache.insert(*origin, c);
         }
-        let c = self.compute_children(origin);
-        if self.children_cache.len() >= CHILDREN_CACHE_LEN_MAX {
-            self.children_cache.clear();
-        }
-        self.children_cache.insert(*origin, c.clone());
-        c
+        self.children_cache.get(origin).map_or(&[], Vec::as_slice)
     }
 
     fn compute_children(&self, origin: &OriginKey) -> Vec<OriginKey> {
@@ -1409,8 +1408,8 @@ impl<S: Store> Node<S> {
     /// hops, no acknowledgement).
     fn child_targets(&mut self, origin: &OriginKey) -> Vec<Target> {
         self.children(origin)
-            .into_iter()
-            .map(|k| (k, Vec::new(), false, 0))
+            .iter()
+            .map(|k| (*k, Vec::new(), false, 0))
             .collect()
     }
 
@@ -2455,10 +2454,11 @@ fn check_window<K: Ord + Copy, V>(
 }
 
 /// Splits `events` into batches of at most `len_max` events and [`BATCH_BYTES_MAX`] bytes
-/// (a single larger event still travels, alone).
-fn batches_of(events: &[Arc<Event>], len_max: usize) -> Vec<&[Arc<Event>]> {
+/// (a single larger event still travels, alone). Inline for the common single batch (no
+/// allocation per push).
+fn batches_of(events: &[Arc<Event>], len_max: usize) -> smallvec::SmallVec<[&[Arc<Event>]; 1]> {
     let len_max = len_max.max(1);
-    let mut out = Vec::new();
+    let mut out = smallvec::SmallVec::new();
     let mut start = 0;
     let mut bytes = 0;
     for (i, event) in events.iter().enumerate() {
