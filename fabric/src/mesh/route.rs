@@ -833,10 +833,11 @@ impl Router {
     }
 
     /// Builds the region graph unless the cached one is current at `now`: built since the
-    /// last membership or link-failure change, and, if an estimate or a record changed
-    /// since, less than [`GRAPH_REFRESH_US`] ago.
+    /// last membership or link-failure change, and, if an estimate or a record it reads
+    /// changed since, less than [`GRAPH_REFRESH_US`] ago.
+    ///
     /// Returns the graph's [`Router::graph_epoch`]: whatever was derived from the graph
-    /// (and from the estimates as of its build) under an older one is out of date.
+    /// under an older one is out of date.
     pub(crate) fn ensure_graph(
         &mut self,
         me: &MemberInfo,
@@ -1319,11 +1320,9 @@ mod tests {
         assert_eq!(t.path(0, 2), Some(vec![0, 2]));
     }
 
-    /// The region graph follows a drifting estimate within GRAPH_REFRESH_US, a level shift
-    /// and a failed link at once.
-    #[test]
-    fn the_graph_lags_drift_by_at_most_the_refresh_interval() {
-        let member = |key: u8, region: &str| MemberInfo {
+    /// A member record with a key of `key` bytes in `region`.
+    fn member(key: u8, region: &str) -> MemberInfo {
+        MemberInfo {
             key: [key; 32],
             region: region.into(),
             cloud: "aws".into(),
@@ -1331,7 +1330,13 @@ mod tests {
             addr: format!("n{key}"),
             policy_epoch: 0,
             generation: 0,
-        };
+        }
+    }
+
+    /// The region graph follows a drifting estimate within GRAPH_REFRESH_US, a level shift
+    /// and a failed link at once.
+    #[test]
+    fn the_graph_lags_drift_by_at_most_the_refresh_interval() {
         let (me, b) = (member(1, "a"), member(2, "b"));
         let members: BTreeMap<OriginKey, MemberInfo> = [&me, &b]
             .into_iter()
@@ -1385,15 +1390,6 @@ mod tests {
     #[test]
     fn reported_links_follow_record_changes() {
         use proptest::prelude::*;
-        let member = |key: u8, region: &str| MemberInfo {
-            key: [key; 32],
-            region: region.into(),
-            cloud: "aws".into(),
-            jurisdiction: "US".into(),
-            addr: format!("n{key}"),
-            policy_epoch: 0,
-            generation: 0,
-        };
         let all: Vec<MemberInfo> = (1..=8u8)
             .map(|k| member(k, ["a", "b", "c"][usize::from(k % 3)]))
             .collect();
