@@ -459,11 +459,11 @@ pub struct Node<S: Store> {
     children_at: u64,
     /// The publisher's targets per origin and region hops ([`Node::publish_targets`]), for
     /// the region graph epoch, near epoch and `view_version` in `plans_at`: a plan reads
-    /// the view, the region tree (rebuilt within [`route::GRAPH_REFRESH_US`] of an
-    /// estimate's change, at once after a failed link or a level shift) and which regions
-    /// are near (which changes only when an estimate crosses `near_region_rtt_us`).
-    /// Planning was most of a publish's cost: a graph check, a tree walk and an estimate
-    /// lookup per region member.
+    /// the view, the region tree (rebuilt within [`route::GRAPH_REFRESH_US`] of a change of
+    /// an estimate or record it reads, at once after a failed link or a level shift) and
+    /// which regions are near (which changes only when an estimate crosses
+    /// `near_region_rtt_us`). Planning was most of a publish's cost: a graph check, a tree
+    /// walk and an estimate lookup per region member.
     plans: BTreeMap<(OriginKey, Vec<FilterHop>), Vec<Target>>,
     plans_at: (u64, u64, u64),
     /// Calls of `check_invariants`, and where its walk of the missing table and the

@@ -64,9 +64,9 @@ use crate::mesh::node::Micros;
 /// asks for 15%, right for a single relay choice made once; here the margin also bounds
 /// the stretch a path may keep, and 15% would allow up to 1.18.)
 pub const TRANSIT_COST_PCT: u64 = 105;
-/// How long the region graph may lag behind drifting estimates and newly gossiped records
-/// (including other nodes' reports of links they lost): it is rebuilt at the first use
-/// after this much time, not on every change. A membership change, this node's own link
+/// How long the region graph may lag behind drifting estimates it reads and newly gossiped
+/// records with changed links (including other nodes' reports of links they lost): it is
+/// rebuilt at the first use after this much time, not on every change. A membership change, this node's own link
 /// failing or recovering and an RTT level shift it measured rebuild it at once. Records
 /// and estimates change several times a second per node on a busy mesh, and rebuilding
 /// the graph (and every tree over it) before each publish after such a change was a tenth
@@ -482,7 +482,8 @@ pub(crate) struct Router {
     /// [`GRAPH_REFRESH_US`]).
     graph_stale: bool,
     trees: BTreeMap<Vec<bool>, RegionTree>,
-    /// Grows with every graph build that changed the graph.
+    /// Grows with every graph build that changed the graph, and with the first build after
+    /// [`Router::invalidate`].
     graph_epoch: u64,
     /// `graph` has an edge estimated from coordinates (see [`Router::graph_reads_estimate`]).
     graph_uses_coords: bool,
@@ -499,7 +500,8 @@ pub(crate) struct Router {
     /// before nearly every build, each mostly repeating its links). Dropped with the
     /// topology its region indices come from.
     reported: Option<ReportedLinks>,
-    /// Records stored or dropped since `reported` was brought up to date.
+    /// Records stored with changed links, or dropped, since `reported` was brought up to
+    /// date.
     changed_records: BTreeSet<OriginKey>,
     pub(crate) status: NodeStatus,
 }
@@ -590,7 +592,12 @@ impl Router {
             }
         }
         if let Some(c) = self.records.get(&peer).map(|r| r.coord) {
+            let first = self.vivaldi.updates() == 0;
             let _ = self.vivaldi.update(&c, rtt_us);
+            // The first coordinate lets the graph estimate edges nobody measured.
+            if first && self.vivaldi.updates() > 0 {
+                self.graph_stale = true;
+            }
         }
         changed
     }
