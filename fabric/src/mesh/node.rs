@@ -1370,8 +1370,7 @@ impl<S: Store> Node<S> {
     }
 
     /// Where this node pushes `event`: as the publisher [`Node::publish_targets`], else
-    /// [`Node::relay_or_child_targets`] (for tests, which walk whole trees).
-    #[cfg(test)]
+    /// [`Node::relay_or_child_targets`].
     fn targets(
         &mut self,
         event: &Event,
@@ -1641,19 +1640,12 @@ impl<S: Store> Node<S> {
                 // One event (most relayed pushes, every local publish): no per-target
                 // batching. Sorted and deduplicated like the batch map below, so both ways
                 // push in the same order.
-                let mut targets = if publishing {
-                    let hops = self.region_hops(event);
-                    self.publish_targets(&event.origin(), &hops)
-                } else {
-                    self.relay_or_child_targets(event, relay, reroutes)
-                };
+                let mut targets = self.targets(event, publishing, relay, reroutes);
                 targets.retain(|t| Some(t.0) != except && t.0 != me);
                 targets.sort_unstable();
                 targets.dedup();
-                for (peer, hops, ack, reroutes) in targets {
-                    let relaying = !hops.is_empty();
-                    let batch = self.allowed(events, &peer, relaying, !publishing);
-                    self.push(peer, &batch, hops, ack, reroutes);
+                for target in targets {
+                    self.push_allowed(target, events, !publishing);
                 }
             } else {
                 self.forward_batches(events, except, publishing, relay, reroutes);
@@ -1680,24 +1672,9 @@ impl<S: Store> Node<S> {
     ) {
         let me = self.me.node_key();
         let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
-        // A publisher's targets depend only on the origin and what the filter lets each
-        // region's root receive: plan once per such pair, not once per event of a batch.
-        let mut planned: BTreeMap<(OriginKey, Vec<FilterHop>), Vec<Target>> = BTreeMap::new();
+        // (A publisher's plans are cached per origin and filter outcome: see `plans`.)
         for event in events {
-            let targets = if publishing {
-                let key = (event.origin(), self.region_hops(event));
-                match planned.get(&key) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = self.publish_targets(&key.0, &key.1);
-                        planned.insert(key, t.clone());
-                        t
-                    }
-                }
-            } else {
-                self.relay_or_child_targets(event, relay, reroutes)
-            };
-            for target in targets {
+            for target in self.targets(event, publishing, relay, reroutes) {
                 if Some(target.0) != except && target.0 != me {
                     let batch = batches.entry(target).or_default();
                     // A target named twice for one event gets it once.
@@ -1707,12 +1684,19 @@ impl<S: Store> Node<S> {
                 }
             }
         }
-        for ((peer, hops, ack, reroutes), batch) in batches {
+        for (target, batch) in batches {
             // A publisher already told every member that may not hold an event.
-            let relaying = !hops.is_empty();
-            let batch = self.allowed(&batch, &peer, relaying, !publishing);
-            self.push(peer, &batch, hops, ack, reroutes);
+            self.push_allowed(target, &batch, !publishing);
         }
+    }
+
+    /// Pushes to `target` what of `events` the filter lets it have ([`Node::allowed`]; a
+    /// target with relay hops may carry sealed transit), Skips for the rest with `notify`.
+    fn push_allowed(&mut self, target: Target, events: &[Arc<Event>], notify: bool) {
+        let (peer, hops, ack, reroutes) = target;
+        let relaying = !hops.is_empty();
+        let batch = self.allowed(events, &peer, relaying, notify);
+        self.push(peer, &batch, hops, ack, reroutes);
     }
 
     /// The publisher's Skips: every member that may not hold one of `events` (its hop is
@@ -1862,9 +1846,7 @@ impl<S: Store> Node<S> {
         let (plan, unreachable) = self.plan_for(&first, &dests);
         self.stats.reroute_unreachable += unreachable.len() as u64;
         for (root, hops) in plan {
-            let relaying = !hops.is_empty();
-            let batch = self.allowed(&p.events, &root, relaying, true);
-            self.push(root, &batch, hops, true, p.reroutes + 1);
+            self.push_allowed((root, hops, true, p.reroutes + 1), &p.events, true);
         }
     }
 
@@ -2131,10 +2113,8 @@ impl<S: Store> Node<S> {
                 }
             }
         }
-        for ((root, hops, ack, reroutes), events) in by_target {
-            let relaying = !hops.is_empty();
-            let batch = self.allowed(&events, &root, relaying, true);
-            self.push(root, &batch, hops, ack, reroutes);
+        for (target, events) in by_target {
+            self.push_allowed(target, &events, true);
         }
     }
 

@@ -66,8 +66,9 @@ use crate::mesh::node::Micros;
 pub const TRANSIT_COST_PCT: u64 = 105;
 /// How long the region graph may lag behind drifting estimates it reads and newly gossiped
 /// records with changed links (including other nodes' reports of links they lost): it is
-/// rebuilt at the first use after this much time, not on every change. A membership change, this node's own link
-/// failing or recovering and an RTT level shift it measured rebuild it at once. Records
+/// rebuilt at the first use after this much time, not on every change. A membership
+/// change, this node's own link failing or recovering and an RTT level shift it measured
+/// rebuild it at once. Records
 /// and estimates change several times a second per node on a busy mesh, and rebuilding
 /// the graph (and every tree over it) before each publish after such a change was a tenth
 /// of a simulation's time, and cost the node the same.
