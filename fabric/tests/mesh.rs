@@ -57,10 +57,10 @@ impl Net {
     fn info(&self, i: usize, generation: u32) -> MemberInfo {
         MemberInfo {
             key: self.signers[i].origin().0,
-            region: self.regions[i].to_string(),
+            region: self.regions[i].to_string().into(),
             cloud: "test".into(),
             jurisdiction: "EU".into(),
-            addr: format!("n{i}"),
+            addr: format!("n{i}").into(),
             policy_epoch: 0,
             generation,
         }

@@ -482,7 +482,7 @@ impl Driver {
                 };
                 for id in ids {
                     if let Some(set) = self.confirmed.get_mut(&EventId(id)) {
-                        set.insert(region.clone());
+                        set.insert(region.to_string());
                     }
                 }
                 self.settle_confirmations();
@@ -491,10 +491,10 @@ impl Driver {
                 info!(peer = %key, %addr, "seed reached; joining");
                 let seed = MemberInfo {
                     key: key.0,
-                    region: String::new(),
-                    cloud: String::new(),
-                    jurisdiction: String::new(),
-                    addr: addr.to_string(),
+                    region: String::new().into(),
+                    cloud: String::new().into(),
+                    jurisdiction: String::new().into(),
+                    addr: addr.to_string().into(),
                     policy_epoch: 0,
                     generation: 0,
                 };
@@ -637,7 +637,7 @@ impl Driver {
                         self.confirmed
                             .entry(*id)
                             .or_default()
-                            .insert(self.me.region.clone());
+                            .insert(self.me.region.to_string());
                     }
                 }
                 self.drain();
@@ -695,7 +695,7 @@ impl Driver {
                 let min = if w.ids.is_empty() { common.len() } else { min };
                 (common, min)
             }
-            _ if durable => (vec![self.me.region.clone()], 1),
+            _ if durable => (vec![self.me.region.to_string()], 1),
             _ => (Vec::new(), 0),
         };
         let complete = match w.ack {
@@ -820,7 +820,7 @@ impl Driver {
                         .entry(e.id())
                         .or_insert_with(|| (e.clone(), BTreeSet::new()))
                         .1
-                        .insert(region.clone());
+                        .insert(region.to_string());
                 }
             }
             let addr = self
@@ -1145,10 +1145,10 @@ impl Driver {
         let mut peers: Vec<PeerView> = Vec::new();
         let view = |m: &MemberInfo, state: &'static str, rtt: Option<Micros>| PeerView {
             key: hex::encode(m.key),
-            region: m.region.clone(),
-            cloud: m.cloud.clone(),
-            jurisdiction: m.jurisdiction.clone(),
-            addr: m.addr.clone(),
+            region: m.region.to_string(),
+            cloud: m.cloud.to_string(),
+            jurisdiction: m.jurisdiction.to_string(),
+            addr: m.addr.to_string(),
             state,
             rtt_ms: rtt.map(|r| r as f64 / 1000.0),
             policy_epoch: m.policy_epoch,
@@ -1228,9 +1228,18 @@ impl Driver {
                 NodeView {
                     key: hex::encode(r.node),
                     name: r.status.name.clone(),
-                    region: info.map(|m| m.region.clone()).unwrap_or_default(),
-                    cloud: info.map(|m| m.cloud.clone()).unwrap_or_default(),
-                    jurisdiction: info.map(|m| m.jurisdiction.clone()).unwrap_or_default(),
+                    region: info
+                        .map(|m| m.region.clone())
+                        .unwrap_or_default()
+                        .to_string(),
+                    cloud: info
+                        .map(|m| m.cloud.clone())
+                        .unwrap_or_default()
+                        .to_string(),
+                    jurisdiction: info
+                        .map(|m| m.jurisdiction.clone())
+                        .unwrap_or_default()
+                        .to_string(),
                     http: r.status.http.clone(),
                     alive: key == me || self.members.contains_key(&key),
                     age_ms: now.saturating_sub(at) / 1000,

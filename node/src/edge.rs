@@ -375,7 +375,7 @@ impl Edge {
             .map(|s| s.as_str().to_string());
         let profile = Profile {
             node: api.name.clone(),
-            region: api.me.region.clone(),
+            region: api.me.region.to_string(),
             epoch,
             principal: principal.clone(),
             tenant: tenant.clone(),

@@ -265,7 +265,7 @@ impl Api {
             policy,
             principal,
             action,
-            region: self.me.region.clone(),
+            region: self.me.region.to_string(),
         }))
     }
 
@@ -1484,7 +1484,7 @@ async fn ack_subscription(
             policy,
             principal: who,
             action: weft_policy::Action::Subscribe,
-            region: api.me.region.clone(),
+            region: api.me.region.to_string(),
         };
         api.authorize_stream(
             &guard,

@@ -188,10 +188,10 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     };
     let me = MemberInfo {
         key: origin.0,
-        region: raw.region.clone(),
-        cloud: raw.cloud.clone(),
-        jurisdiction: raw.jurisdiction.clone(),
-        addr: config.advertise.to_string(),
+        region: raw.region.clone().into(),
+        cloud: raw.cloud.clone().into(),
+        jurisdiction: raw.jurisdiction.clone().into(),
+        addr: config.advertise.to_string().into(),
         policy_epoch: policy.as_ref().map_or(0, |(p, _)| p.policy.epoch()),
         generation,
     };

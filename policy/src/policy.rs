@@ -401,7 +401,9 @@ pub const PLACEMENT_CACHE_LEN_MAX: usize = NODES_MAX;
 #[derive(Clone)]
 pub struct PolicyFilter {
     policy: Arc<Policy>,
-    placements: RefCell<HashMap<OriginKey, (String, String, Placement), KeyBuildHasher>>,
+    placements: RefCell<
+        HashMap<OriginKey, (smol_str::SmolStr, smol_str::SmolStr, Placement), KeyBuildHasher>,
+    >,
     last: Cell<Option<(EventId, EventScope)>>,
 }
 

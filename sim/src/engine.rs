@@ -572,10 +572,10 @@ impl Engine {
             let signer = Signer::from_secret(&secret);
             let info = MemberInfo {
                 key: signer.origin().0,
-                region: plan.regions[n.region].clone(),
-                cloud: n.cloud.clone(),
-                jurisdiction: n.jurisdiction.clone(),
-                addr: n.name.clone(),
+                region: plan.regions[n.region].as_str().into(),
+                cloud: n.cloud.as_str().into(),
+                jurisdiction: n.jurisdiction.as_str().into(),
+                addr: n.name.as_str().into(),
                 policy_epoch: if plan.policy.is_some() {
                     residency::SIM_POLICY_EPOCH
                 } else {

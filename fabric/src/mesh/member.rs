@@ -1,6 +1,7 @@
 //! Member records: who a node is, as SWIM (foca) carries it around the mesh.
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::envelope::OriginKey;
 
@@ -11,13 +12,13 @@ pub struct MemberInfo {
     /// The node's Ed25519 public key: its stable identity.
     pub key: [u8; 32],
     /// Cloud region id, e.g. `aws:eu-west-1`.
-    pub region: String,
+    pub region: SmolStr,
     /// Cloud provider, e.g. `aws`.
-    pub cloud: String,
+    pub cloud: SmolStr,
     /// Jurisdiction code the node claims (policy checks it in issue 6).
-    pub jurisdiction: String,
+    pub jurisdiction: SmolStr,
     /// Where peers reach it (a socket address for the node, a label in the simulator).
-    pub addr: String,
+    pub addr: SmolStr,
     /// The policy epoch the node enforces.
     pub policy_epoch: u64,
     /// Incremented on every rejoin.

@@ -52,6 +52,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 use weft_routing::linkstate::LINKS_PER_NODE_MAX;
 use weft_routing::{Coordinate, LatencyGraph, LinkStateDb, RttEstimator, VivaldiClient};
 
@@ -108,7 +109,7 @@ pub const RTO_US_UNKNOWN: Micros = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RelayHop {
     /// Region id, e.g. `aws:us-east-1`.
-    pub region: String,
+    pub region: SmolStr,
     /// Index of the parent hop in the list; always below this hop's own index.
     pub parent: Option<u8>,
 }
@@ -192,7 +193,7 @@ pub fn rto_us(rtt_us: Option<Micros>) -> Micros {
 #[derive(Debug, Clone)]
 pub(crate) struct PendingAck {
     pub(crate) to: OriginKey,
-    pub(crate) region: String,
+    pub(crate) region: SmolStr,
     pub(crate) events: Vec<std::sync::Arc<crate::envelope::Event>>,
     pub(crate) relay: Vec<RelayHop>,
     pub(crate) reroutes: u8,
@@ -543,6 +544,11 @@ impl Router {
         }
     }
 
+    /// Every peer's RTT estimator, ascending by key.
+    pub(crate) fn estimators(&self) -> impl Iterator<Item = (&OriginKey, &RttEstimator)> {
+        self.rtt.iter()
+    }
+
     /// The published RTT estimate to `peer`.
     pub(crate) fn rtt_us(&self, peer: &OriginKey) -> Option<Micros> {
         self.rtt.get(peer).and_then(RttEstimator::estimate_us)
@@ -703,7 +709,7 @@ impl Router {
             let (Some(m), Some(r)) = (members.get(k), est.estimate_us()) else {
                 continue;
             };
-            if m.region != me.region && self.failed.contains_key(&m.region) {
+            if m.region != me.region && self.failed.contains_key(m.region.as_str()) {
                 continue;
             }
             by_region.entry(&m.region).or_default().push((r, *k));
@@ -759,7 +765,7 @@ impl Router {
             }
         } else {
             // Keep a sample per region (module docs).
-            let held = regions.get(&member.region).map_or(0, |list| {
+            let held = regions.get(member.region.as_str()).map_or(0, |list| {
                 list.iter().filter(|k| self.records.contains_key(k)).count()
             });
             if held >= RECORDS_PER_REGION_MAX {
@@ -1175,7 +1181,7 @@ impl RegionTree {
                             break;
                         }
                         hops.push(RelayHop {
-                            region: name.clone(),
+                            region: SmolStr::new(name),
                             parent,
                         });
                         parent = u8::try_from(hops.len() - 1).ok();
@@ -1196,7 +1202,7 @@ impl RegionTree {
 /// Splits a received hop list into its top-level regions, each with its own sub-list
 /// (re-indexed). Malformed lists (a parent not before its child, too many hops, a region
 /// twice or the receiver's own region) yield `None`.
-pub fn split_hops(hops: &[RelayHop], own_region: &str) -> Option<Vec<(String, Vec<RelayHop>)>> {
+pub fn split_hops(hops: &[RelayHop], own_region: &str) -> Option<Vec<(SmolStr, Vec<RelayHop>)>> {
     if hops.len() > RELAY_HOPS_MAX {
         return None;
     }
@@ -1269,8 +1275,8 @@ mod tests {
         assert_eq!(
             split,
             vec![
-                ("b".to_string(), vec![hop("c", None), hop("d", Some(0))]),
-                ("e".to_string(), vec![]),
+                (SmolStr::new("b"), vec![hop("c", None), hop("d", Some(0))]),
+                (SmolStr::new("e"), vec![]),
             ]
         );
     }
@@ -1335,7 +1341,7 @@ mod tests {
             region: region.into(),
             cloud: "aws".into(),
             jurisdiction: "US".into(),
-            addr: format!("n{key}"),
+            addr: format!("n{key}").into(),
             policy_epoch: 0,
             generation: 0,
         }
@@ -1353,7 +1359,7 @@ mod tests {
         let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
         for m in [&me, &b] {
             regions
-                .entry(m.region.clone())
+                .entry(m.region.to_string())
                 .or_default()
                 .push(m.node_key());
         }
@@ -1407,7 +1413,7 @@ mod tests {
         let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
         for m in &all {
             regions
-                .entry(m.region.clone())
+                .entry(m.region.to_string())
                 .or_default()
                 .push(m.node_key());
         }

@@ -27,7 +27,7 @@ pub fn member(n: u8, jurisdiction: &str, region: &str) -> MemberInfo {
         region: region.into(),
         cloud: "aws".into(),
         jurisdiction: jurisdiction.into(),
-        addr: format!("node-{n}"),
+        addr: format!("node-{n}").into(),
         policy_epoch: 7,
         generation: 0,
     }
