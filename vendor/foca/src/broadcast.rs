@@ -4,6 +4,9 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use core::cmp::Ordering;
+use core::hash::BuildHasherDefault;
+
+use crate::member::AddrHasher;
 
 use bytes::BufMut;
 
@@ -97,6 +100,15 @@ pub trait Invalidates {
     /// keep `item` and discard `other` from its dissemination
     /// backlog.
     fn invalidates(&self, other: &Self) -> bool;
+
+    /// Weft patch: a hash of what [`Invalidates::invalidates`] compares,
+    /// for items that only ever invalidate items with an equal key
+    /// (`a.invalidates(b)` implies `a.invalidation_key() ==
+    /// b.invalidation_key()`). The backlog then skips its scan for an
+    /// item whose key no held entry has. `None` (the default): always scan.
+    fn invalidation_key(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Invalidates for &[u8] {
@@ -118,6 +130,11 @@ impl Invalidates for &[u8] {
 pub(crate) struct Broadcasts<V> {
     classes: BTreeMap<(usize, usize), VecDeque<Entry<V>>>,
     len: usize,
+    // Weft patch: how many held entries have each invalidation key. Upstream
+    // scans the whole backlog on every added update (O(n) per update, O(n^2)
+    // while a 1000-member cluster forms); an update whose key no entry has
+    // cannot invalidate anything and skips the scan.
+    keyed: hashbrown::HashMap<u64, usize, BuildHasherDefault<AddrHasher>>,
 }
 
 impl<T> Broadcasts<T>
@@ -128,6 +145,7 @@ where
         Self {
             classes: BTreeMap::new(),
             len: 0,
+            keyed: hashbrown::HashMap::default(),
         }
     }
 
@@ -141,22 +159,36 @@ where
 
     pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
         debug_assert!(max_tx > 0);
-        let mut emptied = Vec::new();
-        for (key, class) in self.classes.iter_mut() {
-            let before = class.len();
-            class.retain(|node| !item.invalidates(&node.item));
-            self.len -= before - class.len();
-            if class.is_empty() {
-                emptied.push(*key);
+        let key = item.invalidation_key();
+        if key.is_none_or(|k| self.keyed.contains_key(&k)) {
+            let mut emptied = Vec::new();
+            let keyed = &mut self.keyed;
+            for (class_key, class) in self.classes.iter_mut() {
+                let before = class.len();
+                class.retain(|node| {
+                    let invalidated = item.invalidates(&node.item);
+                    if invalidated {
+                        forget_key(keyed, node.key);
+                    }
+                    !invalidated
+                });
+                self.len -= before - class.len();
+                if class.is_empty() {
+                    emptied.push(*class_key);
+                }
+            }
+            for class_key in emptied {
+                self.classes.remove(&class_key);
             }
         }
-        for key in emptied {
-            self.classes.remove(&key);
+        if let Some(k) = key {
+            *self.keyed.entry(k).or_default() += 1;
         }
         self.push(Entry {
             remaining_tx: max_tx,
             item,
             data,
+            key,
         });
     }
 
@@ -241,6 +273,8 @@ where
 
             if node.remaining_tx > 0 {
                 again.push(node);
+            } else {
+                forget_key(&mut self.keyed, node.key);
             }
         }
 
@@ -252,6 +286,21 @@ where
     }
 }
 
+/// Weft patch: one entry of `key` left the backlog.
+fn forget_key(
+    keyed: &mut hashbrown::HashMap<u64, usize, BuildHasherDefault<AddrHasher>>,
+    key: Option<u64>,
+) {
+    if let Some(k) = key
+        && let hashbrown::hash_map::Entry::Occupied(mut held) = keyed.entry(k)
+    {
+        *held.get_mut() -= 1;
+        if *held.get() == 0 {
+            held.remove();
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry<T> {
     remaining_tx: usize,
@@ -259,6 +308,8 @@ struct Entry<T> {
     data: Vec<u8>,
     // ignored for eq/ord. sorting is unstable
     item: T,
+    // Weft patch: `item.invalidation_key()`, computed once.
+    key: Option<u64>,
 }
 
 impl<T> PartialEq for Entry<T> {
@@ -332,6 +383,52 @@ mod tests {
             piggyback.is_empty(),
             "Should remove item after being used max_tx times"
         );
+    }
+
+    // Weft patch: a keyed item (see `Invalidates::invalidation_key`).
+    struct Keyed(u8);
+
+    impl Invalidates for Keyed {
+        fn invalidates(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+
+        fn invalidation_key(&self) -> Option<u64> {
+            // Deliberately colliding (1 and 3 share a key): a shared key
+            // only costs a scan, which still compares the items.
+            Some(u64::from(self.0 % 2))
+        }
+    }
+
+    #[test]
+    fn keyed_items_replace_exactly_and_leave_no_count_behind() {
+        let max_tx = 2;
+        let mut piggyback = Broadcasts::new();
+        piggyback.add_or_replace(Keyed(1), b"1a".to_vec(), max_tx);
+        piggyback.add_or_replace(Keyed(2), b"2a".to_vec(), max_tx);
+        piggyback.add_or_replace(Keyed(3), b"3a".to_vec(), max_tx);
+        assert_eq!(3, piggyback.len(), "a shared key is not equality");
+        piggyback.add_or_replace(Keyed(1), b"1b".to_vec(), max_tx);
+        assert_eq!(3, piggyback.len(), "the same item replaces");
+        assert_eq!(Some(&2), piggyback.keyed.get(&1), "1b and 3a");
+        assert_eq!(Some(&1), piggyback.keyed.get(&0), "2a");
+
+        let mut sent = Vec::new();
+        for _ in 0..max_tx {
+            let mut buf = Vec::new();
+            assert_eq!(3, piggyback.fill_with_len_prefix(&mut buf, usize::MAX));
+            sent.push(buf);
+        }
+        assert!(piggyback.is_empty());
+        assert!(piggyback.keyed.is_empty(), "no count outlives its entries");
+        assert!(
+            sent.iter().all(|b| !b.windows(2).any(|w| w == b"1a")),
+            "the replaced update is never sent"
+        );
+
+        // Back in the backlog after it emptied: counted afresh.
+        piggyback.add_or_replace(Keyed(3), b"3b".to_vec(), max_tx);
+        assert_eq!(Some(&1), piggyback.keyed.get(&1));
     }
 
     #[test]

@@ -1690,11 +1690,17 @@ impl<T> BroadcastHandler<T> for NoCustomBroadcast {
 
 struct Addr<T>(T);
 
-impl<T: PartialEq> Invalidates for Addr<T> {
+impl<T: PartialEq + core::hash::Hash> Invalidates for Addr<T> {
     // State is managed externally (via Members), so invalidation
     // is a trivial replace-if-same-key
     fn invalidates(&self, other: &Self) -> bool {
         self.0 == other.0
+    }
+
+    // Weft patch: the same key, hashed (see `Invalidates::invalidation_key`).
+    fn invalidation_key(&self) -> Option<u64> {
+        use core::hash::BuildHasher;
+        Some(core::hash::BuildHasherDefault::<member::AddrHasher>::default().hash_one(&self.0))
     }
 }
 

@@ -150,7 +150,7 @@ pub(crate) struct Members<T: crate::Identity> {
 /// chosen by members the cluster admits, and a collision only costs
 /// a probe.
 #[derive(Default)]
-struct AddrHasher(u64);
+pub(crate) struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
     fn finish(&self) -> u64 {
