@@ -1309,8 +1309,8 @@ impl<S: Store> Node<S> {
     /// event's origin (the member a push to the region goes to) may receive of it. This
     /// node's own region counts as clear (it is the source of any path planned here).
     fn region_hops(&self, event: &Event) -> Vec<FilterHop> {
-        // Clear for every member: every region is (each list holds members only, and an
-        // empty list is removed).
+        // Clear for every member: every region is (another region's list holds members
+        // only, and an empty list is removed; this node's own region is Clear anyway).
         if self.filter.unrestricted(event) {
             return vec![FilterHop::Clear; self.regions.len()];
         }
