@@ -2241,12 +2241,15 @@ impl<S: Store> Node<S> {
         }
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
-        if !events.is_empty() {
+        // A GRAFT may name up to REFS_PER_MESSAGE_MAX events (this node's own GRAFTs name
+        // one): the answer goes in push-sized batches (count and bytes) like any push, never
+        // one message over the wire limit.
+        for batch in batches_of(&events, self.config.push_batch_len_max) {
             self.stats.pushes_sent += 1;
             self.send(
                 from,
                 Message::Push {
-                    events,
+                    events: batch.to_vec(),
                     relay: Vec::new(),
                     ack: 0,
                     reroutes: 0,
@@ -3043,6 +3046,44 @@ mod tests {
         for n in &nodes {
             n.check_invariants_full();
         }
+    }
+
+    #[test]
+    fn a_graft_naming_many_events_is_answered_in_push_sized_batches() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2];
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        let peer = nodes[1].me().node_key();
+        // Small batches: the test mesh's stores hold 16 events.
+        nodes[0].config.push_batch_len_max = 4;
+        let len_max = 4;
+        let count = len_max * 2 + 3;
+        let mut refs = Vec::new();
+        for seq in 1..=count as u64 {
+            let e = event_at(seeds[0], seq, "orders.all");
+            refs.push(EventRef::of(&e));
+            nodes[0].handle_publish(0, e).unwrap();
+            while nodes[0].poll_transmit().is_some() {}
+        }
+        let pushes_before = nodes[0].stats().pushes_sent;
+        nodes[0].handle_message(1_000, peer, Message::Graft(refs.clone()));
+        let mut answered = Vec::new();
+        while let Some(t) = nodes[0].poll_transmit() {
+            if let Message::Push { events, relay, .. } = t.msg {
+                assert_eq!(t.to, peer);
+                assert!(relay.is_empty());
+                assert!(
+                    events.len() <= len_max,
+                    "{} events in one push",
+                    events.len()
+                );
+                answered.extend(events.iter().map(|e| EventRef::of(e)));
+            }
+        }
+        assert_eq!(answered, refs, "every event, in order, in 3 pushes");
+        assert_eq!(nodes[0].stats().pushes_sent - pushes_before, 3);
+        assert_eq!(origin, refs[0].origin);
     }
 
     #[test]
