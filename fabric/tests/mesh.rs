@@ -57,7 +57,7 @@ impl Net {
     fn info(&self, i: usize, generation: u32) -> MemberInfo {
         MemberInfo {
             key: self.signers[i].origin().0,
-            region: self.regions[i].to_string().into(),
+            region: self.regions[i].into(),
             cloud: "test".into(),
             jurisdiction: "EU".into(),
             addr: format!("n{i}").into(),

@@ -491,9 +491,9 @@ impl Driver {
                 info!(peer = %key, %addr, "seed reached; joining");
                 let seed = MemberInfo {
                     key: key.0,
-                    region: String::new().into(),
-                    cloud: String::new().into(),
-                    jurisdiction: String::new().into(),
+                    region: Default::default(),
+                    cloud: Default::default(),
+                    jurisdiction: Default::default(),
                     addr: addr.to_string().into(),
                     policy_epoch: 0,
                     generation: 0,
@@ -1228,18 +1228,9 @@ impl Driver {
                 NodeView {
                     key: hex::encode(r.node),
                     name: r.status.name.clone(),
-                    region: info
-                        .map(|m| m.region.clone())
-                        .unwrap_or_default()
-                        .to_string(),
-                    cloud: info
-                        .map(|m| m.cloud.clone())
-                        .unwrap_or_default()
-                        .to_string(),
-                    jurisdiction: info
-                        .map(|m| m.jurisdiction.clone())
-                        .unwrap_or_default()
-                        .to_string(),
+                    region: info.map(|m| m.region.to_string()).unwrap_or_default(),
+                    cloud: info.map(|m| m.cloud.to_string()).unwrap_or_default(),
+                    jurisdiction: info.map(|m| m.jurisdiction.to_string()).unwrap_or_default(),
                     http: r.status.http.clone(),
                     alive: key == me || self.members.contains_key(&key),
                     age_ms: now.saturating_sub(at) / 1000,

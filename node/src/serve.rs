@@ -188,9 +188,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     };
     let me = MemberInfo {
         key: origin.0,
-        region: raw.region.clone().into(),
-        cloud: raw.cloud.clone().into(),
-        jurisdiction: raw.jurisdiction.clone().into(),
+        region: raw.region.as_str().into(),
+        cloud: raw.cloud.as_str().into(),
+        jurisdiction: raw.jurisdiction.as_str().into(),
         addr: config.advertise.to_string().into(),
         policy_epoch: policy.as_ref().map_or(0, |(p, _)| p.policy.epoch()),
         generation,

@@ -419,6 +419,12 @@ impl ReportedLinks {
     }
 }
 
+/// The middle of `v` (the upper one of an even count); `v` is not empty.
+fn median(v: &mut [Micros]) -> Micros {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
 /// Edges for the region pairs nobody reported: the median distance between up to three
 /// record coordinates of each region. Returns those coordinates per region (coordinates
 /// move with every record, so they are read afresh for each build).
@@ -446,8 +452,7 @@ fn estimate_unreported(
                 .flat_map(|x| cb.iter().map(move |y| x.distance_us(y)))
                 .collect();
             if !v.is_empty() {
-                v.sort_unstable();
-                edges.insert((*a, *b), (v[v.len() / 2], EdgeSource::Estimated));
+                edges.insert((*a, *b), (median(&mut v), EdgeSource::Estimated));
             }
         }
     }
@@ -921,10 +926,6 @@ impl Router {
         }
         let mut edges = reported.edges.clone();
         let coords = estimate_unreported(&mut edges, &self.records, topology);
-        let median = |v: &mut Vec<Micros>| -> Micros {
-            v.sort_unstable();
-            v[v.len() / 2]
-        };
         // Edges out of this node's region: this node's own view.
         for (i, name) in names.iter().enumerate() {
             let i = i as u16;
