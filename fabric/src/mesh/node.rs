@@ -1171,17 +1171,34 @@ impl<S: Store> Node<S> {
         let want = self.config.lazy.min(LAZY_MAX);
         // Measured RTT, else estimated from network coordinates (members never contacted).
         let rtt = |k: &OriginKey| self.router.estimate_us(k);
+        // Members and RTT estimators are both ordered by key: walk them together instead of
+        // looking every member up (this runs on every view refresh over every member).
+        let mut estimators = self.router.estimators().peekable();
         let mut by_rtt: Vec<(Micros, OriginKey)> = self
             .members
             .keys()
             .filter(|k| **k != me)
-            .map(|k| (rtt(k).unwrap_or(Micros::MAX), *k))
+            .map(|k| {
+                while estimators.next_if(|(ek, _)| *ek < k).is_some() {}
+                let measured = estimators
+                    .peek()
+                    .filter(|(ek, _)| *ek == k)
+                    .and_then(|(_, e)| e.estimate_us());
+                let r = measured.or_else(|| self.router.coord_estimate_us(k));
+                (r.unwrap_or(Micros::MAX), *k)
+            })
             .collect();
-        by_rtt.sort();
         // Near: the nearest `want - 1`, replacing a current lazy peer only when clearly
         // nearer (hysteresis).
         let near_target = want.saturating_sub(1);
-        for (r, k) in by_rtt.iter().take(near_target) {
+        // Only the nearest `near_target` are read, in order (keys are unique: the same ones
+        // a full sort would put first).
+        if near_target < by_rtt.len() {
+            by_rtt.select_nth_unstable(near_target);
+            by_rtt.truncate(near_target);
+        }
+        by_rtt.sort_unstable();
+        for (r, k) in &by_rtt {
             if self.lazy.contains(k) {
                 continue;
             }
@@ -1202,13 +1219,17 @@ impl<S: Store> Node<S> {
                 self.lazy.insert(*k);
             }
         }
-        // Far: one random member of another region, if there is room.
-        let others: Vec<OriginKey> = self
-            .members
+        // Far: one random member of another region, if there is room. Drawn in key order
+        // from the per-region key lists (reading every member record for its region was a
+        // cache miss per member).
+        let mut others: Vec<OriginKey> = self
+            .regions
             .iter()
-            .filter(|(k, m)| **k != me && m.region != self.me.region && !self.lazy.contains(*k))
-            .map(|(k, _)| *k)
+            .filter(|(name, _)| name.as_str() != self.me.region.as_str())
+            .flat_map(|(_, list)| list.iter().copied())
+            .filter(|k| !self.lazy.contains(k))
             .collect();
+        others.sort_unstable();
         if self.lazy.len() < want && !others.is_empty() {
             let k = others[(self.rng.next_u64() % others.len() as u64) as usize];
             self.lazy.insert(k);
@@ -2358,11 +2379,14 @@ impl<S: Store> Node<S> {
             self.seen.iter().filter_map(|(o, s)| {
                 let first_gap = usize::from(s.ranges.contiguous() > 0);
                 let hole = s.ranges.iter().nth(first_gap).is_some();
-                let live = self
-                    .members
-                    .get(o)
-                    .is_some_and(|m| !self.router.failed.contains_key(m.region.as_str()));
-                (hole && live && *o != me).then_some(*o)
+                // The member record only for an origin with a hole (few): each lookup is a
+                // walk of the member map.
+                let live = || {
+                    self.members
+                        .get(o)
+                        .is_some_and(|m| !self.router.failed.contains_key(m.region.as_str()))
+                };
+                (hole && *o != me && live()).then_some(*o)
             })
         };
         let count = stalled().count();

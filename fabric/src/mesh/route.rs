@@ -1,7 +1,11 @@
 //! Latency-aware routing inside the mesh core: link probes, link-state gossip, the region
 //! graph, source-routed relays and failover. The algorithms are `weft-routing`'s (RTT
-//! estimation, Vivaldi coordinates, the link-state database, constrained Dijkstra); this
-//! module holds the per-node state that feeds them and turns their answers into pushes.
+//! estimation, Vivaldi coordinates, constrained Dijkstra); this module holds the per-node
+//! state that feeds them and turns their answers into pushes. Link records are kept here,
+//! by node, and checked by [`LinkRecord::validate`] (the limits `weft-routing`'s
+//! `LinkStateDb` applies): the region graph is built from them region by region, and a
+//! second copy in a `LinkStateDb`, which nothing read, cost a twentieth of a 1000-node
+//! simulation.
 //!
 //! # How an event finds its path
 //!
@@ -54,7 +58,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use weft_routing::linkstate::LINKS_PER_NODE_MAX;
-use weft_routing::{Coordinate, LatencyGraph, LinkStateDb, RttEstimator, VivaldiClient};
+use weft_routing::rtt::RTT_US_MAX;
+use weft_routing::{Coordinate, LatencyGraph, RttEstimator, VivaldiClient};
 
 use crate::envelope::{KeyBuildHasher, OriginKey};
 use crate::mesh::member::MemberInfo;
@@ -175,6 +180,18 @@ impl LinkRecord {
         }
         if self.links.iter().any(|(k, _)| *k == self.node) {
             return Err("links name the node itself");
+        }
+        // Nodes build their records sorted by peer; strictly ascending also means no peer
+        // twice.
+        if !self.links.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err("links not sorted by peer, or a peer named twice");
+        }
+        if self
+            .links
+            .iter()
+            .any(|(_, rtt)| u64::from(*rtt) > RTT_US_MAX)
+        {
+            return Err("a link's RTT over RTT_US_MAX");
         }
         Ok(())
     }
@@ -466,7 +483,11 @@ pub(crate) struct Router {
     records: BTreeMap<OriginKey, LinkRecord>,
     /// When each record was taken.
     received: BTreeMap<OriginKey, Micros>,
-    db: LinkStateDb<OriginKey>,
+    /// Regions found holding [`RECORDS_PER_REGION_MAX`] records: a new node's record from
+    /// one of them is refused without counting again (most gossiped records are of nodes
+    /// not kept). Forgotten when a record is dropped or the membership changes, the only
+    /// ways a region's count can fall.
+    full_regions: BTreeSet<SmolStr>,
     hot: BTreeMap<OriginKey, u32>,
     cold_cursor: Option<OriginKey>,
     own_counter: u32,
@@ -520,7 +541,7 @@ impl Router {
             rtt: BTreeMap::new(),
             records: BTreeMap::new(),
             received: BTreeMap::new(),
-            db: LinkStateDb::new(),
+            full_regions: BTreeSet::new(),
             hot: BTreeMap::new(),
             cold_cursor: None,
             own_counter: 0,
@@ -562,10 +583,13 @@ impl Router {
     /// The RTT to `peer`: measured if it was, else estimated from its gossiped network
     /// coordinate (once this node's own coordinate has learned something).
     pub(crate) fn estimate_us(&self, peer: &OriginKey) -> Option<Micros> {
-        self.rtt_us(peer).or_else(|| {
-            let coord = self.records.get(peer)?.coord;
-            (self.vivaldi.updates() > 0).then(|| self.vivaldi.estimate_rtt_us(&coord))
-        })
+        self.rtt_us(peer).or_else(|| self.coord_estimate_us(peer))
+    }
+
+    /// The RTT to `peer` estimated from network coordinates (its record's and this node's).
+    pub(crate) fn coord_estimate_us(&self, peer: &OriginKey) -> Option<Micros> {
+        let coord = self.records.get(peer)?.coord;
+        (self.vivaldi.updates() > 0).then(|| self.vivaldi.estimate_rtt_us(&coord))
     }
 
     /// Takes one RTT sample; returns whether the published estimate changed.
@@ -650,8 +674,8 @@ impl Router {
         }
         self.received.remove(peer);
         if self.records.remove(peer).is_some() {
+            self.full_regions.clear();
             self.changed_records.insert(*peer);
-            self.db.remove_node(peer);
             self.hot.remove(peer);
             self.invalidate();
         }
@@ -667,6 +691,7 @@ impl Router {
     /// The membership (or the per-region member lists) changed: everything derived from
     /// it is out of date. Callers must say so on every change of either.
     pub(crate) fn members_changed(&mut self) {
+        self.full_regions.clear();
         self.topology = None;
         self.reported = None;
         self.invalidate();
@@ -758,7 +783,8 @@ impl Router {
             {
                 return Ok(false);
             }
-            return self.store(record, now).map(|_| true);
+            self.store(record, now);
+            return Ok(true);
         }
         let Some(member) = members.get(&key) else {
             // Not a member (yet): the rotation brings the record again later.
@@ -770,27 +796,23 @@ impl Router {
             }
         } else {
             // Keep a sample per region (module docs).
+            if self.full_regions.contains(&member.region) {
+                return Ok(false);
+            }
             let held = regions.get(member.region.as_str()).map_or(0, |list| {
                 list.iter().filter(|k| self.records.contains_key(k)).count()
             });
             if held >= RECORDS_PER_REGION_MAX {
+                self.full_regions.insert(member.region.clone());
                 return Ok(false);
             }
         }
-        self.store(record, now).map(|_| true)
+        self.store(record, now);
+        Ok(true)
     }
 
-    fn store(&mut self, record: LinkRecord, now: Micros) -> Result<(), &'static str> {
+    fn store(&mut self, record: LinkRecord, now: Micros) {
         let key = OriginKey(record.node);
-        let links: Vec<(OriginKey, u64)> = record
-            .links
-            .iter()
-            .map(|(k, r)| (OriginKey(*k), u64::from(*r)))
-            .collect();
-        match self.db.handle_report(key, record.version, links) {
-            Ok(_) => {}
-            Err(_) => return Err("link report refused by the link-state database"),
-        }
         if self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key) {
             self.hot.insert(key, 0);
         }
@@ -808,7 +830,6 @@ impl Router {
         } else if self.graph_uses_coords {
             self.graph_stale = true;
         }
-        Ok(())
     }
 
     /// Records for one gossip message: hot ones first (each sent `budget` times in all),
@@ -1451,6 +1472,82 @@ mod tests {
             prop_assert_eq!(&incremental.by_record, &whole.by_record);
             prop_assert_eq!(&incremental.edges, &whole.edges);
         });
+    }
+
+    /// A region's record quota: full, a new node's record is refused (the second time
+    /// without counting); once a held record's node goes down, there is room again.
+    #[test]
+    fn a_full_region_takes_a_record_again_after_one_is_dropped() {
+        let me = member(200, "a");
+        let others: Vec<MemberInfo> = (1..=RECORDS_PER_REGION_MAX as u8 + 2)
+            .map(|k| member(k, "b"))
+            .collect();
+        let mut members: BTreeMap<OriginKey, MemberInfo> = BTreeMap::new();
+        let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
+        for m in others.iter().chain([&me]) {
+            members.insert(m.node_key(), m.clone());
+            regions
+                .entry(m.region.to_string())
+                .or_default()
+                .push(m.node_key());
+        }
+        let record = |m: &MemberInfo, version: u64| LinkRecord {
+            node: m.key,
+            version,
+            coord: Coordinate::origin(),
+            links: vec![],
+            status: NodeStatus::default(),
+        };
+        let mut router = Router::new(3);
+        let take = |router: &mut Router, m: &MemberInfo, version: u64| {
+            router
+                .take_record(record(m, version), &members, &regions, &me.node_key(), 0)
+                .unwrap()
+        };
+        for m in &others[..RECORDS_PER_REGION_MAX] {
+            assert!(take(&mut router, m, 1));
+        }
+        let (late, later) = (
+            &others[RECORDS_PER_REGION_MAX],
+            &others[RECORDS_PER_REGION_MAX + 1],
+        );
+        assert!(!take(&mut router, late, 1), "over the quota");
+        assert!(!take(&mut router, later, 1), "still over the quota");
+        assert!(
+            take(&mut router, &others[0], 2),
+            "a held node's new version"
+        );
+        router.member_down(&others[0].node_key());
+        assert!(
+            take(&mut router, late, 1),
+            "room after a record was dropped"
+        );
+        assert!(!take(&mut router, later, 1), "full again");
+    }
+
+    #[test]
+    fn malformed_records_are_refused_with_the_limit_they_break() {
+        let record = |links: Vec<([u8; 32], u32)>| LinkRecord {
+            node: [9; 32],
+            version: 1,
+            coord: Coordinate::origin(),
+            links,
+            status: NodeStatus::default(),
+        };
+        assert_eq!(
+            record(vec![([1; 32], 10), ([2; 32], 20)]).validate(),
+            Ok(())
+        );
+        let err = |links| record(links).validate().unwrap_err();
+        assert!(err(vec![([2; 32], 10), ([1; 32], 20)]).contains("sorted"));
+        assert!(err(vec![([1; 32], 10), ([1; 32], 20)]).contains("twice"));
+        assert!(err(vec![([9; 32], 10)]).contains("itself"));
+        let slow = u32::try_from(RTT_US_MAX + 1).unwrap();
+        assert!(err(vec![([1; 32], slow)]).contains("RTT_US_MAX"));
+        let many = (0..=LINKS_PER_NODE_MAX as u8)
+            .map(|i| ([i; 32], 1))
+            .collect();
+        assert!(err(many).contains("LINKS_PER_NODE_MAX"));
     }
 
     #[test]
