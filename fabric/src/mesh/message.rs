@@ -83,8 +83,9 @@ pub enum Message {
         /// The answerer's Vivaldi coordinate.
         coord: Coordinate,
     },
-    /// Link-state gossip: nodes' measured link RTTs, coordinates and status.
-    Links(Vec<LinkRecord>),
+    /// Link-state gossip: nodes' measured link RTTs, coordinates and status. Shared: a node
+    /// keeps the records it gossips, and sends one batch to several peers.
+    Links(Vec<Arc<LinkRecord>>),
     /// "These sequence numbers are not for you": events the replication filter (residency)
     /// kept from the receiver, named only by origin and sequence number (no id, stream or
     /// content; the gap in the sequence is visible anyway), so its per-origin delivery and
@@ -145,7 +146,7 @@ impl Message {
             Message::PushAck(_) => 9,
             Message::Skip(list) => 2 + list.len() * 40,
             Message::Probe { .. } | Message::ProbeAck { .. } => 9 + 44,
-            Message::Links(records) => 2 + records.iter().map(LinkRecord::wire_len).sum::<usize>(),
+            Message::Links(records) => 2 + records.iter().map(|r| r.wire_len()).sum::<usize>(),
             Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,
             Message::SyncRequest { digest, .. } => {
                 40 + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()

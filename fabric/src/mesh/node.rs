@@ -1959,9 +1959,13 @@ impl<S: Store> Node<S> {
             self.router.status.missing = self.missing.len() as u64;
             self.router.status.policy_epoch = self.me.policy_epoch;
             let record = self.router.own_record(&self.me, &self.members);
-            let _ = self
-                .router
-                .take_record(record, &self.members, &self.regions, &me, self.now);
+            let _ = self.router.take_record(
+                Arc::new(record),
+                &self.members,
+                &self.regions,
+                &me,
+                self.now,
+            );
             self.router.own_dirty = false;
             self.router.own_forced = false;
             self.router.own_published_us = Some(self.now);
@@ -2022,7 +2026,7 @@ impl<S: Store> Node<S> {
         None
     }
 
-    fn on_links(&mut self, records: Vec<LinkRecord>) {
+    fn on_links(&mut self, records: Vec<Arc<LinkRecord>>) {
         let me = self.me.node_key();
         for record in records.into_iter().take(LINK_RECORDS_PER_MESSAGE_MAX) {
             match self
@@ -2606,9 +2610,13 @@ mod tests {
                 node
             })
             .collect();
-        let records: Vec<LinkRecord> = nodes
+        let records: Vec<Arc<LinkRecord>> = nodes
             .iter()
-            .flat_map(|n| n.link_records().map(|(r, _)| r.clone()).collect::<Vec<_>>())
+            .flat_map(|n| {
+                n.link_records()
+                    .map(|(r, _)| Arc::new(r.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         for node in &mut nodes {
             for chunk in records.chunks(LINK_RECORDS_PER_MESSAGE_MAX) {

@@ -54,6 +54,7 @@
 //! not signed by the node they describe (a trusted node could misreport another's links).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
@@ -343,13 +344,13 @@ struct ReportedLinks {
 
 impl ReportedLinks {
     fn new(
-        records: &BTreeMap<OriginKey, LinkRecord>,
+        records: &BTreeMap<OriginKey, Arc<LinkRecord>>,
         topology: &Topology,
         me: &MemberInfo,
     ) -> Self {
         let mut out = Self::default();
         for (key, record) in records {
-            out.update(*key, Some(record), topology, me);
+            out.update(*key, Some(&**record), topology, me);
         }
         out
     }
@@ -447,7 +448,7 @@ fn median(v: &mut [Micros]) -> Micros {
 /// move with every record, so they are read afresh for each build).
 fn estimate_unreported(
     edges: &mut BTreeMap<(u16, u16), (Micros, EdgeSource)>,
-    records: &BTreeMap<OriginKey, LinkRecord>,
+    records: &BTreeMap<OriginKey, Arc<LinkRecord>>,
     topology: &Topology,
 ) -> BTreeMap<u16, Vec<Coordinate>> {
     let mut coords: BTreeMap<u16, Vec<Coordinate>> = BTreeMap::new();
@@ -480,7 +481,7 @@ fn estimate_unreported(
 pub(crate) struct Router {
     pub(crate) vivaldi: VivaldiClient,
     rtt: BTreeMap<OriginKey, RttEstimator>,
-    records: BTreeMap<OriginKey, LinkRecord>,
+    records: BTreeMap<OriginKey, Arc<LinkRecord>>,
     /// When each record was taken.
     received: BTreeMap<OriginKey, Micros>,
     /// Regions found holding [`RECORDS_PER_REGION_MAX`] records: a new node's record from
@@ -724,7 +725,7 @@ impl Router {
     pub(crate) fn records(&self) -> impl Iterator<Item = (&LinkRecord, Micros)> {
         self.records
             .iter()
-            .map(|(k, r)| (r, self.received.get(k).copied().unwrap_or(0)))
+            .map(|(k, r)| (&**r, self.received.get(k).copied().unwrap_or(0)))
     }
 
     /// Builds this node's next record.
@@ -766,7 +767,7 @@ impl Router {
     /// Takes a record (own or received). Returns `Ok(true)` if it was new and kept.
     pub(crate) fn take_record(
         &mut self,
-        record: LinkRecord,
+        record: Arc<LinkRecord>,
         members: &BTreeMap<OriginKey, MemberInfo>,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         me: &OriginKey,
@@ -811,7 +812,7 @@ impl Router {
         Ok(true)
     }
 
-    fn store(&mut self, record: LinkRecord, now: Micros) {
+    fn store(&mut self, record: Arc<LinkRecord>, now: Micros) {
         let key = OriginKey(record.node);
         if self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key) {
             self.hot.insert(key, 0);
@@ -834,7 +835,7 @@ impl Router {
 
     /// Records for one gossip message: hot ones first (each sent `budget` times in all),
     /// then a couple from the rotation through everything held.
-    pub(crate) fn gossip_batch(&mut self, budget: u32) -> Vec<LinkRecord> {
+    pub(crate) fn gossip_batch(&mut self, budget: u32) -> Vec<Arc<LinkRecord>> {
         let mut out = Vec::new();
         let mut spent = Vec::new();
         let mut hot: Vec<(u32, OriginKey)> = self.hot.iter().map(|(k, n)| (*n, *k)).collect();
@@ -943,7 +944,7 @@ impl Router {
             ReportedLinks::new(&self.records, topology, me)
         });
         for key in std::mem::take(&mut self.changed_records) {
-            reported.update(key, self.records.get(&key), topology, me);
+            reported.update(key, self.records.get(&key).map(|r| &**r), topology, me);
         }
         let mut edges = reported.edges.clone();
         let coords = estimate_unreported(&mut edges, &self.records, topology);
@@ -1446,7 +1447,7 @@ mod tests {
             proptest::option::of(prop::collection::vec(1u32..500, 8)),
         );
         proptest!(|(changes in prop::collection::vec(change, 1..40))| {
-            let mut records: BTreeMap<OriginKey, LinkRecord> = BTreeMap::new();
+            let mut records: BTreeMap<OriginKey, Arc<LinkRecord>> = BTreeMap::new();
             let mut incremental = ReportedLinks::default();
             for (node, rtts) in changes {
                 let key = OriginKey([node; 32]);
@@ -1459,13 +1460,13 @@ mod tests {
                             links: (1..=8u8).zip(rtts).map(|(p, r)| ([p; 32], r)).collect(),
                             status: NodeStatus::default(),
                         };
-                        records.insert(key, record);
+                        records.insert(key, Arc::new(record));
                     }
                     None => {
                         records.remove(&key);
                     }
                 }
-                incremental.update(key, records.get(&key), &topology, &me);
+                incremental.update(key, records.get(&key).map(|r| &**r), &topology, &me);
             }
             let whole = ReportedLinks::new(&records, &topology, &me);
             prop_assert_eq!(&incremental.by_pair, &whole.by_pair);
@@ -1501,7 +1502,13 @@ mod tests {
         let mut router = Router::new(3);
         let take = |router: &mut Router, m: &MemberInfo, version: u64| {
             router
-                .take_record(record(m, version), &members, &regions, &me.node_key(), 0)
+                .take_record(
+                    Arc::new(record(m, version)),
+                    &members,
+                    &regions,
+                    &me.node_key(),
+                    0,
+                )
                 .unwrap()
         };
         for m in &others[..RECORDS_PER_REGION_MAX] {

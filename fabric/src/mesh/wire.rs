@@ -121,7 +121,7 @@ enum Wire<'a> {
         nonce: u64,
         coord: weft_routing::Coordinate,
     },
-    Links(Vec<LinkRecord>),
+    Links(Vec<Arc<LinkRecord>>),
     Skip(Vec<([u8; 32], u64)>),
 }
 
@@ -437,7 +437,7 @@ mod tests {
                 nonce: 3,
                 coord: weft_routing::Coordinate::origin(),
             },
-            Message::Links(vec![LinkRecord {
+            Message::Links(vec![Arc::new(LinkRecord {
                 node: [9; 32],
                 version: 1 << 32 | 4,
                 coord: weft_routing::Coordinate::origin(),
@@ -450,7 +450,7 @@ mod tests {
                     missing: 0,
                     policy_epoch: 0,
                 },
-            }]),
+            })]),
             Message::IHave(vec![r]),
             Message::Graft(vec![r, EventRef::of(&e2)]),
             Message::SyncRequest {
