@@ -1033,6 +1033,9 @@ impl<S: Store> Node<S> {
                     let key = OriginKey(m.key);
                     if let Some(old) = self.members.insert(key, m.clone()) {
                         self.region_remove(&old.region, &key);
+                        if old.region != m.region {
+                            self.router.member_moved();
+                        }
                     }
                     self.region_insert(&m.region, key);
                     if self.router.failed.contains_key(m.region.as_str()) {
@@ -1064,6 +1067,9 @@ impl<S: Store> Node<S> {
                     let key = OriginKey(new.key);
                     if let Some(old) = self.members.insert(key, new.clone()) {
                         self.region_remove(&old.region, &key);
+                        if old.region != new.region {
+                            self.router.member_moved();
+                        }
                     }
                     self.region_insert(&new.region, key);
                 }

@@ -486,8 +486,8 @@ pub(crate) struct Router {
     received: BTreeMap<OriginKey, Micros>,
     /// Regions found holding [`RECORDS_PER_REGION_MAX`] records: a new node's record from
     /// one of them is refused without counting again (most gossiped records are of nodes
-    /// not kept). Forgotten when a record is dropped or the membership changes, the only
-    /// ways a region's count can fall.
+    /// not kept). Forgotten when a record is dropped or a member changes region
+    /// ([`Router::member_moved`]), the only ways a region's count can fall.
     full_regions: BTreeSet<SmolStr>,
     hot: BTreeMap<OriginKey, u32>,
     cold_cursor: Option<OriginKey>,
@@ -689,10 +689,15 @@ impl Router {
         self.trees.clear();
     }
 
+    /// A member's record now names another region than before (a rejoin elsewhere): its
+    /// old region may hold fewer records than counted.
+    pub(crate) fn member_moved(&mut self) {
+        self.full_regions.clear();
+    }
+
     /// The membership (or the per-region member lists) changed: everything derived from
     /// it is out of date. Callers must say so on every change of either.
     pub(crate) fn members_changed(&mut self) {
-        self.full_regions.clear();
         self.topology = None;
         self.reported = None;
         self.invalidate();
