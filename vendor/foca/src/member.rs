@@ -303,11 +303,33 @@ where
         &self,
         wanted: usize,
         output: &mut Vec<Member<T>>,
-        rng: impl RngExt,
+        mut rng: impl RngExt,
         picker: F,
     ) where
         F: Fn(&T) -> bool,
     {
+        // Weft patch: when most members are active and many more than
+        // `wanted`, draw random positions and keep the first `wanted`
+        // distinct ones that qualify (rejection sampling: uniform over
+        // the qualifying members, like the reservoir walk) instead of
+        // walking every member (a thousand per gossip round in a large
+        // cluster). Too many rejections (the picker refuses most) fall
+        // back to the walk.
+        let len = self.inner.len();
+        if wanted > 0 && self.num_active >= wanted.saturating_mul(4) && 2 * self.num_active >= len {
+            let mut chosen: Vec<usize> = Vec::with_capacity(wanted);
+            for _ in 0..(8 * wanted + 32) {
+                let pos = rng.random_range(0..len);
+                let member = &self.inner[pos];
+                if member.is_active() && !chosen.contains(&pos) && picker(member.id()) {
+                    chosen.push(pos);
+                    if chosen.len() == wanted {
+                        output.extend(chosen.into_iter().map(|pos| self.inner[pos].clone()));
+                        return;
+                    }
+                }
+            }
+        }
         self.choose_members(wanted, output, rng, |member| {
             member.is_active() && picker(member.id())
         });
@@ -815,6 +837,47 @@ mod tests {
                 "next() should yield the same member if its the only active"
             );
         }
+    }
+
+    // Weft patch: the random-position draw of a large, mostly active
+    // cluster chooses distinct qualifying members, each about equally
+    // often, and falls back to the walk when the picker refuses most.
+    #[test]
+    fn choose_active_members_draws_uniformly_in_large_clusters() {
+        let names: Vec<&'static str> = (0..100)
+            .map(|i| &*alloc::boxed::Box::leak(alloc::format!("{i}").into_boxed_str()))
+            .collect();
+        let members = Members::new(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| if i < 90 { Member::alive(Id(n)) } else { Member::down(Id(n)) })
+                .collect(),
+        );
+        let mut rng = SmallRng::seed_from_u64(0xF0CA);
+        let mut counts = alloc::collections::BTreeMap::new();
+        let mut out = Vec::new();
+        for _ in 0..9_000 {
+            out.clear();
+            // Member "0" is never wanted.
+            members.choose_active_members(3, &mut out, &mut rng, |id| id.0 != "0");
+            assert_eq!(3, out.len());
+            assert!(out.iter().all(|m| m.is_active() && m.id.0 != "0"));
+            assert!(out[0].id != out[1].id && out[0].id != out[2].id && out[1].id != out[2].id);
+            for m in &out {
+                *counts.entry(m.id.0).or_insert(0u32) += 1;
+            }
+        }
+        // 27,000 picks over 89 qualifying members: about 303 each.
+        assert_eq!(89, counts.len());
+        assert!(counts.values().all(|c| (200..=410).contains(c)), "{counts:?}");
+
+        // Only two qualify: the draw gives up and the walk finds both.
+        out.clear();
+        members.choose_active_members(3, &mut out, &mut rng, |id| id.0 == "7" || id.0 == "8");
+        let mut found: Vec<&str> = out.iter().map(|m| m.id.0).collect();
+        found.sort_unstable();
+        assert_eq!(vec!["7", "8"], found);
     }
 
     #[test]
