@@ -547,6 +547,10 @@ pub struct Engine {
     /// Messages sent per kind, indexed as [`MESSAGE_KINDS`] (copied into
     /// `Metrics::messages_by_kind` at the end; a map entry per message was measurable).
     sent_by_kind: [u64; MESSAGE_KINDS.len()],
+    /// Latencies per (workload, origin region, destination region), flat at
+    /// `(w * regions + from) * regions + to` (moved into `Metrics::latency_by_pair` at the
+    /// end; a tree lookup per delivery was measurable).
+    latency_by_pair: Vec<Vec<Micros>>,
     /// Scratch buffers of `drain`.
     drain_sends: Vec<Transmit>,
     drain_app: Vec<AppEvent>,
@@ -629,6 +633,7 @@ impl Engine {
             },
             None => None,
         };
+        let pairs = plan.workloads.len() * plan.regions.len() * plan.regions.len();
         let mut engine = Self {
             ideals: Vec::new(),
             transit_masks: Vec::new(),
@@ -658,6 +663,7 @@ impl Engine {
             drain_sends: Vec::new(),
             drain_app: Vec::new(),
             sent_by_kind: [0; MESSAGE_KINDS.len()],
+            latency_by_pair: vec![Vec::new(); pairs],
             table_writes: vec![Vec::new(); plan_workloads_len],
             table_rng: ChaCha8Rng::seed_from_u64(plan_seed ^ 0x7ab1_e000_0000_7ab1),
             table_sabotage: plan_sabotage,
@@ -1480,12 +1486,9 @@ impl Engine {
                         .push(latency.saturating_sub(ideal));
                 }
             }
-            let pair = (w, self.plan.nodes[origin].region, self.plan.nodes[i].region);
-            self.metrics
-                .latency_by_pair
-                .entry(pair)
-                .or_default()
-                .push(latency);
+            let r = self.plan.regions.len();
+            let pair = (w * r + self.plan.nodes[origin].region) * r + self.plan.nodes[i].region;
+            self.latency_by_pair[pair].push(latency);
         }
     }
 
@@ -1584,6 +1587,16 @@ impl Engine {
     }
 
     fn finish(&mut self) {
+        let r = self.plan.regions.len();
+        for (at, latencies) in std::mem::take(&mut self.latency_by_pair)
+            .into_iter()
+            .enumerate()
+        {
+            if !latencies.is_empty() {
+                let key = (at / (r * r), at / r % r, at % r);
+                self.metrics.latency_by_pair.insert(key, latencies);
+            }
+        }
         for n in &self.nodes {
             if let Some(Proto::Weft(node)) = &n.node {
                 let s = node.stats();
