@@ -191,9 +191,10 @@ pub enum OpError {
     },
 }
 
-// The wire form: plain serde structs encoded with cbor4ii, keys as byte strings.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+// The wire form: plain serde structs encoded with cbor4ii, keys as byte strings. A map
+// with the operation's name under "op" and its fields beside it; read through `WireOpIn`.
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 enum WireOp {
     Put {
         content_type: String,
@@ -219,6 +220,72 @@ enum WireOp {
         #[serde(default)]
         ctx: Vec<WireVvEntry>,
     },
+}
+
+/// The operation names of [`WireOp`].
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OpKind {
+    Put,
+    Delete,
+    Add,
+    Insert,
+    Remove,
+}
+
+/// How [`WireOp`] is read: every operation's fields, each optional, in one pass over the
+/// map (serde reads an internally tagged enum by buffering the whole map first, which was
+/// most of the time a replica spent on a table write); [`WireOpIn::check`] then refuses a
+/// field the named operation does not take and requires the ones it must have, as the
+/// tagged enum would.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireOpIn {
+    op: OpKind,
+    content_type: Option<String>,
+    #[serde(default, with = "serde_bytes")]
+    value: Option<Vec<u8>>,
+    ctx: Option<Vec<WireVvEntry>>,
+    totals: Option<Vec<WireTotals>>,
+    delta: Option<i64>,
+    elements: Option<Vec<serde_bytes::ByteBuf>>,
+}
+
+impl WireOpIn {
+    fn check(&self) -> Result<(), OpError> {
+        let (name, takes, needs): (&str, &[&str], &[&str]) = match self.op {
+            OpKind::Put => (
+                "put",
+                &["content_type", "value", "ctx"],
+                &["content_type", "value"],
+            ),
+            OpKind::Delete => ("delete", &["ctx", "totals"], &[]),
+            OpKind::Add => ("add", &["delta"], &["delta"]),
+            OpKind::Insert => ("insert", &["elements"], &["elements"]),
+            OpKind::Remove => ("remove", &["elements", "ctx"], &["elements"]),
+        };
+        let fields = [
+            ("content_type", self.content_type.is_some()),
+            ("value", self.value.is_some()),
+            ("ctx", self.ctx.is_some()),
+            ("totals", self.totals.is_some()),
+            ("delta", self.delta.is_some()),
+            ("elements", self.elements.is_some()),
+        ];
+        for (field, present) in fields {
+            if present && !takes.contains(&field) {
+                return Err(OpError::Malformed(format!(
+                    "unknown field `{field}` for op `{name}`"
+                )));
+            }
+            if !present && needs.contains(&field) {
+                return Err(OpError::Malformed(format!(
+                    "missing field `{field}` for op `{name}`"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -327,20 +394,22 @@ impl Op {
 
     /// Parses an operation, checking its limits.
     pub fn decode(bytes: &[u8]) -> Result<Op, OpError> {
-        let wire: WireOp =
+        let wire: WireOpIn =
             cbor4ii::serde::from_slice(bytes).map_err(|e| OpError::Malformed(e.to_string()))?;
+        wire.check()?;
         let unbuf = |e: Vec<serde_bytes::ByteBuf>| e.into_iter().map(|b| b.into_vec()).collect();
-        Ok(match wire {
-            WireOp::Put {
-                content_type,
-                value,
-                ctx,
-            } => Op::Put {
-                content_type,
-                value,
+        // `check` made sure every field the operation needs is there: the defaults below
+        // fill only optional ones.
+        let ctx = wire.ctx.unwrap_or_default();
+        let elements = wire.elements.unwrap_or_default();
+        Ok(match wire.op {
+            OpKind::Put => Op::Put {
+                content_type: wire.content_type.unwrap_or_default(),
+                value: wire.value.unwrap_or_default(),
                 ctx: vv_from_wire("ctx", ctx)?,
             },
-            WireOp::Delete { ctx, totals } => {
+            OpKind::Delete => {
+                let totals = wire.totals.unwrap_or_default();
                 if totals.len() > VV_LEN_MAX {
                     return Err(OpError::TooLong {
                         field: "totals",
@@ -363,14 +432,16 @@ impl Op {
                     totals: map,
                 }
             }
-            WireOp::Add { delta } => Op::Add { delta },
-            WireOp::Insert { elements } => {
+            OpKind::Add => Op::Add {
+                delta: wire.delta.unwrap_or_default(),
+            },
+            OpKind::Insert => {
                 elements_check(&elements)?;
                 Op::Insert {
                     elements: unbuf(elements),
                 }
             }
-            WireOp::Remove { elements, ctx } => {
+            OpKind::Remove => {
                 elements_check(&elements)?;
                 Op::Remove {
                     elements: unbuf(elements),

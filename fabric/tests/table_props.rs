@@ -429,3 +429,85 @@ fn malformed_and_oversize_operations_are_refused_with_the_limit() {
         }
     );
 }
+
+/// Operations are maps with the operation's name under "op": a field the named operation
+/// does not take, one it must have and is missing, an unknown name and an unknown field
+/// are all refused, naming what was wrong; the fields may come in any order.
+#[test]
+fn operation_maps_are_checked_field_by_field() {
+    #[derive(serde::Serialize)]
+    struct PutWithDelta<'a> {
+        op: &'a str,
+        content_type: &'a str,
+        #[serde(with = "serde_bytes")]
+        value: &'a [u8],
+        delta: i64,
+    }
+    #[derive(serde::Serialize)]
+    struct Bare<'a> {
+        op: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct ValueFirst<'a> {
+        #[serde(with = "serde_bytes")]
+        value: &'a [u8],
+        content_type: &'a str,
+        op: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Coloured<'a> {
+        op: &'a str,
+        delta: i64,
+        colour: &'a str,
+    }
+    fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        cbor4ii::serde::to_vec(Vec::new(), v).unwrap()
+    }
+    let malformed = |bytes: Vec<u8>| match Op::decode(&bytes) {
+        Err(weft_fabric::table::OpError::Malformed(text)) => text,
+        other => panic!("not refused as malformed: {other:?}"),
+    };
+    let text = malformed(cbor(&PutWithDelta {
+        op: "put",
+        content_type: "text/plain",
+        value: b"v",
+        delta: 1,
+    }));
+    assert!(
+        text.contains("unknown field `delta` for op `put`"),
+        "{text}"
+    );
+    let text = malformed(cbor(&Bare { op: "add" }));
+    assert!(
+        text.contains("missing field `delta` for op `add`"),
+        "{text}"
+    );
+    let text = malformed(cbor(&Bare { op: "merge" }));
+    assert!(text.contains("merge"), "{text}");
+    let text = malformed(cbor(&Coloured {
+        op: "add",
+        delta: 1,
+        colour: "red",
+    }));
+    assert!(text.contains("colour"), "{text}");
+    assert_eq!(
+        Op::decode(&cbor(&ValueFirst {
+            value: b"v",
+            content_type: "text/plain",
+            op: "put",
+        }))
+        .unwrap(),
+        Op::Put {
+            content_type: "text/plain".into(),
+            value: b"v".to_vec(),
+            ctx: Vv::default(),
+        }
+    );
+    assert_eq!(
+        Op::decode(&cbor(&Bare { op: "delete" })).unwrap(),
+        Op::Delete {
+            ctx: Vv::default(),
+            totals: BTreeMap::new(),
+        }
+    );
+}
