@@ -507,12 +507,26 @@ impl<S: Store> Node<S> {
         let foca = Foca::new(me.clone(), config.swim.clone(), foca_rng, PostcardCodec);
         let mut seen = BTreeMap::new();
         for origin in store.origins() {
-            if let Some(r) = store.ranges(&origin) {
-                // A restarted node has delivered what it stored (the node's durable
-                // subscription cursors refine this in issue 4).
-                let delivered = r.contiguous();
-                seen.insert(
-                    origin,
+            let Some(r) = store.ranges(&origin) else {
+                continue;
+            };
+            let restarted = match store.delivered(&origin) {
+                // Delivery resumes at the store's cursor: everything up to it was delivered
+                // or skipped (so seen), nothing above it, not even events stored above a
+                // gap that was still open.
+                Some(cursor) => OriginSeen {
+                    ranges: SeqRanges::from_ranges(
+                        r.iter().chain((cursor > 0).then_some((1, cursor))),
+                    ),
+                    delivered: cursor,
+                    restored: SeqRanges::new(),
+                    lossy: true,
+                },
+                // The store does not know: take what it holds as delivered (events that
+                // were waiting above a gap are then never delivered; see
+                // `Store::delivered`).
+                None => {
+                    let delivered = r.contiguous();
                     OriginSeen {
                         ranges: r.clone(),
                         delivered,
@@ -521,9 +535,10 @@ impl<S: Store> Node<S> {
                         ),
                         // A store's ranges may under-claim (see `Store::ranges`).
                         lossy: true,
-                    },
-                );
-            }
+                    }
+                }
+            };
+            seen.insert(origin, restarted);
         }
         let mut router = Router::new(rng.next_u64());
         router.near_rtt_us = config.near_region_rtt_us;
@@ -1634,11 +1649,12 @@ impl<S: Store> Node<S> {
             return;
         };
         let upto = seen.ranges.contiguous();
+        let from = seen.delivered;
         let cursor = &mut seen.delivered;
         while *cursor < upto {
             if self.app.len() >= APP_QUEUE_LEN_MAX {
                 self.delivery_paused.insert(origin);
-                return;
+                break;
             }
             *cursor += 1;
             if seen.restored.contains(*cursor) {
@@ -1648,6 +1664,10 @@ impl<S: Store> Node<S> {
                 self.stats.delivered += 1;
                 self.app.push_back(AppEvent::Deliver(event));
             }
+        }
+        if *cursor > from {
+            // Kept with the store: a restart resumes delivery here (`Store::delivered`).
+            self.store.set_delivered(&origin, *cursor);
         }
     }
 
@@ -2948,6 +2968,95 @@ mod tests {
             node.seen
                 .values()
                 .all(|s| s.ranges.range_count() <= RANGES_PER_ORIGIN_MAX)
+        );
+    }
+
+    /// A node that crashes while events wait above a gap delivers them after its restart,
+    /// once the gap fills: the store keeps the delivery cursor, so only what was delivered
+    /// counts as delivered. A store that keeps no cursor makes the node take everything it
+    /// holds as delivered, and those events are never delivered (the old behaviour, kept
+    /// as the fallback; shown here so the difference stays visible).
+    #[test]
+    fn events_waiting_above_a_gap_at_a_crash_are_delivered_after_the_restart() {
+        /// A MemStore that keeps no delivery cursor.
+        struct Forgetful(crate::mesh::MemStore);
+        impl Store for Forgetful {
+            fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
+                self.0.insert(event)
+            }
+            fn contains(&self, id: &EventId) -> bool {
+                self.0.contains(id)
+            }
+            fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+                self.0.get(origin, seq)
+            }
+            fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
+                self.0.ranges(origin)
+            }
+            fn origins(&self) -> Vec<OriginKey> {
+                self.0.origins()
+            }
+            fn len(&self) -> usize {
+                self.0.len()
+            }
+            fn clear(&mut self) {
+                self.0.clear();
+            }
+        }
+        fn run<S: Store>(store: S, restart: impl FnOnce(S) -> S) -> Vec<u64> {
+            let me = MemberInfo {
+                key: crate::Signer::from_secret(&[9; 32]).origin().0,
+                region: "r0".into(),
+                cloud: "c".into(),
+                jurisdiction: "EU".into(),
+                addr: "n9".into(),
+                policy_epoch: 0,
+                generation: 0,
+            };
+            let from = crate::Signer::from_secret(&[1; 32]).origin();
+            let push = |node: &mut Node<S>, now: Micros, seq: u64| {
+                node.handle_message(
+                    now,
+                    from,
+                    Message::Push {
+                        events: vec![event_at(1, seq, "orders.eu")],
+                        relay: Vec::new(),
+                        ack: 0,
+                        reroutes: 0,
+                    },
+                );
+            };
+            let delivered = |node: &mut Node<S>| {
+                let mut seqs = Vec::new();
+                while let Some(e) = node.poll_event() {
+                    if let AppEvent::Deliver(e) = e {
+                        seqs.push(e.seq());
+                    }
+                }
+                seqs
+            };
+            let mut node = Node::new(me.clone(), MeshConfig::wan(2), 1, store, 0);
+            for seq in [1, 2, 4] {
+                push(&mut node, 1, seq);
+            }
+            let mut seqs = delivered(&mut node);
+            assert_eq!(seqs, [1, 2], "4 waits for 3");
+            // Crash and restart with the same store.
+            let store = restart(node.into_store());
+            let mut node = Node::new(me, MeshConfig::wan(2), 2, store, 10);
+            push(&mut node, 20, 3);
+            seqs.extend(delivered(&mut node));
+            seqs
+        }
+        assert_eq!(
+            run(crate::mesh::MemStore::new(100), |s| s),
+            [1, 2, 3, 4],
+            "the cursor survives with the store"
+        );
+        assert_eq!(
+            run(Forgetful(crate::mesh::MemStore::new(100)), |s| s),
+            [1, 2, 3],
+            "without a cursor, 4 was taken as delivered"
         );
     }
 

@@ -86,6 +86,22 @@ pub trait Store {
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges>;
     /// Every origin with at least one stored event, ascending.
     fn origins(&self) -> Vec<OriginKey>;
+    /// How far delivery of `origin` to the application had come when this store was last
+    /// used: every sequence number up to it was delivered (or skipped as not for this
+    /// node), none above it. A restarted node resumes delivery there, so events it had
+    /// stored above a gap (waiting for the gap to fill) are still delivered. `None`: not
+    /// known (the default); the node then takes every stored event as delivered, which
+    /// loses those waiting above a gap.
+    fn delivered(&self, origin: &OriginKey) -> Option<u64> {
+        let _ = origin;
+        None
+    }
+    /// Records the delivery cursor of `origin` (the node calls it as delivery advances).
+    /// Default: not kept (a store that knows what was delivered otherwise, from a delivery
+    /// log, answers [`Store::delivered`] from there).
+    fn set_delivered(&mut self, origin: &OriginKey, seq: u64) {
+        let _ = (origin, seq);
+    }
     /// Number of stored events.
     fn len(&self) -> usize;
     /// Whether nothing is stored.
@@ -122,6 +138,8 @@ pub struct MemStore {
     len_max: usize,
     /// Erased `(origin, seq)`s (see [`MemStore::erase`]); in the ranges, not in `events`.
     erased: std::collections::BTreeSet<(OriginKey, u64)>,
+    /// Delivery cursors ([`Store::set_delivered`]): they survive a restart with the store.
+    delivered: HashMap<OriginKey, u64, KeyBuildHasher>,
 }
 
 /// One origin's events and the ranges of their sequence numbers (one map lookup serves
@@ -221,6 +239,7 @@ impl MemStore {
             len: 0,
             len_max,
             erased: std::collections::BTreeSet::new(),
+            delivered: HashMap::default(),
         }
     }
 
@@ -321,7 +340,16 @@ impl Store for MemStore {
         self.len
     }
 
+    fn delivered(&self, origin: &OriginKey) -> Option<u64> {
+        self.delivered.get(origin).copied()
+    }
+
+    fn set_delivered(&mut self, origin: &OriginKey, seq: u64) {
+        self.delivered.insert(*origin, seq);
+    }
+
     fn clear(&mut self) {
+        self.delivered.clear();
         self.by_origin.clear();
         self.origins.clear();
         self.len = 0;
