@@ -1483,10 +1483,26 @@ where
                     num_items += 1;
                 }
             } else {
+                // Weft patch (Lifeguard's "buddy system"): a message to a
+                // member we hold as suspect carries that suspicion first, so
+                // the member learns it, and refutes it, from whoever talks to
+                // it next, not only if one of the suspicion's few gossip
+                // transmissions happens to reach it (a member cut off from
+                // the node that suspects it was otherwise declared down while
+                // every other link to it worked).
+                let mut buddy = 0;
+                if let Some(suspect) = self.members.suspect(&dst) {
+                    let pos = buf.get_ref().len();
+                    if self.codec.encode_member(suspect, &mut buf).is_ok() {
+                        buddy = 1;
+                    } else {
+                        buf.get_mut().truncate(pos);
+                    }
+                }
                 // u16::MAX guarantees that num_events can be safely
                 // cast from usize to u16
-                let num_updates = self.updates.fill(&mut buf, u16::MAX.into());
-                num_items = u16::try_from(num_updates).expect("usize bound by u16::MAX");
+                let num_updates = self.updates.fill(&mut buf, usize::from(u16::MAX) - buddy);
+                num_items = u16::try_from(num_updates + buddy).expect("usize bound by u16::MAX");
             }
 
             // Seek back and write the correct number of items added
@@ -2052,6 +2068,32 @@ mod tests {
         expect_notification!(runtime, Notification::<ID>::Active);
         expect_notification!(runtime, Notification::MemberUp(&ID::new(2)));
         assert_eq!(1, foca_one.num_members());
+    }
+
+    // Weft patch (buddy system): a message to a member we hold as suspect
+    // carries that suspicion even when the update backlog has nothing left.
+    #[test]
+    fn messages_to_a_suspect_carry_its_suspicion() {
+        let two = ID::new(2);
+        let three = ID::new(3);
+        let mut foca_two = Foca::new(two, config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        assert_eq!(Ok(()), foca_two.apply(Member::suspect(three), &mut runtime));
+        // Drain the backlog (every gossip goes to member 3, the only one).
+        for _ in 0..64 {
+            if foca_two.updates_backlog() == 0 {
+                break;
+            }
+            assert_eq!(Ok(()), foca_two.gossip(&mut runtime));
+        }
+        assert_eq!(0, foca_two.updates_backlog());
+        runtime.clear();
+
+        assert_eq!(Ok(()), foca_two.gossip(&mut runtime));
+        let data = runtime.take_data(three).expect("a gossip for member 3");
+        let (header, updates) = decode(data);
+        assert_eq!(header.message, Message::Gossip);
+        assert_eq!(vec![Member::suspect(three)], updates);
     }
 
     #[test]

@@ -350,6 +350,13 @@ where
         })
     }
 
+    /// Weft patch: `id`'s record if we hold it as suspect.
+    pub(crate) fn suspect(&self, id: &T) -> Option<&Member<T>> {
+        self.position(&id.addr())
+            .map(|pos| &self.inner[pos])
+            .filter(|m| &m.id == id && m.state == State::Suspect)
+    }
+
     pub(crate) fn iter_active(&self) -> impl Iterator<Item = &Member<T>> {
         self.inner.iter().filter(|m| m.is_active())
     }
