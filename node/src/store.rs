@@ -1413,12 +1413,15 @@ impl Store for SqliteStore {
     /// be delivered. An erase removes an event from both tables. `None` only when the query
     /// fails (the node then takes every stored event as delivered).
     fn delivered(&self, origin: &OriginKey) -> Option<u64> {
+        // Down the (origin, seq) index from the top: the newest events are the ones most
+        // likely logged, so this stops at once instead of joining every event of the origin.
         let max: Option<i64> = self
             .conn
             .prepare_cached(
-                "SELECT MAX(e.seq) FROM events e JOIN log l ON l.id = e.id WHERE e.origin = ?1",
+                "SELECT seq FROM events e WHERE origin = ?1 \
+                 AND EXISTS (SELECT 1 FROM log WHERE id = e.id) ORDER BY seq DESC LIMIT 1",
             )
-            .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
+            .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)).optional())
             .ok()?;
         Some(max.map_or(0, |m| u64::try_from(m).unwrap_or(0)))
     }

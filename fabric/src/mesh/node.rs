@@ -577,6 +577,16 @@ impl<S: Store> Node<S> {
             plans: BTreeMap::new(),
             plans_at: (u64::MAX, u64::MAX, u64::MAX),
         };
+        // Stored events the store's cursor says were not delivered yet, in an unbroken run
+        // above it (delivery was paused, or the store kept events it had not logged as
+        // delivered): the first `poll_event` delivers them, without waiting for the origin's
+        // next event.
+        node.delivery_paused = node
+            .seen
+            .iter()
+            .filter(|(_, s)| s.delivered < s.ranges.contiguous())
+            .map(|(o, _)| *o)
+            .collect();
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
         node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);
@@ -3058,6 +3068,37 @@ mod tests {
             [1, 2, 3],
             "without a cursor, 4 was taken as delivered"
         );
+    }
+
+    /// Stored events above the store's cursor in an unbroken run (delivery was paused, or
+    /// the store held events it had not logged as delivered) are delivered at the first
+    /// poll after a restart, without waiting for the origin's next event.
+    #[test]
+    fn a_restart_delivers_what_the_cursor_has_not_reached() {
+        let mut store = crate::mesh::MemStore::new(100);
+        let origin = crate::Signer::from_secret(&[1; 32]).origin();
+        for seq in 1..=3 {
+            store.insert(event_at(1, seq, "orders.eu")).unwrap();
+        }
+        store.set_delivered(&origin, 1);
+        let me = MemberInfo {
+            key: crate::Signer::from_secret(&[9; 32]).origin().0,
+            region: "r0".into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: "n9".into(),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let mut node = Node::new(me, MeshConfig::wan(2), 1, store, 0);
+        let mut seqs = Vec::new();
+        while let Some(e) = node.poll_event() {
+            if let AppEvent::Deliver(e) = e {
+                seqs.push(e.seq());
+            }
+        }
+        assert_eq!(seqs, [2, 3]);
+        assert_eq!(node.store.delivered(&origin), Some(3));
     }
 
     /// A node the publisher did not know when it published gets no Skip for the sequence
