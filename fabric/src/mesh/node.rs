@@ -1056,13 +1056,7 @@ impl<S: Store> Node<S> {
                 OwnedNotification::MemberUp(m) => {
                     changed = true;
                     let key = OriginKey(m.key);
-                    if let Some(old) = self.members.insert(key, m.clone()) {
-                        self.region_remove(&old.region, &key);
-                        if old.region != m.region {
-                            self.router.member_moved();
-                        }
-                    }
-                    self.region_insert(&m.region, key);
+                    self.member_insert(m.clone());
                     if self.router.failed.contains_key(m.region.as_str()) {
                         // Back after a partition or outage: check the link now rather
                         // than at the next probe tick.
@@ -1089,14 +1083,7 @@ impl<S: Store> Node<S> {
                 }
                 OwnedNotification::Rename(_, new) => {
                     changed = true;
-                    let key = OriginKey(new.key);
-                    if let Some(old) = self.members.insert(key, new.clone()) {
-                        self.region_remove(&old.region, &key);
-                        if old.region != new.region {
-                            self.router.member_moved();
-                        }
-                    }
-                    self.region_insert(&new.region, key);
+                    self.member_insert(new);
                 }
                 OwnedNotification::Defunct => {
                     // The mesh declared us down (we were cut off): come back with a new
@@ -1130,6 +1117,20 @@ impl<S: Store> Node<S> {
         if changed && self.lazy.len() < self.config.lazy.min(LAZY_MAX) {
             self.refresh_lazy();
         }
+    }
+
+    /// Records a member (new, back, or under a new identity) and files it under its
+    /// region, moving it out of the one its old record named.
+    fn member_insert(&mut self, m: MemberInfo) {
+        let key = m.node_key();
+        let region = m.region.clone();
+        if let Some(old) = self.members.insert(key, m) {
+            self.region_remove(&old.region, &key);
+            if old.region != region {
+                self.router.member_moved();
+            }
+        }
+        self.region_insert(&region, key);
     }
 
     fn region_insert(&mut self, region: &str, key: OriginKey) {
@@ -2899,6 +2900,30 @@ mod tests {
         }
     }
 
+    /// A node of its own in region r0 (key from secret 9).
+    fn lone_member() -> MemberInfo {
+        MemberInfo {
+            key: crate::Signer::from_secret(&[9; 32]).origin().0,
+            region: "r0".into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: "n9".into(),
+            policy_epoch: 0,
+            generation: 0,
+        }
+    }
+
+    /// Sequence numbers of the deliveries `node` has queued, in order.
+    fn delivered_seqs<S: Store>(node: &mut Node<S>) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some(e) = node.poll_event() {
+            if let AppEvent::Deliver(e) = e {
+                seqs.push(e.seq());
+            }
+        }
+        seqs
+    }
+
     fn event_at(seed: u8, seq: u64, stream: &str) -> Arc<Event> {
         let mut draft = crate::envelope::EventDraft {
             stream: crate::StreamName::new(stream).unwrap(),
@@ -2926,15 +2951,7 @@ mod tests {
     /// (and an exact seen-set spares the store lookup for every new event).
     #[test]
     fn a_seen_set_at_its_range_limit_falls_back_to_the_store() {
-        let me = MemberInfo {
-            key: crate::Signer::from_secret(&[9; 32]).origin().0,
-            region: "r0".into(),
-            cloud: "c".into(),
-            jurisdiction: "EU".into(),
-            addr: "n9".into(),
-            policy_epoch: 0,
-            generation: 0,
-        };
+        let me = lone_member();
         let mut node = Node::new(
             me,
             MeshConfig::wan(2),
@@ -3013,16 +3030,8 @@ mod tests {
                 self.0.clear();
             }
         }
-        fn run<S: Store>(store: S, restart: impl FnOnce(S) -> S) -> Vec<u64> {
-            let me = MemberInfo {
-                key: crate::Signer::from_secret(&[9; 32]).origin().0,
-                region: "r0".into(),
-                cloud: "c".into(),
-                jurisdiction: "EU".into(),
-                addr: "n9".into(),
-                policy_epoch: 0,
-                generation: 0,
-            };
+        fn run<S: Store>(store: S) -> Vec<u64> {
+            let me = lone_member();
             let from = crate::Signer::from_secret(&[1; 32]).origin();
             let push = |node: &mut Node<S>, now: Micros, seq: u64| {
                 node.handle_message(
@@ -3036,35 +3045,26 @@ mod tests {
                     },
                 );
             };
-            let delivered = |node: &mut Node<S>| {
-                let mut seqs = Vec::new();
-                while let Some(e) = node.poll_event() {
-                    if let AppEvent::Deliver(e) = e {
-                        seqs.push(e.seq());
-                    }
-                }
-                seqs
-            };
             let mut node = Node::new(me.clone(), MeshConfig::wan(2), 1, store, 0);
             for seq in [1, 2, 4] {
                 push(&mut node, 1, seq);
             }
-            let mut seqs = delivered(&mut node);
+            let mut seqs = delivered_seqs(&mut node);
             assert_eq!(seqs, [1, 2], "4 waits for 3");
             // Crash and restart with the same store.
-            let store = restart(node.into_store());
+            let store = node.into_store();
             let mut node = Node::new(me, MeshConfig::wan(2), 2, store, 10);
             push(&mut node, 20, 3);
-            seqs.extend(delivered(&mut node));
+            seqs.extend(delivered_seqs(&mut node));
             seqs
         }
         assert_eq!(
-            run(crate::mesh::MemStore::new(100), |s| s),
+            run(crate::mesh::MemStore::new(100)),
             [1, 2, 3, 4],
             "the cursor survives with the store"
         );
         assert_eq!(
-            run(Forgetful(crate::mesh::MemStore::new(100)), |s| s),
+            run(Forgetful(crate::mesh::MemStore::new(100))),
             [1, 2, 3],
             "without a cursor, 4 was taken as delivered"
         );
@@ -3081,23 +3081,9 @@ mod tests {
             store.insert(event_at(1, seq, "orders.eu")).unwrap();
         }
         store.set_delivered(&origin, 1);
-        let me = MemberInfo {
-            key: crate::Signer::from_secret(&[9; 32]).origin().0,
-            region: "r0".into(),
-            cloud: "c".into(),
-            jurisdiction: "EU".into(),
-            addr: "n9".into(),
-            policy_epoch: 0,
-            generation: 0,
-        };
+        let me = lone_member();
         let mut node = Node::new(me, MeshConfig::wan(2), 1, store, 0);
-        let mut seqs = Vec::new();
-        while let Some(e) = node.poll_event() {
-            if let AppEvent::Deliver(e) = e {
-                seqs.push(e.seq());
-            }
-        }
-        assert_eq!(seqs, [2, 3]);
+        assert_eq!(delivered_seqs(&mut node), [2, 3]);
         assert_eq!(node.store.delivered(&origin), Some(3));
     }
 

@@ -1375,22 +1375,31 @@ mod tests {
         }
     }
 
-    /// The region graph follows a drifting estimate within GRAPH_REFRESH_US, a level shift
-    /// and a failed link at once.
-    #[test]
-    fn the_graph_lags_drift_by_at_most_the_refresh_interval() {
-        let (me, b) = (member(1, "a"), member(2, "b"));
-        let members: BTreeMap<OriginKey, MemberInfo> = [&me, &b]
-            .into_iter()
-            .map(|m| (m.node_key(), m.clone()))
-            .collect();
+    /// The member map and per-region key lists (in the order given) of `all`.
+    fn membership<'a>(
+        all: impl IntoIterator<Item = &'a MemberInfo>,
+    ) -> (
+        BTreeMap<OriginKey, MemberInfo>,
+        BTreeMap<String, Vec<OriginKey>>,
+    ) {
+        let mut members = BTreeMap::new();
         let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
-        for m in [&me, &b] {
+        for m in all {
+            members.insert(m.node_key(), m.clone());
             regions
                 .entry(m.region.to_string())
                 .or_default()
                 .push(m.node_key());
         }
+        (members, regions)
+    }
+
+    /// The region graph follows a drifting estimate within GRAPH_REFRESH_US, a level shift
+    /// and a failed link at once.
+    #[test]
+    fn the_graph_lags_drift_by_at_most_the_refresh_interval() {
+        let (me, b) = (member(1, "a"), member(2, "b"));
+        let (members, regions) = membership([&me, &b]);
         let mut router = Router::new(7);
         let weight = |router: &mut Router, now: Micros| {
             router.tree(&me, &members, &regions, vec![true, true], now);
@@ -1436,15 +1445,7 @@ mod tests {
             .map(|k| member(k, ["a", "b", "c"][usize::from(k % 3)]))
             .collect();
         let me = all[0].clone();
-        let members: BTreeMap<OriginKey, MemberInfo> =
-            all.iter().map(|m| (m.node_key(), m.clone())).collect();
-        let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
-        for m in &all {
-            regions
-                .entry(m.region.to_string())
-                .or_default()
-                .push(m.node_key());
-        }
+        let (members, regions) = membership(&all);
         let topology = Topology::new(&me, &members, &regions);
         // (node, RTTs to each of the 8 members; `None`: the record is dropped)
         let change = (
@@ -1488,15 +1489,7 @@ mod tests {
         let others: Vec<MemberInfo> = (1..=RECORDS_PER_REGION_MAX as u8 + 2)
             .map(|k| member(k, "b"))
             .collect();
-        let mut members: BTreeMap<OriginKey, MemberInfo> = BTreeMap::new();
-        let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
-        for m in others.iter().chain([&me]) {
-            members.insert(m.node_key(), m.clone());
-            regions
-                .entry(m.region.to_string())
-                .or_default()
-                .push(m.node_key());
-        }
+        let (members, regions) = membership(others.iter().chain([&me]));
         let record = |m: &MemberInfo, version: u64| LinkRecord {
             node: m.key,
             version,
