@@ -3,7 +3,7 @@
 //!
 //! - `Channel::Datagram` messages (SWIM, IHAVE) go as QUIC datagrams; one too large for the
 //!   path's datagram size goes on a unidirectional stream instead.
-//! - `Channel::Uni` messages (pushes, GRAFT) each take one unidirectional stream: streams
+//! - `Channel::Uni` messages (pushes, GRAFT, Skip) each take one unidirectional stream: streams
 //!   are cheap in QUIC, and one message per stream means no head-of-line blocking between
 //!   events of different origins.
 //! - `Channel::Bi` (anti-entropy): the request and its answer share one bidirectional
