@@ -1473,12 +1473,99 @@ impl<S: Store> Node<S> {
         relay: &[RelayHop],
         reroutes: u8,
     ) -> Vec<Target> {
-        if publishing {
+        let mut targets = if publishing {
             let hops = self.region_hops(event);
             self.publish_targets(&event.origin(), &hops)
         } else {
             self.relay_or_child_targets(event, relay, reroutes)
+        };
+        if !self.filter.unrestricted(event) {
+            self.add_stand_ins(event, publishing, &mut targets);
         }
+        targets
+    }
+
+    /// Tree nodes that may not hold `event` do not end its tree: their stand-ins
+    /// ([`Node::stand_ins`]) join `targets`, for a target without relay hops that may not
+    /// hold it and, as the publisher, for the root of each region the plan left out
+    /// because its root may not hold it. A region's members need not share its root's
+    /// jurisdiction (an edge site, a store with a claim of its own): without this, the
+    /// members of such a region got the event only by IHAVE and GRAFT or anti-entropy, and
+    /// per-origin order held back every later event of the origin there meanwhile
+    /// (docs/sim.md, section 3.5).
+    fn add_stand_ins(&self, event: &Event, publishing: bool, targets: &mut Vec<Target>) {
+        let clear = |k: &OriginKey| {
+            self.members
+                .get(k)
+                .is_some_and(|m| self.filter.hop(event, m) == FilterHop::Clear)
+        };
+        let mut extra: Vec<Target> = Vec::new();
+        for (peer, hops, ack, _) in targets.iter() {
+            // A target with relay hops carries the event on (or, refused, leaves it to
+            // GRAFT and anti-entropy, as before).
+            if hops.is_empty() && !clear(peer) {
+                extra.extend(
+                    self.stand_ins(event, peer)
+                        .into_iter()
+                        .map(|k| (k, Vec::new(), *ack, 0)),
+                );
+            }
+        }
+        if publishing {
+            let hops = self.region_hops(event);
+            let origin = event.origin();
+            for (i, region) in self.regions.keys().enumerate() {
+                if hops[i] == FilterHop::Clear || *region == self.me.region {
+                    continue;
+                }
+                if let Some(root) = self.region_root(&origin, region) {
+                    extra.extend(
+                        self.stand_ins(event, &root)
+                            .into_iter()
+                            .map(|k| (k, Vec::new(), true, 0)),
+                    );
+                }
+            }
+        }
+        for target in extra {
+            if !targets.iter().any(|t| t.0 == target.0) {
+                targets.push(target);
+            }
+        }
+    }
+
+    /// Where `event` goes in place of `peer`, a node of a region tree that may not hold it:
+    /// `peer`'s children in its region's tree for the event's origin that may hold it, and
+    /// for those that may not, their children in turn. Bounded: positions in the region's
+    /// order only grow down the tree.
+    fn stand_ins(&self, event: &Event, peer: &OriginKey) -> Vec<OriginKey> {
+        let Some(region) = self.members.get(peer).map(|m| m.region.clone()) else {
+            return Vec::new();
+        };
+        let me = self.me.node_key();
+        let arity = self.config.tree_arity.clamp(1, TREE_ARITY_MAX);
+        let order = self.region_order(&event.origin(), &region);
+        let mut out = Vec::new();
+        let mut queue: VecDeque<usize> = order.iter().position(|k| k == peer).into_iter().collect();
+        while let Some(at) = queue.pop_front() {
+            let first = at * arity + 1;
+            let last = (first + arity).min(order.len());
+            for (child, &k) in order.iter().enumerate().take(last).skip(first) {
+                if k == me {
+                    continue;
+                }
+                if self
+                    .members
+                    .get(&k)
+                    .is_some_and(|m| self.filter.hop(event, m) == FilterHop::Clear)
+                {
+                    out.push(k);
+                } else {
+                    queue.push_back(child);
+                }
+            }
+        }
+        out
     }
 
     /// Where this node, not the publisher, pushes `event`: its children in the event's
@@ -2806,6 +2893,55 @@ mod tests {
                 .get(peer.region.as_str())
                 .copied()
                 .unwrap_or(FilterHop::Clear)
+        }
+    }
+
+    /// Refuses every event to one node.
+    struct RefusesOne(OriginKey);
+
+    impl ReplicationFilter for RefusesOne {
+        fn hop(&self, _event: &EventData, peer: &MemberInfo) -> FilterHop {
+            if peer.key == self.0.0 {
+                FilterHop::Refuse
+            } else {
+                FilterHop::Clear
+            }
+        }
+    }
+
+    /// A region's tree root that may not hold an event does not cut the region off: the
+    /// publisher pushes to its children instead, and they on down the tree. The publisher
+    /// had left the region out of its plan, so its members got the event only by IHAVE and
+    /// GRAFT or anti-entropy (`example.toml`: the Zurich store, CH, among EU nodes).
+    #[test]
+    fn a_tree_steps_over_a_node_that_may_not_hold_the_event() {
+        let rtts = vec![40_000u64; 36];
+        // r0 holds nodes 0, 2, 4, 6 and r1 nodes 1, 3, 5, 7; arity 2: a root, its two
+        // children and a grandchild in each region.
+        let seeds: Vec<u8> = (1..=8).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        let root = nodes[1].region_root(&origin, "r1").unwrap();
+        for n in &mut nodes {
+            n.set_filter(Box::new(RefusesOne(root)));
+        }
+        let event = event_at(seeds[0], 1, "orders.all");
+        nodes[0].handle_publish(0, event.clone()).unwrap();
+        // Only what goes eagerly at once: no IHAVE delay, no GRAFT timeout, no sync.
+        let seen = pump(&mut nodes, 0, 0);
+        for (i, n) in nodes.iter().enumerate() {
+            let key = n.me().node_key();
+            if key == root {
+                assert!(!n.store().contains(&event.id()), "the root may not hold it");
+                assert!(seen[i].pushes.is_empty(), "nothing pushed to the root");
+                assert!(seen[i].skips.contains(&(origin, 1)), "the root got a Skip");
+            } else {
+                assert!(
+                    n.store().contains(&event.id()),
+                    "{} did not get the event eagerly",
+                    n.me().addr
+                );
+            }
         }
     }
 
