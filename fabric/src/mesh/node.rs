@@ -1473,37 +1473,44 @@ impl<S: Store> Node<S> {
         relay: &[RelayHop],
         reroutes: u8,
     ) -> Vec<Target> {
-        let mut targets = if publishing {
+        let (mut targets, hops) = if publishing {
             let hops = self.region_hops(event);
-            self.publish_targets(&event.origin(), &hops)
+            (self.publish_targets(&event.origin(), &hops), Some(hops))
         } else {
-            self.relay_or_child_targets(event, relay, reroutes)
+            (self.relay_or_child_targets(event, relay, reroutes), None)
         };
         if !self.filter.unrestricted(event) {
-            self.add_stand_ins(event, publishing, &mut targets);
+            self.add_stand_ins(event, hops.as_deref(), &mut targets);
         }
         targets
     }
 
+    /// Whether member `k` may hold `event` (its hop is [`FilterHop::Clear`]).
+    fn may_hold(&self, event: &Event, k: &OriginKey) -> bool {
+        self.members
+            .get(k)
+            .is_some_and(|m| self.filter.hop(event, m) == FilterHop::Clear)
+    }
+
     /// Tree nodes that may not hold `event` do not end its tree: their stand-ins
     /// ([`Node::stand_ins`]) join `targets`, for a target without relay hops that may not
-    /// hold it and, as the publisher, for the root of each region the plan left out
-    /// because its root may not hold it. A region's members need not share its root's
+    /// hold it and, as the publisher (`region_hops`: the event's [`Node::region_hops`]),
+    /// for the root of each region the plan left out because its root may not hold it. A region's members need not share its root's
     /// jurisdiction (an edge site, a store with a claim of its own): without this, the
     /// members of such a region got the event only by IHAVE and GRAFT or anti-entropy, and
     /// per-origin order held back every later event of the origin there meanwhile
     /// (docs/sim.md, section 3.5).
-    fn add_stand_ins(&self, event: &Event, publishing: bool, targets: &mut Vec<Target>) {
-        let clear = |k: &OriginKey| {
-            self.members
-                .get(k)
-                .is_some_and(|m| self.filter.hop(event, m) == FilterHop::Clear)
-        };
+    fn add_stand_ins(
+        &self,
+        event: &Event,
+        region_hops: Option<&[FilterHop]>,
+        targets: &mut Vec<Target>,
+    ) {
         let mut extra: Vec<Target> = Vec::new();
         for (peer, hops, ack, _) in targets.iter() {
             // A target with relay hops carries the event on (or, refused, leaves it to
             // GRAFT and anti-entropy, as before).
-            if hops.is_empty() && !clear(peer) {
+            if hops.is_empty() && !self.may_hold(event, peer) {
                 extra.extend(
                     self.stand_ins(event, peer)
                         .into_iter()
@@ -1511,8 +1518,7 @@ impl<S: Store> Node<S> {
                 );
             }
         }
-        if publishing {
-            let hops = self.region_hops(event);
+        if let Some(hops) = region_hops {
             let origin = event.origin();
             for (i, region) in self.regions.keys().enumerate() {
                 if hops[i] == FilterHop::Clear || *region == self.me.region {
@@ -1554,11 +1560,7 @@ impl<S: Store> Node<S> {
                 if k == me {
                     continue;
                 }
-                if self
-                    .members
-                    .get(&k)
-                    .is_some_and(|m| self.filter.hop(event, m) == FilterHop::Clear)
-                {
+                if self.may_hold(event, &k) {
                     out.push(k);
                 } else {
                     queue.push_back(child);
@@ -2352,25 +2354,16 @@ impl<S: Store> Node<S> {
                 }
             }
         }
+        for (target, events) in by_target {
+            self.push_allowed(target, &events, true);
+        }
         // Events anti-entropy brought before this, their tree push: they go on down this
         // region's tree (and to the regions it relays for) as new ones would. Otherwise a
         // region root repaired just before a rerouted push leaves its children to an IHAVE
         // and a GRAFT timeout (`link-cut`, seeds 131 and 135: 223 and 231 ms over the
-        // ideal against a bound of 161 ms). Peers heard of them lazily at the repair.
-        let me = self.me.node_key();
-        for event in late {
-            for target in self.relay_or_child_targets(&event, relay, reroutes) {
-                if target.0 != from && target.0 != me {
-                    let batch = by_target.entry(target).or_default();
-                    if !batch.last().is_some_and(|last| Arc::ptr_eq(last, &event)) {
-                        batch.push(event.clone());
-                    }
-                }
-            }
-        }
-        for (target, events) in by_target {
-            self.push_allowed(target, &events, true);
-        }
+        // ideal against a bound of 161 ms). Peers heard of them lazily at the repair, so
+        // only the eager pushes.
+        self.forward_batches(&late, Some(from), false, relay, reroutes);
     }
 
     /// Remembers an event anti-entropy brought (see `repaired`), forgetting the oldest
