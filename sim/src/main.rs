@@ -167,6 +167,23 @@ fn run_scenario(
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let scenario =
         Scenario::parse(&text, &catalog).with_context(|| format!("in {}", path.display()))?;
+    // The outputs are opened before the run, not after it: a mistyped path fails at once
+    // (exit status 2, naming the path) instead of after minutes of simulation. The JSON
+    // file is created (not truncated) now and written at the end.
+    let mut json_file = json
+        .map(|path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .with_context(|| format!("opening {} for the JSON report", path.display()))
+        })
+        .transpose()?;
+    if let Some(dir) = html {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} for the HTML report", dir.display()))?;
+    }
     let plan = weft_sim::plan::build(&scenario, &catalog, seed);
     let seed = plan.seed;
     let mut strategies = vec![Strategy::Weft];
@@ -205,8 +222,8 @@ fn run_scenario(
             *deliveries as f64 / secs.max(1e-9)
         );
     }
-    if let Some(path) = json {
-        std::fs::write(path, report.to_json()?)
+    if let (Some(path), Some(file)) = (json, json_file.as_mut()) {
+        write_json(file, &report.to_json()?)
             .with_context(|| format!("writing {}", path.display()))?;
         outln!("report: {}", path.display());
     }
@@ -228,6 +245,14 @@ fn run_scenario(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Replaces the contents of `file` (opened before the run) with `json`.
+fn write_json(file: &mut std::fs::File, json: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    file.set_len(0)?;
+    file.write_all(json.as_bytes())?;
+    file.sync_all()
 }
 
 fn progress_bar(name: &str) -> indicatif::ProgressBar {

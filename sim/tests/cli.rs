@@ -1,0 +1,192 @@
+//! The `weft-sim` binary as a user runs it: exit statuses (0 all checks hold, 1 a check
+//! failed and the seed to reproduce is printed, 2 a bad scenario or output path), the
+//! outputs it writes, and a bad output path refused before the simulation runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A short run: eight nodes in four regions, 20 simulated seconds.
+const SCENARIO: &str = r#"
+name = "cli-test"
+description = "test"
+duration_s = 20
+seed = 7
+
+[topology]
+regions = [
+  { region = "aws:us-east-1", nodes = 2 },
+  { region = "aws:eu-west-1", nodes = 2 },
+  { region = "azure:westeurope", nodes = 2 },
+  { region = "gcp:asia-south1", nodes = 2 },
+]
+
+[network]
+jitter_ms = 1.0
+loss = 0.0
+verify_us = 60
+
+[[workload]]
+stream = "t.events"
+rate_per_s = 10
+payload_bytes = 64
+start_s = 3
+stop_s = 8
+
+[checks]
+converge_within_s = 10
+"#;
+
+/// A fresh directory for one test (removed first if an earlier run left it).
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-sim-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_scenario(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("scenario.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn weft_sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft-sim"))
+        .args(args)
+        .output()
+        .expect("weft-sim runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_passing_run_exits_0_and_writes_its_reports() {
+    let dir = scratch("pass");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let json = dir.join("report.json");
+    let html = dir.join("html");
+    let out = weft_sim(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-baselines",
+        "--json",
+        json.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("all checks passed (seed 7)"), "{stdout}");
+    assert!(
+        stdout.contains("simulated message deliveries in"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["seed"], 7, "{report}");
+    assert!(html.join("index.html").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failed_check_exits_1_and_prints_the_seed_to_reproduce() {
+    let dir = scratch("fail");
+    // Stretch is at least 1 by definition (no delivery beats the shortest path) and jitter
+    // alone puts some deliveries above it: a bound of exactly 1 fails.
+    let scenario = write_scenario(
+        &dir,
+        &SCENARIO.replace(
+            "converge_within_s = 10",
+            "converge_within_s = 10\nstretch_p99_max = 1.0",
+        ),
+    );
+    let out = weft_sim(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-baselines",
+        "--seed",
+        "31",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("CHECK FAILED: stretch p99"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "reproduce with: weft-sim run {} --seed 31",
+            scenario.display()
+        )),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_output_path_is_refused_before_the_run() {
+    let dir = scratch("badpath");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let json = dir.join("no-such-dir").join("report.json");
+    let out = weft_sim(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("opening {} for the JSON report", json.display())),
+        "{stderr}"
+    );
+    // Refused up front: nothing was simulated.
+    assert!(!stdout.contains("simulated message deliveries"), "{stdout}");
+
+    // An HTML directory that cannot be created (a file stands in its way): the same.
+    let blocker = dir.join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let html = blocker.join("html");
+    let out = weft_sim(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("creating {} for the HTML report", html.display())),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("simulated message deliveries"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_scenario_exits_2_naming_the_field() {
+    let dir = scratch("badscenario");
+    let scenario = write_scenario(
+        &dir,
+        &SCENARIO.replace("rate_per_s = 10", "rate_per_s = -1"),
+    );
+    let out = weft_sim(&["run", scenario.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("rate_per_s"), "{stderr}");
+
+    // `list` shows it as invalid beside the valid ones instead of failing.
+    std::fs::write(dir.join("good.toml"), SCENARIO).unwrap();
+    let out = weft_sim(&["list", "--dir", dir.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("good.toml") && stdout.contains("8 nodes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("scenario.toml") && stdout.contains("INVALID"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
