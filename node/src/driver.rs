@@ -1171,6 +1171,7 @@ impl Driver {
             ("grafts_sent", s.grafts_sent),
             ("sync_events_sent", s.sync_events_sent),
             ("sync_events_new", s.sync_events_new),
+            ("sync_back_rounds", s.sync_back_rounds),
             ("probes_sent", s.probes_sent),
             ("probes_answered", s.probes_answered),
             ("link_records_new", s.link_records_new),

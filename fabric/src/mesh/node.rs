@@ -61,6 +61,13 @@ pub const RELAY_CACHE_LEN_MAX: usize = 4_096;
 /// passes such an event on down its region's tree when it does); the oldest are forgotten
 /// first.
 pub const REPAIRED_LEN_MAX: usize = 4_096;
+/// Most members remembered as back from down (a healed partition, a restart) until the
+/// anti-entropy round with one of them.
+pub const RETURNED_LEN_MAX: usize = 64;
+/// How long after a member comes back the round with it starts: members of the other side
+/// of a healed partition come back within moments of each other, and one round serves them
+/// all.
+pub const SYNC_BACK_DELAY_US: Micros = 100_000;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
@@ -144,9 +151,12 @@ impl MeshConfig {
         // Steady-state SWIM messages (a probe and a few updates) still fit a datagram.
         swim.max_packet_size = SWIM_PACKET_LEN;
         // After a partition heals the sides must find each other in seconds, not the
-        // default minutes: announce to members we believe down every 5 s.
+        // default minutes: announce to members we believe down every second. (Every 5 s,
+        // split-brain-writes.toml reconverged 6.7-10.6 s after its heal, 1.3 s now; a
+        // down member costs a dropped datagram a second per node here, and the node's
+        // transport dials an unreachable peer at most once at a time whatever the rate.)
         swim.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-            frequency: Duration::from_secs(5),
+            frequency: Duration::from_secs(1),
             num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
         });
         swim.periodic_announce = Some(foca::PeriodicParams {
@@ -271,6 +281,8 @@ pub struct Stats {
     pub sync_events_sent: u64,
     /// Events received through anti-entropy that were new.
     pub sync_events_new: u64,
+    /// Anti-entropy rounds started with a member back from down (a healed partition).
+    pub sync_back_rounds: u64,
     /// Announcements ignored because the missing table was full.
     pub missing_dropped: u64,
     /// Transmits dropped because the queue was full (driver bug).
@@ -335,6 +347,8 @@ enum Timer {
     Graft(EventId),
     FlushIHave,
     Sync,
+    /// One anti-entropy round with a member that came back from down (`Node::returned`).
+    SyncBack,
     ViewRefresh,
     Probe,
     Links,
@@ -442,6 +456,18 @@ pub struct Node<S: Store> {
     router: Router,
     members: BTreeMap<OriginKey, MemberInfo>,
     peers: BTreeMap<OriginKey, PeerState>,
+    /// Members that came back from down (a generation above the first, not in the view
+    /// before), oldest first, at most [`RETURNED_LEN_MAX`]: events published on their
+    /// side while this node had them down reach it only by anti-entropy, and a round with
+    /// one of them starts [`SYNC_BACK_DELAY_US`] after the first comes back instead of
+    /// waiting for the partner rotation (seconds).
+    returned: VecDeque<OriginKey>,
+    /// When the last such round started; at most one per sync interval.
+    sync_back: Option<Micros>,
+    /// The next regular round goes to a stalled origin first (set by a round with a member
+    /// back from down: the events it cannot give are those this node may not hold, and only
+    /// a node holding them, such as their origin, can send their Skips).
+    stalled_first: bool,
     lazy: BTreeSet<OriginKey>,
     /// Reused by [`Node::forward`] (no allocation per forwarded message).
     lazy_scratch: Vec<OriginKey>,
@@ -575,6 +601,9 @@ impl<S: Store> Node<S> {
             router,
             members: BTreeMap::new(),
             peers: BTreeMap::new(),
+            returned: VecDeque::new(),
+            sync_back: None,
+            stalled_first: false,
             lazy: BTreeSet::new(),
             lazy_scratch: Vec::new(),
             regions: BTreeMap::new(),
@@ -900,6 +929,7 @@ impl<S: Store> Node<S> {
                     let next = now + self.config.sync_interval_us;
                     self.schedule(next, Timer::Sync);
                 }
+                Timer::SyncBack => self.sync_with_returned(),
                 Timer::ViewRefresh => {
                     // The region lists are kept up to date on every membership change; only
                     // the lazy peers need re-ranking as RTT samples arrive.
@@ -1090,6 +1120,9 @@ impl<S: Store> Node<S> {
                 OwnedNotification::MemberUp(m) => {
                     changed = true;
                     let key = OriginKey(m.key);
+                    if m.generation > 0 && !self.members.contains_key(&key) {
+                        self.member_returned(key);
+                    }
                     self.member_insert(m.clone());
                     if self.router.failed.contains_key(m.region.as_str()) {
                         // Back after a partition or outage: check the link now rather
@@ -1117,6 +1150,11 @@ impl<S: Store> Node<S> {
                 }
                 OwnedNotification::Rename(_, new) => {
                     changed = true;
+                    // A member back under a new identity after we had it down (foca renames
+                    // it before it reports it up).
+                    if new.generation > 0 && !self.members.contains_key(&new.node_key()) {
+                        self.member_returned(new.node_key());
+                    }
                     self.member_insert(new);
                 }
                 OwnedNotification::Defunct => {
@@ -2486,19 +2524,21 @@ impl<S: Store> Node<S> {
         // Every fourth round, a hole in an origin's sequence (delivery stalled behind an
         // event, or a Skip, that never came: a node the publisher did not know yet gets no
         // Skip) is repaired from the origin itself, which holds all its events: it answers
-        // with the event, or with a Skip when this node may not hold it.
-        if self.sync_rounds % 4 == 2
-            && let Some(origin) = self.stalled_origin()
+        // with the event, or with a Skip when this node may not hold it. So is the first
+        // round after one with a member back from down (`stalled_first`).
+        // That one asks the stalled origin with the lowest key: a request from an origin on
+        // covers every origin above it, so one round repairs all the holes its answerer
+        // holds (after a heal: every origin of its side).
+        let stalled_first = std::mem::take(&mut self.stalled_first);
+        let turn = if stalled_first {
+            Some(0)
+        } else {
+            (self.sync_rounds % 4 == 2).then_some(self.sync_rounds / 4)
+        };
+        if let Some(turn) = turn
+            && let Some(origin) = self.stalled_origin(turn)
         {
-            self.peers.entry(origin).or_default().last_sync_us = Some(self.now);
-            let digest = self.digest();
-            self.send(
-                origin,
-                Message::SyncRequest {
-                    digest,
-                    from_origin: Some(origin),
-                },
-            );
+            self.sync_with(origin, Some(origin));
             return;
         }
         if self.sync_rounds.is_multiple_of(2) {
@@ -2508,15 +2548,7 @@ impl<S: Store> Node<S> {
                 let Some(partner) = self.live_nth(true, pick) else {
                     return;
                 };
-                self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
-                let digest = self.digest();
-                self.send(
-                    partner,
-                    Message::SyncRequest {
-                        digest,
-                        from_origin: None,
-                    },
-                );
+                self.sync_with(partner, None);
                 return;
             }
         }
@@ -2553,23 +2585,70 @@ impl<S: Store> Node<S> {
                 .min()
                 .map(|(_, _, _, k)| k)
         };
-        let Some(partner) = partner else {
-            return;
-        };
+        if let Some(partner) = partner {
+            self.sync_with(partner, None);
+        }
+    }
+
+    /// Notes a member back from down and schedules the round with it (none is pending and
+    /// none ran within the last sync interval: a later one serves members still noted).
+    fn member_returned(&mut self, key: OriginKey) {
+        if self.returned.len() >= RETURNED_LEN_MAX {
+            self.returned.pop_front();
+        }
+        self.returned.push_back(key);
+        let interval = self.config.sync_interval_us;
+        match self.sync_back {
+            Some(at) if at > self.now || self.now - at < interval => {
+                if at <= self.now {
+                    // Ran within the interval: run again once it has passed.
+                    self.sync_back = Some(at + interval);
+                    self.schedule(at + interval, Timer::SyncBack);
+                }
+            }
+            _ => {
+                let at = self.now + SYNC_BACK_DELAY_US;
+                self.sync_back = Some(at);
+                self.schedule(at, Timer::SyncBack);
+            }
+        }
+    }
+
+    /// The round with a member back from down: the nearest of those noted that is still a
+    /// member. The others are forgotten (their side's events come with this round, or with
+    /// the regular ones).
+    fn sync_with_returned(&mut self) {
+        let returned = std::mem::take(&mut self.returned);
+        let partner = returned
+            .iter()
+            .filter(|k| self.members.contains_key(k))
+            .min_by_key(|k| self.router.estimate_us(k).unwrap_or(Micros::MAX))
+            .copied();
+        if let Some(partner) = partner {
+            self.stats.sync_back_rounds += 1;
+            self.sync_with(partner, None);
+            self.stalled_first = true;
+        }
+    }
+
+    /// Sends `partner` this node's digest (from `from_origin` on, when resuming or asking an
+    /// origin) and notes when.
+    fn sync_with(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
         self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
         let digest = self.digest();
         self.send(
             partner,
             Message::SyncRequest {
                 digest,
-                from_origin: None,
+                from_origin,
             },
         );
     }
 
     /// A live origin (not in a region whose link failed) with a hole in what this node has
-    /// seen of it, rotating over such origins round by round.
-    fn stalled_origin(&self) -> Option<OriginKey> {
+    /// seen of it: the `turn`th of them (modulo their number) in key order, so successive
+    /// turns rotate over them.
+    fn stalled_origin(&self, turn: u64) -> Option<OriginKey> {
         let me = self.me.node_key();
         let stalled = || {
             self.seen.iter().filter_map(|(o, s)| {
@@ -2589,7 +2668,7 @@ impl<S: Store> Node<S> {
         if count == 0 {
             return None;
         }
-        stalled().nth((self.sync_rounds / 4) as usize % count)
+        stalled().nth(turn as usize % count)
     }
 
     fn on_sync_request(&mut self, from: OriginKey, digest: Digest, from_origin: Option<OriginKey>) {
@@ -3295,6 +3374,111 @@ mod tests {
     /// number it may not hold; its delivery of the origin's next events stalls on the hole
     /// until anti-entropy with the origin (here the only node holding the event) answers
     /// with a Skip.
+    /// Anti-entropy rounds this node started with a member back from down, and the
+    /// requests it sent to `to` (drained).
+    fn sync_back_requests(node: &mut Node<crate::mesh::MemStore>, to: OriginKey) -> (u64, usize) {
+        let mut requests = 0;
+        while let Some(t) = node.poll_transmit() {
+            if t.to == to
+                && matches!(
+                    t.msg,
+                    Message::SyncRequest {
+                        from_origin: None,
+                        ..
+                    }
+                )
+            {
+                requests += 1;
+            }
+        }
+        (node.stats().sync_back_rounds, requests)
+    }
+
+    #[test]
+    fn a_member_back_from_down_gets_an_anti_entropy_round_at_once() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=4).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
+        let node = &mut nodes[0];
+        while node.poll_transmit().is_some() {}
+        let start = node.now;
+        // nodes[0] had nodes[1] and nodes[2] down (a partition); each comes back under a
+        // new generation: foca renames it, then reports it up.
+        let back = |node: &mut Node<crate::mesh::MemStore>, info: MemberInfo| {
+            let key = info.node_key();
+            node.members.remove(&key);
+            node.region_remove(&info.region, &key);
+            let mut renewed = info.clone();
+            renewed.generation += 1;
+            let mut rt = SwimRuntime::default();
+            rt.notes
+                .push(OwnedNotification::Rename(info, renewed.clone()));
+            rt.notes.push(OwnedNotification::MemberUp(renewed));
+            node.apply_swim(rt);
+            key
+        };
+        let first = back(node, infos[1].clone());
+        assert_eq!(node.returned, [first]);
+        node.handle_timeout(start + SYNC_BACK_DELAY_US - 1);
+        assert_eq!(
+            sync_back_requests(node, first),
+            (0, 0),
+            "not before the delay"
+        );
+        node.handle_timeout(start + SYNC_BACK_DELAY_US);
+        assert_eq!(
+            sync_back_requests(node, first),
+            (1, 1),
+            "one round, with it"
+        );
+        assert!(node.returned.is_empty());
+
+        // The next regular round asks the stalled origin with the lowest key (its answer
+        // covers the origins above it), whatever the rotation would pick.
+        let mut holes: Vec<OriginKey> = infos[2..].iter().map(|i| i.node_key()).collect();
+        holes.sort();
+        for o in &holes {
+            node.seen.entry(*o).or_default().record(3);
+        }
+        assert!(node.stalled_first);
+        node.sync_rounds = 0; // the next round is the first: not a stalled-origin turn
+        node.start_sync();
+        assert!(!node.stalled_first);
+        let t = node.poll_transmit().expect("a sync request");
+        assert_eq!(t.to, holes[0]);
+        assert!(
+            matches!(&t.msg, Message::SyncRequest { from_origin: Some(o), .. } if *o == holes[0])
+        );
+        while node.poll_transmit().is_some() {}
+        for o in &holes {
+            node.seen.remove(o);
+        }
+
+        // Another member back within the sync interval: its round waits for the interval
+        // to pass since the last one (at most one such round per interval).
+        let ran = start + SYNC_BACK_DELAY_US;
+        let second = back(node, infos[2].clone());
+        let interval = node.config.sync_interval_us;
+        node.handle_timeout(ran + interval - 1);
+        assert_eq!(
+            sync_back_requests(node, second).0,
+            1,
+            "not within the interval"
+        );
+        node.handle_timeout(ran + interval);
+        assert_eq!(sync_back_requests(node, second), (2, 1));
+
+        // A member seen for the first time (its first generation) is not back from down.
+        let mut rt = SwimRuntime::default();
+        let mut new = infos[3].clone();
+        node.members.remove(&new.node_key());
+        new.generation = 0;
+        rt.notes.push(OwnedNotification::MemberUp(new));
+        node.apply_swim(rt);
+        assert!(node.returned.is_empty());
+    }
+
     #[test]
     fn a_missed_skip_is_repaired_from_the_origin() {
         let rtts = vec![40_000u64; 36];
