@@ -68,6 +68,10 @@ pub const RETURNED_LEN_MAX: usize = 64;
 /// of a healed partition come back within moments of each other, and one round serves them
 /// all.
 pub const SYNC_BACK_DELAY_US: Micros = 100_000;
+/// A member this node did not have in its view (new, or back from down) is told of this
+/// node's own events published this recently (an IHAVE: it GRAFTs what its tree does not
+/// bring), at most [`REFS_PER_MESSAGE_MAX`] of them.
+pub const RECENT_OWN_US: Micros = 5_000_000;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
@@ -464,6 +468,10 @@ pub struct Node<S: Store> {
     returned: VecDeque<OriginKey>,
     /// When the last such round started; at most one per sync interval.
     sync_back: Option<Micros>,
+    /// This node's own events of the last [`RECENT_OWN_US`] (when published, sequence
+    /// number), at most [`REFS_PER_MESSAGE_MAX`], oldest first: announced to a member that
+    /// joins the view, since pushes went only to the members known when they were made.
+    recent_own: VecDeque<(Micros, u64)>,
     /// The next regular round goes to a stalled origin first (set by a round with a member
     /// back from down: the events it cannot give are those this node may not hold, and only
     /// a node holding them, such as their origin, can send their Skips).
@@ -603,6 +611,7 @@ impl<S: Store> Node<S> {
             peers: BTreeMap::new(),
             returned: VecDeque::new(),
             sync_back: None,
+            recent_own: VecDeque::new(),
             stalled_first: false,
             lazy: BTreeSet::new(),
             lazy_scratch: Vec::new(),
@@ -795,6 +804,7 @@ impl<S: Store> Node<S> {
             }),
             Inserted::New => {
                 let me = self.me.node_key();
+                self.note_published(std::slice::from_ref(&event));
                 self.forward(&[event], Some(me), true, true, &[], 0);
                 Ok(())
             }
@@ -828,8 +838,41 @@ impl<S: Store> Node<S> {
             });
         }
         let me = self.me.node_key();
+        self.note_published(&fresh);
         self.forward(&fresh, Some(me), true, true, &[], 0);
         results
+    }
+
+    fn note_published(&mut self, events: &[Arc<Event>]) {
+        for event in events {
+            if self.recent_own.len() >= REFS_PER_MESSAGE_MAX {
+                self.recent_own.pop_front();
+            }
+            self.recent_own.push_back((self.now, event.seq()));
+        }
+    }
+
+    /// Announces this node's recent own events to `member`, which has just joined the
+    /// view: the pushes of those events went only to the members known then, and without
+    /// this the member would get them by anti-entropy, seconds later (a fabric starting up,
+    /// a healed partition). Events it may not hold get a Skip instead (the filter), so its
+    /// ordered delivery does not wait for them.
+    fn announce_recent(&mut self, member: OriginKey) {
+        let since = self.now.saturating_sub(RECENT_OWN_US);
+        while self.recent_own.front().is_some_and(|(at, _)| *at < since) {
+            self.recent_own.pop_front();
+        }
+        if self.recent_own.is_empty() {
+            return;
+        }
+        let me = self.me.node_key();
+        let events: Vec<Arc<Event>> = self
+            .recent_own
+            .iter()
+            .filter_map(|(_, seq)| self.store.get(&me, *seq))
+            .collect();
+        let events = self.allowed_vec(events, &member, false, true);
+        self.announce(member, &events);
     }
 
     /// A message from peer `from` (authenticated by the transport).
@@ -1120,10 +1163,14 @@ impl<S: Store> Node<S> {
                 OwnedNotification::MemberUp(m) => {
                     changed = true;
                     let key = OriginKey(m.key);
-                    if m.generation > 0 && !self.members.contains_key(&key) {
+                    let joined = !self.members.contains_key(&key);
+                    if joined && m.generation > 0 {
                         self.member_returned(key);
                     }
                     self.member_insert(m.clone());
+                    if joined {
+                        self.announce_recent(key);
+                    }
                     if self.router.failed.contains_key(m.region.as_str()) {
                         // Back after a partition or outage: check the link now rather
                         // than at the next probe tick.
@@ -1152,10 +1199,15 @@ impl<S: Store> Node<S> {
                     changed = true;
                     // A member back under a new identity after we had it down (foca renames
                     // it before it reports it up).
-                    if new.generation > 0 && !self.members.contains_key(&new.node_key()) {
-                        self.member_returned(new.node_key());
+                    let key = new.node_key();
+                    let joined = !self.members.contains_key(&key);
+                    if joined && new.generation > 0 {
+                        self.member_returned(key);
                     }
                     self.member_insert(new);
+                    if joined {
+                        self.announce_recent(key);
+                    }
                 }
                 OwnedNotification::Defunct => {
                     // The mesh declared us down (we were cut off): come back with a new
@@ -3392,6 +3444,73 @@ mod tests {
             }
         }
         (node.stats().sync_back_rounds, requests)
+    }
+
+    #[test]
+    fn a_member_joining_the_view_is_told_of_recent_own_events() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=4).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
+        let node = &mut nodes[0];
+        node.set_filter(Box::new(OriginOnly));
+        while node.poll_transmit().is_some() {}
+        // nodes[3] is not in nodes[0]'s view while it publishes: an old event, then (more
+        // than RECENT_OWN_US later) one every member may hold and one only its origin may.
+        let late = infos[3].node_key();
+        node.members.remove(&late);
+        node.region_remove(&infos[3].region, &late);
+        node.router.members_changed();
+        let t0 = node.now;
+        node.handle_publish(t0, event_at(seeds[0], 1, "orders.all"))
+            .unwrap();
+        let t1 = t0 + RECENT_OWN_US + 1;
+        node.handle_publish(t1, event_at(seeds[0], 2, "orders.all"))
+            .unwrap();
+        node.handle_publish(t1, event_at(seeds[0], 3, "orders.eu"))
+            .unwrap();
+        let to_late = |node: &mut Node<crate::mesh::MemStore>| {
+            let mut out = Vec::new();
+            while let Some(t) = node.poll_transmit() {
+                if t.to == late {
+                    out.push(t.msg);
+                }
+            }
+            out
+        };
+        assert!(to_late(node).is_empty(), "nothing goes to a non-member");
+        // It joins: an IHAVE for the recent event it may hold (after the IHAVE delay), a
+        // Skip for the one it may not; nothing about the old one.
+        let mut rt = SwimRuntime::default();
+        rt.notes.push(OwnedNotification::MemberUp(infos[3].clone()));
+        node.apply_swim(rt);
+        let skips: Vec<u64> = to_late(node)
+            .iter()
+            .flat_map(|m| match m {
+                Message::Skip(s) => s.iter().map(|(_, seq)| *seq).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(skips, [3]);
+        node.handle_timeout(t1 + node.config.ihave_delay_us);
+        let announced: Vec<u64> = to_late(node)
+            .iter()
+            .flat_map(|m| match m {
+                Message::IHave(refs) => refs.iter().map(|r| r.seq).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(announced, [2]);
+        // A member already in the view is not told again.
+        let mut rt = SwimRuntime::default();
+        rt.notes.push(OwnedNotification::MemberUp(infos[3].clone()));
+        node.apply_swim(rt);
+        node.handle_timeout(t1 + 2 * node.config.ihave_delay_us);
+        assert!(
+            !to_late(node)
+                .iter()
+                .any(|m| matches!(m, Message::IHave(_) | Message::Skip(_)))
+        );
     }
 
     #[test]
