@@ -1116,6 +1116,14 @@ impl<S: Store> Node<S> {
             "repaired set over limit or out of step with its order"
         );
         assert!(
+            self.returned.len() <= RETURNED_LEN_MAX,
+            "returned members over limit"
+        );
+        assert!(
+            self.recent_own.len() <= REFS_PER_MESSAGE_MAX,
+            "recent own events over limit"
+        );
+        assert!(
             self.pending_ihave
                 .values()
                 .all(|p| p.len() < REFS_PER_MESSAGE_MAX),
