@@ -170,13 +170,14 @@ fn run_scenario(
     // The outputs are opened before the run, not after it: a mistyped path fails at once
     // (exit status 2, naming the path) instead of after minutes of simulation. The JSON
     // file is created (not truncated) now and written at the end.
-    let mut json_file = json
+    let mut json_out = json
         .map(|path| {
             std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(path)
+                .map(|file| (path, file))
                 .with_context(|| format!("opening {} for the JSON report", path.display()))
         })
         .transpose()?;
@@ -222,7 +223,7 @@ fn run_scenario(
             *deliveries as f64 / secs.max(1e-9)
         );
     }
-    if let (Some(path), Some(file)) = (json, json_file.as_mut()) {
+    if let Some((path, file)) = json_out.as_mut() {
         write_json(file, &report.to_json()?)
             .with_context(|| format!("writing {}", path.display()))?;
         outln!("report: {}", path.display());

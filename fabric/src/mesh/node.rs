@@ -936,14 +936,7 @@ impl<S: Store> Node<S> {
                 }
                 self.forward(&fresh, Some(from), false, false, &[], 0);
                 if let Some(origin) = resume {
-                    let digest = self.digest();
-                    self.send(
-                        from,
-                        Message::SyncRequest {
-                            digest,
-                            from_origin: Some(origin),
-                        },
-                    );
+                    self.send_digest(from, Some(origin));
                 }
             }
         }
@@ -1171,14 +1164,7 @@ impl<S: Store> Node<S> {
                 OwnedNotification::MemberUp(m) => {
                     changed = true;
                     let key = OriginKey(m.key);
-                    let joined = !self.members.contains_key(&key);
-                    if joined && m.generation > 0 {
-                        self.member_returned(key);
-                    }
-                    self.member_insert(m.clone());
-                    if joined {
-                        self.announce_recent(key);
-                    }
+                    self.member_up(m.clone());
                     if self.router.failed.contains_key(m.region.as_str()) {
                         // Back after a partition or outage: check the link now rather
                         // than at the next probe tick.
@@ -1205,17 +1191,9 @@ impl<S: Store> Node<S> {
                 }
                 OwnedNotification::Rename(_, new) => {
                     changed = true;
-                    // A member back under a new identity after we had it down (foca renames
-                    // it before it reports it up).
-                    let key = new.node_key();
-                    let joined = !self.members.contains_key(&key);
-                    if joined && new.generation > 0 {
-                        self.member_returned(key);
-                    }
-                    self.member_insert(new);
-                    if joined {
-                        self.announce_recent(key);
-                    }
+                    // Also how a member back under a new identity after we had it down
+                    // first shows (foca renames it before it reports it up).
+                    self.member_up(new);
                 }
                 OwnedNotification::Defunct => {
                     // The mesh declared us down (we were cut off): come back with a new
@@ -1248,6 +1226,21 @@ impl<S: Store> Node<S> {
         }
         if changed && self.lazy.len() < self.config.lazy.min(LAZY_MAX) {
             self.refresh_lazy();
+        }
+    }
+
+    /// A member reported up or renamed: recorded, and, when it was not in the view, told of
+    /// this node's recent own events (`announce_recent`) and, when it is back from down (a
+    /// generation above the first), noted for a round with it (`member_returned`).
+    fn member_up(&mut self, m: MemberInfo) {
+        let key = m.node_key();
+        let joined = !self.members.contains_key(&key);
+        if joined && m.generation > 0 {
+            self.member_returned(key);
+        }
+        self.member_insert(m);
+        if joined {
+            self.announce_recent(key);
         }
     }
 
@@ -2657,21 +2650,17 @@ impl<S: Store> Node<S> {
             self.returned.pop_front();
         }
         self.returned.push_back(key);
-        let interval = self.config.sync_interval_us;
-        match self.sync_back {
-            Some(at) if at > self.now || self.now - at < interval => {
-                if at <= self.now {
-                    // Ran within the interval: run again once it has passed.
-                    self.sync_back = Some(at + interval);
-                    self.schedule(at + interval, Timer::SyncBack);
-                }
+        let at = match self.sync_back {
+            // One is pending: it serves this member too.
+            Some(at) if at > self.now => return,
+            // One ran within the interval: the next once the interval has passed.
+            Some(at) if self.now - at < self.config.sync_interval_us => {
+                at + self.config.sync_interval_us
             }
-            _ => {
-                let at = self.now + SYNC_BACK_DELAY_US;
-                self.sync_back = Some(at);
-                self.schedule(at, Timer::SyncBack);
-            }
-        }
+            _ => self.now + SYNC_BACK_DELAY_US,
+        };
+        self.sync_back = Some(at);
+        self.schedule(at, Timer::SyncBack);
     }
 
     /// The round with a member back from down: the nearest of those noted that is still a
@@ -2695,6 +2684,12 @@ impl<S: Store> Node<S> {
     /// origin) and notes when.
     fn sync_with(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
         self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
+        self.send_digest(partner, from_origin);
+    }
+
+    /// Sends `partner` this node's digest, from `from_origin` on (a new round, or one
+    /// resumed where the partner's answer was cut).
+    fn send_digest(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
         let digest = self.digest();
         self.send(
             partner,
@@ -3430,27 +3425,32 @@ mod tests {
         assert_eq!(node.store.delivered(&origin), Some(3));
     }
 
-    /// A node the publisher did not know when it published gets no Skip for the sequence
-    /// number it may not hold; its delivery of the origin's next events stalls on the hole
-    /// until anti-entropy with the origin (here the only node holding the event) answers
-    /// with a Skip.
+    /// The messages `node` has queued for `to` (every queued transmit is drained).
+    fn drain_to(node: &mut Node<crate::mesh::MemStore>, to: OriginKey) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(t) = node.poll_transmit() {
+            if t.to == to {
+                out.push(t.msg);
+            }
+        }
+        out
+    }
+
     /// Anti-entropy rounds this node started with a member back from down, and the
     /// requests it sent to `to` (drained).
     fn sync_back_requests(node: &mut Node<crate::mesh::MemStore>, to: OriginKey) -> (u64, usize) {
-        let mut requests = 0;
-        while let Some(t) = node.poll_transmit() {
-            if t.to == to
-                && matches!(
-                    t.msg,
+        let requests = drain_to(node, to)
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m,
                     Message::SyncRequest {
                         from_origin: None,
                         ..
                     }
                 )
-            {
-                requests += 1;
-            }
-        }
+            })
+            .count();
         (node.stats().sync_back_rounds, requests)
     }
 
@@ -3477,22 +3477,16 @@ mod tests {
             .unwrap();
         node.handle_publish(t1, event_at(seeds[0], 3, "orders.eu"))
             .unwrap();
-        let to_late = |node: &mut Node<crate::mesh::MemStore>| {
-            let mut out = Vec::new();
-            while let Some(t) = node.poll_transmit() {
-                if t.to == late {
-                    out.push(t.msg);
-                }
-            }
-            out
-        };
-        assert!(to_late(node).is_empty(), "nothing goes to a non-member");
+        assert!(
+            drain_to(node, late).is_empty(),
+            "nothing goes to a non-member"
+        );
         // It joins: an IHAVE for the recent event it may hold (after the IHAVE delay), a
         // Skip for the one it may not; nothing about the old one.
         let mut rt = SwimRuntime::default();
         rt.notes.push(OwnedNotification::MemberUp(infos[3].clone()));
         node.apply_swim(rt);
-        let skips: Vec<u64> = to_late(node)
+        let skips: Vec<u64> = drain_to(node, late)
             .iter()
             .flat_map(|m| match m {
                 Message::Skip(s) => s.iter().map(|(_, seq)| *seq).collect(),
@@ -3501,7 +3495,7 @@ mod tests {
             .collect();
         assert_eq!(skips, [3]);
         node.handle_timeout(t1 + node.config.ihave_delay_us);
-        let announced: Vec<u64> = to_late(node)
+        let announced: Vec<u64> = drain_to(node, late)
             .iter()
             .flat_map(|m| match m {
                 Message::IHave(refs) => refs.iter().map(|r| r.seq).collect(),
@@ -3515,7 +3509,7 @@ mod tests {
         node.apply_swim(rt);
         node.handle_timeout(t1 + 2 * node.config.ihave_delay_us);
         assert!(
-            !to_late(node)
+            !drain_to(node, late)
                 .iter()
                 .any(|m| matches!(m, Message::IHave(_) | Message::Skip(_)))
         );
@@ -3606,6 +3600,10 @@ mod tests {
         assert!(node.returned.is_empty());
     }
 
+    /// A node the publisher did not know when it published gets no Skip for the sequence
+    /// number it may not hold; its delivery of the origin's next events stalls on the hole
+    /// until anti-entropy with the origin (here the only node holding the event) answers
+    /// with a Skip.
     #[test]
     fn a_missed_skip_is_repaired_from_the_origin() {
         let rtts = vec![40_000u64; 36];
