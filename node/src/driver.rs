@@ -1172,6 +1172,7 @@ impl Driver {
             ("sync_events_sent", s.sync_events_sent),
             ("sync_events_new", s.sync_events_new),
             ("sync_back_rounds", s.sync_back_rounds),
+            ("sync_partners_passed_over", s.sync_partners_passed_over),
             ("probes_sent", s.probes_sent),
             ("probes_answered", s.probes_answered),
             ("link_records_new", s.link_records_new),

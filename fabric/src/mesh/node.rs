@@ -72,6 +72,15 @@ pub const SYNC_BACK_DELAY_US: Micros = 100_000;
 /// node's own events published this recently (an IHAVE: it GRAFTs what its tree does not
 /// bring), at most [`REFS_PER_MESSAGE_MAX`] of them.
 pub const RECENT_OWN_US: Micros = 5_000_000;
+/// A peer that has not answered an anti-entropy request for half a sync interval is
+/// *silent* (cut off, or down and not yet declared so): it is not chosen as a partner until
+/// it answers, comes back from down, or this many sync intervals pass since it was last
+/// asked (then it is asked again). See [`Node::silent`].
+pub const SILENT_RETRY_INTERVALS: u64 = 8;
+/// Random draws an anti-entropy round makes for a partner likely to answer.
+const RANDOM_PARTNER_DRAWS: usize = 4;
+/// Best-ranked anti-entropy partners checked against SWIM's suspicion.
+const RANKED_CANDIDATES: usize = 4;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
@@ -287,6 +296,9 @@ pub struct Stats {
     pub sync_events_new: u64,
     /// Anti-entropy rounds started with a member back from down (a healed partition).
     pub sync_back_rounds: u64,
+    /// Anti-entropy partners passed over because they had not answered their last request
+    /// or SWIM suspected them (a partition, a crash not yet declared).
+    pub sync_partners_passed_over: u64,
     /// Announcements ignored because the missing table was full.
     pub missing_dropped: u64,
     /// Transmits dropped because the queue was full (driver bug).
@@ -402,6 +414,20 @@ impl OriginSeen {
 struct PeerState {
     last_sync_us: Option<Micros>,
     held: u64,
+    /// When this node first asked the peer for a round it has not answered yet.
+    unanswered_since: Option<Micros>,
+}
+
+impl PeerState {
+    /// Asked at least half a sync interval ago and not answered since, and last asked less
+    /// than [`SILENT_RETRY_INTERVALS`] sync intervals ago (see [`Node::silent`]).
+    fn silent(&self, now: Micros, interval: Micros) -> bool {
+        self.unanswered_since
+            .is_some_and(|t| now.saturating_sub(t) >= interval / 2)
+            && self
+                .last_sync_us
+                .is_some_and(|t| now.saturating_sub(t) < interval * SILENT_RETRY_INTERVALS)
+    }
 }
 
 /// Collects what foca asks of its runtime during one call.
@@ -916,7 +942,9 @@ impl<S: Store> Node<S> {
                 resume,
                 held,
             } => {
-                self.peers.entry(from).or_default().held = held;
+                let peer = self.peers.entry(from).or_default();
+                peer.held = held;
+                peer.unanswered_since = None;
                 let mut fresh = Vec::new();
                 for event in events {
                     if self.own_hop(&event) != FilterHop::Clear {
@@ -1229,12 +1257,17 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// A member reported up or renamed: recorded, and, when it was not in the view, told of
-    /// this node's recent own events (`announce_recent`) and, when it is back from down (a
-    /// generation above the first), noted for a round with it (`member_returned`).
+    /// A member reported up or renamed: recorded (no longer [`Node::silent`]), and, when it
+    /// was not in the view, told of this node's recent own events (`announce_recent`) and,
+    /// when it is back from down (a generation above the first), noted for a round with it
+    /// (`member_returned`).
     fn member_up(&mut self, m: MemberInfo) {
         let key = m.node_key();
         let joined = !self.members.contains_key(&key);
+        if let Some(peer) = self.peers.get_mut(&key) {
+            // Back, or under a new identity: what it did not answer before is forgiven.
+            peer.unanswered_since = None;
+        }
         if joined && m.generation > 0 {
             self.member_returned(key);
         }
@@ -2566,13 +2599,15 @@ impl<S: Store> Node<S> {
             .collect()
     }
 
-    /// Starts an anti-entropy round with the best partner: the one known to hold the most
-    /// more than we do, else the one synced least recently, ties broken by RTT. Every other
-    /// round instead goes to a random member of another region: a whole region can miss the
-    /// same event (its tree root was unreachable), and "nearest" would then keep pairing
-    /// nodes that all lack it.
+    /// Starts an anti-entropy round with the best partner ([`Node::ranked_partner`]: the one
+    /// known to hold the most more than we do, else the one synced least recently, ties
+    /// broken by RTT). Every other round instead goes to a random member of another region: a
+    /// whole region can miss the same event (its tree root was unreachable), and "nearest"
+    /// would then keep pairing nodes that all lack it. Partners that did not answer their
+    /// last request or that SWIM suspects are passed over while another is at hand
+    /// ([`Node::unlikely_to_answer`]): in a partition, rounds across the cut repair nothing
+    /// and the events the cut stopped in flight are on this side.
     fn start_sync(&mut self) {
-        let me = self.me.node_key();
         self.sync_rounds += 1;
         // Every fourth round, a hole in an origin's sequence (delivery stalled behind an
         // event, or a Skip, that never came: a node the publisher did not know yet gets no
@@ -2591,56 +2626,120 @@ impl<S: Store> Node<S> {
         if let Some(turn) = turn
             && let Some(origin) = self.stalled_origin(turn)
         {
-            self.sync_with(origin, Some(origin));
-            return;
+            // An origin that is silent or suspected (cut off, or down) is not asked: the best
+            // other partner is, from that origin on (it may hold what its side got before).
+            let partner = if self.unlikely_to_answer(&origin) {
+                self.stats.sync_partners_passed_over += 1;
+                self.ranked_partner()
+            } else {
+                Some(origin)
+            };
+            if let Some(partner) = partner {
+                self.sync_with(partner, Some(origin));
+                return;
+            }
         }
         if self.sync_rounds.is_multiple_of(2) {
             let count = self.live_count(true);
-            if count > 0 {
+            // A few draws for one likely to answer (each draw costs a walk of the region
+            // lists); when none is, the ranked choice below.
+            let draws = if count > 0 { RANDOM_PARTNER_DRAWS } else { 0 };
+            for _ in 0..draws {
                 let pick = (self.rng.next_u64() % count as u64) as usize;
                 let Some(partner) = self.live_nth(true, pick) else {
                     return;
                 };
-                self.sync_with(partner, None);
-                return;
+                if !self.unlikely_to_answer(&partner) {
+                    self.sync_with(partner, None);
+                    return;
+                }
+                self.stats.sync_partners_passed_over += 1;
             }
         }
+        if let Some(partner) = self.ranked_partner() {
+            self.sync_with(partner, None);
+        }
+    }
+
+    /// Whether `peer` has not answered this node's last anti-entropy request (see
+    /// [`SILENT_RETRY_INTERVALS`]).
+    fn silent(&self, peer: &OriginKey) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.silent(self.now, self.config.sync_interval_us))
+    }
+
+    /// Whether SWIM holds `peer` as suspect (a probe of it failed and it has not refuted
+    /// yet): the failure detector's word, known across the mesh seconds before the member
+    /// is declared down.
+    fn suspected(&self, peer: &OriginKey) -> bool {
+        self.foca
+            .member(&peer.0)
+            .is_some_and(|m| m.state() == foca::State::Suspect)
+    }
+
+    /// [`Node::silent`] or [`Node::suspected`]: not chosen for anti-entropy while another
+    /// partner is.
+    fn unlikely_to_answer(&self, peer: &OriginKey) -> bool {
+        self.silent(peer) || self.suspected(peer)
+    }
+
+    /// The partner of a regular anti-entropy round: members that answered before silent
+    /// ones (a silent one is chosen only when every member is), then the one holding the
+    /// most events this node does not have, then the stalest, then the nearest; of the
+    /// [`RANKED_CANDIDATES`] best, the first SWIM does not suspect (looked up for those few
+    /// only: a lookup per member costs a 1000-node mesh a cache miss each).
+    fn ranked_partner(&mut self) -> Option<OriginKey> {
+        let me = self.me.node_key();
         let held = self.store.len() as u64;
+        let (now, interval) = (self.now, self.config.sync_interval_us);
         // `members`, `peers` and the RTT estimators are all ordered by key: walk them
         // together rather than look each member up (this runs every sync interval over every
         // member).
-        let partner = {
-            let mut peers = self.peers.iter().peekable();
-            let mut rtts = self.router.estimators().peekable();
-            let failed = &self.router.failed;
-            self.members
-                .iter()
-                // The member record is read only when some link failed: a walk of the keys
-                // alone touches a fraction of the memory.
-                .filter(|(k, m)| {
-                    **k != me && (failed.is_empty() || !failed.contains_key(m.region.as_str()))
-                })
-                .map(|(k, _)| k)
-                .map(|k| {
-                    while peers.next_if(|(pk, _)| *pk < k).is_some() {}
-                    let p = peers.peek().filter(|(pk, _)| *pk == k).map(|(_, p)| *p);
-                    let more = p.map_or(0, |p| p.held.saturating_sub(held));
-                    let last = p.and_then(|p| p.last_sync_us).unwrap_or(0);
-                    while rtts.next_if(|(rk, _)| *rk < k).is_some() {}
-                    let rtt = rtts
-                        .peek()
-                        .filter(|(rk, _)| *rk == k)
-                        .and_then(|(_, e)| e.estimate_us())
-                        .unwrap_or(Micros::MAX);
-                    // Most missing first (descending), then stalest, then nearest.
-                    (std::cmp::Reverse(more), last, rtt, *k)
-                })
-                .min()
-                .map(|(_, _, _, k)| k)
-        };
-        if let Some(partner) = partner {
-            self.sync_with(partner, None);
+        let mut peers = self.peers.iter().peekable();
+        let mut rtts = self.router.estimators().peekable();
+        let failed = &self.router.failed;
+        let ranked = self
+            .members
+            .iter()
+            // The member record is read only when some link failed: a walk of the keys
+            // alone touches a fraction of the memory.
+            .filter(|(k, m)| {
+                **k != me && (failed.is_empty() || !failed.contains_key(m.region.as_str()))
+            })
+            .map(|(k, _)| k)
+            .map(|k| {
+                while peers.next_if(|(pk, _)| *pk < k).is_some() {}
+                let p = peers.peek().filter(|(pk, _)| *pk == k).map(|(_, p)| *p);
+                let silent = p.is_some_and(|p| p.silent(now, interval));
+                let more = p.map_or(0, |p| p.held.saturating_sub(held));
+                let last = p.and_then(|p| p.last_sync_us).unwrap_or(0);
+                while rtts.next_if(|(rk, _)| *rk < k).is_some() {}
+                let rtt = rtts
+                    .peek()
+                    .filter(|(rk, _)| *rk == k)
+                    .and_then(|(_, e)| e.estimate_us())
+                    .unwrap_or(Micros::MAX);
+                (silent, std::cmp::Reverse(more), last, rtt, *k)
+            });
+        // The few best, in order (a sorted insert into a handful beats sorting them all).
+        let mut best = Vec::with_capacity(RANKED_CANDIDATES + 1);
+        for candidate in ranked {
+            if best.len() == RANKED_CANDIDATES && best.last().is_some_and(|b| candidate >= *b) {
+                continue;
+            }
+            let at = best.partition_point(|b| *b < candidate);
+            best.insert(at, candidate);
+            best.truncate(RANKED_CANDIDATES);
         }
+        let first = best.first()?;
+        let Some(answering) = best.iter().find(|c| !self.suspected(&c.4)) else {
+            return Some(first.4);
+        };
+        if answering.4 != first.4 {
+            self.stats.sync_partners_passed_over += 1;
+        }
+        Some(answering.4)
     }
 
     /// Notes a member back from down and schedules the round with it (none is pending and
@@ -2683,7 +2782,9 @@ impl<S: Store> Node<S> {
     /// Sends `partner` this node's digest (from `from_origin` on, when resuming or asking an
     /// origin) and notes when.
     fn sync_with(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
-        self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
+        let peer = self.peers.entry(partner).or_default();
+        peer.last_sync_us = Some(self.now);
+        peer.unanswered_since.get_or_insert(self.now);
         self.send_digest(partner, from_origin);
     }
 
@@ -3452,6 +3553,116 @@ mod tests {
             })
             .count();
         (node.stats().sync_back_rounds, requests)
+    }
+
+    /// The partner of the next anti-entropy round `node` starts at `now`; a partner other
+    /// than `mute` answers (an empty response) half a sync interval later.
+    fn next_sync_partner(
+        node: &mut Node<crate::mesh::MemStore>,
+        now: Micros,
+        mute: OriginKey,
+    ) -> OriginKey {
+        node.now = now;
+        node.start_sync();
+        let t = node.poll_transmit().expect("a sync request");
+        assert!(matches!(t.msg, Message::SyncRequest { .. }));
+        while node.poll_transmit().is_some() {}
+        if t.to != mute {
+            let answer = Message::SyncResponse {
+                events: Vec::new(),
+                resume: None,
+                held: 0,
+            };
+            node.handle_message(now + node.config.sync_interval_us / 2, t.to, answer);
+            while node.poll_transmit().is_some() {}
+        }
+        t.to
+    }
+
+    #[test]
+    fn anti_entropy_passes_over_partners_that_do_not_answer_or_are_suspected() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
+        let node = &mut nodes[0];
+        let interval = node.config.sync_interval_us;
+        let start = node.now + interval;
+        let nobody = OriginKey([0; 32]);
+
+        // Before anything is marked, rounds go to every other member, the two below too.
+        let mute = infos[1].node_key();
+        let suspect = infos[3].node_key();
+        let mut asked = BTreeSet::new();
+        for round in 0..40 {
+            asked.insert(next_sync_partner(node, start + round * interval, nobody));
+        }
+        assert!(asked.contains(&mute) && asked.contains(&suspect));
+
+        // `mute` stops answering: asked once more, then passed over (ranked and random
+        // rounds alike) until SILENT_RETRY_INTERVALS intervals after that ask.
+        let mut t = start + 40 * interval;
+        let mut asked_mute = Vec::new();
+        for _ in 0..40 {
+            if next_sync_partner(node, t, mute) == mute {
+                asked_mute.push(t);
+            }
+            t += interval;
+        }
+        assert!(!asked_mute.is_empty(), "asked and not answering");
+        for pair in asked_mute.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= SILENT_RETRY_INTERVALS * interval,
+                "a silent member is asked again only after the retry period: {asked_mute:?}"
+            );
+        }
+
+        // It answers: a partner like the others again.
+        node.handle_message(
+            t,
+            mute,
+            Message::SyncResponse {
+                events: Vec::new(),
+                resume: None,
+                held: 0,
+            },
+        );
+        assert!(!node.silent(&mute));
+
+        // SWIM suspects `suspect`: no round goes to it while others answer.
+        let mut rt = SwimRuntime::default();
+        let update = foca::Member::new(infos[3].clone(), 0, foca::State::Suspect);
+        node.foca
+            .apply_many(std::iter::once(update), false, &mut rt)
+            .expect("foca takes the update");
+        assert!(node.suspected(&suspect));
+        let mut asked = BTreeSet::new();
+        for _ in 0..40 {
+            asked.insert(next_sync_partner(node, t, nobody));
+            t += interval;
+        }
+        assert!(
+            !asked.contains(&suspect),
+            "a suspected member is passed over"
+        );
+        assert!(node.stats().sync_partners_passed_over > 0);
+        assert!(
+            asked.contains(&mute),
+            "the member that answered again is asked"
+        );
+
+        // A stalled origin that SWIM suspects is not asked for its events: another member
+        // is, from that origin on.
+        node.seen.entry(suspect).or_default().record(3);
+        node.stalled_first = true;
+        node.now = t;
+        node.start_sync();
+        let request = node.poll_transmit().expect("a sync request");
+        assert_ne!(request.to, suspect);
+        assert!(matches!(
+            request.msg,
+            Message::SyncRequest { from_origin: Some(o), .. } if o == suspect
+        ));
     }
 
     #[test]

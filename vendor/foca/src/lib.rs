@@ -376,6 +376,13 @@ where
         self.members.inner.iter()
     }
 
+    /// Weft patch: the record held for the member at `addr` (any
+    /// state), found through the address index: O(1), where a walk of
+    /// [`Foca::iter_membership_state`] is O(n).
+    pub fn member(&self, addr: &T::Addr) -> Option<&Member<T>> {
+        self.members.get(addr)
+    }
+
     /// Applies cluster updates to this foca instance.
     ///
     /// This is for advanced usage. It's intended as a way to unlock

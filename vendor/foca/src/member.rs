@@ -350,6 +350,11 @@ where
         })
     }
 
+    /// Weft patch: the record held for `addr`, whatever its state.
+    pub(crate) fn get(&self, addr: &T::Addr) -> Option<&Member<T>> {
+        self.position(addr).map(|pos| &self.inner[pos])
+    }
+
     /// Weft patch: `id`'s record if we hold it as suspect.
     pub(crate) fn suspect(&self, id: &T) -> Option<&Member<T>> {
         self.position(&id.addr())
