@@ -73,10 +73,14 @@ pub const SYNC_BACK_DELAY_US: Micros = 100_000;
 /// bring), at most [`REFS_PER_MESSAGE_MAX`] of them.
 pub const RECENT_OWN_US: Micros = 5_000_000;
 /// A peer that has not answered an anti-entropy request for half a sync interval is
-/// *silent* (cut off, or down and not yet declared so): it is not chosen as a partner until
-/// it answers, comes back from down, or this many sync intervals pass since it was last
-/// asked (then it is asked again). See [`Node::silent`].
+/// *silent* (cut off, or down and not yet declared so): it is not chosen as a partner while
+/// another is, until it answers, sends a request of its own, comes back from down, or this
+/// many sync intervals pass since it was last asked (then it is eligible again). See
+/// [`Node::silent`].
 pub const SILENT_RETRY_INTERVALS: u64 = 8;
+/// Most members still down that a node announces itself to when another comes back (see
+/// [`Node::announce_to_down`]).
+pub const DOWN_ANNOUNCE_MAX: usize = 64;
 /// Random draws an anti-entropy round makes for a partner likely to answer.
 const RANDOM_PARTNER_DRAWS: usize = 4;
 /// Best-ranked anti-entropy partners checked against SWIM's suspicion.
@@ -296,8 +300,12 @@ pub struct Stats {
     pub sync_events_new: u64,
     /// Anti-entropy rounds started with a member back from down (a healed partition).
     pub sync_back_rounds: u64,
-    /// Anti-entropy partners passed over because they had not answered their last request
-    /// or SWIM suspected them (a partition, a crash not yet declared).
+    /// SWIM announcements sent to members still down when another came back (a healed
+    /// partition: the rest of the other side is told at once).
+    pub down_announcements: u64,
+    /// Times an anti-entropy round passed over a partner because it had not answered its
+    /// last request or SWIM suspected it (a partition, a crash not yet declared); a round
+    /// may count more than one.
     pub sync_partners_passed_over: u64,
     /// Announcements ignored because the missing table was full.
     pub missing_dropped: u64,
@@ -424,9 +432,9 @@ impl PeerState {
     fn silent(&self, now: Micros, interval: Micros) -> bool {
         self.unanswered_since
             .is_some_and(|t| now.saturating_sub(t) >= interval / 2)
-            && self
-                .last_sync_us
-                .is_some_and(|t| now.saturating_sub(t) < interval * SILENT_RETRY_INTERVALS)
+            && self.last_sync_us.is_some_and(|t| {
+                now.saturating_sub(t) < interval.saturating_mul(SILENT_RETRY_INTERVALS)
+            })
     }
 }
 
@@ -2630,7 +2638,7 @@ impl<S: Store> Node<S> {
             // other partner is, from that origin on (it may hold what its side got before).
             let partner = if self.unlikely_to_answer(&origin) {
                 self.stats.sync_partners_passed_over += 1;
-                self.ranked_partner()
+                self.ranked()
             } else {
                 Some(origin)
             };
@@ -2656,9 +2664,16 @@ impl<S: Store> Node<S> {
                 self.stats.sync_partners_passed_over += 1;
             }
         }
-        if let Some(partner) = self.ranked_partner() {
+        if let Some(partner) = self.ranked() {
             self.sync_with(partner, None);
         }
+    }
+
+    /// [`Node::ranked_partner`], counting a suspected member it passed over.
+    fn ranked(&mut self) -> Option<OriginKey> {
+        let (partner, passed_over) = self.ranked_partner()?;
+        self.stats.sync_partners_passed_over += u64::from(passed_over);
+        Some(partner)
     }
 
     /// Whether `peer` has not answered this node's last anti-entropy request (see
@@ -2689,7 +2704,8 @@ impl<S: Store> Node<S> {
     /// most events this node does not have, then the stalest, then the nearest; of the
     /// [`RANKED_CANDIDATES`] best, the first SWIM does not suspect (looked up for those few
     /// only: a lookup per member costs a 1000-node mesh a cache miss each).
-    fn ranked_partner(&mut self) -> Option<OriginKey> {
+    /// Also says whether a better-ranked member was passed over as suspected.
+    fn ranked_partner(&self) -> Option<(OriginKey, bool)> {
         let me = self.me.node_key();
         let held = self.store.len() as u64;
         let (now, interval) = (self.now, self.config.sync_interval_us);
@@ -2723,7 +2739,7 @@ impl<S: Store> Node<S> {
                 (silent, std::cmp::Reverse(more), last, rtt, *k)
             });
         // The few best, in order (a sorted insert into a handful beats sorting them all).
-        let mut best = Vec::with_capacity(RANKED_CANDIDATES + 1);
+        let mut best: smallvec::SmallVec<[_; RANKED_CANDIDATES + 1]> = smallvec::SmallVec::new();
         for candidate in ranked {
             if best.len() == RANKED_CANDIDATES && best.last().is_some_and(|b| candidate >= *b) {
                 continue;
@@ -2732,14 +2748,13 @@ impl<S: Store> Node<S> {
             best.insert(at, candidate);
             best.truncate(RANKED_CANDIDATES);
         }
-        let first = best.first()?;
-        let Some(answering) = best.iter().find(|c| !self.suspected(&c.4)) else {
-            return Some(first.4);
-        };
-        if answering.4 != first.4 {
-            self.stats.sync_partners_passed_over += 1;
-        }
-        Some(answering.4)
+        let &(.., first) = best.first()?;
+        Some(
+            match best.iter().find(|&&(.., key)| !self.suspected(&key)) {
+                Some(&(.., key)) => (key, key != first),
+                None => (first, false),
+            },
+        )
     }
 
     /// Notes a member back from down and schedules the round with it (none is pending and
@@ -2777,20 +2792,49 @@ impl<S: Store> Node<S> {
             self.sync_with(partner, None);
             self.stalled_first = true;
         }
+        self.announce_to_down();
+    }
+
+    /// A member came back from down, most likely because a partition healed: announces
+    /// this node to the members SWIM still holds down (at most [`DOWN_ANNOUNCE_MAX`]), the
+    /// rest of the other side, instead of waiting for the periodic announcements (a few
+    /// members a second) to find them one by one. Rate-limited with the round with a
+    /// returned member: once per sync interval at most.
+    fn announce_to_down(&mut self) {
+        let down: Vec<MemberInfo> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Down)
+            .take(DOWN_ANNOUNCE_MAX)
+            .map(|m| m.id().clone())
+            .collect();
+        let mut rt = SwimRuntime::default();
+        for member in down {
+            self.stats.down_announcements += 1;
+            if self.foca.announce(member, &mut rt).is_err() {
+                self.stats.swim_errors += 1;
+            }
+        }
+        self.apply_swim(rt);
     }
 
     /// Sends `partner` this node's digest (from `from_origin` on, when resuming or asking an
     /// origin) and notes when.
     fn sync_with(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
-        let peer = self.peers.entry(partner).or_default();
-        peer.last_sync_us = Some(self.now);
-        peer.unanswered_since.get_or_insert(self.now);
+        self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
         self.send_digest(partner, from_origin);
     }
 
     /// Sends `partner` this node's digest, from `from_origin` on (a new round, or one
     /// resumed where the partner's answer was cut).
     fn send_digest(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
+        // A resumed round waits for an answer too: a partner cut off mid-transfer goes silent.
+        let now = self.now;
+        self.peers
+            .entry(partner)
+            .or_default()
+            .unanswered_since
+            .get_or_insert(now);
         let digest = self.digest();
         self.send(
             partner,
@@ -2828,6 +2872,11 @@ impl<S: Store> Node<S> {
     }
 
     fn on_sync_request(&mut self, from: OriginKey, digest: Digest, from_origin: Option<OriginKey>) {
+        // It reaches this node: no longer silent (a cut shorter than SWIM's down timeout
+        // brings no MemberUp to clear it).
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.unanswered_since = None;
+        }
         // The digest as a list sorted by origin (a later duplicate of an origin replaces an
         // earlier one). Digests arrive sorted and with normalized ranges (they are built
         // from ordered sets), so this is usually just a check: building a set per origin
@@ -3555,6 +3604,60 @@ mod tests {
         (node.stats().sync_back_rounds, requests)
     }
 
+    #[test]
+    fn a_member_back_from_down_makes_the_node_announce_itself_to_those_still_down() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
+        let node = &mut nodes[0];
+        // A partition: SWIM holds nodes 2 to 5 down (foca keeps down members to announce to).
+        let mut rt = SwimRuntime::default();
+        let down = infos[2..].iter().map(|i| foca::Member::down(i.clone()));
+        node.foca
+            .apply_many(down, false, &mut rt)
+            .expect("foca takes the updates");
+        while node.poll_transmit().is_some() {}
+        let start = node.now;
+        let swim_to = |node: &mut Node<crate::mesh::MemStore>| {
+            let mut to = BTreeSet::new();
+            while let Some(t) = node.poll_transmit() {
+                if matches!(t.msg, Message::Swim(_)) {
+                    to.insert(t.to);
+                }
+            }
+            to
+        };
+        // Node 2 comes back under a new generation: the partition healed.
+        let back = infos[2].clone();
+        node.members.remove(&back.node_key());
+        node.region_remove(&back.region, &back.node_key());
+        let mut renewed = back.clone();
+        renewed.generation += 1;
+        let mut rt = SwimRuntime::default();
+        rt.notes
+            .push(OwnedNotification::Rename(back, renewed.clone()));
+        rt.notes.push(OwnedNotification::MemberUp(renewed.clone()));
+        node.apply_swim(rt);
+        let mut rt = SwimRuntime::default();
+        node.foca
+            .apply_many(
+                std::iter::once(foca::Member::alive(renewed)),
+                false,
+                &mut rt,
+            )
+            .expect("foca takes the update");
+        swim_to(node);
+        node.handle_timeout(start + SYNC_BACK_DELAY_US);
+        let announced = swim_to(node);
+        let still_down: BTreeSet<OriginKey> = infos[3..].iter().map(|i| i.node_key()).collect();
+        assert!(
+            still_down.is_subset(&announced),
+            "every member still down is told at once: {announced:?}"
+        );
+        assert_eq!(node.stats().down_announcements, still_down.len() as u64);
+    }
+
     /// The partner of the next anti-entropy round `node` starts at `now`; a partner other
     /// than `mute` answers (an empty response) half a sync interval later.
     fn next_sync_partner(
@@ -3609,11 +3712,14 @@ mod tests {
             }
             t += interval;
         }
-        assert!(!asked_mute.is_empty(), "asked and not answering");
+        assert!(asked_mute.len() >= 2, "asked again: {asked_mute:?}");
         for pair in asked_mute.windows(2) {
+            let gap = pair[1] - pair[0];
             assert!(
-                pair[1] - pair[0] >= SILENT_RETRY_INTERVALS * interval,
-                "a silent member is asked again only after the retry period: {asked_mute:?}"
+                (SILENT_RETRY_INTERVALS * interval..=(SILENT_RETRY_INTERVALS + 2) * interval)
+                    .contains(&gap),
+                "a silent member is eligible again after the retry period, not before and \
+                 not much later: {asked_mute:?}"
             );
         }
 
@@ -3627,6 +3733,25 @@ mod tests {
                 held: 0,
             },
         );
+        assert!(!node.silent(&mute));
+
+        // So does a request of its own (a cut shorter than SWIM's down timeout brings no
+        // MemberUp), and a resumed round that goes unanswered silences it again.
+        node.now = t;
+        node.send_digest(mute, Some(infos[2].node_key()));
+        while node.poll_transmit().is_some() {}
+        t += interval;
+        node.now = t;
+        assert!(
+            node.silent(&mute),
+            "a resumed round waits for its answer too"
+        );
+        let request = Message::SyncRequest {
+            digest: Vec::new(),
+            from_origin: None,
+        };
+        node.handle_message(t, mute, request);
+        while node.poll_transmit().is_some() {}
         assert!(!node.silent(&mute));
 
         // SWIM suspects `suspect`: no round goes to it while others answer.
