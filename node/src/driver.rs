@@ -1182,6 +1182,8 @@ impl Driver {
             ("links_recovered", s.links_recovered),
             ("relayed", s.relayed),
             ("hops_refused", s.hops_refused),
+            ("relays_sent_back", s.relays_sent_back),
+            ("reroute_unreachable", s.reroute_unreachable),
             ("skips_in", s.skips_in),
             ("transit_forwarded", s.transit_forwarded),
             ("residency_refused", s.residency_refused),

@@ -492,6 +492,12 @@ pub struct RoutingCounters {
     pub failover_after_us_max: u64,
     /// Pushes relayed on to other regions.
     pub relayed: u64,
+    /// Relay hops sent back to the peer the events came from (its region was the best way
+    /// left).
+    pub relays_sent_back: u64,
+    /// Relay hops given up: no way left to their region, or the only one back where they
+    /// came from.
+    pub reroute_unreachable: u64,
     /// Failed links that came back.
     pub links_recovered: u64,
     /// Link probes sent.
@@ -1604,6 +1610,8 @@ impl Engine {
                 r.failovers += s.failovers;
                 r.failover_after_us_max = r.failover_after_us_max.max(s.failover_after_us_max);
                 r.relayed += s.relayed;
+                r.relays_sent_back += s.relays_sent_back;
+                r.reroute_unreachable += s.reroute_unreachable;
                 r.links_recovered += s.links_recovered;
                 r.probes_sent += s.probes_sent;
                 self.metrics.residency.transit_forwarded += s.transit_forwarded;

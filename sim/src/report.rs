@@ -230,6 +230,12 @@ pub struct RoutingReport {
     pub failover_after_ms_max: f64,
     /// Pushes relayed on to other regions (source-routed hops).
     pub relayed: u64,
+    /// Relay hops a relay whose own link failed sent back to the peer the events came from
+    /// (its region was the best way left).
+    pub relays_sent_back: u64,
+    /// Relay hops given up: no way left to their region, or the only one back where they
+    /// came from (left to GRAFT and anti-entropy).
+    pub reroute_unreachable: u64,
     /// Failed links that came back.
     pub links_recovered: u64,
     /// Link probes sent.
@@ -402,6 +408,8 @@ impl StrategyReport {
                 failovers: m.routing.failovers,
                 failover_after_ms_max: round3(m.routing.failover_after_us_max as f64 / 1000.0),
                 relayed: m.routing.relayed,
+                relays_sent_back: m.routing.relays_sent_back,
+                reroute_unreachable: m.routing.reroute_unreachable,
                 links_recovered: m.routing.links_recovered,
                 probes_sent: m.routing.probes_sent,
                 measured_extra_ms: Percentiles::from_us(&m.measured_extra_us),

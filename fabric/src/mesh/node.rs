@@ -334,6 +334,10 @@ pub struct Stats {
     pub relayed: u64,
     /// Received relay hop lists refused as malformed.
     pub hops_refused: u64,
+    /// Relay hops sent back to the peer the events came from: this node's direct link to
+    /// their region failed and the best way left runs through the sender's region (see
+    /// [`Node::on_push`]).
+    pub relays_sent_back: u64,
     /// Sequence numbers a peer said are not for this node (residency), taken as seen.
     pub skips_in: u64,
     /// Events this node carried on along a relay path as sealed transit (its own hop for
@@ -1598,12 +1602,16 @@ impl<S: Store> Node<S> {
         publishing: bool,
         relay: &[RelayHop],
         reroutes: u8,
+        from: Option<OriginKey>,
     ) -> Vec<Target> {
         let (mut targets, hops) = if publishing {
             let hops = self.region_hops(event);
             (self.publish_targets(&event.origin(), &hops), Some(hops))
         } else {
-            (self.relay_or_child_targets(event, relay, reroutes), None)
+            (
+                self.relay_or_child_targets(event, relay, reroutes, from),
+                None,
+            )
         };
         if !self.filter.unrestricted(event) {
             self.add_stand_ins(event, hops.as_deref(), &mut targets);
@@ -1699,16 +1707,18 @@ impl<S: Store> Node<S> {
     /// Where this node, not the publisher, pushes `event`: its children in the event's
     /// per-origin tree, and as a relay the roots of the regions `relay` names; each target
     /// with the relay hops it gets and whether the push crosses regions (and so wants an
-    /// acknowledgement). The publisher's targets are [`Node::publish_targets`].
+    /// acknowledgement). The publisher's targets are [`Node::publish_targets`]. `from`:
+    /// the peer the event came from.
     fn relay_or_child_targets(
         &mut self,
         event: &Event,
         relay: &[RelayHop],
         reroutes: u8,
+        from: Option<OriginKey>,
     ) -> Vec<Target> {
         let mut out = self.child_targets(&event.origin());
         if !relay.is_empty() {
-            out.extend(self.relay_targets(event, relay, reroutes));
+            out.extend(self.relay_targets(event, relay, reroutes, from));
         }
         out
     }
@@ -1789,8 +1799,16 @@ impl<S: Store> Node<S> {
     /// Where a relay sends `event` on: the roots of the regions `relay` names at its top
     /// level, each with its sub-list. A region whose direct link from here is marked failed
     /// is re-planned from this node's own view instead (one more reroute, if the push has
-    /// any left; otherwise it is left to GRAFT and anti-entropy).
-    fn relay_targets(&mut self, event: &Event, relay: &[RelayHop], reroutes: u8) -> Vec<Target> {
+    /// any left; otherwise it is left to GRAFT and anti-entropy). The new plan may send
+    /// hops back to `from`, the peer the event came from (see [`passes_back`]), but not
+    /// hops that came here rerouted already.
+    fn relay_targets(
+        &mut self,
+        event: &Event,
+        relay: &[RelayHop],
+        reroutes: u8,
+        from: Option<OriginKey>,
+    ) -> Vec<Target> {
         let origin = event.origin();
         let Some(next) = route::split_hops(relay, &self.me.region) else {
             self.stats.hops_refused += 1;
@@ -1805,6 +1823,16 @@ impl<S: Store> Node<S> {
                 let (plan, unreachable) = self.plan_for(event, &dests);
                 if unreachable.is_empty() {
                     for (root, sub) in plan {
+                        // Rerouted hops are not sent back where they came from: that node
+                        // sent them on because its own way failed (most often this is
+                        // their way back to a sender that had sent them here), so the way
+                        // ends nowhere; without this a region cut off drew two more
+                        // pushes per event and a doomed one (split-brain-writes: 13 %
+                        // more messages per event). Left to GRAFT and anti-entropy.
+                        if reroutes > 0 && Some(root) == from {
+                            self.stats.reroute_unreachable += 1;
+                            continue;
+                        }
                         self.stats.relayed += 1;
                         out.push((root, sub, true, reroutes + 1));
                     }
@@ -1955,8 +1983,10 @@ impl<S: Store> Node<S> {
                 // One event (most relayed pushes, every local publish): no per-target
                 // batching. Sorted and deduplicated like the batch map below, so both ways
                 // push in the same order.
-                let mut targets = self.targets(event, publishing, relay, reroutes);
-                targets.retain(|t| Some(t.0) != except && t.0 != me);
+                let mut targets = self.targets(event, publishing, relay, reroutes, except);
+                targets.retain(|t| !passes_back(t, except, me));
+                self.stats.relays_sent_back +=
+                    targets.iter().filter(|t| Some(t.0) == except).count() as u64;
                 targets.sort_unstable();
                 targets.dedup();
                 for target in targets {
@@ -1997,8 +2027,11 @@ impl<S: Store> Node<S> {
         let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         // (A publisher's plans are cached per origin and filter outcome: see `plans`.)
         for event in events {
-            for target in self.targets(event, publishing, relay, reroutes) {
-                if Some(target.0) != except && target.0 != me {
+            for target in self.targets(event, publishing, relay, reroutes, except) {
+                if !passes_back(&target, except, me) {
+                    if Some(target.0) == except {
+                        self.stats.relays_sent_back += 1;
+                    }
                     let batch = batches.entry(target).or_default();
                     // A target named twice for one event gets it once.
                     if !batch.last().is_some_and(|last| Arc::ptr_eq(last, event)) {
@@ -2474,8 +2507,11 @@ impl<S: Store> Node<S> {
         // already).
         let mut by_target: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         for event in held {
-            for target in self.relay_targets(&event, relay, reroutes) {
-                if target.0 != from {
+            for target in self.relay_targets(&event, relay, reroutes, Some(from)) {
+                if !passes_back(&target, Some(from), self.me.node_key()) {
+                    if target.0 == from {
+                        self.stats.relays_sent_back += 1;
+                    }
                     by_target.entry(target).or_default().push(event.clone());
                 }
             }
@@ -2968,6 +3004,18 @@ fn batches_of(events: &[Arc<Event>], len_max: usize) -> smallvec::SmallVec<[&[Ar
     out
 }
 
+/// Whether a push to `target` is one this node leaves out: to itself, or back to the peer
+/// the events came from (`except`), which holds them already, unless it carries relay
+/// hops. A relay whose direct link to a region failed may find its best way there through
+/// the region it was sent from, whose root for the origin's events is the sender itself
+/// (the origin, when it pushed the event): that push must go, or the regions it names are
+/// dropped (`example.toml` seed 17: `aws:eu-west-1` missed an event for 1.7 s, until
+/// anti-entropy). The sender holds the event and relays for the hops (see
+/// [`Node::on_push`]); `route::REROUTES_MAX` bounds the way back and forth.
+fn passes_back(target: &Target, except: Option<OriginKey>, me: OriginKey) -> bool {
+    target.0 == me || (Some(target.0) == except && target.1.is_empty())
+}
+
 /// Rendezvous rank of `member` for `origin`: a fixed mixing function (splitmix64) of both
 /// keys, the same on every node and every run.
 pub(crate) fn rank(origin: &OriginKey, member: &OriginKey) -> u64 {
@@ -3108,7 +3156,7 @@ mod tests {
             .map(|n| (n.me().node_key(), n.me().region.to_string()))
             .collect();
         let event = event_of(seeds[0]);
-        let targets = nodes[0].targets(&event, true, &[], 0);
+        let targets = nodes[0].targets(&event, true, &[], 0, None);
         let cross: Vec<(&str, &[RelayHop])> = targets
             .iter()
             .filter(|(k, _, ack, _)| *ack && region_of[k] != "r0")
@@ -3129,6 +3177,83 @@ mod tests {
         assert_eq!(r2.path, vec!["r0", "r1", "r2"]);
         assert_eq!(r2.latency_us, 35_000);
         assert_eq!(r2.direct_us, Some(100_000));
+    }
+
+    /// A relay whose direct link to the next region failed sends the event back to the
+    /// region it came from when that is the best way left, even when the root there is the
+    /// sender: the regions it relays for are not dropped.
+    #[test]
+    fn a_relay_with_a_failed_link_sends_the_hops_back_through_the_sender() {
+        // r0 - r2 direct 200 ms; r0 - r1 30 ms and r1 - r2 40 ms: the publisher in r0
+        // relays through r1.
+        let mut rtts = vec![0u64; 36];
+        rtts[1] = 30_000; // r0-r1
+        rtts[2] = 200_000; // r0-r2
+        rtts[6 + 2] = 40_000; // r1-r2
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 3, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        let relay = nodes[1].region_root(&origin, "r1").unwrap();
+        let relay_at = nodes
+            .iter()
+            .position(|n| n.me().node_key() == relay)
+            .unwrap();
+        // The relay's link to r2 failed: its way there is back through r0, whose root for
+        // the origin's events is the origin, the sender.
+        assert!(nodes[relay_at].router.fail("r2", 0));
+        let event = event_at(seeds[0], 1, "orders.all");
+        nodes[0].handle_publish(0, event.clone()).unwrap();
+        // Only what goes eagerly at once: no IHAVE delay, no GRAFT timeout, no sync.
+        let seen = pump(&mut nodes, 0, 0);
+        assert!(
+            seen[0].pushes.contains(&(event.id(), true)),
+            "the relay sent the event back to the origin with the hops: {:?}",
+            seen[0].pushes
+        );
+        assert_eq!(nodes[relay_at].stats().relays_sent_back, 1);
+        for n in &nodes {
+            assert!(
+                n.store().contains(&event.id()),
+                "{} ({}) did not get the event eagerly",
+                n.me().addr,
+                n.me().region
+            );
+        }
+    }
+
+    /// Hops that come back rerouted are not sent back again: when the origin's own link to
+    /// the region failed too, the relay's way and its own both end nowhere, and the hops
+    /// are left to GRAFT and anti-entropy instead of circling between the two.
+    #[test]
+    fn rerouted_hops_are_not_sent_back_where_they_came_from() {
+        let mut rtts = vec![0u64; 36];
+        rtts[1] = 30_000; // r0-r1
+        rtts[2] = 200_000; // r0-r2
+        rtts[6 + 2] = 40_000; // r1-r2
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 3, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        let relay = nodes[1].region_root(&origin, "r1").unwrap();
+        let relay_at = nodes
+            .iter()
+            .position(|n| n.me().node_key() == relay)
+            .unwrap();
+        // Both the relay's link to r2 and the origin's failed (r2 cut off).
+        assert!(nodes[relay_at].router.fail("r2", 0));
+        assert!(nodes[0].router.fail("r2", 0));
+        let event = event_at(seeds[0], 1, "orders.all");
+        nodes[0].handle_publish(0, event.clone()).unwrap();
+        let seen = pump(&mut nodes, 0, 0);
+        // The origin's plan went through r1 (its own link marked failed); the relay sent
+        // the hops back once; the origin, whose only way left is the relay again, stops.
+        assert_eq!(nodes[relay_at].stats().relays_sent_back, 1);
+        assert_eq!(nodes[0].stats().reroute_unreachable, 1);
+        let relayed_to_relay = seen[relay_at]
+            .pushes
+            .iter()
+            .filter(|(id, relayed)| *id == event.id() && *relayed)
+            .count();
+        assert_eq!(relayed_to_relay, 1, "{:?}", seen[relay_at].pushes);
     }
 
     /// A residency filter by region name (regions not named are clear).
@@ -4167,7 +4292,7 @@ mod tests {
             let mut received = vec![0u32; nodes.len()];
             received[origin] = 1;
             let mut frontier: Vec<(usize, Vec<RelayHop>)> = nodes[origin]
-                .targets(&event, true, &[], 0)
+                .targets(&event, true, &[], 0, None)
                 .into_iter()
                 .map(|(k, hops, _, _)| (by_key[&k], hops))
                 .collect();
@@ -4177,7 +4302,7 @@ mod tests {
                 if received[i] > 1 {
                     continue;
                 }
-                let next = nodes[i].targets(&event, false, &hops, 0);
+                let next = nodes[i].targets(&event, false, &hops, 0, None);
                 frontier.extend(next.into_iter().map(|(k, h, _, _)| (by_key[&k], h)));
             }
             prop_assert!(received.iter().all(|r| *r == 1), "coverage {:?}", received);
