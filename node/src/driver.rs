@@ -1173,6 +1173,7 @@ impl Driver {
             ("sync_events_new", s.sync_events_new),
             ("sync_back_rounds", s.sync_back_rounds),
             ("sync_partners_passed_over", s.sync_partners_passed_over),
+            ("down_announcements", s.down_announcements),
             ("probes_sent", s.probes_sent),
             ("probes_answered", s.probes_answered),
             ("link_records_new", s.link_records_new),
