@@ -492,10 +492,10 @@ pub struct RoutingCounters {
     pub failover_after_us_max: u64,
     /// Pushes relayed on to other regions.
     pub relayed: u64,
-    /// Relay hops sent back to the peer the events came from (its region was the best way
-    /// left).
+    /// Events sent back with relay hops to the peer they came from, per event and target
+    /// (its region was the best way left).
     pub relays_sent_back: u64,
-    /// Relay hops given up: no way left to their region, or the only one back where they
+    /// Reroutes given up: no way left to a region, or the only one back where the hops
     /// came from.
     pub reroute_unreachable: u64,
     /// Failed links that came back.

@@ -230,10 +230,10 @@ pub struct RoutingReport {
     pub failover_after_ms_max: f64,
     /// Pushes relayed on to other regions (source-routed hops).
     pub relayed: u64,
-    /// Relay hops a relay whose own link failed sent back to the peer the events came from
-    /// (its region was the best way left).
+    /// Events a relay whose own link failed sent back with relay hops to the peer they came
+    /// from, per event and target (its region was the best way left).
     pub relays_sent_back: u64,
-    /// Relay hops given up: no way left to their region, or the only one back where they
+    /// Reroutes given up: no way left to a region, or the only one back where the hops
     /// came from (left to GRAFT and anti-entropy).
     pub reroute_unreachable: u64,
     /// Failed links that came back.

@@ -342,9 +342,9 @@ pub struct Stats {
     pub relayed: u64,
     /// Received relay hop lists refused as malformed.
     pub hops_refused: u64,
-    /// Relay hops sent back to the peer the events came from: this node's direct link to
-    /// their region failed and the best way left runs through the sender's region (see
-    /// [`Node::on_push`]).
+    /// Events sent back, with relay hops, to the peer they came from (counted per event and
+    /// target): this node's direct link to the hops' region failed and the best way left
+    /// runs through the sender's region (see [`Node::on_push`]).
     pub relays_sent_back: u64,
     /// Sequence numbers a peer said are not for this node (residency), taken as seen.
     pub skips_in: u64,
@@ -1808,7 +1808,7 @@ impl<S: Store> Node<S> {
     /// level, each with its sub-list. A region whose direct link from here is marked failed
     /// is re-planned from this node's own view instead (one more reroute, if the push has
     /// any left; otherwise it is left to GRAFT and anti-entropy). The new plan may send
-    /// hops back to `from`, the peer the event came from (see [`passes_back`]), but not
+    /// hops back to `from`, the peer the event came from (see [`left_out`]), but not
     /// hops that came here rerouted already.
     fn relay_targets(
         &mut self,
@@ -1832,11 +1832,14 @@ impl<S: Store> Node<S> {
                 if unreachable.is_empty() {
                     for (root, sub) in plan {
                         // Rerouted hops are not sent back where they came from: that node
-                        // sent them on because its own way failed (most often this is
-                        // their way back to a sender that had sent them here), so the way
-                        // ends nowhere; without this a region cut off drew two more
-                        // pushes per event and a doomed one (split-brain-writes: 13 %
-                        // more messages per event). Left to GRAFT and anti-entropy.
+                        // sent them on because a way of its own failed (most often this is
+                        // their way back to a sender that had sent them here, whose way to
+                        // the region failed), so the way most likely ends nowhere; without
+                        // this a region cut off drew two more pushes per event and a
+                        // doomed one (split-brain-writes: 13 % more messages per event).
+                        // Left to GRAFT and anti-entropy. The cost: when the sender had
+                        // rerouted them for another link's failure and this node's mark is
+                        // stale, the region waits for those too (docs/sim.md 3.5, ninth).
                         if reroutes > 0 && Some(root) == from {
                             self.stats.reroute_unreachable += 1;
                             continue;
@@ -1992,7 +1995,7 @@ impl<S: Store> Node<S> {
                 // batching. Sorted and deduplicated like the batch map below, so both ways
                 // push in the same order.
                 let mut targets = self.targets(event, publishing, relay, reroutes, except);
-                targets.retain(|t| !passes_back(t, except, me));
+                targets.retain(|t| !left_out(t, except, me));
                 self.stats.relays_sent_back +=
                     targets.iter().filter(|t| Some(t.0) == except).count() as u64;
                 targets.sort_unstable();
@@ -2036,7 +2039,7 @@ impl<S: Store> Node<S> {
         // (A publisher's plans are cached per origin and filter outcome: see `plans`.)
         for event in events {
             for target in self.targets(event, publishing, relay, reroutes, except) {
-                if !passes_back(&target, except, me) {
+                if !left_out(&target, except, me) {
                     if Some(target.0) == except {
                         self.stats.relays_sent_back += 1;
                     }
@@ -2516,7 +2519,7 @@ impl<S: Store> Node<S> {
         let mut by_target: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         for event in held {
             for target in self.relay_targets(&event, relay, reroutes, Some(from)) {
-                if !passes_back(&target, Some(from), self.me.node_key()) {
+                if !left_out(&target, Some(from), self.me.node_key()) {
                     if target.0 == from {
                         self.stats.relays_sent_back += 1;
                     }
@@ -3037,14 +3040,15 @@ fn batches_of(events: &[Arc<Event>], len_max: usize) -> smallvec::SmallVec<[&[Ar
 }
 
 /// Whether a push to `target` is one this node leaves out: to itself, or back to the peer
-/// the events came from (`except`), which holds them already, unless it carries relay
-/// hops. A relay whose direct link to a region failed may find its best way there through
-/// the region it was sent from, whose root for the origin's events is the sender itself
-/// (the origin, when it pushed the event): that push must go, or the regions it names are
-/// dropped (`example.toml` seed 17: `aws:eu-west-1` missed an event for 1.7 s, until
-/// anti-entropy). The sender holds the event and relays for the hops (see
-/// [`Node::on_push`]); `route::REROUTES_MAX` bounds the way back and forth.
-fn passes_back(target: &Target, except: Option<OriginKey>, me: OriginKey) -> bool {
+/// the events came from (`except`), which holds them already (or carries them in sealed
+/// transit), unless it carries relay hops. A relay whose direct link to a region failed may
+/// find its best way there through the region it was sent from, whose root for the
+/// origin's events is the sender itself (the origin, when it pushed the event): that push
+/// must go, or the regions it names are dropped (`example.toml` seed 17: `aws:eu-west-1`
+/// missed an event for 1.7 s, until anti-entropy). The sender relays for the hops as for
+/// any others (see [`Node::on_push`]); `route::REROUTES_MAX` bounds the way back and
+/// forth.
+fn left_out(target: &Target, except: Option<OriginKey>, me: OriginKey) -> bool {
     target.0 == me || (Some(target.0) == except && target.1.is_empty())
 }
 
