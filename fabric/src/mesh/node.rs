@@ -571,6 +571,9 @@ pub struct Node<S: Store> {
     /// most of the simulation's time).
     check_calls: std::sync::atomic::AtomicU64,
     check_cursor: std::sync::Mutex<(Option<EventId>, Option<OriginKey>)>,
+    /// Where the next [`Node::announce_to_down`] starts among the members held down, when
+    /// there are more than it announces to at once.
+    down_announce_from: usize,
 }
 
 /// Most origins whose children a node remembers (one per origin it relays for).
@@ -675,6 +678,7 @@ impl<S: Store> Node<S> {
             view_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
             check_calls: std::sync::atomic::AtomicU64::new(0),
             check_cursor: std::sync::Mutex::new((None, None)),
+            down_announce_from: 0,
             children_cache: BTreeMap::new(),
             children_at: u64::MAX,
             plans: BTreeMap::new(),
@@ -2840,15 +2844,28 @@ impl<S: Store> Node<S> {
     /// this node to the members SWIM still holds down (at most [`DOWN_ANNOUNCE_MAX`]), the
     /// rest of the other side, instead of waiting for the periodic announcements (a few
     /// members a second) to find them one by one. Rate-limited with the round with a
-    /// returned member: once per sync interval at most.
+    /// returned member: once per sync interval at most. With more members down than that,
+    /// each call starts where the last one stopped, so successive heals reach them all.
     fn announce_to_down(&mut self) {
-        let down: Vec<MemberInfo> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Down)
-            .take(DOWN_ANNOUNCE_MAX)
-            .map(|m| m.id().clone())
+        fn held_down(
+            foca: &Foca<MemberInfo, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
+        ) -> impl Iterator<Item = MemberInfo> + '_ {
+            foca.iter_membership_state()
+                .filter(|m| m.state() == foca::State::Down)
+                .map(|m| m.id().clone())
+        }
+        let n = held_down(&self.foca).count();
+        let start = if n > DOWN_ANNOUNCE_MAX {
+            self.down_announce_from % n
+        } else {
+            0
+        };
+        let down: Vec<MemberInfo> = held_down(&self.foca)
+            .skip(start)
+            .chain(held_down(&self.foca))
+            .take(n.min(DOWN_ANNOUNCE_MAX))
             .collect();
+        self.down_announce_from = start + down.len();
         let mut rt = SwimRuntime::default();
         for member in down {
             self.stats.down_announcements += 1;
@@ -3733,6 +3750,60 @@ mod tests {
             })
             .count();
         (node.stats().sync_back_rounds, requests)
+    }
+
+    /// More members down than one announcement reaches: successive calls go on where the
+    /// last one stopped, so every member held down is told within two.
+    #[test]
+    fn announcements_to_down_members_rotate_when_more_are_down_than_one_reaches() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=2).collect();
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        let node = &mut nodes[0];
+        let held: Vec<MemberInfo> = (0..DOWN_ANNOUNCE_MAX + 6)
+            .map(|i| {
+                let signer = crate::Signer::from_secret(&[(i + 10) as u8; 32]);
+                MemberInfo {
+                    key: signer.origin().0,
+                    region: "r1".into(),
+                    cloud: "c".into(),
+                    jurisdiction: "EU".into(),
+                    addr: format!("down{i}").into(),
+                    policy_epoch: 0,
+                    generation: 0,
+                }
+            })
+            .collect();
+        let mut rt = SwimRuntime::default();
+        node.foca
+            .apply_many(
+                held.iter().map(|m| foca::Member::down(m.clone())),
+                false,
+                &mut rt,
+            )
+            .expect("foca takes the updates");
+        while node.poll_transmit().is_some() {}
+        let told = |node: &mut Node<crate::mesh::MemStore>| {
+            node.announce_to_down();
+            let mut to = BTreeSet::new();
+            while let Some(t) = node.poll_transmit() {
+                if matches!(t.msg, Message::Swim(_)) {
+                    to.insert(t.to);
+                }
+            }
+            to
+        };
+        let first = told(node);
+        let second = told(node);
+        assert_eq!(first.len(), DOWN_ANNOUNCE_MAX);
+        assert_eq!(second.len(), DOWN_ANNOUNCE_MAX);
+        let all: BTreeSet<OriginKey> = held.iter().map(|m| m.node_key()).collect();
+        let both: BTreeSet<OriginKey> = first.union(&second).copied().collect();
+        assert_eq!(
+            both, all,
+            "every member held down was told within two calls"
+        );
+        assert_ne!(first, second);
     }
 
     #[test]
