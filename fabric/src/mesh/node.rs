@@ -1812,7 +1812,7 @@ impl<S: Store> Node<S> {
     /// level, each with its sub-list. A region whose direct link from here is marked failed
     /// is re-planned from this node's own view instead (one more reroute, if the push has
     /// any left; otherwise it is left to GRAFT and anti-entropy). The new plan may send
-    /// hops back to `from`, the peer the event came from (see [`left_out`]), but not
+    /// hops back to `from`, the peer the event came from (see [`Node::keeps`]), but not
     /// hops that came here rerouted already.
     fn relay_targets(
         &mut self,
@@ -1989,7 +1989,6 @@ impl<S: Store> Node<S> {
         if events.is_empty() {
             return;
         }
-        let me = self.me.node_key();
         if publishing {
             self.skip_members(events);
         }
@@ -1999,9 +1998,7 @@ impl<S: Store> Node<S> {
                 // batching. Sorted and deduplicated like the batch map below, so both ways
                 // push in the same order.
                 let mut targets = self.targets(event, publishing, relay, reroutes, except);
-                targets.retain(|t| !left_out(t, except, me));
-                self.stats.relays_sent_back +=
-                    targets.iter().filter(|t| Some(t.0) == except).count() as u64;
+                targets.retain(|t| self.keeps(t, except));
                 targets.sort_unstable();
                 targets.dedup();
                 for target in targets {
@@ -2038,15 +2035,11 @@ impl<S: Store> Node<S> {
         relay: &[RelayHop],
         reroutes: u8,
     ) {
-        let me = self.me.node_key();
         let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         // (A publisher's plans are cached per origin and filter outcome: see `plans`.)
         for event in events {
             for target in self.targets(event, publishing, relay, reroutes, except) {
-                if !left_out(&target, except, me) {
-                    if Some(target.0) == except {
-                        self.stats.relays_sent_back += 1;
-                    }
+                if self.keeps(&target, except) {
                     let batch = batches.entry(target).or_default();
                     // A target named twice for one event gets it once.
                     if !batch.last().is_some_and(|last| Arc::ptr_eq(last, event)) {
@@ -2523,10 +2516,7 @@ impl<S: Store> Node<S> {
         let mut by_target: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         for event in held {
             for target in self.relay_targets(&event, relay, reroutes, Some(from)) {
-                if !left_out(&target, Some(from), self.me.node_key()) {
-                    if target.0 == from {
-                        self.stats.relays_sent_back += 1;
-                    }
+                if self.keeps(&target, Some(from)) {
                     by_target.entry(target).or_default().push(event.clone());
                 }
             }
@@ -2541,6 +2531,27 @@ impl<S: Store> Node<S> {
         // ideal against a bound of 161 ms). Peers heard of them lazily at the repair, so
         // only the eager pushes.
         self.forward_batches(&late, Some(from), false, relay, reroutes);
+    }
+
+    /// Whether this node pushes to `target`: not to itself, nor back to the peer the events
+    /// came from (`except`), which holds them already (or carries them in sealed transit),
+    /// unless the push carries relay hops (counted in [`Stats::relays_sent_back`]). A relay
+    /// whose direct link to a region failed may find its best way there through the region
+    /// it was sent from, whose root for the origin's events is the sender itself (the
+    /// origin, when it pushed the event): that push must go, or the regions it names are
+    /// dropped (`example.toml` seed 17: `aws:eu-west-1` missed an event for 1.7 s, until
+    /// anti-entropy). The sender relays for the hops as for any others (see
+    /// [`Node::on_push`]); `route::REROUTES_MAX` bounds the way back and forth.
+    fn keeps(&mut self, target: &Target, except: Option<OriginKey>) -> bool {
+        if target.0 == self.me.node_key() {
+            return false;
+        }
+        if Some(target.0) != except {
+            return true;
+        }
+        let relays = !target.1.is_empty();
+        self.stats.relays_sent_back += u64::from(relays);
+        relays
     }
 
     /// Remembers an event anti-entropy brought (see `repaired`), forgetting the oldest
@@ -3056,19 +3067,6 @@ fn batches_of(events: &[Arc<Event>], len_max: usize) -> smallvec::SmallVec<[&[Ar
     out
 }
 
-/// Whether a push to `target` is one this node leaves out: to itself, or back to the peer
-/// the events came from (`except`), which holds them already (or carries them in sealed
-/// transit), unless it carries relay hops. A relay whose direct link to a region failed may
-/// find its best way there through the region it was sent from, whose root for the
-/// origin's events is the sender itself (the origin, when it pushed the event): that push
-/// must go, or the regions it names are dropped (`example.toml` seed 17: `aws:eu-west-1`
-/// missed an event for 1.7 s, until anti-entropy). The sender relays for the hops as for
-/// any others (see [`Node::on_push`]); `route::REROUTES_MAX` bounds the way back and
-/// forth.
-fn left_out(target: &Target, except: Option<OriginKey>, me: OriginKey) -> bool {
-    target.0 == me || (Some(target.0) == except && target.1.is_empty())
-}
-
 /// Rendezvous rank of `member` for `origin`: a fixed mixing function (splitmix64) of both
 /// keys, the same on every node and every run.
 pub(crate) fn rank(origin: &OriginKey, member: &OriginKey) -> u64 {
@@ -3195,15 +3193,28 @@ mod tests {
         Arc::new(crate::Signer::from_secret(&[seed; 32]).sign(draft).unwrap())
     }
 
-    #[test]
-    fn a_publisher_reaches_a_far_region_through_a_relay_region() {
-        // r0 - r2 direct 200 ms; r0 - r1 30 ms and r1 - r2 40 ms.
+    /// Six nodes in three regions: r0 - r2 direct 200 ms; r0 - r1 30 ms and r1 - r2 40 ms,
+    /// so a publisher in r0 (node 0) relays to r2 through r1. Returns the nodes, their
+    /// seeds and the index of r1's root for node 0's events.
+    fn relay_triangle() -> (Vec<Node<crate::mesh::MemStore>>, Vec<u8>, usize) {
         let mut rtts = vec![0u64; 36];
         rtts[1] = 30_000; // r0-r1
         rtts[2] = 200_000; // r0-r2
         rtts[6 + 2] = 40_000; // r1-r2
         let seeds: Vec<u8> = (1..=6).collect();
-        let mut nodes = mesh(&seeds, 3, 2, &rtts);
+        let nodes = mesh(&seeds, 3, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        let relay = nodes[1].region_root(&origin, "r1").unwrap();
+        let relay_at = nodes
+            .iter()
+            .position(|n| n.me().node_key() == relay)
+            .unwrap();
+        (nodes, seeds, relay_at)
+    }
+
+    #[test]
+    fn a_publisher_reaches_a_far_region_through_a_relay_region() {
+        let (mut nodes, seeds, _) = relay_triangle();
         let region_of: BTreeMap<OriginKey, String> = nodes
             .iter()
             .map(|n| (n.me().node_key(), n.me().region.to_string()))
@@ -3237,20 +3248,7 @@ mod tests {
     /// sender: the regions it relays for are not dropped.
     #[test]
     fn a_relay_with_a_failed_link_sends_the_hops_back_through_the_sender() {
-        // r0 - r2 direct 200 ms; r0 - r1 30 ms and r1 - r2 40 ms: the publisher in r0
-        // relays through r1.
-        let mut rtts = vec![0u64; 36];
-        rtts[1] = 30_000; // r0-r1
-        rtts[2] = 200_000; // r0-r2
-        rtts[6 + 2] = 40_000; // r1-r2
-        let seeds: Vec<u8> = (1..=6).collect();
-        let mut nodes = mesh(&seeds, 3, 2, &rtts);
-        let origin = nodes[0].me().node_key();
-        let relay = nodes[1].region_root(&origin, "r1").unwrap();
-        let relay_at = nodes
-            .iter()
-            .position(|n| n.me().node_key() == relay)
-            .unwrap();
+        let (mut nodes, seeds, relay_at) = relay_triangle();
         // The relay's link to r2 failed: its way there is back through r0, whose root for
         // the origin's events is the origin, the sender.
         assert!(nodes[relay_at].router.fail("r2", 0));
@@ -3279,18 +3277,7 @@ mod tests {
     /// are left to GRAFT and anti-entropy instead of circling between the two.
     #[test]
     fn rerouted_hops_are_not_sent_back_where_they_came_from() {
-        let mut rtts = vec![0u64; 36];
-        rtts[1] = 30_000; // r0-r1
-        rtts[2] = 200_000; // r0-r2
-        rtts[6 + 2] = 40_000; // r1-r2
-        let seeds: Vec<u8> = (1..=6).collect();
-        let mut nodes = mesh(&seeds, 3, 2, &rtts);
-        let origin = nodes[0].me().node_key();
-        let relay = nodes[1].region_root(&origin, "r1").unwrap();
-        let relay_at = nodes
-            .iter()
-            .position(|n| n.me().node_key() == relay)
-            .unwrap();
+        let (mut nodes, seeds, relay_at) = relay_triangle();
         // Both the relay's link to r2 and the origin's failed (r2 cut off).
         assert!(nodes[relay_at].router.fail("r2", 0));
         assert!(nodes[0].router.fail("r2", 0));
