@@ -399,6 +399,8 @@ pub struct Metrics {
     pub first_receipts: u64,
     /// Messages sent, by kind.
     pub messages_by_kind: BTreeMap<&'static str, u64>,
+    /// Bytes sent, by message kind (as counted in `bytes`).
+    pub bytes_by_kind: BTreeMap<&'static str, u64>,
     /// Bytes sent.
     pub bytes: u64,
     /// Bytes sent between different regions.
@@ -553,6 +555,8 @@ pub struct Engine {
     /// Messages sent per kind, indexed as [`MESSAGE_KINDS`] (copied into
     /// `Metrics::messages_by_kind` at the end; a map entry per message was measurable).
     sent_by_kind: [u64; MESSAGE_KINDS.len()],
+    /// Bytes sent per kind, in the same order.
+    bytes_by_kind: [u64; MESSAGE_KINDS.len()],
     /// Latencies per (workload, origin region, destination region), flat at
     /// `(w * regions + from) * regions + to` (moved into `Metrics::latency_by_pair` at the
     /// end; a tree lookup per delivery was measurable).
@@ -669,6 +673,7 @@ impl Engine {
             drain_sends: Vec::new(),
             drain_app: Vec::new(),
             sent_by_kind: [0; MESSAGE_KINDS.len()],
+            bytes_by_kind: [0; MESSAGE_KINDS.len()],
             latency_by_pair: vec![Vec::new(); pairs],
             table_writes: vec![Vec::new(); plan_workloads_len],
             table_rng: ChaCha8Rng::seed_from_u64(plan_seed ^ 0x7ab1_e000_0000_7ab1),
@@ -1372,6 +1377,7 @@ impl Engine {
         }
         let len = msg.wire_len() as u64;
         self.metrics.bytes += len;
+        self.bytes_by_kind[kind] += len;
         if self.plan.nodes[from].region != self.plan.nodes[to].region {
             self.metrics.cross_region_bytes += len;
         }
@@ -1631,9 +1637,14 @@ impl Engine {
             self.nodes[i].node = node;
             self.nodes[i].parked = parked;
         }
-        for (kind, sent) in MESSAGE_KINDS.iter().zip(self.sent_by_kind) {
+        for ((kind, sent), bytes) in MESSAGE_KINDS
+            .iter()
+            .zip(self.sent_by_kind)
+            .zip(self.bytes_by_kind)
+        {
             if sent > 0 {
                 self.metrics.messages_by_kind.insert(kind, sent);
+                self.metrics.bytes_by_kind.insert(kind, bytes);
             }
         }
         self.metrics.ldh = self

@@ -118,6 +118,8 @@ pub struct StrategyReport {
     pub cross_region_bytes: u64,
     /// Messages by kind.
     pub messages_by_kind: BTreeMap<String, u64>,
+    /// Bytes by message kind (the same kinds; they add up to the bytes sent).
+    pub bytes_by_kind: BTreeMap<String, u64>,
     /// (event, live interested node) pairs never delivered.
     pub missed: u64,
     /// Deliveries of one event twice to one application.
@@ -387,6 +389,11 @@ impl StrategyReport {
             cross_region_bytes: m.cross_region_bytes,
             messages_by_kind: m
                 .messages_by_kind
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            bytes_by_kind: m
+                .bytes_by_kind
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
