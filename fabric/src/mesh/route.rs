@@ -46,8 +46,10 @@
 //! there) a few regions per tick, and gossips a [`LinkRecord`]: its measured link RTTs (at
 //! most [`LINKS_PER_REGION_MAX`] per region, [`LINKS_PER_NODE_MAX`] in all), its Vivaldi
 //! coordinate, and a small status (name, HTTP address, counters) for dashboards. Records
-//! spread by push gossip with a transmit budget (new versions first) plus a slow rotation
-//! through everything held, so late joiners fill in. Each node keeps the records of at
+//! spread by push gossip with a transmit budget (news first: a node's own records, a node's
+//! first record, and versions that change what routing reads, see `material`) plus a slow
+//! rotation through everything held, so late joiners fill in and versions that only drift
+//! (jitter, coordinates, status counters) arrive too. Each node keeps the records of at
 //! most [`RECORDS_PER_REGION_MAX`] nodes per region: the region graph needs a sample of
 //! each region, not every node, and a thousand-node mesh would otherwise hold a million
 //! records per simulated run. Records come only from authenticated mesh peers; they are
@@ -151,6 +153,49 @@ pub struct LinkRecord {
     pub links: Vec<([u8; 32], u32)>,
     /// Its status.
     pub status: NodeStatus,
+}
+
+/// Whether a newer record of a node says something its older one did not, for routing: a
+/// restart (a new generation), another policy epoch, links added or dropped, or a link
+/// (compared per region of the peers, since which of a region's near-equal peers are the
+/// nearest three changes with jitter) whose RTT moved by more than an eighth and a
+/// millisecond. The level shifts and failures routing reacts to move RTTs by a quarter or
+/// more; a new coordinate or new status counters are no news.
+fn material<'a>(
+    old: &LinkRecord,
+    new: &LinkRecord,
+    region_of: impl Fn(&[u8; 32]) -> Option<&'a str>,
+) -> bool {
+    fn moved(a: u32, b: u32) -> bool {
+        let d = a.abs_diff(b);
+        d > 1_000 && u64::from(d) * 8 > u64::from(a.min(b))
+    }
+    if old.version >> 32 != new.version >> 32
+        || old.status.policy_epoch != new.status.policy_epoch
+        || old.links.len() != new.links.len()
+    {
+        return true;
+    }
+    if old.links.iter().zip(&new.links).all(|(a, b)| a.0 == b.0) {
+        return old
+            .links
+            .iter()
+            .zip(&new.links)
+            .any(|(a, b)| moved(a.1, b.1));
+    }
+    let by_region = |r: &LinkRecord| {
+        let mut v: Vec<(Option<&'a str>, u32)> = r
+            .links
+            .iter()
+            .map(|(k, rtt)| (region_of(k), *rtt))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    by_region(old)
+        .iter()
+        .zip(&by_region(new))
+        .any(|(a, b)| a.0 != b.0 || moved(a.1, b.1))
 }
 
 impl LinkRecord {
@@ -800,17 +845,20 @@ impl Router {
             {
                 return Ok(false);
             }
-            self.store(record, now);
+            self.store(record, now, true);
             return Ok(true);
         }
         let Some(member) = members.get(&key) else {
             // Not a member (yet): the rotation brings the record again later.
             return Ok(false);
         };
-        if let Some(old) = self.records.get(&key) {
+        let news = if let Some(old) = self.records.get(&key) {
             if old.version >= record.version {
                 return Ok(false);
             }
+            material(old, &record, |k| {
+                members.get(&OriginKey(*k)).map(|m| m.region.as_str())
+            })
         } else {
             // Keep a sample per region (module docs).
             if self.full_regions.contains(&member.region) {
@@ -823,14 +871,21 @@ impl Router {
                 self.full_regions.insert(member.region.clone());
                 return Ok(false);
             }
-        }
-        self.store(record, now);
+            true
+        };
+        self.store(record, now, news);
         Ok(true)
     }
 
-    fn store(&mut self, record: Arc<LinkRecord>, now: Micros) {
+    /// Keeps `record`; with `news` (this node's own record, the first one of a node, or a
+    /// [`material`] change) it also goes in the hot queue, pushed with the transmit budget.
+    /// A version that only drifts reaches the others by the rotation through everything
+    /// held: in a large mesh most versions are drift (RTT estimates move with jitter,
+    /// status counters with traffic), and giving each its full budget kept every link-state
+    /// message full (16 records, 34 KB at 1000 nodes, 56 % of all bytes; docs/sim.md 3.3).
+    fn store(&mut self, record: Arc<LinkRecord>, now: Micros, news: bool) {
         let key = OriginKey(record.node);
-        if self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key) {
+        if news && (self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key)) {
             self.hot.insert(key, 0);
         }
         // A new version usually repeats most links; one with the very same links changes
@@ -1539,6 +1594,90 @@ mod tests {
             "room after a record was dropped"
         );
         assert!(!take(&mut router, later, 1), "full again");
+    }
+
+    /// Push gossip carries news only: a node's first record, a new generation or policy
+    /// epoch, links added or dropped, or an RTT that moved by more than an eighth and a
+    /// millisecond. A version that only drifts (jitter, a coordinate, status counters, the
+    /// nearest peer of a region swapped for another as near) is kept and reaches the others
+    /// by the rotation; this node's own records are always news.
+    #[test]
+    fn only_news_goes_in_the_hot_gossip_queue() {
+        let me = member(200, "a");
+        let (x, b1, b2, c1) = (
+            member(1, "b"),
+            member(2, "b"),
+            member(3, "b"),
+            member(4, "c"),
+        );
+        let (members, regions) = membership([&me, &x, &b1, &b2, &c1]);
+        let record = |version: u64, links: Vec<([u8; 32], u32)>, epoch: u64| LinkRecord {
+            node: x.key,
+            version,
+            coord: Coordinate::origin(),
+            links,
+            status: NodeStatus {
+                policy_epoch: epoch,
+                ..NodeStatus::default()
+            },
+        };
+        let mut router = Router::new(3);
+        let mut version = 0;
+        let mut hot_after = |router: &mut Router, links: Vec<([u8; 32], u32)>, epoch: u64| {
+            router.hot.clear();
+            version += 1;
+            let r = Arc::new(record(version, links, epoch));
+            assert_eq!(
+                router.take_record(r, &members, &regions, &me.node_key(), 0),
+                Ok(true),
+                "every newer version is kept"
+            );
+            router.hot.contains_key(&x.node_key())
+        };
+        let base = vec![(b1.key, 80_000), (c1.key, 40_000)];
+        assert!(hot_after(&mut router, base.clone(), 1), "the first record");
+        assert!(!hot_after(&mut router, base.clone(), 1), "the same links");
+        let drift = vec![(b1.key, 84_000), (c1.key, 39_000)];
+        assert!(!hot_after(&mut router, drift, 1), "within an eighth");
+        let small = vec![(b1.key, 84_000), (c1.key, 900)];
+        assert!(hot_after(&mut router, small.clone(), 1), "39 ms to 0.9 ms");
+        let jitter = vec![(b1.key, 84_000), (c1.key, 1_800)];
+        assert!(!hot_after(&mut router, jitter, 1), "under a millisecond");
+        let swapped = vec![(b2.key, 85_000), (c1.key, 1_800)];
+        assert!(
+            !hot_after(&mut router, swapped, 1),
+            "another peer of the same region, as near"
+        );
+        let shifted = vec![(b2.key, 120_000), (c1.key, 1_800)];
+        assert!(hot_after(&mut router, shifted.clone(), 1), "a level shift");
+        assert!(
+            hot_after(&mut router, shifted.clone(), 2),
+            "a new policy epoch"
+        );
+        assert!(
+            hot_after(&mut router, vec![(c1.key, 1_800)], 2),
+            "a link dropped"
+        );
+        let moved = vec![(b1.key, 120_000), (c1.key, 1_800)];
+        router.hot.clear();
+        let next = Arc::new(record((1 << 32) | 1, moved, 2));
+        router
+            .take_record(next, &members, &regions, &me.node_key(), 0)
+            .unwrap();
+        assert!(router.hot.contains_key(&x.node_key()), "a new generation");
+        // This node's own record is always pushed.
+        let own = |version| {
+            Arc::new(LinkRecord {
+                node: me.key,
+                ..record(version, vec![], 2)
+            })
+        };
+        for version in [(1 << 32) | 10, (1 << 32) | 11] {
+            router.hot.clear();
+            let taken = router.take_record(own(version), &members, &regions, &me.node_key(), 0);
+            assert_eq!(taken, Ok(true));
+            assert!(router.hot.contains_key(&me.node_key()));
+        }
     }
 
     #[test]
