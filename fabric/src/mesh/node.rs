@@ -2340,7 +2340,7 @@ impl<S: Store> Node<S> {
             return;
         }
         let budget = (usize::BITS - candidates.leading_zeros()) + 1;
-        let batch = self.router.gossip_batch(budget);
+        let batch = self.router.gossip_batch(budget, &me);
         if batch.is_empty() {
             return;
         }

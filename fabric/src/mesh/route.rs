@@ -106,6 +106,12 @@ pub const LATE_ACKS_MAX: usize = 1_024;
 pub const PROBES_OUT_MAX: usize = 1_024;
 /// Most records waiting in the hot (recently changed) gossip queue.
 pub const HOT_RECORDS_MAX: usize = 256;
+/// Gossip rounds a node pushes another node's record that is news to it (its own: log2 of
+/// the mesh's size, plus one). Each round goes to `link_fanout` (2) peers: six pushes per
+/// node that takes it leave about e^-6 (a quarter of a percent) of the nodes for the
+/// rotation to reach; the full budget, 22 pushes each at 1000 nodes, kept every link-state
+/// message full for minutes while a large mesh formed (docs/sim.md 3.3).
+pub const RELAY_ROUNDS: u32 = 3;
 /// Smallest RTT timeout, microseconds.
 pub const RTO_US_MIN: Micros = 10_000;
 /// RTT timeout for a link never measured, microseconds (the slowest measured pair is about
@@ -904,9 +910,10 @@ impl Router {
         }
     }
 
-    /// Records for one gossip message: hot ones first (each sent `budget` times in all),
-    /// then a couple from the rotation through everything held.
-    pub(crate) fn gossip_batch(&mut self, budget: u32) -> Vec<Arc<LinkRecord>> {
+    /// Records for one gossip message: hot ones first (this node's own sent `budget` times
+    /// in all, others' at most `RELAY_ROUNDS`), then a couple from the rotation through
+    /// everything held.
+    pub(crate) fn gossip_batch(&mut self, budget: u32, me: &OriginKey) -> Vec<Arc<LinkRecord>> {
         let mut out = Vec::new();
         let mut spent = Vec::new();
         let mut hot: Vec<(u32, OriginKey)> = self.hot.iter().map(|(k, n)| (*n, *k)).collect();
@@ -918,7 +925,12 @@ impl Router {
             spent.push((k, n + 1));
         }
         for (k, n) in spent {
-            if n >= budget {
+            let limit = if k == *me {
+                budget
+            } else {
+                budget.min(RELAY_ROUNDS)
+            };
+            if n >= limit {
                 self.hot.remove(&k);
             } else {
                 self.hot.insert(k, n);
@@ -1678,6 +1690,45 @@ mod tests {
             assert_eq!(taken, Ok(true));
             assert!(router.hot.contains_key(&me.node_key()));
         }
+    }
+
+    /// This node's own record is pushed for the whole budget; another node's news for at
+    /// most `RELAY_ROUNDS` rounds. Both then leave the hot queue and go on in the rotation.
+    #[test]
+    fn others_records_are_pushed_for_fewer_rounds_than_this_nodes_own() {
+        let me = member(200, "a");
+        let x = member(1, "b");
+        let (members, regions) = membership([&me, &x]);
+        let record = |m: &MemberInfo| {
+            Arc::new(LinkRecord {
+                node: m.key,
+                version: 1,
+                coord: Coordinate::origin(),
+                links: vec![],
+                status: NodeStatus::default(),
+            })
+        };
+        let mut router = Router::new(3);
+        for m in [&me, &x] {
+            let taken = router.take_record(record(m), &members, &regions, &me.node_key(), 0);
+            assert_eq!(taken, Ok(true));
+        }
+        let budget = RELAY_ROUNDS + 4;
+        let holds =
+            |batch: &[Arc<LinkRecord>], m: &MemberInfo| batch.iter().any(|r| r.node == m.key);
+        for round in 1..=budget {
+            let batch = router.gossip_batch(budget, &me.node_key());
+            assert!(holds(&batch, &me), "own record, round {round}");
+            assert_eq!(
+                router.hot.contains_key(&x.node_key()),
+                round < RELAY_ROUNDS,
+                "round {round}"
+            );
+        }
+        assert!(router.hot.is_empty(), "both out of the hot queue");
+        // The rotation still carries them (two a message).
+        let batch = router.gossip_batch(budget, &me.node_key());
+        assert!(holds(&batch, &me) && holds(&batch, &x));
     }
 
     #[test]
