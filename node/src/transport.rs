@@ -409,6 +409,15 @@ impl Transport {
         }
     }
 
+    /// Whether a connection to `to` is up, whichever side dialed it.
+    fn connected(&self, to: &OriginKey) -> bool {
+        self.conns
+            .lock()
+            .ok()
+            .and_then(|c| c.get(to).map(|c| c.close_reason().is_none()))
+            .unwrap_or(false)
+    }
+
     async fn connection_to(self: &Arc<Self>, to: OriginKey) -> Option<quinn::Connection> {
         if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&to).cloned())
             && c.close_reason().is_none()
@@ -441,7 +450,9 @@ impl Transport {
         let key_hex = hex::encode(to.0);
         let mut down_until: Option<tokio::time::Instant> = None;
         while let Some(out) = lanes.next().await {
-            if down_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            // A peer that dialed in meanwhile ends the window at once (after a partition
+            // heals, the other side's announcements usually arrive before the window ends).
+            if down_until.is_some_and(|t| tokio::time::Instant::now() < t) && !self.connected(&to) {
                 Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
                 continue;
             }
@@ -777,6 +788,94 @@ mod tests {
             }),
             Class::Bulk
         );
+    }
+
+    /// A node whose dial to a peer failed drops messages to it for a second instead of
+    /// dialing per message; a connection the peer dials in meanwhile (a healed partition:
+    /// the other side announces itself) ends that window at once.
+    #[tokio::test]
+    async fn a_peer_that_dials_in_ends_the_unreachable_window() {
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let trusted: std::collections::BTreeSet<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+        let start = |i: usize, listen: SocketAddr| {
+            let metrics = Arc::new(Metrics::new());
+            let (tx, rx) = mpsc::channel(64);
+            let t = Transport::start(
+                listen,
+                keys[i],
+                crate::tls::quic_configs(&seeds[i], trusted.iter().copied()).unwrap(),
+                tx,
+                Arc::new(Chaos::new(false, Vec::new())),
+                metrics.clone(),
+                trusted.clone(),
+                crate::audit::Audit::detached(metrics.clone()),
+            )
+            .unwrap();
+            (t, rx, metrics)
+        };
+        let ack = |n| Outgoing {
+            msg: Message::PushAck(n),
+            confirm: false,
+            class: Class::Latency,
+        };
+        let dropped = |m: &Metrics| {
+            m.mesh_dropped
+                .get_or_create(&vec![("reason", "peer_unreachable".into())])
+                .get()
+        };
+        // B's address, with nothing listening there yet.
+        let b_addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (a, _a_rx, a_metrics) = start(0, "127.0.0.1:0".parse().unwrap());
+        let a_addr = a.endpoint.local_addr().unwrap();
+        a.send(keys[1], Some(b_addr), ack(1));
+        // The dial fails (at most its 5 s timeout): the message is dropped and the window
+        // starts.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while dropped(&a_metrics) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dial never failed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // B comes up and dials A.
+        let (b, mut b_rx, _) = start(1, b_addr);
+        b.send(keys[0], Some(a_addr), ack(2));
+        while !a.connected(&keys[1]) {
+            assert!(tokio::time::Instant::now() < deadline, "B never reached A");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Within A's window: the message goes over B's connection.
+        a.send(keys[1], Some(b_addr), ack(3));
+        let got = tokio::time::timeout(Duration::from_millis(700), async {
+            while let Some(m) = b_rx.recv().await {
+                if let FromMesh::Message {
+                    msg: Message::PushAck(3),
+                    ..
+                } = m
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            got,
+            Ok(true),
+            "A's message did not reach B within the window"
+        );
+        assert_eq!(
+            dropped(&a_metrics),
+            1,
+            "only the message sent before B was up"
+        );
+        a.close();
+        b.close();
     }
 
     /// A backed-up peer queue drains latency-sensitive traffic first, bulk last, each lane

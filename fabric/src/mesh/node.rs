@@ -177,7 +177,7 @@ impl MeshConfig {
         // (`announce_to_down`). (Every 5 s, split-brain-writes.toml reconverged 6.7-10.6 s
         // after its heal, 1.3 s every second, 0.8 s now; down members cost a node six
         // dropped datagrams a second here, and the node's transport dials an unreachable
-        // peer at most once a second whatever the rate.)
+        // peer at most once a second whatever the rate, or at once when the peer dials in.)
         swim.periodic_announce_to_down_members = Some(foca::PeriodicParams {
             frequency: Duration::from_millis(500),
             num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
