@@ -11,8 +11,10 @@
 //!   stream, and the receiver answers with the ids it has committed.
 //!
 //! Every stream starts with one kind byte. Each peer has a bounded send queue served by
-//! one task, which dials (and redials with backoff) when no connection is up; a full queue
-//! drops the message (counted): the core repairs losses through GRAFT and anti-entropy.
+//! one task, which dials when no connection is up; after a failed dial it drops what it is
+//! given for a second (counted) instead of dialing per message, unless the peer dials in
+//! meanwhile. A full queue drops the message (counted): the core repairs losses through
+//! GRAFT and anti-entropy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +51,9 @@ pub(crate) const BI_INFLIGHT_MAX: usize = 256;
 pub(crate) const STREAM_READS_MAX: usize = 32;
 /// Longest wait for an answer on a bidirectional stream.
 const BI_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed dial, how long a peer is not dialed again (what is sent to it meanwhile is
+/// dropped and counted), unless it dials in.
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the transport hands the driver.
 #[derive(Debug)]
@@ -185,6 +190,8 @@ pub(crate) struct Transport {
     bi_inflight: Arc<tokio::sync::Semaphore>,
     /// Envelopes that passed verification lately: a copy of one is not verified again.
     verified: Arc<weft_fabric::VerifiedCache>,
+    /// [`UNREACHABLE_WAIT`] in milliseconds (tests lengthen it).
+    unreachable_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Transport {
@@ -243,6 +250,9 @@ impl Transport {
             delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             bi_inflight: Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX)),
             verified: Arc::new(weft_fabric::VerifiedCache::new(VERIFIED_CACHE_LEN)),
+            unreachable_wait_ms: std::sync::atomic::AtomicU64::new(
+                UNREACHABLE_WAIT.as_millis() as u64
+            ),
         });
         tokio::spawn(t.clone().accept_loop());
         tokio::spawn(t.clone().rtt_loop());
@@ -409,19 +419,30 @@ impl Transport {
         }
     }
 
-    /// Whether a connection to `to` is up, whichever side dialed it.
-    fn connected(&self, to: &OriginKey) -> bool {
+    /// The connection to `to` if one is up, whichever side dialed it.
+    fn live(&self, to: &OriginKey) -> Option<quinn::Connection> {
         self.conns
             .lock()
             .ok()
-            .and_then(|c| c.get(to).map(|c| c.close_reason().is_none()))
-            .unwrap_or(false)
+            .and_then(|c| c.get(to).cloned())
+            .filter(|c| c.close_reason().is_none())
+    }
+
+    fn connected(&self, to: &OriginKey) -> bool {
+        self.live(to).is_some()
+    }
+
+    /// How long a peer whose dial failed is not dialed again ([`UNREACHABLE_WAIT`]; tests
+    /// lengthen it).
+    fn unreachable_wait(&self) -> Duration {
+        Duration::from_millis(
+            self.unreachable_wait_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     async fn connection_to(self: &Arc<Self>, to: OriginKey) -> Option<quinn::Connection> {
-        if let Some(c) = self.conns.lock().ok().and_then(|c| c.get(&to).cloned())
-            && c.close_reason().is_none()
-        {
+        if let Some(c) = self.live(&to) {
             return Some(c);
         }
         let addr = self
@@ -456,11 +477,18 @@ impl Transport {
                 Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
                 continue;
             }
-            let Some(conn) = self.connection_to(to).await else {
-                // Drop while the peer is unreachable instead of dialing per message.
-                down_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
-                continue;
+            // The peer may have dialed in while our own dial was failing.
+            let conn = match self.connection_to(to).await {
+                Some(conn) => conn,
+                None => match self.live(&to) {
+                    Some(conn) => conn,
+                    None => {
+                        // Drop while the peer is unreachable instead of dialing per message.
+                        down_until = Some(tokio::time::Instant::now() + self.unreachable_wait());
+                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
+                        continue;
+                    }
+                },
             };
             down_until = None;
             let verdict = self.chaos.verdict(&key_hex, &self.region_of(&to));
@@ -830,6 +858,9 @@ mod tests {
             .local_addr()
             .unwrap();
         let (a, _a_rx, a_metrics) = start(0, "127.0.0.1:0".parse().unwrap());
+        // A window far longer than the test: it cannot end by itself on a slow machine.
+        a.unreachable_wait_ms
+            .store(60_000, std::sync::atomic::Ordering::Relaxed);
         let a_addr = a.endpoint.local_addr().unwrap();
         a.send(keys[1], Some(b_addr), ack(1));
         // The dial fails (at most its 5 s timeout): the message is dropped and the window
@@ -851,7 +882,7 @@ mod tests {
         }
         // Within A's window: the message goes over B's connection.
         a.send(keys[1], Some(b_addr), ack(3));
-        let got = tokio::time::timeout(Duration::from_millis(700), async {
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(m) = b_rx.recv().await {
                 if let FromMesh::Message {
                     msg: Message::PushAck(3),

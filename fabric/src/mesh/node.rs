@@ -177,7 +177,7 @@ impl MeshConfig {
         // (`announce_to_down`). (Every 5 s, split-brain-writes.toml reconverged 6.7-10.6 s
         // after its heal, 1.3 s every second, 0.8 s now; down members cost a node six
         // dropped datagrams a second here, and the node's transport dials an unreachable
-        // peer at most once a second whatever the rate, or at once when the peer dials in.)
+        // peer at most once a second whatever the rate, unless the peer dials in first.)
         swim.periodic_announce_to_down_members = Some(foca::PeriodicParams {
             frequency: Duration::from_millis(500),
             num_members: std::num::NonZeroUsize::MIN.saturating_add(2),
@@ -1057,6 +1057,11 @@ impl<S: Store> Node<S> {
             .graft_batch_len_max
             .clamp(1, REFS_PER_MESSAGE_MAX);
         for (peer, refs) in std::mem::take(&mut self.pending_graft) {
+            // A timer of the same call may have taken the announcer down (the GRAFT timer
+            // of the next announcer is already set).
+            if !self.members.contains_key(&peer) {
+                continue;
+            }
             for chunk in refs.chunks(len) {
                 self.stats.grafts_sent += 1;
                 self.send(peer, Message::Graft(chunk.to_vec()));
@@ -1146,6 +1151,10 @@ impl<S: Store> Node<S> {
     /// The checks whose cost does not grow with the events held.
     fn check_bounded(&self) {
         use std::sync::atomic::Ordering::Relaxed;
+        assert!(
+            self.pending_graft.is_empty(),
+            "GRAFTs left unsent after handle_timeout"
+        );
         if self.view_checked.load(Relaxed) != self.view_version {
             let me = self.me.node_key();
             assert!(!self.lazy.contains(&me), "self in lazy set");
@@ -2679,9 +2688,9 @@ impl<S: Store> Node<S> {
         }
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
-        // A GRAFT may name up to REFS_PER_MESSAGE_MAX events (this node's own GRAFTs name
-        // one): `push` cuts the answer into push-sized batches (count and bytes), never one
-        // message over the wire limit.
+        // A GRAFT may name up to REFS_PER_MESSAGE_MAX events (this node's own name up to
+        // `graft_batch_len_max`): `push` cuts the answer into push-sized batches (count and
+        // bytes), never one message over the wire limit.
         self.push(from, &events, Vec::new(), false, 0);
     }
 

@@ -104,13 +104,16 @@ pub const PENDING_ACKS_MAX: usize = 4_096;
 pub const LATE_ACKS_MAX: usize = 1_024;
 /// Most probes in flight.
 pub const PROBES_OUT_MAX: usize = 1_024;
-/// Most records waiting in the hot (recently changed) gossip queue.
+/// Most records waiting in the hot gossip queue (news: see `material`; this node's own
+/// record is let in over the bound).
 pub const HOT_RECORDS_MAX: usize = 256;
 /// Gossip rounds a node pushes another node's record that is news to it (its own: log2 of
 /// the mesh's size, plus one). Each round goes to `link_fanout` (2) peers: six pushes per
 /// node that takes it leave about e^-6 (a quarter of a percent) of the nodes for the
-/// rotation to reach; the full budget, 22 pushes each at 1000 nodes, kept every link-state
-/// message full for minutes while a large mesh formed (docs/sim.md 3.3).
+/// rotation to reach when every node keeps the record (in regions over
+/// [`RECORDS_PER_REGION_MAX`] only its holders pass it on); the full budget, 22 pushes each
+/// at 1000 nodes, kept every link-state message full for minutes while a large mesh formed
+/// (docs/sim.md 3.3).
 pub const RELAY_ROUNDS: u32 = 3;
 /// Smallest RTT timeout, microseconds.
 pub const RTO_US_MIN: Micros = 10_000;
@@ -161,12 +164,25 @@ pub struct LinkRecord {
     pub status: NodeStatus,
 }
 
-/// Whether a newer record of a node says something its older one did not, for routing: a
-/// restart (a new generation), another policy epoch, links added or dropped, or a link
-/// (compared per region of the peers, since which of a region's near-equal peers are the
-/// nearest three changes with jitter) whose RTT moved by more than an eighth and a
-/// millisecond. The level shifts and failures routing reacts to move RTTs by a quarter or
-/// more; a new coordinate or new status counters are no news.
+/// Whether a record taken is news, for the hot gossip queue (`Router::store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum News {
+    /// This node's own record: always pushed.
+    Own,
+    /// A node's first record here, or a [`material`] change.
+    Yes,
+    /// Drift: kept, and passed on by the rotation only.
+    No,
+}
+
+/// Whether a newer record of a node says something an older one (the last taken as news)
+/// did not, for routing: a restart (a new generation), another policy epoch, a first real
+/// coordinate (a node's first record carries the origin), links added or dropped, or a
+/// link (compared per region of the peers, since which of a region's near-equal peers are
+/// the nearest three changes with jitter; a peer swapped for another of its region as near
+/// is no news) whose RTT moved by more than an eighth and a millisecond. The level shifts
+/// and failures routing reacts to move RTTs by a quarter or more; the further drift of a
+/// coordinate and new status counters are no news.
 fn material<'a>(
     old: &LinkRecord,
     new: &LinkRecord,
@@ -176,8 +192,10 @@ fn material<'a>(
         let d = a.abs_diff(b);
         d > 1_000 && u64::from(d) * 8 > u64::from(a.min(b))
     }
+    let placed = |r: &LinkRecord| r.coord != Coordinate::origin();
     if old.version >> 32 != new.version >> 32
         || old.status.policy_epoch != new.status.policy_epoch
+        || placed(old) != placed(new)
         || old.links.len() != new.links.len()
     {
         return true;
@@ -541,6 +559,9 @@ pub(crate) struct Router {
     /// ([`Router::member_moved`]), the only ways a region's count can fall.
     full_regions: BTreeSet<SmolStr>,
     hot: BTreeMap<OriginKey, u32>,
+    /// Per node, the last of its records taken as news: a newer one is news when it
+    /// differs from this one materially, so drift that adds up counts (`material`).
+    news_base: BTreeMap<OriginKey, Arc<LinkRecord>>,
     cold_cursor: Option<OriginKey>,
     own_counter: u32,
     pub(crate) own_dirty: bool,
@@ -595,6 +616,7 @@ impl Router {
             received: BTreeMap::new(),
             full_regions: BTreeSet::new(),
             hot: BTreeMap::new(),
+            news_base: BTreeMap::new(),
             cold_cursor: None,
             own_counter: 0,
             own_dirty: true,
@@ -729,6 +751,7 @@ impl Router {
             self.full_regions.clear();
             self.changed_records.insert(*peer);
             self.hot.remove(peer);
+            self.news_base.remove(peer);
             self.invalidate();
         }
     }
@@ -851,7 +874,7 @@ impl Router {
             {
                 return Ok(false);
             }
-            self.store(record, now, true);
+            self.store(record, now, News::Own);
             return Ok(true);
         }
         let Some(member) = members.get(&key) else {
@@ -862,7 +885,8 @@ impl Router {
             if old.version >= record.version {
                 return Ok(false);
             }
-            material(old, &record, |k| {
+            let base = self.news_base.get(&key).unwrap_or(old);
+            material(base, &record, |k| {
                 members.get(&OriginKey(*k)).map(|m| m.region.as_str())
             })
         } else {
@@ -879,20 +903,25 @@ impl Router {
             }
             true
         };
-        self.store(record, now, news);
+        self.store(record, now, if news { News::Yes } else { News::No });
         Ok(true)
     }
 
-    /// Keeps `record`; with `news` (this node's own record, the first one of a node, or a
-    /// [`material`] change) it also goes in the hot queue, pushed with the transmit budget.
-    /// A version that only drifts reaches the others by the rotation through everything
+    /// Keeps `record`; when it is news (this node's own record, the first one of a node, or
+    /// a [`material`] change since the last news) it also goes in the hot queue, pushed with
+    /// the transmit budget (this node's own record even when the queue is at its bound). A
+    /// version that only drifts reaches the others by the rotation through everything
     /// held: in a large mesh most versions are drift (RTT estimates move with jitter,
     /// status counters with traffic), and giving each its full budget kept every link-state
     /// message full (16 records, 34 KB at 1000 nodes, 56 % of all bytes; docs/sim.md 3.3).
-    fn store(&mut self, record: Arc<LinkRecord>, now: Micros, news: bool) {
+    fn store(&mut self, record: Arc<LinkRecord>, now: Micros, news: News) {
         let key = OriginKey(record.node);
-        if news && (self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key)) {
+        let room = self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key);
+        if news == News::Own || (news == News::Yes && room) {
             self.hot.insert(key, 0);
+        }
+        if news != News::No {
+            self.news_base.insert(key, record.clone());
         }
         // A new version usually repeats most links; one with the very same links changes
         // only the coordinate, which every build reads afresh.
@@ -1670,6 +1699,18 @@ mod tests {
             hot_after(&mut router, vec![(c1.key, 1_800)], 2),
             "a link dropped"
         );
+        // Drift adds up: compared with the last version that was news (120 ms), 130 ms is
+        // not, 140 ms is.
+        assert!(hot_after(&mut router, shifted.clone(), 2), "a link back");
+        let drifted = |rtt| vec![(b2.key, rtt), (c1.key, 1_800)];
+        assert!(
+            !hot_after(&mut router, drifted(130_000), 2),
+            "an eighth: not yet"
+        );
+        assert!(
+            hot_after(&mut router, drifted(140_000), 2),
+            "two small steps"
+        );
         let moved = vec![(b1.key, 120_000), (c1.key, 1_800)];
         router.hot.clear();
         let next = Arc::new(record((1 << 32) | 1, moved, 2));
@@ -1677,6 +1718,26 @@ mod tests {
             .take_record(next, &members, &regions, &me.node_key(), 0)
             .unwrap();
         assert!(router.hot.contains_key(&x.node_key()), "a new generation");
+        // A node's first real coordinate is news (its first record carries the origin); how
+        // the coordinate moves after that is not.
+        let moved = vec![(b1.key, 120_000), (c1.key, 1_800)];
+        for (version, at, news) in [(2, 0.02, true), (3, 0.03, false)] {
+            let mut coord = Coordinate::origin();
+            coord.vec[0] = at;
+            router.hot.clear();
+            let next = Arc::new(LinkRecord {
+                coord,
+                ..record((1 << 32) | version, moved.clone(), 2)
+            });
+            router
+                .take_record(next, &members, &regions, &me.node_key(), 0)
+                .unwrap();
+            assert_eq!(
+                router.hot.contains_key(&x.node_key()),
+                news,
+                "coordinate {at}"
+            );
+        }
         // This node's own record is always pushed.
         let own = |version| {
             Arc::new(LinkRecord {
@@ -1684,8 +1745,16 @@ mod tests {
                 ..record(version, vec![], 2)
             })
         };
-        for version in [(1 << 32) | 10, (1 << 32) | 11] {
+        for (version, full) in [((1 << 32) | 10, false), ((1 << 32) | 11, true)] {
             router.hot.clear();
+            if full {
+                // At its bound the queue still takes this node's own record.
+                for i in 0..HOT_RECORDS_MAX as u64 {
+                    let mut k = [7u8; 32];
+                    k[..8].copy_from_slice(&i.to_le_bytes());
+                    router.hot.insert(OriginKey(k), 0);
+                }
+            }
             let taken = router.take_record(own(version), &members, &regions, &me.node_key(), 0);
             assert_eq!(taken, Ok(true));
             assert!(router.hot.contains_key(&me.node_key()));
