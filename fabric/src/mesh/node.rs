@@ -2896,23 +2896,24 @@ impl<S: Store> Node<S> {
     /// returned member: once per sync interval at most. With more members down than that,
     /// each call starts where the last one stopped, so successive heals reach them all.
     fn announce_to_down(&mut self) {
-        fn held_down(
-            foca: &Foca<MemberInfo, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
-        ) -> impl Iterator<Item = MemberInfo> + '_ {
-            foca.iter_membership_state()
-                .filter(|m| m.state() == foca::State::Down)
-                .map(|m| m.id().clone())
-        }
-        let n = held_down(&self.foca).count();
+        let held: Vec<&MemberInfo> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Down)
+            .map(|m| m.id())
+            .collect();
+        let n = held.len();
         let start = if n > DOWN_ANNOUNCE_MAX {
             self.down_announce_from % n
         } else {
             0
         };
-        let down: Vec<MemberInfo> = held_down(&self.foca)
+        let down: Vec<MemberInfo> = held
+            .into_iter()
+            .cycle()
             .skip(start)
-            .chain(held_down(&self.foca))
             .take(n.min(DOWN_ANNOUNCE_MAX))
+            .cloned()
             .collect();
         self.down_announce_from = start + down.len();
         let mut rt = SwimRuntime::default();
@@ -3779,6 +3780,31 @@ mod tests {
 
     /// More members down than one announcement reaches: successive calls go on where the
     /// last one stopped, so every member held down is told within two.
+    /// Makes SWIM hold `members` down (foca keeps down members to announce to) and drops
+    /// what that queued.
+    fn hold_down(node: &mut Node<crate::mesh::MemStore>, members: &[MemberInfo]) {
+        let mut rt = SwimRuntime::default();
+        node.foca
+            .apply_many(
+                members.iter().map(|m| foca::Member::down(m.clone())),
+                false,
+                &mut rt,
+            )
+            .expect("foca takes the updates");
+        while node.poll_transmit().is_some() {}
+    }
+
+    /// The members the queued SWIM messages go to (the queue is drained).
+    fn swim_recipients(node: &mut Node<crate::mesh::MemStore>) -> BTreeSet<OriginKey> {
+        let mut to = BTreeSet::new();
+        while let Some(t) = node.poll_transmit() {
+            if matches!(t.msg, Message::Swim(_)) {
+                to.insert(t.to);
+            }
+        }
+        to
+    }
+
     #[test]
     fn announcements_to_down_members_rotate_when_more_are_down_than_one_reaches() {
         let rtts = vec![40_000u64; 36];
@@ -3799,24 +3825,10 @@ mod tests {
                 }
             })
             .collect();
-        let mut rt = SwimRuntime::default();
-        node.foca
-            .apply_many(
-                held.iter().map(|m| foca::Member::down(m.clone())),
-                false,
-                &mut rt,
-            )
-            .expect("foca takes the updates");
-        while node.poll_transmit().is_some() {}
+        hold_down(node, &held);
         let told = |node: &mut Node<crate::mesh::MemStore>| {
             node.announce_to_down();
-            let mut to = BTreeSet::new();
-            while let Some(t) = node.poll_transmit() {
-                if matches!(t.msg, Message::Swim(_)) {
-                    to.insert(t.to);
-                }
-            }
-            to
+            swim_recipients(node)
         };
         let first = told(node);
         let second = told(node);
@@ -3839,22 +3851,9 @@ mod tests {
         let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
         let node = &mut nodes[0];
         // A partition: SWIM holds nodes 2 to 5 down (foca keeps down members to announce to).
-        let mut rt = SwimRuntime::default();
-        let down = infos[2..].iter().map(|i| foca::Member::down(i.clone()));
-        node.foca
-            .apply_many(down, false, &mut rt)
-            .expect("foca takes the updates");
-        while node.poll_transmit().is_some() {}
+        hold_down(node, &infos[2..]);
         let start = node.now;
-        let swim_to = |node: &mut Node<crate::mesh::MemStore>| {
-            let mut to = BTreeSet::new();
-            while let Some(t) = node.poll_transmit() {
-                if matches!(t.msg, Message::Swim(_)) {
-                    to.insert(t.to);
-                }
-            }
-            to
-        };
+        let swim_to = swim_recipients;
         // Node 2 comes back under a new generation: the partition healed.
         let back = infos[2].clone();
         node.members.remove(&back.node_key());

@@ -559,7 +559,7 @@ pub(crate) struct Router {
     /// ([`Router::member_moved`]), the only ways a region's count can fall.
     full_regions: BTreeSet<SmolStr>,
     hot: BTreeMap<OriginKey, u32>,
-    /// Per node, the last of its records taken as news: a newer one is news when it
+    /// Per other node, the last of its records taken as news: a newer one is news when it
     /// differs from this one materially, so drift that adds up counts (`material`).
     news_base: BTreeMap<OriginKey, Arc<LinkRecord>>,
     cold_cursor: Option<OriginKey>,
@@ -920,7 +920,7 @@ impl Router {
         if news == News::Own || (news == News::Yes && room) {
             self.hot.insert(key, 0);
         }
-        if news != News::No {
+        if news == News::Yes {
             self.news_base.insert(key, record.clone());
         }
         // A new version usually repeats most links; one with the very same links changes
