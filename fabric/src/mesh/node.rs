@@ -3780,6 +3780,15 @@ mod tests {
 
     /// More members down than one announcement reaches: successive calls go on where the
     /// last one stopped, so every member held down is told within two.
+    /// Six nodes in two regions 40 ms apart, and their member records.
+    fn six_in_two_regions() -> (Vec<Node<crate::mesh::MemStore>>, Vec<MemberInfo>) {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=6).collect();
+        let nodes = mesh(&seeds, 2, 2, &rtts);
+        let infos = nodes.iter().map(|n| n.me().clone()).collect();
+        (nodes, infos)
+    }
+
     /// Makes SWIM hold `members` down (foca keeps down members to announce to) and drops
     /// what that queued.
     fn hold_down(node: &mut Node<crate::mesh::MemStore>, members: &[MemberInfo]) {
@@ -3845,10 +3854,7 @@ mod tests {
 
     #[test]
     fn a_member_back_from_down_makes_the_node_announce_itself_to_those_still_down() {
-        let rtts = vec![40_000u64; 36];
-        let seeds: Vec<u8> = (1..=6).collect();
-        let mut nodes = mesh(&seeds, 2, 2, &rtts);
-        let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
+        let (mut nodes, infos) = six_in_two_regions();
         let node = &mut nodes[0];
         // A partition: SWIM holds nodes 2 to 5 down (foca keeps down members to announce to).
         hold_down(node, &infos[2..]);
@@ -3910,10 +3916,7 @@ mod tests {
 
     #[test]
     fn anti_entropy_passes_over_partners_that_do_not_answer_or_are_suspected() {
-        let rtts = vec![40_000u64; 36];
-        let seeds: Vec<u8> = (1..=6).collect();
-        let mut nodes = mesh(&seeds, 2, 2, &rtts);
-        let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
+        let (mut nodes, infos) = six_in_two_regions();
         let node = &mut nodes[0];
         let interval = node.config.sync_interval_us;
         let start = node.now + interval;
