@@ -1906,7 +1906,8 @@ fn enforce_rate(
 
 async fn mesh_nodes(State(api): State<Arc<Api>>) -> Response {
     // The fabric as this node knows it from link-state gossip: every node's links, status
-    // and counters (at most RECORDS_PER_REGION_MAX nodes per region are kept).
+    // and counters (at most RECORDS_PER_REGION_MAX nodes per region are kept: each region's
+    // live members with the lowest keys, the same on every node).
     let s = api.snapshot.borrow().clone();
     axum::Json(json!({"me": hex::encode(api.me.key), "nodes": s.nodes})).into_response()
 }

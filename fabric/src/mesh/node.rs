@@ -1169,6 +1169,18 @@ impl<S: Store> Node<S> {
                     .is_some_and(|r| r.binary_search(&me).is_ok()),
                 "this node is missing from its region's member list"
             );
+            for (record, _) in self.router.records() {
+                let key = OriginKey(record.node);
+                assert!(
+                    key == me
+                        || self.members.get(&key).is_some_and(|m| {
+                            self.regions
+                                .get(m.region.as_str())
+                                .is_some_and(|list| route::sampled(list, &key))
+                        }),
+                    "link record of a node outside its region's sample"
+                );
+            }
             self.view_checked.store(self.view_version, Relaxed);
         }
         assert!(
@@ -1342,7 +1354,9 @@ impl<S: Store> Node<S> {
         if let Some(old) = self.members.insert(key, m) {
             self.region_remove(&old.region, &key);
             if old.region != region {
-                self.router.member_moved();
+                // Back in another region: its record describes links from the old one,
+                // and it may not be in the new region's sample.
+                self.router.forget_record(&key);
             }
         }
         self.region_insert(&region, key);
@@ -1358,6 +1372,14 @@ impl<S: Store> Node<S> {
         };
         if let Err(at) = list.binary_search(&key) {
             list.insert(at, key);
+            // A lower key joined the region's sample of link records: the member it
+            // pushed out of the sample is no longer kept (`route::sampled`).
+            if at < route::RECORDS_PER_REGION_MAX
+                && let Some(&out) = list.get(route::RECORDS_PER_REGION_MAX)
+                && out != self.me.node_key()
+            {
+                self.router.forget_record(&out);
+            }
         }
     }
 
@@ -4185,6 +4207,7 @@ mod tests {
         assert_ne!(nodes[0].region_root(&origin, "r1"), Some(unknown));
         nodes[0].members.remove(&unknown);
         nodes[0].region_remove("r1", &unknown);
+        nodes[0].router.member_down(&unknown);
         nodes[0].router.members_changed();
         nodes[0]
             .handle_publish(0, event_at(seeds[0], 1, "orders.eu"))
@@ -4397,6 +4420,66 @@ mod tests {
         }
         assert_eq!(answered, refs, "every event, in order, in 3 pushes");
         assert_eq!(nodes[0].stats().pushes_sent - pushes_before, 3);
+    }
+
+    /// A region's sample of link records is its lowest keys among the live members: when a
+    /// member with a lower key joins, the record of the member it pushes out of the sample
+    /// is dropped, so a node keeps RECORDS_PER_REGION_MAX records of the region, the same
+    /// ones as every other node.
+    #[test]
+    fn a_lower_key_joining_a_region_pushes_the_highest_sampled_record_out() {
+        use crate::mesh::route::RECORDS_PER_REGION_MAX;
+        let info = |key: u8, region: &str| MemberInfo {
+            key: [key; 32],
+            region: region.into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: format!("n{key}").into(),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let me = info(250, "a");
+        let mut node = Node::new(
+            me.clone(),
+            MeshConfig::wan(20),
+            1,
+            crate::mesh::MemStore::new(16),
+            0,
+        );
+        let others: Vec<MemberInfo> = (10..10 + RECORDS_PER_REGION_MAX as u8)
+            .map(|k| info(k, "b"))
+            .collect();
+        for m in &others {
+            node.member_insert(m.clone());
+        }
+        let record = |m: &MemberInfo| {
+            Arc::new(LinkRecord {
+                node: m.key,
+                version: 1,
+                coord: weft_routing::Coordinate::origin(),
+                links: vec![],
+                status: Default::default(),
+            })
+        };
+        node.on_links(others.iter().map(record).collect());
+        let held = |node: &Node<crate::mesh::MemStore>| {
+            let mut keys: Vec<u8> = node.link_records().map(|(r, _)| r.node[0]).collect();
+            keys.sort_unstable();
+            keys
+        };
+        assert_eq!(held(&node), (10..26).collect::<Vec<u8>>());
+        // A lower key joins: the highest sampled member (25) leaves the sample.
+        let low = info(5, "b");
+        node.member_insert(low.clone());
+        assert_eq!(held(&node), (10..25).collect::<Vec<u8>>());
+        node.on_links(vec![record(&low), record(&others[15])]);
+        let mut want: Vec<u8> = (10..25).collect();
+        want.insert(0, 5);
+        assert_eq!(held(&node), want, "the new member in, 25 refused");
+        // A higher key joining changes nothing.
+        node.member_insert(info(200, "b"));
+        assert_eq!(held(&node), want);
+        node.check_invariants_full();
     }
 
     /// GRAFTs that come due together go as one message per announcer, cut at

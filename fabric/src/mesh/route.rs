@@ -52,8 +52,12 @@
 //! (jitter, coordinates, status counters) arrive too. Each node keeps the records of at
 //! most [`RECORDS_PER_REGION_MAX`] nodes per region: the region graph needs a sample of
 //! each region, not every node, and a thousand-node mesh would otherwise hold a million
-//! records per simulated run. Records come only from authenticated mesh peers; they are
-//! not signed by the node they describe (a trusted node could misreport another's links).
+//! records per simulated run. The sample is the same on every node: the
+//! [`RECORDS_PER_REGION_MAX`] live members of the region with the lowest keys (keys are
+//! random, so this is a random sample), so every node that takes a record passes it on to
+//! nodes that keep it too, and the records of the other nodes of a large region do not
+//! spread at all. Records come only from authenticated mesh peers; they are not signed by
+//! the node they describe (a trusted node could misreport another's links).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -86,7 +90,8 @@ pub const GRAPH_REFRESH_US: Micros = 100_000;
 pub const LINK_RECORDS_PER_MESSAGE_MAX: usize = 16;
 /// Most links a node reports per destination region (its nearest there).
 pub const LINKS_PER_REGION_MAX: usize = 3;
-/// Most nodes per region whose records a node keeps (module docs).
+/// Most nodes per region whose records a node keeps: those with the lowest keys among
+/// the region's live members (module docs, [`sampled`]).
 pub const RECORDS_PER_REGION_MAX: usize = 16;
 /// Longest node name in a record, bytes.
 pub const NODE_NAME_LEN_MAX: usize = 64;
@@ -110,11 +115,23 @@ pub const HOT_RECORDS_MAX: usize = 256;
 /// Gossip rounds a node pushes another node's record that is news to it (its own: log2 of
 /// the mesh's size, plus one). Each round goes to `link_fanout` (2) peers: six pushes per
 /// node that takes it leave about e^-6 (a quarter of a percent) of the nodes for the
-/// rotation to reach when every node keeps the record (in regions over
-/// [`RECORDS_PER_REGION_MAX`] only its holders pass it on); the full budget, 22 pushes each
-/// at 1000 nodes, kept every link-state message full for minutes while a large mesh formed
-/// (docs/sim.md 3.3).
+/// rotation to reach (every node keeps the same sample of records, [`sampled`]); the full
+/// budget, 22 pushes each at 1000 nodes, kept every link-state message full for minutes
+/// while a large mesh formed (docs/sim.md 3.3).
 pub const RELAY_ROUNDS: u32 = 3;
+/// Whether `key` is in its region's sample of records: among the
+/// [`RECORDS_PER_REGION_MAX`] lowest keys of `region_list` (the region's live members,
+/// sorted by key). Every node draws the same sample from the same membership, so a record
+/// is kept by every node that keeps any record of its region, and news reaches all of
+/// them; "the first records to arrive" made each node keep another sample, a record only
+/// a third of the nodes kept in a thousand-node mesh, and those records spread through
+/// everyone anyway.
+pub fn sampled(region_list: &[OriginKey], key: &OriginKey) -> bool {
+    region_list
+        .binary_search(key)
+        .is_ok_and(|at| at < RECORDS_PER_REGION_MAX)
+}
+
 /// Smallest RTT timeout, microseconds.
 pub const RTO_US_MIN: Micros = 10_000;
 /// RTT timeout for a link never measured, microseconds (the slowest measured pair is about
@@ -553,11 +570,6 @@ pub(crate) struct Router {
     records: BTreeMap<OriginKey, Arc<LinkRecord>>,
     /// When each record was taken.
     received: BTreeMap<OriginKey, Micros>,
-    /// Regions found holding [`RECORDS_PER_REGION_MAX`] records: a new node's record from
-    /// one of them is refused without counting again (most gossiped records are of nodes
-    /// not kept). Forgotten when a record is dropped or a member changes region
-    /// ([`Router::member_moved`]), the only ways a region's count can fall.
-    full_regions: BTreeSet<SmolStr>,
     hot: BTreeMap<OriginKey, u32>,
     /// Per other node, the last of its records taken as news: a newer one is news when it
     /// differs from this one materially, so drift that adds up counts (`material`).
@@ -614,7 +626,6 @@ impl Router {
             rtt: BTreeMap::new(),
             records: BTreeMap::new(),
             received: BTreeMap::new(),
-            full_regions: BTreeSet::new(),
             hot: BTreeMap::new(),
             news_base: BTreeMap::new(),
             cold_cursor: None,
@@ -746,9 +757,14 @@ impl Router {
         {
             self.near_epoch += 1;
         }
+        self.forget_record(peer);
+    }
+
+    /// Drops the record of `peer` (a member that left, or one no longer in its region's
+    /// sample, [`sampled`]).
+    pub(crate) fn forget_record(&mut self, peer: &OriginKey) {
         self.received.remove(peer);
         if self.records.remove(peer).is_some() {
-            self.full_regions.clear();
             self.changed_records.insert(*peer);
             self.hot.remove(peer);
             self.news_base.remove(peer);
@@ -761,12 +777,6 @@ impl Router {
     pub(crate) fn invalidate(&mut self) {
         self.graph = None;
         self.trees.clear();
-    }
-
-    /// A member's record now names another region than before (a rejoin elsewhere): its
-    /// old region may hold fewer records than counted.
-    pub(crate) fn member_moved(&mut self) {
-        self.full_regions.clear();
     }
 
     /// The membership (or the per-region member lists) changed: everything derived from
@@ -890,15 +900,11 @@ impl Router {
                 members.get(&OriginKey(*k)).map(|m| m.region.as_str())
             })
         } else {
-            // Keep a sample per region (module docs).
-            if self.full_regions.contains(&member.region) {
-                return Ok(false);
-            }
-            let held = regions.get(member.region.as_str()).map_or(0, |list| {
-                list.iter().filter(|k| self.records.contains_key(k)).count()
-            });
-            if held >= RECORDS_PER_REGION_MAX {
-                self.full_regions.insert(member.region.clone());
+            // Keep the region's sample (module docs).
+            let list = regions
+                .get(member.region.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            if !sampled(list, &key) {
                 return Ok(false);
             }
             true
@@ -1482,7 +1488,8 @@ mod tests {
         }
     }
 
-    /// The member map and per-region key lists (in the order given) of `all`.
+    /// The member map and per-region key lists (sorted by key, as `Node` keeps them) of
+    /// `all`.
     fn membership<'a>(
         all: impl IntoIterator<Item = &'a MemberInfo>,
     ) -> (
@@ -1497,6 +1504,9 @@ mod tests {
                 .entry(m.region.to_string())
                 .or_default()
                 .push(m.node_key());
+        }
+        for list in regions.values_mut() {
+            list.sort();
         }
         (members, regions)
     }
@@ -1588,15 +1598,15 @@ mod tests {
         });
     }
 
-    /// A region's record quota: full, a new node's record is refused (the second time
-    /// without counting); once a held record's node goes down, there is room again.
+    /// A region's records: every node keeps the same sample, the region's
+    /// RECORDS_PER_REGION_MAX lowest keys, whatever order the records arrive in; a record
+    /// outside it is refused, and when a sampled member leaves, the next key is taken.
     #[test]
-    fn a_full_region_takes_a_record_again_after_one_is_dropped() {
+    fn every_node_keeps_the_same_sample_of_a_regions_records() {
         let me = member(200, "a");
         let others: Vec<MemberInfo> = (1..=RECORDS_PER_REGION_MAX as u8 + 2)
             .map(|k| member(k, "b"))
             .collect();
-        let (members, regions) = membership(others.iter().chain([&me]));
         let record = |m: &MemberInfo, version: u64| LinkRecord {
             node: m.key,
             version,
@@ -1604,37 +1614,53 @@ mod tests {
             links: vec![],
             status: NodeStatus::default(),
         };
-        let mut router = Router::new(3);
-        let take = |router: &mut Router, m: &MemberInfo, version: u64| {
+        let take = |router: &mut Router,
+                    view: &(
+            BTreeMap<OriginKey, MemberInfo>,
+            BTreeMap<String, Vec<OriginKey>>,
+        ),
+                    m: &MemberInfo,
+                    version: u64| {
             router
                 .take_record(
                     Arc::new(record(m, version)),
-                    &members,
-                    &regions,
+                    &view.0,
+                    &view.1,
                     &me.node_key(),
                     0,
                 )
                 .unwrap()
         };
-        for m in &others[..RECORDS_PER_REGION_MAX] {
-            assert!(take(&mut router, m, 1));
-        }
+        let view = membership(others.iter().chain([&me]));
         let (late, later) = (
             &others[RECORDS_PER_REGION_MAX],
             &others[RECORDS_PER_REGION_MAX + 1],
         );
-        assert!(!take(&mut router, late, 1), "over the quota");
-        assert!(!take(&mut router, later, 1), "still over the quota");
-        assert!(
-            take(&mut router, &others[0], 2),
-            "a held node's new version"
-        );
+        // Arrival order does not matter: the last keys first, then the rest.
+        let mut in_order = Router::new(3);
+        let mut reversed = Router::new(3);
+        for m in &others {
+            take(&mut in_order, &view, m, 1);
+        }
+        for m in others.iter().rev() {
+            take(&mut reversed, &view, m, 1);
+        }
+        let sample: Vec<OriginKey> = others[..RECORDS_PER_REGION_MAX]
+            .iter()
+            .map(MemberInfo::node_key)
+            .collect();
+        for router in [&in_order, &reversed] {
+            assert_eq!(router.records.keys().copied().collect::<Vec<_>>(), sample);
+        }
+        let mut router = in_order;
+        assert!(!take(&mut router, &view, late, 2), "outside the sample");
+        assert!(take(&mut router, &view, &others[0], 2), "a new version");
+        // The lowest key leaves: the next one is in the sample now, the one after not.
         router.member_down(&others[0].node_key());
-        assert!(
-            take(&mut router, late, 1),
-            "room after a record was dropped"
-        );
-        assert!(!take(&mut router, later, 1), "full again");
+        let view = membership(others[1..].iter().chain([&me]));
+        assert!(take(&mut router, &view, late, 1), "moved into the sample");
+        assert!(!take(&mut router, &view, later, 1), "still outside");
+        assert_eq!(router.records.len(), RECORDS_PER_REGION_MAX);
     }
 
     /// Push gossip carries news only: a node's first record, a new generation or policy
