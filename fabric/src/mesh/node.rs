@@ -4480,6 +4480,46 @@ mod tests {
         node.member_insert(info(200, "b"));
         assert_eq!(held(&node), want);
         node.check_invariants_full();
+        // A member back in another region loses its record (its links were measured from
+        // the old one), though it is in the new region's sample.
+        node.member_insert(info(12, "c"));
+        want.retain(|k| *k != 12);
+        assert_eq!(held(&node), want, "12 moved to c");
+        node.check_invariants_full();
+    }
+
+    /// This node's own record stays when lower keys push it out of its own region's
+    /// sample: it is the record the node gossips.
+    #[test]
+    fn a_nodes_own_record_stays_when_its_region_sample_passes_it_by() {
+        use crate::mesh::route::RECORDS_PER_REGION_MAX;
+        let info = |key: u8| MemberInfo {
+            key: [key; 32],
+            region: "a".into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: format!("n{key}").into(),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let me = info(100);
+        let mut node = Node::new(
+            me.clone(),
+            MeshConfig::wan(20),
+            1,
+            crate::mesh::MemStore::new(16),
+            0,
+        );
+        node.gossip_links();
+        let own =
+            |node: &Node<crate::mesh::MemStore>| node.link_records().any(|(r, _)| r.node == me.key);
+        assert!(own(&node));
+        // Sixteen lower keys join this node's region: it is seventeenth.
+        for k in 1..=RECORDS_PER_REGION_MAX as u8 {
+            node.member_insert(info(k));
+            assert!(own(&node), "after key {k}");
+        }
+        node.check_invariants_full();
     }
 
     /// GRAFTs that come due together go as one message per announcer, cut at

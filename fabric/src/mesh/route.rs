@@ -123,9 +123,9 @@ pub const RELAY_ROUNDS: u32 = 3;
 /// [`RECORDS_PER_REGION_MAX`] lowest keys of `region_list` (the region's live members,
 /// sorted by key). Every node draws the same sample from the same membership, so a record
 /// is kept by every node that keeps any record of its region, and news reaches all of
-/// them; "the first records to arrive" made each node keep another sample, a record only
-/// a third of the nodes kept in a thousand-node mesh, and those records spread through
-/// everyone anyway.
+/// them; "the first records to arrive" made each node keep another sample, and a record
+/// was kept by a median of a fifth of the nodes in a thousand-node mesh (docs/sim.md 3.3).
+/// A node also keeps its own record, whether or not it is in its region's sample.
 pub fn sampled(region_list: &[OriginKey], key: &OriginKey) -> bool {
     region_list
         .binary_search(key)
