@@ -1178,6 +1178,8 @@ impl Driver {
             ("probes_answered", s.probes_answered),
             ("link_records_new", s.link_records_new),
             ("link_records_refused", s.link_records_refused),
+            ("link_handoffs_sent", s.link_handoffs_sent),
+            ("catch_up_announces", s.catch_up_announces),
             ("pushes_acked", s.pushes_acked),
             ("failovers", s.failovers),
             ("links_recovered", s.links_recovered),

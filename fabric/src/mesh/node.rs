@@ -64,6 +64,19 @@ pub const REPAIRED_LEN_MAX: usize = 4_096;
 /// Most members remembered as back from down (a healed partition, a restart) until the
 /// anti-entropy round with one of them.
 pub const RETURNED_LEN_MAX: usize = 64;
+/// Most joined members waiting for this node's share of the link-state records
+/// ([`Node::send_handoffs`]); beyond it a joiner gets the records by the rotation.
+pub const HANDOFFS_LEN_MAX: usize = 64;
+/// Members a joining node announces itself to per probe tick while it is still learning
+/// the membership ([`Node::catch_up_membership`]); each answers with a SWIM feed of
+/// random members.
+pub const CATCH_UP_ANNOUNCES: usize = 3;
+/// Most probe ticks a joining node spends catching up on the membership.
+pub const CATCH_UP_TICKS_MAX: u32 = 30;
+/// How long after a member joins (or comes back with a new generation) this node hands it
+/// its share of the link-state records: time for the joiner to learn the membership, since
+/// a node keeps records of known members only (`route::sampled`).
+pub const HANDOFF_DELAY_US: Micros = 5_000_000;
 /// How long after a member comes back the round with it starts: members of the other side
 /// of a healed partition come back within moments of each other, and one round serves them
 /// all.
@@ -332,6 +345,11 @@ pub struct Stats {
     pub link_records_new: u64,
     /// Link-state records refused (over a limit, malformed).
     pub link_records_refused: u64,
+    /// Link-state messages handed to members that joined ([`Node::send_handoffs`]).
+    pub link_handoffs_sent: u64,
+    /// SWIM announcements sent to catch up on the membership after joining
+    /// ([`Node::catch_up_membership`]).
+    pub catch_up_announces: u64,
     /// Cross-region pushes acknowledged.
     pub pushes_acked: u64,
     /// Cross-region pushes sent without waiting for an acknowledgement (pending table full).
@@ -541,6 +559,9 @@ pub struct Node<S: Store> {
     /// GRAFTs that came due in this `handle_timeout`, per announcer: sent together when it
     /// returns (empty between calls).
     pending_graft: BTreeMap<OriginKey, Vec<EventRef>>,
+    /// Members that joined and get a share of this node's link-state records, with when
+    /// ([`Node::send_handoffs`]); at most [`HANDOFFS_LEN_MAX`].
+    handoffs: BTreeMap<OriginKey, Micros>,
     timers: BTreeMap<(Micros, u64), Timer>,
     timer_seq: u64,
     transmits: VecDeque<Transmit>,
@@ -582,6 +603,9 @@ pub struct Node<S: Store> {
     /// Where the next [`Node::announce_to_down`] starts among the members held down, when
     /// there are more than it announces to at once.
     down_announce_from: usize,
+    /// While catching up on the membership after joining: probe ticks left, and how many
+    /// members the last tick knew ([`Node::catch_up_membership`]).
+    catch_up: Option<(u32, usize)>,
 }
 
 /// Most origins whose children a node remembers (one per origin it relays for).
@@ -675,6 +699,7 @@ impl<S: Store> Node<S> {
             missing: BTreeMap::new(),
             pending_ihave: BTreeMap::new(),
             pending_graft: BTreeMap::new(),
+            handoffs: BTreeMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
             transmits: VecDeque::new(),
@@ -688,6 +713,7 @@ impl<S: Store> Node<S> {
             check_calls: std::sync::atomic::AtomicU64::new(0),
             check_cursor: std::sync::Mutex::new((None, None)),
             down_announce_from: 0,
+            catch_up: None,
             children_cache: BTreeMap::new(),
             children_at: u64::MAX,
             plans: BTreeMap::new(),
@@ -838,6 +864,7 @@ impl<S: Store> Node<S> {
             }
             self.apply_swim(rt);
         }
+        self.catch_up = Some((CATCH_UP_TICKS_MAX, 0));
     }
 
     /// A round-trip time measured by the transport to `peer`.
@@ -1029,12 +1056,14 @@ impl<S: Store> Node<S> {
                     self.schedule(next, Timer::ViewRefresh);
                 }
                 Timer::Probe => {
+                    self.catch_up_membership();
                     self.send_probes();
                     let next = now + self.config.probe_interval_us.max(1);
                     self.schedule(next, Timer::Probe);
                 }
                 Timer::Links => {
                     self.gossip_links();
+                    self.send_handoffs();
                     let next = now + self.config.link_gossip_us.max(1);
                     self.schedule(next, Timer::Links);
                 }
@@ -1206,6 +1235,10 @@ impl<S: Store> Node<S> {
             "repaired set over limit or out of step with its order"
         );
         assert!(
+            self.handoffs.len() <= HANDOFFS_LEN_MAX,
+            "pending handoffs over limit"
+        );
+        assert!(
             self.returned.len() <= RETURNED_LEN_MAX,
             "returned members over limit"
         );
@@ -1299,6 +1332,8 @@ impl<S: Store> Node<S> {
                         let mut rt2 = SwimRuntime::default();
                         if self.foca.change_identity(next.clone(), &mut rt2).is_ok() {
                             self.me = next;
+                            // Cut off for a while: members joined and left meanwhile.
+                            self.catch_up = Some((CATCH_UP_TICKS_MAX, self.members.len()));
                         } else {
                             self.stats.swim_errors += 1;
                         }
@@ -1333,6 +1368,12 @@ impl<S: Store> Node<S> {
     fn member_up(&mut self, m: MemberInfo) {
         let key = m.node_key();
         let joined = !self.members.contains_key(&key);
+        // Back under a later generation before this node had it down: a restart, which
+        // lost the link-state records too.
+        let restarted = self
+            .members
+            .get(&key)
+            .is_some_and(|old| old.generation < m.generation);
         if let Some(peer) = self.peers.get_mut(&key) {
             // Back, or under a new identity: what it did not answer before is forgiven.
             peer.unanswered_since = None;
@@ -1343,6 +1384,12 @@ impl<S: Store> Node<S> {
         self.member_insert(m);
         if joined {
             self.announce_recent(key);
+        }
+        if (joined || restarted)
+            && self.handoff_turn(&key).is_some()
+            && self.handoffs.len() < HANDOFFS_LEN_MAX
+        {
+            self.handoffs.insert(key, self.now + HANDOFF_DELAY_US);
         }
     }
 
@@ -2381,6 +2428,111 @@ impl<S: Store> Node<S> {
                 self.send(k, Message::Links(batch.clone()));
             }
         }
+    }
+
+    /// After joining (or coming back under a new generation after being declared down), a
+    /// node announces itself to [`CATCH_UP_ANNOUNCES`] random members per probe tick for as
+    /// long as the last tick taught it new members, at most [`CATCH_UP_TICKS_MAX`] ticks.
+    /// Each answers with a SWIM feed of random live members (as many as fit a SWIM
+    /// message, about 60). SWIM gossip spreads changes, not the member list, and the seeds'
+    /// feeds and the periodic announcements (every 15 s) alone left a node restarted in a
+    /// 300-node mesh without a quarter of the members for a minute, and without some for
+    /// two (docs/sim.md 3.3): it could neither route to them nor keep their link records.
+    fn catch_up_membership(&mut self) {
+        let Some((left, known)) = self.catch_up else {
+            return;
+        };
+        let now_known = self.members.len();
+        if left == 0 || (now_known <= known && known > 0) {
+            self.catch_up = None;
+            return;
+        }
+        self.catch_up = Some((left - 1, now_known));
+        let count = self.live_count(false);
+        if count == 0 {
+            return;
+        }
+        let mut rt = SwimRuntime::default();
+        for _ in 0..CATCH_UP_ANNOUNCES.min(count) {
+            let pick = (self.rng.next_u64() % count as u64) as usize;
+            let Some(key) = self.live_nth(false, pick) else {
+                break;
+            };
+            let Some(member) = self.members.get(&key).cloned() else {
+                continue;
+            };
+            self.stats.catch_up_announces += 1;
+            if self.foca.announce(member, &mut rt).is_err() {
+                self.stats.swim_errors += 1;
+            }
+        }
+        self.apply_swim(rt);
+    }
+
+    /// Hands the members that joined [`HANDOFF_DELAY_US`] ago this node's share of the
+    /// link-state records, so a node that joins a large mesh (or restarts without its
+    /// memory) holds the region graph's records within seconds. The rotation alone brings
+    /// it about two records a second: two minutes and more for the 300 records of a
+    /// 300-node mesh (docs/sim.md 3.3). The records held, in key order, are cut in slices of
+    /// one message each ([`route::LINK_RECORDS_PER_MESSAGE_MAX`]); slice `t` comes from the
+    /// `t`-th member after the joiner in key order ([`Node::handoff_turn`]), so each record
+    /// is handed over about once, every node holding the same sample.
+    fn send_handoffs(&mut self) {
+        let due: Vec<OriginKey> = self
+            .handoffs
+            .iter()
+            .filter(|(_, at)| **at <= self.now)
+            .map(|(k, _)| *k)
+            .collect();
+        for joiner in due {
+            self.handoffs.remove(&joiner);
+            if !self.members.contains_key(&joiner) {
+                continue;
+            }
+            let Some(turn) = self.handoff_turn(&joiner) else {
+                continue;
+            };
+            let per = route::LINK_RECORDS_PER_MESSAGE_MAX;
+            let slice = self.router.records_slice(turn * per, per, &joiner);
+            if !slice.is_empty() {
+                self.stats.link_handoffs_sent += 1;
+                self.send(joiner, Message::Links(slice));
+            }
+        }
+    }
+
+    /// Which slice of the link-state records this node hands to `joiner`: its place among
+    /// the members after the joiner in key order (wrapping), if it is one of the first as
+    /// many as there are slices of the records it holds.
+    fn handoff_turn(&self, joiner: &OriginKey) -> Option<usize> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let me = self.me.node_key();
+        let slices = self
+            .router
+            .record_count()
+            .div_ceil(route::LINK_RECORDS_PER_MESSAGE_MAX);
+        if *joiner == me || slices == 0 {
+            return None;
+        }
+        let turn = if me > *joiner {
+            self.members
+                .range((Excluded(*joiner), Excluded(me)))
+                .take(slices)
+                .count()
+        } else {
+            let after = self
+                .members
+                .range((Excluded(*joiner), Unbounded))
+                .take(slices)
+                .count();
+            after
+                + self
+                    .members
+                    .range(..me)
+                    .take(slices - after.min(slices))
+                    .count()
+        };
+        (turn < slices).then_some(turn)
     }
 
     /// Whether members of region `name` are candidates for [`Node::live_nth`]: not in a
@@ -4486,6 +4638,144 @@ mod tests {
         want.retain(|k| *k != 12);
         assert_eq!(held(&node), want, "12 moved to c");
         node.check_invariants_full();
+    }
+
+    /// A node that joins announces itself to CATCH_UP_ANNOUNCES members a probe tick
+    /// (each answers with a feed of members) while the last tick taught it members, and
+    /// stops at the first tick that did not, or after CATCH_UP_TICKS_MAX.
+    #[test]
+    fn a_joining_node_catches_up_on_the_membership_while_it_learns() {
+        let info = |key: u8| MemberInfo {
+            key: [key; 32],
+            region: format!("r{}", key % 3).into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: format!("n{key}").into(),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let fresh = || {
+            Node::new(
+                info(200),
+                MeshConfig::wan(50),
+                1,
+                crate::mesh::MemStore::new(16),
+                0,
+            )
+        };
+        let swim_sent = |node: &mut Node<crate::mesh::MemStore>| {
+            let mut n = 0;
+            while let Some(t) = node.poll_transmit() {
+                n += usize::from(matches!(t.msg, Message::Swim(_)));
+            }
+            n
+        };
+        let mut node = fresh();
+        node.join(0, &[info(1)]);
+        assert_eq!(swim_sent(&mut node), 1, "the seed");
+        // The seed's feed taught it ten members: it asks three of them for more.
+        for k in 1..=10 {
+            node.member_insert(info(k));
+        }
+        node.catch_up_membership();
+        assert_eq!(swim_sent(&mut node), CATCH_UP_ANNOUNCES);
+        // Their feeds taught it more: again.
+        for k in 11..=20 {
+            node.member_insert(info(k));
+        }
+        node.catch_up_membership();
+        assert_eq!(swim_sent(&mut node), CATCH_UP_ANNOUNCES);
+        // A tick with nothing new ends it for good.
+        node.catch_up_membership();
+        assert_eq!(swim_sent(&mut node), 0);
+        node.member_insert(info(21));
+        node.catch_up_membership();
+        assert_eq!(swim_sent(&mut node), 0, "over");
+        assert_eq!(
+            node.stats().catch_up_announces,
+            2 * CATCH_UP_ANNOUNCES as u64
+        );
+        // A membership that keeps growing is asked for CATCH_UP_TICKS_MAX ticks at most.
+        let mut node = fresh();
+        node.join(0, &[info(1)]);
+        let mut ticks = 0;
+        for k in 1..=100u8 {
+            node.member_insert(info(k));
+            node.catch_up_membership();
+            ticks += usize::from(swim_sent(&mut node) > 0);
+        }
+        assert_eq!(ticks, CATCH_UP_TICKS_MAX as usize);
+    }
+
+    /// A member that joins gets the link-state records from the members after it in key
+    /// order, one slice of a message each, HANDOFF_DELAY_US after they see it join: every
+    /// record once, instead of two a second by the rotation.
+    #[test]
+    fn a_joining_member_is_handed_the_records_in_slices() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=21).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        // The 21st joins late: the others forget it, it starts afresh knowing the members.
+        let joiner = nodes.pop().unwrap().me().clone();
+        let key = joiner.node_key();
+        for n in &mut nodes {
+            n.members.remove(&key);
+            n.region_remove(&joiner.region, &key);
+            n.router.member_down(&key);
+            assert_eq!(n.router.record_count(), 20);
+        }
+        let mut fresh = Node::new(
+            joiner.clone(),
+            MeshConfig::wan(21),
+            1,
+            crate::mesh::MemStore::new(16),
+            0,
+        );
+        for n in &nodes {
+            fresh.member_insert(n.me().clone());
+        }
+        // Everyone sees it join; nothing is handed over before the delay.
+        for n in &mut nodes {
+            n.member_up(joiner.clone());
+            n.send_handoffs();
+            assert!(
+                n.poll_transmit()
+                    .is_none_or(|t| t.to != key || !matches!(t.msg, Message::Links(_)))
+            );
+        }
+        let mut senders = 0;
+        let mut records = 0;
+        for n in &mut nodes {
+            n.now = HANDOFF_DELAY_US;
+            n.send_handoffs();
+            let mut sent = false;
+            while let Some(t) = n.poll_transmit() {
+                if let (true, Message::Links(batch)) = (t.to == key, t.msg) {
+                    assert!(batch.len() <= LINK_RECORDS_PER_MESSAGE_MAX);
+                    records += batch.len();
+                    sent = true;
+                    fresh.on_links(batch);
+                }
+            }
+            senders += usize::from(sent);
+            assert!(n.handoffs.is_empty());
+            assert_eq!(n.stats().link_handoffs_sent, u64::from(sent));
+        }
+        // 20 records held by each: two slices, from the two members after the joiner.
+        assert_eq!(senders, 2, "one member per slice");
+        assert_eq!(records, 20, "each record once");
+        assert_eq!(fresh.link_records().count(), 20);
+        fresh.check_invariants_full();
+        // A restart (the same key under a later generation, seen before it was taken
+        // down) lost the records too: handed over again.
+        let mut again = joiner.clone();
+        again.generation = 1;
+        let first = nodes
+            .iter_mut()
+            .find(|n| n.handoff_turn(&key) == Some(0))
+            .unwrap();
+        first.member_up(again);
+        assert!(first.handoffs.contains_key(&key));
     }
 
     /// This node's own record stays when lower keys push it out of its own region's

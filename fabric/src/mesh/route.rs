@@ -760,6 +760,28 @@ impl Router {
         self.forget_record(peer);
     }
 
+    /// How many records this node holds (its own included).
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Up to `len` of the records held, in key order from position `skip`, leaving out
+    /// `except`'s (for a handoff to `except`, `Node::send_handoffs`).
+    pub(crate) fn records_slice(
+        &self,
+        skip: usize,
+        len: usize,
+        except: &OriginKey,
+    ) -> Vec<Arc<LinkRecord>> {
+        self.records
+            .iter()
+            .skip(skip)
+            .take(len)
+            .filter(|(k, _)| *k != except)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
     /// Drops the record of `peer` (a member that left, or one no longer in its region's
     /// sample, [`sampled`]).
     pub(crate) fn forget_record(&mut self, peer: &OriginKey) {
