@@ -864,7 +864,8 @@ impl<S: Store> Node<S> {
             }
             self.apply_swim(rt);
         }
-        self.catch_up = Some((CATCH_UP_TICKS_MAX, 0));
+        // The driver joins again through each seed it reaches: one catch-up.
+        self.catch_up.get_or_insert((CATCH_UP_TICKS_MAX, 0));
     }
 
     /// A round-trip time measured by the transport to `peer`.
@@ -1319,10 +1320,13 @@ impl<S: Store> Node<S> {
                         self.push_app(AppEvent::MemberDown(m));
                     }
                 }
-                OwnedNotification::Rename(_, new) => {
+                // A member up under a new identity (a restart foca saw while it held the
+                // member up). A member held down and renamed shows up with the MemberUp that
+                // follows, if it is up; foca also renames a down member to another down
+                // identity, with no MemberUp or MemberDown after it, and that member must
+                // stay out of the live members.
+                OwnedNotification::Rename(_, new) if self.members.contains_key(&new.node_key()) => {
                     changed = true;
-                    // Also how a member back under a new identity after we had it down
-                    // first shows (foca renames it before it reports it up).
                     self.member_up(new);
                 }
                 OwnedNotification::Defunct => {
@@ -1333,7 +1337,7 @@ impl<S: Store> Node<S> {
                         if self.foca.change_identity(next.clone(), &mut rt2).is_ok() {
                             self.me = next;
                             // Cut off for a while: members joined and left meanwhile.
-                            self.catch_up = Some((CATCH_UP_TICKS_MAX, self.members.len()));
+                            self.catch_up = Some((CATCH_UP_TICKS_MAX, 0));
                         } else {
                             self.stats.swim_errors += 1;
                         }
@@ -1368,8 +1372,9 @@ impl<S: Store> Node<S> {
     fn member_up(&mut self, m: MemberInfo) {
         let key = m.node_key();
         let joined = !self.members.contains_key(&key);
-        // Back under a later generation before this node had it down: a restart, which
-        // lost the link-state records too.
+        // Back under a later generation before this node had it down (a restart, or a
+        // node the mesh declared down while it was cut off): it dropped the link-state
+        // records of the nodes it lost, or all of them.
         let restarted = self
             .members
             .get(&key)
@@ -2493,12 +2498,25 @@ impl<S: Store> Node<S> {
                 continue;
             };
             let per = route::LINK_RECORDS_PER_MESSAGE_MAX;
-            let slice = self.router.records_slice(turn * per, per, &joiner);
+            let slice = self
+                .router
+                .records_slice(turn * per, per, &joiner, self.own_unsampled());
             if !slice.is_empty() {
                 self.stats.link_handoffs_sent += 1;
                 self.send(joiner, Message::Links(slice));
             }
         }
+    }
+
+    /// This node's key when its own record is outside its region's sample: the records
+    /// every node holds alike (the slices of a handoff) leave it out.
+    fn own_unsampled(&self) -> Option<OriginKey> {
+        let me = self.me.node_key();
+        let sampled = self
+            .regions
+            .get(self.me.region.as_str())
+            .is_some_and(|list| route::sampled(list, &me));
+        (!sampled && self.router.holds_record(&me)).then_some(me)
     }
 
     /// Which slice of the link-state records this node hands to `joiner`: its place among
@@ -2507,10 +2525,8 @@ impl<S: Store> Node<S> {
     fn handoff_turn(&self, joiner: &OriginKey) -> Option<usize> {
         use std::ops::Bound::{Excluded, Unbounded};
         let me = self.me.node_key();
-        let slices = self
-            .router
-            .record_count()
-            .div_ceil(route::LINK_RECORDS_PER_MESSAGE_MAX);
+        let shared = self.router.record_count() - usize::from(self.own_unsampled().is_some());
+        let slices = shared.div_ceil(route::LINK_RECORDS_PER_MESSAGE_MAX);
         if *joiner == me || slices == 0 {
             return None;
         }
@@ -4026,6 +4042,44 @@ mod tests {
         assert_ne!(first, second);
     }
 
+    /// foca renames a member held down to another down identity with no MemberUp or
+    /// MemberDown after it: the member stays out of the live members. A member held up and
+    /// renamed (a restart seen while it was up) stays in, under the new generation.
+    #[test]
+    fn a_down_member_renamed_to_another_down_identity_stays_out() {
+        let (mut nodes, infos) = six_in_two_regions();
+        let node = &mut nodes[0];
+        let gone = infos[2].clone();
+        let mut rt = SwimRuntime::default();
+        rt.notes.push(OwnedNotification::MemberDown(gone.clone()));
+        node.apply_swim(rt);
+        assert!(!node.members.contains_key(&gone.node_key()));
+        let mut renamed = gone.clone();
+        renamed.generation += 1;
+        let mut rt = SwimRuntime::default();
+        rt.notes
+            .push(OwnedNotification::Rename(gone, renamed.clone()));
+        node.apply_swim(rt);
+        assert!(
+            !node.members.contains_key(&renamed.node_key()),
+            "still down"
+        );
+        let up = infos[3].clone();
+        let mut restarted = up.clone();
+        restarted.generation += 1;
+        let mut rt = SwimRuntime::default();
+        rt.notes
+            .push(OwnedNotification::Rename(up, restarted.clone()));
+        node.apply_swim(rt);
+        assert_eq!(
+            node.members
+                .get(&restarted.node_key())
+                .map(|m| m.generation),
+            Some(restarted.generation)
+        );
+        node.check_invariants_full();
+    }
+
     #[test]
     fn a_member_back_from_down_makes_the_node_announce_itself_to_those_still_down() {
         let (mut nodes, infos) = six_in_two_regions();
@@ -4715,8 +4769,11 @@ mod tests {
         let rtts = vec![40_000u64; 36];
         let seeds: Vec<u8> = (1..=21).collect();
         let mut nodes = mesh(&seeds, 2, 2, &rtts);
-        // The 21st joins late: the others forget it, it starts afresh knowing the members.
-        let joiner = nodes.pop().unwrap().me().clone();
+        // The node with the highest key joins late (its slices come from the lowest keys,
+        // the count wrapping around): the others forget it, it starts afresh knowing the
+        // members.
+        let last = (0..nodes.len()).max_by_key(|i| nodes[*i].me().key).unwrap();
+        let joiner = nodes.swap_remove(last).me().clone();
         let key = joiner.node_key();
         for n in &mut nodes {
             n.members.remove(&key);
@@ -4738,10 +4795,9 @@ mod tests {
         for n in &mut nodes {
             n.member_up(joiner.clone());
             n.send_handoffs();
-            assert!(
-                n.poll_transmit()
-                    .is_none_or(|t| t.to != key || !matches!(t.msg, Message::Links(_)))
-            );
+            while let Some(t) = n.poll_transmit() {
+                assert!(t.to != key || !matches!(t.msg, Message::Links(_)));
+            }
         }
         let mut senders = 0;
         let mut records = 0;
@@ -4761,7 +4817,14 @@ mod tests {
             assert!(n.handoffs.is_empty());
             assert_eq!(n.stats().link_handoffs_sent, u64::from(sent));
         }
-        // 20 records held by each: two slices, from the two members after the joiner.
+        // 20 records held by each: two slices, from the two members after the joiner (the
+        // two lowest keys).
+        let mut keys: Vec<[u8; 32]> = nodes.iter().map(|n| n.me().key).collect();
+        keys.sort_unstable();
+        for (i, n) in nodes.iter().enumerate() {
+            let sent = n.stats().link_handoffs_sent > 0;
+            assert_eq!(sent, keys[..2].contains(&n.me().key), "node {i}");
+        }
         assert_eq!(senders, 2, "one member per slice");
         assert_eq!(records, 20, "each record once");
         assert_eq!(fresh.link_records().count(), 20);

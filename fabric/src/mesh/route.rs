@@ -765,16 +765,25 @@ impl Router {
         self.records.len()
     }
 
-    /// Up to `len` of the records held, in key order from position `skip`, leaving out
-    /// `except`'s (for a handoff to `except`, `Node::send_handoffs`).
+    /// Whether this node holds `key`'s record.
+    pub(crate) fn holds_record(&self, key: &OriginKey) -> bool {
+        self.records.contains_key(key)
+    }
+
+    /// Up to `len` of the records held, in key order from position `skip` among them
+    /// without `unshared`'s (this node's own record when it is outside its region's sample,
+    /// which the other nodes do not hold), leaving out `except`'s (for a handoff to
+    /// `except`, `Node::send_handoffs`).
     pub(crate) fn records_slice(
         &self,
         skip: usize,
         len: usize,
         except: &OriginKey,
+        unshared: Option<OriginKey>,
     ) -> Vec<Arc<LinkRecord>> {
         self.records
             .iter()
+            .filter(|(k, _)| Some(**k) != unshared)
             .skip(skip)
             .take(len)
             .filter(|(k, _)| *k != except)
