@@ -3332,6 +3332,19 @@ mod tests {
 
     use proptest::prelude::*;
 
+    /// A member with key `[key; 32]` in `region`.
+    fn member_of(key: u8, region: &str) -> MemberInfo {
+        MemberInfo {
+            key: [key; 32],
+            region: region.into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: format!("n{key}").into(),
+            policy_epoch: 0,
+            generation: 0,
+        }
+    }
+
     /// Nodes with keys from `seeds`, spread over `regions`, each knowing all the others,
     /// with RTTs between regions from `rtts` (a 6 x 6 matrix, symmetrized) measured by
     /// every node and shared as link-state records.
@@ -4054,23 +4067,21 @@ mod tests {
         rt.notes.push(OwnedNotification::MemberDown(gone.clone()));
         node.apply_swim(rt);
         assert!(!node.members.contains_key(&gone.node_key()));
-        let mut renamed = gone.clone();
-        renamed.generation += 1;
-        let mut rt = SwimRuntime::default();
-        rt.notes
-            .push(OwnedNotification::Rename(gone, renamed.clone()));
-        node.apply_swim(rt);
+        // foca renames `old` to the same key under the next generation.
+        let rename = |node: &mut Node<crate::mesh::MemStore>, old: MemberInfo| {
+            let mut new = old.clone();
+            new.generation += 1;
+            let mut rt = SwimRuntime::default();
+            rt.notes.push(OwnedNotification::Rename(old, new.clone()));
+            node.apply_swim(rt);
+            new
+        };
+        let renamed = rename(node, gone);
         assert!(
             !node.members.contains_key(&renamed.node_key()),
             "still down"
         );
-        let up = infos[3].clone();
-        let mut restarted = up.clone();
-        restarted.generation += 1;
-        let mut rt = SwimRuntime::default();
-        rt.notes
-            .push(OwnedNotification::Rename(up, restarted.clone()));
-        node.apply_swim(rt);
+        let restarted = rename(node, infos[3].clone());
         assert_eq!(
             node.members
                 .get(&restarted.node_key())
@@ -4635,15 +4646,7 @@ mod tests {
     #[test]
     fn a_lower_key_joining_a_region_pushes_the_highest_sampled_record_out() {
         use crate::mesh::route::RECORDS_PER_REGION_MAX;
-        let info = |key: u8, region: &str| MemberInfo {
-            key: [key; 32],
-            region: region.into(),
-            cloud: "c".into(),
-            jurisdiction: "EU".into(),
-            addr: format!("n{key}").into(),
-            policy_epoch: 0,
-            generation: 0,
-        };
+        let info = member_of;
         let me = info(250, "a");
         let mut node = Node::new(
             me.clone(),
@@ -4699,15 +4702,7 @@ mod tests {
     /// stops at the first tick that did not, or after CATCH_UP_TICKS_MAX.
     #[test]
     fn a_joining_node_catches_up_on_the_membership_while_it_learns() {
-        let info = |key: u8| MemberInfo {
-            key: [key; 32],
-            region: format!("r{}", key % 3).into(),
-            cloud: "c".into(),
-            jurisdiction: "EU".into(),
-            addr: format!("n{key}").into(),
-            policy_epoch: 0,
-            generation: 0,
-        };
+        let info = |key: u8| member_of(key, &format!("r{}", key % 3));
         let fresh = || {
             Node::new(
                 info(200),
@@ -4846,15 +4841,7 @@ mod tests {
     #[test]
     fn a_nodes_own_record_stays_when_its_region_sample_passes_it_by() {
         use crate::mesh::route::RECORDS_PER_REGION_MAX;
-        let info = |key: u8| MemberInfo {
-            key: [key; 32],
-            region: "a".into(),
-            cloud: "c".into(),
-            jurisdiction: "EU".into(),
-            addr: format!("n{key}").into(),
-            policy_epoch: 0,
-            generation: 0,
-        };
+        let info = |key: u8| member_of(key, "a");
         let me = info(100);
         let mut node = Node::new(
             me.clone(),
