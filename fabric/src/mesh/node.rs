@@ -2498,9 +2498,13 @@ impl<S: Store> Node<S> {
                 continue;
             };
             let per = route::LINK_RECORDS_PER_MESSAGE_MAX;
-            let slice = self
-                .router
-                .records_slice(turn * per, per, &joiner, self.own_unsampled());
+            let slice: Vec<Arc<LinkRecord>> = self
+                .shared_records()
+                .skip(turn * per)
+                .take(per)
+                .filter(|(k, _)| **k != joiner)
+                .map(|(_, r)| r.clone())
+                .collect();
             if !slice.is_empty() {
                 self.stats.link_handoffs_sent += 1;
                 self.send(joiner, Message::Links(slice));
@@ -2508,15 +2512,17 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// This node's key when its own record is outside its region's sample: the records
-    /// every node holds alike (the slices of a handoff) leave it out.
-    fn own_unsampled(&self) -> Option<OriginKey> {
+    /// The link records every node holds alike, in key order: all this node holds, less
+    /// its own when it is outside its region's sample (the others do not keep it).
+    fn shared_records(&self) -> impl Iterator<Item = (&OriginKey, &Arc<LinkRecord>)> {
         let me = self.me.node_key();
-        let sampled = self
+        let own_shared = self
             .regions
             .get(self.me.region.as_str())
             .is_some_and(|list| route::sampled(list, &me));
-        (!sampled && self.router.holds_record(&me)).then_some(me)
+        self.router
+            .record_arcs()
+            .filter(move |(k, _)| **k != me || own_shared)
     }
 
     /// Which slice of the link-state records this node hands to `joiner`: its place among
@@ -2525,8 +2531,10 @@ impl<S: Store> Node<S> {
     fn handoff_turn(&self, joiner: &OriginKey) -> Option<usize> {
         use std::ops::Bound::{Excluded, Unbounded};
         let me = self.me.node_key();
-        let shared = self.router.record_count() - usize::from(self.own_unsampled().is_some());
-        let slices = shared.div_ceil(route::LINK_RECORDS_PER_MESSAGE_MAX);
+        let slices = self
+            .shared_records()
+            .count()
+            .div_ceil(route::LINK_RECORDS_PER_MESSAGE_MAX);
         if *joiner == me || slices == 0 {
             return None;
         }
@@ -4774,7 +4782,7 @@ mod tests {
             n.members.remove(&key);
             n.region_remove(&joiner.region, &key);
             n.router.member_down(&key);
-            assert_eq!(n.router.record_count(), 20);
+            assert_eq!(n.link_records().count(), 20);
         }
         let mut fresh = Node::new(
             joiner.clone(),

@@ -760,35 +760,10 @@ impl Router {
         self.forget_record(peer);
     }
 
-    /// How many records this node holds (its own included).
-    pub(crate) fn record_count(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Whether this node holds `key`'s record.
-    pub(crate) fn holds_record(&self, key: &OriginKey) -> bool {
-        self.records.contains_key(key)
-    }
-
-    /// Up to `len` of the records held, in key order from position `skip` among them
-    /// without `unshared`'s (this node's own record when it is outside its region's sample,
-    /// which the other nodes do not hold), leaving out `except`'s (for a handoff to
-    /// `except`, `Node::send_handoffs`).
-    pub(crate) fn records_slice(
-        &self,
-        skip: usize,
-        len: usize,
-        except: &OriginKey,
-        unshared: Option<OriginKey>,
-    ) -> Vec<Arc<LinkRecord>> {
-        self.records
-            .iter()
-            .filter(|(k, _)| Some(**k) != unshared)
-            .skip(skip)
-            .take(len)
-            .filter(|(k, _)| *k != except)
-            .map(|(_, r)| r.clone())
-            .collect()
+    /// The records held, shared (as the simulator passes them and gossip sends them), in
+    /// key order.
+    pub(crate) fn record_arcs(&self) -> impl Iterator<Item = (&OriginKey, &Arc<LinkRecord>)> {
+        self.records.iter()
     }
 
     /// Drops the record of `peer` (a member that left, or one no longer in its region's
