@@ -49,3 +49,19 @@ impl foca::Identity for MemberInfo {
         self.generation > adversary.generation
     }
 }
+
+#[cfg(test)]
+impl MemberInfo {
+    /// A member record for tests: key `[key; 32]` in `region`.
+    pub(crate) fn for_test(key: u8, region: &str) -> Self {
+        MemberInfo {
+            key: [key; 32],
+            region: region.into(),
+            cloud: "c".into(),
+            jurisdiction: "EU".into(),
+            addr: format!("n{key}").into(),
+            policy_epoch: 0,
+            generation: 0,
+        }
+    }
+}

@@ -3342,15 +3342,7 @@ mod tests {
 
     /// A member with key `[key; 32]` in `region`.
     fn member_of(key: u8, region: &str) -> MemberInfo {
-        MemberInfo {
-            key: [key; 32],
-            region: region.into(),
-            cloud: "c".into(),
-            jurisdiction: "EU".into(),
-            addr: format!("n{key}").into(),
-            policy_epoch: 0,
-            generation: 0,
-        }
+        MemberInfo::for_test(key, region)
     }
 
     /// Nodes with keys from `seeds`, spread over `regions`, each knowing all the others,

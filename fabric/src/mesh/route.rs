@@ -1483,15 +1483,7 @@ mod tests {
 
     /// A member record with a key of `key` bytes in `region`.
     fn member(key: u8, region: &str) -> MemberInfo {
-        MemberInfo {
-            key: [key; 32],
-            region: region.into(),
-            cloud: "aws".into(),
-            jurisdiction: "US".into(),
-            addr: format!("n{key}").into(),
-            policy_epoch: 0,
-            generation: 0,
-        }
+        MemberInfo::for_test(key, region)
     }
 
     /// The member map and per-region key lists (sorted by key, as `Node` keeps them) of
