@@ -211,6 +211,8 @@ fn kind(msg: &Message) -> &'static str {
         Message::ProbeAck { .. } => "probe_ack",
         Message::Links(_) => "links",
         Message::Skip(_) => "skip",
+        Message::LinkDigest(_) => "link_digest",
+        Message::LinkPull(_) => "link_pull",
         Message::IHave(_) => "ihave",
         Message::Graft(_) => "graft",
         Message::SyncRequest { .. } => "sync_request",

@@ -33,7 +33,7 @@ pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 pub const STEPS_MAX: u64 = 2_000_000_000;
 
 /// Message kinds as reported, in the order of `Engine::sent_by_kind`.
-const MESSAGE_KINDS: [&str; 11] = [
+const MESSAGE_KINDS: [&str; 13] = [
     "swim",
     "push",
     "ihave",
@@ -45,6 +45,8 @@ const MESSAGE_KINDS: [&str; 11] = [
     "probe_ack",
     "links",
     "skip",
+    "link_digest",
+    "link_pull",
 ];
 
 /// Most residency violations described in the report (all are counted).
@@ -1370,6 +1372,8 @@ impl Engine {
             Message::ProbeAck { .. } => 8,
             Message::Links(_) => 9,
             Message::Skip(_) => 10,
+            Message::LinkDigest(_) => 11,
+            Message::LinkPull(_) => 12,
         };
         self.sent_by_kind[kind] += 1;
         if self.residency.is_some() {

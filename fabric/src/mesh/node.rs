@@ -347,6 +347,13 @@ pub struct Stats {
     pub link_records_refused: u64,
     /// Link-state messages handed to members that joined ([`Node::send_handoffs`]).
     pub link_handoffs_sent: u64,
+    /// Link-state pulls sent (records a peer's digest named that this node would take).
+    pub link_pulls_sent: u64,
+    /// Link records sent in answer to peers' pulls.
+    pub link_records_pulled: u64,
+    /// Entries of link-state digests and pulls beyond [`LINK_RECORDS_PER_MESSAGE_MAX`] per
+    /// message, not read.
+    pub link_entries_over_limit: u64,
     /// SWIM announcements sent to catch up on the membership after joining
     /// ([`Node::catch_up_membership`]).
     pub catch_up_announces: u64,
@@ -985,6 +992,8 @@ impl<S: Store> Node<S> {
             }
             Message::ProbeAck { nonce, coord } => self.on_probe_ack(from, nonce, coord),
             Message::Links(records) => self.on_links(records),
+            Message::LinkDigest(entries) => self.on_link_digest(from, entries),
+            Message::LinkPull(keys) => self.on_link_pull(from, keys),
             Message::Skip(list) => self.on_skip(list),
             Message::IHave(refs) => self.on_ihave(from, refs),
             Message::Graft(refs) => self.on_graft(from, refs),
@@ -2427,10 +2436,12 @@ impl<S: Store> Node<S> {
         if batch.is_empty() {
             return;
         }
+        // The round's records go as a digest; each peer pulls those it would take.
+        let digest = route::Router::digest_of(&batch);
         for _ in 0..self.config.link_fanout.min(candidates) {
             let pick = (self.rng.next_u64() % candidates as u64) as usize;
             if let Some(k) = self.live_nth(false, pick) {
-                self.send(k, Message::Links(batch.clone()));
+                self.send(k, Message::LinkDigest(digest.clone()));
             }
         }
     }
@@ -2609,6 +2620,36 @@ impl<S: Store> Node<S> {
                 Ok(false) => {}
                 Err(_) => self.stats.link_records_refused += 1,
             }
+        }
+    }
+
+    /// A peer's link-state digest: pulls the records this node would take, at most
+    /// [`LINK_RECORDS_PER_MESSAGE_MAX`] entries read (the rest counted in
+    /// [`Stats::link_entries_over_limit`]).
+    fn on_link_digest(&mut self, from: OriginKey, entries: Vec<(OriginKey, u64)>) {
+        let over = entries.len().saturating_sub(LINK_RECORDS_PER_MESSAGE_MAX);
+        self.stats.link_entries_over_limit += over as u64;
+        let read = &entries[..entries.len() - over];
+        let me = self.me.node_key();
+        let pulls = self
+            .router
+            .pulls_for(read, &self.members, &self.regions, &me, self.now);
+        if !pulls.is_empty() {
+            self.stats.link_pulls_sent += 1;
+            self.send(from, Message::LinkPull(pulls));
+        }
+    }
+
+    /// A peer's pull: the records asked for that this node holds, in one message (at most
+    /// [`LINK_RECORDS_PER_MESSAGE_MAX`] keys read, the rest counted in
+    /// [`Stats::link_entries_over_limit`]).
+    fn on_link_pull(&mut self, from: OriginKey, keys: Vec<OriginKey>) {
+        let over = keys.len().saturating_sub(LINK_RECORDS_PER_MESSAGE_MAX);
+        self.stats.link_entries_over_limit += over as u64;
+        let records = self.router.records_of(&keys[..keys.len() - over]);
+        if !records.is_empty() {
+            self.stats.link_records_pulled += records.len() as u64;
+            self.send(from, Message::Links(records));
         }
     }
 
@@ -4754,6 +4795,98 @@ mod tests {
             ticks += usize::from(swim_sent(&mut node) > 0);
         }
         assert_eq!(ticks, CATCH_UP_TICKS_MAX as usize);
+    }
+
+    /// Link-state gossip sends digests (node and version per record), not records; a peer
+    /// pulls only the records it would take, once for several digests naming the same
+    /// version (again after LINK_PULL_RETRY_US), and the pull is answered with them.
+    #[test]
+    fn link_gossip_sends_digests_and_peers_pull_only_what_they_would_take() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = (1..=6).collect();
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        let mut b = nodes.pop().unwrap();
+        let mut a = nodes.pop().unwrap();
+        for n in [&mut a, &mut b] {
+            while n.poll_transmit().is_some() {}
+            assert_eq!(n.link_records().count(), 6);
+        }
+        let (ka, kb) = (a.me().node_key(), b.me().node_key());
+        let held = |n: &Node<crate::mesh::MemStore>, k: &OriginKey| {
+            n.link_records()
+                .find(|(r, _)| r.node == k.0)
+                .map(|(r, _)| r.version)
+                .unwrap()
+        };
+        // A new record of a's own: its next round names it, to peers, as a digest.
+        a.now = 1_000_000;
+        a.router.own_forced = true;
+        a.gossip_links();
+        let version = held(&a, &ka);
+        assert!(version > held(&b, &ka));
+        let mut digests = 0;
+        while let Some(t) = a.poll_transmit() {
+            match t.msg {
+                Message::LinkDigest(entries) => {
+                    digests += 1;
+                    assert!(entries.contains(&(ka, version)));
+                    assert!(entries.len() <= LINK_RECORDS_PER_MESSAGE_MAX);
+                }
+                other => panic!("link gossip sent {other:?}"),
+            }
+        }
+        assert_eq!(digests, a.config.link_fanout);
+        // b would take that version, and nothing else the digest might name that it holds.
+        let stale = held(&b, &kb);
+        b.now = 1_000_000;
+        b.on_link_digest(ka, vec![(ka, version), (kb, stale)]);
+        let pulled = match b.poll_transmit().map(|t| (t.to, t.msg)) {
+            Some((to, Message::LinkPull(keys))) if to == ka => keys,
+            other => panic!("expected a pull to a, got {other:?}"),
+        };
+        assert_eq!(pulled, vec![ka]);
+        assert!(b.poll_transmit().is_none());
+        // A second digest naming the same version (another peer's) does not pull it again.
+        b.on_link_digest(kb, vec![(ka, version)]);
+        assert!(b.poll_transmit().is_none());
+        // Nor do records of non-members or versions no newer than held.
+        b.on_link_digest(ka, vec![(OriginKey([7; 32]), 1), (ka, held(&b, &ka))]);
+        assert!(b.poll_transmit().is_none());
+        // a answers the pull with the records it holds of the keys asked.
+        a.on_link_pull(kb, vec![ka, OriginKey([7; 32])]);
+        let records = match a.poll_transmit().map(|t| (t.to, t.msg)) {
+            Some((to, Message::Links(records))) if to == kb => records,
+            other => panic!("expected records for b, got {other:?}"),
+        };
+        assert_eq!(records.len(), 1);
+        assert_eq!(a.stats().link_records_pulled, 1);
+        b.on_links(records);
+        assert_eq!(held(&b, &ka), version);
+        // Taken: a digest naming it pulls nothing.
+        b.on_link_digest(ka, vec![(ka, version)]);
+        assert!(b.poll_transmit().is_none());
+        // A pull that went unanswered is asked again after LINK_PULL_RETRY_US.
+        b.on_link_digest(ka, vec![(ka, version + 1)]);
+        assert!(matches!(
+            b.poll_transmit().map(|t| t.msg),
+            Some(Message::LinkPull(_))
+        ));
+        b.now += route::LINK_PULL_RETRY_US - 1;
+        b.on_link_digest(ka, vec![(ka, version + 1)]);
+        assert!(b.poll_transmit().is_none());
+        b.now += 1;
+        b.on_link_digest(ka, vec![(ka, version + 1)]);
+        assert!(matches!(
+            b.poll_transmit().map(|t| t.msg),
+            Some(Message::LinkPull(_))
+        ));
+        assert_eq!(b.stats().link_pulls_sent, 3);
+        // Entries over the per-message bound are not read, and counted.
+        let long: Vec<(OriginKey, u64)> = (0..20u8).map(|i| (OriginKey([i; 32]), 1)).collect();
+        b.on_link_digest(ka, long);
+        b.on_link_pull(ka, (0..18u8).map(|i| OriginKey([i; 32])).collect());
+        assert_eq!(b.stats().link_entries_over_limit, 4 + 2);
+        b.check_invariants_full();
     }
 
     /// A member that joins gets the link-state records from the members after it in key

@@ -119,6 +119,12 @@ pub const HOT_RECORDS_MAX: usize = 256;
 /// budget, 22 pushes each at 1000 nodes, kept every link-state message full for minutes
 /// while a large mesh formed (docs/sim.md 3.3).
 pub const RELAY_ROUNDS: u32 = 3;
+/// Most link records a node has asked for by [`super::Message::LinkPull`] and not yet
+/// taken: several peers' digests naming the same version fetch it once.
+pub const LINK_PULLS_MAX: usize = 1_024;
+/// How long a link-record pull waits for its answer (a datagram, which may be lost) before
+/// another digest naming the record may ask again.
+pub const LINK_PULL_RETRY_US: Micros = 2_000_000;
 /// Whether `key` is in its region's sample of records: among the
 /// [`RECORDS_PER_REGION_MAX`] lowest keys of `region_list` (the region's live members,
 /// sorted by key). Every node draws the same sample from the same membership, so a record
@@ -575,6 +581,8 @@ pub(crate) struct Router {
     /// differs from this one materially, so drift that adds up counts (`material`).
     news_base: BTreeMap<OriginKey, Arc<LinkRecord>>,
     cold_cursor: Option<OriginKey>,
+    /// Records asked for by a pull and not yet taken: node -> (version named, asked at).
+    pulls: BTreeMap<OriginKey, (u64, Micros)>,
     own_counter: u32,
     pub(crate) own_dirty: bool,
     pub(crate) own_forced: bool,
@@ -629,6 +637,7 @@ impl Router {
             hot: BTreeMap::new(),
             news_base: BTreeMap::new(),
             cold_cursor: None,
+            pulls: BTreeMap::new(),
             own_counter: 0,
             own_dirty: true,
             own_forced: false,
@@ -881,42 +890,110 @@ impl Router {
             return Ok(false);
         }
         record.validate()?;
+        if !self.would_take(&key, record.version, members, regions, me) {
+            return Ok(false);
+        }
         if key == *me {
-            // Our own record comes back through gossip; only the one we made counts.
-            if self
-                .records
-                .get(&key)
-                .is_some_and(|r| r.version >= record.version)
-            {
-                return Ok(false);
-            }
             self.store(record, now, News::Own);
             return Ok(true);
         }
-        let Some(member) = members.get(&key) else {
-            // Not a member (yet): the rotation brings the record again later.
-            return Ok(false);
-        };
-        let news = if let Some(old) = self.records.get(&key) {
-            if old.version >= record.version {
-                return Ok(false);
+        let news = match self.records.get(&key) {
+            Some(old) => {
+                let base = self.news_base.get(&key).unwrap_or(old);
+                material(base, &record, |k| {
+                    members.get(&OriginKey(*k)).map(|m| m.region.as_str())
+                })
             }
-            let base = self.news_base.get(&key).unwrap_or(old);
-            material(base, &record, |k| {
-                members.get(&OriginKey(*k)).map(|m| m.region.as_str())
-            })
-        } else {
-            // Keep the region's sample (module docs).
-            let list = regions
-                .get(member.region.as_str())
-                .map_or(&[][..], Vec::as_slice);
-            if !sampled(list, &key) {
-                return Ok(false);
-            }
-            true
+            None => true,
         };
         self.store(record, now, if news { News::Yes } else { News::No });
         Ok(true)
+    }
+
+    /// Whether [`Router::take_record`] would take a valid record of node `key` at
+    /// `version`: the one rule for a record received and for one a digest names (the
+    /// digest's record is pulled only then).
+    fn would_take(
+        &self,
+        key: &OriginKey,
+        version: u64,
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+        me: &OriginKey,
+    ) -> bool {
+        let newer = || {
+            self.records
+                .get(key)
+                .is_none_or(|held| held.version < version)
+        };
+        if key == me {
+            // Our own record comes back through gossip; only the one we made counts.
+            return newer();
+        }
+        let Some(member) = members.get(key) else {
+            // Not a member (yet): the rotation names the record again later.
+            return false;
+        };
+        if self.records.contains_key(key) {
+            return newer();
+        }
+        // Keep the region's sample (module docs).
+        let list = regions
+            .get(member.region.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        sampled(list, key)
+    }
+
+    /// The nodes whose records a gossip digest (node and version of each record) names
+    /// and this node should pull: those [`Router::would_take`] at the version named, less
+    /// those already asked for at that version or a later one in the last
+    /// [`LINK_PULL_RETRY_US`] (several peers' digests often name the same news at once).
+    pub(crate) fn pulls_for(
+        &mut self,
+        digest: &[(OriginKey, u64)],
+        members: &BTreeMap<OriginKey, MemberInfo>,
+        regions: &BTreeMap<String, Vec<OriginKey>>,
+        me: &OriginKey,
+        now: Micros,
+    ) -> Vec<OriginKey> {
+        let mut out = Vec::new();
+        for (key, version) in digest {
+            if !self.would_take(key, *version, members, regions, me)
+                || out.contains(key)
+                || self.pulls.get(key).is_some_and(|(asked, at)| {
+                    *asked >= *version && now < at.saturating_add(LINK_PULL_RETRY_US)
+                })
+            {
+                continue;
+            }
+            if self.pulls.len() >= LINK_PULLS_MAX && !self.pulls.contains_key(key) {
+                self.pulls
+                    .retain(|_, (_, at)| now < at.saturating_add(LINK_PULL_RETRY_US));
+            }
+            // Still full of pulls in flight: this one is asked for without being
+            // remembered (a later digest may ask again; the map stays bounded).
+            if self.pulls.len() < LINK_PULLS_MAX || self.pulls.contains_key(key) {
+                self.pulls.insert(*key, (*version, now));
+            }
+            out.push(*key);
+        }
+        out
+    }
+
+    /// The records held of `keys` (a peer's [`super::Message::LinkPull`]), newest held,
+    /// in the order asked; a key whose record is no longer held is left out.
+    pub(crate) fn records_of(&self, keys: &[OriginKey]) -> Vec<Arc<LinkRecord>> {
+        keys.iter()
+            .filter_map(|k| self.records.get(k).cloned())
+            .collect()
+    }
+
+    /// Node and version of each record in `batch`: what a gossip round sends.
+    pub(crate) fn digest_of(batch: &[Arc<LinkRecord>]) -> Vec<(OriginKey, u64)> {
+        batch
+            .iter()
+            .map(|r| (OriginKey(r.node), r.version))
+            .collect()
     }
 
     /// Keeps `record`; when it is news (this node's own record, the first one of a node, or
@@ -928,6 +1005,7 @@ impl Router {
     /// message full (16 records, 34 KB at 1000 nodes, 56 % of all bytes; docs/sim.md 3.3).
     fn store(&mut self, record: Arc<LinkRecord>, now: Micros, news: News) {
         let key = OriginKey(record.node);
+        self.pulls.remove(&key);
         let room = self.hot.len() < HOT_RECORDS_MAX || self.hot.contains_key(&key);
         if news == News::Own || (news == News::Yes && room) {
             self.hot.insert(key, 0);

@@ -123,6 +123,8 @@ enum Wire<'a> {
     },
     Links(Vec<Arc<LinkRecord>>),
     Skip(Vec<([u8; 32], u64)>),
+    LinkDigest(Vec<([u8; 32], u64)>),
+    LinkPull(Vec<[u8; 32]>),
 }
 
 /// Encodes `msg` for the wire.
@@ -159,6 +161,10 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         },
         Message::Links(records) => Wire::Links(records.clone()),
         Message::Skip(list) => Wire::Skip(list.iter().map(|(o, s)| (o.0, *s)).collect()),
+        Message::LinkDigest(list) => {
+            Wire::LinkDigest(list.iter().map(|(k, v)| (k.0, *v)).collect())
+        }
+        Message::LinkPull(keys) => Wire::LinkPull(keys.iter().map(|k| k.0).collect()),
         Message::IHave(r) => Wire::IHave(refs(r)),
         Message::Graft(r) => Wire::Graft(refs(r)),
         Message::SyncRequest {
@@ -350,6 +356,12 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
         Wire::Skip(list) => IncomingMessage::Plain(Message::Skip(
             list.into_iter().map(|(o, s)| (OriginKey(o), s)).collect(),
         )),
+        Wire::LinkDigest(list) => IncomingMessage::Plain(Message::LinkDigest(
+            list.into_iter().map(|(k, v)| (OriginKey(k), v)).collect(),
+        )),
+        Wire::LinkPull(keys) => {
+            IncomingMessage::Plain(Message::LinkPull(keys.into_iter().map(OriginKey).collect()))
+        }
         Wire::IHave(r) => {
             IncomingMessage::Plain(Message::IHave(r.into_iter().map(Into::into).collect()))
         }
@@ -451,6 +463,8 @@ mod tests {
                     policy_epoch: 0,
                 },
             })]),
+            Message::LinkDigest(vec![(OriginKey([9; 32]), 1 << 32 | 4), (e1.origin(), 2)]),
+            Message::LinkPull(vec![OriginKey([9; 32]), e2.origin()]),
             Message::IHave(vec![r]),
             Message::Graft(vec![r, EventRef::of(&e2)]),
             Message::SyncRequest {
