@@ -814,7 +814,8 @@ mod tests {
         assert_eq!(
             p.of(&Message::SyncRequest {
                 digest: Vec::new(),
-                from_origin: None
+                from_origin: None,
+                settled: None
             }),
             Class::Bulk
         );

@@ -47,6 +47,21 @@ pub type DigestRanges = smallvec::SmallVec<[(u64, u64); 1]>;
 /// Per-origin sequence ranges a node holds: what anti-entropy compares.
 pub type Digest = Vec<(OriginKey, DigestRanges)>;
 
+/// The origins an anti-entropy request leaves out of its digest (those whose ranges have
+/// not changed for `SYNC_SETTLED_US` at the requester): how many, and a SipHash-1-3, keyed
+/// by the requester for this request, of each one's key and seen ranges in key order. A
+/// responder whose own seen ranges of the other origins give the same count and hash holds
+/// nothing of them that the requester lacks; otherwise it answers `unsettled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The hash key, drawn by the requester.
+    pub key: [u64; 2],
+    /// How many origins.
+    pub count: u32,
+    /// The keyed hash.
+    pub hash: u64,
+}
+
 /// A message between two mesh nodes.
 #[derive(Debug, Clone)]
 pub enum Message {
@@ -99,10 +114,13 @@ pub enum Message {
     /// Anti-entropy: the requester's digest; origins before `from_origin` were already
     /// settled in this round (resumable transfers).
     SyncRequest {
-        /// What the requester holds.
+        /// What the requester holds: of every origin it has seen, or, with `settled`, of
+        /// those whose ranges changed lately (and those it may have under-recorded).
         digest: Digest,
         /// Resume point of a transfer cut short by the batch limit.
         from_origin: Option<OriginKey>,
+        /// The origins the digest leaves out, summarised; `None`: it leaves none out.
+        settled: Option<Settled>,
     },
     /// Anti-entropy answer: events the requester lacks, at most one batch; `resume` says
     /// where to continue if there are more.
@@ -113,6 +131,9 @@ pub enum Message {
         resume: Option<OriginKey>,
         /// How many events the responder holds in all (partner choice: "most missing").
         held: u64,
+        /// The request's `settled` summary did not match what the responder has seen of
+        /// those origins: it was not answered, and the requester sends its whole digest.
+        unsettled: bool,
     },
     /// Link-state gossip: node and version of each record a gossip round spreads (news
     /// first, then the rotation through everything held). The receiver pulls the records
@@ -166,8 +187,11 @@ impl Message {
             Message::LinkDigest(entries) => 2 + entries.len() * (32 + 8),
             Message::LinkPull(keys) => 2 + keys.len() * 32,
             Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,
-            Message::SyncRequest { digest, .. } => {
-                40 + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()
+            Message::SyncRequest {
+                digest, settled, ..
+            } => {
+                40 + settled.map_or(0, |_| 28)
+                    + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()
             }
             Message::SyncResponse { events, .. } => {
                 48 + events

@@ -10,7 +10,7 @@ pub mod store;
 pub mod wire;
 
 pub use member::MemberInfo;
-pub use message::{Channel, Digest, DigestRanges, EventRef, Message};
+pub use message::{Channel, Digest, DigestRanges, EventRef, Message, Settled};
 pub use node::{
     AllowAll, AppEvent, FilterHop, MeshConfig, Micros, Node, ReplicationFilter, Stats, Transmit,
 };

@@ -98,6 +98,12 @@ pub const DOWN_ANNOUNCE_MAX: usize = 64;
 const RANDOM_PARTNER_DRAWS: usize = 4;
 /// Best-ranked anti-entropy partners checked against SWIM's suspicion.
 const RANKED_CANDIDATES: usize = 4;
+/// How long an origin's seen ranges must stay unchanged before anti-entropy requests
+/// summarise it instead of listing it ([`super::Settled`]): longer than SWIM takes to
+/// declare a cut-off member down (after which the round with a member back from down sends
+/// the whole digest), so the origins a short cut kept news of are usually still listed, and
+/// an idle fabric's rounds carry little more than the summary.
+pub const SYNC_SETTLED_US: Micros = 30_000_000;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
@@ -347,6 +353,14 @@ pub struct Stats {
     pub link_records_refused: u64,
     /// Link-state messages handed to members that joined ([`Node::send_handoffs`]).
     pub link_handoffs_sent: u64,
+    /// Anti-entropy requests sent with a summary of the settled origins instead of their
+    /// ranges ([`super::Settled`]).
+    pub sync_summaries_sent: u64,
+    /// Anti-entropy requests answered `unsettled`: their summary did not match what this
+    /// node has seen of those origins.
+    pub sync_unsettled_out: u64,
+    /// `unsettled` answers to this node's summaries (each followed by the whole digest).
+    pub sync_unsettled_in: u64,
     /// Link-state pulls sent (records a peer's digest named that this node would take).
     pub link_pulls_sent: u64,
     /// Link records sent in answer to peers' pulls.
@@ -436,6 +450,9 @@ struct OriginSeen {
     /// restarted node is its store's ranges; sequence numbers it had taken as Skips are
     /// gaps until a Skip comes again, and the events above them were delivered already.)
     restored: SeqRanges,
+    /// When `ranges` last changed (anti-entropy summarises origins settled for
+    /// [`SYNC_SETTLED_US`]).
+    changed_us: Micros,
     /// `ranges` may lack numbers this node accepted: they reached
     /// [`RANGES_PER_ORIGIN_MAX`] once (the set then drops its highest range), or were
     /// rebuilt from a store after a restart. While false, every event of this origin that
@@ -445,12 +462,63 @@ struct OriginSeen {
 }
 
 impl OriginSeen {
-    /// Records `seq` as seen; returns false if it was already.
-    fn record(&mut self, seq: u64) -> bool {
+    /// Records `seq` as seen at `now`; returns false if it was already.
+    fn record(&mut self, seq: u64, now: Micros) -> bool {
         if self.ranges.range_count() >= RANGES_PER_ORIGIN_MAX {
             self.lossy = true;
         }
-        self.ranges.insert(seq)
+        let new = self.ranges.insert(seq);
+        if new {
+            self.changed_us = now;
+        }
+        new
+    }
+
+    /// Summarised by anti-entropy requests at `now` (see [`SYNC_SETTLED_US`]): seen ranges
+    /// unchanged that long, and not `lossy`.
+    fn settled(&self, now: Micros) -> bool {
+        !self.lossy
+            && self.ranges.range_count() > 0
+            && now >= self.changed_us.saturating_add(SYNC_SETTLED_US)
+    }
+}
+
+/// The keyed hash of an anti-entropy summary ([`super::Settled`]): SipHash-1-3 over each
+/// origin's key, range count and ranges (little-endian), in key order.
+struct SettledHasher {
+    key: [u64; 2],
+    hasher: siphasher::sip::SipHasher13,
+    count: u32,
+}
+
+impl SettledHasher {
+    fn new(key: [u64; 2]) -> Self {
+        Self {
+            key,
+            hasher: siphasher::sip::SipHasher13::new_with_keys(key[0], key[1]),
+            count: 0,
+        }
+    }
+
+    fn add(&mut self, origin: &OriginKey, ranges: &SeqRanges) {
+        use std::hash::Hasher;
+        self.hasher.write(&origin.0);
+        self.hasher
+            .write(&(ranges.range_count() as u64).to_le_bytes());
+        for (lo, hi) in ranges.iter() {
+            self.hasher.write(&lo.to_le_bytes());
+            self.hasher.write(&hi.to_le_bytes());
+        }
+        self.count = self.count.saturating_add(1);
+    }
+
+    fn finish(self) -> super::Settled {
+        use std::hash::Hasher;
+        super::Settled {
+            key: self.key,
+            count: self.count,
+            hash: self.hasher.finish(),
+        }
     }
 }
 
@@ -460,6 +528,9 @@ struct PeerState {
     held: u64,
     /// When this node first asked the peer for a round it has not answered yet.
     unanswered_since: Option<Micros>,
+    /// The last request to the peer carried a settled summary, unanswered yet: an
+    /// `unsettled` answer is taken only then.
+    summary_pending: bool,
 }
 
 impl PeerState {
@@ -659,6 +730,7 @@ impl<S: Store> Node<S> {
                     ),
                     delivered: cursor,
                     restored: SeqRanges::new(),
+                    changed_us: now,
                     lossy: true,
                 },
                 // The store does not know: take what it holds as delivered (events that
@@ -672,6 +744,7 @@ impl<S: Store> Node<S> {
                         restored: SeqRanges::from_ranges(
                             r.iter().filter(|(lo, _)| *lo > delivered),
                         ),
+                        changed_us: now,
                         // A store's ranges may under-claim (see `Store::ranges`).
                         lossy: true,
                     }
@@ -1000,15 +1073,28 @@ impl<S: Store> Node<S> {
             Message::SyncRequest {
                 digest,
                 from_origin,
-            } => self.on_sync_request(from, digest, from_origin),
+                settled,
+            } => self.on_sync_request(from, digest, from_origin, settled),
             Message::SyncResponse {
                 events,
                 resume,
                 held,
+                unsettled,
             } => {
                 let peer = self.peers.entry(from).or_default();
                 peer.held = held;
                 peer.unanswered_since = None;
+                let summarised = std::mem::take(&mut peer.summary_pending);
+                if unsettled {
+                    // The partner has seen other ranges of the origins the summary stood
+                    // for: the round again with the whole digest (only for a request that
+                    // carried a summary: a stray answer asks for nothing).
+                    if summarised {
+                        self.stats.sync_unsettled_in += 1;
+                        self.send_digest(from, None, true);
+                    }
+                    return;
+                }
                 let mut fresh = Vec::new();
                 for event in events {
                     if self.own_hop(&event) != FilterHop::Clear {
@@ -1028,7 +1114,7 @@ impl<S: Store> Node<S> {
                 }
                 self.forward(&fresh, Some(from), false, false, &[], 0);
                 if let Some(origin) = resume {
-                    self.send_digest(from, Some(origin));
+                    self.send_digest(from, Some(origin), true);
                 }
             }
         }
@@ -1648,7 +1734,7 @@ impl<S: Store> Node<S> {
         if seq == 0 || origin == self.me.node_key() {
             return false;
         }
-        if self.seen.entry(origin).or_default().record(seq) {
+        if self.seen.entry(origin).or_default().record(seq, self.now) {
             self.advance_delivery(origin);
             true
         } else {
@@ -2015,7 +2101,7 @@ impl<S: Store> Node<S> {
             self.stats.events_duplicate += 1;
             // Held, but the seen-set dropped it at its range limit: re-record it so
             // delivery and digests move on.
-            if self.seen.entry(origin).or_default().record(seq) {
+            if self.seen.entry(origin).or_default().record(seq, self.now) {
                 self.advance_delivery(origin);
             }
             return Ok(Inserted::Duplicate);
@@ -2031,7 +2117,7 @@ impl<S: Store> Node<S> {
                     self.stats.events_duplicate += 1;
                     // Held after all (a store whose `holds` under-claims): record it as
                     // seen so delivery and digests move on.
-                    if self.seen.entry(origin).or_default().record(seq) {
+                    if self.seen.entry(origin).or_default().record(seq, self.now) {
                         self.advance_delivery(origin);
                     }
                     return Ok(Inserted::Duplicate);
@@ -2042,7 +2128,7 @@ impl<S: Store> Node<S> {
                     // too, so its own delivery moves on), nothing stored or passed on.
                     self.stats.events_erased += 1;
                     self.missing.remove(&id);
-                    if self.seen.entry(origin).or_default().record(seq) {
+                    if self.seen.entry(origin).or_default().record(seq, self.now) {
                         self.advance_delivery(origin);
                     }
                     return Ok(Inserted::Erased);
@@ -2062,7 +2148,7 @@ impl<S: Store> Node<S> {
             self.relay_order.push_back(id);
         }
         self.stats.events_new += 1;
-        self.seen.entry(origin).or_default().record(seq);
+        self.seen.entry(origin).or_default().record(seq, self.now);
         self.missing.remove(&id);
         self.advance_delivery(origin);
         Ok(Inserted::New)
@@ -2933,11 +3019,55 @@ impl<S: Store> Node<S> {
         self.push(from, &events, Vec::new(), false, 0);
     }
 
-    fn digest(&self) -> Digest {
-        self.seen
-            .iter()
-            .map(|(o, s)| (*o, s.ranges.iter().collect()))
-            .collect()
+    /// What this node has seen, from `from_origin` on: every origin, or, when
+    /// `summarise`, those whose ranges changed in the last [`SYNC_SETTLED_US`] (and those it
+    /// may have under-recorded, `lossy`) listed and the rest summarised.
+    fn digest(
+        &mut self,
+        from_origin: Option<OriginKey>,
+        summarise: bool,
+    ) -> (Digest, Option<super::Settled>) {
+        use std::ops::Bound::{Included, Unbounded};
+        let from = from_origin.map_or(Unbounded, Included);
+        let mut summary =
+            summarise.then(|| SettledHasher::new([self.rng.next_u64(), self.rng.next_u64()]));
+        let now = self.now;
+        let mut digest = Digest::new();
+        for (o, s) in self.seen.range((from, Unbounded)) {
+            match summary.as_mut() {
+                Some(h) if s.settled(now) => h.add(o, &s.ranges),
+                _ => digest.push((*o, s.ranges.iter().collect())),
+            }
+        }
+        let settled = summary.filter(|h| h.count > 0).map(SettledHasher::finish);
+        (digest, settled)
+    }
+
+    /// Whether the origins a request's digest leaves out (from `from_origin` on) give, in
+    /// what this node has seen of them, the request's summary: then this node holds nothing
+    /// of them the requester lacks (it stores no event it has not seen, unless its record
+    /// of the origin is `lossy`, which never matches).
+    fn settled_matches(
+        &self,
+        listed: &Digest,
+        from_origin: Option<OriginKey>,
+        settled: &super::Settled,
+    ) -> bool {
+        use std::ops::Bound::{Included, Unbounded};
+        let from = from_origin.map_or(Unbounded, Included);
+        let mut h = SettledHasher::new(settled.key);
+        let mut listed = listed.iter().map(|(o, _)| o).peekable();
+        for (o, s) in self.seen.range((from, Unbounded)) {
+            while listed.next_if(|l| *l < o).is_some() {}
+            if listed.peek().is_some_and(|l| *l == o) || s.ranges.range_count() == 0 {
+                continue;
+            }
+            if s.lossy {
+                return false;
+            }
+            h.add(o, &s.ranges);
+        }
+        h.count == settled.count && h.finish().hash == settled.hash
     }
 
     /// Starts an anti-entropy round with the best partner ([`Node::ranked_partner`]: the one
@@ -2976,7 +3106,7 @@ impl<S: Store> Node<S> {
                 Some(origin)
             };
             if let Some(partner) = partner {
-                self.sync_with(partner, Some(origin));
+                self.sync_with(partner, Some(origin), true);
                 return;
             }
         }
@@ -2991,14 +3121,14 @@ impl<S: Store> Node<S> {
                     return;
                 };
                 if !self.unlikely_to_answer(&partner) {
-                    self.sync_with(partner, None);
+                    self.sync_with(partner, None, false);
                     return;
                 }
                 self.stats.sync_partners_passed_over += 1;
             }
         }
         if let Some(partner) = self.ranked() {
-            self.sync_with(partner, None);
+            self.sync_with(partner, None, false);
         }
     }
 
@@ -3122,7 +3252,9 @@ impl<S: Store> Node<S> {
             .copied();
         if let Some(partner) = partner {
             self.stats.sync_back_rounds += 1;
-            self.sync_with(partner, None);
+            // After a heal: what the other side published while cut off is in origins that
+            // look settled here, so the whole digest at once.
+            self.sync_with(partner, None, true);
             self.stalled_first = true;
         }
         self.announce_to_down();
@@ -3167,27 +3299,34 @@ impl<S: Store> Node<S> {
 
     /// Sends `partner` this node's digest (from `from_origin` on, when resuming or asking an
     /// origin) and notes when.
-    fn sync_with(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
+    fn sync_with(&mut self, partner: OriginKey, from_origin: Option<OriginKey>, full: bool) {
         self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
-        self.send_digest(partner, from_origin);
+        self.send_digest(partner, from_origin, full);
     }
 
     /// Sends `partner` this node's digest, from `from_origin` on (a new round, or one
-    /// resumed where the partner's answer was cut).
-    fn send_digest(&mut self, partner: OriginKey, from_origin: Option<OriginKey>) {
+    /// resumed where the partner's answer was cut). A new round summarises the origins
+    /// settled for [`SYNC_SETTLED_US`] ([`super::Settled`]) unless `full`, or unless the
+    /// partner was known to hold more events than this node (then it likely has seen more
+    /// of them too, and the summary would only cost a round trip).
+    fn send_digest(&mut self, partner: OriginKey, from_origin: Option<OriginKey>, full: bool) {
         // A resumed round waits for an answer too: a partner cut off mid-transfer goes silent.
         let now = self.now;
-        self.peers
-            .entry(partner)
-            .or_default()
-            .unanswered_since
-            .get_or_insert(now);
-        let digest = self.digest();
+        let held = self.store.len() as u64;
+        let peer = self.peers.entry(partner).or_default();
+        peer.unanswered_since.get_or_insert(now);
+        let summarise = !full && from_origin.is_none() && peer.held <= held;
+        let (digest, settled) = self.digest(from_origin, summarise);
+        if let Some(p) = self.peers.get_mut(&partner) {
+            p.summary_pending = settled.is_some();
+        }
+        self.stats.sync_summaries_sent += u64::from(settled.is_some());
         self.send(
             partner,
             Message::SyncRequest {
                 digest,
                 from_origin,
+                settled,
             },
         );
     }
@@ -3218,7 +3357,13 @@ impl<S: Store> Node<S> {
         stalled().nth(turn as usize % count)
     }
 
-    fn on_sync_request(&mut self, from: OriginKey, digest: Digest, from_origin: Option<OriginKey>) {
+    fn on_sync_request(
+        &mut self,
+        from: OriginKey,
+        digest: Digest,
+        from_origin: Option<OriginKey>,
+        settled: Option<super::Settled>,
+    ) {
         // It reaches this node: no longer silent (a cut shorter than SWIM's down timeout
         // brings no MemberUp to clear it).
         if let Some(peer) = self.peers.get_mut(&from) {
@@ -3241,15 +3386,35 @@ impl<S: Store> Node<S> {
             }
             theirs = dedup;
         }
+        let held = self.store.len() as u64;
+        // A summary of the origins the digest leaves out: if this node has seen the same of
+        // them, only the listed origins can hold anything the requester lacks; if not, it
+        // asks for the whole digest (answering as if the requester had nothing of them
+        // would send all of it).
+        let origins: Vec<OriginKey> = match &settled {
+            Some(summary) if !self.settled_matches(&theirs, from_origin, summary) => {
+                self.stats.sync_unsettled_out += 1;
+                self.send(
+                    from,
+                    Message::SyncResponse {
+                        events: Vec::new(),
+                        resume: None,
+                        held,
+                        unsettled: true,
+                    },
+                );
+                return;
+            }
+            Some(_) => theirs.iter().map(|(o, _)| *o).collect(),
+            None => self.store.origins(),
+        };
         let mut events = Vec::new();
         let mut erased = Vec::new();
         let mut resume = None;
         let mut bytes = 0usize;
         let limit = self.config.sync_batch_len_max.max(1);
         let empty = SeqRanges::new();
-        for origin in self
-            .store
-            .origins()
+        for origin in origins
             .into_iter()
             .filter(|o| from_origin.is_none_or(|f| *o >= f))
         {
@@ -3290,13 +3455,13 @@ impl<S: Store> Node<S> {
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
         self.stats.sync_events_sent += events.len() as u64;
-        let held = self.store.len() as u64;
         self.send(
             from,
             Message::SyncResponse {
                 events,
                 resume,
                 held,
+                unsettled: false,
             },
         );
     }
@@ -4187,6 +4352,7 @@ mod tests {
                 events: Vec::new(),
                 resume: None,
                 held: 0,
+                unsettled: false,
             };
             node.handle_message(now + node.config.sync_interval_us / 2, t.to, answer);
             while node.poll_transmit().is_some() {}
@@ -4240,6 +4406,7 @@ mod tests {
                 events: Vec::new(),
                 resume: None,
                 held: 0,
+                unsettled: false,
             },
         );
         assert!(!node.silent(&mute));
@@ -4247,7 +4414,7 @@ mod tests {
         // So does a request of its own (a cut shorter than SWIM's down timeout brings no
         // MemberUp), and a resumed round that goes unanswered silences it again.
         node.now = t;
-        node.send_digest(mute, Some(infos[2].node_key()));
+        node.send_digest(mute, Some(infos[2].node_key()), true);
         while node.poll_transmit().is_some() {}
         t += interval;
         node.now = t;
@@ -4258,6 +4425,7 @@ mod tests {
         let request = Message::SyncRequest {
             digest: Vec::new(),
             from_origin: None,
+            settled: None,
         };
         node.handle_message(t, mute, request);
         while node.poll_transmit().is_some() {}
@@ -4287,7 +4455,7 @@ mod tests {
 
         // A stalled origin that SWIM suspects is not asked for its events: another member
         // is, from that origin on.
-        node.seen.entry(suspect).or_default().record(3);
+        node.seen.entry(suspect).or_default().record(3, 0);
         node.stalled_first = true;
         node.now = t;
         node.start_sync();
@@ -4405,7 +4573,7 @@ mod tests {
         let mut holes: Vec<OriginKey> = infos[2..].iter().map(|i| i.node_key()).collect();
         holes.sort();
         for o in &holes {
-            node.seen.entry(*o).or_default().record(3);
+            node.seen.entry(*o).or_default().record(3, 0);
         }
         assert!(node.stalled_first);
         node.sync_rounds = 0; // the next round is the first: not a stalled-origin turn
@@ -4619,6 +4787,7 @@ mod tests {
                     events: vec![event.clone()],
                     resume: None,
                     held: seq,
+                    unsettled: false,
                 },
             );
             assert!(pushes_of(&mut nodes[root], &event).is_empty());
@@ -4795,6 +4964,106 @@ mod tests {
             ticks += usize::from(swim_sent(&mut node) > 0);
         }
         assert_eq!(ticks, CATCH_UP_TICKS_MAX as usize);
+    }
+
+    /// Anti-entropy between nodes that have seen the same of every origin for
+    /// SYNC_SETTLED_US sends those origins as a summary (nothing listed), which the partner
+    /// matches and answers with nothing. When the partner has seen more of an origin the
+    /// requester holds settled, it answers `unsettled`; the requester then sends its whole
+    /// digest and gets the event it lacks. A stray `unsettled` answer asks for nothing.
+    #[test]
+    fn anti_entropy_summarises_settled_origins_and_falls_back_to_the_whole_digest() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2, 3];
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        for (i, seed) in seeds.iter().enumerate() {
+            nodes[i]
+                .handle_publish(0, event_at(*seed, 1, "orders.all"))
+                .unwrap();
+        }
+        pump(&mut nodes, 0, 1_000_000);
+        assert!(nodes.iter().all(|n| n.store().len() == 3));
+        let sync = |nodes: &mut Vec<Node<crate::mesh::MemStore>>, at: Micros| {
+            nodes[0].now = at;
+            nodes[0].sync_with(keys[1], None, false);
+            let t = nodes[0].poll_transmit().expect("a request");
+            assert_eq!(t.to, keys[1]);
+            t.msg
+        };
+        let answer = |nodes: &mut Vec<Node<crate::mesh::MemStore>>,
+                      at: Micros,
+                      from: OriginKey,
+                      to: usize,
+                      msg: Message| {
+            nodes[to].handle_message(at, from, msg);
+            nodes[to].poll_transmit().expect("an answer").msg
+        };
+        // Not settled yet: every origin listed.
+        match sync(&mut nodes, SYNC_SETTLED_US - 1) {
+            Message::SyncRequest {
+                digest, settled, ..
+            } => assert!(digest.len() == 3 && settled.is_none()),
+            other => panic!("{other:?}"),
+        }
+        // Settled: a summary of three origins and nothing listed; the partner matches it.
+        let t = SYNC_SETTLED_US + 1_000_000;
+        let request = sync(&mut nodes, t);
+        match &request {
+            Message::SyncRequest {
+                digest,
+                settled: Some(s),
+                ..
+            } => assert!(digest.is_empty() && s.count == 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(request.wire_len() < 100, "{}", request.wire_len());
+        match answer(&mut nodes, t, keys[0], 1, request) {
+            Message::SyncResponse {
+                events, unsettled, ..
+            } => assert!(events.is_empty() && !unsettled),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(nodes[0].stats().sync_summaries_sent, 1);
+        // Node 2's next event reaches node 1 only.
+        let late = event_at(seeds[2], 2, "orders.all");
+        let push = Message::Push {
+            events: vec![late.clone()],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        nodes[1].handle_message(t, keys[2], push);
+        while nodes[1].poll_transmit().is_some() {}
+        // Node 0 holds node 2's origin settled: node 1 has seen more of it.
+        let t = t + 1_000_000;
+        let request = sync(&mut nodes, t);
+        let unsettled = answer(&mut nodes, t, keys[0], 1, request);
+        assert!(
+            matches!(&unsettled, Message::SyncResponse { unsettled: true, events, .. } if events.is_empty())
+        );
+        assert_eq!(nodes[1].stats().sync_unsettled_out, 1);
+        // The whole digest follows, answered with the event node 0 lacks.
+        let full = answer(&mut nodes, t, keys[1], 0, unsettled.clone());
+        assert!(
+            matches!(&full, Message::SyncRequest { digest, settled: None, .. } if digest.len() == 3)
+        );
+        assert_eq!(nodes[0].stats().sync_unsettled_in, 1);
+        match answer(&mut nodes, t, keys[0], 1, full) {
+            Message::SyncResponse {
+                events, unsettled, ..
+            } => {
+                assert!(!unsettled);
+                assert_eq!(events.len(), 1);
+                assert_eq!(events[0].id(), late.id());
+            }
+            other => panic!("{other:?}"),
+        }
+        // An `unsettled` answer to no summary asks for nothing.
+        nodes[0].handle_message(t, keys[1], unsettled);
+        assert!(nodes[0].poll_transmit().is_none());
+        assert_eq!(nodes[0].stats().sync_unsettled_in, 1);
+        nodes[0].check_invariants_full();
     }
 
     /// Link-state gossip sends digests (node and version per record), not records; a peer
@@ -5069,6 +5338,7 @@ mod tests {
             events: vec![event.clone()],
             resume: None,
             held: 1,
+            unsettled: false,
         };
         nodes[1].handle_message(2, from, sync);
         assert_eq!(nodes[1].me().region, "r1");

@@ -46,10 +46,15 @@
 //! there) a few regions per tick, and gossips a [`LinkRecord`]: its measured link RTTs (at
 //! most [`LINKS_PER_REGION_MAX`] per region, [`LINKS_PER_NODE_MAX`] in all), its Vivaldi
 //! coordinate, and a small status (name, HTTP address, counters) for dashboards. Records
-//! spread by push gossip with a transmit budget (news first: a node's own records, a node's
+//! spread by gossip with a transmit budget (news first: a node's own records, a node's
 //! first record, and versions that change what routing reads, see `material`) plus a slow
 //! rotation through everything held, so late joiners fill in and versions that only drift
-//! (jitter, coordinates, status counters) arrive too. Each node keeps the records of at
+//! (jitter, coordinates, status counters) arrive too. A gossip round sends a digest (node
+//! and version of each record, [`super::Message::LinkDigest`]) and the peer pulls the
+//! records it would take ([`super::Message::LinkPull`], answered with
+//! [`super::Message::Links`]): a record of a thousand-node mesh is some 2 KB against 40
+//! bytes for its digest entry, and most records a round names are ones the peer holds
+//! (pushing whole records, link state was 56 % of a 1000-node simulation's bytes). Each node keeps the records of at
 //! most [`RECORDS_PER_REGION_MAX`] nodes per region: the region graph needs a sample of
 //! each region, not every node, and a thousand-node mesh would otherwise hold a million
 //! records per simulated run. The sample is the same on every node: the
@@ -112,10 +117,10 @@ pub const PROBES_OUT_MAX: usize = 1_024;
 /// Most records waiting in the hot gossip queue (news: see `material`; this node's own
 /// record is let in over the bound).
 pub const HOT_RECORDS_MAX: usize = 256;
-/// Gossip rounds a node pushes another node's record that is news to it (its own: log2 of
-/// the mesh's size, plus one). Each round goes to `link_fanout` (2) peers: six pushes per
-/// node that takes it leave about e^-6 (a quarter of a percent) of the nodes for the
-/// rotation to reach (every node keeps the same sample of records, [`sampled`]); the full
+/// Gossip rounds a node names another node's record that is news to it (its own: log2 of
+/// the mesh's size, plus one). Each round's digest goes to `link_fanout` (2) peers: six
+/// digests naming it per node that takes it leave about e^-6 (a quarter of a percent) of
+/// the nodes for the rotation to reach (every node keeps the same sample of records, [`sampled`]); the full
 /// budget, 22 pushes each at 1000 nodes, kept every link-state message full for minutes
 /// while a large mesh formed (docs/sim.md 3.3).
 pub const RELAY_ROUNDS: u32 = 3;

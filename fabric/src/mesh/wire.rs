@@ -16,7 +16,7 @@ use serde_bytes::Bytes;
 
 use crate::envelope::{EventId, OriginKey, UnverifiedEvent};
 use crate::error::{EnvelopeError, VerifyError};
-use crate::mesh::message::{Digest, EventRef, Message};
+use crate::mesh::message::{Digest, EventRef, Message, Settled};
 use crate::mesh::route::{LinkRecord, RelayHop};
 use crate::sign::verify_batch;
 
@@ -125,6 +125,17 @@ enum Wire<'a> {
     Skip(Vec<([u8; 32], u64)>),
     LinkDigest(Vec<([u8; 32], u64)>),
     LinkPull(Vec<[u8; 32]>),
+    /// A `SyncRequest` with a summary of the origins its digest leaves out: key, count,
+    /// hash. (A request without one keeps the `SyncRequest` tag.)
+    SyncRequestSettled {
+        digest: Vec<WireRanges>,
+        from_origin: Option<[u8; 32]>,
+        settled: ([u64; 2], u32, u64),
+    },
+    /// A `SyncResponse` saying the request's summary did not match (no events).
+    SyncUnsettled {
+        held: u64,
+    },
 }
 
 /// Encodes `msg` for the wire.
@@ -170,14 +181,32 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::SyncRequest {
             digest,
             from_origin,
-        } => Wire::SyncRequest {
-            digest: digest.iter().map(|(o, r)| (o.0, r.to_vec())).collect(),
-            from_origin: from_origin.map(|o| o.0),
-        },
+            settled,
+        } => {
+            let digest = digest.iter().map(|(o, r)| (o.0, r.to_vec())).collect();
+            let from_origin = from_origin.map(|o| o.0);
+            match settled {
+                None => Wire::SyncRequest {
+                    digest,
+                    from_origin,
+                },
+                Some(s) => Wire::SyncRequestSettled {
+                    digest,
+                    from_origin,
+                    settled: (s.key, s.count, s.hash),
+                },
+            }
+        }
+        Message::SyncResponse {
+            held,
+            unsettled: true,
+            ..
+        } => Wire::SyncUnsettled { held: *held },
         Message::SyncResponse {
             events,
             resume,
             held,
+            unsettled: false,
         } => {
             owned = envelopes(events);
             Wire::SyncResponse {
@@ -301,6 +330,7 @@ impl IncomingMessage {
                         events: good,
                         resume,
                         held,
+                        unsettled: false,
                     },
                     bad,
                 )
@@ -377,6 +407,25 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
                 .map(|(o, r)| (OriginKey(o), r.into()))
                 .collect::<Digest>(),
             from_origin: from_origin.map(OriginKey),
+            settled: None,
+        }),
+        Wire::SyncRequestSettled {
+            digest,
+            from_origin,
+            settled: (key, count, hash),
+        } => IncomingMessage::Plain(Message::SyncRequest {
+            digest: digest
+                .into_iter()
+                .map(|(o, r)| (OriginKey(o), r.into()))
+                .collect::<Digest>(),
+            from_origin: from_origin.map(OriginKey),
+            settled: Some(Settled { key, count, hash }),
+        }),
+        Wire::SyncUnsettled { held } => IncomingMessage::Plain(Message::SyncResponse {
+            events: Vec::new(),
+            resume: None,
+            held,
+            unsettled: true,
         }),
         Wire::SyncResponse {
             events: list,
@@ -470,11 +519,28 @@ mod tests {
             Message::SyncRequest {
                 digest: vec![(e1.origin(), vec![(1, 2), (5, 9)].into())],
                 from_origin: Some(e2.origin()),
+                settled: None,
+            },
+            Message::SyncRequest {
+                digest: vec![(e1.origin(), vec![(1, 2)].into())],
+                from_origin: None,
+                settled: Some(Settled {
+                    key: [3, 4],
+                    count: 7,
+                    hash: 0xdead_beef,
+                }),
             },
             Message::SyncResponse {
                 events: vec![e2.clone()],
                 resume: None,
                 held: 42,
+                unsettled: false,
+            },
+            Message::SyncResponse {
+                events: Vec::new(),
+                resume: None,
+                held: 42,
+                unsettled: true,
             },
         ];
         for msg in &msgs {
@@ -482,6 +548,16 @@ mod tests {
             assert!(rejected.is_empty());
             // Messages hold events by Arc; compare through their encodings.
             assert_eq!(encode(&back), encode(msg), "{msg:?}");
+        }
+        match round_trip(&msgs[msgs.len() - 3]).0 {
+            Message::SyncRequest { settled, .. } => assert_eq!(settled.unwrap().count, 7),
+            other => panic!("expected a sync request, got {other:?}"),
+        }
+        match round_trip(&msgs[msgs.len() - 1]).0 {
+            Message::SyncResponse {
+                unsettled, held, ..
+            } => assert!(unsettled && held == 42),
+            other => panic!("expected a sync response, got {other:?}"),
         }
         match round_trip(&msgs[1]).0 {
             Message::Push {
