@@ -1183,7 +1183,7 @@ impl Driver {
             ("link_records_refused", s.link_records_refused),
             ("link_handoffs_sent", s.link_handoffs_sent),
             ("link_pulls_sent", s.link_pulls_sent),
-            ("link_records_pulled", s.link_records_pulled),
+            ("link_pull_records_sent", s.link_pull_records_sent),
             ("link_entries_over_limit", s.link_entries_over_limit),
             ("catch_up_announces", s.catch_up_announces),
             ("pushes_acked", s.pushes_acked),

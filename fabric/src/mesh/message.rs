@@ -49,9 +49,10 @@ pub type Digest = Vec<(OriginKey, DigestRanges)>;
 
 /// The origins an anti-entropy request leaves out of its digest (those whose ranges have
 /// not changed for `SYNC_SETTLED_US` at the requester): how many, and a SipHash-1-3, keyed
-/// by the requester for this request, of each one's key and seen ranges in key order. A
-/// responder whose own seen ranges of the other origins give the same count and hash holds
-/// nothing of them that the requester lacks; otherwise it answers `unsettled`.
+/// by the requester for this request, of each one's key and ranges in key order (what the
+/// node has seen, joined with what its store holds where that is more). A responder whose
+/// own ranges of the other origins give the same count and hash holds nothing of them that
+/// the requester lacks; otherwise it answers `unsettled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
     /// The hash key, drawn by the requester.
@@ -131,9 +132,10 @@ pub enum Message {
         resume: Option<OriginKey>,
         /// How many events the responder holds in all (partner choice: "most missing").
         held: u64,
-        /// The request's `settled` summary did not match what the responder has seen of
-        /// those origins: it was not answered, and the requester sends its whole digest.
-        unsettled: bool,
+        /// `Some(key)`: the summary of the request keyed `key` did not match what the
+        /// responder holds or has seen of those origins; the request was not answered,
+        /// and the requester sends its whole digest.
+        unsettled: Option<[u64; 2]>,
     },
     /// Link-state gossip: node and version of each record a gossip round spreads (news
     /// first, then the rotation through everything held). The receiver pulls the records

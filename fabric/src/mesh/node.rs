@@ -364,7 +364,7 @@ pub struct Stats {
     /// Link-state pulls sent (records a peer's digest named that this node would take).
     pub link_pulls_sent: u64,
     /// Link records sent in answer to peers' pulls.
-    pub link_records_pulled: u64,
+    pub link_pull_records_sent: u64,
     /// Entries of link-state digests and pulls beyond [`LINK_RECORDS_PER_MESSAGE_MAX`] per
     /// message, not read.
     pub link_entries_over_limit: u64,
@@ -475,11 +475,9 @@ impl OriginSeen {
     }
 
     /// Summarised by anti-entropy requests at `now` (see [`SYNC_SETTLED_US`]): seen ranges
-    /// unchanged that long, and not `lossy`.
+    /// unchanged that long.
     fn settled(&self, now: Micros) -> bool {
-        !self.lossy
-            && self.ranges.range_count() > 0
-            && now >= self.changed_us.saturating_add(SYNC_SETTLED_US)
+        self.ranges.range_count() > 0 && now >= self.changed_us.saturating_add(SYNC_SETTLED_US)
     }
 }
 
@@ -528,9 +526,9 @@ struct PeerState {
     held: u64,
     /// When this node first asked the peer for a round it has not answered yet.
     unanswered_since: Option<Micros>,
-    /// The last request to the peer carried a settled summary, unanswered yet: an
-    /// `unsettled` answer is taken only then.
-    summary_pending: bool,
+    /// The key of the last request to the peer that carried a summary, if no request
+    /// without one followed: an `unsettled` answer is taken only when it names this key.
+    summary_pending: Option<[u64; 2]>,
 }
 
 impl PeerState {
@@ -1084,12 +1082,12 @@ impl<S: Store> Node<S> {
                 let peer = self.peers.entry(from).or_default();
                 peer.held = held;
                 peer.unanswered_since = None;
-                let summarised = std::mem::take(&mut peer.summary_pending);
-                if unsettled {
-                    // The partner has seen other ranges of the origins the summary stood
-                    // for: the round again with the whole digest (only for a request that
-                    // carried a summary: a stray answer asks for nothing).
-                    if summarised {
+                if let Some(key) = unsettled {
+                    // The partner has other ranges of the origins the summary stood for:
+                    // the round again with the whole digest (only for the summary last
+                    // sent: a stray or superseded answer asks for nothing).
+                    if peer.summary_pending == Some(key) {
+                        peer.summary_pending = None;
                         self.stats.sync_unsettled_in += 1;
                         self.send_digest(from, None, true);
                     }
@@ -2732,9 +2730,17 @@ impl<S: Store> Node<S> {
     fn on_link_pull(&mut self, from: OriginKey, keys: Vec<OriginKey>) {
         let over = keys.len().saturating_sub(LINK_RECORDS_PER_MESSAGE_MAX);
         self.stats.link_entries_over_limit += over as u64;
-        let records = self.router.records_of(&keys[..keys.len() - over]);
+        // Each record once, however often it is named (a key repeated 16 times would
+        // otherwise draw 16 copies).
+        let mut read: Vec<OriginKey> = Vec::with_capacity(keys.len() - over);
+        for k in &keys[..keys.len() - over] {
+            if !read.contains(k) {
+                read.push(*k);
+            }
+        }
+        let records = self.router.records_of(&read);
         if !records.is_empty() {
-            self.stats.link_records_pulled += records.len() as u64;
+            self.stats.link_pull_records_sent += records.len() as u64;
             self.send(from, Message::Links(records));
         }
     }
@@ -3034,19 +3040,53 @@ impl<S: Store> Node<S> {
         let now = self.now;
         let mut digest = Digest::new();
         for (o, s) in self.seen.range((from, Unbounded)) {
-            match summary.as_mut() {
-                Some(h) if s.settled(now) => h.add(o, &s.ranges),
-                _ => digest.push((*o, s.ranges.iter().collect())),
+            let summarised = match summary.as_mut() {
+                Some(h) if s.settled(now) => self
+                    .summary_ranges(o, &s.ranges)
+                    .map(|ranges| h.add(o, &ranges))
+                    .is_some(),
+                _ => false,
+            };
+            if !summarised {
+                digest.push((*o, s.ranges.iter().collect()));
             }
         }
         let settled = summary.filter(|h| h.count > 0).map(SettledHasher::finish);
         (digest, settled)
     }
 
+    /// The ranges an anti-entropy summary counts for `origin`: what this node has seen of
+    /// it, joined with what its store holds where that is more (a record rebuilt from the
+    /// store after a restart, or one that reached [`RANGES_PER_ORIGIN_MAX`], is `lossy` and
+    /// may under-claim; an erasure puts numbers in the store's ranges). `None` when the
+    /// join could reach [`RANGES_PER_ORIGIN_MAX`] (a set that drops ranges cannot vouch
+    /// for what it dropped): the origin is listed instead, or fails the match.
+    fn summary_ranges<'a>(
+        &self,
+        origin: &OriginKey,
+        seen: &'a SeqRanges,
+    ) -> Option<Cow<'a, SeqRanges>> {
+        if seen.range_count() >= RANGES_PER_ORIGIN_MAX {
+            return None;
+        }
+        match self.store.ranges(origin) {
+            Some(stored) if !stored.difference(seen, 1).is_empty() => {
+                if seen.range_count() + stored.range_count() >= RANGES_PER_ORIGIN_MAX {
+                    return None;
+                }
+                Some(Cow::Owned(SeqRanges::from_ranges(
+                    seen.iter().chain(stored.iter()),
+                )))
+            }
+            _ => Some(Cow::Borrowed(seen)),
+        }
+    }
+
     /// Whether the origins a request's digest leaves out (from `from_origin` on) give, in
-    /// what this node has seen of them, the request's summary: then this node holds nothing
-    /// of them the requester lacks (it stores no event it has not seen, unless its record
-    /// of the origin is `lossy`, which never matches).
+    /// what this node has seen or holds of them ([`Node::summary_ranges`]), the request's
+    /// summary: then this node holds nothing of them the requester lacks. (Every origin of
+    /// the store is in `seen`: a record per stored origin is made at start, and every event
+    /// stored after is recorded.)
     fn settled_matches(
         &self,
         listed: &Digest,
@@ -3062,10 +3102,10 @@ impl<S: Store> Node<S> {
             if listed.peek().is_some_and(|l| *l == o) || s.ranges.range_count() == 0 {
                 continue;
             }
-            if s.lossy {
-                return false;
+            match self.summary_ranges(o, &s.ranges) {
+                Some(ranges) => h.add(o, &ranges),
+                None => return false,
             }
-            h.add(o, &s.ranges);
         }
         h.count == settled.count && h.finish().hash == settled.hash
     }
@@ -3318,7 +3358,7 @@ impl<S: Store> Node<S> {
         let summarise = !full && from_origin.is_none() && peer.held <= held;
         let (digest, settled) = self.digest(from_origin, summarise);
         if let Some(p) = self.peers.get_mut(&partner) {
-            p.summary_pending = settled.is_some();
+            p.summary_pending = settled.map(|s| s.key);
         }
         self.stats.sync_summaries_sent += u64::from(settled.is_some());
         self.send(
@@ -3400,7 +3440,7 @@ impl<S: Store> Node<S> {
                         events: Vec::new(),
                         resume: None,
                         held,
-                        unsettled: true,
+                        unsettled: Some(summary.key),
                     },
                 );
                 return;
@@ -3461,7 +3501,7 @@ impl<S: Store> Node<S> {
                 events,
                 resume,
                 held,
-                unsettled: false,
+                unsettled: None,
             },
         );
     }
@@ -4352,7 +4392,7 @@ mod tests {
                 events: Vec::new(),
                 resume: None,
                 held: 0,
-                unsettled: false,
+                unsettled: None,
             };
             node.handle_message(now + node.config.sync_interval_us / 2, t.to, answer);
             while node.poll_transmit().is_some() {}
@@ -4406,7 +4446,7 @@ mod tests {
                 events: Vec::new(),
                 resume: None,
                 held: 0,
-                unsettled: false,
+                unsettled: None,
             },
         );
         assert!(!node.silent(&mute));
@@ -4787,7 +4827,7 @@ mod tests {
                     events: vec![event.clone()],
                     resume: None,
                     held: seq,
-                    unsettled: false,
+                    unsettled: None,
                 },
             );
             assert!(pushes_of(&mut nodes[root], &event).is_empty());
@@ -5021,7 +5061,7 @@ mod tests {
         match answer(&mut nodes, t, keys[0], 1, request) {
             Message::SyncResponse {
                 events, unsettled, ..
-            } => assert!(events.is_empty() && !unsettled),
+            } => assert!(events.is_empty() && unsettled.is_none()),
             other => panic!("{other:?}"),
         }
         assert_eq!(nodes[0].stats().sync_summaries_sent, 1);
@@ -5040,7 +5080,7 @@ mod tests {
         let request = sync(&mut nodes, t);
         let unsettled = answer(&mut nodes, t, keys[0], 1, request);
         assert!(
-            matches!(&unsettled, Message::SyncResponse { unsettled: true, events, .. } if events.is_empty())
+            matches!(&unsettled, Message::SyncResponse { unsettled: Some(_), events, .. } if events.is_empty())
         );
         assert_eq!(nodes[1].stats().sync_unsettled_out, 1);
         // The whole digest follows, answered with the event node 0 lacks.
@@ -5053,17 +5093,93 @@ mod tests {
             Message::SyncResponse {
                 events, unsettled, ..
             } => {
-                assert!(!unsettled);
+                assert!(unsettled.is_none());
                 assert_eq!(events.len(), 1);
                 assert_eq!(events[0].id(), late.id());
             }
             other => panic!("{other:?}"),
         }
-        // An `unsettled` answer to no summary asks for nothing.
-        nodes[0].handle_message(t, keys[1], unsettled);
+        // An `unsettled` answer to no summary asks for nothing, nor does one naming another
+        // summary than the last sent (here: a new one, pending).
+        nodes[0].handle_message(t, keys[1], unsettled.clone());
+        assert!(nodes[0].poll_transmit().is_none());
+        let _pending = sync(&mut nodes, t + 100_000);
+        nodes[0].handle_message(t + 100_000, keys[1], unsettled);
         assert!(nodes[0].poll_transmit().is_none());
         assert_eq!(nodes[0].stats().sync_unsettled_in, 1);
         nodes[0].check_invariants_full();
+    }
+
+    /// A node restarted from its store holds every origin as `lossy` (its seen ranges are
+    /// rebuilt from the store's): summaries still match it both ways, through the join of
+    /// seen and stored ranges, instead of an `unsettled` round trip on every round.
+    #[test]
+    fn a_node_restarted_from_its_store_matches_summaries_both_ways() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2];
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        for (i, seed) in seeds.iter().enumerate() {
+            for seq in 1..=3 {
+                nodes[i]
+                    .handle_publish(0, event_at(*seed, seq, "orders.all"))
+                    .unwrap();
+            }
+        }
+        pump(&mut nodes, 0, 1_000_000);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let old = nodes.pop().unwrap();
+        let info = old.me().clone();
+        let t = 2_000_000;
+        let mut back = Node::new(info, MeshConfig::wan(2), 9, old.into_store(), t);
+        back.member_insert(nodes[0].me().clone());
+        assert!(back.seen.values().all(|s| s.lossy));
+        let mut first = nodes.pop().unwrap();
+        // The restarted node answers a summary of what it holds.
+        let t = t + SYNC_SETTLED_US;
+        first.now = t;
+        first.sync_with(keys[1], None, false);
+        let request = first.poll_transmit().unwrap().msg;
+        assert!(
+            matches!(&request, Message::SyncRequest { digest, settled: Some(s), .. } if digest.is_empty() && s.count == 2)
+        );
+        back.handle_message(t, keys[0], request);
+        match back.poll_transmit().map(|t| t.msg) {
+            Some(Message::SyncResponse {
+                events, unsettled, ..
+            }) => assert!(events.is_empty() && unsettled.is_none()),
+            other => panic!("{other:?}"),
+        }
+        // And its own requests summarise its origins, once settled since the restart.
+        back.now = t;
+        back.sync_with(keys[0], None, false);
+        let request = back.poll_transmit().unwrap().msg;
+        assert!(
+            matches!(&request, Message::SyncRequest { digest, settled: Some(s), .. } if digest.is_empty() && s.count == 2)
+        );
+        first.handle_message(t, keys[1], request);
+        match first.poll_transmit().map(|t| t.msg) {
+            Some(Message::SyncResponse {
+                events, unsettled, ..
+            }) => assert!(events.is_empty() && unsettled.is_none()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(first.stats().sync_unsettled_out, 0);
+        assert_eq!(back.stats().sync_unsettled_out, 0);
+    }
+
+    /// The summary hash is SipHash-1-3 over key, range count and ranges, little-endian:
+    /// pinned, since nodes of different builds must compute the same.
+    #[test]
+    fn the_summary_hash_is_pinned() {
+        let mut h = SettledHasher::new([1, 2]);
+        h.add(
+            &OriginKey([7; 32]),
+            &SeqRanges::from_ranges([(1, 5), (9, 9)]),
+        );
+        h.add(&OriginKey([8; 32]), &SeqRanges::from_ranges([(1, 1)]));
+        let s = h.finish();
+        assert_eq!((s.key, s.count), ([1, 2], 2));
+        assert_eq!(s.hash, 11_292_174_042_526_142_199);
     }
 
     /// Link-state gossip sends digests (node and version per record), not records; a peer
@@ -5128,7 +5244,7 @@ mod tests {
             other => panic!("expected records for b, got {other:?}"),
         };
         assert_eq!(records.len(), 1);
-        assert_eq!(a.stats().link_records_pulled, 1);
+        assert_eq!(a.stats().link_pull_records_sent, 1);
         b.on_links(records);
         assert_eq!(held(&b, &ka), version);
         // Taken: a digest naming it pulls nothing.
@@ -5338,7 +5454,7 @@ mod tests {
             events: vec![event.clone()],
             resume: None,
             held: 1,
-            unsettled: false,
+            unsettled: None,
         };
         nodes[1].handle_message(2, from, sync);
         assert_eq!(nodes[1].me().region, "r1");

@@ -124,8 +124,9 @@ pub const HOT_RECORDS_MAX: usize = 256;
 /// budget, 22 pushes each at 1000 nodes, kept every link-state message full for minutes
 /// while a large mesh formed (docs/sim.md 3.3).
 pub const RELAY_ROUNDS: u32 = 3;
-/// Most link records a node has asked for by [`super::Message::LinkPull`] and not yet
-/// taken: several peers' digests naming the same version fetch it once.
+/// Most link-record pulls a node remembers ([`super::Message::LinkPull`]; entries go when
+/// the record is taken, or are swept once older than [`LINK_PULL_RETRY_US`] when the map
+/// is full): several peers' digests naming the same version fetch it once.
 pub const LINK_PULLS_MAX: usize = 1_024;
 /// How long a link-record pull waits for its answer (a datagram, which may be lost) before
 /// another digest naming the record may ask again.

@@ -135,6 +135,7 @@ enum Wire<'a> {
     /// A `SyncResponse` saying the request's summary did not match (no events).
     SyncUnsettled {
         held: u64,
+        key: [u64; 2],
     },
 }
 
@@ -199,14 +200,17 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         }
         Message::SyncResponse {
             held,
-            unsettled: true,
+            unsettled: Some(key),
             ..
-        } => Wire::SyncUnsettled { held: *held },
+        } => Wire::SyncUnsettled {
+            held: *held,
+            key: *key,
+        },
         Message::SyncResponse {
             events,
             resume,
             held,
-            unsettled: false,
+            unsettled: None,
         } => {
             owned = envelopes(events);
             Wire::SyncResponse {
@@ -330,7 +334,7 @@ impl IncomingMessage {
                         events: good,
                         resume,
                         held,
-                        unsettled: false,
+                        unsettled: None,
                     },
                     bad,
                 )
@@ -421,11 +425,11 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
             from_origin: from_origin.map(OriginKey),
             settled: Some(Settled { key, count, hash }),
         }),
-        Wire::SyncUnsettled { held } => IncomingMessage::Plain(Message::SyncResponse {
+        Wire::SyncUnsettled { held, key } => IncomingMessage::Plain(Message::SyncResponse {
             events: Vec::new(),
             resume: None,
             held,
-            unsettled: true,
+            unsettled: Some(key),
         }),
         Wire::SyncResponse {
             events: list,
@@ -534,13 +538,13 @@ mod tests {
                 events: vec![e2.clone()],
                 resume: None,
                 held: 42,
-                unsettled: false,
+                unsettled: None,
             },
             Message::SyncResponse {
                 events: Vec::new(),
                 resume: None,
                 held: 42,
-                unsettled: true,
+                unsettled: Some([3, 4]),
             },
         ];
         for msg in &msgs {
@@ -556,7 +560,7 @@ mod tests {
         match round_trip(&msgs[msgs.len() - 1]).0 {
             Message::SyncResponse {
                 unsettled, held, ..
-            } => assert!(unsettled && held == 42),
+            } => assert!(unsettled == Some([3, 4]) && held == 42),
             other => panic!("expected a sync response, got {other:?}"),
         }
         match round_trip(&msgs[1]).0 {
@@ -575,6 +579,30 @@ mod tests {
             }
             other => panic!("expected a push, got {other:?}"),
         }
+    }
+
+    /// Tags are append-only: messages that existed before a newer variant keep their first
+    /// byte, so a request without a summary and an answer that is not `unsettled` encode
+    /// as older nodes expect (only the new kinds are unknown to them).
+    #[test]
+    fn older_message_kinds_keep_their_tags() {
+        let request = Message::SyncRequest {
+            digest: Vec::new(),
+            from_origin: None,
+            settled: None,
+        };
+        assert_eq!(encode(&request), vec![4, 0, 0]);
+        let answer = Message::SyncResponse {
+            events: Vec::new(),
+            resume: None,
+            held: 7,
+            unsettled: None,
+        };
+        assert_eq!(encode(&answer), vec![5, 0, 0, 7]);
+        assert_eq!(encode(&Message::Links(Vec::new())), vec![9, 0]);
+        assert_eq!(encode(&Message::Skip(Vec::new())), vec![10, 0]);
+        assert_eq!(encode(&Message::LinkDigest(Vec::new()))[0], 11);
+        assert_eq!(encode(&Message::LinkPull(Vec::new()))[0], 12);
     }
 
     #[test]
