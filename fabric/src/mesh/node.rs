@@ -3026,8 +3026,8 @@ impl<S: Store> Node<S> {
     }
 
     /// What this node has seen, from `from_origin` on: every origin, or, when
-    /// `summarise`, those whose ranges changed in the last [`SYNC_SETTLED_US`] (and those it
-    /// may have under-recorded, `lossy`) listed and the rest summarised.
+    /// `summarise`, those whose ranges changed in the last [`SYNC_SETTLED_US`] (and those
+    /// [`Node::summary_ranges`] cannot vouch for) listed and the rest summarised.
     fn digest(
         &mut self,
         from_origin: Option<OriginKey>,

@@ -343,6 +343,22 @@ impl IncomingMessage {
     }
 }
 
+/// An anti-entropy request as the core takes it, with or without a summary.
+fn sync_request(
+    digest: Vec<WireRanges>,
+    from_origin: Option<[u8; 32]>,
+    settled: Option<Settled>,
+) -> IncomingMessage {
+    IncomingMessage::Plain(Message::SyncRequest {
+        digest: digest
+            .into_iter()
+            .map(|(o, r)| (OriginKey(o), r.into()))
+            .collect::<Digest>(),
+        from_origin: from_origin.map(OriginKey),
+        settled,
+    })
+}
+
 /// Decodes a message from a peer. Trailing bytes, an unknown tag and any malformed event
 /// are errors; signatures are checked later by [`IncomingMessage::verify`].
 pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
@@ -405,26 +421,12 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
         Wire::SyncRequest {
             digest,
             from_origin,
-        } => IncomingMessage::Plain(Message::SyncRequest {
-            digest: digest
-                .into_iter()
-                .map(|(o, r)| (OriginKey(o), r.into()))
-                .collect::<Digest>(),
-            from_origin: from_origin.map(OriginKey),
-            settled: None,
-        }),
+        } => sync_request(digest, from_origin, None),
         Wire::SyncRequestSettled {
             digest,
             from_origin,
             settled: (key, count, hash),
-        } => IncomingMessage::Plain(Message::SyncRequest {
-            digest: digest
-                .into_iter()
-                .map(|(o, r)| (OriginKey(o), r.into()))
-                .collect::<Digest>(),
-            from_origin: from_origin.map(OriginKey),
-            settled: Some(Settled { key, count, hash }),
-        }),
+        } => sync_request(digest, from_origin, Some(Settled { key, count, hash })),
         Wire::SyncUnsettled { held, key } => IncomingMessage::Plain(Message::SyncResponse {
             events: Vec::new(),
             resume: None,
