@@ -2552,9 +2552,25 @@ impl<S: Store> Node<S> {
         if count == 0 {
             return;
         }
+        // Distinct members: a position drawn twice is drawn again (at most four times the
+        // draws wanted; with few members, all of them).
+        let wanted = CATCH_UP_ANNOUNCES.min(count);
+        let mut picks: smallvec::SmallVec<[usize; CATCH_UP_ANNOUNCES]> = smallvec::SmallVec::new();
+        if count <= CATCH_UP_ANNOUNCES {
+            picks.extend(0..count);
+        } else {
+            for _ in 0..4 * CATCH_UP_ANNOUNCES {
+                let pick = (self.rng.next_u64() % count as u64) as usize;
+                if !picks.contains(&pick) {
+                    picks.push(pick);
+                }
+                if picks.len() == wanted {
+                    break;
+                }
+            }
+        }
         let mut rt = SwimRuntime::default();
-        for _ in 0..CATCH_UP_ANNOUNCES.min(count) {
-            let pick = (self.rng.next_u64() % count as u64) as usize;
+        for pick in picks {
             let Some(key) = self.live_nth(false, pick) else {
                 break;
             };
@@ -4962,10 +4978,15 @@ mod tests {
                 0,
             )
         };
+        // SWIM messages sent, each to another member (asserted).
         let swim_sent = |node: &mut Node<crate::mesh::MemStore>| {
+            let mut to = BTreeSet::new();
             let mut n = 0;
             while let Some(t) = node.poll_transmit() {
-                n += usize::from(matches!(t.msg, Message::Swim(_)));
+                if matches!(t.msg, Message::Swim(_)) {
+                    n += 1;
+                    assert!(to.insert(t.to), "asked {} twice in one tick", t.to);
+                }
             }
             n
         };
@@ -4997,6 +5018,7 @@ mod tests {
         // A membership that keeps growing is asked for CATCH_UP_TICKS_MAX ticks at most.
         let mut node = fresh();
         node.join(0, &[info(1)]);
+        assert_eq!(swim_sent(&mut node), 1, "the seed");
         let mut ticks = 0;
         for k in 1..=100u8 {
             node.member_insert(info(k));
