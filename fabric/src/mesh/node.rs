@@ -2548,32 +2548,12 @@ impl<S: Store> Node<S> {
             return;
         }
         self.catch_up = Some((left - 1, now_known));
-        let count = self.live_count(false);
-        if count == 0 {
+        let picks = self.distinct_live(false, CATCH_UP_ANNOUNCES);
+        if picks.is_empty() {
             return;
         }
-        // Distinct members: a position drawn twice is drawn again (at most four times the
-        // draws wanted; with few members, all of them).
-        let wanted = CATCH_UP_ANNOUNCES.min(count);
-        let mut picks: smallvec::SmallVec<[usize; CATCH_UP_ANNOUNCES]> = smallvec::SmallVec::new();
-        if count <= CATCH_UP_ANNOUNCES {
-            picks.extend(0..count);
-        } else {
-            for _ in 0..4 * CATCH_UP_ANNOUNCES {
-                let pick = (self.rng.next_u64() % count as u64) as usize;
-                if !picks.contains(&pick) {
-                    picks.push(pick);
-                }
-                if picks.len() == wanted {
-                    break;
-                }
-            }
-        }
         let mut rt = SwimRuntime::default();
-        for pick in picks {
-            let Some(key) = self.live_nth(false, pick) else {
-                break;
-            };
+        for key in picks {
             let Some(member) = self.members.get(&key).cloned() else {
                 continue;
             };
@@ -2698,6 +2678,35 @@ impl<S: Store> Node<S> {
     /// and by key inside a region. Read from the per-region key lists: O(regions + one
     /// region's members), where walking every member record cost a 1000-node mesh a fifth
     /// of a millisecond per call (every record a cache miss).
+    /// Up to `wanted` distinct live members ([`Node::live_nth`]'s), drawn at random: a
+    /// position drawn twice is drawn again, at most four times the draws wanted; with no
+    /// more members than wanted, all of them (no draw).
+    fn distinct_live(
+        &mut self,
+        other_regions: bool,
+        wanted: usize,
+    ) -> smallvec::SmallVec<[OriginKey; 4]> {
+        let count = self.live_count(other_regions);
+        let mut picks: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
+        if count <= wanted {
+            picks.extend(0..count);
+        } else {
+            for _ in 0..4 * wanted {
+                let pick = (self.rng.next_u64() % count as u64) as usize;
+                if !picks.contains(&pick) {
+                    picks.push(pick);
+                }
+                if picks.len() == wanted {
+                    break;
+                }
+            }
+        }
+        picks
+            .into_iter()
+            .map_while(|pick| self.live_nth(other_regions, pick))
+            .collect()
+    }
+
     fn live_nth(&self, other_regions: bool, mut n: usize) -> Option<OriginKey> {
         let me = self.me.node_key();
         for (list, len) in self.live_lists(other_regions) {
@@ -2723,13 +2732,19 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// The first [`LINK_RECORDS_PER_MESSAGE_MAX`] entries of a link-state digest or pull,
+    /// the rest counted in [`Stats::link_entries_over_limit`].
+    fn link_entries_read<'a, T>(&mut self, entries: &'a [T]) -> &'a [T] {
+        let read = entries.len().min(LINK_RECORDS_PER_MESSAGE_MAX);
+        self.stats.link_entries_over_limit += (entries.len() - read) as u64;
+        &entries[..read]
+    }
+
     /// A peer's link-state digest: pulls the records this node would take, at most
     /// [`LINK_RECORDS_PER_MESSAGE_MAX`] entries read (the rest counted in
     /// [`Stats::link_entries_over_limit`]).
     fn on_link_digest(&mut self, from: OriginKey, entries: Vec<(OriginKey, u64)>) {
-        let over = entries.len().saturating_sub(LINK_RECORDS_PER_MESSAGE_MAX);
-        self.stats.link_entries_over_limit += over as u64;
-        let read = &entries[..entries.len() - over];
+        let read = self.link_entries_read(&entries);
         let me = self.me.node_key();
         let pulls = self
             .router
@@ -2744,12 +2759,10 @@ impl<S: Store> Node<S> {
     /// [`LINK_RECORDS_PER_MESSAGE_MAX`] keys read, the rest counted in
     /// [`Stats::link_entries_over_limit`]).
     fn on_link_pull(&mut self, from: OriginKey, keys: Vec<OriginKey>) {
-        let over = keys.len().saturating_sub(LINK_RECORDS_PER_MESSAGE_MAX);
-        self.stats.link_entries_over_limit += over as u64;
         // Each record once, however often it is named (a key repeated 16 times would
         // otherwise draw 16 copies).
-        let mut read: Vec<OriginKey> = Vec::with_capacity(keys.len() - over);
-        for k in &keys[..keys.len() - over] {
+        let mut read: Vec<OriginKey> = Vec::with_capacity(LINK_RECORDS_PER_MESSAGE_MAX);
+        for k in self.link_entries_read(&keys) {
             if !read.contains(k) {
                 read.push(*k);
             }

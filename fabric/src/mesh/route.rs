@@ -927,27 +927,23 @@ impl Router {
         regions: &BTreeMap<String, Vec<OriginKey>>,
         me: &OriginKey,
     ) -> bool {
-        let newer = || {
-            self.records
-                .get(key)
-                .is_none_or(|held| held.version < version)
-        };
-        if key == me {
-            // Our own record comes back through gossip; only the one we made counts.
-            return newer();
-        }
-        let Some(member) = members.get(key) else {
-            // Not a member (yet): the rotation names the record again later.
+        // Not a member (yet): the rotation names the record again later. (Our own record
+        // comes back through gossip; only the one we made counts.)
+        let member = members.get(key);
+        if key != me && member.is_none() {
             return false;
-        };
-        if self.records.contains_key(key) {
-            return newer();
         }
-        // Keep the region's sample (module docs).
-        let list = regions
-            .get(member.region.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        sampled(list, key)
+        match (self.records.get(key), member) {
+            (Some(held), _) => held.version < version,
+            // Keep the region's sample (module docs).
+            (None, Some(member)) if key != me => {
+                let list = regions
+                    .get(member.region.as_str())
+                    .map_or(&[][..], Vec::as_slice);
+                sampled(list, key)
+            }
+            (None, _) => true,
+        }
     }
 
     /// The nodes whose records a gossip digest (node and version of each record) names
