@@ -202,24 +202,6 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-fn kind(msg: &Message) -> &'static str {
-    match msg {
-        Message::Swim(_) => "swim",
-        Message::Push { .. } => "push",
-        Message::PushAck(_) => "push_ack",
-        Message::Probe { .. } => "probe",
-        Message::ProbeAck { .. } => "probe_ack",
-        Message::Links(_) => "links",
-        Message::Skip(_) => "skip",
-        Message::LinkDigest(_) => "link_digest",
-        Message::LinkPull(_) => "link_pull",
-        Message::IHave(_) => "ihave",
-        Message::Graft(_) => "graft",
-        Message::SyncRequest { .. } => "sync_request",
-        Message::SyncResponse { .. } => "sync_response",
-    }
-}
-
 impl Transport {
     /// Binds the endpoint and starts accepting. `quic` is the (client, server) pair from
     /// [`crate::tls::quic_configs`].
@@ -414,7 +396,7 @@ impl Transport {
         if addr.is_some() {
             peer.addr = addr;
         }
-        let k = kind(&out.msg);
+        let k = out.msg.kind();
         match peer.lanes[out.class as usize].try_send(out) {
             Ok(()) => Metrics::inc(&self.metrics.mesh_sent, "kind", k),
             Err(_) => Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_queue_full"),
@@ -659,7 +641,7 @@ impl Transport {
                 other => other.verify().0,
             }
         };
-        Metrics::inc(&self.metrics.mesh_received, "kind", kind(&msg));
+        Metrics::inc(&self.metrics.mesh_received, "kind", msg.kind());
         let _ = self
             .to_driver
             .send(FromMesh::Message { from, msg, reply })

@@ -32,23 +32,6 @@ pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 /// Most simulator events processed in one run (a runaway protocol stops here, reported).
 pub const STEPS_MAX: u64 = 2_000_000_000;
 
-/// Message kinds as reported, in the order of `Engine::sent_by_kind`.
-const MESSAGE_KINDS: [&str; 13] = [
-    "swim",
-    "push",
-    "ihave",
-    "graft",
-    "sync_request",
-    "sync_response",
-    "push_ack",
-    "probe",
-    "probe_ack",
-    "links",
-    "skip",
-    "link_digest",
-    "link_pull",
-];
-
 /// Most residency violations described in the report (all are counted).
 pub const RESIDENCY_EXAMPLES_MAX: usize = 8;
 
@@ -554,11 +537,11 @@ pub struct Engine {
     event_ideal: Vec<u32>,
     workload_next_pub: Vec<usize>,
     metrics: Metrics,
-    /// Messages sent per kind, indexed as [`MESSAGE_KINDS`] (copied into
+    /// Messages sent per kind, indexed as [`Message::KINDS`] (copied into
     /// `Metrics::messages_by_kind` at the end; a map entry per message was measurable).
-    sent_by_kind: [u64; MESSAGE_KINDS.len()],
+    sent_by_kind: [u64; Message::KINDS.len()],
     /// Bytes sent per kind, in the same order.
-    bytes_by_kind: [u64; MESSAGE_KINDS.len()],
+    bytes_by_kind: [u64; Message::KINDS.len()],
     /// Latencies per (workload, origin region, destination region), flat at
     /// `(w * regions + from) * regions + to` (moved into `Metrics::latency_by_pair` at the
     /// end; a tree lookup per delivery was measurable).
@@ -674,8 +657,8 @@ impl Engine {
             metrics: Metrics::default(),
             drain_sends: Vec::new(),
             drain_app: Vec::new(),
-            sent_by_kind: [0; MESSAGE_KINDS.len()],
-            bytes_by_kind: [0; MESSAGE_KINDS.len()],
+            sent_by_kind: [0; Message::KINDS.len()],
+            bytes_by_kind: [0; Message::KINDS.len()],
             latency_by_pair: vec![Vec::new(); pairs],
             table_writes: vec![Vec::new(); plan_workloads_len],
             table_rng: ChaCha8Rng::seed_from_u64(plan_seed ^ 0x7ab1_e000_0000_7ab1),
@@ -1360,21 +1343,7 @@ impl Engine {
     }
 
     fn transmit(&mut self, from: usize, to: usize, msg: Message) {
-        let kind = match &msg {
-            Message::Swim(_) => 0,
-            Message::Push { .. } => 1,
-            Message::IHave(_) => 2,
-            Message::Graft(_) => 3,
-            Message::SyncRequest { .. } => 4,
-            Message::SyncResponse { .. } => 5,
-            Message::PushAck(_) => 6,
-            Message::Probe { .. } => 7,
-            Message::ProbeAck { .. } => 8,
-            Message::Links(_) => 9,
-            Message::Skip(_) => 10,
-            Message::LinkDigest(_) => 11,
-            Message::LinkPull(_) => 12,
-        };
+        let kind = msg.kind_index();
         self.sent_by_kind[kind] += 1;
         if self.residency.is_some() {
             self.check_send(from, to, &msg);
@@ -1641,7 +1610,7 @@ impl Engine {
             self.nodes[i].node = node;
             self.nodes[i].parked = parked;
         }
-        for ((kind, sent), bytes) in MESSAGE_KINDS
+        for ((kind, sent), bytes) in Message::KINDS
             .iter()
             .zip(self.sent_by_kind)
             .zip(self.bytes_by_kind)

@@ -116,7 +116,7 @@ pub enum Message {
     /// settled in this round (resumable transfers).
     SyncRequest {
         /// What the requester holds: of every origin it has seen, or, with `settled`, of
-        /// those whose ranges changed lately (and those it may have under-recorded).
+        /// those whose ranges changed lately (and those a summary cannot vouch for).
         digest: Digest,
         /// Resume point of a transfer cut short by the batch limit.
         from_origin: Option<OriginKey>,
@@ -149,6 +149,48 @@ pub enum Message {
 }
 
 impl Message {
+    /// Every kind's name, indexed by [`Message::kind_index`]: the node's metric labels and
+    /// the simulator's report fields.
+    pub const KINDS: [&'static str; 13] = [
+        "swim",
+        "push",
+        "ihave",
+        "graft",
+        "sync_request",
+        "sync_response",
+        "push_ack",
+        "probe",
+        "probe_ack",
+        "links",
+        "skip",
+        "link_digest",
+        "link_pull",
+    ];
+
+    /// The message's kind, as an index into [`Message::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Message::Swim(_) => 0,
+            Message::Push { .. } => 1,
+            Message::IHave(_) => 2,
+            Message::Graft(_) => 3,
+            Message::SyncRequest { .. } => 4,
+            Message::SyncResponse { .. } => 5,
+            Message::PushAck(_) => 6,
+            Message::Probe { .. } => 7,
+            Message::ProbeAck { .. } => 8,
+            Message::Links(_) => 9,
+            Message::Skip(_) => 10,
+            Message::LinkDigest(_) => 11,
+            Message::LinkPull(_) => 12,
+        }
+    }
+
+    /// The message's kind by name ([`Message::KINDS`]).
+    pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
     /// The channel the message travels on.
     pub fn channel(&self) -> Channel {
         match self {
