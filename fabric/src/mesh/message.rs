@@ -130,7 +130,9 @@ pub enum Message {
         events: Vec<Arc<Event>>,
         /// Where the next request should resume, if the batch was full.
         resume: Option<OriginKey>,
-        /// How many events the responder holds in all (partner choice: "most missing").
+        /// How many sequence numbers the responder has seen, over every origin: events
+        /// held or relayed and numbers taken as Skips (partner choice, "most missing",
+        /// compares it with the requester's own count).
         held: u64,
         /// `Some(key)`: the summary of the request keyed `key` did not match what the
         /// responder holds or has seen of those origins; the request was not answered,

@@ -523,6 +523,7 @@ impl SettledHasher {
 #[derive(Debug, Default)]
 struct PeerState {
     last_sync_us: Option<Micros>,
+    /// The peer's [`Node::seen_count`], from its last anti-entropy answer.
     held: u64,
     /// When this node first asked the peer for a round it has not answered yet.
     unanswered_since: Option<Micros>,
@@ -646,6 +647,8 @@ pub struct Node<S: Store> {
     delivery_paused: BTreeSet<OriginKey>,
     /// Anti-entropy rounds started.
     sync_rounds: u64,
+    /// Sequence numbers in `seen`, over every origin ([`Node::seen_count`]).
+    seen_count: u64,
     stats: Stats,
     now: Micros,
     /// Grows on every change of `me`, `members`, `regions` or `lazy` (the view).
@@ -750,6 +753,7 @@ impl<S: Store> Node<S> {
             };
             seen.insert(origin, restarted);
         }
+        let seen_count = seen.values().map(|s: &OriginSeen| s.ranges.count()).sum();
         let mut router = Router::new(rng.next_u64());
         router.near_rtt_us = config.near_region_rtt_us;
         let mut node = Self {
@@ -784,6 +788,7 @@ impl<S: Store> Node<S> {
             app: VecDeque::new(),
             delivery_paused: BTreeSet::new(),
             sync_rounds: 0,
+            seen_count,
             stats: Stats::default(),
             now,
             view_version: 0,
@@ -1256,6 +1261,11 @@ impl<S: Store> Node<S> {
         for s in self.seen.values() {
             Self::check_seen(s);
         }
+        assert_eq!(
+            self.seen_count,
+            self.seen.values().map(|s| s.ranges.count()).sum::<u64>(),
+            "seen count out of step with the seen-set"
+        );
     }
 
     fn check_missing(&self, id: &EventId, m: &Missing) {
@@ -1726,13 +1736,39 @@ impl<S: Store> Node<S> {
         self.skip_own(event.origin(), event.seq());
     }
 
+    /// Records `(origin, seq)` in the seen-set at `now`; returns false if it was there.
+    /// Keeps [`Node::seen_count`] in step (exactly: at the range limit the set may drop a
+    /// range, so the count is taken again for that origin).
+    fn note_seen(&mut self, origin: OriginKey, seq: u64) -> bool {
+        let seen = self.seen.entry(origin).or_default();
+        if seen.ranges.range_count() < RANGES_PER_ORIGIN_MAX {
+            let new = seen.record(seq, self.now);
+            self.seen_count += u64::from(new);
+            return new;
+        }
+        let before = seen.ranges.count();
+        let new = seen.record(seq, self.now);
+        self.seen_count = self.seen_count - before + seen.ranges.count();
+        new
+    }
+
+    /// How many sequence numbers this node has seen, over every origin: events stored or
+    /// relayed, and numbers taken as Skips (not for this node) or erased. Anti-entropy
+    /// compares partners by it (an answer's `held`): a node that may not hold an event class
+    /// (residency) or does not store a stream (interest) has seen those numbers all the
+    /// same, so it does not look behind a node that stores them (docs/sim.md, section
+    /// 3.3, "Partners compared by what they have seen").
+    pub fn seen_count(&self) -> u64 {
+        self.seen_count
+    }
+
     /// Takes `(origin, seq)` as seen without an event (a Skip): the sequence number is not
     /// for this node, so per-origin delivery and anti-entropy move past it.
     fn skip_own(&mut self, origin: OriginKey, seq: u64) -> bool {
         if seq == 0 || origin == self.me.node_key() {
             return false;
         }
-        if self.seen.entry(origin).or_default().record(seq, self.now) {
+        if self.note_seen(origin, seq) {
             self.advance_delivery(origin);
             true
         } else {
@@ -2099,7 +2135,7 @@ impl<S: Store> Node<S> {
             self.stats.events_duplicate += 1;
             // Held, but the seen-set dropped it at its range limit: re-record it so
             // delivery and digests move on.
-            if self.seen.entry(origin).or_default().record(seq, self.now) {
+            if self.note_seen(origin, seq) {
                 self.advance_delivery(origin);
             }
             return Ok(Inserted::Duplicate);
@@ -2115,7 +2151,7 @@ impl<S: Store> Node<S> {
                     self.stats.events_duplicate += 1;
                     // Held after all (a store whose `holds` under-claims): record it as
                     // seen so delivery and digests move on.
-                    if self.seen.entry(origin).or_default().record(seq, self.now) {
+                    if self.note_seen(origin, seq) {
                         self.advance_delivery(origin);
                     }
                     return Ok(Inserted::Duplicate);
@@ -2126,7 +2162,7 @@ impl<S: Store> Node<S> {
                     // too, so its own delivery moves on), nothing stored or passed on.
                     self.stats.events_erased += 1;
                     self.missing.remove(&id);
-                    if self.seen.entry(origin).or_default().record(seq, self.now) {
+                    if self.note_seen(origin, seq) {
                         self.advance_delivery(origin);
                     }
                     return Ok(Inserted::Erased);
@@ -2146,7 +2182,7 @@ impl<S: Store> Node<S> {
             self.relay_order.push_back(id);
         }
         self.stats.events_new += 1;
-        self.seen.entry(origin).or_default().record(seq, self.now);
+        self.note_seen(origin, seq);
         self.missing.remove(&id);
         self.advance_delivery(origin);
         Ok(Inserted::New)
@@ -3140,13 +3176,14 @@ impl<S: Store> Node<S> {
     }
 
     /// Starts an anti-entropy round with the best partner ([`Node::ranked_partner`]: the one
-    /// known to hold the most more than we do, else the one synced least recently, ties
-    /// broken by RTT). Every other round instead goes to a random member of another region: a
-    /// whole region can miss the same event (its tree root was unreachable), and "nearest"
-    /// would then keep pairing nodes that all lack it. Partners that did not answer their
-    /// last request or that SWIM suspects are passed over while another is at hand
-    /// ([`Node::unlikely_to_answer`]): in a partition, rounds across the cut repair nothing
-    /// and the events the cut stopped in flight are on this side.
+    /// known to have seen the most more than we have ([`Node::seen_count`]), else the one
+    /// synced least recently, ties broken by RTT). Every other round instead goes to a
+    /// random member of another region: a whole region can miss the same event (its tree
+    /// root was unreachable), and "nearest" would then keep pairing nodes that all lack it.
+    /// Partners that did not answer their last request or that SWIM suspects are passed
+    /// over while another is at hand ([`Node::unlikely_to_answer`]): in a partition, rounds
+    /// across the cut repair nothing and the events the cut stopped in flight are on this
+    /// side.
     fn start_sync(&mut self) {
         self.sync_rounds += 1;
         // Every fourth round, a hole in an origin's sequence (delivery stalled behind an
@@ -3232,14 +3269,14 @@ impl<S: Store> Node<S> {
     }
 
     /// The partner of a regular anti-entropy round: members that answered before silent
-    /// ones (a silent one is chosen only when every member is), then the one holding the
-    /// most events this node does not have, then the stalest, then the nearest; of the
+    /// ones (a silent one is chosen only when every member is), then the one that has seen
+    /// the most more than this node ([`Node::seen_count`]), then the stalest, then the nearest; of the
     /// [`RANKED_CANDIDATES`] best, the first SWIM does not suspect (looked up for those few
     /// only: a lookup per member costs a 1000-node mesh a cache miss each).
     /// Also says whether a better-ranked member was passed over as suspected.
     fn ranked_partner(&self) -> Option<(OriginKey, bool)> {
         let me = self.me.node_key();
-        let held = self.store.len() as u64;
+        let held = self.seen_count;
         let (now, interval) = (self.now, self.config.sync_interval_us);
         // `members`, `peers` and the RTT estimators are all ordered by key: walk them
         // together rather than look each member up (this runs every sync interval over every
@@ -3376,12 +3413,12 @@ impl<S: Store> Node<S> {
     /// Sends `partner` this node's digest, from `from_origin` on (a new round, or one
     /// resumed where the partner's answer was cut). A new round summarises the origins
     /// settled for [`SYNC_SETTLED_US`] ([`super::Settled`]) unless `full`, or unless the
-    /// partner was known to hold more events than this node (then it likely has seen more
-    /// of them too, and the summary would only cost a round trip).
+    /// partner was known to have seen more than this node ([`Node::seen_count`]; then the
+    /// summary would likely only cost a round trip).
     fn send_digest(&mut self, partner: OriginKey, from_origin: Option<OriginKey>, full: bool) {
         // A resumed round waits for an answer too: a partner cut off mid-transfer goes silent.
         let now = self.now;
-        let held = self.store.len() as u64;
+        let held = self.seen_count;
         let peer = self.peers.entry(partner).or_default();
         peer.unanswered_since.get_or_insert(now);
         let summarise = !full && from_origin.is_none() && peer.held <= held;
@@ -3455,7 +3492,7 @@ impl<S: Store> Node<S> {
             }
             theirs = dedup;
         }
-        let held = self.store.len() as u64;
+        let held = self.seen_count;
         // A summary of the origins the digest leaves out: if this node has seen the same of
         // them, only the listed origins can hold anything the requester lacks; if not, it
         // asks for the whole digest (answering as if the requester had nothing of them
@@ -5143,6 +5180,90 @@ mod tests {
         assert!(nodes[0].poll_transmit().is_none());
         assert_eq!(nodes[0].stats().sync_unsettled_in, 1);
         nodes[0].check_invariants_full();
+    }
+
+    /// Refuses events of `eu.` streams to members of one region (a residency class).
+    struct EuOutside(&'static str);
+
+    impl ReplicationFilter for EuOutside {
+        fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
+            if peer.region.as_str() == self.0 && event.stream().as_str().starts_with("eu.") {
+                FilterHop::Refuse
+            } else {
+                FilterHop::Clear
+            }
+        }
+    }
+
+    /// Anti-entropy compares partners by the sequence numbers they have seen, not by the
+    /// events they store: a node that may not hold a class has seen its numbers as Skips.
+    /// Compared by events stored, a node outside the class ranked every node inside it
+    /// first for "most missing" in every round, and never summarised its digest to them.
+    #[test]
+    fn partners_are_compared_by_what_they_have_seen_not_by_what_they_store() {
+        let rtts = vec![40_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2, 3, 4];
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        for n in &mut nodes {
+            n.set_filter(Box::new(EuOutside("r1")));
+        }
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        // Node 0 (r0) publishes two EU events around a public one.
+        for (seq, stream) in [(1, "eu.orders"), (2, "all.orders"), (3, "eu.orders")] {
+            nodes[0]
+                .handle_publish(0, event_at(seeds[0], seq, stream))
+                .unwrap();
+        }
+        pump(&mut nodes, 0, 2_000_000);
+        assert_eq!(nodes[1].me().region, "r1");
+        assert_eq!(nodes[2].me().region, "r0");
+        assert_eq!(nodes[1].store().len(), 1, "r1 holds the public event only");
+        assert_eq!(nodes[2].store().len(), 3);
+        for n in &nodes {
+            assert_eq!(n.seen_count(), 3, "stored, relayed or skipped alike");
+            n.check_invariants_full();
+        }
+        // Node 2 answers node 1 with what it has seen, which is what node 1 has seen.
+        let t = SYNC_SETTLED_US + 1_000_000;
+        nodes[1].now = t;
+        nodes[1].sync_with(keys[2], None, false);
+        let request = nodes[1].poll_transmit().expect("a request").msg;
+        assert!(
+            matches!(&request, Message::SyncRequest { settled: Some(s), digest, .. } if s.count == 1 && digest.is_empty()),
+            "{request:?}"
+        );
+        nodes[2].handle_message(t, keys[1], request);
+        let answer = nodes[2].poll_transmit().expect("an answer").msg;
+        assert!(
+            matches!(&answer, Message::SyncResponse { held: 3, events, unsettled: None, .. } if events.is_empty()),
+            "{answer:?}"
+        );
+        // (Answered a round trip later: the round is an RTT sample too.)
+        nodes[1].handle_message(t + 40_000, keys[2], answer);
+        // So the next round with node 2 summarises again, and nodes 0 and 2 do not rank
+        // above node 3, synced least recently, for "most missing".
+        let t = t + 1_000_000;
+        nodes[1].now = t;
+        nodes[1].sync_with(keys[2], None, false);
+        let request = nodes[1].poll_transmit().expect("a request").msg;
+        assert!(
+            matches!(
+                &request,
+                Message::SyncRequest {
+                    settled: Some(_),
+                    ..
+                }
+            ),
+            "{request:?}"
+        );
+        for (k, last) in [(keys[0], t), (keys[2], t), (keys[3], t - 10_000_000)] {
+            let p = nodes[1].peers.entry(k).or_default();
+            (p.held, p.last_sync_us, p.unanswered_since) = (3, Some(last), None);
+        }
+        assert_eq!(nodes[1].ranked_partner(), Some((keys[3], false)));
+        // A partner that has seen more still ranks first.
+        nodes[1].peers.get_mut(&keys[0]).unwrap().held = 4;
+        assert_eq!(nodes[1].ranked_partner(), Some((keys[0], false)));
     }
 
     /// A node restarted from its store holds every origin as `lossy` (its seen ranges are
