@@ -2556,13 +2556,11 @@ impl<S: Store> Node<S> {
         if batch.is_empty() {
             return;
         }
-        // The round's records go as a digest; each peer pulls those it would take.
+        // The round's records go as a digest to distinct random peers; each pulls those it
+        // would take.
         let digest = route::Router::digest_of(&batch);
-        for _ in 0..self.config.link_fanout.min(candidates) {
-            let pick = (self.rng.next_u64() % candidates as u64) as usize;
-            if let Some(k) = self.live_nth(false, pick) {
-                self.send(k, Message::LinkDigest(digest.clone()));
-            }
+        for k in self.distinct_live(false, self.config.link_fanout) {
+            self.send(k, Message::LinkDigest(digest.clone()));
         }
     }
 
@@ -5428,6 +5426,19 @@ mod tests {
         b.on_link_pull(ka, (0..18u8).map(|i| OriginKey([i; 32])).collect());
         assert_eq!(b.stats().link_entries_over_limit, 4 + 2);
         b.check_invariants_full();
+        // Every round's peers are distinct (drawn with replacement, a round sent one peer
+        // the same digest twice in about one round in five here).
+        while a.poll_transmit().is_some() {}
+        for round in 1..=50 {
+            a.now += 1_000_000;
+            a.router.own_forced = true;
+            a.gossip_links();
+            let to: Vec<OriginKey> = std::iter::from_fn(|| a.poll_transmit())
+                .map(|t| t.to)
+                .collect();
+            assert_eq!(to.len(), a.config.link_fanout, "round {round}");
+            assert!(to[0] != to[1], "round {round}: {to:?}");
+        }
     }
 
     /// A member that joins gets the link-state records from the members after it in key
