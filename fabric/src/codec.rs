@@ -228,7 +228,7 @@ pub(crate) fn event_id(signed: &[u8]) -> EventId {
 }
 
 /// Length of the envelope around a body of `body_len` bytes.
-fn envelope_len(body_len: usize) -> usize {
+pub(crate) fn envelope_len(body_len: usize) -> usize {
     let head = match body_len {
         0..=23 => 1,
         24..=0xff => 2,

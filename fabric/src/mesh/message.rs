@@ -214,38 +214,10 @@ impl Message {
         }
     }
 
-    /// Approximate encoded size in bytes (the simulator's byte counters use it).
+    /// Encoded size in bytes, exactly what [`super::wire::encode`] produces, computed
+    /// without encoding (the simulator's byte counters use it).
     pub fn wire_len(&self) -> usize {
-        const REF_LEN: usize = 32 + 8 + 32;
-        match self {
-            Message::Swim(bytes) => bytes.len(),
-            Message::Push { events, relay, .. } => {
-                12 + relay.iter().map(|h| h.region.len() + 2).sum::<usize>()
-                    + events
-                        .iter()
-                        .map(|e| e.signed_bytes().len() + 64 + 8)
-                        .sum::<usize>()
-            }
-            Message::PushAck(_) => 9,
-            Message::Skip(list) => 2 + list.len() * 40,
-            Message::Probe { .. } | Message::ProbeAck { .. } => 9 + 44,
-            Message::Links(records) => 2 + records.iter().map(|r| r.wire_len()).sum::<usize>(),
-            Message::LinkDigest(entries) => 2 + entries.len() * (32 + 8),
-            Message::LinkPull(keys) => 2 + keys.len() * 32,
-            Message::IHave(refs) | Message::Graft(refs) => 4 + refs.len() * REF_LEN,
-            Message::SyncRequest {
-                digest, settled, ..
-            } => {
-                40 + settled.map_or(0, |_| 28)
-                    + digest.iter().map(|(_, r)| 34 + r.len() * 16).sum::<usize>()
-            }
-            Message::SyncResponse { events, .. } => {
-                48 + events
-                    .iter()
-                    .map(|e| e.signed_bytes().len() + 64 + 8)
-                    .sum::<usize>()
-            }
-        }
+        super::wire::encoded_len(self)
     }
 }
 

@@ -252,17 +252,6 @@ fn material<'a>(
 }
 
 impl LinkRecord {
-    /// Approximate encoded size (the simulator's byte counters).
-    pub fn wire_len(&self) -> usize {
-        32 + 8
-            + 44
-            + 2
-            + self.links.len() * 36
-            + self.status.name.len()
-            + self.status.http.len()
-            + 32
-    }
-
     /// Checks the limits of a record received from a peer.
     pub fn validate(&self) -> Result<(), &'static str> {
         if self.links.len() > LINKS_PER_NODE_MAX {

@@ -225,6 +225,110 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     postcard::to_allocvec(&wire).unwrap_or_else(|e| unreachable!("postcard to Vec: {e}"))
 }
 
+/// The length of [`encode`]'s output for `msg`, computed without encoding it (the
+/// simulator's byte counters read it for every message it delivers). Postcard is simple
+/// enough to size by hand: a variant tag and every length and integer but a `u8` are
+/// varints, an array of 32 bytes is 32 bytes, an `Option` one byte more than its value.
+/// The nested records (relay hops, coordinates, link records) are sized by postcard's own
+/// size-counting serializer. Tests hold it to `encode(msg).len()` for every kind.
+pub fn encoded_len(msg: &Message) -> usize {
+    // The tags of `Wire`'s variants (all below 128: one byte each).
+    const TAG: usize = 1;
+    const KEY: usize = 32;
+    let events = |events: &[Arc<crate::envelope::Event>]| -> usize {
+        varint_len(events.len() as u64)
+            + events
+                .iter()
+                .map(|e| {
+                    let n = crate::codec::envelope_len(e.body_bytes().len());
+                    varint_len(n as u64) + n
+                })
+                .sum::<usize>()
+    };
+    let refs = |refs: &[EventRef]| -> usize {
+        varint_len(refs.len() as u64)
+            + refs
+                .iter()
+                .map(|r| KEY + varint_len(r.seq) + KEY)
+                .sum::<usize>()
+    };
+    let key_option = |k: &Option<OriginKey>| 1 + k.map_or(0, |_| KEY);
+    TAG + match msg {
+        Message::Swim(bytes) => varint_len(bytes.len() as u64) + bytes.len(),
+        Message::Push {
+            events: e,
+            relay,
+            ack,
+            reroutes: _,
+        } => events(e) + postcard_len(relay) + varint_len(*ack) + 1,
+        Message::PushAck(id) => varint_len(*id),
+        Message::Probe { nonce, coord } | Message::ProbeAck { nonce, coord } => {
+            varint_len(*nonce) + postcard_len(coord)
+        }
+        Message::Links(records) => {
+            varint_len(records.len() as u64)
+                + records.iter().map(|r| postcard_len(&**r)).sum::<usize>()
+        }
+        Message::Skip(list) | Message::LinkDigest(list) => {
+            varint_len(list.len() as u64)
+                + list
+                    .iter()
+                    .map(|(_, n)| KEY + varint_len(*n))
+                    .sum::<usize>()
+        }
+        Message::LinkPull(keys) => varint_len(keys.len() as u64) + keys.len() * KEY,
+        Message::IHave(r) | Message::Graft(r) => refs(r),
+        Message::SyncRequest {
+            digest,
+            from_origin,
+            settled,
+        } => {
+            varint_len(digest.len() as u64)
+                + digest
+                    .iter()
+                    .map(|(_, ranges)| {
+                        KEY + varint_len(ranges.len() as u64)
+                            + ranges
+                                .iter()
+                                .map(|(lo, hi)| varint_len(*lo) + varint_len(*hi))
+                                .sum::<usize>()
+                    })
+                    .sum::<usize>()
+                + key_option(from_origin)
+                + settled.map_or(0, |s| {
+                    varint_len(s.key[0])
+                        + varint_len(s.key[1])
+                        + varint_len(u64::from(s.count))
+                        + varint_len(s.hash)
+                })
+        }
+        Message::SyncResponse {
+            held,
+            unsettled: Some(key),
+            ..
+        } => varint_len(*held) + varint_len(key[0]) + varint_len(key[1]),
+        Message::SyncResponse {
+            events: e,
+            resume,
+            held,
+            unsettled: None,
+        } => events(e) + key_option(resume) + varint_len(*held),
+    }
+}
+
+/// Bytes of `v` as a postcard varint (7 bits a byte).
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The postcard length of a nested serde record, by postcard's size-counting serializer.
+fn postcard_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    // Sizing these types cannot fail (no maps with non-string keys, no unknown lengths);
+    // postcard's error type is shared with decoding.
+    postcard::experimental::serialized_size(value)
+        .unwrap_or_else(|e| unreachable!("postcard sizing: {e}"))
+}
+
 /// A decoded message whose events have not been verified yet.
 #[derive(Debug)]
 pub enum IncomingMessage {
@@ -580,6 +684,147 @@ mod tests {
                 assert_eq!(events[1].seq(), 2);
             }
             other => panic!("expected a push, got {other:?}"),
+        }
+    }
+
+    /// A message of kind `kind` (0..15, one per `Wire` variant) built from `n` and `words`:
+    /// lengths from `n`, integers from `words` (every varint width), events whose bodies
+    /// cross the CBOR length-header sizes.
+    fn sample(kind: u8, n: usize, words: &[u64]) -> Message {
+        let w = |i: usize| words[i % words.len()];
+        let key = |i: usize| OriginKey([(w(i) % 251) as u8; 32]);
+        let events = |seq: u64| -> Vec<Arc<crate::envelope::Event>> {
+            (0..n.min(4)).map(|i| event(seq + i as u64)).collect()
+        };
+        match kind {
+            0 => Message::Swim(vec![7; (w(0) % 2000) as usize]),
+            1 => Message::Push {
+                events: events(w(1) % 1000 + 1),
+                relay: (0..n % 5)
+                    .map(|i| RelayHop {
+                        region: format!("aws:region-{}", w(i)).into(),
+                        parent: (i > 0).then(|| (i - 1) as u8),
+                    })
+                    .collect(),
+                ack: w(2),
+                reroutes: w(3) as u8,
+            },
+            2 => Message::IHave(
+                (0..n)
+                    .map(|i| EventRef::of(&event(w(i) % 1000 + 1)))
+                    .collect(),
+            ),
+            3 => Message::Graft(
+                (0..n)
+                    .map(|i| EventRef::of(&event(w(i) % 1000 + 1)))
+                    .collect(),
+            ),
+            4 | 13 => Message::SyncRequest {
+                digest: (0..n)
+                    .map(|i| {
+                        let ranges: crate::mesh::message::DigestRanges = (0..(w(i) % 4) as usize)
+                            .map(|j| (w(i + j), w(i + j + 1)))
+                            .collect();
+                        (key(i), ranges)
+                    })
+                    .collect(),
+                from_origin: (w(4) % 2 == 0).then(|| key(5)),
+                settled: (kind == 13).then(|| Settled {
+                    key: [w(6), w(7)],
+                    count: w(8) as u32,
+                    hash: w(9),
+                }),
+            },
+            5 | 14 => Message::SyncResponse {
+                events: if kind == 5 {
+                    events(w(1) % 1000 + 1)
+                } else {
+                    Vec::new()
+                },
+                resume: (w(4) % 2 == 0).then(|| key(5)),
+                held: w(2),
+                unsettled: (kind == 14).then(|| [w(6), w(7)]),
+            },
+            6 => Message::PushAck(w(0)),
+            7 | 8 => {
+                let mut coord = weft_routing::Coordinate::origin();
+                coord.height = w(1) as f32;
+                if kind == 7 {
+                    Message::Probe { nonce: w(0), coord }
+                } else {
+                    Message::ProbeAck { nonce: w(0), coord }
+                }
+            }
+            9 => Message::Links(
+                (0..n % 6)
+                    .map(|i| {
+                        Arc::new(LinkRecord {
+                            node: key(i).0,
+                            version: w(i),
+                            coord: weft_routing::Coordinate::origin(),
+                            links: (0..(w(i) % 64) as usize)
+                                .map(|j| (key(i + j).0, w(j) as u32))
+                                .collect(),
+                            status: crate::mesh::route::NodeStatus {
+                                name: format!("node-{}", w(i)),
+                                http: "127.0.0.1:8401".into(),
+                                published: w(i + 1),
+                                stored: w(i + 2),
+                                missing: w(i + 3),
+                                policy_epoch: w(i + 4),
+                            },
+                        })
+                    })
+                    .collect(),
+            ),
+            10 => Message::Skip((0..n).map(|i| (key(i), w(i))).collect()),
+            11 => Message::LinkDigest((0..n).map(|i| (key(i), w(i))).collect()),
+            _ => Message::LinkPull((0..n).map(key).collect()),
+        }
+    }
+
+    proptest::proptest! {
+        /// `Message::wire_len` (the simulator's byte counters) is exactly the encoded
+        /// length, for every kind and every varint width.
+        #[test]
+        fn wire_len_is_the_encoded_length(
+            kind in 0u8..15,
+            n in 0usize..24,
+            words in proptest::collection::vec(
+                proptest::prop_oneof![0u64..200, 0u64..70_000, proptest::num::u64::ANY],
+                1..12,
+            ),
+        ) {
+            let msg = sample(kind, n, &words);
+            proptest::prop_assert_eq!(msg.wire_len(), encode(&msg).len(), "{:?}", msg.kind());
+        }
+    }
+
+    /// Event bodies of every CBOR length-header size, sized exactly.
+    #[test]
+    fn wire_len_sizes_events_of_every_body_length() {
+        for len in [0usize, 10, 200, 300, 70_000] {
+            let draft = EventDraft {
+                payload: Payload::Clear(vec![b'x'; len]),
+                ..event(1).draft().clone()
+            };
+            let e = Arc::new(Signer::from_secret(&[3; 32]).sign(draft).unwrap());
+            for msg in [
+                Message::Push {
+                    events: vec![e.clone(), e.clone()],
+                    relay: Vec::new(),
+                    ack: 0,
+                    reroutes: 0,
+                },
+                Message::SyncResponse {
+                    events: vec![e.clone()],
+                    resume: Some(e.origin()),
+                    held: u64::MAX,
+                    unsettled: None,
+                },
+            ] {
+                assert_eq!(msg.wire_len(), encode(&msg).len(), "payload of {len} bytes");
+            }
         }
     }
 
