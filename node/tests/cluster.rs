@@ -891,6 +891,10 @@ fn idle_anti_entropy_rounds_carry_a_summary_that_peers_match() {
             assert_eq!(stat(v, "sync_unsettled_in"), 0, "node {i}: {v}");
             assert_eq!(stat(v, "sync_unsettled_out"), 0, "node {i}: {v}");
             assert_eq!(stat(v, "sync_events_new"), 0, "node {i}: {v}");
+            assert!(
+                stat(v, "sync_requests_sent") > stat(v, "sync_summaries_sent"),
+                "the rounds before the mesh settled listed their origins: node {i}: {v}"
+            );
         }
         let (status, body) = c
             .publish(2, "orders.eu", "regions:3", &[json!({"after": true})])

@@ -413,6 +413,8 @@ pub struct Metrics {
     pub measured_link_rtt_us: Micros,
     /// Routing counters summed over Weft's nodes (zero for the baselines).
     pub routing: RoutingCounters,
+    /// Anti-entropy's counters (Weft only).
+    pub anti_entropy: AntiEntropyCounters,
     /// Last delivery hop per event: hops travelled by the event's last-reached delivery
     /// (only deliveries whose sender's hop count is known: relays that do not subscribe
     /// break the chain).
@@ -489,6 +491,28 @@ pub struct RoutingCounters {
     pub links_recovered: u64,
     /// Link probes sent.
     pub probes_sent: u64,
+}
+
+/// What anti-entropy did in a run, summed over the Weft nodes (zero for the baselines).
+#[derive(Debug, Clone, Default)]
+pub struct AntiEntropyCounters {
+    /// Requests sent (new rounds, resumed ones, whole digests after `unsettled`).
+    pub requests: u64,
+    /// Requests that summarised the requester's settled origins.
+    pub summaries: u64,
+    /// The lowest share of a node's requests that carried a summary, over the nodes that
+    /// sent any (1.0 when none did).
+    pub summary_share_min: f64,
+    /// Requests answered `unsettled` (the summary did not match).
+    pub unsettled: u64,
+    /// Events sent in answers.
+    pub events_sent: u64,
+    /// Events answers brought that were new to the requester (repairs).
+    pub events_repaired: u64,
+    /// Rounds with a member back from down (after a heal).
+    pub rounds_after_heal: u64,
+    /// Partners passed over as silent or suspected.
+    pub partners_passed_over: u64,
 }
 
 /// The engine.
@@ -1582,6 +1606,7 @@ impl Engine {
                 self.metrics.latency_by_pair.insert(key, latencies);
             }
         }
+        let mut summary_share_min: f64 = 1.0;
         for n in &self.nodes {
             if let Some(Proto::Weft(node)) = &n.node {
                 let s = node.stats();
@@ -1593,10 +1618,23 @@ impl Engine {
                 r.reroute_unreachable += s.reroute_unreachable;
                 r.links_recovered += s.links_recovered;
                 r.probes_sent += s.probes_sent;
+                let a = &mut self.metrics.anti_entropy;
+                a.requests += s.sync_requests_sent;
+                a.summaries += s.sync_summaries_sent;
+                if s.sync_requests_sent > 0 {
+                    summary_share_min = summary_share_min
+                        .min(s.sync_summaries_sent as f64 / s.sync_requests_sent as f64);
+                }
+                a.unsettled += s.sync_unsettled_out;
+                a.events_sent += s.sync_events_sent;
+                a.events_repaired += s.sync_events_new;
+                a.rounds_after_heal += s.sync_back_rounds;
+                a.partners_passed_over += s.sync_partners_passed_over;
                 self.metrics.residency.transit_forwarded += s.transit_forwarded;
                 self.metrics.residency.refused_by_receivers += s.residency_refused;
             }
         }
+        self.metrics.anti_entropy.summary_share_min = summary_share_min;
         // Every store, live or parked: nothing a node may not hold.
         for i in 0..self.nodes.len() {
             // Taken out for the audit (which reads the engine) and put back.

@@ -131,6 +131,13 @@ fn no_faults() {
     let r = run(&small("none", ""), None);
     assert_healthy(&r);
     assert!(r.strategies[0].rmr < 0.5, "rmr {}", r.strategies[0].rmr);
+    // Once the workload has settled, every node summarises its anti-entropy digests, the
+    // nodes outside the EU and payment jurisdictions too (compared by events stored, they
+    // took every node inside them to be ahead, and sent them the whole digest every round).
+    let a = &r.strategies[0].anti_entropy;
+    assert!(a.summaries > 0 && a.summaries < a.requests, "{a:?}");
+    assert!(a.summary_share_min > 0.2, "{a:?}");
+    assert_eq!(a.unsettled, 0, "{a:?}");
 }
 
 #[test]

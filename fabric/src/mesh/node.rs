@@ -353,6 +353,9 @@ pub struct Stats {
     pub link_records_refused: u64,
     /// Link-state messages handed to members that joined ([`Node::send_handoffs`]).
     pub link_handoffs_sent: u64,
+    /// Anti-entropy requests sent: new rounds, resumed ones, and whole digests after an
+    /// `unsettled` answer.
+    pub sync_requests_sent: u64,
     /// Anti-entropy requests sent with a summary of the settled origins instead of their
     /// ranges ([`super::Settled`]).
     pub sync_summaries_sent: u64,
@@ -3424,6 +3427,7 @@ impl<S: Store> Node<S> {
         if let Some(p) = self.peers.get_mut(&partner) {
             p.summary_pending = settled.map(|s| s.key);
         }
+        self.stats.sync_requests_sent += 1;
         self.stats.sync_summaries_sent += u64::from(settled.is_some());
         self.send(
             partner,
