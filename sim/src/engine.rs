@@ -493,25 +493,26 @@ pub struct RoutingCounters {
     pub probes_sent: u64,
 }
 
-/// What anti-entropy did in a run, summed over the Weft nodes (zero for the baselines).
-#[derive(Debug, Clone, Default)]
+/// What anti-entropy did in a run, summed over the Weft nodes (zero for the baselines);
+/// the report's `anti_entropy`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AntiEntropyCounters {
-    /// Requests sent (new rounds, resumed ones, whole digests after `unsettled`).
+    /// Requests sent: new rounds, resumed ones, and whole digests after `unsettled`.
     pub requests: u64,
-    /// Requests that summarised the requester's settled origins.
+    /// Requests that summarised the requester's settled origins instead of listing them.
     pub summaries: u64,
-    /// The lowest share of a node's requests that carried a summary, over the nodes that
-    /// sent any (1.0 when none did).
+    /// The lowest share of one node's requests that carried a summary (1.0 when no node
+    /// sent any request): a node that never summarises pays a whole digest every round.
     pub summary_share_min: f64,
-    /// Requests answered `unsettled` (the summary did not match).
+    /// Requests answered `unsettled` (the summary did not match; the whole digest follows).
     pub unsettled: u64,
     /// Events sent in answers.
     pub events_sent: u64,
-    /// Events answers brought that were new to the requester (repairs).
+    /// Of those, events that were new to the requester (what dissemination had missed).
     pub events_repaired: u64,
-    /// Rounds with a member back from down (after a heal).
+    /// Rounds with a member back from down (after a heal), whole digest from the start.
     pub rounds_after_heal: u64,
-    /// Partners passed over as silent or suspected.
+    /// Partners passed over because they did not answer or SWIM suspected them.
     pub partners_passed_over: u64,
 }
 

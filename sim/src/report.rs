@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::engine::{FaultKind, Metrics, Plan};
+use crate::engine::{AntiEntropyCounters, FaultKind, Metrics, Plan};
 
 /// Points of a latency CDF: the nearest-rank latency at quantiles 0.01, 0.02, .., 1.00.
 const CDF_POINTS: usize = 100;
@@ -146,7 +146,7 @@ pub struct StrategyReport {
     /// Latency-aware routing at work (Weft's counters; zero for the baselines).
     pub routing: RoutingReport,
     /// What anti-entropy did (Weft's counters; zero for the baselines).
-    pub anti_entropy: AntiEntropyReport,
+    pub anti_entropy: AntiEntropyCounters,
     /// Residency, as the engine checked it on every send, delivery and store.
     pub residency: ResidencyReport,
     /// Per workload: its residency class and delivery latency.
@@ -249,28 +249,6 @@ pub struct RoutingReport {
     pub measured_extra_ms: Percentiles,
     /// Largest base RTT of a link those faults cut or degrade, ms (0 without).
     pub measured_link_rtt_ms: f64,
-}
-
-/// What anti-entropy did in a run, summed over the nodes.
-#[derive(Debug, Clone, Serialize)]
-pub struct AntiEntropyReport {
-    /// Requests sent: new rounds, resumed ones, and whole digests after `unsettled`.
-    pub requests: u64,
-    /// Requests that summarised the requester's settled origins instead of listing them.
-    pub summaries: u64,
-    /// The lowest share of one node's requests that carried a summary (1.0 when no node
-    /// sent any request): a node that never summarises pays a whole digest every round.
-    pub summary_share_min: f64,
-    /// Requests answered `unsettled` (the summary did not match; the whole digest follows).
-    pub unsettled: u64,
-    /// Events sent in answers.
-    pub events_sent: u64,
-    /// Of those, events that were new to the requester (what dissemination had missed).
-    pub events_repaired: u64,
-    /// Rounds with a member back from down (after a heal), whole digest from the start.
-    pub rounds_after_heal: u64,
-    /// Partners passed over because they did not answer or SWIM suspected them.
-    pub partners_passed_over: u64,
 }
 
 /// Latency between two regions.
@@ -446,15 +424,9 @@ impl StrategyReport {
                 measured_extra_ms: Percentiles::from_us(&m.measured_extra_us),
                 measured_link_rtt_ms: round3(m.measured_link_rtt_us as f64 / 1000.0),
             },
-            anti_entropy: AntiEntropyReport {
-                requests: m.anti_entropy.requests,
-                summaries: m.anti_entropy.summaries,
+            anti_entropy: AntiEntropyCounters {
                 summary_share_min: round3(m.anti_entropy.summary_share_min),
-                unsettled: m.anti_entropy.unsettled,
-                events_sent: m.anti_entropy.events_sent,
-                events_repaired: m.anti_entropy.events_repaired,
-                rounds_after_heal: m.anti_entropy.rounds_after_heal,
-                partners_passed_over: m.anti_entropy.partners_passed_over,
+                ..m.anti_entropy.clone()
             },
             delivered_fraction: m
                 .timeline
