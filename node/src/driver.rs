@@ -1173,6 +1173,7 @@ impl Driver {
             ("sync_events_new", s.sync_events_new),
             ("sync_back_rounds", s.sync_back_rounds),
             ("sync_requests_sent", s.sync_requests_sent),
+            ("sync_events_held_back", s.sync_events_held_back),
             ("sync_summaries_sent", s.sync_summaries_sent),
             ("sync_unsettled_out", s.sync_unsettled_out),
             ("sync_unsettled_in", s.sync_unsettled_in),

@@ -510,6 +510,9 @@ pub struct AntiEntropyCounters {
     pub events_sent: u64,
     /// Of those, events that were new to the requester (what dissemination had missed).
     pub events_repaired: u64,
+    /// Events left out of answers as fresh: all the requester lacked of their origin, and
+    /// on their way to it through the tree most likely (`SYNC_FRESH_US`).
+    pub events_held_back: u64,
     /// Rounds with a member back from down (after a heal), whole digest from the start.
     pub rounds_after_heal: u64,
     /// Partners passed over because they did not answer or SWIM suspected them.
@@ -1629,6 +1632,7 @@ impl Engine {
                 a.unsettled += s.sync_unsettled_out;
                 a.events_sent += s.sync_events_sent;
                 a.events_repaired += s.sync_events_new;
+                a.events_held_back += s.sync_events_held_back;
                 a.rounds_after_heal += s.sync_back_rounds;
                 a.partners_passed_over += s.sync_partners_passed_over;
                 self.metrics.residency.transit_forwarded += s.transit_forwarded;

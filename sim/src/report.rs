@@ -757,14 +757,15 @@ impl Report {
             if a.requests > 0 {
                 let _ = writeln!(
                     out,
-                    "  {} anti-entropy: {} requests, {} summarised (at least {:.0} % at every node), {} answered unsettled, {} events sent, {} repaired",
+                    "  {} anti-entropy: {} requests, {} summarised (at least {:.0} % at every node), {} answered unsettled, {} events sent, {} repaired, {} held back as fresh",
                     w.strategy,
                     a.requests,
                     a.summaries,
                     100.0 * a.summary_share_min,
                     a.unsettled,
                     a.events_sent,
-                    a.events_repaired
+                    a.events_repaired,
+                    a.events_held_back
                 );
             }
             for t in &w.tables {

@@ -40,6 +40,16 @@ use crate::stream::StreamPattern;
 /// Monotonic time in microseconds since an arbitrary epoch chosen by the driver.
 pub type Micros = u64;
 
+/// An anti-entropy answer leaves out what the requester lacks of an origin when all of it
+/// arrived at the answering node less than this long ago: such events are most likely on
+/// their way to the requester through the tree (a push in flight, a GRAFT pending), and
+/// sending them made duplicates (on `clock-skew`, 10,259 events sent for 22 the requester
+/// lacked; docs/sim.md section 3.3, "Fresh events are left to the tree"). A requester
+/// behind on older numbers of the origin as well gets everything, fresh ones included (after
+/// a heal, a node is behind on the other side's origins). A fresh event that was really
+/// lost is sent by a later round.
+pub const SYNC_FRESH_US: Micros = 1_000_000;
+
 /// Most transmits queued between two `poll_transmit` drains. The driver drains after every
 /// input, and one input produces at most a few hundred sends; overflow means a driver bug
 /// and is counted (`Stats::transmits_dropped`).
@@ -356,6 +366,10 @@ pub struct Stats {
     /// Anti-entropy requests sent: new rounds, resumed ones, and whole digests after an
     /// `unsettled` answer.
     pub sync_requests_sent: u64,
+    /// Events an anti-entropy answer left out because they were all the requester lacked
+    /// of their origin and arrived here less than [`SYNC_FRESH_US`] ago (most likely on
+    /// their way to it through the tree).
+    pub sync_events_held_back: u64,
     /// Anti-entropy requests sent with a summary of the settled origins instead of their
     /// ranges ([`super::Settled`]).
     pub sync_summaries_sent: u64,
@@ -462,6 +476,12 @@ struct OriginSeen {
     /// is stored or in the relay cache is in `ranges`, so a number `ranges` lacks needs no
     /// store lookup.
     lossy: bool,
+    /// The lowest sequence number recorded since `fresh_at`, 0 before the first: the
+    /// origin's fresh tail here ([`SYNC_FRESH_US`]). A window starts with the first number
+    /// recorded [`SYNC_FRESH_US`] or more after the last one started.
+    fresh_from: u64,
+    /// When the current window of fresh numbers started.
+    fresh_at: Micros,
 }
 
 impl OriginSeen {
@@ -473,6 +493,12 @@ impl OriginSeen {
         let new = self.ranges.insert(seq);
         if new {
             self.changed_us = now;
+            if now.saturating_sub(self.fresh_at) >= SYNC_FRESH_US || self.fresh_from == 0 {
+                self.fresh_from = seq;
+                self.fresh_at = now;
+            } else {
+                self.fresh_from = self.fresh_from.min(seq);
+            }
         }
         new
     }
@@ -736,6 +762,8 @@ impl<S: Store> Node<S> {
                     restored: SeqRanges::new(),
                     changed_us: now,
                     lossy: true,
+                    fresh_from: 0,
+                    fresh_at: 0,
                 },
                 // The store does not know: take what it holds as delivered (events that
                 // were waiting above a gap are then never delivered; see
@@ -751,6 +779,8 @@ impl<S: Store> Node<S> {
                         changed_us: now,
                         // A store's ranges may under-claim (see `Store::ranges`).
                         lossy: true,
+                        fresh_from: 0,
+                        fresh_at: 0,
                     }
                 }
             };
@@ -3541,6 +3571,18 @@ impl<S: Store> Node<S> {
                 ),
             };
             let mut cut = false;
+            // All the requester lacks of this origin is what arrived here lately: most
+            // likely on its way to the requester too (SYNC_FRESH_US). Behind on older
+            // numbers as well, it gets everything.
+            let fresh_from = self
+                .seen
+                .get(&origin)
+                .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
+                .map_or(u64::MAX, |s| s.fresh_from);
+            if lacking.first().is_some_and(|seq| *seq >= fresh_from) {
+                self.stats.sync_events_held_back += lacking.len().min(room) as u64;
+                continue;
+            }
             for seq in lacking.iter().take(room) {
                 if let Some(e) = self.store.get(&origin, *seq) {
                     bytes += e.signed_bytes().len() + 64;
@@ -5085,6 +5127,52 @@ mod tests {
     /// matches and answers with nothing. When the partner has seen more of an origin the
     /// requester holds settled, it answers `unsettled`; the requester then sends its whole
     /// digest and gets the event it lacks. A stray `unsettled` answer asks for nothing.
+    /// An answer leaves out an origin's fresh tail when that is all the requester lacks
+    /// (it is most likely on its way through the tree), and sends it once it is older than
+    /// SYNC_FRESH_US, or at once to a requester behind on older numbers too.
+    #[test]
+    fn anti_entropy_leaves_a_fresh_tail_to_the_tree() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2];
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        let (k0, k1) = (nodes[0].me().node_key(), nodes[1].me().node_key());
+        for seq in 1..=3 {
+            nodes[0]
+                .handle_publish(0, event_at(seeds[0], seq, "orders.all"))
+                .unwrap();
+        }
+        let t = 10_000_000;
+        nodes[0]
+            .handle_publish(t, event_at(seeds[0], 4, "orders.all"))
+            .unwrap();
+        while nodes[0].poll_transmit().is_some() {}
+        let ask = |node: &mut Node<crate::mesh::MemStore>, at: Micros, has: u64| {
+            node.handle_message(
+                at,
+                k1,
+                Message::SyncRequest {
+                    digest: vec![(k0, vec![(1, has)].into())],
+                    from_origin: None,
+                    settled: None,
+                },
+            );
+            match node.poll_transmit().map(|t| t.msg) {
+                Some(Message::SyncResponse { events, .. }) => {
+                    events.iter().map(|e| e.seq()).collect::<Vec<u64>>()
+                }
+                other => panic!("expected an answer, got {other:?}"),
+            }
+        };
+        // Only the fresh event lacking: left to the tree, and counted.
+        assert_eq!(ask(&mut nodes[0], t + 100_000, 3), Vec::<u64>::new());
+        assert_eq!(nodes[0].stats().sync_events_held_back, 1);
+        // Behind on an older one too: everything, the fresh one included.
+        assert_eq!(ask(&mut nodes[0], t + 100_000, 2), vec![3, 4]);
+        // No longer fresh: sent.
+        assert_eq!(ask(&mut nodes[0], t + SYNC_FRESH_US, 3), vec![4]);
+        assert_eq!(nodes[0].stats().sync_events_held_back, 1);
+    }
+
     #[test]
     fn anti_entropy_summarises_settled_origins_and_falls_back_to_the_whole_digest() {
         let rtts = vec![10_000u64; 36];
