@@ -351,7 +351,7 @@ pub enum IncomingMessage {
         events: Vec<UnverifiedEvent>,
         /// Where to resume.
         resume: Option<OriginKey>,
-        /// Events the responder holds.
+        /// Sequence numbers the responder has seen (see [`Message::SyncResponse`]).
         held: u64,
     },
 }
