@@ -876,12 +876,12 @@ impl Driver {
                         debug!(error = %e, "remembering a peer failed");
                     }
                     self.down.remove(&m.node_key());
-                    self.members.insert(m.node_key(), m);
+                    self.members.insert(m.node_key(), *m);
                 }
                 AppEvent::MemberDown(m) => {
                     info!(peer = %m.node_key(), region = %m.region, "member down");
                     self.members.remove(&m.node_key());
-                    self.down.insert(m.node_key(), m);
+                    self.down.insert(m.node_key(), *m);
                 }
             }
         }

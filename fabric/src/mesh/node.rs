@@ -35,7 +35,7 @@ use crate::mesh::route::{
     RegionRoute, RelayHop, Router,
 };
 use crate::mesh::store::{Inserted, Store, StoreError};
-use crate::stream::StreamPattern;
+use crate::stream::{StreamName, StreamPattern};
 
 /// Monotonic time in microseconds since an arbitrary epoch chosen by the driver.
 pub type Micros = u64;
@@ -309,10 +309,12 @@ pub enum AppEvent {
     /// An event for local subscribers: in per-origin order, exactly once per node lifetime
     /// of the store.
     Deliver(Arc<Event>),
-    /// A member joined or came back.
-    MemberUp(MemberInfo),
+    /// A member joined or came back. (Boxed, as is `MemberDown`'s: a record is some
+    /// 130 bytes, and the event queue moves every delivery, by far the most common event,
+    /// at the size of the largest variant.)
+    MemberUp(Box<MemberInfo>),
     /// A member was declared down.
-    MemberDown(MemberInfo),
+    MemberDown(Box<MemberInfo>),
 }
 
 /// Counters, for metrics and the simulator's report.
@@ -450,6 +452,9 @@ enum Timer {
 struct Missing {
     event: EventRef,
     announcers: VecDeque<OriginKey>,
+    /// Its GRAFT timer's key: dropped with the entry when the event arrives (most do, by
+    /// the tree, before the timeout: a timer step each that found nothing to do).
+    timer: (Micros, u64),
 }
 
 /// What a node has of one origin. One map entry holds both the accepted ranges and the
@@ -661,10 +666,10 @@ pub struct Node<S: Store> {
     repaired: BTreeSet<EventId>,
     repaired_order: VecDeque<EventId>,
     missing: BTreeMap<EventId, Missing>,
-    pending_ihave: BTreeMap<OriginKey, Vec<EventRef>>,
+    pending_ihave: PeerBatches<EventRef>,
     /// GRAFTs that came due in this `handle_timeout`, per announcer: sent together when it
     /// returns (empty between calls).
-    pending_graft: BTreeMap<OriginKey, Vec<EventRef>>,
+    pending_graft: PeerBatches<EventRef>,
     /// Members that joined and get a share of this node's link-state records, with when
     /// ([`Node::send_handoffs`]); at most [`HANDOFFS_LEN_MAX`].
     handoffs: BTreeMap<OriginKey, Micros>,
@@ -691,6 +696,9 @@ pub struct Node<S: Store> {
     /// `children_at` (computing them ranks and sorts the region's members).
     children_cache: BTreeMap<OriginKey, Vec<OriginKey>>,
     children_at: u64,
+    /// Whether the configured interest matches a stream, per stream seen (asked for every
+    /// event accepted; the interest is fixed at construction). Cleared when full.
+    interest_cache: rustc_hash::FxHashMap<StreamName, bool>,
     /// The publisher's targets per origin and region hops ([`Node::publish_targets`]), for
     /// the region graph epoch, near epoch and `view_version` in `plans_at`: a plan reads
     /// the view, the region tree (rebuilt within [`route::GRAPH_REFRESH_US`] of a change of
@@ -718,6 +726,9 @@ pub struct Node<S: Store> {
 
 /// Most origins whose children a node remembers (one per origin it relays for).
 const CHILDREN_CACHE_LEN_MAX: usize = 4_096;
+
+/// Most streams `Node::interested` remembers before it starts over.
+const INTEREST_CACHE_LEN_MAX: usize = 1_024;
 /// Most publish plans a node remembers (one per origin it publishes for and filter
 /// outcome: its own, and its edge devices').
 const PLANS_LEN_MAX: usize = 1_024;
@@ -812,8 +823,8 @@ impl<S: Store> Node<S> {
             repaired_order: VecDeque::new(),
             relay_order: VecDeque::new(),
             missing: BTreeMap::new(),
-            pending_ihave: BTreeMap::new(),
-            pending_graft: BTreeMap::new(),
+            pending_ihave: PeerBatches::default(),
+            pending_graft: PeerBatches::default(),
             handoffs: BTreeMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -832,6 +843,7 @@ impl<S: Store> Node<S> {
             catch_up: None,
             children_cache: BTreeMap::new(),
             children_at: u64::MAX,
+            interest_cache: rustc_hash::FxHashMap::default(),
             plans: BTreeMap::new(),
             plans_at: (u64::MAX, u64::MAX, u64::MAX),
         };
@@ -1217,17 +1229,19 @@ impl<S: Store> Node<S> {
             .config
             .graft_batch_len_max
             .clamp(1, REFS_PER_MESSAGE_MAX);
-        for (peer, refs) in std::mem::take(&mut self.pending_graft) {
+        let mut pending = self.pending_graft.take();
+        for (peer, refs) in pending.drain(..) {
             // A timer of the same call may have taken the announcer down (the GRAFT timer
             // of the next announcer is already set).
             if !self.members.contains_key(&peer) {
                 continue;
             }
-            for chunk in refs.chunks(len) {
+            for chunk in chunks_of(refs, len) {
                 self.stats.grafts_sent += 1;
-                self.send(peer, Message::Graft(chunk.to_vec()));
+                self.send(peer, Message::Graft(chunk));
             }
         }
+        self.pending_graft.restore(pending);
     }
 
     // ------------------------------------------------------------------ outputs
@@ -1305,6 +1319,17 @@ impl<S: Store> Node<S> {
         assert_eq!(m.event.id, *id, "missing table keyed wrongly");
         assert!(!self.store.holds(&m.event), "missing event is stored");
         assert!(m.announcers.len() <= ANNOUNCERS_MAX);
+        assert!(
+            matches!(self.timers.get(&m.timer), Some(Timer::Graft(t)) if t == id),
+            "missing event without its GRAFT timer"
+        );
+    }
+
+    /// Forgets a missing event that arrived (or was erased), with its GRAFT timer.
+    fn arrived(&mut self, id: &EventId) {
+        if let Some(m) = self.missing.remove(id) {
+            self.timers.remove(&m.timer);
+        }
     }
 
     fn check_seen(s: &OriginSeen) {
@@ -1437,7 +1462,7 @@ impl<S: Store> Node<S> {
                         // than at the next probe tick.
                         self.probe(key);
                     }
-                    self.push_app(AppEvent::MemberUp(m));
+                    self.push_app(AppEvent::MemberUp(Box::new(m)));
                 }
                 OwnedNotification::MemberDown(m) => {
                     let key = OriginKey(m.key);
@@ -1453,7 +1478,7 @@ impl<S: Store> Node<S> {
                         }
                         self.lazy.remove(&key);
                         self.router.member_down(&key);
-                        self.push_app(AppEvent::MemberDown(m));
+                        self.push_app(AppEvent::MemberDown(Box::new(m)));
                     }
                 }
                 // A member up under a new identity (a restart foca saw while it held the
@@ -2173,11 +2198,7 @@ impl<S: Store> Node<S> {
             }
             return Ok(Inserted::Duplicate);
         }
-        let interested = self
-            .config
-            .interest
-            .iter()
-            .any(|p| p.matches(event.stream()));
+        let interested = self.interested(event.stream());
         if interested {
             match self.store.insert(event) {
                 Ok(Inserted::Duplicate) => {
@@ -2194,7 +2215,7 @@ impl<S: Store> Node<S> {
                     // Erased fabric-wide: for this node's order a Skip (its own events
                     // too, so its own delivery moves on), nothing stored or passed on.
                     self.stats.events_erased += 1;
-                    self.missing.remove(&id);
+                    self.arrived(&id);
                     if self.note_seen(origin, seq) {
                         self.advance_delivery(origin);
                     }
@@ -2216,9 +2237,23 @@ impl<S: Store> Node<S> {
         }
         self.stats.events_new += 1;
         self.note_seen(origin, seq);
-        self.missing.remove(&id);
+        self.arrived(&id);
         self.advance_delivery(origin);
         Ok(Inserted::New)
+    }
+
+    /// Whether this node's configured interest names `stream` (it stores and delivers the
+    /// stream's events; others it only relays).
+    fn interested(&mut self, stream: &StreamName) -> bool {
+        if let Some(&yes) = self.interest_cache.get(stream) {
+            return yes;
+        }
+        let yes = self.config.interest.iter().any(|p| p.matches(stream));
+        if self.interest_cache.len() >= INTEREST_CACHE_LEN_MAX {
+            self.interest_cache.clear();
+        }
+        self.interest_cache.insert(stream.clone(), yes);
+        yes
     }
 
     /// Delivers stored events of `origin` in sequence order from its cursor.
@@ -2850,7 +2885,7 @@ impl<S: Store> Node<S> {
             let at = self.now + self.config.ihave_delay_us;
             self.schedule(at, Timer::FlushIHave);
         }
-        let pending = self.pending_ihave.entry(peer).or_default();
+        let pending = self.pending_ihave.entry(peer);
         pending.extend(events.iter().map(|e| EventRef::of(e)));
         // Bounded: a full message's worth goes out at once instead of waiting.
         if pending.len() >= REFS_PER_MESSAGE_MAX {
@@ -2896,8 +2931,8 @@ impl<S: Store> Node<S> {
                 }
             }
         }
-        for chunk in skipped.chunks(REFS_PER_MESSAGE_MAX) {
-            self.send(*peer, Message::Skip(chunk.to_vec()));
+        for chunk in chunks_of(skipped, REFS_PER_MESSAGE_MAX) {
+            self.send(*peer, Message::Skip(chunk));
         }
         Cow::Owned(out)
     }
@@ -2935,13 +2970,14 @@ impl<S: Store> Node<S> {
     }
 
     fn flush_ihave(&mut self) {
-        let pending = std::mem::take(&mut self.pending_ihave);
-        for (peer, refs) in pending {
-            for chunk in refs.chunks(REFS_PER_MESSAGE_MAX) {
+        let mut pending = self.pending_ihave.take();
+        for (peer, refs) in pending.drain(..) {
+            for chunk in chunks_of(refs, REFS_PER_MESSAGE_MAX) {
                 self.stats.ihaves_sent += 1;
-                self.send(peer, Message::IHave(chunk.to_vec()));
+                self.send(peer, Message::IHave(chunk));
             }
         }
+        self.pending_ihave.restore(pending);
     }
 
     fn on_push(
@@ -3055,15 +3091,16 @@ impl<S: Store> Node<S> {
                 self.stats.missing_dropped += 1;
                 continue;
             }
+            let at = self.now + self.config.graft_timeout_us;
+            let timer = self.schedule(at, Timer::Graft(r.id));
             self.missing.insert(
                 r.id,
                 Missing {
                     event: r,
                     announcers: VecDeque::from([from]),
+                    timer,
                 },
             );
-            let at = self.now + self.config.graft_timeout_us;
-            self.schedule(at, Timer::Graft(r.id));
         }
     }
 
@@ -3090,11 +3127,14 @@ impl<S: Store> Node<S> {
             self.missing.remove(&id);
         }
         if self.members.contains_key(&peer) {
-            self.pending_graft.entry(peer).or_default().push(r);
+            self.pending_graft.entry(peer).push(r);
         }
         if retry {
             let at = self.now + self.config.graft_timeout_us;
-            self.schedule(at, Timer::Graft(id));
+            let timer = self.schedule(at, Timer::Graft(id));
+            if let Some(m) = self.missing.get_mut(&id) {
+                m.timer = timer;
+            }
         }
     }
 
@@ -3551,7 +3591,6 @@ impl<S: Store> Node<S> {
         let mut resume = None;
         let mut bytes = 0usize;
         let limit = self.config.sync_batch_len_max.max(1);
-        let empty = SeqRanges::new();
         for origin in origins
             .into_iter()
             .filter(|o| from_origin.is_none_or(|f| *o >= f))
@@ -3561,15 +3600,15 @@ impl<S: Store> Node<S> {
             };
             let room = limit - events.len();
             let lacking = match theirs.binary_search_by(|(o, _)| o.cmp(&origin)) {
-                Err(_) => mine.difference(&empty, room + 1),
+                Err(_) => mine.difference_ranges(&[]),
                 Ok(at) if SeqRanges::is_normalized(&theirs[at].1) => {
-                    mine.difference_normalized(&theirs[at].1, room + 1)
+                    mine.difference_ranges(&theirs[at].1)
                 }
-                Ok(at) => mine.difference(
-                    &SeqRanges::from_ranges(theirs[at].1.iter().copied()),
-                    room + 1,
+                Ok(at) => mine.difference_ranges(
+                    SeqRanges::from_ranges(theirs[at].1.iter().copied()).as_slice(),
                 ),
             };
+            let lacking_count = SeqRanges::covered(&lacking);
             let mut cut = false;
             // All the requester lacks of this origin is what arrived here lately: most
             // likely on its way to the requester too (SYNC_FRESH_US). Behind on older
@@ -3579,25 +3618,25 @@ impl<S: Store> Node<S> {
                 .get(&origin)
                 .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
                 .map_or(u64::MAX, |s| s.fresh_from);
-            if lacking.first().is_some_and(|seq| *seq >= fresh_from) {
-                self.stats.sync_events_held_back += lacking.len().min(room) as u64;
+            if lacking.first().is_some_and(|(seq, _)| *seq >= fresh_from) {
+                self.stats.sync_events_held_back += lacking_count.min(room as u64);
                 continue;
             }
-            for seq in lacking.iter().take(room) {
-                if let Some(e) = self.store.get(&origin, *seq) {
+            for seq in lacking.iter().flat_map(|&(s, e)| s..=e).take(room) {
+                if let Some(e) = self.store.get(&origin, seq) {
                     bytes += e.signed_bytes().len() + 64;
                     events.push(e);
                     if bytes >= BATCH_BYTES_MAX {
                         cut = true;
                         break;
                     }
-                } else if self.store.erased(&origin, *seq) {
+                } else if self.store.erased(&origin, seq) {
                     // In the ranges, not stored: erased here. The peer gets a Skip so
                     // its ordered delivery does not wait for it.
-                    erased.push((origin, *seq));
+                    erased.push((origin, seq));
                 }
             }
-            if cut || lacking.len() > room {
+            if cut || lacking_count > room as u64 {
                 resume = Some(origin);
                 break;
             }
@@ -3658,6 +3697,73 @@ fn batches_of(events: &[Arc<Event>], len_max: usize) -> smallvec::SmallVec<[&[Ar
         out.push(&events[start..]);
     }
     out
+}
+
+/// Batches per peer (IHAVEs waiting for their flush, GRAFTs due in one timer call), in
+/// the order of the peers' keys: a short vector searched by key. A node batches for a
+/// handful of peers at a time; a tree map allocated its nodes afresh after every flush and
+/// walked them again to free them.
+#[derive(Debug)]
+struct PeerBatches<T>(Vec<(OriginKey, Vec<T>)>);
+
+impl<T> Default for PeerBatches<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T> PeerBatches<T> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `peer`'s batch, added empty if it has none.
+    fn entry(&mut self, peer: OriginKey) -> &mut Vec<T> {
+        let at = match self.0.binary_search_by(|(k, _)| k.cmp(&peer)) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (peer, Vec::new()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    /// Every batch, in key order, leaving none.
+    fn take(&mut self) -> Vec<(OriginKey, Vec<T>)> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Gives back the vector [`PeerBatches::take`] returned, drained, for its allocation.
+    fn restore(&mut self, mut list: Vec<(OriginKey, Vec<T>)>) {
+        if self.0.is_empty() {
+            list.clear();
+            self.0 = list;
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Vec<T>> {
+        self.0.iter().map(|(_, batch)| batch)
+    }
+
+    #[cfg(test)]
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// `list` in chunks of at most `len` (at least 1) items, in order, as `slice::chunks` cuts
+/// it (none for an empty list). The usual single chunk is `list` itself, moved (no copy
+/// per message).
+fn chunks_of<T: Clone>(list: Vec<T>, len: usize) -> smallvec::SmallVec<[Vec<T>; 1]> {
+    let len = len.max(1);
+    if list.is_empty() {
+        return smallvec::SmallVec::new();
+    }
+    if list.len() <= len {
+        return smallvec::smallvec![list];
+    }
+    list.chunks(len).map(<[T]>::to_vec).collect()
 }
 
 /// Rendezvous rank of `member` for `origin`: a fixed mixing function (splitmix64) of both
@@ -5685,6 +5791,87 @@ mod tests {
             assert_eq!(grafts[&b].concat(), from_b);
             nodes[0].check_invariants_full();
         }
+    }
+
+    #[test]
+    fn an_announced_event_that_arrives_takes_its_graft_timer_with_it() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2, 3];
+        let mut nodes = mesh(&seeds, 1, 3, &rtts);
+        let a = nodes[1].me().node_key();
+        let events: Vec<Arc<Event>> = (1..=3)
+            .map(|seq| event_at(seeds[1], seq, "orders.all"))
+            .collect();
+        let refs: Vec<EventRef> = events.iter().map(|e| EventRef::of(e)).collect();
+        let grafts = |n: &Node<_>| {
+            n.timers
+                .values()
+                .filter(|t| matches!(t, Timer::Graft(_)))
+                .count()
+        };
+        let before = grafts(&nodes[0]);
+        nodes[0].handle_message(1_000, a, Message::IHave(refs));
+        assert_eq!(grafts(&nodes[0]), before + 3, "one GRAFT timer per event");
+        nodes[0].check_invariants_full();
+        // Two of the three come by the tree before the timeout: their timers go with them.
+        let pushed = Message::Push {
+            events: events[..2].to_vec(),
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        nodes[0].handle_message(2_000, a, pushed);
+        assert_eq!(grafts(&nodes[0]), before + 1);
+        assert_eq!(nodes[0].missing.len(), 1);
+        nodes[0].check_invariants_full();
+        while nodes[0].poll_transmit().is_some() {}
+        // The third is grafted when its timer fires, from the one announcer.
+        let due = 1_000 + nodes[0].config.graft_timeout_us;
+        nodes[0].handle_timeout(due);
+        let grafted: Vec<EventRef> = std::iter::from_fn(|| nodes[0].poll_transmit())
+            .filter_map(|t| match t.msg {
+                Message::Graft(refs) if t.to == a => Some(refs),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(grafted, vec![EventRef::of(&events[2])]);
+        assert_eq!(grafts(&nodes[0]), before, "no announcer left: no retry");
+        nodes[0].check_invariants_full();
+    }
+
+    #[test]
+    fn chunks_of_cuts_as_slice_chunks_does() {
+        for len in 0..=12usize {
+            for max in 0..=5usize {
+                let list: Vec<usize> = (0..len).collect();
+                let expected: Vec<Vec<usize>> =
+                    list.chunks(max.max(1)).map(<[usize]>::to_vec).collect();
+                let got: Vec<Vec<usize>> = chunks_of(list, max).into_iter().collect();
+                assert_eq!(got, expected, "{len} items in chunks of {max}");
+            }
+        }
+    }
+
+    #[test]
+    fn peer_batches_keep_key_order() {
+        let mut batches = PeerBatches::default();
+        let keys: Vec<OriginKey> = [7u8, 3, 9, 3, 1, 7]
+            .iter()
+            .map(|&b| OriginKey([b; 32]))
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            batches.entry(*k).push(i);
+        }
+        let mut taken = batches.take();
+        assert!(batches.is_empty());
+        let got: Vec<(u8, Vec<usize>)> = taken.drain(..).map(|(k, v)| (k.0[0], v)).collect();
+        assert_eq!(
+            got,
+            vec![(1, vec![4]), (3, vec![1, 3]), (7, vec![0, 5]), (9, vec![2])]
+        );
+        batches.restore(taken);
+        assert!(batches.is_empty());
     }
 
     #[test]
