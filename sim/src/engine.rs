@@ -590,8 +590,7 @@ pub struct Engine {
     /// `(w * regions + from) * regions + to` (moved into `Metrics::latency_by_pair` at the
     /// end; a tree lookup per delivery was measurable).
     latency_by_pair: Vec<Vec<Micros>>,
-    /// Scratch buffers of `drain`.
-    drain_sends: Vec<Transmit>,
+    /// Scratch buffer of `drain`.
     drain_app: Vec<AppEvent>,
     /// Per workload, the table writes published, in publish order (the reference replica
     /// replays them).
@@ -699,7 +698,6 @@ impl Engine {
             handling_from: None,
             workload_next_pub,
             metrics: Metrics::default(),
-            drain_sends: Vec::new(),
             drain_app: Vec::new(),
             sent_by_kind: [0; Message::KINDS.len()],
             bytes_by_kind: [0; Message::KINDS.len()],
@@ -1147,29 +1145,27 @@ impl Engine {
     /// application model.
     fn drain(&mut self, i: usize) {
         let now = self.now;
-        // Reused buffers (no allocation per step); taken out while the engine is borrowed.
-        let mut sends = std::mem::take(&mut self.drain_sends);
-        let mut app = std::mem::take(&mut self.drain_app);
-        let next_timer;
-        {
-            let Some(node) = self.nodes[i].node.as_mut() else {
-                self.drain_sends = sends;
-                self.drain_app = app;
-                return;
-            };
-            while let Some(t) = node.poll_transmit() {
-                sends.push(t);
-            }
-            while let Some(e) = node.poll_event() {
-                app.push(e);
-            }
-            next_timer = node.poll_timeout();
-        }
-        for t in sends.drain(..) {
+        // Each message goes out as it is polled (the engine's sends never touch the node;
+        // collecting them first moved every message once more).
+        while let Some(t) = self.nodes[i].node.as_mut().and_then(Proto::poll_transmit) {
             let Some(&to) = self.key_index.get(&t.to) else {
                 continue;
             };
             self.transmit(i, to, t.msg);
+        }
+        // A reused buffer (no allocation per step), taken out while the engine is borrowed:
+        // handling a member event calls into the node again.
+        let mut app = std::mem::take(&mut self.drain_app);
+        let next_timer;
+        {
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                self.drain_app = app;
+                return;
+            };
+            while let Some(e) = node.poll_event() {
+                app.push(e);
+            }
+            next_timer = node.poll_timeout();
         }
         for e in app.drain(..) {
             match e {
@@ -1186,7 +1182,6 @@ impl Engine {
                 AppEvent::MemberDown(_) => {}
             }
         }
-        self.drain_sends = sends;
         self.drain_app = app;
         if let Some(at) = next_timer {
             let at = at.max(now);

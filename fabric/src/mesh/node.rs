@@ -727,6 +727,10 @@ pub struct Node<S: Store> {
 /// Most origins whose children a node remembers (one per origin it relays for).
 const CHILDREN_CACHE_LEN_MAX: usize = 4_096;
 
+/// References an IHAVE batch makes room for when it starts (a flush interval's worth at
+/// a busy node; the batch moves into its message at the flush).
+const IHAVE_BATCH_RESERVE: usize = 16;
+
 /// Most streams `Node::interested` remembers before it starts over.
 const INTEREST_CACHE_LEN_MAX: usize = 1_024;
 /// Most publish plans a node remembers (one per origin it publishes for and filter
@@ -2886,6 +2890,10 @@ impl<S: Store> Node<S> {
             self.schedule(at, Timer::FlushIHave);
         }
         let pending = self.pending_ihave.entry(peer);
+        if pending.capacity() == 0 {
+            // Room for a typical flush at once, rather than growing through 4, 8, 16.
+            pending.reserve(IHAVE_BATCH_RESERVE.max(events.len()));
+        }
         pending.extend(events.iter().map(|e| EventRef::of(e)));
         // Bounded: a full message's worth goes out at once instead of waiting.
         if pending.len() >= REFS_PER_MESSAGE_MAX {
@@ -2987,9 +2995,10 @@ impl<S: Store> Node<S> {
         relay: &[RelayHop],
         reroutes: u8,
     ) {
-        let mut fresh = Vec::new();
-        let mut held = Vec::new();
-        let mut late = Vec::new();
+        // Inline: most pushes carry one event or a few (no allocation per push).
+        let mut fresh: smallvec::SmallVec<[Arc<Event>; 4]> = smallvec::SmallVec::new();
+        let mut held: smallvec::SmallVec<[Arc<Event>; 4]> = smallvec::SmallVec::new();
+        let mut late: smallvec::SmallVec<[Arc<Event>; 4]> = smallvec::SmallVec::new();
         for event in events {
             match self.own_hop(&event) {
                 FilterHop::Clear => match self.accept(event.clone()) {

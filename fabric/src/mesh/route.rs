@@ -1422,47 +1422,43 @@ pub fn split_hops(hops: &[RelayHop], own_region: &str) -> Option<Vec<(SmolStr, V
     if hops.len() > RELAY_HOPS_MAX {
         return None;
     }
-    let mut seen = BTreeSet::new();
+    // Every cross-region push a relay receives comes through here, so no set or map is
+    // built: the duplicate check scans the hops before each one (a push names a few; at
+    // most RELAY_HOPS_MAX), and one pass files each hop under its top-level hop.
     for (i, h) in hops.iter().enumerate() {
-        if h.region == own_region || !seen.insert(h.region.as_str()) {
-            return None;
-        }
-        if h.parent.is_some_and(|p| usize::from(p) >= i) {
+        if h.region == own_region
+            || hops[..i].iter().any(|o| o.region == h.region)
+            || h.parent.is_some_and(|p| usize::from(p) >= i)
+        {
             return None;
         }
     }
-    // Top-level hop of each hop.
-    let mut top = vec![0usize; hops.len()];
+    // Per hop: its top-level hop, that hop's entry in `out`, and its own place in its
+    // top-level hop's sub-list (all below RELAY_HOPS_MAX, so they fit a byte).
+    let mut top = [0u8; RELAY_HOPS_MAX];
+    let mut entry = [0u8; RELAY_HOPS_MAX];
+    let mut place = [0u8; RELAY_HOPS_MAX];
+    let mut out: Vec<(SmolStr, Vec<RelayHop>)> = Vec::new();
     for (i, h) in hops.iter().enumerate() {
-        top[i] = match h.parent {
-            None => i,
-            Some(p) => top[usize::from(p)],
-        };
-    }
-    let mut out = Vec::new();
-    for (i, h) in hops.iter().enumerate() {
-        if h.parent.is_some() {
-            continue;
-        }
-        // Descendants of i, in order; their parents re-indexed into the sub-list.
-        let mut map: BTreeMap<usize, u8> = BTreeMap::new();
-        let mut sub = Vec::new();
-        for (j, hj) in hops.iter().enumerate().skip(i + 1) {
-            if top[j] != i {
-                continue;
+        match h.parent {
+            None => {
+                top[i] = i as u8;
+                entry[i] = out.len() as u8;
+                out.push((h.region.clone(), Vec::new()));
             }
-            let parent = match hj.parent {
-                Some(p) if usize::from(p) == i => None,
-                Some(p) => Some(*map.get(&usize::from(p))?),
-                None => None,
-            };
-            map.insert(j, u8::try_from(sub.len()).ok()?);
-            sub.push(RelayHop {
-                region: hj.region.clone(),
-                parent,
-            });
+            Some(p) => {
+                let p = usize::from(p);
+                let t = usize::from(top[p]);
+                top[i] = t as u8;
+                let sub = &mut out[usize::from(entry[t])].1;
+                place[i] = sub.len() as u8;
+                sub.push(RelayHop {
+                    region: h.region.clone(),
+                    // Children of the top-level hop are top-level in its sub-list.
+                    parent: (p != t).then_some(place[p]),
+                });
+            }
         }
-        out.push((h.region.clone(), sub));
     }
     Some(out)
 }
@@ -1470,6 +1466,88 @@ pub fn split_hops(hops: &[RelayHop], own_region: &str) -> Option<Vec<(SmolStr, V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The first implementation of [`split_hops`] (sets and maps), kept as its model.
+    fn split_hops_model(
+        hops: &[RelayHop],
+        own_region: &str,
+    ) -> Option<Vec<(SmolStr, Vec<RelayHop>)>> {
+        if hops.len() > RELAY_HOPS_MAX {
+            return None;
+        }
+        let mut seen = BTreeSet::new();
+        for (i, h) in hops.iter().enumerate() {
+            if h.region == own_region || !seen.insert(h.region.as_str()) {
+                return None;
+            }
+            if h.parent.is_some_and(|p| usize::from(p) >= i) {
+                return None;
+            }
+        }
+        // Top-level hop of each hop.
+        let mut top = vec![0usize; hops.len()];
+        for (i, h) in hops.iter().enumerate() {
+            top[i] = match h.parent {
+                None => i,
+                Some(p) => top[usize::from(p)],
+            };
+        }
+        let mut out = Vec::new();
+        for (i, h) in hops.iter().enumerate() {
+            if h.parent.is_some() {
+                continue;
+            }
+            // Descendants of i, in order; their parents re-indexed into the sub-list.
+            let mut map: BTreeMap<usize, u8> = BTreeMap::new();
+            let mut sub = Vec::new();
+            for (j, hj) in hops.iter().enumerate().skip(i + 1) {
+                if top[j] != i {
+                    continue;
+                }
+                let parent = match hj.parent {
+                    Some(p) if usize::from(p) == i => None,
+                    Some(p) => Some(*map.get(&usize::from(p))?),
+                    None => None,
+                };
+                map.insert(j, u8::try_from(sub.len()).ok()?);
+                sub.push(RelayHop {
+                    region: hj.region.clone(),
+                    parent,
+                });
+            }
+            out.push((h.region.clone(), sub));
+        }
+        Some(out)
+    }
+
+    proptest! {
+        #[test]
+        fn split_hops_matches_its_model(
+            raw in proptest::collection::vec(
+                (0u8..20, proptest::option::of(0u8..64)),
+                0..RELAY_HOPS_MAX + 2,
+            ),
+        ) {
+            // Mostly well-formed lists (distinct regions, parents before their children),
+            // with a region named twice, the receiver's own region or a parent at or after
+            // its child now and then.
+            let hops: Vec<RelayHop> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, (r, parent))| {
+                    let region = match r {
+                        0 => "own".to_string(),
+                        1 => "r0".to_string(),
+                        _ => format!("r{}", i + 1),
+                    };
+                    let parent = parent.map(|p| if p == 63 { i as u8 } else { p % (i as u8).max(1) });
+                    hop(&region, parent)
+                })
+                .collect();
+            prop_assert_eq!(split_hops(&hops, "own"), split_hops_model(&hops, "own"));
+        }
+    }
 
     fn hop(region: &str, parent: Option<u8>) -> RelayHop {
         RelayHop {
