@@ -2925,9 +2925,20 @@ impl<S: Store> Node<S> {
         if events.iter().all(|e| self.filter.unrestricted(e)) {
             return Cow::Borrowed(events);
         }
+        let passes =
+            |hop: FilterHop| hop == FilterHop::Clear || (relaying && hop == FilterHop::Transit);
+        // All of them may go (the usual case, also for restricted events): the list as it
+        // is, no copy.
+        let Some(first_kept) = events
+            .iter()
+            .position(|e| !passes(self.filter.hop(e, info)))
+        else {
+            return Cow::Borrowed(events);
+        };
         let mut out = Vec::with_capacity(events.len());
+        out.extend_from_slice(&events[..first_kept]);
         let mut skipped = Vec::new();
-        for e in events {
+        for e in &events[first_kept..] {
             match self.filter.hop(e, info) {
                 FilterHop::Clear => out.push(e.clone()),
                 FilterHop::Transit if relaying => out.push(e.clone()),
