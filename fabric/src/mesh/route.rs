@@ -587,7 +587,9 @@ pub(crate) struct Router {
     pub(crate) probes: BTreeMap<u64, (OriginKey, Micros)>,
     pub(crate) probe_nonce: u64,
     pub(crate) probe_cursor: usize,
-    pub(crate) pending: BTreeMap<u64, PendingAck>,
+    /// Looked up by acknowledgement id only (never walked): a hash map, whose entries stay
+    /// put, where a tree map shifted its ~140-byte entries on every removal.
+    pub(crate) pending: rustc_hash::FxHashMap<u64, PendingAck>,
     /// Pushes that timed out: id -> (peer, sent at).
     pub(crate) late: BTreeMap<u64, (OriginKey, Micros)>,
     pub(crate) ack_seq: u64,
@@ -641,7 +643,7 @@ impl Router {
             probes: BTreeMap::new(),
             probe_nonce: 0,
             probe_cursor: 0,
-            pending: BTreeMap::new(),
+            pending: rustc_hash::FxHashMap::default(),
             late: BTreeMap::new(),
             ack_seq: 0,
             graph: None,
