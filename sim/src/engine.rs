@@ -890,8 +890,7 @@ impl Engine {
                     match node.poll_timeout() {
                         None => return None,
                         Some(next) if next > now => {
-                            self.nodes[i].timer_at = Some(next);
-                            self.push(next, Ev::Timer { node: i, at: next });
+                            self.arm_timer(i, next);
                             return None;
                         }
                         Some(_) => node.handle_timeout(now),
@@ -1186,12 +1185,17 @@ impl Engine {
         }
         self.drain_app = app;
         if let Some(at) = next_timer {
-            let at = at.max(now);
-            let n = &mut self.nodes[i];
-            if n.timer_at.is_none_or(|cur| at < cur) {
-                n.timer_at = Some(at);
-                self.push(at, Ev::Timer { node: i, at });
-            }
+            self.arm_timer(i, at.max(now));
+        }
+    }
+
+    /// Queues a timer step for node `i` at `at` unless one is armed no later (only the
+    /// earliest armed step counts: see `step`).
+    fn arm_timer(&mut self, i: usize, at: Micros) {
+        let n = &mut self.nodes[i];
+        if n.timer_at.is_none_or(|cur| at < cur) {
+            n.timer_at = Some(at);
+            self.push(at, Ev::Timer { node: i, at });
         }
     }
 

@@ -2898,9 +2898,9 @@ impl<S: Store> Node<S> {
         // Bounded: a full message's worth goes out at once instead of waiting.
         if pending.len() >= REFS_PER_MESSAGE_MAX {
             let full: Vec<EventRef> = std::mem::take(pending);
-            for chunk in full.chunks(REFS_PER_MESSAGE_MAX) {
+            for chunk in chunks_of(full, REFS_PER_MESSAGE_MAX) {
                 self.stats.ihaves_sent += 1;
-                self.send(peer, Message::IHave(chunk.to_vec()));
+                self.send(peer, Message::IHave(chunk));
             }
         }
     }
@@ -3226,7 +3226,7 @@ impl<S: Store> Node<S> {
             return None;
         }
         match self.store.ranges(origin) {
-            Some(stored) if !stored.difference(seen, 1).is_empty() => {
+            Some(stored) if !stored.difference_ranges(seen.as_slice()).is_empty() => {
                 if seen.range_count() + stored.range_count() >= RANGES_PER_ORIGIN_MAX {
                     return None;
                 }

@@ -126,9 +126,14 @@ impl SeqRanges {
         set
     }
 
-    /// Up to `limit` sequence numbers in `self` but not in `other`, ascending.
+    /// Up to `limit` sequence numbers in `self` but not in `other`, ascending (listed from
+    /// [`SeqRanges::difference_ranges`]).
     pub fn difference(&self, other: &SeqRanges, limit: usize) -> Vec<u64> {
-        self.difference_normalized(&other.ranges, limit)
+        self.difference_ranges(&other.ranges)
+            .into_iter()
+            .flat_map(|(s, e)| s..=e)
+            .take(limit)
+            .collect()
     }
 
     /// Whether `ranges` is what a set would hold: sorted, disjoint, non-adjacent, no zero,
@@ -141,18 +146,9 @@ impl SeqRanges {
                 .all(|w| w[0].1.checked_add(1).is_some_and(|next| next < w[1].0))
     }
 
-    /// [`SeqRanges::difference`] against ranges that pass [`SeqRanges::is_normalized`]
-    /// (a peer's digest, used without building a set from it).
-    pub fn difference_normalized(&self, other: &[(u64, u64)], limit: usize) -> Vec<u64> {
-        self.difference_ranges(other)
-            .into_iter()
-            .flat_map(|(s, e)| s..=e)
-            .take(limit)
-            .collect()
-    }
-
     /// The numbers in `self` but not in `other` (ranges that pass
-    /// [`SeqRanges::is_normalized`]) as ascending, disjoint ranges: at most as many as the
+    /// [`SeqRanges::is_normalized`]: a peer's digest is used without building a set from
+    /// it) as ascending, disjoint ranges: at most as many as the
     /// two hold between them, however many numbers they cover. (An anti-entropy answer
     /// works on these: listing the numbers up to its batch limit cost more than the answer
     /// when it sends a few events of a long gap, or none of a fresh tail.)
@@ -262,8 +258,9 @@ mod tests {
             prop_assert_eq!(sa.difference(&sb, limit), expected.clone());
             let normalized: Vec<(u64, u64)> = sb.iter().collect();
             prop_assert!(SeqRanges::is_normalized(&normalized));
-            prop_assert_eq!(sa.difference_normalized(&normalized, limit), expected);
             let ranges = sa.difference_ranges(&normalized);
+            let listed: Vec<u64> = ranges.iter().flat_map(|&(s, e)| s..=e).take(limit).collect();
+            prop_assert_eq!(listed, expected);
             prop_assert!(ranges.iter().all(|(s, e)| *s >= 1 && s <= e));
             prop_assert!(ranges.windows(2).all(|w| w[0].1 + 1 < w[1].0));
             prop_assert!(ranges.len() <= sa.range_count() + sb.range_count());
@@ -291,14 +288,10 @@ mod tests {
         assert_eq!(upto(7).difference(&upto(5), 10), vec![6, 7]);
         assert_eq!(upto(7).difference(&upto(5), 1), vec![6]);
         assert_eq!(
-            upto(10).difference_normalized(&[(1, 5), (9, 9)], 10),
-            vec![6, 7, 8, 10]
+            upto(10).difference_ranges(&[(1, 5), (9, 9)]).as_slice(),
+            &[(6, 8), (10, 10)]
         );
-        assert!(
-            upto(5)
-                .difference_normalized(&[(1, 5), (9, 9)], 10)
-                .is_empty()
-        );
+        assert!(upto(5).difference_ranges(&[(1, 5), (9, 9)]).is_empty());
     }
 
     #[test]

@@ -56,9 +56,8 @@ const SCRATCH_LEN: usize = 1024;
 /// which through `Limit` (foca's send buffer) is a generic `put_slice` per byte: a
 /// 32-byte key was 32 of them, and encoding headers and members was 9 % of the
 /// instructions of weft-sim's `split-brain-writes` run (2 % now). The bytes are the same;
-/// a value that does not fit
-/// `buf` is the same error, with nothing written (foca truncates after a failed member
-/// anyway, and drops the message after a failed header).
+/// a value that does not fit `buf` is the same error, with nothing written (foca
+/// truncates after a failed member anyway, and drops the message after a failed header).
 fn encode_at_once<S: serde::Serialize>(value: &S, mut buf: impl BufMut) -> postcard::Result<()> {
     let mut scratch = [0u8; SCRATCH_LEN];
     match postcard::to_slice(value, &mut scratch) {
