@@ -8,6 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -602,6 +603,10 @@ pub struct Engine {
     table_rng: ChaCha8Rng,
     /// The plan's table sabotage until it fires.
     table_sabotage: Option<TableSabotage>,
+    /// Per published event (by index), its table operation once decoded: every replica
+    /// reads the same bytes, so they are decoded at the first delivery, not at each (a
+    /// tenth of `split-brain-writes`' instructions went to decoding the same operations).
+    table_ops: Vec<Option<Rc<Op>>>,
 }
 
 impl Engine {
@@ -707,6 +712,7 @@ impl Engine {
             table_writes: vec![Vec::new(); plan_workloads_len],
             table_rng: ChaCha8Rng::seed_from_u64(plan_seed ^ 0x7ab1_e000_0000_7ab1),
             table_sabotage: plan_sabotage,
+            table_ops: Vec::new(),
         };
         if let Some(e) = refused {
             engine.metrics.violations.push(e);
@@ -1010,23 +1016,42 @@ impl Engine {
         self.drain(i);
     }
 
-    /// Applies a delivered event of table workload `w` to node `i`'s replica (the HLC
-    /// receive rule first, as a node's clock moves past what it reads).
-    fn apply_table(&mut self, i: usize, w: usize, event: &Event) {
-        let op = match event.payload() {
-            Payload::Clear(bytes) => Op::from_event(event.content_type(), bytes),
-            Payload::Sealed(_) => {
-                self.metrics
-                    .violations
-                    .push(format!("table event {} is sealed", event.id()));
-                return;
+    fn unreadable_table_event(&mut self, event: &Event) {
+        self.metrics.violations.push(format!(
+            "table event {} has no key or no readable operation",
+            event.id()
+        ));
+    }
+
+    /// Applies a delivered event (index `e`) of table workload `w` to node `i`'s replica
+    /// (the HLC receive rule first, as a node's clock moves past what it reads).
+    fn apply_table(&mut self, i: usize, e: usize, w: usize, event: &Event) {
+        if self.table_ops.len() <= e {
+            self.table_ops.resize(e + 1, None);
+        }
+        let op = match &self.table_ops[e] {
+            Some(op) => op.clone(),
+            None => {
+                let op = match event.payload() {
+                    Payload::Clear(bytes) => Op::from_event(event.content_type(), bytes),
+                    Payload::Sealed(_) => {
+                        self.metrics
+                            .violations
+                            .push(format!("table event {} is sealed", event.id()));
+                        return;
+                    }
+                };
+                let Ok(op) = op else {
+                    self.unreadable_table_event(event);
+                    return;
+                };
+                let op = Rc::new(op);
+                self.table_ops[e] = Some(op.clone());
+                op
             }
         };
-        let (Ok(op), Some(key)) = (op, event.key()) else {
-            self.metrics.violations.push(format!(
-                "table event {} has no key or no readable operation",
-                event.id()
-            ));
+        let Some(key) = event.key() else {
+            self.unreadable_table_event(event);
             return;
         };
         let wall_ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
@@ -1480,7 +1505,7 @@ impl Engine {
         *last = event.seq();
         self.metrics.deliveries += 1;
         if self.plan.workloads[w].table.is_some() {
-            self.apply_table(i, w, event);
+            self.apply_table(i, e, w, event);
         }
         if std::mem::replace(&mut self.delivered_pairs[e * nodes + i], true) {
             return; // a node that lost its disk receives again: not a new delivery
