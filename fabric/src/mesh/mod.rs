@@ -7,6 +7,7 @@ pub mod node;
 pub mod ranges;
 pub mod route;
 pub mod store;
+mod timers;
 pub mod wire;
 
 pub use member::MemberInfo;

@@ -35,6 +35,7 @@ use crate::mesh::route::{
     RegionRoute, RelayHop, Router,
 };
 use crate::mesh::store::{Inserted, Store, StoreError};
+use crate::mesh::timers::{TimerKey, TimerQueue};
 use crate::stream::{StreamName, StreamPattern};
 
 /// Monotonic time in microseconds since an arbitrary epoch chosen by the driver.
@@ -454,7 +455,7 @@ struct Missing {
     announcers: VecDeque<OriginKey>,
     /// Its GRAFT timer's key: dropped with the entry when the event arrives (most do, by
     /// the tree, before the timeout: a timer step each that found nothing to do).
-    timer: (Micros, u64),
+    timer: TimerKey,
 }
 
 /// What a node has of one origin. One map entry holds both the accepted ranges and the
@@ -673,8 +674,7 @@ pub struct Node<S: Store> {
     /// Members that joined and get a share of this node's link-state records, with when
     /// ([`Node::send_handoffs`]); at most [`HANDOFFS_LEN_MAX`].
     handoffs: BTreeMap<OriginKey, Micros>,
-    timers: BTreeMap<(Micros, u64), Timer>,
-    timer_seq: u64,
+    timers: TimerQueue<Timer>,
     transmits: VecDeque<Transmit>,
     app: VecDeque<AppEvent>,
     /// Origins whose delivery paused because the app queue was full.
@@ -830,8 +830,7 @@ impl<S: Store> Node<S> {
             pending_ihave: PeerBatches::default(),
             pending_graft: PeerBatches::default(),
             handoffs: BTreeMap::new(),
-            timers: BTreeMap::new(),
-            timer_seq: 0,
+            timers: TimerQueue::default(),
             transmits: VecDeque::new(),
             app: VecDeque::new(),
             delivery_paused: BTreeSet::new(),
@@ -1176,11 +1175,8 @@ impl<S: Store> Node<S> {
     pub fn handle_timeout(&mut self, now: Micros) {
         self.advance(now);
         // Bounded: each timer fires once; timers they schedule are for the future.
-        while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            match entry.remove() {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
                 Timer::Swim(t) => {
                     let mut rt = SwimRuntime::default();
                     if self.foca.handle_timer(*t, &mut rt).is_err() {
@@ -1268,7 +1264,7 @@ impl<S: Store> Node<S> {
 
     /// When [`Node::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Micros> {
-        self.timers.first_key_value().map(|(&(at, _), _)| at)
+        self.timers.first_at()
     }
 
     // ------------------------------------------------------------------ invariants
@@ -1428,10 +1424,8 @@ impl<S: Store> Node<S> {
     }
 
     /// Returns the timer's key (to drop it from `timers` again).
-    fn schedule(&mut self, at: Micros, timer: Timer) -> (Micros, u64) {
-        self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), timer);
-        (at, self.timer_seq)
+    fn schedule(&mut self, at: Micros, timer: Timer) -> TimerKey {
+        self.timers.insert(at, timer)
     }
 
     fn send(&mut self, to: OriginKey, msg: Message) {

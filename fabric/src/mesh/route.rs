@@ -304,7 +304,7 @@ pub(crate) struct PendingAck {
     pub(crate) reroutes: u8,
     pub(crate) sent_us: Micros,
     /// The key of its timeout in the node's timer map.
-    pub(crate) timer: (Micros, u64),
+    pub(crate) timer: super::timers::TimerKey,
 }
 
 /// How a region-graph edge was obtained.
