@@ -37,6 +37,7 @@ use crate::mesh::route::{
 use crate::mesh::store::{Inserted, Store, StoreError};
 use crate::mesh::timers::{TimerKey, TimerQueue};
 use crate::stream::{StreamName, StreamPattern};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Monotonic time in microseconds since an arbitrary epoch chosen by the driver.
 pub type Micros = u64;
@@ -659,12 +660,12 @@ pub struct Node<S: Store> {
     /// Per origin: sequence numbers accepted (stored, or relayed when outside interest)
     /// and the delivery cursor.
     seen: BTreeMap<OriginKey, OriginSeen>,
-    relay_cache: BTreeMap<EventId, Arc<Event>>,
+    relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
     /// does, this node still passes them on down its region's tree ([`Node::on_push`]).
     /// `repaired_order` holds them oldest first, and ids already taken out of the set.
-    repaired: BTreeSet<EventId>,
+    repaired: FxHashSet<EventId>,
     repaired_order: VecDeque<EventId>,
     missing: BTreeMap<EventId, Missing>,
     pending_ihave: PeerBatches<EventRef>,
@@ -694,11 +695,11 @@ pub struct Node<S: Store> {
     view_checked: std::sync::atomic::AtomicU64,
     /// This node's children in each origin's tree in its region, for the `view_version`
     /// `children_at` (computing them ranks and sorts the region's members).
-    children_cache: BTreeMap<OriginKey, Vec<OriginKey>>,
+    children_cache: FxHashMap<OriginKey, Vec<OriginKey>>,
     children_at: u64,
     /// Whether the configured interest matches a stream, per stream seen (asked for every
     /// event accepted; the interest is fixed at construction). Cleared when full.
-    interest_cache: rustc_hash::FxHashMap<StreamName, bool>,
+    interest_cache: FxHashMap<StreamName, bool>,
     /// The publisher's targets per origin and region hops ([`Node::publish_targets`]), for
     /// the region graph epoch, near epoch and `view_version` in `plans_at`: a plan reads
     /// the view, the region tree (rebuilt within [`route::GRAPH_REFRESH_US`] of a change of
@@ -822,8 +823,8 @@ impl<S: Store> Node<S> {
             lazy_scratch: Vec::new(),
             regions: BTreeMap::new(),
             seen,
-            relay_cache: BTreeMap::new(),
-            repaired: BTreeSet::new(),
+            relay_cache: FxHashMap::default(),
+            repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
             relay_order: VecDeque::new(),
             missing: BTreeMap::new(),
@@ -844,9 +845,9 @@ impl<S: Store> Node<S> {
             check_cursor: std::sync::Mutex::new((None, None)),
             down_announce_from: 0,
             catch_up: None,
-            children_cache: BTreeMap::new(),
+            children_cache: FxHashMap::default(),
             children_at: u64::MAX,
-            interest_cache: rustc_hash::FxHashMap::default(),
+            interest_cache: FxHashMap::default(),
             plans: BTreeMap::new(),
             plans_at: (u64::MAX, u64::MAX, u64::MAX),
         };
