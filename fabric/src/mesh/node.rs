@@ -667,7 +667,9 @@ pub struct Node<S: Store> {
     /// `repaired_order` holds them oldest first, and ids already taken out of the set.
     repaired: FxHashSet<EventId>,
     repaired_order: VecDeque<EventId>,
-    missing: BTreeMap<EventId, Missing>,
+    /// Announced events not yet here, each with its GRAFT timer. Looked up by id on every
+    /// arrival and announcement, never walked in order: a hash map.
+    missing: FxHashMap<EventId, Missing>,
     pending_ihave: PeerBatches<EventRef>,
     /// GRAFTs that came due in this `handle_timeout`, per announcer: sent together when it
     /// returns (empty between calls).
@@ -716,7 +718,7 @@ pub struct Node<S: Store> {
     /// missing table holds thousands of entries, and walking it all after every step was
     /// most of the simulation's time).
     check_calls: std::sync::atomic::AtomicU64,
-    check_cursor: std::sync::Mutex<(Option<EventId>, Option<OriginKey>)>,
+    check_cursor: std::sync::Mutex<(usize, Option<OriginKey>)>,
     /// Where the next [`Node::announce_to_down`] starts among the members held down, when
     /// there are more than it announces to at once.
     down_announce_from: usize,
@@ -827,7 +829,7 @@ impl<S: Store> Node<S> {
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
             relay_order: VecDeque::new(),
-            missing: BTreeMap::new(),
+            missing: FxHashMap::default(),
             pending_ihave: PeerBatches::default(),
             pending_graft: PeerBatches::default(),
             handoffs: BTreeMap::new(),
@@ -842,7 +844,7 @@ impl<S: Store> Node<S> {
             view_version: 0,
             view_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
             check_calls: std::sync::atomic::AtomicU64::new(0),
-            check_cursor: std::sync::Mutex::new((None, None)),
+            check_cursor: std::sync::Mutex::new((0, None)),
             down_announce_from: 0,
             catch_up: None,
             children_cache: FxHashMap::default(),
@@ -1294,7 +1296,7 @@ impl<S: Store> Node<S> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (missing_at, seen_at) = &mut *cursor;
-        *missing_at = check_window(&self.missing, *missing_at, |id, m| {
+        *missing_at = check_window_unordered(&self.missing, *missing_at, |id, m| {
             self.check_missing(id, m)
         });
         *seen_at = check_window(&self.seen, *seen_at, |_, s| Self::check_seen(s));
@@ -3689,6 +3691,23 @@ fn check_window<K: Ord + Copy, V>(
     }
     // The end reached: the next walk starts over.
     if taken < CHECK_WINDOW { None } else { last }
+}
+
+/// [`check_window`] of a hash map: at most [`CHECK_WINDOW`] entries from position `at` of
+/// its iteration order; returns where the next walk starts (0: the end was reached). An
+/// entry inserted or removed meanwhile may shift others past a walk; the full check at the
+/// end of a run ([`Node::check_invariants_full`]) sees every entry.
+fn check_window_unordered<K, V, S>(
+    map: &std::collections::HashMap<K, V, S>,
+    at: usize,
+    mut check: impl FnMut(&K, &V),
+) -> usize {
+    let mut taken = 0;
+    for (k, v) in map.iter().skip(at).take(CHECK_WINDOW) {
+        check(k, v);
+        taken += 1;
+    }
+    if taken < CHECK_WINDOW { 0 } else { at + taken }
 }
 
 /// Splits `events` into batches of at most `len_max` events and [`BATCH_BYTES_MAX`] bytes
