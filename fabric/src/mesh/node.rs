@@ -3032,6 +3032,29 @@ impl<S: Store> Node<S> {
         // Events this node already had (or carries in transit) still go on to the regions
         // it relays for (a rerouted push passes through regions that hold the event
         // already).
+        if !held.is_empty() {
+            self.forward_held(held, from, relay, reroutes);
+        }
+        // Events anti-entropy brought before this, their tree push: they go on down this
+        // region's tree (and to the regions it relays for) as new ones would. Otherwise a
+        // region root repaired just before a rerouted push leaves its children to an IHAVE
+        // and a GRAFT timeout (`link-cut`, seeds 131 and 135: 223 and 231 ms over the
+        // ideal against a bound of 161 ms). Peers heard of them lazily at the repair, so
+        // only the eager pushes.
+        if !late.is_empty() {
+            self.forward_batches(&late, Some(from), false, relay, reroutes);
+        }
+    }
+
+    /// [`Node::on_push`]'s events this node already had (or carries in sealed transit):
+    /// on to the regions it relays for.
+    fn forward_held(
+        &mut self,
+        held: smallvec::SmallVec<[Arc<Event>; 4]>,
+        from: OriginKey,
+        relay: &[RelayHop],
+        reroutes: u8,
+    ) {
         let mut by_target: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         for event in held {
             for target in self.relay_targets(&event, relay, reroutes, Some(from)) {
@@ -3043,13 +3066,6 @@ impl<S: Store> Node<S> {
         for (target, events) in by_target {
             self.push_allowed(target, &events, true);
         }
-        // Events anti-entropy brought before this, their tree push: they go on down this
-        // region's tree (and to the regions it relays for) as new ones would. Otherwise a
-        // region root repaired just before a rerouted push leaves its children to an IHAVE
-        // and a GRAFT timeout (`link-cut`, seeds 131 and 135: 223 and 231 ms over the
-        // ideal against a bound of 161 ms). Peers heard of them lazily at the repair, so
-        // only the eager pushes.
-        self.forward_batches(&late, Some(from), false, relay, reroutes);
     }
 
     /// Whether this node pushes to `target`: not to itself, nor back to the peer the events
