@@ -481,7 +481,12 @@ impl Hop {
 
 impl ReplicationFilter for PolicyFilter {
     fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
-        let hop = self.scope(event).hop(self.placement(peer)).hop;
+        let scope = self.scope(event);
+        if scope.clear.is_none() {
+            // Unrestricted: clear for every node, whatever its placement (no lookup).
+            return FilterHop::Clear;
+        }
+        let hop = scope.hop(self.placement(peer)).hop;
         debug_assert_eq!(hop, self.policy.hop(event, peer).hop, "cache out of step");
         hop.filter_hop()
     }
