@@ -738,6 +738,11 @@ pub struct Node<S: Store> {
     lazy: BTreeSet<OriginKey>,
     /// Reused by [`Node::forward`] (no allocation per forwarded message).
     lazy_scratch: Vec<OriginKey>,
+    /// Buffers of IHAVE and GRAFT messages this node received, emptied, for its own next
+    /// IHAVE batches (at most [`REF_BUFFERS_MAX`], each of at most [`REF_BUFFER_CAP_MAX`]
+    /// references): an IHAVE is the most frequent message, and allocating each batch and
+    /// freeing each received one was 1.4 % of a 24-node simulation's instructions.
+    ref_buffers: Vec<Vec<EventRef>>,
     /// Live members by region, this node included, each list sorted by key.
     regions: BTreeMap<String, Vec<OriginKey>>,
     /// Per origin: sequence numbers accepted (stored, or relayed when outside interest)
@@ -816,6 +821,10 @@ const CHILDREN_CACHE_LEN_MAX: usize = 4_096;
 /// References an IHAVE batch makes room for when it starts (a flush interval's worth at
 /// a busy node; the batch moves into its message at the flush).
 const IHAVE_BATCH_RESERVE: usize = 16;
+/// Most emptied reference buffers a node keeps (`Node::ref_buffers`) ...
+const REF_BUFFERS_MAX: usize = 32;
+/// ... and the largest it keeps (a full message's buffer is freed, not kept).
+const REF_BUFFER_CAP_MAX: usize = 64;
 
 /// Most streams `Node::interested` remembers before it starts over.
 const INTEREST_CACHE_LEN_MAX: usize = 1_024;
@@ -906,6 +915,7 @@ impl<S: Store> Node<S> {
             stalled_first: false,
             lazy: BTreeSet::new(),
             lazy_scratch: Vec::new(),
+            ref_buffers: Vec::new(),
             regions: BTreeMap::new(),
             seen,
             relay_cache: FxHashMap::default(),
@@ -1464,6 +1474,14 @@ impl<S: Store> Node<S> {
         assert!(
             self.transmits.len() <= TRANSMIT_QUEUE_LEN_MAX,
             "transmit queue over limit"
+        );
+        assert!(
+            self.ref_buffers.len() <= REF_BUFFERS_MAX
+                && self
+                    .ref_buffers
+                    .iter()
+                    .all(|b| b.is_empty() && b.capacity() <= REF_BUFFER_CAP_MAX),
+            "kept reference buffers over limit or not empty"
         );
         assert!(
             self.missing.len() <= MISSING_LEN_MAX,
@@ -2972,8 +2990,11 @@ impl<S: Store> Node<S> {
         }
         let pending = self.pending_ihave.entry(peer);
         if pending.capacity() == 0 {
-            // Room for a typical flush at once, rather than growing through 4, 8, 16.
-            pending.reserve(IHAVE_BATCH_RESERVE.max(events.len()));
+            match self.ref_buffers.pop() {
+                Some(buffer) => *pending = buffer,
+                // Room for a typical flush at once, rather than growing through 4, 8, 16.
+                None => pending.reserve(IHAVE_BATCH_RESERVE.max(events.len())),
+            }
         }
         pending.extend(events.iter().map(|e| EventRef::of(e)));
         // Bounded: a full message's worth goes out at once instead of waiting.
@@ -3187,7 +3208,7 @@ impl<S: Store> Node<S> {
     }
 
     fn on_ihave(&mut self, from: OriginKey, refs: Vec<EventRef>) {
-        for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
+        for &r in refs.iter().take(REFS_PER_MESSAGE_MAX) {
             // Cheapest test first (the seen-set answers nearly every announcement).
             if self
                 .seen
@@ -3218,6 +3239,17 @@ impl<S: Store> Node<S> {
                     timer,
                 },
             );
+        }
+        self.keep_ref_buffer(refs);
+    }
+
+    /// Keeps an emptied reference buffer for the next IHAVE batch (see `ref_buffers`).
+    fn keep_ref_buffer(&mut self, mut refs: Vec<EventRef>) {
+        if self.ref_buffers.len() < REF_BUFFERS_MAX
+            && (1..=REF_BUFFER_CAP_MAX).contains(&refs.capacity())
+        {
+            refs.clear();
+            self.ref_buffers.push(refs);
         }
     }
 
@@ -3258,7 +3290,7 @@ impl<S: Store> Node<S> {
     fn on_graft(&mut self, from: OriginKey, refs: Vec<EventRef>) {
         let mut events = Vec::new();
         let mut erased = Vec::new();
-        for r in refs.into_iter().take(REFS_PER_MESSAGE_MAX) {
+        for &r in refs.iter().take(REFS_PER_MESSAGE_MAX) {
             if let Some(e) = self
                 .store
                 .get(&r.origin, r.seq)
@@ -3270,6 +3302,7 @@ impl<S: Store> Node<S> {
                 erased.push((r.origin, r.seq));
             }
         }
+        self.keep_ref_buffer(refs);
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
         // A GRAFT may name up to REFS_PER_MESSAGE_MAX events (this node's own name up to
