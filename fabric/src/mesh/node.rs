@@ -1402,6 +1402,12 @@ impl<S: Store> Node<S> {
             self.check_missing(id, m);
         }
         assert!(self.seen.consistent(), "seen-set halves out of step");
+        assert!(
+            self.ref_buffers
+                .iter()
+                .all(|b| b.is_empty() && b.capacity() <= REF_BUFFER_CAP_MAX),
+            "a kept reference buffer is not empty or over size"
+        );
         for s in self.seen.values() {
             Self::check_seen(s);
         }
@@ -1476,12 +1482,8 @@ impl<S: Store> Node<S> {
             "transmit queue over limit"
         );
         assert!(
-            self.ref_buffers.len() <= REF_BUFFERS_MAX
-                && self
-                    .ref_buffers
-                    .iter()
-                    .all(|b| b.is_empty() && b.capacity() <= REF_BUFFER_CAP_MAX),
-            "kept reference buffers over limit or not empty"
+            self.ref_buffers.len() <= REF_BUFFERS_MAX,
+            "kept reference buffers over limit"
         );
         assert!(
             self.missing.len() <= MISSING_LEN_MAX,
@@ -2010,7 +2012,8 @@ impl<S: Store> Node<S> {
     }
 
     /// Where this node pushes `event`: as the publisher [`Node::publish_targets`], else
-    /// [`Node::relay_or_child_targets`].
+    /// [`Node::relay_or_child_targets`]. `open`: the event is unrestricted (the caller asked
+    /// the filter), so no stand-ins are needed.
     fn targets(
         &mut self,
         event: &Event,
@@ -2018,6 +2021,7 @@ impl<S: Store> Node<S> {
         relay: &[RelayHop],
         reroutes: u8,
         from: Option<OriginKey>,
+        open: bool,
     ) -> Vec<Target> {
         let (mut targets, hops) = if publishing {
             let hops = self.region_hops(event);
@@ -2028,10 +2032,24 @@ impl<S: Store> Node<S> {
                 None,
             )
         };
-        if !self.filter.unrestricted(event) {
+        if !open {
             self.add_stand_ins(event, hops.as_deref(), &mut targets);
         }
         targets
+    }
+
+    /// [`Node::targets`], asking the filter whether the event is unrestricted (tests).
+    #[cfg(test)]
+    fn targets_asking(
+        &mut self,
+        event: &Event,
+        publishing: bool,
+        relay: &[RelayHop],
+        reroutes: u8,
+        from: Option<OriginKey>,
+    ) -> Vec<Target> {
+        let open = self.filter.unrestricted(event);
+        self.targets(event, publishing, relay, reroutes, from, open)
     }
 
     /// Whether member `k` may hold `event` (its hop is [`FilterHop::Clear`]).
@@ -2402,7 +2420,10 @@ impl<S: Store> Node<S> {
         if events.is_empty() {
             return;
         }
-        if publishing {
+        // Asked once here and passed down (the filter is a dynamic call per event, and
+        // targets, pushes and announcements would each ask again).
+        let open = events.iter().all(|e| self.filter.unrestricted(e));
+        if publishing && !open {
             self.skip_members(events);
         }
         if eager {
@@ -2410,12 +2431,12 @@ impl<S: Store> Node<S> {
                 // One event (most relayed pushes, every local publish): no per-target
                 // batching. Sorted and deduplicated like the batch map below, so both ways
                 // push in the same order.
-                let mut targets = self.targets(event, publishing, relay, reroutes, except);
+                let mut targets = self.targets(event, publishing, relay, reroutes, except, open);
                 targets.retain(|t| self.keeps(t, except));
                 targets.sort_unstable();
                 targets.dedup();
                 for target in targets {
-                    self.push_allowed(target, events, !publishing);
+                    self.push_allowed(target, events, !publishing, open);
                 }
             } else {
                 self.forward_batches(events, except, publishing, relay, reroutes);
@@ -2426,12 +2447,11 @@ impl<S: Store> Node<S> {
         // Events every member may hold go to every lazy peer as they are: lazy peers are
         // members (`check_invariants`), so the member lookup `allowed` starts with (a walk
         // of the member map per peer and event batch) would only say so again.
-        let open = events.iter().all(|e| self.filter.unrestricted(e));
         for peer in lazy.drain(..) {
             if open {
                 self.announce(peer, events);
             } else {
-                let batch = self.allowed(events, &peer, false, !publishing);
+                let batch = self.allowed(events, &peer, false, !publishing, false);
                 self.announce(peer, &batch);
             }
         }
@@ -2451,7 +2471,8 @@ impl<S: Store> Node<S> {
         let mut batches: BTreeMap<Target, Vec<Arc<Event>>> = BTreeMap::new();
         // (A publisher's plans are cached per origin and filter outcome: see `plans`.)
         for event in events {
-            for target in self.targets(event, publishing, relay, reroutes, except) {
+            let open = self.filter.unrestricted(event);
+            for target in self.targets(event, publishing, relay, reroutes, except, open) {
                 if self.keeps(&target, except) {
                     let batch = batches.entry(target).or_default();
                     // A target named twice for one event gets it once.
@@ -2463,16 +2484,17 @@ impl<S: Store> Node<S> {
         }
         for (target, batch) in batches {
             // A publisher already told every member that may not hold an event.
-            self.push_allowed(target, &batch, !publishing);
+            self.push_allowed(target, &batch, !publishing, false);
         }
     }
 
     /// Pushes to `target` what of `events` the filter lets it have ([`Node::allowed`]; a
     /// target with relay hops may carry sealed transit), Skips for the rest with `notify`.
-    fn push_allowed(&mut self, target: Target, events: &[Arc<Event>], notify: bool) {
+    /// `open`: the caller found every event unrestricted.
+    fn push_allowed(&mut self, target: Target, events: &[Arc<Event>], notify: bool, open: bool) {
         let (peer, hops, ack, reroutes) = target;
         let relaying = !hops.is_empty();
-        let batch = self.allowed(events, &peer, relaying, notify);
+        let batch = self.allowed(events, &peer, relaying, notify, open);
         self.push(peer, &batch, hops, ack, reroutes);
     }
 
@@ -2623,7 +2645,7 @@ impl<S: Store> Node<S> {
         let (plan, unreachable) = self.plan_for(&first, &dests);
         self.stats.reroute_unreachable += unreachable.len() as u64;
         for (root, hops) in plan {
-            self.push_allowed((root, hops, true, p.reroutes + 1), &p.events, true);
+            self.push_allowed((root, hops, true, p.reroutes + 1), &p.events, true, false);
         }
     }
 
@@ -3011,20 +3033,22 @@ impl<S: Store> Node<S> {
     /// `relaying` (the push names relay hops for the peer to carry it on), those it may carry
     /// as sealed transit. With `notify`, events kept from the peer are announced as
     /// [`Message::Skip`] (origin and sequence number only), so the peer's ordered delivery
-    /// does not wait for them.
+    /// does not wait for them. `open`: the caller found every event unrestricted (false:
+    /// not known, asked here).
     fn allowed<'a>(
         &mut self,
         events: &'a [Arc<Event>],
         peer: &OriginKey,
         relaying: bool,
         notify: bool,
+        open: bool,
     ) -> Cow<'a, [Arc<Event>]> {
         let Some(info) = self.members.get(peer) else {
             // Not a known member (yet): nothing may go there until membership says who it is.
             self.stats.filtered += events.len() as u64;
             return Cow::Owned(Vec::new());
         };
-        if events.iter().all(|e| self.filter.unrestricted(e)) {
+        if open || events.iter().all(|e| self.filter.unrestricted(e)) {
             return Cow::Borrowed(events);
         }
         let passes =
@@ -3066,7 +3090,7 @@ impl<S: Store> Node<S> {
         relaying: bool,
         notify: bool,
     ) -> Vec<Arc<Event>> {
-        let kept = match self.allowed(&events, peer, relaying, notify) {
+        let kept = match self.allowed(&events, peer, relaying, notify, false) {
             Cow::Owned(kept) => Some(kept),
             Cow::Borrowed(_) => None,
         };
@@ -3169,7 +3193,7 @@ impl<S: Store> Node<S> {
             }
         }
         for (target, events) in by_target {
-            self.push_allowed(target, &events, true);
+            self.push_allowed(target, &events, true, false);
         }
     }
 
@@ -4071,7 +4095,7 @@ mod tests {
             .map(|n| (n.me().node_key(), n.me().region.to_string()))
             .collect();
         let event = event_of(seeds[0]);
-        let targets = nodes[0].targets(&event, true, &[], 0, None);
+        let targets = nodes[0].targets_asking(&event, true, &[], 0, None);
         let cross: Vec<(&str, &[RelayHop])> = targets
             .iter()
             .filter(|(k, _, ack, _)| *ack && region_of[k] != "r0")
@@ -6109,7 +6133,7 @@ mod tests {
             let mut received = vec![0u32; nodes.len()];
             received[origin] = 1;
             let mut frontier: Vec<(usize, Vec<RelayHop>)> = nodes[origin]
-                .targets(&event, true, &[], 0, None)
+                .targets_asking(&event, true, &[], 0, None)
                 .into_iter()
                 .map(|(k, hops, _, _)| (by_key[&k], hops))
                 .collect();
@@ -6119,7 +6143,7 @@ mod tests {
                 if received[i] > 1 {
                     continue;
                 }
-                let next = nodes[i].targets(&event, false, &hops, 0, None);
+                let next = nodes[i].targets_asking(&event, false, &hops, 0, None);
                 frontier.extend(next.into_iter().map(|(k, h, _, _)| (by_key[&k], h)));
             }
             prop_assert!(received.iter().all(|r| *r == 1), "coverage {:?}", received);
