@@ -687,10 +687,28 @@ impl Table {
         }
         // Ignored writes count as applied for deduplication: every replica ignores them.
         self.applied.add(&w.dot);
-        let mut state = self.keys.remove(w.key);
+        // A key already held is updated in place (taking its entry out and putting it back
+        // cost a tree rebalance twice and a key allocation per write).
+        let Some(held) = self.keys.get_mut(w.key) else {
+            let mut state = None;
+            let outcome = apply_key(self.strategy, &mut state, w, &mut self.stats);
+            if let Some(state) = state {
+                self.keys.insert(w.key.to_vec(), state);
+            }
+            return outcome;
+        };
+        // A stand-in without allocations while `apply_key` owns the state.
+        let stand_in = KeyState::Counter {
+            totals: BTreeMap::new(),
+            reset: BTreeMap::new(),
+        };
+        let mut state = Some(std::mem::replace(held, stand_in));
         let outcome = apply_key(self.strategy, &mut state, w, &mut self.stats);
-        if let Some(state) = state {
-            self.keys.insert(w.key.to_vec(), state);
+        match state {
+            Some(state) => *held = state,
+            None => {
+                self.keys.remove(w.key);
+            }
         }
         outcome
     }
