@@ -782,7 +782,7 @@ pub struct Node<S: Store> {
     /// (lookups of every lazy peer and of this node's region, a tenth of a 24-node
     /// simulation's instructions when run after every step) are repeated only after the
     /// view changed.
-    view_checked: std::sync::atomic::AtomicU64,
+    view_checked: std::cell::Cell<u64>,
     /// This node's children in each origin's tree in its region, for the `view_version`
     /// `children_at` (computing them ranks and sorts the region's members).
     children_cache: FxHashMap<OriginKey, Vec<OriginKey>>,
@@ -805,8 +805,10 @@ pub struct Node<S: Store> {
     /// and the cost per step stays bounded however large they grow (in a partition the
     /// missing table holds thousands of entries, and walking it all after every step was
     /// most of the simulation's time).
-    check_calls: std::sync::atomic::AtomicU64,
-    check_cursor: std::sync::Mutex<(usize, Option<OriginKey>)>,
+    /// (Cells: the node is not `Sync`, its filter is a `Send` trait object only, so the
+    /// checks need no atomics or lock.)
+    check_calls: std::cell::Cell<u64>,
+    check_cursor: std::cell::Cell<(usize, Option<OriginKey>)>,
     /// Where the next [`Node::announce_to_down`] starts among the members held down, when
     /// there are more than it announces to at once.
     down_announce_from: usize,
@@ -935,9 +937,9 @@ impl<S: Store> Node<S> {
             stats: Stats::default(),
             now,
             view_version: 0,
-            view_checked: std::sync::atomic::AtomicU64::new(u64::MAX),
-            check_calls: std::sync::atomic::AtomicU64::new(0),
-            check_cursor: std::sync::Mutex::new((0, None)),
+            view_checked: std::cell::Cell::new(u64::MAX),
+            check_calls: std::cell::Cell::new(0),
+            check_cursor: std::cell::Cell::new((0, None)),
             down_announce_from: 0,
             catch_up: None,
             children_cache: FxHashMap::default(),
@@ -1375,24 +1377,17 @@ impl<S: Store> Node<S> {
     /// [`Node::check_invariants_full`] checks everything at once (the simulator calls it
     /// at the end of a run).
     pub fn check_invariants(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
         self.check_bounded();
-        if !self
-            .check_calls
-            .fetch_add(1, Relaxed)
-            .is_multiple_of(CHECK_TABLES_EVERY)
-        {
+        let calls = self.check_calls.get();
+        self.check_calls.set(calls.wrapping_add(1));
+        if !calls.is_multiple_of(CHECK_TABLES_EVERY) {
             return;
         }
-        let mut cursor = self
-            .check_cursor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (missing_at, seen_at) = &mut *cursor;
-        *missing_at = check_window_unordered(&self.missing, *missing_at, |id, m| {
-            self.check_missing(id, m)
-        });
-        *seen_at = self.seen.check_window(*seen_at, |_, s| Self::check_seen(s));
+        let (missing_at, seen_at) = self.check_cursor.get();
+        let missing_at =
+            check_window_unordered(&self.missing, missing_at, |id, m| self.check_missing(id, m));
+        let seen_at = self.seen.check_window(seen_at, |_, s| Self::check_seen(s));
+        self.check_cursor.set((missing_at, seen_at));
     }
 
     /// [`Node::check_invariants`] over every entry of every table.
@@ -1444,12 +1439,11 @@ impl<S: Store> Node<S> {
 
     /// The checks whose cost does not grow with the events held.
     fn check_bounded(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
         assert!(
             self.pending_graft.is_empty(),
             "GRAFTs left unsent after handle_timeout"
         );
-        if self.view_checked.load(Relaxed) != self.view_version {
+        if self.view_checked.get() != self.view_version {
             let me = self.me.node_key();
             assert!(!self.lazy.contains(&me), "self in lazy set");
             assert!(self.lazy.len() <= LAZY_MAX, "lazy set over limit");
@@ -1475,7 +1469,7 @@ impl<S: Store> Node<S> {
                     "link record of a node outside its region's sample"
                 );
             }
-            self.view_checked.store(self.view_version, Relaxed);
+            self.view_checked.set(self.view_version);
         }
         assert!(
             self.transmits.len() <= TRANSMIT_QUEUE_LEN_MAX,
