@@ -755,9 +755,10 @@ pub struct Node<S: Store> {
     /// `repaired_order` holds them oldest first, and ids already taken out of the set.
     repaired: FxHashSet<EventId>,
     repaired_order: VecDeque<EventId>,
-    /// Announced events not yet here, each with its GRAFT timer. Looked up by id on every
-    /// arrival and announcement, never walked in order: a hash map.
-    missing: FxHashMap<EventId, Missing>,
+    /// Announced events not yet here, each with its GRAFT timer. A tree map, not a hash
+    /// map: its keys are the ids peers' IHAVEs claim, unverified, and the core's hashers
+    /// hash a key's first eight bytes unseeded, so a peer could make every key collide.
+    missing: BTreeMap<EventId, Missing>,
     pending_ihave: PeerBatches<EventRef>,
     /// GRAFTs that came due in this `handle_timeout`, per announcer: sent together when it
     /// returns (empty between calls).
@@ -808,7 +809,7 @@ pub struct Node<S: Store> {
     /// (Cells: the node is not `Sync`, its filter is a `Send` trait object only, so the
     /// checks need no atomics or lock.)
     check_calls: std::cell::Cell<u64>,
-    check_cursor: std::cell::Cell<(usize, Option<OriginKey>)>,
+    check_cursor: std::cell::Cell<(Option<EventId>, Option<OriginKey>)>,
     /// Where the next [`Node::announce_to_down`] starts among the members held down, when
     /// there are more than it announces to at once.
     down_announce_from: usize,
@@ -924,7 +925,7 @@ impl<S: Store> Node<S> {
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
             relay_order: VecDeque::new(),
-            missing: FxHashMap::default(),
+            missing: BTreeMap::new(),
             pending_ihave: PeerBatches::default(),
             pending_graft: PeerBatches::default(),
             handoffs: BTreeMap::new(),
@@ -939,7 +940,7 @@ impl<S: Store> Node<S> {
             view_version: 0,
             view_checked: std::cell::Cell::new(u64::MAX),
             check_calls: std::cell::Cell::new(0),
-            check_cursor: std::cell::Cell::new((0, None)),
+            check_cursor: std::cell::Cell::new((None, None)),
             down_announce_from: 0,
             catch_up: None,
             children_cache: FxHashMap::default(),
@@ -1384,8 +1385,7 @@ impl<S: Store> Node<S> {
             return;
         }
         let (missing_at, seen_at) = self.check_cursor.get();
-        let missing_at =
-            check_window_unordered(&self.missing, missing_at, |id, m| self.check_missing(id, m));
+        let missing_at = check_window(&self.missing, missing_at, |id, m| self.check_missing(id, m));
         let seen_at = self.seen.check_window(seen_at, |_, s| Self::check_seen(s));
         self.check_cursor.set((missing_at, seen_at));
     }
@@ -3824,21 +3824,24 @@ impl<S: Store> Node<S> {
     }
 }
 
-/// [`SeenSet::check_window`] for a hash map: at most [`CHECK_WINDOW`] entries from position `at` of
-/// its iteration order; returns where the next walk starts (0: the end was reached). An
-/// entry inserted or removed meanwhile may shift others past a walk; the full check at the
-/// end of a run ([`Node::check_invariants_full`]) sees every entry.
-fn check_window_unordered<K, V, S>(
-    map: &std::collections::HashMap<K, V, S>,
-    at: usize,
+/// Checks up to [`CHECK_WINDOW`] entries of `map` after `after` (from the start when `None`)
+/// and returns where the next window starts (`None`: from the start again).
+fn check_window<K: Ord + Copy, V>(
+    map: &BTreeMap<K, V>,
+    after: Option<K>,
     mut check: impl FnMut(&K, &V),
-) -> usize {
+) -> Option<K> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let from = after.map_or(Unbounded, Excluded);
+    let mut last = None;
     let mut taken = 0;
-    for (k, v) in map.iter().skip(at).take(CHECK_WINDOW) {
+    for (k, v) in map.range((from, Unbounded)).take(CHECK_WINDOW) {
         check(k, v);
+        last = Some(*k);
         taken += 1;
     }
-    if taken < CHECK_WINDOW { 0 } else { at + taken }
+    // The end reached: the next walk starts over.
+    if taken < CHECK_WINDOW { None } else { last }
 }
 
 /// Splits `events` into batches of at most `len_max` events and [`BATCH_BYTES_MAX`] bytes
