@@ -516,25 +516,6 @@ impl SeenSet {
         self.range_from(std::ops::Bound::Unbounded)
     }
 
-    /// Checks up to [`CHECK_WINDOW`] entries after `after` (from the first when `None`) in
-    /// key order and returns where the next window starts (`None`: from the first again).
-    fn check_window(
-        &self,
-        after: Option<OriginKey>,
-        mut check: impl FnMut(&OriginKey, &OriginSeen),
-    ) -> Option<OriginKey> {
-        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let mut last = None;
-        let mut taken = 0;
-        for (k, v) in self.range_from(from).take(CHECK_WINDOW) {
-            check(k, v);
-            last = Some(*k);
-            taken += 1;
-        }
-        // The end reached: the next walk starts over.
-        if taken < CHECK_WINDOW { None } else { last }
-    }
-
     /// Whether both halves name the same origins.
     fn consistent(&self) -> bool {
         self.order.len() == self.by_origin.len()
@@ -1385,8 +1366,16 @@ impl<S: Store> Node<S> {
             return;
         }
         let (missing_at, seen_at) = self.check_cursor.get();
-        let missing_at = check_window(&self.missing, missing_at, |id, m| self.check_missing(id, m));
-        let seen_at = self.seen.check_window(seen_at, |_, s| Self::check_seen(s));
+        let missing_at = check_window(
+            |from| self.missing.range((from, std::ops::Bound::Unbounded)),
+            missing_at,
+            |id, m| self.check_missing(id, m),
+        );
+        let seen_at = check_window(
+            |from| self.seen.range_from(from),
+            seen_at,
+            |_, s| Self::check_seen(s),
+        );
         self.check_cursor.set((missing_at, seen_at));
     }
 
@@ -2030,20 +2019,6 @@ impl<S: Store> Node<S> {
             self.add_stand_ins(event, hops.as_deref(), &mut targets);
         }
         targets
-    }
-
-    /// [`Node::targets`], asking the filter whether the event is unrestricted (tests).
-    #[cfg(test)]
-    fn targets_asking(
-        &mut self,
-        event: &Event,
-        publishing: bool,
-        relay: &[RelayHop],
-        reroutes: u8,
-        from: Option<OriginKey>,
-    ) -> Vec<Target> {
-        let open = self.filter.unrestricted(event);
-        self.targets(event, publishing, relay, reroutes, from, open)
     }
 
     /// Whether member `k` may hold `event` (its hop is [`FilterHop::Clear`]).
@@ -3824,18 +3799,18 @@ impl<S: Store> Node<S> {
     }
 }
 
-/// Checks up to [`CHECK_WINDOW`] entries of `map` after `after` (from the start when `None`)
-/// and returns where the next window starts (`None`: from the start again).
-fn check_window<K: Ord + Copy, V>(
-    map: &BTreeMap<K, V>,
+/// Checks up to [`CHECK_WINDOW`] entries after `after` (from the first when `None`) of a
+/// table walked in key order by `range_from` (its entries from a bound on), and returns
+/// where the next window starts (`None`: from the first again).
+fn check_window<'a, K: Copy + 'a, V: 'a, I: Iterator<Item = (&'a K, &'a V)>>(
+    range_from: impl FnOnce(std::ops::Bound<K>) -> I,
     after: Option<K>,
     mut check: impl FnMut(&K, &V),
 ) -> Option<K> {
-    use std::ops::Bound::{Excluded, Unbounded};
-    let from = after.map_or(Unbounded, Excluded);
+    let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
     let mut last = None;
     let mut taken = 0;
-    for (k, v) in map.range((from, Unbounded)).take(CHECK_WINDOW) {
+    for (k, v) in range_from(from).take(CHECK_WINDOW) {
         check(k, v);
         last = Some(*k);
         taken += 1;
@@ -4092,7 +4067,8 @@ mod tests {
             .map(|n| (n.me().node_key(), n.me().region.to_string()))
             .collect();
         let event = event_of(seeds[0]);
-        let targets = nodes[0].targets_asking(&event, true, &[], 0, None);
+        let open = nodes[0].filter.unrestricted(&event);
+        let targets = nodes[0].targets(&event, true, &[], 0, None, open);
         let cross: Vec<(&str, &[RelayHop])> = targets
             .iter()
             .filter(|(k, _, ack, _)| *ack && region_of[k] != "r0")
@@ -6129,8 +6105,9 @@ mod tests {
             let event = event_of(seeds[origin]);
             let mut received = vec![0u32; nodes.len()];
             received[origin] = 1;
+            let open = nodes[origin].filter.unrestricted(&event);
             let mut frontier: Vec<(usize, Vec<RelayHop>)> = nodes[origin]
-                .targets_asking(&event, true, &[], 0, None)
+                .targets(&event, true, &[], 0, None, open)
                 .into_iter()
                 .map(|(k, hops, _, _)| (by_key[&k], hops))
                 .collect();
@@ -6140,7 +6117,8 @@ mod tests {
                 if received[i] > 1 {
                     continue;
                 }
-                let next = nodes[i].targets_asking(&event, false, &hops, 0, None);
+                let open = nodes[i].filter.unrestricted(&event);
+                let next = nodes[i].targets(&event, false, &hops, 0, None, open);
                 frontier.extend(next.into_iter().map(|(k, h, _, _)| (by_key[&k], h)));
             }
             prop_assert!(received.iter().all(|r| *r == 1), "coverage {:?}", received);
