@@ -911,6 +911,7 @@ impl Engine {
         touched
     }
 
+    #[inline(never)] // once per event or fault, not per message: out of `step`
     fn publish(&mut self, w: usize) {
         let wl = self.plan.workloads[w].clone();
         if self.now >= wl.stop_us || wl.publishers.is_empty() || wl.rate_per_s <= 0.0 {
@@ -1025,6 +1026,7 @@ impl Engine {
 
     /// Applies a delivered event (index `e`) of table workload `w` to node `i`'s replica
     /// (the HLC receive rule first, as a node's clock moves past what it reads).
+    #[inline(never)] // table workloads only: out of the delivery path
     fn apply_table(&mut self, i: usize, e: usize, w: usize, event: &Event) {
         if self.table_ops.len() <= e {
             self.table_ops.resize(e + 1, None);
@@ -1081,6 +1083,7 @@ impl Engine {
         }
     }
 
+    #[inline(never)] // once per event or fault, not per message: out of `step`
     fn fault(&mut self, f: usize, start: bool) {
         let fault = self.plan.faults[f].clone();
         match fault.kind {
@@ -1196,21 +1199,26 @@ impl Engine {
         for e in app.drain(..) {
             match e {
                 AppEvent::Deliver(event) => self.app_deliver(i, &event),
-                AppEvent::MemberUp(m) => {
-                    // The transport measures the RTT when it connects to a new member.
-                    if let Some(&j) = self.key_index.get(&OriginKey(m.key)) {
-                        let rtt = 2 * self.link_us(i, j);
-                        if let Some(node) = self.nodes[i].node.as_mut() {
-                            node.handle_rtt_sample(now, OriginKey(m.key), rtt);
-                        }
-                    }
-                }
+                AppEvent::MemberUp(m) => self.member_up(i, now, &m),
                 AppEvent::MemberDown(_) => {}
             }
         }
         self.drain_app = app;
         if let Some(at) = next_timer {
             self.arm_timer(i, at.max(now));
+        }
+    }
+
+    /// Node `i` saw member `m` join: the transport measures the RTT when it connects to a
+    /// new member. Cold: membership changes are rare next to messages.
+    #[cold]
+    #[inline(never)]
+    fn member_up(&mut self, i: usize, now: Micros, m: &MemberInfo) {
+        if let Some(&j) = self.key_index.get(&OriginKey(m.key)) {
+            let rtt = 2 * self.link_us(i, j);
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                node.handle_rtt_sample(now, OriginKey(m.key), rtt);
+            }
         }
     }
 
@@ -1231,7 +1239,19 @@ impl Engine {
             .is_none_or(|r| r.open[w] || r.hops[w][i] == Hop::Clear)
     }
 
+    /// Records a broken invariant. Out of line and cold, as every caller's branch to it is:
+    /// the description is formatted here, so that the formatting code stays out of the hot
+    /// loop's instruction cache lines (the simulator's code path per message is larger than
+    /// the 32 KiB instruction cache; docs/sim.md, section 3.3).
+    #[cold]
+    #[inline(never)]
+    fn violation(&mut self, describe: impl FnOnce() -> String) {
+        self.metrics.violations.push(describe());
+    }
+
     /// Counts residency violations (with a description of the first few).
+    #[cold]
+    #[inline(never)]
     fn residency_violation(&mut self, count: u64, describe: impl FnOnce() -> String) {
         if count == 0 {
             return;
@@ -1469,19 +1489,16 @@ impl Engine {
     fn app_deliver(&mut self, i: usize, event: &Event) {
         let id = event.id();
         let Some(&e) = self.event_index.get(&id) else {
-            self.metrics
-                .violations
-                .push(format!("event {id} delivered but never published"));
+            self.violation(|| format!("event {id} delivered but never published"));
             return;
         };
         let nodes = self.nodes.len();
         let w = self.events[e].2;
         if !self.entitled(w, i) {
-            let text = format!(
-                "{} delivered event {id}, which it may not hold",
-                self.nodes[i].info.addr
-            );
-            self.residency_violation(1, || text);
+            let addr = self.nodes[i].info.addr.clone();
+            self.residency_violation(1, || {
+                format!("{addr} delivered event {id}, which it may not hold")
+            });
         }
         let n = &mut self.nodes[i];
         if n.app_ids.len() <= e {
@@ -1489,9 +1506,8 @@ impl Engine {
         }
         if std::mem::replace(&mut n.app_ids[e], true) {
             self.metrics.app_duplicates += 1;
-            self.metrics
-                .violations
-                .push(format!("event {id} delivered twice at {}", n.info.addr));
+            let addr = n.info.addr.clone();
+            self.violation(|| format!("event {id} delivered twice at {addr}"));
             return;
         }
         let origin = self.events[e].1;

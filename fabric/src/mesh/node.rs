@@ -1211,43 +1211,56 @@ impl<S: Store> Node<S> {
                 resume,
                 held,
                 unsettled,
-            } => {
-                let peer = self.peers.entry(from).or_default();
-                peer.held = held;
-                peer.unanswered_since = None;
-                if let Some(key) = unsettled {
-                    // The partner has other ranges of the origins the summary stood for:
-                    // the round again with the whole digest (only for the summary last
-                    // sent: a stray or superseded answer asks for nothing).
-                    if peer.summary_pending == Some(key) {
-                        peer.summary_pending = None;
-                        self.stats.sync_unsettled_in += 1;
-                        self.send_digest(from, None, true);
-                    }
-                    return;
-                }
-                let mut fresh = Vec::new();
-                for event in events {
-                    if self.own_hop(&event) != FilterHop::Clear {
-                        // Anti-entropy carries only what the receiver may hold.
-                        self.refuse_own(&event);
-                        continue;
-                    }
-                    if let Ok(Inserted::New) = self.accept(event.clone()) {
-                        self.stats.sync_events_new += 1;
-                        fresh.push(event);
-                    }
-                }
-                // Repaired events travel on lazily: peers that lack them GRAFT. Their tree
-                // push may still come (see `repaired`).
-                for event in &fresh {
-                    self.remember_repaired(event.id());
-                }
-                self.forward(&fresh, Some(from), false, false, &[], 0);
-                if let Some(origin) = resume {
-                    self.send_digest(from, Some(origin), true);
-                }
+            } => self.on_sync_response(from, events, resume, held, unsettled),
+        }
+    }
+
+    /// An anti-entropy batch from `from` ([`Message::SyncResponse`]). Out of line: one
+    /// message in a few hundred, and `handle_message`'s match stays small enough for the
+    /// instruction cache.
+    #[inline(never)]
+    fn on_sync_response(
+        &mut self,
+        from: OriginKey,
+        events: Vec<Arc<Event>>,
+        resume: Option<OriginKey>,
+        held: u64,
+        unsettled: Option<[u64; 2]>,
+    ) {
+        let peer = self.peers.entry(from).or_default();
+        peer.held = held;
+        peer.unanswered_since = None;
+        if let Some(key) = unsettled {
+            // The partner has other ranges of the origins the summary stood for:
+            // the round again with the whole digest (only for the summary last
+            // sent: a stray or superseded answer asks for nothing).
+            if peer.summary_pending == Some(key) {
+                peer.summary_pending = None;
+                self.stats.sync_unsettled_in += 1;
+                self.send_digest(from, None, true);
             }
+            return;
+        }
+        let mut fresh = Vec::new();
+        for event in events {
+            if self.own_hop(&event) != FilterHop::Clear {
+                // Anti-entropy carries only what the receiver may hold.
+                self.refuse_own(&event);
+                continue;
+            }
+            if let Ok(Inserted::New) = self.accept(event.clone()) {
+                self.stats.sync_events_new += 1;
+                fresh.push(event);
+            }
+        }
+        // Repaired events travel on lazily: peers that lack them GRAFT. Their tree
+        // push may still come (see `repaired`).
+        for event in &fresh {
+            self.remember_repaired(event.id());
+        }
+        self.forward(&fresh, Some(from), false, false, &[], 0);
+        if let Some(origin) = resume {
+            self.send_digest(from, Some(origin), true);
         }
     }
 
@@ -2630,6 +2643,7 @@ impl<S: Store> Node<S> {
         self.send(target, Message::Probe { nonce, coord });
     }
 
+    #[inline(never)] // rare: see `on_sync_response`
     fn on_probe_ack(&mut self, from: OriginKey, nonce: u64, coord: weft_routing::Coordinate) {
         let Some((to, sent)) = self.router.probes.remove(&nonce) else {
             return;
@@ -2914,6 +2928,7 @@ impl<S: Store> Node<S> {
         None
     }
 
+    #[inline(never)] // rare: see `on_sync_response`
     fn on_links(&mut self, records: Vec<Arc<LinkRecord>>) {
         let me = self.me.node_key();
         for record in records.into_iter().take(LINK_RECORDS_PER_MESSAGE_MAX) {
@@ -2939,6 +2954,7 @@ impl<S: Store> Node<S> {
     /// A peer's link-state digest: pulls the records this node would take, at most
     /// [`LINK_RECORDS_PER_MESSAGE_MAX`] entries read (the rest counted in
     /// [`Stats::link_entries_over_limit`]).
+    #[inline(never)] // rare: see `on_sync_response`
     fn on_link_digest(&mut self, from: OriginKey, entries: Vec<(OriginKey, u64)>) {
         let read = self.link_entries_read(&entries);
         let me = self.me.node_key();
@@ -2954,6 +2970,7 @@ impl<S: Store> Node<S> {
     /// A peer's pull: the records asked for that this node holds, in one message (at most
     /// [`LINK_RECORDS_PER_MESSAGE_MAX`] keys read, the rest counted in
     /// [`Stats::link_entries_over_limit`]).
+    #[inline(never)] // rare: see `on_sync_response`
     fn on_link_pull(&mut self, from: OriginKey, keys: Vec<OriginKey>) {
         // Each record once, however often it is named (a key repeated 16 times would
         // otherwise draw 16 copies).
@@ -3280,6 +3297,7 @@ impl<S: Store> Node<S> {
         }
     }
 
+    #[inline(never)] // rare: see `on_sync_response`
     fn on_graft(&mut self, from: OriginKey, refs: Vec<EventRef>) {
         let mut events = Vec::new();
         let mut erased = Vec::new();
@@ -3678,6 +3696,7 @@ impl<S: Store> Node<S> {
         stalled().nth(turn as usize % count)
     }
 
+    #[inline(never)] // rare: see `on_sync_response`
     fn on_sync_request(
         &mut self,
         from: OriginKey,
