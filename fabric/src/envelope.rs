@@ -386,18 +386,21 @@ pub enum Payload {
 
 /// Everything an event carries except its origin, signature and id: what a producer fills
 /// in before signing.
+///
+/// `repr(C)`: the fields a relaying node reads first (see [`EventData`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[repr(C)]
 pub struct EventDraft {
-    /// The stream it is published to.
-    pub stream: StreamName,
-    /// Table key, for keyed streams (1 to [`KEY_LEN_MAX`] bytes).
-    pub key: Option<Vec<u8>>,
     /// Per-origin sequence number, starting at 1 and without gaps per origin.
     pub seq: u64,
     /// Hybrid logical clock timestamp of publication.
     pub hlc: Hlc,
+    /// The stream it is published to.
+    pub stream: StreamName,
     /// Producer, classification and residency.
     pub security: SecurityContext,
+    /// Table key, for keyed streams (1 to [`KEY_LEN_MAX`] bytes).
+    pub key: Option<Vec<u8>>,
     /// Media type of the payload (1 to [`CONTENT_TYPE_LEN_MAX`] bytes, printable ASCII).
     pub content_type: String,
     /// The payload, clear or sealed.
@@ -462,14 +465,21 @@ impl EventDraft {
 }
 
 /// The fields and bytes shared by [`Event`] and [`UnverifiedEvent`].
+///
+/// `repr(C)`, in this order: what every node reads of every event it handles (id, origin,
+/// the signed bytes' length, then the draft's sequence number and stream) sits in the
+/// first cache lines of the shared allocation, the signature (read only by a verifier)
+/// last. The compiler's own order put the id, origin and signature after the draft's
+/// strings and payload, so that each event a node handled cost a cache line more.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[repr(C)]
 pub struct EventData {
+    pub(crate) id: EventId,
     pub(crate) origin: OriginKey,
-    pub(crate) draft: EventDraft,
     /// `SIGNING_CONTEXT || body`: exactly the bytes the signature covers.
     pub(crate) signed: Vec<u8>,
+    pub(crate) draft: EventDraft,
     pub(crate) signature: [u8; 64],
-    pub(crate) id: EventId,
 }
 
 impl EventData {

@@ -2296,9 +2296,7 @@ impl<S: Store> Node<S> {
             self.stats.events_duplicate += 1;
             // Held, but the seen-set dropped it at its range limit: re-record it so
             // delivery and digests move on.
-            if self.note_seen(origin, seq) {
-                self.advance_delivery(origin);
-            }
+            self.seen_again(origin, seq);
             return Ok(Inserted::Duplicate);
         }
         let interested = self.interested(event.stream());
@@ -2308,9 +2306,7 @@ impl<S: Store> Node<S> {
                     self.stats.events_duplicate += 1;
                     // Held after all (a store whose `holds` under-claims): record it as
                     // seen so delivery and digests move on.
-                    if self.note_seen(origin, seq) {
-                        self.advance_delivery(origin);
-                    }
+                    self.seen_again(origin, seq);
                     return Ok(Inserted::Duplicate);
                 }
                 Ok(Inserted::New) => {}
@@ -2319,9 +2315,7 @@ impl<S: Store> Node<S> {
                     // too, so its own delivery moves on), nothing stored or passed on.
                     self.stats.events_erased += 1;
                     self.arrived(&id);
-                    if self.note_seen(origin, seq) {
-                        self.advance_delivery(origin);
-                    }
+                    self.seen_again(origin, seq);
                     return Ok(Inserted::Erased);
                 }
                 Err(e) => {
@@ -2343,6 +2337,17 @@ impl<S: Store> Node<S> {
         self.arrived(&id);
         self.advance_delivery(origin);
         Ok(Inserted::New)
+    }
+
+    /// [`Node::accept`]'s rare paths (a held event the seen-set had dropped, an erased one):
+    /// records `seq` as seen and moves delivery on. Cold and out of line, so that `accept`
+    /// keeps one inlined copy of the delivery step, on its common path.
+    #[cold]
+    #[inline(never)]
+    fn seen_again(&mut self, origin: OriginKey, seq: u64) {
+        if self.note_seen(origin, seq) {
+            self.advance_delivery(origin);
+        }
     }
 
     /// Whether this node's configured interest names `stream` (it stores and delivers the
@@ -3229,28 +3234,36 @@ impl<S: Store> Node<S> {
             {
                 continue;
             }
-            if let Some(m) = self.missing.get_mut(&r.id) {
-                if m.announcers.len() < ANNOUNCERS_MAX && !m.announcers.contains(&from) {
-                    m.announcers.push_back(from);
-                }
-                continue;
-            }
-            if self.missing.len() >= MISSING_LEN_MAX {
-                self.stats.missing_dropped += 1;
-                continue;
-            }
-            let at = self.now + self.config.graft_timeout_us;
-            let timer = self.schedule(at, Timer::Graft(r.id));
-            self.missing.insert(
-                r.id,
-                Missing {
-                    event: r,
-                    announcers: VecDeque::from([from]),
-                    timer,
-                },
-            );
+            self.note_missing(from, r);
         }
         self.keep_ref_buffer(refs);
+    }
+
+    /// [`Node::on_ihave`]'s announcement of an event this node lacks: `from` joins its
+    /// announcers, or it becomes missing with a GRAFT timer. Out of line: the seen-set
+    /// answers nearly every announcement before this.
+    #[inline(never)]
+    fn note_missing(&mut self, from: OriginKey, r: EventRef) {
+        if let Some(m) = self.missing.get_mut(&r.id) {
+            if m.announcers.len() < ANNOUNCERS_MAX && !m.announcers.contains(&from) {
+                m.announcers.push_back(from);
+            }
+            return;
+        }
+        if self.missing.len() >= MISSING_LEN_MAX {
+            self.stats.missing_dropped += 1;
+            return;
+        }
+        let at = self.now + self.config.graft_timeout_us;
+        let timer = self.schedule(at, Timer::Graft(r.id));
+        self.missing.insert(
+            r.id,
+            Missing {
+                event: r,
+                announcers: VecDeque::from([from]),
+                timer,
+            },
+        );
     }
 
     /// Keeps an emptied reference buffer for the next IHAVE batch (see `ref_buffers`).
