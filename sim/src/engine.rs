@@ -715,7 +715,7 @@ impl Engine {
             table_ops: Vec::new(),
         };
         if let Some(e) = refused {
-            engine.metrics.violations.push(e);
+            engine.violation(|| e);
         }
         for i in 0..engine.nodes.len() {
             engine.start_node(i);
@@ -928,9 +928,8 @@ impl Engine {
         let wall_ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
         let n = &mut self.nodes[i];
         let Ok(hlc) = n.clock.tick(wall_ms.max(0) as u64) else {
-            self.metrics
-                .violations
-                .push(format!("hlc refused at node {}", n.info.addr));
+            let addr = n.info.addr.clone();
+            self.violation(|| format!("hlc refused at node {addr}"));
             return;
         };
         let mut draft = draft(
@@ -970,7 +969,7 @@ impl Engine {
             .map_err(|e| e.to_string())
         });
         let Ok(event) = signed else {
-            self.metrics.violations.push("signing failed".into());
+            self.violation(|| "signing failed".into());
             return;
         };
         n.next_seq += 1;
@@ -1008,20 +1007,15 @@ impl Engine {
                         self.table_writes[w].push(written);
                     }
                 }
-                Err(e) => self
-                    .metrics
-                    .violations
-                    .push(format!("publish refused: {e}")),
+                Err(e) => self.violation(|| format!("publish refused: {e}")),
             }
         }
         self.drain(i);
     }
 
     fn unreadable_table_event(&mut self, event: &Event) {
-        self.metrics.violations.push(format!(
-            "table event {} has no key or no readable operation",
-            event.id()
-        ));
+        let id = event.id();
+        self.violation(|| format!("table event {id} has no key or no readable operation"));
     }
 
     /// Applies a delivered event (index `e`) of table workload `w` to node `i`'s replica
@@ -1037,9 +1031,8 @@ impl Engine {
                 let op = match event.payload() {
                     Payload::Clear(bytes) => Op::from_event(event.content_type(), bytes),
                     Payload::Sealed(_) => {
-                        self.metrics
-                            .violations
-                            .push(format!("table event {} is sealed", event.id()));
+                        let id = event.id();
+                        self.violation(|| format!("table event {id} is sealed"));
                         return;
                     }
                 };
@@ -1199,7 +1192,7 @@ impl Engine {
         for e in app.drain(..) {
             match e {
                 AppEvent::Deliver(event) => self.app_deliver(i, &event),
-                AppEvent::MemberUp(m) => self.member_up(i, now, &m),
+                AppEvent::MemberUp(m) => self.member_up(i, &m),
                 AppEvent::MemberDown(_) => {}
             }
         }
@@ -1213,9 +1206,10 @@ impl Engine {
     /// new member. Cold: membership changes are rare next to messages.
     #[cold]
     #[inline(never)]
-    fn member_up(&mut self, i: usize, now: Micros, m: &MemberInfo) {
+    fn member_up(&mut self, i: usize, m: &MemberInfo) {
         if let Some(&j) = self.key_index.get(&OriginKey(m.key)) {
             let rtt = 2 * self.link_us(i, j);
+            let now = self.now;
             if let Some(node) = self.nodes[i].node.as_mut() {
                 node.handle_rtt_sample(now, OriginKey(m.key), rtt);
             }
@@ -1318,9 +1312,13 @@ impl Engine {
         }
         self.metrics.residency.checked += checked;
         if let Some((id, what, hop)) = first {
-            let (a, b) = (&self.nodes[from].info.addr, &self.nodes[to].info.addr);
-            let text = format!("{what} {a} -> {b} names event {id}, which {b} may get as {hop:?}");
-            self.residency_violation(bad, || text);
+            let (a, b) = (
+                self.nodes[from].info.addr.clone(),
+                self.nodes[to].info.addr.clone(),
+            );
+            self.residency_violation(bad, || {
+                format!("{what} {a} -> {b} names event {id}, which {b} may get as {hop:?}")
+            });
         }
     }
 
@@ -1362,11 +1360,10 @@ impl Engine {
             }
         }
         if let Some(id) = first {
-            let text = format!(
-                "{} stores event {id}, which it may not hold",
-                self.nodes[i].info.addr
-            );
-            self.residency_violation(bad, || text);
+            let addr = self.nodes[i].info.addr.clone();
+            self.residency_violation(bad, || {
+                format!("{addr} stores event {id}, which it may not hold")
+            });
         }
     }
 
