@@ -319,6 +319,7 @@ pub fn decode(input: &[u8]) -> Result<UnverifiedEvent, EnvelopeError> {
         signed,
         signature,
         id,
+        memo: FilterMemo::default(),
     }))
 }
 

@@ -480,6 +480,56 @@ pub struct EventData {
     pub(crate) signed: Vec<u8>,
     pub(crate) draft: EventDraft,
     pub(crate) signature: [u8; 64],
+    /// The replication filter's answer for this event (see [`FilterMemo`]).
+    pub(crate) memo: FilterMemo,
+}
+
+/// A replication filter's memo of what it decided about one event, kept with the shared
+/// event: the mesh asks its filter about an event once for every peer it might send it to
+/// and on every node that handles the shared copy (a node's subscribers and relays, the
+/// simulator's whole mesh), and evaluating the policy each time (a class lookup and the
+/// residency set's jurisdictions) was some 4 % of a simulated run's instructions.
+///
+/// Set once, by the first filter that asks. The first word names the filter that set it (a
+/// process-unique, non-zero id; see `weft_policy::PolicyFilter`), so a filter with another id
+/// (another policy epoch) evaluates without it instead of reading another policy's answer.
+/// The other words are the filter's own encoding. Not part of the event's identity: equal
+/// events compare equal whatever their memos hold, and a clone starts empty.
+#[derive(Default)]
+pub struct FilterMemo(std::sync::OnceLock<[u64; 3]>);
+
+impl FilterMemo {
+    /// The memo, if a filter has set it: `[owner, word, word]`.
+    #[inline]
+    pub fn get(&self) -> Option<&[u64; 3]> {
+        self.0.get()
+    }
+
+    /// Sets the memo unless a filter already has (then the first answer stays).
+    #[inline]
+    pub fn set(&self, words: [u64; 3]) {
+        let _ = self.0.set(words);
+    }
+}
+
+impl Clone for FilterMemo {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for FilterMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for FilterMemo {}
+
+impl fmt::Debug for FilterMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FilterMemo")
+    }
 }
 
 impl EventData {
@@ -490,6 +540,10 @@ impl EventData {
     /// The producer's public key.
     pub fn origin(&self) -> OriginKey {
         self.origin
+    }
+    /// The replication filter's memo for this event.
+    pub fn filter_memo(&self) -> &FilterMemo {
+        &self.memo
     }
     /// All signed fields but the origin.
     pub fn draft(&self) -> &EventDraft {

@@ -27,9 +27,9 @@ pub mod table;
 
 pub use codec::decode;
 pub use envelope::{
-    ENVELOPE_VERSION, Event, EventData, EventDraft, EventId, Jurisdiction, KeyBuildHasher,
-    KeyHasher, KeyId, OrderKey, OriginKey, Payload, Residency, SealedPayload, SecurityContext,
-    TraceContext, UnverifiedEvent,
+    ENVELOPE_VERSION, Event, EventData, EventDraft, EventId, FilterMemo, Jurisdiction,
+    KeyBuildHasher, KeyHasher, KeyId, OrderKey, OriginKey, Payload, Residency, SealedPayload,
+    SecurityContext, TraceContext, UnverifiedEvent,
 };
 pub use error::{EnvelopeError, SealError, VerifyError};
 pub use hlc::{ClockError, Hlc, HybridClock};

@@ -33,7 +33,9 @@ use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
 use crate::codec;
-use crate::envelope::{Event, EventData, EventDraft, OriginKey, Payload, UnverifiedEvent};
+use crate::envelope::{
+    Event, EventData, EventDraft, FilterMemo, OriginKey, Payload, UnverifiedEvent,
+};
 use crate::error::{SealError, VerifyError};
 use crate::limits::{SIGNATURE_LEN, VERIFY_BATCH_LEN_MAX};
 use crate::seal::KeyRing;
@@ -121,6 +123,7 @@ impl Signer {
             signed,
             signature,
             id,
+            memo: FilterMemo::default(),
         }))
     }
 
@@ -444,6 +447,7 @@ mod tests {
             signed,
             signature,
             id,
+            memo: FilterMemo::default(),
         })
     }
 

@@ -45,7 +45,13 @@ pub struct Policy {
     tenant_limits: HashMap<String, RateLimit>,
     devices: HashMap<[u8; 32], Enrollment>,
     device_streams: HashMap<String, Vec<StreamPattern>>,
+    /// This compilation's name in events' filter memos (`weft_fabric::FilterMemo`):
+    /// process-unique and non-zero, so that no two policies read each other's memo.
+    memo_owner: u64,
 }
+
+/// The next [`Policy::memo_owner`].
+static MEMO_OWNERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Debug)]
 struct Principal {
@@ -338,6 +344,35 @@ pub struct EventScope {
     transit: TransitState,
 }
 
+impl EventScope {
+    /// The scope as a filter memo's two words: the clear mask, then whether there is one
+    /// (bit 0) and the transit state (bits 1-2).
+    fn to_words(self) -> [u64; 2] {
+        let transit = match self.transit {
+            TransitState::Forbidden => 0,
+            TransitState::Sealed => 1,
+            TransitState::SealedButClear => 2,
+        };
+        [
+            self.clear.unwrap_or(0),
+            u64::from(self.clear.is_some()) | transit << 1,
+        ]
+    }
+
+    /// The scope [`EventScope::to_words`] encoded.
+    fn from_words([mask, flags]: [u64; 2]) -> Self {
+        let transit = match flags >> 1 {
+            1 => TransitState::Sealed,
+            2 => TransitState::SealedButClear,
+            _ => TransitState::Forbidden,
+        };
+        Self {
+            clear: (flags & 1 == 1).then_some(mask),
+            transit,
+        }
+    }
+}
+
 /// A node's place as the policy sees it, computed once per member record: its granted
 /// jurisdiction, if its claim holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,9 +430,11 @@ pub const PLACEMENT_CACHE_LEN_MAX: usize = NODES_MAX;
 /// event). The receiving node applies the same filter to itself.
 ///
 /// The mesh asks about one event for many peers in a row, and about the same few hundred
-/// members again and again: the filter remembers the last event's scope and each member's
-/// placement (checked against the member record's region and jurisdiction, so a changed
-/// record is placed again), so that a hop is a cache hit and a few bit operations.
+/// members again and again: the filter keeps each event's scope in the event's
+/// [`FilterMemo`](weft_fabric::FilterMemo) (shared by every filter over the same compiled
+/// policy; a filter over another policy remembers the last event's scope instead) and each
+/// member's placement (checked against the member record's region and jurisdiction, so a
+/// changed record is placed again), so that a hop is a memo read and a few bit operations.
 #[derive(Clone)]
 pub struct PolicyFilter {
     policy: Arc<Policy>,
@@ -422,7 +459,22 @@ impl PolicyFilter {
         &self.policy
     }
 
+    /// The event's scope: from its memo when this policy set it, else evaluated (and
+    /// memoized, unless another policy got there first; then the last event's scope is
+    /// remembered here instead).
     fn scope(&self, event: &EventData) -> EventScope {
+        let owner = self.policy.memo_owner;
+        let memo = event.filter_memo();
+        match memo.get() {
+            Some(&[o, mask, flags]) if o == owner => return EventScope::from_words([mask, flags]),
+            Some(_) => {}
+            None => {
+                let scope = self.policy.event_scope(event);
+                let [mask, flags] = scope.to_words();
+                memo.set([owner, mask, flags]);
+                return scope;
+            }
+        }
         let id = event.id();
         if let Some((last, scope)) = self.last.get()
             && last == id
@@ -1415,6 +1467,7 @@ impl Policy {
             tenant_limits,
             devices,
             device_streams,
+            memo_owner: MEMO_OWNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 

@@ -356,6 +356,57 @@ fn hops_and_claims() {
             assert_eq!(filter.hop(e, m), p.hop(e, m).hop.filter_hop());
         }
     }
+    // The first filter memoized each event's scope in the (shared) event. A filter over
+    // another policy (a later epoch: card data may now be held in APAC too, EU personal data
+    // may transit sealed) must not read that memo: its answers are its own policy's, for
+    // events memoized by the old one and for new ones alike.
+    let later = Policy::compile(
+        &Bundle::from_toml(
+            &EXAMPLE
+                .replace(
+                    "jurisdictions = [\"EU\", \"US\"]\ntransit = \"sealed\"",
+                    "jurisdictions = [\"EU\", \"US\", \"APAC\"]\ntransit = \"sealed\"",
+                )
+                .replace(
+                    "jurisdictions = [\"EU\"]\ntransit = \"forbidden\"",
+                    "jurisdictions = [\"EU\"]\ntransit = \"sealed\"",
+                ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let later_filter = PolicyFilter::new(std::sync::Arc::new(later));
+    let apac_pay = event(
+        "payments.card",
+        "payment",
+        Residency::only(["EU", "US", "APAC"]).unwrap(),
+        true,
+    );
+    assert_eq!(later_filter.hop(&apac_pay, &apac_node), FilterHop::Clear);
+    assert_eq!(
+        later_filter.hop(&sealed_personal, &apac_node),
+        FilterHop::Transit,
+        "the later policy lets EU personal data transit sealed"
+    );
+    assert_eq!(filter.hop(&sealed_personal, &apac_node), FilterHop::Refuse);
+    for f in [&filter, &later_filter] {
+        for e in [
+            &personal,
+            &sealed_personal,
+            &sealed_pay,
+            &clear_pay,
+            &wide,
+            &public_event,
+            &apac_pay,
+        ] {
+            for m in [&eu_node, &us_node, &apac_node, &liar, &moved] {
+                assert_eq!(f.hop(e, m), f.policy().hop(e, m).hop.filter_hop());
+                assert!(!f.unrestricted(e) || f.hop(e, m) == FilterHop::Clear);
+            }
+        }
+        assert!(f.unrestricted(&public_event));
+        assert!(!f.unrestricted(&personal) && !f.unrestricted(&apac_pay));
+    }
 }
 
 #[test]
