@@ -367,9 +367,6 @@ struct SimNode {
     clock: HybridClock,
     skew_ms: i64,
     next_seq: u64,
-    /// The index in `Engine::events` of each event this node published: sequence number
-    /// `s` at `s - 1` (sequence numbers go on across restarts, without gaps).
-    published: Vec<u32>,
     interest: Vec<StreamPattern>,
     /// Application view: events delivered (by index in `Engine::events`), and last
     /// delivered seq per origin.
@@ -557,11 +554,10 @@ pub struct Engine {
     key_index: HashMap<OriginKey, usize, KeyBuildHasher>,
     blocked: HashSet<(usize, usize), KeyBuildHasher>,
     degraded: HashMap<(usize, usize), (f64, f64), KeyBuildHasher>,
-    /// Published events in publish order: (publish time, origin node, workload, id). An
-    /// event is found by its origin's node and sequence number (`SimNode::published`), not
-    /// by a map keyed by id: a probe of a map of every event cost a cache miss or two per
-    /// delivery and per event a message names.
-    events: Vec<(Micros, usize, usize, EventId)>,
+    /// Published events: id -> index in `events`.
+    event_index: HashMap<EventId, usize, KeyBuildHasher>,
+    /// Published events in publish order: (publish time, origin node, workload).
+    events: Vec<(Micros, usize, usize)>,
     /// (event, subscriber) pairs expected so far, the origin excluded.
     expected_pairs: u64,
     /// Delivery record per (event, node), at `event * nodes + node`: seen at the
@@ -660,7 +656,6 @@ impl Engine {
                 clock: HybridClock::new(60_000),
                 skew_ms: 0,
                 next_seq: 1,
-                published: Vec::new(),
                 interest,
                 app_ids: Vec::new(),
                 app_last: Vec::new(),
@@ -702,6 +697,7 @@ impl Engine {
             blocked: HashSet::default(),
             degraded: HashMap::default(),
             events: Vec::new(),
+            event_index: HashMap::default(),
             expected_pairs: 0,
             delivered_pairs: Vec::new(),
             hops: Vec::new(),
@@ -980,16 +976,10 @@ impl Engine {
         let event = Arc::new(event);
         let e = self.events.len();
         let nodes = self.nodes.len();
-        self.events.push((self.now, i, w, event.id()));
+        self.events.push((self.now, i, w));
         self.event_ideal
             .push(u32::try_from(self.ideals.len().saturating_sub(1)).unwrap_or(u32::MAX));
-        let published = &mut self.nodes[i].published;
-        debug_assert_eq!(
-            published.len() as u64 + 1,
-            event.seq(),
-            "a gap in sequence numbers"
-        );
-        published.push(u32::try_from(e).expect("under 2^32 events a run"));
+        self.event_index.insert(event.id(), e);
         let entitled = wl
             .subscribers
             .iter()
@@ -1275,46 +1265,45 @@ impl Engine {
         };
         let (mut bad, mut checked) = (0u64, 0u64);
         let mut first: Option<(EventId, &'static str, Hop)> = None;
-        let mut check =
-            |origin: OriginKey, seq: u64, id: EventId, relaying: bool, what: &'static str| {
-                let Some(e) = self.event_of(origin, seq, &id) else {
-                    return;
-                };
-                let w = self.events[e].2;
-                if r.open[w] {
-                    return;
-                }
-                checked += 1;
-                let hop = r.hops[w][to];
-                let ok = match hop {
-                    Hop::Clear => true,
-                    Hop::SealedTransit => relaying,
-                    Hop::Refuse => false,
-                };
-                if !ok {
-                    bad += 1;
-                    first.get_or_insert((id, what, hop));
-                }
+        let mut check = |id: EventId, relaying: bool, what: &'static str| {
+            let Some(&e) = self.event_index.get(&id) else {
+                return;
             };
+            let w = self.events[e].2;
+            if r.open[w] {
+                return;
+            }
+            checked += 1;
+            let hop = r.hops[w][to];
+            let ok = match hop {
+                Hop::Clear => true,
+                Hop::SealedTransit => relaying,
+                Hop::Refuse => false,
+            };
+            if !ok {
+                bad += 1;
+                first.get_or_insert((id, what, hop));
+            }
+        };
         match msg {
             Message::Push { events, relay, .. } => {
                 for e in events {
-                    check(e.origin(), e.seq(), e.id(), !relay.is_empty(), "push");
+                    check(e.id(), !relay.is_empty(), "push");
                 }
             }
             Message::SyncResponse { events, .. } => {
                 for e in events {
-                    check(e.origin(), e.seq(), e.id(), false, "anti-entropy batch");
+                    check(e.id(), false, "anti-entropy batch");
                 }
             }
             Message::IHave(refs) => {
                 for r in refs {
-                    check(r.origin, r.seq, r.id, false, "IHAVE");
+                    check(r.id, false, "IHAVE");
                 }
             }
             Message::Graft(refs) => {
                 for r in refs {
-                    check(r.origin, r.seq, r.id, false, "GRAFT");
+                    check(r.id, false, "GRAFT");
                 }
             }
             // Digests and Skips carry origins and sequence numbers only: no id, stream,
@@ -1360,7 +1349,7 @@ impl Engine {
                     let Some(event) = store.get(&origin, seq) else {
                         continue;
                     };
-                    let Some(e) = self.event_of(origin, seq, &event.id()) else {
+                    let Some(&e) = self.event_index.get(&event.id()) else {
                         continue;
                     };
                     if !self.entitled(self.events[e].2, i) {
@@ -1494,20 +1483,9 @@ impl Engine {
         self.push(at, Ev::Msg { to, from, msg });
     }
 
-    /// The index in `events` of the event `origin` published as `seq`, if that is the event
-    /// with `id` (the simulator publishes every event, so anything else was never published).
-    fn event_of(&self, origin: OriginKey, seq: u64, id: &EventId) -> Option<usize> {
-        let &node = self.key_index.get(&origin)?;
-        let &e = self.nodes[node]
-            .published
-            .get(usize::try_from(seq.checked_sub(1)?).ok()?)?;
-        let e = e as usize;
-        (self.events[e].3 == *id).then_some(e)
-    }
-
     fn app_deliver(&mut self, i: usize, event: &Event) {
         let id = event.id();
-        let Some(e) = self.event_of(event.origin(), event.seq(), &id) else {
+        let Some(&e) = self.event_index.get(&id) else {
             self.violation(|| format!("event {id} delivered but never published"));
             return;
         };
@@ -1558,7 +1536,7 @@ impl Engine {
                 (*last).max(hop)
             };
         }
-        if let Some(&(t0, origin, _, _)) = self.events.get(e) {
+        if let Some(&(t0, origin, _)) = self.events.get(e) {
             if origin == i {
                 return;
             }
@@ -1660,7 +1638,7 @@ impl Engine {
     fn missing_pairs(&self) -> u64 {
         let mut missing = 0;
         let nodes = self.nodes.len();
-        for (e, (_, origin, w, _)) in self.events.iter().enumerate() {
+        for (e, (_, origin, w)) in self.events.iter().enumerate() {
             for &s in &self.plan.workloads[*w].subscribers {
                 if s != *origin
                     && self.nodes[s].node.is_some()
