@@ -490,25 +490,29 @@ pub struct EventData {
 /// simulator's whole mesh), and evaluating the policy each time (a class lookup and the
 /// residency set's jurisdictions) was some 4 % of a simulated run's instructions.
 ///
-/// Set once, by the first filter that asks. The first word names the filter that set it (a
-/// process-unique, non-zero id; see `weft_policy::PolicyFilter`), so a filter with another id
-/// (another policy epoch) evaluates without it instead of reading another policy's answer.
-/// The other words are the filter's own encoding. Not part of the event's identity: equal
-/// events compare equal whatever their memos hold, and a clone starts empty.
+/// Set once, by the first filter that asks, under that filter's owner id (process-unique;
+/// see `weft_policy::PolicyFilter`): a filter with another id (another policy epoch) finds
+/// nothing here and evaluates without it, instead of reading another policy's answer. The
+/// two words are the owner's own encoding. Not part of the event's identity: equal events
+/// compare equal whatever their memos hold, and a clone starts empty.
 #[derive(Default)]
-pub struct FilterMemo(std::sync::OnceLock<[u64; 3]>);
+pub struct FilterMemo(std::sync::OnceLock<(u64, [u64; 2])>);
 
 impl FilterMemo {
-    /// The memo, if a filter has set it: `[owner, word, word]`.
+    /// The words `owner` memoized, if `owner` is the filter that set the memo.
     #[inline]
-    pub fn get(&self) -> Option<&[u64; 3]> {
-        self.0.get()
+    pub fn get(&self, owner: u64) -> Option<[u64; 2]> {
+        self.0
+            .get()
+            .filter(|(set_by, _)| *set_by == owner)
+            .map(|(_, words)| *words)
     }
 
-    /// Sets the memo unless a filter already has (then the first answer stays).
+    /// Memoizes `words` for `owner` unless a filter already set the memo (the first answer
+    /// stays).
     #[inline]
-    pub fn set(&self, words: [u64; 3]) {
-        let _ = self.0.set(words);
+    pub fn set(&self, owner: u64, words: [u64; 2]) {
+        let _ = self.0.set((owner, words));
     }
 }
 
@@ -845,6 +849,25 @@ fn check_traceparent(value: &str) -> Result<(), EnvelopeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_memo_answers_only_its_owner_and_keeps_the_first_answer() {
+        let memo = FilterMemo::default();
+        assert_eq!(memo.get(1), None);
+        memo.set(1, [7, 8]);
+        assert_eq!(memo.get(1), Some([7, 8]));
+        assert_eq!(memo.get(2), None, "another owner never reads it");
+        memo.set(2, [9, 9]);
+        memo.set(1, [0, 0]);
+        assert_eq!(memo.get(1), Some([7, 8]), "the first answer stays");
+        assert_eq!(memo.get(2), None);
+        assert_eq!(memo.clone().get(1), None, "a clone starts empty");
+        assert_eq!(
+            memo,
+            FilterMemo::default(),
+            "not part of an event's identity"
+        );
+    }
 
     proptest::proptest! {
         /// Keys and ids order exactly as their bytes do (maps iterate in this order, so

@@ -45,8 +45,8 @@ pub struct Policy {
     tenant_limits: HashMap<String, RateLimit>,
     devices: HashMap<[u8; 32], Enrollment>,
     device_streams: HashMap<String, Vec<StreamPattern>>,
-    /// This compilation's name in events' filter memos (`weft_fabric::FilterMemo`):
-    /// process-unique and non-zero, so that no two policies read each other's memo.
+    /// This compilation's owner id in events' filter memos (`weft_fabric::FilterMemo`):
+    /// process-unique, so that no two policies read each other's memo.
     memo_owner: u64,
 }
 
@@ -459,21 +459,14 @@ impl PolicyFilter {
         &self.policy
     }
 
-    /// The event's scope: from its memo when this policy set it, else evaluated (and
-    /// memoized, unless another policy got there first; then the last event's scope is
-    /// remembered here instead).
+    /// The event's scope: from its memo when this policy set it, else the last event's if
+    /// it is the same one, else evaluated (and memoized, unless another policy got there
+    /// first).
     fn scope(&self, event: &EventData) -> EventScope {
         let owner = self.policy.memo_owner;
         let memo = event.filter_memo();
-        match memo.get() {
-            Some(&[o, mask, flags]) if o == owner => return EventScope::from_words([mask, flags]),
-            Some(_) => {}
-            None => {
-                let scope = self.policy.event_scope(event);
-                let [mask, flags] = scope.to_words();
-                memo.set([owner, mask, flags]);
-                return scope;
-            }
+        if let Some(words) = memo.get(owner) {
+            return EventScope::from_words(words);
         }
         let id = event.id();
         if let Some((last, scope)) = self.last.get()
@@ -482,6 +475,7 @@ impl PolicyFilter {
             return scope;
         }
         let scope = self.policy.event_scope(event);
+        memo.set(owner, scope.to_words());
         self.last.set(Some((id, scope)));
         scope
     }
