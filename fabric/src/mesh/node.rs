@@ -587,6 +587,8 @@ struct SettledHasher {
     key: [u64; 2],
     hasher: siphasher::sip::SipHasher13,
     count: u32,
+    /// One origin's bytes, reused.
+    buf: Vec<u8>,
 }
 
 impl SettledHasher {
@@ -595,18 +597,24 @@ impl SettledHasher {
             key,
             hasher: siphasher::sip::SipHasher13::new_with_keys(key[0], key[1]),
             count: 0,
+            buf: Vec::new(),
         }
     }
 
     fn add(&mut self, origin: &OriginKey, ranges: &SeqRanges) {
         use std::hash::Hasher;
-        self.hasher.write(&origin.0);
-        self.hasher
-            .write(&(ranges.range_count() as u64).to_le_bytes());
+        // One write per origin: the hash is of the byte stream, however it is cut, and each
+        // `write` call pays for its tail handling (a summary hashes every settled origin, on
+        // both sides of each anti-entropy exchange).
+        self.buf.clear();
+        self.buf.extend_from_slice(&origin.0);
+        self.buf
+            .extend_from_slice(&(ranges.range_count() as u64).to_le_bytes());
         for (lo, hi) in ranges.iter() {
-            self.hasher.write(&lo.to_le_bytes());
-            self.hasher.write(&hi.to_le_bytes());
+            self.buf.extend_from_slice(&lo.to_le_bytes());
+            self.buf.extend_from_slice(&hi.to_le_bytes());
         }
+        self.hasher.write(&self.buf);
         self.count = self.count.saturating_add(1);
     }
 
