@@ -437,7 +437,7 @@ impl ReportedLinks {
     /// then all of them sorted together and cut into region pairs. The same lists, medians
     /// and edges as [`ReportedLinks::update`] record by record from empty, which inserts
     /// each sample into its pair's sorted list one at a time: over the few hundred records
-    /// of a large mesh that was a tenth of a 300-node simulation's instructions (each node
+    /// of a large mesh that was 12 % of a 300-node simulation's instructions (each node
     /// rebuilds after membership changes, and again at its next publish).
     fn new(
         records: &BTreeMap<OriginKey, Arc<LinkRecord>>,
@@ -1080,7 +1080,7 @@ impl Router {
         let mut hot: Vec<(u32, OriginKey)> = self.hot.iter().map(|(k, n)| (*n, *k)).collect();
         // The fewest-sent first (keys break ties: a total order). Only the first few go out,
         // so those are selected and only they sorted: sorting the whole queue (up to
-        // HOT_RECORDS_MAX) every round was a twentieth of a 300-node simulation.
+        // HOT_RECORDS_MAX) every round was 3 % of a 300-node simulation's instructions.
         let take = LINK_RECORDS_PER_MESSAGE_MAX - 2;
         if hot.len() > take {
             hot.select_nth_unstable(take);
