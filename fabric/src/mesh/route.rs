@@ -366,6 +366,15 @@ struct Topology {
 }
 
 impl Topology {
+    /// The region index of `key` as the member map places it: none for this node (`me`),
+    /// which the member map does not hold. Indices follow the region names' order, so
+    /// grouping and ordering by them agrees with grouping and ordering by name.
+    fn member_region(&self, key: &OriginKey, me: &OriginKey) -> Option<u16> {
+        (key != me)
+            .then(|| self.region_of.get(key).copied())
+            .flatten()
+    }
+
     fn new(
         me: &MemberInfo,
         members: &BTreeMap<OriginKey, MemberInfo>,
@@ -456,14 +465,29 @@ impl ReportedLinks {
         all.sort_unstable();
         for group in all.chunk_by(|x, y| x >> 32 == y >> 32) {
             let pair = (group[0] >> 32) as u32;
-            let rtts: Vec<u32> = group.iter().map(|s| *s as u32).collect();
-            let w = Micros::from(rtts[rtts.len() / 2]);
-            let (a, b) = ((pair >> 16) as u16, pair as u16);
-            out.edges.insert((a, b), (w, EdgeSource::Reported));
-            out.edges.insert((b, a), (w, EdgeSource::Reported));
-            out.by_pair.insert(pair, rtts);
+            out.by_pair
+                .insert(pair, group.iter().map(|s| *s as u32).collect());
+            out.set_edges(pair);
         }
         out
+    }
+
+    /// Sets both edges of `pair` to the median of its reports, or removes the pair and
+    /// its edges when it has none left.
+    fn set_edges(&mut self, pair: u32) {
+        let (a, b) = ((pair >> 16) as u16, pair as u16);
+        match self.by_pair.get(&pair) {
+            Some(rtts) if !rtts.is_empty() => {
+                let w = Micros::from(rtts[rtts.len() / 2]);
+                self.edges.insert((a, b), (w, EdgeSource::Reported));
+                self.edges.insert((b, a), (w, EdgeSource::Reported));
+            }
+            _ => {
+                self.by_pair.remove(&pair);
+                self.edges.remove(&(a, b));
+                self.edges.remove(&(b, a));
+            }
+        }
     }
 
     /// What `key`'s record reports of links between regions, as `pair << 32 | rtt`,
@@ -540,19 +564,7 @@ impl ReportedLinks {
         touched.sort_unstable();
         touched.dedup();
         for pair in touched {
-            let (a, b) = ((pair >> 16) as u16, pair as u16);
-            match self.by_pair.get(&pair) {
-                Some(rtts) if !rtts.is_empty() => {
-                    let w = Micros::from(rtts[rtts.len() / 2]);
-                    self.edges.insert((a, b), (w, EdgeSource::Reported));
-                    self.edges.insert((b, a), (w, EdgeSource::Reported));
-                }
-                _ => {
-                    self.by_pair.remove(&pair);
-                    self.edges.remove(&(a, b));
-                    self.edges.remove(&(b, a));
-                }
-            }
+            self.set_edges(pair);
         }
         if !samples.is_empty() {
             self.by_record.insert(key, samples);
@@ -940,10 +952,7 @@ impl Router {
                     // order, and this node, which the member map does not hold, gets none
                     // here either: both ways group and order the links alike.
                     Some(topology) => material(base, &record, |k| {
-                        let k = OriginKey(*k);
-                        (k != *me)
-                            .then(|| topology.region_of.get(&k).copied())
-                            .flatten()
+                        topology.member_region(&OriginKey(*k), me)
                     }),
                     None => material(base, &record, |k| {
                         members.get(&OriginKey(*k)).map(|m| m.region.as_str())
@@ -1746,8 +1755,7 @@ mod tests {
                 members.get(&OriginKey(*k)).map(|m| m.region.as_str())
             });
             let by_index = material(&old, &new, |k| {
-                let k = OriginKey(*k);
-                (k != me.node_key()).then(|| topology.region_of.get(&k).copied()).flatten()
+                topology.member_region(&OriginKey(*k), &me.node_key())
             });
             prop_assert_eq!(by_name, by_index);
         });
