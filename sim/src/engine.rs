@@ -6,8 +6,7 @@
 //! with a global sequence tie-break; every map that is iterated is a `BTreeMap`. The same
 //! plan and seed produce the same report, byte for byte.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use weft_fabric::mesh::{
 };
 
 use crate::baseline::{BaselineKind, BaselineNode};
+use crate::queue::EventQueue;
 use crate::residency::{self, GrantedNode, PolicySpec};
 use crate::scenario::Signing;
 use crate::tables::{self, TableMetrics, TableSabotage, TableSpec, Written};
@@ -300,64 +300,6 @@ enum Ev {
     FaultEnd(usize),
 }
 
-/// The event queue: a heap of `(time, seq)` keys, each naming a slot of a slab that holds
-/// the event itself. The heap's maximum is the earliest `(time, seq)`. Keeping the events
-/// out of the heap keeps its entries small instead of moving whole events (a message is
-/// about a hundred bytes) at every level of every push and pop; and each entry is one
-/// `u128`, `time << 64 | seq << SLOT_BITS | slot`, so that a comparison is one wide integer
-/// compare (the queue's sift was some 5 % of a run's instructions with `(time, seq)` tuples
-/// and a separate slot). `seq` is unique, so the slot never decides an order.
-#[derive(Debug, Default)]
-struct EventQueue {
-    heap: BinaryHeap<Reverse<u128>>,
-    slots: Vec<Option<Ev>>,
-    free: Vec<u32>,
-}
-
-/// Bits of an [`EventQueue`] key that name the slot: at most 2^24 (16.7 M) events queued at
-/// once, and 2^40 pushed over a run (`STEPS_MAX` stops a run long before).
-const SLOT_BITS: u32 = 24;
-
-impl EventQueue {
-    fn push(&mut self, at: Micros, seq: u64, ev: Ev) {
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(ev);
-                slot
-            }
-            None => {
-                self.slots.push(Some(ev));
-                u32::try_from(self.slots.len() - 1).expect("under 2^32 queued events")
-            }
-        };
-        assert!(
-            slot < 1 << SLOT_BITS && seq < 1 << (64 - SLOT_BITS),
-            "event queue over its limits: {} events queued (at most 2^{SLOT_BITS}), \
-             {seq} pushed (at most 2^{})",
-            self.slots.len(),
-            64 - SLOT_BITS
-        );
-        let low = seq << SLOT_BITS | u64::from(slot);
-        self.heap
-            .push(Reverse(u128::from(at) << 64 | u128::from(low)));
-    }
-
-    /// The time of the earliest event.
-    fn peek_time(&self) -> Option<Micros> {
-        self.heap.peek().map(|Reverse(key)| (key >> 64) as Micros)
-    }
-
-    fn pop(&mut self) -> Option<(Micros, Ev)> {
-        let Reverse(key) = self.heap.pop()?;
-        let slot = (key as u64 & ((1 << SLOT_BITS) - 1)) as u32;
-        let ev = self.slots[slot as usize]
-            .take()
-            .expect("every queued key names a filled slot");
-        self.free.push(slot);
-        Some(((key >> 64) as Micros, ev))
-    }
-}
-
 struct SimNode {
     info: MemberInfo,
     node: Option<Proto>,
@@ -547,7 +489,7 @@ pub struct Engine {
     now: Micros,
     /// Pending simulator events, earliest `(time, seq)` first (`seq` is unique, so the
     /// order is total and the same on every run).
-    queue: EventQueue,
+    queue: EventQueue<Ev>,
     seq: u64,
     rng: ChaCha8Rng,
     nodes: Vec<SimNode>,
@@ -815,13 +757,9 @@ impl Engine {
         let end = self.plan.duration_us;
         let mut next_sample = 0;
         let sample_every = (end / 100).max(1);
-        while let Some(at) = self.queue.peek_time() {
-            if at > end || self.metrics.steps >= STEPS_MAX {
-                break;
-            }
-            let Some((at, ev)) = self.queue.pop() else {
-                break;
-            };
+        while self.metrics.steps < STEPS_MAX
+            && let Some((at, ev)) = self.queue.pop_until(end)
+        {
             self.now = at;
             self.metrics.steps += 1;
             if at >= next_sample {

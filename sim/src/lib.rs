@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod engine;
 pub mod html;
 pub mod plan;
+mod queue;
 pub mod report;
 pub mod residency;
 pub mod scenario;

@@ -53,6 +53,14 @@ impl SeqRanges {
         {
             return true;
         }
+        // Most numbers asked about are the newest: answer them from the last range without
+        // the binary search, whose probes miss the cache when an origin's events have many
+        // gaps here (a node that may not hold some of an origin's streams).
+        match self.ranges.last() {
+            None => return false,
+            Some(&(start, end)) if seq >= start => return seq <= end,
+            Some(_) => {}
+        }
         let at = self.after(seq);
         at > 0 && self.ranges[at - 1].1 >= seq
     }
@@ -60,10 +68,17 @@ impl SeqRanges {
     /// Adds `seq`; returns false if it was already present.
     pub fn insert(&mut self, seq: u64) -> bool {
         // The common case: the next number after the last range.
+        // The common cases: the next number after the last range, or one further on (a
+        // gap: the binary search below would probe ranges that are cold in the cache).
         if let Some(last) = self.ranges.last_mut()
-            && last.1.checked_add(1) == Some(seq)
+            && seq > last.1
         {
-            last.1 = seq;
+            if last.1 + 1 == seq {
+                last.1 = seq;
+            } else if self.ranges.len() < RANGES_PER_ORIGIN_MAX {
+                self.ranges.push((seq, seq));
+            }
+            // (At the limit a new highest range is dropped, as below: the set under-claims.)
             return true;
         }
         let at = self.after(seq);
@@ -246,6 +261,32 @@ mod tests {
             prop_assert_eq!(&rebuilt, &set);
         }
 
+        /// Numbers mostly in ascending order with gaps (a node holding some of an
+        /// origin's streams), now and then an older one: the shortcuts for the newest
+        /// numbers agree with the model.
+        #[test]
+        fn ascending_with_gaps_behaves_like_a_set(
+            steps in proptest::collection::vec((1u64..4, 0u64..12), 0..300),
+        ) {
+            let mut set = SeqRanges::new();
+            let mut model = std::collections::BTreeSet::new();
+            let mut top = 0;
+            for (gap, back) in steps {
+                top += gap;
+                // Every fourth step or so an older number (present or not) instead.
+                let s = if back < 3 { top.saturating_sub(back * 2).max(1) } else { top };
+                prop_assert_eq!(set.contains(s), model.contains(&s));
+                prop_assert_eq!(set.insert(s), model.insert(s));
+                prop_assert_eq!(set.contains(s), true);
+                prop_assert_eq!(set.contains(top + 1), false);
+            }
+            for s in 0..top + 3 {
+                prop_assert_eq!(set.contains(s), model.contains(&s));
+            }
+            prop_assert_eq!(set.count(), model.len() as u64);
+            prop_assert_eq!(&SeqRanges::from_ranges(set.iter()), &set);
+        }
+
         #[test]
         fn difference_matches_the_model(
             a in proptest::collection::btree_set(1u64..120, 0..80),
@@ -302,5 +343,12 @@ mod tests {
         }
         assert!(set.iter().count() <= RANGES_PER_ORIGIN_MAX);
         assert!(set.contains(1));
+        // The lowest ranges are kept; a new highest one past the limit is not.
+        let last = 2 * RANGES_PER_ORIGIN_MAX as u64 - 1;
+        assert!(set.contains(last));
+        assert!(!set.contains(last + 2));
+        assert!(set.insert(last + 2), "not claimed as present before");
+        assert!(!set.contains(last + 2));
+        assert_eq!(set.range_count(), RANGES_PER_ORIGIN_MAX);
     }
 }
