@@ -99,35 +99,40 @@ enum Part {
     SealHeader,
 }
 
-/// The canonical CBOR body of `draft` signed by `origin`. Checks every field first.
-pub(crate) fn encode_body(
+/// The signed bytes of `draft` by `origin`: `SIGNING_CONTEXT` and the canonical CBOR body.
+/// Checks every field first. The body is encoded straight after the context, in one
+/// buffer, rather than encoded and then copied behind it ([`signed_bytes`] does that for a
+/// body decoded from a peer).
+pub(crate) fn encode_signed(
     origin: &OriginKey,
     draft: &EventDraft,
 ) -> Result<Vec<u8>, EnvelopeError> {
     draft.check()?;
-    let body = encode_map(origin, draft, Part::Body);
+    let out = encode_map(SIGNING_CONTEXT, origin, draft, Part::Body);
     // The body, plus the outer array and bstr heads and the signature, must fit the limit.
-    let total = envelope_len(body.len());
+    let total = envelope_len(out.len() - SIGNING_CONTEXT.len());
     if total > EVENT_LEN_MAX {
         return Err(EnvelopeError::EventTooLarge {
             len: total,
             max: EVENT_LEN_MAX,
         });
     }
-    Ok(body)
+    Ok(out)
 }
 
 /// The associated data for sealing: the canonical body map without the payload field.
 pub(crate) fn seal_header(origin: &OriginKey, draft: &EventDraft) -> Vec<u8> {
-    encode_map(origin, draft, Part::SealHeader)
+    encode_map(&[], origin, draft, Part::SealHeader)
 }
 
-fn encode_map(origin: &OriginKey, draft: &EventDraft, part: Part) -> Vec<u8> {
+/// `prefix` followed by the canonical map of `part` of the event.
+fn encode_map(prefix: &[u8], origin: &OriginKey, draft: &EventDraft, part: Part) -> Vec<u8> {
     let payload_len = match draft.payload {
         Payload::Clear(ref p) => p.len(),
         Payload::Sealed(ref s) => s.ciphertext.len(),
     };
-    let mut out = Out(Vec::with_capacity(256 + payload_len));
+    let mut out = Out(Vec::with_capacity(prefix.len() + 256 + payload_len));
+    out.0.extend_from_slice(prefix);
     let fields = 7
         + usize::from(draft.key.is_some())
         + usize::from(draft.trace.is_some())
@@ -293,7 +298,7 @@ pub fn decode(input: &[u8]) -> Result<UnverifiedEvent, EnvelopeError> {
     let (origin, draft) = decode_body(body, body_offset)?;
 
     // Canonical check of the outer heads and of the body.
-    let canonical_body = encode_map(&origin, &draft, Part::Body);
+    let canonical_body = encode_map(&[], &origin, &draft, Part::Body);
     if let Some(i) = first_difference(&canonical_body, body) {
         return Err(EnvelopeError::NonCanonical {
             offset: body_offset + i,

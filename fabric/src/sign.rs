@@ -113,8 +113,7 @@ impl Signer {
         draft: EventDraft,
         sign: impl FnOnce(&[u8]) -> [u8; SIGNATURE_LEN],
     ) -> Result<Event, crate::EnvelopeError> {
-        let body = codec::encode_body(&self.origin, &draft)?;
-        let signed = codec::signed_bytes(&body);
+        let signed = codec::encode_signed(&self.origin, &draft)?;
         let signature = sign(&signed);
         let id = codec::event_id(&signed);
         Ok(Event(EventData {
@@ -435,8 +434,7 @@ mod tests {
     /// An unverified event over `draft()` with origin `a` and a hand-made signature (R, s).
     fn forged(a: [u8; 32], r: [u8; 32], s: [u8; 32]) -> UnverifiedEvent {
         let origin = OriginKey(a);
-        let body = codec::encode_body(&origin, &draft()).unwrap();
-        let signed = codec::signed_bytes(&body);
+        let signed = codec::encode_signed(&origin, &draft()).unwrap();
         let mut signature = [0u8; 64];
         signature[..32].copy_from_slice(&r);
         signature[32..].copy_from_slice(&s);
