@@ -86,7 +86,6 @@ pub(crate) struct EventQueue<T> {
     /// from, and that bucket is empty.
     levels: [Level; LEVELS],
     beyond: BinaryHeap<Reverse<(Micros, u64, u32)>>,
-    len: usize,
 }
 
 impl<T> Default for EventQueue<T> {
@@ -101,7 +100,6 @@ impl<T> Default for EventQueue<T> {
                 nonempty: 0,
             }; LEVELS],
             beyond: BinaryHeap::new(),
-            len: 0,
         }
     }
 }
@@ -132,7 +130,6 @@ impl<T> EventQueue<T> {
                 u32::try_from(self.links.len() - 1).expect("under 2^32 queued events")
             }
         };
-        self.len += 1;
         if !self.place(at, slot) {
             self.beyond.push(Reverse((at, seq, slot)));
         }
@@ -159,14 +156,13 @@ impl<T> EventQueue<T> {
             .take()
             .expect("every listed slot is filled");
         self.free.push(slot);
-        self.len -= 1;
         Some((at, ev))
     }
 
-    /// Number of queued events.
+    /// Number of queued events: the slots in use.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.links.len() - self.free.len()
     }
 
     /// Appends `slot` (due at `at`, not before level 0's window) to the lowest level whose

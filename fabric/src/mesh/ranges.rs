@@ -67,7 +67,6 @@ impl SeqRanges {
 
     /// Adds `seq`; returns false if it was already present.
     pub fn insert(&mut self, seq: u64) -> bool {
-        // The common case: the next number after the last range.
         // The common cases: the next number after the last range, or one further on (a
         // gap: the binary search below would probe ranges that are cold in the cache).
         if let Some(last) = self.ranges.last_mut()
