@@ -7,9 +7,9 @@
 //! reaches on this machine in this hour, and the ratio Weft / flooding is what the real
 //! protocol costs on top. Both move together with the machine's speed; the ratio does not.
 //! A pointer chase over 8 MiB (one dependent load per step, to a random cache line) before
-//! and after the runs says how far memory is: on the shared machine these figures were
-//! measured on (docs/sim.md, section 3.3), about 40 ns when the last-level cache holds the
-//! simulation's data and 120-160 ns when other tenants have taken it.
+//! and after the runs says how far memory is: a few tens of nanoseconds when the last-level
+//! cache holds the buffer, 120-160 ns on the shared machine these figures were measured on
+//! (docs/sim.md, section 3.3) when its other tenants had taken that cache.
 //!
 //! Each scenario runs `--rounds` times (default 3), Weft and flooding interleaved, and the
 //! best round of each counts (the least disturbed by the machine's other tenants).
@@ -27,6 +27,11 @@ use anyhow::{Context, bail};
 use weft_sim::catalog::RegionCatalog;
 use weft_sim::engine::{Engine, Strategy};
 use weft_sim::scenario::Scenario;
+
+/// The allocator of the `weft-sim` binary (`src/main.rs`), so that the figures are the
+/// binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The shipped fault scenarios.
 const SCENARIOS: [&str; 9] = [
