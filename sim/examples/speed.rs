@@ -115,8 +115,20 @@ fn run() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<26} {:>11} {:>9} {:>11} {:>9} {:>13}",
-        "scenario", "deliveries", "weft", "flooding", "ratio", "weft/target"
+        "(engine us: flooding's wall time per delivery, the engine's floor; protocol us: what \
+         Weft adds per delivery on top of it)"
+    );
+    println!();
+    println!(
+        "{:<26} {:>11} {:>9} {:>11} {:>7} {:>10} {:>12} {:>12}",
+        "scenario",
+        "deliveries",
+        "weft",
+        "flooding",
+        "ratio",
+        "engine us",
+        "protocol us",
+        "weft/target"
     );
     let mut met = 0;
     for (name, plan) in &plans {
@@ -139,13 +151,16 @@ fn run() -> anyhow::Result<()> {
         if weft >= TARGET_PER_S {
             met += 1;
         }
+        let (engine_us, weft_us) = (1e6 / flooding, 1e6 / weft);
         println!(
-            "{:<26} {:>10.2}M {:>8.3}M {:>10.3}M {:>9.2} {:>13.2}",
+            "{:<26} {:>10.2}M {:>8.3}M {:>10.3}M {:>7.2} {:>10.2} {:>12.2} {:>12.2}",
             name,
             best[0].0 as f64 / 1e6,
             weft / 1e6,
             flooding / 1e6,
             weft / flooding,
+            engine_us,
+            weft_us - engine_us,
             weft / TARGET_PER_S
         );
     }
