@@ -93,16 +93,13 @@ fn run() -> anyhow::Result<()> {
     let catalog = RegionCatalog::embedded()?;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let mut plans = Vec::new();
-    for name in &names {
+    for name in names {
         let path = dir.join(format!("{name}.toml"));
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let scenario =
             Scenario::parse(&text, &catalog).with_context(|| format!("in {}", path.display()))?;
-        plans.push((
-            name.clone(),
-            weft_sim::plan::build(&scenario, &catalog, None),
-        ));
+        plans.push((name, weft_sim::plan::build(&scenario, &catalog, None)));
     }
 
     let chase_before = chase_ns();
