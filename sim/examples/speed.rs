@@ -9,7 +9,7 @@
 //! A pointer chase over 8 MiB (one dependent load per step, to a random cache line) before
 //! and after the runs says how far memory is: a few tens of nanoseconds when the last-level
 //! cache holds the buffer, 120-160 ns on the shared machine these figures were measured on
-//! (docs/sim.md, section 3.3) when its other tenants had taken that cache.
+//! (docs/sim-speed.md) when its other tenants had taken that cache.
 //!
 //! Each scenario runs `--rounds` times (default 3), Weft and flooding interleaved, and the
 //! best round of each counts (the least disturbed by the machine's other tenants).

@@ -35,7 +35,7 @@
 //!
 //! Hand-written: the timing-wheel crates serve timers (cancellation, coarse ticks) and none
 //! keeps a microsecond's events in push order; a radix heap (`radix-heap`) was measured at
-//! 16 % more instructions than the binary heap on clock-skew (docs/sim.md, section 3.3).
+//! 16 % more instructions than the binary heap on clock-skew (docs/sim-speed.md).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

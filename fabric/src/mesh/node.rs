@@ -46,7 +46,7 @@ pub type Micros = u64;
 /// arrived at the answering node less than this long ago: such events are most likely on
 /// their way to the requester through the tree (a push in flight, a GRAFT pending), and
 /// sending them made duplicates (on `clock-skew`, 10,259 events sent for 22 the requester
-/// lacked; docs/sim.md section 3.3, "Fresh events are left to the tree"). A requester
+/// lacked; docs/sim-speed.md, "Fresh events are left to the tree"). A requester
 /// behind on older numbers of the origin as well gets everything, fresh ones included (after
 /// a heal, a node is behind on the other side's origins). A fresh event that was really
 /// lost is sent by a later round.
@@ -1923,8 +1923,8 @@ impl<S: Store> Node<S> {
     /// relayed, and numbers taken as Skips (not for this node) or erased. Anti-entropy
     /// compares partners by it (an answer's `held`): a node that may not hold an event class
     /// (residency) or does not store a stream (interest) has seen those numbers all the
-    /// same, so it does not look behind a node that stores them (docs/sim.md, section
-    /// 3.3, "Partners compared by what they have seen").
+    /// same, so it does not look behind a node that stores them (docs/sim-speed.md,
+    /// "Partners compared by what they have seen").
     pub fn seen_count(&self) -> u64 {
         self.seen_count
     }
@@ -2760,7 +2760,7 @@ impl<S: Store> Node<S> {
     /// message, about 60). SWIM gossip spreads changes, not the member list, and the seeds'
     /// feeds and the periodic announcements (every 15 s) alone left a node restarted in a
     /// 300-node mesh without a quarter of the members for a minute, and without some for
-    /// two (docs/sim.md 3.3): it could neither route to them nor keep their link records.
+    /// two (docs/sim-speed.md): it could neither route to them nor keep their link records.
     fn catch_up_membership(&mut self) {
         let Some((left, known)) = self.catch_up else {
             return;
@@ -2792,7 +2792,7 @@ impl<S: Store> Node<S> {
     /// link-state records, so a node that joins a large mesh (or restarts without its
     /// memory) holds the region graph's records within seconds. The rotation alone brings
     /// it about two records a second: two minutes and more for the 300 records of a
-    /// 300-node mesh (docs/sim.md 3.3). The records held, in key order, are cut in slices of
+    /// 300-node mesh (docs/sim-speed.md). The records held, in key order, are cut in slices of
     /// one message each ([`route::LINK_RECORDS_PER_MESSAGE_MAX`]); slice `t` comes from the
     /// `t`-th member after the joiner in key order ([`Node::handoff_turn`]), so each record
     /// is handed over about once, every node holding the same sample.

@@ -122,7 +122,7 @@ pub const HOT_RECORDS_MAX: usize = 256;
 /// digests naming it per node that takes it leave about e^-6 (a quarter of a percent) of
 /// the nodes for the rotation to reach (every node keeps the same sample of records, [`sampled`]); the full
 /// budget, 22 pushes each at 1000 nodes, kept every link-state message full for minutes
-/// while a large mesh formed (docs/sim.md 3.3).
+/// while a large mesh formed (docs/sim-speed.md).
 pub const RELAY_ROUNDS: u32 = 3;
 /// Most link-record pulls a node remembers ([`super::Message::LinkPull`]; entries go when
 /// the record is taken, or are swept once older than [`LINK_PULL_RETRY_US`] when the map
@@ -136,7 +136,7 @@ pub const LINK_PULL_RETRY_US: Micros = 2_000_000;
 /// sorted by key). Every node draws the same sample from the same membership, so a record
 /// is kept by every node that keeps any record of its region, and news reaches all of
 /// them; "the first records to arrive" made each node keep another sample, and a record
-/// was kept by a median of a fifth of the nodes in a thousand-node mesh (docs/sim.md 3.3).
+/// was kept by a median of a fifth of the nodes in a thousand-node mesh (docs/sim-speed.md).
 /// A node also keeps its own record, whether or not it is in its region's sample.
 pub fn sampled(region_list: &[OriginKey], key: &OriginKey) -> bool {
     region_list
@@ -1053,7 +1053,7 @@ impl Router {
     /// version that only drifts reaches the others by the rotation through everything
     /// held: in a large mesh most versions are drift (RTT estimates move with jitter,
     /// status counters with traffic), and giving each its full budget kept every link-state
-    /// message full (16 records, 34 KB at 1000 nodes, 56 % of all bytes; docs/sim.md 3.3).
+    /// message full (16 records, 34 KB at 1000 nodes, 56 % of all bytes; docs/sim-speed.md).
     fn store(&mut self, record: Arc<LinkRecord>, now: Micros, news: News) {
         let key = OriginKey(record.node);
         self.pulls.remove(&key);
