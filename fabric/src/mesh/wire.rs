@@ -798,6 +798,51 @@ mod tests {
             let msg = sample(kind, n, &words);
             proptest::prop_assert_eq!(msg.wire_len(), encode(&msg).len(), "{:?}", msg.kind());
         }
+
+        /// The decoder is total on what a broken or hostile peer can send: a message of any
+        /// kind with bytes overwritten, cut short or extended is refused with an error or
+        /// decoded; nothing panics, and what is decoded and verified (forged events
+        /// dropped) encodes to a message that decodes again.
+        #[test]
+        fn decode_is_total_on_damaged_messages(
+            kind in 0u8..15,
+            n in 0usize..8,
+            words in proptest::collection::vec(
+                proptest::prop_oneof![0u64..200, proptest::num::u64::ANY],
+                1..8,
+            ),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..4,
+            ),
+            cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3),
+        ) {
+            let mut bytes = encode(&sample(kind, n, &words));
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            bytes.extend(tail);
+            if let Ok(incoming) = decode(&bytes) {
+                let (msg, _rejected) = incoming.verify();
+                let again = encode(&msg);
+                proptest::prop_assert!(decode(&again).is_ok(), "{:?} does not decode again", msg.kind());
+            }
+        }
+
+        /// Arbitrary bytes: refused or decoded, never a panic.
+        #[test]
+        fn decode_is_total_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        ) {
+            if let Ok(incoming) = decode(&bytes) {
+                let _ = incoming.verify();
+            }
+        }
     }
 
     /// Event bodies of every CBOR length-header size, sized exactly.
