@@ -4060,11 +4060,18 @@ mod tests {
     }
 
     fn event_of(seed: u8) -> Arc<Event> {
+        signed_event(seed, 1, "orders.eu", b"x").unwrap()
+    }
+
+    /// A signed event of the origin with secret `[seed; 32]`: sequence number `seq` (HLC
+    /// `seq` ms after a fixed start, capped), `stream`, `payload`; `None` where signing
+    /// refuses the draft (a sequence number of 0).
+    fn signed_event(seed: u8, seq: u64, stream: &str, payload: &[u8]) -> Option<Arc<Event>> {
         let draft = crate::envelope::EventDraft {
-            stream: crate::StreamName::new("orders.eu").unwrap(),
+            stream: crate::StreamName::new(stream).unwrap(),
             key: None,
-            seq: 1,
-            hlc: crate::Hlc::new(1_764_000_000_000, 0).unwrap(),
+            seq,
+            hlc: crate::Hlc::new(1_764_000_000_000 + seq.min(1_000_000), 0).ok()?,
             security: crate::envelope::SecurityContext {
                 tenant: "acme".into(),
                 principal: "svc".into(),
@@ -4074,10 +4081,13 @@ mod tests {
                 policy_epoch: 0,
             },
             content_type: "text/plain".into(),
-            payload: crate::envelope::Payload::Clear(b"x".to_vec()),
+            payload: crate::envelope::Payload::Clear(payload.to_vec()),
             trace: None,
         };
-        Arc::new(crate::Signer::from_secret(&[seed; 32]).sign(draft).unwrap())
+        crate::Signer::from_secret(&[seed; 32])
+            .sign(draft)
+            .ok()
+            .map(Arc::new)
     }
 
     /// Six nodes in three regions: r0 - r2 direct 200 ms; r0 - r1 30 ms and r1 - r2 40 ms,
@@ -4442,25 +4452,7 @@ mod tests {
     }
 
     fn event_at(seed: u8, seq: u64, stream: &str) -> Arc<Event> {
-        let mut draft = crate::envelope::EventDraft {
-            stream: crate::StreamName::new(stream).unwrap(),
-            key: None,
-            seq,
-            hlc: crate::Hlc::new(1_764_000_000_000 + seq, 0).unwrap(),
-            security: crate::envelope::SecurityContext {
-                tenant: "acme".into(),
-                principal: "svc".into(),
-                classification: "internal".into(),
-                residency: crate::envelope::Residency::Unrestricted,
-                scopes: Default::default(),
-                policy_epoch: 0,
-            },
-            content_type: "text/plain".into(),
-            payload: crate::envelope::Payload::Clear(b"x".to_vec()),
-            trace: None,
-        };
-        draft.seq = seq;
-        Arc::new(crate::Signer::from_secret(&[seed; 32]).sign(draft).unwrap())
+        signed_event(seed, seq, stream, b"x").unwrap()
     }
 
     /// A seen-set that once reached its range limit is no longer trusted to be exact: an
@@ -6122,31 +6114,10 @@ mod tests {
         nodes[2].check_invariants_full();
     }
 
-    /// A signed event of the origin with secret `[seed; 32]`: sequence number `seq`;
-    /// `variant` changes the payload, so two variants of one number are an equivocating
-    /// origin's two events.
-    fn signed_event(seed: u8, seq: u64, variant: u8) -> Option<Arc<Event>> {
-        let draft = crate::envelope::EventDraft {
-            stream: crate::StreamName::new("orders.eu").unwrap(),
-            key: None,
-            seq,
-            hlc: crate::Hlc::new(1_764_000_000_000 + seq.min(1_000_000), 0).ok()?,
-            security: crate::envelope::SecurityContext {
-                tenant: "acme".into(),
-                principal: "svc".into(),
-                classification: "internal".into(),
-                residency: crate::envelope::Residency::Unrestricted,
-                scopes: Default::default(),
-                policy_epoch: 0,
-            },
-            content_type: "text/plain".into(),
-            payload: crate::envelope::Payload::Clear(vec![b'x', variant]),
-            trace: None,
-        };
-        crate::Signer::from_secret(&[seed; 32])
-            .sign(draft)
-            .ok()
-            .map(Arc::new)
+    /// [`signed_event`] on `orders.eu`; `variant` changes the payload, so two variants of
+    /// one number are an equivocating origin's two events.
+    fn variant_event(seed: u8, seq: u64, variant: u8) -> Option<Arc<Event>> {
+        signed_event(seed, seq, "orders.eu", &[b'x', variant])
     }
 
     /// One step of what a member that breaks the protocol (or a peer of another version,
@@ -6280,11 +6251,11 @@ mod tests {
             let events_of = |refs: &[(u8, u64, u8)], own: u64| -> Vec<Arc<Event>> {
                 refs.iter()
                     .filter(|(o, seq, _)| *o != 0 || (1..=own).contains(seq))
-                    .filter_map(|(o, seq, v)| signed_event(pool[usize::from(*o)], *seq, *v))
+                    .filter_map(|(o, seq, v)| variant_event(pool[usize::from(*o)], *seq, *v))
                     .collect()
             };
             let ref_of = |(o, seq, v): &(u8, u64, u8)| -> EventRef {
-                match signed_event(pool[usize::from(*o)], *seq, *v) {
+                match variant_event(pool[usize::from(*o)], *seq, *v) {
                     Some(e) => EventRef::of(&e),
                     None => EventRef { origin: key_of(*o), seq: *seq, id: EventId([*v; 32]) },
                 }
@@ -6301,7 +6272,7 @@ mod tests {
                     }
                     Hostile::Publish => {
                         own_published += 1;
-                        let event = signed_event(1, own_published, 0).unwrap();
+                        let event = variant_event(1, own_published, 0).unwrap();
                         let published = node.handle_publish(now, event);
                         prop_assert!(published.is_ok(), "publish refused: {:?}", published);
                         None
