@@ -6158,6 +6158,24 @@ mod tests {
         Publish,
     }
 
+    /// For the hostile-input test: events of two origins are refused to the node's region
+    /// (r0) when their sequence number is 0 mod 3 and transit-only there when it is 1 mod
+    /// 3; everything else is clear.
+    struct MixedResidency([OriginKey; 2]);
+
+    impl ReplicationFilter for MixedResidency {
+        fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
+            if !self.0.contains(&event.origin()) || peer.region.as_str() != "r0" {
+                return FilterHop::Clear;
+            }
+            match event.seq() % 3 {
+                0 => FilterHop::Refuse,
+                1 => FilterHop::Transit,
+                _ => FilterHop::Clear,
+            }
+        }
+    }
+
     fn hostile_seq() -> impl Strategy<Value = u64> {
         prop_oneof![4 => 1u64..8, 1 => Just(0u64), 1 => Just(u64::MAX), 1 => any::<u64>()]
     }
@@ -6225,11 +6243,13 @@ mod tests {
         /// A node fed any sequence of messages by a member or a stranger never panics, keeps
         /// its invariants after every step (every table at the end), delivers each
         /// `(origin, seq)` to the application at most once, and in per-origin order, even
-        /// when an origin equivocates or a peer replays the node's own events to it.
+        /// when an origin equivocates or a peer replays the node's own events to it; with a
+        /// residency filter, it never delivers or stores an event it may not hold.
         #[test]
         fn a_node_survives_any_message_sequence_from_a_peer(
             steps in proptest::collection::vec(hostile(), 1..60),
             stranger in any::<bool>(),
+            residency in any::<bool>(),
         ) {
             // Seeds 1-4 are the mesh (node 0 under test, in r0; 1 and 2 in r1 and r0...);
             // seed 9 is an origin nobody knows.
@@ -6241,6 +6261,9 @@ mod tests {
             let pool = [1u8, 2, 3, 4, 9];
             let key_of = |i: u8| crate::Signer::from_secret(&[pool[usize::from(i % 5)]; 32]).origin();
             let from = if stranger { key_of(4) } else { key_of(1) };
+            if residency {
+                node.set_filter(Box::new(MixedResidency([key_of(2), key_of(3)])));
+            }
             let regions = ["r0", "r1", "r9", ""];
             let mut now: Micros = 1_000;
             let mut own_published = 0u64;
@@ -6338,6 +6361,7 @@ mod tests {
                 while let Some(e) = node.poll_event() {
                     if let AppEvent::Deliver(event) = e {
                         let (origin, seq) = (event.origin(), event.seq());
+                        prop_assert_eq!(node.own_hop(&event), FilterHop::Clear, "delivered {:?}", event);
                         prop_assert!(seen.insert((origin, seq)), "({origin:?}, {seq}) delivered twice");
                         let last = delivered.insert(origin, seq).unwrap_or(0);
                         prop_assert!(seq > last, "{origin:?}: {seq} delivered after {last}");
@@ -6346,6 +6370,26 @@ mod tests {
                 node.check_invariants();
             }
             node.check_invariants_full();
+            if residency {
+                // Neither delivered, nor stored, nor kept for relaying: every event of the
+                // two restricted origins the steps can have made.
+                for (origin, seq) in &seen {
+                    prop_assert!(
+                        !(*origin == key_of(2) || *origin == key_of(3)) || seq % 3 == 2,
+                        "delivered ({origin:?}, {seq}), which it may not hold"
+                    );
+                }
+                for o in [2usize, 3] {
+                    for seq in (1..8).chain([u64::MAX]).filter(|seq| seq % 3 != 2) {
+                        for v in 0..3 {
+                            if let Some(e) = variant_event(pool[o], seq, v) {
+                                prop_assert!(!node.store().contains(&e.id()), "stored {:?}", e);
+                                prop_assert!(!node.relay_cache.contains_key(&e.id()), "cached {:?}", e);
+                            }
+                        }
+                    }
+                }
+            }
             // The node's own events are delivered to its application, once each, in order.
             prop_assert_eq!(
                 delivered.get(&key_of(0)).copied().unwrap_or(0),
