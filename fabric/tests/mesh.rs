@@ -290,7 +290,7 @@ fn noise(r: &mut impl FnMut() -> u64, origins: &[OriginKey], events: &[Arc<Event
             relay: (0..r() % 3)
                 .map(|i| RelayHop {
                     region: ["eu", "us", "mars"][(r() % 3) as usize].into(),
-                    parent: (r() % 2 == 0).then_some((i + r() % 2) as u8),
+                    parent: r().is_multiple_of(2).then_some((i + r() % 2) as u8),
                 })
                 .collect(),
             ack: r() % 3,
@@ -301,8 +301,8 @@ fn noise(r: &mut impl FnMut() -> u64, origins: &[OriginKey], events: &[Arc<Event
                 origin,
                 DigestRanges::from_iter([(1, seq.max(1)), (seq.saturating_add(5), u64::MAX)]),
             )],
-            from_origin: (r() % 2 == 0).then_some(origin),
-            settled: (r() % 2 == 0).then(|| Settled {
+            from_origin: r().is_multiple_of(2).then_some(origin),
+            settled: r().is_multiple_of(2).then(|| Settled {
                 key: [r(), r()],
                 count: (r() % 8) as u32,
                 hash: r(),
@@ -310,9 +310,9 @@ fn noise(r: &mut impl FnMut() -> u64, origins: &[OriginKey], events: &[Arc<Event
         },
         4 => Message::SyncResponse {
             events: Vec::new(),
-            resume: (r() % 2 == 0).then_some(origin),
+            resume: r().is_multiple_of(2).then_some(origin),
             held: r(),
-            unsettled: (r() % 2 == 0).then(|| [r(), r()]),
+            unsettled: r().is_multiple_of(2).then(|| [r(), r()]),
         },
         5 => Message::PushAck(r()),
         6 => Message::LinkDigest(vec![(origin, r())]),
