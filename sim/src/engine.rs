@@ -6,7 +6,7 @@
 //! with a global sequence tie-break; every map that is iterated is a `BTreeMap`. The same
 //! plan and seed produce the same report, byte for byte.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -480,6 +480,45 @@ pub struct AntiEntropyCounters {
     pub partners_passed_over: u64,
 }
 
+/// The link degradations active on one directed node pair, and what they amount to
+/// together: the latency factors multiplied, the losses combined as independent
+/// (docs/sim.md §2.7). Kept in the order they started, so the composition is the same
+/// floating-point value on every run.
+#[derive(Debug, Default)]
+struct Degraded {
+    active: Vec<(f64, f64)>,
+    factor: f64,
+    loss: f64,
+}
+
+impl Degraded {
+    fn start(&mut self, factor: f64, loss: f64) {
+        self.active.push((factor, loss));
+        self.compose();
+    }
+
+    /// Ends one degradation of these values; true when none is left.
+    fn heal(&mut self, factor: f64, loss: f64) -> bool {
+        if let Some(at) = self.active.iter().position(|&d| d == (factor, loss)) {
+            self.active.remove(at);
+        }
+        self.compose();
+        self.active.is_empty()
+    }
+
+    fn compose(&mut self) {
+        (self.factor, self.loss) = match self.active[..] {
+            // One degradation: its own values (`1 - (1 - loss)` is not always `loss` in
+            // floating point).
+            [one] => one,
+            _ => (
+                self.active.iter().map(|d| d.0).product(),
+                1.0 - self.active.iter().map(|d| 1.0 - d.1).product::<f64>(),
+            ),
+        };
+    }
+}
+
 /// The engine.
 pub struct Engine {
     plan: Plan,
@@ -494,8 +533,11 @@ pub struct Engine {
     rng: ChaCha8Rng,
     nodes: Vec<SimNode>,
     key_index: HashMap<OriginKey, usize, KeyBuildHasher>,
-    blocked: HashSet<(usize, usize), KeyBuildHasher>,
-    degraded: HashMap<(usize, usize), (f64, f64), KeyBuildHasher>,
+    /// Directed node pairs cut by a partition, with how many active partitions cut each:
+    /// overlapping partitions compose, the pair stays cut until the last of them heals.
+    blocked: HashMap<(usize, usize), u32, KeyBuildHasher>,
+    /// Directed node pairs under link degradation, with the active degradations composed.
+    degraded: HashMap<(usize, usize), Degraded, KeyBuildHasher>,
     /// Published events: id -> index in `events`.
     event_index: HashMap<EventId, usize, KeyBuildHasher>,
     /// Published events in publish order: (publish time, origin node, workload).
@@ -636,7 +678,7 @@ impl Engine {
             rng,
             nodes,
             key_index,
-            blocked: HashSet::default(),
+            blocked: HashMap::default(),
             degraded: HashMap::default(),
             events: Vec::new(),
             event_index: HashMap::default(),
@@ -1066,9 +1108,12 @@ impl Engine {
                             .take(if symmetric { 2 } else { 1 })
                         {
                             if start {
-                                self.blocked.insert(pair);
-                            } else {
-                                self.blocked.remove(&pair);
+                                *self.blocked.entry(pair).or_insert(0) += 1;
+                            } else if let Some(n) = self.blocked.get_mut(&pair) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    self.blocked.remove(&pair);
+                                }
                             }
                         }
                     }
@@ -1083,9 +1128,10 @@ impl Engine {
                 for &x in &a {
                     for &y in &b {
                         for pair in [(x, y), (y, x)] {
+                            let d = self.degraded.entry(pair).or_default();
                             if start {
-                                self.degraded.insert(pair, (latency_factor, loss));
-                            } else {
+                                d.start(latency_factor, loss);
+                            } else if d.heal(latency_factor, loss) {
                                 self.degraded.remove(&pair);
                             }
                         }
@@ -1391,7 +1437,7 @@ impl Engine {
             self.metrics.cross_region_bytes += len;
         }
         // Both maps are empty outside faults: skip the lookups then.
-        if !self.blocked.is_empty() && self.blocked.contains(&(from, to)) {
+        if !self.blocked.is_empty() && self.blocked.contains_key(&(from, to)) {
             self.metrics.dropped += 1;
             return;
         }
@@ -1400,8 +1446,7 @@ impl Engine {
         } else {
             self.degraded
                 .get(&(from, to))
-                .copied()
-                .unwrap_or((1.0, 0.0))
+                .map_or((1.0, 0.0), |d| (d.factor, d.loss))
         };
         let base = (self.link_us(from, to) as f64 * factor) as Micros;
         let jitter = (self.plan.jitter_us as f64 * unit(&mut self.rng)) as Micros;
@@ -1538,10 +1583,10 @@ impl Engine {
                     let (Some(x), Some(y)) = (first_node[a], first_node[b]) else {
                         continue;
                     };
-                    if self.blocked.contains(&(x, y)) {
+                    if self.blocked.contains_key(&(x, y)) {
                         continue;
                     }
-                    let factor = self.degraded.get(&(x, y)).map_or(1.0, |d| d.0);
+                    let factor = self.degraded.get(&(x, y)).map_or(1.0, |d| d.factor);
                     d[a][b] = (self.plan.one_way_us[a][b] as f64 * factor) as Micros;
                 }
             }

@@ -896,3 +896,76 @@ fn table_workload_errors_name_the_field() {
         "{e}"
     );
 }
+
+/// What two runs delivered, how fast and with which messages: everything in a strategy's
+/// report but the step count and the fault list (a fault that changes nothing is still a
+/// step).
+fn outcome(report: &Report) -> serde_json::Value {
+    let mut v = serde_json::to_value(&report.strategies[0]).unwrap();
+    let map = v.as_object_mut().unwrap();
+    map.remove("steps");
+    v
+}
+
+/// Overlapping partitions of the same node pairs compose: the pairs stay cut until the last
+/// of them heals, exactly as under one partition over the union of their windows.
+#[test]
+fn overlapping_partitions_compose() {
+    let fault = |at: u32, len: u32| {
+        format!(
+            r#"
+[[fault]]
+kind = "partition"
+a = {{ clouds = ["aws"] }}
+b = "rest"
+at_s = {at}
+duration_s = {len}"#
+        )
+    };
+    let both = run(
+        &small("overlap", &format!("{}{}", fault(30, 30), fault(40, 40))),
+        None,
+    );
+    let union = run(&small("overlap", &fault(30, 50)), None);
+    assert_healthy(&both);
+    assert!(
+        both.strategies[0].dropped > 0,
+        "the partitions dropped messages"
+    );
+    assert_eq!(outcome(&both), outcome(&union));
+}
+
+/// Overlapping degradations of one link compose: factors multiply and losses combine as
+/// independent, exactly as one degradation with the composed values.
+#[test]
+fn overlapping_degradations_compose() {
+    let fault = |factor: f64, loss: f64| {
+        format!(
+            r#"
+[[fault]]
+kind = "link-degradation"
+a = {{ jurisdictions = ["EU"] }}
+b = {{ jurisdictions = ["US", "IN"] }}
+latency_factor = {factor:?}
+loss = {loss:?}
+at_s = 20
+duration_s = 40"#
+        )
+    };
+    let both = run(
+        &small(
+            "overlap",
+            &format!("{}{}", fault(2.0, 0.5), fault(3.0, 0.5)),
+        ),
+        None,
+    );
+    let composed = run(&small("overlap", &fault(6.0, 0.75)), None);
+    let single = run(&small("overlap", &fault(3.0, 0.5)), None);
+    assert_healthy(&both);
+    assert_eq!(outcome(&both), outcome(&composed));
+    assert_ne!(
+        outcome(&both),
+        outcome(&single),
+        "the second degradation does not replace the first"
+    );
+}
