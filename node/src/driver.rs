@@ -135,6 +135,9 @@ pub(crate) struct PeerView {
     pub(crate) state: &'static str,
     pub(crate) rtt_ms: Option<f64>,
     pub(crate) policy_epoch: u64,
+    /// Skips this node took from the peer for other origins' events (a Skip cannot be
+    /// checked by its receiver; ARCHITECTURE.md, "Trust between nodes").
+    pub(crate) skips_taken: u64,
 }
 
 /// A node of the fabric as this node knows it from link-state gossip.
@@ -1152,6 +1155,7 @@ impl Driver {
             state,
             rtt_ms: rtt.map(|r| r as f64 / 1000.0),
             policy_epoch: m.policy_epoch,
+            skips_taken: self.node.skips_taken_from(&m.node_key()),
         };
         for m in self.members.values() {
             peers.push(view(m, "up", self.node.rtt_us(&m.node_key())));
@@ -1196,6 +1200,7 @@ impl Driver {
             ("relays_sent_back", s.relays_sent_back),
             ("reroute_unreachable", s.reroute_unreachable),
             ("skips_in", s.skips_in),
+            ("skips_in_relayed", s.skips_in_relayed),
             ("transit_forwarded", s.transit_forwarded),
             ("residency_refused", s.residency_refused),
             ("events_erased", s.events_erased),

@@ -90,6 +90,11 @@ fn an_event_published_in_one_region_is_read_and_streamed_in_the_other_two() {
         })
         .await;
         assert!(rtt.is_some_and(|r| r < 260.0), "rtt to ap: {rtt:?}");
+        // Every peer view counts the Skips taken from that peer on its word.
+        let peers: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
+        let peers = peers["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2, "{peers:?}");
+        assert!(peers.iter().all(|p| p["skips_taken"].is_u64()), "{peers:?}");
     });
 }
 

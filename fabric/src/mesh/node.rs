@@ -413,6 +413,12 @@ pub struct Stats {
     pub relays_sent_back: u64,
     /// Sequence numbers a peer said are not for this node (residency), taken as seen.
     pub skips_in: u64,
+    /// Of [`Stats::skips_in`], those a node other than the event's origin sent (a relay, an
+    /// anti-entropy partner, a node that erased the event). A Skip cannot be checked by its
+    /// receiver (it names no class), so these are taken on the sender's word: a node that
+    /// sends many more of them than its peers do may be hiding events (ARCHITECTURE.md,
+    /// "Trust between nodes"). Per sender: [`Node::skips_taken_from`].
+    pub skips_in_relayed: u64,
     /// Events this node carried on along a relay path as sealed transit (its own hop for
     /// them is [`FilterHop::Transit`]): relayed, never stored, delivered or announced.
     pub transit_forwarded: u64,
@@ -638,6 +644,8 @@ struct PeerState {
     /// The key of the last request to the peer that carried a summary, if no request
     /// without one followed: an `unsettled` answer is taken only when it names this key.
     summary_pending: Option<[u64; 2]>,
+    /// Skips this node took from the peer for other origins' events ([`Stats::skips_in_relayed`]).
+    skips_taken: u64,
 }
 
 impl PeerState {
@@ -1206,7 +1214,7 @@ impl<S: Store> Node<S> {
             Message::Links(records) => self.on_links(records),
             Message::LinkDigest(entries) => self.on_link_digest(from, entries),
             Message::LinkPull(keys) => self.on_link_pull(from, keys),
-            Message::Skip(list) => self.on_skip(list),
+            Message::Skip(list) => self.on_skip(from, list),
             Message::IHave(refs) => self.on_ihave(from, refs),
             Message::Graft(refs) => self.on_graft(from, refs),
             Message::SyncRequest {
@@ -3105,12 +3113,26 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn on_skip(&mut self, list: Vec<(OriginKey, u64)>) {
+    fn on_skip(&mut self, from: OriginKey, list: Vec<(OriginKey, u64)>) {
+        let mut relayed = 0;
         for (origin, seq) in list.into_iter().take(REFS_PER_MESSAGE_MAX) {
             if self.skip_own(origin, seq) {
                 self.stats.skips_in += 1;
+                relayed += u64::from(origin != from);
             }
         }
+        if relayed > 0 {
+            self.stats.skips_in_relayed += relayed;
+            if self.members.contains_key(&from) {
+                self.peers.entry(from).or_default().skips_taken += relayed;
+            }
+        }
+    }
+
+    /// How many Skips this node took from `peer` for events of other origins since it started
+    /// ([`Stats::skips_in_relayed`], per sender; only members are counted).
+    pub fn skips_taken_from(&self, peer: &OriginKey) -> u64 {
+        self.peers.get(peer).map_or(0, |p| p.skips_taken)
     }
 
     fn flush_ihave(&mut self) {
@@ -6156,6 +6178,32 @@ mod tests {
         Swim(Vec<u8>),
         Tick(u64),
         Publish,
+    }
+
+    /// Skips are counted by who sent them: the origin itself, or another node (taken on its
+    /// word), per sender for members; a Skip for a number already seen counts nothing.
+    #[test]
+    fn skips_from_others_than_the_origin_are_counted_per_sender() {
+        let seeds = [1u8, 2, 3, 4];
+        let mut nodes = mesh(&seeds, 2, 2, &[20_000u64; 36]);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let stranger = crate::Signer::from_secret(&[9; 32]).origin();
+        let node = &mut nodes[0];
+        // Node 1 says node 2's number 1 is not for us: relayed.
+        node.handle_message(1, keys[1], Message::Skip(vec![(keys[2], 1)]));
+        // Node 2 says so of its own number 2: from the origin.
+        node.handle_message(2, keys[2], Message::Skip(vec![(keys[2], 2)]));
+        // Again, and from node 1 for the same numbers: already seen, nothing counted.
+        node.handle_message(3, keys[1], Message::Skip(vec![(keys[2], 1), (keys[2], 2)]));
+        // A stranger's Skip is counted in the total but has no per-sender entry.
+        node.handle_message(4, stranger, Message::Skip(vec![(keys[3], 1), (keys[3], 2)]));
+        assert_eq!(node.stats().skips_in, 4);
+        assert_eq!(node.stats().skips_in_relayed, 3);
+        assert_eq!(node.skips_taken_from(&keys[1]), 1);
+        assert_eq!(node.skips_taken_from(&keys[2]), 0);
+        assert_eq!(node.skips_taken_from(&stranger), 0);
+        assert!(!node.peers.contains_key(&stranger));
+        node.check_invariants_full();
     }
 
     /// For the hostile-input test: events of two origins are refused to the node's region
