@@ -26,7 +26,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserial
 use weft_fabric::limits::PAYLOAD_LEN_MAX;
 use weft_fabric::{Jurisdiction, StreamName};
 
-use crate::catalog::{RegionCatalog, SAME_REGION_RTT_MS};
+use crate::catalog::RegionCatalog;
 use crate::residency::{self, GrantedNode, PolicySpec};
 use crate::tables::{COUNTER_DELTA_ABS_MAX, SET_ELEMENTS_DOMAIN_MAX, TABLE_KEYS_MAX, TableSpec};
 use crate::toml_text;
@@ -320,38 +320,6 @@ impl Topology {
             .map(|node| node.index)
             .filter(|index| nodes.binary_search(index).is_err())
             .collect()
-    }
-
-    /// The round-trip time between two nodes before jitter, faults and processing, in
-    /// microseconds; `None` if either index is out of range or `catalog` lacks a region.
-    ///
-    /// - a node to itself: 0;
-    /// - two region nodes: the catalog's RTT between their regions (for one region,
-    ///   [`SAME_REGION_RTT_MS`]);
-    /// - two nodes of one edge site: [`SAME_REGION_RTT_MS`] (a local network);
-    /// - otherwise an edge node reaches everything through its region: its site's access
-    ///   RTT, plus the catalog RTT between the two regions if they differ, plus the other
-    ///   node's access RTT if it is an edge node too. An edge node and a node of its own
-    ///   region are exactly the access RTT apart.
-    pub fn base_rtt_us(&self, catalog: &RegionCatalog, a: NodeIndex, b: NodeIndex) -> Option<u64> {
-        let (na, nb) = (self.node(a)?, self.node(b)?);
-        if a == b {
-            return Some(0);
-        }
-        let same_region_us = (SAME_REGION_RTT_MS * 1000.0).round() as u64;
-        match (&na.edge, &nb.edge) {
-            (None, None) => catalog.rtt(&na.region, &nb.region).map(|e| e.rtt_us()),
-            (Some(ea), Some(eb)) if ea.site == eb.site => Some(same_region_us),
-            (ea, eb) => {
-                let access = |e: &Option<EdgePlacement>| e.as_ref().map_or(0, |e| e.access_rtt_us);
-                let core = if na.region == nb.region {
-                    0
-                } else {
-                    catalog.rtt(&na.region, &nb.region)?.rtt_us()
-                };
-                Some(access(ea) + core + access(eb))
-            }
-        }
     }
 }
 
@@ -2492,24 +2460,6 @@ payload_bytes = 100
         assert_eq!(clouds.to_string(), r#"{ clouds = ["aws", "gcp"] }"#);
         assert_eq!(Selector::All.to_string(), "\"all\"");
         assert_eq!(OtherSide::Rest.to_string(), "\"rest\"");
-    }
-
-    #[test]
-    fn base_rtt_follows_the_access_model() {
-        let catalog = catalog();
-        let s = with("").unwrap();
-        let t = &s.topology;
-        let rtt = |a: u32, b: u32| t.base_rtt_us(&catalog, NodeIndex(a), NodeIndex(b)).unwrap();
-        let region = |a: &str, b: &str| catalog.rtt(a, b).unwrap().rtt_us();
-        assert_eq!(rtt(0, 0), 0);
-        assert_eq!(rtt(0, 1), 1_000); // one region
-        assert_eq!(rtt(0, 2), region("aws:eu-west-1", "aws:us-east-1"));
-        assert_eq!(rtt(2, 0), rtt(0, 2));
-        assert_eq!(rtt(5, 6), 1_000); // one site
-        assert_eq!(rtt(5, 0), 10_000); // site to its own region: the access RTT
-        assert_eq!(rtt(5, 2), 10_000 + region("aws:eu-west-1", "aws:us-east-1"));
-        assert_eq!(rtt(2, 5), rtt(5, 2));
-        assert_eq!(t.base_rtt_us(&catalog, NodeIndex(0), NodeIndex(99)), None);
     }
 
     #[test]
