@@ -155,18 +155,22 @@ impl Net {
     }
 
     fn publish(&mut self, i: usize, seq: u64) -> EventId {
+        self.publish_event(i, seq).id()
+    }
+
+    /// [`Net::publish`], returning the event itself.
+    fn publish_event(&mut self, i: usize, seq: u64) -> Arc<Event> {
         let mut d = util::draft("t.events", seq, b"x");
         d.hlc = Hlc::new(1_000_000 + self.now / 1000, 0).unwrap();
         let event: Arc<Event> = Arc::new(self.signers[i].sign(d).unwrap());
-        let id = event.id();
         let now = self.now;
         self.nodes[i]
             .as_mut()
             .unwrap()
-            .handle_publish(now, event)
+            .handle_publish(now, event.clone())
             .unwrap();
         self.drain(i);
-        id
+        event
     }
 }
 
@@ -354,15 +358,10 @@ proptest::proptest! {
         // one to three junk messages to random honest nodes.
         for _ in 0..80 {
             let i = honest[(r() % 4) as usize];
-            let id = net.publish(i, next_seq[i]);
+            let event = net.publish_event(i, next_seq[i]);
             next_seq[i] += 1;
-            by_origin.entry(i).or_default().push(id);
-            let origin = net.signers[i].origin();
-            published.extend(weft_fabric::mesh::Store::get(
-                net.nodes[i].as_ref().unwrap().store(),
-                &origin,
-                next_seq[i] - 1,
-            ));
+            by_origin.entry(i).or_default().push(event.id());
+            published.push(event);
             for _ in 0..1 + r() % 3 {
                 let to = honest[(r() % 4) as usize];
                 let msg = noise(&mut r, &origins, &published);

@@ -483,7 +483,8 @@ pub struct AntiEntropyCounters {
 /// The link degradations active on one directed node pair, and what they amount to
 /// together: the latency factors multiplied, the losses combined as independent
 /// (docs/sim.md §2.7). Kept in the order they started, so the composition is the same
-/// floating-point value on every run.
+/// floating-point value on every run; composed when a degradation starts or heals, not per
+/// message sent over the pair.
 #[derive(Debug, Default)]
 struct Degraded {
     active: Vec<(f64, f64)>,

@@ -6307,7 +6307,10 @@ mod tests {
             // Room for every event the steps can bring (a full store refuses a publish).
             node.store = crate::mesh::MemStore::new(4_096);
             let pool = [1u8, 2, 3, 4, 9];
-            let key_of = |i: u8| crate::Signer::from_secret(&[pool[usize::from(i % 5)]; 32]).origin();
+            // Each origin's key, derived once (a key derivation per message field was most
+            // of the test's time).
+            let keys = pool.map(|seed| crate::Signer::from_secret(&[seed; 32]).origin());
+            let key_of = |i: u8| keys[usize::from(i % 5)];
             let from = if stranger { key_of(4) } else { key_of(1) };
             if residency {
                 node.set_filter(Box::new(MixedResidency([key_of(2), key_of(3)])));
