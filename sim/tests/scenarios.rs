@@ -897,9 +897,9 @@ fn table_workload_errors_name_the_field() {
     );
 }
 
-/// What two runs delivered, how fast and with which messages: everything in a strategy's
-/// report but the step count and the fault list (a fault that changes nothing is still a
-/// step).
+/// What a run delivered, how fast and with which messages: everything in the strategy's
+/// report but the step count (a fault that changes nothing is still a step; the fault list
+/// is the run's, outside the strategy's report).
 fn outcome(report: &Report) -> serde_json::Value {
     let mut v = serde_json::to_value(&report.strategies[0]).unwrap();
     let map = v.as_object_mut().unwrap();
