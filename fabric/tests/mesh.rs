@@ -21,6 +21,9 @@ struct Net {
     queue: BTreeMap<(Micros, u64), (usize, usize, Message)>,
     seq: u64,
     delivered: Vec<Vec<EventId>>,
+    /// Of `delivered`, the events delivered late ([`AppEvent::Late`]): a Skip for them was
+    /// contradicted.
+    late: Vec<BTreeSet<EventId>>,
 }
 
 impl Net {
@@ -41,6 +44,7 @@ impl Net {
             queue: BTreeMap::new(),
             seq: 0,
             delivered: vec![Vec::new(); regions.len()],
+            late: vec![BTreeSet::new(); regions.len()],
         };
         for i in 0..regions.len() {
             let node = net.fresh(i, 0);
@@ -106,6 +110,10 @@ impl Net {
         for e in app {
             match e {
                 AppEvent::Deliver(ev) => self.delivered[i].push(ev.id()),
+                AppEvent::Late { event, .. } => {
+                    self.delivered[i].push(event.id());
+                    self.late[i].insert(event.id());
+                }
                 AppEvent::MemberUp(m) => {
                     let j = self.keys[&OriginKey(m.key)];
                     let rtt = 2 * self.latency(i, j);
@@ -286,7 +294,7 @@ fn noise(r: &mut impl FnMut() -> u64, origins: &[OriginKey], events: &[Arc<Event
         seq,
         id: EventId([(r() % 256) as u8; 32]),
     };
-    match r() % 11 {
+    match r() % 12 {
         0 => Message::IHave((0..1 + r() % 8).map(|_| bogus_ref(r)).collect()),
         1 => Message::Graft((0..1 + r() % 8).map(|_| bogus_ref(r)).collect()),
         2 if !events.is_empty() => Message::Push {
@@ -327,6 +335,11 @@ fn noise(r: &mut impl FnMut() -> u64, origins: &[OriginKey], events: &[Arc<Event
             coord.height = [f32::NAN, f32::INFINITY, -1.0, 1e30][(r() % 4) as usize];
             Message::ProbeAck { nonce: r(), coord }
         }
+        10 => Message::Skip(
+            (0..1 + r() % 8)
+                .map(|_| (origins[(r() % origins.len() as u64) as usize], 1 + r() % 40))
+                .collect(),
+        ),
         9 => Message::Probe {
             nonce: r(),
             coord: weft_routing::Coordinate::origin(),
@@ -338,9 +351,11 @@ fn noise(r: &mut impl FnMut() -> u64, origins: &[OriginKey], events: &[Arc<Event
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
 
-    /// One member sends the others a stream of junk (every kind but Skip) while the rest
-    /// publish: every honest node still delivers every event once and in per-origin order
-    /// (missed = 0 after the noise stops), and keeps its invariants throughout.
+    /// One member sends the others a stream of junk (every kind, Skips for real events
+    /// among it) while the rest publish: every honest node still delivers every event once
+    /// (missed = 0 after the noise stops), in per-origin order but for events whose false
+    /// Skip an event contradicted (delivered late, and counted against the noisy member),
+    /// and keeps its invariants throughout.
     #[test]
     fn a_noisy_member_cannot_stop_the_others_delivering(seed in proptest::prelude::any::<u64>()) {
         use rand_core::{Rng, SeedableRng};
@@ -373,19 +388,33 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(published.len(), 80, "every published event is replayable");
         net.run_until(net.now + 40 * SECOND);
+        let noisy_key = net.signers[noisy].origin();
         for &i in &honest {
             let got = &net.delivered[i];
+            let late = &net.late[i];
             let unique: BTreeSet<&EventId> = got.iter().collect();
             proptest::prop_assert_eq!(unique.len(), got.len(), "node {} got an event twice", i);
             for (origin, ids) in &by_origin {
+                let all: BTreeSet<&EventId> = ids.iter().collect();
+                let mine: BTreeSet<&EventId> = got.iter().filter(|id| all.contains(id)).collect();
+                proptest::prop_assert_eq!(&mine, &all, "node {} missed events of origin {}", i, origin);
                 let order: Vec<EventId> = got
                     .iter()
-                    .filter(|id| ids.contains(id))
+                    .filter(|id| all.contains(id) && !late.contains(id))
                     .copied()
                     .collect();
-                proptest::prop_assert_eq!(&order, ids, "node {} from origin {}", i, origin);
+                let expected: Vec<EventId> =
+                    ids.iter().filter(|id| !late.contains(id)).copied().collect();
+                proptest::prop_assert_eq!(&order, &expected, "node {} from origin {}", i, origin);
             }
-            net.nodes[i].as_ref().unwrap().check_invariants_full();
+            let node = net.nodes[i].as_ref().unwrap();
+            proptest::prop_assert_eq!(node.stats().delivered_late, late.len() as u64);
+            proptest::prop_assert_eq!(
+                node.skips_contradicted_by(&noisy_key),
+                node.stats().skips_contradicted,
+                "node {}: only the noisy member's Skips are contradicted", i
+            );
+            node.check_invariants_full();
         }
     }
 }

@@ -36,6 +36,11 @@ pub(crate) struct Rule {
     /// Drop everything.
     #[serde(default)]
     pub(crate) blackhole: bool,
+    /// Act as a compromised node hiding events: every push to the peer carrying other
+    /// origins' events goes as a `Skip` naming them instead ("not for you"), which tests
+    /// the receiver's guard against false Skips (docs/operations.md, "Security notes").
+    #[serde(default)]
+    pub(crate) forge_skips: bool,
 }
 
 impl Rule {
@@ -164,6 +169,16 @@ impl Chaos {
         Verdict::Delay(Duration::from_secs_f64(ms / 1000.0))
     }
 
+    /// Whether pushes to the peer go as forged Skips ([`Rule::forge_skips`]).
+    pub(crate) fn forges_skips(&self, key_hex: &str, region: &str) -> bool {
+        self.enabled
+            && self.rules.lock().ok().is_some_and(|r| {
+                r.iter()
+                    .find(|r| r.matches(key_hex, region))
+                    .is_some_and(|r| r.forge_skips)
+            })
+    }
+
     /// The configured one-way delay to a peer (added twice to its measured RTT).
     pub(crate) fn delay_to(&self, key_hex: &str, region: &str) -> Duration {
         if !self.enabled {
@@ -190,6 +205,7 @@ mod tests {
             jitter_ms: 0.0,
             loss: 0.0,
             blackhole: false,
+            forge_skips: false,
         }
     }
 

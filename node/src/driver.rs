@@ -138,6 +138,9 @@ pub(crate) struct PeerView {
     /// Skips this node took from the peer for other origins' events (a Skip cannot be
     /// checked by its receiver; ARCHITECTURE.md, "Trust between nodes").
     pub(crate) skips_taken: u64,
+    /// Of those, the ones the event itself then contradicted (the peer lied, or judged
+    /// under another policy epoch or erase rule).
+    pub(crate) skips_contradicted: u64,
 }
 
 /// A node of the fabric as this node knows it from link-state gossip.
@@ -852,23 +855,30 @@ impl Driver {
                 AppEvent::Deliver(event) if self.node.store().erase_covers(&event) => {
                     debug!(event = %event.id(), "erased before delivery");
                 }
-                AppEvent::Deliver(event) => match self.node.store_mut().append_log(&event) {
-                    Ok(pos) => {
-                        self.last_pos = pos;
-                        self.metrics.deliveries.inc();
-                        if event.stream().as_str() == crate::policy_push::POLICY_STREAM {
-                            self.apply_policy(&event);
-                        } else if event.stream().as_str() == crate::erase::ERASE_STREAM {
-                            self.apply_erase(&event);
-                        } else if event.key().is_some() {
-                            self.apply_table(&event);
-                        }
+                AppEvent::Deliver(event) => self.deliver(&event),
+                AppEvent::Late { event, skipped_by } => {
+                    // A peer's Skip for this event was wrong: the event came, and this node
+                    // may hold it. Delivered now, after the origin's later events.
+                    self.metrics.reject("skip_contradicted");
+                    warn!(event = %event.id(), peer = %skipped_by, "a peer's Skip was contradicted by the event: delivered late");
+                    self.audit.record(
+                        crate::audit::Entry::now(
+                            crate::audit::Decision::Deny,
+                            "skip_contradicted",
+                            self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                            format!(
+                                "peer {skipped_by} said sequence number {} of origin {} was not for this node, but the event came and this node may hold it: delivered late, out of per-origin order (the peer lied, or judged under another policy epoch or erase rule)",
+                                event.seq(),
+                                event.origin()
+                            ),
+                        )
+                        .stream(event.stream().as_str())
+                        .event(event.id().to_string()),
+                    );
+                    if !self.node.store().erase_covers(&event) {
+                        self.deliver(&event);
                     }
-                    Err(e) => {
-                        self.metrics.reject("log_append_failed");
-                        warn!(event = %event.id(), error = %e, "appending to the log failed");
-                    }
-                },
+                }
                 AppEvent::MemberUp(m) => {
                     info!(peer = %m.node_key(), region = %m.region, addr = %m.addr, "member up");
                     let addr = m.addr.parse::<SocketAddr>().ok();
@@ -886,6 +896,28 @@ impl Driver {
                     self.members.remove(&m.node_key());
                     self.down.insert(m.node_key(), *m);
                 }
+            }
+        }
+    }
+
+    /// Appends a delivered event to the log and applies what it carries (a policy bundle,
+    /// an erase request, a table write).
+    fn deliver(&mut self, event: &Event) {
+        match self.node.store_mut().append_log(event) {
+            Ok(pos) => {
+                self.last_pos = pos;
+                self.metrics.deliveries.inc();
+                if event.stream().as_str() == crate::policy_push::POLICY_STREAM {
+                    self.apply_policy(event);
+                } else if event.stream().as_str() == crate::erase::ERASE_STREAM {
+                    self.apply_erase(event);
+                } else if event.key().is_some() {
+                    self.apply_table(event);
+                }
+            }
+            Err(e) => {
+                self.metrics.reject("log_append_failed");
+                warn!(event = %event.id(), error = %e, "appending to the log failed");
             }
         }
     }
@@ -1156,6 +1188,7 @@ impl Driver {
             rtt_ms: rtt.map(|r| r as f64 / 1000.0),
             policy_epoch: m.policy_epoch,
             skips_taken: self.node.skips_taken_from(&m.node_key()),
+            skips_contradicted: self.node.skips_contradicted_by(&m.node_key()),
         };
         for m in self.members.values() {
             peers.push(view(m, "up", self.node.rtt_us(&m.node_key())));
@@ -1201,6 +1234,15 @@ impl Driver {
             ("reroute_unreachable", s.reroute_unreachable),
             ("skips_in", s.skips_in),
             ("skips_in_relayed", s.skips_in_relayed),
+            ("skips_confirmed", s.skips_confirmed),
+            ("skips_contradicted", s.skips_contradicted),
+            ("skips_unconfirmed", s.skips_unconfirmed),
+            ("skips_deferred", s.skips_deferred),
+            (
+                "skips_pending",
+                self.node.skips_unconfirmed_pending() as u64,
+            ),
+            ("delivered_late", s.delivered_late),
             ("transit_forwarded", s.transit_forwarded),
             ("residency_refused", s.residency_refused),
             ("events_erased", s.events_erased),

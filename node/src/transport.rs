@@ -475,6 +475,7 @@ impl Transport {
                 },
             };
             down_until = None;
+            let out = self.forge_skips(&key_hex, &to, out);
             let verdict = self.chaos.verdict(&key_hex, &self.region_of(&to));
             let t = self.clone();
             match verdict {
@@ -495,6 +496,31 @@ impl Transport {
                     });
                 }
             }
+        }
+    }
+
+    /// Under a chaos rule with `forge_skips`, a push carrying other origins' events goes as
+    /// a Skip naming them: what a compromised node hiding events would send.
+    fn forge_skips(&self, key_hex: &str, to: &OriginKey, out: Outgoing) -> Outgoing {
+        let Message::Push { events, .. } = &out.msg else {
+            return out;
+        };
+        if !self.chaos.forges_skips(key_hex, &self.region_of(to)) {
+            return out;
+        }
+        let list: Vec<_> = events
+            .iter()
+            .filter(|e| e.origin() != self.me)
+            .map(|e| (e.origin(), e.seq()))
+            .collect();
+        if list.is_empty() {
+            return out;
+        }
+        debug!(peer = %to, skips = list.len(), "chaos: a push sent as forged Skips");
+        Outgoing {
+            msg: Message::Skip(list),
+            confirm: false,
+            class: out.class,
         }
     }
 

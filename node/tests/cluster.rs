@@ -95,6 +95,10 @@ fn an_event_published_in_one_region_is_read_and_streamed_in_the_other_two() {
         let peers = peers["peers"].as_array().unwrap();
         assert_eq!(peers.len(), 2, "{peers:?}");
         assert!(peers.iter().all(|p| p["skips_taken"].is_u64()), "{peers:?}");
+        assert!(
+            peers.iter().all(|p| p["skips_contradicted"] == 0),
+            "{peers:?}"
+        );
     });
 }
 

@@ -1176,7 +1176,11 @@ impl Engine {
         }
         for e in app.drain(..) {
             match e {
-                AppEvent::Deliver(event) => self.app_deliver(i, &event),
+                AppEvent::Deliver(event) => self.app_deliver(i, &event, false),
+                // Out of per-origin order by definition (a Skip for it was contradicted):
+                // counted as an order violation; no node in the simulator lies, so only a
+                // policy or protocol fault gives one.
+                AppEvent::Late { event, .. } => self.app_deliver(i, &event, true),
                 AppEvent::MemberUp(m) => self.member_up(i, &m),
                 AppEvent::MemberDown(_) => {}
             }
@@ -1467,7 +1471,7 @@ impl Engine {
         self.push(at, Ev::Msg { to, from, msg });
     }
 
-    fn app_deliver(&mut self, i: usize, event: &Event) {
+    fn app_deliver(&mut self, i: usize, event: &Event, late: bool) {
         let id = event.id();
         let Some(&e) = self.event_index.get(&id) else {
             self.violation(|| format!("event {id} delivered but never published"));
@@ -1496,10 +1500,12 @@ impl Engine {
             n.app_last.resize(origin + 1, 0);
         }
         let last = &mut n.app_last[origin];
-        if event.seq() <= *last {
+        if late || event.seq() <= *last {
             self.metrics.order_violations += 1;
         }
-        *last = event.seq();
+        if !late {
+            *last = event.seq();
+        }
         self.metrics.deliveries += 1;
         if self.plan.workloads[w].table.is_some() {
             self.apply_table(i, e, w, event);

@@ -116,6 +116,16 @@ const RANKED_CANDIDATES: usize = 4;
 /// the whole digest), so the origins a short cut kept news of are usually still listed, and
 /// an idle fabric's rounds carry little more than the summary.
 pub const SYNC_SETTLED_US: Micros = 30_000_000;
+/// How long a Skip taken on another node's word than the origin's waits for a second node
+/// to confirm or contradict it (anti-entropy asks partners for the number again, every
+/// other round one in another region) before it is final: 60 rounds at the WAN default
+/// sync interval.
+pub const SKIP_CONFIRM_US: Micros = 120_000_000;
+/// Most numbers of one origin waiting for confirmation (each is a hole in the origin's
+/// anti-entropy digest, which holds at most [`RANGES_PER_ORIGIN_MAX`] ranges).
+pub const UNCONFIRMED_PER_ORIGIN_MAX: usize = 256;
+/// Most numbers waiting for confirmation over every origin (some 100 bytes each).
+pub const UNCONFIRMED_LEN_MAX: usize = 16_384;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
@@ -311,6 +321,16 @@ pub enum AppEvent {
     /// An event for local subscribers: in per-origin order, exactly once per node lifetime
     /// of the store.
     Deliver(Arc<Event>),
+    /// An event delivered out of per-origin order, once: this node had taken a Skip for it
+    /// from `skipped_by` (not its origin) and moved past it, and then the event came and
+    /// this node may hold it ([`Stats::skips_contradicted`]). Honest nodes send such Skips
+    /// only when their policy epoch or erase rules differ from this node's.
+    Late {
+        /// The event.
+        event: Arc<Event>,
+        /// The node whose Skip the event contradicted.
+        skipped_by: OriginKey,
+    },
     /// A member joined or came back. (Boxed, as is `MemberDown`'s: a record is some
     /// 130 bytes, and the event queue moves every delivery, by far the most common event,
     /// at the size of the largest variant.)
@@ -419,6 +439,24 @@ pub struct Stats {
     /// sends many more of them than its peers do may be hiding events (ARCHITECTURE.md,
     /// "Trust between nodes"). Per sender: [`Node::skips_taken_from`].
     pub skips_in_relayed: u64,
+    /// Skips taken on another node's word ([`Stats::skips_in_relayed`]) that a second node
+    /// (or the origin) then confirmed: a Skip of its own for the number, or an erasure.
+    pub skips_confirmed: u64,
+    /// Skips taken on another node's word that an event contradicted: the event arrived,
+    /// and this node may hold it. The event was delivered late ([`AppEvent::Late`]). Non-zero
+    /// means a node lied, or the two nodes judged under different policy epochs or erase
+    /// rules. Per sender: [`Node::skips_contradicted_by`].
+    pub skips_contradicted: u64,
+    /// Skips taken on another node's word that no other node confirmed or contradicted
+    /// within [`SKIP_CONFIRM_US`]: final from then on (no holder of the event answered).
+    pub skips_unconfirmed: u64,
+    /// Skips from another node than the origin left untaken because
+    /// [`UNCONFIRMED_PER_ORIGIN_MAX`] or [`UNCONFIRMED_LEN_MAX`] numbers already wait for
+    /// confirmation: the number stays a gap, which anti-entropy fills later.
+    pub skips_deferred: u64,
+    /// Events delivered late: they arrived after a Skip for them that an event then
+    /// contradicted ([`Stats::skips_contradicted`]), after the origin's later events.
+    pub delivered_late: u64,
     /// Events this node carried on along a relay path as sealed transit (its own hop for
     /// them is [`FilterHop::Transit`]): relayed, never stored, delivered or announced.
     pub transit_forwarded: u64,
@@ -634,6 +672,15 @@ impl SettledHasher {
     }
 }
 
+/// A Skip taken on another node's word than the origin's ([`Node::on_skip`]).
+#[derive(Debug, Clone, Copy)]
+struct Unconfirmed {
+    /// Who sent it.
+    by: OriginKey,
+    /// When it was taken.
+    at: Micros,
+}
+
 #[derive(Debug, Default)]
 struct PeerState {
     last_sync_us: Option<Micros>,
@@ -646,6 +693,8 @@ struct PeerState {
     summary_pending: Option<[u64; 2]>,
     /// Skips this node took from the peer for other origins' events ([`Stats::skips_in_relayed`]).
     skips_taken: u64,
+    /// Of those, the ones an event contradicted ([`Stats::skips_contradicted`]).
+    skips_contradicted: u64,
 }
 
 impl PeerState {
@@ -745,6 +794,13 @@ pub struct Node<S: Store> {
     /// Per origin: sequence numbers accepted (stored, or relayed when outside interest)
     /// and the delivery cursor.
     seen: SeenSet,
+    /// Skips taken on another node's word than the origin's, waiting for a second node to
+    /// confirm them (see [`Node::on_skip`]): per origin, sequence number to who sent it and
+    /// when. Anti-entropy digests leave these numbers out, so partners send the event or a
+    /// Skip of their own.
+    unconfirmed: BTreeMap<OriginKey, BTreeMap<u64, Unconfirmed>>,
+    /// Entries in `unconfirmed`, over every origin.
+    unconfirmed_len: usize,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
@@ -918,6 +974,8 @@ impl<S: Store> Node<S> {
             ref_buffers: Vec::new(),
             regions: BTreeMap::new(),
             seen,
+            unconfirmed: BTreeMap::new(),
+            unconfirmed_len: 0,
             relay_cache: FxHashMap::default(),
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
@@ -2302,6 +2360,9 @@ impl<S: Store> Node<S> {
         // large store).
         let seen = self.seen.get(&origin);
         if seen.is_some_and(|r| r.ranges.contains(seq)) {
+            if let Some(waiting) = self.unconfirmed_take(&origin, seq) {
+                return self.accept_late(event, waiting.by);
+            }
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
         }
@@ -3113,12 +3174,53 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// A Skip names only an origin and a sequence number (so that a node outside the
+    /// event's residency learns nothing of it), so its receiver cannot check it against the
+    /// event. The origin's word on its own numbers is final. Another node's word (a relay, an
+    /// anti-entropy partner, a node that erased the event, the node a device publishes
+    /// through) moves delivery on at once, but the number waits in `unconfirmed`: digests
+    /// leave it out, so anti-entropy partners answer for it again. A Skip from a second node
+    /// (or the origin) confirms it; the event itself, where this node may hold it,
+    /// contradicts it and is delivered late ([`AppEvent::Late`]); after
+    /// [`SKIP_CONFIRM_US`] with neither it is final. A lying node alone therefore cannot make
+    /// another pass over events for good while an honest holder of them is reachable.
     fn on_skip(&mut self, from: OriginKey, list: Vec<(OriginKey, u64)>) {
         let mut relayed = 0;
         for (origin, seq) in list.into_iter().take(REFS_PER_MESSAGE_MAX) {
+            if let Some(waiting) = self.unconfirmed_get(&origin, seq) {
+                if waiting.by != from {
+                    self.unconfirmed_take(&origin, seq);
+                    self.stats.skips_confirmed += 1;
+                }
+                continue;
+            }
+            if origin == from {
+                if self.skip_own(origin, seq) {
+                    self.stats.skips_in += 1;
+                }
+                continue;
+            }
+            if seq == 0 || origin == self.me.node_key() || self.has_seen(&origin, seq) {
+                continue;
+            }
+            let per_origin = self.unconfirmed.get(&origin).map_or(0, BTreeMap::len);
+            if per_origin >= UNCONFIRMED_PER_ORIGIN_MAX
+                || self.unconfirmed_len >= UNCONFIRMED_LEN_MAX
+            {
+                self.stats.skips_deferred += 1;
+                continue;
+            }
             if self.skip_own(origin, seq) {
+                self.unconfirmed.entry(origin).or_default().insert(
+                    seq,
+                    Unconfirmed {
+                        by: from,
+                        at: self.now,
+                    },
+                );
+                self.unconfirmed_len += 1;
                 self.stats.skips_in += 1;
-                relayed += u64::from(origin != from);
+                relayed += 1;
             }
         }
         if relayed > 0 {
@@ -3129,10 +3231,127 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// Whether `(origin, seq)` is in the seen-set.
+    fn has_seen(&self, origin: &OriginKey, seq: u64) -> bool {
+        self.seen
+            .get(origin)
+            .is_some_and(|s| s.ranges.contains(seq))
+    }
+
+    fn unconfirmed_get(&self, origin: &OriginKey, seq: u64) -> Option<Unconfirmed> {
+        if self.unconfirmed_len == 0 {
+            return None;
+        }
+        self.unconfirmed.get(origin)?.get(&seq).copied()
+    }
+
+    /// Removes `(origin, seq)` from the Skips waiting for confirmation.
+    fn unconfirmed_take(&mut self, origin: &OriginKey, seq: u64) -> Option<Unconfirmed> {
+        if self.unconfirmed_len == 0 {
+            return None;
+        }
+        let of_origin = self.unconfirmed.get_mut(origin)?;
+        let taken = of_origin.remove(&seq)?;
+        if of_origin.is_empty() {
+            self.unconfirmed.remove(origin);
+        }
+        self.unconfirmed_len -= 1;
+        Some(taken)
+    }
+
+    /// Skips that waited [`SKIP_CONFIRM_US`] for confirmation become final.
+    fn expire_unconfirmed(&mut self) {
+        if self.unconfirmed_len == 0 {
+            return;
+        }
+        let now = self.now;
+        let mut expired = 0;
+        self.unconfirmed.retain(|_, of_origin| {
+            of_origin.retain(|_, u| {
+                let keep = now.saturating_sub(u.at) < SKIP_CONFIRM_US;
+                expired += usize::from(!keep);
+                keep
+            });
+            !of_origin.is_empty()
+        });
+        self.unconfirmed_len -= expired;
+        self.stats.skips_unconfirmed += expired as u64;
+    }
+
+    /// An event arrived whose number this node had taken as a Skip on `by`'s word (not its
+    /// origin's), and this node may hold it (the caller checked its own hop): the Skip was
+    /// wrong. The event is stored and delivered now, out of per-origin order
+    /// ([`AppEvent::Late`]), or in order if delivery had not reached it yet, and the
+    /// contradiction counted against `by`.
+    #[inline(never)]
+    fn accept_late(&mut self, event: Arc<Event>, by: OriginKey) -> Result<Inserted, StoreError> {
+        self.stats.skips_contradicted += 1;
+        if self.members.contains_key(&by) {
+            self.peers.entry(by).or_default().skips_contradicted += 1;
+        }
+        let id = event.id();
+        if self.interested(event.stream()) {
+            match self.store.insert(event.clone()) {
+                Ok(Inserted::New) => {}
+                Ok(Inserted::Duplicate) => {
+                    self.stats.events_duplicate += 1;
+                    return Ok(Inserted::Duplicate);
+                }
+                Ok(Inserted::Erased) => {
+                    self.stats.events_erased += 1;
+                    self.arrived(&id);
+                    return Ok(Inserted::Erased);
+                }
+                Err(e) => {
+                    self.stats.events_refused += 1;
+                    return Err(e);
+                }
+            }
+            let origin = event.origin();
+            if self
+                .seen
+                .get(&origin)
+                .is_some_and(|s| s.delivered >= event.seq())
+            {
+                self.stats.delivered += 1;
+                self.stats.delivered_late += 1;
+                self.app.push_back(AppEvent::Late {
+                    event,
+                    skipped_by: by,
+                });
+            } else {
+                // Delivery has not passed it yet (a gap below): it goes out in order.
+                self.advance_delivery(origin);
+            }
+        } else {
+            if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
+                && let Some(old) = self.relay_order.pop_front()
+            {
+                self.relay_cache.remove(&old);
+            }
+            self.relay_cache.insert(id, event);
+            self.relay_order.push_back(id);
+        }
+        self.stats.events_new += 1;
+        self.arrived(&id);
+        Ok(Inserted::New)
+    }
+
     /// How many Skips this node took from `peer` for events of other origins since it started
     /// ([`Stats::skips_in_relayed`], per sender; only members are counted).
     pub fn skips_taken_from(&self, peer: &OriginKey) -> u64 {
         self.peers.get(peer).map_or(0, |p| p.skips_taken)
+    }
+
+    /// How many of the Skips this node took from `peer` an event then contradicted
+    /// ([`Stats::skips_contradicted`], per sender; only members are counted).
+    pub fn skips_contradicted_by(&self, peer: &OriginKey) -> u64 {
+        self.peers.get(peer).map_or(0, |p| p.skips_contradicted)
+    }
+
+    /// How many Skips taken on another node's word wait for confirmation.
+    pub fn skips_unconfirmed_pending(&self) -> usize {
+        self.unconfirmed_len
     }
 
     fn flush_ihave(&mut self) {
@@ -3380,6 +3599,13 @@ impl<S: Store> Node<S> {
         let now = self.now;
         let mut digest = Digest::new();
         for (o, s) in self.seen.range_from(from) {
+            if let Some(waiting) = self.unconfirmed.get(o) {
+                // Skips waiting for a second word: left out, so the partner answers for
+                // them (the event, or a Skip of its own).
+                let holes: Vec<(u64, u64)> = waiting.keys().map(|&q| (q, q)).collect();
+                digest.push((*o, s.ranges.difference_ranges(&holes).into_iter().collect()));
+                continue;
+            }
             let summarised = match summary.as_mut() {
                 Some(h) if s.settled(now) => self
                     .summary_ranges(o, &s.ranges)
@@ -3693,6 +3919,7 @@ impl<S: Store> Node<S> {
     fn send_digest(&mut self, partner: OriginKey, from_origin: Option<OriginKey>, full: bool) {
         // A resumed round waits for an answer too: a partner cut off mid-transfer goes silent.
         let now = self.now;
+        self.expire_unconfirmed();
         let held = self.seen_count;
         let peer = self.peers.entry(partner).or_default();
         peer.unanswered_since.get_or_insert(now);
@@ -6206,6 +6433,126 @@ mod tests {
         node.check_invariants_full();
     }
 
+    /// The digest `node` sends `to` in an anti-entropy round it starts now: the ranges it
+    /// lists for `origin`.
+    fn digest_for(
+        node: &mut Node<crate::mesh::MemStore>,
+        to: OriginKey,
+        origin: OriginKey,
+    ) -> Option<Vec<(u64, u64)>> {
+        node.send_digest(to, None, true);
+        drain_to(node, to).into_iter().find_map(|m| match m {
+            Message::SyncRequest { digest, .. } => digest
+                .into_iter()
+                .find(|(o, _)| *o == origin)
+                .map(|(_, r)| r.into_iter().collect()),
+            _ => None,
+        })
+    }
+
+    /// A Skip from a node other than the origin moves delivery on, but its number is left
+    /// out of anti-entropy digests until a second node confirms it; the same sender saying
+    /// it again does not. A Skip from the origin is final at once.
+    #[test]
+    fn a_skip_on_another_nodes_word_waits_for_a_second_word() {
+        let seeds = [1u8, 2, 3, 4];
+        let mut nodes = mesh(&seeds, 2, 2, &[20_000u64; 36]);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let node = &mut nodes[0];
+        let origin = keys[2];
+        node.handle_message(1, origin, Message::Skip(vec![(origin, 1)]));
+        node.handle_message(2, keys[1], Message::Skip(vec![(origin, 2), (origin, 3)]));
+        assert_eq!(node.skips_unconfirmed_pending(), 2);
+        assert_eq!(node.stats().skips_in, 3);
+        // Delivery moved past all three; the digest claims only the origin's word.
+        assert_eq!(node.seen.get(&origin).unwrap().delivered, 3);
+        assert_eq!(digest_for(node, keys[3], origin), Some(vec![(1, 1)]));
+        // The same sender again: still waiting.
+        node.handle_message(3, keys[1], Message::Skip(vec![(origin, 2)]));
+        assert_eq!(node.skips_unconfirmed_pending(), 2);
+        // A second node confirms 2, the origin confirms 3.
+        node.handle_message(4, keys[3], Message::Skip(vec![(origin, 2)]));
+        node.handle_message(5, origin, Message::Skip(vec![(origin, 3)]));
+        assert_eq!(node.skips_unconfirmed_pending(), 0);
+        assert_eq!(node.stats().skips_confirmed, 2);
+        assert_eq!(node.stats().skips_in, 3, "confirmations are not new Skips");
+        assert_eq!(digest_for(node, keys[3], origin), Some(vec![(1, 3)]));
+        node.check_invariants_full();
+    }
+
+    /// A false Skip from a relay, then the event itself (which this node may hold): the
+    /// event is stored and delivered late, once, and the contradiction is counted against
+    /// the relay.
+    #[test]
+    fn a_false_skip_is_contradicted_by_the_event_and_the_event_delivered_late() {
+        let seeds = [1u8, 2, 3, 4];
+        let mut nodes = mesh(&seeds, 2, 2, &[20_000u64; 36]);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let node = &mut nodes[0];
+        // Node 2's events 1 and 2; node 1 lies that 1 is not for us, ahead of the pushes.
+        let e1 = signed_event(3, 1, "orders.eu", b"one").unwrap();
+        let e2 = signed_event(3, 2, "orders.eu", b"two").unwrap();
+        assert_eq!(e1.origin(), keys[2]);
+        node.handle_message(1, keys[1], Message::Skip(vec![(keys[2], 1)]));
+        let push = |events| Message::Push {
+            events,
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        node.handle_message(2, keys[2], push(vec![e2.clone()]));
+        node.handle_message(3, keys[2], push(vec![e1.clone()]));
+        // Once more, from another node: a duplicate now.
+        node.handle_message(4, keys[3], push(vec![e1.clone()]));
+        let mut got = Vec::new();
+        while let Some(e) = node.poll_event() {
+            match e {
+                AppEvent::Deliver(e) => got.push((e.seq(), None)),
+                AppEvent::Late { event, skipped_by } => got.push((event.seq(), Some(skipped_by))),
+                _ => {}
+            }
+        }
+        assert_eq!(got, [(2, None), (1, Some(keys[1]))]);
+        assert!(node.store.get(&keys[2], 1).is_some(), "stored");
+        assert_eq!(node.stats().skips_contradicted, 1);
+        assert_eq!(node.stats().delivered_late, 1);
+        assert_eq!(node.skips_contradicted_by(&keys[1]), 1);
+        assert_eq!(node.skips_contradicted_by(&keys[2]), 0);
+        assert_eq!(node.skips_unconfirmed_pending(), 0);
+        node.check_invariants_full();
+    }
+
+    /// A Skip on another node's word that no one confirms or contradicts is final after
+    /// [`SKIP_CONFIRM_US`] (the digest claims the number again); past the per-origin limit
+    /// further Skips are left untaken, the numbers staying gaps.
+    #[test]
+    fn unconfirmed_skips_expire_and_are_bounded() {
+        let seeds = [1u8, 2, 3, 4];
+        let mut nodes = mesh(&seeds, 2, 2, &[20_000u64; 36]);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let node = &mut nodes[0];
+        let origin = keys[2];
+        let n = UNCONFIRMED_PER_ORIGIN_MAX as u64;
+        for chunk in (1..=n + 10).collect::<Vec<_>>().chunks(100) {
+            node.handle_message(
+                1,
+                keys[1],
+                Message::Skip(chunk.iter().map(|&q| (origin, q)).collect()),
+            );
+        }
+        assert_eq!(node.skips_unconfirmed_pending(), UNCONFIRMED_PER_ORIGIN_MAX);
+        assert_eq!(node.stats().skips_deferred, 10);
+        assert_eq!(node.seen.get(&origin).unwrap().delivered, n);
+        assert_eq!(digest_for(node, keys[3], origin), Some(vec![]));
+        node.handle_timeout(SKIP_CONFIRM_US / 2);
+        assert_eq!(digest_for(node, keys[3], origin), Some(vec![]));
+        node.handle_timeout(SKIP_CONFIRM_US + 2);
+        assert_eq!(digest_for(node, keys[3], origin), Some(vec![(1, n)]));
+        assert_eq!(node.skips_unconfirmed_pending(), 0);
+        assert_eq!(node.stats().skips_unconfirmed, n);
+        node.check_invariants_full();
+    }
+
     /// For the hostile-input test: events of two origins are refused to the node's region
     /// (r0) when their sequence number is 0 mod 3 and transit-only there when it is 1 mod
     /// 3; everything else is clear.
@@ -6320,6 +6667,7 @@ mod tests {
             let mut own_published = 0u64;
             let mut delivered: BTreeMap<OriginKey, u64> = BTreeMap::new();
             let mut seen: BTreeSet<(OriginKey, u64)> = BTreeSet::new();
+            let mut late = 0u64;
             // Events of the node's own origin come only from what it published: a peer cannot
             // sign as the node, only replay it.
             let events_of = |refs: &[(u8, u64, u8)], own: u64| -> Vec<Arc<Event>> {
@@ -6410,17 +6758,29 @@ mod tests {
                 }
                 while node.poll_transmit().is_some() {}
                 while let Some(e) = node.poll_event() {
-                    if let AppEvent::Deliver(event) = e {
-                        let (origin, seq) = (event.origin(), event.seq());
-                        prop_assert_eq!(node.own_hop(&event), FilterHop::Clear, "delivered {:?}", event);
-                        prop_assert!(seen.insert((origin, seq)), "({origin:?}, {seq}) delivered twice");
-                        let last = delivered.insert(origin, seq).unwrap_or(0);
-                        prop_assert!(seq > last, "{origin:?}: {seq} delivered after {last}");
+                    match e {
+                        AppEvent::Deliver(event) => {
+                            let (origin, seq) = (event.origin(), event.seq());
+                            prop_assert_eq!(node.own_hop(&event), FilterHop::Clear, "delivered {:?}", event);
+                            prop_assert!(seen.insert((origin, seq)), "({origin:?}, {seq}) delivered twice");
+                            let last = delivered.insert(origin, seq).unwrap_or(0);
+                            prop_assert!(seq > last, "{origin:?}: {seq} delivered after {last}");
+                        }
+                        // Out of order, and only after another node's Skip for it.
+                        AppEvent::Late { event, skipped_by } => {
+                            let (origin, seq) = (event.origin(), event.seq());
+                            prop_assert_eq!(node.own_hop(&event), FilterHop::Clear, "delivered {:?}", event);
+                            prop_assert!(seen.insert((origin, seq)), "({origin:?}, {seq}) delivered twice");
+                            prop_assert_ne!(skipped_by, origin);
+                            late += 1;
+                        }
+                        _ => {}
                     }
                 }
                 node.check_invariants();
             }
             node.check_invariants_full();
+            prop_assert_eq!(node.stats().delivered_late, late);
             if residency {
                 // Neither delivered, nor stored, nor kept for relaying: every event of the
                 // two restricted origins the steps can have made.
