@@ -922,3 +922,106 @@ fn idle_anti_entropy_rounds_carry_a_summary_that_peers_match() {
         }
     });
 }
+
+/// A node acting as a compromised one (the chaos rule `forge_skips`: every push it relays
+/// to ap goes as a Skip, "not for you") cannot hide events from ap: ap moves past the
+/// numbers but keeps asking anti-entropy partners for them, the events come, and ap logs
+/// them late, counts the contradictions against the liar in `/v1/mesh/peers` and
+/// `weft_rejected_total{reason="skip_contradicted"}`, and audits them.
+#[test]
+fn a_node_forging_skips_cannot_hide_events_from_another() {
+    rt().block_on(async {
+        let mut c = Cluster::new("forged-skips", 23, &three_regions(), "");
+        c.start_all();
+        c.wait_meshed().await;
+        // eu's direct link to ap is slow, so eu's pushes to ap's region go through us.
+        c.chaos(
+            0,
+            json!([{"peer": "aws:ap-northeast-1", "delay_ms": 400.0}]),
+        )
+        .await;
+        c.chaos(2, json!([{"peer": "aws:eu-west-1", "delay_ms": 400.0}]))
+            .await;
+        c.chaos(
+            1,
+            json!([{"peer": "aws:ap-northeast-1", "forge_skips": true}]),
+        )
+        .await;
+        // The RTT window sees the slow link before the events go.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let mut ids = BTreeSet::new();
+        for round in 0..10 {
+            let data: Vec<Value> = (0..5).map(|k| json!({"round": round, "k": k})).collect();
+            let (status, body) = c.publish(0, "hidden", "local", &data).await;
+            assert_eq!(status, 200, "{body}");
+            ids.extend(
+                body["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string()),
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Every event reaches ap, once.
+        let got = wait_for(Duration::from_secs(40), || async {
+            let list = c.ids(2, "hidden").await?;
+            let set: BTreeSet<String> = list.iter().cloned().collect();
+            (set == ids).then_some(list)
+        })
+        .await
+        .unwrap_or_else(|| panic!("ap lacks events:\n{}", c.log(2)));
+        assert_eq!(got.len(), ids.len(), "ap logged an event twice");
+        // Status snapshots, metrics and the audit writer catch up.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The liar's Skips were taken and then contradicted.
+        let us_key = &c.keys[1];
+        let peers: Value = get_json(c.url(2, "/v1/mesh/peers")).await;
+        let us = peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == us_key.as_str())
+            .unwrap_or_else(|| panic!("no peer us in {peers}"))
+            .clone();
+        let contradicted = us["skips_contradicted"].as_u64().unwrap();
+        assert!(contradicted > 0, "{us}\n{}", c.log(2));
+        assert!(us["skips_taken"].as_u64().unwrap() >= contradicted, "{us}");
+        let eu = peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == c.keys[0].as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(eu["skips_contradicted"], 0, "{eu}");
+        assert_eq!(rejected(&c, 2, "skip_contradicted").await, contradicted);
+        let status: Value = get_json(c.url(2, "/v1/status")).await;
+        assert_eq!(
+            status["stats"]["skips_contradicted"].as_u64(),
+            Some(contradicted),
+            "{status}"
+        );
+        // Audited, naming the liar.
+        let audit: Value = reqwest::Client::new()
+            .get(c.url(2, "/v1/audit?reason=skip_contradicted"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entries = audit["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{audit}"));
+        assert_eq!(entries.len() as u64, contradicted, "{audit}");
+        assert!(
+            entries[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains(us_key.as_str()),
+            "{audit}"
+        );
+    });
+}
