@@ -110,10 +110,11 @@ impl Net {
         for e in app {
             match e {
                 AppEvent::Deliver(ev) => self.delivered[i].push(ev.id()),
-                AppEvent::Late { event, .. } => {
+                AppEvent::Late(event) => {
                     self.delivered[i].push(event.id());
                     self.late[i].insert(event.id());
                 }
+                AppEvent::SkipContradicted { .. } => {}
                 AppEvent::MemberUp(m) => {
                     let j = self.keys[&OriginKey(m.key)];
                     let rtt = 2 * self.latency(i, j);

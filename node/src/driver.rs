@@ -856,29 +856,28 @@ impl Driver {
                     debug!(event = %event.id(), "erased before delivery");
                 }
                 AppEvent::Deliver(event) => self.deliver(&event),
-                AppEvent::Late { event, skipped_by } => {
-                    // A peer's Skip for this event was wrong: the event came, and this node
-                    // may hold it. Delivered now, after the origin's later events.
+                AppEvent::SkipContradicted {
+                    origin,
+                    seq,
+                    skipped_by,
+                } => {
+                    // A peer's Skip was wrong: the event came, and this node may hold it.
                     self.metrics.reject("skip_contradicted");
-                    warn!(event = %event.id(), peer = %skipped_by, "a peer's Skip was contradicted by the event: delivered late");
-                    self.audit.record(
-                        crate::audit::Entry::now(
-                            crate::audit::Decision::Deny,
-                            "skip_contradicted",
-                            self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
-                            format!(
-                                "peer {skipped_by} said sequence number {} of origin {} was not for this node, but the event came and this node may hold it: delivered late, out of per-origin order (the peer lied, or judged under another policy epoch or erase rule)",
-                                event.seq(),
-                                event.origin()
-                            ),
-                        )
-                        .stream(event.stream().as_str())
-                        .event(event.id().to_string()),
-                    );
-                    if !self.node.store().erase_covers(&event) {
-                        self.deliver(&event);
-                    }
+                    warn!(%origin, seq, peer = %skipped_by, "a peer's Skip was contradicted by the event");
+                    self.audit.record(crate::audit::Entry::now(
+                        crate::audit::Decision::Deny,
+                        "skip_contradicted",
+                        self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                        format!(
+                            "peer {skipped_by} said sequence number {seq} of origin {origin} was not for this node, but the event came and this node may hold it (the peer lied, or judged under another policy epoch or erase rule); the event is stored and delivered"
+                        ),
+                    ));
                 }
+                // Delivered after the origin's later events (its Skip was contradicted).
+                AppEvent::Late(event) if self.node.store().erase_covers(&event) => {
+                    debug!(event = %event.id(), "erased before delivery");
+                }
+                AppEvent::Late(event) => self.deliver_late(&event),
                 AppEvent::MemberUp(m) => {
                     info!(peer = %m.node_key(), region = %m.region, addr = %m.addr, "member up");
                     let addr = m.addr.parse::<SocketAddr>().ok();
@@ -913,6 +912,41 @@ impl Driver {
                     self.apply_erase(event);
                 } else if event.key().is_some() {
                     self.apply_table(event);
+                }
+            }
+            Err(e) => {
+                self.metrics.reject("log_append_failed");
+                warn!(event = %event.id(), error = %e, "appending to the log failed");
+            }
+        }
+    }
+
+    /// Appends an event delivered out of per-origin order ([`AppEvent::Late`]). A table
+    /// tracks what each origin wrote by its highest sequence number, so a table write that
+    /// comes late rebuilds its table from the log (in per-origin order) instead.
+    fn deliver_late(&mut self, event: &Event) {
+        let strategy = event
+            .key()
+            .and(self.tables.as_ref())
+            .and_then(|t| t.strategy(event.stream()));
+        let Some(strategy) = strategy else {
+            self.deliver(event);
+            return;
+        };
+        match self.node.store_mut().append_log(event) {
+            Ok(pos) => {
+                self.last_pos = pos;
+                self.metrics.deliveries.inc();
+                let stats = self.table_stats.entry(strategy.as_str()).or_default();
+                let result = self
+                    .node
+                    .store_mut()
+                    .write_conn()
+                    .map_err(|e| e.to_string())
+                    .and_then(|conn| crate::tables::rebuild(conn, strategy, event.stream(), stats));
+                if let Err(e) = result {
+                    self.metrics.reject("table_apply_failed");
+                    warn!(event = %event.id(), error = %e, "rebuilding a table for a late write failed");
                 }
             }
             Err(e) => {

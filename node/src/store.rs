@@ -1408,9 +1408,10 @@ impl Store for SqliteStore {
     }
 
     /// Read from the delivery log, which holds every event the node delivered: delivery is
-    /// in sequence order per origin, so the highest logged sequence number of the origin is
-    /// its cursor, and stored events above it (waiting above a gap at a crash) are still to
-    /// be delivered. An erase removes an event from both tables. `None` only when the query
+    /// in sequence order per origin (an event delivered late, after a contradicted Skip, is
+    /// below the cursor anyway), so the highest logged sequence number of the origin is its
+    /// cursor, and stored events above it (waiting above a gap at a crash) are still to be
+    /// delivered. An erase removes an event from both tables. `None` only when the query
     /// fails (the node then takes every stored event as delivered).
     fn delivered(&self, origin: &OriginKey) -> Option<u64> {
         // Down the (origin, seq) index from the top: the newest events are the ones most

@@ -229,8 +229,10 @@ pub(crate) fn erase_key(conn: &Connection, stream: &str, key: &[u8]) -> Result<(
     Ok(())
 }
 
-/// Rebuilds a table from the events of its stream in the log (log order keeps each
-/// origin's order), under `strategy`.
+/// Rebuilds a table from the events of its stream in the log, under `strategy`, in
+/// per-origin sequence order (not log order: an event delivered late, after a contradicted
+/// Skip, sits in the log after its origin's later events; the strategies resolve any
+/// interleaving of origins identically).
 pub(crate) fn rebuild(
     conn: &Connection,
     strategy: Strategy,
@@ -245,7 +247,7 @@ pub(crate) fn rebuild(
     let mut select = conn
         .prepare(
             "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
-             WHERE l.stream = ?1 AND e.key IS NOT NULL ORDER BY l.pos",
+             WHERE l.stream = ?1 AND e.key IS NOT NULL ORDER BY e.origin, e.seq",
         )
         .map_err(backend)?;
     let envelopes: Vec<Vec<u8>> = select

@@ -931,7 +931,8 @@ fn idle_anti_entropy_rounds_carry_a_summary_that_peers_match() {
 #[test]
 fn a_node_forging_skips_cannot_hide_events_from_another() {
     rt().block_on(async {
-        let mut c = Cluster::new("forged-skips", 23, &three_regions(), "");
+        let tables = "[[tables]]\npattern = \"cnt.>\"\nstrategy = \"counter\"\n";
+        let mut c = Cluster::new("forged-skips", 23, &three_regions(), tables);
         c.start_all();
         c.wait_meshed().await;
         // eu's direct link to ap is slow, so eu's pushes to ap's region go through us.
@@ -961,6 +962,15 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
                     .iter()
                     .map(|v| v.as_str().unwrap().to_string()),
             );
+            // A counter write too: a late one must still count in ap's table.
+            let r = reqwest::Client::new()
+                .put(c.url(0, "/v1/tables/cnt.stock/sku-1"))
+                .bearer_auth(&c.token)
+                .json(&json!({"add": round + 1}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Every event reaches ap, once.
@@ -972,6 +982,21 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
         .await
         .unwrap_or_else(|| panic!("ap lacks events:\n{}", c.log(2)));
         assert_eq!(got.len(), ids.len(), "ap logged an event twice");
+        // ap's table counts every write, late ones included: 1 + 2 + ... + 10.
+        let total = wait_for(Duration::from_secs(40), || async {
+            let v: Value = reqwest::get(c.url(2, "/v1/tables/cnt.stock/sku-1"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["value"] == 55).then_some(())
+        })
+        .await;
+        assert!(total.is_some(), "ap's counter is not 55:\n{}", c.log(2));
+        // Late writes rebuilt the table (its first build, then at least one more).
+        let builds = c.log(2).matches("table built from the log").count();
+        assert!(builds >= 2, "{builds} builds:\n{}", c.log(2));
         // Status snapshots, metrics and the audit writer catch up.
         tokio::time::sleep(Duration::from_secs(3)).await;
         // The liar's Skips were taken and then contradicted.

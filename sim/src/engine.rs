@@ -1180,7 +1180,8 @@ impl Engine {
                 // Out of per-origin order by definition (a Skip for it was contradicted):
                 // counted as an order violation; no node in the simulator lies, so only a
                 // policy or protocol fault gives one.
-                AppEvent::Late { event, .. } => self.app_deliver(i, &event, true),
+                AppEvent::Late(event) => self.app_deliver(i, &event, true),
+                AppEvent::SkipContradicted { .. } => {}
                 AppEvent::MemberUp(m) => self.member_up(i, &m),
                 AppEvent::MemberDown(_) => {}
             }

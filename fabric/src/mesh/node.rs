@@ -119,13 +119,18 @@ pub const SYNC_SETTLED_US: Micros = 30_000_000;
 /// How long a Skip taken on another node's word than the origin's waits for a second node
 /// to confirm or contradict it (anti-entropy asks partners for the number again, every
 /// other round one in another region) before it is final: 60 rounds at the WAN default
-/// sync interval.
+/// sync interval. Only numbers the origin is known to have reached expire (see
+/// [`Node::expire_unconfirmed`]).
 pub const SKIP_CONFIRM_US: Micros = 120_000_000;
-/// Most numbers of one origin waiting for confirmation (each is a hole in the origin's
-/// anti-entropy digest, which holds at most [`RANGES_PER_ORIGIN_MAX`] ranges).
-pub const UNCONFIRMED_PER_ORIGIN_MAX: usize = 256;
-/// Most numbers waiting for confirmation over every origin (some 100 bytes each).
+/// Most numbers waiting for confirmation on one sender's word: a lying sender fills its own
+/// quota, not the others'.
+pub const UNCONFIRMED_PER_SENDER_MAX: usize = 1_024;
+/// Most numbers waiting for confirmation over every sender (some 100 bytes each).
 pub const UNCONFIRMED_LEN_MAX: usize = 16_384;
+/// Most waiting numbers of one origin an anti-entropy digest leaves out (the lowest; the
+/// rest wait for later rounds): each is a hole in the origin's ranges, of which a digest
+/// holds at most [`RANGES_PER_ORIGIN_MAX`].
+pub const DIGEST_HOLES_MAX: usize = 256;
 /// Most origins read from one anti-entropy digest (a fabric with more producers syncs the
 /// rest in later rounds).
 pub const DIGEST_ORIGINS_MAX: usize = 65_536;
@@ -322,12 +327,18 @@ pub enum AppEvent {
     /// of the store.
     Deliver(Arc<Event>),
     /// An event delivered out of per-origin order, once: this node had taken a Skip for it
-    /// from `skipped_by` (not its origin) and moved past it, and then the event came and
-    /// this node may hold it ([`Stats::skips_contradicted`]). Honest nodes send such Skips
-    /// only when their policy epoch or erase rules differ from this node's.
-    Late {
-        /// The event.
-        event: Arc<Event>,
+    /// on another node's word and moved past it, and then the event came and this node may
+    /// hold it (always after [`AppEvent::SkipContradicted`] for it).
+    Late(Arc<Event>),
+    /// A Skip this node took from `skipped_by` (not the origin) for `(origin, seq)` was
+    /// wrong: the event came, and this node may hold it ([`Stats::skips_contradicted`]).
+    /// Honest nodes send such Skips only when their policy epoch or erase rules differ from
+    /// this node's; otherwise `skipped_by` lied.
+    SkipContradicted {
+        /// The event's origin.
+        origin: OriginKey,
+        /// Its sequence number.
+        seq: u64,
         /// The node whose Skip the event contradicted.
         skipped_by: OriginKey,
     },
@@ -443,16 +454,19 @@ pub struct Stats {
     /// (or the origin) then confirmed: a Skip of its own for the number, or an erasure.
     pub skips_confirmed: u64,
     /// Skips taken on another node's word that an event contradicted: the event arrived,
-    /// and this node may hold it. The event was delivered late ([`AppEvent::Late`]). Non-zero
-    /// means a node lied, or the two nodes judged under different policy epochs or erase
-    /// rules. Per sender: [`Node::skips_contradicted_by`].
+    /// and this node may hold it ([`AppEvent::SkipContradicted`]; the event is stored, and
+    /// delivered late, [`AppEvent::Late`], if delivery had passed it). Non-zero means a
+    /// node lied, or the two nodes judged under different policy epochs or erase rules.
+    /// Per sender: [`Node::skips_contradicted_by`].
     pub skips_contradicted: u64,
     /// Skips taken on another node's word that no other node confirmed or contradicted
-    /// within [`SKIP_CONFIRM_US`]: final from then on (no holder of the event answered).
+    /// within [`SKIP_CONFIRM_US`] although the origin is known to have passed the number:
+    /// final from then on (no holder of the event answered).
     pub skips_unconfirmed: u64,
     /// Skips from another node than the origin left untaken because
-    /// [`UNCONFIRMED_PER_ORIGIN_MAX`] or [`UNCONFIRMED_LEN_MAX`] numbers already wait for
-    /// confirmation: the number stays a gap, which anti-entropy fills later.
+    /// [`UNCONFIRMED_PER_SENDER_MAX`] numbers already wait on that sender's word, or
+    /// [`UNCONFIRMED_LEN_MAX`] in all: the number stays a gap, which anti-entropy fills
+    /// later (the event, or a Skip from a sender with room).
     pub skips_deferred: u64,
     /// Events delivered late: they arrived after a Skip for them that an event then
     /// contradicted ([`Stats::skips_contradicted`]), after the origin's later events.
@@ -801,6 +815,8 @@ pub struct Node<S: Store> {
     unconfirmed: BTreeMap<OriginKey, BTreeMap<u64, Unconfirmed>>,
     /// Entries in `unconfirmed`, over every origin.
     unconfirmed_len: usize,
+    /// Entries in `unconfirmed` per sender (no zero counts kept).
+    unconfirmed_by: BTreeMap<OriginKey, usize>,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
@@ -976,6 +992,7 @@ impl<S: Store> Node<S> {
             seen,
             unconfirmed: BTreeMap::new(),
             unconfirmed_len: 0,
+            unconfirmed_by: BTreeMap::new(),
             relay_cache: FxHashMap::default(),
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
@@ -1487,6 +1504,24 @@ impl<S: Store> Node<S> {
             self.seen.values().map(|s| s.ranges.count()).sum::<u64>(),
             "seen count out of step with the seen-set"
         );
+        assert_eq!(
+            self.unconfirmed_len,
+            self.unconfirmed.values().map(BTreeMap::len).sum::<usize>(),
+            "unconfirmed Skips out of step with their count"
+        );
+        assert!(self.unconfirmed_len <= UNCONFIRMED_LEN_MAX);
+        let mut by: BTreeMap<OriginKey, usize> = BTreeMap::new();
+        let me = self.me.node_key();
+        for (origin, waiting) in &self.unconfirmed {
+            assert!(!waiting.is_empty(), "an empty unconfirmed entry is kept");
+            assert_ne!(*origin, me, "own numbers taken as another node's Skip");
+            for u in waiting.values() {
+                assert_ne!(u.by, *origin, "the origin's own Skip left unconfirmed");
+                *by.entry(u.by).or_default() += 1;
+            }
+        }
+        assert_eq!(by, self.unconfirmed_by, "per-sender counts out of step");
+        assert!(by.values().all(|&n| n <= UNCONFIRMED_PER_SENDER_MAX));
     }
 
     fn check_missing(&self, id: &EventId, m: &Missing) {
@@ -1966,6 +2001,7 @@ impl<S: Store> Node<S> {
     /// unopened, its sequence number taken as seen (a Skip) so ordered delivery moves on.
     fn refuse_own(&mut self, event: &Event) {
         self.stats.residency_refused += 1;
+        self.confirmed_by_event(&event.origin(), event.seq());
         self.skip_own(event.origin(), event.seq());
     }
 
@@ -2361,7 +2397,7 @@ impl<S: Store> Node<S> {
         let seen = self.seen.get(&origin);
         if seen.is_some_and(|r| r.ranges.contains(seq)) {
             if let Some(waiting) = self.unconfirmed_take(&origin, seq) {
-                return self.accept_late(event, waiting.by);
+                return self.accept_late(event, waiting);
             }
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);
@@ -3203,22 +3239,21 @@ impl<S: Store> Node<S> {
             if seq == 0 || origin == self.me.node_key() || self.has_seen(&origin, seq) {
                 continue;
             }
-            let per_origin = self.unconfirmed.get(&origin).map_or(0, BTreeMap::len);
-            if per_origin >= UNCONFIRMED_PER_ORIGIN_MAX
-                || self.unconfirmed_len >= UNCONFIRMED_LEN_MAX
+            let on_word = self.unconfirmed_by.get(&from).copied().unwrap_or(0);
+            if on_word >= UNCONFIRMED_PER_SENDER_MAX || self.unconfirmed_len >= UNCONFIRMED_LEN_MAX
             {
                 self.stats.skips_deferred += 1;
                 continue;
             }
             if self.skip_own(origin, seq) {
-                self.unconfirmed.entry(origin).or_default().insert(
+                self.unconfirmed_put(
+                    origin,
                     seq,
                     Unconfirmed {
                         by: from,
                         at: self.now,
                     },
                 );
-                self.unconfirmed_len += 1;
                 self.stats.skips_in += 1;
                 relayed += 1;
             }
@@ -3245,6 +3280,20 @@ impl<S: Store> Node<S> {
         self.unconfirmed.get(origin)?.get(&seq).copied()
     }
 
+    /// Puts `(origin, seq)` among the Skips waiting for confirmation (not there yet).
+    fn unconfirmed_put(&mut self, origin: OriginKey, seq: u64, u: Unconfirmed) {
+        if self
+            .unconfirmed
+            .entry(origin)
+            .or_default()
+            .insert(seq, u)
+            .is_none()
+        {
+            self.unconfirmed_len += 1;
+            *self.unconfirmed_by.entry(u.by).or_default() += 1;
+        }
+    }
+
     /// Removes `(origin, seq)` from the Skips waiting for confirmation.
     fn unconfirmed_take(&mut self, origin: &OriginKey, seq: u64) -> Option<Unconfirmed> {
         if self.unconfirmed_len == 0 {
@@ -3256,41 +3305,103 @@ impl<S: Store> Node<S> {
             self.unconfirmed.remove(origin);
         }
         self.unconfirmed_len -= 1;
+        self.unconfirmed_by_dec(&taken.by, 1);
         Some(taken)
     }
 
-    /// Skips that waited [`SKIP_CONFIRM_US`] for confirmation become final.
+    fn unconfirmed_by_dec(&mut self, by: &OriginKey, n: usize) {
+        if let Some(count) = self.unconfirmed_by.get_mut(by) {
+            *count -= n;
+            if *count == 0 {
+                self.unconfirmed_by.remove(by);
+            }
+        }
+    }
+
+    /// The highest sequence number `origin` is known to have reached: the highest this
+    /// node has seen other than on a word still waiting for confirmation (an event, the
+    /// origin's own Skip, a confirmed or expired Skip, which expired only at or below such
+    /// a number). 0 if none.
+    fn reached(&self, origin: &OriginKey) -> u64 {
+        let Some(seen) = self.seen.get(origin) else {
+            return 0;
+        };
+        let waiting = self.unconfirmed.get(origin);
+        for &(lo, hi) in seen.ranges.as_slice().iter().rev() {
+            let mut q = hi;
+            loop {
+                if !waiting.is_some_and(|w| w.contains_key(&q)) {
+                    return q;
+                }
+                if q == lo {
+                    break;
+                }
+                q -= 1;
+            }
+        }
+        0
+    }
+
+    /// Skips that waited [`SKIP_CONFIRM_US`] for confirmation become final, if their origin
+    /// is known to have passed their number ([`Node::reached`]). A Skip for a number the
+    /// origin has not reached keeps waiting: when the origin publishes it, the event comes
+    /// and contradicts it (otherwise a lie about numbers not yet published would expire
+    /// into a gap no event fills).
     fn expire_unconfirmed(&mut self) {
         if self.unconfirmed_len == 0 {
             return;
         }
         let now = self.now;
-        let mut expired = 0;
-        self.unconfirmed.retain(|_, of_origin| {
-            of_origin.retain(|_, u| {
-                let keep = now.saturating_sub(u.at) < SKIP_CONFIRM_US;
-                expired += usize::from(!keep);
+        let origins: Vec<OriginKey> = self.unconfirmed.keys().copied().collect();
+        for origin in origins {
+            let reached = self.reached(&origin);
+            let Some(waiting) = self.unconfirmed.get_mut(&origin) else {
+                continue;
+            };
+            let mut expired: Vec<OriginKey> = Vec::new();
+            waiting.retain(|&seq, u| {
+                let keep = seq > reached || now.saturating_sub(u.at) < SKIP_CONFIRM_US;
+                if !keep {
+                    expired.push(u.by);
+                }
                 keep
             });
-            !of_origin.is_empty()
-        });
-        self.unconfirmed_len -= expired;
-        self.stats.skips_unconfirmed += expired as u64;
+            if waiting.is_empty() {
+                self.unconfirmed.remove(&origin);
+            }
+            self.unconfirmed_len -= expired.len();
+            self.stats.skips_unconfirmed += expired.len() as u64;
+            for by in expired {
+                self.unconfirmed_by_dec(&by, 1);
+            }
+        }
     }
 
-    /// An event arrived whose number this node had taken as a Skip on `by`'s word (not its
-    /// origin's), and this node may hold it (the caller checked its own hop): the Skip was
-    /// wrong. The event is stored and delivered now, out of per-origin order
-    /// ([`AppEvent::Late`]), or in order if delivery had not reached it yet, and the
-    /// contradiction counted against `by`.
-    #[inline(never)]
-    fn accept_late(&mut self, event: Arc<Event>, by: OriginKey) -> Result<Inserted, StoreError> {
-        self.stats.skips_contradicted += 1;
-        if self.members.contains_key(&by) {
-            self.peers.entry(by).or_default().skips_contradicted += 1;
+    /// An event arrived that this node may not hold (refused, or carried as sealed
+    /// transit): a Skip waiting for confirmation of its number was right.
+    fn confirmed_by_event(&mut self, origin: &OriginKey, seq: u64) {
+        if self.unconfirmed_take(origin, seq).is_some() {
+            self.stats.skips_confirmed += 1;
         }
+    }
+
+    /// An event arrived whose number this node had taken as a Skip on `waiting.by`'s word
+    /// (not its origin's), and this node may hold it (the caller checked its own hop): the
+    /// Skip was wrong, unless the store finds the event erased here (then it was right) or
+    /// already held. The event is stored and delivered now, out of per-origin order
+    /// ([`AppEvent::Late`]), or in order if delivery had not reached it yet; the
+    /// contradiction is reported ([`AppEvent::SkipContradicted`]) and counted against the
+    /// sender. A store error puts the Skip back to wait, so the number is asked for again.
+    #[inline(never)]
+    fn accept_late(
+        &mut self,
+        event: Arc<Event>,
+        waiting: Unconfirmed,
+    ) -> Result<Inserted, StoreError> {
         let id = event.id();
-        if self.interested(event.stream()) {
+        let (origin, seq) = (event.origin(), event.seq());
+        let interested = self.interested(event.stream());
+        if interested {
             match self.store.insert(event.clone()) {
                 Ok(Inserted::New) => {}
                 Ok(Inserted::Duplicate) => {
@@ -3298,39 +3409,49 @@ impl<S: Store> Node<S> {
                     return Ok(Inserted::Duplicate);
                 }
                 Ok(Inserted::Erased) => {
+                    // Erased here too: the Skip (an erased Skip) was right.
                     self.stats.events_erased += 1;
+                    self.stats.skips_confirmed += 1;
                     self.arrived(&id);
                     return Ok(Inserted::Erased);
                 }
                 Err(e) => {
                     self.stats.events_refused += 1;
+                    self.unconfirmed_put(origin, seq, waiting);
                     return Err(e);
                 }
             }
-            let origin = event.origin();
-            if self
-                .seen
-                .get(&origin)
-                .is_some_and(|s| s.delivered >= event.seq())
-            {
-                self.stats.delivered += 1;
-                self.stats.delivered_late += 1;
-                self.app.push_back(AppEvent::Late {
-                    event,
-                    skipped_by: by,
-                });
-            } else {
-                // Delivery has not passed it yet (a gap below): it goes out in order.
-                self.advance_delivery(origin);
-            }
         } else {
+            if self.relay_cache.contains_key(&id) {
+                self.stats.events_duplicate += 1;
+                return Ok(Inserted::Duplicate);
+            }
             if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
                 && let Some(old) = self.relay_order.pop_front()
             {
                 self.relay_cache.remove(&old);
             }
-            self.relay_cache.insert(id, event);
+            self.relay_cache.insert(id, event.clone());
             self.relay_order.push_back(id);
+        }
+        self.stats.skips_contradicted += 1;
+        if self.members.contains_key(&waiting.by) {
+            self.peers.entry(waiting.by).or_default().skips_contradicted += 1;
+        }
+        self.app.push_back(AppEvent::SkipContradicted {
+            origin,
+            seq,
+            skipped_by: waiting.by,
+        });
+        if interested {
+            if self.seen.get(&origin).is_some_and(|s| s.delivered >= seq) {
+                self.stats.delivered += 1;
+                self.stats.delivered_late += 1;
+                self.app.push_back(AppEvent::Late(event));
+            } else {
+                // Delivery has not passed it yet (a gap below): it goes out in order.
+                self.advance_delivery(origin);
+            }
         }
         self.stats.events_new += 1;
         self.arrived(&id);
@@ -3391,6 +3512,7 @@ impl<S: Store> Node<S> {
                 // delivery it is a Skip.
                 FilterHop::Transit if !relay.is_empty() => {
                     self.stats.transit_forwarded += 1;
+                    self.confirmed_by_event(&event.origin(), event.seq());
                     self.skip_own(event.origin(), event.seq());
                     held.push(event);
                 }
@@ -3599,10 +3721,16 @@ impl<S: Store> Node<S> {
         let now = self.now;
         let mut digest = Digest::new();
         for (o, s) in self.seen.range_from(from) {
-            if let Some(waiting) = self.unconfirmed.get(o) {
+            if self.unconfirmed_len > 0
+                && let Some(waiting) = self.unconfirmed.get(o)
+            {
                 // Skips waiting for a second word: left out, so the partner answers for
                 // them (the event, or a Skip of its own).
-                let holes: Vec<(u64, u64)> = waiting.keys().map(|&q| (q, q)).collect();
+                let holes: Vec<(u64, u64)> = waiting
+                    .keys()
+                    .take(DIGEST_HOLES_MAX)
+                    .map(|&q| (q, q))
+                    .collect();
                 digest.push((*o, s.ranges.difference_ranges(&holes).into_iter().collect()));
                 continue;
             }
@@ -6507,12 +6635,20 @@ mod tests {
         let mut got = Vec::new();
         while let Some(e) = node.poll_event() {
             match e {
-                AppEvent::Deliver(e) => got.push((e.seq(), None)),
-                AppEvent::Late { event, skipped_by } => got.push((event.seq(), Some(skipped_by))),
+                AppEvent::Deliver(e) => got.push(format!("deliver {}", e.seq())),
+                AppEvent::Late(e) => got.push(format!("late {}", e.seq())),
+                AppEvent::SkipContradicted {
+                    origin,
+                    seq,
+                    skipped_by,
+                } => {
+                    assert_eq!((origin, skipped_by), (keys[2], keys[1]));
+                    got.push(format!("contradicted {seq}"));
+                }
                 _ => {}
             }
         }
-        assert_eq!(got, [(2, None), (1, Some(keys[1]))]);
+        assert_eq!(got, ["deliver 2", "contradicted 1", "late 1"]);
         assert!(node.store.get(&keys[2], 1).is_some(), "stored");
         assert_eq!(node.stats().skips_contradicted, 1);
         assert_eq!(node.stats().delivered_late, 1);
@@ -6522,17 +6658,20 @@ mod tests {
         node.check_invariants_full();
     }
 
-    /// A Skip on another node's word that no one confirms or contradicts is final after
-    /// [`SKIP_CONFIRM_US`] (the digest claims the number again); past the per-origin limit
-    /// further Skips are left untaken, the numbers staying gaps.
+    /// Skips on another node's word are bounded per sender (a further one is left untaken,
+    /// another sender's still counts) and digests leave out only the lowest
+    /// [`DIGEST_HOLES_MAX`] of an origin. One that no one confirms or contradicts is final
+    /// after [`SKIP_CONFIRM_US`] only once the origin is known to have reached its number:
+    /// a lie about numbers not yet published keeps waiting, and the event, when it comes,
+    /// contradicts it.
     #[test]
-    fn unconfirmed_skips_expire_and_are_bounded() {
+    fn unconfirmed_skips_are_bounded_and_expire_only_below_what_the_origin_reached() {
         let seeds = [1u8, 2, 3, 4];
         let mut nodes = mesh(&seeds, 2, 2, &[20_000u64; 36]);
         let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
         let node = &mut nodes[0];
         let origin = keys[2];
-        let n = UNCONFIRMED_PER_ORIGIN_MAX as u64;
+        let n = UNCONFIRMED_PER_SENDER_MAX as u64;
         for chunk in (1..=n + 10).collect::<Vec<_>>().chunks(100) {
             node.handle_message(
                 1,
@@ -6540,14 +6679,50 @@ mod tests {
                 Message::Skip(chunk.iter().map(|&q| (origin, q)).collect()),
             );
         }
-        assert_eq!(node.skips_unconfirmed_pending(), UNCONFIRMED_PER_ORIGIN_MAX);
+        assert_eq!(node.skips_unconfirmed_pending(), UNCONFIRMED_PER_SENDER_MAX);
         assert_eq!(node.stats().skips_deferred, 10);
         assert_eq!(node.seen.get(&origin).unwrap().delivered, n);
-        assert_eq!(digest_for(node, keys[3], origin), Some(vec![]));
-        node.handle_timeout(SKIP_CONFIRM_US / 2);
-        assert_eq!(digest_for(node, keys[3], origin), Some(vec![]));
-        node.handle_timeout(SKIP_CONFIRM_US + 2);
-        assert_eq!(digest_for(node, keys[3], origin), Some(vec![(1, n)]));
+        let lowest = DIGEST_HOLES_MAX as u64;
+        assert_eq!(
+            digest_for(node, keys[3], origin),
+            Some(vec![(lowest + 1, n)])
+        );
+        // Another sender's word still counts.
+        node.handle_message(2, keys[3], Message::Skip(vec![(origin, n + 1)]));
+        assert_eq!(
+            node.skips_unconfirmed_pending(),
+            UNCONFIRMED_PER_SENDER_MAX + 1
+        );
+        // Past the window, nothing expires: the origin is not known to have reached any of
+        // these numbers.
+        node.handle_timeout(SKIP_CONFIRM_US + 10);
+        assert_eq!(
+            digest_for(node, keys[3], origin),
+            Some(vec![(lowest + 1, n + 1)])
+        );
+        assert_eq!(node.stats().skips_unconfirmed, 0);
+        // Event 1 comes: the lie is contradicted, the event delivered late.
+        let e1 = signed_event(3, 1, "orders.eu", b"one").unwrap();
+        let push = Message::Push {
+            events: vec![e1],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        node.handle_message(SKIP_CONFIRM_US + 20, origin, push);
+        assert_eq!(node.stats().skips_contradicted, 1);
+        assert_eq!(node.stats().delivered_late, 1);
+        // The origin's own Skip for n + 5 shows it reached that far: the waiting numbers
+        // below it are final at the next round, and the digest claims them.
+        node.handle_message(
+            SKIP_CONFIRM_US + 30,
+            origin,
+            Message::Skip(vec![(origin, n + 5)]),
+        );
+        assert_eq!(
+            digest_for(node, keys[3], origin),
+            Some(vec![(1, n + 1), (n + 5, n + 5)])
+        );
         assert_eq!(node.skips_unconfirmed_pending(), 0);
         assert_eq!(node.stats().skips_unconfirmed, n);
         node.check_invariants_full();
@@ -6668,6 +6843,7 @@ mod tests {
             let mut delivered: BTreeMap<OriginKey, u64> = BTreeMap::new();
             let mut seen: BTreeSet<(OriginKey, u64)> = BTreeSet::new();
             let mut late = 0u64;
+            let mut contradicted: Vec<(OriginKey, u64)> = Vec::new();
             // Events of the node's own origin come only from what it published: a peer cannot
             // sign as the node, only replay it.
             let events_of = |refs: &[(u8, u64, u8)], own: u64| -> Vec<Arc<Event>> {
@@ -6766,13 +6942,17 @@ mod tests {
                             let last = delivered.insert(origin, seq).unwrap_or(0);
                             prop_assert!(seq > last, "{origin:?}: {seq} delivered after {last}");
                         }
-                        // Out of order, and only after another node's Skip for it.
-                        AppEvent::Late { event, skipped_by } => {
+                        // Out of order, and only right after a contradicted Skip for it.
+                        AppEvent::Late(event) => {
                             let (origin, seq) = (event.origin(), event.seq());
                             prop_assert_eq!(node.own_hop(&event), FilterHop::Clear, "delivered {:?}", event);
                             prop_assert!(seen.insert((origin, seq)), "({origin:?}, {seq}) delivered twice");
-                            prop_assert_ne!(skipped_by, origin);
+                            prop_assert_eq!(contradicted.last(), Some(&(origin, seq)));
                             late += 1;
+                        }
+                        AppEvent::SkipContradicted { origin, seq, skipped_by } => {
+                            prop_assert_ne!(skipped_by, origin);
+                            contradicted.push((origin, seq));
                         }
                         _ => {}
                     }
@@ -6781,6 +6961,7 @@ mod tests {
             }
             node.check_invariants_full();
             prop_assert_eq!(node.stats().delivered_late, late);
+            prop_assert_eq!(node.stats().skips_contradicted, contradicted.len() as u64);
             if residency {
                 // Neither delivered, nor stored, nor kept for relaying: every event of the
                 // two restricted origins the steps can have made.
