@@ -260,6 +260,8 @@ pub(crate) struct Driver {
     table_stats: BTreeMap<&'static str, weft_fabric::table::ConflictStats>,
     /// The strategy each table stream was built with (`tables::apply`'s memory).
     tables_built: BTreeMap<String, weft_fabric::table::Strategy>,
+    /// Tables a late write reached in this step: rebuilt once each at its end.
+    late_tables: BTreeMap<weft_fabric::StreamName, weft_fabric::table::Strategy>,
 }
 
 impl Driver {
@@ -305,6 +307,7 @@ impl Driver {
             tables: None,
             table_stats: BTreeMap::new(),
             tables_built: BTreeMap::new(),
+            late_tables: BTreeMap::new(),
         }
     }
 
@@ -869,7 +872,7 @@ impl Driver {
                         "skip_contradicted",
                         self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
                         format!(
-                            "peer {skipped_by} said sequence number {seq} of origin {origin} was not for this node, but the event came and this node may hold it (the peer lied, or judged under another policy epoch or erase rule); the event is stored and delivered"
+                            "peer {skipped_by} said sequence number {seq} of origin {origin} was not for this node, but the event came and this node may hold it (the peer lied, or judged under another policy epoch or erase rule); the event is taken"
                         ),
                     ));
                 }
@@ -895,6 +898,25 @@ impl Driver {
                     self.members.remove(&m.node_key());
                     self.down.insert(m.node_key(), *m);
                 }
+            }
+        }
+        self.rebuild_late_tables();
+    }
+
+    /// Rebuilds, once each, the tables late writes reached in this step (see
+    /// [`Driver::deliver_late`]).
+    fn rebuild_late_tables(&mut self) {
+        for (stream, strategy) in std::mem::take(&mut self.late_tables) {
+            let stats = self.table_stats.entry(strategy.as_str()).or_default();
+            let result = self
+                .node
+                .store_mut()
+                .write_conn()
+                .map_err(|e| e.to_string())
+                .and_then(|conn| crate::tables::rebuild(conn, strategy, &stream, stats));
+            if let Err(e) = result {
+                self.metrics.reject("table_apply_failed");
+                warn!(stream = %stream, error = %e, "rebuilding a table for late writes failed");
             }
         }
     }
@@ -923,7 +945,8 @@ impl Driver {
 
     /// Appends an event delivered out of per-origin order ([`AppEvent::Late`]). A table
     /// tracks what each origin wrote by its highest sequence number, so a table write that
-    /// comes late rebuilds its table from the log (in per-origin order) instead.
+    /// comes late has its table rebuilt from the log (in per-origin order) at the end of
+    /// the step, once however many late writes reached it.
     fn deliver_late(&mut self, event: &Event) {
         let strategy = event
             .key()
@@ -937,17 +960,7 @@ impl Driver {
             Ok(pos) => {
                 self.last_pos = pos;
                 self.metrics.deliveries.inc();
-                let stats = self.table_stats.entry(strategy.as_str()).or_default();
-                let result = self
-                    .node
-                    .store_mut()
-                    .write_conn()
-                    .map_err(|e| e.to_string())
-                    .and_then(|conn| crate::tables::rebuild(conn, strategy, event.stream(), stats));
-                if let Err(e) = result {
-                    self.metrics.reject("table_apply_failed");
-                    warn!(event = %event.id(), error = %e, "rebuilding a table for a late write failed");
-                }
+                self.late_tables.insert(event.stream().clone(), strategy);
             }
             Err(e) => {
                 self.metrics.reject("log_append_failed");

@@ -124,9 +124,12 @@ pub const SYNC_SETTLED_US: Micros = 30_000_000;
 pub const SKIP_CONFIRM_US: Micros = 120_000_000;
 /// Most numbers waiting for confirmation on one sender's word: a lying sender fills its own
 /// quota, not the others'.
-pub const UNCONFIRMED_PER_SENDER_MAX: usize = 1_024;
+/// Honest senders use it too (the node a device publishes through sends every Skip for
+/// the device's restricted events), so it is sized for several seconds of such Skips
+/// between confirmations.
+pub const UNCONFIRMED_PER_SENDER_MAX: usize = 8_192;
 /// Most numbers waiting for confirmation over every sender (some 100 bytes each).
-pub const UNCONFIRMED_LEN_MAX: usize = 16_384;
+pub const UNCONFIRMED_LEN_MAX: usize = 65_536;
 /// Most waiting numbers of one origin an anti-entropy digest leaves out (the lowest; the
 /// rest wait for later rounds): each is a hole in the origin's ranges, of which a digest
 /// holds at most [`RANGES_PER_ORIGIN_MAX`].
@@ -3245,7 +3248,9 @@ impl<S: Store> Node<S> {
                 self.stats.skips_deferred += 1;
                 continue;
             }
-            if self.skip_own(origin, seq) {
+            // At the seen-set's range limit a number may not be recorded (the set drops its
+            // highest range): nothing then waits for it.
+            if self.skip_own(origin, seq) && self.has_seen(&origin, seq) {
                 self.unconfirmed_put(
                     origin,
                     seq,
@@ -3406,6 +3411,7 @@ impl<S: Store> Node<S> {
                 Ok(Inserted::New) => {}
                 Ok(Inserted::Duplicate) => {
                     self.stats.events_duplicate += 1;
+                    self.arrived(&id);
                     return Ok(Inserted::Duplicate);
                 }
                 Ok(Inserted::Erased) => {
@@ -3424,6 +3430,7 @@ impl<S: Store> Node<S> {
         } else {
             if self.relay_cache.contains_key(&id) {
                 self.stats.events_duplicate += 1;
+                self.arrived(&id);
                 return Ok(Inserted::Duplicate);
             }
             if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
@@ -3600,9 +3607,21 @@ impl<S: Store> Node<S> {
                 .seen
                 .get(&r.origin)
                 .is_some_and(|s| s.ranges.contains(r.seq))
-                || self.store.holds(&r)
-                || self.relay_cache.contains_key(&r.id)
             {
+                // Seen on another node's word only, and announced by a third: a node that
+                // holds the event and may send it here. Fetch it: if it comes, it
+                // contradicts the Skip now rather than at the next anti-entropy round.
+                if self
+                    .unconfirmed_get(&r.origin, r.seq)
+                    .is_some_and(|u| u.by != from)
+                    && !self.store.holds(&r)
+                    && !self.relay_cache.contains_key(&r.id)
+                {
+                    self.note_missing(from, r);
+                }
+                continue;
+            }
+            if self.store.holds(&r) || self.relay_cache.contains_key(&r.id) {
                 continue;
             }
             self.note_missing(from, r);
@@ -3726,9 +3745,11 @@ impl<S: Store> Node<S> {
             {
                 // Skips waiting for a second word: left out, so the partner answers for
                 // them (the event, or a Skip of its own).
+                // Each hole can split a range: stay within the ranges a digest entry holds.
+                let room = RANGES_PER_ORIGIN_MAX.saturating_sub(s.ranges.range_count() + 1);
                 let holes: Vec<(u64, u64)> = waiting
                     .keys()
-                    .take(DIGEST_HOLES_MAX)
+                    .take(DIGEST_HOLES_MAX.min(room))
                     .map(|&q| (q, q))
                     .collect();
                 digest.push((*o, s.ranges.difference_ranges(&holes).into_iter().collect()));
@@ -6655,6 +6676,45 @@ mod tests {
         assert_eq!(node.skips_contradicted_by(&keys[1]), 1);
         assert_eq!(node.skips_contradicted_by(&keys[2]), 0);
         assert_eq!(node.skips_unconfirmed_pending(), 0);
+        node.check_invariants_full();
+    }
+
+    /// An IHAVE from a third node for a number taken on another node's word fetches the
+    /// event (a GRAFT when the timer fires), which then contradicts the Skip; the Skip's
+    /// own sender announcing it fetches nothing.
+    #[test]
+    fn an_announcement_of_a_skipped_number_fetches_the_event() {
+        let seeds = [1u8, 2, 3, 4];
+        let mut nodes = mesh(&seeds, 2, 2, &[20_000u64; 36]);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let node = &mut nodes[0];
+        let e1 = signed_event(3, 1, "orders.eu", b"one").unwrap();
+        node.handle_message(1, keys[1], Message::Skip(vec![(keys[2], 1)]));
+        let refs = vec![EventRef::of(&e1)];
+        node.handle_message(2, keys[1], Message::IHave(refs.clone()));
+        assert!(
+            node.missing.is_empty(),
+            "the liar's own announcement fetches nothing"
+        );
+        node.handle_message(3, keys[3], Message::IHave(refs));
+        assert!(node.missing.contains_key(&e1.id()));
+        while node.poll_transmit().is_some() {}
+        node.handle_timeout(3 + node.config.graft_timeout_us);
+        let grafts: Vec<Message> = drain_to(node, keys[3])
+            .into_iter()
+            .filter(|m| matches!(m, Message::Graft(_)))
+            .collect();
+        assert_eq!(grafts.len(), 1, "{grafts:?}");
+        // The answer contradicts the Skip.
+        let push = Message::Push {
+            events: vec![e1],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        node.handle_message(4 + node.config.graft_timeout_us, keys[3], push);
+        assert_eq!(node.stats().skips_contradicted, 1);
+        assert!(node.missing.is_empty());
         node.check_invariants_full();
     }
 
