@@ -10,6 +10,15 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
+/// The event ids a publish answered with.
+fn ids_in(body: &Value) -> impl Iterator<Item = String> + '_ {
+    body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+}
+
 /// GETs `url` and parses the JSON body (panics on any failure: tests only).
 async fn get_json<T: serde::de::DeserializeOwned>(url: String) -> T {
     reqwest::get(url).await.unwrap().json().await.unwrap()
@@ -175,13 +184,7 @@ fn a_partition_through_the_chaos_api_heals_and_the_sides_converge() {
             let data: Vec<Value> = (0..50).map(|k| json!({"side": i, "k": k})).collect();
             let (status, body) = c.publish(i, "p", "local", &data).await;
             assert_eq!(status, 200, "{body}");
-            ids.extend(
-                body["ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_string()),
-            );
+            ids.extend(ids_in(&body));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         // During the partition, ap has only its own 50.
@@ -955,13 +958,7 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
             let data: Vec<Value> = (0..5).map(|k| json!({"round": round, "k": k})).collect();
             let (status, body) = c.publish(0, "hidden", "local", &data).await;
             assert_eq!(status, 200, "{body}");
-            ids.extend(
-                body["ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_string()),
-            );
+            ids.extend(ids_in(&body));
             // A counter write too: a late one must still count in ap's table.
             let r = reqwest::Client::new()
                 .put(c.url(0, "/v1/tables/cnt.stock/sku-1"))
@@ -1028,15 +1025,7 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
             "{status}"
         );
         // Audited, naming the liar.
-        let audit: Value = reqwest::Client::new()
-            .get(c.url(2, "/v1/audit?reason=skip_contradicted"))
-            .bearer_auth(&c.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let audit = c.get_auth(2, "/v1/audit?reason=skip_contradicted").await;
         let entries = audit["entries"]
             .as_array()
             .unwrap_or_else(|| panic!("{audit}"));

@@ -394,15 +394,7 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         std::fs::write(&c.nodes[2].config, cfg).unwrap();
         c.start(2);
         c.wait_healthy(2).await;
-        let v: Value = reqwest::Client::new()
-            .get(c.url(2, "/v1/audit?reason=jurisdiction_claim"))
-            .bearer_auth(&c.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = c.get_auth(2, "/v1/audit?reason=jurisdiction_claim").await;
         assert_eq!(v["entries"].as_array().unwrap().len(), 1, "{v}");
     });
 }

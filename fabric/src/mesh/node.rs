@@ -6582,6 +6582,16 @@ mod tests {
         node.check_invariants_full();
     }
 
+    /// A plain push of `events` (no relay hops, no acknowledgement).
+    fn push_of(events: Vec<Arc<Event>>) -> Message {
+        Message::Push {
+            events,
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        }
+    }
+
     /// The digest `node` sends `to` in an anti-entropy round it starts now: the ranges it
     /// lists for `origin`.
     fn digest_for(
@@ -6643,16 +6653,10 @@ mod tests {
         let e2 = signed_event(3, 2, "orders.eu", b"two").unwrap();
         assert_eq!(e1.origin(), keys[2]);
         node.handle_message(1, keys[1], Message::Skip(vec![(keys[2], 1)]));
-        let push = |events| Message::Push {
-            events,
-            relay: Vec::new(),
-            ack: 0,
-            reroutes: 0,
-        };
-        node.handle_message(2, keys[2], push(vec![e2.clone()]));
-        node.handle_message(3, keys[2], push(vec![e1.clone()]));
+        node.handle_message(2, keys[2], push_of(vec![e2.clone()]));
+        node.handle_message(3, keys[2], push_of(vec![e1.clone()]));
         // Once more, from another node: a duplicate now.
-        node.handle_message(4, keys[3], push(vec![e1.clone()]));
+        node.handle_message(4, keys[3], push_of(vec![e1.clone()]));
         let mut got = Vec::new();
         while let Some(e) = node.poll_event() {
             match e {
@@ -6706,12 +6710,7 @@ mod tests {
             .collect();
         assert_eq!(grafts.len(), 1, "{grafts:?}");
         // The answer contradicts the Skip.
-        let push = Message::Push {
-            events: vec![e1],
-            relay: Vec::new(),
-            ack: 0,
-            reroutes: 0,
-        };
+        let push = push_of(vec![e1]);
         node.handle_message(4 + node.config.graft_timeout_us, keys[3], push);
         assert_eq!(node.stats().skips_contradicted, 1);
         assert!(node.missing.is_empty());
@@ -6763,12 +6762,7 @@ mod tests {
         assert_eq!(node.stats().skips_unconfirmed, 0);
         // Event 1 comes: the lie is contradicted, the event delivered late.
         let e1 = signed_event(3, 1, "orders.eu", b"one").unwrap();
-        let push = Message::Push {
-            events: vec![e1],
-            relay: Vec::new(),
-            ack: 0,
-            reroutes: 0,
-        };
+        let push = push_of(vec![e1]);
         node.handle_message(SKIP_CONFIRM_US + 20, origin, push);
         assert_eq!(node.stats().skips_contradicted, 1);
         assert_eq!(node.stats().delivered_late, 1);

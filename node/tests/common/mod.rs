@@ -276,6 +276,19 @@ enabled = true
         }
     }
 
+    /// GETs `path` on node `i` with the cluster's token and parses the JSON body.
+    pub async fn get_auth(&self, i: usize, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(self.url(i, path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn chaos(&self, i: usize, rules: Value) {
         let r = reqwest::Client::new()
             .post(self.url(i, "/v1/chaos"))
