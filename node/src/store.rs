@@ -364,6 +364,17 @@ pub(crate) struct ErasedEvent {
     pub(crate) key: Option<Vec<u8>>,
 }
 
+/// Skips taken on another node's word that wait for confirmation (`Store::waiting_skips`;
+/// idempotent, run at every open). Bounded by the core (`UNCONFIRMED_LEN_MAX` rows).
+const WAITING_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS waiting_skips (
+    origin BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    sender BLOB NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+";
+
 /// Erase rules and erased events (idempotent; run at every open).
 const ERASE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS erase_rules (
@@ -700,6 +711,7 @@ impl SqliteStore {
         // Keyed tables' materialized state (added after version 1; created when missing).
         conn.execute_batch(crate::tables::SCHEMA).map_err(sqlite)?;
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
+        conn.execute_batch(WAITING_SCHEMA).map_err(sqlite)?;
         let erase_rules = load_erase_rules(&conn).map_err(|source| OpenError::Load {
             path: path.clone(),
             source,
@@ -1427,6 +1439,82 @@ impl Store for SqliteStore {
         Some(max.map_or(0, |m| u64::try_from(m).unwrap_or(0)))
     }
 
+    fn waiting_skips(&self) -> Vec<(OriginKey, u64, OriginKey)> {
+        let rows = self
+            .conn
+            .prepare_cached("SELECT origin, seq, sender FROM waiting_skips")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            });
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The node then takes them as final, as a store that keeps none would.
+                tracing::error!(error = %e, "reading waiting Skips failed");
+                return Vec::new();
+            }
+        };
+        rows.into_iter()
+            .filter_map(|(origin, seq, by)| {
+                let parsed = (
+                    key32(&origin, "origin").ok(),
+                    u64::try_from(seq).ok(),
+                    key32(&by, "sender").ok(),
+                );
+                let (Some(origin), Some(seq), Some(by)) = parsed else {
+                    tracing::error!("corrupt waiting Skip row skipped");
+                    return None;
+                };
+                Some((OriginKey(origin), seq, OriginKey(by)))
+            })
+            .collect()
+    }
+
+    fn put_waiting_skip(&mut self, origin: &OriginKey, seq: u64, by: &OriginKey) {
+        let Ok(seq_sql) = i64::try_from(seq) else {
+            return;
+        };
+        let result = self.begin_write().and_then(|()| {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO waiting_skips (origin, seq, sender) \
+                     VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &by.0[..]]))
+                .map_err(backend)
+        });
+        match result {
+            Ok(_) => self.tx_writes += 1,
+            // Kept in memory only: a restart would take it as final.
+            Err(e) => tracing::error!(error = %e, "recording a waiting Skip failed"),
+        }
+    }
+
+    fn take_waiting_skip(&mut self, origin: &OriginKey, seq: u64) {
+        let Ok(seq_sql) = i64::try_from(seq) else {
+            return;
+        };
+        let result = self.begin_write().and_then(|()| {
+            self.conn
+                .prepare_cached("DELETE FROM waiting_skips WHERE origin = ?1 AND seq = ?2")
+                .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql]))
+                .map_err(backend)
+        });
+        match result {
+            Ok(_) => self.tx_writes += 1,
+            // The row stays; a restart reloads it, and the node drops it if it no longer
+            // applies (the number is then not in the rebuilt seen-set) or it waits again.
+            Err(e) => tracing::error!(error = %e, "clearing a waiting Skip failed"),
+        }
+    }
+
     fn len(&self) -> usize {
         self.state.len
     }
@@ -1439,7 +1527,7 @@ impl Store for SqliteStore {
                 .execute_batch(
                     "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
                      DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup; \
-                     DELETE FROM erased; DELETE FROM erase_rules;",
+                     DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM waiting_skips;",
                 )
                 .map_err(backend)
         });
@@ -1866,6 +1954,80 @@ mod tests {
         assert_eq!(reader.cursor_get("sub"), Ok(None));
         store.commit().unwrap();
         assert_eq!(reader.cursor_get("sub"), Ok(Some(("a".into(), 4))));
+    }
+
+    /// A Skip taken on another node's word and still waiting survives a restart of the
+    /// mesh core on this store: the delivery log's cursor passes its number (the next
+    /// event of the origin was logged), so without the `waiting_skips` row the restarted
+    /// node would hold the number as seen for good; with it, the event still contradicts
+    /// the Skip and is delivered late. The rows are cleared when the Skip stops waiting,
+    /// and with the store.
+    #[test]
+    fn a_waiting_skip_survives_a_restart_on_the_sqlite_store() {
+        use weft_fabric::mesh::node::{AppEvent, MeshConfig, Node};
+        use weft_fabric::mesh::{MemberInfo, Message};
+        let dir = tempfile::tempdir().unwrap();
+        let me = MemberInfo {
+            key: Signer::from_secret(&[9; 32]).origin().0,
+            region: "aws:ap-northeast-1".into(),
+            cloud: "aws".into(),
+            jurisdiction: "JP".into(),
+            addr: "127.0.0.1:1".into(),
+            policy_epoch: 0,
+            generation: 0,
+        };
+        let (e1, e2) = (event(1, "orders", 1, b"one"), event(1, "orders", 2, b"two"));
+        let (origin, liar, honest) = (e1.origin(), OriginKey([2; 32]), OriginKey([3; 32]));
+        let push = |e: &Arc<Event>| Message::Push {
+            events: vec![e.clone()],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        let mut node = Node::new(me.clone(), MeshConfig::wan(4), 1, open(dir.path()), 0);
+        node.handle_message(1, liar, Message::Skip(vec![(origin, 1)]));
+        node.handle_message(2, origin, push(&e2));
+        let mut delivered = Vec::new();
+        while let Some(e) = node.poll_event() {
+            if let AppEvent::Deliver(e) = e {
+                delivered.push(e);
+            }
+        }
+        assert_eq!(delivered.len(), 1);
+        let mut store = node.into_store();
+        store.append_log(&delivered[0]).unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.delivered(&origin), Some(2));
+        drop(store);
+
+        let mut node = Node::new(me.clone(), MeshConfig::wan(4), 2, open(dir.path()), 5);
+        assert_eq!(node.skips_unconfirmed_pending(), 1, "still waiting");
+        node.handle_message(6, honest, push(&e1));
+        let mut got = Vec::new();
+        while let Some(e) = node.poll_event() {
+            match e {
+                AppEvent::SkipContradicted {
+                    seq, skipped_by, ..
+                } => got.push(format!("contradicted {seq} by liar {}", skipped_by == liar)),
+                AppEvent::Late(e) => got.push(format!("late {}", e.seq())),
+                AppEvent::Deliver(e) => got.push(format!("deliver {}", e.seq())),
+                _ => {}
+            }
+        }
+        assert_eq!(got, ["contradicted 1 by liar true", "late 1"]);
+        let mut store = node.into_store();
+        store.commit().unwrap();
+        assert!(
+            store.waiting_skips().is_empty(),
+            "the row went with the wait"
+        );
+
+        store.put_waiting_skip(&origin, 3, &liar);
+        store.commit().unwrap();
+        assert_eq!(store.waiting_skips(), [(origin, 3, liar)]);
+        store.clear();
+        store.commit().unwrap();
+        assert!(store.waiting_skips().is_empty(), "cleared with the store");
     }
 
     #[test]

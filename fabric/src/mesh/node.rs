@@ -1034,6 +1034,7 @@ impl<S: Store> Node<S> {
             .filter(|(_, s)| s.delivered < s.ranges.contiguous())
             .map(|(o, _)| *o)
             .collect();
+        node.reload_waiting_skips();
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
         node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);
@@ -3285,17 +3286,47 @@ impl<S: Store> Node<S> {
         self.unconfirmed.get(origin)?.get(&seq).copied()
     }
 
-    /// Puts `(origin, seq)` among the Skips waiting for confirmation (not there yet).
+    /// Puts `(origin, seq)` among the Skips waiting for confirmation (not there yet), in
+    /// memory and in the store (so that a restart keeps it waiting).
     fn unconfirmed_put(&mut self, origin: OriginKey, seq: u64, u: Unconfirmed) {
-        if self
+        if self.unconfirmed_note(origin, seq, u) {
+            self.store.put_waiting_skip(&origin, seq, &u.by);
+        }
+    }
+
+    /// [`Node::unconfirmed_put`] in memory only; whether the entry is new.
+    fn unconfirmed_note(&mut self, origin: OriginKey, seq: u64, u: Unconfirmed) -> bool {
+        let new = self
             .unconfirmed
             .entry(origin)
             .or_default()
             .insert(seq, u)
-            .is_none()
-        {
+            .is_none();
+        if new {
             self.unconfirmed_len += 1;
             *self.unconfirmed_by.entry(u.by).or_default() += 1;
+        }
+        new
+    }
+
+    /// Reloads the Skips the store kept waiting ([`Store::waiting_skips`]) after a
+    /// restart. Their confirmation time starts again now (the node's clock does not
+    /// survive a restart). An entry whose number the rebuilt seen-set lacks (above the
+    /// restored delivery cursor: anti-entropy asks for it again) or beyond the quotas is
+    /// dropped from the store.
+    fn reload_waiting_skips(&mut self) {
+        let me = self.me.node_key();
+        for (origin, seq, by) in self.store.waiting_skips() {
+            let keep = seq > 0
+                && origin != me
+                && origin != by
+                && self.has_seen(&origin, seq)
+                && self.unconfirmed_len < UNCONFIRMED_LEN_MAX
+                && self.unconfirmed_by.get(&by).copied().unwrap_or(0) < UNCONFIRMED_PER_SENDER_MAX;
+            let at = self.now;
+            if !(keep && self.unconfirmed_note(origin, seq, Unconfirmed { by, at })) {
+                self.store.take_waiting_skip(&origin, seq);
+            }
         }
     }
 
@@ -3309,6 +3340,7 @@ impl<S: Store> Node<S> {
         if of_origin.is_empty() {
             self.unconfirmed.remove(origin);
         }
+        self.store.take_waiting_skip(origin, seq);
         self.unconfirmed_len -= 1;
         self.unconfirmed_by_dec(&taken.by, 1);
         Some(taken)
@@ -3363,11 +3395,11 @@ impl<S: Store> Node<S> {
             let Some(waiting) = self.unconfirmed.get_mut(&origin) else {
                 continue;
             };
-            let mut expired: Vec<OriginKey> = Vec::new();
+            let mut expired: Vec<(u64, OriginKey)> = Vec::new();
             waiting.retain(|&seq, u| {
                 let keep = seq > reached || now.saturating_sub(u.at) < SKIP_CONFIRM_US;
                 if !keep {
-                    expired.push(u.by);
+                    expired.push((seq, u.by));
                 }
                 keep
             });
@@ -3376,8 +3408,9 @@ impl<S: Store> Node<S> {
             }
             self.unconfirmed_len -= expired.len();
             self.stats.skips_unconfirmed += expired.len() as u64;
-            for by in expired {
+            for (seq, by) in expired {
                 self.unconfirmed_by_dec(&by, 1);
+                self.store.take_waiting_skip(&origin, seq);
             }
         }
     }
@@ -6681,6 +6714,69 @@ mod tests {
         assert_eq!(node.skips_contradicted_by(&keys[2]), 0);
         assert_eq!(node.skips_unconfirmed_pending(), 0);
         node.check_invariants_full();
+    }
+
+    /// A Skip waiting for confirmation survives a restart with the store: the restarted
+    /// node still leaves its number out of digests, and the event, when it comes,
+    /// contradicts it and is delivered late, as before the restart. Without the store's
+    /// record the rebuilt seen-set (up to the delivery cursor) would hold the number as
+    /// seen for good.
+    #[test]
+    fn a_waiting_skip_survives_a_restart_with_the_store() {
+        let seeds = [1u8, 2, 3, 4];
+        let mut nodes = mesh(&seeds, 2, 2, &[20_000u64; 36]);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let node = nodes.swap_remove(0);
+        let (me, config) = (node.me().clone(), node.config.clone());
+        let mut node = node;
+        let e1 = signed_event(3, 1, "orders.eu", b"one").unwrap();
+        let e2 = signed_event(3, 2, "orders.eu", b"two").unwrap();
+        node.handle_message(1, keys[1], Message::Skip(vec![(keys[2], 1)]));
+        node.handle_message(2, keys[2], push_of(vec![e2.clone()]));
+        while node.poll_event().is_some() {}
+        assert_eq!(node.store().delivered(&keys[2]), Some(2));
+        assert_eq!(node.store().waiting_skips(), [(keys[2], 1, keys[1])]);
+        // Restart on the same store, later.
+        let t = 100_000_000;
+        let mut node = Node::new(me.clone(), config.clone(), 9, node.into_store(), t);
+        assert_eq!(node.skips_unconfirmed_pending(), 1);
+        assert_eq!(
+            digest_for(&mut node, keys[3], keys[2]),
+            Some(vec![(2, 2)]),
+            "the waiting number is asked for again"
+        );
+        node.check_invariants_full();
+        // Its confirmation time started again at the restart: not final 120 s after the
+        // Skip, only 120 s after the restart.
+        let later = SKIP_CONFIRM_US + 1;
+        node.handle_timeout(later);
+        node.expire_unconfirmed();
+        assert_eq!(node.skips_unconfirmed_pending(), 1);
+        node.handle_message(later + 1, keys[3], push_of(vec![e1.clone()]));
+        let mut got = Vec::new();
+        while let Some(e) = node.poll_event() {
+            match e {
+                AppEvent::Late(e) => got.push(format!("late {}", e.seq())),
+                AppEvent::SkipContradicted {
+                    seq, skipped_by, ..
+                } => {
+                    assert_eq!(skipped_by, keys[1]);
+                    got.push(format!("contradicted {seq}"));
+                }
+                AppEvent::Deliver(e) => got.push(format!("deliver {}", e.seq())),
+                _ => {}
+            }
+        }
+        assert_eq!(got, ["contradicted 1", "late 1"]);
+        assert!(node.store().waiting_skips().is_empty(), "no longer waiting");
+        node.check_invariants_full();
+        // A record whose number the rebuilt seen-set lacks (above the delivery cursor,
+        // with nothing stored there) is dropped: anti-entropy asks for the number anyway.
+        let mut store = node.into_store();
+        store.put_waiting_skip(&keys[2], 7, &keys[1]);
+        let node = Node::new(me, config, 10, store, later + 2);
+        assert_eq!(node.skips_unconfirmed_pending(), 0);
+        assert!(node.store().waiting_skips().is_empty());
     }
 
     /// An IHAVE from a third node for a number taken on another node's word fetches the

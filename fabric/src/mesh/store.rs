@@ -102,6 +102,24 @@ pub trait Store {
     fn set_delivered(&mut self, origin: &OriginKey, seq: u64) {
         let _ = (origin, seq);
     }
+    /// Skips this node took on another node's word than the origin's and that still wait
+    /// for confirmation (`Node::on_skip`): `(origin, seq, sender)`, in any order. A
+    /// restarted node reloads them, so that a false Skip taken shortly before a restart
+    /// is still contradicted by the event instead of becoming final. Default: none kept
+    /// (a restart then takes every waiting Skip as final).
+    fn waiting_skips(&self) -> Vec<(OriginKey, u64, OriginKey)> {
+        Vec::new()
+    }
+    /// Records that the Skip of `(origin, seq)` from `by` waits for confirmation. The core
+    /// keeps at most [`super::node::UNCONFIRMED_LEN_MAX`] at once. Default: not kept.
+    fn put_waiting_skip(&mut self, origin: &OriginKey, seq: u64, by: &OriginKey) {
+        let _ = (origin, seq, by);
+    }
+    /// Records that the Skip of `(origin, seq)` no longer waits (confirmed, contradicted or
+    /// expired). Default: not kept.
+    fn take_waiting_skip(&mut self, origin: &OriginKey, seq: u64) {
+        let _ = (origin, seq);
+    }
     /// Number of stored events.
     fn len(&self) -> usize;
     /// Whether nothing is stored.
@@ -140,6 +158,9 @@ pub struct MemStore {
     erased: std::collections::BTreeSet<(OriginKey, u64)>,
     /// Delivery cursors ([`Store::set_delivered`]): they survive a restart with the store.
     delivered: HashMap<OriginKey, u64, KeyBuildHasher>,
+    /// Skips waiting for confirmation ([`Store::put_waiting_skip`]), by sender: they
+    /// survive a restart with the store.
+    waiting: BTreeMap<(OriginKey, u64), OriginKey>,
 }
 
 /// One origin's events and the ranges of their sequence numbers (one map lookup serves
@@ -240,6 +261,7 @@ impl MemStore {
             len_max,
             erased: std::collections::BTreeSet::new(),
             delivered: HashMap::default(),
+            waiting: BTreeMap::new(),
         }
     }
 
@@ -348,8 +370,24 @@ impl Store for MemStore {
         self.delivered.insert(*origin, seq);
     }
 
+    fn waiting_skips(&self) -> Vec<(OriginKey, u64, OriginKey)> {
+        self.waiting
+            .iter()
+            .map(|(&(origin, seq), &by)| (origin, seq, by))
+            .collect()
+    }
+
+    fn put_waiting_skip(&mut self, origin: &OriginKey, seq: u64, by: &OriginKey) {
+        self.waiting.insert((*origin, seq), *by);
+    }
+
+    fn take_waiting_skip(&mut self, origin: &OriginKey, seq: u64) {
+        self.waiting.remove(&(*origin, seq));
+    }
+
     fn clear(&mut self) {
         self.delivered.clear();
+        self.waiting.clear();
         self.by_origin.clear();
         self.origins.clear();
         self.len = 0;
