@@ -859,22 +859,23 @@ impl Driver {
                     debug!(event = %event.id(), "erased before delivery");
                 }
                 AppEvent::Deliver(event) => self.deliver(&event),
-                AppEvent::SkipContradicted {
-                    origin,
-                    seq,
-                    skipped_by,
-                } => {
+                AppEvent::SkipContradicted { event, skipped_by } => {
                     // A peer's Skip was wrong: the event came, and this node may hold it.
+                    let (origin, seq, id) = (event.origin(), event.seq(), event.id());
                     self.metrics.reject("skip_contradicted");
-                    warn!(%origin, seq, peer = %skipped_by, "a peer's Skip was contradicted by the event");
-                    self.audit.record(crate::audit::Entry::now(
-                        crate::audit::Decision::Deny,
-                        "skip_contradicted",
-                        self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
-                        format!(
-                            "peer {skipped_by} said sequence number {seq} of origin {origin} was not for this node, but the event came and this node may hold it (the peer lied, or judged under another policy epoch or erase rule); the event is taken"
-                        ),
-                    ));
+                    warn!(%origin, seq, event = %id, peer = %skipped_by, "a peer's Skip was contradicted by the event");
+                    self.audit.record(
+                        crate::audit::Entry::now(
+                            crate::audit::Decision::Deny,
+                            "skip_contradicted",
+                            self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                            format!(
+                                "peer {skipped_by} said sequence number {seq} of origin {origin} was not for this node, but the event came and this node may hold it (the peer lied, or judged under another policy epoch or erase rule); the event is taken"
+                            ),
+                        )
+                        .stream(event.stream().as_str())
+                        .event(id.to_string()),
+                    );
                 }
                 // Delivered after the origin's later events (its Skip was contradicted).
                 AppEvent::Late(event) if self.node.store().erase_covers(&event) => {

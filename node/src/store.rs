@@ -2006,9 +2006,11 @@ mod tests {
         let mut got = Vec::new();
         while let Some(e) = node.poll_event() {
             match e {
-                AppEvent::SkipContradicted {
-                    seq, skipped_by, ..
-                } => got.push(format!("contradicted {seq} by liar {}", skipped_by == liar)),
+                AppEvent::SkipContradicted { event, skipped_by } => got.push(format!(
+                    "contradicted {} by liar {}",
+                    event.seq(),
+                    skipped_by == liar
+                )),
                 AppEvent::Late(e) => got.push(format!("late {}", e.seq())),
                 AppEvent::Deliver(e) => got.push(format!("deliver {}", e.seq())),
                 _ => {}

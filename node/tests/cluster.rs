@@ -1037,5 +1037,14 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
                 .contains(us_key.as_str()),
             "{audit}"
         );
+        // Each names the event and its stream: one of eu's, published above.
+        for entry in entries {
+            let stream = entry["stream"].as_str().unwrap_or_default();
+            assert!(stream == "hidden" || stream == "cnt.stock", "{entry}");
+            if stream == "hidden" {
+                let id = entry["event_id"].as_str().unwrap_or_default();
+                assert!(ids.contains(id), "{entry}");
+            }
+        }
     });
 }

@@ -333,15 +333,15 @@ pub enum AppEvent {
     /// on another node's word and moved past it, and then the event came and this node may
     /// hold it (always after [`AppEvent::SkipContradicted`] for it).
     Late(Arc<Event>),
-    /// A Skip this node took from `skipped_by` (not the origin) for `(origin, seq)` was
-    /// wrong: the event came, and this node may hold it ([`Stats::skips_contradicted`]).
-    /// Honest nodes send such Skips only when their policy epoch or erase rules differ from
-    /// this node's; otherwise `skipped_by` lied.
+    /// A Skip this node took from `skipped_by` (not the origin) for the origin and sequence
+    /// number of `event` was wrong: the event came, and this node may hold it
+    /// ([`Stats::skips_contradicted`]). Honest nodes send such Skips only when their policy
+    /// epoch or erase rules differ from this node's; otherwise `skipped_by` lied. The event
+    /// itself follows as [`AppEvent::Late`] or [`AppEvent::Deliver`] if this node stores
+    /// its stream; it is here so that the report can name it (stream, id).
     SkipContradicted {
-        /// The event's origin.
-        origin: OriginKey,
-        /// Its sequence number.
-        seq: u64,
+        /// The event whose number the Skip named.
+        event: Arc<Event>,
         /// The node whose Skip the event contradicted.
         skipped_by: OriginKey,
     },
@@ -3479,8 +3479,7 @@ impl<S: Store> Node<S> {
             self.peers.entry(waiting.by).or_default().skips_contradicted += 1;
         }
         self.app.push_back(AppEvent::SkipContradicted {
-            origin,
-            seq,
+            event: event.clone(),
             skipped_by: waiting.by,
         });
         if interested {
@@ -6695,13 +6694,9 @@ mod tests {
             match e {
                 AppEvent::Deliver(e) => got.push(format!("deliver {}", e.seq())),
                 AppEvent::Late(e) => got.push(format!("late {}", e.seq())),
-                AppEvent::SkipContradicted {
-                    origin,
-                    seq,
-                    skipped_by,
-                } => {
-                    assert_eq!((origin, skipped_by), (keys[2], keys[1]));
-                    got.push(format!("contradicted {seq}"));
+                AppEvent::SkipContradicted { event, skipped_by } => {
+                    assert_eq!((event.origin(), skipped_by), (keys[2], keys[1]));
+                    got.push(format!("contradicted {}", event.seq()));
                 }
                 _ => {}
             }
@@ -6757,11 +6752,9 @@ mod tests {
         while let Some(e) = node.poll_event() {
             match e {
                 AppEvent::Late(e) => got.push(format!("late {}", e.seq())),
-                AppEvent::SkipContradicted {
-                    seq, skipped_by, ..
-                } => {
+                AppEvent::SkipContradicted { event, skipped_by } => {
                     assert_eq!(skipped_by, keys[1]);
-                    got.push(format!("contradicted {seq}"));
+                    got.push(format!("contradicted {}", event.seq()));
                 }
                 AppEvent::Deliver(e) => got.push(format!("deliver {}", e.seq())),
                 _ => {}
@@ -7100,9 +7093,9 @@ mod tests {
                             prop_assert_eq!(contradicted.last(), Some(&(origin, seq)));
                             late += 1;
                         }
-                        AppEvent::SkipContradicted { origin, seq, skipped_by } => {
-                            prop_assert_ne!(skipped_by, origin);
-                            contradicted.push((origin, seq));
+                        AppEvent::SkipContradicted { event, skipped_by } => {
+                            prop_assert_ne!(skipped_by, event.origin());
+                            contradicted.push((event.origin(), event.seq()));
                         }
                         _ => {}
                     }
