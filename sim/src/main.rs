@@ -139,20 +139,52 @@ fn list(dir: &Path) -> anyhow::Result<ExitCode> {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     entries.sort();
+    let width = entries
+        .iter()
+        .map(|p| p.display().to_string().chars().count())
+        .max()
+        .unwrap_or(0);
     for path in entries {
         let text = std::fs::read_to_string(&path)?;
+        let shown = path.display().to_string();
         match Scenario::parse(&text, &catalog) {
             Ok(s) => outln!(
-                "{:<36} {:>5} nodes {:>7.0} s  {}",
-                path.display(),
+                "{shown:<width$} {:>5} nodes {:>5.0} s  {}",
                 s.topology.len(),
                 s.duration_us as f64 / 1e6,
-                s.description.lines().next().unwrap_or("")
+                first_sentence(&s.description, SUMMARY_CHARS_MAX)
             ),
-            Err(e) => outln!("{:<36} INVALID: {e}", path.display()),
+            Err(e) => outln!("{shown:<width$} INVALID: {e}"),
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Longest scenario summary `list` prints.
+const SUMMARY_CHARS_MAX: usize = 100;
+
+/// The first sentence of `text` (its lines joined), cut at a word to at most `max`
+/// characters with "..." when longer.
+fn first_sentence(text: &str, max: usize) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let sentence = joined
+        .find(". ")
+        .map_or(joined.as_str(), |end| &joined[..=end]);
+    if sentence.chars().count() <= max {
+        return sentence.to_string();
+    }
+    let mut out = String::new();
+    for word in sentence.split(' ') {
+        if out.chars().count() + word.chars().count() + 4 > max {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out.push_str("...");
+    out
 }
 
 fn run_scenario(
@@ -267,4 +299,22 @@ fn progress_bar(name: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(name.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_sentence;
+
+    #[test]
+    fn list_summaries_are_the_first_sentence_cut_at_a_word() {
+        let text = "One cloud is cut off\nfrom the others. Then it heals.";
+        assert_eq!(
+            first_sentence(text, 100),
+            "One cloud is cut off from the others."
+        );
+        let cut = first_sentence(text, 20);
+        assert_eq!(cut, "One cloud is cut...");
+        assert!(cut.chars().count() <= 20);
+        assert_eq!(first_sentence("no full stop", 100), "no full stop");
+    }
 }
