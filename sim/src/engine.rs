@@ -120,6 +120,9 @@ pub struct PlanWorkload {
     pub sealed: bool,
     /// A table workload: keyed writes applied by every subscriber to its replica.
     pub table: Option<TableSpec>,
+    /// Devices per publisher (0: the publishers sign their events themselves): each event
+    /// is signed by one of its publisher's devices in turn, an origin of its own.
+    pub devices: usize,
 }
 
 /// A fault window.
@@ -320,6 +323,20 @@ struct SimNode {
     busy_until: Micros,
     /// Per workload, this node's replica of its table (table workloads it subscribes to).
     tables: Vec<Option<Table>>,
+    /// The devices this node publishes for (workloads with `devices`), and whose turn is
+    /// next.
+    devices: Vec<Device>,
+    device_turn: usize,
+}
+
+/// A device publishing through a node (`PlanWorkload::devices`): it signs its events with
+/// its own key, as `weft-agent` does.
+struct Device {
+    signer: Signer,
+    next_seq: u64,
+    /// Its index among origins for the application's order check (`SimNode::app_last`):
+    /// after every node's.
+    origin: usize,
 }
 
 /// Everything measured during a run.
@@ -376,6 +393,8 @@ pub struct Metrics {
     pub routing: RoutingCounters,
     /// Anti-entropy's counters (Weft only).
     pub anti_entropy: AntiEntropyCounters,
+    /// Skips' counters (Weft only).
+    pub skips: SkipCounters,
     /// Last delivery hop per event: hops travelled by the event's last-reached delivery
     /// (only deliveries whose sender's hop count is known: relays that do not subscribe
     /// break the chain).
@@ -480,6 +499,32 @@ pub struct AntiEntropyCounters {
     pub partners_passed_over: u64,
 }
 
+/// What Skips did, summed over Weft's nodes (`weft_fabric::mesh::Stats`): the report's
+/// `skips`. A Skip from another node than the event's origin (a relay, an anti-entropy
+/// partner, the node a device publishes through) waits for a second word before it is
+/// final (ARCHITECTURE.md, "Trust between nodes"); these say what that costs honest nodes.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SkipCounters {
+    /// Skips taken from the events' origins (final at once).
+    pub from_origin: u64,
+    /// Skips taken on another node's word (waiting for a second word).
+    pub relayed: u64,
+    /// Of those, confirmed by a second node, the origin, or the event refused.
+    pub confirmed: u64,
+    /// Of those, final after waiting `SKIP_CONFIRM_US` without a second word.
+    pub expired: u64,
+    /// Of those, contradicted by the event (no node lies in the simulator: a policy or
+    /// protocol fault).
+    pub contradicted: u64,
+    /// Skips left untaken because their sender's quota of waiting numbers was full (the
+    /// number stays a gap for anti-entropy).
+    pub deferred: u64,
+    /// Still waiting at the end of the run, over all live nodes.
+    pub pending_at_end: u64,
+    /// The most waiting at any one node at the end of the run.
+    pub pending_max_at_end: u64,
+}
+
 /// The link degradations active on one directed node pair, and what they amount to
 /// together: the latency factors multiplied, the losses combined as independent
 /// (docs/sim.md §2.7). Kept in the order they started, so the composition is the same
@@ -541,8 +586,12 @@ pub struct Engine {
     degraded: HashMap<(usize, usize), Degraded, KeyBuildHasher>,
     /// Published events: id -> index in `events`.
     event_index: HashMap<EventId, usize, KeyBuildHasher>,
-    /// Published events in publish order: (publish time, origin node, workload).
+    /// Published events in publish order: (publish time, origin node, workload). For an
+    /// event a device signed, the node it published through.
     events: Vec<(Micros, usize, usize)>,
+    /// Per published event, its origin's index for the order check: the node's index, or
+    /// a device's (`Device::origin`).
+    event_origin: Vec<u32>,
     /// (event, subscriber) pairs expected so far, the origin excluded.
     expected_pairs: u64,
     /// Delivery record per (event, node), at `event * nodes + node`: seen at the
@@ -646,7 +695,32 @@ impl Engine {
                 app_last: Vec::new(),
                 busy_until: 0,
                 tables,
+                devices: Vec::new(),
+                device_turn: 0,
             });
+        }
+        // Devices: their own stream of draws from the seed, so scenarios without them keep
+        // every other draw (and report) as it was.
+        let mut device_rng = ChaCha8Rng::seed_from_u64(plan.seed ^ 0xde71_ce00_0000_de71);
+        let mut device_origin = nodes.len();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let wanted = plan
+                .workloads
+                .iter()
+                .filter(|w| w.publishers.contains(&i))
+                .map(|w| w.devices)
+                .max()
+                .unwrap_or(0);
+            for _ in 0..wanted {
+                let mut secret = [0u8; 32];
+                device_rng.fill_bytes(&mut secret);
+                node.devices.push(Device {
+                    signer: Signer::from_secret(&secret),
+                    next_seq: 1,
+                    origin: device_origin,
+                });
+                device_origin += 1;
+            }
         }
         let workload_next_pub = vec![0; plan.workloads.len()];
         let (plan_workloads_len, plan_seed, plan_sabotage) =
@@ -682,6 +756,7 @@ impl Engine {
             blocked: HashMap::default(),
             degraded: HashMap::default(),
             events: Vec::new(),
+            event_origin: Vec::new(),
             event_index: HashMap::default(),
             expected_pairs: 0,
             delivered_pairs: Vec::new(),
@@ -913,9 +988,19 @@ impl Engine {
             self.violation(|| format!("hlc refused at node {addr}"));
             return;
         };
+        // A device's event: the next of the node's devices in turn signs it.
+        let device = (wl.devices > 0 && !n.devices.is_empty()).then(|| {
+            let d = n.device_turn % wl.devices.min(n.devices.len());
+            n.device_turn = n.device_turn.wrapping_add(1);
+            d
+        });
+        let (seq, origin_index) = match device {
+            Some(d) => (n.devices[d].next_seq, n.devices[d].origin),
+            None => (n.next_seq, i),
+        };
         let mut draft = draft(
             &wl,
-            n.next_seq,
+            seq,
             Hlc::from_u64(hlc.as_u64()),
             &n.info.addr,
             self.residency.as_ref().map(|r| &r.stamps[w]),
@@ -935,17 +1020,20 @@ impl Engine {
         };
         // Sealed by the producer, as a device or service would: the key never reaches the
         // fabric.
+        let signer = match device {
+            Some(d) => &n.devices[d].signer,
+            None => &n.signer,
+        };
         let sealed = match &mut self.residency {
-            Some(r) if wl.sealed => n
-                .signer
+            Some(r) if wl.sealed => signer
                 .seal(draft, &r.ring, &mut r.seal_rng)
                 .map_err(|e| e.to_string()),
             _ => Ok(draft),
         };
         let signed = sealed.and_then(|draft| {
             match self.plan.signing {
-                Signing::Executed => n.signer.sign(draft),
-                Signing::Modelled => n.signer.model_sign(draft),
+                Signing::Executed => signer.sign(draft),
+                Signing::Modelled => signer.model_sign(draft),
             }
             .map_err(|e| e.to_string())
         });
@@ -953,11 +1041,16 @@ impl Engine {
             self.violation(|| "signing failed".into());
             return;
         };
-        n.next_seq += 1;
+        match device {
+            Some(d) => n.devices[d].next_seq += 1,
+            None => n.next_seq += 1,
+        }
         let event = Arc::new(event);
         let e = self.events.len();
         let nodes = self.nodes.len();
         self.events.push((self.now, i, w));
+        self.event_origin
+            .push(u32::try_from(origin_index).unwrap_or(u32::MAX));
         self.event_ideal
             .push(u32::try_from(self.ideals.len().saturating_sub(1)).unwrap_or(u32::MAX));
         self.event_index.insert(event.id(), e);
@@ -1326,7 +1419,11 @@ impl Engine {
             .enumerate()
             .filter(|(w, _)| !r.open[*w] && r.hops[*w][i] != Hop::Clear)
             .flat_map(|(_, wl)| wl.publishers.iter())
-            .map(|p| OriginKey(self.nodes[*p].info.key))
+            .flat_map(|p| {
+                let n = &self.nodes[*p];
+                std::iter::once(OriginKey(n.info.key))
+                    .chain(n.devices.iter().map(|d| d.signer.origin()))
+            })
             .collect();
         let mut bad = 0u64;
         let mut first = None;
@@ -1496,7 +1593,7 @@ impl Engine {
             self.violation(|| format!("event {id} delivered twice at {addr}"));
             return;
         }
-        let origin = self.events[e].1;
+        let origin = self.event_origin[e] as usize;
         if n.app_last.len() <= origin {
             n.app_last.resize(origin + 1, 0);
         }
@@ -1698,6 +1795,16 @@ impl Engine {
                 a.partners_passed_over += s.sync_partners_passed_over;
                 self.metrics.residency.transit_forwarded += s.transit_forwarded;
                 self.metrics.residency.refused_by_receivers += s.residency_refused;
+                let k = &mut self.metrics.skips;
+                k.from_origin += s.skips_in.saturating_sub(s.skips_in_relayed);
+                k.relayed += s.skips_in_relayed;
+                k.confirmed += s.skips_confirmed;
+                k.expired += s.skips_unconfirmed;
+                k.contradicted += s.skips_contradicted;
+                k.deferred += s.skips_deferred;
+                let pending = node.skips_unconfirmed_pending() as u64;
+                k.pending_at_end += pending;
+                k.pending_max_at_end = k.pending_max_at_end.max(pending);
             }
         }
         self.metrics.anti_entropy.summary_share_min = summary_share_min;

@@ -45,6 +45,7 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
             classification: w.classification.clone(),
             sealed: w.sealed,
             table: w.table.clone(),
+            devices: w.devices as usize,
         })
         .collect();
     let faults = scenario

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::engine::{AntiEntropyCounters, FaultKind, Metrics, Plan};
+use crate::engine::{AntiEntropyCounters, FaultKind, Metrics, Plan, SkipCounters};
 
 /// Points of a latency CDF: the nearest-rank latency at quantiles 0.01, 0.02, .., 1.00.
 const CDF_POINTS: usize = 100;
@@ -147,6 +147,8 @@ pub struct StrategyReport {
     pub routing: RoutingReport,
     /// What anti-entropy did (Weft's counters; zero for the baselines).
     pub anti_entropy: AntiEntropyCounters,
+    /// What Skips did (Weft's counters; zero for the baselines).
+    pub skips: SkipCounters,
     /// Residency, as the engine checked it on every send, delivery and store.
     pub residency: ResidencyReport,
     /// Per workload: its residency class and delivery latency.
@@ -428,6 +430,7 @@ impl StrategyReport {
                 summary_share_min: round3(m.anti_entropy.summary_share_min),
                 ..m.anti_entropy.clone()
             },
+            skips: m.skips.clone(),
             delivered_fraction: m
                 .timeline
                 .iter()
@@ -766,6 +769,22 @@ impl Report {
                     a.events_sent,
                     a.events_repaired,
                     a.events_held_back
+                );
+            }
+            let k = &w.skips;
+            if k.relayed > 0 || k.deferred > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} skips: {} from origins, {} on another node's word ({} confirmed, {} final after waiting, {} contradicted, {} still waiting at the end, at most {} at one node), {} deferred over a sender's quota",
+                    w.strategy,
+                    k.from_origin,
+                    k.relayed,
+                    k.confirmed,
+                    k.expired,
+                    k.contradicted,
+                    k.pending_at_end,
+                    k.pending_max_at_end,
+                    k.deferred
                 );
             }
             for t in &w.tables {

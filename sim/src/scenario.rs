@@ -78,6 +78,13 @@ pub const WORKLOADS_MAX: usize = 64;
 /// Largest fabric-wide rate of one workload, in events per simulated second.
 pub const RATE_PER_S_MAX: f64 = 100_000.0;
 
+/// Most devices one publisher of a workload publishes for (`devices`): each is an origin
+/// of its own, tracked per node as the nodes track origins.
+pub const DEVICES_PER_PUBLISHER_MAX: u32 = 1_000;
+
+/// Most devices in a scenario (every publisher's, over every workload).
+pub const DEVICES_TOTAL_MAX: u64 = 100_000;
+
 /// Most events a scenario may publish in total (the sum over workloads of rate times
 /// active time). Every event is tracked to every subscriber; ten million events times a
 /// few subscribers is what memory and a run of minutes allow.
@@ -468,6 +475,12 @@ pub struct Workload {
     /// A table workload (`[workload.table]`): keyed writes of one conflict strategy,
     /// applied by every subscriber to its replica.
     pub table: Option<TableSpec>,
+    /// Devices per publisher (`devices`, 0: none): each publisher publishes its events on
+    /// behalf of that many devices in turn, each event signed by the device's own key (an
+    /// origin of its own), as `weft-agent` does through the node it connects to. A node's
+    /// devices are shared by its workloads that name devices (device `k` of a node is one
+    /// origin in all of them).
+    pub devices: u32,
 }
 
 /// One `[[fault]]`: what goes wrong, from `at_us` until it heals at `at_us + duration_us`.
@@ -754,6 +767,8 @@ struct WorkloadFile {
     #[serde(default)]
     sealed: bool,
     table: Option<TableFile>,
+    #[serde(default)]
+    devices: u32,
 }
 
 #[derive(Deserialize)]
@@ -1022,6 +1037,24 @@ fn validate(file: ScenarioFile, catalog: &RegionCatalog) -> Result<Scenario, Sce
             format!("{events_total:.0} events in total (rate_per_s x active time, summed)"),
             "EVENTS_TOTAL_MAX",
             EVENTS_TOTAL_MAX,
+        ));
+    }
+    // A node's devices are shared by its workloads: it has as many as the most any of them
+    // names.
+    let mut devices_of: BTreeMap<NodeIndex, u32> = BTreeMap::new();
+    for w in &workloads {
+        for p in &w.publisher_nodes {
+            let d = devices_of.entry(*p).or_default();
+            *d = (*d).max(w.devices);
+        }
+    }
+    let devices_total: u64 = devices_of.values().map(|d| u64::from(*d)).sum();
+    if devices_total > DEVICES_TOTAL_MAX {
+        return Err(over_limit(
+            "workload",
+            format!("{devices_total} devices in total (devices x publishers, per node the most)"),
+            "DEVICES_TOTAL_MAX",
+            DEVICES_TOTAL_MAX,
         ));
     }
 
@@ -1683,6 +1716,15 @@ fn workload(
     }
     let publisher_nodes = topology.resolve(&publishers);
     let subscriber_nodes = topology.resolve(&subscribers);
+    if file.devices > DEVICES_PER_PUBLISHER_MAX {
+        return Err(invalid(
+            format!("{path}.devices"),
+            format!(
+                "{} is over the limit {DEVICES_PER_PUBLISHER_MAX} per publisher",
+                file.devices
+            ),
+        ));
+    }
     if file.table.is_some()
         && let Some(p) = publisher_nodes
             .iter()
@@ -1714,6 +1756,7 @@ fn workload(
             Some(t) => Some(table_spec(&format!("{path}.table"), t, file)?),
             None => None,
         },
+        devices: file.devices,
     })
 }
 

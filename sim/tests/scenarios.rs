@@ -581,6 +581,7 @@ fn shipped_scenarios_parse() {
         "scale-1000",
         "sovereignty-under-failure",
         "split-brain-writes",
+        "device-gateways",
     ] {
         assert!(names.iter().any(|n| n == required), "missing {required}");
     }
@@ -967,5 +968,137 @@ duration_s = 40"#
         outcome(&both),
         outcome(&single),
         "the second degradation does not replace the first"
+    );
+}
+
+/// EU nodes as gateways of `devices`, each device an origin of its own publishing EU-only
+/// telemetry and public status; the US and Japan subscribe to both. `rates` are the two
+/// workloads' fabric-wide rates, `faults` is spliced in.
+fn gateways(seed: u64, devices: u32, rates: (u32, u32), loss: f64, faults: &str) -> String {
+    let devices = if devices > 0 {
+        format!("devices = {devices}")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+name = "gateways"
+description = "test"
+duration_s = 200
+seed = {seed}
+
+[topology]
+regions = [
+  {{ region = "aws:eu-west-1", nodes = 3 }},
+  {{ region = "aws:eu-central-1", nodes = 3 }},
+  {{ region = "aws:us-east-1", nodes = 3 }},
+  {{ region = "aws:ap-northeast-1", nodes = 2 }},
+]
+
+[network]
+jitter_ms = 0.5
+loss = {loss}
+verify_us = 60
+
+[policy.classes.eu-personal]
+description = "EU only"
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[policy.classes.public]
+description = "anywhere"
+anywhere = true
+
+[[workload]]
+stream = "telemetry.eu"
+classification = "eu-personal"
+rate_per_s = {}
+payload_bytes = 200
+publishers = {{ regions = ["aws:eu-west-1", "aws:eu-central-1"] }}
+subscribers = "all"
+{devices}
+start_s = 30
+stop_s = 160
+
+[[workload]]
+stream = "status.global"
+classification = "public"
+rate_per_s = {}
+payload_bytes = 200
+publishers = {{ regions = ["aws:eu-west-1", "aws:eu-central-1"] }}
+subscribers = "all"
+{devices}
+start_s = 30
+stop_s = 160
+
+[checks]
+converge_within_s = 30
+{faults}
+"#,
+        rates.0, rates.1
+    )
+}
+
+/// Events devices sign, published through the EU nodes they connect to: every member of a
+/// gateway's region gets them by pushes (no GRAFT: before, the part of the region outside
+/// the gateway's subtree waited a GRAFT timeout for each), each device's order holds, and
+/// every Skip the US and Japan take for EU-only events (none from the origin: a device is
+/// no member) is confirmed by a second node; none waits at the end, none was deferred.
+#[test]
+fn device_events_go_by_pushes_and_their_skips_are_confirmed() {
+    let r = run(&gateways(7, 40, (100, 25), 0.0, ""), None);
+    assert_healthy(&r);
+    let w = &r.strategies[0];
+    assert_eq!(w.messages_by_kind.get("graft").copied().unwrap_or(0), 0);
+    let k = &w.skips;
+    assert_eq!(k.from_origin, 0, "{k:?}");
+    assert!(k.relayed > 1_000, "{k:?}");
+    assert_eq!(k.confirmed, k.relayed, "{k:?}");
+    assert_eq!(
+        (k.deferred, k.contradicted, k.pending_at_end),
+        (0, 0, 0),
+        "{k:?}"
+    );
+    let eu = w
+        .workloads
+        .iter()
+        .find(|x| x.stream == "telemetry.eu")
+        .unwrap();
+    // Inside the EU: a region hop or two, never a GRAFT timeout (120 ms).
+    assert!(eu.latency_ms.p99 < 50.0, "{:?}", eu.latency_ms);
+}
+
+/// A partition between the EU and the rest, long enough for each side to declare the other
+/// down: at the heal every node learns the others declared it down and rejoins under its
+/// next generation. foca's own rejoin left each instance disconnected with its timers
+/// invalidated, and the mesh core kept its old identity; with every node of a side doing so
+/// at once, no node sent SWIM again, the sides never found each other and the events
+/// published from the partition on never reached the other side (on these seeds: 35,000
+/// pairs missed). Both were fixed (vendor/foca/WEFT-PATCHES.md, 9; `Node::apply_swim`).
+#[test]
+fn membership_heals_when_every_node_rejoins_at_once() {
+    let partition = r#"
+[[fault]]
+kind = "partition"
+a = { regions = ["aws:eu-west-1", "aws:eu-central-1"] }
+b = { regions = ["aws:us-east-1", "aws:ap-northeast-1"] }
+at_s = 90
+duration_s = 60
+"#;
+    for seed in [91, 1] {
+        let r = run(&gateways(seed, 0, (400, 100), 0.001, partition), None);
+        assert_healthy(&r);
+    }
+}
+
+/// `devices` above its limit is refused, naming the field and the limit.
+#[test]
+fn too_many_devices_is_refused_naming_the_field() {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let text = gateways(7, 1_001, (10, 10), 0.0, "");
+    let e = Scenario::parse(&text, &catalog).unwrap_err().to_string();
+    assert!(
+        e.contains("workload[0].devices") && e.contains("1000"),
+        "{e}"
     );
 }

@@ -1704,6 +1704,12 @@ impl<S: Store> Node<S> {
                     changed = true;
                     self.member_up(new);
                 }
+                // foca renewed this node's identity itself (the mesh had declared it down
+                // and it rejoined with the next generation): keep `me` in step with it.
+                OwnedNotification::Rejoin(next) => {
+                    self.me = next;
+                    self.catch_up = Some((CATCH_UP_TICKS_MAX, 0));
+                }
                 OwnedNotification::Defunct => {
                     // The mesh declared us down (we were cut off): come back with a new
                     // generation so members accept us again.
@@ -2290,6 +2296,20 @@ impl<S: Store> Node<S> {
     /// [`Node::publish_targets`] worked out.
     fn plan_publish(&mut self, origin: &OriginKey, hops: &[FilterHop]) -> Vec<Target> {
         let mut out = self.child_targets(origin);
+        // An event a device signed, published here on its behalf: this region's tree for
+        // the device's origin is rooted at the first member of `region_order`, which the
+        // other members compute without knowing this node is the device's gateway and
+        // which may be another node. This node pushes to its own subtree and to that root,
+        // which covers the rest of the region (without it, the members outside this node's
+        // subtree got the event only by IHAVE and GRAFT, a GRAFT timeout later).
+        let me = self.me.node_key();
+        if *origin != me
+            && let Some(root) = self.region_root(origin, &self.me.region)
+            && root != me
+            && !out.iter().any(|t| t.0 == root)
+        {
+            out.push((root, Vec::new(), false, 0));
+        }
         let mut dests = BTreeSet::new();
         let mut near_members = Vec::new();
         for (i, (region, members)) in self.regions.iter().enumerate() {
@@ -6709,6 +6729,45 @@ mod tests {
         assert_eq!(node.skips_contradicted_by(&keys[2]), 0);
         assert_eq!(node.skips_unconfirmed_pending(), 0);
         node.check_invariants_full();
+    }
+
+    /// An event a device signed reaches every member of the region its gateway publishes
+    /// in by pushes, wherever the gateway sits in that region's tree for the device's
+    /// origin (the members compute the tree without knowing the gateway): the gateway
+    /// pushes to its subtree and to the tree's root. Before, the members outside its
+    /// subtree got only an IHAVE and the event a GRAFT timeout later.
+    #[test]
+    fn a_device_event_reaches_the_gateways_whole_region_by_pushes() {
+        let seeds = [1u8, 2, 3, 4, 5, 6, 7];
+        let mut nodes = mesh(&seeds, 1, 2, &[500u64; 36]);
+        let keys: Vec<OriginKey> = nodes.iter().map(|n| n.me().node_key()).collect();
+        let grafts_after = nodes[0].config.graft_timeout_us;
+        let mut tried = 0;
+        for device in 40u8..52 {
+            let event = signed_event(device, 1, "orders.eu", b"reading").unwrap();
+            let origin = event.origin();
+            let root = nodes[0].region_root(&origin, "r0").unwrap();
+            let root_i = keys.iter().position(|k| *k == root).unwrap();
+            let under_root = nodes[root_i].children(&origin).to_vec();
+            // A gateway that is neither the tree's root nor the root's child (so that part
+            // of the region is outside its subtree).
+            let Some(gateway) =
+                (0..nodes.len()).find(|&i| i != root_i && !under_root.contains(&keys[i]))
+            else {
+                continue;
+            };
+            tried += 1;
+            let now = 1_000_000 * u64::from(device);
+            nodes[gateway].handle_publish(now, event.clone()).unwrap();
+            let seen = pump(&mut nodes, now, now + grafts_after / 2);
+            for (j, s) in seen.iter().enumerate().filter(|(j, _)| *j != gateway) {
+                assert!(
+                    s.pushes.iter().any(|(id, _)| *id == event.id()),
+                    "device {device}: node {j} got no push from gateway {gateway} (root {root:?}): {s:?}"
+                );
+            }
+        }
+        assert!(tried > 0, "no device put its gateway mid-tree");
     }
 
     /// A Skip waiting for confirmation survives a restart with the store: the restarted

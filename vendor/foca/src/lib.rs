@@ -311,7 +311,7 @@ where
     ///
     /// Intended to be used when identities carry metadata that occasionally
     /// changes.
-    pub fn change_identity(&mut self, new_id: T, runtime: impl Runtime<T>) -> Result<()> {
+    pub fn change_identity(&mut self, new_id: T, mut runtime: impl Runtime<T>) -> Result<()> {
         if self.identity == new_id {
             Err(Error::SameIdentity)
         } else {
@@ -336,7 +336,15 @@ where
                     .add_or_replace(addr, data, self.config.max_transmissions.get().into());
             }
 
-            self.gossip(runtime)?;
+            self.gossip(&mut runtime)?;
+
+            // Weft patch (WEFT-PATCHES.md, 9): `reset` left the instance Disconnected with
+            // every timer invalidated while its members are still active, and only an
+            // update applied later (`apply_many`) would reconnect it. When every member of
+            // a side changes identity at once (all of them rejoining after a partition
+            // heals, each through `attempt_rejoin`), none sends again and none reconnects:
+            // the whole side stays silent for good. Reconnect now if any member is active.
+            self.adjust_connection_state(runtime);
 
             Ok(())
         }
