@@ -4102,6 +4102,47 @@ mod tests {
         assert!(feed_data.len() > 200);
     }
 
+    // Weft patch 9 (WEFT-PATCHES.md): a rejoin through a TurnUndead from a member held
+    // down (the message path that returns before any update is applied) leaves the
+    // instance connected to its still-active members, with fresh timers; before, it was
+    // left disconnected with every timer invalidated, silent until an update arrived.
+    #[test]
+    fn a_rejoin_through_turnundead_keeps_the_instance_connected() {
+        let id_one = ID::new(1).rejoinable();
+        let config = {
+            let mut c = config();
+            c.notify_down_members = true;
+            c
+        };
+        let mut foca = Foca::new(id_one, config, rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        assert_eq!(Ok(()), foca.apply(Member::alive(ID::new(3)), &mut runtime));
+        assert_eq!(Ok(()), foca.apply(Member::down(ID::new(2)), &mut runtime));
+        assert_eq!(ConnectionState::Connected, foca.connection_state());
+        runtime.clear();
+
+        let msg = encode((
+            Header {
+                src: ID::new(2),
+                src_incarnation: Incarnation::default(),
+                dst: ID::new(1),
+                message: Message::TurnUndead,
+            },
+            Vec::default(),
+        ));
+        assert_eq!(Ok(()), foca.handle_data(&msg, &mut runtime));
+
+        assert_ne!(foca.identity(), &id_one);
+        assert_eq!(ConnectionState::Connected, foca.connection_state());
+        // The probe cycle runs again, under the new timer token.
+        let token = foca.timer_token();
+        let mut probe_armed = false;
+        while let Some((_, timer)) = runtime.to_schedule() {
+            probe_armed |= timer == Timer::ProbeRandomMember(token);
+        }
+        assert!(probe_armed, "no probe timer after the rejoin");
+    }
+
     #[test]
     fn reacts_to_turnundead_even_if_sender_is_down() {
         // Given a foca ID=1
