@@ -1159,6 +1159,20 @@ impl Driver {
     }
 
     fn commit(&mut self) {
+        // The core rejoined under a later generation (the mesh had declared this node down,
+        // a partition healed): kept with the store, so the next start takes the one after
+        // it and its record supersedes the one the mesh holds.
+        let generation = self.node.me().generation;
+        if generation > self.me.generation {
+            match self
+                .node
+                .store_mut()
+                .meta_set("generation", &generation.to_le_bytes())
+            {
+                Ok(()) => self.me.generation = generation,
+                Err(e) => warn!(error = %e, generation, "recording the generation failed"),
+            }
+        }
         for (p, s, i, id) in std::mem::take(&mut self.dedup) {
             if let Err(e) = self.node.store_mut().ce_dedup_put(&p, &s, &i, &id) {
                 debug!(error = %e, "recording a CloudEvents id failed");

@@ -409,6 +409,11 @@ pub(crate) struct SqliteStore {
     stats: RefCell<StoreStats>,
     /// Erase rules in force (loaded at open; `erase_rules` rows).
     erase_rules: EraseRules,
+    /// A batch [`SqliteStore::begin_write`] committed by itself (at `TX_WRITES_MAX`) whose
+    /// commit failed: it was rolled back, and a caller that returns no error (a waiting
+    /// Skip recorded) only logged it. The next [`SqliteStore::commit`] reports it, so the
+    /// driver acknowledges and sends nothing of that batch.
+    auto_commit_failed: Option<String>,
 }
 
 const SCHEMA: &str = "
@@ -737,6 +742,7 @@ impl SqliteStore {
             tx_writes: 0,
             stats: RefCell::new(StoreStats::default()),
             erase_rules,
+            auto_commit_failed: None,
         })
     }
 
@@ -760,6 +766,20 @@ impl SqliteStore {
     /// transaction is rolled back, the in-memory state is reloaded from disk and nothing
     /// of the batch is durable: do not acknowledge it.
     pub(crate) fn commit(&mut self) -> Result<usize, StoreError> {
+        if let Some(e) = self.auto_commit_failed.take() {
+            // Part of this batch is gone: what was written since goes too.
+            if self.in_tx {
+                if let Err(rb) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %rb, "store rollback failed");
+                }
+                self.in_tx = false;
+                self.tx_writes = 0;
+                self.reload();
+            }
+            return Err(StoreError::Backend(format!(
+                "an automatic commit of this batch failed and was rolled back: {e}"
+            )));
+        }
         if !self.in_tx {
             return Ok(0);
         }
@@ -811,7 +831,10 @@ impl SqliteStore {
                 writes = self.tx_writes,
                 "store commits by itself at TX_WRITES_MAX"
             );
-            self.commit()?;
+            if let Err(e) = self.commit() {
+                self.auto_commit_failed = Some(e.to_string());
+                return Err(e);
+            }
             self.stats.borrow_mut().commits_auto += 1;
         }
         if !self.in_tx {
@@ -2030,6 +2053,25 @@ mod tests {
         store.clear();
         store.commit().unwrap();
         assert!(store.waiting_skips().is_empty(), "cleared with the store");
+    }
+
+    /// A batch whose automatic commit failed (rolled back inside `begin_write`, seen only
+    /// as a logged error by a caller without a result) makes the next `commit` fail, and
+    /// what was written after it in the same batch is rolled back too: the driver then
+    /// acknowledges nothing of it.
+    #[test]
+    fn a_failed_automatic_commit_fails_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let e = event(1, "orders", 1, b"a");
+        store.insert(e.clone()).unwrap();
+        store.auto_commit_failed = Some("disk I/O error".into());
+        let err = store.commit().unwrap_err().to_string();
+        assert!(err.contains("disk I/O error"), "{err}");
+        assert!(store.get(&e.origin(), 1).is_none(), "rolled back");
+        assert_eq!(store.commit(), Ok(0), "reported once");
+        drop(store);
+        assert!(open(dir.path()).get(&e.origin(), 1).is_none());
     }
 
     #[test]

@@ -525,6 +525,26 @@ pub struct SkipCounters {
     pub pending_max_at_end: u64,
 }
 
+impl SkipCounters {
+    /// Adds `node`'s counters: at a crash (its counters start again from zero after the
+    /// restart, and a Skip it reloaded from its store and then settled counts where it
+    /// settles) and at the end of the run (`at_end`: what still waits there too).
+    fn add(&mut self, node: &weft_fabric::mesh::Node<MemStore>, at_end: bool) {
+        let s = node.stats();
+        self.from_origin += s.skips_in.saturating_sub(s.skips_in_relayed);
+        self.relayed += s.skips_in_relayed;
+        self.confirmed += s.skips_confirmed;
+        self.expired += s.skips_unconfirmed;
+        self.contradicted += s.skips_contradicted;
+        self.deferred += s.skips_deferred;
+        if at_end {
+            let pending = node.skips_unconfirmed_pending() as u64;
+            self.pending_at_end += pending;
+            self.pending_max_at_end = self.pending_max_at_end.max(pending);
+        }
+    }
+}
+
 /// The link degradations active on one directed node pair, and what they amount to
 /// together: the latency factors multiplied, the losses combined as independent
 /// (docs/sim.md §2.7). Kept in the order they started, so the composition is the same
@@ -1159,6 +1179,13 @@ impl Engine {
                     if start {
                         if let Some(node) = self.nodes[i].node.take() {
                             self.metrics.first_receipts += node.events_new();
+                            if let Proto::Weft(n) = &node {
+                                self.metrics.skips.add(n, false);
+                                // A generation it rejoined under (after a partition): the
+                                // restart takes the one after it, as the node's store does.
+                                let info = &mut self.nodes[i].info;
+                                info.generation = info.generation.max(n.me().generation);
+                            }
                             let store = node.into_store();
                             if lose_memory && let Some(lost) = &store {
                                 self.audit_store(i, lost);
@@ -1795,16 +1822,7 @@ impl Engine {
                 a.partners_passed_over += s.sync_partners_passed_over;
                 self.metrics.residency.transit_forwarded += s.transit_forwarded;
                 self.metrics.residency.refused_by_receivers += s.residency_refused;
-                let k = &mut self.metrics.skips;
-                k.from_origin += s.skips_in.saturating_sub(s.skips_in_relayed);
-                k.relayed += s.skips_in_relayed;
-                k.confirmed += s.skips_confirmed;
-                k.expired += s.skips_unconfirmed;
-                k.contradicted += s.skips_contradicted;
-                k.deferred += s.skips_deferred;
-                let pending = node.skips_unconfirmed_pending() as u64;
-                k.pending_at_end += pending;
-                k.pending_max_at_end = k.pending_max_at_end.max(pending);
+                self.metrics.skips.add(node, true);
             }
         }
         self.metrics.anti_entropy.summary_share_min = summary_share_min;

@@ -790,10 +790,11 @@ pub struct Node<S: Store> {
     returned: VecDeque<OriginKey>,
     /// When the last such round started; at most one per sync interval.
     sync_back: Option<Micros>,
-    /// This node's own events of the last [`RECENT_OWN_US`] (when published, sequence
-    /// number), at most [`REFS_PER_MESSAGE_MAX`], oldest first: announced to a member that
-    /// joins the view, since pushes went only to the members known when they were made.
-    recent_own: VecDeque<(Micros, u64)>,
+    /// The events published here (this node's own, and devices' it published for) in
+    /// the last [`RECENT_OWN_US`] (when published, origin, sequence number), at most
+    /// [`REFS_PER_MESSAGE_MAX`], oldest first: announced to a member that joins the view,
+    /// since pushes went only to the members known when they were made.
+    recent_own: VecDeque<(Micros, OriginKey, u64)>,
     /// The next regular round goes to a stalled origin first (set by a round with a member
     /// back from down: the events it cannot give are those this node may not hold, and only
     /// a node holding them, such as their origin, can send their Skips).
@@ -1235,7 +1236,10 @@ impl<S: Store> Node<S> {
             if self.recent_own.len() >= REFS_PER_MESSAGE_MAX {
                 self.recent_own.pop_front();
             }
-            self.recent_own.push_back((self.now, event.seq()));
+            // The origin too: a device's events published through this node are its
+            // first hop's to announce as much as the node's own.
+            self.recent_own
+                .push_back((self.now, event.origin(), event.seq()));
         }
     }
 
@@ -1246,17 +1250,20 @@ impl<S: Store> Node<S> {
     /// ordered delivery does not wait for them.
     fn announce_recent(&mut self, member: OriginKey) {
         let since = self.now.saturating_sub(RECENT_OWN_US);
-        while self.recent_own.front().is_some_and(|(at, _)| *at < since) {
+        while self
+            .recent_own
+            .front()
+            .is_some_and(|(at, _, _)| *at < since)
+        {
             self.recent_own.pop_front();
         }
         if self.recent_own.is_empty() {
             return;
         }
-        let me = self.me.node_key();
         let events: Vec<Arc<Event>> = self
             .recent_own
             .iter()
-            .filter_map(|(_, seq)| self.store.get(&me, *seq))
+            .filter_map(|(_, origin, seq)| self.store.get(origin, *seq))
             .collect();
         let events = self.allowed_vec(events, &member, false, true);
         self.announce(member, &events);
@@ -1705,9 +1712,13 @@ impl<S: Store> Node<S> {
                     self.member_up(new);
                 }
                 // foca renewed this node's identity itself (the mesh had declared it down
-                // and it rejoined with the next generation): keep `me` in step with it.
+                // and it rejoined with the next generation): `me` takes the generation.
+                // Only that: foca's copy of the record keeps the policy epoch it was
+                // created with (`set_policy_epoch` updates `me`), and the link-state record
+                // that carries the epoch goes out now.
                 OwnedNotification::Rejoin(next) => {
-                    self.me = next;
+                    self.me.generation = next.generation;
+                    self.router.own_forced = true;
                     self.catch_up = Some((CATCH_UP_TICKS_MAX, 0));
                 }
                 OwnedNotification::Defunct => {
@@ -5378,6 +5389,10 @@ mod tests {
             .unwrap();
         node.handle_publish(t1, event_at(seeds[0], 3, "orders.eu"))
             .unwrap();
+        // A device's event published through it, numbered 2 in the device's own order
+        // (it must be announced as the device's, not taken for this node's event 2).
+        let device = event_at(77, 2, "orders.all");
+        node.handle_publish(t1, device.clone()).unwrap();
         assert!(
             drain_to(node, late).is_empty(),
             "nothing goes to a non-member"
@@ -5396,14 +5411,14 @@ mod tests {
             .collect();
         assert_eq!(skips, [3]);
         node.handle_timeout(t1 + node.config.ihave_delay_us);
-        let announced: Vec<u64> = drain_to(node, late)
+        let announced: Vec<(OriginKey, u64)> = drain_to(node, late)
             .iter()
             .flat_map(|m| match m {
-                Message::IHave(refs) => refs.iter().map(|r| r.seq).collect(),
+                Message::IHave(refs) => refs.iter().map(|r| (r.origin, r.seq)).collect(),
                 _ => Vec::new(),
             })
             .collect();
-        assert_eq!(announced, [2]);
+        assert_eq!(announced, [(infos[0].node_key(), 2), (device.origin(), 2)]);
         // A member already in the view is not told again.
         let mut rt = SwimRuntime::default();
         rt.notes.push(OwnedNotification::MemberUp(infos[3].clone()));

@@ -158,8 +158,8 @@ pub struct MemStore {
     erased: std::collections::BTreeSet<(OriginKey, u64)>,
     /// Delivery cursors ([`Store::set_delivered`]): they survive a restart with the store.
     delivered: HashMap<OriginKey, u64, KeyBuildHasher>,
-    /// Skips waiting for confirmation ([`Store::put_waiting_skip`]), by sender: they
-    /// survive a restart with the store.
+    /// Skips waiting for confirmation ([`Store::put_waiting_skip`]): `(origin, seq)` to
+    /// the sender. They survive a restart with the store.
     waiting: BTreeMap<(OriginKey, u64), OriginKey>,
 }
 
