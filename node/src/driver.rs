@@ -135,6 +135,9 @@ pub(crate) struct PeerView {
     pub(crate) state: &'static str,
     pub(crate) rtt_ms: Option<f64>,
     pub(crate) policy_epoch: u64,
+    /// The peer's generation: it grows each time the peer restarts or rejoins after the
+    /// mesh declared it down.
+    pub(crate) generation: u32,
     /// Skips this node took from the peer for other origins' events (a Skip cannot be
     /// checked by its receiver; ARCHITECTURE.md, "Trust between nodes").
     pub(crate) skips_taken: u64,
@@ -1164,6 +1167,10 @@ impl Driver {
         // it and its record supersedes the one the mesh holds.
         let generation = self.node.me().generation;
         if generation > self.me.generation {
+            info!(
+                generation,
+                "the mesh had declared this node down (cut off); it rejoined under a new generation"
+            );
             match self
                 .node
                 .store_mut()
@@ -1249,6 +1256,7 @@ impl Driver {
             state,
             rtt_ms: rtt.map(|r| r as f64 / 1000.0),
             policy_epoch: m.policy_epoch,
+            generation: m.generation,
             skips_taken: self.node.skips_taken_from(&m.node_key()),
             skips_contradicted: self.node.skips_contradicted_by(&m.node_key()),
         };

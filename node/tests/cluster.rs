@@ -935,7 +935,7 @@ fn idle_anti_entropy_rounds_carry_a_summary_that_peers_match() {
 fn a_node_forging_skips_cannot_hide_events_from_another() {
     rt().block_on(async {
         let tables = "[[tables]]\npattern = \"cnt.>\"\nstrategy = \"counter\"\n";
-        let mut c = Cluster::new("forged-skips", 23, &three_regions(), tables);
+        let mut c = Cluster::new("forged-skips", 24, &three_regions(), tables);
         c.start_all();
         c.wait_meshed().await;
         // eu's direct link to ap is slow, so eu's pushes to ap's region go through us.
@@ -1046,5 +1046,67 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
                 assert!(ids.contains(id), "{entry}");
             }
         }
+    });
+}
+
+/// A node cut off long enough for the mesh to declare it down rejoins under its next
+/// generation when the partition heals (foca's rejoin; the core takes the generation), and
+/// keeps that generation in its store: after a restart it comes back under a later one, so
+/// its record supersedes the one the mesh holds (docs/node.md, `generation` in
+/// `/v1/mesh/peers`).
+#[test]
+fn a_node_declared_down_in_a_partition_rejoins_and_a_restart_supersedes_it() {
+    rt().block_on(async {
+        let mut c = Cluster::new("rejoin", 25, &three_regions()[..2], "");
+        c.start_all();
+        c.wait_meshed().await;
+        let peer_of = |v: &Value, key: &str| -> Option<Value> {
+            v["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["key"] == key)
+                .cloned()
+        };
+        // Cut node 1 off, both directions, until node 0 declares it down.
+        c.chaos(0, json!([{"peer": "*", "blackhole": true}])).await;
+        c.chaos(1, json!([{"peer": "*", "blackhole": true}])).await;
+        let key1 = c.keys[1].clone();
+        let down = wait_for(Duration::from_secs(60), || async {
+            let v: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
+            (peer_of(&v, &key1)?["state"] == "down").then_some(())
+        })
+        .await;
+        assert!(down.is_some(), "node 1 never declared down:\n{}", c.log(0));
+        // Heal: both rejoin under generation 1 and see each other up again.
+        c.chaos(0, json!([])).await;
+        c.chaos(1, json!([])).await;
+        let back = wait_for(Duration::from_secs(60), || async {
+            let v: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
+            let p = peer_of(&v, &key1)?;
+            (p["state"] == "up" && p["generation"].as_u64()? >= 1).then_some(p)
+        })
+        .await
+        .unwrap_or_else(|| panic!("node 1 never back:\n{}\n{}", c.log(0), c.log(1)));
+        let rejoined = back["generation"].as_u64().unwrap();
+        assert!(
+            c.log(1).contains("rejoined under a new generation"),
+            "{}",
+            c.log(1)
+        );
+        // A restart of node 1 takes the generation after the one it rejoined under.
+        c.kill9(1);
+        c.start(1);
+        c.wait_meshed().await;
+        let restarted = wait_for(Duration::from_secs(60), || async {
+            let v: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
+            let p = peer_of(&v, &key1)?;
+            (p["state"] == "up" && p["generation"].as_u64()? > rejoined).then_some(())
+        })
+        .await;
+        assert!(
+            restarted.is_some(),
+            "node 1 not back above generation {rejoined}:\n{}",
+            c.log(1)
+        );
     });
 }

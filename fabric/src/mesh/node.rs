@@ -345,7 +345,8 @@ pub enum AppEvent {
         /// The node whose Skip the event contradicted.
         skipped_by: OriginKey,
     },
-    /// A member joined or came back. (Boxed, as is `MemberDown`'s: a record is some
+    /// A member joined, came back, or renewed its record while up (a new generation,
+    /// perhaps a new address). (Boxed, as is `MemberDown`'s: a record is some
     /// 130 bytes, and the event queue moves every delivery, by far the most common event,
     /// at the size of the largest variant.)
     MemberUp(Box<MemberInfo>),
@@ -377,6 +378,9 @@ pub struct Stats {
     /// SWIM announcements sent to members still down when another came back (a healed
     /// partition: the rest of the other side is told at once).
     pub down_announcements: u64,
+    /// Probe ticks at which this node had no live member and announced itself to the
+    /// members it holds down ([`Node::announce_when_alone`]).
+    pub alone_announce_rounds: u64,
     /// Times an anti-entropy round passed over a partner because it had not answered its
     /// last request or SWIM suspected it (a partition, a crash not yet declared); a round
     /// may count more than one.
@@ -1396,6 +1400,7 @@ impl<S: Store> Node<S> {
                 }
                 Timer::Probe => {
                     self.catch_up_membership();
+                    self.announce_when_alone();
                     self.send_probes();
                     let next = now + self.config.probe_interval_us.max(1);
                     self.schedule(next, Timer::Probe);
@@ -1709,7 +1714,10 @@ impl<S: Store> Node<S> {
                 // stay out of the live members.
                 OwnedNotification::Rename(_, new) if self.members.contains_key(&new.node_key()) => {
                     changed = true;
-                    self.member_up(new);
+                    self.member_up(new.clone());
+                    // The application learns the new record too (a restart faster than
+                    // SWIM's down timeout: a new generation, perhaps a new address).
+                    self.push_app(AppEvent::MemberUp(Box::new(new)));
                 }
                 // foca renewed this node's identity itself (the mesh had declared it down
                 // and it rejoined with the next generation): `me` takes the generation.
@@ -2901,6 +2909,20 @@ impl<S: Store> Node<S> {
     /// feeds and the periodic announcements (every 15 s) alone left a node restarted in a
     /// 300-node mesh without a quarter of the members for a minute, and without some for
     /// two (docs/sim-speed.md): it could neither route to them nor keep their link records.
+    /// A node with no live member left (cut off from every other node long enough for
+    /// SWIM to declare them all down) announces itself to the members it holds down, once
+    /// a probe tick. foca stops every timer of an instance with no active member,
+    /// announcements to down members included, so without this two nodes that each found
+    /// themselves alone (a two-node mesh, or a fabric of one node per region across a
+    /// network outage) never found each other again after the heal.
+    fn announce_when_alone(&mut self) {
+        if self.foca.num_members() > 0 {
+            return;
+        }
+        self.stats.alone_announce_rounds += 1;
+        self.announce_to_down();
+    }
+
     fn catch_up_membership(&mut self) {
         let Some((left, known)) = self.catch_up else {
             return;
