@@ -2916,7 +2916,13 @@ impl<S: Store> Node<S> {
     /// themselves alone (a two-node mesh, or a fabric of one node per region across a
     /// network outage) never found each other again after the heal.
     fn announce_when_alone(&mut self) {
-        if self.foca.num_members() > 0 {
+        // A node that never had a member (a mesh of one) has none held down either.
+        if self.foca.num_members() > 0
+            || !self
+                .foca
+                .iter_membership_state()
+                .any(|m| m.state() == foca::State::Down)
+        {
             return;
         }
         self.stats.alone_announce_rounds += 1;
