@@ -1171,11 +1171,7 @@ impl Driver {
                 generation,
                 "the mesh had declared this node down (cut off); it rejoined under a new generation"
             );
-            match self
-                .node
-                .store_mut()
-                .meta_set("generation", &generation.to_le_bytes())
-            {
+            match self.node.store_mut().set_generation(generation) {
                 Ok(()) => self.me.generation = generation,
                 Err(e) => warn!(error = %e, generation, "recording the generation failed"),
             }

@@ -68,12 +68,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     // A new generation on every start: the fresh member record supersedes the one the
     // mesh remembers from before a crash.
-    let generation = store
-        .meta_get("generation")?
-        .and_then(|v| v.try_into().ok().map(u32::from_le_bytes))
-        .map_or(0, |g| g.saturating_add(1));
+    let generation = store.generation()?.map_or(0, |g| g.saturating_add(1));
     store
-        .meta_set("generation", &generation.to_le_bytes())
+        .set_generation(generation)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     store.commit()?;
     let next_seq = store.max_seq(&origin)?;

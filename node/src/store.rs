@@ -375,6 +375,9 @@ CREATE TABLE IF NOT EXISTS waiting_skips (
 ) WITHOUT ROWID;
 ";
 
+/// The `meta` key of [`SqliteStore::generation`].
+const GENERATION_KEY: &str = "generation";
+
 /// Erase rules and erased events (idempotent; run at every open).
 const ERASE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS erase_rules (
@@ -883,6 +886,19 @@ impl SqliteStore {
             .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
             .map_err(backend)?;
         max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
+    }
+
+    /// The member-record generation this node last ran under (`None`: never started).
+    pub(crate) fn generation(&self) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .meta_get(GENERATION_KEY)?
+            .and_then(|v| v.try_into().ok().map(u32::from_le_bytes)))
+    }
+
+    /// Records the generation this node runs under (durable at the next commit): set at
+    /// every start and when it rejoins under a later one.
+    pub(crate) fn set_generation(&mut self, generation: u32) -> Result<(), RecordError> {
+        self.meta_set(GENERATION_KEY, &generation.to_le_bytes())
     }
 
     /// A metadata value.

@@ -24,6 +24,16 @@ async fn get_json<T: serde::de::DeserializeOwned>(url: String) -> T {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
+/// GETs `url` and parses the JSON body; `None` on any failure (for polling loops).
+async fn try_json(url: String) -> Option<Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+/// The entry of a `/v1/mesh/peers` answer for the peer with hex key `key`.
+fn peer_in<'a>(peers: &'a Value, key: &str) -> Option<&'a Value> {
+    peers["peers"].as_array()?.iter().find(|p| p["key"] == key)
+}
+
 #[test]
 fn an_event_published_in_one_region_is_read_and_streamed_in_the_other_two() {
     rt().block_on(async {
@@ -84,12 +94,7 @@ fn an_event_published_in_one_region_is_read_and_streamed_in_the_other_two() {
         // The injected latency shows in the RTT estimate (eu <-> ap 198.6 ms) once the
         // window of samples from before the rules has passed.
         let rtt = wait_for(Duration::from_secs(20), || async {
-            let v: Value = reqwest::get(c.url(0, "/v1/mesh/peers"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
             let rtt = v["peers"]
                 .as_array()?
                 .iter()
@@ -597,12 +602,7 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
         assert_eq!(page[0]["data"]["k"], 5);
         // And one event by id.
         let id = page[0]["weftid"].as_str().unwrap();
-        let one: Value = reqwest::get(c.url(0, &format!("/v1/events/{id}")))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let one: Value = get_json(c.url(0, &format!("/v1/events/{id}"))).await;
         assert_eq!(one["data"]["k"], 5);
     });
 }
@@ -813,12 +813,7 @@ fn a_seed_node_killed_and_declared_down_rejoins_after_its_restart() {
         c.kill9(0);
         // Node 1 declares the seed down (SWIM suspicion over the WAN timings).
         let down = wait_for(Duration::from_secs(40), || async {
-            let v: Value = reqwest::get(c.url(1, "/v1/mesh/peers"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v = try_json(c.url(1, "/v1/mesh/peers")).await?;
             v["peers"]
                 .as_array()?
                 .iter()
@@ -981,12 +976,7 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
         assert_eq!(got.len(), ids.len(), "ap logged an event twice");
         // ap's table counts every write, late ones included: 1 + 2 + ... + 10.
         let total = wait_for(Duration::from_secs(40), || async {
-            let v: Value = reqwest::get(c.url(2, "/v1/tables/cnt.stock/sku-1"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v = try_json(c.url(2, "/v1/tables/cnt.stock/sku-1")).await?;
             (v["value"] == 55).then_some(())
         })
         .await;
@@ -999,23 +989,13 @@ fn a_node_forging_skips_cannot_hide_events_from_another() {
         // The liar's Skips were taken and then contradicted.
         let us_key = &c.keys[1];
         let peers: Value = get_json(c.url(2, "/v1/mesh/peers")).await;
-        let us = peers["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["key"] == us_key.as_str())
+        let us = peer_in(&peers, us_key)
             .unwrap_or_else(|| panic!("no peer us in {peers}"))
             .clone();
         let contradicted = us["skips_contradicted"].as_u64().unwrap();
         assert!(contradicted > 0, "{us}\n{}", c.log(2));
         assert!(us["skips_taken"].as_u64().unwrap() >= contradicted, "{us}");
-        let eu = peers["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["key"] == c.keys[0].as_str())
-            .unwrap()
-            .clone();
+        let eu = peer_in(&peers, &c.keys[0]).unwrap().clone();
         assert_eq!(eu["skips_contradicted"], 0, "{eu}");
         assert_eq!(rejected(&c, 2, "skip_contradicted").await, contradicted);
         let status: Value = get_json(c.url(2, "/v1/status")).await;
@@ -1060,20 +1040,13 @@ fn a_node_declared_down_in_a_partition_rejoins_and_a_restart_supersedes_it() {
         let mut c = Cluster::new("rejoin", 25, &three_regions()[..2], "");
         c.start_all();
         c.wait_meshed().await;
-        let peer_of = |v: &Value, key: &str| -> Option<Value> {
-            v["peers"]
-                .as_array()?
-                .iter()
-                .find(|p| p["key"] == key)
-                .cloned()
-        };
         // Cut node 1 off, both directions, until node 0 declares it down.
         c.chaos(0, json!([{"peer": "*", "blackhole": true}])).await;
         c.chaos(1, json!([{"peer": "*", "blackhole": true}])).await;
         let key1 = c.keys[1].clone();
         let down = wait_for(Duration::from_secs(60), || async {
-            let v: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
-            (peer_of(&v, &key1)?["state"] == "down").then_some(())
+            let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
+            (peer_in(&v, &key1)?["state"] == "down").then_some(())
         })
         .await;
         assert!(down.is_some(), "node 1 never declared down:\n{}", c.log(0));
@@ -1081,9 +1054,9 @@ fn a_node_declared_down_in_a_partition_rejoins_and_a_restart_supersedes_it() {
         c.chaos(0, json!([])).await;
         c.chaos(1, json!([])).await;
         let back = wait_for(Duration::from_secs(60), || async {
-            let v: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
-            let p = peer_of(&v, &key1)?;
-            (p["state"] == "up" && p["generation"].as_u64()? >= 1).then_some(p)
+            let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
+            let p = peer_in(&v, &key1)?;
+            (p["state"] == "up" && p["generation"].as_u64()? >= 1).then(|| p.clone())
         })
         .await
         .unwrap_or_else(|| panic!("node 1 never back:\n{}\n{}", c.log(0), c.log(1)));
@@ -1098,8 +1071,8 @@ fn a_node_declared_down_in_a_partition_rejoins_and_a_restart_supersedes_it() {
         c.start(1);
         c.wait_meshed().await;
         let restarted = wait_for(Duration::from_secs(60), || async {
-            let v: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
-            let p = peer_of(&v, &key1)?;
+            let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
+            let p = peer_in(&v, &key1)?;
             (p["state"] == "up" && p["generation"].as_u64()? > rejoined).then_some(())
         })
         .await;

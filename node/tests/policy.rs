@@ -204,15 +204,7 @@ fn an_eu_resident_stream_never_reaches_the_us_node_and_access_rules_hold() {
         assert_eq!(orders.len(), 1, "the public event reached the US node");
 
         // The stamp is in the signed security context.
-        let ev: serde_json::Value = http
-            .get(c.url(1, &format!("/v1/events/{pii_id}")))
-            .bearer_auth(&c.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ev = c.get_auth(1, &format!("/v1/events/{pii_id}")).await;
         let text = ev.to_string();
         assert!(text.contains("eu-personal"), "{ev}");
 

@@ -220,15 +220,9 @@ async fn get_json(url: String) -> Value {
 /// Every event of `stream` at node `i` (CloudEvents as the API renders them).
 async fn events(c: &Cluster, i: usize, stream: &str) -> Vec<Value> {
     // Reads under a policy are authorized: with the tester's token.
-    let v: Value = reqwest::Client::new()
-        .get(c.url(i, &format!("/v1/streams/{stream}/events?limit=1000")))
-        .bearer_auth(&c.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = c
+        .get_auth(i, &format!("/v1/streams/{stream}/events?limit=1000"))
+        .await;
     v.as_array().cloned().unwrap_or_default()
 }
 
