@@ -1057,7 +1057,15 @@ impl Driver {
             .map_err(|e| e.to_string())?;
         match target {
             crate::erase::Target::Key { stream, key } => {
-                crate::tables::erase_key(conn, stream, key)?;
+                let strategy = StreamName::new(stream.as_str())
+                    .ok()
+                    .and_then(|name| tables.as_ref().and_then(|t| t.strategy(&name)));
+                let mut unused = weft_fabric::table::ConflictStats::default();
+                let stats = match strategy {
+                    Some(s) => self.table_stats.entry(s.as_str()).or_default(),
+                    None => &mut unused,
+                };
+                crate::tables::erase_key(conn, strategy, stream, key, stats)?;
             }
             crate::erase::Target::Principal { .. } => {
                 let streams: BTreeSet<&String> = touched

@@ -178,6 +178,19 @@ fn apply_one(
     )
     .and_then(|mut s| s.execute(params![stream, &origin.0[..], seq_sql]))
     .map_err(backend)?;
+    apply_write(conn, strategy, event, key, stats)
+}
+
+/// Applies one write to its key's row, without `table_applied`'s duplicate guard (the
+/// callers: [`apply_one`] after it, [`erase_key`] re-applying what the log holds).
+fn apply_write(
+    conn: &Connection,
+    strategy: Strategy,
+    event: &Event,
+    key: &[u8],
+    stats: &mut ConflictStats,
+) -> Result<Applied, String> {
+    let stream = event.stream().as_str();
     let op = match event.payload() {
         Payload::Sealed(_) => {
             stats.ignored += 1;
@@ -198,7 +211,7 @@ fn apply_one(
         &mut state,
         &Write {
             dot: Dot {
-                origin,
+                origin: event.origin(),
                 seq: event.seq(),
             },
             hlc: event.hlc(),
@@ -218,21 +231,74 @@ fn apply_one(
     Ok(outcome)
 }
 
-/// Removes a key's row (an erase, `erase.rs`): no tombstone is left, the key reads as
-/// never written; writes stamped after the erase's bound create it afresh.
-pub(crate) fn erase_key(conn: &Connection, stream: &str, key: &[u8]) -> Result<(), String> {
+/// Re-materializes a key after an erase (`erase.rs`) removed the writes it covers from
+/// the store: the key's row is rebuilt from the writes the log still holds (those stamped
+/// after the erase's bound; none leaves no row and no tombstone, the key reads as never
+/// written), and what each origin has written to the table is recomputed from the log.
+/// So the table is the one a rebuild from the log gives, and the one of a replica where
+/// the erase came first and refused the covered writes, whatever order the erase and a
+/// later write arrived in. `strategy` is `None` for a stream that is not a table: its
+/// leftover rows, if any, go.
+pub(crate) fn erase_key(
+    conn: &Connection,
+    strategy: Option<Strategy>,
+    stream: &str,
+    key: &[u8],
+    stats: &mut ConflictStats,
+) -> Result<(), String> {
     conn.execute(
         "DELETE FROM table_keys WHERE stream = ?1 AND key = ?2",
         params![stream, key],
     )
     .map_err(backend)?;
+    let Some(strategy) = strategy else {
+        return Ok(());
+    };
+    for event in log_writes(conn, stream, Some(key))? {
+        apply_write(conn, strategy, &event, key, stats)?;
+    }
+    conn.execute("DELETE FROM table_applied WHERE stream = ?1", [stream])
+        .map_err(backend)?;
+    conn.execute(
+        "INSERT INTO table_applied (stream, origin, seq)
+         SELECT ?1, e.origin, MAX(e.seq) FROM log l JOIN events e ON e.id = l.id
+         WHERE l.stream = ?1 AND e.key IS NOT NULL GROUP BY e.origin",
+        [stream],
+    )
+    .map_err(backend)?;
     Ok(())
 }
 
+/// The keyed events of `stream` in the log (of one key, or all), in per-origin sequence
+/// order (not log order: an event delivered late, after a contradicted Skip, sits in the
+/// log after its origin's later events; the strategies resolve any interleaving of
+/// origins identically).
+fn log_writes(conn: &Connection, stream: &str, key: Option<&[u8]>) -> Result<Vec<Event>, String> {
+    let mut select = conn
+        .prepare_cached(
+            "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
+             WHERE l.stream = ?1 AND e.key IS NOT NULL AND (?2 IS NULL OR e.key = ?2)
+             ORDER BY e.origin, e.seq",
+        )
+        .map_err(backend)?;
+    let envelopes: Vec<Vec<u8>> = select
+        .query_map(params![stream, key], |r| r.get(0))
+        .and_then(Iterator::collect)
+        .map_err(backend)?;
+    envelopes
+        .iter()
+        .map(|bytes| {
+            // Stored events were verified on arrival; decoding checks the structure again.
+            weft_fabric::decode(bytes)
+                .map_err(|e| format!("corrupt event in the log: {e}"))?
+                .verify()
+                .map_err(|e| format!("event in the log fails verification: {e}"))
+        })
+        .collect()
+}
+
 /// Rebuilds a table from the events of its stream in the log, under `strategy`, in
-/// per-origin sequence order (not log order: an event delivered late, after a contradicted
-/// Skip, sits in the log after its origin's later events; the strategies resolve any
-/// interleaving of origins identically).
+/// per-origin sequence order ([`log_writes`]).
 pub(crate) fn rebuild(
     conn: &Connection,
     strategy: Strategy,
@@ -244,25 +310,10 @@ pub(crate) fn rebuild(
         .map_err(backend)?;
     conn.execute("DELETE FROM table_applied WHERE stream = ?1", [name])
         .map_err(backend)?;
-    let mut select = conn
-        .prepare(
-            "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
-             WHERE l.stream = ?1 AND e.key IS NOT NULL ORDER BY e.origin, e.seq",
-        )
-        .map_err(backend)?;
-    let envelopes: Vec<Vec<u8>> = select
-        .query_map([name], |r| r.get(0))
-        .and_then(Iterator::collect)
-        .map_err(backend)?;
-    let mut n = 0usize;
-    for bytes in envelopes {
-        // Stored events were verified on arrival; decoding checks the structure again.
-        let event = weft_fabric::decode(&bytes)
-            .map_err(|e| format!("corrupt event in the log: {e}"))?
-            .verify()
-            .map_err(|e| format!("event in the log fails verification: {e}"))?;
-        apply_one(conn, strategy, &event, stats)?;
-        n += 1;
+    let events = log_writes(conn, name, None)?;
+    let n = events.len();
+    for event in &events {
+        apply_one(conn, strategy, event, stats)?;
     }
     conn.execute(
         "INSERT INTO table_meta (stream, strategy) VALUES (?1, ?2)
@@ -729,4 +780,202 @@ async fn write(
     )
     .await?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::erase::Target;
+    use crate::store::{SqliteStore, StoreLimits};
+    use std::collections::BTreeSet;
+    use weft_fabric::mesh::{Inserted, Store};
+    use weft_fabric::table::OP_CONTENT_TYPE;
+    use weft_fabric::{EventDraft, Hlc, Residency, SecurityContext, Signer};
+
+    const STREAM: &str = "prefs";
+    /// Wall clock of the first write, ms.
+    const T0: u64 = 1_764_331_200_000;
+
+    /// A signed write of `op` to `key` by producer `signer`, stamped `at_ms`.
+    fn write(signer: u8, seq: u64, key: &[u8], at_ms: u64, op: &Op) -> Arc<Event> {
+        let draft = EventDraft {
+            stream: StreamName::new(STREAM).unwrap(),
+            key: Some(key.to_vec()),
+            seq,
+            hlc: Hlc::new(at_ms, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "acme".into(),
+                principal: "prefs-service".into(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: BTreeSet::new(),
+                policy_epoch: 1,
+            },
+            content_type: OP_CONTENT_TYPE.into(),
+            payload: Payload::Clear(op.encode()),
+            trace: None,
+        };
+        Arc::new(Signer::from_secret(&[signer; 32]).sign(draft).unwrap())
+    }
+
+    /// The write operation each strategy takes, carrying `n`.
+    fn op(strategy: Strategy, n: u8) -> Op {
+        match strategy {
+            Strategy::Lww | Strategy::MultiValue => Op::Put {
+                content_type: "application/json".into(),
+                value: format!("{n}").into_bytes(),
+                ctx: Vv::default(),
+            },
+            Strategy::Counter => Op::Add { delta: n.into() },
+            Strategy::Set => Op::Insert {
+                elements: vec![vec![n]],
+            },
+        }
+    }
+
+    /// One node's store with the table, driven as the driver drives it.
+    struct Replica {
+        _dir: tempfile::TempDir,
+        store: SqliteStore,
+        strategy: Strategy,
+        stats: ConflictStats,
+        built: BTreeMap<String, Strategy>,
+    }
+
+    impl Replica {
+        fn new(strategy: Strategy) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(dir.path(), StoreLimits::default()).unwrap();
+            Replica {
+                _dir: dir,
+                store,
+                strategy,
+                stats: ConflictStats::default(),
+                built: BTreeMap::new(),
+            }
+        }
+
+        /// Delivers `event` as the driver does: stored, appended to the log, applied.
+        fn deliver(&mut self, event: &Arc<Event>) {
+            assert_eq!(self.store.insert(event.clone()), Ok(Inserted::New));
+            self.store.append_log(event).unwrap();
+            let conn = self.store.write_conn().unwrap();
+            let applied = apply(conn, self.strategy, event, &mut self.stats, &mut self.built);
+            assert_eq!(applied, Ok(Applied::Applied));
+            self.store.commit().unwrap();
+        }
+
+        /// Applies an erase of `key` covering writes stamped up to `bound_ms`, as the
+        /// driver's `apply_erase` does.
+        fn erase(&mut self, key: &[u8], bound_ms: u64) {
+            let target = Target::Key {
+                stream: STREAM.into(),
+                key: key.to_vec(),
+            };
+            let bound = Hlc::new(bound_ms, u16::MAX).unwrap().as_u64();
+            self.store.erase(&target, bound).unwrap();
+            let conn = self.store.write_conn().unwrap();
+            erase_key(conn, Some(self.strategy), STREAM, key, &mut self.stats).unwrap();
+            self.store.commit().unwrap();
+        }
+
+        fn rebuild(&mut self) {
+            let conn = self.store.write_conn().unwrap();
+            let stream = StreamName::new(STREAM).unwrap();
+            rebuild(conn, self.strategy, &stream, &mut self.stats).unwrap();
+            self.store.commit().unwrap();
+        }
+
+        fn digest(&mut self) -> [u8; 32] {
+            let conn = self.store.write_conn().unwrap();
+            digest(conn, STREAM, self.strategy).unwrap()
+        }
+
+        fn key(&mut self, key: &[u8]) -> Option<Value> {
+            let conn = self.store.write_conn().unwrap();
+            load_state(conn, STREAM, key)
+                .unwrap()
+                .map(|s| view(self.strategy, key, &s))
+        }
+    }
+
+    const STRATEGIES: [Strategy; 4] = [
+        Strategy::Lww,
+        Strategy::MultiValue,
+        Strategy::Counter,
+        Strategy::Set,
+    ];
+
+    /// An erase covers the writes stamped up to its bound, not later ones: a write
+    /// stamped after it survives on every replica, whether it arrived before the erase
+    /// (a partition held the erase back) or after it.
+    #[test]
+    fn a_key_erase_keeps_later_writes_in_either_order() {
+        for strategy in STRATEGIES {
+            let old = write(1, 1, b"k", T0, &op(strategy, 1));
+            let later = write(2, 1, b"k", T0 + 120_000, &op(strategy, 2));
+            let bound = T0 + 60_000;
+            let mut before = Replica::new(strategy);
+            before.deliver(&old);
+            before.deliver(&later);
+            before.erase(b"k", bound);
+            let mut after = Replica::new(strategy);
+            after.deliver(&old);
+            after.erase(b"k", bound);
+            after.deliver(&later);
+            let mut only = Replica::new(strategy);
+            only.deliver(&later);
+            let value = only.key(b"k");
+            assert!(value.is_some(), "{strategy:?}");
+            assert_eq!(
+                before.key(b"k"),
+                value,
+                "{strategy:?}: erase after the write"
+            );
+            assert_eq!(
+                after.key(b"k"),
+                value,
+                "{strategy:?}: erase before the write"
+            );
+            assert_eq!(before.digest(), after.digest(), "{strategy:?}");
+            assert_eq!(before.digest(), only.digest(), "{strategy:?}");
+        }
+    }
+
+    /// A table after a key erase is the table a rebuild from the log gives (a later
+    /// rebuild, for a late write, a principal erase or a new strategy, changes nothing),
+    /// and it is the table of a replica that never held the erased writes.
+    #[test]
+    fn a_key_erase_leaves_the_table_a_rebuild_gives() {
+        for strategy in STRATEGIES {
+            // Producer 1's newest writes are the erased ones.
+            let kept = [
+                write(1, 1, b"j", T0, &op(strategy, 1)),
+                write(2, 1, b"j", T0 + 1, &op(strategy, 2)),
+            ];
+            let erased = [
+                write(1, 2, b"k", T0 + 2, &op(strategy, 3)),
+                write(1, 3, b"k", T0 + 3, &op(strategy, 4)),
+            ];
+            let mut erasing = Replica::new(strategy);
+            for e in kept.iter().chain(&erased) {
+                erasing.deliver(e);
+            }
+            erasing.erase(b"k", T0 + 60_000);
+            assert_eq!(erasing.key(b"k"), None, "{strategy:?}");
+            let erased_digest = erasing.digest();
+            erasing.rebuild();
+            assert_eq!(erasing.digest(), erased_digest, "{strategy:?}: rebuild");
+            let mut fresh = Replica::new(strategy);
+            for e in &kept {
+                fresh.deliver(e);
+            }
+            assert_eq!(
+                fresh.digest(),
+                erased_digest,
+                "{strategy:?}: never held them"
+            );
+            assert_eq!(fresh.key(b"j"), erasing.key(b"j"), "{strategy:?}");
+        }
+    }
 }

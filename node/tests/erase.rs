@@ -413,3 +413,102 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
         );
     });
 }
+
+/// An erase is not a ban: a key written afresh after the rule's cover window (60 s) is new
+/// data. On a node cut off while the erase was applied elsewhere, that write comes before
+/// the erase; on the others after it. Every node must end with the new value and the same
+/// table (a key erase used to delete the key's row whatever it held, losing the new write
+/// on the node that took it).
+#[test]
+fn a_key_written_after_the_erase_window_survives_on_the_node_that_took_it_first() {
+    rt().block_on(async {
+        let mut c = Cluster::new("erase-late", 64, &three_regions(), &extra());
+        c.start_all();
+        c.wait_meshed().await;
+        let admin = c.token.clone();
+        let old = put(
+            &c,
+            0,
+            &admin,
+            "/v1/tables/kv.users/dave",
+            json!({"v": "DAVE-OLD"}),
+        )
+        .await;
+        everywhere(&c, "kv.users", &old).await;
+
+        // Node 2 cut off; the erase applied at nodes 0 and 1 only.
+        c.chaos(2, json!([{"peer": "*", "blackhole": true}])).await;
+        for i in 0..2 {
+            c.chaos(
+                i,
+                json!([{"peer": "aws:ap-northeast-1", "blackhole": true}]),
+            )
+            .await;
+        }
+        let r = reqwest::Client::new()
+            .post(c.url(0, "/v1/erase"))
+            .bearer_auth(&admin)
+            .json(&json!({"stream": "kv.users", "key": "dave"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        for i in 0..2 {
+            wait_for(Duration::from_secs(20), || async {
+                let (s, _) = get(&c, i, "/v1/tables/kv.users/dave").await;
+                (s == 404).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never applied the erase:\n{}", c.log(i)));
+        }
+        let (s, v) = get(&c, 2, "/v1/tables/kv.users/dave").await;
+        assert_eq!((s, &v["value"]), (200, &json!({"v": "DAVE-OLD"})), "{v}");
+
+        // Past the rule's cover window, node 2 takes a new write of the key.
+        tokio::time::sleep(Duration::from_secs(62)).await;
+        let new = put(
+            &c,
+            2,
+            &admin,
+            "/v1/tables/kv.users/dave",
+            json!({"v": "DAVE-NEW"}),
+        )
+        .await;
+
+        // Heal: node 2 gets the erase after the new write, the others the new write
+        // after the erase.
+        for i in 0..3 {
+            c.chaos(i, json!([])).await;
+        }
+        everywhere(&c, "kv.users", &new).await;
+        wait_for(Duration::from_secs(40), || async {
+            let (_, v) = get(&c, 2, "/v1/audit?limit=1000").await;
+            v["entries"]
+                .as_array()?
+                .iter()
+                .any(|e| e["reason"] == "erase_applied")
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node 2 never applied the erase:\n{}", c.log(2)));
+        for i in 0..3 {
+            let (s, v) = get(&c, i, "/v1/tables/kv.users/dave").await;
+            assert_eq!(
+                (s, &v["value"]),
+                (200, &json!({"v": "DAVE-NEW"})),
+                "node {i}: {v}"
+            );
+            assert!(
+                rows_with(&c, i, b"DAVE-OLD").is_empty(),
+                "node {i} keeps the erased write"
+            );
+        }
+        let mut digests = Vec::new();
+        for i in 0..3 {
+            let (s, v) = get(&c, i, "/v1/tables/kv.users?digest=true").await;
+            assert_eq!(s, 200, "{v}");
+            digests.push(v["digest"].as_str().unwrap().to_string());
+        }
+        assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    });
+}
