@@ -254,9 +254,9 @@ pub(crate) fn erase_key(
     let Some(strategy) = strategy else {
         return Ok(());
     };
-    for event in log_writes(conn, stream, Some(key))? {
-        apply_write(conn, strategy, &event, key, stats)?;
-    }
+    for_each_log_write(conn, stream, Some(key), |event| {
+        apply_write(conn, strategy, event, key, stats).map(drop)
+    })?;
     conn.execute("DELETE FROM table_applied WHERE stream = ?1", [stream])
         .map_err(backend)?;
     conn.execute(
@@ -269,11 +269,25 @@ pub(crate) fn erase_key(
     Ok(())
 }
 
-/// The keyed events of `stream` in the log (of one key, or all), in per-origin sequence
-/// order (not log order: an event delivered late, after a contradicted Skip, sits in the
-/// log after its origin's later events; the strategies resolve any interleaving of
-/// origins identically).
-fn log_writes(conn: &Connection, stream: &str, key: Option<&[u8]>) -> Result<Vec<Event>, String> {
+/// Events a log walk ([`for_each_log_write`]) decodes and verifies at once: its memory
+/// whatever the table's size, and one batch for signature verification.
+const LOG_WALK_CHUNK: usize = weft_fabric::limits::VERIFY_BATCH_LEN_MAX;
+
+/// Calls `f` with each keyed event of `stream` in the log (of one key, or all), in
+/// per-origin sequence order (not log order: an event delivered late, after a contradicted
+/// Skip, sits in the log after its origin's later events; the strategies resolve any
+/// interleaving of origins identically). Returns how many there were.
+///
+/// The rows stream from one query (SQLite sorts them, spilling to its temporary store for
+/// a large table), and are decoded and verified in chunks: the disk is not trusted blindly
+/// (`store.rs`), and a batch is checked for less than its events one by one
+/// (docs/performance.md).
+fn for_each_log_write(
+    conn: &Connection,
+    stream: &str,
+    key: Option<&[u8]>,
+    mut f: impl FnMut(&Event) -> Result<(), String>,
+) -> Result<usize, String> {
     let mut select = conn
         .prepare_cached(
             "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
@@ -281,24 +295,37 @@ fn log_writes(conn: &Connection, stream: &str, key: Option<&[u8]>) -> Result<Vec
              ORDER BY e.origin, e.seq",
         )
         .map_err(backend)?;
-    let envelopes: Vec<Vec<u8>> = select
-        .query_map(params![stream, key], |r| r.get(0))
-        .and_then(Iterator::collect)
-        .map_err(backend)?;
-    envelopes
-        .iter()
-        .map(|bytes| {
-            // Stored events were verified on arrival; decoding checks the structure again.
-            weft_fabric::decode(bytes)
-                .map_err(|e| format!("corrupt event in the log: {e}"))?
-                .verify()
-                .map_err(|e| format!("event in the log fails verification: {e}"))
-        })
-        .collect()
+    let mut rows = select.query(params![stream, key]).map_err(backend)?;
+    let mut chunk = Vec::with_capacity(LOG_WALK_CHUNK);
+    let mut n = 0;
+    let mut flush = |chunk: &mut Vec<weft_fabric::UnverifiedEvent>| {
+        for checked in weft_fabric::verify_batch(std::mem::take(chunk)) {
+            let event =
+                checked.map_err(|(_, e)| format!("event in the log fails verification: {e}"))?;
+            f(&event)?;
+            n += 1;
+        }
+        Ok::<(), String>(())
+    };
+    while let Some(row) = rows.next().map_err(backend)? {
+        let bytes = row
+            .get_ref(0)
+            .map_err(backend)?
+            .as_blob()
+            .map_err(|e| format!("corrupt event in the log: {e}"))?;
+        chunk.push(
+            weft_fabric::decode(bytes).map_err(|e| format!("corrupt event in the log: {e}"))?,
+        );
+        if chunk.len() == LOG_WALK_CHUNK {
+            flush(&mut chunk)?;
+        }
+    }
+    flush(&mut chunk)?;
+    Ok(n)
 }
 
 /// Rebuilds a table from the events of its stream in the log, under `strategy`, in
-/// per-origin sequence order ([`log_writes`]).
+/// per-origin sequence order ([`for_each_log_write`]).
 pub(crate) fn rebuild(
     conn: &Connection,
     strategy: Strategy,
@@ -310,11 +337,9 @@ pub(crate) fn rebuild(
         .map_err(backend)?;
     conn.execute("DELETE FROM table_applied WHERE stream = ?1", [name])
         .map_err(backend)?;
-    let events = log_writes(conn, name, None)?;
-    let n = events.len();
-    for event in &events {
-        apply_one(conn, strategy, event, stats)?;
-    }
+    let n = for_each_log_write(conn, name, None, |event| {
+        apply_one(conn, strategy, event, stats).map(drop)
+    })?;
     conn.execute(
         "INSERT INTO table_meta (stream, strategy) VALUES (?1, ?2)
          ON CONFLICT (stream) DO UPDATE SET strategy = excluded.strategy",
@@ -905,6 +930,42 @@ mod tests {
         Strategy::Counter,
         Strategy::Set,
     ];
+
+    /// A rebuild walks the log in chunks (writing rows while the query still runs) and
+    /// gives the table that applying each write as it came gave.
+    #[test]
+    fn a_rebuild_over_many_chunks_gives_the_table_as_applied() {
+        for strategy in STRATEGIES {
+            let mut replica = Replica::new(strategy);
+            let n = 2 * LOG_WALK_CHUNK as u64 + 37;
+            for seq in 1..=n {
+                let signer = (seq % 3) as u8 + 1;
+                let key = format!("k{}", seq % 50);
+                let at = T0 + seq;
+                replica.deliver(&write(
+                    signer,
+                    seq,
+                    key.as_bytes(),
+                    at,
+                    &op(strategy, seq as u8),
+                ));
+            }
+            let applied = replica.digest();
+            let keys: Vec<_> = (0..50)
+                .map(|k| replica.key(format!("k{k}").as_bytes()))
+                .collect();
+            replica.rebuild();
+            assert_eq!(replica.digest(), applied, "{strategy:?}");
+            for (k, value) in keys.iter().enumerate() {
+                assert!(value.is_some());
+                assert_eq!(
+                    &replica.key(format!("k{k}").as_bytes()),
+                    value,
+                    "{strategy:?} k{k}"
+                );
+            }
+        }
+    }
 
     /// An erase covers the writes stamped up to its bound, not later ones: a write
     /// stamped after it survives on every replica, whether it arrived before the erase
