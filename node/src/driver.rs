@@ -264,7 +264,7 @@ pub(crate) struct Driver {
     /// The strategy each table stream was built with (`tables::apply`'s memory).
     tables_built: BTreeMap<String, weft_fabric::table::Strategy>,
     /// Tables a late write reached in this step: rebuilt once each at its end.
-    late_tables: BTreeMap<weft_fabric::StreamName, weft_fabric::table::Strategy>,
+    late_tables: BTreeSet<weft_fabric::StreamName>,
 }
 
 impl Driver {
@@ -310,7 +310,7 @@ impl Driver {
             tables: None,
             table_stats: BTreeMap::new(),
             tables_built: BTreeMap::new(),
-            late_tables: BTreeMap::new(),
+            late_tables: BTreeSet::new(),
         }
     }
 
@@ -318,6 +318,48 @@ impl Driver {
     pub(crate) fn with_tables(mut self, declared: crate::tables::Declared) -> Self {
         self.tables = Some(declared);
         self
+    }
+
+    /// Brings the tables in line with what is declared now ([`crate::tables::reconcile`]):
+    /// at start and when a policy is applied, in that step's transaction.
+    fn reconcile_tables(&mut self) {
+        let Some(tables) = self.tables.clone() else {
+            return;
+        };
+        let result = self
+            .node
+            .store_mut()
+            .write_conn()
+            .map_err(|e| e.to_string())
+            .and_then(|conn| {
+                crate::tables::reconcile(
+                    conn,
+                    |s| tables.strategy(s),
+                    &mut self.tables_built,
+                    &mut self.table_stats,
+                )
+            });
+        match result {
+            Ok(changed) => {
+                for (stream, strategy) in changed {
+                    match strategy {
+                        Some(s) => info!(
+                            stream,
+                            strategy = s.as_str(),
+                            "table rebuilt for the tables now declared"
+                        ),
+                        None => info!(
+                            stream,
+                            "table dropped: its stream is no longer declared a table"
+                        ),
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.reject("table_apply_failed");
+                warn!(error = %e, "bringing the tables in line with the declared ones failed");
+            }
+        }
     }
 
     /// Applies a delivered keyed event to its table, in the step's transaction.
@@ -371,6 +413,10 @@ impl Driver {
         mut shutdown: watch::Receiver<bool>,
         known_peers: Vec<MemberInfo>,
     ) {
+        // A changed `[[tables]]` config (or a policy stored by an older build) takes effect
+        // before anything is delivered.
+        self.reconcile_tables();
+        self.commit();
         let now = self.now();
         if !known_peers.is_empty() {
             // Peers remembered from before a restart: dialable at their last addresses.
@@ -909,8 +955,15 @@ impl Driver {
 
     /// Rebuilds, once each, the tables late writes reached in this step (see
     /// [`Driver::deliver_late`]).
+    /// The strategy is the one declared now, not when the late write came: a policy
+    /// applied later in the same step may have changed it (and rebuilt the table already).
     fn rebuild_late_tables(&mut self) {
-        for (stream, strategy) in std::mem::take(&mut self.late_tables) {
+        for stream in std::mem::take(&mut self.late_tables) {
+            let Some(strategy) = self.tables.as_ref().and_then(|t| t.strategy(&stream)) else {
+                continue;
+            };
+            self.tables_built
+                .insert(stream.as_str().to_string(), strategy);
             let stats = self.table_stats.entry(strategy.as_str()).or_default();
             let result = self
                 .node
@@ -956,15 +1009,15 @@ impl Driver {
             .key()
             .and(self.tables.as_ref())
             .and_then(|t| t.strategy(event.stream()));
-        let Some(strategy) = strategy else {
+        if strategy.is_none() {
             self.deliver(event);
             return;
-        };
+        }
         match self.node.store_mut().append_log(event) {
             Ok(pos) => {
                 self.last_pos = pos;
                 self.metrics.deliveries.inc();
-                self.late_tables.insert(event.stream().clone(), strategy);
+                self.late_tables.insert(event.stream().clone());
             }
             Err(e) => {
                 self.metrics.reject("log_append_failed");
@@ -1080,6 +1133,11 @@ impl Driver {
                     if let Some(strategy) = tables.as_ref().and_then(|t| t.strategy(&name)) {
                         let stats = self.table_stats.entry(strategy.as_str()).or_default();
                         crate::tables::rebuild(conn, strategy, &name, stats)?;
+                    } else {
+                        // Not a table now: no rows may keep what the erase removed (a
+                        // later declaration rebuilds from the log).
+                        crate::tables::drop_table(conn, stream)?;
+                        self.tables_built.remove(stream.as_str());
                     }
                 }
             }
@@ -1126,6 +1184,7 @@ impl Driver {
                 return;
             }
         };
+        let mut reconcile = false;
         match apply(trust, state, &mut self.node, bytes) {
             Outcome::Applied {
                 epoch,
@@ -1134,6 +1193,7 @@ impl Driver {
             } => {
                 self.metrics.policy_epoch.set(epoch as i64);
                 self.metrics.policy_applied.inc();
+                reconcile = true;
                 audit(
                     Apply,
                     "policy_applied",
@@ -1166,6 +1226,10 @@ impl Driver {
                     format!("policy bundle from the fabric (relayed by {relayed_by}) refused: {e}"),
                 );
             }
+        }
+        if reconcile {
+            // The new epoch may declare, re-declare or drop tables.
+            self.reconcile_tables();
         }
     }
 

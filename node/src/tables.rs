@@ -355,6 +355,83 @@ pub(crate) fn rebuild(
     Ok(())
 }
 
+/// Brings the materialized tables in line with what is declared now (`strategy_of`): the
+/// driver calls it when a policy is applied and when the node starts (so a changed
+/// `[[tables]]` config counts too). A stream newly declared a table, or declared with
+/// another strategy, is rebuilt from the log; a table no longer declared is dropped (its
+/// rows, what it applied, its strategy), so that a later declaration rebuilds it from the
+/// log with every write it missed meanwhile. Every replica thus holds the table its log and
+/// the policy in force give, whether a write reached it before or after a policy change.
+/// Returns the streams that changed and their strategy now.
+pub(crate) fn reconcile(
+    conn: &Connection,
+    strategy_of: impl Fn(&StreamName) -> Option<Strategy>,
+    built: &mut BTreeMap<String, Strategy>,
+    stats: &mut BTreeMap<&'static str, ConflictStats>,
+) -> Result<Vec<(String, Option<Strategy>)>, String> {
+    let mut have: BTreeMap<String, Option<Strategy>> = BTreeMap::new();
+    {
+        let mut s = conn
+            .prepare("SELECT stream, strategy FROM table_meta")
+            .map_err(backend)?;
+        let rows: Vec<(String, String)> = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(backend)?;
+        for (stream, strategy) in rows {
+            have.insert(stream, parse_strategy(&strategy));
+        }
+        // Streams in the log without a table yet (the index on the log's streams makes
+        // this a walk of the distinct names).
+        let mut s = conn
+            .prepare("SELECT DISTINCT stream FROM log")
+            .map_err(backend)?;
+        let streams: Vec<String> = s
+            .query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(backend)?;
+        for stream in streams {
+            have.entry(stream).or_insert(None);
+        }
+    }
+    let mut changed = Vec::new();
+    for (stream, had) in have {
+        let Ok(name) = StreamName::new(stream.as_str()) else {
+            continue;
+        };
+        let want = strategy_of(&name);
+        if want == had {
+            if let Some(w) = want {
+                built.insert(stream, w);
+            }
+            continue;
+        }
+        match want {
+            Some(w) => rebuild(conn, w, &name, stats.entry(w.as_str()).or_default())?,
+            None => drop_table(conn, &stream)?,
+        }
+        match want {
+            Some(w) => built.insert(stream.clone(), w),
+            None => built.remove(&stream),
+        };
+        changed.push((stream, want));
+    }
+    Ok(changed)
+}
+
+/// Removes a table's materialized state (rows, what it applied, its strategy); the log
+/// keeps its events.
+pub(crate) fn drop_table(conn: &Connection, stream: &str) -> Result<(), String> {
+    for sql in [
+        "DELETE FROM table_keys WHERE stream = ?1",
+        "DELETE FROM table_applied WHERE stream = ?1",
+        "DELETE FROM table_meta WHERE stream = ?1",
+    ] {
+        conn.execute(sql, [stream]).map_err(backend)?;
+    }
+    Ok(())
+}
+
 /// What a table's state hashes to ([`table::digest`]), read from committed rows.
 fn digest(conn: &Connection, stream: &str, strategy: Strategy) -> Result<[u8; 32], String> {
     let applied = applied_vv(conn, stream)?;
@@ -904,6 +981,27 @@ mod tests {
             self.store.commit().unwrap();
         }
 
+        /// Delivers `event` while its stream is not a table: stored and logged only (the
+        /// driver's `apply_table` does nothing then).
+        fn deliver_unapplied(&mut self, event: &Arc<Event>) {
+            assert_eq!(self.store.insert(event.clone()), Ok(Inserted::New));
+            self.store.append_log(event).unwrap();
+            self.store.commit().unwrap();
+        }
+
+        /// A policy applied that declares the stream with `want` (or not at all), as the
+        /// driver's `reconcile_tables` runs it.
+        fn declare(&mut self, want: Option<Strategy>) -> Vec<(String, Option<Strategy>)> {
+            if let Some(w) = want {
+                self.strategy = w;
+            }
+            let conn = self.store.write_conn().unwrap();
+            let mut stats = BTreeMap::new();
+            let changed = reconcile(conn, |_| want, &mut self.built, &mut stats).unwrap();
+            self.store.commit().unwrap();
+            changed
+        }
+
         fn rebuild(&mut self) {
             let conn = self.store.write_conn().unwrap();
             let stream = StreamName::new(STREAM).unwrap();
@@ -965,6 +1063,72 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A policy that changes a table's strategy rebuilds it at once, not at the next write
+    /// to it (which may never come): the replica that took the write before the change
+    /// holds the table of the one that took it after.
+    #[test]
+    fn a_new_strategy_rebuilds_the_table_when_the_policy_is_applied() {
+        let w1 = write(1, 1, b"k", T0, &op(Strategy::Lww, 1));
+        let w2 = write(2, 1, b"k", T0 + 1, &op(Strategy::Lww, 2));
+        let mut before = Replica::new(Strategy::Lww);
+        before.deliver(&w1);
+        before.deliver(&w2);
+        assert_eq!(
+            before.declare(Some(Strategy::MultiValue)),
+            vec![(STREAM.to_string(), Some(Strategy::MultiValue))]
+        );
+        let mut after = Replica::new(Strategy::MultiValue);
+        after.deliver(&w1);
+        after.deliver(&w2);
+        assert_eq!(before.digest(), after.digest());
+        assert_eq!(before.key(b"k"), after.key(b"k"));
+        // Nothing changed: nothing rebuilt.
+        assert_eq!(before.declare(Some(Strategy::MultiValue)), vec![]);
+    }
+
+    /// A table dropped by one policy and declared again by a later one is rebuilt from the
+    /// log, with the writes that came while it was not a table.
+    #[test]
+    fn a_table_dropped_and_declared_again_keeps_the_writes_made_meanwhile() {
+        for strategy in STRATEGIES {
+            let w1 = write(1, 1, b"k", T0, &op(strategy, 1));
+            let w2 = write(1, 2, b"k", T0 + 1, &op(strategy, 2));
+            let w3 = write(2, 1, b"j", T0 + 2, &op(strategy, 3));
+            let mut a = Replica::new(strategy);
+            a.deliver(&w1);
+            assert_eq!(a.declare(None), vec![(STREAM.to_string(), None)]);
+            assert_eq!(
+                a.key(b"k"),
+                None,
+                "{strategy:?}: a dropped table has no rows"
+            );
+            a.deliver_unapplied(&w2);
+            a.declare(Some(strategy));
+            a.deliver(&w3);
+            let mut b = Replica::new(strategy);
+            for w in [&w1, &w2, &w3] {
+                b.deliver(w);
+            }
+            assert_eq!(a.digest(), b.digest(), "{strategy:?}");
+            assert_eq!(a.key(b"k"), b.key(b"k"), "{strategy:?}");
+        }
+    }
+
+    /// A stream whose events were logged before any policy declared it a table becomes one
+    /// when a policy declares it, without waiting for a write.
+    #[test]
+    fn a_stream_declared_a_table_is_built_from_the_log_at_once() {
+        let w1 = write(1, 1, b"k", T0, &op(Strategy::Lww, 1));
+        let mut a = Replica::new(Strategy::Lww);
+        a.deliver_unapplied(&w1);
+        assert_eq!(a.key(b"k"), None);
+        a.declare(Some(Strategy::Lww));
+        let mut b = Replica::new(Strategy::Lww);
+        b.deliver(&w1);
+        assert!(a.key(b"k").is_some());
+        assert_eq!(a.digest(), b.digest());
     }
 
     /// An erase covers the writes stamped up to its bound, not later ones: a write

@@ -87,6 +87,25 @@ replication = "all"
     )
 }
 
+/// [`bundle`] of `epoch` with `kv.>` a table resolved by `conflict` (or not a table, for
+/// `None`), writable by the tester.
+fn table_bundle(epoch: u64, keys: &[String], token_sha256: &str, conflict: Option<&str>) -> String {
+    let rule = conflict.map_or(String::new(), |c| {
+        format!(
+            "[[streams]]\npattern = \"kv.>\"\nclassification = \"public\"\nreplication = \"all\"\nconflict = \"{c}\"\n\n"
+        )
+    });
+    bundle(epoch, keys, token_sha256)
+        .replace(
+            r#"streams = ["orders.>""#,
+            r#"streams = ["orders.>", "kv.>""#,
+        )
+        .replace(
+            "[[streams]]\npattern = \">\"",
+            &format!("{rule}[[streams]]\npattern = \">\""),
+        )
+}
+
 async fn epoch(c: &Cluster, i: usize) -> Option<u64> {
     let v: Value = reqwest::get(c.url(i, "/v1/policy"))
         .await
@@ -282,5 +301,106 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
         c.start(0);
         c.wait_healthy(0).await;
         assert_eq!(epoch(&c, 0).await, Some(5));
+    });
+}
+
+/// A pushed policy that changes a table's strategy, drops a table or declares it again
+/// takes effect on every node when it is applied, not at the next write to the table: the
+/// key written under lww reads as a multi-value key at once, and every node holds the same
+/// table (equal digests).
+#[test]
+fn a_pushed_policy_rebuilds_the_tables_it_changes_when_applied() {
+    rt().block_on(async {
+        let ops = Operators::new("policy-tables", &["op1"]);
+        let extra = format!(
+            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            ops.keys[0]
+        );
+        let mut c = Cluster::new("policy-tables", 65, &specs(), &extra);
+        let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+        let sign = |epoch: u64, conflict: Option<&str>| -> Vec<u8> {
+            ops.sign(
+                &table_bundle(epoch, &c.keys, &token_sha256, conflict),
+                &["op1"],
+                &format!("e{epoch}.cbor"),
+            )
+        };
+        std::fs::write(c.dir.join("policy.cbor"), sign(3, Some("lww"))).unwrap();
+        let (mv, dropped, again) = (
+            sign(4, Some("multi-value")),
+            sign(5, None),
+            sign(6, Some("multi-value")),
+        );
+        c.start_all();
+        c.wait_meshed().await;
+
+        let r = reqwest::Client::new()
+            .put(c.url(0, "/v1/tables/kv.users/ann"))
+            .bearer_auth(&c.token)
+            .json(&json!({"v": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        let get = |i: usize, path: &'static str| {
+            let (url, token) = (c.url(i, path), c.token.clone());
+            async move {
+                let r = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .ok()?;
+                let status = r.status().as_u16();
+                Some((status, r.json::<Value>().await.unwrap_or(Value::Null)))
+            }
+        };
+        for i in 0..3 {
+            wait_for(Duration::from_secs(20), || async {
+                let (s, v) = get(i, "/v1/tables/kv.users/ann").await?;
+                (s == 200 && v["strategy"] == "lww" && v["value"] == json!({"v": 1})).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never showed ann under lww:\n{}", c.log(i)));
+        }
+
+        // Each epoch in turn, with no write in between: every node shows the table the
+        // epoch declares, built from its log.
+        for (body, want) in [
+            (mv, Some("multi-value")),
+            (dropped, None),
+            (again, Some("multi-value")),
+        ] {
+            let (s, v) = push(&c, 0, &c.token, body).await;
+            assert_eq!(s, 200, "{v}");
+            for i in 0..3 {
+                let shown = wait_for(Duration::from_secs(20), || async {
+                    let (s, v) = get(i, "/v1/tables/kv.users/ann").await?;
+                    let ok = match want {
+                        Some(strategy) => {
+                            s == 200
+                                && v["strategy"] == strategy
+                                && v["siblings"][0]["value"] == json!({"v": 1})
+                        }
+                        None => s == 404,
+                    };
+                    ok.then_some(v)
+                })
+                .await;
+                assert!(
+                    shown.is_some(),
+                    "node {i} under {want:?}: {:?}\n{}",
+                    get(i, "/v1/tables/kv.users/ann").await,
+                    c.log(i)
+                );
+            }
+        }
+        let mut digests = Vec::new();
+        for i in 0..3 {
+            let (s, v) = get(i, "/v1/tables/kv.users?digest=true").await.unwrap();
+            assert_eq!(s, 200, "{v}");
+            digests.push(v["digest"].as_str().unwrap().to_string());
+        }
+        assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     });
 }
