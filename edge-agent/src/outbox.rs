@@ -335,7 +335,18 @@ impl Outbox {
             })?
             .collect::<Result<_, _>>()?
         };
+        // Never a number the node already holds for this device (an outbox lost, or
+        // restored from an older copy, would restart below it; the fabric takes a reused
+        // number for an event it has, and the new event would be dropped as a duplicate).
         let mut seq = self.next_seq;
+        if profile.origin_seq_max >= seq {
+            tracing::warn!(
+                next_seq = seq,
+                node_holds = profile.origin_seq_max,
+                "the node holds sequence numbers this outbox had not reached (outbox lost or restored?): numbering on after them"
+            );
+            seq = profile.origin_seq_max.saturating_add(1);
+        }
         let mut clock = self.clock.clone();
         let mut c = self.counters.clone();
         let mut depth = self.depth;
@@ -618,6 +629,7 @@ mod tests {
             commands: None,
             batch_len_max: 256,
             batches_inflight_max: 4,
+            origin_seq_max: 0,
         }
     }
 
@@ -684,6 +696,44 @@ mod tests {
         assert_eq!(o.ack(1, 2).unwrap(), 2);
         assert_eq!(o.head_seq().unwrap(), Some(3));
         assert_eq!(o.counters.delivered, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An outbox that starts over (lost, or restored from an older copy) while the node
+    /// already holds numbers of this device numbers its events after them.
+    #[test]
+    fn numbering_continues_after_what_the_node_holds() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-outbox-n-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = OutboxConfig {
+            events_max: 100,
+            bytes_max: 1 << 20,
+            overflow: Overflow::DropOldest,
+        };
+        let signer = Signer::from_secret(&[7; 32]);
+        let mut o = Outbox::open(&dir, config.clone()).unwrap();
+        let none = Counters::default();
+        o.insert(&[ev("t.a", 5, 0), ev("t.a", 5, 1)], &[], &none)
+            .unwrap();
+        let mut held = profile();
+        held.origin_seq_max = 40;
+        assert_eq!(o.sequence(10, &held, &signer).unwrap(), 2);
+        let seqs = |o: &Outbox| {
+            o.ready(1, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&o), vec![41, 42]);
+        assert_eq!(o.next_seq(), 43);
+        // Below what the outbox reached: no effect.
+        o.insert(&[ev("t.a", 5, 2)], &[], &none).unwrap();
+        held.origin_seq_max = 41;
+        assert_eq!(o.sequence(10, &held, &signer).unwrap(), 1);
+        assert_eq!(seqs(&o), vec![41, 42, 43]);
+        drop(o);
+        assert_eq!(Outbox::open(&dir, config).unwrap().next_seq(), 44);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

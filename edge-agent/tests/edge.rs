@@ -600,3 +600,40 @@ sample = 2
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(texts(&w).unwrap(), vec!["l0", "l1", "l2", "l3", "l4"]);
 }
+
+/// An agent whose outbox is lost (its data directory wiped, the device key kept) starts
+/// numbering again at 1; the node it connects to already holds its numbers, tells it so in
+/// the profile, and the agent numbers on after them. Before, the new events took numbers the
+/// fabric already had, were answered "durable" as duplicates and never stored.
+#[test]
+fn a_wiped_outbox_numbers_on_after_what_the_node_holds() {
+    let mut w = World::new("wiped", 75, 1, "", &[], "");
+    w.start_node(0);
+    w.start_agent(false);
+    w.feed(0..100);
+    wait_for(Duration::from_secs(60), || {
+        (w.events(0, STREAM)?.len() >= 100 && depth(&w)? == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("first 100 never delivered\n{}", w.logs()));
+    w.agent.as_mut().unwrap().kill9();
+    std::fs::remove_dir_all(w.dir.join("agent-data")).unwrap();
+    w.start_agent(false);
+    w.feed(100..200);
+    let events = wait_for(Duration::from_secs(60), || {
+        let e = w.events(0, STREAM)?;
+        (e.len() >= 200).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the node never showed 200 events: {:?}\n{}",
+            w.events(0, STREAM).map(|e| e.len()),
+            w.logs()
+        )
+    });
+    assert_exactly_once_in_order(&events, 200, &w.agent_key, "after the outbox was wiped");
+    assert!(
+        w.agent_log().contains("numbering on after them"),
+        "{}",
+        w.logs()
+    );
+}

@@ -111,6 +111,13 @@ pub struct Profile {
     pub batch_len_max: u32,
     /// Most batches in flight per agent.
     pub batches_inflight_max: u32,
+    /// The highest sequence number of the device's origin the node held (stored or erased)
+    /// when it sent this profile (0: none). The agent numbers its next events after it: an
+    /// agent whose outbox was lost or restored from an older copy must not reuse numbers,
+    /// which the fabric would take for events it already has. Absent from an older node's
+    /// profile (0).
+    #[serde(default)]
+    pub origin_seq_max: u64,
 }
 
 /// The node's answer to a batch.

@@ -298,6 +298,23 @@ impl Edge {
         );
     }
 
+    /// The highest sequence number of the device's origin this node holds (stored or
+    /// erased), for [`Profile::origin_seq_max`]; 0 if the store cannot be read (logged).
+    fn origin_seq_max(&self, key: &[u8; 32]) -> u64 {
+        let origin = weft_fabric::OriginKey(*key);
+        match self.api.with_reader(|r| Ok(r.max_seq(&origin))) {
+            Ok(Ok(max)) => max,
+            Ok(Err(e)) => {
+                warn!(device = %hex::encode(key), error = %e, "reading the device's highest sequence number failed");
+                0
+            }
+            Err(e) => {
+                warn!(device = %hex::encode(key), error = ?e, "no store reader for the device's highest sequence number");
+                0
+            }
+        }
+    }
+
     /// Admission and profile of a device key under the policy in force (or the allow-list).
     fn admit(&self, key: &[u8; 32]) -> Result<Device, (&'static str, String)> {
         let hex_key = hex::encode(key);
@@ -386,6 +403,7 @@ impl Edge {
             commands,
             batch_len_max: self.config.batch_len_max,
             batches_inflight_max: self.config.batches_inflight_max,
+            origin_seq_max: self.origin_seq_max(key),
         };
         Ok(Device {
             key: *key,

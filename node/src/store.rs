@@ -1696,6 +1696,20 @@ impl StoreReader {
     }
 
     /// The envelope of event `id`, if stored.
+    /// The highest sequence number of `origin` stored or erased (0 if none), as
+    /// [`SqliteStore::max_seq`] answers it, from committed rows.
+    pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
+        let max: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE origin = ?1 \
+                 UNION ALL SELECT seq FROM erased WHERE origin = ?1)",
+            )
+            .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
+            .map_err(backend)?;
+        max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
+    }
+
     pub(crate) fn event_by_id(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
             .prepare_cached("SELECT envelope FROM events WHERE id = ?1")
