@@ -35,6 +35,9 @@ const ANSWER_FRAME_LEN_MAX: usize = 1 << 20;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connection attempt timeout (handshake and profile).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most sequencing passes one fill of the drain window makes (each takes up to a batch of
+/// events, sequenced or moved to the dead letters).
+const SEQUENCE_PASSES_MAX: usize = 64;
 /// Longest back-off between reconnection attempts to one candidate.
 const BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// A healthy node replaces the current one only if its RTT (plus bias) is lower by this
@@ -48,7 +51,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const CE_JSON: &str = "application/cloudevents+json";
 
 /// One event from an input.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct InEvent {
     pub(crate) stream: StreamName,
     pub(crate) priority: u8,
@@ -753,16 +756,32 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                     let s = shared.clone();
                     let got = with_outbox(&shared, move |o| {
                         let mut rows = o.ready(from, batch_len)?;
-                        if rows.len() < batch_len && o.has_unsequenced()? {
+                        // A pass may move every event it takes to the dead letters (streams
+                        // the profile does not allow) and sequence none: take more until
+                        // the batch fills or nothing unsequenced is left. Each pass takes
+                        // its events out of the unsequenced ones, so this ends; the bound
+                        // only caps one fill's work (the drain comes back for the rest).
+                        for _ in 0..SEQUENCE_PASSES_MAX {
+                            if rows.len() >= batch_len || !o.has_unsequenced()? {
+                                break;
+                            }
                             o.sequence(batch_len - rows.len(), &p, &s.signer)?;
                             let from = rows.last().map_or(from, |r| r.seq + 1);
                             rows.extend(o.ready(from, batch_len - rows.len())?);
                         }
-                        Ok(rows)
+                        let more = rows.is_empty() && o.has_unsequenced()?;
+                        Ok((rows, more))
                     })
                     .await;
                     match got {
-                        Ok(rows) => rows,
+                        Ok((rows, more)) => {
+                            // Only dead letters this time, with events left: come back
+                            // at once.
+                            if more {
+                                shared.wake.notify_one();
+                            }
+                            rows
+                        }
                         Err(e) => {
                             error!(error = %format!("{e:#}"), "outbox read failed");
                             Vec::new()

@@ -289,8 +289,18 @@ impl AgentConfig {
         if o.bytes_max < 1 << 16 {
             bail!(field_err("outbox.bytes_max", "must be at least 65536"));
         }
-        let stream =
-            |field: &str, s: &str| StreamName::new(s.to_string()).map_err(|e| field_err(field, e));
+        let stream = |field: &str, s: &str| {
+            let name = StreamName::new(s.to_string()).map_err(|e| field_err(field, e))?;
+            if name.is_system() {
+                bail!(field_err(
+                    field,
+                    format!(
+                        "{s} is a system stream (_weft.>): a device publishes application streams only"
+                    )
+                ));
+            }
+            Ok::<_, anyhow::Error>(name)
+        };
         if let Some(i) = &raw.inputs.stdin {
             stream("inputs.stdin.stream", &i.stream)?;
             check_priority("inputs.stdin.priority", i.priority)?;
@@ -384,6 +394,10 @@ stream = "telemetry.till-7"
             (GOOD.replace("0101", "zz01"), "nodes[0].key"),
             (
                 GOOD.replace("telemetry.till-7", "a..b"),
+                "inputs.stdin.stream",
+            ),
+            (
+                GOOD.replace("telemetry.till-7", "_weft.void"),
                 "inputs.stdin.stream",
             ),
             (

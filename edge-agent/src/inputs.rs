@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use weft_fabric::StreamName;
+use weft_fabric::limits::PAYLOAD_LEN_MAX;
 
 use crate::agent::{InEvent, IngestOutcome, Input, Shared};
 
@@ -81,7 +82,25 @@ pub(crate) fn stdin(
     done: oneshot::Sender<()>,
 ) {
     tokio::spawn(async move {
-        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, tokio::io::stdin());
+        let reader = tokio::io::BufReader::with_capacity(64 << 10, tokio::io::stdin());
+        if read_lines(reader, &name, &stream, priority, &tx).await {
+            info!("standard input ended");
+            let _ = done.send(());
+        }
+    });
+}
+
+/// Standard input's loop over any reader: lines in groups, each group offered to the
+/// ingest task until the outbox holds it. Returns whether the input ended (`false`: the
+/// agent is stopping).
+async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: tokio::io::BufReader<R>,
+    name: &str,
+    stream: &StreamName,
+    priority: u8,
+    tx: &mpsc::Sender<Input>,
+) -> bool {
+    {
         let mut buf = Vec::new();
         let mut eof = false;
         while !eof {
@@ -116,7 +135,7 @@ pub(crate) fn stdin(
                 let line = String::from_utf8_lossy(&buf);
                 let line = line.trim_end_matches(['\n', '\r']);
                 if !line.is_empty() {
-                    events.push(line_event(&name, &stream, priority, line));
+                    events.push(line_event(name, stream, priority, line));
                 }
                 if events.len() >= STDIN_GROUP_MAX || reader.buffer().is_empty() {
                     break;
@@ -125,31 +144,49 @@ pub(crate) fn stdin(
             if events.is_empty() && bad == 0 {
                 continue;
             }
-            let (rtx, rrx) = oneshot::channel();
-            let msg = Input {
-                events,
-                meta: Vec::new(),
-                bad,
-                reply: Some(rtx),
-            };
-            if tx.send(msg).await.is_err() {
-                return;
-            }
             // Wait until the outbox has them: standard input is read no faster than the
-            // outbox takes it (backpressure to the producer).
-            match rrx.await {
-                Ok(o) if o.refused_full > 0 => {
-                    warn!(
-                        refused = o.refused_full,
-                        "outbox full: lines refused (counted)"
-                    );
+            // outbox takes it (backpressure to the producer). A failed outbox write (a full
+            // disk) kept none of them: the same lines are offered again, with a growing
+            // pause, and no further line is read until they are stored.
+            let mut pause = STDIN_RETRY_FIRST;
+            loop {
+                let (rtx, rrx) = oneshot::channel();
+                let msg = Input {
+                    events: events.clone(),
+                    meta: Vec::new(),
+                    bad,
+                    reply: Some(rtx),
+                };
+                if tx.send(msg).await.is_err() {
+                    return false;
                 }
-                _ => {}
+                match rrx.await {
+                    Ok(o) if o.error.is_some() => {
+                        warn!(
+                            lines = events.len(),
+                            error = o.error.as_deref().unwrap_or(""),
+                            retry_in_ms = pause.as_millis() as u64,
+                            "the outbox could not store standard input's lines; retrying them"
+                        );
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(STDIN_RETRY_MAX);
+                    }
+                    Ok(o) => {
+                        if o.refused_full > 0 {
+                            warn!(
+                                refused = o.refused_full,
+                                "outbox full: lines refused (counted)"
+                            );
+                        }
+                        break;
+                    }
+                    // The ingest task is gone: the agent is stopping.
+                    Err(_) => return false,
+                }
             }
         }
-        info!("standard input ended");
-        let _ = done.send(());
-    });
+    }
+    true
 }
 
 /// Follows a file like `tail -f`: new complete lines become events; the offset is stored
@@ -404,6 +441,12 @@ async fn respond(
     sock.shutdown().await
 }
 
+/// First pause before standard input's lines are offered again after a failed outbox
+/// write; it doubles up to [`STDIN_RETRY_MAX`].
+const STDIN_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between offers of the same lines.
+const STDIN_RETRY_MAX: Duration = Duration::from_secs(5);
+
 fn error(reason: &str, message: impl Into<String>) -> Value {
     json!({"error": {"reason": reason, "message": message.into()}})
 }
@@ -448,7 +491,39 @@ fn check_ce(
             format!("event {i}: no stream: POST to /v1/streams/{{stream}}/events, set weftstream, or configure inputs.http.stream")
         })?,
     };
+    if stream.is_system() {
+        return Err(format!(
+            "event {i}: {} is a system stream (_weft.>): a device publishes application streams only",
+            stream.as_str()
+        ));
+    }
+    // The event becomes an envelope's payload as JSON: refused here if it cannot be one,
+    // rather than accepted and then moved to the dead letters when it is signed.
+    let len = json_len(&ce);
+    if len > PAYLOAD_LEN_MAX {
+        return Err(format!(
+            "event {i}: {len} bytes as JSON, over the envelope's payload limit ({PAYLOAD_LEN_MAX} bytes)"
+        ));
+    }
     Ok((stream, ce))
+}
+
+/// The length of `ce` serialized as JSON, without keeping the bytes.
+fn json_len(ce: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a JSON map always serializes.
+    let _ = serde_json::to_writer(&mut count, ce);
+    count.0
 }
 
 async fn serve_http(
@@ -602,4 +677,83 @@ async fn count_bad(tx: &mpsc::Sender<Input>) {
             reply: None,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ce(data: &str) -> Value {
+        json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": data})
+    }
+
+    /// A system stream is refused at the input, whichever way it is named, with a reason.
+    #[test]
+    fn a_system_stream_is_refused_at_the_input() {
+        let void = StreamName::new("_weft.void").unwrap();
+        let app = StreamName::new("telemetry.x").unwrap();
+        for (path, default) in [(Some(&void), None), (None, Some(&void))] {
+            let err = check_ce(ce("x"), path, default, 0).unwrap_err();
+            assert!(err.contains("system stream"), "{err}");
+        }
+        let mut own = ce("x");
+        own["weftstream"] = json!("_weft.policy");
+        let err = check_ce(own, None, Some(&app), 3).unwrap_err();
+        assert!(
+            err.contains("event 3") && err.contains("_weft.policy"),
+            "{err}"
+        );
+        assert!(check_ce(ce("x"), None, Some(&app), 0).is_ok());
+    }
+
+    /// An event that cannot be an envelope's payload is refused at the input, naming the
+    /// limit; one just under it is taken.
+    #[test]
+    fn an_event_over_the_payload_limit_is_refused_at_the_input() {
+        let app = StreamName::new("telemetry.x").unwrap();
+        let base = json_len(ce("").as_object().unwrap());
+        let fits = "a".repeat(PAYLOAD_LEN_MAX - base);
+        let (_, m) = check_ce(ce(&fits), None, Some(&app), 0).unwrap();
+        assert_eq!(json_len(&m), PAYLOAD_LEN_MAX);
+        assert_eq!(serde_json::to_vec(&m).unwrap().len(), PAYLOAD_LEN_MAX);
+        let over = "a".repeat(PAYLOAD_LEN_MAX - base + 1);
+        let err = check_ce(ce(&over), None, Some(&app), 0).unwrap_err();
+        assert!(err.contains(&PAYLOAD_LEN_MAX.to_string()), "{err}");
+    }
+
+    /// A failed outbox write (a full disk) keeps none of a group of standard input's
+    /// lines: the same lines are offered again until the outbox takes them, and no line
+    /// after them is read before.
+    #[tokio::test]
+    async fn standard_input_offers_its_lines_again_after_a_failed_write() {
+        let text = b"{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n";
+        let reader = tokio::io::BufReader::new(&text[..]);
+        let stream = StreamName::new("telemetry.x").unwrap();
+        let (tx, mut rx) = mpsc::channel::<Input>(4);
+        let ingest = tokio::spawn(async move {
+            let mut offers = Vec::new();
+            while let Some(input) = rx.recv().await {
+                let ns: Vec<i64> = input
+                    .events
+                    .iter()
+                    .map(|e| e.ce["data"]["n"].as_i64().unwrap())
+                    .collect();
+                let fail = offers.len() < 2;
+                offers.push(ns);
+                let _ = input.reply.unwrap().send(IngestOutcome {
+                    accepted: if fail { 0 } else { input.events.len() },
+                    error: fail.then(|| "database or disk is full".to_string()),
+                    ..IngestOutcome::default()
+                });
+            }
+            offers
+        });
+        assert!(read_lines(reader, "dev", &stream, 5, &tx).await);
+        drop(tx);
+        let offers = ingest.await.unwrap();
+        // Offered three times (two failures), the same lines each time, nothing lost.
+        assert_eq!(offers.len(), 3, "{offers:?}");
+        assert!(offers.iter().all(|o| *o == offers[0]), "{offers:?}");
+        assert_eq!(offers[0], vec![0, 1, 2]);
+    }
 }

@@ -637,3 +637,47 @@ fn a_wiped_outbox_numbers_on_after_what_the_node_holds() {
         w.logs()
     );
 }
+
+/// A whole batch's worth of events the device may not publish (a stream it is not
+/// enrolled for) at the head of the outbox goes to the dead letters, and the drain goes on
+/// with the events behind them at once (it used to stop until some other input came).
+#[test]
+fn a_batch_of_dead_letters_at_the_head_does_not_stall_the_drain() {
+    let mut w = World::with_device(
+        "deadhead",
+        76,
+        1,
+        "batch_len_max = 8\n",
+        "streams = [\"telemetry.till-7\"]\n",
+        &[],
+        "",
+    );
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || w.status())
+        .unwrap_or_else(|| panic!("agent never answered\n{}", w.logs()));
+    for i in 0..20 {
+        let ce = format!(
+            r#"{{"specversion":"1.0","id":"o-{i}","source":"it","type":"t","datacontenttype":"application/json","data":{{"o":{i}}}}}"#
+        );
+        let (code, resp) = http_post(
+            &agent_http(76),
+            "/v1/streams/other.x/events",
+            &[("content-type", "application/cloudevents+json")],
+            ce.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 202, "{}", String::from_utf8_lossy(&resp));
+    }
+    w.feed(0..10);
+    wait_for(Duration::from_secs(30), || (depth(&w)? == 30).then_some(()))
+        .unwrap_or_else(|| panic!("outbox never held 30: {:?}\n{}", w.status(), w.logs()));
+    w.start_node(0);
+    let events = wait_for(Duration::from_secs(30), || {
+        let e = w.events(0, STREAM)?;
+        (e.len() >= 10 && depth(&w)? == 0).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("drain stalled: {:?}\n{}", w.status(), w.logs()));
+    assert_exactly_once_in_order(&events, 10, &w.agent_key, "behind 20 dead letters");
+    let s = w.status().unwrap();
+    assert_eq!(s["counters"]["dead"].as_u64(), Some(20), "{s}");
+}
