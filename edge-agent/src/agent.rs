@@ -35,6 +35,11 @@ const ANSWER_FRAME_LEN_MAX: usize = 1 << 20;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connection attempt timeout (handshake and profile).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Batches in a row a node may fail (answered `failed`, or unanswered on a live
+/// connection) before the agent leaves it out for [`NODE_COOLDOWN`].
+const BATCH_FAILURES_MAX: u32 = 3;
+/// How long a node that failed [`BATCH_FAILURES_MAX`] batches in a row is left out.
+const NODE_COOLDOWN: Duration = Duration::from_secs(30);
 /// Most sequencing passes one fill of the drain window makes (each takes up to a batch of
 /// events, sequenced or moved to the dead letters).
 const SEQUENCE_PASSES_MAX: usize = 64;
@@ -115,10 +120,17 @@ struct Candidate {
     conn: Option<quinn::Connection>,
     profile: Option<Profile>,
     error: Option<String>,
+    /// Batches in a row this node answered `failed` (or left unanswered on a live
+    /// connection); at [`BATCH_FAILURES_MAX`] it is left out until `cooldown_until`.
+    failures: u32,
+    cooldown_until: Option<Instant>,
 }
 
 impl Candidate {
     fn score(&self) -> Option<f64> {
+        if self.cooldown_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
         let c = self.conn.as_ref()?;
         if c.close_reason().is_some() || self.profile.is_none() {
             return None;
@@ -210,6 +222,8 @@ impl Shared {
                 conn: None,
                 profile: None,
                 error: None,
+                failures: 0,
+                cooldown_until: None,
             })
             .collect();
         Ok(Arc::new(Self {
@@ -272,6 +286,8 @@ impl Shared {
                 conn: None,
                 profile: None,
                 error: None,
+                failures: 0,
+                cooldown_until: None,
             });
             c.len() - 1
         };
@@ -829,6 +845,7 @@ async fn handle_answer(
     match sent.answer {
         Ok(BatchAnswer::Durable { ids }) => {
             debug!(first, last, n = ids.len(), "batch durable");
+            batch_outcome(shared, None);
             if let Err(e) = with_outbox(shared, move |o| o.ack(first, last)).await {
                 error!(error = %format!("{e:#}"), "outbox ack failed");
             }
@@ -868,15 +885,57 @@ async fn handle_answer(
         }
         Ok(BatchAnswer::Failed { reason, message }) => {
             warn!(%reason, %message, "the node failed to store a batch; retrying");
+            batch_outcome(shared, Some(&format!("{reason}: {message}")));
             retry.push_back(sent.seqs);
             *pause_until = Instant::now() + Duration::from_secs(1);
         }
         Err(e) => {
             debug!(error = %format!("{e:#}"), "batch not answered; will resend");
+            batch_outcome(shared, Some(&format!("batch not answered: {e:#}")));
             retry.push_back(sent.seqs);
             *pause_until = Instant::now() + Duration::from_millis(200);
         }
     }
+}
+
+/// Counts a batch's outcome against the node in use: `None` for durable (the count starts
+/// again), `Some(why)` for a failure. A node that fails [`BATCH_FAILURES_MAX`] batches in a
+/// row while its connection stays up (its store full or failing, answers timing out) is
+/// left out for [`NODE_COOLDOWN`], so the drain moves to the next best node (and resends
+/// from the oldest unconfirmed event) instead of retrying it for ever; `status` shows why.
+/// A lost connection is not counted here: reconnecting handles it.
+fn batch_outcome(shared: &Arc<Shared>, failure: Option<&str>) {
+    let Some(idx) = *lock(&shared.active) else {
+        return;
+    };
+    let mut cands = lock(&shared.candidates);
+    let Some(c) = cands.get_mut(idx) else {
+        return;
+    };
+    let Some(why) = failure else {
+        c.failures = 0;
+        return;
+    };
+    if c.conn
+        .as_ref()
+        .is_none_or(|conn| conn.close_reason().is_some())
+    {
+        return;
+    }
+    c.failures += 1;
+    if c.failures < BATCH_FAILURES_MAX {
+        return;
+    }
+    c.failures = 0;
+    c.cooldown_until = Some(Instant::now() + NODE_COOLDOWN);
+    let error = format!(
+        "{BATCH_FAILURES_MAX} batches in a row failed (last: {why}); left out for {} s",
+        NODE_COOLDOWN.as_secs()
+    );
+    warn!(addr = %c.addr, %error, "leaving a node out");
+    c.error = Some(error);
+    drop(cands);
+    shared.changed.notify_one();
 }
 
 // ------------------------------------------------------------------------- downlink

@@ -681,3 +681,51 @@ fn a_batch_of_dead_letters_at_the_head_does_not_stall_the_drain() {
     let s = w.status().unwrap();
     assert_eq!(s["counters"]["dead"].as_u64(), Some(20), "{s}");
 }
+
+/// A node that stays connected but cannot store (its store is full) is left out after a
+/// few failed batches, and the agent delivers through the next node; its status says why.
+/// Before, the agent retried the nearest node for ever.
+#[test]
+fn a_node_that_cannot_store_is_left_out_for_the_next_one() {
+    let mut w = World::new("fullstore", 77, 2, "", &[0.0, 50.0], "");
+    // Node 0, the nearer, holds at most 20 events.
+    let n0 = w.dir.join("n0.toml");
+    let text = std::fs::read_to_string(&n0).unwrap();
+    std::fs::write(&n0, format!("{text}\n[limits]\nevents_max = 20\n")).unwrap();
+    w.start_node(0);
+    w.start_node(1);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || {
+        (connected_to(&w)? == "n0").then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent never used n0\n{}", w.logs()));
+    w.feed(0..300);
+    let events = wait_for(Duration::from_secs(90), || {
+        let e = w.events(1, STREAM)?;
+        (e.len() >= 300 && depth(&w)? == 0).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "never all on n1: {:?} {:?}\n{}",
+            w.events(1, STREAM).map(|e| e.len()),
+            w.status(),
+            w.logs()
+        )
+    });
+    assert_exactly_once_in_order(&events, 300, &w.agent_key, "through n1");
+    let s = w.status().unwrap();
+    let n0 = s["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["addr"] == "127.77.0.1:7500")
+        .unwrap()
+        .clone();
+    assert!(
+        n0["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("batches in a row failed")),
+        "{s}"
+    );
+    assert!(w.agent_log().contains("leaving a node out"), "{}", w.logs());
+}
