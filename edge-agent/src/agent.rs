@@ -883,6 +883,29 @@ async fn handle_answer(
                 retry.push_back(rest);
             }
         }
+        Ok(BatchAnswer::SeqReused {
+            index,
+            held_max,
+            message,
+        }) => {
+            let seq = sent.seqs.get(index as usize).copied().unwrap_or(first);
+            warn!(seq, held_max, %message,
+                "the node holds other events under these numbers (outbox restored from an older copy?): numbering them again after it");
+            let renumbered = with_outbox(shared, move |o| o.renumber(seq, held_max)).await;
+            if let Err(e) = renumbered {
+                error!(error = %format!("{e:#}"), "outbox renumbering failed");
+            }
+            // The batch's other events were taken (or are held): resent, answered durable.
+            let rest: Vec<u64> = sent
+                .seqs
+                .into_iter()
+                .filter(|s| !(seq..=held_max).contains(s))
+                .collect();
+            if !rest.is_empty() {
+                retry.push_back(rest);
+            }
+            shared.wake.notify_one();
+        }
         Ok(BatchAnswer::Failed { reason, message }) => {
             warn!(%reason, %message, "the node failed to store a batch; retrying");
             batch_outcome(shared, Some(&format!("{reason}: {message}")));

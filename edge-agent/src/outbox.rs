@@ -304,6 +304,25 @@ impl Outbox {
         Ok(accepted)
     }
 
+    /// Takes the numbers `from..=held_max` back from the events that hold them (the node
+    /// holds other events under them): those events are unsequenced again, in their
+    /// order, and the next numbers start after `held_max`. Returns how many.
+    pub(crate) fn renumber(&mut self, from: u64, held_max: u64) -> anyhow::Result<usize> {
+        let next = self.next_seq.max(held_max.saturating_add(1));
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE outbox SET seq = NULL, envelope = NULL WHERE seq >= ?1 AND seq <= ?2",
+            params![from as i64, held_max.min(i64::MAX as u64) as i64],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('next_seq', ?1)",
+            [&next.to_be_bytes()[..]],
+        )?;
+        tx.commit()?;
+        self.next_seq = next;
+        Ok(n)
+    }
+
     /// Sequences and signs up to `n` of the oldest unsequenced events under `profile`, in
     /// one transaction, before anything is sent. An event the profile does not allow
     /// (stream not enrolled, no classification) goes to the dead-letter table without a
@@ -734,6 +753,49 @@ mod tests {
         assert_eq!(seqs(&o), vec![41, 42, 43]);
         drop(o);
         assert_eq!(Outbox::open(&dir, config).unwrap().next_seq(), 44);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Numbers the node holds with other content are taken back: those events are
+    /// numbered again after what the node holds, in their order; numbers outside the range
+    /// keep their events.
+    #[test]
+    fn numbers_taken_back_are_given_again_after_what_the_node_holds() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-outbox-r-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = OutboxConfig {
+            events_max: 100,
+            bytes_max: 1 << 20,
+            overflow: Overflow::DropOldest,
+        };
+        let signer = Signer::from_secret(&[7; 32]);
+        let mut o = Outbox::open(&dir, config).unwrap();
+        let none = Counters::default();
+        let evs: Vec<NewEvent> = (0..5).map(|n| ev("t.a", 5, n)).collect();
+        o.insert(&evs, &[], &none).unwrap();
+        assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 5);
+        // The node holds 2..=3 with other content.
+        assert_eq!(o.renumber(2, 3).unwrap(), 2);
+        assert_eq!(o.next_seq(), 6);
+        assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 2);
+        let ready = o.ready(1, 10).unwrap();
+        let payload = |seq: u64| {
+            let r = ready.iter().find(|r| r.seq == seq).unwrap();
+            let e = weft_fabric::decode(&r.envelope).unwrap().verify().unwrap();
+            assert_eq!(e.seq(), seq);
+            match e.payload() {
+                Payload::Clear(b) => String::from_utf8(b.clone()).unwrap(),
+                Payload::Sealed(_) => panic!("sealed"),
+            }
+        };
+        assert_eq!(
+            ready.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 4, 5, 6, 7]
+        );
+        assert_eq!(payload(1), "event 0");
+        assert_eq!(payload(4), "event 3");
+        assert_eq!(payload(6), "event 1");
+        assert_eq!(payload(7), "event 2");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

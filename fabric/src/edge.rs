@@ -146,6 +146,18 @@ pub enum BatchAnswer {
         /// What was wrong.
         message: String,
     },
+    /// The event at `index` reuses a sequence number the node already holds with other
+    /// content (the agent lost its numbering state, e.g. an outbox restored from an older
+    /// copy). The batch's other events were taken as usual. The agent numbers its events at
+    /// `index`'s number up to `held_max` again, after `held_max`, and resends the rest.
+    SeqReused {
+        /// Index of the first refused event in the batch.
+        index: u32,
+        /// The highest number of the device this node holds (stored or erased).
+        held_max: u64,
+        /// What was wrong.
+        message: String,
+    },
     /// The node failed to store the batch (store full, I/O); resend later.
     Failed {
         /// Reason code.

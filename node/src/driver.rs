@@ -93,6 +93,19 @@ pub(crate) enum PublishError {
     /// An erase rule covers the event (`erase.rs`): not stored, delivered or sent.
     #[error("erased: {0}")]
     Erased(String),
+    /// A pre-signed event reuses a sequence number its origin already has here with other
+    /// content (a producer that lost its numbering state): refused, the held event kept.
+    #[error(
+        "origin {origin} already has other content at sequence number {seq} (this node holds its numbers up to {held_max}); number new events after it"
+    )]
+    SeqReused {
+        /// The producer.
+        origin: OriginKey,
+        /// The first reused number of the request.
+        seq: u64,
+        /// The highest number of the origin this node holds (stored or erased).
+        held_max: u64,
+    },
 }
 
 /// Inputs from the HTTP side.
@@ -592,6 +605,7 @@ impl Driver {
                 let mut ids = Vec::with_capacity(events.len());
                 let mut refused: Option<String> = None;
                 let mut erased: Option<String> = None;
+                let mut reused: Option<PublishError> = None;
                 for event in &events {
                     let _span = info_span!("publish", event = %event.id(),
                         traceparent = event.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
@@ -649,7 +663,26 @@ impl Driver {
                 }
                 for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
                     if let Err(e) = result {
-                        if let weft_fabric::mesh::StoreError::Erased { .. } = e {
+                        if let weft_fabric::mesh::StoreError::Equivocation { origin, seq } = e {
+                            self.metrics.reject("seq_reused");
+                            self.audit.record(
+                                crate::audit::Entry::now(
+                                    crate::audit::Decision::Deny,
+                                    "seq_reused",
+                                    self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                                    format!("publish of event {id} refused: {e}"),
+                                )
+                                .event(id.to_string()),
+                            );
+                            if reused.is_none() {
+                                let held_max = self.node.store().max_seq(&origin).unwrap_or(seq);
+                                reused = Some(PublishError::SeqReused {
+                                    origin,
+                                    seq,
+                                    held_max,
+                                });
+                            }
+                        } else if let weft_fabric::mesh::StoreError::Erased { .. } = e {
                             self.metrics.reject("erased");
                             self.audit.record(
                                 crate::audit::Entry::now(
@@ -677,6 +710,11 @@ impl Driver {
                         "{e} ({} of the request's events were accepted)",
                         ids.len()
                     ))));
+                    self.drain();
+                    return;
+                }
+                if let Some(e) = reused {
+                    let _ = reply.send(Err(e));
                     self.drain();
                     return;
                 }

@@ -671,6 +671,7 @@ impl Edge {
             Err(_) => return self.busy("publish_queue_max"),
         };
         let n = events.len();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq()).collect();
         api.metrics
             .publishes
             .get_or_create(&vec![("api", "edge".to_string())])
@@ -693,6 +694,14 @@ impl Edge {
                 reason: "not_durable".into(),
                 message: "the node did not confirm the commit".into(),
             },
+            // Counted and audited by the driver.
+            Ok(Err(e @ crate::driver::PublishError::SeqReused { seq, held_max, .. })) => {
+                BatchAnswer::SeqReused {
+                    index: seqs.iter().position(|s| *s == seq).unwrap_or(0) as u32,
+                    held_max,
+                    message: e.to_string(),
+                }
+            }
             Ok(Err(e)) => {
                 api.metrics.reject("store_refused");
                 BatchAnswer::Failed {

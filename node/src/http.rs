@@ -1130,6 +1130,12 @@ async fn wait_published(
         Ok(Err(e @ crate::driver::PublishError::Erased(_))) => {
             Err(ApiError::new(StatusCode::CONFLICT, "erased", e.to_string()))
         }
+        // Counted and audited by the driver.
+        Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "seq_reused",
+            e.to_string(),
+        )),
         Ok(Err(e)) => Err(api.fail(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "store_refused",

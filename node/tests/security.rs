@@ -93,6 +93,22 @@ replication = "all"
 
 /// An event signed by a device key (not a node): what a producer hands a node pre-signed.
 fn device_event(stream: &str, seq: u64, classification: &str, residency: Residency) -> Event {
+    device_event_with(
+        stream,
+        seq,
+        classification,
+        residency,
+        br#"{"reading":"payload-marker-42"}"#,
+    )
+}
+
+fn device_event_with(
+    stream: &str,
+    seq: u64,
+    classification: &str,
+    residency: Residency,
+    payload: &[u8],
+) -> Event {
     Signer::from_secret(&[9; 32])
         .sign(EventDraft {
             stream: StreamName::new(stream).unwrap(),
@@ -108,7 +124,7 @@ fn device_event(stream: &str, seq: u64, classification: &str, residency: Residen
                 policy_epoch: 1,
             },
             content_type: "application/json".into(),
-            payload: Payload::Clear(br#"{"reading":"payload-marker-42"}"#.to_vec()),
+            payload: Payload::Clear(payload.to_vec()),
             trace: None,
         })
         .unwrap()
@@ -250,6 +266,36 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
                 "node {node} delivered the replayed event once: {ids:?}"
             );
         }
+
+        // 3b. A reused number: the same producer signs other content under the number
+        //     the node holds (it lost its numbering state). Refused with the reason, the
+        //     held event kept; before, it was answered 200 and dropped as a duplicate.
+        let reused = device_event_with(
+            "orders.x",
+            1,
+            "public",
+            Residency::Unrestricted,
+            br#"{"reading":"other"}"#,
+        );
+        let before = rejected(&c, 0, "seq_reused").await;
+        let r = post_cbor(&c, 0, "orders.x", reused.encode()).await;
+        assert!(
+            r.1["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("sequence number 1") && m.contains("up to 1")),
+            "{r:?}"
+        );
+        assert_refused(
+            &c,
+            0,
+            "a reused sequence number",
+            r,
+            (409, "seq_reused"),
+            before,
+        )
+        .await;
+        let held = c.get_auth(0, &format!("/v1/events/{id}")).await;
+        assert_eq!(held["id"], id.as_str(), "the held event stays: {held}");
 
         // 4. Wider residency than policy allows: an EU-personal event signed as
         //    unrestricted, and one naming the laxer `public` class on an EU stream.

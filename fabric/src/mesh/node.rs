@@ -1189,7 +1189,7 @@ impl<S: Store> Node<S> {
     pub fn handle_publish(&mut self, now: Micros, event: Arc<Event>) -> Result<(), StoreError> {
         self.advance(now);
         match self.accept(event.clone())? {
-            Inserted::Duplicate => Ok(()),
+            Inserted::Duplicate => self.republished(&event),
             Inserted::Erased => Err(StoreError::Erased {
                 origin: event.origin(),
                 seq: event.seq(),
@@ -1221,7 +1221,7 @@ impl<S: Store> Node<S> {
                     fresh.push(event);
                     Ok(())
                 }
-                Ok(Inserted::Duplicate) => Ok(()),
+                Ok(Inserted::Duplicate) => self.republished(&event),
                 Ok(Inserted::Erased) => Err(StoreError::Erased {
                     origin: event.origin(),
                     seq: event.seq(),
@@ -1233,6 +1233,20 @@ impl<S: Store> Node<S> {
         self.note_published(&fresh);
         self.forward(&fresh, Some(me), true, true, &[], 0);
         results
+    }
+
+    /// A local publish of a number this node has already seen: a resend of the same event
+    /// (its answer was lost, or it came by another path) is fine; other content under the
+    /// number (a producer that lost its sequence state, or equivocates) is refused, where
+    /// the mesh's receiving path would drop it as a duplicate unseen. Only a held event can
+    /// be compared: a number seen but not stored here (a stream this node does not store)
+    /// counts as a resend.
+    fn republished(&self, event: &Event) -> Result<(), StoreError> {
+        let (origin, seq) = (event.origin(), event.seq());
+        match self.store.get(&origin, seq) {
+            Some(held) if held.id() != event.id() => Err(StoreError::Equivocation { origin, seq }),
+            _ => Ok(()),
+        }
     }
 
     fn note_published(&mut self, events: &[Arc<Event>]) {
@@ -4942,6 +4956,39 @@ mod tests {
 
     fn event_at(seed: u8, seq: u64, stream: &str) -> Arc<Event> {
         signed_event(seed, seq, stream, b"x").unwrap()
+    }
+
+    /// A local publish of a number the node holds: the same event again is a resend (Ok);
+    /// other content under that number is refused as an equivocation, one by one or in a
+    /// batch (the mesh's receiving path would drop it as a duplicate, unseen).
+    #[test]
+    fn a_republished_number_with_other_content_is_refused() {
+        let mut node = Node::new(
+            lone_member(),
+            MeshConfig::wan(2),
+            1,
+            crate::mesh::MemStore::new(100),
+            0,
+        );
+        let first = signed_event(9, 1, "orders.all", b"first").unwrap();
+        let other = signed_event(9, 1, "orders.all", b"other").unwrap();
+        let next = signed_event(9, 2, "orders.all", b"next").unwrap();
+        node.handle_publish(0, first.clone()).unwrap();
+        assert_eq!(node.handle_publish(1, first.clone()), Ok(()));
+        let refused = Err(StoreError::Equivocation {
+            origin: first.origin(),
+            seq: 1,
+        });
+        assert_eq!(node.handle_publish(2, other.clone()), refused);
+        assert_eq!(
+            node.handle_publish_batch(3, vec![first.clone(), other, next.clone()]),
+            vec![Ok(()), refused, Ok(())]
+        );
+        assert_eq!(
+            node.store().get(&first.origin(), 1).unwrap().id(),
+            first.id()
+        );
+        assert!(node.store().contains(&next.id()));
     }
 
     /// A seen-set that once reached its range limit is no longer trusted to be exact: an
