@@ -125,11 +125,13 @@ pub(crate) enum Command {
         started: Instant,
         reply: oneshot::Sender<Result<Published, PublishError>>,
     },
-    /// Save a durable subscription cursor.
+    /// Save a durable subscription cursor (durable at the next commit); `reply` gets why
+    /// it could not be (its table full, a field too long).
     SaveCursor {
         name: String,
         stream: String,
         pos: u64,
+        reply: oneshot::Sender<Result<(), crate::store::RecordError>>,
     },
     /// Close every open aggregation window and hand over the summaries (shutdown).
     DrainWindows {
@@ -756,10 +758,17 @@ impl Driver {
                     self.after_commit.push(w);
                 }
             }
-            Command::SaveCursor { name, stream, pos } => {
-                if let Err(e) = self.node_store().cursor_set(&name, &stream, pos) {
+            Command::SaveCursor {
+                name,
+                stream,
+                pos,
+                reply,
+            } => {
+                let saved = self.node_store().cursor_set(&name, &stream, pos);
+                if let Err(e) = &saved {
                     warn!(cursor = %name, error = %e, "saving a cursor failed");
                 }
+                let _ = reply.send(saved);
             }
             Command::DrainWindows { reply } => {
                 let _ = reply.send(self.aggregator.drain());

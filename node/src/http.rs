@@ -214,6 +214,41 @@ impl Api {
         ))
     }
 
+    /// Reads of a system stream (`_weft.>`: policy bundles with their token hashes, erase
+    /// requests naming keys and principals, agents' voids) are for admins only, with or
+    /// without a policy: anyone else gets 403 `system_stream`, counted and audited (a
+    /// missing or unknown token 401, as everywhere). Returns whether this is an admin's
+    /// read of a system stream (the policy's access rules, which name application streams,
+    /// do not apply to it).
+    fn check_system_read(
+        &self,
+        headers: &HeaderMap,
+        stream: &StreamName,
+        what: &str,
+    ) -> ApiResult<bool> {
+        if !stream.is_system() {
+            return Ok(false);
+        }
+        let who = self.authenticate(headers)?;
+        if who.admin {
+            return Ok(true);
+        }
+        Err(self.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "system_stream",
+                format!(
+                    "principal {} may not {what} {}: system streams (_weft.>) are read by admins only",
+                    who.name,
+                    stream.as_str()
+                ),
+            ),
+            Some(&who.name),
+            Some(stream.as_str()),
+            self.policy.epoch(),
+        ))
+    }
+
     /// The principal of a bearer token. A missing or unknown token is refused and audited.
     pub(crate) fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Principal> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -1022,11 +1057,13 @@ pub(crate) fn enforce_presigned(
     event: &Event,
 ) -> ApiResult<()> {
     let security = event.security();
+    // The tenant the event names, not the token's: a principal bound to a tenant may not
+    // publish events stamped for another (they would be read as that tenant's).
     let decision = policy.authorize(&weft_policy::AccessRequest {
         principal: &principal.name,
         action: weft_policy::Action::Publish,
         stream: event.stream(),
-        tenant: &principal.tenant,
+        tenant: &security.tenant,
         classification: Some(&security.classification),
         region: &api.me.region,
     });
@@ -1238,7 +1275,12 @@ async fn read_events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = check_stream(&api, &stream)?;
-    let guard = api.read_guard(&headers, weft_policy::Action::Read)?;
+    let system = api.check_system_read(&headers, &name, "read")?;
+    let guard = if system {
+        None
+    } else {
+        api.read_guard(&headers, weft_policy::Action::Read)?
+    };
     if let Some(g) = &guard {
         api.authorize_stream(g, &name, "read")?;
     }
@@ -1297,13 +1339,15 @@ async fn event_by_id(
         )));
     };
     let event = weft_fabric::decode(&bytes).map_err(|e| {
-        ApiError::new(
+        api.fail(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_corrupt",
             e.to_string(),
-        )
+        ))
     })?;
-    if let Some(g) = &guard
+    let system =
+        api.check_system_read(&headers, event.claimed_data().stream(), "read an event of")?;
+    if let Some(g) = guard.as_ref().filter(|_| !system)
         && !g.allows(event.claimed_data())
     {
         let stream = event.claimed_data().stream().as_str().to_string();
@@ -1343,7 +1387,12 @@ async fn subscribe(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = check_stream(&api, &stream)?;
-    let guard = api.read_guard(&headers, weft_policy::Action::Subscribe)?;
+    let system = api.check_system_read(&headers, &name, "subscribe to")?;
+    let guard = if system {
+        None
+    } else {
+        api.read_guard(&headers, weft_policy::Action::Subscribe)?
+    };
     if let Some(g) = &guard {
         let what = match &q.durable {
             Some(d) => format!("hold durable subscription {d} on"),
@@ -1364,7 +1413,7 @@ async fn subscribe(
         return Err(api.fail(e));
     }
     if let Some(d) = &q.durable {
-        check_durable_name(&api, d)?;
+        check_durable_name(&api, &name, d)?;
     }
     let last_event_id = headers
         .get("last-event-id")
@@ -1380,19 +1429,15 @@ async fn subscribe(
         }
         None => None,
     };
-    // Reconnecting with Last-Event-ID acknowledges everything up to it.
+    // Reconnecting with Last-Event-ID acknowledges everything up to it: a write, so it
+    // needs a token as the ack endpoint does (reads may be open; moving another
+    // subscriber's cursor may not).
     if let (Some(d), Some(pos)) = (&durable, last_event_id)
         && saved.is_none_or(|s| pos > s)
         && pos <= *api.committed.borrow()
     {
-        let _ = api
-            .cmd_tx
-            .send(Command::SaveCursor {
-                name: d.clone(),
-                stream: name.as_str().to_string(),
-                pos,
-            })
-            .await;
+        api.authenticate(&headers)?;
+        save_cursor(&api, d.clone(), &name, pos).await?;
     }
     let mut after = last_event_id.or(q.after).or(saved).unwrap_or(0);
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
@@ -1452,9 +1497,12 @@ async fn subscribe(
         .into_response())
 }
 
-fn check_durable_name(api: &Api, d: &str) -> ApiResult<()> {
+/// A durable subscription's name: its cursor is kept as `{stream}/{name}`, which must fit
+/// the store's name limit (`store::NAME_LEN_MAX`, 128 bytes).
+fn check_durable_name(api: &Api, stream: &StreamName, d: &str) -> ApiResult<()> {
+    let max = crate::store::NAME_LEN_MAX.saturating_sub(stream.as_str().len() + 1);
     if d.is_empty()
-        || d.len() > 128
+        || d.len() > max
         || !d
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -1462,10 +1510,50 @@ fn check_durable_name(api: &Api, d: &str) -> ApiResult<()> {
         return Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_durable_name",
-            "durable: 1 to 128 characters of A-Z a-z 0-9 - _ .",
+            format!(
+                "durable: 1 to {max} characters of A-Z a-z 0-9 - _ . (the cursor is kept as {}/NAME, at most {} bytes)",
+                stream.as_str(),
+                crate::store::NAME_LEN_MAX
+            ),
         )));
     }
     Ok(())
+}
+
+/// Saves a durable cursor through the driver and waits for the outcome: a full cursor
+/// table is 507 `cursors_full`, counted (the position was not kept, and saying so beats a
+/// subscriber that replays from the start after its next reconnect).
+async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> ApiResult<()> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let shutting_down = || {
+        api.fail(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is shutting down",
+        ))
+    };
+    api.cmd_tx
+        .send(Command::SaveCursor {
+            name,
+            stream: stream.as_str().to_string(),
+            pos,
+            reply,
+        })
+        .await
+        .map_err(|_| shutting_down())?;
+    match rx.await.map_err(|_| shutting_down())? {
+        Ok(()) => Ok(()),
+        Err(e @ crate::store::RecordError::TableFull { .. }) => Err(api.fail(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "cursors_full",
+            format!("the subscription's position was not saved: {e} (limits.cursors_max)"),
+        ))),
+        Err(e) => Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_durable_name",
+            format!("the subscription's position was not saved: {e}"),
+        ))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1484,8 +1572,9 @@ async fn ack_subscription(
 ) -> ApiResult<Response> {
     let who = api.authenticate(&headers)?;
     let stream = check_stream(&api, &stream)?;
-    check_durable_name(&api, &name)?;
-    if let Some(policy) = api.policy.policy() {
+    let system = api.check_system_read(&headers, &stream, "hold a subscription on")?;
+    check_durable_name(&api, &stream, &name)?;
+    if let Some(policy) = api.policy.policy().filter(|_| !system) {
         let guard = ReadGuard {
             policy,
             principal: who,
@@ -1515,20 +1604,7 @@ async fn ack_subscription(
         .await?
         .map(|(_, pos)| pos);
     if saved.is_none_or(|s| q.cursor > s) {
-        api.cmd_tx
-            .send(Command::SaveCursor {
-                name: key,
-                stream: stream.as_str().to_string(),
-                pos: q.cursor,
-            })
-            .await
-            .map_err(|_| {
-                api.fail(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the node is shutting down",
-                ))
-            })?;
+        save_cursor(&api, key, &stream, q.cursor).await?;
     }
     Ok(axum::Json(json!({"cursor": q.cursor.max(saved.unwrap_or(0))})).into_response())
 }
@@ -1806,12 +1882,15 @@ fn enforce_publish(
     stream: &StreamName,
     index: usize,
 ) -> ApiResult<(String, Residency)> {
+    // The stamp first: rules that name classifications (a deny of `eu-personal` for a
+    // principal) apply to the class the event will carry.
+    let stamp = policy.stamp(stream, None, &Residency::Unrestricted);
     let decision = policy.authorize(&weft_policy::AccessRequest {
         principal: &principal.name,
         action: weft_policy::Action::Publish,
         stream,
         tenant: &principal.tenant,
-        classification: None,
+        classification: stamp.as_ref().ok().map(|s| s.classification.as_str()),
         region: &api.me.region,
     });
     if !decision.allowed {
@@ -1832,7 +1911,7 @@ fn enforce_publish(
             policy.epoch(),
         ));
     }
-    match policy.stamp(stream, None, &Residency::Unrestricted) {
+    match stamp {
         Ok(stamp) => {
             check_may_hold(api, policy, &stamp.classification, &stamp.residency).map_err(
                 |e| api.refuse(e, Some(&principal.name), Some(stream.as_str()), policy.epoch()),

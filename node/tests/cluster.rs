@@ -593,6 +593,36 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
             .map(|e| e["data"]["k"].as_i64().unwrap())
             .collect();
         assert_eq!(ks, vec![5, 6]);
+        // Moving a durable cursor by Last-Event-ID is a write: it needs a token, as the
+        // ack does (reads stay open without a policy).
+        let resp = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/s/subscribe?durable=billing"))
+            .header("last-event-id", "6")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        // A name whose cursor key ({stream}/{name}) would not fit the store's limit is
+        // refused up front, naming the limit (it used to be answered 200 and not kept).
+        let long = "n".repeat(127);
+        for path in [
+            format!("/v1/streams/s/subscribe?durable={long}"),
+            format!("/v1/streams/s/subscriptions/{long}/ack?cursor=1"),
+        ] {
+            let req = if path.contains("/ack") {
+                reqwest::Client::new().post(c.url(0, &path))
+            } else {
+                reqwest::Client::new().get(c.url(0, &path))
+            };
+            let resp = req.bearer_auth(&c.token).send().await.unwrap();
+            assert_eq!(resp.status(), 400, "{path}");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["reason"], "bad_durable_name", "{v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("126"),
+                "{v}"
+            );
+        }
         // Reads page with the cursor.
         let resp = reqwest::get(c.url(0, "/v1/streams/s/events?after=5&limit=1"))
             .await

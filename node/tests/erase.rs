@@ -379,6 +379,31 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
             assert!(rows_with(&c, 2, id.as_bytes()).is_empty());
         }
 
+        // The erase requests (keys and principals erased) are on a system stream: without
+        // a policy reads are open, but not of system streams: no token 401, an admin
+        // reads them, the carrier's id too.
+        let http = reqwest::Client::new();
+        let r = http
+            .get(c.url(0, "/v1/streams/_weft.erase/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let (s, v) = get(&c, 0, "/v1/streams/_weft.erase/events").await;
+        assert_eq!(s, 200, "{v}");
+        let carrier = v[0]["weftid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}"))
+            .to_string();
+        let r = http
+            .get(c.url(0, &format!("/v1/events/{carrier}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let (s, v) = get(&c, 0, &format!("/v1/events/{carrier}")).await;
+        assert_eq!(s, 200, "{v}");
+
         // Audited where it was asked for, and applied (with a count) on every node.
         let (_, v) = get(&c, 0, "/v1/audit?limit=1000").await;
         let entries = v["entries"].as_array().unwrap();

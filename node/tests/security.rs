@@ -68,6 +68,35 @@ actions = ["publish", "subscribe", "read"]
 streams = ["pii.>", "orders.>"]
 roles = ["writer"]
 
+[roles.auditor]
+
+[principals.auditor]
+tenant = "acme"
+roles = ["auditor"]
+token_sha256 = "{auditor}"
+
+[[access]]
+name = "read-everything"
+effect = "allow"
+actions = ["subscribe", "read"]
+streams = [">"]
+roles = ["auditor"]
+
+[[access]]
+name = "auditor-writes-notes"
+effect = "allow"
+actions = ["publish"]
+streams = ["pii.>", "orders.>"]
+roles = ["auditor"]
+
+[[access]]
+name = "auditor-no-personal-data"
+effect = "deny"
+actions = ["publish"]
+streams = [">"]
+classifications = ["eu-personal"]
+roles = ["auditor"]
+
 [classes.eu-personal]
 jurisdictions = ["EU"]
 transit = "forbidden"
@@ -88,8 +117,12 @@ replication = "all"
         a = keys[0],
         b = keys[1],
         c = keys[2],
+        auditor = hex::encode(sha2::Sha256::digest(AUDITOR_TOKEN.as_bytes())),
     )
 }
+
+/// A non-admin principal whose policy grants reading every stream (`>`).
+const AUDITOR_TOKEN: &str = "auditor-token-0123456789abcdef0123456789";
 
 /// An event signed by a device key (not a node): what a producer hands a node pre-signed.
 fn device_event(stream: &str, seq: u64, classification: &str, residency: Residency) -> Event {
@@ -109,6 +142,17 @@ fn device_event_with(
     residency: Residency,
     payload: &[u8],
 ) -> Event {
+    device_event_of("acme", stream, seq, classification, residency, payload)
+}
+
+fn device_event_of(
+    tenant: &str,
+    stream: &str,
+    seq: u64,
+    classification: &str,
+    residency: Residency,
+    payload: &[u8],
+) -> Event {
     Signer::from_secret(&[9; 32])
         .sign(EventDraft {
             stream: StreamName::new(stream).unwrap(),
@@ -116,7 +160,7 @@ fn device_event_with(
             seq,
             hlc: Hlc::new(1_795_000_000_000 + seq, 0).unwrap(),
             security: SecurityContext {
-                tenant: "acme".into(),
+                tenant: tenant.into(),
                 principal: "sensor-7".into(),
                 classification: classification.into(),
                 residency,
@@ -207,8 +251,10 @@ async fn assert_refused(
 fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
     rt().block_on(async {
         let ops = Operators::new("security", &["op", "rogue"]);
+        let auditor_hash = hex::encode(sha2::Sha256::digest(AUDITOR_TOKEN.as_bytes()));
         let extra = format!(
-            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            "[[principals]]\nname = \"auditor\"\ntenant = \"acme\"\ntoken_sha256 = \"{auditor_hash}\"\n\
+             [policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
         let mut c = Cluster::new("security", 53, &specs(), &extra);
@@ -296,6 +342,112 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         .await;
         let held = c.get_auth(0, &format!("/v1/events/{id}")).await;
         assert_eq!(held["id"], id.as_str(), "the held event stays: {held}");
+
+        // 3c. System streams are read by admins only, whatever the policy grants: the
+        //     policy bundle's carrier (token hashes) and its event by id are refused to a
+        //     principal allowed to read `>`; an admin reads them.
+        let http = reqwest::Client::new();
+        for path in [
+            "/v1/streams/_weft.policy/events",
+            "/v1/streams/_weft.policy/subscribe",
+        ] {
+            let before = rejected(&c, 0, "system_stream").await;
+            let r = http
+                .get(c.url(0, path))
+                .bearer_auth(AUDITOR_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            assert_refused(&c, 0, path, (status, body), (403, "system_stream"), before).await;
+        }
+        // An admin reads it (the policy's access rules name application streams only).
+        let r = http
+            .get(c.url(0, "/v1/streams/_weft.policy/events"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        // The same principal reads an application stream as its grant says.
+        let r = http
+            .get(c.url(0, "/v1/streams/orders.x/events"))
+            .bearer_auth(AUDITOR_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+
+        // 3d. A deny rule naming a class applies to the class a CloudEvent is stamped
+        //     with: the auditor may publish to pii.> and orders.>, but not eu-personal
+        //     data (pii.> is stamped eu-personal); public orders go through.
+        let ce = |data: &str| {
+            json!({"specversion": "1.0", "id": data, "source": "it", "type": "t",
+                "datacontenttype": "application/json", "data": {"d": data}})
+        };
+        let post_ce = |stream: &'static str, body: Value| {
+            let url = c.url(0, &format!("/v1/streams/{stream}/events"));
+            async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(AUDITOR_TOKEN)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(serde_json::to_vec(&body).unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let before = rejected(&c, 0, "publish_forbidden").await;
+        let r = post_ce("pii.notes", ce("personal")).await;
+        assert!(
+            r.1["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("auditor-no-personal-data")),
+            "{r:?}"
+        );
+        assert_refused(
+            &c,
+            0,
+            "a class its deny rule names",
+            r,
+            (403, "publish_forbidden"),
+            before,
+        )
+        .await;
+        let (s, body) = post_ce("orders.notes", ce("public")).await;
+        assert_eq!(s, 200, "{body}");
+
+        // 3e. A pre-signed event stamped for another tenant than the token's principal is
+        //     bound to: refused (readers of that tenant would take it for theirs).
+        let other = device_event_of(
+            "globex",
+            "orders.x",
+            30,
+            "public",
+            Residency::Unrestricted,
+            br#"{"reading":"globex"}"#,
+        );
+        let before = rejected(&c, 0, "publish_forbidden").await;
+        let r = post_cbor(&c, 0, "orders.x", other.encode()).await;
+        assert!(
+            r.1["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("acme")),
+            "{r:?}"
+        );
+        assert_refused(
+            &c,
+            0,
+            "another tenant's event",
+            r,
+            (403, "publish_forbidden"),
+            before,
+        )
+        .await;
 
         // 4. Wider residency than policy allows: an EU-personal event signed as
         //    unrestricted, and one naming the laxer `public` class on an EU stream.
