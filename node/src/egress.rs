@@ -95,6 +95,9 @@ pub(crate) enum Failure {
     TargetNotStored,
     /// The policy cannot classify the target (`Policy::stamp` refused).
     Unclassified(String),
+    /// The target's class may not be held on this node (its residency set leaves this
+    /// node's jurisdiction out): the derivative would be stored here in clear.
+    ResidencyIngress(String),
     /// Signing refused the derivative (too large for an envelope, clock).
     Sign(String),
     /// The store refused the derivative.
@@ -116,6 +119,7 @@ impl Failure {
             Failure::NotNumber(_) => "not_a_number",
             Failure::TargetNotStored => "target_not_stored",
             Failure::Unclassified(_) => "unclassified",
+            Failure::ResidencyIngress(_) => "residency_ingress",
             Failure::Sign(_) => "sign_failed",
             Failure::StoreRefused(_) => "store_refused",
             Failure::WindowsFull => "windows_full",
@@ -136,6 +140,9 @@ impl std::fmt::Display for Failure {
                 "this node does not store the target stream (config `streams`)"
             ),
             Failure::Unclassified(r) => write!(f, "the target cannot be stamped: {r}"),
+            Failure::ResidencyIngress(m) => {
+                write!(f, "this node may not hold the derived event: {m}")
+            }
             Failure::Sign(m) => write!(f, "signing the derived event failed: {m}"),
             Failure::StoreRefused(m) => write!(f, "the store refused the derived event: {m}"),
             Failure::WindowsFull => write!(f, "WINDOWS_MAX ({WINDOWS_MAX}) windows are open"),
@@ -294,6 +301,18 @@ fn sign_derived(
             &Residency::Unrestricted,
         )
         .map_err(|r| Failure::Unclassified(r.to_string()))?;
+    // Stored here before it goes anywhere: this node must be one that may hold it, as an
+    // ingress node must for any event it takes in.
+    if !policy.may_hold(&api.me, &stamp.classification, &stamp.residency) {
+        return Err(Failure::ResidencyIngress(format!(
+            "{} in {} is outside class {} (residency {:?}, policy epoch {})",
+            api.me.jurisdiction,
+            api.me.region,
+            stamp.classification,
+            stamp.residency,
+            policy.epoch()
+        )));
+    }
     let hlc = p
         .clock
         .tick(crate::driver::wall_ms().max(0) as u64)

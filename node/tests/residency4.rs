@@ -30,6 +30,9 @@ const SOURCE: &str = "customers.eu.profiles";
 const MASKED: &str = "customers.global.profiles";
 const PER_COUNTRY: &str = "customers.global.per-country";
 const HOURLY: &str = "customers.global.hourly";
+/// A transform's target whose class only the US may hold: the EU ingress node may not
+/// derive it (it would store it in clear).
+const US_COPY: &str = "customers.us.copy";
 
 fn specs() -> Vec<Spec> {
     vec![
@@ -104,6 +107,10 @@ transit = "forbidden"
 [classes.public]
 anywhere = true
 
+[classes.us-only]
+jurisdictions = ["US"]
+transit = "forbidden"
+
 [[streams]]
 pattern = "customers.eu.>"
 classification = "eu-personal"
@@ -134,6 +141,12 @@ source = "customers.eu.>"
 target = "{HOURLY}"
 classification = "public"
 aggregate = {{ window_s = 3600, sum = ["ltv"] }}
+
+[transforms.profiles-us-copy]
+source = "customers.eu.>"
+target = "{US_COPY}"
+classification = "us-only"
+drop = ["address"]
 "#,
         a = keys[0],
         b = keys[1],
@@ -422,7 +435,12 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             .collect();
         assert_eq!(
             names,
-            ["profiles-hourly", "profiles-masked", "profiles-per-country"],
+            [
+                "profiles-hourly",
+                "profiles-masked",
+                "profiles-per-country",
+                "profiles-us-copy"
+            ],
             "{p}"
         );
         assert_eq!(p["transforms"][1]["hash"], json!(["email"]), "{p}");
@@ -633,9 +651,25 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         assert_eq!(derived_masked, Some(json_sources as f64), "{m}");
         assert_eq!(
             metric(&m, "weft_egress_failures_total{reason=\"not_json\"}"),
-            Some(3.0),
+            Some(4.0),
             "one per transform reading the stream: {m}"
         );
+        // The US-only copy is never made at the EU ingress node: it would be stored there
+        // in clear. Refused per JSON source, counted.
+        assert_eq!(
+            metric(
+                &m,
+                "weft_egress_failures_total{reason=\"residency_ingress\"}"
+            ),
+            Some(json_sources as f64),
+            "{m}"
+        );
+        for i in 0..4 {
+            assert!(
+                events(&c, i, US_COPY).await.is_empty(),
+                "node {i} holds a US copy"
+            );
+        }
         assert!(
             c.log(eu_a).contains("egress transform failed"),
             "not audited"
