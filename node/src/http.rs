@@ -1443,11 +1443,30 @@ async fn subscribe(
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let api2 = api.clone();
     let mut guard = guard;
+    // Opened while reads needed no token (no policy in force, not an admin's system read).
+    let opened_open = guard.is_none() && !system;
     api.metrics.subscribers.inc();
     tokio::spawn(async move {
         let mut committed = api2.committed.clone();
         let mut closing = api2.closing.clone();
         'outer: loop {
+            // The first policy decides who reads from then on: a subscription opened
+            // without a token ends (the client reconnects with one), audited and counted.
+            if opened_open && let Some(p) = api2.policy.policy() {
+                api2.metrics.reject("subscription_ended");
+                api2.audit.deny(
+                    "subscription_ended",
+                    None,
+                    Some(name.as_str()),
+                    p.epoch(),
+                    format!(
+                        "a subscription to {} opened without a token ended: policy epoch {} now decides who reads",
+                        name.as_str(),
+                        p.epoch()
+                    ),
+                );
+                break;
+            }
             // A newer policy decides from its epoch on: an open subscription it no longer
             // allows ends (refused and audited like a new one).
             if let Some(g) = &mut guard

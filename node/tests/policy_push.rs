@@ -404,3 +404,52 @@ fn a_pushed_policy_rebuilds_the_tables_it_changes_when_applied() {
         assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     });
 }
+
+/// A subscription opened while no policy was in force (reads needed no token) ends when the
+/// first bundle arrives: from then on the policy decides who reads, and the client must
+/// reconnect with a token. Audited and counted.
+#[test]
+fn an_open_subscription_ends_when_the_first_policy_arrives() {
+    rt().block_on(async {
+        use futures_util::StreamExt as _;
+        let ops = Operators::new("policy-first", &["op1"]);
+        let extra = format!(
+            "[policy]\noperators = [\"{}\"]\nthreshold = 1\n",
+            ops.keys[0]
+        );
+        let c = Cluster::new("policy-first", 66, &specs(), &extra);
+        let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+        let e3 = ops.sign(&bundle(3, &c.keys, &token_sha256), &["op1"], "e3.cbor");
+        let mut c = c;
+        c.start_all();
+        c.wait_meshed().await;
+        assert_eq!(epoch(&c, 0).await, Some(0), "no policy yet");
+        // Anonymous: reads are open without a policy.
+        let resp = reqwest::get(c.url(0, "/v1/streams/orders.x/subscribe"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let (s, v) = push(&c, 0, &c.token, e3).await;
+        assert_eq!(s, 200, "{v}");
+        // The stream ends (after whatever it had sent).
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(chunk) = body.next().await {
+                if chunk.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "the anonymous subscription outlived the policy"
+        );
+        assert!(rejected(&c, 0, "subscription_ended").await >= 1);
+        // With the policy in force, an anonymous subscription is refused from the start.
+        let resp = reqwest::get(c.url(0, "/v1/streams/orders.x/subscribe"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    });
+}
