@@ -518,6 +518,20 @@ fn validate(map: Map<String, Value>) -> Result<IncomingEvent, CeError> {
     };
     let id = required("id")?;
     let source = required("source")?;
+    // (principal, source, id) is the idempotency key the node keeps: a longer field could
+    // not be kept, and every retry of the event would be stored again.
+    for (name, value) in [("id", &id), ("source", &source)] {
+        if value.len() > crate::store::CE_FIELD_LEN_MAX {
+            return Err(CeError::BadAttributeValue {
+                name: name.into(),
+                reason: format!(
+                    "{} bytes, over CE_FIELD_LEN_MAX ({} bytes; the idempotency key must fit)",
+                    value.len(),
+                    crate::store::CE_FIELD_LEN_MAX
+                ),
+            });
+        }
+    }
     let ty = required("type")?;
     let text = |name: &str| match map.get(name) {
         Some(Value::String(s)) => Some(s.clone()),
@@ -1662,6 +1676,29 @@ mod tests {
             prop_assert_eq!(parsed.stream.map(|s| s.as_str().to_owned()), Some("orders.eu".to_owned()));
             prop_assert_eq!(rendered["weftid"].clone(), json!(event.id().to_string()));
             prop_assert_eq!(rendered.contains_key("weftsealed"), sealed);
+        }
+    }
+
+    /// `id` and `source` make the idempotency key: over the store's field limit they are
+    /// refused up front (a key that cannot be kept would let every retry be stored again).
+    #[test]
+    fn an_id_or_source_over_the_key_limit_is_refused() {
+        let max = crate::store::CE_FIELD_LEN_MAX;
+        for field in ["id", "source"] {
+            for (len, ok) in [(max, true), (max + 1, false)] {
+                let mut ce = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t"});
+                ce[field] = json!("x".repeat(len));
+                let got = parse_structured(&serde_json::to_vec(&ce).unwrap());
+                match (ok, got) {
+                    (true, Ok(_)) => {}
+                    (false, Err(e)) => {
+                        assert_eq!(e.reason(), "bad_attribute_value");
+                        assert!(e.to_string().contains(&max.to_string()), "{e}");
+                        assert!(e.to_string().contains(field), "{e}");
+                    }
+                    (ok, got) => panic!("{field} of {len} bytes: want ok={ok}, got {got:?}"),
+                }
+            }
         }
     }
 }

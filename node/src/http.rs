@@ -639,6 +639,24 @@ async fn publish_inner(
         })
         .filter(|t| t.check().is_ok());
 
+    // A CloudEvent is identified by its source and id: the same pair twice in one request
+    // is one event sent twice, which the store's idempotency record (written at the
+    // commit) could not catch within the request. Refused, naming both.
+    {
+        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+        for (j, e) in incoming.iter().enumerate() {
+            if let Some(i) = first.insert((e.source.as_str(), e.id.as_str()), j) {
+                return Err(api.fail(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "duplicate_in_batch",
+                    format!(
+                        "event {j} has the source and id of event {i} ({:?}, {:?}): a CloudEvent is identified by them; send it once",
+                        e.source, e.id
+                    ),
+                )));
+            }
+        }
+    }
     // Idempotent publish: a CloudEvent already accepted from this principal (same source
     // and id) is answered with the stored event's id, not stored twice.
     let mut fresh: Vec<IncomingEvent> = Vec::new();

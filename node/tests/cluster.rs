@@ -289,6 +289,34 @@ fn bad_input_gets_a_named_error_a_metric_and_stores_nothing() {
             ),
             (
                 400,
+                "duplicate_in_batch",
+                post(
+                    "/v1/streams/s/events",
+                    "application/cloudevents-batch+json",
+                    br#"[{"specversion":"1.0","id":"d","type":"t","source":"s"},{"specversion":"1.0","id":"d","type":"t","source":"s"}]"#.to_vec(),
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
+                "bad_attribute_value",
+                post(
+                    "/v1/streams/s/events",
+                    "application/cloudevents+json",
+                    format!(
+                        r#"{{"specversion":"1.0","id":"{}","type":"t","source":"s"}}"#,
+                        "i".repeat(513)
+                    )
+                    .into_bytes(),
+                    Some(&tok),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                400,
                 "missing_stream",
                 post(
                     "/v1/events",
