@@ -757,26 +757,102 @@ async fn publish_inner(
         .publishes
         .get_or_create(&vec![("api", "cloudevents".to_string())])
         .inc_by(drafts.len() as u64);
+    // Already-known events are on this node's disk; when the request asks for more
+    // regions, they are confirmed as a pre-signed resend is (the driver asks the other
+    // regions for them), not answered complete unchecked.
+    let known_out = if known.is_empty() {
+        None
+    } else if matches!(ack, Ack::Regions(n) if n > 1) {
+        Some(confirm_known(api, &known, ack, started).await?)
+    } else {
+        Some(Published {
+            ids: known.iter().map(|(_, id)| id.clone()).collect(),
+            durable_local: true,
+            regions: vec![api.me.region.to_string()],
+            regions_min: 1,
+            complete: true,
+            derived: Vec::new(),
+        })
+    };
     if drafts.is_empty() {
-        let ids = known.into_iter().map(|(_, id)| id).collect::<Vec<_>>();
-        return Ok(published_response(
-            &Published {
-                ids,
-                durable_local: true,
-                regions: vec![],
-                regions_min: 0,
-                complete: true,
-                derived: Vec::new(),
-            },
-            true,
-        ));
+        let out = known_out.unwrap_or(Published {
+            ids: Vec::new(),
+            durable_local: true,
+            regions: vec![],
+            regions_min: 0,
+            complete: true,
+            derived: Vec::new(),
+        });
+        return Ok(published_response(&out, out.complete));
     }
     let mut out = sign_and_send(api, policy, drafts, dedup, ack, started).await?;
-    // Ids of already-known events go back in request order.
-    for (i, id) in known {
-        out.ids.insert(i.min(out.ids.len()), id);
+    if let Some(k) = known_out {
+        // Ids of already-known events go back in request order.
+        for ((i, _), id) in known.iter().zip(k.ids) {
+            out.ids.insert((*i).min(out.ids.len()), id);
+        }
+        out.durable_local &= k.durable_local;
+        out.regions.retain(|r| k.regions.contains(r));
+        out.regions_min = out.regions_min.min(k.regions_min);
+        out.complete &= k.complete;
     }
     Ok(published_response(&out, out.complete))
+}
+
+/// Confirms already-accepted CloudEvents (answered by idempotency) at the request's ack
+/// level: their stored envelopes go through the pre-signed resend path, which the driver
+/// confirms in the regions that hold them. An event no longer stored (erased, or past
+/// retention) cannot be confirmed: the answer is not complete.
+async fn confirm_known(
+    api: &Arc<Api>,
+    known: &[(usize, String)],
+    ack: Ack,
+    started: Instant,
+) -> ApiResult<Published> {
+    let ids: Vec<String> = known.iter().map(|(_, id)| id.clone()).collect();
+    let wanted: Vec<weft_fabric::EventId> = ids
+        .iter()
+        .filter_map(|id| crate::config::hex32("id", id).ok())
+        .map(weft_fabric::EventId)
+        .collect();
+    let found = read_store(api, move |r| {
+        wanted
+            .iter()
+            .map(|id| r.event_by_id(id))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    let unconfirmable = |ids| Published {
+        ids,
+        durable_local: true,
+        regions: vec![api.me.region.to_string()],
+        regions_min: 1,
+        complete: false,
+        derived: Vec::new(),
+    };
+    if found.len() < ids.len() || found.iter().any(Option::is_none) {
+        return Ok(unconfirmable(ids));
+    }
+    let mut events = Vec::with_capacity(found.len());
+    for bytes in found.into_iter().flatten() {
+        let corrupt = |e: String| {
+            api.fail(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_corrupt",
+                format!("a stored event fails its checks: {e}"),
+            ))
+        };
+        let event = weft_fabric::decode(&bytes)
+            .map_err(|e| corrupt(e.to_string()))?
+            .verify()
+            .map_err(|e| corrupt(e.to_string()))?;
+        events.push(Arc::new(event));
+    }
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let permit = reserve(api)?;
+    let n = events.len();
+    crate::egress::send_presigned(api, permit, events, vec![None; n], ack, started, reply).await;
+    wait_published(api, rx).await
 }
 
 /// Read authorization of one stream under the policy in force (none without a policy),

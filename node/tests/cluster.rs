@@ -1141,3 +1141,56 @@ fn a_node_declared_down_in_a_partition_rejoins_and_a_restart_supersedes_it() {
         );
     });
 }
+
+/// A retry that idempotency answers (same source and id) is confirmed at the ack level it
+/// asks for: while the second region is cut off it is not complete (it used to be answered
+/// 200 `complete` at once), and after the heal the regions that hold it confirm it.
+#[test]
+fn a_retry_answered_by_idempotency_is_confirmed_at_its_ack_level() {
+    rt().block_on(async {
+        let mut c = Cluster::new("retryack", 26, &three_regions()[..2], "");
+        c.start_all();
+        c.wait_meshed().await;
+        let ce = json!({"specversion": "1.0", "id": "retry-1", "source": "it", "type": "t",
+            "datacontenttype": "application/json", "data": {"n": 1}});
+        let post = || {
+            let url = c.url(0, "/v1/streams/r/events?ack=regions:2");
+            let (token, body) = (c.token.clone(), serde_json::to_vec(&ce).unwrap());
+            async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            }
+        };
+        c.chaos(0, json!([{"peer": "*", "blackhole": true}])).await;
+        let (s, first) = post().await;
+        assert_eq!(s, 504, "{first}");
+        assert_eq!(first["durable_local"], true, "{first}");
+        let (s, again) = post().await;
+        assert_eq!(
+            s, 504,
+            "a retry is not complete while the region is cut off: {again}"
+        );
+        assert_eq!(again["ids"], first["ids"], "the same event: {again}");
+        assert_eq!(again["complete"], false, "{again}");
+        c.chaos(0, json!([])).await;
+        let confirmed = wait_for(Duration::from_secs(30), || async {
+            let (s, v) = post().await;
+            (s == 200).then_some(v)
+        })
+        .await
+        .unwrap_or_else(|| panic!("never confirmed after the heal:\n{}", c.log(0)));
+        assert_eq!(confirmed["regions_min"], 2, "{confirmed}");
+        assert_eq!(confirmed["ids"], first["ids"], "{confirmed}");
+        // Stored once.
+        let ids = c.ids(0, "r").await.unwrap();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+    });
+}
