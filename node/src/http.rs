@@ -269,19 +269,54 @@ impl Api {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or("");
-        match self.tokens.get(&crate::keys::token_hash(token)) {
-            Some(p) => Ok(p.clone()),
-            None => Err(self.refuse(
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "bad_token",
-                    "the bearer token matches no principal in this node's config",
-                ),
-                None,
-                None,
-                self.policy.epoch(),
-            )),
+        let hash = crate::keys::token_hash(token);
+        let policy = self.policy.policy();
+        if let Some(p) = self.tokens.get(&hash) {
+            // The bundle in force manages this principal's token, and it is another one:
+            // the bundle rotated it, and the config's copy no longer admits.
+            if let Some(policy) = &policy
+                && policy.principal_token(&p.name).is_some_and(|t| *t != hash)
+            {
+                return Err(self.refuse(
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "token_revoked",
+                        format!(
+                            "principal {}'s token was replaced by policy epoch {}: use the new one",
+                            p.name,
+                            policy.epoch()
+                        ),
+                    ),
+                    Some(&p.name),
+                    None,
+                    policy.epoch(),
+                ));
+            }
+            return Ok(p.clone());
         }
+        // A principal the signed bundle gives this token (credentials pushed fabric-wide):
+        // bound to a tenant, never an admin (admins are named in a node's own config).
+        if let Some(policy) = &policy
+            && let Some(name) = policy.principal_for_token(&hash)
+            && let Some(tenant) = policy.principal_tenant(name)
+        {
+            return Ok(Principal {
+                name: name.to_string(),
+                tenant: tenant.to_string(),
+                token_sha256: hex::encode(hash),
+                admin: false,
+            });
+        }
+        Err(self.refuse(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "the bearer token matches no principal in this node's config or in the policy bundle's (a bundle principal needs a tenant to sign in)",
+            ),
+            None,
+            None,
+            self.policy.epoch(),
+        ))
     }
 
     /// Who reads, under the policy in force: without a policy reads stay open (no token

@@ -453,3 +453,88 @@ fn an_open_subscription_ends_when_the_first_policy_arrives() {
         assert_eq!(resp.status(), 401);
     });
 }
+
+/// Credentials travel in the signed bundle: a principal the bundle gives a token signs in
+/// with it on every node without being in any node's config, and a bundle that gives a
+/// configured principal another token rotates it (the old one is refused, `token_revoked`).
+#[test]
+fn bundle_credentials_sign_in_and_rotate_fabric_wide() {
+    rt().block_on(async {
+        const CAROL: &str = "carol-token-0123456789abcdef0123456789";
+        const ROTATED: &str = "tester-rotated-token-0123456789abcdef";
+        let hash = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+        let ops = Operators::new("policy-creds", &["op1"]);
+        let extra = format!(
+            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            ops.keys[0]
+        );
+        let mut c = Cluster::new("policy-creds", 67, &specs(), &extra);
+        let tester = hash(&c.token);
+        let with = |epoch: u64, tester_hash: &str| {
+            bundle(epoch, &c.keys, tester_hash).replace(
+                "[[access]]",
+                &format!(
+                    "[principals.carol]\ntenant = \"acme\"\nroles = [\"writer\"]\ntoken_sha256 = \"{}\"\n\n[[access]]",
+                    hash(CAROL)
+                ),
+            )
+        };
+        std::fs::write(
+            c.dir.join("policy.cbor"),
+            ops.sign(&bundle(3, &c.keys, &tester), &["op1"], "e3.cbor"),
+        )
+        .unwrap();
+        let e4 = ops.sign(&with(4, &tester), &["op1"], "e4.cbor");
+        let e5 = ops.sign(&with(5, &hash(ROTATED)), &["op1"], "e5.cbor");
+        c.start_all();
+        c.wait_meshed().await;
+        let publish = |i: usize, token: &'static str| {
+            let url = c.url(i, "/v1/streams/orders.x/events");
+            async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(
+                        serde_json::to_vec(&json!({"specversion": "1.0", "id": token,
+                            "source": "it", "type": "t", "data": {}}))
+                        .unwrap(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let (s, v) = publish(1, CAROL).await;
+        assert_eq!((s, &v["error"]["reason"]), (401, &json!("bad_token")), "{v}");
+        let (s, v) = push(&c, 0, &c.token, e4).await;
+        assert_eq!(s, 200, "{v}");
+        for i in 0..3 {
+            wait_epoch(&c, i, 4, Duration::from_secs(20)).await;
+        }
+        // Carol is in no node's config.
+        let (s, v) = publish(1, CAROL).await;
+        assert_eq!(s, 200, "carol signs in with the bundle's token: {v}");
+        // Rotate the tester's token through the bundle.
+        let (s, v) = push(&c, 0, &c.token, e5).await;
+        assert_eq!(s, 200, "{v}");
+        for i in 0..3 {
+            wait_epoch(&c, i, 5, Duration::from_secs(20)).await;
+        }
+        let before = rejected(&c, 2, "token_revoked").await;
+        let r = reqwest::Client::new()
+            .get(c.url(2, "/v1/streams/orders.x/events"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "token_revoked", "{v}");
+        assert_eq!(rejected(&c, 2, "token_revoked").await, before + 1);
+        let (s, v) = publish(2, ROTATED).await;
+        assert_eq!(s, 200, "the rotated token signs in: {v}");
+    });
+}

@@ -57,6 +57,8 @@ static MEMO_OWNERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 struct Principal {
     tenant: Option<String>,
     roles: BTreeSet<String>,
+    /// SHA-256 of its HTTP bearer token, when that is its credential.
+    token: Option<[u8; 32]>,
 }
 
 #[derive(Debug)]
@@ -559,6 +561,17 @@ impl Policy {
     /// The principal holding the HTTP token whose SHA-256 is `token_sha256`.
     pub fn principal_for_token(&self, token_sha256: &[u8; 32]) -> Option<&str> {
         self.by_token.get(token_sha256).map(String::as_str)
+    }
+
+    /// The tenant principal `name` acts for (`None`: fabric-wide, or no such principal).
+    pub fn principal_tenant(&self, name: &str) -> Option<&str> {
+        self.principals.get(name)?.tenant.as_deref()
+    }
+
+    /// The SHA-256 of the HTTP bearer token this bundle gives principal `name`, if its
+    /// credential is a token.
+    pub fn principal_token(&self, name: &str) -> Option<&[u8; 32]> {
+        self.principals.get(name)?.token.as_ref()
     }
 
     /// The principal holding a node or device key.
@@ -1106,6 +1119,7 @@ impl Policy {
                 Principal {
                     tenant: spec.tenant.clone(),
                     roles: spec.roles.iter().cloned().collect(),
+                    token: (*cred == "token_sha256").then_some(bytes),
                 },
             );
         }
