@@ -722,7 +722,14 @@ impl Policy {
                 self.classes.get(&security.classification),
                 self.classes.get(&rule.classification),
             ) {
-                (Some(own), Some(default)) => within(&own.residency, &default.residency),
+                // Narrower in where it is clear, and no laxer in transit: a class that may
+                // transit sealed is not narrower than one whose events never leave their
+                // set (their headers would travel where the stream's class forbids).
+                (Some(own), Some(default)) => {
+                    within(&own.residency, &default.residency)
+                        && !(default.transit == Some(crate::bundle::TransitMode::Forbidden)
+                            && own.transit == Some(crate::bundle::TransitMode::Sealed))
+                }
                 _ => false,
             };
             if !narrower {

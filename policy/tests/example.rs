@@ -254,11 +254,28 @@ fn stamping() {
         }
     );
     // ... while a stricter one is fine (EU-only card data on the EU+US payments stream).
-    let e = event("payments.card", "eu-personal", eu, false);
+    let e = event("payments.card", "eu-personal", eu.clone(), false);
     assert!(
         p.check_presigned(&stream("payments.card"), e.security())
             .allowed
     );
+    // A class with the same jurisdictions that may transit sealed is not narrower than
+    // the stream's class whose events never leave the EU: refused.
+    let sealed_eu = Policy::compile(
+        &Bundle::from_toml(&EXAMPLE.replace(
+            "[classes.payment]",
+            "[classes.eu-sealed]\njurisdictions = [\"EU\"]\ntransit = \"sealed\"\n\n[classes.payment]",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let e = event("orders.eu.ie", "eu-sealed", eu, true);
+    assert!(
+        sealed_eu.check_stamped(e.security()).allowed,
+        "valid on its own"
+    );
+    let d = sealed_eu.check_presigned(&stream("orders.eu.ie"), e.security());
+    assert!(!d.allowed, "{d:?}");
 }
 
 #[test]
