@@ -510,6 +510,7 @@ impl Driver {
                 };
                 let is_sync = matches!(msg, Message::SyncRequest { .. });
                 let before = self.node.stats().events_new;
+                let refused_before = self.node.stats().residency_refused;
                 if let Message::Push { events, .. } | Message::SyncResponse { events, .. } = &msg {
                     for e in events {
                         let _span = info_span!("hop", event = %e.id(), from = %from,
@@ -525,6 +526,21 @@ impl Driver {
                     _ => 0,
                 };
                 self.node.handle_message(now, from, msg);
+                // A peer sent events this node may not hold (a residency decision the peer
+                // got wrong, or a lying peer): dropped by the core; audited with the sender.
+                let refused = self.node.stats().residency_refused - refused_before;
+                if refused > 0 {
+                    self.metrics.reject_n("residency_refused", refused);
+                    self.audit.record(crate::audit::Entry::now(
+                        crate::audit::Decision::Deny,
+                        "residency_refused",
+                        self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                        format!(
+                            "peer {from} sent {refused} event(s) this node ({} in {}) may not hold: dropped",
+                            self.me.jurisdiction, self.me.region
+                        ),
+                    ));
+                }
                 let new = self.node.stats().events_new - before;
                 self.metrics.replicated_in.inc_by(new);
                 self.metrics
