@@ -147,6 +147,30 @@ impl IntoResponse for ApiError {
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
+/// A query string, decoded like axum's `Query`, whose refusal is this API's: a JSON 400
+/// `bad_query` naming what was wrong, counted (axum's own answers plain text, uncounted).
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Arc<Api>>
+    for ApiQuery<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        api: &Arc<Api>,
+    ) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, api).await {
+            Ok(Query(q)) => Ok(ApiQuery(q)),
+            Err(e) => Err(api.fail(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                e.body_text(),
+            ))),
+        }
+    }
+}
+
 /// A reader under a policy: every event it gets is one the policy lets it read.
 pub(crate) struct ReadGuard {
     policy: Arc<weft_policy::Policy>,
@@ -558,7 +582,7 @@ struct PublishQuery {
 
 async fn publish_any(
     State(api): State<Arc<Api>>,
-    Query(q): Query<PublishQuery>,
+    ApiQuery(q): ApiQuery<PublishQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -568,7 +592,7 @@ async fn publish_any(
 async fn publish_stream(
     State(api): State<Arc<Api>>,
     Path(stream): Path<String>,
-    Query(q): Query<PublishQuery>,
+    ApiQuery(q): ApiQuery<PublishQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -695,6 +719,8 @@ async fn publish_inner(
     // Idempotent publish: a CloudEvent already accepted from this principal (same source
     // and id) is answered with the stored event's id, not stored twice.
     let mut fresh: Vec<IncomingEvent> = Vec::new();
+    // Each fresh event's index in the request, for messages that name it.
+    let mut fresh_at: Vec<usize> = Vec::new();
     let mut known: Vec<(usize, String)> = Vec::new();
     {
         let keys: Vec<(String, String)> = incoming
@@ -711,7 +737,10 @@ async fn publish_inner(
         for (i, (event, seen)) in incoming.into_iter().zip(found).enumerate() {
             match seen {
                 Some(id) => known.push((i, id.to_string())),
-                None => fresh.push(event),
+                None => {
+                    fresh.push(event);
+                    fresh_at.push(i);
+                }
             }
         }
     }
@@ -721,7 +750,7 @@ async fn publish_inner(
     let mut payload_bytes = 0u64;
     // One epoch for the whole request, even if a newer bundle lands meanwhile.
     let policy = api.policy.policy();
-    for (i, e) in fresh.iter().enumerate() {
+    for (e, &i) in fresh.iter().zip(&fresh_at) {
         let stream = match (&path_stream, &e.stream) {
             (Some(p), Some(w)) if p != w => {
                 return Err(api.fail(ApiError::new(
@@ -1400,7 +1429,7 @@ fn audit_left_out(api: &Api, guard: &ReadGuard, stream: &str, left_out: u64) {
 async fn read_events(
     State(api): State<Arc<Api>>,
     Path(stream): Path<String>,
-    Query(q): Query<ReadQuery>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = check_stream(&api, &stream)?;
@@ -1512,7 +1541,7 @@ async fn event_by_id(
 async fn subscribe(
     State(api): State<Arc<Api>>,
     Path(stream): Path<String>,
-    Query(q): Query<ReadQuery>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = check_stream(&api, &stream)?;
@@ -1715,7 +1744,7 @@ struct AckQuery {
 async fn ack_subscription(
     State(api): State<Arc<Api>>,
     Path((stream, name)): Path<(String, String)>,
-    Query(q): Query<AckQuery>,
+    ApiQuery(q): ApiQuery<AckQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let who = api.authenticate(&headers)?;

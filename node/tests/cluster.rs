@@ -407,6 +407,27 @@ fn bad_input_gets_a_named_error_a_metric_and_stores_nothing() {
             .await
             .unwrap();
         assert_eq!(read.status(), 400);
+        // A malformed query string gets this API's JSON error, counted (not axum's text).
+        for path in [
+            "/v1/streams/s/events?after=abc",
+            "/v1/streams/s/events?limit=-1",
+        ] {
+            let r = http.get(c.url(0, path)).send().await.unwrap();
+            assert_eq!(r.status(), 400, "{path}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["reason"], "bad_query", "{v}");
+            assert!(v["error"]["message"].as_str().unwrap().contains("after") || path.contains("limit"), "{v}");
+        }
+        let r = http
+            .post(c.url(0, "/v1/streams/s/subscriptions/x/ack"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "bad_query", "{v}");
+        assert_eq!(rejected(&c, 0, "bad_query").await, 3);
     });
 }
 
