@@ -63,7 +63,32 @@ pub(crate) fn check(
     state: &PolicyState,
     bytes: &[u8],
 ) -> Result<VerifiedBundle, VerifyError> {
-    verify_bundle(bytes, trust, state.epoch())
+    let epoch = state.epoch();
+    // Two different bundles signed for one epoch (an operator mistake) must not split the
+    // fabric by which one each node got first: of the two, the bundle whose canonical
+    // bytes hash higher wins on every node. So a bundle of the epoch in force is taken
+    // when it wins that tie; any other of that epoch is a rollback, as before.
+    let floor = match state.current() {
+        Some(current) if epoch > 0 && wins_tie(bytes, &current.signed) => epoch - 1,
+        _ => epoch,
+    };
+    verify_bundle(bytes, trust, floor)
+}
+
+/// Whether the signed bundle `new` carries another bundle than `current` whose canonical
+/// bytes hash higher (SHA-256). Undecodable input does not win (verification refuses it).
+fn wins_tie(new: &[u8], current: &[u8]) -> bool {
+    use sha2::Digest as _;
+    match (
+        weft_policy::SignedBundle::decode(new),
+        weft_policy::SignedBundle::decode(current),
+    ) {
+        (Ok(n), Ok(c)) => {
+            n.bundle != c.bundle
+                && sha2::Sha256::digest(&n.bundle) > sha2::Sha256::digest(&c.bundle)
+        }
+        _ => false,
+    }
 }
 
 /// Applies the signed bundle `bytes` if it verifies and is newer than the epoch in force:
@@ -198,5 +223,56 @@ mod tests {
         let e =
             at_start(&trust, Some(signed(2, &other)), None, |_| {}).expect_err("unknown signer");
         assert_eq!(e.code(), "bundle_unknown_signer");
+    }
+
+    /// Two different bundles of one epoch: whichever a node applied first, the one whose
+    /// bytes hash higher ends in force, and the other is refused as a rollback.
+    #[test]
+    fn two_bundles_of_one_epoch_end_the_same_on_every_node() {
+        let op = SigningKey::from_bytes(&[7; 32]);
+        let trust = Trust::new(vec![op.verifying_key().to_bytes()], 1).expect("trust");
+        let other = |epoch: u64| {
+            let b = weft_policy::Bundle::from_toml(&format!(
+                "format = 1\nepoch = {epoch}\ndescription = \"the other one\"\n\
+                 [jurisdictions.EU]\nregions = [\"aws:eu-west-1\"]\n\
+                 [classes.public]\nanywhere = true\n"
+            ))
+            .expect("bundle");
+            weft_policy::sign_bundle(&b, &[&op]).expect("sign")
+        };
+        let (a, b) = (signed(4, &op), other(4));
+        let in_force = |first: &[u8], second: &[u8]| {
+            let state = PolicyState::new(None);
+            for bytes in [first, second] {
+                if let Ok(v) = check(&trust, &state, bytes) {
+                    state.set(crate::policy_state::Applied {
+                        policy: Arc::new(v.policy),
+                        signers: Vec::new(),
+                        signed: Arc::new(bytes.to_vec()),
+                    });
+                }
+            }
+            state.current().expect("applied").signed.as_ref().clone()
+        };
+        let one = in_force(&a, &b);
+        assert_eq!(one, in_force(&b, &a), "the order decided");
+        // The loser is refused as a rollback; an older epoch still is.
+        let state = PolicyState::new(None);
+        let v = check(&trust, &state, &one).expect("first");
+        state.set(crate::policy_state::Applied {
+            policy: Arc::new(v.policy),
+            signers: Vec::new(),
+            signed: Arc::new(one.clone()),
+        });
+        let loser = if one == a { &b } else { &a };
+        assert!(matches!(
+            check(&trust, &state, loser),
+            Err(VerifyError::Rollback { .. })
+        ));
+        assert!(matches!(
+            check(&trust, &state, &signed(3, &op)),
+            Err(VerifyError::Rollback { .. })
+        ));
+        assert!(check(&trust, &state, &signed(5, &op)).is_ok());
     }
 }
