@@ -171,6 +171,14 @@ def render_init_configs(where, name, pod, configmaps, out_dir, weft):
     text = open(rendered).read()
     if f'name = "{pod_name}"' not in text:
         fail(where, f"StatefulSet {name}: rendered config does not name the pod")
+    # Only the node's own (top-level) name is the pod's: names inside tables (principals,
+    # devices) must come through unchanged.
+    source = open(os.path.join(work, "config", "weft.toml")).read()
+    in_table = False
+    for line in source.splitlines():
+        in_table = in_table or line.startswith("[")
+        if in_table and line.startswith("name = ") and line not in text.splitlines():
+            fail(where, f"StatefulSet {name}: the render changed `{line}` inside a table")
     if 'advertise = "10.1.0.5:7400"' not in text:
         fail(where, f"StatefulSet {name}: rendered config does not advertise the pod IP")
     if not re.search(r'^seeds = \["10\.1\.0\.6:7400", ', text, re.M):

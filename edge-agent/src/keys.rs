@@ -43,9 +43,21 @@ pub fn generate(path: &Path) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Reads a key written by [`generate`] (or `weft keygen`); refuses a file others can read.
+/// A systemd credential (a file under `$CREDENTIALS_DIRECTORY`, from `LoadCredential=`) may
+/// show group bits: newer systemd grants the service user access with an ACL, whose mask
+/// is the group bits (mode 0440), in a directory only that service can read; other bits
+/// are refused there too.
 pub fn load(path: &Path) -> anyhow::Result<[u8; 32]> {
+    load_in(path, std::env::var_os("CREDENTIALS_DIRECTORY").as_deref())
+}
+
+/// [`load`] with the credentials directory given.
+fn load_in(path: &Path, credentials: Option<&std::ffi::OsStr>) -> anyhow::Result<[u8; 32]> {
     let meta = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    let credential =
+        credentials.is_some_and(|dir| !dir.is_empty() && path.starts_with(Path::new(dir)));
+    let forbidden = if credential { 0o007 } else { 0o077 };
+    if meta.permissions().mode() & forbidden != 0 {
         bail!(
             "key file {} is readable by others (mode {:o}); chmod 600 it",
             path.display(),
@@ -71,4 +83,34 @@ pub fn load(path: &Path) -> anyhow::Result<[u8; 32]> {
     let mut out = [0u8; 32];
     out.copy_from_slice(seed);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key readable by its group is refused, unless it is a systemd credential (newer
+    /// systemd shows the ACL it grants the service user as group bits); a key others can
+    /// read is refused everywhere.
+    #[test]
+    fn group_bits_are_allowed_for_systemd_credentials_only() {
+        let dir = std::env::temp_dir().join(format!("weft-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.key");
+        let seed = generate(&path).unwrap();
+        let chmod = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        assert_eq!(load_in(&path, None).unwrap(), seed);
+        chmod(0o440);
+        let e = load_in(&path, None).unwrap_err().to_string();
+        assert!(e.contains("readable by others") && e.contains("440"), "{e}");
+        assert_eq!(load_in(&path, Some(dir.as_os_str())).unwrap(), seed);
+        let elsewhere = std::env::temp_dir().join("elsewhere");
+        assert!(load_in(&path, Some(elsewhere.as_os_str())).is_err());
+        chmod(0o444);
+        assert!(load_in(&path, Some(dir.as_os_str())).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -166,7 +166,7 @@ pub(crate) fn publish(
                 .with_context(|| format!("POST {url}"))?;
             let body: Value = check(resp).await?.json().await?;
             for id in body["ids"].as_array().into_iter().flatten() {
-                println!("{}", id.as_str().unwrap_or_default());
+                say!("{}", id.as_str().unwrap_or_default());
             }
             if let Some(regions) = body["regions"].as_array()
                 && !regions.is_empty()
@@ -267,7 +267,7 @@ pub(crate) fn tail(
                     .and_then(|i| i.trim().parse::<u64>().ok());
                 for line in text.lines() {
                     if let Some(data) = line.strip_prefix("data:") {
-                        println!("{}", data.trim_start());
+                        say!("{}", data.trim_start());
                         seen += 1;
                         last_id = id.or(last_id);
                     }
@@ -301,24 +301,28 @@ async fn get_json(conn: &Conn, path: &str) -> anyhow::Result<Value> {
 pub(crate) fn peers(conn: &Conn, json: bool) -> anyhow::Result<()> {
     let v = runtime()?.block_on(get_json(conn, "/v1/mesh/peers"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let me = &v["self"];
-    println!(
+    say!(
         "this node: {} {} in {} ({})",
         me["name"].as_str().unwrap_or(""),
         &me["key"].as_str().unwrap_or("")[..16.min(me["key"].as_str().unwrap_or("").len())],
         me["region"].as_str().unwrap_or(""),
         me["jurisdiction"].as_str().unwrap_or("")
     );
-    println!(
+    say!(
         "{:<18} {:<28} {:<6} {:<5} {:>9}  ADDR",
-        "PEER", "REGION", "JUR", "STATE", "RTT ms"
+        "PEER",
+        "REGION",
+        "JUR",
+        "STATE",
+        "RTT ms"
     );
     for p in v["peers"].as_array().into_iter().flatten() {
         let key = p["key"].as_str().unwrap_or("");
-        println!(
+        say!(
             "{:<18} {:<28} {:<6} {:<5} {:>9}  {}",
             &key[..16.min(key.len())],
             p["region"].as_str().unwrap_or(""),
@@ -337,10 +341,13 @@ pub(crate) fn peers(conn: &Conn, json: bool) -> anyhow::Result<()> {
 /// `weft routes`.
 pub(crate) fn routes(conn: &Conn) -> anyhow::Result<()> {
     let v = runtime()?.block_on(get_json(conn, "/v1/mesh/routes"))?;
-    println!("from {}", v["from"].as_str().unwrap_or(""));
-    println!(
+    say!("from {}", v["from"].as_str().unwrap_or(""));
+    say!(
         "{:<28} {:<11} {:>8} {:>10}  PATH (ALTERNATIVES)",
-        "TO REGION", "KIND", "EST ms", "DIRECT ms"
+        "TO REGION",
+        "KIND",
+        "EST ms",
+        "DIRECT ms"
     );
     let ms = |x: &Value| x.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.1}"));
     let path = |p: &Value| {
@@ -363,7 +370,7 @@ pub(crate) fn routes(conn: &Conn) -> anyhow::Result<()> {
             .flatten()
             .map(|a| format!("{} {} ms", path(&a["path"]), ms(&a["latency_ms"])))
             .collect();
-        println!(
+        say!(
             "{:<28} {:<11} {:>8} {:>10}  {}{}",
             r["region"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
@@ -396,7 +403,7 @@ pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
         "committed_pos",
         "policy_epoch",
     ] {
-        println!(
+        say!(
             "{k:<14} {}",
             match &v[k] {
                 Value::String(s) => s.clone(),
@@ -440,7 +447,7 @@ pub(crate) fn erase(
             .with_context(|| format!("POST {url}"))?;
         anyhow::Ok(check(resp).await?.json::<Value>().await?)
     })?;
-    println!(
+    say!(
         "erase applied on {}; carried to the fabric by event {}",
         conn.node,
         v["event"].as_str().unwrap_or("-")
@@ -470,14 +477,14 @@ pub(crate) fn policy_push(conn: &Conn, bundle: &std::path::Path) -> anyhow::Resu
             .with_context(|| format!("POST {url}"))?;
         anyhow::Ok(check(resp).await?.json::<Value>().await?)
     })?;
-    println!(
+    say!(
         "epoch {} in force on {} (was {}); carried to the fabric by event {}",
         v["epoch"],
         conn.node,
         v["previous"],
         v["event"].as_str().unwrap_or("-")
     );
-    println!("follow it with: weft policy status --node {}", conn.node);
+    say!("follow it with: weft policy status --node {}", conn.node);
     Ok(())
 }
 
@@ -501,7 +508,7 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
         .filter(|n| n["policy_epoch"].as_u64() != Some(target))
         .count();
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "node": policy,
@@ -518,13 +525,20 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
         );
     } else {
         let signers = policy["signers"].as_array().map_or(0, std::vec::Vec::len);
-        println!(
+        say!(
             "{}: epoch {} ({} signer(s))",
-            conn.node, policy["epoch"], signers
+            conn.node,
+            policy["epoch"],
+            signers
         );
-        println!(
+        say!(
             "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8}",
-            "NODE", "REGION", "JUR", "EPOCH", "STATE", "SEEN s"
+            "NODE",
+            "REGION",
+            "JUR",
+            "EPOCH",
+            "STATE",
+            "SEEN s"
         );
         for n in &list {
             let epoch = n["policy_epoch"].as_u64().unwrap_or(0);
@@ -537,7 +551,7 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
             } else {
                 "ahead"
             };
-            println!(
+            say!(
                 "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8.1}",
                 n["name"].as_str().unwrap_or(""),
                 n["region"].as_str().unwrap_or(""),
@@ -547,7 +561,7 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
                 n["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
             );
         }
-        println!(
+        say!(
             "{} live node(s); {} at epoch {target}{}",
             live().count(),
             live().count() - behind,
@@ -594,9 +608,9 @@ fn print_key(v: &Value) {
     match v["strategy"].as_str().unwrap_or("") {
         "multi-value" => {
             let siblings = v["siblings"].as_array().cloned().unwrap_or_default();
-            println!("{key}: {} value(s)", siblings.len());
+            say!("{key}: {} value(s)", siblings.len());
             for s in siblings {
-                println!(
+                say!(
                     "  {}  (writer {}, seq {})",
                     show(&s["value"]),
                     &s["writer"].as_str().unwrap_or("")
@@ -605,7 +619,7 @@ fn print_key(v: &Value) {
                 );
             }
         }
-        "set" => println!(
+        "set" => say!(
             "{key}: {{{}}}",
             v["elements"]
                 .as_array()
@@ -615,9 +629,9 @@ fn print_key(v: &Value) {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        _ => println!("{key}: {}", show(&v["value"])),
+        _ => say!("{key}: {}", show(&v["value"])),
     }
-    println!("  version {}", v["version"].as_str().unwrap_or(""));
+    say!("  version {}", v["version"].as_str().unwrap_or(""));
 }
 
 /// `weft get STREAM [KEY] [--prefix P]`: one key of a table, or its keys.
@@ -648,11 +662,11 @@ pub(crate) fn table_get(
         anyhow::Ok((status, check(resp).await?.json::<Value>().await?))
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(status.is_success());
     }
     if !status.is_success() {
-        println!(
+        say!(
             "{}{}",
             v["error"]["message"].as_str().unwrap_or("no such key"),
             if v["deleted"] == true {
@@ -724,7 +738,7 @@ pub(crate) fn table_write(
             .with_context(|| format!("{url}"))?;
         anyhow::Ok(check(resp).await?.json::<Value>().await?)
     })?;
-    println!(
+    say!(
         "ok: event {} (durable here: {}, regions {})",
         v["ids"][0].as_str().unwrap_or("-"),
         v["durable_local"],
@@ -844,22 +858,27 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
         anyhow::Ok(check(resp).await?.json().await?)
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
+    say!(
         "audit log of {} ({})",
         v["node"].as_str().unwrap_or(""),
         &v["node_key"].as_str().unwrap_or("")[..16.min(v["node_key"].as_str().unwrap_or("").len())]
     );
-    println!(
+    say!(
         "{:<23} {:<8} {:<20} {:<16} {:<20} {:>5}  MESSAGE",
-        "TIME (UTC)", "DECISION", "REASON", "PRINCIPAL", "STREAM", "EPOCH"
+        "TIME (UTC)",
+        "DECISION",
+        "REASON",
+        "PRINCIPAL",
+        "STREAM",
+        "EPOCH"
     );
     let text = |x: &Value| x.as_str().unwrap_or("-").to_string();
     let entries = v["entries"].as_array().cloned().unwrap_or_default();
     for e in &entries {
-        println!(
+        say!(
             "{:<23} {:<8} {:<20} {:<16} {:<20} {:>5}  {}",
             utc(e["time_ms"].as_i64().unwrap_or(0)),
             text(&e["decision"]),

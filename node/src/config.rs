@@ -191,6 +191,9 @@ pub(crate) struct Limits {
     pub(crate) read_limit_max: usize,
     /// Most concurrent SSE subscribers.
     pub(crate) subscribers_max: usize,
+    /// Most durable subscriptions (saved cursors); beyond it a new one's position is not
+    /// kept: 507 `cursors_full`.
+    pub(crate) cursors_max: usize,
 }
 
 impl Default for Limits {
@@ -204,6 +207,7 @@ impl Default for Limits {
             ack_timeout_ms: 5_000,
             read_limit_max: 10_000,
             subscribers_max: 1024,
+            cursors_max: 1024,
         }
     }
 }
@@ -382,6 +386,7 @@ impl NodeConfig {
             ),
             ("limits.read_limit_max", l.read_limit_max),
             ("limits.subscribers_max", l.subscribers_max),
+            ("limits.cursors_max", l.cursors_max),
         ] {
             if value == 0 {
                 bail!(field_err(field, "must be at least 1"));

@@ -17,6 +17,36 @@ macro_rules! outln {
     };
 }
 
+/// Prints a line to standard output at once (streaming commands: `weft tail`). A reader
+/// that went away (`weft tail ... | head`) ends the program quietly with status 0, as a
+/// shell tool does, where `println!` would panic.
+macro_rules! say {
+    () => {
+        $crate::say_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::say_line(format_args!($($arg)*))
+    };
+}
+
+/// [`say!`]'s body.
+fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("weft: writing to standard output failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// mimalloc instead of glibc's malloc: under sustained overload (megabyte request bodies
 /// parsed, signed and freed on many threads) glibc's per-thread arenas kept growing, to
 /// 2 GB of resident memory in 30 s with a 64 MiB body budget; see docs/performance.md.

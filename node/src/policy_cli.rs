@@ -46,14 +46,14 @@ pub(crate) fn sign(
         bail!("{} exists; choose another --out", out.display());
     }
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    println!(
+    say!(
         "signed bundle: {} ({} bytes, {} signature(s))",
         out.display(),
         bytes.len(),
         signed.signatures.len()
     );
     for (signer, _) in &signed.signatures {
-        println!("  signer {}", hex::encode(signer));
+        say!("  signer {}", hex::encode(signer));
     }
     Ok(())
 }
@@ -76,11 +76,11 @@ pub(crate) fn verify(
     let verified =
         verify_bundle(&bytes, &trust, epoch).map_err(|e| anyhow::anyhow!("refused: {e}"))?;
     let b = verified.policy.bundle();
-    println!("valid: epoch {} ({} bytes)", b.epoch, bytes.len());
+    say!("valid: epoch {} ({} bytes)", b.epoch, bytes.len());
     for s in &verified.signers {
-        println!("  signed by {}", hex::encode(s));
+        say!("  signed by {}", hex::encode(s));
     }
-    println!(
+    say!(
         "  {} jurisdictions, {} tenants, {} roles, {} principals, {} access rules, {} classes, \
          {} stream rules, {} transforms, {} rate limits, {} devices",
         b.jurisdictions.len(),

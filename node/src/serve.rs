@@ -62,6 +62,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
 
     let limits = StoreLimits {
         events_max: raw.limits.events_max,
+        cursors_max: raw.limits.cursors_max,
         ..StoreLimits::default()
     };
     let mut store = SqliteStore::open(&config.data_dir, limits)

@@ -478,6 +478,43 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
         let ev: Value = serde_json::from_str(tailed.lines().next().unwrap()).unwrap();
         assert_eq!(ev["weftid"], id.as_str());
         assert_eq!(ev["data"]["hello"], "world");
+        // A reader that goes away (`weft tail | head`) ends the tail quietly, status 0, at
+        // its next line.
+        let publish_pipe = |n: u32| {
+            run(vec![
+                "publish".into(),
+                "--node".into(),
+                node0.clone(),
+                "--token-file".into(),
+                token_file.to_str().unwrap().into(),
+                "--ack".into(),
+                "regions:2".into(),
+                "cli.pipe".into(),
+                format!(r#"{{"n":{n}}}"#),
+            ])
+        };
+        publish_pipe(1);
+        let mut tail = std::process::Command::new(WEFT)
+            .args(["tail", "--node", &node1, "--timeout", "20", "cli.pipe"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Read as _;
+            let mut out = tail.stdout.take().unwrap();
+            let mut first = [0u8; 1];
+            out.read_exact(&mut first).unwrap();
+            // The pipe's reader closes.
+        }
+        publish_pipe(2);
+        let status = tail.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut tail.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(
+            status.success() && !err.contains("panicked"),
+            "{status}: {err}"
+        );
         // A second event; a durable tail acknowledges what it printed, so two tails of one
         // event each see the two events in turn.
         run(vec![
@@ -1213,5 +1250,56 @@ fn a_retry_answered_by_idempotency_is_confirmed_at_its_ack_level() {
         // Stored once.
         let ids = c.ids(0, "r").await.unwrap();
         assert_eq!(ids.len(), 1, "{ids:?}");
+    });
+}
+
+/// A durable subscription whose position the node cannot keep (`limits.cursors_max`
+/// reached) is told so (507 `cursors_full`, counted), not answered 200 and forgotten.
+#[test]
+fn a_cursor_the_node_cannot_keep_is_refused_not_forgotten() {
+    rt().block_on(async {
+        let mut c = Cluster::new(
+            "cursors",
+            27,
+            &three_regions()[..1],
+            "[limits]\ncursors_max = 1\n",
+        );
+        c.start(0);
+        c.wait_healthy(0).await;
+        let (status, _) = c.publish(0, "s", "local", &[json!({"k": 1})]).await;
+        assert_eq!(status, 200);
+        let ack = |name: &'static str| {
+            let url = c.url(
+                0,
+                &format!("/v1/streams/s/subscriptions/{name}/ack?cursor=1"),
+            );
+            let token = c.token.clone();
+            async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            }
+        };
+        let (s, v) = ack("first").await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = ack("second").await;
+        assert_eq!(s, 507, "{v}");
+        assert_eq!(v["error"]["reason"], "cursors_full", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("limits.cursors_max"),
+            "{v}"
+        );
+        assert_eq!(rejected(&c, 0, "cursors_full").await, 1);
+        // The kept one still moves.
+        let (s, _) = ack("first").await;
+        assert_eq!(s, 200);
     });
 }
