@@ -891,21 +891,17 @@ impl Driver {
                 .members
                 .get(&peer)
                 .and_then(|m| m.addr.parse::<SocketAddr>().ok());
-            let msg = Message::Push {
-                events,
-                relay: Vec::new(),
-                ack: 0,
-                reroutes: 0,
-            };
-            self.outbox.push((
-                peer,
-                addr,
-                Outgoing {
-                    class: self.priorities.of(&msg),
-                    msg,
-                    confirm: true,
-                },
-            ));
+            for msg in confirm_pushes(&events) {
+                self.outbox.push((
+                    peer,
+                    addr,
+                    Outgoing {
+                        class: self.priorities.of(&msg),
+                        msg,
+                        confirm: true,
+                    },
+                ));
+            }
         }
     }
 
@@ -1555,4 +1551,69 @@ pub(crate) fn wall_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The confirmable copies of `events` for one peer: pushes cut at the core's
+/// [`weft_fabric::mesh::BATCH_BYTES_MAX`] as its own are, so each fits a message the peer
+/// reads whole (one push of a large `ack=regions:N` batch went over the read limit, and its
+/// confirmation never came).
+fn confirm_pushes(events: &[Arc<Event>]) -> Vec<Message> {
+    weft_fabric::mesh::batches_of(events, usize::MAX)
+        .into_iter()
+        .map(|batch| Message::Push {
+            events: batch.to_vec(),
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer};
+
+    /// Twenty events of the largest payload (about a megabyte) go as several pushes, each within the message
+    /// limit a peer reads, all events once and in order.
+    #[test]
+    fn confirmable_copies_fit_the_message_limit() {
+        let signer = Signer::from_secret(&[3; 32]);
+        let events: Vec<Arc<Event>> = (1..=20)
+            .map(|seq| {
+                Arc::new(
+                    signer
+                        .sign(EventDraft {
+                            stream: StreamName::new("orders.big").unwrap(),
+                            key: None,
+                            seq,
+                            hlc: Hlc::new(1_764_000_000_000 + seq, 0).unwrap(),
+                            security: SecurityContext {
+                                tenant: "acme".into(),
+                                principal: "svc".into(),
+                                classification: "internal".into(),
+                                residency: Residency::Unrestricted,
+                                scopes: Default::default(),
+                                policy_epoch: 0,
+                            },
+                            content_type: "application/octet-stream".into(),
+                            payload: Payload::Clear(vec![7; weft_fabric::limits::PAYLOAD_LEN_MAX]),
+                            trace: None,
+                        })
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let pushes = confirm_pushes(&events);
+        assert!(pushes.len() >= 3, "{} pushes", pushes.len());
+        let mut seqs = Vec::new();
+        for msg in &pushes {
+            assert!(msg.wire_len() <= weft_fabric::mesh::wire::MESSAGE_LEN_MAX);
+            let Message::Push { events, .. } = msg else {
+                panic!("not a push");
+            };
+            seqs.extend(events.iter().map(|e| e.seq()));
+        }
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    }
 }

@@ -44,9 +44,11 @@ pub(crate) const PEER_QUEUE_LEN_MAX: usize = 4096;
 /// and counted (`mesh_dropped{reason="chaos_delay_overflow"}`).
 pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
 /// Most outgoing bidirectional exchanges (sync, confirmable pushes) waiting for their
-/// answer at once; a sender waits for a slot, so its peer queue fills and overflows
-/// (counted) instead.
-pub(crate) const BI_INFLIGHT_MAX: usize = 256;
+/// answer at once, per peer; a sender waits for a slot, so that peer's queue fills and
+/// overflows (counted) instead. Per peer, not shared: a dead or stuck peer (its connection
+/// not yet timed out, or its node hung while QUIC keeps the connection alive) holds only
+/// its own slots, and every other peer's exchanges go on.
+pub(crate) const BI_INFLIGHT_MAX: usize = 64;
 /// Most incoming streams read at the same time per connection.
 pub(crate) const STREAM_READS_MAX: usize = 32;
 /// Longest wait for an answer on a bidirectional stream.
@@ -187,7 +189,6 @@ pub(crate) struct Transport {
     /// Messages currently held back by chaos delays.
     delayed: Arc<std::sync::atomic::AtomicUsize>,
     /// Outgoing bidirectional exchanges in progress.
-    bi_inflight: Arc<tokio::sync::Semaphore>,
     /// Envelopes that passed verification lately: a copy of one is not verified again.
     verified: Arc<weft_fabric::VerifiedCache>,
     /// [`UNREACHABLE_WAIT`] in milliseconds (tests lengthen it).
@@ -232,7 +233,6 @@ impl Transport {
             metrics,
             audit,
             delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            bi_inflight: Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX)),
             verified: Arc::new(weft_fabric::VerifiedCache::new(VERIFIED_CACHE_LEN)),
             unreachable_wait_ms: std::sync::atomic::AtomicU64::new(
                 UNREACHABLE_WAIT.as_millis() as u64
@@ -453,6 +453,7 @@ impl Transport {
 
     async fn peer_task(self: Arc<Self>, to: OriginKey, mut lanes: Lanes) {
         let key_hex = hex::encode(to.0);
+        let bi = Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX));
         let mut down_until: Option<tokio::time::Instant> = None;
         while let Some(out) = lanes.next().await {
             // A peer that dialed in meanwhile ends the window at once (after a partition
@@ -480,7 +481,7 @@ impl Transport {
             let t = self.clone();
             match verdict {
                 Verdict::Drop => Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos"),
-                Verdict::Send => t.transmit(to, conn, out).await,
+                Verdict::Send => t.transmit(to, conn, out, &bi).await,
                 Verdict::Delay(d) => {
                     use std::sync::atomic::Ordering::Relaxed;
                     if self.delayed.fetch_add(1, Relaxed) >= CHAOS_DELAYED_MAX {
@@ -489,10 +490,11 @@ impl Transport {
                         continue;
                     }
                     let delayed = self.delayed.clone();
+                    let bi = bi.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(d).await;
                         delayed.fetch_sub(1, Relaxed);
-                        t.transmit(to, conn, out).await;
+                        t.transmit(to, conn, out, &bi).await;
                     });
                 }
             }
@@ -524,7 +526,15 @@ impl Transport {
         }
     }
 
-    async fn transmit(self: Arc<Self>, to: OriginKey, conn: quinn::Connection, out: Outgoing) {
+    /// Sends one message to `to`; a bidirectional exchange takes one of that peer's `bi`
+    /// slots for its whole length (bounded by [`BI_ANSWER_TIMEOUT`]).
+    async fn transmit(
+        self: Arc<Self>,
+        to: OriginKey,
+        conn: quinn::Connection,
+        out: Outgoing,
+        bi: &Arc<tokio::sync::Semaphore>,
+    ) {
         let bytes = wire::encode(&out.msg);
         let result: anyhow::Result<()> = async {
             match (out.msg.channel(), out.confirm) {
@@ -535,7 +545,7 @@ impl Transport {
                 }
                 (Channel::Bi, _) => {
                     // Waits for a slot: backpressure onto this peer's bounded queue.
-                    let Ok(permit) = self.bi_inflight.clone().acquire_owned().await else {
+                    let Ok(permit) = bi.clone().acquire_owned().await else {
                         return Ok(());
                     };
                     let t = self.clone();
@@ -548,7 +558,7 @@ impl Transport {
                 }
                 (_, true) => {
                     // Waits for a slot: backpressure onto this peer's bounded queue.
-                    let Ok(permit) = self.bi_inflight.clone().acquire_owned().await else {
+                    let Ok(permit) = bi.clone().acquire_owned().await else {
                         return Ok(());
                     };
                     let t = self.clone();
@@ -581,12 +591,16 @@ impl Transport {
         conn: quinn::Connection,
         request: Vec<u8>,
     ) -> anyhow::Result<()> {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        send.write_all(&[KIND_SYNC]).await?;
-        send.write_all(&request).await?;
-        send.finish()?;
-        let answer =
-            tokio::time::timeout(BI_ANSWER_TIMEOUT, recv.read_to_end(MESSAGE_LEN_MAX)).await??;
+        // The whole exchange is bounded, opening and writing included: a peer that stops
+        // granting streams or reading must not hold the slot for ever.
+        let answer = tokio::time::timeout(BI_ANSWER_TIMEOUT, async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&[KIND_SYNC]).await?;
+            send.write_all(&request).await?;
+            send.finish()?;
+            anyhow::Ok(recv.read_to_end(MESSAGE_LEN_MAX).await?)
+        })
+        .await??;
         self.deliver(to, &answer, None).await;
         Ok(())
     }
@@ -597,11 +611,15 @@ impl Transport {
         conn: quinn::Connection,
         push: Vec<u8>,
     ) -> anyhow::Result<()> {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        send.write_all(&[KIND_CONFIRM]).await?;
-        send.write_all(&push).await?;
-        send.finish()?;
-        let answer = tokio::time::timeout(BI_ANSWER_TIMEOUT, recv.read_to_end(1 << 20)).await??;
+        // Bounded as a whole, as `sync_exchange`.
+        let answer = tokio::time::timeout(BI_ANSWER_TIMEOUT, async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&[KIND_CONFIRM]).await?;
+            send.write_all(&push).await?;
+            send.finish()?;
+            anyhow::Ok(recv.read_to_end(1 << 20).await?)
+        })
+        .await??;
         let ids: Vec<[u8; 32]> = postcard::from_bytes(&answer)?;
         let _ = self
             .to_driver
@@ -918,6 +936,81 @@ mod tests {
         );
         a.close();
         b.close();
+    }
+
+    /// A peer that stops answering (its node hung: the connection stays up, nothing is
+    /// read) holds only its own exchange slots: confirmable pushes and plain messages to
+    /// another peer still go at once.
+    #[tokio::test]
+    async fn a_stuck_peer_does_not_hold_up_the_others() {
+        let seeds = [[1u8; 32], [2u8; 32], [3u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let trusted: std::collections::BTreeSet<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+        let start = |i: usize, queue: usize| {
+            let metrics = Arc::new(Metrics::new());
+            let (tx, rx) = mpsc::channel(queue);
+            let t = Transport::start(
+                "127.0.0.1:0".parse().unwrap(),
+                keys[i],
+                crate::tls::quic_configs(&seeds[i], trusted.iter().copied()).unwrap(),
+                tx,
+                Arc::new(Chaos::new(false, Vec::new())),
+                metrics.clone(),
+                trusted.clone(),
+                crate::audit::Audit::detached(metrics.clone()),
+            )
+            .unwrap();
+            (t, rx)
+        };
+        let (a, _a_rx) = start(0, 64);
+        // B's driver never reads: its transport stops reading, nothing is answered.
+        let (b, _b_rx) = start(1, 1);
+        let (c, mut c_rx) = start(2, 1024);
+        let (b_addr, c_addr) = (
+            b.endpoint.local_addr().unwrap(),
+            c.endpoint.local_addr().unwrap(),
+        );
+        let confirmable = || Outgoing {
+            msg: push("orders.x"),
+            confirm: true,
+            class: Class::Normal,
+        };
+        for _ in 0..300 {
+            a.send(keys[1], Some(b_addr), confirmable());
+        }
+        // Let A's sends to B take every slot they can.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.send(keys[2], Some(c_addr), confirmable());
+        a.send(
+            keys[2],
+            Some(c_addr),
+            Outgoing {
+                msg: Message::PushAck(7),
+                confirm: false,
+                class: Class::Latency,
+            },
+        );
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            let (mut push, mut ack) = (false, false);
+            while let Some(m) = c_rx.recv().await {
+                if let FromMesh::Message { msg, reply, .. } = m {
+                    match msg {
+                        Message::Push { .. } if reply.is_some() => push = true,
+                        Message::PushAck(7) => ack = true,
+                        _ => {}
+                    }
+                }
+                if push && ack {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(got, Ok(true), "C waited behind the stuck B");
+        a.close();
+        b.close();
+        c.close();
     }
 
     /// A backed-up peer queue drains latency-sensitive traffic first, bulk last, each lane

@@ -551,13 +551,14 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
         let mut status = String::new();
         for _ in 0..30 {
             status = run(vec!["status".into(), "--node".into(), node1.clone()]);
-            if status.contains("stored_events  2") {
+            // Two events of cli.test and two of cli.pipe.
+            if status.contains("stored_events  4") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
-            status.contains("aws:us-east-1") && status.contains("stored_events  2"),
+            status.contains("aws:us-east-1") && status.contains("stored_events  4"),
             "{status}"
         );
         let routes = run(vec!["routes".into(), "--node".into(), node0]);

@@ -13,7 +13,8 @@ pub mod wire;
 pub use member::MemberInfo;
 pub use message::{Channel, Digest, DigestRanges, EventRef, Message, Settled};
 pub use node::{
-    AllowAll, AppEvent, FilterHop, MeshConfig, Micros, Node, ReplicationFilter, Stats, Transmit,
+    AllowAll, AppEvent, BATCH_BYTES_MAX, FilterHop, MeshConfig, Micros, Node, ReplicationFilter,
+    Stats, Transmit, batches_of,
 };
 pub use ranges::SeqRanges;
 pub use route::{LinkRecord, NodeStatus, RegionRoute, RelayHop};

@@ -4364,8 +4364,9 @@ fn check_window<'a, K: Copy + 'a, V: 'a, I: Iterator<Item = (&'a K, &'a V)>>(
 
 /// Splits `events` into batches of at most `len_max` events and [`BATCH_BYTES_MAX`] bytes
 /// (a single larger event still travels, alone). Inline for the common single batch (no
-/// allocation per push).
-fn batches_of(events: &[Arc<Event>], len_max: usize) -> smallvec::SmallVec<[&[Arc<Event>]; 1]> {
+/// allocation per push). Public for pushes built outside the core (the node's confirmable
+/// copies), which must fit a message the same way.
+pub fn batches_of(events: &[Arc<Event>], len_max: usize) -> smallvec::SmallVec<[&[Arc<Event>]; 1]> {
     let len_max = len_max.max(1);
     let mut out = smallvec::SmallVec::new();
     let mut start = 0;
