@@ -49,7 +49,7 @@ pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
 /// not yet timed out, or its node hung while QUIC keeps the connection alive) holds only
 /// its own slots, and every other peer's exchanges go on.
 pub(crate) const BI_INFLIGHT_MAX: usize = 64;
-/// Most incoming streams read at the same time per connection.
+/// Most incoming streams read at the same time per peer (all its connections together).
 pub(crate) const STREAM_READS_MAX: usize = 32;
 /// Longest wait for an answer on a bidirectional stream.
 const BI_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -180,6 +180,10 @@ pub(crate) struct Transport {
     peers: Mutex<HashMap<OriginKey, Peer>>,
     trusted: std::collections::BTreeSet<[u8; 32]>,
     conns: Mutex<HashMap<OriginKey, quinn::Connection>>,
+    /// Per peer key, the slots for streams read at once ([`STREAM_READS_MAX`]), shared by
+    /// all of that peer's connections: a peer that opens many connections gets no more.
+    /// One entry per trusted key that ever connected.
+    reads: Mutex<HashMap<OriginKey, Arc<tokio::sync::Semaphore>>>,
     regions: Mutex<HashMap<OriginKey, String>>,
     to_driver: mpsc::Sender<FromMesh>,
     chaos: Arc<Chaos>,
@@ -227,6 +231,7 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             trusted,
             conns: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
             regions: Mutex::new(HashMap::new()),
             to_driver,
             chaos,
@@ -703,9 +708,18 @@ impl Transport {
                 }
             }
         };
-        // Streams read at once per connection (each up to MESSAGE_LEN_MAX): bounds the
-        // memory one peer can make this node hold; the rest wait in QUIC flow control.
-        let reading = Arc::new(tokio::sync::Semaphore::new(STREAM_READS_MAX));
+        // Streams read at once per peer, over all its connections (each up to
+        // MESSAGE_LEN_MAX): bounds the memory one peer can make this node hold; the rest
+        // wait in QUIC flow control.
+        let reading = self
+            .reads
+            .lock()
+            .map(|mut r| {
+                r.entry(from)
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(STREAM_READS_MAX)))
+                    .clone()
+            })
+            .unwrap_or_else(|_| Arc::new(tokio::sync::Semaphore::new(STREAM_READS_MAX)));
         let uni = {
             let t = self.clone();
             let conn = conn.clone();
