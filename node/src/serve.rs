@@ -341,7 +341,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), driver_task).await;
-    transport.close();
+    transport.close_after_sending(Duration::from_secs(2)).await;
     audit.flush(AUDIT_FLUSH_LIMIT);
     Ok(())
 }

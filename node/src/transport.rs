@@ -192,6 +192,8 @@ pub(crate) struct Transport {
     audit: crate::audit::Audit,
     /// Messages currently held back by chaos delays.
     delayed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Peer send tasks running ([`Transport::close_after_sending`] waits for them).
+    peer_tasks: std::sync::atomic::AtomicUsize,
     /// Outgoing bidirectional exchanges in progress.
     /// Envelopes that passed verification lately: a copy of one is not verified again.
     verified: Arc<weft_fabric::VerifiedCache>,
@@ -238,6 +240,7 @@ impl Transport {
             metrics,
             audit,
             delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            peer_tasks: std::sync::atomic::AtomicUsize::new(0),
             verified: Arc::new(weft_fabric::VerifiedCache::new(VERIFIED_CACHE_LEN)),
             unreachable_wait_ms: std::sync::atomic::AtomicU64::new(
                 UNREACHABLE_WAIT.as_millis() as u64
@@ -251,6 +254,33 @@ impl Transport {
     /// Closes every connection.
     pub(crate) fn close(&self) {
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+    }
+
+    /// A graceful stop: what the peer queues still hold (the last step's pushes, acks and
+    /// confirmations, queued by the driver's final commit) is sent first, then stream data
+    /// in flight gets a moment to arrive, then the endpoint closes; all within `within`.
+    /// What does not make it is repaired by anti-entropy, as after a crash.
+    pub(crate) async fn close_after_sending(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        // Dropping the queues' senders ends each peer task once its queue is sent.
+        let queues = self
+            .peers
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        drop(queues);
+        while self.peer_tasks.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let grace = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_millis(500));
+        tokio::time::sleep(grace).await;
+        self.close();
+        let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = tokio::time::timeout(rest, self.endpoint.wait_idle()).await;
     }
 
     /// Records where a peer is and its region (for chaos rules).
@@ -395,6 +425,8 @@ impl Transport {
         };
         let peer = peers.entry(to).or_insert_with(|| {
             let (lanes, rx) = Lanes::new();
+            self.peer_tasks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(self.clone().peer_task(to, rx));
             Peer { lanes, addr }
         });
@@ -456,7 +488,14 @@ impl Transport {
         }
     }
 
-    async fn peer_task(self: Arc<Self>, to: OriginKey, mut lanes: Lanes) {
+    async fn peer_task(self: Arc<Self>, to: OriginKey, lanes: Lanes) {
+        self.clone().send_queue(to, lanes).await;
+        self.peer_tasks
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sends a peer's queue until its senders are gone ([`Transport::peer_task`]).
+    async fn send_queue(self: Arc<Self>, to: OriginKey, mut lanes: Lanes) {
         let key_hex = hex::encode(to.0);
         let bi = Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX));
         let mut down_until: Option<tokio::time::Instant> = None;
