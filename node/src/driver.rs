@@ -681,17 +681,20 @@ impl Driver {
                 }
                 for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
                     if let Err(e) = result {
-                        if let weft_fabric::mesh::StoreError::Equivocation { origin, seq } = e {
-                            self.metrics.reject("seq_reused");
+                        let refuse = |reason: &str| {
+                            self.metrics.reject(reason);
                             self.audit.record(
                                 crate::audit::Entry::now(
                                     crate::audit::Decision::Deny,
-                                    "seq_reused",
+                                    reason,
                                     self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
                                     format!("publish of event {id} refused: {e}"),
                                 )
                                 .event(id.to_string()),
                             );
+                        };
+                        if let weft_fabric::mesh::StoreError::Equivocation { origin, seq } = e {
+                            refuse("seq_reused");
                             if reused.is_none() {
                                 let held_max = self.node.store().max_seq(&origin).unwrap_or(seq);
                                 reused = Some(PublishError::SeqReused {
@@ -701,16 +704,7 @@ impl Driver {
                                 });
                             }
                         } else if let weft_fabric::mesh::StoreError::Erased { .. } = e {
-                            self.metrics.reject("erased");
-                            self.audit.record(
-                                crate::audit::Entry::now(
-                                    crate::audit::Decision::Deny,
-                                    "erased",
-                                    self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
-                                    format!("publish of event {id} refused: {e}"),
-                                )
-                                .event(id.to_string()),
-                            );
+                            refuse("erased");
                             erased.get_or_insert(e.to_string());
                         } else {
                             self.metrics.reject("store_refused");

@@ -449,6 +449,19 @@ CREATE TABLE ce_dedup (
 );
 ";
 
+/// The highest sequence number of `origin` in `events` or `erased` (0 if none): for the
+/// writer ([`SqliteStore::max_seq`]) and the readers ([`StoreReader::max_seq`]) alike.
+fn max_seq_in(conn: &Connection, origin: &OriginKey) -> Result<u64, StoreError> {
+    let max: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE origin = ?1 \
+             UNION ALL SELECT seq FROM erased WHERE origin = ?1)",
+        )
+        .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
+        .map_err(backend)?;
+    max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
+}
+
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -877,15 +890,7 @@ impl SqliteStore {
     /// The highest stored sequence number of `origin` (0 if none). Exact (read from the
     /// rows, not from the bounded ranges): a restarting publisher continues after it.
     pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
-        let max: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE origin = ?1 \
-                 UNION ALL SELECT seq FROM erased WHERE origin = ?1)",
-            )
-            .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
-            .map_err(backend)?;
-        max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
+        max_seq_in(&self.conn, origin)
     }
 
     /// The member-record generation this node last ran under (`None`: never started).
@@ -1695,21 +1700,13 @@ impl StoreReader {
         pos.map_or(Ok(0), pos_from_sql)
     }
 
-    /// The envelope of event `id`, if stored.
     /// The highest sequence number of `origin` stored or erased (0 if none), as
     /// [`SqliteStore::max_seq`] answers it, from committed rows.
     pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
-        let max: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE origin = ?1 \
-                 UNION ALL SELECT seq FROM erased WHERE origin = ?1)",
-            )
-            .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
-            .map_err(backend)?;
-        max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
+        max_seq_in(&self.conn, origin)
     }
 
+    /// The envelope of event `id`, if stored.
     pub(crate) fn event_by_id(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
             .prepare_cached("SELECT envelope FROM events WHERE id = ?1")

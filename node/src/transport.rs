@@ -875,6 +875,35 @@ mod tests {
         }
     }
 
+    /// A transport for test node `i` of `seeds`, trusting all of them, listening on
+    /// `listen`, with a driver channel of `queue` messages.
+    fn test_transport(
+        seeds: &[[u8; 32]],
+        i: usize,
+        listen: SocketAddr,
+        queue: usize,
+    ) -> (Arc<Transport>, mpsc::Receiver<FromMesh>, Arc<Metrics>) {
+        let keys: Vec<OriginKey> = seeds
+            .iter()
+            .map(|s| Signer::from_secret(s).origin())
+            .collect();
+        let trusted: std::collections::BTreeSet<[u8; 32]> = keys.iter().map(|k| k.0).collect();
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = mpsc::channel(queue);
+        let t = Transport::start(
+            listen,
+            keys[i],
+            crate::tls::quic_configs(&seeds[i], trusted.iter().copied()).unwrap(),
+            tx,
+            Arc::new(Chaos::new(false, Vec::new())),
+            metrics.clone(),
+            trusted,
+            crate::audit::Audit::detached(metrics.clone()),
+        )
+        .unwrap();
+        (t, rx, metrics)
+    }
+
     fn priorities() -> Priorities {
         Priorities {
             latency: vec![StreamPattern::new("orders.>").unwrap()],
@@ -907,23 +936,7 @@ mod tests {
     async fn a_peer_that_dials_in_ends_the_unreachable_window() {
         let seeds = [[1u8; 32], [2u8; 32]];
         let keys = seeds.map(|s| Signer::from_secret(&s).origin());
-        let trusted: std::collections::BTreeSet<[u8; 32]> = keys.iter().map(|k| k.0).collect();
-        let start = |i: usize, listen: SocketAddr| {
-            let metrics = Arc::new(Metrics::new());
-            let (tx, rx) = mpsc::channel(64);
-            let t = Transport::start(
-                listen,
-                keys[i],
-                crate::tls::quic_configs(&seeds[i], trusted.iter().copied()).unwrap(),
-                tx,
-                Arc::new(Chaos::new(false, Vec::new())),
-                metrics.clone(),
-                trusted.clone(),
-                crate::audit::Audit::detached(metrics.clone()),
-            )
-            .unwrap();
-            (t, rx, metrics)
-        };
+        let start = |i: usize, listen: SocketAddr| test_transport(&seeds, i, listen, 64);
         let ack = |n| Outgoing {
             msg: Message::PushAck(n),
             confirm: false,
@@ -998,27 +1011,13 @@ mod tests {
     async fn a_stuck_peer_does_not_hold_up_the_others() {
         let seeds = [[1u8; 32], [2u8; 32], [3u8; 32]];
         let keys = seeds.map(|s| Signer::from_secret(&s).origin());
-        let trusted: std::collections::BTreeSet<[u8; 32]> = keys.iter().map(|k| k.0).collect();
         let start = |i: usize, queue: usize| {
-            let metrics = Arc::new(Metrics::new());
-            let (tx, rx) = mpsc::channel(queue);
-            let t = Transport::start(
-                "127.0.0.1:0".parse().unwrap(),
-                keys[i],
-                crate::tls::quic_configs(&seeds[i], trusted.iter().copied()).unwrap(),
-                tx,
-                Arc::new(Chaos::new(false, Vec::new())),
-                metrics.clone(),
-                trusted.clone(),
-                crate::audit::Audit::detached(metrics.clone()),
-            )
-            .unwrap();
-            (t, rx)
+            test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), queue)
         };
-        let (a, _a_rx) = start(0, 64);
+        let (a, _a_rx, _) = start(0, 64);
         // B's driver never reads: its transport stops reading, nothing is answered.
-        let (b, _b_rx) = start(1, 1);
-        let (c, mut c_rx) = start(2, 1024);
+        let (b, _b_rx, _) = start(1, 1);
+        let (c, mut c_rx, _) = start(2, 1024);
         let (b_addr, c_addr) = (
             b.endpoint.local_addr().unwrap(),
             c.endpoint.local_addr().unwrap(),
