@@ -885,13 +885,20 @@ async fn handle_answer(
         }
         Ok(BatchAnswer::SeqReused {
             index,
+            seqs,
             held_max,
             message,
         }) => {
-            let seq = sent.seqs.get(index as usize).copied().unwrap_or(first);
-            warn!(seq, held_max, %message,
+            // An older node names only the first refused number.
+            let refused: Vec<u64> = if seqs.is_empty() {
+                sent.seqs.get(index as usize).copied().into_iter().collect()
+            } else {
+                seqs
+            };
+            warn!(?refused, held_max, %message,
                 "the node holds other events under these numbers (outbox restored from an older copy?): numbering them again after it");
-            let renumbered = with_outbox(shared, move |o| o.renumber(seq, held_max)).await;
+            let taken = refused.clone();
+            let renumbered = with_outbox(shared, move |o| o.renumber(&taken, held_max)).await;
             if let Err(e) = renumbered {
                 error!(error = %format!("{e:#}"), "outbox renumbering failed");
             }
@@ -899,7 +906,7 @@ async fn handle_answer(
             let rest: Vec<u64> = sent
                 .seqs
                 .into_iter()
-                .filter(|s| !(seq..=held_max).contains(s))
+                .filter(|s| !refused.contains(s))
                 .collect();
             if !rest.is_empty() {
                 retry.push_back(rest);

@@ -304,16 +304,22 @@ impl Outbox {
         Ok(accepted)
     }
 
-    /// Takes the numbers `from..=held_max` back from the events that hold them (the node
-    /// holds other events under them): those events are unsequenced again, in their
-    /// order, and the next numbers start after `held_max`. Returns how many.
-    pub(crate) fn renumber(&mut self, from: u64, held_max: u64) -> anyhow::Result<usize> {
+    /// Takes the numbers `seqs` back from the events that hold them (the node holds other
+    /// events under them): those events are unsequenced again, in their order, and the
+    /// next numbers start after `held_max` (what the node held). Returns how many.
+    pub(crate) fn renumber(&mut self, seqs: &[u64], held_max: u64) -> anyhow::Result<usize> {
         let next = self.next_seq.max(held_max.saturating_add(1));
         let tx = self.conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE outbox SET seq = NULL, envelope = NULL WHERE seq >= ?1 AND seq <= ?2",
-            params![from as i64, held_max.min(i64::MAX as u64) as i64],
-        )?;
+        let mut n = 0;
+        for seq in seqs {
+            let Ok(seq) = i64::try_from(*seq) else {
+                continue;
+            };
+            n += tx.execute(
+                "UPDATE outbox SET seq = NULL, envelope = NULL WHERE seq = ?1",
+                [seq],
+            )?;
+        }
         tx.execute(
             "INSERT OR REPLACE INTO meta (k, v) VALUES ('next_seq', ?1)",
             [&next.to_be_bytes()[..]],
@@ -774,8 +780,8 @@ mod tests {
         let evs: Vec<NewEvent> = (0..5).map(|n| ev("t.a", 5, n)).collect();
         o.insert(&evs, &[], &none).unwrap();
         assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 5);
-        // The node holds 2..=3 with other content.
-        assert_eq!(o.renumber(2, 3).unwrap(), 2);
+        // The node holds 2 and 3 with other content (and nothing above).
+        assert_eq!(o.renumber(&[2, 3], 3).unwrap(), 2);
         assert_eq!(o.next_seq(), 6);
         assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 2);
         let ready = o.ready(1, 10).unwrap();

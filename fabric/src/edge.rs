@@ -148,12 +148,16 @@ pub enum BatchAnswer {
     },
     /// The event at `index` reuses a sequence number the node already holds with other
     /// content (the agent lost its numbering state, e.g. an outbox restored from an older
-    /// copy). The batch's other events were taken as usual. The agent numbers its events at
-    /// `index`'s number up to `held_max` again, after `held_max`, and resends the rest.
+    /// copy). The batch's other events were taken as usual. The agent numbers the refused
+    /// events again, after `held_max`, and resends the rest.
     SeqReused {
         /// Index of the first refused event in the batch.
         index: u32,
-        /// The highest number of the device this node holds (stored or erased).
+        /// Every refused number of the batch (the agent numbers exactly these again).
+        #[serde(default)]
+        seqs: Vec<u64>,
+        /// The highest number of the device this node held apart from the batch's own
+        /// new events (stored or erased).
         held_max: u64,
         /// What was wrong.
         message: String,

@@ -103,7 +103,11 @@ pub(crate) enum PublishError {
         origin: OriginKey,
         /// The first reused number of the request.
         seq: u64,
-        /// The highest number of the origin this node holds (stored or erased).
+        /// Every number of this origin the request reused (refused); the request's other
+        /// events were taken.
+        seqs: Vec<u64>,
+        /// The highest number of the origin this node held apart from what this request
+        /// added (stored or erased).
         held_max: u64,
     },
 }
@@ -631,6 +635,8 @@ impl Driver {
                     debug!("published");
                 }
                 let event_ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+                let numbers: Vec<(OriginKey, u64)> =
+                    events.iter().map(|e| (e.origin(), e.seq())).collect();
                 // Sources an aggregating transform reads, and new here: each is added to
                 // its windows once it is accepted (a source seen before was counted then).
                 let watched = self.aggregator.watching(&events);
@@ -679,6 +685,7 @@ impl Driver {
                         self.aggregator.add(event, wall);
                     }
                 }
+                let results_ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
                 for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
                     if let Err(e) = result {
                         let refuse = |reason: &str| {
@@ -695,13 +702,21 @@ impl Driver {
                         };
                         if let weft_fabric::mesh::StoreError::Equivocation { origin, seq } = e {
                             refuse("seq_reused");
-                            if reused.is_none() {
-                                let held_max = self.node.store().max_seq(&origin).unwrap_or(seq);
-                                reused = Some(PublishError::SeqReused {
-                                    origin,
-                                    seq,
-                                    held_max,
-                                });
+                            match &mut reused {
+                                None => {
+                                    reused = Some(PublishError::SeqReused {
+                                        origin,
+                                        seq,
+                                        seqs: vec![seq],
+                                        held_max: seq,
+                                    });
+                                }
+                                Some(PublishError::SeqReused {
+                                    origin: first,
+                                    seqs,
+                                    ..
+                                }) if *first == origin => seqs.push(seq),
+                                Some(_) => {}
                             }
                         } else if let weft_fabric::mesh::StoreError::Erased { .. } = e {
                             refuse("erased");
@@ -725,8 +740,31 @@ impl Driver {
                     self.drain();
                     return;
                 }
-                if let Some(e) = reused {
-                    let _ = reply.send(Err(e));
+                if let Some(PublishError::SeqReused {
+                    origin, seq, seqs, ..
+                }) = reused
+                {
+                    // What the node held before this request: the request's own new events
+                    // of the origin (stored in this step) do not count, or the producer
+                    // would number past them and send their content twice.
+                    let added: BTreeSet<u64> = numbers
+                        .iter()
+                        .zip(&results_ok)
+                        .filter(|((o, s), ok)| **ok && *o == origin && !seqs.contains(s))
+                        .map(|((_, s), _)| *s)
+                        .collect();
+                    let held_max = self
+                        .node
+                        .store()
+                        .max_seq_excluding(&origin, &added)
+                        .unwrap_or(0)
+                        .max(seqs.iter().copied().max().unwrap_or(seq));
+                    let _ = reply.send(Err(PublishError::SeqReused {
+                        origin,
+                        seq,
+                        seqs,
+                        held_max,
+                    }));
                     self.drain();
                     return;
                 }

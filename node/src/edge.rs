@@ -695,11 +695,24 @@ impl Edge {
                 message: "the node did not confirm the commit".into(),
             },
             // Counted and audited by the driver.
-            Ok(Err(e @ crate::driver::PublishError::SeqReused { seq, held_max, .. })) => {
-                BatchAnswer::SeqReused {
-                    index: seqs.iter().position(|s| *s == seq).unwrap_or(0) as u32,
-                    held_max,
-                    message: e.to_string(),
+            Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => {
+                let message = e.to_string();
+                match e {
+                    crate::driver::PublishError::SeqReused {
+                        seq,
+                        seqs: refused,
+                        held_max,
+                        ..
+                    } => BatchAnswer::SeqReused {
+                        index: seqs.iter().position(|s| *s == seq).unwrap_or(0) as u32,
+                        seqs: refused,
+                        held_max,
+                        message,
+                    },
+                    other => BatchAnswer::Failed {
+                        reason: "store_refused".into(),
+                        message: other.to_string(),
+                    },
                 }
             }
             Ok(Err(e)) => {

@@ -318,18 +318,27 @@ impl Api {
             }
             return Ok(p.clone());
         }
-        // A principal the signed bundle gives this token (credentials pushed fabric-wide):
-        // bound to a tenant, never an admin (admins are named in a node's own config).
+        // A principal the signed bundle gives this token (credentials pushed fabric-wide).
+        // One the node's config names keeps what the config says of it (admin, tenant): a
+        // rotation through the bundle must not lock an admin out. Others must be bound to a
+        // tenant, and are never admins (admins are named in a node's own config).
         if let Some(policy) = &policy
             && let Some(name) = policy.principal_for_token(&hash)
-            && let Some(tenant) = policy.principal_tenant(name)
         {
-            return Ok(Principal {
-                name: name.to_string(),
-                tenant: tenant.to_string(),
-                token_sha256: hex::encode(hash),
-                admin: false,
-            });
+            if let Some(configured) = self.tokens.values().find(|p| p.name == name) {
+                return Ok(Principal {
+                    token_sha256: hex::encode(hash),
+                    ..configured.clone()
+                });
+            }
+            if let Some(tenant) = policy.principal_tenant(name) {
+                return Ok(Principal {
+                    name: name.to_string(),
+                    tenant: tenant.to_string(),
+                    token_sha256: hex::encode(hash),
+                    admin: false,
+                });
+            }
         }
         Err(self.refuse(
             ApiError::new(
@@ -1587,12 +1596,14 @@ async fn subscribe(
         }
         None => None,
     };
-    // Reconnecting with Last-Event-ID acknowledges everything up to it: a write, so it
-    // needs a token as the ack endpoint does (reads may be open; moving another
-    // subscriber's cursor may not).
+    // Reconnecting with Last-Event-ID acknowledges everything up to it: a write, so only
+    // with a token, as the ack endpoint (reads may be open; moving another subscriber's
+    // cursor may not). Without one the stream is served from Last-Event-ID and the saved
+    // position stays (a browser's EventSource reconnects without headers of its own).
     if let (Some(d), Some(pos)) = (&durable, last_event_id)
         && saved.is_none_or(|s| pos > s)
         && pos <= *api.committed.borrow()
+        && headers.contains_key(header::AUTHORIZATION)
     {
         api.authenticate(&headers)?;
         save_cursor(&api, d.clone(), &name, pos).await?;
@@ -1725,9 +1736,14 @@ async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> 
             "cursors_full",
             format!("the subscription's position was not saved: {e} (limits.cursors_max)"),
         ))),
-        Err(e) => Err(api.fail(ApiError::new(
+        Err(e @ crate::store::RecordError::TooLong { .. }) => Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_durable_name",
+            format!("the subscription's position was not saved: {e}"),
+        ))),
+        Err(e) => Err(api.fail(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
             format!("the subscription's position was not saved: {e}"),
         ))),
     }

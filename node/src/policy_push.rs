@@ -169,11 +169,16 @@ pub(crate) fn at_start(
         }
     });
     Ok(match (configured, stored) {
-        (Some(c), Some(s)) => Some(if s.0.policy.epoch() > c.0.policy.epoch() {
-            s
-        } else {
-            c
-        }),
+        (Some(c), Some(s)) => {
+            let (se, ce) = (s.0.policy.epoch(), c.0.policy.epoch());
+            // Two bundles of one epoch: the tie rule of `check`, so a restart does not undo
+            // it.
+            Some(if se > ce || (se == ce && wins_tie(&s.1, &c.1)) {
+                s
+            } else {
+                c
+            })
+        }
         (c, s) => c.or(s),
     })
 }
@@ -264,6 +269,11 @@ mod tests {
             signers: Vec::new(),
             signed: Arc::new(one.clone()),
         });
+        // A restart keeps the winner whichever of the config and the store holds it.
+        for (configured, stored) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+            let r = at_start(&trust, Some(configured), Some(stored), |_| {}).expect("ok");
+            assert_eq!(r.map(|(_, bytes)| bytes), Some(one.clone()));
+        }
         let loser = if one == a { &b } else { &a };
         assert!(matches!(
             check(&trust, &state, loser),

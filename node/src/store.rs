@@ -452,10 +452,12 @@ CREATE TABLE ce_dedup (
 /// The highest sequence number of `origin` in `events` or `erased` (0 if none): for the
 /// writer ([`SqliteStore::max_seq`]) and the readers ([`StoreReader::max_seq`]) alike.
 fn max_seq_in(conn: &Connection, origin: &OriginKey) -> Result<u64, StoreError> {
+    // Each MAX alone is answered from the (origin, seq) index's end, not a scan of the
+    // origin's rows (this runs at every agent connect).
     let max: Option<i64> = conn
         .prepare_cached(
-            "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE origin = ?1 \
-             UNION ALL SELECT seq FROM erased WHERE origin = ?1)",
+            "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM events WHERE origin = ?1 \
+             UNION ALL SELECT MAX(seq) AS m FROM erased WHERE origin = ?1)",
         )
         .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
         .map_err(backend)?;
@@ -891,6 +893,35 @@ impl SqliteStore {
     /// rows, not from the bounded ranges): a restarting publisher continues after it.
     pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
         max_seq_in(&self.conn, origin)
+    }
+
+    /// [`SqliteStore::max_seq`] leaving out the stored numbers in `skip` (a publish's own
+    /// new events, stored in the open step): what the node held before it.
+    pub(crate) fn max_seq_excluding(
+        &self,
+        origin: &OriginKey,
+        skip: &BTreeSet<u64>,
+    ) -> Result<u64, StoreError> {
+        let limit = i64::try_from(skip.len() + 1).unwrap_or(i64::MAX);
+        let stored: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM events WHERE origin = ?1 ORDER BY seq DESC LIMIT ?2")
+            .and_then(|mut s| {
+                s.query_map(params![&origin.0[..], limit], |r| r.get(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(backend)?;
+        let stored = stored
+            .into_iter()
+            .filter_map(|s| u64::try_from(s).ok())
+            .find(|s| !skip.contains(s))
+            .unwrap_or(0);
+        let erased: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(seq) FROM erased WHERE origin = ?1")
+            .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
+            .map_err(backend)?;
+        Ok(stored.max(erased.and_then(|e| u64::try_from(e).ok()).unwrap_or(0)))
     }
 
     /// The member-record generation this node last ran under (`None`: never started).
@@ -1756,6 +1787,27 @@ mod tests {
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, StoreLimits::default()).unwrap()
+    }
+
+    /// What the node held before a publish: the publish's own new numbers left out,
+    /// erased numbers counted.
+    #[test]
+    fn max_seq_excluding_leaves_out_a_publishs_own_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let origin = event(1, "orders", 1, b"").origin();
+        for seq in 1..=5 {
+            store.insert(event(1, "orders", seq, b"x")).unwrap();
+        }
+        store.commit().unwrap();
+        let skip = |s: &[u64]| s.iter().copied().collect::<BTreeSet<u64>>();
+        assert_eq!(store.max_seq_excluding(&origin, &skip(&[])), Ok(5));
+        assert_eq!(store.max_seq_excluding(&origin, &skip(&[4, 5])), Ok(3));
+        assert_eq!(
+            store.max_seq_excluding(&origin, &skip(&[1, 2, 3, 4, 5])),
+            Ok(0)
+        );
+        assert_eq!(store.max_seq(&origin), Ok(5));
     }
 
     #[test]

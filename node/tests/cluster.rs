@@ -680,11 +680,21 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
             .map(|e| e["data"]["k"].as_i64().unwrap())
             .collect();
         assert_eq!(ks, vec![5, 6]);
-        // Moving a durable cursor by Last-Event-ID is a write: it needs a token, as the
-        // ack does (reads stay open without a policy).
+        // Moving a durable cursor by Last-Event-ID is a write: without a token the stream
+        // is served from Last-Event-ID but the saved position stays (reads are open
+        // without a policy); a bad token is refused.
         let resp = reqwest::Client::new()
             .get(c.url(0, "/v1/streams/s/subscribe?durable=billing"))
             .header("last-event-id", "6")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+        let resp = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/s/subscribe?durable=billing"))
+            .header("last-event-id", "6")
+            .bearer_auth("not-a-token")
             .send()
             .await
             .unwrap();

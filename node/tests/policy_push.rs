@@ -536,5 +536,14 @@ fn bundle_credentials_sign_in_and_rotate_fabric_wide() {
         assert_eq!(rejected(&c, 2, "token_revoked").await, before + 1);
         let (s, v) = publish(2, ROTATED).await;
         assert_eq!(s, 200, "the rotated token signs in: {v}");
+        // ... as the configured principal, still an admin (a rotation must not lock the
+        // operators out): the audit log is admin-only.
+        let r = reqwest::Client::new()
+            .get(c.url(2, "/v1/audit?limit=1"))
+            .bearer_auth(ROTATED)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     });
 }
