@@ -499,31 +499,13 @@ fn check_ce(
     }
     // The event becomes an envelope's payload as JSON: refused here if it cannot be one,
     // rather than accepted and then moved to the dead letters when it is signed.
-    let len = json_len(&ce);
+    let len = crate::json_len(&ce);
     if len > PAYLOAD_LEN_MAX {
         return Err(format!(
             "event {i}: {len} bytes as JSON, over the envelope's payload limit ({PAYLOAD_LEN_MAX} bytes)"
         ));
     }
     Ok((stream, ce))
-}
-
-/// The length of `ce` serialized as JSON, without keeping the bytes.
-fn json_len(ce: &Map<String, Value>) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing to a counter cannot fail, and a JSON map always serializes.
-    let _ = serde_json::to_writer(&mut count, ce);
-    count.0
 }
 
 async fn serve_http(
@@ -711,10 +693,10 @@ mod tests {
     #[test]
     fn an_event_over_the_payload_limit_is_refused_at_the_input() {
         let app = StreamName::new("telemetry.x").unwrap();
-        let base = json_len(ce("").as_object().unwrap());
+        let base = crate::json_len(ce("").as_object().unwrap());
         let fits = "a".repeat(PAYLOAD_LEN_MAX - base);
         let (_, m) = check_ce(ce(&fits), None, Some(&app), 0).unwrap();
-        assert_eq!(json_len(&m), PAYLOAD_LEN_MAX);
+        assert_eq!(crate::json_len(&m), PAYLOAD_LEN_MAX);
         assert_eq!(serde_json::to_vec(&m).unwrap().len(), PAYLOAD_LEN_MAX);
         let over = "a".repeat(PAYLOAD_LEN_MAX - base + 1);
         let err = check_ce(ce(&over), None, Some(&app), 0).unwrap_err();

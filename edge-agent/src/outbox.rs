@@ -658,6 +658,20 @@ mod tests {
         }
     }
 
+    /// A fresh outbox directory named after `tag`, a config holding `events_max` events
+    /// (drop-oldest), and the test device's signer.
+    fn fresh(tag: &str, events_max: u64) -> (std::path::PathBuf, OutboxConfig, Signer) {
+        let dir =
+            std::env::temp_dir().join(format!("weft-agent-outbox-{tag}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = OutboxConfig {
+            events_max,
+            bytes_max: 1 << 20,
+            overflow: Overflow::DropOldest,
+        };
+        (dir, config, Signer::from_secret(&[7; 32]))
+    }
+
     fn ev(stream: &str, priority: u8, n: usize) -> NewEvent {
         NewEvent {
             stream: StreamName::new(stream.to_string()).unwrap(),
@@ -670,14 +684,7 @@ mod tests {
 
     #[test]
     fn sequence_numbers_survive_a_reopen_and_overflow_never_drops_a_sequenced_event() {
-        let dir = std::env::temp_dir().join(format!("weft-agent-outbox-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = OutboxConfig {
-            events_max: 3,
-            bytes_max: 1 << 20,
-            overflow: Overflow::DropOldest,
-        };
-        let signer = Signer::from_secret(&[7; 32]);
+        let (dir, config, signer) = fresh("", 3);
         let mut o = Outbox::open(&dir, config.clone()).unwrap();
         let none = Counters::default();
         let ok = o
@@ -728,14 +735,7 @@ mod tests {
     /// already holds numbers of this device numbers its events after them.
     #[test]
     fn numbering_continues_after_what_the_node_holds() {
-        let dir = std::env::temp_dir().join(format!("weft-agent-outbox-n-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = OutboxConfig {
-            events_max: 100,
-            bytes_max: 1 << 20,
-            overflow: Overflow::DropOldest,
-        };
-        let signer = Signer::from_secret(&[7; 32]);
+        let (dir, config, signer) = fresh("n-", 100);
         let mut o = Outbox::open(&dir, config.clone()).unwrap();
         let none = Counters::default();
         o.insert(&[ev("t.a", 5, 0), ev("t.a", 5, 1)], &[], &none)
@@ -767,14 +767,7 @@ mod tests {
     /// keep their events.
     #[test]
     fn numbers_taken_back_are_given_again_after_what_the_node_holds() {
-        let dir = std::env::temp_dir().join(format!("weft-agent-outbox-r-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = OutboxConfig {
-            events_max: 100,
-            bytes_max: 1 << 20,
-            overflow: Overflow::DropOldest,
-        };
-        let signer = Signer::from_secret(&[7; 32]);
+        let (dir, config, signer) = fresh("r-", 100);
         let mut o = Outbox::open(&dir, config).unwrap();
         let none = Counters::default();
         let evs: Vec<NewEvent> = (0..5).map(|n| ev("t.a", 5, n)).collect();

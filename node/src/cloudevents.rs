@@ -575,7 +575,7 @@ fn validate(map: Map<String, Value>) -> Result<IncomingEvent, CeError> {
 
 /// Refuses an event whose payload would not fit a Weft event.
 fn check_size(event: IncomingEvent) -> Result<IncomingEvent, CeError> {
-    let len = json_len(&event.structured);
+    let len = weft_agent::json_len(&event.structured);
     if len > PAYLOAD_LEN_MAX {
         return Err(CeError::PayloadTooLarge {
             len,
@@ -928,24 +928,6 @@ fn percent_decode(header: &str, raw: &[u8]) -> Result<String, CeError> {
         }
     }
     String::from_utf8(out).map_err(|_| bad("the decoded bytes are not UTF-8"))
-}
-
-/// Length of a map's compact JSON form without building it.
-fn json_len(map: &Map<String, Value>) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing JSON values to a sink that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut count, map);
-    count.0
 }
 
 fn not_an_object(value: &Value) -> CeError {

@@ -57,7 +57,7 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let unverified = match weft_fabric::decode(bytes) {
         Ok(u) => u,
         Err(e) => {
-            outln!(
+            say!(
                 "{}",
                 json!({ "valid": false, "stage": "decode", "reason": e.to_string() })
             );
@@ -73,14 +73,14 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     match unverified.verify() {
         Ok(_) => {
             let text = serde_json::to_string_pretty(&json!({ "valid": true, "event": fields }))?;
-            outln!("{text}");
+            say!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             let text = serde_json::to_string_pretty(&json!({
                 "valid": false, "stage": "verify", "reason": e.to_string(), "claimed": fields
             }))?;
-            outln!("{text}");
+            say!("{text}");
             Ok(ExitCode::from(2))
         }
     }

@@ -6,20 +6,9 @@
 //! checks (`check-config`), a client of the HTTP API (`publish`, `tail`, `peers`, `routes`,
 //! `status`, `audit`) and envelope tools (`wire-demo`, `inspect`).
 
-/// Appends a line to the command's output buffer (see [`flush_output`]).
-macro_rules! outln {
-    ($($arg:tt)*) => {
-        $crate::OUTPUT.with(|o| {
-            use std::fmt::Write as _;
-            // Writing to a String cannot fail.
-            let _ = writeln!(o.borrow_mut(), $($arg)*);
-        })
-    };
-}
-
-/// Prints a line to standard output at once (streaming commands: `weft tail`). A reader
-/// that went away (`weft tail ... | head`) ends the program quietly with status 0, as a
-/// shell tool does, where `println!` would panic.
+/// Prints a line to standard output at once (every command's output). A reader that went
+/// away (`weft tail ... | head`, `weft inspect ... | head`) ends the program quietly with
+/// status 0, as a shell tool does, where `println!` would panic.
 macro_rules! say {
     () => {
         $crate::say_line(format_args!(""))
@@ -80,27 +69,6 @@ mod tables;
 mod tls;
 mod transport;
 mod wire_demo;
-
-thread_local! {
-    /// What the command prints, written out once at the end so that a closed pipe
-    /// (`weft inspect ... | head`) ends the program quietly instead of panicking in
-    /// `println!`.
-    static OUTPUT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
-
-/// Writes the buffered output; a reader that went away is not an error.
-fn flush_output() -> std::io::Result<()> {
-    use std::io::Write as _;
-    let text = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
-    }
-}
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -391,12 +359,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let result = run();
-    if let Err(e) = flush_output() {
-        eprintln!("weft: error: writing output: {e}");
-        return ExitCode::FAILURE;
-    }
-    match result {
+    match run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("weft: error: {e:#}");
@@ -415,7 +378,6 @@ fn run() -> anyhow::Result<ExitCode> {
             if let Some(parent) = exit_with_parent {
                 demo::exit_with_parent(parent)?;
             }
-            flush_output()?;
             serve::run(&config)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -426,28 +388,21 @@ fn run() -> anyhow::Result<ExitCode> {
             if let Some(parent) = exit_with_parent {
                 demo::exit_with_parent(parent)?;
             }
-            flush_output()?;
             weft_agent::run(&config, false)
         }
-        Command::AgentStatus { config, json } => {
-            flush_output()?;
-            weft_agent::status(&config, json)
-        }
+        Command::AgentStatus { config, json } => weft_agent::status(&config, json),
         Command::Demo {
             duration,
             base_port,
-        } => {
-            flush_output()?;
-            demo::run(&demo::Options {
-                duration,
-                base_port,
-            })
-        }
+        } => demo::run(&demo::Options {
+            duration,
+            base_port,
+        }),
         Command::CheckConfig { config } => {
             let c = config::NodeConfig::load(&config)?;
             let raw = &c.raw;
-            outln!("{}: ok", config.display());
-            outln!(
+            say!("{}: ok", config.display());
+            say!(
                 "name {} in {} ({}, {}); mesh {} (advertised {}), HTTP {}",
                 raw.name,
                 raw.region,
@@ -457,7 +412,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 c.advertise,
                 raw.listen.http
             );
-            outln!(
+            say!(
                 "{} seeds, {} trusted nodes, {} principals, {} stream patterns, chaos {}",
                 raw.seeds.len(),
                 c.trusted.len(),
@@ -465,7 +420,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 c.streams.len(),
                 if raw.chaos.enabled { "enabled" } else { "off" }
             );
-            outln!(
+            say!(
                 "key file {} and data dir {} (not opened by check-config)",
                 c.key_path.display(),
                 c.data_dir.display()
@@ -507,15 +462,15 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Keygen { out, client } => {
             let signer = keys::generate(&out)?;
-            outln!("wrote {} (mode 0600)", out.display());
-            outln!("public key: {}", signer.origin());
+            say!("wrote {} (mode 0600)", out.display());
+            say!("public key: {}", signer.origin());
             if client {
                 let mut tpath = out.clone().into_os_string();
                 tpath.push(".token");
                 let tpath = PathBuf::from(tpath);
                 let (_, hash) = keys::generate_token(&tpath)?;
-                outln!("wrote {} (mode 0600)", tpath.display());
-                outln!("token_sha256: {hash}");
+                say!("wrote {} (mode 0600)", tpath.display());
+                say!("token_sha256: {hash}");
             }
             Ok(ExitCode::SUCCESS)
         }

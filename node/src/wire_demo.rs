@@ -21,8 +21,8 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let ring = KeyRing::new(KeyId::new("acme/demo-1")?, seal_key);
     let mut clock = HybridClock::new(500);
 
-    outln!("producer key (origin): {}", producer.origin());
-    outln!("sealing key ring: active key {}\n", ring.active());
+    say!("producer key (origin): {}", producer.origin());
+    say!("sealing key ring: active key {}\n", ring.active());
 
     let security = |classification: &str, residency: Residency| SecurityContext {
         tenant: "acme".into(),
@@ -97,26 +97,26 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             .verify()
             .context("verifying our own event")?;
         anyhow::ensure!(back.id() == event.id(), "id changed in a round trip");
-        outln!("== {title}: {} bytes, id {}", bytes.len(), event.id());
-        outln!("{}", hex::encode(&bytes));
+        say!("== {title}: {} bytes, id {}", bytes.len(), event.id());
+        say!("{}", hex::encode(&bytes));
         let fields = serde_json::to_string_pretty(&event_json(
             back.id(),
             back.origin(),
             back.draft(),
             bytes.len(),
         ))?;
-        outln!("{fields}");
+        say!("{fields}");
         if matches!(back.payload(), Payload::Sealed(_)) {
             let opened = back.open(&ring)?;
-            outln!(
+            say!(
                 "opened with the key ring: {}",
                 String::from_utf8_lossy(&opened)
             );
         }
-        outln!();
+        say!();
     }
 
-    outln!("== what gets rejected");
+    say!("== what gets rejected");
     let mut tampered = clear.encode();
     let at = tampered
         .windows(6)
@@ -126,13 +126,13 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let verdict = decode(&tampered)
         .map_err(|e| e.to_string())
         .and_then(|u| u.verify().map(|_| ()).map_err(|e| e.to_string()));
-    outln!(
+    say!(
         "payload byte changed after signing: {}",
         verdict.err().unwrap_or_else(|| "ACCEPTED (bug)".into())
     );
     let mut trailing = clear.encode();
     trailing.push(0);
-    outln!(
+    say!(
         "one trailing byte: {}",
         decode(&trailing)
             .err()
@@ -142,7 +142,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let mut moved = keyed.draft().clone();
     moved.payload = sealed.payload().clone();
     let moved = producer.sign(moved)?;
-    outln!(
+    say!(
         "sealed payload moved into another envelope: {}",
         moved
             .open(&ring)
@@ -151,7 +151,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "OPENED (bug)".into())
     );
     let ahead = Hlc::new(now_ms + 60_000, 0)?;
-    outln!(
+    say!(
         "timestamp 60 s in the future: {}",
         clock
             .receive(ahead, now_ms)
@@ -159,7 +159,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "ACCEPTED (bug)".into())
     );
-    outln!(
+    say!(
         "stream name 'orders..created': {}",
         StreamName::new("orders..created")
             .err()

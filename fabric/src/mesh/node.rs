@@ -1242,6 +1242,11 @@ impl<S: Store> Node<S> {
     /// be compared: a number seen but not stored here (a stream this node does not store)
     /// counts as a resend.
     fn republished(&self, event: &Event) -> Result<(), StoreError> {
+        // The same event again (the common case): the store's id index answers, without
+        // reading and checking the held envelope.
+        if self.store.holds(&EventRef::of(event)) {
+            return Ok(());
+        }
         let (origin, seq) = (event.origin(), event.seq());
         match self.store.get(&origin, seq) {
             Some(held) if held.id() != event.id() => Err(StoreError::Equivocation { origin, seq }),
