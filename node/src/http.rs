@@ -180,22 +180,57 @@ pub(crate) struct ReadGuard {
 }
 
 impl ReadGuard {
+    pub(crate) fn new(
+        policy: Arc<weft_policy::Policy>,
+        principal: Principal,
+        action: weft_policy::Action,
+        region: String,
+    ) -> Self {
+        ReadGuard {
+            policy,
+            principal,
+            action,
+            region,
+        }
+    }
+
     /// Whether the principal may read this event: its own stream, tenant and
     /// classification, so a deny rule on a classification holds even for an event whose
     /// stream rule says otherwise, and a tenant-bound principal reads its tenant's events
     /// only.
-    fn allows(&self, event: &weft_fabric::EventData) -> bool {
+    pub(crate) fn allows(&self, event: &weft_fabric::EventData) -> bool {
         let sec = &event.draft().security;
+        self.allows_write(event.stream(), &sec.tenant, &sec.classification)
+    }
+
+    /// Whether the principal may read a write to `stream` by `tenant`, classified
+    /// `classification` ([`ReadGuard::allows`] for what a table row remembers of a write).
+    pub(crate) fn allows_write(
+        &self,
+        stream: &StreamName,
+        tenant: &str,
+        classification: &str,
+    ) -> bool {
         self.policy
             .authorize(&weft_policy::AccessRequest {
                 principal: &self.principal.name,
                 action: self.action,
-                stream: event.stream(),
-                tenant: &sec.tenant,
-                classification: Some(&sec.classification),
+                stream,
+                tenant,
+                classification: Some(classification),
                 region: &self.region,
             })
             .allowed
+    }
+
+    /// The principal reading.
+    pub(crate) fn principal(&self) -> &str {
+        &self.principal.name
+    }
+
+    /// The epoch of the policy the guard reads under.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.policy.epoch()
     }
 }
 
@@ -207,7 +242,7 @@ impl Api {
 
     /// A security refusal: counted like every refusal, and written to the audit log with
     /// the principal, stream and policy epoch it concerns.
-    fn refuse(
+    pub(crate) fn refuse(
         &self,
         e: ApiError,
         principal: Option<&str>,
@@ -364,12 +399,12 @@ impl Api {
             return Ok(None);
         };
         let principal = self.authenticate(headers)?;
-        Ok(Some(ReadGuard {
+        Ok(Some(ReadGuard::new(
             policy,
             principal,
             action,
-            region: self.me.region.to_string(),
-        }))
+            self.me.region.to_string(),
+        )))
     }
 
     /// Authorizes `action` on one stream for the guard's principal (the stream rule's
@@ -931,11 +966,26 @@ async fn confirm_known(
 /// Read authorization of one stream under the policy in force (none without a policy),
 /// for the keyed tables: the token's principal, the stream rule's classification; 403
 /// `read_forbidden`, counted and audited.
-pub(crate) fn authorize_read(api: &Api, headers: &HeaderMap, stream: &StreamName) -> ApiResult<()> {
+/// Returns the reader's guard (`None`: no policy in force, every write is visible), for the
+/// per-write filter of table reads (`tables.rs`).
+pub(crate) fn authorize_read(
+    api: &Api,
+    headers: &HeaderMap,
+    stream: &StreamName,
+) -> ApiResult<Option<ReadGuard>> {
     match api.read_guard(headers, weft_policy::Action::Read)? {
-        None => Ok(()),
-        Some(guard) => api.authorize_stream(&guard, stream, "read the table"),
+        None => Ok(None),
+        Some(guard) => {
+            api.authorize_stream(&guard, stream, "read the table")?;
+            Ok(Some(guard))
+        }
     }
+}
+
+/// The guard of a table writer's view (`None`: no policy in force): the writes its
+/// context may name are those it may read, whether or not it may read the stream at all.
+pub(crate) fn writer_view(api: &Api, headers: &HeaderMap) -> ApiResult<Option<ReadGuard>> {
+    api.read_guard(headers, weft_policy::Action::Read)
 }
 
 /// Publishes one keyed event carrying `payload` (a table operation, `tables.rs`) for the

@@ -732,7 +732,7 @@ impl SqliteStore {
             tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "created store");
         }
         // Keyed tables' materialized state (added after version 1; created when missing).
-        conn.execute_batch(crate::tables::SCHEMA).map_err(sqlite)?;
+        crate::tables::create_schema(&conn).map_err(sqlite)?;
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
         conn.execute_batch(WAITING_SCHEMA).map_err(sqlite)?;
         let erase_rules = load_erase_rules(&conn).map_err(|source| OpenError::Load {

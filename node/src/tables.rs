@@ -14,7 +14,7 @@
 //! are ordinary keyed events carrying a `weft_fabric::table::Op`, published through the
 //! usual path (authorization, residency stamping, signing, acks).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -30,12 +30,12 @@ use weft_fabric::table::{
 };
 use weft_fabric::{Event, OriginKey, Payload, StreamName, StreamPattern};
 
-use crate::http::{Api, ApiError, ApiResult};
+use crate::http::{Api, ApiError, ApiResult, ReadGuard};
 use crate::policy_state::PolicyState;
 use weft_fabric::mesh::StoreError;
 
 /// The tables' schema (idempotent; run at every open).
-pub(crate) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS table_keys (
     stream TEXT NOT NULL,
     key BLOB NOT NULL,
@@ -49,7 +49,32 @@ CREATE TABLE IF NOT EXISTS table_applied (
     PRIMARY KEY (stream, origin)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS table_meta (stream TEXT PRIMARY KEY, strategy TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS table_writers (
+    stream TEXT NOT NULL,
+    key BLOB NOT NULL,
+    tenant TEXT NOT NULL,
+    classification TEXT NOT NULL,
+    PRIMARY KEY (stream, key, tenant, classification)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_stream_key ON events (stream, key) WHERE key IS NOT NULL;
 ";
+
+/// Creates the tables' schema where it is missing. A store made before `table_writers`
+/// existed has rows whose writers nobody recorded: its tables are marked unbuilt (their
+/// `table_meta` rows go), so the driver's [`reconcile`] at start rebuilds them from the log
+/// and records every write's tenant and classification on the way.
+pub(crate) fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    let had_writers: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'table_writers')",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    if !had_writers {
+        conn.execute("DELETE FROM table_meta", [])?;
+    }
+    Ok(())
+}
 
 /// Most keys one list request returns.
 pub(crate) const LIST_LIMIT_MAX: usize = 1000;
@@ -191,35 +216,19 @@ fn apply_write(
     stats: &mut ConflictStats,
 ) -> Result<Applied, String> {
     let stream = event.stream().as_str();
-    let op = match event.payload() {
-        Payload::Sealed(_) => {
-            stats.ignored += 1;
-            return Ok(Applied::Ignored);
-        }
-        Payload::Clear(bytes) => match Op::from_event(event.content_type(), bytes) {
-            Ok(op) => op,
-            Err(e) => {
-                tracing::debug!(event = %event.id(), error = %e, "table write ignored");
-                stats.ignored += 1;
-                return Ok(Applied::Ignored);
-            }
-        },
+    let Some(op) = op_of(event, stats) else {
+        return Ok(Applied::Ignored);
     };
+    // Who wrote to the key, for reads filtered per write (`visible_state`).
+    let sec = event.security();
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO table_writers (stream, key, tenant, classification)
+         VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![stream, key, sec.tenant, sec.classification]))
+    .map_err(backend)?;
     let mut state = load_state(conn, stream, key)?;
-    let outcome = table::apply_key(
-        strategy,
-        &mut state,
-        &Write {
-            dot: Dot {
-                origin: event.origin(),
-                seq: event.seq(),
-            },
-            hlc: event.hlc(),
-            key,
-            op: &op,
-        },
-        stats,
-    );
+    let outcome = table::apply_key(strategy, &mut state, &write_of(event, key, &op), stats);
     if let Some(state) = state {
         conn.prepare_cached(
             "INSERT INTO table_keys (stream, key, state) VALUES (?1, ?2, ?3)
@@ -229,6 +238,37 @@ fn apply_write(
         .map_err(backend)?;
     }
     Ok(outcome)
+}
+
+/// The table operation a write carries; `None` (counted as ignored) for a sealed payload,
+/// which the node cannot read, and for one that is not an operation.
+fn op_of(event: &Event, stats: &mut ConflictStats) -> Option<Op> {
+    match event.payload() {
+        Payload::Sealed(_) => {
+            stats.ignored += 1;
+            None
+        }
+        Payload::Clear(bytes) => match Op::from_event(event.content_type(), bytes) {
+            Ok(op) => Some(op),
+            Err(e) => {
+                tracing::debug!(event = %event.id(), error = %e, "table write ignored");
+                stats.ignored += 1;
+                None
+            }
+        },
+    }
+}
+
+fn write_of<'a>(event: &Event, key: &'a [u8], op: &'a Op) -> Write<'a> {
+    Write {
+        dot: Dot {
+            origin: event.origin(),
+            seq: event.seq(),
+        },
+        hlc: event.hlc(),
+        key,
+        op,
+    }
 }
 
 /// Re-materializes a key after an erase (`erase.rs`) removed the writes it covers from
@@ -246,11 +286,12 @@ pub(crate) fn erase_key(
     key: &[u8],
     stats: &mut ConflictStats,
 ) -> Result<(), String> {
-    conn.execute(
+    for sql in [
         "DELETE FROM table_keys WHERE stream = ?1 AND key = ?2",
-        params![stream, key],
-    )
-    .map_err(backend)?;
+        "DELETE FROM table_writers WHERE stream = ?1 AND key = ?2",
+    ] {
+        conn.execute(sql, params![stream, key]).map_err(backend)?;
+    }
     let Some(strategy) = strategy else {
         return Ok(());
     };
@@ -288,14 +329,27 @@ fn for_each_log_write(
     key: Option<&[u8]>,
     mut f: impl FnMut(&Event) -> Result<(), String>,
 ) -> Result<usize, String> {
+    // One key: through the index on the events' (stream, key), so a read filtered per
+    // write (`visible_state`) costs the key's writes, not the table's.
     let mut select = conn
-        .prepare_cached(
-            "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
-             WHERE l.stream = ?1 AND e.key IS NOT NULL AND (?2 IS NULL OR e.key = ?2)
-             ORDER BY e.origin, e.seq",
-        )
+        .prepare_cached(match key {
+            Some(_) => {
+                "SELECT e.envelope FROM events e JOIN log l ON l.id = e.id
+                 WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2
+                 ORDER BY e.origin, e.seq"
+            }
+            None => {
+                "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
+                 WHERE l.stream = ?1 AND e.key IS NOT NULL
+                 ORDER BY e.origin, e.seq"
+            }
+        })
         .map_err(backend)?;
-    let mut rows = select.query(params![stream, key]).map_err(backend)?;
+    let mut rows = match key {
+        Some(k) => select.query(params![stream, k]),
+        None => select.query([stream]),
+    }
+    .map_err(backend)?;
     let mut chunk = Vec::with_capacity(LOG_WALK_CHUNK);
     let mut n = 0;
     let mut flush = |chunk: &mut Vec<weft_fabric::UnverifiedEvent>| {
@@ -333,10 +387,13 @@ pub(crate) fn rebuild(
     stats: &mut ConflictStats,
 ) -> Result<(), String> {
     let name = stream.as_str();
-    conn.execute("DELETE FROM table_keys WHERE stream = ?1", [name])
-        .map_err(backend)?;
-    conn.execute("DELETE FROM table_applied WHERE stream = ?1", [name])
-        .map_err(backend)?;
+    for sql in [
+        "DELETE FROM table_keys WHERE stream = ?1",
+        "DELETE FROM table_applied WHERE stream = ?1",
+        "DELETE FROM table_writers WHERE stream = ?1",
+    ] {
+        conn.execute(sql, [name]).map_err(backend)?;
+    }
     let n = for_each_log_write(conn, name, None, |event| {
         apply_one(conn, strategy, event, stats).map(drop)
     })?;
@@ -425,6 +482,7 @@ pub(crate) fn drop_table(conn: &Connection, stream: &str) -> Result<(), String> 
     for sql in [
         "DELETE FROM table_keys WHERE stream = ?1",
         "DELETE FROM table_applied WHERE stream = ?1",
+        "DELETE FROM table_writers WHERE stream = ?1",
         "DELETE FROM table_meta WHERE stream = ?1",
     ] {
         conn.execute(sql, [stream]).map_err(backend)?;
@@ -504,6 +562,105 @@ fn parse_version(token: &str) -> Result<Vv, String> {
         .into_iter()
         .map(|(o, s)| (OriginKey(o), s))
         .collect()))
+}
+
+// ------------------------------------------------------------------ visibility
+
+/// Which writes of a table a principal sees: every write when no policy is in force
+/// (`guard` `None`), else those its [`ReadGuard`] lets it read by their tenant and
+/// classification, as a stream read filters event by event. Each (tenant,
+/// classification) pair is decided once per request.
+pub(crate) struct Visibility {
+    guard: Option<ReadGuard>,
+    decided: HashMap<(String, String), bool>,
+}
+
+impl Visibility {
+    pub(crate) fn new(guard: Option<ReadGuard>) -> Self {
+        Visibility {
+            guard,
+            decided: HashMap::new(),
+        }
+    }
+
+    fn allows(&mut self, stream: &StreamName, tenant: &str, classification: &str) -> bool {
+        let Some(guard) = &self.guard else {
+            return true;
+        };
+        if let Some(d) = self
+            .decided
+            .get(&(tenant.to_string(), classification.to_string()))
+        {
+            return *d;
+        }
+        let d = guard.allows_write(stream, tenant, classification);
+        self.decided
+            .insert((tenant.to_string(), classification.to_string()), d);
+        d
+    }
+
+    fn allows_all(&mut self, stream: &StreamName, writers: &[(String, String)]) -> bool {
+        writers.iter().all(|(t, c)| self.allows(stream, t, c))
+    }
+}
+
+/// The (tenant, classification) pairs of the writes applied to one key, or to every key
+/// of the table (`key` `None`).
+fn writers(
+    conn: &Connection,
+    stream: &str,
+    key: Option<&[u8]>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut s = conn
+        .prepare_cached(match key {
+            Some(_) => {
+                "SELECT tenant, classification FROM table_writers
+                 WHERE stream = ?1 AND key = ?2"
+            }
+            None => "SELECT DISTINCT tenant, classification FROM table_writers WHERE stream = ?1",
+        })
+        .map_err(backend)?;
+    let pair = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+    match key {
+        Some(k) => s
+            .query_map(params![stream, k], pair)
+            .and_then(Iterator::collect),
+        None => s.query_map([stream], pair).and_then(Iterator::collect),
+    }
+    .map_err(backend)
+}
+
+/// A key's state as `vis` sees it. When every write applied to the key is visible (one
+/// tenant's table, or no policy), that is the materialized row; otherwise the key is
+/// replayed from the log with only the visible writes, through the same strategy: the
+/// state those writes alone give, the same on every replica. A value, sibling, count or
+/// element from a write the reader may not read never shows, nor does its version.
+fn visible_state(
+    conn: &Connection,
+    strategy: Strategy,
+    stream: &StreamName,
+    key: &[u8],
+    state: Option<KeyState>,
+    vis: &mut Visibility,
+) -> Result<Option<KeyState>, String> {
+    if vis.guard.is_none() || state.is_none() {
+        return Ok(state);
+    }
+    if vis.allows_all(stream, &writers(conn, stream.as_str(), Some(key))?) {
+        return Ok(state);
+    }
+    let mut fresh = None;
+    let mut stats = ConflictStats::default();
+    for_each_log_write(conn, stream.as_str(), Some(key), |event| {
+        let sec = event.security();
+        if vis.allows(stream, &sec.tenant, &sec.classification)
+            && let Some(op) = op_of(event, &mut stats)
+        {
+            table::apply_key(strategy, &mut fresh, &write_of(event, key, &op), &mut stats);
+        }
+        Ok(())
+    })?;
+    Ok(fresh)
 }
 
 // ------------------------------------------------------------------ views
@@ -606,14 +763,6 @@ fn check_key(api: &Api, key: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn store_error(api: &Api, e: String) -> ApiError {
-    api.fail(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "store_error",
-        e,
-    ))
-}
-
 /// `GET /v1/tables/{stream}/{key}`.
 pub(crate) async fn get_key(
     State(api): State<Arc<Api>>,
@@ -622,12 +771,8 @@ pub(crate) async fn get_key(
 ) -> ApiResult<Response> {
     let (name, strategy) = declared_strategy(&api, &stream)?;
     check_key(&api, &key)?;
-    crate::http::authorize_read(&api, &headers, &name)?;
-    let k = key.clone();
-    let state = crate::http::read_store(&api, move |r| {
-        load_state(r.conn(), name.as_str(), k.as_bytes()).map_err(StoreError::Backend)
-    })
-    .await?;
+    let guard = crate::http::authorize_read(&api, &headers, &name)?;
+    let state = current(&api, guard, strategy, &name, &key).await?;
     match state {
         Some(s) if !s.is_absent() => {
             Ok(axum::Json(view(strategy, key.as_bytes(), &s)).into_response())
@@ -665,7 +810,10 @@ pub(crate) async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
     let (name, strategy) = declared_strategy(&api, &stream)?;
-    crate::http::authorize_read(&api, &headers, &name)?;
+    let guard = crate::http::authorize_read(&api, &headers, &name)?;
+    let reader = guard
+        .as_ref()
+        .map(|g| (g.principal().to_string(), g.epoch()));
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > LIST_LIMIT_MAX {
         return Err(api.fail(ApiError::new(
@@ -677,8 +825,19 @@ pub(crate) async fn list(
     let prefix = q.prefix.unwrap_or_default();
     let after = q.after.unwrap_or_default();
     let want_digest = q.digest;
-    let (rows, digest) = crate::http::read_store(&api, move |r| {
+    let listed = crate::http::read_store(&api, move |r| {
         let conn = r.conn();
+        let mut vis = Visibility::new(guard);
+        // The digest hashes every value of the table: only for a reader who may see
+        // every write in it.
+        if want_digest
+            && !vis.allows_all(
+                &name,
+                &writers(conn, name.as_str(), None).map_err(StoreError::Backend)?,
+            )
+        {
+            return Ok(None);
+        }
         let mut s = conn
             .prepare(
                 "SELECT key, state FROM table_keys WHERE stream = ?1 AND key > ?2
@@ -698,20 +857,43 @@ pub(crate) async fn list(
             )
             .and_then(Iterator::collect)
             .map_err(|e| StoreError::Backend(backend(e)))?;
+        let mut states = Vec::with_capacity(rows.len());
+        for (k, s) in rows {
+            let state = KeyState::decode(&s)
+                .map_err(|e| StoreError::Backend(format!("corrupt table row: {e}")))?;
+            let seen = visible_state(conn, strategy, &name, &k, Some(state), &mut vis)
+                .map_err(StoreError::Backend)?;
+            states.push((k, seen));
+        }
         let digest = if want_digest {
             Some(digest(conn, name.as_str(), strategy).map_err(StoreError::Backend)?)
         } else {
             None
         };
-        Ok((rows, digest))
+        Ok(Some((states, digest)))
     })
     .await?;
+    let Some((states, digest)) = listed else {
+        let (principal, epoch) = reader.unwrap_or_default();
+        return Err(api.refuse(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "digest_forbidden",
+                format!(
+                    "principal {principal} may not have the digest of {stream} (policy epoch {epoch}): it hashes writes this principal may not read; list without digest=true"
+                ),
+            ),
+            Some(&principal),
+            Some(&stream),
+            epoch,
+        ));
+    };
     let mut keys = Vec::new();
     let mut last = None;
-    for (k, s) in rows {
-        let state = KeyState::decode(&s).map_err(|e| store_error(&api, e.to_string()))?;
+    for (k, state) in states {
         last = Some(k.clone());
-        if !state.is_absent() {
+        // A key absent, or whose every visible write is a deletion, is not listed.
+        if let Some(state) = state.filter(|s| !s.is_absent()) {
             keys.push(view(strategy, &k, &state));
         }
         if keys.len() == limit {
@@ -801,7 +983,8 @@ pub(crate) async fn put(
                     elements: b.insert.into_iter().map(String::into_bytes).collect(),
                 },
                 (true, false) if b.remove.len() <= table::SET_ELEMENTS_MAX => {
-                    let seen = current(&api, &name, &key).await?;
+                    let guard = crate::http::writer_view(&api, &headers)?;
+                    let seen = current(&api, guard, strategy, &name, &key).await?;
                     Op::Remove {
                         elements: b.remove.into_iter().map(String::into_bytes).collect(),
                         ctx: seen.map(|s| s.version()).unwrap_or_default(),
@@ -828,9 +1011,13 @@ pub(crate) async fn delete(
     Path((stream, key)): Path<(String, String)>,
     Query(q): Query<WriteQuery>,
 ) -> ApiResult<Response> {
-    let (name, _) = declared_strategy(&api, &stream)?;
+    let (name, strategy) = declared_strategy(&api, &stream)?;
     check_key(&api, &key)?;
-    let seen = current(&api, &name, &key).await?;
+    // The deletion's context is what the writer may see: it names no write (no dot, no
+    // counter sum) of another tenant's, which the writer could read back from its own
+    // event.
+    let guard = crate::http::writer_view(&api, &headers)?;
+    let seen = current(&api, guard, strategy, &name, &key).await?;
     let mut ctx = seen.as_ref().map(KeyState::version).unwrap_or_default();
     if let Some(t) = &q.version {
         ctx.join(
@@ -854,11 +1041,30 @@ pub(crate) async fn delete(
     .await
 }
 
-async fn current(api: &Arc<Api>, stream: &StreamName, key: &str) -> ApiResult<Option<KeyState>> {
+/// A key's state as the principal of `guard` sees it ([`visible_state`]).
+async fn current(
+    api: &Arc<Api>,
+    guard: Option<ReadGuard>,
+    strategy: Strategy,
+    stream: &StreamName,
+    key: &str,
+) -> ApiResult<Option<KeyState>> {
     let stream = stream.clone();
     let key = key.to_string();
     crate::http::read_store(api, move |r| {
-        load_state(r.conn(), stream.as_str(), key.as_bytes()).map_err(StoreError::Backend)
+        let conn = r.conn();
+        load_state(conn, stream.as_str(), key.as_bytes())
+            .and_then(|state| {
+                visible_state(
+                    conn,
+                    strategy,
+                    &stream,
+                    key.as_bytes(),
+                    state,
+                    &mut Visibility::new(guard),
+                )
+            })
+            .map_err(StoreError::Backend)
     })
     .await
 }
@@ -900,15 +1106,27 @@ mod tests {
 
     /// A signed write of `op` to `key` by producer `signer`, stamped `at_ms`.
     fn write(signer: u8, seq: u64, key: &[u8], at_ms: u64, op: &Op) -> Arc<Event> {
+        write_as(signer, seq, key, at_ms, op, ("acme", "internal"))
+    }
+
+    /// [`write`] for `tenant`, classified `class`.
+    fn write_as(
+        signer: u8,
+        seq: u64,
+        key: &[u8],
+        at_ms: u64,
+        op: &Op,
+        (tenant, class): (&str, &str),
+    ) -> Arc<Event> {
         let draft = EventDraft {
             stream: StreamName::new(STREAM).unwrap(),
             key: Some(key.to_vec()),
             seq,
             hlc: Hlc::new(at_ms, 0).unwrap(),
             security: SecurityContext {
-                tenant: "acme".into(),
+                tenant: tenant.into(),
                 principal: "prefs-service".into(),
-                classification: "internal".into(),
+                classification: class.into(),
                 residency: Residency::Unrestricted,
                 scopes: BTreeSet::new(),
                 policy_epoch: 1,
@@ -1020,6 +1238,210 @@ mod tests {
                 .unwrap()
                 .map(|s| view(self.strategy, key, &s))
         }
+
+        /// The key as the principal of `guard` reads it.
+        fn key_seen_by(&mut self, guard: Option<ReadGuard>, key: &[u8]) -> Option<Value> {
+            let conn = self.store.write_conn().unwrap();
+            let state = load_state(conn, STREAM, key).unwrap();
+            let stream = StreamName::new(STREAM).unwrap();
+            let mut vis = Visibility::new(guard);
+            visible_state(conn, self.strategy, &stream, key, state, &mut vis)
+                .unwrap()
+                .map(|s| view(self.strategy, key, &s))
+        }
+    }
+
+    /// Two tenants writing to one table; `ana` (acme) may not read `personal` writes,
+    /// `root` (no tenant) reads everything.
+    const SHARED: &str = r#"
+format = 1
+epoch = 2
+[tenants.acme]
+[tenants.globex]
+[roles.analyst]
+[roles.no-pii]
+[principals.ana]
+tenant = "acme"
+roles = ["analyst", "no-pii"]
+token_sha256 = "eb759c4f289ff540bc4f7b7a3af9e2dda169e7cdfefe42f732e4442325ce655b"
+[principals.gil]
+tenant = "globex"
+roles = ["analyst"]
+token_sha256 = "eb759c4f289ff540bc4f7b7a3af9e2dda169e7cdfefe42f732e4442325ce655c"
+[principals.root]
+roles = ["analyst"]
+token_sha256 = "eb759c4f289ff540bc4f7b7a3af9e2dda169e7cdfefe42f732e4442325ce655d"
+
+[[access]]
+name = "read-all"
+effect = "allow"
+actions = ["read"]
+streams = [">"]
+roles = ["analyst"]
+
+[[access]]
+name = "no-personal"
+effect = "deny"
+actions = ["read"]
+streams = [">"]
+roles = ["no-pii"]
+classifications = ["personal"]
+
+[classes.internal]
+anywhere = true
+[classes.personal]
+anywhere = true
+
+[[streams]]
+pattern = "prefs"
+classification = "internal"
+replication = "all"
+"#;
+
+    fn guard(name: &str, tenant: &str) -> ReadGuard {
+        let bundle = weft_policy::Bundle::from_toml(SHARED).unwrap();
+        ReadGuard::new(
+            Arc::new(weft_policy::Policy::compile(&bundle).unwrap()),
+            crate::config::Principal {
+                name: name.into(),
+                tenant: tenant.into(),
+                token_sha256: String::new(),
+                admin: false,
+            },
+            weft_policy::Action::Read,
+            "aws:eu-west-1".into(),
+        )
+    }
+
+    /// Writes to one key by two tenants, one of them personal, from two producers that
+    /// each sign for both tenants (so one origin's numbers interleave tenants).
+    fn shared_writes(strategy: Strategy) -> Vec<(Arc<Event>, (&'static str, &'static str))> {
+        let w =
+            |signer, seq, at, n, who| (write_as(signer, seq, b"k", at, &op(strategy, n), who), who);
+        let mut out = vec![
+            w(1, 1, T0, 1, ("acme", "internal")),
+            w(1, 2, T0 + 1, 2, ("globex", "internal")),
+            w(2, 1, T0 + 2, 3, ("acme", "personal")),
+            w(2, 2, T0 + 3, 4, ("globex", "internal")),
+            w(1, 3, T0 + 4, 5, ("acme", "internal")),
+            w(2, 3, T0 + 5, 6, ("globex", "internal")),
+        ];
+        // A deletion by globex of what it had seen so far (its own view).
+        let globex_seen = {
+            let mut r = Replica::new(strategy);
+            for (e, who) in &out {
+                if who.0 == "globex" {
+                    r.deliver(e);
+                }
+            }
+            let conn = r.store.write_conn().unwrap();
+            load_state(conn, STREAM, b"k").unwrap().unwrap()
+        };
+        let totals = match &globex_seen {
+            KeyState::Counter { totals, .. } => totals.clone(),
+            _ => BTreeMap::new(),
+        };
+        out.push((
+            write_as(
+                2,
+                4,
+                b"k",
+                T0 + 6,
+                &Op::Delete {
+                    ctx: globex_seen.version(),
+                    totals,
+                },
+                ("globex", "internal"),
+            ),
+            ("globex", "internal"),
+        ));
+        out.push(w(1, 4, T0 + 7, 7, ("globex", "internal")));
+        out
+    }
+
+    /// Which (tenant, classification) writes a reader sees.
+    type Sees = fn(&(&str, &str)) -> bool;
+
+    /// A table read is filtered per write: each principal reads the key as the writes it
+    /// may read alone make it (a replica that only ever held those writes), whatever
+    /// other tenants or classifications wrote to the same key; a principal that may read
+    /// every write reads the materialized row.
+    #[test]
+    fn a_shared_table_is_read_as_the_writes_the_reader_may_read_make_it() {
+        for strategy in STRATEGIES {
+            let writes = shared_writes(strategy);
+            let mut all = Replica::new(strategy);
+            for (e, _) in &writes {
+                all.deliver(e);
+            }
+            // Written by globex only: acme's reader does not learn the key exists.
+            let only_globex = write_as(3, 1, b"g", T0, &op(strategy, 9), ("globex", "internal"));
+            all.deliver(&only_globex);
+
+            let readers: [(&str, &str, Sees); 3] = [
+                ("ana", "acme", |w| w.0 == "acme" && w.1 != "personal"),
+                ("gil", "globex", |w| w.0 == "globex"),
+                ("root", "acme", |_| true),
+            ];
+            for (name, tenant, sees) in readers {
+                let mut reference = Replica::new(strategy);
+                for (e, who) in &writes {
+                    if sees(who) {
+                        reference.deliver(e);
+                    }
+                }
+                let seen = all.key_seen_by(Some(guard(name, tenant)), b"k");
+                assert_eq!(seen, reference.key(b"k"), "{strategy:?}: {name}");
+                assert!(seen.is_some(), "{strategy:?}: {name} sees its writes");
+            }
+            assert_eq!(
+                all.key_seen_by(Some(guard("root", "acme")), b"k"),
+                all.key(b"k"),
+                "{strategy:?}: root reads the row"
+            );
+            assert_eq!(all.key_seen_by(None, b"k"), all.key(b"k"));
+            assert_eq!(
+                all.key_seen_by(Some(guard("ana", "acme")), b"g"),
+                None,
+                "{strategy:?}"
+            );
+            assert!(
+                all.key_seen_by(Some(guard("gil", "globex")), b"g")
+                    .is_some(),
+                "{strategy:?}"
+            );
+        }
+    }
+
+    /// A store made before `table_writers` existed rebuilds its tables at start, and its
+    /// reads are filtered per write from then on.
+    #[test]
+    fn a_store_without_writers_rebuilds_its_tables_at_start() {
+        let strategy = Strategy::Lww;
+        let mut replica = Replica::new(strategy);
+        for (e, _) in shared_writes(strategy) {
+            replica.deliver(&e);
+        }
+        let before = replica.digest();
+        let conn = replica.store.write_conn().unwrap();
+        conn.execute_batch("DROP TABLE table_writers").unwrap();
+        replica.store.commit().unwrap();
+        replica.store = SqliteStore::open(replica._dir.path(), StoreLimits::default()).unwrap();
+        replica.built.clear();
+        assert_eq!(
+            replica.declare(Some(strategy)),
+            vec![(STREAM.to_string(), Some(strategy))],
+            "rebuilt"
+        );
+        assert_eq!(replica.digest(), before);
+        let conn = replica.store.write_conn().unwrap();
+        assert_eq!(writers(conn, STREAM, Some(b"k")).unwrap().len(), 3);
+        // The row's winner is globex's; acme's reader gets acme's last write.
+        let ana = replica
+            .key_seen_by(Some(guard("ana", "acme")), b"k")
+            .unwrap();
+        assert_eq!(ana["value"], 5, "{ana}");
+        assert_eq!(replica.key(b"k").unwrap()["value"], 7);
     }
 
     const STRATEGIES: [Strategy; 4] = [

@@ -54,7 +54,14 @@ nodes = ["{c}"]
 
 [tenants.acme]
 
+[tenants.globex]
+
 [roles.writer]
+
+[principals.rival]
+tenant = "globex"
+roles = ["writer"]
+token_sha256 = "{rival}"
 
 [principals.tester]
 tenant = "acme"
@@ -65,7 +72,7 @@ token_sha256 = "{token_sha256}"
 name = "write"
 effect = "allow"
 actions = ["publish", "subscribe", "read"]
-streams = ["pii.>", "orders.>"]
+streams = ["pii.>", "orders.>", "shared.>"]
 roles = ["writer"]
 
 [roles.auditor]
@@ -113,16 +120,51 @@ replication = "all"
 pattern = "orders.>"
 classification = "public"
 replication = "all"
+
+[[streams]]
+pattern = "shared.prefs"
+classification = "public"
+replication = "all"
+conflict = "lww"
+
+[[streams]]
+pattern = "shared.stock"
+classification = "public"
+replication = "all"
+conflict = "counter"
 "#,
         a = keys[0],
         b = keys[1],
         c = keys[2],
         auditor = hex::encode(sha2::Sha256::digest(AUDITOR_TOKEN.as_bytes())),
+        rival = hex::encode(sha2::Sha256::digest(RIVAL_TOKEN.as_bytes())),
     )
 }
 
 /// A non-admin principal whose policy grants reading every stream (`>`).
 const AUDITOR_TOKEN: &str = "auditor-token-0123456789abcdef0123456789";
+
+/// A principal of another tenant (`globex`) with the writer role.
+const RIVAL_TOKEN: &str = "rival-token-0123456789abcdef0123456789abc";
+
+/// A table request as the principal of `token`: status and body.
+async fn table(
+    c: &Cluster,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, c.url(0, path))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
 
 /// An event signed by a device key (not a node): what a producer hands a node pre-signed.
 fn device_event(stream: &str, seq: u64, classification: &str, residency: Residency) -> Event {
@@ -252,8 +294,10 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
     rt().block_on(async {
         let ops = Operators::new("security", &["op", "rogue"]);
         let auditor_hash = hex::encode(sha2::Sha256::digest(AUDITOR_TOKEN.as_bytes()));
+        let rival_hash = hex::encode(sha2::Sha256::digest(RIVAL_TOKEN.as_bytes()));
         let extra = format!(
             "[[principals]]\nname = \"auditor\"\ntenant = \"acme\"\ntoken_sha256 = \"{auditor_hash}\"\n\
+             [[principals]]\nname = \"rival\"\ntenant = \"globex\"\ntoken_sha256 = \"{rival_hash}\"\n\
              [policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
@@ -594,5 +638,50 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         c.wait_healthy(2).await;
         let v = c.get_auth(2, "/v1/audit?reason=jurisdiction_claim").await;
         assert_eq!(v["entries"].as_array().unwrap().len(), 1, "{v}");
+
+        // 10. A table two tenants write to. Each reads a key as its own writes make it
+        //     (before, the row's last writer showed to both), a key only the other tenant
+        //     wrote is neither read nor listed, the digest (a hash of every value) is
+        //     refused to a reader who may not see every write, and a counter reset resets
+        //     what its writer could see.
+        use reqwest::Method;
+        let me = c.token.clone();
+        for (token, by) in [(&me, "acme"), (&RIVAL_TOKEN.to_string(), "globex")] {
+            let (s, b) = table(&c, token, Method::PUT, "/v1/tables/shared.prefs/theme", Some(json!({"by": by}))).await;
+            assert_eq!(s, 200, "{by}: {b}");
+            let (s, b) = table(&c, token, Method::PUT, "/v1/tables/shared.stock/sku", Some(json!({"add": if by == "acme" { 5 } else { 7 }}))).await;
+            assert_eq!(s, 200, "{by}: {b}");
+        }
+        let (s, b) = table(&c, RIVAL_TOKEN, Method::PUT, "/v1/tables/shared.prefs/secret", Some(json!({"by": "globex"}))).await;
+        assert_eq!(s, 200, "{b}");
+        for (token, by) in [(me.as_str(), "acme"), (RIVAL_TOKEN, "globex")] {
+            let (s, b) = table(&c, token, Method::GET, "/v1/tables/shared.prefs/theme", None).await;
+            assert_eq!((s, &b["value"]), (200, &json!({"by": by})), "{by}: {b}");
+        }
+        let (s, b) = table(&c, &me, Method::GET, "/v1/tables/shared.prefs/secret", None).await;
+        assert_eq!((s, &b["error"]["reason"]), (404, &json!("no_such_key")), "{b}");
+        let keys = |b: &Value| -> Vec<Value> {
+            b["keys"].as_array().unwrap().iter().map(|k| k["key"].clone()).collect()
+        };
+        let (_, b) = table(&c, &me, Method::GET, "/v1/tables/shared.prefs", None).await;
+        assert_eq!(keys(&b), vec![json!("theme")], "{b}");
+        let (_, b) = table(&c, RIVAL_TOKEN, Method::GET, "/v1/tables/shared.prefs", None).await;
+        assert_eq!(keys(&b), vec![json!("secret"), json!("theme")], "{b}");
+        let before = rejected(&c, 0, "digest_forbidden").await;
+        let r = table(&c, &me, Method::GET, "/v1/tables/shared.prefs?digest=true", None).await;
+        assert_refused(&c, 0, "digest of a shared table", r, (403, "digest_forbidden"), before).await;
+        let value = |token: &'static str| {
+            let c = &c;
+            async move {
+                let token = if token.is_empty() { c.token.as_str() } else { token };
+                table(c, token, Method::GET, "/v1/tables/shared.stock/sku", None).await.1["value"].clone()
+            }
+        };
+        assert_eq!(value("").await, 5);
+        assert_eq!(value(RIVAL_TOKEN).await, 7);
+        let (s, b) = table(&c, &me, Method::DELETE, "/v1/tables/shared.stock/sku", None).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(value("").await, 0);
+        assert_eq!(value(RIVAL_TOKEN).await, 7, "the other tenant's count survives");
     });
 }
