@@ -82,6 +82,11 @@ pub(crate) struct Published {
     /// the order derived; absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) derived: Vec<String>,
+    /// The log position the request's events reach (the driver's last position when it
+    /// answered; 0 when it published nothing): once `Api::committed` is there, the
+    /// events and their idempotency records are committed (`ce_claims.rs`).
+    #[serde(skip)]
+    pub(crate) log_pos: u64,
 }
 
 /// Why a publish failed in the driver.
@@ -867,6 +872,7 @@ impl Driver {
             regions_min,
             complete,
             derived: w.derived.iter().map(|i| i.to_string()).collect(),
+            log_pos: self.last_pos,
         }));
     }
 

@@ -61,6 +61,9 @@ pub(crate) struct Api {
     /// for their turn here, on the runtime, not as threads of the blocking pool parked on
     /// the lock (64 concurrent publishers made 64 such threads).
     pub(crate) sign_gate: tokio::sync::Mutex<()>,
+    /// CloudEvents being published by requests in flight (idempotency across concurrent
+    /// requests).
+    pub(crate) ce_claims: Arc<crate::ce_claims::CeClaims>,
     pub(crate) data_dir: PathBuf,
     pub(crate) readers: Mutex<Vec<StoreReader>>,
     pub(crate) committed: watch::Receiver<u64>,
@@ -170,6 +173,10 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Arc<
         }
     }
 }
+
+/// Longest a CloudEvents publish waits for another request publishing the same event
+/// (`ce_claims.rs`) before it is refused with 409 `publish_in_progress`.
+const CE_CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 /// A reader under a policy: every event it gets is one the policy lets it read.
 pub(crate) struct ReadGuard {
@@ -760,6 +767,31 @@ async fn publish_inner(
             }
         }
     }
+    // Idempotent publish, in flight: while another request of this principal publishes
+    // one of these events, wait for it to finish (`ce_claims.rs`), so the lookup below
+    // finds its record instead of both storing the event.
+    let claim = api
+        .ce_claims
+        .claim(
+            incoming
+                .iter()
+                .map(|e| (principal.name.clone(), e.source.clone(), e.id.clone()))
+                .collect(),
+            CE_CLAIM_WAIT,
+        )
+        .await
+        .map_err(|(_, source, id)| {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "publish_in_progress",
+                format!(
+                    "another request is still publishing the event with source {source:?} and id {id:?} after {} s; retry to get its answer",
+                    CE_CLAIM_WAIT.as_secs()
+                ),
+            );
+            e.retry_after = Some(1);
+            api.fail(e)
+        })?;
     // Idempotent publish: a CloudEvent already accepted from this principal (same source
     // and id) is answered with the stored event's id, not stored twice.
     let mut fresh: Vec<IncomingEvent> = Vec::new();
@@ -880,6 +912,7 @@ async fn publish_inner(
             regions_min: 1,
             complete: true,
             derived: Vec::new(),
+            log_pos: 0,
         })
     };
     if drafts.is_empty() {
@@ -890,10 +923,23 @@ async fn publish_inner(
             regions_min: 0,
             complete: true,
             derived: Vec::new(),
+            log_pos: 0,
         });
         return Ok(published_response(&out, out.complete));
     }
     let mut out = sign_and_send(api, policy, drafts, dedup, ack, started).await?;
+    if ack == Ack::None {
+        // Answered before the commit that writes the idempotency records: the claim
+        // holds until then, so a retry racing it still finds them.
+        let mut committed = api.committed.clone();
+        let pos = out.log_pos;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CE_CLAIM_WAIT, committed.wait_for(|p| *p >= pos)).await;
+            drop(claim);
+        });
+    } else {
+        drop(claim);
+    }
     if let Some(k) = known_out {
         // Ids of already-known events go back in request order.
         for ((i, _), id) in known.iter().zip(k.ids) {
@@ -937,6 +983,7 @@ async fn confirm_known(
         regions_min: 1,
         complete: false,
         derived: Vec::new(),
+        log_pos: 0,
     };
     if found.len() < ids.len() || found.iter().any(Option::is_none) {
         return Ok(unconfirmable(ids));

@@ -43,6 +43,7 @@ fn say_line(args: std::fmt::Arguments<'_>) {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod audit;
+mod ce_claims;
 mod chaos;
 mod client;
 mod cloudevents;

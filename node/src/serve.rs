@@ -283,6 +283,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         )),
         body_max: raw.limits.http_body_max,
         sign_gate: tokio::sync::Mutex::new(()),
+        ce_claims: Default::default(),
         producer: Mutex::new(Producer {
             signer,
             next_seq,

@@ -1264,6 +1264,55 @@ fn a_retry_answered_by_idempotency_is_confirmed_at_its_ack_level() {
     });
 }
 
+/// Concurrent requests carrying the same CloudEvent (a client that timed out and retried
+/// while its first request was still being served) store it once: every request is
+/// answered with the one event's id, at every ack level (before, each request looked up
+/// the idempotency record before any had committed it, and several were stored).
+#[test]
+fn concurrent_requests_with_one_cloudevent_store_it_once() {
+    rt().block_on(async {
+        let mut c = Cluster::new("ceclaims", 28, &three_regions()[..1], "");
+        c.start(0);
+        c.wait_healthy(0).await;
+        for (n, ack) in ["local", "none"].into_iter().enumerate() {
+            let stream = format!("claims{n}");
+            let ce = json!({"specversion": "1.0", "id": format!("dup-{n}"), "source": "it", "type": "t",
+                "datacontenttype": "application/json", "data": {"n": n}});
+            let body = serde_json::to_vec(&ce).unwrap();
+            let requests = (0..16).map(|_| {
+                let url = c.url(0, &format!("/v1/streams/{stream}/events?ack={ack}"));
+                let (token, body) = (c.token.clone(), body.clone());
+                async move {
+                    let r = reqwest::Client::new()
+                        .post(url)
+                        .bearer_auth(token)
+                        .header("content-type", "application/cloudevents+json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    (status, r.json::<Value>().await.unwrap())
+                }
+            });
+            let answers = futures_util::future::join_all(requests).await;
+            let first = &answers[0].1["ids"];
+            for (s, v) in &answers {
+                assert_eq!(*s, 200, "ack={ack}: {v}");
+                assert_eq!(&v["ids"], first, "ack={ack}: one event: {v}");
+            }
+            let stored = wait_for(Duration::from_secs(5), || async {
+                c.ids(0, &stream).await.filter(|ids| !ids.is_empty())
+            })
+            .await
+            .unwrap_or_else(|| panic!("ack={ack}: nothing stored: {answers:?}\n{}", c.log(0)));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let ids = c.ids(0, &stream).await.unwrap();
+            assert_eq!(ids.len(), 1, "ack={ack}: stored once: {ids:?} ({stored:?})");
+        }
+    });
+}
+
 /// A durable subscription whose position the node cannot keep (`limits.cursors_max`
 /// reached) is told so (507 `cursors_full`, counted), not answered 200 and forgotten.
 #[test]
