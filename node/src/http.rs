@@ -1029,12 +1029,6 @@ pub(crate) fn authorize_read(
     }
 }
 
-/// The guard of a table writer's view (`None`: no policy in force): the writes its
-/// context may name are those it may read, whether or not it may read the stream at all.
-pub(crate) fn writer_view(api: &Api, headers: &HeaderMap) -> ApiResult<Option<ReadGuard>> {
-    api.read_guard(headers, weft_policy::Action::Read)
-}
-
 /// Publishes one keyed event carrying `payload` (a table operation, `tables.rs`) for the
 /// token's principal: the same checks as any publish (stream stored, access rules,
 /// residency stamping, inflight bound), signed by this node, acknowledged at `ack`.
@@ -2165,7 +2159,7 @@ async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiRe
 /// Publish authorization and residency stamping under the policy: who may publish to the
 /// stream, and which classification and residency set the event is signed with. A refusal
 /// is a 403 naming the rule's reason, counted and audited.
-fn enforce_publish(
+pub(crate) fn enforce_publish(
     api: &Api,
     policy: &weft_policy::Policy,
     principal: &Principal,

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use weft_fabric::table::{
     self, Applied, ConflictStats, Dot, KeyState, Op, Strategy, Totals, Vv, Write,
 };
-use weft_fabric::{Event, OriginKey, Payload, StreamName, StreamPattern};
+use weft_fabric::{Event, EventDraft, Hlc, OriginKey, Payload, StreamName, StreamPattern};
 
 use crate::http::{Api, ApiError, ApiResult, ReadGuard};
 use crate::policy_state::PolicyState;
@@ -64,20 +64,26 @@ CREATE INDEX IF NOT EXISTS events_stream_key ON events (stream, key) WHERE key I
 /// `table_meta` rows go), so the driver's [`reconcile`] at start rebuilds them from the log
 /// and records every write's tenant and classification on the way.
 pub(crate) fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
-    let had_writers: bool = conn.query_row(
+    // One transaction: a node stopped while the index is built starts over, not with
+    // `table_writers` in place and the tables never rebuilt. (Until the rebuild commits,
+    // rows without recorded writers are read by replay: `visible_state` fails closed.)
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let had_writers: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'table_writers')",
         [],
         |r| r.get(0),
     )?;
-    conn.execute_batch(SCHEMA)?;
+    tx.execute_batch(SCHEMA)?;
     if !had_writers {
-        conn.execute("DELETE FROM table_meta", [])?;
+        tx.execute("DELETE FROM table_meta", [])?;
     }
-    Ok(())
+    tx.commit()
 }
 
 /// Most keys one list request returns.
 pub(crate) const LIST_LIMIT_MAX: usize = 1000;
+/// Rows a list reads at a time while it looks for keys its reader sees.
+const LIST_CHUNK: usize = 256;
 /// Longest key accepted in a table path, bytes.
 pub(crate) const KEY_LEN_MAX: usize = 1024;
 
@@ -295,9 +301,13 @@ pub(crate) fn erase_key(
     let Some(strategy) = strategy else {
         return Ok(());
     };
-    for_each_log_write(conn, stream, Some(key), |event| {
-        apply_write(conn, strategy, event, key, stats).map(drop)
-    })?;
+    for_each_log_write(
+        conn,
+        stream,
+        Some(key),
+        |_| true,
+        |event| apply_write(conn, strategy, event, key, stats).map(drop),
+    )?;
     conn.execute("DELETE FROM table_applied WHERE stream = ?1", [stream])
         .map_err(backend)?;
     conn.execute(
@@ -327,6 +337,7 @@ fn for_each_log_write(
     conn: &Connection,
     stream: &str,
     key: Option<&[u8]>,
+    mut keep: impl FnMut(&EventDraft) -> bool,
     mut f: impl FnMut(&Event) -> Result<(), String>,
 ) -> Result<usize, String> {
     // One key: through the index on the events' (stream, key), so a read filtered per
@@ -367,9 +378,14 @@ fn for_each_log_write(
             .map_err(backend)?
             .as_blob()
             .map_err(|e| format!("corrupt event in the log: {e}"))?;
-        chunk.push(
-            weft_fabric::decode(bytes).map_err(|e| format!("corrupt event in the log: {e}"))?,
-        );
+        let event =
+            weft_fabric::decode(bytes).map_err(|e| format!("corrupt event in the log: {e}"))?;
+        // Left out by what it claims: a filtered read does not pay to verify writes its
+        // reader does not see (what is kept is verified before it counts).
+        if !keep(event.claimed()) {
+            continue;
+        }
+        chunk.push(event);
         if chunk.len() == LOG_WALK_CHUNK {
             flush(&mut chunk)?;
         }
@@ -394,9 +410,13 @@ pub(crate) fn rebuild(
     ] {
         conn.execute(sql, [name]).map_err(backend)?;
     }
-    let n = for_each_log_write(conn, name, None, |event| {
-        apply_one(conn, strategy, event, stats).map(drop)
-    })?;
+    let n = for_each_log_write(
+        conn,
+        name,
+        None,
+        |_| true,
+        |event| apply_one(conn, strategy, event, stats).map(drop),
+    )?;
     conn.execute(
         "INSERT INTO table_meta (stream, strategy) VALUES (?1, ?2)
          ON CONFLICT (stream) DO UPDATE SET strategy = excluded.strategy",
@@ -566,37 +586,55 @@ fn parse_version(token: &str) -> Result<Vv, String> {
 
 // ------------------------------------------------------------------ visibility
 
-/// Which writes of a table a principal sees: every write when no policy is in force
-/// (`guard` `None`), else those its [`ReadGuard`] lets it read by their tenant and
-/// classification, as a stream read filters event by event. Each (tenant,
-/// classification) pair is decided once per request.
-pub(crate) struct Visibility {
-    guard: Option<ReadGuard>,
-    decided: HashMap<(String, String), bool>,
+/// Which writes of a table a principal sees.
+pub(crate) enum Visibility {
+    /// Every write: no policy is in force.
+    All,
+    /// Those a reader's [`ReadGuard`] lets it read by their tenant and classification, as
+    /// a stream read filters event by event; each (tenant, classification) pair is
+    /// decided once per request.
+    Reader {
+        guard: ReadGuard,
+        decided: HashMap<(String, String), bool>,
+    },
+    /// Those of one tenant and classification: what a deletion made by this node may
+    /// name in its context ([`deletion_view`]), so that whoever may read the deletion may
+    /// read every write it names.
+    Stamp {
+        tenant: String,
+        classification: String,
+    },
 }
 
 impl Visibility {
-    pub(crate) fn new(guard: Option<ReadGuard>) -> Self {
-        Visibility {
-            guard,
-            decided: HashMap::new(),
+    /// A reader's view (`None`: no policy in force).
+    pub(crate) fn reader(guard: Option<ReadGuard>) -> Self {
+        match guard {
+            None => Visibility::All,
+            Some(guard) => Visibility::Reader {
+                guard,
+                decided: HashMap::new(),
+            },
         }
     }
 
     fn allows(&mut self, stream: &StreamName, tenant: &str, classification: &str) -> bool {
-        let Some(guard) = &self.guard else {
-            return true;
-        };
-        if let Some(d) = self
-            .decided
-            .get(&(tenant.to_string(), classification.to_string()))
-        {
-            return *d;
+        match self {
+            Visibility::All => true,
+            Visibility::Reader { guard, decided } => {
+                let pair = (tenant.to_string(), classification.to_string());
+                if let Some(d) = decided.get(&pair) {
+                    return *d;
+                }
+                let d = guard.allows_write(stream, tenant, classification);
+                decided.insert(pair, d);
+                d
+            }
+            Visibility::Stamp {
+                tenant: t,
+                classification: c,
+            } => t == tenant && c == classification,
         }
-        let d = guard.allows_write(stream, tenant, classification);
-        self.decided
-            .insert((tenant.to_string(), classification.to_string()), d);
-        d
     }
 
     fn allows_all(&mut self, stream: &StreamName, writers: &[(String, String)]) -> bool {
@@ -630,11 +668,19 @@ fn writers(
     .map_err(backend)
 }
 
-/// A key's state as `vis` sees it. When every write applied to the key is visible (one
-/// tenant's table, or no policy), that is the materialized row; otherwise the key is
-/// replayed from the log with only the visible writes, through the same strategy: the
-/// state those writes alone give, the same on every replica. A value, sibling, count or
-/// element from a write the reader may not read never shows, nor does its version.
+/// A key's state (`state`, its materialized row) as `vis` sees it.
+///
+/// When every write applied to the key is visible (one tenant's table, or no policy), that
+/// is the row. Otherwise, and also for a row without recorded writers (a store made before
+/// they were recorded, until its rebuild commits: this fails closed), the key is replayed
+/// from the log with only the visible writes, through the same strategy: the state those
+/// writes alone give, the same on every replica. A value, sibling, count or element from a
+/// write the reader may not read never shows, nor does its version.
+///
+/// In the replay a counter deletion resets, per origin, the visible increments up to the
+/// number it names that have the deletion's own tenant and classification, not the sums
+/// it carries: a deletion made before contexts were cut to its stamp ([`deletion_view`])
+/// may carry sums of writes the reader may not read.
 fn visible_state(
     conn: &Connection,
     strategy: Strategy,
@@ -643,24 +689,117 @@ fn visible_state(
     state: Option<KeyState>,
     vis: &mut Visibility,
 ) -> Result<Option<KeyState>, String> {
-    if vis.guard.is_none() || state.is_none() {
+    if matches!(vis, Visibility::All) || state.is_none() {
         return Ok(state);
     }
-    if vis.allows_all(stream, &writers(conn, stream.as_str(), Some(key))?) {
+    let recorded = writers(conn, stream.as_str(), Some(key))?;
+    if !recorded.is_empty() && vis.allows_all(stream, &recorded) {
         return Ok(state);
+    }
+    // The visible writes, with their stamp; each origin's in sequence order.
+    let mut seen: Vec<(Dot, Hlc, Op, (String, String))> = Vec::new();
+    let mut stats = ConflictStats::default();
+    for_each_log_write(
+        conn,
+        stream.as_str(),
+        Some(key),
+        |claimed| {
+            let sec = &claimed.security;
+            vis.allows(stream, &sec.tenant, &sec.classification)
+        },
+        |event| {
+            if let Some(op) = op_of(event, &mut stats) {
+                let sec = event.security();
+                seen.push((
+                    Dot {
+                        origin: event.origin(),
+                        seq: event.seq(),
+                    },
+                    event.hlc(),
+                    op,
+                    (sec.tenant.clone(), sec.classification.clone()),
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    if strategy == Strategy::Counter {
+        recount_resets(&mut seen);
     }
     let mut fresh = None;
-    let mut stats = ConflictStats::default();
-    for_each_log_write(conn, stream.as_str(), Some(key), |event| {
-        let sec = event.security();
-        if vis.allows(stream, &sec.tenant, &sec.classification)
-            && let Some(op) = op_of(event, &mut stats)
-        {
-            table::apply_key(strategy, &mut fresh, &write_of(event, key, &op), &mut stats);
-        }
-        Ok(())
-    })?;
+    for (dot, hlc, op, _) in &seen {
+        table::apply_key(
+            strategy,
+            &mut fresh,
+            &Write {
+                dot: *dot,
+                hlc: *hlc,
+                key,
+                op,
+            },
+            &mut stats,
+        );
+    }
     Ok(fresh)
+}
+
+/// Replaces each counter deletion's sums by those of the increments in `writes` it covers:
+/// per origin it names, those numbered up to its number with the deletion's own tenant and
+/// classification.
+fn recount_resets(writes: &mut [(Dot, Hlc, Op, (String, String))]) {
+    let mut adds: Vec<(Dot, i64, (String, String))> = Vec::new();
+    for (dot, _, op, stamp) in writes.iter() {
+        if let Op::Add { delta } = op {
+            adds.push((*dot, *delta, stamp.clone()));
+        }
+    }
+    for (_, _, op, stamp) in writes.iter_mut() {
+        let Op::Delete { totals, .. } = op else {
+            continue;
+        };
+        let mut recounted = BTreeMap::new();
+        for (origin, named) in totals.iter() {
+            let mut t = Totals {
+                seq: named.seq,
+                p: 0,
+                n: 0,
+            };
+            for (dot, delta, by) in &adds {
+                if dot.origin == *origin && dot.seq <= named.seq && by == stamp {
+                    if *delta >= 0 {
+                        t.p = t.p.wrapping_add(*delta as u128);
+                    } else {
+                        t.n = t.n.wrapping_add(delta.unsigned_abs() as u128);
+                    }
+                }
+            }
+            if t.p != 0 || t.n != 0 {
+                recounted.insert(*origin, t);
+            }
+        }
+        *totals = recounted;
+    }
+}
+
+/// The view a deletion this node makes for `principal` on `stream` takes its context
+/// from: the writes of the deletion's own tenant and classification (the stamp the
+/// publish will give it), so that it names no write, and no counter sum, that a reader of
+/// the deletion may not read. Authorizes the publish first (403 as any publish would,
+/// before any replay). `All` without a policy.
+fn deletion_view(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    stream: &StreamName,
+) -> ApiResult<Visibility> {
+    let Some(policy) = api.policy.policy() else {
+        return Ok(Visibility::All);
+    };
+    let principal = api.authenticate(headers)?;
+    let (classification, _) = crate::http::enforce_publish(api, &policy, &principal, stream, 0)?;
+    Ok(Visibility::Stamp {
+        tenant: principal.tenant,
+        classification,
+    })
 }
 
 // ------------------------------------------------------------------ views
@@ -772,7 +911,7 @@ pub(crate) async fn get_key(
     let (name, strategy) = declared_strategy(&api, &stream)?;
     check_key(&api, &key)?;
     let guard = crate::http::authorize_read(&api, &headers, &name)?;
-    let state = current(&api, guard, strategy, &name, &key).await?;
+    let state = current(&api, Visibility::reader(guard), strategy, &name, &key).await?;
     match state {
         Some(s) if !s.is_absent() => {
             Ok(axum::Json(view(strategy, key.as_bytes(), &s)).into_response())
@@ -827,7 +966,12 @@ pub(crate) async fn list(
     let want_digest = q.digest;
     let listed = crate::http::read_store(&api, move |r| {
         let conn = r.conn();
-        let mut vis = Visibility::new(guard);
+        // One snapshot for the rows, their writers and the log: a write or an erase
+        // committed meanwhile cannot pair a row with another moment's writers.
+        let _snapshot = conn
+            .unchecked_transaction()
+            .map_err(|e| StoreError::Backend(backend(e)))?;
+        let mut vis = Visibility::reader(guard);
         // The digest hashes every value of the table: only for a reader who may see
         // every write in it.
         if want_digest
@@ -839,41 +983,53 @@ pub(crate) async fn list(
             return Ok(None);
         }
         let mut s = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT key, state FROM table_keys WHERE stream = ?1 AND key > ?2
                  AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
             )
             .map_err(|e| StoreError::Backend(backend(e)))?;
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = s
-            .query_map(
-                params![
-                    name.as_str(),
-                    after.as_bytes(),
-                    prefix.as_bytes(),
-                    // Tombstones are skipped below; read a little more than the limit.
-                    (limit * 2) as i64
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .and_then(Iterator::collect)
-            .map_err(|e| StoreError::Backend(backend(e)))?;
-        let mut states = Vec::with_capacity(rows.len());
-        for (k, s) in rows {
-            let state = KeyState::decode(&s)
-                .map_err(|e| StoreError::Backend(format!("corrupt table row: {e}")))?;
-            let seen = visible_state(conn, strategy, &name, &k, Some(state), &mut vis)
-                .map_err(StoreError::Backend)?;
-            states.push((k, seen));
+        // Rows in chunks until `limit` keys the reader sees (neither absent to it nor
+        // deleted) or the table's end; `next_after` is the last key returned, so a key
+        // the reader may not see is never named, not even as a cursor.
+        let mut keys: Vec<(Vec<u8>, KeyState)> = Vec::new();
+        let mut from = after.into_bytes();
+        let mut more = false;
+        'scan: loop {
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = s
+                .query_map(
+                    params![name.as_str(), from, prefix.as_bytes(), LIST_CHUNK as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .and_then(Iterator::collect)
+                .map_err(|e| StoreError::Backend(backend(e)))?;
+            let last_chunk = rows.len() < LIST_CHUNK;
+            for (k, bytes) in rows {
+                let state = KeyState::decode(&bytes)
+                    .map_err(|e| StoreError::Backend(format!("corrupt table row: {e}")))?;
+                if keys.len() == limit {
+                    more = true;
+                    break 'scan;
+                }
+                let seen = visible_state(conn, strategy, &name, &k, Some(state), &mut vis)
+                    .map_err(StoreError::Backend)?;
+                from.clone_from(&k);
+                if let Some(state) = seen.filter(|s| !s.is_absent()) {
+                    keys.push((k, state));
+                }
+            }
+            if last_chunk {
+                break;
+            }
         }
         let digest = if want_digest {
             Some(digest(conn, name.as_str(), strategy).map_err(StoreError::Backend)?)
         } else {
             None
         };
-        Ok(Some((states, digest)))
+        Ok(Some((keys, more, digest)))
     })
     .await?;
-    let Some((states, digest)) = listed else {
+    let Some((states, more, digest)) = listed else {
         let (principal, epoch) = reader.unwrap_or_default();
         return Err(api.refuse(
             ApiError::new(
@@ -888,18 +1044,13 @@ pub(crate) async fn list(
             epoch,
         ));
     };
-    let mut keys = Vec::new();
-    let mut last = None;
-    for (k, state) in states {
-        last = Some(k.clone());
-        // A key absent, or whose every visible write is a deletion, is not listed.
-        if let Some(state) = state.filter(|s| !s.is_absent()) {
-            keys.push(view(strategy, &k, &state));
-        }
-        if keys.len() == limit {
-            break;
-        }
-    }
+    let last = more
+        .then(|| states.last().map(|(k, _)| k.clone()))
+        .flatten();
+    let keys: Vec<Value> = states
+        .iter()
+        .map(|(k, state)| view(strategy, k, state))
+        .collect();
     let mut body = json!({"stream": stream, "strategy": strategy.as_str(), "keys": keys});
     if let Some(last) = last {
         body["next_after"] = key_text(&last);
@@ -983,8 +1134,8 @@ pub(crate) async fn put(
                     elements: b.insert.into_iter().map(String::into_bytes).collect(),
                 },
                 (true, false) if b.remove.len() <= table::SET_ELEMENTS_MAX => {
-                    let guard = crate::http::writer_view(&api, &headers)?;
-                    let seen = current(&api, guard, strategy, &name, &key).await?;
+                    let vis = deletion_view(&api, &headers, &name)?;
+                    let seen = current(&api, vis, strategy, &name, &key).await?;
                     Op::Remove {
                         elements: b.remove.into_iter().map(String::into_bytes).collect(),
                         ctx: seen.map(|s| s.version()).unwrap_or_default(),
@@ -1013,11 +1164,10 @@ pub(crate) async fn delete(
 ) -> ApiResult<Response> {
     let (name, strategy) = declared_strategy(&api, &stream)?;
     check_key(&api, &key)?;
-    // The deletion's context is what the writer may see: it names no write (no dot, no
-    // counter sum) of another tenant's, which the writer could read back from its own
-    // event.
-    let guard = crate::http::writer_view(&api, &headers)?;
-    let seen = current(&api, guard, strategy, &name, &key).await?;
+    // The deletion's context is the writes of its own tenant and classification: it
+    // names no write (no dot, no counter sum) that a reader of the deletion may not read.
+    let vis = deletion_view(&api, &headers, &name)?;
+    let seen = current(&api, vis, strategy, &name, &key).await?;
     let mut ctx = seen.as_ref().map(KeyState::version).unwrap_or_default();
     if let Some(t) = &q.version {
         ctx.join(
@@ -1041,10 +1191,10 @@ pub(crate) async fn delete(
     .await
 }
 
-/// A key's state as the principal of `guard` sees it ([`visible_state`]).
+/// A key's state as `vis` sees it ([`visible_state`]), read in one snapshot.
 async fn current(
     api: &Arc<Api>,
-    guard: Option<ReadGuard>,
+    mut vis: Visibility,
     strategy: Strategy,
     stream: &StreamName,
     key: &str,
@@ -1053,16 +1203,12 @@ async fn current(
     let key = key.to_string();
     crate::http::read_store(api, move |r| {
         let conn = r.conn();
+        let _snapshot = conn
+            .unchecked_transaction()
+            .map_err(|e| StoreError::Backend(backend(e)))?;
         load_state(conn, stream.as_str(), key.as_bytes())
             .and_then(|state| {
-                visible_state(
-                    conn,
-                    strategy,
-                    &stream,
-                    key.as_bytes(),
-                    state,
-                    &mut Visibility::new(guard),
-                )
+                visible_state(conn, strategy, &stream, key.as_bytes(), state, &mut vis)
             })
             .map_err(StoreError::Backend)
     })
@@ -1244,7 +1390,7 @@ mod tests {
             let conn = self.store.write_conn().unwrap();
             let state = load_state(conn, STREAM, key).unwrap();
             let stream = StreamName::new(STREAM).unwrap();
-            let mut vis = Visibility::new(guard);
+            let mut vis = Visibility::reader(guard);
             visible_state(conn, self.strategy, &stream, key, state, &mut vis)
                 .unwrap()
                 .map(|s| view(self.strategy, key, &s))
@@ -1411,6 +1557,110 @@ replication = "all"
                 "{strategy:?}"
             );
         }
+    }
+
+    /// Rows whose writers were never recorded (a store made before they were, until its
+    /// rebuild commits) are read by replay, not returned whole.
+    #[test]
+    fn a_row_without_recorded_writers_is_read_by_replay() {
+        for strategy in STRATEGIES {
+            let writes = shared_writes(strategy);
+            let mut all = Replica::new(strategy);
+            let mut reference = Replica::new(strategy);
+            for (e, who) in &writes {
+                all.deliver(e);
+                if who.0 == "acme" && who.1 != "personal" {
+                    reference.deliver(e);
+                }
+            }
+            let conn = all.store.write_conn().unwrap();
+            conn.execute("DELETE FROM table_writers", []).unwrap();
+            all.store.commit().unwrap();
+            assert_eq!(
+                all.key_seen_by(Some(guard("ana", "acme")), b"k"),
+                reference.key(b"k"),
+                "{strategy:?}"
+            );
+        }
+    }
+
+    /// A counter deletion resets, in a filtered read, only the increments of its own
+    /// tenant and classification that the reader sees, whatever sums it carries: one made
+    /// from a wider view (before contexts were cut to the deletion's stamp) carried a
+    /// personal sum, and a reader denied personal data read it back as a negative value.
+    /// A deletion's context made now (`Visibility::Stamp`) names no such sum.
+    #[test]
+    fn a_counter_deletion_shows_no_sum_the_reader_may_not_read() {
+        let mut replica = Replica::new(Strategy::Counter);
+        let personal = write_as(
+            5,
+            1,
+            b"k",
+            T0,
+            &Op::Add { delta: 100 },
+            ("acme", "personal"),
+        );
+        let internal = write_as(
+            1,
+            1,
+            b"k",
+            T0 + 1,
+            &Op::Add { delta: 3 },
+            ("acme", "internal"),
+        );
+        replica.deliver(&personal);
+        replica.deliver(&internal);
+        let conn = replica.store.write_conn().unwrap();
+        let full = load_state(conn, STREAM, b"k").unwrap().unwrap();
+        let stream = StreamName::new(STREAM).unwrap();
+        let mut stamp = Visibility::Stamp {
+            tenant: "acme".into(),
+            classification: "internal".into(),
+        };
+        let own = visible_state(
+            conn,
+            Strategy::Counter,
+            &stream,
+            b"k",
+            Some(full.clone()),
+            &mut stamp,
+        )
+        .unwrap()
+        .unwrap();
+        let KeyState::Counter {
+            totals: own_totals, ..
+        } = &own
+        else {
+            panic!("{own:?}")
+        };
+        assert_eq!(own_totals.len(), 1, "the context names producer 1 only");
+        assert_eq!(own.counter_value(), 3);
+        // A deletion made the old way, from the whole row.
+        let KeyState::Counter { totals, .. } = &full else {
+            panic!()
+        };
+        let legacy = write_as(
+            1,
+            2,
+            b"k",
+            T0 + 2,
+            &Op::Delete {
+                ctx: full.version(),
+                totals: totals.clone(),
+            },
+            ("acme", "internal"),
+        );
+        replica.deliver(&legacy);
+        let ana = replica
+            .key_seen_by(Some(guard("ana", "acme")), b"k")
+            .unwrap();
+        assert_eq!(ana["value"], 0, "{ana}");
+        // The row itself, for a reader of everything, applies the sums as carried.
+        assert_eq!(replica.key(b"k").unwrap()["value"], 0);
+        let root = replica
+            .key_seen_by(Some(guard("root", "acme")), b"k")
+            .unwrap();
+        assert_eq!(root["value"], 0, "{root}");
     }
 
     /// A store made before `table_writers` existed rebuilds its tables at start, and its

@@ -652,8 +652,11 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
             let (s, b) = table(&c, token, Method::PUT, "/v1/tables/shared.stock/sku", Some(json!({"add": if by == "acme" { 5 } else { 7 }}))).await;
             assert_eq!(s, 200, "{by}: {b}");
         }
-        let (s, b) = table(&c, RIVAL_TOKEN, Method::PUT, "/v1/tables/shared.prefs/secret", Some(json!({"by": "globex"}))).await;
-        assert_eq!(s, 200, "{b}");
+        for key in ["secret", "zeta"] {
+            let path = format!("/v1/tables/shared.prefs/{key}");
+            let (s, b) = table(&c, RIVAL_TOKEN, Method::PUT, &path, Some(json!({"by": "globex"}))).await;
+            assert_eq!(s, 200, "{b}");
+        }
         for (token, by) in [(me.as_str(), "acme"), (RIVAL_TOKEN, "globex")] {
             let (s, b) = table(&c, token, Method::GET, "/v1/tables/shared.prefs/theme", None).await;
             assert_eq!((s, &b["value"]), (200, &json!({"by": by})), "{by}: {b}");
@@ -665,8 +668,17 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         };
         let (_, b) = table(&c, &me, Method::GET, "/v1/tables/shared.prefs", None).await;
         assert_eq!(keys(&b), vec![json!("theme")], "{b}");
+        assert_eq!(b.get("next_after"), None, "{b}");
+        // A page cursor names only a key the reader was given, never the other tenant's.
+        let (_, b) = table(&c, &me, Method::GET, "/v1/tables/shared.prefs?limit=1", None).await;
+        assert_eq!(keys(&b), vec![json!("theme")], "{b}");
+        assert_eq!(b["next_after"], "theme", "{b}");
+        let page2 = "/v1/tables/shared.prefs?limit=1&after=theme";
+        let (_, b) = table(&c, &me, Method::GET, page2, None).await;
+        assert_eq!((keys(&b), b.get("next_after")), (vec![], None), "{b}");
         let (_, b) = table(&c, RIVAL_TOKEN, Method::GET, "/v1/tables/shared.prefs", None).await;
-        assert_eq!(keys(&b), vec![json!("secret"), json!("theme")], "{b}");
+        let all = vec![json!("secret"), json!("theme"), json!("zeta")];
+        assert_eq!(keys(&b), all, "{b}");
         let before = rejected(&c, 0, "digest_forbidden").await;
         let r = table(&c, &me, Method::GET, "/v1/tables/shared.prefs?digest=true", None).await;
         assert_refused(&c, 0, "digest of a shared table", r, (403, "digest_forbidden"), before).await;
