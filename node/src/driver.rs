@@ -289,6 +289,8 @@ pub(crate) struct Driver {
     tables_built: BTreeMap<String, weft_fabric::table::Strategy>,
     /// Tables a late write reached in this step: rebuilt once each at its end.
     late_tables: BTreeSet<weft_fabric::StreamName>,
+    /// Whether the store is at `limits.events_max`, for the HTTP API (`with_store_full`).
+    store_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Driver {
@@ -335,7 +337,19 @@ impl Driver {
             table_stats: BTreeMap::new(),
             tables_built: BTreeMap::new(),
             late_tables: BTreeSet::new(),
+            store_full: Arc::default(),
         }
+    }
+
+    /// Shares whether the store is full with the HTTP API, which then refuses publishes
+    /// before signing them (a signed number the store refuses is voided, not reused).
+    pub(crate) fn with_store_full(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        flag.store(
+            self.node.store().is_full(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.store_full = flag;
+        self
     }
 
     /// Materializes keyed tables (`tables.rs`) for the streams `declared` names.
@@ -1403,6 +1417,10 @@ impl Driver {
                 changed
             });
         }
+        self.store_full.store(
+            self.node.store().is_full(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.settle_confirmations();
         if self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL_MIN {
             self.publish_snapshot();
@@ -1482,6 +1500,7 @@ impl Driver {
             ("residency_refused", s.residency_refused),
             ("events_erased", s.events_erased),
             ("erased_skips_sent", s.erased_skips_sent),
+            ("own_voided", s.own_voided),
         ]);
         self.metrics.failovers.set(s.failovers as i64);
         self.metrics.relayed.set(s.relayed as i64);

@@ -64,6 +64,11 @@ pub(crate) struct Api {
     /// CloudEvents being published by requests in flight (idempotency across concurrent
     /// requests).
     pub(crate) ce_claims: Arc<crate::ce_claims::CeClaims>,
+    /// The store is at `limits.events_max` (set by the driver after each commit):
+    /// publishes are refused before anything is signed.
+    pub(crate) store_full: Arc<std::sync::atomic::AtomicBool>,
+    /// `limits.events_max`, for the refusal's message.
+    pub(crate) events_max: usize,
     pub(crate) data_dir: PathBuf,
     pub(crate) readers: Mutex<Vec<StoreReader>>,
     pub(crate) committed: watch::Receiver<u64>,
@@ -1099,6 +1104,19 @@ pub(crate) async fn sign_and_send(
     ack: Ack,
     started: Instant,
 ) -> ApiResult<Published> {
+    // A full store would refuse the events after they were signed: refuse now, with
+    // nothing signed (a number refused after signing is voided, not a hole, but it is
+    // still a number spent).
+    if api.store_full.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(api.fail(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "store_refused",
+            format!(
+                "the node's store is full (limits.events_max = {}): nothing was signed or stored",
+                api.events_max
+            ),
+        )));
+    }
     // Reserve the driver's queue before signing: an event signed with a sequence number
     // must reach the core, or its origin's later events would wait for it forever.
     let permit = reserve(api)?;

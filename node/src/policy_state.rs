@@ -31,6 +31,9 @@ pub(crate) struct PolicyState {
 impl PolicyState {
     /// A state holding `applied`.
     pub(crate) fn new(applied: Option<Applied>) -> Self {
+        if let Some(a) = &applied {
+            warn_unenforced(a);
+        }
         Self {
             current: RwLock::new(applied.map(Arc::new)),
         }
@@ -61,9 +64,24 @@ impl PolicyState {
     /// Replaces the bundle in force. The caller has verified it and checked that its epoch
     /// is newer.
     pub(crate) fn set(&self, applied: Applied) {
+        warn_unenforced(&applied);
         *self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(applied));
+    }
+}
+
+/// Says, once per bundle applied, which of its settings the node accepts but does not
+/// enforce yet: stream rules' retention (events are kept until `limits.events_max`).
+fn warn_unenforced(applied: &Applied) {
+    for rule in &applied.policy.bundle().streams {
+        if rule.retention_s.is_some() || rule.retention_bytes.is_some() {
+            tracing::warn!(
+                epoch = applied.policy.epoch(),
+                pattern = %rule.pattern,
+                "stream rule sets retention_s / retention_bytes, which this node does not enforce yet: its events are kept until limits.events_max"
+            );
+        }
     }
 }

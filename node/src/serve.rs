@@ -269,6 +269,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         policy: policy_state.clone(),
     };
     driver = driver.with_tables(tables.clone());
+    let store_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    driver = driver.with_store_full(store_full.clone());
     let driver_task = tokio::spawn(driver.run(mesh_rx, cmd_rx, shutdown_rx, known_peers));
 
     let api = Arc::new(Api {
@@ -284,6 +286,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         body_max: raw.limits.http_body_max,
         sign_gate: tokio::sync::Mutex::new(()),
         ce_claims: Default::default(),
+        store_full,
+        events_max: raw.limits.events_max,
         producer: Mutex::new(Producer {
             signer,
             next_seq,

@@ -891,6 +891,11 @@ impl SqliteStore {
 
     /// The highest stored sequence number of `origin` (0 if none). Exact (read from the
     /// rows, not from the bounded ranges): a restarting publisher continues after it.
+    /// Whether the store holds `limits.events_max` events: it refuses new ones.
+    pub(crate) fn is_full(&self) -> bool {
+        self.state.len >= self.limits.events_max
+    }
+
     pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
         max_seq_in(&self.conn, origin)
     }
@@ -1475,6 +1480,23 @@ impl Store for SqliteStore {
 
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
         self.state.ranges.get(origin)
+    }
+
+    fn void(&mut self, origin: OriginKey, seq: u64, id: EventId) -> Result<(), StoreError> {
+        let seq_sql = i64::try_from(seq)
+            .map_err(|_| StoreError::Backend(format!("seq {seq} is over the limit {SEQ_MAX}")))?;
+        // Not bounded by `events_max` as erased rows are: a voided number is one this
+        // node signed itself, and publishes are refused before signing while the store
+        // is full (`Api::store_full`), so only the few that raced the limit land here.
+        self.begin_write()?;
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &id.0[..]]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        self.state.erased_len += 1;
+        self.state.note(origin, seq);
+        Ok(())
     }
 
     fn erased(&self, origin: &OriginKey, seq: u64) -> bool {

@@ -1313,6 +1313,67 @@ fn concurrent_requests_with_one_cloudevent_store_it_once() {
     });
 }
 
+/// A node whose store is full refuses publishes before signing them (507 `store_refused`,
+/// nothing signed): no sequence number is spent, so once it has room again (here, a
+/// restart with a larger limit) its next event takes the next number and no node waits
+/// for a hole.
+#[test]
+fn a_full_store_refuses_publishes_before_signing_them() {
+    rt().block_on(async {
+        let mut c = Cluster::new("fullstore", 29, &three_regions()[..1], "");
+        let cfg = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        std::fs::write(
+            &c.nodes[0].config,
+            format!("{cfg}[limits]\nevents_max = 3\n"),
+        )
+        .unwrap();
+        c.start(0);
+        c.wait_healthy(0).await;
+        for n in 0..3 {
+            let (s, v) = c.publish(0, "full", "local", &[json!({"n": n})]).await;
+            assert_eq!(s, 200, "{v}");
+        }
+        let before = rejected(&c, 0, "store_refused").await;
+        let (s, v) = c.publish(0, "full", "local", &[json!({"n": 3})]).await;
+        assert_eq!(s, 507, "{v}");
+        assert_eq!(v["error"]["reason"], "store_refused", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("nothing was signed") && message.contains("events_max = 3"),
+            "{v}"
+        );
+        assert_eq!(rejected(&c, 0, "store_refused").await, before + 1);
+        c.kill9(0);
+        std::fs::write(
+            &c.nodes[0].config,
+            format!("{cfg}[limits]\nevents_max = 10\n"),
+        )
+        .unwrap();
+        c.start(0);
+        c.wait_healthy(0).await;
+        let (s, v) = c.publish(0, "full", "local", &[json!({"n": 4})]).await;
+        assert_eq!(s, 200, "{v}");
+        let events: Vec<Value> = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/full/events?after=0"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = events
+            .iter()
+            .map(|e| e["weftseq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![1, 2, 3, 4],
+            "no number spent on the refusal: {events:?}"
+        );
+    });
+}
+
 /// A durable subscription whose position the node cannot keep (`limits.cursors_max`
 /// reached) is told so (507 `cursors_full`, counted), not answered 200 and forgotten.
 #[test]

@@ -490,6 +490,9 @@ pub struct Stats {
     pub events_erased: u64,
     /// Skips sent for erased events a peer asked for (GRAFT, anti-entropy, hole repair).
     pub erased_skips_sent: u64,
+    /// This node's own events its store refused after they were signed: their numbers
+    /// voided ([`Store::void`]) so that its later events are not held up anywhere.
+    pub own_voided: u64,
     /// Longest time from a cross-region push to its failover (the RTT timeout that
     /// expired), microseconds.
     pub failover_after_us_max: u64,
@@ -2476,6 +2479,7 @@ impl<S: Store> Node<S> {
         }
         let interested = self.interested(event.stream());
         if interested {
+            let own = origin == self.me.node_key();
             match self.store.insert(event) {
                 Ok(Inserted::Duplicate) => {
                     self.stats.events_duplicate += 1;
@@ -2495,6 +2499,17 @@ impl<S: Store> Node<S> {
                 }
                 Err(e) => {
                     self.stats.events_refused += 1;
+                    // This node's own number, signed and now never to be stored: voided
+                    // like an erased event (seen, answered with a Skip, kept across a
+                    // restart), or its later events would wait for it everywhere.
+                    if own
+                        && !matches!(e, StoreError::Equivocation { .. })
+                        && self.store.void(origin, seq, id).is_ok()
+                    {
+                        self.stats.own_voided += 1;
+                        self.arrived(&id);
+                        self.seen_again(origin, seq);
+                    }
                     return Err(e);
                 }
             }
@@ -5721,6 +5736,52 @@ mod tests {
         late.erase(origin, 2);
         assert_eq!(late.insert(erased.clone()), Ok(Inserted::Erased));
         assert!(late.erased(&origin, 2) && late.ranges(&origin).is_some_and(|r| r.contains(2)));
+        for n in &nodes {
+            n.check_invariants_full();
+        }
+    }
+
+    /// This node's own event, signed and then refused by its full store, does not hold up
+    /// its later events anywhere: the number is voided (seen, kept as erased), and a peer
+    /// that reaches the hole gets a Skip from the origin. Before, the peer waited for it
+    /// for good once the store had room again.
+    #[test]
+    fn an_own_event_the_store_refused_leaves_no_hole() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2];
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        // The origin's store holds 16 events: fill it.
+        for seq in 1..=16 {
+            nodes[0]
+                .handle_publish(0, event_at(seeds[0], seq, "orders.all"))
+                .unwrap();
+        }
+        pump(&mut nodes, 0, 500_000);
+        assert_eq!(nodes[1].stats().delivered, 16);
+        let refused = event_at(seeds[0], 17, "orders.all");
+        assert!(matches!(
+            nodes[0].handle_publish(500_000, refused.clone()),
+            Err(StoreError::Full { .. })
+        ));
+        assert_eq!(nodes[0].stats().own_voided, 1);
+        assert!(nodes[0].store().erased(&origin, 17));
+        // Room again (an erase, on both nodes: each holds 16), and the next event goes out.
+        assert!(nodes[0].store_mut().erase(origin, 1));
+        assert!(nodes[1].store_mut().erase(origin, 1));
+        let next = event_at(seeds[0], 18, "orders.all");
+        nodes[0].handle_publish(600_000, next.clone()).unwrap();
+        pump(&mut nodes, 600_000, 1_000_000);
+        assert!(nodes[1].store().contains(&next.id()));
+        nodes[1].sync_rounds = 1;
+        nodes[1].start_sync();
+        pump(&mut nodes, 1_000_000, 2_000_000);
+        assert_eq!(
+            nodes[1].stats().delivered,
+            17,
+            "the event after the voided number was delivered"
+        );
+        assert!(!nodes[1].store().contains(&refused.id()));
         for n in &nodes {
             n.check_invariants_full();
         }

@@ -81,6 +81,15 @@ pub trait Store {
         let _ = (origin, seq);
         false
     }
+    /// Records that this node's own event `id` at `seq` was signed and then refused by
+    /// this store (full, or a failing disk): the number is taken as [`Store::erased`] from
+    /// then on (in the ranges, answered with a Skip, not given out again after a restart),
+    /// so the origin's later events are not held up on any node waiting for it. Default:
+    /// not supported (the number stays a hole).
+    fn void(&mut self, origin: OriginKey, seq: u64, id: EventId) -> Result<(), StoreError> {
+        let _ = (origin, seq, id);
+        Err(StoreError::Backend("this store cannot void numbers".into()))
+    }
     /// Per-origin ranges of stored sequence numbers, erased ones included (so a restart
     /// does not reopen the holes an erase leaves).
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges>;
@@ -344,6 +353,11 @@ impl Store for MemStore {
 
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
         self.by_origin.get(origin)?.events.get(seq).cloned()
+    }
+
+    fn void(&mut self, origin: OriginKey, seq: u64, _id: EventId) -> Result<(), StoreError> {
+        self.erase(origin, seq);
+        Ok(())
     }
 
     fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
