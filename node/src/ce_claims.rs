@@ -7,7 +7,10 @@
 //! while its first request was still being served) both looked before either commit, and
 //! both were stored. A request now claims its events' triples here first; a request whose
 //! triple another one holds waits until that one has finished (its record committed), then
-//! looks the record up as usual and is answered with the stored event's id.
+//! looks the record up as usual and is answered with the stored event's id. The claim
+//! travels with the signed events to the driver, which drops it after the commit that
+//! writes their records: a request cancelled by its client, refused in part or answered
+//! before the commit (`ack=none`) still holds its events until then.
 //!
 //! Hand-written: a map of claims with a wake-up per holder is a few lines over tokio's
 //! `Notify`; no crate offers keyed single-flight with a bounded wait and release on drop.
@@ -22,12 +25,13 @@ use tokio::sync::Notify;
 pub(crate) type Triple = (String, String, String);
 
 /// The triples of requests in flight.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct CeClaims {
     held: Mutex<HashMap<Triple, Arc<Notify>>>,
 }
 
 /// The triples one request holds; released (and waiters woken) when dropped.
+#[derive(Debug)]
 pub(crate) struct Claim {
     claims: Arc<CeClaims>,
     keys: Vec<Triple>,

@@ -82,11 +82,6 @@ pub(crate) struct Published {
     /// the order derived; absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) derived: Vec<String>,
-    /// The log position the request's events reach (the driver's last position when it
-    /// answered; 0 when it published nothing): once `Api::committed` is there, the
-    /// events and their idempotency records are committed (`ce_claims.rs`).
-    #[serde(skip)]
-    pub(crate) log_pos: u64,
 }
 
 /// Why a publish failed in the driver.
@@ -131,6 +126,9 @@ pub(crate) enum Command {
         ack: Ack,
         /// CloudEvents idempotency keys to record with the events (principal, source, id).
         dedup: Vec<Option<(String, String, String)>>,
+        /// The request's hold on its CloudEvents (`ce_claims.rs`): released after the
+        /// commit that writes their idempotency records, whatever became of the request.
+        claim: Option<crate::ce_claims::Claim>,
         started: Instant,
         reply: oneshot::Sender<Result<Published, PublishError>>,
     },
@@ -291,6 +289,8 @@ pub(crate) struct Driver {
     late_tables: BTreeSet<weft_fabric::StreamName>,
     /// Whether the store is at `limits.events_max`, for the HTTP API (`with_store_full`).
     store_full: Arc<std::sync::atomic::AtomicBool>,
+    /// CloudEvents claims of the publishes since the last commit (released after it).
+    claims: Vec<crate::ce_claims::Claim>,
 }
 
 impl Driver {
@@ -338,6 +338,7 @@ impl Driver {
             tables_built: BTreeMap::new(),
             late_tables: BTreeSet::new(),
             store_full: Arc::default(),
+            claims: Vec::new(),
         }
     }
 
@@ -639,9 +640,11 @@ impl Driver {
                 derived,
                 ack,
                 dedup,
+                claim,
                 started,
                 reply,
             } => {
+                self.claims.extend(claim);
                 let now = self.now();
                 let mut ids = Vec::with_capacity(events.len());
                 let mut refused: Option<String> = None;
@@ -886,7 +889,6 @@ impl Driver {
             regions_min,
             complete,
             derived: w.derived.iter().map(|i| i.to_string()).collect(),
-            log_pos: self.last_pos,
         }));
     }
 
@@ -1359,6 +1361,9 @@ impl Driver {
                 Err(e) => warn!(error = %e, generation, "recording the generation failed"),
             }
         }
+        // Released once this commit is done: the idempotency records below are then on
+        // disk, where a request waiting on one of these claims looks them up.
+        let claims = std::mem::take(&mut self.claims);
         for (p, s, i, id) in std::mem::take(&mut self.dedup) {
             if let Err(e) = self.node.store_mut().ce_dedup_put(&p, &s, &i, &id) {
                 debug!(error = %e, "recording a CloudEvents id failed");
@@ -1367,6 +1372,7 @@ impl Driver {
         let started = Instant::now();
         // The fsync blocks: let the runtime move its other tasks off this worker.
         let result = tokio::task::block_in_place(|| self.node.store_mut().commit());
+        drop(claims);
         let durable = match result {
             Ok(n) => {
                 if n > 0 {

@@ -418,6 +418,7 @@ pub(crate) async fn send_presigned(
         derived,
         ack,
         dedup,
+        claim: None,
         started,
         reply,
     };
@@ -788,6 +789,7 @@ async fn publish_pending(
             derived,
             ack,
             dedup: Vec::new(),
+            claim: None,
             started: Instant::now(),
             reply,
         });

@@ -917,7 +917,6 @@ async fn publish_inner(
             regions_min: 1,
             complete: true,
             derived: Vec::new(),
-            log_pos: 0,
         })
     };
     if drafts.is_empty() {
@@ -928,23 +927,14 @@ async fn publish_inner(
             regions_min: 0,
             complete: true,
             derived: Vec::new(),
-            log_pos: 0,
         });
         return Ok(published_response(&out, out.complete));
     }
-    let mut out = sign_and_send(api, policy, drafts, dedup, ack, started).await?;
-    if ack == Ack::None {
-        // Answered before the commit that writes the idempotency records: the claim
-        // holds until then, so a retry racing it still finds them.
-        let mut committed = api.committed.clone();
-        let pos = out.log_pos;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CE_CLAIM_WAIT, committed.wait_for(|p| *p >= pos)).await;
-            drop(claim);
-        });
-    } else {
-        drop(claim);
-    }
+    // The claim goes with the events to the driver, which releases it after the commit
+    // that writes their idempotency records: whether the answer is an error, comes before
+    // the commit (`ack=none`) or the client has gone, a request waiting on it then finds
+    // them.
+    let mut out = sign_and_send(api, policy, drafts, dedup, Some(claim), ack, started).await?;
     if let Some(k) = known_out {
         // Ids of already-known events go back in request order.
         for ((i, _), id) in known.iter().zip(k.ids) {
@@ -988,7 +978,6 @@ async fn confirm_known(
         regions_min: 1,
         complete: false,
         derived: Vec::new(),
-        log_pos: 0,
     };
     if found.len() < ids.len() || found.iter().any(Option::is_none) {
         return Ok(unconfirmable(ids));
@@ -1089,7 +1078,7 @@ pub(crate) async fn publish_op(
         .publishes
         .get_or_create(&vec![("api", "table".to_string())])
         .inc();
-    let out = sign_and_send(api, policy, vec![draft], vec![None], ack, started).await?;
+    let out = sign_and_send(api, policy, vec![draft], vec![None], None, ack, started).await?;
     Ok(published_response(&out, out.complete))
 }
 
@@ -1101,6 +1090,7 @@ pub(crate) async fn sign_and_send(
     policy: Option<Arc<weft_policy::Policy>>,
     drafts: Vec<EventDraft>,
     dedup: Vec<Option<(String, String, String)>>,
+    claim: Option<crate::ce_claims::Claim>,
     ack: Ack,
     started: Instant,
 ) -> ApiResult<Published> {
@@ -1154,6 +1144,7 @@ pub(crate) async fn sign_and_send(
             derived,
             ack,
             dedup,
+            claim,
             started,
             reply,
         });
@@ -2018,6 +2009,7 @@ async fn policy_push(
         None,
         vec![draft],
         vec![None],
+        None,
         Ack::Local,
         Instant::now(),
     )
@@ -2131,6 +2123,7 @@ async fn erase(
         None,
         vec![draft],
         vec![None],
+        None,
         Ack::Local,
         Instant::now(),
     )

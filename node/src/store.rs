@@ -889,13 +889,13 @@ impl SqliteStore {
         pos_from_sql(self.conn.last_insert_rowid())
     }
 
-    /// The highest stored sequence number of `origin` (0 if none). Exact (read from the
-    /// rows, not from the bounded ranges): a restarting publisher continues after it.
     /// Whether the store holds `limits.events_max` events: it refuses new ones.
     pub(crate) fn is_full(&self) -> bool {
         self.state.len >= self.limits.events_max
     }
 
+    /// The highest stored sequence number of `origin` (0 if none). Exact (read from the
+    /// rows, not from the bounded ranges): a restarting publisher continues after it.
     pub(crate) fn max_seq(&self, origin: &OriginKey) -> Result<u64, StoreError> {
         max_seq_in(&self.conn, origin)
     }

@@ -642,6 +642,17 @@ impl Visibility {
     }
 }
 
+/// Whether some row of the table has no recorded writers (a store made before they were
+/// recorded, until its rebuild commits).
+fn unrecorded_rows(conn: &Connection, stream: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM table_keys k WHERE k.stream = ?1 AND NOT EXISTS
+           (SELECT 1 FROM table_writers w WHERE w.stream = k.stream AND w.key = k.key))",
+    )
+    .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
+    .map_err(|e| StoreError::Backend(backend(e)))
+}
+
 /// The (tenant, classification) pairs of the writes applied to one key, or to every key
 /// of the table (`key` `None`).
 fn writers(
@@ -972,21 +983,45 @@ pub(crate) async fn list(
             .unchecked_transaction()
             .map_err(|e| StoreError::Backend(backend(e)))?;
         let mut vis = Visibility::reader(guard);
-        // The digest hashes every value of the table: only for a reader who may see
-        // every write in it.
-        if want_digest
-            && !vis.allows_all(
-                &name,
-                &writers(conn, name.as_str(), None).map_err(StoreError::Backend)?,
-            )
-        {
+        let table_writers = writers(conn, name.as_str(), None).map_err(StoreError::Backend)?;
+        let sees_all = vis.allows_all(&name, &table_writers);
+        // The digest hashes every value of the table: only for a reader who may see every
+        // write in it (and not while rows have no recorded writers: a store migrating).
+        if want_digest && (!sees_all || unrecorded_rows(conn, name.as_str())?) {
             return Ok(None);
         }
+        // A reader who may not see every write: rows none of whose recorded writes it may
+        // see are skipped inside SQLite (by `table_writers`), not read and replayed here;
+        // rows without recorded writers are kept (they are read by replay).
+        let visible: Vec<(String, String)> = table_writers
+            .into_iter()
+            .filter(|(t, c)| vis.allows(&name, t, c))
+            .collect();
+        let mut sql = String::from(
+            "SELECT k.key, k.state FROM table_keys k WHERE k.stream = ?1 AND k.key > ?2
+             AND substr(k.key, 1, length(?3)) = ?3",
+        );
+        if !sees_all {
+            sql.push_str(
+                " AND (NOT EXISTS (SELECT 1 FROM table_writers w
+                    WHERE w.stream = k.stream AND w.key = k.key)",
+            );
+            if !visible.is_empty() {
+                let pairs: Vec<String> = (0..visible.len())
+                    .map(|i| format!("(?{}, ?{})", 5 + 2 * i, 6 + 2 * i))
+                    .collect();
+                sql.push_str(&format!(
+                    " OR EXISTS (SELECT 1 FROM table_writers w
+                        WHERE w.stream = k.stream AND w.key = k.key
+                        AND (w.tenant, w.classification) IN (VALUES {}))",
+                    pairs.join(", ")
+                ));
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY k.key LIMIT ?4");
         let mut s = conn
-            .prepare_cached(
-                "SELECT key, state FROM table_keys WHERE stream = ?1 AND key > ?2
-                 AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
-            )
+            .prepare(&sql)
             .map_err(|e| StoreError::Backend(backend(e)))?;
         // Rows in chunks until `limit` keys the reader sees (neither absent to it nor
         // deleted) or the table's end; `next_after` is the last key returned, so a key
@@ -995,11 +1030,23 @@ pub(crate) async fn list(
         let mut from = after.into_bytes();
         let mut more = false;
         'scan: loop {
+            use rusqlite::types::Value as Sql;
+            let mut values = vec![
+                Sql::Text(name.as_str().to_string()),
+                Sql::Blob(from.clone()),
+                Sql::Blob(prefix.as_bytes().to_vec()),
+                Sql::Integer(LIST_CHUNK as i64),
+            ];
+            if !sees_all {
+                for (t, c) in &visible {
+                    values.push(Sql::Text(t.clone()));
+                    values.push(Sql::Text(c.clone()));
+                }
+            }
             let rows: Vec<(Vec<u8>, Vec<u8>)> = s
-                .query_map(
-                    params![name.as_str(), from, prefix.as_bytes(), LIST_CHUNK as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .and_then(Iterator::collect)
                 .map_err(|e| StoreError::Backend(backend(e)))?;
             let last_chunk = rows.len() < LIST_CHUNK;
@@ -1167,6 +1214,33 @@ pub(crate) async fn delete(
     // The deletion's context is the writes of its own tenant and classification: it
     // names no write (no dot, no counter sum) that a reader of the deletion may not read.
     let vis = deletion_view(&api, &headers, &name)?;
+    if strategy == Strategy::Counter
+        && let Visibility::Stamp {
+            tenant,
+            classification,
+        } = &vis
+    {
+        // A counter resets per origin node, by running sums; a reset of one tenant's or
+        // class's increments and one of another's at the same node do not combine (the
+        // larger replaces the other). Refused rather than undo a reset.
+        let (table, k) = (name.clone(), key.clone());
+        let stamp = (tenant.clone(), classification.clone());
+        let shared = crate::http::read_store(&api, move |r| {
+            writers(r.conn(), table.as_str(), Some(k.as_bytes()))
+                .map(|w| w.iter().any(|pair| *pair != stamp))
+                .map_err(StoreError::Backend)
+        })
+        .await?;
+        if shared {
+            return Err(api.fail(ApiError::new(
+                StatusCode::CONFLICT,
+                "counter_shared",
+                format!(
+                    "{stream} key {key:?} also counts writes of other tenants or classifications: a deletion here could reset only its own, which counters cannot combine with the others' resets; give each tenant (and class) its own counter keys"
+                ),
+            )));
+        }
+    }
     let seen = current(&api, vis, strategy, &name, &key).await?;
     let mut ctx = seen.as_ref().map(KeyState::version).unwrap_or_default();
     if let Some(t) = &q.version {

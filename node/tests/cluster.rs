@@ -1310,6 +1310,30 @@ fn concurrent_requests_with_one_cloudevent_store_it_once() {
             let ids = c.ids(0, &stream).await.unwrap();
             assert_eq!(ids.len(), 1, "ack={ack}: stored once: {ids:?} ({stored:?})");
         }
+        // A client that gives up on its request (the connection dropped mid-publish) and
+        // retries at once: the retry is answered with the one stored event, whatever point
+        // the first request had reached.
+        for n in 0..20 {
+            let ce = json!({"specversion": "1.0", "id": format!("gone-{n}"), "source": "it",
+                "type": "t", "datacontenttype": "application/json", "data": {"n": n}});
+            let send = |timeout: Duration| {
+                reqwest::Client::builder()
+                    .timeout(timeout)
+                    .build()
+                    .unwrap()
+                    .post(c.url(0, "/v1/streams/gone/events?ack=local"))
+                    .bearer_auth(&c.token)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(serde_json::to_vec(&ce).unwrap())
+                    .send()
+            };
+            let _ = send(Duration::from_micros(500 + 200 * n)).await;
+            let r = send(Duration::from_secs(20)).await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ids = c.ids(0, "gone").await.unwrap();
+        assert_eq!(ids.len(), 20, "each event stored once: {ids:?}");
     });
 }
 

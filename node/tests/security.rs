@@ -666,16 +666,20 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         let keys = |b: &Value| -> Vec<Value> {
             b["keys"].as_array().unwrap().iter().map(|k| k["key"].clone()).collect()
         };
+        let acme_last = "/v1/tables/shared.prefs/zz-acme";
+        let (s, b) = table(&c, &me, Method::PUT, acme_last, Some(json!({"by": "acme"}))).await;
+        assert_eq!(s, 200, "{b}");
         let (_, b) = table(&c, &me, Method::GET, "/v1/tables/shared.prefs", None).await;
-        assert_eq!(keys(&b), vec![json!("theme")], "{b}");
+        assert_eq!(keys(&b), vec![json!("theme"), json!("zz-acme")], "{b}");
         assert_eq!(b.get("next_after"), None, "{b}");
-        // A page cursor names only a key the reader was given, never the other tenant's.
+        // A page cursor names only a key the reader was given, never the other tenant's
+        // ("zeta" sits between the two pages).
         let (_, b) = table(&c, &me, Method::GET, "/v1/tables/shared.prefs?limit=1", None).await;
         assert_eq!(keys(&b), vec![json!("theme")], "{b}");
         assert_eq!(b["next_after"], "theme", "{b}");
         let page2 = "/v1/tables/shared.prefs?limit=1&after=theme";
         let (_, b) = table(&c, &me, Method::GET, page2, None).await;
-        assert_eq!((keys(&b), b.get("next_after")), (vec![], None), "{b}");
+        assert_eq!((keys(&b), b.get("next_after")), (vec![json!("zz-acme")], None), "{b}");
         let (_, b) = table(&c, RIVAL_TOKEN, Method::GET, "/v1/tables/shared.prefs", None).await;
         let all = vec![json!("secret"), json!("theme"), json!("zeta")];
         assert_eq!(keys(&b), all, "{b}");
@@ -691,9 +695,20 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         };
         assert_eq!(value("").await, 5);
         assert_eq!(value(RIVAL_TOKEN).await, 7);
+        // A reset of a counter key both tenants count on is refused: resets per origin
+        // node do not combine across tenants (one would undo the other).
         let (s, b) = table(&c, &me, Method::DELETE, "/v1/tables/shared.stock/sku", None).await;
+        assert_eq!((s, &b["error"]["reason"]), (409, &json!("counter_shared")), "{b}");
+        assert_eq!((value("").await, value(RIVAL_TOKEN).await), (json!(5), json!(7)));
+        // One tenant's own counter key resets, and the other tenant never sees it.
+        let own = "/v1/tables/shared.stock/sku-acme";
+        let (s, b) = table(&c, &me, Method::PUT, own, Some(json!({"add": 4}))).await;
         assert_eq!(s, 200, "{b}");
-        assert_eq!(value("").await, 0);
-        assert_eq!(value(RIVAL_TOKEN).await, 7, "the other tenant's count survives");
+        let (s, b) = table(&c, &me, Method::DELETE, own, None).await;
+        assert_eq!(s, 200, "{b}");
+        let (s, b) = table(&c, &me, Method::GET, own, None).await;
+        assert_eq!((s, &b["value"]), (200, &json!(0)), "{b}");
+        let (s, b) = table(&c, RIVAL_TOKEN, Method::GET, own, None).await;
+        assert_eq!(s, 404, "{b}");
     });
 }

@@ -1191,7 +1191,7 @@ impl<S: Store> Node<S> {
     /// A signed event from a local producer: store, deliver locally, disseminate.
     pub fn handle_publish(&mut self, now: Micros, event: Arc<Event>) -> Result<(), StoreError> {
         self.advance(now);
-        match self.accept(event.clone())? {
+        match self.accept(event.clone(), true)? {
             Inserted::Duplicate => self.republished(&event),
             Inserted::Erased => Err(StoreError::Erased {
                 origin: event.origin(),
@@ -1219,7 +1219,7 @@ impl<S: Store> Node<S> {
         let mut fresh = Vec::with_capacity(events.len());
         let mut results = Vec::with_capacity(events.len());
         for event in events {
-            results.push(match self.accept(event.clone()) {
+            results.push(match self.accept(event.clone(), true) {
                 Ok(Inserted::New) => {
                     fresh.push(event);
                     Ok(())
@@ -1376,7 +1376,7 @@ impl<S: Store> Node<S> {
                 self.refuse_own(&event);
                 continue;
             }
-            if let Ok(Inserted::New) = self.accept(event.clone()) {
+            if let Ok(Inserted::New) = self.accept(event.clone(), false) {
                 self.stats.sync_events_new += 1;
                 fresh.push(event);
             }
@@ -2451,8 +2451,9 @@ impl<S: Store> Node<S> {
             .collect()
     }
 
-    /// Stores (or relays) a new event and delivers what is now in order.
-    fn accept(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
+    /// Stores (or relays) a new event and delivers what is now in order. `publishing`: a
+    /// local publish (its own number, refused by the store, is voided).
+    fn accept(&mut self, event: Arc<Event>, publishing: bool) -> Result<Inserted, StoreError> {
         let id = event.id();
         let origin = event.origin();
         let seq = event.seq();
@@ -2479,7 +2480,10 @@ impl<S: Store> Node<S> {
         }
         let interested = self.interested(event.stream());
         if interested {
-            let own = origin == self.me.node_key();
+            // A local publish of this node's own event (not one of its events coming back
+            // from a peer: a store restored from a backup refusing those must not void
+            // numbers other nodes hold events for).
+            let own = publishing && origin == self.me.node_key();
             match self.store.insert(event) {
                 Ok(Inserted::Duplicate) => {
                     self.stats.events_duplicate += 1;
@@ -3631,7 +3635,7 @@ impl<S: Store> Node<S> {
         let mut late: smallvec::SmallVec<[Arc<Event>; 4]> = smallvec::SmallVec::new();
         for event in events {
             match self.own_hop(&event) {
-                FilterHop::Clear => match self.accept(event.clone()) {
+                FilterHop::Clear => match self.accept(event.clone(), false) {
                     Ok(Inserted::New) => fresh.push(event),
                     Ok(Inserted::Duplicate) if self.repaired.remove(&event.id()) => {
                         late.push(event);
