@@ -1097,7 +1097,9 @@ pub(crate) async fn sign_and_send(
     // A full store would refuse the events after they were signed: refuse now, with
     // nothing signed (a number refused after signing is voided, not a hole, but it is
     // still a number spent).
-    if api.store_full.load(std::sync::atomic::Ordering::Relaxed) {
+    if api.store_full.load(std::sync::atomic::Ordering::Relaxed)
+        && !drafts.iter().all(|d| d.stream.is_system())
+    {
         return Err(api.fail(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "store_refused",

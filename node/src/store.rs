@@ -1398,7 +1398,10 @@ impl Store for SqliteStore {
             self.stats.borrow_mut().erased_refused += 1;
             return Ok(Inserted::Erased);
         }
-        if self.state.len >= self.limits.events_max {
+        // System streams (policy bundles, erase requests) are taken past the limit: a full
+        // node must still learn of a new policy (a revoked token) and of erasures. They
+        // are operators' and admins' events, rare and signed.
+        if self.state.len >= self.limits.events_max && !event.stream().is_system() {
             self.stats.borrow_mut().refused_full += 1;
             return Err(StoreError::Full {
                 len: self.state.len,
