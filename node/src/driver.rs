@@ -662,10 +662,16 @@ impl Driver {
                 // Sources an aggregating transform reads, and new here: each is added to
                 // its windows once it is accepted (a source seen before was counted then).
                 let watched = self.aggregator.watching(&events);
+                // Once each: an envelope repeated within the request (an edge batch that
+                // retransmits) is one source, not several.
+                let mut first = BTreeSet::new();
                 let fresh: Vec<Option<Arc<Event>>> = events
                     .iter()
                     .zip(watched)
-                    .map(|(e, w)| (w && !self.node.store().contains(&e.id())).then(|| e.clone()))
+                    .map(|(e, w)| {
+                        (w && first.insert(e.id()) && !self.node.store().contains(&e.id()))
+                            .then(|| e.clone())
+                    })
                     .collect();
                 // Events this node already holds (a producer's retry, a replay): the core
                 // does not push them again, so with `ack=regions:N` they get confirmable

@@ -785,6 +785,12 @@ impl Edge {
         }
         crate::http::check_stored(api, event.stream())
             .map_err(|e| (e.reason(), e.message().to_string()))?;
+        // The derived content type is the nodes' own: a device sending it would pass off
+        // its events as a transform's output, lineage included (as the HTTP path refuses).
+        if let Err(m) = crate::egress::check_presigned(event) {
+            api.metrics.reject("reserved_content_type");
+            return Err(("reserved_content_type", m));
+        }
         match policy {
             Some(p) => crate::http::enforce_presigned(api, p, principal, event)
                 .map_err(|e| (e.reason(), e.message().to_string())),

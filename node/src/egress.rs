@@ -91,6 +91,9 @@ pub(crate) enum Failure {
     NotJson(String),
     /// A summed field is not a number.
     NotNumber(String),
+    /// A field path cannot be followed in the source's shape, or a key holds a `.`: the
+    /// field may be there untouched, so nothing is derived.
+    Unresolved(String),
     /// This node does not store the target stream, so it cannot make the derivative durable.
     TargetNotStored,
     /// The policy cannot classify the target (`Policy::stamp` refused).
@@ -117,6 +120,7 @@ impl Failure {
             Failure::Sealed => "sealed",
             Failure::NotJson(_) => "not_json",
             Failure::NotNumber(_) => "not_a_number",
+            Failure::Unresolved(_) => "path_unresolved",
             Failure::TargetNotStored => "target_not_stored",
             Failure::Unclassified(_) => "unclassified",
             Failure::ResidencyIngress(_) => "residency_ingress",
@@ -135,6 +139,10 @@ impl std::fmt::Display for Failure {
             Failure::Sealed => write!(f, "the source payload is sealed"),
             Failure::NotJson(m) => write!(f, "the source data is not a JSON object: {m}"),
             Failure::NotNumber(field) => write!(f, "summed field `{field}` is not a number"),
+            Failure::Unresolved(m) => write!(
+                f,
+                "{m}: the field may be in the data in another shape, so nothing is derived"
+            ),
             Failure::TargetNotStored => write!(
                 f,
                 "this node does not store the target stream (config `streams`)"
@@ -165,6 +173,9 @@ impl From<TransformError> for Failure {
         match e {
             TransformError::NotJson(m) => Failure::NotJson(m),
             TransformError::NotNumber { field } => Failure::NotNumber(field),
+            e @ (TransformError::Unresolved { .. } | TransformError::DottedKey { .. }) => {
+                Failure::Unresolved(e.to_string())
+            }
             other => Failure::NotJson(other.to_string()),
         }
     }

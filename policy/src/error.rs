@@ -219,6 +219,23 @@ pub enum TransformError {
         /// [`crate::limits::AGGREGATE_GROUPS_MAX`].
         max: usize,
     },
+    /// A field transform's path cannot be followed in this payload (a value on the way is
+    /// an array or a scalar), so the field it names may be there in another shape: nothing
+    /// is derived rather than let it through untouched.
+    #[error("path `{path}` cannot be followed: `{at}` is not an object")]
+    Unresolved {
+        /// The transform's field path.
+        path: String,
+        /// The part of the path that holds a non-object.
+        at: String,
+    },
+    /// The payload has an object key containing `.`, which no field path can name: it
+    /// could hold what a path was meant to reach.
+    #[error("key `{key}` contains `.`, which no transform path can name")]
+    DottedKey {
+        /// The key (at most 64 characters of it).
+        key: String,
+    },
     /// [`crate::Transform::apply`] on an aggregating transform, or the reverse.
     #[error("transform `{name}` {reason}")]
     WrongKind {

@@ -244,6 +244,12 @@ impl Transform {
             });
         };
         let mut data = parse_object(payload)?;
+        // Fail closed: a field transforms cannot reach (under an array or a scalar, or
+        // behind a dotted key) must not go out untouched.
+        check_keys(&data)?;
+        for path in drop.iter().chain(hash).chain(mask.iter().map(|m| &m.path)) {
+            check_path(&data, path)?;
+        }
         for path in drop {
             take(&mut data, path);
         }
@@ -421,6 +427,56 @@ fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, TransformError> {
         Ok(_) => Err(TransformError::NotJson("expected an object".into())),
         Err(e) => Err(TransformError::NotJson(e.to_string())),
     }
+}
+
+/// Every object key in `map` (at any depth, arrays included) is nameable by a path: no
+/// `.` in it.
+fn check_keys(map: &Map<String, Value>) -> Result<(), TransformError> {
+    fn value(v: &Value) -> Result<(), TransformError> {
+        match v {
+            Value::Object(map) => check_keys(map),
+            Value::Array(items) => items.iter().try_for_each(value),
+            _ => Ok(()),
+        }
+    }
+    for (k, child) in map {
+        if k.contains('.') {
+            return Err(TransformError::DottedKey {
+                key: k.chars().take(64).collect(),
+            });
+        }
+        value(child)?;
+    }
+    Ok(())
+}
+
+/// `path` is absent from `data` or can be followed to its end: every value on the way
+/// that is present is an object.
+fn check_path(data: &Map<String, Value>, path: &[String]) -> Result<(), TransformError> {
+    let Some((first, rest)) = path.split_first() else {
+        return Ok(());
+    };
+    let mut v = match data.get(first) {
+        Some(v) => v,
+        None => return Ok(()),
+    };
+    for (i, seg) in rest.iter().enumerate() {
+        match v {
+            Value::Object(map) => match map.get(seg) {
+                Some(next) => v = next,
+                None => return Ok(()),
+            },
+            // `null` holds nothing under it.
+            Value::Null => return Ok(()),
+            _ => {
+                return Err(TransformError::Unresolved {
+                    path: path.join("."),
+                    at: path[..=i].join("."),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn get_mut<'a>(data: &'a mut Map<String, Value>, path: &[String]) -> Option<&'a mut Value> {

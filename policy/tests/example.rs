@@ -483,6 +483,29 @@ fn transforms() {
         t.apply(&id, b"[1]"),
         Err(TransformError::NotJson(_))
     ));
+    // Fail closed: a field the paths cannot reach in this payload's shape is never let
+    // through untouched (before, these went out with the e-mail in clear).
+    for (payload, want) in [
+        (
+            &br#"{"customer":[{"email":"a@b.eu","id":"c-17"}]}"#[..],
+            "customer",
+        ),
+        (&br#"{"customer":"a@b.eu"}"#[..], "customer"),
+        (&br#"{"customer.email":"a@b.eu"}"#[..], "customer.email"),
+        (
+            &br#"{"items":[{"customer.email":"a@b.eu"}]}"#[..],
+            "customer.email",
+        ),
+    ] {
+        match t.apply(&id, payload) {
+            Err(TransformError::Unresolved { at, .. }) => assert_eq!(at, want),
+            Err(TransformError::DottedKey { key }) => assert_eq!(key, want),
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(payload)),
+        }
+    }
+    // Absent fields and `null` parents are fine.
+    assert!(t.apply(&id, br#"{"customer":null,"total":1}"#).is_ok());
+    assert!(t.apply(&id, br#"{"total":1}"#).is_ok());
 
     let agg = p.transform("orders-per-country").unwrap();
     assert!(agg.apply(&id, payload).is_err());
