@@ -1688,7 +1688,17 @@ async fn subscribe(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let durable = q.durable.clone().map(|d| format!("{}/{d}", name.as_str()));
+    // Whose subscription: the reader's principal (an admin's for a system stream; none
+    // when reads need no token and none was given).
+    let owner = match (&guard, q.durable.is_some()) {
+        (_, false) => String::new(),
+        (Some(g), true) => g.principal().to_string(),
+        (None, true) if system || headers.contains_key(header::AUTHORIZATION) => {
+            api.authenticate(&headers)?.name
+        }
+        (None, true) => String::new(),
+    };
+    let durable = q.durable.as_deref().map(|d| cursor_key(&owner, &name, d));
     let saved = match &durable {
         Some(d) => {
             let d = d.clone();
@@ -1787,10 +1797,26 @@ async fn subscribe(
         .into_response())
 }
 
-/// A durable subscription's name: its cursor is kept as `{stream}/{name}`, which must fit
-/// the store's name limit (`store::NAME_LEN_MAX`, 128 bytes).
+/// Hex characters of the owner's hash in a cursor key ([`cursor_key`]).
+const CURSOR_OWNER_HEX: usize = 16;
+
+/// The store key of a durable subscription: its owner (a hash of the principal's name;
+/// of "" for one opened without a token on a node whose reads need none), the stream and
+/// the name. A subscription belongs to the principal that holds it: another principal
+/// using the same name gets a subscription of its own, and can neither move, read nor
+/// replay this one's position.
+fn cursor_key(owner: &str, stream: &StreamName, name: &str) -> String {
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(owner.as_bytes()));
+    format!("{}:{}/{name}", &hash[..CURSOR_OWNER_HEX], stream.as_str())
+}
+
+/// A durable subscription's name: its cursor is kept as `OWNER:{stream}/{name}`
+/// ([`cursor_key`]), which must fit the store's name limit (`store::NAME_LEN_MAX`, 128
+/// bytes).
 fn check_durable_name(api: &Api, stream: &StreamName, d: &str) -> ApiResult<()> {
-    let max = crate::store::NAME_LEN_MAX.saturating_sub(stream.as_str().len() + 1);
+    let max =
+        crate::store::NAME_LEN_MAX.saturating_sub(stream.as_str().len() + 2 + CURSOR_OWNER_HEX);
     if d.is_empty()
         || d.len() > max
         || !d
@@ -1801,7 +1827,7 @@ fn check_durable_name(api: &Api, stream: &StreamName, d: &str) -> ApiResult<()> 
             StatusCode::BAD_REQUEST,
             "bad_durable_name",
             format!(
-                "durable: 1 to {max} characters of A-Z a-z 0-9 - _ . (the cursor is kept as {}/NAME, at most {} bytes)",
+                "durable: 1 to {max} characters of A-Z a-z 0-9 - _ . (the cursor is kept as OWNER:{}/NAME, at most {} bytes)",
                 stream.as_str(),
                 crate::store::NAME_LEN_MAX
             ),
@@ -1866,6 +1892,7 @@ async fn ack_subscription(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let who = api.authenticate(&headers)?;
+    let who_name = who.name.clone();
     let stream = check_stream(&api, &stream)?;
     let system = api.check_system_read(&headers, &stream, "hold a subscription on")?;
     check_durable_name(&api, &stream, &name)?;
@@ -1893,7 +1920,7 @@ async fn ack_subscription(
             ),
         )));
     }
-    let key = format!("{}/{name}", stream.as_str());
+    let key = cursor_key(&who_name, &stream, &name);
     let k2 = key.clone();
     let saved = read_store(&api, move |r| r.cursor_get(&k2))
         .await?

@@ -577,8 +577,21 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
 
 /// Reads `n` SSE events from `url` (with an optional Last-Event-ID); returns their JSON.
 async fn sse_take(url: String, last_event_id: Option<&str>, n: usize) -> Vec<Value> {
+    sse_take_as(url, None, last_event_id, n).await
+}
+
+/// [`sse_take`] as the principal of `token` (a durable subscription is its holder's).
+async fn sse_take_as(
+    url: String,
+    token: Option<&str>,
+    last_event_id: Option<&str>,
+    n: usize,
+) -> Vec<Value> {
     use futures_util::StreamExt as _;
     let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);
     }
@@ -625,9 +638,21 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
         assert_eq!(ks, vec![2, 3, 4]);
         assert_eq!(got[0]["weftcursor"], "3");
         // A durable subscription is at-least-once: what was not acknowledged comes again.
-        let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 3).await;
+        let got = sse_take_as(
+            c.url(0, "/v1/streams/s/subscribe?durable=billing"),
+            Some(&c.token),
+            None,
+            3,
+        )
+        .await;
         assert_eq!(got[0]["data"]["k"], 0);
-        let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 5).await;
+        let got = sse_take_as(
+            c.url(0, "/v1/streams/s/subscribe?durable=billing"),
+            Some(&c.token),
+            None,
+            5,
+        )
+        .await;
         assert_eq!(
             got[0]["data"]["k"], 0,
             "unacknowledged events are redelivered"
@@ -674,12 +699,23 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
         let (status, _) = c.publish(0, "s", "local", &more).await;
         assert_eq!(status, 200);
         // The durable subscription resumes after what it was sent before the restart.
-        let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 2).await;
+        let got = sse_take_as(
+            c.url(0, "/v1/streams/s/subscribe?durable=billing"),
+            Some(&c.token),
+            None,
+            2,
+        )
+        .await;
         let ks: Vec<i64> = got
             .iter()
             .map(|e| e["data"]["k"].as_i64().unwrap())
             .collect();
         assert_eq!(ks, vec![5, 6]);
+        // A durable subscription is its holder's: another principal (here an anonymous
+        // reader, reads being open without a policy) using the same name gets one of its
+        // own, from the start, and cannot move or read the holder's position.
+        let got = sse_take(c.url(0, "/v1/streams/s/subscribe?durable=billing"), None, 1).await;
+        assert_eq!(got[0]["data"]["k"], 0, "another holder's subscription");
         // Moving a durable cursor by Last-Event-ID is a write: without a token the stream
         // is served from Last-Event-ID but the saved position stays (reads are open
         // without a policy); a bad token is refused.
@@ -716,7 +752,7 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
             let v: Value = resp.json().await.unwrap();
             assert_eq!(v["error"]["reason"], "bad_durable_name", "{v}");
             assert!(
-                v["error"]["message"].as_str().unwrap().contains("126"),
+                v["error"]["message"].as_str().unwrap().contains("109"),
                 "{v}"
             );
         }
