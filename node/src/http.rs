@@ -1721,6 +1721,15 @@ async fn subscribe(
         save_cursor(&api, d.clone(), &name, pos).await?;
     }
     let mut after = last_event_id.or(q.after).or(saved).unwrap_or(0);
+    // The token it was opened with, checked again whenever a new policy epoch comes into
+    // force: a bundle that rotates or drops it ends the stream (refused and audited as
+    // `token_revoked` or `bad_token`, as a new request would be).
+    let auth: Option<HeaderMap> = headers.get(header::AUTHORIZATION).map(|v| {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, v.clone());
+        h
+    });
+    let mut epoch_seen = api.policy.epoch();
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let api2 = api.clone();
     let mut guard = guard;
@@ -1747,6 +1756,21 @@ async fn subscribe(
                     ),
                 );
                 break;
+            }
+            if api2.policy.epoch() != epoch_seen {
+                epoch_seen = api2.policy.epoch();
+                if let Some(h) = &auth {
+                    match api2.authenticate(h) {
+                        Err(_) => break,
+                        // An admin's system-stream subscription needs an admin still.
+                        Ok(p) if system && !p.admin => break,
+                        Ok(p) => {
+                            if let Some(g) = &mut guard {
+                                g.principal = p;
+                            }
+                        }
+                    }
+                }
             }
             // A newer policy decides from its epoch on: an open subscription it no longer
             // allows ends (refused and audited like a new one).

@@ -517,12 +517,29 @@ fn bundle_credentials_sign_in_and_rotate_fabric_wide() {
         // Carol is in no node's config.
         let (s, v) = publish(1, CAROL).await;
         assert_eq!(s, 200, "carol signs in with the bundle's token: {v}");
+        // A subscription open with the tester's token before the rotation.
+        let sse = reqwest::Client::new()
+            .get(c.url(2, "/v1/streams/orders.x/subscribe"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status().as_u16(), 200);
+        let mut open = sse.bytes_stream();
         // Rotate the tester's token through the bundle.
         let (s, v) = push(&c, 0, &c.token, e5).await;
         assert_eq!(s, 200, "{v}");
         for i in 0..3 {
             wait_epoch(&c, i, 5, Duration::from_secs(20)).await;
         }
+        // The stream opened with the rotated token ends (it used to run on: only the
+        // principal's rights were checked again, not its token).
+        let ended = tokio::time::timeout(Duration::from_secs(15), async {
+            use futures_util::StreamExt as _;
+            while let Some(Ok(_)) = open.next().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the subscription with the revoked token still runs");
         let before = rejected(&c, 2, "token_revoked").await;
         let r = reqwest::Client::new()
             .get(c.url(2, "/v1/streams/orders.x/events"))
