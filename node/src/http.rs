@@ -1616,31 +1616,51 @@ async fn event_by_id(
     })?;
     let system =
         api.check_system_read(&headers, event.claimed_data().stream(), "read an event of")?;
-    if let Some(g) = guard.as_ref().filter(|_| !system)
-        && !g.allows(event.claimed_data())
-    {
-        let stream = event.claimed_data().stream().as_str().to_string();
-        let epoch = g.policy.epoch();
-        let e = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_forbidden",
-            format!(
-                "principal {} may not read event {id} of {stream} (policy epoch {epoch})",
-                g.principal.name
-            ),
-        );
-        api.audit.record(
-            crate::audit::Entry::now(
-                crate::audit::Decision::Deny,
-                e.reason,
-                epoch,
-                e.message.clone(),
-            )
-            .principal(g.principal.name.clone())
-            .stream(stream)
-            .event(id.clone()),
-        );
-        return Err(api.fail(e));
+    // As a paged read of its stream would: the stream (its rule's classification now) and
+    // the event (its own tenant and classification). An event the principal may not read
+    // is answered as one not stored, so an id tells nothing of what the node holds; the
+    // refusal is counted and audited as `read_forbidden`.
+    if let Some(g) = guard.as_ref().filter(|_| !system) {
+        let stream = event.claimed_data().stream();
+        let rule_class = g
+            .policy
+            .stream_rule(stream)
+            .map(|r| r.classification.as_str());
+        let stream_allowed = g
+            .policy
+            .authorize(&weft_policy::AccessRequest {
+                principal: &g.principal.name,
+                action: g.action,
+                stream,
+                tenant: &g.principal.tenant,
+                classification: rule_class,
+                region: &g.region,
+            })
+            .allowed;
+        if !stream_allowed || !g.allows(event.claimed_data()) {
+            let epoch = g.policy.epoch();
+            api.metrics.reject("read_forbidden");
+            api.audit.record(
+                crate::audit::Entry::now(
+                    crate::audit::Decision::Deny,
+                    "read_forbidden",
+                    epoch,
+                    format!(
+                        "principal {} may not read event {id} of {} (policy epoch {epoch}); answered as not stored",
+                        g.principal.name,
+                        stream.as_str()
+                    ),
+                )
+                .principal(g.principal.name.clone())
+                .stream(stream.as_str().to_string())
+                .event(id.clone()),
+            );
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "event_not_found",
+                format!("no event {id} is stored on this node"),
+            ));
+        }
     }
     Ok((
         [(header::CONTENT_TYPE, CE_JSON)],

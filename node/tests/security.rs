@@ -652,11 +652,22 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
             let (s, b) = table(&c, token, Method::PUT, "/v1/tables/shared.stock/sku", Some(json!({"add": if by == "acme" { 5 } else { 7 }}))).await;
             assert_eq!(s, 200, "{by}: {b}");
         }
+        let mut rival_ids = Vec::new();
         for key in ["secret", "zeta"] {
             let path = format!("/v1/tables/shared.prefs/{key}");
             let (s, b) = table(&c, RIVAL_TOKEN, Method::PUT, &path, Some(json!({"by": "globex"}))).await;
             assert_eq!(s, 200, "{b}");
+            rival_ids.push(b["ids"][0].as_str().unwrap().to_string());
         }
+        // The other tenant's write by its id: answered as not stored (a 403 named its
+        // stream and told the id exists), counted and audited as read_forbidden.
+        let before = rejected(&c, 0, "read_forbidden").await;
+        let path = format!("/v1/events/{}", rival_ids[0]);
+        let (s, b) = table(&c, &me, Method::GET, &path, None).await;
+        assert_eq!((s, &b["error"]["reason"]), (404, &json!("event_not_found")), "{b}");
+        assert_eq!(rejected(&c, 0, "read_forbidden").await, before + 1);
+        let (s, _) = table(&c, RIVAL_TOKEN, Method::GET, &path, None).await;
+        assert_eq!(s, 200, "its own tenant reads it");
         for (token, by) in [(me.as_str(), "acme"), (RIVAL_TOKEN, "globex")] {
             let (s, b) = table(&c, token, Method::GET, "/v1/tables/shared.prefs/theme", None).await;
             assert_eq!((s, &b["value"]), (200, &json!({"by": by})), "{by}: {b}");
