@@ -119,10 +119,11 @@ pub(crate) enum Command {
     Publish {
         events: Vec<Arc<Event>>,
         /// Events egress transforms derived from them (signed by this node, sequence
-        /// numbers after the sources'), published in the same step and group commit. The
-        /// ack level applies to `events`; a derivative the store refuses is counted, not
-        /// an error of the publish.
-        derived: Vec<Arc<Event>>,
+        /// numbers after the sources'), published in the same step and group commit, each
+        /// with its source's id (`None`: a window's summary). The ack level applies to
+        /// `events`; a derivative the store refuses is counted, not an error of the
+        /// publish, and one whose source was refused is not published (its number voided).
+        derived: Vec<(Option<EventId>, Arc<Event>)>,
         ack: Ack,
         /// CloudEvents idempotency keys to record with the events (principal, source, id).
         dedup: Vec<Option<(String, String, String)>>,
@@ -685,15 +686,37 @@ impl Driver {
                 } else {
                     Vec::new()
                 };
-                let derived_ids: Vec<EventId> = derived.iter().map(|e| e.id()).collect();
-                let sources = events.len();
-                let mut all = events;
-                all.extend(derived);
-                // One call for the whole request, derivatives included: its events share
-                // pushes and the group commit. Every event is offered, even after a
-                // refusal: only what the store truly refuses is missing.
-                let mut results = self.node.handle_publish_batch(now, all);
-                let derived_results = results.split_off(sources.min(results.len()));
+                // The sources first (every one offered, even after a refusal: only what the
+                // store truly refuses is missing), then the derivatives of the sources it
+                // took, in the same step and group commit. A derivative of a refused source
+                // (full store, erased, a reused number) is not published: its content came
+                // from data the fabric did not take; its number is voided.
+                let results = self.node.handle_publish_batch(now, events);
+                let sources_refused: BTreeSet<EventId> = event_ids
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_err())
+                    .map(|(id, _)| *id)
+                    .collect();
+                let mut kept = Vec::with_capacity(derived.len());
+                for (source, event) in derived {
+                    if source.is_some_and(|s| sources_refused.contains(&s)) {
+                        if let Err(e) = self.node.void_own(now, &event) {
+                            warn!(error = %e, event = %event.id(), "voiding a derivative's number failed");
+                        }
+                        crate::egress::fail(
+                            &self.metrics,
+                            &self.audit,
+                            &crate::egress::Failure::SourceRefused,
+                            "",
+                            &source.map(|s| s.to_string()).unwrap_or_default(),
+                        );
+                    } else {
+                        kept.push(event);
+                    }
+                }
+                let derived_ids: Vec<EventId> = kept.iter().map(|e| e.id()).collect();
+                let derived_results = self.node.handle_publish_batch(now, kept);
                 let mut derived_ok = Vec::with_capacity(derived_ids.len());
                 for (id, result) in derived_ids.into_iter().zip(derived_results) {
                     match result {

@@ -105,6 +105,9 @@ pub(crate) enum Failure {
     Sign(String),
     /// The store refused the derivative.
     StoreRefused(String),
+    /// The store refused the source (full, erased, a reused number): its derivatives are
+    /// not published.
+    SourceRefused,
     /// [`WINDOWS_MAX`] windows are open.
     WindowsFull,
     /// The flusher's queue ([`FLUSH_QUEUE_LEN_MAX`]) is full: summaries dropped.
@@ -126,6 +129,7 @@ impl Failure {
             Failure::ResidencyIngress(_) => "residency_ingress",
             Failure::Sign(_) => "sign_failed",
             Failure::StoreRefused(_) => "store_refused",
+            Failure::SourceRefused => "source_refused",
             Failure::WindowsFull => "windows_full",
             Failure::FlushQueueFull => "flush_queue_full",
             Failure::DroppedAtShutdown => "dropped_at_shutdown",
@@ -153,6 +157,10 @@ impl std::fmt::Display for Failure {
             }
             Failure::Sign(m) => write!(f, "signing the derived event failed: {m}"),
             Failure::StoreRefused(m) => write!(f, "the store refused the derived event: {m}"),
+            Failure::SourceRefused => write!(
+                f,
+                "the store refused the source event, so its derivative is not published"
+            ),
             Failure::WindowsFull => write!(f, "WINDOWS_MAX ({WINDOWS_MAX}) windows are open"),
             Failure::FlushQueueFull => write!(
                 f,
@@ -366,7 +374,7 @@ pub(crate) fn derive(
     policy: &Policy,
     sources: &[Arc<Event>],
     p: &mut Producer,
-) -> Vec<Arc<Event>> {
+) -> Vec<(Option<EventId>, Arc<Event>)> {
     let mut out = Vec::new();
     for source in sources {
         if !has_field_transforms(policy, source.stream()) {
@@ -388,7 +396,7 @@ pub(crate) fn derive(
                 Ok(event) => {
                     Metrics::inc(&api.metrics.egress_derived, "transform", t.name());
                     debug!(source = %id, derived = %event.id(), transform = t.name(), "derived");
-                    out.push(event);
+                    out.push((Some(id), event));
                 }
                 Err(f) => fail(&api.metrics, &api.audit, &f, t.name(), &id.to_string()),
             }
@@ -787,7 +795,7 @@ async fn publish_pending(
                         "transform",
                         &pending.transform,
                     );
-                    derived.push(event);
+                    derived.push((None, event));
                 }
                 Err(f) => fail(&api2.metrics, &api2.audit, &f, &pending.transform, "window"),
             }

@@ -825,5 +825,42 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         let want_ltv: f64 = by_source.values().map(|p| p["ltv"].as_f64().unwrap()).sum();
         assert_eq!(count, json_sources as u64 + 1, "{}", c.log(eu_a));
         assert_eq!(ltv, want_ltv + 1000.0);
+
+        // A source the store refuses (a recent erase covers its key) leaves no
+        // derivative: before, the masked copy of data the fabric refused was stored and
+        // replicated.
+        let masked_before = events(&c, eu_a, MASKED).await.len();
+        let r = http
+            .post(c.url(eu_a, "/v1/erase"))
+            .bearer_auth(&c.token)
+            .json(&json!({"stream": SOURCE, "key": "erased-profile"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let mut ce = json!({"specversion": "1.0", "id": "erased-profile-1", "source": "it",
+            "type": "profile", "subject": "erased-profile", "datacontenttype": "application/json"});
+        ce["data"] = profile(99);
+        let r = http
+            .post(c.url(eu_a, &format!("/v1/streams/{SOURCE}/events")))
+            .bearer_auth(&c.token)
+            .header("content-type", "application/cloudevents+json")
+            .body(serde_json::to_vec(&ce).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, &v["error"]["reason"]),
+            (409, &json!("erased")),
+            "{v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            events(&c, eu_a, MASKED).await.len(),
+            masked_before,
+            "a derivative of the refused source was stored"
+        );
     });
 }

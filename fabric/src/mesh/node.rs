@@ -1238,6 +1238,21 @@ impl<S: Store> Node<S> {
         results
     }
 
+    /// This node's own signed event that will not be published after all (an egress
+    /// derivative whose source the store refused): its number is voided as a refused own
+    /// publish's is ([`Store::void`]: seen, answered with a Skip, not reused), so the
+    /// node's later events are not held up anywhere.
+    pub fn void_own(&mut self, now: Micros, event: &Event) -> Result<(), StoreError> {
+        self.advance(now);
+        let (origin, seq, id) = (event.origin(), event.seq(), event.id());
+        debug_assert_eq!(origin, self.me.node_key(), "only this node's own numbers");
+        self.store.void(origin, seq, id)?;
+        self.stats.own_voided += 1;
+        self.arrived(&id);
+        self.seen_again(origin, seq);
+        Ok(())
+    }
+
     /// A local publish of a number this node has already seen: a resend of the same event
     /// (its answer was lost, or it came by another path) is fine; other content under the
     /// number (a producer that lost its sequence state, or equivocates) is refused, where
