@@ -837,14 +837,16 @@ impl Policy {
         }
     }
 
-    /// The egress transforms whose source pattern matches `stream`.
+    /// The egress transforms whose source pattern matches `stream`. None for a system
+    /// stream (`_weft.*`: policy bundles, erase requests), whatever the pattern (`>`).
     pub fn transforms_for<'a>(
         &'a self,
         stream: &'a StreamName,
     ) -> impl Iterator<Item = &'a Transform> + 'a {
+        let system = stream.is_system();
         self.transforms
             .iter()
-            .filter(move |t| t.source().matches(stream))
+            .filter(move |t| !system && t.source().matches(stream))
     }
 
     /// A transform by name.

@@ -115,6 +115,12 @@ impl Transform {
                 "matches the source pattern: the transform would feed itself",
             ));
         }
+        if target.is_system() {
+            return Err(invalid(
+                format!("{field}.target"),
+                "is a system stream (_weft.*): only the fabric writes those",
+            ));
+        }
         let fields = spec.drop.len()
             + spec.hash.len()
             + spec.mask.len()

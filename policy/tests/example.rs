@@ -460,6 +460,25 @@ fn transforms() {
     let source = stream("orders.eu.ie");
     let names: Vec<&str> = p.transforms_for(&source).map(|t| t.name()).collect();
     assert_eq!(names, ["orders-masked", "orders-per-country"]);
+    // Never a system stream (erase requests name principals and keys), even for a
+    // transform whose source pattern names them; and never onto one.
+    let everything = EXAMPLE.replace(
+        "[transforms.orders-per-country]",
+        "[transforms.all-counts]\nsource = \"_weft.>\"\ntarget = \"counts.all\"\n\
+         classification = \"public\"\naggregate = { window_s = 60, group_by = [\"country\"] }\n\n\
+         [transforms.orders-per-country]",
+    );
+    let wide = Policy::compile(&Bundle::from_toml(&everything).unwrap()).unwrap();
+    assert_eq!(wide.transforms_for(&stream("_weft.erase")).count(), 0);
+    let onto_system = EXAMPLE.replace(
+        "target = \"orders.global.per-country\"",
+        "target = \"_weft.copies\"",
+    );
+    let err = match Bundle::from_toml(&onto_system) {
+        Err(e) => e.to_string(),
+        Ok(b) => Policy::compile(&b).unwrap_err().to_string(),
+    };
+    assert!(err.contains("system stream"), "{err}");
     let t = p.transform("orders-masked").unwrap();
     let id = EventId([0xab; 32]);
     let payload = br#"{"customer":{"id":"c-17","email":"a@b.eu","address":"1 Main St","tier":"gold"},"card":"4111111111111111","total":42,"country":"IE"}"#;
