@@ -1760,6 +1760,11 @@ async fn subscribe(
         let mut committed = api2.committed.clone();
         let mut closing = api2.closing.clone();
         'outer: loop {
+            // A stopping node ends every stream, busy ones too (a graceful stop waits for
+            // open connections).
+            if *closing.borrow() {
+                break;
+            }
             // The first policy decides who reads from then on: a subscription opened
             // without a token ends (the client reconnects with one), audited and counted.
             if opened_open && let Some(p) = api2.policy.policy() {
@@ -1818,8 +1823,11 @@ async fn subscribe(
                 let ev = SseEvent::default()
                     .id(pos.to_string())
                     .data(value.to_string());
-                if tx.send(Ok(ev)).await.is_err() {
-                    break 'outer;
+                // A client that stops reading holds this send: a stopping node does not
+                // wait for it.
+                tokio::select! {
+                    sent = tx.send(Ok(ev)) => if sent.is_err() { break 'outer },
+                    _ = closing.changed() => break 'outer,
                 }
                 after = pos;
             }

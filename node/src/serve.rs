@@ -330,14 +330,26 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         None => None,
     };
     let app = crate::http::router(api, raw.limits.http_body_max);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // End SSE streams, or the graceful shutdown would wait for them forever.
-            let _ = closing_tx.send(true);
-        })
-        .await
-        .context("HTTP server")?;
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        // End SSE streams, or the graceful shutdown would wait for them forever.
+        let _ = closing_tx.send(true);
+        let _ = stopping_tx.send(true);
+    });
+    // A graceful stop waits for open connections, but not for ever: a client that stopped
+    // reading (its SSE events still queued for it) would hold the stop, and with it the
+    // last commit and the aggregation windows' flush.
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served.context("HTTP server")?,
+        () = async {
+            let _ = stopping_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(HTTP_DRAIN_MAX).await;
+        } => tracing::warn!(
+            after_s = HTTP_DRAIN_MAX.as_secs(),
+            "HTTP connections still open after the stop signal; stopping without them"
+        ),
+    }
     info!("shutting down");
     // Open aggregation windows: their summaries are published before the driver stops.
     crate::egress::flush_at_shutdown(&api_at_shutdown).await;
@@ -350,6 +362,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     audit.flush(AUDIT_FLUSH_LIMIT);
     Ok(())
 }
+
+/// Longest a graceful stop waits for open HTTP connections after the stop signal.
+const HTTP_DRAIN_MAX: Duration = Duration::from_secs(3);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

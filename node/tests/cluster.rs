@@ -1446,6 +1446,58 @@ fn a_full_store_refuses_publishes_before_signing_them() {
     });
 }
 
+/// A graceful stop (SIGTERM) does not wait for a client that stopped reading its
+/// subscription: before, the stream's task waited on its send and the HTTP server on the
+/// connection, and the node never stopped (nor made its last commit).
+#[test]
+fn a_graceful_stop_does_not_wait_for_a_client_that_stopped_reading() {
+    rt().block_on(async {
+        let mut c = Cluster::new("stuckreader", 30, &three_regions()[..1], "");
+        c.start(0);
+        c.wait_healthy(0).await;
+        let pad = "x".repeat(4000);
+        for b in 0..40 {
+            let data: Vec<Value> = (0..100)
+                .map(|i| json!({"i": b * 100 + i, "pad": pad}))
+                .collect();
+            let (s, v) = c.publish(0, "big", "local", &data).await;
+            assert_eq!(s, 200, "{v}");
+        }
+        // 16 MB of events to a subscriber that never reads its body.
+        let stuck = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/big/subscribe"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stuck.status(), 200);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pid = c.nodes[0].child.as_ref().unwrap().id();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut child = c.nodes[0].child.take().unwrap();
+        let mut exited = None;
+        for _ in 0..150 {
+            exited = child.try_wait().unwrap();
+            if exited.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if exited.is_none() {
+            let _ = child.kill();
+        }
+        assert!(
+            exited.is_some_and(|s| s.success()),
+            "the node did not stop within 15 s of SIGTERM:\n{}",
+            c.log(0)
+        );
+        drop(stuck);
+    });
+}
+
 /// A durable subscription whose position the node cannot keep (`limits.cursors_max`
 /// reached) is told so (507 `cursors_full`, counted), not answered 200 and forgotten.
 #[test]
