@@ -64,6 +64,11 @@ pub(crate) struct Api {
     /// CloudEvents being published by requests in flight (idempotency across concurrent
     /// requests).
     pub(crate) ce_claims: Arc<crate::ce_claims::CeClaims>,
+    /// Per (principal, stream): when its last `read_filtered` audit entry was written and
+    /// how many events were left out since (`audit_left_out`).
+    pub(crate) filtered_audit: Mutex<HashMap<(String, String), (Instant, u64)>>,
+    /// One permit per open subscription (`limits.subscribers_max`), taken at admission.
+    pub(crate) subscriber_slots: Arc<tokio::sync::Semaphore>,
     /// The store is at `limits.events_max` (set by the driver after each commit):
     /// publishes are refused before anything is signed.
     pub(crate) store_full: Arc<std::sync::atomic::AtomicBool>,
@@ -178,6 +183,11 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Arc<
         }
     }
 }
+
+/// How often a principal's reads of one stream write a `read_filtered` audit entry.
+const FILTERED_AUDIT_EVERY: Duration = Duration::from_secs(10);
+/// Most (principal, stream) pairs whose `read_filtered` counts wait for their next entry.
+const FILTERED_AUDIT_KEYS_MAX: usize = 4096;
 
 /// Longest a CloudEvents publish waits for another request publishing the same event
 /// (`ce_claims.rs`) before it is refused with 409 `publish_in_progress`.
@@ -1523,6 +1533,40 @@ fn audit_left_out(api: &Api, guard: &ReadGuard, stream: &str, left_out: u64) {
         return;
     }
     api.metrics.reject_n("read_filtered", left_out);
+    // Audited at most once per principal and stream every `FILTERED_AUDIT_EVERY`, with
+    // the count since the last entry: on a stream several tenants share, leaving events
+    // out is the normal case, and an entry per page or SSE batch flooded the audit log
+    // (its queue then dropped genuine denials). The metric counts every event.
+    let left_out = {
+        let mut due = api
+            .filtered_audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if due.len() >= FILTERED_AUDIT_KEYS_MAX {
+            due.retain(|_, (at, _)| now.duration_since(*at) < FILTERED_AUDIT_EVERY);
+        }
+        let key = (guard.principal.name.clone(), stream.to_string());
+        match due.get_mut(&key) {
+            // Within the interval: counted for the next entry.
+            Some(e) if now.duration_since(e.0) < FILTERED_AUDIT_EVERY => {
+                e.1 += left_out;
+                return;
+            }
+            Some(e) => {
+                let n = e.1 + left_out;
+                *e = (now, 0);
+                n
+            }
+            None => {
+                // Still full of pairs seen within the interval: audited at once, untracked.
+                if due.len() < FILTERED_AUDIT_KEYS_MAX {
+                    due.insert(key, (now, 0));
+                }
+                left_out
+            }
+        }
+    };
     api.audit.deny(
         "read_filtered",
         Some(&guard.principal.name),
@@ -1689,7 +1733,9 @@ async fn subscribe(
         };
         api.authorize_stream(g, &name, &what)?;
     }
-    if api.metrics.subscribers.get() as usize >= api.subscribers_max {
+    // Taken now and held by the stream's task: concurrent admissions cannot pass the
+    // limit together.
+    let Ok(slot) = api.subscriber_slots.clone().try_acquire_owned() else {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_subscribers",
@@ -1700,7 +1746,7 @@ async fn subscribe(
         );
         e.retry_after = Some(5);
         return Err(api.fail(e));
-    }
+    };
     if let Some(d) = &q.durable {
         check_durable_name(&api, &name, d)?;
     }
@@ -1843,6 +1889,7 @@ async fn subscribe(
             }
         }
         api2.metrics.subscribers.dec();
+        drop(slot);
     });
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -286,6 +286,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         body_max: raw.limits.http_body_max,
         sign_gate: tokio::sync::Mutex::new(()),
         ce_claims: Default::default(),
+        filtered_audit: Mutex::new(HashMap::new()),
+        subscriber_slots: Arc::new(tokio::sync::Semaphore::new(raw.limits.subscribers_max)),
         store_full,
         events_max: raw.limits.events_max,
         producer: Mutex::new(Producer {

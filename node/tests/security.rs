@@ -694,6 +694,25 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         let (_, b) = table(&c, RIVAL_TOKEN, Method::GET, "/v1/tables/shared.prefs", None).await;
         let all = vec![json!("secret"), json!("theme"), json!("zeta")];
         assert_eq!(keys(&b), all, "{b}");
+        // Reading the shared table's stream leaves the other tenant's writes out: every
+        // one counted, but audited once per principal and stream every 10 s with the
+        // count (an entry per page flooded the audit log).
+        let entries_before = c.get_auth(0, "/v1/audit?reason=read_filtered&limit=1000").await
+            ["entries"]
+            .as_array()
+            .map_or(0, Vec::len);
+        let filtered_before = rejected(&c, 0, "read_filtered").await;
+        for _ in 0..3 {
+            let (s, b) = table(&c, &me, Method::GET, "/v1/streams/shared.prefs/events?after=0", None).await;
+            assert_eq!(s, 200, "{b}");
+        }
+        assert_eq!(rejected(&c, 0, "read_filtered").await, filtered_before + 9, "3 reads x 3 globex writes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let entries_after = c.get_auth(0, "/v1/audit?reason=read_filtered&limit=1000").await
+            ["entries"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(entries_after, entries_before + 1, "one audit entry for the three reads");
         let before = rejected(&c, 0, "digest_forbidden").await;
         let r = table(&c, &me, Method::GET, "/v1/tables/shared.prefs?digest=true", None).await;
         assert_refused(&c, 0, "digest of a shared table", r, (403, "digest_forbidden"), before).await;
