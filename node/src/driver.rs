@@ -133,8 +133,8 @@ pub(crate) enum Command {
         started: Instant,
         reply: oneshot::Sender<Result<Published, PublishError>>,
     },
-    /// Save a durable subscription cursor (durable at the next commit); `reply` gets why
-    /// it could not be (its table full, a field too long).
+    /// Save a durable subscription cursor; `reply` is answered once it is committed, or
+    /// with why it could not be (its table full, a field too long).
     SaveCursor {
         name: String,
         stream: String,
@@ -292,6 +292,8 @@ pub(crate) struct Driver {
     store_full: Arc<std::sync::atomic::AtomicBool>,
     /// CloudEvents claims of the publishes since the last commit (released after it).
     claims: Vec<crate::ce_claims::Claim>,
+    /// Cursor saves waiting for the commit that makes them durable.
+    cursor_replies: Vec<oneshot::Sender<Result<(), crate::store::RecordError>>>,
 }
 
 impl Driver {
@@ -340,6 +342,7 @@ impl Driver {
             late_tables: BTreeSet::new(),
             store_full: Arc::default(),
             claims: Vec::new(),
+            cursor_replies: Vec::new(),
         }
     }
 
@@ -863,11 +866,15 @@ impl Driver {
                 pos,
                 reply,
             } => {
-                let saved = self.node_store().cursor_set(&name, &stream, pos);
-                if let Err(e) = &saved {
-                    warn!(cursor = %name, error = %e, "saving a cursor failed");
+                match self.node_store().cursor_set(&name, &stream, pos) {
+                    // Answered once it is on disk (`commit`): an acknowledgement answered
+                    // 200 survives a crash right after.
+                    Ok(()) => self.cursor_replies.push(reply),
+                    Err(e) => {
+                        warn!(cursor = %name, error = %e, "saving a cursor failed");
+                        let _ = reply.send(Err(e));
+                    }
                 }
-                let _ = reply.send(saved);
             }
             Command::DrainWindows { reply } => {
                 let _ = reply.send(self.aggregator.drain());
@@ -1436,6 +1443,15 @@ impl Driver {
                 (Ack::Regions(n), true) if n > 1 => self.confirming.push(w),
                 _ => self.answer(w, durable),
             }
+        }
+        for reply in std::mem::take(&mut self.cursor_replies) {
+            let _ = reply.send(if durable {
+                Ok(())
+            } else {
+                Err(crate::store::RecordError::Store(
+                    weft_fabric::mesh::StoreError::Backend("the commit failed".into()),
+                ))
+            });
         }
         if durable {
             for (tx, ids) in std::mem::take(&mut self.confirm_replies) {
