@@ -59,7 +59,9 @@ const RECENT_SOURCES_MAX: usize = 65_536;
 
 /// Aggregation windows open at once, all (epoch, transform, tenant) triples together. One
 /// window per aggregating transform and tenant: 64 transforms (`TRANSFORMS_MAX`) for four
-/// tenants each. A new window beyond it is refused (`windows_full`, counted).
+/// tenants each. A new window beyond it closes the one that started first early (its
+/// summaries go out as at its end): no tenant's events are refused because others'
+/// windows fill the table.
 pub(crate) const WINDOWS_MAX: usize = 256;
 
 /// Estimated memory of all open windows together, bytes. Each group holds its key (part of
@@ -108,8 +110,6 @@ pub(crate) enum Failure {
     /// The store refused the source (full, erased, a reused number): its derivatives are
     /// not published.
     SourceRefused,
-    /// [`WINDOWS_MAX`] windows are open.
-    WindowsFull,
     /// The flusher's queue ([`FLUSH_QUEUE_LEN_MAX`]) is full: summaries dropped.
     FlushQueueFull,
     /// The node stopped before an open window's summaries were committed.
@@ -130,7 +130,6 @@ impl Failure {
             Failure::Sign(_) => "sign_failed",
             Failure::StoreRefused(_) => "store_refused",
             Failure::SourceRefused => "source_refused",
-            Failure::WindowsFull => "windows_full",
             Failure::FlushQueueFull => "flush_queue_full",
             Failure::DroppedAtShutdown => "dropped_at_shutdown",
         }
@@ -161,7 +160,6 @@ impl std::fmt::Display for Failure {
                 f,
                 "the store refused the source event, so its derivative is not published"
             ),
-            Failure::WindowsFull => write!(f, "WINDOWS_MAX ({WINDOWS_MAX}) windows are open"),
             Failure::FlushQueueFull => write!(
                 f,
                 "the flusher's queue is full (FLUSH_QUEUE_LEN_MAX {FLUSH_QUEUE_LEN_MAX})"
@@ -640,15 +638,15 @@ impl Aggregator {
             {
                 self.close(&key);
             }
-            if !self.windows.contains_key(&key) && self.windows.len() >= WINDOWS_MAX {
-                fail(
-                    &self.metrics,
-                    &self.audit,
-                    &Failure::WindowsFull,
-                    t.name(),
-                    &id.to_string(),
-                );
-                continue;
+            if !self.windows.contains_key(&key)
+                && self.windows.len() >= WINDOWS_MAX
+                && let Some(oldest) = self
+                    .windows
+                    .iter()
+                    .min_by(|a, b| (a.1.start_ms, a.0).cmp(&(b.1.start_ms, b.0)))
+                    .map(|(k, _)| k.clone())
+            {
+                self.close(&oldest);
             }
             let mut attempt = 0;
             loop {
@@ -1046,14 +1044,29 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
         assert!(agg.drain().is_empty());
     }
 
+    /// Open windows are bounded: one more closes the one that started first early, so no
+    /// event is refused (before, the new tenant's events were refused for the rest of the
+    /// window: one publisher naming many tenants starved the others).
     #[test]
-    fn open_windows_are_bounded_and_a_refusal_is_counted() {
-        let (mut agg, _rx, metrics) = aggregator();
-        for i in 0..=WINDOWS_MAX as u64 {
+    fn open_windows_are_bounded_and_the_oldest_closes_early() {
+        let (mut agg, mut rx, metrics) = aggregator();
+        agg.add(&profile(1, "early", "IE", 1), T0 - WINDOW_MS / 2);
+        for i in 1..=WINDOWS_MAX as u64 {
             agg.add(&profile(i + 1, &format!("t{i}"), "IE", 1), T0);
         }
         assert_eq!(metrics.egress_windows.get(), WINDOWS_MAX as i64);
-        assert_eq!(failures(&metrics, "windows_full"), 1);
+        let early = take(&mut rx);
+        assert_eq!(
+            totals(&early).keys().collect::<Vec<_>>(),
+            [&("early".to_string(), "IE".to_string())],
+            "the oldest window closed early"
+        );
+        let rest = agg.drain();
+        assert_eq!(
+            rest.len(),
+            WINDOWS_MAX,
+            "every other tenant's event aggregated"
+        );
     }
 
     #[test]
