@@ -224,6 +224,20 @@ struct Recent {
 
 impl Egress {
     /// Records a pre-signed source as derived from; false if it already was.
+    /// Forgets sources whose publish failed (refused by the store, erased, the node
+    /// stopping): a retry of the same envelope, once accepted, gets its derivatives.
+    pub(crate) fn forget(&self, ids: &[EventId]) {
+        let mut r = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in ids {
+            if r.set.remove(id) {
+                r.order.retain(|o| o != id);
+            }
+        }
+    }
+
     fn first_time(&self, id: EventId) -> bool {
         let mut r = self
             .recent
@@ -1176,5 +1190,20 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
         assert_eq!(r.set.len(), RECENT_SOURCES_MAX);
         assert_eq!(r.order.len(), RECENT_SOURCES_MAX);
         assert!(!r.set.contains(&id(0)), "the oldest id is forgotten first");
+    }
+
+    /// A source whose publish failed is forgotten: its retry, once taken, is derived from
+    /// (before, the retry got no derivative: the id was recorded when the failed attempt
+    /// was derived from).
+    #[test]
+    fn a_source_whose_publish_failed_is_derived_from_on_its_retry() {
+        let egress = Egress::default();
+        let id = EventId([7; 32]);
+        assert!(egress.first_time(id));
+        egress.forget(&[id]);
+        assert!(egress.first_time(id), "the retry is derived from");
+        assert!(!egress.first_time(id), "once");
+        let r = egress.recent.lock().unwrap();
+        assert_eq!((r.set.len(), r.order.len()), (1, 1));
     }
 }

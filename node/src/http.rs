@@ -1423,8 +1423,17 @@ async fn submit(
 ) -> ApiResult<Response> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     let permit = reserve(api)?;
+    let ids: Vec<weft_fabric::EventId> = events.iter().map(|e| e.id()).collect();
     crate::egress::send_presigned(api, permit, events, dedup, ack, started, reply).await;
-    let out = wait_published(api, rx).await?;
+    let out = match wait_published(api, rx).await {
+        Ok(out) => out,
+        Err(e) => {
+            // Not taken: a retry that is taken must get its derivatives (their
+            // exactly-once record was written when they were made).
+            api.egress.forget(&ids);
+            return Err(e);
+        }
+    };
     Ok(published_response(&out, out.complete))
 }
 
