@@ -110,6 +110,9 @@ pub(crate) enum Failure {
     /// The store refused the source (full, erased, a reused number): its derivatives are
     /// not published.
     SourceRefused,
+    /// A window's transform is not in the policy in force (this epoch) any more: its
+    /// summaries are not published.
+    Withdrawn(u64),
     /// The flusher's queue ([`FLUSH_QUEUE_LEN_MAX`]) is full: summaries dropped.
     FlushQueueFull,
     /// The node stopped before an open window's summaries were committed.
@@ -130,6 +133,7 @@ impl Failure {
             Failure::Sign(_) => "sign_failed",
             Failure::StoreRefused(_) => "store_refused",
             Failure::SourceRefused => "source_refused",
+            Failure::Withdrawn(_) => "transform_withdrawn",
             Failure::FlushQueueFull => "flush_queue_full",
             Failure::DroppedAtShutdown => "dropped_at_shutdown",
         }
@@ -159,6 +163,10 @@ impl std::fmt::Display for Failure {
             Failure::SourceRefused => write!(
                 f,
                 "the store refused the source event, so its derivative is not published"
+            ),
+            Failure::Withdrawn(epoch) => write!(
+                f,
+                "policy epoch {epoch} no longer has this aggregate: the window's summaries are not published"
             ),
             Failure::FlushQueueFull => write!(
                 f,
@@ -737,11 +745,30 @@ impl Aggregator {
         let Some(t) = w.policy.transform(name) else {
             return Vec::new();
         };
+        // A window opened under an older epoch goes out only if the policy in force still
+        // has its transform (an aggregate onto the same target), and is stamped under that
+        // policy: an epoch that withdraws a leaking aggregate stops what its windows hold.
+        let policy = match self.policy.policy() {
+            Some(now) if now.epoch() != w.policy.epoch() => match now.transform(name) {
+                Some(n) if n.is_aggregate() && n.target() == t.target() => now,
+                _ => {
+                    fail(
+                        &self.metrics,
+                        &self.audit,
+                        &Failure::Withdrawn(now.epoch()),
+                        name,
+                        "window",
+                    );
+                    return Vec::new();
+                }
+            },
+            _ => w.policy.clone(),
+        };
         w.window
             .finish(t, w.start_ms)
             .into_iter()
             .map(|derived| Pending {
-                policy: w.policy.clone(),
+                policy: policy.clone(),
                 tenant: tenant.clone(),
                 transform: name.clone(),
                 derived,
@@ -1040,6 +1067,42 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
         }
         assert_eq!(metrics.egress_windows.get(), 0);
         assert_eq!(metrics.egress_window_bytes.get(), 0);
+    }
+
+    /// A window of an older epoch whose transform the policy in force withdrew is not
+    /// published (before, it went out under the old epoch's rules); one whose transform
+    /// is still there is, stamped under the new policy.
+    #[test]
+    fn a_window_of_a_withdrawn_aggregate_is_not_published() {
+        for keep in [false, true] {
+            let (mut agg, _rx, metrics) = aggregator();
+            agg.add(&profile(1, "acme", "IE", 1), T0);
+            let old = agg.policy.policy().unwrap();
+            let mut text = old.bundle().clone();
+            text.epoch = 3;
+            if !keep {
+                text.transforms.clear();
+            }
+            let policy = Arc::new(Policy::compile(&text).unwrap());
+            agg.policy.set(crate::policy_state::Applied {
+                policy,
+                signers: Vec::new(),
+                signed: Arc::new(Vec::new()),
+            });
+            let out = agg.drain();
+            if keep {
+                assert_eq!(out.len(), 1);
+                assert_eq!(
+                    out[0].policy.epoch(),
+                    3,
+                    "stamped under the policy in force"
+                );
+                assert_eq!(failures(&metrics, "transform_withdrawn"), 0);
+            } else {
+                assert!(out.is_empty(), "{out:?}");
+                assert_eq!(failures(&metrics, "transform_withdrawn"), 1);
+            }
+        }
     }
 
     #[test]
