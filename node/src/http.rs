@@ -184,6 +184,9 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Arc<
     }
 }
 
+/// Events rendered and waiting for one SSE subscriber's connection.
+const SSE_QUEUE_LEN: usize = 16;
+
 /// How often a principal's reads of one stream write a `read_filtered` audit entry.
 const FILTERED_AUDIT_EVERY: Duration = Duration::from_secs(10);
 /// Most (principal, stream) pairs whose `read_filtered` counts wait for their next entry.
@@ -1513,27 +1516,25 @@ fn check_stream(api: &Api, stream: &str) -> ApiResult<StreamName> {
 
 /// Decodes log entries into CloudEvents JSON objects with their cursor, leaving out the
 /// events the guard's principal may not read. Returns them and how many were left out.
-fn render_entries(
-    entries: Vec<crate::store::LogEntry>,
+/// One log entry as the CloudEvent JSON text a reader gets (`weftcursor` added), or `None`
+/// when the reader may not read it (counted in `left_out`) or it does not decode. Rendered
+/// one at a time and kept as text: a JSON tree costs many times its text, and a page holds
+/// up to 8 MiB of envelopes.
+fn render_one(
+    entry: &crate::store::LogEntry,
     guard: Option<&ReadGuard>,
-) -> (Vec<(u64, Value)>, u64) {
-    let mut left_out = 0u64;
-    let rendered = entries
-        .into_iter()
-        .filter_map(|e| {
-            let u = weft_fabric::decode(&e.envelope).ok()?;
-            if let Some(g) = guard
-                && !g.allows(u.claimed_data())
-            {
-                left_out += 1;
-                return None;
-            }
-            let mut obj = cloudevents::render(u.claimed_data());
-            obj.insert("weftcursor".into(), Value::String(e.pos.to_string()));
-            Some((e.pos, Value::Object(obj)))
-        })
-        .collect();
-    (rendered, left_out)
+    left_out: &mut u64,
+) -> Option<String> {
+    let u = weft_fabric::decode(&entry.envelope).ok()?;
+    if let Some(g) = guard
+        && !g.allows(u.claimed_data())
+    {
+        *left_out += 1;
+        return None;
+    }
+    let mut obj = cloudevents::render(u.claimed_data());
+    obj.insert("weftcursor".into(), Value::String(entry.pos.to_string()));
+    Some(Value::Object(obj).to_string())
 }
 
 /// Counts and audits events left out of a read (one entry per page, not per event).
@@ -1622,16 +1623,22 @@ async fn read_events(
     let entries = read_store(&api, move |r| r.read_log(name.as_str(), after, limit)).await?;
     // The cursor moves past events left out too, so a reader never rereads them.
     let next = entries.last().map(|e| e.pos).unwrap_or(after);
-    let (rendered, left_out) = render_entries(entries, guard.as_ref());
+    let mut left_out = 0;
+    let mut body = String::from("[");
+    for e in &entries {
+        if let Some(text) = render_one(e, guard.as_ref(), &mut left_out) {
+            if body.len() > 1 {
+                body.push(',');
+            }
+            body.push_str(&text);
+        }
+    }
+    body.push(']');
+    drop(entries);
     if let Some(g) = &guard {
         audit_left_out(&api, g, &stream_name, left_out);
     }
-    let body: Vec<Value> = rendered.into_iter().map(|(_, v)| v).collect();
-    let mut resp = (
-        [(header::CONTENT_TYPE, cloudevents::CE_BATCH_JSON)],
-        serde_json::to_string(&body).unwrap_or_default(),
-    )
-        .into_response();
+    let mut resp = ([(header::CONTENT_TYPE, cloudevents::CE_BATCH_JSON)], body).into_response();
     resp.headers_mut()
         .insert("weft-next-cursor", HeaderValue::from(next));
     Ok(resp)
@@ -1805,7 +1812,8 @@ async fn subscribe(
         h
     });
     let mut epoch_seen = api.policy.epoch();
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    // A few events queued per subscriber: a client that reads slowly holds little.
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_QUEUE_LEN);
     let api2 = api.clone();
     let mut guard = guard;
     // Opened while reads needed no token (no policy in force, not an admin's system read).
@@ -1814,7 +1822,7 @@ async fn subscribe(
     tokio::spawn(async move {
         let mut committed = api2.committed.clone();
         let mut closing = api2.closing.clone();
-        'outer: loop {
+        loop {
             // A stopping node ends every stream, busy ones too (a graceful stop waits for
             // open connections).
             if *closing.borrow() {
@@ -1870,21 +1878,31 @@ async fn subscribe(
             };
             let n = entries.len();
             let last = entries.last().map(|e| e.pos);
-            let (rendered, left_out) = render_entries(entries, guard.as_ref());
+            // Each event rendered just before it is sent, not the whole batch first.
+            let mut left_out = 0;
+            let mut ended = false;
+            for e in &entries {
+                let Some(text) = render_one(e, guard.as_ref(), &mut left_out) else {
+                    continue;
+                };
+                let ev = SseEvent::default().id(e.pos.to_string()).data(text);
+                // A client that stops reading holds this send: a stopping node does not
+                // wait for it.
+                ended = tokio::select! {
+                    sent = tx.send(Ok(ev)) => sent.is_err(),
+                    _ = closing.changed() => true,
+                };
+                if ended {
+                    break;
+                }
+                after = e.pos;
+            }
+            drop(entries);
             if let Some(g) = &guard {
                 audit_left_out(&api2, g, name.as_str(), left_out);
             }
-            for (pos, value) in rendered {
-                let ev = SseEvent::default()
-                    .id(pos.to_string())
-                    .data(value.to_string());
-                // A client that stops reading holds this send: a stopping node does not
-                // wait for it.
-                tokio::select! {
-                    sent = tx.send(Ok(ev)) => if sent.is_err() { break 'outer },
-                    _ = closing.changed() => break 'outer,
-                }
-                after = pos;
+            if ended {
+                break;
             }
             // Past the events left out too.
             after = last.map_or(after, |l| l.max(after));
