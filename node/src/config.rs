@@ -404,6 +404,21 @@ impl NodeConfig {
                 )
             ));
         }
+        // Semaphores hold these as permits: past their bound the node would panic at start.
+        for (field, value) in [
+            ("limits.subscribers_max", l.subscribers_max),
+            ("limits.publishes_inflight_max", l.publishes_inflight_max),
+        ] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                bail!(field_err(
+                    field,
+                    format!(
+                        "is too large (at most {})",
+                        tokio::sync::Semaphore::MAX_PERMITS
+                    )
+                ));
+            }
+        }
         if l.publish_bytes_inflight_max / 1024 > tokio::sync::Semaphore::MAX_PERMITS {
             bail!(field_err(
                 "limits.publish_bytes_inflight_max",
@@ -522,6 +537,11 @@ http = "127.0.0.1:8400"
             (
                 format!("{GOOD}\n[limits]\nevents_max = 0\n"),
                 "limits.events_max",
+            ),
+            // Past a semaphore's bound the node panicked at start.
+            (
+                format!("{GOOD}\n[limits]\nsubscribers_max = 9223372036854775807\n"),
+                "limits.subscribers_max",
             ),
             (
                 format!(

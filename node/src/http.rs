@@ -1514,8 +1514,6 @@ fn check_stream(api: &Api, stream: &str) -> ApiResult<StreamName> {
     Ok(name)
 }
 
-/// Decodes log entries into CloudEvents JSON objects with their cursor, leaving out the
-/// events the guard's principal may not read. Returns them and how many were left out.
 /// One log entry as the CloudEvent JSON text a reader gets (`weftcursor` added), or `None`
 /// when the reader may not read it (counted in `left_out`) or it does not decode. Rendered
 /// one at a time and kept as text: a JSON tree costs many times its text, and a page holds
@@ -1537,7 +1535,8 @@ fn render_one(
     Some(Value::Object(obj).to_string())
 }
 
-/// Counts and audits events left out of a read (one entry per page, not per event).
+/// Counts events left out of a read (every one, in `weft_rejected_total`) and audits them
+/// (at most one entry per principal and stream every `FILTERED_AUDIT_EVERY`).
 fn audit_left_out(api: &Api, guard: &ReadGuard, stream: &str, left_out: u64) {
     if left_out == 0 {
         return;
@@ -1546,7 +1545,9 @@ fn audit_left_out(api: &Api, guard: &ReadGuard, stream: &str, left_out: u64) {
     // Audited at most once per principal and stream every `FILTERED_AUDIT_EVERY`, with
     // the count since the last entry: on a stream several tenants share, leaving events
     // out is the normal case, and an entry per page or SSE batch flooded the audit log
-    // (its queue then dropped genuine denials). The metric counts every event.
+    // (its queue then dropped genuine denials). The metric counts every event; the
+    // audit's counts of reads within the interval are written with the next read of the
+    // pair after it, so the last reads' may never be (the metric has them).
     let left_out = {
         let mut due = api
             .filtered_audit
