@@ -248,6 +248,22 @@ impl ReadGuard {
             .allowed
     }
 
+    /// Whether the principal may read (or subscribe to) `stream` as a whole: its tenant,
+    /// the classification of the stream's rule.
+    fn stream_decision(&self, stream: &StreamName) -> weft_policy::Decision {
+        self.policy.authorize(&weft_policy::AccessRequest {
+            principal: &self.principal.name,
+            action: self.action,
+            stream,
+            tenant: &self.principal.tenant,
+            classification: self
+                .policy
+                .stream_rule(stream)
+                .map(|r| r.classification.as_str()),
+            region: &self.region,
+        })
+    }
+
     /// The principal reading.
     pub(crate) fn principal(&self) -> &str {
         &self.principal.name
@@ -441,18 +457,7 @@ impl Api {
         stream: &StreamName,
         what: &str,
     ) -> ApiResult<()> {
-        let classification = guard
-            .policy
-            .stream_rule(stream)
-            .map(|r| r.classification.as_str());
-        let decision = guard.policy.authorize(&weft_policy::AccessRequest {
-            principal: &guard.principal.name,
-            action: guard.action,
-            stream,
-            tenant: &guard.principal.tenant,
-            classification,
-            region: &guard.region,
-        });
+        let decision = guard.stream_decision(stream);
         if decision.allowed {
             return Ok(());
         }
@@ -1683,22 +1688,7 @@ async fn event_by_id(
     // refusal is counted and audited as `read_forbidden`.
     if let Some(g) = guard.as_ref().filter(|_| !system) {
         let stream = event.claimed_data().stream();
-        let rule_class = g
-            .policy
-            .stream_rule(stream)
-            .map(|r| r.classification.as_str());
-        let stream_allowed = g
-            .policy
-            .authorize(&weft_policy::AccessRequest {
-                principal: &g.principal.name,
-                action: g.action,
-                stream,
-                tenant: &g.principal.tenant,
-                classification: rule_class,
-                region: &g.region,
-            })
-            .allowed;
-        if !stream_allowed || !g.allows(event.claimed_data()) {
+        if !g.stream_decision(stream).allowed || !g.allows(event.claimed_data()) {
             let epoch = g.policy.epoch();
             api.metrics.reject("read_forbidden");
             api.audit.record(

@@ -1244,8 +1244,16 @@ impl<S: Store> Node<S> {
     /// node's later events are not held up anywhere.
     pub fn void_own(&mut self, now: Micros, event: &Event) -> Result<(), StoreError> {
         self.advance(now);
-        let (origin, seq, id) = (event.origin(), event.seq(), event.id());
-        debug_assert_eq!(origin, self.me.node_key(), "only this node's own numbers");
+        debug_assert_eq!(
+            event.origin(),
+            self.me.node_key(),
+            "only this node's own numbers"
+        );
+        self.void_number(event.origin(), event.seq(), event.id())
+    }
+
+    /// Voids one of this node's own numbers in the store and takes it as seen.
+    fn void_number(&mut self, origin: OriginKey, seq: u64, id: EventId) -> Result<(), StoreError> {
         self.store.void(origin, seq, id)?;
         self.stats.own_voided += 1;
         self.arrived(&id);
@@ -2521,13 +2529,8 @@ impl<S: Store> Node<S> {
                     // This node's own number, signed and now never to be stored: voided
                     // like an erased event (seen, answered with a Skip, kept across a
                     // restart), or its later events would wait for it everywhere.
-                    if own
-                        && !matches!(e, StoreError::Equivocation { .. })
-                        && self.store.void(origin, seq, id).is_ok()
-                    {
-                        self.stats.own_voided += 1;
-                        self.arrived(&id);
-                        self.seen_again(origin, seq);
+                    if own && !matches!(e, StoreError::Equivocation { .. }) {
+                        let _ = self.void_number(origin, seq, id);
                     }
                     return Err(e);
                 }
