@@ -673,21 +673,7 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
         // A graceful stop (SIGTERM) ends even with an SSE stream open.
         let open = tokio::spawn(sse_take(c.url(0, "/v1/streams/s/subscribe"), None, 6));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let pid = c.nodes[0].child.as_ref().unwrap().id();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let mut child = c.nodes[0].child.take().unwrap();
-        let mut exited = None;
-        for _ in 0..100 {
-            exited = child.try_wait().unwrap();
-            if exited.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let exited = c.stop_gracefully(0, Duration::from_secs(10)).await;
         assert!(
             exited.is_some_and(|s| s.success()),
             "node did not stop on SIGTERM"
@@ -1471,24 +1457,7 @@ fn a_graceful_stop_does_not_wait_for_a_client_that_stopped_reading() {
             .unwrap();
         assert_eq!(stuck.status(), 200);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let pid = c.nodes[0].child.as_ref().unwrap().id();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let mut child = c.nodes[0].child.take().unwrap();
-        let mut exited = None;
-        for _ in 0..150 {
-            exited = child.try_wait().unwrap();
-            if exited.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if exited.is_none() {
-            let _ = child.kill();
-        }
+        let exited = c.stop_gracefully(0, Duration::from_secs(15)).await;
         assert!(
             exited.is_some_and(|s| s.success()),
             "the node did not stop within 15 s of SIGTERM:\n{}",

@@ -788,21 +788,10 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        let pid = c.nodes[eu_a].child.as_ref().unwrap().id();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let mut child = c.nodes[eu_a].child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "eu-a did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let status = c
+            .stop_gracefully(eu_a, Duration::from_secs(15))
+            .await
+            .expect("eu-a did not stop on SIGTERM");
         assert!(status.success(), "eu-a exit status {status}");
         assert!(
             c.log(eu_a)

@@ -168,6 +168,31 @@ enabled = true
         }
     }
 
+    /// Stops node `i` with SIGTERM and waits up to `limit` for it to exit: its exit
+    /// status, or `None` when it is still running then (it is killed).
+    pub async fn stop_gracefully(
+        &mut self,
+        i: usize,
+        limit: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut child = self.nodes[i].child.take()?;
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
