@@ -983,11 +983,20 @@ pub(crate) async fn list(
             .unchecked_transaction()
             .map_err(|e| StoreError::Backend(backend(e)))?;
         let mut vis = Visibility::reader(guard);
-        let table_writers = writers(conn, name.as_str(), None).map_err(StoreError::Backend)?;
+        // Without a policy every write is visible: nothing to look up.
+        let all = matches!(vis, Visibility::All);
+        let table_writers = if all {
+            Vec::new()
+        } else {
+            writers(conn, name.as_str(), None).map_err(StoreError::Backend)?
+        };
         let sees_all = vis.allows_all(&name, &table_writers);
+        // A reader who may read every recorded write reads the rows as they are, unless
+        // some row has no recorded writers (a store migrating: those are replayed).
+        let rows_as_they_are = all || (sees_all && !unrecorded_rows(conn, name.as_str())?);
         // The digest hashes every value of the table: only for a reader who may see every
-        // write in it (and not while rows have no recorded writers: a store migrating).
-        if want_digest && (!sees_all || unrecorded_rows(conn, name.as_str())?) {
+        // write in it (and not while rows have no recorded writers).
+        if want_digest && !rows_as_they_are {
             return Ok(None);
         }
         // A reader who may not see every write: rows none of whose recorded writes it may
@@ -1057,8 +1066,12 @@ pub(crate) async fn list(
                     more = true;
                     break 'scan;
                 }
-                let seen = visible_state(conn, strategy, &name, &k, Some(state), &mut vis)
-                    .map_err(StoreError::Backend)?;
+                let seen = if rows_as_they_are {
+                    Some(state)
+                } else {
+                    visible_state(conn, strategy, &name, &k, Some(state), &mut vis)
+                        .map_err(StoreError::Backend)?
+                };
                 from.clone_from(&k);
                 if let Some(state) = seen.filter(|s| !s.is_absent()) {
                     keys.push((k, state));
