@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::store::SqliteStore;
 use crate::transport::{FromMesh, Outgoing, Reply, Transport};
 
+/// How often the driver runs a retention pass when the last one found no backlog.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Least time between two API snapshots taken after commits (the tick takes one too).
 const SNAPSHOT_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// Most inputs folded into one group commit.
@@ -294,6 +297,10 @@ pub(crate) struct Driver {
     claims: Vec<crate::ce_claims::Claim>,
     /// Cursor saves waiting for the commit that makes them durable.
     cursor_replies: Vec<oneshot::Sender<Result<(), crate::store::RecordError>>>,
+    /// When the next retention pass is due (`store/retention.rs`).
+    retention_due: Instant,
+    /// Whether the last pass stopped at the expired ranges' bound (warned once).
+    retention_blocked: bool,
 }
 
 impl Driver {
@@ -343,6 +350,8 @@ impl Driver {
             store_full: Arc::default(),
             claims: Vec::new(),
             cursor_replies: Vec::new(),
+            retention_due: Instant::now(),
+            retention_blocked: false,
         }
     }
 
@@ -440,6 +449,9 @@ impl Driver {
         state: Arc<crate::policy_state::PolicyState>,
     ) -> Self {
         self.metrics.policy_epoch.set(state.epoch() as i64);
+        self.node
+            .store_mut()
+            .set_retention(crate::store::RetentionRules::new(state.policy()));
         self.policy = Some((trust, state));
         self
     }
@@ -525,7 +537,51 @@ impl Driver {
             self.answer(w, true);
         }
         self.aggregator.tick(wall_ms().max(0) as u64);
+        if now >= self.retention_due {
+            self.retention_pass(now);
+        }
         self.publish_snapshot();
+    }
+
+    /// One retention pass (stream rules' `retention_s`, `retention_bytes`): its deletions
+    /// go into the open write transaction and are committed with this step. Runs every
+    /// [`RETENTION_INTERVAL`], or at the next tick while a backlog remains.
+    fn retention_pass(&mut self, now: Instant) {
+        let result = self.node.store_mut().expire(wall_ms().max(0) as u64);
+        self.retention_due = now + RETENTION_INTERVAL;
+        match result {
+            Ok(done) => {
+                for (cause, n) in [("age", done.by_age), ("size", done.by_size)] {
+                    if n > 0 {
+                        self.metrics
+                            .events_expired
+                            .get_or_create(&vec![("cause", cause.to_string())])
+                            .inc_by(n);
+                    }
+                }
+                if done.by_age + done.by_size > 0 {
+                    debug!(
+                        by_age = done.by_age,
+                        by_size = done.by_size,
+                        "retention pass"
+                    );
+                }
+                if done.more {
+                    self.retention_due = now;
+                }
+                if done.ranges_full && !self.retention_blocked {
+                    warn!(
+                        ranges = self.node.store().expired_ranges(),
+                        "retention stopped: the store keeps limits.events_max ranges of expired numbers already; raise events_max"
+                    );
+                }
+                self.retention_blocked = done.ranges_full;
+            }
+            Err(e) => warn!(error = %e, "retention pass failed"),
+        }
+        self.metrics
+            .expired_ranges
+            .set(self.node.store().expired_ranges() as i64);
     }
 
     fn on_mesh(&mut self, input: FromMesh) {
@@ -772,6 +828,15 @@ impl Driver {
                                 }) if *first == origin => seqs.push(seq),
                                 Some(_) => {}
                             }
+                        } else if let weft_fabric::mesh::StoreError::Erased { origin, seq } = e
+                            && self.node.store().expired_covers(&origin, seq)
+                        {
+                            // Its number is among those retention expired here (a
+                            // producer re-sending an old pre-signed event).
+                            refuse("expired");
+                            erased.get_or_insert(format!(
+                                "origin {origin} seq {seq} was stored here and has since expired under its stream's retention"
+                            ));
                         } else if let weft_fabric::mesh::StoreError::Erased { .. } = e {
                             refuse("erased");
                             erased.get_or_insert(e.to_string());
@@ -824,7 +889,7 @@ impl Driver {
                 }
                 if let Some(e) = erased {
                     let _ = reply.send(Err(PublishError::Erased(format!(
-                        "{e}: a recent erase covers it ({} of the request's events were accepted)",
+                        "{e}: not stored again ({} of the request's events were accepted)",
                         ids.len()
                     ))));
                     self.drain();
@@ -1343,6 +1408,9 @@ impl Driver {
                 self.metrics.policy_epoch.set(epoch as i64);
                 self.metrics.policy_applied.inc();
                 reconcile = true;
+                let rules = crate::store::RetentionRules::new(state.policy());
+                self.node.store_mut().set_retention(rules);
+                self.retention_due = Instant::now();
                 audit(
                     Apply,
                     "policy_applied",
@@ -1563,6 +1631,11 @@ impl Driver {
         stats.insert("store_commit_us_last", st.commit_us_last);
         stats.insert("store_erased", st.erased);
         stats.insert("store_erased_refused", st.erased_refused);
+        stats.insert("store_expired", st.expired);
+        stats.insert(
+            "store_expired_ranges",
+            self.node.store().expired_ranges() as u64,
+        );
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
         self.metrics.members.set(self.members.len() as i64);

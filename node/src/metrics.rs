@@ -68,6 +68,10 @@ pub(crate) struct Metrics {
     pub(crate) egress_derived: Family<Labels, Counter>,
     /// Egress derivations that failed (their sources accepted all the same), by reason.
     pub(crate) egress_failures: Family<Labels, Counter>,
+    /// Events deleted by stream retention, by cause (`age`, `size`).
+    pub(crate) events_expired: Family<Labels, Counter>,
+    /// Ranges of expired sequence numbers the store keeps (bounded by `events_max`).
+    pub(crate) expired_ranges: Gauge,
     /// Aggregation windows open.
     pub(crate) egress_windows: Gauge,
     /// Estimated bytes held by open aggregation windows.
@@ -119,6 +123,8 @@ impl Metrics {
             egress_derived: Family::default(),
             table_events: Family::default(),
             egress_failures: Family::default(),
+            events_expired: Family::default(),
+            expired_ranges: Gauge::default(),
             egress_windows: Gauge::default(),
             egress_window_bytes: Gauge::default(),
             registry: Registry::default(),
@@ -253,6 +259,16 @@ impl Metrics {
             "egress_failures",
             "Egress derivations that failed (sources still accepted), by reason",
             m.egress_failures.clone(),
+        );
+        registry.register(
+            "events_expired",
+            "Events deleted by stream retention (retention_s, retention_bytes), by cause",
+            m.events_expired.clone(),
+        );
+        registry.register(
+            "expired_ranges",
+            "Ranges of expired sequence numbers kept so peers get a Skip for them",
+            m.expired_ranges.clone(),
         );
         registry.register(
             "egress_windows",

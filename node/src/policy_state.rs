@@ -73,14 +73,16 @@ impl PolicyState {
 }
 
 /// Says, once per bundle applied, which of its settings the node accepts but does not
-/// enforce yet: stream rules' retention (events are kept until `limits.events_max`).
+/// apply: retention on a table stream (a rule with `conflict`), whose state is made of
+/// every write (`store/retention.rs`).
 fn warn_unenforced(applied: &Applied) {
     for rule in &applied.policy.bundle().streams {
-        if rule.retention_s.is_some() || rule.retention_bytes.is_some() {
+        if (rule.retention_s.is_some() || rule.retention_bytes.is_some()) && rule.conflict.is_some()
+        {
             tracing::warn!(
                 epoch = applied.policy.epoch(),
                 pattern = %rule.pattern,
-                "stream rule sets retention_s / retention_bytes, which this node does not enforce yet: its events are kept until limits.events_max"
+                "stream rule sets retention_s / retention_bytes on a table stream (conflict = ...): tables keep every write their state is made of, so this retention is not applied"
             );
         }
     }

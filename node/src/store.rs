@@ -29,6 +29,9 @@ use weft_fabric::mesh::ranges::RANGES_PER_ORIGIN_MAX;
 use weft_fabric::mesh::{EventRef, Inserted, SeqRanges, Store, StoreError};
 use weft_fabric::{Event, EventId, OriginKey};
 
+mod retention;
+pub(crate) use retention::RetentionRules;
+
 /// The schema version this build writes (`PRAGMA user_version`). A database with a newer
 /// version is refused rather than misread.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
@@ -262,6 +265,8 @@ pub(crate) struct StoreStats {
     pub(crate) erased: u64,
     /// Inserts refused as covered by an erase rule (or erased before).
     pub(crate) erased_refused: u64,
+    /// Events deleted by retention (stream rules' `retention_s`, `retention_bytes`).
+    pub(crate) expired: u64,
 }
 
 /// One entry of the local delivery log.
@@ -335,6 +340,12 @@ struct Loaded {
     ce_dedup_len: usize,
     /// Rows in `erased`.
     erased_len: usize,
+    /// Expired sequence numbers per origin, as ranges `lo -> hi` (the `expired` rows;
+    /// `store/retention.rs`). A range may cover numbers still held: never one this node
+    /// did not hold.
+    expired: HashMap<OriginKey, BTreeMap<u64, u64>>,
+    /// Rows in `expired`.
+    expired_len: usize,
     /// Origins whose `ranges` may under-claim (they reached [`RANGES_PER_ORIGIN_MAX`] and
     /// may have dropped a range). For every other origin the ranges are exact, so a
     /// sequence number outside them is not stored and needs no lookup ([`Store::holds`]).
@@ -393,6 +404,12 @@ CREATE TABLE IF NOT EXISTS erased (
     id BLOB NOT NULL,
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expired (
+    origin BLOB NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    PRIMARY KEY (origin, lo)
+) WITHOUT ROWID;
 ";
 
 /// The node's event store over SQLite: the mesh core's [`Store`] plus the node's tables.
@@ -412,6 +429,8 @@ pub(crate) struct SqliteStore {
     stats: RefCell<StoreStats>,
     /// Erase rules in force (loaded at open; `erase_rules` rows).
     erase_rules: EraseRules,
+    /// Retention rules in force and the pass's caches (`store/retention.rs`).
+    retention: retention::RetentionState,
     /// A batch [`SqliteStore::begin_write`] committed by itself (at `TX_WRITES_MAX`) whose
     /// commit failed: it was rolled back, and a caller that returns no error (a waiting
     /// Skip recorded) only logged it. The next [`SqliteStore::commit`] reports it, so the
@@ -457,7 +476,8 @@ fn max_seq_in(conn: &Connection, origin: &OriginKey) -> Result<u64, StoreError> 
     let max: Option<i64> = conn
         .prepare_cached(
             "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM events WHERE origin = ?1 \
-             UNION ALL SELECT MAX(seq) AS m FROM erased WHERE origin = ?1)",
+             UNION ALL SELECT MAX(seq) AS m FROM erased WHERE origin = ?1 \
+             UNION ALL SELECT MAX(hi) AS m FROM expired WHERE origin = ?1)",
         )
         .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
         .map_err(backend)?;
@@ -594,11 +614,13 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     let mut lossy = BTreeSet::new();
     let mut len = 0usize;
     {
-        // (origin, seq) of stored and of erased events: both are seen.
+        // (origin, seq) of stored and of erased events, and the expired ranges (which may
+        // cover stored numbers too): all are seen.
         let mut stmt = conn
             .prepare(
-                "SELECT origin, seq FROM events UNION SELECT origin, seq FROM erased \
-                 ORDER BY origin, seq",
+                "SELECT origin, seq AS lo, seq AS hi FROM events \
+                 UNION ALL SELECT origin, seq, seq FROM erased \
+                 UNION ALL SELECT origin, lo, hi FROM expired ORDER BY origin, lo",
             )
             .map_err(backend)?;
         let mut rows = stmt.query([]).map_err(backend)?;
@@ -614,11 +636,14 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
                 origin_ref.as_blob().map_err(|_| corrupt("origin"))?,
                 "origin",
             )?);
-            let seq: i64 = row.get(1).map_err(backend)?;
-            let seq = u64::try_from(seq)
-                .ok()
-                .filter(|s| *s >= 1)
-                .ok_or_else(|| corrupt("seq"))?;
+            let number = |i| -> Result<u64, StoreError> {
+                let n: i64 = row.get(i).map_err(backend)?;
+                u64::try_from(n)
+                    .ok()
+                    .filter(|s| *s >= 1)
+                    .ok_or_else(|| corrupt("seq"))
+            };
+            let (lo, hi) = (number(1)?, number(2)?);
             if current.as_ref().is_none_or(|(o, _)| *o != origin) {
                 flush(current.take());
                 current = Some((origin, Vec::new()));
@@ -626,11 +651,12 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
             if let Some((_, islands)) = current.as_mut() {
                 let full = islands.len() >= RANGES_PER_ORIGIN_MAX;
                 match islands.last_mut() {
-                    Some((_, end)) if end.checked_add(1) == Some(seq) => *end = seq,
+                    // Adjacent or overlapping (an expired range over stored numbers).
+                    Some((_, end)) if lo <= end.saturating_add(1) => *end = (*end).max(hi),
                     _ if full => {
                         lossy.insert(origin);
                     }
-                    _ => islands.push((seq, seq)),
+                    _ => islands.push((lo, hi)),
                 }
             }
         }
@@ -639,10 +665,35 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
     // Erased sequence numbers are in the ranges (a restart must not reopen their holes),
     // not in the count of stored events.
     len += count(conn, "events")?;
+    let mut expired: HashMap<OriginKey, BTreeMap<u64, u64>> = HashMap::new();
+    let mut expired_len = 0;
+    {
+        let mut stmt = conn
+            .prepare("SELECT origin, lo, hi FROM expired")
+            .map_err(backend)?;
+        let mut rows = stmt.query([]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let origin: Vec<u8> = row.get(0).map_err(backend)?;
+            let (lo, hi): (i64, i64) = (row.get(1).map_err(backend)?, row.get(2).map_err(backend)?);
+            let (Ok(lo), Ok(hi)) = (u64::try_from(lo), u64::try_from(hi)) else {
+                return Err(corrupt("expired range"));
+            };
+            if lo == 0 || hi < lo {
+                return Err(corrupt("expired range"));
+            }
+            expired
+                .entry(OriginKey(key32(&origin, "origin")?))
+                .or_default()
+                .insert(lo, hi);
+            expired_len += 1;
+        }
+    }
     Ok(Loaded {
         len,
         ranges,
         lossy,
+        expired,
+        expired_len,
         erased_len: count(conn, "erased")?,
         cursors_len: count(conn, "cursors")?,
         peers_len: count(conn, "peers")?,
@@ -760,6 +811,7 @@ impl SqliteStore {
             tx_writes: 0,
             stats: RefCell::new(StoreStats::default()),
             erase_rules,
+            retention: retention::RetentionState::default(),
             auto_commit_failed: None,
         })
     }
@@ -835,6 +887,7 @@ impl SqliteStore {
     /// Reloads the in-memory state from the rows (after a rollback).
     fn reload(&mut self) {
         self.cache.borrow_mut().clear();
+        self.retention.clear();
         match load(&self.conn) {
             Ok(state) => self.state = state,
             Err(e) => tracing::error!(error = %e, "store reload failed; state may be stale"),
@@ -886,6 +939,8 @@ impl SqliteStore {
             return pos_from_sql(pos);
         }
         self.tx_writes += 1;
+        self.retention
+            .logged(event.stream().as_str(), || event.encode().len());
         pos_from_sql(self.conn.last_insert_rowid())
     }
 
@@ -923,7 +978,10 @@ impl SqliteStore {
             .unwrap_or(0);
         let erased: Option<i64> = self
             .conn
-            .prepare_cached("SELECT MAX(seq) FROM erased WHERE origin = ?1")
+            .prepare_cached(
+                "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM erased WHERE origin = ?1 \
+                 UNION ALL SELECT MAX(hi) AS m FROM expired WHERE origin = ?1)",
+            )
             .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
             .map_err(backend)?;
         Ok(stored.max(erased.and_then(|e| u64::try_from(e).ok()).unwrap_or(0)))
@@ -1267,6 +1325,7 @@ impl SqliteStore {
             self.state.erased_len += 1;
             self.state.note(origin_key, seq_u);
             self.cache.get_mut().remove(&(origin_key, seq_u));
+            self.retention.forget_bytes(data.stream().as_str());
             erased.push(ErasedEvent {
                 id: weft_fabric::EventId(key32(&id, "id")?),
                 stream: data.stream().as_str().to_string(),
@@ -1289,11 +1348,15 @@ impl SqliteStore {
             ("meta", self.state.meta_len, rows.meta_len),
             ("ce_dedup", self.state.ce_dedup_len, rows.ce_dedup_len),
             ("erased", self.state.erased_len, rows.erased_len),
+            ("expired", self.state.expired_len, rows.expired_len),
         ];
         for (table, memory, disk) in pairs {
             if memory != disk {
                 return Err(format!("{table}: {memory} in memory, {disk} rows"));
             }
+        }
+        if self.state.expired != rows.expired {
+            return Err("expired ranges differ from the rows".into());
         }
         if self.state.ranges != rows.ranges {
             return Err("per-origin ranges differ from the rows".into());
@@ -1369,7 +1432,8 @@ impl Store for SqliteStore {
             self.stats.borrow_mut().equivocations += 1;
             return Err(StoreError::Equivocation { origin, seq });
         }
-        if self.state.erased_len > 0 && self.erased(&origin, seq) {
+        if (self.state.erased_len > 0 || self.state.expired_len > 0) && self.erased(&origin, seq) {
+            // Erased, or expired here by retention: seen, not stored again.
             self.stats.borrow_mut().erased_refused += 1;
             return Ok(Inserted::Erased);
         }
@@ -1503,6 +1567,12 @@ impl Store for SqliteStore {
     }
 
     fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
+        // Expired by retention (`store/retention.rs`): answered like an erased number. The
+        // core asks only for numbers it does not hold, so a held number a range covers is
+        // never answered as expired.
+        if self.expired_covers(origin, seq) {
+            return true;
+        }
         let Ok(seq_sql) = i64::try_from(seq) else {
             return false;
         };
@@ -1627,7 +1697,8 @@ impl Store for SqliteStore {
                 .execute_batch(
                     "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
                      DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup; \
-                     DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM waiting_skips;",
+                     DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM waiting_skips; \
+                     DELETE FROM expired;",
                 )
                 .map_err(backend)
         });
@@ -1637,6 +1708,7 @@ impl Store for SqliteStore {
                 self.state = Loaded::default();
                 self.erase_rules.clear();
                 self.cache.get_mut().clear();
+                self.retention.clear();
             }
             Err(e) => {
                 tracing::error!(error = %e, "store clear failed");

@@ -1,0 +1,783 @@
+//! Stream retention: the policy's stream rules' `retention_s` (age) and `retention_bytes`
+//! (size per node) applied to the store.
+//!
+//! A pass ([`SqliteStore::expire`], run by the driver every few seconds) deletes, per
+//! stream in delivery-log order, the events older than their rule's `retention_s` (it
+//! stops at the first younger one: an event that arrived after younger ones goes when
+//! they do), then, per rule, the oldest events of the rule's streams while their envelopes
+//! add up to more than `retention_bytes`. Table streams (a rule with `conflict`) and
+//! system streams are never expired: a table's state is made of all its writes, and
+//! system streams carry the policy and erase requests a node catching up needs.
+//!
+//! An expired event's number stays seen: it is kept as a range in `expired`, so
+//! anti-entropy does not fetch the event back, a peer asking for it gets a Skip (as for an
+//! erased event, [`Store::erased`]), a restart does not reopen the hole, and the origin's
+//! own numbering continues after it. Numbers a range covers are expired or still held (a
+//! range only grows across numbers the store holds or erased), so one range per origin
+//! is the common case; ranges are bounded by `events_max` rows like erased numbers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use rusqlite::params;
+use weft_fabric::hlc::Hlc;
+use weft_fabric::mesh::StoreError;
+use weft_fabric::{OriginKey, StreamName};
+
+use super::{SqliteStore, backend, corrupt, key32};
+
+/// Events one pass expires at most (across every stream): the pass runs on the driver's
+/// thread inside its write transaction, so a large backlog goes over several passes
+/// instead of stalling publishes.
+pub(crate) const EXPIRE_PASS_MAX: usize = 2_000;
+
+/// Rows read per stream and query while a pass walks a stream's oldest events.
+const HEAD_ROWS: usize = 256;
+
+/// What retention applies to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rule {
+    /// The stream rule's position in the bundle (streams of one rule share its size
+    /// budget).
+    pub(crate) index: usize,
+    /// `retention_s`, in milliseconds.
+    pub(crate) age_ms: Option<u64>,
+    /// `retention_bytes`.
+    pub(crate) bytes: Option<u64>,
+}
+
+/// The retention rules in force: the policy's stream rules (none without a policy).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RetentionRules {
+    policy: Option<Arc<weft_policy::Policy>>,
+}
+
+impl RetentionRules {
+    /// The rules of `policy`.
+    pub(crate) fn new(policy: Option<Arc<weft_policy::Policy>>) -> Self {
+        Self { policy }
+    }
+
+    /// Whether any stream rule sets a retention.
+    pub(crate) fn any(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| {
+            p.bundle()
+                .streams
+                .iter()
+                .any(|r| r.retention_s.is_some() || r.retention_bytes.is_some())
+        })
+    }
+
+    /// The retention of `stream`: `None` for system streams, tables, streams without a
+    /// rule and rules without a retention.
+    pub(crate) fn rule(&self, stream: &StreamName) -> Option<Rule> {
+        if stream.is_system() {
+            return None;
+        }
+        let info = self.policy.as_ref()?.stream_rule(stream)?;
+        if info.conflict.is_some() || (info.retention_s.is_none() && info.retention_bytes.is_none())
+        {
+            return None;
+        }
+        Some(Rule {
+            index: info.index,
+            age_ms: info.retention_s.map(|s| s.saturating_mul(1000)),
+            bytes: info.retention_bytes,
+        })
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Expired {
+    /// Events deleted for their age.
+    pub(crate) by_age: u64,
+    /// Events deleted for their rule's size.
+    pub(crate) by_size: u64,
+    /// The pass stopped at [`EXPIRE_PASS_MAX`]: more is due (run again soon).
+    pub(crate) more: bool,
+    /// The pass stopped because the `expired` ranges reached `events_max` rows.
+    pub(crate) ranges_full: bool,
+}
+
+/// The store's retention state besides the rows: the rules and what the pass caches.
+#[derive(Debug, Default)]
+pub(crate) struct RetentionState {
+    pub(crate) rules: RetentionRules,
+    /// Streams in the delivery log (read at the first pass, then kept up to date).
+    streams: Option<BTreeSet<String>>,
+    /// Envelope bytes per stream in the delivery log, for the streams a size rule
+    /// covers (measured at first need, then kept up to date).
+    bytes: HashMap<String, u64>,
+}
+
+impl RetentionState {
+    /// Forgets the caches (after a rollback: they may count rows that are gone).
+    pub(crate) fn clear(&mut self) {
+        self.streams = None;
+        self.bytes.clear();
+    }
+
+    /// A stream's events erased or otherwise removed: its size is measured again.
+    pub(crate) fn forget_bytes(&mut self, stream: &str) {
+        self.bytes.remove(stream);
+    }
+
+    /// An event of `stream` entered the delivery log; `len` gives its envelope's bytes
+    /// (asked only for a stream whose size is kept).
+    pub(crate) fn logged(&mut self, stream: &str, len: impl FnOnce() -> usize) {
+        if let Some(streams) = &mut self.streams
+            && !streams.contains(stream)
+        {
+            streams.insert(stream.to_string());
+        }
+        if let Some(b) = self.bytes.get_mut(stream) {
+            *b += len() as u64;
+        }
+    }
+}
+
+/// One event a pass may expire: its log position, id, origin, number, HLC and size.
+struct Candidate {
+    id: Vec<u8>,
+    origin: OriginKey,
+    seq: u64,
+    hlc: u64,
+    len: u64,
+}
+
+impl SqliteStore {
+    /// Sets the retention rules in force (at start and at each policy epoch).
+    pub(crate) fn set_retention(&mut self, rules: RetentionRules) {
+        self.retention.rules = rules;
+    }
+
+    /// Whether `(origin, seq)` is covered by an expired range (expired here, or held).
+    pub(crate) fn expired_covers(&self, origin: &OriginKey, seq: u64) -> bool {
+        self.state
+            .expired
+            .get(origin)
+            .and_then(|m| m.range(..=seq).next_back())
+            .is_some_and(|(_, hi)| seq <= *hi)
+    }
+
+    /// Rows in `expired` (ranges of expired numbers).
+    pub(crate) fn expired_ranges(&self) -> usize {
+        self.state.expired_len
+    }
+
+    /// Runs one retention pass at wall-clock `now_ms` (see the module docs). Writes go into
+    /// the open write transaction (the driver commits them with its step).
+    pub(crate) fn expire(&mut self, now_ms: u64) -> Result<Expired, StoreError> {
+        let mut out = Expired::default();
+        if !self.retention.rules.any() {
+            return Ok(out);
+        }
+        let streams = self.log_streams()?;
+        let mut by_rule: BTreeMap<usize, (u64, Vec<String>)> = BTreeMap::new();
+        for stream in streams {
+            let Ok(name) = StreamName::new(stream.clone()) else {
+                continue;
+            };
+            let Some(rule) = self.retention.rules.rule(&name) else {
+                continue;
+            };
+            if let Some(age_ms) = rule.age_ms {
+                let cutoff = Hlc::new(now_ms.saturating_sub(age_ms), 0).map_or(0, Hlc::as_u64);
+                if !self.expire_by_age(&stream, cutoff, &mut out)? {
+                    return Ok(out);
+                }
+            }
+            if let Some(limit) = rule.bytes {
+                by_rule
+                    .entry(rule.index)
+                    .or_insert((limit, Vec::new()))
+                    .1
+                    .push(stream);
+            }
+        }
+        for (limit, streams) in by_rule.into_values() {
+            if !self.expire_by_size(&streams, limit, &mut out)? {
+                return Ok(out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Expires the oldest events of `stream` stamped before `cutoff` (a packed HLC), in
+    /// log order, up to the first younger one. `false`: the pass must stop (budget or
+    /// ranges full).
+    fn expire_by_age(
+        &mut self,
+        stream: &str,
+        cutoff: u64,
+        out: &mut Expired,
+    ) -> Result<bool, StoreError> {
+        loop {
+            let head = self.head(stream, HEAD_ROWS)?;
+            let n = head.len();
+            let due: Vec<Candidate> = head.into_iter().take_while(|c| c.hlc < cutoff).collect();
+            let young = due.len() < n;
+            if due.is_empty() {
+                return Ok(true);
+            }
+            let (taken, go_on) = self.take(stream, due, out)?;
+            out.by_age += taken;
+            if !go_on {
+                return Ok(false);
+            }
+            if young || n < HEAD_ROWS {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Expires the oldest events of `streams` (one rule's) while their envelopes add up
+    /// to more than `limit` bytes.
+    fn expire_by_size(
+        &mut self,
+        streams: &[String],
+        limit: u64,
+        out: &mut Expired,
+    ) -> Result<bool, StoreError> {
+        let mut total = 0u64;
+        for s in streams {
+            total += self.stream_bytes(s)?;
+        }
+        while total > limit {
+            // The oldest heads of every stream of the rule, merged by log position.
+            let mut heads: Vec<(u64, usize, Candidate)> = Vec::new();
+            for (i, s) in streams.iter().enumerate() {
+                for (pos, c) in self.head_with_pos(s, HEAD_ROWS)? {
+                    heads.push((pos, i, c));
+                }
+            }
+            if heads.is_empty() {
+                return Ok(true);
+            }
+            heads.sort_by_key(|(pos, _, _)| *pos);
+            let mut picked: Vec<Vec<Candidate>> = (0..streams.len()).map(|_| Vec::new()).collect();
+            let mut over = total - limit;
+            for (_, i, c) in heads {
+                if over == 0 {
+                    break;
+                }
+                over = over.saturating_sub(c.len);
+                picked[i].push(c);
+            }
+            for (i, due) in picked.into_iter().enumerate() {
+                if due.is_empty() {
+                    continue;
+                }
+                let freed: u64 = due.iter().map(|c| c.len).sum();
+                let (taken, go_on) = self.take(&streams[i], due, out)?;
+                out.by_size += taken;
+                total = total.saturating_sub(freed);
+                if !go_on {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes `due` (oldest first, of `stream`) within the pass's budget and the ranges'
+    /// room, and records their numbers as expired. Returns how many went and whether the
+    /// pass may go on.
+    fn take(
+        &mut self,
+        stream: &str,
+        mut due: Vec<Candidate>,
+        out: &mut Expired,
+    ) -> Result<(u64, bool), StoreError> {
+        let done = out.by_age + out.by_size;
+        let budget = (EXPIRE_PASS_MAX as u64).saturating_sub(done) as usize;
+        // Each number may need a range row of its own (at worst): stop before the rows
+        // could pass `events_max`.
+        let room = self
+            .limits
+            .events_max
+            .saturating_sub(self.state.expired_len);
+        let mut go_on = true;
+        if due.len() > budget {
+            due.truncate(budget);
+            out.more = true;
+            go_on = false;
+        }
+        if due.len() > room {
+            due.truncate(room);
+            out.ranges_full = true;
+            go_on = false;
+        }
+        if due.is_empty() {
+            return Ok((0, go_on));
+        }
+        self.begin_write()?;
+        let mut numbers: BTreeMap<OriginKey, Vec<u64>> = BTreeMap::new();
+        let mut freed = 0u64;
+        for c in &due {
+            for sql in [
+                "DELETE FROM events WHERE id = ?1",
+                "DELETE FROM log WHERE id = ?1",
+            ] {
+                self.conn
+                    .prepare_cached(sql)
+                    .and_then(|mut s| s.execute([&c.id[..]]))
+                    .map_err(backend)?;
+            }
+            self.tx_writes += 2;
+            self.state.len -= 1;
+            self.cache.get_mut().remove(&(c.origin, c.seq));
+            numbers.entry(c.origin).or_default().push(c.seq);
+            freed += c.len;
+        }
+        if let Some(b) = self.retention.bytes.get_mut(stream) {
+            *b = b.saturating_sub(freed);
+        }
+        for (origin, mut seqs) in numbers {
+            seqs.sort_unstable();
+            self.record_expired(origin, &seqs)?;
+        }
+        self.stats.get_mut().expired += due.len() as u64;
+        Ok((due.len() as u64, go_on))
+    }
+
+    /// Adds `seqs` (ascending, no longer stored) of `origin` to its expired ranges: a
+    /// number joins the range below it, and the one above, when every number between is
+    /// held or erased here (so a range never covers a number this node never had).
+    fn record_expired(&mut self, origin: OriginKey, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut ranges = self.state.expired.remove(&origin).unwrap_or_default();
+        let before = ranges.clone();
+        for &s in seqs {
+            if ranges
+                .range(..=s)
+                .next_back()
+                .is_some_and(|(_, hi)| s <= *hi)
+            {
+                continue;
+            }
+            let (mut lo, mut hi) = (s, s);
+            if let Some((&plo, &phi)) = ranges.range(..s).next_back()
+                && self.gap_settled(&origin, phi, s)?
+            {
+                ranges.remove(&plo);
+                lo = plo;
+            }
+            if let Some((&nlo, &nhi)) = ranges.range(s + 1..).next()
+                && self.gap_settled(&origin, s, nlo)?
+            {
+                ranges.remove(&nlo);
+                hi = nhi;
+            }
+            ranges.insert(lo, hi);
+        }
+        // Write what changed: rows gone or moved, then rows new or grown.
+        for (lo, hi) in &before {
+            if ranges.get(lo) != Some(hi) {
+                self.conn
+                    .prepare_cached("DELETE FROM expired WHERE origin = ?1 AND lo = ?2")
+                    .and_then(|mut s| s.execute(params![&origin.0[..], lo.cast_signed()]))
+                    .map_err(backend)?;
+                self.tx_writes += 1;
+            }
+        }
+        for (lo, hi) in &ranges {
+            if before.get(lo) != Some(hi) {
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO expired (origin, lo, hi) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![&origin.0[..], lo.cast_signed(), hi.cast_signed()])
+                    })
+                    .map_err(backend)?;
+                self.tx_writes += 1;
+            }
+        }
+        self.state.expired_len = self.state.expired_len - before.len() + ranges.len();
+        self.state.expired.insert(origin, ranges);
+        Ok(())
+    }
+
+    /// Whether every number strictly between `a` and `b` of `origin` is stored or erased.
+    fn gap_settled(&self, origin: &OriginKey, a: u64, b: u64) -> Result<bool, StoreError> {
+        let Some(want) = b.checked_sub(a).and_then(|d| d.checked_sub(1)) else {
+            return Ok(false);
+        };
+        if want == 0 {
+            return Ok(true);
+        }
+        let held: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT COUNT(*) FROM events WHERE origin = ?1 AND seq > ?2 AND seq < ?3) \
+                 + (SELECT COUNT(*) FROM erased WHERE origin = ?1 AND seq > ?2 AND seq < ?3)",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![&origin.0[..], a.cast_signed(), b.cast_signed()],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(backend)?;
+        Ok(u64::try_from(held).is_ok_and(|h| h == want))
+    }
+
+    /// Every stream in the delivery log (a skip scan of the `(stream, pos)` index at the
+    /// first call, then kept up to date by [`RetentionState::logged`]).
+    fn log_streams(&mut self) -> Result<Vec<String>, StoreError> {
+        if self.retention.streams.is_none() {
+            let mut found = BTreeSet::new();
+            let mut after = String::new();
+            loop {
+                let next: Option<String> = self
+                    .conn
+                    .prepare_cached("SELECT MIN(stream) FROM log WHERE stream > ?1")
+                    .and_then(|mut s| s.query_row([&after], |r| r.get(0)))
+                    .map_err(backend)?;
+                let Some(stream) = next else { break };
+                after.clone_from(&stream);
+                found.insert(stream);
+            }
+            self.retention.streams = Some(found);
+        }
+        Ok(self
+            .retention
+            .streams
+            .as_ref()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// The envelope bytes of `stream`'s logged events (measured once, then kept).
+    fn stream_bytes(&mut self, stream: &str) -> Result<u64, StoreError> {
+        if let Some(b) = self.retention.bytes.get(stream) {
+            return Ok(*b);
+        }
+        let total: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(LENGTH(e.envelope)), 0) FROM log l \
+                 JOIN events e ON e.id = l.id WHERE l.stream = ?1",
+            )
+            .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
+            .map_err(backend)?;
+        let total = u64::try_from(total).map_err(|_| corrupt("negative size"))?;
+        self.retention.bytes.insert(stream.to_string(), total);
+        Ok(total)
+    }
+
+    /// The oldest `n` logged events of `stream`.
+    fn head(&self, stream: &str, n: usize) -> Result<Vec<Candidate>, StoreError> {
+        Ok(self
+            .head_with_pos(stream, n)?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// The oldest `n` logged events of `stream`, with their log positions.
+    fn head_with_pos(&self, stream: &str, n: usize) -> Result<Vec<(u64, Candidate)>, StoreError> {
+        type Row = (i64, Vec<u8>, Vec<u8>, i64, i64, i64);
+        let rows: Vec<Row> = self
+            .conn
+            .prepare_cached(
+                "SELECT l.pos, e.id, e.origin, e.seq, e.hlc, LENGTH(e.envelope) FROM log l \
+                 JOIN events e ON e.id = l.id WHERE l.stream = ?1 ORDER BY l.pos LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![stream, n as i64], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(backend)?;
+        rows.into_iter()
+            .map(|(pos, id, origin, seq, hlc, len)| {
+                Ok((
+                    u64::try_from(pos).map_err(|_| corrupt("log position"))?,
+                    Candidate {
+                        id,
+                        origin: OriginKey(key32(&origin, "origin")?),
+                        seq: u64::try_from(seq).map_err(|_| corrupt("seq"))?,
+                        hlc: hlc.cast_unsigned(),
+                        len: u64::try_from(len).map_err(|_| corrupt("size"))?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use weft_fabric::mesh::{Inserted, Store};
+    use weft_fabric::{
+        Event, EventDraft, Hlc, OriginKey, Payload, Residency, SecurityContext, Signer, StreamName,
+    };
+
+    use super::{EXPIRE_PASS_MAX, RetentionRules};
+    use crate::store::{SqliteStore, StoreLimits};
+
+    const NOW_MS: u64 = 1_800_000_000_000;
+
+    const BUNDLE: &str = r#"
+format = 1
+epoch = 2
+[classes.internal]
+anywhere = true
+
+[[streams]]
+pattern = "metrics"
+classification = "internal"
+replication = "all"
+retention_s = 60
+
+[[streams]]
+pattern = "prefs"
+classification = "internal"
+replication = "all"
+conflict = "lww"
+retention_s = 60
+
+[[streams]]
+pattern = "logs.>"
+classification = "internal"
+replication = "all"
+retention_bytes = 3000
+"#;
+
+    fn rules() -> RetentionRules {
+        let bundle = weft_policy::Bundle::from_toml(BUNDLE).unwrap();
+        RetentionRules::new(Some(Arc::new(
+            weft_policy::Policy::compile(&bundle).unwrap(),
+        )))
+    }
+
+    /// An event of origin `signer` at `seq`, stamped `age_s` seconds before [`NOW_MS`],
+    /// with `len` payload bytes.
+    fn event(signer: u8, stream: &str, seq: u64, age_s: u64, len: usize) -> Arc<Event> {
+        let draft = EventDraft {
+            stream: StreamName::new(stream).unwrap(),
+            key: Some(b"k".to_vec()),
+            seq,
+            hlc: Hlc::new(NOW_MS - age_s * 1000, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "acme".into(),
+                principal: "svc".into(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: BTreeSet::new(),
+                policy_epoch: 2,
+            },
+            content_type: "application/json".into(),
+            payload: Payload::Clear(vec![b'x'; len]),
+            trace: None,
+        };
+        Arc::new(Signer::from_secret(&[signer; 32]).sign(draft).unwrap())
+    }
+
+    fn open(dir: &std::path::Path, events_max: usize) -> SqliteStore {
+        let limits = StoreLimits {
+            events_max,
+            ..StoreLimits::default()
+        };
+        let mut store = SqliteStore::open(dir, limits).unwrap();
+        store.set_retention(rules());
+        store
+    }
+
+    /// Stores and logs `e` (delivery), as the driver does.
+    fn put(store: &mut SqliteStore, e: &Arc<Event>) {
+        assert_eq!(store.insert(e.clone()), Ok(Inserted::New));
+        store.append_log(e).unwrap();
+    }
+
+    fn origin(signer: u8) -> OriginKey {
+        event(signer, "metrics", 1, 0, 0).origin()
+    }
+
+    #[test]
+    fn old_events_expire_by_age_and_stay_seen_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 1000);
+        // Origin 1: seq 1-4 old metrics, 5 a young metric, 6 an old event of a stream
+        // without retention, 7 an old table write (retention on a table: not applied).
+        let evs = [
+            event(1, "metrics", 1, 300, 10),
+            event(1, "metrics", 2, 200, 10),
+            event(1, "metrics", 3, 120, 10),
+            event(1, "metrics", 4, 61, 10),
+            event(1, "metrics", 5, 30, 10),
+            event(1, "orders", 6, 300, 10),
+            event(1, "prefs", 7, 300, 10),
+        ];
+        for e in &evs {
+            put(&mut store, e);
+        }
+        store.commit().unwrap();
+        let done = store.expire(NOW_MS).unwrap();
+        assert_eq!((done.by_age, done.by_size, done.more), (4, 0, false));
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        let o = origin(1);
+        for seq in 1..=4 {
+            assert!(store.get(&o, seq).is_none(), "seq {seq} expired");
+            assert!(store.erased(&o, seq), "seq {seq} answered with a Skip");
+        }
+        for seq in 5..=7 {
+            assert!(store.get(&o, seq).is_some(), "seq {seq} kept");
+        }
+        // Every number stays seen, and the origin's numbering continues after them.
+        assert!(store.ranges(&o).unwrap().contains(1));
+        assert_eq!(store.ranges(&o).unwrap().contiguous(), 7);
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.stats().expired, 4);
+        // One range: 1-4 are consecutive.
+        assert_eq!(store.expired_ranges(), 1);
+        // A second pass finds nothing more.
+        assert_eq!(store.expire(NOW_MS).unwrap().by_age, 0);
+        // A peer sending an expired event back: refused, not stored again.
+        assert_eq!(store.insert(evs[0].clone()), Ok(Inserted::Erased));
+        drop(store);
+
+        let mut store = open(dir.path(), 1000);
+        store.check_invariants().unwrap();
+        assert!(store.erased(&o, 2));
+        assert!(!store.erased(&o, 6), "a held number is not expired");
+        assert_eq!(store.ranges(&o).unwrap().contiguous(), 7);
+        assert_eq!(store.max_seq(&o), Ok(7));
+        assert_eq!(store.insert(evs[1].clone()), Ok(Inserted::Erased));
+        // Time passes: the young metric goes too, and joins the range across 5's
+        // neighbours... 5 is next to 4: still one range.
+        assert_eq!(store.expire(NOW_MS + 31_000).unwrap().by_age, 1);
+        store.commit().unwrap();
+        assert_eq!(store.expired_ranges(), 1);
+        store.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_range_grows_across_held_numbers_but_never_across_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 1000);
+        // Origin 1: odd numbers on an expiring stream, even ones kept.
+        for seq in 1..=9 {
+            let stream = if seq % 2 == 1 { "metrics" } else { "orders" };
+            put(&mut store, &event(1, stream, seq, 300, 10));
+        }
+        // Origin 2: 3 never held here (a residency Skip, say).
+        for seq in [1, 2, 4, 5] {
+            put(&mut store, &event(2, "metrics", seq, 300, 10));
+        }
+        store.commit().unwrap();
+        assert_eq!(store.expire(NOW_MS).unwrap().by_age, 9);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        // Origin 1: one range 1-9 over the held even numbers; origin 2: two.
+        assert_eq!(store.expired_ranges(), 3);
+        let (o1, o2) = (origin(1), origin(2));
+        assert!(store.erased(&o1, 9));
+        assert!(store.get(&o1, 4).is_some(), "held, served as the event");
+        assert!(
+            !store.erased(&o2, 3),
+            "never held here: no Skip claimed for it"
+        );
+        assert!(store.erased(&o2, 4));
+        // Every number of origin 2 expired: its numbering still continues after them.
+        assert_eq!(store.max_seq(&o2), Ok(5));
+        assert_eq!(store.max_seq_excluding(&o2, &BTreeSet::new()), Ok(5));
+    }
+
+    #[test]
+    fn size_keeps_a_rule_under_its_budget_oldest_first_across_its_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 1000);
+        // Two streams of one rule (3000 bytes), interleaved, 20 events of some 300 bytes
+        // each; all young (age does not apply to this rule).
+        let mut all = Vec::new();
+        for seq in 1..=20 {
+            let stream = if seq % 2 == 0 { "logs.a" } else { "logs.b" };
+            let e = event(3, stream, seq, 1, 200);
+            put(&mut store, &e);
+            all.push(e);
+        }
+        store.commit().unwrap();
+        let size = |e: &Arc<Event>| e.encode().len() as u64;
+        let total: u64 = all.iter().map(size).sum();
+        assert!(total > 3000);
+        let done = store.expire(NOW_MS).unwrap();
+        assert_eq!(done.by_age, 0);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        let o = origin(3);
+        let kept: Vec<&Arc<Event>> = all
+            .iter()
+            .filter(|e| store.get(&o, e.seq()).is_some())
+            .collect();
+        let kept_bytes: u64 = kept.iter().map(|e| size(e)).sum();
+        assert!(kept_bytes <= 3000, "{kept_bytes} bytes kept");
+        // Only as many as needed went, and the oldest: the kept ones are the newest.
+        let first_kept = kept.first().unwrap().seq();
+        assert!(kept.iter().map(|e| e.seq()).eq(first_kept..=20));
+        assert!(kept_bytes + size(&all[first_kept as usize - 2]) > 3000);
+        assert_eq!(done.by_size, first_kept - 1);
+        // New events: the budget holds, counted from what the pass measured.
+        for seq in 21..=24 {
+            let e = event(3, "logs.a", seq, 1, 200);
+            put(&mut store, &e);
+            all.push(e);
+        }
+        store.expire(NOW_MS).unwrap();
+        store.commit().unwrap();
+        let kept_bytes: u64 = all
+            .iter()
+            .filter(|e| store.get(&o, e.seq()).is_some())
+            .map(size)
+            .sum();
+        assert!(
+            kept_bytes <= 3000,
+            "{kept_bytes} bytes kept after more events"
+        );
+        assert_eq!(store.expired_ranges(), 1);
+    }
+
+    #[test]
+    fn a_pass_is_bounded_and_so_are_the_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 10_000);
+        for seq in 1..=(EXPIRE_PASS_MAX as u64 + 5) {
+            put(&mut store, &event(4, "metrics", seq, 300, 1));
+        }
+        store.commit().unwrap();
+        let first = store.expire(NOW_MS).unwrap();
+        assert_eq!((first.by_age, first.more), (EXPIRE_PASS_MAX as u64, true));
+        let second = store.expire(NOW_MS).unwrap();
+        assert_eq!((second.by_age, second.more), (5, false));
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+
+        // `events_max` 3: three origins fill the ranges; a fourth origin's old event waits.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 3);
+        for signer in 10..13 {
+            put(&mut store, &event(signer, "metrics", 1, 300, 1));
+        }
+        assert_eq!(store.expire(NOW_MS).unwrap().by_age, 3);
+        put(&mut store, &event(13, "metrics", 1, 300, 1));
+        let blocked = store.expire(NOW_MS).unwrap();
+        assert_eq!((blocked.by_age, blocked.ranges_full), (0, true));
+        assert!(store.get(&origin(13), 1).is_some());
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+    }
+}

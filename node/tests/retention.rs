@@ -1,0 +1,248 @@
+//! Stream retention with real processes: a signed policy gives `metrics.>` a
+//! `retention_s`, `logs.>` a `retention_bytes` and leaves `orders.>` without retention.
+//! Two nodes hold everything; old metrics go by age and the oldest logs by size on both,
+//! orders stay; the expirations are counted in `/metrics` and `/v1/status`. A third node
+//! that joins afterwards catches up the orders (published after the metrics, so its
+//! per-origin order must pass the expired numbers as Skips) and never receives the
+//! expired events. A restarted node keeps them expired, and its own numbering goes on
+//! past them. Bounded waits; processes killed at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sha2::Digest as _;
+
+fn bundle(keys: &[String], token_sha256: &str) -> String {
+    format!(
+        r#"format = 1
+epoch = 3
+
+[jurisdictions.EU]
+regions = ["aws:eu-west-1", "aws:eu-central-1"]
+nodes = ["{a}", "{b}"]
+
+[jurisdictions.US]
+regions = ["aws:us-east-1"]
+nodes = ["{c}"]
+
+[tenants.acme]
+
+[roles.writer]
+
+[principals.tester]
+tenant = "acme"
+roles = ["writer"]
+token_sha256 = "{token_sha256}"
+
+[[access]]
+name = "write"
+effect = "allow"
+actions = ["publish", "subscribe", "read"]
+streams = [">"]
+roles = ["writer"]
+
+[classes.public]
+anywhere = true
+
+[[streams]]
+pattern = "metrics.>"
+classification = "public"
+replication = "all"
+retention_s = 2
+
+[[streams]]
+pattern = "logs.>"
+classification = "public"
+replication = "all"
+retention_bytes = 6000
+
+[[streams]]
+pattern = ">"
+classification = "public"
+replication = "all"
+"#,
+        a = keys[0],
+        b = keys[1],
+        c = keys[2],
+    )
+}
+
+/// A sample of `/metrics` on node `i`: the value of the line starting `name`.
+async fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
+    let text = reqwest::get(c.url(i, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many events of `stream` node `i` serves (`usize::MAX` when it does not answer).
+async fn count(c: &Cluster, i: usize, stream: &str) -> usize {
+    c.ids(i, stream).await.map_or(usize::MAX, |v| v.len())
+}
+
+#[test]
+fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
+    rt().block_on(async {
+        let ops = Operators::new("retention", &["op"]);
+        let extra = format!(
+            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            ops.keys[0]
+        );
+        let specs = vec![
+            Spec {
+                name: "eu-a",
+                region: "aws:eu-west-1",
+                jurisdiction: "EU",
+            },
+            Spec {
+                name: "eu-b",
+                region: "aws:eu-central-1",
+                jurisdiction: "EU",
+            },
+            Spec {
+                name: "us",
+                region: "aws:us-east-1",
+                jurisdiction: "US",
+            },
+        ];
+        let mut c = Cluster::new("retention", 56, &specs, &extra);
+        let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+        let signed = ops.sign(&bundle(&c.keys, &token_sha256), &["op"], "e3.cbor");
+        std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
+
+        c.start(0);
+        c.start(1);
+        c.wait_healthy(0).await;
+        c.wait_healthy(1).await;
+        // Node 0 and 1 see each other (node 2 is not started yet).
+        wait_for(Duration::from_secs(30), || async {
+            let v = c.get_auth(0, "/v1/mesh/peers").await;
+            let up = v["peers"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["state"] == "up")
+                .count();
+            (up >= 1).then_some(())
+        })
+        .await
+        .expect("nodes 0 and 1 meshed");
+
+        // Metrics first, then logs (some 40 events of ~500 bytes), then orders: the orders'
+        // numbers are above every expired one.
+        let (s, body) = c
+            .publish(0, "metrics.cpu", "local", &vec![json!({"load": 1}); 10])
+            .await;
+        assert_eq!(s, 200, "{body}");
+        let big = "x".repeat(400);
+        for _ in 0..4 {
+            let (s, body) = c
+                .publish(0, "logs.app", "local", &vec![json!({"line": big}); 10])
+                .await;
+            assert_eq!(s, 200, "{body}");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (s, body) = c
+            .publish(0, "orders.eu", "local", &vec![json!({"n": 1}); 5])
+            .await;
+        assert_eq!(s, 200, "{body}");
+        for i in 0..2 {
+            wait_for(Duration::from_secs(20), || async {
+                (count(&c, i, "orders.eu").await == 5).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never held the orders:\n{}", c.log(i)));
+        }
+
+        // Both nodes expire the metrics (older than 2 s) and all but ~6000 bytes of logs
+        // within a pass or two (every 5 s); orders stay.
+        for i in 0..2 {
+            wait_for(Duration::from_secs(20), || async {
+                (count(&c, i, "metrics.cpu").await == 0).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} kept its old metrics:\n{}", c.log(i)));
+            let logs = count(&c, i, "logs.app").await;
+            assert!(
+                (5..=14).contains(&logs),
+                "node {i} kept {logs} of 40 logs of ~530 bytes under a 6000-byte budget"
+            );
+            assert_eq!(count(&c, i, "orders.eu").await, 5);
+            assert_eq!(
+                metric(&c, i, "weft_events_expired_total{cause=\"age\"} ").await,
+                10,
+                "node {i}"
+            );
+            assert_eq!(
+                metric(&c, i, "weft_events_expired_total{cause=\"size\"} ").await,
+                40 - logs as u64,
+                "node {i}"
+            );
+            let stats = c.get_auth(i, "/v1/status").await;
+            assert_eq!(
+                stats["stats"]["store_expired"].as_u64(),
+                Some(50 - logs as u64),
+                "node {i}: {stats}"
+            );
+            // Numbers 1-10 and 11-(50-logs) of origin 0, one range on every node.
+            assert_eq!(stats["stats"]["store_expired_ranges"].as_u64(), Some(1));
+        }
+        let logs_kept = c.ids(0, "logs.app").await.unwrap();
+
+        // A node joining now catches up the orders: its ordered delivery of origin 0 passes
+        // the expired numbers (Skips from the nodes that expired them), and it never gets
+        // the expired events.
+        c.start(2);
+        c.wait_healthy(2).await;
+        wait_for(Duration::from_secs(40), || async {
+            (count(&c, 2, "orders.eu").await == 5).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the late node never delivered the orders:\n{}", c.log(2)));
+        assert_eq!(count(&c, 2, "metrics.cpu").await, 0);
+        assert_eq!(c.ids(2, "logs.app").await.unwrap(), logs_kept);
+
+        // A restart: nothing comes back, and the node's next own numbers follow the
+        // expired ones (a reused number would be refused as an equivocation by its peers).
+        c.kill9(0);
+        c.start(0);
+        c.wait_healthy(0).await;
+        let (s, body) = c.publish(0, "orders.eu", "local", &[json!({"n": 2})]).await;
+        assert_eq!(s, 200, "{body}");
+        for i in 0..3 {
+            wait_for(Duration::from_secs(30), || async {
+                (count(&c, i, "orders.eu").await == 6).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "node {i} never got the order after the restart:\n{}",
+                    c.log(i)
+                )
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for i in 0..3 {
+            assert_eq!(count(&c, i, "metrics.cpu").await, 0, "node {i}");
+            assert_eq!(c.ids(i, "logs.app").await.unwrap(), logs_kept, "node {i}");
+        }
+        // The late node passed the expired numbers as Skips.
+        let v = c.get_auth(2, "/v1/status").await;
+        let skips = v["stats"]["skips_in"].as_u64().unwrap_or(0);
+        assert!(
+            skips >= 50 - logs_kept.len() as u64,
+            "skips_in {skips}: {v}"
+        );
+        for i in 0..3 {
+            c.kill9(i);
+        }
+    });
+}
