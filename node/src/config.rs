@@ -191,6 +191,10 @@ pub(crate) struct Limits {
     pub(crate) read_limit_max: usize,
     /// Most concurrent SSE subscribers.
     pub(crate) subscribers_max: usize,
+    /// Most store reads in progress at once (pages, event lookups, table reads, each SSE
+    /// batch): each may hold up to 8 MiB of envelopes. A read beyond it waits up to 5 s for
+    /// a slot, then gets 503 `reads_busy` with Retry-After.
+    pub(crate) reads_inflight_max: usize,
     /// Most durable subscriptions (saved cursors); beyond it a new one's position is not
     /// kept: 507 `cursors_full`.
     pub(crate) cursors_max: usize,
@@ -207,6 +211,7 @@ impl Default for Limits {
             ack_timeout_ms: 5_000,
             read_limit_max: 10_000,
             subscribers_max: 1024,
+            reads_inflight_max: 32,
             cursors_max: 1024,
         }
     }
@@ -386,6 +391,7 @@ impl NodeConfig {
             ),
             ("limits.read_limit_max", l.read_limit_max),
             ("limits.subscribers_max", l.subscribers_max),
+            ("limits.reads_inflight_max", l.reads_inflight_max),
             ("limits.cursors_max", l.cursors_max),
         ] {
             if value == 0 {
@@ -408,6 +414,7 @@ impl NodeConfig {
         for (field, value) in [
             ("limits.subscribers_max", l.subscribers_max),
             ("limits.publishes_inflight_max", l.publishes_inflight_max),
+            ("limits.reads_inflight_max", l.reads_inflight_max),
         ] {
             if value > tokio::sync::Semaphore::MAX_PERMITS {
                 bail!(field_err(
@@ -542,6 +549,14 @@ http = "127.0.0.1:8400"
             (
                 format!("{GOOD}\n[limits]\nsubscribers_max = 9223372036854775807\n"),
                 "limits.subscribers_max",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nreads_inflight_max = 0\n"),
+                "limits.reads_inflight_max",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nreads_inflight_max = 9223372036854775807\n"),
+                "limits.reads_inflight_max",
             ),
             (
                 format!(

@@ -69,6 +69,9 @@ pub(crate) struct Api {
     pub(crate) filtered_audit: Mutex<HashMap<(String, String), (Instant, u64)>>,
     /// One permit per open subscription (`limits.subscribers_max`), taken at admission.
     pub(crate) subscriber_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per store read in progress (`limits.reads_inflight_max`): bounds the
+    /// envelopes held in memory by reads (up to 8 MiB each) and the blocking threads.
+    pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
     /// The store is at `limits.events_max` (set by the driver after each commit):
     /// publishes are refused before anything is signed.
     pub(crate) store_full: Arc<std::sync::atomic::AtomicBool>,
@@ -508,15 +511,45 @@ impl Api {
     }
 }
 
-/// Runs `f` on a store reader off the async workers. A store failure is a 500
-/// `store_error`, counted.
+/// How long a store read waits for a slot (`limits.reads_inflight_max`) before 503.
+const READ_SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// A slot of `slots` for one store read, waiting up to `wait`; then 503 `reads_busy` with
+/// Retry-After (the caller counts it).
+async fn read_slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reads_busy",
+                format!(
+                    "every read slot stayed taken for {} s (limits.reads_inflight_max); retry shortly",
+                    wait.as_secs()
+                ),
+            );
+            e.retry_after = Some(1);
+            Err(e)
+        }
+    }
+}
+
+/// Runs `f` on a store reader off the async workers, holding a read slot. A store failure
+/// is a 500 `store_error`, counted.
 pub(crate) async fn read_store<T, F>(api: &Arc<Api>, f: F) -> ApiResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&StoreReader) -> Result<T, weft_fabric::mesh::StoreError> + Send + 'static,
 {
+    let slot = read_slot(&api.read_slots, READ_SLOT_WAIT)
+        .await
+        .map_err(|e| api.fail(e))?;
     let api2 = api.clone();
     let out = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         api2.with_reader(|r| {
             f(r).map_err(|e| {
                 ApiError::new(
@@ -2649,6 +2682,34 @@ async fn audit_get(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads beyond `limits.reads_inflight_max` wait for a slot, and get 503 `reads_busy`
+    /// with Retry-After when none frees in time.
+    #[tokio::test]
+    async fn a_read_waits_for_a_slot_then_gets_503() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let held = read_slot(&slots, Duration::from_millis(10)).await.unwrap();
+        let refused = read_slot(&slots, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.reason(), "reads_busy");
+        assert_eq!(refused.retry_after, Some(1));
+        assert!(refused.message.contains("limits.reads_inflight_max"));
+        // A slot freed while a read waits goes to it.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(held);
+        });
+        let got = read_slot(&slots, Duration::from_secs(10)).await;
+        assert!(got.is_ok());
+        release.await.unwrap();
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "the waiting read holds the slot"
+        );
+    }
 
     const BUNDLE: &str = r#"
 format = 1
