@@ -672,6 +672,7 @@ impl Edge {
         };
         let n = events.len();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq()).collect();
+        let batch_ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
         api.metrics
             .publishes
             .get_or_create(&vec![("api", "edge".to_string())])
@@ -694,6 +695,15 @@ impl Edge {
                 reason: "not_durable".into(),
                 message: "the node did not confirm the commit".into(),
             },
+            // Every event of the batch is stored or settled for good: an erase covers it,
+            // or retention expired it here after it was stored. Its number is seen
+            // fabric-wide, so resending it (or a void event under its number) could only
+            // be refused again, for ever. Counted and audited by the driver.
+            Ok(Err(e @ crate::driver::PublishError::Erased(_))) => {
+                warn!(device = %hex::encode(device.key), error = %e,
+                    "edge batch: events refused as erased or expired are settled; answered durable");
+                BatchAnswer::Durable { ids: batch_ids }
+            }
             // Counted and audited by the driver.
             Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => {
                 let message = e.to_string();
