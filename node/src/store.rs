@@ -784,6 +784,16 @@ impl SqliteStore {
         }
         // Keyed tables' materialized state (added after version 1; created when missing).
         crate::tables::create_schema(&conn).map_err(sqlite)?;
+        // When each event entered the log (added after version 1; older rows have none):
+        // retention ages an event by its stamp or its arrival, whichever is earlier.
+        let has_at: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('log') WHERE name = 'at_ms'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(sqlite)?;
+        if !has_at {
+            conn.execute_batch("ALTER TABLE log ADD COLUMN at_ms INTEGER")
+                .map_err(sqlite)?;
+        }
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
         conn.execute_batch(WAITING_SCHEMA).map_err(sqlite)?;
         let erase_rules = load_erase_rules(&conn).map_err(|source| OpenError::Load {
@@ -926,9 +936,15 @@ impl SqliteStore {
         let added = self
             .conn
             .prepare_cached(
-                "INSERT INTO log (id, stream) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO log (id, stream, at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
             )
-            .and_then(|mut s| s.execute(params![&id.0[..], event.stream().as_str()]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    &id.0[..],
+                    event.stream().as_str(),
+                    crate::driver::wall_ms()
+                ])
+            })
             .map_err(backend)?;
         if added == 0 {
             let pos: i64 = self
@@ -942,6 +958,20 @@ impl SqliteStore {
         self.retention
             .logged(event.stream().as_str(), || event.encode().len());
         pos_from_sql(self.conn.last_insert_rowid())
+    }
+
+    /// Whether a row is stored at `(origin, seq)` (whatever its id or state).
+    fn holds_number(&self, origin: &OriginKey, seq: u64) -> bool {
+        let Ok(seq_sql) = i64::try_from(seq) else {
+            return false;
+        };
+        self.conn
+            .prepare_cached("SELECT 1 FROM events WHERE origin = ?1 AND seq = ?2")
+            .and_then(|mut s| s.exists(params![&origin.0[..], seq_sql]))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "store lookup failed");
+                true
+            })
     }
 
     /// Whether the store holds `limits.events_max` events: it refuses new ones.
@@ -1567,11 +1597,11 @@ impl Store for SqliteStore {
     }
 
     fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
-        // Expired by retention (`store/retention.rs`): answered like an erased number. The
-        // core asks only for numbers it does not hold, so a held number a range covers is
-        // never answered as expired.
+        // Expired by retention (`store/retention.rs`): answered like an erased number. A
+        // range may cover numbers still held: those are not expired (the core asks after
+        // a failed `get`, which an unreadable row or another id at the number also gives).
         if self.expired_covers(origin, seq) {
-            return true;
+            return !self.holds_number(origin, seq);
         }
         let Ok(seq_sql) = i64::try_from(seq) else {
             return false;
@@ -1606,7 +1636,16 @@ impl Store for SqliteStore {
             )
             .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)).optional())
             .ok()?;
-        Some(max.map_or(0, |m| u64::try_from(m).unwrap_or(0)))
+        let logged = max.map_or(0, |m| u64::try_from(m).unwrap_or(0));
+        // Expired numbers were delivered (logged) before retention removed them; a range
+        // ends at an expired number. Without this a restart would walk them again.
+        let expired = self
+            .state
+            .expired
+            .get(origin)
+            .and_then(|m| m.last_key_value())
+            .map_or(0, |(_, hi)| *hi);
+        Some(logged.max(expired))
     }
 
     fn waiting_skips(&self) -> Vec<(OriginKey, u64, OriginKey)> {

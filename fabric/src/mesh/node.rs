@@ -1276,7 +1276,11 @@ impl<S: Store> Node<S> {
         let (origin, seq) = (event.origin(), event.seq());
         match self.store.get(&origin, seq) {
             Some(held) if held.id() != event.id() => Err(StoreError::Equivocation { origin, seq }),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            // Seen, not held, and erased or expired here: the publish is refused as the
+            // store would refuse it, not answered as if it were stored.
+            None if self.store.erased(&origin, seq) => Err(StoreError::Erased { origin, seq }),
+            None => Ok(()),
         }
     }
 
@@ -5807,6 +5811,27 @@ mod tests {
         for n in &nodes {
             n.check_invariants_full();
         }
+    }
+
+    /// A publish of an event whose number the store erased (or a node's retention expired)
+    /// is refused as erased, not answered as a stored duplicate.
+    #[test]
+    fn republishing_an_erased_number_is_refused() {
+        let rtts = vec![10_000u64; 36];
+        let seeds: Vec<u8> = vec![1, 2];
+        let mut nodes = mesh(&seeds, 1, 2, &rtts);
+        let origin = nodes[0].me().node_key();
+        let first = event_at(seeds[0], 1, "orders.all");
+        nodes[0].handle_publish(0, first.clone()).unwrap();
+        pump(&mut nodes, 0, 500_000);
+        assert_eq!(nodes[0].handle_publish(500_000, first.clone()), Ok(()));
+        assert!(nodes[0].store_mut().erase(origin, 1));
+        assert_eq!(
+            nodes[0].handle_publish(600_000, first.clone()),
+            Err(StoreError::Erased { origin, seq: 1 })
+        );
+        let results = nodes[0].handle_publish_batch(700_000, vec![first]);
+        assert_eq!(results, vec![Err(StoreError::Erased { origin, seq: 1 })]);
     }
 
     /// A region's root that got an event by anti-entropy before the push it was waiting for

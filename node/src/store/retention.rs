@@ -137,12 +137,17 @@ impl RetentionState {
     }
 }
 
-/// One event a pass may expire: its log position, id, origin, number, HLC and size.
+/// One event a pass may expire.
 struct Candidate {
+    /// Its position in the delivery log.
+    pos: u64,
     id: Vec<u8>,
     origin: OriginKey,
     seq: u64,
-    hlc: u64,
+    /// Its age reference, in wall-clock milliseconds: the earlier of its stamp (HLC) and
+    /// its arrival in the log.
+    aged_ms: u64,
+    /// Its envelope's bytes.
     len: u64,
 }
 
@@ -167,12 +172,24 @@ impl SqliteStore {
     }
 
     /// Runs one retention pass at wall-clock `now_ms` (see the module docs). Writes go into
-    /// the open write transaction (the driver commits them with its step).
+    /// the open write transaction (the driver commits them with its step). On an error the
+    /// in-memory state is reloaded from the rows, which stay consistent: a number's range
+    /// is written before its event is deleted (a range may cover held numbers).
     pub(crate) fn expire(&mut self, now_ms: u64) -> Result<Expired, StoreError> {
         let mut out = Expired::default();
         if !self.retention.rules.any() {
             return Ok(out);
         }
+        match self.expire_all(now_ms, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.reload();
+                Err(e)
+            }
+        }
+    }
+
+    fn expire_all(&mut self, now_ms: u64, out: &mut Expired) -> Result<(), StoreError> {
         let streams = self.log_streams()?;
         let mut by_rule: BTreeMap<usize, (u64, Vec<String>)> = BTreeMap::new();
         for stream in streams {
@@ -182,11 +199,10 @@ impl SqliteStore {
             let Some(rule) = self.retention.rules.rule(&name) else {
                 continue;
             };
-            if let Some(age_ms) = rule.age_ms {
-                let cutoff = Hlc::new(now_ms.saturating_sub(age_ms), 0).map_or(0, Hlc::as_u64);
-                if !self.expire_by_age(&stream, cutoff, &mut out)? {
-                    return Ok(out);
-                }
+            if let Some(age_ms) = rule.age_ms
+                && !self.expire_by_age(&stream, now_ms.saturating_sub(age_ms), out)?
+            {
+                return Ok(());
             }
             if let Some(limit) = rule.bytes {
                 by_rule
@@ -197,27 +213,26 @@ impl SqliteStore {
             }
         }
         for (limit, streams) in by_rule.into_values() {
-            if !self.expire_by_size(&streams, limit, &mut out)? {
-                return Ok(out);
+            if !self.expire_by_size(&streams, limit, out)? {
+                return Ok(());
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Expires the oldest events of `stream` stamped before `cutoff` (a packed HLC), in
-    /// log order, up to the first younger one. `false`: the pass must stop (budget or
-    /// ranges full).
+    /// Expires the oldest events of `stream` whose age (the earlier of their stamp and
+    /// their arrival in the log) is before `cutoff_ms`, in log order, up to the first
+    /// younger one. An event stamped in the future is aged from its arrival, so it holds
+    /// up the events behind it for at most the retention. `false`: the pass must stop
+    /// (budget or ranges full).
     fn expire_by_age(
         &mut self,
         stream: &str,
-        cutoff: u64,
+        cutoff_ms: u64,
         out: &mut Expired,
     ) -> Result<bool, StoreError> {
         loop {
-            let head = self.head(stream, HEAD_ROWS)?;
-            let n = head.len();
-            let due: Vec<Candidate> = head.into_iter().take_while(|c| c.hlc < cutoff).collect();
-            let young = due.len() < n;
+            let (due, more) = self.head_while(stream, HEAD_ROWS, |c| c.aged_ms < cutoff_ms)?;
             if due.is_empty() {
                 return Ok(true);
             }
@@ -226,14 +241,14 @@ impl SqliteStore {
             if !go_on {
                 return Ok(false);
             }
-            if young || n < HEAD_ROWS {
+            if !more {
                 return Ok(true);
             }
         }
     }
 
     /// Expires the oldest events of `streams` (one rule's) while their envelopes add up
-    /// to more than `limit` bytes.
+    /// to more than `limit` bytes, oldest first across the streams by log position.
     fn expire_by_size(
         &mut self,
         streams: &[String],
@@ -245,13 +260,19 @@ impl SqliteStore {
             total += self.stream_bytes(s)?;
         }
         while total > limit {
-            // The oldest heads of every stream of the rule, merged by log position.
+            // The oldest heads of every stream of the rule, merged by log position, up to
+            // the last position every stream with more rows has been read to (past it a
+            // stream's unread rows may be older than another's read ones).
             let mut heads: Vec<(u64, usize, Candidate)> = Vec::new();
+            let mut bound = u64::MAX;
             for (i, s) in streams.iter().enumerate() {
-                for (pos, c) in self.head_with_pos(s, HEAD_ROWS)? {
-                    heads.push((pos, i, c));
+                let (rows, more) = self.head_while(s, HEAD_ROWS, |_| true)?;
+                if more && let Some(last) = rows.last() {
+                    bound = bound.min(last.pos);
                 }
+                heads.extend(rows.into_iter().map(|c| (c.pos, i, c)));
             }
+            heads.retain(|(pos, _, _)| *pos <= bound);
             if heads.is_empty() {
                 return Ok(true);
             }
@@ -269,10 +290,12 @@ impl SqliteStore {
                 if due.is_empty() {
                     continue;
                 }
-                let freed: u64 = due.iter().map(|c| c.len).sum();
                 let (taken, go_on) = self.take(&streams[i], due, out)?;
                 out.by_size += taken;
-                total = total.saturating_sub(freed);
+                total = streams
+                    .iter()
+                    .map(|s| self.retention.bytes.get(s).copied().unwrap_or(0))
+                    .sum();
                 if !go_on {
                     return Ok(false);
                 }
@@ -282,8 +305,8 @@ impl SqliteStore {
     }
 
     /// Deletes `due` (oldest first, of `stream`) within the pass's budget and the ranges'
-    /// room, and records their numbers as expired. Returns how many went and whether the
-    /// pass may go on.
+    /// room, after recording their numbers as expired. Returns how many went and whether
+    /// the pass may go on.
     fn take(
         &mut self,
         stream: &str,
@@ -313,7 +336,16 @@ impl SqliteStore {
             return Ok((0, go_on));
         }
         self.begin_write()?;
+        // The ranges first: until its row is deleted, a number in a range is still held
+        // (served as the event), so a failure between the two leaves the rows consistent.
         let mut numbers: BTreeMap<OriginKey, Vec<u64>> = BTreeMap::new();
+        for c in &due {
+            numbers.entry(c.origin).or_default().push(c.seq);
+        }
+        for (origin, mut seqs) in numbers {
+            seqs.sort_unstable();
+            self.record_expired(origin, &seqs)?;
+        }
         let mut freed = 0u64;
         for c in &due {
             for sql in [
@@ -328,74 +360,69 @@ impl SqliteStore {
             self.tx_writes += 2;
             self.state.len -= 1;
             self.cache.get_mut().remove(&(c.origin, c.seq));
-            numbers.entry(c.origin).or_default().push(c.seq);
             freed += c.len;
         }
         if let Some(b) = self.retention.bytes.get_mut(stream) {
             *b = b.saturating_sub(freed);
         }
-        for (origin, mut seqs) in numbers {
-            seqs.sort_unstable();
-            self.record_expired(origin, &seqs)?;
-        }
         self.stats.get_mut().expired += due.len() as u64;
         Ok((due.len() as u64, go_on))
     }
 
-    /// Adds `seqs` (ascending, no longer stored) of `origin` to its expired ranges: a
-    /// number joins the range below it, and the one above, when every number between is
-    /// held or erased here (so a range never covers a number this node never had).
+    /// Adds `seqs` (ascending, still stored: deleted right after) of `origin` to its
+    /// expired ranges: a number joins the range below it, and the one above, when every
+    /// number between is held or erased here (so a range never covers a number this node
+    /// never had). The rows are written as the ranges change; memory follows each write.
     fn record_expired(&mut self, origin: OriginKey, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut ranges = self.state.expired.remove(&origin).unwrap_or_default();
-        let before = ranges.clone();
         for &s in seqs {
-            if ranges
-                .range(..=s)
-                .next_back()
-                .is_some_and(|(_, hi)| s <= *hi)
-            {
+            if self.expired_covers(&origin, s) {
                 continue;
             }
+            let ranges = self.state.expired.get(&origin);
+            let below = ranges
+                .and_then(|m| m.range(..s).next_back())
+                .map(|(l, h)| (*l, *h));
+            let above = ranges
+                .and_then(|m| m.range(s + 1..).next())
+                .map(|(l, h)| (*l, *h));
             let (mut lo, mut hi) = (s, s);
-            if let Some((&plo, &phi)) = ranges.range(..s).next_back()
+            let mut gone = Vec::new();
+            if let Some((plo, phi)) = below
                 && self.gap_settled(&origin, phi, s)?
             {
-                ranges.remove(&plo);
                 lo = plo;
             }
-            if let Some((&nlo, &nhi)) = ranges.range(s + 1..).next()
+            if let Some((nlo, nhi)) = above
                 && self.gap_settled(&origin, s, nlo)?
             {
-                ranges.remove(&nlo);
                 hi = nhi;
+                gone.push(nlo);
             }
-            ranges.insert(lo, hi);
-        }
-        // Write what changed: rows gone or moved, then rows new or grown.
-        for (lo, hi) in &before {
-            if ranges.get(lo) != Some(hi) {
+            for old in &gone {
                 self.conn
                     .prepare_cached("DELETE FROM expired WHERE origin = ?1 AND lo = ?2")
-                    .and_then(|mut s| s.execute(params![&origin.0[..], lo.cast_signed()]))
+                    .and_then(|mut st| st.execute(params![&origin.0[..], old.cast_signed()]))
                     .map_err(backend)?;
                 self.tx_writes += 1;
             }
-        }
-        for (lo, hi) in &ranges {
-            if before.get(lo) != Some(hi) {
-                self.conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO expired (origin, lo, hi) VALUES (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![&origin.0[..], lo.cast_signed(), hi.cast_signed()])
-                    })
-                    .map_err(backend)?;
-                self.tx_writes += 1;
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO expired (origin, lo, hi) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![&origin.0[..], lo.cast_signed(), hi.cast_signed()])
+                })
+                .map_err(backend)?;
+            self.tx_writes += 1;
+            let map = self.state.expired.entry(origin).or_default();
+            for old in gone {
+                map.remove(&old);
+                self.state.expired_len -= 1;
+            }
+            if map.insert(lo, hi).is_none() {
+                self.state.expired_len += 1;
             }
         }
-        self.state.expired_len = self.state.expired_len - before.len() + ranges.len();
-        self.state.expired.insert(origin, ranges);
         Ok(())
     }
 
@@ -467,52 +494,50 @@ impl SqliteStore {
         Ok(total)
     }
 
-    /// The oldest `n` logged events of `stream`.
-    fn head(&self, stream: &str, n: usize) -> Result<Vec<Candidate>, StoreError> {
-        Ok(self
-            .head_with_pos(stream, n)?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect())
-    }
-
-    /// The oldest `n` logged events of `stream`, with their log positions.
-    fn head_with_pos(&self, stream: &str, n: usize) -> Result<Vec<(u64, Candidate)>, StoreError> {
-        type Row = (i64, Vec<u8>, Vec<u8>, i64, i64, i64);
-        let rows: Vec<Row> = self
+    /// The oldest logged events of `stream`, in log order, while `keep` holds, at most
+    /// `n`; and whether more rows may follow (`n` were read, or one failed `keep`). Rows
+    /// are stepped one at a time, so a young head costs one row.
+    fn head_while(
+        &self,
+        stream: &str,
+        n: usize,
+        keep: impl Fn(&Candidate) -> bool,
+    ) -> Result<(Vec<Candidate>, bool), StoreError> {
+        let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT l.pos, e.id, e.origin, e.seq, e.hlc, LENGTH(e.envelope) FROM log l \
-                 JOIN events e ON e.id = l.id WHERE l.stream = ?1 ORDER BY l.pos LIMIT ?2",
+                "SELECT l.pos, e.id, e.origin, e.seq, e.hlc, LENGTH(e.envelope), l.at_ms \
+                 FROM log l JOIN events e ON e.id = l.id WHERE l.stream = ?1 \
+                 ORDER BY l.pos LIMIT ?2",
             )
-            .and_then(|mut s| {
-                s.query_map(params![stream, n as i64], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })?
-                .collect()
-            })
             .map_err(backend)?;
-        rows.into_iter()
-            .map(|(pos, id, origin, seq, hlc, len)| {
-                Ok((
-                    u64::try_from(pos).map_err(|_| corrupt("log position"))?,
-                    Candidate {
-                        id,
-                        origin: OriginKey(key32(&origin, "origin")?),
-                        seq: u64::try_from(seq).map_err(|_| corrupt("seq"))?,
-                        hlc: hlc.cast_unsigned(),
-                        len: u64::try_from(len).map_err(|_| corrupt("size"))?,
-                    },
-                ))
-            })
-            .collect()
+        let mut rows = stmt.query(params![stream, n as i64]).map_err(backend)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(backend)? {
+            let pos: i64 = r.get(0).map_err(backend)?;
+            let id: Vec<u8> = r.get(1).map_err(backend)?;
+            let origin: Vec<u8> = r.get(2).map_err(backend)?;
+            let seq: i64 = r.get(3).map_err(backend)?;
+            let hlc: i64 = r.get(4).map_err(backend)?;
+            let len: i64 = r.get(5).map_err(backend)?;
+            let at: Option<i64> = r.get(6).map_err(backend)?;
+            let stamped = Hlc::from_u64(hlc.cast_unsigned()).physical_ms();
+            let arrived = at.and_then(|a| u64::try_from(a).ok()).unwrap_or(stamped);
+            let c = Candidate {
+                pos: u64::try_from(pos).map_err(|_| corrupt("log position"))?,
+                id,
+                origin: OriginKey(key32(&origin, "origin")?),
+                seq: u64::try_from(seq).map_err(|_| corrupt("seq"))?,
+                aged_ms: stamped.min(arrived),
+                len: u64::try_from(len).map_err(|_| corrupt("size"))?,
+            };
+            if !keep(&c) {
+                return Ok((out, true));
+            }
+            out.push(c);
+        }
+        let more = out.len() == n;
+        Ok((out, more))
     }
 }
 
@@ -529,7 +554,10 @@ mod tests {
     use super::{EXPIRE_PASS_MAX, RetentionRules};
     use crate::store::{SqliteStore, StoreLimits};
 
-    const NOW_MS: u64 = 1_800_000_000_000;
+    /// The wall clock when the tests' module was first used: events are stamped before it
+    /// and logged at about it.
+    static NOW: std::sync::LazyLock<u64> =
+        std::sync::LazyLock::new(|| crate::driver::wall_ms() as u64);
 
     const BUNDLE: &str = r#"
 format = 1
@@ -564,14 +592,14 @@ retention_bytes = 3000
         )))
     }
 
-    /// An event of origin `signer` at `seq`, stamped `age_s` seconds before [`NOW_MS`],
-    /// with `len` payload bytes.
-    fn event(signer: u8, stream: &str, seq: u64, age_s: u64, len: usize) -> Arc<Event> {
+    /// An event of origin `signer` at `seq`, stamped `age_s` seconds before [`NOW`], with
+    /// `len` payload bytes.
+    fn event(signer: u8, stream: &str, seq: u64, age_s: i64, len: usize) -> Arc<Event> {
         let draft = EventDraft {
             stream: StreamName::new(stream).unwrap(),
             key: Some(b"k".to_vec()),
             seq,
-            hlc: Hlc::new(NOW_MS - age_s * 1000, 0).unwrap(),
+            hlc: Hlc::new((*NOW as i64 - age_s * 1000) as u64, 0).unwrap(),
             security: SecurityContext {
                 tenant: "acme".into(),
                 principal: "svc".into(),
@@ -626,7 +654,7 @@ retention_bytes = 3000
             put(&mut store, e);
         }
         store.commit().unwrap();
-        let done = store.expire(NOW_MS).unwrap();
+        let done = store.expire(*NOW).unwrap();
         assert_eq!((done.by_age, done.by_size, done.more), (4, 0, false));
         store.commit().unwrap();
         store.check_invariants().unwrap();
@@ -646,7 +674,7 @@ retention_bytes = 3000
         // One range: 1-4 are consecutive.
         assert_eq!(store.expired_ranges(), 1);
         // A second pass finds nothing more.
-        assert_eq!(store.expire(NOW_MS).unwrap().by_age, 0);
+        assert_eq!(store.expire(*NOW).unwrap().by_age, 0);
         // A peer sending an expired event back: refused, not stored again.
         assert_eq!(store.insert(evs[0].clone()), Ok(Inserted::Erased));
         drop(store);
@@ -660,7 +688,7 @@ retention_bytes = 3000
         assert_eq!(store.insert(evs[1].clone()), Ok(Inserted::Erased));
         // Time passes: the young metric goes too, and joins the range across 5's
         // neighbours... 5 is next to 4: still one range.
-        assert_eq!(store.expire(NOW_MS + 31_000).unwrap().by_age, 1);
+        assert_eq!(store.expire(*NOW + 31_000).unwrap().by_age, 1);
         store.commit().unwrap();
         assert_eq!(store.expired_ranges(), 1);
         store.check_invariants().unwrap();
@@ -680,7 +708,7 @@ retention_bytes = 3000
             put(&mut store, &event(2, "metrics", seq, 300, 10));
         }
         store.commit().unwrap();
-        assert_eq!(store.expire(NOW_MS).unwrap().by_age, 9);
+        assert_eq!(store.expire(*NOW).unwrap().by_age, 9);
         store.commit().unwrap();
         store.check_invariants().unwrap();
         // Origin 1: one range 1-9 over the held even numbers; origin 2: two.
@@ -693,9 +721,67 @@ retention_bytes = 3000
             "never held here: no Skip claimed for it"
         );
         assert!(store.erased(&o2, 4));
-        // Every number of origin 2 expired: its numbering still continues after them.
+        // Every number of origin 2 expired: its numbering still continues after them, and
+        // a restart resumes its delivery after them (not walking them again).
         assert_eq!(store.max_seq(&o2), Ok(5));
         assert_eq!(store.max_seq_excluding(&o2, &BTreeSet::new()), Ok(5));
+        assert_eq!(store.delivered(&o2), Some(5));
+    }
+
+    /// An event stamped in the future (a producer's clock a year ahead) is aged from its
+    /// arrival: it holds up the older events logged behind it for at most the retention,
+    /// not for a year.
+    #[test]
+    fn a_future_stamp_holds_up_its_stream_for_one_retention_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 1000);
+        put(&mut store, &event(5, "metrics", 1, -365 * 86_400, 10));
+        for seq in 2..=101 {
+            put(&mut store, &event(5, "metrics", seq, 3600, 10));
+        }
+        store.commit().unwrap();
+        assert_eq!(
+            store.expire(*NOW).unwrap().by_age,
+            0,
+            "the head arrived just now"
+        );
+        let later = store.expire(*NOW + 61_000).unwrap();
+        assert_eq!(later.by_age, 101);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+    }
+
+    /// With more than a page of one stream's events older than another's, the size pass
+    /// still takes the oldest first across the rule's streams.
+    #[test]
+    fn size_takes_the_oldest_across_streams_past_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 10_000);
+        let mut newer = Vec::new();
+        for seq in 1..=300 {
+            put(&mut store, &event(6, "logs.a", seq, 1, 200));
+        }
+        for seq in 301..=310 {
+            let e = event(6, "logs.b", seq, 1, 200);
+            put(&mut store, &e);
+            newer.push(e);
+        }
+        store.commit().unwrap();
+        store.expire(*NOW).unwrap();
+        store.commit().unwrap();
+        let o = origin(6);
+        for seq in 1..=300 {
+            assert!(
+                store.get(&o, seq).is_none(),
+                "logs.a {seq} older than every logs.b"
+            );
+        }
+        let kept = newer
+            .iter()
+            .filter(|e| store.get(&o, e.seq()).is_some())
+            .count();
+        assert!(kept >= 5, "{kept} of the 10 newest kept");
+        store.check_invariants().unwrap();
     }
 
     #[test]
@@ -715,7 +801,7 @@ retention_bytes = 3000
         let size = |e: &Arc<Event>| e.encode().len() as u64;
         let total: u64 = all.iter().map(size).sum();
         assert!(total > 3000);
-        let done = store.expire(NOW_MS).unwrap();
+        let done = store.expire(*NOW).unwrap();
         assert_eq!(done.by_age, 0);
         store.commit().unwrap();
         store.check_invariants().unwrap();
@@ -737,7 +823,7 @@ retention_bytes = 3000
             put(&mut store, &e);
             all.push(e);
         }
-        store.expire(NOW_MS).unwrap();
+        store.expire(*NOW).unwrap();
         store.commit().unwrap();
         let kept_bytes: u64 = all
             .iter()
@@ -759,9 +845,9 @@ retention_bytes = 3000
             put(&mut store, &event(4, "metrics", seq, 300, 1));
         }
         store.commit().unwrap();
-        let first = store.expire(NOW_MS).unwrap();
+        let first = store.expire(*NOW).unwrap();
         assert_eq!((first.by_age, first.more), (EXPIRE_PASS_MAX as u64, true));
-        let second = store.expire(NOW_MS).unwrap();
+        let second = store.expire(*NOW).unwrap();
         assert_eq!((second.by_age, second.more), (5, false));
         store.commit().unwrap();
         store.check_invariants().unwrap();
@@ -772,9 +858,9 @@ retention_bytes = 3000
         for signer in 10..13 {
             put(&mut store, &event(signer, "metrics", 1, 300, 1));
         }
-        assert_eq!(store.expire(NOW_MS).unwrap().by_age, 3);
+        assert_eq!(store.expire(*NOW).unwrap().by_age, 3);
         put(&mut store, &event(13, "metrics", 1, 300, 1));
-        let blocked = store.expire(NOW_MS).unwrap();
+        let blocked = store.expire(*NOW).unwrap();
         assert_eq!((blocked.by_age, blocked.ranges_full), (0, true));
         assert!(store.get(&origin(13), 1).is_some());
         store.commit().unwrap();
