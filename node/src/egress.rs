@@ -322,12 +322,16 @@ fn has_field_transforms(policy: &Policy, stream: &weft_fabric::StreamName) -> bo
 
 /// Signs one derived payload as a new event of this node: seq and HLC from the producer,
 /// classification and residency from `Policy::stamp` for the target stream, the source's
-/// tenant. The producer's sequence advances only on success (no gap on a failure).
+/// tenant, and `principal`: the source's for a field transform's derivative (it is that
+/// principal's data, transformed, so an erase of the principal reaches it on every node,
+/// including those that never held the source), [`DERIVED_PRINCIPAL`] for an aggregate
+/// (many principals' events, summed). The producer's sequence advances only on success
+/// (no gap on a failure).
 fn sign_derived(
     api: &Api,
     p: &mut Producer,
     policy: &Policy,
-    tenant: &str,
+    (tenant, principal): (&str, &str),
     derived: Derived,
 ) -> Result<Arc<Event>, Failure> {
     if !api.streams.iter().any(|s| s.matches(&derived.stream)) {
@@ -366,7 +370,7 @@ fn sign_derived(
             hlc,
             security: SecurityContext {
                 tenant: tenant.to_string(),
-                principal: DERIVED_PRINCIPAL.into(),
+                principal: principal.into(),
                 classification: stamp.classification,
                 residency: stamp.residency,
                 scopes: Default::default(),
@@ -410,7 +414,8 @@ pub(crate) fn derive(
                 .clone()
                 .and_then(|d| t.apply(&id, &d).map_err(Failure::from))
                 .and_then(|derived| {
-                    sign_derived(api, p, policy, &source.security().tenant, derived)
+                    let s = source.security();
+                    sign_derived(api, p, policy, (&s.tenant, &s.principal), derived)
                 });
             match result {
                 Ok(event) => {
@@ -825,7 +830,7 @@ async fn publish_pending(
                 &api2,
                 &mut p,
                 &pending.policy,
-                &pending.tenant,
+                (&pending.tenant, DERIVED_PRINCIPAL),
                 pending.derived,
             ) {
                 Ok(event) => {
