@@ -198,6 +198,9 @@ pub(crate) struct Limits {
     /// Most durable subscriptions (saved cursors); beyond it a new one's position is not
     /// kept: 507 `cursors_full`.
     pub(crate) cursors_max: usize,
+    /// Most durable subscriptions of one principal; beyond it a new one gets 507
+    /// `cursors_full` (one principal cannot take the whole table).
+    pub(crate) cursors_per_principal_max: usize,
 }
 
 impl Default for Limits {
@@ -213,6 +216,7 @@ impl Default for Limits {
             subscribers_max: 1024,
             reads_inflight_max: 32,
             cursors_max: 1024,
+            cursors_per_principal_max: 64,
         }
     }
 }
@@ -393,6 +397,10 @@ impl NodeConfig {
             ("limits.subscribers_max", l.subscribers_max),
             ("limits.reads_inflight_max", l.reads_inflight_max),
             ("limits.cursors_max", l.cursors_max),
+            (
+                "limits.cursors_per_principal_max",
+                l.cursors_per_principal_max,
+            ),
         ] {
             if value == 0 {
                 bail!(field_err(field, "must be at least 1"));

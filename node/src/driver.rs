@@ -144,6 +144,12 @@ pub(crate) enum Command {
         pos: u64,
         reply: oneshot::Sender<Result<(), crate::store::RecordError>>,
     },
+    /// Delete a durable subscription cursor; `reply` is answered once the deletion is
+    /// committed, with whether the cursor existed.
+    DeleteCursor {
+        name: String,
+        reply: oneshot::Sender<Result<bool, crate::store::RecordError>>,
+    },
     /// Close every open aggregation window and hand over the summaries (shutdown).
     DrainWindows {
         reply: oneshot::Sender<Vec<crate::egress::Pending>>,
@@ -297,6 +303,11 @@ pub(crate) struct Driver {
     claims: Vec<crate::ce_claims::Claim>,
     /// Cursor saves waiting for the commit that makes them durable.
     cursor_replies: Vec<oneshot::Sender<Result<(), crate::store::RecordError>>>,
+    /// Cursor deletions waiting for their commit, with whether the cursor existed.
+    cursor_deletes: Vec<(
+        oneshot::Sender<Result<bool, crate::store::RecordError>>,
+        bool,
+    )>,
     /// When the next retention pass is due (`store/retention.rs`).
     retention_due: Instant,
     /// Whether the last pass stopped at the expired ranges' bound (warned once).
@@ -350,6 +361,7 @@ impl Driver {
             store_full: Arc::default(),
             claims: Vec::new(),
             cursor_replies: Vec::new(),
+            cursor_deletes: Vec::new(),
             retention_due: Instant::now(),
             retention_blocked: false,
         }
@@ -941,6 +953,13 @@ impl Driver {
                     }
                 }
             }
+            Command::DeleteCursor { name, reply } => match self.node_store().cursor_delete(&name) {
+                Ok(existed) => self.cursor_deletes.push((reply, existed)),
+                Err(e) => {
+                    warn!(cursor = %name, error = %e, "deleting a cursor failed");
+                    let _ = reply.send(Err(crate::store::RecordError::Store(e)));
+                }
+            },
             Command::DrainWindows { reply } => {
                 let _ = reply.send(self.aggregator.drain());
             }
@@ -1512,14 +1531,16 @@ impl Driver {
                 _ => self.answer(w, durable),
             }
         }
+        let failed = || {
+            crate::store::RecordError::Store(weft_fabric::mesh::StoreError::Backend(
+                "the commit failed".into(),
+            ))
+        };
         for reply in std::mem::take(&mut self.cursor_replies) {
-            let _ = reply.send(if durable {
-                Ok(())
-            } else {
-                Err(crate::store::RecordError::Store(
-                    weft_fabric::mesh::StoreError::Backend("the commit failed".into()),
-                ))
-            });
+            let _ = reply.send(if durable { Ok(()) } else { Err(failed()) });
+        }
+        for (reply, existed) in std::mem::take(&mut self.cursor_deletes) {
+            let _ = reply.send(if durable { Ok(existed) } else { Err(failed()) });
         }
         if durable {
             for (tx, ids) in std::mem::take(&mut self.confirm_replies) {

@@ -593,6 +593,10 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
             "/v1/streams/{stream}/subscriptions/{name}/ack",
             post(ack_subscription),
         )
+        .route(
+            "/v1/streams/{stream}/subscriptions/{name}",
+            axum::routing::delete(delete_subscription),
+        )
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/mesh/routes", get(routes))
         .route("/v1/mesh/nodes", get(mesh_nodes))
@@ -2009,11 +2013,18 @@ async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> 
         .map_err(|_| shutting_down())?;
     match rx.await.map_err(|_| shutting_down())? {
         Ok(()) => Ok(()),
-        Err(e @ crate::store::RecordError::TableFull { .. }) => Err(api.fail(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "cursors_full",
-            format!("the subscription's position was not saved: {e} (limits.cursors_max)"),
-        ))),
+        Err(e @ crate::store::RecordError::TableFull { table, .. }) => {
+            let limit = if table == "cursors" {
+                "limits.cursors_max"
+            } else {
+                "limits.cursors_per_principal_max; DELETE one of its subscriptions first"
+            };
+            Err(api.fail(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "cursors_full",
+                format!("the subscription's position was not saved: {e} ({limit})"),
+            )))
+        }
         Err(e @ crate::store::RecordError::TooLong { .. }) => Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_durable_name",
@@ -2079,6 +2090,66 @@ async fn ack_subscription(
         save_cursor(&api, key, &stream, q.cursor).await?;
     }
     Ok(axum::Json(json!({"cursor": q.cursor.max(saved.unwrap_or(0))})).into_response())
+}
+
+/// `DELETE /v1/streams/{stream}/subscriptions/{name}`: forgets the caller's durable
+/// subscription (its saved position); a later subscription of that name starts afresh.
+/// 204 once the deletion is committed; 404 `subscription_not_found` when the caller holds
+/// none of that name (another principal's of the same name is its own, untouched).
+async fn delete_subscription(
+    State(api): State<Arc<Api>>,
+    Path((stream, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = api.authenticate(&headers)?;
+    let who_name = who.name.clone();
+    let stream = check_stream(&api, &stream)?;
+    let system = api.check_system_read(&headers, &stream, "hold a subscription on")?;
+    check_durable_name(&api, &stream, &name)?;
+    if let Some(policy) = api.policy.policy().filter(|_| !system) {
+        let guard = ReadGuard {
+            policy,
+            principal: who,
+            action: weft_policy::Action::Subscribe,
+            region: api.me.region.to_string(),
+        };
+        api.authorize_stream(
+            &guard,
+            &stream,
+            &format!("delete durable subscription {name} on"),
+        )?;
+    }
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let shutting_down = || {
+        api.fail(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is shutting down",
+        ))
+    };
+    api.cmd_tx
+        .send(Command::DeleteCursor {
+            name: cursor_key(&who_name, &stream, &name),
+            reply,
+        })
+        .await
+        .map_err(|_| shutting_down())?;
+    match rx.await.map_err(|_| shutting_down())? {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(api.fail(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "subscription_not_found",
+            format!(
+                "no durable subscription {name} on {} is held by this principal",
+                stream.as_str()
+            ),
+        ))),
+        Err(e) => Err(api.fail(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the subscription was not deleted: {e}"),
+        ))),
+    }
 }
 
 async fn peers(State(api): State<Arc<Api>>) -> Response {

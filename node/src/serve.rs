@@ -63,6 +63,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let limits = StoreLimits {
         events_max: raw.limits.events_max,
         cursors_max: raw.limits.cursors_max,
+        cursors_per_owner_max: raw.limits.cursors_per_principal_max,
         ..StoreLimits::default()
     };
     let mut store = SqliteStore::open(&config.data_dir, limits)

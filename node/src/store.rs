@@ -112,6 +112,9 @@ pub(crate) struct StoreLimits {
     pub(crate) event_cache_len: usize,
     /// Most durable cursors; beyond it `cursor_set` of a new name is refused.
     pub(crate) cursors_max: usize,
+    /// Most durable cursors of one owner (the part of a cursor's name before its first
+    /// `:`), so one principal cannot take the whole table.
+    pub(crate) cursors_per_owner_max: usize,
     /// Most peers remembered; a new peer beyond it evicts the least recently seen.
     pub(crate) peers_max: usize,
     /// Most CloudEvents dedup entries; a new entry beyond it evicts the oldest, so the
@@ -125,6 +128,7 @@ impl Default for StoreLimits {
             events_max: 10_000_000,
             event_cache_len: 4_096,
             cursors_max: 1_024,
+            cursors_per_owner_max: 64,
             peers_max: 4_096,
             ce_dedup_max: 1_000_000,
         }
@@ -1092,6 +1096,26 @@ impl SqliteStore {
                 max: self.limits.cursors_max,
             });
         }
+        if !exists && let Some((owner, _)) = name.split_once(':') {
+            // The owner's names sort together: `owner:` up to `owner;` (':' + 1).
+            let held: i64 = self
+                .conn
+                .prepare_cached("SELECT COUNT(*) FROM cursors WHERE name > ?1 AND name < ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![format!("{owner}:"), format!("{owner};")], |r| {
+                        r.get(0)
+                    })
+                })
+                .map_err(backend)?;
+            let held = usize::try_from(held).unwrap_or(usize::MAX);
+            if held >= self.limits.cursors_per_owner_max {
+                return Err(RecordError::TableFull {
+                    table: "cursors of this principal",
+                    len: held,
+                    max: self.limits.cursors_per_owner_max,
+                });
+            }
+        }
         self.begin_write()?;
         self.conn
             .prepare_cached(
@@ -1105,6 +1129,19 @@ impl SqliteStore {
             self.state.cursors_len += 1;
         }
         Ok(())
+    }
+
+    /// Deletes a durable cursor (durable at the next commit). Returns whether it existed.
+    pub(crate) fn cursor_delete(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.begin_write()?;
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM cursors WHERE name = ?1")
+            .and_then(|mut s| s.execute([name]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        self.state.cursors_len -= n.min(self.state.cursors_len);
+        Ok(n > 0)
     }
 
     /// Records a peer (durable at the next commit). A new peer at `peers_max` evicts the

@@ -1517,3 +1517,88 @@ fn a_cursor_the_node_cannot_keep_is_refused_not_forgotten() {
         assert_eq!(s, 200);
     });
 }
+
+/// One principal cannot take every durable subscription (`limits.cursors_per_principal_max`:
+/// 507 `cursors_full` naming the limit, others unaffected), and a principal deletes its own
+/// (`DELETE /v1/streams/{s}/subscriptions/{name}`: 204, then 404; a later subscription of
+/// that name starts afresh; another principal's of the same name is untouched).
+#[test]
+fn one_principal_cannot_take_every_durable_subscription_and_deletes_its_own() {
+    rt().block_on(async {
+        use sha2::Digest as _;
+        let reader_token = "reader-token-for-the-cursor-quota-test";
+        let reader_hash = hex::encode(sha2::Sha256::digest(reader_token.as_bytes()));
+        let mut c = Cluster::new(
+            "cursor-quota",
+            31,
+            &three_regions()[..1],
+            &format!(
+                "[[principals]]\nname = \"reader\"\ntenant = \"acme\"\ntoken_sha256 = \"{reader_hash}\"\n\
+                 [limits]\ncursors_per_principal_max = 2\n"
+            ),
+        );
+        c.start(0);
+        c.wait_healthy(0).await;
+        let data: Vec<Value> = (0..3).map(|k| json!({"k": k})).collect();
+        let (status, _) = c.publish(0, "s", "local", &data).await;
+        assert_eq!(status, 200);
+        let http = reqwest::Client::new();
+        let ack = |token: &str, name: &str| {
+            let req = http
+                .post(c.url(0, &format!("/v1/streams/s/subscriptions/{name}/ack?cursor=1")))
+                .bearer_auth(token);
+            async move {
+                let r = req.send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let delete = |token: &str, name: &str| {
+            let req = http
+                .delete(c.url(0, &format!("/v1/streams/s/subscriptions/{name}")))
+                .bearer_auth(token);
+            async move {
+                let r = req.send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let tester = c.token.clone();
+        assert_eq!(ack(&tester, "a").await.0, 200);
+        assert_eq!(ack(&tester, "b").await.0, 200);
+        let (s, v) = ack(&tester, "c").await;
+        assert_eq!(s, 507, "{v}");
+        assert_eq!(v["error"]["reason"], "cursors_full", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("limits.cursors_per_principal_max"), "{v}");
+        // Another principal is not held up, and its "a" is its own.
+        assert_eq!(ack(reader_token, "a").await.0, 200);
+        // Deleting one of its own makes room.
+        assert_eq!(delete(&tester, "b").await.0, 204);
+        let (s, v) = delete(&tester, "b").await;
+        assert_eq!(s, 404, "{v}");
+        assert_eq!(v["error"]["reason"], "subscription_not_found", "{v}");
+        assert_eq!(ack(&tester, "c").await.0, 200);
+        // The tester's "a" resumes after cursor 1; deleted, it starts from the beginning.
+        let got = sse_take_as(
+            c.url(0, "/v1/streams/s/subscribe?durable=a"),
+            Some(&tester),
+            None,
+            1,
+        )
+        .await;
+        assert_eq!(got[0]["data"]["k"], 1, "resumes after its acknowledged cursor");
+        assert_eq!(delete(&tester, "a").await.0, 204);
+        let got = sse_take_as(
+            c.url(0, "/v1/streams/s/subscribe?durable=a"),
+            Some(&tester),
+            None,
+            1,
+        )
+        .await;
+        assert_eq!(got[0]["data"]["k"], 0, "a deleted subscription starts afresh");
+        // The reader's "a" was not the tester's to delete.
+        assert_eq!(delete(reader_token, "a").await.0, 204);
+        assert!(rejected(&c, 0, "subscription_not_found").await >= 1);
+    });
+}
