@@ -2070,7 +2070,12 @@ async fn ack_subscription(
             &format!("acknowledge durable subscription {name} on"),
         )?;
     }
-    let committed = *api.committed.borrow();
+    let mut committed = *api.committed.borrow();
+    if q.cursor > committed {
+        // The driver announces positions after its group commit; a batch the store
+        // committed by itself (`TX_WRITES_MAX`) may already be read. Ask the log.
+        committed = committed.max(read_store(&api, |r| r.log_max_pos()).await?);
+    }
     if q.cursor > committed {
         return Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -488,6 +488,15 @@ fn max_seq_in(conn: &Connection, origin: &OriginKey) -> Result<u64, StoreError> 
     max.map_or(Ok(0), |m| u64::try_from(m).map_err(|_| corrupt("seq")))
 }
 
+/// The highest position in the delivery log (0 when empty), as `conn` sees it.
+fn log_max_pos_in(conn: &Connection) -> Result<u64, StoreError> {
+    conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|p| p.max(0) as u64)
+    .map_err(backend)
+}
+
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -837,12 +846,7 @@ impl SqliteStore {
 
     /// The highest position in the delivery log (0 when empty).
     pub(crate) fn log_max_pos(&self) -> Result<u64, StoreError> {
-        self.conn
-            .query_row("SELECT COALESCE(MAX(pos), 0) FROM log", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|p| p.max(0) as u64)
-            .map_err(backend)
+        log_max_pos_in(&self.conn)
     }
 
     /// Makes every write since the last commit durable (fsync'd); returns how many writes
@@ -1922,6 +1926,11 @@ impl StoreReader {
     #[cfg(test)]
     pub(crate) fn count(&self) -> Result<u64, StoreError> {
         count(&self.conn, "events").map(|n| n as u64)
+    }
+
+    /// The highest committed position in the delivery log (0 when empty).
+    pub(crate) fn log_max_pos(&self) -> Result<u64, StoreError> {
+        log_max_pos_in(&self.conn)
     }
 
     /// A durable cursor: its stream and log position.
