@@ -322,16 +322,12 @@ fn has_field_transforms(policy: &Policy, stream: &weft_fabric::StreamName) -> bo
 
 /// Signs one derived payload as a new event of this node: seq and HLC from the producer,
 /// classification and residency from `Policy::stamp` for the target stream, the source's
-/// tenant, and `principal`: the source's for a field transform's derivative (it is that
-/// principal's data, transformed, so an erase of the principal reaches it on every node,
-/// including those that never held the source), [`DERIVED_PRINCIPAL`] for an aggregate
-/// (many principals' events, summed). The producer's sequence advances only on success
-/// (no gap on a failure).
+/// tenant. The producer's sequence advances only on success (no gap on a failure).
 fn sign_derived(
     api: &Api,
     p: &mut Producer,
     policy: &Policy,
-    (tenant, principal): (&str, &str),
+    tenant: &str,
     derived: Derived,
 ) -> Result<Arc<Event>, Failure> {
     if !api.streams.iter().any(|s| s.matches(&derived.stream)) {
@@ -370,7 +366,7 @@ fn sign_derived(
             hlc,
             security: SecurityContext {
                 tenant: tenant.to_string(),
-                principal: principal.into(),
+                principal: DERIVED_PRINCIPAL.into(),
                 classification: stamp.classification,
                 residency: stamp.residency,
                 scopes: Default::default(),
@@ -414,8 +410,7 @@ pub(crate) fn derive(
                 .clone()
                 .and_then(|d| t.apply(&id, &d).map_err(Failure::from))
                 .and_then(|derived| {
-                    let s = source.security();
-                    sign_derived(api, p, policy, (&s.tenant, &s.principal), derived)
+                    sign_derived(api, p, policy, &source.security().tenant, derived)
                 });
             match result {
                 Ok(event) => {
@@ -830,7 +825,7 @@ async fn publish_pending(
                 &api2,
                 &mut p,
                 &pending.policy,
-                (&pending.tenant, DERIVED_PRINCIPAL),
+                &pending.tenant,
                 pending.derived,
             ) {
                 Ok(event) => {
