@@ -192,8 +192,10 @@ pub(crate) struct Limits {
     /// Most concurrent SSE subscribers.
     pub(crate) subscribers_max: usize,
     /// Most store reads in progress at once (pages, event lookups, table reads, each SSE
-    /// batch): each may hold up to 8 MiB of envelopes. A read beyond it waits up to 5 s for
-    /// a slot, then gets 503 `reads_busy` with Retry-After.
+    /// batch), and idle store readers kept: each may hold up to 8 MiB of envelopes (a page
+    /// holds its slot until its answer is built). A read beyond it waits up to 5 s for a
+    /// slot, then gets 503 `reads_busy` with Retry-After (SSE and the edge downlink wait
+    /// on).
     pub(crate) reads_inflight_max: usize,
     /// Most durable subscriptions (saved cursors); beyond it a new one's position is not
     /// kept: 507 `cursors_full`.
@@ -214,7 +216,7 @@ impl Default for Limits {
             ack_timeout_ms: 5_000,
             read_limit_max: 10_000,
             subscribers_max: 1024,
-            reads_inflight_max: 32,
+            reads_inflight_max: 8,
             cursors_max: 1024,
             cursors_per_principal_max: 64,
         }

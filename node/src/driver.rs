@@ -303,6 +303,9 @@ pub(crate) struct Driver {
     claims: Vec<crate::ce_claims::Claim>,
     /// Cursor saves waiting for the commit that makes them durable.
     cursor_replies: Vec<oneshot::Sender<Result<(), crate::store::RecordError>>>,
+    /// Publishes refused as erased or expired, answered after the commit of the rest of
+    /// their request.
+    erased_replies: Vec<(oneshot::Sender<Result<Published, PublishError>>, String)>,
     /// Cursor deletions waiting for their commit, with whether the cursor existed.
     cursor_deletes: Vec<(
         oneshot::Sender<Result<bool, crate::store::RecordError>>,
@@ -362,6 +365,7 @@ impl Driver {
             claims: Vec::new(),
             cursor_replies: Vec::new(),
             cursor_deletes: Vec::new(),
+            erased_replies: Vec::new(),
             retention_due: Instant::now(),
             retention_blocked: false,
         }
@@ -900,10 +904,15 @@ impl Driver {
                     return;
                 }
                 if let Some(e) = erased {
-                    let _ = reply.send(Err(PublishError::Erased(format!(
-                        "{e}: not stored again ({} of the request's events were accepted)",
-                        ids.len()
-                    ))));
+                    // Answered after the commit of the events it did accept: the edge port
+                    // takes this answer as the batch settled (durable).
+                    self.erased_replies.push((
+                        reply,
+                        format!(
+                            "{e}: not stored again ({} of the request's events were accepted)",
+                            ids.len()
+                        ),
+                    ));
                     self.drain();
                     return;
                 }
@@ -1541,6 +1550,13 @@ impl Driver {
         }
         for (reply, existed) in std::mem::take(&mut self.cursor_deletes) {
             let _ = reply.send(if durable { Ok(existed) } else { Err(failed()) });
+        }
+        for (reply, message) in std::mem::take(&mut self.erased_replies) {
+            let _ = reply.send(Err(if durable {
+                PublishError::Erased(message)
+            } else {
+                PublishError::Store(format!("the commit failed; {message}"))
+            }));
         }
         if durable {
             for (tx, ids) in std::mem::take(&mut self.confirm_replies) {

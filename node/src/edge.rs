@@ -647,13 +647,12 @@ impl Edge {
                 // A resend of an event this node already holds (stored under an older
                 // epoch, its acknowledgement lost) is durable, not refused.
                 let id = event.id();
-                let held = crate::http::read_store(api, move |r| r.event_by_id(&id))
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some();
-                if held {
-                    continue;
+                match crate::http::read_store(api, move |r| r.event_by_id(&id)).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    // Not known whether it is held (reads busy, a store error): a refusal
+                    // would be for good (the agent dead-letters it), so: later.
+                    Err(_) => return self.busy("held check unanswered"),
                 }
                 warn!(target: "audit", decision = "deny", reason, device = %hex::encode(device.key),
                     principal = %device.principal, event = %event.id(), stream = %event.stream().as_str(),
@@ -844,11 +843,19 @@ impl Edge {
         let mut closing = self.api.closing.clone();
         loop {
             let s = stream.clone();
-            let entries = crate::http::read_store(&self.api, move |r| {
+            let entries = match crate::http::read_store(&self.api, move |r| {
                 r.read_log(&s, after, COMMANDS_PAGE_LEN)
             })
             .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            {
+                Ok(entries) => entries,
+                // Every read slot taken for a while: the downlink waits, it does not end.
+                Err(e) if e.reason() == "reads_busy" => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => return Err(anyhow::anyhow!("{}", e.message())),
+            };
             if entries.is_empty() {
                 tokio::select! {
                     r = committed.changed() => if r.is_err() { return Ok(()) },

@@ -72,6 +72,8 @@ pub(crate) struct Api {
     /// One permit per store read in progress (`limits.reads_inflight_max`): bounds the
     /// envelopes held in memory by reads (up to 8 MiB each) and the blocking threads.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
+    /// `limits.reads_inflight_max`: also how many idle store readers are kept.
+    pub(crate) read_slots_max: usize,
     /// The store is at `limits.events_max` (set by the driver after each commit):
     /// publishes are refused before anything is signed.
     pub(crate) store_full: Arc<std::sync::atomic::AtomicBool>,
@@ -503,7 +505,7 @@ impl Api {
         };
         let out = f(&reader);
         if let Ok(mut r) = self.readers.lock()
-            && r.len() < 8
+            && r.len() < self.read_slots_max
         {
             r.push(reader);
         }
@@ -544,13 +546,28 @@ where
     T: Send + 'static,
     F: FnOnce(&StoreReader) -> Result<T, weft_fabric::mesh::StoreError> + Send + 'static,
 {
+    read_store_held(api, f).await.map(|(v, _slot)| v)
+}
+
+/// [`read_store`], handing back the read slot with the result: a caller that renders
+/// what it read (a page of up to `read_limit_max` envelopes) holds the slot until the
+/// answer is built, so the slots bound that memory too.
+pub(crate) async fn read_store_held<T, F>(
+    api: &Arc<Api>,
+    f: F,
+) -> ApiResult<(T, tokio::sync::OwnedSemaphorePermit)>
+where
+    T: Send + 'static,
+    F: FnOnce(&StoreReader) -> Result<T, weft_fabric::mesh::StoreError> + Send + 'static,
+{
     let slot = read_slot(&api.read_slots, READ_SLOT_WAIT)
         .await
         .map_err(|e| api.fail(e))?;
     let api2 = api.clone();
+    // The slot moves into the blocking task: a request dropped while it runs (the client
+    // went away) keeps it taken until the read is done.
     let out = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        api2.with_reader(|r| {
+        let read = api2.with_reader(|r| {
             f(r).map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -558,7 +575,8 @@ where
                     e.to_string(),
                 )
             })
-        })
+        });
+        read.map(|v| (v, slot))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()));
@@ -1663,7 +1681,8 @@ async fn read_events(
     }
     let after = q.after.unwrap_or(0);
     let stream_name = name.as_str().to_string();
-    let entries = read_store(&api, move |r| r.read_log(name.as_str(), after, limit)).await?;
+    let (entries, _slot) =
+        read_store_held(&api, move |r| r.read_log(name.as_str(), after, limit)).await?;
     // The cursor moves past events left out too, so a reader never rereads them.
     let next = entries.last().map(|e| e.pos).unwrap_or(after);
     let mut left_out = 0;
@@ -1900,9 +1919,17 @@ async fn subscribe(
                 }
             }
             let stream = name.as_str().to_string();
-            let Ok(entries) = read_store(&api2, move |r| r.read_log(&stream, after, 500)).await
-            else {
-                break;
+            let entries = match read_store(&api2, move |r| r.read_log(&stream, after, 500)).await {
+                Ok(entries) => entries,
+                // Every read slot taken for a while: the subscriber waits, it is not
+                // dropped (a reconnect would only read again).
+                Err(e) if e.reason() == "reads_busy" => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = closing.changed() => break,
+                    }
+                }
+                Err(_) => break,
             };
             let n = entries.len();
             let last = entries.last().map(|e| e.pos);
@@ -2106,24 +2133,13 @@ async fn delete_subscription(
     Path((stream, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    // Only the caller's own subscription can be named (the key is built from its
+    // principal), so no stream right is asked: a principal that lost its right to
+    // subscribe can still free what it held.
     let who = api.authenticate(&headers)?;
-    let who_name = who.name.clone();
     let stream = check_stream(&api, &stream)?;
-    let system = api.check_system_read(&headers, &stream, "hold a subscription on")?;
     check_durable_name(&api, &stream, &name)?;
-    if let Some(policy) = api.policy.policy().filter(|_| !system) {
-        let guard = ReadGuard {
-            policy,
-            principal: who,
-            action: weft_policy::Action::Subscribe,
-            region: api.me.region.to_string(),
-        };
-        api.authorize_stream(
-            &guard,
-            &stream,
-            &format!("delete durable subscription {name} on"),
-        )?;
-    }
+    let who_name = who.name;
     let (reply, rx) = tokio::sync::oneshot::channel();
     let shutting_down = || {
         api.fail(ApiError::new(

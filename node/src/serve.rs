@@ -290,6 +290,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         filtered_audit: Mutex::new(HashMap::new()),
         subscriber_slots: Arc::new(tokio::sync::Semaphore::new(raw.limits.subscribers_max)),
         read_slots: Arc::new(tokio::sync::Semaphore::new(raw.limits.reads_inflight_max)),
+        read_slots_max: raw.limits.reads_inflight_max,
         store_full,
         events_max: raw.limits.events_max,
         producer: Mutex::new(Producer {

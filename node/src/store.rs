@@ -808,6 +808,18 @@ impl SqliteStore {
                 .map_err(sqlite)?;
         }
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
+        // Durable cursors from before they had owners (`OWNER:` keys) are never read again
+        // (their subscriptions start afresh under the new key) and could not be deleted
+        // through the API: they would hold `cursors_max` rows for ever.
+        let orphans = conn
+            .execute("DELETE FROM cursors WHERE instr(name, ':') = 0", [])
+            .map_err(sqlite)?;
+        if orphans > 0 {
+            tracing::info!(
+                orphans,
+                "deleted durable cursors kept before cursors had owners"
+            );
+        }
         conn.execute_batch(WAITING_SCHEMA).map_err(sqlite)?;
         let erase_rules = load_erase_rules(&conn).map_err(|source| OpenError::Load {
             path: path.clone(),
@@ -2044,12 +2056,12 @@ mod tests {
                 store.insert(event(1, "a", seq, b"x")).unwrap();
             }
             store.insert(event(2, "a", 1, b"x")).unwrap();
-            store.cursor_set("c", "a", 3).unwrap();
+            store.cursor_set("o:c", "a", 3).unwrap();
             store.commit().unwrap();
             // A crash before commit: these are lost.
             store.insert(event(1, "a", 4, b"x")).unwrap();
             store.insert(event(3, "a", 1, b"x")).unwrap();
-            store.cursor_set("c", "a", 9).unwrap();
+            store.cursor_set("o:c", "a", 9).unwrap();
             store.meta_set("m", b"v").unwrap();
             assert_eq!(store.len(), 7);
         }
@@ -2066,7 +2078,7 @@ mod tests {
         assert_eq!(store.ranges(&o2).unwrap().contiguous(), 1);
         assert!(store.get(&o1, 4).is_none());
         assert!(store.get(&o1, 5).is_some());
-        assert_eq!(store.cursor_get("c"), Ok(Some(("a".into(), 3))));
+        assert_eq!(store.cursor_get("o:c"), Ok(Some(("a".into(), 3))));
         assert_eq!(store.meta_get("m"), Ok(None));
     }
 
@@ -2234,10 +2246,10 @@ mod tests {
         let e = event(1, "a", 1, &1u64.to_be_bytes());
         assert_eq!(reader.event_by_id(&e.id()), Ok(Some(e.encode())));
         assert_eq!(reader.read_log("none", 0, 10), Ok(Vec::new()));
-        store.cursor_set("sub", "a", 4).unwrap();
-        assert_eq!(reader.cursor_get("sub"), Ok(None));
+        store.cursor_set("o:sub", "a", 4).unwrap();
+        assert_eq!(reader.cursor_get("o:sub"), Ok(None));
         store.commit().unwrap();
-        assert_eq!(reader.cursor_get("sub"), Ok(Some(("a".into(), 4))));
+        assert_eq!(reader.cursor_get("o:sub"), Ok(Some(("a".into(), 4))));
     }
 
     /// A Skip taken on another node's word and still waiting survives a restart of the
@@ -2345,10 +2357,10 @@ mod tests {
             ..StoreLimits::default()
         };
         let mut store = SqliteStore::open(dir.path(), limits.clone()).unwrap();
-        store.cursor_set("one", "s", 1).unwrap();
-        store.cursor_set("one", "s", 2).unwrap();
+        store.cursor_set("o:one", "s", 1).unwrap();
+        store.cursor_set("o:one", "s", 2).unwrap();
         assert!(matches!(
-            store.cursor_set("two", "s", 1),
+            store.cursor_set("o:two", "s", 1),
             Err(RecordError::TableFull { .. })
         ));
         assert!(matches!(
@@ -2371,7 +2383,38 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(dir.path(), limits).unwrap();
         store.check_invariants().unwrap();
-        assert_eq!(store.cursor_get("one"), Ok(Some(("s".into(), 2))));
+        assert_eq!(store.cursor_get("o:one"), Ok(Some(("s".into(), 2))));
+        drop(store);
+        // Per owner (the name up to its first ':'), and deletable; a cursor without an
+        // owner (kept before cursors had owners) is gone at the next open.
+        let limits = StoreLimits {
+            cursors_max: 10,
+            cursors_per_owner_max: 2,
+            ..StoreLimits::default()
+        };
+        let mut store = SqliteStore::open(dir.path(), limits.clone()).unwrap();
+        store.cursor_set("o:two", "s", 1).unwrap();
+        assert!(matches!(
+            store.cursor_set("o:three", "s", 1),
+            Err(RecordError::TableFull { len: 2, max: 2, .. })
+        ));
+        store.cursor_set("p:three", "s", 1).unwrap();
+        assert_eq!(store.cursor_delete("o:two"), Ok(true));
+        assert_eq!(store.cursor_delete("o:two"), Ok(false));
+        store.cursor_set("o:three", "s", 1).unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO cursors (name, stream, pos) VALUES ('legacy', 's', 1)",
+                [],
+            )
+            .unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let store = SqliteStore::open(dir.path(), limits).unwrap();
+        assert_eq!(store.cursor_get("legacy"), Ok(None));
+        assert_eq!(store.cursor_get("o:three"), Ok(Some(("s".into(), 1))));
+        store.check_invariants().unwrap();
         assert_eq!(
             store.peers(),
             Ok(vec![
