@@ -729,3 +729,78 @@ fn a_node_that_cannot_store_is_left_out_for_the_next_one() {
     );
     assert!(w.agent_log().contains("leaving a node out"), "{}", w.logs());
 }
+
+/// Events a device signed and could not deliver (the node's store was full), which an
+/// erase of the device's principal then covers, are settled: the node answers their batch
+/// durable, and the outbox empties. Before, the node answered `failed` and the agent
+/// resent them for ever.
+#[test]
+fn signed_events_an_erase_covers_leave_the_outbox() {
+    let mut w = World::new("erasedbatch", 78, 1, "", &[], "");
+    let n0 = w.dir.join("n0.toml");
+    let text = std::fs::read_to_string(&n0).unwrap();
+    let text = text.replacen("\n[edge]\n", "\nadmin = true\n[edge]\n", 1);
+    std::fs::write(&n0, format!("{text}\n[limits]\nevents_max = 20\n")).unwrap();
+    w.start_node(0);
+    let node = node_http(78, 0);
+    let auth = format!("Bearer {}", w.token);
+    let post = |path: &str, content_type: &str, body: &[u8]| {
+        http_post(
+            &node,
+            path,
+            &[("content-type", content_type), ("authorization", &auth)],
+            body,
+        )
+        .unwrap()
+    };
+    // The operator's twenty events fill the store (erased numbers are bounded by
+    // `events_max` too, so the device's ten fit under it).
+    wait_for(Duration::from_secs(20), || {
+        http_get(&node, "/healthz").filter(|(c, _)| *c == 200)
+    })
+    .unwrap_or_else(|| panic!("node never up\n{}", w.logs()));
+    let batch: Vec<String> = (0..20)
+        .map(|k| {
+            format!(
+                r#"{{"specversion":"1.0","id":"fill-{k}","source":"it","type":"t","datacontenttype":"application/json","data":{{"k":{k}}}}}"#
+            )
+        })
+        .collect();
+    let (code, body) = post(
+        "/v1/streams/fill.x/events",
+        "application/cloudevents-batch+json",
+        format!("[{}]", batch.join(",")).as_bytes(),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    w.feed(0..10);
+    // Signed, refused (store full), retried: all ten wait in the outbox.
+    wait_for(Duration::from_secs(30), || {
+        (depth(&w)? == 10 && w.agent_log().contains("failed to store a batch")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the batch never failed: {:?}\n{}", w.status(), w.logs()));
+    let erase = |principal: &str| {
+        let body = format!(r#"{{"principal": "{principal}", "tenant": "acme"}}"#);
+        let (code, resp) = post("/v1/erase", "application/json", body.as_bytes());
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
+    };
+    erase("till-7");
+    wait_for(Duration::from_secs(60), || (depth(&w)? == 0).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "the erased events never left the outbox: {:?}\n{}",
+            w.status(),
+            w.logs()
+        )
+    });
+    assert_eq!(w.events(0, STREAM).map(|e| e.len()), Some(0));
+    assert!(
+        w.metrics(0)
+            .contains("weft_rejected_total{reason=\"erased\"}"),
+        "{}",
+        w.metrics(0)
+    );
+    // The store still holds the operator's twenty events only.
+    assert_eq!(w.events(0, "fill.x").map(|e| e.len()), Some(20));
+}
