@@ -2017,18 +2017,21 @@ fn check_durable_name(api: &Api, stream: &StreamName, d: &str) -> ApiResult<()> 
     Ok(())
 }
 
+/// 503 `shutting_down`, counted: the driver is gone (the node is stopping).
+fn shutting_down(api: &Api) -> ApiError {
+    api.fail(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the node is shutting down",
+    ))
+}
+
 /// Saves a durable cursor through the driver and waits for the outcome: a full cursor
 /// table is 507 `cursors_full`, counted (the position was not kept, and saying so beats a
 /// subscriber that replays from the start after its next reconnect).
 async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> ApiResult<()> {
     let (reply, rx) = tokio::sync::oneshot::channel();
-    let shutting_down = || {
-        api.fail(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the node is shutting down",
-        ))
-    };
+    let shutting_down = || shutting_down(api);
     api.cmd_tx
         .send(Command::SaveCursor {
             name,
@@ -2141,13 +2144,7 @@ async fn delete_subscription(
     check_durable_name(&api, &stream, &name)?;
     let who_name = who.name;
     let (reply, rx) = tokio::sync::oneshot::channel();
-    let shutting_down = || {
-        api.fail(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the node is shutting down",
-        ))
-    };
+    let shutting_down = || shutting_down(&api);
     api.cmd_tx
         .send(Command::DeleteCursor {
             name: cursor_key(&who_name, &stream, &name),

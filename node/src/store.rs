@@ -433,8 +433,8 @@ pub(crate) struct SqliteStore {
     stats: RefCell<StoreStats>,
     /// Erase rules in force (loaded at open; `erase_rules` rows).
     erase_rules: EraseRules,
-    /// Retention rules in force and the pass's caches (`store/retention.rs`).
-    retention: retention::RetentionState,
+    /// Retention rules in force (`store/retention.rs`).
+    retention: retention::RetentionRules,
     /// A batch [`SqliteStore::begin_write`] committed by itself (at `TX_WRITES_MAX`) whose
     /// commit failed: it was rolled back, and a caller that returns no error (a waiting
     /// Skip recorded) only logged it. The next [`SqliteStore::commit`] reports it, so the
@@ -808,6 +808,7 @@ impl SqliteStore {
                 .map_err(sqlite)?;
         }
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
+        retention::create_schema(&conn).map_err(sqlite)?;
         // Durable cursors from before they had owners (`OWNER:` keys) are never read again
         // (their subscriptions start afresh under the new key) and could not be deleted
         // through the API: they would hold `cursors_max` rows for ever.
@@ -846,7 +847,7 @@ impl SqliteStore {
             tx_writes: 0,
             stats: RefCell::new(StoreStats::default()),
             erase_rules,
-            retention: retention::RetentionState::default(),
+            retention: retention::RetentionRules::default(),
             auto_commit_failed: None,
         })
     }
@@ -917,7 +918,6 @@ impl SqliteStore {
     /// Reloads the in-memory state from the rows (after a rollback).
     fn reload(&mut self) {
         self.cache.borrow_mut().clear();
-        self.retention.clear();
         match load(&self.conn) {
             Ok(state) => self.state = state,
             Err(e) => tracing::error!(error = %e, "store reload failed; state may be stale"),
@@ -975,8 +975,16 @@ impl SqliteStore {
             return pos_from_sql(pos);
         }
         self.tx_writes += 1;
-        self.retention
-            .logged(event.stream().as_str(), || event.encode().len());
+        // The stream's logged bytes (retention_bytes), from the row just stored.
+        self.conn
+            .prepare_cached(
+                "INSERT INTO stream_bytes (stream, bytes) \
+                 SELECT ?1, LENGTH(envelope) FROM events WHERE id = ?2 \
+                 ON CONFLICT (stream) DO UPDATE SET bytes = bytes + excluded.bytes",
+            )
+            .and_then(|mut s| s.execute(params![event.stream().as_str(), &id.0[..]]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
         pos_from_sql(self.conn.last_insert_rowid())
     }
 
@@ -1382,14 +1390,17 @@ impl SqliteStore {
             }
             let origin_key = OriginKey(key32(&origin, "origin")?);
             let seq_u = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
-            for sql in [
-                "DELETE FROM events WHERE id = ?1",
-                "DELETE FROM log WHERE id = ?1",
-            ] {
-                self.conn
-                    .prepare_cached(sql)
-                    .and_then(|mut s| s.execute([&id[..]]))
-                    .map_err(backend)?;
+            self.conn
+                .prepare_cached("DELETE FROM events WHERE id = ?1")
+                .and_then(|mut s| s.execute([&id[..]]))
+                .map_err(backend)?;
+            let logged = self
+                .conn
+                .prepare_cached("DELETE FROM log WHERE id = ?1")
+                .and_then(|mut s| s.execute([&id[..]]))
+                .map_err(backend)?;
+            if logged > 0 {
+                retention::unlog_bytes(&self.conn, data.stream().as_str(), envelope.len() as u64)?;
             }
             let dedup = self
                 .conn
@@ -1408,7 +1419,6 @@ impl SqliteStore {
             self.state.erased_len += 1;
             self.state.note(origin_key, seq_u);
             self.cache.get_mut().remove(&(origin_key, seq_u));
-            self.retention.forget_bytes(data.stream().as_str());
             erased.push(ErasedEvent {
                 id: weft_fabric::EventId(key32(&id, "id")?),
                 stream: data.stream().as_str().to_string(),
@@ -1440,6 +1450,28 @@ impl SqliteStore {
         }
         if self.state.expired != rows.expired {
             return Err("expired ranges differ from the rows".into());
+        }
+        let counted: Vec<(String, i64)> = self
+            .conn
+            .prepare(
+                "SELECT b.stream, b.bytes - COALESCE((SELECT SUM(LENGTH(e.envelope)) FROM log l \
+                 JOIN events e ON e.id = l.id WHERE l.stream = b.stream), 0) FROM stream_bytes b",
+            )
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| e.to_string())?;
+        if let Some((stream, off)) = counted.iter().find(|(_, off)| *off != 0) {
+            return Err(format!("stream_bytes of {stream} is off by {off}"));
+        }
+        let uncounted: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(DISTINCT stream) FROM log WHERE stream NOT IN (SELECT stream FROM stream_bytes)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if uncounted != 0 {
+            return Err(format!("{uncounted} logged streams without stream_bytes"));
         }
         if self.state.ranges != rows.ranges {
             return Err("per-origin ranges differ from the rows".into());
@@ -1790,7 +1822,7 @@ impl Store for SqliteStore {
                     "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
                      DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup; \
                      DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM waiting_skips; \
-                     DELETE FROM expired;",
+                     DELETE FROM expired; DELETE FROM stream_bytes;",
                 )
                 .map_err(backend)
         });
@@ -1800,7 +1832,6 @@ impl Store for SqliteStore {
                 self.state = Loaded::default();
                 self.erase_rules.clear();
                 self.cache.get_mut().clear();
-                self.retention.clear();
             }
             Err(e) => {
                 tracing::error!(error = %e, "store clear failed");

@@ -70,20 +70,6 @@ replication = "all"
     )
 }
 
-/// A sample of `/metrics` on node `i`: the value of the line starting `name`.
-async fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
-    let text = reqwest::get(c.url(i, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// How many events of `stream` node `i` serves (`usize::MAX` when it does not answer).
 async fn count(c: &Cluster, i: usize, stream: &str) -> usize {
     c.ids(i, stream).await.map_or(usize::MAX, |v| v.len())

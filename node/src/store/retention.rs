@@ -9,6 +9,9 @@
 //! system streams are never expired: a table's state is made of all its writes, and
 //! system streams carry the policy and erase requests a node catching up needs.
 //!
+//! Each stream's logged envelope bytes are kept in `stream_bytes` (updated with every
+//! logged, expired or erased event), so a size rule reads a count instead of scanning.
+//!
 //! An expired event's number stays seen: it is kept as a range in `expired`, so
 //! anti-entropy does not fetch the event back, a peer asking for it gets a Skip (as for an
 //! erased event, [`Store::erased`]), a restart does not reopen the hole, and the origin's
@@ -16,10 +19,10 @@
 //! range only grows across numbers the store holds or erased), so one range per origin
 //! is the common case; ranges are bounded by `events_max` rows like erased numbers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use weft_fabric::hlc::Hlc;
 use weft_fabric::mesh::StoreError;
 use weft_fabric::{OriginKey, StreamName};
@@ -100,41 +103,42 @@ pub(crate) struct Expired {
     pub(crate) ranges_full: bool,
 }
 
-/// The store's retention state besides the rows: the rules and what the pass caches.
-#[derive(Debug, Default)]
-pub(crate) struct RetentionState {
-    pub(crate) rules: RetentionRules,
-    /// Streams in the delivery log (read at the first pass, then kept up to date).
-    streams: Option<BTreeSet<String>>,
-    /// Envelope bytes per stream in the delivery log, for the streams a size rule
-    /// covers (measured at first need, then kept up to date).
-    bytes: HashMap<String, u64>,
+/// Creates the per-stream byte counts (`stream_bytes`: the envelope bytes of each
+/// stream's logged events, kept up to date by `append_log`, the retention pass and erase,
+/// so a size rule never scans a stream). Idempotent; a store made before it had them fills
+/// them once from its rows (one scan, at the first start).
+pub(crate) fn create_schema(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let exists = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stream_bytes'")?
+        .exists([])?;
+    if exists {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE stream_bytes (
+             stream TEXT PRIMARY KEY,
+             bytes INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         INSERT INTO stream_bytes (stream, bytes)
+             SELECT l.stream, SUM(LENGTH(e.envelope)) FROM log l
+             JOIN events e ON e.id = l.id GROUP BY l.stream;
+         COMMIT;",
+    )?;
+    tracing::info!("per-stream byte counts made for stream retention");
+    Ok(())
 }
 
-impl RetentionState {
-    /// Forgets the caches (after a rollback: they may count rows that are gone).
-    pub(crate) fn clear(&mut self) {
-        self.streams = None;
-        self.bytes.clear();
-    }
-
-    /// A stream's events erased or otherwise removed: its size is measured again.
-    pub(crate) fn forget_bytes(&mut self, stream: &str) {
-        self.bytes.remove(stream);
-    }
-
-    /// An event of `stream` entered the delivery log; `len` gives its envelope's bytes
-    /// (asked only for a stream whose size is kept).
-    pub(crate) fn logged(&mut self, stream: &str, len: impl FnOnce() -> usize) {
-        if let Some(streams) = &mut self.streams
-            && !streams.contains(stream)
-        {
-            streams.insert(stream.to_string());
-        }
-        if let Some(b) = self.bytes.get_mut(stream) {
-            *b += len() as u64;
-        }
-    }
+/// Takes `bytes` of logged envelopes of `stream` off its count (their rows are gone).
+pub(crate) fn unlog_bytes(
+    conn: &rusqlite::Connection,
+    stream: &str,
+    bytes: u64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE stream_bytes SET bytes = MAX(bytes - ?2, 0) WHERE stream = ?1")
+        .and_then(|mut s| s.execute(params![stream, bytes.cast_signed()]))
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// One event a pass may expire.
@@ -154,7 +158,7 @@ struct Candidate {
 impl SqliteStore {
     /// Sets the retention rules in force (at start and at each policy epoch).
     pub(crate) fn set_retention(&mut self, rules: RetentionRules) {
-        self.retention.rules = rules;
+        self.retention = rules;
     }
 
     /// Whether `(origin, seq)` is covered by an expired range (expired here, or held).
@@ -177,7 +181,7 @@ impl SqliteStore {
     /// is written before its event is deleted (a range may cover held numbers).
     pub(crate) fn expire(&mut self, now_ms: u64) -> Result<Expired, StoreError> {
         let mut out = Expired::default();
-        if !self.retention.rules.any() {
+        if !self.retention.any() {
             return Ok(out);
         }
         match self.expire_all(now_ms, &mut out) {
@@ -196,7 +200,7 @@ impl SqliteStore {
             let Ok(name) = StreamName::new(stream.clone()) else {
                 continue;
             };
-            let Some(rule) = self.retention.rules.rule(&name) else {
+            let Some(rule) = self.retention.rule(&name) else {
                 continue;
             };
             if let Some(age_ms) = rule.age_ms
@@ -255,11 +259,13 @@ impl SqliteStore {
         limit: u64,
         out: &mut Expired,
     ) -> Result<bool, StoreError> {
-        let mut total = 0u64;
-        for s in streams {
-            total += self.stream_bytes(s)?;
-        }
-        while total > limit {
+        let total = |me: &Self| -> Result<u64, StoreError> {
+            streams
+                .iter()
+                .try_fold(0u64, |sum, s| Ok(sum + me.stream_bytes(s)?))
+        };
+        let mut over = total(self)?.saturating_sub(limit);
+        while over > 0 {
             // The oldest heads of every stream of the rule, merged by log position, up to
             // the last position every stream with more rows has been read to (past it a
             // stream's unread rows may be older than another's read ones).
@@ -278,12 +284,12 @@ impl SqliteStore {
             }
             heads.sort_by_key(|(pos, _, _)| *pos);
             let mut picked: Vec<Vec<Candidate>> = (0..streams.len()).map(|_| Vec::new()).collect();
-            let mut over = total - limit;
+            let mut left = over;
             for (_, i, c) in heads {
-                if over == 0 {
+                if left == 0 {
                     break;
                 }
-                over = over.saturating_sub(c.len);
+                left = left.saturating_sub(c.len);
                 picked[i].push(c);
             }
             for (i, due) in picked.into_iter().enumerate() {
@@ -292,14 +298,11 @@ impl SqliteStore {
                 }
                 let (taken, go_on) = self.take(&streams[i], due, out)?;
                 out.by_size += taken;
-                total = streams
-                    .iter()
-                    .map(|s| self.retention.bytes.get(s).copied().unwrap_or(0))
-                    .sum();
                 if !go_on {
                     return Ok(false);
                 }
             }
+            over = total(self)?.saturating_sub(limit);
         }
         Ok(true)
     }
@@ -362,9 +365,8 @@ impl SqliteStore {
             self.cache.get_mut().remove(&(c.origin, c.seq));
             freed += c.len;
         }
-        if let Some(b) = self.retention.bytes.get_mut(stream) {
-            *b = b.saturating_sub(freed);
-        }
+        unlog_bytes(&self.conn, stream, freed)?;
+        self.tx_writes += 1;
         self.stats.get_mut().expired += due.len() as u64;
         Ok((due.len() as u64, go_on))
     }
@@ -450,48 +452,22 @@ impl SqliteStore {
         Ok(u64::try_from(held).is_ok_and(|h| h == want))
     }
 
-    /// Every stream in the delivery log (a skip scan of the `(stream, pos)` index at the
-    /// first call, then kept up to date by [`RetentionState::logged`]).
-    fn log_streams(&mut self) -> Result<Vec<String>, StoreError> {
-        if self.retention.streams.is_none() {
-            let mut found = BTreeSet::new();
-            let mut after = String::new();
-            loop {
-                let next: Option<String> = self
-                    .conn
-                    .prepare_cached("SELECT MIN(stream) FROM log WHERE stream > ?1")
-                    .and_then(|mut s| s.query_row([&after], |r| r.get(0)))
-                    .map_err(backend)?;
-                let Some(stream) = next else { break };
-                after.clone_from(&stream);
-                found.insert(stream);
-            }
-            self.retention.streams = Some(found);
-        }
-        Ok(self
-            .retention
-            .streams
-            .as_ref()
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default())
+    /// Every stream that has had events in the delivery log.
+    fn log_streams(&self) -> Result<Vec<String>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT stream FROM stream_bytes")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(backend)
     }
 
-    /// The envelope bytes of `stream`'s logged events (measured once, then kept).
-    fn stream_bytes(&mut self, stream: &str) -> Result<u64, StoreError> {
-        if let Some(b) = self.retention.bytes.get(stream) {
-            return Ok(*b);
-        }
-        let total: i64 = self
+    /// The envelope bytes of `stream`'s logged events.
+    fn stream_bytes(&self, stream: &str) -> Result<u64, StoreError> {
+        let total: Option<i64> = self
             .conn
-            .prepare_cached(
-                "SELECT COALESCE(SUM(LENGTH(e.envelope)), 0) FROM log l \
-                 JOIN events e ON e.id = l.id WHERE l.stream = ?1",
-            )
-            .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
+            .prepare_cached("SELECT bytes FROM stream_bytes WHERE stream = ?1")
+            .and_then(|mut s| s.query_row([stream], |r| r.get(0)).optional())
             .map_err(backend)?;
-        let total = u64::try_from(total).map_err(|_| corrupt("negative size"))?;
-        self.retention.bytes.insert(stream.to_string(), total);
-        Ok(total)
+        u64::try_from(total.unwrap_or(0)).map_err(|_| corrupt("negative size"))
     }
 
     /// The oldest logged events of `stream`, in log order, while `keep` holds, at most
@@ -726,6 +702,30 @@ retention_bytes = 3000
         assert_eq!(store.max_seq(&o2), Ok(5));
         assert_eq!(store.max_seq_excluding(&o2, &BTreeSet::new()), Ok(5));
         assert_eq!(store.delivered(&o2), Some(5));
+    }
+
+    /// A store made before the per-stream byte counts gets them at its first start,
+    /// counted from its rows, and a size rule then applies to it at once.
+    #[test]
+    fn an_older_store_gets_its_stream_byte_counts_at_the_first_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path(), 1000);
+            for seq in 1..=20 {
+                put(&mut store, &event(7, "logs.a", seq, 1, 200));
+            }
+            store.commit().unwrap();
+        }
+        let conn = rusqlite::Connection::open(crate::store::db_path(dir.path())).unwrap();
+        conn.execute_batch("DROP TABLE stream_bytes").unwrap();
+        drop(conn);
+        let mut store = open(dir.path(), 1000);
+        store.check_invariants().unwrap();
+        assert!(store.stream_bytes("logs.a").unwrap() > 3000);
+        assert!(store.expire(*NOW).unwrap().by_size > 0);
+        store.commit().unwrap();
+        assert!(store.stream_bytes("logs.a").unwrap() <= 3000);
+        store.check_invariants().unwrap();
     }
 
     /// An event stamped in the future (a producer's clock a year ahead) is aged from its

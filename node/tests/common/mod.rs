@@ -471,15 +471,25 @@ impl Drop for Operators {
 
 /// `weft_rejected_total{reason}` on node `i` (0 when never counted).
 pub async fn rejected(c: &Cluster, i: usize, reason: &str) -> u64 {
+    metric(
+        c,
+        i,
+        &format!("weft_rejected_total{{reason=\"{reason}\"}} "),
+    )
+    .await
+}
+
+/// The value of the `/metrics` line of node `i` that starts with `series` (the name with
+/// its labels and a space); 0 when there is none.
+pub async fn metric(c: &Cluster, i: usize, series: &str) -> u64 {
     let text = reqwest::get(c.url(i, "/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let needle = format!("weft_rejected_total{{reason=\"{reason}\"}} ");
     text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
+        .find_map(|l| l.strip_prefix(series))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
