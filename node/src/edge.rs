@@ -851,8 +851,11 @@ impl Edge {
                 Ok(entries) => entries,
                 // Every read slot taken for a while: the downlink waits, it does not end.
                 Err(e) if e.reason() == "reads_busy" => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = closing.changed() => return Ok(()),
+                        _ = send.stopped() => return Ok(()),
+                    }
                 }
                 Err(e) => return Err(anyhow::anyhow!("{}", e.message())),
             };

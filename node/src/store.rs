@@ -975,16 +975,7 @@ impl SqliteStore {
             return pos_from_sql(pos);
         }
         self.tx_writes += 1;
-        // The stream's logged bytes (retention_bytes), from the row just stored.
-        self.conn
-            .prepare_cached(
-                "INSERT INTO stream_bytes (stream, bytes) \
-                 SELECT ?1, LENGTH(envelope) FROM events WHERE id = ?2 \
-                 ON CONFLICT (stream) DO UPDATE SET bytes = bytes + excluded.bytes",
-            )
-            .and_then(|mut s| s.execute(params![event.stream().as_str(), &id.0[..]]))
-            .map_err(backend)?;
-        self.tx_writes += 1;
+        // (A trigger adds the event's bytes to its stream's count: `store/retention.rs`.)
         pos_from_sql(self.conn.last_insert_rowid())
     }
 
@@ -1390,17 +1381,16 @@ impl SqliteStore {
             }
             let origin_key = OriginKey(key32(&origin, "origin")?);
             let seq_u = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
-            self.conn
-                .prepare_cached("DELETE FROM events WHERE id = ?1")
-                .and_then(|mut s| s.execute([&id[..]]))
-                .map_err(backend)?;
-            let logged = self
-                .conn
-                .prepare_cached("DELETE FROM log WHERE id = ?1")
-                .and_then(|mut s| s.execute([&id[..]]))
-                .map_err(backend)?;
-            if logged > 0 {
-                retention::unlog_bytes(&self.conn, data.stream().as_str(), envelope.len() as u64)?;
+            // The event row first: a trigger takes a logged event's bytes off its stream's
+            // count (`store/retention.rs`).
+            for sql in [
+                "DELETE FROM events WHERE id = ?1",
+                "DELETE FROM log WHERE id = ?1",
+            ] {
+                self.conn
+                    .prepare_cached(sql)
+                    .and_then(|mut s| s.execute([&id[..]]))
+                    .map_err(backend)?;
             }
             let dedup = self
                 .conn

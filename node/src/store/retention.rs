@@ -9,8 +9,8 @@
 //! system streams are never expired: a table's state is made of all its writes, and
 //! system streams carry the policy and erase requests a node catching up needs.
 //!
-//! Each stream's logged envelope bytes are kept in `stream_bytes` (updated with every
-//! logged, expired or erased event), so a size rule reads a count instead of scanning.
+//! Each stream's logged envelope bytes are kept in `stream_bytes` (triggers update it with
+//! every logged, expired or erased event), so a size rule reads a count, never a scan.
 //!
 //! An expired event's number stays seen: it is kept as a range in `expired`, so
 //! anti-entropy does not fetch the event back, a peer asking for it gets a Skip (as for an
@@ -104,41 +104,42 @@ pub(crate) struct Expired {
 }
 
 /// Creates the per-stream byte counts (`stream_bytes`: the envelope bytes of each
-/// stream's logged events, kept up to date by `append_log`, the retention pass and erase,
-/// so a size rule never scans a stream). Idempotent; a store made before it had them fills
-/// them once from its rows (one scan, at the first start).
+/// stream's logged events) and the triggers that keep them: a row entering the log adds
+/// its event's envelope, an event deleted while logged (retention, erase) takes it off.
+/// Triggers, not statements of their own, so a count changes in the same statement as
+/// the rows it counts (a failed statement undoes both), and a build that does not know
+/// the table keeps it right too. A store made before them fills the counts once from its
+/// rows, at its first start. Idempotent; in one transaction.
 pub(crate) fn create_schema(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    let exists = conn
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let exists = tx
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stream_bytes'")?
         .exists([])?;
-    if exists {
-        return Ok(());
+    if !exists {
+        tx.execute_batch(
+            "CREATE TABLE stream_bytes (
+                 stream TEXT PRIMARY KEY,
+                 bytes INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             INSERT INTO stream_bytes (stream, bytes)
+                 SELECT l.stream, SUM(LENGTH(e.envelope)) FROM log l
+                 JOIN events e ON e.id = l.id GROUP BY l.stream;",
+        )?;
+        tracing::info!("per-stream byte counts made for stream retention");
     }
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         CREATE TABLE stream_bytes (
-             stream TEXT PRIMARY KEY,
-             bytes INTEGER NOT NULL
-         ) WITHOUT ROWID;
-         INSERT INTO stream_bytes (stream, bytes)
-             SELECT l.stream, SUM(LENGTH(e.envelope)) FROM log l
-             JOIN events e ON e.id = l.id GROUP BY l.stream;
-         COMMIT;",
+    tx.execute_batch(
+        "CREATE TRIGGER IF NOT EXISTS stream_bytes_logged AFTER INSERT ON log BEGIN
+             INSERT INTO stream_bytes (stream, bytes)
+                 SELECT NEW.stream, LENGTH(envelope) FROM events WHERE id = NEW.id
+                 ON CONFLICT (stream) DO UPDATE SET bytes = bytes + excluded.bytes;
+         END;
+         CREATE TRIGGER IF NOT EXISTS stream_bytes_gone AFTER DELETE ON events
+             WHEN EXISTS (SELECT 1 FROM log WHERE id = OLD.id) BEGIN
+             UPDATE stream_bytes SET bytes = bytes - LENGTH(OLD.envelope)
+                 WHERE stream = OLD.stream;
+         END;",
     )?;
-    tracing::info!("per-stream byte counts made for stream retention");
-    Ok(())
-}
-
-/// Takes `bytes` of logged envelopes of `stream` off its count (their rows are gone).
-pub(crate) fn unlog_bytes(
-    conn: &rusqlite::Connection,
-    stream: &str,
-    bytes: u64,
-) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE stream_bytes SET bytes = MAX(bytes - ?2, 0) WHERE stream = ?1")
-        .and_then(|mut s| s.execute(params![stream, bytes.cast_signed()]))
-        .map_err(backend)?;
-    Ok(())
+    tx.commit()
 }
 
 /// One event a pass may expire.
@@ -240,7 +241,7 @@ impl SqliteStore {
             if due.is_empty() {
                 return Ok(true);
             }
-            let (taken, go_on) = self.take(stream, due, out)?;
+            let (taken, go_on) = self.take(due, out)?;
             out.by_age += taken;
             if !go_on {
                 return Ok(false);
@@ -292,11 +293,11 @@ impl SqliteStore {
                 left = left.saturating_sub(c.len);
                 picked[i].push(c);
             }
-            for (i, due) in picked.into_iter().enumerate() {
+            for due in picked {
                 if due.is_empty() {
                     continue;
                 }
-                let (taken, go_on) = self.take(&streams[i], due, out)?;
+                let (taken, go_on) = self.take(due, out)?;
                 out.by_size += taken;
                 if !go_on {
                     return Ok(false);
@@ -307,12 +308,11 @@ impl SqliteStore {
         Ok(true)
     }
 
-    /// Deletes `due` (oldest first, of `stream`) within the pass's budget and the ranges'
+    /// Deletes `due` (oldest first, of one stream) within the pass's budget and the ranges'
     /// room, after recording their numbers as expired. Returns how many went and whether
     /// the pass may go on.
     fn take(
         &mut self,
-        stream: &str,
         mut due: Vec<Candidate>,
         out: &mut Expired,
     ) -> Result<(u64, bool), StoreError> {
@@ -339,18 +339,45 @@ impl SqliteStore {
             return Ok((0, go_on));
         }
         self.begin_write()?;
-        // The ranges first: until its row is deleted, a number in a range is still held
-        // (served as the event), so a failure between the two leaves the rows consistent.
+        // All of it or none of it: a failure rolls the rows back to here (the caller then
+        // reloads the in-memory state from them), so no event is deleted without its range
+        // or left half deleted.
+        self.conn
+            .execute_batch("SAVEPOINT expire_take")
+            .map_err(backend)?;
+        match self.take_rows(&due) {
+            Ok(()) => self
+                .conn
+                .execute_batch("RELEASE expire_take")
+                .map_err(backend)?,
+            Err(e) => {
+                if let Err(rb) = self
+                    .conn
+                    .execute_batch("ROLLBACK TO expire_take; RELEASE expire_take")
+                {
+                    tracing::error!(error = %rb, "rolling a retention step back failed");
+                }
+                return Err(e);
+            }
+        }
+        self.stats.get_mut().expired += due.len() as u64;
+        Ok((due.len() as u64, go_on))
+    }
+
+    /// [`SqliteStore::take`]'s writes: the ranges first (a number in a range is served as
+    /// its event while it is held), then the rows.
+    fn take_rows(&mut self, due: &[Candidate]) -> Result<(), StoreError> {
         let mut numbers: BTreeMap<OriginKey, Vec<u64>> = BTreeMap::new();
-        for c in &due {
+        for c in due {
             numbers.entry(c.origin).or_default().push(c.seq);
         }
         for (origin, mut seqs) in numbers {
             seqs.sort_unstable();
             self.record_expired(origin, &seqs)?;
         }
-        let mut freed = 0u64;
-        for c in &due {
+        for c in due {
+            // The event row first: a trigger takes a logged event's bytes off its
+            // stream's count.
             for sql in [
                 "DELETE FROM events WHERE id = ?1",
                 "DELETE FROM log WHERE id = ?1",
@@ -363,12 +390,8 @@ impl SqliteStore {
             self.tx_writes += 2;
             self.state.len -= 1;
             self.cache.get_mut().remove(&(c.origin, c.seq));
-            freed += c.len;
         }
-        unlog_bytes(&self.conn, stream, freed)?;
-        self.tx_writes += 1;
-        self.stats.get_mut().expired += due.len() as u64;
-        Ok((due.len() as u64, go_on))
+        Ok(())
     }
 
     /// Adds `seqs` (ascending, still stored: deleted right after) of `origin` to its
@@ -726,6 +749,38 @@ retention_bytes = 3000
         store.commit().unwrap();
         assert!(store.stream_bytes("logs.a").unwrap() <= 3000);
         store.check_invariants().unwrap();
+    }
+
+    /// A pass that fails part way (here its log deletes) leaves the rows, the ranges and
+    /// the byte counts as they were, and the next pass does the work.
+    #[test]
+    fn a_pass_that_fails_part_way_leaves_the_counts_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 1000);
+        for seq in 1..=20 {
+            put(&mut store, &event(8, "logs.a", seq, 1, 200));
+        }
+        store.commit().unwrap();
+        store
+            .conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER fail_log BEFORE DELETE ON log BEGIN SELECT RAISE(ABORT, 'disk'); END;",
+            )
+            .unwrap();
+        assert!(store.expire(*NOW).is_err());
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.len(), 20, "the failed step deleted nothing");
+        assert_eq!(store.expired_ranges(), 0);
+        store.conn.execute_batch("DROP TRIGGER fail_log").unwrap();
+        store.expire(*NOW).unwrap();
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert!(store.stream_bytes("logs.a").unwrap() <= 3000);
+        let kept = (1..=20)
+            .filter(|s| store.get(&origin(8), *s).is_some())
+            .count();
+        assert!(kept >= 5, "only what was over the budget went: {kept} kept");
     }
 
     /// An event stamped in the future (a producer's clock a year ahead) is aged from its
