@@ -411,6 +411,15 @@ pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
             }
         );
     }
+    // What retention and erasure removed (stream rules' retention_s / retention_bytes).
+    let stat = |k: &str| v["stats"][k].as_u64().unwrap_or(0);
+    say!(
+        "{:<14} {} (in {} ranges of numbers); erased {}",
+        "expired",
+        stat("store_expired"),
+        stat("store_expired_ranges"),
+        stat("store_erased")
+    );
     Ok(())
 }
 

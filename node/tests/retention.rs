@@ -182,6 +182,11 @@ fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
             assert_eq!(stats["stats"]["store_expired_ranges"].as_u64(), Some(1));
         }
         let logs_kept = c.ids(0, "logs.app").await.unwrap();
+        // `weft status` says it too.
+        let (ok, out) = weft_in(&c.dir, &["status", "--node", &c.nodes[0].http]);
+        assert!(ok, "{out}");
+        let line = format!("expired        {} (in 1 ranges", 50 - logs_kept.len());
+        assert!(out.contains(&line), "{out}");
 
         // A node joining now catches up the orders: its ordered delivery of origin 0 passes
         // the expired numbers (Skips from the nodes that expired them), and it never gets
