@@ -1150,6 +1150,19 @@ impl Driver {
                     debug!(event = %event.id(), "erased before delivery");
                 }
                 AppEvent::Deliver(event) => self.deliver(&event),
+                AppEvent::SkipContradicted { event, skipped_by }
+                    if self
+                        .node
+                        .store()
+                        .retention_may_explain(&event, wall_ms().max(0) as u64) =>
+                {
+                    // The peer had most likely expired it under the stream's retention
+                    // (nodes expire on their own clocks and size budgets): counted, no
+                    // accusation. The event is taken, and this node's pass expires it.
+                    self.metrics.reject("skip_contradicted_retention");
+                    debug!(origin = %event.origin(), seq = event.seq(), peer = %skipped_by,
+                        "a peer's Skip was contradicted by an event its stream's retention may have expired there");
+                }
                 AppEvent::SkipContradicted { event, skipped_by } => {
                     // A peer's Skip was wrong: the event came, and this node may hold it.
                     let (origin, seq, id) = (event.origin(), event.seq(), event.id());

@@ -34,6 +34,11 @@ use super::{SqliteStore, backend, corrupt, key32};
 /// instead of stalling publishes.
 pub(crate) const EXPIRE_PASS_MAX: usize = 2_000;
 
+/// How close to its retention age an event is when another node may already have expired
+/// it: the HLC drift bound nodes accept (60 s) covers their clocks and the 5 s between
+/// passes.
+const RETENTION_RACE_MS: u64 = 60_000;
+
 /// Rows read per stream and query while a pass walks a stream's oldest events.
 const HEAD_ROWS: usize = 256;
 
@@ -169,6 +174,20 @@ impl SqliteStore {
             .get(origin)
             .and_then(|m| m.range(..=seq).next_back())
             .is_some_and(|(_, hi)| seq <= *hi)
+    }
+
+    /// Whether retention may explain why a peer no longer held `event` at wall-clock
+    /// `now_ms`: its stream's rule sets a size (each node's budget is its own), or an age
+    /// it is within [`RETENTION_RACE_MS`] of (nodes expire on their own clocks and
+    /// passes). A Skip the event then contradicts is not taken for a lie.
+    pub(crate) fn retention_may_explain(&self, event: &weft_fabric::Event, now_ms: u64) -> bool {
+        let Some(rule) = self.retention.rule(event.stream()) else {
+            return false;
+        };
+        rule.bytes.is_some()
+            || rule.age_ms.is_some_and(|age| {
+                event.hlc().physical_ms().saturating_add(age) <= now_ms + RETENTION_RACE_MS
+            })
     }
 
     /// Rows in `expired` (ranges of expired numbers).
@@ -725,6 +744,24 @@ retention_bytes = 3000
         assert_eq!(store.max_seq(&o2), Ok(5));
         assert_eq!(store.max_seq_excluding(&o2, &BTreeSet::new()), Ok(5));
         assert_eq!(store.delivered(&o2), Some(5));
+    }
+
+    /// A Skip contradicted by an event near its stream's retention age (or under a size
+    /// rule) is put down to retention, not to a lie; elsewhere it is not.
+    #[test]
+    fn retention_explains_a_contradicted_skip_only_near_the_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1000);
+        let now = *NOW;
+        // metrics: retention_s = 60.
+        assert!(store.retention_may_explain(&event(9, "metrics", 1, 61, 1), now));
+        assert!(store.retention_may_explain(&event(9, "metrics", 2, 10, 1), now));
+        assert!(!store.retention_may_explain(&event(9, "metrics", 3, 10, 1), now - 120_000));
+        // logs.>: a size rule, whose budget is each node's own.
+        assert!(store.retention_may_explain(&event(9, "logs.a", 4, 0, 1), now));
+        // orders: no rule; prefs: a table (retention not applied).
+        assert!(!store.retention_may_explain(&event(9, "orders", 5, 3600, 1), now));
+        assert!(!store.retention_may_explain(&event(9, "prefs", 6, 3600, 1), now));
     }
 
     /// A store made before the per-stream byte counts gets them at its first start,
