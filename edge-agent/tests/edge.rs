@@ -1,8 +1,10 @@
 //! The agent against real `weft` nodes (issue 8's proofs): 10,000 events produced while
 //! the node is down are delivered once and in order when it returns; `kill -9` of the agent
-//! mid-drain loses and duplicates nothing; failover to a second node and back.
+//! mid-drain loses and duplicates nothing; failover to a second node and back; and what
+//! the node refuses for good (dead letters, voids, renumbering, erased events) never stalls
+//! the drain.
 //!
-//! Each test takes its own loopback net (127.70.0.x to 127.72.0.x) and bounds every wait.
+//! Each test takes its own loopback net (127.70.0.x to 127.78.0.x) and bounds every wait.
 
 mod common;
 
