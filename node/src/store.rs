@@ -390,6 +390,10 @@ CREATE TABLE IF NOT EXISTS waiting_skips (
 ) WITHOUT ROWID;
 ";
 
+/// The `meta` key of the time the log got its arrival column (`at_ms`): rows logged before
+/// are taken as arrived then.
+const LOG_AT_FROM_KEY: &str = "log_at_from_ms";
+
 /// The `meta` key of [`SqliteStore::generation`].
 const GENERATION_KEY: &str = "generation";
 
@@ -435,6 +439,10 @@ pub(crate) struct SqliteStore {
     erase_rules: EraseRules,
     /// Retention rules in force (`store/retention.rs`).
     retention: retention::RetentionRules,
+    /// The last stream an age pass looked at (passes go round robin).
+    retention_resume: String,
+    /// When the log got its arrival column (`LOG_AT_FROM_KEY`; 0 when unknown).
+    log_at_from_ms: u64,
     /// A batch [`SqliteStore::begin_write`] committed by itself (at `TX_WRITES_MAX`) whose
     /// commit failed: it was rolled back, and a caller that returns no error (a waiting
     /// Skip recorded) only logged it. The next [`SqliteStore::commit`] reports it, so the
@@ -481,7 +489,7 @@ fn max_seq_in(conn: &Connection, origin: &OriginKey) -> Result<u64, StoreError> 
         .prepare_cached(
             "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM events WHERE origin = ?1 \
              UNION ALL SELECT MAX(seq) AS m FROM erased WHERE origin = ?1 \
-             UNION ALL SELECT MAX(hi) AS m FROM expired WHERE origin = ?1)",
+             UNION ALL SELECT (SELECT hi FROM expired WHERE origin = ?1 ORDER BY lo DESC LIMIT 1) AS m)",
         )
         .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
         .map_err(backend)?;
@@ -804,9 +812,28 @@ impl SqliteStore {
             .and_then(|mut s| s.exists([]))
             .map_err(sqlite)?;
         if !has_at {
+            // Rows logged before have no arrival time: they are taken as arrived by now
+            // (`LOG_AT_FROM_KEY`), so one stamped in the future still goes one retention
+            // after this start at the latest.
             conn.execute_batch("ALTER TABLE log ADD COLUMN at_ms INTEGER")
                 .map_err(sqlite)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+                params![
+                    LOG_AT_FROM_KEY,
+                    crate::driver::wall_ms().to_le_bytes().to_vec()
+                ],
+            )
+            .map_err(sqlite)?;
         }
+        let log_at_from_ms: u64 = conn
+            .query_row("SELECT v FROM meta WHERE k = ?1", [LOG_AT_FROM_KEY], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()
+            .map_err(sqlite)?
+            .and_then(|v| v.try_into().ok().map(i64::from_le_bytes))
+            .map_or(0, |ms| u64::try_from(ms).unwrap_or(0));
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
         retention::create_schema(&conn).map_err(sqlite)?;
         // Durable cursors from before they had owners (`OWNER:` keys) are never read again
@@ -848,6 +875,8 @@ impl SqliteStore {
             stats: RefCell::new(StoreStats::default()),
             erase_rules,
             retention: retention::RetentionRules::default(),
+            retention_resume: String::new(),
+            log_at_from_ms,
             auto_commit_failed: None,
         })
     }
@@ -1029,7 +1058,7 @@ impl SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM erased WHERE origin = ?1 \
-                 UNION ALL SELECT MAX(hi) AS m FROM expired WHERE origin = ?1)",
+                 UNION ALL SELECT (SELECT hi FROM expired WHERE origin = ?1 ORDER BY lo DESC LIMIT 1) AS m)",
             )
             .and_then(|mut s| s.query_row([&origin.0[..]], |r| r.get(0)))
             .map_err(backend)?;

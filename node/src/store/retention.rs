@@ -39,6 +39,11 @@ pub(crate) const EXPIRE_PASS_MAX: usize = 2_000;
 /// passes.
 const RETENTION_RACE_MS: u64 = 60_000;
 
+/// Streams under an age rule one pass looks at (round robin over passes): a stream with
+/// nothing due still costs a query, so a store with very many streams is covered over
+/// several passes instead of stalling the driver in one.
+const AGE_STREAMS_PER_PASS: usize = 1_000;
+
 /// Rows read per stream and query while a pass walks a stream's oldest events.
 const HEAD_ROWS: usize = 256;
 
@@ -106,6 +111,8 @@ pub(crate) struct Expired {
     pub(crate) more: bool,
     /// The pass stopped because the `expired` ranges reached `events_max` rows.
     pub(crate) ranges_full: bool,
+    /// A deletion step failed and was rolled back (the pass stops; memory is reloaded).
+    pub(crate) failed_step: bool,
 }
 
 /// Creates the per-stream byte counts (`stream_bytes`: the envelope bytes of each
@@ -142,6 +149,7 @@ pub(crate) fn create_schema(conn: &rusqlite::Connection) -> rusqlite::Result<()>
              WHEN EXISTS (SELECT 1 FROM log WHERE id = OLD.id) BEGIN
              UPDATE stream_bytes SET bytes = bytes - LENGTH(OLD.envelope)
                  WHERE stream = OLD.stream;
+             DELETE FROM stream_bytes WHERE stream = OLD.stream AND bytes <= 0;
          END;",
     )?;
     tx.commit()
@@ -207,7 +215,10 @@ impl SqliteStore {
         match self.expire_all(now_ms, &mut out) {
             Ok(()) => Ok(out),
             Err(e) => {
-                self.reload();
+                // Only a step that was rolled back leaves memory out of step with the rows.
+                if out.failed_step {
+                    self.reload();
+                }
                 Err(e)
             }
         }
@@ -216,6 +227,7 @@ impl SqliteStore {
     fn expire_all(&mut self, now_ms: u64, out: &mut Expired) -> Result<(), StoreError> {
         let streams = self.log_streams()?;
         let mut by_rule: BTreeMap<usize, (u64, Vec<String>)> = BTreeMap::new();
+        let mut aged: Vec<(String, u64)> = Vec::new();
         for stream in streams {
             let Ok(name) = StreamName::new(stream.clone()) else {
                 continue;
@@ -223,10 +235,8 @@ impl SqliteStore {
             let Some(rule) = self.retention.rule(&name) else {
                 continue;
             };
-            if let Some(age_ms) = rule.age_ms
-                && !self.expire_by_age(&stream, now_ms.saturating_sub(age_ms), out)?
-            {
-                return Ok(());
+            if let Some(age_ms) = rule.age_ms {
+                aged.push((stream.clone(), now_ms.saturating_sub(age_ms)));
             }
             if let Some(limit) = rule.bytes {
                 by_rule
@@ -236,9 +246,32 @@ impl SqliteStore {
                     .push(stream);
             }
         }
+        // Age: at most AGE_STREAMS_PER_PASS streams a pass (each costs a query even when
+        // nothing is due), round robin from where the last pass stopped.
+        let start = aged.partition_point(|(s, _)| *s <= self.retention_resume);
+        let visit = aged.len().min(AGE_STREAMS_PER_PASS);
+        for k in 0..visit {
+            let (stream, cutoff) = &aged[(start + k) % aged.len()];
+            self.retention_resume.clone_from(stream);
+            match self.expire_by_age(stream, *cutoff, out) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) if out.failed_step => return Err(e),
+                // A read that failed (a corrupt row): this stream waits, the others go on.
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "retention skipped a stream")
+                }
+            }
+        }
+        if visit < aged.len() {
+            out.more = true;
+        }
         for (limit, streams) in by_rule.into_values() {
-            if !self.expire_by_size(&streams, limit, out)? {
-                return Ok(());
+            match self.expire_by_size(&streams, limit, out) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) if out.failed_step => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "retention skipped a size rule"),
             }
         }
         Ok(())
@@ -370,6 +403,7 @@ impl SqliteStore {
                 .execute_batch("RELEASE expire_take")
                 .map_err(backend)?,
             Err(e) => {
+                out.failed_step = true;
                 if let Err(rb) = self
                     .conn
                     .execute_batch("ROLLBACK TO expire_take; RELEASE expire_take")
@@ -497,7 +531,7 @@ impl SqliteStore {
     /// Every stream that has had events in the delivery log.
     fn log_streams(&self) -> Result<Vec<String>, StoreError> {
         self.conn
-            .prepare_cached("SELECT stream FROM stream_bytes")
+            .prepare_cached("SELECT stream FROM stream_bytes ORDER BY stream")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(backend)
     }
@@ -540,7 +574,11 @@ impl SqliteStore {
             let len: i64 = r.get(5).map_err(backend)?;
             let at: Option<i64> = r.get(6).map_err(backend)?;
             let stamped = Hlc::from_u64(hlc.cast_unsigned()).physical_ms();
-            let arrived = at.and_then(|a| u64::try_from(a).ok()).unwrap_or(stamped);
+            // A row logged before the log had arrival times arrived by then at the latest.
+            let arrived = at
+                .and_then(|a| u64::try_from(a).ok())
+                .or((self.log_at_from_ms > 0).then_some(self.log_at_from_ms))
+                .unwrap_or(stamped);
             let c = Candidate {
                 pos: u64::try_from(pos).map_err(|_| corrupt("log position"))?,
                 id,
@@ -601,6 +639,12 @@ pattern = "logs.>"
 classification = "internal"
 replication = "all"
 retention_bytes = 3000
+
+[[streams]]
+pattern = "ticks.>"
+classification = "internal"
+replication = "all"
+retention_s = 60
 "#;
 
     fn rules() -> RetentionRules {
@@ -744,6 +788,59 @@ retention_bytes = 3000
         assert_eq!(store.max_seq(&o2), Ok(5));
         assert_eq!(store.max_seq_excluding(&o2, &BTreeSet::new()), Ok(5));
         assert_eq!(store.delivered(&o2), Some(5));
+    }
+
+    /// Rows logged before the log had arrival times are taken as arrived at the upgrade:
+    /// one stamped in the future goes one retention after it, not at its stamp.
+    #[test]
+    fn rows_logged_before_arrival_times_age_from_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path(), 1000);
+            put(&mut store, &event(11, "metrics", 1, -7 * 86_400, 1));
+            put(&mut store, &event(11, "metrics", 2, 3600, 1));
+            store.commit().unwrap();
+        }
+        let conn = rusqlite::Connection::open(crate::store::db_path(dir.path())).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE log DROP COLUMN at_ms; DELETE FROM meta WHERE k = 'log_at_from_ms';",
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = open(dir.path(), 1000);
+        assert_eq!(store.expire(*NOW).unwrap().by_age, 0, "upgraded just now");
+        assert_eq!(store.expire(*NOW + 61_000).unwrap().by_age, 2);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+    }
+
+    /// Very many streams under an age rule are covered over several passes (each looks
+    /// at a bounded number of them, round robin), not in one long pass.
+    #[test]
+    fn many_streams_are_covered_round_robin() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 10_000);
+        let n = super::AGE_STREAMS_PER_PASS as u64 + 5;
+        for seq in 1..=n {
+            put(
+                &mut store,
+                &event(10, &format!("ticks.t{seq}"), seq, 300, 1),
+            );
+        }
+        store.commit().unwrap();
+        let first = store.expire(*NOW).unwrap();
+        assert_eq!(
+            (first.by_age, first.more),
+            (super::AGE_STREAMS_PER_PASS as u64, true)
+        );
+        let second = store.expire(*NOW).unwrap();
+        assert_eq!(
+            second.by_age, 5,
+            "the rest, from where the first pass stopped"
+        );
+        store.commit().unwrap();
+        assert_eq!(store.len(), 0);
+        store.check_invariants().unwrap();
     }
 
     /// A Skip contradicted by an event near its stream's retention age (or under a size
