@@ -23,6 +23,16 @@ use crate::metrics::Metrics;
 use crate::store::SqliteStore;
 use crate::transport::{FromMesh, Outgoing, Reply, Transport};
 
+/// An answer sent after the next commit, told whether it made the writes durable.
+type CommitReply = Box<dyn FnOnce(bool) + Send>;
+
+/// The error of a cursor write whose commit failed.
+fn commit_failed() -> crate::store::RecordError {
+    crate::store::RecordError::Store(weft_fabric::mesh::StoreError::Backend(
+        "the commit failed".into(),
+    ))
+}
+
 /// How often the driver runs a retention pass when the last one found no backlog.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -301,16 +311,9 @@ pub(crate) struct Driver {
     store_full: Arc<std::sync::atomic::AtomicBool>,
     /// CloudEvents claims of the publishes since the last commit (released after it).
     claims: Vec<crate::ce_claims::Claim>,
-    /// Cursor saves waiting for the commit that makes them durable.
-    cursor_replies: Vec<oneshot::Sender<Result<(), crate::store::RecordError>>>,
-    /// Publishes refused as erased or expired, answered after the commit of the rest of
-    /// their request.
-    erased_replies: Vec<(oneshot::Sender<Result<Published, PublishError>>, String)>,
-    /// Cursor deletions waiting for their commit, with whether the cursor existed.
-    cursor_deletes: Vec<(
-        oneshot::Sender<Result<bool, crate::store::RecordError>>,
-        bool,
-    )>,
+    /// Answers waiting for the commit that makes their writes durable (cursor saves and
+    /// deletions, publishes refused as erased): each is called with whether it did.
+    after_commit_replies: Vec<CommitReply>,
     /// When the next retention pass is due (`store/retention.rs`).
     retention_due: Instant,
     /// Whether the last pass stopped at the expired ranges' bound (warned once).
@@ -363,9 +366,7 @@ impl Driver {
             late_tables: BTreeSet::new(),
             store_full: Arc::default(),
             claims: Vec::new(),
-            cursor_replies: Vec::new(),
-            cursor_deletes: Vec::new(),
-            erased_replies: Vec::new(),
+            after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
             retention_blocked: false,
         }
@@ -906,13 +907,17 @@ impl Driver {
                 if let Some(e) = erased {
                     // Answered after the commit of the events it did accept: the edge port
                     // takes this answer as the batch settled (durable).
-                    self.erased_replies.push((
-                        reply,
-                        format!(
-                            "{e}: not stored again ({} of the request's events were accepted)",
-                            ids.len()
-                        ),
-                    ));
+                    let message = format!(
+                        "{e}: not stored again ({} of the request's events were accepted)",
+                        ids.len()
+                    );
+                    self.after_commit_replies.push(Box::new(move |durable| {
+                        let _ = reply.send(Err(if durable {
+                            PublishError::Erased(message)
+                        } else {
+                            PublishError::Store(format!("the commit failed; {message}"))
+                        }));
+                    }));
                     self.drain();
                     return;
                 }
@@ -955,7 +960,13 @@ impl Driver {
                 match self.node_store().cursor_set(&name, &stream, pos) {
                     // Answered once it is on disk (`commit`): an acknowledgement answered
                     // 200 survives a crash right after.
-                    Ok(()) => self.cursor_replies.push(reply),
+                    Ok(()) => self.after_commit_replies.push(Box::new(move |durable| {
+                        let _ = reply.send(if durable {
+                            Ok(())
+                        } else {
+                            Err(commit_failed())
+                        });
+                    })),
                     Err(e) => {
                         warn!(cursor = %name, error = %e, "saving a cursor failed");
                         let _ = reply.send(Err(e));
@@ -963,7 +974,13 @@ impl Driver {
                 }
             }
             Command::DeleteCursor { name, reply } => match self.node_store().cursor_delete(&name) {
-                Ok(existed) => self.cursor_deletes.push((reply, existed)),
+                Ok(existed) => self.after_commit_replies.push(Box::new(move |durable| {
+                    let _ = reply.send(if durable {
+                        Ok(existed)
+                    } else {
+                        Err(commit_failed())
+                    });
+                })),
                 Err(e) => {
                     warn!(cursor = %name, error = %e, "deleting a cursor failed");
                     let _ = reply.send(Err(crate::store::RecordError::Store(e)));
@@ -1553,23 +1570,8 @@ impl Driver {
                 _ => self.answer(w, durable),
             }
         }
-        let failed = || {
-            crate::store::RecordError::Store(weft_fabric::mesh::StoreError::Backend(
-                "the commit failed".into(),
-            ))
-        };
-        for reply in std::mem::take(&mut self.cursor_replies) {
-            let _ = reply.send(if durable { Ok(()) } else { Err(failed()) });
-        }
-        for (reply, existed) in std::mem::take(&mut self.cursor_deletes) {
-            let _ = reply.send(if durable { Ok(existed) } else { Err(failed()) });
-        }
-        for (reply, message) in std::mem::take(&mut self.erased_replies) {
-            let _ = reply.send(Err(if durable {
-                PublishError::Erased(message)
-            } else {
-                PublishError::Store(format!("the commit failed; {message}"))
-            }));
+        for reply in std::mem::take(&mut self.after_commit_replies) {
+            reply(durable);
         }
         if durable {
             for (tx, ids) in std::mem::take(&mut self.confirm_replies) {
