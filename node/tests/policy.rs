@@ -12,26 +12,6 @@ use common::*;
 use serde_json::json;
 use sha2::Digest as _;
 
-fn specs() -> Vec<Spec> {
-    vec![
-        Spec {
-            name: "eu-a",
-            region: "aws:eu-west-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "eu-b",
-            region: "aws:eu-central-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "us",
-            region: "aws:us-east-1",
-            jurisdiction: "US",
-        },
-    ]
-}
-
 fn weft(dir: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(WEFT)
         .current_dir(dir)
@@ -136,7 +116,7 @@ fn an_eu_resident_stream_never_reaches_the_us_node_and_access_rules_hold() {
         let extra = format!(
             "[policy]\noperators = [\"{operator}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n"
         );
-        let mut c = Cluster::new("policy", 51, &specs(), &extra);
+        let mut c = Cluster::new("policy", 51, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         std::fs::write(ops.join("b.toml"), bundle(&c.keys, &token_sha256, "US")).unwrap();
         let signed = c.dir.join("policy.cbor");

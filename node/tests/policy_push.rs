@@ -14,26 +14,6 @@ use common::*;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-fn specs() -> Vec<Spec> {
-    vec![
-        Spec {
-            name: "eu-a",
-            region: "aws:eu-west-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "eu-b",
-            region: "aws:eu-central-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "us",
-            region: "aws:us-east-1",
-            jurisdiction: "US",
-        },
-    ]
-}
-
 fn weft_ok(dir: &Path, args: &[&str]) -> String {
     let (ok, text) = weft_in(dir, args);
     assert!(ok, "weft {args:?}: {text}");
@@ -158,7 +138,7 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
              [policy]\noperators = [\"{}\", \"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             operators[0], operators[1]
         );
-        let mut c = Cluster::new("policy-push", 54, &specs(), &extra);
+        let mut c = Cluster::new("policy-push", 54, &two_eu_one_us(), &extra);
         // The US node needs both operators' signatures: it verifies every bundle itself.
         let us_config = std::fs::read_to_string(&c.nodes[2].config).unwrap();
         std::fs::write(
@@ -316,7 +296,7 @@ fn a_pushed_policy_rebuilds_the_tables_it_changes_when_applied() {
             "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
-        let mut c = Cluster::new("policy-tables", 65, &specs(), &extra);
+        let mut c = Cluster::new("policy-tables", 65, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let sign = |epoch: u64, conflict: Option<&str>| -> Vec<u8> {
             ops.sign(
@@ -417,7 +397,7 @@ fn an_open_subscription_ends_when_the_first_policy_arrives() {
             "[policy]\noperators = [\"{}\"]\nthreshold = 1\n",
             ops.keys[0]
         );
-        let c = Cluster::new("policy-first", 66, &specs(), &extra);
+        let c = Cluster::new("policy-first", 66, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let e3 = ops.sign(&bundle(3, &c.keys, &token_sha256), &["op1"], "e3.cbor");
         let mut c = c;
@@ -468,7 +448,7 @@ fn bundle_credentials_sign_in_and_rotate_fabric_wide() {
             "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
-        let mut c = Cluster::new("policy-creds", 67, &specs(), &extra);
+        let mut c = Cluster::new("policy-creds", 67, &two_eu_one_us(), &extra);
         let tester = hash(&c.token);
         let with = |epoch: u64, tester_hash: &str| {
             bundle(epoch, &c.keys, tester_hash).replace(

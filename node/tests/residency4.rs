@@ -35,28 +35,13 @@ const HOURLY: &str = "customers.global.hourly";
 const US_COPY: &str = "customers.us.copy";
 
 fn specs() -> Vec<Spec> {
-    vec![
-        Spec {
-            name: "eu-a",
-            region: "aws:eu-west-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "eu-b",
-            region: "aws:eu-central-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "us",
-            region: "aws:us-east-1",
-            jurisdiction: "US",
-        },
-        Spec {
-            name: "ap",
-            region: "aws:ap-northeast-1",
-            jurisdiction: "APAC",
-        },
-    ]
+    let mut specs = two_eu_one_us();
+    specs.push(Spec {
+        name: "ap",
+        region: "aws:ap-northeast-1",
+        jurisdiction: "APAC",
+    });
+    specs
 }
 
 fn bundle(keys: &[String], token_sha256: &str) -> String {

@@ -83,24 +83,7 @@ fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
             "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
-        let specs = vec![
-            Spec {
-                name: "eu-a",
-                region: "aws:eu-west-1",
-                jurisdiction: "EU",
-            },
-            Spec {
-                name: "eu-b",
-                region: "aws:eu-central-1",
-                jurisdiction: "EU",
-            },
-            Spec {
-                name: "us",
-                region: "aws:us-east-1",
-                jurisdiction: "US",
-            },
-        ];
-        let mut c = Cluster::new("retention", 56, &specs, &extra);
+        let mut c = Cluster::new("retention", 56, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let signed = ops.sign(&bundle(&c.keys, &token_sha256), &["op"], "e3.cbor");
         std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();

@@ -19,26 +19,6 @@ use weft_fabric::{
     Event, EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName,
 };
 
-fn specs() -> Vec<Spec> {
-    vec![
-        Spec {
-            name: "eu-a",
-            region: "aws:eu-west-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "eu-b",
-            region: "aws:eu-central-1",
-            jurisdiction: "EU",
-        },
-        Spec {
-            name: "us",
-            region: "aws:us-east-1",
-            jurisdiction: "US",
-        },
-    ]
-}
-
 fn bundle(epoch: u64, keys: &[String], token_sha256: &str) -> String {
     format!(
         r#"format = 1
@@ -301,7 +281,7 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
              [policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
             ops.keys[0]
         );
-        let mut c = Cluster::new("security", 53, &specs(), &extra);
+        let mut c = Cluster::new("security", 53, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let signed = ops.sign(&bundle(3, &c.keys, &token_sha256), &["op"], "e3.cbor");
         std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();

@@ -373,6 +373,27 @@ where
 /// Three regions with measured round-trip times from sim/data/region-rtt.csv:
 /// eu-west-1 <-> us-east-1 80.6 ms, eu-west-1 <-> ap-northeast-1 198.6 ms, us-east-1 <->
 /// ap-northeast-1 145.3 ms. Each side delays its sends by half.
+/// Two EU nodes (Ireland, Frankfurt) and one in the US: the jurisdiction tests' mesh.
+pub fn two_eu_one_us() -> Vec<Spec> {
+    vec![
+        Spec {
+            name: "eu-a",
+            region: "aws:eu-west-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "eu-b",
+            region: "aws:eu-central-1",
+            jurisdiction: "EU",
+        },
+        Spec {
+            name: "us",
+            region: "aws:us-east-1",
+            jurisdiction: "US",
+        },
+    ]
+}
+
 pub fn three_regions() -> Vec<Spec> {
     vec![
         Spec {
