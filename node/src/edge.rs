@@ -850,7 +850,7 @@ impl Edge {
             {
                 Ok(entries) => entries,
                 // Every read slot taken for a while: the downlink waits, it does not end.
-                Err(e) if e.reason() == "reads_busy" => {
+                Err(e) if e.reason() == crate::http::READS_BUSY => {
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         _ = closing.changed() => return Ok(()),

@@ -513,6 +513,10 @@ impl Api {
     }
 }
 
+/// The reason of a read refused because every read slot stayed taken: callers that can
+/// wait (SSE, the edge downlink) wait on it instead of ending.
+pub(crate) const READS_BUSY: &str = "reads_busy";
+
 /// How long a store read waits for a slot (`limits.reads_inflight_max`) before 503.
 const READ_SLOT_WAIT: Duration = Duration::from_secs(5);
 
@@ -527,7 +531,7 @@ async fn read_slot(
         _ => {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "reads_busy",
+                READS_BUSY,
                 format!(
                     "every read slot stayed taken for {} s (limits.reads_inflight_max); retry shortly",
                     wait.as_secs()
@@ -1923,7 +1927,7 @@ async fn subscribe(
                 Ok(entries) => entries,
                 // Every read slot taken for a while: the subscriber waits, it is not
                 // dropped (a reconnect would only read again).
-                Err(e) if e.reason() == "reads_busy" => {
+                Err(e) if e.reason() == READS_BUSY => {
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         _ = closing.changed() => break,
