@@ -413,8 +413,12 @@ pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
     }
     // What retention and erasure removed (stream rules' retention_s / retention_bytes).
     let stat = |k: &str| v["stats"][k].as_u64().unwrap_or(0);
+    let dropped = match stat("store_expired_ranges_dropped") {
+        0 => String::new(),
+        n => format!(", {n} older ranges dropped"),
+    };
     say!(
-        "{:<14} {} (in {} ranges of numbers); erased {}",
+        "{:<14} {} (in {} ranges of numbers{dropped}); erased {}",
         "expired",
         stat("store_expired"),
         stat("store_expired_ranges"),

@@ -203,6 +203,11 @@ pub(crate) struct Limits {
     /// Most durable subscriptions of one principal; beyond it a new one gets 507
     /// `cursors_full` (one principal cannot take the whole table).
     pub(crate) cursors_per_principal_max: usize,
+    /// Most ranges of sequence numbers expired by stream retention that the store keeps
+    /// (so that peers asking for them get a Skip), on disk and in memory (some 50 bytes
+    /// each). Beyond it the oldest ranges are dropped: every origin keeps its newest, and
+    /// this node no longer answers for the numbers dropped (docs/policy.md §6.3).
+    pub(crate) expired_ranges_max: usize,
 }
 
 impl Default for Limits {
@@ -219,6 +224,7 @@ impl Default for Limits {
             reads_inflight_max: 8,
             cursors_max: 1024,
             cursors_per_principal_max: 64,
+            expired_ranges_max: 1_000_000,
         }
     }
 }
@@ -403,6 +409,7 @@ impl NodeConfig {
                 "limits.cursors_per_principal_max",
                 l.cursors_per_principal_max,
             ),
+            ("limits.expired_ranges_max", l.expired_ranges_max),
         ] {
             if value == 0 {
                 bail!(field_err(field, "must be at least 1"));

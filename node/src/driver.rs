@@ -586,10 +586,21 @@ impl Driver {
                 if done.more {
                     self.retention_due = now;
                 }
+                if done.ranges_dropped > 0 {
+                    if self.metrics.expired_ranges_dropped.get() == 0 {
+                        warn!(
+                            dropped = done.ranges_dropped,
+                            "dropping the oldest ranges of expired numbers at limits.expired_ranges_max: this node no longer answers Skips for them (their origins still do)"
+                        );
+                    }
+                    self.metrics
+                        .expired_ranges_dropped
+                        .inc_by(done.ranges_dropped);
+                }
                 if done.ranges_full && !self.retention_blocked {
                     warn!(
                         ranges = self.node.store().expired_ranges(),
-                        "retention stopped: the store keeps limits.events_max ranges of expired numbers already; raise events_max"
+                        "retention stopped: limits.expired_ranges_max ranges of expired numbers, one per origin; raise expired_ranges_max"
                     );
                 }
                 self.retention_blocked = done.ranges_full;
@@ -1688,6 +1699,7 @@ impl Driver {
             "store_expired_ranges",
             self.node.store().expired_ranges() as u64,
         );
+        stats.insert("store_expired_ranges_dropped", st.expired_ranges_dropped);
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
         self.metrics.members.set(self.members.len() as i64);

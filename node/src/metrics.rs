@@ -70,8 +70,12 @@ pub(crate) struct Metrics {
     pub(crate) egress_failures: Family<Labels, Counter>,
     /// Events deleted by stream retention, by cause (`age`, `size`).
     pub(crate) events_expired: Family<Labels, Counter>,
-    /// Ranges of expired sequence numbers the store keeps (bounded by `events_max`).
+    /// Ranges of expired sequence numbers the store keeps (bounded by
+    /// `limits.expired_ranges_max`).
     pub(crate) expired_ranges: Gauge,
+    /// Ranges of expired numbers dropped at `limits.expired_ranges_max` (the node no
+    /// longer answers Skips for them).
+    pub(crate) expired_ranges_dropped: Counter,
     /// Aggregation windows open.
     pub(crate) egress_windows: Gauge,
     /// Estimated bytes held by open aggregation windows.
@@ -125,6 +129,7 @@ impl Metrics {
             egress_failures: Family::default(),
             events_expired: Family::default(),
             expired_ranges: Gauge::default(),
+            expired_ranges_dropped: Counter::default(),
             egress_windows: Gauge::default(),
             egress_window_bytes: Gauge::default(),
             registry: Registry::default(),
@@ -269,6 +274,11 @@ impl Metrics {
             "expired_ranges",
             "Ranges of expired sequence numbers kept so peers get a Skip for them",
             m.expired_ranges.clone(),
+        );
+        registry.register(
+            "expired_ranges_dropped",
+            "Ranges of expired numbers dropped, oldest first, at limits.expired_ranges_max (Skips for them are no longer answered here)",
+            m.expired_ranges_dropped.clone(),
         );
         registry.register(
             "egress_windows",

@@ -120,6 +120,9 @@ pub(crate) struct StoreLimits {
     /// Most CloudEvents dedup entries; a new entry beyond it evicts the oldest, so the
     /// idempotency window is the last `ce_dedup_max` publishes.
     pub(crate) ce_dedup_max: usize,
+    /// Most ranges of numbers expired by retention (`store/retention.rs`), in the table
+    /// and in memory; beyond it the oldest are dropped (every origin keeps its newest).
+    pub(crate) expired_ranges_max: usize,
 }
 
 impl Default for StoreLimits {
@@ -131,6 +134,7 @@ impl Default for StoreLimits {
             cursors_per_owner_max: 64,
             peers_max: 4_096,
             ce_dedup_max: 1_000_000,
+            expired_ranges_max: 1_000_000,
         }
     }
 }
@@ -271,6 +275,8 @@ pub(crate) struct StoreStats {
     pub(crate) erased_refused: u64,
     /// Events deleted by retention (stream rules' `retention_s`, `retention_bytes`).
     pub(crate) expired: u64,
+    /// Ranges of expired numbers dropped at `expired_ranges_max` (oldest first).
+    pub(crate) expired_ranges_dropped: u64,
 }
 
 /// One entry of the local delivery log.

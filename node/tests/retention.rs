@@ -220,3 +220,189 @@ fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
         }
     });
 }
+
+fn partial_bundle(keys: &[String], token_sha256: &str) -> String {
+    format!(
+        r#"format = 1
+epoch = 3
+
+[jurisdictions.EU]
+regions = ["aws:eu-west-1"]
+nodes = ["{a}"]
+
+[jurisdictions.US]
+regions = ["aws:us-east-1", "aws:us-west-2"]
+nodes = ["{b}", "{c}"]
+
+[tenants.acme]
+
+[roles.writer]
+
+[principals.tester]
+tenant = "acme"
+roles = ["writer"]
+token_sha256 = "{token_sha256}"
+
+[[access]]
+name = "write"
+effect = "allow"
+actions = ["publish", "subscribe", "read"]
+streams = [">"]
+roles = ["writer"]
+
+[classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+
+[classes.public]
+anywhere = true
+
+[[streams]]
+pattern = "pii.>"
+classification = "eu-personal"
+replication = "all"
+
+[[streams]]
+pattern = "metrics.>"
+classification = "public"
+replication = "all"
+retention_s = 2
+
+[[streams]]
+pattern = ">"
+classification = "public"
+replication = "all"
+"#,
+        a = keys[0],
+        b = keys[1],
+        c = keys[2],
+    )
+}
+
+/// A US node holds only the public half of an EU origin's numbers (the EU-only ones reach
+/// it as Skips), so each expired metric is a range of its own. Its bound on ranges
+/// (`limits.expired_ranges_max = 3`) does not stop retention: the oldest ranges are
+/// dropped. The origin, which holds all its numbers, expires them into one range. A US
+/// node joining afterwards still passes every old number (the origin answers for the
+/// dropped ones) and delivers the orders published after them.
+#[test]
+fn a_partial_holder_drops_its_oldest_ranges_and_keeps_expiring() {
+    rt().block_on(async {
+        let ops = Operators::new("retention-partial", &["op"]);
+        let extra = format!(
+            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            ops.keys[0]
+        );
+        let specs = [
+            Spec {
+                name: "eu",
+                region: "aws:eu-west-1",
+                jurisdiction: "EU",
+            },
+            Spec {
+                name: "us-a",
+                region: "aws:us-east-1",
+                jurisdiction: "US",
+            },
+            Spec {
+                name: "us-b",
+                region: "aws:us-west-2",
+                jurisdiction: "US",
+            },
+        ];
+        let mut c = Cluster::new("retention-partial", 57, &specs, &extra);
+        let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+        let signed = ops.sign(&partial_bundle(&c.keys, &token_sha256), &["op"], "e3.cbor");
+        std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
+        let mut config = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+        config.push_str("[limits]\nexpired_ranges_max = 3\n");
+        std::fs::write(&c.nodes[1].config, config).unwrap();
+
+        c.start(0);
+        c.start(1);
+        c.wait_healthy(0).await;
+        c.wait_healthy(1).await;
+        wait_for(Duration::from_secs(30), || async {
+            let v = c.get_auth(0, "/v1/mesh/peers").await;
+            let up = v["peers"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["state"] == "up")
+                .count();
+            (up >= 1).then_some(())
+        })
+        .await
+        .expect("nodes 0 and 1 meshed");
+
+        // Numbers 1-16 alternate EU-only and public; 17-19 are orders.
+        for _ in 0..8 {
+            for stream in ["pii.users", "metrics.cpu"] {
+                let (s, body) = c.publish(0, stream, "local", &[json!({"v": 1})]).await;
+                assert_eq!(s, 200, "{body}");
+            }
+        }
+        let (s, body) = c
+            .publish(0, "orders.us", "local", &vec![json!({"n": 1}); 3])
+            .await;
+        assert_eq!(s, 200, "{body}");
+        wait_for(Duration::from_secs(20), || async {
+            (count(&c, 1, "orders.us").await == 3).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the US node never held the orders:\n{}", c.log(1)));
+        assert_eq!(count(&c, 1, "pii.users").await, 0);
+
+        // Both expire all eight metrics; the US node keeps at most 3 ranges.
+        for i in 0..2 {
+            wait_for(Duration::from_secs(25), || async {
+                (count(&c, i, "metrics.cpu").await == 0).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} kept old metrics:\n{}", c.log(i)));
+            assert_eq!(
+                metric(&c, i, "weft_events_expired_total{cause=\"age\"} ").await,
+                8,
+                "node {i}"
+            );
+        }
+        let origin = c.get_auth(0, "/v1/status").await;
+        assert_eq!(origin["stats"]["store_expired_ranges"].as_u64(), Some(1));
+        assert_eq!(metric(&c, 0, "weft_expired_ranges_dropped_total ").await, 0);
+        let partial = c.get_auth(1, "/v1/status").await;
+        let ranges = partial["stats"]["store_expired_ranges"].as_u64().unwrap();
+        assert!((1..=3).contains(&ranges), "{partial}");
+        let dropped = metric(&c, 1, "weft_expired_ranges_dropped_total ").await;
+        assert_eq!(dropped, 8 - ranges, "{partial}");
+        assert_eq!(
+            partial["stats"]["store_expired_ranges_dropped"].as_u64(),
+            Some(dropped)
+        );
+        assert!(
+            c.log(1)
+                .contains("dropping the oldest ranges of expired numbers"),
+            "{}",
+            c.log(1)
+        );
+        let (ok, out) = weft_in(&c.dir, &["status", "--node", &c.nodes[1].http]);
+        assert!(ok, "{out}");
+        let line = format!(
+            "expired        8 (in {ranges} ranges of numbers, {dropped} older ranges dropped)"
+        );
+        assert!(out.contains(&line), "{out}");
+
+        // A US node joining now delivers the orders: its order of the origin passes the
+        // EU-only numbers and every expired one, the dropped ones included.
+        c.start(2);
+        c.wait_healthy(2).await;
+        wait_for(Duration::from_secs(40), || async {
+            (count(&c, 2, "orders.us").await == 3).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the late node never delivered the orders:\n{}", c.log(2)));
+        assert_eq!(count(&c, 2, "metrics.cpu").await, 0);
+        assert_eq!(count(&c, 2, "pii.users").await, 0);
+        for i in 0..3 {
+            c.kill9(i);
+        }
+    });
+}

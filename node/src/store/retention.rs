@@ -17,7 +17,13 @@
 //! erased event, [`Store::erased`]), a restart does not reopen the hole, and the origin's
 //! own numbering continues after it. Numbers a range covers are expired or still held (a
 //! range only grows across numbers the store holds or erased), so one range per origin
-//! is the common case; ranges are bounded by `events_max` rows like erased numbers.
+//! is the common case. Where an origin's other numbers never reach this node (residency,
+//! interest) its expired numbers take a range per run between them, so the ranges are
+//! bounded (`expired_ranges_max`): at the bound the oldest ranges are dropped, from the
+//! origin with the most, and every origin keeps its newest (its top is the delivery
+//! cursor a restart resumes from). This node then no longer answers Skips for the numbers
+//! dropped; the origin itself, which holds all its own numbers (so they expire into one
+//! range there), and nodes that hold them in one range still do.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,8 +115,11 @@ pub(crate) struct Expired {
     pub(crate) by_size: u64,
     /// The pass stopped at [`EXPIRE_PASS_MAX`]: more is due (run again soon).
     pub(crate) more: bool,
-    /// The pass stopped because the `expired` ranges reached `events_max` rows.
+    /// The pass stopped because the `expired` ranges are at `expired_ranges_max` and
+    /// none can be dropped (every origin is down to one range).
     pub(crate) ranges_full: bool,
+    /// Ranges dropped (oldest first) to stay within `expired_ranges_max`.
+    pub(crate) ranges_dropped: u64,
     /// A deletion step failed and was rolled back (the pass stops; memory is reloaded).
     pub(crate) failed_step: bool,
 }
@@ -293,9 +302,7 @@ impl SqliteStore {
             if due.is_empty() {
                 return Ok(true);
             }
-            let (taken, go_on) = self.take(due, out)?;
-            out.by_age += taken;
-            if !go_on {
+            if !self.take(due, false, out)? {
                 return Ok(false);
             }
             if !more {
@@ -349,9 +356,7 @@ impl SqliteStore {
                 if due.is_empty() {
                     continue;
                 }
-                let (taken, go_on) = self.take(due, out)?;
-                out.by_size += taken;
-                if !go_on {
+                if !self.take(due, true, out)? {
                     return Ok(false);
                 }
             }
@@ -361,47 +366,74 @@ impl SqliteStore {
     }
 
     /// Deletes `due` (oldest first, of one stream) within the pass's budget and the ranges'
-    /// room, after recording their numbers as expired. Returns how many went and whether
-    /// the pass may go on.
+    /// room, after recording their numbers as expired, and counts them in `out` (by size
+    /// or by age). Returns whether the pass may go on.
     fn take(
         &mut self,
         mut due: Vec<Candidate>,
+        by_size: bool,
         out: &mut Expired,
-    ) -> Result<(u64, bool), StoreError> {
+    ) -> Result<bool, StoreError> {
         let done = out.by_age + out.by_size;
         let budget = (EXPIRE_PASS_MAX as u64).saturating_sub(done) as usize;
-        // Each number may need a range row of its own (at worst): stop before the rows
-        // could pass `events_max`.
-        let room = self
-            .limits
-            .events_max
-            .saturating_sub(self.state.expired_len);
         let mut go_on = true;
         if due.len() > budget {
             due.truncate(budget);
             out.more = true;
             go_on = false;
         }
-        if due.len() > room {
-            due.truncate(room);
-            out.ranges_full = true;
-            go_on = false;
+        // Each number may need a range row of its own (at worst). Beyond the room left
+        // under `expired_ranges_max` the oldest ranges go first, a step at a time (the
+        // numbers a step expires make ranges a later step may drop); when none can go
+        // (one range per origin), the pass stops.
+        let mut due = due.into_iter().peekable();
+        while due.peek().is_some() {
+            let room = self
+                .limits
+                .expired_ranges_max
+                .saturating_sub(self.state.expired_len);
+            let step: Vec<Candidate> = due
+                .by_ref()
+                .take(room.saturating_add(self.droppable_ranges()))
+                .collect();
+            if step.is_empty() {
+                out.ranges_full = true;
+                return Ok(false);
+            }
+            let dropped = self.take_step(&step, step.len().saturating_sub(room), out)?;
+            out.ranges_dropped += dropped as u64;
+            self.stats.get_mut().expired_ranges_dropped += dropped as u64;
+            self.stats.get_mut().expired += step.len() as u64;
+            if by_size {
+                out.by_size += step.len() as u64;
+            } else {
+                out.by_age += step.len() as u64;
+            }
         }
-        if due.is_empty() {
-            return Ok((0, go_on));
-        }
+        Ok(go_on)
+    }
+
+    /// One step of [`SqliteStore::take`], all of it or none of it: a failure rolls the
+    /// rows back to its start (the caller then reloads the in-memory state from them), so
+    /// no event is deleted without its range or left half deleted, and no range is dropped
+    /// for nothing.
+    fn take_step(
+        &mut self,
+        step: &[Candidate],
+        drop: usize,
+        out: &mut Expired,
+    ) -> Result<usize, StoreError> {
         self.begin_write()?;
-        // All of it or none of it: a failure rolls the rows back to here (the caller then
-        // reloads the in-memory state from them), so no event is deleted without its range
-        // or left half deleted.
         self.conn
             .execute_batch("SAVEPOINT expire_take")
             .map_err(backend)?;
-        match self.take_rows(&due) {
-            Ok(()) => self
-                .conn
-                .execute_batch("RELEASE expire_take")
-                .map_err(backend)?,
+        match self.take_rows(step, drop) {
+            Ok(dropped) => {
+                self.conn
+                    .execute_batch("RELEASE expire_take")
+                    .map_err(backend)?;
+                Ok(dropped)
+            }
             Err(e) => {
                 out.failed_step = true;
                 if let Err(rb) = self
@@ -410,16 +442,20 @@ impl SqliteStore {
                 {
                     tracing::error!(error = %rb, "rolling a retention step back failed");
                 }
-                return Err(e);
+                Err(e)
             }
         }
-        self.stats.get_mut().expired += due.len() as u64;
-        Ok((due.len() as u64, go_on))
     }
 
-    /// [`SqliteStore::take`]'s writes: the ranges first (a number in a range is served as
-    /// its event while it is held), then the rows.
-    fn take_rows(&mut self, due: &[Candidate]) -> Result<(), StoreError> {
+    /// [`SqliteStore::take`]'s writes: at least `drop` of the oldest ranges dropped, the
+    /// new ranges (a number in a range is served as its event while it is held), then the
+    /// rows. Returns how many ranges were dropped.
+    fn take_rows(&mut self, due: &[Candidate], drop: usize) -> Result<usize, StoreError> {
+        let dropped = if drop > 0 {
+            self.drop_oldest_ranges(drop)?
+        } else {
+            0
+        };
         let mut numbers: BTreeMap<OriginKey, Vec<u64>> = BTreeMap::new();
         for c in due {
             numbers.entry(c.origin).or_default().push(c.seq);
@@ -444,7 +480,100 @@ impl SqliteStore {
             self.state.len -= 1;
             self.cache.get_mut().remove(&(c.origin, c.seq));
         }
-        Ok(())
+        Ok(dropped)
+    }
+
+    /// Ranges [`SqliteStore::drop_oldest_ranges`] may drop: all but each origin's newest.
+    fn droppable_ranges(&self) -> usize {
+        self.state.expired_len - self.state.expired.len()
+    }
+
+    /// Drops at least `want` ranges of expired numbers (if [`droppable`] allows), and up
+    /// to a 64th of `expired_ranges_max` more, so that a busy pass does not come back here
+    /// at every step: the lowest ranges of the origin with the most, again while short.
+    /// Every origin keeps its newest range: its top is the origin's delivery cursor here
+    /// (`Store::delivered`), from which a restart resumes. This node then no longer answers
+    /// Skips for the numbers dropped; they stay seen (in memory, and below the cursor after
+    /// a restart), so an event sent again under one is still not taken. Rows first, then
+    /// memory; inside the caller's savepoint. Returns how many went.
+    ///
+    /// [`droppable`]: SqliteStore::droppable_ranges
+    fn drop_oldest_ranges(&mut self, want: usize) -> Result<usize, StoreError> {
+        let target = want.max(self.limits.expired_ranges_max / 64);
+        let mut dropped = 0;
+        while dropped < target {
+            // The most ranges, ties to the lowest key (deterministic whatever the map's
+            // order).
+            let Some((origin, len)) = self
+                .state
+                .expired
+                .iter()
+                .map(|(o, m)| (*o, m.len()))
+                .filter(|(_, n)| *n > 1)
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            else {
+                break;
+            };
+            let k = (len - 1).min(target - dropped);
+            let Some(map) = self.state.expired.get_mut(&origin) else {
+                break;
+            };
+            let gone: Vec<(u64, u64)> = map.iter().take(k).map(|(l, h)| (*l, *h)).collect();
+            let Some(&(last_lo, _)) = gone.last() else {
+                break;
+            };
+            self.conn
+                .prepare_cached("DELETE FROM expired WHERE origin = ?1 AND lo <= ?2")
+                .and_then(|mut st| st.execute(params![&origin.0[..], last_lo.cast_signed()]))
+                .map_err(backend)?;
+            self.tx_writes += 1;
+            // The numbers the dropped ranges covered leave the store's ranges too (as a
+            // restart would read them), but for those still held or erased.
+            let mut kept = Vec::new();
+            for &(lo, hi) in &gone {
+                kept.extend(self.held_or_erased_in(&origin, lo, hi)?);
+            }
+            if let Some(ranges) = self.state.ranges.get_mut(&origin) {
+                *ranges = weft_fabric::mesh::SeqRanges::from_ranges(
+                    ranges
+                        .difference_ranges(&gone)
+                        .into_iter()
+                        .chain(kept.into_iter().map(|s| (s, s))),
+                );
+            }
+            if let Some(map) = self.state.expired.get_mut(&origin) {
+                *map = map.split_off(&(last_lo + 1));
+            }
+            self.state.expired_len -= k;
+            dropped += k;
+        }
+        Ok(dropped)
+    }
+
+    /// The numbers of `origin` from `lo` to `hi` the store holds or erased, ascending.
+    fn held_or_erased_in(
+        &self,
+        origin: &OriginKey,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT seq FROM events WHERE origin = ?1 AND seq BETWEEN ?2 AND ?3 \
+                 UNION SELECT seq FROM erased WHERE origin = ?1 AND seq BETWEEN ?2 AND ?3 \
+                 ORDER BY seq",
+            )
+            .and_then(|mut st| {
+                st.query_map(
+                    params![&origin.0[..], lo.cast_signed(), hi.cast_signed()],
+                    |r| r.get::<_, i64>(0),
+                )?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?
+            .into_iter()
+            .map(|s| u64::try_from(s).map_err(|_| corrupt("seq")))
+            .collect()
     }
 
     /// Adds `seqs` (ascending, still stored: deleted right after) of `origin` to its
@@ -678,10 +807,16 @@ retention_s = 60
     }
 
     fn open(dir: &std::path::Path, events_max: usize) -> SqliteStore {
-        let limits = StoreLimits {
-            events_max,
-            ..StoreLimits::default()
-        };
+        open_with(
+            dir,
+            StoreLimits {
+                events_max,
+                ..StoreLimits::default()
+            },
+        )
+    }
+
+    fn open_with(dir: &std::path::Path, limits: StoreLimits) -> SqliteStore {
         let mut store = SqliteStore::open(dir, limits).unwrap();
         store.set_retention(rules());
         store
@@ -1041,9 +1176,16 @@ retention_s = 60
         store.commit().unwrap();
         store.check_invariants().unwrap();
 
-        // `events_max` 3: three origins fill the ranges; a fourth origin's old event waits.
+        // At most 3 ranges: three origins fill them (none can be dropped: each origin
+        // keeps its newest); a fourth origin's old event waits.
         let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path(), 3);
+        let mut store = open_with(
+            dir.path(),
+            StoreLimits {
+                expired_ranges_max: 3,
+                ..StoreLimits::default()
+            },
+        );
         for signer in 10..13 {
             put(&mut store, &event(signer, "metrics", 1, 300, 1));
         }
@@ -1052,6 +1194,71 @@ retention_s = 60
         let blocked = store.expire(*NOW).unwrap();
         assert_eq!((blocked.by_age, blocked.ranges_full), (0, true));
         assert!(store.get(&origin(13), 1).is_some());
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn at_the_ranges_bound_the_oldest_go_and_every_origin_keeps_its_newest() {
+        // Origin 20's odd numbers only (its even ones never reach this node: residency,
+        // interest), so each expired number is a range of its own; origin 21 has one.
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            expired_ranges_max: 4,
+            ..StoreLimits::default()
+        };
+        let mut store = open_with(dir.path(), limits.clone());
+        put(&mut store, &event(21, "metrics", 1, 300, 1));
+        for seq in (1..=19).step_by(2) {
+            put(&mut store, &event(20, "metrics", seq, 300, 1));
+        }
+        put(&mut store, &event(20, "orders", 21, 0, 1));
+        store.commit().unwrap();
+        let done = store.expire(*NOW).unwrap();
+        // Nothing waits: all eleven went, the ranges stayed within the bound.
+        assert_eq!(
+            (done.by_age, done.ranges_full, done.more),
+            (11, false, false)
+        );
+        assert_eq!(done.ranges_dropped, 11 - 4);
+        assert_eq!(store.stats().expired_ranges_dropped, 7);
+        assert_eq!(store.expired_ranges(), 4);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        let (o20, o21) = (origin(20), origin(21));
+        let answers = |store: &SqliteStore| {
+            (
+                (1..=19)
+                    .step_by(2)
+                    .filter(|s| store.erased(&o20, *s))
+                    .collect::<Vec<_>>(),
+                store.erased(&o21, 1),
+                store.delivered(&o20),
+                store.delivered(&o21),
+            )
+        };
+        // Origin 20's three newest expired numbers are still answered (Skips), its oldest
+        // no longer; origin 21 keeps its only range; the delivery cursors are unchanged
+        // (origin 20's is its held order's number).
+        let want = (vec![15, 17, 19], true, Some(21), Some(1));
+        assert_eq!(answers(&store), want);
+        assert!(store.get(&o20, 21).is_some());
+        // The rows say the same after a restart.
+        drop(store);
+        let mut store = open_with(dir.path(), limits);
+        store.check_invariants().unwrap();
+        assert_eq!(answers(&store), want);
+        assert_eq!(store.expired_ranges(), 4);
+        // More of origin 20 expires: still within the bound, the newest kept.
+        for seq in (23..=27).step_by(2) {
+            put(&mut store, &event(20, "metrics", seq, 300, 1));
+        }
+        store.commit().unwrap();
+        let done = store.expire(*NOW).unwrap();
+        assert_eq!((done.by_age, done.ranges_full), (3, false));
+        assert!(store.expired_ranges() <= 4);
+        assert!(store.erased(&o20, 27) && store.erased(&o20, 25));
+        assert_eq!(store.delivered(&o20), Some(27));
         store.commit().unwrap();
         store.check_invariants().unwrap();
     }
