@@ -25,7 +25,8 @@
 //! dropped; the origin itself, which holds all its own numbers (so they expire into one
 //! range there), and nodes that hold them in one range still do.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
@@ -52,6 +53,19 @@ const AGE_STREAMS_PER_PASS: usize = 1_000;
 
 /// Rows read per stream and query while a pass walks a stream's oldest events.
 const HEAD_ROWS: usize = 256;
+
+/// Rows first read of each stream under a size rule (the merge reads a page more of a
+/// stream once it has taken these).
+const MERGE_FIRST_ROWS: usize = 8;
+
+/// A stream's oldest rows not yet taken, in a size rule's merge.
+struct Head {
+    rows: VecDeque<Candidate>,
+    /// The log position of the last row read.
+    after: u64,
+    /// Whether rows after `after` may remain.
+    more: bool,
+}
 
 /// What retention applies to one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,57 +326,93 @@ impl SqliteStore {
     }
 
     /// Expires the oldest events of `streams` (one rule's) while their envelopes add up
-    /// to more than `limit` bytes, oldest first across the streams by log position.
+    /// to more than `limit` bytes, oldest first across the streams by log position: a
+    /// merge of the streams' heads, each read a few rows at first and a page at a time
+    /// after as the merge reaches it, so a rule over many streams costs a query per
+    /// stream and per page taken, not a page of every stream at every step.
     fn expire_by_size(
         &mut self,
         streams: &[String],
         limit: u64,
         out: &mut Expired,
     ) -> Result<bool, StoreError> {
-        let total = |me: &Self| -> Result<u64, StoreError> {
-            streams
-                .iter()
-                .try_fold(0u64, |sum, s| Ok(sum + me.stream_bytes(s)?))
-        };
-        let mut over = total(self)?.saturating_sub(limit);
+        let mut sizes = Vec::with_capacity(streams.len());
+        for s in streams {
+            sizes.push(self.stream_bytes(s)?);
+        }
+        let mut over = sizes.iter().sum::<u64>().saturating_sub(limit);
+        if over == 0 {
+            return Ok(true);
+        }
+        let mut heads: Vec<Head> = Vec::with_capacity(streams.len());
+        let mut queue = BinaryHeap::new();
+        for (i, (stream, size)) in streams.iter().zip(sizes).enumerate() {
+            let mut head = Head {
+                rows: VecDeque::new(),
+                after: 0,
+                more: size > 0,
+            };
+            if head.more {
+                self.refill(stream, &mut head, MERGE_FIRST_ROWS)?;
+            }
+            if let Some(c) = head.rows.front() {
+                queue.push(Reverse((c.pos, i)));
+            }
+            heads.push(head);
+        }
         while over > 0 {
-            // The oldest heads of every stream of the rule, merged by log position, up to
-            // the last position every stream with more rows has been read to (past it a
-            // stream's unread rows may be older than another's read ones).
-            let mut heads: Vec<(u64, usize, Candidate)> = Vec::new();
-            let mut bound = u64::MAX;
-            for (i, s) in streams.iter().enumerate() {
-                let (rows, more) = self.head_while(s, HEAD_ROWS, |_| true)?;
-                if more && let Some(last) = rows.last() {
-                    bound = bound.min(last.pos);
-                }
-                heads.extend(rows.into_iter().map(|c| (c.pos, i, c)));
+            let done = out.by_age + out.by_size;
+            let room = (EXPIRE_PASS_MAX as u64).saturating_sub(done) as usize;
+            if room == 0 {
+                out.more = true;
+                return Ok(false);
             }
-            heads.retain(|(pos, _, _)| *pos <= bound);
-            if heads.is_empty() {
-                return Ok(true);
-            }
-            heads.sort_by_key(|(pos, _, _)| *pos);
-            let mut picked: Vec<Vec<Candidate>> = (0..streams.len()).map(|_| Vec::new()).collect();
-            let mut left = over;
-            for (_, i, c) in heads {
-                if left == 0 {
+            // A step: the oldest rows across the streams while the rule is over its size.
+            let mut picked: BTreeMap<usize, Vec<Candidate>> = BTreeMap::new();
+            let (mut n, mut left) = (0, over);
+            while left > 0 && n < room.min(HEAD_ROWS) {
+                let Some(Reverse((_, i))) = queue.pop() else {
                     break;
+                };
+                let head = &mut heads[i];
+                let Some(c) = head.rows.pop_front() else {
+                    continue;
+                };
+                if head.rows.is_empty() && head.more {
+                    self.refill(&streams[i], head, HEAD_ROWS)?;
+                }
+                if let Some(next) = head.rows.front() {
+                    queue.push(Reverse((next.pos, i)));
                 }
                 left = left.saturating_sub(c.len);
-                picked[i].push(c);
+                n += 1;
+                picked.entry(i).or_default().push(c);
             }
-            for due in picked {
-                if due.is_empty() {
-                    continue;
-                }
+            if picked.is_empty() {
+                return Ok(true);
+            }
+            for due in picked.into_values() {
+                let bytes: u64 = due.iter().map(|c| c.len).sum();
                 if !self.take(due, true, out)? {
                     return Ok(false);
                 }
+                // The triggers took the same bytes off the streams' counts.
+                over = over.saturating_sub(bytes);
             }
-            over = total(self)?.saturating_sub(limit);
         }
         Ok(true)
+    }
+
+    /// Reads up to `n` more of `stream`'s oldest logged rows after `head.after` into
+    /// `head`.
+    fn refill(&self, stream: &str, head: &mut Head, n: usize) -> Result<(), StoreError> {
+        let (rows, more) = self.head_after(stream, head.after, n)?;
+        if let Some(last) = rows.last() {
+            head.after = last.pos;
+        }
+        head.more = more;
+        head.rows.extend(rows);
+        Ok(())
     }
 
     /// Deletes `due` (oldest first, of one stream) within the pass's budget and the ranges'
@@ -684,15 +734,37 @@ impl SqliteStore {
         n: usize,
         keep: impl Fn(&Candidate) -> bool,
     ) -> Result<(Vec<Candidate>, bool), StoreError> {
+        self.rows_after(stream, 0, n, keep)
+    }
+
+    /// [`SqliteStore::head_while`] of the rows after log position `after`, all kept.
+    fn head_after(
+        &self,
+        stream: &str,
+        after: u64,
+        n: usize,
+    ) -> Result<(Vec<Candidate>, bool), StoreError> {
+        self.rows_after(stream, after, n, |_| true)
+    }
+
+    fn rows_after(
+        &self,
+        stream: &str,
+        after: u64,
+        n: usize,
+        keep: impl Fn(&Candidate) -> bool,
+    ) -> Result<(Vec<Candidate>, bool), StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT l.pos, e.id, e.origin, e.seq, e.hlc, LENGTH(e.envelope), l.at_ms \
-                 FROM log l JOIN events e ON e.id = l.id WHERE l.stream = ?1 \
-                 ORDER BY l.pos LIMIT ?2",
+                 FROM log l JOIN events e ON e.id = l.id WHERE l.stream = ?1 AND l.pos > ?2 \
+                 ORDER BY l.pos LIMIT ?3",
             )
             .map_err(backend)?;
-        let mut rows = stmt.query(params![stream, n as i64]).map_err(backend)?;
+        let mut rows = stmt
+            .query(params![stream, after.cast_signed(), n as i64])
+            .map_err(backend)?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(backend)? {
             let pos: i64 = r.get(0).map_err(backend)?;
@@ -1106,6 +1178,47 @@ retention_s = 60
             .count();
         assert!(kept >= 5, "{kept} of the 10 newest kept");
         store.check_invariants().unwrap();
+    }
+
+    /// A size rule over many streams (1,200, three events each, interleaved): the passes
+    /// take exactly the oldest across all of them, a budget at a time.
+    #[test]
+    fn size_over_many_streams_takes_exactly_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 10_000);
+        let mut all = Vec::new();
+        for round in 0..3u64 {
+            for i in 0..1200u64 {
+                let e = event(7, &format!("logs.s{i}"), round * 1200 + i + 1, 1, 100);
+                put(&mut store, &e);
+                all.push(e);
+            }
+        }
+        store.commit().unwrap();
+        let mut passes = Vec::new();
+        loop {
+            let done = store.expire(*NOW).unwrap();
+            store.commit().unwrap();
+            passes.push(done.by_size);
+            if !done.more {
+                break;
+            }
+        }
+        assert_eq!(passes[0], EXPIRE_PASS_MAX as u64, "{passes:?}");
+        store.check_invariants().unwrap();
+        let o = origin(7);
+        let size = |e: &Arc<Event>| e.encode().len() as u64;
+        let kept: Vec<&Arc<Event>> = all
+            .iter()
+            .filter(|e| store.get(&o, e.seq()).is_some())
+            .collect();
+        let kept_bytes: u64 = kept.iter().map(|e| size(e)).sum();
+        assert!(kept_bytes <= 3000, "{kept_bytes} bytes kept");
+        let first_kept = kept.first().unwrap().seq();
+        assert!(kept.iter().map(|e| e.seq()).eq(first_kept..=3600));
+        assert!(kept_bytes + size(&all[first_kept as usize - 2]) > 3000);
+        assert_eq!(passes.iter().sum::<u64>(), first_kept - 1);
+        assert_eq!(store.expired_ranges(), 1);
     }
 
     #[test]
