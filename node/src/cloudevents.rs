@@ -25,6 +25,8 @@ use serde_json::{Map, Value};
 use weft_fabric::limits::{KEY_LEN_MAX, PAYLOAD_LEN_MAX};
 use weft_fabric::{EventData, Payload, StreamName};
 
+use crate::egress::media_essence;
+
 /// Media type of one CloudEvent in structured mode (JSON event format).
 pub(crate) const CE_JSON: &str = "application/cloudevents+json";
 
@@ -838,16 +840,6 @@ pub(crate) fn rfc3339_from_ms(ms: u64) -> Option<String> {
 }
 
 // ---------------------------------------------------------------- data
-
-/// The media type's essence: `type/subtype`, lowercase, without parameters.
-fn media_essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
 
 fn is_json(essence: &str) -> bool {
     essence == JSON_MEDIA_TYPE || (essence.contains('/') && essence.ends_with("+json"))

@@ -318,6 +318,11 @@ pub(crate) struct Driver {
     retention_due: Instant,
     /// Whether the last pass stopped at the expired ranges' bound (warned once).
     retention_blocked: bool,
+    /// The retractor's queue (`erase::run_retractor`): this node's derivative numbers to
+    /// publish as retractions (`store/derived.rs`).
+    retract_tx: Option<mpsc::Sender<Vec<u64>>>,
+    /// When pending retractions are next published (`None`: none are pending).
+    retract_due: Option<Instant>,
 }
 
 impl Driver {
@@ -369,11 +374,19 @@ impl Driver {
             after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
             retention_blocked: false,
+            retract_tx: None,
+            retract_due: Some(Instant::now()),
         }
     }
 
     /// Shares whether the store is full with the HTTP API, which then refuses publishes
     /// before signing them (a signed number the store refuses is voided, not reused).
+    /// Publishes this node's retractions of derivatives through `tx` (the retractor task).
+    pub(crate) fn with_retractor(mut self, tx: mpsc::Sender<Vec<u64>>) -> Self {
+        self.retract_tx = Some(tx);
+        self
+    }
+
     pub(crate) fn with_store_full(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
         flag.store(
             self.node.store().is_full(),
@@ -557,7 +570,33 @@ impl Driver {
         if now >= self.retention_due {
             self.retention_pass(now);
         }
+        if self.retract_due.is_some_and(|due| now >= due) {
+            self.publish_retractions(now);
+        }
         self.publish_snapshot();
+    }
+
+    /// Hands the derivative numbers still waiting for their retraction
+    /// (`store/derived.rs`) to the retractor, and looks again after
+    /// [`crate::erase::RETRACT_RESEND`] (applying its own retraction takes them off).
+    fn publish_retractions(&mut self, now: Instant) {
+        let Some(tx) = &self.retract_tx else {
+            self.retract_due = None;
+            return;
+        };
+        match self.node.store().pending_retractions() {
+            Ok(pending) if pending.is_empty() => self.retract_due = None,
+            Ok(pending) => {
+                if tx.try_send(pending).is_err() {
+                    debug!("the retractor is busy; retractions wait");
+                }
+                self.retract_due = Some(now + crate::erase::RETRACT_RESEND);
+            }
+            Err(e) => {
+                warn!(error = %e, "reading pending retractions failed");
+                self.retract_due = Some(now + crate::erase::RETRACT_RESEND);
+            }
+        }
     }
 
     /// One retention pass (stream rules' `retention_s`, `retention_bytes`): its deletions
@@ -586,17 +625,6 @@ impl Driver {
                 if done.more {
                     self.retention_due = now;
                 }
-                if done.ranges_dropped > 0 {
-                    if self.metrics.expired_ranges_dropped.get() == 0 {
-                        warn!(
-                            dropped = done.ranges_dropped,
-                            "dropping the oldest ranges of expired numbers at limits.expired_ranges_max: this node no longer answers Skips for them (their origins still do)"
-                        );
-                    }
-                    self.metrics
-                        .expired_ranges_dropped
-                        .inc_by(done.ranges_dropped);
-                }
                 if done.ranges_full && !self.retention_blocked {
                     warn!(
                         ranges = self.node.store().expired_ranges(),
@@ -606,6 +634,21 @@ impl Driver {
                 self.retention_blocked = done.ranges_full;
             }
             Err(e) => warn!(error = %e, "retention pass failed"),
+        }
+        // From the store's count, which has every step that held (a pass that fails part
+        // way keeps the steps before it).
+        let dropped = self.node.store().stats().expired_ranges_dropped;
+        let counted = self.metrics.expired_ranges_dropped.get();
+        if dropped > counted {
+            if counted == 0 {
+                warn!(
+                    dropped,
+                    "dropping the oldest ranges of expired numbers at limits.expired_ranges_max: this node no longer answers Skips for them (their origins still do)"
+                );
+            }
+            self.metrics
+                .expired_ranges_dropped
+                .inc_by(dropped - counted);
         }
         self.metrics
             .expired_ranges
@@ -778,6 +821,17 @@ impl Driver {
                 // took, in the same step and group commit. A derivative of a refused source
                 // (full store, erased, a reused number) is not published: its content came
                 // from data the fabric did not take; its number is voided.
+                // What erase rules match of the sources field transforms derived from
+                // (`store/derived.rs`).
+                let derived_sources: BTreeMap<EventId, crate::store::DerivedSource> =
+                    if derived.iter().any(|(s, _)| s.is_some()) {
+                        events
+                            .iter()
+                            .map(|e| (e.id(), crate::store::DerivedSource::of(e)))
+                            .collect()
+                    } else {
+                        BTreeMap::new()
+                    };
                 let results = self.node.handle_publish_batch(now, events);
                 let sources_refused: BTreeSet<EventId> = event_ids
                     .iter()
@@ -786,6 +840,7 @@ impl Driver {
                     .map(|(id, _)| *id)
                     .collect();
                 let mut kept = Vec::with_capacity(derived.len());
+                let mut kept_sources = Vec::with_capacity(derived.len());
                 for (source, event) in derived {
                     if source.is_some_and(|s| sources_refused.contains(&s)) {
                         if let Err(e) = self.node.void_own(now, &event) {
@@ -799,15 +854,32 @@ impl Driver {
                             &source.map(|s| s.to_string()).unwrap_or_default(),
                         );
                     } else {
+                        kept_sources.push(source.map(|s| (s, event.seq())));
                         kept.push(event);
                     }
                 }
                 let derived_ids: Vec<EventId> = kept.iter().map(|e| e.id()).collect();
                 let derived_results = self.node.handle_publish_batch(now, kept);
                 let mut derived_ok = Vec::with_capacity(derived_ids.len());
-                for (id, result) in derived_ids.into_iter().zip(derived_results) {
+                for ((id, result), source) in derived_ids
+                    .into_iter()
+                    .zip(derived_results)
+                    .zip(kept_sources)
+                {
                     match result {
-                        Ok(()) => derived_ok.push(id),
+                        Ok(()) => {
+                            // A field transform's derivative goes when its source is
+                            // erased (`store/derived.rs`).
+                            let me = self.me.node_key();
+                            if let Some(src) = source
+                                .and_then(|(s, seq)| derived_sources.get(&s).map(|src| (src, seq)))
+                                && let Err(e) =
+                                    self.node.store_mut().record_derived(&me, src.1, src.0)
+                            {
+                                warn!(error = %e, "recording a derivative's source failed");
+                            }
+                            derived_ok.push(id);
+                        }
                         Err(e) => crate::egress::fail(
                             &self.metrics,
                             &self.audit,
@@ -1321,6 +1393,10 @@ impl Driver {
                 .stream(event.stream().as_str())
                 .event(event.id().to_string())
         };
+        if let Some(numbers) = crate::erase::retraction(event) {
+            self.apply_retraction(event, numbers);
+            return;
+        }
         let (target, hlc_max) = match crate::erase::carried(event) {
             Ok(t) => t,
             Err(why) => {
@@ -1365,6 +1441,22 @@ impl Driver {
             self.metrics.reject("erase_failed");
             warn!(error = %e, "removing erased table rows failed");
         }
+        // This node's derivatives of what the rule covers are retracted fabric-wide.
+        let retract = match self
+            .node
+            .store_mut()
+            .derivatives_to_retract(&target, hlc_max)
+        {
+            Ok(n) => n,
+            Err(e) => {
+                self.metrics.reject("erase_failed");
+                warn!(error = %e, "finding the derivatives of erased events failed");
+                0
+            }
+        };
+        if retract > 0 {
+            self.retract_due = Some(Instant::now());
+        }
         self.metrics.erased.inc_by(erased.len() as u64);
         let what = target.to_string();
         info!(erased = erased.len(), "{what} erased");
@@ -1372,9 +1464,79 @@ impl Driver {
             Apply,
             "erase_applied",
             format!(
-                "erase of {what} (requested through {}) applied: {} stored events removed, {relayed} relayed copies forgotten",
+                "erase of {what} (requested through {}) applied: {} stored events removed, {relayed} relayed copies forgotten, {retract} derivatives made here to retract",
                 event.origin(),
                 erased.len()
+            ),
+        ));
+    }
+
+    /// Applies a retraction (`store/derived.rs`): `event`'s origin retracts its own
+    /// derivatives `numbers` names; stored ones are erased, the others refused when they
+    /// arrive. Audited like an erase.
+    fn apply_retraction(&mut self, event: &Event, numbers: Result<Vec<u64>, String>) {
+        use crate::audit::Decision::{Apply, Deny};
+        let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
+        let entry = |decision, reason: &str, message: String| {
+            crate::audit::Entry::now(decision, reason, epoch, message)
+                .stream(event.stream().as_str())
+                .event(event.id().to_string())
+        };
+        let numbers = match numbers {
+            Ok(n) => n,
+            Err(why) => {
+                self.metrics.reject("erase_invalid");
+                self.audit.record(entry(
+                    Deny,
+                    "erase_invalid",
+                    format!("retraction from {} refused: {why}", event.origin()),
+                ));
+                return;
+            }
+        };
+        let origin = event.origin();
+        let own = origin == self.me.node_key();
+        let done = match self.node.store_mut().retract(&origin, &numbers, own) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.reject("erase_failed");
+                error!(error = %e, "applying a retraction failed");
+                self.audit.record(entry(
+                    Deny,
+                    "erase_failed",
+                    format!(
+                        "retraction of {} derivatives of {origin} failed: {e}",
+                        numbers.len()
+                    ),
+                ));
+                return;
+            }
+        };
+        let wanted: BTreeSet<u64> = numbers.iter().copied().collect();
+        let relayed = self.node.forget_relayed(|e: &Event| {
+            e.origin() == origin
+                && wanted.contains(&e.seq())
+                && crate::egress::is_derived(e.content_type())
+        });
+        if own {
+            // What is still pending goes out at the next tick.
+            self.retract_due = Some(Instant::now());
+        }
+        self.metrics.erased.inc_by(done.erased.len() as u64);
+        info!(
+            erased = done.erased.len(),
+            ahead = done.ahead,
+            "derivatives of {origin} retracted"
+        );
+        self.audit.record(entry(
+            Apply,
+            "derivatives_retracted",
+            format!(
+                "retraction of {} derivatives by {origin} applied: {} stored removed, {} refused on arrival, {relayed} relayed copies forgotten, {} not derived events left",
+                numbers.len(),
+                done.erased.len(),
+                done.ahead,
+                done.not_derived
             ),
         ));
     }

@@ -306,13 +306,20 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn media_essence(content_type: &str) -> String {
+/// The media type's essence: `type/subtype`, lowercase, without parameters.
+pub(crate) fn media_essence(content_type: &str) -> String {
     content_type
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase()
+}
+
+/// Whether an event of `content_type` is an egress transform's derivative (the reserved
+/// content type, which only nodes sign).
+pub(crate) fn is_derived(content_type: &str) -> bool {
+    media_essence(content_type) == DERIVED_CONTENT_TYPE
 }
 
 /// Whether any field (one-to-one) transform applies to `stream`.

@@ -34,6 +34,20 @@ pub(crate) const RULES_MAX: usize = 100_000;
 /// Longest principal or tenant name in a request, bytes (the envelope's own limit for
 /// these fields is lower; this only bounds the request).
 pub(crate) const NAME_LEN_MAX: usize = 256;
+/// Content type of a retraction on the erase stream: a node retracting its own egress
+/// derivatives of sources an erase removed (`store/derived.rs`), a [`Retraction`] as JSON.
+pub(crate) const RETRACT_CONTENT_TYPE: &str = "application/vnd.weft.retract+json";
+/// How long a node waits for its own retraction to come back through its log before it
+/// publishes the numbers still pending again.
+pub(crate) const RETRACT_RESEND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A retraction: sequence numbers of the publishing node's own derived events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Retraction {
+    /// The derivatives' sequence numbers (the carrier's origin is theirs).
+    pub(crate) derivatives: Vec<u64>,
+}
 
 /// What an erase covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +202,86 @@ pub(crate) fn carried(event: &Event) -> Result<(Target, u64), String> {
     let bound = Hlc::new(hlc.physical_ms().saturating_add(COVER_AFTER_MS), u16::MAX)
         .map_or(u64::MAX, Hlc::as_u64);
     Ok((target, bound))
+}
+
+/// The derivative numbers a retraction carrier names (1 to `RETRACT_NUMBERS_MAX`, none
+/// 0), or why it is not a valid one. `None`: not a retraction (an erase request).
+pub(crate) fn retraction(event: &Event) -> Option<Result<Vec<u64>, String>> {
+    if event.stream().as_str() != ERASE_STREAM
+        || crate::egress::media_essence(event.content_type()) != RETRACT_CONTENT_TYPE
+    {
+        return None;
+    }
+    let max = crate::store::RETRACT_NUMBERS_MAX;
+    Some((|| {
+        let Payload::Clear(bytes) = event.payload() else {
+            return Err("a retraction's payload must be clear".to_string());
+        };
+        let r: Retraction =
+            serde_json::from_slice(bytes).map_err(|e| format!("malformed retraction: {e}"))?;
+        if r.derivatives.is_empty() || r.derivatives.len() > max {
+            return Err(format!(
+                "derivatives: {} numbers, must be 1 to {max} (RETRACT_NUMBERS_MAX)",
+                r.derivatives.len()
+            ));
+        }
+        if r.derivatives.contains(&0) || r.derivatives.iter().any(|s| *s > i64::MAX as u64) {
+            return Err("derivatives: a sequence number is 1 to 2^63 - 1".into());
+        }
+        Ok(r.derivatives)
+    })())
+}
+
+/// The retractor task: signs and publishes each batch of this node's derivative numbers
+/// (from the driver, `store/derived.rs`) as a retraction on the erase stream. A batch
+/// that fails is published again by the driver after [`RETRACT_RESEND`].
+pub(crate) async fn run_retractor(
+    api: std::sync::Arc<crate::http::Api>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u64>>,
+) {
+    while let Some(derivatives) = rx.recv().await {
+        let n = derivatives.len();
+        let Ok(payload) = serde_json::to_vec(&Retraction { derivatives }) else {
+            continue;
+        };
+        let draft = weft_fabric::EventDraft {
+            stream: StreamName::new(ERASE_STREAM)
+                .unwrap_or_else(|_| unreachable!("valid constant")),
+            key: None,
+            seq: 0,
+            hlc: Hlc::new(0, 0).unwrap_or_else(|_| unreachable!("zero HLC")),
+            security: weft_fabric::SecurityContext {
+                // The node's own system event: no tenant's data.
+                tenant: crate::policy_push::SYSTEM_CLASSIFICATION.into(),
+                principal: crate::egress::DERIVED_PRINCIPAL.into(),
+                classification: crate::policy_push::SYSTEM_CLASSIFICATION.into(),
+                residency: weft_fabric::Residency::Unrestricted,
+                scopes: std::collections::BTreeSet::new(),
+                policy_epoch: api.policy.epoch(),
+            },
+            content_type: RETRACT_CONTENT_TYPE.into(),
+            payload: Payload::Clear(payload),
+            trace: None,
+        };
+        match crate::http::sign_and_send(
+            &api,
+            None,
+            vec![draft],
+            vec![None],
+            None,
+            crate::driver::Ack::Local,
+            std::time::Instant::now(),
+        )
+        .await
+        {
+            Ok(_) => tracing::info!(derivatives = n, "derivatives of erased events retracted"),
+            Err(e) => tracing::warn!(
+                derivatives = n,
+                error = ?e,
+                "publishing a retraction failed; the node tries again"
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -273,6 +273,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     driver = driver.with_tables(tables.clone());
     let store_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
     driver = driver.with_store_full(store_full.clone());
+    let (retract_tx, retract_rx) = mpsc::channel(4);
+    driver = driver.with_retractor(retract_tx);
     let driver_task = tokio::spawn(driver.run(mesh_rx, cmd_rx, shutdown_rx, known_peers));
 
     let api = Arc::new(Api {
@@ -320,6 +322,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         tables: tables.clone(),
     });
     tokio::spawn(crate::egress::run_flusher(api.clone(), flush_rx));
+    tokio::spawn(crate::erase::run_retractor(api.clone(), retract_rx));
     let api_at_shutdown = api.clone();
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await

@@ -29,6 +29,8 @@ use weft_fabric::mesh::ranges::RANGES_PER_ORIGIN_MAX;
 use weft_fabric::mesh::{EventRef, Inserted, SeqRanges, Store, StoreError};
 use weft_fabric::{Event, EventId, OriginKey};
 
+mod derived;
+pub(crate) use derived::{DerivedSource, RETRACT_NUMBERS_MAX};
 mod retention;
 pub(crate) use retention::RetentionRules;
 
@@ -356,6 +358,11 @@ struct Loaded {
     expired: HashMap<OriginKey, BTreeMap<u64, u64>>,
     /// Rows in `expired`.
     expired_len: usize,
+    /// Per origin, the highest number of the expired ranges dropped at the bound
+    /// (`expired_floor`; `store/retention.rs`): numbers up to it not held are gone.
+    expired_floor: HashMap<OriginKey, u64>,
+    /// Rows in `retracted` (`store/derived.rs`).
+    retracted_len: usize,
     /// Origins whose `ranges` may under-claim (they reached [`RANGES_PER_ORIGIN_MAX`] and
     /// may have dropped a range). For every other origin the ranges are exact, so a
     /// sequence number outside them is not stored and needs no lookup ([`Store::holds`]).
@@ -423,6 +430,27 @@ CREATE TABLE IF NOT EXISTS expired (
     lo INTEGER NOT NULL,
     hi INTEGER NOT NULL,
     PRIMARY KEY (origin, lo)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expired_floor (
+    origin BLOB PRIMARY KEY,
+    hi INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS derived_from (
+    origin BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    key BLOB,
+    principal TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    hlc INTEGER NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS derived_from_key ON derived_from (stream, key);
+CREATE TABLE IF NOT EXISTS retract_pending (seq INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS retracted (
+    origin BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 ";
 
@@ -715,13 +743,28 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
             expired_len += 1;
         }
     }
+    let mut expired_floor = HashMap::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT origin, hi FROM expired_floor")
+            .map_err(backend)?;
+        let mut rows = stmt.query([]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let origin: Vec<u8> = row.get(0).map_err(backend)?;
+            let hi: i64 = row.get(1).map_err(backend)?;
+            let hi = u64::try_from(hi).map_err(|_| corrupt("expired floor"))?;
+            expired_floor.insert(OriginKey(key32(&origin, "origin")?), hi);
+        }
+    }
     Ok(Loaded {
         len,
         ranges,
         lossy,
         expired,
         expired_len,
+        expired_floor,
         erased_len: count(conn, "erased")?,
+        retracted_len: count(conn, "retracted")?,
         cursors_len: count(conn, "cursors")?,
         peers_len: count(conn, "peers")?,
         meta_len: count(conn, "meta")?,
@@ -1414,44 +1457,57 @@ impl SqliteStore {
             if !target.covers(data) {
                 continue;
             }
-            let origin_key = OriginKey(key32(&origin, "origin")?);
-            let seq_u = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
-            // The event row first: a trigger takes a logged event's bytes off its stream's
-            // count (`store/retention.rs`).
-            for sql in [
-                "DELETE FROM events WHERE id = ?1",
-                "DELETE FROM log WHERE id = ?1",
-            ] {
-                self.conn
-                    .prepare_cached(sql)
-                    .and_then(|mut s| s.execute([&id[..]]))
-                    .map_err(backend)?;
-            }
-            let dedup = self
-                .conn
-                .prepare_cached("DELETE FROM ce_dedup WHERE event_id = ?1")
-                .and_then(|mut s| s.execute([&id[..]]))
-                .map_err(backend)?;
-            self.conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut s| s.execute(params![&origin[..], seq, &id[..]]))
-                .map_err(backend)?;
-            self.tx_writes += 1;
-            self.state.len -= 1;
-            self.state.ce_dedup_len -= dedup;
-            self.state.erased_len += 1;
-            self.state.note(origin_key, seq_u);
-            self.cache.get_mut().remove(&(origin_key, seq_u));
-            erased.push(ErasedEvent {
-                id: weft_fabric::EventId(key32(&id, "id")?),
-                stream: data.stream().as_str().to_string(),
-                key: data.key().map(<[u8]>::to_vec),
-            });
+            erased.push(self.erase_row(&id, &origin, seq, data)?);
         }
         self.stats.get_mut().erased += erased.len() as u64;
         Ok(erased)
+    }
+
+    /// Erases the stored event `id` at `(origin, seq)` (its claimed fields `data`): its
+    /// rows in `events`, `log` and `ce_dedup` go, `(origin, seq, id)` goes to `erased`
+    /// (still in the ranges). In the open write transaction.
+    fn erase_row(
+        &mut self,
+        id: &[u8],
+        origin: &[u8],
+        seq: i64,
+        data: &weft_fabric::EventData,
+    ) -> Result<ErasedEvent, StoreError> {
+        let origin_key = OriginKey(key32(origin, "origin")?);
+        let seq_u = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
+        // The event row first: a trigger takes a logged event's bytes off its stream's
+        // count (`store/retention.rs`).
+        for sql in [
+            "DELETE FROM events WHERE id = ?1",
+            "DELETE FROM log WHERE id = ?1",
+        ] {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([id]))
+                .map_err(backend)?;
+        }
+        let dedup = self
+            .conn
+            .prepare_cached("DELETE FROM ce_dedup WHERE event_id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(backend)?;
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![origin, seq, id]))
+            .map_err(backend)?;
+        // An own derivative gone: nothing left to retract (`store/derived.rs`).
+        self.forget_derived(&origin_key, seq_u)?;
+        self.tx_writes += 1;
+        self.state.len -= 1;
+        self.state.ce_dedup_len -= dedup;
+        self.state.erased_len += 1;
+        self.state.note(origin_key, seq_u);
+        self.cache.get_mut().remove(&(origin_key, seq_u));
+        Ok(ErasedEvent {
+            id: weft_fabric::EventId(key32(id, "id")?),
+            stream: data.stream().as_str().to_string(),
+            key: data.key().map(<[u8]>::to_vec),
+        })
     }
 
     /// Checks the in-memory state against the rows (slow: counts every table). For tests
@@ -1467,6 +1523,7 @@ impl SqliteStore {
             ("ce_dedup", self.state.ce_dedup_len, rows.ce_dedup_len),
             ("erased", self.state.erased_len, rows.erased_len),
             ("expired", self.state.expired_len, rows.expired_len),
+            ("retracted", self.state.retracted_len, rows.retracted_len),
         ];
         for (table, memory, disk) in pairs {
             if memory != disk {
@@ -1498,7 +1555,27 @@ impl SqliteStore {
         if uncounted != 0 {
             return Err(format!("{uncounted} logged streams without stream_bytes"));
         }
-        if self.state.ranges != rows.ranges {
+        if self.state.expired_floor != rows.expired_floor {
+            return Err("expired floors differ from the rows".into());
+        }
+        // An origin whose ranges reached the limit keeps its lowest in memory; ranges
+        // dropped since may leave memory short of what the rows give (it under-claims).
+        for (origin, mine) in &self.state.ranges {
+            let exact = rows.ranges.get(origin) == Some(mine);
+            let under = self.state.lossy.contains(origin)
+                && rows.ranges.get(origin).is_some_and(|theirs| {
+                    mine.iter()
+                        .all(|(lo, hi)| (lo..=hi).all(|n| theirs.contains(n)))
+                });
+            if !(exact || under) {
+                return Err(format!("ranges of {origin} differ from the rows"));
+            }
+        }
+        if rows
+            .ranges
+            .keys()
+            .any(|o| !self.state.ranges.contains_key(o))
+        {
             return Err("per-origin ranges differ from the rows".into());
         }
         if self.in_tx == self.conn.is_autocommit() {
@@ -1572,8 +1649,15 @@ impl Store for SqliteStore {
             self.stats.borrow_mut().equivocations += 1;
             return Err(StoreError::Equivocation { origin, seq });
         }
-        if (self.state.erased_len > 0 || self.state.expired_len > 0) && self.erased(&origin, seq) {
-            // Erased, or expired here by retention: seen, not stored again.
+        if (self.state.erased_len > 0 || self.state.expired_len > 0) && self.gone(&origin, seq) {
+            // Erased, or expired here by retention: seen, not stored again. (Below the
+            // floor of dropped expired ranges the number is not reported erased: this
+            // node no longer knows it apart from numbers it never held.)
+            self.stats.borrow_mut().erased_refused += 1;
+            return Ok(Inserted::Erased);
+        }
+        if self.state.retracted_len > 0 && self.take_retracted(&event)? {
+            // A derivative its origin retracted before it arrived (`store/derived.rs`).
             self.stats.borrow_mut().erased_refused += 1;
             return Ok(Inserted::Erased);
         }
@@ -1704,6 +1788,16 @@ impl Store for SqliteStore {
         self.state.erased_len += 1;
         self.state.note(origin, seq);
         Ok(())
+    }
+
+    fn gone(&self, origin: &OriginKey, seq: u64) -> bool {
+        self.erased(origin, seq)
+            || (self
+                .state
+                .expired_floor
+                .get(origin)
+                .is_some_and(|floor| seq <= *floor)
+                && !self.holds_number(origin, seq))
     }
 
     fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
@@ -1847,7 +1941,8 @@ impl Store for SqliteStore {
                     "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
                      DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup; \
                      DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM waiting_skips; \
-                     DELETE FROM expired; DELETE FROM stream_bytes;",
+                     DELETE FROM expired; DELETE FROM stream_bytes; DELETE FROM expired_floor; \
+                     DELETE FROM derived_from; DELETE FROM retract_pending; DELETE FROM retracted;",
                 )
                 .map_err(backend)
         });

@@ -70,21 +70,6 @@ replication = "all"
     )
 }
 
-/// Waits until node 0 sees a peer up (nodes 0 and 1 are started, node 2 is not yet).
-async fn first_two_meshed(c: &Cluster) {
-    wait_for(Duration::from_secs(30), || async {
-        let v = c.get_auth(0, "/v1/mesh/peers").await;
-        let up = v["peers"]
-            .as_array()?
-            .iter()
-            .filter(|p| p["state"] == "up")
-            .count();
-        (up >= 1).then_some(())
-    })
-    .await
-    .expect("nodes 0 and 1 meshed");
-}
-
 /// How many events of `stream` node `i` serves (`usize::MAX` when it does not answer).
 async fn count(c: &Cluster, i: usize, stream: &str) -> usize {
     c.ids(i, stream).await.map_or(usize::MAX, |v| v.len())
@@ -107,7 +92,7 @@ fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
         c.start(1);
         c.wait_healthy(0).await;
         c.wait_healthy(1).await;
-        first_two_meshed(&c).await;
+        c.wait_peers_up(0, 1).await;
 
         // Metrics first, then logs (some 40 events of ~500 bytes), then orders: the orders'
         // numbers are above every expired one.
@@ -326,7 +311,7 @@ fn a_partial_holder_drops_its_oldest_ranges_and_keeps_expiring() {
         c.start(1);
         c.wait_healthy(0).await;
         c.wait_healthy(1).await;
-        first_two_meshed(&c).await;
+        c.wait_peers_up(0, 1).await;
 
         // Numbers 1-16 alternate EU-only and public; 17-19 are orders.
         for _ in 0..8 {

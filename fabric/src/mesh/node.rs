@@ -1279,7 +1279,7 @@ impl<S: Store> Node<S> {
             Some(_) => Ok(()),
             // Seen, not held, and erased or expired here: the publish is refused as the
             // store would refuse it, not answered as if it were stored.
-            None if self.store.erased(&origin, seq) => Err(StoreError::Erased { origin, seq }),
+            None if self.store.gone(&origin, seq) => Err(StoreError::Erased { origin, seq }),
             None => Ok(()),
         }
     }

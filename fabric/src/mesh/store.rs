@@ -81,6 +81,14 @@ pub trait Store {
         let _ = (origin, seq);
         false
     }
+    /// Whether the event of `origin` at `seq` was here once and is gone for good: erased
+    /// ([`Store::erased`]), or removed by the store's retention where the store no longer
+    /// keeps the number apart (a local publish of it is refused all the same, never
+    /// taken as a resend). Unlike [`Store::erased`], never used to answer peers. Default:
+    /// [`Store::erased`].
+    fn gone(&self, origin: &OriginKey, seq: u64) -> bool {
+        self.erased(origin, seq)
+    }
     /// Records that this node's own event `id` at `seq` was signed and then refused by
     /// this store (full, or a failing disk): the number is taken as [`Store::erased`] from
     /// then on (in the ranges, answered with a Skip, not given out again after a restart),

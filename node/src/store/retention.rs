@@ -526,6 +526,8 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute([&c.id[..]]))
                     .map_err(backend)?;
             }
+            // An own derivative gone: nothing left to retract (`store/derived.rs`).
+            self.forget_derived(&c.origin, c.seq)?;
             self.tx_writes += 2;
             self.state.len -= 1;
             self.cache.get_mut().remove(&(c.origin, c.seq));
@@ -550,37 +552,49 @@ impl SqliteStore {
     /// [`droppable`]: SqliteStore::droppable_ranges
     fn drop_oldest_ranges(&mut self, want: usize) -> Result<usize, StoreError> {
         let target = want.max(self.limits.expired_ranges_max / 64);
+        // The origins with the most ranges first, ties to the lowest key (deterministic
+        // whatever the map's order): one sort per call, not a scan per origin taken.
+        let mut order: Vec<(usize, OriginKey)> = self
+            .state
+            .expired
+            .iter()
+            .filter(|(_, m)| m.len() > 1)
+            .map(|(o, m)| (m.len(), *o))
+            .collect();
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut dropped = 0;
-        while dropped < target {
-            // The most ranges, ties to the lowest key (deterministic whatever the map's
-            // order).
-            let Some((origin, len)) = self
-                .state
-                .expired
-                .iter()
-                .map(|(o, m)| (*o, m.len()))
-                .filter(|(_, n)| *n > 1)
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
-            else {
+        for (len, origin) in order {
+            if dropped >= target {
                 break;
-            };
+            }
             let k = (len - 1).min(target - dropped);
-            let Some(map) = self.state.expired.get_mut(&origin) else {
-                break;
+            let Some(map) = self.state.expired.get(&origin) else {
+                continue;
             };
             let gone: Vec<(u64, u64)> = map.iter().take(k).map(|(l, h)| (*l, *h)).collect();
-            let Some(&(last_lo, _)) = gone.last() else {
-                break;
+            let Some(&(last_lo, last_hi)) = gone.last() else {
+                continue;
             };
             self.conn
                 .prepare_cached("DELETE FROM expired WHERE origin = ?1 AND lo <= ?2")
                 .and_then(|mut st| st.execute(params![&origin.0[..], last_lo.cast_signed()]))
                 .map_err(backend)?;
-            self.tx_writes += 1;
+            // Numbers up to the floor that are not held are gone for good (a publish of
+            // one is refused, `Store::gone`), though no longer answered with Skips.
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO expired_floor (origin, hi) VALUES (?1, ?2) \
+                     ON CONFLICT (origin) DO UPDATE SET hi = MAX(hi, excluded.hi)",
+                )
+                .and_then(|mut st| st.execute(params![&origin.0[..], last_hi.cast_signed()]))
+                .map_err(backend)?;
+            self.tx_writes += 2;
             // The numbers the dropped ranges covered leave the store's ranges too (as a
-            // restart would read them), but for those still held or erased.
+            // restart would read them), but for those still held or erased. A range of
+            // one number is an expired one (a range grows only across held or erased
+            // numbers), so only wider ranges are looked up.
             let mut kept = Vec::new();
-            for &(lo, hi) in &gone {
+            for &(lo, hi) in gone.iter().filter(|(lo, hi)| hi > lo) {
                 kept.extend(self.held_or_erased_in(&origin, lo, hi)?);
             }
             if let Some(ranges) = self.state.ranges.get_mut(&origin) {
@@ -594,6 +608,8 @@ impl SqliteStore {
             if let Some(map) = self.state.expired.get_mut(&origin) {
                 *map = map.split_off(&(last_lo + 1));
             }
+            let floor = self.state.expired_floor.entry(origin).or_default();
+            *floor = (*floor).max(last_hi);
             self.state.expired_len -= k;
             dropped += k;
         }
@@ -1356,12 +1372,23 @@ retention_s = 60
         let want = (vec![15, 17, 19], true, Some(21), Some(1));
         assert_eq!(answers(&store), want);
         assert!(store.get(&o20, 21).is_some());
+        // A dropped number is gone for good all the same: not answered as erased (this
+        // node no longer tells it from numbers it never held), but neither taken again
+        // nor published again.
+        assert!(store.gone(&o20, 1) && store.gone(&o20, 13) && !store.gone(&o20, 2 + 100));
+        assert!(!store.gone(&o20, 21), "held");
+        assert_eq!(
+            store.insert(event(20, "metrics", 1, 300, 1)),
+            Ok(Inserted::Erased)
+        );
+        assert!(store.get(&o20, 1).is_none());
         // The rows say the same after a restart.
         drop(store);
         let mut store = open_with(dir.path(), limits);
         store.check_invariants().unwrap();
         assert_eq!(answers(&store), want);
         assert_eq!(store.expired_ranges(), 4);
+        assert!(store.gone(&o20, 1) && store.gone(&o20, 13));
         // More of origin 20 expires: still within the bound, the newest kept.
         for seq in (23..=27).step_by(2) {
             put(&mut store, &event(20, "metrics", seq, 300, 1));
@@ -1374,5 +1401,35 @@ retention_s = 60
         assert_eq!(store.delivered(&o20), Some(27));
         store.commit().unwrap();
         store.check_invariants().unwrap();
+    }
+
+    /// An origin past the in-memory range limit (1,024) whose oldest ranges are dropped:
+    /// memory may under-claim, never over-claim, and the rows stay consistent.
+    #[test]
+    fn dropping_ranges_of_an_origin_past_the_range_limit_keeps_the_store_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            expired_ranges_max: 300,
+            ..StoreLimits::default()
+        };
+        let mut store = open_with(dir.path(), limits);
+        for k in 0..1200u64 {
+            let stream = if k < 600 { "metrics" } else { "orders" };
+            let age = if k < 600 { 300 } else { 0 };
+            put(&mut store, &event(22, stream, 2 * k + 1, age, 1));
+        }
+        store.commit().unwrap();
+        loop {
+            let done = store.expire(*NOW).unwrap();
+            store.commit().unwrap();
+            if !done.more {
+                break;
+            }
+        }
+        assert!(store.expired_ranges() <= 300);
+        store.check_invariants().unwrap();
+        let o = origin(22);
+        assert!(store.get(&o, 2 * 600 + 1).is_some(), "young orders stay");
+        assert!(store.get(&o, 1).is_none() && store.gone(&o, 1));
     }
 }

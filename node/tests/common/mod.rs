@@ -243,6 +243,22 @@ enabled = true
         }
     }
 
+    /// Waits until node `i` sees `n` peers up, asking with the cluster's token (a node
+    /// under a policy authorizes every read).
+    pub async fn wait_peers_up(&self, i: usize, n: usize) {
+        wait_for(Duration::from_secs(30), || async {
+            let v = self.get_auth(i, "/v1/mesh/peers").await;
+            let up = v["peers"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["state"] == "up")
+                .count();
+            (up >= n).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node {i} did not see {n} peers up:\n{}", self.log(i)));
+    }
+
     /// Every event id of `stream` stored at node `i`, in log order.
     pub async fn ids(&self, i: usize, stream: &str) -> Option<Vec<String>> {
         let c = reqwest::Client::new();

@@ -1,0 +1,439 @@
+//! Erasing egress derivatives with their sources.
+//!
+//! A field transform (`egress.rs`) makes one derived event per source event, signed by the
+//! node that took the source (the derivative's origin). The derivative carries the
+//! principal `weft-egress` and no key, so an erase rule naming the source's key or
+//! principal does not cover it, and it may sit in regions the source may not go (a masked
+//! copy). So the node that made it retracts it:
+//!
+//! 1. When it publishes a field derivative it records, in `derived_from`, the derivative's
+//!    number with what an erase rule matches of the source: stream, key, principal,
+//!    tenant and stamp. The row stays while the derivative is stored here, so an erase
+//!    finds it even after the source expired.
+//! 2. When it applies an erase, the rows the rule covers go and their numbers join
+//!    `retract_pending`, in the same transaction ([`SqliteStore::derivatives_to_retract`]).
+//! 3. The driver publishes the pending numbers as a retraction on the erase stream,
+//!    signed by this node: origin and sequence numbers only, so nodes that hold only the
+//!    derivatives learn nothing of the source's key or principal.
+//! 4. Every node applying a retraction erases the named derivatives of the retraction's
+//!    own origin ([`SqliteStore::retract`]): stored ones as an erase does, numbers not yet
+//!    here in `retracted`, so that the derivative is refused when it arrives. Only
+//!    derived events are touched: a retraction cannot remove another kind of event, nor
+//!    another node's. When the retracting node applies its own retraction, the numbers
+//!    leave `retract_pending`; until then the driver publishes them again (a crash
+//!    between the erase and the publish loses nothing).
+//!
+//! A `derived_from` row goes with its derivative (erased, retracted, expired), so the
+//! table holds at most one row per derivative this node made and still stores.
+
+use std::sync::Arc;
+
+use rusqlite::params;
+use weft_fabric::mesh::{Store, StoreError};
+use weft_fabric::{Event, OriginKey};
+
+use super::{ErasedEvent, SqliteStore, backend, corrupt};
+
+/// Most derivative numbers one retraction names (its payload stays a few kilobytes).
+pub(crate) const RETRACT_NUMBERS_MAX: usize = 1_000;
+
+/// What an erase rule matches of a derivative's source (`derived_from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DerivedSource {
+    pub(crate) stream: String,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) principal: String,
+    pub(crate) tenant: String,
+    /// The source's stamp (HLC, packed).
+    pub(crate) hlc: u64,
+}
+
+impl DerivedSource {
+    /// What `source` is.
+    pub(crate) fn of(source: &Event) -> Self {
+        let s = source.security();
+        Self {
+            stream: source.stream().as_str().to_string(),
+            key: source.key().map(<[u8]>::to_vec),
+            principal: s.principal.clone(),
+            tenant: s.tenant.clone(),
+            hlc: source.hlc().as_u64(),
+        }
+    }
+}
+
+/// What a retraction did here.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Retracted {
+    /// Derivatives erased here.
+    pub(crate) erased: Vec<ErasedEvent>,
+    /// Numbers not stored here, kept so that their derivatives are refused on arrival.
+    pub(crate) ahead: usize,
+    /// Numbers not stored that need no keeping (erased already, or seen here and never
+    /// coming) or could not be kept (`events_max` rows already).
+    pub(crate) skipped: usize,
+    /// Numbers whose stored event is not a derivative (left as they are).
+    pub(crate) not_derived: usize,
+}
+
+impl SqliteStore {
+    /// Records that this node's event `(origin, seq)` is a field transform's derivative of
+    /// `source`. In the open write transaction.
+    pub(crate) fn record_derived(
+        &mut self,
+        origin: &OriginKey,
+        seq: u64,
+        source: &DerivedSource,
+    ) -> Result<(), StoreError> {
+        self.begin_write()?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO derived_from (origin, seq, stream, key, principal, tenant, hlc) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &origin.0[..],
+                    seq.cast_signed(),
+                    source.stream,
+                    source.key,
+                    source.principal,
+                    source.tenant,
+                    source.hlc.min(i64::MAX as u64).cast_signed(),
+                ])
+            })
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        Ok(())
+    }
+
+    /// The derivatives this node made of sources the erase rule `target` covers (stamped
+    /// up to `hlc_max`): their `derived_from` rows go and their numbers join
+    /// `retract_pending`. Returns how many. In the open write transaction (with the
+    /// erase). A principal rule reads every row (a scan, like the erase's own).
+    pub(crate) fn derivatives_to_retract(
+        &mut self,
+        target: &crate::erase::Target,
+        hlc_max: u64,
+    ) -> Result<usize, StoreError> {
+        self.begin_write()?;
+        let hlc_sql = hlc_max.min(i64::MAX as u64).cast_signed();
+        let numbers: Vec<i64> = match target {
+            crate::erase::Target::Key { stream, key } => self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM derived_from WHERE stream = ?1 AND key = ?2 AND hlc <= ?3 \
+                     RETURNING seq",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![stream, key, hlc_sql], |r| r.get(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                }),
+            crate::erase::Target::Principal { principal, tenant } => self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM derived_from WHERE principal = ?1 \
+                     AND (?2 = '' OR tenant = ?2) AND hlc <= ?3 RETURNING seq",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![principal, tenant, hlc_sql], |r| r.get(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                }),
+        }
+        .map_err(backend)?;
+        for seq in &numbers {
+            self.conn
+                .prepare_cached("INSERT OR IGNORE INTO retract_pending (seq) VALUES (?1)")
+                .and_then(|mut s| s.execute([seq]))
+                .map_err(backend)?;
+            self.tx_writes += 1;
+        }
+        Ok(numbers.len())
+    }
+
+    /// Forgets the `derived_from` row of `(origin, seq)`, if any: the derivative is gone
+    /// here (expired or erased), so there is nothing left to retract.
+    pub(crate) fn forget_derived(
+        &mut self,
+        origin: &OriginKey,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM derived_from WHERE origin = ?1 AND seq = ?2")
+            .and_then(|mut s| s.execute(params![&origin.0[..], seq.cast_signed()]))
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Up to [`RETRACT_NUMBERS_MAX`] of this node's derivative numbers whose retraction
+    /// it has not applied yet, ascending.
+    pub(crate) fn pending_retractions(&self) -> Result<Vec<u64>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT seq FROM retract_pending ORDER BY seq LIMIT ?1")
+            .and_then(|mut s| {
+                s.query_map([RETRACT_NUMBERS_MAX as i64], |r| r.get::<_, i64>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?
+            .into_iter()
+            .map(|s| u64::try_from(s).map_err(|_| corrupt("seq")))
+            .collect()
+    }
+
+    /// Applies a retraction by `origin` of its derivatives `seqs` (see the module docs);
+    /// `own`: this node is `origin` (the numbers leave `retract_pending`). In the open
+    /// write transaction.
+    pub(crate) fn retract(
+        &mut self,
+        origin: &OriginKey,
+        seqs: &[u64],
+        own: bool,
+    ) -> Result<Retracted, StoreError> {
+        self.begin_write()?;
+        let mut out = Retracted::default();
+        for &seq in seqs {
+            let seq_sql = seq.cast_signed();
+            if own {
+                self.conn
+                    .prepare_cached("DELETE FROM retract_pending WHERE seq = ?1")
+                    .and_then(|mut s| s.execute([seq_sql]))
+                    .map_err(backend)?;
+            }
+            let row: Option<(Vec<u8>, Vec<u8>)> = self
+                .conn
+                .prepare_cached("SELECT id, envelope FROM events WHERE origin = ?1 AND seq = ?2")
+                .and_then(|mut s| {
+                    let mut rows = s.query(params![&origin.0[..], seq_sql])?;
+                    rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
+                })
+                .map_err(backend)?;
+            match row {
+                Some((id, envelope)) => {
+                    // Stored events were verified on arrival: the claimed fields are the
+                    // signed ones.
+                    let unverified =
+                        weft_fabric::decode(&envelope).map_err(|_| corrupt("envelope"))?;
+                    let data = unverified.claimed_data();
+                    if !crate::egress::is_derived(data.content_type()) {
+                        out.not_derived += 1;
+                        continue;
+                    }
+                    let e = self.erase_row(&id, &origin.0, seq_sql, data)?;
+                    out.erased.push(e);
+                }
+                // Erased already; or at or below the origin's delivery cursor here, so
+                // seen and never coming (a class this node may not hold, a stream it
+                // does not store); or no room left.
+                None if self.erased(origin, seq)
+                    || seq <= self.delivered(origin).unwrap_or(0)
+                    || self.state.retracted_len >= self.limits.events_max =>
+                {
+                    out.skipped += 1;
+                }
+                None => {
+                    let new = self
+                        .conn
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO retracted (origin, seq) VALUES (?1, ?2)",
+                        )
+                        .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql]))
+                        .map_err(backend)?;
+                    self.tx_writes += 1;
+                    self.state.retracted_len += new;
+                    out.ahead += new;
+                    out.skipped += 1 - new;
+                }
+            }
+        }
+        self.stats.get_mut().erased += out.erased.len() as u64;
+        Ok(out)
+    }
+
+    /// Whether `event` is a derivative its origin retracted before it arrived: then its
+    /// number moves from `retracted` to `erased` (refused, seen, answered with a Skip). An
+    /// event of another kind at a retracted number only clears the row.
+    pub(super) fn take_retracted(&mut self, event: &Arc<Event>) -> Result<bool, StoreError> {
+        let origin = event.origin();
+        let seq_sql = event.seq().cast_signed();
+        self.begin_write()?;
+        let gone = self
+            .conn
+            .prepare_cached("DELETE FROM retracted WHERE origin = ?1 AND seq = ?2")
+            .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql]))
+            .map_err(backend)?;
+        if gone == 0 {
+            return Ok(false);
+        }
+        self.tx_writes += 1;
+        self.state.retracted_len -= gone;
+        if !crate::egress::is_derived(event.content_type()) {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &event.id().0[..]]))
+            .map_err(backend)?;
+        self.state.erased_len += 1;
+        self.state.note(origin, event.seq());
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use weft_fabric::mesh::{Inserted, Store};
+    use weft_fabric::{
+        Event, EventDraft, Hlc, OriginKey, Payload, Residency, SecurityContext, Signer, StreamName,
+    };
+
+    use super::DerivedSource;
+    use crate::erase::Target;
+    use crate::store::{SqliteStore, StoreLimits};
+
+    const T0: u64 = 1_795_000_000_000;
+
+    /// An event of origin `signer` at `seq` on `stream` by `principal` with `key`;
+    /// `derived`: the reserved derivative content type.
+    fn event(signer: u8, stream: &str, seq: u64, key: Option<&str>, derived: bool) -> Arc<Event> {
+        let draft = EventDraft {
+            stream: StreamName::new(stream).unwrap(),
+            key: key.map(|k| k.as_bytes().to_vec()),
+            seq,
+            hlc: Hlc::new(T0 + seq, 0).unwrap(),
+            security: SecurityContext {
+                tenant: "acme".into(),
+                principal: if derived { "weft-egress" } else { "alice" }.into(),
+                classification: "internal".into(),
+                residency: Residency::Unrestricted,
+                scopes: BTreeSet::new(),
+                policy_epoch: 1,
+            },
+            content_type: if derived {
+                crate::egress::DERIVED_CONTENT_TYPE
+            } else {
+                "application/json"
+            }
+            .into(),
+            payload: Payload::Clear(b"{}".to_vec()),
+            trace: None,
+        };
+        Arc::new(Signer::from_secret(&[signer; 32]).sign(draft).unwrap())
+    }
+
+    fn node(signer: u8) -> OriginKey {
+        event(signer, "x", 1, None, false).origin()
+    }
+
+    fn open(dir: &std::path::Path) -> SqliteStore {
+        SqliteStore::open(dir, StoreLimits::default()).unwrap()
+    }
+
+    /// The ingress node: an erase of a source's key or principal makes its derivative's
+    /// number pending, its own retraction erases the derivative and clears it; a source
+    /// the rule does not cover keeps its derivative.
+    #[test]
+    fn an_erase_makes_the_derivatives_of_what_it_covers_pending_and_the_retraction_erases_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let me = node(1);
+        let alice = event(1, "profiles", 1, Some("alice"), false);
+        let bob = event(1, "profiles", 2, Some("bob"), false);
+        let d_alice = event(1, "masked", 3, None, true);
+        let d_bob = event(1, "masked", 4, None, true);
+        for e in [&alice, &bob, &d_alice, &d_bob] {
+            assert_eq!(store.insert(e.clone()), Ok(Inserted::New));
+        }
+        store
+            .record_derived(&me, 3, &DerivedSource::of(&alice))
+            .unwrap();
+        store
+            .record_derived(&me, 4, &DerivedSource::of(&bob))
+            .unwrap();
+        store.commit().unwrap();
+        let alice_key = Target::Key {
+            stream: "profiles".into(),
+            key: b"alice".to_vec(),
+        };
+        // A rule whose stamp bound is before the source covers nothing.
+        assert_eq!(store.derivatives_to_retract(&alice_key, T0).unwrap(), 0);
+        assert_eq!(
+            store.derivatives_to_retract(&alice_key, u64::MAX).unwrap(),
+            1
+        );
+        assert_eq!(store.pending_retractions().unwrap(), vec![3]);
+        // Found once: the row went.
+        assert_eq!(
+            store.derivatives_to_retract(&alice_key, u64::MAX).unwrap(),
+            0
+        );
+        let done = store.retract(&me, &[3], true).unwrap();
+        assert_eq!((done.erased.len(), done.ahead, done.not_derived), (1, 0, 0));
+        assert!(store.get(&me, 3).is_none() && store.erased(&me, 3));
+        assert!(store.pending_retractions().unwrap().is_empty());
+        // A principal rule in another tenant covers nothing; in the source's, bob's.
+        for (tenant, found) in [("other", 0), ("acme", 1)] {
+            let rule = Target::Principal {
+                principal: "alice".into(),
+                tenant: tenant.into(),
+            };
+            assert_eq!(
+                store.derivatives_to_retract(&rule, u64::MAX).unwrap(),
+                found
+            );
+        }
+        assert_eq!(store.pending_retractions().unwrap(), vec![4]);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        // Pending numbers survive a restart (the driver publishes them again).
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.pending_retractions().unwrap(), vec![4]);
+    }
+
+    /// Another node: a retraction erases the origin's stored derivatives, keeps the
+    /// numbers not here so the derivative is refused when it arrives, and leaves events
+    /// that are not derivatives and other origins' events alone.
+    #[test]
+    fn a_retraction_touches_only_its_origins_derivatives() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let (a, b) = (node(1), node(2));
+        let d3 = event(1, "masked", 3, None, true);
+        let plain5 = event(1, "orders", 5, None, false);
+        let other = event(2, "masked", 3, None, true);
+        for e in [&d3, &plain5, &other] {
+            assert_eq!(store.insert(e.clone()), Ok(Inserted::New));
+        }
+        let done = store.retract(&a, &[3, 4, 5], false).unwrap();
+        assert_eq!((done.erased.len(), done.ahead, done.not_derived), (1, 1, 1));
+        assert!(store.get(&a, 3).is_none());
+        assert!(store.get(&a, 5).is_some(), "not a derivative");
+        assert!(store.get(&b, 3).is_some(), "another origin's");
+        // Number 4 arrives afterwards: refused, taken as erased.
+        assert_eq!(
+            store.insert(event(1, "masked", 4, None, true)),
+            Ok(Inserted::Erased)
+        );
+        assert!(store.erased(&a, 4));
+        // The same retraction again changes nothing.
+        let again = store.retract(&a, &[3, 4], false).unwrap();
+        assert_eq!((again.erased.len(), again.ahead), (0, 0));
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        // Below the origin's delivery cursor here a number is seen: not kept.
+        store.append_log(&plain5).unwrap();
+        let below = store.retract(&a, &[2], false).unwrap();
+        assert_eq!((below.ahead, below.skipped), (0, 1));
+        // An event of another kind at a retracted number is stored (the row goes).
+        store.retract(&a, &[6], false).unwrap();
+        assert_eq!(
+            store.insert(event(1, "orders", 6, None, false)),
+            Ok(Inserted::New)
+        );
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+    }
+}
