@@ -323,7 +323,15 @@ pub(crate) struct Driver {
     retract_tx: Option<mpsc::Sender<Vec<u64>>>,
     /// When pending retractions are next published (`None`: none are pending).
     retract_due: Option<Instant>,
+    /// The pending numbers last handed to the retractor and how often in a row the same
+    /// ones were: after [`RETRACT_SENDS_MAX`] the node stops resending them (until a
+    /// restart or a new erase) instead of publishing the same retraction for ever.
+    retract_sent: (Vec<u64>, u32),
 }
+
+/// Times the same pending retraction is published before the node gives up on it (its own
+/// retraction never came back through its log: a store that refuses it, say).
+const RETRACT_SENDS_MAX: u32 = 10;
 
 impl Driver {
     /// A driver for `node`; `committed` carries the last committed log position to readers.
@@ -376,6 +384,7 @@ impl Driver {
             retention_blocked: false,
             retract_tx: None,
             retract_due: Some(Instant::now()),
+            retract_sent: (Vec::new(), 0),
         }
     }
 
@@ -587,6 +596,21 @@ impl Driver {
         match self.node.store().pending_retractions() {
             Ok(pending) if pending.is_empty() => self.retract_due = None,
             Ok(pending) => {
+                let (last, times) = &mut self.retract_sent;
+                if *last == pending {
+                    *times += 1;
+                } else {
+                    (*last, *times) = (pending.clone(), 1);
+                }
+                if *times > RETRACT_SENDS_MAX {
+                    self.metrics.reject("retract_abandoned");
+                    error!(
+                        derivatives = pending.len(),
+                        "a retraction was published {RETRACT_SENDS_MAX} times and never applied here; not publishing it again until a restart"
+                    );
+                    self.retract_due = None;
+                    return;
+                }
                 if tx.try_send(pending).is_err() {
                     debug!("the retractor is busy; retractions wait");
                 }
@@ -876,7 +900,10 @@ impl Driver {
                                 && let Err(e) =
                                     self.node.store_mut().record_derived(&me, src.1, src.0)
                             {
-                                warn!(error = %e, "recording a derivative's source failed");
+                                // Published all the same (its source was taken); an
+                                // erase of the source will not reach it.
+                                self.metrics.reject("derived_unrecorded");
+                                warn!(error = %e, "recording a derivative's source failed; an erase of the source will not retract it");
                             }
                             derived_ok.push(id);
                         }
@@ -1496,22 +1523,27 @@ impl Driver {
         };
         let origin = event.origin();
         let own = origin == self.me.node_key();
-        let done = match self.node.store_mut().retract(&origin, &numbers, own) {
-            Ok(d) => d,
-            Err(e) => {
-                self.metrics.reject("erase_failed");
-                error!(error = %e, "applying a retraction failed");
-                self.audit.record(entry(
-                    Deny,
-                    "erase_failed",
-                    format!(
-                        "retraction of {} derivatives of {origin} failed: {e}",
-                        numbers.len()
-                    ),
-                ));
-                return;
-            }
-        };
+        let done =
+            match self
+                .node
+                .store_mut()
+                .retract(&origin, &numbers, own, wall_ms().max(0) as u64)
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    self.metrics.reject("erase_failed");
+                    error!(error = %e, "applying a retraction failed");
+                    self.audit.record(entry(
+                        Deny,
+                        "erase_failed",
+                        format!(
+                            "retraction of {} derivatives of {origin} failed: {e}",
+                            numbers.len()
+                        ),
+                    ));
+                    return;
+                }
+            };
         let wanted: BTreeSet<u64> = numbers.iter().copied().collect();
         let relayed = self.node.forget_relayed(|e: &Event| {
             e.origin() == origin

@@ -19,7 +19,7 @@
 //! checks it is the event asked for; a corrupt row reads as absent (and is logged).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -361,8 +361,9 @@ struct Loaded {
     /// Per origin, the highest number of the expired ranges dropped at the bound
     /// (`expired_floor`; `store/retention.rs`): numbers up to it not held are gone.
     expired_floor: HashMap<OriginKey, u64>,
-    /// Rows in `retracted` (`store/derived.rs`).
-    retracted_len: usize,
+    /// The `retracted` rows (`store/derived.rs`): derivatives retracted before they
+    /// arrived here. Bounded by `derived::RETRACTED_MAX`.
+    retracted: HashSet<(OriginKey, u64)>,
     /// Origins whose `ranges` may under-claim (they reached [`RANGES_PER_ORIGIN_MAX`] and
     /// may have dropped a range). For every other origin the ranges are exact, so a
     /// sequence number outside them is not stored and needs no lookup ([`Store::holds`]).
@@ -450,8 +451,10 @@ CREATE TABLE IF NOT EXISTS retract_pending (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS retracted (
     origin BLOB NOT NULL,
     seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS retracted_at ON retracted (at_ms);
 ";
 
 /// The node's event store over SQLite: the mesh core's [`Store`] plus the node's tables.
@@ -764,7 +767,22 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         expired_len,
         expired_floor,
         erased_len: count(conn, "erased")?,
-        retracted_len: count(conn, "retracted")?,
+        retracted: {
+            let mut stmt = conn
+                .prepare("SELECT origin, seq FROM retracted")
+                .map_err(backend)?;
+            let mut rows = stmt.query([]).map_err(backend)?;
+            let mut set = HashSet::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                let origin: Vec<u8> = row.get(0).map_err(backend)?;
+                let seq: i64 = row.get(1).map_err(backend)?;
+                set.insert((
+                    OriginKey(key32(&origin, "origin")?),
+                    u64::try_from(seq).map_err(|_| corrupt("seq"))?,
+                ));
+            }
+            set
+        },
         cursors_len: count(conn, "cursors")?,
         peers_len: count(conn, "peers")?,
         meta_len: count(conn, "meta")?,
@@ -1523,7 +1541,6 @@ impl SqliteStore {
             ("ce_dedup", self.state.ce_dedup_len, rows.ce_dedup_len),
             ("erased", self.state.erased_len, rows.erased_len),
             ("expired", self.state.expired_len, rows.expired_len),
-            ("retracted", self.state.retracted_len, rows.retracted_len),
         ];
         for (table, memory, disk) in pairs {
             if memory != disk {
@@ -1554,6 +1571,9 @@ impl SqliteStore {
             .map_err(|e| e.to_string())?;
         if uncounted != 0 {
             return Err(format!("{uncounted} logged streams without stream_bytes"));
+        }
+        if self.state.retracted != rows.retracted {
+            return Err("retracted numbers differ from the rows".into());
         }
         if self.state.expired_floor != rows.expired_floor {
             return Err("expired floors differ from the rows".into());
@@ -1656,7 +1676,7 @@ impl Store for SqliteStore {
             self.stats.borrow_mut().erased_refused += 1;
             return Ok(Inserted::Erased);
         }
-        if self.state.retracted_len > 0 && self.take_retracted(&event)? {
+        if !self.state.retracted.is_empty() && self.take_retracted(&event)? {
             // A derivative its origin retracted before it arrived (`store/derived.rs`).
             self.stats.borrow_mut().erased_refused += 1;
             return Ok(Inserted::Erased);

@@ -13,15 +13,17 @@
 //! 2. When it applies an erase, the rows the rule covers go and their numbers join
 //!    `retract_pending`, in the same transaction ([`SqliteStore::derivatives_to_retract`]).
 //! 3. The driver publishes the pending numbers as a retraction on the erase stream,
-//!    signed by this node: origin and sequence numbers only, so nodes that hold only the
-//!    derivatives learn nothing of the source's key or principal.
+//!    signed by this node: origin and sequence numbers only, nothing of the source (the
+//!    erase request before it, on the same stream, names the key or principal, as it
+//!    always did; together they tie that subject to the copies' numbers).
 //! 4. Every node applying a retraction erases the named derivatives of the retraction's
-//!    own origin ([`SqliteStore::retract`]): stored ones as an erase does, numbers not yet
-//!    here in `retracted`, so that the derivative is refused when it arrives. Only
+//!    own origin ([`SqliteStore::retract`]): stored ones as an erase does, numbers not
+//!    here in `retracted` (for a week, at most [`RETRACTED_MAX`]), so that a copy that
+//!    comes late is refused. Only
 //!    derived events are touched: a retraction cannot remove another kind of event, nor
 //!    another node's. When the retracting node applies its own retraction, the numbers
-//!    leave `retract_pending`; until then the driver publishes them again (a crash
-//!    between the erase and the publish loses nothing).
+//!    leave `retract_pending`; until then the driver publishes them again every minute,
+//!    up to ten times (a crash between the erase and the publish loses nothing).
 //!
 //! A `derived_from` row goes with its derivative (erased, retracted, expired), so the
 //! table holds at most one row per derivative this node made and still stores.
@@ -36,6 +38,15 @@ use super::{ErasedEvent, SqliteStore, backend, corrupt};
 
 /// Most derivative numbers one retraction names (its payload stays a few kilobytes).
 pub(crate) const RETRACT_NUMBERS_MAX: usize = 1_000;
+
+/// Most numbers of derivatives retracted before they arrived that a node keeps (memory
+/// and `retracted` rows); beyond it the oldest go.
+const RETRACTED_MAX: usize = if cfg!(test) { 4 } else { 100_000 };
+
+/// How long a node keeps a derivative retracted before it arrived: a copy still in flight
+/// after a week (a node cut off that long) is taken again, as a partitioned node's data
+/// is (docs/tables.md).
+const RETRACTED_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// What an erase rule matches of a derivative's source (`derived_from`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +80,8 @@ pub(crate) struct Retracted {
     pub(crate) erased: Vec<ErasedEvent>,
     /// Numbers not stored here, kept so that their derivatives are refused on arrival.
     pub(crate) ahead: usize,
-    /// Numbers not stored that need no keeping (erased already, or seen here and never
-    /// coming) or could not be kept (`events_max` rows already).
+    /// Numbers not stored that need no keeping: gone here already, kept already, or the
+    /// retracting node's own.
     pub(crate) skipped: usize,
     /// Numbers whose stored event is not a derivative (left as they are).
     pub(crate) not_derived: usize,
@@ -116,7 +127,28 @@ impl SqliteStore {
         target: &crate::erase::Target,
         hlc_max: u64,
     ) -> Result<usize, StoreError> {
+        // All of it or none of it: a row taken from `derived_from` is pending, or stays.
         self.begin_write()?;
+        self.conn
+            .execute_batch("SAVEPOINT to_retract")
+            .map_err(backend)?;
+        let result = self.derivatives_to_retract_rows(target, hlc_max);
+        let end = if result.is_ok() {
+            "RELEASE to_retract"
+        } else {
+            "ROLLBACK TO to_retract; RELEASE to_retract"
+        };
+        if let Err(e) = self.conn.execute_batch(end) {
+            tracing::error!(error = %e, "ending the retraction savepoint failed");
+        }
+        result
+    }
+
+    fn derivatives_to_retract_rows(
+        &mut self,
+        target: &crate::erase::Target,
+        hlc_max: u64,
+    ) -> Result<usize, StoreError> {
         let hlc_sql = hlc_max.min(i64::MAX as u64).cast_signed();
         let numbers: Vec<i64> = match target {
             crate::erase::Target::Key { stream, key } => self
@@ -180,16 +212,50 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Applies a retraction by `origin` of its derivatives `seqs` (see the module docs);
-    /// `own`: this node is `origin` (the numbers leave `retract_pending`). In the open
-    /// write transaction.
+    /// Applies a retraction by `origin` of its derivatives `seqs` (see the module docs) at
+    /// wall-clock `now_ms`; `own`: this node is `origin` (the numbers leave
+    /// `retract_pending`). All of it or none of it (a savepoint; memory is reloaded after
+    /// a failure), in the open write transaction.
     pub(crate) fn retract(
         &mut self,
         origin: &OriginKey,
         seqs: &[u64],
         own: bool,
+        now_ms: u64,
     ) -> Result<Retracted, StoreError> {
         self.begin_write()?;
+        self.conn
+            .execute_batch("SAVEPOINT retract")
+            .map_err(backend)?;
+        match self.retract_rows(origin, seqs, own, now_ms) {
+            Ok(out) => {
+                self.conn
+                    .execute_batch("RELEASE retract")
+                    .map_err(backend)?;
+                self.stats.get_mut().erased += out.erased.len() as u64;
+                Ok(out)
+            }
+            Err(e) => {
+                if let Err(rb) = self
+                    .conn
+                    .execute_batch("ROLLBACK TO retract; RELEASE retract")
+                {
+                    tracing::error!(error = %rb, "rolling a retraction back failed");
+                }
+                self.reload();
+                Err(e)
+            }
+        }
+    }
+
+    fn retract_rows(
+        &mut self,
+        origin: &OriginKey,
+        seqs: &[u64],
+        own: bool,
+        now_ms: u64,
+    ) -> Result<Retracted, StoreError> {
+        self.prune_retracted(now_ms.saturating_sub(RETRACTED_TTL_MS))?;
         let mut out = Retracted::default();
         for &seq in seqs {
             let seq_sql = seq.cast_signed();
@@ -207,65 +273,100 @@ impl SqliteStore {
                     rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
                 })
                 .map_err(backend)?;
-            match row {
-                Some((id, envelope)) => {
-                    // Stored events were verified on arrival: the claimed fields are the
-                    // signed ones.
-                    let unverified =
-                        weft_fabric::decode(&envelope).map_err(|_| corrupt("envelope"))?;
-                    let data = unverified.claimed_data();
-                    if !crate::egress::is_derived(data.content_type()) {
-                        out.not_derived += 1;
-                        continue;
-                    }
+            if let Some((id, envelope)) = row {
+                // Stored events were verified on arrival: the claimed fields are the
+                // signed ones.
+                let unverified = weft_fabric::decode(&envelope).map_err(|_| corrupt("envelope"))?;
+                let data = unverified.claimed_data();
+                if crate::egress::is_derived(data.content_type()) {
                     let e = self.erase_row(&id, &origin.0, seq_sql, data)?;
                     out.erased.push(e);
+                } else {
+                    out.not_derived += 1;
                 }
-                // Erased already; or at or below the origin's delivery cursor here, so
-                // seen and never coming (a class this node may not hold, a stream it
-                // does not store); or no room left.
-                None if self.erased(origin, seq)
-                    || seq <= self.delivered(origin).unwrap_or(0)
-                    || self.state.retracted_len >= self.limits.events_max =>
-                {
-                    out.skipped += 1;
-                }
-                None => {
-                    let new = self
-                        .conn
-                        .prepare_cached(
-                            "INSERT OR IGNORE INTO retracted (origin, seq) VALUES (?1, ?2)",
-                        )
-                        .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql]))
-                        .map_err(backend)?;
-                    self.tx_writes += 1;
-                    self.state.retracted_len += new;
-                    out.ahead += new;
-                    out.skipped += 1 - new;
-                }
+                continue;
             }
+            // Not here: kept, so that the copy is refused if it comes (late, after a Skip
+            // another node that had applied this retraction gave), unless it is gone
+            // for good here already.
+            if own || self.gone(origin, seq) || self.state.retracted.contains(&(*origin, seq)) {
+                out.skipped += 1;
+                continue;
+            }
+            if self.state.retracted.len() >= RETRACTED_MAX {
+                self.prune_oldest_retracted()?;
+            }
+            self.conn
+                .prepare_cached("INSERT INTO retracted (origin, seq, at_ms) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, now_ms.cast_signed()]))
+                .map_err(backend)?;
+            self.tx_writes += 1;
+            self.state.retracted.insert((*origin, seq));
+            out.ahead += 1;
         }
-        self.stats.get_mut().erased += out.erased.len() as u64;
         Ok(out)
+    }
+
+    /// Forgets the `retracted` rows kept since before `before_ms`.
+    fn prune_retracted(&mut self, before_ms: u64) -> Result<(), StoreError> {
+        if self.state.retracted.is_empty() {
+            return Ok(());
+        }
+        let gone = self
+            .conn
+            .prepare_cached("DELETE FROM retracted WHERE at_ms < ?1 RETURNING origin, seq")
+            .and_then(|mut s| {
+                s.query_map([before_ms.cast_signed()], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?;
+        self.forget_retracted(gone)
+    }
+
+    /// Forgets the oldest `retracted` row (at [`RETRACTED_MAX`]).
+    fn prune_oldest_retracted(&mut self) -> Result<(), StoreError> {
+        let gone = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM retracted WHERE (origin, seq) IN (SELECT origin, seq \
+                 FROM retracted ORDER BY at_ms LIMIT 1) RETURNING origin, seq",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?;
+        self.forget_retracted(gone)
+    }
+
+    fn forget_retracted(&mut self, rows: Vec<(Vec<u8>, i64)>) -> Result<(), StoreError> {
+        for (origin, seq) in rows {
+            let origin = OriginKey(super::key32(&origin, "origin")?);
+            let seq = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
+            self.state.retracted.remove(&(origin, seq));
+            self.tx_writes += 1;
+        }
+        Ok(())
     }
 
     /// Whether `event` is a derivative its origin retracted before it arrived: then its
     /// number moves from `retracted` to `erased` (refused, seen, answered with a Skip). An
     /// event of another kind at a retracted number only clears the row.
     pub(super) fn take_retracted(&mut self, event: &Arc<Event>) -> Result<bool, StoreError> {
-        let origin = event.origin();
-        let seq_sql = event.seq().cast_signed();
+        let (origin, seq) = (event.origin(), event.seq());
+        if !self.state.retracted.contains(&(origin, seq)) {
+            return Ok(false);
+        }
+        let seq_sql = seq.cast_signed();
         self.begin_write()?;
-        let gone = self
-            .conn
+        self.conn
             .prepare_cached("DELETE FROM retracted WHERE origin = ?1 AND seq = ?2")
             .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql]))
             .map_err(backend)?;
-        if gone == 0 {
-            return Ok(false);
-        }
+        self.state.retracted.remove(&(origin, seq));
         self.tx_writes += 1;
-        self.state.retracted_len -= gone;
         if !crate::egress::is_derived(event.content_type()) {
             return Ok(false);
         }
@@ -274,7 +375,7 @@ impl SqliteStore {
             .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &event.id().0[..]]))
             .map_err(backend)?;
         self.state.erased_len += 1;
-        self.state.note(origin, event.seq());
+        self.state.note(origin, seq);
         Ok(true)
     }
 }
@@ -369,7 +470,7 @@ mod tests {
             store.derivatives_to_retract(&alice_key, u64::MAX).unwrap(),
             0
         );
-        let done = store.retract(&me, &[3], true).unwrap();
+        let done = store.retract(&me, &[3], true, T0).unwrap();
         assert_eq!((done.erased.len(), done.ahead, done.not_derived), (1, 0, 0));
         assert!(store.get(&me, 3).is_none() && store.erased(&me, 3));
         assert!(store.pending_retractions().unwrap().is_empty());
@@ -407,7 +508,7 @@ mod tests {
         for e in [&d3, &plain5, &other] {
             assert_eq!(store.insert(e.clone()), Ok(Inserted::New));
         }
-        let done = store.retract(&a, &[3, 4, 5], false).unwrap();
+        let done = store.retract(&a, &[3, 4, 5], false, T0).unwrap();
         assert_eq!((done.erased.len(), done.ahead, done.not_derived), (1, 1, 1));
         assert!(store.get(&a, 3).is_none());
         assert!(store.get(&a, 5).is_some(), "not a derivative");
@@ -419,19 +520,75 @@ mod tests {
         );
         assert!(store.erased(&a, 4));
         // The same retraction again changes nothing.
-        let again = store.retract(&a, &[3, 4], false).unwrap();
+        let again = store.retract(&a, &[3, 4], false, T0).unwrap();
         assert_eq!((again.erased.len(), again.ahead), (0, 0));
         store.commit().unwrap();
         store.check_invariants().unwrap();
-        // Below the origin's delivery cursor here a number is seen: not kept.
+        // The retraction reaches the log before it is applied (the driver logs, then
+        // applies), so the origin's delivery cursor is past every number it names: a
+        // number not here is kept all the same, and a copy that comes late (after a
+        // Skip from a node that had applied the retraction) is refused.
         store.append_log(&plain5).unwrap();
-        let below = store.retract(&a, &[2], false).unwrap();
-        assert_eq!((below.ahead, below.skipped), (0, 1));
+        let late = store.retract(&a, &[2], false, T0).unwrap();
+        assert_eq!((late.ahead, late.skipped), (1, 0));
+        assert_eq!(
+            store.insert(event(1, "masked", 2, None, true)),
+            Ok(Inserted::Erased)
+        );
+        assert!(store.erased(&a, 2));
         // An event of another kind at a retracted number is stored (the row goes).
-        store.retract(&a, &[6], false).unwrap();
+        store.retract(&a, &[6], false, T0).unwrap();
         assert_eq!(
             store.insert(event(1, "orders", 6, None, false)),
             Ok(Inserted::New)
+        );
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+    }
+
+    /// Numbers kept for derivatives not yet here expire after a week and are bounded in
+    /// count (the oldest go first); the rows follow memory across a restart.
+    #[test]
+    fn numbers_kept_for_late_derivatives_expire_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let a = node(1);
+        let done = store.retract(&a, &[7, 8], false, T0).unwrap();
+        assert_eq!(done.ahead, 2);
+        store.commit().unwrap();
+        drop(store);
+        let mut store = open(dir.path());
+        store.check_invariants().unwrap();
+        // A week later another retraction prunes them: 7 then arrives and is stored.
+        let week = super::RETRACTED_TTL_MS;
+        store.retract(&a, &[9], false, T0 + week + 1).unwrap();
+        assert_eq!(
+            store.insert(event(1, "masked", 7, None, true)),
+            Ok(Inserted::New)
+        );
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.state.retracted.len(), 1);
+    }
+
+    /// At the bound (4 in tests) the oldest kept number goes first.
+    #[test]
+    fn at_the_bound_the_oldest_kept_number_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let a = node(1);
+        for seq in 1..=5 {
+            store.retract(&a, &[seq], false, T0 + seq).unwrap();
+        }
+        assert_eq!(store.state.retracted.len(), super::RETRACTED_MAX);
+        assert_eq!(
+            store.insert(event(1, "masked", 1, None, true)),
+            Ok(Inserted::New),
+            "the oldest went"
+        );
+        assert_eq!(
+            store.insert(event(1, "masked", 2, None, true)),
+            Ok(Inserted::Erased)
         );
         store.commit().unwrap();
         store.check_invariants().unwrap();
