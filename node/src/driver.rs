@@ -1255,6 +1255,23 @@ impl Driver {
                 .get(&t.to)
                 .or_else(|| self.down.get(&t.to))
                 .and_then(|m| m.addr.parse::<SocketAddr>().ok());
+            // Liveness only (a link probe and its answer; a push's acknowledgement, which
+            // the transport sends as it takes the push): no state of this step rides on
+            // them, so they leave at once. Held to the commit they measured the
+            // receiver's group commit too: RTT samples that were not the network's, and
+            // needless failovers of loaded nodes on fast links (docs/performance.md).
+            if matches!(
+                t.msg,
+                Message::PushAck(_) | Message::Probe { .. } | Message::ProbeAck { .. }
+            ) {
+                let out = Outgoing {
+                    class: self.priorities.of(&t.msg),
+                    msg: t.msg,
+                    confirm: false,
+                };
+                self.transport.send(t.to, addr, out);
+                continue;
+            }
             // Held until the commit of this step: nothing leaves the node before the state
             // that produced it is durable (a crash can never leave peers holding sequence
             // numbers this node would hand out again after a restart).
@@ -1766,6 +1783,9 @@ impl Driver {
         for (to, addr, out) in std::mem::take(&mut self.outbox) {
             self.transport.send(to, addr, out);
         }
+        // Pushes' acknowledgement timeouts count from here, not from before the fsync.
+        let now = self.now();
+        self.node.transmits_released(now);
         for (tx, bytes) in std::mem::take(&mut self.outbox_replies) {
             let _ = tx.send(bytes);
         }

@@ -199,6 +199,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     trusted.insert(origin.0);
     let mut mesh = MeshConfig::wan(trusted.len() as u32);
     mesh.interest = config.streams.clone();
+    // The driver holds each step's transmits until its group commit.
+    mesh.holds_transmits = true;
     // Every node stores the system streams (policy bundles travel on them).
     mesh.interest.push(
         weft_fabric::StreamPattern::new(crate::policy_push::SYSTEM_PATTERN)

@@ -630,7 +630,7 @@ impl Transport {
     }
 
     async fn sync_exchange(
-        &self,
+        self: &Arc<Self>,
         to: OriginKey,
         conn: quinn::Connection,
         request: Vec<u8>,
@@ -689,9 +689,17 @@ impl Transport {
         }
     }
 
-    /// Decodes and verifies one message and hands it to the driver.
-    async fn deliver(&self, from: OriginKey, bytes: &[u8], reply: Option<Reply>) {
-        let incoming = match wire::decode(bytes) {
+    /// Decodes and verifies one message and hands it to the driver. A push that asks for
+    /// an acknowledgement gets it here, as soon as it is decoded: the acknowledgement says
+    /// the push arrived and the link works (`Message::PushAck`), which is what the sender
+    /// fails over on. Sent after the signature checks, the driver's queue, its step and
+    /// its group commit, it measured the receiver's load as well: a loaded node on a fast
+    /// link answered after its sender's RTT timeout, which failed the link over for
+    /// nothing (another copy of every event on another path) and fed the sender RTT
+    /// samples that were not the network's (docs/performance.md). A node whose driver is
+    /// stuck still acknowledges; SWIM, which the driver answers, declares it down.
+    async fn deliver(self: &Arc<Self>, from: OriginKey, bytes: &[u8], reply: Option<Reply>) {
+        let mut incoming = match wire::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.reject(e.reason());
@@ -699,6 +707,17 @@ impl Transport {
                 return;
             }
         };
+        if let Some(id) = incoming.take_push_ack() {
+            self.send(
+                from,
+                None,
+                Outgoing {
+                    class: Class::Latency,
+                    msg: Message::PushAck(id),
+                    confirm: false,
+                },
+            );
+        }
         let msg = if incoming.event_count() > 0 {
             // Signature checks are CPU work: keep them off the async workers.
             let verified = self.verified.clone();

@@ -200,6 +200,11 @@ pub struct MeshConfig {
     pub link_refresh_us: Micros,
     /// SWIM timings.
     pub swim: foca::Config,
+    /// Whether the driver holds transmits before sending them (the node holds each step's
+    /// until its group commit) and calls [`Node::transmits_released`] when they go: a
+    /// push's acknowledgement timeout and RTT sample then count from there. `false` (the
+    /// simulator): they count from when the core produced the push.
+    pub holds_transmits: bool,
 }
 
 impl MeshConfig {
@@ -258,6 +263,7 @@ impl MeshConfig {
                 StreamPattern::new(">").unwrap_or_else(|_| unreachable!("'>' is a valid pattern")),
             ],
             swim,
+            holds_transmits: false,
         }
     }
 }
@@ -1498,6 +1504,27 @@ impl<S: Store> Node<S> {
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// The transmits polled so far leave the node now (see
+    /// [`MeshConfig::holds_transmits`]): the acknowledgement timeouts of the pushes among
+    /// them restart from `now`, and their RTT samples will count from it, so the time the
+    /// driver held them (its group commit) is not taken for the link's.
+    pub fn transmits_released(&mut self, now: Micros) {
+        self.advance(now);
+        for id in std::mem::take(&mut self.router.held_acks) {
+            let Some(p) = self.router.pending.get(&id) else {
+                continue;
+            };
+            let (old, to) = (p.timer, p.to);
+            self.timers.remove(&old);
+            let at = self.now + route::rto_us(self.router.rtt_us(&to));
+            let timer = self.schedule(at, Timer::Ack(id));
+            if let Some(p) = self.router.pending.get_mut(&id) {
+                p.timer = timer;
+                p.sent_us = self.now;
+            }
+        }
     }
 
     /// The next delivery or membership change.
@@ -2758,6 +2785,10 @@ impl<S: Store> Node<S> {
                     id = self.router.ack_seq;
                     let at = self.now + route::rto_us(self.router.rtt_us(&peer));
                     let timer = self.schedule(at, Timer::Ack(id));
+                    if self.config.holds_transmits && self.router.held_acks.len() < PENDING_ACKS_MAX
+                    {
+                        self.router.held_acks.push(id);
+                    }
                     self.router.pending.insert(
                         id,
                         PendingAck {
@@ -5211,6 +5242,51 @@ mod tests {
     /// More members down than one announcement reaches: successive calls go on where the
     /// last one stopped, so every member held down is told within two.
     /// Six nodes in two regions 40 ms apart, and their member records.
+    /// A driver that holds transmits (until its commit) releases them late: the push's
+    /// acknowledgement timeout counts from the release, and its RTT sample is the
+    /// network's, so a slow commit does not fail the link over; without the release call
+    /// (the control) the same wait fails it over.
+    #[test]
+    fn acknowledgement_timeouts_count_from_when_held_transmits_leave() {
+        for release in [true, false] {
+            let (mut nodes, _) = six_in_two_regions();
+            nodes[0].config.holds_transmits = true;
+            let t = 50_000_000;
+            let event = signed_event(60, 1, "orders.eu", b"x").unwrap();
+            nodes[0].handle_publish(t, event).unwrap();
+            let acked: Vec<(OriginKey, u64)> = std::iter::from_fn(|| nodes[0].poll_transmit())
+                .filter_map(|tr| match tr.msg {
+                    Message::Push { ack, .. } if ack != 0 => Some((tr.to, ack)),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                !acked.is_empty(),
+                "a cross-region push asks for an acknowledgement"
+            );
+            // The driver's commit took 100 ms; the RTT is 40 ms (timeout 55 ms).
+            let released = t + 100_000;
+            if release {
+                nodes[0].transmits_released(released);
+            }
+            nodes[0].handle_timeout(released + 1);
+            let failed = nodes[0].stats().failovers;
+            if !release {
+                assert_eq!(failed, acked.len() as u64, "the control fails over");
+                continue;
+            }
+            assert_eq!(failed, 0, "held 100 ms, then sent: not late yet");
+            for (to, id) in &acked {
+                nodes[0].handle_message(released + 40_000, *to, Message::PushAck(*id));
+            }
+            nodes[0].handle_timeout(released + 200_000);
+            assert_eq!(nodes[0].stats().failovers, 0);
+            assert_eq!(nodes[0].stats().pushes_acked, acked.len() as u64);
+            let rtt = nodes[0].rtt_us(&acked[0].0).unwrap();
+            assert!(rtt < 60_000, "RTT {rtt} us counts the hold");
+        }
+    }
+
     fn six_in_two_regions() -> (Vec<Node<crate::mesh::MemStore>>, Vec<MemberInfo>) {
         let rtts = vec![40_000u64; 36];
         let seeds: Vec<u8> = (1..=6).collect();

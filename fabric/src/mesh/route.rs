@@ -641,6 +641,9 @@ pub(crate) struct Router {
     /// Pushes that timed out: id -> (peer, sent at).
     pub(crate) late: BTreeMap<u64, (OriginKey, Micros)>,
     pub(crate) ack_seq: u64,
+    /// Pushes awaiting an acknowledgement that the driver has not let go of yet
+    /// (`MeshConfig::holds_transmits`; `Node::transmits_released` empties it).
+    pub(crate) held_acks: Vec<u64>,
     graph: Option<RegionGraph>,
     /// When `graph` was built.
     graph_built_us: Micros,
@@ -694,6 +697,7 @@ impl Router {
             pending: rustc_hash::FxHashMap::default(),
             late: BTreeMap::new(),
             ack_seq: 0,
+            held_acks: Vec::new(),
             graph: None,
             graph_built_us: 0,
             graph_stale: false,

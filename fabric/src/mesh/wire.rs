@@ -368,6 +368,16 @@ pub struct Rejected {
 }
 
 impl IncomingMessage {
+    /// The acknowledgement id a push asks for (taking it: the message then asks for
+    /// none), for a transport that acknowledges arrival itself. `None` for other messages
+    /// and pushes that ask for none.
+    pub fn take_push_ack(&mut self) -> Option<u64> {
+        match self {
+            IncomingMessage::Push { ack, .. } if *ack != 0 => Some(std::mem::take(ack)),
+            _ => None,
+        }
+    }
+
     /// How many events the message carries.
     pub fn event_count(&self) -> usize {
         match self {
