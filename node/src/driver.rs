@@ -536,6 +536,14 @@ impl Driver {
                 Some(input) = mesh_rx.recv() => self.on_mesh(input),
                 Some(cmd) = cmd_rx.recv() => self.on_command(cmd),
                 () = tokio::time::sleep_until(deadline.into()) => {
+                    // What already arrived goes first: a push's acknowledgement waiting in
+                    // the queue is not late, and its timeout must not fail the link over.
+                    for _ in 0..GROUP_MAX {
+                        let Ok(input) = mesh_rx.try_recv() else {
+                            break;
+                        };
+                        self.on_mesh(input);
+                    }
                     let now = self.now();
                     self.node.handle_timeout(now);
                     self.drain();
@@ -1255,15 +1263,12 @@ impl Driver {
                 .get(&t.to)
                 .or_else(|| self.down.get(&t.to))
                 .and_then(|m| m.addr.parse::<SocketAddr>().ok());
-            // Liveness only (a link probe and its answer; a push's acknowledgement, which
-            // the transport sends as it takes the push): no state of this step rides on
-            // them, so they leave at once. Held to the commit they measured the
+            // Liveness only (a link probe and its answer; a push's acknowledgement the
+            // transport sends itself, on arrival): no state of this step rides on them, so
+            // they leave at once. Held to the commit they measured the
             // receiver's group commit too: RTT samples that were not the network's, and
             // needless failovers of loaded nodes on fast links (docs/performance.md).
-            if matches!(
-                t.msg,
-                Message::PushAck(_) | Message::Probe { .. } | Message::ProbeAck { .. }
-            ) {
+            if matches!(t.msg, Message::Probe { .. } | Message::ProbeAck { .. }) {
                 let out = Outgoing {
                     class: self.priorities.of(&t.msg),
                     msg: t.msg,

@@ -697,7 +697,8 @@ impl Transport {
     /// link answered after its sender's RTT timeout, which failed the link over for
     /// nothing (another copy of every event on another path) and fed the sender RTT
     /// samples that were not the network's (docs/performance.md). A node whose driver is
-    /// stuck still acknowledges; SWIM, which the driver answers, declares it down.
+    /// stuck still acknowledges until its queue and stream-read permits fill; SWIM, which
+    /// the driver answers, declares it down.
     async fn deliver(self: &Arc<Self>, from: OriginKey, bytes: &[u8], reply: Option<Reply>) {
         let mut incoming = match wire::decode(bytes) {
             Ok(m) => m,
@@ -707,7 +708,11 @@ impl Transport {
                 return;
             }
         };
-        if let Some(id) = incoming.take_push_ack() {
+        // Not while the node stops: the driver takes nothing more, and a sender that gets
+        // no acknowledgement fails over at once instead of waiting for anti-entropy.
+        if !self.to_driver.is_closed()
+            && let Some(id) = incoming.take_push_ack()
+        {
             self.send(
                 from,
                 None,

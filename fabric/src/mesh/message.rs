@@ -76,7 +76,8 @@ pub enum Message {
         events: Vec<Arc<Event>>,
         /// Regions the receiver forwards the events to after its own region's tree.
         relay: Vec<RelayHop>,
-        /// Non-zero: answer with `PushAck(ack)` once the push is handled.
+        /// Non-zero: answer with `PushAck(ack)` on arrival (the core answers when it
+        /// handles the push; the node's transport answers as it decodes it).
         ack: u64,
         /// How many times this push's path was rerouted after a failed link (bounded by
         /// `route::REROUTES_MAX`, so pushes toward an unreachable region cannot circulate).

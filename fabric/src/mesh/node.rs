@@ -5239,9 +5239,6 @@ mod tests {
         (node.stats().sync_back_rounds, requests)
     }
 
-    /// More members down than one announcement reaches: successive calls go on where the
-    /// last one stopped, so every member held down is told within two.
-    /// Six nodes in two regions 40 ms apart, and their member records.
     /// A driver that holds transmits (until its commit) releases them late: the push's
     /// acknowledgement timeout counts from the release, and its RTT sample is the
     /// network's, so a slow commit does not fail the link over; without the release call
@@ -5287,6 +5284,7 @@ mod tests {
         }
     }
 
+    /// Six nodes in two regions 40 ms apart, and their member records.
     fn six_in_two_regions() -> (Vec<Node<crate::mesh::MemStore>>, Vec<MemberInfo>) {
         let rtts = vec![40_000u64; 36];
         let seeds: Vec<u8> = (1..=6).collect();
@@ -5320,6 +5318,8 @@ mod tests {
         to
     }
 
+    /// More members down than one announcement reaches: successive calls go on where the
+    /// last one stopped, so every member held down is told within two.
     #[test]
     fn announcements_to_down_members_rotate_when_more_are_down_than_one_reaches() {
         let rtts = vec![40_000u64; 36];
