@@ -1436,12 +1436,7 @@ impl Driver {
     /// the count. An invalid request is refused and audited, and changes nothing.
     fn apply_erase(&mut self, event: &Event) {
         use crate::audit::Decision::{Apply, Deny};
-        let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
-        let entry = |decision, reason: &str, message: String| {
-            crate::audit::Entry::now(decision, reason, epoch, message)
-                .stream(event.stream().as_str())
-                .event(event.id().to_string())
-        };
+        let entry = self.erase_audit(event);
         if let Some(numbers) = crate::erase::retraction(event) {
             self.apply_retraction(event, numbers);
             return;
@@ -1520,17 +1515,26 @@ impl Driver {
         ));
     }
 
+    /// Audit entries about the erase-stream event `event`, under the epoch in force.
+    fn erase_audit(
+        &self,
+        event: &Event,
+    ) -> impl Fn(crate::audit::Decision, &str, String) -> crate::audit::Entry + use<> {
+        let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
+        let (stream, id) = (event.stream().as_str().to_string(), event.id().to_string());
+        move |decision, reason: &str, message: String| {
+            crate::audit::Entry::now(decision, reason, epoch, message)
+                .stream(stream.clone())
+                .event(id.clone())
+        }
+    }
+
     /// Applies a retraction (`store/derived.rs`): `event`'s origin retracts its own
     /// derivatives `numbers` names; stored ones are erased, the others refused when they
     /// arrive. Audited like an erase.
     fn apply_retraction(&mut self, event: &Event, numbers: Result<Vec<u64>, String>) {
         use crate::audit::Decision::{Apply, Deny};
-        let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
-        let entry = |decision, reason: &str, message: String| {
-            crate::audit::Entry::now(decision, reason, epoch, message)
-                .stream(event.stream().as_str())
-                .event(event.id().to_string())
-        };
+        let entry = self.erase_audit(event);
         let numbers = match numbers {
             Ok(n) => n,
             Err(why) => {

@@ -1020,6 +1020,37 @@ impl SqliteStore {
         }
     }
 
+    /// Runs `f` inside a savepoint of the open write transaction (opened if none is): all
+    /// of its writes or none of them. On an error the rows are rolled back to the
+    /// savepoint; memory `f` changed is the caller's to restore (`reload`).
+    fn in_savepoint<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.begin_write()?;
+        self.conn
+            .execute_batch(&format!("SAVEPOINT {name}"))
+            .map_err(backend)?;
+        match f(self) {
+            Ok(v) => {
+                self.conn
+                    .execute_batch(&format!("RELEASE {name}"))
+                    .map_err(backend)?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(rb) = self
+                    .conn
+                    .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))
+                {
+                    tracing::error!(error = %rb, savepoint = name, "rolling back to a savepoint failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Opens the write transaction if none is open, committing first when the open one
     /// reached [`TX_WRITES_MAX`]. Counts one write.
     fn begin_write(&mut self) -> Result<(), StoreError> {

@@ -128,20 +128,9 @@ impl SqliteStore {
         hlc_max: u64,
     ) -> Result<usize, StoreError> {
         // All of it or none of it: a row taken from `derived_from` is pending, or stays.
-        self.begin_write()?;
-        self.conn
-            .execute_batch("SAVEPOINT to_retract")
-            .map_err(backend)?;
-        let result = self.derivatives_to_retract_rows(target, hlc_max);
-        let end = if result.is_ok() {
-            "RELEASE to_retract"
-        } else {
-            "ROLLBACK TO to_retract; RELEASE to_retract"
-        };
-        if let Err(e) = self.conn.execute_batch(end) {
-            tracing::error!(error = %e, "ending the retraction savepoint failed");
-        }
-        result
+        self.in_savepoint("to_retract", |s| {
+            s.derivatives_to_retract_rows(target, hlc_max)
+        })
     }
 
     fn derivatives_to_retract_rows(
@@ -223,25 +212,12 @@ impl SqliteStore {
         own: bool,
         now_ms: u64,
     ) -> Result<Retracted, StoreError> {
-        self.begin_write()?;
-        self.conn
-            .execute_batch("SAVEPOINT retract")
-            .map_err(backend)?;
-        match self.retract_rows(origin, seqs, own, now_ms) {
+        match self.in_savepoint("retract", |s| s.retract_rows(origin, seqs, own, now_ms)) {
             Ok(out) => {
-                self.conn
-                    .execute_batch("RELEASE retract")
-                    .map_err(backend)?;
                 self.stats.get_mut().erased += out.erased.len() as u64;
                 Ok(out)
             }
             Err(e) => {
-                if let Err(rb) = self
-                    .conn
-                    .execute_batch("ROLLBACK TO retract; RELEASE retract")
-                {
-                    tracing::error!(error = %rb, "rolling a retraction back failed");
-                }
                 self.reload();
                 Err(e)
             }

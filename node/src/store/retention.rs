@@ -473,28 +473,9 @@ impl SqliteStore {
         drop: usize,
         out: &mut Expired,
     ) -> Result<usize, StoreError> {
-        self.begin_write()?;
-        self.conn
-            .execute_batch("SAVEPOINT expire_take")
-            .map_err(backend)?;
-        match self.take_rows(step, drop) {
-            Ok(dropped) => {
-                self.conn
-                    .execute_batch("RELEASE expire_take")
-                    .map_err(backend)?;
-                Ok(dropped)
-            }
-            Err(e) => {
-                out.failed_step = true;
-                if let Err(rb) = self
-                    .conn
-                    .execute_batch("ROLLBACK TO expire_take; RELEASE expire_take")
-                {
-                    tracing::error!(error = %rb, "rolling a retention step back failed");
-                }
-                Err(e)
-            }
-        }
+        let result = self.in_savepoint("expire_take", |s| s.take_rows(step, drop));
+        out.failed_step |= result.is_err();
+        result
     }
 
     /// [`SqliteStore::take`]'s writes: at least `drop` of the oldest ranges dropped, the
