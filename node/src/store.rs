@@ -444,6 +444,7 @@ CREATE TABLE IF NOT EXISTS derived_from (
     principal TEXT NOT NULL,
     tenant TEXT NOT NULL,
     hlc INTEGER NOT NULL,
+    gone_ms INTEGER,
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS derived_from_key ON derived_from (stream, key);
@@ -903,6 +904,7 @@ impl SqliteStore {
             .map_or(0, |ms| u64::try_from(ms).unwrap_or(0));
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
         retention::create_schema(&conn).map_err(sqlite)?;
+        derived::upgrade_schema(&conn).map_err(sqlite)?;
         // Durable cursors from before they had owners (`OWNER:` keys) are never read again
         // (their subscriptions start afresh under the new key) and could not be deleted
         // through the API: they would hold `cursors_max` rows for ever.

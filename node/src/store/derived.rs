@@ -8,8 +8,8 @@
 //!
 //! 1. When it publishes a field derivative it records, in `derived_from`, the derivative's
 //!    number with what an erase rule matches of the source: stream, key, principal,
-//!    tenant and stamp. The row stays while the derivative is stored here, so an erase
-//!    finds it even after the source expired.
+//!    tenant and stamp. The row stays while the derivative is stored here (and a little
+//!    after it expired), so an erase finds it even after the source expired.
 //! 2. When it applies an erase, the rows the rule covers go and their numbers join
 //!    `retract_pending`, in the same transaction ([`SqliteStore::derivatives_to_retract`]).
 //! 3. The driver publishes the pending numbers as a retraction on the erase stream,
@@ -25,8 +25,10 @@
 //!    leave `retract_pending`; until then the driver publishes them again every minute,
 //!    up to ten times (a crash between the erase and the publish loses nothing).
 //!
-//! A `derived_from` row goes with its derivative (erased, retracted, expired), so the
-//! table holds at most one row per derivative this node made and still stores.
+//! A `derived_from` row goes with its derivative when that is erased or retracted, and
+//! [`DERIVED_EXPIRED_KEEP_MS`] after it expired here (other nodes expire their copies on
+//! their own clocks), so the table holds about one row per derivative this node made and
+//! still stores.
 
 use std::sync::Arc;
 
@@ -38,6 +40,12 @@ use super::{ErasedEvent, SqliteStore, backend, corrupt};
 
 /// Most derivative numbers one retraction names (its payload stays a few kilobytes).
 pub(crate) const RETRACT_NUMBERS_MAX: usize = 1_000;
+
+/// How long the row of a derivative that expired at its ingress node stays, so that an
+/// erase of its source still retracts the copies other nodes keep a little longer: twice
+/// the clock and pass difference retention allows between nodes (`RETENTION_RACE_MS`). A
+/// copy another node keeps longer (its own size budget) is not retracted after that.
+pub(crate) const DERIVED_EXPIRED_KEEP_MS: u64 = 120_000;
 
 /// Most numbers of derivatives retracted before they arrived that a node keeps (memory
 /// and `retracted` rows); beyond it the oldest go.
@@ -85,6 +93,21 @@ pub(crate) struct Retracted {
     pub(crate) skipped: usize,
     /// Numbers whose stored event is not a derivative (left as they are).
     pub(crate) not_derived: usize,
+}
+
+/// Brings a `derived_from` table made before it had `gone_ms` up to date, and indexes
+/// that column. Idempotent; run at every open.
+pub(super) fn upgrade_schema(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('derived_from') WHERE name = 'gone_ms'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE derived_from ADD COLUMN gone_ms INTEGER")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS derived_from_gone ON derived_from (gone_ms) \
+         WHERE gone_ms IS NOT NULL",
+    )
 }
 
 impl SqliteStore {
@@ -172,8 +195,55 @@ impl SqliteStore {
         Ok(numbers.len())
     }
 
-    /// Forgets the `derived_from` row of `(origin, seq)`, if any: the derivative is gone
-    /// here (expired or erased), so there is nothing left to retract.
+    /// Notes that this node's derivative `(origin, seq)`, if it is one, expired here at
+    /// `now_ms`: its row stays for [`DERIVED_EXPIRED_KEEP_MS`], so an erase of its
+    /// source in that time still retracts it where it lives a little longer (nodes
+    /// expire on their own clocks and passes).
+    pub(crate) fn derived_expired(
+        &mut self,
+        origin: &OriginKey,
+        seq: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE derived_from SET gone_ms = ?3 WHERE origin = ?1 AND seq = ?2")
+            .and_then(|mut s| {
+                s.execute(params![
+                    &origin.0[..],
+                    seq.cast_signed(),
+                    now_ms.cast_signed()
+                ])
+            })
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Forgets the rows of derivatives that expired here more than
+    /// [`DERIVED_EXPIRED_KEEP_MS`] before `now_ms`.
+    pub(crate) fn prune_derived(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        let before = now_ms.saturating_sub(DERIVED_EXPIRED_KEEP_MS).cast_signed();
+        let due = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM derived_from WHERE gone_ms IS NOT NULL AND gone_ms < ?1 LIMIT 1",
+            )
+            .and_then(|mut s| s.exists([before]))
+            .map_err(backend)?;
+        if !due {
+            return Ok(());
+        }
+        self.begin_write()?;
+        let gone = self
+            .conn
+            .prepare_cached("DELETE FROM derived_from WHERE gone_ms IS NOT NULL AND gone_ms < ?1")
+            .and_then(|mut s| s.execute([before]))
+            .map_err(backend)?;
+        self.tx_writes += gone;
+        Ok(())
+    }
+
+    /// Forgets the `derived_from` row of `(origin, seq)`, if any: the derivative was
+    /// erased (everywhere), so there is nothing left to retract.
     pub(crate) fn forget_derived(
         &mut self,
         origin: &OriginKey,
@@ -568,5 +638,27 @@ mod tests {
         );
         store.commit().unwrap();
         store.check_invariants().unwrap();
+    }
+
+    /// A store whose `derived_from` predates `gone_ms` gets the column at open.
+    #[test]
+    fn an_older_derived_from_table_gets_its_expiry_column() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("weft.db")).unwrap();
+            conn.execute_batch(
+                "DROP INDEX derived_from_gone; DROP TABLE derived_from;
+                 CREATE TABLE derived_from (origin BLOB NOT NULL, seq INTEGER NOT NULL,
+                     stream TEXT NOT NULL, key BLOB, principal TEXT NOT NULL,
+                     tenant TEXT NOT NULL, hlc INTEGER NOT NULL,
+                     PRIMARY KEY (origin, seq)) WITHOUT ROWID;",
+            )
+            .unwrap();
+        }
+        let mut store = open(dir.path());
+        store.derived_expired(&node(1), 1, T0).unwrap();
+        store.prune_derived(T0).unwrap();
+        store.commit().unwrap();
     }
 }

@@ -136,6 +136,8 @@ pub(crate) struct Expired {
     pub(crate) ranges_dropped: u64,
     /// A deletion step failed and was rolled back (the pass stops; memory is reloaded).
     pub(crate) failed_step: bool,
+    /// The pass's wall clock, ms.
+    now_ms: u64,
 }
 
 /// Creates the per-stream byte counts (`stream_bytes`: the envelope bytes of each
@@ -231,7 +233,11 @@ impl SqliteStore {
     /// in-memory state is reloaded from the rows, which stay consistent: a number's range
     /// is written before its event is deleted (a range may cover held numbers).
     pub(crate) fn expire(&mut self, now_ms: u64) -> Result<Expired, StoreError> {
-        let mut out = Expired::default();
+        let mut out = Expired {
+            now_ms,
+            ..Expired::default()
+        };
+        self.prune_derived(now_ms)?;
         if !self.retention.any() {
             return Ok(out);
         }
@@ -473,7 +479,8 @@ impl SqliteStore {
         drop: usize,
         out: &mut Expired,
     ) -> Result<usize, StoreError> {
-        let result = self.in_savepoint("expire_take", |s| s.take_rows(step, drop));
+        let now_ms = out.now_ms;
+        let result = self.in_savepoint("expire_take", |s| s.take_rows(step, drop, now_ms));
         out.failed_step |= result.is_err();
         result
     }
@@ -481,7 +488,12 @@ impl SqliteStore {
     /// [`SqliteStore::take`]'s writes: at least `drop` of the oldest ranges dropped, the
     /// new ranges (a number in a range is served as its event while it is held), then the
     /// rows. Returns how many ranges were dropped.
-    fn take_rows(&mut self, due: &[Candidate], drop: usize) -> Result<usize, StoreError> {
+    fn take_rows(
+        &mut self,
+        due: &[Candidate],
+        drop: usize,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
         let dropped = if drop > 0 {
             self.drop_oldest_ranges(drop)?
         } else {
@@ -507,8 +519,9 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute([&c.id[..]]))
                     .map_err(backend)?;
             }
-            // An own derivative gone: nothing left to retract (`store/derived.rs`).
-            self.forget_derived(&c.origin, c.seq)?;
+            // An own derivative expired here may live a little longer elsewhere: its
+            // source's erase still retracts it for a while (`store/derived.rs`).
+            self.derived_expired(&c.origin, c.seq, now_ms)?;
             self.tx_writes += 2;
             self.state.len -= 1;
             self.cache.get_mut().remove(&(c.origin, c.seq));
@@ -1412,5 +1425,46 @@ retention_s = 60
         let o = origin(22);
         assert!(store.get(&o, 2 * 600 + 1).is_some(), "young orders stay");
         assert!(store.get(&o, 1).is_none() && store.gone(&o, 1));
+    }
+
+    /// A derivative that expires at its ingress node keeps its source's row for a while:
+    /// an erase of the source in that time still retracts the copies other nodes keep a
+    /// little longer; after it the row goes.
+    #[test]
+    fn an_expired_derivatives_source_row_outlives_it_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), 1000);
+        let copy = event(30, "metrics", 1, 300, 1);
+        put(&mut store, &copy);
+        let source = crate::store::DerivedSource {
+            stream: "profiles".into(),
+            key: Some(b"alice".to_vec()),
+            principal: "svc".into(),
+            tenant: "acme".into(),
+            hlc: 1,
+        };
+        store.record_derived(&origin(30), 1, &source).unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.expire(*NOW).unwrap().by_age, 1);
+        store.commit().unwrap();
+        assert!(store.get(&origin(30), 1).is_none());
+        let alice = crate::erase::Target::Key {
+            stream: "profiles".into(),
+            key: b"alice".to_vec(),
+        };
+        // Within the grace: found (and taken).
+        assert_eq!(store.derivatives_to_retract(&alice, u64::MAX).unwrap(), 1);
+        store.commit().unwrap();
+        // Another one, past the grace: gone.
+        put(&mut store, &event(30, "metrics", 2, 300, 1));
+        store.record_derived(&origin(30), 2, &source).unwrap();
+        store.expire(*NOW).unwrap();
+        store
+            .expire(*NOW + super::super::derived::DERIVED_EXPIRED_KEEP_MS + 1)
+            .unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.derivatives_to_retract(&alice, u64::MAX).unwrap(), 0);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
     }
 }
