@@ -1514,6 +1514,20 @@ impl SqliteStore {
         Ok(erased)
     }
 
+    /// Records `(origin, seq)` (event `id`) as erased: a row in `erased` and a number in
+    /// the ranges. In the open write transaction.
+    fn note_erased(&mut self, origin: &OriginKey, seq: u64, id: &[u8]) -> Result<(), StoreError> {
+        let added = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![&origin.0[..], seq.cast_signed(), id]))
+            .map_err(backend)?;
+        self.tx_writes += 1;
+        self.state.erased_len += added;
+        self.state.note(*origin, seq);
+        Ok(())
+    }
+
     /// Erases the stored event `id` at `(origin, seq)` (its claimed fields `data`): its
     /// rows in `events`, `log` and `ce_dedup` go, `(origin, seq, id)` goes to `erased`
     /// (still in the ranges). In the open write transaction.
@@ -1542,17 +1556,11 @@ impl SqliteStore {
             .prepare_cached("DELETE FROM ce_dedup WHERE event_id = ?1")
             .and_then(|mut s| s.execute([id]))
             .map_err(backend)?;
-        self.conn
-            .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![origin, seq, id]))
-            .map_err(backend)?;
+        self.note_erased(&origin_key, seq_u, id)?;
         // An own derivative gone: nothing left to retract (`store/derived.rs`).
         self.forget_derived(&origin_key, seq_u)?;
-        self.tx_writes += 1;
         self.state.len -= 1;
         self.state.ce_dedup_len -= dedup;
-        self.state.erased_len += 1;
-        self.state.note(origin_key, seq_u);
         self.cache.get_mut().remove(&(origin_key, seq_u));
         Ok(ErasedEvent {
             id: weft_fabric::EventId(key32(id, "id")?),
@@ -1727,15 +1735,7 @@ impl Store for SqliteStore {
                 });
             }
             self.begin_write()?;
-            self.conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &id.0[..]]))
-                .map_err(backend)?;
-            self.tx_writes += 1;
-            self.state.erased_len += 1;
-            self.state.note(origin, seq);
+            self.note_erased(&origin, seq, &id.0)?;
             self.stats.borrow_mut().erased_refused += 1;
             return Ok(Inserted::Erased);
         }
@@ -1827,20 +1827,13 @@ impl Store for SqliteStore {
     }
 
     fn void(&mut self, origin: OriginKey, seq: u64, id: EventId) -> Result<(), StoreError> {
-        let seq_sql = i64::try_from(seq)
+        i64::try_from(seq)
             .map_err(|_| StoreError::Backend(format!("seq {seq} is over the limit {SEQ_MAX}")))?;
         // Not bounded by `events_max` as erased rows are: a voided number is one this
         // node signed itself, and publishes are refused before signing while the store
         // is full (`Api::store_full`), so only the few that raced the limit land here.
         self.begin_write()?;
-        self.conn
-            .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &id.0[..]]))
-            .map_err(backend)?;
-        self.tx_writes += 1;
-        self.state.erased_len += 1;
-        self.state.note(origin, seq);
-        Ok(())
+        self.note_erased(&origin, seq, &id.0)
     }
 
     fn gone(&self, origin: &OriginKey, seq: u64) -> bool {

@@ -416,12 +416,7 @@ impl SqliteStore {
         if !crate::egress::is_derived(event.content_type()) {
             return Ok(false);
         }
-        self.conn
-            .prepare_cached("INSERT OR IGNORE INTO erased (origin, seq, id) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![&origin.0[..], seq_sql, &event.id().0[..]]))
-            .map_err(backend)?;
-        self.state.erased_len += 1;
-        self.state.note(origin, seq);
+        self.note_erased(&origin, seq, &event.id().0)?;
         Ok(true)
     }
 }
