@@ -31,22 +31,7 @@ nodes = ["{a}", "{b}"]
 regions = ["aws:us-east-1"]
 nodes = ["{c}"]
 
-[tenants.acme]
-
-[roles.writer]
-
-[principals.tester]
-tenant = "acme"
-roles = ["writer"]
-token_sha256 = "{token_sha256}"
-
-[[access]]
-name = "write"
-effect = "allow"
-actions = ["publish", "subscribe", "read"]
-streams = [">"]
-roles = ["writer"]
-
+{access}
 [classes.eu-personal]
 jurisdictions = ["EU"]
 transit = "forbidden"
@@ -75,6 +60,7 @@ salt = "erase-derived-salt"
         a = keys[0],
         b = keys[1],
         c = keys[2],
+        access = tester_may_do_anything(token_sha256),
     )
 }
 
@@ -126,10 +112,7 @@ async fn copies(c: &Cluster, i: usize) -> Vec<String> {
 fn an_erase_retracts_the_masked_copies_of_what_it_covers_everywhere() {
     rt().block_on(async {
         let ops = Operators::new("erase-derived", &["op"]);
-        let extra = format!(
-            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
-            ops.keys[0]
-        );
+        let extra = ops.node_policy();
         let mut c = Cluster::new("erase-derived", 58, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let signed = ops.sign(&bundle(&c.keys, &token_sha256), &["op"], "e3.cbor");

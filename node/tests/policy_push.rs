@@ -292,10 +292,7 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
 fn a_pushed_policy_rebuilds_the_tables_it_changes_when_applied() {
     rt().block_on(async {
         let ops = Operators::new("policy-tables", &["op1"]);
-        let extra = format!(
-            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
-            ops.keys[0]
-        );
+        let extra = ops.node_policy();
         let mut c = Cluster::new("policy-tables", 65, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let sign = |epoch: u64, conflict: Option<&str>| -> Vec<u8> {
@@ -444,10 +441,7 @@ fn bundle_credentials_sign_in_and_rotate_fabric_wide() {
         const ROTATED: &str = "tester-rotated-token-0123456789abcdef";
         let hash = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
         let ops = Operators::new("policy-creds", &["op1"]);
-        let extra = format!(
-            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
-            ops.keys[0]
-        );
+        let extra = ops.node_policy();
         let mut c = Cluster::new("policy-creds", 67, &two_eu_one_us(), &extra);
         let tester = hash(&c.token);
         let with = |epoch: u64, tester_hash: &str| {

@@ -28,22 +28,7 @@ nodes = ["{a}", "{b}"]
 regions = ["aws:us-east-1"]
 nodes = ["{c}"]
 
-[tenants.acme]
-
-[roles.writer]
-
-[principals.tester]
-tenant = "acme"
-roles = ["writer"]
-token_sha256 = "{token_sha256}"
-
-[[access]]
-name = "write"
-effect = "allow"
-actions = ["publish", "subscribe", "read"]
-streams = [">"]
-roles = ["writer"]
-
+{access}
 [classes.public]
 anywhere = true
 
@@ -67,6 +52,7 @@ replication = "all"
         a = keys[0],
         b = keys[1],
         c = keys[2],
+        access = tester_may_do_anything(token_sha256),
     )
 }
 
@@ -79,10 +65,7 @@ async fn count(c: &Cluster, i: usize, stream: &str) -> usize {
 fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
     rt().block_on(async {
         let ops = Operators::new("retention", &["op"]);
-        let extra = format!(
-            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
-            ops.keys[0]
-        );
+        let extra = ops.node_policy();
         let mut c = Cluster::new("retention", 56, &two_eu_one_us(), &extra);
         let token_sha256 = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let signed = ops.sign(&bundle(&c.keys, &token_sha256), &["op"], "e3.cbor");
@@ -223,22 +206,7 @@ nodes = ["{a}"]
 regions = ["aws:us-east-1", "aws:us-west-2"]
 nodes = ["{b}", "{c}"]
 
-[tenants.acme]
-
-[roles.writer]
-
-[principals.tester]
-tenant = "acme"
-roles = ["writer"]
-token_sha256 = "{token_sha256}"
-
-[[access]]
-name = "write"
-effect = "allow"
-actions = ["publish", "subscribe", "read"]
-streams = [">"]
-roles = ["writer"]
-
+{access}
 [classes.eu-personal]
 jurisdictions = ["EU"]
 transit = "forbidden"
@@ -265,6 +233,7 @@ replication = "all"
         a = keys[0],
         b = keys[1],
         c = keys[2],
+        access = tester_may_do_anything(token_sha256),
     )
 }
 
@@ -278,10 +247,7 @@ replication = "all"
 fn a_partial_holder_drops_its_oldest_ranges_and_keeps_expiring() {
     rt().block_on(async {
         let ops = Operators::new("retention-partial", &["op"]);
-        let extra = format!(
-            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
-            ops.keys[0]
-        );
+        let extra = ops.node_policy();
         let specs = [
             Spec {
                 name: "eu",

@@ -898,6 +898,17 @@ retention_s = 60
         )
     }
 
+    /// A store keeping at most `ranges` expired ranges.
+    fn open_bounded(dir: &std::path::Path, ranges: usize) -> SqliteStore {
+        open_with(
+            dir,
+            StoreLimits {
+                expired_ranges_max: ranges,
+                ..StoreLimits::default()
+            },
+        )
+    }
+
     fn open_with(dir: &std::path::Path, limits: StoreLimits) -> SqliteStore {
         let mut store = SqliteStore::open(dir, limits).unwrap();
         store.set_retention(rules());
@@ -1302,13 +1313,7 @@ retention_s = 60
         // At most 3 ranges: three origins fill them (none can be dropped: each origin
         // keeps its newest); a fourth origin's old event waits.
         let dir = tempfile::tempdir().unwrap();
-        let mut store = open_with(
-            dir.path(),
-            StoreLimits {
-                expired_ranges_max: 3,
-                ..StoreLimits::default()
-            },
-        );
+        let mut store = open_bounded(dir.path(), 3);
         for signer in 10..13 {
             put(&mut store, &event(signer, "metrics", 1, 300, 1));
         }
@@ -1326,11 +1331,7 @@ retention_s = 60
         // Origin 20's odd numbers only (its even ones never reach this node: residency,
         // interest), so each expired number is a range of its own; origin 21 has one.
         let dir = tempfile::tempdir().unwrap();
-        let limits = StoreLimits {
-            expired_ranges_max: 4,
-            ..StoreLimits::default()
-        };
-        let mut store = open_with(dir.path(), limits.clone());
+        let mut store = open_bounded(dir.path(), 4);
         put(&mut store, &event(21, "metrics", 1, 300, 1));
         for seq in (1..=19).step_by(2) {
             put(&mut store, &event(20, "metrics", seq, 300, 1));
@@ -1378,7 +1379,7 @@ retention_s = 60
         assert!(store.get(&o20, 1).is_none());
         // The rows say the same after a restart.
         drop(store);
-        let mut store = open_with(dir.path(), limits);
+        let mut store = open_bounded(dir.path(), 4);
         store.check_invariants().unwrap();
         assert_eq!(answers(&store), want);
         assert_eq!(store.expired_ranges(), 4);
@@ -1402,11 +1403,7 @@ retention_s = 60
     #[test]
     fn dropping_ranges_of_an_origin_past_the_range_limit_keeps_the_store_consistent() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = StoreLimits {
-            expired_ranges_max: 300,
-            ..StoreLimits::default()
-        };
-        let mut store = open_with(dir.path(), limits);
+        let mut store = open_bounded(dir.path(), 300);
         for k in 0..1200u64 {
             let stream = if k < 600 { "metrics" } else { "orders" };
             let age = if k < 600 { 300 } else { 0 };

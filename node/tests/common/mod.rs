@@ -482,6 +482,15 @@ impl Operators {
         Self { dir, keys }
     }
 
+    /// The node config's `[policy]` section trusting the first operator alone, the bundle
+    /// read from `policy.cbor` beside the configs.
+    pub fn node_policy(&self) -> String {
+        format!(
+            "[policy]\noperators = [\"{}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n",
+            self.keys[0]
+        )
+    }
+
     /// Signs the TOML bundle `toml` with the named operators' keys (`weft policy sign`);
     /// returns the signed bytes, also written to `out` in the operators' directory.
     pub fn sign(&self, toml: &str, signers: &[&str], out: &str) -> Vec<u8> {
@@ -570,4 +579,27 @@ pub fn fsync_rate(dir: &Path) -> f64 {
             .unwrap();
     }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A bundle's tenant `acme`, role `writer` and principal `tester` (the cluster's token,
+/// `token_sha256`) allowed to publish, subscribe and read every stream.
+pub fn tester_may_do_anything(token_sha256: &str) -> String {
+    format!(
+        r#"[tenants.acme]
+
+[roles.writer]
+
+[principals.tester]
+tenant = "acme"
+roles = ["writer"]
+token_sha256 = "{token_sha256}"
+
+[[access]]
+name = "write"
+effect = "allow"
+actions = ["publish", "subscribe", "read"]
+streams = [">"]
+roles = ["writer"]
+"#
+    )
 }
