@@ -56,6 +56,21 @@ replication = "all"
     )
 }
 
+/// Waits up to `secs` for node `i` to serve `n` events of `stream`; panics with the
+/// node's log otherwise.
+async fn wait_count(c: &Cluster, i: usize, stream: &str, n: usize, secs: u64) {
+    wait_for(Duration::from_secs(secs), || async {
+        (count(c, i, stream).await == n).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "node {i} never served {n} events of {stream}:\n{}",
+            c.log(i)
+        )
+    });
+}
+
 /// How many events of `stream` node `i` serves (`usize::MAX` when it does not answer).
 async fn count(c: &Cluster, i: usize, stream: &str) -> usize {
     c.ids(i, stream).await.map_or(usize::MAX, |v| v.len())
@@ -96,21 +111,13 @@ fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
             .await;
         assert_eq!(s, 200, "{body}");
         for i in 0..2 {
-            wait_for(Duration::from_secs(20), || async {
-                (count(&c, i, "orders.eu").await == 5).then_some(())
-            })
-            .await
-            .unwrap_or_else(|| panic!("node {i} never held the orders:\n{}", c.log(i)));
+            wait_count(&c, i, "orders.eu", 5, 20).await;
         }
 
         // Both nodes expire the metrics (older than 2 s) and all but ~6000 bytes of logs
         // within a pass or two (every 5 s); orders stay.
         for i in 0..2 {
-            wait_for(Duration::from_secs(20), || async {
-                (count(&c, i, "metrics.cpu").await == 0).then_some(())
-            })
-            .await
-            .unwrap_or_else(|| panic!("node {i} kept its old metrics:\n{}", c.log(i)));
+            wait_count(&c, i, "metrics.cpu", 0, 20).await;
             let logs = count(&c, i, "logs.app").await;
             assert!(
                 (5..=14).contains(&logs),
@@ -148,11 +155,7 @@ fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
         // the expired events.
         c.start(2);
         c.wait_healthy(2).await;
-        wait_for(Duration::from_secs(40), || async {
-            (count(&c, 2, "orders.eu").await == 5).then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("the late node never delivered the orders:\n{}", c.log(2)));
+        wait_count(&c, 2, "orders.eu", 5, 40).await;
         assert_eq!(count(&c, 2, "metrics.cpu").await, 0);
         assert_eq!(c.ids(2, "logs.app").await.unwrap(), logs_kept);
 
@@ -164,16 +167,7 @@ fn old_and_oversized_streams_expire_everywhere_and_stay_expired() {
         let (s, body) = c.publish(0, "orders.eu", "local", &[json!({"n": 2})]).await;
         assert_eq!(s, 200, "{body}");
         for i in 0..3 {
-            wait_for(Duration::from_secs(30), || async {
-                (count(&c, i, "orders.eu").await == 6).then_some(())
-            })
-            .await
-            .unwrap_or_else(|| {
-                panic!(
-                    "node {i} never got the order after the restart:\n{}",
-                    c.log(i)
-                )
-            });
+            wait_count(&c, i, "orders.eu", 6, 30).await;
         }
         tokio::time::sleep(Duration::from_secs(6)).await;
         for i in 0..3 {
@@ -290,20 +284,12 @@ fn a_partial_holder_drops_its_oldest_ranges_and_keeps_expiring() {
             .publish(0, "orders.us", "local", &vec![json!({"n": 1}); 3])
             .await;
         assert_eq!(s, 200, "{body}");
-        wait_for(Duration::from_secs(20), || async {
-            (count(&c, 1, "orders.us").await == 3).then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("the US node never held the orders:\n{}", c.log(1)));
+        wait_count(&c, 1, "orders.us", 3, 20).await;
         assert_eq!(count(&c, 1, "pii.users").await, 0);
 
         // Both expire all eight metrics; the US node keeps at most 3 ranges.
         for i in 0..2 {
-            wait_for(Duration::from_secs(25), || async {
-                (count(&c, i, "metrics.cpu").await == 0).then_some(())
-            })
-            .await
-            .unwrap_or_else(|| panic!("node {i} kept old metrics:\n{}", c.log(i)));
+            wait_count(&c, i, "metrics.cpu", 0, 25).await;
             assert_eq!(
                 metric(&c, i, "weft_events_expired_total{cause=\"age\"} ").await,
                 8,
@@ -339,11 +325,7 @@ fn a_partial_holder_drops_its_oldest_ranges_and_keeps_expiring() {
         // EU-only numbers and every expired one, the dropped ones included.
         c.start(2);
         c.wait_healthy(2).await;
-        wait_for(Duration::from_secs(40), || async {
-            (count(&c, 2, "orders.us").await == 3).then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("the late node never delivered the orders:\n{}", c.log(2)));
+        wait_count(&c, 2, "orders.us", 3, 40).await;
         assert_eq!(count(&c, 2, "metrics.cpu").await, 0);
         assert_eq!(count(&c, 2, "pii.users").await, 0);
         for i in 0..3 {
