@@ -296,6 +296,12 @@ where
         output: &mut Vec<Member<T>>,
         rng: impl RngExt,
     ) {
+        // Weft patch: no member is down (the common case), so none can be
+        // chosen: skip the walk of every member. The walk draws no random
+        // number before a member qualifies, so the draws are the same.
+        if self.num_active == self.inner.len() {
+            return;
+        }
         self.choose_members(wanted, output, rng, |member| !member.is_active());
     }
 
@@ -943,6 +949,33 @@ mod tests {
         assert_eq!(2, out.len());
         assert!(out.iter().any(|m| m.id == Id("7")));
         assert!(out.iter().any(|m| m.id == Id("6")));
+    }
+
+    // Weft patch 10: with no member down, nothing is chosen and no
+    // random number is drawn (the walk it skips would draw none).
+    #[test]
+    fn choosing_down_members_when_none_is_down_draws_nothing() {
+        let mut members = Members::new(Vec::from([
+            Member::alive(Id("1")),
+            Member::suspect(Id("2")),
+            Member::alive(Id("3")),
+        ]));
+        let mut rng = SmallRng::seed_from_u64(0xF0CA);
+        let mut untouched = rng.clone();
+        let mut out = Vec::new();
+        members.choose_down_members(2, &mut out, &mut rng);
+        assert!(out.is_empty());
+        assert_eq!(
+            untouched.random::<u64>(),
+            rng.random::<u64>(),
+            "no draw was made"
+        );
+
+        // One member down: it is found.
+        let update = Member::down(Id("3"));
+        assert!(members.apply_existing_if(update, |_| true).is_some());
+        members.choose_down_members(2, &mut out, &mut rng);
+        assert_eq!(vec![Member::down(Id("3"))], out);
     }
 
     #[test]
