@@ -331,8 +331,32 @@ fn to_new(e: InEvent, now: u64) -> NewEvent {
     }
 }
 
+/// The local rules with the aggregate windows the outbox kept (a restart resumes them).
+async fn kept_rules(shared: &Arc<Shared>) -> Rules {
+    match with_outbox(shared, |o| o.windows()).await {
+        Ok((rules, windows)) => {
+            let (rules, unfit) = Rules::restore(&rules, windows);
+            if rules.open_windows() > 0 {
+                info!(windows = rules.open_windows(), "aggregate windows resumed");
+            }
+            if unfit > 0 {
+                warn!(
+                    windows = unfit,
+                    "kept aggregate windows that fit no rule were left out"
+                );
+            }
+            rules
+        }
+        Err(e) => {
+            // Not fatal: events are still taken, under the profile's rules, with new windows.
+            error!(error = %format!("{e:#}"), "reading the kept aggregate windows failed");
+            Rules::default()
+        }
+    }
+}
+
 async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
-    let mut rules = Rules::default();
+    let mut rules = kept_rules(&shared).await;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let mut group: Vec<Input> = Vec::new();
@@ -350,8 +374,12 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             }
         }
         let now = wall_ms();
+        // The rules and windows as the outbox has them: put back if this group's
+        // transaction fails (its inputs are told so and may send again).
+        let committed = rules.clone();
         // New rules with a new profile: close the old windows first.
         let mut summaries = Vec::new();
+        let mut reset = None;
         {
             let p = shared
                 .profile
@@ -361,13 +389,11 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             if !rules.same(current) {
                 summaries.extend(rules.due(now, true));
                 rules = Rules::new(current);
+                reset = Some(rules.local_rules());
                 info!(rules = current.len(), "local rules in force");
             }
         }
         summaries.extend(rules.due(now, false));
-        if group.is_empty() && summaries.is_empty() {
-            continue;
-        }
         let mut extra = Counters::default();
         let mut events = Vec::new();
         let mut meta = Vec::new();
@@ -397,6 +423,11 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             meta.append(&mut m.meta);
             slices.push((start, events.len(), dropped));
         }
+        let mut windows = rules.take_changes();
+        windows.reset = reset;
+        if group.is_empty() && summaries.is_empty() && windows.is_empty() {
+            continue;
+        }
         for (stream, summary) in summaries {
             extra.summaries += 1;
             events.push(to_new(
@@ -410,7 +441,7 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
         }
         let result = {
             let events = events;
-            with_outbox(&shared, move |o| o.insert(&events, &meta, &extra)).await
+            with_outbox(&shared, move |o| o.insert(&events, &meta, &extra, &windows)).await
         };
         match result {
             Ok(accepted) => {
@@ -429,6 +460,9 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "the outbox refused a write");
+                // Nothing of the group was kept: neither the events the rules folded into
+                // windows nor the summaries of the windows that closed.
+                rules = committed;
                 for m in group {
                     if let Some(r) = m.reply {
                         let _ = r.send(IngestOutcome {

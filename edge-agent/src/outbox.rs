@@ -16,13 +16,17 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use rusqlite::{OptionalExtension as _, params};
-use weft_fabric::edge::Profile;
+use weft_fabric::edge::{LocalRule, Profile};
 use weft_fabric::{
     EventDraft, Hlc, HybridClock, Payload, Residency, SecurityContext, Signer, StreamName,
     StreamPattern,
 };
 
 use crate::config::{OutboxConfig, Overflow};
+use crate::rules::{KeptWindows, Window, WindowChanges};
+
+/// The `meta` key of the rules the kept aggregate windows were made under.
+const WINDOW_RULES: &str = "window_rules";
 
 /// Most rows kept in the dead-letter table (events a node refused for good); older ones
 /// are deleted first.
@@ -141,7 +145,12 @@ impl Outbox {
              CREATE TABLE IF NOT EXISTS counters (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS dead (
                  id INTEGER PRIMARY KEY, seq INTEGER, stream TEXT NOT NULL,
-                 payload BLOB NOT NULL, envelope BLOB, reason TEXT NOT NULL, at_ms INTEGER NOT NULL);",
+                 payload BLOB NOT NULL, envelope BLOB, reason TEXT NOT NULL, at_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS windows (
+                 rule INTEGER NOT NULL, stream TEXT NOT NULL,
+                 start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, count INTEGER NOT NULL,
+                 fields TEXT NOT NULL,
+                 PRIMARY KEY (rule, stream));",
         )
         .context("creating the outbox schema")?;
         let (depth, bytes): (i64, Option<i64>) = conn.query_row(
@@ -225,16 +234,89 @@ impl Outbox {
         Ok(())
     }
 
+    /// The open aggregate windows kept, with the rules they were made under (none kept:
+    /// no rules, no windows).
+    pub(crate) fn windows(&self) -> anyhow::Result<(Vec<LocalRule>, KeptWindows)> {
+        let Some(rules) = self.meta_get(WINDOW_RULES)? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let rules: Vec<LocalRule> =
+            serde_json::from_slice(&rules).context("reading the rules of the kept windows")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT rule, stream, start_ms, end_ms, count, fields FROM windows ORDER BY rule, stream",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (rule, stream, start_ms, end_ms, count, fields) in rows {
+            let fields = serde_json::from_str(&fields)
+                .with_context(|| format!("reading the kept window of rule {rule} on {stream}"))?;
+            let window = Window {
+                start_ms: start_ms as u64,
+                end_ms: end_ms as u64,
+                count: count as u64,
+                fields,
+            };
+            out.push(((rule as usize, stream), window));
+        }
+        Ok((rules, out))
+    }
+
+    /// Writes what changed in the open windows, inside the caller's transaction.
+    fn write_windows(tx: &rusqlite::Transaction<'_>, w: &WindowChanges) -> anyhow::Result<()> {
+        if let Some(rules) = &w.reset {
+            tx.execute("DELETE FROM windows", [])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+                params![WINDOW_RULES, serde_json::to_vec(rules)?],
+            )?;
+        }
+        for (rule, stream) in &w.closed {
+            tx.prepare_cached("DELETE FROM windows WHERE rule = ?1 AND stream = ?2")?
+                .execute(params![*rule as i64, stream])?;
+        }
+        for ((rule, stream), win) in &w.open {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO windows (rule, stream, start_ms, end_ms, count, fields) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                *rule as i64,
+                stream,
+                win.start_ms as i64,
+                win.end_ms as i64,
+                win.count as i64,
+                serde_json::to_string(&win.fields)?
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Accepts events in one transaction (one fsync), applying the overflow rule; `meta`
-    /// is written in the same transaction (a followed file's offset moves with its lines).
+    /// and what changed in the aggregate windows (`windows`: the events folded into them,
+    /// the windows whose summaries are among `events`) are written in the same
+    /// transaction (a followed file's offset moves with its lines; an input is told its
+    /// events were taken only once the windows holding them are stored).
     /// Returns, per event, whether it was accepted.
     pub(crate) fn insert(
         &mut self,
         events: &[NewEvent],
         meta: &[(String, Vec<u8>)],
         extra: &Counters,
+        windows: &WindowChanges,
     ) -> anyhow::Result<Vec<bool>> {
         let tx = self.conn.transaction()?;
+        Self::write_windows(&tx, windows)?;
         let mut accepted = Vec::with_capacity(events.len());
         let mut depth = self.depth;
         let mut bytes = self.bytes;
@@ -683,6 +765,59 @@ mod tests {
     }
 
     #[test]
+    fn aggregate_windows_are_kept_with_the_events_and_come_back_after_a_reopen() {
+        use weft_fabric::edge::AggregateRule;
+        let (dir, config, _) = fresh("windows", 100);
+        let rules = vec![LocalRule {
+            stream: "temp.>".into(),
+            filter: None,
+            sample: None,
+            aggregate: Some(AggregateRule {
+                window_s: 60,
+                fields: vec!["c".into()],
+            }),
+        }];
+        let none = Counters::default();
+        let mut live = crate::rules::Rules::new(&rules);
+        let a = StreamName::new("temp.a").unwrap();
+        let b = StreamName::new("temp.b").unwrap();
+        for (s, c) in [(&a, 1), (&b, 2), (&a, 3)] {
+            let _ = live.apply(s, Some(&serde_json::json!({ "c": c })), 60_000);
+        }
+        let mut first = live.take_changes();
+        first.reset = Some(rules.clone());
+        {
+            let mut o = Outbox::open(&dir, config.clone()).unwrap();
+            assert_eq!(o.windows().unwrap(), (Vec::new(), Vec::new()), "none yet");
+            o.insert(&[], &[], &none, &first).unwrap();
+        }
+        // Reopened (a restart): the rules and both windows, as they were.
+        let mut o = Outbox::open(&dir, config.clone()).unwrap();
+        let (kept_rules, kept) = o.windows().unwrap();
+        assert_eq!(kept_rules, rules);
+        assert_eq!(kept, first.open);
+        let (mut back, unfit) = crate::rules::Rules::restore(&kept_rules, kept);
+        assert_eq!(unfit, 0);
+        // temp.a closes (its summary in the same transaction), temp.b takes one more.
+        let _ = back.apply(&b, Some(&serde_json::json!({"c": 4})), 61_000);
+        let mut second = back.take_changes();
+        second.closed.push((0, "temp.a".into()));
+        o.insert(&[ev("temp.a", 5, 0)], &[], &none, &second)
+            .unwrap();
+        let (_, kept) = o.windows().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0.1, "temp.b");
+        assert_eq!(kept[0].1.count, 2);
+        // New rules: every kept window goes, and the new rules are recorded.
+        let reset = WindowChanges {
+            reset: Some(Vec::new()),
+            ..WindowChanges::default()
+        };
+        o.insert(&[], &[], &none, &reset).unwrap();
+        assert_eq!(o.windows().unwrap(), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
     fn sequence_numbers_survive_a_reopen_and_overflow_never_drops_a_sequenced_event() {
         let (dir, config, signer) = fresh("", 3);
         let mut o = Outbox::open(&dir, config.clone()).unwrap();
@@ -692,6 +827,7 @@ mod tests {
                 &[ev("t.a", 5, 0), ev("t.a", 5, 1), ev("x.b", 5, 2)],
                 &[],
                 &none,
+                &WindowChanges::default(),
             )
             .unwrap();
         assert_eq!(ok, vec![true, true, true]);
@@ -700,12 +836,17 @@ mod tests {
         assert_eq!(o.counters.dead, 1);
         assert_eq!(o.depth(), 2);
         // Full at 3: a new event drops the oldest unsequenced one, never a sequenced one.
-        o.insert(&[ev("t.a", 5, 3)], &[], &none).unwrap();
-        let r = o.insert(&[ev("t.a", 5, 4)], &[], &none).unwrap();
+        o.insert(&[ev("t.a", 5, 3)], &[], &none, &WindowChanges::default())
+            .unwrap();
+        let r = o
+            .insert(&[ev("t.a", 5, 4)], &[], &none, &WindowChanges::default())
+            .unwrap();
         assert_eq!(r, vec![true]);
         assert_eq!(o.counters.dropped_overflow, 1);
         // A lower priority cannot evict a higher one: refused.
-        let r = o.insert(&[ev("t.a", 1, 5)], &[], &none).unwrap();
+        let r = o
+            .insert(&[ev("t.a", 1, 5)], &[], &none, &WindowChanges::default())
+            .unwrap();
         assert_eq!(r, vec![false]);
         assert_eq!(o.counters.refused_full, 1);
         drop(o);
@@ -738,8 +879,13 @@ mod tests {
         let (dir, config, signer) = fresh("n-", 100);
         let mut o = Outbox::open(&dir, config.clone()).unwrap();
         let none = Counters::default();
-        o.insert(&[ev("t.a", 5, 0), ev("t.a", 5, 1)], &[], &none)
-            .unwrap();
+        o.insert(
+            &[ev("t.a", 5, 0), ev("t.a", 5, 1)],
+            &[],
+            &none,
+            &WindowChanges::default(),
+        )
+        .unwrap();
         let mut held = profile();
         held.origin_seq_max = 40;
         assert_eq!(o.sequence(10, &held, &signer).unwrap(), 2);
@@ -753,7 +899,8 @@ mod tests {
         assert_eq!(seqs(&o), vec![41, 42]);
         assert_eq!(o.next_seq(), 43);
         // Below what the outbox reached: no effect.
-        o.insert(&[ev("t.a", 5, 2)], &[], &none).unwrap();
+        o.insert(&[ev("t.a", 5, 2)], &[], &none, &WindowChanges::default())
+            .unwrap();
         held.origin_seq_max = 41;
         assert_eq!(o.sequence(10, &held, &signer).unwrap(), 1);
         assert_eq!(seqs(&o), vec![41, 42, 43]);
@@ -771,7 +918,8 @@ mod tests {
         let mut o = Outbox::open(&dir, config).unwrap();
         let none = Counters::default();
         let evs: Vec<NewEvent> = (0..5).map(|n| ev("t.a", 5, n)).collect();
-        o.insert(&evs, &[], &none).unwrap();
+        o.insert(&evs, &[], &none, &WindowChanges::default())
+            .unwrap();
         assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 5);
         // The node holds 2 and 3 with other content (and nothing above).
         assert_eq!(o.renumber(&[2, 3], 3).unwrap(), 2);

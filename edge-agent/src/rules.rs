@@ -5,11 +5,13 @@
 //! Rules run in order; each applies to events whose stream matches its pattern. A filter
 //! that matches drops the event; a sample keeps the first of every N matching events; an
 //! aggregate absorbs the event into its window (per rule and stream) and emits one summary
-//! event on the same stream when the window ends. Open windows live in memory: a crash
-//! loses the window in progress (at most `window_s` of summarised data), and a profile
-//! change flushes them.
+//! event on the same stream when the window ends. Open windows are durable: what an
+//! input event changed in them ([`Rules::take_changes`]) is written in the outbox
+//! transaction that accepts the event, so an event an input was told was taken is in a
+//! window that survives a crash ([`Rules::restore`]). A profile with other rules closes the
+//! open windows early.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 use weft_fabric::edge::{LocalRule, PredicateOp};
@@ -32,40 +34,76 @@ pub(crate) enum Verdict {
     Aggregated,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Stats {
+/// One field's summary in a window.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Stats {
     count: u64,
     min: f64,
     max: f64,
     sum: f64,
 }
 
-#[derive(Debug, Clone)]
-struct Window {
-    start_ms: u64,
-    end_ms: u64,
-    count: u64,
-    fields: Vec<Stats>,
+/// An open window: what the outbox keeps of it (its `windows` table).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Window {
+    pub(crate) start_ms: u64,
+    pub(crate) end_ms: u64,
+    pub(crate) count: u64,
+    /// One per field of the rule, in its order.
+    pub(crate) fields: Vec<Stats>,
+}
+
+/// A window's key: the rule's index in the profile's rules, and the stream.
+pub(crate) type WindowKey = (usize, String);
+
+/// Open windows as the outbox keeps them.
+pub(crate) type KeptWindows = Vec<(WindowKey, Window)>;
+
+/// What changed in the open windows since the last [`Rules::take_changes`], for the outbox
+/// to write in the transaction that accepts the events that changed them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct WindowChanges {
+    /// The rules changed: every stored window goes (they were closed, their summaries are
+    /// in the same transaction) and these are the rules the windows are kept under.
+    pub(crate) reset: Option<Vec<LocalRule>>,
+    /// Windows closed (their summary is in the same transaction).
+    pub(crate) closed: Vec<WindowKey>,
+    /// Windows opened or changed, as they are now.
+    pub(crate) open: KeptWindows,
+}
+
+impl WindowChanges {
+    /// Nothing to write.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reset.is_none() && self.closed.is_empty() && self.open.is_empty()
+    }
 }
 
 /// The compiled rules and their state.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Rules {
     rules: Vec<(StreamPattern, LocalRule)>,
     seen: Vec<u64>,
-    windows: BTreeMap<(usize, String), Window>,
+    windows: BTreeMap<WindowKey, Window>,
+    /// Windows changed since the last `take_changes`.
+    changed: BTreeSet<WindowKey>,
+    /// Windows closed since the last `take_changes`.
+    closed: BTreeSet<WindowKey>,
 }
 
 fn lookup<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(data, |v, k| v.as_object()?.get(k))
 }
 
+/// A field's number: a JSON number, or text that reads as a finite one ("NaN" and "inf"
+/// are not numbers here: a summary of them could not be written as JSON).
 fn number(v: &Value) -> Option<f64> {
-    match v {
+    let x = match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
-    }
+    }?;
+    x.is_finite().then_some(x)
 }
 
 fn holds(op: PredicateOp, field: Option<&Value>, value: Option<&str>) -> bool {
@@ -114,7 +152,58 @@ impl Rules {
         Self {
             seen: vec![0; rules.len()],
             rules,
-            windows: BTreeMap::new(),
+            ..Self::default()
+        }
+    }
+
+    /// Rules with the windows the outbox kept for them (`rules` are the rules the windows
+    /// were made under). A window that does not fit them (no such aggregate rule, another
+    /// field count: a store written by something else) is left out; returns how many were.
+    pub(crate) fn restore(rules: &[LocalRule], windows: KeptWindows) -> (Self, usize) {
+        let mut out = Self::new(rules);
+        let mut unfit = 0;
+        for (key, w) in windows {
+            let fits = out
+                .rules
+                .get(key.0)
+                .and_then(|(pattern, rule)| {
+                    let stream = StreamName::new(key.1.clone()).ok()?;
+                    let a = rule.aggregate.as_ref()?;
+                    (pattern.matches(&stream) && a.fields.len() == w.fields.len()).then_some(())
+                })
+                .is_some();
+            if fits && out.windows.len() < WINDOWS_MAX {
+                out.windows.insert(key, w);
+            } else {
+                unfit += 1;
+            }
+        }
+        (out, unfit)
+    }
+
+    /// The rules in force.
+    pub(crate) fn local_rules(&self) -> Vec<LocalRule> {
+        self.rules.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// Open windows.
+    pub(crate) fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// What changed in the windows since the last call (`reset` is the caller's to set).
+    pub(crate) fn take_changes(&mut self) -> WindowChanges {
+        let changed = std::mem::take(&mut self.changed);
+        WindowChanges {
+            reset: None,
+            closed: std::mem::take(&mut self.closed).into_iter().collect(),
+            open: changed
+                .into_iter()
+                .filter_map(|k| {
+                    let w = self.windows.get(&k)?.clone();
+                    Some((k, w))
+                })
+                .collect(),
         }
     }
 
@@ -155,6 +244,7 @@ impl Rules {
                     continue;
                 }
                 let len_ms = a.window_s * 1000;
+                self.changed.insert(key.clone());
                 let w = self.windows.entry(key).or_insert_with(|| {
                     let start_ms = now_ms - now_ms % len_ms;
                     Window {
@@ -198,6 +288,8 @@ impl Rules {
             let Some(w) = self.windows.remove(&key) else {
                 continue;
             };
+            self.changed.remove(&key);
+            self.closed.insert(key.clone());
             let Some(a) = self.rules[key.0].1.aggregate.as_ref() else {
                 continue;
             };
@@ -291,5 +383,90 @@ mod tests {
         assert!(holds(PredicateOp::Gt, Some(&json!(10)), Some("9")));
         assert!(holds(PredicateOp::Lt, Some(&json!("abc")), Some("abd")));
         assert!(!holds(PredicateOp::Eq, None, Some("x")));
+    }
+
+    fn temp_rules(window_s: u64) -> Vec<LocalRule> {
+        vec![LocalRule {
+            aggregate: Some(AggregateRule {
+                window_s,
+                fields: vec!["c".into()],
+            }),
+            ..rule("temp.>")
+        }]
+    }
+
+    #[test]
+    fn changes_name_the_windows_to_store_and_a_restore_resumes_them() {
+        let list = temp_rules(10);
+        let mut rules = Rules::new(&list);
+        let (a, b) = (
+            StreamName::new("temp.a").unwrap(),
+            StreamName::new("temp.b").unwrap(),
+        );
+        assert_eq!(
+            rules.apply(&a, Some(&json!({"c": 1})), 100_000),
+            Verdict::Aggregated
+        );
+        assert_eq!(
+            rules.apply(&b, Some(&json!({"c": 5})), 100_000),
+            Verdict::Aggregated
+        );
+        let changes = rules.take_changes();
+        assert!(changes.closed.is_empty() && changes.reset.is_none());
+        assert_eq!(
+            changes
+                .open
+                .iter()
+                .map(|((_, s), w)| (s.as_str(), w.count))
+                .collect::<Vec<_>>(),
+            vec![("temp.a", 1), ("temp.b", 1)]
+        );
+        // Nothing changed since: nothing to write.
+        assert!(rules.take_changes().is_empty());
+
+        // A crash here: the store has what the changes said. Restored, the window goes on.
+        let (mut back, unfit) = Rules::restore(&list, changes.open.clone());
+        assert_eq!(unfit, 0);
+        assert_eq!(back.open_windows(), 2);
+        assert_eq!(
+            back.apply(&a, Some(&json!({"c": 3})), 105_000),
+            Verdict::Aggregated
+        );
+        let changed = back.take_changes();
+        assert_eq!(changed.open.len(), 1, "only temp.a changed: {changed:?}");
+        assert_eq!(changed.open[0].1.count, 2);
+        let out = back.due(110_000, false);
+        assert_eq!(out.len(), 2);
+        let of_a = out.iter().find(|(s, _)| s.as_str() == "temp.a").unwrap();
+        assert_eq!(of_a.1["count"], 2);
+        assert_eq!(of_a.1["fields"]["c"]["min"], 1.0);
+        assert_eq!(of_a.1["fields"]["c"]["max"], 3.0);
+        assert_eq!(of_a.1["window_start_ms"], 100_000);
+        let closed = back.take_changes();
+        assert_eq!(closed.closed.len(), 2);
+        assert!(closed.open.is_empty());
+
+        // A window that fits no rule (another field count, no such rule) is left out.
+        let mut odd = changes.open.clone();
+        odd[0].1.fields.push(Stats::default());
+        odd[1].0.0 = 7;
+        let (kept, unfit) = Rules::restore(&list, odd);
+        assert_eq!((kept.open_windows(), unfit), (0, 2));
+    }
+
+    #[test]
+    fn text_that_is_not_a_finite_number_is_not_summed() {
+        let mut rules = Rules::new(&temp_rules(10));
+        let s = StreamName::new("temp.a").unwrap();
+        for c in [json!("NaN"), json!("inf"), json!(" 4 "), json!(2)] {
+            assert_eq!(
+                rules.apply(&s, Some(&json!({ "c": c })), 0),
+                Verdict::Aggregated
+            );
+        }
+        let out = rules.due(10_000, false);
+        assert_eq!(out[0].1["count"], 4);
+        assert_eq!(out[0].1["fields"]["c"]["count"], 2);
+        assert_eq!(out[0].1["fields"]["c"]["avg"], 3.0);
     }
 }

@@ -4,7 +4,7 @@
 //! the node refuses for good (dead letters, voids, renumbering, erased events) never stalls
 //! the drain.
 //!
-//! Each test takes its own loopback net (127.70.0.x to 127.78.0.x) and bounds every wait.
+//! Each test takes its own loopback net (127.70.0.x to 127.79.0.x) and bounds every wait.
 
 mod common;
 
@@ -805,4 +805,81 @@ fn signed_events_an_erase_covers_leave_the_outbox() {
     );
     // The store still holds the operator's twenty events only.
     assert_eq!(w.events(0, "fill.x").map(|e| e.len()), Some(20));
+}
+
+#[test]
+fn an_aggregate_window_open_at_a_kill_9_keeps_its_events() {
+    // Every line on standard input is folded into one summary per 30 s window.
+    const WINDOW_MS: u64 = 30_000;
+    let rules = r#"
+[[edge.devices.rules]]
+stream = "telemetry.till-7"
+aggregate = { window_s = 30, fields = ["n"] }
+"#;
+    let mut w = World::with_device("windowkill", 79, 1, "", rules, &[], "");
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    // Start early in a window, so that the kill and the restart fall inside it.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let into = now() % WINDOW_MS;
+    if into > 5_000 {
+        std::thread::sleep(Duration::from_millis(WINDOW_MS - into + 200));
+    }
+    let window_start = now() - now() % WINDOW_MS;
+    w.feed(0..40);
+    // Folded and committed (the counter is written in the transaction that keeps the
+    // window).
+    wait_for(Duration::from_secs(10), || {
+        (w.status()?["counters"]["aggregated"].as_u64()? == 40).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the agent never folded 40 lines\n{}", w.logs()));
+    w.agent.as_mut().unwrap().kill9();
+    assert!(
+        now() < window_start + WINDOW_MS,
+        "the window ended before the kill; the test proves nothing"
+    );
+    assert_eq!(
+        w.events(0, STREAM).map(|e| e.len()),
+        Some(0),
+        "a summary left before the kill; the test proves nothing"
+    );
+    w.start_agent(false);
+    w.feed(40..50);
+    let summaries = wait_for(Duration::from_secs(60), || {
+        let e = w.events(0, STREAM)?;
+        let total: u64 = e
+            .iter()
+            .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
+            .sum();
+        (total >= 50).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the summaries never counted all 50 lines: {:?}\n{}",
+            w.events(0, STREAM),
+            w.logs()
+        )
+    });
+    assert!(
+        w.agent_log().contains("aggregate windows resumed"),
+        "{}",
+        w.logs()
+    );
+    let first = &summaries[0]["data"];
+    assert_eq!(first["window_start_ms"].as_u64(), Some(window_start));
+    let total: u64 = summaries
+        .iter()
+        .map(|s| s["data"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 50, "{summaries:?}");
+    // The lines before the kill are in the first window's figures: 0..=39 at least.
+    assert_eq!(first["fields"]["n"]["min"], 0.0, "{summaries:?}");
+    assert!(first["fields"]["n"]["count"].as_u64().unwrap() >= 40);
 }
