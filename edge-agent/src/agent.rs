@@ -328,6 +328,7 @@ fn to_new(e: InEvent, now: u64) -> NewEvent {
         produced_ms: now,
         content_type: CE_JSON.into(),
         payload: serde_json::to_vec(&e.ce).unwrap_or_default(),
+        summary: false,
     }
 }
 
@@ -429,15 +430,17 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             continue;
         }
         for (stream, summary) in summaries {
-            extra.summaries += 1;
-            events.push(to_new(
-                InEvent {
-                    stream,
-                    priority: 5,
-                    ce: summary_ce(&shared.name, summary),
-                },
-                now,
-            ));
+            events.push(NewEvent {
+                summary: true,
+                ..to_new(
+                    InEvent {
+                        stream,
+                        priority: 5,
+                        ce: summary_ce(&shared.name, summary),
+                    },
+                    now,
+                )
+            });
         }
         let result = {
             let events = events;

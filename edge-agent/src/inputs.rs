@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use weft_fabric::StreamName;
-use weft_fabric::limits::PAYLOAD_LEN_MAX;
+use weft_fabric::cloudevents::{self, IncomingEvent};
 
 use crate::agent::{InEvent, IngestOutcome, Input, Shared};
 
@@ -327,7 +327,8 @@ pub(crate) async fn http(
 struct Request {
     method: String,
     path: String,
-    content_type: String,
+    /// Every header, name as sent (the CloudEvents parser matches names without case).
+    headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
 }
 
@@ -356,25 +357,18 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Result<Request, (u16,
     let method = first.next().unwrap_or("").to_string();
     let path = first.next().unwrap_or("").to_string();
     let mut len = 0usize;
-    let mut content_type = String::new();
+    let mut headers = Vec::new();
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
         };
         let v = v.trim();
+        headers.push((k.trim().to_string(), v.as_bytes().to_vec()));
         match k.trim().to_ascii_lowercase().as_str() {
             "content-length" => {
                 len = v
                     .parse()
                     .map_err(|_| (400, format!("bad content-length {v:?}")))?;
-            }
-            "content-type" => {
-                content_type = v
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
             }
             "transfer-encoding" => {
                 return Err((
@@ -407,7 +401,7 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Result<Request, (u16,
     Ok(Request {
         method,
         path,
-        content_type,
+        headers,
         body,
     })
 }
@@ -451,34 +445,17 @@ fn error(reason: &str, message: impl Into<String>) -> Value {
     json!({"error": {"reason": reason, "message": message.into()}})
 }
 
-/// Checks one structured CloudEvent and picks its stream.
-fn check_ce(
-    v: Value,
+/// Picks the stream of one CloudEvent the shared parser accepted
+/// (`weft_fabric::cloudevents`: every attribute, the data, the envelope's payload limit):
+/// the path's, else its `weftstream`, else `inputs.http.stream`; a system stream is refused.
+fn pick_stream(
+    event: &IncomingEvent,
     path_stream: Option<&StreamName>,
     default: Option<&StreamName>,
     i: usize,
-) -> Result<(StreamName, Map<String, Value>), String> {
-    let Value::Object(ce) = v else {
-        return Err(format!("event {i}: not a JSON object"));
-    };
-    if ce.get("specversion").and_then(Value::as_str) != Some("1.0") {
-        return Err(format!("event {i}: specversion must be \"1.0\""));
-    }
-    for attr in ["id", "source", "type"] {
-        match ce.get(attr).and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => {}
-            _ => return Err(format!("event {i}: `{attr}` must be a non-empty string")),
-        }
-    }
-    let own = match ce.get("weftstream") {
-        None => None,
-        Some(Value::String(s)) => Some(
-            StreamName::new(s.clone()).map_err(|e| format!("event {i}: weftstream {s:?}: {e}"))?,
-        ),
-        Some(_) => return Err(format!("event {i}: weftstream must be a string")),
-    };
-    let stream = match (path_stream, own) {
-        (Some(p), Some(o)) if p != &o => {
+) -> Result<StreamName, String> {
+    let stream = match (path_stream, &event.stream) {
+        (Some(p), Some(o)) if p != o => {
             return Err(format!(
                 "event {i}: weftstream {} differs from the path's {}",
                 o.as_str(),
@@ -486,7 +463,7 @@ fn check_ce(
             ));
         }
         (Some(p), _) => p.clone(),
-        (None, Some(o)) => o,
+        (None, Some(o)) => o.clone(),
         (None, None) => default.cloned().ok_or_else(|| {
             format!("event {i}: no stream: POST to /v1/streams/{{stream}}/events, set weftstream, or configure inputs.http.stream")
         })?,
@@ -497,15 +474,7 @@ fn check_ce(
             stream.as_str()
         ));
     }
-    // The event becomes an envelope's payload as JSON: refused here if it cannot be one,
-    // rather than accepted and then moved to the dead letters when it is signed.
-    let len = crate::json_len(&ce);
-    if len > PAYLOAD_LEN_MAX {
-        return Err(format!(
-            "event {i}: {len} bytes as JSON, over the envelope's payload limit ({PAYLOAD_LEN_MAX} bytes)"
-        ));
-    }
-    Ok((stream, ce))
+    Ok(stream)
 }
 
 async fn serve_http(
@@ -566,52 +535,40 @@ async fn serve_http(
         .await?;
         return Ok(());
     }
-    let parsed: Result<Vec<Value>, String> = match req.content_type.as_str() {
-        "application/cloudevents+json" | "application/json" => {
-            serde_json::from_slice::<Value>(&req.body)
-                .map(|v| vec![v])
-                .map_err(|e| format!("not JSON: {e}"))
-        }
-        "application/cloudevents-batch+json" => match serde_json::from_slice::<Value>(&req.body) {
-            Ok(Value::Array(a)) if a.len() <= HTTP_BATCH_LEN_MAX => Ok(a),
-            Ok(Value::Array(a)) => Err(format!(
+    // Structured, batched or binary mode, by the content type, exactly as the node reads
+    // them (`weft_fabric::cloudevents::parse_http`).
+    let parsed = cloudevents::parse_http(
+        req.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+        &req.body,
+    );
+    let checked: Result<Vec<InEvent>, (&'static str, String)> = match parsed {
+        Err(e) => Err((e.reason(), e.to_string())),
+        Ok(events) if events.len() > HTTP_BATCH_LEN_MAX => Err((
+            "batch_too_large",
+            format!(
                 "batch of {} events, over HTTP_BATCH_LEN_MAX ({HTTP_BATCH_LEN_MAX})",
-                a.len()
-            )),
-            Ok(_) => Err("a batch must be a JSON array".into()),
-            Err(e) => Err(format!("not JSON: {e}")),
-        },
-        other => {
-            count_bad(tx).await;
-            respond(
-                &mut sock,
-                415,
-                &error(
-                    "unsupported_media_type",
-                    format!("content type {other:?}: send application/cloudevents+json (structured) or application/cloudevents-batch+json"),
-                ),
-            )
-            .await?;
-            return Ok(());
-        }
-    };
-    let checked: Result<Vec<InEvent>, String> = parsed.and_then(|vs| {
-        vs.into_iter()
+                events.len()
+            ),
+        )),
+        Ok(events) => events
+            .into_iter()
             .enumerate()
-            .map(|(i, v)| {
-                check_ce(v, path_stream.as_ref(), default, i).map(|(stream, ce)| InEvent {
+            .map(|(i, event)| {
+                let stream = pick_stream(&event, path_stream.as_ref(), default, i)
+                    .map_err(|m| ("bad_stream", m))?;
+                Ok(InEvent {
                     stream,
                     priority,
-                    ce,
+                    ce: event.structured,
                 })
             })
-            .collect()
-    });
+            .collect(),
+    };
     let events = match checked {
         Ok(e) => e,
-        Err(message) => {
+        Err((reason, message)) => {
             count_bad(tx).await;
-            respond(&mut sock, 400, &error("bad_cloudevent", message)).await?;
+            respond(&mut sock, 400, &error(reason, message)).await?;
             return Ok(());
         }
     };
@@ -669,38 +626,55 @@ mod tests {
         json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": data})
     }
 
+    fn parsed(v: &Value) -> IncomingEvent {
+        cloudevents::parse_structured(&serde_json::to_vec(v).unwrap()).unwrap()
+    }
+
     /// A system stream is refused at the input, whichever way it is named, with a reason.
     #[test]
     fn a_system_stream_is_refused_at_the_input() {
         let void = StreamName::new("_weft.void").unwrap();
         let app = StreamName::new("telemetry.x").unwrap();
         for (path, default) in [(Some(&void), None), (None, Some(&void))] {
-            let err = check_ce(ce("x"), path, default, 0).unwrap_err();
+            let err = pick_stream(&parsed(&ce("x")), path, default, 0).unwrap_err();
             assert!(err.contains("system stream"), "{err}");
         }
         let mut own = ce("x");
         own["weftstream"] = json!("_weft.policy");
-        let err = check_ce(own, None, Some(&app), 3).unwrap_err();
+        let err = pick_stream(&parsed(&own), None, Some(&app), 3).unwrap_err();
         assert!(
             err.contains("event 3") && err.contains("_weft.policy"),
             "{err}"
         );
-        assert!(check_ce(ce("x"), None, Some(&app), 0).is_ok());
+        assert_eq!(
+            pick_stream(&parsed(&ce("x")), None, Some(&app), 0).unwrap(),
+            app
+        );
+        // The path's stream and the event's must agree.
+        let mut other = ce("x");
+        other["weftstream"] = json!("telemetry.y");
+        let err = pick_stream(&parsed(&other), Some(&app), None, 0).unwrap_err();
+        assert!(err.contains("differs"), "{err}");
     }
 
-    /// An event that cannot be an envelope's payload is refused at the input, naming the
-    /// limit; one just under it is taken.
+    /// An event that cannot be an envelope's payload is refused by the parser the input
+    /// uses, naming the limit; one just under it is taken.
     #[test]
     fn an_event_over_the_payload_limit_is_refused_at_the_input() {
-        let app = StreamName::new("telemetry.x").unwrap();
+        use weft_fabric::limits::PAYLOAD_LEN_MAX;
         let base = crate::json_len(ce("").as_object().unwrap());
         let fits = "a".repeat(PAYLOAD_LEN_MAX - base);
-        let (_, m) = check_ce(ce(&fits), None, Some(&app), 0).unwrap();
+        let m = parsed(&ce(&fits)).structured;
         assert_eq!(crate::json_len(&m), PAYLOAD_LEN_MAX);
         assert_eq!(serde_json::to_vec(&m).unwrap().len(), PAYLOAD_LEN_MAX);
         let over = "a".repeat(PAYLOAD_LEN_MAX - base + 1);
-        let err = check_ce(ce(&over), None, Some(&app), 0).unwrap_err();
-        assert!(err.contains(&PAYLOAD_LEN_MAX.to_string()), "{err}");
+        let err =
+            cloudevents::parse_structured(&serde_json::to_vec(&ce(&over)).unwrap()).unwrap_err();
+        assert_eq!(err.reason(), "payload_too_large");
+        assert!(
+            err.to_string().contains(&PAYLOAD_LEN_MAX.to_string()),
+            "{err}"
+        );
     }
 
     /// A failed outbox write (a full disk) keeps none of a group of standard input's

@@ -28,24 +28,7 @@ mod outbox;
 mod rules;
 mod tls;
 
-/// Length of a JSON object's compact form, without building it: how big a CloudEvent is as
-/// an envelope's payload. Shared by the agent's inputs and the node's CloudEvents checks.
-pub fn json_len(map: &serde_json::Map<String, serde_json::Value>) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing JSON values to a sink that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut count, map);
-    count.0
-}
+pub use weft_fabric::cloudevents::json_len;
 
 /// `weft-agent keygen`: writes a new Ed25519 device key to `out` (PEM, mode 0600; refuses
 /// to overwrite) and returns its public key in hex (what a policy's `device_key` or a

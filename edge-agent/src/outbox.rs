@@ -49,7 +49,8 @@ pub(crate) struct Counters {
     pub(crate) sampled_out: u64,
     /// Events folded into an aggregate.
     pub(crate) aggregated: u64,
-    /// Summary events made by aggregate rules.
+    /// Summary events made by aggregate rules and accepted into the outbox (one the outbox
+    /// refuses when full is counted in `refused_full`).
     pub(crate) summaries: u64,
     /// Events a node confirmed durable (and that left the outbox).
     pub(crate) delivered: u64,
@@ -85,6 +86,8 @@ pub(crate) struct NewEvent {
     pub(crate) produced_ms: u64,
     pub(crate) content_type: String,
     pub(crate) payload: Vec<u8>,
+    /// An aggregate rule's summary (counted in [`Counters::summaries`] when accepted).
+    pub(crate) summary: bool,
 }
 
 /// A sequenced event ready to send.
@@ -259,8 +262,14 @@ impl Outbox {
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (rule, stream, start_ms, end_ms, count, fields) in rows {
-            let fields = serde_json::from_str(&fields)
-                .with_context(|| format!("reading the kept window of rule {rule} on {stream}"))?;
+            // One unreadable row (a store written by something else) costs only its window.
+            let fields = match serde_json::from_str(&fields) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(rule, %stream, count, error = %e, "a kept aggregate window is unreadable; left out");
+                    continue;
+                }
+            };
             let window = Window {
                 start_ms: start_ms as u64,
                 end_ms: end_ms as u64,
@@ -365,6 +374,7 @@ impl Outbox {
             depth += 1;
             bytes += len;
             c.accepted += 1;
+            c.summaries += u64::from(e.summary);
             accepted.push(true);
         }
         for (k, v) in meta {
@@ -376,7 +386,6 @@ impl Outbox {
         c.filtered += extra.filtered;
         c.sampled_out += extra.sampled_out;
         c.aggregated += extra.aggregated;
-        c.summaries += extra.summaries;
         c.bad_input += extra.bad_input;
         Self::write_counters(&tx, &mut c)?;
         tx.commit()?;
@@ -761,6 +770,7 @@ mod tests {
             produced_ms: 1_700_000_000_000,
             content_type: "text/plain".into(),
             payload: format!("event {n}").into_bytes(),
+            summary: false,
         }
     }
 

@@ -40,7 +40,21 @@ pub(crate) struct Stats {
     count: u64,
     min: f64,
     max: f64,
+    /// Finite inputs can still add up to infinity, which JSON cannot hold: kept as the
+    /// float's bits, so a stored window always reads back.
+    #[serde(with = "f64_bits")]
     sum: f64,
+}
+
+/// An `f64` as its IEEE 754 bits (every value, infinities included, round-trips).
+mod f64_bits {
+    pub(super) fn serialize<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(x.to_bits())
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(f64::from_bits)
+    }
 }
 
 /// An open window: what the outbox keeps of it (its `windows` table).
@@ -144,11 +158,7 @@ fn holds(op: PredicateOp, field: Option<&Value>, value: Option<&str>) -> bool {
 impl Rules {
     /// Rules from a profile (invalid ones, which a node never sends, are skipped).
     pub(crate) fn new(rules: &[LocalRule]) -> Self {
-        let rules: Vec<(StreamPattern, LocalRule)> = rules
-            .iter()
-            .filter(|r| r.check().is_ok())
-            .filter_map(|r| Some((StreamPattern::new(r.stream.clone()).ok()?, r.clone())))
-            .collect();
+        let rules = Self::usable(rules);
         Self {
             seen: vec![0; rules.len()],
             rules,
@@ -210,7 +220,19 @@ impl Rules {
     /// Whether these are the same rules as `other` (a new profile with equal rules keeps
     /// the windows open).
     pub(crate) fn same(&self, other: &[LocalRule]) -> bool {
-        self.rules.len() == other.len() && self.rules.iter().zip(other).all(|((_, a), b)| a == b)
+        let other = Self::usable(other);
+        self.rules.len() == other.len()
+            && self.rules.iter().zip(&other).all(|((_, a), (_, b))| a == b)
+    }
+
+    /// The rules that compile, in order (an invalid one, which a node never sends, is
+    /// skipped): what [`Rules::new`] keeps and [`Rules::same`] compares.
+    fn usable(rules: &[LocalRule]) -> Vec<(StreamPattern, LocalRule)> {
+        rules
+            .iter()
+            .filter(|r| r.check().is_ok())
+            .filter_map(|r| Some((StreamPattern::new(r.stream.clone()).ok()?, r.clone())))
+            .collect()
     }
 
     /// Applies the rules to one event whose JSON `data` (if any) predicates look into.
@@ -452,6 +474,34 @@ mod tests {
         odd[1].0.0 = 7;
         let (kept, unfit) = Rules::restore(&list, odd);
         assert_eq!((kept.open_windows(), unfit), (0, 2));
+    }
+
+    /// Finite inputs whose sum overflows: the window is still written and read back (JSON
+    /// has no infinity), so a restart keeps it.
+    #[test]
+    fn a_sum_past_the_largest_float_survives_the_store() {
+        let mut rules = Rules::new(&temp_rules(10));
+        let s = StreamName::new("temp.a").unwrap();
+        for _ in 0..2 {
+            let _ = rules.apply(&s, Some(&json!({"c": 1e308})), 0);
+        }
+        let open = rules.take_changes().open;
+        let text = serde_json::to_string(&open[0].1.fields).unwrap();
+        let back: Vec<Stats> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, open[0].1.fields);
+        assert!(back[0].sum.is_infinite());
+    }
+
+    /// A profile holding a rule that does not compile is the same as the rules made from
+    /// it (which skip that rule): its windows stay open.
+    #[test]
+    fn an_invalid_rule_does_not_make_the_same_rules_look_new() {
+        let mut list = temp_rules(10);
+        list.push(rule("bad pattern with spaces"));
+        let rules = Rules::new(&list);
+        assert_eq!(rules.local_rules().len(), 1);
+        assert!(rules.same(&list));
+        assert!(!rules.same(&temp_rules(20)));
     }
 
     #[test]

@@ -289,7 +289,49 @@ aggregate = { window_s = 2, fields = ["c"] }
     )
     .unwrap();
     assert_eq!(code, 400);
-    assert!(String::from_utf8_lossy(&resp).contains("`source` must be a non-empty string"));
+    let refusal: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+    assert_eq!(refusal["error"]["reason"], "missing_attribute", "{refusal}");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`source` is missing"),
+        "{refusal}"
+    );
+    // Binary mode: attributes in `ce-` headers (percent-encoded), the body is the data.
+    // A fifth temperature, folded into the same aggregate.
+    let (code, resp) = http_post(
+        &agent_http(73),
+        "/v1/streams/telemetry.till-7.temp/events",
+        &[
+            ("content-type", "application/json"),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "t-binary"),
+            ("ce-source", "/sensors/till-7"),
+            ("ce-type", "temp"),
+            ("ce-subject", "t%C3%BCr"),
+        ],
+        br#"{"c": 24}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&resp));
+    // Binary mode without the required headers is refused with the parser's reason.
+    let (code, resp) = http_post(
+        &agent_http(73),
+        "/v1/events",
+        &[
+            ("content-type", "application/json"),
+            ("ce-specversion", "1.0"),
+        ],
+        br#"{"c": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&resp));
+    assert!(
+        String::from_utf8_lossy(&resp).contains("missing_attribute"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
 
     let kept = wait_for(Duration::from_secs(30), || {
         let e = w.events(0, STREAM)?;
@@ -318,29 +360,29 @@ aggregate = { window_s = 2, fields = ["c"] }
             .iter()
             .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
             .sum();
-        (total >= 4).then_some(e)
+        (total >= 5).then_some(e)
     })
     .unwrap_or_else(|| panic!("no aggregate summary\n{}", w.logs()));
     let total: u64 = summaries
         .iter()
         .map(|s| s["data"]["count"].as_u64().unwrap())
         .sum();
-    assert_eq!(total, 4, "{summaries:?}");
+    assert_eq!(total, 5, "{summaries:?}");
     assert!(
         summaries
             .iter()
             .all(|s| s["type"] == "weft.agent.aggregate")
     );
     if summaries.len() == 1 {
-        assert_eq!(summaries[0]["data"]["fields"]["c"]["avg"], 21.5);
-        assert_eq!(summaries[0]["data"]["fields"]["c"]["max"], 23.0);
+        assert_eq!(summaries[0]["data"]["fields"]["c"]["avg"], 22.0);
+        assert_eq!(summaries[0]["data"]["fields"]["c"]["max"], 24.0);
     }
     let s = w.status().unwrap();
     let c = &s["counters"];
     assert_eq!(c["filtered"].as_u64(), Some(5), "{s}");
     assert_eq!(c["sampled_out"].as_u64(), Some(8), "{s}");
-    assert_eq!(c["aggregated"].as_u64(), Some(4), "{s}");
-    assert_eq!(c["bad_input"].as_u64(), Some(1), "{s}");
+    assert_eq!(c["aggregated"].as_u64(), Some(5), "{s}");
+    assert_eq!(c["bad_input"].as_u64(), Some(2), "{s}");
 
     // Downlink: an operator publishes a command; the agent hands it to its command.
     let auth = format!("Bearer {}", w.token);

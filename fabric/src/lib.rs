@@ -13,6 +13,7 @@
 //! - [`limits`]: every limit of the format, named;
 //! - [`edge`]: the edge protocol between `weft-agent` and a node (types and framing).
 
+pub mod cloudevents;
 pub mod codec;
 pub mod edge;
 pub mod envelope;

@@ -295,26 +295,7 @@ fn source_json(event: &EventData) -> Result<Vec<u8>, Failure> {
     )))
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The media type's essence: `type/subtype`, lowercase, without parameters.
-pub(crate) fn media_essence(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
+pub(crate) use weft_fabric::cloudevents::{kind, media_essence};
 
 /// Whether an event of `content_type` is an egress transform's derivative (the reserved
 /// content type, which only nodes sign).

@@ -98,8 +98,8 @@ pub(crate) const META_KEYS_MAX: usize = 1_024;
 pub(crate) const PEER_INFO_LEN_MAX: usize = 4 * 1024;
 
 /// Longest CloudEvents `source` or `id` kept for dedup (512 bytes): the spec sets no limit,
-/// real ids are UUIDs and sources short URIs.
-pub(crate) const CE_FIELD_LEN_MAX: usize = 512;
+/// real ids are UUIDs and sources short URIs. The parser refuses longer ones up front.
+pub(crate) use weft_fabric::cloudevents::CE_FIELD_LEN_MAX;
 
 /// The stream name limit of the envelope format, for cursors.
 const STREAM_LEN_MAX: usize = weft_fabric::limits::STREAM_LEN_MAX;
