@@ -390,7 +390,7 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             if !rules.same(current) {
                 summaries.extend(rules.due(now, true));
                 rules = Rules::new(current);
-                reset = Some(rules.local_rules());
+                reset = Some(rules.source().to_vec());
                 info!(rules = current.len(), "local rules in force");
             }
         }

@@ -662,10 +662,10 @@ mod tests {
     #[test]
     fn an_event_over_the_payload_limit_is_refused_at_the_input() {
         use weft_fabric::limits::PAYLOAD_LEN_MAX;
-        let base = crate::json_len(ce("").as_object().unwrap());
+        let base = cloudevents::json_len(ce("").as_object().unwrap());
         let fits = "a".repeat(PAYLOAD_LEN_MAX - base);
         let m = parsed(&ce(&fits)).structured;
-        assert_eq!(crate::json_len(&m), PAYLOAD_LEN_MAX);
+        assert_eq!(cloudevents::json_len(&m), PAYLOAD_LEN_MAX);
         assert_eq!(serde_json::to_vec(&m).unwrap().len(), PAYLOAD_LEN_MAX);
         let over = "a".repeat(PAYLOAD_LEN_MAX - base + 1);
         let err =

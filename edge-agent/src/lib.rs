@@ -28,8 +28,6 @@ mod outbox;
 mod rules;
 mod tls;
 
-pub use weft_fabric::cloudevents::json_len;
-
 /// `weft-agent keygen`: writes a new Ed25519 device key to `out` (PEM, mode 0600; refuses
 /// to overwrite) and returns its public key in hex (what a policy's `device_key` or a
 /// node's `edge.devices` entry names).

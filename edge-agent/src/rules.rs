@@ -96,6 +96,9 @@ impl WindowChanges {
 /// The compiled rules and their state.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Rules {
+    /// The profile's rules as given: what [`Rules::same`] compares and the outbox keeps
+    /// with the windows (compiled again the same way, the windows' indices hold).
+    source: Vec<LocalRule>,
     rules: Vec<(StreamPattern, LocalRule)>,
     seen: Vec<u64>,
     windows: BTreeMap<WindowKey, Window>,
@@ -157,9 +160,14 @@ fn holds(op: PredicateOp, field: Option<&Value>, value: Option<&str>) -> bool {
 
 impl Rules {
     /// Rules from a profile (invalid ones, which a node never sends, are skipped).
-    pub(crate) fn new(rules: &[LocalRule]) -> Self {
-        let rules = Self::usable(rules);
+    pub(crate) fn new(source: &[LocalRule]) -> Self {
+        let rules: Vec<(StreamPattern, LocalRule)> = source
+            .iter()
+            .filter(|r| r.check().is_ok())
+            .filter_map(|r| Some((StreamPattern::new(r.stream.clone()).ok()?, r.clone())))
+            .collect();
         Self {
+            source: source.to_vec(),
             seen: vec![0; rules.len()],
             rules,
             ..Self::default()
@@ -191,9 +199,9 @@ impl Rules {
         (out, unfit)
     }
 
-    /// The rules in force.
-    pub(crate) fn local_rules(&self) -> Vec<LocalRule> {
-        self.rules.iter().map(|(_, r)| r.clone()).collect()
+    /// The profile's rules these were made from, as given.
+    pub(crate) fn source(&self) -> &[LocalRule] {
+        &self.source
     }
 
     /// Open windows.
@@ -220,19 +228,7 @@ impl Rules {
     /// Whether these are the same rules as `other` (a new profile with equal rules keeps
     /// the windows open).
     pub(crate) fn same(&self, other: &[LocalRule]) -> bool {
-        let other = Self::usable(other);
-        self.rules.len() == other.len()
-            && self.rules.iter().zip(&other).all(|((_, a), (_, b))| a == b)
-    }
-
-    /// The rules that compile, in order (an invalid one, which a node never sends, is
-    /// skipped): what [`Rules::new`] keeps and [`Rules::same`] compares.
-    fn usable(rules: &[LocalRule]) -> Vec<(StreamPattern, LocalRule)> {
-        rules
-            .iter()
-            .filter(|r| r.check().is_ok())
-            .filter_map(|r| Some((StreamPattern::new(r.stream.clone()).ok()?, r.clone())))
-            .collect()
+        self.source == other
     }
 
     /// Applies the rules to one event whose JSON `data` (if any) predicates look into.
@@ -499,7 +495,7 @@ mod tests {
         let mut list = temp_rules(10);
         list.push(rule("bad pattern with spaces"));
         let rules = Rules::new(&list);
-        assert_eq!(rules.local_rules().len(), 1);
+        assert_eq!(rules.rules.len(), 1);
         assert!(rules.same(&list));
         assert!(!rules.same(&temp_rules(20)));
     }

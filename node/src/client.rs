@@ -809,26 +809,16 @@ fn since_ms(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     Ok(now_ms.saturating_sub(n.saturating_mul(ms)))
 }
 
-/// UTC `YYYY-MM-DD HH:MM:SS.mmm` of unix milliseconds (civil-from-days, H. Hinnant).
+/// UTC `YYYY-MM-DD HH:MM:SS.mmm` of unix milliseconds (the CloudEvents timestamp, read
+/// more easily); a time before 1970 or past 9999 prints as its milliseconds.
 fn utc(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let rem = ms.rem_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
+    u64::try_from(ms)
+        .ok()
+        .and_then(weft_fabric::cloudevents::rfc3339_from_ms)
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.replacen('T', " ", 1).trim_end_matches('Z').to_string(),
+        )
 }
 
 /// `weft audit`: the node's audit log, newest first (needs an admin token).

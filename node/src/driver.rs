@@ -1444,12 +1444,10 @@ impl Driver {
         let (target, hlc_max) = match crate::erase::carried(event) {
             Ok(t) => t,
             Err(why) => {
-                self.metrics.reject("erase_invalid");
-                self.audit.record(entry(
-                    Deny,
-                    "erase_invalid",
+                self.erase_refused(
+                    &entry,
                     format!("erase request from {} refused: {why}", event.origin()),
-                ));
+                );
                 return;
             }
         };
@@ -1516,6 +1514,20 @@ impl Driver {
     }
 
     /// Audit entries about the erase-stream event `event`, under the epoch in force.
+    /// An invalid erase request or retraction: counted and audited, nothing changes.
+    fn erase_refused(
+        &mut self,
+        entry: &impl Fn(crate::audit::Decision, &str, String) -> crate::audit::Entry,
+        message: String,
+    ) {
+        self.metrics.reject("erase_invalid");
+        self.audit.record(entry(
+            crate::audit::Decision::Deny,
+            "erase_invalid",
+            message,
+        ));
+    }
+
     fn erase_audit(
         &self,
         event: &Event,
@@ -1538,12 +1550,10 @@ impl Driver {
         let numbers = match numbers {
             Ok(n) => n,
             Err(why) => {
-                self.metrics.reject("erase_invalid");
-                self.audit.record(entry(
-                    Deny,
-                    "erase_invalid",
+                self.erase_refused(
+                    &entry,
                     format!("retraction from {} refused: {why}", event.origin()),
-                ));
+                );
                 return;
             }
         };
