@@ -42,17 +42,11 @@ async fn put(c: &Cluster, i: usize, token: &str, path: &str, body: Value) -> Str
 async fn publish(c: &Cluster, i: usize, token: &str, stream: &str, data: Value) -> String {
     let ce = json!({"specversion": "1.0", "id": format!("{stream}-{data}"), "source": "it",
         "type": "t", "datacontenttype": "application/json", "data": data});
-    let r = reqwest::Client::new()
-        .post(c.url(i, &format!("/v1/streams/{stream}/events?ack=local")))
-        .bearer_auth(token)
-        .header("content-type", "application/cloudevents+json")
-        .body(serde_json::to_vec(&ce).unwrap())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "publish on node {i}: {status} {v}");
+    let (status, v) = c.post_events(i, stream, "local", token, &[ce]).await;
+    assert!(
+        (200..300).contains(&status),
+        "publish on node {i}: {status} {v}"
+    );
     v["ids"][0].as_str().unwrap().to_string()
 }
 

@@ -66,21 +66,15 @@ salt = "erase-derived-salt"
 
 /// Publishes one profile keyed `key` at node `i`; returns the source's id.
 async fn profile(c: &Cluster, i: usize, key: &str) -> String {
-    let ce = json!([{"specversion": "1.0", "id": format!("profile-{key}"), "source": "it",
+    let ce = json!({"specversion": "1.0", "id": format!("profile-{key}"), "source": "it",
         "type": "t", "subject": key, "datacontenttype": "application/json",
         "data": {"name": format!("{key} Lovelace"), "email": format!("{key}@example.eu"),
-                 "country": "IE"}}]);
-    let r = reqwest::Client::new()
-        .post(c.url(i, &format!("/v1/streams/{SOURCE}/events?ack=local")))
-        .bearer_auth(&c.token)
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(serde_json::to_vec(&ce).unwrap())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "publish on node {i}: {status} {v}");
+                 "country": "IE"}});
+    let (status, v) = c.post_events(i, SOURCE, "local", &c.token, &[ce]).await;
+    assert!(
+        (200..300).contains(&status),
+        "publish on node {i}: {status} {v}"
+    );
     assert_eq!(v["derived"].as_array().map(Vec::len), Some(1), "{v}");
     v["ids"][0].as_str().unwrap().to_string()
 }

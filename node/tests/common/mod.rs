@@ -301,11 +301,24 @@ enabled = true
                     "source": "it", "type": "t", "datacontenttype": "application/json", "data": d})
             })
             .collect();
+        self.post_events(i, stream, ack, &self.token, &batch).await
+    }
+
+    /// POSTs `events` (CloudEvents, as a batch) to `stream` on node `i` as `token`; returns
+    /// the response status and body (0 and null when the request failed).
+    pub async fn post_events(
+        &self,
+        i: usize,
+        stream: &str,
+        ack: &str,
+        token: &str,
+        events: &[Value],
+    ) -> (u16, Value) {
         let resp = reqwest::Client::new()
             .post(self.url(i, &format!("/v1/streams/{stream}/events?ack={ack}")))
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .header("content-type", "application/cloudevents-batch+json")
-            .body(serde_json::to_vec(&batch).unwrap())
+            .body(serde_json::to_vec(events).unwrap())
             .send()
             .await;
         match resp {
