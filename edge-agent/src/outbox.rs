@@ -28,6 +28,14 @@ use crate::rules::{KeptWindows, Window, WindowChanges};
 /// The `meta` key of the rules the kept aggregate windows were made under.
 const WINDOW_RULES: &str = "window_rules";
 
+/// Summaries of aggregate windows the outbox takes past `outbox.events_max` (as many as
+/// windows can be open at once): they carry input events the rules already took, so a
+/// full outbox does not lose them while the reserve lasts (about four hours of one
+/// summary a minute).
+const SUMMARY_RESERVE_EVENTS: u64 = crate::rules::WINDOWS_MAX as u64;
+/// Bytes of summaries the outbox takes past `outbox.bytes_max`.
+const SUMMARY_RESERVE_BYTES: u64 = 1 << 20;
+
 /// Most rows kept in the dead-letter table (events a node refused for good); older ones
 /// are deleted first.
 const DEAD_LETTERS_MAX: i64 = 1000;
@@ -59,10 +67,12 @@ pub(crate) struct Counters {
     pub(crate) dead: u64,
     /// Bad input lines or requests refused at the inputs.
     pub(crate) bad_input: u64,
+    /// Summaries taken past the outbox's bounds, into the summary reserve.
+    pub(crate) summaries_reserved: u64,
 }
 
 impl Counters {
-    fn fields(&mut self) -> [(&'static str, &mut u64); 10] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 11] {
         [
             ("accepted", &mut self.accepted),
             ("refused_full", &mut self.refused_full),
@@ -74,6 +84,7 @@ impl Counters {
             ("delivered", &mut self.delivered),
             ("dead", &mut self.dead),
             ("bad_input", &mut self.bad_input),
+            ("summaries_reserved", &mut self.summaries_reserved),
         ]
     }
 }
@@ -334,8 +345,18 @@ impl Outbox {
             let len = e.payload.len() as u64;
             let mut ok = true;
             while depth + 1 > self.config.events_max || bytes + len > self.config.bytes_max {
+                // An aggregate's summary carries events the rules already took: past the
+                // bounds it goes into the reserve rather than being refused.
+                let reserve = || {
+                    e.summary
+                        && depth < self.config.events_max + SUMMARY_RESERVE_EVENTS
+                        && bytes + len <= self.config.bytes_max + SUMMARY_RESERVE_BYTES
+                };
                 if self.config.overflow == Overflow::Refuse {
-                    ok = false;
+                    ok = reserve();
+                    if ok {
+                        c.summaries_reserved += 1;
+                    }
                     break;
                 }
                 let victim: Option<(i64, i64)> = tx
@@ -347,7 +368,10 @@ impl Outbox {
                     )
                     .optional()?;
                 let Some((id, vlen)) = victim else {
-                    ok = false;
+                    ok = reserve();
+                    if ok {
+                        c.summaries_reserved += 1;
+                    }
                     break;
                 };
                 tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
@@ -825,6 +849,71 @@ mod tests {
         };
         o.insert(&[], &[], &none, &reset).unwrap();
         assert_eq!(o.windows().unwrap(), (Vec::new(), Vec::new()));
+    }
+
+    /// A full outbox refuses new events but takes aggregate summaries into the reserve
+    /// (counted), up to its bound; with drop-oldest, a summary first makes room as any
+    /// event does.
+    #[test]
+    fn a_full_outbox_takes_summaries_into_the_reserve() {
+        let (dir, mut config, _) = fresh("reserve", 2);
+        config.overflow = Overflow::Refuse;
+        let mut o = Outbox::open(&dir, config.clone()).unwrap();
+        let none = Counters::default();
+        let no_windows = WindowChanges::default();
+        let summary = |n| NewEvent {
+            summary: true,
+            ..ev("t.a", 5, n)
+        };
+        let ok = o
+            .insert(&[ev("t.a", 5, 0), ev("t.a", 5, 1)], &[], &none, &no_windows)
+            .unwrap();
+        assert_eq!(ok, vec![true, true]);
+        // Full: a new event is refused, a summary is taken.
+        let ok = o
+            .insert(&[ev("t.a", 5, 2), summary(3)], &[], &none, &no_windows)
+            .unwrap();
+        assert_eq!(ok, vec![false, true]);
+        assert_eq!(o.depth(), 3);
+        assert_eq!(
+            (
+                o.counters.refused_full,
+                o.counters.summaries,
+                o.counters.summaries_reserved
+            ),
+            (1, 1, 1)
+        );
+        // The reserve is bounded: past it a summary is refused too.
+        let many: Vec<NewEvent> = (0..SUMMARY_RESERVE_EVENTS as usize + 1)
+            .map(|n| summary(10 + n))
+            .collect();
+        let ok = o.insert(&many, &[], &none, &no_windows).unwrap();
+        assert_eq!(
+            ok.iter().filter(|a| **a).count() as u64,
+            SUMMARY_RESERVE_EVENTS - 1
+        );
+        assert_eq!(o.depth(), 2 + SUMMARY_RESERVE_EVENTS);
+        assert_eq!(o.counters.summaries_reserved, SUMMARY_RESERVE_EVENTS);
+        assert_eq!(o.counters.refused_full, 3);
+        drop(o);
+        // The counters are durable.
+        let o = Outbox::open(&dir, config).unwrap();
+        assert_eq!(o.counters.summaries_reserved, SUMMARY_RESERVE_EVENTS);
+
+        // Drop-oldest: the summary makes room by dropping the oldest unsequenced event.
+        let (dir, config, _) = fresh("reserve-drop", 2);
+        let mut o = Outbox::open(&dir, config).unwrap();
+        o.insert(&[ev("t.a", 5, 0), ev("t.a", 5, 1)], &[], &none, &no_windows)
+            .unwrap();
+        assert_eq!(
+            o.insert(&[summary(2)], &[], &none, &no_windows).unwrap(),
+            vec![true]
+        );
+        assert_eq!(o.depth(), 2);
+        assert_eq!(
+            (o.counters.dropped_overflow, o.counters.summaries_reserved),
+            (1, 0)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the node refuses for good (dead letters, voids, renumbering, erased events) never stalls
 //! the drain.
 //!
-//! Each test takes its own loopback net (127.70.0.x to 127.79.0.x) and bounds every wait.
+//! Each test takes its own loopback net (127.70.0.x to 127.80.0.x) and bounds every wait.
 
 mod common;
 
@@ -924,4 +924,75 @@ aggregate = { window_s = 30, fields = ["n"] }
     // The lines before the kill are in the first window's figures: 0..=39 at least.
     assert_eq!(first["fields"]["n"]["min"], 0.0, "{summaries:?}");
     assert!(first["fields"]["n"]["count"].as_u64().unwrap() >= 40);
+}
+
+#[test]
+fn a_full_outbox_keeps_aggregate_summaries_in_the_reserve() {
+    let rules = r#"
+[[edge.devices.rules]]
+stream = "telemetry.till-7"
+aggregate = { window_s = 2, fields = ["n"] }
+"#;
+    // Five events fill the outbox; the overflow rule refuses the sixth.
+    let outbox = "[outbox]\nevents_max = 5\noverflow = \"refuse\"\n";
+    let mut w = World::with_device("reserve", 80, 1, "", rules, &[], outbox);
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    // Cut off: what follows stays in the outbox.
+    w.nodes[0].kill9();
+    let fill = |from: usize, n: usize| {
+        let batch: Vec<serde_json::Value> = (from..from + n)
+            .map(|i| {
+                serde_json::json!({"specversion": "1.0", "id": format!("fill-{i}"),
+                    "source": "test", "type": "fill", "data": {"i": i}})
+            })
+            .collect();
+        http_post(
+            &agent_http(80),
+            "/v1/streams/telemetry.till-7.fill/events",
+            &[("content-type", "application/cloudevents-batch+json")],
+            &serde_json::to_vec(&batch).unwrap(),
+        )
+        .unwrap()
+    };
+    let (code, resp) = fill(0, 5);
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&resp));
+    let (code, resp) = fill(5, 1);
+    assert_eq!(code, 507, "full: {}", String::from_utf8_lossy(&resp));
+    // Ten lines folded into the aggregate; its summary finds the outbox full.
+    w.feed(0..10);
+    let status = wait_for(Duration::from_secs(20), || {
+        let s = w.status()?;
+        (s["counters"]["summaries_reserved"].as_u64()? >= 1).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no summary went into the reserve\n{}", w.logs()));
+    assert_eq!(
+        status["counters"]["aggregated"].as_u64(),
+        Some(10),
+        "{status}"
+    );
+    assert_eq!(
+        status["counters"]["refused_full"].as_u64(),
+        Some(1),
+        "{status}"
+    );
+    assert!(status["outbox_depth"].as_u64().unwrap() > 5, "{status}");
+    // Back online: the summaries arrive and count every line.
+    w.start_node(0);
+    let summaries = wait_for(Duration::from_secs(60), || {
+        let e = w.events(0, STREAM)?;
+        let total: u64 = e
+            .iter()
+            .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
+            .sum();
+        (total >= 10).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("the summaries never arrived\n{}", w.logs()));
+    let total: u64 = summaries
+        .iter()
+        .map(|s| s["data"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 10, "{summaries:?}");
 }

@@ -1,4 +1,4 @@
-//! Real `weft` nodes and `weft-agent` processes on loopback (127.70.0.x to 127.79.0.x) for
+//! Real `weft` nodes and `weft-agent` processes on loopback (127.70.0.x to 127.80.0.x) for
 //! the agent's end-to-end tests and its benchmark: keys, configs, start, stop, `kill -9`,
 //! and a minimal HTTP/1.1 client (the agent has no HTTP client dependency). Every process
 //! is killed when its handle drops; every wait is bounded.
