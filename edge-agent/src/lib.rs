@@ -212,10 +212,6 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         k["dead"],
         k["bad_input"]
     );
-    println!(
-        "summaries:     {} ({} taken past the outbox's bounds)",
-        k["summaries"], k["summaries_reserved"]
-    );
     if let Some(cands) = value["candidates"].as_array() {
         for c in cands {
             println!(

@@ -10,7 +10,9 @@
 //!
 //! Bounds: `outbox.events_max` events and `outbox.bytes_max` payload bytes; the overflow
 //! rule refuses the new event or drops the oldest unsequenced one of the lowest priority
-//! not above the new one's. Everything is counted ([`Counters`]), durably.
+//! not above the new one's. Aggregate summaries have a budget of their own beside these
+//! ([`SUMMARY_EVENTS_MAX`], [`SUMMARY_BYTES_MAX`]) and are never dropped for room.
+//! Everything is counted ([`Counters`]), durably.
 
 use std::path::Path;
 
@@ -28,13 +30,13 @@ use crate::rules::{KeptWindows, Window, WindowChanges};
 /// The `meta` key of the rules the kept aggregate windows were made under.
 const WINDOW_RULES: &str = "window_rules";
 
-/// Summaries of aggregate windows the outbox takes past `outbox.events_max` (as many as
-/// windows can be open at once): they carry input events the rules already took, so a
-/// full outbox does not lose them while the reserve lasts (about four hours of one
-/// summary a minute).
-const SUMMARY_RESERVE_EVENTS: u64 = crate::rules::WINDOWS_MAX as u64;
-/// Bytes of summaries the outbox takes past `outbox.bytes_max`.
-const SUMMARY_RESERVE_BYTES: u64 = 1 << 20;
+/// Aggregate summaries the outbox holds at once, in a budget of their own beside
+/// `outbox.events_max` (as many as windows can be open): they carry input events the rules
+/// already took, so ordinary events never displace them and a full outbox does not lose
+/// them (about four hours of one summary a minute while the device is cut off).
+const SUMMARY_EVENTS_MAX: u64 = crate::rules::WINDOWS_MAX as u64;
+/// Payload bytes of the summaries the outbox holds at once, beside `outbox.bytes_max`.
+const SUMMARY_BYTES_MAX: u64 = 1 << 20;
 
 /// Most rows kept in the dead-letter table (events a node refused for good); older ones
 /// are deleted first.
@@ -57,8 +59,8 @@ pub(crate) struct Counters {
     pub(crate) sampled_out: u64,
     /// Events folded into an aggregate.
     pub(crate) aggregated: u64,
-    /// Summary events made by aggregate rules and accepted into the outbox (one the outbox
-    /// refuses when full is counted in `refused_full`).
+    /// Summary events made by aggregate rules and accepted into the outbox (one over the
+    /// summaries' own budget is counted in `refused_full`).
     pub(crate) summaries: u64,
     /// Events a node confirmed durable (and that left the outbox).
     pub(crate) delivered: u64,
@@ -67,12 +69,10 @@ pub(crate) struct Counters {
     pub(crate) dead: u64,
     /// Bad input lines or requests refused at the inputs.
     pub(crate) bad_input: u64,
-    /// Summaries taken past the outbox's bounds, into the summary reserve.
-    pub(crate) summaries_reserved: u64,
 }
 
 impl Counters {
-    fn fields(&mut self) -> [(&'static str, &mut u64); 11] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 10] {
         [
             ("accepted", &mut self.accepted),
             ("refused_full", &mut self.refused_full),
@@ -84,7 +84,6 @@ impl Counters {
             ("delivered", &mut self.delivered),
             ("dead", &mut self.dead),
             ("bad_input", &mut self.bad_input),
-            ("summaries_reserved", &mut self.summaries_reserved),
         ]
     }
 }
@@ -167,6 +166,19 @@ impl Outbox {
                  PRIMARY KEY (rule, stream));",
         )
         .context("creating the outbox schema")?;
+        // An outbox from before summaries had a budget of their own gets the column (its
+        // rows are ordinary events).
+        let has_summary = conn
+            .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'summary'")?
+            .exists([])?;
+        if !has_summary {
+            conn.execute_batch("ALTER TABLE outbox ADD COLUMN summary INTEGER NOT NULL DEFAULT 0;")
+                .context("adding the outbox's summary column")?;
+        }
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS outbox_summaries ON outbox(id) WHERE summary = 1;",
+        )
+        .context("creating the outbox's summary index")?;
         let (depth, bytes): (i64, Option<i64>) = conn.query_row(
             "SELECT COUNT(*), SUM(length(payload)) FROM outbox",
             [],
@@ -340,38 +352,39 @@ impl Outbox {
         let mut accepted = Vec::with_capacity(events.len());
         let mut depth = self.depth;
         let mut bytes = self.bytes;
+        // The summaries held (count, bytes): few, read through their partial index.
+        let mut summaries: (u64, u64) = tx.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM outbox WHERE summary = 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?;
         let mut c = self.counters.clone();
         for e in events {
             let len = e.payload.len() as u64;
             let mut ok = true;
-            while depth + 1 > self.config.events_max || bytes + len > self.config.bytes_max {
-                // An aggregate's summary carries events the rules already took: past the
-                // bounds it goes into the reserve rather than being refused.
-                let reserve = || {
-                    e.summary
-                        && depth < self.config.events_max + SUMMARY_RESERVE_EVENTS
-                        && bytes + len <= self.config.bytes_max + SUMMARY_RESERVE_BYTES
-                };
+            if e.summary {
+                // Summaries: their own budget; the overflow rule does not apply.
+                ok = summaries.0 < SUMMARY_EVENTS_MAX && summaries.1 + len <= SUMMARY_BYTES_MAX;
+            }
+            while !e.summary
+                && (depth - summaries.0 + 1 > self.config.events_max
+                    || bytes - summaries.1 + len > self.config.bytes_max)
+            {
                 if self.config.overflow == Overflow::Refuse {
-                    ok = reserve();
-                    if ok {
-                        c.summaries_reserved += 1;
-                    }
+                    ok = false;
                     break;
                 }
                 let victim: Option<(i64, i64)> = tx
                     .query_row(
-                        "SELECT id, length(payload) FROM outbox WHERE seq IS NULL AND priority <= ?1 \
+                        "SELECT id, length(payload) FROM outbox \
+                         WHERE seq IS NULL AND priority <= ?1 AND summary = 0 \
                          ORDER BY priority, id LIMIT 1",
                         [e.priority],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
                 let Some((id, vlen)) = victim else {
-                    ok = reserve();
-                    if ok {
-                        c.summaries_reserved += 1;
-                    }
+                    ok = false;
                     break;
                 };
                 tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
@@ -385,18 +398,22 @@ impl Outbox {
                 continue;
             }
             tx.prepare_cached(
-                "INSERT INTO outbox (stream, priority, produced_ms, content_type, payload) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO outbox (stream, priority, produced_ms, content_type, payload, summary) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 e.stream.as_str(),
                 e.priority,
                 e.produced_ms as i64,
                 e.content_type,
-                e.payload
+                e.payload,
+                e.summary
             ])?;
             depth += 1;
             bytes += len;
+            if e.summary {
+                summaries = (summaries.0 + 1, summaries.1 + len);
+            }
             c.accepted += 1;
             c.summaries += u64::from(e.summary);
             accepted.push(true);
@@ -851,12 +868,12 @@ mod tests {
         assert_eq!(o.windows().unwrap(), (Vec::new(), Vec::new()));
     }
 
-    /// A full outbox refuses new events but takes aggregate summaries into the reserve
-    /// (counted), up to its bound; with drop-oldest, a summary first makes room as any
-    /// event does.
+    /// Summaries have a budget of their own: a full outbox refuses new events but takes
+    /// summaries, up to the budget; with drop-oldest, ordinary events never displace them,
+    /// and summaries beyond the bound make no ordinary event go.
     #[test]
-    fn a_full_outbox_takes_summaries_into_the_reserve() {
-        let (dir, mut config, _) = fresh("reserve", 2);
+    fn summaries_have_a_budget_of_their_own() {
+        let (dir, mut config, _) = fresh("summaries", 2);
         config.overflow = Overflow::Refuse;
         let mut o = Outbox::open(&dir, config.clone()).unwrap();
         let none = Counters::default();
@@ -875,45 +892,69 @@ mod tests {
             .unwrap();
         assert_eq!(ok, vec![false, true]);
         assert_eq!(o.depth(), 3);
-        assert_eq!(
-            (
-                o.counters.refused_full,
-                o.counters.summaries,
-                o.counters.summaries_reserved
-            ),
-            (1, 1, 1)
-        );
-        // The reserve is bounded: past it a summary is refused too.
-        let many: Vec<NewEvent> = (0..SUMMARY_RESERVE_EVENTS as usize + 1)
+        assert_eq!((o.counters.refused_full, o.counters.summaries), (1, 1));
+        // The budget is bounded: past it a summary is refused too.
+        let many: Vec<NewEvent> = (0..SUMMARY_EVENTS_MAX as usize)
             .map(|n| summary(10 + n))
             .collect();
         let ok = o.insert(&many, &[], &none, &no_windows).unwrap();
         assert_eq!(
             ok.iter().filter(|a| **a).count() as u64,
-            SUMMARY_RESERVE_EVENTS - 1
+            SUMMARY_EVENTS_MAX - 1
         );
-        assert_eq!(o.depth(), 2 + SUMMARY_RESERVE_EVENTS);
-        assert_eq!(o.counters.summaries_reserved, SUMMARY_RESERVE_EVENTS);
-        assert_eq!(o.counters.refused_full, 3);
+        assert_eq!(o.depth(), 2 + SUMMARY_EVENTS_MAX);
+        assert_eq!(o.counters.refused_full, 2);
         drop(o);
-        // The counters are durable.
-        let o = Outbox::open(&dir, config).unwrap();
-        assert_eq!(o.counters.summaries_reserved, SUMMARY_RESERVE_EVENTS);
-
-        // Drop-oldest: the summary makes room by dropping the oldest unsequenced event.
-        let (dir, config, _) = fresh("reserve-drop", 2);
+        // Reopened, the summaries still count against their budget, not the bound.
         let mut o = Outbox::open(&dir, config).unwrap();
-        o.insert(&[ev("t.a", 5, 0), ev("t.a", 5, 1)], &[], &none, &no_windows)
-            .unwrap();
         assert_eq!(
-            o.insert(&[summary(2)], &[], &none, &no_windows).unwrap(),
+            o.insert(&[summary(999)], &[], &none, &no_windows).unwrap(),
+            vec![false]
+        );
+
+        // Drop-oldest, an outbox full of events above the summaries' priority: summaries
+        // are all kept (none displaces another), and a new ordinary event drops one
+        // ordinary event, never a summary.
+        let (dir, config, _) = fresh("summaries-drop", 2);
+        let mut o = Outbox::open(&dir, config).unwrap();
+        o.insert(&[ev("t.a", 9, 0), ev("t.a", 9, 1)], &[], &none, &no_windows)
+            .unwrap();
+        let five: Vec<NewEvent> = (0..5).map(|n| summary(2 + n)).collect();
+        assert_eq!(
+            o.insert(&five, &[], &none, &no_windows).unwrap(),
+            vec![true; 5]
+        );
+        assert_eq!((o.depth(), o.counters.dropped_overflow), (7, 0));
+        assert_eq!(
+            o.insert(&[ev("t.a", 9, 7)], &[], &none, &no_windows)
+                .unwrap(),
             vec![true]
         );
-        assert_eq!(o.depth(), 2);
-        assert_eq!(
-            (o.counters.dropped_overflow, o.counters.summaries_reserved),
-            (1, 0)
-        );
+        assert_eq!((o.depth(), o.counters.dropped_overflow), (7, 1));
+    }
+
+    /// An outbox from before the summary column gets it at open; its rows are ordinary.
+    #[test]
+    fn an_older_outbox_gets_the_summary_column() {
+        let (dir, config, _) = fresh("summary-column", 10);
+        let mut o = Outbox::open(&dir, config.clone()).unwrap();
+        let none = Counters::default();
+        o.insert(&[ev("t.a", 5, 0)], &[], &none, &WindowChanges::default())
+            .unwrap();
+        drop(o);
+        let conn = rusqlite::Connection::open(dir.join("outbox.db")).unwrap();
+        conn.execute_batch("DROP INDEX outbox_summaries; ALTER TABLE outbox DROP COLUMN summary;")
+            .unwrap();
+        drop(conn);
+        let o = Outbox::open(&dir, config).unwrap();
+        assert_eq!(o.depth(), 1);
+        let ordinary: i64 = o
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox WHERE summary = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(ordinary, 1);
     }
 
     #[test]
