@@ -24,6 +24,29 @@ fn connected_to(w: &World) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Waits up to `secs` for node 0's aggregate summaries on `stream` to count `n` events in
+/// all, checks they count exactly `n`, and returns them.
+fn summaries_counting(w: &World, stream: &str, n: u64, secs: u64) -> Vec<serde_json::Value> {
+    let total = |e: &[serde_json::Value]| -> u64 {
+        e.iter()
+            .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let summaries = wait_for(Duration::from_secs(secs), || {
+        let e = w.events(0, stream)?;
+        (total(&e) >= n).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the summaries on {stream} never counted {n} events: {:?}\n{}",
+            w.events(0, stream),
+            w.logs()
+        )
+    });
+    assert_eq!(total(&summaries), n, "{summaries:?}");
+    summaries
+}
+
 #[test]
 fn ten_thousand_events_made_offline_arrive_once_and_in_order() {
     const N: u64 = 10_000;
@@ -354,20 +377,7 @@ aggregate = { window_s = 2, fields = ["c"] }
             .collect::<Vec<_>>(),
         vec![0, 5]
     );
-    let summaries = wait_for(Duration::from_secs(30), || {
-        let e = w.events(0, "telemetry.till-7.temp")?;
-        let total: u64 = e
-            .iter()
-            .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
-            .sum();
-        (total >= 5).then_some(e)
-    })
-    .unwrap_or_else(|| panic!("no aggregate summary\n{}", w.logs()));
-    let total: u64 = summaries
-        .iter()
-        .map(|s| s["data"]["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 5, "{summaries:?}");
+    let summaries = summaries_counting(&w, "telemetry.till-7.temp", 5, 30);
     assert!(
         summaries
             .iter()
@@ -894,21 +904,7 @@ aggregate = { window_s = 30, fields = ["n"] }
     );
     w.start_agent(false);
     w.feed(40..50);
-    let summaries = wait_for(Duration::from_secs(60), || {
-        let e = w.events(0, STREAM)?;
-        let total: u64 = e
-            .iter()
-            .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
-            .sum();
-        (total >= 50).then_some(e)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the summaries never counted all 50 lines: {:?}\n{}",
-            w.events(0, STREAM),
-            w.logs()
-        )
-    });
+    let summaries = summaries_counting(&w, STREAM, 50, 60);
     assert!(
         w.agent_log().contains("aggregate windows resumed"),
         "{}",
@@ -916,11 +912,6 @@ aggregate = { window_s = 30, fields = ["n"] }
     );
     let first = &summaries[0]["data"];
     assert_eq!(first["window_start_ms"].as_u64(), Some(window_start));
-    let total: u64 = summaries
-        .iter()
-        .map(|s| s["data"]["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 50, "{summaries:?}");
     // The lines before the kill are in the first window's figures: 0..=39 at least.
     assert_eq!(first["fields"]["n"]["min"], 0.0, "{summaries:?}");
     assert!(first["fields"]["n"]["count"].as_u64().unwrap() >= 40);
@@ -982,18 +973,5 @@ aggregate = { window_s = 2, fields = ["n"] }
     assert!(status["outbox_depth"].as_u64().unwrap() > 5, "{status}");
     // Back online: the summaries arrive and count every line.
     w.start_node(0);
-    let summaries = wait_for(Duration::from_secs(60), || {
-        let e = w.events(0, STREAM)?;
-        let total: u64 = e
-            .iter()
-            .map(|s| s["data"]["count"].as_u64().unwrap_or(0))
-            .sum();
-        (total >= 10).then_some(e)
-    })
-    .unwrap_or_else(|| panic!("the summaries never arrived\n{}", w.logs()));
-    let total: u64 = summaries
-        .iter()
-        .map(|s| s["data"]["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 10, "{summaries:?}");
+    summaries_counting(&w, STREAM, 10, 60);
 }
