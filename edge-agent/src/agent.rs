@@ -18,12 +18,12 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
-use weft_fabric::edge::{self, BatchAnswer, Hello, Profile, Subscribe};
+use weft_fabric::edge::{self, BatchAnswer, Hello, LocalRule, Profile, Subscribe};
 use weft_fabric::{Signer, StreamName};
 
 use crate::config::Resolved;
-use crate::outbox::{Counters, NewEvent, Outbox};
-use crate::rules::{Rules, Verdict};
+use crate::outbox::{Counters, NewEvent, Outbox, SummaryRoom};
+use crate::rules::{Due, Rules, Verdict};
 
 /// Input messages waiting for the ingest task.
 pub(crate) const INPUT_QUEUE_LEN_MAX: usize = 1024;
@@ -321,6 +321,38 @@ fn summary_ce(name: &str, summary: Value) -> Map<String, Value> {
     ce
 }
 
+/// The summary event of an ended window.
+fn summary_event(name: &str, d: &Due, now: u64) -> NewEvent {
+    NewEvent {
+        summary: true,
+        ..to_new(
+            InEvent {
+                stream: d.stream.clone(),
+                priority: 5,
+                ce: summary_ce(name, d.summary.clone()),
+            },
+            now,
+        )
+    }
+}
+
+/// What the outbox's budget for summaries has left (none when it cannot be read: the
+/// windows then stay open, nothing is lost). `skip` answers an empty room without asking.
+async fn summary_room(shared: &Arc<Shared>, skip: bool) -> SummaryRoom {
+    if skip {
+        return SummaryRoom::default();
+    }
+    with_outbox(shared, |o| o.summary_room())
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %format!("{e:#}"), "reading the outbox's room for summaries failed");
+            SummaryRoom {
+                held: u64::MAX,
+                ..SummaryRoom::default()
+            }
+        })
+}
+
 fn to_new(e: InEvent, now: u64) -> NewEvent {
     NewEvent {
         stream: e.stream,
@@ -356,8 +388,99 @@ async fn kept_rules(shared: &Arc<Shared>) -> Rules {
     }
 }
 
+/// Warnings given once while their cause lasts.
+#[derive(Debug, Default)]
+struct Said {
+    /// New rules wait for room for the old windows' summaries.
+    waiting_rules: bool,
+    /// Windows are kept open because the summaries' budget is full.
+    budget_full: bool,
+}
+
+/// Whether new rules may replace the old: the summaries of every open window (`made`) fit
+/// in the room, or the outbox holds no summary (a budget smaller than the windows open: it
+/// then takes them all, at most `WINDOWS_MAX`). Else the rules change once the drain has
+/// made room: a profile comes from a node, to which the outbox drains.
+fn rules_may_change(mut room: SummaryRoom, made: &[NewEvent]) -> bool {
+    room.held == 0 || made.iter().all(|e| room.take(e.payload.len()))
+}
+
+/// Closes the windows that ended by `now` into the room the outbox's summary budget has,
+/// earliest first, and keeps the others open past their end (nothing they hold is lost).
+/// A new profile's rules replace `rules` once every open window's summary fits. Returns the
+/// summary events, the new rules when they replaced the old (the outbox records them with
+/// the windows), and how many windows were kept open.
+async fn close_windows(
+    shared: &Arc<Shared>,
+    rules: &mut Rules,
+    now: u64,
+    said: &mut Said,
+) -> (Vec<NewEvent>, Option<Vec<LocalRule>>, u64) {
+    // New rules with a new profile: the old windows close first, their summaries and the
+    // new rules in one transaction.
+    let changed: Option<Vec<LocalRule>> = {
+        let p = shared
+            .profile
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current: &[LocalRule] = p.as_ref().map_or(&[], |p| &p.rules);
+        (!rules.same(current)).then(|| current.to_vec())
+    };
+    if let Some(current) = changed {
+        let due = rules.due(now, true);
+        let room = summary_room(shared, due.is_empty()).await;
+        let made: Vec<NewEvent> = due
+            .iter()
+            .map(|d| summary_event(&shared.name, d, now))
+            .collect();
+        if rules_may_change(room, &made) {
+            for d in &due {
+                rules.close(&d.key);
+            }
+            *rules = Rules::new(&current);
+            info!(rules = current.len(), "local rules in force");
+            said.waiting_rules = false;
+            return (made, Some(current), 0);
+        }
+        if !said.waiting_rules {
+            warn!(
+                windows = due.len(),
+                held = room.held,
+                "new local rules wait for room in the outbox for the summaries of the open windows"
+            );
+            said.waiting_rules = true;
+        }
+    }
+    let due = rules.due(now, false);
+    if due.is_empty() {
+        return (Vec::new(), None, 0);
+    }
+    let mut room = summary_room(shared, false).await;
+    let mut summaries = Vec::new();
+    let mut deferred = 0;
+    for d in &due {
+        let e = summary_event(&shared.name, d, now);
+        if room.take(e.payload.len()) {
+            rules.close(&d.key);
+            summaries.push(e);
+        } else if rules.extend(&d.key, now) {
+            deferred += 1;
+        }
+    }
+    if deferred > 0 && !said.budget_full {
+        warn!(
+            windows = deferred,
+            held = room.held,
+            "the outbox's budget for aggregate summaries is full: windows stay open past their end"
+        );
+    }
+    said.budget_full = deferred > 0;
+    (summaries, None, deferred)
+}
+
 async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
     let mut rules = kept_rules(&shared).await;
+    let mut said = Said::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let mut group: Vec<Input> = Vec::new();
@@ -378,24 +501,10 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
         // The rules and windows as the outbox has them: put back if this group's
         // transaction fails (its inputs are told so and may send again).
         let committed = rules.clone();
-        // New rules with a new profile: close the old windows first.
-        let mut summaries = Vec::new();
-        let mut reset = None;
-        {
-            let p = shared
-                .profile
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let current: &[weft_fabric::edge::LocalRule] = p.as_ref().map_or(&[], |p| &p.rules);
-            if !rules.same(current) {
-                summaries.extend(rules.due(now, true));
-                rules = Rules::new(current);
-                reset = Some(rules.source().to_vec());
-                info!(rules = current.len(), "local rules in force");
-            }
-        }
-        summaries.extend(rules.due(now, false));
         let mut extra = Counters::default();
+        let (mut summaries, reset, deferred) =
+            close_windows(&shared, &mut rules, now, &mut said).await;
+        extra.summaries_deferred = deferred;
         let mut events = Vec::new();
         let mut meta = Vec::new();
         let mut slices = Vec::new();
@@ -429,19 +538,7 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
         if group.is_empty() && summaries.is_empty() && windows.is_empty() {
             continue;
         }
-        for (stream, summary) in summaries {
-            events.push(NewEvent {
-                summary: true,
-                ..to_new(
-                    InEvent {
-                        stream,
-                        priority: 5,
-                        ce: summary_ce(&shared.name, summary),
-                    },
-                    now,
-                )
-            });
-        }
+        events.append(&mut summaries);
         let result = {
             let events = events;
             with_outbox(&shared, move |o| o.insert(&events, &meta, &extra, &windows)).await
@@ -1083,5 +1180,41 @@ async fn run_command(command: &[String], input: &str) {
         Ok(Ok(s)) => warn!(program = %command[0], status = %s, "downlink command failed"),
         Ok(Err(e)) => warn!(program = %command[0], error = %e, "downlink command failed"),
         Err(_) => warn!(program = %command[0], "downlink command timed out; killed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_rules_wait_until_every_open_windows_summary_fits() {
+        let d = |n: usize| Due {
+            key: (0, format!("t.{n}")),
+            end_ms: 60_000,
+            stream: StreamName::new(format!("t.{n}")).unwrap(),
+            summary: json!({"count": n}),
+        };
+        let made: Vec<NewEvent> = (0..3).map(|n| summary_event("dev", &d(n), 1)).collect();
+        let len = made.iter().map(|e| e.payload.len() as u64).sum::<u64>();
+        let room = |held, events, bytes| SummaryRoom {
+            held,
+            events,
+            bytes,
+        };
+        assert!(rules_may_change(room(5, 3, len), &made));
+        assert!(
+            !rules_may_change(room(5, 2, len), &made),
+            "one summary short"
+        );
+        assert!(
+            !rules_may_change(room(5, 3, len - 1), &made),
+            "one byte short"
+        );
+        // An outbox holding no summary takes them all, whatever its budget.
+        assert!(rules_may_change(room(0, 1, 0), &made));
+        // No window open: nothing to fit.
+        assert!(rules_may_change(room(5, 0, 0), &[]));
+        assert!(made.iter().all(|e| e.summary));
     }
 }

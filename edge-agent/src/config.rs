@@ -97,6 +97,13 @@ pub(crate) struct OutboxConfig {
     pub(crate) bytes_max: u64,
     /// Overflow rule.
     pub(crate) overflow: Overflow,
+    /// Aggregate summaries held at once, in a budget of their own beside `events_max`:
+    /// they carry input events the rules already took, so ordinary events never displace
+    /// them (the default, 256, is about four hours of one summary a minute while the device
+    /// is cut off; past it, windows stay open and their summaries span more time).
+    pub(crate) summaries_max: u64,
+    /// Payload bytes of the summaries held at once, beside `bytes_max`.
+    pub(crate) summary_bytes_max: u64,
 }
 
 impl Default for OutboxConfig {
@@ -105,6 +112,8 @@ impl Default for OutboxConfig {
             events_max: 100_000,
             bytes_max: 64 << 20,
             overflow: Overflow::Refuse,
+            summaries_max: 256,
+            summary_bytes_max: 1 << 20,
         }
     }
 }
@@ -289,6 +298,16 @@ impl AgentConfig {
         if o.bytes_max < 1 << 16 {
             bail!(field_err("outbox.bytes_max", "must be at least 65536"));
         }
+        if o.summaries_max == 0 || o.summaries_max > 1_000_000 {
+            bail!(field_err("outbox.summaries_max", "must be 1 to 1000000"));
+        }
+        // Room for one summary of the largest rule (16 fields of 256-byte names).
+        if o.summary_bytes_max < 1 << 16 {
+            bail!(field_err(
+                "outbox.summary_bytes_max",
+                "must be at least 65536"
+            ));
+        }
         let stream = |field: &str, s: &str| {
             let name = StreamName::new(s.to_string()).map_err(|e| field_err(field, e))?;
             if name.is_system() {
@@ -407,6 +426,14 @@ stream = "telemetry.till-7"
             (
                 format!("{GOOD}\n[outbox]\noverflow = \"maybe\"\n"),
                 "overflow",
+            ),
+            (
+                format!("{GOOD}\n[outbox]\nsummaries_max = 0\n"),
+                "outbox.summaries_max",
+            ),
+            (
+                format!("{GOOD}\n[outbox]\nsummary_bytes_max = 4096\n"),
+                "outbox.summary_bytes_max",
             ),
             (
                 format!("{GOOD}\n[inputs.http]\nlisten = \"0.0.0.0:8700\"\n"),

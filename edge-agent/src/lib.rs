@@ -212,6 +212,10 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         k["dead"],
         k["bad_input"]
     );
+    println!(
+        "aggregates:    {} summaries  {} windows kept open past their end (summary budget full)",
+        k["summaries"], k["summaries_deferred"]
+    );
     if let Some(cands) = value["candidates"].as_array() {
         for c in cands {
             println!(

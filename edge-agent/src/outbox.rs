@@ -11,7 +11,7 @@
 //! Bounds: `outbox.events_max` events and `outbox.bytes_max` payload bytes; the overflow
 //! rule refuses the new event or drops the oldest unsequenced one of the lowest priority
 //! not above the new one's. Aggregate summaries have a budget of their own beside these
-//! ([`SUMMARY_EVENTS_MAX`], [`SUMMARY_BYTES_MAX`]) and are never dropped for room.
+//! (`outbox.summaries_max`, `outbox.summary_bytes_max`) and are never dropped for room.
 //! Everything is counted ([`Counters`]), durably.
 
 use std::path::Path;
@@ -29,14 +29,6 @@ use crate::rules::{KeptWindows, Window, WindowChanges};
 
 /// The `meta` key of the rules the kept aggregate windows were made under.
 const WINDOW_RULES: &str = "window_rules";
-
-/// Aggregate summaries the outbox holds at once, in a budget of their own beside
-/// `outbox.events_max` (as many as windows can be open): they carry input events the rules
-/// already took, so ordinary events never displace them and a full outbox does not lose
-/// them (about four hours of one summary a minute while the device is cut off).
-const SUMMARY_EVENTS_MAX: u64 = crate::rules::WINDOWS_MAX as u64;
-/// Payload bytes of the summaries the outbox holds at once, beside `outbox.bytes_max`.
-const SUMMARY_BYTES_MAX: u64 = 1 << 20;
 
 /// Most rows kept in the dead-letter table (events a node refused for good); older ones
 /// are deleted first.
@@ -59,9 +51,11 @@ pub(crate) struct Counters {
     pub(crate) sampled_out: u64,
     /// Events folded into an aggregate.
     pub(crate) aggregated: u64,
-    /// Summary events made by aggregate rules and accepted into the outbox (one over the
-    /// summaries' own budget is counted in `refused_full`).
+    /// Summary events made by aggregate rules and accepted into the outbox.
     pub(crate) summaries: u64,
+    /// Times an aggregate window was kept open past its end because the summaries' budget
+    /// in the outbox was full (its summary, later, spans more than one window).
+    pub(crate) summaries_deferred: u64,
     /// Events a node confirmed durable (and that left the outbox).
     pub(crate) delivered: u64,
     /// Events moved to the dead-letter table: refused by a node, or not publishable
@@ -72,7 +66,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    fn fields(&mut self) -> [(&'static str, &mut u64); 10] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 11] {
         [
             ("accepted", &mut self.accepted),
             ("refused_full", &mut self.refused_full),
@@ -81,6 +75,7 @@ impl Counters {
             ("sampled_out", &mut self.sampled_out),
             ("aggregated", &mut self.aggregated),
             ("summaries", &mut self.summaries),
+            ("summaries_deferred", &mut self.summaries_deferred),
             ("delivered", &mut self.delivered),
             ("dead", &mut self.dead),
             ("bad_input", &mut self.bad_input),
@@ -98,6 +93,30 @@ pub(crate) struct NewEvent {
     pub(crate) payload: Vec<u8>,
     /// An aggregate rule's summary (counted in [`Counters::summaries`] when accepted).
     pub(crate) summary: bool,
+}
+
+/// What the summaries' budget in the outbox has left ([`Outbox::summary_room`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SummaryRoom {
+    /// Summaries held now.
+    pub(crate) held: u64,
+    /// Summaries the outbox takes before its budget is full.
+    pub(crate) events: u64,
+    /// Payload bytes left for them.
+    pub(crate) bytes: u64,
+}
+
+impl SummaryRoom {
+    /// Takes a summary of `len` payload bytes from the room, if it fits.
+    pub(crate) fn take(&mut self, len: usize) -> bool {
+        let len = len as u64;
+        if self.events == 0 || len > self.bytes {
+            return false;
+        }
+        self.events -= 1;
+        self.bytes -= len;
+        true
+    }
 }
 
 /// A sequenced event ready to send.
@@ -334,6 +353,26 @@ impl Outbox {
         Ok(())
     }
 
+    /// The summaries held (count, payload bytes): few, read through their partial index.
+    fn summaries_held(conn: &rusqlite::Connection) -> anyhow::Result<(u64, u64)> {
+        Ok(conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM outbox WHERE summary = 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    /// What the summaries' budget has left. Only [`Outbox::insert`] takes from it, so the
+    /// ingest task (its one caller) can count on it until it inserts.
+    pub(crate) fn summary_room(&self) -> anyhow::Result<SummaryRoom> {
+        let (held, held_bytes) = Self::summaries_held(&self.conn)?;
+        Ok(SummaryRoom {
+            held,
+            events: self.config.summaries_max.saturating_sub(held),
+            bytes: self.config.summary_bytes_max.saturating_sub(held_bytes),
+        })
+    }
+
     /// Accepts events in one transaction (one fsync), applying the overflow rule; `meta`
     /// and what changed in the aggregate windows (`windows`: the events folded into them,
     /// the windows whose summaries are among `events`) are written in the same
@@ -352,19 +391,15 @@ impl Outbox {
         let mut accepted = Vec::with_capacity(events.len());
         let mut depth = self.depth;
         let mut bytes = self.bytes;
-        // The summaries held (count, bytes): few, read through their partial index.
-        let mut summaries: (u64, u64) = tx.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM outbox WHERE summary = 1",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )?;
+        let mut summaries = Self::summaries_held(&tx)?;
         let mut c = self.counters.clone();
         for e in events {
             let len = e.payload.len() as u64;
             let mut ok = true;
             if e.summary {
                 // Summaries: their own budget; the overflow rule does not apply.
-                ok = summaries.0 < SUMMARY_EVENTS_MAX && summaries.1 + len <= SUMMARY_BYTES_MAX;
+                ok = summaries.0 < self.config.summaries_max
+                    && summaries.1 + len <= self.config.summary_bytes_max;
             }
             while !e.summary
                 && (depth - summaries.0 + 1 > self.config.events_max
@@ -428,6 +463,7 @@ impl Outbox {
         c.sampled_out += extra.sampled_out;
         c.aggregated += extra.aggregated;
         c.bad_input += extra.bad_input;
+        c.summaries_deferred += extra.summaries_deferred;
         Self::write_counters(&tx, &mut c)?;
         tx.commit()?;
         self.depth = depth;
@@ -800,6 +836,7 @@ mod tests {
             events_max,
             bytes_max: 1 << 20,
             overflow: Overflow::DropOldest,
+            ..OutboxConfig::default()
         };
         (dir, config, Signer::from_secret(&[7; 32]))
     }
@@ -875,6 +912,7 @@ mod tests {
     fn summaries_have_a_budget_of_their_own() {
         let (dir, mut config, _) = fresh("summaries", 2);
         config.overflow = Overflow::Refuse;
+        config.summaries_max = 20;
         let mut o = Outbox::open(&dir, config.clone()).unwrap();
         let none = Counters::default();
         let no_windows = WindowChanges::default();
@@ -893,24 +931,39 @@ mod tests {
         assert_eq!(ok, vec![false, true]);
         assert_eq!(o.depth(), 3);
         assert_eq!((o.counters.refused_full, o.counters.summaries), (1, 1));
-        // The budget is bounded: past it a summary is refused too.
-        let many: Vec<NewEvent> = (0..SUMMARY_EVENTS_MAX as usize)
-            .map(|n| summary(10 + n))
-            .collect();
-        let ok = o.insert(&many, &[], &none, &no_windows).unwrap();
+        let len = summary(3).payload.len() as u64;
         assert_eq!(
-            ok.iter().filter(|a| **a).count() as u64,
-            SUMMARY_EVENTS_MAX - 1
+            o.summary_room().unwrap(),
+            SummaryRoom {
+                held: 1,
+                events: 19,
+                bytes: (1 << 20) - len
+            }
         );
-        assert_eq!(o.depth(), 2 + SUMMARY_EVENTS_MAX);
+        // The budget is bounded: past it a summary is refused too (the ingest task asks
+        // for the room first and keeps the windows open instead).
+        let many: Vec<NewEvent> = (0..20).map(|n| summary(10 + n)).collect();
+        let ok = o.insert(&many, &[], &none, &no_windows).unwrap();
+        assert_eq!(ok.iter().filter(|a| **a).count(), 19);
+        assert_eq!(o.depth(), 22);
         assert_eq!(o.counters.refused_full, 2);
+        assert_eq!(o.summary_room().unwrap().events, 0);
         drop(o);
         // Reopened, the summaries still count against their budget, not the bound.
-        let mut o = Outbox::open(&dir, config).unwrap();
+        let mut o = Outbox::open(&dir, config.clone()).unwrap();
         assert_eq!(
             o.insert(&[summary(999)], &[], &none, &no_windows).unwrap(),
             vec![false]
         );
+        // The byte budget too: a room of one byte takes no summary.
+        let mut room = SummaryRoom {
+            held: 0,
+            events: 5,
+            bytes: len,
+        };
+        assert!(room.take(len as usize));
+        assert!(!room.take(1));
+        assert_eq!(room.events, 4);
 
         // Drop-oldest, an outbox full of events above the summaries' priority: summaries
         // are all kept (none displaces another), and a new ordinary event drops one

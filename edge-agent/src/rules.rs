@@ -199,11 +199,6 @@ impl Rules {
         (out, unfit)
     }
 
-    /// The profile's rules these were made from, as given.
-    pub(crate) fn source(&self) -> &[LocalRule] {
-        &self.source
-    }
-
     /// Open windows.
     pub(crate) fn open_windows(&self) -> usize {
         self.windows.len()
@@ -292,55 +287,107 @@ impl Rules {
         Verdict::Keep
     }
 
-    /// Summaries of the windows that ended by `now_ms` (all of them with `all`), as
-    /// (stream, summary JSON).
-    pub(crate) fn due(&mut self, now_ms: u64, all: bool) -> Vec<(StreamName, Value)> {
-        let ended: Vec<(usize, String)> = self
+    /// The windows that ended by `now_ms` (all of them with `all`), earliest end first,
+    /// each with its summary. Nothing changes until the caller closes a window
+    /// ([`Rules::close`], once the outbox has taken its summary's room) or keeps it open
+    /// past its end ([`Rules::extend`]: the outbox had no room for the summary).
+    pub(crate) fn due(&self, now_ms: u64, all: bool) -> Vec<Due> {
+        let mut out: Vec<Due> = self
             .windows
             .iter()
             .filter(|(_, w)| all || w.end_ms <= now_ms)
-            .map(|(k, _)| k.clone())
+            .filter_map(|(key, w)| {
+                let a = self.rules.get(key.0)?.1.aggregate.as_ref()?;
+                let stream = StreamName::new(key.1.clone()).ok()?;
+                let mut fields = Map::new();
+                for (f, s) in a.fields.iter().zip(&w.fields) {
+                    fields.insert(
+                        f.clone(),
+                        if s.count == 0 {
+                            json!({"count": 0})
+                        } else {
+                            json!({"count": s.count, "min": s.min, "max": s.max,
+                                   "avg": s.sum / s.count as f64})
+                        },
+                    );
+                }
+                let summary = json!({
+                    "window_start_ms": w.start_ms,
+                    "window_end_ms": w.end_ms,
+                    "window_s": a.window_s,
+                    "count": w.count,
+                    "fields": fields,
+                });
+                Some(Due {
+                    key: key.clone(),
+                    end_ms: w.end_ms,
+                    stream,
+                    summary,
+                })
+            })
             .collect();
-        let mut out = Vec::new();
-        for key in ended {
-            let Some(w) = self.windows.remove(&key) else {
-                continue;
-            };
-            self.changed.remove(&key);
-            self.closed.insert(key.clone());
-            let Some(a) = self.rules[key.0].1.aggregate.as_ref() else {
-                continue;
-            };
-            let mut fields = Map::new();
-            for (f, s) in a.fields.iter().zip(&w.fields) {
-                fields.insert(
-                    f.clone(),
-                    if s.count == 0 {
-                        json!({"count": 0})
-                    } else {
-                        json!({"count": s.count, "min": s.min, "max": s.max,
-                               "avg": s.sum / s.count as f64})
-                    },
-                );
-            }
-            let summary = json!({
-                "window_start_ms": w.start_ms,
-                "window_s": a.window_s,
-                "count": w.count,
-                "fields": fields,
-            });
-            if let Ok(stream) = StreamName::new(key.1) {
-                out.push((stream, summary));
-            }
-        }
+        out.sort_by(|a, b| (a.end_ms, &a.key).cmp(&(b.end_ms, &b.key)));
         out
     }
+
+    /// Closes a window whose summary the caller is writing (in the transaction that
+    /// takes [`Rules::take_changes`]).
+    pub(crate) fn close(&mut self, key: &WindowKey) {
+        if self.windows.remove(key).is_some() {
+            self.changed.remove(key);
+            self.closed.insert(key.clone());
+        }
+    }
+
+    /// Keeps an ended window open past its end, to the end of the rule's window that holds
+    /// `now_ms`: its summary found no room in the outbox, so the window goes on folding
+    /// events and its summary, when the outbox takes it, spans several of the rule's
+    /// windows (`window_end_ms`). Nothing it holds is lost. Returns whether the end moved.
+    pub(crate) fn extend(&mut self, key: &WindowKey, now_ms: u64) -> bool {
+        let Some(len_ms) = self
+            .rules
+            .get(key.0)
+            .and_then(|(_, r)| r.aggregate.as_ref())
+            .map(|a| a.window_s * 1000)
+        else {
+            return false;
+        };
+        let Some(w) = self.windows.get_mut(key) else {
+            return false;
+        };
+        let end_ms = now_ms - now_ms % len_ms + len_ms;
+        if end_ms <= w.end_ms {
+            return false;
+        }
+        w.end_ms = end_ms;
+        self.changed.insert(key.clone());
+        true
+    }
+}
+
+/// An ended window and its summary ([`Rules::due`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Due {
+    pub(crate) key: WindowKey,
+    pub(crate) end_ms: u64,
+    pub(crate) stream: StreamName,
+    /// The summary event's `data`.
+    pub(crate) summary: Value,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use weft_fabric::edge::{AggregateRule, FieldPredicate};
+
+    /// Closes every window `due` names (an outbox with room for every summary).
+    fn close_due(rules: &mut Rules, now_ms: u64, all: bool) -> Vec<Due> {
+        let due = rules.due(now_ms, all);
+        for d in &due {
+            rules.close(&d.key);
+        }
+        due
+    }
 
     fn rule(stream: &str) -> LocalRule {
         LocalRule {
@@ -390,13 +437,14 @@ mod tests {
             );
         }
         assert!(rules.due(105_000, false).is_empty());
-        let out = rules.due(110_000, false);
+        let out = close_due(&mut rules, 110_000, false);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].1["count"], 3);
-        assert_eq!(out[0].1["fields"]["t.c"]["min"], 20.0);
-        assert_eq!(out[0].1["fields"]["t.c"]["max"], 27.0);
-        assert_eq!(out[0].1["fields"]["t.c"]["avg"], 23.0);
-        assert_eq!(out[0].1["window_start_ms"], 100_000);
+        assert_eq!(out[0].summary["count"], 3);
+        assert_eq!(out[0].summary["fields"]["t.c"]["min"], 20.0);
+        assert_eq!(out[0].summary["fields"]["t.c"]["max"], 27.0);
+        assert_eq!(out[0].summary["fields"]["t.c"]["avg"], 23.0);
+        assert_eq!(out[0].summary["window_start_ms"], 100_000);
+        assert_eq!(out[0].summary["window_end_ms"], 110_000);
         // Numbers compare as numbers, text as text.
         assert!(holds(PredicateOp::Gt, Some(&json!(10)), Some("9")));
         assert!(holds(PredicateOp::Lt, Some(&json!("abc")), Some("abd")));
@@ -453,13 +501,13 @@ mod tests {
         let changed = back.take_changes();
         assert_eq!(changed.open.len(), 1, "only temp.a changed: {changed:?}");
         assert_eq!(changed.open[0].1.count, 2);
-        let out = back.due(110_000, false);
+        let out = close_due(&mut back, 110_000, false);
         assert_eq!(out.len(), 2);
-        let of_a = out.iter().find(|(s, _)| s.as_str() == "temp.a").unwrap();
-        assert_eq!(of_a.1["count"], 2);
-        assert_eq!(of_a.1["fields"]["c"]["min"], 1.0);
-        assert_eq!(of_a.1["fields"]["c"]["max"], 3.0);
-        assert_eq!(of_a.1["window_start_ms"], 100_000);
+        let of_a = out.iter().find(|d| d.stream.as_str() == "temp.a").unwrap();
+        assert_eq!(of_a.summary["count"], 2);
+        assert_eq!(of_a.summary["fields"]["c"]["min"], 1.0);
+        assert_eq!(of_a.summary["fields"]["c"]["max"], 3.0);
+        assert_eq!(of_a.summary["window_start_ms"], 100_000);
         let closed = back.take_changes();
         assert_eq!(closed.closed.len(), 2);
         assert!(closed.open.is_empty());
@@ -510,9 +558,56 @@ mod tests {
                 Verdict::Aggregated
             );
         }
-        let out = rules.due(10_000, false);
-        assert_eq!(out[0].1["count"], 4);
-        assert_eq!(out[0].1["fields"]["c"]["count"], 2);
-        assert_eq!(out[0].1["fields"]["c"]["avg"], 3.0);
+        let out = close_due(&mut rules, 10_000, false);
+        assert_eq!(out[0].summary["count"], 4);
+        assert_eq!(out[0].summary["fields"]["c"]["count"], 2);
+        assert_eq!(out[0].summary["fields"]["c"]["avg"], 3.0);
+    }
+
+    #[test]
+    fn a_window_without_room_for_its_summary_stays_open_and_keeps_folding() {
+        let mut rules = Rules::new(&temp_rules(10));
+        let (a, b) = (
+            StreamName::new("temp.a").unwrap(),
+            StreamName::new("temp.b").unwrap(),
+        );
+        rules.apply(&a, Some(&json!({"c": 1})), 101_000);
+        rules.apply(&b, Some(&json!({"c": 7})), 103_000);
+        rules.take_changes();
+        // Both ended at 110 s; the outbox has room for one summary: temp.a's closes, temp.b's
+        // window is kept open to the end of the rule's window that holds now.
+        let due = rules.due(112_000, false);
+        assert_eq!(due.len(), 2);
+        assert!(due.iter().all(|d| d.end_ms == 110_000));
+        rules.close(&due[0].key);
+        assert!(rules.extend(&due[1].key, 112_000));
+        assert_eq!(rules.open_windows(), 1);
+        let changes = rules.take_changes();
+        assert_eq!(changes.closed, vec![due[0].key.clone()]);
+        assert_eq!(
+            changes.open.len(),
+            1,
+            "the stretched window is stored: {changes:?}"
+        );
+        assert_eq!(changes.open[0].1.end_ms, 120_000);
+        // Not due before its new end; events of the next window fold into it.
+        assert!(rules.due(119_999, false).is_empty());
+        assert_eq!(
+            rules.apply(&b, Some(&json!({"c": 9})), 115_000),
+            Verdict::Aggregated
+        );
+        let out = close_due(&mut rules, 121_000, false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].summary["count"], 2);
+        assert_eq!(out[0].summary["window_start_ms"], 100_000);
+        assert_eq!(out[0].summary["window_end_ms"], 120_000);
+        assert_eq!(out[0].summary["window_s"], 10);
+        assert_eq!(out[0].summary["fields"]["c"]["max"], 9.0);
+        // Extending to an earlier end changes nothing.
+        rules.apply(&a, Some(&json!({"c": 1})), 125_000);
+        rules.take_changes();
+        let key = rules.due(131_000, false)[0].key.clone();
+        assert!(!rules.extend(&key, 100_000));
+        assert!(rules.take_changes().is_empty());
     }
 }

@@ -4,7 +4,7 @@
 //! the node refuses for good (dead letters, voids, renumbering, erased events) never stalls
 //! the drain.
 //!
-//! Each test takes its own loopback net (127.70.0.x to 127.80.0.x) and bounds every wait.
+//! Each test takes its own loopback net (127.70.0.x to 127.81.0.x) and bounds every wait.
 
 mod common;
 
@@ -974,4 +974,76 @@ aggregate = { window_s = 2, fields = ["n"] }
     // Back online: the summaries arrive and count every line.
     w.start_node(0);
     summaries_counting(&w, STREAM, 10, 60);
+}
+
+/// A summary that finds the summaries' budget full is not lost: its window stays open past
+/// its end and goes on folding lines, and once the drain has made room one summary covers
+/// the whole span.
+#[test]
+fn a_window_whose_summary_finds_the_budget_full_stays_open() {
+    let rules = r#"
+[[edge.devices.rules]]
+stream = "telemetry.till-7"
+aggregate = { window_s = 1, fields = ["n"] }
+"#;
+    let outbox = "[outbox]\nsummaries_max = 2\n";
+    let mut w = World::with_device("deferred", 81, 1, "", rules, &[], outbox);
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    // Cut off: the summaries stay in the outbox.
+    w.nodes[0].kill9();
+    fn wait_counter(w: &World, name: &str, n: u64) {
+        wait_for(Duration::from_secs(20), || {
+            (w.status()?["counters"][name].as_u64()? >= n).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{name} never reached {n}\n{}", w.logs()))
+    }
+    // Two windows close: the budget is full.
+    w.feed(0..10);
+    wait_counter(&w, "summaries", 1);
+    w.feed(10..20);
+    wait_counter(&w, "summaries", 2);
+    // The third window's summary finds no room: the window stays open, twice over, and
+    // folds the lines that come meanwhile.
+    w.feed(20..30);
+    wait_counter(&w, "summaries_deferred", 1);
+    w.feed(30..40);
+    wait_counter(&w, "summaries_deferred", 2);
+    let status = w.status().unwrap();
+    assert_eq!(
+        status["counters"]["summaries"].as_u64(),
+        Some(2),
+        "{status}"
+    );
+    assert_eq!(
+        status["counters"]["aggregated"].as_u64(),
+        Some(40),
+        "{status}"
+    );
+    assert_eq!(
+        status["counters"]["refused_full"].as_u64(),
+        Some(0),
+        "{status}"
+    );
+    assert!(
+        w.agent_log()
+            .contains("budget for aggregate summaries is full"),
+        "{}",
+        w.logs()
+    );
+    // Back online: the held summaries drain, the open window closes into the room they
+    // leave, and the summaries count every line; one spans more than a second.
+    w.start_node(0);
+    let summaries = summaries_counting(&w, STREAM, 40, 60);
+    let long = summaries
+        .iter()
+        .map(|s| &s["data"])
+        .find(|d| {
+            d["window_end_ms"].as_u64().unwrap() - d["window_start_ms"].as_u64().unwrap() > 1000
+        })
+        .unwrap_or_else(|| panic!("no summary spans more than its window: {summaries:?}"));
+    assert!(long["count"].as_u64().unwrap() >= 20, "{long}");
+    assert_eq!(long["window_s"], 1, "{long}");
 }
