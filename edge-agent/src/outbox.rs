@@ -362,8 +362,9 @@ impl Outbox {
         )?)
     }
 
-    /// What the summaries' budget has left. Only [`Outbox::insert`] takes from it, so the
-    /// ingest task (its one caller) can count on it until it inserts.
+    /// What the summaries' budget has left: the ingest task (the one caller of
+    /// [`Outbox::insert`], which takes every summary) closes only the windows whose
+    /// summaries fit.
     pub(crate) fn summary_room(&self) -> anyhow::Result<SummaryRoom> {
         let (held, held_bytes) = Self::summaries_held(&self.conn)?;
         Ok(SummaryRoom {
@@ -395,12 +396,12 @@ impl Outbox {
         let mut c = self.counters.clone();
         for e in events {
             let len = e.payload.len() as u64;
+            // A summary is always taken: its window is closed in this very transaction, and
+            // the caller keeps the summaries' budget (`summary_room`: a window without room
+            // stays open instead). Past the budget only by a change of rules (at most
+            // `WINDOWS_MAX` summaries) or a voided summary's reason text. The overflow rule
+            // does not apply to summaries.
             let mut ok = true;
-            if e.summary {
-                // Summaries: their own budget; the overflow rule does not apply.
-                ok = summaries.0 < self.config.summaries_max
-                    && summaries.1 + len <= self.config.summary_bytes_max;
-            }
             while !e.summary
                 && (depth - summaries.0 + 1 > self.config.events_max
                     || bytes - summaries.1 + len > self.config.bytes_max)
@@ -896,6 +897,15 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].0.1, "temp.b");
         assert_eq!(kept[0].1.count, 2);
+        // Kept open past its end (no room for its summary): the new end is stored, and a
+        // restore resumes the window with it.
+        assert!(back.extend(&(0, "temp.b".into()), 130_000));
+        o.insert(&[], &[], &none, &back.take_changes()).unwrap();
+        let (kept_rules, kept) = o.windows().unwrap();
+        assert_eq!((kept[0].1.start_ms, kept[0].1.end_ms), (60_000, 180_000));
+        let (resumed, _) = crate::rules::Rules::restore(&kept_rules, kept);
+        assert!(resumed.due(179_999, false).is_empty());
+        assert_eq!(resumed.due(180_000, false).len(), 1);
         // New rules: every kept window goes, and the new rules are recorded.
         let reset = WindowChanges {
             reset: Some(Vec::new()),
@@ -940,19 +950,24 @@ mod tests {
                 bytes: (1 << 20) - len
             }
         );
-        // The budget is bounded: past it a summary is refused too (the ingest task asks
-        // for the room first and keeps the windows open instead).
+        // The budget is the caller's to keep (`summary_room`): past it the outbox still takes
+        // every summary, since its window is closed in the same transaction (a change of
+        // rules closes them all), and the room says none is left.
         let many: Vec<NewEvent> = (0..20).map(|n| summary(10 + n)).collect();
         let ok = o.insert(&many, &[], &none, &no_windows).unwrap();
-        assert_eq!(ok.iter().filter(|a| **a).count(), 19);
-        assert_eq!(o.depth(), 22);
-        assert_eq!(o.counters.refused_full, 2);
+        assert_eq!(ok, vec![true; 20]);
+        assert_eq!(o.depth(), 23);
+        assert_eq!((o.counters.refused_full, o.counters.summaries), (1, 21));
         assert_eq!(o.summary_room().unwrap().events, 0);
         drop(o);
-        // Reopened, the summaries still count against their budget, not the bound.
+        // Reopened, the summaries still count against their budget, not the bound: the
+        // room is still none, and an ordinary event is still refused.
         let mut o = Outbox::open(&dir, config.clone()).unwrap();
+        let room = o.summary_room().unwrap();
+        assert_eq!((room.held, room.events), (21, 0));
         assert_eq!(
-            o.insert(&[summary(999)], &[], &none, &no_windows).unwrap(),
+            o.insert(&[ev("t.a", 5, 999)], &[], &none, &no_windows)
+                .unwrap(),
             vec![false]
         );
         // The byte budget too: a room of one byte takes no summary.

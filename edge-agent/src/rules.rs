@@ -313,7 +313,8 @@ impl Rules {
                 }
                 let summary = json!({
                     "window_start_ms": w.start_ms,
-                    "window_end_ms": w.end_ms,
+                    // Closed early (new rules): it ends now.
+                    "window_end_ms": w.end_ms.min(now_ms.max(w.start_ms)),
                     "window_s": a.window_s,
                     "count": w.count,
                     "fields": fields,

@@ -978,12 +978,14 @@ aggregate = { window_s = 2, fields = ["n"] }
 
 /// A summary that finds the summaries' budget full is not lost: its window stays open past
 /// its end and goes on folding lines, and once the drain has made room one summary covers
-/// the whole span.
+/// the whole span. New rules arriving then wait for room for every open window's summary,
+/// and take them all, past a budget smaller than the windows open, when the outbox holds
+/// none.
 #[test]
 fn a_window_whose_summary_finds_the_budget_full_stays_open() {
     let rules = r#"
 [[edge.devices.rules]]
-stream = "telemetry.till-7"
+stream = "telemetry.>"
 aggregate = { window_s = 1, fields = ["n"] }
 "#;
     let outbox = "[outbox]\nsummaries_max = 2\n";
@@ -1011,6 +1013,24 @@ aggregate = { window_s = 1, fields = ["n"] }
     wait_counter(&w, "summaries_deferred", 1);
     w.feed(30..40);
     wait_counter(&w, "summaries_deferred", 2);
+    // Two more streams open two more windows, which stay open too.
+    for sub in ["a", "b"] {
+        let batch: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                serde_json::json!({"specversion": "1.0", "id": format!("{sub}-{i}"),
+                    "source": "test", "type": "reading", "data": {"n": i}})
+            })
+            .collect();
+        let (code, resp) = http_post(
+            &agent_http(81),
+            &format!("/v1/streams/{STREAM}.{sub}/events"),
+            &[("content-type", "application/cloudevents-batch+json")],
+            &serde_json::to_vec(&batch).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(code, 202, "{}", String::from_utf8_lossy(&resp));
+    }
+    wait_counter(&w, "summaries_deferred", 4);
     let status = w.status().unwrap();
     assert_eq!(
         status["counters"]["summaries"].as_u64(),
@@ -1019,7 +1039,7 @@ aggregate = { window_s = 1, fields = ["n"] }
     );
     assert_eq!(
         status["counters"]["aggregated"].as_u64(),
-        Some(40),
+        Some(60),
         "{status}"
     );
     assert_eq!(
@@ -1033,8 +1053,12 @@ aggregate = { window_s = 1, fields = ["n"] }
         "{}",
         w.logs()
     );
-    // Back online: the held summaries drain, the open window closes into the room they
-    // leave, and the summaries count every line; one spans more than a second.
+    // Back online with new rules (2 s windows): the three open windows close into a
+    // budget of two once the held summaries have drained, and the summaries count every
+    // line; the first stream's spans more than a second.
+    let config = w.dir.join("n0.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("window_s = 1", "window_s = 2")).unwrap();
     w.start_node(0);
     let summaries = summaries_counting(&w, STREAM, 40, 60);
     let long = summaries
@@ -1046,4 +1070,18 @@ aggregate = { window_s = 1, fields = ["n"] }
         .unwrap_or_else(|| panic!("no summary spans more than its window: {summaries:?}"));
     assert!(long["count"].as_u64().unwrap() >= 20, "{long}");
     assert_eq!(long["window_s"], 1, "{long}");
+    for sub in ["a", "b"] {
+        summaries_counting(&w, &format!("{STREAM}.{sub}"), 10, 30);
+    }
+    // The new rules are in force: a line now makes a 2 s window.
+    wait_for(Duration::from_secs(20), || {
+        w.agent_log()
+            .matches("local rules in force")
+            .nth(1)
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("the new rules never came into force\n{}", w.logs()));
+    w.feed(40..45);
+    let after = summaries_counting(&w, STREAM, 45, 30);
+    assert_eq!(after.last().unwrap()["data"]["window_s"], 2, "{after:?}");
 }
