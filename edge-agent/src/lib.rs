@@ -213,7 +213,7 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         k["bad_input"]
     );
     println!(
-        "aggregates:    {} summaries  {} windows kept open past their end (summary budget full)",
+        "aggregates:    {} summaries  {} window extensions (summary budget full)",
         k["summaries"], k["summaries_deferred"]
     );
     if let Some(cands) = value["candidates"].as_array() {
