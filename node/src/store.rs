@@ -1469,46 +1469,51 @@ impl SqliteStore {
         self.tx_writes += 1;
         let bound = self.erase_rules.entry(target.clone()).or_insert(hlc_max);
         *bound = (*bound).max(hlc_max);
-        // Candidates: (id, origin, seq, envelope) of rows the rule may cover.
+        // The rows the rule covers: (id, origin, seq, envelope). Rows are read one at a
+        // time and only the covered ones kept, so a principal rule's scan of the whole
+        // store holds the matches, not every envelope, in memory.
         type Row = (Vec<u8>, Vec<u8>, i64, Vec<u8>);
-        let candidates: Vec<Row> = match target {
-            crate::erase::Target::Key { stream, key } => self
-                .conn
-                .prepare_cached(
-                    "SELECT id, origin, seq, envelope FROM events \
-                     WHERE stream = ?1 AND key = ?2 AND hlc <= ?3",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![stream, key, hlc_sql], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })?
-                    .collect()
-                }),
-            crate::erase::Target::Principal { .. } => self
-                .conn
-                .prepare_cached(
-                    "SELECT id, origin, seq, envelope FROM events \
-                     WHERE hlc <= ?1 AND stream NOT LIKE '\\_weft.%' ESCAPE '\\'",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![hlc_sql], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })?
-                    .collect()
-                }),
+        let (sql, args): (&str, Vec<rusqlite::types::Value>) = match target {
+            crate::erase::Target::Key { stream, key } => (
+                "SELECT id, origin, seq, envelope FROM events \
+                 WHERE stream = ?1 AND key = ?2 AND hlc <= ?3",
+                vec![stream.clone().into(), key.clone().into(), hlc_sql.into()],
+            ),
+            crate::erase::Target::Principal { .. } => (
+                "SELECT id, origin, seq, envelope FROM events \
+                 WHERE hlc <= ?1 AND stream NOT LIKE '\\_weft.%' ESCAPE '\\'",
+                vec![hlc_sql.into()],
+            ),
+        };
+        let mut covered: Vec<Row> = Vec::new();
+        {
+            let mut stmt = self.conn.prepare_cached(sql).map_err(backend)?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(args))
+                .map_err(backend)?;
+            while let Some(r) = rows.next().map_err(backend)? {
+                let envelope: Vec<u8> = r.get(3).map_err(backend)?;
+                // Stored events were verified on arrival: the claimed fields are the signed
+                // ones.
+                let Ok(unverified) = weft_fabric::decode(&envelope) else {
+                    return Err(corrupt("envelope"));
+                };
+                if target.covers(unverified.claimed_data()) {
+                    covered.push((
+                        r.get(0).map_err(backend)?,
+                        r.get(1).map_err(backend)?,
+                        r.get(2).map_err(backend)?,
+                        envelope,
+                    ));
+                }
+            }
         }
-        .map_err(backend)?;
-        let mut erased = Vec::new();
-        for (id, origin, seq, envelope) in candidates {
-            // Stored events were verified on arrival: the claimed fields are the signed ones.
+        let mut erased = Vec::with_capacity(covered.len());
+        for (id, origin, seq, envelope) in covered {
             let Ok(unverified) = weft_fabric::decode(&envelope) else {
                 return Err(corrupt("envelope"));
             };
-            let data = unverified.claimed_data();
-            if !target.covers(data) {
-                continue;
-            }
-            erased.push(self.erase_row(&id, &origin, seq, data)?);
+            erased.push(self.erase_row(&id, &origin, seq, unverified.claimed_data())?);
         }
         self.stats.get_mut().erased += erased.len() as u64;
         Ok(erased)
