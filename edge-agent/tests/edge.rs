@@ -4,7 +4,7 @@
 //! the node refuses for good (dead letters, voids, renumbering, erased events) never stalls
 //! the drain.
 //!
-//! Each test takes its own loopback net (127.70.0.x to 127.81.0.x) and bounds every wait.
+//! Each test takes its own loopback net (127.70.0.x to 127.82.0.x) and bounds every wait.
 
 mod common;
 
@@ -1084,4 +1084,176 @@ aggregate = { window_s = 1, fields = ["n"] }
     w.feed(40..45);
     let after = summaries_counting(&w, STREAM, 45, 30);
     assert_eq!(after.last().unwrap()["data"]["window_s"], 2, "{after:?}");
+}
+
+/// Writes `bundle{epoch}.toml` (enrolling `device` as `till-7`, with `extra` appended) and
+/// signs it with the test's operator key (`ops.key`, made on first use) into
+/// `bundle{epoch}.cbor`. Returns the operator's public key.
+fn signed_bundle(w: &World, epoch: u64, device: &str, extra: &str) -> String {
+    let weft = weft_bin();
+    let ops = w.dir.join("ops.key");
+    let public = w.dir.join("ops.pub");
+    if !ops.exists() {
+        let out = run_ok(&weft, &["keygen", "--out", ops.to_str().unwrap()]);
+        let key = out
+            .lines()
+            .find_map(|l| l.strip_prefix("public key:"))
+            .unwrap_or_else(|| panic!("no public key in {out}"))
+            .trim()
+            .to_string();
+        std::fs::write(&public, key).unwrap();
+    }
+    let ops_key = std::fs::read_to_string(&public).unwrap();
+    let bundle = format!(
+        r#"format = 1
+epoch = {epoch}
+[jurisdictions.EU]
+regions = ["aws:eu-west-1"]
+nodes = ["{node}"]
+[tenants.acme]
+[principals.till-7]
+tenant = "acme"
+device_key = "{device}"
+[roles.reader]
+[principals.operator]
+tenant = "acme"
+roles = ["reader"]
+token_sha256 = "{token_hash}"
+[[access]]
+name = "operator-reads"
+effect = "allow"
+actions = ["read", "subscribe"]
+streams = ["telemetry.>"]
+roles = ["reader"]
+[classes.public]
+anywhere = true
+[[streams]]
+pattern = "telemetry.>"
+classification = "public"
+replication = "all"
+[devices.till-7]
+streams = ["telemetry.till-7", "telemetry.till-7.>"]
+jurisdiction = "EU"
+{extra}
+"#,
+        node = w.node_keys[0],
+        token_hash = w.token_hash
+    );
+    let toml = w.dir.join(format!("bundle{epoch}.toml"));
+    std::fs::write(&toml, bundle).unwrap();
+    let cbor = w.dir.join(format!("bundle{epoch}.cbor"));
+    run_ok(
+        &weft,
+        &[
+            "policy",
+            "sign",
+            "--key",
+            ops.to_str().unwrap(),
+            "--out",
+            cbor.to_str().unwrap(),
+            toml.to_str().unwrap(),
+        ],
+    );
+    ops_key
+}
+
+/// The edge port applies the policy's rate limits to device batches (the agent is told
+/// busy and waits; nothing is lost), writes its refusals to the audit log, and cuts off a
+/// device the moment a pushed epoch enrolls another key under its name.
+#[test]
+fn edge_batches_are_rate_limited_and_a_rekeyed_device_is_cut_off() {
+    let mut w = World::new("edgepolicy", 82, 1, "", &[], "");
+    let limits = "[[limits]]\nprincipal = \"till-7\"\nevents_per_s = 5\nburst = 4\n";
+    let ops_key = signed_bundle(&w, 1, &w.agent_key.clone(), limits);
+    let cfg = w.dir.join("n0.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("token_sha256 = \"{}\"", w.token_hash),
+        &format!("token_sha256 = \"{}\"\nadmin = true", w.token_hash),
+    );
+    std::fs::write(
+        &cfg,
+        format!("{text}[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle1.cbor\"\n"),
+    )
+    .unwrap();
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || {
+        w.status()
+            .filter(|s| s["policy_epoch"] == 1 && !s["connected"].is_null())
+    })
+    .unwrap_or_else(|| panic!("agent never got epoch 1\n{}", w.logs()));
+    // 20 events against a burst of 4 at 5 a second: batches are cut to the burst, the
+    // bucket answers busy, and every event arrives once, in order.
+    w.feed(0..20);
+    let events = wait_for(Duration::from_secs(60), || {
+        let e = w.events(0, STREAM)?;
+        (e.len() >= 20).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("the 20 events never arrived\n{}", w.logs()));
+    assert_exactly_once_in_order(&events, 20, &w.agent_key, "under a rate limit");
+    let limited = w
+        .metrics(0)
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_rejected_total{reason=\"rate_limited\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        limited >= 1.0,
+        "no edge batch was rate limited\n{}",
+        w.logs()
+    );
+    let audited = |reason: &str| {
+        wait_for(Duration::from_secs(10), || {
+            let (code, body) = http_get_as(
+                &node_http(82, 0),
+                &format!("/v1/audit?reason={reason}"),
+                Some(&w.token),
+            )?;
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            (code == 200).then_some(())?;
+            v["entries"]
+                .as_array()?
+                .iter()
+                .find(|e| e["reason"] == reason)
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no audit entry {reason}\n{}", w.logs()))
+    };
+    let entry = audited("rate_limited");
+    assert_eq!(entry["principal"], "till-7", "{entry}");
+
+    // Epoch 2 enrolls another key as till-7 (the device's was stolen, say): the agent's
+    // connection is closed within the poll, refused and audited, and stays refused.
+    let other = w.dir.join("other-device.key");
+    let out = run_ok(&agent_bin(), &["keygen", "--out", other.to_str().unwrap()]);
+    let other_key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    signed_bundle(&w, 2, &other_key, limits);
+    run_ok(
+        &weft_bin(),
+        &[
+            "policy",
+            "push",
+            "--node",
+            &format!("http://{}", node_http(82, 0)),
+            "--token-file",
+            w.dir.join("client.key.token").to_str().unwrap(),
+            w.dir.join("bundle2.cbor").to_str().unwrap(),
+        ],
+    );
+    wait_for(Duration::from_secs(20), || {
+        w.status().filter(|s| s["connected"].is_null())
+    })
+    .unwrap_or_else(|| panic!("the re-keyed device stayed connected\n{}", w.logs()));
+    let entry = audited("device_not_enrolled");
+    assert!(
+        entry["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&w.agent_key) && m.contains("epoch 2")),
+        "{entry}"
+    );
 }

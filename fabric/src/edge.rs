@@ -59,6 +59,8 @@ pub mod close {
     pub const PROTOCOL: u32 = 0x12;
     /// Too many agents are connected.
     pub const TOO_MANY_AGENTS: u32 = 0x13;
+    /// A newer connection of the same device key replaced this one.
+    pub const REPLACED: u32 = 0x14;
 }
 
 /// First frame on the control stream.

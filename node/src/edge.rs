@@ -15,6 +15,12 @@
 //! publish queue or in-flight limit answers `Busy` (counted as `edge_busy`) without
 //! keeping anything. A resent event the node already holds is answered durable: the core
 //! drops duplicates by (origin, sequence number).
+//!
+//! Each connection follows the policy epoch ([`Edge::refresh`]: per connection every
+//! [`EPOCH_POLL`], and before each batch and downlink page), so a device the epoch no
+//! longer enrolls is cut off whether or not its agent keeps a control stream. Batches take
+//! the policy's rate limits and quotas (`http::enforce_rate`, `busy` when over) and their
+//! bodies the node's budget for publish bodies; one connection per device key.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +51,8 @@ const COMMANDS_PAGE_LEN: usize = 128;
 const BUSY_RETRY_MS: u64 = 100;
 /// Largest control frame (hello, subscribe), bytes.
 const CONTROL_FRAME_LEN_MAX: usize = 64 << 10;
+/// TLS handshakes in progress at once on the edge port (a handshake holds no agent slot).
+const HANDSHAKES_MAX: usize = 256;
 
 /// The `[edge]` config section (`docs/config.md`); the address is `listen.edge`.
 #[derive(Debug, Clone, Deserialize)]
@@ -149,12 +157,25 @@ struct Device {
     profile: Profile,
 }
 
+/// One agent's connection: its device as the policy in force admits it
+/// ([`Edge::refresh`]), and the profile its control stream sends.
+struct Agent {
+    conn: quinn::Connection,
+    device: std::sync::RwLock<Device>,
+    profile: tokio::sync::watch::Sender<Profile>,
+}
+
 /// The edge port's shared state.
 pub(crate) struct Edge {
     api: Arc<Api>,
     config: EdgeConfig,
     allow: Vec<([u8; 32], EdgeDevice)>,
+    /// Admitted agents (`edge.agents_max`).
     agents: Arc<tokio::sync::Semaphore>,
+    /// TLS handshakes in progress ([`HANDSHAKES_MAX`]).
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// The connection of each device key (a newer one replaces the older).
+    connected: std::sync::Mutex<std::collections::HashMap<[u8; 32], quinn::Connection>>,
     endpoint: quinn::Endpoint,
 }
 
@@ -269,6 +290,8 @@ pub(crate) fn start(
     }
     let edge = Arc::new(Edge {
         agents: Arc::new(tokio::sync::Semaphore::new(config.agents_max)),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX)),
+        connected: std::sync::Mutex::default(),
         api,
         config,
         allow,
@@ -284,9 +307,21 @@ pub(crate) fn start(
     Ok(edge)
 }
 
-fn deny(edge: &Edge, reason: &'static str, key: &str, message: &str) {
-    edge.api.metrics.reject(reason);
-    warn!(target: "audit", decision = "deny", reason, device = %key, "edge agent refused: {message}");
+/// Whom and what an audited edge refusal is about.
+struct Subject<'a> {
+    principal: &'a str,
+    stream: &'a str,
+    id: String,
+}
+
+/// An event of a batch refused for good (the agent dead-letters it; a void takes its
+/// number). Counted and audited by the caller.
+fn refused(index: usize, reason: &str, message: String) -> BatchAnswer {
+    BatchAnswer::Refused {
+        index: index as u32,
+        reason: reason.into(),
+        message,
+    }
 }
 
 impl Edge {
@@ -319,7 +354,7 @@ impl Edge {
     fn admit(&self, key: &[u8; 32]) -> Result<Device, (&'static str, String)> {
         let hex_key = hex::encode(key);
         let api = &self.api;
-        let (principal, tenant, streams, rules, stamps, default_stamp, epoch) = match api
+        let (principal, tenant, streams, rules, stamps, default_stamp, epoch, burst) = match api
             .policy
             .policy()
         {
@@ -346,6 +381,14 @@ impl Edge {
                         })
                     })
                     .collect();
+                // A batch over the device's burst could never be admitted whole: batches
+                // are cut to it.
+                let limits = policy.rate_limits(&e.principal, &e.tenant);
+                let burst = [limits.principal, limits.tenant]
+                    .into_iter()
+                    .flatten()
+                    .map(|l| l.burst)
+                    .min();
                 (
                     e.principal.clone(),
                     e.tenant.clone(),
@@ -354,6 +397,7 @@ impl Edge {
                     stamps,
                     None,
                     policy.epoch(),
+                    burst,
                 )
             }
             None => {
@@ -383,6 +427,7 @@ impl Edge {
                     Vec::new(),
                     Some(internal),
                     0,
+                    None,
                 )
             }
         };
@@ -401,7 +446,11 @@ impl Edge {
             default_stamp,
             rules,
             commands,
-            batch_len_max: self.config.batch_len_max,
+            batch_len_max: burst.map_or(self.config.batch_len_max, |b| {
+                self.config
+                    .batch_len_max
+                    .min(u32::try_from(b.max(1)).unwrap_or(u32::MAX))
+            }),
             batches_inflight_max: self.config.batches_inflight_max,
             origin_seq_max: self.origin_seq_max(key),
         };
@@ -416,12 +465,14 @@ impl Edge {
 
     async fn serve(self: Arc<Self>, incoming: quinn::Incoming) {
         let remote = incoming.remote_address();
-        let Ok(_slot) = self.agents.clone().try_acquire_owned() else {
-            deny(
-                &self,
-                "edge_too_many_agents",
-                "?",
-                "edge.agents_max reached",
+        // Handshakes in progress have a budget of their own: a client that starts one and
+        // stalls holds a handshake slot (until QUIC's idle timeout), never an agent's.
+        let Ok(_handshake) = self.handshakes.clone().try_acquire_owned() else {
+            self.deny(
+                "edge_too_many_handshakes",
+                None,
+                None,
+                format!("{HANDSHAKES_MAX} edge handshakes in progress (HANDSHAKES_MAX); {remote} refused"),
             );
             incoming.refuse();
             return;
@@ -429,23 +480,27 @@ impl Edge {
         let conn = match incoming.await {
             Ok(c) => c,
             Err(e) => {
-                deny(
-                    &self,
-                    "edge_handshake_failed",
-                    &remote.to_string(),
-                    &e.to_string(),
-                );
+                // Not a security decision (nothing was presented): counted, logged.
+                self.api.metrics.reject("edge_handshake_failed");
+                debug!(%remote, error = %e, "edge handshake failed");
                 return;
             }
         };
+        drop(_handshake);
         let Some(key) = crate::tls::peer_key(&conn) else {
+            self.deny(
+                "edge_no_device_key",
+                None,
+                None,
+                format!("{remote}: the TLS certificate carries no Ed25519 device key"),
+            );
             conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"no device key");
             return;
         };
         let device = match self.admit(&key) {
             Ok(d) => d,
             Err((reason, message)) => {
-                deny(&self, reason, &hex::encode(key), &message);
+                self.deny(reason, Some(&key), None, message.clone());
                 conn.close(
                     quinn::VarInt::from_u32(close::NOT_ENROLLED),
                     format!("{reason}: {message}").as_bytes(),
@@ -453,10 +508,47 @@ impl Edge {
                 return;
             }
         };
+        // An agent slot only for an admitted device.
+        let Ok(_slot) = self.agents.clone().try_acquire_owned() else {
+            self.deny(
+                "edge_too_many_agents",
+                Some(&key),
+                None,
+                format!(
+                    "edge.agents_max ({}) agents connected",
+                    self.config.agents_max
+                ),
+            );
+            conn.close(
+                quinn::VarInt::from_u32(close::TOO_MANY_AGENTS),
+                b"edge.agents_max reached",
+            );
+            return;
+        };
+        // One connection per device key: a newer one replaces the older (an agent that
+        // reconnected before the node noticed its old connection was gone), so one device
+        // holds one agent slot.
+        let older = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, conn.clone());
+        if let Some(older) = older {
+            older.close(
+                quinn::VarInt::from_u32(close::REPLACED),
+                b"a newer connection of this device key replaced this one",
+            );
+        }
         self.api.metrics.edge_agents.inc();
         info!(target: "audit", decision = "allow", device = %hex::encode(key),
             principal = %device.principal, %remote, "edge agent connected");
-        let device = Arc::new(std::sync::RwLock::new(device));
+        let (profile, _) = tokio::sync::watch::channel(device.profile.clone());
+        let agent = Arc::new(Agent {
+            conn: conn.clone(),
+            device: std::sync::RwLock::new(device),
+            profile,
+        });
+        tokio::spawn(self.clone().watch_epoch(agent.clone()));
         loop {
             let (send, mut recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -466,20 +558,19 @@ impl Edge {
                 }
             };
             let edge = self.clone();
-            let device = device.clone();
-            let conn2 = conn.clone();
+            let agent = agent.clone();
             tokio::spawn(async move {
                 let mut kind = [0u8; 1];
                 if recv.read_exact(&mut kind).await.is_err() {
                     return;
                 }
                 let r = match kind[0] {
-                    edge::STREAM_HELLO => edge.control(&conn2, &device, send, recv).await,
-                    edge::STREAM_BATCH => edge.batch_stream(&device, send, recv).await,
-                    edge::STREAM_COMMANDS => edge.commands(&device, send, recv).await,
+                    edge::STREAM_HELLO => edge.control(&agent, send, recv).await,
+                    edge::STREAM_BATCH => edge.batch_stream(&agent, send, recv).await,
+                    edge::STREAM_COMMANDS => edge.commands(&agent, send, recv).await,
                     k => {
                         edge.api.metrics.reject("edge_protocol");
-                        conn2.close(
+                        agent.conn.close(
                             quinn::VarInt::from_u32(close::PROTOCOL),
                             format!("unknown stream kind {k}").as_bytes(),
                         );
@@ -491,91 +582,156 @@ impl Edge {
                 }
             });
         }
+        {
+            let mut connected = self
+                .connected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if connected
+                .get(&key)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                connected.remove(&key);
+            }
+        }
         self.api.metrics.edge_agents.dec();
         info!(device = %hex::encode(key), "edge agent disconnected");
     }
 
-    /// The control stream: hello, the profile, and a new profile whenever the policy epoch
-    /// changes (the connection closes if the new epoch no longer enrolls the device).
+    /// Follows the policy for one connection, whatever streams its agent opened: a new
+    /// epoch admits the device again (its profile goes to the control stream) or closes
+    /// the connection when the epoch no longer enrolls the key.
+    async fn watch_epoch(self: Arc<Self>, agent: Arc<Agent>) {
+        loop {
+            tokio::select! {
+                _ = agent.conn.closed() => return,
+                () = tokio::time::sleep(EPOCH_POLL) => {}
+            }
+            if self.refresh(&agent).is_none() {
+                return;
+            }
+        }
+    }
+
+    /// The device under the policy in force: admitted again when the epoch changed since
+    /// it was (its new profile sent on the control stream). `None` when the epoch no longer
+    /// admits it: refused, audited, and the connection closed.
+    fn refresh(&self, agent: &Agent) -> Option<Device> {
+        let epoch = self.api.policy.epoch();
+        let (key, current) = {
+            let d = agent
+                .device
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (d.key, (d.profile.epoch == epoch).then(|| d.clone()))
+        };
+        if current.is_some() {
+            return current;
+        }
+        match self.admit(&key) {
+            Ok(d) => {
+                agent.profile.send_replace(d.profile.clone());
+                info!(device = %hex::encode(key), epoch = d.profile.epoch, "edge profile updated");
+                *agent
+                    .device
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = d.clone();
+                Some(d)
+            }
+            Err((reason, message)) => {
+                self.deny(reason, Some(&key), None, message.clone());
+                agent.conn.close(
+                    quinn::VarInt::from_u32(close::NOT_ENROLLED),
+                    format!("{reason}: {message}").as_bytes(),
+                );
+                None
+            }
+        }
+    }
+
+    /// The control stream: hello, the profile, and each new profile as the policy epoch
+    /// changes ([`Edge::watch_epoch`]).
     async fn control(
         &self,
-        conn: &quinn::Connection,
-        device: &std::sync::RwLock<Device>,
+        agent: &Agent,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> anyhow::Result<()> {
         let hello: Hello =
             serde_json::from_slice(&read_frame(&mut recv, CONTROL_FRAME_LEN_MAX).await?)
                 .context("hello frame")?;
-        let (key, profile) = {
-            let d = device
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (d.key, d.profile.clone())
-        };
+        let mut profiles = agent.profile.subscribe();
+        let key = agent
+            .device
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .key;
         info!(device = %hex::encode(key), name = %hello.name, agent = %hello.agent, "edge hello");
-        write_frame(&mut send, &serde_json::to_vec(&profile)?).await?;
-        let mut epoch = self.api.policy.epoch();
         loop {
+            let profile = profiles.borrow_and_update().clone();
+            write_frame(&mut send, &serde_json::to_vec(&profile)?).await?;
             tokio::select! {
-                _ = conn.closed() => return Ok(()),
-                () = tokio::time::sleep(EPOCH_POLL) => {}
-            }
-            let now = self.api.policy.epoch();
-            if now == epoch {
-                continue;
-            }
-            epoch = now;
-            match self.admit(&key) {
-                Ok(d) => {
-                    let profile = d.profile.clone();
-                    *device
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = d;
-                    write_frame(&mut send, &serde_json::to_vec(&profile)?).await?;
-                    info!(device = %hex::encode(key), epoch, "edge profile updated");
-                }
-                Err((reason, message)) => {
-                    deny(self, reason, &hex::encode(key), &message);
-                    conn.close(
-                        quinn::VarInt::from_u32(close::NOT_ENROLLED),
-                        format!("{reason}: {message}").as_bytes(),
-                    );
-                    return Ok(());
-                }
+                _ = agent.conn.closed() => return Ok(()),
+                r = profiles.changed() => if r.is_err() { return Ok(()) },
             }
         }
     }
 
     async fn batch_stream(
         &self,
-        device: &std::sync::RwLock<Device>,
+        agent: &Agent,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> anyhow::Result<()> {
-        let body = match read_frame(&mut recv, FRAME_LEN_MAX).await {
-            Ok(b) => b,
-            Err(e) => {
-                let answer = self.refuse(0, "edge_bad_frame", e.to_string());
-                write_frame(&mut send, &serde_json::to_vec(&answer)?).await?;
-                send.finish()?;
-                return Ok(());
-            }
+        let answer = match self.read_batch(&mut recv).await {
+            Err(answer) => answer,
+            Ok((body, _budget)) => match self.refresh(agent) {
+                // No longer enrolled: the connection is closed, nothing to answer.
+                None => return Ok(()),
+                Some(device) => self.batch(&device, &body).await,
+            },
         };
-        let device = device
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let answer = self.batch(&device, &body).await;
         write_frame(&mut send, &serde_json::to_vec(&answer)?).await?;
         send.finish()?;
         Ok(())
     }
 
-    fn refuse(&self, index: usize, reason: &'static str, message: String) -> BatchAnswer {
+    /// Reads a batch frame with room in the node's budget for publish bodies in progress
+    /// (`limits.publish_bytes_inflight_max`, shared with HTTP), taken before the body is
+    /// read and held until the batch is answered. A frame that cannot be read or is over
+    /// the limit is answered `Failed` (the agent sends it again; no event of it is refused
+    /// for good), no room `Busy`.
+    async fn read_batch(
+        &self,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), BatchAnswer> {
+        let mut len = [0u8; 4];
+        if let Err(e) = recv.read_exact(&mut len).await {
+            return Err(self.failed("edge_stream_error", format!("batch frame length: {e}")));
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > FRAME_LEN_MAX {
+            return Err(self.failed(
+                "edge_bad_frame",
+                format!("batch frame of {len} bytes, over FRAME_LEN_MAX ({FRAME_LEN_MAX})"),
+            ));
+        }
+        let kib = u32::try_from(len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let Ok(budget) = self.api.body_budget.clone().try_acquire_many_owned(kib) else {
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            return Err(self.busy("publish_bytes_inflight_max"));
+        };
+        let mut body = vec![0u8; len];
+        if let Err(e) = recv.read_exact(&mut body).await {
+            return Err(self.failed("edge_stream_error", format!("batch frame body: {e}")));
+        }
+        Ok((body, budget))
+    }
+
+    fn failed(&self, reason: &'static str, message: String) -> BatchAnswer {
         self.api.metrics.reject(reason);
-        BatchAnswer::Refused {
-            index: index as u32,
+        debug!(reason, %message, "edge batch failed");
+        BatchAnswer::Failed {
             reason: reason.into(),
             message,
         }
@@ -589,17 +745,48 @@ impl Edge {
         }
     }
 
+    /// Counts, logs and audits a refusal of the edge port (a device, or an event of it).
+    fn deny(
+        &self,
+        reason: &'static str,
+        key: Option<&[u8; 32]>,
+        event: Option<Subject<'_>>,
+        message: String,
+    ) {
+        let api = &self.api;
+        api.metrics.reject(reason);
+        let device = key.map_or_else(|| "?".to_string(), hex::encode);
+        let what = if event.is_some() { "event" } else { "agent" };
+        warn!(target: "audit", decision = "deny", reason, device, "edge {what} refused: {message}");
+        let mut entry = crate::audit::Entry::now(
+            crate::audit::Decision::Deny,
+            reason,
+            api.policy.epoch(),
+            message,
+        );
+        if let Some(Subject {
+            principal,
+            stream,
+            id,
+        }) = event
+        {
+            entry = entry.principal(principal).stream(stream).event(id);
+        }
+        api.audit.record(entry);
+    }
+
     /// Checks, publishes and waits for one batch: all of it durable, or nothing kept.
     async fn batch(&self, device: &Device, body: &[u8]) -> BatchAnswer {
         let started = Instant::now();
         let api = &self.api;
+        // Whole-frame faults are answered `Failed`: `Refused` names one event as refused for
+        // good, which the agent would dead-letter although nothing was wrong with it.
         let envelopes = match edge::decode_batch(body) {
             Ok(e) => e,
-            Err(e) => return self.refuse(0, "edge_bad_frame", e.to_string()),
+            Err(e) => return self.failed("edge_bad_frame", e.to_string()),
         };
         if envelopes.len() > self.config.batch_len_max as usize {
-            return self.refuse(
-                0,
+            return self.failed(
                 "edge_batch_too_large",
                 format!(
                     "{} events, over edge.batch_len_max ({})",
@@ -615,7 +802,11 @@ impl Edge {
         for (i, bytes) in envelopes.iter().enumerate() {
             match weft_fabric::decode(bytes) {
                 Ok(u) => unverified.push(u),
-                Err(e) => return self.refuse(i, "bad_envelope", e.to_string()),
+                Err(e) => {
+                    let message = format!("event {i} of the batch: {e}");
+                    self.deny("bad_envelope", Some(&device.key), None, message.clone());
+                    return refused(i, "bad_envelope", message);
+                }
             }
         }
         let mut events: Vec<Arc<Event>> = Vec::with_capacity(unverified.len());
@@ -626,15 +817,26 @@ impl Edge {
             match r {
                 Ok(e) => events.push(Arc::new(e)),
                 Err((u, e)) => {
-                    warn!(target: "audit", decision = "deny", reason = "bad_signature",
-                        device = %hex::encode(device.key), event = %u.id(), error = %e,
-                        "edge event refused");
-                    return self.refuse(i, "bad_signature", e.to_string());
+                    let message = format!("event {}: {e}", u.id());
+                    self.deny(
+                        "bad_signature",
+                        Some(&device.key),
+                        Some(Subject {
+                            principal: &device.principal,
+                            stream: u.claimed_data().stream().as_str(),
+                            id: u.id().to_string(),
+                        }),
+                        message.clone(),
+                    );
+                    return refused(i, "bad_signature", message);
                 }
             }
         }
-        // One epoch for the whole batch.
+        // One epoch for the whole batch, the one the device was admitted under.
         let policy = api.policy.policy();
+        if policy.as_ref().map_or(0, |p| p.epoch()) != device.profile.epoch {
+            return self.busy("the policy epoch changed while the batch was read");
+        }
         let principal = crate::config::Principal {
             name: device.principal.clone(),
             tenant: device.tenant.clone(),
@@ -645,7 +847,8 @@ impl Edge {
             if let Err((reason, message)) = self.check(device, &principal, policy.as_deref(), event)
             {
                 // A resend of an event this node already holds (stored under an older
-                // epoch, its acknowledgement lost) is durable, not refused.
+                // epoch, its acknowledgement lost) is durable, not refused (and not
+                // counted or audited as one).
                 let id = event.id();
                 match crate::http::read_store(api, move |r| r.event_by_id(&id)).await {
                     Ok(Some(_)) => continue,
@@ -654,14 +857,44 @@ impl Edge {
                     // would be for good (the agent dead-letters it), so: later.
                     Err(_) => return self.busy("held check unanswered"),
                 }
-                warn!(target: "audit", decision = "deny", reason, device = %hex::encode(device.key),
-                    principal = %device.principal, event = %event.id(), stream = %event.stream().as_str(),
-                    "edge event refused: {message}");
-                // Counted by `check` (or by the HTTP checks it shares).
-                return BatchAnswer::Refused {
-                    index: i as u32,
-                    reason: reason.into(),
-                    message,
+                self.deny(
+                    reason,
+                    Some(&device.key),
+                    Some(Subject {
+                        principal: &device.principal,
+                        stream: event.stream().as_str(),
+                        id: event.id().to_string(),
+                    }),
+                    message.clone(),
+                );
+                return refused(i, reason, message);
+            }
+        }
+        // The policy's rate limits and daily quotas, for every event of the batch (voids
+        // included: they are stored everywhere too), as for an HTTP publish.
+        if let (Some(policy), Some(first)) = (policy.as_deref(), events.first()) {
+            let bytes: u64 = envelopes.iter().map(|b| b.len() as u64).sum();
+            // Counted and audited by `enforce_rate`.
+            if let Err(e) = crate::http::enforce_rate(
+                api,
+                policy,
+                &principal,
+                events.len() as u64,
+                bytes,
+                first.stream().as_str(),
+            ) {
+                return if e.reason() == "batch_over_burst" {
+                    BatchAnswer::Failed {
+                        reason: e.reason().into(),
+                        message: e.message().to_string(),
+                    }
+                } else {
+                    BatchAnswer::Busy {
+                        retry_ms: e
+                            .retry_after()
+                            .map_or(BUSY_RETRY_MS, |s| s.saturating_mul(1000))
+                            .clamp(BUSY_RETRY_MS, 60_000),
+                    }
                 };
             }
         }
@@ -739,7 +972,8 @@ impl Edge {
     }
 
     /// The checks of one event: who signed it, whom it claims, and the HTTP pre-signed
-    /// path's stream and policy checks. The error is (reason, message).
+    /// path's stream and policy checks. The error is (reason, message), neither counted
+    /// nor audited yet (the caller does, unless the event turns out to be held already).
     fn check(
         &self,
         device: &Device,
@@ -748,7 +982,6 @@ impl Edge {
         event: &Event,
     ) -> Result<(), (&'static str, String)> {
         if event.origin().0 != device.key {
-            self.api.metrics.reject("origin_mismatch");
             return Err((
                 "origin_mismatch",
                 format!(
@@ -761,7 +994,6 @@ impl Edge {
         }
         let s = event.security();
         if s.principal != device.principal || s.tenant != device.tenant {
-            self.api.metrics.reject("principal_mismatch");
             return Err((
                 "principal_mismatch",
                 format!(
@@ -780,61 +1012,48 @@ impl Edge {
             // applies to it (it carries nothing but the reason), only its size.
             return match event.payload() {
                 weft_fabric::Payload::Clear(b) if b.len() <= edge::VOID_PAYLOAD_LEN_MAX => Ok(()),
-                _ => {
-                    api.metrics.reject("bad_void");
-                    Err((
-                        "bad_void",
-                        format!(
-                            "a void event must have a clear payload of at most {} bytes (VOID_PAYLOAD_LEN_MAX)",
-                            edge::VOID_PAYLOAD_LEN_MAX
-                        ),
-                    ))
-                }
+                _ => Err((
+                    "bad_void",
+                    format!(
+                        "a void event must have a clear payload of at most {} bytes (VOID_PAYLOAD_LEN_MAX)",
+                        edge::VOID_PAYLOAD_LEN_MAX
+                    ),
+                )),
             };
         }
-        crate::http::check_stored(api, event.stream())
+        crate::http::stored_here(api, event.stream())
             .map_err(|e| (e.reason(), e.message().to_string()))?;
         // The derived content type is the nodes' own: a device sending it would pass off
         // its events as a transform's output, lineage included (as the HTTP path refuses).
         if let Err(m) = crate::egress::check_presigned(event) {
-            api.metrics.reject("reserved_content_type");
             return Err(("reserved_content_type", m));
         }
         match policy {
-            Some(p) => crate::http::enforce_presigned(api, p, principal, event)
+            Some(p) => crate::http::presigned_refusal(api, p, principal, event)
                 .map_err(|e| (e.reason(), e.message().to_string())),
             None if device.streams.iter().any(|p| p.matches(event.stream())) => Ok(()),
-            None => {
-                api.metrics.reject("stream_not_allowed");
-                Err((
-                    "stream_not_allowed",
-                    format!(
-                        "device {} may not publish to {} (edge.devices streams)",
-                        device.principal,
-                        event.stream().as_str()
-                    ),
-                ))
-            }
+            None => Err((
+                "stream_not_allowed",
+                format!(
+                    "device {} may not publish to {} (edge.devices streams)",
+                    device.principal,
+                    event.stream().as_str()
+                ),
+            )),
         }
     }
 
     /// The downlink: the device's command stream from the agent's cursor, then live.
     async fn commands(
         &self,
-        device: &std::sync::RwLock<Device>,
+        agent: &Agent,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> anyhow::Result<()> {
         let sub: Subscribe =
             serde_json::from_slice(&read_frame(&mut recv, CONTROL_FRAME_LEN_MAX).await?)
                 .context("subscribe frame")?;
-        let stream = device
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .profile
-            .commands
-            .clone();
-        let Some(stream) = stream else {
+        let Some(stream) = self.refresh(agent).and_then(|d| d.profile.commands) else {
             send.finish()?;
             return Ok(());
         };
@@ -842,6 +1061,17 @@ impl Edge {
         let mut committed = self.api.committed.clone();
         let mut closing = self.api.closing.clone();
         loop {
+            // The device as the policy in force admits it, before every page: a new epoch
+            // that renames its command stream (or stops admitting it) ends the downlink.
+            if self
+                .refresh(agent)
+                .and_then(|d| d.profile.commands)
+                .as_ref()
+                != Some(&stream)
+            {
+                send.finish()?;
+                return Ok(());
+            }
             let s = stream.clone();
             let entries = match crate::http::read_store(&self.api, move |r| {
                 r.read_log(&s, after, COMMANDS_PAGE_LEN)

@@ -139,6 +139,11 @@ impl ApiError {
     }
 
     /// What was wrong.
+    /// Seconds to wait before a retry (`Retry-After`), when the refusal says.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
@@ -1307,32 +1312,38 @@ fn sign_all(
 /// A node accepts publishes only on streams it stores: an event it signs or takes in must
 /// be durable here before it is acknowledged or sent on.
 pub(crate) fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
+    stored_here(api, stream).map_err(|e| {
+        if e.reason() == "system_stream" {
+            api.refuse(e, None, Some(stream.as_str()), api.policy.epoch())
+        } else {
+            api.fail(e)
+        }
+    })
+}
+
+/// [`check_stored`]'s check, neither counted nor audited.
+pub(crate) fn stored_here(api: &Api, stream: &StreamName) -> Result<(), ApiError> {
     if stream.is_system() {
-        return Err(api.refuse(
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "system_stream",
-                format!(
-                    "{} is a system stream (first token `_weft`): only nodes publish there (policy bundles go through POST /v1/policy)",
-                    stream.as_str()
-                ),
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "system_stream",
+            format!(
+                "{} is a system stream (first token `_weft`): only nodes publish there (policy bundles go through POST /v1/policy)",
+                stream.as_str()
             ),
-            None,
-            Some(stream.as_str()),
-            api.policy.epoch(),
         ));
     }
     if api.streams.iter().any(|p| p.matches(stream)) {
         return Ok(());
     }
-    Err(api.fail(ApiError::new(
+    Err(ApiError::new(
         StatusCode::BAD_REQUEST,
         "stream_not_stored",
         format!(
             "this node does not store {} (config `streams`), so it cannot make it durable; publish through a node that does",
             stream.as_str()
         ),
-    )))
+    ))
 }
 
 fn presigned(
@@ -1402,6 +1413,20 @@ pub(crate) fn enforce_presigned(
     principal: &Principal,
     event: &Event,
 ) -> ApiResult<()> {
+    presigned_refusal(api, policy, principal, event).map_err(|e| {
+        audit_event(api, &e, &principal.name, event, policy.epoch());
+        api.fail(e)
+    })
+}
+
+/// [`enforce_presigned`]'s checks, neither counted nor audited (the edge port first looks
+/// whether a refused event is one it already holds).
+pub(crate) fn presigned_refusal(
+    api: &Api,
+    policy: &weft_policy::Policy,
+    principal: &Principal,
+    event: &Event,
+) -> Result<(), ApiError> {
     let security = event.security();
     // The tenant the event names, not the token's: a principal bound to a tenant may not
     // publish events stamped for another (they would be read as that tenant's).
@@ -1414,7 +1439,7 @@ pub(crate) fn enforce_presigned(
         region: &api.me.region,
     });
     if !decision.allowed {
-        let e = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "publish_forbidden",
             format!(
@@ -1424,9 +1449,7 @@ pub(crate) fn enforce_presigned(
                 policy.epoch(),
                 decision.reason
             ),
-        );
-        audit_event(api, &e, &principal.name, event, policy.epoch());
-        return Err(api.fail(e));
+        ));
     }
     let decision = policy.check_presigned(event.stream(), security);
     if !decision.allowed {
@@ -1434,7 +1457,7 @@ pub(crate) fn enforce_presigned(
             weft_policy::Reason::UnknownClassification { .. } => "unclassified",
             _ => "residency_wider",
         };
-        let e = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             code,
             format!(
@@ -1446,15 +1469,9 @@ pub(crate) fn enforce_presigned(
                 policy.epoch(),
                 decision.reason
             ),
-        );
-        audit_event(api, &e, &principal.name, event, policy.epoch());
-        return Err(api.fail(e));
+        ));
     }
-    if let Err(e) = check_may_hold(api, policy, &security.classification, &security.residency) {
-        audit_event(api, &e, &principal.name, event, policy.epoch());
-        return Err(api.fail(e));
-    }
-    Ok(())
+    check_may_hold(api, policy, &security.classification, &security.residency)
 }
 
 /// A node stores what it accepts, so it accepts a publish only of a class it may hold in
@@ -2521,7 +2538,7 @@ fn audit_event(api: &Api, e: &ApiError, principal: &str, event: &Event, epoch: u
 /// principal's and the tenant's token buckets must both admit every event of the request.
 /// A refusal is 429 `rate_limited` or `quota_exceeded` with `Retry-After`, or 400
 /// `batch_over_burst` for a request no bucket could ever admit whole; counted and audited.
-fn enforce_rate(
+pub(crate) fn enforce_rate(
     api: &Api,
     policy: &weft_policy::Policy,
     principal: &Principal,
