@@ -180,8 +180,10 @@ pub(crate) struct Transport {
     peers: Mutex<HashMap<OriginKey, Peer>>,
     trusted: std::collections::BTreeSet<[u8; 32]>,
     conns: Mutex<HashMap<OriginKey, quinn::Connection>>,
+    /// Each peer's connection in each direction (`true`: dialed by this node).
+    by_direction: Mutex<HashMap<(OriginKey, bool), quinn::Connection>>,
     /// Per peer key, the slots for streams read at once ([`STREAM_READS_MAX`]), shared by
-    /// all of that peer's connections: a peer that opens many connections gets no more.
+    /// both of that peer's connections ([`Transport::adopt`]: one each way).
     /// One entry per trusted key that ever connected.
     reads: Mutex<HashMap<OriginKey, Arc<tokio::sync::Semaphore>>>,
     regions: Mutex<HashMap<OriginKey, String>>,
@@ -233,6 +235,7 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             trusted,
             conns: Mutex::new(HashMap::new()),
+            by_direction: Mutex::new(HashMap::new()),
             reads: Mutex::new(HashMap::new()),
             regions: Mutex::new(HashMap::new()),
             to_driver,
@@ -305,7 +308,7 @@ impl Transport {
                     match t.connect(addr).await {
                         Ok((key, conn)) => {
                             if key != t.me {
-                                t.adopt(key, conn);
+                                t.adopt(key, conn, true);
                                 let _ = t.to_driver.send(FromMesh::SeedReached { key, addr }).await;
                             }
                             return;
@@ -331,8 +334,27 @@ impl Transport {
         Ok((OriginKey(key), conn))
     }
 
-    /// Registers a connection to `key` and starts reading from it.
-    fn adopt(self: &Arc<Self>, key: OriginKey, conn: quinn::Connection) {
+    /// Registers a connection to `key` (`dialed`: this node opened it) and starts reading
+    /// from it. A peer holds at most one connection each way: a newer one in the same
+    /// direction replaces the older (a peer that restarted, or one opening connection after
+    /// connection, which would each have QUIC's receive windows of buffer here), which is
+    /// closed. Both directions stay: two nodes dialing each other at once keep both
+    /// connections, and neither has to guess which one the other keeps.
+    fn adopt(self: &Arc<Self>, key: OriginKey, conn: quinn::Connection, dialed: bool) {
+        let older = self
+            .by_direction
+            .lock()
+            .ok()
+            .and_then(|mut d| d.insert((key, dialed), conn.clone()))
+            .filter(|old| old.stable_id() != conn.stable_id());
+        if let Some(older) = older {
+            Metrics::inc(&self.metrics.mesh_dropped, "reason", "connection_replaced");
+            debug!(peer = %key, dialed, "a newer connection replaces the older");
+            older.close(
+                quinn::VarInt::from_u32(0),
+                b"replaced by a newer connection",
+            );
+        }
         if let Ok(mut conns) = self.conns.lock() {
             conns.insert(key, conn.clone());
         }
@@ -346,7 +368,7 @@ impl Transport {
             tokio::spawn(async move {
                 match incoming.await {
                     Ok(conn) => match crate::tls::peer_key(&conn) {
-                        Some(key) => t.adopt(OriginKey(key), conn),
+                        Some(key) => t.adopt(OriginKey(key), conn, false),
                         None => {
                             t.metrics.reject("peer_without_identity");
                             t.audit.deny(
@@ -473,7 +495,7 @@ impl Transport {
             .and_then(|p| p.get(&to).and_then(|p| p.addr))?;
         match tokio::time::timeout(Duration::from_secs(5), self.connect(addr)).await {
             Ok(Ok((key, conn))) if key == to => {
-                self.adopt(key, conn.clone());
+                self.adopt(key, conn.clone(), true);
                 Some(conn)
             }
             Ok(Ok((key, _))) => {
@@ -596,6 +618,7 @@ impl Transport {
                     tokio::spawn(async move {
                         let _permit = permit;
                         if let Err(e) = t.sync_exchange(to, conn, bytes).await {
+                            Metrics::inc(&t.metrics.mesh_dropped, "reason", "sync_failed");
                             debug!(peer = %to, error = %e, "sync exchange failed");
                         }
                     });
@@ -609,7 +632,8 @@ impl Transport {
                     tokio::spawn(async move {
                         let _permit = permit;
                         if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
-                            debug!(peer = %to, error = %e, "confirmable push failed");
+                            Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
+                            warn!(peer = %to, error = %e, "confirmable push failed");
                         }
                     });
                 }
@@ -661,7 +685,9 @@ impl Transport {
             send.write_all(&[KIND_CONFIRM]).await?;
             send.write_all(&push).await?;
             send.finish()?;
-            anyhow::Ok(recv.read_to_end(1 << 20).await?)
+            // The ids of the push's events: 33 bytes each, so a push of many small
+            // events (up to `BATCH_BYTES_MAX` of them) has an answer over a megabyte.
+            anyhow::Ok(recv.read_to_end(MESSAGE_LEN_MAX).await?)
         })
         .await??;
         let ids: Vec<[u8; 32]> = postcard::from_bytes(&answer)?;
@@ -1087,6 +1113,125 @@ mod tests {
         a.close();
         b.close();
         c.close();
+    }
+
+    /// A peer keeps one connection each way: each newer connection it opens replaces (and
+    /// closes) the older one, so a trusted node opening connection after connection does
+    /// not hold QUIC's receive buffers many times over.
+    #[tokio::test]
+    async fn a_newer_connection_from_a_peer_replaces_the_older() {
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 64);
+        let (a, _a_rx, _) = start(0);
+        let (b, _b_rx, b_metrics) = start(1);
+        let b_addr = b.endpoint.local_addr().unwrap();
+        let mut dialed = Vec::new();
+        for _ in 0..3 {
+            let (key, conn) = a.connect(b_addr).await.unwrap();
+            assert_eq!(key, keys[1]);
+            dialed.push(conn);
+            // B adopts each as it accepts it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while dialed[..2].iter().any(|c| c.close_reason().is_none()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "B kept the older connections open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(dialed[2].close_reason().is_none(), "the newest was closed");
+        assert_eq!(
+            b_metrics
+                .mesh_dropped
+                .get_or_create(&vec![("reason", "connection_replaced".into())])
+                .get(),
+            2
+        );
+        a.close();
+        b.close();
+    }
+
+    /// A confirmable push of many small events is confirmed: its answer (33 bytes per id)
+    /// is over a megabyte, which the sender once refused to read, so the publisher's
+    /// `regions:N` timed out although the other region had committed.
+    #[tokio::test]
+    async fn a_push_of_many_small_events_is_confirmed() {
+        const N: u64 = 40_000;
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 64);
+        let (a, mut a_rx, a_metrics) = start(0);
+        let (b, mut b_rx, _) = start(1);
+        let b_addr = b.endpoint.local_addr().unwrap();
+        let signer = Signer::from_secret(&[5; 32]);
+        let Message::Push { events, .. } = push("orders.x") else {
+            unreachable!()
+        };
+        let template = events[0].draft().clone();
+        let events: Vec<_> = (1..=N)
+            .map(|seq| {
+                let mut d = template.clone();
+                d.seq = seq;
+                StdArc::new(signer.sign(d).unwrap())
+            })
+            .collect();
+        let ids: Vec<[u8; 32]> = events.iter().map(|e| e.id().0).collect();
+        assert!(
+            ids.len() * 33 > 1 << 20,
+            "the answer must be over a megabyte"
+        );
+        a.send(
+            keys[1],
+            Some(b_addr),
+            Outgoing {
+                msg: Message::Push {
+                    events,
+                    relay: Vec::new(),
+                    ack: 0,
+                    reroutes: 0,
+                },
+                confirm: true,
+                class: Class::Normal,
+            },
+        );
+        // B's driver commits them all and confirms.
+        let answered = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(m) = b_rx.recv().await {
+                if let FromMesh::Message {
+                    reply: Some(Reply::Confirm(tx)),
+                    ..
+                } = m
+                {
+                    return tx.send(ids.clone()).is_ok();
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(answered, Ok(true), "B never got the confirmable push");
+        let confirmed = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(m) = a_rx.recv().await {
+                if let FromMesh::Confirmed { from, ids } = m {
+                    return Some((from, ids.len()));
+                }
+            }
+            None
+        })
+        .await;
+        let failed = a_metrics
+            .mesh_dropped
+            .get_or_create(&vec![("reason", "confirm_failed".into())])
+            .get();
+        assert_eq!(
+            confirmed,
+            Ok(Some((keys[1], N as usize))),
+            "the confirmation never came back (confirm_failed {failed})"
+        );
+        a.close();
+        b.close();
     }
 
     /// A backed-up peer queue drains latency-sensitive traffic first, bulk last, each lane
