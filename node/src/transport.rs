@@ -49,6 +49,18 @@ pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
 /// not yet timed out, or its node hung while QUIC keeps the connection alive) holds only
 /// its own slots, and every other peer's exchanges go on.
 pub(crate) const BI_INFLIGHT_MAX: usize = 64;
+/// Bidirectional exchanges waiting for one of a peer's slots; past it the peer's send
+/// queue waits too.
+const EXCHANGES_WAITING_MAX: usize = 256;
+
+/// A bidirectional exchange waiting for a slot ([`Transport::exchanges`]).
+#[derive(Debug)]
+struct Exchange {
+    conn: quinn::Connection,
+    bytes: Vec<u8>,
+    /// A confirmable push (else an anti-entropy request).
+    confirm: bool,
+}
 /// Most incoming streams read at the same time per peer (all its connections together).
 pub(crate) const STREAM_READS_MAX: usize = 32;
 /// Longest wait for an answer on a bidirectional stream.
@@ -519,7 +531,8 @@ impl Transport {
     /// Sends a peer's queue until its senders are gone ([`Transport::peer_task`]).
     async fn send_queue(self: Arc<Self>, to: OriginKey, mut lanes: Lanes) {
         let key_hex = hex::encode(to.0);
-        let bi = Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX));
+        let (exchanges, waiting) = mpsc::channel(EXCHANGES_WAITING_MAX);
+        tokio::spawn(self.clone().exchanges(to, waiting));
         let mut down_until: Option<tokio::time::Instant> = None;
         while let Some(out) = lanes.next().await {
             // A peer that dialed in meanwhile ends the window at once (after a partition
@@ -547,7 +560,7 @@ impl Transport {
             let t = self.clone();
             match verdict {
                 Verdict::Drop => Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos"),
-                Verdict::Send => t.transmit(to, conn, out, &bi).await,
+                Verdict::Send => t.transmit(to, conn, out, &exchanges).await,
                 Verdict::Delay(d) => {
                     use std::sync::atomic::Ordering::Relaxed;
                     if self.delayed.fetch_add(1, Relaxed) >= CHAOS_DELAYED_MAX {
@@ -556,14 +569,45 @@ impl Transport {
                         continue;
                     }
                     let delayed = self.delayed.clone();
-                    let bi = bi.clone();
+                    let exchanges = exchanges.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(d).await;
                         delayed.fetch_sub(1, Relaxed);
-                        t.transmit(to, conn, out, &bi).await;
+                        t.transmit(to, conn, out, &exchanges).await;
                     });
                 }
             }
+        }
+    }
+
+    /// A peer's bidirectional exchanges (anti-entropy requests, confirmable pushes), in
+    /// order: each takes one of the peer's [`BI_INFLIGHT_MAX`] slots for its whole length
+    /// (bounded by [`BI_ANSWER_TIMEOUT`]). In a task of their own, so that a slow peer's
+    /// exchanges waiting for slots hold up neither its other lanes nor other peers.
+    async fn exchanges(self: Arc<Self>, to: OriginKey, mut waiting: mpsc::Receiver<Exchange>) {
+        let bi = Arc::new(tokio::sync::Semaphore::new(BI_INFLIGHT_MAX));
+        while let Some(Exchange {
+            conn,
+            bytes,
+            confirm,
+        }) = waiting.recv().await
+        {
+            let Ok(permit) = bi.clone().acquire_owned().await else {
+                return;
+            };
+            let t = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if confirm {
+                    if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
+                        Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
+                        warn!(peer = %to, error = %e, "confirmable push failed");
+                    }
+                } else if let Err(e) = t.sync_exchange(to, conn, bytes).await {
+                    Metrics::inc(&t.metrics.mesh_dropped, "reason", "sync_failed");
+                    debug!(peer = %to, error = %e, "sync exchange failed");
+                }
+            });
         }
     }
 
@@ -592,14 +636,14 @@ impl Transport {
         }
     }
 
-    /// Sends one message to `to`; a bidirectional exchange takes one of that peer's `bi`
-    /// slots for its whole length (bounded by [`BI_ANSWER_TIMEOUT`]).
+    /// Sends one message to `to`; a bidirectional exchange goes to the peer's exchange
+    /// queue ([`Transport::exchanges`]).
     async fn transmit(
         self: Arc<Self>,
         to: OriginKey,
         conn: quinn::Connection,
         out: Outgoing,
-        bi: &Arc<tokio::sync::Semaphore>,
+        exchanges: &mpsc::Sender<Exchange>,
     ) {
         let bytes = wire::encode(&out.msg);
         let result: anyhow::Result<()> = async {
@@ -609,33 +653,19 @@ impl Transport {
                 {
                     conn.send_datagram(bytes.into())?;
                 }
-                (Channel::Bi, _) => {
-                    // Waits for a slot: backpressure onto this peer's bounded queue.
-                    let Ok(permit) = bi.clone().acquire_owned().await else {
-                        return Ok(());
+                // Exchanges wait for a slot in their own queue ([`Transport::exchanges`]),
+                // not here: the peer's other lanes (SWIM, acknowledgements) go on meanwhile.
+                (channel @ Channel::Bi, _) | (channel, true) => {
+                    let exchange = Exchange {
+                        conn,
+                        bytes,
+                        // A Bi-channel message is an anti-entropy request, whatever `confirm`.
+                        confirm: !matches!(channel, Channel::Bi),
                     };
-                    let t = self.clone();
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = t.sync_exchange(to, conn, bytes).await {
-                            Metrics::inc(&t.metrics.mesh_dropped, "reason", "sync_failed");
-                            debug!(peer = %to, error = %e, "sync exchange failed");
-                        }
-                    });
-                }
-                (_, true) => {
-                    // Waits for a slot: backpressure onto this peer's bounded queue.
-                    let Ok(permit) = bi.clone().acquire_owned().await else {
+                    // Backpressure onto this peer's queue only once that queue is full too.
+                    if exchanges.send(exchange).await.is_err() {
                         return Ok(());
-                    };
-                    let t = self.clone();
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
-                            Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
-                            warn!(peer = %to, error = %e, "confirmable push failed");
-                        }
-                    });
+                    }
                 }
                 _ => {
                     let mut s = conn.open_uni().await?;
@@ -1150,6 +1180,71 @@ mod tests {
                 .get(),
             2
         );
+        a.close();
+        b.close();
+    }
+
+    /// A peer's exchanges waiting for slots (64 confirmable pushes in flight to a peer that
+    /// does not answer them yet) do not hold up its latency lane: an acknowledgement sent
+    /// after them arrives at once, not when the exchanges time out (30 s).
+    #[tokio::test]
+    async fn exchanges_waiting_for_slots_do_not_hold_up_acknowledgements() {
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 1024);
+        let (a, _a_rx, _) = start(0);
+        let (b, mut b_rx, _) = start(1);
+        let b_addr = b.endpoint.local_addr().unwrap();
+        for _ in 0..BI_INFLIGHT_MAX + 10 {
+            a.send(
+                keys[1],
+                Some(b_addr),
+                Outgoing {
+                    msg: push("orders.x"),
+                    confirm: true,
+                    class: Class::Normal,
+                },
+            );
+        }
+        // B's driver takes the pushes and holds their answers (a loaded node), until no
+        // more come (B reads a bounded number of streams at once): A's slots are all taken.
+        let mut held = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), b_rx.recv()).await {
+            if let FromMesh::Message { reply: Some(r), .. } = m {
+                held.push(r);
+            }
+        }
+        assert!(!held.is_empty(), "no confirmable push arrived");
+        let sent = tokio::time::Instant::now();
+        a.send(
+            keys[1],
+            Some(b_addr),
+            Outgoing {
+                msg: Message::PushAck(9),
+                confirm: false,
+                class: Class::Latency,
+            },
+        );
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = b_rx.recv().await {
+                if let FromMesh::Message {
+                    msg: Message::PushAck(9),
+                    ..
+                } = m
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            got,
+            Ok(true),
+            "the acknowledgement waited behind the exchanges"
+        );
+        assert!(sent.elapsed() < Duration::from_secs(10));
+        drop(held);
         a.close();
         b.close();
     }
