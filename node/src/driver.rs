@@ -690,7 +690,13 @@ impl Driver {
     fn on_mesh(&mut self, input: FromMesh) {
         let now = self.now();
         match input {
-            FromMesh::Message { from, msg, reply } => {
+            // `_budget` is released when the message has been handled.
+            FromMesh::Message {
+                from,
+                msg,
+                reply,
+                budget: _budget,
+            } => {
                 let push_ids: Vec<EventId> = match &msg {
                     Message::Push { events, .. } => events.iter().map(|e| e.id()).collect(),
                     _ => Vec::new(),

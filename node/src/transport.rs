@@ -49,6 +49,12 @@ pub(crate) const CHAOS_DELAYED_MAX: usize = 65_536;
 /// not yet timed out, or its node hung while QUIC keeps the connection alive) holds only
 /// its own slots, and every other peer's exchanges go on.
 pub(crate) const BI_INFLIGHT_MAX: usize = 64;
+/// KiB of peers' messages between their arrival and the driver's handling of them, all
+/// peers together: the driver's queue is bounded by messages (a message may be up to
+/// `MESSAGE_LEN_MAX`), this by bytes. A message waits for its share before it is queued,
+/// holding its stream's read slot, so the peers' reads stop (QUIC flow control) until the
+/// driver catches up. A message larger than the whole budget takes all of it.
+pub(crate) const MESH_QUEUED_KIB_MAX: u32 = if cfg!(test) { 16 << 10 } else { 256 << 10 };
 /// Bidirectional exchanges waiting for one of a peer's slots; past it the peer's send
 /// queue waits too.
 const EXCHANGES_WAITING_MAX: usize = 256;
@@ -73,11 +79,13 @@ const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) enum FromMesh {
     /// A verified message from an authenticated peer. `reply` answers on the same stream
-    /// (sync requests, confirmable pushes).
+    /// (sync requests, confirmable pushes). `budget` is the message's share of
+    /// [`MESH_QUEUED_KIB_MAX`]: held until the driver has handled it.
     Message {
         from: OriginKey,
         msg: Message,
         reply: Option<Reply>,
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// Committed ids a peer confirmed for a confirmable push.
     Confirmed { from: OriginKey, ids: Vec<[u8; 32]> },
@@ -211,6 +219,8 @@ pub(crate) struct Transport {
     /// Outgoing bidirectional exchanges in progress.
     /// Envelopes that passed verification lately: a copy of one is not verified again.
     verified: Arc<weft_fabric::VerifiedCache>,
+    /// Peers' messages waiting for the driver, KiB ([`MESH_QUEUED_KIB_MAX`]).
+    queued: Arc<tokio::sync::Semaphore>,
     /// [`UNREACHABLE_WAIT`] in milliseconds (tests lengthen it).
     unreachable_wait_ms: std::sync::atomic::AtomicU64,
 }
@@ -257,6 +267,7 @@ impl Transport {
             delayed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             peer_tasks: std::sync::atomic::AtomicUsize::new(0),
             verified: Arc::new(weft_fabric::VerifiedCache::new(VERIFIED_CACHE_LEN)),
+            queued: Arc::new(tokio::sync::Semaphore::new(MESH_QUEUED_KIB_MAX as usize)),
             unreachable_wait_ms: std::sync::atomic::AtomicU64::new(
                 UNREACHABLE_WAIT.as_millis() as u64
             ),
@@ -756,6 +767,12 @@ impl Transport {
     /// stuck still acknowledges until its queue and stream-read permits fill; SWIM, which
     /// the driver answers, declares it down.
     async fn deliver(self: &Arc<Self>, from: OriginKey, bytes: &[u8], reply: Option<Reply>) {
+        let kib = u32::try_from(bytes.len().div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, MESH_QUEUED_KIB_MAX);
+        let Ok(budget) = self.queued.clone().acquire_many_owned(kib).await else {
+            return;
+        };
         let mut incoming = match wire::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -812,7 +829,12 @@ impl Transport {
         Metrics::inc(&self.metrics.mesh_received, "kind", msg.kind());
         let _ = self
             .to_driver
-            .send(FromMesh::Message { from, msg, reply })
+            .send(FromMesh::Message {
+                from,
+                msg,
+                reply,
+                budget: Some(budget),
+            })
             .await;
     }
 
@@ -1245,6 +1267,98 @@ mod tests {
         );
         assert!(sent.elapsed() < Duration::from_secs(10));
         drop(held);
+        a.close();
+        b.close();
+    }
+
+    /// Peers' messages waiting for the driver are bounded by bytes: a driver that does not
+    /// keep up holds at most `MESH_QUEUED_KIB_MAX` of them (16 MiB in tests), and the rest
+    /// come as it handles those.
+    #[tokio::test]
+    async fn messages_waiting_for_the_driver_are_bounded_by_bytes() {
+        const PUSHES: usize = 30;
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 1024);
+        let (a, _a_rx, _) = start(0);
+        let (b, mut b_rx, _) = start(1);
+        let b_addr = b.endpoint.local_addr().unwrap();
+        let signer = Signer::from_secret(&[5; 32]);
+        let Message::Push { events, .. } = push("orders.x") else {
+            unreachable!()
+        };
+        let mut draft = events[0].draft().clone();
+        draft.payload = Payload::Clear(vec![7u8; 900 << 10]);
+        for seq in 1..=PUSHES as u64 {
+            draft.seq = seq;
+            a.send(
+                keys[1],
+                Some(b_addr),
+                Outgoing {
+                    msg: Message::Push {
+                        events: vec![StdArc::new(signer.sign(draft.clone()).unwrap())],
+                        relay: Vec::new(),
+                        ack: 0,
+                        reroutes: 0,
+                    },
+                    confirm: false,
+                    class: Class::Normal,
+                },
+            );
+        }
+        // The driver takes what is queued but has not handled it yet (holds the messages).
+        let mut held = Vec::new();
+        let pushes = |held: &Vec<FromMesh>| {
+            held.iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        FromMesh::Message {
+                            msg: Message::Push { .. },
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        // Until no push has come for two seconds (RTT reports keep coming).
+        let mut quiet_since = tokio::time::Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(2) {
+            if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), b_rx.recv()).await
+            {
+                if matches!(
+                    m,
+                    FromMesh::Message {
+                        msg: Message::Push { .. },
+                        ..
+                    }
+                ) {
+                    quiet_since = tokio::time::Instant::now();
+                }
+                held.push(m);
+            }
+        }
+        let first = pushes(&held);
+        assert!(
+            (1..PUSHES).contains(&first),
+            "{first} pushes of 900 KiB queued against a budget of 16 MiB"
+        );
+        assert!(first <= (16 << 10) / 900, "{first} pushes queued");
+        // Handled: the rest arrive.
+        held.clear();
+        let mut rest = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while first + rest < PUSHES {
+            match tokio::time::timeout_at(deadline, b_rx.recv()).await {
+                Ok(Some(FromMesh::Message {
+                    msg: Message::Push { .. },
+                    ..
+                })) => rest += 1,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        assert_eq!(first + rest, PUSHES, "pushes lost");
         a.close();
         b.close();
     }
