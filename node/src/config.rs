@@ -603,6 +603,21 @@ http = "127.0.0.1:8400"
                 format!("{GOOD}\n[[edge.devices]]\nname = \"d\"\ntenant = \"t\"\nkey = \"zz\"\n"),
                 "edge.devices[0].key",
             ),
+            (
+                format!(
+                    "{GOOD}\n[[edge.devices]]\nname = \"d\"\ntenant = \"t\"\nkey = \"{k}\"\n[[edge.devices]]\nname = \"e\"\ntenant = \"t\"\nkey = \"{k}\"\n",
+                    k = "ab".repeat(32)
+                ),
+                "edge.devices[1].key",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[edge.devices]]\nname = \"d\"\ntenant = \"t\"\nkey = \"{}\"\n[[edge.devices]]\nname = \"d\"\ntenant = \"t\"\nkey = \"{}\"\n",
+                    "ab".repeat(32),
+                    "cd".repeat(32)
+                ),
+                "edge.devices[1].name",
+            ),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
             (
                 GOOD.replace("data_dir", "streams = [\"a..b\"]\ndata_dir"),

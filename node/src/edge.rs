@@ -119,9 +119,26 @@ pub(crate) fn check_config(c: &EdgeConfig) -> anyhow::Result<()> {
     if c.agents_max == 0 {
         return Err(err("edge.agents_max".into(), "must be at least 1".into()));
     }
+    let mut keys = std::collections::HashMap::new();
+    let mut names = std::collections::HashMap::new();
     for (i, d) in c.devices.iter().enumerate() {
         let f = format!("edge.devices[{i}]");
-        crate::config::hex32(&format!("{f}.key"), &d.key)?;
+        let key = crate::config::hex32(&format!("{f}.key"), &d.key)?;
+        // One entry per device: two names for a key would make its principal depend on
+        // the entry's order; two keys for a name would share a principal and a command
+        // stream.
+        if let Some(j) = keys.insert(key, i) {
+            return Err(err(
+                format!("{f}.key"),
+                format!("the same key as edge.devices[{j}]"),
+            ));
+        }
+        if let Some(j) = names.insert(d.name.clone(), i) {
+            return Err(err(
+                format!("{f}.name"),
+                format!("the same name as edge.devices[{j}]"),
+            ));
+        }
         if d.name.is_empty() || d.name.len() > weft_fabric::limits::NAME_LEN_MAX {
             return Err(err(format!("{f}.name"), "must be 1 to 128 bytes".into()));
         }
