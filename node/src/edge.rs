@@ -940,10 +940,7 @@ impl Edge {
         .await;
         match rx.await {
             Ok(Ok(p)) if p.durable_local => BatchAnswer::Durable { ids: p.ids },
-            Ok(Ok(_)) => BatchAnswer::Failed {
-                reason: "not_durable".into(),
-                message: "the node did not confirm the commit".into(),
-            },
+            Ok(Ok(_)) => self.failed("not_durable", "the node did not confirm the commit".into()),
             // Every event of the batch is stored or settled for good: an erase covers it,
             // or retention expired it here after it was stored. Its number is seen
             // fabric-wide, so resending it (or a void event under its number) could only
@@ -981,10 +978,7 @@ impl Edge {
                     message: e.to_string(),
                 }
             }
-            Err(_) => BatchAnswer::Failed {
-                reason: "shutting_down".into(),
-                message: "the node is shutting down".into(),
-            },
+            Err(_) => self.failed("shutting_down", "the node is shutting down".into()),
         }
     }
 
