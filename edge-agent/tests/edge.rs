@@ -4,7 +4,7 @@
 //! the node refuses for good (dead letters, voids, renumbering, erased events) never stalls
 //! the drain.
 //!
-//! Each test takes its own loopback net (127.70.0.x to 127.82.0.x) and bounds every wait.
+//! Each test takes its own loopback net (127.70.0.x to 127.83.0.x) and bounds every wait.
 
 mod common;
 
@@ -1256,4 +1256,229 @@ fn edge_batches_are_rate_limited_and_a_rekeyed_device_is_cut_off() {
             .is_some_and(|m| m.contains(&w.agent_key) && m.contains("epoch 2")),
         "{entry}"
     );
+}
+
+/// A bare client of the edge protocol (`weft-edge/1`) holding the device key, for what the
+/// agent never does: publish without a control stream, send a broken frame, connect twice.
+mod raw {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{
+        WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
+    };
+    use rustls::pki_types::{
+        CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
+    };
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Accepts the node's certificate: the test dials the address it started the node on.
+    #[derive(Debug)]
+    struct AnyNode(WebPkiSupportedAlgorithms);
+
+    impl ServerCertVerifier for AnyNode {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(m, c, d, &self.0)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(m, c, d, &self.0)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            vec![SignatureScheme::ED25519]
+        }
+    }
+
+    /// Connects to the edge port at `addr` with the device key `seed`.
+    pub(super) async fn connect(addr: &str, seed: &[u8; 32]) -> quinn::Connection {
+        // RFC 8410 PKCS#8 prefix of an Ed25519 private key.
+        let mut pkcs8 = hex::decode("302e020100300506032b657004220420").unwrap();
+        pkcs8.extend_from_slice(seed);
+        let key = PrivatePkcs8KeyDer::from(pkcs8);
+        let pair = rcgen::KeyPair::try_from(&key).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["raw".to_string()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = AnyNode(provider.signature_verification_algorithms);
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key))
+            .unwrap();
+        tls.alpn_protocols = vec![weft_fabric::edge::EDGE_ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        endpoint
+            .connect(addr.parse().unwrap(), "weft-node")
+            .unwrap()
+            .await
+            .unwrap()
+    }
+
+    /// Sends one batch stream whose frame body is `body`; the node's answer as JSON.
+    pub(super) async fn batch(conn: &quinn::Connection, body: &[u8]) -> serde_json::Value {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut frame = vec![weft_fabric::edge::STREAM_BATCH];
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(body);
+        send.write_all(&frame).await.unwrap();
+        send.finish().unwrap();
+        let answer = recv.read_to_end(1 << 20).await.unwrap();
+        serde_json::from_slice(&answer[4..]).unwrap()
+    }
+
+    /// The application close code the node closed `conn` with, waiting up to 20 s.
+    pub(super) async fn closed_with(conn: &quinn::Connection) -> Option<u64> {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// What the edge port enforces on a client that is not the agent: it publishes without a
+/// control stream and is still cut off the moment a pushed epoch re-keys its device; a
+/// broken frame is answered `failed` (retry), not `refused` (an event dead-lettered); a
+/// second connection with the same key replaces the first.
+#[test]
+fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
+    use weft_fabric::edge::close;
+    let mut w = World::new("rawedge", 83, 1, "", &[], "");
+    let ops_key = signed_bundle(&w, 1, &w.agent_key.clone(), "");
+    let cfg = w.dir.join("n0.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("token_sha256 = \"{}\"", w.token_hash),
+        &format!("token_sha256 = \"{}\"\nadmin = true", w.token_hash),
+    );
+    std::fs::write(
+        &cfg,
+        format!("{text}[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle1.cbor\"\n"),
+    )
+    .unwrap();
+    w.start_node(0);
+    wait_for(Duration::from_secs(30), || {
+        let (_, b) = http_get(&node_http(83, 0), "/v1/status")?;
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        (v["policy_epoch"] == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("node never had epoch 1\n{}", w.logs()));
+    let seed = weft_agent::keys::load(&w.dir.join("device.key")).unwrap();
+    let signer = weft_fabric::Signer::from_secret(&seed);
+    let event = |seq: u64| {
+        let draft = weft_fabric::EventDraft {
+            stream: weft_fabric::StreamName::new(STREAM).unwrap(),
+            key: None,
+            seq,
+            hlc: weft_fabric::Hlc::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64,
+                0,
+            )
+            .unwrap(),
+            security: weft_fabric::SecurityContext {
+                tenant: "acme".into(),
+                principal: "till-7".into(),
+                classification: "public".into(),
+                residency: weft_fabric::Residency::Unrestricted,
+                scopes: Default::default(),
+                policy_epoch: 1,
+            },
+            content_type: "application/json".into(),
+            payload: weft_fabric::Payload::Clear(format!("{{\"n\":{seq}}}").into_bytes()),
+            trace: None,
+        };
+        signer.sign(draft).unwrap().encode()
+    };
+    let edge = format!("127.83.0.1:7500");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let first = raw::connect(&edge, &seed).await;
+        // A batch without any control stream: taken.
+        let e1 = event(1);
+        let answer = raw::batch(&first, &weft_fabric::edge::encode_batch([e1.as_slice()])).await;
+        assert_eq!(
+            answer["durable"]["ids"].as_array().map(Vec::len),
+            Some(1),
+            "{answer}"
+        );
+        // A frame that is not a batch: failed, so the agent retries instead of dropping.
+        let answer = raw::batch(&first, b"\xff\xff\xff\xff not a batch").await;
+        assert_eq!(answer["failed"]["reason"], "edge_bad_frame", "{answer}");
+        // A second connection with the same key replaces the first.
+        let second = raw::connect(&edge, &seed).await;
+        assert_eq!(
+            raw::closed_with(&first).await,
+            Some(u64::from(close::REPLACED))
+        );
+        let e2 = event(2);
+        let answer = raw::batch(&second, &weft_fabric::edge::encode_batch([e2.as_slice()])).await;
+        assert!(answer.get("durable").is_some(), "{answer}");
+        // Epoch 2 enrolls another key as till-7: the connection, which never opened a
+        // control stream, is closed as not enrolled.
+        let out = run_ok(
+            &agent_bin(),
+            &["keygen", "--out", w.dir.join("k2.key").to_str().unwrap()],
+        );
+        let other = out
+            .lines()
+            .find_map(|l| l.strip_prefix("public key:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        signed_bundle(&w, 2, &other, "");
+        run_ok(
+            &weft_bin(),
+            &[
+                "policy",
+                "push",
+                "--node",
+                &format!("http://{}", node_http(83, 0)),
+                "--token-file",
+                w.dir.join("client.key.token").to_str().unwrap(),
+                w.dir.join("bundle2.cbor").to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            raw::closed_with(&second).await,
+            Some(u64::from(close::NOT_ENROLLED)),
+            "the re-keyed device stayed connected\n{}",
+            w.logs()
+        );
+    });
+    // Both events are stored, once.
+    let events = wait_for(Duration::from_secs(10), || {
+        let e = w.events(0, STREAM)?;
+        (e.len() >= 2).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("the raw events were not stored\n{}", w.logs()));
+    assert_eq!(ns(&events), vec![1, 2]);
 }
