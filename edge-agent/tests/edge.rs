@@ -1415,13 +1415,13 @@ fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
         };
         signer.sign(draft).unwrap().encode()
     };
-    let edge = format!("127.83.0.1:7500");
+    let edge = "127.83.0.1:7500";
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let first = raw::connect(&edge, &seed).await;
+        let first = raw::connect(edge, &seed).await;
         // A batch without any control stream: taken.
         let e1 = event(1);
         let answer = raw::batch(&first, &weft_fabric::edge::encode_batch([e1.as_slice()])).await;
@@ -1434,7 +1434,7 @@ fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
         let answer = raw::batch(&first, b"\xff\xff\xff\xff not a batch").await;
         assert_eq!(answer["failed"]["reason"], "edge_bad_frame", "{answer}");
         // A second connection with the same key replaces the first.
-        let second = raw::connect(&edge, &seed).await;
+        let second = raw::connect(edge, &seed).await;
         assert_eq!(
             raw::closed_with(&first).await,
             Some(u64::from(close::REPLACED))
