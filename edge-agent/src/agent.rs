@@ -399,8 +399,9 @@ struct Said {
 
 /// Whether new rules may replace the old: the summaries of every open window (`made`) fit
 /// in the room, or the outbox holds no summary (a budget smaller than the windows open: it
-/// then takes them all, at most `WINDOWS_MAX`). Else the rules change once the drain has
-/// made room: a profile comes from a node, to which the outbox drains.
+/// then takes them all, at most `WINDOWS_MAX`). Meanwhile no window closes (they stay open
+/// past their end), so the drain frees room for the change: a profile comes from a node,
+/// to which the outbox drains.
 fn rules_may_change(mut room: SummaryRoom, made: &[NewEvent]) -> bool {
     room.held == 0 || made.iter().all(|e| room.take(e.payload.len()))
 }
@@ -455,15 +456,28 @@ async fn close_windows(
     if due.is_empty() {
         return (Vec::new(), None, 0);
     }
-    let mut room = summary_room(shared, false).await;
+    // While new rules wait, the room is theirs: ended windows stay open.
+    let mut room = if said.waiting_rules {
+        SummaryRoom::default()
+    } else {
+        summary_room(shared, false).await
+    };
     let mut summaries = Vec::new();
     let mut deferred = 0;
+    // Earliest end first: once one does not fit, the later ones wait too (and no summary
+    // is made for them).
+    let mut full = false;
     for d in &due {
-        let e = summary_event(&shared.name, d, now);
-        if room.take(e.payload.len()) {
-            rules.close(&d.key);
-            summaries.push(e);
-        } else if rules.extend(&d.key, now) {
+        if !full {
+            let e = summary_event(&shared.name, d, now);
+            if room.take(e.payload.len()) {
+                rules.close(&d.key);
+                summaries.push(e);
+                continue;
+            }
+            full = true;
+        }
+        if rules.extend(&d.key, now) {
             deferred += 1;
         }
     }
