@@ -509,15 +509,6 @@ aggregate = { window_s = 2, fields = ["c"] }
 fn a_device_enrolled_by_policy_is_stamped_and_gets_its_rules() {
     let files = "[[inputs.files]]\npath = \"app.log\"\nstream = \"telemetry.till-7.log\"\nfrom = \"start\"\n";
     let mut w = World::new("policy", 74, 1, "", &[], files);
-    let weft = weft_bin();
-    let ops = w.dir.join("ops.key");
-    let out = run_ok(&weft, &["keygen", "--out", ops.to_str().unwrap()]);
-    let ops_key = out
-        .lines()
-        .find_map(|l| l.strip_prefix("public key:"))
-        .unwrap()
-        .trim()
-        .to_string();
     let bundle = format!(
         r#"format = 1
 epoch = 1
@@ -557,25 +548,8 @@ sample = 2
         device = w.agent_key,
         token_hash = w.token_hash
     );
-    std::fs::write(w.dir.join("bundle.toml"), bundle).unwrap();
-    run_ok(
-        &weft,
-        &[
-            "policy",
-            "sign",
-            "--key",
-            ops.to_str().unwrap(),
-            "--out",
-            w.dir.join("bundle.cbor").to_str().unwrap(),
-            w.dir.join("bundle.toml").to_str().unwrap(),
-        ],
-    );
-    let cfg = w.dir.join("n0.toml");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle.cbor\"\n"
-    ));
-    std::fs::write(&cfg, text).unwrap();
+    let ops_key = sign_bundle(&w, 1, &bundle);
+    use_policy(&w, &ops_key, false);
     w.start_node(0);
     w.start_agent(false);
     let s = wait_for(Duration::from_secs(30), || {
@@ -1090,20 +1064,6 @@ aggregate = { window_s = 1, fields = ["n"] }
 /// signs it with the test's operator key (`ops.key`, made on first use) into
 /// `bundle{epoch}.cbor`. Returns the operator's public key.
 fn signed_bundle(w: &World, epoch: u64, device: &str, extra: &str) -> String {
-    let weft = weft_bin();
-    let ops = w.dir.join("ops.key");
-    let public = w.dir.join("ops.pub");
-    if !ops.exists() {
-        let out = run_ok(&weft, &["keygen", "--out", ops.to_str().unwrap()]);
-        let key = out
-            .lines()
-            .find_map(|l| l.strip_prefix("public key:"))
-            .unwrap_or_else(|| panic!("no public key in {out}"))
-            .trim()
-            .to_string();
-        std::fs::write(&public, key).unwrap();
-    }
-    let ops_key = std::fs::read_to_string(&public).unwrap();
     let bundle = format!(
         r#"format = 1
 epoch = {epoch}
@@ -1139,8 +1099,28 @@ jurisdiction = "EU"
         node = w.node_keys[0],
         token_hash = w.token_hash
     );
+    sign_bundle(w, epoch, &bundle)
+}
+
+/// Writes `text` as `bundle{epoch}.toml` and signs it with the test's operator key
+/// (`ops.key`, made on first use) into `bundle{epoch}.cbor`. Returns the operator's
+/// public key.
+fn sign_bundle(w: &World, epoch: u64, text: &str) -> String {
+    let weft = weft_bin();
+    let ops = w.dir.join("ops.key");
+    let public = w.dir.join("ops.pub");
+    if !ops.exists() {
+        let out = run_ok(&weft, &["keygen", "--out", ops.to_str().unwrap()]);
+        let key = out
+            .lines()
+            .find_map(|l| l.strip_prefix("public key:"))
+            .unwrap_or_else(|| panic!("no public key in {out}"))
+            .trim()
+            .to_string();
+        std::fs::write(&public, key).unwrap();
+    }
     let toml = w.dir.join(format!("bundle{epoch}.toml"));
-    std::fs::write(&toml, bundle).unwrap();
+    std::fs::write(&toml, text).unwrap();
     let cbor = w.dir.join(format!("bundle{epoch}.cbor"));
     run_ok(
         &weft,
@@ -1154,7 +1134,25 @@ jurisdiction = "EU"
             toml.to_str().unwrap(),
         ],
     );
-    ops_key
+    std::fs::read_to_string(&public).unwrap()
+}
+
+/// Node 0 trusts `ops_key` and starts under `bundle1.cbor`; with `admin`, its `operator`
+/// principal is an admin (for `weft policy push` and `GET /v1/audit`).
+fn use_policy(w: &World, ops_key: &str, admin: bool) {
+    let cfg = w.dir.join("n0.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    if admin {
+        text = text.replace(
+            &format!("token_sha256 = \"{}\"", w.token_hash),
+            &format!("token_sha256 = \"{}\"\nadmin = true", w.token_hash),
+        );
+    }
+    std::fs::write(
+        &cfg,
+        format!("{text}[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle1.cbor\"\n"),
+    )
+    .unwrap();
 }
 
 /// The edge port applies the policy's rate limits to device batches (the agent is told
@@ -1165,16 +1163,7 @@ fn edge_batches_are_rate_limited_and_a_rekeyed_device_is_cut_off() {
     let mut w = World::new("edgepolicy", 82, 1, "", &[], "");
     let limits = "[[limits]]\nprincipal = \"till-7\"\nevents_per_s = 5\nburst = 4\n";
     let ops_key = signed_bundle(&w, 1, &w.agent_key.clone(), limits);
-    let cfg = w.dir.join("n0.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!("token_sha256 = \"{}\"", w.token_hash),
-        &format!("token_sha256 = \"{}\"\nadmin = true", w.token_hash),
-    );
-    std::fs::write(
-        &cfg,
-        format!("{text}[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle1.cbor\"\n"),
-    )
-    .unwrap();
+    use_policy(&w, &ops_key, true);
     w.start_node(0);
     w.start_agent(false);
     wait_for(Duration::from_secs(30), || {
@@ -1369,16 +1358,7 @@ fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
     use weft_fabric::edge::close;
     let mut w = World::new("rawedge", 83, 1, "", &[], "");
     let ops_key = signed_bundle(&w, 1, &w.agent_key.clone(), "");
-    let cfg = w.dir.join("n0.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        &format!("token_sha256 = \"{}\"", w.token_hash),
-        &format!("token_sha256 = \"{}\"\nadmin = true", w.token_hash),
-    );
-    std::fs::write(
-        &cfg,
-        format!("{text}[policy]\noperators = [\"{ops_key}\"]\nbundle = \"bundle1.cbor\"\n"),
-    )
-    .unwrap();
+    use_policy(&w, &ops_key, true);
     w.start_node(0);
     wait_for(Duration::from_secs(30), || {
         let (_, b) = http_get(&node_http(83, 0), "/v1/status")?;
