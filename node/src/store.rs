@@ -656,6 +656,66 @@ fn schema_version(conn: &Connection, path: &Path) -> Result<i64, OpenError> {
     Ok(found)
 }
 
+/// The rows a principal erase reads (`SqliteStore::erase`): the principal's, by the
+/// `events_principal` index, up to the rule's stamp, never a system stream's.
+const PRINCIPAL_ROWS_SQL: &str = "SELECT id, origin, seq, envelope FROM events \
+     WHERE principal = ?1 AND hlc <= ?2 AND stream NOT LIKE '\\_weft.%' ESCAPE '\\'";
+
+/// Rows backfilled per transaction by [`upgrade_principal_column`].
+const BACKFILL_CHUNK: usize = 4096;
+
+/// Gives `events` its `principal` column (the signed security context's principal, added
+/// after version 1) and the index a principal erase reads (`SqliteStore::erase`): without
+/// it that erase decoded every stored envelope inside the driver's step, seconds per
+/// million events with the mesh waiting. Rows stored before the column are backfilled
+/// here, once, in chunks (each its own transaction: an interrupted backfill goes on at the
+/// next open); a row whose envelope does not decode fails the open, as a corrupt store.
+/// Returns the number of rows backfilled.
+fn upgrade_principal_column(conn: &Connection) -> Result<usize, StoreError> {
+    let has_column: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'principal'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(backend)?;
+    if !has_column {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN principal TEXT")
+            .map_err(backend)?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS events_principal ON events (principal, hlc)")
+        .map_err(backend)?;
+    let mut done = 0;
+    loop {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = conn
+            .prepare_cached("SELECT id, envelope FROM events WHERE principal IS NULL LIMIT ?1")
+            .and_then(|mut s| {
+                s.query_map([BACKFILL_CHUNK as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(backend)?;
+        if rows.is_empty() {
+            break;
+        }
+        let tx = conn.unchecked_transaction().map_err(backend)?;
+        for (id, envelope) in &rows {
+            // Stored events were verified on arrival: the claimed fields are the signed ones.
+            let unverified = weft_fabric::decode(envelope).map_err(|_| corrupt("envelope"))?;
+            tx.prepare_cached("UPDATE events SET principal = ?1 WHERE id = ?2")
+                .and_then(|mut s| {
+                    s.execute(params![unverified.claimed_data().security().principal, id])
+                })
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        done += rows.len();
+        if rows.len() < BACKFILL_CHUNK {
+            break;
+        }
+    }
+    if done > 0 {
+        tracing::info!(rows = done, "stored events indexed by principal");
+    }
+    Ok(done)
+}
+
 fn count(conn: &Connection, table: &str) -> Result<usize, StoreError> {
     // `table` is one of this module's constant names, never input.
     let n: i64 = conn
@@ -903,6 +963,10 @@ impl SqliteStore {
             .and_then(|v| v.try_into().ok().map(i64::from_le_bytes))
             .map_or(0, |ms| u64::try_from(ms).unwrap_or(0));
         conn.execute_batch(ERASE_SCHEMA).map_err(sqlite)?;
+        upgrade_principal_column(&conn).map_err(|source| OpenError::Load {
+            path: path.clone(),
+            source,
+        })?;
         retention::create_schema(&conn).map_err(sqlite)?;
         derived::upgrade_schema(&conn).map_err(sqlite)?;
         // Durable cursors from before they had owners (`OWNER:` keys) are never read again
@@ -1449,8 +1513,9 @@ impl SqliteStore {
     /// Records the erase rule `target` (covering events stamped up to `hlc_max`) and
     /// erases every stored event it covers: rows in `events`, `log` and `ce_dedup` go, each
     /// event's `(origin, seq, id)` goes to `erased` (still in the ranges). In the open
-    /// write transaction (committed with the driver's step). A principal rule reads every
-    /// stored event (a full scan); a key rule uses the key's rows.
+    /// write transaction (committed with the driver's step). A rule reads its own rows
+    /// only, by index: a key rule the key's (`events_stream_key`), a principal rule the
+    /// principal's (`events_principal`).
     pub(crate) fn erase(
         &mut self,
         target: &crate::erase::Target,
@@ -1479,10 +1544,11 @@ impl SqliteStore {
                  WHERE stream = ?1 AND key = ?2 AND hlc <= ?3",
                 vec![stream.clone().into(), key.clone().into(), hlc_sql.into()],
             ),
-            crate::erase::Target::Principal { .. } => (
-                "SELECT id, origin, seq, envelope FROM events \
-                 WHERE hlc <= ?1 AND stream NOT LIKE '\\_weft.%' ESCAPE '\\'",
-                vec![hlc_sql.into()],
+            // The principal's rows by their index (`upgrade_principal_column`); the tenant
+            // is checked on the decoded context below.
+            crate::erase::Target::Principal { principal, .. } => (
+                PRINCIPAL_ROWS_SQL,
+                vec![principal.clone().into(), hlc_sql.into()],
             ),
         };
         let mut covered: Vec<Row> = Vec::new();
@@ -1595,6 +1661,17 @@ impl SqliteStore {
         }
         if self.state.expired != rows.expired {
             return Err("expired ranges differ from the rows".into());
+        }
+        let unindexed: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE principal IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if unindexed != 0 {
+            return Err(format!("{unindexed} events without their principal"));
         }
         let counted: Vec<(String, i64)> = self
             .conn
@@ -1758,8 +1835,8 @@ impl Store for SqliteStore {
         let hlc = event.hlc().as_u64().cast_signed();
         self.conn
             .prepare_cached(
-                "INSERT INTO events (id, origin, seq, stream, key, hlc, envelope) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (id, origin, seq, stream, key, hlc, envelope, principal) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -1770,6 +1847,7 @@ impl Store for SqliteStore {
                     event.key(),
                     hlc,
                     event.encode(),
+                    event.security().principal,
                 ])
             })
             .map_err(backend)?;
@@ -2409,6 +2487,70 @@ mod tests {
         store.commit().unwrap();
         store.check_invariants().unwrap();
         assert_eq!(store.stats().erased, 1, "counted since the reopen");
+    }
+
+    #[test]
+    fn a_principal_erase_reads_the_principals_rows_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PRINCIPAL_ROWS_SQL}"))
+            .unwrap()
+            .query_map(params!["p", 1i64], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX events_principal (principal=? AND hlc<?)")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_the_principal_column_is_backfilled_at_open() {
+        use crate::erase::Target;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        // More rows than one backfill chunk (`event` signs as "orders-service").
+        let n = BACKFILL_CHUNK as u64 + 10;
+        for seq in 1..=n {
+            store.insert(event(1, "orders", seq, b"x")).unwrap();
+        }
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        // As a store written before the column: no index, no column.
+        store
+            .conn
+            .execute_batch("DROP INDEX events_principal; ALTER TABLE events DROP COLUMN principal;")
+            .unwrap();
+        drop(store);
+        let mut store = open(dir.path());
+        store.check_invariants().unwrap();
+        let unindexed: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE principal IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(unindexed, 0);
+        // The backfilled rows are found by a principal erase, and only its own.
+        let other = Target::Principal {
+            principal: "someone-else".into(),
+            tenant: String::new(),
+        };
+        assert!(store.erase(&other, u64::MAX >> 1).unwrap().is_empty());
+        let mine = Target::Principal {
+            principal: "orders-service".into(),
+            tenant: String::new(),
+        };
+        assert_eq!(store.erase(&mine, u64::MAX >> 1).unwrap().len(), n as usize);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.len(), 0);
     }
 
     #[test]
