@@ -43,8 +43,27 @@ const NODE_COOLDOWN: Duration = Duration::from_secs(30);
 /// Most sequencing passes one fill of the drain window makes (each takes up to a batch of
 /// events, sequenced or moved to the dead letters).
 const SEQUENCE_PASSES_MAX: usize = 64;
-/// Longest back-off between reconnection attempts to one candidate.
+/// First back-off between reconnection attempts to one candidate (doubling from here).
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest back-off between reconnection attempts to one candidate that failed or lost
+/// the connection for other reasons than the node's word ([`next_wait`]).
 const BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// Back-off after the node refused this device (`close::NOT_ENROLLED`, `close::PROTOCOL`):
+/// from this, doubling up to [`REFUSED_WAIT_MAX`]. The node audits every refusal, and only
+/// an operator's change (enrolling the key, a new agent) helps.
+const REFUSED_WAIT_MIN: Duration = Duration::from_secs(5);
+/// See [`REFUSED_WAIT_MIN`].
+const REFUSED_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Back-off after the node had no room (`close::TOO_MANY_AGENTS`) or another connection
+/// of this device key replaced this one (`close::REPLACED`: a second agent with the same
+/// key; without a wait the two would take the node from each other every 250 ms): from
+/// this, doubling up to [`BUSY_WAIT_MAX`]. Other nodes serve meanwhile.
+const BUSY_WAIT_MIN: Duration = Duration::from_secs(2);
+/// See [`BUSY_WAIT_MIN`].
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(30);
+/// A connection that stayed up this long resets the back-off: the next attempt after it
+/// ends starts from [`BACKOFF_MIN`] (or the floor its close code sets).
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// A healthy node replaces the current one only if its RTT (plus bias) is lower by this
 /// fraction and [`SWITCH_MARGIN_MS`]: no flapping between nodes of similar RTT.
 const SWITCH_MARGIN_PCT: f64 = 20.0;
@@ -655,18 +674,19 @@ fn adopt_profile(shared: &Arc<Shared>, profile: Profile) {
     });
 }
 
-/// Keeps a connection to candidate `idx`: connect, hello, profiles, reconnect.
+/// Keeps a connection to candidate `idx`: connect, hello, profiles, reconnect (after
+/// [`next_wait`]).
 async fn candidate_task(shared: Arc<Shared>, idx: usize) {
     let (addr, key) = {
         let c = lock(&shared.candidates);
         (c[idx].addr, c[idx].key)
     };
-    let mut backoff = Duration::from_millis(250);
+    let mut wait = Duration::ZERO;
     loop {
-        match connect(&shared, addr, key).await {
+        let (closed, error, lost) = match connect(&shared, addr, key).await {
             // The control stream's send half stays open as long as the connection.
             Ok((conn, _send, mut recv, profile)) => {
-                backoff = Duration::from_millis(250);
+                let since = Instant::now();
                 info!(%addr, node = %profile.node, rtt_ms = conn.rtt().as_secs_f64() * 1000.0, "connected");
                 {
                     let mut c = lock(&shared.candidates);
@@ -681,31 +701,95 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
                         Err(e) => warn!(%addr, error = %e, "bad profile from node"),
                     }
                 }
-                let reason = conn
-                    .close_reason()
-                    .map_or("control stream ended".to_string(), |r| r.to_string());
-                warn!(%addr, %reason, "connection to node lost");
+                if since.elapsed() >= STABLE_AFTER {
+                    wait = Duration::ZERO;
+                }
+                let reason = conn.close_reason();
+                let closed = reason.as_ref().and_then(node_close_code);
+                let error = explained(
+                    closed,
+                    reason.map_or("control stream ended".to_string(), |r| r.to_string()),
+                );
                 {
                     let mut c = lock(&shared.candidates);
                     c[idx].conn = None;
                     c[idx].profile = None;
-                    c[idx].error = Some(reason);
+                    c[idx].error = Some(error.clone());
                 }
                 shared.changed.notify_one();
+                (closed, error, true)
             }
             Err(e) => {
-                let msg = format!("{e:#}");
-                debug!(%addr, error = %msg, "connecting failed");
-                if msg.contains("not_enrolled") || msg.contains("not_allowed") {
-                    error!(%addr, "the node refused this device: {msg}");
-                }
-                let mut c = lock(&shared.candidates);
-                c[idx].error = Some(msg);
+                let closed = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<quinn::ConnectionError>())
+                    .and_then(node_close_code);
+                (closed, explained(closed, format!("{e:#}")), false)
             }
+        };
+        wait = next_wait(wait, closed);
+        match closed {
+            Some(edge::close::NOT_ENROLLED | edge::close::PROTOCOL) => {
+                error!(%addr, retry_in_s = wait.as_secs_f64(), "{error}");
+            }
+            Some(edge::close::TOO_MANY_AGENTS | edge::close::REPLACED) => {
+                warn!(%addr, retry_in_s = wait.as_secs_f64(), "{error}");
+            }
+            _ if lost => warn!(%addr, reason = %error, "connection to node lost"),
+            _ => debug!(%addr, %error, "connecting failed"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        lock(&shared.candidates)[idx].error = Some(error);
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// The edge close code (`edge::close`) a node closed a connection with, if it did.
+fn node_close_code(e: &quinn::ConnectionError) -> Option<u32> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            u32::try_from(c.error_code.into_inner()).ok()
+        }
+        _ => None,
+    }
+}
+
+/// `raw` (the connection's error as QUIC gives it) after what the node's close code means
+/// for the operator, for the log and `weft-agent status`.
+fn explained(code: Option<u32>, raw: String) -> String {
+    let what = match code {
+        Some(edge::close::NOT_ENROLLED) => {
+            "the node refused this device (its key is not enrolled there, or a policy changed or revoked it)"
+        }
+        Some(edge::close::PROTOCOL) => {
+            "the node closed the connection as a protocol violation (an agent and node of incompatible versions?)"
+        }
+        Some(edge::close::TOO_MANY_AGENTS) => {
+            "the node has as many agents as it takes (edge.agents_max); other nodes serve meanwhile"
+        }
+        Some(edge::close::REPLACED) => {
+            "another connection with this device's key replaced this one: is a second agent running with the same key?"
+        }
+        Some(edge::close::SHUTDOWN) => "the node is shutting down",
+        _ => return raw,
+    };
+    format!("{what}: {raw}")
+}
+
+/// How long to wait before the next attempt at a node, after an attempt or connection that
+/// ended with the node's close code `code` (`None`: it failed or was lost otherwise, or the
+/// node shut down), `last` being the wait before it ([`Duration::ZERO`] after a stable
+/// connection): doubling from a floor, up to a ceiling, both set by what the node said.
+fn next_wait(last: Duration, code: Option<u32>) -> Duration {
+    let (floor, ceiling) = match code {
+        Some(edge::close::NOT_ENROLLED | edge::close::PROTOCOL) => {
+            (REFUSED_WAIT_MIN, REFUSED_WAIT_MAX)
+        }
+        Some(edge::close::TOO_MANY_AGENTS | edge::close::REPLACED) => {
+            (BUSY_WAIT_MIN, BUSY_WAIT_MAX)
+        }
+        _ => (BACKOFF_MIN, BACKOFF_MAX),
+    };
+    (last * 2).clamp(floor, ceiling)
 }
 
 async fn connect(
@@ -738,12 +822,11 @@ async fn connect(
         .await?;
         let bytes = match read_frame(&mut recv, edge::FRAME_LEN_MAX).await {
             Ok(b) => b,
-            Err(e) => {
-                let why = conn
-                    .close_reason()
-                    .map_or_else(|| format!("{e:#}"), |r| r.to_string());
-                anyhow::bail!("no profile: {why}");
-            }
+            // The node's close (with its code, for `next_wait`) when it closed.
+            Err(e) => match conn.close_reason() {
+                Some(reason) => return Err(anyhow::Error::new(reason).context("no profile")),
+                None => return Err(e.context("no profile")),
+            },
         };
         let profile: Profile = serde_json::from_slice(&bytes).context("profile frame")?;
         anyhow::Ok((conn, send, recv, profile))
@@ -1200,6 +1283,52 @@ async fn run_command(command: &[String], input: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_or_replaced_agent_waits_longer_before_it_tries_again() {
+        use edge::close;
+        let walk = |code: Option<u32>| {
+            let mut wait = Duration::ZERO;
+            (0..7)
+                .map(|_| {
+                    wait = next_wait(wait, code);
+                    wait.as_millis()
+                })
+                .collect::<Vec<_>>()
+        };
+        // A lost connection, a node that shut down: quick, up to 4 s.
+        let quick = vec![250, 500, 1000, 2000, 4000, 4000, 4000];
+        assert_eq!(walk(None), quick);
+        assert_eq!(walk(Some(close::SHUTDOWN)), quick);
+        // Refused: every attempt is audited by the node; from 5 s up to a minute.
+        let refused = vec![5000, 10_000, 20_000, 40_000, 60_000, 60_000, 60_000];
+        assert_eq!(walk(Some(close::NOT_ENROLLED)), refused);
+        assert_eq!(walk(Some(close::PROTOCOL)), refused);
+        // No room, or a second agent with this key: from 2 s up to 30 s.
+        let busy = vec![2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000];
+        assert_eq!(walk(Some(close::TOO_MANY_AGENTS)), busy);
+        assert_eq!(walk(Some(close::REPLACED)), busy);
+        // A refusal after quick attempts starts at its own floor, and a quick failure
+        // after a long wait doubles under the quick ceiling.
+        assert_eq!(
+            next_wait(Duration::from_millis(500), Some(close::NOT_ENROLLED)),
+            REFUSED_WAIT_MIN
+        );
+        assert_eq!(next_wait(REFUSED_WAIT_MAX, None), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn a_close_by_the_node_is_explained_with_its_own_words_kept() {
+        let raw =
+            "no profile: closed by peer: 16: device_not_allowed: not in this node's edge.devices";
+        let e = explained(Some(edge::close::NOT_ENROLLED), raw.into());
+        assert!(e.starts_with("the node refused this device"), "{e}");
+        assert!(e.ends_with(raw), "{e}");
+        let e = explained(Some(edge::close::REPLACED), "closed".into());
+        assert!(e.contains("second agent running with the same key"), "{e}");
+        assert_eq!(explained(None, "timed out".into()), "timed out");
+        assert_eq!(explained(Some(0x999), "odd".into()), "odd");
+    }
 
     #[test]
     fn new_rules_wait_until_every_open_windows_summary_fits() {

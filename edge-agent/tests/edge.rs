@@ -1245,6 +1245,16 @@ fn edge_batches_are_rate_limited_and_a_rekeyed_device_is_cut_off() {
             .is_some_and(|m| m.contains(&w.agent_key) && m.contains("epoch 2")),
         "{entry}"
     );
+    // The agent read the node's close code: its status says what happened (and it waits
+    // seconds, not 250 ms, before it asks again: each refusal is audited).
+    let error = wait_for(Duration::from_secs(20), || {
+        w.status()?["candidates"][0]["error"]
+            .as_str()
+            .filter(|e| e.contains("device_not_enrolled"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no refusal in the agent's status\n{}", w.logs()));
+    assert!(error.starts_with("the node refused this device"), "{error}");
 }
 
 /// A bare client of the edge protocol (`weft-edge/1`) holding the device key, for what the

@@ -351,17 +351,15 @@ impl Edge {
     }
 
     /// The highest sequence number of the device's origin this node holds (stored or
-    /// erased), for [`Profile::origin_seq_max`]; 0 if the store cannot be read (logged).
-    fn origin_seq_max(&self, key: &[u8; 32]) -> u64 {
+    /// erased), for [`Profile::origin_seq_max`]: read off the async workers with a read slot
+    /// (`http::read_store`); 0 if the store cannot be read (logged; the agent then learns
+    /// of a reused number from a batch's `seq_reused` answer instead).
+    async fn origin_seq_max(&self, key: &[u8; 32]) -> u64 {
         let origin = weft_fabric::OriginKey(*key);
-        match self.api.with_reader(|r| Ok(r.max_seq(&origin))) {
-            Ok(Ok(max)) => max,
-            Ok(Err(e)) => {
-                warn!(device = %hex::encode(key), error = %e, "reading the device's highest sequence number failed");
-                0
-            }
+        match crate::http::read_store(&self.api, move |r| r.max_seq(&origin)).await {
+            Ok(max) => max,
             Err(e) => {
-                warn!(device = %hex::encode(key), error = ?e, "no store reader for the device's highest sequence number");
+                warn!(device = %hex::encode(key), error = %e.message(), "reading the device's highest sequence number failed");
                 0
             }
         }
@@ -469,7 +467,8 @@ impl Edge {
                     .min(u32::try_from(b.max(1)).unwrap_or(u32::MAX))
             }),
             batches_inflight_max: self.config.batches_inflight_max,
-            origin_seq_max: self.origin_seq_max(key),
+            // Filled in by the caller: a store read, done off the async workers.
+            origin_seq_max: 0,
         };
         Ok(Device {
             key: *key,
@@ -515,7 +514,10 @@ impl Edge {
             return;
         };
         let device = match self.admit(&key) {
-            Ok(d) => d,
+            Ok(mut d) => {
+                d.profile.origin_seq_max = self.origin_seq_max(&key).await;
+                d
+            }
             Err((reason, message)) => {
                 self.deny(reason, Some(&key), None, message.clone());
                 conn.close(
@@ -635,18 +637,25 @@ impl Edge {
     /// admits it: refused, audited, and the connection closed.
     fn refresh(&self, agent: &Agent) -> Option<Device> {
         let epoch = self.api.policy.epoch();
-        let (key, current) = {
+        let (key, seq_max, current) = {
             let d = agent
                 .device
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (d.key, (d.profile.epoch == epoch).then(|| d.clone()))
+            (
+                d.key,
+                d.profile.origin_seq_max,
+                (d.profile.epoch == epoch).then(|| d.clone()),
+            )
         };
         if current.is_some() {
             return current;
         }
         match self.admit(&key) {
-            Ok(d) => {
+            Ok(mut d) => {
+                // What the node held when the agent connected: the agent has numbered on
+                // from there (it only ever raises its next number to it), so no read here.
+                d.profile.origin_seq_max = seq_max;
                 agent.profile.send_replace(d.profile.clone());
                 info!(device = %hex::encode(key), epoch = d.profile.epoch, "edge profile updated");
                 *agent
