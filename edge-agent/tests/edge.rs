@@ -1257,6 +1257,66 @@ fn edge_batches_are_rate_limited_and_a_rekeyed_device_is_cut_off() {
     assert!(error.starts_with("the node refused this device"), "{error}");
 }
 
+/// An edge batch takes its bytes from the budget HTTP publish bodies share
+/// (`limits.publish_bytes_inflight_max`) before it is read: while a slow HTTP client holds
+/// the whole budget, the agent's batches are answered `busy` (counted) and wait in its
+/// outbox; once the client goes, they arrive once and in order.
+#[test]
+fn edge_batches_wait_while_http_bodies_hold_the_byte_budget() {
+    use std::io::Write as _;
+    const N: u64 = 20;
+    let mut w = World::new(
+        "bodybudget",
+        84,
+        1,
+        "[limits]\nhttp_body_max = 4194304\npublish_bytes_inflight_max = 4194304\n",
+        &[],
+        "",
+    );
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    // A slow client declares a body of the whole budget and sends one byte of it.
+    let addr = node_http(84, 0);
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/streams/b/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/cloudevents+json\r\ncontent-length: 4194304\r\n\r\n{{",
+        w.token
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    w.feed(0..N);
+    let busy = |w: &World| {
+        w.metrics(0)
+            .lines()
+            .find_map(|l| l.strip_prefix("weft_rejected_total{reason=\"edge_busy\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    wait_for(Duration::from_secs(20), || busy(&w).filter(|b| *b >= 3))
+        .unwrap_or_else(|| panic!("no batch was answered busy\n{}", w.logs()));
+    let s = w.status().unwrap();
+    assert_eq!(s["counters"]["delivered"].as_u64(), Some(0), "{s}");
+    assert_eq!(depth(&w), Some(N), "{s}");
+    assert!(
+        w.events(0, STREAM).is_some_and(|e| e.is_empty()),
+        "stored while the budget was taken"
+    );
+    // The client goes: its budget is back, and the batches are taken.
+    drop(slow);
+    wait_for(Duration::from_secs(30), || (depth(&w)? == 0).then_some(()))
+        .unwrap_or_else(|| panic!("outbox never drained: {:?}\n{}", w.status(), w.logs()));
+    let events = wait_for(Duration::from_secs(20), || {
+        let e = w.events(0, STREAM)?;
+        (e.len() as u64 >= N).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("node never showed {N} events\n{}", w.logs()));
+    assert_exactly_once_in_order(&events, N, &w.agent_key, "after the budget came back");
+}
+
 /// A bare client of the edge protocol (`weft-edge/1`) holding the device key, for what the
 /// agent never does: publish without a control stream, send a broken frame, connect twice.
 mod raw {

@@ -427,6 +427,21 @@ impl NodeConfig {
                 )
             ));
         }
+        // An edge batch frame takes its size from the same budget before it is read
+        // (`edge.rs`): a budget under the largest frame would answer such a batch `busy`
+        // for ever, and the agent's drain would stall behind it.
+        if self.listen.edge.is_some()
+            && l.publish_bytes_inflight_max < weft_fabric::edge::FRAME_LEN_MAX
+        {
+            bail!(field_err(
+                "limits.publish_bytes_inflight_max",
+                format!(
+                    "must be at least the edge port's largest batch frame (FRAME_LEN_MAX, {} bytes) when listen.edge is set, or such a batch could never be taken; got {}",
+                    weft_fabric::edge::FRAME_LEN_MAX,
+                    l.publish_bytes_inflight_max
+                )
+            ));
+        }
         // Semaphores hold these as permits: past their bound the node would panic at start.
         for (field, value) in [
             ("limits.subscribers_max", l.subscribers_max),
@@ -580,6 +595,17 @@ http = "127.0.0.1:8400"
                     "{GOOD}\n[limits]\nhttp_body_max = 2048\npublish_bytes_inflight_max = 1024\n"
                 ),
                 "limits.publish_bytes_inflight_max",
+            ),
+            // With an edge port: at least its largest batch frame (4 MiB).
+            (
+                format!(
+                    "{}\n[limits]\nhttp_body_max = 1024\npublish_bytes_inflight_max = 1048576\n",
+                    GOOD.replace(
+                        "http = \"127.0.0.1:8400\"",
+                        "http = \"127.0.0.1:8400\"\nedge = \"127.0.0.1:7500\""
+                    )
+                ),
+                "FRAME_LEN_MAX",
             ),
             (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
             (
