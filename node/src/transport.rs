@@ -202,6 +202,12 @@ pub(crate) struct Transport {
     conns: Mutex<HashMap<OriginKey, quinn::Connection>>,
     /// Each peer's connection in each direction (`true`: dialed by this node).
     by_direction: Mutex<HashMap<(OriginKey, bool), quinn::Connection>>,
+    /// Per peer key, the last address where it proved that key in a TLS handshake (a dial
+    /// that reached it, else where a connection it dialed in came from). Member addresses
+    /// come from SWIM gossip, which any trusted node can send: a wrong one is tried, then
+    /// this one ([`Transport::connection_to`]), so a lie cannot cut a peer off that this
+    /// node has met. Bounded by the trusted keys.
+    proven: Mutex<HashMap<OriginKey, SocketAddr>>,
     /// Per peer key, the slots for streams read at once ([`STREAM_READS_MAX`]), shared by
     /// both of that peer's connections ([`Transport::adopt`]: one each way).
     /// One entry per trusted key that ever connected.
@@ -216,7 +222,6 @@ pub(crate) struct Transport {
     delayed: Arc<std::sync::atomic::AtomicUsize>,
     /// Peer send tasks running ([`Transport::close_after_sending`] waits for them).
     peer_tasks: std::sync::atomic::AtomicUsize,
-    /// Outgoing bidirectional exchanges in progress.
     /// Envelopes that passed verification lately: a copy of one is not verified again.
     verified: Arc<weft_fabric::VerifiedCache>,
     /// Peers' messages waiting for the driver, KiB ([`MESH_QUEUED_KIB_MAX`]).
@@ -258,6 +263,7 @@ impl Transport {
             trusted,
             conns: Mutex::new(HashMap::new()),
             by_direction: Mutex::new(HashMap::new()),
+            proven: Mutex::new(HashMap::new()),
             reads: Mutex::new(HashMap::new()),
             regions: Mutex::new(HashMap::new()),
             to_driver,
@@ -377,6 +383,14 @@ impl Transport {
                 quinn::VarInt::from_u32(0),
                 b"replaced by a newer connection",
             );
+        }
+        if let Ok(mut proven) = self.proven.lock() {
+            let at = conn.remote_address();
+            if dialed {
+                proven.insert(key, at);
+            } else {
+                proven.entry(key).or_insert(at);
+            }
         }
         if let Ok(mut conns) = self.conns.lock() {
             conns.insert(key, conn.clone());
@@ -507,6 +521,9 @@ impl Transport {
         )
     }
 
+    /// The connection to `to`: the live one, or a dial of its member address, and when
+    /// that fails (nothing answers, or another key does: a wrong address in gossip) of the
+    /// address where `to` last proved its key, if it differs.
     async fn connection_to(self: &Arc<Self>, to: OriginKey) -> Option<quinn::Connection> {
         if let Some(c) = self.live(&to) {
             return Some(c);
@@ -515,14 +532,39 @@ impl Transport {
             .peers
             .lock()
             .ok()
-            .and_then(|p| p.get(&to).and_then(|p| p.addr))?;
+            .and_then(|p| p.get(&to).and_then(|p| p.addr));
+        let proven = self.proven.lock().ok().and_then(|p| p.get(&to).copied());
+        if let Some(addr) = addr
+            && let Some(conn) = self.dial(to, addr).await
+        {
+            return Some(conn);
+        }
+        let proven = proven.filter(|p| Some(*p) != addr)?;
+        let conn = self.dial(to, proven).await?;
+        debug!(peer = %to, %proven, "reached at the address where it last proved its key");
+        Some(conn)
+    }
+
+    /// Dials `to` at `addr` and adopts the connection if `to`'s key answers there.
+    async fn dial(self: &Arc<Self>, to: OriginKey, addr: SocketAddr) -> Option<quinn::Connection> {
         match tokio::time::timeout(Duration::from_secs(5), self.connect(addr)).await {
             Ok(Ok((key, conn))) if key == to => {
                 self.adopt(key, conn.clone(), true);
                 Some(conn)
             }
-            Ok(Ok((key, _))) => {
+            Ok(Ok((key, conn))) => {
+                // Counted: a member address that holds another trusted key is a wrong
+                // address in gossip (a node moved, or a lie).
+                self.metrics.reject("peer_address_other_key");
                 warn!(%addr, expected = %to, found = %key, "peer address now has another key");
+                self.audit.deny(
+                    "peer_address_other_key",
+                    None,
+                    None,
+                    0,
+                    format!("mesh dial of {to} at {addr} found {key} there; not used as {to}'s connection"),
+                );
+                conn.close(quinn::VarInt::from_u32(0), b"not the key dialed");
                 None
             }
             Ok(Err(e)) => {
@@ -1029,6 +1071,66 @@ mod tests {
             }),
             Class::Bulk
         );
+    }
+
+    /// A member address gossip got wrong (here: another trusted node's) does not cut off a
+    /// peer this node has met: the dial finds another key (counted), and the address where
+    /// the peer last proved its key is dialed instead.
+    #[tokio::test]
+    async fn a_wrong_member_address_falls_back_to_where_the_peer_proved_its_key() {
+        let seeds = [[1u8; 32], [2u8; 32], [3u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 64);
+        let ack = |n| Outgoing {
+            msg: Message::PushAck(n),
+            confirm: false,
+            class: Class::Latency,
+        };
+        let (a, _a_rx, a_metrics) = start(0);
+        let (b, mut b_rx, _) = start(1);
+        let (c, _c_rx, _) = start(2);
+        let (b_addr, c_addr) = (
+            b.endpoint.local_addr().unwrap(),
+            c.endpoint.local_addr().unwrap(),
+        );
+        async fn got(rx: &mut mpsc::Receiver<FromMesh>, n: u64) -> bool {
+            let wait = async {
+                while let Some(m) = rx.recv().await {
+                    if matches!(m, FromMesh::Message { msg: Message::PushAck(k), .. } if k == n) {
+                        return true;
+                    }
+                }
+                false
+            };
+            tokio::time::timeout(Duration::from_secs(15), wait).await == Ok(true)
+        }
+        // A meets B at its address.
+        a.send(keys[1], Some(b_addr), ack(1));
+        assert!(got(&mut b_rx, 1).await, "B never got the first message");
+        // The connection ends; gossip now says B is at C's address.
+        a.live(&keys[1])
+            .unwrap()
+            .close(quinn::VarInt::from_u32(0), b"test");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while a.connected(&keys[1]) || b.connected(&keys[0]) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection stayed up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.send(keys[1], Some(c_addr), ack(2));
+        assert!(got(&mut b_rx, 2).await, "B was cut off by a wrong address");
+        assert_eq!(
+            a_metrics
+                .rejected
+                .get_or_create(&vec![("reason", "peer_address_other_key".into())])
+                .get(),
+            1
+        );
+        a.close();
+        b.close();
+        c.close();
     }
 
     /// A node whose dial to a peer failed drops messages to it for a second instead of
