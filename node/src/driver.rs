@@ -316,6 +316,11 @@ pub(crate) struct Driver {
     after_commit_replies: Vec<CommitReply>,
     /// When the next retention pass is due (`store/retention.rs`).
     retention_due: Instant,
+    /// Events an erase or a retraction removed during this step's deliveries: one still
+    /// queued for delivery behind the carrier is not logged (a retracted derivative is
+    /// not covered by an erase rule, so `erase_covers` does not catch it). Emptied after
+    /// each step's deliveries.
+    erased_in_step: std::collections::HashSet<weft_fabric::EventId>,
     /// Whether the last pass stopped at the expired ranges' bound (warned once).
     retention_blocked: bool,
     /// The retractor's queue (`erase::run_retractor`): this node's derivative numbers to
@@ -381,6 +386,7 @@ impl Driver {
             claims: Vec::new(),
             after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
+            erased_in_step: std::collections::HashSet::new(),
             retention_blocked: false,
             retract_tx: None,
             retract_due: Some(Instant::now()),
@@ -1301,7 +1307,7 @@ impl Driver {
             match ev {
                 // Queued for delivery before an erase applied earlier in this step removed
                 // it: never logged.
-                AppEvent::Deliver(event) if self.node.store().erase_covers(&event) => {
+                AppEvent::Deliver(event) if self.erased_before_delivery(&event) => {
                     debug!(event = %event.id(), "erased before delivery");
                 }
                 AppEvent::Deliver(event) => self.deliver(&event),
@@ -1337,7 +1343,7 @@ impl Driver {
                     );
                 }
                 // Delivered after the origin's later events (its Skip was contradicted).
-                AppEvent::Late(event) if self.node.store().erase_covers(&event) => {
+                AppEvent::Late(event) if self.erased_before_delivery(&event) => {
                     debug!(event = %event.id(), "erased before delivery");
                 }
                 AppEvent::Late(event) => self.deliver_late(&event),
@@ -1360,7 +1366,16 @@ impl Driver {
                 }
             }
         }
+        self.erased_in_step.clear();
         self.rebuild_late_tables();
+    }
+
+    /// Whether `event`, queued for delivery, was erased earlier in this step: covered by
+    /// an erase rule applied since, or removed by an erase or a retraction
+    /// ([`Driver::erased_in_step`]). It is then not logged.
+    fn erased_before_delivery(&self, event: &Event) -> bool {
+        self.node.store().erase_covers(event)
+            || (!self.erased_in_step.is_empty() && self.erased_in_step.contains(&event.id()))
     }
 
     /// Rebuilds, once each, the tables late writes reached in this step (see
@@ -1460,18 +1475,19 @@ impl Driver {
         let erased = match self.node.store_mut().erase(&target, hlc_max) {
             Ok(e) => e,
             Err(e) => {
-                // Rolled back with the step if the commit fails; a failed statement here
-                // leaves the rule unapplied until the carrier is delivered again.
-                self.metrics.reject("erase_failed");
-                error!(error = %e, "applying an erase failed");
+                // The store changed nothing. The carrier is in this step's log: a step that
+                // committed would never deliver it again, and the erase would be lost here
+                // for good. Stop before the commit instead; after the restart the carrier
+                // comes again (anti-entropy) and the erase is applied then.
                 self.audit.record(entry(
                     Deny,
                     "erase_failed",
-                    format!("erase of {target} failed: {e}"),
+                    format!("erase of {target} failed: {e}; stopping before the step commits"),
                 ));
-                return;
+                self.fail_stop("erase_failed", &format!("applying an erase failed: {e}"));
             }
         };
+        self.erased_in_step.extend(erased.iter().map(|e| e.id));
         let relayed = self
             .node
             .forget_relayed(|e: &Event| e.hlc().as_u64() <= hlc_max && target.covers(e));
@@ -1485,10 +1501,22 @@ impl Driver {
             touched.insert((stream.clone(), Some(key.clone())));
         }
         let tables_result = self.erase_table_rows(&target, &touched);
-        if let Err(e) = tables_result {
-            self.metrics.reject("erase_failed");
-            warn!(error = %e, "removing erased table rows failed");
-        }
+        // Not a stop: a table rebuild can fail on a damaged event in the log, which a
+        // restart would meet again. The events are erased; the failure is counted and
+        // audited with the erase, whose entry says the tables were not cleaned.
+        let tables_note = match &tables_result {
+            Ok(()) => String::new(),
+            Err(e) => {
+                self.metrics.reject("erase_failed");
+                error!(error = %e, "removing erased values from the tables failed");
+                self.audit.record(entry(
+                    Deny,
+                    "erase_failed",
+                    format!("erase of {target}: removing its values from the tables failed: {e}"),
+                ));
+                format!("; the tables were NOT cleaned ({e})")
+            }
+        };
         // This node's derivatives of what the rule covers are retracted fabric-wide.
         let retract = match self
             .node
@@ -1497,9 +1525,11 @@ impl Driver {
         {
             Ok(n) => n,
             Err(e) => {
-                self.metrics.reject("erase_failed");
-                warn!(error = %e, "finding the derivatives of erased events failed");
-                0
+                // Derivatives not made pending would never be retracted: as above.
+                self.fail_stop(
+                    "erase_failed",
+                    &format!("finding the derivatives an erase retracts failed: {e}"),
+                );
             }
         };
         if retract > 0 {
@@ -1512,11 +1542,25 @@ impl Driver {
             Apply,
             "erase_applied",
             format!(
-                "erase of {what} (requested through {}) applied: {} stored events removed, {relayed} relayed copies forgotten, {retract} derivatives made here to retract",
+                "erase of {what} (requested through {}) applied: {} stored events removed, {relayed} relayed copies forgotten, {retract} derivatives made here to retract{tables_note}",
                 event.origin(),
                 erased.len()
             ),
         ));
+    }
+
+    /// Stops the node before this step commits (counted as `reason`): everything waiting
+    /// for the commit is refused, nothing of the step is acknowledged or sent, and the
+    /// process exits (74) so a supervisor restarts it from its store, whose open
+    /// transaction is never committed. For a failure after which going on would lose
+    /// something for good or let memory and rows disagree.
+    fn fail_stop(&mut self, reason: &'static str, message: &str) -> ! {
+        self.metrics.reject(reason);
+        error!("{message}; stopping (nothing of this step was acknowledged or sent)");
+        for w in std::mem::take(&mut self.after_commit) {
+            let _ = w.reply.send(Err(PublishError::Store(message.to_string())));
+        }
+        std::process::exit(74);
     }
 
     /// Audit entries about the erase-stream event `event`, under the epoch in force.
@@ -1565,27 +1609,31 @@ impl Driver {
         };
         let origin = event.origin();
         let own = origin == self.me.node_key();
-        let done =
-            match self
-                .node
-                .store_mut()
-                .retract(&origin, &numbers, own, wall_ms().max(0) as u64)
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    self.metrics.reject("erase_failed");
-                    error!(error = %e, "applying a retraction failed");
-                    self.audit.record(entry(
+        let done = match self.node.store_mut().retract(
+            &origin,
+            &numbers,
+            own,
+            wall_ms().max(0) as u64,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                // As for an erase (`apply_erase`): the store changed nothing, and a
+                // committed step would never apply this retraction again.
+                self.audit.record(entry(
                         Deny,
                         "erase_failed",
                         format!(
-                            "retraction of {} derivatives of {origin} failed: {e}",
+                            "retraction of {} derivatives of {origin} failed: {e}; stopping before the step commits",
                             numbers.len()
                         ),
                     ));
-                    return;
-                }
-            };
+                self.fail_stop(
+                    "erase_failed",
+                    &format!("applying a retraction failed: {e}"),
+                );
+            }
+        };
+        self.erased_in_step.extend(done.erased.iter().map(|e| e.id));
         let wanted: BTreeSet<u64> = numbers.iter().copied().collect();
         let relayed = self.node.forget_relayed(|e: &Event| {
             e.origin() == origin
@@ -1793,16 +1841,8 @@ impl Driver {
             }
             Err(e) => {
                 // Fail-stop: the store rolled back but the core's memory did not; going on
-                // would let the two disagree. Refuse everything waiting, send nothing of
-                // this step, and exit so a supervisor restarts the node from its store.
-                self.metrics.reject("commit_failed");
-                error!(error = %e, "group commit failed; stopping (nothing of this batch was acknowledged or sent)");
-                for w in std::mem::take(&mut self.after_commit) {
-                    let _ = w
-                        .reply
-                        .send(Err(PublishError::Store(format!("commit failed: {e}"))));
-                }
-                std::process::exit(74);
+                // would let the two disagree.
+                self.fail_stop("commit_failed", &format!("group commit failed: {e}"));
             }
         };
         for (to, addr, out) in std::mem::take(&mut self.outbox) {

@@ -100,7 +100,7 @@ impl Target {
     /// Whether `event` (with the rule's HLC bound already checked) is covered. System
     /// streams are never erased.
     pub(crate) fn covers(&self, event: &weft_fabric::EventData) -> bool {
-        if event.stream().as_str().starts_with("_weft.") {
+        if event.stream().is_system() {
             return false;
         }
         match self {
@@ -141,7 +141,7 @@ impl Rule {
                     return Err("tenant: only with principal".into());
                 }
                 let name = StreamName::new(stream.as_str()).map_err(|e| format!("stream: {e}"))?;
-                if name.as_str().starts_with("_weft.") {
+                if name.is_system() {
                     return Err(format!(
                         "stream: {stream} is a system stream; system events are never erased"
                     ));

@@ -448,6 +448,7 @@ CREATE TABLE IF NOT EXISTS derived_from (
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS derived_from_key ON derived_from (stream, key);
+CREATE INDEX IF NOT EXISTS derived_from_principal ON derived_from (principal, hlc);
 CREATE TABLE IF NOT EXISTS retract_pending (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS retracted (
     origin BLOB NOT NULL,
@@ -456,6 +457,9 @@ CREATE TABLE IF NOT EXISTS retracted (
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS retracted_at ON retracted (at_ms);
+-- An erased event's CloudEvents dedup row is found by its event id (`erase_row`): without
+-- this, each erased event scanned the whole table (up to `ce_dedup_max` rows).
+CREATE INDEX IF NOT EXISTS ce_dedup_event ON ce_dedup (event_id);
 ";
 
 /// The node's event store over SQLite: the mesh core's [`Store`] plus the node's tables.
@@ -657,9 +661,14 @@ fn schema_version(conn: &Connection, path: &Path) -> Result<i64, OpenError> {
 }
 
 /// The rows a principal erase reads (`SqliteStore::erase`): the principal's, by the
-/// `events_principal` index, up to the rule's stamp, never a system stream's.
-const PRINCIPAL_ROWS_SQL: &str = "SELECT id, origin, seq, envelope FROM events \
-     WHERE principal = ?1 AND hlc <= ?2 AND stream NOT LIKE '\\_weft.%' ESCAPE '\\'";
+/// `events_principal` index, up to the rule's stamp, never a system stream's (first token
+/// `_weft`, as `StreamName::is_system`: GLOB, which is case-sensitive as stream names are;
+/// LIKE is not, and skipped `_WEFT.x`).
+const PRINCIPAL_ROWS_SQL: &str = "SELECT id, origin, seq, stream, key, envelope FROM events \
+     WHERE principal = ?1 AND hlc <= ?2 AND NOT (stream = '_weft' OR stream GLOB '_weft.*')";
+
+/// An erased event's CloudEvents dedup row (`erase_row`), by the `ce_dedup_event` index.
+const DEDUP_OF_EVENT_SQL: &str = "DELETE FROM ce_dedup WHERE event_id = ?1";
 
 /// Rows backfilled per transaction by [`upgrade_principal_column`].
 const BACKFILL_CHUNK: usize = 4096;
@@ -1501,7 +1510,7 @@ impl SqliteStore {
             .into_iter()
             .flatten()
             .any(|bound| hlc <= *bound)
-            && !event.stream().as_str().starts_with("_weft.")
+            && !event.stream().is_system()
     }
 
     /// Number of erase rules in force.
@@ -1515,13 +1524,38 @@ impl SqliteStore {
     /// event's `(origin, seq, id)` goes to `erased` (still in the ranges). In the open
     /// write transaction (committed with the driver's step). A rule reads its own rows
     /// only, by index: a key rule the key's (`events_stream_key`), a principal rule the
-    /// principal's (`events_principal`).
+    /// principal's (`events_principal`). All or nothing: on an error no row changed and
+    /// the rule is not in force (memory reloaded), so the caller can stop before the step
+    /// that carried the erase commits, and apply it again when it is delivered again.
     pub(crate) fn erase(
         &mut self,
         target: &crate::erase::Target,
         hlc_max: u64,
     ) -> Result<Vec<ErasedEvent>, StoreError> {
-        self.begin_write()?;
+        let before = self.erase_rules.get(target).copied();
+        match self.in_savepoint("erase", |s| s.erase_rows(target, hlc_max)) {
+            Ok(erased) => {
+                self.stats.get_mut().erased += erased.len() as u64;
+                Ok(erased)
+            }
+            Err(e) => {
+                // None of it: the rows are back (savepoint), and so are memory and the rule.
+                self.reload();
+                match before {
+                    Some(bound) => self.erase_rules.insert(target.clone(), bound),
+                    None => self.erase_rules.remove(target),
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// [`SqliteStore::erase`]'s writes, inside its savepoint.
+    fn erase_rows(
+        &mut self,
+        target: &crate::erase::Target,
+        hlc_max: u64,
+    ) -> Result<Vec<ErasedEvent>, StoreError> {
         let (kind, a, b) = target.columns();
         let hlc_sql = hlc_max.min(i64::MAX as u64).cast_signed();
         self.conn
@@ -1534,13 +1568,13 @@ impl SqliteStore {
         self.tx_writes += 1;
         let bound = self.erase_rules.entry(target.clone()).or_insert(hlc_max);
         *bound = (*bound).max(hlc_max);
-        // The rows the rule covers: (id, origin, seq, envelope). Rows are read one at a
-        // time and only the covered ones kept, so a principal rule's scan of the whole
-        // store holds the matches, not every envelope, in memory.
-        type Row = (Vec<u8>, Vec<u8>, i64, Vec<u8>);
+        // The rows the rule covers: (id, origin, seq, stream, key). Rows are read one at a
+        // time and only the covered ones kept, so a principal rule holds the matches, not
+        // every envelope, in memory.
+        type Row = (Vec<u8>, Vec<u8>, i64, String, Option<Vec<u8>>);
         let (sql, args): (&str, Vec<rusqlite::types::Value>) = match target {
             crate::erase::Target::Key { stream, key } => (
-                "SELECT id, origin, seq, envelope FROM events \
+                "SELECT id, origin, seq, stream, key, envelope FROM events \
                  WHERE stream = ?1 AND key = ?2 AND hlc <= ?3",
                 vec![stream.clone().into(), key.clone().into(), hlc_sql.into()],
             ),
@@ -1558,30 +1592,35 @@ impl SqliteStore {
                 .query(rusqlite::params_from_iter(args))
                 .map_err(backend)?;
             while let Some(r) = rows.next().map_err(backend)? {
-                let envelope: Vec<u8> = r.get(3).map_err(backend)?;
+                let envelope: Vec<u8> = r.get(5).map_err(backend)?;
                 // Stored events were verified on arrival: the claimed fields are the signed
-                // ones.
-                let Ok(unverified) = weft_fabric::decode(&envelope) else {
-                    return Err(corrupt("envelope"));
+                // ones. A row that no longer decodes (a damaged file) matched the rule's
+                // columns (stream and key, or principal, and the stamp): it goes too, with
+                // an error in the log, rather than fail the erase (which would leave every
+                // other covered event stored).
+                let covers = match weft_fabric::decode(&envelope) {
+                    Ok(unverified) => target.covers(unverified.claimed_data()),
+                    Err(e) => {
+                        let id: Vec<u8> = r.get(0).map_err(backend)?;
+                        tracing::error!(id = %hex::encode(&id), error = %e, "a stored event the erase matches does not decode; erased all the same");
+                        true
+                    }
                 };
-                if target.covers(unverified.claimed_data()) {
+                if covers {
                     covered.push((
                         r.get(0).map_err(backend)?,
                         r.get(1).map_err(backend)?,
                         r.get(2).map_err(backend)?,
-                        envelope,
+                        r.get(3).map_err(backend)?,
+                        r.get(4).map_err(backend)?,
                     ));
                 }
             }
         }
         let mut erased = Vec::with_capacity(covered.len());
-        for (id, origin, seq, envelope) in covered {
-            let Ok(unverified) = weft_fabric::decode(&envelope) else {
-                return Err(corrupt("envelope"));
-            };
-            erased.push(self.erase_row(&id, &origin, seq, unverified.claimed_data())?);
+        for (id, origin, seq, stream, key) in covered {
+            erased.push(self.erase_row(&id, &origin, seq, stream, key)?);
         }
-        self.stats.get_mut().erased += erased.len() as u64;
         Ok(erased)
     }
 
@@ -1599,7 +1638,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Erases the stored event `id` at `(origin, seq)` (its claimed fields `data`): its
+    /// Erases the stored event `id` at `(origin, seq)` (on `stream`, with `key`): its
     /// rows in `events`, `log` and `ce_dedup` go, `(origin, seq, id)` goes to `erased`
     /// (still in the ranges). In the open write transaction.
     fn erase_row(
@@ -1607,7 +1646,8 @@ impl SqliteStore {
         id: &[u8],
         origin: &[u8],
         seq: i64,
-        data: &weft_fabric::EventData,
+        stream: String,
+        key: Option<Vec<u8>>,
     ) -> Result<ErasedEvent, StoreError> {
         let origin_key = OriginKey(key32(origin, "origin")?);
         let seq_u = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
@@ -1624,7 +1664,7 @@ impl SqliteStore {
         }
         let dedup = self
             .conn
-            .prepare_cached("DELETE FROM ce_dedup WHERE event_id = ?1")
+            .prepare_cached(DEDUP_OF_EVENT_SQL)
             .and_then(|mut s| s.execute([id]))
             .map_err(backend)?;
         self.note_erased(&origin_key, seq_u, id)?;
@@ -1635,8 +1675,8 @@ impl SqliteStore {
         self.cache.get_mut().remove(&(origin_key, seq_u));
         Ok(ErasedEvent {
             id: weft_fabric::EventId(key32(id, "id")?),
-            stream: data.stream().as_str().to_string(),
-            key: data.key().map(<[u8]>::to_vec),
+            stream,
+            key,
         })
     }
 
@@ -2466,13 +2506,19 @@ mod tests {
         // system streams.
         let system = event(1, "_weft.erase", 6, b"{}");
         assert_eq!(store.insert(system.clone()), Ok(Inserted::New));
+        // Not a system stream (those are the first token `_weft` exactly): erased.
+        let upper = event(1, "_WEFT.profile", 7, b"u");
+        assert_eq!(store.insert(upper.clone()), Ok(Inserted::New));
         let principal = Target::Principal {
             principal: "orders-service".into(),
             tenant: String::new(),
         };
         let erased = store.erase(&principal, u64::MAX >> 1).unwrap();
-        assert_eq!(erased.len(), 1);
-        assert_eq!(erased[0].id, other.id());
+        let mut ids: Vec<_> = erased.iter().map(|e| e.id).collect();
+        ids.sort();
+        let mut want = vec![other.id(), upper.id()];
+        want.sort();
+        assert_eq!(ids, want);
         assert!(store.contains(&system.id()));
         let wrong_tenant = Target::Principal {
             principal: "orders-service".into(),
@@ -2486,25 +2532,88 @@ mod tests {
         );
         store.commit().unwrap();
         store.check_invariants().unwrap();
-        assert_eq!(store.stats().erased, 1, "counted since the reopen");
+        assert_eq!(store.stats().erased, 2, "counted since the reopen");
     }
 
     #[test]
-    fn a_principal_erase_reads_the_principals_rows_by_index() {
+    fn a_failed_erase_changes_nothing_and_a_damaged_row_does_not_fail_it() {
+        use crate::erase::Target;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let events: Vec<_> = (1..=3).map(|seq| event(1, "orders", seq, b"x")).collect();
+        for e in &events {
+            store.insert(e.clone()).unwrap();
+            store.append_log(e).unwrap();
+        }
+        store.commit().unwrap();
+        let origin = events[0].origin();
+        let principal = Target::Principal {
+            principal: "orders-service".into(),
+            tenant: String::new(),
+        };
+        // A statement fails midway (the second row's log delete): nothing of the erase
+        // stays, in the rows or in memory, and the rule is not in force.
+        store
+            .conn
+            .execute_batch(&format!(
+                "CREATE TEMP TRIGGER fail_log BEFORE DELETE ON log WHEN old.id = x'{}' \
+                 BEGIN SELECT RAISE(ABORT, 'disk'); END;",
+                hex::encode(events[1].id().0)
+            ))
+            .unwrap();
+        assert!(store.erase(&principal, u64::MAX >> 1).is_err());
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.len(), 3);
+        assert!(!store.erase_covers(&events[0]), "the rule is not in force");
+        assert!(store.get(&origin, 1).is_some() && !store.erased(&origin, 1));
+        assert_eq!(store.erase_rules_len(), 0);
+        store.conn.execute_batch("DROP TRIGGER fail_log").unwrap();
+        // A row that no longer decodes, matched by the rule's columns: erased with the rest.
+        store
+            .conn
+            .execute(
+                "UPDATE events SET envelope = zeroblob(length(envelope)) WHERE id = ?1",
+                [&events[2].id().0[..]],
+            )
+            .unwrap();
+        let erased = store.erase(&principal, u64::MAX >> 1).unwrap();
+        assert_eq!(erased.len(), 3);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.len(), 0);
+        assert!(store.erase_covers(&events[0]) && store.erased(&origin, 3));
+    }
+
+    #[test]
+    fn an_erase_reads_and_deletes_its_rows_by_index() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let plan: Vec<String> = store
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {PRINCIPAL_ROWS_SQL}"))
-            .unwrap()
-            .query_map(params!["p", 1i64], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Vec<String> {
+            store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(args, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        // A principal's rows, not a scan of every stored event.
+        let principal = plan(PRINCIPAL_ROWS_SQL, &[&"p", &1i64]);
         assert!(
-            plan.iter()
+            principal
+                .iter()
                 .any(|step| step.contains("USING INDEX events_principal (principal=? AND hlc<?)")),
-            "{plan:?}"
+            "{principal:?}"
+        );
+        // Each erased event's dedup row, not a scan of the dedup window.
+        let dedup = plan(DEDUP_OF_EVENT_SQL, &[&vec![0u8; 32]]);
+        assert!(
+            dedup
+                .iter()
+                .any(|step| step.contains("INDEX ce_dedup_event (event_id=?)")),
+            "{dedup:?}"
         );
     }
 

@@ -325,7 +325,13 @@ impl SqliteStore {
                 let unverified = weft_fabric::decode(&envelope).map_err(|_| corrupt("envelope"))?;
                 let data = unverified.claimed_data();
                 if crate::egress::is_derived(data.content_type()) {
-                    let e = self.erase_row(&id, &origin.0, seq_sql, data)?;
+                    let e = self.erase_row(
+                        &id,
+                        &origin.0,
+                        seq_sql,
+                        data.stream().as_str().to_string(),
+                        data.key().map(<[u8]>::to_vec),
+                    )?;
                     out.erased.push(e);
                 } else {
                     out.not_derived += 1;

@@ -292,7 +292,10 @@ impl SqliteStore {
                 }
             }
         }
-        if visit < aged.len() {
+        // Streams left for the next pass: soon if this one found something due (more may
+        // be), else at the next interval (a pass over streams with nothing due every tick
+        // would be ten times the designed rate of queries).
+        if visit < aged.len() && out.by_age > 0 {
             out.more = true;
         }
         for (limit, streams) in by_rule.into_values() {
@@ -1056,6 +1059,9 @@ retention_s = 60
             );
         }
         store.commit().unwrap();
+        // Nothing due yet: the pass does not ask to run again before its interval.
+        let early = store.expire(*NOW - 3_600_000).unwrap();
+        assert_eq!((early.by_age, early.more), (0, false));
         let first = store.expire(*NOW).unwrap();
         assert_eq!(
             (first.by_age, first.more),
