@@ -1796,6 +1796,20 @@ impl Driver {
                     format!("policy bundle from the fabric (relayed by {relayed_by}) refused: {e}"),
                 );
             }
+            Outcome::NotKept(e) => {
+                audit(
+                    Deny,
+                    "policy_not_kept",
+                    state.epoch(),
+                    format!(
+                        "policy bundle from the fabric (relayed by {relayed_by}) verified but not kept in the store: {e}; stopping before the step commits"
+                    ),
+                );
+                self.fail_stop(
+                    "policy_not_kept",
+                    &format!("keeping a policy bundle in the store failed: {e}"),
+                );
+            }
         }
         if reconcile {
             // The new epoch may declare, re-declare or drop tables.

@@ -172,6 +172,9 @@ struct Device {
     /// `authorize` does it otherwise).
     streams: Vec<StreamPattern>,
     profile: Profile,
+    /// The policy it was admitted under (`PolicyState::generation`: changes with the
+    /// epoch, and with a bundle replaced by another of the same epoch).
+    generation: u64,
 }
 
 /// One agent's connection: its device as the policy in force admits it
@@ -369,83 +372,93 @@ impl Edge {
     fn admit(&self, key: &[u8; 32]) -> Result<Device, (&'static str, String)> {
         let hex_key = hex::encode(key);
         let api = &self.api;
-        let (principal, tenant, streams, rules, stamps, default_stamp, epoch, burst) = match api
-            .policy
-            .policy()
-        {
-            Some(policy) => {
-                let Some(e) = policy.enrollment(key) else {
-                    return Err((
-                        "device_not_enrolled",
-                        format!(
-                            "device key {hex_key} is not enrolled by policy epoch {}",
-                            policy.epoch()
-                        ),
-                    ));
-                };
-                let stamps = policy
-                    .bundle()
-                    .streams
-                    .iter()
-                    .filter_map(|r| {
-                        let class = policy.class(&r.classification)?;
-                        Some(StampRule {
-                            pattern: r.pattern.clone(),
-                            classification: r.classification.clone(),
-                            residency: residency_codes(&class.residency),
+        // A node of a governed fabric before its first policy admits no device: the
+        // allow-list would stand in for an enrollment the policy has not made.
+        if api.policy.pending() {
+            return Err((
+                crate::http::POLICY_PENDING,
+                format!(
+                    "device key {hex_key}: this node trusts operator keys but has no policy bundle in force yet"
+                ),
+            ));
+        }
+        let in_force = api.policy.policy();
+        let generation = in_force.as_ref().map_or(0, |p| p.compilation());
+        let (principal, tenant, streams, rules, stamps, default_stamp, epoch, burst) =
+            match in_force {
+                Some(policy) => {
+                    let Some(e) = policy.enrollment(key) else {
+                        return Err((
+                            "device_not_enrolled",
+                            format!(
+                                "device key {hex_key} is not enrolled by policy epoch {}",
+                                policy.epoch()
+                            ),
+                        ));
+                    };
+                    let stamps = policy
+                        .bundle()
+                        .streams
+                        .iter()
+                        .filter_map(|r| {
+                            let class = policy.class(&r.classification)?;
+                            Some(StampRule {
+                                pattern: r.pattern.clone(),
+                                classification: r.classification.clone(),
+                                residency: residency_codes(&class.residency),
+                            })
                         })
-                    })
-                    .collect();
-                // A batch over the device's burst could never be admitted whole: batches
-                // are cut to it.
-                let limits = policy.rate_limits(&e.principal, &e.tenant);
-                let burst = [limits.principal, limits.tenant]
-                    .into_iter()
-                    .flatten()
-                    .map(|l| l.burst)
-                    .min();
-                (
-                    e.principal.clone(),
-                    e.tenant.clone(),
-                    e.streams.clone(),
-                    e.rules.clone(),
-                    stamps,
-                    None,
-                    policy.epoch(),
-                    burst,
-                )
-            }
-            None => {
-                let Some((_, d)) = self.allow.iter().find(|(k, _)| k == key) else {
-                    return Err((
-                        "device_not_allowed",
-                        format!(
-                            "device key {hex_key} is not in this node's edge.devices (and no policy is in force)"
-                        ),
-                    ));
-                };
-                let streams = d
-                    .streams
-                    .iter()
-                    .filter_map(|p| StreamPattern::new(p.clone()).ok())
-                    .collect();
-                let internal = StampRule {
-                    pattern: ">".into(),
-                    classification: "internal".into(),
-                    residency: None,
-                };
-                (
-                    d.name.clone(),
-                    d.tenant.clone(),
-                    streams,
-                    d.rules.clone(),
-                    Vec::new(),
-                    Some(internal),
-                    0,
-                    None,
-                )
-            }
-        };
+                        .collect();
+                    // A batch over the device's burst could never be admitted whole: batches
+                    // are cut to it.
+                    let limits = policy.rate_limits(&e.principal, &e.tenant);
+                    let burst = [limits.principal, limits.tenant]
+                        .into_iter()
+                        .flatten()
+                        .map(|l| l.burst)
+                        .min();
+                    (
+                        e.principal.clone(),
+                        e.tenant.clone(),
+                        e.streams.clone(),
+                        e.rules.clone(),
+                        stamps,
+                        None,
+                        policy.epoch(),
+                        burst,
+                    )
+                }
+                None => {
+                    let Some((_, d)) = self.allow.iter().find(|(k, _)| k == key) else {
+                        return Err((
+                            "device_not_allowed",
+                            format!(
+                                "device key {hex_key} is not in this node's edge.devices (and no policy is in force)"
+                            ),
+                        ));
+                    };
+                    let streams = d
+                        .streams
+                        .iter()
+                        .filter_map(|p| StreamPattern::new(p.clone()).ok())
+                        .collect();
+                    let internal = StampRule {
+                        pattern: ">".into(),
+                        classification: "internal".into(),
+                        residency: None,
+                    };
+                    (
+                        d.name.clone(),
+                        d.tenant.clone(),
+                        streams,
+                        d.rules.clone(),
+                        Vec::new(),
+                        Some(internal),
+                        0,
+                        None,
+                    )
+                }
+            };
         let commands = StreamName::new(format!("devices.{principal}.commands"))
             .ok()
             .filter(|s| api.streams.iter().any(|p| p.matches(s)))
@@ -476,6 +489,7 @@ impl Edge {
             tenant,
             streams,
             profile,
+            generation,
         })
     }
 
@@ -636,7 +650,7 @@ impl Edge {
     /// it was (its new profile sent on the control stream). `None` when the epoch no longer
     /// admits it: refused, audited, and the connection closed.
     fn refresh(&self, agent: &Agent) -> Option<Device> {
-        let epoch = self.api.policy.epoch();
+        let generation = self.api.policy.generation();
         let (key, seq_max, current) = {
             let d = agent
                 .device
@@ -645,7 +659,7 @@ impl Edge {
             (
                 d.key,
                 d.profile.origin_seq_max,
-                (d.profile.epoch == epoch).then(|| d.clone()),
+                (d.generation == generation).then(|| d.clone()),
             )
         };
         if current.is_some() {
@@ -860,7 +874,7 @@ impl Edge {
         }
         // One epoch for the whole batch, the one the device was admitted under.
         let policy = api.policy.policy();
-        if policy.as_ref().map_or(0, |p| p.epoch()) != device.profile.epoch {
+        if policy.as_ref().map_or(0, |p| p.compilation()) != device.generation {
             return self.busy("the policy epoch changed while the batch was read");
         }
         let principal = crate::config::Principal {

@@ -573,7 +573,8 @@ struct Open {
     bytes: usize,
 }
 
-/// Aggregation windows, owned by the driver: one per (policy epoch, transform, tenant),
+/// Aggregation windows, owned by the driver: one per (policy, transform, tenant) (the policy
+/// by its `compilation`, so a bundle replaced within its epoch opens new windows),
 /// aligned on the wall clock (`start = now - now % window_s`). An accepted, new source
 /// event is added to the current window of each aggregating transform of its stream; a
 /// window is closed at its end (the driver's tick, every 500 ms) or early when it reaches
@@ -640,7 +641,7 @@ impl Aggregator {
             };
             let window_ms = t.window_s().unwrap_or(1).saturating_mul(1000).max(1);
             let start_ms = now_ms - now_ms % window_ms;
-            let key = (policy.epoch(), t.name().to_string(), tenant.clone());
+            let key = (policy.compilation(), t.name().to_string(), tenant.clone());
             if self
                 .windows
                 .get(&key)
@@ -733,11 +734,11 @@ impl Aggregator {
         let Some(t) = w.policy.transform(name) else {
             return Vec::new();
         };
-        // A window opened under an older epoch goes out only if the policy in force still
+        // A window opened under another policy goes out only if the policy in force still
         // has its transform (an aggregate onto the same target), and is stamped under that
         // policy: an epoch that withdraws a leaking aggregate stops what its windows hold.
         let policy = match self.policy.policy() {
-            Some(now) if now.epoch() != w.policy.epoch() => match now.transform(name) {
+            Some(now) if now.compilation() != w.policy.compilation() => match now.transform(name) {
                 Some(n) if n.is_aggregate() && n.target() == t.target() => now,
                 _ => {
                     fail(

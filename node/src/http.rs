@@ -597,7 +597,8 @@ where
 
 /// The router.
 pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
-    Router::new()
+    // The data plane: closed while the node waits for its first policy (`policy_gate`).
+    let data = Router::new()
         .route(
             "/v1/events",
             post(publish_any).layer(axum::middleware::from_fn_with_state(
@@ -624,12 +625,6 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
             "/v1/streams/{stream}/subscriptions/{name}",
             axum::routing::delete(delete_subscription),
         )
-        .route("/v1/mesh/peers", get(peers))
-        .route("/v1/mesh/routes", get(routes))
-        .route("/v1/mesh/nodes", get(mesh_nodes))
-        .route("/v1/policy", get(policy_get).post(policy_push))
-        .route("/v1/policy/bundle", get(policy_bundle))
-        .route("/v1/erase", post(erase))
         .route("/v1/tables/{stream}", get(crate::tables::list))
         .route(
             "/v1/tables/{stream}/{key}",
@@ -637,6 +632,18 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
                 .put(crate::tables::put)
                 .delete(crate::tables::delete),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            policy_gate,
+        ));
+    Router::new()
+        .merge(data)
+        .route("/v1/mesh/peers", get(peers))
+        .route("/v1/mesh/routes", get(routes))
+        .route("/v1/mesh/nodes", get(mesh_nodes))
+        .route("/v1/policy", get(policy_get).post(policy_push))
+        .route("/v1/policy/bundle", get(policy_bundle))
+        .route("/v1/erase", post(erase))
         .route("/v1/status", get(status))
         .route("/v1/chaos", get(chaos_get).post(chaos_set))
         .route("/v1/audit", get(audit_get))
@@ -651,6 +658,30 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(api)
 }
+
+/// Closes the data plane while the node trusts operator keys but holds no policy
+/// ([`crate::policy_state::PolicyState::pending`]): 503 `policy_pending` with Retry-After,
+/// counted and audited. Status, metrics, the policy endpoints (to push the first bundle)
+/// and erase stay open.
+async fn policy_gate(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !api.policy.pending() {
+        return next.run(req).await;
+    }
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        POLICY_PENDING,
+        "this node trusts operator keys ([policy] operators) but has no policy bundle in force yet: it serves no publishes or reads until one arrives (weft policy push, or policy.bundle in its config)",
+    );
+    e.retry_after = Some(5);
+    api.refuse(e, None, None, 0).into_response()
+}
+
+/// The reason of a request refused because the node waits for its first policy.
+pub(crate) const POLICY_PENDING: &str = "policy_pending";
 
 /// Publish bodies in progress are bounded in bytes before they are read: the request takes
 /// its declared length (Content-Length; `limits.http_body_max` when it declares none) from
@@ -1879,7 +1910,7 @@ async fn subscribe(
         h.insert(header::AUTHORIZATION, v.clone());
         h
     });
-    let mut epoch_seen = api.policy.epoch();
+    let mut policy_seen = api.policy.generation();
     // A few events queued per subscriber: a client that reads slowly holds little.
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_QUEUE_LEN);
     let api2 = api.clone();
@@ -1913,8 +1944,8 @@ async fn subscribe(
                 );
                 break;
             }
-            if api2.policy.epoch() != epoch_seen {
-                epoch_seen = api2.policy.epoch();
+            if api2.policy.generation() != policy_seen {
+                policy_seen = api2.policy.generation();
                 if let Some(h) = &auth {
                     match api2.authenticate(h) {
                         Err(_) => break,
@@ -1932,7 +1963,7 @@ async fn subscribe(
             // allows ends (refused and audited like a new one).
             if let Some(g) = &mut guard
                 && let Some(p) = api2.policy.policy()
-                && p.epoch() != g.policy.epoch()
+                && p.compilation() != g.policy.compilation()
             {
                 g.policy = p;
                 if api2.authorize_stream(g, &name, "subscribe to").is_err() {
@@ -2548,7 +2579,7 @@ pub(crate) fn enforce_rate(
 ) -> ApiResult<()> {
     let limits = policy.rate_limits(&principal.name, &principal.tenant);
     let refusal = match api.limiter.admit(
-        policy.epoch(),
+        policy.compilation(),
         &limits,
         &principal.name,
         &principal.tenant,

@@ -55,6 +55,11 @@ pub(crate) enum Outcome {
     AlreadyInForce { epoch: u64 },
     /// Refused, with the policy in force unchanged.
     Refused(VerifyError),
+    /// Verified, but the store could not keep it (a disk error): not applied, the policy
+    /// in force unchanged. The caller stops before its step commits, so the carrier is
+    /// applied again after the restart (a restart would otherwise fall back to an older
+    /// bundle, and the carrier, already in the log, would never come again).
+    NotKept(String),
 }
 
 /// Verifies a signed bundle as this node would apply it now.
@@ -112,6 +117,10 @@ pub(crate) fn apply(
         Ok(v) => v,
         Err(e) => return Outcome::Refused(e),
     };
+    // Kept first: nothing is in force that a restart would not find again.
+    if let Err(e) = node.store_mut().meta_set(META_KEY, bytes) {
+        return Outcome::NotKept(e.to_string());
+    }
     let me: MemberInfo = node.me().clone();
     let claim = verified.policy.claim(&me.key, &me.jurisdiction, &me.region);
     let claim_revoked = (!claim.allowed).then(|| claim.reason.to_string());
@@ -119,11 +128,6 @@ pub(crate) fn apply(
     let policy = Arc::new(verified.policy);
     node.set_filter(Box::new(weft_policy::PolicyFilter::new(policy.clone())));
     node.set_policy_epoch(epoch);
-    if let Err(e) = node.store_mut().meta_set(META_KEY, bytes) {
-        // The bundle is in force; only a restart would fall back to an older one until
-        // the carrier event is applied again from the log.
-        tracing::warn!(error = %e, epoch, "keeping the applied policy bundle in the store failed");
-    }
     state.set(Applied {
         policy,
         signers: verified.signers.iter().map(hex::encode).collect(),

@@ -26,6 +26,9 @@ pub(crate) struct Applied {
 #[derive(Debug, Default)]
 pub(crate) struct PolicyState {
     current: RwLock<Option<Arc<Applied>>>,
+    /// The node trusts operator keys (`[policy] operators`): it belongs to a governed
+    /// fabric, and without a bundle in force it serves no data ([`PolicyState::pending`]).
+    required: bool,
 }
 
 impl PolicyState {
@@ -36,7 +39,24 @@ impl PolicyState {
         }
         Self {
             current: RwLock::new(applied.map(Arc::new)),
+            required: false,
         }
+    }
+
+    /// This state, for a node that trusts operator keys (`required`): see
+    /// [`PolicyState::pending`].
+    pub(crate) fn requiring(mut self, required: bool) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// Whether the node trusts operator keys but holds no bundle yet (a new node before
+    /// the fabric's bundle reaches it, or one whose kept bundle no longer verifies): it
+    /// then refuses publishes, reads and edge devices (503 `policy_pending`) rather than
+    /// serve them under no policy (reads open to anyone, publishes unstamped, so free to
+    /// leave their jurisdiction).
+    pub(crate) fn pending(&self) -> bool {
+        self.required && self.current().is_none()
     }
 
     /// The bundle in force, if any.
@@ -57,10 +77,13 @@ impl PolicyState {
         self.current().map_or(0, |a| a.policy.epoch())
     }
 
-    #[allow(
-        dead_code,
-        reason = "the fabric-wide push applies bundles through it (next)"
-    )]
+    /// Which policy is in force, for watching for a change: its
+    /// [`Policy::compilation`] (0 without a policy). Unlike the epoch it changes when a
+    /// bundle is replaced by another of the same epoch.
+    pub(crate) fn generation(&self) -> u64 {
+        self.current().map_or(0, |a| a.policy.compilation())
+    }
+
     /// Replaces the bundle in force. The caller has verified it and checked that its epoch
     /// is newer.
     pub(crate) fn set(&self, applied: Applied) {
@@ -85,5 +108,40 @@ fn warn_unenforced(applied: &Applied) {
                 "stream rule sets retention_s / retention_bytes on a table stream (conflict = ...): tables keep every write their state is made of, so this retention is not applied"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(epoch: u64) -> Applied {
+        let text =
+            weft_policy::Bundle::from_toml(&format!("format = 1\nepoch = {epoch}\n")).unwrap();
+        Applied {
+            policy: Arc::new(Policy::compile(&text).unwrap()),
+            signers: Vec::new(),
+            signed: Arc::new(Vec::new()),
+        }
+    }
+
+    /// A bundle replaced by another of the same epoch (the tie rule) is a new policy to
+    /// whatever watches for one; without operator trust no policy is ever pending.
+    #[test]
+    fn a_same_epoch_replacement_is_a_new_generation_and_pending_needs_trust() {
+        let open = PolicyState::new(None);
+        assert_eq!(open.generation(), 0);
+        assert!(
+            !open.pending(),
+            "no operator trust: a mesh without policies"
+        );
+        let state = PolicyState::new(None).requiring(true);
+        assert!(state.pending());
+        state.set(applied(5));
+        let first = state.generation();
+        assert!(first != 0 && !state.pending());
+        state.set(applied(5));
+        assert_eq!(state.epoch(), 5);
+        assert_ne!(state.generation(), first, "same epoch, another bundle");
     }
 }

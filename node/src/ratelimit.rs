@@ -232,7 +232,8 @@ impl Bucket {
 
 #[derive(Debug, Default)]
 struct State {
-    epoch: u64,
+    /// The policy the buckets were made under ([`weft_policy::Policy::compilation`]).
+    policy: u64,
     /// At most one bucket per principal named in the node's config (only principals the
     /// bundle limits get one), so bounded by the config's `principals`.
     principals: HashMap<String, Bucket>,
@@ -248,12 +249,13 @@ pub(crate) struct Limiter {
 
 impl Limiter {
     /// Admits `events` events of `bytes` payload bytes from `principal` of `tenant` under
-    /// `limits` of policy `epoch`, taking their tokens from both buckets, or refuses and
+    /// `limits` of the policy `policy` ([`weft_policy::Policy::compilation`]: a new one
+    /// refills every bucket), taking their tokens from both buckets, or refuses and
     /// takes nothing. `now` drives the buckets, `wall_ms` (unix ms) the UTC-day quotas.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn admit(
         &self,
-        epoch: u64,
+        policy: u64,
         limits: &RateLimits,
         principal: &str,
         tenant: &str,
@@ -270,9 +272,9 @@ impl Limiter {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if s.epoch != epoch {
+        if s.policy != policy {
             // A new policy: every bucket starts full under the new limits.
-            s.epoch = epoch;
+            s.policy = policy;
             s.principals.clear();
             s.tenants.clear();
         }

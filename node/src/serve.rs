@@ -220,7 +220,13 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         // push, an announcement or an anti-entropy batch, and before a relay region.
         node.set_filter(Box::new(weft_policy::PolicyFilter::new(a.policy.clone())));
     }
-    let policy_state = Arc::new(crate::policy_state::PolicyState::new(applied));
+    let policy_state =
+        Arc::new(crate::policy_state::PolicyState::new(applied).requiring(trust.is_some()));
+    if policy_state.pending() {
+        tracing::warn!(
+            "this node trusts operator keys ([policy] operators) but holds no policy bundle that verifies: it serves no publishes, reads or edge devices (503 policy_pending) until one arrives through the fabric (weft policy push) or is configured (policy.bundle)"
+        );
+    }
 
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
     let quic = crate::tls::quic_configs(&seed, trusted.iter().copied())?;

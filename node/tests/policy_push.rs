@@ -382,13 +382,14 @@ fn a_pushed_policy_rebuilds_the_tables_it_changes_when_applied() {
     });
 }
 
-/// A subscription opened while no policy was in force (reads needed no token) ends when the
-/// first bundle arrives: from then on the policy decides who reads, and the client must
-/// reconnect with a token. Audited and counted.
+/// A node that trusts operator keys but holds no bundle yet serves no data: publishes,
+/// reads and subscriptions are refused with 503 `policy_pending` (counted and audited)
+/// rather than served under no policy (reads open to anyone, publishes unstamped). Status
+/// and the policy endpoints stay open, so the first bundle can be pushed; from then on the
+/// policy decides.
 #[test]
-fn an_open_subscription_ends_when_the_first_policy_arrives() {
+fn a_node_that_trusts_operators_serves_no_data_until_its_first_policy() {
     rt().block_on(async {
-        use futures_util::StreamExt as _;
         let ops = Operators::new("policy-first", &["op1"]);
         let extra = format!(
             "[policy]\noperators = [\"{}\"]\nthreshold = 1\n",
@@ -401,33 +402,54 @@ fn an_open_subscription_ends_when_the_first_policy_arrives() {
         c.start_all();
         c.wait_meshed().await;
         assert_eq!(epoch(&c, 0).await, Some(0), "no policy yet");
-        // Anonymous: reads are open without a policy.
-        let resp = reqwest::get(c.url(0, "/v1/streams/orders.x/subscribe"))
+        let pending = |status: u16, v: &Value| {
+            assert_eq!(status, 503, "{v}");
+            assert_eq!(v["error"]["reason"], "policy_pending", "{v}");
+        };
+        // Anonymous and with a token alike: no reads, no subscriptions, no publishes.
+        let r = reqwest::get(c.url(0, "/v1/streams/orders.x/subscribe"))
             .await
             .unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.bytes_stream();
+        assert_eq!(r.headers().get("retry-after").unwrap(), "5");
+        let status = r.status().as_u16();
+        pending(status, &r.json().await.unwrap());
+        let r = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/orders.x/events"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        pending(status, &r.json().await.unwrap());
+        let (status, v) = c.publish(0, "orders.x", "local", &[json!({"n": 1})]).await;
+        pending(status, &v);
+        assert_eq!(rejected(&c, 0, "policy_pending").await, 3);
+        // Status stays open, and the first bundle can be pushed.
+        let r = reqwest::get(c.url(0, "/v1/status")).await.unwrap();
+        assert_eq!(r.status(), 200);
         let (s, v) = push(&c, 0, &c.token, e3).await;
         assert_eq!(s, 200, "{v}");
-        // The stream ends (after whatever it had sent).
-        let ended = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(chunk) = body.next().await {
-                if chunk.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(
-            ended.is_ok(),
-            "the anonymous subscription outlived the policy"
-        );
-        assert!(rejected(&c, 0, "subscription_ended").await >= 1);
-        // With the policy in force, an anonymous subscription is refused from the start.
-        let resp = reqwest::get(c.url(0, "/v1/streams/orders.x/subscribe"))
+        // Under the policy: the tester publishes and reads; anonymous reads are refused.
+        let (status, v) = c.publish(0, "orders.x", "local", &[json!({"n": 2})]).await;
+        assert_eq!(status, 200, "{v}");
+        let r = reqwest::get(c.url(0, "/v1/streams/orders.x/subscribe"))
             .await
             .unwrap();
-        assert_eq!(resp.status(), 401);
+        assert_eq!(r.status(), 401);
+        // The refusals while pending are in the audit log.
+        let audit: Value = reqwest::Client::new()
+            .get(c.url(0, "/v1/audit?reason=policy_pending"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            audit["entries"].as_array().is_some_and(|e| e.len() == 3),
+            "{audit}"
+        );
     });
 }
 

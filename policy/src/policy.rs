@@ -558,6 +558,14 @@ impl Policy {
         self.bundle.epoch
     }
 
+    /// This compilation's process-unique id (never 0). Two policies of one epoch differ
+    /// here: a node that replaced its bundle by another of the same epoch (the tie rule of
+    /// an operator's mistake) must notice the change wherever it watches for a new policy,
+    /// which the epoch alone would not show.
+    pub fn compilation(&self) -> u64 {
+        self.memo_owner
+    }
+
     /// The principal holding the HTTP token whose SHA-256 is `token_sha256`.
     pub fn principal_for_token(&self, token_sha256: &[u8; 32]) -> Option<&str> {
         self.by_token.get(token_sha256).map(String::as_str)
