@@ -92,13 +92,15 @@ enum PolicyCommand {
         /// Operator key (repeat for several signatures: nodes need k of their n).
         #[arg(long = "key", value_name = "PATH", required = true)]
         keys: Vec<PathBuf>,
-        /// Add the signatures to this signed bundle instead of signing a TOML one.
+        /// Add the signatures to this signed bundle instead of signing a TOML one. Give the
+        /// TOML bundle you reviewed too: the signed bundle must carry exactly it.
         #[arg(long, value_name = "SIGNED")]
         add_to: Option<PathBuf>,
         /// Where to write the signed bundle (must not exist, unless it is --add-to).
         #[arg(long)]
         out: PathBuf,
-        /// The bundle, in TOML.
+        /// The bundle, in TOML (with --add-to: the one you reviewed, compared byte for byte
+        /// with the signed bundle's canonical form).
         bundle: Option<PathBuf>,
     },
     /// Check a signed bundle exactly as a node trusting these operators would, and print

@@ -10,7 +10,10 @@ use ed25519_dalek::SigningKey;
 use weft_policy::{Bundle, SignedBundle, Trust, verify_bundle};
 
 /// `weft policy sign`: signs `bundle` (TOML) with every key, or adds the keys' signatures
-/// to the signed bundle `add_to`, and writes the signed CBOR to `out`.
+/// to the signed bundle `add_to`, and writes the signed CBOR to `out`. With both, the
+/// signed bundle must carry exactly the TOML's bundle (the co-signer's review): a second
+/// operator signs what they read, not bytes someone handed them. Either way what is signed
+/// is summarized first.
 pub(crate) fn sign(
     bundle: Option<&Path>,
     add_to: Option<&Path>,
@@ -20,23 +23,57 @@ pub(crate) fn sign(
     if keys.is_empty() {
         bail!("give at least one operator key (--key PATH, from `weft keygen --out PATH`)");
     }
-    let mut signed = match (bundle, add_to) {
-        (Some(path), None) => {
+    let reviewed = match bundle {
+        Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading bundle {}", path.display()))?;
             let bundle = Bundle::from_toml(&text)
                 .map_err(|e| anyhow::anyhow!("bundle {}: {e}", path.display()))?;
-            SignedBundle::new(&bundle)
-                .map_err(|e| anyhow::anyhow!("bundle {}: {e}", path.display()))?
+            Some((
+                path,
+                SignedBundle::new(&bundle)
+                    .map_err(|e| anyhow::anyhow!("bundle {}: {e}", path.display()))?,
+            ))
         }
-        (None, Some(path)) => {
+        None => None,
+    };
+    let mut signed = match (reviewed, add_to) {
+        (Some((_, fresh)), None) => fresh,
+        (reviewed, Some(path)) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading signed bundle {}", path.display()))?;
-            SignedBundle::decode(&bytes)
-                .map_err(|e| anyhow::anyhow!("signed bundle {}: {e}", path.display()))?
+            let held = SignedBundle::decode(&bytes)
+                .map_err(|e| anyhow::anyhow!("signed bundle {}: {e}", path.display()))?;
+            match reviewed {
+                Some((toml, fresh)) if fresh.bundle != held.bundle => bail!(
+                    "{} does not carry the bundle of {}: not signed (the signed bundle's epoch {}, the TOML's {}; compare them with `weft policy verify`)",
+                    path.display(),
+                    toml.display(),
+                    epoch_of(&held.bundle),
+                    epoch_of(&fresh.bundle)
+                ),
+                Some(_) => {}
+                None => say!(
+                    "note: not compared with a TOML bundle you reviewed (give it as BUNDLE to check that this is what you sign)"
+                ),
+            }
+            held
         }
-        _ => bail!("give either a TOML bundle or --add-to SIGNED (not both)"),
+        (None, None) => {
+            bail!("give a TOML bundle to sign, or --add-to SIGNED (with the TOML you reviewed)")
+        }
     };
+    let inner = Bundle::from_cbor(&signed.bundle)
+        .map_err(|e| anyhow::anyhow!("the bundle to sign does not decode: {e}"))?;
+    say!(
+        "signing epoch {}{}",
+        inner.epoch,
+        inner
+            .description
+            .as_deref()
+            .map_or(String::new(), |d| format!(": {d}"))
+    );
+    say!("  {}", summary(&inner));
     for key in keys {
         let secret = crate::keys::load(key)?;
         signed.add_signature(&SigningKey::from_bytes(&secret));
@@ -80,8 +117,14 @@ pub(crate) fn verify(
     for s in &verified.signers {
         say!("  signed by {}", hex::encode(s));
     }
-    say!(
-        "  {} jurisdictions, {} tenants, {} roles, {} principals, {} access rules, {} classes, \
+    say!("  {}", summary(b));
+    Ok(())
+}
+
+/// What a bundle holds, counted, on one line.
+fn summary(b: &Bundle) -> String {
+    format!(
+        "{} jurisdictions, {} tenants, {} roles, {} principals, {} access rules, {} classes, \
          {} stream rules, {} transforms, {} rate limits, {} devices",
         b.jurisdictions.len(),
         b.tenants.len(),
@@ -93,6 +136,10 @@ pub(crate) fn verify(
         b.transforms.len(),
         b.limits.len(),
         b.devices.len()
-    );
-    Ok(())
+    )
+}
+
+/// The epoch of canonical bundle bytes, for an error message ("?" if they do not decode).
+fn epoch_of(bundle: &[u8]) -> String {
+    Bundle::from_cbor(bundle).map_or_else(|_| "?".into(), |b| b.epoch.to_string())
 }

@@ -59,13 +59,43 @@ fn bundles_are_signed_k_of_n_and_verified_as_a_node_would() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("1 signature(s)"), "{}", text(&o));
     let one = std::fs::read(dir.join("p.cbor")).unwrap();
+    // The second operator co-signs what they reviewed: the signed bundle must carry exactly
+    // that TOML's bundle (another is refused, nothing written), and what is signed is shown.
+    let other = std::fs::read_to_string(EXAMPLE)
+        .unwrap()
+        .replacen("epoch = 7", "epoch = 8", 1);
+    std::fs::write(dir.join("other.toml"), other).unwrap();
     let o = weft(
         &dir,
         &[
-            "policy", "sign", "--key", "b.key", "--add-to", "p.cbor", "--out", "p.cbor",
+            "policy",
+            "sign",
+            "--key",
+            "b.key",
+            "--add-to",
+            "p.cbor",
+            "--out",
+            "p.cbor",
+            "other.toml",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("does not carry the bundle of other.toml")
+            && text(&o).contains("epoch 7, the TOML's 8"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(dir.join("p.cbor")).unwrap(), one, "unchanged");
+    let o = weft(
+        &dir,
+        &[
+            "policy", "sign", "--key", "b.key", "--add-to", "p.cbor", "--out", "p.cbor", EXAMPLE,
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("signing epoch 7"), "{}", text(&o));
+    assert!(text(&o).contains("3 jurisdictions"), "{}", text(&o));
     assert!(text(&o).contains("2 signature(s)"), "{}", text(&o));
     std::fs::write(dir.join("one.cbor"), &one).unwrap();
 
