@@ -92,6 +92,20 @@ pub struct Dot {
 pub struct Vv(pub BTreeMap<OriginKey, u64>);
 
 impl Vv {
+    /// Each origin's number at most `bound`'s (the meet): an origin `bound` does not name
+    /// is dropped.
+    pub fn capped(&self, bound: &Vv) -> Vv {
+        Vv(self
+            .0
+            .iter()
+            .filter_map(|(o, s)| {
+                let cap = bound.0.get(o)?;
+                Some((*o, (*s).min(*cap)))
+            })
+            .filter(|(_, s)| *s > 0)
+            .collect())
+    }
+
     /// Whether the vector covers `dot`.
     pub fn covers(&self, dot: &Dot) -> bool {
         self.0.get(&dot.origin).is_some_and(|s| *s >= dot.seq)

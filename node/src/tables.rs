@@ -557,6 +557,25 @@ fn applied_vv(conn: &Connection, stream: &str) -> Result<Vv, String> {
 
 // ------------------------------------------------------------------ versions
 
+/// A client's version token `ctx`, each origin's number cut to the highest this node has
+/// applied of that origin to the table (`table_applied`). A context supersedes what it
+/// covers, on every replica and for good: a token naming numbers not yet written (made
+/// up, or from a bug) would silently drop every later write of that origin to the key.
+/// A token from a node that is ahead is cut to what this one has seen, so its write
+/// supersedes that much and stands beside the rest (a sibling), never drops it.
+async fn applied_at_most(api: &Arc<Api>, stream: &StreamName, ctx: Vv) -> ApiResult<Vv> {
+    let name = stream.as_str().to_string();
+    let applied = crate::http::read_store(api, move |r| {
+        applied_vv(r.conn(), &name).map_err(StoreError::Backend)
+    })
+    .await?;
+    let capped = ctx.capped(&applied);
+    if capped != ctx {
+        tracing::debug!(stream = %stream, "a version token named writes this node has not applied; cut to what it has");
+    }
+    Ok(capped)
+}
+
 /// The version token a client sends back to supersede what it read: the version vector,
 /// postcard-encoded, base64url.
 pub(crate) fn version_token(vv: &Vv) -> String {
@@ -1161,7 +1180,7 @@ pub(crate) async fn put(
     let op = match strategy {
         Strategy::Lww | Strategy::MultiValue => {
             let ctx = match &q.version {
-                Some(t) => parse_version(t).map_err(&bad)?,
+                Some(t) => applied_at_most(&api, &name, parse_version(t).map_err(&bad)?).await?,
                 None => Vv::default(),
             };
             let content_type = headers
@@ -1257,11 +1276,11 @@ pub(crate) async fn delete(
     let seen = current(&api, vis, strategy, &name, &key).await?;
     let mut ctx = seen.as_ref().map(KeyState::version).unwrap_or_default();
     if let Some(t) = &q.version {
-        ctx.join(
-            &parse_version(t).map_err(|m| {
-                api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_table_write", m))
-            })?,
-        );
+        // Within the deletion's own view: a token cannot make it cover writes its view
+        // leaves out (another tenant's, another class's) or writes not yet made.
+        let token = parse_version(t)
+            .map_err(|m| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_table_write", m)))?;
+        ctx.join(&token.capped(&ctx));
     }
     let totals: BTreeMap<OriginKey, Totals> = match &seen {
         Some(KeyState::Counter { totals, .. }) => totals.clone(),

@@ -283,3 +283,33 @@ fn both_sides_of_a_partition_write_the_same_keys_and_every_replica_converges() {
         assert_eq!(v["error"]["reason"], "bad_table_write", "{v}");
     });
 }
+
+/// A version token names what its writer saw. One naming writes this node has not applied
+/// (made up, or from a bug) is cut to what the node has: before, its context covered every
+/// later write of that origin to the key, which every replica then dropped without a word.
+#[test]
+fn a_version_token_naming_unwritten_numbers_cannot_silence_later_writes() {
+    use base64::Engine as _;
+    rt().block_on(async {
+        let mut c = Cluster::new("tables-token", 59, &three_regions()[..1], TABLES);
+        c.start(0);
+        c.wait_healthy(0).await;
+        // A token claiming node 0's writes up to the last sequence number there is.
+        let node: [u8; 32] = hex::decode(&c.keys[0]).unwrap().try_into().unwrap();
+        let pairs: Vec<([u8; 32], u64)> = vec![(node, u64::MAX)];
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(postcard::to_allocvec(&pairs).unwrap());
+        put(
+            &c,
+            0,
+            &format!("/v1/tables/mv.docs/k?version={token}"),
+            json!("first"),
+        )
+        .await;
+        put(&c, 0, "/v1/tables/mv.docs/k", json!("second")).await;
+        let (status, v) = get(&c, 0, "/v1/tables/mv.docs/k").await;
+        assert_eq!(status, 200, "{v}");
+        let siblings = v["siblings"].as_array().map_or(0, Vec::len);
+        assert_eq!(siblings, 2, "the second write was dropped: {v}");
+    });
+}
