@@ -38,7 +38,10 @@ const SYNTH_TYPE: &str = "weft.event";
 
 /// Extension attributes [`render`] sets from the envelope. Any the publisher supplied are
 /// replaced (or removed, for `weftsealed`), so readers can trust them.
-const RENDER_ATTRIBUTES: [&str; 10] = [
+const RENDER_ATTRIBUTES: [&str; 11] = [
+    // A log position, added by reads and subscriptions (`http.rs`); one a publisher put in
+    // its event would otherwise show where none is added (`GET /v1/events/{id}`).
+    "weftcursor",
     "weftlineage",
     "weftstream",
     "weftid",
@@ -266,7 +269,7 @@ mod tests {
     fn render_overwrites_spoofed_weft_attributes() {
         let body = with(json!({
             "weftprincipal": "root", "weftsealed": true, "weftseq": 1, "weftstream": "x.y",
-            "weftlineage": "{\"sources\":[]}",
+            "weftlineage": "{\"sources\":[]}", "weftcursor": "999999",
         }));
         let rendered = render(&stored(&parse_structured(&body).unwrap()));
         assert!(
@@ -277,6 +280,10 @@ mod tests {
         assert_eq!(rendered["weftseq"], json!(42));
         assert_eq!(rendered["weftstream"], json!("orders.eu"));
         assert!(!rendered.contains_key("weftsealed"));
+        assert!(
+            !rendered.contains_key("weftcursor"),
+            "a cursor is a read's, never the publisher's"
+        );
     }
 
     #[test]

@@ -641,11 +641,37 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/mesh/routes", get(routes))
         .route("/v1/mesh/nodes", get(mesh_nodes))
-        .route("/v1/policy", get(policy_get).post(policy_push))
+        .route(
+            "/v1/policy",
+            post(policy_push)
+                .layer::<_, Infallible>(axum::middleware::from_fn_with_state(
+                    api.clone(),
+                    admin_first,
+                ))
+                .layer::<_, Infallible>(DefaultBodyLimit::max(POLICY_BODY_LEN_MAX))
+                .get(policy_get),
+        )
         .route("/v1/policy/bundle", get(policy_bundle))
-        .route("/v1/erase", post(erase))
+        .route(
+            "/v1/erase",
+            post(erase)
+                .layer::<_, Infallible>(axum::middleware::from_fn_with_state(
+                    api.clone(),
+                    admin_first,
+                ))
+                .layer::<_, Infallible>(DefaultBodyLimit::max(ADMIN_BODY_LEN_MAX)),
+        )
         .route("/v1/status", get(status))
-        .route("/v1/chaos", get(chaos_get).post(chaos_set))
+        .route(
+            "/v1/chaos",
+            post(chaos_set)
+                .layer::<_, Infallible>(axum::middleware::from_fn_with_state(
+                    api.clone(),
+                    admin_first,
+                ))
+                .layer::<_, Infallible>(DefaultBodyLimit::max(ADMIN_BODY_LEN_MAX))
+                .get(chaos_get),
+        )
         .route("/v1/audit", get(audit_get))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -657,6 +683,28 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(api)
+}
+
+/// Largest body of a policy push, bytes: twice the largest signed bundle, so a bundle
+/// over that gets the handler's own refusal (`bundle_oversize`, naming the limit).
+const POLICY_BODY_LEN_MAX: usize = 2 * weft_policy::limits::BUNDLE_LEN_MAX;
+
+/// Largest body of an admin request other than a policy bundle (an erase request, fault
+/// injection rules), bytes.
+const ADMIN_BODY_LEN_MAX: usize = 64 << 10;
+
+/// For admin-only requests with a body: the admin token is checked before the body is
+/// read (a client without one got its whole body, up to `http_body_max`, read into memory
+/// first). Each such route also holds its body to a limit of its own (`DefaultBodyLimit`).
+async fn admin_first(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match api.require_admin(req.headers(), "make admin requests (principals[].admin)") {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Closes the data plane while the node trusts operator keys but holds no policy
@@ -694,6 +742,13 @@ async fn bound_publish_bytes(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Only a publisher the node knows takes from the budget: a client without a valid
+    // token could otherwise hold all of it with bodies it never finishes sending, and
+    // every tenant's publishes would be 503 meanwhile. (The handler authenticates again:
+    // a hash and a map lookup.)
+    if let Err(e) = api.authenticate(req.headers()) {
+        return e.into_response();
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -1869,15 +1924,14 @@ async fn subscribe(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // Whose subscription: the reader's principal (an admin's for a system stream; none
-    // when reads need no token and none was given).
+    // Whose subscription: the reader's principal (an admin's for a system stream). A
+    // durable one needs a token even where reads need none: its position is a
+    // principal's, and one kept for no principal could never be moved (acks and
+    // Last-Event-ID saves are a token's), so it would start over at every reconnect.
     let owner = match (&guard, q.durable.is_some()) {
         (_, false) => String::new(),
         (Some(g), true) => g.principal().to_string(),
-        (None, true) if system || headers.contains_key(header::AUTHORIZATION) => {
-            api.authenticate(&headers)?.name
-        }
-        (None, true) => String::new(),
+        (None, true) => api.authenticate(&headers)?.name,
     };
     let durable = q.durable.as_deref().map(|d| cursor_key(&owner, &name, d));
     let saved = match &durable {
