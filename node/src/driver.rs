@@ -476,13 +476,19 @@ impl Driver {
             .write_conn()
             .map_err(|e| e.to_string())
             .and_then(|conn| {
-                crate::tables::apply(conn, strategy, event, stats, &mut self.tables_built)
+                crate::tables::atomically(conn, "table_write", |conn| {
+                    crate::tables::apply(conn, strategy, event, stats, &mut self.tables_built)
+                })
             });
         match result {
             Ok(_) => self.metrics.table_writes(strategy.as_str(), &before, stats),
             Err(e) => {
+                // Nothing of it stayed: the table is rebuilt from the log at the end of the
+                // step (the event is in it), so this replica does not go on without it.
                 self.metrics.reject("table_apply_failed");
-                warn!(event = %event.id(), error = %e, "applying a table write failed");
+                warn!(event = %event.id(), error = %e, "applying a table write failed; the table is rebuilt from the log");
+                self.tables_built.remove(event.stream().as_str());
+                self.late_tables.insert(event.stream().clone());
             }
         }
     }
@@ -1395,7 +1401,11 @@ impl Driver {
                 .store_mut()
                 .write_conn()
                 .map_err(|e| e.to_string())
-                .and_then(|conn| crate::tables::rebuild(conn, strategy, &stream, stats));
+                .and_then(|conn| {
+                    crate::tables::atomically(conn, "table_rebuild", |conn| {
+                        crate::tables::rebuild(conn, strategy, &stream, stats)
+                    })
+                });
             if let Err(e) = result {
                 self.metrics.reject("table_apply_failed");
                 warn!(stream = %stream, error = %e, "rebuilding a table for late writes failed");

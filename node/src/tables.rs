@@ -555,6 +555,40 @@ fn applied_vv(conn: &Connection, stream: &str) -> Result<Vv, String> {
     Ok(vv)
 }
 
+/// Runs `f` on `conn` inside a savepoint named `name`: all of its writes or none (a table
+/// write or rebuild that fails midway leaves no half-applied row, and no origin marked
+/// applied for a write that is not).
+pub(crate) fn atomically<T>(
+    conn: &Connection,
+    name: &str,
+    f: impl FnOnce(&Connection) -> Result<T, String>,
+) -> Result<T, String> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))
+        .map_err(backend)?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch(&format!("RELEASE {name}"))
+                .map_err(backend)?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(rb) = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}")) {
+                tracing::error!(error = %rb, savepoint = name, "rolling back a table write failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The least byte string greater than every string starting with `prefix` (`None` for
+/// an empty prefix or one of only 0xff bytes: no upper bound).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|b| *b != 0xff)?;
+    let mut upper = prefix[..=last].to_vec();
+    upper[last] += 1;
+    Some(upper)
+}
+
 // ------------------------------------------------------------------ versions
 
 /// A client's version token `ctx`, each origin's number cut to the highest this node has
@@ -1027,8 +1061,14 @@ pub(crate) async fn list(
             .collect();
         let mut sql = String::from(
             "SELECT k.key, k.state FROM table_keys k WHERE k.stream = ?1 AND k.key > ?2
-             AND substr(k.key, 1, length(?3)) = ?3",
+             AND k.key >= ?3 AND substr(k.key, 1, length(?3)) = ?3",
         );
+        // The prefix as a key range (the primary key's order), so a page reads the keys
+        // under the prefix, not every key before them and after: the prefix's successor
+        // (last byte not 0xff raised by one, the 0xff bytes after it dropped) bounds it.
+        if let Some(upper) = prefix_successor(prefix.as_bytes()) {
+            sql.push_str(&format!(" AND k.key < X'{}'", hex::encode(upper)));
+        }
         if !sees_all {
             sql.push_str(
                 " AND (NOT EXISTS (SELECT 1 FROM table_writers w
@@ -1351,6 +1391,57 @@ mod tests {
     use weft_fabric::mesh::{Inserted, Store};
     use weft_fabric::table::OP_CONTENT_TYPE;
     use weft_fabric::{EventDraft, Hlc, Residency, SecurityContext, Signer};
+
+    #[test]
+    fn a_prefix_is_a_key_range() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(b"\xff"), None);
+        assert_eq!(prefix_successor(b""), None);
+        // Every string under the prefix is below the bound, and the bound is not under it.
+        for key in [&b"ab"[..], b"ab\x00", b"abzzz", b"ab\xff\xff"] {
+            assert!(key < &prefix_successor(b"ab").unwrap()[..]);
+        }
+    }
+
+    /// A table write that fails midway (here: its row cannot be written) leaves nothing:
+    /// its origin is not marked applied, so a later rebuild or the next write of that
+    /// origin is not taken as a duplicate of a write the table does not hold.
+    #[test]
+    fn a_table_write_that_fails_midway_leaves_nothing() {
+        let mut r = Replica::new(Strategy::MultiValue);
+        r.deliver(&write(1, 1, b"k", T0, &op(Strategy::MultiValue, 1)));
+        let second = write(1, 2, b"k", T0 + 1, &op(Strategy::MultiValue, 2));
+        assert_eq!(r.store.insert(second.clone()), Ok(Inserted::New));
+        r.store.append_log(&second).unwrap();
+        let conn = r.store.write_conn().unwrap();
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER fail_row BEFORE UPDATE ON table_keys \
+             BEGIN SELECT RAISE(ABORT, 'disk'); END;",
+        )
+        .unwrap();
+        let failed = atomically(conn, "table_write", |conn| {
+            apply(conn, r.strategy, &second, &mut r.stats, &mut r.built)
+        });
+        assert!(failed.is_err());
+        let applied: i64 = conn
+            .query_row(
+                "SELECT seq FROM table_applied WHERE stream = ?1",
+                [STREAM],
+                |x| x.get(0),
+            )
+            .unwrap();
+        assert_eq!(applied, 1, "the failed write is not marked applied");
+        conn.execute_batch("DROP TRIGGER fail_row").unwrap();
+        // Applied again (the driver rebuilds the table from the log): it is taken.
+        assert_eq!(
+            atomically(conn, "table_write", |conn| {
+                apply(conn, r.strategy, &second, &mut r.stats, &mut r.built)
+            }),
+            Ok(Applied::Applied)
+        );
+        r.store.commit().unwrap();
+    }
 
     const STREAM: &str = "prefs";
     /// Wall clock of the first write, ms.

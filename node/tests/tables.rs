@@ -313,3 +313,34 @@ fn a_version_token_naming_unwritten_numbers_cannot_silence_later_writes() {
         assert_eq!(siblings, 2, "the second write was dropped: {v}");
     });
 }
+
+/// `?prefix=` lists exactly the keys under the prefix, in order (read as a key range).
+#[test]
+fn a_prefix_lists_exactly_its_keys() {
+    rt().block_on(async {
+        let mut c = Cluster::new("tables-prefix", 60, &three_regions()[..1], TABLES);
+        c.start(0);
+        c.wait_healthy(0).await;
+        for k in ["b", "apricot", "a", "apple", "ap", "aq"] {
+            put(&c, 0, &format!("/v1/tables/kv.fruit/{k}"), json!(k)).await;
+        }
+        let listed = |prefix: &'static str| {
+            let c = &c;
+            async move {
+                let (status, v) = get(c, 0, &format!("/v1/tables/kv.fruit?prefix={prefix}")).await;
+                assert_eq!(status, 200, "{v}");
+                v["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k["key"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed("ap").await, ["ap", "apple", "apricot"]);
+        assert_eq!(listed("a").await, ["a", "ap", "apple", "apricot", "aq"]);
+        assert_eq!(listed("apr").await, ["apricot"]);
+        assert!(listed("c").await.is_empty());
+        assert_eq!(listed("").await.len(), 6);
+    });
+}
