@@ -98,11 +98,7 @@ fn ten_thousand_events_made_offline_arrive_once_and_in_order() {
         m.contains("weft_publishes_total{api=\"edge\"} 10000"),
         "{m}"
     );
-    let busy: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("weft_rejected_total{reason=\"edge_busy\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let busy = w.rejected(0, "edge_busy");
     assert!(
         busy > 0,
         "the node never answered busy; backpressure untested:\n{m}"
@@ -1180,17 +1176,8 @@ fn edge_batches_are_rate_limited_and_a_rekeyed_device_is_cut_off() {
     })
     .unwrap_or_else(|| panic!("the 20 events never arrived\n{}", w.logs()));
     assert_exactly_once_in_order(&events, 20, &w.agent_key, "under a rate limit");
-    let limited = w
-        .metrics(0)
-        .lines()
-        .find_map(|l| l.strip_prefix("weft_rejected_total{reason=\"rate_limited\"} "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(
-        limited >= 1.0,
-        "no edge batch was rate limited\n{}",
-        w.logs()
-    );
+    let limited = w.rejected(0, "rate_limited");
+    assert!(limited >= 1, "no edge batch was rate limited\n{}", w.logs());
     let audited = |reason: &str| {
         wait_for(Duration::from_secs(10), || {
             let (code, body) = http_get_as(
@@ -1290,14 +1277,10 @@ fn edge_batches_wait_while_http_bodies_hold_the_byte_budget() {
     slow.flush().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     w.feed(0..N);
-    let busy = |w: &World| {
-        w.metrics(0)
-            .lines()
-            .find_map(|l| l.strip_prefix("weft_rejected_total{reason=\"edge_busy\"} "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    wait_for(Duration::from_secs(20), || busy(&w).filter(|b| *b >= 3))
-        .unwrap_or_else(|| panic!("no batch was answered busy\n{}", w.logs()));
+    wait_for(Duration::from_secs(20), || {
+        (w.rejected(0, "edge_busy") >= 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no batch was answered busy\n{}", w.logs()));
     let s = w.status().unwrap();
     assert_eq!(s["counters"]["delivered"].as_u64(), Some(0), "{s}");
     assert_eq!(depth(&w), Some(N), "{s}");

@@ -359,6 +359,16 @@ listen = "{http}"
             .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
+
+    /// Node `i`'s `weft_rejected_total{reason}` (0 when the series is absent).
+    pub fn rejected(&self, i: usize, reason: &str) -> u64 {
+        let series = format!("weft_rejected_total{{reason=\"{reason}\"}} ");
+        self.metrics(i)
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
 }
 
 pub fn tail(s: &str, n: usize) -> String {
