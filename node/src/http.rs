@@ -197,6 +197,15 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Arc<
 /// Events rendered and waiting for one SSE subscriber's connection.
 const SSE_QUEUE_LEN: usize = 16;
 
+/// Log entries one subscription reads at a time.
+const SSE_PAGE_LEN: usize = 500;
+
+/// Envelope bytes one subscription reads at a time (at least one event): a page waits
+/// in its task while a slow client reads it, so with `limits.subscribers_max` open
+/// subscriptions (1024 by default) this bounds what they hold to a few hundred MiB (a
+/// page of the general read limit, 8 MiB, would be 8 GiB).
+const SSE_PAGE_BYTES_MAX: usize = 256 * 1024;
+
 /// How often a principal's reads of one stream write a `read_filtered` audit entry.
 const FILTERED_AUDIT_EVERY: Duration = Duration::from_secs(10);
 /// Most (principal, stream) pairs whose `read_filtered` counts wait for their next entry.
@@ -2025,7 +2034,11 @@ async fn subscribe(
                 }
             }
             let stream = name.as_str().to_string();
-            let entries = match read_store(&api2, move |r| r.read_log(&stream, after, 500)).await {
+            let entries = match read_store(&api2, move |r| {
+                r.read_log_within(&stream, after, SSE_PAGE_LEN, SSE_PAGE_BYTES_MAX)
+            })
+            .await
+            {
                 Ok(entries) => entries,
                 // Every read slot taken for a while: the subscriber waits, it is not
                 // dropped (a reconnect would only read again).

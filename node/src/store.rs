@@ -2199,7 +2199,20 @@ impl StoreReader {
         after: u64,
         limit: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
+        self.read_log_within(stream, after, limit, READ_LOG_BYTES_MAX)
+    }
+
+    /// [`StoreReader::read_log`], stopping after about `bytes_max` envelope bytes (at least
+    /// one entry) instead of [`READ_LOG_BYTES_MAX`].
+    pub(crate) fn read_log_within(
+        &self,
+        stream: &str,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
         let limit = limit.min(READ_LOG_LEN_MAX);
+        let bytes_max = bytes_max.min(READ_LOG_BYTES_MAX);
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
@@ -2221,7 +2234,7 @@ impl StoreReader {
             let envelope: Vec<u8> = row.get(1).map_err(backend)?;
             bytes = bytes.saturating_add(envelope.len());
             out.push(LogEntry { pos, envelope });
-            if bytes >= READ_LOG_BYTES_MAX {
+            if bytes >= bytes_max {
                 break;
             }
         }
@@ -2660,6 +2673,26 @@ mod tests {
         store.commit().unwrap();
         store.check_invariants().unwrap();
         assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn a_log_page_stops_at_its_byte_bound_and_holds_at_least_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        for seq in 1..=10u64 {
+            let e = event(1, "big", seq, &[7u8; 1000]);
+            store.insert(e.clone()).unwrap();
+            store.append_log(&e).unwrap();
+        }
+        store.commit().unwrap();
+        let reader = StoreReader::open(dir.path()).unwrap();
+        let one = reader.read_log("big", 0, 10).unwrap()[0].envelope.len();
+        // Two and a half envelopes' worth: three entries (the one that crosses it is in).
+        let page = reader.read_log_within("big", 0, 10, one * 5 / 2).unwrap();
+        assert_eq!(page.len(), 3);
+        // A bound under one envelope still gives one.
+        assert_eq!(reader.read_log_within("big", 0, 10, 1).unwrap().len(), 1);
+        assert_eq!(reader.read_log("big", 0, 10).unwrap().len(), 10);
     }
 
     #[test]
