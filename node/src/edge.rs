@@ -914,7 +914,8 @@ impl Edge {
         // included: they are stored everywhere too), as for an HTTP publish.
         if let (Some(policy), Some(first)) = (policy.as_deref(), events.first()) {
             let bytes: u64 = envelopes.iter().map(|b| b.len() as u64).sum();
-            // Counted and audited by `enforce_rate`.
+            // Counted and audited by `enforce_rate`. Kept at once: a batch admitted here
+            // is answered for every event (stored, or refused for a reason of its own).
             if let Err(e) = crate::http::enforce_rate(
                 api,
                 policy,
@@ -922,7 +923,9 @@ impl Edge {
                 events.len() as u64,
                 bytes,
                 first.stream().as_str(),
-            ) {
+            )
+            .map(crate::http::Charge::keep)
+            {
                 return if e.reason() == "batch_over_burst" {
                     BatchAnswer::Failed {
                         reason: e.reason().into(),

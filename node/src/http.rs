@@ -892,21 +892,28 @@ async fn publish_inner(
     let media = media_type(&headers);
     if media == WEFT_CBOR {
         let event = presigned(api, &principal, &body, path_stream.as_ref())?;
-        if let Some(policy) = api.policy.policy() {
-            enforce_rate(
+        let charge = match api.policy.policy() {
+            Some(policy) => Some(enforce_rate(
                 api,
                 &policy,
                 &principal,
                 1,
                 body.len() as u64,
                 event.stream().as_str(),
-            )?;
-        }
+            )?),
+            None => None,
+        };
         api.metrics
             .publishes
             .get_or_create(&vec![("api", "cbor".to_string())])
             .inc();
-        return submit(api, vec![Arc::new(event)], vec![None], ack, started).await;
+        let out = submit(api, vec![Arc::new(event)], vec![None], ack, started).await;
+        if out.is_ok()
+            && let Some(c) = charge
+        {
+            c.keep();
+        }
+        return out;
     }
     let pairs: Vec<(&str, &[u8])> = headers
         .iter()
@@ -1064,17 +1071,20 @@ async fn publish_inner(
         )));
     }
     // Rate limits and quotas: every event of the request fits, or none is taken.
-    if let (Some(policy), Some(first)) = (&policy, drafts.first()) {
-        let stream = first.stream.as_str().to_string();
-        enforce_rate(
-            api,
-            policy,
-            &principal,
-            drafts.len() as u64,
-            payload_bytes,
-            &stream,
-        )?;
-    }
+    let charge = match (&policy, drafts.first()) {
+        (Some(policy), Some(first)) => {
+            let stream = first.stream.as_str().to_string();
+            Some(enforce_rate(
+                api,
+                policy,
+                &principal,
+                drafts.len() as u64,
+                payload_bytes,
+                &stream,
+            )?)
+        }
+        _ => None,
+    };
     api.metrics
         .publishes
         .get_or_create(&vec![("api", "cloudevents".to_string())])
@@ -1112,6 +1122,9 @@ async fn publish_inner(
     // the commit (`ack=none`) or the client has gone, a request waiting on it then finds
     // them.
     let mut out = sign_and_send(api, policy, drafts, dedup, Some(claim), ack, started).await?;
+    if let Some(c) = charge {
+        c.keep();
+    }
     if let Some(k) = known_out {
         // Ids of already-known events go back in request order.
         for ((i, _), id) in known.iter().zip(k.ids) {
@@ -1226,11 +1239,19 @@ pub(crate) async fn publish_op(
     })?;
     check_stored(api, &stream)?;
     let policy = api.policy.policy();
+    let mut charge = None;
     let (classification, residency) = match &policy {
         None => ("internal".to_string(), Residency::Unrestricted),
         Some(p) => {
             let stamped = enforce_publish(api, p, &principal, &stream, 0)?;
-            enforce_rate(api, p, &principal, 1, payload.len() as u64, stream.as_str())?;
+            charge = Some(enforce_rate(
+                api,
+                p,
+                &principal,
+                1,
+                payload.len() as u64,
+                stream.as_str(),
+            )?);
             stamped
         }
     };
@@ -1256,6 +1277,9 @@ pub(crate) async fn publish_op(
         .get_or_create(&vec![("api", "table".to_string())])
         .inc();
     let out = sign_and_send(api, policy, vec![draft], vec![None], None, ack, started).await?;
+    if let Some(c) = charge {
+        c.keep();
+    }
     Ok(published_response(&out, out.complete))
 }
 
@@ -2636,15 +2660,17 @@ fn audit_event(api: &Api, e: &ApiError, principal: &str, event: &Event, epoch: u
 /// principal's and the tenant's token buckets must both admit every event of the request.
 /// A refusal is 429 `rate_limited` or `quota_exceeded` with `Retry-After`, or 400
 /// `batch_over_burst` for a request no bucket could ever admit whole; counted and audited.
-pub(crate) fn enforce_rate(
-    api: &Api,
+/// What is taken is given back unless the publish goes through ([`Charge`]).
+pub(crate) fn enforce_rate<'a>(
+    api: &'a Api,
     policy: &weft_policy::Policy,
     principal: &Principal,
     events: u64,
     bytes: u64,
     stream: &str,
-) -> ApiResult<()> {
+) -> ApiResult<Charge<'a>> {
     let limits = policy.rate_limits(&principal.name, &principal.tenant);
+    let wall_ms = crate::driver::wall_ms();
     let refusal = match api.limiter.admit(
         policy.compilation(),
         &limits,
@@ -2653,9 +2679,21 @@ pub(crate) fn enforce_rate(
         events,
         bytes,
         Instant::now(),
-        crate::driver::wall_ms(),
+        wall_ms,
     ) {
-        Ok(()) => return Ok(()),
+        Ok(()) => {
+            return Ok(Charge {
+                api,
+                policy: policy.compilation(),
+                limits,
+                principal: principal.name.clone(),
+                tenant: principal.tenant.clone(),
+                events,
+                bytes,
+                wall_ms,
+                kept: false,
+            });
+        }
         Err(r) => r,
     };
     let status = match refusal {
@@ -2669,6 +2707,46 @@ pub(crate) fn enforce_rate(
     );
     e.retry_after = refusal.retry_after_s();
     Err(api.refuse(e, Some(&principal.name), Some(stream), policy.epoch()))
+}
+
+/// Rate-limit tokens and quota a publish took ([`enforce_rate`]): given back when dropped
+/// unless [`Charge::keep`] ran, so a publish refused after it was charged (the driver's
+/// queue full, the store full, an event the store refused) costs its principal nothing,
+/// as a refused request should.
+#[must_use = "dropped, the charge is given back"]
+pub(crate) struct Charge<'a> {
+    api: &'a Api,
+    policy: u64,
+    limits: weft_policy::RateLimits,
+    principal: String,
+    tenant: String,
+    events: u64,
+    bytes: u64,
+    wall_ms: i64,
+    kept: bool,
+}
+
+impl Charge<'_> {
+    /// The publish went through: the tokens stay spent.
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.api.limiter.refund(
+                self.policy,
+                &self.limits,
+                &self.principal,
+                &self.tenant,
+                self.events,
+                self.bytes,
+                self.wall_ms,
+            );
+        }
+    }
 }
 
 async fn mesh_nodes(State(api): State<Arc<Api>>) -> Response {

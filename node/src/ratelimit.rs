@@ -311,6 +311,48 @@ impl Limiter {
         }
         Ok(())
     }
+
+    /// Gives back what [`Limiter::admit`] took for a publish refused after it (the
+    /// driver's queue, the store or the ack refused it): the tokens, up to the burst, and
+    /// the day's counts. Nothing when the policy changed since (its buckets started
+    /// afresh) or the day turned.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn refund(
+        &self,
+        policy: u64,
+        limits: &RateLimits,
+        principal: &str,
+        tenant: &str,
+        events: u64,
+        bytes: u64,
+        wall_ms: i64,
+    ) {
+        let day = wall_ms.div_euclid(MS_PER_DAY);
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.policy != policy {
+            return;
+        }
+        let give = |b: &mut Bucket, l: &RateLimit| {
+            b.tokens = (b.tokens + events as f64).min(l.burst as f64);
+            if b.day == day {
+                b.events_today = b.events_today.saturating_sub(events);
+                b.bytes_today = b.bytes_today.saturating_sub(bytes);
+            }
+        };
+        if let Some(l) = &limits.principal
+            && let Some(b) = s.principals.get_mut(principal)
+        {
+            give(b, l);
+        }
+        if let Some(l) = &limits.tenant
+            && let Some(b) = s.tenants.get_mut(tenant)
+        {
+            give(b, l);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +367,61 @@ mod tests {
             events_per_day: None,
             bytes_per_day: None,
         }
+    }
+
+    /// A publish refused after it was charged (queue or store full) gives its tokens and
+    /// its quota back: a client retrying through an overload does not burn its day.
+    #[test]
+    fn a_refund_gives_back_tokens_and_quota() {
+        let l = Limiter::default();
+        let limits = RateLimits {
+            principal: Some(RateLimit {
+                events_per_s: 1,
+                burst: 5,
+                events_per_day: Some(8),
+                bytes_per_day: None,
+            }),
+            tenant: None,
+        };
+        let t0 = Instant::now();
+        l.admit(1, &limits, "p", "acme", 5, 0, t0, 0).unwrap();
+        assert!(
+            l.admit(1, &limits, "p", "acme", 1, 0, t0, 0).is_err(),
+            "burst spent"
+        );
+        l.refund(1, &limits, "p", "acme", 5, 0, 0);
+        l.admit(1, &limits, "p", "acme", 5, 0, t0, 0).unwrap();
+        // The day's quota was given back too: 5 + 3 more fit in 8 once tokens refill.
+        let later = t0 + Duration::from_secs(10);
+        l.admit(1, &limits, "p", "acme", 3, 0, later, 0).unwrap();
+        assert!(matches!(
+            l.admit(
+                1,
+                &limits,
+                "p",
+                "acme",
+                1,
+                0,
+                later + Duration::from_secs(10),
+                0
+            ),
+            Err(Refusal::Quota { .. })
+        ));
+        // A refund under another policy changes nothing.
+        l.refund(2, &limits, "p", "acme", 8, 0, 0);
+        assert!(
+            l.admit(
+                1,
+                &limits,
+                "p",
+                "acme",
+                1,
+                0,
+                later + Duration::from_secs(20),
+                0
+            )
+            .is_err()
+        );
     }
 
     #[test]

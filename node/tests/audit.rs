@@ -125,34 +125,77 @@ async fn audited(c: &Cluster, token: &str, query: &str, reason: &str) -> Value {
     .unwrap_or_else(|| panic!("no audit entry {reason} for ?{query}:\n{}", c.log(0)))
 }
 
+/// One EU node under [`bundle`] (operator key in a directory of its own, `ops`), with a
+/// `reader` principal besides the cluster's `tester`, and `limits` appended to its config.
+fn audited_node(test: &str, net: u8, limits: &str) -> (Cluster, std::path::PathBuf) {
+    let ops = std::env::temp_dir().join(format!("weft-it-{test}-ops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ops);
+    std::fs::create_dir_all(&ops).unwrap();
+    let out = weft_ok(&ops, &["keygen", "--out", "op.key"]);
+    let operator = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let reader_sha = hex::encode(sha2::Sha256::digest(READER_TOKEN.as_bytes()));
+    let extra = format!(
+        "[[principals]]\nname = \"reader\"\ntenant = \"acme\"\ntoken_sha256 = \"{reader_sha}\"\n\
+         [policy]\noperators = [\"{operator}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n\
+         [audit]\nretention_days = 30\nmax_entries = 10000\n{limits}"
+    );
+    let spec = Spec {
+        name: "eu",
+        region: "aws:eu-west-1",
+        jurisdiction: "EU",
+    };
+    let c = Cluster::new(test, net, &[spec], &extra);
+    let tester_sha = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
+    std::fs::write(ops.join("b.toml"), bundle(&c.keys[0], &tester_sha)).unwrap();
+    weft_ok(
+        &ops,
+        &[
+            "policy",
+            "sign",
+            "--key",
+            "op.key",
+            "--out",
+            c.dir.join("policy.cbor").to_str().unwrap(),
+            "b.toml",
+        ],
+    );
+    (c, ops)
+}
+
+const READER_TOKEN: &str = "reader-token-0123456789abcdef0123456789abcdef";
+
+/// A publish refused after its rate-limit tokens were taken (here: the store is full)
+/// gives them back: a client retrying through the refusal keeps getting the refusal's
+/// own answer (507), not 429 for tokens nothing was stored for.
+#[test]
+fn publishes_refused_after_their_charge_take_no_rate_tokens() {
+    rt().block_on(async {
+        // tester: burst 5 at 1 a second; the store holds one event.
+        let (mut c, _ops) = audited_node("ratefund", 61, "[limits]\nevents_max = 1\n");
+        c.start_all();
+        c.wait_healthy(0).await;
+        let (status, body) = c.publish(0, "orders.eu", "local", &[json!({"n": 0})]).await;
+        assert_eq!(status, 200, "{body}");
+        for n in 1..=8 {
+            let (status, body) = c.publish(0, "orders.eu", "local", &[json!({"n": n})]).await;
+            assert_eq!(status, 507, "publish {n}: {body}");
+            assert_eq!(body["error"]["reason"], "store_refused", "{body}");
+        }
+        assert!(metric(&c, "weft_rejected_total{reason=\"store_refused\"} 8").await);
+    });
+}
+
 #[test]
 fn denials_and_rate_limits_are_refused_counted_and_audited() {
     rt().block_on(async {
-        let ops = std::env::temp_dir().join(format!("weft-it-audit-ops-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&ops);
-        std::fs::create_dir_all(&ops).unwrap();
-        let out = weft_ok(&ops, &["keygen", "--out", "op.key"]);
-        let operator = out
-            .lines()
-            .find_map(|l| l.strip_prefix("public key: "))
-            .unwrap()
-            .trim()
-            .to_string();
-        let reader_token = "reader-token-0123456789abcdef0123456789abcdef";
-        let reader_sha = hex::encode(sha2::Sha256::digest(reader_token.as_bytes()));
-        let extra = format!(
-            "[[principals]]\nname = \"reader\"\ntenant = \"acme\"\ntoken_sha256 = \"{reader_sha}\"\n\
-             [policy]\noperators = [\"{operator}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n\
-             [audit]\nretention_days = 30\nmax_entries = 10000\n"
-        );
-        let spec = Spec {
-            name: "eu",
-            region: "aws:eu-west-1",
-            jurisdiction: "EU",
-        };
-        let mut c = Cluster::new("audit", 50, &[spec], &extra);
+        let (mut c, ops) = audited_node("audit", 50, "");
+        let reader_token = READER_TOKEN;
         let tester_sha = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
-        std::fs::write(ops.join("b.toml"), bundle(&c.keys[0], &tester_sha)).unwrap();
         let signed = c.dir.join("policy.cbor");
         let sign = |toml: &str, key: &str| {
             let _ = std::fs::remove_file(&signed);
@@ -169,7 +212,6 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
                 ],
             );
         };
-        sign("b.toml", "op.key");
         c.start_all();
         c.wait_healthy(0).await;
         let http = reqwest::Client::new();
@@ -192,7 +234,9 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         assert_eq!(e["node_key"], c.keys[0].as_str(), "{e}");
 
         // Allowed: publish to pii (1 token) and orders (1 token); read orders.
-        let (status, body) = c.publish(0, "pii.customers", "local", &[json!({"n": 1})]).await;
+        let (status, body) = c
+            .publish(0, "pii.customers", "local", &[json!({"n": 1})])
+            .await;
         assert_eq!(status, 200, "{body}");
         let (status, body) = c.publish(0, "orders.eu", "local", &[json!({"n": 2})]).await;
         assert_eq!(status, 200, "{body}");
@@ -228,9 +272,21 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             .unwrap();
         assert_eq!(r.status(), 403);
         assert!(metric(&c, "weft_rejected_total{reason=\"read_forbidden\"} 2").await);
-        let e = audited(&c, &token, "reason=read_forbidden&principal=tester", "read_forbidden").await;
+        let e = audited(
+            &c,
+            &token,
+            "reason=read_forbidden&principal=tester",
+            "read_forbidden",
+        )
+        .await;
         assert_eq!(e["stream"], "pii.customers", "{e}");
-        audited(&c, &token, "reason=read_forbidden&principal=reader", "read_forbidden").await;
+        audited(
+            &c,
+            &token,
+            "reason=read_forbidden&principal=reader",
+            "read_forbidden",
+        )
+        .await;
         audited(&c, &token, "reason=missing_token", "missing_token").await;
 
         // 3. A denied subscribe (and a denied durable one).
@@ -251,7 +307,13 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             .unwrap();
         assert_eq!(r.status(), 403);
         assert!(metric(&c, "weft_rejected_total{reason=\"subscribe_forbidden\"} 2").await);
-        let e = audited(&c, &token, "reason=subscribe_forbidden", "subscribe_forbidden").await;
+        let e = audited(
+            &c,
+            &token,
+            "reason=subscribe_forbidden",
+            "subscribe_forbidden",
+        )
+        .await;
         assert_eq!(e["stream"], "pii.customers", "{e}");
         // The allowed subscription works, with the token (`weft tail` sends it).
         let (ok, out) = weft(
@@ -349,7 +411,10 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         ] {
             assert!(out.contains(reason), "{reason} missing:\n{out}");
         }
-        assert!(out.contains("TIME (UTC)") && out.contains("tester"), "{out}");
+        assert!(
+            out.contains("TIME (UTC)") && out.contains("tester"),
+            "{out}"
+        );
         assert!(!out.contains("policy_applied"), "--decision deny:\n{out}");
         let out = weft_ok(
             &c.dir,
@@ -454,8 +519,14 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
                 "actions = [\"read\", \"subscribe\"]\nstreams = [\"orders.>\"]",
                 "actions = [\"read\", \"subscribe\"]\nstreams = [\"catalogue.>\"]",
             )
-            .replace("events_per_s = 1\nburst = 5", "events_per_s = 100\nburst = 100");
-        assert!(b5.contains("catalogue.>") && b5.contains("burst = 100"), "{b5}");
+            .replace(
+                "events_per_s = 1\nburst = 5",
+                "events_per_s = 100\nburst = 100",
+            );
+        assert!(
+            b5.contains("catalogue.>") && b5.contains("burst = 100"),
+            "{b5}"
+        );
         std::fs::write(ops.join("b5.toml"), b5).unwrap();
         let b5_signed = ops.join("b5.cbor");
         weft_ok(
@@ -486,7 +557,10 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             while let Ok(Some(_)) = sse.chunk().await {}
         })
         .await;
-        assert!(ended.is_ok(), "the subscription outlived the policy that revoked it");
+        assert!(
+            ended.is_ok(),
+            "the subscription outlived the policy that revoked it"
+        );
         let e = audited(
             &c,
             &token,
@@ -497,7 +571,9 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         assert_eq!(e["epoch"], 5, "{e}");
         audited(&c, &token, "reason=policy_pushed", "policy_pushed").await;
         for i in 0..10 {
-            let (status, body) = c.publish(0, "orders.eu", "local", &[json!({ "i": i })]).await;
+            let (status, body) = c
+                .publish(0, "orders.eu", "local", &[json!({ "i": i })])
+                .await;
             assert_eq!(status, 200, "epoch 5 allows a burst of 100: {body}");
         }
 
@@ -533,10 +609,7 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         )
         .await;
         drop(intruder);
-        assert!(
-            e["message"].as_str().unwrap().contains("127.50.0.2"),
-            "{e}"
-        );
+        assert!(e["message"].as_str().unwrap().contains("127.50.0.2"), "{e}");
 
         // A bundle refused at start: the node exits, and the entry it wrote first is in the
         // log when it runs again.
@@ -547,7 +620,10 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             &c.dir,
             &["node", "--config", c.nodes[0].config.to_str().unwrap()],
         );
-        assert!(!ok, "started with a bundle no trusted operator signed: {out}");
+        assert!(
+            !ok,
+            "started with a bundle no trusted operator signed: {out}"
+        );
         sign("b.toml", "op.key");
         c.start(0);
         c.wait_healthy(0).await;
