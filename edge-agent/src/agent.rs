@@ -1088,6 +1088,16 @@ async fn handle_answer(
             *pause_until = Instant::now() + Duration::from_millis(retry_ms.clamp(10, 10_000));
         }
         Ok(BatchAnswer::Refused {
+            reason, message, ..
+        }) if edge::REFUSED_HERE_ONLY.contains(&reason.as_str()) => {
+            // This node cannot take it; another may (an EU-resident event at a US node the
+            // drain failed over to): kept, and this node left out for a while.
+            let why = format!("{reason}: {message}");
+            warn!(%why, "the node cannot hold an event of the batch; leaving it out and keeping the event for another node");
+            leave_out(shared, &why);
+            retry.push_back(sent.seqs);
+        }
+        Ok(BatchAnswer::Refused {
             index,
             reason,
             message,
@@ -1187,12 +1197,26 @@ fn batch_outcome(shared: &Arc<Shared>, failure: Option<&str>) {
     if c.failures < BATCH_FAILURES_MAX {
         return;
     }
+    drop(cands);
+    leave_out(
+        shared,
+        &format!("{BATCH_FAILURES_MAX} batches in a row failed (last: {why})"),
+    );
+}
+
+/// Leaves the node in use out for [`NODE_COOLDOWN`] because of `why` (its failures, or an
+/// event it cannot hold), so the drain moves to the next best node; `status` shows why.
+fn leave_out(shared: &Arc<Shared>, why: &str) {
+    let Some(idx) = *lock(&shared.active) else {
+        return;
+    };
+    let mut cands = lock(&shared.candidates);
+    let Some(c) = cands.get_mut(idx) else {
+        return;
+    };
     c.failures = 0;
     c.cooldown_until = Some(Instant::now() + NODE_COOLDOWN);
-    let error = format!(
-        "{BATCH_FAILURES_MAX} batches in a row failed (last: {why}); left out for {} s",
-        NODE_COOLDOWN.as_secs()
-    );
+    let error = format!("{why}; left out for {} s", NODE_COOLDOWN.as_secs());
     warn!(addr = %c.addr, %error, "leaving a node out");
     c.error = Some(error);
     drop(cands);

@@ -234,6 +234,50 @@ fn fails_over_to_the_second_node_and_back() {
     );
 }
 
+/// A node that cannot take the device's events (here: it does not store their stream; an
+/// EU-resident event at a US node is the same) answers `refused` with a reason of its own
+/// (`REFUSED_HERE_ONLY`): the agent keeps the events and moves to a node that can, instead
+/// of dead-lettering them. Before, every one was voided and lost.
+#[test]
+fn events_a_node_cannot_hold_go_to_another_node_not_to_the_dead_letters() {
+    const N: u64 = 30;
+    // n0 is preferred (n1 costs 50 ms more) but stores only `other.>`.
+    let w_cfg = World::new("herenot", 85, 2, "", &[0.0, 50.0], "");
+    let mut w = w_cfg;
+    let n0 = w.dir.join("n0.toml");
+    let text = std::fs::read_to_string(&n0).unwrap();
+    std::fs::write(
+        &n0,
+        text.replace("[listen]", "streams = [\"other.>\"]\n[listen]"),
+    )
+    .unwrap();
+    w.start_node(0);
+    w.start_node(1);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || {
+        connected_to(&w).filter(|n| n == "n0")
+    })
+    .unwrap_or_else(|| panic!("agent never used n0: {:?}\n{}", w.status(), w.logs()));
+    w.feed(0..N);
+    let s = wait_for(Duration::from_secs(60), || {
+        let s = w.status()?;
+        (s["counters"]["delivered"].as_u64()? == N).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("not delivered via n1: {:?}\n{}", w.status(), w.logs()));
+    assert_eq!(s["counters"]["dead"].as_u64(), Some(0), "{s}");
+    let events = wait_for(Duration::from_secs(20), || {
+        let e = w.events(1, STREAM)?;
+        (e.len() as u64 >= N).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("n1 never showed {N} events\n{}", w.logs()));
+    assert_exactly_once_in_order(&events, N, &w.agent_key, "via the node that stores them");
+    assert!(
+        w.agent_log().contains("stream_not_stored"),
+        "{}",
+        tail(&w.agent_log(), 20)
+    );
+}
+
 #[test]
 fn local_rules_downlink_and_refused_devices() {
     let rules = r#"

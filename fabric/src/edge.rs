@@ -49,6 +49,12 @@ pub const VOID_PAYLOAD_LEN_MAX: usize = 1024;
 /// Content type of void payloads.
 pub const VOID_CONTENT_TYPE: &str = "application/vnd.weft.void+json";
 
+/// Reasons of a [`BatchAnswer::Refused`] that are the answering node's own: it may not
+/// hold the event in clear (its jurisdiction is outside the event's residency), or does
+/// not store the event's stream. Another node may take it, so an agent keeps the event
+/// and moves to another node instead of dead-lettering it.
+pub const REFUSED_HERE_ONLY: [&str; 2] = ["residency_ingress", "stream_not_stored"];
+
 /// QUIC application close codes the node uses.
 pub mod close {
     /// The device key is not enrolled (policy) or not allowed (config).
