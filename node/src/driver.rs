@@ -545,8 +545,14 @@ impl Driver {
             // Not biased: a flood of mesh input must not starve publishes and timers.
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(input) = mesh_rx.recv() => self.on_mesh(input),
-                Some(cmd) = cmd_rx.recv() => self.on_command(cmd),
+                Some(input) = mesh_rx.recv() => {
+                    self.on_mesh(input);
+                    self.safe_point();
+                }
+                Some(cmd) = cmd_rx.recv() => {
+                    self.on_command(cmd);
+                    self.safe_point();
+                }
                 () = tokio::time::sleep_until(deadline.into()) => {
                     // What already arrived goes first: a push's acknowledgement waiting in
                     // the queue is not late, and its timeout must not fail the link over.
@@ -555,12 +561,17 @@ impl Driver {
                             break;
                         };
                         self.on_mesh(input);
+                        self.safe_point();
                     }
                     let now = self.now();
                     self.node.handle_timeout(now);
                     self.drain();
+                    self.safe_point();
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    self.safe_point();
+                }
             }
             // Group commit: fold whatever else is already queued into the same fsync.
             for _ in 0..GROUP_MAX {
@@ -571,9 +582,11 @@ impl Driver {
                 }
                 if let Some(cmd) = cmd {
                     self.on_command(cmd);
+                    self.safe_point();
                 }
                 if let Some(input) = mesh {
                     self.on_mesh(input);
+                    self.safe_point();
                 }
             }
             self.metrics.queue("driver_mesh_inputs", mesh_rx.len());
@@ -1429,8 +1442,12 @@ impl Driver {
                 }
             }
             Err(e) => {
-                self.metrics.reject("log_append_failed");
-                warn!(event = %event.id(), error = %e, "appending to the log failed");
+                // The core counts it delivered: a step that committed without its log row
+                // would leave it out of the log, its readers and its table for good.
+                self.fail_stop(
+                    "log_append_failed",
+                    &format!("appending event {} to the log failed: {e}", event.id()),
+                );
             }
         }
     }
@@ -1455,8 +1472,12 @@ impl Driver {
                 self.late_tables.insert(event.stream().clone());
             }
             Err(e) => {
-                self.metrics.reject("log_append_failed");
-                warn!(event = %event.id(), error = %e, "appending to the log failed");
+                // The core counts it delivered: a step that committed without its log row
+                // would leave it out of the log, its readers and its table for good.
+                self.fail_stop(
+                    "log_append_failed",
+                    &format!("appending event {} to the log failed: {e}", event.id()),
+                );
             }
         }
     }
@@ -1557,6 +1578,20 @@ impl Driver {
                 erased.len()
             ),
         ));
+    }
+
+    /// Between two inputs of a step, where no delivery is half applied: commits when the
+    /// transaction reached `store::TX_WRITES_MAX` writes (the store never commits by itself
+    /// inside an input). Acknowledgements and messages still wait for the step's commit.
+    /// A failed commit stops the node, as the step's own would.
+    fn safe_point(&mut self) {
+        let result = tokio::task::block_in_place(|| self.node.store_mut().commit_if_over());
+        if let Err(e) = result {
+            self.fail_stop(
+                "commit_failed",
+                &format!("commit inside a step failed: {e}"),
+            );
+        }
     }
 
     /// Stops the node before this step commits (counted as `reason`): everything waiting

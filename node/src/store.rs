@@ -46,9 +46,13 @@ pub(crate) const DB_FILE: &str = "weft.db";
 /// seconds rides out the first and fails the second clearly.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Writes in one transaction before the store commits by itself. Bounds the WAL growth and
-/// the work a crash can roll back if a driver forgets to commit; committing early only makes
-/// data durable sooner, which never breaks an acknowledgement.
+/// Writes in one transaction after which the driver commits at its next safe point
+/// ([`SqliteStore::commit_if_over`], between two inputs of a step). Bounds the WAL growth
+/// and the work a crash can roll back; committing early only makes data durable sooner,
+/// which never breaks an acknowledgement. Never inside an input: a commit between a
+/// delivery's log row and what it carries (an erase, a policy bundle, a table write) could
+/// make the row durable without the rest, which a crash would then lose for good (the
+/// carrier, logged, is never delivered again).
 pub(crate) const TX_WRITES_MAX: usize = 65_536;
 
 /// Bytes the WAL file is truncated to after a checkpoint (64 MiB): bounds disk use after a
@@ -485,11 +489,6 @@ pub(crate) struct SqliteStore {
     retention_resume: String,
     /// When the log got its arrival column (`LOG_AT_FROM_KEY`; 0 when unknown).
     log_at_from_ms: u64,
-    /// A batch [`SqliteStore::begin_write`] committed by itself (at `TX_WRITES_MAX`) whose
-    /// commit failed: it was rolled back, and a caller that returns no error (a waiting
-    /// Skip recorded) only logged it. The next [`SqliteStore::commit`] reports it, so the
-    /// driver acknowledges and sends nothing of that batch.
-    auto_commit_failed: Option<String>,
 }
 
 const SCHEMA: &str = "
@@ -1019,7 +1018,6 @@ impl SqliteStore {
             retention: retention::RetentionRules::default(),
             retention_resume: String::new(),
             log_at_from_ms,
-            auto_commit_failed: None,
         })
     }
 
@@ -1038,20 +1036,6 @@ impl SqliteStore {
     /// transaction is rolled back, the in-memory state is reloaded from disk and nothing
     /// of the batch is durable: do not acknowledge it.
     pub(crate) fn commit(&mut self) -> Result<usize, StoreError> {
-        if let Some(e) = self.auto_commit_failed.take() {
-            // Part of this batch is gone: what was written since goes too.
-            if self.in_tx {
-                if let Err(rb) = self.conn.execute_batch("ROLLBACK") {
-                    tracing::error!(error = %rb, "store rollback failed");
-                }
-                self.in_tx = false;
-                self.tx_writes = 0;
-                self.reload();
-            }
-            return Err(StoreError::Backend(format!(
-                "an automatic commit of this batch failed and was rolled back: {e}"
-            )));
-        }
         if !self.in_tx {
             return Ok(0);
         }
@@ -1126,20 +1110,25 @@ impl SqliteStore {
         }
     }
 
-    /// Opens the write transaction if none is open, committing first when the open one
-    /// reached [`TX_WRITES_MAX`]. Counts one write.
-    fn begin_write(&mut self) -> Result<(), StoreError> {
-        if self.in_tx && self.tx_writes >= TX_WRITES_MAX {
-            tracing::debug!(
-                writes = self.tx_writes,
-                "store commits by itself at TX_WRITES_MAX"
-            );
-            if let Err(e) = self.commit() {
-                self.auto_commit_failed = Some(e.to_string());
-                return Err(e);
-            }
-            self.stats.borrow_mut().commits_auto += 1;
+    /// Commits when the open transaction reached [`TX_WRITES_MAX`] writes (`true` then).
+    /// The driver calls it between two inputs of a step, where no delivery is half
+    /// applied; on an error nothing of the transaction is durable ([`SqliteStore::commit`]).
+    pub(crate) fn commit_if_over(&mut self) -> Result<bool, StoreError> {
+        if !self.in_tx || self.tx_writes < TX_WRITES_MAX {
+            return Ok(false);
         }
+        tracing::debug!(
+            writes = self.tx_writes,
+            "committing inside a step at TX_WRITES_MAX"
+        );
+        self.commit()?;
+        self.stats.borrow_mut().commits_auto += 1;
+        Ok(true)
+    }
+
+    /// Opens the write transaction if none is open. Never commits (see
+    /// [`TX_WRITES_MAX`]).
+    fn begin_write(&mut self) -> Result<(), StoreError> {
         if !self.in_tx {
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
@@ -2814,23 +2803,26 @@ mod tests {
         assert!(store.waiting_skips().is_empty(), "cleared with the store");
     }
 
-    /// A batch whose automatic commit failed (rolled back inside `begin_write`, seen only
-    /// as a logged error by a caller without a result) makes the next `commit` fail, and
-    /// what was written after it in the same batch is rolled back too: the driver then
-    /// acknowledges nothing of it.
+    /// The store never commits by itself inside a step: past [`TX_WRITES_MAX`] writes the
+    /// transaction stays open until the driver's safe point commits it.
     #[test]
-    fn a_failed_automatic_commit_fails_the_next_commit() {
+    fn the_store_commits_past_its_write_bound_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
         let e = event(1, "orders", 1, b"a");
         store.insert(e.clone()).unwrap();
-        store.auto_commit_failed = Some("disk I/O error".into());
-        let err = store.commit().unwrap_err().to_string();
-        assert!(err.contains("disk I/O error"), "{err}");
-        assert!(store.get(&e.origin(), 1).is_none(), "rolled back");
-        assert_eq!(store.commit(), Ok(0), "reported once");
-        drop(store);
-        assert!(open(dir.path()).get(&e.origin(), 1).is_none());
+        assert_eq!(store.commit_if_over(), Ok(false), "under the bound");
+        store.tx_writes = TX_WRITES_MAX;
+        store.append_log(&e).unwrap();
+        let reader = StoreReader::open(dir.path()).unwrap();
+        assert!(
+            reader.read_log("orders", 0, 10).unwrap().is_empty(),
+            "not committed by a write"
+        );
+        assert_eq!(store.commit_if_over(), Ok(true));
+        assert_eq!(reader.read_log("orders", 0, 10).unwrap().len(), 1);
+        assert_eq!(store.stats().commits_auto, 1);
+        assert_eq!(store.commit_if_over(), Ok(false), "nothing open");
     }
 
     #[test]
