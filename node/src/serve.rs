@@ -77,6 +77,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     store.commit()?;
     let next_seq = store.max_seq(&origin)?;
+    let hlc_last = store.hlc_last(&origin)?;
     let last_pos = store.log_max_pos()?;
     let known_peers: Vec<MemberInfo> = store
         .peers()?
@@ -307,7 +308,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         producer: Mutex::new(Producer {
             signer,
             next_seq,
-            clock: HybridClock::new(HLC_DRIFT_MS_MAX),
+            // Never below what it stamped before the restart, whatever the wall clock says.
+            clock: HybridClock::resume(weft_fabric::Hlc::from_u64(hlc_last), HLC_DRIFT_MS_MAX),
         }),
         data_dir: config.data_dir.clone(),
         readers: Mutex::new(vec![StoreReader::open(&config.data_dir)?]),

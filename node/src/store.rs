@@ -1195,6 +1195,23 @@ impl SqliteStore {
         max_seq_in(&self.conn, origin)
     }
 
+    /// The latest HLC stamp among `origin`'s newest stored events (its last 64 numbers;
+    /// 0 when it has none): where this node's clock resumes at start, so that a wall clock
+    /// stepped back across a restart does not stamp new events below acknowledged ones
+    /// (an lww write would lose to an older one). Read from the `(origin, seq)` index.
+    pub(crate) fn hlc_last(&self, origin: &OriginKey) -> Result<u64, StoreError> {
+        let last: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(hlc) FROM (SELECT hlc FROM events WHERE origin = ?1 \
+                 ORDER BY seq DESC LIMIT 64)",
+                [&origin.0[..]],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        Ok(last.map_or(0, |h| u64::try_from(h).unwrap_or(0)))
+    }
+
     /// [`SqliteStore::max_seq`] leaving out the stored numbers in `skip` (a publish's own
     /// new events, stored in the open step): what the node held before it.
     pub(crate) fn max_seq_excluding(
@@ -2805,6 +2822,23 @@ mod tests {
 
     /// The store never commits by itself inside a step: past [`TX_WRITES_MAX`] writes the
     /// transaction stays open until the driver's safe point commits it.
+    #[test]
+    fn the_clock_resumes_from_the_newest_stamp_of_the_nodes_own_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let origin = event(1, "a", 1, b"").origin();
+        assert_eq!(store.hlc_last(&origin), Ok(0));
+        for seq in 1..=3 {
+            store.insert(event(1, "a", seq, b"x")).unwrap();
+        }
+        store.insert(event(2, "a", 9, b"other origin")).unwrap();
+        store.commit().unwrap();
+        assert_eq!(
+            store.hlc_last(&origin),
+            Ok(event(1, "a", 3, b"x").hlc().as_u64())
+        );
+    }
+
     #[test]
     fn the_store_commits_past_its_write_bound_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
