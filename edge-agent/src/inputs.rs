@@ -127,9 +127,9 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
                 if buf.last() != Some(&b'\n') && buf.len() > LINE_LEN_MAX {
                     warn!(limit = LINE_LEN_MAX, "input line over LINE_LEN_MAX refused");
                     bad += 1;
-                    // Skip the rest of the long line.
-                    let mut rest = Vec::new();
-                    let _ = reader.read_until(b'\n', &mut rest).await;
+                    // Skip the rest of the long line, buffer by buffer: held in memory it
+                    // could be gigabytes (a binary file piped in).
+                    skip_line(&mut reader).await;
                     continue;
                 }
                 let line = String::from_utf8_lossy(&buf);
@@ -618,9 +618,51 @@ async fn count_bad(tx: &mpsc::Sender<Input>) {
         .await;
 }
 
+/// Reads past the next newline (or to the end), discarding what it reads one buffer at a
+/// time.
+async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) {
+    use tokio::io::AsyncBufReadExt as _;
+    loop {
+        let (done, used) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return,
+            Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
+                Some(at) => (true, at + 1),
+                None => (false, buf.len()),
+            },
+        };
+        reader.consume(used);
+        if done {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_over_long_line_is_skipped_without_holding_it() {
+        let mut text = vec![b'x'; 3 * 1024 * 1024];
+        text.extend_from_slice(b"\nnext line\n");
+        // A small buffer: the long line passes through it in many pieces.
+        let mut reader = tokio::io::BufReader::with_capacity(4096, &text[..]);
+        skip_line(&mut reader).await;
+        let mut rest = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut rest)
+            .await
+            .unwrap();
+        assert_eq!(rest, "next line\n");
+        // At the end without a newline: it stops there.
+        let mut tail = tokio::io::BufReader::new(&b"no newline"[..]);
+        skip_line(&mut tail).await;
+        assert!(
+            tokio::io::AsyncBufReadExt::fill_buf(&mut tail)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     fn ce(data: &str) -> Value {
         json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": data})

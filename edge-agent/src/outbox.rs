@@ -402,6 +402,10 @@ impl Outbox {
             // `WINDOWS_MAX` summaries) or a voided summary's reason text. The overflow rule
             // does not apply to summaries.
             let mut ok = true;
+            // Drop-oldest deletes victims one by one: if they do not make room in the end,
+            // none of them goes (the savepoint) and the new event is refused alone.
+            let before = (depth, bytes, c.dropped_overflow);
+            tx.execute_batch("SAVEPOINT make_room")?;
             while !e.summary
                 && (depth - summaries.0 + 1 > self.config.events_max
                     || bytes - summaries.1 + len > self.config.bytes_max)
@@ -429,10 +433,13 @@ impl Outbox {
                 c.dropped_overflow += 1;
             }
             if !ok {
+                tx.execute_batch("ROLLBACK TO make_room; RELEASE make_room")?;
+                (depth, bytes, c.dropped_overflow) = before;
                 c.refused_full += 1;
                 accepted.push(false);
                 continue;
             }
+            tx.execute_batch("RELEASE make_room")?;
             tx.prepare_cached(
                 "INSERT INTO outbox (stream, priority, produced_ms, content_type, payload, summary) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1023,6 +1030,36 @@ mod tests {
             })
             .unwrap();
         assert_eq!(ordinary, 1);
+    }
+
+    /// Drop-oldest frees room only when that is enough: an event bigger than what the
+    /// droppable events would free is refused alone, and nothing is dropped for it.
+    #[test]
+    fn drop_oldest_drops_nothing_for_an_event_it_cannot_make_room_for() {
+        let (dir, mut config, _) = fresh("room", 100);
+        config.bytes_max = 64 * 1024;
+        let mut o = Outbox::open(&dir, config).unwrap();
+        let none = Counters::default();
+        let small: Vec<NewEvent> = (0..10).map(|n| ev("t.a", 5, n)).collect();
+        o.insert(&small, &[], &none, &WindowChanges::default())
+            .unwrap();
+        let mut big = ev("t.a", 5, 99);
+        big.payload = vec![b'x'; 100 * 1024];
+        let r = o
+            .insert(&[big], &[], &none, &WindowChanges::default())
+            .unwrap();
+        assert_eq!(r, vec![false]);
+        assert_eq!(o.depth(), 10, "none of the ten was dropped for it");
+        assert_eq!(o.counters.dropped_overflow, 0);
+        assert_eq!(o.counters.refused_full, 1);
+        // An event that fits once one goes: the oldest goes.
+        let mut fits = ev("t.a", 5, 100);
+        fits.payload = vec![b'y'; 64 * 1024 - 20];
+        let r = o
+            .insert(&[fits], &[], &none, &WindowChanges::default())
+            .unwrap();
+        assert_eq!(r, vec![true]);
+        assert!(o.counters.dropped_overflow >= 1);
     }
 
     #[test]
