@@ -8,6 +8,7 @@
 //! messages share one outbox transaction; the node's profile bounds batches
 //! (`batch_len_max`) and batches in flight (`batches_inflight_max`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -900,6 +901,8 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
     let mut retry: std::collections::VecDeque<Vec<u64>> = Default::default();
     let mut pause_until = Instant::now();
     let mut downlink_task: Option<tokio::task::JoinHandle<()>> = None;
+    // Events nodes refused for reasons of their own, with the nodes that did.
+    let mut refused_here = RefusedHere::default();
     let mut reselect = tokio::time::interval(Duration::from_millis(500));
     // Whether the outbox may have something to send (idle agents do not poll it).
     let mut dirty = true;
@@ -925,7 +928,7 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
             }
             *lock(&shared.active) = chosen.as_ref().map(|c| c.0);
             match &chosen {
-                Some((_, conn, profile)) => {
+                Some((idx, conn, profile)) => {
                     info!(node = %profile.node, addr = %conn.remote_address(),
                         rtt_ms = conn.rtt().as_secs_f64() * 1000.0, "using node");
                     adopt_profile(&shared, profile.clone());
@@ -941,9 +944,11 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                             }
                         };
                     if downlink.enabled && profile.commands.is_some() {
+                        let node = lock(&shared.candidates)[*idx].key;
                         downlink_task = Some(tokio::spawn(downlink_run(
                             shared.clone(),
                             conn.clone(),
+                            node,
                             downlink.command.clone(),
                         )));
                     }
@@ -962,9 +967,11 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                     t.abort();
                 }
                 if downlink.enabled && ch.2.commands.is_some() {
+                    let node = lock(&shared.candidates)[ch.0].key;
                     downlink_task = Some(tokio::spawn(downlink_run(
                         shared.clone(),
                         ch.1.clone(),
+                        node,
                         downlink.command.clone(),
                     )));
                 }
@@ -1055,7 +1062,15 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                 dirty = true;
                 let Ok(sent) = done else { continue };
                 let profile = current.as_ref().map(|c| c.2.clone());
-                handle_answer(&shared, profile, sent, &mut retry, &mut pause_until).await;
+                handle_answer(
+                    &shared,
+                    profile,
+                    sent,
+                    &mut retry,
+                    &mut pause_until,
+                    &mut refused_here,
+                )
+                .await;
             }
             () = shared.wake.notified() => dirty = true,
             () = shared.changed.notified() => dirty = true,
@@ -1071,6 +1086,7 @@ async fn handle_answer(
     sent: Sent,
     retry: &mut std::collections::VecDeque<Vec<u64>>,
     pause_until: &mut Instant,
+    refused_here: &mut RefusedHere,
 ) {
     let (first, last) = (sent.seqs[0], sent.seqs[sent.seqs.len() - 1]);
     match sent.answer {
@@ -1088,10 +1104,19 @@ async fn handle_answer(
             *pause_until = Instant::now() + Duration::from_millis(retry_ms.clamp(10, 10_000));
         }
         Ok(BatchAnswer::Refused {
-            reason, message, ..
-        }) if edge::REFUSED_HERE_ONLY.contains(&reason.as_str()) => {
-            // This node cannot take it; another may (an EU-resident event at a US node the
-            // drain failed over to): kept, and this node left out for a while.
+            index,
+            reason,
+            message,
+        }) if edge::REFUSED_HERE_ONLY.contains(&reason.as_str())
+            && refused_here.another_may_take(
+                shared,
+                sent.seqs.get(index as usize).copied().unwrap_or(first),
+            ) =>
+        {
+            // This node cannot take it; another known node may (an EU-resident event at a
+            // US node the drain failed over to, the EU node down for now): kept, and this
+            // node left out for a while. Once every known node refused it so, it goes the
+            // way of any refusal (below), or the device's later events would wait for ever.
             let why = format!("{reason}: {message}");
             warn!(%why, "the node cannot hold an event of the batch; leaving it out and keeping the event for another node");
             leave_out(shared, &why);
@@ -1204,6 +1229,36 @@ fn batch_outcome(shared: &Arc<Shared>, failure: Option<&str>) {
     );
 }
 
+/// Events nodes refused for a reason of their own (`edge::REFUSED_HERE_ONLY`), with the
+/// keys of the nodes that did: one such event heads the device's sequence, so this holds
+/// a handful at most.
+#[derive(Default)]
+struct RefusedHere(BTreeMap<u64, std::collections::BTreeSet<[u8; 32]>>);
+
+impl RefusedHere {
+    /// Notes that the node in use refused `seq` for a reason of its own, and says whether
+    /// a known node that has not refused it is left to try (up or not: a node that can
+    /// hold the event may be down for now).
+    fn another_may_take(&mut self, shared: &Arc<Shared>, seq: u64) -> bool {
+        let Some(idx) = *lock(&shared.active) else {
+            return false;
+        };
+        let cands = lock(&shared.candidates);
+        let Some(me) = cands.get(idx) else {
+            return false;
+        };
+        // Only the events at the head matter: older entries were settled.
+        self.0.retain(|s, _| *s >= seq);
+        let refused = self.0.entry(seq).or_default();
+        refused.insert(me.key);
+        let left = cands.iter().any(|c| !refused.contains(&c.key));
+        if !left {
+            self.0.remove(&seq);
+        }
+        left
+    }
+}
+
 /// Leaves the node in use out for [`NODE_COOLDOWN`] because of `why` (its failures, or an
 /// event it cannot hold), so the drain moves to the next best node; `status` shows why.
 fn leave_out(shared: &Arc<Shared>, why: &str) {
@@ -1225,12 +1280,41 @@ fn leave_out(shared: &Arc<Shared>, why: &str) {
 
 // ------------------------------------------------------------------------- downlink
 
-async fn downlink_run(shared: Arc<Shared>, conn: quinn::Connection, command: Vec<String>) {
+/// Outbox meta key of the downlink's position in the log of the node with this key (hex):
+/// positions are per node, so each node has its own.
+fn downlink_cursor_key(node: &[u8; 32]) -> String {
+    format!("downlink_cursor:{}", hex::encode(node))
+}
+
+/// Outbox meta key of the highest sequence number of each command origin the downlink ran
+/// (JSON `{origin hex: seq}`): a command another node delivers again after a failover is
+/// not run twice (each node's log holds an origin's commands in sequence order).
+const DOWNLINK_DONE_KEY: &str = "downlink_done";
+
+/// Most command origins [`DOWNLINK_DONE_KEY`] remembers (the nodes that published commands
+/// to this device); past it the one whose commands are oldest is forgotten.
+const DOWNLINK_ORIGINS_MAX: usize = 1024;
+
+async fn downlink_run(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    node: [u8; 32],
+    command: Vec<String>,
+) {
+    let cursor_key = downlink_cursor_key(&node);
     let r = async {
-        let after = with_outbox(&shared, |o| {
-            Ok(o.meta_get("downlink_cursor")?
-                .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0))
+        let key = cursor_key.clone();
+        let (after, mut done) = with_outbox(&shared, move |o| {
+            let pos = |v: Option<Vec<u8>>| v.and_then(|v| v.try_into().ok().map(u64::from_be_bytes));
+            // The one cursor of an older agent, for the node it most likely came from.
+            let after = pos(o.meta_get(&key)?)
+                .or(pos(o.meta_get("downlink_cursor")?))
+                .unwrap_or(0);
+            let done: BTreeMap<String, u64> = o
+                .meta_get(DOWNLINK_DONE_KEY)?
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap_or_default();
+            Ok((after, done))
         })
         .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
@@ -1244,28 +1328,32 @@ async fn downlink_run(shared: Arc<Shared>, conn: quinn::Connection, command: Vec
         loop {
             let frame = read_frame(&mut recv, edge::FRAME_LEN_MAX).await?;
             let (pos, envelope) = edge::decode_command(&frame)?;
-            let event = weft_fabric::decode(envelope)?.verify()?;
-            let payload = match event.payload() {
-                weft_fabric::Payload::Clear(b) => serde_json::from_slice::<Value>(b)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
-                weft_fabric::Payload::Sealed(_) => Value::Null,
-            };
-            let line = json!({
-                "pos": pos,
-                "stream": event.stream().as_str(),
-                "id": event.id().to_string(),
-                "origin": event.origin().to_string(),
-                "seq": event.seq(),
-                "principal": event.security().principal,
-                "payload": payload,
-            });
-            if command.is_empty() {
-                println!("{line}");
-            } else {
-                run_command(&command, &line.to_string()).await;
+            let checked = weft_fabric::decode(envelope)
+                .map_err(anyhow::Error::from)
+                .and_then(|u| u.verify().map_err(anyhow::Error::from));
+            match checked {
+                // Skipped, not the end of the downlink: stopping here would stop at it
+                // again after every reconnect.
+                Err(e) => warn!(pos, error = %format!("{e:#}"), "a downlink command that does not verify is skipped"),
+                Ok(event) => {
+                    let origin = event.origin().to_string();
+                    if done.get(&origin).is_some_and(|s| *s >= event.seq()) {
+                        debug!(pos, %origin, seq = event.seq(), "downlink command already run (delivered by another node before)");
+                    } else {
+                        run_downlink(&event, pos, &command).await;
+                        done.insert(origin, event.seq());
+                        if done.len() > DOWNLINK_ORIGINS_MAX
+                            && let Some(oldest) = done.iter().min_by_key(|(_, s)| **s).map(|(o, _)| o.clone())
+                        {
+                            done.remove(&oldest);
+                        }
+                    }
+                }
             }
+            let key = cursor_key.clone();
+            let done_json = serde_json::to_vec(&done)?;
             with_outbox(&shared, move |o| {
-                o.meta_set(&[("downlink_cursor", &pos.to_be_bytes())])
+                o.meta_set(&[(key.as_str(), &pos.to_be_bytes()), (DOWNLINK_DONE_KEY, &done_json)])
             })
             .await?;
         }
@@ -1275,6 +1363,29 @@ async fn downlink_run(shared: Arc<Shared>, conn: quinn::Connection, command: Vec
     .await;
     if let Err(e) = r {
         debug!(error = %format!("{e:#}"), "downlink ended");
+    }
+}
+
+/// Hands one command to the downlink's program (or prints it as a JSON line).
+async fn run_downlink(event: &weft_fabric::Event, pos: u64, command: &[String]) {
+    let payload = match event.payload() {
+        weft_fabric::Payload::Clear(b) => serde_json::from_slice::<Value>(b)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
+        weft_fabric::Payload::Sealed(_) => Value::Null,
+    };
+    let line = json!({
+        "pos": pos,
+        "stream": event.stream().as_str(),
+        "id": event.id().to_string(),
+        "origin": event.origin().to_string(),
+        "seq": event.seq(),
+        "principal": event.security().principal,
+        "payload": payload,
+    });
+    if command.is_empty() {
+        println!("{line}");
+    } else {
+        run_command(command, &line.to_string()).await;
     }
 }
 

@@ -278,6 +278,79 @@ fn events_a_node_cannot_hold_go_to_another_node_not_to_the_dead_letters() {
     );
 }
 
+/// The downlink keeps a position per node (positions are each node's own log) and
+/// remembers what it ran by origin and sequence number: after a failover the new node's
+/// log (holding the same commands at other positions) neither replays a command already
+/// run nor skips a new one.
+#[test]
+fn downlink_commands_run_once_across_a_failover() {
+    let commands = std::env::temp_dir().join(format!(
+        "weft-agent-it-failover-commands-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&commands);
+    let downlink = format!(
+        "[downlink]\nenabled = true\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+        commands.display()
+    );
+    let mut w = World::new("dlfail", 86, 2, "", &[0.0, 50.0], &downlink);
+    w.start_node(0);
+    w.start_node(1);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || {
+        connected_to(&w).filter(|n| n == "n0")
+    })
+    .unwrap_or_else(|| panic!("agent never used n0: {:?}\n{}", w.status(), w.logs()));
+    let auth = format!("Bearer {}", w.token);
+    let command = |i: usize, id: &str| {
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"ops","type":"cmd","data":{{"do":"{id}"}}}}"#
+        );
+        let (code, resp) = http_post(
+            &node_http(86, i),
+            "/v1/streams/devices.till-7.commands/events",
+            &[
+                ("content-type", "application/cloudevents+json"),
+                ("authorization", &auth),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
+    };
+    let ran = || {
+        std::fs::read_to_string(&commands)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["payload"]["data"]["do"].as_str().unwrap().to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    command(0, "c1");
+    wait_for(Duration::from_secs(30), || (ran() == ["c1"]).then_some(()))
+        .unwrap_or_else(|| panic!("c1 never ran: {:?}\n{}", ran(), w.logs()));
+    // n1 holds c1 too before n0 goes.
+    wait_for(Duration::from_secs(30), || {
+        (w.events(1, "devices.till-7.commands")?.len() == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("c1 never reached n1\n{}", w.logs()));
+    w.nodes[0].kill9();
+    wait_for(Duration::from_secs(30), || {
+        connected_to(&w).filter(|n| n == "n1")
+    })
+    .unwrap_or_else(|| panic!("no failover to n1: {:?}\n{}", w.status(), w.logs()));
+    command(1, "c2");
+    // c2 comes after c1 in n1's log: once c2 ran, a replay of c1 would have run before it.
+    wait_for(Duration::from_secs(30), || {
+        ran().contains(&"c2".to_string()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("c2 never ran: {:?}\n{}", ran(), w.logs()));
+    assert_eq!(ran(), ["c1", "c2"], "each command once, in order");
+    let _ = std::fs::remove_file(&commands);
+}
+
 #[test]
 fn local_rules_downlink_and_refused_devices() {
     let rules = r#"
