@@ -37,6 +37,10 @@ const HTTP_CONNS_MAX: usize = 64;
 const FILE_READ_MAX: usize = 1 << 20;
 /// How often followed files are polled.
 const FILE_POLL: Duration = Duration::from_millis(250);
+/// How long a followed file that was rotated away (its path now names another file) is
+/// still read after it last grew: a logger goes on writing to the renamed file until it
+/// reopens its path.
+const ROTATE_GRACE: Duration = Duration::from_secs(5);
 /// Lines from standard input grouped into one input message.
 const STDIN_GROUP_MAX: usize = 256;
 
@@ -216,45 +220,87 @@ pub(crate) fn follow(
                 (ino, off)
             });
         let mut state: Option<(u64, u64)> = stored;
+        // The file being read, held open: after a rotation (the path renamed away and a new
+        // file made) it is read to its end, and for ROTATE_GRACE past it (a logger writes
+        // to the renamed file until it reopens), before the new file is taken from its
+        // start. Reopening by path at every poll lost whatever the old file got after the
+        // last poll.
+        let mut open: Option<(tokio::fs::File, u64)> = None;
+        let mut idle_since: Option<std::time::Instant> = None;
         info!(path = %path.display(), "following file");
         loop {
             tokio::time::sleep(FILE_POLL).await;
-            let Ok(meta) = tokio::fs::metadata(&path).await else {
+            if open.is_none() {
+                let Ok(f) = tokio::fs::File::open(&path).await else {
+                    continue;
+                };
+                let Ok(meta) = f.metadata().await else {
+                    continue;
+                };
+                open = Some((f, meta.ino()));
+                idle_since = None;
+            }
+            let Some((f, ino)) = open.as_mut() else {
                 continue;
             };
-            let (ino, len) = (meta.ino(), meta.len());
+            let ino = *ino;
+            let Ok(meta) = f.metadata().await else {
+                open = None;
+                continue;
+            };
+            let len = meta.len();
             let offset = match state {
                 Some((i, off)) if i == ino && off <= len => off,
-                Some(_) => 0, // replaced or truncated: from the start
+                Some((i, _)) if i == ino => {
+                    info!(path = %path.display(), "followed file truncated: reading it from its start");
+                    0
+                }
+                Some(_) => 0, // another file than the one read before: from its start
                 None if from_start => 0,
                 None => len,
             };
             state = Some((ino, offset));
-            if len == offset {
-                continue;
-            }
-            let Ok(mut f) = tokio::fs::File::open(&path).await else {
-                continue;
-            };
-            if tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset))
+            // The path names another file now (rotated), and this one has had nothing new
+            // for ROTATE_GRACE: what is left of it (a last line without its newline) goes,
+            // and the new file is read from its start.
+            let rotated = tokio::fs::metadata(&path)
                 .await
-                .is_err()
-            {
+                .is_ok_and(|m| m.ino() != ino);
+            let finished = rotated && idle_since.is_some_and(|t| t.elapsed() >= ROTATE_GRACE);
+            if len == offset && !finished {
+                if rotated {
+                    idle_since.get_or_insert_with(std::time::Instant::now);
+                }
                 continue;
             }
-            let want = ((len - offset) as usize).min(FILE_READ_MAX);
-            let mut buf = vec![0u8; want];
-            let Ok(n) = f.read(&mut buf).await else {
-                continue;
-            };
-            buf.truncate(n);
+            let mut buf = Vec::new();
+            if len > offset {
+                if tokio::io::AsyncSeekExt::seek(f, std::io::SeekFrom::Start(offset))
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                buf = vec![0u8; ((len - offset) as usize).min(FILE_READ_MAX)];
+                let Ok(n) = f.read(&mut buf).await else {
+                    continue;
+                };
+                buf.truncate(n);
+            }
             // Complete lines only; a partial last line waits for its newline, unless the
-            // read is full and has no newline at all (an over-long line: refused).
+            // read is full and has no newline at all (an over-long line: refused), or the
+            // file was rotated away and is finished.
             let end = match buf.iter().rposition(|b| *b == b'\n') {
                 Some(i) => i + 1,
-                None if buf.len() >= FILE_READ_MAX => buf.len(),
-                None => continue,
+                None if buf.len() >= FILE_READ_MAX || finished => buf.len(),
+                None => {
+                    if rotated {
+                        idle_since.get_or_insert_with(std::time::Instant::now);
+                    }
+                    continue;
+                }
             };
+            idle_since = None;
             let mut events = Vec::new();
             let mut bad = 0;
             for line in buf[..end].split(|b| *b == b'\n') {
@@ -271,20 +317,29 @@ pub(crate) fn follow(
             let new_off = offset + end as u64;
             let mut v = ino.to_be_bytes().to_vec();
             v.extend_from_slice(&new_off.to_be_bytes());
-            let (rtx, rrx) = oneshot::channel();
-            let msg = Input {
-                events,
-                meta: vec![(key.clone(), v)],
-                bad,
-                reply: Some(rtx),
-            };
-            if tx.send(msg).await.is_err() {
-                return;
-            }
-            if let Ok(o) = rrx.await
-                && o.error.is_none()
-            {
+            if !events.is_empty() || bad > 0 {
+                let (rtx, rrx) = oneshot::channel();
+                let msg = Input {
+                    events,
+                    meta: vec![(key.clone(), v)],
+                    bad,
+                    reply: Some(rtx),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+                match rrx.await {
+                    Ok(o) if o.error.is_none() => state = Some((ino, new_off)),
+                    _ => continue,
+                }
+            } else {
                 state = Some((ino, new_off));
+            }
+            if finished && new_off >= len {
+                info!(path = %path.display(), "followed file rotated: reading the new one from its start");
+                open = None;
+                // Not this file: the next one is read from its start.
+                state = Some((0, 0));
             }
         }
     });

@@ -742,6 +742,62 @@ sample = 2
     assert_eq!(texts(&w).unwrap(), vec!["l0", "l1", "l2", "l3", "l4"]);
 }
 
+/// A followed file rotated away (renamed, a new one made at its path, as logrotate does)
+/// is read to its end, including what its writer appends to it after the rename and a
+/// last line without its newline, and the new file is read from its start: every line
+/// once, in order. Before, the file was reopened by path at every poll, and what the old
+/// one got after the last poll was lost.
+#[test]
+fn a_rotated_file_is_read_to_its_end_and_the_new_one_from_its_start() {
+    use std::io::Write as _;
+    let files = "[[inputs.files]]\npath = \"app.log\"\nstream = \"telemetry.till-7.log\"\nfrom = \"start\"\n";
+    let mut w = World::new("rotate", 87, 1, "", &[], files);
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    let log = w.dir.join("app.log");
+    let append = |path: &std::path::Path, text: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    let texts = |w: &World| -> Vec<String> {
+        w.events(0, "telemetry.till-7.log")
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["data"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    append(&log, "a0\na1\n");
+    wait_for(Duration::from_secs(30), || {
+        (texts(&w).len() >= 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("first lines never arrived\n{}", w.logs()));
+    // The writer still holds the old file: rotated away, then written to, a last line
+    // without its newline; the new file gets lines of its own.
+    let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::fs::rename(&log, w.dir.join("app.log.1")).unwrap();
+    writer.write_all(b"a2\na3").unwrap();
+    append(&log, "b0\nb1\n");
+    let want = ["a0", "a1", "a2", "a3", "b0", "b1"];
+    wait_for(Duration::from_secs(30), || {
+        (texts(&w).len() >= want.len()).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "lines after the rotation never arrived: {:?}\n{}",
+            texts(&w),
+            w.logs()
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(texts(&w), want);
+}
+
 /// An agent whose outbox is lost (its data directory wiped, the device key kept) starts
 /// numbering again at 1; the node it connects to already holds its numbers, tells it so in
 /// the profile, and the agent numbers on after them. Before, the new events took numbers the
