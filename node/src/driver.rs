@@ -279,6 +279,10 @@ pub(crate) struct Driver {
     confirming: Vec<Waiting>,
     /// Regions where each watched event is confirmed committed.
     confirmed: BTreeMap<EventId, BTreeSet<String>>,
+    /// How many waiting publishes watch each entry of `confirmed`: the same event can be
+    /// published twice at once (a retried pre-signed envelope, a CloudEvent answered by
+    /// idempotency), and the first answer must not take the regions from the second.
+    confirm_refs: BTreeMap<EventId, u32>,
     /// Confirmable pushes from peers, answered after the next commit.
     confirm_replies: Vec<ConfirmReply>,
     dedup: Vec<(String, String, String, EventId)>,
@@ -365,6 +369,7 @@ impl Driver {
             after_commit: Vec::new(),
             confirming: Vec::new(),
             confirmed: BTreeMap::new(),
+            confirm_refs: BTreeMap::new(),
             confirm_replies: Vec::new(),
             dedup: Vec::new(),
             last_pos,
@@ -1078,6 +1083,7 @@ impl Driver {
                             .entry(*id)
                             .or_default()
                             .insert(self.me.region.to_string());
+                        *self.confirm_refs.entry(*id).or_default() += 1;
                     }
                 }
                 self.drain();
@@ -1153,8 +1159,26 @@ impl Driver {
             Ack::Regions(_) => {
                 let mut common: Option<BTreeSet<String>> = None;
                 let mut min = usize::MAX;
+                // Only `regions:N` with N > 1 watches (and counts in `confirm_refs`).
+                let watching = matches!(w.ack, Ack::Regions(n) if n > 1);
                 for id in &w.ids {
-                    let set = self.confirmed.remove(id).unwrap_or_default();
+                    // The last publish watching it takes the entry; others see a copy.
+                    let last = watching
+                        && match self.confirm_refs.get_mut(id) {
+                            Some(n) if *n > 1 => {
+                                *n -= 1;
+                                false
+                            }
+                            _ => {
+                                self.confirm_refs.remove(id);
+                                true
+                            }
+                        };
+                    let set = if last {
+                        self.confirmed.remove(id).unwrap_or_default()
+                    } else {
+                        self.confirmed.get(id).cloned().unwrap_or_default()
+                    };
                     min = min.min(set.len());
                     common = Some(match common {
                         None => set,

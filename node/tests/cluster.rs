@@ -1035,6 +1035,34 @@ fn regions_2_is_confirmed_for_concurrent_batches() {
     });
 }
 
+/// The same event published twice at once with `regions:2` (a CloudEvent retried while
+/// the first request still waits: answered by idempotency, confirmed like a resend) waits
+/// for the same confirmation: both answers are complete. Before, the first answer took
+/// the event's confirmed regions and the second was answered incomplete (504).
+#[test]
+fn two_publishes_of_one_event_at_once_are_both_confirmed() {
+    rt().block_on(async {
+        let mut c = Cluster::new("regions-twice", 68, &three_regions()[..2], "");
+        c.start_all();
+        c.wait_meshed().await;
+        // Confirmations from the US node take a while: both requests wait for the same one.
+        c.chaos(1, json!([{"peer": "aws:eu-west-1", "delay_ms": 300.0}]))
+            .await;
+        let ce = json!({"specversion": "1.0", "id": "same", "source": "it", "type": "t",
+            "data": {"k": 1}});
+        let one = [ce.clone()];
+        let (a, b) = tokio::join!(
+            c.post_events(0, "r2", "regions:2", &c.token, &one),
+            c.post_events(0, "r2", "regions:2", &c.token, &one)
+        );
+        for (status, body) in [a, b] {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["regions_min"], 2, "{body}");
+            assert_eq!(body["complete"], true, "{body}");
+        }
+    });
+}
+
 /// Anti-entropy over QUIC between real nodes: once the mesh is idle and every node has seen
 /// the same of every origin for longer than the core's SYNC_SETTLED_US (30 s), rounds carry
 /// a summary instead of every origin's ranges, and peers match it (no `unsettled` answer),
