@@ -599,6 +599,13 @@ impl Driver {
             self.commit();
         }
         self.commit();
+        // Publishes still waiting for other regions' confirmations are committed here:
+        // answered now (`durable_local`, incomplete, as at their timeout) rather than left
+        // to a closed connection, after which a client might publish them again.
+        for w in std::mem::take(&mut self.confirming) {
+            self.metrics.reject("ack_timeout");
+            self.answer(w, true);
+        }
         info!("driver stopped");
     }
 
