@@ -191,6 +191,9 @@ pub(crate) struct Limits {
     pub(crate) read_limit_max: usize,
     /// Most concurrent SSE subscribers.
     pub(crate) subscribers_max: usize,
+    /// Most concurrent SSE subscribers of one principal (readers without a token count as
+    /// one): one client cannot take every `subscribers_max` slot.
+    pub(crate) subscribers_per_principal_max: usize,
     /// Most store reads in progress at once (pages, event lookups, table reads, each SSE
     /// batch), and idle store readers kept: each may hold up to 8 MiB of envelopes (a page
     /// holds its slot until its answer is built). A read beyond it waits up to 5 s for a
@@ -221,6 +224,7 @@ impl Default for Limits {
             ack_timeout_ms: 5_000,
             read_limit_max: 10_000,
             subscribers_max: 1024,
+            subscribers_per_principal_max: 256,
             reads_inflight_max: 8,
             cursors_max: 1024,
             cursors_per_principal_max: 64,
@@ -403,6 +407,10 @@ impl NodeConfig {
             ),
             ("limits.read_limit_max", l.read_limit_max),
             ("limits.subscribers_max", l.subscribers_max),
+            (
+                "limits.subscribers_per_principal_max",
+                l.subscribers_per_principal_max,
+            ),
             ("limits.reads_inflight_max", l.reads_inflight_max),
             ("limits.cursors_max", l.cursors_max),
             (

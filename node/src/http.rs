@@ -69,6 +69,10 @@ pub(crate) struct Api {
     pub(crate) filtered_audit: Mutex<HashMap<(String, String), (Instant, u64)>>,
     /// One permit per open subscription (`limits.subscribers_max`), taken at admission.
     pub(crate) subscriber_slots: Arc<tokio::sync::Semaphore>,
+    /// Open subscriptions per principal (`""` for readers without a token), at most
+    /// `subscribers_per_principal_max` each ([`PrincipalSubscription`]).
+    pub(crate) subscribers_by_principal: Mutex<HashMap<String, usize>>,
+    pub(crate) subscribers_per_principal_max: usize,
     /// One permit per store read in progress (`limits.reads_inflight_max`): bounds the
     /// envelopes held in memory by reads (up to 8 MiB each) and the blocking threads.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
@@ -713,6 +717,63 @@ async fn admin_first(
     match api.require_admin(req.headers(), "make admin requests (principals[].admin)") {
         Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
+    }
+}
+
+/// One open subscription counted against its principal's share
+/// (`limits.subscribers_per_principal_max`); given back when dropped.
+pub(crate) struct PrincipalSubscription {
+    api: Arc<Api>,
+    principal: String,
+}
+
+impl PrincipalSubscription {
+    /// Takes one of `principal`'s subscriptions, or refuses: 429 `too_many_subscriptions`,
+    /// naming the limit, counted.
+    fn take(api: &Arc<Api>, principal: String) -> ApiResult<Self> {
+        let mut open = api
+            .subscribers_by_principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(principal.clone()).or_default();
+        if *n >= api.subscribers_per_principal_max {
+            let who = if principal.is_empty() {
+                "readers without a token".to_string()
+            } else {
+                format!("principal {principal}")
+            };
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_subscriptions",
+                format!(
+                    "{who} already hold{} {n} subscriptions (limits.subscribers_per_principal_max)",
+                    if principal.is_empty() { "" } else { "s" }
+                ),
+            );
+            e.retry_after = Some(5);
+            return Err(api.fail(e));
+        }
+        *n += 1;
+        Ok(Self {
+            api: api.clone(),
+            principal,
+        })
+    }
+}
+
+impl Drop for PrincipalSubscription {
+    fn drop(&mut self) {
+        let mut open = self
+            .api
+            .subscribers_by_principal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.principal);
+            }
+        }
     }
 }
 
@@ -1950,6 +2011,13 @@ async fn subscribe(
         e.retry_after = Some(5);
         return Err(api.fail(e));
     };
+    // One principal's share (readers without a token count as one).
+    let who = match &guard {
+        Some(g) => g.principal().to_string(),
+        None if headers.contains_key(header::AUTHORIZATION) => api.authenticate(&headers)?.name,
+        None => String::new(),
+    };
+    let principal_slot = PrincipalSubscription::take(&api, who)?;
     if let Some(d) = &q.durable {
         check_durable_name(&api, &name, d)?;
     }
@@ -2115,6 +2183,7 @@ async fn subscribe(
         }
         api2.metrics.subscribers.dec();
         drop(slot);
+        drop(principal_slot);
     });
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -301,6 +301,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         ce_claims: Default::default(),
         filtered_audit: Mutex::new(HashMap::new()),
         subscriber_slots: Arc::new(tokio::sync::Semaphore::new(raw.limits.subscribers_max)),
+        subscribers_by_principal: Mutex::new(HashMap::new()),
+        subscribers_per_principal_max: raw.limits.subscribers_per_principal_max,
         read_slots: Arc::new(tokio::sync::Semaphore::new(raw.limits.reads_inflight_max)),
         read_slots_max: raw.limits.reads_inflight_max,
         store_full,

@@ -1063,6 +1063,59 @@ fn two_publishes_of_one_event_at_once_are_both_confirmed() {
     });
 }
 
+/// One principal holds at most `limits.subscribers_per_principal_max` open subscriptions
+/// (429 `too_many_subscriptions` beyond, counted), so one client cannot take every slot;
+/// readers without a token share one such share, and a closed subscription gives its
+/// place back.
+#[test]
+fn one_principal_cannot_hold_every_subscription() {
+    rt().block_on(async {
+        let mut c = Cluster::new(
+            "subs-share",
+            69,
+            &three_regions()[..1],
+            "[limits]\nsubscribers_per_principal_max = 2\n",
+        );
+        c.start(0);
+        c.wait_healthy(0).await;
+        let http = reqwest::Client::new();
+        let open = |token: Option<&str>| {
+            let mut r = http.get(c.url(0, "/v1/streams/s/subscribe"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send()
+        };
+        let a = open(Some(&c.token)).await.unwrap();
+        let b = open(Some(&c.token)).await.unwrap();
+        assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+        let third = open(Some(&c.token)).await.unwrap();
+        assert_eq!(third.status(), 429);
+        let body: Value = third.json().await.unwrap();
+        assert_eq!(body["error"]["reason"], "too_many_subscriptions", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("subscribers_per_principal_max"),
+            "{body}"
+        );
+        // Another principal (here: readers without a token) has a share of its own.
+        let anon = open(None).await.unwrap();
+        assert_eq!(anon.status(), 200);
+        // A closed subscription gives its place back (once its task sees the client gone).
+        drop(a);
+        let again = wait_for(Duration::from_secs(20), || async {
+            let r = open(Some(&c.token)).await.ok()?;
+            (r.status() == 200).then_some(r)
+        })
+        .await;
+        assert!(again.is_some(), "the place never came back");
+        assert!(rejected(&c, 0, "too_many_subscriptions").await >= 1);
+        drop((b, anon, again));
+    });
+}
+
 /// Anti-entropy over QUIC between real nodes: once the mesh is idle and every node has seen
 /// the same of every origin for longer than the core's SYNC_SETTLED_US (30 s), rounds carry
 /// a summary instead of every origin's ranges, and peers match it (no `unsettled` answer),
