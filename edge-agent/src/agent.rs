@@ -262,14 +262,17 @@ impl Shared {
     }
 
     /// The status view.
-    pub(crate) fn status(&self) -> StatusView {
-        let (depth, bytes, next_seq, counters) = {
-            let o = lock(&self.outbox);
-            (o.depth(), o.bytes(), o.next_seq(), o.counters.clone())
-        };
+    /// What `weft-agent status` shows. The outbox's figures are read off the runtime's
+    /// thread (`with_outbox`): the drain can hold the outbox for a while (sequencing
+    /// passes, each with an fsync), and the agent's other tasks must not wait meanwhile.
+    pub(crate) async fn status(self: &Arc<Self>) -> anyhow::Result<StatusView> {
+        let (depth, bytes, next_seq, counters) = with_outbox(self, |o| {
+            Ok((o.depth(), o.bytes(), o.next_seq(), o.counters.clone()))
+        })
+        .await?;
         let cands = lock(&self.candidates);
         let active = *lock(&self.active);
-        StatusView {
+        Ok(StatusView {
             name: self.name.clone(),
             key: self.signer.origin().to_string(),
             connected: active.and_then(|i| cands.get(i)).map(Candidate::view),
@@ -285,7 +288,7 @@ impl Shared {
                 .map(|p| p.epoch),
             counters,
             batches_inflight: self.inflight.load(std::sync::atomic::Ordering::Relaxed),
-        }
+        })
     }
 
     /// Adds a node found on the LAN (mDNS) unless known; starts its connection task.

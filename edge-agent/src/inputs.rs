@@ -548,7 +548,7 @@ async fn serve_http(
         }
     };
     if req.method == "GET" && (req.path == "/v1/status" || req.path == "/status") {
-        let status = serde_json::to_value(shared.status())?;
+        let status = serde_json::to_value(shared.status().await?)?;
         respond(&mut sock, 200, &status).await?;
         return Ok(());
     }

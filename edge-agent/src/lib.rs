@@ -125,7 +125,7 @@ async fn serve(config: config::Resolved, exit_when_drained: bool) -> anyhow::Res
                 let _ = r;
             }
             _ = check.tick(), if exit_when_drained && stdin_ended => {
-                let s = shared.status();
+                let s = shared.status().await?;
                 if s.outbox_depth == 0 {
                     info!(delivered = s.counters.delivered, "input ended and outbox drained; exiting");
                     return Ok(ExitCode::SUCCESS);
