@@ -51,6 +51,10 @@ pub const OP_CONTENT_TYPE: &str = "application/vnd.weft.table-op+cbor";
 pub const VV_LEN_MAX: usize = 1024;
 /// Most elements one set operation names.
 pub const SET_ELEMENTS_MAX: usize = 1024;
+/// Most siblings a multi-value key takes new concurrent writes beside (checked where a
+/// write enters the fabric, not where it is applied: every replica must apply the same
+/// writes). Concurrent writes at several nodes can pass it together, by at most one each.
+pub const SIBLINGS_MAX: usize = 64;
 
 /// How a table resolves concurrent writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1131,6 +1131,15 @@ async fn publish_inner(
             e.id.clone(),
         )));
     }
+    // A keyed event on a multi-value table is a write without a version: a sibling.
+    for d in &drafts {
+        if let Some(key) = &d.key
+            && api.tables.strategy(&d.stream) == Some(weft_fabric::table::Strategy::MultiValue)
+            && let Ok(key) = std::str::from_utf8(key)
+        {
+            crate::tables::sibling_room(api, &d.stream, key, &Default::default()).await?;
+        }
+    }
     // Rate limits and quotas: every event of the request fits, or none is taken.
     let charge = match (&policy, drafts.first()) {
         (Some(policy), Some(first)) => {

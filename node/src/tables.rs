@@ -591,6 +591,37 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 
 // ------------------------------------------------------------------ versions
 
+/// Refuses a write to a multi-value key that would stand beside [`table::SIBLINGS_MAX`]
+/// siblings or more (those its context `ctx` does not supersede): 409
+/// `too_many_siblings`, counted. Every write without a version adds a sibling, so a key
+/// written often and never resolved would grow without bound (each write re-encodes the
+/// whole row). A write whose version supersedes enough of them (resolving them) is taken.
+pub(crate) async fn sibling_room(
+    api: &Arc<Api>,
+    stream: &StreamName,
+    key: &str,
+    ctx: &Vv,
+) -> ApiResult<()> {
+    let left = match current(api, Visibility::All, Strategy::MultiValue, stream, key).await? {
+        Some(KeyState::MultiValue { siblings, .. }) => {
+            siblings.keys().filter(|d| !ctx.covers(d)).count()
+        }
+        _ => 0,
+    };
+    if left < table::SIBLINGS_MAX {
+        return Ok(());
+    }
+    Err(api.fail(ApiError::new(
+        StatusCode::CONFLICT,
+        "too_many_siblings",
+        format!(
+            "{} key {key:?} holds {} concurrent values (table::SIBLINGS_MAX): resolve them with a write carrying the version of a read",
+            stream.as_str(),
+            table::SIBLINGS_MAX
+        ),
+    )))
+}
+
 /// A client's version token `ctx`, each origin's number cut to the highest this node has
 /// applied of that origin to the table (`table_applied`). A context supersedes what it
 /// covers, on every replica and for good: a token naming numbers not yet written (made
@@ -1223,6 +1254,9 @@ pub(crate) async fn put(
                 Some(t) => applied_at_most(&api, &name, parse_version(t).map_err(&bad)?).await?,
                 None => Vv::default(),
             };
+            if strategy == Strategy::MultiValue {
+                sibling_room(&api, &name, &key, &ctx).await?;
+            }
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())

@@ -344,3 +344,46 @@ fn a_prefix_lists_exactly_its_keys() {
         assert_eq!(listed("").await.len(), 6);
     });
 }
+
+/// A multi-value key takes at most `SIBLINGS_MAX` (64) concurrent values: a further write
+/// without a version (a PUT, or a keyed CloudEvent) is refused, 409 `too_many_siblings`,
+/// and a write with the version of a read (resolving them) is taken.
+#[test]
+fn a_multi_value_key_takes_a_bounded_number_of_siblings() {
+    rt().block_on(async {
+        let mut c = Cluster::new("tables-siblings", 47, &three_regions()[..1], TABLES);
+        c.start(0);
+        c.wait_healthy(0).await;
+        for n in 0..64 {
+            put(&c, 0, "/v1/tables/mv.docs/k", json!(n)).await;
+        }
+        let r = reqwest::Client::new()
+            .put(c.url(0, "/v1/tables/mv.docs/k"))
+            .bearer_auth(&c.token)
+            .json(&json!(64))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "too_many_siblings", "{v}");
+        let ce = json!({"specversion": "1.0", "id": "x", "source": "it", "type": "t",
+            "subject": "k", "data": 65});
+        let (status, v) = c.post_events(0, "mv.docs", "local", &c.token, &[ce]).await;
+        assert_eq!(status, 409, "{v}");
+        assert_eq!(v["error"]["reason"], "too_many_siblings", "{v}");
+        // Resolved with the version of a read: taken, one value left.
+        let (_, read) = get(&c, 0, "/v1/tables/mv.docs/k").await;
+        let version = read["version"].as_str().unwrap().to_string();
+        put(
+            &c,
+            0,
+            &format!("/v1/tables/mv.docs/k?version={version}"),
+            json!("merged"),
+        )
+        .await;
+        let (_, read) = get(&c, 0, "/v1/tables/mv.docs/k").await;
+        assert_eq!(read["siblings"].as_array().map(Vec::len), Some(1), "{read}");
+        assert!(rejected(&c, 0, "too_many_siblings").await >= 2);
+    });
+}
