@@ -127,22 +127,13 @@ async fn audited(c: &Cluster, token: &str, query: &str, reason: &str) -> Value {
 
 /// One EU node under [`bundle`] (operator key in a directory of its own, `ops`), with a
 /// `reader` principal besides the cluster's `tester`, and `limits` appended to its config.
-fn audited_node(test: &str, net: u8, limits: &str) -> (Cluster, std::path::PathBuf) {
-    let ops = std::env::temp_dir().join(format!("weft-it-{test}-ops-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&ops);
-    std::fs::create_dir_all(&ops).unwrap();
-    let out = weft_ok(&ops, &["keygen", "--out", "op.key"]);
-    let operator = out
-        .lines()
-        .find_map(|l| l.strip_prefix("public key: "))
-        .unwrap()
-        .trim()
-        .to_string();
+fn audited_node(test: &str, net: u8, limits: &str) -> (Cluster, Operators) {
+    let ops = Operators::new(test, &["op"]);
     let reader_sha = hex::encode(sha2::Sha256::digest(READER_TOKEN.as_bytes()));
     let extra = format!(
-        "[[principals]]\nname = \"reader\"\ntenant = \"acme\"\ntoken_sha256 = \"{reader_sha}\"\n\
-         [policy]\noperators = [\"{operator}\"]\nthreshold = 1\nbundle = \"policy.cbor\"\n\
-         [audit]\nretention_days = 30\nmax_entries = 10000\n{limits}"
+        "[[principals]]\nname = \"reader\"\ntenant = \"acme\"\ntoken_sha256 = \"{reader_sha}\"\n{}\
+         [audit]\nretention_days = 30\nmax_entries = 10000\n{limits}",
+        ops.node_policy()
     );
     let spec = Spec {
         name: "eu",
@@ -151,19 +142,9 @@ fn audited_node(test: &str, net: u8, limits: &str) -> (Cluster, std::path::PathB
     };
     let c = Cluster::new(test, net, &[spec], &extra);
     let tester_sha = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
-    std::fs::write(ops.join("b.toml"), bundle(&c.keys[0], &tester_sha)).unwrap();
-    weft_ok(
-        &ops,
-        &[
-            "policy",
-            "sign",
-            "--key",
-            "op.key",
-            "--out",
-            c.dir.join("policy.cbor").to_str().unwrap(),
-            "b.toml",
-        ],
-    );
+    // As `b.toml` (signed into `b`), which the tests sign again with other keys.
+    let signed = ops.sign(&bundle(&c.keys[0], &tester_sha), &["op"], "b");
+    std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
     (c, ops)
 }
 
@@ -193,7 +174,8 @@ fn publishes_refused_after_their_charge_take_no_rate_tokens() {
 #[test]
 fn denials_and_rate_limits_are_refused_counted_and_audited() {
     rt().block_on(async {
-        let (mut c, ops) = audited_node("audit", 50, "");
+        let (mut c, operators) = audited_node("audit", 50, "");
+        let ops = operators.dir.clone();
         let reader_token = READER_TOKEN;
         let tester_sha = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let signed = c.dir.join("policy.cbor");
@@ -635,7 +617,7 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         )
         .await;
         assert_eq!(e["decision"], "deny", "{e}");
-        let _ = std::fs::remove_dir_all(&ops);
+        drop(operators);
     });
 }
 
