@@ -220,6 +220,10 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         // Residency on every hop: the core asks the policy before any peer is chosen for a
         // push, an announcement or an anti-entropy batch, and before a relay region.
         node.set_filter(Box::new(weft_policy::PolicyFilter::new(a.policy.clone())));
+    } else if trust.is_some() {
+        // A governed node before its first bundle: each event's own residency set decides
+        // what it holds and passes on, until the policy does.
+        node.set_filter(Box::new(weft_fabric::mesh::StampedResidency));
     }
     let policy_state =
         Arc::new(crate::policy_state::PolicyState::new(applied).requiring(trust.is_some()));

@@ -14,7 +14,7 @@ pub use member::MemberInfo;
 pub use message::{Channel, Digest, DigestRanges, EventRef, Message, Settled};
 pub use node::{
     AllowAll, AppEvent, BATCH_BYTES_MAX, FilterHop, MeshConfig, Micros, Node, ReplicationFilter,
-    Stats, Transmit, batches_of,
+    StampedResidency, Stats, Transmit, batches_of,
 };
 pub use ranges::SeqRanges;
 pub use route::{LinkRecord, NodeStatus, RegionRoute, RelayHop};

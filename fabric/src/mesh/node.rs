@@ -320,6 +320,37 @@ impl ReplicationFilter for AllowAll {
     }
 }
 
+/// The filter of a node that must enforce residency but holds no policy yet (it trusts
+/// operator keys, and its first bundle has not reached it): each event's own residency
+/// set, as its ingress node stamped and signed it, decides. A peer (this node included)
+/// whose jurisdiction is in the set, or any peer for an unrestricted event or a system
+/// stream's, gets the event; any other nothing naming it (no sealed transit: deciding
+/// that takes the policy's classes). Without it such a node relayed what its peers'
+/// policies sent it to any peer at all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StampedResidency;
+
+impl ReplicationFilter for StampedResidency {
+    fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
+        if self.unrestricted(event) {
+            return FilterHop::Clear;
+        }
+        match &event.security().residency {
+            crate::Residency::Only(set)
+                if set.iter().any(|j| j.as_str() == peer.jurisdiction.as_str()) =>
+            {
+                FilterHop::Clear
+            }
+            _ => FilterHop::Refuse,
+        }
+    }
+
+    fn unrestricted(&self, event: &EventData) -> bool {
+        event.stream().is_system()
+            || matches!(event.security().residency, crate::Residency::Unrestricted)
+    }
+}
+
 /// A message to send.
 #[derive(Debug, Clone)]
 pub struct Transmit {
@@ -4642,6 +4673,52 @@ mod tests {
 
     fn event_of(seed: u8) -> Arc<Event> {
         signed_event(seed, 1, "orders.eu", b"x").unwrap()
+    }
+
+    /// Without a policy, a governed node's filter follows each event's own residency set.
+    #[test]
+    fn stamped_residency_lets_only_the_events_jurisdictions_hold_it() {
+        let with = |stream: &str, residency: crate::envelope::Residency| {
+            let draft = crate::envelope::EventDraft {
+                stream: crate::StreamName::new(stream).unwrap(),
+                key: None,
+                seq: 1,
+                hlc: crate::Hlc::new(1_764_000_000_000, 0).unwrap(),
+                security: crate::envelope::SecurityContext {
+                    tenant: "acme".into(),
+                    principal: "svc".into(),
+                    classification: "eu-personal".into(),
+                    residency,
+                    scopes: Default::default(),
+                    policy_epoch: 1,
+                },
+                content_type: "text/plain".into(),
+                payload: crate::envelope::Payload::Clear(b"x".to_vec()),
+                trace: None,
+            };
+            crate::Signer::from_secret(&[9; 32]).sign(draft).unwrap()
+        };
+        let mut eu = member_of(1, "aws:eu-west-1");
+        eu.jurisdiction = "EU".into();
+        let mut us = member_of(2, "aws:us-east-1");
+        us.jurisdiction = "US".into();
+        let f = StampedResidency;
+        let eu_only = with(
+            "customers.eu",
+            crate::envelope::Residency::only(["EU"]).unwrap(),
+        );
+        assert_eq!(f.hop(&eu_only, &eu), FilterHop::Clear);
+        assert_eq!(f.hop(&eu_only, &us), FilterHop::Refuse);
+        assert!(!f.unrestricted(&eu_only));
+        let open = with("metrics.x", crate::envelope::Residency::Unrestricted);
+        assert_eq!(f.hop(&open, &us), FilterHop::Clear);
+        assert!(f.unrestricted(&open));
+        // System streams (policy bundles among them) go everywhere.
+        let system = with(
+            "_weft.policy",
+            crate::envelope::Residency::only(["EU"]).unwrap(),
+        );
+        assert_eq!(f.hop(&system, &us), FilterHop::Clear);
     }
 
     /// A signed event of the origin with secret `[seed; 32]`: sequence number `seq` (HLC
