@@ -737,9 +737,18 @@ impl Outbox {
              SELECT seq, stream, payload, envelope, ?2, ?3 FROM outbox WHERE seq = ?1",
             params![seq as i64, reason, wall_ms() as i64],
         )?;
-        let mut why: String = reason.chars().take(VOID_PAYLOAD_LEN_MAX / 2).collect();
-        why.retain(|c| !c.is_control());
-        let payload = serde_json::to_vec(&serde_json::json!({"void": seq, "reason": why}))?;
+        // The void goes to every node: it names the refusal's code only (`reason` is
+        // "code: message"), not the message, which names the refused event's stream, id,
+        // class and residency. The whole text stays here, in the dead letters.
+        let code: String = reason
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(VOID_PAYLOAD_LEN_MAX / 2)
+            .collect();
+        let payload = serde_json::to_vec(&serde_json::json!({"void": seq, "reason": code}))?;
         let mut clock = self.clock.clone();
         let draft = EventDraft {
             stream: StreamName::new(VOID_STREAM)?,
@@ -1030,6 +1039,45 @@ mod tests {
             })
             .unwrap();
         assert_eq!(ordinary, 1);
+    }
+
+    /// A void goes to every node: it names the refusal's code, not its message (which
+    /// names the refused event's stream, id, class and residency); the dead letter here
+    /// keeps the whole text.
+    #[test]
+    fn a_void_names_the_refusals_code_only() {
+        let (dir, config, signer) = fresh("void", 10);
+        let mut o = Outbox::open(&dir, config).unwrap();
+        o.insert(
+            &[ev("t.a", 5, 0)],
+            &[],
+            &Counters::default(),
+            &WindowChanges::default(),
+        )
+        .unwrap();
+        assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 1);
+        let why =
+            "residency_wider: event 1f2e on t.a: classification \"eu-personal\" with residency EU";
+        o.void(1, why, &profile(), &signer).unwrap();
+        let ready = o.ready(1, 10).unwrap();
+        let void = weft_fabric::decode(&ready[0].envelope)
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert_eq!(void.stream().as_str(), weft_fabric::edge::VOID_STREAM);
+        let weft_fabric::Payload::Clear(bytes) = void.payload() else {
+            panic!("a void is clear");
+        };
+        let body: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"void": 1, "reason": "residency_wider"})
+        );
+        let kept: String = o
+            .conn
+            .query_row("SELECT reason FROM dead WHERE seq = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, why);
     }
 
     /// Drop-oldest frees room only when that is enough: an event bigger than what the

@@ -735,11 +735,13 @@ impl Aggregator {
             return Vec::new();
         };
         // A window opened under another policy goes out only if the policy in force still
-        // has its transform (an aggregate onto the same target), and is stamped under that
-        // policy: an epoch that withdraws a leaking aggregate stops what its windows hold.
+        // derives exactly what it folded (the same aggregate: target, class, groups and
+        // sums), and is stamped under that policy: an epoch that withdraws or changes a
+        // leaking aggregate (a narrower class, a group field dropped) stops what its
+        // windows hold instead of publishing them the old way.
         let policy = match self.policy.policy() {
             Some(now) if now.compilation() != w.policy.compilation() => match now.transform(name) {
-                Some(n) if n.is_aggregate() && n.target() == t.target() => now,
+                Some(n) if n.same_derivation(t) => now,
                 _ => {
                     fail(
                         &self.metrics,
@@ -1063,13 +1065,21 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
     /// is still there is, stamped under the new policy.
     #[test]
     fn a_window_of_a_withdrawn_aggregate_is_not_published() {
-        for keep in [false, true] {
+        // Withdrawn, kept as it was, changed (its groups: what it folded is not what the
+        // new epoch would publish).
+        for (keep, change) in [(false, false), (true, false), (false, true)] {
             let (mut agg, _rx, metrics) = aggregator();
             agg.add(&profile(1, "acme", "IE", 1), T0);
             let old = agg.policy.policy().unwrap();
             let mut text = old.bundle().clone();
             text.epoch = 3;
-            if !keep {
+            if change {
+                for t in text.transforms.values_mut() {
+                    if let Some(a) = &mut t.aggregate {
+                        a.group_by.clear();
+                    }
+                }
+            } else if !keep {
                 text.transforms.clear();
             }
             let policy = Arc::new(Policy::compile(&text).unwrap());

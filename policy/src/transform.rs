@@ -28,13 +28,13 @@ pub struct Derived {
     pub payload: Value,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Mask {
     path: Vec<String>,
     keep_last: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Ops {
     Fields {
         drop: Vec<Vec<String>>,
@@ -206,6 +206,17 @@ impl Transform {
     /// The transform's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether `other` derives exactly what this one does (source, target, class and
+    /// operations; the epoch aside): an aggregate window folded under one can be published
+    /// under the other.
+    pub fn same_derivation(&self, other: &Transform) -> bool {
+        self.name == other.name
+            && self.source == other.source
+            && self.target == other.target
+            && self.classification == other.classification
+            && self.ops == other.ops
     }
 
     /// The source pattern.
