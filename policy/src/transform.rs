@@ -245,7 +245,8 @@ impl Transform {
 
     /// Derives one payload from one source event's JSON payload: fields dropped, hashed
     /// (`sha256:` + hex of SHA-256 over a domain separator, the salt and the value's JSON)
-    /// and masked (all but the last `keep_last` characters replaced by `*`; non-strings
+    /// and masked (all but the last `keep_last` characters, and at most half, replaced by
+    /// `*`; non-strings
     /// masked as their JSON text). Fields that are absent are skipped.
     pub fn apply(&self, source: &EventId, payload: &[u8]) -> Result<Derived, TransformError> {
         let Ops::Fields {
@@ -525,10 +526,28 @@ fn hash_value(salt: &str, v: &Value) -> String {
     format!("sha256:{}", hex(&h.finalize()))
 }
 
+/// `text` with all but its last `keep_last` characters replaced by `*`, and never more
+/// than half of them kept: a value no longer than `keep_last` (a short id, a two-letter
+/// code) would otherwise pass in full.
 fn mask_text(text: &str, keep_last: usize) -> String {
     let n = text.chars().count();
-    let keep = keep_last.min(n);
+    let keep = keep_last.min(n / 2);
     let mut out: String = "*".repeat(n - keep);
     out.extend(text.chars().skip(n - keep));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mask_never_shows_more_than_half_of_a_value() {
+        assert_eq!(mask_text("4111111111111111", 4), "************1111");
+        assert_eq!(mask_text("abcd", 4), "**cd", "not the whole value");
+        assert_eq!(mask_text("ab", 4), "*b");
+        assert_eq!(mask_text("a", 4), "*");
+        assert_eq!(mask_text("", 4), "");
+        assert_eq!(mask_text("héllo", 0), "*****");
+    }
 }
