@@ -224,7 +224,8 @@ pub(crate) struct ReadGuard {
     policy: Arc<weft_policy::Policy>,
     principal: Principal,
     action: weft_policy::Action,
-    region: String,
+    /// This node: what it may hold under the policy is all it serves.
+    me: MemberInfo,
 }
 
 impl ReadGuard {
@@ -232,23 +233,29 @@ impl ReadGuard {
         policy: Arc<weft_policy::Policy>,
         principal: Principal,
         action: weft_policy::Action,
-        region: String,
+        me: MemberInfo,
     ) -> Self {
         ReadGuard {
             policy,
             principal,
             action,
-            region,
+            me,
         }
     }
 
     /// Whether the principal may read this event: its own stream, tenant and
     /// classification, so a deny rule on a classification holds even for an event whose
     /// stream rule says otherwise, and a tenant-bound principal reads its tenant's events
-    /// only.
+    /// only. And whether this node may hold it under the policy in force: an epoch that
+    /// no longer grants this node's jurisdiction claim (or narrows a class) leaves events
+    /// stored here before it that it may no longer serve.
     pub(crate) fn allows(&self, event: &weft_fabric::EventData) -> bool {
         let sec = &event.draft().security;
         self.allows_write(event.stream(), &sec.tenant, &sec.classification)
+            && (event.stream().is_system()
+                || self
+                    .policy
+                    .may_hold(&self.me, &sec.classification, &sec.residency))
     }
 
     /// Whether the principal may read a write to `stream` by `tenant`, classified
@@ -266,7 +273,7 @@ impl ReadGuard {
                 stream,
                 tenant,
                 classification: Some(classification),
-                region: &self.region,
+                region: &self.me.region,
             })
             .allowed
     }
@@ -283,7 +290,7 @@ impl ReadGuard {
                 .policy
                 .stream_rule(stream)
                 .map(|r| r.classification.as_str()),
-            region: &self.region,
+            region: &self.me.region,
         })
     }
 
@@ -467,7 +474,7 @@ impl Api {
             policy,
             principal,
             action,
-            self.me.region.to_string(),
+            self.me.clone(),
         )))
     }
 
@@ -2313,7 +2320,7 @@ async fn ack_subscription(
             policy,
             principal: who,
             action: weft_policy::Action::Subscribe,
-            region: api.me.region.to_string(),
+            me: api.me.clone(),
         };
         api.authorize_stream(
             &guard,
@@ -3044,7 +3051,7 @@ async fn audit_get(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Reads beyond `limits.reads_inflight_max` wait for a slot, and get 503 `reads_busy`
@@ -3112,6 +3119,19 @@ classification = "public"
 replication = "all"
 "#;
 
+    /// A node's member record in `region`, claiming `jurisdiction`.
+    pub(crate) fn node_in(region: &str, jurisdiction: &str) -> MemberInfo {
+        MemberInfo {
+            key: [3; 32],
+            region: region.into(),
+            cloud: "aws".into(),
+            jurisdiction: jurisdiction.into(),
+            addr: "127.0.0.1:7400".into(),
+            policy_epoch: 0,
+            generation: 0,
+        }
+    }
+
     fn event(stream: &str, tenant: &str, classification: &str) -> Event {
         Signer::from_secret(&[7; 32])
             .sign(EventDraft {
@@ -3134,6 +3154,86 @@ replication = "all"
             .unwrap()
     }
 
+    /// A node serves only what the policy in force lets it hold: events stored before an
+    /// epoch revoked its jurisdiction claim (or narrowed their class) are left out of
+    /// reads, whatever the reader's rights.
+    #[test]
+    fn a_node_serves_only_what_it_may_hold() {
+        let eu_key = hex::encode([3u8; 32]);
+        let us_key = hex::encode([4u8; 32]);
+        let bundle = weft_policy::Bundle::from_toml(&format!(
+            r#"format = 1
+epoch = 3
+[jurisdictions.EU]
+regions = ["aws:eu-west-1"]
+nodes = ["{eu_key}"]
+[jurisdictions.US]
+regions = ["aws:us-east-1"]
+nodes = ["{us_key}"]
+[tenants.acme]
+[roles.analyst]
+[principals.ana]
+tenant = "acme"
+roles = ["analyst"]
+token_sha256 = "eb759c4f289ff540bc4f7b7a3af9e2dda169e7cdfefe42f732e4442325ce655b"
+[[access]]
+name = "read-all"
+effect = "allow"
+actions = ["read", "subscribe"]
+streams = [">"]
+roles = ["analyst"]
+[classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+[classes.public]
+anywhere = true
+[[streams]]
+pattern = ">"
+classification = "public"
+replication = "all"
+"#
+        ))
+        .unwrap();
+        let policy = Arc::new(weft_policy::Policy::compile(&bundle).unwrap());
+        let guard = |me: MemberInfo| ReadGuard {
+            policy: policy.clone(),
+            principal: Principal {
+                name: "ana".into(),
+                tenant: "acme".into(),
+                token_sha256: String::new(),
+                admin: false,
+            },
+            action: weft_policy::Action::Read,
+            me,
+        };
+        let eu = guard(node_in("aws:eu-west-1", "EU"));
+        let mut us_node = node_in("aws:us-east-1", "US");
+        us_node.key = [4; 32];
+        let us = guard(us_node);
+        let personal = Signer::from_secret(&[7; 32])
+            .sign(EventDraft {
+                stream: StreamName::new("customers.eu").unwrap(),
+                key: None,
+                seq: 1,
+                hlc: weft_fabric::Hlc::new(1, 0).unwrap(),
+                security: SecurityContext {
+                    tenant: "acme".into(),
+                    principal: "p".into(),
+                    classification: "eu-personal".into(),
+                    residency: Residency::only(["EU"]).unwrap(),
+                    scopes: BTreeSet::new(),
+                    policy_epoch: 3,
+                },
+                content_type: CE_JSON.into(),
+                payload: Payload::Clear(b"{}".to_vec()),
+                trace: None,
+            })
+            .unwrap();
+        assert!(eu.allows(&personal));
+        assert!(!us.allows(&personal), "held here before, not servable now");
+        assert!(us.allows(&event("orders.x", "acme", "public")));
+    }
+
     #[test]
     fn a_reader_gets_only_events_its_tenant_and_the_event_classification_allow() {
         let bundle = weft_policy::Bundle::from_toml(BUNDLE).unwrap();
@@ -3146,7 +3246,7 @@ replication = "all"
                 admin: false,
             },
             action: weft_policy::Action::Read,
-            region: "aws:eu-west-1".into(),
+            me: node_in("aws:eu-west-1", "EU"),
         };
         // The stream rule says public, but the event itself is classified personal: the
         // deny rule on the classification holds per event.

@@ -678,7 +678,7 @@ pub(crate) enum Visibility {
     /// a stream read filters event by event; each (tenant, classification) pair is
     /// decided once per request.
     Reader {
-        guard: ReadGuard,
+        guard: Box<ReadGuard>,
         decided: HashMap<(String, String), bool>,
     },
     /// Those of one tenant and classification: what a deletion made by this node may
@@ -696,7 +696,7 @@ impl Visibility {
         match guard {
             None => Visibility::All,
             Some(guard) => Visibility::Reader {
-                guard,
+                guard: Box::new(guard),
                 decided: HashMap::new(),
             },
         }
@@ -1686,7 +1686,7 @@ replication = "all"
                 admin: false,
             },
             weft_policy::Action::Read,
-            "aws:eu-west-1".into(),
+            crate::http::tests::node_in("aws:eu-west-1", "EU"),
         )
     }
 
