@@ -320,6 +320,11 @@ pub(crate) struct Driver {
     after_commit_replies: Vec<CommitReply>,
     /// When the next retention pass is due (`store/retention.rs`).
     retention_due: Instant,
+    /// The time retention last expired by ([`retention_clock`]) and when, on this
+    /// process's monotonic clock.
+    retention_clock: Option<(u64, Instant)>,
+    /// A jump of the wall clock ahead of [`Driver::retention_clock`] was logged.
+    retention_clock_warned: bool,
     /// Events an erase or a retraction removed during this step's deliveries: one still
     /// queued for delivery behind the carrier is not logged (a retracted derivative is
     /// not covered by an erase rule, so `erase_covers` does not catch it). Emptied after
@@ -391,6 +396,8 @@ impl Driver {
             claims: Vec::new(),
             after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
+            retention_clock: None,
+            retention_clock_warned: false,
             erased_in_step: std::collections::HashSet::new(),
             retention_blocked: false,
             retract_tx: None,
@@ -672,7 +679,19 @@ impl Driver {
     /// go into the open write transaction and are committed with this step. Runs every
     /// [`RETENTION_INTERVAL`], or at the next tick while a backlog remains.
     fn retention_pass(&mut self, now: Instant) {
-        let result = self.node.store_mut().expire(wall_ms().max(0) as u64);
+        let wall = wall_ms().max(0) as u64;
+        let (clock, ahead) = retention_clock(self.retention_clock, wall, now);
+        if ahead > RETENTION_JUMP_WARN_MS && !self.retention_clock_warned {
+            warn!(
+                ahead_ms = ahead,
+                "the wall clock jumped ahead: retention follows it at twice real time, so a wrong clock cannot expire every event at once"
+            );
+            self.retention_clock_warned = true;
+        } else if ahead == 0 {
+            self.retention_clock_warned = false;
+        }
+        self.retention_clock = Some((clock, now));
+        let result = self.node.store_mut().expire(clock);
         self.retention_due = now + RETENTION_INTERVAL;
         match result {
             Ok(done) => {
@@ -2183,9 +2202,53 @@ fn confirm_pushes(events: &[Arc<Event>]) -> Vec<Message> {
         .collect()
 }
 
+/// How far ahead of retention's clock the wall clock may be before a warning, ms.
+const RETENTION_JUMP_WARN_MS: u64 = 60_000;
+
+/// The time a retention pass expires by, from the last one (`prev`: its time and when it
+/// ran), the wall clock `wall` and the monotonic `now`; and how far the wall clock is ahead
+/// of it. It never goes back, and advances at most twice as fast as real time (plus a
+/// second): a wall clock stepped far ahead (a bad NTP answer, an operator's typo) would
+/// otherwise expire every event of the streams under an age rule in one pass, for good.
+/// A real jump is caught up at twice real time.
+fn retention_clock(prev: Option<(u64, Instant)>, wall: u64, now: Instant) -> (u64, u64) {
+    let Some((last, at)) = prev else {
+        return (wall, 0);
+    };
+    let elapsed = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
+    let cap = last
+        .saturating_add(elapsed.saturating_mul(2))
+        .saturating_add(1_000);
+    let clock = wall.clamp(last, cap.max(last));
+    (clock, wall.saturating_sub(clock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_follows_a_jumping_wall_clock_at_twice_real_time() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // First pass: the wall clock as it is.
+        assert_eq!(retention_clock(None, 1_000_000, t0), (1_000_000, 0));
+        // Normal progress: the wall clock.
+        assert_eq!(
+            retention_clock(Some((1_000_000, t0)), 1_005_000, at(5)),
+            (1_005_000, 0)
+        );
+        // A jump of a day ahead: 5 s later retention has moved 11 s, the rest is ahead.
+        let day = 86_400_000;
+        let (clock, ahead) = retention_clock(Some((1_000_000, t0)), 1_000_000 + day, at(5));
+        assert_eq!(clock, 1_011_000);
+        assert_eq!(ahead, day - 11_000);
+        // Backwards: retention's clock stays.
+        assert_eq!(
+            retention_clock(Some((1_000_000, t0)), 500_000, at(5)),
+            (1_000_000, 0)
+        );
+    }
     use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer};
 
     /// Twenty events of the largest payload (about a megabyte) go as several pushes, each within the message
