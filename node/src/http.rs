@@ -2889,8 +2889,14 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
-async fn chaos_get(State(api): State<Arc<Api>>) -> Response {
-    axum::Json(json!({"enabled": api.chaos.enabled(), "rules": api.chaos.rules()})).into_response()
+/// `GET /v1/chaos`: the fault injection in force, for an admin principal (as changing it
+/// is): which links are cut or slowed is an attacker's map.
+async fn chaos_get(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiResult<Response> {
+    api.require_admin(&headers, "read fault injection (principals[].admin)")?;
+    Ok(
+        axum::Json(json!({"enabled": api.chaos.enabled(), "rules": api.chaos.rules()}))
+            .into_response(),
+    )
 }
 
 #[derive(Debug, Deserialize)]

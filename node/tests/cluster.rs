@@ -177,6 +177,19 @@ fn a_partition_through_the_chaos_api_heals_and_the_sides_converge() {
         c.wait_meshed().await;
         // Cut node 2 (ap) off from the others, both directions.
         c.chaos(2, json!([{"peer": "*", "blackhole": true}])).await;
+        // What is in force is an admin's to read, as to change.
+        let anon = reqwest::get(c.url(2, "/v1/chaos")).await.unwrap();
+        assert_eq!(anon.status(), 401);
+        let rules: Value = reqwest::Client::new()
+            .get(c.url(2, "/v1/chaos"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(rules["rules"][0]["blackhole"], true, "{rules}");
         for i in 0..2 {
             c.chaos(
                 i,
