@@ -663,34 +663,14 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/mesh/nodes", get(mesh_nodes))
         .route(
             "/v1/policy",
-            post(policy_push)
-                .layer::<_, Infallible>(axum::middleware::from_fn_with_state(
-                    api.clone(),
-                    admin_first,
-                ))
-                .layer::<_, Infallible>(DefaultBodyLimit::max(POLICY_BODY_LEN_MAX))
-                .get(policy_get),
+            admin_post(&api, policy_push, POLICY_BODY_LEN_MAX).get(policy_get),
         )
         .route("/v1/policy/bundle", get(policy_bundle))
-        .route(
-            "/v1/erase",
-            post(erase)
-                .layer::<_, Infallible>(axum::middleware::from_fn_with_state(
-                    api.clone(),
-                    admin_first,
-                ))
-                .layer::<_, Infallible>(DefaultBodyLimit::max(ADMIN_BODY_LEN_MAX)),
-        )
+        .route("/v1/erase", admin_post(&api, erase, ADMIN_BODY_LEN_MAX))
         .route("/v1/status", get(status))
         .route(
             "/v1/chaos",
-            post(chaos_set)
-                .layer::<_, Infallible>(axum::middleware::from_fn_with_state(
-                    api.clone(),
-                    admin_first,
-                ))
-                .layer::<_, Infallible>(DefaultBodyLimit::max(ADMIN_BODY_LEN_MAX))
-                .get(chaos_get),
+            admin_post(&api, chaos_set, ADMIN_BODY_LEN_MAX).get(chaos_get),
         )
         .route("/v1/audit", get(audit_get))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -712,6 +692,25 @@ const POLICY_BODY_LEN_MAX: usize = 2 * weft_policy::limits::BUNDLE_LEN_MAX;
 /// Largest body of an admin request other than a policy bundle (an erase request, fault
 /// injection rules), bytes.
 const ADMIN_BODY_LEN_MAX: usize = 64 << 10;
+
+/// `POST handler` for an admin-only request with a body: the admin token checked first
+/// ([`admin_first`]) and the body held to `len_max` bytes.
+fn admin_post<H, T>(
+    api: &Arc<Api>,
+    handler: H,
+    len_max: usize,
+) -> axum::routing::MethodRouter<Arc<Api>>
+where
+    H: axum::handler::Handler<T, Arc<Api>>,
+    T: 'static,
+{
+    post(handler)
+        .layer::<_, Infallible>(axum::middleware::from_fn_with_state(
+            api.clone(),
+            admin_first,
+        ))
+        .layer::<_, Infallible>(DefaultBodyLimit::max(len_max))
+}
 
 /// For admin-only requests with a body: the admin token is checked before the body is
 /// read (a client without one got its whole body, up to `http_body_max`, read into memory
