@@ -1331,6 +1331,15 @@ async fn downlink_run(
         loop {
             let frame = read_frame(&mut recv, edge::FRAME_LEN_MAX).await?;
             let (pos, envelope) = edge::decode_command(&frame)?;
+            // No envelope: the node withheld commands up to `pos` (their residency does not
+            // reach this device's jurisdiction; the node audits each); the cursor moves on.
+            if envelope.is_empty() {
+                info!(pos, "downlink commands withheld by the node's policy up to this position");
+                let key = cursor_key.clone();
+                with_outbox(&shared, move |o| o.meta_set(&[(key.as_str(), &pos.to_be_bytes())]))
+                    .await?;
+                continue;
+            }
             let checked = weft_fabric::decode(envelope)
                 .map_err(anyhow::Error::from)
                 .and_then(|u| u.verify().map_err(anyhow::Error::from));

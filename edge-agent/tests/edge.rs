@@ -1417,6 +1417,170 @@ fn edge_batches_are_rate_limited_and_a_rekeyed_device_is_cut_off() {
     assert!(error.starts_with("the node refused this device"), "{error}");
 }
 
+/// The device is the last hop of its commands: the downlink withholds a command whose
+/// residency does not reach the device's enrolled jurisdiction (a US device, EU personal
+/// data), counts and audits it, and moves the agent's cursor past it, so a restarted agent
+/// does not read it (or cause its audit) again. A command the next epoch classifies public
+/// runs; the withheld one never does.
+#[test]
+fn the_downlink_withholds_commands_the_devices_jurisdiction_may_not_hold() {
+    let commands = std::env::temp_dir().join(format!(
+        "weft-agent-it-residency-commands-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&commands);
+    let downlink = format!(
+        "[downlink]\nenabled = true\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+        commands.display()
+    );
+    let mut w = World::new("dlresidency", 88, 1, "", &[], &downlink);
+    let (node, device, token_hash) = (
+        w.node_keys[0].clone(),
+        w.agent_key.clone(),
+        w.token_hash.clone(),
+    );
+    let bundle = |epoch: u64, class: &str| {
+        format!(
+            r#"format = 1
+epoch = {epoch}
+[jurisdictions.EU]
+regions = ["aws:eu-west-1"]
+nodes = ["{node}"]
+[jurisdictions.US]
+regions = ["aws:us-east-1"]
+[tenants.acme]
+[principals.till-7]
+tenant = "acme"
+device_key = "{device}"
+[roles.ops]
+[principals.operator]
+tenant = "acme"
+roles = ["ops"]
+token_sha256 = "{token_hash}"
+[[access]]
+name = "ops-commands"
+effect = "allow"
+actions = ["publish", "read", "subscribe"]
+streams = ["devices.>"]
+roles = ["ops"]
+[classes.eu-personal]
+jurisdictions = ["EU"]
+transit = "forbidden"
+[classes.public]
+anywhere = true
+[[streams]]
+pattern = "devices.>"
+classification = "{class}"
+replication = "all"
+[devices.till-7]
+streams = ["telemetry.till-7", "telemetry.till-7.>"]
+jurisdiction = "US"
+"#
+        )
+    };
+    let ops_key = sign_bundle(&w, 1, &bundle(1, "eu-personal"));
+    use_policy(&w, &ops_key, true);
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || {
+        w.status()
+            .filter(|s| s["policy_epoch"] == 1 && !s["connected"].is_null())
+    })
+    .unwrap_or_else(|| panic!("agent never got epoch 1\n{}", w.logs()));
+    let auth = format!("Bearer {}", w.token);
+    let command = |id: &str| {
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"ops","type":"cmd","data":{{"do":"{id}"}}}}"#
+        );
+        let (code, resp) = http_post(
+            &node_http(88, 0),
+            "/v1/streams/devices.till-7.commands/events",
+            &[
+                ("content-type", "application/cloudevents+json"),
+                ("authorization", &auth),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
+    };
+    let ran = || {
+        std::fs::read_to_string(&commands)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["payload"]["data"]["do"].as_str().unwrap().to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    // c1 is EU personal data (the stream's class in epoch 1): the node (EU) holds it, the
+    // US device never gets it.
+    command("c1");
+    wait_for(Duration::from_secs(30), || {
+        (w.rejected(0, "downlink_residency") == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("c1 was not withheld\n{}", w.logs()));
+    wait_for(Duration::from_secs(20), || {
+        w.agent_log()
+            .contains("withheld by the node's policy")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the agent's cursor never moved past c1\n{}", w.logs()));
+    let (code, body) = http_get_as(
+        &node_http(88, 0),
+        "/v1/audit?reason=downlink_residency",
+        Some(&w.token),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let entry = &v["entries"][0];
+    assert_eq!(entry["reason"], "downlink_residency", "{v}");
+    assert!(
+        entry["message"].as_str().is_some_and(|m| m
+            .contains("withheld from device till-7 (jurisdiction US)")
+            && m.contains("eu-personal")),
+        "{entry}"
+    );
+    // The agent restarts: its cursor is past c1 (no second withholding, no second audit).
+    w.agent.as_mut().unwrap().kill9();
+    w.start_agent(false);
+    // Epoch 2 classifies the commands public: c2 reaches the device; c1 keeps its stamp.
+    sign_bundle(&w, 2, &bundle(2, "public"));
+    run_ok(
+        &weft_bin(),
+        &[
+            "policy",
+            "push",
+            "--node",
+            &format!("http://{}", node_http(88, 0)),
+            "--token-file",
+            w.dir.join("client.key.token").to_str().unwrap(),
+            w.dir.join("bundle2.cbor").to_str().unwrap(),
+        ],
+    );
+    wait_for(Duration::from_secs(30), || {
+        w.status()
+            .filter(|s| s["policy_epoch"] == 2 && !s["connected"].is_null())
+    })
+    .unwrap_or_else(|| panic!("agent never got epoch 2\n{}", w.logs()));
+    command("c2");
+    // c2 comes after c1 in the log: once c2 ran, c1's fate was decided.
+    wait_for(Duration::from_secs(30), || {
+        ran().contains(&"c2".to_string()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("c2 never ran: {:?}\n{}", ran(), w.logs()));
+    assert_eq!(ran(), ["c2"], "the EU command never reached the US device");
+    assert_eq!(
+        w.rejected(0, "downlink_residency"),
+        1,
+        "c1 was read and withheld again after the restart\n{}",
+        w.logs()
+    );
+    let _ = std::fs::remove_file(&commands);
+}
+
 /// An edge batch takes its bytes from the budget HTTP publish bodies share
 /// (`limits.publish_bytes_inflight_max`) before it is read: while a slow HTTP client holds
 /// the whole budget, the agent's batches are answered `busy` (counted) and wait in its

@@ -1100,15 +1100,13 @@ impl Edge {
         loop {
             // The device as the policy in force admits it, before every page: a new epoch
             // that renames its command stream (or stops admitting it) ends the downlink.
-            if self
+            let Some(device) = self
                 .refresh(agent)
-                .and_then(|d| d.profile.commands)
-                .as_ref()
-                != Some(&stream)
-            {
+                .filter(|d| d.profile.commands.as_ref() == Some(&stream))
+            else {
                 send.finish()?;
                 return Ok(());
-            }
+            };
             let s = stream.clone();
             let entries = match crate::http::read_store(&self.api, move |r| {
                 r.read_log(&s, after, COMMANDS_PAGE_LEN)
@@ -1135,11 +1133,82 @@ impl Edge {
                 }
                 continue;
             }
+            // Each command under the policy the device was admitted in (a newer one admits
+            // it again first).
+            let policy = self.api.policy.policy();
+            if policy.as_ref().map_or(0, |p| p.compilation()) != device.generation {
+                continue;
+            }
+            let mut withheld_to = None;
             for e in entries {
+                if let Some(policy) = &policy
+                    && self.withholds(policy, &device, &e.envelope)
+                {
+                    withheld_to = Some(e.pos);
+                    continue;
+                }
+                // Past what was withheld before it: the agent's cursor moves with this one.
+                withheld_to = None;
                 write_frame(&mut send, &edge::encode_command(e.pos, &e.envelope)).await?;
                 after = e.pos;
             }
+            if let Some(last) = withheld_to {
+                // Withheld commands at the end of the page: a frame without an envelope
+                // moves the agent's cursor past them, so a reconnect does not read (and
+                // audit) them again.
+                write_frame(&mut send, &edge::encode_command(last, &[])).await?;
+                after = last;
+            }
         }
+    }
+
+    /// Whether the downlink withholds a command from `device` (counted and audited here): an event whose effective residency does not include the device's
+    /// enrolled jurisdiction ([`weft_policy::Policy::device_may_hold`]: a device is an
+    /// end, so sealed transit does not reach it either), or one this node may no longer
+    /// hold itself (an epoch that revoked its jurisdiction claim, or narrowed the class).
+    /// The residency promise covers every hop, and the last hop is the device.
+    fn withholds(&self, policy: &weft_policy::Policy, device: &Device, envelope: &[u8]) -> bool {
+        let Ok(u) = weft_fabric::decode(envelope) else {
+            // Stored envelopes were verified on the way in; one that no longer decodes is
+            // the agent's to skip (it verifies every command).
+            return false;
+        };
+        let data = u.claimed_data();
+        let sec = data.security();
+        let Some(enrolled) = policy.enrollment(&device.key) else {
+            return false; // admitted under this policy: enrolled
+        };
+        let reason = if !policy.device_may_hold(enrolled, &sec.classification, &sec.residency) {
+            "downlink_residency"
+        } else if !policy.may_hold(&self.api.me, &sec.classification, &sec.residency) {
+            "downlink_not_held"
+        } else {
+            return false;
+        };
+        let id = data.id().to_string();
+        self.deny(
+            reason,
+            Some(&device.key),
+            Some(Subject {
+                principal: &sec.principal,
+                stream: data.stream().as_str(),
+                id,
+            }),
+            format!(
+                "command {} on {} withheld from device {} (jurisdiction {}): class {} {}",
+                data.id(),
+                data.stream().as_str(),
+                device.principal,
+                enrolled.jurisdiction.as_str(),
+                sec.classification,
+                if reason == "downlink_residency" {
+                    "may not be held there"
+                } else {
+                    "may no longer be held by this node"
+                },
+            ),
+        );
+        true
     }
 }
 

@@ -801,6 +801,29 @@ impl Policy {
             == Hop::Clear
     }
 
+    /// Whether an enrolled device may receive (in clear) an event of `classification`
+    /// stamped with `residency`, as its node's downlink asks of each command: the device's
+    /// enrolled jurisdiction against the event's effective residency. The enrollment is this
+    /// policy's own word, so the jurisdiction needs no claim; sealed transit does not apply
+    /// (a device is an end, never a relay).
+    pub fn device_may_hold(
+        &self,
+        device: &Enrollment,
+        classification: &str,
+        residency: &Residency,
+    ) -> bool {
+        let placement = Placement {
+            bit: self
+                .jurisdiction_bits
+                .get(device.jurisdiction.as_str())
+                .copied(),
+        };
+        self.scope_of(classification, residency, false)
+            .hop(placement)
+            .hop
+            == Hop::Clear
+    }
+
     fn scope_of(&self, classification: &str, residency: &Residency, sealed: bool) -> EventScope {
         let class = self.classes.get(classification);
         let signed = match residency {

@@ -454,6 +454,45 @@ fn stream_rules_limits_enrollment() {
     assert!(p.enrollment(&public(8)).is_none());
 }
 
+/// The downlink's question: an EU device receives what EU nodes may hold in clear, nothing
+/// a class keeps elsewhere, and no sealed-transit class either (a device is not a relay).
+#[test]
+fn a_device_may_hold_what_its_enrolled_jurisdiction_may() {
+    let p = policy();
+    let eu = p.enrollment(&public(9)).unwrap();
+    assert_eq!(eu.jurisdiction.as_str(), "EU");
+    let mut us = eu.clone();
+    us.jurisdiction = weft_fabric::Jurisdiction::new("US").unwrap();
+    let anywhere = Residency::Unrestricted;
+    let only = |codes: &[&str]| {
+        Residency::Only(
+            codes
+                .iter()
+                .map(|c| weft_fabric::Jurisdiction::new(*c).unwrap())
+                .collect(),
+        )
+    };
+    // A public event: anyone.
+    assert!(p.device_may_hold(eu, "public", &anywhere));
+    assert!(p.device_may_hold(&us, "public", &anywhere));
+    // EU personal data: the EU device only.
+    assert!(p.device_may_hold(eu, "eu-personal", &only(&["EU"])));
+    assert!(!p.device_may_hold(&us, "eu-personal", &only(&["EU"])));
+    // A stamp narrower than the class holds too: a public event stamped US-only.
+    assert!(!p.device_may_hold(eu, "public", &only(&["US"])));
+    assert!(p.device_may_hold(&us, "public", &only(&["US"])));
+    // Payments may cross APAC sealed, as a relay; an APAC device gets none of them.
+    let mut apac = eu.clone();
+    apac.jurisdiction = weft_fabric::Jurisdiction::new("APAC").unwrap();
+    assert!(!p.device_may_hold(&apac, "payment", &only(&["EU", "US"])));
+    assert!(p.device_may_hold(&us, "payment", &only(&["EU", "US"])));
+    // An unknown jurisdiction holds nothing restricted.
+    let mut nowhere = eu.clone();
+    nowhere.jurisdiction = weft_fabric::Jurisdiction::new("XX").unwrap();
+    assert!(!p.device_may_hold(&nowhere, "eu-personal", &only(&["EU"])));
+    assert!(p.device_may_hold(&nowhere, "public", &anywhere));
+}
+
 #[test]
 fn transforms() {
     let p = policy();
