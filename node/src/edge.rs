@@ -1178,9 +1178,19 @@ impl Edge {
         let Some(enrolled) = policy.enrollment(&device.key) else {
             return false; // admitted under this policy: enrolled
         };
-        let reason = if !policy.device_may_hold(enrolled, &sec.classification, &sec.residency) {
+        let reason = if !policy.device_may_hold(
+            enrolled,
+            data.stream(),
+            &sec.classification,
+            &sec.residency,
+        ) {
             "downlink_residency"
-        } else if !policy.may_hold(&self.api.me, &sec.classification, &sec.residency) {
+        } else if !policy.may_hold(
+            &self.api.me,
+            data.stream(),
+            &sec.classification,
+            &sec.residency,
+        ) {
             "downlink_not_held"
         } else {
             return false;

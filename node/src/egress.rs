@@ -330,7 +330,12 @@ fn sign_derived(
         .map_err(|r| Failure::Unclassified(r.to_string()))?;
     // Stored here before it goes anywhere: this node must be one that may hold it, as an
     // ingress node must for any event it takes in.
-    if !policy.may_hold(&api.me, &stamp.classification, &stamp.residency) {
+    if !policy.may_hold(
+        &api.me,
+        &derived.stream,
+        &stamp.classification,
+        &stamp.residency,
+    ) {
         return Err(Failure::ResidencyIngress(format!(
             "{} in {} is outside class {} (residency {:?}, policy epoch {})",
             api.me.jurisdiction,

@@ -253,9 +253,12 @@ impl ReadGuard {
         let sec = &event.draft().security;
         self.allows_write(event.stream(), &sec.tenant, &sec.classification)
             && (event.stream().is_system()
-                || self
-                    .policy
-                    .may_hold(&self.me, &sec.classification, &sec.residency))
+                || self.policy.may_hold(
+                    &self.me,
+                    event.stream(),
+                    &sec.classification,
+                    &sec.residency,
+                ))
     }
 
     /// Whether the principal may read a write to `stream` by `tenant`, classified
@@ -1666,7 +1669,13 @@ pub(crate) fn presigned_refusal(
             ),
         ));
     }
-    check_may_hold(api, policy, &security.classification, &security.residency)
+    check_may_hold(
+        api,
+        policy,
+        event.stream(),
+        &security.classification,
+        &security.residency,
+    )
 }
 
 /// A node stores what it accepts, so it accepts a publish only of a class it may hold in
@@ -1675,10 +1684,11 @@ pub(crate) fn presigned_refusal(
 fn check_may_hold(
     api: &Api,
     policy: &weft_policy::Policy,
+    stream: &StreamName,
     classification: &str,
     residency: &Residency,
 ) -> Result<(), ApiError> {
-    if policy.may_hold(&api.me, classification, residency) {
+    if policy.may_hold(&api.me, stream, classification, residency) {
         return Ok(());
     }
     Err(ApiError::new(
@@ -2703,7 +2713,7 @@ pub(crate) fn enforce_publish(
     }
     match stamp {
         Ok(stamp) => {
-            check_may_hold(api, policy, &stamp.classification, &stamp.residency).map_err(
+            check_may_hold(api, policy, stream, &stamp.classification, &stamp.residency).map_err(
                 |e| api.refuse(e, Some(&principal.name), Some(stream.as_str()), policy.epoch()),
             )?;
             Ok((stamp.classification, stamp.residency))
@@ -3193,6 +3203,10 @@ transit = "forbidden"
 [classes.public]
 anywhere = true
 [[streams]]
+pattern = "customers.>"
+classification = "eu-personal"
+replication = "all"
+[[streams]]
 pattern = ">"
 classification = "public"
 replication = "all"
@@ -3237,6 +3251,14 @@ replication = "all"
         assert!(eu.allows(&personal));
         assert!(!us.allows(&personal), "held here before, not servable now");
         assert!(us.allows(&event("orders.x", "acme", "public")));
+        // Stamped public before an epoch classified its stream EU personal: held to the
+        // new class (the EU node serves it, the US node no longer does).
+        let reclassified = event("customers.us", "acme", "public");
+        assert!(eu.allows(&reclassified));
+        assert!(
+            !us.allows(&reclassified),
+            "reclassified since it was stamped"
+        );
     }
 
     #[test]

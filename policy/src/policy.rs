@@ -782,20 +782,36 @@ impl Policy {
     }
 
     /// An event's effective residency: its signed set narrowed to its class's
-    /// jurisdictions (an event cannot widen its class), plus whether sealed transit applies.
-    /// An event whose classification this epoch does not know keeps its signed set, with
-    /// transit forbidden.
+    /// jurisdictions (an event cannot widen its class), and to those of the class its
+    /// stream's rule names now, when that is another restricted class (an epoch that
+    /// reclassifies a stream more narrowly holds the events stamped before it to the new
+    /// class too; one that widens it does not widen them: their signed stamp stands); plus
+    /// whether sealed transit applies (only if every class that restricts the event allows
+    /// it). An event whose classification this epoch does not know keeps its signed set,
+    /// with transit forbidden. System streams (`_weft.*`) follow their own stamp only.
     pub fn event_scope(&self, event: &EventData) -> EventScope {
         let security = event.security();
         let sealed = matches!(event.payload(), Payload::Sealed(_));
-        self.scope_of(&security.classification, &security.residency, sealed)
+        self.scope_of(
+            event.stream(),
+            &security.classification,
+            &security.residency,
+            sealed,
+        )
     }
 
-    /// Whether `node` may hold (store and deliver, in clear) an event of `classification`
-    /// stamped with `residency`: what a node asks before accepting a publish, since it
-    /// stores what it accepts.
-    pub fn may_hold(&self, node: &MemberInfo, classification: &str, residency: &Residency) -> bool {
-        self.scope_of(classification, residency, false)
+    /// Whether `node` may hold (store and deliver, in clear) an event on `stream` of
+    /// `classification` stamped with `residency` ([`Policy::event_scope`]): what a node asks
+    /// before accepting a publish, since it stores what it accepts, and before serving what
+    /// it holds.
+    pub fn may_hold(
+        &self,
+        node: &MemberInfo,
+        stream: &StreamName,
+        classification: &str,
+        residency: &Residency,
+    ) -> bool {
+        self.scope_of(stream, classification, residency, false)
             .hop(self.placement(node))
             .hop
             == Hop::Clear
@@ -809,6 +825,7 @@ impl Policy {
     pub fn device_may_hold(
         &self,
         device: &Enrollment,
+        stream: &StreamName,
         classification: &str,
         residency: &Residency,
     ) -> bool {
@@ -818,14 +835,29 @@ impl Policy {
                 .get(device.jurisdiction.as_str())
                 .copied(),
         };
-        self.scope_of(classification, residency, false)
+        self.scope_of(stream, classification, residency, false)
             .hop(placement)
             .hop
             == Hop::Clear
     }
 
-    fn scope_of(&self, classification: &str, residency: &Residency, sealed: bool) -> EventScope {
+    fn scope_of(
+        &self,
+        stream: &StreamName,
+        classification: &str,
+        residency: &Residency,
+        sealed: bool,
+    ) -> EventScope {
         let class = self.classes.get(classification);
+        // The class the stream's rule names now, when it is another one that restricts.
+        let reclassified = if stream.is_system() {
+            None
+        } else {
+            self.stream_rule(stream)
+                .filter(|r| r.classification != classification)
+                .and_then(|r| self.classes.get(&r.classification))
+                .filter(|c| c.mask.is_some())
+        };
         let signed = match residency {
             Residency::Unrestricted => None,
             Residency::Only(set) => Some(set.iter().fold(0u64, |mask, j| {
@@ -834,16 +866,23 @@ impl Policy {
                     .map_or(mask, |b| mask | (1u64 << b))
             })),
         };
-        let class_mask = class.and_then(|c| c.mask);
-        let clear = match (signed, class_mask) {
-            (None, None) => None,
-            (Some(a), None) | (None, Some(a)) => Some(a),
-            (Some(a), Some(b)) => Some(a & b),
-        };
-        let transit = match class.and_then(|c| c.transit) {
-            Some(TransitMode::Sealed) if sealed => TransitState::Sealed,
-            Some(TransitMode::Sealed) => TransitState::SealedButClear,
-            _ => TransitState::Forbidden,
+        let clear = [
+            signed,
+            class.and_then(|c| c.mask),
+            reclassified.and_then(|c| c.mask),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a & b);
+        let sealed_ok = |c: Option<&Class>| c.and_then(|c| c.transit) == Some(TransitMode::Sealed);
+        let transit = if sealed_ok(class) && reclassified.is_none_or(|r| sealed_ok(Some(r))) {
+            if sealed {
+                TransitState::Sealed
+            } else {
+                TransitState::SealedButClear
+            }
+        } else {
+            TransitState::Forbidden
         };
         EventScope { clear, transit }
     }

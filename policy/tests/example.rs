@@ -464,6 +464,8 @@ fn a_device_may_hold_what_its_enrolled_jurisdiction_may() {
     let mut us = eu.clone();
     us.jurisdiction = weft_fabric::Jurisdiction::new("US").unwrap();
     let anywhere = Residency::Unrestricted;
+    // A stream without a rule: the stamp alone decides.
+    let cmds = stream("devices.till.commands");
     let only = |codes: &[&str]| {
         Residency::Only(
             codes
@@ -473,24 +475,24 @@ fn a_device_may_hold_what_its_enrolled_jurisdiction_may() {
         )
     };
     // A public event: anyone.
-    assert!(p.device_may_hold(eu, "public", &anywhere));
-    assert!(p.device_may_hold(&us, "public", &anywhere));
+    assert!(p.device_may_hold(eu, &cmds, "public", &anywhere));
+    assert!(p.device_may_hold(&us, &cmds, "public", &anywhere));
     // EU personal data: the EU device only.
-    assert!(p.device_may_hold(eu, "eu-personal", &only(&["EU"])));
-    assert!(!p.device_may_hold(&us, "eu-personal", &only(&["EU"])));
+    assert!(p.device_may_hold(eu, &cmds, "eu-personal", &only(&["EU"])));
+    assert!(!p.device_may_hold(&us, &cmds, "eu-personal", &only(&["EU"])));
     // A stamp narrower than the class holds too: a public event stamped US-only.
-    assert!(!p.device_may_hold(eu, "public", &only(&["US"])));
-    assert!(p.device_may_hold(&us, "public", &only(&["US"])));
+    assert!(!p.device_may_hold(eu, &cmds, "public", &only(&["US"])));
+    assert!(p.device_may_hold(&us, &cmds, "public", &only(&["US"])));
     // Payments may cross APAC sealed, as a relay; an APAC device gets none of them.
     let mut apac = eu.clone();
     apac.jurisdiction = weft_fabric::Jurisdiction::new("APAC").unwrap();
-    assert!(!p.device_may_hold(&apac, "payment", &only(&["EU", "US"])));
-    assert!(p.device_may_hold(&us, "payment", &only(&["EU", "US"])));
+    assert!(!p.device_may_hold(&apac, &cmds, "payment", &only(&["EU", "US"])));
+    assert!(p.device_may_hold(&us, &cmds, "payment", &only(&["EU", "US"])));
     // An unknown jurisdiction holds nothing restricted.
     let mut nowhere = eu.clone();
     nowhere.jurisdiction = weft_fabric::Jurisdiction::new("XX").unwrap();
-    assert!(!p.device_may_hold(&nowhere, "eu-personal", &only(&["EU"])));
-    assert!(p.device_may_hold(&nowhere, "public", &anywhere));
+    assert!(!p.device_may_hold(&nowhere, &cmds, "eu-personal", &only(&["EU"])));
+    assert!(p.device_may_hold(&nowhere, &cmds, "public", &anywhere));
 }
 
 #[test]

@@ -322,10 +322,13 @@ proptest! {
         prop_assert_eq!(back.to_cbor().unwrap(), cbor);
     }
 
-    /// Hop decisions match a simple model.
+    /// Hop decisions match a simple model, with the event's stream under a rule that names
+    /// another class or none (an epoch that reclassified the stream after the event was
+    /// stamped: a narrower class holds it too, a wider one does not widen it).
     #[test]
     fn residency_matches_model(
-        (b, classes) in bundle_strategy(),
+        (mut b, classes) in bundle_strategy(),
+        rule in proptest::option::of(0usize..4),
         class in 0usize..4,
         event_set in proptest::option::of(proptest::collection::btree_set(0usize..5, 1..=3)),
         sealed in any::<bool>(),
@@ -333,6 +336,18 @@ proptest! {
         claimed in 0usize..5,
         region in 0usize..4,
     ) {
+        if let Some(rule) = rule {
+            b.streams = vec![StreamRule {
+                pattern: "s.>".into(),
+                classification: format!("c{rule}"),
+                replication: ReplicationScope::All,
+                regions: Vec::new(),
+                retention_s: None,
+                retention_bytes: None,
+                conflict: None,
+                priority: Priority::Normal,
+            }];
+        }
         let p = Policy::compile(&b).unwrap();
         // J4 exists in events only (unknown to the bundle).
         let residency = match &event_set {
@@ -345,12 +360,22 @@ proptest! {
         // The model.
         let granted = usize::from(node_key) == claimed && region == claimed;
         let (class_set, transit) = &classes[class];
+        // The rule's class restricts when it is another class with a jurisdiction set.
+        let reclassified = rule
+            .filter(|r| *r != class)
+            .map(|r| &classes[r])
+            .filter(|(set, _)| !set.is_empty());
         let in_event = |j: usize| event_set.as_ref().is_none_or(|s| s.contains(&j));
         let in_class = |j: usize| class_set.is_empty() || class_set.contains(&j);
-        let unrestricted = event_set.is_none() && class_set.is_empty();
-        let expected = if unrestricted || (granted && in_event(claimed) && in_class(claimed)) {
+        let in_rule = |j: usize| reclassified.is_none_or(|(set, _)| set.contains(&j));
+        let unrestricted = event_set.is_none() && class_set.is_empty() && reclassified.is_none();
+        let sealed_ok = *transit == Some(TransitMode::Sealed)
+            && reclassified.is_none_or(|(_, t)| *t == Some(TransitMode::Sealed));
+        let expected = if unrestricted
+            || (granted && in_event(claimed) && in_class(claimed) && in_rule(claimed))
+        {
             Hop::Clear
-        } else if *transit == Some(TransitMode::Sealed) && sealed {
+        } else if sealed_ok && sealed {
             Hop::SealedTransit
         } else {
             Hop::Refuse
