@@ -542,11 +542,14 @@ impl Audit {
             "decision",
             e.decision.as_str(),
         );
+        // Counted before it is sent: the writer may take and write it before this thread
+        // runs again, and its decrement must find the increment there (counted after, the
+        // gauge drifted up by one each time that happened).
+        self.inner.queued.fetch_add(1, Ordering::Relaxed);
         match self.inner.tx.try_send(Msg::Entry(Box::new(e))) {
-            Ok(()) => {
-                self.inner.queued.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.inner.queued.fetch_sub(1, Ordering::Relaxed);
                 self.inner.dropped.fetch_add(1, Ordering::Relaxed);
                 self.inner.metrics.audit_dropped.inc();
             }
@@ -667,10 +670,7 @@ fn writer(
                     "writing audit entries failed; they are in the log under target `audit`");
             }
             let written = n - u64::from(dropped > 0);
-            shared.queued.fetch_sub(
-                written.min(shared.queued.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            shared.queued.fetch_sub(written, Ordering::Relaxed);
             batch.clear();
         }
         for f in flushes.drain(..) {
