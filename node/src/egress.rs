@@ -540,6 +540,7 @@ pub(crate) fn view(policy: &Policy) -> Value {
                     }
                     None => {
                         v["kind"] = "fields".into();
+                        v["keep"] = json!(s.keep);
                         v["drop"] = json!(s.drop);
                         v["hash"] = json!(s.hash);
                         v["mask"] = json!(

@@ -74,6 +74,7 @@ pub(crate) fn sign(
             .map_or(String::new(), |d| format!(": {d}"))
     );
     say!("  {}", summary(&inner));
+    warn_deny_lists(&inner);
     for key in keys {
         let secret = crate::keys::load(key)?;
         signed.add_signature(&SigningKey::from_bytes(&secret));
@@ -118,7 +119,24 @@ pub(crate) fn verify(
         say!("  signed by {}", hex::encode(s));
     }
     say!("  {}", summary(b));
+    warn_deny_lists(b);
     Ok(())
+}
+
+/// Names each field transform that is a deny list (no `keep`): it copies every field it
+/// does not drop, hash or mask onto its target, a field its producers add later included.
+/// A warning, not a refusal: such bundles were valid before `keep` existed.
+fn warn_deny_lists(b: &Bundle) {
+    for (name, t) in &b.transforms {
+        if t.aggregate.is_none() && t.keep.is_empty() {
+            say!(
+                "  warning: transform {name} copies to {} (class {}) every field of {} it does not drop, hash or mask, fields added later included; name what it carries with `keep` (docs/policy.md §7)",
+                t.target,
+                t.classification,
+                t.source
+            );
+        }
+    }
 }
 
 /// What a bundle holds, counted, on one line.

@@ -58,6 +58,14 @@ fn bundles_are_signed_k_of_n_and_verified_as_a_node_would() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("1 signature(s)"), "{}", text(&o));
+    // The example's masked-orders transform is a deny list: named, with the remedy.
+    assert!(
+        text(&o).contains(
+            "warning: transform orders-masked copies to orders.global.masked (class public) every field of orders.eu.> it does not drop"
+        ) && !text(&o).contains("transform orders-per-country copies"),
+        "{}",
+        text(&o)
+    );
     let one = std::fs::read(dir.join("p.cbor")).unwrap();
     // The second operator co-signs what they reviewed: the signed bundle must carry exactly
     // that TOML's bundle (another is refused, nothing written), and what is signed is shown.

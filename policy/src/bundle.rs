@@ -299,6 +299,11 @@ pub struct TransformSpec {
     /// Fields removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop: Vec<String>,
+    /// The only fields the derived payload carries (an allow list), besides those hashed
+    /// and masked: every other field, one the producer adds later included, is left out.
+    /// Excludes `drop` and `aggregate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
     /// Fields replaced by a salted SHA-256 (pseudonymisation, not anonymisation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash: Vec<String>,

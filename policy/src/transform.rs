@@ -37,6 +37,9 @@ struct Mask {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ops {
     Fields {
+        /// Non-empty: the allow list (the derived payload carries these, and the hashed
+        /// and masked fields, only).
+        keep: Vec<Vec<String>>,
         drop: Vec<Vec<String>>,
         hash: Vec<Vec<String>>,
         salt: String,
@@ -122,6 +125,7 @@ impl Transform {
             ));
         }
         let fields = spec.drop.len()
+            + spec.keep.len()
             + spec.hash.len()
             + spec.mask.len()
             + spec
@@ -150,10 +154,14 @@ impl Transform {
         }
         let ops = match &spec.aggregate {
             Some(agg) => {
-                if !spec.drop.is_empty() || !spec.hash.is_empty() || !spec.mask.is_empty() {
+                if !spec.drop.is_empty()
+                    || !spec.keep.is_empty()
+                    || !spec.hash.is_empty()
+                    || !spec.mask.is_empty()
+                {
                     return Err(invalid(
                         format!("{field}.aggregate"),
-                        "excludes drop, hash and mask (an aggregate keeps only its groups and sums)",
+                        "excludes keep, drop, hash and mask (an aggregate keeps only its groups and sums)",
                     ));
                 }
                 if agg.window_s == 0 {
@@ -169,13 +177,24 @@ impl Transform {
                 }
             }
             None => {
-                if spec.drop.is_empty() && spec.hash.is_empty() && spec.mask.is_empty() {
+                if spec.drop.is_empty()
+                    && spec.keep.is_empty()
+                    && spec.hash.is_empty()
+                    && spec.mask.is_empty()
+                {
                     return Err(invalid(
                         field.into(),
-                        "set drop, hash, mask or aggregate (a transform that changes nothing would copy the data out)",
+                        "set keep, drop, hash, mask or aggregate (a transform that changes nothing would copy the data out)",
+                    ));
+                }
+                if !spec.keep.is_empty() && !spec.drop.is_empty() {
+                    return Err(invalid(
+                        format!("{field}.drop"),
+                        "excludes keep (with keep, every field not kept, hashed or masked is left out)",
                     ));
                 }
                 Ops::Fields {
+                    keep: paths(&format!("{field}.keep"), &spec.keep)?,
                     drop: paths(&format!("{field}.drop"), &spec.drop)?,
                     hash: paths(&format!("{field}.hash"), &spec.hash)?,
                     salt: spec.salt.clone().unwrap_or_default(),
@@ -243,13 +262,15 @@ impl Transform {
         }
     }
 
-    /// Derives one payload from one source event's JSON payload: fields dropped, hashed
-    /// (`sha256:` + hex of SHA-256 over a domain separator, the salt and the value's JSON)
-    /// and masked (all but the last `keep_last` characters, and at most half, replaced by
-    /// `*`; non-strings
-    /// masked as their JSON text). Fields that are absent are skipped.
+    /// Derives one payload from one source event's JSON payload: with an allow list
+    /// (`keep`), only the fields it names and those hashed or masked, every other one left
+    /// out; otherwise fields dropped. Then fields hashed (`sha256:` + hex of SHA-256 over a
+    /// domain separator, the salt and the value's JSON) and masked (all but the last
+    /// `keep_last` characters, and at most half, replaced by `*`; non-strings masked as
+    /// their JSON text). Fields that are absent are skipped.
     pub fn apply(&self, source: &EventId, payload: &[u8]) -> Result<Derived, TransformError> {
         let Ops::Fields {
+            keep,
             drop,
             hash,
             salt,
@@ -265,8 +286,22 @@ impl Transform {
         // Fail closed: a field transforms cannot reach (under an array or a scalar, or
         // behind a dotted key) must not go out untouched.
         check_keys(&data)?;
-        for path in drop.iter().chain(hash).chain(mask.iter().map(|m| &m.path)) {
+        for path in keep
+            .iter()
+            .chain(drop)
+            .chain(hash)
+            .chain(mask.iter().map(|m| &m.path))
+        {
             check_path(&data, path)?;
+        }
+        if !keep.is_empty() {
+            let mut kept = Map::new();
+            for path in keep.iter().chain(hash).chain(mask.iter().map(|m| &m.path)) {
+                if let Some(v) = get(&data, path) {
+                    put(&mut kept, path, v.clone());
+                }
+            }
+            data = kept;
         }
         for path in drop {
             take(&mut data, path);
@@ -504,6 +539,34 @@ fn get_mut<'a>(data: &'a mut Map<String, Value>, path: &[String]) -> Option<&'a 
         v = v.as_object_mut()?.get_mut(seg)?;
     }
     Some(v)
+}
+
+fn get<'a>(data: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = data.get(first)?;
+    for seg in rest {
+        v = v.as_object()?.get(seg)?;
+    }
+    Some(v)
+}
+
+/// Sets `path` in `data` to `value`, making the objects on the way. A path under one
+/// already set whole (a kept object) is in it already: left as it is.
+fn put(data: &mut Map<String, Value>, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut map = data;
+    for seg in parents {
+        let next = map
+            .entry(seg.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        match next {
+            Value::Object(m) => map = m,
+            _ => return,
+        }
+    }
+    map.insert(last.clone(), value);
 }
 
 fn take(data: &mut Map<String, Value>, path: &[String]) {

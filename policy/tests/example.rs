@@ -593,6 +593,105 @@ fn transforms() {
     assert_eq!(ie["lineage"]["window_start_ms"], 60_000);
 }
 
+/// An allow list (`keep`): the derived payload carries the fields it names and those
+/// hashed or masked, nothing else: a field the producer adds later (a phone number) stays
+/// behind, where a deny list (`drop`) would have let it out. `keep` excludes `drop` and
+/// `aggregate`; a bundle without it encodes as before (no signature changes).
+#[test]
+fn a_transform_with_an_allow_list_carries_only_what_it_names() {
+    let kept = EXAMPLE.replace(
+        "drop = [\"customer.email\", \"customer.address\"]",
+        "keep = [\"customer.tier\", \"total\", \"country\"]",
+    );
+    assert_ne!(kept, EXAMPLE);
+    let p = Policy::compile(&Bundle::from_toml(&kept).unwrap()).unwrap();
+    let t = p.transform("orders-masked").unwrap();
+    let id = EventId([0xab; 32]);
+    let payload = br#"{"customer":{"id":"c-17","email":"a@b.eu","phone":"+353 1 234","tier":"gold"},"card":"4111111111111111","total":42,"country":"IE","notes":"ring twice"}"#;
+    let data = t.apply(&id, payload).unwrap().payload["data"].clone();
+    assert_eq!(
+        data,
+        serde_json::json!({
+            "customer": {"id": data["customer"]["id"], "tier": "gold"},
+            "card": "************1111",
+            "total": 42,
+            "country": "IE",
+        }),
+        "only the kept, hashed and masked fields"
+    );
+    assert!(
+        data["customer"]["id"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:")),
+        "{data}"
+    );
+    // The same payload through the deny list lets the new fields out.
+    let denied = policy()
+        .transform("orders-masked")
+        .unwrap()
+        .apply(&id, payload)
+        .unwrap();
+    assert_eq!(denied.payload["data"]["customer"]["phone"], "+353 1 234");
+    assert_eq!(denied.payload["data"]["notes"], "ring twice");
+    // A kept object carries its fields; one hashed inside it is hashed.
+    let whole = kept.replace(
+        "keep = [\"customer.tier\", \"total\", \"country\"]",
+        "keep = [\"customer\"]",
+    );
+    let p = Policy::compile(&Bundle::from_toml(&whole).unwrap()).unwrap();
+    let data = p
+        .transform("orders-masked")
+        .unwrap()
+        .apply(&id, payload)
+        .unwrap()
+        .payload["data"]
+        .clone();
+    assert_eq!(data["customer"]["phone"], "+353 1 234");
+    assert!(
+        data["customer"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(data.get("total").is_none() && data.get("notes").is_none());
+    // Fail closed as the other lists do: a kept path the payload's shape cannot follow.
+    assert!(matches!(
+        p.transform("orders-masked")
+            .unwrap()
+            .apply(&id, br#"{"customer":"c-17"}"#),
+        Err(TransformError::Unresolved { .. })
+    ));
+    // keep excludes drop and aggregate.
+    for (bundle, want) in [
+        (
+            EXAMPLE.replace(
+                "drop = [\"customer.email\", \"customer.address\"]",
+                "drop = [\"customer.email\"]\nkeep = [\"total\"]",
+            ),
+            "excludes keep",
+        ),
+        (
+            EXAMPLE.replace(
+                "aggregate = { window_s = 60",
+                "keep = [\"total\"]\naggregate = { window_s = 60",
+            ),
+            "excludes keep",
+        ),
+    ] {
+        let err = match Bundle::from_toml(&bundle) {
+            Err(e) => e.to_string(),
+            Ok(b) => Policy::compile(&b).unwrap_err().to_string(),
+        };
+        assert!(err.contains(want), "{err}");
+    }
+    // A bundle without keep encodes as it did: its signed bytes do not change.
+    let cbor = Bundle::from_toml(EXAMPLE).unwrap().to_cbor().unwrap();
+    // (The CBOR text string "keep": major type 3, length 4; `keep_last` is another key.)
+    assert!(!cbor.windows(5).any(|w| w == b"\x64keep"));
+    let with_keep = Bundle::from_toml(&kept).unwrap().to_cbor().unwrap();
+    assert!(with_keep.windows(5).any(|w| w == b"\x64keep"));
+}
+
 #[test]
 fn toml_errors_name_the_field() {
     let bad = EXAMPLE.replace(
