@@ -2602,6 +2602,30 @@ async fn erase(
             epoch,
         ));
     }
+    // A key erase names the key, which is the stream's data as much as its events are: the
+    // request is stamped with the residency of the stream's class, so it travels only
+    // where the events may (nodes outside never held them), and only a node that may hold
+    // them takes it in. A principal erase goes everywhere: a principal's name is in the
+    // signed context of its events, which every node that relays them sees.
+    let residency = match (&target, api.policy.policy()) {
+        (crate::erase::Target::Key { stream, .. }, Some(policy)) => {
+            match StreamName::new(stream.as_str())
+                .ok()
+                .and_then(|s| Some((policy.stamp(&s, None, &Residency::Unrestricted).ok()?, s)))
+            {
+                Some((stamp, s)) => {
+                    check_may_hold(&api, &policy, &s, &stamp.classification, &stamp.residency)
+                        .map_err(|e| {
+                            api.refuse(e, Some(&who.name), Some(stream.as_str()), epoch)
+                        })?;
+                    stamp.residency
+                }
+                // No class for the stream: its events go everywhere, and so does this.
+                None => Residency::Unrestricted,
+            }
+        }
+        _ => Residency::Unrestricted,
+    };
     let payload = serde_json::to_vec(&rule)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let stream = StreamName::new(crate::erase::ERASE_STREAM)
@@ -2615,7 +2639,7 @@ async fn erase(
             tenant: who.tenant.clone(),
             principal: who.name.clone(),
             classification: crate::policy_push::SYSTEM_CLASSIFICATION.into(),
-            residency: Residency::Unrestricted,
+            residency,
             scopes: BTreeSet::new(),
             policy_epoch: epoch,
         },

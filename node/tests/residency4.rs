@@ -838,5 +838,44 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             masked_before,
             "a derivative of the refused source was stored"
         );
+
+        // The erase request names the key, which is EU personal data like the stream's
+        // events: it travels where they may (the other EU node applies it), never to the
+        // US or APAC nodes, which never held the key's events.
+        wait_for(Duration::from_secs(20), || async {
+            (!store_hits(&c, eu_b, &[b"erased-profile".to_vec()]).is_empty()).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the erase never reached eu-b:\n{}", c.log(eu_b)));
+        // A later event of the same origin (a masked derivative, public) reaches them: their
+        // ordered delivery went past the erase request (a Skip).
+        let (status, body) = c.publish(eu_a, SOURCE, "local", &[profile(100)]).await;
+        assert_eq!(status, 200, "{body}");
+        for i in outside {
+            wait_for(Duration::from_secs(20), || async {
+                (events(&c, i, MASKED).await.len() > masked_before).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never got the later derivative:\n{}", c.log(i)));
+            assert!(
+                store_hits(&c, i, &[b"erased-profile".to_vec()]).is_empty(),
+                "node {i} holds the erased key (the erase request reached it in clear)"
+            );
+        }
+        // Nor may a node outside take such a request in: it would hold the key.
+        let r = http
+            .post(c.url(us, "/v1/erase"))
+            .bearer_auth(&c.token)
+            .json(&json!({"stream": SOURCE, "key": "another-profile"}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, &v["error"]["reason"]),
+            (403, &json!("residency_ingress")),
+            "{v}"
+        );
     });
 }

@@ -323,10 +323,12 @@ impl ReplicationFilter for AllowAll {
 /// The filter of a node that must enforce residency but holds no policy yet (it trusts
 /// operator keys, and its first bundle has not reached it): each event's own residency
 /// set, as its ingress node stamped and signed it, decides. A peer (this node included)
-/// whose jurisdiction is in the set, or any peer for an unrestricted event or a system
-/// stream's, gets the event; any other nothing naming it (no sealed transit: deciding
-/// that takes the policy's classes). Without it such a node relayed what its peers'
-/// policies sent it to any peer at all.
+/// whose jurisdiction is in the set, or any peer for an unrestricted event, gets the
+/// event; any other nothing naming it (no sealed transit: deciding that takes the
+/// policy's classes). Without it such a node relayed what its peers' policies sent it to
+/// any peer at all. System streams follow their stamp too: policy bundles are
+/// unrestricted and reach every node, an erase request of a key is stamped with its
+/// stream's residency (the key is that stream's data).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StampedResidency;
 
@@ -346,8 +348,7 @@ impl ReplicationFilter for StampedResidency {
     }
 
     fn unrestricted(&self, event: &EventData) -> bool {
-        event.stream().is_system()
-            || matches!(event.security().residency, crate::Residency::Unrestricted)
+        matches!(event.security().residency, crate::Residency::Unrestricted)
     }
 }
 
@@ -4713,12 +4714,16 @@ mod tests {
         let open = with("metrics.x", crate::envelope::Residency::Unrestricted);
         assert_eq!(f.hop(&open, &us), FilterHop::Clear);
         assert!(f.unrestricted(&open));
-        // System streams (policy bundles among them) go everywhere.
-        let system = with(
-            "_weft.policy",
+        // System streams follow their stamp: policy bundles (unrestricted) go everywhere,
+        // an erase request of an EU stream's key stays in the EU.
+        let bundle = with("_weft.policy", crate::envelope::Residency::Unrestricted);
+        assert_eq!(f.hop(&bundle, &us), FilterHop::Clear);
+        let erase = with(
+            "_weft.erase",
             crate::envelope::Residency::only(["EU"]).unwrap(),
         );
-        assert_eq!(f.hop(&system, &us), FilterHop::Clear);
+        assert_eq!(f.hop(&erase, &eu), FilterHop::Clear);
+        assert_eq!(f.hop(&erase, &us), FilterHop::Refuse);
     }
 
     /// A signed event of the origin with secret `[seed; 32]`: sequence number `seq` (HLC
