@@ -262,7 +262,10 @@ impl ReadGuard {
     }
 
     /// Whether the principal may read a write to `stream` by `tenant`, classified
-    /// `classification` ([`ReadGuard::allows`] for what a table row remembers of a write).
+    /// `classification` ([`ReadGuard::allows`] for what a table row remembers of a write),
+    /// and whether this node may hold writes of that class on that stream under the policy
+    /// in force (a revoked jurisdiction claim, a stream classified more narrowly since: a
+    /// table row built from such writes is not served here).
     pub(crate) fn allows_write(
         &self,
         stream: &StreamName,
@@ -279,6 +282,10 @@ impl ReadGuard {
                 region: &self.me.region,
             })
             .allowed
+            && (stream.is_system()
+                || self
+                    .policy
+                    .may_hold(&self.me, stream, classification, &Residency::Unrestricted))
     }
 
     /// Whether the principal may read (or subscribe to) `stream` as a whole: its tenant,
@@ -3283,6 +3290,13 @@ replication = "all"
             !us.allows(&reclassified),
             "reclassified since it was stamped"
         );
+        // Table rows remember each write's stream, tenant and class: the same holds.
+        let customers = StreamName::new("customers.us").unwrap();
+        assert!(eu.allows_write(&customers, "acme", "public"));
+        assert!(!us.allows_write(&customers, "acme", "public"));
+        let orders = StreamName::new("orders.x").unwrap();
+        assert!(!us.allows_write(&orders, "acme", "eu-personal"));
+        assert!(us.allows_write(&orders, "acme", "public"));
     }
 
     #[test]

