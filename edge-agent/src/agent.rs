@@ -92,6 +92,20 @@ pub(crate) struct Input {
     pub(crate) meta: Vec<(String, Vec<u8>)>,
     /// Bad lines or events the input refused before (counted with this message).
     pub(crate) bad: u64,
+    /// All or none (standard input, a followed file: their lines have no one to be
+    /// refused to): in `refuse` mode, when the outbox lacks room for every event the rules
+    /// keep, none is taken, nothing of the message is applied (rules, `meta`, `bad`), and
+    /// the outcome says `waiting`; the input offers the same lines again later instead of
+    /// reading past them.
+    pub(crate) whole: bool,
+    /// A `whole` message its input offers again when it waits (standard input, a followed
+    /// file: counted as `input_waits`): taken as its longest prefix that fits. Otherwise
+    /// all or none, its sender refused when none (the HTTP input's client: counted as
+    /// `refused_full`).
+    pub(crate) retries: bool,
+    /// For a message taken in part: the value of `meta`'s first key after each of its
+    /// events (a followed file's offset past that event's line).
+    pub(crate) progress: Vec<Vec<u8>>,
     pub(crate) reply: Option<oneshot::Sender<IngestOutcome>>,
 }
 
@@ -102,6 +116,18 @@ pub(crate) struct IngestOutcome {
     pub(crate) refused_full: usize,
     pub(crate) dropped_by_rules: usize,
     pub(crate) error: Option<String>,
+    /// A `whole` message not taken, or (one its input offers again) taken only in part:
+    /// the outbox had no room for all of it yet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) waiting: bool,
+    /// Of a message its input offers again, how many of its events, from the first, were
+    /// handled (stored, or taken by a rule); the input offers the others again.
+    #[serde(skip)]
+    pub(crate) taken: usize,
+    /// The positions, in the message, of the events the outbox refused (a partly taken
+    /// message: `drop-oldest` found nothing to drop, or a message larger than the outbox).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) refused_at: Vec<usize>,
 }
 
 /// One candidate node as the status shows it.
@@ -515,6 +541,24 @@ async fn close_windows(
     (summaries, None, deferred)
 }
 
+/// What became of one input message in an ingest group.
+enum Slice {
+    /// Offered to the outbox: its kept events are `events[start..end]`; `dropped` by rules;
+    /// where each of its events went among `events`; the first `taken` of its `len` events
+    /// handled (fewer: a prefix, the rest waits for room).
+    Taken {
+        start: usize,
+        end: usize,
+        dropped: usize,
+        at: Vec<Option<usize>>,
+        taken: usize,
+        len: usize,
+    },
+    /// An all-or-none message the outbox had no room for (its `n` events): nothing of it
+    /// applied.
+    Waiting(usize),
+}
+
 async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
     let mut rules = kept_rules(&shared).await;
     let mut said = Said::default();
@@ -545,14 +589,60 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
         let mut events = Vec::new();
         let mut meta = Vec::new();
         let mut slices = Vec::new();
+        // The room a `whole` message needs, spent by the messages before it in order.
+        let mut room = if group.iter().any(|m| m.whole) {
+            with_outbox(&shared, |o| o.free_room())
+                .await
+                .unwrap_or(None)
+        } else {
+            None
+        };
         for m in &mut group {
-            extra.bad_input += m.bad;
             let start = events.len();
+            let len = m.events.len();
+            // A message its input offers again (standard input, a followed file) is taken
+            // as its longest prefix that fits; the input offers the rest again later. Any
+            // other whole message (an HTTP request) is taken all or none.
+            let prefix = m.whole && m.retries && room.is_some();
+            // Put back if an all-or-none message finds no room: the rules' windows (an
+            // event folded into one is taken) and the counters.
+            let undo =
+                (m.whole && !m.retries && room.is_some()).then(|| (rules.clone(), extra.clone()));
             let mut dropped = 0;
-            for e in m.events.drain(..) {
+            let mut taken = len;
+            // Where each of the message's events went among `events` (none: a rule took it).
+            let mut at = Vec::with_capacity(len);
+            for (i, e) in std::mem::take(&mut m.events).into_iter().enumerate() {
+                // In prefix mode the event is made first, to know whether it fits. One that
+                // does not still goes to the rules (they may take it: a filter, a sample,
+                // an aggregate need no room), from a copy of their state put back if they
+                // keep it: then it ends the prefix.
+                let (made, before) = match room.as_ref() {
+                    Some(r) if prefix => {
+                        let new = to_new(e.clone(), now);
+                        let fits = r.could_take(1, new.payload.len() as u64);
+                        (Some(new), (!fits).then(|| rules.clone()))
+                    }
+                    _ => (None, None),
+                };
                 let data = e.ce.get("data");
-                match rules.apply(&e.stream, data, now) {
-                    Verdict::Keep => events.push(to_new(e, now)),
+                let verdict = rules.apply(&e.stream, data, now);
+                if let Some(before) = before
+                    && verdict == Verdict::Keep
+                {
+                    rules = before;
+                    taken = i;
+                    break;
+                }
+                at.push((verdict == Verdict::Keep).then_some(events.len()));
+                match verdict {
+                    Verdict::Keep => {
+                        let new = made.unwrap_or_else(|| to_new(e, now));
+                        if prefix && let Some(r) = room.as_mut() {
+                            r.spend(1, new.payload.len() as u64);
+                        }
+                        events.push(new);
+                    }
                     Verdict::Filtered => {
                         extra.filtered += 1;
                         dropped += 1;
@@ -567,8 +657,53 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
                     }
                 }
             }
-            meta.append(&mut m.meta);
-            slices.push((start, events.len(), dropped));
+            let kept = (events.len() - start) as u64;
+            let kept_bytes: u64 = events[start..].iter().map(|e| e.payload.len() as u64).sum();
+            if let (Some(r), Some((rules_before, extra_before))) = (room.as_mut(), undo) {
+                if !r.take(kept, kept_bytes) {
+                    if r.could_fit(kept, kept_bytes) {
+                        // Not now: nothing of it is applied; its client is refused.
+                        events.truncate(start);
+                        rules = rules_before;
+                        extra = extra_before;
+                        extra.refused_full += len as u64;
+                        slices.push(Slice::Waiting(len));
+                        continue;
+                    }
+                    // Larger than the whole outbox: it could never be taken whole, so it
+                    // is offered event by event (what does not fit is refused, counted).
+                    warn!(
+                        events = kept,
+                        bytes = kept_bytes,
+                        "a request larger than the whole outbox: taken event by event"
+                    );
+                    r.spend(kept, kept_bytes);
+                }
+            } else if !prefix && let Some(r) = room.as_mut() {
+                r.spend(kept, kept_bytes);
+            }
+            if taken == len {
+                extra.bad_input += m.bad;
+                meta.append(&mut m.meta);
+            } else {
+                // A prefix: the input's position after its last event (a followed file's
+                // offset); its bad lines are counted when the rest is taken.
+                extra.input_waits += 1;
+                if let (Some(last), Some((key, _))) = (
+                    taken.checked_sub(1).and_then(|i| m.progress.get(i)),
+                    m.meta.first(),
+                ) {
+                    meta.push((key.clone(), last.clone()));
+                }
+            }
+            slices.push(Slice::Taken {
+                start,
+                end: events.len(),
+                dropped,
+                at,
+                taken,
+                len,
+            });
         }
         let mut windows = rules.take_changes();
         windows.reset = reset;
@@ -582,15 +717,40 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
         };
         match result {
             Ok(accepted) => {
-                for (m, (a, b, dropped)) in group.into_iter().zip(slices) {
-                    let ok = accepted[a..b].iter().filter(|x| **x).count();
+                for (m, slice) in group.into_iter().zip(slices) {
+                    let outcome = match slice {
+                        Slice::Taken {
+                            start: a,
+                            end: b,
+                            dropped,
+                            at,
+                            taken,
+                            len,
+                        } => {
+                            let ok = accepted[a..b].iter().filter(|x| **x).count();
+                            IngestOutcome {
+                                accepted: ok,
+                                refused_full: (b - a) - ok,
+                                dropped_by_rules: dropped,
+                                refused_at: at
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|(_, k)| k.is_some_and(|k| !accepted[k]))
+                                    .map(|(i, _)| i)
+                                    .collect(),
+                                waiting: taken < len,
+                                taken,
+                                ..Default::default()
+                            }
+                        }
+                        Slice::Waiting(n) => IngestOutcome {
+                            refused_full: n,
+                            waiting: true,
+                            ..Default::default()
+                        },
+                    };
                     if let Some(r) = m.reply {
-                        let _ = r.send(IngestOutcome {
-                            accepted: ok,
-                            refused_full: (b - a) - ok,
-                            dropped_by_rules: dropped,
-                            error: None,
-                        });
+                        let _ = r.send(outcome);
                     }
                 }
                 shared.wake.notify_one();

@@ -159,6 +159,9 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
                     events: events.clone(),
                     meta: Vec::new(),
                     bad,
+                    whole: true,
+                    retries: true,
+                    progress: Vec::new(),
                     reply: Some(rtx),
                 };
                 if tx.send(msg).await.is_err() {
@@ -172,6 +175,19 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
                             retry_in_ms = pause.as_millis() as u64,
                             "the outbox could not store standard input's lines; retrying them"
                         );
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(STDIN_RETRY_MAX);
+                    }
+                    // The outbox is full (`refuse`): the first `taken` lines are in; no line
+                    // is read on until the others fit.
+                    Ok(o) if o.waiting => {
+                        if pause == STDIN_RETRY_FIRST {
+                            warn!(
+                                lines = events.len() - o.taken.min(events.len()),
+                                "outbox full: standard input waits for room (nothing is refused)"
+                            );
+                        }
+                        events.drain(..o.taken.min(events.len()));
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(STDIN_RETRY_MAX);
                     }
@@ -227,6 +243,8 @@ pub(crate) fn follow(
         // last poll.
         let mut open: Option<(tokio::fs::File, u64)> = None;
         let mut idle_since: Option<std::time::Instant> = None;
+        // Said once per episode of a full outbox.
+        let mut waiting = false;
         info!(path = %path.display(), "following file");
         loop {
             tokio::time::sleep(FILE_POLL).await;
@@ -303,7 +321,13 @@ pub(crate) fn follow(
             idle_since = None;
             let mut events = Vec::new();
             let mut bad = 0;
+            // The offset past each event's line: where a restart resumes if the outbox takes
+            // only the lines up to it.
+            let mut ends = Vec::new();
+            let mut at = offset;
             for line in buf[..end].split(|b| *b == b'\n') {
+                // Past the line and its newline (the last piece may have none).
+                at = (at + line.len() as u64 + 1).min(offset + end as u64);
                 if line.len() > LINE_LEN_MAX {
                     bad += 1;
                     continue;
@@ -312,24 +336,48 @@ pub(crate) fn follow(
                 let text = text.trim_end_matches('\r');
                 if !text.is_empty() {
                     events.push(line_event(&name, &stream, priority, text));
+                    ends.push(at);
                 }
             }
             let new_off = offset + end as u64;
-            let mut v = ino.to_be_bytes().to_vec();
-            v.extend_from_slice(&new_off.to_be_bytes());
+            let position = |off: u64| {
+                let mut v = ino.to_be_bytes().to_vec();
+                v.extend_from_slice(&off.to_be_bytes());
+                v
+            };
+            let v = position(new_off);
             if !events.is_empty() || bad > 0 {
                 let (rtx, rrx) = oneshot::channel();
                 let msg = Input {
                     events,
                     meta: vec![(key.clone(), v)],
                     bad,
+                    whole: true,
+                    retries: true,
+                    progress: ends.iter().map(|o| position(*o)).collect(),
                     reply: Some(rtx),
                 };
                 if tx.send(msg).await.is_err() {
                     return;
                 }
                 match rrx.await {
-                    Ok(o) if o.error.is_none() => state = Some((ino, new_off)),
+                    // The outbox is full (`refuse`): it took the lines up to the `taken`th
+                    // (their offset stored with them); the rest is read again at the next
+                    // poll.
+                    Ok(o) if o.waiting => {
+                        if !waiting {
+                            warn!(path = %path.display(), "outbox full: the followed file waits for room (nothing is refused)");
+                        }
+                        waiting = true;
+                        if let Some(off) = o.taken.checked_sub(1).and_then(|i| ends.get(i)) {
+                            state = Some((ino, *off));
+                        }
+                        continue;
+                    }
+                    Ok(o) if o.error.is_none() => {
+                        waiting = false;
+                        state = Some((ino, new_off));
+                    }
                     _ => continue,
                 }
             } else {
@@ -633,6 +681,10 @@ async fn serve_http(
             events,
             meta: Vec::new(),
             bad: 0,
+            // All or none in `refuse` mode: a 507 means nothing was taken, retry it all.
+            whole: true,
+            retries: false,
+            progress: Vec::new(),
             reply: Some(rtx),
         })
         .await
@@ -649,11 +701,18 @@ async fn serve_http(
     let outcome: IngestOutcome = rrx.await.unwrap_or_default();
     let (status, body) = if let Some(e) = &outcome.error {
         (503, error("outbox_error", e.clone()))
+    } else if outcome.waiting {
+        (
+            507,
+            json!({"error": {"reason": "outbox_full", "message": "the outbox is full (outbox.events_max / bytes_max): nothing of this request was taken; send it again later"},
+                   "accepted": 0, "refused": outcome.refused_full}),
+        )
     } else if outcome.refused_full > 0 {
         (
             507,
-            json!({"error": {"reason": "outbox_full", "message": "the outbox is full (outbox.events_max / bytes_max) and the overflow rule refused events"},
-                   "accepted": outcome.accepted, "refused": outcome.refused_full}),
+            json!({"error": {"reason": "outbox_full", "message": "the outbox is full (outbox.events_max / bytes_max) and the overflow rule refused the events at `refused_at` (positions in the request); the others were taken"},
+                   "accepted": outcome.accepted, "refused": outcome.refused_full,
+                   "refused_at": outcome.refused_at}),
         )
     } else {
         (202, serde_json::to_value(&outcome)?)
@@ -668,6 +727,9 @@ async fn count_bad(tx: &mpsc::Sender<Input>) {
             events: Vec::new(),
             meta: Vec::new(),
             bad: 1,
+            whole: false,
+            retries: false,
+            progress: Vec::new(),
             reply: None,
         })
         .await;

@@ -216,6 +216,10 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         "aggregates:    {} summaries  {} window extensions (summary budget full)",
         k["summaries"], k["summaries_deferred"]
     );
+    println!(
+        "inputs:        {} waits for room (outbox full; standard input and files offer their lines again)",
+        k["input_waits"]
+    );
     if let Some(cands) = value["candidates"].as_array() {
         for c in cands {
             println!(

@@ -63,10 +63,13 @@ pub(crate) struct Counters {
     pub(crate) dead: u64,
     /// Bad input lines or requests refused at the inputs.
     pub(crate) bad_input: u64,
+    /// Times standard input or a followed file found the outbox full (`refuse` mode) and
+    /// waited to offer the same lines again: none of them is refused.
+    pub(crate) input_waits: u64,
 }
 
 impl Counters {
-    fn fields(&mut self) -> [(&'static str, &mut u64); 11] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 12] {
         [
             ("accepted", &mut self.accepted),
             ("refused_full", &mut self.refused_full),
@@ -79,6 +82,7 @@ impl Counters {
             ("delivered", &mut self.delivered),
             ("dead", &mut self.dead),
             ("bad_input", &mut self.bad_input),
+            ("input_waits", &mut self.input_waits),
         ]
     }
 }
@@ -104,6 +108,48 @@ pub(crate) struct SummaryRoom {
     pub(crate) events: u64,
     /// Payload bytes left for them.
     pub(crate) bytes: u64,
+}
+
+/// Room for ordinary events in a `refuse`-mode outbox ([`Outbox::free_room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FreeRoom {
+    /// Events it takes before it refuses.
+    pub(crate) events: u64,
+    /// Payload bytes it takes before it refuses.
+    pub(crate) bytes: u64,
+    /// `outbox.events_max`.
+    pub(crate) events_max: u64,
+    /// `outbox.bytes_max`.
+    pub(crate) bytes_max: u64,
+}
+
+impl FreeRoom {
+    /// Takes `n` events of `bytes` payload bytes from the room, if they all fit.
+    pub(crate) fn take(&mut self, n: u64, bytes: u64) -> bool {
+        if n > self.events || bytes > self.bytes {
+            return false;
+        }
+        self.events -= n;
+        self.bytes -= bytes;
+        true
+    }
+
+    /// Takes what events the outbox may accept: as much of the room as they use, at most
+    /// all of it (some may be refused there).
+    pub(crate) fn spend(&mut self, n: u64, bytes: u64) {
+        self.events = self.events.saturating_sub(n);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether `n` events of `bytes` bytes fit in the room left.
+    pub(crate) fn could_take(&self, n: u64, bytes: u64) -> bool {
+        n <= self.events && bytes <= self.bytes
+    }
+
+    /// Whether `n` events of `bytes` bytes could ever fit, in an empty outbox.
+    pub(crate) fn could_fit(&self, n: u64, bytes: u64) -> bool {
+        n <= self.events_max && bytes <= self.bytes_max
+    }
 }
 
 impl SummaryRoom {
@@ -362,6 +408,29 @@ impl Outbox {
         )?)
     }
 
+    /// In `refuse` mode, the room left for ordinary events (count, payload bytes) and the
+    /// outbox's whole capacity for them, as [`Outbox::insert`] counts it (summaries aside):
+    /// an input that must not lose lines (standard input, a followed file) offers them only
+    /// when they all fit. `None` in `drop-oldest` mode (there a new event makes its room).
+    pub(crate) fn free_room(&self) -> anyhow::Result<Option<FreeRoom>> {
+        if self.config.overflow != Overflow::Refuse {
+            return Ok(None);
+        }
+        let (held, held_bytes) = Self::summaries_held(&self.conn)?;
+        Ok(Some(FreeRoom {
+            events: self
+                .config
+                .events_max
+                .saturating_sub(self.depth.saturating_sub(held)),
+            bytes: self
+                .config
+                .bytes_max
+                .saturating_sub(self.bytes.saturating_sub(held_bytes)),
+            events_max: self.config.events_max,
+            bytes_max: self.config.bytes_max,
+        }))
+    }
+
     /// What the summaries' budget has left: the ingest task (the one caller of
     /// [`Outbox::insert`], which takes every summary) closes only the windows whose
     /// summaries fit.
@@ -472,6 +541,8 @@ impl Outbox {
         c.aggregated += extra.aggregated;
         c.bad_input += extra.bad_input;
         c.summaries_deferred += extra.summaries_deferred;
+        c.input_waits += extra.input_waits;
+        c.refused_full += extra.refused_full;
         Self::write_counters(&tx, &mut c)?;
         tx.commit()?;
         self.depth = depth;

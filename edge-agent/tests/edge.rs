@@ -742,6 +742,130 @@ sample = 2
     assert_eq!(texts(&w).unwrap(), vec!["l0", "l1", "l2", "l3", "l4"]);
 }
 
+/// In `refuse` mode (the default) a full outbox makes standard input and a followed file
+/// wait, not lose lines: neither has anyone to be refused to, so each offers its lines
+/// again until they fit, and reads no further meanwhile. Before, the lines past the
+/// outbox's bound were refused (counted) and the follower's offset moved past them. The
+/// HTTP input is all or nothing there: a 507 says nothing was taken.
+#[test]
+fn a_full_outbox_makes_standard_input_and_a_followed_file_wait_not_lose_lines() {
+    use std::io::Write as _;
+    const N: u64 = 60;
+    let extra = "[outbox]\nevents_max = 20\n[[inputs.files]]\npath = \"app.log\"\nstream = \"telemetry.till-7.log\"\nfrom = \"start\"\n";
+    let mut w = World::new("fullwait", 89, 1, "", &[], extra);
+    // No node yet: everything waits in the outbox, which holds 20 events.
+    w.start_agent(false);
+    w.feed(0..N);
+    {
+        let mut f = std::fs::File::create(w.dir.join("app.log")).unwrap();
+        for i in 0..N {
+            writeln!(f, "line {i}").unwrap();
+        }
+    }
+    wait_for(Duration::from_secs(30), || (depth(&w)? == 20).then_some(()))
+        .unwrap_or_else(|| panic!("the outbox never filled: {:?}\n{}", w.status(), w.logs()));
+    // A client of the HTTP input gets a 507 that says nothing of its request was taken.
+    let batch = serde_json::json!([
+        {"specversion": "1.0", "id": "h-0", "source": "test", "type": "t", "weftstream": "telemetry.till-7.http", "data": {"h": 0}},
+        {"specversion": "1.0", "id": "h-1", "source": "test", "type": "t", "weftstream": "telemetry.till-7.http", "data": {"h": 1}},
+    ]);
+    let (code, resp) = http_post(
+        &agent_http(89),
+        "/v1/events",
+        &[("content-type", "application/cloudevents-batch+json")],
+        &serde_json::to_vec(&batch).unwrap(),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+    assert_eq!((code, v["accepted"].as_u64()), (507, Some(0)), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing of this request was taken")),
+        "{v}"
+    );
+    // The client was refused (counted); the lines wait (counted as waits, not refusals).
+    let s = w.status().unwrap();
+    assert_eq!(s["counters"]["refused_full"].as_u64(), Some(2), "{s}");
+    assert!(s["counters"]["input_waits"].as_u64() >= Some(1), "{s}");
+    assert!(
+        w.agent_log().contains("waits for room"),
+        "{}",
+        w.agent_log()
+    );
+    // The node comes: every line arrives, once and in order.
+    w.start_node(0);
+    let events = wait_for(Duration::from_secs(60), || {
+        let e = w.events(0, STREAM)?;
+        (e.len() as u64 >= N).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("standard input's lines never all arrived\n{}", w.logs()));
+    assert_eq!(ns(&events), (0..N).collect::<Vec<_>>(), "standard input");
+    let texts = wait_for(Duration::from_secs(60), || {
+        let t: Vec<String> = w
+            .events(0, "telemetry.till-7.log")?
+            .iter()
+            .map(|e| e["data"].as_str().unwrap_or("?").to_string())
+            .collect();
+        (t.len() as u64 >= N).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("the file's lines never all arrived\n{}", w.logs()));
+    let want: Vec<String> = (0..N).map(|i| format!("line {i}")).collect();
+    assert_eq!(texts, want, "the followed file");
+    let s = w.status().unwrap();
+    assert_eq!(s["counters"]["refused_full"].as_u64(), Some(2), "{s}");
+
+    // The offset stored with each part taken is the one past its last line: the node
+    // gone again, 60 more lines wait behind a full outbox, the agent is killed -9 and
+    // started again, and every line still arrives once.
+    w.nodes[0].kill9();
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(w.dir.join("app.log"))
+            .unwrap();
+        for i in N..2 * N {
+            writeln!(f, "line {i}").unwrap();
+        }
+    }
+    wait_for(Duration::from_secs(30), || (depth(&w)? == 20).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "the outbox never filled again: {:?}\n{}",
+            w.status(),
+            w.logs()
+        )
+    });
+    w.agent.as_mut().unwrap().kill9();
+    w.start_agent(false);
+    w.start_node(0);
+    let texts = wait_for(Duration::from_secs(60), || {
+        let t: Vec<String> = w
+            .events(0, "telemetry.till-7.log")?
+            .iter()
+            .map(|e| e["data"].as_str().unwrap_or("?").to_string())
+            .collect();
+        (t.len() as u64 >= 2 * N).then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the file's lines after the restart never all arrived\n{}",
+            w.logs()
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let want: Vec<String> = (0..2 * N).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        w.events(0, "telemetry.till-7.log")
+            .unwrap()
+            .iter()
+            .map(|e| e["data"].as_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>(),
+        want,
+        "the followed file across a kill -9 while it waited ({} seen first)",
+        texts.len()
+    );
+}
+
 /// A followed file rotated away (renamed, a new one made at its path, as logrotate does)
 /// is read to its end, including what its writer appends to it after the rename and a
 /// last line without its newline, and the new file is read from its start: every line
