@@ -278,6 +278,38 @@ fn events_a_node_cannot_hold_go_to_another_node_not_to_the_dead_letters() {
     );
 }
 
+/// Publishes the command `{"do": id}` to till-7's command stream at the node at `http`,
+/// as the operator (its bearer `token`).
+fn send_command(token: &str, http: &str, id: &str) {
+    let body = format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"ops","type":"cmd","data":{{"do":"{id}"}}}}"#
+    );
+    let auth = format!("Bearer {token}");
+    let (code, resp) = http_post(
+        http,
+        "/v1/streams/devices.till-7.commands/events",
+        &[
+            ("content-type", "application/cloudevents+json"),
+            ("authorization", &auth),
+        ],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
+}
+
+/// The ids of the commands the downlink ran, in order (its program appends each to `path`).
+fn commands_ran(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["payload"]["data"]["do"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
 /// The downlink keeps a position per node (positions are each node's own log) and
 /// remembers what it ran by origin and sequence number: after a failover the new node's
 /// log (holding the same commands at other positions) neither replays a command already
@@ -301,33 +333,9 @@ fn downlink_commands_run_once_across_a_failover() {
         connected_to(&w).filter(|n| n == "n0")
     })
     .unwrap_or_else(|| panic!("agent never used n0: {:?}\n{}", w.status(), w.logs()));
-    let auth = format!("Bearer {}", w.token);
-    let command = |i: usize, id: &str| {
-        let body = format!(
-            r#"{{"specversion":"1.0","id":"{id}","source":"ops","type":"cmd","data":{{"do":"{id}"}}}}"#
-        );
-        let (code, resp) = http_post(
-            &node_http(86, i),
-            "/v1/streams/devices.till-7.commands/events",
-            &[
-                ("content-type", "application/cloudevents+json"),
-                ("authorization", &auth),
-            ],
-            body.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
-    };
-    let ran = || {
-        std::fs::read_to_string(&commands)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["payload"]["data"]["do"].as_str().unwrap().to_string()
-            })
-            .collect::<Vec<_>>()
-    };
+    let token = w.token.clone();
+    let command = |i: usize, id: &str| send_command(&token, &node_http(86, i), id);
+    let ran = || commands_ran(&commands);
     command(0, "c1");
     wait_for(Duration::from_secs(30), || (ran() == ["c1"]).then_some(()))
         .unwrap_or_else(|| panic!("c1 never ran: {:?}\n{}", ran(), w.logs()));
@@ -1611,33 +1619,9 @@ jurisdiction = "US"
             .filter(|s| s["policy_epoch"] == 1 && !s["connected"].is_null())
     })
     .unwrap_or_else(|| panic!("agent never got epoch 1\n{}", w.logs()));
-    let auth = format!("Bearer {}", w.token);
-    let command = |id: &str| {
-        let body = format!(
-            r#"{{"specversion":"1.0","id":"{id}","source":"ops","type":"cmd","data":{{"do":"{id}"}}}}"#
-        );
-        let (code, resp) = http_post(
-            &node_http(88, 0),
-            "/v1/streams/devices.till-7.commands/events",
-            &[
-                ("content-type", "application/cloudevents+json"),
-                ("authorization", &auth),
-            ],
-            body.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
-    };
-    let ran = || {
-        std::fs::read_to_string(&commands)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["payload"]["data"]["do"].as_str().unwrap().to_string()
-            })
-            .collect::<Vec<_>>()
-    };
+    let token = w.token.clone();
+    let command = |id: &str| send_command(&token, &node_http(88, 0), id);
+    let ran = || commands_ran(&commands);
     // c1 is EU personal data (the stream's class in epoch 1): the node (EU) holds it, the
     // US device never gets it.
     command("c1");
