@@ -537,6 +537,7 @@ pub(crate) fn view(policy: &Policy) -> Value {
                         v["window_s"] = a.window_s.into();
                         v["group_by"] = json!(a.group_by);
                         v["sum"] = json!(a.sum);
+                        v["min_count"] = json!(a.min_count.unwrap_or(1));
                     }
                     None => {
                         v["kind"] = "fields".into();

@@ -124,10 +124,21 @@ pub(crate) fn verify(
 }
 
 /// Names each field transform that is a deny list (no `keep`): it copies every field it
-/// does not drop, hash or mask onto its target, a field its producers add later included.
-/// A warning, not a refusal: such bundles were valid before `keep` existed.
+/// does not drop, hash or mask onto its target, a field its producers add later included;
+/// and each aggregate that publishes groups of any size (no `min_count`). Warnings, not
+/// refusals: such bundles were valid before `keep` and `min_count` existed.
 fn warn_deny_lists(b: &Bundle) {
     for (name, t) in &b.transforms {
+        if t.aggregate
+            .as_ref()
+            .is_some_and(|a| a.min_count.unwrap_or(1) < 2)
+        {
+            say!(
+                "  warning: transform {name} publishes groups of any size to {} (class {}): a group of one is one event's own figures; set aggregate.min_count (docs/policy.md §7)",
+                t.target,
+                t.classification
+            );
+        }
         if t.aggregate.is_none() && t.keep.is_empty() {
             say!(
                 "  warning: transform {name} copies to {} (class {}) every field of {} it does not drop, hash or mask, fields added later included; name what it carries with `keep` (docs/policy.md §7)",

@@ -283,6 +283,10 @@ pub struct AggregateSpec {
     /// Numeric fields summed per group (the count is always included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sum: Vec<String>,
+    /// The fewest events a published group holds (k-anonymity; absent: 1). Smaller groups
+    /// are folded into one rest group, published only if it holds this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_count: Option<u64>,
 }
 
 /// An egress transform: derives an event onto another stream from events that may not

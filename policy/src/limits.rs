@@ -69,6 +69,8 @@ pub const FIELD_PATH_DEPTH_MAX: usize = 8;
 /// Most groups one aggregation window keeps; events of further groups are refused with
 /// an error (the caller closes the window early or counts the drop).
 pub const AGGREGATE_GROUPS_MAX: usize = 4096;
+/// Largest `aggregate.min_count`.
+pub const AGGREGATE_MIN_COUNT_MAX: u64 = 1_000_000;
 
 /// Most source event ids one aggregated event names in its lineage; beyond that the
 /// lineage carries the count and a digest of all ids.

@@ -49,6 +49,8 @@ enum Ops {
         window_s: u64,
         group_by: Vec<Vec<String>>,
         sum: Vec<Vec<String>>,
+        /// The fewest events a published group holds (1: every group).
+        min_count: u64,
     },
 }
 
@@ -170,10 +172,20 @@ impl Transform {
                         "must be at least 1",
                     ));
                 }
+                let min_count = agg.min_count.unwrap_or(1);
+                if !(1..=AGGREGATE_MIN_COUNT_MAX).contains(&min_count) {
+                    return Err(invalid(
+                        format!("{field}.aggregate.min_count"),
+                        &format!(
+                            "must be 1 to {AGGREGATE_MIN_COUNT_MAX} (AGGREGATE_MIN_COUNT_MAX), got {min_count}"
+                        ),
+                    ));
+                }
                 Ops::Aggregate {
                     window_s: agg.window_s,
                     group_by: paths(&format!("{field}.aggregate.group_by"), &agg.group_by)?,
                     sum: paths(&format!("{field}.aggregate.sum"), &agg.sum)?,
+                    min_count,
                 }
             }
             None => {
@@ -436,17 +448,64 @@ impl AggregateWindow {
         self.groups.is_empty()
     }
 
-    /// Closes the window that started at `window_start_ms`: one derived payload per group,
-    /// in group order, each with the group's fields, `count`, the sums, and lineage (the
-    /// first [`AGGREGATE_LINEAGE_IDS_MAX`] source ids, and the SHA-256 of all of them in
-    /// the order added).
+    /// Closes the window that started at `window_start_ms`: one derived payload per group
+    /// of at least `min_count` events, in group order, each with the group's fields,
+    /// `count`, the sums, and lineage (the first [`AGGREGATE_LINEAGE_IDS_MAX`] source ids,
+    /// and the SHA-256 of all of them in the order added). Groups under `min_count` are
+    /// folded into one rest group (its group fields `null`, `"rest": true`, `rest_groups`:
+    /// how many; lineage `sources_sha256` over the folded groups' own, in group order),
+    /// published last, and only if it holds `min_count` events itself: no published figure
+    /// is about fewer.
     pub fn finish(self, transform: &Transform, window_start_ms: u64) -> Vec<Derived> {
-        let (window_s, sum) = match &transform.ops {
-            Ops::Aggregate { window_s, sum, .. } => (*window_s, sum),
+        let (window_s, sum, min_count) = match &transform.ops {
+            Ops::Aggregate {
+                window_s,
+                sum,
+                min_count,
+                ..
+            } => (*window_s, sum, *min_count),
             Ops::Fields { .. } => return Vec::new(),
         };
-        self.groups
+        let (mut groups, small): (Vec<Group>, Vec<Group>) = self
+            .groups
             .into_values()
+            .partition(|g| g.count >= min_count);
+        let mut rest_groups = 0usize;
+        let rest = small.into_iter().fold(None::<Group>, |rest, g| {
+            rest_groups += 1;
+            let own = hex(&g.digest.finalize());
+            Some(match rest {
+                None => {
+                    let mut digest = Sha256::new();
+                    digest.update(own.as_bytes());
+                    Group {
+                        key: g.key.keys().map(|k| (k.clone(), Value::Null)).collect(),
+                        count: g.count,
+                        sums: g.sums,
+                        ids: g.ids,
+                        digest,
+                    }
+                }
+                Some(mut r) => {
+                    r.count += g.count;
+                    for (s, v) in r.sums.iter_mut().zip(g.sums) {
+                        *s += v;
+                    }
+                    let room = AGGREGATE_LINEAGE_IDS_MAX.saturating_sub(r.ids.len());
+                    r.ids.extend(g.ids.into_iter().take(room));
+                    r.digest.update(own.as_bytes());
+                    r
+                }
+            })
+        });
+        let rest = rest.filter(|r| r.count >= min_count).map(|mut r| {
+            r.key.insert("rest".into(), Value::Bool(true));
+            r.key.insert("rest_groups".into(), json!(rest_groups));
+            r
+        });
+        groups.extend(rest);
+        groups
+            .into_iter()
             .map(|g| {
                 let mut data = g.key;
                 data.insert("count".into(), json!(g.count));

@@ -692,6 +692,87 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     assert!(with_keep.windows(5).any(|w| w == b"\x64keep"));
 }
 
+/// `aggregate.min_count` (k-anonymity): no published figure is about fewer events. Groups
+/// under it fold into one rest group, published only if it reaches it itself; without it
+/// every group is published, a group of one included (one customer's order total).
+#[test]
+fn an_aggregate_publishes_no_group_smaller_than_its_min_count() {
+    let with_k = |k: u64| {
+        let text = EXAMPLE.replace(
+            "aggregate = { window_s = 60, group_by = [\"country\"], sum = [\"total\"] }",
+            &format!(
+                "aggregate = {{ window_s = 60, group_by = [\"country\"], sum = [\"total\"], min_count = {k} }}"
+            ),
+        );
+        assert_ne!(text, EXAMPLE);
+        Policy::compile(&Bundle::from_toml(&text).unwrap()).unwrap()
+    };
+    let run = |p: &Policy, orders: &[(&str, f64)]| {
+        let t = p.transform("orders-per-country").unwrap();
+        let mut w = t.window().unwrap();
+        for (i, (country, total)) in orders.iter().enumerate() {
+            let body = format!(r#"{{"country":"{country}","total":{total}}}"#);
+            w.add(t, &EventId([i as u8; 32]), body.as_bytes()).unwrap();
+        }
+        w.finish(t, 0)
+            .into_iter()
+            .map(|d| d.payload)
+            .collect::<Vec<_>>()
+    };
+    let orders = [
+        ("IE", 10.0),
+        ("IE", 20.0),
+        ("IE", 30.0),
+        ("DE", 7.0),
+        ("FR", 5.0),
+        ("ES", 1.0),
+    ];
+    // Without min_count: four groups, three of them one order each.
+    let all = run(&policy(), &orders);
+    assert_eq!(all.len(), 4);
+    assert!(
+        all.iter()
+            .any(|d| d["data"]["country"] == "FR" && d["data"]["sum.total"] == 5.0)
+    );
+    // min_count 3: Ireland, and the rest (DE, ES, FR: three orders) without their countries.
+    let k3 = run(&with_k(3), &orders);
+    assert_eq!(k3.len(), 2, "{k3:?}");
+    assert_eq!(k3[0]["data"]["country"], "IE");
+    assert_eq!(k3[0]["data"]["count"], 3);
+    let rest = &k3[1]["data"];
+    assert_eq!(rest["rest"], true);
+    assert_eq!(rest["rest_groups"], 3);
+    assert_eq!(rest["country"], serde_json::Value::Null);
+    assert_eq!(rest["count"], 3);
+    assert_eq!(rest["sum.total"], 13.0);
+    assert_eq!(k3[1]["lineage"]["source_count"], 3);
+    assert_eq!(k3[1]["lineage"]["sources"].as_array().unwrap().len(), 3);
+    // min_count 4: every group is too small; together they are six orders.
+    let k4 = run(&with_k(4), &orders);
+    assert_eq!(k4.len(), 1, "{k4:?}");
+    assert_eq!(
+        (&k4[0]["data"]["rest_groups"], &k4[0]["data"]["count"]),
+        (&serde_json::json!(4), &serde_json::json!(6))
+    );
+    // min_count 7: not even all of them together: nothing is published.
+    assert!(run(&with_k(7), &orders).is_empty());
+    // The bounds are checked at compile.
+    for bad in [0, 1_000_001] {
+        let text = EXAMPLE.replace(
+            "sum = [\"total\"] }",
+            &format!("sum = [\"total\"], min_count = {bad} }}"),
+        );
+        let err = match Bundle::from_toml(&text) {
+            Err(e) => e.to_string(),
+            Ok(b) => Policy::compile(&b).unwrap_err().to_string(),
+        };
+        assert!(
+            err.contains("min_count") && err.contains("must be 1 to"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn toml_errors_name_the_field() {
     let bad = EXAMPLE.replace(
