@@ -223,7 +223,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     } else if trust.is_some() {
         // A governed node before its first bundle: each event's own residency set decides
         // what it holds and passes on, until the policy does.
-        node.set_filter(Box::new(weft_fabric::mesh::StampedResidency));
+        node.set_filter(Box::new(weft_fabric::mesh::StampedResidency::new(me.key)));
     }
     let policy_state =
         Arc::new(crate::policy_state::PolicyState::new(applied).requiring(trust.is_some()));

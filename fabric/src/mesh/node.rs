@@ -322,15 +322,28 @@ impl ReplicationFilter for AllowAll {
 
 /// The filter of a node that must enforce residency but holds no policy yet (it trusts
 /// operator keys, and its first bundle has not reached it): each event's own residency
-/// set, as its ingress node stamped and signed it, decides. A peer (this node included)
-/// whose jurisdiction is in the set, or any peer for an unrestricted event, gets the
-/// event; any other nothing naming it (no sealed transit: deciding that takes the
-/// policy's classes). Without it such a node relayed what its peers' policies sent it to
-/// any peer at all. System streams follow their stamp too: policy bundles are
-/// unrestricted and reach every node, an erase request of a key is stamped with its
-/// stream's residency (the key is that stream's data).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StampedResidency;
+/// set, as its ingress node stamped and signed it, decides what this node holds: an
+/// unrestricted event, or one whose set names the jurisdiction this node's own config
+/// declares. It passes a restricted event to no peer: without the policy it cannot check
+/// a peer's declared jurisdiction against the jurisdictions the operators granted (a peer
+/// misconfigured as, say, EU would be handed EU data), so those events reach peers from
+/// nodes that hold the policy, by their pushes and anti-entropy, while this one waits for
+/// its bundle (seconds, through the fabric). System streams follow their stamp too: policy
+/// bundles are unrestricted and reach every node; an erase request of a key is stamped
+/// with its stream's residency (the key is that stream's data). Without this filter such a
+/// node relayed what its peers' policies sent it to any peer at all.
+#[derive(Debug, Clone, Copy)]
+pub struct StampedResidency {
+    /// This node's key: the one member whose declared jurisdiction is taken on its word.
+    me: [u8; 32],
+}
+
+impl StampedResidency {
+    /// The filter of the node with key `me`.
+    pub fn new(me: [u8; 32]) -> Self {
+        Self { me }
+    }
+}
 
 impl ReplicationFilter for StampedResidency {
     fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
@@ -339,7 +352,8 @@ impl ReplicationFilter for StampedResidency {
         }
         match &event.security().residency {
             crate::Residency::Only(set)
-                if set.iter().any(|j| j.as_str() == peer.jurisdiction.as_str()) =>
+                if peer.key == self.me
+                    && set.iter().any(|j| j.as_str() == peer.jurisdiction.as_str()) =>
             {
                 FilterHop::Clear
             }
@@ -4703,13 +4717,18 @@ mod tests {
         eu.jurisdiction = "EU".into();
         let mut us = member_of(2, "aws:us-east-1");
         us.jurisdiction = "US".into();
-        let f = StampedResidency;
+        let f = StampedResidency::new(eu.key);
         let eu_only = with(
             "customers.eu",
             crate::envelope::Residency::only(["EU"]).unwrap(),
         );
         assert_eq!(f.hop(&eu_only, &eu), FilterHop::Clear);
         assert_eq!(f.hop(&eu_only, &us), FilterHop::Refuse);
+        // Another node that declares EU is not taken on its word: without the policy it
+        // cannot be checked, so it gets restricted events from nodes that hold one.
+        let mut other_eu = member_of(3, "aws:eu-west-1");
+        other_eu.jurisdiction = "EU".into();
+        assert_eq!(f.hop(&eu_only, &other_eu), FilterHop::Refuse);
         assert!(!f.unrestricted(&eu_only));
         let open = with("metrics.x", crate::envelope::Residency::Unrestricted);
         assert_eq!(f.hop(&open, &us), FilterHop::Clear);
@@ -4724,6 +4743,7 @@ mod tests {
         );
         assert_eq!(f.hop(&erase, &eu), FilterHop::Clear);
         assert_eq!(f.hop(&erase, &us), FilterHop::Refuse);
+        assert_eq!(f.hop(&bundle, &other_eu), FilterHop::Clear);
     }
 
     /// A signed event of the origin with secret `[seed; 32]`: sequence number `seq` (HLC
