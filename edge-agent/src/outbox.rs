@@ -33,6 +33,9 @@ const WINDOW_RULES: &str = "window_rules";
 /// Most rows kept in the dead-letter table (events a node refused for good); older ones
 /// are deleted first.
 const DEAD_LETTERS_MAX: i64 = 1000;
+/// Most bytes (payloads and envelopes) the dead-letter table keeps; older rows are deleted
+/// first. An event may be 1 MiB: a thousand of them would be a gigabyte on a device.
+const DEAD_LETTER_BYTES_MAX: i64 = 16 << 20;
 /// Largest clock drift accepted by the agent's HLC (it only ticks locally).
 const HLC_DRIFT_MS_MAX: u64 = 60_000;
 
@@ -709,10 +712,7 @@ impl Outbox {
             "INSERT OR REPLACE INTO meta (k, v) VALUES ('hlc_last', ?1)",
             [&clock.last().as_u64().to_be_bytes()[..]],
         )?;
-        tx.execute(
-            "DELETE FROM dead WHERE id <= (SELECT MAX(id) FROM dead) - ?1",
-            [DEAD_LETTERS_MAX],
-        )?;
+        Self::prune_dead(&tx)?;
         Self::write_counters(&tx, &mut c)?;
         tx.commit()?;
         self.next_seq = seq;
@@ -859,6 +859,20 @@ impl Outbox {
 
     /// A node refused sequenced event `seq` for good and no profile is at hand to sign a
     /// void: it moves to the dead-letter table (its number stays a gap).
+    /// Keeps the dead-letter table within [`DEAD_LETTERS_MAX`] rows and
+    /// [`DEAD_LETTER_BYTES_MAX`] bytes, the newest rows kept.
+    fn prune_dead(tx: &rusqlite::Transaction<'_>) -> anyhow::Result<()> {
+        tx.execute(
+            "DELETE FROM dead WHERE id <= (SELECT MAX(id) FROM dead) - ?1",
+            [DEAD_LETTERS_MAX],
+        )?;
+        tx.execute(
+            "DELETE FROM dead WHERE id IN (SELECT id FROM (SELECT id, SUM(length(payload) +              COALESCE(length(envelope), 0)) OVER (ORDER BY id DESC) AS kept FROM dead)              WHERE kept > ?1)",
+            [DEAD_LETTER_BYTES_MAX],
+        )?;
+        Ok(())
+    }
+
     pub(crate) fn dead_letter(&mut self, seq: u64, reason: &str) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         let len: Option<i64> = tx
@@ -874,6 +888,7 @@ impl Outbox {
             params![seq as i64, reason, wall_ms() as i64],
         )?;
         tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq as i64])?;
+        Self::prune_dead(&tx)?;
         let mut c = self.counters.clone();
         if let Some(len) = len {
             c.dead += 1;
@@ -1149,6 +1164,46 @@ mod tests {
             .query_row("SELECT reason FROM dead WHERE seq = 1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(kept, why);
+    }
+
+    /// The dead letters keep the newest rows within a row count and a byte bound: events of
+    /// up to 1 MiB each, a thousand of them, would otherwise be a gigabyte on a device.
+    #[test]
+    fn the_dead_letters_are_bounded_in_bytes_too() {
+        let (dir, mut config, signer) = fresh("deadbytes", 100);
+        config.bytes_max = 64 << 20;
+        let mut o = Outbox::open(&dir, config).unwrap();
+        let big = |n: usize| NewEvent {
+            payload: vec![b'x'; 512 << 10],
+            ..ev("t.a", 5, n)
+        };
+        for n in 0..40 {
+            o.insert(
+                &[big(n)],
+                &[],
+                &Counters::default(),
+                &WindowChanges::default(),
+            )
+            .unwrap();
+            let seq = n as u64 + 1;
+            assert_eq!(o.sequence(1, &profile(), &signer).unwrap(), 1);
+            o.dead_letter(seq, "refused").unwrap();
+        }
+        let (rows, bytes, newest): (i64, i64, i64) = o
+            .conn
+            .query_row(
+                "SELECT COUNT(*), SUM(length(payload) + COALESCE(length(envelope), 0)),                  MAX(seq) FROM dead",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert!(
+            bytes <= DEAD_LETTER_BYTES_MAX,
+            "{bytes} bytes in {rows} rows"
+        );
+        assert!((10..40).contains(&rows), "{rows} rows");
+        assert_eq!(newest, 40, "the newest are kept");
+        assert_eq!(o.counters.dead, 40, "every one counted");
     }
 
     /// Drop-oldest frees room only when that is enough: an event bigger than what the
