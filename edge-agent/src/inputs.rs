@@ -86,12 +86,36 @@ pub(crate) fn stdin(
     done: oneshot::Sender<()>,
 ) {
     tokio::spawn(async move {
-        let reader = tokio::io::BufReader::with_capacity(64 << 10, tokio::io::stdin());
+        let reader = match stdin_pipe() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "standard input could not be read");
+                return;
+            }
+        };
+        let reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
         if read_lines(reader, &name, &stream, priority, &tx).await {
             info!("standard input ended");
             let _ = done.send(());
         }
     });
+}
+
+/// Standard input as an async stream, copied by a thread of its own through a socket pair.
+/// `tokio::io::stdin` reads on the runtime's blocking pool, and a read on an open, idle
+/// standard input (a terminal, a quiet pipe) never returns: the runtime's shutdown waited
+/// for it, so a stop hung until a line came. A thread of its own ends with the process.
+fn stdin_pipe() -> std::io::Result<tokio::net::UnixStream> {
+    let (mut writer, reader) = std::os::unix::net::UnixStream::pair()?;
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            // Ends at standard input's end (closing the writer: the reader sees its end)
+            // or when the reader is gone.
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut writer);
+        })?;
+    reader.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(reader)
 }
 
 /// Standard input's loop over any reader: lines in groups, each group offered to the

@@ -54,8 +54,17 @@ pub fn run(path: &Path, exit_when_drained: bool) -> anyhow::Result<ExitCode> {
         .max_blocking_threads(2)
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, exit_when_drained))
+    let code = runtime.block_on(serve(config, exit_when_drained));
+    // A blocking task may never end by itself: standard input's read, open and idle (a
+    // terminal, a quiet pipe). Dropping the runtime waited for it, so a stop hung until a
+    // line came. Outbox writes in flight (blocking tasks too) get a bound to finish in; one
+    // cut short is a transaction SQLite rolls back, answered to no input.
+    runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
+    code
 }
+
+/// How long a stopping agent waits for its blocking tasks (an outbox write) to finish.
+const SHUTDOWN_BLOCKING_WAIT: Duration = Duration::from_secs(5);
 
 fn init_tracing(level: &str) {
     let level = std::env::var("RUST_LOG")

@@ -874,6 +874,42 @@ fn a_full_outbox_makes_standard_input_and_a_followed_file_wait_not_lose_lines() 
     );
 }
 
+/// SIGTERM stops an agent whose standard input is open and idle (a terminal, a pipe whose
+/// writer is quiet): the read blocked on it does not hold up the stop. Before, the runtime
+/// waited for that read at shutdown, until a line came.
+#[test]
+fn an_idle_standard_input_does_not_hold_up_a_stop() {
+    let mut w = World::new("stopidle", 90, 1, "", &[], "");
+    w.start_agent(false);
+    wait_for(Duration::from_secs(20), || w.status())
+        .unwrap_or_else(|| panic!("the agent never answered\n{}", w.logs()));
+    w.feed(0..3);
+    wait_for(Duration::from_secs(20), || (depth(&w)? == 3).then_some(()))
+        .unwrap_or_else(|| panic!("the lines never reached the outbox\n{}", w.logs()));
+    // Standard input stays open (the test holds its write end) and nothing more comes.
+    let child = w.agent.as_mut().unwrap().child.as_mut().unwrap();
+    let pid = child.id().to_string();
+    let out = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not stop within 15 s of SIGTERM\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}\n{}", w.logs());
+    assert!(w.agent_log().contains("stopping"), "{}", w.agent_log());
+}
+
 /// A followed file rotated away (renamed, a new one made at its path, as logrotate does)
 /// is read to its end, including what its writer appends to it after the rename and a
 /// last line without its newline, and the new file is read from its start: every line
