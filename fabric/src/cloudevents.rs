@@ -247,22 +247,27 @@ pub fn parse_structured_unbounded(body: &[u8]) -> Result<IncomingEvent, CeError>
 /// [`BATCH_LEN_MAX`] structured CloudEvents. Any invalid event refuses the whole batch, with
 /// its index in [`CeError::InBatch`].
 pub fn parse_batch(body: &[u8]) -> Result<Vec<IncomingEvent>, CeError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| CeError::BadJson {
-        detail: e.to_string(),
-    })?;
-    let Value::Array(items) = value else {
-        return Err(CeError::BadJson {
-            detail: format!("a batch must be a JSON array, found {}", kind(&value)),
-        });
+    let items = match serde_json::from_slice::<BoundedBatch>(body) {
+        Ok(BoundedBatch::Items(items)) => items,
+        Ok(BoundedBatch::NotAnArray(value)) => {
+            return Err(CeError::BadJson {
+                detail: format!("a batch must be a JSON array, found {}", kind(&value)),
+            });
+        }
+        Ok(BoundedBatch::TooLong(len)) => {
+            return Err(CeError::BatchTooLarge {
+                len,
+                max: BATCH_LEN_MAX,
+            });
+        }
+        Err(e) => {
+            return Err(CeError::BadJson {
+                detail: e.to_string(),
+            });
+        }
     };
     if items.is_empty() {
         return Err(CeError::BatchEmpty);
-    }
-    if items.len() > BATCH_LEN_MAX {
-        return Err(CeError::BatchTooLarge {
-            len: items.len(),
-            max: BATCH_LEN_MAX,
-        });
     }
     items
         .into_iter()
@@ -278,6 +283,77 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<IncomingEvent>, CeError> {
             })
         })
         .collect()
+}
+
+/// A batch body as parsed: at most [`BATCH_LEN_MAX`] items are built. Past that the rest
+/// is only counted, skipped without building a tree (a body of 100,000 tiny objects
+/// allocated every one before the length was checked).
+enum BoundedBatch {
+    Items(Vec<Value>),
+    /// The whole array's length, over the limit.
+    TooLong(usize),
+    NotAnArray(Value),
+}
+
+impl<'de> serde::Deserialize<'de> for BoundedBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BoundedBatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON array of CloudEvents")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<BoundedBatch, A::Error> {
+                let mut items = Vec::new();
+                while items.len() < BATCH_LEN_MAX {
+                    match seq.next_element::<Value>()? {
+                        Some(v) => items.push(v),
+                        None => return Ok(BoundedBatch::Items(items)),
+                    }
+                }
+                let mut len = items.len();
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    len += 1;
+                }
+                Ok(if len > items.len() {
+                    BoundedBatch::TooLong(len)
+                } else {
+                    BoundedBatch::Items(items)
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BoundedBatch, A::Error> {
+                let v = <Value as serde::Deserialize>::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(BoundedBatch::NotAnArray(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BoundedBatch, E> {
+                Ok(BoundedBatch::NotAnArray(Value::String(v.into())))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<BoundedBatch, E> {
+                Ok(BoundedBatch::NotAnArray(Value::Bool(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BoundedBatch, E> {
+                Ok(BoundedBatch::NotAnArray(v.into()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BoundedBatch, E> {
+                Ok(BoundedBatch::NotAnArray(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<BoundedBatch, E> {
+                Ok(BoundedBatch::NotAnArray(v.into()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<BoundedBatch, E> {
+                Ok(BoundedBatch::NotAnArray(Value::Null))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Parses one CloudEvent in binary mode. `headers` are the HTTP request's (name, value)
@@ -869,6 +945,52 @@ fn clip(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A batch's length is checked while it is read: past [`BATCH_LEN_MAX`] items nothing
+    /// more is built (the rest is only counted); the limit itself parses; anything but an
+    /// array, an empty one and bad JSON are refused as before.
+    #[test]
+    fn a_batch_is_bounded_while_it_is_read() {
+        let ce = r#"{"specversion":"1.0","id":"x","source":"s","type":"t"}"#;
+        let batch = |n: usize, item: &str| format!("[{}]", vec![item; n].join(","));
+        assert_eq!(
+            parse_batch(batch(BATCH_LEN_MAX, ce).as_bytes())
+                .unwrap()
+                .len(),
+            BATCH_LEN_MAX
+        );
+        for n in [BATCH_LEN_MAX + 1, 100_000] {
+            match parse_batch(batch(n, "{}").as_bytes()) {
+                Err(CeError::BatchTooLarge { len, max }) => {
+                    assert_eq!((len, max), (n, BATCH_LEN_MAX));
+                }
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+        for (body, found) in [
+            ("{}", "an object"),
+            ("\"x\"", "a string"),
+            ("1", "a number"),
+            ("-1", "a number"),
+            ("1.5", "a number"),
+            ("null", "null"),
+            ("true", "a boolean"),
+        ] {
+            match parse_batch(body.as_bytes()) {
+                Err(CeError::BadJson { detail }) => assert!(detail.contains(found), "{detail}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse_batch(b"[]"), Err(CeError::BatchEmpty)));
+        // Bad JSON past the limit is still bad JSON.
+        let mut bad = batch(BATCH_LEN_MAX + 1, "{}");
+        bad.insert(bad.len() - 1, ',');
+        assert!(matches!(
+            parse_batch(bad.as_bytes()),
+            Err(CeError::BadJson { .. })
+        ));
+    }
+
     use serde_json::json;
 
     use super::*;
