@@ -1735,10 +1735,11 @@ async fn submit(
 
 /// A slot in the driver's publish queue, or 503 when it is full.
 pub(crate) fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
-    api.cmd_tx.clone().try_reserve_owned().map_err(|_| {
-        api.fail(ApiError::overloaded(
+    api.cmd_tx.clone().try_reserve_owned().map_err(|e| match e {
+        mpsc::error::TrySendError::Closed(_) => shutting_down(api),
+        mpsc::error::TrySendError::Full(_) => api.fail(ApiError::overloaded(
             "the node's publish queue is full (limits.publish_queue_max); retry shortly",
-        ))
+        )),
     })
 }
 
@@ -2276,15 +2277,14 @@ fn shutting_down(api: &Api) -> ApiError {
 async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> ApiResult<()> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     let shutting_down = || shutting_down(api);
-    api.cmd_tx
-        .send(Command::SaveCursor {
-            name,
-            stream: stream.as_str().to_string(),
-            pos,
-            reply,
-        })
-        .await
-        .map_err(|_| shutting_down())?;
+    // A full driver queue answers 503 with Retry-After, as a publish does, rather than
+    // hold the request (and its connection) until there is room.
+    reserve(api)?.send(Command::SaveCursor {
+        name,
+        stream: stream.as_str().to_string(),
+        pos,
+        reply,
+    });
     match rx.await.map_err(|_| shutting_down())? {
         Ok(()) => Ok(()),
         Err(e @ crate::store::RecordError::TableFull { table, .. }) => {
@@ -2389,13 +2389,10 @@ async fn delete_subscription(
     let who_name = who.name;
     let (reply, rx) = tokio::sync::oneshot::channel();
     let shutting_down = || shutting_down(&api);
-    api.cmd_tx
-        .send(Command::DeleteCursor {
-            name: cursor_key(&who_name, &stream, &name),
-            reply,
-        })
-        .await
-        .map_err(|_| shutting_down())?;
+    reserve(&api)?.send(Command::DeleteCursor {
+        name: cursor_key(&who_name, &stream, &name),
+        reply,
+    });
     match rx.await.map_err(|_| shutting_down())? {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(false) => Err(api.fail(ApiError::new(
