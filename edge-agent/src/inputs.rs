@@ -269,6 +269,9 @@ pub(crate) fn follow(
         let mut idle_since: Option<std::time::Instant> = None;
         // Said once per episode of a full outbox.
         let mut waiting = false;
+        // The last bytes read (up to TAIL_CHECK_LEN) and the offset they end at: read again
+        // at each poll, to notice a file truncated and rewritten between two polls.
+        let mut tail: Option<(u64, Vec<u8>)> = None;
         info!(path = %path.display(), "following file");
         loop {
             tokio::time::sleep(FILE_POLL).await;
@@ -291,10 +294,29 @@ pub(crate) fn follow(
                 continue;
             };
             let len = meta.len();
+            // Truncated and written again past the offset within one poll (logrotate's
+            // copytruncate, then a burst): the length alone does not show it, the bytes
+            // just before the offset do.
+            let rewritten = match (&state, &tail) {
+                (Some((i, off)), Some((at, bytes)))
+                    if *i == ino && *off <= len && *at == *off && !bytes.is_empty() =>
+                {
+                    let mut now = vec![0u8; bytes.len()];
+                    let start = off - bytes.len() as u64;
+                    let same = tokio::io::AsyncSeekExt::seek(f, std::io::SeekFrom::Start(start))
+                        .await
+                        .is_ok()
+                        && f.read_exact(&mut now).await.is_ok()
+                        && now == *bytes;
+                    !same
+                }
+                _ => false,
+            };
             let offset = match state {
-                Some((i, off)) if i == ino && off <= len => off,
+                Some((i, off)) if i == ino && off <= len && !rewritten => off,
                 Some((i, _)) if i == ino => {
                     info!(path = %path.display(), "followed file truncated: reading it from its start");
+                    tail = None;
                     0
                 }
                 Some(_) => 0, // another file than the one read before: from its start
@@ -401,11 +423,13 @@ pub(crate) fn follow(
                     Ok(o) if o.error.is_none() => {
                         waiting = false;
                         state = Some((ino, new_off));
+                        tail = tail_of(&buf[..end], new_off);
                     }
                     _ => continue,
                 }
             } else {
                 state = Some((ino, new_off));
+                tail = tail_of(&buf[..end], new_off);
             }
             if finished && new_off >= len {
                 info!(path = %path.display(), "followed file rotated: reading the new one from its start");
@@ -415,6 +439,15 @@ pub(crate) fn follow(
             }
         }
     });
+}
+
+/// Bytes of a followed file kept to notice a rewrite before the offset (see `follow`).
+const TAIL_CHECK_LEN: usize = 64;
+
+/// The last [`TAIL_CHECK_LEN`] bytes of what was just taken, ending at `offset`.
+fn tail_of(taken: &[u8], offset: u64) -> Option<(u64, Vec<u8>)> {
+    let n = taken.len().min(TAIL_CHECK_LEN);
+    (n > 0).then(|| (offset, taken[taken.len() - n..].to_vec()))
 }
 
 /// Serves the local HTTP endpoint.

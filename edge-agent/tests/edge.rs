@@ -910,6 +910,59 @@ fn an_idle_standard_input_does_not_hold_up_a_stop() {
     assert!(w.agent_log().contains("stopping"), "{}", w.agent_log());
 }
 
+/// A followed file truncated and written again past the old offset between two polls
+/// (logrotate's `copytruncate`, then a burst of lines) is read from its start: the bytes
+/// just before the offset no longer match. Before, only a shorter file showed a
+/// truncation, and the follower read on from the old offset, mid-line.
+#[test]
+fn a_file_truncated_and_rewritten_within_one_poll_is_read_from_its_start() {
+    use std::io::Write as _;
+    let files = "[[inputs.files]]\npath = \"app.log\"\nstream = \"telemetry.till-7.log\"\nfrom = \"start\"\n";
+    let mut w = World::new("copytrunc", 91, 1, "", &[], files);
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || connected_to(&w))
+        .unwrap_or_else(|| panic!("agent never connected\n{}", w.logs()));
+    let log = w.dir.join("app.log");
+    std::fs::write(&log, "a0\na1\na2\n").unwrap();
+    let texts = |w: &World| -> Vec<String> {
+        w.events(0, "telemetry.till-7.log")
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["data"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    wait_for(Duration::from_secs(30), || {
+        (texts(&w).len() >= 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the first lines never arrived\n{}", w.logs()));
+    // Truncated in place and written again, longer than before, at once.
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .unwrap();
+        for i in 0..10 {
+            writeln!(f, "b-line-{i}").unwrap();
+        }
+    }
+    let mut want: Vec<String> = ["a0", "a1", "a2"].map(String::from).to_vec();
+    want.extend((0..10).map(|i| format!("b-line-{i}")));
+    wait_for(Duration::from_secs(30), || {
+        (texts(&w).len() >= 13).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the rewritten lines never all arrived: {:?}\n{}",
+            texts(&w),
+            w.logs()
+        )
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(texts(&w), want);
+}
+
 /// A followed file rotated away (renamed, a new one made at its path, as logrotate does)
 /// is read to its end, including what its writer appends to it after the rename and a
 /// last line without its newline, and the new file is read from its start: every line
