@@ -20,14 +20,16 @@
 //! source is accepted, the failure is counted (`weft_egress_failures_total{reason}`) and
 //! audited (`tracing` target `audit`).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
-use weft_fabric::{Event, EventData, EventDraft, EventId, Payload, Residency, SecurityContext};
+use weft_fabric::{
+    Event, EventData, EventDraft, EventId, Jurisdiction, Payload, Residency, SecurityContext,
+};
 use weft_policy::{Derived, Policy, TransformError};
 
 use crate::driver::{Ack, Command, Published};
@@ -103,6 +105,9 @@ pub(crate) enum Failure {
     /// The target's class may not be held on this node (its residency set leaves this
     /// node's jurisdiction out): the derivative would be stored here in clear.
     ResidencyIngress(String),
+    /// The source was stamped more narrowly than its stream's class and that set shares
+    /// no jurisdiction with the target class (`Policy::derived_stamp`).
+    ResidencyDisjoint(String),
     /// Signing refused the derivative (too large for an envelope, clock).
     Sign(String),
     /// The store refused the derivative.
@@ -130,6 +135,7 @@ impl Failure {
             Failure::TargetNotStored => "target_not_stored",
             Failure::Unclassified(_) => "unclassified",
             Failure::ResidencyIngress(_) => "residency_ingress",
+            Failure::ResidencyDisjoint(_) => "residency_disjoint",
             Failure::Sign(_) => "sign_failed",
             Failure::StoreRefused(_) => "store_refused",
             Failure::SourceRefused => "source_refused",
@@ -158,6 +164,7 @@ impl std::fmt::Display for Failure {
             Failure::ResidencyIngress(m) => {
                 write!(f, "this node may not hold the derived event: {m}")
             }
+            Failure::ResidencyDisjoint(m) => write!(f, "nowhere may hold the derived event: {m}"),
             Failure::Sign(m) => write!(f, "signing the derived event failed: {m}"),
             Failure::StoreRefused(m) => write!(f, "the store refused the derived event: {m}"),
             Failure::SourceRefused => write!(
@@ -309,25 +316,29 @@ fn has_field_transforms(policy: &Policy, stream: &weft_fabric::StreamName) -> bo
 }
 
 /// Signs one derived payload as a new event of this node: seq and HLC from the producer,
-/// classification and residency from `Policy::stamp` for the target stream, the source's
-/// tenant. The producer's sequence advances only on success (no gap on a failure).
+/// classification and residency from `Policy::derived_stamp` for the target stream (the
+/// target class's, narrowed to `restriction`: what its sources' own stamps keep), the
+/// source's tenant. The producer's sequence advances only on success (no gap on a
+/// failure).
 fn sign_derived(
     api: &Api,
     p: &mut Producer,
     policy: &Policy,
     tenant: &str,
+    restriction: Option<&Residency>,
     derived: Derived,
 ) -> Result<Arc<Event>, Failure> {
     if !api.streams.iter().any(|s| s.matches(&derived.stream)) {
         return Err(Failure::TargetNotStored);
     }
     let stamp = policy
-        .stamp(
-            &derived.stream,
-            Some(&derived.classification),
-            &Residency::Unrestricted,
-        )
-        .map_err(|r| Failure::Unclassified(r.to_string()))?;
+        .derived_stamp(&derived.stream, &derived.classification, restriction)
+        .map_err(|r| match r {
+            weft_policy::Reason::DerivedResidencyDisjoint { .. } => {
+                Failure::ResidencyDisjoint(r.to_string())
+            }
+            r => Failure::Unclassified(r.to_string()),
+        })?;
     // Stored here before it goes anywhere: this node must be one that may hold it, as an
     // ingress node must for any event it takes in.
     if !policy.may_hold(
@@ -395,6 +406,7 @@ pub(crate) fn derive(
         }
         let id = source.id();
         let data = source_json(source);
+        let restriction = policy.derived_restriction(source);
         for t in policy
             .transforms_for(source.stream())
             .filter(|t| !t.is_aggregate())
@@ -403,7 +415,14 @@ pub(crate) fn derive(
                 .clone()
                 .and_then(|d| t.apply(&id, &d).map_err(Failure::from))
                 .and_then(|derived| {
-                    sign_derived(api, p, policy, &source.security().tenant, derived)
+                    sign_derived(
+                        api,
+                        p,
+                        policy,
+                        &source.security().tenant,
+                        restriction.as_ref(),
+                        derived,
+                    )
                 });
             match result {
                 Ok(event) => {
@@ -566,7 +585,22 @@ pub(crate) struct Pending {
     policy: Arc<Policy>,
     tenant: String,
     transform: String,
+    /// What its sources' own stamps keep (`Policy::derived_restriction`).
+    restriction: Option<Residency>,
     derived: Derived,
+}
+
+/// An aggregation window's identity: the policy it was opened under (by its
+/// `compilation`), the transform, the tenant, and what its sources' own stamps keep
+/// (`Policy::derived_restriction`): sources a producer stamped more narrowly than their
+/// stream's class are summed apart from the others, per set, and each summary is stamped
+/// within its sources' set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct WindowKey {
+    compilation: u64,
+    transform: String,
+    tenant: String,
+    restriction: Option<BTreeSet<Jurisdiction>>,
 }
 
 /// One open aggregation window.
@@ -588,7 +622,7 @@ struct Open {
 /// a bound, and its summaries go to the flusher.
 pub(crate) struct Aggregator {
     policy: Arc<PolicyState>,
-    windows: BTreeMap<(u64, String, String), Open>,
+    windows: BTreeMap<WindowKey, Open>,
     bytes: usize,
     flush_tx: mpsc::Sender<Vec<Pending>>,
     metrics: Arc<Metrics>,
@@ -635,6 +669,13 @@ impl Aggregator {
         let id = event.id();
         let data = source_json(event);
         let tenant = &event.security().tenant;
+        let restriction = match policy.derived_restriction(event) {
+            Some(Residency::Only(set)) => Some(set),
+            // Narrower than its class and yet anywhere cannot be: fail closed (an empty
+            // set, which `derived_stamp` refuses as sharing no jurisdiction).
+            Some(Residency::Unrestricted) => Some(BTreeSet::new()),
+            None => None,
+        };
         for t in policy
             .transforms_for(event.stream())
             .filter(|t| t.is_aggregate())
@@ -648,7 +689,12 @@ impl Aggregator {
             };
             let window_ms = t.window_s().unwrap_or(1).saturating_mul(1000).max(1);
             let start_ms = now_ms - now_ms % window_ms;
-            let key = (policy.compilation(), t.name().to_string(), tenant.clone());
+            let key = WindowKey {
+                compilation: policy.compilation(),
+                transform: t.name().to_string(),
+                tenant: tenant.clone(),
+                restriction: restriction.clone(),
+            };
             if self
                 .windows
                 .get(&key)
@@ -732,12 +778,18 @@ impl Aggregator {
         out
     }
 
-    fn finish(&mut self, key: &(u64, String, String)) -> Vec<Pending> {
+    fn finish(&mut self, key: &WindowKey) -> Vec<Pending> {
         let Some(w) = self.windows.remove(key) else {
             return Vec::new();
         };
         self.bytes -= w.bytes;
-        let (_, name, tenant) = key;
+        let WindowKey {
+            transform: name,
+            tenant,
+            restriction,
+            ..
+        } = key;
+        let restriction = restriction.clone().map(Residency::Only);
         let Some(t) = w.policy.transform(name) else {
             return Vec::new();
         };
@@ -769,12 +821,13 @@ impl Aggregator {
                 policy: policy.clone(),
                 tenant: tenant.clone(),
                 transform: name.clone(),
+                restriction: restriction.clone(),
                 derived,
             })
             .collect()
     }
 
-    fn close(&mut self, key: &(u64, String, String)) {
+    fn close(&mut self, key: &WindowKey) {
         let batch = self.finish(key);
         if batch.is_empty() {
             return;
@@ -824,6 +877,7 @@ async fn publish_pending(
                 &mut p,
                 &pending.policy,
                 &pending.tenant,
+                pending.restriction.as_ref(),
                 pending.derived,
             ) {
                 Ok(event) => {
@@ -948,8 +1002,10 @@ mod tests {
 epoch = 2
 [jurisdictions.EU]
 regions = ["aws:eu-west-1"]
+[jurisdictions.CH]
+regions = ["aws:eu-central-2"]
 [classes.eu]
-jurisdictions = ["EU"]
+jurisdictions = ["EU", "CH"]
 transit = "forbidden"
 [classes.public]
 anywhere = true
@@ -974,6 +1030,16 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
     }
 
     fn profile(seq: u64, tenant: &str, country: &str, ltv: u64) -> Event {
+        stamped_profile(seq, tenant, country, ltv, Residency::Unrestricted)
+    }
+
+    fn stamped_profile(
+        seq: u64,
+        tenant: &str,
+        country: &str,
+        ltv: u64,
+        residency: Residency,
+    ) -> Event {
         Signer::from_secret(&[8; 32])
             .sign(EventDraft {
                 stream: StreamName::new("customers.eu.profiles").unwrap(),
@@ -984,7 +1050,7 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
                     tenant: tenant.into(),
                     principal: "p".into(),
                     classification: "eu".into(),
-                    residency: Residency::Unrestricted,
+                    residency,
                     scopes: Default::default(),
                     policy_epoch: 2,
                 },
@@ -1109,6 +1175,48 @@ aggregate = { window_s = 10, group_by = ["country"], sum = ["ltv"] }
                 assert_eq!(failures(&metrics, "transform_withdrawn"), 1);
             }
         }
+    }
+
+    /// A source its producer stamped more narrowly than its stream's class is summed apart
+    /// from the others, and its summary keeps that set (`Policy::derived_stamp` narrows the
+    /// public target's stamp to it): an EU-only count never rides in a summary that may go
+    /// anywhere.
+    #[test]
+    fn sources_stamped_narrower_than_their_class_are_summed_apart() {
+        let (mut agg, mut rx, metrics) = aggregator();
+        let only_eu = Residency::only(["EU"]).unwrap();
+        let t = T0 + 3_000;
+        agg.add(&profile(1, "acme", "IE", 10), t);
+        agg.add(&stamped_profile(2, "acme", "IE", 5, only_eu.clone()), t);
+        agg.add(&stamped_profile(3, "acme", "IE", 7, only_eu.clone()), t);
+        // Stamped with the whole class: not narrower, summed with the first.
+        let class = Residency::only(["EU", "CH"]).unwrap();
+        agg.add(&stamped_profile(4, "acme", "IE", 1, class), t);
+        assert_eq!(metrics.egress_windows.get(), 2, "one window per own set");
+        agg.tick(T0 + WINDOW_MS);
+        let mut summaries: Vec<(Option<Residency>, u64, f64)> = take(&mut rx)
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let data = &p.derived.payload["data"];
+                (
+                    p.restriction.clone(),
+                    data["count"].as_u64().unwrap(),
+                    data["sum.ltv"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        summaries.sort_by(|a, b| a.2.total_cmp(&b.2));
+        assert_eq!(
+            summaries,
+            vec![(None, 2, 11.0), (Some(only_eu.clone()), 2, 12.0)]
+        );
+        // What each is stamped with on the public target.
+        let policy = state().policy().unwrap();
+        let target = weft_fabric::StreamName::new("customers.global.per-country").unwrap();
+        let stamp = |r: Option<&Residency>| policy.derived_stamp(&target, "public", r).unwrap();
+        assert_eq!(stamp(Some(&only_eu)).residency, only_eu);
+        assert_eq!(stamp(None).residency, Residency::Unrestricted);
     }
 
     #[test]

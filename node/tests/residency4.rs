@@ -33,6 +33,9 @@ const HOURLY: &str = "customers.global.hourly";
 /// A transform's target whose class only the US may hold: the EU ingress node may not
 /// derive it (it would store it in clear).
 const US_COPY: &str = "customers.us.copy";
+/// A stream whose class the EU and the US may hold, and its public derivatives.
+const INTL: &str = "customers.intl.orders";
+const INTL_PUBLIC: &str = "customers.global.intl";
 
 fn specs() -> Vec<Spec> {
     let mut specs = two_eu_one_us();
@@ -75,7 +78,7 @@ token_sha256 = "{token_sha256}"
 name = "write-profiles"
 effect = "allow"
 actions = ["publish"]
-streams = ["customers.eu.>"]
+streams = ["customers.eu.>", "customers.intl.>"]
 roles = ["writer"]
 
 [[access]]
@@ -96,9 +99,18 @@ anywhere = true
 jurisdictions = ["US"]
 transit = "forbidden"
 
+[classes.eu-us]
+jurisdictions = ["EU", "US"]
+transit = "forbidden"
+
 [[streams]]
 pattern = "customers.eu.>"
 classification = "eu-personal"
+replication = "all"
+
+[[streams]]
+pattern = "customers.intl.>"
+classification = "eu-us"
 replication = "all"
 
 [[streams]]
@@ -126,6 +138,12 @@ source = "customers.eu.>"
 target = "{HOURLY}"
 classification = "public"
 aggregate = {{ window_s = 3600, sum = ["ltv"] }}
+
+[transforms.intl-public]
+source = "customers.intl.>"
+target = "{INTL_PUBLIC}"
+classification = "public"
+drop = ["name"]
 
 [transforms.profiles-us-copy]
 source = "customers.eu.>"
@@ -337,8 +355,21 @@ fn metric(text: &str, line_prefix: &str) -> Option<f64> {
 }
 
 fn sign_presigned(stream: &str, content_type: &str, data: &Value) -> weft_fabric::Event {
+    sign_stamped(9, stream, "eu-personal", &["EU"], content_type, data)
+}
+
+/// A pre-signed event of the producer with secret `[secret; 32]`, stamped `classification`
+/// and `residency`.
+fn sign_stamped(
+    secret: u8,
+    stream: &str,
+    classification: &str,
+    residency: &[&str],
+    content_type: &str,
+    data: &Value,
+) -> weft_fabric::Event {
     use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
-    Signer::from_secret(&[9; 32])
+    Signer::from_secret(&[secret; 32])
         .sign(EventDraft {
             stream: StreamName::new(stream).unwrap(),
             key: None,
@@ -354,8 +385,8 @@ fn sign_presigned(stream: &str, content_type: &str, data: &Value) -> weft_fabric
             security: SecurityContext {
                 tenant: "acme".into(),
                 principal: "device-7".into(),
-                classification: "eu-personal".into(),
-                residency: Residency::only(["EU"]).unwrap(),
+                classification: classification.into(),
+                residency: Residency::only(residency.iter().copied()).unwrap(),
                 scopes: Default::default(),
                 policy_epoch: EPOCH,
             },
@@ -421,6 +452,7 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         assert_eq!(
             names,
             [
+                "intl-public",
                 "profiles-hourly",
                 "profiles-masked",
                 "profiles-per-country",
@@ -428,7 +460,7 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             ],
             "{p}"
         );
-        assert_eq!(p["transforms"][1]["hash"], json!(["email"]), "{p}");
+        assert_eq!(p["transforms"][2]["hash"], json!(["email"]), "{p}");
         assert!(!p.to_string().contains(SALT), "the salt is shown: {p}");
 
         // Four EU profiles through CloudEvents, durable in both EU regions.
@@ -876,6 +908,77 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             (status, &v["error"]["reason"]),
             (403, &json!("residency_ingress")),
             "{v}"
+        );
+
+        // A transform derives what the policy classified, not what a producer held back.
+        // An order on a stream of the EU-and-US class whose device kept it to the EU: its
+        // public derivative keeps the EU set (US and APAC nodes never get it); an order
+        // stamped with the stream's class is derived as the policy says (public).
+        let kept = sign_stamped(
+            11,
+            INTL,
+            "eu-us",
+            &["EU"],
+            "application/json",
+            &json!({"name": "Ada Lovelace", "ltv": 3}),
+        );
+        let r = http
+            .post(c.url(eu_a, &format!("/v1/streams/{INTL}/events?ack=local")))
+            .bearer_auth(&c.token)
+            .header("content-type", "application/vnd.weft.event+cbor")
+            .body(kept.encode())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let kept_derived = v["derived"][0].as_str().unwrap().to_string();
+        let (status, body) = c
+            .publish(
+                eu_a,
+                INTL,
+                "local",
+                &[json!({"name": "Alan Turing", "ltv": 4})],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let free_derived = body["derived"][0].as_str().unwrap().to_string();
+        for i in [eu_b, us, ap] {
+            wait_for(Duration::from_secs(20), || async {
+                (stored_ids(&c, i, std::slice::from_ref(&free_derived)) == 1).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} lacks the public derivative:\n{}", c.log(i)));
+        }
+        wait_for(Duration::from_secs(20), || async {
+            (stored_ids(&c, eu_b, std::slice::from_ref(&kept_derived)) == 1).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("eu-b lacks the EU-kept derivative:\n{}", c.log(eu_b)));
+        // Anti-entropy rounds (every 2 s) to (wrongly) repair it to the others.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for i in [us, ap] {
+            assert_eq!(
+                stored_ids(&c, i, std::slice::from_ref(&kept_derived)),
+                0,
+                "node {i} holds the derivative of an EU-kept source"
+            );
+            let r = http
+                .get(c.url(i, &format!("/v1/events/{kept_derived}")))
+                .bearer_auth(&c.token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "node {i} serves it");
+        }
+        let derived_here: Vec<String> = events(&c, eu_a, INTL_PUBLIC)
+            .await
+            .iter()
+            .map(|e| e["weftid"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            derived_here.contains(&kept_derived) && derived_here.contains(&free_derived),
+            "{derived_here:?}"
         );
     });
 }

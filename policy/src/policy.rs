@@ -212,6 +212,14 @@ pub enum Reason {
     KeyNotGranted,
     /// The region is not in the jurisdiction.
     RegionNotInJurisdiction,
+    /// A transform's derivative would be stamped with no jurisdiction: its source's own
+    /// residency (narrower than its stream's class) and the target class's share none.
+    DerivedResidencyDisjoint {
+        /// The source event's effective residency.
+        source: Residency,
+        /// The target class.
+        classification: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -246,6 +254,14 @@ impl fmt::Display for Reason {
             Reason::UnknownJurisdiction => write!(f, "jurisdiction is not in the policy"),
             Reason::KeyNotGranted => write!(f, "node key is not granted the jurisdiction"),
             Reason::RegionNotInJurisdiction => write!(f, "region is not in the jurisdiction"),
+            Reason::DerivedResidencyDisjoint {
+                source,
+                classification,
+            } => write!(
+                f,
+                "the source's own residency {} and class `{classification}` share no jurisdiction",
+                codes(source)
+            ),
         }
     }
 }
@@ -693,6 +709,61 @@ impl Policy {
         })
     }
 
+    /// The residency a transform's derivatives of `source` keep from it: the source's
+    /// effective residency when it is narrower than the class its stream's rule names (the
+    /// event's own class on a stream without a rule); `None` when it is not.
+    ///
+    /// A transform is the policy's word that data of the source stream's class, so
+    /// transformed, may go where the target class allows. A producer who stamped its event
+    /// more narrowly than that (a pre-signed event, a device's event, a class narrower than
+    /// the stream's) asked for more than the policy's default, and the event's derivatives
+    /// keep the request ([`Policy::derived_stamp`]). An aggregate sums only sources with
+    /// the same answer into one summary.
+    pub fn derived_restriction(&self, source: &EventData) -> Option<Residency> {
+        let security = source.security();
+        let class_of = |c: &str| self.classes.get(c).map(|c| &c.residency);
+        let own = class_of(&security.classification);
+        // What the transform's author reasoned about: the stream rule's class (its
+        // default), or the event's own class on a stream without a rule.
+        let reference = self
+            .stream_rule(source.stream())
+            .and_then(|r| class_of(&r.classification))
+            .or(own);
+        let effective = [Some(&security.residency), own, reference]
+            .into_iter()
+            .flatten()
+            .fold(Residency::Unrestricted, |acc, r| intersect(&acc, r));
+        let narrower = match reference {
+            Some(reference) => !within(reference, &effective),
+            None => effective != Residency::Unrestricted,
+        };
+        narrower.then_some(effective)
+    }
+
+    /// What a transform's derivative on `target` is stamped with: the stamp of
+    /// `classification` on `target` ([`Policy::stamp`]), narrowed to `restriction`, what
+    /// its sources keep ([`Policy::derived_restriction`]): it goes only where both the
+    /// target class and the sources' own sets allow. When they share no jurisdiction
+    /// nothing may be derived ([`Reason::DerivedResidencyDisjoint`]).
+    pub fn derived_stamp(
+        &self,
+        target: &StreamName,
+        classification: &str,
+        restriction: Option<&Residency>,
+    ) -> Result<Stamp, Reason> {
+        let mut stamp = self.stamp(target, Some(classification), &Residency::Unrestricted)?;
+        if let Some(restriction) = restriction {
+            stamp.residency = intersect(&stamp.residency, restriction);
+            if stamp.residency == Residency::Only(BTreeSet::new()) {
+                return Err(Reason::DerivedResidencyDisjoint {
+                    source: restriction.clone(),
+                    classification: classification.into(),
+                });
+            }
+        }
+        Ok(stamp)
+    }
+
     /// Checks a security context stamped elsewhere (a pre-signed event, a device's event):
     /// the classification must be a class and the residency set inside it.
     pub fn check_stamped(&self, security: &SecurityContext) -> Decision {
@@ -922,6 +993,27 @@ impl Policy {
     /// A transform by name.
     pub fn transform(&self, name: &str) -> Option<&Transform> {
         self.transforms.iter().find(|t| t.name() == name)
+    }
+}
+
+/// The jurisdictions both `a` and `b` allow (`Only` of an empty set when they share none).
+fn intersect(a: &Residency, b: &Residency) -> Residency {
+    match (a, b) {
+        (Residency::Unrestricted, x) | (x, Residency::Unrestricted) => x.clone(),
+        (Residency::Only(a), Residency::Only(b)) => {
+            Residency::Only(a.intersection(b).cloned().collect())
+        }
+    }
+}
+
+/// A residency set as its jurisdiction codes, for messages.
+fn codes(r: &Residency) -> String {
+    match r {
+        Residency::Unrestricted => "(anywhere)".into(),
+        Residency::Only(set) => {
+            let v: Vec<&str> = set.iter().map(|j| j.as_str()).collect();
+            format!("[{}]", v.join(", "))
+        }
     }
 }
 

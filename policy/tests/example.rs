@@ -695,6 +695,75 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
 /// `aggregate.min_count` (k-anonymity): no published figure is about fewer events. Groups
 /// under it fold into one rest group, published only if it reaches it itself; without it
 /// every group is published, a group of one included (one customer's order total).
+/// A derivative is stamped with the target class, narrowed to its source's own residency
+/// when the producer stamped the source more narrowly than its stream's class: the
+/// transform declassifies what the policy classified, not what a producer held back.
+#[test]
+fn a_derivative_keeps_its_sources_narrower_stamp() {
+    let p = policy();
+    let only = |codes: &[&str]| Residency::only(codes.iter().copied()).unwrap();
+    let masked = stream("orders.global.masked");
+    let stamp = |source: &weft_fabric::Event, class: &str| {
+        p.derived_stamp(&masked, class, p.derived_restriction(source).as_ref())
+            .map(|s| s.residency)
+    };
+    // Stamped with its stream's class: derived as the policy says (public: anywhere).
+    let eu_order = event("orders.eu.ie", "eu-personal", only(&["EU"]), false);
+    assert_eq!(p.derived_restriction(&eu_order), None);
+    assert_eq!(stamp(&eu_order, "public"), Ok(Residency::Unrestricted));
+    let payment = event("payments.card", "payment", only(&["EU", "US"]), false);
+    assert_eq!(stamp(&payment, "public"), Ok(Residency::Unrestricted));
+    assert_eq!(stamp(&payment, "payment"), Ok(only(&["EU", "US"])));
+    // A payment its producer kept to the EU: its derivative stays in the EU too.
+    let eu_payment = event("payments.card", "payment", only(&["EU"]), false);
+    assert_eq!(p.derived_restriction(&eu_payment), Some(only(&["EU"])));
+    assert_eq!(stamp(&eu_payment, "public"), Ok(only(&["EU"])));
+    assert_eq!(stamp(&eu_payment, "payment"), Ok(only(&["EU"])));
+    // The classification is the target's; only the set narrows.
+    assert_eq!(
+        p.derived_stamp(
+            &masked,
+            "public",
+            p.derived_restriction(&eu_payment).as_ref()
+        )
+        .unwrap()
+        .classification,
+        "public"
+    );
+    // A narrower class than the stream's (a pre-signed event naming it) narrows as well.
+    let narrower_class = event("payments.card", "eu-personal", only(&["EU"]), false);
+    assert_eq!(stamp(&narrower_class, "payment"), Ok(only(&["EU"])));
+    // Nothing in common: nothing derived, and the reason names both sides.
+    let us_payment = event("payments.card", "payment", only(&["US"]), false);
+    let refused = stamp(&us_payment, "eu-personal").unwrap_err();
+    assert_eq!(
+        refused,
+        Reason::DerivedResidencyDisjoint {
+            source: only(&["US"]),
+            classification: "eu-personal".into()
+        }
+    );
+    assert_eq!(
+        refused.to_string(),
+        "the source's own residency [US] and class `eu-personal` share no jurisdiction"
+    );
+    // A stream without a rule: the event's own class is the reference.
+    let public_us = event("misc.x", "public", only(&["US"]), false);
+    assert_eq!(stamp(&public_us, "public"), Ok(only(&["US"])));
+    let public = event("misc.x", "public", Residency::Unrestricted, false);
+    assert_eq!(stamp(&public, "public"), Ok(Residency::Unrestricted));
+    // A stamp set wider than its class counts as the class (it cannot widen).
+    let wide = event("orders.eu.ie", "eu-personal", only(&["EU", "US"]), false);
+    assert_eq!(stamp(&wide, "public"), Ok(Residency::Unrestricted));
+    // The target's own rules still apply.
+    assert_eq!(
+        stamp(&eu_payment, "secret"),
+        Err(Reason::UnknownClassification {
+            classification: "secret".into()
+        })
+    );
+}
+
 #[test]
 fn an_aggregate_publishes_no_group_smaller_than_its_min_count() {
     let with_k = |k: u64| {
