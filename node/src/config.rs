@@ -1,7 +1,7 @@
 //! The node's configuration file (`docs/config.md`): TOML, every field validated at start
 //! with an error that names it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -71,6 +71,20 @@ pub(crate) struct NodeConfig {
     /// The edge port's devices and limits (`listen.edge`; docs/agent.md).
     #[serde(default)]
     pub(crate) edge: crate::edge::EdgeConfig,
+    /// Egress transforms' node-local secrets (docs/policy.md §7).
+    #[serde(default)]
+    pub(crate) egress: EgressConfig,
+}
+
+/// Egress transforms' node-local secrets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EgressConfig {
+    /// Hash keys by the name transforms give as `hash_key`: each a file (relative like
+    /// `key`) whose bytes, trailing whitespace removed, are the key (16 to 1024 bytes; e.g.
+    /// `openssl rand -hex 32`). Never in the policy bundle, which every node holds: give
+    /// them to the nodes that take the transforms' sources in.
+    pub(crate) hash_keys: BTreeMap<String, PathBuf>,
 }
 
 /// A stream pattern whose keyed events form tables, and their conflict strategy.
@@ -283,6 +297,8 @@ pub(crate) struct Resolved {
     pub(crate) policy: Option<(weft_policy::Trust, Option<PathBuf>)>,
     /// Tables declared by the config.
     pub(crate) tables: Vec<(StreamPattern, weft_fabric::table::Strategy)>,
+    /// Egress transforms' hash keys (`egress.hash_keys`), read from their files.
+    pub(crate) hash_keys: weft_policy::HashKeys,
 }
 
 fn field_err(field: &str, what: impl std::fmt::Display) -> anyhow::Error {
@@ -525,7 +541,21 @@ impl NodeConfig {
             })?;
             tables.push((pattern, strategy));
         }
+        let mut hash_keys = weft_policy::HashKeys::new();
+        for (name, path) in &self.egress.hash_keys {
+            let field = format!("egress.hash_keys.{name}");
+            let path = resolve(path);
+            let mut key = std::fs::read(&path)
+                .map_err(|e| field_err(&field, format!("reading {}: {e}", path.display())))?;
+            while key.last().is_some_and(u8::is_ascii_whitespace) {
+                key.pop();
+            }
+            hash_keys
+                .insert(name, key)
+                .map_err(|e| field_err(&field, format!("{}: {e}", path.display())))?;
+        }
         Ok(Resolved {
+            hash_keys,
             tables,
             key_path: resolve(&self.key),
             data_dir: resolve(&self.data_dir),

@@ -108,6 +108,9 @@ pub(crate) enum Failure {
     /// The source was stamped more narrowly than its stream's class and that set shares
     /// no jurisdiction with the target class (`Policy::derived_stamp`).
     ResidencyDisjoint(String),
+    /// The transform hashes under a node-local key this node is not given
+    /// (`egress.hash_keys`).
+    HashKeyMissing(String),
     /// Signing refused the derivative (too large for an envelope, clock).
     Sign(String),
     /// The store refused the derivative.
@@ -136,6 +139,7 @@ impl Failure {
             Failure::Unclassified(_) => "unclassified",
             Failure::ResidencyIngress(_) => "residency_ingress",
             Failure::ResidencyDisjoint(_) => "residency_disjoint",
+            Failure::HashKeyMissing(_) => "hash_key_missing",
             Failure::Sign(_) => "sign_failed",
             Failure::StoreRefused(_) => "store_refused",
             Failure::SourceRefused => "source_refused",
@@ -165,6 +169,7 @@ impl std::fmt::Display for Failure {
                 write!(f, "this node may not hold the derived event: {m}")
             }
             Failure::ResidencyDisjoint(m) => write!(f, "nowhere may hold the derived event: {m}"),
+            Failure::HashKeyMissing(m) => write!(f, "{m}"),
             Failure::Sign(m) => write!(f, "signing the derived event failed: {m}"),
             Failure::StoreRefused(m) => write!(f, "the store refused the derived event: {m}"),
             Failure::SourceRefused => write!(
@@ -197,6 +202,7 @@ impl From<TransformError> for Failure {
             e @ (TransformError::Unresolved { .. } | TransformError::DottedKey { .. }) => {
                 Failure::Unresolved(e.to_string())
             }
+            e @ TransformError::HashKeyMissing { .. } => Failure::HashKeyMissing(e.to_string()),
             other => Failure::NotJson(other.to_string()),
         }
     }
@@ -413,7 +419,7 @@ pub(crate) fn derive(
         {
             let result = data
                 .clone()
-                .and_then(|d| t.apply(&id, &d).map_err(Failure::from))
+                .and_then(|d| t.apply(&id, &d, &api.hash_keys).map_err(Failure::from))
                 .and_then(|derived| {
                     sign_derived(
                         api,
@@ -537,8 +543,9 @@ pub(crate) fn render_derived(
 }
 
 /// The transforms in force, for `GET /v1/policy` (salts are left out: a salt kept from the
-/// derived data's readers is what makes hashes hard to test guesses against).
-pub(crate) fn view(policy: &Policy) -> Value {
+/// derived data's readers is what makes hashes hard to test guesses against; a hash key is
+/// named, with whether this node holds it, never shown).
+pub(crate) fn view(policy: &Policy, keys: &weft_policy::HashKeys) -> Value {
     let specs = &policy.bundle().transforms;
     Value::Array(
         specs
@@ -563,6 +570,10 @@ pub(crate) fn view(policy: &Policy) -> Value {
                         v["keep"] = json!(s.keep);
                         v["drop"] = json!(s.drop);
                         v["hash"] = json!(s.hash);
+                        if let Some(name) = &s.hash_key {
+                            v["hash_key"] = json!(name);
+                            v["hash_key_held"] = json!(keys.names().any(|n| n == name));
+                        }
                         v["mask"] = json!(
                             s.mask
                                 .iter()

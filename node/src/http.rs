@@ -91,6 +91,8 @@ pub(crate) struct Api {
     pub(crate) chaos: Arc<Chaos>,
     pub(crate) tokens: HashMap<[u8; 32], Principal>,
     pub(crate) streams: Vec<weft_fabric::StreamPattern>,
+    /// Egress transforms' node-local hash keys (config `egress.hash_keys`).
+    pub(crate) hash_keys: weft_policy::HashKeys,
     pub(crate) read_limit_max: usize,
     pub(crate) subscribers_max: usize,
     pub(crate) seeded: bool,
@@ -2443,7 +2445,7 @@ async fn policy_get(State(api): State<Arc<Api>>) -> Response {
         "principals": b.principals.len(),
         "access_rules": b.access.len(),
         "stream_rules": b.streams.len(),
-        "transforms": crate::egress::view(p),
+        "transforms": crate::egress::view(p, &api.hash_keys),
     }))
     .into_response()
 }

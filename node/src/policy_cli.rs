@@ -125,8 +125,9 @@ pub(crate) fn verify(
 
 /// Names each field transform that is a deny list (no `keep`): it copies every field it
 /// does not drop, hash or mask onto its target, a field its producers add later included;
-/// and each aggregate that publishes groups of any size (no `min_count`). Warnings, not
-/// refusals: such bundles were valid before `keep` and `min_count` existed.
+/// each that hashes with a salt from the bundle (no `hash_key`); and each aggregate that
+/// publishes groups of any size (no `min_count`). Warnings, not refusals: such bundles
+/// were valid before `keep`, `hash_key` and `min_count` existed.
 fn warn_deny_lists(b: &Bundle) {
     for (name, t) in &b.transforms {
         if t.aggregate
@@ -137,6 +138,11 @@ fn warn_deny_lists(b: &Bundle) {
                 "  warning: transform {name} publishes groups of any size to {} (class {}): a group of one is one event's own figures; set aggregate.min_count (docs/policy.md §7)",
                 t.target,
                 t.classification
+            );
+        }
+        if !t.hash.is_empty() && t.hash_key.is_none() {
+            say!(
+                "  warning: transform {name} hashes with a salt carried in the bundle, which every node holds: anyone with the bundle and the derived data can test guesses against the hashes; name a node-local key with `hash_key` (docs/policy.md §7)"
             );
         }
         if t.aggregate.is_none() && t.keep.is_empty() {

@@ -325,6 +325,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         chaos,
         tokens: config.tokens.iter().cloned().collect::<HashMap<_, _>>(),
         streams: config.streams.clone(),
+        hash_keys: config.hash_keys.clone(),
         read_limit_max: raw.limits.read_limit_max,
         subscribers_max: raw.limits.subscribers_max,
         seeded: !raw.seeds.is_empty() || raw.mdns,

@@ -65,7 +65,11 @@ fn bundles_are_signed_k_of_n_and_verified_as_a_node_would() {
         ) && !text(&o).contains("transform orders-per-country copies")
             && text(&o).contains(
                 "warning: transform orders-per-country publishes groups of any size"
-            ),
+            )
+            && text(&o).contains(
+                "warning: transform orders-masked hashes with a salt carried in the bundle"
+            )
+            && !text(&o).contains("transform orders-per-country hashes"),
         "{}",
         text(&o)
     );

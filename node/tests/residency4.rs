@@ -36,6 +36,8 @@ const US_COPY: &str = "customers.us.copy";
 /// A stream whose class the EU and the US may hold, and its public derivatives.
 const INTL: &str = "customers.intl.orders";
 const INTL_PUBLIC: &str = "customers.global.intl";
+/// The node-local key `intl-public` hashes under: given to eu-a alone, never in the bundle.
+const INTL_HASH_KEY: &str = "residency4 intl hash key, not in any bundle";
 
 fn specs() -> Vec<Spec> {
     let mut specs = two_eu_one_us();
@@ -144,6 +146,8 @@ source = "customers.intl.>"
 target = "{INTL_PUBLIC}"
 classification = "public"
 drop = ["name"]
+hash = ["email"]
+hash_key = "intl"
 
 [transforms.profiles-us-copy]
 source = "customers.eu.>"
@@ -171,6 +175,16 @@ fn weft(dir: &Path, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "weft {args:?}: {text}");
     text
+}
+
+/// The documented keyed hash (docs/policy.md §7): `hmac-sha256:` + hex of HMAC-SHA256
+/// under the node-local key of the domain separator and the value's JSON.
+fn expected_keyed_hash(value: &Value) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(INTL_HASH_KEY.as_bytes()).unwrap();
+    mac.update(b"weft/transform-hash\0");
+    mac.update(value.to_string().as_bytes());
+    format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The documented hash (docs/policy.md §7): `sha256:` + hex of SHA-256 over the domain
@@ -431,6 +445,19 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             ],
         );
         let _ = std::fs::remove_dir_all(&ops);
+        // The hash key of `intl-public`, for eu-a only (a trailing newline is not part of
+        // it).
+        std::fs::write(c.dir.join("intl.hashkey"), format!("{INTL_HASH_KEY}\n")).unwrap();
+        let mut config = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&c.nodes[0].config)
+            .unwrap();
+        std::io::Write::write_all(
+            &mut config,
+            b"\n[egress.hash_keys]\nintl = \"intl.hashkey\"\n",
+        )
+        .unwrap();
+        drop(config);
         c.start_all();
         c.wait_meshed().await;
         for i in 0..specs.len() {
@@ -920,7 +947,7 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             "eu-us",
             &["EU"],
             "application/json",
-            &json!({"name": "Ada Lovelace", "ltv": 3}),
+            &json!({"name": "Ada Lovelace", "email": "ada@example.eu", "ltv": 3}),
         );
         let r = http
             .post(c.url(eu_a, &format!("/v1/streams/{INTL}/events?ack=local")))
@@ -938,7 +965,7 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
                 eu_a,
                 INTL,
                 "local",
-                &[json!({"name": "Alan Turing", "ltv": 4})],
+                &[json!({"name": "Alan Turing", "email": "alan@example.eu", "ltv": 4})],
             )
             .await;
         assert_eq!(status, 200, "{body}");
@@ -979,6 +1006,74 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
         assert!(
             derived_here.contains(&kept_derived) && derived_here.contains(&free_derived),
             "{derived_here:?}"
+        );
+
+        // `intl-public` hashes under a node-local key (`hash_key`), which the bundle every
+        // node holds only names: the US node reads the hash, and holds neither the key nor
+        // anything to test guesses against it with.
+        let at_us = events(&c, us, INTL_PUBLIC).await;
+        let free = at_us
+            .iter()
+            .find(|e| e["weftid"] == free_derived.as_str())
+            .unwrap_or_else(|| panic!("{at_us:?}"));
+        assert_eq!(
+            free["data"]["email"],
+            expected_keyed_hash(&json!("alan@example.eu")),
+            "{free}"
+        );
+        assert!(free["data"].get("name").is_none(), "{free}");
+        let key = INTL_HASH_KEY.as_bytes().to_vec();
+        assert!(
+            !std::fs::read(&signed)
+                .unwrap()
+                .windows(key.len())
+                .any(|w| w == key.as_slice()),
+            "the signed bundle carries the hash key"
+        );
+        assert!(store_hits(&c, us, std::slice::from_ref(&key)).is_empty());
+        let view = |p: &Value| {
+            p["transforms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == "intl-public")
+                .cloned()
+                .unwrap()
+        };
+        let at_a = view(&get_json(c.url(eu_a, "/v1/policy")).await);
+        assert_eq!(
+            (&at_a["hash_key"], &at_a["hash_key_held"]),
+            (&json!("intl"), &json!(true))
+        );
+        let at_b = view(&get_json(c.url(eu_b, "/v1/policy")).await);
+        assert_eq!(at_b["hash_key_held"], false, "{at_b}");
+        assert!(!at_a.to_string().contains(INTL_HASH_KEY), "{at_a}");
+        // A node not given the key derives nothing (the source is accepted), counted and
+        // audited: it does not fall back to a weaker hash.
+        let (status, body) = c
+            .publish(
+                eu_b,
+                INTL,
+                "local",
+                &[json!({"name": "Grace", "email": "grace@example.eu", "ltv": 5})],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("derived").is_none(), "{body}");
+        let m = metrics(&c, eu_b).await;
+        assert_eq!(
+            metric(
+                &m,
+                "weft_egress_failures_total{reason=\"hash_key_missing\"}"
+            ),
+            Some(1.0),
+            "{m}"
+        );
+        assert!(
+            c.log(eu_b)
+                .contains("hash key `intl` is not configured on this node"),
+            "not audited: {}",
+            c.log(eu_b)
         );
     });
 }

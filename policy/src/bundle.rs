@@ -311,9 +311,16 @@ pub struct TransformSpec {
     /// Fields replaced by a salted SHA-256 (pseudonymisation, not anonymisation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash: Vec<String>,
-    /// Salt mixed into hashes (keeps them from matching other datasets' hashes).
+    /// Salt mixed into hashes (keeps them from matching other datasets' hashes). It
+    /// travels in the bundle to every node: prefer `hash_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
+    /// The name of a secret key each ingress node holds in its own configuration
+    /// (`[egress.hash_keys]`), never in the bundle: hashes are HMAC-SHA256 under it, so a
+    /// node or reader holding the bundle and the derived data cannot test guesses against
+    /// them. Excludes `salt`; needs `hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
     /// Text fields masked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mask: Vec<MaskSpec>,

@@ -236,6 +236,12 @@ pub enum TransformError {
         /// The key (at most 64 characters of it).
         key: String,
     },
+    /// The transform hashes under a node-local key (`hash_key`) this node does not hold.
+    #[error("hash key `{name}` is not configured on this node (config `egress.hash_keys`)")]
+    HashKeyMissing {
+        /// The key's name.
+        name: String,
+    },
     /// [`crate::Transform::apply`] on an aggregating transform, or the reverse.
     #[error("transform `{name}` {reason}")]
     WrongKind {

@@ -40,4 +40,4 @@ pub use sign::{
     BUNDLE_SIGNING_CONTEXT, SignedBundle, Trust, VerifiedBundle, sign_bundle, signed_bytes,
     verify_bundle,
 };
-pub use transform::{AggregateWindow, Derived, Transform};
+pub use transform::{AggregateWindow, Derived, HashKeys, Transform};

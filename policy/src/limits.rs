@@ -95,6 +95,15 @@ pub const DESCRIPTION_LEN_MAX: usize = 1024;
 /// Longest field path or salt in a transform, in bytes.
 pub const FIELD_PATH_LEN_MAX: usize = 256;
 
+/// Shortest node-local hash key (`hash_key`), in bytes: 128 bits.
+pub const HASH_KEY_LEN_MIN: usize = 16;
+
+/// Longest node-local hash key, in bytes.
+pub const HASH_KEY_LEN_MAX: usize = 1024;
+
+/// Longest hash key name, in bytes (letters, digits, `-`, `_`, `.`).
+pub const HASH_KEY_NAME_LEN_MAX: usize = 64;
+
 /// Most operator keys a node trusts to sign bundles.
 pub const OPERATORS_MAX: usize = 16;
 

@@ -7,7 +7,9 @@
 //! reads a clock (an aggregation window is closed by the caller, with its start time).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use hmac::{KeyInit, Mac};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use weft_fabric::{EventId, StreamName, StreamPattern};
@@ -42,7 +44,7 @@ enum Ops {
         keep: Vec<Vec<String>>,
         drop: Vec<Vec<String>>,
         hash: Vec<Vec<String>>,
-        salt: String,
+        hashing: Hashing,
         mask: Vec<Mask>,
     },
     Aggregate {
@@ -52,6 +54,71 @@ enum Ops {
         /// The fewest events a published group holds (1: every group).
         min_count: u64,
     },
+}
+
+/// How a field transform hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hashing {
+    /// SHA-256 over a domain separator, this salt (from the bundle) and the value.
+    Salted(String),
+    /// HMAC-SHA256 under the node-local key of this name.
+    Keyed(String),
+}
+
+/// Node-local secret keys for transforms that hash under one (`hash_key`), by name: read
+/// from each node's own configuration, never from a bundle, so a node that holds the
+/// bundle and the derived data (anywhere the target class may go) cannot test guesses
+/// against the hashes. `Debug` shows the names only.
+#[derive(Clone, Default)]
+pub struct HashKeys(BTreeMap<String, Arc<[u8]>>);
+
+impl HashKeys {
+    /// No keys.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the key `name`; refuses a name that is not 1 to [`HASH_KEY_NAME_LEN_MAX`]
+    /// letters, digits, `-`, `_` or `.`, and a key shorter than [`HASH_KEY_LEN_MIN`] or
+    /// longer than [`HASH_KEY_LEN_MAX`] bytes, saying which.
+    pub fn insert(&mut self, name: &str, key: Vec<u8>) -> Result<(), String> {
+        check_hash_key_name(name)?;
+        if !(HASH_KEY_LEN_MIN..=HASH_KEY_LEN_MAX).contains(&key.len()) {
+            return Err(format!(
+                "hash key `{name}` is {} bytes: it must be {HASH_KEY_LEN_MIN} (HASH_KEY_LEN_MIN) to {HASH_KEY_LEN_MAX} (HASH_KEY_LEN_MAX)",
+                key.len()
+            ));
+        }
+        self.0.insert(name.into(), key.into());
+        Ok(())
+    }
+
+    /// The names of the keys held.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for HashKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
+}
+
+fn check_hash_key_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= HASH_KEY_NAME_LEN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "hash key name `{}` must be 1 to {HASH_KEY_NAME_LEN_MAX} (HASH_KEY_NAME_LEN_MAX) letters, digits, `-`, `_` or `.`",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
 }
 
 /// A compiled egress transform.
@@ -154,6 +221,21 @@ impl Transform {
                 max: FIELD_PATH_LEN_MAX,
             });
         }
+        if let Some(name) = &spec.hash_key {
+            check_hash_key_name(name).map_err(|r| invalid(format!("{field}.hash_key"), &r))?;
+            if spec.salt.is_some() {
+                return Err(invalid(
+                    format!("{field}.salt"),
+                    "excludes hash_key (hashes under a node-local key need no salt in the bundle)",
+                ));
+            }
+            if spec.hash.is_empty() {
+                return Err(invalid(
+                    format!("{field}.hash_key"),
+                    "needs hash (the fields hashed under the key)",
+                ));
+            }
+        }
         let ops = match &spec.aggregate {
             Some(agg) => {
                 if !spec.drop.is_empty()
@@ -209,7 +291,10 @@ impl Transform {
                     keep: paths(&format!("{field}.keep"), &spec.keep)?,
                     drop: paths(&format!("{field}.drop"), &spec.drop)?,
                     hash: paths(&format!("{field}.hash"), &spec.hash)?,
-                    salt: spec.salt.clone().unwrap_or_default(),
+                    hashing: match &spec.hash_key {
+                        Some(name) => Hashing::Keyed(name.clone()),
+                        None => Hashing::Salted(spec.salt.clone().unwrap_or_default()),
+                    },
                     mask: spec
                         .mask
                         .iter()
@@ -274,18 +359,37 @@ impl Transform {
         }
     }
 
+    /// The name of the node-local key this transform hashes under (`hash_key`), if any.
+    pub fn hash_key(&self) -> Option<&str> {
+        match &self.ops {
+            Ops::Fields {
+                hashing: Hashing::Keyed(name),
+                ..
+            } => Some(name),
+            _ => None,
+        }
+    }
+
     /// Derives one payload from one source event's JSON payload: with an allow list
     /// (`keep`), only the fields it names and those hashed or masked, every other one left
-    /// out; otherwise fields dropped. Then fields hashed (`sha256:` + hex of SHA-256 over a
-    /// domain separator, the salt and the value's JSON) and masked (all but the last
+    /// out; otherwise fields dropped. Then fields hashed and masked (all but the last
     /// `keep_last` characters, and at most half, replaced by `*`; non-strings masked as
-    /// their JSON text). Fields that are absent are skipped.
-    pub fn apply(&self, source: &EventId, payload: &[u8]) -> Result<Derived, TransformError> {
+    /// their JSON text). Fields that are absent are skipped. A hash is `hmac-sha256:` +
+    /// hex of HMAC-SHA256 under the node-local key `hash_key` (from `keys`; a key this
+    /// node lacks derives nothing) over a domain separator and the value's JSON, or, with
+    /// a salt from the bundle, `sha256:` + hex of SHA-256 over the separator, the salt and
+    /// the value's JSON.
+    pub fn apply(
+        &self,
+        source: &EventId,
+        payload: &[u8],
+        keys: &HashKeys,
+    ) -> Result<Derived, TransformError> {
         let Ops::Fields {
             keep,
             drop,
             hash,
-            salt,
+            hashing,
             mask,
         } = &self.ops
         else {
@@ -293,6 +397,17 @@ impl Transform {
                 name: self.name.clone(),
                 reason: "aggregates: use window() and add()",
             });
+        };
+        // The key is looked up before anything else: a node without it derives nothing.
+        let hasher: Box<dyn Fn(&Value) -> String + '_> = match hashing {
+            Hashing::Keyed(name) => {
+                let key = keys
+                    .0
+                    .get(name)
+                    .ok_or_else(|| TransformError::HashKeyMissing { name: name.clone() })?;
+                Box::new(move |v| keyed_hash(key, v))
+            }
+            Hashing::Salted(salt) => Box::new(move |v| hash_value(salt, v)),
         };
         let mut data = parse_object(payload)?;
         // Fail closed: a field transforms cannot reach (under an array or a scalar, or
@@ -320,7 +435,7 @@ impl Transform {
         }
         for path in hash {
             if let Some(v) = get_mut(&mut data, path) {
-                *v = Value::String(hash_value(salt, v));
+                *v = Value::String(hasher(v));
             }
         }
         for m in mask {
@@ -646,6 +761,15 @@ fn hash_value(salt: &str, v: &Value) -> String {
     h.update([0]);
     h.update(v.to_string().as_bytes());
     format!("sha256:{}", hex(&h.finalize()))
+}
+
+/// `hmac-sha256:` + hex of HMAC-SHA256 under `key` of the domain separator and the value's
+/// JSON text.
+fn keyed_hash(key: &[u8], v: &Value) -> String {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"weft/transform-hash\0");
+    mac.update(v.to_string().as_bytes());
+    format!("hmac-sha256:{}", hex(&mac.finalize().into_bytes()))
 }
 
 /// `text` with all but its last `keep_last` characters replaced by `*`, and never more

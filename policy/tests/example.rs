@@ -523,7 +523,7 @@ fn transforms() {
     let t = p.transform("orders-masked").unwrap();
     let id = EventId([0xab; 32]);
     let payload = br#"{"customer":{"id":"c-17","email":"a@b.eu","address":"1 Main St","tier":"gold"},"card":"4111111111111111","total":42,"country":"IE"}"#;
-    let d = t.apply(&id, payload).unwrap();
+    let d = t.apply(&id, payload, &HashKeys::new()).unwrap();
     assert_eq!(d.stream.as_str(), "orders.global.masked");
     assert_eq!(d.classification, "public");
     let data = &d.payload["data"];
@@ -538,9 +538,9 @@ fn transforms() {
     assert_eq!(d.payload["lineage"]["transform"], "orders-masked");
     assert_eq!(d.payload["lineage"]["policy_epoch"], 7);
     // Deterministic: same input, same output.
-    assert_eq!(t.apply(&id, payload).unwrap(), d);
+    assert_eq!(t.apply(&id, payload, &HashKeys::new()).unwrap(), d);
     assert!(matches!(
-        t.apply(&id, b"[1]"),
+        t.apply(&id, b"[1]", &HashKeys::new()),
         Err(TransformError::NotJson(_))
     ));
     // Fail closed: a field the paths cannot reach in this payload's shape is never let
@@ -557,18 +557,21 @@ fn transforms() {
             "customer.email",
         ),
     ] {
-        match t.apply(&id, payload) {
+        match t.apply(&id, payload, &HashKeys::new()) {
             Err(TransformError::Unresolved { at, .. }) => assert_eq!(at, want),
             Err(TransformError::DottedKey { key }) => assert_eq!(key, want),
             other => panic!("{}: {other:?}", String::from_utf8_lossy(payload)),
         }
     }
     // Absent fields and `null` parents are fine.
-    assert!(t.apply(&id, br#"{"customer":null,"total":1}"#).is_ok());
-    assert!(t.apply(&id, br#"{"total":1}"#).is_ok());
+    assert!(
+        t.apply(&id, br#"{"customer":null,"total":1}"#, &HashKeys::new())
+            .is_ok()
+    );
+    assert!(t.apply(&id, br#"{"total":1}"#, &HashKeys::new()).is_ok());
 
     let agg = p.transform("orders-per-country").unwrap();
-    assert!(agg.apply(&id, payload).is_err());
+    assert!(agg.apply(&id, payload, &HashKeys::new()).is_err());
     let mut w = agg.window().unwrap();
     for (i, (country, total)) in [("IE", 10), ("DE", 5), ("IE", 7)].iter().enumerate() {
         let body = format!(r#"{{"country":"{country}","total":{total},"customer":{{"id":"x"}}}}"#);
@@ -608,7 +611,7 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     let t = p.transform("orders-masked").unwrap();
     let id = EventId([0xab; 32]);
     let payload = br#"{"customer":{"id":"c-17","email":"a@b.eu","phone":"+353 1 234","tier":"gold"},"card":"4111111111111111","total":42,"country":"IE","notes":"ring twice"}"#;
-    let data = t.apply(&id, payload).unwrap().payload["data"].clone();
+    let data = t.apply(&id, payload, &HashKeys::new()).unwrap().payload["data"].clone();
     assert_eq!(
         data,
         serde_json::json!({
@@ -629,7 +632,7 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     let denied = policy()
         .transform("orders-masked")
         .unwrap()
-        .apply(&id, payload)
+        .apply(&id, payload, &HashKeys::new())
         .unwrap();
     assert_eq!(denied.payload["data"]["customer"]["phone"], "+353 1 234");
     assert_eq!(denied.payload["data"]["notes"], "ring twice");
@@ -642,7 +645,7 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     let data = p
         .transform("orders-masked")
         .unwrap()
-        .apply(&id, payload)
+        .apply(&id, payload, &HashKeys::new())
         .unwrap()
         .payload["data"]
         .clone();
@@ -656,9 +659,11 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     assert!(data.get("total").is_none() && data.get("notes").is_none());
     // Fail closed as the other lists do: a kept path the payload's shape cannot follow.
     assert!(matches!(
-        p.transform("orders-masked")
-            .unwrap()
-            .apply(&id, br#"{"customer":"c-17"}"#),
+        p.transform("orders-masked").unwrap().apply(
+            &id,
+            br#"{"customer":"c-17"}"#,
+            &HashKeys::new()
+        ),
         Err(TransformError::Unresolved { .. })
     ));
     // keep excludes drop and aggregate.
@@ -762,6 +767,97 @@ fn a_derivative_keeps_its_sources_narrower_stamp() {
             classification: "secret".into()
         })
     );
+}
+
+/// `hash_key`: hashes are HMAC-SHA256 under a key each ingress node holds in its own
+/// configuration; the bundle names it only. A node without the key derives nothing (no
+/// fallback to a weaker hash); the key's name and length are checked.
+#[test]
+fn a_transform_hashes_under_a_node_local_key_the_bundle_only_names() {
+    let keyed = EXAMPLE.replace("salt = \"acme-2025\"", "hash_key = \"orders-2025\"");
+    assert_ne!(keyed, EXAMPLE);
+    let bundle = Bundle::from_toml(&keyed).unwrap();
+    let p = Policy::compile(&bundle).unwrap();
+    let t = p.transform("orders-masked").unwrap();
+    assert_eq!(t.hash_key(), Some("orders-2025"));
+    assert_eq!(
+        policy().transform("orders-masked").unwrap().hash_key(),
+        None
+    );
+    let id = EventId([0xab; 32]);
+    let payload = br#"{"customer":{"id":"c-17"},"card":"4111111111111111"}"#;
+    assert_eq!(
+        t.apply(&id, payload, &HashKeys::new()),
+        Err(TransformError::HashKeyMissing {
+            name: "orders-2025".into()
+        })
+    );
+    let secret = b"sixteen or more bytes of secret".to_vec();
+    let mut keys = HashKeys::new();
+    keys.insert("orders-2025", secret.clone()).unwrap();
+    let d = t.apply(&id, payload, &keys).unwrap();
+    let want = {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
+        mac.update(b"weft/transform-hash\0\"c-17\"");
+        let bytes = mac.finalize().into_bytes();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("hmac-sha256:{hex}")
+    };
+    assert_eq!(d.payload["data"]["customer"]["id"], want.as_str());
+    // Another key, another hash: the key is what a guess would need.
+    let mut other = HashKeys::new();
+    other
+        .insert("orders-2025", b"another secret of sixteen bytes".to_vec())
+        .unwrap();
+    assert_ne!(t.apply(&id, payload, &other).unwrap(), d);
+    // The signed bundle carries the name, never a key; a bundle without `hash_key`
+    // encodes as before.
+    let cbor = bundle.to_cbor().unwrap();
+    assert!(cbor.windows(11).any(|w| w == b"orders-2025"));
+    assert!(!cbor.windows(secret.len()).any(|w| w == secret.as_slice()));
+    assert!(
+        !Bundle::from_toml(EXAMPLE)
+            .unwrap()
+            .to_cbor()
+            .unwrap()
+            .windows(8)
+            .any(|w| w == b"hash_key")
+    );
+    // Debug names keys, never shows them.
+    assert_eq!(format!("{keys:?}"), "{\"orders-2025\"}");
+    // Refusals, each naming what is wrong.
+    for (name, key, want) in [
+        ("orders-2025", vec![7u8; 15], "HASH_KEY_LEN_MIN"),
+        ("orders-2025", vec![7u8; 1025], "HASH_KEY_LEN_MAX"),
+        ("", vec![7u8; 16], "HASH_KEY_NAME_LEN_MAX"),
+        ("a/b", vec![7u8; 16], "letters, digits"),
+    ] {
+        let err = HashKeys::new().insert(name, key).unwrap_err();
+        assert!(err.contains(want), "{err}");
+    }
+    let compile = |text: &str| match Bundle::from_toml(text) {
+        Err(e) => e.to_string(),
+        Ok(b) => Policy::compile(&b).unwrap_err().to_string(),
+    };
+    let both = keyed.replace(
+        "hash_key = \"orders-2025\"",
+        "hash_key = \"orders-2025\"\nsalt = \"x\"",
+    );
+    assert!(
+        compile(&both).contains("excludes hash_key"),
+        "{}",
+        compile(&both)
+    );
+    let unhashed = keyed.replace("hash = [\"customer.id\"]\n", "");
+    assert_ne!(unhashed, keyed);
+    assert!(
+        compile(&unhashed).contains("needs hash"),
+        "{}",
+        compile(&unhashed)
+    );
+    let bad = keyed.replace("hash_key = \"orders-2025\"", "hash_key = \"orders 2025\"");
+    assert!(compile(&bad).contains("hash_key"), "{}", compile(&bad));
 }
 
 #[test]
