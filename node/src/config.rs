@@ -599,6 +599,34 @@ http = "127.0.0.1:8400"
         assert_eq!(c.raw.limits.ack_timeout_ms, 5_000);
     }
 
+    /// Hash keys are read at start from their files (relative like `key`, trailing
+    /// whitespace removed); a missing, short or badly named one stops the node, naming the
+    /// field and the limit.
+    #[test]
+    fn hash_keys_are_read_from_their_files_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.key"), "0123456789abcdef0123\n").unwrap();
+        std::fs::write(dir.path().join("short.key"), "0123456789abcde\n\n").unwrap();
+        let with = |entries: &str| format!("{GOOD}\n[egress.hash_keys]\n{entries}\n");
+        let c = NodeConfig::parse(&with("orders = \"good.key\""), dir.path()).unwrap();
+        assert_eq!(c.hash_keys.names().collect::<Vec<_>>(), ["orders"]);
+        assert_eq!(format!("{:?}", c.hash_keys), "{\"orders\"}");
+        for (entries, want) in [
+            ("orders = \"short.key\"", "HASH_KEY_LEN_MIN"),
+            ("orders = \"absent.key\"", "reading"),
+            ("\"or ders\" = \"good.key\"", "letters, digits"),
+        ] {
+            let err = format!(
+                "{:#}",
+                NodeConfig::parse(&with(entries), dir.path()).unwrap_err()
+            );
+            assert!(
+                err.contains("egress.hash_keys.") && err.contains(want),
+                "{entries}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn errors_name_the_field() {
         let cases = [
