@@ -55,6 +55,9 @@ pub const SET_ELEMENTS_MAX: usize = 1024;
 /// write enters the fabric, not where it is applied: every replica must apply the same
 /// writes). Concurrent writes at several nodes can pass it together, by at most one each.
 pub const SIBLINGS_MAX: usize = 64;
+/// Most elements a set key takes new elements beside (checked where a write enters the
+/// fabric, as [`SIBLINGS_MAX`]): each write carries the whole row to the store.
+pub const SET_KEY_ELEMENTS_MAX: usize = 16_384;
 
 /// How a table resolves concurrent writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -169,10 +172,16 @@ pub enum Op {
         /// The change.
         delta: i64,
     },
-    /// `set`: insert elements.
+    /// `set`: insert elements, each tagged with the write's dot. The tags of these
+    /// elements that `ctx` covers are superseded by the new one (as a remove of them with
+    /// `ctx` would, then the insert): an element inserted again and again keeps one tag
+    /// per concurrent inserter instead of one per insert. An empty `ctx` (a blind insert,
+    /// and every insert before 2026-12-03) supersedes nothing.
     Insert {
         /// Elements.
         elements: Vec<Vec<u8>>,
+        /// Versions of these elements' tags superseded.
+        ctx: Vv,
     },
     /// `set`: remove the tags of these elements that `ctx` covers.
     Remove {
@@ -232,6 +241,10 @@ enum WireOp {
     },
     Insert {
         elements: Vec<serde_bytes::ByteBuf>,
+        // Left out when empty: a blind insert encodes as before (nodes of older builds
+        // take it; one with a context they refuse as malformed).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ctx: Vec<WireVvEntry>,
     },
     Remove {
         elements: Vec<serde_bytes::ByteBuf>,
@@ -279,7 +292,7 @@ impl WireOpIn {
             ),
             OpKind::Delete => ("delete", &["ctx", "totals"], &[]),
             OpKind::Add => ("add", &["delta"], &["delta"]),
-            OpKind::Insert => ("insert", &["elements"], &["elements"]),
+            OpKind::Insert => ("insert", &["elements", "ctx"], &["elements"]),
             OpKind::Remove => ("remove", &["elements", "ctx"], &["elements"]),
         };
         let fields = [
@@ -398,8 +411,9 @@ impl Op {
                     .collect(),
             },
             Op::Add { delta } => WireOp::Add { delta: *delta },
-            Op::Insert { elements } => WireOp::Insert {
+            Op::Insert { elements, ctx } => WireOp::Insert {
                 elements: bufs(elements),
+                ctx: vv_to_wire(ctx),
             },
             Op::Remove { elements, ctx } => WireOp::Remove {
                 elements: bufs(elements),
@@ -457,6 +471,7 @@ impl Op {
                 elements_check(&elements)?;
                 Op::Insert {
                     elements: unbuf(elements),
+                    ctx: vv_from_wire("ctx", ctx)?,
                 }
             }
             OpKind::Remove => {
@@ -1053,6 +1068,33 @@ fn apply_counter(
     Applied::Applied
 }
 
+/// Removes the tags of `e` that `ctx` covers and remembers `ctx` for copies of them that
+/// arrive later; true if tags `ctx` does not cover remain (a concurrent insert: add wins).
+fn remove_covered(
+    tags: &mut BTreeMap<Vec<u8>, BTreeSet<Dot>>,
+    removed: &mut BTreeMap<Vec<u8>, Vv>,
+    cleared: &Vv,
+    e: &[u8],
+    ctx: &Vv,
+) -> bool {
+    let r = removed.entry(e.to_vec()).or_default();
+    r.join(ctx);
+    normalize(r, cleared);
+    if r.0.is_empty() {
+        removed.remove(e);
+    }
+    let Some(t) = tags.get_mut(e) else {
+        return false;
+    };
+    t.retain(|d| !ctx.covers(d));
+    if t.is_empty() {
+        tags.remove(e);
+        false
+    } else {
+        true
+    }
+}
+
 fn apply_set(state: &mut Option<KeyState>, w: &Write<'_>, stats: &mut ConflictStats) -> Applied {
     if !matches!(
         w.op,
@@ -1076,8 +1118,13 @@ fn apply_set(state: &mut Option<KeyState>, w: &Write<'_>, stats: &mut ConflictSt
         return Applied::Ignored;
     };
     match w.op {
-        Op::Insert { elements } => {
+        Op::Insert { elements, ctx } => {
             for e in elements {
+                if !ctx.0.is_empty() {
+                    // Supersede the tags of `e` the writer saw, exactly as a remove of `e`
+                    // with `ctx` would (a copy of them arriving late stays out), then tag.
+                    remove_covered(tags, removed, cleared, e, ctx);
+                }
                 let gone =
                     cleared.covers(&w.dot) || removed.get(e).is_some_and(|vv| vv.covers(&w.dot));
                 if gone {
@@ -1089,19 +1136,8 @@ fn apply_set(state: &mut Option<KeyState>, w: &Write<'_>, stats: &mut ConflictSt
         }
         Op::Remove { elements, ctx } => {
             for e in elements {
-                let r = removed.entry(e.clone()).or_default();
-                r.join(ctx);
-                normalize(r, cleared);
-                if r.0.is_empty() {
-                    removed.remove(e);
-                }
-                if let Some(t) = tags.get_mut(e) {
-                    t.retain(|d| !ctx.covers(d));
-                    if t.is_empty() {
-                        tags.remove(e);
-                    } else {
-                        stats.set_add_wins += 1;
-                    }
+                if remove_covered(tags, removed, cleared, e, ctx) {
+                    stats.set_add_wins += 1;
                 }
             }
         }

@@ -108,7 +108,17 @@ fn make_op(strategy: Kind, local: Option<&KeyState>, pick: u8) -> Op {
                     elements: vec![e],
                     ctx: version,
                 },
-                _ => Op::Insert { elements: vec![e] },
+                // A blind insert, or one superseding what this replica saw (as the node
+                // sends: the tags of its elements; the key's whole version here, which
+                // supersedes the same tags).
+                3 => Op::Insert {
+                    elements: vec![e],
+                    ctx: Vv::default(),
+                },
+                _ => Op::Insert {
+                    elements: vec![e],
+                    ctx: version,
+                },
             }
         }
     }
@@ -280,14 +290,14 @@ fn check_model(strategy: Kind, run: &Run) {
                     let removed = |d: &Dot| {
                         ops.iter().any(|op| match op {
                             Op::Delete { ctx, .. } => ctx.covers(d),
-                            Op::Remove { elements, ctx } => {
+                            Op::Remove { elements, ctx } | Op::Insert { elements, ctx } => {
                                 elements.iter().any(|x| x == e) && ctx.covers(d)
                             }
                             _ => false,
                         })
                     };
                     let want = on_key.iter().any(|w| {
-                        matches!(&w.op, Op::Insert { elements } if elements.iter().any(|x| x == e))
+                        matches!(&w.op, Op::Insert { elements, .. } if elements.iter().any(|x| x == e))
                             && !removed(&w.dot)
                     });
                     let got = match state {
@@ -383,6 +393,80 @@ fn a_late_older_write_never_resurrects_a_deleted_key() {
     assert_eq!(t.stats().lww_lost, 1);
 }
 
+/// A set element inserted again and again with the context of what its writer saw keeps
+/// one tag per concurrent inserter, not one per insert; a copy of a superseded insert that
+/// arrives late stays out; a blind insert encodes as before (no `ctx` key), one with a
+/// context round-trips.
+#[test]
+fn a_set_insert_supersedes_the_tags_its_writer_saw() {
+    let (a, b) = (origin(0), origin(1));
+    let mut t = Table::new(Kind::Set);
+    let apply = |t: &mut Table, origin, seq: u64, op: &Op| {
+        t.apply(&Write {
+            dot: Dot { origin, seq },
+            hlc: Hlc::from_u64(seq << 16),
+            key: b"k",
+            op,
+        })
+    };
+    let tags = |t: &Table| match t.get(b"k") {
+        Some(KeyState::Set { tags, .. }) => tags.get(b"x".as_slice()).cloned().unwrap_or_default(),
+        other => panic!("{other:?}"),
+    };
+    let seen = |t: &Table| {
+        let mut ctx = Vv::default();
+        tags(t).iter().for_each(|d| ctx.add(d));
+        ctx
+    };
+    let insert = |ctx: Vv| Op::Insert {
+        elements: vec![b"x".to_vec()],
+        ctx,
+    };
+    // Origin b's insert reaches this replica; c's does not yet.
+    let c = origin(2);
+    apply(&mut t, b, 1, &insert(Vv::default()));
+    let mut ops = Vec::new();
+    for seq in 1..=100 {
+        let op = insert(seen(&t));
+        assert_eq!(Op::decode(&op.encode()).unwrap(), op);
+        apply(&mut t, a, seq, &op);
+        ops.push(op);
+    }
+    assert_eq!(
+        tags(&t),
+        BTreeSet::from([Dot {
+            origin: a,
+            seq: 100
+        }]),
+        "one tag, not 101"
+    );
+    // Another replica gets a's inserts first: b's, superseded by a's first, arrives late
+    // and stays out; c's, which no context covered, stands beside (add wins); both
+    // replicas end equal.
+    let mut t2 = Table::new(Kind::Set);
+    for (i, op) in ops.iter().enumerate() {
+        apply(&mut t2, a, i as u64 + 1, op);
+    }
+    apply(&mut t2, b, 1, &insert(Vv::default()));
+    apply(&mut t2, c, 1, &insert(Vv::default()));
+    apply(&mut t, c, 1, &insert(Vv::default()));
+    assert_eq!(
+        tags(&t2),
+        BTreeSet::from([
+            Dot {
+                origin: a,
+                seq: 100
+            },
+            Dot { origin: c, seq: 1 }
+        ])
+    );
+    assert_eq!(t2.digest(), t.digest());
+    // Blind: the old encoding exactly.
+    let blind = insert(Vv::default()).encode();
+    assert!(!blind.windows(3).any(|w| w == b"ctx"));
+    assert_eq!(Op::decode(&blind).unwrap(), insert(Vv::default()));
+}
+
 /// A counter delete carries the sums its writer had seen; they must survive the wire (the
 /// round-trip property above only makes deletes from an empty view).
 #[test]
@@ -411,6 +495,7 @@ fn malformed_and_oversize_operations_are_refused_with_the_limit() {
     ));
     let big = Op::Insert {
         elements: vec![b"x".to_vec(); weft_fabric::table::SET_ELEMENTS_MAX + 1],
+        ctx: Vv::default(),
     };
     assert!(matches!(
         Op::decode(&big.encode()),

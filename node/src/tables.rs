@@ -14,7 +14,7 @@
 //! are ordinary keyed events carrying a `weft_fabric::table::Op`, published through the
 //! usual path (authorization, residency stamping, signing, acks).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -618,6 +618,37 @@ pub(crate) async fn sibling_room(
             "{} key {key:?} holds {} concurrent values (table::SIBLINGS_MAX): resolve them with a write carrying the version of a read",
             stream.as_str(),
             table::SIBLINGS_MAX
+        ),
+    )))
+}
+
+/// Refuses an insert into a set key that would take it past [`table::SET_KEY_ELEMENTS_MAX`]
+/// elements: 409 `too_many_elements`, counted. Each write re-encodes the whole row, so a
+/// key grown without bound would make every write to it slower. Elements it holds already
+/// do not count against it: inserting them again is always taken.
+pub(crate) async fn element_room(
+    api: &Arc<Api>,
+    stream: &StreamName,
+    key: &str,
+    elements: &[Vec<u8>],
+) -> ApiResult<()> {
+    let held = match current(api, Visibility::All, Strategy::Set, stream, key).await? {
+        Some(KeyState::Set { tags, .. }) => tags,
+        _ => BTreeMap::new(),
+    };
+    let new: BTreeSet<&Vec<u8>> = elements.iter().filter(|e| !held.contains_key(*e)).collect();
+    if held.len() + new.len() <= table::SET_KEY_ELEMENTS_MAX {
+        return Ok(());
+    }
+    Err(api.fail(ApiError::new(
+        StatusCode::CONFLICT,
+        "too_many_elements",
+        format!(
+            "{} key {key:?} holds {} elements; {} new would pass table::SET_KEY_ELEMENTS_MAX ({}): remove some, or use more keys",
+            stream.as_str(),
+            held.len(),
+            new.len(),
+            table::SET_KEY_ELEMENTS_MAX
         ),
     )))
 }
@@ -1283,9 +1314,23 @@ pub(crate) async fn put(
                 ))
             })?;
             match (b.insert.is_empty(), b.remove.is_empty()) {
-                (false, true) if b.insert.len() <= table::SET_ELEMENTS_MAX => Op::Insert {
-                    elements: b.insert.into_iter().map(String::into_bytes).collect(),
-                },
+                (false, true) if b.insert.len() <= table::SET_ELEMENTS_MAX => {
+                    // The insert supersedes the tags of its elements this node has seen
+                    // (what the writer may see of them, as a remove would): an element
+                    // inserted again and again keeps one tag per concurrent inserter.
+                    let elements: Vec<Vec<u8>> =
+                        b.insert.into_iter().map(String::into_bytes).collect();
+                    let vis = deletion_view(&api, &headers, &name)?;
+                    let seen = current(&api, vis, strategy, &name, &key).await?;
+                    element_room(&api, &name, &key, &elements).await?;
+                    let mut ctx = Vv::default();
+                    if let Some(KeyState::Set { tags, .. }) = &seen {
+                        for e in &elements {
+                            tags.get(e).into_iter().flatten().for_each(|d| ctx.add(d));
+                        }
+                    }
+                    Op::Insert { elements, ctx }
+                }
                 (true, false) if b.remove.len() <= table::SET_ELEMENTS_MAX => {
                     let vis = deletion_view(&api, &headers, &name)?;
                     let seen = current(&api, vis, strategy, &name, &key).await?;
@@ -1526,6 +1571,7 @@ mod tests {
             Strategy::Counter => Op::Add { delta: n.into() },
             Strategy::Set => Op::Insert {
                 elements: vec![vec![n]],
+                ctx: Vv::default(),
             },
         }
     }

@@ -387,3 +387,109 @@ fn a_multi_value_key_takes_a_bounded_number_of_siblings() {
         assert!(rejected(&c, 0, "too_many_siblings").await >= 2);
     });
 }
+
+/// A set element inserted again and again keeps one tag (its row stays small: each insert
+/// supersedes the tags its node saw), and a set key takes at most
+/// `SET_KEY_ELEMENTS_MAX` (16,384) elements: an insert of new ones past it is refused
+/// (409 `too_many_elements`, counted) while elements it holds may be inserted again.
+#[test]
+fn a_set_key_keeps_one_tag_per_inserter_and_a_bounded_number_of_elements() {
+    rt().block_on(async {
+        let mut c = Cluster::new("tables-set-bound", 48, &three_regions()[..1], TABLES);
+        c.start(0);
+        c.wait_healthy(0).await;
+        let row_len = |key: &str| -> i64 {
+            let db = c
+                .dir
+                .join("data")
+                .join(c.nodes[0].spec.name)
+                .join("weft.db");
+            let conn = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            conn.query_row(
+                "SELECT length(state) FROM table_keys WHERE stream = 'set.tags' AND key = ?1",
+                [key.as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        // The second insert supersedes the first's tag and remembers that it did (one
+        // entry per origin); from there the row keeps its size.
+        for _ in 0..2 {
+            put(
+                &c,
+                0,
+                "/v1/tables/set.tags/k?ack=local",
+                json!({"insert": ["x"]}),
+            )
+            .await;
+        }
+        let twice = row_len("k");
+        assert!(twice < 200, "{twice} bytes");
+        for _ in 0..99 {
+            put(
+                &c,
+                0,
+                "/v1/tables/set.tags/k?ack=local",
+                json!({"insert": ["x"]}),
+            )
+            .await;
+        }
+        let (_, read) = get(&c, 0, "/v1/tables/set.tags/k").await;
+        assert_eq!(read["elements"], json!(["x"]), "{read}");
+        assert_eq!(row_len("k"), twice, "one tag after 101 inserts");
+
+        let batch =
+            |from: usize| -> Vec<String> { (from..from + 1024).map(|n| format!("e{n}")).collect() };
+        for b in 0..16 {
+            put(
+                &c,
+                0,
+                "/v1/tables/set.tags/big?ack=local",
+                json!({"insert": batch(b * 1024)}),
+            )
+            .await;
+        }
+        let refused = reqwest::Client::new()
+            .put(c.url(0, "/v1/tables/set.tags/big"))
+            .bearer_auth(&c.token)
+            .json(&json!({"insert": ["one-more", "e0"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 409);
+        let v: Value = refused.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "too_many_elements", "{v}");
+        let text = v["error"]["message"].as_str().unwrap();
+        assert!(
+            text.contains("16384 elements") && text.contains("SET_KEY_ELEMENTS_MAX"),
+            "{text}"
+        );
+        // Held elements again: taken; one removed makes room for one new.
+        put(
+            &c,
+            0,
+            "/v1/tables/set.tags/big",
+            json!({"insert": ["e0", "e1"]}),
+        )
+        .await;
+        put(
+            &c,
+            0,
+            "/v1/tables/set.tags/big?ack=local",
+            json!({"remove": ["e0"]}),
+        )
+        .await;
+        put(
+            &c,
+            0,
+            "/v1/tables/set.tags/big",
+            json!({"insert": ["one-more"]}),
+        )
+        .await;
+        assert_eq!(rejected(&c, 0, "too_many_elements").await, 1);
+    });
+}

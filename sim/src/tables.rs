@@ -125,8 +125,17 @@ pub fn next_write(
                     ctx: version,
                 }
             } else {
+                // As a node writes it: superseding the element's tags it has seen.
+                let mut ctx = Vv::default();
+                if let Some(KeyState::Set { tags, .. }) = state {
+                    tags.get(&element)
+                        .into_iter()
+                        .flatten()
+                        .for_each(|d| ctx.add(d));
+                }
                 Op::Insert {
                     elements: vec![element],
+                    ctx,
                 }
             }
         }
