@@ -1478,6 +1478,11 @@ roles = ["reader"]
 [classes.public]
 anywhere = true
 [[streams]]
+pattern = "telemetry.till-7.counts"
+classification = "public"
+replication = "all"
+conflict = "counter"
+[[streams]]
 pattern = "telemetry.>"
 classification = "public"
 replication = "all"
@@ -1955,10 +1960,10 @@ fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
     .unwrap_or_else(|| panic!("node never had epoch 1\n{}", w.logs()));
     let seed = weft_agent::keys::load(&w.dir.join("device.key")).unwrap();
     let signer = weft_fabric::Signer::from_secret(&seed);
-    let event = |seq: u64| {
+    let keyed = |stream: &str, seq: u64, key: Option<&str>| {
         let draft = weft_fabric::EventDraft {
-            stream: weft_fabric::StreamName::new(STREAM).unwrap(),
-            key: None,
+            stream: weft_fabric::StreamName::new(stream).unwrap(),
+            key: key.map(|k| k.as_bytes().to_vec()),
             seq,
             hlc: weft_fabric::Hlc::new(
                 std::time::SystemTime::now()
@@ -1982,6 +1987,7 @@ fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
         };
         signer.sign(draft).unwrap().encode()
     };
+    let event = |seq: u64| keyed(STREAM, seq, None);
     let edge = "127.83.0.1:7500";
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1995,6 +2001,17 @@ fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
         assert_eq!(
             answer["durable"]["ids"].as_array().map(Vec::len),
             Some(1),
+            "{answer}"
+        );
+        // A keyed event on a counter table is a write the table would ignore (a put):
+        // refused where it enters, as over HTTP, never stored and silently dropped.
+        let put = keyed("telemetry.till-7.counts", 2, Some("door"));
+        let answer = raw::batch(&first, &weft_fabric::edge::encode_batch([put.as_slice()])).await;
+        assert_eq!(answer["refused"]["reason"], "bad_table_write", "{answer}");
+        assert!(
+            answer["refused"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("counter table") && m.contains("add and delete")),
             "{answer}"
         );
         // A frame that is not a batch: failed, so the agent retries instead of dropping.

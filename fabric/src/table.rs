@@ -83,6 +83,31 @@ impl Strategy {
             Strategy::Set => "set",
         }
     }
+
+    /// Whether a table of this strategy takes `op`; every replica ignores one it does not
+    /// (`add` on an lww table, `put` on a counter), so the node refuses it where it enters.
+    pub fn takes(self, op: &Op) -> bool {
+        matches!(
+            (self, op),
+            (
+                Strategy::Lww | Strategy::MultiValue,
+                Op::Put { .. } | Op::Delete { .. }
+            ) | (Strategy::Counter, Op::Add { .. } | Op::Delete { .. })
+                | (
+                    Strategy::Set,
+                    Op::Insert { .. } | Op::Remove { .. } | Op::Delete { .. }
+                )
+        )
+    }
+
+    /// The operations a table of this strategy takes, for error messages.
+    pub fn ops(self) -> &'static str {
+        match self {
+            Strategy::Lww | Strategy::MultiValue => "put and delete",
+            Strategy::Counter => "add and delete",
+            Strategy::Set => "insert, remove and delete",
+        }
+    }
 }
 
 /// A write's identity: its origin and that origin's sequence number.
@@ -383,6 +408,40 @@ fn elements_check(elements: &[serde_bytes::ByteBuf]) -> Result<(), OpError> {
 }
 
 impl Op {
+    /// The operation's name, as its CBOR and the API spell it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Put { .. } => "put",
+            Op::Delete { .. } => "delete",
+            Op::Add { .. } => "add",
+            Op::Insert { .. } => "insert",
+            Op::Remove { .. } => "remove",
+        }
+    }
+
+    /// The writes the operation names as seen by its writer: its context, with a counter
+    /// deletion's per-origin sums (each names the last write of its origin it counted).
+    /// A replica applies the operation against these for good, so a node taking an
+    /// operation signed elsewhere checks that it has applied them all.
+    pub fn seen(&self) -> Vv {
+        let mut seen = match self {
+            Op::Put { ctx, .. }
+            | Op::Delete { ctx, .. }
+            | Op::Insert { ctx, .. }
+            | Op::Remove { ctx, .. } => ctx.clone(),
+            Op::Add { .. } => Vv::default(),
+        };
+        if let Op::Delete { totals, .. } = self {
+            for (origin, t) in totals {
+                seen.add(&Dot {
+                    origin: *origin,
+                    seq: t.seq,
+                });
+            }
+        }
+        seen
+    }
+
     /// The operation's CBOR (what a keyed event with [`OP_CONTENT_TYPE`] carries).
     pub fn encode(&self) -> Vec<u8> {
         let bufs = |e: &[Vec<u8>]| e.iter().cloned().map(serde_bytes::ByteBuf::from).collect();

@@ -487,6 +487,67 @@ fn a_counter_delete_with_totals_round_trips() {
     assert_eq!(Op::decode(&op.encode()).unwrap(), op);
 }
 
+/// `Strategy::takes` (what a node checks where a write enters) says exactly which
+/// operations a table applies and which every replica ignores; `Op::seen` names every
+/// write an operation's context and a counter deletion's sums claim.
+#[test]
+fn a_strategy_takes_exactly_the_operations_it_applies() {
+    let mut totals = BTreeMap::new();
+    totals.insert(origin(2), Totals { seq: 9, p: 4, n: 1 });
+    let ctx = Vv([(origin(1), 3)].into_iter().collect());
+    let ops = [
+        Op::Put {
+            content_type: "text/plain".into(),
+            value: b"v".to_vec(),
+            ctx: ctx.clone(),
+        },
+        Op::Delete {
+            ctx: ctx.clone(),
+            totals,
+        },
+        Op::Add { delta: -2 },
+        Op::Insert {
+            elements: vec![b"a".to_vec()],
+            ctx: ctx.clone(),
+        },
+        Op::Remove {
+            elements: vec![b"a".to_vec()],
+            ctx: ctx.clone(),
+        },
+    ];
+    let mut taken = 0;
+    for strategy in [Kind::Lww, Kind::MultiValue, Kind::Counter, Kind::Set] {
+        for op in &ops {
+            let mut table = Table::new(strategy);
+            let applied = table.apply(&Write {
+                dot: Dot {
+                    origin: origin(0),
+                    seq: 1,
+                },
+                hlc: Hlc::new(1, 0).unwrap(),
+                key: b"k",
+                op,
+            });
+            assert_eq!(
+                strategy.takes(op),
+                applied == Applied::Applied,
+                "{} {}: takes says {}, the table {applied:?}",
+                strategy.as_str(),
+                op.kind(),
+                strategy.takes(op)
+            );
+            assert!(strategy.ops().contains(op.kind()) == strategy.takes(op));
+            taken += usize::from(strategy.takes(op));
+        }
+    }
+    assert_eq!(taken, 2 + 2 + 2 + 3);
+    assert_eq!(ops[0].seen(), ctx);
+    assert_eq!(ops[2].seen(), Vv::default());
+    let mut both = ctx.clone();
+    both.0.insert(origin(2), 9);
+    assert_eq!(ops[1].seen(), both);
+}
+
 #[test]
 fn malformed_and_oversize_operations_are_refused_with_the_limit() {
     assert!(matches!(

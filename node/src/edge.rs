@@ -884,8 +884,26 @@ impl Edge {
             admin: false,
         };
         for (i, event) in events.iter().enumerate() {
-            if let Err((reason, message)) = self.check(device, &principal, policy.as_deref(), event)
-            {
+            let refusal = match self.check(device, &principal, policy.as_deref(), event) {
+                Err(r) => Some(r),
+                // A keyed event on a table stream is a write: checked as a pre-signed
+                // HTTP one is (an operation the table would ignore, its bounds, a version
+                // naming writes not applied here).
+                Ok(()) => match crate::tables::write_refusal(
+                    api,
+                    event.stream(),
+                    event.key(),
+                    event.content_type(),
+                    event.payload(),
+                )
+                .await
+                {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some((e.reason(), e.message().to_string())),
+                    Err(_) => return self.busy("table write check unanswered"),
+                },
+            };
+            if let Some((reason, message)) = refusal {
                 // A resend of an event this node already holds (stored under an older
                 // epoch, its acknowledgement lost) is durable, not refused (and not
                 // counted or audited as one).

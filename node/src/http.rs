@@ -971,6 +971,7 @@ async fn publish_inner(
     let media = media_type(&headers);
     if media == WEFT_CBOR {
         let event = presigned(api, &principal, &body, path_stream.as_ref())?;
+        table_write_check(api, &principal.name, &event).await?;
         let charge = match api.policy.policy() {
             Some(policy) => Some(enforce_rate(
                 api,
@@ -1149,14 +1150,18 @@ async fn publish_inner(
             e.id.clone(),
         )));
     }
-    // A keyed event on a multi-value table is a write without a version: a sibling.
+    // A keyed event on a table stream is a put without a version (on a multi-value
+    // table, a sibling): refused where the table would ignore it or is full.
     for d in &drafts {
-        if let Some(key) = &d.key
-            && api.tables.strategy(&d.stream) == Some(weft_fabric::table::Strategy::MultiValue)
-            && let Ok(key) = std::str::from_utf8(key)
-        {
-            crate::tables::sibling_room(api, &d.stream, key, &Default::default()).await?;
-        }
+        crate::tables::write_refusal(
+            api,
+            &d.stream,
+            d.key.as_deref(),
+            &d.content_type,
+            &d.payload,
+        )
+        .await?
+        .map_err(|e| api.fail(e))?;
     }
     // Rate limits and quotas: every event of the request fits, or none is taken.
     let charge = match (&policy, drafts.first()) {
@@ -1608,6 +1613,35 @@ fn presigned(
         enforce_presigned(api, &policy, principal, &event)?;
     }
     Ok(event)
+}
+
+/// A pre-signed keyed event on a table stream is a write the tables API did not build:
+/// [`crate::tables::write_refusal`] checks it (counted; a version naming unapplied writes,
+/// a guard against silencing other writers, is audited too). A resend of one this node
+/// holds already is durable, and taken as any resend.
+async fn table_write_check(api: &Arc<Api>, principal: &str, event: &Event) -> ApiResult<()> {
+    let refusal = crate::tables::write_refusal(
+        api,
+        event.stream(),
+        event.key(),
+        event.content_type(),
+        event.payload(),
+    )
+    .await?;
+    let Err(e) = refusal else {
+        return Ok(());
+    };
+    let id = event.id();
+    if read_store(api, move |r| r.event_by_id(&id))
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    if e.reason == "version_ahead" {
+        audit_event(api, &e, principal, event, api.policy.epoch());
+    }
+    Err(api.fail(e))
 }
 
 /// Policy on an event signed elsewhere: the token's principal must be allowed to publish

@@ -602,6 +602,19 @@ pub(crate) async fn sibling_room(
     key: &str,
     ctx: &Vv,
 ) -> ApiResult<()> {
+    sibling_refusal(api, stream, key, ctx)
+        .await?
+        .map_err(|e| api.fail(e))
+}
+
+/// [`sibling_room`]'s check, the refusal not counted yet. The outer error is the store's
+/// (counted).
+async fn sibling_refusal(
+    api: &Arc<Api>,
+    stream: &StreamName,
+    key: &str,
+    ctx: &Vv,
+) -> ApiResult<Result<(), ApiError>> {
     let left = match current(api, Visibility::All, Strategy::MultiValue, stream, key).await? {
         Some(KeyState::MultiValue { siblings, .. }) => {
             siblings.keys().filter(|d| !ctx.covers(d)).count()
@@ -609,9 +622,9 @@ pub(crate) async fn sibling_room(
         _ => 0,
     };
     if left < table::SIBLINGS_MAX {
-        return Ok(());
+        return Ok(Ok(()));
     }
-    Err(api.fail(ApiError::new(
+    Ok(Err(ApiError::new(
         StatusCode::CONFLICT,
         "too_many_siblings",
         format!(
@@ -632,15 +645,28 @@ pub(crate) async fn element_room(
     key: &str,
     elements: &[Vec<u8>],
 ) -> ApiResult<()> {
+    element_refusal(api, stream, key, elements)
+        .await?
+        .map_err(|e| api.fail(e))
+}
+
+/// [`element_room`]'s check, the refusal not counted yet. The outer error is the store's
+/// (counted).
+async fn element_refusal(
+    api: &Arc<Api>,
+    stream: &StreamName,
+    key: &str,
+    elements: &[Vec<u8>],
+) -> ApiResult<Result<(), ApiError>> {
     let held = match current(api, Visibility::All, Strategy::Set, stream, key).await? {
         Some(KeyState::Set { tags, .. }) => tags,
         _ => BTreeMap::new(),
     };
     let new: BTreeSet<&Vec<u8>> = elements.iter().filter(|e| !held.contains_key(*e)).collect();
     if held.len() + new.len() <= table::SET_KEY_ELEMENTS_MAX {
-        return Ok(());
+        return Ok(Ok(()));
     }
-    Err(api.fail(ApiError::new(
+    Ok(Err(ApiError::new(
         StatusCode::CONFLICT,
         "too_many_elements",
         format!(
@@ -651,6 +677,100 @@ pub(crate) async fn element_room(
             table::SET_KEY_ELEMENTS_MAX
         ),
     )))
+}
+
+/// Why a keyed event on a table stream may not enter the fabric here, the refusal not
+/// counted yet (the caller counts it, or takes the event after all when it holds it
+/// already); the outer error is the store's (counted). The tables API builds its writes
+/// and checks them itself; this is for writes that arrive whole: pre-signed envelopes
+/// (HTTP and edge devices, whose signature fixes the operation) and keyed CloudEvents.
+/// What every replica would ignore is refused instead of taken and silently dropped: a
+/// malformed operation, one the table's strategy does not take (400 `bad_table_write`),
+/// a key the tables API cannot address (400 `bad_key`). The bounds the API keeps are kept
+/// here too (409 `too_many_siblings`, `too_many_elements`). And an operation whose
+/// version names writes this node has not applied (409 `version_ahead`) is refused: it
+/// would supersede them on every replica for good, so a made-up version could silence
+/// every later write of an origin to the key (the API cuts a client's token to what the
+/// node has applied; a signed operation cannot be cut). Sealed payloads are not read by
+/// tables (ignored and counted, as documented) and unkeyed events are not writes.
+pub(crate) async fn write_refusal(
+    api: &Arc<Api>,
+    stream: &StreamName,
+    key: Option<&[u8]>,
+    content_type: &str,
+    payload: &Payload,
+) -> ApiResult<Result<(), ApiError>> {
+    let (Some(strategy), Some(key), Payload::Clear(bytes)) =
+        (api.tables.strategy(stream), key, payload)
+    else {
+        return Ok(Ok(()));
+    };
+    let bad = |reason: &'static str, m: String| {
+        Ok(Err(ApiError::new(StatusCode::BAD_REQUEST, reason, m)))
+    };
+    let what = format!("{} (a {} table)", stream.as_str(), strategy.as_str());
+    let op = match Op::from_event(content_type, bytes) {
+        Ok(op) => op,
+        Err(e) => return bad("bad_table_write", format!("a write to {what}: {e}")),
+    };
+    if !strategy.takes(&op) {
+        return bad(
+            "bad_table_write",
+            format!(
+                "{what} takes {}; this write is {} (a keyed event of another content type than {} is a put): every replica would ignore it",
+                strategy.ops(),
+                op.kind(),
+                table::OP_CONTENT_TYPE
+            ),
+        );
+    }
+    let key = match std::str::from_utf8(key) {
+        Ok(k) if !k.is_empty() && k.len() <= KEY_LEN_MAX => k,
+        _ => {
+            return bad(
+                "bad_key",
+                format!(
+                    "a table key is 1 to {KEY_LEN_MAX} bytes of UTF-8; this write's key is {} bytes{}",
+                    key.len(),
+                    if std::str::from_utf8(key).is_err() {
+                        ", not UTF-8"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+    };
+    let seen = op.seen();
+    if !seen.0.is_empty() {
+        let name = stream.as_str().to_string();
+        let applied = crate::http::read_store(api, move |r| {
+            applied_vv(r.conn(), &name).map_err(StoreError::Backend)
+        })
+        .await?;
+        let ahead = seen
+            .0
+            .iter()
+            .find(|(o, s)| **s > applied.0.get(*o).copied().unwrap_or(0));
+        if let Some((origin, seq)) = ahead {
+            return Ok(Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "version_ahead",
+                format!(
+                    "this {} on {what} key {key:?} names write {seq} of origin {origin}, which this node has not applied (it has {}): it would supersede that origin's writes on every replica for good; send it through the node it was read from, or again once this one has caught up",
+                    op.kind(),
+                    applied.0.get(origin).copied().unwrap_or(0)
+                ),
+            )));
+        }
+    }
+    match &op {
+        Op::Put { ctx, .. } if strategy == Strategy::MultiValue => {
+            sibling_refusal(api, stream, key, ctx).await
+        }
+        Op::Insert { elements, .. } => element_refusal(api, stream, key, elements).await,
+        _ => Ok(Ok(())),
+    }
 }
 
 /// A client's version token `ctx`, each origin's number cut to the highest this node has

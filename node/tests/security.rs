@@ -200,25 +200,6 @@ async fn post_cbor(c: &Cluster, i: usize, stream: &str, body: Vec<u8>) -> (u16, 
     post_cbor_ack(c, i, stream, body, "local").await
 }
 
-async fn post_cbor_ack(
-    c: &Cluster,
-    i: usize,
-    stream: &str,
-    body: Vec<u8>,
-    ack: &str,
-) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(c.url(i, &format!("/v1/streams/{stream}/events?ack={ack}")))
-        .bearer_auth(&c.token)
-        .header("content-type", "application/vnd.weft.event+cbor")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn push(c: &Cluster, i: usize, body: Vec<u8>) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(c.url(i, "/v1/policy"))

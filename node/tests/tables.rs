@@ -493,3 +493,178 @@ fn a_set_key_keeps_one_tag_per_inserter_and_a_bounded_number_of_elements() {
         assert_eq!(rejected(&c, 0, "too_many_elements").await, 1);
     });
 }
+
+/// A keyed event on a table stream that arrives whole (pre-signed, or a keyed CloudEvent)
+/// is checked where it enters as the tables API checks its own writes: an operation the
+/// table would ignore on every replica (a malformed one, `add` on a multi-value table, a
+/// CloudEvent put on a counter) and a key the API cannot address are refused (400), the
+/// sibling and element bounds hold (409), and an operation whose version names writes
+/// this node has not applied is refused (409 `version_ahead`, audited): signed, it cannot
+/// be cut as a client's token is, and would silence that origin's later writes for good.
+/// A resend of a write the node holds is taken whatever the key holds now.
+#[test]
+fn pre_signed_table_writes_are_checked_as_the_tables_api_checks_its_own() {
+    use weft_fabric::table::{OP_CONTENT_TYPE, Op, Vv};
+    rt().block_on(async {
+        let mut c = Cluster::new("tables-presigned", 72, &three_regions()[..1], TABLES);
+        c.start(0);
+        c.wait_healthy(0).await;
+        let signer = weft_fabric::Signer::from_secret(&[9; 32]);
+        let producer = signer.origin();
+        let sign = |stream: &str, seq: u64, key: &[u8], op: &Op| {
+            let mut d = draft(stream, seq, OP_CONTENT_TYPE, op.encode());
+            d.key = Some(key.to_vec());
+            signer.sign(d).unwrap().encode()
+        };
+        let post =
+            |stream: &'static str, body: Vec<u8>| post_cbor_ack(&c, 0, stream, body, "local");
+        let put_op = |v: &str, ctx: Vv| Op::Put {
+            content_type: "application/json".into(),
+            value: serde_json::to_vec(v).unwrap(),
+            ctx,
+        };
+
+        // Operations no replica would apply, and a key the API cannot address.
+        let (s, v) = post("mv.docs", sign("mv.docs", 1, b"k", &Op::Add { delta: 1 })).await;
+        assert_eq!(
+            (s, v["error"]["reason"].as_str()),
+            (400, Some("bad_table_write")),
+            "{v}"
+        );
+        let text = v["error"]["message"].as_str().unwrap();
+        assert!(
+            text.contains("multi-value") && text.contains("put and delete") && text.contains("add"),
+            "{text}"
+        );
+        let mut garbled = draft("mv.docs", 1, OP_CONTENT_TYPE, b"\xff\x00not cbor".to_vec());
+        garbled.key = Some(b"k".to_vec());
+        let (s, v) = post("mv.docs", signer.sign(garbled).unwrap().encode()).await;
+        assert_eq!(
+            (s, v["error"]["reason"].as_str()),
+            (400, Some("bad_table_write")),
+            "{v}"
+        );
+        let (s, v) = post(
+            "mv.docs",
+            sign("mv.docs", 1, b"\xff\xfe", &put_op("x", Vv::default())),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["reason"].as_str()),
+            (400, Some("bad_key")),
+            "{v}"
+        );
+        let ce = json!({"specversion": "1.0", "id": "c1", "source": "it", "type": "t",
+            "subject": "hits", "data": 1});
+        let (s, v) = c.post_events(0, "cnt.page", "local", &c.token, &[ce]).await;
+        assert_eq!(
+            (s, v["error"]["reason"].as_str()),
+            (400, Some("bad_table_write")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("add and delete"),
+            "{v}"
+        );
+
+        // A version naming writes this node has not applied: refused and audited.
+        let ahead = Vv([(producer, 1000)].into_iter().collect());
+        let (s, v) = post("mv.docs", sign("mv.docs", 1, b"k", &put_op("x", ahead))).await;
+        assert_eq!(
+            (s, v["error"]["reason"].as_str()),
+            (409, Some("version_ahead")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("write 1000"),
+            "{v}"
+        );
+        let audited = wait_for(Duration::from_secs(10), || async {
+            let v = c
+                .get_auth(0, "/v1/audit?reason=version_ahead&limit=10")
+                .await;
+            (v["entries"].as_array()?.len() == 1).then_some(v)
+        })
+        .await;
+        assert!(audited.is_some(), "no audit entry for version_ahead");
+
+        // Sibling bound: a pre-signed put taken while there is room; the key filled to
+        // 64 values through the API; another pre-signed put refused, a resend of the one
+        // held taken, and the refused one taken once a versioned write resolves the key.
+        let first = sign("mv.docs", 1, b"r", &put_op("p1", Vv::default()));
+        let (s, v) = post("mv.docs", first.clone()).await;
+        assert!(s < 300, "{s} {v}");
+        for n in 0..63 {
+            put(&c, 0, "/v1/tables/mv.docs/r", json!(n)).await;
+        }
+        let second = sign("mv.docs", 2, b"r", &put_op("p2", Vv::default()));
+        let (s, v) = post("mv.docs", second.clone()).await;
+        assert_eq!(
+            (s, v["error"]["reason"].as_str()),
+            (409, Some("too_many_siblings")),
+            "{v}"
+        );
+        let (s, v) = post("mv.docs", first).await;
+        assert!(s < 300, "a resend of a held write: {s} {v}");
+        let (_, read) = get(&c, 0, "/v1/tables/mv.docs/r").await;
+        assert_eq!(
+            read["siblings"].as_array().map(Vec::len),
+            Some(64),
+            "{read}"
+        );
+        let version = read["version"].as_str().unwrap().to_string();
+        put(
+            &c,
+            0,
+            &format!("/v1/tables/mv.docs/r?version={version}"),
+            json!("merged"),
+        )
+        .await;
+        let (s, v) = post("mv.docs", second).await;
+        assert!(s < 300, "{s} {v}");
+        let (_, read) = get(&c, 0, "/v1/tables/mv.docs/r").await;
+        assert_eq!(read["siblings"].as_array().map(Vec::len), Some(2), "{read}");
+
+        // Element bound.
+        for b in 0..16 {
+            let elements: Vec<String> = (b * 1024..(b + 1) * 1024)
+                .map(|n| format!("e{n}"))
+                .collect();
+            put(
+                &c,
+                0,
+                "/v1/tables/set.tags/big?ack=local",
+                json!({"insert": elements}),
+            )
+            .await;
+        }
+        let insert = |e: &str| Op::Insert {
+            elements: vec![e.as_bytes().to_vec()],
+            ctx: Vv::default(),
+        };
+        let (s, v) = post("set.tags", sign("set.tags", 3, b"big", &insert("one-more"))).await;
+        assert_eq!(
+            (s, v["error"]["reason"].as_str()),
+            (409, Some("too_many_elements")),
+            "{v}"
+        );
+        let (s, v) = post("set.tags", sign("set.tags", 3, b"big", &insert("e7"))).await;
+        assert!(s < 300, "an element held already: {s} {v}");
+
+        for (reason, n) in [
+            ("bad_table_write", 3),
+            ("bad_key", 1),
+            ("version_ahead", 1),
+            ("too_many_siblings", 1),
+            ("too_many_elements", 1),
+        ] {
+            assert_eq!(rejected(&c, 0, reason).await, n, "{reason}");
+        }
+    });
+}

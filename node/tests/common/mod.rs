@@ -552,6 +552,27 @@ pub async fn metric(c: &Cluster, i: usize, series: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// Posts a pre-signed envelope (`application/vnd.weft.event+cbor`) to `stream` on node `i`
+/// with `?ack=`; the status and the JSON answer.
+pub async fn post_cbor_ack(
+    c: &Cluster,
+    i: usize,
+    stream: &str,
+    body: Vec<u8>,
+    ack: &str,
+) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(c.url(i, &format!("/v1/streams/{stream}/events?ack={ack}")))
+        .bearer_auth(&c.token)
+        .header("content-type", "application/vnd.weft.event+cbor")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// A draft on `stream` at `seq` for tenant `acme`, class `internal`, unrestricted, with a
 /// clear payload: what a producer signs before it hands a node a pre-signed event.
 pub fn draft(
