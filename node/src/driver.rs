@@ -36,26 +36,6 @@ fn commit_failed() -> crate::store::RecordError {
 /// How often the driver runs a retention pass when the last one found no backlog.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Stored events the purge pass reads per tick (`store/purge.rs`): decoded, not
-/// verified, so a batch holds the driver's step for a few milliseconds.
-const PURGE_BATCH: usize = 1024;
-
-/// A purge pass under way ([`Driver::purge_pass`]).
-#[derive(Debug)]
-struct PurgeScan {
-    /// The policy epoch it runs for.
-    epoch: u64,
-    /// The last event row read.
-    after: i64,
-    /// The last event row stored when the pass started: rows after it were taken under
-    /// the policy in force.
-    bound: i64,
-    /// Table streams it removed writes of: rebuilt when the pass ends.
-    tables: BTreeSet<String>,
-    /// Events removed so far.
-    purged: u64,
-}
-
 /// Least time between two API snapshots taken after commits (the tick takes one too).
 const SNAPSHOT_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// Most inputs folded into one group commit.
@@ -340,9 +320,6 @@ pub(crate) struct Driver {
     after_commit_replies: Vec<CommitReply>,
     /// When the next retention pass is due (`store/retention.rs`).
     retention_due: Instant,
-    /// The pass over the events stored before the policy epoch in force that removes those
-    /// it no longer lets this node hold (`store/purge.rs`), while one runs.
-    purge: Option<PurgeScan>,
     /// The time retention last expired by ([`retention_clock`]) and when, on this
     /// process's monotonic clock.
     retention_clock: Option<(u64, Instant)>,
@@ -419,7 +396,6 @@ impl Driver {
             claims: Vec::new(),
             after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
-            purge: None,
             retention_clock: None,
             retention_clock_warned: false,
             erased_in_step: std::collections::HashSet::new(),
@@ -539,157 +515,8 @@ impl Driver {
         self.node
             .store_mut()
             .set_retention(crate::store::RetentionRules::new(state.policy()));
-        // The last epoch's pass may not have finished (a stop, a crash): run it again.
-        let done = self
-            .node
-            .store()
-            .meta_get(crate::store::PURGE_EPOCH_KEY)
-            .ok()
-            .flatten()
-            .and_then(|v| Some(u64::from_le_bytes(v.try_into().ok()?)));
-        let epoch = state.epoch();
         self.policy = Some((trust, state));
-        let in_force = self.policy.as_ref().and_then(|(_, s)| s.policy()).is_some();
-        if in_force && done != Some(epoch) {
-            self.start_purge();
-        }
         self
-    }
-
-    /// Starts the purge pass over the events stored so far (`store/purge.rs`), for the
-    /// policy in force; one already running starts again (a newer epoch may purge more).
-    /// The epoch's mark is cleared first, so a stop before the pass ends runs it again.
-    fn start_purge(&mut self) {
-        let Some(epoch) = self.policy.as_ref().map(|(_, s)| s.epoch()) else {
-            return;
-        };
-        let store = self.node.store_mut();
-        let bound = match store.purge_bound() {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "starting the purge pass failed");
-                return;
-            }
-        };
-        if let Err(e) = store.meta_set(crate::store::PURGE_EPOCH_KEY, &0u64.to_le_bytes()) {
-            warn!(error = %e, "starting the purge pass failed");
-            return;
-        }
-        let tables = self.purge.take().map(|p| p.tables).unwrap_or_default();
-        self.purge = Some(PurgeScan {
-            epoch,
-            after: 0,
-            bound,
-            tables,
-            purged: 0,
-        });
-    }
-
-    /// One batch of the purge pass: up to [`PURGE_BATCH`] stored events read, those the
-    /// policy in force no longer lets this node hold removed, in this step's transaction.
-    /// When the pass reaches its bound it rebuilds the tables it touched from what the log
-    /// still holds, marks the epoch done, and audits what it removed.
-    fn purge_pass(&mut self) {
-        let Some(policy) = self.policy.as_ref().and_then(|(_, s)| s.policy()) else {
-            self.purge = None;
-            return;
-        };
-        let Some(scan) = self.purge.as_mut() else {
-            return;
-        };
-        let me = &self.me;
-        let mut holds = |e: &weft_fabric::EventData| {
-            let s = e.security();
-            policy.may_hold(me, e.stream(), &s.classification, &s.residency)
-        };
-        let batch = match self.node.store_mut().purge_unheld(
-            scan.after,
-            scan.bound,
-            PURGE_BATCH,
-            &mut holds,
-        ) {
-            Ok(b) => b,
-            Err(e) => {
-                // Nothing of the batch changed: tried again at the next tick.
-                warn!(error = %e, "a purge batch failed");
-                return;
-            }
-        };
-        scan.after = batch.last;
-        scan.purged += batch.events.len() as u64;
-        for e in &batch.events {
-            if e.key.is_some() {
-                scan.tables.insert(e.stream.clone());
-            }
-        }
-        self.metrics.events_purged.inc_by(batch.events.len() as u64);
-        if batch.more {
-            return;
-        }
-        let Some(scan) = self.purge.take() else {
-            return;
-        };
-        let mut failed = Vec::new();
-        for stream in &scan.tables {
-            if let Err(e) = self.rebuild_table(stream) {
-                failed.push(format!("{stream}: {e}"));
-            }
-        }
-        let store = self.node.store_mut();
-        if let Err(e) = store.meta_set(crate::store::PURGE_EPOCH_KEY, &scan.epoch.to_le_bytes()) {
-            warn!(error = %e, "recording the purge pass failed; it runs again at the next start");
-        }
-        if scan.purged == 0 && failed.is_empty() {
-            return;
-        }
-        info!(
-            purged = scan.purged,
-            epoch = scan.epoch,
-            "removed the stored events policy epoch {} no longer lets this node hold",
-            scan.epoch
-        );
-        let tables = if failed.is_empty() {
-            String::new()
-        } else {
-            self.metrics.reject("table_apply_failed");
-            format!("; rebuilding tables failed ({})", failed.join("; "))
-        };
-        self.audit.record(crate::audit::Entry::now(
-            crate::audit::Decision::Apply,
-            "events_purged",
-            scan.epoch,
-            format!(
-                "{} stored events removed: policy epoch {} no longer lets this node ({} in {}) hold them; {} tables rebuilt from what remains{tables}",
-                scan.purged,
-                scan.epoch,
-                self.me.jurisdiction,
-                self.me.region,
-                scan.tables.len()
-            ),
-        ));
-    }
-
-    /// Rebuilds `stream`'s table from its log under the strategy declared now, or removes
-    /// its rows when it is no longer a table.
-    fn rebuild_table(&mut self, stream: &str) -> Result<(), String> {
-        let Ok(name) = StreamName::new(stream) else {
-            return Ok(());
-        };
-        let strategy = self.tables.as_ref().and_then(|t| t.strategy(&name));
-        let mut unused = weft_fabric::table::ConflictStats::default();
-        let stats = match strategy {
-            Some(s) => self.table_stats.entry(s.as_str()).or_default(),
-            None => &mut unused,
-        };
-        let conn = self
-            .node
-            .store_mut()
-            .write_conn()
-            .map_err(|e| e.to_string())?;
-        crate::tables::atomically(conn, "table_rebuild", |conn| match strategy {
-            Some(strategy) => crate::tables::rebuild(conn, strategy, &name, stats),
-            None => crate::tables::drop_table(conn, stream),
-        })
     }
 
     fn now(&self) -> Micros {
@@ -803,9 +630,6 @@ impl Driver {
         self.aggregator.tick(wall_ms().max(0) as u64);
         if now >= self.retention_due {
             self.retention_pass(now);
-        }
-        if self.purge.is_some() {
-            self.purge_pass();
         }
         if self.retract_due.is_some_and(|due| now >= due) {
             self.publish_retractions(now);
@@ -1621,21 +1445,6 @@ impl Driver {
     fn erased_before_delivery(&self, event: &Event) -> bool {
         self.node.store().erase_covers(event)
             || (!self.erased_in_step.is_empty() && self.erased_in_step.contains(&event.id()))
-            || !self.held_now(event)
-    }
-
-    /// Whether the policy in force lets this node hold `event`, another node's: one stored
-    /// under an earlier epoch that waited for delivery behind a gap may no longer be held
-    /// (the purge pass removes it from the disk; it is not logged). This node's own
-    /// events were checked where they entered.
-    fn held_now(&self, event: &Event) -> bool {
-        let Some(policy) = self.policy.as_ref().and_then(|(_, s)| s.policy()) else {
-            return true;
-        };
-        let s = event.security();
-        event.origin() == self.me.node_key()
-            || event.stream().is_system()
-            || policy.may_hold(&self.me, event.stream(), &s.classification, &s.residency)
     }
 
     /// Rebuilds, once each, the tables late writes reached in this step (see
@@ -2100,8 +1909,6 @@ impl Driver {
         if reconcile {
             // The new epoch may declare, re-declare or drop tables.
             self.reconcile_tables();
-            // And may no longer let this node hold some of what it stores.
-            self.start_purge();
         }
     }
 

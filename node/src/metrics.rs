@@ -70,9 +70,6 @@ pub(crate) struct Metrics {
     pub(crate) egress_failures: Family<Labels, Counter>,
     /// Events deleted by stream retention, by cause (`age`, `size`).
     pub(crate) events_expired: Family<Labels, Counter>,
-    /// Stored events removed because a policy epoch no longer lets this node hold them
-    /// (`store/purge.rs`).
-    pub(crate) events_purged: Counter,
     /// Ranges of expired sequence numbers the store keeps (bounded by
     /// `limits.expired_ranges_max`).
     pub(crate) expired_ranges: Gauge,
@@ -131,7 +128,6 @@ impl Metrics {
             table_events: Family::default(),
             egress_failures: Family::default(),
             events_expired: Family::default(),
-            events_purged: Counter::default(),
             expired_ranges: Gauge::default(),
             expired_ranges_dropped: Counter::default(),
             egress_windows: Gauge::default(),
@@ -273,11 +269,6 @@ impl Metrics {
             "events_expired",
             "Events deleted by stream retention (retention_s, retention_bytes), by cause",
             m.events_expired.clone(),
-        );
-        registry.register(
-            "events_purged",
-            "Stored events removed because the policy epoch in force no longer lets this node hold them",
-            m.events_purged.clone(),
         );
         registry.register(
             "expired_ranges",

@@ -31,8 +31,6 @@ use weft_fabric::{Event, EventId, OriginKey};
 
 mod derived;
 pub(crate) use derived::{DerivedSource, RETRACT_NUMBERS_MAX};
-mod purge;
-pub(crate) use purge::PURGE_EPOCH_KEY;
 mod retention;
 pub(crate) use retention::RetentionRules;
 
@@ -281,9 +279,6 @@ pub(crate) struct StoreStats {
     pub(crate) erased: u64,
     /// Inserts refused as covered by an erase rule (or erased before).
     pub(crate) erased_refused: u64,
-    /// Stored events removed because the policy in force no longer lets this node hold
-    /// them (`store/purge.rs`).
-    pub(crate) purged: u64,
     /// Events deleted by retention (stream rules' `retention_s`, `retention_bytes`).
     pub(crate) expired: u64,
     /// Ranges of expired numbers dropped at `expired_ranges_max` (oldest first).
@@ -361,9 +356,6 @@ struct Loaded {
     ce_dedup_len: usize,
     /// Rows in `erased`.
     erased_len: usize,
-    /// Rows in `purged` (`store/purge.rs`); read by the invariant check.
-    #[cfg_attr(not(test), allow(dead_code))]
-    purged_len: usize,
     /// Expired sequence numbers per origin, as ranges `lo -> hi` (the `expired` rows;
     /// `store/retention.rs`). A range may cover numbers still held: never one this node
     /// did not hold.
@@ -436,11 +428,6 @@ CREATE TABLE IF NOT EXISTS erased (
     origin BLOB NOT NULL,
     seq INTEGER NOT NULL,
     id BLOB NOT NULL,
-    PRIMARY KEY (origin, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS purged (
-    origin BLOB NOT NULL,
-    seq INTEGER NOT NULL,
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expired (
@@ -760,7 +747,6 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
             .prepare(
                 "SELECT origin, seq AS lo, seq AS hi FROM events \
                  UNION ALL SELECT origin, seq, seq FROM erased \
-                 UNION ALL SELECT origin, seq, seq FROM purged \
                  UNION ALL SELECT origin, lo, hi FROM expired ORDER BY origin, lo",
             )
             .map_err(backend)?;
@@ -850,7 +836,6 @@ fn load(conn: &Connection) -> Result<Loaded, StoreError> {
         expired_len,
         expired_floor,
         erased_len: count(conn, "erased")?,
-        purged_len: count(conn, "purged")?,
         retracted: {
             let mut stmt = conn
                 .prepare("SELECT origin, seq FROM retracted")
@@ -1672,26 +1657,6 @@ impl SqliteStore {
     ) -> Result<ErasedEvent, StoreError> {
         let origin_key = OriginKey(key32(origin, "origin")?);
         let seq_u = u64::try_from(seq).map_err(|_| corrupt("seq"))?;
-        self.delete_event_rows(id, &origin_key, seq_u)?;
-        self.note_erased(&origin_key, seq_u, id)?;
-        // An own derivative gone: nothing left to retract (`store/derived.rs`).
-        self.forget_derived(&origin_key, seq_u)?;
-        Ok(ErasedEvent {
-            id: weft_fabric::EventId(key32(id, "id")?),
-            stream,
-            key,
-        })
-    }
-
-    /// Deletes the stored event `id` at `(origin, seq)`: its rows in `events`, `log` and
-    /// `ce_dedup`, and its place in the counts and the cache (not its number in the
-    /// ranges). In the open write transaction.
-    fn delete_event_rows(
-        &mut self,
-        id: &[u8],
-        origin: &OriginKey,
-        seq: u64,
-    ) -> Result<(), StoreError> {
         // The event row first: a trigger takes a logged event's bytes off its stream's
         // count (`store/retention.rs`).
         for sql in [
@@ -1708,11 +1673,17 @@ impl SqliteStore {
             .prepare_cached(DEDUP_OF_EVENT_SQL)
             .and_then(|mut s| s.execute([id]))
             .map_err(backend)?;
-        self.tx_writes += 2;
+        self.note_erased(&origin_key, seq_u, id)?;
+        // An own derivative gone: nothing left to retract (`store/derived.rs`).
+        self.forget_derived(&origin_key, seq_u)?;
         self.state.len -= 1;
         self.state.ce_dedup_len -= dedup;
-        self.cache.get_mut().remove(&(*origin, seq));
-        Ok(())
+        self.cache.get_mut().remove(&(origin_key, seq_u));
+        Ok(ErasedEvent {
+            id: weft_fabric::EventId(key32(id, "id")?),
+            stream,
+            key,
+        })
     }
 
     /// Checks the in-memory state against the rows (slow: counts every table). For tests
@@ -1727,7 +1698,6 @@ impl SqliteStore {
             ("meta", self.state.meta_len, rows.meta_len),
             ("ce_dedup", self.state.ce_dedup_len, rows.ce_dedup_len),
             ("erased", self.state.erased_len, rows.erased_len),
-            ("purged", self.state.purged_len, rows.purged_len),
             ("expired", self.state.expired_len, rows.expired_len),
         ];
         for (table, memory, disk) in pairs {
