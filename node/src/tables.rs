@@ -741,25 +741,34 @@ pub(crate) async fn write_refusal(
             );
         }
     };
-    let seen = op.seen();
+    // An lww put's context is ignored by every replica: nothing to check.
+    let seen = match &op {
+        Op::Put { .. } if strategy == Strategy::Lww => Vv::default(),
+        _ => op.seen(),
+    };
     if !seen.0.is_empty() {
-        let name = stream.as_str().to_string();
-        let applied = crate::http::read_store(api, move |r| {
-            applied_vv(r.conn(), &name).map_err(StoreError::Backend)
+        // Against the highest number this node has seen of each origin (stored, erased or
+        // expired), not what the table has applied: that drops when an erase or a rebuild
+        // removes an origin's last write, and a version read before it must still be taken.
+        // What matters is that no number is named that its origin has not written yet.
+        let origins: Vec<(OriginKey, u64)> = seen.0.iter().map(|(o, s)| (*o, *s)).collect();
+        let ahead = crate::http::read_store(api, move |r| {
+            for (origin, seq) in origins {
+                let max = r.max_seq(&origin)?;
+                if seq > max {
+                    return Ok(Some((origin, seq, max)));
+                }
+            }
+            Ok(None)
         })
         .await?;
-        let ahead = seen
-            .0
-            .iter()
-            .find(|(o, s)| **s > applied.0.get(*o).copied().unwrap_or(0));
-        if let Some((origin, seq)) = ahead {
+        if let Some((origin, seq, max)) = ahead {
             return Ok(Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "version_ahead",
                 format!(
-                    "this {} on {what} key {key:?} names write {seq} of origin {origin}, which this node has not applied (it has {}): it would supersede that origin's writes on every replica for good; send it through the node it was read from, or again once this one has caught up",
+                    "this {} on {what} key {key:?} names write {seq} of origin {origin}, which this node has not seen (it has up to {max}): it would supersede that origin's writes on every replica for good; send it through the node it was read from, or again once this one has caught up",
                     op.kind(),
-                    applied.0.get(origin).copied().unwrap_or(0)
                 ),
             )));
         }

@@ -657,6 +657,11 @@ fn pre_signed_table_writes_are_checked_as_the_tables_api_checks_its_own() {
         let (s, v) = post("set.tags", sign("set.tags", 3, b"big", &insert("e7"))).await;
         assert!(s < 300, "an element held already: {s} {v}");
 
+        // An lww put's context is ignored by every replica: not checked.
+        let ahead = Vv([(producer, 1000)].into_iter().collect());
+        let (s, v) = post("kv.docs", sign("kv.docs", 4, b"k", &put_op("x", ahead))).await;
+        assert!(s < 300, "an lww put with a context: {s} {v}");
+
         for (reason, n) in [
             ("bad_table_write", 3),
             ("bad_key", 1),
