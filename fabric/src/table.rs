@@ -422,7 +422,7 @@ impl Op {
     /// The writes the operation names as seen by its writer: its context, with a counter
     /// deletion's per-origin sums (each names the last write of its origin it counted).
     /// A replica applies the operation against these for good, so a node taking an
-    /// operation signed elsewhere checks that it has applied them all.
+    /// operation signed elsewhere checks that their origins have written them.
     pub fn seen(&self) -> Vv {
         let mut seen = match self {
             Op::Put { ctx, .. }

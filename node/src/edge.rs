@@ -888,7 +888,7 @@ impl Edge {
                 Err(r) => Some(r),
                 // A keyed event on a table stream is a write: checked as a pre-signed
                 // HTTP one is (an operation the table would ignore, its bounds, a version
-                // naming writes not applied here).
+                // naming writes not made yet).
                 Ok(()) => match crate::tables::write_refusal(
                     api,
                     event.stream(),

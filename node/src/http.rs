@@ -1616,8 +1616,8 @@ fn presigned(
 }
 
 /// A pre-signed keyed event on a table stream is a write the tables API did not build:
-/// [`crate::tables::write_refusal`] checks it (counted; a version naming unapplied writes,
-/// a guard against silencing other writers, is audited too). A resend of one this node
+/// [`crate::tables::write_refusal`] checks it (counted; a version naming writes not made
+/// yet, a guard against silencing other writers, is audited too). A resend of one this node
 /// holds already is durable, and taken as any resend.
 async fn table_write_check(api: &Arc<Api>, principal: &str, event: &Event) -> ApiResult<()> {
     let refusal = crate::tables::write_refusal(

@@ -688,10 +688,10 @@ async fn element_refusal(
 /// malformed operation, one the table's strategy does not take (400 `bad_table_write`),
 /// a key the tables API cannot address (400 `bad_key`). The bounds the API keeps are kept
 /// here too (409 `too_many_siblings`, `too_many_elements`). And an operation whose
-/// version names writes this node has not applied (409 `version_ahead`) is refused: it
-/// would supersede them on every replica for good, so a made-up version could silence
-/// every later write of an origin to the key (the API cuts a client's token to what the
-/// node has applied; a signed operation cannot be cut). Sealed payloads are not read by
+/// version names a number of an origin beyond the highest this node has seen of it (409
+/// `version_ahead`) is refused: it would supersede that origin's writes on every replica
+/// for good, so a made-up version could silence every later write of the origin to the
+/// key (the API cuts a client's token; a signed operation cannot be cut). Sealed payloads are not read by
 /// tables (ignored and counted, as documented) and unkeyed events are not writes.
 pub(crate) async fn write_refusal(
     api: &Arc<Api>,
@@ -724,22 +724,9 @@ pub(crate) async fn write_refusal(
             ),
         );
     }
-    let key = match std::str::from_utf8(key) {
-        Ok(k) if !k.is_empty() && k.len() <= KEY_LEN_MAX => k,
-        _ => {
-            return bad(
-                "bad_key",
-                format!(
-                    "a table key is 1 to {KEY_LEN_MAX} bytes of UTF-8; this write's key is {} bytes{}",
-                    key.len(),
-                    if std::str::from_utf8(key).is_err() {
-                        ", not UTF-8"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-        }
+    let key = match table_key(key) {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(e)),
     };
     // An lww put's context is ignored by every replica: nothing to check.
     let seen = match &op {
@@ -1147,14 +1134,24 @@ fn declared_strategy(api: &Api, stream: &str) -> ApiResult<(StreamName, Strategy
 }
 
 fn check_key(api: &Api, key: &str) -> ApiResult<()> {
-    if key.is_empty() || key.len() > KEY_LEN_MAX {
-        return Err(api.fail(ApiError::new(
+    table_key(key.as_bytes()).map(drop).map_err(|e| api.fail(e))
+}
+
+/// `key` as a table key the API can address (1 to [`KEY_LEN_MAX`] bytes of UTF-8), or
+/// 400 `bad_key` (not counted yet).
+fn table_key(key: &[u8]) -> Result<&str, ApiError> {
+    match std::str::from_utf8(key) {
+        Ok(k) if !k.is_empty() && k.len() <= KEY_LEN_MAX => Ok(k),
+        utf8 => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_key",
-            format!("a table key is 1 to {KEY_LEN_MAX} bytes, got {}", key.len()),
-        )));
+            format!(
+                "a table key is 1 to {KEY_LEN_MAX} bytes of UTF-8, got {} bytes{}",
+                key.len(),
+                if utf8.is_err() { ", not UTF-8" } else { "" }
+            ),
+        )),
     }
-    Ok(())
 }
 
 /// `GET /v1/tables/{stream}/{key}`.
