@@ -1,5 +1,8 @@
 //! Member records: who a node is, as SWIM (foca) carries it around the mesh.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 
@@ -32,13 +35,140 @@ impl MemberInfo {
     }
 }
 
-impl foca::Identity for MemberInfo {
+/// SWIM's identity of a member: its [`MemberInfo`], held by reference.
+///
+/// foca keeps a copy of every member's identity, puts one in every update it sends and
+/// decodes one from every update it receives, and compares each received one with the
+/// copy it holds. While a 1000-node mesh forms, every node receives each of the 1000 joins
+/// about a dozen times (SWIM's dissemination), nearly all of them changing nothing. Held
+/// by value, each such update decoded four strings and compared a 144-byte record read
+/// from a cold copy. Decoded records are instead interned ([`intern`]): an update naming a
+/// record already held decodes to a handle on the same allocation, which compares by
+/// pointer. The wire encoding is exactly [`MemberInfo`]'s.
+#[derive(Clone)]
+pub struct SwimId(Arc<MemberInfo>);
+
+impl SwimId {
+    /// The handle on `info` (interned: equal records share one allocation).
+    pub fn new(info: MemberInfo) -> Self {
+        intern::with(|table| {
+            table.get_or_insert(
+                &info.key,
+                info.generation,
+                |held| **held == info,
+                || info.clone(),
+            )
+        })
+    }
+
+    /// The member record.
+    pub fn info(&self) -> &MemberInfo {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SwimId {
+    type Target = MemberInfo;
+
+    fn deref(&self) -> &MemberInfo {
+        &self.0
+    }
+}
+
+impl From<MemberInfo> for SwimId {
+    fn from(info: MemberInfo) -> Self {
+        SwimId::new(info)
+    }
+}
+
+impl PartialEq for SwimId {
+    fn eq(&self, other: &Self) -> bool {
+        // Interned: equal records are nearly always one allocation.
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+impl Eq for SwimId {}
+
+impl std::hash::Hash for SwimId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl std::fmt::Debug for SwimId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for SwimId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// [`MemberInfo`]'s fields in its order, the strings borrowed from the input where the
+/// format allows: a record already interned is found without building its strings.
+#[derive(Deserialize)]
+#[serde(rename = "MemberInfo")]
+struct WireMember<'a> {
+    key: [u8; 32],
+    #[serde(borrow)]
+    region: Cow<'a, str>,
+    #[serde(borrow)]
+    cloud: Cow<'a, str>,
+    #[serde(borrow)]
+    jurisdiction: Cow<'a, str>,
+    #[serde(borrow)]
+    addr: Cow<'a, str>,
+    policy_epoch: u64,
+    generation: u32,
+}
+
+impl WireMember<'_> {
+    fn matches(&self, m: &MemberInfo) -> bool {
+        m.policy_epoch == self.policy_epoch
+            && m.region == *self.region
+            && m.cloud == *self.cloud
+            && m.jurisdiction == *self.jurisdiction
+            && m.addr == *self.addr
+    }
+
+    fn to_info(&self) -> MemberInfo {
+        MemberInfo {
+            key: self.key,
+            region: SmolStr::new(&self.region),
+            cloud: SmolStr::new(&self.cloud),
+            jurisdiction: SmolStr::new(&self.jurisdiction),
+            addr: SmolStr::new(&self.addr),
+            policy_epoch: self.policy_epoch,
+            generation: self.generation,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SwimId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireMember::deserialize(deserializer)?;
+        Ok(intern::with(|table| {
+            table.get_or_insert(
+                &wire.key,
+                wire.generation,
+                |held| wire.matches(held),
+                || wire.to_info(),
+            )
+        }))
+    }
+}
+
+impl foca::Identity for SwimId {
     type Addr = [u8; 32];
 
     fn renew(&self) -> Option<Self> {
-        let mut next = self.clone();
+        let mut next = (*self.0).clone();
         next.generation = self.generation.checked_add(1)?;
-        Some(next)
+        Some(SwimId::new(next))
     }
 
     fn addr(&self) -> [u8; 32] {
@@ -47,6 +177,81 @@ impl foca::Identity for MemberInfo {
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.generation > adversary.generation
+    }
+}
+
+/// The interning table of [`SwimId`]: one per thread (a node's core runs on one thread at
+/// a time; the simulator runs all its nodes on one), so that equal records decoded by any
+/// node share one allocation.
+///
+/// Hand-written rather than an interning crate: the lookup is by a record's key and
+/// generation with the other fields compared against the borrowed wire form (so a hit
+/// builds nothing), and entries no handle holds any more are swept, which the general
+/// interners (`internment`, `arc-interner`) do not offer together.
+mod intern {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// The records of one (key, generation): several when the node changed its policy
+    /// epoch or address under one generation.
+    type Records = smallvec::SmallVec<[Arc<MemberInfo>; 1]>;
+
+    /// Records by (key, generation).
+    #[derive(Default)]
+    pub(super) struct Table {
+        by_key: rustc_hash::FxHashMap<([u8; 32], u32), Records>,
+        len: usize,
+        /// Entries after the last sweep: the next comes when the table has doubled.
+        swept_len: usize,
+    }
+
+    /// The smallest table that is swept (below it, sweeping costs more than it frees).
+    const SWEEP_FLOOR: usize = 4096;
+
+    impl Table {
+        pub(super) fn get_or_insert(
+            &mut self,
+            key: &[u8; 32],
+            generation: u32,
+            matches: impl Fn(&Arc<MemberInfo>) -> bool,
+            make: impl FnOnce() -> MemberInfo,
+        ) -> SwimId {
+            let held = self.by_key.entry((*key, generation)).or_default();
+            if let Some(found) = held.iter().find(|h| matches(h)) {
+                return SwimId(Arc::clone(found));
+            }
+            let made = Arc::new(make());
+            held.push(Arc::clone(&made));
+            self.len += 1;
+            if self.len > SWEEP_FLOOR.max(2 * self.swept_len) {
+                self.sweep();
+            }
+            SwimId(made)
+        }
+
+        /// Records in the table, held or not.
+        #[cfg(test)]
+        pub(super) fn len(&self) -> usize {
+            self.len
+        }
+
+        /// Drops the records no handle holds.
+        fn sweep(&mut self) {
+            self.by_key.retain(|_, held| {
+                held.retain(|h| Arc::strong_count(h) > 1);
+                !held.is_empty()
+            });
+            self.len = self.by_key.values().map(|h| h.len()).sum();
+            self.swept_len = self.len;
+        }
+    }
+
+    thread_local! {
+        static TABLE: RefCell<Table> = RefCell::new(Table::default());
+    }
+
+    pub(super) fn with<R>(f: impl FnOnce(&mut Table) -> R) -> R {
+        TABLE.with(|t| f(&mut t.borrow_mut()))
     }
 }
 
@@ -62,6 +267,84 @@ impl MemberInfo {
             addr: format!("n{key}").into(),
             policy_epoch: 0,
             generation: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn len() -> usize {
+        intern::with(|t| t.len())
+    }
+
+    /// A handle encodes exactly as its record (the wire is unchanged), decodes to an equal
+    /// record, and decodes of one record share one allocation.
+    #[test]
+    fn a_handle_is_its_record_on_the_wire_and_equal_records_share_one() {
+        let info = MemberInfo::for_test(7, "aws:eu-west-1");
+        let id = SwimId::new(info.clone());
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&info).unwrap());
+        let a: SwimId = postcard::from_bytes(&bytes).unwrap();
+        let b: SwimId = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(*a.info(), info);
+        assert!(Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.0, &id.0));
+        // Every field tells records apart: each changed one decodes to another record.
+        let changes: [fn(&mut MemberInfo); 7] = [
+            |m| m.key[31] ^= 1,
+            |m| m.region = "aws:us-east-1".into(),
+            |m| m.cloud = "d".into(),
+            |m| m.jurisdiction = "US".into(),
+            |m| m.addr = "elsewhere:1".into(),
+            |m| m.policy_epoch += 1,
+            |m| m.generation += 1,
+        ];
+        for change in changes {
+            let mut other = info.clone();
+            change(&mut other);
+            let decoded: SwimId =
+                postcard::from_bytes(&postcard::to_allocvec(&other).unwrap()).unwrap();
+            assert_eq!(*decoded.info(), other);
+            assert_ne!(decoded, a);
+            assert!(!Arc::ptr_eq(&decoded.0, &a.0));
+        }
+        // A format that cannot lend its strings (escapes in JSON) decodes the same record.
+        let mut escaped = info.clone();
+        escaped.addr = "n\"7\"".into();
+        let json = serde_json::to_string(&escaped).unwrap();
+        let from_json: SwimId = serde_json::from_str(&json).unwrap();
+        assert_eq!(*from_json.info(), escaped);
+        // A renewed identity is the next generation of the same record.
+        let next = foca::Identity::renew(&a).unwrap();
+        assert_eq!(next.generation, 1);
+        assert_eq!(foca::Identity::addr(&next), info.key);
+        assert!(foca::Identity::win_addr_conflict(&next, &a));
+    }
+
+    /// Records no handle holds any more are swept: the table stays within twice what is
+    /// held (or its floor), however many records pass through it.
+    #[test]
+    fn records_no_handle_holds_are_swept() {
+        let held: Vec<SwimId> = (0..100u32)
+            .map(|n| {
+                let mut m = MemberInfo::for_test(1, "r");
+                m.generation = 1_000_000 + n;
+                SwimId::new(m)
+            })
+            .collect();
+        for n in 0..20 * 4096u32 {
+            let mut m = MemberInfo::for_test(2, "r");
+            m.generation = n;
+            drop(SwimId::new(m));
+            assert!(len() <= 2 * 4096 + 1, "the table grew to {}", len());
+        }
+        // The held ones survived every sweep: a decode still finds them.
+        for id in &held {
+            let bytes = postcard::to_allocvec(id).unwrap();
+            let again: SwimId = postcard::from_bytes(&bytes).unwrap();
+            assert!(Arc::ptr_eq(&again.0, &id.0));
         }
     }
 }

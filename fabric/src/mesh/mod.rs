@@ -10,7 +10,7 @@ pub mod store;
 mod timers;
 pub mod wire;
 
-pub use member::MemberInfo;
+pub use member::{MemberInfo, SwimId};
 pub use message::{Channel, Digest, DigestRanges, EventRef, Message, Settled};
 pub use node::{
     AllowAll, AppEvent, BATCH_BYTES_MAX, FilterHop, MeshConfig, Micros, Node, ReplicationFilter,

@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
 use crate::envelope::{Event, EventData, EventId, OriginKey};
-use crate::mesh::member::MemberInfo;
+use crate::mesh::member::{MemberInfo, SwimId};
 use crate::mesh::message::{Digest, EventRef, Message};
 use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::route::{
@@ -556,9 +556,9 @@ type Target = (OriginKey, Vec<RelayHop>, bool, u8);
 
 #[derive(Debug, Clone)]
 enum Timer {
-    /// Boxed: foca's timers carry a whole member record, and the timer map moves its
-    /// values on every insert and removal.
-    Swim(Box<foca::Timer<MemberInfo>>),
+    /// Boxed: the timer map moves its values on every insert and removal, and foca's
+    /// timers are the largest.
+    Swim(Box<foca::Timer<SwimId>>),
     Graft(EventId),
     FlushIHave,
     Sync,
@@ -788,19 +788,19 @@ impl PeerState {
 /// Collects what foca asks of its runtime during one call.
 #[derive(Default)]
 struct SwimRuntime {
-    sends: Vec<(MemberInfo, Vec<u8>)>,
-    timers: Vec<(foca::Timer<MemberInfo>, Duration)>,
-    notes: Vec<OwnedNotification<MemberInfo>>,
+    sends: Vec<(SwimId, Vec<u8>)>,
+    timers: Vec<(foca::Timer<SwimId>, Duration)>,
+    notes: Vec<OwnedNotification<SwimId>>,
 }
 
-impl foca::Runtime<MemberInfo> for SwimRuntime {
-    fn notify(&mut self, notification: foca::Notification<'_, MemberInfo>) {
+impl foca::Runtime<SwimId> for SwimRuntime {
+    fn notify(&mut self, notification: foca::Notification<'_, SwimId>) {
         self.notes.push(notification.to_owned());
     }
-    fn send_to(&mut self, to: MemberInfo, data: &[u8]) {
+    fn send_to(&mut self, to: SwimId, data: &[u8]) {
         self.sends.push((to, data.to_vec()));
     }
-    fn submit_after(&mut self, event: foca::Timer<MemberInfo>, after: Duration) {
+    fn submit_after(&mut self, event: foca::Timer<SwimId>, after: Duration) {
         self.timers.push((event, after));
     }
 }
@@ -834,7 +834,7 @@ impl foca::Runtime<MemberInfo> for SwimRuntime {
 pub struct Node<S: Store> {
     me: MemberInfo,
     config: MeshConfig,
-    foca: Foca<MemberInfo, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
+    foca: Foca<SwimId, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
     rng: ChaCha8Rng,
     store: S,
     filter: Box<dyn ReplicationFilter>,
@@ -989,7 +989,12 @@ impl<S: Store> Node<S> {
     pub fn new(me: MemberInfo, config: MeshConfig, seed: u64, store: S, now: Micros) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let foca_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
-        let foca = Foca::new(me.clone(), config.swim.clone(), foca_rng, PostcardCodec);
+        let foca = Foca::new(
+            SwimId::new(me.clone()),
+            config.swim.clone(),
+            foca_rng,
+            PostcardCodec,
+        );
         let mut seen = SeenSet::default();
         for origin in store.origins() {
             let Some(r) = store.ranges(&origin) else {
@@ -1225,7 +1230,11 @@ impl<S: Store> Node<S> {
         let me = self.me.key;
         for seed in seeds.iter().filter(|s| s.key != me) {
             let mut rt = SwimRuntime::default();
-            if self.foca.announce(seed.clone(), &mut rt).is_err() {
+            if self
+                .foca
+                .announce(SwimId::new(seed.clone()), &mut rt)
+                .is_err()
+            {
                 self.stats.swim_errors += 1;
             }
             self.apply_swim(rt);
@@ -1804,13 +1813,13 @@ impl<S: Store> Node<S> {
                 OwnedNotification::MemberUp(m) => {
                     changed = true;
                     let key = OriginKey(m.key);
-                    self.member_up(m.clone());
+                    self.member_up(m.info().clone());
                     if self.router.failed.contains_key(m.region.as_str()) {
                         // Back after a partition or outage: check the link now rather
                         // than at the next probe tick.
                         self.probe(key);
                     }
-                    self.push_app(AppEvent::MemberUp(Box::new(m)));
+                    self.push_app(AppEvent::MemberUp(Box::new(m.info().clone())));
                 }
                 OwnedNotification::MemberDown(m) => {
                     let key = OriginKey(m.key);
@@ -1826,7 +1835,7 @@ impl<S: Store> Node<S> {
                         }
                         self.lazy.remove(&key);
                         self.router.member_down(&key);
-                        self.push_app(AppEvent::MemberDown(Box::new(m)));
+                        self.push_app(AppEvent::MemberDown(Box::new(m.info().clone())));
                     }
                 }
                 // A member up under a new identity (a restart foca saw while it held the
@@ -1836,10 +1845,10 @@ impl<S: Store> Node<S> {
                 // stay out of the live members.
                 OwnedNotification::Rename(_, new) if self.members.contains_key(&new.node_key()) => {
                     changed = true;
-                    self.member_up(new.clone());
+                    self.member_up(new.info().clone());
                     // The application learns the new record too (a restart faster than
                     // SWIM's down timeout: a new generation, perhaps a new address).
-                    self.push_app(AppEvent::MemberUp(Box::new(new)));
+                    self.push_app(AppEvent::MemberUp(Box::new(new.info().clone())));
                 }
                 // foca renewed this node's identity itself (the mesh had declared it down
                 // and it rejoined with the next generation): `me` takes the generation.
@@ -1854,10 +1863,10 @@ impl<S: Store> Node<S> {
                 OwnedNotification::Defunct => {
                     // The mesh declared us down (we were cut off): come back with a new
                     // generation so members accept us again.
-                    if let Some(next) = foca::Identity::renew(&self.me) {
+                    if let Some(next) = foca::Identity::renew(&SwimId::new(self.me.clone())) {
                         let mut rt2 = SwimRuntime::default();
                         if self.foca.change_identity(next.clone(), &mut rt2).is_ok() {
-                            self.me = next;
+                            self.me = next.info().clone();
                             // Cut off for a while: members joined and left meanwhile.
                             self.catch_up = Some((CATCH_UP_TICKS_MAX, 0));
                         } else {
@@ -3085,6 +3094,7 @@ impl<S: Store> Node<S> {
             let Some(member) = self.members.get(&key).cloned() else {
                 continue;
             };
+            let member = SwimId::new(member);
             self.stats.catch_up_announces += 1;
             if self.foca.announce(member, &mut rt).is_err() {
                 self.stats.swim_errors += 1;
@@ -4251,7 +4261,7 @@ impl<S: Store> Node<S> {
     /// returned member: once per sync interval at most. With more members down than that,
     /// each call starts where the last one stopped, so successive heals reach them all.
     fn announce_to_down(&mut self) {
-        let held: Vec<&MemberInfo> = self
+        let held: Vec<&SwimId> = self
             .foca
             .iter_membership_state()
             .filter(|m| m.state() == foca::State::Down)
@@ -4263,7 +4273,7 @@ impl<S: Store> Node<S> {
         } else {
             0
         };
-        let down: Vec<MemberInfo> = held
+        let down: Vec<SwimId> = held
             .into_iter()
             .cycle()
             .skip(start)
@@ -5401,7 +5411,7 @@ mod tests {
         let mut rt = SwimRuntime::default();
         node.foca
             .apply_many(
-                members.iter().map(|m| foca::Member::down(m.clone())),
+                members.iter().map(|m| foca::Member::down(m.clone().into())),
                 false,
                 &mut rt,
             )
@@ -5469,7 +5479,8 @@ mod tests {
         let node = &mut nodes[0];
         let gone = infos[2].clone();
         let mut rt = SwimRuntime::default();
-        rt.notes.push(OwnedNotification::MemberDown(gone.clone()));
+        rt.notes
+            .push(OwnedNotification::MemberDown(gone.clone().into()));
         node.apply_swim(rt);
         assert!(!node.members.contains_key(&gone.node_key()));
         // foca renames `old` to the same key under the next generation.
@@ -5477,7 +5488,8 @@ mod tests {
             let mut new = old.clone();
             new.generation += 1;
             let mut rt = SwimRuntime::default();
-            rt.notes.push(OwnedNotification::Rename(old, new.clone()));
+            rt.notes
+                .push(OwnedNotification::Rename(old.into(), new.clone().into()));
             node.apply_swim(rt);
             new
         };
@@ -5511,14 +5523,17 @@ mod tests {
         let mut renewed = back.clone();
         renewed.generation += 1;
         let mut rt = SwimRuntime::default();
+        rt.notes.push(OwnedNotification::Rename(
+            back.into(),
+            renewed.clone().into(),
+        ));
         rt.notes
-            .push(OwnedNotification::Rename(back, renewed.clone()));
-        rt.notes.push(OwnedNotification::MemberUp(renewed.clone()));
+            .push(OwnedNotification::MemberUp(renewed.clone().into()));
         node.apply_swim(rt);
         let mut rt = SwimRuntime::default();
         node.foca
             .apply_many(
-                std::iter::once(foca::Member::alive(renewed)),
+                std::iter::once(foca::Member::alive(renewed.into())),
                 false,
                 &mut rt,
             )
@@ -5632,7 +5647,7 @@ mod tests {
 
         // SWIM suspects `suspect`: no round goes to it while others answer.
         let mut rt = SwimRuntime::default();
-        let update = foca::Member::new(infos[3].clone(), 0, foca::State::Suspect);
+        let update = foca::Member::new(infos[3].clone().into(), 0, foca::State::Suspect);
         node.foca
             .apply_many(std::iter::once(update), false, &mut rt)
             .expect("foca takes the update");
@@ -5700,7 +5715,8 @@ mod tests {
         // It joins: an IHAVE for the recent event it may hold (after the IHAVE delay), a
         // Skip for the one it may not; nothing about the old one.
         let mut rt = SwimRuntime::default();
-        rt.notes.push(OwnedNotification::MemberUp(infos[3].clone()));
+        rt.notes
+            .push(OwnedNotification::MemberUp(infos[3].clone().into()));
         node.apply_swim(rt);
         let skips: Vec<u64> = drain_to(node, late)
             .iter()
@@ -5721,7 +5737,8 @@ mod tests {
         assert_eq!(announced, [(infos[0].node_key(), 2), (device.origin(), 2)]);
         // A member already in the view is not told again.
         let mut rt = SwimRuntime::default();
-        rt.notes.push(OwnedNotification::MemberUp(infos[3].clone()));
+        rt.notes
+            .push(OwnedNotification::MemberUp(infos[3].clone().into()));
         node.apply_swim(rt);
         node.handle_timeout(t1 + 2 * node.config.ihave_delay_us);
         assert!(
@@ -5749,9 +5766,11 @@ mod tests {
             let mut renewed = info.clone();
             renewed.generation += 1;
             let mut rt = SwimRuntime::default();
-            rt.notes
-                .push(OwnedNotification::Rename(info, renewed.clone()));
-            rt.notes.push(OwnedNotification::MemberUp(renewed));
+            rt.notes.push(OwnedNotification::Rename(
+                info.into(),
+                renewed.clone().into(),
+            ));
+            rt.notes.push(OwnedNotification::MemberUp(renewed.into()));
             node.apply_swim(rt);
             key
         };
@@ -5811,7 +5830,7 @@ mod tests {
         let mut new = infos[3].clone();
         node.members.remove(&new.node_key());
         new.generation = 0;
-        rt.notes.push(OwnedNotification::MemberUp(new));
+        rt.notes.push(OwnedNotification::MemberUp(new.into()));
         node.apply_swim(rt);
         assert!(node.returned.is_empty());
     }
