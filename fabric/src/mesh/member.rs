@@ -43,22 +43,17 @@ impl MemberInfo {
 /// about a dozen times (SWIM's dissemination), nearly all of them changing nothing. Held
 /// by value, each such update decoded four strings and compared a 144-byte record read
 /// from a cold copy. Decoded records are instead interned ([`intern`]): an update naming a
-/// record already held decodes to a handle on the same allocation, which compares by
-/// pointer. The wire encoding is exactly [`MemberInfo`]'s.
+/// record already held on this thread decodes to a handle on the same allocation, which
+/// compares by pointer (handles made on different threads compare field by field). The
+/// wire encoding is exactly [`MemberInfo`]'s.
 #[derive(Clone)]
 pub struct SwimId(Arc<MemberInfo>);
 
 impl SwimId {
-    /// The handle on `info` (interned: equal records share one allocation).
+    /// The handle on `info` (interned: equal records made on one thread share one
+    /// allocation).
     pub fn new(info: MemberInfo) -> Self {
-        intern::with(|table| {
-            table.get_or_insert(
-                &info.key,
-                info.generation,
-                |held| **held == info,
-                || info.clone(),
-            )
-        })
+        intern::with(|table| table.get_or_insert(info))
     }
 
     /// The member record.
@@ -126,7 +121,11 @@ struct WireMember<'a> {
     generation: u32,
 }
 
-impl WireMember<'_> {
+impl intern::Candidate for WireMember<'_> {
+    fn key(&self) -> ([u8; 32], u32) {
+        (self.key, self.generation)
+    }
+
     fn matches(&self, m: &MemberInfo) -> bool {
         m.policy_epoch == self.policy_epoch
             && m.region == *self.region
@@ -135,7 +134,7 @@ impl WireMember<'_> {
             && m.addr == *self.addr
     }
 
-    fn to_info(&self) -> MemberInfo {
+    fn into_info(self) -> MemberInfo {
         MemberInfo {
             key: self.key,
             region: SmolStr::new(&self.region),
@@ -148,17 +147,24 @@ impl WireMember<'_> {
     }
 }
 
+impl intern::Candidate for MemberInfo {
+    fn key(&self) -> ([u8; 32], u32) {
+        (self.key, self.generation)
+    }
+
+    fn matches(&self, m: &MemberInfo) -> bool {
+        self == m
+    }
+
+    fn into_info(self) -> MemberInfo {
+        self
+    }
+}
+
 impl<'de> Deserialize<'de> for SwimId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = WireMember::deserialize(deserializer)?;
-        Ok(intern::with(|table| {
-            table.get_or_insert(
-                &wire.key,
-                wire.generation,
-                |held| wire.matches(held),
-                || wire.to_info(),
-            )
-        }))
+        Ok(intern::with(|table| table.get_or_insert(wire)))
     }
 }
 
@@ -180,9 +186,13 @@ impl foca::Identity for SwimId {
     }
 }
 
-/// The interning table of [`SwimId`]: one per thread (a node's core runs on one thread at
-/// a time; the simulator runs all its nodes on one), so that equal records decoded by any
-/// node share one allocation.
+/// The interning table of [`SwimId`]: one per thread, so that equal records decoded by any
+/// node on that thread share one allocation (the simulator runs all its nodes on one; the
+/// node's core may move between the runtime's threads, and a record interned on two of
+/// them is two allocations, equal by their fields). A thread's table holds at most 4,096
+/// records or twice what was held at its last sweep, whichever is more (a sweep runs on an
+/// insert that passes that). The table's hasher is `FxHash`, as the core's other
+/// maps: its keys come from members, whose messages the transport authenticates.
 ///
 /// Hand-written rather than an interning crate: the lookup is by a record's key and
 /// generation with the other fields compared against the borrowed wire form (so a hit
@@ -206,21 +216,23 @@ mod intern {
     }
 
     /// The smallest table that is swept (below it, sweeping costs more than it frees).
-    const SWEEP_FLOOR: usize = 4096;
+    pub(super) const SWEEP_FLOOR: usize = 4096;
+
+    /// A record to intern: its (key, generation), whether a held record is it, and the
+    /// record itself (built only when none is).
+    pub(super) trait Candidate {
+        fn key(&self) -> ([u8; 32], u32);
+        fn matches(&self, held: &MemberInfo) -> bool;
+        fn into_info(self) -> MemberInfo;
+    }
 
     impl Table {
-        pub(super) fn get_or_insert(
-            &mut self,
-            key: &[u8; 32],
-            generation: u32,
-            matches: impl Fn(&Arc<MemberInfo>) -> bool,
-            make: impl FnOnce() -> MemberInfo,
-        ) -> SwimId {
-            let held = self.by_key.entry((*key, generation)).or_default();
-            if let Some(found) = held.iter().find(|h| matches(h)) {
+        pub(super) fn get_or_insert(&mut self, record: impl Candidate) -> SwimId {
+            let held = self.by_key.entry(record.key()).or_default();
+            if let Some(found) = held.iter().find(|h| record.matches(h)) {
                 return SwimId(Arc::clone(found));
             }
-            let made = Arc::new(make());
+            let made = Arc::new(record.into_info());
             held.push(Arc::clone(&made));
             self.len += 1;
             if self.len > SWEEP_FLOOR.max(2 * self.swept_len) {
@@ -323,22 +335,22 @@ mod tests {
         assert!(foca::Identity::win_addr_conflict(&next, &a));
     }
 
-    /// Records no handle holds any more are swept: the table stays within twice what is
-    /// held (or its floor), however many records pass through it.
-    #[test]
-    fn records_no_handle_holds_are_swept() {
-        let held: Vec<SwimId> = (0..100u32)
-            .map(|n| {
+    /// Holds `n` records while 80,000 others pass through the table; returns the most the
+    /// table held, having checked that a decode still finds each held one.
+    fn churn_holding(n: u32) -> usize {
+        let held: Vec<SwimId> = (0..n)
+            .map(|g| {
                 let mut m = MemberInfo::for_test(1, "r");
-                m.generation = 1_000_000 + n;
+                m.generation = 1_000_000 + g;
                 SwimId::new(m)
             })
             .collect();
-        for n in 0..20 * 4096u32 {
+        let mut most = 0;
+        for g in 0..20 * 4096u32 {
             let mut m = MemberInfo::for_test(2, "r");
-            m.generation = n;
+            m.generation = g;
             drop(SwimId::new(m));
-            assert!(len() <= 2 * 4096 + 1, "the table grew to {}", len());
+            most = most.max(len());
         }
         // The held ones survived every sweep: a decode still finds them.
         for id in &held {
@@ -346,5 +358,56 @@ mod tests {
             let again: SwimId = postcard::from_bytes(&bytes).unwrap();
             assert!(Arc::ptr_eq(&again.0, &id.0));
         }
+        most
+    }
+
+    /// Records no handle holds any more are swept: the table holds at most its floor (4,096)
+    /// or twice what is held (and the record being made), however many pass through it.
+    #[test]
+    fn records_no_handle_holds_are_swept() {
+        let most = churn_holding(100);
+        assert!(most <= 4096 + 1, "the table grew to {most} holding 100");
+    }
+
+    #[test]
+    fn a_table_holding_many_records_stays_within_twice_what_it_holds() {
+        let most = churn_holding(3000);
+        assert!(
+            most <= 2 * 3001 + 1,
+            "the table grew to {most} holding 3000"
+        );
+    }
+
+    /// Two records of one key and generation (another policy epoch) are both held, and
+    /// each decodes to its own.
+    #[test]
+    fn records_of_one_key_and_generation_are_told_apart() {
+        let first = MemberInfo::for_test(3, "r");
+        let mut second = first.clone();
+        second.policy_epoch = 9;
+        let (a, b) = (SwimId::new(first.clone()), SwimId::new(second.clone()));
+        assert!(!Arc::ptr_eq(&a.0, &b.0));
+        for (id, info) in [(&a, &first), (&b, &second)] {
+            let again: SwimId =
+                postcard::from_bytes(&postcard::to_allocvec(info).unwrap()).unwrap();
+            assert!(Arc::ptr_eq(&again.0, &id.0));
+        }
+    }
+
+    /// The node's core may move between threads: a record interned on another thread is
+    /// another allocation, and still equal (foca must not see one member as two).
+    #[test]
+    fn handles_made_on_two_threads_are_equal() {
+        let info = MemberInfo::for_test(4, "r");
+        let bytes = postcard::to_allocvec(&info).unwrap();
+        let here: SwimId = postcard::from_bytes(&bytes).unwrap();
+        let there: SwimId = std::thread::spawn(move || postcard::from_bytes(&bytes).unwrap())
+            .join()
+            .unwrap();
+        assert!(!Arc::ptr_eq(&here.0, &there.0));
+        assert_eq!(here, there);
+        let mut other = info.clone();
+        other.addr = "moved:1".into();
+        assert_ne!(here, SwimId::new(other));
     }
 }

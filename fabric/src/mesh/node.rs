@@ -556,9 +556,7 @@ type Target = (OriginKey, Vec<RelayHop>, bool, u8);
 
 #[derive(Debug, Clone)]
 enum Timer {
-    /// Boxed: the timer map moves its values on every insert and removal, and foca's
-    /// timers are the largest.
-    Swim(Box<foca::Timer<SwimId>>),
+    Swim(foca::Timer<SwimId>),
     Graft(EventId),
     FlushIHave,
     Sync,
@@ -1488,7 +1486,7 @@ impl<S: Store> Node<S> {
             match timer {
                 Timer::Swim(t) => {
                     let mut rt = SwimRuntime::default();
-                    if self.foca.handle_timer(*t, &mut rt).is_err() {
+                    if self.foca.handle_timer(t, &mut rt).is_err() {
                         self.stats.swim_errors += 1;
                     }
                     self.apply_swim(rt);
@@ -1805,7 +1803,7 @@ impl<S: Store> Node<S> {
         }
         for (timer, after) in rt.timers {
             let at = self.now + u64::try_from(after.as_micros()).unwrap_or(u64::MAX / 2);
-            self.schedule(at, Timer::Swim(Box::new(timer)));
+            self.schedule(at, Timer::Swim(timer));
         }
         let mut changed = false;
         for note in rt.notes {
@@ -1879,7 +1877,7 @@ impl<S: Store> Node<S> {
                         for (timer, after) in rt2.timers {
                             let at =
                                 self.now + u64::try_from(after.as_micros()).unwrap_or(u64::MAX / 2);
-                            self.schedule(at, Timer::Swim(Box::new(timer)));
+                            self.schedule(at, Timer::Swim(timer));
                         }
                     }
                 }
