@@ -56,6 +56,10 @@ const CHASE_BYTES: usize = 8 << 20;
 const CHASE_STEPS: usize = 20_000_000;
 
 fn main() -> ExitCode {
+    // As the binary runs (`weft_sim::large_pages`).
+    if let Some(code) = weft_sim::large_pages::run_with_large_pages() {
+        return code;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

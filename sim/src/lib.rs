@@ -7,6 +7,7 @@
 //! - [`engine`]: the deterministic discrete-event engine running fabric nodes (and the
 //!   [`baseline`] strategies) over the modelled WAN, with faults, invariants and metrics;
 //! - [`html`]: the HTML report with SVG charts (`--html DIR`);
+//! - [`large_pages`]: the binaries run themselves with mimalloc's large pages on;
 //! - [`plan`]: scenario + catalog -> the engine's resolved plan;
 //! - [`report`]: summary figures, terminal table and JSON;
 //! - [`scenario`]: the TOML scenario format (topology, network, workloads, faults, checks,
@@ -20,6 +21,7 @@ pub mod baseline;
 pub mod catalog;
 pub mod engine;
 pub mod html;
+pub mod large_pages;
 pub mod plan;
 mod queue;
 pub mod report;
