@@ -9,7 +9,9 @@
 //! A pointer chase over 8 MiB (one dependent load per step, to a random cache line) before
 //! and after the runs says how far memory is: a few tens of nanoseconds when the last-level
 //! cache holds the buffer, 120-160 ns on the shared machine these figures were measured on
-//! (docs/sim-speed.md) when its other tenants had taken that cache.
+//! (docs/sim-speed.md) when its other tenants had taken that cache (figures from before
+//! 2026-12-04 were taken on 4 KiB pages; the chase now runs on the heap's huge pages
+//! where the kernel gives them, see `weft_sim::allocator`).
 //!
 //! Each scenario runs `--rounds` times (default 3), Weft and flooding interleaved, and the
 //! best round of each counts (the least disturbed by the machine's other tenants).
@@ -56,10 +58,8 @@ const CHASE_BYTES: usize = 8 << 20;
 const CHASE_STEPS: usize = 20_000_000;
 
 fn main() -> ExitCode {
-    // As the binary runs (`weft_sim::large_pages`).
-    if let Some(code) = weft_sim::large_pages::run_with_large_pages() {
-        return code;
-    }
+    // As the binary runs (`weft_sim::allocator`).
+    weft_sim::allocator::keep_freed_memory();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -172,6 +172,7 @@ fn run() -> anyhow::Result<()> {
          {chase_after:.0} ns after",
         plans.len()
     );
+    println!("{}", weft_sim::allocator::describe());
     Ok(())
 }
 

@@ -6,8 +6,8 @@
 //!   matrix, measured where the data has the pair and derived (and labelled so) elsewhere;
 //! - [`engine`]: the deterministic discrete-event engine running fabric nodes (and the
 //!   [`baseline`] strategies) over the modelled WAN, with faults, invariants and metrics;
+//! - [`allocator`]: the binaries keep mimalloc's freed memory, on transparent huge pages;
 //! - [`html`]: the HTML report with SVG charts (`--html DIR`);
-//! - [`large_pages`]: the binaries run themselves with mimalloc's large pages on;
 //! - [`plan`]: scenario + catalog -> the engine's resolved plan;
 //! - [`report`]: summary figures, terminal table and JSON;
 //! - [`scenario`]: the TOML scenario format (topology, network, workloads, faults, checks,
@@ -17,11 +17,11 @@
 //!
 //! `docs/sim.md` documents both for people who write scenarios.
 
+pub mod allocator;
 pub mod baseline;
 pub mod catalog;
 pub mod engine;
 pub mod html;
-pub mod large_pages;
 pub mod plan;
 mod queue;
 pub mod report;

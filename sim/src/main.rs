@@ -98,9 +98,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = weft_sim::large_pages::run_with_large_pages() {
-        return code;
-    }
+    weft_sim::allocator::keep_freed_memory();
     let result = run();
     if let Err(e) = flush_output() {
         eprintln!("weft-sim: error: writing output: {e}");
@@ -258,14 +256,7 @@ fn run_scenario(
             *deliveries as f64 / secs.max(1e-9)
         );
     }
-    outln!(
-        "allocator: mimalloc, large pages {}",
-        if weft_sim::large_pages::allowed() {
-            "on"
-        } else {
-            "off (MIMALLOC_ALLOW_LARGE_OS_PAGES)"
-        }
-    );
+    outln!("{}", weft_sim::allocator::describe());
     if let Some((path, file)) = json_out.as_mut() {
         write_json(file, &report.to_json()?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -90,41 +90,33 @@ fn a_passing_run_exits_0_and_writes_its_reports() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The binary runs itself again with mimalloc's large pages on (`large_pages`), unless the
-/// environment says either way; the report is the same both ways.
+/// The binary replaces itself with a run that keeps mimalloc's freed memory
+/// (`weft_sim::allocator`), unless the environment sets the purge delay already.
 #[test]
-fn the_run_takes_large_pages_unless_told_not_to_and_reports_the_same() {
-    let dir = scratch("pages");
+fn the_run_keeps_freed_memory_unless_told_otherwise() {
+    let dir = scratch("purge");
     let scenario = write_scenario(&dir, SCENARIO);
-    let run = |pages: Option<&str>, json: &Path| {
+    let run = |delay: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-sim"));
-        cmd.args([
-            "run",
-            scenario.to_str().unwrap(),
-            "--no-baselines",
-            "--json",
-            json.to_str().unwrap(),
-        ]);
-        cmd.env_remove("MIMALLOC_ALLOW_LARGE_OS_PAGES");
-        if let Some(v) = pages {
-            cmd.env("MIMALLOC_ALLOW_LARGE_OS_PAGES", v);
+        cmd.args(["run", scenario.to_str().unwrap(), "--no-baselines"]);
+        cmd.env_remove("MIMALLOC_PURGE_DELAY");
+        if let Some(v) = delay {
+            cmd.env("MIMALLOC_PURGE_DELAY", v);
         }
         let out = cmd.output().expect("weft-sim runs");
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         text(&out.stdout)
     };
-    let (on, off) = (dir.join("on.json"), dir.join("off.json"));
-    let stdout = run(None, &on);
+    let stdout = run(None);
     assert!(
-        stdout.contains("allocator: mimalloc, large pages on"),
+        stdout.contains("allocator: mimalloc, freed memory kept, "),
         "{stdout}"
     );
-    let stdout = run(Some("0"), &off);
+    let stdout = run(Some("25"));
     assert!(
-        stdout.contains("allocator: mimalloc, large pages off"),
+        stdout.contains("allocator: mimalloc, purge delay 25, "),
         "{stdout}"
     );
-    assert_eq!(std::fs::read(&on).unwrap(), std::fs::read(&off).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
