@@ -216,7 +216,7 @@ mod intern {
     }
 
     /// The smallest table that is swept (below it, sweeping costs more than it frees).
-    pub(super) const SWEEP_FLOOR: usize = 4096;
+    const SWEEP_FLOOR: usize = 4096;
 
     /// A record to intern: its (key, generation), whether a held record is it, and the
     /// record itself (built only when none is).
