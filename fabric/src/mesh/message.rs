@@ -48,18 +48,20 @@ pub type DigestRanges = smallvec::SmallVec<[(u64, u64); 1]>;
 pub type Digest = Vec<(OriginKey, DigestRanges)>;
 
 /// The origins an anti-entropy request leaves out of its digest (those whose ranges have
-/// not changed for `SYNC_SETTLED_US` at the requester): how many, and a SipHash-1-3, keyed
-/// by the requester for this request, of each one's key and ranges in key order (what the
-/// node has seen, joined with what its store holds where that is more). A responder whose
-/// own ranges of the other origins give the same count and hash holds nothing of them that
-/// the requester lacks; otherwise it answers `unsettled`.
+/// not changed for `SYNC_SETTLED_US` at the requester): how many, and the wrapping sum of
+/// one hash per origin (SipHash-1-3 under the key (0, 0) of its key, range count and
+/// ranges: what the node has seen, joined with what its store holds where that is more).
+/// A responder whose own ranges of the other origins give the same count and sum holds
+/// nothing of them that the requester lacks; otherwise it answers `unsettled`. A sum can
+/// be kept as origins change, so neither side walks every origin for a round (`seen.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
-    /// The hash key, drawn by the requester.
+    /// The request's identity, drawn by the requester: an `unsettled` answer names it, so
+    /// an answer to an older request asks for nothing.
     pub key: [u64; 2],
     /// How many origins.
     pub count: u32,
-    /// The keyed hash.
+    /// The wrapping sum of their hashes.
     pub hash: u64,
 }
 

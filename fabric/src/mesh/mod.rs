@@ -6,6 +6,7 @@ pub mod message;
 pub mod node;
 pub mod ranges;
 pub mod route;
+mod seen;
 pub mod store;
 mod timers;
 pub mod wire;

@@ -28,12 +28,13 @@ use rand_core::{Rng, SeedableRng};
 
 use crate::envelope::{Event, EventData, EventId, OriginKey};
 use crate::mesh::member::{MemberInfo, SwimId};
-use crate::mesh::message::{Digest, EventRef, Message};
+use crate::mesh::message::{Digest, DigestRanges, EventRef, Message};
 use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::route::{
     self, LINK_RECORDS_PER_MESSAGE_MAX, LinkRecord, PENDING_ACKS_MAX, PROBES_OUT_MAX, PendingAck,
     RegionRoute, RelayHop, Router,
 };
+use crate::mesh::seen::{OriginSeen, SeenSet};
 use crate::mesh::store::{Inserted, Store, StoreError};
 use crate::mesh::timers::{TimerKey, TimerQueue};
 use crate::stream::{StreamName, StreamPattern};
@@ -577,175 +578,6 @@ struct Missing {
     timer: TimerKey,
 }
 
-/// What a node has seen, per origin: looked up by origin on every receipt and announcement
-/// (a hash map; a tree map's walk of 32-byte keys was 2 % of a 24-node simulation's
-/// instructions), walked in key order by anti-entropy's digests (the ordered key set beside
-/// it). Origins are never removed.
-#[derive(Debug, Default)]
-struct SeenSet {
-    by_origin: FxHashMap<OriginKey, OriginSeen>,
-    order: BTreeSet<OriginKey>,
-}
-
-impl SeenSet {
-    fn get(&self, origin: &OriginKey) -> Option<&OriginSeen> {
-        self.by_origin.get(origin)
-    }
-
-    fn get_mut(&mut self, origin: &OriginKey) -> Option<&mut OriginSeen> {
-        self.by_origin.get_mut(origin)
-    }
-
-    /// The origin's entry, a new (empty) one if there was none.
-    fn entry(&mut self, origin: OriginKey) -> &mut OriginSeen {
-        match self.by_origin.entry(origin) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                self.order.insert(origin);
-                e.insert(OriginSeen::default())
-            }
-        }
-    }
-
-    /// Forgets an origin (tests that stage a seen-set).
-    #[cfg(test)]
-    fn remove(&mut self, origin: &OriginKey) -> Option<OriginSeen> {
-        self.order.remove(origin);
-        self.by_origin.remove(origin)
-    }
-
-    /// Every entry, in no particular order.
-    fn values(&self) -> impl Iterator<Item = &OriginSeen> {
-        self.by_origin.values()
-    }
-
-    /// The entries in key order from `from` on.
-    fn range_from(
-        &self,
-        from: std::ops::Bound<OriginKey>,
-    ) -> impl Iterator<Item = (&OriginKey, &OriginSeen)> {
-        self.order
-            .range((from, std::ops::Bound::Unbounded))
-            .map(|o| (o, &self.by_origin[o]))
-    }
-
-    /// Every entry in key order.
-    fn iter(&self) -> impl Iterator<Item = (&OriginKey, &OriginSeen)> {
-        self.range_from(std::ops::Bound::Unbounded)
-    }
-
-    /// Whether both halves name the same origins.
-    fn consistent(&self) -> bool {
-        self.order.len() == self.by_origin.len()
-            && self.order.iter().all(|o| self.by_origin.contains_key(o))
-    }
-}
-
-/// What a node has of one origin. One map entry holds both the accepted ranges and the
-/// delivery cursor: they are read together on every receipt and by `check_invariants`
-/// after every simulator step (two maps walked side by side were a fifth of a 24-node
-/// simulation's instructions).
-#[derive(Debug, Default)]
-struct OriginSeen {
-    /// Sequence numbers accepted.
-    ranges: SeqRanges,
-    /// Next sequence number to deliver, minus one.
-    delivered: u64,
-    /// Sequence numbers above the cursor that were stored, and so delivered, before a
-    /// restart: the cursor passes them without delivering again. (The seen-set of a
-    /// restarted node is its store's ranges; sequence numbers it had taken as Skips are
-    /// gaps until a Skip comes again, and the events above them were delivered already.)
-    restored: SeqRanges,
-    /// When `ranges` last changed (anti-entropy summarises origins settled for
-    /// [`SYNC_SETTLED_US`]).
-    changed_us: Micros,
-    /// `ranges` may lack numbers this node accepted: they reached
-    /// [`RANGES_PER_ORIGIN_MAX`] once (the set then drops its highest range), or were
-    /// rebuilt from a store after a restart. While false, every event of this origin that
-    /// is stored or in the relay cache is in `ranges`, so a number `ranges` lacks needs no
-    /// store lookup.
-    lossy: bool,
-    /// The lowest sequence number recorded since `fresh_at`, 0 before the first: the
-    /// origin's fresh tail here ([`SYNC_FRESH_US`]). A window starts with the first number
-    /// recorded [`SYNC_FRESH_US`] or more after the last one started.
-    fresh_from: u64,
-    /// When the current window of fresh numbers started.
-    fresh_at: Micros,
-}
-
-impl OriginSeen {
-    /// Records `seq` as seen at `now`; returns false if it was already.
-    fn record(&mut self, seq: u64, now: Micros) -> bool {
-        if self.ranges.range_count() >= RANGES_PER_ORIGIN_MAX {
-            self.lossy = true;
-        }
-        let new = self.ranges.insert(seq);
-        if new {
-            self.changed_us = now;
-            if now.saturating_sub(self.fresh_at) >= SYNC_FRESH_US || self.fresh_from == 0 {
-                self.fresh_from = seq;
-                self.fresh_at = now;
-            } else {
-                self.fresh_from = self.fresh_from.min(seq);
-            }
-        }
-        new
-    }
-
-    /// Summarised by anti-entropy requests at `now` (see [`SYNC_SETTLED_US`]): seen ranges
-    /// unchanged that long.
-    fn settled(&self, now: Micros) -> bool {
-        self.ranges.range_count() > 0 && now >= self.changed_us.saturating_add(SYNC_SETTLED_US)
-    }
-}
-
-/// The keyed hash of an anti-entropy summary ([`super::Settled`]): SipHash-1-3 over each
-/// origin's key, range count and ranges (little-endian), in key order.
-struct SettledHasher {
-    key: [u64; 2],
-    hasher: siphasher::sip::SipHasher13,
-    count: u32,
-    /// One origin's bytes, reused.
-    buf: Vec<u8>,
-}
-
-impl SettledHasher {
-    fn new(key: [u64; 2]) -> Self {
-        Self {
-            key,
-            hasher: siphasher::sip::SipHasher13::new_with_keys(key[0], key[1]),
-            count: 0,
-            buf: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, origin: &OriginKey, ranges: &SeqRanges) {
-        use std::hash::Hasher;
-        // One write per origin: the hash is of the byte stream, however it is cut, and each
-        // `write` call pays for its tail handling (a summary hashes every settled origin, on
-        // both sides of each anti-entropy exchange).
-        self.buf.clear();
-        self.buf.extend_from_slice(&origin.0);
-        self.buf
-            .extend_from_slice(&(ranges.range_count() as u64).to_le_bytes());
-        for (lo, hi) in ranges.iter() {
-            self.buf.extend_from_slice(&lo.to_le_bytes());
-            self.buf.extend_from_slice(&hi.to_le_bytes());
-        }
-        self.hasher.write(&self.buf);
-        self.count = self.count.saturating_add(1);
-    }
-
-    fn finish(self) -> super::Settled {
-        use std::hash::Hasher;
-        super::Settled {
-            key: self.key,
-            count: self.count,
-            hash: self.hasher.finish(),
-        }
-    }
-}
-
 /// A Skip taken on another node's word than the origin's ([`Node::on_skip`]).
 #[derive(Debug, Clone, Copy)]
 struct Unconfirmed {
@@ -998,43 +830,33 @@ impl<S: Store> Node<S> {
             let Some(r) = store.ranges(&origin) else {
                 continue;
             };
+            // A store's ranges may under-claim (see `Store::ranges`): the record is lossy.
             let restarted = match store.delivered(&origin) {
                 // Delivery resumes at the store's cursor: everything up to it was delivered
                 // or skipped (so seen), nothing above it, not even events stored above a
                 // gap that was still open.
-                Some(cursor) => OriginSeen {
-                    ranges: SeqRanges::from_ranges(
-                        r.iter().chain((cursor > 0).then_some((1, cursor))),
-                    ),
-                    delivered: cursor,
-                    restored: SeqRanges::new(),
-                    changed_us: now,
-                    lossy: true,
-                    fresh_from: 0,
-                    fresh_at: 0,
-                },
+                Some(cursor) => OriginSeen::restored(
+                    SeqRanges::from_ranges(r.iter().chain((cursor > 0).then_some((1, cursor)))),
+                    cursor,
+                    SeqRanges::new(),
+                    now,
+                ),
                 // The store does not know: take what it holds as delivered (events that
                 // were waiting above a gap are then never delivered; see
                 // `Store::delivered`).
                 None => {
                     let delivered = r.contiguous();
-                    OriginSeen {
-                        ranges: r.clone(),
+                    OriginSeen::restored(
+                        r.clone(),
                         delivered,
-                        restored: SeqRanges::from_ranges(
-                            r.iter().filter(|(lo, _)| *lo > delivered),
-                        ),
-                        changed_us: now,
-                        // A store's ranges may under-claim (see `Store::ranges`).
-                        lossy: true,
-                        fresh_from: 0,
-                        fresh_at: 0,
-                    }
+                        SeqRanges::from_ranges(r.iter().filter(|(lo, _)| *lo > delivered)),
+                        now,
+                    )
                 }
             };
-            *seen.entry(origin) = restarted;
+            seen.restore(origin, restarted);
         }
-        let seen_count = seen.values().map(|s: &OriginSeen| s.ranges.count()).sum();
+        let seen_count = seen.values().map(|s: &OriginSeen| s.ranges().count()).sum();
         let mut router = Router::new(rng.next_u64());
         router.near_rtt_us = config.near_region_rtt_us;
         let mut node = Self {
@@ -1094,7 +916,7 @@ impl<S: Store> Node<S> {
         node.delivery_paused = node
             .seen
             .iter()
-            .filter(|(_, s)| s.delivered < s.ranges.contiguous())
+            .filter(|(_, s)| s.delivered < s.ranges().contiguous())
             .map(|(o, _)| *o)
             .collect();
         node.reload_waiting_skips();
@@ -1135,8 +957,11 @@ impl<S: Store> Node<S> {
     }
 
     /// The store, for the driver's own records next to the events (log positions, cursors,
-    /// peers). Inserting or removing events through it bypasses the node's bookkeeping.
+    /// peers). Inserting or removing events through it bypasses the node's bookkeeping,
+    /// but for the anti-entropy summary, which is recomputed from the store's ranges
+    /// before its next use (an O(origins) walk, once per call of this between rounds).
     pub fn store_mut(&mut self) -> &mut S {
+        self.seen.store_changed_elsewhere();
         &mut self.store
     }
 
@@ -1314,6 +1139,7 @@ impl<S: Store> Node<S> {
     /// Voids one of this node's own numbers in the store and takes it as seen.
     fn void_number(&mut self, origin: OriginKey, seq: u64, id: EventId) -> Result<(), StoreError> {
         self.store.void(origin, seq, id)?;
+        self.seen.store_changed(&origin, &self.store);
         self.stats.own_voided += 1;
         self.arrived(&id);
         self.seen_again(origin, seq);
@@ -1623,7 +1449,10 @@ impl<S: Store> Node<S> {
         let seen_at = check_window(
             |from| self.seen.range_from(from),
             seen_at,
-            |_, s| Self::check_seen(s),
+            |o, s| {
+                Self::check_seen(s);
+                self.seen.check_origin(o, s, self.now, &self.store);
+            },
         );
         self.check_cursor.set((missing_at, seen_at));
     }
@@ -1644,9 +1473,10 @@ impl<S: Store> Node<S> {
         for s in self.seen.values() {
             Self::check_seen(s);
         }
+        self.seen.check_summary(self.now, &self.store);
         assert_eq!(
             self.seen_count,
-            self.seen.values().map(|s| s.ranges.count()).sum::<u64>(),
+            self.seen.values().map(|s| s.ranges().count()).sum::<u64>(),
             "seen count out of step with the seen-set"
         );
         assert_eq!(
@@ -1688,7 +1518,7 @@ impl<S: Store> Node<S> {
 
     fn check_seen(s: &OriginSeen) {
         assert!(
-            s.delivered <= s.ranges.contiguous(),
+            s.delivered <= s.ranges().contiguous(),
             "delivered past what was seen"
         );
     }
@@ -2167,16 +1997,12 @@ impl<S: Store> Node<S> {
     /// Keeps [`Node::seen_count`] in step (exactly: at the range limit the set may drop a
     /// range, so the count is taken again for that origin).
     fn note_seen(&mut self, origin: OriginKey, seq: u64) -> bool {
-        let seen = self.seen.entry(origin);
-        if seen.ranges.range_count() < RANGES_PER_ORIGIN_MAX {
-            let new = seen.record(seq, self.now);
-            self.seen_count += u64::from(new);
-            return new;
+        let recorded = self.seen.record(origin, seq, self.now);
+        match recorded.counts {
+            Some((before, after)) => self.seen_count = self.seen_count - before + after,
+            None => self.seen_count += u64::from(recorded.new),
         }
-        let before = seen.ranges.count();
-        let new = seen.record(seq, self.now);
-        self.seen_count = self.seen_count - before + seen.ranges.count();
-        new
+        recorded.new
     }
 
     /// How many sequence numbers this node has seen, over every origin: events stored or
@@ -2568,7 +2394,7 @@ impl<S: Store> Node<S> {
         // duplicates without a probe of the store's id index (a cache miss per event on a
         // large store).
         let seen = self.seen.get(&origin);
-        if seen.is_some_and(|r| r.ranges.contains(seq)) {
+        if seen.is_some_and(|r| r.ranges().contains(seq)) {
             if let Some(waiting) = self.unconfirmed_take(&origin, seq) {
                 return self.accept_late(event, waiting);
             }
@@ -2591,7 +2417,9 @@ impl<S: Store> Node<S> {
             // from a peer: a store restored from a backup refusing those must not void
             // numbers other nodes hold events for).
             let own = publishing && origin == self.me.node_key();
-            match self.store.insert(event) {
+            let inserted = self.store.insert(event);
+            self.seen.store_changed(&origin, &self.store);
+            match inserted {
                 Ok(Inserted::Duplicate) => {
                     self.stats.events_duplicate += 1;
                     // Held after all (a store whose `holds` under-claims): record it as
@@ -2665,7 +2493,7 @@ impl<S: Store> Node<S> {
         let Some(seen) = self.seen.get_mut(&origin) else {
             return;
         };
-        let upto = seen.ranges.contiguous();
+        let upto = seen.ranges().contiguous();
         let from = seen.delivered;
         let cursor = &mut seen.delivered;
         while *cursor < upto {
@@ -3012,7 +2840,8 @@ impl<S: Store> Node<S> {
             }
         };
         if due {
-            self.router.status.published = self.seen.get(&me).map_or(0, |s| s.ranges.contiguous());
+            self.router.status.published =
+                self.seen.get(&me).map_or(0, |s| s.ranges().contiguous());
             self.router.status.stored = self.store.len() as u64;
             self.router.status.missing = self.missing.len() as u64;
             self.router.status.policy_epoch = self.me.policy_epoch;
@@ -3480,7 +3309,7 @@ impl<S: Store> Node<S> {
     fn has_seen(&self, origin: &OriginKey, seq: u64) -> bool {
         self.seen
             .get(origin)
-            .is_some_and(|s| s.ranges.contains(seq))
+            .is_some_and(|s| s.ranges().contains(seq))
     }
 
     fn unconfirmed_get(&self, origin: &OriginKey, seq: u64) -> Option<Unconfirmed> {
@@ -3568,7 +3397,7 @@ impl<S: Store> Node<S> {
             return 0;
         };
         let waiting = self.unconfirmed.get(origin);
-        for &(lo, hi) in seen.ranges.as_slice().iter().rev() {
+        for &(lo, hi) in seen.ranges().as_slice().iter().rev() {
             let mut q = hi;
             loop {
                 if !waiting.is_some_and(|w| w.contains_key(&q)) {
@@ -3644,7 +3473,9 @@ impl<S: Store> Node<S> {
         let (origin, seq) = (event.origin(), event.seq());
         let interested = self.interested(event.stream());
         if interested {
-            match self.store.insert(event.clone()) {
+            let inserted = self.store.insert(event.clone());
+            self.seen.store_changed(&origin, &self.store);
+            match inserted {
                 Ok(Inserted::New) => {}
                 Ok(Inserted::Duplicate) => {
                     self.stats.events_duplicate += 1;
@@ -3842,7 +3673,7 @@ impl<S: Store> Node<S> {
             if self
                 .seen
                 .get(&r.origin)
-                .is_some_and(|s| s.ranges.contains(r.seq))
+                .is_some_and(|s| s.ranges().contains(r.seq))
             {
                 // Seen on another node's word only, and announced by a third: a node that
                 // holds the event and may send it here. Fetch it: if it comes, it
@@ -3962,103 +3793,93 @@ impl<S: Store> Node<S> {
     }
 
     /// What this node has seen, from `from_origin` on: every origin, or, when
-    /// `summarise`, those whose ranges changed in the last [`SYNC_SETTLED_US`] (and those
-    /// [`Node::summary_ranges`] cannot vouch for) listed and the rest summarised.
+    /// `summarise` (a new round: `from_origin` is `None`), those whose ranges changed in
+    /// the last [`SYNC_SETTLED_US`] (and those `seen::summary_ranges` cannot vouch for)
+    /// listed and the rest summarised. The summary is kept as the seen-set changes
+    /// (`seen.rs`): a summarised digest costs what it lists.
     fn digest(
         &mut self,
         from_origin: Option<OriginKey>,
         summarise: bool,
     ) -> (Digest, Option<super::Settled>) {
         use std::ops::Bound::{Included, Unbounded};
-        let from = from_origin.map_or(Unbounded, Included);
-        let mut summary =
-            summarise.then(|| SettledHasher::new([self.rng.next_u64(), self.rng.next_u64()]));
-        let now = self.now;
-        let mut digest = Digest::new();
-        for (o, s) in self.seen.range_from(from) {
-            if self.unconfirmed_len > 0
-                && let Some(waiting) = self.unconfirmed.get(o)
-            {
-                // Skips waiting for a second word: left out, so the partner answers for
-                // them (the event, or a Skip of its own).
-                // Each hole can split a range: stay within the ranges a digest entry holds.
-                let room = RANGES_PER_ORIGIN_MAX.saturating_sub(s.ranges.range_count() + 1);
-                let holes: Vec<(u64, u64)> = waiting
-                    .keys()
-                    .take(DIGEST_HOLES_MAX.min(room))
-                    .map(|&q| (q, q))
-                    .collect();
-                digest.push((*o, s.ranges.difference_ranges(&holes).into_iter().collect()));
-                continue;
-            }
-            let summarised = match summary.as_mut() {
-                Some(h) if s.settled(now) => self
-                    .summary_ranges(o, &s.ranges)
-                    .map(|ranges| h.add(o, &ranges))
-                    .is_some(),
-                _ => false,
-            };
-            if !summarised {
-                digest.push((*o, s.ranges.iter().collect()));
-            }
-        }
-        let settled = summary.filter(|h| h.count > 0).map(SettledHasher::finish);
-        (digest, settled)
-    }
-
-    /// The ranges an anti-entropy summary counts for `origin`: what this node has seen of
-    /// it, joined with what its store holds where that is more (a record rebuilt from the
-    /// store after a restart, or one that reached [`RANGES_PER_ORIGIN_MAX`], is `lossy` and
-    /// may under-claim; an erasure puts numbers in the store's ranges). `None` when the
-    /// join could reach [`RANGES_PER_ORIGIN_MAX`] (a set that drops ranges cannot vouch
-    /// for what it dropped): the origin is listed instead, or fails the match.
-    fn summary_ranges<'a>(
-        &self,
-        origin: &OriginKey,
-        seen: &'a SeqRanges,
-    ) -> Option<Cow<'a, SeqRanges>> {
-        if seen.range_count() >= RANGES_PER_ORIGIN_MAX {
-            return None;
-        }
-        match self.store.ranges(origin) {
-            Some(stored) if !stored.difference_ranges(seen.as_slice()).is_empty() => {
-                if seen.range_count() + stored.range_count() >= RANGES_PER_ORIGIN_MAX {
-                    return None;
+        if summarise {
+            let key = [self.rng.next_u64(), self.rng.next_u64()];
+            self.seen.settle(self.now, &self.store);
+            let (mut count, mut hash) = self.seen.summary_totals();
+            let mut listed: Vec<OriginKey> = self.seen.unsummarised().copied().collect();
+            // An origin with Skips waiting for a second word is listed, with them left out
+            // ([`Node::digest_entry`]).
+            if self.unconfirmed_len > 0 {
+                for o in self.unconfirmed.keys() {
+                    if let Some(h) = self.seen.counted(o) {
+                        count -= 1;
+                        hash = hash.wrapping_sub(h);
+                        listed.push(*o);
+                    }
                 }
-                Some(Cow::Owned(SeqRanges::from_ranges(
-                    seen.iter().chain(stored.iter()),
-                )))
             }
-            _ => Some(Cow::Borrowed(seen)),
+            listed.sort_unstable();
+            let digest = listed
+                .iter()
+                .filter_map(|o| Some(self.digest_entry(o, self.seen.get(o)?)))
+                .collect();
+            let settled = (count > 0).then(|| super::Settled {
+                key,
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+                hash,
+            });
+            return (digest, settled);
         }
+        let from = from_origin.map_or(Unbounded, Included);
+        let digest = self
+            .seen
+            .range_from(from)
+            .map(|(o, s)| self.digest_entry(o, s))
+            .collect();
+        (digest, None)
     }
 
-    /// Whether the origins a request's digest leaves out (from `from_origin` on) give, in
-    /// what this node has seen or holds of them ([`Node::summary_ranges`]), the request's
-    /// summary: then this node holds nothing of them the requester lacks. (Every origin of
-    /// the store is in `seen`: a record per stored origin is made at start, and every event
-    /// stored after is recorded.)
+    /// One origin's entry in a digest: the ranges seen, less the Skips waiting for a second
+    /// word (left out, so the partner answers for them: the event, or a Skip of its own).
+    fn digest_entry(&self, o: &OriginKey, s: &OriginSeen) -> (OriginKey, DigestRanges) {
+        if self.unconfirmed_len > 0
+            && let Some(waiting) = self.unconfirmed.get(o)
+        {
+            // Each hole can split a range: stay within the ranges a digest entry holds.
+            let room = RANGES_PER_ORIGIN_MAX.saturating_sub(s.ranges().range_count() + 1);
+            let holes: Vec<(u64, u64)> = waiting
+                .keys()
+                .take(DIGEST_HOLES_MAX.min(room))
+                .map(|&q| (q, q))
+                .collect();
+            return (
+                *o,
+                s.ranges().difference_ranges(&holes).into_iter().collect(),
+            );
+        }
+        (*o, s.ranges().iter().collect())
+    }
+
+    /// Whether the origins a request's digest leaves out (`listed`, sorted, each once) give,
+    /// in what this node has seen or holds of them (`seen::summary_ranges`), the
+    /// request's summary: then this node holds nothing of them the requester lacks.
+    /// (Every origin of the store is in the seen-set: a record per stored origin is made at
+    /// start, and every event stored after is recorded.) A summary resuming from an origin
+    /// (this build never sends one) is taken as not matching: the requester then sends its
+    /// whole digest.
     fn settled_matches(
-        &self,
+        &mut self,
         listed: &Digest,
         from_origin: Option<OriginKey>,
         settled: &super::Settled,
     ) -> bool {
-        use std::ops::Bound::{Included, Unbounded};
-        let from = from_origin.map_or(Unbounded, Included);
-        let mut h = SettledHasher::new(settled.key);
-        let mut listed = listed.iter().map(|(o, _)| o).peekable();
-        for (o, s) in self.seen.range_from(from) {
-            while listed.next_if(|l| *l < o).is_some() {}
-            if listed.peek().is_some_and(|l| *l == o) || s.ranges.range_count() == 0 {
-                continue;
-            }
-            match self.summary_ranges(o, &s.ranges) {
-                Some(ranges) => h.add(o, &ranges),
-                None => return false,
-            }
+        if from_origin.is_some() {
+            return false;
         }
-        h.count == settled.count && h.finish().hash == settled.hash
+        self.seen.settle(self.now, &self.store);
+        self.seen
+            .matches(listed, settled.count, settled.hash, &self.store)
     }
 
     /// Starts an anti-entropy round with the best partner ([`Node::ranked_partner`]: the one
@@ -4332,8 +4153,8 @@ impl<S: Store> Node<S> {
         let me = self.me.node_key();
         let stalled = || {
             self.seen.iter().filter_map(|(o, s)| {
-                let first_gap = usize::from(s.ranges.contiguous() > 0);
-                let hole = s.ranges.iter().nth(first_gap).is_some();
+                let first_gap = usize::from(s.ranges().contiguous() > 0);
+                let hole = s.ranges().iter().nth(first_gap).is_some();
                 // The member record only for an origin with a hole (few): each lookup is a
                 // walk of the member map.
                 let live = || {
@@ -5071,7 +4892,7 @@ mod tests {
                         n.seen
                             .get(&nodes[0].me().node_key())
                             .expect("origin seen")
-                            .ranges
+                            .ranges()
                             .contains(1)
                     );
                 }
@@ -5217,7 +5038,7 @@ mod tests {
         assert!(seen.lossy, "the limit was reached");
         let dropped = events
             .iter()
-            .find(|e| !seen.ranges.contains(e.seq()))
+            .find(|e| !seen.ranges().contains(e.seq()))
             .expect("the set under-claims at its limit")
             .clone();
         assert!(node.store.holds(&EventRef::of(&dropped)));
@@ -5227,7 +5048,7 @@ mod tests {
         assert!(
             node.seen
                 .values()
-                .all(|s| s.ranges.range_count() <= RANGES_PER_ORIGIN_MAX)
+                .all(|s| s.ranges().range_count() <= RANGES_PER_ORIGIN_MAX)
         );
     }
 
@@ -5667,7 +5488,7 @@ mod tests {
 
         // A stalled origin that SWIM suspects is not asked for its events: another member
         // is, from that origin on.
-        node.seen.entry(suspect).record(3, 0);
+        node.seen.record(suspect, 3, 0);
         node.stalled_first = true;
         node.now = t;
         node.start_sync();
@@ -5793,7 +5614,7 @@ mod tests {
         let mut holes: Vec<OriginKey> = infos[2..].iter().map(|i| i.node_key()).collect();
         holes.sort();
         for o in &holes {
-            node.seen.entry(*o).record(3, 0);
+            node.seen.record(*o, 3, 0);
         }
         assert!(node.stalled_first);
         node.sync_rounds = 0; // the next round is the first: not a stalled-origin turn
@@ -6548,21 +6369,6 @@ mod tests {
         }
         assert_eq!(first.stats().sync_unsettled_out, 0);
         assert_eq!(back.stats().sync_unsettled_out, 0);
-    }
-
-    /// The summary hash is SipHash-1-3 over key, range count and ranges, little-endian:
-    /// pinned, since nodes of different builds must compute the same.
-    #[test]
-    fn the_summary_hash_is_pinned() {
-        let mut h = SettledHasher::new([1, 2]);
-        h.add(
-            &OriginKey([7; 32]),
-            &SeqRanges::from_ranges([(1, 5), (9, 9)]),
-        );
-        h.add(&OriginKey([8; 32]), &SeqRanges::from_ranges([(1, 1)]));
-        let s = h.finish();
-        assert_eq!((s.key, s.count), ([1, 2], 2));
-        assert_eq!(s.hash, 11_292_174_042_526_142_199);
     }
 
     /// Link-state gossip sends digests (node and version per record), not records; a peer

@@ -99,7 +99,9 @@ pub trait Store {
         Err(StoreError::Backend("this store cannot void numbers".into()))
     }
     /// Per-origin ranges of stored sequence numbers, erased ones included (so a restart
-    /// does not reopen the holes an erase leaves).
+    /// does not reopen the holes an erase leaves). They change only when the node inserts
+    /// or voids a number of that origin, or through `Node::store_mut`: the core keeps its
+    /// anti-entropy summary from them between those (`seen.rs`).
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges>;
     /// Every origin with at least one stored event, ascending.
     fn origins(&self) -> Vec<OriginKey>;

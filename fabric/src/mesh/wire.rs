@@ -125,8 +125,9 @@ enum Wire<'a> {
     Skip(Vec<([u8; 32], u64)>),
     LinkDigest(Vec<([u8; 32], u64)>),
     LinkPull(Vec<[u8; 32]>),
-    /// A `SyncRequest` with a summary of the origins its digest leaves out: key, count,
-    /// hash. (A request without one keeps the `SyncRequest` tag.)
+    /// A `SyncRequest` with a summary of the origins its digest leaves out: the request's
+    /// key, the count, the sum of their hashes. (A request without one keeps the
+    /// `SyncRequest` tag.)
     SyncRequestSettled {
         digest: Vec<WireRanges>,
         from_origin: Option<[u8; 32]>,
