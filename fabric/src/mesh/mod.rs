@@ -11,7 +11,7 @@ pub mod store;
 mod timers;
 pub mod wire;
 
-pub use member::{MemberInfo, SwimId};
+pub use member::{MemberInfo, SwimCodec, SwimCodecError, SwimId};
 pub use message::{Channel, Digest, DigestRanges, EventRef, Message, Settled};
 pub use node::{
     AllowAll, AppEvent, BATCH_BYTES_MAX, FilterHop, MeshConfig, Micros, Node, ReplicationFilter,

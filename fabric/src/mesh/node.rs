@@ -22,12 +22,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use foca::{Foca, NoCustomBroadcast, OwnedNotification};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
 use crate::envelope::{Event, EventData, EventId, OriginKey};
-use crate::mesh::member::{MemberInfo, SwimId};
+use crate::mesh::member::{MemberInfo, SwimCodec, SwimId};
 use crate::mesh::message::{Digest, DigestRanges, EventRef, Message};
 use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::route::{
@@ -664,7 +664,7 @@ impl foca::Runtime<SwimId> for SwimRuntime {
 pub struct Node<S: Store> {
     me: MemberInfo,
     config: MeshConfig,
-    foca: Foca<SwimId, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
+    foca: Foca<SwimId, SwimCodec, ChaCha8Rng, NoCustomBroadcast>,
     rng: ChaCha8Rng,
     store: S,
     filter: Box<dyn ReplicationFilter>,
@@ -823,7 +823,7 @@ impl<S: Store> Node<S> {
             SwimId::new(me.clone()),
             config.swim.clone(),
             foca_rng,
-            PostcardCodec,
+            SwimCodec,
         );
         let mut seen = SeenSet::default();
         for origin in store.origins() {
