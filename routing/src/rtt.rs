@@ -62,18 +62,27 @@ pub enum RttError {
 }
 
 /// The RTT estimate for one peer: window minimum, smoothing, hysteresis (module docs).
+///
+/// Held in `u32`s and bytes (44 bytes rather than 112): a node keeps one per member, so a
+/// 1000-node mesh holds a million of them, and every value fits (samples are at most
+/// [`RTT_US_MAX`], ten seconds in microseconds, far below `u32::MAX`).
 #[derive(Debug, Clone, Default)]
 pub struct RttEstimator {
-    window: [u64; RTT_WINDOW_LEN],
-    /// Samples in `window` (grows to `RTT_WINDOW_LEN`, then stays).
-    len: usize,
+    window: [u32; RTT_WINDOW_LEN],
+    /// Samples in `window` (grows to `RTT_WINDOW_LEN`, then stays); the estimate is
+    /// published once it is above zero.
+    len: u8,
     /// Where the next sample goes.
-    next: usize,
-    smoothed_us: u64,
-    estimate_us: Option<u64>,
+    next: u8,
     /// Consecutive samples whose smoothed value was outside the hysteresis band.
-    pending: u32,
+    pending: u8,
+    smoothed_us: u32,
+    /// The published estimate (meaningful when `len > 0`).
+    estimate_us: u32,
 }
+
+// Every value an estimator holds is at most RTT_US_MAX, and its window length fits a byte.
+const _: () = assert!(RTT_US_MAX <= u32::MAX as u64 && RTT_WINDOW_LEN <= u8::MAX as usize);
 
 impl RttEstimator {
     /// An estimator with no samples.
@@ -90,35 +99,40 @@ impl RttEstimator {
                 max: RTT_US_MAX,
             });
         }
-        self.window[self.next] = rtt_us;
-        self.next = (self.next + 1) % RTT_WINDOW_LEN;
-        self.len = (self.len + 1).min(RTT_WINDOW_LEN);
-        let min_us = self.window[..self.len]
+        // In range of a u32 (RTT_US_MAX fits one, checked above).
+        let sample = rtt_us as u32;
+        let first = self.len == 0;
+        self.window[usize::from(self.next)] = sample;
+        self.next = ((usize::from(self.next) + 1) % RTT_WINDOW_LEN) as u8;
+        self.len = (usize::from(self.len) + 1).min(RTT_WINDOW_LEN) as u8;
+        let min_us = self.window[..usize::from(self.len)]
             .iter()
             .copied()
             .min()
-            .unwrap_or(rtt_us);
-        let Some(estimate_us) = self.estimate_us else {
+            .unwrap_or(sample);
+        if first {
             self.smoothed_us = min_us;
-            self.estimate_us = Some(min_us);
+            self.estimate_us = min_us;
             self.pending = 0;
-            return Ok(Some(min_us));
-        };
+            return Ok(Some(u64::from(min_us)));
+        }
+        let estimate_us = u64::from(self.estimate_us);
         // EWMA toward the window minimum; a step smaller than the divisor still moves by 1 so
         // the smoothed value reaches the minimum instead of stalling below the gain.
-        let delta = min_us as i64 - self.smoothed_us as i64;
+        let delta = i64::from(min_us) - i64::from(self.smoothed_us);
         let step = match delta / RTT_SMOOTHING_DIV {
             0 => delta.signum(),
             s => s,
         };
-        self.smoothed_us = (self.smoothed_us as i64 + step) as u64;
+        // Between the old smoothed value and the window minimum: both fit a u32.
+        self.smoothed_us = (i64::from(self.smoothed_us) + step) as u32;
         let band_us = (estimate_us * RTT_CHANGE_PCT / 100).max(RTT_CHANGE_US_MIN);
-        if self.smoothed_us.abs_diff(estimate_us) > band_us {
+        if u64::from(self.smoothed_us).abs_diff(estimate_us) > band_us {
             self.pending += 1;
-            if self.pending >= RTT_CHANGE_SAMPLES {
+            if u32::from(self.pending) >= RTT_CHANGE_SAMPLES {
                 self.pending = 0;
-                self.estimate_us = Some(self.smoothed_us);
-                return Ok(Some(self.smoothed_us));
+                self.estimate_us = self.smoothed_us;
+                return Ok(Some(u64::from(self.smoothed_us)));
             }
         } else {
             self.pending = 0;
@@ -129,29 +143,36 @@ impl RttEstimator {
     /// The published estimate in microseconds: what routing decisions should use. `None`
     /// before the first sample.
     pub fn estimate_us(&self) -> Option<u64> {
-        self.estimate_us
+        (self.len > 0).then_some(u64::from(self.estimate_us))
     }
 
     /// The minimum of the current window, before smoothing and hysteresis.
     pub fn window_min_us(&self) -> Option<u64> {
-        self.window[..self.len].iter().copied().min()
+        self.window[..usize::from(self.len)]
+            .iter()
+            .copied()
+            .min()
+            .map(u64::from)
     }
 
     /// The smoothed window minimum, before hysteresis.
     pub fn smoothed_us(&self) -> Option<u64> {
-        self.estimate_us.map(|_| self.smoothed_us)
+        (self.len > 0).then_some(u64::from(self.smoothed_us))
     }
 
     /// Panics if the internal state is inconsistent (for tests and the simulator).
     pub fn check_invariants(&self) {
-        assert!(self.len <= RTT_WINDOW_LEN);
-        assert!(self.next < RTT_WINDOW_LEN);
-        assert_eq!(self.estimate_us.is_some(), self.len > 0);
-        assert!(self.pending < RTT_CHANGE_SAMPLES);
+        assert!(usize::from(self.len) <= RTT_WINDOW_LEN);
+        assert!(usize::from(self.next) < RTT_WINDOW_LEN);
+        assert!(u32::from(self.pending) < RTT_CHANGE_SAMPLES);
         // The smoothed value is a convex combination of accepted samples.
-        assert!(self.smoothed_us <= RTT_US_MAX);
-        if let Some(estimate_us) = self.estimate_us {
-            assert!(estimate_us <= RTT_US_MAX);
+        assert!(u64::from(self.smoothed_us) <= RTT_US_MAX);
+        assert!(u64::from(self.estimate_us) <= RTT_US_MAX);
+        if self.len == 0 {
+            assert_eq!(
+                (self.smoothed_us, self.estimate_us, self.pending),
+                (0, 0, 0)
+            );
         }
     }
 }
@@ -247,5 +268,78 @@ mod tests {
         feed(&mut e, &[10_000]);
         feed(&mut e, &[10_003; 100]);
         assert_eq!(e.smoothed_us(), Some(10_003));
+    }
+
+    /// The estimator as it was held in `u64`s before it was packed: the reference the packed
+    /// one must agree with, sample by sample.
+    #[derive(Default)]
+    struct Wide {
+        window: [u64; RTT_WINDOW_LEN],
+        len: usize,
+        next: usize,
+        smoothed_us: u64,
+        estimate_us: Option<u64>,
+        pending: u32,
+    }
+
+    impl Wide {
+        fn handle_sample(&mut self, rtt_us: u64) -> Option<u64> {
+            self.window[self.next] = rtt_us;
+            self.next = (self.next + 1) % RTT_WINDOW_LEN;
+            self.len = (self.len + 1).min(RTT_WINDOW_LEN);
+            let min_us = self.window[..self.len].iter().copied().min().unwrap();
+            let Some(estimate_us) = self.estimate_us else {
+                self.smoothed_us = min_us;
+                self.estimate_us = Some(min_us);
+                return Some(min_us);
+            };
+            let delta = min_us as i64 - self.smoothed_us as i64;
+            let step = match delta / RTT_SMOOTHING_DIV {
+                0 => delta.signum(),
+                s => s,
+            };
+            self.smoothed_us = (self.smoothed_us as i64 + step) as u64;
+            let band_us = (estimate_us * RTT_CHANGE_PCT / 100).max(RTT_CHANGE_US_MIN);
+            if self.smoothed_us.abs_diff(estimate_us) > band_us {
+                self.pending += 1;
+                if self.pending >= RTT_CHANGE_SAMPLES {
+                    self.pending = 0;
+                    self.estimate_us = Some(self.smoothed_us);
+                    return Some(self.smoothed_us);
+                }
+            } else {
+                self.pending = 0;
+            }
+            None
+        }
+    }
+
+    proptest::proptest! {
+        /// The packed estimator publishes, smooths and windows exactly as the `u64` one, on
+        /// samples over the whole accepted range (levels, steps and outliers mixed).
+        #[test]
+        fn packed_agrees_with_wide(
+            samples in proptest::collection::vec(
+                proptest::prop_oneof![
+                    0..=RTT_US_MAX,
+                    RTT_US_MAX - 1_000..=RTT_US_MAX,
+                    40_000u64..60_000,
+                    0u64..1_000,
+                ],
+                1..200,
+            )
+        ) {
+            let (mut packed, mut wide) = (RttEstimator::new(), Wide::default());
+            for s in samples {
+                proptest::prop_assert_eq!(packed.handle_sample(s).unwrap(), wide.handle_sample(s));
+                proptest::prop_assert_eq!(packed.estimate_us(), wide.estimate_us);
+                proptest::prop_assert_eq!(packed.smoothed_us(), Some(wide.smoothed_us));
+                proptest::prop_assert_eq!(
+                    packed.window_min_us(),
+                    wide.window[..wide.len].iter().copied().min()
+                );
+                packed.check_invariants();
+            }
+        }
     }
 }

@@ -35,6 +35,10 @@ impl MemberInfo {
     }
 }
 
+/// A node's live members by key. Each record is the interned one SWIM holds ([`SwimId`]),
+/// shared rather than copied: a node of a 1000-node mesh holds a thousand.
+pub(crate) type MemberMap = std::collections::BTreeMap<OriginKey, Arc<MemberInfo>>;
+
 /// SWIM's identity of a member: its [`MemberInfo`], held by reference.
 ///
 /// foca keeps a copy of every member's identity, puts one in every update it sends and
@@ -62,6 +66,11 @@ impl SwimId {
     /// The member record.
     pub fn info(&self) -> &MemberInfo {
         &self.0
+    }
+
+    /// The member record, shared (the core's member map holds this handle, not a copy).
+    pub fn shared(&self) -> Arc<MemberInfo> {
+        Arc::clone(&self.0)
     }
 }
 

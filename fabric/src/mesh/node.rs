@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
 use crate::envelope::{Event, EventData, EventId, OriginKey};
-use crate::mesh::member::{MemberInfo, SwimCodec, SwimId};
+use crate::mesh::member::{MemberInfo, MemberMap, SwimCodec, SwimId};
 use crate::mesh::message::{Digest, DigestRanges, EventRef, Message};
 use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::route::{
@@ -669,7 +669,7 @@ pub struct Node<S: Store> {
     store: S,
     filter: Box<dyn ReplicationFilter>,
     router: Router,
-    members: BTreeMap<OriginKey, MemberInfo>,
+    members: MemberMap,
     peers: BTreeMap<OriginKey, PeerState>,
     /// Members that came back from down (a generation above the first, not in the view
     /// before), oldest first, at most [`RETURNED_LEN_MAX`]: events published on their
@@ -977,7 +977,7 @@ impl<S: Store> Node<S> {
 
     /// Members currently up (excluding this node).
     pub fn members(&self) -> impl Iterator<Item = &MemberInfo> {
-        self.members.values()
+        self.members.values().map(|m| &**m)
     }
 
     /// Current lazy peers.
@@ -1641,7 +1641,7 @@ impl<S: Store> Node<S> {
                 OwnedNotification::MemberUp(m) => {
                     changed = true;
                     let key = OriginKey(m.key);
-                    self.member_up(m.info().clone());
+                    self.member_up(m.shared());
                     if self.router.failed.contains_key(m.region.as_str()) {
                         // Back after a partition or outage: check the link now rather
                         // than at the next probe tick.
@@ -1673,7 +1673,7 @@ impl<S: Store> Node<S> {
                 // stay out of the live members.
                 OwnedNotification::Rename(_, new) if self.members.contains_key(&new.node_key()) => {
                     changed = true;
-                    self.member_up(new.info().clone());
+                    self.member_up(new.shared());
                     // The application learns the new record too (a restart faster than
                     // SWIM's down timeout: a new generation, perhaps a new address).
                     self.push_app(AppEvent::MemberUp(Box::new(new.info().clone())));
@@ -1728,7 +1728,7 @@ impl<S: Store> Node<S> {
     /// was not in the view, told of this node's recent own events (`announce_recent`) and,
     /// when it is back from down (a generation above the first), noted for a round with it
     /// (`member_returned`).
-    fn member_up(&mut self, m: MemberInfo) {
+    fn member_up(&mut self, m: Arc<MemberInfo>) {
         let key = m.node_key();
         let joined = !self.members.contains_key(&key);
         // Back under a later generation before this node had it down (a restart, or a
@@ -1759,7 +1759,7 @@ impl<S: Store> Node<S> {
 
     /// Records a member (new, back, or under a new identity) and files it under its
     /// region, moving it out of the one its old record named.
-    fn member_insert(&mut self, m: MemberInfo) {
+    fn member_insert(&mut self, m: Arc<MemberInfo>) {
         let key = m.node_key();
         let region = m.region.clone();
         if let Some(old) = self.members.insert(key, m) {
@@ -2921,7 +2921,7 @@ impl<S: Store> Node<S> {
             let Some(member) = self.members.get(&key).cloned() else {
                 continue;
             };
-            let member = SwimId::new(member);
+            let member = SwimId::new(MemberInfo::clone(&member));
             self.stats.catch_up_announces += 1;
             if self.foca.announce(member, &mut rt).is_err() {
                 self.stats.swim_errors += 1;
@@ -4489,7 +4489,8 @@ mod tests {
                 config.near_region_rtt_us = 0;
                 let mut node = Node::new(me.clone(), config, 1, crate::mesh::MemStore::new(16), 0);
                 for (j, other) in infos.iter().enumerate().filter(|(_, o)| o.key != me.key) {
-                    node.members.insert(OriginKey(other.key), other.clone());
+                    node.members
+                        .insert(OriginKey(other.key), Arc::new(other.clone()));
                     node.region_insert(&other.region, OriginKey(other.key));
                     node.handle_rtt_sample(0, OriginKey(other.key), rtt(i, j));
                 }
@@ -5692,7 +5693,7 @@ mod tests {
         // the origin of its hole (the only node holding the event, so no other partner could
         // answer), starting at that origin's events.
         let info = nodes[5].me().clone();
-        nodes[0].members.insert(unknown, info);
+        nodes[0].members.insert(unknown, Arc::new(info));
         nodes[0].region_insert("r1", unknown);
         nodes[0].router.members_changed();
         nodes[5].sync_rounds = 1;
@@ -5977,7 +5978,7 @@ mod tests {
             .map(|k| info(k, "b"))
             .collect();
         for m in &others {
-            node.member_insert(m.clone());
+            node.member_insert(Arc::new(m.clone()));
         }
         let record = |m: &MemberInfo| {
             Arc::new(LinkRecord {
@@ -5997,19 +5998,19 @@ mod tests {
         assert_eq!(held(&node), (10..26).collect::<Vec<u8>>());
         // A lower key joins: the highest sampled member (25) leaves the sample.
         let low = info(5, "b");
-        node.member_insert(low.clone());
+        node.member_insert(Arc::new(low.clone()));
         assert_eq!(held(&node), (10..25).collect::<Vec<u8>>());
         node.on_links(vec![record(&low), record(&others[15])]);
         let mut want: Vec<u8> = (10..25).collect();
         want.insert(0, 5);
         assert_eq!(held(&node), want, "the new member in, 25 refused");
         // A higher key joining changes nothing.
-        node.member_insert(info(200, "b"));
+        node.member_insert(Arc::new(info(200, "b")));
         assert_eq!(held(&node), want);
         node.check_invariants_full();
         // A member back in another region loses its record (its links were measured from
         // the old one), though it is in the new region's sample.
-        node.member_insert(info(12, "c"));
+        node.member_insert(Arc::new(info(12, "c")));
         want.retain(|k| *k != 12);
         assert_eq!(held(&node), want, "12 moved to c");
         node.check_invariants_full();
@@ -6047,20 +6048,20 @@ mod tests {
         assert_eq!(swim_sent(&mut node), 1, "the seed");
         // The seed's feed taught it ten members: it asks three of them for more.
         for k in 1..=10 {
-            node.member_insert(info(k));
+            node.member_insert(Arc::new(info(k)));
         }
         node.catch_up_membership();
         assert_eq!(swim_sent(&mut node), CATCH_UP_ANNOUNCES);
         // Their feeds taught it more: again.
         for k in 11..=20 {
-            node.member_insert(info(k));
+            node.member_insert(Arc::new(info(k)));
         }
         node.catch_up_membership();
         assert_eq!(swim_sent(&mut node), CATCH_UP_ANNOUNCES);
         // A tick with nothing new ends it for good.
         node.catch_up_membership();
         assert_eq!(swim_sent(&mut node), 0);
-        node.member_insert(info(21));
+        node.member_insert(Arc::new(info(21)));
         node.catch_up_membership();
         assert_eq!(swim_sent(&mut node), 0, "over");
         assert_eq!(
@@ -6073,7 +6074,7 @@ mod tests {
         assert_eq!(swim_sent(&mut node), 1, "the seed");
         let mut ticks = 0;
         for k in 1..=100u8 {
-            node.member_insert(info(k));
+            node.member_insert(Arc::new(info(k)));
             node.catch_up_membership();
             ticks += usize::from(swim_sent(&mut node) > 0);
         }
@@ -6335,7 +6336,7 @@ mod tests {
         let info = old.me().clone();
         let t = 2_000_000;
         let mut back = Node::new(info, MeshConfig::wan(2), 9, old.into_store(), t);
-        back.member_insert(nodes[0].me().clone());
+        back.member_insert(Arc::new(nodes[0].me().clone()));
         assert!(back.seen.values().all(|s| s.lossy));
         let mut first = nodes.pop().unwrap();
         // The restarted node answers a summary of what it holds.
@@ -6504,11 +6505,11 @@ mod tests {
             0,
         );
         for n in &nodes {
-            fresh.member_insert(n.me().clone());
+            fresh.member_insert(Arc::new(n.me().clone()));
         }
         // Everyone sees it join; nothing is handed over before the delay.
         for n in &mut nodes {
-            n.member_up(joiner.clone());
+            n.member_up(Arc::new(joiner.clone()));
             n.send_handoffs();
             while let Some(t) = n.poll_transmit() {
                 assert!(t.to != key || !matches!(t.msg, Message::Links(_)));
@@ -6552,7 +6553,7 @@ mod tests {
             .iter_mut()
             .find(|n| n.handoff_turn(&key) == Some(0))
             .unwrap();
-        first.member_up(again);
+        first.member_up(Arc::new(again));
         assert!(first.handoffs.contains_key(&key));
     }
 
@@ -6576,7 +6577,7 @@ mod tests {
         assert!(own(&node));
         // Sixteen lower keys join this node's region: it is seventeenth.
         for k in 1..=RECORDS_PER_REGION_MAX as u8 {
-            node.member_insert(info(k));
+            node.member_insert(Arc::new(info(k)));
             assert!(own(&node), "after key {k}");
         }
         node.check_invariants_full();

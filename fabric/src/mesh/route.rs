@@ -74,7 +74,7 @@ use weft_routing::rtt::RTT_US_MAX;
 use weft_routing::{Coordinate, LatencyGraph, RttEstimator, VivaldiClient};
 
 use crate::envelope::{KeyBuildHasher, OriginKey};
-use crate::mesh::member::MemberInfo;
+use crate::mesh::member::{MemberInfo, MemberMap};
 use crate::mesh::node::Micros;
 
 /// Weight of a transit region's outgoing edges, percent of their latency: a relay path
@@ -377,7 +377,7 @@ impl Topology {
 
     fn new(
         me: &MemberInfo,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
     ) -> Self {
         let names: Vec<String> = regions.keys().cloned().collect();
@@ -882,11 +882,7 @@ impl Router {
     }
 
     /// Builds this node's next record.
-    pub(crate) fn own_record(
-        &mut self,
-        me: &MemberInfo,
-        members: &BTreeMap<OriginKey, MemberInfo>,
-    ) -> LinkRecord {
+    pub(crate) fn own_record(&mut self, me: &MemberInfo, members: &MemberMap) -> LinkRecord {
         self.own_counter = self.own_counter.wrapping_add(1);
         let mut by_region: BTreeMap<&str, Vec<(Micros, OriginKey)>> = BTreeMap::new();
         for (k, est) in &self.rtt {
@@ -921,7 +917,7 @@ impl Router {
     pub(crate) fn take_record(
         &mut self,
         record: Arc<LinkRecord>,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         me: &OriginKey,
         now: Micros,
@@ -976,7 +972,7 @@ impl Router {
         &self,
         key: &OriginKey,
         version: u64,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         me: &OriginKey,
     ) -> bool {
@@ -1006,7 +1002,7 @@ impl Router {
     pub(crate) fn pulls_for(
         &mut self,
         digest: &[(OriginKey, u64)],
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         me: &OriginKey,
         now: Micros,
@@ -1147,7 +1143,7 @@ impl Router {
     pub(crate) fn ensure_graph(
         &mut self,
         me: &MemberInfo,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         now: Micros,
     ) -> u64 {
@@ -1175,7 +1171,7 @@ impl Router {
     fn topology(
         &mut self,
         me: &MemberInfo,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
     ) -> &Topology {
         let topology = self
@@ -1195,7 +1191,7 @@ impl Router {
     fn build_graph(
         &mut self,
         me: &MemberInfo,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
     ) -> RegionGraph {
         self.topology(me, members, regions);
@@ -1257,7 +1253,7 @@ impl Router {
     pub(crate) fn tree(
         &mut self,
         me: &MemberInfo,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         allowed: Vec<bool>,
         now: Micros,
@@ -1279,7 +1275,7 @@ impl Router {
     pub(crate) fn region_routes(
         &mut self,
         me: &MemberInfo,
-        members: &BTreeMap<OriginKey, MemberInfo>,
+        members: &MemberMap,
         regions: &BTreeMap<String, Vec<OriginKey>>,
         now: Micros,
     ) -> Vec<RegionRoute> {
@@ -1709,14 +1705,11 @@ mod tests {
     /// `all`.
     fn membership<'a>(
         all: impl IntoIterator<Item = &'a MemberInfo>,
-    ) -> (
-        BTreeMap<OriginKey, MemberInfo>,
-        BTreeMap<String, Vec<OriginKey>>,
-    ) {
+    ) -> (MemberMap, BTreeMap<String, Vec<OriginKey>>) {
         let mut members = BTreeMap::new();
         let mut regions: BTreeMap<String, Vec<OriginKey>> = BTreeMap::new();
         for m in all {
-            members.insert(m.node_key(), m.clone());
+            members.insert(m.node_key(), Arc::new(m.clone()));
             regions
                 .entry(m.region.to_string())
                 .or_default()
@@ -1869,10 +1862,7 @@ mod tests {
             status: NodeStatus::default(),
         };
         let take = |router: &mut Router,
-                    view: &(
-            BTreeMap<OriginKey, MemberInfo>,
-            BTreeMap<String, Vec<OriginKey>>,
-        ),
+                    view: &(MemberMap, BTreeMap<String, Vec<OriginKey>>),
                     m: &MemberInfo,
                     version: u64| {
             router
