@@ -432,9 +432,13 @@ pub(crate) struct RegionTree {
 /// See [`Router::reported`].
 #[derive(Debug, Clone, Default)]
 struct ReportedLinks {
-    /// Each record's links between regions, as `pair << 32 | rtt` with `pair` the two
-    /// region indices (lower one in the high 16 bits), ascending.
-    by_record: BTreeMap<OriginKey, Vec<u64>>,
+    /// The record whose samples are in `by_pair`, per node with any: its samples are
+    /// derived again when it is replaced (the topology they were derived under lives as
+    /// long as this value: a membership change drops both, `Router::members_changed`).
+    /// Held rather than the samples themselves: a record is shared with the records map
+    /// (and, in the simulator, with every node that took it), where a node's samples were
+    /// half a kilobyte per record, 230 MB over a 1000-node mesh.
+    by_record: BTreeMap<OriginKey, Arc<LinkRecord>>,
     /// Per region pair, every reported RTT, ascending.
     by_pair: BTreeMap<u32, Vec<u32>>,
     /// Per region pair, both ways, the median of its reports.
@@ -456,10 +460,10 @@ impl ReportedLinks {
         let mut out = Self::default();
         let mut all = Vec::new();
         for (key, record) in records {
-            let samples = Self::samples(*key, Some(record), topology, me);
-            if !samples.is_empty() {
-                all.extend_from_slice(&samples);
-                out.by_record.insert(*key, samples);
+            let before = all.len();
+            Self::samples_into(&mut all, *key, Some(record), topology, me);
+            if all.len() > before {
+                out.by_record.insert(*key, Arc::clone(record));
             }
         }
         all.sort_unstable();
@@ -499,6 +503,19 @@ impl ReportedLinks {
         me: &MemberInfo,
     ) -> Vec<u64> {
         let mut samples = Vec::new();
+        Self::samples_into(&mut samples, key, record, topology, me);
+        samples
+    }
+
+    /// [`ReportedLinks::samples`], appended to `out` (sorted among themselves).
+    fn samples_into(
+        out: &mut Vec<u64>,
+        key: OriginKey,
+        record: Option<&LinkRecord>,
+        topology: &Topology,
+        me: &MemberInfo,
+    ) {
+        let start = out.len();
         let region_of = |k: &OriginKey| -> Option<u16> { topology.region_of.get(k).copied() };
         if let Some(record) = record
             && key != me.node_key()
@@ -509,12 +526,11 @@ impl ReportedLinks {
                     && a != b
                 {
                     let pair = (u32::from(a.min(b)) << 16) | u32::from(a.max(b));
-                    samples.push((u64::from(pair) << 32) | u64::from(*rtt));
+                    out.push((u64::from(pair) << 32) | u64::from(*rtt));
                 }
             }
-            samples.sort_unstable();
+            out[start..].sort_unstable();
         }
-        samples
     }
 
     /// Replaces what `key`'s record said (nothing, if the record is gone). This node's own
@@ -524,12 +540,13 @@ impl ReportedLinks {
     fn update(
         &mut self,
         key: OriginKey,
-        record: Option<&LinkRecord>,
+        record: Option<&Arc<LinkRecord>>,
         topology: &Topology,
         me: &MemberInfo,
     ) {
-        let samples = Self::samples(key, record, topology, me);
-        let old = self.by_record.remove(&key).unwrap_or_default();
+        let samples = Self::samples(key, record.map(|r| &**r), topology, me);
+        // The held record's samples, derived under the same topology as when it was taken.
+        let old = Self::samples(key, self.by_record.remove(&key).as_deref(), topology, me);
         // Both ascending: walk them side by side, moving what is in one only.
         let (mut i, mut j) = (0, 0);
         let mut touched: Vec<u32> = Vec::new();
@@ -566,8 +583,10 @@ impl ReportedLinks {
         for pair in touched {
             self.set_edges(pair);
         }
-        if !samples.is_empty() {
-            self.by_record.insert(key, samples);
+        if !samples.is_empty()
+            && let Some(record) = record
+        {
+            self.by_record.insert(key, Arc::clone(record));
         }
     }
 }
@@ -1205,7 +1224,7 @@ impl Router {
             ReportedLinks::new(&self.records, topology, me)
         });
         for key in std::mem::take(&mut self.changed_records) {
-            reported.update(key, self.records.get(&key).map(|r| &**r), topology, me);
+            reported.update(key, self.records.get(&key), topology, me);
         }
         let mut edges = reported.edges.clone();
         let coords = estimate_unreported(&mut edges, &self.records, topology);
@@ -1836,7 +1855,7 @@ mod tests {
                         records.remove(&key);
                     }
                 }
-                incremental.update(key, records.get(&key).map(|r| &**r), &topology, &me);
+                incremental.update(key, records.get(&key), &topology, &me);
             }
             let whole = ReportedLinks::new(&records, &topology, &me);
             prop_assert_eq!(&incremental.by_pair, &whole.by_pair);

@@ -127,8 +127,16 @@ impl Invalidates for &[u8] {
 // scan would take next (room only shrinks, so everything it skipped
 // still does not fit). Entries of one class are taken oldest first
 // (upstream leaves their order to the heap's layout, "unstable").
-pub(crate) struct Broadcasts<V> {
-    classes: BTreeMap<(usize, usize), VecDeque<Entry<V>>>,
+//
+// Weft patch: an entry carries `D`, what it writes into a message, and its
+// encoded length (the class key, room checks). Custom broadcasts carry their
+// bytes (`D = Vec<u8>`); cluster updates carry the `Member` itself and are
+// encoded as they are put in a message. Serialized at add time, each of a
+// 1000-member cluster's updates was a heap allocation of its bytes in every
+// member's backlog (a million while the cluster forms), read back cold for
+// each of its `max_transmissions` copies.
+pub(crate) struct Broadcasts<V, D = Vec<u8>> {
+    classes: BTreeMap<(usize, usize), VecDeque<Entry<V, D>>>,
     len: usize,
     // Weft patch: how many held entries have each invalidation key. Upstream
     // scans the whole backlog on every added update (O(n) per update, O(n^2)
@@ -137,7 +145,32 @@ pub(crate) struct Broadcasts<V> {
     keyed: hashbrown::HashMap<u64, usize, BuildHasherDefault<AddrHasher>>,
 }
 
-impl<T> Broadcasts<T>
+impl<T> Broadcasts<T, Vec<u8>>
+where
+    T: Invalidates,
+{
+    pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
+        let len = data.len();
+        self.add_or_replace_sized(item, data, len, max_tx);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fill(&mut self, buffer: impl BufMut, max_items: usize) -> usize {
+        self.fill_inner(buffer, max_items, false, |data, _, buf| {
+            buf.put_slice(data);
+            true
+        })
+    }
+
+    pub(crate) fn fill_with_len_prefix(&mut self, buffer: impl BufMut, max_items: usize) -> usize {
+        self.fill_inner(buffer, max_items, true, |data, _, buf| {
+            buf.put_slice(data);
+            true
+        })
+    }
+}
+
+impl<T, D> Broadcasts<T, D>
 where
     T: Invalidates,
 {
@@ -157,7 +190,9 @@ where
         self.len == 0
     }
 
-    pub(crate) fn add_or_replace(&mut self, item: T, data: Vec<u8>, max_tx: usize) {
+    /// Queues `data`, whose encoding is `len` bytes long (what `fill`'s
+    /// `write` puts in a message for it).
+    pub(crate) fn add_or_replace_sized(&mut self, item: T, data: D, len: usize, max_tx: usize) {
         debug_assert!(max_tx > 0);
         let key = item.invalidation_key();
         if key.is_none_or(|k| self.keyed.contains_key(&k)) {
@@ -186,16 +221,17 @@ where
         }
         self.push(Entry {
             remaining_tx: max_tx,
+            len,
             item,
             data,
             key,
         });
     }
 
-    fn push(&mut self, entry: Entry<T>) {
+    fn push(&mut self, entry: Entry<T, D>) {
         self.len += 1;
         self.classes
-            .entry((entry.remaining_tx, entry.data.len()))
+            .entry((entry.remaining_tx, entry.len))
             .or_default()
             .push_back(entry);
     }
@@ -218,7 +254,7 @@ where
         }
     }
 
-    fn take(&mut self, key: (usize, usize)) -> Option<Entry<T>> {
+    fn take(&mut self, key: (usize, usize)) -> Option<Entry<T, D>> {
         let class = self.classes.get_mut(&key)?;
         let entry = class.pop_front();
         if class.is_empty() {
@@ -230,15 +266,25 @@ where
         entry
     }
 
-    pub(crate) fn fill(&mut self, buffer: impl BufMut, max_items: usize) -> usize {
-        self.fill_inner(buffer, max_items, false)
+    /// Fills `buffer` with entries as `fill` does, each written by `write`
+    /// (given the entry's length, which it must write exactly, or write
+    /// nothing and return false: the entry is then dropped from the backlog).
+    pub(crate) fn fill_with<B: BufMut>(
+        &mut self,
+        buffer: B,
+        max_items: usize,
+        write: impl FnMut(&D, usize, &mut B) -> bool,
+    ) -> usize {
+        self.fill_inner(buffer, max_items, false, write)
     }
 
-    pub(crate) fn fill_with_len_prefix(&mut self, buffer: impl BufMut, max_items: usize) -> usize {
-        self.fill_inner(buffer, max_items, true)
-    }
-
-    fn fill_inner(&mut self, mut buffer: impl BufMut, max_items: usize, prefix: bool) -> usize {
+    fn fill_inner<B: BufMut>(
+        &mut self,
+        mut buffer: B,
+        max_items: usize,
+        prefix: bool,
+        mut write: impl FnMut(&D, usize, &mut B) -> bool,
+    ) -> usize {
         if self.is_empty() {
             return 0;
         }
@@ -262,13 +308,18 @@ where
             };
             debug_assert!(node.remaining_tx > 0);
 
+            if prefix {
+                debug_assert!(u16::try_from(node.len).is_ok());
+                buffer.put_u16(node.len as u16);
+            }
+            if !write(&node.data, node.len, &mut buffer) {
+                // Not encodable (never with a prefix: bytes always are).
+                debug_assert!(!prefix, "a prefixed entry failed to write");
+                forget_key(&mut self.keyed, node.key);
+                continue;
+            }
             num_taken += 1;
             remaining -= 1;
-            if prefix {
-                debug_assert!(u16::try_from(node.data.len()).is_ok());
-                buffer.put_u16(node.data.len() as u16);
-            }
-            buffer.put_slice(&node.data);
             node.remaining_tx -= 1;
 
             if node.remaining_tx > 0 {
@@ -302,35 +353,36 @@ fn forget_key(
 }
 
 #[derive(Debug, Clone)]
-struct Entry<T> {
+struct Entry<T, D> {
     remaining_tx: usize,
-    // XXX could be Bytes, or keep a pool in parent
-    data: Vec<u8>,
+    // Weft patch: the length of `data`'s encoding.
+    len: usize,
+    data: D,
     // ignored for eq/ord. sorting is unstable
     item: T,
     // Weft patch: `item.invalidation_key()`, computed once.
     key: Option<u64>,
 }
 
-impl<T> PartialEq for Entry<T> {
+impl<T, D> PartialEq for Entry<T, D> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other).is_eq()
     }
 }
 
-impl<T> Eq for Entry<T> {}
+impl<T, D> Eq for Entry<T, D> {}
 
-impl<T> PartialOrd for Entry<T> {
+impl<T, D> PartialOrd for Entry<T, D> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<T> Ord for Entry<T> {
+impl<T, D> Ord for Entry<T, D> {
     fn cmp(&self, other: &Self) -> Ordering {
         self.remaining_tx
             .cmp(&other.remaining_tx)
-            .then_with(|| self.data.len().cmp(&other.data.len()))
+            .then_with(|| self.len.cmp(&other.len))
     }
 }
 
@@ -383,6 +435,35 @@ mod tests {
             piggyback.is_empty(),
             "Should remove item after being used max_tx times"
         );
+    }
+
+    // Weft patch (WEFT-PATCHES.md, 11): entries that carry a value, not bytes.
+    #[test]
+    fn fill_with_writes_each_entry_and_drops_the_unwritable() {
+        let mut bcs: Broadcasts<Key, u8> = Broadcasts::new();
+        bcs.add_or_replace_sized(Key("a"), 1, 3, 2);
+        bcs.add_or_replace_sized(Key("b"), 2, 4, 2);
+        bcs.add_or_replace_sized(Key("c"), 3, 5, 2);
+        let write = |d: &u8, len: usize, b: &mut &mut Vec<u8>| {
+            if *d == 2 {
+                return false;
+            }
+            b.put_slice(&alloc::vec![*d; len]);
+            true
+        };
+        let mut buf = Vec::new();
+        // Longest first among equal transmissions left; "b" cannot be written.
+        assert_eq!(2, bcs.fill_with(&mut buf, usize::MAX, write));
+        assert_eq!(buf, [3, 3, 3, 3, 3, 1, 1, 1]);
+        assert_eq!(2, bcs.len(), "the unwritable entry is gone");
+        // Room is checked against the length given when queued.
+        let mut small = Vec::new();
+        assert_eq!(1, bcs.fill_with((&mut small).limit(4), usize::MAX, |d, len, b| {
+            b.put_slice(&alloc::vec![*d; len]);
+            true
+        }));
+        assert_eq!(small, [1, 1, 1]);
+        assert_eq!(1, bcs.len(), "\"a\" was sent twice");
     }
 
     // Weft patch: a keyed item (see `Invalidates::invalidation_key`).

@@ -194,7 +194,11 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
     // Holds (serialized) cluster updates, which may live for a
     // while until they get disseminated `Config::max_transmissions`
     // times or replaced by fresher updates.
-    updates: Broadcasts<Addr<T::Addr>>,
+    // Weft patch (WEFT-PATCHES.md, 11): the updates themselves, encoded as
+    // they are put in a message.
+    updates: Broadcasts<Addr<T::Addr>, Member<T>>,
+    // Weft patch: where an update is encoded to learn its length.
+    update_scratch: Vec<u8>,
 
     broadcast_handler: B,
     custom_broadcasts: Broadcasts<B::Key>,
@@ -264,6 +268,7 @@ where
             choice_buf: Vec::new(),
             connection_state: ConnectionState::Disconnected,
             updates: Broadcasts::new(),
+            update_scratch: Vec::new(),
             send_buf: Vec::with_capacity(max_bytes),
             custom_broadcasts: Broadcasts::new(),
             broadcast_handler,
@@ -330,10 +335,7 @@ where
             // If our previous identity wasn't known as Down already,
             // we'll declare it ourselves
             if !previous_is_down {
-                let addr = Addr(previous_id.addr());
-                let data = self.serialize_member(Member::down(previous_id))?;
-                self.updates
-                    .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+                self.queue_update(Member::down(previous_id))?;
             }
 
             self.gossip(&mut runtime)?;
@@ -583,10 +585,7 @@ where
     ///
     /// This is the cleanest way to terminate a running Foca.
     pub fn leave_cluster(&mut self, mut runtime: impl Runtime<T>) -> Result<()> {
-        let addr = Addr(self.identity().addr());
-        let data = self.serialize_member(Member::down(self.identity().clone()))?;
-        self.updates
-            .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+        self.queue_update(Member::down(self.identity().clone()))?;
 
         self.gossip(&mut runtime)?;
 
@@ -1100,13 +1099,24 @@ where
         custom_broadcasts_result
     }
 
-    fn serialize_member(&mut self, member: Member<T>) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
+    // Weft patch (WEFT-PATCHES.md, 11): queues `member` for dissemination.
+    // It is encoded here only to learn its length (and to refuse what cannot
+    // be encoded, as upstream's `serialize_member` did); the backlog holds
+    // the update and encodes it again each time it goes in a message.
+    fn queue_update(&mut self, member: Member<T>) -> Result<()> {
+        self.update_scratch.clear();
         self.codec
-            .encode_member(&member, &mut buf)
+            .encode_member(&member, &mut self.update_scratch)
             .map_err(|e| Error::Encode(Box::new(e)))?;
-
-        Ok(buf)
+        let len = self.update_scratch.len();
+        let addr = Addr(member.id().addr());
+        self.updates.add_or_replace_sized(
+            addr,
+            member,
+            len,
+            self.config.max_transmissions.get().into(),
+        );
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -1273,10 +1283,7 @@ where
 
             // Cluster state changed, start broadcasting it
             if do_broadcast {
-                let addr = Addr(id.addr());
-                let data = self.serialize_member(update)?;
-                self.updates
-                    .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+                self.queue_update(update)?;
             }
 
             // Down is a terminal state, so set up a handler for removing
@@ -1516,7 +1523,25 @@ where
                 }
                 // u16::MAX guarantees that num_events can be safely
                 // cast from usize to u16
-                let num_updates = self.updates.fill(&mut buf, usize::from(u16::MAX) - buddy);
+                // Weft patch (11): each update is encoded as it is put in;
+                // one that does not encode to the length it had when queued
+                // is cut off again and dropped (a deterministic codec never
+                // does that).
+                let codec = &mut self.codec;
+                let num_updates = self.updates.fill_with(
+                    &mut buf,
+                    usize::from(u16::MAX) - buddy,
+                    |member, len, buf| {
+                        let pos = buf.get_ref().len();
+                        let written = codec.encode_member(member, &mut **buf).is_ok();
+                        if written && buf.get_ref().len() - pos == len {
+                            true
+                        } else {
+                            buf.get_mut().truncate(pos);
+                            false
+                        }
+                    },
+                );
                 num_items = u16::try_from(num_updates + buddy).expect("usize bound by u16::MAX");
             }
 
