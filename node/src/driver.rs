@@ -967,8 +967,10 @@ impl Driver {
                             let me = self.me.node_key();
                             if let Some(src) = source
                                 .and_then(|(s, seq)| derived_sources.get(&s).map(|src| (src, seq)))
-                                && let Err(e) =
-                                    self.node.store_mut().record_derived(&me, src.1, src.0)
+                                && let Err(e) = self
+                                    .node
+                                    .store_records_mut()
+                                    .record_derived(&me, src.1, src.0)
                             {
                                 // Published all the same (its source was taken); an
                                 // erase of the source will not reach it.
@@ -1173,8 +1175,9 @@ impl Driver {
         }
     }
 
+    /// For consumer cursors (records beside the events).
     fn node_store(&mut self) -> &mut SqliteStore {
-        self.node.store_mut()
+        self.node.store_records_mut()
     }
 
     fn answer(&mut self, w: Waiting, durable: bool) {
@@ -1422,7 +1425,11 @@ impl Driver {
                     self.transport.learn(m.node_key(), addr, &m.region);
                     let json = serde_json::to_string(&m).unwrap_or_default();
                     let now_ms = wall_ms();
-                    if let Err(e) = self.node.store_mut().peer_upsert(m.key, &json, now_ms) {
+                    if let Err(e) = self
+                        .node
+                        .store_records_mut()
+                        .peer_upsert(m.key, &json, now_ms)
+                    {
                         debug!(error = %e, "remembering a peer failed");
                     }
                     self.down.remove(&m.node_key());
@@ -1479,7 +1486,7 @@ impl Driver {
     /// Appends a delivered event to the log and applies what it carries (a policy bundle,
     /// an erase request, a table write).
     fn deliver(&mut self, event: &Event) {
-        match self.node.store_mut().append_log(event) {
+        match self.node.store_records_mut().append_log(event) {
             Ok(pos) => {
                 self.last_pos = pos;
                 self.metrics.deliveries.inc();
@@ -1515,7 +1522,7 @@ impl Driver {
             self.deliver(event);
             return;
         }
-        match self.node.store_mut().append_log(event) {
+        match self.node.store_records_mut().append_log(event) {
             Ok(pos) => {
                 self.last_pos = pos;
                 self.metrics.deliveries.inc();
@@ -1635,7 +1642,7 @@ impl Driver {
     /// inside an input). Acknowledgements and messages still wait for the step's commit.
     /// A failed commit stops the node, as the step's own would.
     fn safe_point(&mut self) {
-        let result = tokio::task::block_in_place(|| self.node.store_mut().commit_if_over());
+        let result = tokio::task::block_in_place(|| self.node.store_records_mut().commit_if_over());
         if let Err(e) = result {
             self.fail_stop(
                 "commit_failed",
@@ -1922,7 +1929,7 @@ impl Driver {
                 generation,
                 "the mesh had declared this node down (cut off); it rejoined under a new generation"
             );
-            match self.node.store_mut().set_generation(generation) {
+            match self.node.store_records_mut().set_generation(generation) {
                 Ok(()) => self.me.generation = generation,
                 Err(e) => warn!(error = %e, generation, "recording the generation failed"),
             }
@@ -1931,13 +1938,13 @@ impl Driver {
         // disk, where a request waiting on one of these claims looks them up.
         let claims = std::mem::take(&mut self.claims);
         for (p, s, i, id) in std::mem::take(&mut self.dedup) {
-            if let Err(e) = self.node.store_mut().ce_dedup_put(&p, &s, &i, &id) {
+            if let Err(e) = self.node.store_records_mut().ce_dedup_put(&p, &s, &i, &id) {
                 debug!(error = %e, "recording a CloudEvents id failed");
             }
         }
         let started = Instant::now();
         // The fsync blocks: let the runtime move its other tasks off this worker.
-        let result = tokio::task::block_in_place(|| self.node.store_mut().commit());
+        let result = tokio::task::block_in_place(|| self.node.store_records_mut().commit());
         drop(claims);
         let durable = match result {
             Ok(n) => {
@@ -1954,6 +1961,13 @@ impl Driver {
                 self.fail_stop("commit_failed", &format!("group commit failed: {e}"));
             }
         };
+        // Before any publish is answered: a client that sends its next publish as soon as
+        // this commit's answer arrives must find the store's fullness already set, or its
+        // publish is signed (a number spent) and then refused by the store.
+        self.store_full.store(
+            self.node.store().is_full(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for (to, addr, out) in std::mem::take(&mut self.outbox) {
             self.transport.send(to, addr, out);
         }
@@ -1987,10 +2001,6 @@ impl Driver {
                 changed
             });
         }
-        self.store_full.store(
-            self.node.store().is_full(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         self.settle_confirmations();
         if self.last_snapshot.elapsed() >= SNAPSHOT_INTERVAL_MIN {
             self.publish_snapshot();

@@ -118,7 +118,7 @@ pub(crate) fn apply(
         Err(e) => return Outcome::Refused(e),
     };
     // Kept first: nothing is in force that a restart would not find again.
-    if let Err(e) = node.store_mut().meta_set(META_KEY, bytes) {
+    if let Err(e) = node.store_records_mut().meta_set(META_KEY, bytes) {
         return Outcome::NotKept(e.to_string());
     }
     let me: MemberInfo = node.me().clone();

@@ -344,7 +344,8 @@ impl foca::Codec<SwimId> for SwimCodec {
         let mut r = Reader(input);
         let key: [u8; 32] = r.take(32)?.try_into().expect("took 32 bytes");
         let mut string = || -> Result<WireStr<'_>, SwimCodecError> {
-            let len = r.varint::<{ u64::BITS }>()?;
+            // postcard reads a length as a `usize` varint (5 bytes at most on 32-bit targets).
+            let len = r.varint::<{ usize::BITS }>()?;
             let len = usize::try_from(len).map_err(|_| SwimCodecError::CutShort)?;
             Ok(WireStr(Cow::Borrowed(r.take(len)?)))
         };

@@ -965,6 +965,17 @@ impl<S: Store> Node<S> {
         &mut self.store
     }
 
+    /// The store, for the driver's records beside the events: delivery-log positions,
+    /// consumer cursors, metadata, peers, idempotency and derivation records, commits.
+    /// Writes through it must leave the events the store holds, and their ranges, as they
+    /// are; unlike [`Node::store_mut`] it does not make the anti-entropy summary recompute
+    /// every origin before its next use (the node's driver writes such records on nearly
+    /// every step: through `store_mut` each of them cost a walk of every origin). Anything
+    /// that inserts, removes or voids events goes through `store_mut`.
+    pub fn store_records_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Takes the store out (the simulator keeps it across a crash that keeps the disk).
     pub fn into_store(self) -> S {
         self.store
@@ -5716,6 +5727,23 @@ mod tests {
             "the public event was delivered"
         );
         assert_eq!(nodes[5].stats().residency_refused, 0);
+    }
+
+    /// Writes beside the events (`store_records_mut`) leave the anti-entropy summary as it
+    /// is; `store_mut` makes it recompute every settled origin before its next use.
+    #[test]
+    fn only_store_mut_makes_the_summary_recompute_every_origin() {
+        let rtts = vec![10_000u64; 36];
+        let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+        nodes[0]
+            .handle_publish(0, event_at(1, 1, "orders.all"))
+            .unwrap();
+        pump(&mut nodes, 0, 500_000);
+        let _ = nodes[0].store_records_mut();
+        assert!(!nodes[0].seen.stale());
+        let _ = nodes[0].store_mut();
+        assert!(nodes[0].seen.stale());
+        nodes[0].check_invariants_full();
     }
 
     /// An event erased at the only node holding it (its store reports it erased): a peer

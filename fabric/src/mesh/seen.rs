@@ -369,6 +369,12 @@ impl SeenSet {
         self.summary.stale = true;
     }
 
+    /// Whether every settled term is to be recomputed before the next use.
+    #[cfg(test)]
+    pub(super) fn stale(&self) -> bool {
+        self.summary.stale
+    }
+
     /// Brings the summary to `now`: every settled term recomputed if the store changed
     /// elsewhere, and the recent origins unchanged for [`SYNC_SETTLED_US`] settled (their
     /// terms computed). Called before each use of the summary.
@@ -433,7 +439,8 @@ impl SeenSet {
     /// ([`summary_ranges`]), the request's summary (`count` origins, hashes summing to
     /// `hash`): then this node holds nothing of them the requester lacks. Costs what is
     /// listed and what is recent here, not what the node has seen. Call
-    /// [`SeenSet::settle`] first.
+    /// [`SeenSet::settle`] first. `listed` must be sorted by origin without duplicates (the
+    /// responder sorts and deduplicates a request's digest first).
     pub(super) fn matches<S: Store>(
         &self,
         listed: &Digest,
@@ -449,7 +456,9 @@ impl SeenSet {
         let (mut n, mut sum) = (self.summary.count, self.summary.sum);
         for (o, _) in listed {
             if let Some(h) = self.counted(o) {
-                n -= 1;
+                // Never below zero for a digest without duplicates; saturating so that one
+                // with them cannot wrap the count into a false match.
+                n = n.saturating_sub(1);
                 sum = sum.wrapping_sub(h);
             }
         }
