@@ -718,6 +718,15 @@ mod tests {
         StoreElsewhere(u8, u64),
         /// A request listing these origins (bit i: origin i) is matched.
         Match(u8),
+        /// Every other number from this one on, past the range limit: the origin's seen
+        /// ranges reach [`RANGES_PER_ORIGIN_MAX`] and drop their highest.
+        Burst(u8, u64),
+        /// The same in the store (the core's change, or one elsewhere): the store's
+        /// ranges, and the join of both, reach the limit.
+        StoreBurst(u8, u64, bool),
+        /// The origin is rebuilt as after a restart (`OriginSeen::restored`): what the
+        /// store holds of it and 1..=n, delivered up to d.
+        Restore(u8, u64, u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -727,7 +736,15 @@ mod tests {
             1 => (0u8..6, 1u64..30).prop_map(|(o, s)| Op::StoreHere(o, s)),
             1 => (0u8..6, 1u64..30).prop_map(|(o, s)| Op::StoreElsewhere(o, s)),
             2 => any::<u8>().prop_map(Op::Match),
+            1 => (0u8..6, 1u64..40).prop_map(|(o, s)| Op::Burst(o, s)),
+            1 => (0u8..6, 1u64..40, any::<bool>()).prop_map(|(o, s, h)| Op::StoreBurst(o, s, h)),
+            1 => (0u8..6, 0u64..30, 0u64..30).prop_map(|(o, n, d)| Op::Restore(o, n, d)),
         ]
+    }
+
+    /// `from`, `from + 2`, ... : one range each, past the range limit.
+    fn spread(from: u64) -> impl Iterator<Item = u64> {
+        (0..RANGES_PER_ORIGIN_MAX as u64 + 3).map(move |i| from + 2 * i)
     }
 
     proptest! {
@@ -757,6 +774,29 @@ mod tests {
                     Op::StoreElsewhere(o, s) => {
                         store.erase(key(o), s);
                         set.store_changed_elsewhere();
+                    }
+                    Op::Burst(o, from) => {
+                        for seq in spread(from) {
+                            set.record(key(o), seq, now);
+                        }
+                    }
+                    Op::StoreBurst(o, from, here) => {
+                        for seq in spread(from) {
+                            store.erase(key(o), seq);
+                        }
+                        if here {
+                            set.store_changed(&key(o), &store);
+                        } else {
+                            set.store_changed_elsewhere();
+                        }
+                    }
+                    Op::Restore(o, n, d) => {
+                        let mut ranges = store.ranges(&key(o)).cloned().unwrap_or_default();
+                        for seq in 1..=n {
+                            ranges.insert(seq);
+                        }
+                        let seen = OriginSeen::restored(ranges, d.min(n), SeqRanges::new(), now);
+                        set.restore(key(o), seen);
                     }
                     Op::Match(bits) => {
                         set.settle(now, &store);
