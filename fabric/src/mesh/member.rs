@@ -506,6 +506,12 @@ mod intern {
     /// The smallest table that is swept (below it, sweeping costs more than it frees).
     const SWEEP_FLOOR: usize = 4096;
 
+    /// Records kept per (key, generation). A member changes its policy epoch or address a
+    /// few times in a generation; a peer gossiping endless variants of one key would make
+    /// every lookup of that key scan them all. Beyond this a new variant is not interned:
+    /// its handle compares field by field, as handles made on different threads do.
+    pub(super) const RECORDS_PER_KEY_MAX: usize = 8;
+
     /// A record to intern: its (key, generation), whether a held record is it, and the
     /// record itself (built only when none is).
     pub(super) trait Candidate {
@@ -530,7 +536,11 @@ mod intern {
             }
             // Built (and checked) before it takes an entry: a record that fails leaves none.
             let made = Arc::new(record.into_info()?);
-            self.by_key.entry(key).or_default().push(Arc::clone(&made));
+            let held = self.by_key.entry(key).or_default();
+            if held.len() >= RECORDS_PER_KEY_MAX {
+                return Ok(SwimId(made));
+            }
+            held.push(Arc::clone(&made));
             self.len += 1;
             if self.len > SWEEP_FLOOR.max(2 * self.swept_len) {
                 self.sweep();
@@ -630,6 +640,36 @@ mod tests {
         assert_eq!(next.generation, 1);
         assert_eq!(foca::Identity::addr(&next), info.key);
         assert!(foca::Identity::win_addr_conflict(&next, &a));
+    }
+
+    /// Variants of one (key, generation) past `RECORDS_PER_KEY_MAX` (a peer gossiping
+    /// endless epochs or addresses for one key) are not interned: each lookup of the key
+    /// scans a bounded list, and such a record still decodes to itself.
+    #[test]
+    fn variants_of_one_key_past_the_cap_are_not_interned() {
+        let before = len();
+        let variants: Vec<MemberInfo> = (0..3 * intern::RECORDS_PER_KEY_MAX as u64)
+            .map(|epoch| {
+                let mut m = MemberInfo::for_test(99, "r");
+                m.policy_epoch = epoch;
+                m
+            })
+            .collect();
+        let held: Vec<SwimId> = variants.iter().cloned().map(SwimId::new).collect();
+        assert_eq!(len() - before, intern::RECORDS_PER_KEY_MAX);
+        for (i, (info, id)) in variants.iter().zip(&held).enumerate() {
+            let bytes = postcard::to_allocvec(info).unwrap();
+            let again: SwimId = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(again, *id);
+            assert_eq!(*again.info(), *info);
+            // Shared while under the cap, a fresh copy past it.
+            assert_eq!(
+                Arc::ptr_eq(&again.0, &id.0),
+                i < intern::RECORDS_PER_KEY_MAX,
+                "variant {i}"
+            );
+        }
+        assert_eq!(len() - before, intern::RECORDS_PER_KEY_MAX);
     }
 
     /// Holds `n` records while 80,000 others pass through the table; returns the most the
