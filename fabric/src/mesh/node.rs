@@ -4370,6 +4370,10 @@ impl<S: Store> Node<S> {
                     SeqRanges::from_ranges(theirs[at].1.iter().copied()).as_slice(),
                 ),
             };
+            // Nothing lacking (the common case): no more to look up for this origin.
+            if lacking.is_empty() {
+                continue;
+            }
             let lacking_count = SeqRanges::covered(&lacking);
             let mut cut = false;
             // All the requester lacks of this origin is what arrived here lately: most
