@@ -626,6 +626,29 @@ struct NearIndex {
     by_rtt: BTreeSet<(Micros, OriginKey)>,
 }
 
+impl NearIndex {
+    /// Where a member with estimate `rtt` sorts.
+    fn place(rtt: Option<Micros>, key: OriginKey) -> (Micros, OriginKey) {
+        (rtt.unwrap_or(Micros::MAX), key)
+    }
+
+    fn insert(&mut self, rtt: Option<Micros>, key: OriginKey) {
+        self.by_rtt.insert(Self::place(rtt, key));
+    }
+
+    fn remove(&mut self, rtt: Option<Micros>, key: OriginKey) {
+        self.by_rtt.remove(&Self::place(rtt, key));
+    }
+
+    /// The index of `members` as `router` estimates them (for the invariant check).
+    fn of(members: &MemberMap, router: &route::Router) -> BTreeSet<(Micros, OriginKey)> {
+        members
+            .keys()
+            .map(|k| Self::place(router.rtt_us(k), *k))
+            .collect()
+    }
+}
+
 /// Collects what foca asks of its runtime during one call.
 #[derive(Default)]
 struct SwimRuntime {
@@ -1106,12 +1129,8 @@ impl<S: Store> Node<S> {
         // Compared, not taken from `changed`: a sample past RTT_US_MAX after a level shift
         // clears the estimate without publishing one.
         if before != after && self.members.contains_key(&peer) {
-            self.near
-                .by_rtt
-                .remove(&(before.unwrap_or(Micros::MAX), peer));
-            self.near
-                .by_rtt
-                .insert((after.unwrap_or(Micros::MAX), peer));
+            self.near.remove(before, peer);
+            self.near.insert(after, peer);
         }
         changed
     }
@@ -1504,13 +1523,8 @@ impl<S: Store> Node<S> {
     /// [`Node::check_invariants`] over every entry of every table.
     pub fn check_invariants_full(&self) {
         self.check_bounded();
-        let near: BTreeSet<(Micros, OriginKey)> = self
-            .members
-            .keys()
-            .map(|k| (self.router.rtt_us(k).unwrap_or(Micros::MAX), *k))
-            .collect();
         assert!(
-            near == self.near.by_rtt,
+            NearIndex::of(&self.members, &self.router) == self.near.by_rtt,
             "near index out of step with the members' estimates"
         );
         for (id, m) in &self.missing {
@@ -1713,8 +1727,7 @@ impl<S: Store> Node<S> {
                         changed = true;
                         if let Some(old) = self.members.remove(&key) {
                             self.region_remove(&old.region, &key);
-                            let rtt = self.router.rtt_us(&key).unwrap_or(Micros::MAX);
-                            self.near.by_rtt.remove(&(rtt, key));
+                            self.near.remove(self.router.rtt_us(&key), key);
                         }
                         self.lazy.remove(&key);
                         self.router.member_down(&key);
@@ -1817,17 +1830,15 @@ impl<S: Store> Node<S> {
     fn member_insert(&mut self, m: Arc<MemberInfo>) {
         let key = m.node_key();
         let region = m.region.clone();
-        let old = self.members.insert(key, m);
-        if old.is_none() {
-            let rtt = self.router.rtt_us(&key).unwrap_or(Micros::MAX);
-            self.near.by_rtt.insert((rtt, key));
-        }
-        if let Some(old) = old {
-            self.region_remove(&old.region, &key);
-            if old.region != region {
-                // Back in another region: its record describes links from the old one,
-                // and it may not be in the new region's sample.
-                self.router.forget_record(&key);
+        match self.members.insert(key, m) {
+            None => self.near.insert(self.router.rtt_us(&key), key),
+            Some(old) => {
+                self.region_remove(&old.region, &key);
+                if old.region != region {
+                    // Back in another region: its record describes links from the old one,
+                    // and it may not be in the new region's sample.
+                    self.router.forget_record(&key);
+                }
             }
         }
         self.region_insert(&region, key);
@@ -5821,8 +5832,8 @@ mod tests {
         let info = nodes[5].me().clone();
         nodes[0].members.insert(unknown, Arc::new(info));
         nodes[0].region_insert("r1", unknown);
-        let rtt = nodes[0].router.rtt_us(&unknown).unwrap_or(Micros::MAX);
-        nodes[0].near.by_rtt.insert((rtt, unknown));
+        let rtt = nodes[0].router.rtt_us(&unknown);
+        nodes[0].near.insert(rtt, unknown);
         nodes[0].router.members_changed();
         nodes[5].sync_rounds = 1;
         nodes[5].start_sync();
