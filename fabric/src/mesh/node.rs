@@ -1121,18 +1121,13 @@ impl<S: Store> Node<S> {
     }
 
     /// Takes one RTT sample ([`route::Router::rtt_sample`]) and keeps the members' order by
-    /// estimate in step; returns whether the published estimate changed.
-    fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> bool {
-        let before = self.router.rtt_us(&peer);
-        let changed = self.router.rtt_sample(peer, rtt_us);
-        let after = self.router.rtt_us(&peer);
-        // Compared, not taken from `changed`: a sample past RTT_US_MAX after a level shift
-        // clears the estimate without publishing one.
-        if before != after && self.members.contains_key(&peer) {
-            self.near.remove(before, peer);
-            self.near.insert(after, peer);
+    /// estimate in step.
+    fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) {
+        let sampled = self.router.rtt_sample(peer, rtt_us);
+        if sampled.before != sampled.after && self.members.contains_key(&peer) {
+            self.near.remove(sampled.before, peer);
+            self.near.insert(sampled.after, peer);
         }
-        changed
     }
 
     /// A signed event from a local producer: store, deliver locally, disseminate.

@@ -310,6 +310,18 @@ pub(crate) struct PendingAck {
     pub(crate) timer: super::timers::TimerKey,
 }
 
+/// What one RTT sample did to a peer's published estimate ([`Router::rtt_sample`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sampled {
+    /// A new estimate was published. (A sample past `RTT_US_MAX` after a level shift clears
+    /// the estimate without publishing one: `before` and `after` differ then too.)
+    pub(crate) changed: bool,
+    /// The estimate before the sample.
+    pub(crate) before: Option<Micros>,
+    /// The estimate after it.
+    pub(crate) after: Option<Micros>,
+}
+
 /// How a region-graph edge was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EdgeSource {
@@ -754,29 +766,23 @@ impl Router {
         (self.vivaldi.updates() > 0).then(|| self.vivaldi.estimate_rtt_us(&coord))
     }
 
-    /// Takes one RTT sample; returns whether the published estimate changed.
-    pub(crate) fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> bool {
+    /// Takes one RTT sample; returns what it did to the peer's published estimate.
+    pub(crate) fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) -> Sampled {
         let estimator = self.rtt.entry(peer).or_default();
-        let was_near = estimator
-            .estimate_us()
-            .is_some_and(|e| e < self.near_rtt_us);
+        let before = estimator.estimate_us();
+        let was_near = before.is_some_and(|e| e < self.near_rtt_us);
         // A sample beyond the RTT timeout is no delayed-ACK outlier (those add milliseconds):
         // the path changed (a degraded link). One under three quarters of the estimate is
         // no outlier either (nothing makes a round trip faster than its path): the link
         // healed. Either way start the estimate over from the sample instead of waiting for
         // the window and the smoothing to catch up, so routing moves in one sample.
-        let shifted = estimator
-            .estimate_us()
-            .is_some_and(|est| rtt_us > rto_us(Some(est)) || rtt_us * 4 < est * 3);
+        let shifted = before.is_some_and(|est| rtt_us > rto_us(Some(est)) || rtt_us * 4 < est * 3);
         if shifted {
             *estimator = RttEstimator::new();
         }
         let changed = matches!(estimator.handle_sample(rtt_us), Ok(Some(_)));
-        if was_near
-            != estimator
-                .estimate_us()
-                .is_some_and(|e| e < self.near_rtt_us)
-        {
+        let after = estimator.estimate_us();
+        if was_near != after.is_some_and(|e| e < self.near_rtt_us) {
             self.near_epoch += 1;
         }
         if changed {
@@ -797,7 +803,11 @@ impl Router {
                 self.graph_stale = true;
             }
         }
-        changed
+        Sampled {
+            changed,
+            before,
+            after,
+        }
     }
 
     /// Whether the region graph reads this node's estimate for `peer`: always while the
@@ -1789,7 +1799,7 @@ mod tests {
             let g = router.graph.as_ref().unwrap();
             g.edges.get(&(g.mine, 1 - g.mine)).map(|(w, _)| *w)
         };
-        assert!(router.rtt_sample(b.node_key(), 100_000));
+        assert!(router.rtt_sample(b.node_key(), 100_000).changed);
         let first = weight(&mut router, 0).expect("an edge to b");
         // Drift: a lower sample that is no level shift moves the estimate, and the graph
         // follows GRAPH_REFRESH_US later, not before.
@@ -1797,7 +1807,7 @@ mod tests {
         let mut drifted = false;
         for _ in 0..20 {
             now += 1_000;
-            if router.rtt_sample(b.node_key(), 80_000) {
+            if router.rtt_sample(b.node_key(), 80_000).changed {
                 drifted = true;
                 break;
             }
@@ -1812,7 +1822,7 @@ mod tests {
         assert!(later < first, "{later} after {first}");
         // A level shift (beyond the RTT timeout) is followed at once.
         now += GRAPH_REFRESH_US + 1;
-        assert!(router.rtt_sample(b.node_key(), 2_000_000));
+        assert!(router.rtt_sample(b.node_key(), 2_000_000).changed);
         assert!(weight(&mut router, now).unwrap() > later);
         // So is a failed link: the edge is gone.
         assert!(router.fail("b", now));
