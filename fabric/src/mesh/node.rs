@@ -2561,24 +2561,25 @@ impl<S: Store> Node<S> {
         };
         let upto = seen.ranges().contiguous();
         let from = seen.delivered;
-        let cursor = &mut seen.delivered;
-        while *cursor < upto {
+        let mut cursor = from;
+        while cursor < upto {
             if self.app.len() >= APP_QUEUE_LEN_MAX {
                 self.delivery_paused.insert(origin);
                 break;
             }
-            *cursor += 1;
-            if seen.restored.contains(*cursor) {
+            cursor += 1;
+            if seen.was_restored(cursor) {
                 continue;
             }
-            if let Some(event) = self.store.get(&origin, *cursor) {
+            if let Some(event) = self.store.get(&origin, cursor) {
                 self.stats.delivered += 1;
                 self.app.push_back(AppEvent::Deliver(event));
             }
         }
-        if *cursor > from {
+        seen.delivered = cursor;
+        if cursor > from {
             // Kept with the store: a restart resumes delivery here (`Store::delivered`).
-            self.store.set_delivered(&origin, *cursor);
+            self.store.set_delivered(&origin, cursor);
         }
     }
 

@@ -90,7 +90,9 @@ pub(super) struct OriginSeen {
     /// restart: the cursor passes them without delivering again. (The seen-set of a
     /// restarted node is its store's ranges; sequence numbers it had taken as Skips are
     /// gaps until a Skip comes again, and the events above them were delivered already.)
-    pub(super) restored: SeqRanges,
+    /// Boxed: only a restarted node has any, and a 1000-node simulation holds a million
+    /// of these records.
+    restored: Option<Box<SeqRanges>>,
     /// When `ranges` last changed (anti-entropy summarises origins settled for
     /// [`SYNC_SETTLED_US`]).
     changed_us: Micros,
@@ -106,8 +108,19 @@ pub(super) struct OriginSeen {
     pub(super) fresh_from: u64,
     /// When the current window of fresh numbers started.
     pub(super) fresh_at: Micros,
-    /// Its place in the summary.
-    term: Term,
+    /// Its place in the summary ([`OriginSeen::term`]), as two fields so that the kind
+    /// packs beside `lossy` (a [`Term`] inline took 16 bytes).
+    term_kind: TermKind,
+    term_hash: u64,
+}
+
+/// [`Term`]'s kind, without the hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum TermKind {
+    Recent,
+    Counted,
+    #[default]
+    Listed,
 }
 
 impl OriginSeen {
@@ -123,7 +136,7 @@ impl OriginSeen {
         Self {
             ranges,
             delivered,
-            restored,
+            restored: (restored.range_count() > 0).then(|| Box::new(restored)),
             changed_us: now,
             lossy: true,
             ..Self::default()
@@ -133,6 +146,29 @@ impl OriginSeen {
     /// The sequence numbers accepted.
     pub(super) fn ranges(&self) -> &SeqRanges {
         &self.ranges
+    }
+
+    /// Whether `seq` was stored, and so delivered, before a restart (above the cursor the
+    /// record was rebuilt with).
+    pub(super) fn was_restored(&self, seq: u64) -> bool {
+        self.restored.as_ref().is_some_and(|r| r.contains(seq))
+    }
+
+    /// Its place in the summary.
+    fn term(&self) -> Term {
+        match self.term_kind {
+            TermKind::Recent => Term::Recent,
+            TermKind::Counted => Term::Counted(self.term_hash),
+            TermKind::Listed => Term::Listed,
+        }
+    }
+
+    fn set_term(&mut self, term: Term) {
+        (self.term_kind, self.term_hash) = match term {
+            Term::Recent => (TermKind::Recent, 0),
+            Term::Counted(h) => (TermKind::Counted, h),
+            Term::Listed => (TermKind::Listed, 0),
+        };
     }
 
     /// Summarised by anti-entropy requests at `now` (see [`SYNC_SETTLED_US`]): seen ranges
@@ -277,7 +313,8 @@ impl SeenSet {
         let before = (s.ranges.range_count() >= RANGES_PER_ORIGIN_MAX).then(|| s.ranges.count());
         let new = s.record(seq, now);
         if new {
-            let term = std::mem::replace(&mut s.term, Term::Recent);
+            let term = s.term();
+            s.set_term(Term::Recent);
             if term != Term::Recent {
                 self.summary.remove(&origin, term);
                 self.summary.recent.push(Reverse((now, origin)));
@@ -293,13 +330,13 @@ impl SeenSet {
     /// recent from its `changed_us` on. Replaces one already there.
     pub(super) fn restore(&mut self, origin: OriginKey, mut seen: OriginSeen) {
         if let Some(old) = self.by_origin.get(&origin) {
-            let term = old.term;
+            let term = old.term();
             self.summary.remove(&origin, term);
             if term == Term::Recent {
                 self.summary.recent.retain(|Reverse((_, o))| *o != origin);
             }
         }
-        seen.term = Term::Recent;
+        seen.set_term(Term::Recent);
         self.summary.recent.push(Reverse((seen.changed_us, origin)));
         self.order.insert(origin);
         self.by_origin.insert(origin, seen);
@@ -310,8 +347,8 @@ impl SeenSet {
     pub(super) fn remove(&mut self, origin: &OriginKey) -> Option<OriginSeen> {
         self.order.remove(origin);
         let s = self.by_origin.remove(origin)?;
-        self.summary.remove(origin, s.term);
-        if s.term == Term::Recent {
+        self.summary.remove(origin, s.term());
+        if s.term() == Term::Recent {
             self.summary.recent.retain(|Reverse((_, o))| o != origin);
         }
         Some(s)
@@ -352,13 +389,13 @@ impl SeenSet {
         let Some(s) = self.by_origin.get_mut(origin) else {
             return;
         };
-        if s.term == Term::Recent {
+        if s.term() == Term::Recent {
             return;
         }
         let term = term_of(origin, &s.ranges, store.ranges(origin));
-        if term != s.term {
-            self.summary.remove(origin, s.term);
-            s.term = term;
+        if term != s.term() {
+            self.summary.remove(origin, s.term());
+            s.set_term(term);
             self.summary.add(*origin, term);
         }
     }
@@ -385,9 +422,10 @@ impl SeenSet {
             self.summary.count = 0;
             self.summary.listed.clear();
             for (o, s) in &mut self.by_origin {
-                if s.term != Term::Recent {
-                    s.term = term_of(o, &s.ranges, store.ranges(o));
-                    self.summary.add(*o, s.term);
+                if s.term() != Term::Recent {
+                    let term = term_of(o, &s.ranges, store.ranges(o));
+                    s.set_term(term);
+                    self.summary.add(*o, term);
                 }
             }
         }
@@ -405,8 +443,9 @@ impl SeenSet {
                 self.summary.recent.push(Reverse((s.changed_us, origin)));
                 continue;
             }
-            s.term = term_of(&origin, &s.ranges, store.ranges(&origin));
-            self.summary.add(origin, s.term);
+            let term = term_of(&origin, &s.ranges, store.ranges(&origin));
+            s.set_term(term);
+            self.summary.add(origin, term);
         }
     }
 
@@ -428,7 +467,7 @@ impl SeenSet {
 
     /// The hash `origin` counts with, if it is counted.
     pub(super) fn counted(&self, origin: &OriginKey) -> Option<u64> {
-        match self.by_origin.get(origin)?.term {
+        match self.by_origin.get(origin)?.term() {
             Term::Counted(h) => Some(h),
             _ => None,
         }
@@ -490,7 +529,7 @@ impl SeenSet {
         now: Micros,
         store: &S,
     ) {
-        match s.term {
+        match s.term() {
             Term::Recent => {}
             Term::Counted(_) | Term::Listed => {
                 assert!(
@@ -498,13 +537,13 @@ impl SeenSet {
                     "an unsettled origin is summarised or listed as settled"
                 );
                 assert_eq!(
-                    s.term == Term::Listed,
+                    s.term() == Term::Listed,
                     self.summary.listed.contains(origin),
                     "the listed set out of step"
                 );
                 if !self.summary.stale {
                     assert_eq!(
-                        s.term,
+                        s.term(),
                         term_of(origin, &s.ranges, store.ranges(origin)),
                         "a settled origin's term out of step with its ranges"
                     );
@@ -527,7 +566,7 @@ impl SeenSet {
         let (mut count, mut sum, mut listed) = (0u64, 0u64, 0usize);
         for (o, s) in &self.by_origin {
             self.check_origin(o, s, now, store);
-            match s.term {
+            match s.term() {
                 Term::Recent => {
                     assert_eq!(queued.get(o), Some(&1), "a recent origin not queued once")
                 }
@@ -537,7 +576,7 @@ impl SeenSet {
                 }
                 Term::Listed => listed += 1,
             }
-            if s.term != Term::Recent {
+            if s.term() != Term::Recent {
                 assert!(!queued.contains_key(o), "a settled origin is queued");
             }
         }
@@ -823,5 +862,17 @@ mod tests {
                 set.check_summary(now, &store);
             }
         }
+    }
+
+    /// A node of a 1000-node mesh holds a thousand of these records (and as many of the
+    /// store's): their size is most of a simulation's memory once events flow.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn an_origin_record_stays_within_eighty_bytes() {
+        assert!(
+            std::mem::size_of::<OriginSeen>() <= 80,
+            "{}",
+            std::mem::size_of::<OriginSeen>()
+        );
     }
 }
