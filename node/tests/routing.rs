@@ -99,6 +99,18 @@ async fn stat(c: &Cluster, i: usize, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Node `i`'s counter `name` once it reaches `at_least`, or its value after 5 s.
+async fn stat_reaching(c: &Cluster, i: usize, name: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = stat(c, i, name).await;
+        if v >= at_least || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn path_of(r: &Value) -> Vec<String> {
     r["path"]
         .as_array()
@@ -192,9 +204,13 @@ fn a_degraded_then_cut_link_is_routed_around_through_a_relay_region() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["complete"], true, "{body}");
         assert_eq!(body["regions"].as_array().unwrap().len(), 4, "{body}");
+        // After c's next tick (every 500 ms), so that its snapshot counts every earlier relay.
+        tokio::time::sleep(Duration::from_millis(600)).await;
         let relayed_before = stat(&c, 2, "relayed").await;
         let (_, degraded) = publish_and_time(&c, "orders.eu", 10).await;
-        let relayed_after = stat(&c, 2, "relayed").await;
+        // c's status is a snapshot taken at most every 100 ms (and on its tick): b can have
+        // the last event before c's snapshot counts its relay. Read until it does, bounded.
+        let relayed_after = stat_reaching(&c, 2, "relayed", relayed_before + 10).await;
         assert!(
             relayed_after >= relayed_before + 10,
             "c relayed {} pushes for the 10 events",

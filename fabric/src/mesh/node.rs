@@ -863,34 +863,9 @@ impl<S: Store> Node<S> {
         );
         let mut seen = SeenSet::default();
         for origin in store.origins() {
-            let Some(r) = store.ranges(&origin) else {
-                continue;
-            };
-            // A store's ranges may under-claim (see `Store::ranges`): the record is lossy.
-            let restarted = match store.delivered(&origin) {
-                // Delivery resumes at the store's cursor: everything up to it was delivered
-                // or skipped (so seen), nothing above it, not even events stored above a
-                // gap that was still open.
-                Some(cursor) => OriginSeen::restored(
-                    SeqRanges::from_ranges(r.iter().chain((cursor > 0).then_some((1, cursor)))),
-                    cursor,
-                    SeqRanges::new(),
-                    now,
-                ),
-                // The store does not know: take what it holds as delivered (events that
-                // were waiting above a gap are then never delivered; see
-                // `Store::delivered`).
-                None => {
-                    let delivered = r.contiguous();
-                    OriginSeen::restored(
-                        r.clone(),
-                        delivered,
-                        SeqRanges::from_ranges(r.iter().filter(|(lo, _)| *lo > delivered)),
-                        now,
-                    )
-                }
-            };
-            seen.restore(origin, restarted);
+            if let Some(restarted) = OriginSeen::from_store(&store, &origin, now) {
+                seen.restore(origin, restarted);
+            }
         }
         let seen_count = seen.values().map(|s: &OriginSeen| s.ranges().count()).sum();
         let mut router = Router::new(rng.next_u64());
@@ -1536,6 +1511,10 @@ impl<S: Store> Node<S> {
             Self::check_seen(s);
         }
         self.seen.check_summary(self.now, &self.store);
+        assert!(
+            self.seen.covers(&self.store),
+            "an origin the store holds is missing from the seen-set"
+        );
         assert_eq!(
             self.seen_count,
             self.seen.values().map(|s| s.ranges().count()).sum::<u64>(),
@@ -3871,7 +3850,7 @@ impl<S: Store> Node<S> {
         use std::ops::Bound::{Included, Unbounded};
         if summarise {
             let key = [self.rng.next_u64(), self.rng.next_u64()];
-            self.seen.settle(self.now, &self.store);
+            self.settle_summary();
             let (mut count, mut hash) = self.seen.summary_totals();
             let mut listed: Vec<OriginKey> = self.seen.unsummarised().copied().collect();
             // An origin with Skips waiting for a second word is listed, with them left out
@@ -3904,6 +3883,12 @@ impl<S: Store> Node<S> {
             .map(|(o, s)| self.digest_entry(o, s))
             .collect();
         (digest, None)
+    }
+
+    /// Brings the anti-entropy summary to now ([`SeenSet::settle`]), counting what the
+    /// seen-set took in from the store.
+    fn settle_summary(&mut self) {
+        self.seen_count += self.seen.settle(self.now, &self.store);
     }
 
     /// One origin's entry in a digest: the ranges seen, less the Skips waiting for a second
@@ -3943,7 +3928,7 @@ impl<S: Store> Node<S> {
         if from_origin.is_some() {
             return false;
         }
-        self.seen.settle(self.now, &self.store);
+        self.settle_summary();
         self.seen
             .matches(listed, settled.count, settled.hash, &self.store)
     }
@@ -5868,6 +5853,42 @@ mod tests {
         let _ = nodes[0].store_mut();
         assert!(nodes[0].seen.stale());
         nodes[0].check_invariants_full();
+    }
+
+    /// An origin the store holds and the seen-set lacks (events put in through
+    /// `store_mut`, which the core does not see): its events still reach a peer by
+    /// anti-entropy, through summarised rounds too. The holder's summary leaves the origin
+    /// out and the peer's has nothing of it, so their summaries may match; the origin is
+    /// found when the peer's full round (every regular round that is not summarised, and
+    /// every round after an unsettled answer) walks the store's origins.
+    #[test]
+    fn an_origin_only_the_store_holds_reaches_a_peer_by_anti_entropy() {
+        let rtts = vec![10_000u64; 36];
+        let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+        nodes[0]
+            .handle_publish(0, event_at(1, 1, "orders.all"))
+            .unwrap();
+        // Past the settling time: rounds are summarised from here on.
+        let settled = 2 * SYNC_SETTLED_US;
+        pump(&mut nodes, 0, settled);
+        let summaries = nodes[1].stats().sync_summaries_sent;
+        assert!(summaries > 0, "no summarised round to test");
+        let imported = event_at(3, 1, "orders.all");
+        assert_eq!(
+            nodes[0].store_mut().insert(imported.clone()),
+            Ok(Inserted::New)
+        );
+        assert!(nodes[0].seen.get(&imported.origin()).is_none());
+        pump(&mut nodes, settled, settled + SYNC_SETTLED_US);
+        assert!(
+            nodes[1].store().contains(&imported.id()),
+            "the imported event never reached the peer"
+        );
+        assert!(nodes[1].stats().sync_summaries_sent > summaries);
+        assert!(nodes[0].stats().sync_events_sent >= 1);
+        for n in &nodes {
+            n.check_invariants_full();
+        }
     }
 
     /// An event erased at the only node holding it (its store reports it erased): a peer

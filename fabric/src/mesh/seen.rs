@@ -143,6 +143,36 @@ impl OriginSeen {
         }
     }
 
+    /// The record of `origin` rebuilt from what `store` holds of it (after a restart, or
+    /// for an origin put in the store where the core did not see it): `None` if it holds
+    /// nothing. A store's ranges may under-claim (see `Store::ranges`): the record is
+    /// lossy.
+    pub(super) fn from_store<S: Store>(store: &S, origin: &OriginKey, now: Micros) -> Option<Self> {
+        let r = store.ranges(origin)?;
+        Some(match store.delivered(origin) {
+            // Delivery resumes at the store's cursor: everything up to it was delivered or
+            // skipped (so seen), nothing above it, not even events stored above a gap that
+            // was still open.
+            Some(cursor) => Self::restored(
+                SeqRanges::from_ranges(r.iter().chain((cursor > 0).then_some((1, cursor)))),
+                cursor,
+                SeqRanges::new(),
+                now,
+            ),
+            // The store does not know: take what it holds as delivered (events that were
+            // waiting above a gap are then never delivered; see `Store::delivered`).
+            None => {
+                let delivered = r.contiguous();
+                Self::restored(
+                    r.clone(),
+                    delivered,
+                    SeqRanges::from_ranges(r.iter().filter(|(lo, _)| *lo > delivered)),
+                    now,
+                )
+            }
+        })
+    }
+
     /// The sequence numbers accepted.
     pub(super) fn ranges(&self) -> &SeqRanges {
         &self.ranges
@@ -414,8 +444,13 @@ impl SeenSet {
 
     /// Brings the summary to `now`: every settled term recomputed if the store changed
     /// elsewhere, and the recent origins unchanged for [`SYNC_SETTLED_US`] settled (their
-    /// terms computed). Called before each use of the summary.
-    pub(super) fn settle<S: Store>(&mut self, now: Micros, store: &S) {
+    /// terms computed). Called before each use of the summary. Returns how many sequence
+    /// numbers the set gained: an origin the store holds and the set lacks (put in where
+    /// the core did not see it) is taken in as after a restart
+    /// ([`OriginSeen::from_store`]), recent from `now`. Without that, neither side of a
+    /// summarised round would count it, and a peer lacking it would never be sent it.
+    pub(super) fn settle<S: Store>(&mut self, now: Micros, store: &S) -> u64 {
+        let mut gained = 0;
         if self.summary.stale {
             self.summary.stale = false;
             self.summary.sum = 0;
@@ -426,6 +461,14 @@ impl SeenSet {
                     let term = term_of(o, &s.ranges, store.ranges(o));
                     s.set_term(term);
                     self.summary.add(*o, term);
+                }
+            }
+            for origin in store.origins() {
+                if !self.by_origin.contains_key(&origin)
+                    && let Some(taken) = OriginSeen::from_store(store, &origin, now)
+                {
+                    gained += taken.ranges.count();
+                    self.restore(origin, taken);
                 }
             }
         }
@@ -447,6 +490,7 @@ impl SeenSet {
             s.set_term(term);
             self.summary.add(origin, term);
         }
+        gained
     }
 
     /// The origins a summarised request lists (recent and listed ones), in no particular
@@ -589,6 +633,17 @@ impl SeenSet {
             ),
             "summary totals out of step with the terms"
         );
+    }
+
+    /// Whether the set holds an entry for every origin `store` holds (true of a node's set
+    /// between the core's own changes: every insert records first, a restart takes in
+    /// the store, and [`SeenSet::settle`] takes in what `store_mut` added).
+    pub(super) fn covers<S: Store>(&self, store: &S) -> bool {
+        self.summary.stale
+            || store
+                .origins()
+                .iter()
+                .all(|o| self.by_origin.contains_key(o))
     }
 }
 
