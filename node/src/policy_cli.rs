@@ -127,7 +127,9 @@ pub(crate) fn verify(
 /// does not drop, hash or mask onto its target, a field its producers add later included;
 /// each that hashes with a salt from the bundle (no `hash_key`); and each aggregate that
 /// publishes groups of any size (no `min_count`). Warnings, not refusals: such bundles
-/// were valid before `keep`, `hash_key` and `min_count` existed.
+/// were valid before `keep`, `hash_key` and `min_count` existed. A transform that hashes
+/// under a `hash_key` gets a note: the key must reach the ingress nodes by their own
+/// configuration.
 fn warn_deny_lists(b: &Bundle) {
     for (name, t) in &b.transforms {
         if t.aggregate
@@ -140,10 +142,16 @@ fn warn_deny_lists(b: &Bundle) {
                 t.classification
             );
         }
-        if !t.hash.is_empty() && t.hash_key.is_none() {
-            say!(
+        match &t.hash_key {
+            None if !t.hash.is_empty() => say!(
                 "  warning: transform {name} hashes with a salt carried in the bundle, which every node holds: anyone with the bundle and the derived data can test guesses against the hashes; name a node-local key with `hash_key` (docs/policy.md §7)"
-            );
+            ),
+            // Not a warning: what the operator must do besides signing.
+            Some(key) => say!(
+                "  note: transform {name} hashes under the node-local key {key}: give it to every node that takes {} in ([egress.hash_keys], docs/config.md); a node without it derives nothing",
+                t.source
+            ),
+            None => {}
         }
         if t.aggregate.is_none() && t.keep.is_empty() {
             say!(

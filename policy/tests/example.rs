@@ -523,7 +523,7 @@ fn transforms() {
     let t = p.transform("orders-masked").unwrap();
     let id = EventId([0xab; 32]);
     let payload = br#"{"customer":{"id":"c-17","email":"a@b.eu","address":"1 Main St","tier":"gold"},"card":"4111111111111111","total":42,"country":"IE"}"#;
-    let d = t.apply(&id, payload, &HashKeys::new()).unwrap();
+    let d = t.apply(&id, payload, &example_keys()).unwrap();
     assert_eq!(d.stream.as_str(), "orders.global.masked");
     assert_eq!(d.classification, "public");
     let data = &d.payload["data"];
@@ -531,16 +531,16 @@ fn transforms() {
     assert!(data["customer"].get("address").is_none());
     assert_eq!(data["customer"]["tier"], "gold");
     let hashed = data["customer"]["id"].as_str().unwrap();
-    assert!(hashed.starts_with("sha256:") && hashed.len() == 7 + 64);
+    assert!(hashed.starts_with("hmac-sha256:") && hashed.len() == 12 + 64);
     assert_eq!(data["card"], "************1111");
     assert_eq!(data["total"], 42);
     assert_eq!(d.payload["lineage"]["sources"][0], "ab".repeat(32));
     assert_eq!(d.payload["lineage"]["transform"], "orders-masked");
     assert_eq!(d.payload["lineage"]["policy_epoch"], 7);
     // Deterministic: same input, same output.
-    assert_eq!(t.apply(&id, payload, &HashKeys::new()).unwrap(), d);
+    assert_eq!(t.apply(&id, payload, &example_keys()).unwrap(), d);
     assert!(matches!(
-        t.apply(&id, b"[1]", &HashKeys::new()),
+        t.apply(&id, b"[1]", &example_keys()),
         Err(TransformError::NotJson(_))
     ));
     // Fail closed: a field the paths cannot reach in this payload's shape is never let
@@ -557,7 +557,7 @@ fn transforms() {
             "customer.email",
         ),
     ] {
-        match t.apply(&id, payload, &HashKeys::new()) {
+        match t.apply(&id, payload, &example_keys()) {
             Err(TransformError::Unresolved { at, .. }) => assert_eq!(at, want),
             Err(TransformError::DottedKey { key }) => assert_eq!(key, want),
             other => panic!("{}: {other:?}", String::from_utf8_lossy(payload)),
@@ -565,13 +565,13 @@ fn transforms() {
     }
     // Absent fields and `null` parents are fine.
     assert!(
-        t.apply(&id, br#"{"customer":null,"total":1}"#, &HashKeys::new())
+        t.apply(&id, br#"{"customer":null,"total":1}"#, &example_keys())
             .is_ok()
     );
-    assert!(t.apply(&id, br#"{"total":1}"#, &HashKeys::new()).is_ok());
+    assert!(t.apply(&id, br#"{"total":1}"#, &example_keys()).is_ok());
 
     let agg = p.transform("orders-per-country").unwrap();
-    assert!(agg.apply(&id, payload, &HashKeys::new()).is_err());
+    assert!(agg.apply(&id, payload, &example_keys()).is_err());
     let mut w = agg.window().unwrap();
     for (i, (country, total)) in [("IE", 10), ("DE", 5), ("IE", 7)].iter().enumerate() {
         let body = format!(r#"{{"country":"{country}","total":{total},"customer":{{"id":"x"}}}}"#);
@@ -611,7 +611,7 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     let t = p.transform("orders-masked").unwrap();
     let id = EventId([0xab; 32]);
     let payload = br#"{"customer":{"id":"c-17","email":"a@b.eu","phone":"+353 1 234","tier":"gold"},"card":"4111111111111111","total":42,"country":"IE","notes":"ring twice"}"#;
-    let data = t.apply(&id, payload, &HashKeys::new()).unwrap().payload["data"].clone();
+    let data = t.apply(&id, payload, &example_keys()).unwrap().payload["data"].clone();
     assert_eq!(
         data,
         serde_json::json!({
@@ -625,14 +625,14 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     assert!(
         data["customer"]["id"]
             .as_str()
-            .is_some_and(|h| h.starts_with("sha256:")),
+            .is_some_and(|h| h.starts_with("hmac-sha256:")),
         "{data}"
     );
     // The same payload through the deny list lets the new fields out.
     let denied = policy()
         .transform("orders-masked")
         .unwrap()
-        .apply(&id, payload, &HashKeys::new())
+        .apply(&id, payload, &example_keys())
         .unwrap();
     assert_eq!(denied.payload["data"]["customer"]["phone"], "+353 1 234");
     assert_eq!(denied.payload["data"]["notes"], "ring twice");
@@ -645,7 +645,7 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
     let data = p
         .transform("orders-masked")
         .unwrap()
-        .apply(&id, payload, &HashKeys::new())
+        .apply(&id, payload, &example_keys())
         .unwrap()
         .payload["data"]
         .clone();
@@ -654,7 +654,7 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
         data["customer"]["id"]
             .as_str()
             .unwrap()
-            .starts_with("sha256:")
+            .starts_with("hmac-sha256:")
     );
     assert!(data.get("total").is_none() && data.get("notes").is_none());
     // Fail closed as the other lists do: a kept path the payload's shape cannot follow.
@@ -662,7 +662,7 @@ fn a_transform_with_an_allow_list_carries_only_what_it_names() {
         p.transform("orders-masked").unwrap().apply(
             &id,
             br#"{"customer":"c-17"}"#,
-            &HashKeys::new()
+            &example_keys()
         ),
         Err(TransformError::Unresolved { .. })
     ));
@@ -774,16 +774,17 @@ fn a_derivative_keeps_its_sources_narrower_stamp() {
 /// fallback to a weaker hash); the key's name and length are checked.
 #[test]
 fn a_transform_hashes_under_a_node_local_key_the_bundle_only_names() {
-    let keyed = EXAMPLE.replace("salt = \"acme-2025\"", "hash_key = \"orders-2025\"");
-    assert_ne!(keyed, EXAMPLE);
+    // The example hashes under a key; the same bundle with a salt instead, for contrast.
+    let keyed = EXAMPLE.to_string();
+    let salted = EXAMPLE.replace("hash_key = \"orders-2025\"", "salt = \"acme-2025\"");
+    assert_ne!(salted, keyed);
     let bundle = Bundle::from_toml(&keyed).unwrap();
     let p = Policy::compile(&bundle).unwrap();
     let t = p.transform("orders-masked").unwrap();
     assert_eq!(t.hash_key(), Some("orders-2025"));
-    assert_eq!(
-        policy().transform("orders-masked").unwrap().hash_key(),
-        None
-    );
+    let salted_policy = Policy::compile(&Bundle::from_toml(&salted).unwrap()).unwrap();
+    let salted_t = salted_policy.transform("orders-masked").unwrap();
+    assert_eq!(salted_t.hash_key(), None);
     let id = EventId([0xab; 32]);
     let payload = br#"{"customer":{"id":"c-17"},"card":"4111111111111111"}"#;
     assert_eq!(
@@ -811,13 +812,26 @@ fn a_transform_hashes_under_a_node_local_key_the_bundle_only_names() {
         .insert("orders-2025", b"another secret of sixteen bytes".to_vec())
         .unwrap();
     assert_ne!(t.apply(&id, payload, &other).unwrap(), d);
+    // The salted form needs no key, and its hash is one anyone holding the bundle can
+    // recompute: SHA-256 over the salt and the value.
+    let salted_d = salted_t.apply(&id, payload, &HashKeys::new()).unwrap();
+    let want_salted = {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(b"weft/transform-hash\0acme-2025\0\"c-17\"");
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    };
+    assert_eq!(
+        salted_d.payload["data"]["customer"]["id"],
+        want_salted.as_str()
+    );
     // The signed bundle carries the name, never a key; a bundle without `hash_key`
     // encodes as before.
     let cbor = bundle.to_cbor().unwrap();
     assert!(cbor.windows(11).any(|w| w == b"orders-2025"));
     assert!(!cbor.windows(secret.len()).any(|w| w == secret.as_slice()));
     assert!(
-        !Bundle::from_toml(EXAMPLE)
+        !Bundle::from_toml(&salted)
             .unwrap()
             .to_cbor()
             .unwrap()

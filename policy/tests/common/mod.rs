@@ -12,6 +12,15 @@ use weft_fabric::{
 
 pub const EXAMPLE: &str = include_str!("../../examples/eu-retail.toml");
 
+/// The node-local hash key the example's `orders-masked` transform names (`hash_key`), as
+/// an EU ingress node's `[egress.hash_keys]` would give it.
+pub fn example_keys() -> weft_policy::HashKeys {
+    let mut keys = weft_policy::HashKeys::new();
+    keys.insert("orders-2025", b"example key of the test suite".to_vec())
+        .expect("a valid key");
+    keys
+}
+
 /// Ed25519 key from the seed `[n; 32]`.
 pub fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n; 32])
