@@ -444,13 +444,13 @@ impl SeenSet {
 
     /// Brings the summary to `now`: every settled term recomputed if the store changed
     /// elsewhere, and the recent origins unchanged for [`SYNC_SETTLED_US`] settled (their
-    /// terms computed). Called before each use of the summary. Returns how many sequence
-    /// numbers the set gained: an origin the store holds and the set lacks (put in where
-    /// the core did not see it) is taken in as after a restart
-    /// ([`OriginSeen::from_store`]), recent from `now`. Without that, neither side of a
-    /// summarised round would count it, and a peer lacking it would never be sent it.
-    pub(super) fn settle<S: Store>(&mut self, now: Micros, store: &S) -> u64 {
-        let mut gained = 0;
+    /// terms computed). Called before each use of the summary. Returns the origins the set
+    /// took in: an origin the store holds and the set lacks (put in where the core did not
+    /// see it) is taken in as after a restart ([`OriginSeen::from_store`]), recent from
+    /// `now`. Without that, neither side of a summarised round would count it, and a peer
+    /// lacking it would never be sent it.
+    pub(super) fn settle<S: Store>(&mut self, now: Micros, store: &S) -> Vec<OriginKey> {
+        let mut gained = Vec::new();
         if self.summary.stale {
             self.summary.stale = false;
             self.summary.sum = 0;
@@ -467,8 +467,8 @@ impl SeenSet {
                 if !self.by_origin.contains_key(&origin)
                     && let Some(taken) = OriginSeen::from_store(store, &origin, now)
                 {
-                    gained += taken.ranges.count();
                     self.restore(origin, taken);
+                    gained.push(origin);
                 }
             }
         }
