@@ -862,12 +862,7 @@ impl<S: Store> Node<S> {
             SwimCodec,
         );
         let mut seen = SeenSet::default();
-        for origin in store.origins() {
-            if let Some(restarted) = OriginSeen::from_store(&store, &origin, now) {
-                seen.restore(origin, restarted);
-            }
-        }
-        let seen_count = seen.values().map(|s: &OriginSeen| s.ranges().count()).sum();
+        let restored = seen.take_in(&store, now);
         let mut router = Router::new(rng.next_u64());
         router.near_rtt_us = config.near_region_rtt_us;
         let mut node = Self {
@@ -906,7 +901,7 @@ impl<S: Store> Node<S> {
             app: VecDeque::new(),
             delivery_paused: BTreeSet::new(),
             sync_rounds: 0,
-            seen_count,
+            seen_count: 0,
             stats: Stats::default(),
             now,
             view_version: 0,
@@ -921,16 +916,7 @@ impl<S: Store> Node<S> {
             plans: BTreeMap::new(),
             plans_at: (u64::MAX, u64::MAX, u64::MAX),
         };
-        // Stored events the store's cursor says were not delivered yet, in an unbroken run
-        // above it (delivery was paused, or the store kept events it had not logged as
-        // delivered): the first `poll_event` delivers them, without waiting for the origin's
-        // next event.
-        node.delivery_paused = node
-            .seen
-            .iter()
-            .filter(|(_, s)| s.delivered < s.ranges().contiguous())
-            .map(|(o, _)| *o)
-            .collect();
+        node.took_in(restored);
         node.reload_waiting_skips();
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
@@ -3885,11 +3871,20 @@ impl<S: Store> Node<S> {
         (digest, None)
     }
 
-    /// Brings the anti-entropy summary to now ([`SeenSet::settle`]). An origin the seen-set
-    /// took in from the store is treated as after a restart (`Node::new`): counted, and its
-    /// stored events above the store's delivery cursor delivered at the next `poll_event`.
+    /// Brings the anti-entropy summary to now ([`SeenSet::settle`]), with what the
+    /// seen-set took in from the store ([`Node::took_in`]).
     fn settle_summary(&mut self) {
-        for origin in self.seen.settle(self.now, &self.store) {
+        let taken = self.seen.settle(self.now, &self.store);
+        self.took_in(taken);
+    }
+
+    /// Origins the seen-set just took in from the store ([`SeenSet::take_in`]: at a
+    /// restart, or after `store_mut`): counted, and stored events the store's cursor says
+    /// were not delivered yet, in an unbroken run above it (delivery was paused, or the
+    /// store kept events it had not logged as delivered), delivered at the next
+    /// `poll_event` without waiting for the origin's next event.
+    fn took_in(&mut self, origins: Vec<OriginKey>) {
+        for origin in origins {
             let s = self.seen.get(&origin).expect("just taken in");
             self.seen_count += s.ranges().count();
             if s.delivered < s.ranges().contiguous() {

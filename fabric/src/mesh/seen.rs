@@ -442,13 +442,28 @@ impl SeenSet {
         self.summary.stale
     }
 
+    /// Takes in, as after a restart ([`OriginSeen::from_store`]), every origin `store`
+    /// holds that the set lacks, recent from `now`; returns them. A restarted node takes in
+    /// its whole store so; [`SeenSet::settle`] what `store_mut` added.
+    pub(super) fn take_in<S: Store>(&mut self, store: &S, now: Micros) -> Vec<OriginKey> {
+        let mut taken = Vec::new();
+        for origin in store.origins() {
+            if !self.by_origin.contains_key(&origin)
+                && let Some(seen) = OriginSeen::from_store(store, &origin, now)
+            {
+                self.restore(origin, seen);
+                taken.push(origin);
+            }
+        }
+        taken
+    }
+
     /// Brings the summary to `now`: every settled term recomputed if the store changed
     /// elsewhere, and the recent origins unchanged for [`SYNC_SETTLED_US`] settled (their
     /// terms computed). Called before each use of the summary. Returns the origins the set
-    /// took in: an origin the store holds and the set lacks (put in where the core did not
-    /// see it) is taken in as after a restart ([`OriginSeen::from_store`]), recent from
-    /// `now`. Without that, neither side of a summarised round would count it, and a peer
-    /// lacking it would never be sent it.
+    /// took in ([`SeenSet::take_in`]) after the store changed elsewhere: an origin put in
+    /// where the core did not see it. Without that, neither side of a summarised round
+    /// would count it, and a peer lacking it would never be sent it.
     pub(super) fn settle<S: Store>(&mut self, now: Micros, store: &S) -> Vec<OriginKey> {
         let mut gained = Vec::new();
         if self.summary.stale {
@@ -463,14 +478,7 @@ impl SeenSet {
                     self.summary.add(*o, term);
                 }
             }
-            for origin in store.origins() {
-                if !self.by_origin.contains_key(&origin)
-                    && let Some(taken) = OriginSeen::from_store(store, &origin, now)
-                {
-                    self.restore(origin, taken);
-                    gained.push(origin);
-                }
-            }
+            gained = self.take_in(store, now);
         }
         while let Some(&Reverse((at, origin))) = self.summary.recent.peek() {
             if now < at.saturating_add(SYNC_SETTLED_US) {

@@ -300,8 +300,8 @@ impl MemStore {
     /// returns [`Inserted::Erased`]. Returns whether an event was removed.
     pub fn erase(&mut self, origin: OriginKey, seq: u64) -> bool {
         self.erased.insert((origin, seq));
-        let held = self.origin_mut(origin);
-        held.record(seq);
+        let held = self.by_origin.entry(origin).or_default();
+        Self::record(&mut self.origins, origin, held, seq);
         let removed = held.events.remove(seq).is_some();
         if removed {
             self.len -= 1;
@@ -309,14 +309,19 @@ impl MemStore {
         removed
     }
 
-    /// The entry of `origin`, created if new, listed in [`Store::origins`] (the caller
-    /// records a sequence number in it).
-    fn origin_mut(&mut self, origin: OriginKey) -> &mut OriginEvents {
-        let held = self.by_origin.entry(origin).or_default();
+    /// Records `seq` in `held`, the entry of `origin`, listing the origin in
+    /// [`Store::origins`] with its first number (an entry made by `set_delivered` alone is
+    /// not listed). A function of the fields, so that a caller holding the entry can call it.
+    fn record(
+        origins: &mut BTreeSet<OriginKey>,
+        origin: OriginKey,
+        held: &mut OriginEvents,
+        seq: u64,
+    ) {
         if held.ranges.range_count() == 0 {
-            self.origins.insert(origin);
+            origins.insert(origin);
         }
-        held
+        held.record(seq);
     }
 }
 
@@ -347,17 +352,11 @@ impl Store for MemStore {
         }
         self.len += 1;
         let held = match held {
-            Some(h) => {
-                // An entry made by `set_delivered` alone is not listed yet.
-                if h.ranges.range_count() == 0 {
-                    self.origins.insert(origin);
-                }
-                h
-            }
-            None => self.origin_mut(origin),
+            Some(h) => h,
+            None => self.by_origin.entry(origin).or_default(),
         };
         held.events.insert(seq, event);
-        held.record(seq);
+        Self::record(&mut self.origins, origin, held, seq);
         Ok(Inserted::New)
     }
 
