@@ -1930,9 +1930,13 @@ impl<S: Store> Node<S> {
                 self.lazy.insert(*k);
             }
         }
-        // Far: one random member of another region, if there is room. Drawn in key order
-        // from the per-region key lists (reading every member record for its region was a
-        // cache miss per member).
+        // Far: one random member of another region, if there is room (nearly always the
+        // set is full by now, and the draw is skipped). Drawn in key order from the
+        // per-region key lists (reading every member record for its region was a cache miss
+        // per member): the drawn position is selected, not the whole list sorted.
+        if self.lazy.len() >= want {
+            return;
+        }
         let mut others: Vec<OriginKey> = self
             .regions
             .iter()
@@ -1940,10 +1944,10 @@ impl<S: Store> Node<S> {
             .flat_map(|(_, list)| list.iter().copied())
             .filter(|k| !self.lazy.contains(k))
             .collect();
-        others.sort_unstable();
-        if self.lazy.len() < want && !others.is_empty() {
-            let k = others[(self.rng.next_u64() % others.len() as u64) as usize];
-            self.lazy.insert(k);
+        if !others.is_empty() {
+            let at = (self.rng.next_u64() % others.len() as u64) as usize;
+            let (_, k, _) = others.select_nth_unstable(at);
+            self.lazy.insert(*k);
         }
     }
 
