@@ -1488,6 +1488,10 @@ impl<S: Store> Node<S> {
         }
         assert!(self.seen.consistent(), "seen-set halves out of step");
         assert!(
+            self.router.hot_consistent(),
+            "link records' hot queue out of step or over its bound"
+        );
+        assert!(
             self.ref_buffers
                 .iter()
                 .all(|b| b.is_empty() && b.capacity() <= REF_BUFFER_CAP_MAX),
@@ -4273,18 +4277,15 @@ impl<S: Store> Node<S> {
     /// turns rotate over them.
     fn stalled_origin(&self, turn: u64) -> Option<OriginKey> {
         let me = self.me.node_key();
+        // Only the origins with a hole (few), which the seen-set keeps apart.
         let stalled = || {
-            self.seen.iter().filter_map(|(o, s)| {
-                let first_gap = usize::from(s.ranges().contiguous() > 0);
-                let hole = s.ranges().iter().nth(first_gap).is_some();
-                // The member record only for an origin with a hole (few): each lookup is a
-                // walk of the member map.
+            self.seen.holed().filter_map(|(o, _)| {
                 let live = || {
                     self.members
                         .get(o)
                         .is_some_and(|m| !self.router.failed.contains_key(m.region.as_str()))
                 };
-                (hole && *o != me && live()).then_some(*o)
+                (*o != me && live()).then_some(*o)
             })
         };
         let count = stalled().count();

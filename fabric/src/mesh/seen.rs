@@ -42,6 +42,11 @@ use crate::mesh::store::Store;
 pub(super) struct SeenSet {
     by_origin: FxHashMap<OriginKey, OriginSeen>,
     order: BTreeSet<OriginKey>,
+    /// The origins with a hole in their ranges ([`OriginSeen::has_hole`]), kept as ranges
+    /// change: anti-entropy asks one of them in turn every fourth round, and walking every
+    /// origin to find the few (nearly always none) was a fifth of the timer work of an
+    /// idle 1000-node mesh.
+    holed: BTreeSet<OriginKey>,
     summary: Summary,
 }
 
@@ -176,6 +181,12 @@ impl OriginSeen {
     /// The sequence numbers accepted.
     pub(super) fn ranges(&self) -> &SeqRanges {
         &self.ranges
+    }
+
+    /// Whether the accepted numbers have a hole: a number missing below the highest
+    /// (delivery waits there for an event or a Skip).
+    pub(super) fn has_hole(&self) -> bool {
+        self.ranges.range_count() > usize::from(self.ranges.contiguous() > 0)
     }
 
     /// Whether `seq` was stored, and so delivered, before a restart (above the cursor the
@@ -319,6 +330,15 @@ impl Summary {
 }
 
 impl SeenSet {
+    /// Keeps `origin`'s place in [`SeenSet::holed`] after its ranges changed.
+    fn note_holes(holed: &mut BTreeSet<OriginKey>, origin: OriginKey, seen: &OriginSeen) {
+        if seen.has_hole() {
+            holed.insert(origin);
+        } else {
+            holed.remove(&origin);
+        }
+    }
+
     pub(super) fn get(&self, origin: &OriginKey) -> Option<&OriginSeen> {
         self.by_origin.get(origin)
     }
@@ -343,6 +363,7 @@ impl SeenSet {
         let before = (s.ranges.range_count() >= RANGES_PER_ORIGIN_MAX).then(|| s.ranges.count());
         let new = s.record(seq, now);
         if new {
+            Self::note_holes(&mut self.holed, origin, s);
             let term = s.term();
             s.set_term(Term::Recent);
             if term != Term::Recent {
@@ -369,6 +390,7 @@ impl SeenSet {
         seen.set_term(Term::Recent);
         self.summary.recent.push(Reverse((seen.changed_us, origin)));
         self.order.insert(origin);
+        Self::note_holes(&mut self.holed, origin, &seen);
         self.by_origin.insert(origin, seen);
     }
 
@@ -376,6 +398,7 @@ impl SeenSet {
     #[cfg(test)]
     pub(super) fn remove(&mut self, origin: &OriginKey) -> Option<OriginSeen> {
         self.order.remove(origin);
+        self.holed.remove(origin);
         let s = self.by_origin.remove(origin)?;
         self.summary.remove(origin, s.term());
         if s.term() == Term::Recent {
@@ -400,14 +423,25 @@ impl SeenSet {
     }
 
     /// Every entry in key order.
+    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (&OriginKey, &OriginSeen)> {
         self.range_from(std::ops::Bound::Unbounded)
     }
 
-    /// Whether both halves name the same origins.
+    /// The entries with a hole in their ranges ([`OriginSeen::has_hole`]), in key order.
+    pub(super) fn holed(&self) -> impl Iterator<Item = (&OriginKey, &OriginSeen)> {
+        self.holed.iter().map(|o| (o, &self.by_origin[o]))
+    }
+
+    /// Whether both halves name the same origins, and the holed ones are those with a hole.
     pub(super) fn consistent(&self) -> bool {
         self.order.len() == self.by_origin.len()
             && self.order.iter().all(|o| self.by_origin.contains_key(o))
+            && self
+                .by_origin
+                .iter()
+                .all(|(o, s)| s.has_hole() == self.holed.contains(o))
+            && self.holed.iter().all(|o| self.by_origin.contains_key(o))
     }
 
     /// The core changed what `store` holds of `origin` (an insert or a void): its term is
@@ -852,7 +886,8 @@ mod tests {
     proptest! {
         /// The kept summary is at every step what the walk over every origin computes:
         /// the same count and sum, the same origins listed, and a responder's match the
-        /// same for requests that list any origins, with its own summary or another's.
+        /// same for requests that list any origins, with its own summary or another's; so
+        /// are the holed origins.
         #[test]
         fn the_kept_summary_is_the_walks(ops in proptest::collection::vec(op(), 1..80)) {
             let mut store = MemStore::new(64);
@@ -923,6 +958,19 @@ mod tests {
                 unsummarised.sort();
                 prop_assert_eq!(unsummarised, listed);
                 set.check_summary(now, &store);
+                // The holed origins kept apart are those a walk finds with a range after
+                // the first gap (the rule anti-entropy's repair turn used to walk for).
+                let walked: Vec<OriginKey> = set
+                    .iter()
+                    .filter(|(_, s)| {
+                        let first_gap = usize::from(s.ranges().contiguous() > 0);
+                        s.ranges().iter().nth(first_gap).is_some()
+                    })
+                    .map(|(o, _)| *o)
+                    .collect();
+                let kept: Vec<OriginKey> = set.holed().map(|(o, _)| *o).collect();
+                prop_assert_eq!(kept, walked);
+                prop_assert!(set.consistent());
             }
         }
     }
