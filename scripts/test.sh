@@ -21,6 +21,9 @@ fi
 echo "== cargo test"
 cargo test --workspace
 
+echo "== the mesh core's handler timing (weft-fabric's feature handler-timing, off above)"
+cargo test -p weft-fabric --features handler-timing --lib mesh::timing
+
 echo "== independent wire-vector check (Python cbor2 + libsodium)"
 if ! python3 -c 'import cbor2, nacl' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'cbor2>=5.6,<7' 'pynacl>=1.5,<2'

@@ -233,6 +233,8 @@ fn run_scenario(
     }
     let mut reports = Vec::new();
     let mut wall_secs = Vec::new();
+    #[cfg(feature = "handler-timing")]
+    let mut handler_times = Vec::new();
     for strategy in strategies {
         let started = Instant::now();
         let bar = progress_bar(strategy.name());
@@ -245,6 +247,8 @@ fn run_scenario(
         });
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
+        #[cfg(feature = "handler-timing")]
+        handler_times.push((strategy.name(), secs, weft_fabric::mesh::timing::take()));
         wall_secs.push((strategy.name(), secs, metrics.message_deliveries));
         reports.push(StrategyReport::new(strategy.name(), &plan, &metrics));
     }
@@ -255,6 +259,29 @@ fn run_scenario(
             "{name}: {deliveries} simulated message deliveries in {secs:.2} s wall = {:.0} deliveries/s",
             *deliveries as f64 / secs.max(1e-9)
         );
+    }
+    #[cfg(feature = "handler-timing")]
+    for (name, secs, table) in handler_times.iter().filter(|(_, _, t)| !t.is_empty()) {
+        outln!("{name}: time in the mesh core's handlers (feature handler-timing)");
+        outln!(
+            "  {:<9} {:<13} {:>10} {:>9} {:>9} {:>7}",
+            "input",
+            "kind",
+            "calls",
+            "us each",
+            "total s",
+            "of wall"
+        );
+        for (class, kind, t) in table {
+            let total = t.nanos as f64 / 1e9;
+            outln!(
+                "  {class:<9} {kind:<13} {:>10} {:>9.2} {:>9.2} {:>6.1}%",
+                t.calls,
+                t.nanos as f64 / 1e3 / t.calls.max(1) as f64,
+                total,
+                100.0 * total / secs.max(1e-9)
+            );
+        }
     }
     outln!("{}", weft_sim::allocator::describe());
     if let Some((path, file)) = json_out.as_mut() {

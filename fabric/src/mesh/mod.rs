@@ -9,6 +9,8 @@ pub mod route;
 mod seen;
 pub mod store;
 mod timers;
+#[cfg(feature = "handler-timing")]
+pub mod timing;
 pub mod wire;
 
 pub use member::{MemberInfo, SwimCodec, SwimCodecError, SwimId};
