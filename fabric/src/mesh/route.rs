@@ -464,8 +464,8 @@ impl ReportedLinks {
     /// each sample into its pair's sorted list one at a time: over the few hundred records
     /// of a large mesh that was 12 % of a 300-node simulation's instructions (each node
     /// rebuilds after membership changes, and again at its next publish).
-    fn new(
-        records: &BTreeMap<OriginKey, Arc<LinkRecord>>,
+    fn new<'a>(
+        records: impl IntoIterator<Item = (&'a OriginKey, &'a Arc<LinkRecord>)>,
         topology: &Topology,
         me: &MemberInfo,
     ) -> Self {
@@ -612,9 +612,9 @@ fn median(v: &mut [Micros]) -> Micros {
 /// Edges for the region pairs nobody reported: the median distance between up to three
 /// record coordinates of each region. Returns those coordinates per region (coordinates
 /// move with every record, so they are read afresh for each build).
-fn estimate_unreported(
+fn estimate_unreported<'a>(
     edges: &mut BTreeMap<(u16, u16), (Micros, EdgeSource)>,
-    records: &BTreeMap<OriginKey, Arc<LinkRecord>>,
+    records: impl IntoIterator<Item = (&'a OriginKey, &'a Arc<LinkRecord>)>,
     topology: &Topology,
 ) -> BTreeMap<u16, Vec<Coordinate>> {
     let mut coords: BTreeMap<u16, Vec<Coordinate>> = BTreeMap::new();
@@ -708,17 +708,25 @@ impl HotQueue {
     }
 }
 
+/// A link record held ([`Router`]), with what is kept beside it.
+#[derive(Debug, Clone)]
+struct HeldRecord {
+    record: Arc<LinkRecord>,
+    /// When it was taken.
+    received: Micros,
+    /// The last of its node's records taken as news, if any: a newer one is news when it
+    /// differs from this one materially, so drift that adds up counts (`material`).
+    news_base: Option<Arc<LinkRecord>>,
+}
+
 /// Per-node routing state (module docs).
 pub(crate) struct Router {
     pub(crate) vivaldi: VivaldiClient,
     rtt: BTreeMap<OriginKey, RttEstimator>,
-    records: BTreeMap<OriginKey, Arc<LinkRecord>>,
-    /// When each record was taken.
-    received: BTreeMap<OriginKey, Micros>,
+    /// The records held, each with when it was taken and its news base: one tree (three
+    /// beside each other were 43 MB of a 1000-node simulation, and three lookups a record).
+    records: BTreeMap<OriginKey, HeldRecord>,
     hot: HotQueue,
-    /// Per other node, the last of its records taken as news: a newer one is news when it
-    /// differs from this one materially, so drift that adds up counts (`material`).
-    news_base: BTreeMap<OriginKey, Arc<LinkRecord>>,
     cold_cursor: Option<OriginKey>,
     /// Records asked for by a pull and not yet taken: node -> (version named, asked at).
     pulls: BTreeMap<OriginKey, (u64, Micros)>,
@@ -777,9 +785,7 @@ impl Router {
             vivaldi: VivaldiClient::new(seed),
             rtt: BTreeMap::new(),
             records: BTreeMap::new(),
-            received: BTreeMap::new(),
             hot: HotQueue::default(),
-            news_base: BTreeMap::new(),
             cold_cursor: None,
             pulls: BTreeMap::new(),
             own_counter: 0,
@@ -827,7 +833,7 @@ impl Router {
 
     /// The RTT to `peer` estimated from network coordinates (its record's and this node's).
     pub(crate) fn coord_estimate_us(&self, peer: &OriginKey) -> Option<Micros> {
-        let coord = self.records.get(peer)?.coord;
+        let coord = self.records.get(peer)?.record.coord;
         (self.vivaldi.updates() > 0).then(|| self.vivaldi.estimate_rtt_us(&coord))
     }
 
@@ -860,7 +866,7 @@ impl Router {
                 self.graph_stale = true;
             }
         }
-        if let Some(c) = self.records.get(&peer).map(|r| r.coord) {
+        if let Some(c) = self.records.get(&peer).map(|h| h.record.coord) {
             let first = self.vivaldi.updates() == 0;
             let _ = self.vivaldi.update(&c, rtt_us);
             // The first coordinate lets the graph estimate edges nobody measured.
@@ -915,7 +921,7 @@ impl Router {
     /// The records held, shared (as the simulator passes them and gossip sends them), in
     /// key order.
     pub(crate) fn record_arcs(&self) -> impl Iterator<Item = (&OriginKey, &Arc<LinkRecord>)> {
-        self.records.iter()
+        self.records.iter().map(|(k, h)| (k, &h.record))
     }
 
     /// Whether the hot queue's two orders hold the same entries, within its bound (this
@@ -927,11 +933,9 @@ impl Router {
     /// Drops the record of `peer` (a member that left, or one no longer in its region's
     /// sample, [`sampled`]).
     pub(crate) fn forget_record(&mut self, peer: &OriginKey) {
-        self.received.remove(peer);
         if self.records.remove(peer).is_some() {
             self.changed_records.insert(*peer);
             self.hot.remove(peer);
-            self.news_base.remove(peer);
             self.invalidate();
         }
     }
@@ -976,9 +980,7 @@ impl Router {
     /// All records held (this node's own included once published), each with when it
     /// was taken.
     pub(crate) fn records(&self) -> impl Iterator<Item = (&LinkRecord, Micros)> {
-        self.records
-            .iter()
-            .map(|(k, r)| (&**r, self.received.get(k).copied().unwrap_or(0)))
+        self.records.values().map(|h| (&*h.record, h.received))
     }
 
     /// Builds this node's next record.
@@ -1030,7 +1032,7 @@ impl Router {
         if self
             .records
             .get(&key)
-            .is_some_and(|held| Arc::ptr_eq(held, &record))
+            .is_some_and(|held| Arc::ptr_eq(&held.record, &record))
         {
             return Ok(false);
         }
@@ -1043,8 +1045,8 @@ impl Router {
             return Ok(true);
         }
         let news = match self.records.get(&key) {
-            Some(old) => {
-                let base = self.news_base.get(&key).unwrap_or(old);
+            Some(held) => {
+                let base = held.news_base.as_ref().unwrap_or(&held.record);
                 match &self.topology {
                     // The membership's region indices, when built since its last change: a
                     // hashed lookup per link instead of a walk of the member map (a
@@ -1083,7 +1085,7 @@ impl Router {
             return false;
         }
         match (self.records.get(key), member) {
-            (Some(held), _) => held.version < version,
+            (Some(held), _) => held.record.version < version,
             // Keep the region's sample (module docs).
             (None, Some(member)) if key != me => {
                 let list = regions
@@ -1135,7 +1137,7 @@ impl Router {
     /// in the order asked; a key whose record is no longer held is left out.
     pub(crate) fn records_of(&self, keys: &[OriginKey]) -> Vec<Arc<LinkRecord>> {
         keys.iter()
-            .filter_map(|k| self.records.get(k).cloned())
+            .filter_map(|k| self.records.get(k).map(|h| h.record.clone()))
             .collect()
     }
 
@@ -1161,17 +1163,23 @@ impl Router {
         if news == News::Own || (news == News::Yes && room) {
             self.hot.insert(key, 0);
         }
-        if news == News::Yes {
-            self.news_base.insert(key, record.clone());
-        }
+        let old = self.records.get(&key);
         // A new version usually repeats most links; one with the very same links changes
         // only the coordinate, which every build reads afresh.
-        let same_links = self
-            .records
-            .get(&key)
-            .is_some_and(|old| old.links == record.links);
-        self.records.insert(key, record);
-        self.received.insert(key, now);
+        let same_links = old.is_some_and(|old| old.record.links == record.links);
+        let news_base = if news == News::Yes {
+            Some(record.clone())
+        } else {
+            old.and_then(|old| old.news_base.clone())
+        };
+        self.records.insert(
+            key,
+            HeldRecord {
+                record,
+                received: now,
+                news_base,
+            },
+        );
         if !same_links {
             self.changed_records.insert(key);
             self.graph_stale = true;
@@ -1191,8 +1199,8 @@ impl Router {
         let take = LINK_RECORDS_PER_MESSAGE_MAX - 2;
         let hot: Vec<(u32, OriginKey)> = self.hot.fewest_sent().take(take).collect();
         for (n, k) in hot {
-            if let Some(r) = self.records.get(&k) {
-                out.push(r.clone());
+            if let Some(h) = self.records.get(&k) {
+                out.push(h.record.clone());
             }
             spent.push((k, n + 1));
         }
@@ -1217,12 +1225,12 @@ impl Router {
                     .or_else(|| self.records.iter().next()),
                 None => self.records.iter().next(),
             };
-            let Some((k, r)) = next else {
+            let Some((k, h)) = next else {
                 break;
             };
             self.cold_cursor = Some(*k);
-            if !out.iter().any(|o| o.node == r.node) {
-                out.push(r.clone());
+            if !out.iter().any(|o| o.node == h.record.node) {
+                out.push(h.record.clone());
             }
         }
         out
@@ -1296,13 +1304,21 @@ impl Router {
         let mine = topology.mine;
         let reported = self.reported.get_or_insert_with(|| {
             self.changed_records.clear();
-            ReportedLinks::new(&self.records, topology, me)
+            ReportedLinks::new(
+                self.records.iter().map(|(k, h)| (k, &h.record)),
+                topology,
+                me,
+            )
         });
         for key in std::mem::take(&mut self.changed_records) {
-            reported.update(key, self.records.get(&key), topology, me);
+            reported.update(key, self.records.get(&key).map(|h| &h.record), topology, me);
         }
         let mut edges = reported.edges.clone();
-        let coords = estimate_unreported(&mut edges, &self.records, topology);
+        let coords = estimate_unreported(
+            &mut edges,
+            self.records.iter().map(|(k, h)| (k, &h.record)),
+            topology,
+        );
         // Edges out of this node's region: this node's own view.
         for (i, name) in names.iter().enumerate() {
             let i = i as u16;
@@ -2210,13 +2226,17 @@ mod tests {
             let sent = u32::from(i % 3);
             router.records.insert(
                 key,
-                Arc::new(LinkRecord {
-                    node: key.0,
-                    version: 1,
-                    coord: Coordinate::origin(),
-                    links: vec![],
-                    status: NodeStatus::default(),
-                }),
+                HeldRecord {
+                    record: Arc::new(LinkRecord {
+                        node: key.0,
+                        version: 1,
+                        coord: Coordinate::origin(),
+                        links: vec![],
+                        status: NodeStatus::default(),
+                    }),
+                    received: 0,
+                    news_base: None,
+                },
             );
             router.hot.insert(key, sent);
             expected.push((sent, key));
