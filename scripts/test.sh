@@ -21,8 +21,8 @@ fi
 echo "== cargo test"
 cargo test --workspace
 
-echo "== the mesh core's handler timing (weft-fabric's feature handler-timing, off above)"
-cargo test -p weft-fabric --features handler-timing --lib mesh::timing
+echo "== weft-sim's handler timing (its feature handler-timing, off above)"
+cargo test -p weft-sim --features handler-timing --lib timing
 
 echo "== independent wire-vector check (Python cbor2 + libsodium)"
 if ! python3 -c 'import cbor2, nacl' 2>/dev/null; then

@@ -215,18 +215,28 @@ enum Proto {
 impl Proto {
     fn handle_message(&mut self, now: Micros, from: OriginKey, msg: Message) {
         match self {
-            Proto::Weft(n) => n.handle_message(now, from, msg),
+            Proto::Weft(n) => {
+                #[cfg(feature = "handler-timing")]
+                let _span = crate::timing::Span::start("message", msg.kind());
+                n.handle_message(now, from, msg)
+            }
             Proto::Base(n) => n.handle_message(from, msg),
         }
     }
     fn handle_timeout(&mut self, now: Micros) {
         if let Proto::Weft(n) = self {
+            #[cfg(feature = "handler-timing")]
+            let _span = crate::timing::Span::start("timers", "due");
             n.handle_timeout(now);
         }
     }
     fn handle_publish(&mut self, now: Micros, event: Arc<Event>) -> Result<(), String> {
         match self {
-            Proto::Weft(n) => n.handle_publish(now, event).map_err(|e| e.to_string()),
+            Proto::Weft(n) => {
+                #[cfg(feature = "handler-timing")]
+                let _span = crate::timing::Span::start("publish", "event");
+                n.handle_publish(now, event).map_err(|e| e.to_string())
+            }
             Proto::Base(n) => {
                 n.handle_publish(event);
                 Ok(())

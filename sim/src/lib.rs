@@ -28,5 +28,7 @@ pub mod report;
 pub mod residency;
 pub mod scenario;
 pub mod tables;
+#[cfg(feature = "handler-timing")]
+pub mod timing;
 
 mod toml_text;

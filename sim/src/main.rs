@@ -248,7 +248,7 @@ fn run_scenario(
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         #[cfg(feature = "handler-timing")]
-        handler_times.push((strategy.name(), secs, weft_fabric::mesh::timing::take()));
+        handler_times.push((strategy.name(), secs, weft_sim::timing::take()));
         wall_secs.push((strategy.name(), secs, metrics.message_deliveries));
         reports.push(StrategyReport::new(strategy.name(), &plan, &metrics));
     }

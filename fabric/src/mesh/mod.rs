@@ -9,8 +9,6 @@ pub mod route;
 mod seen;
 pub mod store;
 mod timers;
-#[cfg(feature = "handler-timing")]
-pub mod timing;
 pub mod wire;
 
 pub use member::{MemberInfo, SwimCodec, SwimCodecError, SwimId};

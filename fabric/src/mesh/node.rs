@@ -569,24 +569,6 @@ enum Timer {
     Ack(u64),
 }
 
-#[cfg(feature = "handler-timing")]
-impl Timer {
-    /// The timer's kind by name (`mesh::timing`).
-    fn kind(&self) -> &'static str {
-        match self {
-            Timer::Swim(_) => "swim",
-            Timer::Graft(_) => "graft",
-            Timer::FlushIHave => "flush_ihave",
-            Timer::Sync => "sync",
-            Timer::SyncBack => "sync_back",
-            Timer::ViewRefresh => "view_refresh",
-            Timer::Probe => "probe",
-            Timer::Links => "links",
-            Timer::Ack(_) => "ack",
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Missing {
     event: EventRef,
@@ -1112,8 +1094,6 @@ impl<S: Store> Node<S> {
     /// A signed event from a local producer: store, deliver locally, disseminate.
     pub fn handle_publish(&mut self, now: Micros, event: Arc<Event>) -> Result<(), StoreError> {
         self.advance(now);
-        #[cfg(feature = "handler-timing")]
-        let _span = super::timing::Span::start("publish", "event");
         match self.accept(event.clone(), true)? {
             Inserted::Duplicate => self.republished(&event),
             Inserted::Erased => Err(StoreError::Erased {
@@ -1249,8 +1229,6 @@ impl<S: Store> Node<S> {
     /// A message from peer `from` (authenticated by the transport).
     pub fn handle_message(&mut self, now: Micros, from: OriginKey, msg: Message) {
         self.advance(now);
-        #[cfg(feature = "handler-timing")]
-        let _span = super::timing::Span::start("message", msg.kind());
         match msg {
             Message::Swim(bytes) => {
                 let mut rt = SwimRuntime::default();
@@ -1350,8 +1328,6 @@ impl<S: Store> Node<S> {
         self.advance(now);
         // Bounded: each timer fires once; timers they schedule are for the future.
         while let Some(timer) = self.timers.pop_due(now) {
-            #[cfg(feature = "handler-timing")]
-            let _span = super::timing::Span::start("timer", timer.kind());
             match timer {
                 Timer::Swim(t) => {
                     let mut rt = SwimRuntime::default();
