@@ -2071,6 +2071,7 @@ impl Driver {
             ("skips_contradicted", s.skips_contradicted),
             ("skips_unconfirmed", s.skips_unconfirmed),
             ("skips_deferred", s.skips_deferred),
+            ("skips_dropped_at_restart", s.skips_dropped_at_restart),
             (
                 "skips_pending",
                 self.node.skips_unconfirmed_pending() as u64,

@@ -529,6 +529,12 @@ pub struct SkipCounters {
     /// Skips left untaken because their sender's quota of waiting numbers was full (the
     /// number stays a gap for anti-entropy).
     pub deferred: u64,
+    /// Of those, waiting when their node stopped and not waiting again after its restart:
+    /// the restarted node lost its memory, or its rebuilt state no longer holds the
+    /// number as seen (`Stats::skips_dropped_at_restart`); anti-entropy asks for the number
+    /// again. With `confirmed`, `expired`, `contradicted` and `pending_at_end` these make
+    /// up `relayed`.
+    pub dropped_at_restart: u64,
     /// Still waiting at the end of the run, over all live nodes.
     pub pending_at_end: u64,
     /// The most waiting at any one node at the end of the run.
@@ -547,6 +553,7 @@ impl SkipCounters {
         self.expired += s.skips_unconfirmed;
         self.contradicted += s.skips_contradicted;
         self.deferred += s.skips_deferred;
+        self.dropped_at_restart += s.skips_dropped_at_restart;
         if at_end {
             let pending = node.skips_unconfirmed_pending() as u64;
             self.pending_at_end += pending;
@@ -1191,6 +1198,11 @@ impl Engine {
                             self.metrics.first_receipts += node.events_new();
                             if let Proto::Weft(n) = &node {
                                 self.metrics.skips.add(n, false);
+                                if lose_memory {
+                                    // Its waiting Skips go with its store.
+                                    self.metrics.skips.dropped_at_restart +=
+                                        n.skips_unconfirmed_pending() as u64;
+                                }
                                 // A generation it rejoined under (after a partition): the
                                 // restart takes the one after it, as the node's store does.
                                 let info = &mut self.nodes[i].info;

@@ -775,13 +775,14 @@ impl Report {
             if k.relayed > 0 || k.deferred > 0 {
                 let _ = writeln!(
                     out,
-                    "  {} skips: {} from origins, {} on another node's word ({} confirmed, {} final after waiting, {} contradicted, {} still waiting at the end, at most {} at one node), {} deferred over a sender's quota",
+                    "  {} skips: {} from origins, {} on another node's word ({} confirmed, {} final after waiting, {} contradicted, {} dropped at a restart, {} still waiting at the end, at most {} at one node), {} deferred over a sender's quota",
                     w.strategy,
                     k.from_origin,
                     k.relayed,
                     k.confirmed,
                     k.expired,
                     k.contradicted,
+                    k.dropped_at_restart,
                     k.pending_at_end,
                     k.pending_max_at_end,
                     k.deferred

@@ -528,6 +528,13 @@ pub struct Stats {
     /// [`UNCONFIRMED_LEN_MAX`] in all: the number stays a gap, which anti-entropy fills
     /// later (the event, or a Skip from a sender with room).
     pub skips_deferred: u64,
+    /// Skips the store kept waiting that a restart dropped instead of reloading
+    /// ([`Node::new`]): the rebuilt seen-set lacks the number (it lies above the restored
+    /// delivery cursor, and anti-entropy asks for it again) or the quotas are full. With
+    /// the confirmed, unconfirmed, contradicted and still-waiting ones, these account for
+    /// every Skip taken on another node's word ([`Stats::skips_in_relayed`]) of the
+    /// store's life, counted by the run that took it.
+    pub skips_dropped_at_restart: u64,
     /// Events delivered late: they arrived after a Skip for them that an event then
     /// contradicted ([`Stats::skips_contradicted`]), after the origin's later events.
     pub delivered_late: u64,
@@ -3397,6 +3404,7 @@ impl<S: Store> Node<S> {
                 && self.unconfirmed_by.get(&by).copied().unwrap_or(0) < UNCONFIRMED_PER_SENDER_MAX;
             let at = self.now;
             if !(keep && self.unconfirmed_note(origin, seq, Unconfirmed { by, at })) {
+                self.stats.skips_dropped_at_restart += 1;
                 self.store.take_waiting_skip(&origin, seq);
             }
         }
@@ -7279,6 +7287,7 @@ mod tests {
         let node = Node::new(me, config, 10, store, later + 2);
         assert_eq!(node.skips_unconfirmed_pending(), 0);
         assert!(node.store().waiting_skips().is_empty());
+        assert_eq!(node.stats().skips_dropped_at_restart, 1, "and counted");
     }
 
     /// An IHAVE from a third node for a number taken on another node's word fetches the
