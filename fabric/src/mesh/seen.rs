@@ -352,12 +352,13 @@ impl SeenSet {
     /// Records `seq` of `origin` as seen at `now`, adding the origin if new. An origin whose
     /// ranges change becomes recent (listed by requests until it settles again).
     pub(super) fn record(&mut self, origin: OriginKey, seq: u64, now: Micros) -> Recorded {
-        let s = match self.by_origin.entry(origin) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        // A new origin starts listed (no ranges): in the listed set unless this call makes
+        // it recent, so it goes in only then (not in and straight out again).
+        let (s, added) = match self.by_origin.entry(origin) {
+            std::collections::hash_map::Entry::Occupied(e) => (e.into_mut(), false),
             std::collections::hash_map::Entry::Vacant(e) => {
                 self.order.insert(origin);
-                self.summary.listed.insert(origin);
-                e.insert(OriginSeen::default())
+                (e.insert(OriginSeen::default()), true)
             }
         };
         let before = (s.ranges.range_count() >= RANGES_PER_ORIGIN_MAX).then(|| s.ranges.count());
@@ -367,9 +368,13 @@ impl SeenSet {
             let term = s.term();
             s.set_term(Term::Recent);
             if term != Term::Recent {
-                self.summary.remove(&origin, term);
+                if !added {
+                    self.summary.remove(&origin, term);
+                }
                 self.summary.recent.push(Reverse((now, origin)));
             }
+        } else if added {
+            self.summary.listed.insert(origin);
         }
         Recorded {
             new,
