@@ -719,6 +719,13 @@ struct HeldRecord {
     news_base: Option<Arc<LinkRecord>>,
 }
 
+/// The records of `held`, shared, in key order (what the graph's builders read).
+fn record_arcs(
+    held: &BTreeMap<OriginKey, HeldRecord>,
+) -> impl Iterator<Item = (&OriginKey, &Arc<LinkRecord>)> {
+    held.iter().map(|(k, h)| (k, &h.record))
+}
+
 /// Per-node routing state (module docs).
 pub(crate) struct Router {
     pub(crate) vivaldi: VivaldiClient,
@@ -921,7 +928,7 @@ impl Router {
     /// The records held, shared (as the simulator passes them and gossip sends them), in
     /// key order.
     pub(crate) fn record_arcs(&self) -> impl Iterator<Item = (&OriginKey, &Arc<LinkRecord>)> {
-        self.records.iter().map(|(k, h)| (k, &h.record))
+        record_arcs(&self.records)
     }
 
     /// Whether the hot queue's two orders hold the same entries, within its bound (this
@@ -1304,21 +1311,13 @@ impl Router {
         let mine = topology.mine;
         let reported = self.reported.get_or_insert_with(|| {
             self.changed_records.clear();
-            ReportedLinks::new(
-                self.records.iter().map(|(k, h)| (k, &h.record)),
-                topology,
-                me,
-            )
+            ReportedLinks::new(record_arcs(&self.records), topology, me)
         });
         for key in std::mem::take(&mut self.changed_records) {
             reported.update(key, self.records.get(&key).map(|h| &h.record), topology, me);
         }
         let mut edges = reported.edges.clone();
-        let coords = estimate_unreported(
-            &mut edges,
-            self.records.iter().map(|(k, h)| (k, &h.record)),
-            topology,
-        );
+        let coords = estimate_unreported(&mut edges, record_arcs(&self.records), topology);
         // Edges out of this node's region: this node's own view.
         for (i, name) in names.iter().enumerate() {
             let i = i as u16;
