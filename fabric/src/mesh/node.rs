@@ -2368,9 +2368,10 @@ impl<S: Store> Node<S> {
     /// Where a relay sends `event` on: the roots of the regions `relay` names at its top
     /// level, each with its sub-list. A region whose direct link from here is marked failed
     /// is re-planned from this node's own view instead (one more reroute, if the push has
-    /// any left; otherwise it is left to GRAFT and anti-entropy). The new plan may send
+    /// any left; otherwise the direct link is tried after all). The new plan may send
     /// hops back to `from`, the peer the event came from (see [`Node::keeps`]), but not
-    /// hops that came here rerouted already.
+    /// hops that came here rerouted already: those try the direct link, as the last
+    /// reroute.
     fn relay_targets(
         &mut self,
         event: &Event,
@@ -2385,12 +2386,14 @@ impl<S: Store> Node<S> {
         };
         let mut out = Vec::new();
         for (region, hops) in next {
+            let mut last_try = reroutes;
             if self.router.failed.contains_key(region.as_str()) && reroutes < route::REROUTES_MAX {
                 let dests = self.region_indices(
                     std::iter::once(region.as_str()).chain(hops.iter().map(|h| h.region.as_str())),
                 );
                 let (plan, unreachable) = self.plan_for(event, &dests);
                 if unreachable.is_empty() {
+                    let mut bounced = false;
                     for (root, sub) in plan {
                         // Rerouted hops are not sent back where they came from: that node
                         // sent them on because a way of its own failed (most often this is
@@ -2398,24 +2401,33 @@ impl<S: Store> Node<S> {
                         // the region failed), so the way most likely ends nowhere; without
                         // this a region cut off drew two more pushes per event and a
                         // doomed one (split-brain-writes: 13 % more messages per event).
-                        // Left to GRAFT and anti-entropy. The cost: when the sender had
-                        // rerouted them for another link's failure and this node's mark is
-                        // stale, the region waits for those too (docs/sim.md 3.5, ninth).
+                        // They try the direct link instead, below.
                         if reroutes > 0 && Some(root) == from {
-                            self.stats.reroute_unreachable += 1;
+                            bounced = true;
                             continue;
                         }
                         self.stats.relayed += 1;
                         out.push((root, sub, true, reroutes + 1));
                     }
-                    continue;
+                    if !bounced {
+                        continue;
+                    }
+                    // The only way left ran back to the sender: try the direct link after
+                    // all, as the last reroute (an unanswered push ends there: one doomed
+                    // push per event into a region really cut off, 2 % more messages per
+                    // event in split-brain-writes). Both ends hold their direct links
+                    // marked failed, under loss most often because one push each went
+                    // unanswered, and the marks are stale. Dropping the hops left the
+                    // region to anti-entropy, seconds later for an origin's last events
+                    // (`many-faults` seed 56: 7.6 s; docs/sim.md 3.5).
+                    last_try = route::REROUTES_MAX;
                 }
                 // No other way: try the direct link after all (the failure mark may be
                 // stale), below.
             }
             if let Some(root) = self.region_root(&origin, &region) {
                 self.stats.relayed += 1;
-                out.push((root, hops, true, reroutes));
+                out.push((root, hops, true, last_try));
             }
         }
         out
@@ -4817,27 +4829,69 @@ mod tests {
     }
 
     /// Hops that come back rerouted are not sent back again: when the origin's own link to
-    /// the region failed too, the relay's way and its own both end nowhere, and the hops
-    /// are left to GRAFT and anti-entropy instead of circling between the two.
+    /// the region is marked failed too, its way and the relay's both run through the
+    /// other. The origin tries its direct link after all, as the last reroute: under loss
+    /// both marks are most often stale, and the region gets the event at once.
     #[test]
-    fn rerouted_hops_are_not_sent_back_where_they_came_from() {
+    fn rerouted_hops_try_the_direct_link_rather_than_go_back() {
         let (mut nodes, seeds, relay_at) = relay_triangle();
-        // Both the relay's link to r2 and the origin's failed (r2 cut off).
         assert!(nodes[relay_at].router.fail("r2", 0));
         assert!(nodes[0].router.fail("r2", 0));
         let event = event_at(seeds[0], 1, "orders.all");
         nodes[0].handle_publish(0, event.clone()).unwrap();
         let seen = pump(&mut nodes, 0, 0);
         // The origin's plan went through r1 (its own link marked failed); the relay sent
-        // the hops back once; the origin, whose only way left is the relay again, stops.
+        // the hops back once; the origin pushed into r2 directly.
         assert_eq!(nodes[relay_at].stats().relays_sent_back, 1);
-        assert_eq!(nodes[0].stats().reroute_unreachable, 1);
+        assert_eq!(nodes[0].stats().reroute_unreachable, 0);
         let relayed_to_relay = seen[relay_at]
             .pushes
             .iter()
             .filter(|(id, relayed)| *id == event.id() && *relayed)
             .count();
         assert_eq!(relayed_to_relay, 1, "{:?}", seen[relay_at].pushes);
+        for n in nodes.iter().filter(|n| n.me().region == "r2") {
+            assert!(
+                n.store().contains(&event.id()),
+                "{} did not get the event eagerly",
+                n.me().addr
+            );
+        }
+        // The answer cleared the origin's stale mark.
+        assert!(!nodes[0].router.failed.contains_key("r2"));
+    }
+
+    /// The direct push of [`rerouted_hops_try_the_direct_link_rather_than_go_back`] is the
+    /// last reroute: into a region really cut off it goes once, and when its
+    /// acknowledgement does not come the hops are left to GRAFT and anti-entropy instead
+    /// of circling between the two nodes.
+    #[test]
+    fn the_last_direct_try_into_a_region_cut_off_ends_there() {
+        let (mut nodes, seeds, relay_at) = relay_triangle();
+        assert!(nodes[relay_at].router.fail("r2", 0));
+        assert!(nodes[0].router.fail("r2", 0));
+        let in_r2: Vec<bool> = nodes.iter().map(|n| n.me().region == "r2").collect();
+        let event = event_at(seeds[0], 1, "orders.all");
+        nodes[0].handle_publish(0, event.clone()).unwrap();
+        // Long enough for every acknowledgement timeout (and the GRAFTs it leads to).
+        let seen = pump_cut(&mut nodes, 0, 3_000_000, |i| in_r2[i]);
+        let eager_into_r2: usize = seen
+            .iter()
+            .zip(&in_r2)
+            .filter(|(_, cut)| **cut)
+            .map(|(s, _)| s.pushes.iter().filter(|(id, _)| *id == event.id()).count())
+            .sum();
+        assert_eq!(eager_into_r2, 1, "one last direct try, no circling");
+        let relayed_to_relay = seen[relay_at]
+            .pushes
+            .iter()
+            .filter(|(id, relayed)| *id == event.id() && *relayed)
+            .count();
+        assert_eq!(relayed_to_relay, 1, "{:?}", seen[relay_at].pushes);
+        assert_eq!(nodes[relay_at].stats().relays_sent_back, 1);
+        // The unanswered last try reroutes no further.
+        assert_eq!(nodes[0].stats().reroute_unreachable, 1);
+        assert!(nodes[0].router.failed.contains_key("r2"));
     }
 
     /// A residency filter by region name (regions not named are clear).
@@ -4917,6 +4971,17 @@ mod tests {
         from_us: Micros,
         until_us: Micros,
     ) -> Vec<Seen> {
+        pump_cut(nodes, from_us, until_us, |_| false)
+    }
+
+    /// [`pump`] with the nodes `cut` names cut off: what is sent to them is recorded, then
+    /// lost.
+    fn pump_cut(
+        nodes: &mut [Node<crate::mesh::MemStore>],
+        from_us: Micros,
+        until_us: Micros,
+        cut: impl Fn(usize) -> bool,
+    ) -> Vec<Seen> {
         let by_key: BTreeMap<OriginKey, usize> = nodes
             .iter()
             .enumerate()
@@ -4961,6 +5026,9 @@ mod tests {
                         }
                         Message::Skip(list) => s.skips.extend(list.iter().copied()),
                         _ => {}
+                    }
+                    if cut(i) || cut(j) {
+                        continue;
                     }
                     let from = nodes[i].me().node_key();
                     nodes[j].handle_message(now, from, t.msg);
