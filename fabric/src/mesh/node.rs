@@ -4844,11 +4844,7 @@ mod tests {
         // the hops back once; the origin pushed into r2 directly.
         assert_eq!(nodes[relay_at].stats().relays_sent_back, 1);
         assert_eq!(nodes[0].stats().reroute_unreachable, 0);
-        let relayed_to_relay = seen[relay_at]
-            .pushes
-            .iter()
-            .filter(|(id, relayed)| *id == event.id() && *relayed)
-            .count();
+        let relayed_to_relay = relayed_pushes(&seen[relay_at], &event);
         assert_eq!(relayed_to_relay, 1, "{:?}", seen[relay_at].pushes);
         for n in nodes.iter().filter(|n| n.me().region == "r2") {
             assert!(
@@ -4882,16 +4878,20 @@ mod tests {
             .map(|(s, _)| s.pushes.iter().filter(|(id, _)| *id == event.id()).count())
             .sum();
         assert_eq!(eager_into_r2, 1, "one last direct try, no circling");
-        let relayed_to_relay = seen[relay_at]
-            .pushes
-            .iter()
-            .filter(|(id, relayed)| *id == event.id() && *relayed)
-            .count();
+        let relayed_to_relay = relayed_pushes(&seen[relay_at], &event);
         assert_eq!(relayed_to_relay, 1, "{:?}", seen[relay_at].pushes);
         assert_eq!(nodes[relay_at].stats().relays_sent_back, 1);
         // The unanswered last try reroutes no further.
         assert_eq!(nodes[0].stats().reroute_unreachable, 1);
         assert!(nodes[0].router.failed.contains_key("r2"));
+    }
+
+    /// How many pushes with relay hops carried `event` to the node `seen` records.
+    fn relayed_pushes(seen: &Seen, event: &Event) -> usize {
+        seen.pushes
+            .iter()
+            .filter(|(id, relayed)| *id == event.id() && *relayed)
+            .count()
     }
 
     /// A residency filter by region name (regions not named are clear).
