@@ -2061,6 +2061,8 @@ impl Driver {
             ("pushes_acked", s.pushes_acked),
             ("failovers", s.failovers),
             ("links_recovered", s.links_recovered),
+            ("rtt_shifts_up", s.rtt_shifts_up),
+            ("rtt_shifts_down", s.rtt_shifts_down),
             ("relayed", s.relayed),
             ("hops_refused", s.hops_refused),
             ("relays_sent_back", s.relays_sent_back),

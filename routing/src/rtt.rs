@@ -155,6 +155,14 @@ impl RttEstimator {
             .map(u64::from)
     }
 
+    /// The most recent sample, `None` before the first.
+    pub fn last_sample_us(&self) -> Option<u64> {
+        (self.len > 0).then(|| {
+            let at = (usize::from(self.next) + RTT_WINDOW_LEN - 1) % RTT_WINDOW_LEN;
+            u64::from(self.window[at])
+        })
+    }
+
     /// The smoothed window minimum, before hysteresis.
     pub fn smoothed_us(&self) -> Option<u64> {
         (self.len > 0).then_some(u64::from(self.smoothed_us))
@@ -186,6 +194,16 @@ mod tests {
             .iter()
             .filter_map(|s| e.handle_sample(*s).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn the_last_sample_is_the_newest_in_the_window() {
+        let mut e = RttEstimator::new();
+        assert_eq!(e.last_sample_us(), None);
+        for s in 1..=(RTT_WINDOW_LEN as u64 + 3) {
+            e.handle_sample(s * 1_000).unwrap();
+            assert_eq!(e.last_sample_us(), Some(s * 1_000));
+        }
     }
 
     #[test]

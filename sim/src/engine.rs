@@ -479,6 +479,10 @@ pub struct RoutingCounters {
     pub reroute_unreachable: u64,
     /// Failed links that came back.
     pub links_recovered: u64,
+    /// RTT estimates restarted upwards (the path got slower).
+    pub rtt_shifts_up: u64,
+    /// RTT estimates restarted downwards (the path healed).
+    pub rtt_shifts_down: u64,
     /// Link probes sent.
     pub probes_sent: u64,
 }
@@ -1828,6 +1832,8 @@ impl Engine {
                 r.relays_sent_back += s.relays_sent_back;
                 r.reroute_unreachable += s.reroute_unreachable;
                 r.links_recovered += s.links_recovered;
+                r.rtt_shifts_up += s.rtt_shifts_up;
+                r.rtt_shifts_down += s.rtt_shifts_down;
                 r.probes_sent += s.probes_sent;
                 let a = &mut self.metrics.anti_entropy;
                 a.requests += s.sync_requests_sent;

@@ -244,6 +244,10 @@ pub struct RoutingReport {
     pub reroute_unreachable: u64,
     /// Failed links that came back.
     pub links_recovered: u64,
+    /// RTT estimates restarted upwards (two samples in a row beyond the RTT timeout).
+    pub rtt_shifts_up: u64,
+    /// RTT estimates restarted downwards (a sample under three quarters of the estimate).
+    pub rtt_shifts_down: u64,
     /// Link probes sent.
     pub probes_sent: u64,
     /// For events published during `measure` faults: delivery latency minus the ideal
@@ -422,6 +426,8 @@ impl StrategyReport {
                 relays_sent_back: m.routing.relays_sent_back,
                 reroute_unreachable: m.routing.reroute_unreachable,
                 links_recovered: m.routing.links_recovered,
+                rtt_shifts_up: m.routing.rtt_shifts_up,
+                rtt_shifts_down: m.routing.rtt_shifts_down,
                 probes_sent: m.routing.probes_sent,
                 measured_extra_ms: Percentiles::from_us(&m.measured_extra_us),
                 measured_link_rtt_ms: round3(m.measured_link_rtt_us as f64 / 1000.0),

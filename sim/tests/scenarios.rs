@@ -145,6 +145,12 @@ fn no_faults() {
     assert!(a.summaries > 0 && a.summaries < a.requests, "{a:?}");
     assert!(a.summary_share_min > 0.2, "{a:?}");
     assert_eq!(a.unsettled, 0, "{a:?}");
+    // Loss alone (1 %) makes single late RTT samples (a push or its acknowledgement
+    // retransmitted on its stream), never a path that got slower: no estimate restarts
+    // upwards, while the same losses do make failovers.
+    let ro = &r.strategies[0].routing;
+    assert!(ro.failovers > 0, "{ro:?}");
+    assert_eq!(ro.rtt_shifts_up, 0, "{ro:?}");
 }
 
 #[test]
@@ -555,19 +561,20 @@ fn sovereignty_under_failure_keeps_eu_data_in_the_eu() {
     }
 }
 
-/// Every fault kind at once over a lossy network (`many-faults.toml`, its own seed): the
-/// checks pass, and some Skips that waited for a second word when their node stopped were
+/// Every fault kind at once over a lossy network (`many-faults.toml` on seed 2, chosen for
+/// it: 10 such Skips; the shipped seed 3 has none since 2026-12-05): the checks pass, and
+/// some Skips that waited for a second word when their node stopped were
 /// not waiting again after its restart (its memory lost, or the number above its restored
 /// delivery cursor). `assert_healthy` checks that every Skip taken on another node's word is
 /// accounted for; before `dropped_at_restart` those vanished from the report.
 #[test]
 fn many_faults_at_once_and_every_waiting_skip_accounted_for() {
-    let r = run(include_str!("../scenarios/many-faults.toml"), None);
+    let r = run(include_str!("../scenarios/many-faults.toml"), Some(2));
     assert_healthy(&r);
     let k = &r.strategies[0].skips;
     assert!(
         k.dropped_at_restart > 0,
-        "the scenario's seed was chosen for Skips dropped at a restart: {k:?}"
+        "seed 2 was chosen for Skips dropped at a restart: {k:?}"
     );
     assert_eq!(
         r.strategies[0].missed, 0,

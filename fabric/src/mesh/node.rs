@@ -494,6 +494,12 @@ pub struct Stats {
     pub reroute_unreachable: u64,
     /// Failed direct links that came back (a probe or a late acknowledgement answered).
     pub links_recovered: u64,
+    /// RTT estimates restarted upwards: two samples in a row beyond the RTT timeout (the
+    /// path got slower). Each replans every route at once.
+    pub rtt_shifts_up: u64,
+    /// RTT estimates restarted downwards: a sample under three quarters of the estimate
+    /// (the path healed). Each replans every route at once.
+    pub rtt_shifts_down: u64,
     /// Pushes relayed on to other regions for their origin (source-routed hops).
     pub relayed: u64,
     /// Received relay hop lists refused as malformed.
@@ -1092,6 +1098,11 @@ impl<S: Store> Node<S> {
     /// estimate in step.
     fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) {
         let sampled = self.router.rtt_sample(peer, rtt_us);
+        match sampled.shifted {
+            Some(true) => self.stats.rtt_shifts_up += 1,
+            Some(false) => self.stats.rtt_shifts_down += 1,
+            None => {}
+        }
         if sampled.before != sampled.after && self.members.contains_key(&peer) {
             self.near.remove(sampled.before, peer);
             self.near.insert(sampled.after, peer);
