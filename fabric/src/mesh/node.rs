@@ -2396,7 +2396,7 @@ impl<S: Store> Node<S> {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (region, hops) in next {
+        for (region, mut hops) in next {
             let mut last_try = reroutes;
             if self.router.failed.contains_key(region.as_str()) && reroutes < route::REROUTES_MAX {
                 let dests = self.region_indices(
@@ -2405,6 +2405,8 @@ impl<S: Store> Node<S> {
                 let (plan, unreachable) = self.plan_for(event, &dests);
                 if unreachable.is_empty() {
                     let mut bounced = false;
+                    // The regions the pushes below reach (their roots' and their hops').
+                    let mut covered: Vec<smol_str::SmolStr> = Vec::new();
                     for (root, sub) in plan {
                         // Rerouted hops are not sent back where they came from: that node
                         // sent them on because a way of its own failed (most often this is
@@ -2417,10 +2419,20 @@ impl<S: Store> Node<S> {
                             bounced = true;
                             continue;
                         }
+                        covered.extend(self.members.get(&root).map(|m| m.region.clone()));
+                        covered.extend(sub.iter().map(|h| h.region.clone()));
                         self.stats.relayed += 1;
                         out.push((root, sub, true, reroutes + 1));
                     }
                     if !bounced {
+                        continue;
+                    }
+                    // The last try carries only what no push above reaches: a plan that
+                    // sent some of the hops a third way left the direct push carrying them
+                    // too, and their regions got the event twice (`example.toml`: one in
+                    // nine of these last tries).
+                    hops = route::prune_hops(&hops, |r| !covered.iter().any(|c| c == r));
+                    if hops.is_empty() && covered.contains(&region) {
                         continue;
                     }
                     // The only way left ran back to the sender: try the direct link after
@@ -4895,6 +4907,55 @@ mod tests {
         // The unanswered last try reroutes no further.
         assert_eq!(nodes[0].stats().reroute_unreachable, 1);
         assert!(nodes[0].router.failed.contains_key("r2"));
+    }
+
+    /// The last direct try carries only the hops no other push of the re-plan reaches.
+    /// Four regions: r0 - r1 30 ms, r1 - r2 40, r0 - r3 50, r2 - r3 40, r0 - r2 200 (marked
+    /// failed at node 0), r1 - r3 300. Node 0 gets r2 (with r3 below it) back from r1,
+    /// rerouted: its re-plan sends r3 directly and r2 back through r1, the sender, so it
+    /// tries r2 directly, without r3 (which would get the event twice).
+    #[test]
+    fn the_last_direct_try_carries_only_hops_no_other_push_reaches() {
+        let mut rtts = vec![0u64; 36];
+        rtts[1] = 30_000; // r0-r1
+        rtts[2] = 200_000; // r0-r2
+        rtts[3] = 50_000; // r0-r3
+        rtts[6 + 2] = 40_000; // r1-r2
+        rtts[6 + 3] = 300_000; // r1-r3
+        rtts[2 * 6 + 3] = 40_000; // r2-r3
+        let seeds: Vec<u8> = (1..=8).collect();
+        let mut nodes = mesh(&seeds, 4, 2, &rtts);
+        let region_of: BTreeMap<OriginKey, String> = nodes
+            .iter()
+            .map(|n| (n.me().node_key(), n.me().region.to_string()))
+            .collect();
+        assert!(nodes[0].router.fail("r2", 0));
+        let event = event_at(seeds[0], 1, "orders.all");
+        let origin = event.origin();
+        let from = nodes[0].region_root(&origin, "r1").unwrap();
+        let hops = [
+            RelayHop {
+                region: "r2".into(),
+                parent: None,
+            },
+            RelayHop {
+                region: "r3".into(),
+                parent: Some(0),
+            },
+        ];
+        let targets = nodes[0].relay_targets(&event, &hops, 1, Some(from));
+        let reached: Vec<(&str, Vec<&str>, u8)> = targets
+            .iter()
+            .map(|(k, sub, _, reroutes)| {
+                let sub = sub.iter().map(|h| h.region.as_str()).collect();
+                (region_of[k].as_str(), sub, *reroutes)
+            })
+            .collect();
+        assert_eq!(
+            reached,
+            vec![("r3", vec![], 2), ("r2", vec![], route::REROUTES_MAX)],
+            "r3 directly, r2 by the last direct try, each once"
+        );
     }
 
     /// How many pushes with relay hops carried `event` to the node `seen` records.

@@ -1609,6 +1609,31 @@ impl RegionTree {
     }
 }
 
+/// `hops` without the hops whose region `keep` refuses, in the same order. A kept hop
+/// whose parent is dropped hangs from its nearest kept ancestor instead (the top level if
+/// there is none), so it is still relayed, one region sooner. Parents stay before their
+/// children; a parent index out of range counts as none.
+pub(crate) fn prune_hops(hops: &[RelayHop], keep: impl Fn(&str) -> bool) -> Vec<RelayHop> {
+    // Per input hop: its index in the output if kept, else its nearest kept ancestor's.
+    let mut at: Vec<Option<u8>> = Vec::with_capacity(hops.len());
+    let mut out = Vec::with_capacity(hops.len());
+    for h in hops {
+        let parent = h
+            .parent
+            .and_then(|p| at.get(usize::from(p)).copied().flatten());
+        if keep(&h.region) {
+            at.push(u8::try_from(out.len()).ok());
+            out.push(RelayHop {
+                region: h.region.clone(),
+                parent,
+            });
+        } else {
+            at.push(parent);
+        }
+    }
+    out
+}
+
 /// Splits a received hop list into its top-level regions, each with its own sub-list
 /// (re-indexed). Malformed lists (a parent not before its child, too many hops, a region
 /// twice or the receiver's own region) yield `None`.
@@ -1774,6 +1799,74 @@ mod tests {
                 .collect();
             prop_assert_eq!(split_hops(&hops, "own"), split_hops_model(&hops, "own"));
         }
+    }
+
+    proptest! {
+        /// A pruned list keeps exactly the kept hops in order, and each hangs from its
+        /// nearest kept ancestor in the original tree.
+        #[test]
+        fn pruned_hops_hang_from_their_nearest_kept_ancestor(
+            raw in proptest::collection::vec(
+                (proptest::option::of(0u8..64), proptest::bool::ANY),
+                0..RELAY_HOPS_MAX,
+            ),
+        ) {
+            let hops: Vec<RelayHop> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, (parent, _))| {
+                    hop(&format!("r{i}"), parent.filter(|_| i > 0).map(|p| p % i as u8))
+                })
+                .collect();
+            let kept: BTreeSet<String> = raw
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, k))| *k)
+                .map(|(i, _)| format!("r{i}"))
+                .collect();
+            let pruned = prune_hops(&hops, |r| kept.contains(r));
+            let regions: Vec<&str> = pruned.iter().map(|h| h.region.as_str()).collect();
+            let expected: Vec<&str> = hops
+                .iter()
+                .map(|h| h.region.as_str())
+                .filter(|r| kept.contains(*r))
+                .collect();
+            prop_assert_eq!(regions, expected);
+            for h in &pruned {
+                let i = hops.iter().position(|o| o.region == h.region).unwrap();
+                // The model: walk up the original tree to the first kept ancestor.
+                let mut up = hops[i].parent;
+                while let Some(p) = up
+                    && !kept.contains(hops[usize::from(p)].region.as_str())
+                {
+                    up = hops[usize::from(p)].parent;
+                }
+                let want = up.map(|p| hops[usize::from(p)].region.as_str());
+                let got = h.parent.map(|p| pruned[usize::from(p)].region.as_str());
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn pruning_reattaches_children_of_dropped_hops() {
+        // b <- (c <- d), e; drop c: d hangs from b.
+        let hops = vec![
+            hop("b", None),
+            hop("c", Some(0)),
+            hop("d", Some(1)),
+            hop("e", None),
+        ];
+        assert_eq!(
+            prune_hops(&hops, |r| r != "c"),
+            vec![hop("b", None), hop("d", Some(0)), hop("e", None)]
+        );
+        // Drop b too: d is top-level.
+        assert_eq!(
+            prune_hops(&hops, |r| r == "d" || r == "e"),
+            vec![hop("d", None), hop("e", None)]
+        );
+        assert_eq!(prune_hops(&hops, |_| false), vec![]);
     }
 
     fn hop(region: &str, parent: Option<u8>) -> RelayHop {
