@@ -97,8 +97,37 @@ enum Command {
     },
 }
 
+/// What a panic during a run prints after the panic's own message: which run stopped and
+/// the command that reproduces it. A broken node invariant panics (`Node::check_invariants`,
+/// called after every step), and the `sim` profile aborts on a panic, so this is a panic
+/// hook, not `catch_unwind`: it runs either way.
+static RUNNING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Installs the hook that prints [`RUNNING`] after the default panic message.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let running = RUNNING
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        if let Some(line) = running {
+            eprintln!("{line}");
+        }
+    }));
+}
+
+fn set_running(line: Option<String>) {
+    match RUNNING.lock() {
+        Ok(mut r) => *r = line,
+        Err(e) => *e.into_inner() = line,
+    }
+}
+
 fn main() -> ExitCode {
     weft_sim::allocator::keep_freed_memory();
+    install_panic_hook();
     let result = run();
     if let Err(e) = flush_output() {
         eprintln!("weft-sim: error: writing output: {e}");
@@ -135,7 +164,13 @@ fn run() -> anyhow::Result<ExitCode> {
 fn list(dir: &Path) -> anyhow::Result<ExitCode> {
     let catalog = RegionCatalog::embedded()?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
+        .with_context(|| {
+            format!(
+                "reading {} (the shipped scenarios are in sim/scenarios of the repository: run \
+                 from its root or pass --dir DIR)",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
@@ -233,13 +268,23 @@ fn run_scenario(
     }
     let mut reports = Vec::new();
     let mut wall_secs = Vec::new();
+    // Test-only: makes the run panic at its first progress report, so that the CLI tests
+    // can check what a panic prints (`a_panic_in_a_run_prints_the_seed_to_reproduce`).
+    let test_panic = std::env::var_os("WEFT_SIM_TEST_PANIC").is_some();
     #[cfg(feature = "handler-timing")]
     let mut handler_times = Vec::new();
     for strategy in strategies {
         let started = Instant::now();
         let bar = progress_bar(strategy.name());
+        set_running(Some(format!(
+            "weft-sim: the {} run stopped on a panic (a broken node invariant, or a bug); \
+             reproduce with: weft-sim run {} --seed {seed}",
+            strategy.name(),
+            path.display()
+        )));
         let engine = Engine::new(plan.clone(), strategy);
         let metrics = engine.run(|at, end| {
+            assert!(!test_panic, "WEFT_SIM_TEST_PANIC is set");
             if started.elapsed().as_secs_f64() > 1.0 {
                 bar.set_length(end);
                 bar.set_position(at);
@@ -252,6 +297,7 @@ fn run_scenario(
         wall_secs.push((strategy.name(), secs, metrics.message_deliveries));
         reports.push(StrategyReport::new(strategy.name(), &plan, &metrics));
     }
+    set_running(None);
     let report = Report::new(&scenario, &plan, reports);
     out!("{}", report.table());
     for (name, secs, deliveries) in &wall_secs {

@@ -152,6 +152,29 @@ fn a_failed_check_exits_1_and_prints_the_seed_to_reproduce() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A panic during a run (a broken node invariant panics) still names the run and prints
+/// the command that reproduces it, after the panic's message, and exits non-zero.
+#[test]
+fn a_panic_in_a_run_prints_the_seed_to_reproduce() {
+    let dir = scratch("panic");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-sim"))
+        .args(["run", scenario.to_str().unwrap(), "--seed", "11"])
+        .env("WEFT_SIM_TEST_PANIC", "1")
+        .output()
+        .expect("weft-sim runs");
+    assert!(!out.status.success(), "{:?}", out.status);
+    let err = text(&out.stderr);
+    assert!(err.contains("WEFT_SIM_TEST_PANIC is set"), "{err}");
+    let repro = format!(
+        "reproduce with: weft-sim run {} --seed 11",
+        scenario.display()
+    );
+    assert!(err.contains(&repro), "{err}");
+    assert!(err.contains("the weft run stopped on a panic"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_bad_output_path_is_refused_before_the_run() {
     let dir = scratch("badpath");
