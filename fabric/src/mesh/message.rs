@@ -12,7 +12,8 @@ use crate::mesh::route::{LinkRecord, RelayHop};
 pub enum Channel {
     /// Unreliable datagrams: SWIM probes and gossip, IHAVE announcements.
     Datagram,
-    /// A unidirectional stream: eager pushes, GRAFT and PRUNE.
+    /// A unidirectional stream: eager pushes, GRAFT and Skips (there is no PRUNE: the
+    /// eager trees are computed, not pruned; see `mesh::node`).
     Uni,
     /// A bidirectional stream: anti-entropy sync and fetches.
     Bi,

@@ -689,12 +689,18 @@ impl foca::Runtime<SwimId> for SwimRuntime {
 /// - **Inputs** (`handle_*`): [`Node::handle_message`] (a message from a peer),
 ///   [`Node::handle_timeout`] (time has reached [`Node::poll_timeout`]),
 ///   [`Node::handle_rtt_sample`] (the transport measured a round trip),
-///   [`Node::handle_publish`] (a local producer's signed event), [`Node::join`] (contact
-///   seed members). Every input takes `now`, the driver's monotonic time in microseconds,
+///   [`Node::handle_publish`] (a local producer's signed event), [`Node::handle_subscribe`]
+///   and [`Node::handle_unsubscribe`] (a local subscriber's interest begins or ends),
+///   [`Node::join`] (contact seed members). Every input takes `now`, the driver's monotonic time in microseconds,
 ///   which must never go backwards.
 /// - **Outputs** (`poll_*`): [`Node::poll_transmit`] (messages to send, each naming its
 ///   channel), [`Node::poll_event`] (deliveries and membership changes for the application),
 ///   [`Node::poll_timeout`] (when to call `handle_timeout` next).
+///
+/// Persisting is not an output: the node owns its [`Store`] and writes to it inside the
+/// input that accepted the event, so that what is acknowledged is stored. Nor is
+/// disconnecting: the transport owns connections; the node learns of a peer gone through
+/// SWIM and reports it as a membership change from `poll_event`.
 ///
 /// # Polling order
 ///
@@ -799,9 +805,14 @@ pub struct Node<S: Store> {
     /// `children_at` (computing them ranks and sorts the region's members).
     children_cache: FxHashMap<OriginKey, Vec<OriginKey>>,
     children_at: u64,
-    /// Whether the configured interest matches a stream, per stream seen (asked for every
-    /// event accepted; the interest is fixed at construction). Cleared when full.
+    /// Whether the interest matches a stream, per stream seen (asked for every event
+    /// accepted). Cleared when full and whenever the interest changes
+    /// ([`Node::handle_subscribe`], [`Node::handle_unsubscribe`]).
     interest_cache: FxHashMap<StreamName, bool>,
+    /// An unsubscribe has narrowed the interest: delivery checks each stored event's
+    /// stream against it (events stored before the unsubscribe may still wait for their
+    /// turn). False until then, so the common case pays nothing.
+    interest_narrowed: bool,
     /// The publisher's targets per origin and region hops ([`Node::publish_targets`]), for
     /// the region graph epoch, near epoch and `view_version` in `plans_at`: a plan reads
     /// the view, the region tree (rebuilt within [`route::GRAPH_REFRESH_US`] of a change of
@@ -926,6 +937,7 @@ impl<S: Store> Node<S> {
             children_cache: FxHashMap::default(),
             children_at: u64::MAX,
             interest_cache: FxHashMap::default(),
+            interest_narrowed: false,
             plans: BTreeMap::new(),
             plans_at: (u64::MAX, u64::MAX, u64::MAX),
         };
@@ -1086,6 +1098,44 @@ impl<S: Store> Node<S> {
         }
         // The driver joins again through each seed it reaches: one catch-up.
         self.catch_up.get_or_insert((CATCH_UP_TICKS_MAX, 0));
+    }
+
+    /// A local subscriber's interest in `pattern` begins: from now on this node stores and
+    /// delivers the events of matching streams it accepts, besides relaying them. Events it
+    /// accepted before, while it only relayed them, count as seen and are not fetched again
+    /// (a subscription starts at the present, as in NATS core; the node's HTTP API reads
+    /// history from its log). Returns false when the interest already had the pattern.
+    pub fn handle_subscribe(&mut self, now: Micros, pattern: StreamPattern) -> bool {
+        self.advance(now);
+        if self.config.interest.contains(&pattern) {
+            return false;
+        }
+        self.config.interest.push(pattern);
+        self.interest_cache.clear();
+        true
+    }
+
+    /// A local subscriber's interest in `pattern` ends: events of streams no pattern left
+    /// matches are relayed but no longer stored, and none of them is delivered from now on,
+    /// those already stored and waiting for their turn included (events stored before stay
+    /// in the store for anti-entropy and retention). Returns false when the interest did
+    /// not have the pattern.
+    pub fn handle_unsubscribe(&mut self, now: Micros, pattern: &StreamPattern) -> bool {
+        self.advance(now);
+        let before = self.config.interest.len();
+        self.config.interest.retain(|p| p != pattern);
+        if self.config.interest.len() == before {
+            return false;
+        }
+        self.interest_cache.clear();
+        self.interest_narrowed = true;
+        true
+    }
+
+    /// The stream patterns this node stores and delivers (its configuration's, as changed
+    /// by subscribes and unsubscribes since).
+    pub fn interest(&self) -> &[StreamPattern] {
+        &self.config.interest
     }
 
     /// A round-trip time measured by the transport to `peer`.
@@ -2587,6 +2637,15 @@ impl<S: Store> Node<S> {
                 continue;
             }
             if let Some(event) = self.store.get(&origin, cursor) {
+                if self.interest_narrowed
+                    && !self
+                        .config
+                        .interest
+                        .iter()
+                        .any(|p| p.matches(event.stream()))
+                {
+                    continue;
+                }
                 self.stats.delivered += 1;
                 self.app.push_back(AppEvent::Deliver(event));
             }
@@ -4956,6 +5015,87 @@ mod tests {
             vec![("r3", vec![], 2), ("r2", vec![], route::REROUTES_MAX)],
             "r3 directly, r2 by the last direct try, each once"
         );
+    }
+
+    /// Interest changes at run time: a node that only relays a stream stores and delivers
+    /// its events once subscribed, and neither stores nor delivers them after the
+    /// unsubscribe, while it goes on relaying.
+    #[test]
+    fn subscribing_and_unsubscribing_change_what_a_node_stores_and_delivers() {
+        let seeds: Vec<u8> = (1..=3).collect();
+        let mut nodes = mesh(&seeds, 1, 2, &[0u64; 36]);
+        let all = StreamPattern::new(">").unwrap();
+        let orders = StreamPattern::new("orders.>").unwrap();
+        assert!(nodes[1].handle_unsubscribe(0, &all));
+        assert!(!nodes[1].handle_unsubscribe(0, &all), "not held any more");
+        assert!(nodes[1].interest().is_empty());
+        // Event `seq` is published at `seq` x 300 ms; each interest change comes between.
+        let publish = |nodes: &mut Vec<Node<crate::mesh::MemStore>>, seq: u64| {
+            let at = seq * 300_000;
+            let event = event_at(seeds[0], seq, "orders.all");
+            nodes[0].handle_publish(at, event.clone()).unwrap();
+            pump(nodes, at, at + 200_000);
+            event
+        };
+        let before = publish(&mut nodes, 1);
+        assert!(!nodes[1].store().contains(&before.id()));
+        assert_eq!(nodes[1].stats().delivered, 0);
+        assert!(
+            nodes[2].store().contains(&before.id()),
+            "the others still get it"
+        );
+        assert!(nodes[1].handle_subscribe(550_000, orders.clone()));
+        assert!(
+            !nodes[1].handle_subscribe(550_000, orders.clone()),
+            "held already"
+        );
+        let during = publish(&mut nodes, 2);
+        assert!(nodes[1].store().contains(&during.id()));
+        assert_eq!(
+            nodes[1].stats().delivered,
+            1,
+            "the subscription starts at the present"
+        );
+        assert!(nodes[1].handle_unsubscribe(850_000, &orders));
+        let after = publish(&mut nodes, 3);
+        assert!(!nodes[1].store().contains(&after.id()));
+        assert_eq!(nodes[1].stats().delivered, 1);
+        assert!(nodes[2].store().contains(&after.id()));
+        assert_eq!(nodes[2].stats().delivered, 3);
+    }
+
+    /// An event stored while subscribed but waiting behind a gap is not delivered once the
+    /// unsubscribe has come: delivery checks the interest as it passes.
+    #[test]
+    fn an_unsubscribe_also_holds_back_events_stored_and_waiting() {
+        let seeds: Vec<u8> = (1..=2).collect();
+        let mut nodes = mesh(&seeds, 1, 2, &[0u64; 36]);
+        let from = nodes[0].me().node_key();
+        let push = |event: Arc<Event>| Message::Push {
+            events: vec![event],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        };
+        let (first, second) = (
+            event_at(seeds[0], 1, "orders.all"),
+            event_at(seeds[0], 2, "orders.all"),
+        );
+        nodes[1].handle_message(1_000, from, push(second.clone()));
+        assert!(
+            nodes[1].store().contains(&second.id()),
+            "stored, waiting for 1"
+        );
+        assert_eq!(nodes[1].stats().delivered, 0);
+        assert!(nodes[1].handle_unsubscribe(2_000, &StreamPattern::new(">").unwrap()));
+        nodes[1].handle_message(3_000, from, push(first.clone()));
+        assert!(
+            !nodes[1].store().contains(&first.id()),
+            "not stored after the unsubscribe"
+        );
+        assert_eq!(nodes[1].stats().delivered, 0, "neither delivered");
+        assert!(delivered_seqs(&mut nodes[1]).is_empty());
+        nodes[1].check_invariants_full();
     }
 
     /// How many pushes with relay hops carried `event` to the node `seen` records.
