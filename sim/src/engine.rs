@@ -50,6 +50,9 @@ pub struct Plan {
     pub regions: Vec<String>,
     /// One-way latency between regions (symmetric), microseconds.
     pub one_way_us: Vec<Vec<Micros>>,
+    /// Whether the catalog's RTT between two regions was measured (else the model derived
+    /// it), indexed like `one_way_us`.
+    pub measured: Vec<Vec<bool>>,
     /// One-way latency between two nodes of the same region.
     pub intra_region_us: Micros,
     /// The nodes.

@@ -13,9 +13,12 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
     let regions: Vec<String> = catalog.regions().iter().map(|r| r.id.clone()).collect();
     let r = regions.len();
     let mut one_way_us = vec![vec![0; r]; r];
-    for (a, row) in one_way_us.iter_mut().enumerate() {
-        for (b, cell) in row.iter_mut().enumerate() {
-            *cell = catalog.rtt_at(a, b).map_or(0, |e| e.rtt_us() / 2);
+    let mut measured = vec![vec![false; r]; r];
+    for a in 0..r {
+        for b in 0..r {
+            let entry = catalog.rtt_at(a, b);
+            one_way_us[a][b] = entry.map_or(0, |e| e.rtt_us() / 2);
+            measured[a][b] = entry.is_some_and(|e| e.is_measured());
         }
     }
     let nodes = scenario
@@ -105,6 +108,7 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
         duration_us: scenario.duration_us,
         regions,
         one_way_us,
+        measured,
         intra_region_us: (SAME_REGION_RTT_MS * 1000.0 / 2.0) as u64,
         nodes,
         jitter_us: scenario.network.jitter_us,

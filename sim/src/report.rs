@@ -524,6 +524,42 @@ pub struct Report {
     pub checks: Vec<CheckResult>,
     /// The scenario's fault windows, in plan order.
     pub faults: Vec<FaultWindow>,
+    /// Where the latencies between the scenario's regions come from.
+    pub latency_pairs: LatencyPairs,
+}
+
+/// The region pairs a run's nodes span, by where their RTT comes from: measured (the
+/// catalog's data) or derived by its model (`docs/sim.md` §1).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LatencyPairs {
+    /// Pairs of distinct regions with a measured RTT.
+    pub measured: usize,
+    /// The pairs whose RTT was derived, as `"a - b: RTT ms"`, in region order.
+    pub derived: Vec<String>,
+}
+
+impl LatencyPairs {
+    fn new(plan: &Plan) -> Self {
+        let used: std::collections::BTreeSet<usize> = plan.nodes.iter().map(|n| n.region).collect();
+        let used: Vec<usize> = used.into_iter().collect();
+        let mut measured = 0;
+        let mut derived = Vec::new();
+        for (i, &a) in used.iter().enumerate() {
+            for &b in &used[i + 1..] {
+                if plan.measured[a][b] {
+                    measured += 1;
+                } else {
+                    derived.push(format!(
+                        "{} - {}: {:.1} ms",
+                        plan.regions[a],
+                        plan.regions[b],
+                        2.0 * plan.one_way_us[a][b] as f64 / 1000.0
+                    ));
+                }
+            }
+        }
+        Self { measured, derived }
+    }
 }
 
 impl Report {
@@ -671,6 +707,7 @@ impl Report {
             strategies,
             checks,
             faults: plan.faults.iter().map(FaultWindow::new).collect(),
+            latency_pairs: LatencyPairs::new(plan),
         }
     }
 
@@ -701,6 +738,17 @@ impl Report {
             self.duration_s,
             self.signing,
             self.signature_checks
+        );
+        let _ = writeln!(
+            out,
+            "region pairs: {} measured, {} derived by the catalog's model{}",
+            self.latency_pairs.measured,
+            self.latency_pairs.derived.len(),
+            if self.latency_pairs.derived.is_empty() {
+                ""
+            } else {
+                " (listed in the JSON report's latency_pairs)"
+            }
         );
         let _ = writeln!(
             out,

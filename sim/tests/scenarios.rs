@@ -151,6 +151,40 @@ fn no_faults() {
     let ro = &r.strategies[0].routing;
     assert!(ro.failovers > 0, "{ro:?}");
     assert_eq!(ro.rtt_shifts_up, 0, "{ro:?}");
+    // The report says which of the 6 region pairs are measured and lists the derived ones,
+    // as the catalog has them.
+    let catalog = RegionCatalog::embedded().unwrap();
+    let regions = [
+        "aws:us-east-1",
+        "aws:eu-west-1",
+        "azure:westeurope",
+        "gcp:asia-south1",
+    ];
+    let mut derived = Vec::new();
+    let mut measured = 0;
+    let mut sorted: Vec<usize> = regions
+        .iter()
+        .map(|r| catalog.region_index(r).unwrap())
+        .collect();
+    sorted.sort_unstable();
+    for (i, &a) in sorted.iter().enumerate() {
+        for &b in &sorted[i + 1..] {
+            let e = catalog.rtt_at(a, b).unwrap();
+            if e.is_measured() {
+                measured += 1;
+            } else {
+                let (a, b) = (&catalog.regions()[a].id, &catalog.regions()[b].id);
+                derived.push(format!("{a} - {b}: {:.1} ms", e.rtt_us() as f64 / 1000.0));
+            }
+        }
+    }
+    assert_eq!(measured + derived.len(), 6);
+    assert!(
+        measured > 0 && !derived.is_empty(),
+        "both kinds: {derived:?}"
+    );
+    assert_eq!(r.latency_pairs.measured, measured);
+    assert_eq!(r.latency_pairs.derived, derived);
 }
 
 #[test]
