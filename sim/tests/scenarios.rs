@@ -595,25 +595,31 @@ fn sovereignty_under_failure_keeps_eu_data_in_the_eu() {
     }
 }
 
-/// Every fault kind at once over a lossy network (`many-faults.toml` on seed 2, chosen for
-/// it: 10 such Skips; the shipped seed 3 has none since 2026-12-05): the checks pass, and
-/// some Skips that waited for a second word when their node stopped were
-/// not waiting again after its restart (its memory lost, or the number above its restored
-/// delivery cursor). `assert_healthy` checks that every Skip taken on another node's word is
-/// accounted for; before `dropped_at_restart` those vanished from the report.
+/// Every fault kind at once over a lossy network (`many-faults.toml`): the checks pass, and
+/// some Skips that waited for a second word when their node stopped were not waiting again
+/// after its restart (its memory lost, or the number above its restored delivery cursor).
+/// `assert_healthy` checks that every Skip taken on another node's word is accounted for;
+/// before `dropped_at_restart` those vanished from the report. Whether a seed has such a
+/// Skip depends on which messages its run loses, which any protocol change moves, so the
+/// test takes the first of a few seeds that has one (on 2026-12-05: the shipped seed 3 has
+/// 6, seeds 6 and 7 have 11), and every run it makes must pass.
 #[test]
 fn many_faults_at_once_and_every_waiting_skip_accounted_for() {
-    let r = run(include_str!("../scenarios/many-faults.toml"), Some(2));
-    assert_healthy(&r);
-    let k = &r.strategies[0].skips;
-    assert!(
-        k.dropped_at_restart > 0,
-        "seed 2 was chosen for Skips dropped at a restart: {k:?}"
-    );
-    assert_eq!(
-        r.strategies[0].missed, 0,
-        "their numbers came by anti-entropy"
-    );
+    let mut tried = Vec::new();
+    for seed in [None, Some(6), Some(7), Some(2)] {
+        let r = run(include_str!("../scenarios/many-faults.toml"), seed);
+        assert_healthy(&r);
+        assert_eq!(
+            r.strategies[0].missed, 0,
+            "their numbers came by anti-entropy"
+        );
+        let k = r.strategies[0].skips.clone();
+        if k.dropped_at_restart > 0 {
+            return;
+        }
+        tried.push((r.seed, k));
+    }
+    panic!("no seed had Skips dropped at a restart: {tried:?}");
 }
 
 #[test]
