@@ -61,6 +61,10 @@ pub struct Plan {
     pub jitter_us: Micros,
     /// Baseline loss probability per message.
     pub loss: f64,
+    /// Per pair of regions (indexed like `one_way_us`), the jitter and loss of messages
+    /// between their nodes, when the scenario sets any link's (`[[network.link]]`); `None`
+    /// when every link has `jitter_us` and `loss`.
+    pub link_net: Option<Vec<Vec<(Micros, f64)>>>,
     /// Modelled cost of verifying one received event's signature (not executed).
     pub verify_us: Micros,
     /// Whether publishers compute signatures (see [`Signing`]).
@@ -1608,8 +1612,12 @@ impl Engine {
                 .map_or((1.0, 0.0), |d| (d.factor, d.loss))
         };
         let base = (self.link_us(from, to) as f64 * factor) as Micros;
-        let jitter = (self.plan.jitter_us as f64 * unit(&mut self.rng)) as Micros;
-        let loss = self.plan.loss + extra_loss;
+        let (jitter_us, link_loss) = match &self.plan.link_net {
+            None => (self.plan.jitter_us, self.plan.loss),
+            Some(net) => net[self.plan.nodes[from].region][self.plan.nodes[to].region],
+        };
+        let jitter = (jitter_us as f64 * unit(&mut self.rng)) as Micros;
+        let loss = link_loss + extra_loss;
         let mut delay = base + jitter;
         if loss > 0.0 && unit(&mut self.rng) < loss {
             match msg.channel() {

@@ -21,6 +21,16 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
             measured[a][b] = entry.is_some_and(|e| e.is_measured());
         }
     }
+    let link_net = (!scenario.network.links.is_empty()).then(|| {
+        let mut net = vec![vec![(scenario.network.jitter_us, scenario.network.loss); r]; r];
+        for l in &scenario.network.links {
+            if let (Some(a), Some(b)) = (catalog.region_index(&l.a), catalog.region_index(&l.b)) {
+                net[a][b] = (l.jitter_us, l.loss);
+                net[b][a] = (l.jitter_us, l.loss);
+            }
+        }
+        net
+    });
     let nodes = scenario
         .topology
         .nodes()
@@ -113,6 +123,7 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
         nodes,
         jitter_us: scenario.network.jitter_us,
         loss: scenario.network.loss,
+        link_net,
         verify_us: scenario.network.verify_us,
         signing: scenario.network.signing,
         workloads,

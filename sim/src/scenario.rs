@@ -94,6 +94,9 @@ pub const EVENTS_TOTAL_MAX: f64 = 10_000_000.0;
 /// pairwise overlap checks stay cheap.
 pub const FAULTS_MAX: usize = 256;
 
+/// Most `[[network.link]]` entries.
+pub const NETWORK_LINKS_MAX: usize = 1_024;
+
 /// Largest latency factor of a link degradation: 100x turns 100 ms into 10 s, well past
 /// every timeout the fabric has.
 pub const LATENCY_FACTOR_MAX: f64 = 100.0;
@@ -405,7 +408,7 @@ impl fmt::Display for OtherSide {
 }
 
 /// `[network]`: how every message behaves before faults.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     /// Largest extra one-way delay of a message, in microseconds; each message adds a
     /// delay drawn uniformly from `0..=jitter_us` to half the base RTT.
@@ -417,6 +420,22 @@ pub struct Network {
     pub verify_us: u64,
     /// Whether publishers compute their events' Ed25519 signatures.
     pub signing: Signing,
+    /// Per region pair, jitter and loss instead of the values above (`[[network.link]]`).
+    pub links: Vec<LinkNetwork>,
+}
+
+/// One `[[network.link]]`: the jitter and loss of messages between two regions' nodes (both
+/// ways), instead of the scenario-wide `[network]` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkNetwork {
+    /// One region.
+    pub a: String,
+    /// The other region.
+    pub b: String,
+    /// Largest extra one-way delay, microseconds.
+    pub jitter_us: u64,
+    /// Probability that a message is lost.
+    pub loss: f64,
 }
 
 /// `network.signing`: how publishers sign. Verification is always modelled (nodes in the
@@ -749,6 +768,16 @@ struct NetworkFile {
     loss: f64,
     verify_us: u64,
     signing: Option<String>,
+    link: Vec<LinkFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkFile {
+    a: String,
+    b: String,
+    jitter_ms: Option<f64>,
+    loss: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -997,7 +1026,7 @@ fn validate(file: ScenarioFile, catalog: &RegionCatalog) -> Result<Scenario, Sce
     }
     let duration_us = seconds_us("duration_s", file.duration_s, Sign::Positive)?;
     let topology = topology(&file.topology, catalog)?;
-    let network = network(&file.network)?;
+    let network = network(&file.network, &topology)?;
 
     if file.workload.is_empty() {
         return Err(invalid(
@@ -1437,7 +1466,7 @@ fn topology(file: &TopologyFile, catalog: &RegionCatalog) -> Result<Topology, Sc
     })
 }
 
-fn network(file: &NetworkFile) -> Result<Network, ScenarioError> {
+fn network(file: &NetworkFile, topology: &Topology) -> Result<Network, ScenarioError> {
     let jitter_us = time_us(
         "network.jitter_ms",
         file.jitter_ms,
@@ -1471,11 +1500,71 @@ fn network(file: &NetworkFile) -> Result<Network, ScenarioError> {
                 )
             })?,
     };
+    if file.link.len() > NETWORK_LINKS_MAX {
+        return Err(over_limit(
+            "network.link",
+            file.link.len(),
+            "NETWORK_LINKS_MAX",
+            NETWORK_LINKS_MAX,
+        ));
+    }
+    let mut links: Vec<LinkNetwork> = Vec::with_capacity(file.link.len());
+    for (i, l) in file.link.iter().enumerate() {
+        let path = format!("network.link[{i}]");
+        for (key, region) in [("a", &l.a), ("b", &l.b)] {
+            if !topology.regions().iter().any(|r| r.region == *region) {
+                return Err(invalid(
+                    format!("{path}.{key}"),
+                    format!("{region:?} is not a region of [topology] with nodes"),
+                ));
+            }
+        }
+        if l.a == l.b {
+            return Err(invalid(
+                &path,
+                "a and b are the same region: a link joins two regions",
+            ));
+        }
+        if links
+            .iter()
+            .any(|o| (o.a == l.a && o.b == l.b) || (o.a == l.b && o.b == l.a))
+        {
+            return Err(invalid(
+                &path,
+                format!("{} - {} is already given", l.a, l.b),
+            ));
+        }
+        if l.jitter_ms.is_none() && l.loss.is_none() {
+            return Err(invalid(&path, "sets nothing: give jitter_ms, loss or both"));
+        }
+        let link_jitter_us = match l.jitter_ms {
+            Some(ms) => time_us(
+                &format!("{path}.jitter_ms"),
+                ms,
+                Sign::NonNegative,
+                "ms",
+                JITTER_MS_MAX,
+                "JITTER_MS_MAX",
+            )?,
+            None => jitter_us,
+        };
+        let link_loss = match l.loss {
+            Some(p) => probability(&format!("{path}.loss"), p)?,
+            None => loss,
+        };
+        links.push(LinkNetwork {
+            a: l.a.clone(),
+            b: l.b.clone(),
+            jitter_us: link_jitter_us,
+            loss: link_loss,
+        });
+    }
     Ok(Network {
         jitter_us,
         loss,
         verify_us: file.verify_us,
         signing,
+        links,
     })
 }
 
@@ -2339,6 +2428,7 @@ payload_bytes = 100
                 loss: 0.001,
                 verify_us: 60,
                 signing: Signing::Modelled,
+                links: Vec::new(),
             }
         );
         assert_eq!(s.workloads.len(), 3);
@@ -2441,6 +2531,7 @@ payload_bytes = 100
                 loss: 0.0,
                 verify_us: 0,
                 signing: Signing::Modelled,
+                links: Vec::new(),
             }
         );
         let w = &s.workloads[0];
@@ -2803,10 +2894,66 @@ payload_bytes = 100
                 loss: 0.01,
                 verify_us: 50,
                 signing: Signing::Modelled,
+                links: Vec::new(),
             }
         );
         let s = with("[network]\nsigning = \"executed\"").unwrap();
         assert_eq!(s.network.signing, Signing::Executed);
+    }
+
+    #[test]
+    fn network_links_are_checked() {
+        let link = |fields: &str| with(&format!("[[network.link]]\n{fields}"));
+        assert_eq!(
+            err(link(
+                "a = \"aws:us-east-1\"\nb = \"gcp:asia-south1\"\nloss = 0.1"
+            )),
+            "network.link[0].b: \"gcp:asia-south1\" is not a region of [topology] with nodes"
+        );
+        assert_eq!(
+            err(link(
+                "a = \"aws:us-east-1\"\nb = \"aws:us-east-1\"\nloss = 0.1"
+            )),
+            "network.link[0]: a and b are the same region: a link joins two regions"
+        );
+        assert_eq!(
+            err(link("a = \"aws:us-east-1\"\nb = \"aws:eu-west-1\"")),
+            "network.link[0]: sets nothing: give jitter_ms, loss or both"
+        );
+        assert_eq!(
+            err(link(
+                "a = \"aws:us-east-1\"\nb = \"aws:eu-west-1\"\nloss = 1.5"
+            )),
+            "network.link[0].loss: is 1.5, must be >= 0 and < 1 (a probability; losing every message is a partition)"
+        );
+        assert_eq!(
+            err(link(
+                "a = \"aws:us-east-1\"\nb = \"aws:eu-west-1\"\njitter_ms = 2000"
+            )),
+            "network.link[0].jitter_ms: 2000 ms is over the limit JITTER_MS_MAX = 1000 ms"
+        );
+        assert_eq!(
+            err(with(
+                "[[network.link]]\na = \"aws:us-east-1\"\nb = \"aws:eu-west-1\"\nloss = 0.1\n\
+                 [[network.link]]\na = \"aws:eu-west-1\"\nb = \"aws:us-east-1\"\njitter_ms = 3"
+            )),
+            "network.link[1]: aws:eu-west-1 - aws:us-east-1 is already given"
+        );
+        let s = with(
+            "[network]\njitter_ms = 1\nloss = 0.01\n\
+             [[network.link]]\na = \"aws:us-east-1\"\nb = \"aws:eu-west-1\"\nloss = 0.2",
+        )
+        .unwrap();
+        assert_eq!(
+            s.network.links,
+            vec![LinkNetwork {
+                a: "aws:us-east-1".into(),
+                b: "aws:eu-west-1".into(),
+                jitter_us: 1_000,
+                loss: 0.2,
+            }],
+            "an unset field keeps the scenario-wide value"
+        );
     }
 
     #[test]

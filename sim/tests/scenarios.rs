@@ -187,6 +187,30 @@ fn no_faults() {
     assert_eq!(r.latency_pairs.derived, derived);
 }
 
+/// `[[network.link]]` gives one region pair its own loss (and jitter): with the
+/// scenario-wide loss at 0, only that link loses messages, and the fabric still delivers
+/// every event once.
+#[test]
+fn one_lossy_link_loses_messages_and_nothing_else_does() {
+    let base = small("links", "").replacen("loss = 0.01", "loss = 0.0", 1);
+    let clean = run(&base, None);
+    assert_healthy(&clean);
+    assert_eq!(clean.strategies[0].dropped, 0, "no loss anywhere");
+    let lossy = base.replacen(
+        "[policy.classes.public]",
+        "[[network.link]]\na = \"aws:us-east-1\"\nb = \"gcp:asia-south1\"\nloss = 0.2\njitter_ms = 30\n\n[policy.classes.public]",
+        1,
+    );
+    assert_ne!(lossy, base);
+    let r = run(&lossy, None);
+    assert_healthy(&r);
+    assert!(r.strategies[0].dropped > 0, "the link lost datagrams");
+    assert!(
+        r.strategies[0].routing.failovers > 0,
+        "and pushes timed out on it"
+    );
+}
+
 #[test]
 fn region_outage() {
     let r = run(
