@@ -108,21 +108,21 @@ fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        let running = RUNNING
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
-        if let Some(line) = running {
+        if let Some(line) = running().as_deref() {
             eprintln!("{line}");
         }
     }));
 }
 
+/// [`RUNNING`], whether or not a panic poisoned it.
+fn running() -> std::sync::MutexGuard<'static, Option<String>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn set_running(line: Option<String>) {
-    match RUNNING.lock() {
-        Ok(mut r) => *r = line,
-        Err(e) => *e.into_inner() = line,
-    }
+    *running() = line;
 }
 
 fn main() -> ExitCode {

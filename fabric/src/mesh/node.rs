@@ -1149,8 +1149,8 @@ impl<S: Store> Node<S> {
     fn rtt_sample(&mut self, peer: OriginKey, rtt_us: Micros) {
         let sampled = self.router.rtt_sample(peer, rtt_us);
         match sampled.shifted {
-            Some(true) => self.stats.rtt_shifts_up += 1,
-            Some(false) => self.stats.rtt_shifts_down += 1,
+            Some(route::Shift::Up) => self.stats.rtt_shifts_up += 1,
+            Some(route::Shift::Down) => self.stats.rtt_shifts_down += 1,
             None => {}
         }
         if sampled.before != sampled.after && self.members.contains_key(&peer) {
@@ -2455,8 +2455,7 @@ impl<S: Store> Node<S> {
                 let (plan, unreachable) = self.plan_for(event, &dests);
                 if unreachable.is_empty() {
                     let mut bounced = false;
-                    // The regions the pushes below reach (their roots' and their hops').
-                    let mut covered: Vec<smol_str::SmolStr> = Vec::new();
+                    let pushed_from = out.len();
                     for (root, sub) in plan {
                         // Rerouted hops are not sent back where they came from: that node
                         // sent them on because a way of its own failed (most often this is
@@ -2469,8 +2468,6 @@ impl<S: Store> Node<S> {
                             bounced = true;
                             continue;
                         }
-                        covered.extend(self.members.get(&root).map(|m| m.region.clone()));
-                        covered.extend(sub.iter().map(|h| h.region.clone()));
                         self.stats.relayed += 1;
                         out.push((root, sub, true, reroutes + 1));
                     }
@@ -2481,8 +2478,15 @@ impl<S: Store> Node<S> {
                     // sent some of the hops a third way left the direct push carrying them
                     // too, and their regions got the event twice (`example.toml`: one in
                     // nine of these last tries).
-                    hops = route::prune_hops(&hops, |r| !covered.iter().any(|c| c == r));
-                    if hops.is_empty() && covered.contains(&region) {
+                    let pushed = &out[pushed_from..];
+                    let covered = |r: &str| {
+                        pushed.iter().any(|(root, sub, _, _)| {
+                            self.members.get(root).is_some_and(|m| m.region == r)
+                                || sub.iter().any(|h| h.region == r)
+                        })
+                    };
+                    hops = route::prune_hops(&hops, |r| !covered(r));
+                    if hops.is_empty() && covered(&region) {
                         continue;
                     }
                     // The only way left ran back to the sender: try the direct link after
@@ -4743,6 +4747,16 @@ mod tests {
         nodes
     }
 
+    /// The RTT table [`mesh`] reads (up to six regions), from `(region, region, RTT us)`
+    /// pairs; pairs left out are 0.
+    fn region_rtts(pairs: &[(usize, usize, u64)]) -> Vec<u64> {
+        let mut rtts = vec![0u64; 36];
+        for &(a, b, rtt) in pairs {
+            rtts[a.min(b) * 6 + a.max(b)] = rtt;
+        }
+        rtts
+    }
+
     fn event_of(seed: u8) -> Arc<Event> {
         signed_event(seed, 1, "orders.eu", b"x").unwrap()
     }
@@ -4834,10 +4848,7 @@ mod tests {
     /// so a publisher in r0 (node 0) relays to r2 through r1. Returns the nodes, their
     /// seeds and the index of r1's root for node 0's events.
     fn relay_triangle() -> (Vec<Node<crate::mesh::MemStore>>, Vec<u8>, usize) {
-        let mut rtts = vec![0u64; 36];
-        rtts[1] = 30_000; // r0-r1
-        rtts[2] = 200_000; // r0-r2
-        rtts[6 + 2] = 40_000; // r1-r2
+        let rtts = region_rtts(&[(0, 1, 30_000), (0, 2, 200_000), (1, 2, 40_000)]);
         let seeds: Vec<u8> = (1..=6).collect();
         let nodes = mesh(&seeds, 3, 2, &rtts);
         let origin = nodes[0].me().node_key();
@@ -4975,13 +4986,14 @@ mod tests {
     /// tries r2 directly, without r3 (which would get the event twice).
     #[test]
     fn the_last_direct_try_carries_only_hops_no_other_push_reaches() {
-        let mut rtts = vec![0u64; 36];
-        rtts[1] = 30_000; // r0-r1
-        rtts[2] = 200_000; // r0-r2
-        rtts[3] = 50_000; // r0-r3
-        rtts[6 + 2] = 40_000; // r1-r2
-        rtts[6 + 3] = 300_000; // r1-r3
-        rtts[2 * 6 + 3] = 40_000; // r2-r3
+        let rtts = region_rtts(&[
+            (0, 1, 30_000),
+            (0, 2, 200_000),
+            (0, 3, 50_000),
+            (1, 2, 40_000),
+            (1, 3, 300_000),
+            (2, 3, 40_000),
+        ]);
         let seeds: Vec<u8> = (1..=8).collect();
         let mut nodes = mesh(&seeds, 4, 2, &rtts);
         let region_of: BTreeMap<OriginKey, String> = nodes
@@ -5257,13 +5269,14 @@ mod tests {
     #[test]
     fn sealed_transit_crosses_a_region_without_being_stored_there() {
         // r0 - r2 direct 200 ms; through r1: 30 + 40 ms. r3 is near everything.
-        let mut rtts = vec![0u64; 36];
-        rtts[1] = 30_000; // r0-r1
-        rtts[2] = 200_000; // r0-r2
-        rtts[3] = 20_000; // r0-r3
-        rtts[6 + 2] = 40_000; // r1-r2
-        rtts[6 + 3] = 20_000; // r1-r3
-        rtts[2 * 6 + 3] = 20_000; // r2-r3
+        let rtts = region_rtts(&[
+            (0, 1, 30_000),
+            (0, 2, 200_000),
+            (0, 3, 20_000),
+            (1, 2, 40_000),
+            (1, 3, 20_000),
+            (2, 3, 20_000),
+        ]);
         let seeds: Vec<u8> = (1..=8).collect();
         let mut nodes = mesh(&seeds, 4, 2, &rtts);
         let filter = || {

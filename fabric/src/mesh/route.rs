@@ -320,10 +320,17 @@ pub(crate) struct Sampled {
     pub(crate) before: Option<Micros>,
     /// The estimate after it.
     pub(crate) after: Option<Micros>,
-    /// The sample restarted the estimate: `Some(true)` a shift up (a path that got
-    /// slower: two samples in a row beyond the RTT timeout), `Some(false)` down (a sample
-    /// under three quarters of the estimate: the path healed).
-    pub(crate) shifted: Option<bool>,
+    /// The sample restarted the estimate (a level shift), and which way.
+    pub(crate) shifted: Option<Shift>,
+}
+
+/// Which way a level shift restarted an RTT estimate ([`Router::rtt_sample`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shift {
+    /// Two samples in a row beyond the RTT timeout: the path got slower.
+    Up,
+    /// A sample under three quarters of the estimate: the path healed.
+    Down,
 }
 
 /// How a region-graph edge was obtained.
@@ -866,9 +873,9 @@ impl Router {
         let shifted = before.and_then(|est| {
             let rto = rto_us(Some(est));
             if rtt_us > rto && estimator.last_sample_us().is_some_and(|last| last > rto) {
-                Some(true)
+                Some(Shift::Up)
             } else {
-                (rtt_us * 4 < est * 3).then_some(false)
+                (rtt_us * 4 < est * 3).then_some(Shift::Down)
             }
         });
         if shifted.is_some() {
@@ -2080,11 +2087,11 @@ mod tests {
         // Two in a row: the path got slower.
         assert_eq!(router.rtt_sample(peer, late).shifted, None);
         let s = router.rtt_sample(peer, late);
-        assert_eq!((s.shifted, s.changed), (Some(true), true));
+        assert_eq!((s.shifted, s.changed), (Some(Shift::Up), true));
         assert_eq!(router.rtt_us(&peer), Some(late));
         // Back under three quarters: healed, at once.
         let s = router.rtt_sample(peer, 100_000);
-        assert_eq!((s.shifted, s.changed), (Some(false), true));
+        assert_eq!((s.shifted, s.changed), (Some(Shift::Down), true));
         assert_eq!(router.rtt_us(&peer), Some(100_000));
     }
 
