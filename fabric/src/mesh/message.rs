@@ -217,12 +217,6 @@ impl Message {
             Message::SyncRequest { .. } | Message::SyncResponse { .. } => Channel::Bi,
         }
     }
-
-    /// Encoded size in bytes, exactly what [`super::wire::encode`] produces, computed
-    /// without encoding (the simulator's byte counters use it).
-    pub fn wire_len(&self) -> usize {
-        super::wire::encoded_len(self)
-    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ use weft_routing::{Coordinate, LatencyGraph, RttEstimator, VivaldiClient};
 
 use crate::envelope::{KeyBuildHasher, OriginKey};
 use crate::mesh::member::{MemberInfo, MemberMap};
-use crate::mesh::node::Micros;
+use crate::mesh::timers::Micros;
 
 /// Weight of a transit region's outgoing edges, percent of their latency: a relay path
 /// must be about 5% faster than the direct one to be taken. (`weft_routing::best_relay`
@@ -1499,7 +1499,7 @@ pub(crate) fn entry_of(members: &[OriginKey], origin: &OriginKey) -> Option<Orig
                 if m == origin {
                     0
                 } else {
-                    1 + crate::mesh::node::rank(origin, m) / 2
+                    1 + rank(origin, m) / 2
                 },
                 *m,
             )
@@ -1687,6 +1687,28 @@ pub fn split_hops(hops: &[RelayHop], own_region: &str) -> Option<Vec<(SmolStr, V
         }
     }
     Some(out)
+}
+
+/// Rendezvous rank of `member` for `origin`: a fixed mixing function (splitmix64) of both
+/// keys, the same on every node and every run.
+pub(crate) fn rank(origin: &OriginKey, member: &OriginKey) -> u64 {
+    let word = |k: &OriginKey, at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&k.0[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    splitmix64(
+        word(origin, 0)
+            ^ splitmix64(word(member, 0) ^ word(member, 8))
+            ^ word(origin, 8).rotate_left(17),
+    )
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]

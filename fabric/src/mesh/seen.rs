@@ -29,9 +29,26 @@ use rustc_hash::FxHashMap;
 
 use crate::envelope::OriginKey;
 use crate::mesh::message::Digest;
-use crate::mesh::node::{Micros, SYNC_FRESH_US, SYNC_SETTLED_US};
 use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::store::Store;
+use crate::mesh::timers::Micros;
+
+/// An anti-entropy answer leaves out what the requester lacks of an origin when all of it
+/// arrived at the answering node less than this long ago: such events are most likely on
+/// their way to the requester through the tree (a push in flight, a GRAFT pending), and
+/// sending them made duplicates (on `clock-skew`, 10,259 events sent for 22 the requester
+/// lacked; docs/sim-speed.md, "Fresh events are left to the tree"). A requester
+/// behind on older numbers of the origin as well gets everything, fresh ones included (after
+/// a heal, a node is behind on the other side's origins). A fresh event that was really
+/// lost is sent by a later round.
+pub const SYNC_FRESH_US: Micros = 1_000_000;
+
+/// How long an origin's seen ranges must stay unchanged before anti-entropy requests
+/// summarise it instead of listing it ([`super::Settled`]): longer than SWIM takes to
+/// declare a cut-off member down (after which the round with a member back from down sends
+/// the whole digest), so the origins a short cut kept news of are usually still listed, and
+/// an idle fabric's rounds carry little more than the summary.
+pub const SYNC_SETTLED_US: Micros = 30_000_000;
 
 /// What a node has seen, per origin: looked up by origin on every receipt and announcement
 /// (a hash map; a tree map's walk of 32-byte keys was 2 % of a 24-node simulation's

@@ -16,7 +16,8 @@ use std::collections::BinaryHeap;
 
 use rustc_hash::FxHashMap;
 
-use super::node::Micros;
+/// Monotonic time in microseconds since an arbitrary epoch chosen by the driver.
+pub type Micros = u64;
 
 /// A timer's key: its deadline and a sequence number unique within its queue.
 pub(crate) type TimerKey = (Micros, u64);

@@ -226,6 +226,15 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     postcard::to_allocvec(&wire).unwrap_or_else(|e| unreachable!("postcard to Vec: {e}"))
 }
 
+impl Message {
+    /// Encoded size in bytes, exactly what [`encode`] produces, computed without encoding
+    /// (the simulator's byte counters use it). Defined here, beside the encoding it sizes,
+    /// so that the message types do not depend on their wire form.
+    pub fn wire_len(&self) -> usize {
+        encoded_len(self)
+    }
+}
+
 /// The length of [`encode`]'s output for `msg`, computed without encoding it (the
 /// simulator's byte counters read it for every message it delivers). Postcard is simple
 /// enough to size by hand: a variant tag and every length and integer but a `u8` are

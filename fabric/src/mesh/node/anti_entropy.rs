@@ -1,0 +1,609 @@
+//! Anti-entropy: digests of what the node holds, partner choice, and answering requests with
+//! what the partner lacks.
+
+use std::sync::Arc;
+
+use rand_core::Rng;
+
+use super::{
+    BATCH_BYTES_MAX, DIGEST_HOLES_MAX, DIGEST_ORIGINS_MAX, FilterHop, Micros, Node,
+    RANDOM_PARTNER_DRAWS, RANKED_CANDIDATES, SYNC_FRESH_US,
+};
+use crate::envelope::{Event, OriginKey};
+use crate::mesh::message::{Digest, DigestRanges, Message, Settled};
+use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
+use crate::mesh::seen::OriginSeen;
+use crate::mesh::store::{Inserted, Store};
+
+impl<S: Store> Node<S> {
+    /// An anti-entropy batch from `from` ([`Message::SyncResponse`]). Out of line: one
+    /// message in a few hundred, and `handle_message`'s match stays small enough for the
+    /// instruction cache.
+    #[inline(never)]
+    pub(super) fn on_sync_response(
+        &mut self,
+        from: OriginKey,
+        events: Vec<Arc<Event>>,
+        resume: Option<OriginKey>,
+        held: u64,
+        unsettled: Option<[u64; 2]>,
+    ) {
+        let peer = self.peers.entry(from).or_default();
+        peer.held = held;
+        peer.unanswered_since = None;
+        if let Some(key) = unsettled {
+            // The partner has other ranges of the origins the summary stood for:
+            // the round again with the whole digest (only for the summary last
+            // sent: a stray or superseded answer asks for nothing).
+            if peer.summary_pending == Some(key) {
+                peer.summary_pending = None;
+                self.stats.sync_unsettled_in += 1;
+                self.send_digest(from, None, true);
+            }
+            return;
+        }
+        let mut fresh = Vec::new();
+        for event in events {
+            if self.own_hop(&event) != FilterHop::Clear {
+                // Anti-entropy carries only what the receiver may hold.
+                self.refuse_own(&event);
+                continue;
+            }
+            if let Ok(Inserted::New) = self.accept(event.clone(), false) {
+                self.stats.sync_events_new += 1;
+                fresh.push(event);
+            }
+        }
+        // Repaired events travel on lazily: peers that lack them GRAFT. Their tree
+        // push may still come (see `repaired`).
+        for event in &fresh {
+            self.remember_repaired(event.id());
+        }
+        self.forward(&fresh, Some(from), false, false, &[], 0);
+        if let Some(origin) = resume {
+            self.send_digest(from, Some(origin), true);
+        }
+    }
+
+    /// What this node has seen, from `from_origin` on: every origin, or, when
+    /// `summarise` (a new round: `from_origin` is `None`), those whose ranges changed in
+    /// the last [`SYNC_SETTLED_US`] (and those `seen::summary_ranges` cannot vouch for)
+    /// listed and the rest summarised. The summary is kept as the seen-set changes
+    /// (`seen.rs`): a summarised digest costs what it lists.
+    pub(super) fn digest(
+        &mut self,
+        from_origin: Option<OriginKey>,
+        summarise: bool,
+    ) -> (Digest, Option<Settled>) {
+        use std::ops::Bound::{Included, Unbounded};
+        if summarise {
+            let key = [self.rng.next_u64(), self.rng.next_u64()];
+            self.settle_summary();
+            let (mut count, mut hash) = self.seen.summary_totals();
+            let mut listed: Vec<OriginKey> = self.seen.unsummarised().copied().collect();
+            // An origin with Skips waiting for a second word is listed, with them left out
+            // ([`Node::digest_entry`]).
+            if self.unconfirmed_len > 0 {
+                for o in self.unconfirmed.keys() {
+                    if let Some(h) = self.seen.counted(o) {
+                        count -= 1;
+                        hash = hash.wrapping_sub(h);
+                        listed.push(*o);
+                    }
+                }
+            }
+            listed.sort_unstable();
+            let digest = listed
+                .iter()
+                .filter_map(|o| Some(self.digest_entry(o, self.seen.get(o)?)))
+                .collect();
+            let settled = (count > 0).then(|| Settled {
+                key,
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+                hash,
+            });
+            return (digest, settled);
+        }
+        let from = from_origin.map_or(Unbounded, Included);
+        let digest = self
+            .seen
+            .range_from(from)
+            .map(|(o, s)| self.digest_entry(o, s))
+            .collect();
+        (digest, None)
+    }
+
+    /// Brings the anti-entropy summary to now ([`SeenSet::settle`]), with what the
+    /// seen-set took in from the store ([`Node::took_in`]).
+    pub(super) fn settle_summary(&mut self) {
+        let taken = self.seen.settle(self.now, &self.store);
+        self.took_in(taken);
+    }
+
+    /// Origins the seen-set just took in from the store ([`SeenSet::take_in`]: at a
+    /// restart, or after `store_mut`): counted, and stored events the store's cursor says
+    /// were not delivered yet, in an unbroken run above it (delivery was paused, or the
+    /// store kept events it had not logged as delivered), delivered at the next
+    /// `poll_event` without waiting for the origin's next event.
+    pub(super) fn took_in(&mut self, origins: Vec<OriginKey>) {
+        for origin in origins {
+            let s = self.seen.get(&origin).expect("just taken in");
+            self.seen_count += s.ranges().count();
+            if s.delivered < s.ranges().contiguous() {
+                self.delivery_paused.insert(origin);
+            }
+        }
+    }
+
+    /// One origin's entry in a digest: the ranges seen, less the Skips waiting for a second
+    /// word (left out, so the partner answers for them: the event, or a Skip of its own).
+    pub(super) fn digest_entry(&self, o: &OriginKey, s: &OriginSeen) -> (OriginKey, DigestRanges) {
+        if self.unconfirmed_len > 0
+            && let Some(waiting) = self.unconfirmed.get(o)
+        {
+            // Each hole can split a range: stay within the ranges a digest entry holds.
+            let room = RANGES_PER_ORIGIN_MAX.saturating_sub(s.ranges().range_count() + 1);
+            let holes: Vec<(u64, u64)> = waiting
+                .keys()
+                .take(DIGEST_HOLES_MAX.min(room))
+                .map(|&q| (q, q))
+                .collect();
+            return (
+                *o,
+                s.ranges().difference_ranges(&holes).into_iter().collect(),
+            );
+        }
+        (*o, s.ranges().iter().collect())
+    }
+
+    /// Whether the origins a request's digest leaves out (`listed`, sorted, each once) give,
+    /// in what this node has seen or holds of them (`seen::summary_ranges`), the
+    /// request's summary: then this node holds nothing of them the requester lacks.
+    /// (Every origin of the store is in the seen-set: a record per stored origin is made at
+    /// start, and every event stored after is recorded.) A summary resuming from an origin
+    /// (this build never sends one) is taken as not matching: the requester then sends its
+    /// whole digest.
+    pub(super) fn settled_matches(
+        &mut self,
+        listed: &Digest,
+        from_origin: Option<OriginKey>,
+        settled: &Settled,
+    ) -> bool {
+        if from_origin.is_some() {
+            return false;
+        }
+        self.settle_summary();
+        self.seen
+            .matches(listed, settled.count, settled.hash, &self.store)
+    }
+
+    /// Starts an anti-entropy round with the best partner ([`Node::ranked_partner`]: the one
+    /// known to have seen the most more than we have ([`Node::seen_count`]), else the one
+    /// synced least recently, ties broken by RTT). Every other round instead goes to a
+    /// random member of another region: a whole region can miss the same event (its tree
+    /// root was unreachable), and "nearest" would then keep pairing nodes that all lack it.
+    /// Partners that did not answer their last request or that SWIM suspects are passed
+    /// over while another is at hand ([`Node::unlikely_to_answer`]): in a partition, rounds
+    /// across the cut repair nothing and the events the cut stopped in flight are on this
+    /// side.
+    pub(super) fn start_sync(&mut self) {
+        self.sync_rounds += 1;
+        // Every fourth round, a hole in an origin's sequence (delivery stalled behind an
+        // event, or a Skip, that never came: a node the publisher did not know yet gets no
+        // Skip) is repaired from the origin itself, which holds all its events: it answers
+        // with the event, or with a Skip when this node may not hold it. So is the first
+        // round after one with a member back from down (`stalled_first`).
+        // That one asks the stalled origin with the lowest key: a request from an origin on
+        // covers every origin above it, so one round repairs all the holes its answerer
+        // holds (after a heal: every origin of its side).
+        let stalled_first = std::mem::take(&mut self.stalled_first);
+        let turn = if stalled_first {
+            Some(0)
+        } else {
+            (self.sync_rounds % 4 == 2).then_some(self.sync_rounds / 4)
+        };
+        if let Some(turn) = turn
+            && let Some(origin) = self.stalled_origin(turn)
+        {
+            // An origin that is silent or suspected (cut off, or down) is not asked: the best
+            // other partner is, from that origin on (it may hold what its side got before).
+            let partner = if self.unlikely_to_answer(&origin) {
+                self.stats.sync_partners_passed_over += 1;
+                self.ranked()
+            } else {
+                Some(origin)
+            };
+            if let Some(partner) = partner {
+                self.sync_with(partner, Some(origin), true);
+                return;
+            }
+        }
+        if self.sync_rounds.is_multiple_of(2) {
+            let count = self.live_count(true);
+            // A few draws for one likely to answer (each draw costs a walk of the region
+            // lists); when none is, the ranked choice below.
+            let draws = if count > 0 { RANDOM_PARTNER_DRAWS } else { 0 };
+            for _ in 0..draws {
+                let pick = (self.rng.next_u64() % count as u64) as usize;
+                let Some(partner) = self.live_nth(true, pick) else {
+                    return;
+                };
+                if !self.unlikely_to_answer(&partner) {
+                    self.sync_with(partner, None, false);
+                    return;
+                }
+                self.stats.sync_partners_passed_over += 1;
+            }
+        }
+        if let Some(partner) = self.ranked() {
+            self.sync_with(partner, None, false);
+        }
+    }
+
+    /// [`Node::ranked_partner`], counting a suspected member it passed over.
+    pub(super) fn ranked(&mut self) -> Option<OriginKey> {
+        let (partner, passed_over) = self.ranked_partner()?;
+        self.stats.sync_partners_passed_over += u64::from(passed_over);
+        Some(partner)
+    }
+
+    /// Whether `peer` has not answered this node's last anti-entropy request (see
+    /// [`SILENT_RETRY_INTERVALS`]).
+    pub(super) fn silent(&self, peer: &OriginKey) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.silent(self.now, self.config.sync_interval_us))
+    }
+
+    /// Whether SWIM holds `peer` as suspect (a probe of it failed and it has not refuted
+    /// yet): the failure detector's word, known across the mesh seconds before the member
+    /// is declared down.
+    pub(super) fn suspected(&self, peer: &OriginKey) -> bool {
+        self.foca
+            .member(&peer.0)
+            .is_some_and(|m| m.state() == foca::State::Suspect)
+    }
+
+    /// [`Node::silent`] or [`Node::suspected`]: not chosen for anti-entropy while another
+    /// partner is.
+    pub(super) fn unlikely_to_answer(&self, peer: &OriginKey) -> bool {
+        self.silent(peer) || self.suspected(peer)
+    }
+
+    /// The partner of a regular anti-entropy round: members that answered before silent
+    /// ones (a silent one is chosen only when every member is), then the one that has seen
+    /// the most more than this node ([`Node::seen_count`]), then the stalest, then the nearest; of the
+    /// [`RANKED_CANDIDATES`] best, the first SWIM does not suspect (looked up for those few
+    /// only: a lookup per member costs a 1000-node mesh a cache miss each).
+    /// Also says whether a better-ranked member was passed over as suspected.
+    ///
+    /// A member this node holds no [`PeerState`] for ranks by its estimate alone (never
+    /// silent, nothing more, never synced): the best of those are the first of the near
+    /// index. So the members with peer state are ranked one by one (a handful: the
+    /// partners of past rounds), the others only as far into the index as the best need.
+    pub(super) fn ranked_partner(&self) -> Option<(OriginKey, bool)> {
+        let me = self.me.node_key();
+        let held = self.seen_count;
+        let (now, interval) = (self.now, self.config.sync_interval_us);
+        let failed = &self.router.failed;
+        // A member, not this node, and not in a region whose direct link failed.
+        let eligible = |k: &OriginKey| {
+            *k != me
+                && self
+                    .members
+                    .get(k)
+                    .is_some_and(|m| failed.is_empty() || !failed.contains_key(m.region.as_str()))
+        };
+        // The few best, in order (a sorted insert into a handful beats sorting them all).
+        let mut best: smallvec::SmallVec<[_; RANKED_CANDIDATES + 1]> = smallvec::SmallVec::new();
+        let mut offer = |candidate| {
+            if best.len() == RANKED_CANDIDATES && best.last().is_some_and(|b| candidate >= *b) {
+                return;
+            }
+            let at = best.partition_point(|b| *b < candidate);
+            best.insert(at, candidate);
+            best.truncate(RANKED_CANDIDATES);
+        };
+        for (k, p) in &self.peers {
+            if eligible(k) {
+                let rtt = self.router.rtt_us(k).unwrap_or(Micros::MAX);
+                let more = p.held.saturating_sub(held);
+                let last = p.last_sync_us.unwrap_or(0);
+                offer((
+                    p.silent(now, interval),
+                    std::cmp::Reverse(more),
+                    last,
+                    rtt,
+                    *k,
+                ));
+            }
+        }
+        let mut taken = 0;
+        for &(rtt, k) in &self.near.by_rtt {
+            if taken == RANKED_CANDIDATES {
+                break;
+            }
+            if self.peers.contains_key(&k) || !eligible(&k) {
+                continue;
+            }
+            offer((false, std::cmp::Reverse(0), 0, rtt, k));
+            taken += 1;
+        }
+        let &(.., first) = best.first()?;
+        Some(
+            match best.iter().find(|&&(.., key)| !self.suspected(&key)) {
+                Some(&(.., key)) => (key, key != first),
+                None => (first, false),
+            },
+        )
+    }
+
+    /// [`Node::ranked_partner`] as it was computed before the near index: a walk of every
+    /// member (the reference the index must agree with).
+    #[cfg(test)]
+    pub(super) fn ranked_partner_walk(&self) -> Option<(OriginKey, bool)> {
+        let me = self.me.node_key();
+        let held = self.seen_count;
+        let (now, interval) = (self.now, self.config.sync_interval_us);
+        // `members`, `peers` and the RTT estimators are all ordered by key: walk them
+        // together rather than look each member up (this runs every sync interval over every
+        // member).
+        let mut peers = self.peers.iter().peekable();
+        let mut rtts = self.router.estimators().peekable();
+        let failed = &self.router.failed;
+        let ranked = self
+            .members
+            .iter()
+            // The member record is read only when some link failed: a walk of the keys
+            // alone touches a fraction of the memory.
+            .filter(|(k, m)| {
+                **k != me && (failed.is_empty() || !failed.contains_key(m.region.as_str()))
+            })
+            .map(|(k, _)| k)
+            .map(|k| {
+                while peers.next_if(|(pk, _)| *pk < k).is_some() {}
+                let p = peers.peek().filter(|(pk, _)| *pk == k).map(|(_, p)| *p);
+                let silent = p.is_some_and(|p| p.silent(now, interval));
+                let more = p.map_or(0, |p| p.held.saturating_sub(held));
+                let last = p.and_then(|p| p.last_sync_us).unwrap_or(0);
+                while rtts.next_if(|(rk, _)| *rk < k).is_some() {}
+                let rtt = rtts
+                    .peek()
+                    .filter(|(rk, _)| *rk == k)
+                    .and_then(|(_, e)| e.estimate_us())
+                    .unwrap_or(Micros::MAX);
+                (silent, std::cmp::Reverse(more), last, rtt, *k)
+            });
+        // The few best, in order (a sorted insert into a handful beats sorting them all).
+        let mut best: smallvec::SmallVec<[_; RANKED_CANDIDATES + 1]> = smallvec::SmallVec::new();
+        for candidate in ranked {
+            if best.len() == RANKED_CANDIDATES && best.last().is_some_and(|b| candidate >= *b) {
+                continue;
+            }
+            let at = best.partition_point(|b| *b < candidate);
+            best.insert(at, candidate);
+            best.truncate(RANKED_CANDIDATES);
+        }
+        let &(.., first) = best.first()?;
+        Some(
+            match best.iter().find(|&&(.., key)| !self.suspected(&key)) {
+                Some(&(.., key)) => (key, key != first),
+                None => (first, false),
+            },
+        )
+    }
+
+    /// The round with a member back from down: the nearest of those noted that is still a
+    /// member. The others are forgotten (their side's events come with this round, or with
+    /// the regular ones).
+    pub(super) fn sync_with_returned(&mut self) {
+        let returned = std::mem::take(&mut self.returned);
+        let partner = returned
+            .iter()
+            .filter(|k| self.members.contains_key(k))
+            .min_by_key(|k| self.router.estimate_us(k).unwrap_or(Micros::MAX))
+            .copied();
+        if let Some(partner) = partner {
+            self.stats.sync_back_rounds += 1;
+            // After a heal: what the other side published while cut off is in origins that
+            // look settled here, so the whole digest at once.
+            self.sync_with(partner, None, true);
+            self.stalled_first = true;
+        }
+        self.announce_to_down();
+    }
+
+    /// Sends `partner` this node's digest (from `from_origin` on, when resuming or asking an
+    /// origin) and notes when.
+    pub(super) fn sync_with(
+        &mut self,
+        partner: OriginKey,
+        from_origin: Option<OriginKey>,
+        full: bool,
+    ) {
+        self.peers.entry(partner).or_default().last_sync_us = Some(self.now);
+        self.send_digest(partner, from_origin, full);
+    }
+
+    /// Sends `partner` this node's digest, from `from_origin` on (a new round, or one
+    /// resumed where the partner's answer was cut). A new round summarises the origins
+    /// settled for [`SYNC_SETTLED_US`] ([`Settled`]) unless `full`, or unless the
+    /// partner was known to have seen more than this node ([`Node::seen_count`]; then the
+    /// summary would likely only cost a round trip).
+    pub(super) fn send_digest(
+        &mut self,
+        partner: OriginKey,
+        from_origin: Option<OriginKey>,
+        full: bool,
+    ) {
+        // A resumed round waits for an answer too: a partner cut off mid-transfer goes silent.
+        let now = self.now;
+        self.expire_unconfirmed();
+        let held = self.seen_count;
+        let peer = self.peers.entry(partner).or_default();
+        peer.unanswered_since.get_or_insert(now);
+        let summarise = !full && from_origin.is_none() && peer.held <= held;
+        let (digest, settled) = self.digest(from_origin, summarise);
+        if let Some(p) = self.peers.get_mut(&partner) {
+            p.summary_pending = settled.map(|s| s.key);
+        }
+        self.stats.sync_requests_sent += 1;
+        self.stats.sync_summaries_sent += u64::from(settled.is_some());
+        self.send(
+            partner,
+            Message::SyncRequest {
+                digest,
+                from_origin,
+                settled,
+            },
+        );
+    }
+
+    /// A live origin (not in a region whose link failed) with a hole in what this node has
+    /// seen of it: the `turn`th of them (modulo their number) in key order, so successive
+    /// turns rotate over them.
+    pub(super) fn stalled_origin(&self, turn: u64) -> Option<OriginKey> {
+        let me = self.me.node_key();
+        // Only the origins with a hole (few), which the seen-set keeps apart.
+        let stalled = || {
+            self.seen.holed().filter_map(|(o, _)| {
+                let live = || {
+                    self.members
+                        .get(o)
+                        .is_some_and(|m| !self.router.failed.contains_key(m.region.as_str()))
+                };
+                (*o != me && live()).then_some(*o)
+            })
+        };
+        let count = stalled().count();
+        if count == 0 {
+            return None;
+        }
+        stalled().nth(turn as usize % count)
+    }
+
+    #[inline(never)] // rare: see `on_sync_response`
+    pub(super) fn on_sync_request(
+        &mut self,
+        from: OriginKey,
+        digest: Digest,
+        from_origin: Option<OriginKey>,
+        settled: Option<Settled>,
+    ) {
+        // It reaches this node: no longer silent (a cut shorter than SWIM's down timeout
+        // brings no MemberUp to clear it).
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.unanswered_since = None;
+        }
+        // The digest as a list sorted by origin (a later duplicate of an origin replaces an
+        // earlier one). Digests arrive sorted and with normalized ranges (they are built
+        // from ordered sets), so this is usually just a check: building a set per origin
+        // of every digest was most of a 1000-node simulation's time.
+        let mut theirs: Digest = digest;
+        theirs.truncate(DIGEST_ORIGINS_MAX);
+        if !theirs.windows(2).all(|w| w[0].0 < w[1].0) {
+            theirs.sort_by_key(|entry| entry.0); // stable: duplicates keep their order
+            let mut dedup: Digest = Vec::with_capacity(theirs.len());
+            for entry in theirs {
+                match dedup.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => dedup.push(entry),
+                }
+            }
+            theirs = dedup;
+        }
+        let held = self.seen_count;
+        // A summary of the origins the digest leaves out: if this node has seen the same of
+        // them, only the listed origins can hold anything the requester lacks; if not, it
+        // asks for the whole digest (answering as if the requester had nothing of them
+        // would send all of it).
+        let origins: Vec<OriginKey> = match &settled {
+            Some(summary) if !self.settled_matches(&theirs, from_origin, summary) => {
+                self.stats.sync_unsettled_out += 1;
+                self.send(
+                    from,
+                    Message::SyncResponse {
+                        events: Vec::new(),
+                        resume: None,
+                        held,
+                        unsettled: Some(summary.key),
+                    },
+                );
+                return;
+            }
+            Some(_) => theirs.iter().map(|(o, _)| *o).collect(),
+            None => self.store.origins(),
+        };
+        let mut events = Vec::new();
+        let mut erased = Vec::new();
+        let mut resume = None;
+        let mut bytes = 0usize;
+        let limit = self.config.sync_batch_len_max.max(1);
+        for origin in origins
+            .into_iter()
+            .filter(|o| from_origin.is_none_or(|f| *o >= f))
+        {
+            let Some(mine) = self.store.ranges(&origin) else {
+                continue;
+            };
+            let room = limit - events.len();
+            let lacking = match theirs.binary_search_by(|(o, _)| o.cmp(&origin)) {
+                Err(_) => mine.difference_ranges(&[]),
+                Ok(at) if SeqRanges::is_normalized(&theirs[at].1) => {
+                    mine.difference_ranges(&theirs[at].1)
+                }
+                Ok(at) => mine.difference_ranges(
+                    SeqRanges::from_ranges(theirs[at].1.iter().copied()).as_slice(),
+                ),
+            };
+            // Nothing lacking (the common case): no more to look up for this origin.
+            if lacking.is_empty() {
+                continue;
+            }
+            let lacking_count = SeqRanges::covered(&lacking);
+            let mut cut = false;
+            // All the requester lacks of this origin is what arrived here lately: most
+            // likely on its way to the requester too (SYNC_FRESH_US). Behind on older
+            // numbers as well, it gets everything.
+            let fresh_from = self
+                .seen
+                .get(&origin)
+                .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
+                .map_or(u64::MAX, |s| s.fresh_from);
+            if lacking.first().is_some_and(|(seq, _)| *seq >= fresh_from) {
+                self.stats.sync_events_held_back += lacking_count.min(room as u64);
+                continue;
+            }
+            for seq in lacking.iter().flat_map(|&(s, e)| s..=e).take(room) {
+                if let Some(e) = self.store.get(&origin, seq) {
+                    bytes += e.signed_bytes().len() + 64;
+                    events.push(e);
+                    if bytes >= BATCH_BYTES_MAX {
+                        cut = true;
+                        break;
+                    }
+                } else if self.store.erased(&origin, seq) {
+                    // In the ranges, not stored: erased here. The peer gets a Skip so
+                    // its ordered delivery does not wait for it.
+                    erased.push((origin, seq));
+                }
+            }
+            if cut || lacking_count > room as u64 {
+                resume = Some(origin);
+                break;
+            }
+        }
+        self.send_erased_skips(from, &erased);
+        let events = self.allowed_vec(events, &from, false, true);
+        self.stats.sync_events_sent += events.len() as u64;
+        self.send(
+            from,
+            Message::SyncResponse {
+                events,
+                resume,
+                held,
+                unsettled: None,
+            },
+        );
+    }
+}
