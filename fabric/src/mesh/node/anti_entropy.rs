@@ -70,7 +70,7 @@ impl<S: Store> Node<S> {
     /// the last [`SYNC_SETTLED_US`] (and those `seen::summary_ranges` cannot vouch for)
     /// listed and the rest summarised. The summary is kept as the seen-set changes
     /// (`seen.rs`): a summarised digest costs what it lists.
-    pub(super) fn digest(
+    fn digest(
         &mut self,
         from_origin: Option<OriginKey>,
         summarise: bool,
@@ -115,7 +115,7 @@ impl<S: Store> Node<S> {
 
     /// Brings the anti-entropy summary to now ([`SeenSet::settle`]), with what the
     /// seen-set took in from the store ([`Node::took_in`]).
-    pub(super) fn settle_summary(&mut self) {
+    fn settle_summary(&mut self) {
         let taken = self.seen.settle(self.now, &self.store);
         self.took_in(taken);
     }
@@ -137,7 +137,7 @@ impl<S: Store> Node<S> {
 
     /// One origin's entry in a digest: the ranges seen, less the Skips waiting for a second
     /// word (left out, so the partner answers for them: the event, or a Skip of its own).
-    pub(super) fn digest_entry(&self, o: &OriginKey, s: &OriginSeen) -> (OriginKey, DigestRanges) {
+    fn digest_entry(&self, o: &OriginKey, s: &OriginSeen) -> (OriginKey, DigestRanges) {
         if self.unconfirmed_len > 0
             && let Some(waiting) = self.unconfirmed.get(o)
         {
@@ -163,7 +163,7 @@ impl<S: Store> Node<S> {
     /// start, and every event stored after is recorded.) A summary resuming from an origin
     /// (this build never sends one) is taken as not matching: the requester then sends its
     /// whole digest.
-    pub(super) fn settled_matches(
+    fn settled_matches(
         &mut self,
         listed: &Digest,
         from_origin: Option<OriginKey>,
@@ -241,7 +241,7 @@ impl<S: Store> Node<S> {
     }
 
     /// [`Node::ranked_partner`], counting a suspected member it passed over.
-    pub(super) fn ranked(&mut self) -> Option<OriginKey> {
+    fn ranked(&mut self) -> Option<OriginKey> {
         let (partner, passed_over) = self.ranked_partner()?;
         self.stats.sync_partners_passed_over += u64::from(passed_over);
         Some(partner)
@@ -266,7 +266,7 @@ impl<S: Store> Node<S> {
 
     /// [`Node::silent`] or [`Node::suspected`]: not chosen for anti-entropy while another
     /// partner is.
-    pub(super) fn unlikely_to_answer(&self, peer: &OriginKey) -> bool {
+    fn unlikely_to_answer(&self, peer: &OriginKey) -> bool {
         self.silent(peer) || self.suspected(peer)
     }
 
@@ -462,7 +462,7 @@ impl<S: Store> Node<S> {
     /// A live origin (not in a region whose link failed) with a hole in what this node has
     /// seen of it: the `turn`th of them (modulo their number) in key order, so successive
     /// turns rotate over them.
-    pub(super) fn stalled_origin(&self, turn: u64) -> Option<OriginKey> {
+    fn stalled_origin(&self, turn: u64) -> Option<OriginKey> {
         let me = self.me.node_key();
         // Only the origins with a hole (few), which the seen-set keeps apart.
         let stalled = || {

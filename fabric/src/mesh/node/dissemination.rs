@@ -121,7 +121,7 @@ impl<S: Store> Node<S> {
     /// Records `(origin, seq)` in the seen-set at `now`; returns false if it was there.
     /// Keeps [`Node::seen_count`] in step (exactly: at the range limit the set may drop a
     /// range, so the count is taken again for that origin).
-    pub(super) fn note_seen(&mut self, origin: OriginKey, seq: u64) -> bool {
+    fn note_seen(&mut self, origin: OriginKey, seq: u64) -> bool {
         let recorded = self.seen.record(origin, seq, self.now);
         match recorded.counts {
             Some((before, after)) => self.seen_count = self.seen_count - before + after,
@@ -345,7 +345,7 @@ impl<S: Store> Node<S> {
 
     /// [`Node::forward`]'s eager pushes of several events: one push (or a few, see
     /// [`batches_of`]) per distinct target.
-    pub(super) fn forward_batches(
+    fn forward_batches(
         &mut self,
         events: &[Arc<Event>],
         except: Option<OriginKey>,
@@ -394,7 +394,7 @@ impl<S: Store> Node<S> {
     /// per-origin delivery never waits for them. Only the publisher, which evaluates the
     /// filter for each member, sends these: a Skip is never passed on (a node outside an
     /// event's residency cannot tell which of its neighbours are inside).
-    pub(super) fn skip_members(&mut self, events: &[Arc<Event>]) {
+    fn skip_members(&mut self, events: &[Arc<Event>]) {
         if events.iter().all(|e| self.filter.unrestricted(e)) {
             return;
         }
@@ -570,7 +570,7 @@ impl<S: Store> Node<S> {
 
     /// [`Node::on_push`]'s events this node already had (or carries in sealed transit):
     /// on to the regions it relays for.
-    pub(super) fn forward_held(
+    fn forward_held(
         &mut self,
         held: smallvec::SmallVec<[Arc<Event>; 4]>,
         from: OriginKey,
@@ -657,7 +657,7 @@ impl<S: Store> Node<S> {
     /// announcers, or it becomes missing with a GRAFT timer. Out of line: the seen-set
     /// answers nearly every announcement before this.
     #[inline(never)]
-    pub(super) fn note_missing(&mut self, from: OriginKey, r: EventRef) {
+    fn note_missing(&mut self, from: OriginKey, r: EventRef) {
         if let Some(m) = self.missing.get_mut(&r.id) {
             if m.announcers.len() < ANNOUNCERS_MAX && !m.announcers.contains(&from) {
                 m.announcers.push_back(from);
@@ -681,7 +681,7 @@ impl<S: Store> Node<S> {
     }
 
     /// Keeps an emptied reference buffer for the next IHAVE batch (see `ref_buffers`).
-    pub(super) fn keep_ref_buffer(&mut self, mut refs: Vec<EventRef>) {
+    fn keep_ref_buffer(&mut self, mut refs: Vec<EventRef>) {
         if self.ref_buffers.len() < REF_BUFFERS_MAX
             && (1..=REF_BUFFER_CAP_MAX).contains(&refs.capacity())
         {

@@ -101,7 +101,7 @@ impl<S: Store> Node<S> {
         assert!(by.values().all(|&n| n <= UNCONFIRMED_PER_SENDER_MAX));
     }
 
-    pub(super) fn check_missing(&self, id: &EventId, m: &Missing) {
+    fn check_missing(&self, id: &EventId, m: &Missing) {
         assert_eq!(m.event.id, *id, "missing table keyed wrongly");
         assert!(!self.store.holds(&m.event), "missing event is stored");
         assert!(m.announcers.len() <= ANNOUNCERS_MAX);
@@ -118,7 +118,7 @@ impl<S: Store> Node<S> {
         }
     }
 
-    pub(super) fn check_seen(s: &OriginSeen) {
+    fn check_seen(s: &OriginSeen) {
         assert!(
             s.delivered <= s.ranges().contiguous(),
             "delivered past what was seen"
@@ -126,7 +126,7 @@ impl<S: Store> Node<S> {
     }
 
     /// The checks whose cost does not grow with the events held.
-    pub(super) fn check_bounded(&self) {
+    fn check_bounded(&self) {
         assert!(
             self.pending_graft.is_empty(),
             "GRAFTs left unsent after handle_timeout"

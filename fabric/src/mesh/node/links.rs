@@ -246,7 +246,7 @@ impl<S: Store> Node<S> {
 
     /// The link records every node holds alike, in key order: all this node holds, less
     /// its own when it is outside its region's sample (the others do not keep it).
-    pub(super) fn shared_records(&self) -> impl Iterator<Item = (&OriginKey, &Arc<LinkRecord>)> {
+    fn shared_records(&self) -> impl Iterator<Item = (&OriginKey, &Arc<LinkRecord>)> {
         let me = self.me.node_key();
         let own_shared = self
             .regions
@@ -308,7 +308,7 @@ impl<S: Store> Node<S> {
 
     /// The first [`LINK_RECORDS_PER_MESSAGE_MAX`] entries of a link-state digest or pull,
     /// the rest counted in [`Stats::link_entries_over_limit`].
-    pub(super) fn link_entries_read<'a, T>(&mut self, entries: &'a [T]) -> &'a [T] {
+    fn link_entries_read<'a, T>(&mut self, entries: &'a [T]) -> &'a [T] {
         let read = entries.len().min(LINK_RECORDS_PER_MESSAGE_MAX);
         self.stats.link_entries_over_limit += (entries.len() - read) as u64;
         &entries[..read]

@@ -401,16 +401,13 @@ impl<S: Store> Node<S> {
 
     /// Whether members of region `name` are candidates for [`Node::live_nth`]: not in a
     /// region whose link from here failed, and, with `other_regions`, not in this node's.
-    pub(super) fn live_region(&self, name: &str, other_regions: bool) -> bool {
+    fn live_region(&self, name: &str, other_regions: bool) -> bool {
         (!other_regions || name != self.me.region) && !self.router.failed.contains_key(name)
     }
 
     /// The candidates' per-region key lists, each with its number of candidates (this node
     /// is in its own region's list but no candidate).
-    pub(super) fn live_lists(
-        &self,
-        other_regions: bool,
-    ) -> impl Iterator<Item = (&[OriginKey], usize)> {
+    fn live_lists(&self, other_regions: bool) -> impl Iterator<Item = (&[OriginKey], usize)> {
         let me = self.me.node_key();
         self.regions
             .iter()
@@ -472,7 +469,7 @@ impl<S: Store> Node<S> {
 
     /// Notes a member back from down and schedules the round with it (none is pending and
     /// none ran within the last sync interval: a later one serves members still noted).
-    pub(super) fn member_returned(&mut self, key: OriginKey) {
+    fn member_returned(&mut self, key: OriginKey) {
         if self.returned.len() >= RETURNED_LEN_MAX {
             self.returned.pop_front();
         }

@@ -81,7 +81,7 @@ impl<S: Store> Node<S> {
     }
 
     /// Whether `(origin, seq)` is in the seen-set.
-    pub(super) fn has_seen(&self, origin: &OriginKey, seq: u64) -> bool {
+    fn has_seen(&self, origin: &OriginKey, seq: u64) -> bool {
         self.seen
             .get(origin)
             .is_some_and(|s| s.ranges().contains(seq))
@@ -96,14 +96,14 @@ impl<S: Store> Node<S> {
 
     /// Puts `(origin, seq)` among the Skips waiting for confirmation (not there yet), in
     /// memory and in the store (so that a restart keeps it waiting).
-    pub(super) fn unconfirmed_put(&mut self, origin: OriginKey, seq: u64, u: Unconfirmed) {
+    fn unconfirmed_put(&mut self, origin: OriginKey, seq: u64, u: Unconfirmed) {
         if self.unconfirmed_note(origin, seq, u) {
             self.store.put_waiting_skip(&origin, seq, &u.by);
         }
     }
 
     /// [`Node::unconfirmed_put`] in memory only; whether the entry is new.
-    pub(super) fn unconfirmed_note(&mut self, origin: OriginKey, seq: u64, u: Unconfirmed) -> bool {
+    fn unconfirmed_note(&mut self, origin: OriginKey, seq: u64, u: Unconfirmed) -> bool {
         let new = self
             .unconfirmed
             .entry(origin)
@@ -155,7 +155,7 @@ impl<S: Store> Node<S> {
         Some(taken)
     }
 
-    pub(super) fn unconfirmed_by_dec(&mut self, by: &OriginKey, n: usize) {
+    fn unconfirmed_by_dec(&mut self, by: &OriginKey, n: usize) {
         if let Some(count) = self.unconfirmed_by.get_mut(by) {
             *count -= n;
             if *count == 0 {
@@ -168,7 +168,7 @@ impl<S: Store> Node<S> {
     /// node has seen other than on a word still waiting for confirmation (an event, the
     /// origin's own Skip, a confirmed or expired Skip, which expired only at or below such
     /// a number). 0 if none.
-    pub(super) fn reached(&self, origin: &OriginKey) -> u64 {
+    fn reached(&self, origin: &OriginKey) -> u64 {
         let Some(seen) = self.seen.get(origin) else {
             return 0;
         };

@@ -33,7 +33,7 @@ impl<S: Store> Node<S> {
         self.children_cache.get(origin).map_or(&[], Vec::as_slice)
     }
 
-    pub(super) fn compute_children(&self, origin: &OriginKey) -> Vec<OriginKey> {
+    fn compute_children(&self, origin: &OriginKey) -> Vec<OriginKey> {
         let me = self.me.node_key();
         let arity = self.config.tree_arity.clamp(1, TREE_ARITY_MAX);
         let order = self.region_order(origin, &self.me.region);
@@ -59,7 +59,7 @@ impl<S: Store> Node<S> {
     /// Per region (indexed like the sorted region names): what the region's root for the
     /// event's origin (the member a push to the region goes to) may receive of it. This
     /// node's own region counts as clear (it is the source of any path planned here).
-    pub(super) fn region_hops(&self, event: &Event) -> Vec<FilterHop> {
+    fn region_hops(&self, event: &Event) -> Vec<FilterHop> {
         // Clear for every member: every region is (another region's list holds members
         // only, and an empty list is removed; this node's own region is Clear anyway).
         if self.filter.unrestricted(event) {
@@ -92,7 +92,7 @@ impl<S: Store> Node<S> {
     }
 
     /// [`Node::plan_for`] with the event's [`Node::region_hops`] already known.
-    pub(super) fn plan_with(
+    fn plan_with(
         &mut self,
         origin: &OriginKey,
         hops: &[FilterHop],
@@ -111,7 +111,7 @@ impl<S: Store> Node<S> {
     /// current region tree: `(root of the first-hop region, hops it relays to)`.
     /// Also returns the destinations the graph has no path to (no estimate at all yet, or
     /// every way there marked failed).
-    pub(super) fn plan_regions(
+    fn plan_regions(
         &mut self,
         origin: &OriginKey,
         mask: Vec<bool>,
@@ -156,7 +156,7 @@ impl<S: Store> Node<S> {
     }
 
     /// Whether member `k` may hold `event` (its hop is [`FilterHop::Clear`]).
-    pub(super) fn may_hold(&self, event: &Event, k: &OriginKey) -> bool {
+    fn may_hold(&self, event: &Event, k: &OriginKey) -> bool {
         self.members
             .get(k)
             .is_some_and(|m| self.filter.hop(event, m) == FilterHop::Clear)
@@ -170,7 +170,7 @@ impl<S: Store> Node<S> {
     /// members of such a region got the event only by IHAVE and GRAFT or anti-entropy, and
     /// per-origin order held back every later event of the origin there meanwhile
     /// (docs/sim.md, section 3.5).
-    pub(super) fn add_stand_ins(
+    fn add_stand_ins(
         &self,
         event: &Event,
         region_hops: Option<&[FilterHop]>,
@@ -214,7 +214,7 @@ impl<S: Store> Node<S> {
     /// `peer`'s children in its region's tree for the event's origin that may hold it, and
     /// for those that may not, their children in turn. Bounded: positions in the region's
     /// order only grow down the tree.
-    pub(super) fn stand_ins(&self, event: &Event, peer: &OriginKey) -> Vec<OriginKey> {
+    fn stand_ins(&self, event: &Event, peer: &OriginKey) -> Vec<OriginKey> {
         let Some(region) = self.members.get(peer).map(|m| m.region.clone()) else {
             return Vec::new();
         };
@@ -245,7 +245,7 @@ impl<S: Store> Node<S> {
     /// with the relay hops it gets and whether the push crosses regions (and so wants an
     /// acknowledgement). The publisher's targets are [`Node::publish_targets`]. `from`:
     /// the peer the event came from.
-    pub(super) fn relay_or_child_targets(
+    fn relay_or_child_targets(
         &mut self,
         event: &Event,
         relay: &[RelayHop],
@@ -261,7 +261,7 @@ impl<S: Store> Node<S> {
 
     /// This node's children in `origin`'s tree in its region, as push targets (no relay
     /// hops, no acknowledgement).
-    pub(super) fn child_targets(&mut self, origin: &OriginKey) -> Vec<Target> {
+    fn child_targets(&mut self, origin: &OriginKey) -> Vec<Target> {
         self.children(origin)
             .iter()
             .map(|k| (*k, Vec::new(), false, 0))
@@ -299,7 +299,7 @@ impl<S: Store> Node<S> {
     }
 
     /// [`Node::publish_targets`] worked out.
-    pub(super) fn plan_publish(&mut self, origin: &OriginKey, hops: &[FilterHop]) -> Vec<Target> {
+    fn plan_publish(&mut self, origin: &OriginKey, hops: &[FilterHop]) -> Vec<Target> {
         let mut out = self.child_targets(origin);
         // An event a device signed, published here on its behalf: this region's tree for
         // the device's origin is rooted at the first member of `region_order`, which the
