@@ -12,6 +12,8 @@
 //! - [`report`]: summary figures, terminal table and JSON;
 //! - [`scenario`]: the TOML scenario format (topology, network, workloads, faults, checks,
 //!   baselines), validated against a catalog, and the deterministic numbering of nodes;
+//! - [`sweep`]: `weft-sim sweep`, one scenario over a range of seeds (the seed range, each
+//!   seed's outcome from its report, the summary);
 //! - [`tables`]: table workloads (keyed writes), the replicas every node keeps, and their
 //!   comparison with a reference replay.
 //!
@@ -27,6 +29,7 @@ mod queue;
 pub mod report;
 pub mod residency;
 pub mod scenario;
+pub mod sweep;
 pub mod tables;
 #[cfg(feature = "handler-timing")]
 pub mod timing;

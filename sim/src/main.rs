@@ -89,6 +89,21 @@ enum Command {
         #[arg(long)]
         no_baselines: bool,
     },
+    /// Run a scenario over a range of seeds, each in a process of its own, and list how
+    /// each seed ended (exit status 1 if any failed a check or crashed).
+    Sweep {
+        /// The scenario (TOML); see docs/sim.md.
+        scenario: PathBuf,
+        /// The seeds: FIRST..LAST (both included) or one seed.
+        #[arg(long)]
+        seeds: weft_sim::sweep::Seeds,
+        /// Seeds run at once (default: the machine's cores).
+        #[arg(long)]
+        jobs: Option<std::num::NonZeroUsize>,
+        /// Write the sweep's JSON summary here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// List the shipped scenarios.
     List {
         /// Directory to list.
@@ -145,6 +160,12 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::List { dir } => list(&dir),
+        Command::Sweep {
+            scenario,
+            seeds,
+            jobs,
+            json,
+        } => sweep(&scenario, seeds, jobs, json.as_deref()),
         Command::Run {
             scenario,
             seed,
@@ -239,15 +260,7 @@ fn run_scenario(
     // (exit status 2, naming the path) instead of after minutes of simulation. The JSON
     // file is created (not truncated) now and written at the end.
     let mut json_out = json
-        .map(|path| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map(|file| (path, file))
-                .with_context(|| format!("opening {} for the JSON report", path.display()))
-        })
+        .map(|p| open_output(p, "the JSON report"))
         .transpose()?;
     if let Some(dir) = html {
         std::fs::create_dir_all(dir)
@@ -353,6 +366,149 @@ fn run_scenario(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `weft-sim sweep`: every seed of `seeds` as a child `weft-sim run ... --no-baselines`
+/// (the checks are Weft's; the baselines are for comparison), `jobs` at once. A child per
+/// seed, not a thread: the `sim` profile aborts on a panic, and one seed's crash must not
+/// end the sweep.
+fn sweep(
+    path: &Path,
+    seeds: weft_sim::sweep::Seeds,
+    jobs: Option<std::num::NonZeroUsize>,
+    json: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use weft_sim::sweep::{Outcome, SeedRun, Sweep, tail};
+    // A bad scenario is one error now, not one per seed.
+    let catalog = RegionCatalog::embedded()?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Scenario::parse(&text, &catalog).with_context(|| format!("in {}", path.display()))?;
+    let mut json_out = json
+        .map(|p| open_output(p, "the JSON summary"))
+        .transpose()?;
+    let exe = std::env::current_exe().context("finding this program to run each seed")?;
+    let scratch = std::env::temp_dir().join(format!("weft-sim-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("creating {} for the seeds' reports", scratch.display()))?;
+    let jobs = jobs
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(usize::try_from(seeds.count()).unwrap_or(usize::MAX));
+    outln!(
+        "sweep {}: seeds {}..{} ({}), {jobs} at a time, Weft only (no baselines)",
+        path.display(),
+        seeds.first,
+        seeds.last,
+        seeds.count()
+    );
+    let started = Instant::now();
+    let bar = progress_bar("seeds");
+    let next = std::sync::atomic::AtomicU64::new(seeds.first);
+    let runs = std::sync::Mutex::new(Vec::new());
+    let run_one = |seed: u64| -> SeedRun {
+        let report = scratch.join(format!("{seed}.json"));
+        let t0 = Instant::now();
+        let child = std::process::Command::new(&exe)
+            .arg("run")
+            .arg(path)
+            .args(["--no-baselines", "--seed", &seed.to_string(), "--json"])
+            .arg(&report)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .output();
+        let wall_s = t0.elapsed().as_secs_f64();
+        let outcome = match child {
+            Err(e) => Outcome::Crashed {
+                status: format!("could not start {}: {e}", exe.display()),
+                stderr_tail: String::new(),
+            },
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let read = std::fs::read_to_string(&report)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| Outcome::from_report(&text));
+                match (out.status.code(), read) {
+                    // 0: every check held, 1: a check failed; either way the report says.
+                    (Some(0 | 1), Ok(outcome)) => outcome,
+                    (_, read) => Outcome::Crashed {
+                        status: match read {
+                            Err(e) if matches!(out.status.code(), Some(0 | 1)) => {
+                                format!("{}, but its report is unreadable: {e}", out.status)
+                            }
+                            _ => out.status.to_string(),
+                        },
+                        stderr_tail: tail(&stderr),
+                    },
+                }
+            }
+        };
+        let _ = std::fs::remove_file(&report);
+        SeedRun {
+            seed,
+            wall_s,
+            outcome,
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed > seeds.last || seed < seeds.first {
+                        break;
+                    }
+                    let run = run_one(seed);
+                    let done = {
+                        let mut runs = runs
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        runs.push(run);
+                        runs.len() as u64
+                    };
+                    // Shown only past a second, as for a run.
+                    if started.elapsed().as_secs_f64() > 1.0 {
+                        bar.set_length(seeds.count());
+                        bar.set_position(done);
+                    }
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir(&scratch);
+    let runs = runs
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sweep = Sweep::new(path.display().to_string(), seeds, runs);
+    out!("{}", sweep.table());
+    outln!(
+        "{} seeds in {:.1} s wall",
+        seeds.count(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some((path, file)) = json_out.as_mut() {
+        let text = serde_json::to_string_pretty(&sweep).context("encoding the summary")?;
+        write_json(file, &text).with_context(|| format!("writing {}", path.display()))?;
+        outln!("summary: {}", path.display());
+    }
+    Ok(if sweep.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Opens `path` for `what` before a run: created if missing, not truncated (that is done
+/// when the output is written at the end), so a mistyped path fails at once.
+fn open_output<'a>(path: &'a Path, what: &str) -> anyhow::Result<(&'a Path, std::fs::File)> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(|file| (path, file))
+        .with_context(|| format!("opening {} for {what}", path.display()))
 }
 
 /// Replaces the contents of `file` (opened before the run) with `json`.

@@ -243,3 +243,143 @@ fn a_bad_scenario_exits_2_naming_the_field() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `weft-sim sweep` runs every seed of the range (in processes of their own), lists each,
+/// and exits 0 when every check of every seed held; its JSON summary has a run per seed.
+#[test]
+fn a_sweep_runs_every_seed_and_exits_0_when_all_pass() {
+    let dir = scratch("sweep");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let summary = dir.join("sweep.json");
+    let out = weft_sim(&[
+        "sweep",
+        scenario.to_str().unwrap(),
+        "--seeds",
+        "4..6",
+        "--jobs",
+        "2",
+        "--json",
+        summary.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("3 seeds: 3 passed, 0 failed a check, 0 crashed"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("reproduce with"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let seeds: Vec<u64> = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["result"], "passed", "{r}");
+            assert_eq!(r["figures"]["missed"], 0, "{r}");
+            r["seed"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(seeds, [4, 5, 6]);
+    // Each seed is the run `weft-sim run --seed N` makes: the same figures.
+    let single = dir.join("single.json");
+    let out = weft_sim(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-baselines",
+        "--seed",
+        "5",
+        "--json",
+        single.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let single: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&single).unwrap()).unwrap();
+    assert_eq!(
+        json["runs"][1]["figures"]["p99_ms"],
+        single["strategies"][0]["latency_ms"]["p99"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A failed check in any seed makes the sweep exit 1 and name the seed, the check and the
+/// command that reproduces it.
+#[test]
+fn a_sweep_names_each_failing_seed_with_its_reproduce_command() {
+    let dir = scratch("sweepfail");
+    let scenario = write_scenario(
+        &dir,
+        &SCENARIO.replace(
+            "converge_within_s = 10",
+            "converge_within_s = 10\nstretch_p99_max = 1.0",
+        ),
+    );
+    let out = weft_sim(&["sweep", scenario.to_str().unwrap(), "--seeds", "8..9"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("2 seeds: 0 passed, 2 failed a check"),
+        "{stdout}"
+    );
+    for seed in [8, 9] {
+        assert!(
+            stdout.contains(&format!("seed {seed}: CHECK FAILED: stretch p99")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "seed {seed}: reproduce with: weft-sim run {} --seed {seed}",
+                scenario.display()
+            )),
+            "{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A seed whose run panics (the `sim` profile aborts) does not end the sweep: it is listed
+/// as crashed with the end of its standard error, and the sweep exits 1.
+#[test]
+fn a_sweep_survives_a_crashing_seed() {
+    let dir = scratch("sweepcrash");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-sim"))
+        .args(["sweep", scenario.to_str().unwrap(), "--seeds", "2..3"])
+        .env("WEFT_SIM_TEST_PANIC", "1")
+        .output()
+        .expect("weft-sim runs");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("0 passed, 0 failed a check, 2 crashed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("seed 2: CRASHED"), "{stdout}");
+    assert!(stdout.contains("| WEFT_SIM_TEST_PANIC is set"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "seed 3: reproduce with: weft-sim run {} --seed 3",
+            scenario.display()
+        )),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_sweep_refuses_a_bad_seed_range_or_scenario_before_running() {
+    let dir = scratch("sweepbad");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let out = weft_sim(&["sweep", scenario.to_str().unwrap(), "--seeds", "9..3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("the last seed 3 is below the first 9"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = write_scenario(&dir, "name = 1");
+    let out = weft_sim(&["sweep", bad.to_str().unwrap(), "--seeds", "1..2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stdout).is_empty(), "nothing ran");
+    let _ = std::fs::remove_dir_all(&dir);
+}
