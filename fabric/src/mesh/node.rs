@@ -58,6 +58,13 @@ mod tree;
 pub use super::seen::{SYNC_FRESH_US, SYNC_SETTLED_US};
 pub use super::timers::Micros;
 
+/// Reference RTT for an anti-entropy answer's batch: a requester this far away or nearer
+/// gets `sync_batch_len_max` events per answer, a farther one proportionally more.
+pub const SYNC_BATCH_RTT_REF_US: Micros = 40_000;
+/// Most an answer's batch grows for a far requester (times `sync_batch_len_max`; the
+/// bytes stay under [`BATCH_BYTES_MAX`] whatever the count).
+pub const SYNC_BATCH_RTT_FACTOR_MAX: u64 = 8;
+
 /// Most transmits queued between two `poll_transmit` drains. The driver drains after every
 /// input, and one input produces at most a few hundred sends; overflow means a driver bug
 /// and is counted (`Stats::transmits_dropped`).
@@ -173,7 +180,9 @@ pub struct MeshConfig {
     pub graft_timeout_us: Micros,
     /// Anti-entropy period.
     pub sync_interval_us: Micros,
-    /// Most events in one anti-entropy response.
+    /// Most events in one anti-entropy response to a requester within
+    /// [`SYNC_BATCH_RTT_REF_US`]; a farther one gets proportionally more (at most
+    /// [`SYNC_BATCH_RTT_FACTOR_MAX`] times this).
     pub sync_batch_len_max: usize,
     /// Most events in one eager push.
     pub push_batch_len_max: usize,

@@ -7,7 +7,8 @@ use rand_core::Rng;
 
 use super::{
     BATCH_BYTES_MAX, DIGEST_HOLES_MAX, DIGEST_ORIGINS_MAX, FilterHop, Micros, Node,
-    RANDOM_PARTNER_DRAWS, RANKED_CANDIDATES, SYNC_FRESH_US,
+    RANDOM_PARTNER_DRAWS, RANKED_CANDIDATES, SYNC_BATCH_RTT_FACTOR_MAX, SYNC_BATCH_RTT_REF_US,
+    SYNC_FRESH_US,
 };
 use crate::envelope::{Event, OriginKey};
 use crate::mesh::message::{Digest, DigestRanges, Message, Settled};
@@ -538,7 +539,10 @@ impl<S: Store> Node<S> {
         let mut erased = Vec::new();
         let mut resume = None;
         let mut bytes = 0usize;
-        let limit = self.config.sync_batch_len_max.max(1);
+        // A far requester gets a round trip's worth more per answer: a node catching up
+        // (restarted without its store, back from a long partition) over a 230 ms link
+        // otherwise moves one batch per RTT, a fifth of what a 40 ms partner gives it.
+        let limit = sync_batch_len(self.config.sync_batch_len_max, self.router.rtt_us(&from));
         for origin in origins
             .into_iter()
             .filter(|o| from_origin.is_none_or(|f| *o >= f))
@@ -606,4 +610,17 @@ impl<S: Store> Node<S> {
             },
         );
     }
+}
+
+/// Events in one anti-entropy answer to a requester `rtt_us` away: `base` up to
+/// [`SYNC_BATCH_RTT_REF_US`], then in proportion to the RTT, at most
+/// [`SYNC_BATCH_RTT_FACTOR_MAX`] times `base`.
+pub(super) fn sync_batch_len(base: usize, rtt_us: Option<Micros>) -> usize {
+    let base = base.max(1);
+    let Some(rtt) = rtt_us else {
+        return base;
+    };
+    let scaled = (base as u64).saturating_mul(rtt) / SYNC_BATCH_RTT_REF_US;
+    let most = (base as u64).saturating_mul(SYNC_BATCH_RTT_FACTOR_MAX);
+    usize::try_from(scaled.clamp(base as u64, most)).unwrap_or(base)
 }

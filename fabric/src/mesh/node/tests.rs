@@ -1916,6 +1916,50 @@ fn a_joining_node_catches_up_on_the_membership_while_it_learns() {
 /// An answer leaves out an origin's fresh tail when that is all the requester lacks
 /// (it is most likely on its way through the tree), and sends it once it is older than
 /// SYNC_FRESH_US, or at once to a requester behind on older numbers too.
+/// An anti-entropy answer to a far requester carries a round trip's worth more events
+/// (a node catching up over a 230 ms link moved one batch per RTT), in proportion to the
+/// RTT past SYNC_BATCH_RTT_REF_US and at most SYNC_BATCH_RTT_FACTOR_MAX times the batch;
+/// the rest follows on the resumed request as before.
+#[test]
+fn a_far_requester_gets_a_round_trips_worth_more_per_answer() {
+    let answer = |rtt: u64| {
+        let rtts = vec![rtt; 36];
+        let seeds: Vec<u8> = vec![1, 2];
+        let mut nodes = mesh(&seeds, 2, 2, &rtts);
+        // One event a batch: the test store holds 16.
+        nodes[0].config.sync_batch_len_max = 1;
+        let (k0, k1) = (nodes[0].me().node_key(), nodes[1].me().node_key());
+        assert_eq!(nodes[0].rtt_us(&k1), Some(rtt));
+        for seq in 1..=16 {
+            nodes[0]
+                .handle_publish(0, event_at(seeds[0], seq, "orders.all"))
+                .unwrap();
+            while nodes[0].poll_transmit().is_some() {}
+        }
+        nodes[0].handle_message(
+            10 * SYNC_FRESH_US,
+            k1,
+            Message::SyncRequest {
+                digest: vec![],
+                from_origin: None,
+                settled: None,
+            },
+        );
+        match nodes[0].poll_transmit().map(|t| t.msg) {
+            Some(Message::SyncResponse { events, resume, .. }) => {
+                assert_eq!(resume, Some(k0), "the rest follows on the resumed request");
+                events.iter().map(|e| e.seq()).collect::<Vec<u64>>()
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    };
+    assert_eq!(answer(10_000), vec![1]);
+    assert_eq!(answer(SYNC_BATCH_RTT_REF_US), vec![1]);
+    assert_eq!(answer(200_000), (1..=5).collect::<Vec<u64>>());
+    let most = SYNC_BATCH_RTT_FACTOR_MAX;
+    assert_eq!(answer(2_000_000), (1..=most).collect::<Vec<u64>>());
+}
+
 #[test]
 fn anti_entropy_leaves_a_fresh_tail_to_the_tree() {
     let rtts = vec![10_000u64; 36];
