@@ -388,9 +388,7 @@ fn sweep(
         .map(|p| open_output(p, "the JSON summary"))
         .transpose()?;
     let exe = std::env::current_exe().context("finding this program to run each seed")?;
-    let scratch = std::env::temp_dir().join(format!("weft-sim-sweep-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("creating {} for the seeds' reports", scratch.display()))?;
+    let scratch = scratch_dir()?;
     let jobs = jobs
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, std::num::NonZeroUsize::get)
@@ -403,7 +401,13 @@ fn sweep(
         seeds.count()
     );
     let started = Instant::now();
-    let bar = progress_bar("seeds");
+    let bar = indicatif::ProgressBar::new(seeds.count());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} seeds")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("sweep");
     let next = std::sync::atomic::AtomicU64::new(seeds.first);
     let runs = std::sync::Mutex::new(Vec::new());
     let run_one = |seed: u64| -> SeedRun {
@@ -466,11 +470,7 @@ fn sweep(
                         runs.push(run);
                         runs.len() as u64
                     };
-                    // Shown only past a second, as for a run.
-                    if started.elapsed().as_secs_f64() > 1.0 {
-                        bar.set_length(seeds.count());
-                        bar.set_position(done);
-                    }
+                    bar.set_position(done);
                 }
             });
         }
@@ -497,6 +497,37 @@ fn sweep(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A fresh directory for a sweep's per-seed reports: created new (never one that exists,
+/// so nothing planted there beforehand is written through) and, on Unix, readable by this
+/// user only.
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    for attempt in 0..16u32 {
+        let dir = base.join(format!(
+            "weft-sim-sweep-{}-{nanos:x}-{attempt}",
+            std::process::id()
+        ));
+        match builder.create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("creating {} for the seeds' reports", dir.display()));
+            }
+        }
+    }
+    anyhow::bail!(
+        "creating a directory for the seeds' reports in {}: 16 names taken",
+        base.display()
+    )
 }
 
 /// Opens `path` for `what` before a run: created if missing, not truncated (that is done

@@ -28,7 +28,9 @@ pub struct Seeds {
 impl Seeds {
     /// How many seeds the range holds.
     pub fn count(&self) -> u64 {
-        self.last - self.first + 1
+        // At most SWEEP_SEEDS_MAX for a parsed range; saturating for one built by hand
+        // over the whole of u64.
+        (self.last - self.first).saturating_add(1)
     }
 
     /// The seeds in order.
@@ -56,16 +58,14 @@ impl std::str::FromStr for Seeds {
         if last < first {
             return Err(format!("the last seed {last} is below the first {first}"));
         }
-        let seeds = Self { first, last };
-        if seeds.count() > SWEEP_SEEDS_MAX {
+        // Compared before adding one: 0..u64::MAX holds one seed more than u64 counts.
+        if last - first >= SWEEP_SEEDS_MAX {
             return Err(format!(
-                "{}..{} is {} seeds; a sweep runs at most {SWEEP_SEEDS_MAX}",
-                first,
-                last,
-                seeds.count()
+                "{first}..{last} is {} seeds; a sweep runs at most {SWEEP_SEEDS_MAX}",
+                u128::from(last - first) + 1
             ));
         }
-        Ok(seeds)
+        Ok(Self { first, last })
     }
 }
 
@@ -277,7 +277,7 @@ impl Sweep {
                 None => {
                     let _ = writeln!(
                         out,
-                        "{:>10}  {:<7} {:>64.2}",
+                        "{:>10}  {:<7} {:>62.2}",
                         r.seed,
                         r.outcome.word(),
                         r.wall_s
@@ -380,6 +380,15 @@ mod tests {
         );
         let most = format!("1..{SWEEP_SEEDS_MAX}");
         assert!(most.parse::<Seeds>().is_ok());
+        // The whole of u64 is too many, not zero seeds (the count would wrap).
+        let all = format!("0..{}", u64::MAX);
+        assert!(
+            all.parse::<Seeds>()
+                .unwrap_err()
+                .contains("18446744073709551616 seeds")
+        );
+        let top = format!("{}..{}", u64::MAX - 1, u64::MAX);
+        assert_eq!(top.parse::<Seeds>().map(|s| s.count()), Ok(2));
     }
 
     fn report(passed: bool) -> String {
@@ -446,6 +455,10 @@ mod tests {
             [1, 2, 3]
         );
         let table = sweep.table();
+        // A crashed row's wall time sits under the header's.
+        let header = table.lines().next().unwrap();
+        let crashed = table.lines().find(|l| l.contains("CRASHED")).unwrap();
+        assert_eq!(header.len(), crashed.len(), "{header}\n{crashed}");
         assert!(table.contains("3 seeds: 1 passed, 1 failed a check, 1 crashed"));
         assert!(table.contains("seed 2: CHECK FAILED: RMR: 0.166 (bound 0.1)"));
         assert!(table.contains("seed 2: reproduce with: weft-sim run s.toml --seed 2"));

@@ -61,8 +61,8 @@ pub use super::timers::Micros;
 /// Reference RTT for an anti-entropy answer's batch: a requester this far away or nearer
 /// gets `sync_batch_len_max` events per answer, a farther one proportionally more.
 pub const SYNC_BATCH_RTT_REF_US: Micros = 40_000;
-/// Most an answer's batch grows for a far requester (times `sync_batch_len_max`; the
-/// bytes stay under [`BATCH_BYTES_MAX`] whatever the count).
+/// Most an answer's batch grows for a far requester (times `sync_batch_len_max`; an
+/// answer is still cut once it passes [`BATCH_BYTES_MAX`], whatever the count).
 pub const SYNC_BATCH_RTT_FACTOR_MAX: u64 = 8;
 
 /// Most transmits queued between two `poll_transmit` drains. The driver drains after every

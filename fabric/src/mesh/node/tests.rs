@@ -1908,14 +1908,6 @@ fn a_joining_node_catches_up_on_the_membership_while_it_learns() {
     assert_eq!(ticks, CATCH_UP_TICKS_MAX as usize);
 }
 
-/// Anti-entropy between nodes that have seen the same of every origin for
-/// SYNC_SETTLED_US sends those origins as a summary (nothing listed), which the partner
-/// matches and answers with nothing. When the partner has seen more of an origin the
-/// requester holds settled, it answers `unsettled`; the requester then sends its whole
-/// digest and gets the event it lacks. A stray `unsettled` answer asks for nothing.
-/// An answer leaves out an origin's fresh tail when that is all the requester lacks
-/// (it is most likely on its way through the tree), and sends it once it is older than
-/// SYNC_FRESH_US, or at once to a requester behind on older numbers too.
 /// An anti-entropy answer to a far requester carries a round trip's worth more events
 /// (a node catching up over a 230 ms link moved one batch per RTT), in proportion to the
 /// RTT past SYNC_BATCH_RTT_REF_US and at most SYNC_BATCH_RTT_FACTOR_MAX times the batch;
@@ -1960,6 +1952,14 @@ fn a_far_requester_gets_a_round_trips_worth_more_per_answer() {
     assert_eq!(answer(2_000_000), (1..=most).collect::<Vec<u64>>());
 }
 
+/// Anti-entropy between nodes that have seen the same of every origin for
+/// SYNC_SETTLED_US sends those origins as a summary (nothing listed), which the partner
+/// matches and answers with nothing. When the partner has seen more of an origin the
+/// requester holds settled, it answers `unsettled`; the requester then sends its whole
+/// digest and gets the event it lacks. A stray `unsettled` answer asks for nothing.
+/// An answer leaves out an origin's fresh tail when that is all the requester lacks
+/// (it is most likely on its way through the tree), and sends it once it is older than
+/// SYNC_FRESH_US, or at once to a requester behind on older numbers too.
 #[test]
 fn anti_entropy_leaves_a_fresh_tail_to_the_tree() {
     let rtts = vec![10_000u64; 36];
