@@ -32,11 +32,6 @@ impl Seeds {
         // over the whole of u64.
         (self.last - self.first).saturating_add(1)
     }
-
-    /// The seeds in order.
-    pub fn iter(&self) -> impl Iterator<Item = u64> {
-        self.first..=self.last
-    }
 }
 
 impl std::str::FromStr for Seeds {
