@@ -1952,6 +1952,83 @@ fn a_far_requester_gets_a_round_trips_worth_more_per_answer() {
     assert_eq!(answer(2_000_000), (1..=most).collect::<Vec<u64>>());
 }
 
+/// An answer names at most its batch length of numbers, as events or as Skips for erased
+/// numbers alike: erased numbers of one origin leave less room for the next (they did not,
+/// so an answer over many erased origins named up to a batch per origin). The requester
+/// resumes where the answer stopped and in the end gets every number once.
+#[test]
+fn erased_numbers_count_against_an_answers_batch_length() {
+    let rtts = vec![10_000u64; 36];
+    let seeds: Vec<u8> = vec![1, 2];
+    let mut nodes = mesh(&seeds, 1, 2, &rtts);
+    nodes[0].config.sync_batch_len_max = 4;
+    let k1 = nodes[1].me().node_key();
+    // Two origins erased here (numbers 1..=4 each, never held), a third with 4 events.
+    let signer = |seed: u8| crate::Signer::from_secret(&[seed; 32]).origin();
+    for seed in [5, 6] {
+        for seq in 1..=4 {
+            nodes[0].store_mut().erase(signer(seed), seq);
+        }
+    }
+    for seq in 1..=4 {
+        let inserted = nodes[0].store_mut().insert(event_at(7, seq, "orders.all"));
+        assert_eq!(inserted, Ok(Inserted::New));
+    }
+    let (mut events, mut skipped) = (Vec::new(), Vec::new());
+    let mut from_origin = None;
+    for round in 0.. {
+        assert!(round < 6, "the transfer ends");
+        nodes[0].handle_message(
+            10 * SYNC_FRESH_US,
+            k1,
+            Message::SyncRequest {
+                digest: vec![],
+                from_origin,
+                settled: None,
+            },
+        );
+        let mut named = 0;
+        let mut resume = None;
+        while let Some(t) = nodes[0].poll_transmit() {
+            match t.msg {
+                Message::Skip(refs) => {
+                    named += refs.len();
+                    skipped.extend(refs);
+                }
+                Message::SyncResponse {
+                    events: batch,
+                    resume: r,
+                    ..
+                } => {
+                    named += batch.len();
+                    events.extend(batch.iter().map(|e| (e.origin(), e.seq())));
+                    resume = r;
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            named <= 4,
+            "an answer named {named} numbers, over its batch of 4"
+        );
+        match resume {
+            Some(at) => from_origin = Some(at),
+            None => break,
+        }
+    }
+    skipped.sort();
+    let mut expected: Vec<(OriginKey, u64)> = [5, 6]
+        .into_iter()
+        .flat_map(|seed| (1..=4).map(move |seq| (signer(seed), seq)))
+        .collect();
+    expected.sort();
+    assert_eq!(skipped, expected, "a Skip for every erased number, once");
+    assert_eq!(
+        events,
+        (1..=4).map(|seq| (signer(7), seq)).collect::<Vec<_>>()
+    );
+}
+
 /// Anti-entropy between nodes that have seen the same of every origin for
 /// SYNC_SETTLED_US sends those origins as a summary (nothing listed), which the partner
 /// matches and answers with nothing. When the partner has seen more of an origin the
