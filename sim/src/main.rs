@@ -47,8 +47,13 @@ macro_rules! outln {
 
 /// Writes the buffered output; a reader that went away is not an error.
 fn flush_output() -> std::io::Result<()> {
-    use std::io::Write as _;
     let text = OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()));
+    write_stdout(&text)
+}
+
+/// Writes `text` to standard output now; a reader that went away is not an error.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -400,6 +405,8 @@ fn sweep(
         seeds.last,
         seeds.count()
     );
+    out!("{}", Sweep::header());
+    flush_output()?;
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(seeds.count());
     bar.set_style(
@@ -409,7 +416,19 @@ fn sweep(
     );
     bar.set_prefix("sweep");
     let next = std::sync::atomic::AtomicU64::new(seeds.first);
-    let runs = std::sync::Mutex::new(Vec::new());
+    // Rows are printed in seed order as soon as a seed and every one before it have run
+    // (a long sweep shows its rows as it goes, and an interrupted one keeps them): runs
+    // that finish early wait in `early`.
+    struct Done {
+        runs: Vec<SeedRun>,
+        early: std::collections::BTreeMap<u64, SeedRun>,
+        next_row: u64,
+    }
+    let done = std::sync::Mutex::new(Done {
+        runs: Vec::new(),
+        early: std::collections::BTreeMap::new(),
+        next_row: seeds.first,
+    });
     let run_one = |seed: u64| -> SeedRun {
         let report = scratch.join(format!("{seed}.json"));
         let t0 = Instant::now();
@@ -463,25 +482,35 @@ fn sweep(
                         break;
                     }
                     let run = run_one(seed);
-                    let done = {
-                        let mut runs = runs
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        runs.push(run);
-                        runs.len() as u64
-                    };
-                    bar.set_position(done);
+                    let mut guard = done
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let d = &mut *guard;
+                    d.early.insert(run.seed, run);
+                    let mut rows = String::new();
+                    while let Some(run) = d.early.remove(&d.next_row) {
+                        rows.push_str(&Sweep::row(&run));
+                        d.runs.push(run);
+                        d.next_row = d.next_row.saturating_add(1);
+                    }
+                    // Under the lock, so rows leave in order; above the bar, which the
+                    // terminal shares with them.
+                    if !rows.is_empty() {
+                        bar.suspend(|| write_stdout(&rows)).ok();
+                    }
+                    bar.set_position(d.runs.len() as u64);
                 }
             });
         }
     });
     bar.finish_and_clear();
     let _ = std::fs::remove_dir(&scratch);
-    let runs = runs
+    let runs = done
         .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .runs;
     let sweep = Sweep::new(path.display().to_string(), seeds, runs);
-    out!("{}", sweep.table());
+    out!("{}", sweep.summary());
     outln!(
         "{} seeds in {:.1} s wall",
         seeds.count(),

@@ -239,47 +239,60 @@ impl Sweep {
         self.failed == 0 && self.crashed == 0
     }
 
-    /// The terminal table: a row per seed, the spread over seeds, then what failed and the
-    /// command that reproduces each failing seed.
+    /// The terminal table: [`Sweep::header`], a [`Sweep::row`] per seed, then
+    /// [`Sweep::summary`]. The binary prints the same in three parts, each row as soon as
+    /// it and every seed before it have run.
     pub fn table(&self) -> String {
+        let mut out = Self::header();
+        for r in &self.runs {
+            out.push_str(&Self::row(r));
+        }
+        out.push_str(&self.summary());
+        out
+    }
+
+    /// The table's header line.
+    pub fn header() -> String {
+        format!(
+            "{:>10}  {:<7} {:>9} {:>10} {:>12} {:>7} {:>5} {:>6} {:>7}\n",
+            "seed", "result", "p99 ms", "max ms", "converge ms", "missed", "dups", "RMR", "wall s"
+        )
+    }
+
+    /// One seed's line of the table.
+    pub fn row(r: &SeedRun) -> String {
+        match r.outcome.figures() {
+            Some(f) => {
+                let converge = f
+                    .convergence_ms
+                    .map_or_else(|| "never".to_string(), |c| format!("{c:.1}"));
+                format!(
+                    "{:>10}  {:<7} {:>9.1} {:>10.1} {:>12} {:>7} {:>5} {:>6.3} {:>7.2}\n",
+                    r.seed,
+                    r.outcome.word(),
+                    f.p99_ms,
+                    f.max_ms,
+                    converge,
+                    f.missed,
+                    f.duplicates,
+                    f.rmr,
+                    r.wall_s
+                )
+            }
+            None => format!(
+                "{:>10}  {:<7} {:>62.2}\n",
+                r.seed,
+                r.outcome.word(),
+                r.wall_s
+            ),
+        }
+    }
+
+    /// What follows the rows: the counts, the spread over seeds, then what failed and the
+    /// command that reproduces each failing seed.
+    pub fn summary(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:>10}  {:<7} {:>9} {:>10} {:>12} {:>7} {:>5} {:>6} {:>7}",
-            "seed", "result", "p99 ms", "max ms", "converge ms", "missed", "dups", "RMR", "wall s"
-        );
-        for r in &self.runs {
-            match r.outcome.figures() {
-                Some(f) => {
-                    let converge = f
-                        .convergence_ms
-                        .map_or_else(|| "never".to_string(), |c| format!("{c:.1}"));
-                    let _ = writeln!(
-                        out,
-                        "{:>10}  {:<7} {:>9.1} {:>10.1} {:>12} {:>7} {:>5} {:>6.3} {:>7.2}",
-                        r.seed,
-                        r.outcome.word(),
-                        f.p99_ms,
-                        f.max_ms,
-                        converge,
-                        f.missed,
-                        f.duplicates,
-                        f.rmr,
-                        r.wall_s
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "{:>10}  {:<7} {:>62.2}",
-                        r.seed,
-                        r.outcome.word(),
-                        r.wall_s
-                    );
-                }
-            }
-        }
         let total = self.runs.len();
         let _ = writeln!(
             out,

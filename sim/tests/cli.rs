@@ -302,6 +302,55 @@ fn a_sweep_runs_every_seed_and_exits_0_when_all_pass() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sweep prints each seed's row as soon as it and the seeds before it have run, not all
+/// at the end: the first row is readable while later seeds still run, and a sweep stopped
+/// then keeps it. Bounded: 40 seeds of a short scenario at one a time, killed after the
+/// first row (or when the sweep ends by itself).
+#[test]
+fn a_sweep_prints_each_row_while_later_seeds_still_run() {
+    use std::io::BufRead as _;
+    let dir = scratch("sweepstream");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-sim"))
+        .args([
+            "sweep",
+            scenario.to_str().unwrap(),
+            "--seeds",
+            "1..40",
+            "--jobs",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weft-sim runs");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let first_row = loop {
+        let line = lines
+            .next()
+            .expect("a row before the end of the output")
+            .unwrap();
+        seen.push(line.clone());
+        if line.trim_start().starts_with("1 ") {
+            break line;
+        }
+    };
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first_row.contains(" ok "), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("converge ms")),
+        "header first: {seen:?}"
+    );
+    assert!(
+        still_running,
+        "the first seed's row came only when the sweep ended: {seen:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A failed check in any seed makes the sweep exit 1 and name the seed, the check and the
 /// command that reproduces it.
 #[test]
