@@ -1958,37 +1958,52 @@ impl Store for SqliteStore {
     /// checked as a batch ([`weft_fabric::verify_batch`]): read number by number, each row
     /// cost its own query and a single verification, and an anti-entropy answer of a few
     /// thousand old events (a far peer catching up) held the driver thread for that long.
-    /// A row that fails to decode, to verify or to be the event it names is left out and
-    /// counted, as [`Store::get`] does. Rows read here are not put in the cache: a
+    /// A row that cannot be read, decoded or verified, or is not the event it names, is
+    /// left out and counted, as [`Store::get`] does. Rows read here are not put in the cache: a
     /// transfer's old events would push out the recent ones pushes and GRAFTs read.
     fn get_run(&self, origin: &OriginKey, first: u64, last: u64) -> Vec<Arc<Event>> {
         let (Ok(lo), Ok(hi)) = (i64::try_from(first), i64::try_from(last.min(SEQ_MAX))) else {
             return Vec::new();
         };
-        let rows: rusqlite::Result<Vec<StoredRow>> = self
+        // Row by row: a row that cannot be read is one number left out and counted, as
+        // `get` has it, not the whole run.
+        let rows: rusqlite::Result<Vec<rusqlite::Result<StoredRow>>> = self
             .conn
             .prepare_cached(
                 "SELECT seq, id, envelope FROM events \
                  WHERE origin = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
             )
             .and_then(|mut s| {
-                s.query_map(params![&origin.0[..], lo, hi], |r| {
+                Ok(s.query_map(params![&origin.0[..], lo, hi], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
-                .collect()
+                .collect())
             });
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                tracing::error!(%origin, first, last, error = %e, "store lookup failed");
-                return Vec::new();
+                // The query itself failed: number by number, each logged and counted there.
+                tracing::error!(%origin, first, last, error = %e, "store run lookup failed");
+                return (first..=last.min(SEQ_MAX))
+                    .filter_map(|seq| self.get(origin, seq))
+                    .collect();
             }
         };
+        let mut corrupt_rows = 0u64;
+        let rows: Vec<StoredRow> = rows
+            .into_iter()
+            .filter_map(|row| {
+                row.map_err(|e| {
+                    corrupt_rows += 1;
+                    tracing::error!(%origin, first, last, error = %e, "stored event unreadable");
+                })
+                .ok()
+            })
+            .collect();
         let mut out: Vec<Option<Arc<Event>>> = Vec::with_capacity(rows.len());
         // Decoded rows to verify: their slot in `out`, the number and id the row names.
         let mut named: Vec<(usize, u64, Vec<u8>)> = Vec::new();
         let mut unverified = Vec::new();
-        let mut corrupt_rows = 0u64;
         {
             let mut cache = self.cache.borrow_mut();
             for (seq, id, envelope) in rows {
@@ -3063,8 +3078,9 @@ mod tests {
 
     /// A run read with one query and a batch verification gives what `get` gives number
     /// by number: holes and the other origin's events left out, a corrupt row (a flipped
-    /// byte; another valid event's bytes) left out and counted, cached events served from
-    /// the cache, and the batch's good events kept beside the bad ones.
+    /// byte; another valid event's bytes; a value SQLite cannot read as bytes) left out and
+    /// counted, cached events served from the cache, and the good events kept beside the
+    /// bad ones.
     #[test]
     fn a_run_reads_and_verifies_like_get_number_by_number() {
         let dir = tempfile::tempdir().unwrap();
@@ -3092,13 +3108,16 @@ mod tests {
             [event(1, "a", 8, b"x").encode()],
         )
         .unwrap();
+        // A row SQLite cannot read as bytes: that number alone is left out.
+        raw.execute("UPDATE events SET envelope = 'text' WHERE seq = 6", [])
+            .unwrap();
         drop(raw);
         let store = open(dir.path());
         assert!(store.get(&origin, 2).is_some(), "now in the cache");
         let hits = store.stats().cache_hits;
         let seqs = |run: Vec<Arc<Event>>| run.iter().map(|e| e.seq()).collect::<Vec<u64>>();
-        assert_eq!(seqs(store.get_run(&origin, 1, 10)), vec![1, 2, 4, 6, 9]);
-        assert_eq!(store.stats().corrupt_rows, 2);
+        assert_eq!(seqs(store.get_run(&origin, 1, 10)), vec![1, 2, 4, 9]);
+        assert_eq!(store.stats().corrupt_rows, 3);
         assert_eq!(store.stats().cache_hits, hits + 1);
         for (first, last) in [(1, 1), (3, 3), (4, 8), (7, 7), (8, 20), (1, SEQ_MAX + 5)] {
             let one_by_one: Vec<u64> = (first..=last.min(20))

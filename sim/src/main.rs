@@ -498,7 +498,7 @@ fn sweep(
                     if !rows.is_empty() {
                         bar.suspend(|| write_stdout(&rows)).ok();
                     }
-                    bar.set_position(d.runs.len() as u64);
+                    bar.set_position((d.runs.len() + d.early.len()) as u64);
                 }
             });
         }

@@ -423,10 +423,6 @@ impl<S: Store> Node<S> {
         self.live_lists(other_regions).map(|(_, len)| len).sum()
     }
 
-    /// The `n`th of the [`Node::live_count`] candidates, region by region in name order
-    /// and by key inside a region. Read from the per-region key lists: O(regions + one
-    /// region's members), where walking every member record cost a 1000-node mesh a fifth
-    /// of a millisecond per call (every record a cache miss).
     /// Up to `wanted` distinct live members ([`Node::live_nth`]'s), drawn at random: a
     /// position drawn twice is drawn again, at most four times the draws wanted; with no
     /// more members than wanted, all of them (no draw).
@@ -456,6 +452,10 @@ impl<S: Store> Node<S> {
             .collect()
     }
 
+    /// The `n`th of the [`Node::live_count`] candidates, region by region in name order
+    /// and by key inside a region. Read from the per-region key lists: O(regions + one
+    /// region's members), where walking every member record cost a 1000-node mesh a fifth
+    /// of a millisecond per call (every record a cache miss).
     pub(super) fn live_nth(&self, other_regions: bool, mut n: usize) -> Option<OriginKey> {
         let me = self.me.node_key();
         for (list, len) in self.live_lists(other_regions) {
