@@ -53,15 +53,19 @@ fn flush_output() -> std::io::Result<()> {
 
 /// Writes `text` to standard output now; a reader that went away is not an error.
 fn write_stdout(text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match write_stdout_raw(text) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+/// Writes `text` to standard output now.
+fn write_stdout_raw(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
 }
 
 #[derive(Parser)]
@@ -419,16 +423,21 @@ fn sweep(
     // Rows are printed in seed order as soon as a seed and every one before it have run
     // (a long sweep shows its rows as it goes, and an interrupted one keeps them): runs
     // that finish early wait in `early`.
+    // A row that cannot be written (the reader went away: `sweep ... | head`) stops the
+    // handing out of seeds; the seeds running finish, and the sweep ends.
     struct Done {
         runs: Vec<SeedRun>,
         early: std::collections::BTreeMap<u64, SeedRun>,
         next_row: u64,
+        write_error: Option<std::io::Error>,
     }
     let done = std::sync::Mutex::new(Done {
         runs: Vec::new(),
         early: std::collections::BTreeMap::new(),
         next_row: seeds.first,
+        write_error: None,
     });
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     let run_one = |seed: u64| -> SeedRun {
         let report = scratch.join(format!("{seed}.json"));
         let t0 = Instant::now();
@@ -476,7 +485,7 @@ fn sweep(
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
-                loop {
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                     let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if seed > seeds.last || seed < seeds.first {
                         break;
@@ -495,8 +504,12 @@ fn sweep(
                     }
                     // Under the lock, so rows leave in order; above the bar, which the
                     // terminal shares with them.
-                    if !rows.is_empty() {
-                        bar.suspend(|| write_stdout(&rows)).ok();
+                    if !rows.is_empty()
+                        && d.write_error.is_none()
+                        && let Err(e) = bar.suspend(|| write_stdout_raw(&rows))
+                    {
+                        d.write_error = Some(e);
+                        stopped.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     bar.set_position((d.runs.len() + d.early.len()) as u64);
                 }
@@ -505,11 +518,28 @@ fn sweep(
     });
     bar.finish_and_clear();
     let _ = std::fs::remove_dir(&scratch);
-    let runs = done
+    let done = done
         .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .runs;
-    let sweep = Sweep::new(path.display().to_string(), seeds, runs);
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(e) = done.write_error {
+        // No summary and no JSON for a sweep that did not run its range (a file opened
+        // for it and still empty goes; one that held something is left as it was).
+        if let Some((path, file)) = json_out
+            && file.metadata().is_ok_and(|m| m.len() == 0)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(anyhow::Error::new(e).context("writing the table"));
+        }
+        eprintln!(
+            "weft-sim sweep: standard output closed after {} of {} seeds; stopped",
+            done.runs.len(),
+            seeds.count()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let sweep = Sweep::new(path.display().to_string(), seeds, done.runs);
     out!("{}", sweep.summary());
     outln!(
         "{} seeds in {:.1} s wall",

@@ -354,6 +354,56 @@ fn a_sweep_prints_each_row_while_later_seeds_still_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sweep whose reader goes away (`weft-sim sweep ... | head`) stops handing out seeds:
+/// it ends by itself soon after, exits 1, says so on standard error, and leaves no JSON
+/// summary of a range it did not run. Bounded: 400 seeds, waited for at most 120 s.
+#[test]
+fn a_sweep_stops_when_its_reader_goes_away() {
+    use std::io::BufRead as _;
+    let dir = scratch("sweepreader");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let json = dir.join("sweep.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-sim"))
+        .args([
+            "sweep",
+            scenario.to_str().unwrap(),
+            "--seeds",
+            "1..400",
+            "--jobs",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .env("TMPDIR", &dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft-sim runs");
+    {
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first_row = lines.find(|l| l.as_ref().is_ok_and(|l| l.trim_start().starts_with("1 ")));
+        assert!(first_row.is_some(), "no row for seed 1");
+    } // the reader goes away
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the sweep ran on after its reader went away");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("standard output closed after"), "{stderr}");
+    assert!(stderr.contains("of 400 seeds; stopped"), "{stderr}");
+    assert!(!json.exists(), "a summary of a range not run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A failed check in any seed makes the sweep exit 1 and name the seed, the check and the
 /// command that reproduces it.
 #[test]
