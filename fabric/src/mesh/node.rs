@@ -84,7 +84,11 @@ pub const REFS_PER_MESSAGE_MAX: usize = 256;
 pub const RELAY_CACHE_LEN_MAX: usize = 4_096;
 /// Most events got by anti-entropy remembered until their tree push arrives (a node still
 /// passes such an event on down its region's tree when it does); the oldest are forgotten
-/// first.
+/// first. As many as the largest answer (`sync_batch_len_max` times
+/// [`SYNC_BATCH_RTT_FACTOR_MAX`] at the defaults): such an answer is a catch-up of old
+/// events, whose tree pushes are long past, and it pushes out those of earlier answers. A
+/// forgotten one whose push still comes is not passed down the tree from here: the
+/// children below get it later, from their lazy peers' announcements or anti-entropy.
 pub const REPAIRED_LEN_MAX: usize = 4_096;
 /// Most members remembered as back from down (a healed partition, a restart) until the
 /// anti-entropy round with one of them.
