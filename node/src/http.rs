@@ -1475,14 +1475,7 @@ fn sign_all(
     signer: &weft_fabric::Signer,
     drafts: Vec<EventDraft>,
 ) -> Result<Vec<Arc<weft_fabric::Event>>, String> {
-    // Asked once: `available_parallelism` reads cgroup files on Linux, I/O that has no
-    // place on every publish.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let threads = (*CORES
-        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
-    .min(drafts.len() / SIGN_CHUNK_MIN)
-    .max(1);
-    let sign_part = |first: usize, part: Vec<EventDraft>| {
+    let parts = crate::parts::in_parts(drafts, SIGN_CHUNK_MIN, |first, part| {
         part.into_iter()
             .enumerate()
             .map(|(j, d)| {
@@ -1492,33 +1485,13 @@ fn sign_all(
                     .map_err(|e| format!("event {}: {e}", first + j))
             })
             .collect::<Result<Vec<_>, String>>()
-    };
-    if threads == 1 {
-        return sign_part(0, drafts);
-    }
-    let per = drafts.len().div_ceil(threads);
-    let mut parts = Vec::with_capacity(threads);
-    let mut rest = drafts;
-    while rest.len() > per {
-        let tail = rest.split_off(per);
-        parts.push(std::mem::replace(&mut rest, tail));
-    }
-    parts.push(rest);
-    std::thread::scope(|s| {
-        let mut parts = parts.into_iter().enumerate();
-        let (_, mine) = parts.next().unwrap_or_default();
-        let others: Vec<_> = parts
-            .map(|(k, part)| s.spawn(move || sign_part(k * per, part)))
-            .collect();
-        let mut out = sign_part(0, mine)?;
-        for h in others {
-            out.extend(
-                h.join()
-                    .map_err(|_| "a signing thread panicked".to_string())??,
-            );
-        }
-        Ok(out)
     })
+    .ok_or_else(|| "a signing thread panicked".to_string())?;
+    let mut out = Vec::new();
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 /// A node accepts publishes only on streams it stores: an event it signs or takes in must

@@ -59,6 +59,7 @@ mod http;
 mod inspect;
 mod keys;
 mod metrics;
+mod parts;
 mod policy_cli;
 mod policy_push;
 mod policy_state;

@@ -290,44 +290,20 @@ pub(crate) struct StoreStats {
 /// event in batches, docs/node.md "Durability"), they are independent, and the driver
 /// thread waits for them. A run of under two batches stays on the calling thread.
 fn verify_all(events: Vec<weft_fabric::UnverifiedEvent>) -> Vec<weft_fabric::sign::BatchResult> {
-    // Asked once: `available_parallelism` reads cgroup files on Linux.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let threads = (*CORES
-        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
-    .min(events.len() / weft_fabric::limits::VERIFY_BATCH_LEN_MAX)
-    .max(1);
-    if threads == 1 {
-        return weft_fabric::verify_batch(events);
-    }
-    let per = events.len().div_ceil(threads);
-    let mut parts = Vec::with_capacity(threads);
-    let mut rest = events;
-    while rest.len() > per {
-        let tail = rest.split_off(per);
-        parts.push(std::mem::replace(&mut rest, tail));
-    }
-    parts.push(rest);
-    std::thread::scope(|s| {
-        let mut parts = parts.into_iter();
-        let mine = parts.next().unwrap_or_default();
-        let others: Vec<_> = parts
-            .map(|part| (part.len(), s.spawn(move || weft_fabric::verify_batch(part))))
-            .collect();
-        let mut out = weft_fabric::verify_batch(mine);
-        for (len, h) in others {
-            match h.join() {
-                Ok(results) => out.extend(results),
-                // Not expected (verification does not panic); the part's events are
-                // gone with the thread, so its numbers read as not stored (the caller
-                // lines results up with rows by position: stop here, the rest unanswered).
-                Err(_) => {
-                    tracing::error!(events = len, "a verification thread panicked");
-                    break;
-                }
-            }
+    let len = events.len();
+    match crate::parts::in_parts(
+        events,
+        weft_fabric::limits::VERIFY_BATCH_LEN_MAX,
+        |_, part| weft_fabric::verify_batch(part),
+    ) {
+        Some(parts) => parts.into_iter().flatten().collect(),
+        None => {
+            // Not expected (verification does not panic): the run's events read as not
+            // stored (the caller lines results up with rows by position).
+            tracing::error!(events = len, "a verification thread panicked");
+            Vec::new()
         }
-        out
-    })
+    }
 }
 
 /// An `events` row as a run read gives it: sequence number, id, encoded envelope.

@@ -302,6 +302,26 @@ fn a_sweep_runs_every_seed_and_exits_0_when_all_pass() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sweep of `scenario` over seeds 1..400, one at a time, with its standard output and
+/// error piped and its scratch directory in `dir` (the caller stops it or lets it end).
+fn long_sweep(dir: &Path, scenario: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_weft-sim"))
+        .args([
+            "sweep",
+            scenario.to_str().unwrap(),
+            "--seeds",
+            "1..400",
+            "--jobs",
+            "1",
+        ])
+        .args(extra)
+        .env("TMPDIR", dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft-sim runs")
+}
+
 /// A sweep prints each seed's row as soon as it and the seeds before it have run, not all
 /// at the end: the first row is readable while later seeds still run, and a sweep stopped
 /// then keeps it. Bounded: 400 seeds of a short scenario at one a time, killed after the
@@ -311,20 +331,7 @@ fn a_sweep_prints_each_row_while_later_seeds_still_run() {
     use std::io::BufRead as _;
     let dir = scratch("sweepstream");
     let scenario = write_scenario(&dir, SCENARIO);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-sim"))
-        .args([
-            "sweep",
-            scenario.to_str().unwrap(),
-            "--seeds",
-            "1..400",
-            "--jobs",
-            "1",
-        ])
-        .env("TMPDIR", &dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("weft-sim runs");
+    let mut child = long_sweep(&dir, &scenario, &[]);
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     let first_row = loop {
@@ -363,22 +370,7 @@ fn a_sweep_stops_when_its_reader_goes_away() {
     let dir = scratch("sweepreader");
     let scenario = write_scenario(&dir, SCENARIO);
     let json = dir.join("sweep.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-sim"))
-        .args([
-            "sweep",
-            scenario.to_str().unwrap(),
-            "--seeds",
-            "1..400",
-            "--jobs",
-            "1",
-            "--json",
-            json.to_str().unwrap(),
-        ])
-        .env("TMPDIR", &dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("weft-sim runs");
+    let mut child = long_sweep(&dir, &scenario, &["--json", json.to_str().unwrap()]);
     {
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let first_row = lines.find(|l| l.as_ref().is_ok_and(|l| l.trim_start().starts_with("1 ")));
