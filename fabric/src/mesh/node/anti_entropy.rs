@@ -606,6 +606,11 @@ impl<S: Store> Node<S> {
                 taken += usize::try_from(last - first + 1).unwrap_or(usize::MAX);
                 let mut next = first;
                 for e in self.store.get_run(&origin, first, last) {
+                    // Ascending and inside the run, as the trait asks: a store that broke
+                    // that must not break the answer's bounds.
+                    if e.seq() < next || e.seq() > last {
+                        continue;
+                    }
                     self.push_erased(origin, next..e.seq(), &mut erased);
                     next = e.seq().saturating_add(1);
                     bytes += e.signed_bytes().len() + 64;

@@ -2029,6 +2029,80 @@ fn erased_numbers_count_against_an_answers_batch_length() {
     );
 }
 
+/// A store that answers a run out of order, twice over and beyond its ends (breaking
+/// `Store::get_run`'s contract) does not make an answer name more than its batch, or any
+/// number twice: what does not come in order inside the run is passed over.
+#[test]
+fn an_unruly_store_cannot_stretch_an_answer() {
+    struct Unruly(crate::mesh::MemStore);
+    impl Store for Unruly {
+        fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
+            self.0.insert(event)
+        }
+        fn contains(&self, id: &crate::EventId) -> bool {
+            self.0.contains(id)
+        }
+        fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+            self.0.get(origin, seq)
+        }
+        fn get_run(&self, origin: &OriginKey, first: u64, last: u64) -> Vec<Arc<Event>> {
+            let run = self.0.get_run(origin, first.saturating_sub(2), last + 2);
+            run.iter().rev().chain(run.iter()).cloned().collect()
+        }
+        fn ranges(&self, origin: &OriginKey) -> Option<&crate::mesh::SeqRanges> {
+            self.0.ranges(origin)
+        }
+        fn origins(&self) -> Vec<OriginKey> {
+            self.0.origins()
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn clear(&mut self) {
+            self.0.clear()
+        }
+    }
+    let mut node = Node::new(
+        lone_member(),
+        MeshConfig::wan(2),
+        1,
+        Unruly(crate::mesh::MemStore::new(100)),
+        0,
+    );
+    node.config.sync_batch_len_max = 4;
+    let mut other = lone_member();
+    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
+    other.addr = "n3".into();
+    let peer = OriginKey(other.key);
+    node.member_insert(Arc::new(other));
+    node.handle_rtt_sample(0, peer, 500);
+    node.router.members_changed();
+    for seq in 1..=10 {
+        node.handle_publish(0, event_at(9, seq, "orders.all"))
+            .unwrap();
+    }
+    while node.poll_transmit().is_some() {}
+    node.handle_message(
+        10 * SYNC_FRESH_US,
+        peer,
+        Message::SyncRequest {
+            digest: vec![],
+            from_origin: None,
+            settled: None,
+        },
+    );
+    let answer = std::iter::from_fn(|| node.poll_transmit()).find_map(|t| match t.msg {
+        Message::SyncResponse { events, .. } => Some(events),
+        _ => None,
+    });
+    let seqs: Vec<u64> = answer.expect("an answer").iter().map(|e| e.seq()).collect();
+    // What survives is what came in order inside the run: never more than the batch,
+    // never a number twice or outside the numbers asked of the store.
+    assert!(!seqs.is_empty() && seqs.len() <= 4, "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(seqs.iter().all(|s| (1..=4).contains(s)), "{seqs:?}");
+}
+
 /// Anti-entropy between nodes that have seen the same of every origin for
 /// SYNC_SETTLED_US sends those origins as a summary (nothing listed), which the partner
 /// matches and answers with nothing. When the partner has seen more of an origin the
