@@ -306,6 +306,12 @@ fn verify_all(events: Vec<weft_fabric::UnverifiedEvent>) -> Vec<weft_fabric::sig
     }
 }
 
+/// Whether `event`, read from a row of `events`, is the event the row names (its origin,
+/// number and id): an envelope that verifies may still be another event's bytes.
+fn names(event: &Event, origin: &OriginKey, seq: u64, id: &[u8]) -> bool {
+    event.origin() == *origin && event.seq() == seq && event.id().0[..] == *id
+}
+
 /// An `events` row as a run read gives it: sequence number, id, encoded envelope.
 type StoredRow = (i64, Vec<u8>, Vec<u8>);
 
@@ -1818,7 +1824,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("corrupt envelope: {e}")))?
             .verify()
             .map_err(|e| StoreError::Backend(format!("envelope fails verification: {e}")))?;
-        if event.origin() != *origin || event.seq() != seq || event.id().0[..] != id[..] {
+        if !names(&event, origin, seq, &id) {
             return Err(corrupt("envelope is not the event its row names"));
         }
         Ok(Some(Arc::new(event)))
@@ -2049,11 +2055,7 @@ impl Store for SqliteStore {
         }
         for ((slot, seq, id), checked) in named.into_iter().zip(verify_all(unverified)) {
             match checked {
-                Ok(event)
-                    if event.origin() == *origin
-                        && event.seq() == seq
-                        && event.id().0[..] == id[..] =>
-                {
+                Ok(event) if names(&event, origin, seq, &id) => {
                     out[slot] = Some(Arc::new(event));
                 }
                 Ok(_) => {
@@ -3059,6 +3061,27 @@ mod tests {
         assert_eq!(store.meta_get("k"), Ok(Some(vec![2])));
     }
 
+    /// Flips the last byte of the stored envelope at `seq` (every origin's).
+    fn flip_envelope_byte(raw: &Connection, seq: i64) {
+        let mut bytes: Vec<u8> = raw
+            .query_row("SELECT envelope FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        set_envelope(raw, seq, bytes);
+    }
+
+    /// Replaces the stored envelope at `seq` (every origin's) with `bytes`.
+    fn set_envelope(raw: &Connection, seq: i64, bytes: Vec<u8>) {
+        raw.execute(
+            "UPDATE events SET envelope = ?1 WHERE seq = ?2",
+            params![bytes, seq],
+        )
+        .unwrap();
+    }
+
     #[test]
     fn get_verifies_what_the_disk_returns() {
         let dir = tempfile::tempdir().unwrap();
@@ -3073,20 +3096,8 @@ mod tests {
         let raw = Connection::open(db_path(dir.path())).unwrap();
         // Flip a byte of one envelope; give the other the bytes of a different (valid)
         // event.
-        let mut bytes: Vec<u8> = raw
-            .query_row("SELECT envelope FROM events WHERE seq = 1", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
-        raw.execute("UPDATE events SET envelope = ?1 WHERE seq = 1", [bytes])
-            .unwrap();
-        raw.execute(
-            "UPDATE events SET envelope = ?1 WHERE seq = 2",
-            [event(1, "a", 3, b"x").encode()],
-        )
-        .unwrap();
+        flip_envelope_byte(&raw, 1);
+        set_envelope(&raw, 2, event(1, "a", 3, b"x").encode());
         drop(raw);
         let store = open(dir.path());
         assert!(store.get(&e.origin(), 1).is_none());
@@ -3113,20 +3124,8 @@ mod tests {
             store.commit().unwrap();
         }
         let raw = Connection::open(db_path(dir.path())).unwrap();
-        let mut bytes: Vec<u8> = raw
-            .query_row("SELECT envelope FROM events WHERE seq = 3", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
-        raw.execute("UPDATE events SET envelope = ?1 WHERE seq = 3", [bytes])
-            .unwrap();
-        raw.execute(
-            "UPDATE events SET envelope = ?1 WHERE seq = 5",
-            [event(1, "a", 8, b"x").encode()],
-        )
-        .unwrap();
+        flip_envelope_byte(&raw, 3);
+        set_envelope(&raw, 5, event(1, "a", 8, b"x").encode());
         // A row SQLite cannot read as bytes: that number alone is left out.
         raw.execute("UPDATE events SET envelope = 'text' WHERE seq = 6", [])
             .unwrap();
@@ -3170,11 +3169,7 @@ mod tests {
             store.commit().unwrap();
         }
         let raw = Connection::open(db_path(dir.path())).unwrap();
-        raw.execute(
-            "UPDATE events SET envelope = ?1 WHERE seq = 450",
-            [event(1, "a", 451, b"payload").encode()],
-        )
-        .unwrap();
+        set_envelope(&raw, 450, event(1, "a", 451, b"payload").encode());
         drop(raw);
         let store = open(dir.path());
         let run = store.get_run(&origin, 1, 600);

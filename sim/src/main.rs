@@ -437,7 +437,6 @@ fn sweep(
         next_row: seeds.first,
         write_error: None,
     });
-    let stopped = std::sync::atomic::AtomicBool::new(false);
     let run_one = |seed: u64| -> SeedRun {
         let report = scratch.join(format!("{seed}.json"));
         let t0 = Instant::now();
@@ -485,15 +484,20 @@ fn sweep(
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
-                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                loop {
+                    let lock = || {
+                        done.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    };
+                    if lock().write_error.is_some() {
+                        break;
+                    }
                     let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if seed > seeds.last || seed < seeds.first {
                         break;
                     }
                     let run = run_one(seed);
-                    let mut guard = done
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut guard = lock();
                     let d = &mut *guard;
                     d.early.insert(run.seed, run);
                     let mut rows = String::new();
@@ -509,7 +513,6 @@ fn sweep(
                         && let Err(e) = bar.suspend(|| write_stdout_raw(&rows))
                     {
                         d.write_error = Some(e);
-                        stopped.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     bar.set_position((d.runs.len() + d.early.len()) as u64);
                 }

@@ -813,20 +813,14 @@ fn a_seen_set_at_its_range_limit_falls_back_to_the_store() {
     );
 }
 
-/// A node that crashes while events wait above a gap delivers them after its restart,
-/// once the gap fills: the store keeps the delivery cursor, so only what was delivered
-/// counts as delivered. A store that keeps no cursor makes the node take everything it
-/// holds as delivered, and those events are never delivered (the old behaviour, kept
-/// as the fallback; shown here so the difference stays visible).
-#[test]
-fn events_waiting_above_a_gap_at_a_crash_are_delivered_after_the_restart() {
-    /// A MemStore that keeps no delivery cursor.
-    struct Forgetful(crate::mesh::MemStore);
-    impl Store for Forgetful {
+/// The methods every [`Store`] must have, for a test store wrapping a `MemStore` as its
+/// field `.0`: each passes through (the test overrides the methods it is about).
+macro_rules! memstore_required {
+    () => {
         fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
             self.0.insert(event)
         }
-        fn contains(&self, id: &EventId) -> bool {
+        fn contains(&self, id: &crate::EventId) -> bool {
             self.0.contains(id)
         }
         fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
@@ -844,6 +838,20 @@ fn events_waiting_above_a_gap_at_a_crash_are_delivered_after_the_restart() {
         fn clear(&mut self) {
             self.0.clear();
         }
+    };
+}
+
+/// A node that crashes while events wait above a gap delivers them after its restart,
+/// once the gap fills: the store keeps the delivery cursor, so only what was delivered
+/// counts as delivered. A store that keeps no cursor makes the node take everything it
+/// holds as delivered, and those events are never delivered (the old behaviour, kept
+/// as the fallback; shown here so the difference stays visible).
+#[test]
+fn events_waiting_above_a_gap_at_a_crash_are_delivered_after_the_restart() {
+    /// A MemStore that keeps no delivery cursor.
+    struct Forgetful(crate::mesh::MemStore);
+    impl Store for Forgetful {
+        memstore_required!();
     }
     fn run<S: Store>(store: S) -> Vec<u64> {
         let me = lone_member();
@@ -2036,30 +2044,10 @@ fn erased_numbers_count_against_an_answers_batch_length() {
 fn an_unruly_store_cannot_stretch_an_answer() {
     struct Unruly(crate::mesh::MemStore);
     impl Store for Unruly {
-        fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
-            self.0.insert(event)
-        }
-        fn contains(&self, id: &crate::EventId) -> bool {
-            self.0.contains(id)
-        }
-        fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
-            self.0.get(origin, seq)
-        }
+        memstore_required!();
         fn get_run(&self, origin: &OriginKey, first: u64, last: u64) -> Vec<Arc<Event>> {
             let run = self.0.get_run(origin, first.saturating_sub(2), last + 2);
             run.iter().rev().chain(run.iter()).cloned().collect()
-        }
-        fn ranges(&self, origin: &OriginKey) -> Option<&crate::mesh::SeqRanges> {
-            self.0.ranges(origin)
-        }
-        fn origins(&self) -> Vec<OriginKey> {
-            self.0.origins()
-        }
-        fn len(&self) -> usize {
-            self.0.len()
-        }
-        fn clear(&mut self) {
-            self.0.clear()
         }
     }
     let mut node = Node::new(
