@@ -341,6 +341,10 @@ pub(crate) struct Driver {
     /// ones were: after [`RETRACT_SENDS_MAX`] the node stops resending them (until a
     /// restart or a new erase) instead of publishing the same retraction for ever.
     retract_sent: (Vec<u64>, u32),
+    /// Readers of anti-entropy answers' events (`read_ahead.rs`), when the driver has them
+    /// ([`Driver::with_readers`]), and where their reads come back (taken by `run`).
+    readers: Option<crate::read_ahead::Readers>,
+    read_done: Option<mpsc::UnboundedReceiver<crate::read_ahead::Done>>,
 }
 
 /// Times the same pending retraction is published before the node gives up on it (its own
@@ -403,17 +407,29 @@ impl Driver {
             retract_tx: None,
             retract_due: Some(Instant::now()),
             retract_sent: (Vec::new(), 0),
+            readers: None,
+            read_done: None,
         }
     }
 
-    /// Shares whether the store is full with the HTTP API, which then refuses publishes
-    /// before signing them (a signed number the store refuses is voided, not reused).
     /// Publishes this node's retractions of derivatives through `tx` (the retractor task).
     pub(crate) fn with_retractor(mut self, tx: mpsc::Sender<Vec<u64>>) -> Self {
         self.retract_tx = Some(tx);
         self
     }
 
+    /// Reads large anti-entropy answers' events on reader threads with their own
+    /// connections to the store in `data_dir` (`read_ahead.rs`), instead of on the
+    /// driver's thread.
+    pub(crate) fn with_readers(mut self, data_dir: std::path::PathBuf) -> Self {
+        let (readers, done) = crate::read_ahead::Readers::new(data_dir);
+        self.readers = Some(readers);
+        self.read_done = Some(done);
+        self
+    }
+
+    /// Shares whether the store is full with the HTTP API, which then refuses publishes
+    /// before signing them (a signed number the store refuses is voided, not reused).
     pub(crate) fn with_store_full(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
         flag.store(
             self.node.store().is_full(),
@@ -548,6 +564,7 @@ impl Driver {
             self.commit();
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut read_done = self.read_done.take();
         loop {
             let deadline = self
                 .node
@@ -584,6 +601,10 @@ impl Driver {
                     self.on_tick();
                     self.safe_point();
                 }
+                Some(done) = next_read(&mut read_done) => {
+                    self.on_read_ahead(done);
+                    self.safe_point();
+                }
             }
             // Group commit: fold whatever else is already queued into the same fsync.
             for _ in 0..GROUP_MAX {
@@ -604,6 +625,12 @@ impl Driver {
             self.metrics.queue("driver_mesh_inputs", mesh_rx.len());
             self.metrics.queue("driver_publishes", cmd_rx.len());
             self.commit();
+            // Reads ahead start after the commit: they see every event the core counted
+            // when it named their runs.
+            let removals = self.node.store().removals();
+            if let Some(readers) = &mut self.readers {
+                readers.launch(removals);
+            }
         }
         self.commit();
         // Publishes still waiting for other regions' confirmations are committed here:
@@ -746,65 +773,27 @@ impl Driver {
     fn on_mesh(&mut self, input: FromMesh) {
         let now = self.now();
         match input {
-            // `_budget` is released when the message has been handled.
             FromMesh::Message {
                 from,
                 msg,
                 reply,
-                budget: _budget,
+                budget,
             } => {
-                let push_ids: Vec<EventId> = match &msg {
-                    Message::Push { events, .. } => events.iter().map(|e| e.id()).collect(),
-                    _ => Vec::new(),
-                };
-                let is_sync = matches!(msg, Message::SyncRequest { .. });
-                let before = self.node.stats().events_new;
-                let refused_before = self.node.stats().residency_refused;
-                if let Message::Push { events, .. } | Message::SyncResponse { events, .. } = &msg {
-                    for e in events {
-                        let _span = info_span!("hop", event = %e.id(), from = %from,
-                            traceparent = e.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
-                        .entered();
-                        debug!("event received");
-                    }
-                }
-                let received = match &msg {
-                    Message::Push { events: e, .. } | Message::SyncResponse { events: e, .. } => {
-                        e.len() as u64
-                    }
-                    _ => 0,
-                };
-                self.node.handle_message(now, from, msg);
-                // A peer sent events this node may not hold (a residency decision the peer
-                // got wrong, or a lying peer): dropped by the core; audited with the sender.
-                let refused = self.node.stats().residency_refused - refused_before;
-                if refused > 0 {
-                    self.metrics.reject_n("residency_refused", refused);
-                    self.audit.record(crate::audit::Entry::now(
-                        crate::audit::Decision::Deny,
-                        "residency_refused",
-                        self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
-                        format!(
-                            "peer {from} sent {refused} event(s) this node ({} in {}) may not hold: dropped",
-                            self.me.jurisdiction, self.me.region
-                        ),
-                    ));
-                }
-                let new = self.node.stats().events_new - before;
-                self.metrics.replicated_in.inc_by(new);
-                self.metrics
-                    .duplicates_in
-                    .inc_by(received.saturating_sub(new));
-                match reply {
-                    Some(Reply::Sync(tx)) if is_sync => {
-                        // The core answers a sync request at once: route that answer back
-                        // on the request's stream.
-                        self.drain_with(Some((from, tx)));
+                // A request whose answer reads many events waits for a reader thread to
+                // read them (`read_ahead.rs`): the driver goes on meanwhile.
+                if matches!(msg, Message::SyncRequest { .. })
+                    && matches!(reply, Some(Reply::Sync(_)))
+                    && self.readers.as_ref().is_some_and(|r| r.has_room())
+                {
+                    let runs = self.node.sync_answer_reads(&from, &msg);
+                    if crate::read_ahead::Readers::worth_it(&runs)
+                        && let Some(readers) = &mut self.readers
+                    {
+                        readers.park(from, msg, reply, budget, runs);
                         return;
                     }
-                    Some(Reply::Confirm(tx)) => self.confirm_replies.push((tx, push_ids)),
-                    _ => {}
                 }
+                self.on_message(now, from, msg, reply, budget);
             }
             FromMesh::Confirmed { from, ids } => {
                 // Only a peer whose region is known counts (a member, up or down).
@@ -847,6 +836,85 @@ impl Driver {
                     .set(rtt.as_secs_f64());
             }
         }
+        self.drain();
+    }
+
+    /// A message from a peer, handed to the core; `_budget` is released when it has been
+    /// handled.
+    fn on_message(
+        &mut self,
+        now: Micros,
+        from: OriginKey,
+        msg: Message,
+        reply: Option<Reply>,
+        _budget: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let push_ids: Vec<EventId> = match &msg {
+            Message::Push { events, .. } => events.iter().map(|e| e.id()).collect(),
+            _ => Vec::new(),
+        };
+        let is_sync = matches!(msg, Message::SyncRequest { .. });
+        let before = self.node.stats().events_new;
+        let refused_before = self.node.stats().residency_refused;
+        if let Message::Push { events, .. } | Message::SyncResponse { events, .. } = &msg {
+            for e in events {
+                let _span = info_span!("hop", event = %e.id(), from = %from,
+                    traceparent = e.trace().map(|t| t.traceparent.as_str()).unwrap_or(""))
+                .entered();
+                debug!("event received");
+            }
+        }
+        let received = match &msg {
+            Message::Push { events: e, .. } | Message::SyncResponse { events: e, .. } => {
+                e.len() as u64
+            }
+            _ => 0,
+        };
+        self.node.handle_message(now, from, msg);
+        // A peer sent events this node may not hold (a residency decision the peer
+        // got wrong, or a lying peer): dropped by the core; audited with the sender.
+        let refused = self.node.stats().residency_refused - refused_before;
+        if refused > 0 {
+            self.metrics.reject_n("residency_refused", refused);
+            self.audit.record(crate::audit::Entry::now(
+                crate::audit::Decision::Deny,
+                "residency_refused",
+                self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                format!(
+                    "peer {from} sent {refused} event(s) this node ({} in {}) may not hold: dropped",
+                    self.me.jurisdiction, self.me.region
+                ),
+            ));
+        }
+        let new = self.node.stats().events_new - before;
+        self.metrics.replicated_in.inc_by(new);
+        self.metrics
+            .duplicates_in
+            .inc_by(received.saturating_sub(new));
+        match reply {
+            Some(Reply::Sync(tx)) if is_sync => {
+                // The core answers a sync request at once: route that answer back
+                // on the request's stream.
+                self.drain_with(Some((from, tx)));
+            }
+            Some(Reply::Confirm(tx)) => self.confirm_replies.push((tx, push_ids)),
+            _ => {}
+        }
+    }
+
+    /// A request's read-ahead came back: installed in the store for the core's answer
+    /// (unless stored events were removed meanwhile), then the request is handled as it
+    /// arrived, and the read-ahead dropped.
+    fn on_read_ahead(&mut self, mut done: crate::read_ahead::Done) {
+        if let Some(readers) = &mut self.readers {
+            readers.returned(&mut done);
+        }
+        let parked = done.parked;
+        tracing::debug!(peer = %parked.from, events = done.ahead.events(), "anti-entropy answer read ahead");
+        self.node_store().begin_read_ahead(done.ahead);
+        let now = self.now();
+        self.on_message(now, parked.from, parked.msg, parked.reply, parked.budget);
+        self.node_store().end_read_ahead();
         self.drain();
     }
 
@@ -2092,6 +2160,9 @@ impl Driver {
         stats.insert("store_commits", st.commits);
         stats.insert("store_commit_failures", st.commit_failures);
         stats.insert("store_corrupt_rows", st.corrupt_rows);
+        stats.insert("store_read_ahead", st.read_ahead);
+        stats.insert("store_read_ahead_dropped", st.read_ahead_dropped);
+        stats.insert("store_read_ahead_hits", st.read_ahead_hits);
         stats.insert("store_commit_us_last", st.commit_us_last);
         stats.insert("store_erased", st.erased);
         stats.insert("store_erased_refused", st.erased_refused);
@@ -2192,6 +2263,16 @@ impl Driver {
 }
 
 /// Milliseconds since the Unix epoch.
+/// The next read-ahead done, if the driver has readers (else never).
+async fn next_read(
+    done: &mut Option<mpsc::UnboundedReceiver<crate::read_ahead::Done>>,
+) -> Option<crate::read_ahead::Done> {
+    match done {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -64,6 +64,7 @@ mod policy_cli;
 mod policy_push;
 mod policy_state;
 mod ratelimit;
+mod read_ahead;
 mod regions;
 mod serve;
 mod store;

@@ -288,6 +288,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     driver = driver.with_store_full(store_full.clone());
     let (retract_tx, retract_rx) = mpsc::channel(4);
     driver = driver.with_retractor(retract_tx);
+    driver = driver.with_readers(config.data_dir.clone());
     let driver_task = tokio::spawn(driver.run(mesh_rx, cmd_rx, shutdown_rx, known_peers));
 
     let api = Arc::new(Api {

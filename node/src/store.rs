@@ -26,13 +26,15 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use weft_fabric::mesh::ranges::RANGES_PER_ORIGIN_MAX;
-use weft_fabric::mesh::{EventRef, Inserted, SeqRanges, Store, StoreError};
+use weft_fabric::mesh::{EventRef, Inserted, SeqRanges, Store, StoreError, answer_len};
 use weft_fabric::{Event, EventId, OriginKey};
 
 mod derived;
 pub(crate) use derived::{DerivedSource, RETRACT_NUMBERS_MAX};
 mod retention;
 pub(crate) use retention::RetentionRules;
+mod ahead;
+pub(crate) use ahead::ReadAhead;
 
 /// The schema version this build writes (`PRAGMA user_version`). A database with a newer
 /// version is refused rather than misread.
@@ -283,6 +285,12 @@ pub(crate) struct StoreStats {
     pub(crate) expired: u64,
     /// Ranges of expired numbers dropped at `expired_ranges_max` (oldest first).
     pub(crate) expired_ranges_dropped: u64,
+    /// Anti-entropy answers whose events a reader thread read ahead (`store/ahead.rs`).
+    pub(crate) read_ahead: u64,
+    /// Read-aheads dropped unused: stored events were removed while they were read.
+    pub(crate) read_ahead_dropped: u64,
+    /// Events an answer took from a read-ahead instead of the rows.
+    pub(crate) read_ahead_hits: u64,
 }
 
 /// Verifies `events` like [`weft_fabric::verify_batch`] (same results, same order), a long
@@ -315,6 +323,105 @@ fn names(event: &Event, origin: &OriginKey, seq: u64, id: &[u8]) -> bool {
 /// An `events` row as a run read gives it: sequence number, id, encoded envelope.
 type StoredRow = (i64, Vec<u8>, Vec<u8>);
 
+/// The events of one run read from the rows ([`read_run`]), with what the read counted.
+#[derive(Debug, Default)]
+struct RunRead {
+    /// The events, ascending.
+    events: Vec<Arc<Event>>,
+    /// Rows left out: unreadable, undecodable, failing verification or not the event they
+    /// name.
+    corrupt_rows: u64,
+    /// Events taken from the cache instead of their rows.
+    cache_hits: u64,
+}
+
+/// The stored events of `origin` numbered `first..=last`, ascending, up to the first at
+/// which their [`answer_len`]s reach `bytes_max` (as [`Store::get_run`] asks): one query
+/// for the run, its rows taken until then, and the signatures of the rows `cache` (the
+/// writer's) does not hold checked as a batch ([`verify_all`]). A row that cannot be read,
+/// decoded or verified, or is not the event it names, is left out, logged and counted, as
+/// [`Store::get`] does; an error is the query's own. Shared by the writer
+/// ([`Store::get_run`]) and the driver's reader threads (`store/ahead.rs`), which see only
+/// committed rows.
+fn read_run(
+    conn: &Connection,
+    origin: &OriginKey,
+    (first, last): (u64, u64),
+    bytes_max: usize,
+    cache: Option<&RefCell<EventCache>>,
+) -> rusqlite::Result<RunRead> {
+    let mut read = RunRead::default();
+    let (Ok(lo), Ok(hi)) = (i64::try_from(first), i64::try_from(last.min(SEQ_MAX))) else {
+        return Ok(read);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, envelope FROM events \
+         WHERE origin = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![&origin.0[..], lo, hi], |r| {
+        Ok::<StoredRow, _>((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    let mut out: Vec<Option<Arc<Event>>> = Vec::new();
+    // Decoded rows to verify: their slot in `out`, the number and id the row names.
+    let mut named: Vec<(usize, u64, Vec<u8>)> = Vec::new();
+    let mut unverified = Vec::new();
+    let mut bytes = 0usize;
+    {
+        let mut cache = cache.map(RefCell::borrow_mut);
+        // Row by row: a row that cannot be read is one number left out and counted, as
+        // `get` has it, not the whole run.
+        for row in rows {
+            if bytes >= bytes_max {
+                break;
+            }
+            let (seq, id, envelope) = match row {
+                Ok(row) => row,
+                Err(e) => {
+                    read.corrupt_rows += 1;
+                    tracing::error!(%origin, first, last, error = %e, "stored event unreadable");
+                    continue;
+                }
+            };
+            let seq = seq as u64; // stored from a u64 (`SEQ_MAX`), read back the same
+            if let Some(event) = cache.as_mut().and_then(|c| c.get(&(*origin, seq))) {
+                read.cache_hits += 1;
+                bytes += answer_len(event.signed_bytes().len());
+                out.push(Some(event));
+                continue;
+            }
+            match weft_fabric::decode(&envelope) {
+                Ok(u) => {
+                    bytes += answer_len(u.signed_bytes().len());
+                    named.push((out.len(), seq, id));
+                    unverified.push(u);
+                    out.push(None);
+                }
+                Err(e) => {
+                    read.corrupt_rows += 1;
+                    tracing::error!(%origin, seq, error = %e, "stored event unreadable: corrupt envelope");
+                }
+            }
+        }
+    }
+    for ((slot, seq, id), checked) in named.into_iter().zip(verify_all(unverified)) {
+        match checked {
+            Ok(event) if names(&event, origin, seq, &id) => {
+                out[slot] = Some(Arc::new(event));
+            }
+            Ok(_) => {
+                read.corrupt_rows += 1;
+                tracing::error!(%origin, seq, "stored event unreadable: envelope is not the event its row names");
+            }
+            Err((_, e)) => {
+                read.corrupt_rows += 1;
+                tracing::error!(%origin, seq, error = %e, "stored event unreadable: envelope fails verification");
+            }
+        }
+    }
+    read.events = out.into_iter().flatten().collect();
+    Ok(read)
+}
+
 /// One entry of the local delivery log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogEntry {
@@ -332,6 +439,10 @@ struct EventCache {
     young: HashMap<(OriginKey, u64), Arc<Event>>,
     old: HashMap<(OriginKey, u64), Arc<Event>>,
     half: usize,
+    /// Calls of [`EventCache::remove`] and [`EventCache::clear`]: every removal of stored
+    /// events passes here, so a read made off the writer's thread (`store/ahead.rs`) is
+    /// still good while this has not moved.
+    removals: u64,
 }
 
 impl EventCache {
@@ -340,6 +451,7 @@ impl EventCache {
             young: HashMap::new(),
             old: HashMap::new(),
             half: len_max / 2,
+            removals: 0,
         }
     }
 
@@ -366,11 +478,13 @@ impl EventCache {
     fn clear(&mut self) {
         self.young.clear();
         self.old.clear();
+        self.removals += 1;
     }
 
     fn remove(&mut self, key: &(OriginKey, u64)) {
         self.young.remove(key);
         self.old.remove(key);
+        self.removals += 1;
     }
 }
 
@@ -519,6 +633,8 @@ pub(crate) struct SqliteStore {
     retention_resume: String,
     /// When the log got its arrival column (`LOG_AT_FROM_KEY`; 0 when unknown).
     log_at_from_ms: u64,
+    /// The read-ahead of the request being answered, if any (`store/ahead.rs`).
+    ahead: ReadAhead,
 }
 
 const SCHEMA: &str = "
@@ -1048,6 +1164,7 @@ impl SqliteStore {
             retention: retention::RetentionRules::default(),
             retention_resume: String::new(),
             log_at_from_ms,
+            ahead: ReadAhead::default(),
         })
     }
 
@@ -1981,95 +2098,57 @@ impl Store for SqliteStore {
         }
     }
 
-    /// One query for the run, and the signatures of the rows the cache does not hold
-    /// checked as a batch ([`weft_fabric::verify_batch`]): read number by number, each row
-    /// cost its own query and a single verification, and an anti-entropy answer of a few
-    /// thousand old events (a far peer catching up) held the driver thread for that long.
-    /// A row that cannot be read, decoded or verified, or is not the event it names, is
-    /// left out and counted, as [`Store::get`] does. Rows read here are not put in the cache: a
-    /// transfer's old events would push out the recent ones pushes and GRAFTs read.
-    fn get_run(&self, origin: &OriginKey, first: u64, last: u64) -> Vec<Arc<Event>> {
-        let (Ok(lo), Ok(hi)) = (i64::try_from(first), i64::try_from(last.min(SEQ_MAX))) else {
-            return Vec::new();
+    /// The part of the run a reader thread read ahead for the request being answered
+    /// (`store/ahead.rs`), then the rest with one query ([`read_run`]) and the signatures
+    /// of the rows the cache does not hold checked as a batch: read number by number, each
+    /// row cost its own query and a single verification, and an anti-entropy answer of a
+    /// few thousand old events (a far peer catching up) held the driver thread for that
+    /// long. Rows read here are not put in the cache: a transfer's old events would push
+    /// out the recent ones pushes and GRAFTs read.
+    fn get_run(
+        &self,
+        origin: &OriginKey,
+        first: u64,
+        last: u64,
+        bytes_max: usize,
+    ) -> Vec<Arc<Event>> {
+        // What a reader thread read ahead for the request being answered (`store/ahead.rs`),
+        // then the rest of the run from the rows.
+        let (mut out, rest) = self.read_ahead_part(origin, first, last);
+        let used: usize = out.iter().map(|e| answer_len(e.signed_bytes().len())).sum();
+        let Some(first) = rest.filter(|_| used < bytes_max) else {
+            return out;
         };
-        // Row by row: a row that cannot be read is one number left out and counted, as
-        // `get` has it, not the whole run.
-        let rows: rusqlite::Result<Vec<rusqlite::Result<StoredRow>>> = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, id, envelope FROM events \
-                 WHERE origin = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
-            )
-            .and_then(|mut s| {
-                Ok(s.query_map(params![&origin.0[..], lo, hi], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect())
-            });
-        let rows = match rows {
-            Ok(rows) => rows,
+        let bytes_max = bytes_max - used;
+        match read_run(
+            &self.conn,
+            origin,
+            (first, last),
+            bytes_max,
+            Some(&self.cache),
+        ) {
+            Ok(read) => {
+                let mut stats = self.stats.borrow_mut();
+                stats.cache_hits += read.cache_hits;
+                stats.corrupt_rows += read.corrupt_rows;
+                out.extend(read.events);
+            }
             Err(e) => {
                 // The query itself failed: number by number, each logged and counted there.
                 tracing::error!(%origin, first, last, error = %e, "store run lookup failed");
-                return (first..=last.min(SEQ_MAX))
-                    .filter_map(|seq| self.get(origin, seq))
-                    .collect();
-            }
-        };
-        let mut corrupt_rows = 0u64;
-        let rows: Vec<StoredRow> = rows
-            .into_iter()
-            .filter_map(|row| {
-                row.map_err(|e| {
-                    corrupt_rows += 1;
-                    tracing::error!(%origin, first, last, error = %e, "stored event unreadable");
-                })
-                .ok()
-            })
-            .collect();
-        let mut out: Vec<Option<Arc<Event>>> = Vec::with_capacity(rows.len());
-        // Decoded rows to verify: their slot in `out`, the number and id the row names.
-        let mut named: Vec<(usize, u64, Vec<u8>)> = Vec::new();
-        let mut unverified = Vec::new();
-        {
-            let mut cache = self.cache.borrow_mut();
-            for (seq, id, envelope) in rows {
-                let seq = seq as u64; // stored from a u64 (`SEQ_MAX`), read back the same
-                if let Some(event) = cache.get(&(*origin, seq)) {
-                    self.stats.borrow_mut().cache_hits += 1;
-                    out.push(Some(event));
-                    continue;
-                }
-                match weft_fabric::decode(&envelope) {
-                    Ok(u) => {
-                        named.push((out.len(), seq, id));
-                        unverified.push(u);
-                        out.push(None);
+                let mut bytes = 0usize;
+                for seq in first..=last.min(SEQ_MAX) {
+                    if bytes >= bytes_max {
+                        break;
                     }
-                    Err(e) => {
-                        corrupt_rows += 1;
-                        tracing::error!(%origin, seq, error = %e, "stored event unreadable: corrupt envelope");
+                    if let Some(e) = self.get(origin, seq) {
+                        bytes += answer_len(e.signed_bytes().len());
+                        out.push(e);
                     }
                 }
             }
         }
-        for ((slot, seq, id), checked) in named.into_iter().zip(verify_all(unverified)) {
-            match checked {
-                Ok(event) if names(&event, origin, seq, &id) => {
-                    out[slot] = Some(Arc::new(event));
-                }
-                Ok(_) => {
-                    corrupt_rows += 1;
-                    tracing::error!(%origin, seq, "stored event unreadable: envelope is not the event its row names");
-                }
-                Err((_, e)) => {
-                    corrupt_rows += 1;
-                    tracing::error!(%origin, seq, error = %e, "stored event unreadable: envelope fails verification");
-                }
-            }
-        }
-        self.stats.borrow_mut().corrupt_rows += corrupt_rows;
-        out.into_iter().flatten().collect()
+        out
     }
 
     fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
@@ -3134,7 +3213,10 @@ mod tests {
         assert!(store.get(&origin, 2).is_some(), "now in the cache");
         let hits = store.stats().cache_hits;
         let seqs = |run: Vec<Arc<Event>>| run.iter().map(|e| e.seq()).collect::<Vec<u64>>();
-        assert_eq!(seqs(store.get_run(&origin, 1, 10)), vec![1, 2, 4, 9]);
+        assert_eq!(
+            seqs(store.get_run(&origin, 1, 10, usize::MAX)),
+            vec![1, 2, 4, 9]
+        );
         assert_eq!(store.stats().corrupt_rows, 3);
         assert_eq!(store.stats().cache_hits, hits + 1);
         for (first, last) in [(1, 1), (3, 3), (4, 8), (7, 7), (8, 20), (1, SEQ_MAX + 5)] {
@@ -3143,15 +3225,23 @@ mod tests {
                 .map(|e| e.seq())
                 .collect();
             assert_eq!(
-                seqs(store.get_run(&origin, first, last)),
+                seqs(store.get_run(&origin, first, last, usize::MAX)),
                 one_by_one,
                 "{first}..={last}"
             );
         }
-        let run = store.get_run(&origin, 9, 9);
+        let run = store.get_run(&origin, 9, 9, usize::MAX);
         assert_eq!(run[0].id(), event(1, "a", 9, b"payload").id());
-        assert!(store.get_run(&OriginKey([9; 32]), 1, 10).is_empty());
-        assert!(store.get_run(&origin, SEQ_MAX + 1, u64::MAX).is_empty());
+        assert!(
+            store
+                .get_run(&OriginKey([9; 32]), 1, 10, usize::MAX)
+                .is_empty()
+        );
+        assert!(
+            store
+                .get_run(&origin, SEQ_MAX + 1, u64::MAX, usize::MAX)
+                .is_empty()
+        );
     }
 
     /// A run long enough to be verified on several threads (600 events: two parts on a
@@ -3172,7 +3262,7 @@ mod tests {
         set_envelope(&raw, 450, event(1, "a", 451, b"payload").encode());
         drop(raw);
         let store = open(dir.path());
-        let run = store.get_run(&origin, 1, 600);
+        let run = store.get_run(&origin, 1, 600, usize::MAX);
         let seqs: Vec<u64> = run.iter().map(|e| e.seq()).collect();
         let expected: Vec<u64> = (1..=600).filter(|s| *s != 450).collect();
         assert_eq!(seqs, expected);
@@ -3183,13 +3273,104 @@ mod tests {
         assert_eq!(store.stats().corrupt_rows, 1);
     }
 
+    /// A run is read up to the answer's byte bound: the events up to the first at which
+    /// their sizes reach it, not the whole run (a run of thousands of 1 MiB events would
+    /// otherwise be read whole for one 8 MiB answer).
+    #[test]
+    fn a_run_is_read_up_to_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = event(1, "a", 1, b"p").origin();
+        {
+            let mut store = open(dir.path());
+            for seq in 1..=10 {
+                store.insert(event(1, "a", seq, &[7u8; 1000])).unwrap();
+            }
+            store.commit().unwrap();
+        }
+        let store = open(dir.path());
+        let one = answer_len(event(1, "a", 1, &[7u8; 1000]).signed_bytes().len());
+        let seqs = |run: Vec<Arc<Event>>| run.iter().map(|e| e.seq()).collect::<Vec<u64>>();
+        for (bytes_max, expected) in [
+            (1, 1),
+            (one, 1),
+            (one + 1, 2),
+            (3 * one, 3),
+            (usize::MAX, 10),
+        ] {
+            assert_eq!(
+                seqs(store.get_run(&origin, 1, 10, bytes_max)),
+                (1..=expected).collect::<Vec<u64>>(),
+                "bytes_max {bytes_max}"
+            );
+        }
+        let reader = StoreReader::open(dir.path()).unwrap();
+        let ahead = reader.read_ahead(&[(origin, 1, 5), (origin, 7, 10)], 3 * one, 0);
+        assert_eq!(ahead.events(), 3, "the read-ahead stops at the bound too");
+    }
+
+    /// An answer takes what a reader read ahead and reads only the rest from the rows: a
+    /// row corrupted after the read-ahead is still served from it (it was read and verified
+    /// before), the numbers past the read-ahead come from the rows, and once the request is
+    /// handled the read-ahead is gone. A read-ahead begun before a removal of stored events
+    /// (an erase) is dropped unused: an erased event is never served from it.
+    #[test]
+    fn an_answer_takes_a_read_ahead_unless_events_were_removed_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = event(1, "a", 1, b"p").origin();
+        {
+            let mut store = open(dir.path());
+            for seq in 1..=10 {
+                store.insert(event(1, "a", seq, b"payload")).unwrap();
+            }
+            store.commit().unwrap();
+        }
+        let seqs = |run: Vec<Arc<Event>>| run.iter().map(|e| e.seq()).collect::<Vec<u64>>();
+        let reader = StoreReader::open(dir.path()).unwrap();
+        let mut store = open(dir.path());
+        let ahead = reader.read_ahead(&[(origin, 1, 6)], usize::MAX, store.removals());
+        assert_eq!(ahead.events(), 6);
+        let raw = Connection::open(db_path(dir.path())).unwrap();
+        flip_envelope_byte(&raw, 3);
+        assert!(store.begin_read_ahead(ahead));
+        assert_eq!(
+            seqs(store.get_run(&origin, 1, 10, usize::MAX)),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(store.stats().read_ahead_hits, 6);
+        assert_eq!(store.stats().corrupt_rows, 0);
+        store.end_read_ahead();
+        assert_eq!(
+            seqs(store.get_run(&origin, 1, 10, usize::MAX)),
+            vec![1, 2, 4, 5, 6, 7, 8, 9, 10],
+            "without the read-ahead the corrupt row is left out"
+        );
+        assert_eq!(store.stats().corrupt_rows, 1);
+        // Read ahead, then an erase of 1..=2 before the answer: dropped, the rows answer.
+        let ahead = reader.read_ahead(&[(origin, 1, 6)], usize::MAX, store.removals());
+        let key = crate::erase::Target::Key {
+            stream: "a".into(),
+            key: b"k".to_vec(),
+        };
+        let bound = event(1, "a", 2, b"payload").hlc().as_u64();
+        assert_eq!(store.erase(&key, bound).unwrap().len(), 2);
+        store.commit().unwrap();
+        assert!(!store.begin_read_ahead(ahead));
+        assert_eq!(store.stats().read_ahead_dropped, 1);
+        assert_eq!(
+            seqs(store.get_run(&origin, 1, 10, usize::MAX)),
+            vec![4, 5, 6, 7, 8, 9, 10]
+        );
+        store.end_read_ahead();
+    }
+
     /// A measurement, not a check of speed (run it with `cargo test --release -p weft-node
     /// --bin weft measure_ -- --ignored --nocapture`): how long the driver thread reads an
     /// anti-entropy answer's events from a cold store (reopened, nothing cached) number by
     /// number (the baseline: a query and a single verification each) and as one run (one
     /// query, batch verification on up to a thread per core), side by side for the default
-    /// batch (512) and the
-    /// largest a far peer gets (8 x 512). Median of three rounds; 256-byte payloads.
+    /// batch (512) and the largest a far peer gets (8 x 512); and read ahead on a reader
+    /// thread (`store/ahead.rs`), with what is then left on the driver's thread. Median of
+    /// three rounds; 256-byte payloads.
     #[test]
     #[ignore = "a measurement: prints timings, run by hand"]
     fn measure_run_reads_against_point_reads() {
@@ -3210,7 +3391,9 @@ mod tests {
             rounds.sort();
             rounds[1]
         };
-        println!("events  one by one      as a run   ratio");
+        println!(
+            "events  one by one      as a run   ratio   read ahead: reader thread, driver thread"
+        );
         for n in [512u64, 4096] {
             let (one, a) = median(&|| {
                 let store = open(dir.path());
@@ -3221,15 +3404,41 @@ mod tests {
             let (run, b) = median(&|| {
                 let store = open(dir.path());
                 let t = Instant::now();
-                let got = store.get_run(&origin, 1, n).len();
+                let got = store.get_run(&origin, 1, n, usize::MAX).len();
                 (t.elapsed(), got)
             });
-            assert_eq!((a, b), (n as usize, n as usize));
+            // The same run read ahead on another connection (`store/ahead.rs`): the reader's
+            // time, then what is left on the driver's thread (install, the answer's run).
+            let (reader, c) = median(&|| {
+                let reader = StoreReader::open(dir.path()).unwrap();
+                let t = Instant::now();
+                let got = reader.read_ahead(&[(origin, 1, n)], usize::MAX, 0).events();
+                (t.elapsed(), got)
+            });
+            let (driver, d) = median(&|| {
+                let mut store = open(dir.path());
+                let ahead = StoreReader::open(dir.path()).unwrap().read_ahead(
+                    &[(origin, 1, n)],
+                    usize::MAX,
+                    store.removals(),
+                );
+                let t = Instant::now();
+                assert!(store.begin_read_ahead(ahead));
+                let got = store.get_run(&origin, 1, n, usize::MAX).len();
+                store.end_read_ahead();
+                (t.elapsed(), got)
+            });
+            assert_eq!(
+                (a, b, c, d),
+                (n as usize, n as usize, n as usize, n as usize)
+            );
             println!(
-                "{n:>6} {:>10.1} ms {:>10.1} ms {:>6.2}x",
+                "{n:>6} {:>10.1} ms {:>10.1} ms {:>6.2}x {:>18.1} ms {:>12.2} ms",
                 one.as_secs_f64() * 1e3,
                 run.as_secs_f64() * 1e3,
-                one.as_secs_f64() / run.as_secs_f64()
+                one.as_secs_f64() / run.as_secs_f64(),
+                reader.as_secs_f64() * 1e3,
+                driver.as_secs_f64() * 1e3,
             );
         }
     }

@@ -200,8 +200,10 @@ fn a_partition_through_the_chaos_api_heals_and_the_sides_converge() {
             .await;
         }
         let mut ids = BTreeSet::new();
-        for i in [0, 2] {
-            let data: Vec<Value> = (0..50).map(|k| json!({"side": i, "k": k})).collect();
+        // 50 on ap's side; 200 on the other, enough for the answers ap gets after the heal
+        // to be read ahead off the driver's thread (`read_ahead.rs`, at 64 numbers).
+        for (i, n) in [(0, 200), (2, 50)] {
+            let data: Vec<Value> = (0..n).map(|k| json!({"side": i, "k": k})).collect();
             let (status, body) = c.publish(i, "p", "local", &data).await;
             assert_eq!(status, 200, "{body}");
             ids.extend(ids_in(&body));
@@ -220,6 +222,17 @@ fn a_partition_through_the_chaos_api_heals_and_the_sides_converge() {
             .await;
             assert!(got.is_some(), "node {i} did not converge:\n{}", c.log(i));
         }
+        // The 200 reached ap by anti-entropy answers whose events were read ahead.
+        let stat = |v: &Value, k: &str| v["stats"][k].as_u64().unwrap_or(0);
+        let (mut read_ahead, mut hits) = (0, 0);
+        for i in 0..2 {
+            let v: Value = get_json(c.url(i, "/v1/status")).await;
+            read_ahead += stat(&v, "store_read_ahead");
+            hits += stat(&v, "store_read_ahead_hits");
+            assert_eq!(stat(&v, "store_corrupt_rows"), 0, "node {i}: {v}");
+        }
+        assert!(read_ahead >= 1, "no answer was read ahead");
+        assert!(hits >= 64, "answers took {hits} events from read-aheads");
     });
 }
 

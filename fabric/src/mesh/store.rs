@@ -59,6 +59,27 @@ pub enum StoreError {
     },
 }
 
+/// What one event counts against an anti-entropy answer's byte bound
+/// ([`BATCH_BYTES_MAX`](crate::mesh::BATCH_BYTES_MAX)), from the length of its signed bytes:
+/// those and its signature.
+pub fn answer_len(signed_len: usize) -> usize {
+    signed_len + crate::limits::SIGNATURE_LEN
+}
+
+/// `events` up to the first at which their [`answer_len`]s add up to `bytes_max`.
+fn within_bytes(events: impl Iterator<Item = Arc<Event>>, bytes_max: usize) -> Vec<Arc<Event>> {
+    let mut bytes = 0usize;
+    let mut out = Vec::new();
+    for e in events {
+        bytes += answer_len(e.signed_bytes().len());
+        out.push(e);
+        if bytes >= bytes_max {
+            break;
+        }
+    }
+    out
+}
+
 /// Durable storage of events for one node.
 pub trait Store {
     /// Stores `event` (idempotent by id).
@@ -75,16 +96,26 @@ pub trait Store {
     /// The event of `origin` at `seq`, if stored.
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>>;
     /// The events of `origin` stored at `first..=last`, ascending (numbers not stored are
-    /// left out): what [`Store::get`] gives for each number of the run. The core reads an
-    /// anti-entropy answer's events through it, up to a few thousand at a time; a store
-    /// that reads from disk overrides it to read the run with one query and check what it
-    /// read at once (`weft-node`'s SQLite store verifies the signatures as a batch).
-    /// Callers keep runs short (`last - first` at most an answer's batch length): the
-    /// default asks [`Store::get`] for every number of it.
-    fn get_run(&self, origin: &OriginKey, first: u64, last: u64) -> Vec<Arc<Event>> {
-        (first..=last)
-            .filter_map(|seq| self.get(origin, seq))
-            .collect()
+    /// left out): what [`Store::get`] gives for each number of the run, up to the first
+    /// event at which the events' [`answer_len`]s add up to `bytes_max` (the rest of the
+    /// run may be left out: the caller sends no more than that at once, and a run of a few
+    /// thousand large events would otherwise be read whole for one message's worth). The
+    /// core reads an anti-entropy answer's events through it, up to a few thousand at a
+    /// time; a store that reads from disk overrides it to read the run with one query and
+    /// check what it read at once (`weft-node`'s SQLite store verifies the signatures as a
+    /// batch). Callers keep runs short (`last - first` at most an answer's batch length):
+    /// the default asks [`Store::get`] for every number of it.
+    fn get_run(
+        &self,
+        origin: &OriginKey,
+        first: u64,
+        last: u64,
+        bytes_max: usize,
+    ) -> Vec<Arc<Event>> {
+        within_bytes(
+            (first..=last).filter_map(|seq| self.get(origin, seq)),
+            bytes_max,
+        )
     }
     /// Whether the event of `origin` at `seq` was erased (removed by an erase rule, or
     /// refused on arrival as matching one). The core answers requests for it with a Skip,
@@ -395,13 +426,20 @@ impl Store for MemStore {
         self.by_origin.get(origin)?.events.get(seq).cloned()
     }
 
-    fn get_run(&self, origin: &OriginKey, first: u64, last: u64) -> Vec<Arc<Event>> {
+    fn get_run(
+        &self,
+        origin: &OriginKey,
+        first: u64,
+        last: u64,
+        bytes_max: usize,
+    ) -> Vec<Arc<Event>> {
         let Some(held) = self.by_origin.get(origin) else {
             return Vec::new();
         };
-        (first..=last)
-            .filter_map(|seq| held.events.get(seq).cloned())
-            .collect()
+        within_bytes(
+            (first..=last).filter_map(|seq| held.events.get(seq).cloned()),
+            bytes_max,
+        )
     }
 
     fn void(&mut self, origin: OriginKey, seq: u64, _id: EventId) -> Result<(), StoreError> {
@@ -551,7 +589,7 @@ mod tests {
         store.erase(origin, 5);
         for (first, last) in [(1, 10), (3, 3), (4, 4), (6, 8), (1, 400), (299, 301)] {
             let run: Vec<u64> = store
-                .get_run(&origin, first, last)
+                .get_run(&origin, first, last, usize::MAX)
                 .iter()
                 .map(|e| e.seq())
                 .collect();
@@ -561,8 +599,12 @@ mod tests {
                 .collect();
             assert_eq!(run, one_by_one, "run {first}..={last}");
         }
-        assert_eq!(store.get_run(&origin, 1, 10).len(), 4);
-        assert!(store.get_run(&OriginKey([9; 32]), 1, 10).is_empty());
+        assert_eq!(store.get_run(&origin, 1, 10, usize::MAX).len(), 4);
+        assert!(
+            store
+                .get_run(&OriginKey([9; 32]), 1, 10, usize::MAX)
+                .is_empty()
+        );
     }
 
     #[test]

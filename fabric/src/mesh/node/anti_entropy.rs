@@ -14,7 +14,7 @@ use crate::envelope::{Event, OriginKey};
 use crate::mesh::message::{Digest, DigestRanges, Message, Settled};
 use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::seen::OriginSeen;
-use crate::mesh::store::{Inserted, Store};
+use crate::mesh::store::{Inserted, Store, answer_len};
 
 impl<S: Store> Node<S> {
     /// An anti-entropy batch from `from` ([`Message::SyncResponse`]). Out of line: one
@@ -498,6 +498,106 @@ impl<S: Store> Node<S> {
         );
     }
 
+    /// The store runs `(origin, first, last)` an answer to `msg` from `from` would read
+    /// through [`Store::get_run`] if it were handled now, in the order it would read them;
+    /// empty for any other message and for a request whose summary does not match (its
+    /// answer reads nothing). For a store that reads ahead off the caller's thread (the
+    /// node reads a large answer's events on a reader thread, then hands the request in):
+    /// a hint, never needed for correctness, since the state may change before the request
+    /// is handled. The only state it changes is what handling the request would change
+    /// first: the anti-entropy summary settles what is due by now.
+    /// Runs are counted against the answer's batch length number by number; the answer
+    /// itself also stops at [`BATCH_BYTES_MAX`], so it may read less than listed.
+    pub fn sync_answer_reads(
+        &mut self,
+        from: &OriginKey,
+        msg: &Message,
+    ) -> Vec<(OriginKey, u64, u64)> {
+        let Message::SyncRequest {
+            digest,
+            from_origin,
+            settled,
+        } = msg
+        else {
+            return Vec::new();
+        };
+        let theirs = normalized_digest(digest);
+        let Some(origins) = self.answer_origins(&theirs, *from_origin, settled.as_ref()) else {
+            return Vec::new();
+        };
+        let limit = sync_batch_len(self.config.sync_batch_len_max, self.router.rtt_us(from));
+        let mut runs = Vec::new();
+        let mut taken = 0usize;
+        for origin in origins {
+            if taken == limit {
+                break;
+            }
+            let Lacking::Runs(lacking) = self.lacking(&origin, &theirs) else {
+                continue;
+            };
+            for (first, last) in runs_within(&lacking, limit - taken) {
+                taken += run_len(first, last);
+                runs.push((origin, first, last));
+            }
+        }
+        runs
+    }
+
+    /// The origins an answer to a request (its digest sorted, `theirs`) goes through, in
+    /// order from `from_origin`; `None` when the request's summary does not match.
+    fn answer_origins(
+        &mut self,
+        theirs: &Digest,
+        from_origin: Option<OriginKey>,
+        settled: Option<&Settled>,
+    ) -> Option<Vec<OriginKey>> {
+        // A summary of the origins the digest leaves out: if this node has seen the same of
+        // them, only the listed origins can hold anything the requester lacks; if not, it
+        // asks for the whole digest (answering as if the requester had nothing of them
+        // would send all of it).
+        let origins: Vec<OriginKey> = match settled {
+            Some(summary) if !self.settled_matches(theirs, from_origin, summary) => return None,
+            Some(_) => theirs.iter().map(|(o, _)| *o).collect(),
+            None => self.store.origins(),
+        };
+        Some(match from_origin {
+            Some(f) => origins.into_iter().filter(|o| *o >= f).collect(),
+            None => origins,
+        })
+    }
+
+    /// What the requester (its digest sorted, `theirs`) lacks of `origin` that this node
+    /// holds.
+    fn lacking(&self, origin: &OriginKey, theirs: &Digest) -> Lacking {
+        let Some(mine) = self.store.ranges(origin) else {
+            return Lacking::Nothing;
+        };
+        let lacking = match theirs.binary_search_by(|(o, _)| o.cmp(origin)) {
+            Err(_) => mine.difference_ranges(&[]),
+            Ok(at) if SeqRanges::is_normalized(&theirs[at].1) => {
+                mine.difference_ranges(&theirs[at].1)
+            }
+            Ok(at) => mine
+                .difference_ranges(SeqRanges::from_ranges(theirs[at].1.iter().copied()).as_slice()),
+        };
+        // Nothing lacking (the common case): no more to look up for this origin.
+        if lacking.is_empty() {
+            return Lacking::Nothing;
+        }
+        // All the requester lacks of this origin is what arrived here lately: most likely
+        // on its way to the requester too (SYNC_FRESH_US). Behind on older numbers as well,
+        // it gets everything.
+        let fresh_from = self
+            .seen
+            .get(origin)
+            .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
+            .map_or(u64::MAX, |s| s.fresh_from);
+        if lacking.first().is_some_and(|(seq, _)| *seq >= fresh_from) {
+            return Lacking::Fresh(SeqRanges::covered(&lacking));
+        }
+        Lacking::Runs(lacking)
+    }
+
     #[inline(never)] // rare: see `on_sync_response`
     pub(super) fn on_sync_request(
         &mut self,
@@ -511,44 +611,20 @@ impl<S: Store> Node<S> {
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.unanswered_since = None;
         }
-        // The digest as a list sorted by origin (a later duplicate of an origin replaces an
-        // earlier one). Digests arrive sorted and with normalized ranges (they are built
-        // from ordered sets), so this is usually just a check: building a set per origin
-        // of every digest was most of a 1000-node simulation's time.
-        let mut theirs: Digest = digest;
-        theirs.truncate(DIGEST_ORIGINS_MAX);
-        if !theirs.windows(2).all(|w| w[0].0 < w[1].0) {
-            theirs.sort_by_key(|entry| entry.0); // stable: duplicates keep their order
-            let mut dedup: Digest = Vec::with_capacity(theirs.len());
-            for entry in theirs {
-                match dedup.last_mut() {
-                    Some(last) if last.0 == entry.0 => *last = entry,
-                    _ => dedup.push(entry),
-                }
-            }
-            theirs = dedup;
-        }
+        let theirs = normalized_digest(&digest);
         let held = self.seen_count;
-        // A summary of the origins the digest leaves out: if this node has seen the same of
-        // them, only the listed origins can hold anything the requester lacks; if not, it
-        // asks for the whole digest (answering as if the requester had nothing of them
-        // would send all of it).
-        let origins: Vec<OriginKey> = match &settled {
-            Some(summary) if !self.settled_matches(&theirs, from_origin, summary) => {
-                self.stats.sync_unsettled_out += 1;
-                self.send(
-                    from,
-                    Message::SyncResponse {
-                        events: Vec::new(),
-                        resume: None,
-                        held,
-                        unsettled: Some(summary.key),
-                    },
-                );
-                return;
-            }
-            Some(_) => theirs.iter().map(|(o, _)| *o).collect(),
-            None => self.store.origins(),
+        let Some(origins) = self.answer_origins(&theirs, from_origin, settled.as_ref()) else {
+            self.stats.sync_unsettled_out += 1;
+            self.send(
+                from,
+                Message::SyncResponse {
+                    events: Vec::new(),
+                    resume: None,
+                    held,
+                    unsettled: settled.map(|s| s.key),
+                },
+            );
+            return;
         };
         let mut events = Vec::new();
         let mut erased = Vec::new();
@@ -558,54 +634,28 @@ impl<S: Store> Node<S> {
         // (restarted without its store, back from a long partition) over a 230 ms link
         // otherwise moves one batch per RTT, a fifth of what a 40 ms partner gives it.
         let limit = sync_batch_len(self.config.sync_batch_len_max, self.router.rtt_us(&from));
-        for origin in origins
-            .into_iter()
-            .filter(|o| from_origin.is_none_or(|f| *o >= f))
-        {
-            let Some(mine) = self.store.ranges(&origin) else {
-                continue;
-            };
+        for origin in origins {
             // Erased numbers count as events do: an answer names at most `limit` numbers
             // in all, whether as events or as Skips.
             let room = limit - events.len() - erased.len();
-            let lacking = match theirs.binary_search_by(|(o, _)| o.cmp(&origin)) {
-                Err(_) => mine.difference_ranges(&[]),
-                Ok(at) if SeqRanges::is_normalized(&theirs[at].1) => {
-                    mine.difference_ranges(&theirs[at].1)
+            let lacking = match self.lacking(&origin, &theirs) {
+                Lacking::Nothing => continue,
+                Lacking::Fresh(count) => {
+                    self.stats.sync_events_held_back += count.min(room as u64);
+                    continue;
                 }
-                Ok(at) => mine.difference_ranges(
-                    SeqRanges::from_ranges(theirs[at].1.iter().copied()).as_slice(),
-                ),
+                Lacking::Runs(lacking) => lacking,
             };
-            // Nothing lacking (the common case): no more to look up for this origin.
-            if lacking.is_empty() {
-                continue;
-            }
             let lacking_count = SeqRanges::covered(&lacking);
             let mut cut = false;
-            // All the requester lacks of this origin is what arrived here lately: most
-            // likely on its way to the requester too (SYNC_FRESH_US). Behind on older
-            // numbers as well, it gets everything.
-            let fresh_from = self
-                .seen
-                .get(&origin)
-                .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
-                .map_or(u64::MAX, |s| s.fresh_from);
-            if lacking.first().is_some_and(|(seq, _)| *seq >= fresh_from) {
-                self.stats.sync_events_held_back += lacking_count.min(room as u64);
-                continue;
-            }
             // The first `room` numbers lacking, a run at a time (one read of the store
             // per run: a disk store reads and checks the run at once).
-            let mut taken = 0usize;
-            'runs: for &(first, end) in &lacking {
-                if taken == room {
-                    break;
-                }
-                let last = end.min(first.saturating_add((room - taken) as u64 - 1));
-                taken += usize::try_from(last - first + 1).unwrap_or(usize::MAX);
+            'runs: for (first, last) in runs_within(&lacking, room) {
                 let mut next = first;
-                for e in self.store.get_run(&origin, first, last) {
+                // Under the byte bound here (else the answer was cut): the store reads no
+                // further than the event that reaches it.
+                let bytes_left = BATCH_BYTES_MAX - bytes;
+                for e in self.store.get_run(&origin, first, last, bytes_left) {
                     // Ascending and inside the run, as the trait asks: a store that broke
                     // that must not break the answer's bounds.
                     if e.seq() < next || e.seq() > last {
@@ -613,7 +663,7 @@ impl<S: Store> Node<S> {
                     }
                     self.push_erased(origin, next..e.seq(), &mut erased);
                     next = e.seq().saturating_add(1);
-                    bytes += e.signed_bytes().len() + 64;
+                    bytes += answer_len(e.signed_bytes().len());
                     events.push(e);
                     if bytes >= BATCH_BYTES_MAX {
                         cut = true;
@@ -640,6 +690,60 @@ impl<S: Store> Node<S> {
             },
         );
     }
+}
+
+/// What a requester lacks of one origin ([`Node::lacking`]).
+enum Lacking {
+    /// Nothing this node holds.
+    Nothing,
+    /// Only numbers that reached this node lately (`SYNC_FRESH_US`), this many: most
+    /// likely on their way to the requester, so not sent.
+    Fresh(u64),
+    /// These ranges, ascending.
+    Runs(smallvec::SmallVec<[(u64, u64); 2]>),
+}
+
+/// The first `room` numbers of `lacking` (ascending ranges), as ranges.
+fn runs_within(lacking: &[(u64, u64)], room: usize) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut left = room;
+    lacking.iter().map_while(move |&(first, end)| {
+        if left == 0 {
+            return None;
+        }
+        let last = end.min(first.saturating_add(left as u64 - 1));
+        left = left.saturating_sub(run_len(first, last));
+        Some((first, last))
+    })
+}
+
+/// How many numbers `first..=last` holds, as a length (saturating).
+fn run_len(first: u64, last: u64) -> usize {
+    usize::try_from(last - first + 1).unwrap_or(usize::MAX)
+}
+
+/// A request's digest sorted by origin, each origin once (a later duplicate replaces an
+/// earlier one), at most [`DIGEST_ORIGINS_MAX`] entries. Digests arrive sorted and with
+/// normalized ranges (they are built from ordered sets), so this is usually just a check
+/// and a borrow: building a set per origin of every digest was most of a 1000-node
+/// simulation's time.
+fn normalized_digest(digest: &Digest) -> std::borrow::Cow<'_, Digest> {
+    let listed = &digest[..digest.len().min(DIGEST_ORIGINS_MAX)];
+    if listed.windows(2).all(|w| w[0].0 < w[1].0) {
+        if listed.len() == digest.len() {
+            return std::borrow::Cow::Borrowed(digest);
+        }
+        return std::borrow::Cow::Owned(listed.to_vec());
+    }
+    let mut sorted = listed.to_vec();
+    sorted.sort_by_key(|entry| entry.0); // stable: duplicates keep their order
+    let mut dedup: Digest = Vec::with_capacity(sorted.len());
+    for entry in sorted {
+        match dedup.last_mut() {
+            Some(last) if last.0 == entry.0 => *last = entry,
+            _ => dedup.push(entry),
+        }
+    }
+    std::borrow::Cow::Owned(dedup)
 }
 
 /// Events in one anti-entropy answer to a requester `rtt_us` away: `base` up to

@@ -2045,8 +2045,16 @@ fn an_unruly_store_cannot_stretch_an_answer() {
     struct Unruly(crate::mesh::MemStore);
     impl Store for Unruly {
         memstore_required!();
-        fn get_run(&self, origin: &OriginKey, first: u64, last: u64) -> Vec<Arc<Event>> {
-            let run = self.0.get_run(origin, first.saturating_sub(2), last + 2);
+        fn get_run(
+            &self,
+            origin: &OriginKey,
+            first: u64,
+            last: u64,
+            bytes_max: usize,
+        ) -> Vec<Arc<Event>> {
+            let run = self
+                .0
+                .get_run(origin, first.saturating_sub(2), last + 2, bytes_max);
             run.iter().rev().chain(run.iter()).cloned().collect()
         }
     }
@@ -3501,4 +3509,256 @@ proptest! {
         }
         prop_assert!(received.iter().all(|r| *r == 1), "coverage {:?}", received);
     }
+}
+
+/// The runs `sync_answer_reads` names for a request are the runs the answer then reads
+/// through `Store::get_run`, in order: over a transfer resumed in several answers, with a
+/// requester that holds part of an origin, and with a summary that does not match (an
+/// `unsettled` answer, which reads nothing). The node's reader threads read those runs
+/// ahead; a run named and not read is wasted work, a run read and not named is read on
+/// the driver's thread.
+#[test]
+fn an_answers_named_reads_are_the_runs_it_reads() {
+    struct Recording(
+        crate::mesh::MemStore,
+        std::cell::RefCell<Vec<(OriginKey, u64, u64)>>,
+    );
+    impl Store for Recording {
+        memstore_required!();
+        fn get_run(
+            &self,
+            origin: &OriginKey,
+            first: u64,
+            last: u64,
+            bytes_max: usize,
+        ) -> Vec<Arc<Event>> {
+            self.1.borrow_mut().push((*origin, first, last));
+            self.0.get_run(origin, first, last, bytes_max)
+        }
+    }
+    let mut node = Node::new(
+        lone_member(),
+        MeshConfig::wan(2),
+        1,
+        Recording(crate::mesh::MemStore::new(1000), Default::default()),
+        0,
+    );
+    node.config.sync_batch_len_max = 8;
+    let mut other = lone_member();
+    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
+    other.addr = "n3".into();
+    let peer = OriginKey(other.key);
+    node.member_insert(Arc::new(other));
+    node.handle_rtt_sample(0, peer, 500);
+    node.router.members_changed();
+    // Three origins with holes: 1..=5 and 9..=12 of one, 1..=7 of another, 2..=3 of a
+    // third.
+    let origins: Vec<(u8, Vec<u64>)> = vec![
+        (4, (1..=5).chain(9..=12).collect()),
+        (5, (1..=7).collect()),
+        (6, vec![2, 3]),
+    ];
+    for (seed, seqs) in &origins {
+        for &seq in seqs {
+            let inserted = node.store_mut().insert(event_at(*seed, seq, "orders.all"));
+            assert_eq!(inserted, Ok(Inserted::New));
+        }
+    }
+    let signer = |seed: u8| crate::Signer::from_secret(&[seed; 32]).origin();
+    let now = 10 * SYNC_FRESH_US;
+    let answer = |node: &mut Node<Recording>, msg: Message| {
+        node.advance(now);
+        let named = node.sync_answer_reads(&peer, &msg);
+        node.store().1.borrow_mut().clear();
+        node.handle_message(now, peer, msg);
+        let read = node.store().1.borrow().clone();
+        assert_eq!(named, read, "the runs named are the runs read");
+        std::iter::from_fn(|| node.poll_transmit())
+            .find_map(|t| match t.msg {
+                Message::SyncResponse {
+                    events,
+                    resume,
+                    unsettled,
+                    ..
+                } => Some((events, resume, unsettled, read.len())),
+                _ => None,
+            })
+            .expect("an answer")
+    };
+    // A requester with nothing: 18 events in answers of 8, resumed by origin.
+    let mut held: BTreeMap<OriginKey, SeqRanges> = BTreeMap::new();
+    let (mut sent, mut from_origin, mut answers) = (0, None, 0);
+    loop {
+        let digest = held
+            .iter()
+            .map(|(o, r)| (*o, r.as_slice().iter().copied().collect()))
+            .collect();
+        let (events, resume, _, runs) = answer(
+            &mut node,
+            Message::SyncRequest {
+                digest,
+                from_origin,
+                settled: None,
+            },
+        );
+        assert!(runs > 0, "every answer of the transfer reads");
+        sent += events.len();
+        for e in events {
+            held.entry(e.origin()).or_default().insert(e.seq());
+        }
+        answers += 1;
+        assert!(answers <= 6, "the transfer ends");
+        match resume {
+            Some(at) => from_origin = Some(at),
+            None => break,
+        }
+    }
+    assert_eq!(sent, 18);
+    // A requester holding 1..=3 and 10 of the first origin and all of the second.
+    let mut digest = vec![
+        (signer(4), smallvec::smallvec![(1, 3), (10, 10)]),
+        (signer(5), smallvec::smallvec![(1, 7)]),
+    ];
+    digest.sort_by_key(|(o, _)| *o);
+    let (events, _, _, runs) = answer(
+        &mut node,
+        Message::SyncRequest {
+            digest,
+            from_origin: None,
+            settled: None,
+        },
+    );
+    assert_eq!(
+        (events.len(), runs),
+        (7, 4),
+        "4..=5, 9, 11..=12 and 2..=3 of the third"
+    );
+    // A summary this node's does not match: answered `unsettled`, nothing named or read.
+    let (events, _, unsettled, runs) = answer(
+        &mut node,
+        Message::SyncRequest {
+            digest: vec![],
+            from_origin: None,
+            settled: Some(crate::mesh::message::Settled {
+                count: 99,
+                hash: 1,
+                key: [7, 7],
+            }),
+        },
+    );
+    assert_eq!((events.len(), unsettled, runs), (0, Some([7, 7]), 0));
+    // Any other message names nothing.
+    assert!(
+        node.sync_answer_reads(&peer, &Message::IHave(vec![]))
+            .is_empty()
+    );
+}
+
+/// A store stops reading a run at the answer's byte bound: `get_run` gives the events up
+/// to the first at which their sizes reach `bytes_max` (MemStore and the trait's default
+/// alike), so an answer over a long run of large events reads a message's worth, not the
+/// run.
+#[test]
+fn a_run_is_read_up_to_the_byte_bound() {
+    struct Default_(crate::mesh::MemStore);
+    impl Store for Default_ {
+        memstore_required!();
+    }
+    let mut mem = crate::mesh::MemStore::new(100);
+    for seq in 1..=10 {
+        mem.insert(signed_event(4, seq, "orders.all", &[7u8; 1000]).unwrap())
+            .unwrap();
+    }
+    let origin = crate::Signer::from_secret(&[4; 32]).origin();
+    let one = crate::mesh::answer_len(mem.get(&origin, 1).unwrap().signed_bytes().len());
+    let mut wrapped = Default_(crate::mesh::MemStore::new(100));
+    for seq in 1..=10 {
+        wrapped.insert(mem.get(&origin, seq).unwrap()).unwrap();
+    }
+    for (bytes_max, expected) in [
+        (1, 1),
+        (one, 1),
+        (one + 1, 2),
+        (3 * one, 3),
+        (usize::MAX, 10),
+    ] {
+        for (name, got) in [
+            ("MemStore", mem.get_run(&origin, 1, 10, bytes_max)),
+            ("the default", wrapped.get_run(&origin, 1, 10, bytes_max)),
+        ] {
+            let seqs: Vec<u64> = got.iter().map(|e| e.seq()).collect();
+            assert_eq!(
+                seqs,
+                (1..=expected).collect::<Vec<u64>>(),
+                "{name}, bytes_max {bytes_max}"
+            );
+        }
+    }
+}
+
+/// An answer over large events stops at its byte bound (`BATCH_BYTES_MAX`) and says where
+/// to resume, and the store gives out no more than that: the run is not read whole.
+#[test]
+fn an_answer_of_large_events_reads_and_sends_one_messages_worth() {
+    struct Counting(crate::mesh::MemStore, std::cell::Cell<usize>);
+    impl Store for Counting {
+        memstore_required!();
+        fn get_run(
+            &self,
+            origin: &OriginKey,
+            first: u64,
+            last: u64,
+            bytes_max: usize,
+        ) -> Vec<Arc<Event>> {
+            let run = self.0.get_run(origin, first, last, bytes_max);
+            self.1.set(self.1.get() + run.len());
+            run
+        }
+    }
+    let mut node = Node::new(
+        lone_member(),
+        MeshConfig::wan(2),
+        1,
+        Counting(crate::mesh::MemStore::new(100), Default::default()),
+        0,
+    );
+    let mut other = lone_member();
+    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
+    other.addr = "n3".into();
+    let peer = OriginKey(other.key);
+    node.member_insert(Arc::new(other));
+    let payload = vec![7u8; 1000 * 1024];
+    for seq in 1..=12 {
+        let e = signed_event(4, seq, "orders.all", &payload).unwrap();
+        assert_eq!(node.store_mut().insert(e), Ok(Inserted::New));
+    }
+    let origin = crate::Signer::from_secret(&[4; 32]).origin();
+    let one = crate::mesh::answer_len(node.store().get(&origin, 1).unwrap().signed_bytes().len());
+    let in_one = BATCH_BYTES_MAX.div_ceil(one);
+    assert!(in_one < 12, "the test needs more than one answer's worth");
+    let ask = |node: &mut Node<Counting>, digest: crate::mesh::message::Digest| {
+        node.store().1.set(0);
+        node.handle_message(
+            10 * SYNC_FRESH_US,
+            peer,
+            Message::SyncRequest {
+                digest,
+                from_origin: None,
+                settled: None,
+            },
+        );
+        let (events, resume) = std::iter::from_fn(|| node.poll_transmit())
+            .find_map(|t| match t.msg {
+                Message::SyncResponse { events, resume, .. } => Some((events, resume)),
+                _ => None,
+            })
+            .expect("an answer");
+        (events.len(), resume, node.store().1.get())
+    };
+    assert_eq!(ask(&mut node, vec![]), (in_one, Some(origin), in_one));
+    let held: crate::mesh::message::DigestRanges = smallvec::smallvec![(1, in_one as u64)];
+    assert_eq!(
+        ask(&mut node, vec![(origin, held)]),
+        (12 - in_one, None, 12 - in_one)
+    );
 }
