@@ -785,7 +785,7 @@ impl Driver {
                     && matches!(reply, Some(Reply::Sync(_)))
                     && self.readers.as_ref().is_some_and(|r| r.has_room())
                 {
-                    let runs = self.node.sync_answer_reads(&from, &msg);
+                    let runs = self.node.sync_answer_reads(now, &from, &msg);
                     if crate::read_ahead::Readers::worth_it(&runs)
                         && let Some(readers) = &mut self.readers
                     {
@@ -2262,7 +2262,6 @@ impl Driver {
     }
 }
 
-/// Milliseconds since the Unix epoch.
 /// The next read-ahead done, if the driver has readers (else never).
 async fn next_read(
     done: &mut Option<mpsc::UnboundedReceiver<crate::read_ahead::Done>>,
@@ -2273,6 +2272,7 @@ async fn next_read(
     }
 }
 
+/// Milliseconds since the Unix epoch.
 pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -117,17 +117,26 @@ impl Readers {
             let done_tx = self.done_tx.clone();
             self.in_flight += 1;
             tokio::task::spawn_blocking(move || {
-                let reader = match reader {
-                    Some(reader) => Some(reader),
-                    None => StoreReader::open(&data_dir)
-                        .inspect_err(|e| {
+                // A read that panics (not expected) must still bring the request back, or
+                // it would go unanswered and its slot stay taken for good: it comes back
+                // with nothing read, and its connection is not reused.
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let reader = match reader {
+                        Some(reader) => reader,
+                        None => StoreReader::open(&data_dir).map_err(|e| {
                             tracing::error!(error = %e, "cannot open a reader for anti-entropy answers; answering from the writer");
-                        })
-                        .ok(),
-                };
-                let ahead = match &reader {
-                    Some(r) => r.read_ahead(&parked.runs, BATCH_BYTES_MAX, removals),
-                    None => ReadAhead::empty(removals),
+                        })?,
+                    };
+                    let ahead = reader.read_ahead(&parked.runs, BATCH_BYTES_MAX, removals);
+                    Ok::<_, ()>((ahead, reader))
+                }));
+                let (ahead, reader) = match read {
+                    Ok(Ok((ahead, reader))) => (ahead, Some(reader)),
+                    Ok(Err(())) => (ReadAhead::empty(removals), None),
+                    Err(_) => {
+                        tracing::error!("a read-ahead panicked; the answer reads from the writer");
+                        (ReadAhead::empty(removals), None)
+                    }
                 };
                 // The driver may have stopped; the request then goes unanswered, as any
                 // request in flight at a stop.

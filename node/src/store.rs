@@ -333,6 +333,9 @@ struct RunRead {
     corrupt_rows: u64,
     /// Events taken from the cache instead of their rows.
     cache_hits: u64,
+    /// The number after the last row taken: `last + 1` when the run was read to its end,
+    /// less when the byte bound stopped it.
+    end: u64,
 }
 
 /// The stored events of `origin` numbered `first..=last`, ascending, up to the first at
@@ -350,7 +353,43 @@ fn read_run(
     bytes_max: usize,
     cache: Option<&RefCell<EventCache>>,
 ) -> rusqlite::Result<RunRead> {
+    // Rows are taken up to the bound before their signatures are checked: a row left out
+    // then took a place under the bound that no event fills, so the read goes on from
+    // where it stopped (again only when rows were left out; each pass takes a row or more).
     let mut read = RunRead::default();
+    let mut kept = 0usize;
+    let mut from = first;
+    loop {
+        let pass = read_pass(conn, origin, (from, last), bytes_max - kept, cache)?;
+        kept += pass
+            .events
+            .iter()
+            .map(|e| answer_len(e.signed_bytes().len()))
+            .sum::<usize>();
+        read.events.extend(pass.events);
+        read.corrupt_rows += pass.corrupt_rows;
+        read.cache_hits += pass.cache_hits;
+        read.end = pass.end;
+        if kept >= bytes_max || pass.end > last {
+            return Ok(read);
+        }
+        from = pass.end;
+    }
+}
+
+/// One pass of [`read_run`]: rows from `first` until their decoded sizes reach `bytes_max`
+/// or the run ends, then verified.
+fn read_pass(
+    conn: &Connection,
+    origin: &OriginKey,
+    (first, last): (u64, u64),
+    bytes_max: usize,
+    cache: Option<&RefCell<EventCache>>,
+) -> rusqlite::Result<RunRead> {
+    let mut read = RunRead {
+        end: last.saturating_add(1),
+        ..RunRead::default()
+    };
     let (Ok(lo), Ok(hi)) = (i64::try_from(first), i64::try_from(last.min(SEQ_MAX))) else {
         return Ok(read);
     };
@@ -366,12 +405,15 @@ fn read_run(
     let mut named: Vec<(usize, u64, Vec<u8>)> = Vec::new();
     let mut unverified = Vec::new();
     let mut bytes = 0usize;
+    // The number of the last row taken.
+    let mut taken = None;
     {
         let mut cache = cache.map(RefCell::borrow_mut);
         // Row by row: a row that cannot be read is one number left out and counted, as
         // `get` has it, not the whole run.
         for row in rows {
             if bytes >= bytes_max {
+                read.end = taken.map_or(first, |seq: u64| seq.saturating_add(1));
                 break;
             }
             let (seq, id, envelope) = match row {
@@ -383,6 +425,7 @@ fn read_run(
                 }
             };
             let seq = seq as u64; // stored from a u64 (`SEQ_MAX`), read back the same
+            taken = Some(seq);
             if let Some(event) = cache.as_mut().and_then(|c| c.get(&(*origin, seq))) {
                 read.cache_hits += 1;
                 bytes += answer_len(event.signed_bytes().len());
@@ -3275,7 +3318,10 @@ mod tests {
 
     /// A run is read up to the answer's byte bound: the events up to the first at which
     /// their sizes reach it, not the whole run (a run of thousands of 1 MiB events would
-    /// otherwise be read whole for one 8 MiB answer).
+    /// otherwise be read whole for one 8 MiB answer). A row left out (here one that fails
+    /// verification) takes no place under the bound: the read goes on past it, by the
+    /// writer and by a reader thread alike, and a read-ahead that stopped at the bound
+    /// leaves the rest of the run to the rows.
     #[test]
     fn a_run_is_read_up_to_the_byte_bound() {
         let dir = tempfile::tempdir().unwrap();
@@ -3287,25 +3333,45 @@ mod tests {
             }
             store.commit().unwrap();
         }
-        let store = open(dir.path());
+        let raw = Connection::open(db_path(dir.path())).unwrap();
+        flip_envelope_byte(&raw, 2);
+        drop(raw);
+        let mut store = open(dir.path());
         let one = answer_len(event(1, "a", 1, &[7u8; 1000]).signed_bytes().len());
         let seqs = |run: Vec<Arc<Event>>| run.iter().map(|e| e.seq()).collect::<Vec<u64>>();
         for (bytes_max, expected) in [
-            (1, 1),
-            (one, 1),
-            (one + 1, 2),
-            (3 * one, 3),
-            (usize::MAX, 10),
+            (1, vec![1]),
+            (one, vec![1]),
+            (one + 1, vec![1, 3]),
+            (3 * one, vec![1, 3, 4]),
+            (usize::MAX, vec![1, 3, 4, 5, 6, 7, 8, 9, 10]),
         ] {
             assert_eq!(
                 seqs(store.get_run(&origin, 1, 10, bytes_max)),
-                (1..=expected).collect::<Vec<u64>>(),
+                expected,
                 "bytes_max {bytes_max}"
             );
         }
+        assert_eq!(
+            store.stats().corrupt_rows,
+            3,
+            "row 2, once in each read past row 1"
+        );
         let reader = StoreReader::open(dir.path()).unwrap();
-        let ahead = reader.read_ahead(&[(origin, 1, 5), (origin, 7, 10)], 3 * one, 0);
+        let ahead = reader.read_ahead(
+            &[(origin, 1, 6), (origin, 8, 10)],
+            3 * one,
+            store.removals(),
+        );
         assert_eq!(ahead.events(), 3, "the read-ahead stops at the bound too");
+        assert!(store.begin_read_ahead(ahead));
+        assert_eq!(
+            seqs(store.get_run(&origin, 1, 6, usize::MAX)),
+            vec![1, 3, 4, 5, 6],
+            "1, 3 and 4 read ahead, 5 and 6 from the rows"
+        );
+        assert_eq!(store.stats().read_ahead_hits, 3);
+        store.end_read_ahead();
     }
 
     /// An answer takes what a reader read ahead and reads only the rest from the rows: a

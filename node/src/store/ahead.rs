@@ -91,18 +91,10 @@ impl StoreReader {
                         .iter()
                         .map(|e| answer_len(e.signed_bytes().len()))
                         .sum::<usize>();
-                    // Read to `last`, or stopped by the byte bound after the last event.
-                    let end = if bytes >= bytes_max {
-                        read.events
-                            .last()
-                            .map_or(first, |e| e.seq().saturating_add(1))
-                    } else {
-                        last.saturating_add(1)
-                    };
                     ahead.runs.push(ReadRun {
                         origin,
                         first,
-                        end,
+                        end: read.end,
                         events: read.events,
                     });
                 }

@@ -499,20 +499,22 @@ impl<S: Store> Node<S> {
     }
 
     /// The store runs `(origin, first, last)` an answer to `msg` from `from` would read
-    /// through [`Store::get_run`] if it were handled now, in the order it would read them;
-    /// empty for any other message and for a request whose summary does not match (its
-    /// answer reads nothing). For a store that reads ahead off the caller's thread (the
-    /// node reads a large answer's events on a reader thread, then hands the request in):
-    /// a hint, never needed for correctness, since the state may change before the request
-    /// is handled. The only state it changes is what handling the request would change
-    /// first: the anti-entropy summary settles what is due by now.
-    /// Runs are counted against the answer's batch length number by number; the answer
-    /// itself also stops at [`BATCH_BYTES_MAX`], so it may read less than listed.
+    /// through [`Store::get_run`] if it were handled at `now`, in the order it would read
+    /// them; empty for any other message and for a request whose summary does not match
+    /// (its answer reads nothing). For a store that reads ahead off the caller's thread
+    /// (the node reads a large answer's events on a reader thread, then hands the request
+    /// in): a hint, never needed for correctness, since the state may change before the
+    /// request is handled. It changes what any input at `now` changes first: the node's
+    /// clock moves to `now` and the anti-entropy summary settles what is due by then. Runs
+    /// are counted against the answer's batch length number by number; the answer itself
+    /// also stops at [`BATCH_BYTES_MAX`], so it may read less than listed.
     pub fn sync_answer_reads(
         &mut self,
+        now: Micros,
         from: &OriginKey,
         msg: &Message,
     ) -> Vec<(OriginKey, u64, u64)> {
+        self.advance(now);
         let Message::SyncRequest {
             digest,
             from_origin,

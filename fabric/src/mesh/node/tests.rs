@@ -3567,8 +3567,7 @@ fn an_answers_named_reads_are_the_runs_it_reads() {
     let signer = |seed: u8| crate::Signer::from_secret(&[seed; 32]).origin();
     let now = 10 * SYNC_FRESH_US;
     let answer = |node: &mut Node<Recording>, msg: Message| {
-        node.advance(now);
-        let named = node.sync_answer_reads(&peer, &msg);
+        let named = node.sync_answer_reads(now, &peer, &msg);
         node.store().1.borrow_mut().clear();
         node.handle_message(now, peer, msg);
         let read = node.store().1.borrow().clone();
@@ -3649,7 +3648,7 @@ fn an_answers_named_reads_are_the_runs_it_reads() {
     assert_eq!((events.len(), unsettled, runs), (0, Some([7, 7]), 0));
     // Any other message names nothing.
     assert!(
-        node.sync_answer_reads(&peer, &Message::IHave(vec![]))
+        node.sync_answer_reads(now, &peer, &Message::IHave(vec![]))
             .is_empty()
     );
 }
