@@ -333,9 +333,9 @@ struct RunRead {
     corrupt_rows: u64,
     /// Events taken from the cache instead of their rows.
     cache_hits: u64,
-    /// The number after the last row taken: `last + 1` when the run was read to its end,
-    /// less when the byte bound stopped it.
-    end: u64,
+    /// When the byte bound stopped the read before the run's end: the number after the
+    /// last row taken (rows from it on were not read). `None`: read to the end.
+    stopped: Option<u64>,
 }
 
 /// The stored events of `origin` numbered `first..=last`, ascending, up to the first at
@@ -369,11 +369,11 @@ fn read_run(
         read.events.extend(pass.events);
         read.corrupt_rows += pass.corrupt_rows;
         read.cache_hits += pass.cache_hits;
-        read.end = pass.end;
-        if kept >= bytes_max || pass.end > last {
-            return Ok(read);
+        read.stopped = pass.stopped;
+        match pass.stopped {
+            Some(next) if kept < bytes_max => from = next,
+            _ => return Ok(read),
         }
-        from = pass.end;
     }
 }
 
@@ -386,10 +386,7 @@ fn read_pass(
     bytes_max: usize,
     cache: Option<&RefCell<EventCache>>,
 ) -> rusqlite::Result<RunRead> {
-    let mut read = RunRead {
-        end: last.saturating_add(1),
-        ..RunRead::default()
-    };
+    let mut read = RunRead::default();
     let (Ok(lo), Ok(hi)) = (i64::try_from(first), i64::try_from(last.min(SEQ_MAX))) else {
         return Ok(read);
     };
@@ -413,7 +410,9 @@ fn read_pass(
         // `get` has it, not the whole run.
         for row in rows {
             if bytes >= bytes_max {
-                read.end = taken.map_or(first, |seq: u64| seq.saturating_add(1));
+                // `bytes` counts taken rows only, so a row was taken: its number is below
+                // the next row's, at most SEQ_MAX.
+                read.stopped = taken.map(|seq: u64| seq + 1);
                 break;
             }
             let (seq, id, envelope) = match row {
@@ -2561,6 +2560,18 @@ mod tests {
         Arc::new(Signer::from_secret(&[signer; 32]).sign(draft).unwrap())
     }
 
+    /// A store in a new directory holding events 1..=`n` of one origin (signer 1, stream
+    /// `a`) with `payload`, committed and closed; the directory and the origin.
+    fn stored_run(n: u64, payload: &[u8]) -> (tempfile::TempDir, OriginKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        for seq in 1..=n {
+            store.insert(event(1, "a", seq, payload)).unwrap();
+        }
+        store.commit().unwrap();
+        (dir, event(1, "a", 1, payload).origin())
+    }
+
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, StoreLimits::default()).unwrap()
     }
@@ -3292,15 +3303,7 @@ mod tests {
     /// in the second part left out and counted.
     #[test]
     fn a_long_run_is_verified_in_parts_and_kept_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let origin = event(1, "a", 1, b"p").origin();
-        {
-            let mut store = open(dir.path());
-            for seq in 1..=600 {
-                store.insert(event(1, "a", seq, b"payload")).unwrap();
-            }
-            store.commit().unwrap();
-        }
+        let (dir, origin) = stored_run(600, b"payload");
         let raw = Connection::open(db_path(dir.path())).unwrap();
         set_envelope(&raw, 450, event(1, "a", 451, b"payload").encode());
         drop(raw);
@@ -3324,15 +3327,7 @@ mod tests {
     /// leaves the rest of the run to the rows.
     #[test]
     fn a_run_is_read_up_to_the_byte_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let origin = event(1, "a", 1, b"p").origin();
-        {
-            let mut store = open(dir.path());
-            for seq in 1..=10 {
-                store.insert(event(1, "a", seq, &[7u8; 1000])).unwrap();
-            }
-            store.commit().unwrap();
-        }
+        let (dir, origin) = stored_run(10, &[7u8; 1000]);
         let raw = Connection::open(db_path(dir.path())).unwrap();
         flip_envelope_byte(&raw, 2);
         drop(raw);
@@ -3381,15 +3376,7 @@ mod tests {
     /// (an erase) is dropped unused: an erased event is never served from it.
     #[test]
     fn an_answer_takes_a_read_ahead_unless_events_were_removed_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let origin = event(1, "a", 1, b"p").origin();
-        {
-            let mut store = open(dir.path());
-            for seq in 1..=10 {
-                store.insert(event(1, "a", seq, b"payload")).unwrap();
-            }
-            store.commit().unwrap();
-        }
+        let (dir, origin) = stored_run(10, b"payload");
         let seqs = |run: Vec<Arc<Event>>| run.iter().map(|e| e.seq()).collect::<Vec<u64>>();
         let reader = StoreReader::open(dir.path()).unwrap();
         let mut store = open(dir.path());
@@ -3440,18 +3427,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement: prints timings, run by hand"]
     fn measure_run_reads_against_point_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let origin = event(1, "a", 1, b"p").origin();
-        {
-            let mut store = open(dir.path());
-            for seq in 1..=4096 {
-                store.insert(event(1, "a", seq, &[7u8; 256])).unwrap();
-                if seq % 512 == 0 {
-                    store.commit().unwrap();
-                }
-            }
-            store.commit().unwrap();
-        }
+        let (dir, origin) = stored_run(4096, &[7u8; 256]);
         let median = |f: &dyn Fn() -> (Duration, usize)| {
             let mut rounds: Vec<(Duration, usize)> = (0..3).map(|_| f()).collect();
             rounds.sort();

@@ -38,13 +38,13 @@ pub(crate) struct ReadAhead {
     removals: u64,
 }
 
-/// One run read ahead: every stored event of `origin` in `first..=last` up to `end`, the
-/// number after the last one read (below `last + 1` when the byte bound stopped the read).
+/// One run read ahead: every stored event of `origin` in `first..=covered` (the run's
+/// last number, or less when the byte bound stopped the read).
 #[derive(Debug)]
 struct ReadRun {
     origin: OriginKey,
     first: u64,
-    end: u64,
+    covered: u64,
     events: Vec<Arc<Event>>,
 }
 
@@ -94,7 +94,8 @@ impl StoreReader {
                     ahead.runs.push(ReadRun {
                         origin,
                         first,
-                        end: read.end,
+                        // A stop is after a row taken, so above `first`.
+                        covered: read.stopped.map_or(last, |next| next - 1),
                         events: read.events,
                     });
                 }
@@ -148,7 +149,7 @@ impl SqliteStore {
             .ahead
             .runs
             .iter()
-            .find(|r| r.origin == *origin && r.first <= first && first < r.end)
+            .find(|r| r.origin == *origin && (r.first..=r.covered).contains(&first))
         else {
             return (Vec::new(), Some(first));
         };
@@ -159,7 +160,7 @@ impl SqliteStore {
             .cloned()
             .collect();
         self.stats.borrow_mut().read_ahead_hits += events.len() as u64;
-        let rest = (run.end <= last).then_some(run.end);
+        let rest = (run.covered < last).then(|| run.covered + 1);
         (events, rest)
     }
 }

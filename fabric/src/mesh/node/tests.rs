@@ -713,6 +713,20 @@ fn lone_member() -> MemberInfo {
     }
 }
 
+/// A lone node over `store` with one more member, 500 us away (the peer an anti-entropy
+/// test answers), and that member's key.
+fn lone_node_with_peer<S: Store>(store: S) -> (Node<S>, OriginKey) {
+    let mut node = Node::new(lone_member(), MeshConfig::wan(2), 1, store, 0);
+    let mut other = lone_member();
+    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
+    other.addr = "n3".into();
+    let peer = OriginKey(other.key);
+    node.member_insert(Arc::new(other));
+    node.handle_rtt_sample(0, peer, 500);
+    node.router.members_changed();
+    (node, peer)
+}
+
 /// Sequence numbers of the deliveries `node` has queued, in order.
 fn delivered_seqs<S: Store>(node: &mut Node<S>) -> Vec<u64> {
     let mut seqs = Vec::new();
@@ -2058,21 +2072,8 @@ fn an_unruly_store_cannot_stretch_an_answer() {
             run.iter().rev().chain(run.iter()).cloned().collect()
         }
     }
-    let mut node = Node::new(
-        lone_member(),
-        MeshConfig::wan(2),
-        1,
-        Unruly(crate::mesh::MemStore::new(100)),
-        0,
-    );
+    let (mut node, peer) = lone_node_with_peer(Unruly(crate::mesh::MemStore::new(100)));
     node.config.sync_batch_len_max = 4;
-    let mut other = lone_member();
-    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
-    other.addr = "n3".into();
-    let peer = OriginKey(other.key);
-    node.member_insert(Arc::new(other));
-    node.handle_rtt_sample(0, peer, 500);
-    node.router.members_changed();
     for seq in 1..=10 {
         node.handle_publish(0, event_at(9, seq, "orders.all"))
             .unwrap();
@@ -3536,21 +3537,11 @@ fn an_answers_named_reads_are_the_runs_it_reads() {
             self.0.get_run(origin, first, last, bytes_max)
         }
     }
-    let mut node = Node::new(
-        lone_member(),
-        MeshConfig::wan(2),
-        1,
-        Recording(crate::mesh::MemStore::new(1000), Default::default()),
-        0,
-    );
+    let (mut node, peer) = lone_node_with_peer(Recording(
+        crate::mesh::MemStore::new(1000),
+        Default::default(),
+    ));
     node.config.sync_batch_len_max = 8;
-    let mut other = lone_member();
-    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
-    other.addr = "n3".into();
-    let peer = OriginKey(other.key);
-    node.member_insert(Arc::new(other));
-    node.handle_rtt_sample(0, peer, 500);
-    node.router.members_changed();
     // Three origins with holes: 1..=5 and 9..=12 of one, 1..=7 of another, 2..=3 of a
     // third.
     let origins: Vec<(u8, Vec<u64>)> = vec![
@@ -3714,18 +3705,10 @@ fn an_answer_of_large_events_reads_and_sends_one_messages_worth() {
             run
         }
     }
-    let mut node = Node::new(
-        lone_member(),
-        MeshConfig::wan(2),
-        1,
-        Counting(crate::mesh::MemStore::new(100), Default::default()),
-        0,
-    );
-    let mut other = lone_member();
-    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
-    other.addr = "n3".into();
-    let peer = OriginKey(other.key);
-    node.member_insert(Arc::new(other));
+    let (mut node, peer) = lone_node_with_peer(Counting(
+        crate::mesh::MemStore::new(100),
+        Default::default(),
+    ));
     let payload = vec![7u8; 1000 * 1024];
     for seq in 1..=12 {
         let e = signed_event(4, seq, "orders.all", &payload).unwrap();
