@@ -3398,6 +3398,24 @@ mod tests {
             "without the read-ahead the corrupt row is left out"
         );
         assert_eq!(store.stats().corrupt_rows, 1);
+        // A run to the end of the numbers, and one past the highest a store takes.
+        let ahead = reader.read_ahead(
+            &[(origin, 9, u64::MAX), (origin, SEQ_MAX + 1, u64::MAX)],
+            usize::MAX,
+            store.removals(),
+        );
+        assert_eq!(ahead.events(), 2);
+        assert!(store.begin_read_ahead(ahead));
+        assert_eq!(
+            seqs(store.get_run(&origin, 9, u64::MAX, usize::MAX)),
+            vec![9, 10]
+        );
+        assert!(
+            store
+                .get_run(&origin, SEQ_MAX + 1, u64::MAX, usize::MAX)
+                .is_empty()
+        );
+        store.end_read_ahead();
         // Read ahead, then an erase of 1..=2 before the answer: dropped, the rows answer.
         let ahead = reader.read_ahead(&[(origin, 1, 6)], usize::MAX, store.removals());
         let key = crate::erase::Target::Key {
