@@ -46,6 +46,8 @@ struct ReadRun {
     first: u64,
     covered: u64,
     events: Vec<Arc<Event>>,
+    /// Rows the reader left out (corrupt) whose numbers it knows.
+    left_out: Vec<u64>,
 }
 
 impl ReadAhead {
@@ -97,6 +99,7 @@ impl StoreReader {
                         // A stop is after a row taken, so above `first`.
                         covered: read.stopped.map_or(last, |next| next - 1),
                         events: read.events,
+                        left_out: read.left_out,
                     });
                 }
                 Err(e) => {
@@ -137,13 +140,17 @@ impl SqliteStore {
     }
 
     /// The events of `origin` in `first..=last` that the read-ahead holds (from a run that
-    /// begins at or before `first` and reaches it), and the number from which the rest must
-    /// be read from the rows (`None`: nothing left).
+    /// begins at or before `first` and covers it), up to the first at which their
+    /// `answer_len`s reach `bytes_max`, and the number from which the rest must be read from
+    /// the rows (`None`: nothing left). What the rows would give: a row the reader left out
+    /// as corrupt is taken from the writer's cache when that holds its event, as a read of
+    /// the rows does.
     pub(super) fn read_ahead_part(
         &self,
         origin: &OriginKey,
         first: u64,
         last: u64,
+        bytes_max: usize,
     ) -> (Vec<Arc<Event>>, Option<u64>) {
         let Some(run) = self
             .ahead
@@ -153,14 +160,35 @@ impl SqliteStore {
         else {
             return (Vec::new(), Some(first));
         };
-        let events: Vec<Arc<Event>> = run
+        let within = |seq: &u64| (first..=last).contains(seq);
+        let mut held: Vec<Arc<Event>> = run
             .events
             .iter()
-            .filter(|e| (first..=last).contains(&e.seq()))
+            .filter(|e| within(&e.seq()))
             .cloned()
             .collect();
+        if run.left_out.iter().any(within) {
+            let mut cache = self.cache.borrow_mut();
+            held.extend(
+                run.left_out
+                    .iter()
+                    .filter(|seq| within(seq))
+                    .filter_map(|seq| cache.get(&(*origin, *seq))),
+            );
+            held.sort_by_key(|e| e.seq());
+        }
+        let mut events = Vec::with_capacity(held.len());
+        let mut bytes = 0usize;
+        let mut rest = (run.covered < last).then(|| run.covered + 1);
+        for e in held {
+            bytes += answer_len(e.signed_bytes().len());
+            events.push(e);
+            if bytes >= bytes_max {
+                rest = None;
+                break;
+            }
+        }
         self.stats.borrow_mut().read_ahead_hits += events.len() as u64;
-        let rest = (run.covered < last).then(|| run.covered + 1);
         (events, rest)
     }
 }
