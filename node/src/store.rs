@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use weft_fabric::mesh::ranges::RANGES_PER_ORIGIN_MAX;
-use weft_fabric::mesh::{EventRef, Inserted, SeqRanges, Store, StoreError, answer_len};
+use weft_fabric::mesh::{
+    EventRef, Inserted, SeqRanges, Store, StoreError, answer_len, within_bytes,
+};
 use weft_fabric::{Event, EventId, OriginKey};
 
 mod derived;
@@ -2191,19 +2193,13 @@ impl Store for SqliteStore {
                 tracing::error!(%origin, first, last, error = %e, "store run lookup failed");
                 // Callers keep runs short (an answer's batch); a run named past that is
                 // not walked number by number for ever.
-                let mut bytes = 0usize;
                 let end = last
                     .min(SEQ_MAX)
                     .min(first.saturating_add(RUN_FALLBACK_LEN_MAX));
-                for seq in first..=end {
-                    if bytes >= bytes_max {
-                        break;
-                    }
-                    if let Some(e) = self.get(origin, seq) {
-                        bytes += answer_len(e.signed_bytes().len());
-                        out.push(e);
-                    }
-                }
+                out.extend(within_bytes(
+                    (first..=end).filter_map(|seq| self.get(origin, seq)),
+                    bytes_max,
+                ));
             }
         }
         out

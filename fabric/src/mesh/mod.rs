@@ -19,4 +19,4 @@ pub use node::{
 };
 pub use ranges::SeqRanges;
 pub use route::{LinkRecord, NodeStatus, RegionRoute, RelayHop};
-pub use store::{Inserted, MemStore, Store, StoreError, answer_len};
+pub use store::{Inserted, MemStore, Store, StoreError, answer_len, within_bytes};

@@ -66,8 +66,9 @@ pub fn answer_len(signed_len: usize) -> usize {
     signed_len + crate::limits::SIGNATURE_LEN
 }
 
-/// `events` up to the first at which their [`answer_len`]s add up to `bytes_max`.
-fn within_bytes(events: impl Iterator<Item = Arc<Event>>, bytes_max: usize) -> Vec<Arc<Event>> {
+/// `events` up to the first at which their [`answer_len`]s add up to `bytes_max` (what
+/// [`Store::get_run`] gives of a run).
+pub fn within_bytes(events: impl Iterator<Item = Arc<Event>>, bytes_max: usize) -> Vec<Arc<Event>> {
     let mut bytes = 0usize;
     let mut out = Vec::new();
     for e in events {

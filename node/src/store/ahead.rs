@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use weft_fabric::mesh::answer_len;
+use weft_fabric::mesh::{answer_len, within_bytes};
 use weft_fabric::{Event, OriginKey};
 
 use super::{SqliteStore, StoreReader, read_run};
@@ -177,18 +177,9 @@ impl SqliteStore {
             );
             held.sort_by_key(|e| e.seq());
         }
-        let mut events = Vec::with_capacity(held.len());
-        let mut bytes = 0usize;
-        let mut rest = (run.covered < last).then(|| run.covered + 1);
-        for e in held {
-            bytes += answer_len(e.signed_bytes().len());
-            events.push(e);
-            if bytes >= bytes_max {
-                rest = None;
-                break;
-            }
-        }
+        // Cut at the bound as a read of the rows is; `get_run` reads no rest past it.
+        let events = within_bytes(held.into_iter(), bytes_max);
         self.stats.borrow_mut().read_ahead_hits += events.len() as u64;
-        (events, rest)
+        (events, (run.covered < last).then(|| run.covered + 1))
     }
 }
