@@ -309,8 +309,10 @@ pub(crate) struct Driver {
     table_stats: BTreeMap<&'static str, weft_fabric::table::ConflictStats>,
     /// The strategy each table stream was built with (`tables::apply`'s memory).
     tables_built: BTreeMap<String, weft_fabric::table::Strategy>,
-    /// Tables a late write reached in this step: rebuilt once each at its end.
-    late_tables: BTreeSet<weft_fabric::StreamName>,
+    /// Tables a late write reached in this step, with the keys and origins it touched
+    /// (`None`: the whole table, after a write that failed to apply): repaired once each
+    /// at the step's end (`tables::repair`).
+    late_tables: BTreeMap<weft_fabric::StreamName, Option<crate::tables::Touched>>,
     /// Whether the store is at `limits.events_max`, for the HTTP API (`with_store_full`).
     store_full: Arc<std::sync::atomic::AtomicBool>,
     /// CloudEvents claims of the publishes since the last commit (released after it).
@@ -395,7 +397,7 @@ impl Driver {
             tables: None,
             table_stats: BTreeMap::new(),
             tables_built: BTreeMap::new(),
-            late_tables: BTreeSet::new(),
+            late_tables: BTreeMap::new(),
             store_full: Arc::default(),
             claims: Vec::new(),
             after_commit_replies: Vec::new(),
@@ -516,7 +518,7 @@ impl Driver {
                 self.metrics.reject("table_apply_failed");
                 warn!(event = %event.id(), error = %e, "applying a table write failed; the table is rebuilt from the log");
                 self.tables_built.remove(event.stream().as_str());
-                self.late_tables.insert(event.stream().clone());
+                self.late_tables.insert(event.stream().clone(), None);
             }
         }
     }
@@ -1522,18 +1524,18 @@ impl Driver {
             || (!self.erased_in_step.is_empty() && self.erased_in_step.contains(&event.id()))
     }
 
-    /// Rebuilds, once each, the tables late writes reached in this step (see
-    /// [`Driver::deliver_late`]).
+    /// Repairs, once each, the tables late writes reached in this step (see
+    /// [`Driver::deliver_late`]): the keys they wrote, or the whole table after a write
+    /// that failed to apply.
     /// The strategy is the one declared now, not when the late write came: a policy
     /// applied later in the same step may have changed it (and rebuilt the table already).
     fn rebuild_late_tables(&mut self) {
-        for stream in std::mem::take(&mut self.late_tables) {
+        for (stream, touched) in std::mem::take(&mut self.late_tables) {
             let Some(strategy) = self.tables.as_ref().and_then(|t| t.strategy(&stream)) else {
                 continue;
             };
-            self.tables_built
-                .insert(stream.as_str().to_string(), strategy);
             let stats = self.table_stats.entry(strategy.as_str()).or_default();
+            let built = &mut self.tables_built;
             let result = self
                 .node
                 .store_mut()
@@ -1541,7 +1543,14 @@ impl Driver {
                 .map_err(|e| e.to_string())
                 .and_then(|conn| {
                     crate::tables::atomically(conn, "table_rebuild", |conn| {
-                        crate::tables::rebuild(conn, strategy, &stream, stats)
+                        crate::tables::repair(
+                            conn,
+                            Some(strategy),
+                            &stream,
+                            touched.as_ref(),
+                            built,
+                            stats,
+                        )
                     })
                 });
             if let Err(e) = result {
@@ -1579,8 +1588,9 @@ impl Driver {
 
     /// Appends an event delivered out of per-origin order ([`AppEvent::Late`]). A table
     /// tracks what each origin wrote by its highest sequence number, so a table write that
-    /// comes late has its table rebuilt from the log (in per-origin order) at the end of
-    /// the step, once however many late writes reached it.
+    /// comes late has its key rebuilt from the log's writes of that key (in per-origin
+    /// order) at the end of the step, once however many late writes reached it
+    /// (`tables::rebuild_keys`).
     fn deliver_late(&mut self, event: &Event) {
         let strategy = event
             .key()
@@ -1594,7 +1604,13 @@ impl Driver {
             Ok(pos) => {
                 self.last_pos = pos;
                 self.metrics.deliveries.inc();
-                self.late_tables.insert(event.stream().clone());
+                let touched = self
+                    .late_tables
+                    .entry(event.stream().clone())
+                    .or_insert_with(|| Some(crate::tables::Touched::default()));
+                if let (Some(t), Some(key)) = (touched, event.key()) {
+                    t.add(key, event.origin());
+                }
             }
             Err(e) => {
                 // The core counts it delivered: a step that committed without its log row
@@ -1647,16 +1663,13 @@ impl Driver {
         let relayed = self
             .node
             .forget_relayed(|e: &Event| e.hlc().as_u64() <= hlc_max && target.covers(e));
-        // Tables: a key rule removes the key's row; a principal rule rebuilds each table
-        // it touched from the events that remain.
-        let mut touched: BTreeSet<(String, Option<Vec<u8>>)> = BTreeSet::new();
-        for e in &erased {
-            touched.insert((e.stream.clone(), e.key.clone()));
-        }
-        if let crate::erase::Target::Key { stream, key } = &target {
-            touched.insert((stream.clone(), Some(key.clone())));
-        }
-        let tables_result = self.erase_table_rows(&target, &touched);
+        // Tables: each key an erased write named is rebuilt from the writes that remain
+        // (for a key rule, the key's row goes even if no write of it was stored here).
+        let also = match &target {
+            crate::erase::Target::Key { stream, key } => Some((stream.as_str(), key.as_slice())),
+            crate::erase::Target::Principal { .. } => None,
+        };
+        let tables_result = self.repair_tables_after_removal(&erased, also);
         // Not a stop: a table rebuild can fail on a damaged event in the log, which a
         // restart would meet again. The events are erased; the failure is counted and
         // audited with the erase, whose entry says the tables were not cleaned.
@@ -1804,6 +1817,15 @@ impl Driver {
             }
         };
         self.erased_in_step.extend(done.erased.iter().map(|e| e.id));
+        // A retracted derivative on a table stream leaves the table as an erase does.
+        let tables_note = match self.repair_tables_after_removal(&done.erased, None) {
+            Ok(()) => String::new(),
+            Err(e) => {
+                self.metrics.reject("erase_failed");
+                error!(error = %e, "removing retracted values from the tables failed");
+                format!("; the tables were NOT cleaned ({e})")
+            }
+        };
         let wanted: BTreeSet<u64> = numbers.iter().copied().collect();
         let relayed = self.node.forget_relayed(|e: &Event| {
             e.origin() == origin
@@ -1824,7 +1846,7 @@ impl Driver {
             Apply,
             "derivatives_retracted",
             format!(
-                "retraction of {} derivatives by {origin} applied: {} stored removed, {} refused on arrival, {relayed} relayed copies forgotten, {} not derived events left",
+                "retraction of {} derivatives by {origin} applied: {} stored removed, {} refused on arrival, {relayed} relayed copies forgotten, {} not derived events left{tables_note}",
                 numbers.len(),
                 done.erased.len(),
                 done.ahead,
@@ -1833,51 +1855,53 @@ impl Driver {
         ));
     }
 
-    /// Removes table rows an erase touched (see `apply_erase`).
-    fn erase_table_rows(
+    /// Brings the tables in line with the log after an erase or a retraction removed
+    /// `removed` from the store (and, for a key rule, `also`: its key): in each stream
+    /// that is a table, the keys the removed writes named are rebuilt from the writes that
+    /// remain and their origins' applied numbers recomputed (`tables::repair`), at the cost
+    /// of those keys' writes, not of the table's; a stream no longer a table loses its
+    /// rows. The table is then the one a rebuild from the log gives, and the one of a
+    /// replica that never held the removed writes.
+    fn repair_tables_after_removal(
         &mut self,
-        target: &crate::erase::Target,
-        touched: &BTreeSet<(String, Option<Vec<u8>>)>,
+        removed: &[crate::store::ErasedEvent],
+        also: Option<(&str, &[u8])>,
     ) -> Result<(), String> {
+        let mut touched: BTreeMap<&str, crate::tables::Touched> = BTreeMap::new();
+        for e in removed {
+            if let Some(key) = &e.key {
+                touched.entry(&e.stream).or_default().add(key, e.origin);
+            }
+        }
+        if let Some((stream, key)) = also {
+            let t = touched.entry(stream).or_default();
+            if !t.keys.contains(key) {
+                t.keys.insert(key.to_vec());
+            }
+        }
+        if touched.is_empty() {
+            return Ok(());
+        }
         let tables = self.tables.clone();
         let conn = self
             .node
             .store_mut()
             .write_conn()
             .map_err(|e| e.to_string())?;
-        match target {
-            crate::erase::Target::Key { stream, key } => {
-                let strategy = StreamName::new(stream.as_str())
-                    .ok()
-                    .and_then(|name| tables.as_ref().and_then(|t| t.strategy(&name)));
-                let mut unused = weft_fabric::table::ConflictStats::default();
-                let stats = match strategy {
-                    Some(s) => self.table_stats.entry(s.as_str()).or_default(),
-                    None => &mut unused,
-                };
-                crate::tables::erase_key(conn, strategy, stream, key, stats)?;
-            }
-            crate::erase::Target::Principal { .. } => {
-                let streams: BTreeSet<&String> = touched
-                    .iter()
-                    .filter(|(_, k)| k.is_some())
-                    .map(|(s, _)| s)
-                    .collect();
-                for stream in streams {
-                    let Ok(name) = StreamName::new(stream.as_str()) else {
-                        continue;
-                    };
-                    if let Some(strategy) = tables.as_ref().and_then(|t| t.strategy(&name)) {
-                        let stats = self.table_stats.entry(strategy.as_str()).or_default();
-                        crate::tables::rebuild(conn, strategy, &name, stats)?;
-                    } else {
-                        // Not a table now: no rows may keep what the erase removed (a
-                        // later declaration rebuilds from the log).
-                        crate::tables::drop_table(conn, stream)?;
-                        self.tables_built.remove(stream.as_str());
-                    }
-                }
-            }
+        for (stream, t) in &touched {
+            let Ok(name) = StreamName::new(*stream) else {
+                continue;
+            };
+            let strategy = tables.as_ref().and_then(|tables| tables.strategy(&name));
+            let mut unused = weft_fabric::table::ConflictStats::default();
+            let stats = match strategy {
+                Some(s) => self.table_stats.entry(s.as_str()).or_default(),
+                None => &mut unused,
+            };
+            let built = &mut self.tables_built;
+            crate::tables::atomically(conn, "table_rebuild", |conn| {
+                crate::tables::repair(conn, strategy, &name, Some(t), built, stats)
+            })?;
         }
         Ok(())
     }

@@ -592,6 +592,8 @@ type EraseRules = BTreeMap<crate::erase::Target, u64>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ErasedEvent {
     pub(crate) id: weft_fabric::EventId,
+    /// Its producer (what it wrote to a table is recomputed: `tables::rebuild_keys`).
+    pub(crate) origin: OriginKey,
     pub(crate) stream: String,
     pub(crate) key: Option<Vec<u8>>,
 }
@@ -1883,6 +1885,7 @@ impl SqliteStore {
         self.cache.get_mut().remove(&(origin_key, seq_u));
         Ok(ErasedEvent {
             id: weft_fabric::EventId(key32(id, "id")?),
+            origin: origin_key,
             stream,
             key,
         })
