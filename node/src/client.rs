@@ -189,7 +189,7 @@ pub(crate) fn publish(
 pub(crate) fn tail(
     conn: &Conn,
     stream: &str,
-    after: Option<u64>,
+    after: Option<String>,
     durable: Option<String>,
     count: Option<u64>,
     timeout: Option<u64>,
@@ -215,17 +215,17 @@ pub(crate) fn tail(
         let mut seen = 0u64;
         // Durable subscriptions are at-least-once: acknowledge what was printed, every 100
         // events and when tail ends normally.
-        let mut last_id: Option<u64> = None;
-        let mut acked: Option<u64> = None;
+        let mut last_id: Option<String> = None;
+        let mut acked: Option<String> = None;
         let token = match &durable {
             Some(_) => Some(conn.token()?.context(
                 "a durable tail acknowledges what it printed and needs a token: --token, WEFT_TOKEN or --token-file",
             )?),
             None => None,
         };
-        let ack = |pos: u64| {
+        let ack = |cursor: String| {
             let url = conn.url(&format!(
-                "/v1/streams/{stream}/subscriptions/{}/ack?cursor={pos}",
+                "/v1/streams/{stream}/subscriptions/{}/ack?cursor={cursor}",
                 durable.as_deref().unwrap_or("")
             ));
             let client = client.clone();
@@ -246,10 +246,10 @@ pub(crate) fn tail(
                 Some(d) => match tokio::time::timeout_at(d, body.next()).await {
                     Ok(n) => n,
                     Err(_) => {
-                        if let (Some(_), Some(p)) = (&durable, last_id)
-                            && acked != Some(p)
+                        if let (Some(_), Some(p)) = (&durable, &last_id)
+                            && acked.as_ref() != Some(p)
                         {
-                            ack(p).await?;
+                            ack(p.clone()).await?;
                         }
                         bail!("timed out after {} events", seen)
                     }
@@ -264,21 +264,23 @@ pub(crate) fn tail(
                 let id = text
                     .lines()
                     .find_map(|l| l.strip_prefix("id:"))
-                    .and_then(|i| i.trim().parse::<u64>().ok());
+                    .map(|i| i.trim().to_string());
                 for line in text.lines() {
                     if let Some(data) = line.strip_prefix("data:") {
                         say!("{}", data.trim_start());
                         seen += 1;
-                        last_id = id.or(last_id);
+                        if id.is_some() {
+                            last_id.clone_from(&id);
+                        }
                     }
                 }
                 let done = count.is_some_and(|c| seen >= c);
-                if let (Some(_), Some(p)) = (&durable, last_id)
+                if let (Some(_), Some(p)) = (&durable, &last_id)
                     && (done || seen.is_multiple_of(100))
-                    && acked != Some(p)
+                    && acked.as_ref() != Some(p)
                 {
-                    ack(p).await?;
-                    acked = Some(p);
+                    ack(p.clone()).await?;
+                    acked = Some(p.clone());
                 }
                 if done {
                     return Ok(());

@@ -36,6 +36,10 @@ use crate::store::StoreReader;
 pub(crate) const WEFT_CBOR: &str = "application/vnd.weft.event+cbor";
 /// Default page size of reads.
 const READ_LIMIT_DEFAULT: usize = 100;
+/// Most log entries one page read scans to fill itself past events its reader may not
+/// read (`read_events`): a page of a stream mostly of other tenants' events can come back
+/// short, with its cursor past them, after this many.
+const READ_SCAN_LEN_MAX: usize = 10_000;
 
 /// The node's own producer state: events published over HTTP are signed by the node on
 /// behalf of the authenticated principal, with the node's key and sequence.
@@ -94,6 +98,8 @@ pub(crate) struct Api {
     /// Egress transforms' node-local hash keys (config `egress.hash_keys`).
     pub(crate) hash_keys: weft_policy::HashKeys,
     pub(crate) read_limit_max: usize,
+    /// Seals and opens read cursors (`cursor.rs`): a reader never sees a log position.
+    pub(crate) cursors: crate::cursor::Cursors,
     pub(crate) subscribers_max: usize,
     pub(crate) seeded: bool,
     pub(crate) started: Instant,
@@ -318,6 +324,25 @@ impl ReadGuard {
 }
 
 impl Api {
+    /// The log position a cursor of `stream`'s reads names (`None`, absent: the start);
+    /// 400 `bad_cursor`, counted, when it is not a token this node gave for that stream.
+    /// `field` names where it came from (`after`, `Last-Event-ID`, `cursor`).
+    pub(crate) fn cursor_at(
+        &self,
+        stream: &StreamName,
+        field: &str,
+        token: Option<&str>,
+    ) -> ApiResult<u64> {
+        let Some(token) = token else { return Ok(0) };
+        self.cursors.open(stream.as_str(), token).map_err(|e| {
+            self.fail(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                format!("{field}: {e}"),
+            ))
+        })
+    }
+
     pub(crate) fn fail(&self, e: ApiError) -> ApiError {
         self.metrics.reject(e.reason);
         e
@@ -1794,7 +1819,10 @@ fn published_response(p: &Published, complete: bool) -> Response {
 
 #[derive(Debug, Deserialize)]
 struct ReadQuery {
-    after: Option<u64>,
+    /// A cursor token (`cursor.rs`), or 0 for the start.
+    after: Option<String>,
+    /// Start with the last N events the reader may read (instead of `after`).
+    last: Option<usize>,
     limit: Option<usize>,
     durable: Option<String>,
 }
@@ -1825,6 +1853,7 @@ fn render_one(
     entry: &crate::store::LogEntry,
     guard: Option<&ReadGuard>,
     left_out: &mut u64,
+    cursor: &dyn Fn(u64) -> String,
 ) -> Option<String> {
     let u = weft_fabric::decode(&entry.envelope).ok()?;
     if let Some(g) = guard
@@ -1834,8 +1863,63 @@ fn render_one(
         return None;
     }
     let mut obj = cloudevents::render(u.claimed_data());
-    obj.insert("weftcursor".into(), Value::String(entry.pos.to_string()));
+    obj.insert("weftcursor".into(), Value::String(cursor(entry.pos)));
     Some(Value::Object(obj).to_string())
+}
+
+/// The position `last=N` starts after: just before the N-th newest event of `stream`
+/// the reader may read, found walking the log back from its end (at most
+/// `READ_SCAN_LEN_MAX` entries: further back, the start is where the walk stopped).
+/// Events left out are not counted, so how many come says nothing of them either.
+fn start_of_last(
+    r: &crate::store::StoreReader,
+    stream: &str,
+    n: usize,
+    guard: Option<&ReadGuard>,
+) -> Result<u64, weft_fabric::mesh::StoreError> {
+    let mut before = u64::MAX;
+    let mut found = 0;
+    let mut scanned = 0;
+    while scanned < READ_SCAN_LEN_MAX {
+        let entries = r.read_log_before(stream, before, READ_SCAN_LEN_MAX - scanned)?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        for e in &entries {
+            scanned += 1;
+            before = e.pos;
+            let readable = weft_fabric::decode(&e.envelope)
+                .is_ok_and(|u| guard.is_none_or(|g| g.allows(u.claimed_data())));
+            if readable {
+                found += 1;
+                if found == n {
+                    return Ok(e.pos - 1);
+                }
+            }
+        }
+    }
+    Ok(before.saturating_sub(1))
+}
+
+/// `last=N` checked: 1 to `limits.read_limit_max`, and not with `after`.
+fn check_last(api: &Api, q: &ReadQuery) -> ApiResult<Option<usize>> {
+    match q.last {
+        None => Ok(None),
+        Some(_) if q.after.is_some() => Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_last",
+            "last and after cannot both be given: last=N starts with the last N events, after=CURSOR after a cursor".to_string(),
+        ))),
+        Some(n) if n == 0 || n > api.read_limit_max => Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_last",
+            format!(
+                "last must be 1 to {} (limits.read_limit_max), got {n}",
+                api.read_limit_max
+            ),
+        ))),
+        Some(n) => Ok(Some(n)),
+    }
 }
 
 /// Counts events left out of a read (every one, in `weft_rejected_total`) and audits them
@@ -1922,30 +2006,62 @@ async fn read_events(
             ),
         )));
     }
-    let after = q.after.unwrap_or(0);
+    let after = api.cursor_at(&name, "after", q.after.as_deref())?;
+    let last = check_last(&api, &q)?;
     let stream_name = name.as_str().to_string();
-    let (entries, _slot) =
-        read_store_held(&api, move |r| r.read_log(name.as_str(), after, limit)).await?;
-    // The cursor moves past events left out too, so a reader never rereads them.
-    let next = entries.last().map(|e| e.pos).unwrap_or(after);
-    let mut left_out = 0;
-    let mut body = String::from("[");
-    for e in &entries {
-        if let Some(text) = render_one(e, guard.as_ref(), &mut left_out) {
-            if body.len() > 1 {
-                body.push(',');
+    let api2 = api.clone();
+    // The page is filled past the events left out (up to `READ_SCAN_LEN_MAX` log entries
+    // scanned), so that how many a page holds says nothing of how many the reader may
+    // not read, as the opaque cursors say nothing of where they sit.
+    let ((body, next, left_out, guard), _slot) = read_store_held(&api, move |r| {
+        let stream = name.as_str();
+        let cursor = |pos: u64| api2.cursors.seal(stream, pos);
+        let mut next = match last {
+            Some(n) => start_of_last(r, stream, n, guard.as_ref())?,
+            None => after,
+        };
+        let mut left_out = 0;
+        let mut shown = 0;
+        let mut scanned = 0;
+        let mut shown_bytes = 0;
+        let mut body = String::from("[");
+        'pages: while shown < limit && scanned < READ_SCAN_LEN_MAX {
+            let want = (limit - shown).min(READ_SCAN_LEN_MAX - scanned);
+            let entries = r.read_log(stream, next, want)?;
+            if entries.is_empty() {
+                break;
             }
-            body.push_str(&text);
+            for e in &entries {
+                scanned += 1;
+                // The cursor moves past events left out too, so a reader never rereads
+                // them.
+                next = e.pos;
+                if let Some(text) = render_one(e, guard.as_ref(), &mut left_out, &cursor) {
+                    if body.len() > 1 {
+                        body.push(',');
+                    }
+                    body.push_str(&text);
+                    shown += 1;
+                    shown_bytes += e.envelope.len();
+                    if shown_bytes >= crate::store::READ_LOG_BYTES_MAX {
+                        break 'pages;
+                    }
+                }
+            }
         }
-    }
-    body.push(']');
-    drop(entries);
+        body.push(']');
+        Ok((body, next, left_out, guard))
+    })
+    .await?;
     if let Some(g) = &guard {
         audit_left_out(&api, g, &stream_name, left_out);
     }
     let mut resp = ([(header::CONTENT_TYPE, cloudevents::CE_BATCH_JSON)], body).into_response();
-    resp.headers_mut()
-        .insert("weft-next-cursor", HeaderValue::from(next));
+    let next = api.cursors.seal(&stream_name, next);
+    resp.headers_mut().insert(
+        "weft-next-cursor",
+        HeaderValue::from_str(&next).expect("base64url is a header value"),
+    );
     Ok(resp)
 }
 
@@ -2027,7 +2143,7 @@ async fn subscribe(
 ) -> ApiResult<Response> {
     let name = check_stream(&api, &stream)?;
     let system = api.check_system_read(&headers, &name, "subscribe to")?;
-    let guard = if system {
+    let mut guard = if system {
         None
     } else {
         api.read_guard(&headers, weft_policy::Action::Subscribe)?
@@ -2063,10 +2179,14 @@ async fn subscribe(
     if let Some(d) = &q.durable {
         check_durable_name(&api, &name, d)?;
     }
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(api.cursor_at(&name, "Last-Event-ID", Some(v.to_str().unwrap_or("")))?),
+    };
+    let after_param = match q.after.as_deref() {
+        None => None,
+        Some(t) => Some(api.cursor_at(&name, "after", Some(t))?),
+    };
     // Whose subscription: the reader's principal (an admin's for a system stream). A
     // durable one needs a token even where reads need none: its position is a
     // principal's, and one kept for no principal could never be moved (acks and
@@ -2098,7 +2218,22 @@ async fn subscribe(
         api.authenticate(&headers)?;
         save_cursor(&api, d.clone(), &name, pos).await?;
     }
-    let mut after = last_event_id.or(q.after).or(saved).unwrap_or(0);
+    let last = check_last(&api, &q)?;
+    let mut after = match last_event_id.or(after_param).or(saved) {
+        Some(after) => after,
+        None => match last {
+            Some(n) => {
+                let stream = name.as_str().to_string();
+                let (start, g) = read_store(&api, move |r| {
+                    start_of_last(r, &stream, n, guard.as_ref()).map(|s| (s, guard))
+                })
+                .await?;
+                guard = g;
+                start
+            }
+            None => 0,
+        },
+    };
     // The token it was opened with, checked again whenever a new policy epoch comes into
     // force: a bundle that rotates or drops it ends the stream (refused and audited as
     // `token_revoked` or `bad_token`, as a new request would be).
@@ -2111,7 +2246,6 @@ async fn subscribe(
     // A few events queued per subscriber: a client that reads slowly holds little.
     let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(SSE_QUEUE_LEN);
     let api2 = api.clone();
-    let mut guard = guard;
     // Opened while reads needed no token (no policy in force, not an admin's system read).
     let opened_open = guard.is_none() && !system;
     api.metrics.subscribers.inc();
@@ -2189,11 +2323,12 @@ async fn subscribe(
             // Each event rendered just before it is sent, not the whole batch first.
             let mut left_out = 0;
             let mut ended = false;
+            let cursor = |pos: u64| api2.cursors.seal(name.as_str(), pos);
             for e in &entries {
-                let Some(text) = render_one(e, guard.as_ref(), &mut left_out) else {
+                let Some(text) = render_one(e, guard.as_ref(), &mut left_out, &cursor) else {
                     continue;
                 };
-                let ev = SseEvent::default().id(e.pos.to_string()).data(text);
+                let ev = SseEvent::default().id(cursor(e.pos)).data(text);
                 // A client that stops reading holds this send: a stopping node does not
                 // wait for it.
                 ended = tokio::select! {
@@ -2323,12 +2458,13 @@ async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> 
 
 #[derive(Debug, Deserialize)]
 struct AckQuery {
-    cursor: u64,
+    /// A cursor token of the stream (`cursor.rs`).
+    cursor: String,
 }
 
-/// `POST /v1/streams/{stream}/subscriptions/{name}/ack?cursor=N`: the subscriber has
-/// processed everything up to cursor N; a reconnect of the durable subscription resumes
-/// after it. The cursor only moves forward.
+/// `POST /v1/streams/{stream}/subscriptions/{name}/ack?cursor=TOKEN`: the subscriber has
+/// processed everything up to that cursor; a reconnect of the durable subscription
+/// resumes after it. The cursor only moves forward; the answer gives the one in force.
 async fn ack_subscription(
     State(api): State<Arc<Api>>,
     Path((stream, name)): Path<(String, String)>,
@@ -2353,20 +2489,20 @@ async fn ack_subscription(
             &format!("acknowledge durable subscription {name} on"),
         )?;
     }
+    let cursor = api.cursor_at(&stream, "cursor", Some(&q.cursor))?;
     let mut committed = *api.committed.borrow();
-    if q.cursor > committed {
+    if cursor > committed {
         // The driver announces positions after its group commit; a batch the store
         // committed by itself (`TX_WRITES_MAX`) may already be read. Ask the log.
         committed = committed.max(read_store(&api, |r| r.log_max_pos()).await?);
     }
-    if q.cursor > committed {
+    if cursor > committed {
+        // Only a token this node gave passes `cursor_at`, and it gives none beyond its
+        // log: a store replaced under the same key.
         return Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_cursor",
-            format!(
-                "cursor {} is beyond this node's log (last position {committed})",
-                q.cursor
-            ),
+            "cursor: beyond this node's log (was its store replaced?)".to_string(),
         )));
     }
     let key = cursor_key(&who_name, &stream, &name);
@@ -2374,10 +2510,13 @@ async fn ack_subscription(
     let saved = read_store(&api, move |r| r.cursor_get(&k2))
         .await?
         .map(|(_, pos)| pos);
-    if saved.is_none_or(|s| q.cursor > s) {
-        save_cursor(&api, key, &stream, q.cursor).await?;
+    if saved.is_none_or(|s| cursor > s) {
+        save_cursor(&api, key, &stream, cursor).await?;
     }
-    Ok(axum::Json(json!({"cursor": q.cursor.max(saved.unwrap_or(0))})).into_response())
+    let held = api
+        .cursors
+        .seal(stream.as_str(), cursor.max(saved.unwrap_or(0)));
+    Ok(axum::Json(json!({"cursor": held})).into_response())
 }
 
 /// `DELETE /v1/streams/{stream}/subscriptions/{name}`: forgets the caller's durable

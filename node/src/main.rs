@@ -48,6 +48,7 @@ mod chaos;
 mod client;
 mod cloudevents;
 mod config;
+mod cursor;
 mod dashboard;
 mod demo;
 mod discovery;
@@ -310,9 +311,10 @@ enum Command {
     Tail {
         #[command(flatten)]
         conn: client::Conn,
-        /// Start after this cursor (0 = from the beginning).
+        /// Start after this cursor: a token the node gave (an event's `weftcursor`, the
+        /// SSE id, `weft-next-cursor`), or 0 for the beginning.
         #[arg(long)]
-        after: Option<u64>,
+        after: Option<String>,
         /// A durable subscription name: resumes where it left off, across restarts.
         #[arg(long)]
         durable: Option<String>,

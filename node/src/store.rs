@@ -2474,21 +2474,54 @@ impl StoreReader {
         limit: usize,
         bytes_max: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        let limit = limit.min(READ_LOG_LEN_MAX);
-        let bytes_max = bytes_max.min(READ_LOG_BYTES_MAX);
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
-                 WHERE log.stream = ?1 AND log.pos > ?2 ORDER BY log.pos LIMIT ?3",
-            )
-            .map_err(backend)?;
+        self.read_log_rows(
+            "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
+             WHERE log.stream = ?1 AND log.pos > ?2 ORDER BY log.pos LIMIT ?3",
+            stream,
+            after,
+            limit,
+            bytes_max,
+        )
+    }
+
+    /// Up to `limit` (at most [`READ_LOG_LEN_MAX`], and about [`READ_LOG_BYTES_MAX`] bytes)
+    /// log entries of `stream` before position `before`, newest first (a subscription's
+    /// `last=N`).
+    pub(crate) fn read_log_before(
+        &self,
+        stream: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        self.read_log_rows(
+            "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
+             WHERE log.stream = ?1 AND log.pos < ?2 ORDER BY log.pos DESC LIMIT ?3",
+            stream,
+            before,
+            limit,
+            READ_LOG_BYTES_MAX,
+        )
+    }
+
+    /// The rows of a log query taking (stream, position bound, limit).
+    fn read_log_rows(
+        &self,
+        sql: &str,
+        stream: &str,
+        bound: i64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let limit = limit.min(READ_LOG_LEN_MAX);
+        let bytes_max = bytes_max.min(READ_LOG_BYTES_MAX);
+        let mut stmt = self.conn.prepare_cached(sql).map_err(backend)?;
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut rows = stmt
-            .query(params![stream, after, limit_sql])
+            .query(params![stream, bound, limit_sql])
             .map_err(backend)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;

@@ -377,7 +377,7 @@ pub(crate) fn repair(
                 &t.origins,
                 stats,
             )?;
-            tracing::debug!(
+            tracing::info!(
                 stream = name,
                 keys = t.keys.len(),
                 writes = n,

@@ -607,9 +607,13 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         //     what its writer could see.
         use reqwest::Method;
         let me = c.token.clone();
+        let mut acme_ids = Vec::new();
         for (token, by) in [(&me, "acme"), (&RIVAL_TOKEN.to_string(), "globex")] {
             let (s, b) = table(&c, token, Method::PUT, "/v1/tables/shared.prefs/theme", Some(json!({"by": by}))).await;
             assert_eq!(s, 200, "{by}: {b}");
+            if by == "acme" {
+                acme_ids.push(b["ids"][0].clone());
+            }
             let (s, b) = table(&c, token, Method::PUT, "/v1/tables/shared.stock/sku", Some(json!({"add": if by == "acme" { 5 } else { 7 }}))).await;
             assert_eq!(s, 200, "{by}: {b}");
         }
@@ -641,6 +645,7 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         let acme_last = "/v1/tables/shared.prefs/zz-acme";
         let (s, b) = table(&c, &me, Method::PUT, acme_last, Some(json!({"by": "acme"}))).await;
         assert_eq!(s, 200, "{b}");
+        acme_ids.push(b["ids"][0].clone());
         let (_, b) = table(&c, &me, Method::GET, "/v1/tables/shared.prefs", None).await;
         assert_eq!(keys(&b), vec![json!("theme"), json!("zz-acme")], "{b}");
         assert_eq!(b.get("next_after"), None, "{b}");
@@ -674,6 +679,51 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
             .as_array()
             .map_or(0, Vec::len);
         assert_eq!(entries_after, entries_before + 1, "one audit entry for the three reads");
+        // 11. Where the other tenant's events sit in the log is not shown (the three globex
+        //     writes lie between acme's two): cursors are opaque tokens, a fresh one each
+        //     time, taken back only for their stream; a page fills itself past the events
+        //     left out, so a short page does not count them either; `last=N` counts only
+        //     what the reader may read.
+        let read = |path: String| {
+            let (c, me) = (&c, me.clone());
+            async move {
+                let r = reqwest::Client::new().get(c.url(0, &path)).bearer_auth(me).send().await.unwrap();
+                let status = r.status().as_u16();
+                let next = r.headers().get("weft-next-cursor").map(|v| v.to_str().unwrap().to_string());
+                (status, next, r.json::<Value>().await.unwrap())
+            }
+        };
+        let ids = |page: &Value| -> Vec<Value> { page.as_array().unwrap().iter().map(|e| e["weftid"].clone()).collect() };
+        let (s, next, page) = read("/v1/streams/shared.prefs/events?after=0&limit=1".into()).await;
+        assert_eq!((s, ids(&page)), (200, vec![acme_ids[0].clone()]), "{page}");
+        let next = next.unwrap();
+        assert_eq!(next.len(), 64, "{next}");
+        let (_, again, _) = read("/v1/streams/shared.prefs/events?after=0&limit=1".into()).await;
+        assert_ne!(again.unwrap(), next, "a fresh token each time");
+        let (_, _, page) = read(format!("/v1/streams/shared.prefs/events?after={next}&limit=1")).await;
+        assert_eq!(ids(&page), vec![acme_ids[1].clone()], "filled past the three globex writes: {page}");
+        let (_, _, page) = read("/v1/streams/shared.prefs/events?after=0&limit=2".into()).await;
+        assert_eq!(ids(&page), acme_ids, "{page}");
+        let weftcursor = page[0]["weftcursor"].as_str().unwrap().to_string();
+        assert_eq!(weftcursor.len(), 64, "{page}");
+        let (_, _, page) = read(format!("/v1/streams/shared.prefs/events?after={weftcursor}")).await;
+        assert_eq!(ids(&page), vec![acme_ids[1].clone()], "{page}");
+        let (_, _, page) = read("/v1/streams/shared.prefs/events?last=1".into()).await;
+        assert_eq!(ids(&page), vec![acme_ids[1].clone()], "{page}");
+        let (_, _, page) = read("/v1/streams/shared.prefs/events?last=2".into()).await;
+        assert_eq!(ids(&page), acme_ids, "the last two acme may read: {page}");
+        let before = rejected(&c, 0, "bad_cursor").await;
+        for (path, says) in [
+            (format!("/v1/streams/shared.stock/events?after={next}"), "not a cursor this node gave for stream shared.stock"),
+            ("/v1/streams/shared.prefs/events?after=5".to_string(), "cursors are the tokens this node gives"),
+        ] {
+            let (s, _, b) = read(path.clone()).await;
+            assert_eq!((s, &b["error"]["reason"]), (400, &json!("bad_cursor")), "{path}: {b}");
+            assert!(b["error"]["message"].as_str().unwrap().contains(says), "{path}: {b}");
+        }
+        assert_eq!(rejected(&c, 0, "bad_cursor").await, before + 2);
+        let (s, _, b) = read(format!("/v1/streams/shared.prefs/events?last=1&after={next}")).await;
+        assert_eq!((s, &b["error"]["reason"]), (400, &json!("bad_last")), "{b}");
         let before = rejected(&c, 0, "digest_forbidden").await;
         let r = table(&c, &me, Method::GET, "/v1/tables/shared.prefs?digest=true", None).await;
         assert_refused(&c, 0, "digest of a shared table", r, (403, "digest_forbidden"), before).await;

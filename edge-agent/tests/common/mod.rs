@@ -333,7 +333,8 @@ listen = "{http}"
 
     /// Every event of `stream` at node `i`, in log order (CloudEvents JSON).
     pub fn events(&self, i: usize, stream: &str) -> Option<Vec<Value>> {
-        let mut after = 0u64;
+        // Cursors are the node's opaque tokens; 0 is the start.
+        let mut after = "0".to_string();
         let mut out = Vec::new();
         loop {
             // With the token: a node under a policy authorizes reads like publishes.
@@ -349,7 +350,7 @@ listen = "{http}"
             if page.is_empty() {
                 return Some(out);
             }
-            after = page.last()?["weftcursor"].as_str()?.parse().ok()?;
+            after = page.last()?["weftcursor"].as_str()?.to_string();
             out.extend(page);
         }
     }

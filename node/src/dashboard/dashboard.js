@@ -11,7 +11,6 @@ const TAIL_ROWS_MAX = 40;
 /** Most extra nodes taken from ?nodes= (each is one request per poll). */
 const EXTRA_NODES_MAX = 32;
 /** How far back the tail starts, in log positions of this node (all streams). */
-const TAIL_BACKLOG_POS = 2000;
 /** Characters of event data shown per tail row. */
 const DATA_CHARS_MAX = 140;
 
@@ -49,7 +48,6 @@ const state = {
   /** key -> {published, stored} per second. */
   rates: new Map(),
   prevRejected: null,
-  committedPos: 0,
   policyEpoch: 0,
   tail: { source: null, stream: "", rows: [] },
   nodes: [],
@@ -439,7 +437,8 @@ function renderTail() {
   for (const ev of state.tail.rows) {
     const origin = byKey.get(ev.weftorigin);
     const tr = el("tr");
-    tr.append(el("td", { class: "num" }, ev.weftcursor));
+    const at = Date.parse(ev.time || "");
+    tr.append(el("td", {}, Number.isNaN(at) ? "" : utc(at).slice(11)));
     tr.append(el("td", {}, ev.weftstream));
     tr.append(
       el("td", {}, origin ? `${nodeLabel(origin)} (${origin.region})` : String(ev.weftorigin || "").slice(0, 8)),
@@ -482,13 +481,15 @@ async function errorText(r) {
  * The live tail with the page's token: SSE read through fetch (which can send the
  * Authorization header), frames split on blank lines, resuming after the last id.
  */
-function followWithToken(stream, after) {
+function followWithToken(stream) {
   const ctrl = new AbortController();
   state.tail.source = { close: () => ctrl.abort() };
-  let last = after;
+  // The last cursor seen (an opaque token); before any, the newest TAIL_ROWS_MAX events.
+  let last = null;
   (async () => {
     while (!ctrl.signal.aborted) {
-      const url = `v1/streams/${encodeURIComponent(stream)}/subscribe?after=${last}`;
+      const from = last === null ? `last=${TAIL_ROWS_MAX}` : `after=${encodeURIComponent(last)}`;
+      const url = `v1/streams/${encodeURIComponent(stream)}/subscribe?${from}`;
       try {
         const r = await fetch(url, {
           headers: { Authorization: `Bearer ${pageToken}`, Accept: "text/event-stream" },
@@ -513,7 +514,7 @@ function followWithToken(stream, after) {
               let data = "";
               for (const line of frame.split("\n")) {
                 if (line.startsWith("data:")) data += line.slice(5).trimStart();
-                else if (line.startsWith("id:")) last = Number(line.slice(3).trim()) || last;
+                else if (line.startsWith("id:")) last = line.slice(3).trim() || last;
               }
               if (data) addTailEvent(data);
             }
@@ -537,13 +538,13 @@ function follow(stream) {
     setTailState("enter a stream name to follow it");
     return;
   }
-  const after = Math.max(0, state.committedPos - TAIL_BACKLOG_POS);
   setTailState(`connecting to ${stream}\u2026`);
   if (pageToken) {
-    followWithToken(stream, after);
+    followWithToken(stream);
     return;
   }
-  const url = `v1/streams/${encodeURIComponent(stream)}/subscribe?after=${after}`;
+  // EventSource resumes after the last id it saw (Last-Event-ID) by itself.
+  const url = `v1/streams/${encodeURIComponent(stream)}/subscribe?last=${TAIL_ROWS_MAX}`;
   const es = new EventSource(url);
   state.tail.source = es;
   es.onopen = () => setTailState(`following ${stream} on this node (SSE)`);
@@ -598,7 +599,6 @@ async function poll() {
   try {
     const [status, metricsText] = await Promise.all([getJSON("v1/status"), getText("metrics")]);
     const metrics = parseMetrics(metricsText);
-    state.committedPos = status.committed_pos || 0;
     state.policyEpoch = status.policy_epoch || 0;
     const view = await loadNodes(status, metrics);
     const now = performance.now();

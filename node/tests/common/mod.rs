@@ -259,10 +259,25 @@ enabled = true
         .unwrap_or_else(|| panic!("node {i} did not see {n} peers up:\n{}", self.log(i)));
     }
 
+    /// The cursor (an opaque token) of the first event of `stream` at node `i`.
+    pub async fn first_cursor(&self, i: usize, stream: &str) -> String {
+        let page: Vec<Value> = reqwest::Client::new()
+            .get(self.url(i, &format!("/v1/streams/{stream}/events?after=0&limit=1")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page[0]["weftcursor"].as_str().unwrap().to_string()
+    }
+
     /// Every event id of `stream` stored at node `i`, in log order.
     pub async fn ids(&self, i: usize, stream: &str) -> Option<Vec<String>> {
         let c = reqwest::Client::new();
-        let mut after = 0u64;
+        // Cursors are opaque tokens (`cursor.rs`); 0 is the start.
+        let mut after = "0".to_string();
         let mut out = Vec::new();
         loop {
             let url = self.url(
@@ -271,13 +286,12 @@ enabled = true
             );
             // Nodes enforcing a policy authorize reads; without one the token is ignored.
             let resp = c.get(url).bearer_auth(&self.token).send().await.ok()?;
-            let next: u64 = resp
+            let next = resp
                 .headers()
                 .get("weft-next-cursor")?
                 .to_str()
                 .ok()?
-                .parse()
-                .ok()?;
+                .to_string();
             let page: Vec<Value> = resp.json().await.ok()?;
             if page.is_empty() {
                 return Some(out);
