@@ -189,7 +189,7 @@ pub(crate) fn publish(
 pub(crate) fn tail(
     conn: &Conn,
     stream: &str,
-    after: Option<String>,
+    (after, last): (Option<String>, Option<usize>),
     durable: Option<String>,
     count: Option<u64>,
     timeout: Option<u64>,
@@ -197,13 +197,21 @@ pub(crate) fn tail(
     let rt = runtime()?;
     rt.block_on(async {
         let client = reqwest::Client::new();
-        let mut url = conn.url(&format!("/v1/streams/{stream}/subscribe?"));
-        if let Some(a) = after {
-            url.push_str(&format!("after={a}&"));
+        let base = conn.url(&format!("/v1/streams/{stream}/subscribe"));
+        let mut url = reqwest::Url::parse(&base).with_context(|| format!("URL {base}"))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(a) = &after {
+                q.append_pair("after", a);
+            }
+            if let Some(n) = last {
+                q.append_pair("last", &n.to_string());
+            }
+            if let Some(d) = &durable {
+                q.append_pair("durable", d);
+            }
         }
-        if let Some(d) = &durable {
-            url.push_str(&format!("durable={d}&"));
-        }
+        let url = url.to_string();
         // A node enforcing a policy authorizes subscriptions: send the token when given.
         let mut req = client.get(&url);
         if let Some(t) = conn.token()? {
@@ -402,7 +410,6 @@ pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
         "uptime_s",
         "members_up",
         "stored_events",
-        "committed_pos",
         "policy_epoch",
     ] {
         say!(

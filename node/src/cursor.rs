@@ -15,15 +15,22 @@
 //! The key is 32 random bytes in `cursor.key` in the data directory (mode 0600), made at
 //! the first start: tokens outlive restarts, as the positions they seal do. `0` stays the
 //! one plain cursor: the start of the log, which tells nothing.
+//!
+//! Nonces: a counter run through SHA-256 keyed with 32 bytes drawn from the OS at start
+//! (hand-written, a few lines: the nonce must never repeat under the key, which a counter
+//! guarantees, must not show how many tokens the node gave, which the keyed hash hides, and
+//! costs no system call per token, where a page seals up to thousands).
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::Digest as _;
 
 /// The key's file in the data directory.
 pub(crate) const KEY_FILE: &str = "cursor.key";
@@ -37,7 +44,7 @@ const AAD_PREFIX: &[u8] = b"weft-cursor-v1\0";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CursorError {
     #[error(
-        "not a cursor: cursors are the tokens this node gives (weft-next-cursor, weftcursor, the SSE id), or 0 for the start"
+        "not a cursor: cursors are the tokens this node gives (weft-next-cursor, weftcursor, the SSE id), or 0 for the start (last=N starts with the newest N events)"
     )]
     Malformed,
     #[error(
@@ -49,6 +56,10 @@ pub(crate) enum CursorError {
 /// Seals and opens cursors under this node's key.
 pub(crate) struct Cursors {
     cipher: XChaCha20Poly1305,
+    /// Keys the nonce hash (drawn at start, never written anywhere).
+    nonce_key: [u8; 32],
+    /// Tokens sealed since start: each nonce hashes a number never used before.
+    sealed: AtomicU64,
 }
 
 impl std::fmt::Debug for Cursors {
@@ -59,66 +70,62 @@ impl std::fmt::Debug for Cursors {
 
 impl Cursors {
     /// Cursors under `key`.
-    pub(crate) fn from_key(key: [u8; 32]) -> Self {
-        Cursors {
+    pub(crate) fn from_key(key: [u8; 32]) -> anyhow::Result<Self> {
+        Ok(Cursors {
             cipher: XChaCha20Poly1305::new(&key.into()),
-        }
+            nonce_key: crate::keys::random32()?,
+            sealed: AtomicU64::new(0),
+        })
     }
 
     /// Cursors under the key in `data_dir`, made there (mode 0600) if there is none yet.
     /// A key file others may read is refused, as a node's secret key is.
     pub(crate) fn open_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(KEY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let mode = std::fs::metadata(&path)
-                    .with_context(|| format!("reading {}", path.display()))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    anyhow::bail!(
-                        "{} may be read by others (mode {:o}): it keeps read cursors opaque; chmod 600 it",
-                        path.display(),
-                        mode & 0o777
-                    );
-                }
-                let key = hex::decode(text.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .with_context(|| {
-                        format!(
-                            "{}: not 64 hex characters (delete it to make a new key; cursors given before stop working)",
-                            path.display()
-                        )
-                    })?;
-                Ok(Self::from_key(key))
-            }
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = crate::keys::random32()?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
-                    .and_then(|()| f.sync_all())
-                    .with_context(|| format!("writing {}", path.display()))?;
-                Ok(Self::from_key(key))
+                return Self::from_key(create_key(data_dir)?);
             }
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // The mode of the file read, not of whatever the path names a moment later.
+        let mode = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{} may be read by others (mode {:o}): it keeps read cursors opaque; chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
         }
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let key = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .with_context(|| {
+                format!(
+                    "{}: not 64 hex characters (delete it to make a new key; cursors given before stop working)",
+                    path.display()
+                )
+            })?;
+        Self::from_key(key)
     }
 
     /// The token for position `pos` of `stream`'s reads.
     pub(crate) fn seal(&self, stream: &str, pos: u64) -> String {
+        let n = self.sealed.fetch_add(1, Ordering::Relaxed);
+        let hash = sha2::Sha256::new()
+            .chain_update(self.nonce_key)
+            .chain_update(n.to_be_bytes())
+            .finalize();
         let mut nonce = [0u8; NONCE_LEN];
-        // The OS's random source does not fail on Linux once the system has booted; were
-        // it to, a fixed nonce would still hide the position (only tokens of equal
-        // positions would look alike), so the token is still made.
-        if let Err(e) = getrandom::fill(&mut nonce) {
-            tracing::warn!(error = %e, "no random nonce for a cursor");
-        }
+        nonce.copy_from_slice(&hash[..NONCE_LEN]);
         let sealed = match self.cipher.encrypt(
             &XNonce::from(nonce),
             Payload {
@@ -169,6 +176,30 @@ impl Cursors {
     }
 }
 
+/// Writes a fresh key to `data_dir`'s [`KEY_FILE`] whole or not at all: a temporary file
+/// (mode 0600) written and synced, renamed over, the directory synced (a crash midway
+/// leaves no empty key file that would stop the next start).
+fn create_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let key = crate::keys::random32()?;
+    let path = data_dir.join(KEY_FILE);
+    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", data_dir.display()))?;
+    Ok(key)
+}
+
 fn aad(stream: &str) -> Vec<u8> {
     let mut aad = AAD_PREFIX.to_vec();
     aad.extend_from_slice(stream.as_bytes());
@@ -181,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_token_gives_back_its_position_and_shows_nothing_of_it() {
-        let c = Cursors::from_key([7; 32]);
+        let c = Cursors::from_key([7; 32]).unwrap();
         for pos in [0, 1, 2, 1_000_000, u64::MAX] {
             let a = c.seal("orders", pos);
             let b = c.seal("orders", pos);
@@ -195,13 +226,13 @@ mod tests {
 
     #[test]
     fn a_token_is_refused_for_another_stream_another_node_or_altered() {
-        let c = Cursors::from_key([7; 32]);
+        let c = Cursors::from_key([7; 32]).unwrap();
         let t = c.seal("orders", 42);
         let not_ours = Err(CursorError::NotOurs {
             stream: "payments".into(),
         });
         assert_eq!(c.open("payments", &t), not_ours);
-        let other = Cursors::from_key([8; 32]);
+        let other = Cursors::from_key([8; 32]).unwrap();
         assert!(matches!(
             other.open("orders", &t),
             Err(CursorError::NotOurs { .. })

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn};
 use weft_fabric::mesh::{AppEvent, MemberInfo, Message, Micros, Node, Store as _};
-use weft_fabric::{Event, EventId, OriginKey, StreamName};
+use weft_fabric::{Event, EventId, OriginKey};
 
 use crate::metrics::Metrics;
 use crate::store::SqliteStore;
@@ -1555,7 +1555,20 @@ impl Driver {
                 });
             if let Err(e) = result {
                 self.metrics.reject("table_apply_failed");
-                warn!(stream = %stream, error = %e, "rebuilding a table for late writes failed");
+                warn!(stream = %stream, error = %e, "rebuilding a table for late writes failed; it is rebuilt whole at its next write or the next start");
+                // Not left as it is, different from the other replicas' for good: without
+                // its strategy row the table is rebuilt from the log at its next write
+                // (`tables::apply`) or at the next start (`tables::reconcile`).
+                self.tables_built.remove(stream.as_str());
+                let forgot = self
+                    .node
+                    .store_mut()
+                    .write_conn()
+                    .map_err(|e| e.to_string())
+                    .and_then(|conn| crate::tables::forget_strategy(conn, stream.as_str()));
+                if let Err(e) = forgot {
+                    warn!(stream = %stream, error = %e, "forgetting the table's strategy failed");
+                }
             }
         }
     }
@@ -1823,6 +1836,13 @@ impl Driver {
             Err(e) => {
                 self.metrics.reject("erase_failed");
                 error!(error = %e, "removing retracted values from the tables failed");
+                self.audit.record(entry(
+                    Deny,
+                    "erase_failed",
+                    format!(
+                        "retraction by {origin}: removing its values from the tables failed: {e}"
+                    ),
+                ));
                 format!("; the tables were NOT cleaned ({e})")
             }
         };
@@ -1867,14 +1887,17 @@ impl Driver {
         removed: &[crate::store::ErasedEvent],
         also: Option<(&str, &[u8])>,
     ) -> Result<(), String> {
-        let mut touched: BTreeMap<&str, crate::tables::Touched> = BTreeMap::new();
+        let mut touched: BTreeMap<String, crate::tables::Touched> = BTreeMap::new();
         for e in removed {
             if let Some(key) = &e.key {
-                touched.entry(&e.stream).or_default().add(key, e.origin);
+                touched
+                    .entry(e.stream.clone())
+                    .or_default()
+                    .add(key, e.origin);
             }
         }
         if let Some((stream, key)) = also {
-            let t = touched.entry(stream).or_default();
+            let t = touched.entry(stream.to_string()).or_default();
             if !t.keys.contains(key) {
                 t.keys.insert(key.to_vec());
             }
@@ -1888,22 +1911,13 @@ impl Driver {
             .store_mut()
             .write_conn()
             .map_err(|e| e.to_string())?;
-        for (stream, t) in &touched {
-            let Ok(name) = StreamName::new(*stream) else {
-                continue;
-            };
-            let strategy = tables.as_ref().and_then(|tables| tables.strategy(&name));
-            let mut unused = weft_fabric::table::ConflictStats::default();
-            let stats = match strategy {
-                Some(s) => self.table_stats.entry(s.as_str()).or_default(),
-                None => &mut unused,
-            };
-            let built = &mut self.tables_built;
-            crate::tables::atomically(conn, "table_rebuild", |conn| {
-                crate::tables::repair(conn, strategy, &name, Some(t), built, stats)
-            })?;
-        }
-        Ok(())
+        crate::tables::repair_streams(
+            conn,
+            &touched,
+            |name| tables.as_ref().and_then(|t| t.strategy(name)),
+            &mut self.tables_built,
+            &mut self.table_stats,
+        )
     }
 
     /// Applies the bundle a policy carrier event holds (see `policy_push`); every outcome
@@ -2367,7 +2381,7 @@ mod tests {
             (1_000_000, 0)
         );
     }
-    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer};
+    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
 
     /// Twenty events of the largest payload (about a megabyte) go as several pushes, each within the message
     /// limit a peer reads, all events once and in order.

@@ -40,6 +40,8 @@ const READ_LIMIT_DEFAULT: usize = 100;
 /// read (`read_events`): a page of a stream mostly of other tenants' events can come back
 /// short, with its cursor past them, after this many.
 const READ_SCAN_LEN_MAX: usize = 10_000;
+/// Most envelope bytes one read scans for the same (four pages' worth).
+const READ_SCAN_BYTES_MAX: usize = 4 * crate::store::READ_LOG_BYTES_MAX;
 
 /// The node's own producer state: events published over HTTP are signed by the node on
 /// behalf of the authenticated principal, with the node's key and sequence.
@@ -1854,7 +1856,7 @@ fn render_one(
     guard: Option<&ReadGuard>,
     left_out: &mut u64,
     cursor: &dyn Fn(u64) -> String,
-) -> Option<String> {
+) -> Option<(String, String)> {
     let u = weft_fabric::decode(&entry.envelope).ok()?;
     if let Some(g) = guard
         && !g.allows(u.claimed_data())
@@ -1863,8 +1865,9 @@ fn render_one(
         return None;
     }
     let mut obj = cloudevents::render(u.claimed_data());
-    obj.insert("weftcursor".into(), Value::String(cursor(entry.pos)));
-    Some(Value::Object(obj).to_string())
+    let token = cursor(entry.pos);
+    obj.insert("weftcursor".into(), Value::String(token.clone()));
+    Some((Value::Object(obj).to_string(), token))
 }
 
 /// The position `last=N` starts after: just before the N-th newest event of `stream`
@@ -1880,13 +1883,16 @@ fn start_of_last(
     let mut before = u64::MAX;
     let mut found = 0;
     let mut scanned = 0;
-    while scanned < READ_SCAN_LEN_MAX {
-        let entries = r.read_log_before(stream, before, READ_SCAN_LEN_MAX - scanned)?;
+    let mut scanned_bytes = 0;
+    while scanned < READ_SCAN_LEN_MAX && scanned_bytes < READ_SCAN_BYTES_MAX {
+        let want = (READ_SCAN_LEN_MAX - scanned).min(crate::store::READ_LOG_LEN_MAX);
+        let entries = r.read_log_before(stream, before, want)?;
         if entries.is_empty() {
             return Ok(0);
         }
         for e in &entries {
             scanned += 1;
+            scanned_bytes += e.envelope.len();
             before = e.pos;
             let readable = weft_fabric::decode(&e.envelope)
                 .is_ok_and(|u| guard.is_none_or(|g| g.allows(u.claimed_data())));
@@ -1995,7 +2001,9 @@ async fn read_events(
     if let Some(g) = &guard {
         api.authorize_stream(g, &name, "read")?;
     }
-    let limit = q.limit.unwrap_or(READ_LIMIT_DEFAULT);
+    let last = check_last(&api, &q)?;
+    // `last=N` alone: a page of those N.
+    let limit = q.limit.or(last).unwrap_or(READ_LIMIT_DEFAULT);
     if limit == 0 || limit > api.read_limit_max {
         return Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -2007,7 +2015,6 @@ async fn read_events(
         )));
     }
     let after = api.cursor_at(&name, "after", q.after.as_deref())?;
-    let last = check_last(&api, &q)?;
     let stream_name = name.as_str().to_string();
     let api2 = api.clone();
     // The page is filled past the events left out (up to `READ_SCAN_LEN_MAX` log entries
@@ -2023,27 +2030,37 @@ async fn read_events(
         let mut left_out = 0;
         let mut shown = 0;
         let mut scanned = 0;
+        let mut scanned_bytes = 0;
         let mut shown_bytes = 0;
         let mut body = String::from("[");
-        'pages: while shown < limit && scanned < READ_SCAN_LEN_MAX {
-            let want = (limit - shown).min(READ_SCAN_LEN_MAX - scanned);
+        'pages: while shown < limit
+            && scanned < READ_SCAN_LEN_MAX
+            && scanned_bytes < READ_SCAN_BYTES_MAX
+        {
+            // What the page still needs first (nothing left out: one query), then, once
+            // events were left out, batches large enough not to go one row at a time.
+            let need = limit - shown;
+            let want = if left_out == 0 { need } else { need.max(256) }
+                .min(crate::store::READ_LOG_LEN_MAX)
+                .min(READ_SCAN_LEN_MAX - scanned);
             let entries = r.read_log(stream, next, want)?;
             if entries.is_empty() {
                 break;
             }
             for e in &entries {
                 scanned += 1;
+                scanned_bytes += e.envelope.len();
                 // The cursor moves past events left out too, so a reader never rereads
                 // them.
                 next = e.pos;
-                if let Some(text) = render_one(e, guard.as_ref(), &mut left_out, &cursor) {
+                if let Some((text, _)) = render_one(e, guard.as_ref(), &mut left_out, &cursor) {
                     if body.len() > 1 {
                         body.push(',');
                     }
                     body.push_str(&text);
                     shown += 1;
                     shown_bytes += e.envelope.len();
-                    if shown_bytes >= crate::store::READ_LOG_BYTES_MAX {
+                    if shown == limit || shown_bytes >= crate::store::READ_LOG_BYTES_MAX {
                         break 'pages;
                     }
                 }
@@ -2179,13 +2196,30 @@ async fn subscribe(
     if let Some(d) = &q.durable {
         check_durable_name(&api, &name, d)?;
     }
-    let last_event_id = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(api.cursor_at(&name, "Last-Event-ID", Some(v.to_str().unwrap_or("")))?),
-    };
+    let last = check_last(&api, &q)?;
     let after_param = match q.after.as_deref() {
         None => None,
         Some(t) => Some(api.cursor_at(&name, "after", Some(t))?),
+    };
+    // A Last-Event-ID this node cannot take (not its token, or from before cursors were
+    // tokens) is 400 for a plain subscription, which asked to resume from a place this node
+    // does not know; a durable one resumes from its saved position instead, counted (a
+    // client that keeps sending the header would otherwise never get back in).
+    let last_event_id = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .filter(|v| !v.is_empty())
+    {
+        None => None,
+        Some(v) if q.durable.is_some() => match api.cursors.open(name.as_str(), v) {
+            Ok(pos) => Some(pos),
+            Err(e) => {
+                api.metrics.reject("bad_cursor");
+                tracing::debug!(error = %e, "Last-Event-ID ignored: the durable subscription resumes from its saved position");
+                None
+            }
+        },
+        Some(v) => Some(api.cursor_at(&name, "Last-Event-ID", Some(v))?),
     };
     // Whose subscription: the reader's principal (an admin's for a system stream). A
     // durable one needs a token even where reads need none: its position is a
@@ -2218,7 +2252,6 @@ async fn subscribe(
         api.authenticate(&headers)?;
         save_cursor(&api, d.clone(), &name, pos).await?;
     }
-    let last = check_last(&api, &q)?;
     let mut after = match last_event_id.or(after_param).or(saved) {
         Some(after) => after,
         None => match last {
@@ -2325,10 +2358,11 @@ async fn subscribe(
             let mut ended = false;
             let cursor = |pos: u64| api2.cursors.seal(name.as_str(), pos);
             for e in &entries {
-                let Some(text) = render_one(e, guard.as_ref(), &mut left_out, &cursor) else {
+                let Some((text, token)) = render_one(e, guard.as_ref(), &mut left_out, &cursor)
+                else {
                     continue;
                 };
-                let ev = SseEvent::default().id(cursor(e.pos)).data(text);
+                let ev = SseEvent::default().id(token).data(text);
                 // A client that stops reading holds this send: a stopping node does not
                 // wait for it.
                 ended = tokio::select! {
@@ -3039,7 +3073,6 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
         "uptime_s": api.started.elapsed().as_secs(),
         "members_up": s.members_up,
         "stored_events": s.stored_events,
-        "committed_pos": *api.committed.borrow(),
         "policy_epoch": api.policy.epoch(),
         "stats": s.stats,
     }))

@@ -313,8 +313,11 @@ enum Command {
         conn: client::Conn,
         /// Start after this cursor: a token the node gave (an event's `weftcursor`, the
         /// SSE id, `weft-next-cursor`), or 0 for the beginning.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "last")]
         after: Option<String>,
+        /// Start with the newest N events (that this token may read).
+        #[arg(long)]
+        last: Option<usize>,
         /// A durable subscription name: resumes where it left off, across restarts.
         #[arg(long)]
         durable: Option<String>,
@@ -542,12 +545,13 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Tail {
             conn,
             after,
+            last,
             durable,
             count,
             timeout,
             stream,
         } => {
-            client::tail(&conn, &stream, after, durable, count, timeout)?;
+            client::tail(&conn, &stream, (after, last), durable, count, timeout)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Peers { conn, json } => {

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS table_writers (
     PRIMARY KEY (stream, key, tenant, classification)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_stream_key ON events (stream, key) WHERE key IS NOT NULL;
+-- An origin's newest keyed write of a stream (`rebuild_keys` recomputing `table_applied`)
+-- in a step or two, whatever else the origin published since.
+CREATE INDEX IF NOT EXISTS events_stream_origin ON events (stream, origin, seq)
+    WHERE key IS NOT NULL;
 ";
 
 /// Creates the tables' schema where it is missing. A store made before `table_writers`
@@ -313,13 +317,13 @@ pub(crate) fn rebuild_keys<'k>(
         conn.prepare_cached("DELETE FROM table_applied WHERE stream = ?1 AND origin = ?2")
             .and_then(|mut s| s.execute(params![stream, &origin.0[..]]))
             .map_err(backend)?;
-        // The origin's newest keyed write of the stream in the log: its events walked
-        // down its `(origin, seq)` index from the top, so an origin that wrote the table
-        // lately costs a step or two, not a scan of the stream's log.
+        // The origin's newest keyed write of the stream in the log, down the
+        // `events_stream_origin` index from the top: a step, or a few for writes stored
+        // but not yet delivered.
         conn.prepare_cached(
             "INSERT INTO table_applied (stream, origin, seq)
-             SELECT ?1, ?2, e.seq FROM events e
-             WHERE e.origin = ?2 AND e.stream = ?1 AND e.key IS NOT NULL
+             SELECT ?1, ?2, e.seq FROM events e INDEXED BY events_stream_origin
+             WHERE e.stream = ?1 AND e.origin = ?2 AND e.key IS NOT NULL
                AND EXISTS (SELECT 1 FROM log l WHERE l.id = e.id)
              ORDER BY e.seq DESC LIMIT 1",
         )
@@ -392,6 +396,48 @@ pub(crate) fn repair(
         }
     };
     Ok(n)
+}
+
+/// [`repair`] for each stream of `touched` (an erase or a retraction removed writes of
+/// several tables), each in its own savepoint. A stream whose repair fails has nothing of
+/// it kept and may still hold what was removed, so its table is dropped (rebuilt from the
+/// log at its next write or the next start) rather than serve it; the others are
+/// repaired all the same, and the failures come back together.
+pub(crate) fn repair_streams(
+    conn: &Connection,
+    touched: &BTreeMap<String, Touched>,
+    strategy_of: impl Fn(&StreamName) -> Option<Strategy>,
+    built: &mut BTreeMap<String, Strategy>,
+    stats: &mut BTreeMap<&'static str, ConflictStats>,
+) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for (stream, t) in touched {
+        let Ok(name) = StreamName::new(stream.as_str()) else {
+            continue;
+        };
+        let strategy = strategy_of(&name);
+        let mut unused = ConflictStats::default();
+        let stats = match strategy {
+            Some(s) => stats.entry(s.as_str()).or_default(),
+            None => &mut unused,
+        };
+        let repaired = atomically(conn, "table_rebuild", |conn| {
+            repair(conn, strategy, &name, Some(t), built, stats)
+        });
+        if let Err(e) = repaired {
+            let dropped = drop_table(conn, stream);
+            built.remove(stream);
+            failed.push(match dropped {
+                Ok(()) => format!("{stream}: {e} (its rows were dropped until it is rebuilt)"),
+                Err(d) => format!("{stream}: {e}; dropping its rows failed too: {d}"),
+            });
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
 /// Whether the table of `stream` is built with `strategy` (its `table_meta` row), looked
@@ -610,6 +656,14 @@ pub(crate) fn drop_table(conn: &Connection, stream: &str) -> Result<(), String> 
         conn.execute(sql, [stream]).map_err(backend)?;
     }
     Ok(())
+}
+
+/// Forgets the strategy `stream`'s table was built with (its `table_meta` row), so that
+/// its next write ([`apply`]) or the next start ([`reconcile`]) rebuilds it from the log.
+pub(crate) fn forget_strategy(conn: &Connection, stream: &str) -> Result<(), String> {
+    conn.execute("DELETE FROM table_meta WHERE stream = ?1", [stream])
+        .map(drop)
+        .map_err(backend)
 }
 
 /// What a table's state hashes to ([`table::digest`]), read from committed rows.
@@ -1785,10 +1839,23 @@ mod tests {
         key: &[u8],
         at_ms: u64,
         op: &Op,
+        who: (&str, &str, &str),
+    ) -> Arc<Event> {
+        write_on(STREAM, signer, seq, key, at_ms, op, who)
+    }
+
+    /// [`write_by`] to `stream`.
+    fn write_on(
+        stream: &str,
+        signer: u8,
+        seq: u64,
+        key: &[u8],
+        at_ms: u64,
+        op: &Op,
         (tenant, class, principal): (&str, &str, &str),
     ) -> Arc<Event> {
         let draft = EventDraft {
-            stream: StreamName::new(STREAM).unwrap(),
+            stream: StreamName::new(stream).unwrap(),
             key: Some(key.to_vec()),
             seq,
             hlc: Hlc::new(at_ms, 0).unwrap(),
@@ -2550,6 +2617,74 @@ replication = "all"
         touched.add(b"a", OriginKey([0; 32]));
         assert_eq!(r.repair(Some(&touched)), 25);
         assert_eq!(r.repair(Some(&touched)), 5, "built now: a's writes only");
+    }
+
+    /// An erase touching two tables whose repair fails in one (a damaged row, here a
+    /// trigger): that table is dropped, not left serving the erased value, the other is
+    /// repaired, the failure named; the dropped table is rebuilt from the log at its next
+    /// write, without the erased writes.
+    #[test]
+    fn a_table_whose_repair_fails_is_dropped_and_the_others_repaired() {
+        let lww = Strategy::Lww;
+        let mut r = Replica::new(lww);
+        let mut fresh = Replica::new(lww);
+        let (alice, bob) = (("acme", "internal", "alice"), ("acme", "internal", "bob"));
+        let mut seq = 0;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        for stream in ["prefs", "prefs2"] {
+            let b = write_on(stream, 1, next(), b"k", T0, &op(lww, 1), bob);
+            let a = write_on(stream, 1, next(), b"k", T0 + 1, &op(lww, 2), alice);
+            r.deliver(&b);
+            r.deliver(&a);
+            fresh.deliver(&b);
+        }
+        let conn = r.store.write_conn().unwrap();
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER fail_prefs BEFORE INSERT ON table_keys WHEN NEW.stream = 'prefs' \
+             BEGIN SELECT RAISE(ABORT, 'disk'); END;",
+        )
+        .unwrap();
+        let target = Target::Principal {
+            principal: "alice".into(),
+            tenant: String::new(),
+        };
+        let bound = Hlc::new(T0 + 60_000, u16::MAX).unwrap().as_u64();
+        let erased = r.store.erase(&target, bound).unwrap();
+        assert_eq!(erased.len(), 2);
+        let mut touched: BTreeMap<String, Touched> = BTreeMap::new();
+        for e in &erased {
+            touched
+                .entry(e.stream.clone())
+                .or_default()
+                .add(e.key.as_deref().unwrap(), e.origin);
+        }
+        let conn = r.store.write_conn().unwrap();
+        let mut stats = BTreeMap::new();
+        let err =
+            repair_streams(conn, &touched, |_| Some(lww), &mut r.built, &mut stats).unwrap_err();
+        assert!(
+            err.starts_with("prefs: ") && err.contains("dropped"),
+            "{err}"
+        );
+        assert!(!err.contains("prefs2"), "{err}");
+        assert_eq!(load_state(conn, "prefs", b"k").unwrap(), None, "dropped");
+        assert_eq!(
+            digest(conn, "prefs2", lww).unwrap(),
+            digest(fresh.store.write_conn().unwrap(), "prefs2", lww).unwrap(),
+            "repaired"
+        );
+        conn.execute_batch("DROP TRIGGER fail_prefs").unwrap();
+        r.store.commit().unwrap();
+        // The next write to the dropped table rebuilds it from the log.
+        let later = write_on("prefs", 1, next(), b"j", T0 + 2, &op(lww, 3), bob);
+        r.deliver(&later);
+        fresh.deliver(&later);
+        let mine = digest(r.store.write_conn().unwrap(), "prefs", lww).unwrap();
+        let theirs = digest(fresh.store.write_conn().unwrap(), "prefs", lww).unwrap();
+        assert_eq!(mine, theirs, "rebuilt without alice's write");
     }
 
     /// A measurement, not a check of speed (run it with `cargo test --release -p weft-node

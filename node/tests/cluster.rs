@@ -823,6 +823,19 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
             .map(|e| e["data"]["k"].as_i64().unwrap())
             .collect();
         assert_eq!(ks, vec![5, 6]);
+        // A Last-Event-ID this node cannot take (a number, as cursors were before they
+        // were tokens) does not lock a durable subscriber out: it resumes from its saved
+        // position, and the bad cursor is counted.
+        let bad_before = rejected(&c, 0, "bad_cursor").await;
+        let got = sse_take_as(
+            c.url(0, "/v1/streams/s/subscribe?durable=billing"),
+            Some(&c.token),
+            Some("4"),
+            1,
+        )
+        .await;
+        assert_eq!(got[0]["data"]["k"], 5);
+        assert_eq!(rejected(&c, 0, "bad_cursor").await, bad_before + 1);
         // A durable subscription is a principal's: without a token it is refused (401),
         // although reads are open without a policy; a position kept for no principal
         // could never be moved, and would start over at every reconnect.

@@ -558,7 +558,7 @@ fn the_dashboard_renders_the_fabric_view_of_v1_mesh_nodes() {
         ]
     });
     let status = json!({"name": "gossip-eu-1", "key": key(1), "region": "aws:eu-west-1",
-        "cloud": "aws", "jurisdiction": "EU", "version": "0.1.0", "committed_pos": 450,
+        "cloud": "aws", "jurisdiction": "EU", "version": "0.1.0",
         "stored_events": 450, "policy_epoch": 3});
     let regions = json!({
         "aws:eu-west-1": {"lat_deg": 53.35, "lon_deg": -6.26},

@@ -10,7 +10,6 @@ const POLL_MS = 2000;
 const TAIL_ROWS_MAX = 40;
 /** Most extra nodes taken from ?nodes= (each is one request per poll). */
 const EXTRA_NODES_MAX = 32;
-/** How far back the tail starts, in log positions of this node (all streams). */
 /** Characters of event data shown per tail row. */
 const DATA_CHARS_MAX = 140;
 
@@ -497,6 +496,9 @@ function followWithToken(stream) {
           signal: ctrl.signal,
         });
         if (!r.ok) {
+          // A cursor the node no longer takes (its cursor key was replaced): start again
+          // from the newest events.
+          if (r.status === 400) last = null;
           setTailState(`${stream}: ${await errorText(r)}; retrying`);
         } else {
           setTailState(`following ${stream} on this node (SSE, with the page's token)`);
