@@ -3523,6 +3523,42 @@ mod tests {
     }
 
     /// A measurement, not a check of speed (run it with `cargo test --release -p weft-node
+    /// --bin weft measure_ -- --ignored --nocapture`): how long a principal erase takes in
+    /// the driver's step for a principal whose every stored and logged event it removes.
+    #[test]
+    #[ignore = "a measurement: prints timings, run by hand"]
+    fn measure_principal_erase() {
+        println!("events   erase      per event");
+        for n in [2_000u64, 20_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = open(dir.path());
+            for seq in 1..=n {
+                let e = event(1, "a", seq, &[7u8; 256]);
+                store.insert(e.clone()).unwrap();
+                store.append_log(&e).unwrap();
+                if seq % 1000 == 0 {
+                    store.commit().unwrap();
+                }
+            }
+            store.commit().unwrap();
+            let target = crate::erase::Target::Principal {
+                principal: "orders-service".into(),
+                tenant: String::new(),
+            };
+            let t = Instant::now();
+            let erased = store.erase(&target, u64::MAX >> 1).unwrap();
+            store.commit().unwrap();
+            let took = t.elapsed();
+            assert_eq!(erased.len(), n as usize);
+            println!(
+                "{n:>6} {:>8.1} ms {:>8.1} us",
+                took.as_secs_f64() * 1e3,
+                took.as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
+
+    /// A measurement, not a check of speed (run it with `cargo test --release -p weft-node
     /// --bin weft measure_ -- --ignored --nocapture`): how long the driver thread reads an
     /// anti-entropy answer's events from a cold store (reopened, nothing cached) number by
     /// number (the baseline: a query and a single verification each) and as one run (one

@@ -484,11 +484,14 @@ fn for_each_log_write(
     mut f: impl FnMut(&Event) -> Result<(), String>,
 ) -> Result<usize, String> {
     // One key: through the index on the events' (stream, key), so a read filtered per
-    // write (`visible_state`) costs the key's writes, not the table's.
+    // write (`visible_state`) costs the key's writes, not the table's (named: without
+    // statistics the planner took `events_stream_origin`, whose order is the one asked
+    // for, and walked the whole stream).
     let mut select = conn
         .prepare_cached(match key {
             Some(_) => {
-                "SELECT e.envelope FROM events e JOIN log l ON l.id = e.id
+                "SELECT e.envelope FROM events e INDEXED BY events_stream_key
+                 JOIN log l ON l.id = e.id
                  WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2
                  ORDER BY e.origin, e.seq"
             }
