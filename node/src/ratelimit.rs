@@ -11,12 +11,19 @@
 //! arithmetic, and the clock is an argument, so the unit tests need no sleeping.
 //!
 //! Buckets belong to one policy epoch: a new epoch starts every bucket full under its new
-//! limits. Daily counters are kept in memory: a restarted node starts the day's counts
-//! from zero (documented in docs/policy.md).
+//! limits. The day's counts do not: a new epoch gives no new day (a policy push used to
+//! reset every quota). They are saved in `quotas.json` in the data directory (every few
+//! seconds while they change, and at a graceful stop) and taken back at start if the UTC
+//! day is the same, so a restarted node goes on counting the day (a `kill -9` loses at
+//! most the counts of the last seconds before it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
 
 use weft_policy::{RateLimit, RateLimits};
 
@@ -136,37 +143,52 @@ struct Bucket {
     /// Tokens now (at `at`).
     tokens: f64,
     at: Instant,
-    /// UTC day number of the counters.
+}
+
+/// What one principal or tenant published on one UTC day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Day {
+    /// UTC day number of the counts.
     day: i64,
-    events_today: u64,
-    bytes_today: u64,
+    events: u64,
+    bytes: u64,
+}
+
+impl Day {
+    /// The counts of `day` (zero if these are of another).
+    fn on(self, day: i64) -> Self {
+        if self.day == day {
+            self
+        } else {
+            Day {
+                day,
+                ..Day::default()
+            }
+        }
+    }
 }
 
 impl Bucket {
-    fn full(limit: &RateLimit, now: Instant, day: i64) -> Self {
+    fn full(limit: &RateLimit, now: Instant) -> Self {
         Self {
             tokens: limit.burst as f64,
             at: now,
-            day,
-            events_today: 0,
-            bytes_today: 0,
         }
     }
 
-    /// Refills to `now` and rolls the day over.
-    fn advance(&mut self, limit: &RateLimit, now: Instant, day: i64) {
+    /// Refills to `now`.
+    fn advance(&mut self, limit: &RateLimit, now: Instant) {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + dt * limit.events_per_s as f64).min(limit.burst as f64);
         self.at = now;
-        if day != self.day {
-            self.day = day;
-            self.events_today = 0;
-            self.bytes_today = 0;
-        }
     }
+}
 
+impl Day {
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
+        bucket: &Bucket,
         limit: &RateLimit,
         scope: Scope,
         name: &str,
@@ -179,26 +201,26 @@ impl Bucket {
             (left as u64).div_ceil(1000).max(1)
         };
         if let Some(q) = limit.events_per_day
-            && self.events_today.saturating_add(events) > q
+            && self.events.saturating_add(events) > q
         {
             return Err(Refusal::Quota {
                 scope,
                 name: name.into(),
                 what: "events",
                 quota: q,
-                used: self.events_today,
+                used: self.events,
                 retry_after_s: to_midnight(),
             });
         }
         if let Some(q) = limit.bytes_per_day
-            && self.bytes_today.saturating_add(bytes) > q
+            && self.bytes.saturating_add(bytes) > q
         {
             return Err(Refusal::Quota {
                 scope,
                 name: name.into(),
                 what: "payload bytes",
                 quota: q,
-                used: self.bytes_today,
+                used: self.bytes,
                 retry_after_s: to_midnight(),
             });
         }
@@ -210,7 +232,7 @@ impl Bucket {
                 events,
             });
         }
-        let need = events as f64 - self.tokens;
+        let need = events as f64 - bucket.tokens;
         if need > 0.0 {
             let wait = (need / limit.events_per_s as f64).ceil() as u64;
             return Err(Refusal::Rate {
@@ -223,10 +245,10 @@ impl Bucket {
         Ok(())
     }
 
-    fn take(&mut self, events: u64, bytes: u64) {
-        self.tokens -= events as f64;
-        self.events_today = self.events_today.saturating_add(events);
-        self.bytes_today = self.bytes_today.saturating_add(bytes);
+    fn take(&mut self, bucket: &mut Bucket, events: u64, bytes: u64) {
+        bucket.tokens -= events as f64;
+        self.events = self.events.saturating_add(events);
+        self.bytes = self.bytes.saturating_add(bytes);
     }
 }
 
@@ -239,7 +261,30 @@ struct State {
     principals: HashMap<String, Bucket>,
     /// At most one per tenant of those principals.
     tenants: HashMap<String, Bucket>,
+    /// The day's counts of the same principals and tenants, kept across policy epochs;
+    /// counts of past days go at each save ([`Limiter::saved_if_changed`]).
+    principal_days: HashMap<String, Day>,
+    tenant_days: HashMap<String, Day>,
+    /// Bumped by every change of the counts.
+    changes: u64,
+    /// [`State::changes`] at the last save.
+    saved: u64,
 }
+
+/// The day's counts as `quotas.json` holds them.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Saved {
+    /// UTC day number (days since 1970-01-01).
+    day: i64,
+    /// Per principal: events, payload bytes.
+    principals: BTreeMap<String, (u64, u64)>,
+    /// Per tenant: events, payload bytes.
+    tenants: BTreeMap<String, (u64, u64)>,
+}
+
+/// The file in the data directory holding the day's counts.
+pub(crate) const SAVED_FILE: &str = "quotas.json";
 
 /// The node's publish limiter.
 #[derive(Debug, Default)]
@@ -281,41 +326,49 @@ impl Limiter {
         let State {
             principals,
             tenants,
+            principal_days,
+            tenant_days,
+            changes,
             ..
         } = &mut *s;
         let mut p = limits.principal.map(|l| {
             let b = principals
                 .entry(principal.to_string())
-                .or_insert_with(|| Bucket::full(&l, now, day));
-            b.advance(&l, now, day);
-            (l, b)
+                .or_insert_with(|| Bucket::full(&l, now));
+            b.advance(&l, now);
+            let d = principal_days.entry(principal.to_string()).or_default();
+            *d = d.on(day);
+            (l, b, d)
         });
         let mut t = limits.tenant.map(|l| {
             let b = tenants
                 .entry(tenant.to_string())
-                .or_insert_with(|| Bucket::full(&l, now, day));
-            b.advance(&l, now, day);
-            (l, b)
+                .or_insert_with(|| Bucket::full(&l, now));
+            b.advance(&l, now);
+            let d = tenant_days.entry(tenant.to_string()).or_default();
+            *d = d.on(day);
+            (l, b, d)
         });
-        if let Some((l, b)) = &p {
-            b.check(l, Scope::Principal, principal, events, bytes, wall_ms)?;
+        if let Some((l, b, d)) = &p {
+            d.check(b, l, Scope::Principal, principal, events, bytes, wall_ms)?;
         }
-        if let Some((l, b)) = &t {
-            b.check(l, Scope::Tenant, tenant, events, bytes, wall_ms)?;
+        if let Some((l, b, d)) = &t {
+            d.check(b, l, Scope::Tenant, tenant, events, bytes, wall_ms)?;
         }
-        if let Some((_, b)) = &mut p {
-            b.take(events, bytes);
+        if let Some((_, b, d)) = &mut p {
+            d.take(b, events, bytes);
         }
-        if let Some((_, b)) = &mut t {
-            b.take(events, bytes);
+        if let Some((_, b, d)) = &mut t {
+            d.take(b, events, bytes);
         }
+        *changes += 1;
         Ok(())
     }
 
     /// Gives back what [`Limiter::admit`] took for a publish refused after it (the
-    /// driver's queue, the store or the ack refused it): the tokens, up to the burst, and
-    /// the day's counts. Nothing when the policy changed since (its buckets started
-    /// afresh) or the day turned.
+    /// driver's queue, the store or the ack refused it): the tokens, up to the burst,
+    /// unless the policy changed since (its buckets started afresh), and the day's counts,
+    /// unless the day turned.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn refund(
         &self,
@@ -332,26 +385,121 @@ impl Limiter {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if s.policy != policy {
-            return;
-        }
-        let give = |b: &mut Bucket, l: &RateLimit| {
-            b.tokens = (b.tokens + events as f64).min(l.burst as f64);
-            if b.day == day {
-                b.events_today = b.events_today.saturating_sub(events);
-                b.bytes_today = b.bytes_today.saturating_sub(bytes);
+        let same_policy = s.policy == policy;
+        let give_day = |d: &mut Day| {
+            if d.day == day {
+                d.events = d.events.saturating_sub(events);
+                d.bytes = d.bytes.saturating_sub(bytes);
             }
         };
-        if let Some(l) = &limits.principal
-            && let Some(b) = s.principals.get_mut(principal)
+        let give = |b: &mut Bucket, l: &RateLimit| {
+            b.tokens = (b.tokens + events as f64).min(l.burst as f64);
+        };
+        if limits.principal.is_some()
+            && let Some(d) = s.principal_days.get_mut(principal)
         {
-            give(b, l);
+            give_day(d);
         }
-        if let Some(l) = &limits.tenant
-            && let Some(b) = s.tenants.get_mut(tenant)
+        if limits.tenant.is_some()
+            && let Some(d) = s.tenant_days.get_mut(tenant)
         {
-            give(b, l);
+            give_day(d);
         }
+        if same_policy {
+            if let Some(l) = &limits.principal
+                && let Some(b) = s.principals.get_mut(principal)
+            {
+                give(b, l);
+            }
+            if let Some(l) = &limits.tenant
+                && let Some(b) = s.tenants.get_mut(tenant)
+            {
+                give(b, l);
+            }
+        }
+        s.changes += 1;
+    }
+
+    /// The day's counts to save, if they changed since the last call (counts of days
+    /// before `wall_ms`'s are dropped). `None`: nothing to write.
+    pub(crate) fn saved_if_changed(&self, wall_ms: i64) -> Option<Saved> {
+        let day = wall_ms.div_euclid(MS_PER_DAY);
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.changes == s.saved {
+            return None;
+        }
+        s.saved = s.changes;
+        s.principal_days.retain(|_, d| d.day >= day);
+        s.tenant_days.retain(|_, d| d.day >= day);
+        let today = |m: &HashMap<String, Day>| {
+            m.iter()
+                .filter(|(_, d)| d.day == day)
+                .map(|(k, d)| (k.clone(), (d.events, d.bytes)))
+                .collect()
+        };
+        Some(Saved {
+            day,
+            principals: today(&s.principal_days),
+            tenants: today(&s.tenant_days),
+        })
+    }
+
+    /// Takes back counts saved earlier, if they are of `wall_ms`'s UTC day; returns
+    /// whether they were.
+    pub(crate) fn restore(&self, saved: &Saved, wall_ms: i64) -> bool {
+        if saved.day != wall_ms.div_euclid(MS_PER_DAY) {
+            return false;
+        }
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let day = |(events, bytes): &(u64, u64)| Day {
+            day: saved.day,
+            events: *events,
+            bytes: *bytes,
+        };
+        for (name, c) in &saved.principals {
+            s.principal_days.insert(name.clone(), day(c));
+        }
+        for (name, c) in &saved.tenants {
+            s.tenant_days.insert(name.clone(), day(c));
+        }
+        true
+    }
+}
+
+impl Saved {
+    /// Reads `data_dir`'s [`SAVED_FILE`]; `None` when there is none.
+    pub(crate) fn load(data_dir: &Path) -> anyhow::Result<Option<Saved>> {
+        let path = data_dir.join(SAVED_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes `data_dir`'s [`SAVED_FILE`] whole or not at all (a temporary file synced,
+    /// then renamed over it).
+    pub(crate) fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let path = data_dir.join(SAVED_FILE);
+        let tmp = data_dir.join(format!("{SAVED_FILE}.tmp"));
+        let text = serde_json::to_vec(self)?;
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(&text)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -407,9 +555,21 @@ mod tests {
             ),
             Err(Refusal::Quota { .. })
         ));
-        // A refund under another policy changes nothing.
-        l.refund(2, &limits, "p", "acme", 8, 0, 0);
-        assert!(
+        // A refund of a publish charged under another policy gives back the day's count
+        // (the day goes on across epochs), not tokens of buckets made since.
+        l.refund(2, &limits, "p", "acme", 1, 0, 0);
+        l.admit(
+            1,
+            &limits,
+            "p",
+            "acme",
+            1,
+            0,
+            later + Duration::from_secs(20),
+            0,
+        )
+        .unwrap();
+        assert!(matches!(
             l.admit(
                 1,
                 &limits,
@@ -417,11 +577,11 @@ mod tests {
                 "acme",
                 1,
                 0,
-                later + Duration::from_secs(20),
+                later + Duration::from_secs(30),
                 0
-            )
-            .is_err()
-        );
+            ),
+            Err(Refusal::Quota { .. })
+        ));
     }
 
     #[test]
@@ -494,6 +654,73 @@ mod tests {
         l.admit(1, &limits, "p", "t", 2, 0, t0, 0).unwrap();
         assert!(l.admit(1, &limits, "p", "t", 1, 0, t0, 0).is_err());
         l.admit(2, &limits, "p", "t", 2, 0, t0, 0).unwrap();
+    }
+
+    /// A new epoch refills the buckets but gives no new day: a policy push used to reset
+    /// every principal's and tenant's daily quota.
+    #[test]
+    fn a_new_epoch_keeps_the_days_counts() {
+        let l = Limiter::default();
+        let quota = RateLimit {
+            events_per_day: Some(5),
+            ..limit(100, 100)
+        };
+        let limits = RateLimits {
+            principal: Some(quota),
+            tenant: Some(quota),
+        };
+        let t0 = Instant::now();
+        l.admit(1, &limits, "p", "t", 5, 0, t0, 0).unwrap();
+        for policy in [1, 2] {
+            let r = l.admit(policy, &limits, "p", "t", 1, 0, t0, 0).unwrap_err();
+            assert!(matches!(r, Refusal::Quota { used: 5, .. }), "{r}");
+        }
+    }
+
+    /// The day's counts saved and taken back by a new limiter (a restarted node) go on
+    /// counting the same day; counts of another day are not taken; nothing changed,
+    /// nothing to save.
+    #[test]
+    fn the_days_counts_are_saved_and_taken_back_on_the_same_day() {
+        let quota = RateLimit {
+            events_per_day: Some(10),
+            bytes_per_day: Some(1000),
+            ..limit(100, 100)
+        };
+        let limits = RateLimits {
+            principal: Some(quota),
+            tenant: Some(quota),
+        };
+        let t0 = Instant::now();
+        let noon = 20_000 * MS_PER_DAY + MS_PER_DAY / 2;
+        let l = Limiter::default();
+        l.admit(1, &limits, "p", "t", 7, 300, t0, noon).unwrap();
+        let saved = l.saved_if_changed(noon).unwrap();
+        assert_eq!(l.saved_if_changed(noon), None, "nothing changed since");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Saved::load(dir.path()).unwrap(), None);
+        saved.save(dir.path()).unwrap();
+        let back = Saved::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back, saved);
+        let restarted = Limiter::default();
+        assert!(restarted.restore(&back, noon + 1000));
+        let r = restarted
+            .admit(1, &limits, "p", "t", 4, 0, t0, noon + 1000)
+            .unwrap_err();
+        assert!(matches!(r, Refusal::Quota { used: 7, .. }), "{r}");
+        restarted
+            .admit(1, &limits, "p", "t", 3, 0, t0, noon + 1000)
+            .unwrap();
+        // The next day starts from zero, whatever the file says.
+        let tomorrow = Limiter::default();
+        assert!(!tomorrow.restore(&back, noon + MS_PER_DAY));
+        tomorrow
+            .admit(1, &limits, "p", "t", 10, 0, t0, noon + MS_PER_DAY)
+            .unwrap();
+        // A damaged file is an error naming it, not a silent zero.
+        std::fs::write(dir.path().join(SAVED_FILE), b"{").unwrap();
+        let err = format!("{:#}", Saved::load(dir.path()).unwrap_err());
+        assert!(err.contains(SAVED_FILE), "{err}");
     }
 
     #[test]

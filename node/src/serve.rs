@@ -335,13 +335,14 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         closing: closing_rx,
         policy: policy_state,
         audit: audit.clone(),
-        limiter: crate::ratelimit::Limiter::default(),
+        limiter: quota_counts(&config.data_dir),
         policy_trust: trust,
         egress: crate::egress::Egress::default(),
         tables: tables.clone(),
     });
     tokio::spawn(crate::egress::run_flusher(api.clone(), flush_rx));
     tokio::spawn(crate::erase::run_retractor(api.clone(), retract_rx));
+    tokio::spawn(save_quota_counts(api.clone(), config.data_dir.clone()));
     let api_at_shutdown = api.clone();
     let listener = tokio::net::TcpListener::bind(raw.listen.http)
         .await
@@ -388,7 +389,56 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), driver_task).await;
     transport.close_after_sending(Duration::from_secs(2)).await;
     audit.flush(AUDIT_FLUSH_LIMIT);
+    save_quota_counts_now(&api_at_shutdown, &config.data_dir);
     Ok(())
+}
+
+/// How often the day's quota counts are saved while they change.
+const QUOTA_SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// The publish limiter, with the day's counts a previous run of this node saved (same UTC
+/// day only). A file that cannot be read is logged and the day counted from zero: the
+/// node still starts.
+fn quota_counts(data_dir: &std::path::Path) -> crate::ratelimit::Limiter {
+    let limiter = crate::ratelimit::Limiter::default();
+    match crate::ratelimit::Saved::load(data_dir) {
+        Ok(Some(saved)) => {
+            if limiter.restore(&saved, crate::driver::wall_ms()) {
+                info!(
+                    "today's quota counts taken back from {}",
+                    crate::ratelimit::SAVED_FILE
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "quota counts not taken back; today's are counted from zero")
+        }
+    }
+    limiter
+}
+
+/// Saves the day's quota counts every [`QUOTA_SAVE_EVERY`] while they change, until the
+/// node stops (the last save is `serve`'s, after the driver stopped).
+async fn save_quota_counts(api: Arc<Api>, data_dir: std::path::PathBuf) {
+    let mut closing = api.closing.clone();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(QUOTA_SAVE_EVERY) => {}
+            _ = closing.changed() => return,
+        }
+        let api = api.clone();
+        let dir = data_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || save_quota_counts_now(&api, &dir)).await;
+    }
+}
+
+fn save_quota_counts_now(api: &Api, data_dir: &std::path::Path) {
+    if let Some(saved) = api.limiter.saved_if_changed(crate::driver::wall_ms())
+        && let Err(e) = saved.save(data_dir)
+    {
+        tracing::warn!(error = %format!("{e:#}"), "saving the day's quota counts failed");
+    }
 }
 
 /// Longest a graceful stop waits for open HTTP connections after the stop signal.
