@@ -16,10 +16,11 @@
 //! the first start: tokens outlive restarts, as the positions they seal do. `0` stays the
 //! one plain cursor: the start of the log, which tells nothing.
 //!
-//! Nonces: a counter run through SHA-256 keyed with 32 bytes drawn from the OS at start
-//! (hand-written, a few lines: the nonce must never repeat under the key, which a counter
-//! guarantees, must not show how many tokens the node gave, which the keyed hash hides, and
-//! costs no system call per token, where a page seals up to thousands).
+//! Nonces: a counter run through SHA-256 keyed with 32 bytes drawn from the OS at each
+//! start (hand-written, a few lines: the nonce must not repeat under the key, which the
+//! counter rules out within a run and the fresh 32-byte hash key across runs, up to a
+//! 2^-96-scale collision; must not show how many tokens the node gave, which the keyed
+//! hash hides; and costs no system call per token, where a page seals up to thousands).
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};

@@ -248,7 +248,6 @@ pub(crate) struct Snapshot {
     pub(crate) nodes: Vec<NodeView>,
     pub(crate) routes: Vec<RouteView>,
     pub(crate) stored_events: usize,
-    pub(crate) committed_pos: u64,
     pub(crate) stats: BTreeMap<&'static str, u64>,
 }
 
@@ -1696,7 +1695,7 @@ impl Driver {
                     "erase_failed",
                     format!("erase of {target}: removing its values from the tables failed: {e}"),
                 ));
-                format!("; the tables were NOT cleaned ({e})")
+                format!("; a table repair failed and the table was dropped until rebuilt ({e})")
             }
         };
         // This node's derivatives of what the rule covers are retracted fabric-wide.
@@ -1843,7 +1842,7 @@ impl Driver {
                         "retraction by {origin}: removing its values from the tables failed: {e}"
                     ),
                 ));
-                format!("; the tables were NOT cleaned ({e})")
+                format!("; a table repair failed and the table was dropped until rebuilt ({e})")
             }
         };
         let wanted: BTreeSet<u64> = numbers.iter().copied().collect();
@@ -1911,13 +1910,23 @@ impl Driver {
             .store_mut()
             .write_conn()
             .map_err(|e| e.to_string())?;
-        crate::tables::repair_streams(
+        let failed = crate::tables::repair_streams(
             conn,
             &touched,
             |name| tables.as_ref().and_then(|t| t.strategy(name)),
             &mut self.tables_built,
             &mut self.table_stats,
-        )
+        );
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let mut why = Vec::with_capacity(failed.len());
+        for (stream, e) in failed {
+            // Dropped: rebuilt whole from the log at the end of this step.
+            self.late_tables.insert(stream, None);
+            why.push(e);
+        }
+        Err(why.join("; "))
     }
 
     /// Applies the bundle a policy carrier event holds (see `policy_push`); every outcome
@@ -2219,7 +2228,6 @@ impl Driver {
             nodes,
             routes,
             stored_events: stored,
-            committed_pos: *self.committed.borrow(),
             stats,
         });
     }

@@ -2033,16 +2033,19 @@ async fn read_events(
         let mut scanned_bytes = 0;
         let mut shown_bytes = 0;
         let mut body = String::from("[");
-        'pages: while shown < limit
-            && scanned < READ_SCAN_LEN_MAX
-            && scanned_bytes < READ_SCAN_BYTES_MAX
-        {
+        // After `last=N` the walk back bounded the work already, and the page must reach
+        // the newest events: no scan bound forward.
+        let (scan_len_max, scan_bytes_max) = match last {
+            Some(_) => (usize::MAX, usize::MAX),
+            None => (READ_SCAN_LEN_MAX, READ_SCAN_BYTES_MAX),
+        };
+        'pages: while shown < limit && scanned < scan_len_max && scanned_bytes < scan_bytes_max {
             // What the page still needs first (nothing left out: one query), then, once
             // events were left out, batches large enough not to go one row at a time.
             let need = limit - shown;
             let want = if left_out == 0 { need } else { need.max(256) }
                 .min(crate::store::READ_LOG_LEN_MAX)
-                .min(READ_SCAN_LEN_MAX - scanned);
+                .min(scan_len_max - scanned);
             let entries = r.read_log(stream, next, want)?;
             if entries.is_empty() {
                 break;

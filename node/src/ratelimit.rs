@@ -290,6 +290,10 @@ pub(crate) const SAVED_FILE: &str = "quotas.json";
 #[derive(Debug, Default)]
 pub(crate) struct Limiter {
     state: Mutex<State>,
+    /// Held by a save from its snapshot to its rename ([`Limiter::save_to`]): the periodic
+    /// save and the last one at a stop never write the file at once, nor an older
+    /// snapshot over a newer one.
+    saving: Mutex<()>,
 }
 
 impl Limiter {
@@ -420,9 +424,30 @@ impl Limiter {
         s.changes += 1;
     }
 
-    /// The day's counts to save, if they changed since the last call (counts of days
-    /// before `wall_ms`'s are dropped). `None`: nothing to write.
-    pub(crate) fn saved_if_changed(&self, wall_ms: i64) -> Option<Saved> {
+    /// Writes the day's counts to `data_dir`'s [`SAVED_FILE`] if they changed since the
+    /// last save that succeeded (a failed one is tried again at the next call); returns
+    /// whether it wrote.
+    pub(crate) fn save_to(&self, data_dir: &Path, wall_ms: i64) -> anyhow::Result<bool> {
+        let _one_at_a_time = self
+            .saving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((saved, generation)) = self.saved_if_changed(wall_ms) else {
+            return Ok(false);
+        };
+        saved.save(data_dir)?;
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.saved = s.saved.max(generation);
+        Ok(true)
+    }
+
+    /// The day's counts to save with the generation they are of, if they changed since
+    /// the last save (counts of days before `wall_ms`'s are dropped). `None`: nothing to
+    /// write.
+    fn saved_if_changed(&self, wall_ms: i64) -> Option<(Saved, u64)> {
         let day = wall_ms.div_euclid(MS_PER_DAY);
         let mut s = self
             .state
@@ -431,7 +456,7 @@ impl Limiter {
         if s.changes == s.saved {
             return None;
         }
-        s.saved = s.changes;
+        let generation = s.changes;
         s.principal_days.retain(|_, d| d.day >= day);
         s.tenant_days.retain(|_, d| d.day >= day);
         let today = |m: &HashMap<String, Day>| {
@@ -440,11 +465,14 @@ impl Limiter {
                 .map(|(k, d)| (k.clone(), (d.events, d.bytes)))
                 .collect()
         };
-        Some(Saved {
-            day,
-            principals: today(&s.principal_days),
-            tenants: today(&s.tenant_days),
-        })
+        Some((
+            Saved {
+                day,
+                principals: today(&s.principal_days),
+                tenants: today(&s.tenant_days),
+            },
+            generation,
+        ))
     }
 
     /// Takes back counts saved earlier, if they are of `wall_ms`'s UTC day; returns
@@ -486,8 +514,8 @@ impl Saved {
     }
 
     /// Writes `data_dir`'s [`SAVED_FILE`] whole or not at all (a temporary file synced,
-    /// then renamed over it).
-    pub(crate) fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+    /// renamed over it, the directory synced). Callers hold [`Limiter::save_to`]'s lock.
+    fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
         let path = data_dir.join(SAVED_FILE);
         let tmp = data_dir.join(format!("{SAVED_FILE}.tmp"));
         let text = serde_json::to_vec(self)?;
@@ -499,7 +527,10 @@ impl Saved {
                 .and_then(|()| f.sync_all())
                 .with_context(|| format!("writing {}", tmp.display()))?;
         }
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", data_dir.display()))
     }
 }
 
@@ -695,13 +726,23 @@ mod tests {
         let noon = 20_000 * MS_PER_DAY + MS_PER_DAY / 2;
         let l = Limiter::default();
         l.admit(1, &limits, "p", "t", 7, 300, t0, noon).unwrap();
-        let saved = l.saved_if_changed(noon).unwrap();
-        assert_eq!(l.saved_if_changed(noon), None, "nothing changed since");
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Saved::load(dir.path()).unwrap(), None);
-        saved.save(dir.path()).unwrap();
+        // A save that fails (no such directory) is tried again at the next call.
+        let gone = dir.path().join("gone");
+        assert!(l.save_to(&gone, noon).is_err());
+        assert!(
+            l.save_to(dir.path(), noon).unwrap(),
+            "written after the failure"
+        );
+        assert!(
+            !l.save_to(dir.path(), noon).unwrap(),
+            "nothing changed since"
+        );
         let back = Saved::load(dir.path()).unwrap().unwrap();
-        assert_eq!(back, saved);
+        assert_eq!(back.day, 20_000);
+        assert_eq!(back.principals["p"], (7, 300));
+        assert_eq!(back.tenants["t"], (7, 300));
         let restarted = Limiter::default();
         assert!(restarted.restore(&back, noon + 1000));
         let r = restarted

@@ -418,15 +418,12 @@ fn quota_counts(data_dir: &std::path::Path) -> crate::ratelimit::Limiter {
     limiter
 }
 
-/// Saves the day's quota counts every [`QUOTA_SAVE_EVERY`] while they change, until the
-/// node stops (the last save is `serve`'s, after the driver stopped).
+/// Saves the day's quota counts every [`QUOTA_SAVE_EVERY`] while they change, for as
+/// long as the process runs (through a stop too: the publishes a stop still answers are
+/// counted; `serve`'s last save, after the driver stopped, takes the same lock).
 async fn save_quota_counts(api: Arc<Api>, data_dir: std::path::PathBuf) {
-    let mut closing = api.closing.clone();
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(QUOTA_SAVE_EVERY) => {}
-            _ = closing.changed() => return,
-        }
+        tokio::time::sleep(QUOTA_SAVE_EVERY).await;
         let api = api.clone();
         let dir = data_dir.clone();
         let _ = tokio::task::spawn_blocking(move || save_quota_counts_now(&api, &dir)).await;
@@ -434,10 +431,8 @@ async fn save_quota_counts(api: Arc<Api>, data_dir: std::path::PathBuf) {
 }
 
 fn save_quota_counts_now(api: &Api, data_dir: &std::path::Path) {
-    if let Some(saved) = api.limiter.saved_if_changed(crate::driver::wall_ms())
-        && let Err(e) = saved.save(data_dir)
-    {
-        tracing::warn!(error = %format!("{e:#}"), "saving the day's quota counts failed");
+    if let Err(e) = api.limiter.save_to(data_dir, crate::driver::wall_ms()) {
+        tracing::warn!(error = %format!("{e:#}"), "saving the day's quota counts failed; tried again in 2 s");
     }
 }
 

@@ -400,16 +400,17 @@ pub(crate) fn repair(
 
 /// [`repair`] for each stream of `touched` (an erase or a retraction removed writes of
 /// several tables), each in its own savepoint. A stream whose repair fails has nothing of
-/// it kept and may still hold what was removed, so its table is dropped (rebuilt from the
-/// log at its next write or the next start) rather than serve it; the others are
-/// repaired all the same, and the failures come back together.
+/// it kept and may still hold what was removed, so its table is dropped rather than serve
+/// it (the driver rebuilds it whole at the end of the step; failing that, at its next
+/// write or the next start); the others are repaired all the same. Returns the streams
+/// that failed, with why.
 pub(crate) fn repair_streams(
     conn: &Connection,
     touched: &BTreeMap<String, Touched>,
     strategy_of: impl Fn(&StreamName) -> Option<Strategy>,
     built: &mut BTreeMap<String, Strategy>,
     stats: &mut BTreeMap<&'static str, ConflictStats>,
-) -> Result<(), String> {
+) -> Vec<(StreamName, String)> {
     let mut failed = Vec::new();
     for (stream, t) in touched {
         let Ok(name) = StreamName::new(stream.as_str()) else {
@@ -427,17 +428,14 @@ pub(crate) fn repair_streams(
         if let Err(e) = repaired {
             let dropped = drop_table(conn, stream);
             built.remove(stream);
-            failed.push(match dropped {
+            let why = match dropped {
                 Ok(()) => format!("{stream}: {e} (its rows were dropped until it is rebuilt)"),
                 Err(d) => format!("{stream}: {e}; dropping its rows failed too: {d}"),
-            });
+            };
+            failed.push((name, why));
         }
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(failed.join("; "))
-    }
+    failed
 }
 
 /// Whether the table of `stream` is built with `strategy` (its `table_meta` row), looked
@@ -2666,13 +2664,14 @@ replication = "all"
         }
         let conn = r.store.write_conn().unwrap();
         let mut stats = BTreeMap::new();
-        let err =
-            repair_streams(conn, &touched, |_| Some(lww), &mut r.built, &mut stats).unwrap_err();
+        let failed = repair_streams(conn, &touched, |_| Some(lww), &mut r.built, &mut stats);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        let (stream, err) = &failed[0];
+        assert_eq!(stream.as_str(), "prefs");
         assert!(
             err.starts_with("prefs: ") && err.contains("dropped"),
             "{err}"
         );
-        assert!(!err.contains("prefs2"), "{err}");
         assert_eq!(load_state(conn, "prefs", b"k").unwrap(), None, "dropped");
         assert_eq!(
             digest(conn, "prefs2", lww).unwrap(),

@@ -171,21 +171,28 @@ fn publishes_refused_after_their_charge_take_no_rate_tokens() {
     });
 }
 
-/// A publish by `tester` at node 0 is refused by its spent daily quota of 3 events.
+/// A publish by `tester` at node 0 that its daily quota admits.
+async fn quota_publish(c: &Cluster, n: i64) {
+    let (status, body) = c.publish(0, "orders.eu", "local", &[json!({"n": n})]).await;
+    assert_eq!(status, 200, "publish {n}: {body}");
+}
+
+/// A publish by `tester` at node 0 is refused by its spent daily quota of 5 events.
 async fn quota_refused(c: &Cluster) {
     let (status, body) = c.publish(0, "orders.eu", "local", &[json!({"n": 9})]).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["reason"], "quota_exceeded", "{body}");
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("daily quota of 3 events (3 used today"),
+        msg.contains("daily quota of 5 events (5 used today"),
         "{msg}"
     );
 }
 
 /// A principal's daily quota holds across restarts of the node: the day's counts are
 /// saved (`quotas.json`, every 2 s while they change and at a graceful stop) and taken
-/// back at start, so a stop, or a `kill -9` after a save, does not give a new day.
+/// back at start, so neither a stop nor a `kill -9` after a periodic save gives a new
+/// day.
 #[test]
 fn a_daily_quota_outlives_restarts_of_the_node() {
     rt().block_on(async {
@@ -193,24 +200,26 @@ fn a_daily_quota_outlives_restarts_of_the_node() {
         let tester_sha = hex::encode(sha2::Sha256::digest(c.token.as_bytes()));
         let b = bundle(&c.keys[0], &tester_sha).replace(
             "events_per_s = 1\nburst = 5",
-            "events_per_s = 100\nburst = 100\nevents_per_day = 3",
+            "events_per_s = 100\nburst = 100\nevents_per_day = 5",
         );
-        assert!(b.contains("events_per_day = 3"), "{b}");
+        assert!(b.contains("events_per_day = 5"), "{b}");
         let signed = ops.sign(&b, &["op"], "q");
         std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
         c.start_all();
         c.wait_healthy(0).await;
+        // Three of five, then a graceful stop (its last save) and a start.
         for n in 0..3 {
-            let (status, body) = c.publish(0, "orders.eu", "local", &[json!({"n": n})]).await;
-            assert_eq!(status, 200, "publish {n}: {body}");
+            quota_publish(&c, n).await;
         }
-        quota_refused(&c).await;
         let exited = c.stop_gracefully(0, Duration::from_secs(10)).await;
         assert!(exited.is_some_and(|s| s.success()), "{}", c.log(0));
         c.start(0);
         c.wait_healthy(0).await;
+        for n in 3..5 {
+            quota_publish(&c, n).await;
+        }
         quota_refused(&c).await;
-        // Saved by now (the counts have not changed since the start: the file stands).
+        // The periodic save (every 2 s) has the two made since the start; then kill -9.
         tokio::time::sleep(Duration::from_secs(3)).await;
         c.kill9(0);
         c.start(0);
