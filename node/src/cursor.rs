@@ -263,6 +263,28 @@ mod tests {
         }
     }
 
+    /// A measurement, not a check of speed (`cargo test --release -p weft-node --bin weft
+    /// measure_ -- --ignored --nocapture`): what a token costs a read (each event of a page
+    /// gets one).
+    #[test]
+    #[ignore = "a measurement: prints timings, run by hand"]
+    fn measure_cursor_seal_and_open() {
+        let c = Cursors::from_key([7; 32]).unwrap();
+        let n = 100_000u64;
+        let t = std::time::Instant::now();
+        let tokens: Vec<String> = (0..n).map(|p| c.seal("orders.eu", p)).collect();
+        let seal = t.elapsed();
+        let t = std::time::Instant::now();
+        let back: u64 = tokens.iter().map(|k| c.open("orders.eu", k).unwrap()).sum();
+        let open = t.elapsed();
+        assert_eq!(back, n * (n - 1) / 2);
+        println!(
+            "seal {:.2} us, open {:.2} us a token ({n} each)",
+            seal.as_secs_f64() * 1e6 / n as f64,
+            open.as_secs_f64() * 1e6 / n as f64
+        );
+    }
+
     #[test]
     fn the_key_is_made_once_kept_private_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
