@@ -77,6 +77,22 @@ pub(crate) fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
         [],
         |r| r.get(0),
     )?;
+    let had_origin_index: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_stream_origin')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !had_origin_index
+        && tx.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| {
+            r.get::<_, bool>(0)
+        })?
+    {
+        // Built once, at the first open by a version that has it: on a large store it
+        // takes a while, which the log says.
+        tracing::info!(
+            "indexing keyed events by stream and origin (once; a large store takes a while)"
+        );
+    }
     tx.execute_batch(SCHEMA)?;
     if !had_writers {
         tx.execute("DELETE FROM table_meta", [])?;
