@@ -389,6 +389,9 @@ impl Limiter {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if limits.principal.is_none() && limits.tenant.is_none() {
+            return;
+        }
         let same_policy = s.policy == policy;
         let give_day = |d: &mut Day| {
             if d.day == day {
