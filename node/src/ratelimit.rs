@@ -524,7 +524,14 @@ impl Saved {
         let text = serde_json::to_vec(self)?;
         {
             use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // Readable by the node's user only: it names the principals and tenants.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             f.write_all(&text)
                 .and_then(|()| f.sync_all())
@@ -743,6 +750,12 @@ mod tests {
             "nothing changed since"
         );
         let back = Saved::load(dir.path()).unwrap().unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join(SAVED_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(back.day, 20_000);
         assert_eq!(back.principals["p"], (7, 300));
         assert_eq!(back.tenants["t"], (7, 300));
