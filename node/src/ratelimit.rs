@@ -525,7 +525,9 @@ impl Saved {
         {
             use std::io::Write as _;
             use std::os::unix::fs::OpenOptionsExt as _;
-            // Readable by the node's user only: it names the principals and tenants.
+            // Readable by the node's user only: it names the principals and tenants (a
+            // temporary file left by a crash goes first: the mode is set at creation).
+            let _ = std::fs::remove_file(&tmp);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
