@@ -22,8 +22,8 @@
 //! 2^-96-scale collision; must not show how many tokens the node gave, which the keyed
 //! hash hides; and costs no system call per token, where a page seals up to thousands).
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -182,22 +182,11 @@ impl Cursors {
 /// leaves no empty key file that would stop the next start).
 fn create_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     let key = crate::keys::random32()?;
-    let path = data_dir.join(KEY_FILE);
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
-    std::fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", data_dir.display()))?;
+    crate::keys::replace_private(
+        data_dir,
+        KEY_FILE,
+        format!("{}\n", hex::encode(key)).as_bytes(),
+    )?;
     Ok(key)
 }
 

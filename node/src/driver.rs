@@ -1681,23 +1681,8 @@ impl Driver {
             crate::erase::Target::Key { stream, key } => Some((stream.as_str(), key.as_slice())),
             crate::erase::Target::Principal { .. } => None,
         };
-        let tables_result = self.repair_tables_after_removal(&erased, also);
-        // Not a stop: a table rebuild can fail on a damaged event in the log, which a
-        // restart would meet again. The events are erased; the failure is counted and
-        // audited with the erase, whose entry says the tables were not cleaned.
-        let tables_note = match &tables_result {
-            Ok(()) => String::new(),
-            Err(e) => {
-                self.metrics.reject("erase_failed");
-                error!(error = %e, "removing erased values from the tables failed");
-                self.audit.record(entry(
-                    Deny,
-                    "erase_failed",
-                    format!("erase of {target}: removing its values from the tables failed: {e}"),
-                ));
-                format!("; a table repair failed and the table was dropped until rebuilt ({e})")
-            }
-        };
+        let tables_note =
+            self.repair_tables_after_removal(&erased, also, &entry, &format!("erase of {target}"));
         // This node's derivatives of what the rule covers are retracted fabric-wide.
         let retract = match self
             .node
@@ -1830,21 +1815,12 @@ impl Driver {
         };
         self.erased_in_step.extend(done.erased.iter().map(|e| e.id));
         // A retracted derivative on a table stream leaves the table as an erase does.
-        let tables_note = match self.repair_tables_after_removal(&done.erased, None) {
-            Ok(()) => String::new(),
-            Err(e) => {
-                self.metrics.reject("erase_failed");
-                error!(error = %e, "removing retracted values from the tables failed");
-                self.audit.record(entry(
-                    Deny,
-                    "erase_failed",
-                    format!(
-                        "retraction by {origin}: removing its values from the tables failed: {e}"
-                    ),
-                ));
-                format!("; a table repair failed and the table was dropped until rebuilt ({e})")
-            }
-        };
+        let tables_note = self.repair_tables_after_removal(
+            &done.erased,
+            None,
+            &entry,
+            &format!("retraction by {origin}"),
+        );
         let wanted: BTreeSet<u64> = numbers.iter().copied().collect();
         let relayed = self.node.forget_relayed(|e: &Event| {
             e.origin() == origin
@@ -1881,7 +1857,34 @@ impl Driver {
     /// of those keys' writes, not of the table's; a stream no longer a table loses its
     /// rows. The table is then the one a rebuild from the log gives, and the one of a
     /// replica that never held the removed writes.
+    ///
+    /// Not a stop when a repair fails: a damaged event in the log would fail it again
+    /// after a restart. The events are removed all the same; the failure is counted,
+    /// logged and audited (`entry`, naming `what` removed them), and the note returned
+    /// (empty when all went well) goes at the end of the removal's own audit entry.
     fn repair_tables_after_removal(
+        &mut self,
+        removed: &[crate::store::ErasedEvent],
+        also: Option<(&str, &[u8])>,
+        entry: &impl Fn(crate::audit::Decision, &str, String) -> crate::audit::Entry,
+        what: &str,
+    ) -> String {
+        let e = match self.repair_tables(removed, also) {
+            Ok(()) => return String::new(),
+            Err(e) => e,
+        };
+        self.metrics.reject("erase_failed");
+        error!(error = %e, "{what}: removing its values from the tables failed");
+        self.audit.record(entry(
+            crate::audit::Decision::Deny,
+            "erase_failed",
+            format!("{what}: removing its values from the tables failed: {e}"),
+        ));
+        format!("; a table repair failed and the table was dropped until rebuilt ({e})")
+    }
+
+    /// [`Driver::repair_tables_after_removal`]'s repairs; the failures, if any, joined.
+    fn repair_tables(
         &mut self,
         removed: &[crate::store::ErasedEvent],
         also: Option<(&str, &[u8])>,
@@ -1896,10 +1899,7 @@ impl Driver {
             }
         }
         if let Some((stream, key)) = also {
-            let t = touched.entry(stream.to_string()).or_default();
-            if !t.keys.contains(key) {
-                t.keys.insert(key.to_vec());
-            }
+            touched.entry(stream.to_string()).or_default().add_key(key);
         }
         if touched.is_empty() {
             return Ok(());

@@ -2200,10 +2200,11 @@ async fn subscribe(
         check_durable_name(&api, &name, d)?;
     }
     let last = check_last(&api, &q)?;
-    let after_param = match q.after.as_deref() {
-        None => None,
-        Some(t) => Some(api.cursor_at(&name, "after", Some(t))?),
-    };
+    let after_param = q
+        .after
+        .as_deref()
+        .map(|t| api.cursor_at(&name, "after", Some(t)))
+        .transpose()?;
     // A Last-Event-ID this node cannot take (not its token, or from before cursors were
     // tokens) is 400 for a plain subscription, which asked to resume from a place this node
     // does not know; a durable one resumes from its saved position instead, counted (a

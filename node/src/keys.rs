@@ -27,6 +27,29 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Replaces `dir`'s file `name` with `bytes`, readable by its owner only, whole or not at
+/// all: a temporary file (made afresh: the mode is set at creation) written and synced,
+/// renamed over it, the directory synced. A crash midway leaves the old file or the new
+/// one, never a torn or empty one.
+pub(crate) fn replace_private(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
 /// Writes a fresh Ed25519 secret key to `path` (PEM, mode 0600); returns its signer. The
 /// file format is `weft_agent::keys`' (one implementation for nodes and devices).
 pub(crate) fn generate(path: &Path) -> anyhow::Result<Signer> {

@@ -146,7 +146,7 @@ struct Bucket {
 }
 
 /// What one principal or tenant published on one UTC day.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Day {
     /// UTC day number of the counts.
     day: i64,
@@ -519,30 +519,8 @@ impl Saved {
     /// Writes `data_dir`'s [`SAVED_FILE`] whole or not at all (a temporary file synced,
     /// renamed over it, the directory synced). Callers hold [`Limiter::save_to`]'s lock.
     fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
-        let path = data_dir.join(SAVED_FILE);
-        let tmp = data_dir.join(format!("{SAVED_FILE}.tmp"));
-        let text = serde_json::to_vec(self)?;
-        {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            // Readable by the node's user only: it names the principals and tenants (a
-            // temporary file left by a crash goes first: the mode is set at creation).
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&text)
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("writing {}", tmp.display()))?;
-        }
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", data_dir.display()))
+        // Readable by the node's user only: it names the principals and tenants.
+        crate::keys::replace_private(data_dir, SAVED_FILE, &serde_json::to_vec(self)?)
     }
 }
 

@@ -178,8 +178,7 @@ pub(crate) fn apply(
     if !built_with(conn, event.stream().as_str(), strategy, built)? {
         // A new table, or a new strategy: (re)build from the log, this event included
         // (it was appended just before).
-        rebuild(conn, strategy, event.stream(), stats)?;
-        built.insert(event.stream().as_str().to_string(), strategy);
+        repair(conn, Some(strategy), event.stream(), None, built, stats)?;
         return Ok(Applied::Applied);
     }
     apply_one(conn, strategy, event, stats)
@@ -293,13 +292,12 @@ fn write_of<'a>(event: &Event, key: &'a [u8], op: &'a Op) -> Write<'a> {
 /// writes named, their origins; a key none of whose writes remain has no row and no
 /// tombstone and reads as never written, as on a replica where the erase came first and
 /// refused them), and a write delivered late, out of per-origin order (its key and
-/// origin; the driver's `rebuild_late_tables`). `strategy` is `None` for a stream that is
-/// not a table: the keys' leftover rows, if any, go and nothing is applied. The table
-/// must have been built with `strategy` ([`built_with`]); a table that was not needs a
-/// whole [`rebuild`]. Returns how many writes were applied again.
-pub(crate) fn rebuild_keys<'k>(
+/// origin; the driver's `rebuild_late_tables`), both through [`repair`]. The table must
+/// have been built with `strategy` ([`built_with`]); a table that was not needs a whole
+/// [`rebuild`]. Returns how many writes were applied again.
+fn rebuild_keys<'k>(
     conn: &Connection,
-    strategy: Option<Strategy>,
+    strategy: Strategy,
     stream: &str,
     keys: impl IntoIterator<Item = &'k [u8]>,
     origins: impl IntoIterator<Item = &'k OriginKey>,
@@ -315,9 +313,6 @@ pub(crate) fn rebuild_keys<'k>(
                 .and_then(|mut s| s.execute(params![stream, key]))
                 .map_err(backend)?;
         }
-        let Some(strategy) = strategy else {
-            continue;
-        };
         n += for_each_log_write(
             conn,
             stream,
@@ -325,9 +320,6 @@ pub(crate) fn rebuild_keys<'k>(
             |_| true,
             |event| apply_write(conn, strategy, event, key, stats).map(drop),
         )?;
-    }
-    if strategy.is_none() {
-        return Ok(n);
     }
     for origin in origins {
         conn.prepare_cached("DELETE FROM table_applied WHERE stream = ?1 AND origin = ?2")
@@ -360,10 +352,15 @@ pub(crate) struct Touched {
 impl Touched {
     /// A write to `key` by `origin` was added to or removed from the log.
     pub(crate) fn add(&mut self, key: &[u8], origin: OriginKey) {
+        self.add_key(key);
+        self.origins.insert(origin);
+    }
+
+    /// `key`'s row is to be rebuilt, whoever wrote to it.
+    pub(crate) fn add_key(&mut self, key: &[u8]) {
         if !self.keys.contains(key) {
             self.keys.insert(key.to_vec());
         }
-        self.origins.insert(origin);
     }
 }
 
@@ -387,11 +384,11 @@ pub(crate) fn repair(
         drop_table(conn, name)?;
         return Ok(0);
     };
-    let n = match touched {
+    match touched {
         Some(t) if built_with(conn, name, strategy, built)? => {
             let n = rebuild_keys(
                 conn,
-                Some(strategy),
+                strategy,
                 name,
                 t.keys.iter().map(Vec::as_slice),
                 &t.origins,
@@ -403,15 +400,14 @@ pub(crate) fn repair(
                 writes = n,
                 "table keys rebuilt from the log"
             );
-            n
+            Ok(n)
         }
         _ => {
             let n = rebuild(conn, strategy, stream, stats)?;
             built.insert(name.to_string(), strategy);
-            n
+            Ok(n)
         }
-    };
-    Ok(n)
+    }
 }
 
 /// [`repair`] for each stream of `touched` (an erase or a retraction removed writes of
@@ -1949,7 +1945,7 @@ mod tests {
             let bound = Hlc::new(bound_ms, u16::MAX).unwrap().as_u64();
             let erased = self.store.erase(&target, bound).unwrap();
             let mut touched = Touched::default();
-            touched.keys.insert(key.to_vec());
+            touched.add_key(key);
             self.repair_after(&erased, touched);
         }
 

@@ -261,15 +261,9 @@ enabled = true
 
     /// The cursor (an opaque token) of the first event of `stream` at node `i`.
     pub async fn first_cursor(&self, i: usize, stream: &str) -> String {
-        let page: Vec<Value> = reqwest::Client::new()
-            .get(self.url(i, &format!("/v1/streams/{stream}/events?after=0&limit=1")))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = self
+            .get_auth(i, &format!("/v1/streams/{stream}/events?after=0&limit=1"))
+            .await;
         page[0]["weftcursor"].as_str().unwrap().to_string()
     }
 
