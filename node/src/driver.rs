@@ -35,6 +35,8 @@ fn commit_failed() -> crate::store::RecordError {
 
 /// How often the driver runs a retention pass when the last one found no backlog.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+/// Wait after a failed pass of an erase before the next (`Driver::erase_pass`).
+const ERASE_RETRY: Duration = Duration::from_secs(1);
 
 /// Least time between two API snapshots taken after commits (the tick takes one too).
 const SNAPSHOT_INTERVAL_MIN: Duration = Duration::from_millis(100);
@@ -331,6 +333,8 @@ pub(crate) struct Driver {
     /// not covered by an erase rule, so `erase_covers` does not catch it). Emptied after
     /// each step's deliveries.
     erased_in_step: std::collections::HashSet<weft_fabric::EventId>,
+    /// No pass of a pending erase before this (after a pass failed).
+    erase_paused_until: Instant,
     /// Whether the last pass stopped at the expired ranges' bound (warned once).
     retention_blocked: bool,
     /// The retractor's queue (`erase::run_retractor`): this node's derivative numbers to
@@ -404,6 +408,7 @@ impl Driver {
             retention_clock: None,
             retention_clock_warned: false,
             erased_in_step: std::collections::HashSet::new(),
+            erase_paused_until: Instant::now(),
             retention_blocked: false,
             retract_tx: None,
             retract_due: Some(Instant::now()),
@@ -572,6 +577,7 @@ impl Driver {
                 .poll_timeout()
                 .map(|at| self.epoch + Duration::from_micros(at))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let erasing = self.node.store().erasing() && Instant::now() >= self.erase_paused_until;
             // Not biased: a flood of mesh input must not starve publishes and timers.
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -600,6 +606,13 @@ impl Driver {
                 }
                 _ = tick.tick() => {
                     self.on_tick();
+                    self.safe_point();
+                }
+                // An erase too large for one step is removed a pass at a time, each pass
+                // one branch among the inputs (not biased: publishes, pushes and SWIM
+                // answers go on meanwhile).
+                () = std::future::ready(()), if erasing => {
+                    self.erase_pass();
                     self.safe_point();
                 }
                 Some(done) = next_read(&mut read_done) => {
@@ -1656,8 +1669,8 @@ impl Driver {
                 return;
             }
         };
-        let erased = match self.node.store_mut().erase(&target, hlc_max) {
-            Ok(e) => e,
+        let pass = match self.node.store_mut().erase(&target, hlc_max) {
+            Ok(p) => p,
             Err(e) => {
                 // The store changed nothing. The carrier is in this step's log: a step that
                 // committed would never deliver it again, and the erase would be lost here
@@ -1671,6 +1684,7 @@ impl Driver {
                 self.fail_stop("erase_failed", &format!("applying an erase failed: {e}"));
             }
         };
+        let erased = &pass.events;
         self.erased_in_step.extend(erased.iter().map(|e| e.id));
         let relayed = self
             .node
@@ -1682,7 +1696,7 @@ impl Driver {
             crate::erase::Target::Principal { .. } => None,
         };
         let tables_note =
-            self.repair_tables_after_removal(&erased, also, &entry, &format!("erase of {target}"));
+            self.repair_tables_after_removal(erased, also, &entry, &format!("erase of {target}"));
         // This node's derivatives of what the rule covers are retracted fabric-wide.
         let retract = match self
             .node
@@ -1703,16 +1717,77 @@ impl Driver {
         }
         self.metrics.erased.inc_by(erased.len() as u64);
         let what = target.to_string();
-        info!(erased = erased.len(), "{what} erased");
+        let removed = if pass.more {
+            self.metrics
+                .erases_pending
+                .set(self.node.store().erases_pending().len() as i64);
+            info!(
+                erased = erased.len(),
+                "{what} erased in part; the rest is removed pass by pass, hidden from every read meanwhile"
+            );
+            format!(
+                "{} stored events removed so far, the rest removed pass by pass between other work (hidden from every read until then; audited as erase_completed)",
+                pass.removed
+            )
+        } else {
+            info!(erased = erased.len(), "{what} erased");
+            format!("{} stored events removed", pass.removed)
+        };
         self.audit.record(entry(
             Apply,
             "erase_applied",
             format!(
-                "erase of {what} (requested through {}) applied: {} stored events removed, {relayed} relayed copies forgotten, {retract} derivatives made here to retract{tables_note}",
+                "erase of {what} (requested through {}) applied: {removed}, {relayed} relayed copies forgotten, {retract} derivatives made here to retract{tables_note}",
                 event.origin(),
-                erased.len()
             ),
         ));
+    }
+
+    /// One pass of the oldest erase still being removed (`SqliteStore::erase_pass`),
+    /// between the driver's other inputs and in its write transaction: the keys of the
+    /// tables its removed writes named are repaired and the events counted; the erase's
+    /// end is audited (`erase_completed`). A pass that fails changed nothing and is tried
+    /// again after [`ERASE_RETRY`].
+    fn erase_pass(&mut self) {
+        use crate::audit::Decision::Apply;
+        let pass = match self.node.store_mut().erase_pass() {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                self.metrics.reject("erase_pass_failed");
+                warn!(error = %e, "a pass of an erase failed; it is tried again");
+                self.erase_paused_until = Instant::now() + ERASE_RETRY;
+                return;
+            }
+        };
+        let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
+        let entry = move |decision, reason: &str, message: String| {
+            crate::audit::Entry::now(decision, reason, epoch, message)
+                .stream(crate::erase::ERASE_STREAM.to_string())
+        };
+        let what = format!("erase of {}", pass.target);
+        let tables_note = self.repair_tables_after_removal(&pass.events, None, &entry, &what);
+        self.metrics.erased.inc_by(pass.events.len() as u64);
+        self.metrics
+            .erases_pending
+            .set(self.node.store().erases_pending().len() as i64);
+        debug!(
+            erased = pass.events.len(),
+            removed = pass.removed,
+            more = pass.more,
+            "{what}: a pass"
+        );
+        if !pass.more {
+            info!(removed = pass.removed, "{what} finished");
+            self.audit.record(entry(
+                Apply,
+                "erase_completed",
+                format!(
+                    "{what} finished: {} stored events it covers removed in all{tables_note}",
+                    pass.removed
+                ),
+            ));
+        }
     }
 
     /// Between two inputs of a step, where no delivery is half applied: commits when the
@@ -2219,8 +2294,15 @@ impl Driver {
             self.node.store().expired_ranges() as u64,
         );
         stats.insert("store_expired_ranges_dropped", st.expired_ranges_dropped);
+        stats.insert(
+            "store_erases_pending",
+            self.node.store().erases_pending().len() as u64,
+        );
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
+        self.metrics
+            .erases_pending
+            .set(self.node.store().erases_pending().len() as i64);
         self.metrics.members.set(self.members.len() as i64);
         self.snapshot.send_replace(Snapshot {
             members_up: self.members.len(),

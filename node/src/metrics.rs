@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub(crate) deliveries: Counter,
     /// Stored events removed by erase requests (`erase.rs`).
     pub(crate) erased: Counter,
+    pub(crate) erases_pending: Gauge,
     /// Events received from peers that were new here.
     pub(crate) replicated_in: Counter,
     /// Events received from peers that were already here.
@@ -103,6 +104,7 @@ impl Metrics {
             rejected: Family::default(),
             deliveries: Counter::default(),
             erased: Counter::default(),
+            erases_pending: Gauge::default(),
             replicated_in: Counter::default(),
             duplicates_in: Counter::default(),
             mesh_sent: Family::default(),
@@ -153,6 +155,11 @@ impl Metrics {
             "erased_events",
             "Stored events removed by erase requests",
             m.erased.clone(),
+        );
+        registry.register(
+            "erases_pending",
+            "Erases whose covered events are still being removed pass by pass (hidden from reads meanwhile)",
+            m.erases_pending.clone(),
         );
         registry.register(
             "replicated_in",

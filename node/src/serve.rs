@@ -65,6 +65,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         cursors_max: raw.limits.cursors_max,
         cursors_per_owner_max: raw.limits.cursors_per_principal_max,
         expired_ranges_max: raw.limits.expired_ranges_max,
+        erase_pass_max: raw.limits.erase_pass_max,
         ..StoreLimits::default()
     };
     let mut store = SqliteStore::open(&config.data_dir, limits)

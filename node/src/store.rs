@@ -133,6 +133,10 @@ pub(crate) struct StoreLimits {
     /// Most ranges of numbers expired by retention (`store/retention.rs`), in the table
     /// and in memory; beyond it the oldest are dropped (every origin keeps its newest).
     pub(crate) expired_ranges_max: usize,
+    /// Most stored rows one pass of an erase examines ([`SqliteStore::erase_pass`]): an
+    /// erase covering more is finished pass by pass between the driver's other inputs,
+    /// its rows hidden from every read meanwhile.
+    pub(crate) erase_pass_max: usize,
 }
 
 impl Default for StoreLimits {
@@ -145,9 +149,15 @@ impl Default for StoreLimits {
             peers_max: 4_096,
             ce_dedup_max: 1_000_000,
             expired_ranges_max: 1_000_000,
+            erase_pass_max: ERASE_PASS_MAX,
         }
     }
 }
+
+/// Stored rows one pass of an erase examines by default (`StoreLimits::erase_pass_max`):
+/// at about 25 us a removed event (`measure_principal_erase`), some 25 ms of the driver's
+/// time a pass.
+pub(crate) const ERASE_PASS_MAX: usize = 1_000;
 
 /// Why a store could not be opened. Nothing was changed on disk unless stated.
 #[derive(Debug, thiserror::Error)]
@@ -588,6 +598,84 @@ impl Loaded {
 /// Bounded by the API (`erase::RULES_MAX`).
 type EraseRules = BTreeMap<crate::erase::Target, u64>;
 
+/// The condition, on a row of `events` named `$e`, that no erase still being removed pass
+/// by pass (`erase_pending`) covers it: the SQL of [`SqliteStore::erase_covers`] over the
+/// pending rules, the tenant read from the envelope (`weft_tenant`, registered on every
+/// connection) only for a row of a principal such a rule names. A read of stored events
+/// that leaves it out would show an erased event until the pass that removes it. One probe
+/// of an empty table per row while no erase is pending.
+macro_rules! not_erasing {
+    ($e:literal) => {
+        concat!(
+            "(",
+            $e,
+            ".stream = '_weft' OR ",
+            $e,
+            ".stream GLOB '_weft.*' \
+             OR NOT EXISTS (SELECT 1 FROM erase_pending p WHERE p.hlc_max >= ",
+            $e,
+            ".hlc \
+             AND ((p.kind = 'key' AND p.a = ",
+            $e,
+            ".stream AND p.b = ",
+            $e,
+            ".key) \
+             OR (p.kind = 'principal' AND p.a = ",
+            $e,
+            ".principal \
+             AND (p.b = X'' OR p.b = weft_tenant(",
+            $e,
+            ".envelope))))))"
+        )
+    };
+}
+pub(crate) use not_erasing;
+
+/// A page of a stream's log after a position, ascending ([`StoreReader::read_log`]).
+const READ_AFTER_SQL: &str = concat!(
+    "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
+     WHERE log.stream = ?1 AND log.pos > ?2 AND ",
+    not_erasing!("events"),
+    " ORDER BY log.pos LIMIT ?3"
+);
+
+/// A page of a stream's log before a position, newest first
+/// ([`StoreReader::read_log_before`]).
+const READ_BEFORE_SQL: &str = concat!(
+    "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
+     WHERE log.stream = ?1 AND log.pos < ?2 AND ",
+    not_erasing!("events"),
+    " ORDER BY log.pos DESC LIMIT ?3"
+);
+
+/// An erase whose covered rows are still being removed ([`SqliteStore::erase_pass`]; a
+/// row of `erase_pending`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingErase {
+    pub(crate) target: crate::erase::Target,
+    pub(crate) hlc_max: u64,
+    /// The last row examined, as `(hlc, rowid)` (a key rule's rows are read by rowid
+    /// alone: its `hlc` is 0); the next pass starts after it.
+    after: (i64, i64),
+    /// Events removed so far.
+    pub(crate) removed: u64,
+}
+
+/// What one call of [`SqliteStore::erase`] or [`SqliteStore::erase_pass`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ErasedPass {
+    pub(crate) target: crate::erase::Target,
+    pub(crate) events: Vec<ErasedEvent>,
+    /// Events the erase removed in all its passes so far, these included.
+    pub(crate) removed: u64,
+    /// Whether the erase covers rows not yet examined: more passes follow.
+    pub(crate) more: bool,
+}
+
+/// What [`SqliteStore::erase_some`] removed, the last row it examined, and whether it
+/// stopped at its bound.
+type SomeErased = (Vec<ErasedEvent>, (i64, i64), bool);
+
 /// One event an erase removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ErasedEvent {
@@ -623,6 +711,20 @@ CREATE TABLE IF NOT EXISTS erase_rules (
     a TEXT NOT NULL,
     b BLOB NOT NULL,
     hlc_max INTEGER NOT NULL,
+    PRIMARY KEY (kind, a, b)
+) WITHOUT ROWID;
+-- Erases whose covered rows are still being removed, pass by pass (`erase_pass`): the
+-- rule, the last row a pass examined (by the order the rule's rows are read in) and how
+-- many events were removed so far. Every read of stored events leaves the rows such an
+-- erase covers out (`not_erasing!`).
+CREATE TABLE IF NOT EXISTS erase_pending (
+    kind TEXT NOT NULL,
+    a TEXT NOT NULL,
+    b BLOB NOT NULL,
+    hlc_max INTEGER NOT NULL,
+    after_hlc INTEGER NOT NULL,
+    after_row INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
     PRIMARY KEY (kind, a, b)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS erased (
@@ -684,6 +786,8 @@ pub(crate) struct SqliteStore {
     stats: RefCell<StoreStats>,
     /// Erase rules in force (loaded at open; `erase_rules` rows).
     erase_rules: EraseRules,
+    /// Erases still being removed pass by pass, oldest first (`erase_pending` rows).
+    erase_pending: Vec<PendingErase>,
     /// Retention rules in force (`store/retention.rs`).
     retention: retention::RetentionRules,
     /// The last stream an age pass looked at (passes go round robin).
@@ -789,7 +893,27 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_LEN);
+    register_tenant_fn(&conn).map_err(sqlite)?;
     Ok(conn)
+}
+
+/// Registers `weft_tenant(envelope)`: the tenant an envelope's security context names, as
+/// bytes (NULL for one that does not decode), for [`not_erasing!`]'s principal rules with
+/// a tenant. Stored events were verified on arrival, so the claimed context is the signed
+/// one.
+fn register_tenant_fn(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "weft_tenant",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let envelope = ctx.get_raw(0).as_blob_or_null()?;
+            Ok(envelope
+                .and_then(|b| weft_fabric::decode(b).ok())
+                .map(|u| u.claimed_data().security().tenant.as_bytes().to_vec()))
+        },
+    )
 }
 
 /// A thread with a connection of its own that runs a PASSIVE checkpoint every
@@ -862,12 +986,21 @@ fn schema_version(conn: &Connection, path: &Path) -> Result<i64, OpenError> {
     Ok(found)
 }
 
-/// The rows a principal erase reads (`SqliteStore::erase`): the principal's, by the
-/// `events_principal` index, up to the rule's stamp, never a system stream's (first token
-/// `_weft`, as `StreamName::is_system`: GLOB, which is case-sensitive as stream names are;
-/// LIKE is not, and skipped `_WEFT.x`).
-const PRINCIPAL_ROWS_SQL: &str = "SELECT id, origin, seq, stream, key, envelope FROM events \
-     WHERE principal = ?1 AND hlc <= ?2 AND NOT (stream = '_weft' OR stream GLOB '_weft.*')";
+/// The rows a principal erase reads (`SqliteStore::erase`), a pass at a time: the
+/// principal's, by the `events_principal` index in its order (stamp, then rowid), after
+/// the last row the previous pass examined, up to the rule's stamp, never a system
+/// stream's (first token `_weft`, as `StreamName::is_system`: GLOB, which is
+/// case-sensitive as stream names are; LIKE is not, and skipped `_WEFT.x`).
+const PRINCIPAL_ROWS_SQL: &str = "SELECT id, origin, seq, stream, key, envelope, hlc, rowid \
+     FROM events WHERE principal = ?1 AND hlc <= ?2 \
+     AND NOT (stream = '_weft' OR stream GLOB '_weft.*') AND (hlc, rowid) > (?3, ?4) \
+     ORDER BY hlc, rowid LIMIT ?5";
+
+/// The rows a key erase reads, a pass at a time: the key's, by the `events_stream_key`
+/// index in its order (rowid), after the last row the previous pass examined.
+const KEY_ROWS_SQL: &str = "SELECT id, origin, seq, stream, key, envelope, hlc, rowid \
+     FROM events WHERE stream = ?1 AND key = ?2 AND hlc <= ?3 AND rowid > ?4 \
+     ORDER BY rowid LIMIT ?5";
 
 /// An erased event's CloudEvents dedup row (`erase_row`), by the `ce_dedup_event` index.
 const DEDUP_OF_EVENT_SQL: &str = "DELETE FROM ce_dedup WHERE event_id = ?1";
@@ -1074,6 +1207,43 @@ fn cursor_get(conn: &Connection, name: &str) -> Result<Option<(String, u64)>, St
         .transpose()
 }
 
+/// Reads the erases still being removed ([`SqliteStore::erase_pass`]), in the order they
+/// were made pending (rowid order is not kept by a `WITHOUT ROWID` table: by the rule's
+/// columns, which is as good: each is finished in turn).
+fn load_erase_pending(conn: &Connection) -> Result<Vec<PendingErase>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT kind, a, b, hlc_max, after_hlc, after_row, removed FROM erase_pending \
+             ORDER BY kind, a, b",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+                (r.get::<_, i64>(4)?, r.get::<_, i64>(5)?),
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (kind, a, b, hlc_max, after, removed) = row.map_err(backend)?;
+        let target = crate::erase::Target::from_columns(&kind, a, b)
+            .ok_or_else(|| corrupt("pending erase"))?;
+        out.push(PendingErase {
+            target,
+            hlc_max: hlc_max.cast_unsigned(),
+            after,
+            removed: removed.cast_unsigned(),
+        });
+    }
+    Ok(out)
+}
+
 /// Reads the erase rules (bounded by the API's `erase::RULES_MAX`).
 fn load_erase_rules(conn: &Connection) -> Result<EraseRules, StoreError> {
     let mut stmt = conn
@@ -1197,6 +1367,16 @@ impl SqliteStore {
             path: path.clone(),
             source,
         })?;
+        let erase_pending = load_erase_pending(&conn).map_err(|source| OpenError::Load {
+            path: path.clone(),
+            source,
+        })?;
+        if !erase_pending.is_empty() {
+            tracing::info!(
+                erases = erase_pending.len(),
+                "erases still being removed: resumed where their last pass stopped"
+            );
+        }
         let state = load(&conn).map_err(|source| OpenError::Load {
             path: path.clone(),
             source,
@@ -1218,6 +1398,7 @@ impl SqliteStore {
             tx_writes: 0,
             stats: RefCell::new(StoreStats::default()),
             erase_rules,
+            erase_pending,
             retention: retention::RetentionRules::default(),
             retention_resume: String::new(),
             log_at_from_ms,
@@ -1280,6 +1461,10 @@ impl SqliteStore {
         match load(&self.conn) {
             Ok(state) => self.state = state,
             Err(e) => tracing::error!(error = %e, "store reload failed; state may be stale"),
+        }
+        match load_erase_pending(&self.conn) {
+            Ok(pending) => self.erase_pending = pending,
+            Err(e) => tracing::error!(error = %e, "reloading pending erases failed"),
         }
     }
 
@@ -1723,6 +1908,12 @@ impl SqliteStore {
             && !event.stream().is_system()
     }
 
+    /// Whether `event`, still stored, is one an erase being removed pass by pass covers
+    /// (the core's reads leave it out, as [`not_erasing!`] does the readers').
+    fn hidden_by_erase(&self, event: &weft_fabric::EventData) -> bool {
+        !self.erase_pending.is_empty() && self.erase_covers(event)
+    }
+
     /// Number of erase rules in force.
     #[cfg(test)]
     pub(crate) fn erase_rules_len(&self) -> usize {
@@ -1730,10 +1921,14 @@ impl SqliteStore {
     }
 
     /// Records the erase rule `target` (covering events stamped up to `hlc_max`) and
-    /// erases every stored event it covers: rows in `events`, `log` and `ce_dedup` go, each
-    /// event's `(origin, seq, id)` goes to `erased` (still in the ranges). In the open
-    /// write transaction (committed with the driver's step). A rule reads its own rows
-    /// only, by index: a key rule the key's (`events_stream_key`), a principal rule the
+    /// erases the stored events it covers, up to `limits.erase_pass_max` rows examined:
+    /// rows in `events`, `log` and `ce_dedup` go, each event's `(origin, seq, id)` goes to
+    /// `erased` (still in the ranges). An erase that covers more is recorded pending
+    /// (`erase_pending`) and finished by [`SqliteStore::erase_pass`]; every read of stored
+    /// events leaves out what it covers meanwhile ([`not_erasing!`] and the core's reads
+    /// here), and the rule refuses what it covers from now on. In the open write
+    /// transaction (committed with the driver's step). A rule reads its own rows only, by
+    /// index: a key rule the key's (`events_stream_key`), a principal rule the
     /// principal's (`events_principal`). All or nothing: on an error no row changed and
     /// the rule is not in force (memory reloaded), so the caller can stop before the step
     /// that carried the erase commits, and apply it again when it is delivered again.
@@ -1741,12 +1936,12 @@ impl SqliteStore {
         &mut self,
         target: &crate::erase::Target,
         hlc_max: u64,
-    ) -> Result<Vec<ErasedEvent>, StoreError> {
+    ) -> Result<ErasedPass, StoreError> {
         let before = self.erase_rules.get(target).copied();
         match self.in_savepoint("erase", |s| s.erase_rows(target, hlc_max)) {
-            Ok(erased) => {
-                self.stats.get_mut().erased += erased.len() as u64;
-                Ok(erased)
+            Ok(pass) => {
+                self.stats.get_mut().erased += pass.events.len() as u64;
+                Ok(pass)
             }
             Err(e) => {
                 // None of it: the rows are back (savepoint), and so are memory and the rule.
@@ -1760,12 +1955,54 @@ impl SqliteStore {
         }
     }
 
+    /// The next pass of the oldest erase still being removed ([`SqliteStore::erase`]):
+    /// up to `limits.erase_pass_max` of its rows examined and the covered ones erased, in
+    /// the open write transaction. `None` when no erase is pending. All or nothing: on an
+    /// error no row changed and the erase stays pending where it was.
+    pub(crate) fn erase_pass(&mut self) -> Result<Option<ErasedPass>, StoreError> {
+        let Some(pending) = self.erase_pending.first().cloned() else {
+            return Ok(None);
+        };
+        let result = self.in_savepoint("erase_pass", |s| {
+            let (events, after, more) =
+                s.erase_some(&pending.target, pending.hlc_max, pending.after)?;
+            let removed = pending.removed + events.len() as u64;
+            s.set_pending(&pending.target, pending.hlc_max, after, removed, more)?;
+            Ok(ErasedPass {
+                target: pending.target.clone(),
+                events,
+                removed,
+                more,
+            })
+        });
+        match result {
+            Ok(pass) => {
+                self.stats.get_mut().erased += pass.events.len() as u64;
+                Ok(Some(pass))
+            }
+            Err(e) => {
+                self.reload();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether an erase is still being removed pass by pass.
+    pub(crate) fn erasing(&self) -> bool {
+        !self.erase_pending.is_empty()
+    }
+
+    /// The erases still being removed, oldest first.
+    pub(crate) fn erases_pending(&self) -> &[PendingErase] {
+        &self.erase_pending
+    }
+
     /// [`SqliteStore::erase`]'s writes, inside its savepoint.
     fn erase_rows(
         &mut self,
         target: &crate::erase::Target,
         hlc_max: u64,
-    ) -> Result<Vec<ErasedEvent>, StoreError> {
+    ) -> Result<ErasedPass, StoreError> {
         let (kind, a, b) = target.columns();
         let hlc_sql = hlc_max.min(i64::MAX as u64).cast_signed();
         self.conn
@@ -1778,30 +2015,133 @@ impl SqliteStore {
         self.tx_writes += 1;
         let bound = self.erase_rules.entry(target.clone()).or_insert(hlc_max);
         *bound = (*bound).max(hlc_max);
+        let bound = *bound;
+        // The same rule still being removed starts again from its first row under the
+        // raised bound (a key rule's rows are read by rowid, and rows passed over as above
+        // the old bound may be under the new one); what it removed so far stays counted.
+        let removed = self
+            .erase_pending
+            .iter()
+            .find(|p| &p.target == target)
+            .map_or(0, |p| p.removed);
+        let (events, after, more) = self.erase_some(target, bound, (i64::MIN, i64::MIN))?;
+        let removed = removed + events.len() as u64;
+        self.set_pending(target, bound, after, removed, more)?;
+        Ok(ErasedPass {
+            target: target.clone(),
+            events,
+            removed,
+            more,
+        })
+    }
+
+    /// Records where erase `target` stands: pending after row `after` when `more`,
+    /// finished (its pending row gone) otherwise. Memory follows the row.
+    fn set_pending(
+        &mut self,
+        target: &crate::erase::Target,
+        hlc_max: u64,
+        after: (i64, i64),
+        removed: u64,
+        more: bool,
+    ) -> Result<(), StoreError> {
+        let (kind, a, b) = target.columns();
+        let held = self.erase_pending.iter().position(|p| &p.target == target);
+        if more {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO erase_pending \
+                     (kind, a, b, hlc_max, after_hlc, after_row, removed) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        kind,
+                        a,
+                        b,
+                        hlc_max.min(i64::MAX as u64).cast_signed(),
+                        after.0,
+                        after.1,
+                        removed.min(i64::MAX as u64).cast_signed()
+                    ])
+                })
+                .map_err(backend)?;
+            let p = PendingErase {
+                target: target.clone(),
+                hlc_max,
+                after,
+                removed,
+            };
+            match held {
+                Some(i) => self.erase_pending[i] = p,
+                None => self.erase_pending.push(p),
+            }
+        } else if let Some(i) = held {
+            self.conn
+                .prepare_cached("DELETE FROM erase_pending WHERE kind = ?1 AND a = ?2 AND b = ?3")
+                .and_then(|mut s| s.execute(params![kind, a, b]))
+                .map_err(backend)?;
+            self.erase_pending.remove(i);
+        }
+        self.tx_writes += 1;
+        Ok(())
+    }
+
+    /// Examines up to `limits.erase_pass_max` of the rows rule `target` (up to `hlc_max`)
+    /// reads, after row `after`, and erases the covered ones. Returns them, the last row
+    /// examined, and whether the pass stopped at its bound (more rows may follow).
+    fn erase_some(
+        &mut self,
+        target: &crate::erase::Target,
+        hlc_max: u64,
+        after: (i64, i64),
+    ) -> Result<SomeErased, StoreError> {
+        let hlc_sql = hlc_max.min(i64::MAX as u64).cast_signed();
+        let budget = self.limits.erase_pass_max.max(1);
+        let limit = i64::try_from(budget).unwrap_or(i64::MAX);
         // The rows the rule covers: (id, origin, seq, stream, key). Rows are read one at a
-        // time and only the covered ones kept, so a principal rule holds the matches, not
-        // every envelope, in memory.
+        // time and only the covered ones kept, so a pass holds the matches, not every
+        // envelope, in memory.
         type Row = (Vec<u8>, Vec<u8>, i64, String, Option<Vec<u8>>);
         let (sql, args): (&str, Vec<rusqlite::types::Value>) = match target {
             crate::erase::Target::Key { stream, key } => (
-                "SELECT id, origin, seq, stream, key, envelope FROM events \
-                 WHERE stream = ?1 AND key = ?2 AND hlc <= ?3",
-                vec![stream.clone().into(), key.clone().into(), hlc_sql.into()],
+                KEY_ROWS_SQL,
+                vec![
+                    stream.clone().into(),
+                    key.clone().into(),
+                    hlc_sql.into(),
+                    after.1.into(),
+                    limit.into(),
+                ],
             ),
-            // The principal's rows by their index (`upgrade_principal_column`); the tenant
-            // is checked on the decoded context below.
+            // The tenant is checked on the decoded context below.
             crate::erase::Target::Principal { principal, .. } => (
                 PRINCIPAL_ROWS_SQL,
-                vec![principal.clone().into(), hlc_sql.into()],
+                vec![
+                    principal.clone().into(),
+                    hlc_sql.into(),
+                    after.0.into(),
+                    after.1.into(),
+                    limit.into(),
+                ],
             ),
         };
         let mut covered: Vec<Row> = Vec::new();
+        let mut last = after;
+        let mut examined = 0usize;
         {
             let mut stmt = self.conn.prepare_cached(sql).map_err(backend)?;
             let mut rows = stmt
                 .query(rusqlite::params_from_iter(args))
                 .map_err(backend)?;
             while let Some(r) = rows.next().map_err(backend)? {
+                examined += 1;
+                let (hlc, rowid): (i64, i64) =
+                    (r.get(6).map_err(backend)?, r.get(7).map_err(backend)?);
+                last = match target {
+                    crate::erase::Target::Key { .. } => (0, rowid),
+                    crate::erase::Target::Principal { .. } => (hlc, rowid),
+                };
                 let envelope: Vec<u8> = r.get(5).map_err(backend)?;
                 // Stored events were verified on arrival: the claimed fields are the signed
                 // ones. A row that no longer decodes (a damaged file) matched the rule's
@@ -1831,7 +2171,7 @@ impl SqliteStore {
         for (id, origin, seq, stream, key) in covered {
             erased.push(self.erase_row(&id, &origin, seq, stream, key)?);
         }
-        Ok(erased)
+        Ok((erased, last, examined >= budget))
     }
 
     /// Records `(origin, seq)` (event `id`) as erased: a row in `erased` and a number in
@@ -2140,9 +2480,12 @@ impl Store for SqliteStore {
         let key = (*origin, seq);
         if let Some(event) = self.cache.borrow_mut().get(&key) {
             self.stats.borrow_mut().cache_hits += 1;
-            return Some(event);
+            return Some(event).filter(|e| !self.hidden_by_erase(e));
         }
-        match self.get_row(origin, seq) {
+        match self
+            .get_row(origin, seq)
+            .map(|e| e.filter(|e| !self.hidden_by_erase(e)))
+        {
             Ok(Some(event)) => {
                 self.cache.borrow_mut().put(key, event.clone());
                 Some(event)
@@ -2175,6 +2518,7 @@ impl Store for SqliteStore {
         let (mut out, rest) = self.read_ahead_part(origin, first, last, bytes_max);
         let used: usize = out.iter().map(|e| answer_len(e.signed_bytes().len())).sum();
         let Some(first) = rest.filter(|_| used < bytes_max) else {
+            out.retain(|e| !self.hidden_by_erase(e));
             return out;
         };
         let bytes_max = bytes_max - used;
@@ -2205,6 +2549,9 @@ impl Store for SqliteStore {
                 ));
             }
         }
+        // An answer leaves out what an erase still being removed covers, as it leaves out
+        // what an erase removed.
+        out.retain(|e| !self.hidden_by_erase(e));
         out
     }
 
@@ -2477,14 +2824,7 @@ impl StoreReader {
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
-        self.read_log_rows(
-            "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
-             WHERE log.stream = ?1 AND log.pos > ?2 ORDER BY log.pos LIMIT ?3",
-            stream,
-            after,
-            limit,
-            bytes_max,
-        )
+        self.read_log_rows(READ_AFTER_SQL, stream, after, limit, bytes_max)
     }
 
     /// Up to `limit` (at most [`READ_LOG_LEN_MAX`], and about [`READ_LOG_BYTES_MAX`] bytes)
@@ -2497,14 +2837,7 @@ impl StoreReader {
         limit: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
         let before = i64::try_from(before).unwrap_or(i64::MAX);
-        self.read_log_rows(
-            "SELECT log.pos, events.envelope FROM log JOIN events ON events.id = log.id \
-             WHERE log.stream = ?1 AND log.pos < ?2 ORDER BY log.pos DESC LIMIT ?3",
-            stream,
-            before,
-            limit,
-            READ_LOG_BYTES_MAX,
-        )
+        self.read_log_rows(READ_BEFORE_SQL, stream, before, limit, READ_LOG_BYTES_MAX)
     }
 
     /// The rows of a log query taking (stream, position bound, limit).
@@ -2555,10 +2888,14 @@ impl StoreReader {
         max_seq_in(&self.conn, origin)
     }
 
-    /// The envelope of event `id`, if stored.
+    /// The envelope of event `id`, if stored (and not covered by an erase still being
+    /// removed).
     pub(crate) fn event_by_id(&self, id: &EventId) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
-            .prepare_cached("SELECT envelope FROM events WHERE id = ?1")
+            .prepare_cached(concat!(
+                "SELECT envelope FROM events WHERE id = ?1 AND ",
+                not_erasing!("events")
+            ))
             .and_then(|mut s| s.query_row([&id.0[..]], |r| r.get(0)).optional())
             .map_err(backend)
     }
@@ -2779,12 +3116,15 @@ mod tests {
             stream: "orders".into(),
             key: b"k".to_vec(),
         };
-        assert_eq!(store.erase(&key, a.hlc().as_u64() - 1), Ok(vec![]));
+        assert_eq!(
+            store.erase(&key, a.hlc().as_u64() - 1).map(|p| p.events),
+            Ok(vec![])
+        );
         // Covering both events of the key: both go, the other stream's event stays.
         let bound = weft_fabric::Hlc::new(b.hlc().physical_ms() + 1000, 0)
             .unwrap()
             .as_u64();
-        let erased = store.erase(&key, bound).unwrap();
+        let erased = store.erase(&key, bound).unwrap().events;
         assert_eq!(
             erased.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![a.id(), b.id()]
@@ -2834,7 +3174,7 @@ mod tests {
             principal: "orders-service".into(),
             tenant: String::new(),
         };
-        let erased = store.erase(&principal, u64::MAX >> 1).unwrap();
+        let erased = store.erase(&principal, u64::MAX >> 1).unwrap().events;
         let mut ids: Vec<_> = erased.iter().map(|e| e.id).collect();
         ids.sort();
         let mut want = vec![other.id(), upper.id()];
@@ -2849,6 +3189,7 @@ mod tests {
             store
                 .erase(&wrong_tenant, u64::MAX >> 1)
                 .unwrap()
+                .events
                 .is_empty()
         );
         store.commit().unwrap();
@@ -2898,7 +3239,7 @@ mod tests {
                 [&events[2].id().0[..]],
             )
             .unwrap();
-        let erased = store.erase(&principal, u64::MAX >> 1).unwrap();
+        let erased = store.erase(&principal, u64::MAX >> 1).unwrap().events;
         assert_eq!(erased.len(), 3);
         store.commit().unwrap();
         store.check_invariants().unwrap();
@@ -2921,12 +3262,33 @@ mod tests {
                 .unwrap()
         };
         // A principal's rows, not a scan of every stored event.
-        let principal = plan(PRINCIPAL_ROWS_SQL, &[&"p", &1i64]);
-        assert!(
-            principal
-                .iter()
-                .any(|step| step.contains("USING INDEX events_principal (principal=? AND hlc<?)")),
-            "{principal:?}"
+        let principal = plan(PRINCIPAL_ROWS_SQL, &[&"p", &1i64, &0i64, &0i64, &10i64]);
+        // A pass starts where the last stopped and reads in the index's order: no sort of
+        // the principal's remaining rows at each pass.
+        assert_eq!(
+            principal,
+            ["SEARCH events USING INDEX events_principal (principal=? AND hlc>? AND hlc<?)"]
+        );
+        let key = plan(KEY_ROWS_SQL, &[&"s", &b"k".to_vec(), &1i64, &0i64, &10i64]);
+        assert_eq!(
+            key,
+            ["SEARCH events USING INDEX events_stream_key (stream=? AND key=? AND rowid>?)"]
+        );
+        // A page of the log with the pending erases left out: the log by stream and
+        // position, each row's event by id, and the pending erases by their key.
+        let page = plan(READ_AFTER_SQL, &[&"s", &0i64, &10i64]);
+        assert_eq!(
+            page,
+            [
+                "SEARCH log USING INDEX log_stream_pos (stream=? AND pos>?)",
+                "SEARCH events USING INDEX sqlite_autoindex_events_1 (id=?)",
+                "CORRELATED SCALAR SUBQUERY 1",
+                "MULTI-INDEX OR",
+                "INDEX 1",
+                "SEARCH p USING PRIMARY KEY (kind=? AND a=? AND b=?)",
+                "INDEX 2",
+                "SEARCH p USING PRIMARY KEY (kind=? AND a=? AND b=?)"
+            ]
         );
         // Each erased event's dedup row, not a scan of the dedup window.
         let dedup = plan(DEDUP_OF_EVENT_SQL, &[&vec![0u8; 32]]);
@@ -2972,12 +3334,27 @@ mod tests {
             principal: "someone-else".into(),
             tenant: String::new(),
         };
-        assert!(store.erase(&other, u64::MAX >> 1).unwrap().is_empty());
+        assert!(
+            store
+                .erase(&other, u64::MAX >> 1)
+                .unwrap()
+                .events
+                .is_empty()
+        );
         let mine = Target::Principal {
             principal: "orders-service".into(),
             tenant: String::new(),
         };
-        assert_eq!(store.erase(&mine, u64::MAX >> 1).unwrap().len(), n as usize);
+        // More than one pass: the first with the rule, the rest pass by pass.
+        let first = store.erase(&mine, u64::MAX >> 1).unwrap();
+        assert!(first.more && first.events.len() == ERASE_PASS_MAX);
+        let mut removed = first.events.len();
+        while let Some(pass) = store.erase_pass().unwrap() {
+            removed += pass.events.len();
+            assert_eq!(pass.removed, removed as u64);
+        }
+        assert_eq!(removed, n as usize);
+        assert!(!store.erasing());
         store.commit().unwrap();
         store.check_invariants().unwrap();
         assert_eq!(store.len(), 0);
@@ -3511,7 +3888,7 @@ mod tests {
             key: b"k".to_vec(),
         };
         let bound = event(1, "a", 2, b"payload").hlc().as_u64();
-        assert_eq!(store.erase(&key, bound).unwrap().len(), 2);
+        assert_eq!(store.erase(&key, bound).unwrap().events.len(), 2);
         store.commit().unwrap();
         assert!(!store.begin_read_ahead(ahead));
         assert_eq!(store.stats().read_ahead_dropped, 1);
@@ -3546,7 +3923,7 @@ mod tests {
                 tenant: String::new(),
             };
             let t = Instant::now();
-            let erased = store.erase(&target, u64::MAX >> 1).unwrap();
+            let erased = store.erase(&target, u64::MAX >> 1).unwrap().events;
             store.commit().unwrap();
             let took = t.elapsed();
             assert_eq!(erased.len(), n as usize);

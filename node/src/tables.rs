@@ -328,13 +328,14 @@ fn rebuild_keys<'k>(
         // The origin's newest keyed write of the stream in the log, down the
         // `events_stream_origin` index from the top: a step, or a few for writes stored
         // but not yet delivered.
-        conn.prepare_cached(
+        conn.prepare_cached(concat!(
             "INSERT INTO table_applied (stream, origin, seq)
-             SELECT ?1, ?2, e.seq FROM events e INDEXED BY events_stream_origin
-             WHERE e.stream = ?1 AND e.origin = ?2 AND e.key IS NOT NULL
-               AND EXISTS (SELECT 1 FROM log l WHERE l.id = e.id)
-             ORDER BY e.seq DESC LIMIT 1",
-        )
+                 SELECT ?1, ?2, e.seq FROM events e INDEXED BY events_stream_origin
+                 WHERE e.stream = ?1 AND e.origin = ?2 AND e.key IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM log l WHERE l.id = e.id) AND ",
+            crate::store::not_erasing!("e"),
+            " ORDER BY e.seq DESC LIMIT 1"
+        ))
         .and_then(|mut s| s.execute(params![stream, &origin.0[..]]))
         .map_err(backend)?;
     }
@@ -499,17 +500,21 @@ fn for_each_log_write(
     // for, and walked the whole stream).
     let mut select = conn
         .prepare_cached(match key {
-            Some(_) => {
+            // Writes an erase still being removed covers are left out, as they will be
+            // once removed (`store::not_erasing!`).
+            Some(_) => concat!(
                 "SELECT e.envelope FROM events e INDEXED BY events_stream_key
                  JOIN log l ON l.id = e.id
-                 WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2
-                 ORDER BY e.origin, e.seq"
-            }
-            None => {
+                 WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2 AND ",
+                crate::store::not_erasing!("e"),
+                " ORDER BY e.origin, e.seq"
+            ),
+            None => concat!(
                 "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
-                 WHERE l.stream = ?1 AND e.key IS NOT NULL
-                 ORDER BY e.origin, e.seq"
-            }
+                 WHERE l.stream = ?1 AND e.key IS NOT NULL AND ",
+                crate::store::not_erasing!("e"),
+                " ORDER BY e.origin, e.seq"
+            ),
         })
         .map_err(backend)?;
     let mut rows = match key {
@@ -1943,7 +1948,7 @@ mod tests {
                 key: key.to_vec(),
             };
             let bound = Hlc::new(bound_ms, u16::MAX).unwrap().as_u64();
-            let erased = self.store.erase(&target, bound).unwrap();
+            let erased = self.store.erase(&target, bound).unwrap().events;
             let mut touched = Touched::default();
             touched.add_key(key);
             self.repair_after(&erased, touched);
@@ -1958,7 +1963,7 @@ mod tests {
                 tenant: String::new(),
             };
             let bound = Hlc::new(bound_ms, u16::MAX).unwrap().as_u64();
-            let erased = self.store.erase(&target, bound).unwrap();
+            let erased = self.store.erase(&target, bound).unwrap().events;
             let rebuilt = self.repair_after(&erased, Touched::default());
             (erased.len(), rebuilt)
         }
@@ -2665,7 +2670,7 @@ replication = "all"
             tenant: String::new(),
         };
         let bound = Hlc::new(T0 + 60_000, u16::MAX).unwrap().as_u64();
-        let erased = r.store.erase(&target, bound).unwrap();
+        let erased = r.store.erase(&target, bound).unwrap().events;
         assert_eq!(erased.len(), 2);
         let mut touched: BTreeMap<String, Touched> = BTreeMap::new();
         for e in &erased {
@@ -2752,7 +2757,7 @@ replication = "all"
             };
             let bound = Hlc::new(T0 + n + 60_000, u16::MAX).unwrap().as_u64();
             let t = Instant::now();
-            let erased = r.store.erase(&target, bound).unwrap();
+            let erased = r.store.erase(&target, bound).unwrap().events;
             let erase = t.elapsed();
             r.store.commit().unwrap();
             assert_eq!(erased.len(), 20);
