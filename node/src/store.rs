@@ -2925,14 +2925,25 @@ mod tests {
     use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
 
     fn event(signer: u8, stream: &str, seq: u64, payload: &[u8]) -> Arc<Event> {
+        event_as(signer, stream, seq, payload, ("acme", "orders-service"))
+    }
+
+    /// [`event`] published as `principal` of `tenant`.
+    fn event_as(
+        signer: u8,
+        stream: &str,
+        seq: u64,
+        payload: &[u8],
+        (tenant, principal): (&str, &str),
+    ) -> Arc<Event> {
         let draft = EventDraft {
             stream: StreamName::new(stream).unwrap(),
             key: Some(b"k".to_vec()),
             seq,
             hlc: Hlc::new(1_764_331_200_000 + seq, 0).unwrap(),
             security: SecurityContext {
-                tenant: "acme".into(),
-                principal: "orders-service".into(),
+                tenant: tenant.into(),
+                principal: principal.into(),
                 classification: "internal".into(),
                 residency: Residency::Unrestricted,
                 scopes: BTreeSet::new(),
@@ -3195,6 +3206,171 @@ mod tests {
         store.commit().unwrap();
         store.check_invariants().unwrap();
         assert_eq!(store.stats().erased, 2, "counted since the reopen");
+    }
+
+    /// An erase covering more rows than a pass: the first pass goes with the rule, the
+    /// rest waits (`erase_pending`); meanwhile every read leaves out what it covers and
+    /// nothing else (log pages after and before a position, lookups by id, the core's
+    /// `get` and `get_run`, cached or not), the rule refuses new copies, and the pending
+    /// erase outlives a restart and finishes where it stopped.
+    #[test]
+    fn an_erase_larger_than_a_pass_hides_what_it_covers_until_its_last_pass() {
+        use crate::erase::Target;
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            erase_pass_max: 3,
+            ..StoreLimits::default()
+        };
+        let mut store = SqliteStore::open(dir.path(), limits.clone()).unwrap();
+        // alice of acme (signer 1, eight events), alice of globex (signer 2) and bob of
+        // acme (signer 3), interleaved in one stream; a system event of alice's too.
+        let alice: Vec<_> = (1..=8)
+            .map(|seq| event_as(1, "s", seq, b"a", ("acme", "alice")))
+            .collect();
+        let globex: Vec<_> = (1..=2)
+            .map(|seq| event_as(2, "s", seq, b"g", ("globex", "alice")))
+            .collect();
+        let bob: Vec<_> = (1..=2)
+            .map(|seq| event_as(3, "s", seq, b"b", ("acme", "bob")))
+            .collect();
+        let system = event_as(1, "_weft.erase", 9, b"{}", ("acme", "alice"));
+        let order = [
+            &alice[0], &globex[0], &alice[1], &alice[2], &bob[0], &alice[3], &alice[4], &globex[1],
+            &alice[5], &bob[1], &alice[6], &alice[7], &system,
+        ];
+        for e in order {
+            assert_eq!(store.insert((*e).clone()), Ok(Inserted::New));
+            store.append_log(e).unwrap();
+        }
+        store.commit().unwrap();
+        let kept: Vec<_> = order
+            .iter()
+            .filter(|e| e.security().principal != "alice" || e.security().tenant != "acme")
+            .filter(|e| e.stream().as_str() == "s")
+            .map(|e| e.id())
+            .collect();
+        assert_eq!(kept.len(), 4);
+        let target = Target::Principal {
+            principal: "alice".into(),
+            tenant: "acme".into(),
+        };
+        // alice's rows in stamp order: her 1st of acme and of globex, her 2nd of acme, ...
+        // A pass examines three: two of them hers of acme.
+        let first = store.erase(&target, u64::MAX >> 1).unwrap();
+        assert!(first.more && first.removed == 2);
+        assert_eq!(first.events.len(), 2);
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert!(store.erasing());
+        let reader = StoreReader::open(dir.path()).unwrap();
+        let ids = |entries: Vec<LogEntry>| -> Vec<EventId> {
+            entries
+                .iter()
+                .map(|e| weft_fabric::decode(&e.envelope).unwrap().id())
+                .collect()
+        };
+        let check_hidden = |store: &SqliteStore, reader: &StoreReader| {
+            assert_eq!(ids(reader.read_log("s", 0, 100).unwrap()), kept);
+            // A page is filled past what is hidden: its limit counts events shown.
+            assert_eq!(ids(reader.read_log("s", 0, 2).unwrap()), kept[..2]);
+            let mut newest_first = kept.clone();
+            newest_first.reverse();
+            assert_eq!(
+                ids(reader.read_log_before("s", u64::MAX, 100).unwrap()),
+                newest_first
+            );
+            assert_eq!(reader.read_log("_weft.erase", 0, 10).unwrap().len(), 1);
+            for e in &alice {
+                assert_eq!(reader.event_by_id(&e.id()).unwrap(), None);
+                assert!(store.get(&e.origin(), e.seq()).is_none(), "{}", e.seq());
+            }
+            assert!(reader.event_by_id(&globex[0].id()).unwrap().is_some());
+            assert_eq!(store.get_run(&alice[0].origin(), 1, 9, usize::MAX).len(), 1);
+            assert_eq!(
+                store.get_run(&globex[0].origin(), 1, 2, usize::MAX).len(),
+                2
+            );
+            assert!(store.get(&bob[1].origin(), 2).is_some());
+        };
+        check_hidden(&store, &reader);
+        assert_eq!(
+            store.insert(event_as(1, "s", 10, b"late", ("acme", "alice"))),
+            Ok(Inserted::Erased),
+            "refused while the rows are still being removed"
+        );
+        store.commit().unwrap();
+        // A restart: the pending erase is back where its first pass stopped, the rows it
+        // covers still hidden (from the core's reads now served from rows, not the cache).
+        drop(store);
+        let mut store = SqliteStore::open(dir.path(), limits).unwrap();
+        assert_eq!(store.erases_pending().len(), 1);
+        assert_eq!(store.erases_pending()[0].removed, 2);
+        check_hidden(&store, &reader);
+        let mut passes = 0;
+        let mut removed = 2;
+        while let Some(pass) = store.erase_pass().unwrap() {
+            passes += 1;
+            removed += pass.events.len();
+            assert_eq!(pass.removed, removed as u64);
+            assert_eq!(pass.more, store.erasing());
+            store.commit().unwrap();
+            store.check_invariants().unwrap();
+            check_hidden(&store, &reader);
+        }
+        // Ten rows of alice's examined three a pass (eight of acme, two of globex; the
+        // late one was refused): three passes after the first, removing 2, 3 and 1.
+        assert_eq!((passes, removed), (3, 8));
+        assert!(!store.erasing());
+        assert_eq!(store.len(), 5);
+        for e in &alice {
+            assert!(store.erased(&e.origin(), e.seq()));
+        }
+        check_hidden(&store, &reader);
+        drop(store);
+        let store = open(dir.path());
+        assert!(!store.erasing());
+    }
+
+    /// A second erase of a target still being removed raises its bound and starts again
+    /// from its first row (a key rule's rows are read by rowid: rows passed over as above
+    /// the old bound may be under the new one); what was removed stays counted.
+    #[test]
+    fn an_erase_raised_while_pending_starts_again_under_the_new_bound() {
+        use crate::erase::Target;
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            erase_pass_max: 2,
+            ..StoreLimits::default()
+        };
+        let mut store = SqliteStore::open(dir.path(), limits).unwrap();
+        let events: Vec<_> = (1..=6).map(|seq| event(1, "orders", seq, b"x")).collect();
+        for e in &events {
+            store.insert(e.clone()).unwrap();
+            store.append_log(e).unwrap();
+        }
+        store.commit().unwrap();
+        let key = Target::Key {
+            stream: "orders".into(),
+            key: b"k".to_vec(),
+        };
+        // Up to event 4: two removed, more to examine.
+        let first = store.erase(&key, events[3].hlc().as_u64()).unwrap();
+        assert_eq!((first.events.len(), first.more), (2, true));
+        // Raised to cover all six: examined again from the start.
+        let second = store.erase(&key, u64::MAX >> 1).unwrap();
+        assert_eq!(
+            (second.events.len(), second.removed, second.more),
+            (2, 4, true)
+        );
+        let mut last = None;
+        while let Some(pass) = store.erase_pass().unwrap() {
+            last = Some(pass);
+        }
+        let last = last.unwrap();
+        assert_eq!((last.removed, last.more), (6, false));
+        store.commit().unwrap();
+        store.check_invariants().unwrap();
+        assert_eq!(store.len(), 0);
     }
 
     #[test]

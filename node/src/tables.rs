@@ -1919,8 +1919,17 @@ mod tests {
 
     impl Replica {
         fn new(strategy: Strategy) -> Self {
+            Self::with_erase_pass(strategy, crate::store::ERASE_PASS_MAX)
+        }
+
+        /// A replica whose erases examine at most `erase_pass_max` rows a pass.
+        fn with_erase_pass(strategy: Strategy, erase_pass_max: usize) -> Self {
             let dir = tempfile::tempdir().unwrap();
-            let store = SqliteStore::open(dir.path(), StoreLimits::default()).unwrap();
+            let limits = StoreLimits {
+                erase_pass_max,
+                ..StoreLimits::default()
+            };
+            let store = SqliteStore::open(dir.path(), limits).unwrap();
             Replica {
                 _dir: dir,
                 store,
@@ -1958,14 +1967,35 @@ mod tests {
         /// driver's `apply_erase` does; returns how many writes were erased and how many
         /// applied again.
         fn erase_principal(&mut self, principal: &str, bound_ms: u64) -> (usize, usize) {
+            self.erase_principal_checked(principal, bound_ms, |_, _| ())
+        }
+
+        /// [`Replica::erase_principal`], pass by pass as the driver runs an erase larger
+        /// than a pass (`Driver::erase_pass`), each pass's keys repaired and committed,
+        /// then `check(self, keys repaired so far)` called.
+        fn erase_principal_checked(
+            &mut self,
+            principal: &str,
+            bound_ms: u64,
+            mut check: impl FnMut(&mut Self, &BTreeSet<Vec<u8>>),
+        ) -> (usize, usize) {
             let target = Target::Principal {
                 principal: principal.into(),
                 tenant: String::new(),
             };
             let bound = Hlc::new(bound_ms, u16::MAX).unwrap().as_u64();
-            let erased = self.store.erase(&target, bound).unwrap().events;
-            let rebuilt = self.repair_after(&erased, Touched::default());
-            (erased.len(), rebuilt)
+            let mut pass = Some(self.store.erase(&target, bound).unwrap());
+            let (mut erased, mut rebuilt) = (0, 0);
+            let mut keys = BTreeSet::new();
+            while let Some(p) = pass {
+                erased += p.events.len();
+                rebuilt += self.repair_after(&p.events, Touched::default());
+                keys.extend(p.events.iter().filter_map(|e| e.key.clone()));
+                check(self, &keys);
+                pass = self.store.erase_pass().unwrap();
+            }
+            assert!(!self.store.erasing());
+            (erased, rebuilt)
         }
 
         /// The driver's `repair_tables_after_removal`: the keys and origins of the
@@ -2805,9 +2835,10 @@ replication = "all"
             fn a_principal_erase_matches_a_whole_rebuild(
                 strategy in prop::sample::select(STRATEGIES.to_vec()),
                 writes in proptest::collection::vec((1u8..5, 0u8..5, any::<bool>(), any::<u8>()), 1..40),
+                erase_pass_max in prop_oneof![Just(crate::store::ERASE_PASS_MAX), 1usize..8],
             ) {
                 let mut seqs = [0u64; 5];
-                let mut erasing = Replica::new(strategy);
+                let mut erasing = Replica::with_erase_pass(strategy, erase_pass_max);
                 let mut fresh = Replica::new(strategy);
                 for (i, (signer, key, alice, n)) in writes.iter().enumerate() {
                     seqs[usize::from(*signer)] += 1;
@@ -2825,7 +2856,18 @@ replication = "all"
                         fresh.deliver(&w);
                     }
                 }
-                erasing.erase_principal("alice", T0 + 60_000);
+                // Pass by pass (an erase larger than a pass): every key a pass repaired
+                // already reads as on the replica that never held her writes, the ones
+                // later passes will remove left out.
+                let mut mid = Vec::new();
+                erasing.erase_principal_checked("alice", T0 + 60_000, |r, keys| {
+                    for k in keys {
+                        mid.push((k.clone(), r.key(k), fresh.key(k)));
+                    }
+                });
+                for (k, got, want) in mid {
+                    prop_assert_eq!(got, want, "key {:?} after a pass", k);
+                }
                 let digest = erasing.digest();
                 prop_assert_eq!(digest, fresh.digest());
                 erasing.rebuild();

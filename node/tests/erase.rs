@@ -63,7 +63,7 @@ async fn get(c: &Cluster, i: usize, path: &str) -> (u16, Value) {
 
 /// Waits until every node's log of `stream` holds `id`.
 async fn everywhere(c: &Cluster, stream: &str, id: &str) {
-    for i in 0..3 {
+    for i in 0..c.nodes.len() {
         wait_for(Duration::from_secs(40), || async {
             c.ids(i, stream)
                 .await?
@@ -529,5 +529,130 @@ fn a_key_written_after_the_erase_window_survives_on_the_node_that_took_it_first(
             digests.push(v["digest"].as_str().unwrap().to_string());
         }
         assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    });
+}
+
+/// An erase larger than one pass (`limits.erase_pass_max = 4`): alice's 30 events and 6
+/// table writes are removed pass by pass on both nodes (the driver goes on between
+/// passes), the first pass audited `erase_applied` with "removed so far" and the end
+/// `erase_completed` with the whole count; then nothing of hers is read, looked up,
+/// stored or left in a table, the admin's data stays, and no erase is left pending.
+#[test]
+fn an_erase_larger_than_a_pass_finishes_pass_by_pass_on_every_node() {
+    rt().block_on(async {
+        let extra = format!("{}[limits]\nerase_pass_max = 4\n", extra());
+        let mut c = Cluster::new("erase-passes", 33, &three_regions()[..2], &extra);
+        c.start_all();
+        c.wait_meshed().await;
+        let admin = c.token.clone();
+        let first = put(
+            &c,
+            0,
+            &admin,
+            "/v1/tables/kv.users/k0",
+            json!({"v": "admin-k0"}),
+        )
+        .await;
+        let batch = |who: &str, n: usize| -> Vec<Value> {
+            (0..n)
+                .map(|j| {
+                    json!({"specversion": "1.0", "id": format!("{who}-{j}"), "source": "it",
+                        "type": "t", "datacontenttype": "application/json",
+                        "data": {"m": format!("{who}-SECRET-{j}")}})
+                })
+                .collect()
+        };
+        let (s, v) = c
+            .post_events(0, "notes.p", "local", ALICE_TOKEN, &batch("ALICE", 30))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = c
+            .post_events(1, "notes.p", "local", &admin, &batch("admin", 3))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let mut last = String::new();
+        for k in 0..6 {
+            last = put(
+                &c,
+                k % 2,
+                ALICE_TOKEN,
+                &format!("/v1/tables/kv.users/k{}", k % 3),
+                json!({"v": format!("ALICE-KEY-{k}")}),
+            )
+            .await;
+        }
+        everywhere(&c, "kv.users", &first).await;
+        everywhere(&c, "kv.users", &last).await;
+        for i in 0..2 {
+            wait_for(Duration::from_secs(30), || async {
+                (c.ids(i, "notes.p").await?.len() == 33).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never held the 33 events:\n{}", c.log(i)));
+        }
+
+        let r = reqwest::Client::new()
+            .post(c.url(0, "/v1/erase"))
+            .bearer_auth(&admin)
+            .json(&json!({"principal": "alice"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        for i in 0..2 {
+            let done = wait_for(Duration::from_secs(30), || async {
+                let (_, v) = get(&c, i, "/v1/audit?limit=1000").await;
+                let entries = v["entries"].as_array()?.clone();
+                entries
+                    .iter()
+                    .any(|e| e["reason"] == "erase_completed")
+                    .then_some(entries)
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never finished the erase:\n{}", c.log(i)));
+            let message = |reason: &str| {
+                done.iter()
+                    .find(|e| e["reason"] == reason)
+                    .and_then(|e| e["message"].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert!(
+                message("erase_applied").contains("removed so far"),
+                "node {i}: {}",
+                message("erase_applied")
+            );
+            assert!(
+                message("erase_completed").contains("36 stored events it covers removed in all"),
+                "node {i}: {}",
+                message("erase_completed")
+            );
+            assert_eq!(metric(&c, i, "weft_erased_events_total ").await, 36);
+            assert_eq!(metric(&c, i, "weft_erases_pending ").await, 0);
+            let (_, v) = get(&c, i, "/v1/status").await;
+            assert_eq!(v["stats"]["store_erases_pending"], 0, "{v}");
+            // Only the admin's events are read; her table writes are gone, the admin's
+            // first write of k0 is the key's value again.
+            let ids = c.ids(i, "notes.p").await.unwrap();
+            assert_eq!(ids.len(), 3, "node {i}: {ids:?}");
+            let (s, v) = get(&c, i, "/v1/tables/kv.users/k0").await;
+            assert_eq!(
+                (s, &v["value"]),
+                (200, &json!({"v": "admin-k0"})),
+                "node {i}: {v}"
+            );
+            for k in ["k1", "k2"] {
+                let (s, v) = get(&c, i, &format!("/v1/tables/kv.users/{k}")).await;
+                assert_eq!(s, 404, "node {i} {k}: {v}");
+            }
+            for needle in [&b"ALICE-SECRET"[..], b"ALICE-KEY"] {
+                assert!(
+                    rows_with(&c, i, needle).is_empty(),
+                    "node {i} keeps {}",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+            assert!(!rows_with(&c, i, b"admin-SECRET").is_empty(), "node {i}");
+        }
     });
 }
