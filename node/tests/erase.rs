@@ -629,8 +629,14 @@ fn an_erase_larger_than_a_pass_finishes_pass_by_pass_on_every_node() {
             );
             assert_eq!(metric(&c, i, "weft_erased_events_total ").await, 36);
             assert_eq!(metric(&c, i, "weft_erases_pending ").await, 0);
-            let (_, v) = get(&c, i, "/v1/status").await;
-            assert_eq!(v["stats"]["store_erases_pending"], 0, "{v}");
+            // `/v1/status` is a snapshot taken at most every half second.
+            wait_for(Duration::from_secs(5), || async {
+                let (_, v) = get(&c, i, "/v1/status").await;
+                (v["stats"]["store_erases_pending"] == 0 && v["stats"]["store_erased"] == 36)
+                    .then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i}'s status still shows the erase pending"));
             // Only the admin's events are read; her table writes are gone, the admin's
             // first write of k0 is the key's value again.
             let ids = c.ids(i, "notes.p").await.unwrap();
