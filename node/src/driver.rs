@@ -37,6 +37,9 @@ fn commit_failed() -> crate::store::RecordError {
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait after a failed pass of an erase before the next (`Driver::erase_pass`).
 const ERASE_RETRY: Duration = Duration::from_secs(1);
+/// Longest a pending erase waits for a pass while inputs keep coming: inputs go first,
+/// but an always busy node still gives the erase a pass this often.
+const ERASE_PASS_GAP_MAX: Duration = Duration::from_millis(250);
 
 /// Least time between two API snapshots taken after commits (the tick takes one too).
 const SNAPSHOT_INTERVAL_MIN: Duration = Duration::from_millis(100);
@@ -335,6 +338,8 @@ pub(crate) struct Driver {
     erased_in_step: std::collections::HashSet<weft_fabric::EventId>,
     /// No pass of a pending erase before this (after a pass failed).
     erase_paused_until: Instant,
+    /// When the last pass of a pending erase ended.
+    erase_last_pass: Instant,
     /// Whether the last pass stopped at the expired ranges' bound (warned once).
     retention_blocked: bool,
     /// The retractor's queue (`erase::run_retractor`): this node's derivative numbers to
@@ -409,6 +414,7 @@ impl Driver {
             retention_clock_warned: false,
             erased_in_step: std::collections::HashSet::new(),
             erase_paused_until: Instant::now(),
+            erase_last_pass: Instant::now(),
             retention_blocked: false,
             retract_tx: None,
             retract_due: Some(Instant::now()),
@@ -577,7 +583,12 @@ impl Driver {
                 .poll_timeout()
                 .map(|at| self.epoch + Duration::from_micros(at))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            let erasing = self.node.store().erasing() && Instant::now() >= self.erase_paused_until;
+            // A pass of a pending erase when no input waits, or when none ran for
+            // `ERASE_PASS_GAP_MAX` (it is not starved by a node that is always busy).
+            let erasing = self.node.store().erasing()
+                && Instant::now() >= self.erase_paused_until
+                && ((mesh_rx.is_empty() && cmd_rx.is_empty())
+                    || self.erase_last_pass.elapsed() >= ERASE_PASS_GAP_MAX);
             // Not biased: a flood of mesh input must not starve publishes and timers.
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -613,6 +624,7 @@ impl Driver {
                 // answers go on meanwhile).
                 () = std::future::ready(()), if erasing => {
                     self.erase_pass();
+                    self.erase_last_pass = Instant::now();
                     self.safe_point();
                 }
                 Some(done) = next_read(&mut read_done) => {
