@@ -338,8 +338,11 @@ pub(crate) struct Driver {
     erased_in_step: std::collections::HashSet<weft_fabric::EventId>,
     /// No pass of a pending erase before this (after a pass failed).
     erase_paused_until: Instant,
-    /// When the last pass of a pending erase ended.
+    /// When the last pass of a pending erase or a table build ended.
     erase_last_pass: Instant,
+    /// A table may be being built a pass at a time (`tables::build_pass`): set where a
+    /// build may start, cleared when none is left.
+    table_build_due: bool,
     /// Whether the last pass stopped at the expired ranges' bound (warned once).
     retention_blocked: bool,
     /// The retractor's queue (`erase::run_retractor`): this node's derivative numbers to
@@ -415,6 +418,7 @@ impl Driver {
             erased_in_step: std::collections::HashSet::new(),
             erase_paused_until: Instant::now(),
             erase_last_pass: Instant::now(),
+            table_build_due: true,
             retention_blocked: false,
             retract_tx: None,
             retract_due: Some(Instant::now()),
@@ -463,6 +467,7 @@ impl Driver {
         let Some(tables) = self.tables.clone() else {
             return;
         };
+        self.table_build_due = true;
         let result = self
             .node
             .store_mut()
@@ -520,6 +525,10 @@ impl Driver {
                     crate::tables::apply(conn, strategy, event, stats, &mut self.tables_built)
                 })
             });
+        if !self.tables_built.contains_key(event.stream().as_str()) {
+            // Its table is being built a pass at a time.
+            self.table_build_due = true;
+        }
         match result {
             Ok(_) => self.metrics.table_writes(strategy.as_str(), &before, stats),
             Err(e) => {
@@ -585,7 +594,8 @@ impl Driver {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             // A pass of a pending erase when no input waits, or when none ran for
             // `ERASE_PASS_GAP_MAX` (it is not starved by a node that is always busy).
-            let erasing = self.node.store().erasing()
+            // Likewise a pass of a table being built from the log.
+            let background = (self.node.store().erasing() || self.table_build_due)
                 && Instant::now() >= self.erase_paused_until
                 && ((mesh_rx.is_empty() && cmd_rx.is_empty())
                     || self.erase_last_pass.elapsed() >= ERASE_PASS_GAP_MAX);
@@ -622,8 +632,12 @@ impl Driver {
                 // An erase too large for one step is removed a pass at a time, each pass
                 // one branch among the inputs (not biased: publishes, pushes and SWIM
                 // answers go on meanwhile).
-                () = std::future::ready(()), if erasing => {
-                    self.erase_pass();
+                () = std::future::ready(()), if background => {
+                    if self.node.store().erasing() {
+                        self.erase_pass();
+                    } else {
+                        self.table_build_pass();
+                    }
                     self.erase_last_pass = Instant::now();
                     self.safe_point();
                 }
@@ -1554,6 +1568,9 @@ impl Driver {
     /// The strategy is the one declared now, not when the late write came: a policy
     /// applied later in the same step may have changed it (and rebuilt the table already).
     fn rebuild_late_tables(&mut self) {
+        if !self.late_tables.is_empty() {
+            self.table_build_due = true;
+        }
         for (stream, touched) in std::mem::take(&mut self.late_tables) {
             let Some(strategy) = self.tables.as_ref().and_then(|t| t.strategy(&stream)) else {
                 continue;
@@ -1753,6 +1770,75 @@ impl Driver {
                 event.origin(),
             ),
         ));
+    }
+
+    /// One pass of a table being built from the log (`tables::build_pass`), between the
+    /// driver's other inputs and in its write transaction; clears `table_build_due` when
+    /// no build is left. A pass that fails changed nothing and is tried again after
+    /// [`ERASE_RETRY`].
+    fn table_build_pass(&mut self) {
+        let tables = self.tables.clone();
+        let result = self
+            .node
+            .store_mut()
+            .write_conn()
+            .map_err(|e| e.to_string())
+            .and_then(crate::tables::builds);
+        let streams = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "looking for tables being built failed");
+                self.erase_paused_until = Instant::now() + ERASE_RETRY;
+                return;
+            }
+        };
+        let Some(stream) = streams.into_iter().next() else {
+            self.table_build_due = false;
+            return;
+        };
+        let strategy = weft_fabric::StreamName::new(stream.as_str())
+            .ok()
+            .and_then(|name| tables.as_ref().and_then(|t| t.strategy(&name)));
+        let Some(strategy) = strategy else {
+            // No longer declared: the next reconcile drops it; nothing to build now.
+            self.table_build_due = false;
+            return;
+        };
+        let stats = self.table_stats.entry(strategy.as_str()).or_default();
+        let result = self
+            .node
+            .store_mut()
+            .write_conn()
+            .map_err(|e| e.to_string())
+            .and_then(|conn| {
+                crate::tables::atomically(conn, "table_build", |conn| {
+                    crate::tables::build_pass(conn, &stream, crate::tables::BUILD_PASS_KEYS, stats)
+                })
+            });
+        match result {
+            Ok(Some(pass)) if pass.done => {
+                self.tables_built.insert(stream.clone(), pass.strategy);
+                info!(
+                    stream,
+                    strategy = pass.strategy.as_str(),
+                    "table built pass by pass"
+                );
+            }
+            Ok(Some(pass)) => {
+                debug!(
+                    stream,
+                    keys = pass.keys,
+                    writes = pass.writes,
+                    "a pass of a table build"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.reject("table_apply_failed");
+                warn!(stream, error = %e, "a pass of a table build failed; it is tried again");
+                self.erase_paused_until = Instant::now() + ERASE_RETRY;
+            }
+        }
     }
 
     /// One pass of the oldest erase still being removed (`SqliteStore::erase_pass`),
@@ -1991,6 +2077,7 @@ impl Driver {
         if touched.is_empty() {
             return Ok(());
         }
+        self.table_build_due = true;
         let tables = self.tables.clone();
         let conn = self
             .node

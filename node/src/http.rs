@@ -162,6 +162,12 @@ impl ApiError {
         &self.message
     }
 
+    /// The refusal with `Retry-After: seconds`.
+    pub(crate) fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// 503 with `Retry-After: 1`: a bounded resource is full; the client should retry.
     fn overloaded(message: &str) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
