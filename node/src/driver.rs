@@ -35,8 +35,11 @@ fn commit_failed() -> crate::store::RecordError {
 
 /// How often the driver runs a retention pass when the last one found no backlog.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
-/// Wait after a failed pass of an erase before the next (`Driver::erase_pass`).
+/// Wait after a failed pass of an erase or a table build before the next
+/// (`Driver::erase_pass`), doubled at each failure in a row up to [`ERASE_RETRY_MAX`]: a
+/// failed pass reloads the store's state from its rows, which must not happen every second.
 const ERASE_RETRY: Duration = Duration::from_secs(1);
+const ERASE_RETRY_MAX: Duration = Duration::from_secs(300);
 /// Longest a pending erase waits for a pass while inputs keep coming: inputs go first,
 /// but an always busy node still gives the erase a pass this often.
 const ERASE_PASS_GAP_MAX: Duration = Duration::from_millis(250);
@@ -336,8 +339,11 @@ pub(crate) struct Driver {
     /// not covered by an erase rule, so `erase_covers` does not catch it). Emptied after
     /// each step's deliveries.
     erased_in_step: std::collections::HashSet<weft_fabric::EventId>,
-    /// No pass of a pending erase before this (after a pass failed).
+    /// No pass of a pending erase or a table build before this (after a pass failed).
     erase_paused_until: Instant,
+    /// The wait after the next failed pass: doubled at each failure up to
+    /// [`ERASE_RETRY_MAX`], back to [`ERASE_RETRY`] after a pass that holds.
+    erase_retry: Duration,
     /// When the last pass of a pending erase or a table build ended.
     erase_last_pass: Instant,
     /// A table may be being built a pass at a time (`tables::build_pass`): set where a
@@ -417,6 +423,7 @@ impl Driver {
             retention_clock_warned: false,
             erased_in_step: std::collections::HashSet::new(),
             erase_paused_until: Instant::now(),
+            erase_retry: ERASE_RETRY,
             erase_last_pass: Instant::now(),
             table_build_due: true,
             retention_blocked: false,
@@ -1698,6 +1705,12 @@ impl Driver {
                 return;
             }
         };
+        let was_pending = self
+            .node
+            .store()
+            .erases_pending()
+            .iter()
+            .any(|p| p.target == target);
         let pass = match self.node.store_mut().erase(&target, hlc_max) {
             Ok(p) => p,
             Err(e) => {
@@ -1758,6 +1771,27 @@ impl Driver {
                 "{} stored events removed so far, the rest removed pass by pass between other work (hidden from every read until then; audited as erase_completed)",
                 pass.removed
             )
+        } else if was_pending {
+            // This request finished an erase of the same target still being removed.
+            self.metrics
+                .erases_pending
+                .set(self.node.store().erases_pending().len() as i64);
+            info!(
+                erased = erased.len(),
+                "{what} erased; it finishes the same erase still being removed"
+            );
+            self.audit.record(entry(
+                Apply,
+                "erase_completed",
+                format!(
+                    "erase of {what} finished: {} stored events it covers removed in all",
+                    pass.removed
+                ),
+            ));
+            format!(
+                "{} stored events removed, finishing the same erase still being removed",
+                erased.len()
+            )
         } else {
             info!(erased = erased.len(), "{what} erased");
             format!("{} stored events removed", pass.removed)
@@ -1770,6 +1804,13 @@ impl Driver {
                 event.origin(),
             ),
         ));
+    }
+
+    /// After a failed pass of an erase or a table build: no pass for `erase_retry`, which
+    /// doubles for the next failure.
+    fn pass_failed(&mut self) {
+        self.erase_paused_until = Instant::now() + self.erase_retry;
+        self.erase_retry = (self.erase_retry * 2).min(ERASE_RETRY_MAX);
     }
 
     /// One pass of a table being built from the log (`tables::build_pass`), between the
@@ -1788,7 +1829,7 @@ impl Driver {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "looking for tables being built failed");
-                self.erase_paused_until = Instant::now() + ERASE_RETRY;
+                self.pass_failed();
                 return;
             }
         };
@@ -1817,6 +1858,7 @@ impl Driver {
             });
         match result {
             Ok(Some(pass)) if pass.done => {
+                self.erase_retry = ERASE_RETRY;
                 self.tables_built.insert(stream.clone(), pass.strategy);
                 info!(
                     stream,
@@ -1825,6 +1867,7 @@ impl Driver {
                 );
             }
             Ok(Some(pass)) => {
+                self.erase_retry = ERASE_RETRY;
                 debug!(
                     stream,
                     keys = pass.keys,
@@ -1836,7 +1879,7 @@ impl Driver {
             Err(e) => {
                 self.metrics.reject("table_apply_failed");
                 warn!(stream, error = %e, "a pass of a table build failed; it is tried again");
-                self.erase_paused_until = Instant::now() + ERASE_RETRY;
+                self.pass_failed();
             }
         }
     }
@@ -1853,11 +1896,12 @@ impl Driver {
             Ok(None) => return,
             Err(e) => {
                 self.metrics.reject("erase_pass_failed");
-                warn!(error = %e, "a pass of an erase failed; it is tried again");
-                self.erase_paused_until = Instant::now() + ERASE_RETRY;
+                warn!(error = %e, retry_s = self.erase_retry.as_secs(), "a pass of an erase failed; it is tried again (the rows it covers stay hidden)");
+                self.pass_failed();
                 return;
             }
         };
+        self.erase_retry = ERASE_RETRY;
         let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
         let entry = move |decision, reason: &str, message: String| {
             crate::audit::Entry::now(decision, reason, epoch, message)
@@ -1875,6 +1919,8 @@ impl Driver {
             more = pass.more,
             "{what}: a pass"
         );
+        // A table whose repair failed was dropped: rebuilt now, not at the next timer.
+        self.rebuild_late_tables();
         if !pass.more {
             info!(removed = pass.removed, "{what} finished");
             self.audit.record(entry(

@@ -798,7 +798,8 @@ pub(crate) struct SqliteStore {
     stats: RefCell<StoreStats>,
     /// Erase rules in force (loaded at open; `erase_rules` rows).
     erase_rules: EraseRules,
-    /// Erases still being removed pass by pass, oldest first (`erase_pending` rows).
+    /// Erases still being removed pass by pass (`erase_pending` rows), in the order their
+    /// passes run: made pending in this process last, loaded at open by rule.
     erase_pending: Vec<PendingErase>,
     /// Retention rules in force (`store/retention.rs`).
     retention: retention::RetentionRules,
@@ -1219,9 +1220,9 @@ fn cursor_get(conn: &Connection, name: &str) -> Result<Option<(String, u64)>, St
         .transpose()
 }
 
-/// Reads the erases still being removed ([`SqliteStore::erase_pass`]), in the order they
-/// were made pending (rowid order is not kept by a `WITHOUT ROWID` table: by the rule's
-/// columns, which is as good: each is finished in turn).
+/// Reads the erases still being removed ([`SqliteStore::erase_pass`]), ordered by the
+/// rule's columns (a `WITHOUT ROWID` table keeps no insertion order; any order serves:
+/// each is finished in turn).
 fn load_erase_pending(conn: &Connection) -> Result<Vec<PendingErase>, StoreError> {
     let mut stmt = conn
         .prepare(
@@ -1870,6 +1871,23 @@ impl SqliteStore {
         if self.limits.ce_dedup_max == 0 || self.ce_dedup_get(principal, source, ce_id)?.is_some() {
             return Ok(());
         }
+        // An entry naming an event a pending erase hides: replaced in place (its event goes
+        // with the erase's pass, which then finds no entry to delete).
+        if !self.erase_pending.is_empty() {
+            self.begin_write()?;
+            let replaced = self
+                .conn
+                .prepare_cached(
+                    "UPDATE ce_dedup SET event_id = ?4 \
+                     WHERE principal = ?1 AND source = ?2 AND ce_id = ?3",
+                )
+                .and_then(|mut s| s.execute(params![principal, source, ce_id, &event_id.0[..]]))
+                .map_err(backend)?;
+            self.tx_writes += 1;
+            if replaced > 0 {
+                return Ok(());
+            }
+        }
         self.begin_write()?;
         if self.state.ce_dedup_len >= self.limits.ce_dedup_max {
             // Rowids ascend with insertion and only the lowest is deleted: FIFO.
@@ -1926,6 +1944,24 @@ impl SqliteStore {
         !self.erase_pending.is_empty() && self.erase_covers(event)
     }
 
+    /// Whether the stored event at `(origin, seq)` is one an erase being removed covers
+    /// (by the SQL of [`not_erasing!`]; no envelope decoded for a row no rule names).
+    fn pending_covers(&self, origin: &OriginKey, seq: u64) -> bool {
+        let Ok(seq_sql) = i64::try_from(seq) else {
+            return false;
+        };
+        self.conn
+            .prepare_cached(concat!(
+                "SELECT 1 FROM events e WHERE e.origin = ?1 AND e.seq = ?2 AND NOT ",
+                not_erasing!("e")
+            ))
+            .and_then(|mut s| s.exists(params![&origin.0[..], seq_sql]))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "store lookup failed");
+                false
+            })
+    }
+
     /// Number of erase rules in force.
     #[cfg(test)]
     pub(crate) fn erase_rules_len(&self) -> usize {
@@ -1967,7 +2003,7 @@ impl SqliteStore {
         }
     }
 
-    /// The next pass of the oldest erase still being removed ([`SqliteStore::erase`]):
+    /// The next pass of the first erase still being removed ([`SqliteStore::erase`]):
     /// up to `limits.erase_pass_max` of its rows examined and the covered ones erased, in
     /// the open write transaction. `None` when no erase is pending. All or nothing: on an
     /// error no row changed and the erase stays pending where it was.
@@ -2004,7 +2040,7 @@ impl SqliteStore {
         !self.erase_pending.is_empty()
     }
 
-    /// The erases still being removed, oldest first.
+    /// The erases still being removed, in the order their passes run.
     pub(crate) fn erases_pending(&self) -> &[PendingErase] {
         &self.erase_pending
     }
@@ -2028,15 +2064,19 @@ impl SqliteStore {
         let bound = self.erase_rules.entry(target.clone()).or_insert(hlc_max);
         *bound = (*bound).max(hlc_max);
         let bound = *bound;
-        // The same rule still being removed starts again from its first row under the
-        // raised bound (a key rule's rows are read by rowid, and rows passed over as above
-        // the old bound may be under the new one); what it removed so far stays counted.
-        let removed = self
-            .erase_pending
-            .iter()
-            .find(|p| &p.target == target)
-            .map_or(0, |p| p.removed);
-        let (events, after, more) = self.erase_some(target, bound, (i64::MIN, i64::MIN))?;
+        // The same rule still being removed goes on where it stopped, what it removed so
+        // far counted, unless it is a key rule whose bound rose: its rows are read by
+        // rowid, and rows passed over as above the old bound may be under the new one, so
+        // it starts again from its first row. (A principal rule reads in stamp order: rows
+        // the raised bound adds all come after where it stopped.)
+        let pending = self.erase_pending.iter().find(|p| &p.target == target);
+        let removed = pending.map_or(0, |p| p.removed);
+        let start = match (pending, target) {
+            (Some(p), crate::erase::Target::Principal { .. }) => p.after,
+            (Some(p), crate::erase::Target::Key { .. }) if p.hlc_max == bound => p.after,
+            _ => (i64::MIN, i64::MIN),
+        };
+        let (events, after, more) = self.erase_some(target, bound, start)?;
         let removed = removed + events.len() as u64;
         self.set_pending(target, bound, after, removed, more)?;
         Ok(ErasedPass {
@@ -2389,6 +2429,11 @@ impl Store for SqliteStore {
         // own (origin, seq), so this one lookup finds duplicates and equivocations.
         if let Some(existing) = existing {
             if existing[..] == id.0[..] {
+                if self.hidden_by_erase(&event) {
+                    // Still stored until its erase's pass: refused as the erase refuses it.
+                    self.stats.borrow_mut().erased_refused += 1;
+                    return Ok(Inserted::Erased);
+                }
                 self.stats.borrow_mut().duplicates += 1;
                 return Ok(Inserted::Duplicate);
             }
@@ -2592,6 +2637,12 @@ impl Store for SqliteStore {
     }
 
     fn erased(&self, origin: &OriginKey, seq: u64) -> bool {
+        // Still stored, covered by an erase being removed pass by pass: erased for good
+        // already as far as a peer asking is concerned (it gets a Skip, and its ordered
+        // delivery of the origin does not wait for the pass).
+        if !self.erase_pending.is_empty() && self.pending_covers(origin, seq) {
+            return true;
+        }
         // Expired by retention (`store/retention.rs`): answered like an erased number. A
         // range may cover numbers still held: those are not expired (the core asks after
         // a failed `get`, which an unreadable row or another id at the number also gives).
@@ -2731,7 +2782,8 @@ impl Store for SqliteStore {
                 .execute_batch(
                     "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
                      DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup; \
-                     DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM waiting_skips; \
+                     DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM erase_pending; \
+                     DELETE FROM waiting_skips; \
                      DELETE FROM expired; DELETE FROM stream_bytes; DELETE FROM expired_floor; \
                      DELETE FROM derived_from; DELETE FROM retract_pending; DELETE FROM retracted;",
                 )
@@ -2742,6 +2794,7 @@ impl Store for SqliteStore {
                 self.tx_writes += 1;
                 self.state = Loaded::default();
                 self.erase_rules.clear();
+                self.erase_pending.clear();
                 self.cache.get_mut().clear();
             }
             Err(e) => {
@@ -2766,10 +2819,16 @@ fn ce_dedup_lookup(
     source: &str,
     ce_id: &str,
 ) -> Result<Option<EventId>, StoreError> {
+    // An entry whose event a pending erase hides names nothing a client may be pointed
+    // to: the publish is taken as new (the entry is then replaced, `ce_dedup_put`).
     let id: Option<Vec<u8>> = conn
-        .prepare_cached(
-            "SELECT event_id FROM ce_dedup WHERE principal = ?1 AND source = ?2 AND ce_id = ?3",
-        )
+        .prepare_cached(concat!(
+            "SELECT d.event_id FROM ce_dedup d WHERE d.principal = ?1 AND d.source = ?2 \
+             AND d.ce_id = ?3 AND NOT EXISTS (SELECT 1 FROM events e \
+             WHERE e.id = d.event_id AND NOT ",
+            not_erasing!("e"),
+            ")"
+        ))
         .and_then(|mut s| {
             s.query_row([principal, source, ce_id], |r| r.get(0))
                 .optional()
@@ -3310,7 +3369,43 @@ mod tests {
             Ok(Inserted::Erased),
             "refused while the rows are still being removed"
         );
+        // A copy of a hidden event is refused as erased, not taken as a duplicate, and a
+        // peer asking for its number is told it is erased (a Skip), as after the pass.
+        assert_eq!(store.insert(alice[7].clone()), Ok(Inserted::Erased));
+        assert!(store.erased(&alice[7].origin(), 8) && store.erased(&alice[0].origin(), 1));
+        assert!(!store.erased(&globex[0].origin(), 1) && !store.erased(&bob[0].origin(), 1));
+        // A CloudEvents dedup entry naming a hidden event names nothing: the same
+        // CloudEvent published again is stored anew, its entry replaced in place.
+        let dedup_len = store.state.ce_dedup_len;
+        store
+            .write_conn()
+            .unwrap()
+            .execute(
+                "INSERT INTO ce_dedup VALUES ('alice', 'src', 'ce-7', ?1)",
+                [&alice[7].id().0[..]],
+            )
+            .unwrap();
+        store.state.ce_dedup_len += 1;
+        store
+            .write_conn()
+            .unwrap()
+            .execute(
+                "INSERT INTO ce_dedup VALUES ('bob', 'src', 'ce-1', ?1)",
+                [&bob[0].id().0[..]],
+            )
+            .unwrap();
+        store.state.ce_dedup_len += 1;
+        assert_eq!(store.ce_dedup_get("alice", "src", "ce-7"), Ok(None));
+        assert_eq!(
+            store.ce_dedup_get("bob", "src", "ce-1"),
+            Ok(Some(bob[0].id()))
+        );
+        let again = EventId([9; 32]);
+        store.ce_dedup_put("alice", "src", "ce-7", &again).unwrap();
+        assert_eq!(store.ce_dedup_get("alice", "src", "ce-7"), Ok(Some(again)));
+        assert_eq!(store.state.ce_dedup_len, dedup_len + 2);
         store.commit().unwrap();
+        store.check_invariants().unwrap();
         // A restart: the pending erase is back where its first pass stopped, the rows it
         // covers still hidden (from the core's reads now served from rows, not the cache).
         drop(store);
@@ -3320,8 +3415,10 @@ mod tests {
         check_hidden(&store, &reader);
         let mut passes = 0;
         let mut removed = 2;
+        let mut each = Vec::new();
         while let Some(pass) = store.erase_pass().unwrap() {
             passes += 1;
+            each.push(pass.events.len());
             removed += pass.events.len();
             assert_eq!(pass.removed, removed as u64);
             assert_eq!(pass.more, store.erasing());
@@ -3331,7 +3428,7 @@ mod tests {
         }
         // Ten rows of alice's examined three a pass (eight of acme, two of globex; the
         // late one was refused): three passes after the first, removing 2, 3 and 1.
-        assert_eq!((passes, removed), (3, 8));
+        assert_eq!((passes, removed, each), (3, 8, vec![2, 3, 1]));
         assert!(!store.erasing());
         assert_eq!(store.len(), 5);
         for e in &alice {
@@ -3356,7 +3453,9 @@ mod tests {
         };
         let mut store = SqliteStore::open(dir.path(), limits).unwrap();
         let events: Vec<_> = (1..=6).map(|seq| event(1, "orders", seq, b"x")).collect();
-        for e in &events {
+        // The sixth first: the lowest rowid, stamped above the first erase's bound, so a
+        // pass that went on after the raise from where it stopped would never read it.
+        for e in events[5..].iter().chain(&events[..5]) {
             store.insert(e.clone()).unwrap();
             store.append_log(e).unwrap();
         }

@@ -1292,19 +1292,6 @@ fn writers(
     .map_err(backend)
 }
 
-/// A key's state (`state`, its materialized row) as `vis` sees it.
-///
-/// When every write applied to the key is visible (one tenant's table, or no policy), that
-/// is the row. Otherwise, and also for a row without recorded writers (a store made before
-/// they were recorded, until its rebuild commits: this fails closed), the key is replayed
-/// from the log with only the visible writes, through the same strategy: the state those
-/// writes alone give, the same on every replica. A value, sibling, count or element from a
-/// write the reader may not read never shows, nor does its version.
-///
-/// In the replay a counter deletion resets, per origin, the visible increments up to the
-/// number it names that have the deletion's own tenant and classification, not the sums
-/// it carries: a deletion made before contexts were cut to its stamp ([`deletion_view`])
-/// may carry sums of writes the reader may not read.
 /// Whether an erase is still being removed pass by pass (`SqliteStore::erase_pass`).
 fn erase_pending(conn: &Connection) -> Result<bool, String> {
     conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM erase_pending)")
@@ -1329,6 +1316,19 @@ fn key_erasing(conn: &Connection, stream: &str, key: &[u8]) -> Result<bool, Stri
     .map_err(backend)
 }
 
+/// A key's state (`state`, its materialized row) as `vis` sees it.
+///
+/// When every write applied to the key is visible (one tenant's table, or no policy), that
+/// is the row. Otherwise, and also for a row without recorded writers (a store made before
+/// they were recorded, until its rebuild commits: this fails closed), the key is replayed
+/// from the log with only the visible writes, through the same strategy: the state those
+/// writes alone give, the same on every replica. A value, sibling, count or element from a
+/// write the reader may not read never shows, nor does its version.
+///
+/// In the replay a counter deletion resets, per origin, the visible increments up to the
+/// number it names that have the deletion's own tenant and classification, not the sums
+/// it carries: a deletion made before contexts were cut to its stamp ([`deletion_view`])
+/// may carry sums of writes the reader may not read.
 fn visible_state(
     conn: &Connection,
     strategy: Strategy,
@@ -1617,6 +1617,8 @@ enum Listed {
     Forbidden,
     /// The table is being built a pass at a time ([`start_build`]).
     Building,
+    /// The digest was asked while an erase is still being removed.
+    Erasing,
 }
 
 /// `GET /v1/tables/{stream}?prefix=P&after=K&limit=N&digest=true`.
@@ -1669,12 +1671,17 @@ pub(crate) async fn list(
         // some row has no recorded writers (a store migrating: those are replayed).
         let rows_as_they_are = all || (sees_all && !unrecorded_rows(conn, name.as_str())?);
         // While an erase is still being removed, each row is checked for writes it covers
-        // (`visible_state`); the digest stays the rows' own.
+        // (`visible_state`).
         let erasing = erase_pending(conn).map_err(StoreError::Backend)?;
         // The digest hashes every value of the table: only for a reader who may see every
         // write in it (and not while rows have no recorded writers).
         if want_digest && !rows_as_they_are {
             return Ok(Listed::Forbidden);
+        }
+        // Nor while an erase is still being removed: rows it has not repaired yet may hold
+        // what it covers.
+        if want_digest && erasing {
+            return Ok(Listed::Erasing);
         }
         // A reader who may not see every write: rows none of whose recorded writes it may
         // see are skipped inside SQLite (by `table_writers`), not read and replayed here;
@@ -1781,6 +1788,17 @@ pub(crate) async fn list(
                     "table_building",
                     format!(
                         "the table of {stream} is being built from the log (a new table, or a new strategy); list it again shortly (single keys are read meanwhile)"
+                    ),
+                ))
+                .with_retry_after(1));
+        }
+        Listed::Erasing => {
+            return Err(api
+                .fail(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "table_erasing",
+                    format!(
+                        "the digest of {stream} is not given while an erase is still being removed (its rows are repaired pass by pass); ask again shortly, or list without digest=true"
                     ),
                 ))
                 .with_retry_after(1));
