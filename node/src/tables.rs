@@ -192,6 +192,7 @@ pub(crate) fn apply(
             // later key is built from the log at its pass, this write included.
             return match event.key() {
                 Some(key) if key <= after.as_slice() => {
+                    raise_applied(conn, stream, &event.origin(), event.seq())?;
                     apply_write(conn, strategy, event, key, stats)
                 }
                 _ => Ok(Applied::Applied),
@@ -342,7 +343,7 @@ fn rebuild_keys<'k>(
         n += for_each_log_write(
             conn,
             stream,
-            Some(key),
+            Writes::Key(key),
             |_| true,
             |event| apply_write(conn, strategy, event, key, stats).map(drop),
         )?;
@@ -433,6 +434,8 @@ pub(crate) fn repair(
             // Being built a pass at a time: the keys built already are repaired; the
             // others are built from the log as it is at their pass.
             let after = building(conn, name)?.map(|(_, a)| a).unwrap_or_default();
+            // Each touched origin's applied number from the log as a whole (what the
+            // passes to come raise it to at most).
             rebuild_keys(
                 conn,
                 strategy,
@@ -441,7 +444,7 @@ pub(crate) fn repair(
                     .iter()
                     .map(Vec::as_slice)
                     .filter(|k| *k <= after.as_slice()),
-                std::iter::empty(),
+                &t.origins,
                 stats,
             )
         }
@@ -522,6 +525,19 @@ pub(crate) fn built_with(
     Ok(yes)
 }
 
+/// Which writes of a table a log walk ([`for_each_log_write`]) reads.
+#[derive(Debug, Clone, Copy)]
+enum Writes<'a> {
+    /// One key's, in per-origin order.
+    Key(&'a [u8]),
+    /// Those of the keys after `after` up to `upto` (included; to the last key when
+    /// `None`), key by key, each key's in per-origin order (a build's pass).
+    Keys {
+        after: &'a [u8],
+        upto: Option<&'a [u8]>,
+    },
+}
+
 /// Events a log walk ([`for_each_log_write`]) decodes and verifies at once: its memory
 /// whatever the table's size, and one batch for signature verification.
 const LOG_WALK_CHUNK: usize = weft_fabric::limits::VERIFY_BATCH_LEN_MAX;
@@ -538,36 +554,48 @@ const LOG_WALK_CHUNK: usize = weft_fabric::limits::VERIFY_BATCH_LEN_MAX;
 fn for_each_log_write(
     conn: &Connection,
     stream: &str,
-    key: Option<&[u8]>,
+    writes: Writes<'_>,
     mut keep: impl FnMut(&EventDraft) -> bool,
     mut f: impl FnMut(&Event) -> Result<(), String>,
 ) -> Result<usize, String> {
-    // One key: through the index on the events' (stream, key), so a read filtered per
-    // write (`visible_state`) costs the key's writes, not the table's (named: without
-    // statistics the planner took `events_stream_origin`, whose order is the one asked
-    // for, and walked the whole stream).
+    // Through the index on the events' (stream, key), so a read filtered per write
+    // (`visible_state`) costs the key's writes, not the table's, and a build's pass its
+    // keys' (named: without statistics the planner took `events_stream_origin`, whose order
+    // is the one asked for, and walked the whole stream). Writes an erase still being
+    // removed covers are left out, as they will be once removed (`store::not_erasing!`).
     let mut select = conn
-        .prepare_cached(match key {
-            // Writes an erase still being removed covers are left out, as they will be
-            // once removed (`store::not_erasing!`).
-            Some(_) => concat!(
+        .prepare_cached(match writes {
+            Writes::Key(_) => concat!(
                 "SELECT e.envelope FROM events e INDEXED BY events_stream_key
                  JOIN log l ON l.id = e.id
                  WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2 AND ",
                 crate::store::not_erasing!("e"),
                 " ORDER BY e.origin, e.seq"
             ),
-            None => concat!(
-                "SELECT e.envelope FROM log l JOIN events e ON e.id = l.id
-                 WHERE l.stream = ?1 AND e.key IS NOT NULL AND ",
+            Writes::Keys { upto: Some(_), .. } => concat!(
+                "SELECT e.envelope FROM events e INDEXED BY events_stream_key
+                 JOIN log l ON l.id = e.id
+                 WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key > ?2 AND e.key <= ?3
+                   AND ",
                 crate::store::not_erasing!("e"),
-                " ORDER BY e.origin, e.seq"
+                " ORDER BY e.key, e.origin, e.seq"
+            ),
+            Writes::Keys { upto: None, .. } => concat!(
+                "SELECT e.envelope FROM events e INDEXED BY events_stream_key
+                 JOIN log l ON l.id = e.id
+                 WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key > ?2 AND ",
+                crate::store::not_erasing!("e"),
+                " ORDER BY e.key, e.origin, e.seq"
             ),
         })
         .map_err(backend)?;
-    let mut rows = match key {
-        Some(k) => select.query(params![stream, k]),
-        None => select.query([stream]),
+    let mut rows = match writes {
+        Writes::Key(k) => select.query(params![stream, k]),
+        Writes::Keys {
+            after,
+            upto: Some(upto),
+        } => select.query(params![stream, after, upto]),
+        Writes::Keys { after, upto: None } => select.query(params![stream, after]),
     }
     .map_err(backend)?;
     let mut chunk = Vec::with_capacity(LOG_WALK_CHUNK);
@@ -606,7 +634,7 @@ fn for_each_log_write(
 /// Keys of a table one pass of its build takes ([`build_pass`]): at some 26 us a write
 /// (`measure_principal_erase_repair_against_whole_rebuild`), a few milliseconds of the
 /// driver's time a pass for keys of a few writes each.
-pub(crate) const BUILD_PASS_KEYS: usize = 256;
+pub(crate) const BUILD_PASS_KEYS: usize = 512;
 
 /// Rebuilds a table from the events of its stream in the log, under `strategy`, in
 /// per-origin sequence order ([`for_each_log_write`]), all at once: [`start_build`] and
@@ -684,6 +712,23 @@ pub(crate) fn start_build(
     Ok(())
 }
 
+/// Raises what `origin` applied to `stream`'s table to `seq` (a build's pass walked it).
+fn raise_applied(
+    conn: &Connection,
+    stream: &str,
+    origin: &OriginKey,
+    seq: u64,
+) -> Result<(), String> {
+    let seq = i64::try_from(seq).map_err(|_| "sequence number over i64")?;
+    conn.prepare_cached(
+        "INSERT INTO table_applied (stream, origin, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (stream, origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+    )
+    .and_then(|mut s| s.execute(params![stream, &origin.0[..], seq]))
+    .map(drop)
+    .map_err(backend)
+}
+
 /// What one [`build_pass`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BuildPass {
@@ -742,26 +787,37 @@ pub(crate) fn build_pass(
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(args.iter())))
             .map_err(backend)?;
     }
-    let writes = rebuild_keys(
+    // The range's writes in one walk of the index, applied in key order (each key's in
+    // per-origin order, as a whole rebuild applies them).
+    let upto = if done {
+        None
+    } else {
+        keys.last().map(Vec::as_slice)
+    };
+    // What each origin applied, as far as the passes so far read (the highest number of
+    // its writes walked): raised pass by pass, so the last one needs no walk of its own.
+    let mut newest: BTreeMap<OriginKey, u64> = BTreeMap::new();
+    let writes = for_each_log_write(
         conn,
-        strategy,
         stream,
-        keys.iter().map(Vec::as_slice),
-        std::iter::empty(),
-        stats,
+        Writes::Keys {
+            after: &after,
+            upto,
+        },
+        |_| true,
+        |event| {
+            let seq = newest.entry(event.origin()).or_default();
+            *seq = (*seq).max(event.seq());
+            match event.key() {
+                Some(key) => apply_write(conn, strategy, event, key, stats).map(drop),
+                None => Ok(()),
+            }
+        },
     )?;
+    for (origin, seq) in &newest {
+        raise_applied(conn, stream, origin, *seq)?;
+    }
     if done {
-        // Every origin's newest keyed write of the stream in the log (what it applied).
-        conn.prepare_cached(concat!(
-            "INSERT INTO table_applied (stream, origin, seq)
-             SELECT ?1, e.origin, MAX(e.seq) FROM events e INDEXED BY events_stream_origin
-             WHERE e.stream = ?1 AND e.key IS NOT NULL
-               AND EXISTS (SELECT 1 FROM log l WHERE l.id = e.id) AND ",
-            crate::store::not_erasing!("e"),
-            " GROUP BY e.origin"
-        ))
-        .and_then(|mut s| s.execute([stream]))
-        .map_err(backend)?;
         conn.prepare_cached(
             "INSERT INTO table_meta (stream, strategy) VALUES (?1, ?2)
              ON CONFLICT (stream) DO UPDATE SET strategy = excluded.strategy",
@@ -1360,7 +1416,7 @@ fn visible_state(
     for_each_log_write(
         conn,
         stream.as_str(),
-        Some(key),
+        Writes::Key(key),
         |claimed| {
             let sec = &claimed.security;
             vis.allows(stream, &sec.tenant, &sec.classification)
@@ -3028,6 +3084,79 @@ replication = "all"
         let mine = digest(r.store.write_conn().unwrap(), "prefs", lww).unwrap();
         let theirs = digest(fresh.store.write_conn().unwrap(), "prefs", lww).unwrap();
         assert_eq!(mine, theirs, "rebuilt without alice's write");
+    }
+
+    /// A measurement, not a check of speed (run it with `cargo test --release -p weft-node
+    /// --bin weft measure_ -- --ignored --nocapture`): a table of `n` keys built again
+    /// from the log (a new strategy) all at once (the baseline: one pass over every key,
+    /// what a strategy change held the driver for before) and pass by pass at
+    /// [`BUILD_PASS_KEYS`], side by side: the whole time, and the longest the driver is
+    /// held at once (a pass with its commit).
+    #[test]
+    #[ignore = "a measurement: prints timings, run by hand"]
+    fn measure_table_build_pass_by_pass_against_all_at_once() {
+        use std::time::{Duration, Instant};
+        println!("keys   | all at once | pass by pass: passes  whole      longest hold");
+        for n in [20_000u64, 100_000] {
+            let mut r = Replica::new(Strategy::Lww);
+            for i in 0..n {
+                let w = write(
+                    1,
+                    i + 1,
+                    format!("k{i:07}").as_bytes(),
+                    T0 + i,
+                    &op(Strategy::Lww, 1),
+                );
+                assert_eq!(r.store.insert(w.clone()), Ok(Inserted::New));
+                r.store.append_log(&w).unwrap();
+                let conn = r.store.write_conn().unwrap();
+                apply(conn, r.strategy, &w, &mut r.stats, &mut r.built).unwrap();
+                if i % 1000 == 999 {
+                    r.store.commit().unwrap();
+                }
+            }
+            r.store.commit().unwrap();
+            let stream = StreamName::new(STREAM).unwrap();
+            let t = Instant::now();
+            let conn = r.store.write_conn().unwrap();
+            rebuild(conn, Strategy::MultiValue, &stream, &mut r.stats).unwrap();
+            r.store.commit().unwrap();
+            let once = t.elapsed();
+            let first = {
+                let conn = r.store.write_conn().unwrap();
+                digest(conn, STREAM, Strategy::MultiValue).unwrap()
+            };
+            let all = Instant::now();
+            let (mut passes, mut longest) = (0, Duration::ZERO);
+            let conn = r.store.write_conn().unwrap();
+            start_build(conn, STREAM, Strategy::Lww).unwrap();
+            loop {
+                let t = Instant::now();
+                let conn = r.store.write_conn().unwrap();
+                let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, &mut r.stats)
+                    .unwrap()
+                    .unwrap();
+                r.store.commit().unwrap();
+                longest = longest.max(t.elapsed());
+                passes += 1;
+                if pass.done {
+                    break;
+                }
+            }
+            let whole = all.elapsed();
+            // Back to multi-value all at once: the same table as the first time.
+            let conn = r.store.write_conn().unwrap();
+            rebuild(conn, Strategy::MultiValue, &stream, &mut r.stats).unwrap();
+            assert_eq!(digest(conn, STREAM, Strategy::MultiValue).unwrap(), first);
+            r.store.commit().unwrap();
+            println!(
+                "{n:>6} | {:>8.0} ms | {passes:>6} {:>9.0} ms {:>9.1} ms ({:.0}x shorter)",
+                once.as_secs_f64() * 1e3,
+                whole.as_secs_f64() * 1e3,
+                longest.as_secs_f64() * 1e3,
+                once.as_secs_f64() / longest.as_secs_f64()
+            );
+        }
     }
 
     /// A measurement, not a check of speed (run it with `cargo test --release -p weft-node
