@@ -344,6 +344,9 @@ pub(crate) struct Driver {
     /// The wait after the next failed pass: doubled at each failure up to
     /// [`ERASE_RETRY_MAX`], back to [`ERASE_RETRY`] after a pass that holds.
     erase_retry: Duration,
+    /// The same two for table builds' passes.
+    build_paused_until: Instant,
+    build_retry: Duration,
     /// When the last pass of a pending erase or a table build ended.
     erase_last_pass: Instant,
     /// A table may be being built a pass at a time (`tables::build_pass`): set where a
@@ -424,6 +427,8 @@ impl Driver {
             erased_in_step: std::collections::HashSet::new(),
             erase_paused_until: Instant::now(),
             erase_retry: ERASE_RETRY,
+            build_paused_until: Instant::now(),
+            build_retry: ERASE_RETRY,
             erase_last_pass: Instant::now(),
             table_build_due: true,
             retention_blocked: false,
@@ -602,8 +607,10 @@ impl Driver {
             // A pass of a pending erase when no input waits, or when none ran for
             // `ERASE_PASS_GAP_MAX` (it is not starved by a node that is always busy).
             // Likewise a pass of a table being built from the log.
-            let background = (self.node.store().erasing() || self.table_build_due)
-                && Instant::now() >= self.erase_paused_until
+            let now = Instant::now();
+            let erase_due = self.node.store().erasing() && now >= self.erase_paused_until;
+            let build_due = self.table_build_due && now >= self.build_paused_until;
+            let background = (erase_due || build_due)
                 && ((mesh_rx.is_empty() && cmd_rx.is_empty())
                     || self.erase_last_pass.elapsed() >= ERASE_PASS_GAP_MAX);
             // Not biased: a flood of mesh input must not starve publishes and timers.
@@ -640,7 +647,7 @@ impl Driver {
                 // one branch among the inputs (not biased: publishes, pushes and SWIM
                 // answers go on meanwhile).
                 () = std::future::ready(()), if background => {
-                    if self.node.store().erasing() {
+                    if erase_due {
                         self.erase_pass();
                     } else {
                         self.table_build_pass();
@@ -1603,19 +1610,20 @@ impl Driver {
                 });
             if let Err(e) = result {
                 self.metrics.reject("table_apply_failed");
-                warn!(stream = %stream, error = %e, "rebuilding a table for late writes failed; it is rebuilt whole at its next write or the next start");
-                // Not left as it is, different from the other replicas' for good: without
-                // its strategy row the table is rebuilt from the log at its next write
-                // (`tables::apply`) or at the next start (`tables::reconcile`).
+                warn!(stream = %stream, error = %e, "rebuilding a table for late writes failed; it is built again from the log, pass by pass");
+                // Not left as it is, different from the other replicas' for good (a build in
+                // progress included: its passes would not read the late writes again for
+                // keys they reached): built again from its first key.
                 self.tables_built.remove(stream.as_str());
-                let forgot = self
+                self.table_build_due = true;
+                let restarted = self
                     .node
                     .store_mut()
                     .write_conn()
                     .map_err(|e| e.to_string())
-                    .and_then(|conn| crate::tables::forget_strategy(conn, stream.as_str()));
-                if let Err(e) = forgot {
-                    warn!(stream = %stream, error = %e, "forgetting the table's strategy failed");
+                    .and_then(|conn| crate::tables::start_build(conn, stream.as_str(), strategy));
+                if let Err(e) = restarted {
+                    warn!(stream = %stream, error = %e, "starting the table's build again failed");
                 }
             }
         }
@@ -1806,11 +1814,18 @@ impl Driver {
         ));
     }
 
-    /// After a failed pass of an erase or a table build: no pass for `erase_retry`, which
-    /// doubles for the next failure.
+    /// After a failed pass of an erase: no erase pass for `erase_retry`, which doubles for
+    /// the next failure.
     fn pass_failed(&mut self) {
         self.erase_paused_until = Instant::now() + self.erase_retry;
         self.erase_retry = (self.erase_retry * 2).min(ERASE_RETRY_MAX);
+    }
+
+    /// After a failed pass of a table build: no build pass for `build_retry`, which
+    /// doubles for the next failure (erase passes go on).
+    fn build_failed(&mut self) {
+        self.build_paused_until = Instant::now() + self.build_retry;
+        self.build_retry = (self.build_retry * 2).min(ERASE_RETRY_MAX);
     }
 
     /// One pass of a table being built from the log (`tables::build_pass`), between the
@@ -1829,7 +1844,7 @@ impl Driver {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "looking for tables being built failed");
-                self.pass_failed();
+                self.build_failed();
                 return;
             }
         };
@@ -1841,8 +1856,19 @@ impl Driver {
             .ok()
             .and_then(|name| tables.as_ref().and_then(|t| t.strategy(&name)));
         let Some(strategy) = strategy else {
-            // No longer declared: the next reconcile drops it; nothing to build now.
-            self.table_build_due = false;
+            // No longer declared (a reconcile drops such a build; this is a backstop): its
+            // build ends with its rows, so the builds after it go on.
+            self.tables_built.remove(&stream);
+            let dropped = self
+                .node
+                .store_mut()
+                .write_conn()
+                .map_err(|e| e.to_string())
+                .and_then(|conn| crate::tables::drop_table(conn, &stream));
+            if let Err(e) = dropped {
+                warn!(stream, error = %e, "dropping the build of a table no longer declared failed");
+                self.build_failed();
+            }
             return;
         };
         let stats = self.table_stats.entry(strategy.as_str()).or_default();
@@ -1858,7 +1884,7 @@ impl Driver {
             });
         match result {
             Ok(Some(pass)) if pass.done => {
-                self.erase_retry = ERASE_RETRY;
+                self.build_retry = ERASE_RETRY;
                 self.tables_built.insert(stream.clone(), pass.strategy);
                 info!(
                     stream,
@@ -1867,7 +1893,7 @@ impl Driver {
                 );
             }
             Ok(Some(pass)) => {
-                self.erase_retry = ERASE_RETRY;
+                self.build_retry = ERASE_RETRY;
                 debug!(
                     stream,
                     keys = pass.keys,
@@ -1879,7 +1905,7 @@ impl Driver {
             Err(e) => {
                 self.metrics.reject("table_apply_failed");
                 warn!(stream, error = %e, "a pass of a table build failed; it is tried again");
-                self.pass_failed();
+                self.build_failed();
             }
         }
     }

@@ -636,6 +636,10 @@ fn for_each_log_write(
 /// driver's time a pass for keys of a few writes each.
 pub(crate) const BUILD_PASS_KEYS: usize = 512;
 
+/// Writes one pass of a table's build applies at most, whole keys at a time (at least
+/// one key: a single key's writes are built in one pass, however many).
+pub(crate) const BUILD_PASS_WRITES: usize = 2_048;
+
 /// Rebuilds a table from the events of its stream in the log, under `strategy`, in
 /// per-origin sequence order ([`for_each_log_write`]), all at once: [`start_build`] and
 /// every [`build_pass`] (what the tests compare a table with).
@@ -754,18 +758,35 @@ pub(crate) fn build_pass(
         return Ok(None);
     };
     let limit = i64::try_from(keys_max).unwrap_or(i64::MAX);
-    let keys: Vec<Vec<u8>> = conn
+    // The next keys with their writes stored (counted in the index alone), taken while
+    // the pass stays within `BUILD_PASS_WRITES` writes (at least one key).
+    let counted: Vec<(Vec<u8>, usize)> = conn
         .prepare_cached(
-            "SELECT DISTINCT e.key FROM events e INDEXED BY events_stream_key
+            "SELECT e.key, COUNT(*) FROM events e INDEXED BY events_stream_key
              WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key > ?2
-             ORDER BY e.key LIMIT ?3",
+             GROUP BY e.key ORDER BY e.key LIMIT ?3",
         )
         .and_then(|mut s| {
-            s.query_map(params![stream, after, limit], |r| r.get(0))?
-                .collect()
+            s.query_map(params![stream, after, limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    usize::try_from(r.get::<_, i64>(1)?).unwrap_or(usize::MAX),
+                ))
+            })?
+            .collect()
         })
         .map_err(backend)?;
-    let done = keys.len() < keys_max;
+    let mut done = counted.len() < keys_max;
+    let mut keys = Vec::with_capacity(counted.len());
+    let mut writes_in = 0usize;
+    for (key, n) in counted {
+        if !keys.is_empty() && writes_in.saturating_add(n) > BUILD_PASS_WRITES {
+            done = false;
+            break;
+        }
+        writes_in = writes_in.saturating_add(n);
+        keys.push(key);
+    }
     // What the rows in the range held before (another strategy's state, keys no longer
     // written) goes; the keys the log names are built again.
     let (range, args): (&str, Vec<rusqlite::types::Value>) = match keys.last() {
@@ -894,14 +915,16 @@ pub(crate) fn reconcile(
             continue;
         };
         let want = strategy_of(&name);
-        if want == had {
+        let build = building(conn, &stream)?.map(|(s, _)| s);
+        if want == had && (want.is_some() || build.is_none()) {
             if let Some(w) = want {
                 built.insert(stream, w);
             }
             continue;
         }
-        // A build in progress with the strategy wanted goes on (the driver's passes).
-        if want.is_some() && building(conn, &stream)?.map(|(s, _)| s) == want {
+        // A build in progress with the strategy wanted goes on (the driver's passes); one
+        // of a stream no longer declared ends with its rows (`drop_table` below).
+        if want.is_some() && build == want {
             continue;
         }
         built.remove(&stream);
@@ -938,14 +961,6 @@ pub(crate) fn drop_table(conn: &Connection, stream: &str) -> Result<(), String> 
         conn.execute(sql, [stream]).map_err(backend)?;
     }
     Ok(())
-}
-
-/// Forgets the strategy `stream`'s table was built with (its `table_meta` row), so that
-/// its next write ([`apply`]) or the next start ([`reconcile`]) rebuilds it from the log.
-pub(crate) fn forget_strategy(conn: &Connection, stream: &str) -> Result<(), String> {
-    conn.execute("DELETE FROM table_meta WHERE stream = ?1", [stream])
-        .map(drop)
-        .map_err(backend)
 }
 
 /// What a table's state hashes to ([`table::digest`]), read from committed rows.
@@ -1207,6 +1222,30 @@ pub(crate) async fn write_refusal(
     }
 }
 
+/// Refuses (503 `table_building`, `Retry-After: 1`) a write whose checks read what the
+/// table applied or who wrote a key (a version token, a counter's deletion) while the
+/// table is being built ([`start_build`]): those rows are then complete only for the keys
+/// the build reached.
+async fn refuse_while_building(api: &Arc<Api>, stream: &StreamName) -> ApiResult<()> {
+    let name = stream.as_str().to_string();
+    let building = crate::http::read_store(api, move |r| {
+        building(r.conn(), &name).map_err(StoreError::Backend)
+    })
+    .await?;
+    if building.is_some() {
+        return Err(api
+            .fail(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "table_building",
+                format!(
+                    "the table of {stream} is being built from the log (a new table, or a new strategy); a write with a version token or a counter's deletion waits for the build: try again shortly"
+                ),
+            ))
+            .with_retry_after(1));
+    }
+    Ok(())
+}
+
 /// A client's version token `ctx`, each origin's number cut to the highest this node has
 /// applied of that origin to the table (`table_applied`). A context supersedes what it
 /// covers, on every replica and for good: a token naming numbers not yet written (made
@@ -1214,6 +1253,7 @@ pub(crate) async fn write_refusal(
 /// A token from a node that is ahead is cut to what this one has seen, so its write
 /// supersedes that much and stands beside the rest (a sibling), never drops it.
 async fn applied_at_most(api: &Arc<Api>, stream: &StreamName, ctx: Vv) -> ApiResult<Vv> {
+    refuse_while_building(api, stream).await?;
     let name = stream.as_str().to_string();
     let applied = crate::http::read_store(api, move |r| {
         applied_vv(r.conn(), &name).map_err(StoreError::Backend)
@@ -2023,7 +2063,9 @@ pub(crate) async fn delete(
     {
         // A counter resets per origin node, by running sums; a reset of one tenant's or
         // class's increments and one of another's at the same node do not combine (the
-        // larger replaces the other). Refused rather than undo a reset.
+        // larger replaces the other). Refused rather than undo a reset. (Who wrote a key
+        // is complete only once the table is built.)
+        refuse_while_building(&api, &name).await?;
         let (table, k) = (name.clone(), key.clone());
         let stamp = (tenant.clone(), classification.clone());
         let shared = crate::http::read_store(&api, move |r| {
@@ -3244,16 +3286,22 @@ replication = "all"
         }
     }
 
-    /// A table built again pass by pass (a strategy change, a restart in between) while
-    /// writes keep coming, to keys the build has reached and to keys it has not: after
+    /// A table built again pass by pass (a strategy change where the operations allow
+    /// one: lww and multi-value take the same puts) while writes keep coming, to keys the
+    /// build has reached, to keys it has not, and to new keys on either side of it: after
     /// every pass each key reads (replayed when not reached) as on a replica that applied
-    /// every write as it came, no listing is answered from half-built rows, and the table
-    /// it ends with, what it applied included, is that replica's.
+    /// every write as it came under the new strategy, and the table it ends with, what it
+    /// applied included, is that replica's.
     #[test]
     fn a_table_built_pass_by_pass_reads_and_ends_as_one_built_as_writes_came() {
         for strategy in STRATEGIES {
+            let before = match strategy {
+                Strategy::Lww => Strategy::MultiValue,
+                Strategy::MultiValue => Strategy::Lww,
+                other => other,
+            };
             let mut steady = Replica::new(strategy);
-            let mut built = Replica::new(strategy);
+            let mut built = Replica::new(before);
             let mut seqs = [0u64; 4];
             let mut at = T0;
             let mut write = |steady: &mut Replica, built: &mut Replica, signer: u8, key: &[u8]| {
@@ -3283,6 +3331,7 @@ replication = "all"
                 let conn = built.store.write_conn().unwrap();
                 start_build(conn, STREAM, strategy).unwrap();
                 built.built.remove(STREAM);
+                built.strategy = strategy;
                 built.store.commit().unwrap();
             }
             let mut passes = 0;
@@ -3293,13 +3342,15 @@ replication = "all"
                     .unwrap();
                 built.store.commit().unwrap();
                 passes += 1;
+                assert!(pass.writes <= BUILD_PASS_WRITES || pass.keys == 1);
                 if pass.done {
                     assert_eq!(pass.strategy, strategy);
                     built.built.insert(STREAM.into(), strategy);
                     break;
                 }
                 assert!(builds(built.store.write_conn().unwrap()).unwrap() == [STREAM]);
-                // Writes while the build goes on: a key it reached, one it has not, a new one.
+                // Writes while the build goes on: a key it reached, one it has not, new
+                // keys before and after all the others.
                 write(&mut steady, &mut built, 2, b"k00");
                 write(&mut steady, &mut built, 3, b"k19");
                 write(
@@ -3308,7 +3359,17 @@ replication = "all"
                     1,
                     format!("n{passes:02}").as_bytes(),
                 );
-                for k in keys.iter().cloned().chain([b"n01".to_vec()]) {
+                write(
+                    &mut steady,
+                    &mut built,
+                    2,
+                    format!("a{passes:02}").as_bytes(),
+                );
+                for k in keys
+                    .iter()
+                    .cloned()
+                    .chain([b"n01".to_vec(), b"a01".to_vec()])
+                {
                     assert_eq!(
                         built.key_seen_by(None, &k),
                         steady.key(&k),
@@ -3329,6 +3390,53 @@ replication = "all"
             write(&mut steady, &mut built, 1, b"k05");
             assert_eq!(built.digest(), steady.digest(), "{strategy:?}");
         }
+    }
+
+    /// A table no longer declared while it is being built: `reconcile` ends the build with
+    /// its rows (a write made meanwhile is not a table write); declared again, it is built
+    /// afresh and holds that write, as a replica that applied every write does.
+    #[test]
+    fn a_build_of_a_table_no_longer_declared_ends_and_starts_afresh() {
+        let strategy = Strategy::MultiValue;
+        let mut steady = Replica::new(strategy);
+        let mut built = Replica::new(Strategy::Lww);
+        for i in 0..10u64 {
+            let w = write(
+                1,
+                i + 1,
+                format!("k{i}").as_bytes(),
+                T0 + i,
+                &op(strategy, 1),
+            );
+            steady.deliver(&w);
+            built.deliver(&w);
+        }
+        let mut stats = BTreeMap::new();
+        let conn = built.store.write_conn().unwrap();
+        start_build(conn, STREAM, strategy).unwrap();
+        built.built.remove(STREAM);
+        build_pass(conn, STREAM, 3, &mut built.stats).unwrap();
+        // Not declared any more: the build and its rows go.
+        let changed = reconcile(conn, |_| None, &mut built.built, &mut stats).unwrap();
+        assert_eq!(changed, vec![(STREAM.to_string(), None)]);
+        assert!(builds(conn).unwrap().is_empty());
+        assert_eq!(load_state(conn, STREAM, b"k0").unwrap(), None);
+        built.store.commit().unwrap();
+        // A write while the stream is not a table: logged, not applied.
+        let w = write(1, 11, b"k1", T0 + 11, &op(strategy, 2));
+        steady.deliver(&w);
+        assert_eq!(built.store.insert(w.clone()), Ok(Inserted::New));
+        built.store.append_log(&w).unwrap();
+        // Declared again: built afresh, that write included.
+        let conn = built.store.write_conn().unwrap();
+        reconcile(conn, |_| Some(strategy), &mut built.built, &mut stats).unwrap();
+        while builds(conn).unwrap() == [STREAM] {
+            build_pass(conn, STREAM, 3, &mut built.stats).unwrap();
+        }
+        built.store.commit().unwrap();
+        built.strategy = strategy;
+        assert_eq!(built.key(b"k1"), steady.key(b"k1"));
+        assert_eq!(built.digest(), steady.digest());
     }
 
     mod props {
