@@ -500,7 +500,7 @@ impl Driver {
                         Some(s) => info!(
                             stream,
                             strategy = s.as_str(),
-                            "table rebuilt for the tables now declared"
+                            "table build started for the tables now declared (finished pass by pass)"
                         ),
                         None => info!(
                             stream,
