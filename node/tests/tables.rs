@@ -673,3 +673,95 @@ fn pre_signed_table_writes_are_checked_as_the_tables_api_checks_its_own() {
         }
     });
 }
+
+/// A table built again for a new strategy after a restart (a changed `[[tables]]` config),
+/// larger than a pass: the node answers at once, a single key reads under the new strategy
+/// throughout, the driver finishes the build pass by pass between its other work, and the
+/// table then lists every key under the new strategy. Until then a listing is 503
+/// `table_building` (when the client catches it) and never a half-built page.
+#[test]
+fn a_table_built_again_for_a_new_strategy_finishes_pass_by_pass() {
+    rt().block_on(async {
+        let config = "[[tables]]\npattern = \"kv.>\"\nstrategy = \"lww\"\n";
+        let mut c = Cluster::new("tables-build", 34, &three_regions()[..1], config);
+        c.start_all();
+        c.wait_healthy(0).await;
+        // 3,000 keys: six passes of 512 keys.
+        for start in (0..3000).step_by(1000) {
+            let batch: Vec<Value> = (start..start + 1000)
+                .map(|k| {
+                    json!({"specversion": "1.0", "id": format!("w-{k}"), "source": "it",
+                        "type": "t", "subject": format!("k{k:05}"),
+                        "datacontenttype": "application/json", "data": {"v": k}})
+                })
+                .collect();
+            let (s, v) = c.post_events(0, "kv.big", "local", &c.token, &batch).await;
+            assert_eq!(s, 200, "{v}");
+        }
+        assert_eq!(
+            c.stop_gracefully(0, Duration::from_secs(20))
+                .await
+                .map(|s| s.success()),
+            Some(true)
+        );
+        let path = c.nodes[0].config.clone();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("strategy = \"lww\"", "strategy = \"multi-value\""),
+        )
+        .unwrap();
+        c.start(0);
+        c.wait_healthy(0).await;
+        let v = c.get_auth(0, "/v1/tables/kv.big/k02999").await;
+        assert_eq!(v["siblings"][0]["value"], json!({"v": 2999}), "{v}");
+        let refused = std::cell::Cell::new(0u64);
+        let listed = wait_for(Duration::from_secs(60), || async {
+            let r = reqwest::Client::new()
+                .get(c.url(0, "/v1/tables/kv.big?limit=1000"))
+                .bearer_auth(&c.token)
+                .send()
+                .await
+                .ok()?;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.ok()?;
+            if status == 503 {
+                assert_eq!(v["error"]["reason"], "table_building", "{v}");
+                refused.set(refused.get() + 1);
+                return None;
+            }
+            assert_eq!(status, 200, "{v}");
+            Some(v)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the table was never listed:\n{}", c.log(0)));
+        assert_eq!(listed["strategy"], "multi-value", "{listed}");
+        assert_eq!(listed["keys"].as_array().unwrap().len(), 1000);
+        assert!(listed["keys"][0]["siblings"].is_array(), "{listed}");
+        let log = c.log(0);
+        assert!(log.contains("table built pass by pass"), "{log}");
+        assert_eq!(
+            metric(&c, 0, "weft_rejected_total{reason=\"table_building\"} ").await,
+            refused.get()
+        );
+        // Every key, page by page, under the new strategy.
+        let mut after = String::new();
+        let mut n = 0;
+        loop {
+            let v = c
+                .get_auth(0, &format!("/v1/tables/kv.big?limit=1000&after={after}"))
+                .await;
+            let keys = v["keys"].as_array().unwrap();
+            n += keys.len();
+            assert!(
+                keys.iter()
+                    .all(|k| k["siblings"].as_array().is_some_and(|s| s.len() == 1))
+            );
+            match v["next_after"].as_str() {
+                Some(next) => after = next.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(n, 3000);
+    });
+}
