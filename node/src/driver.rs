@@ -35,6 +35,19 @@ fn commit_failed() -> crate::store::RecordError {
 
 /// How often the driver runs a retention pass when the last one found no backlog.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs `f` on the store's connection inside the driver's open write transaction (begun
+/// if none is), for the keyed tables' rows (`tables.rs`), with its error as text.
+fn write_tx<T>(
+    node: &mut Node<SqliteStore>,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, String>,
+) -> Result<T, String> {
+    node.store_mut()
+        .write_conn()
+        .map_err(|e| e.to_string())
+        .and_then(f)
+}
+
 /// Wait after a failed pass of an erase or a table build before the next
 /// (`Driver::erase_pass`), doubled at each failure in a row up to [`ERASE_RETRY_MAX`]: a
 /// failed pass reloads the store's state from its rows, which must not happen every second.
@@ -480,19 +493,14 @@ impl Driver {
             return;
         };
         self.table_build_due = true;
-        let result = self
-            .node
-            .store_mut()
-            .write_conn()
-            .map_err(|e| e.to_string())
-            .and_then(|conn| {
-                crate::tables::reconcile(
-                    conn,
-                    |s| tables.strategy(s),
-                    &mut self.tables_built,
-                    &mut self.table_stats,
-                )
-            });
+        let result = write_tx(&mut self.node, |conn| {
+            crate::tables::reconcile(
+                conn,
+                |s| tables.strategy(s),
+                &mut self.tables_built,
+                &mut self.table_stats,
+            )
+        });
         match result {
             Ok(changed) => {
                 for (stream, strategy) in changed {
@@ -527,16 +535,11 @@ impl Driver {
         };
         let stats = self.table_stats.entry(strategy.as_str()).or_default();
         let before = *stats;
-        let result = self
-            .node
-            .store_mut()
-            .write_conn()
-            .map_err(|e| e.to_string())
-            .and_then(|conn| {
-                crate::tables::atomically(conn, "table_write", |conn| {
-                    crate::tables::apply(conn, strategy, event, stats, &mut self.tables_built)
-                })
-            });
+        let result = write_tx(&mut self.node, |conn| {
+            crate::tables::atomically(conn, "table_write", |conn| {
+                crate::tables::apply(conn, strategy, event, stats, &mut self.tables_built)
+            })
+        });
         if !self.tables_built.contains_key(event.stream().as_str()) {
             // Its table is being built a pass at a time.
             self.table_build_due = true;
@@ -1591,23 +1594,18 @@ impl Driver {
             };
             let stats = self.table_stats.entry(strategy.as_str()).or_default();
             let built = &mut self.tables_built;
-            let result = self
-                .node
-                .store_mut()
-                .write_conn()
-                .map_err(|e| e.to_string())
-                .and_then(|conn| {
-                    crate::tables::atomically(conn, "table_rebuild", |conn| {
-                        crate::tables::repair(
-                            conn,
-                            Some(strategy),
-                            &stream,
-                            touched.as_ref(),
-                            built,
-                            stats,
-                        )
-                    })
-                });
+            let result = write_tx(&mut self.node, |conn| {
+                crate::tables::atomically(conn, "table_rebuild", |conn| {
+                    crate::tables::repair(
+                        conn,
+                        Some(strategy),
+                        &stream,
+                        touched.as_ref(),
+                        built,
+                        stats,
+                    )
+                })
+            });
             if let Err(e) = result {
                 self.metrics.reject("table_apply_failed");
                 warn!(stream = %stream, error = %e, "rebuilding a table for late writes failed; it is built again from the log, pass by pass");
@@ -1616,12 +1614,9 @@ impl Driver {
                 // keys they reached): built again from its first key.
                 self.tables_built.remove(stream.as_str());
                 self.table_build_due = true;
-                let restarted = self
-                    .node
-                    .store_mut()
-                    .write_conn()
-                    .map_err(|e| e.to_string())
-                    .and_then(|conn| crate::tables::start_build(conn, stream.as_str(), strategy));
+                let restarted = write_tx(&mut self.node, |conn| {
+                    crate::tables::start_build(conn, stream.as_str(), strategy)
+                });
                 if let Err(e) = restarted {
                     warn!(stream = %stream, error = %e, "starting the table's build again failed");
                 }
@@ -1834,12 +1829,7 @@ impl Driver {
     /// [`ERASE_RETRY`].
     fn table_build_pass(&mut self) {
         let tables = self.tables.clone();
-        let result = self
-            .node
-            .store_mut()
-            .write_conn()
-            .map_err(|e| e.to_string())
-            .and_then(crate::tables::builds);
+        let result = write_tx(&mut self.node, crate::tables::builds);
         let streams = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1859,12 +1849,9 @@ impl Driver {
             // No longer declared (a reconcile drops such a build; this is a backstop): its
             // build ends with its rows, so the builds after it go on.
             self.tables_built.remove(&stream);
-            let dropped = self
-                .node
-                .store_mut()
-                .write_conn()
-                .map_err(|e| e.to_string())
-                .and_then(|conn| crate::tables::drop_table(conn, &stream));
+            let dropped = write_tx(&mut self.node, |conn| {
+                crate::tables::drop_table(conn, &stream)
+            });
             if let Err(e) = dropped {
                 warn!(stream, error = %e, "dropping the build of a table no longer declared failed");
                 self.build_failed();
@@ -1872,16 +1859,11 @@ impl Driver {
             return;
         };
         let stats = self.table_stats.entry(strategy.as_str()).or_default();
-        let result = self
-            .node
-            .store_mut()
-            .write_conn()
-            .map_err(|e| e.to_string())
-            .and_then(|conn| {
-                crate::tables::atomically(conn, "table_build", |conn| {
-                    crate::tables::build_pass(conn, &stream, crate::tables::BUILD_PASS_KEYS, stats)
-                })
-            });
+        let result = write_tx(&mut self.node, |conn| {
+            crate::tables::atomically(conn, "table_build", |conn| {
+                crate::tables::build_pass(conn, &stream, crate::tables::BUILD_PASS_KEYS, stats)
+            })
+        });
         match result {
             Ok(Some(pass)) if pass.done => {
                 self.build_retry = ERASE_RETRY;
