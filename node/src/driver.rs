@@ -53,6 +53,38 @@ fn write_tx<T>(
 /// failed pass reloads the store's state from its rows, which must not happen every second.
 const ERASE_RETRY: Duration = Duration::from_secs(1);
 const ERASE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// When the next pass of a kind of background work (an erase's, a table build's) may run:
+/// after a failure none for a wait that doubles with each failure in a row.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    wait: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            until: Instant::now(),
+            wait: ERASE_RETRY,
+        }
+    }
+
+    fn ready(&self, now: Instant) -> bool {
+        now >= self.until
+    }
+
+    /// A pass failed: none for the current wait, the next wait doubled.
+    fn failed(&mut self) {
+        self.until = Instant::now() + self.wait;
+        self.wait = (self.wait * 2).min(ERASE_RETRY_MAX);
+    }
+
+    /// A pass held: the next failure waits the least again.
+    fn held(&mut self) {
+        self.wait = ERASE_RETRY;
+    }
+}
 /// Longest a pending erase waits for a pass while inputs keep coming: inputs go first,
 /// but an always busy node still gives the erase a pass this often.
 const ERASE_PASS_GAP_MAX: Duration = Duration::from_millis(250);
@@ -352,16 +384,11 @@ pub(crate) struct Driver {
     /// not covered by an erase rule, so `erase_covers` does not catch it). Emptied after
     /// each step's deliveries.
     erased_in_step: std::collections::HashSet<weft_fabric::EventId>,
-    /// No pass of a pending erase or a table build before this (after a pass failed).
-    erase_paused_until: Instant,
-    /// The wait after the next failed pass: doubled at each failure up to
-    /// [`ERASE_RETRY_MAX`], back to [`ERASE_RETRY`] after a pass that holds.
-    erase_retry: Duration,
-    /// The same two for table builds' passes.
-    build_paused_until: Instant,
-    build_retry: Duration,
+    /// When the next pass of a pending erase, and of a table build, may run.
+    erase_backoff: Backoff,
+    build_backoff: Backoff,
     /// When the last pass of a pending erase or a table build ended.
-    erase_last_pass: Instant,
+    background_last_pass: Instant,
     /// A table may be being built a pass at a time (`tables::build_pass`): set where a
     /// build may start, cleared when none is left.
     table_build_due: bool,
@@ -438,11 +465,9 @@ impl Driver {
             retention_clock: None,
             retention_clock_warned: false,
             erased_in_step: std::collections::HashSet::new(),
-            erase_paused_until: Instant::now(),
-            erase_retry: ERASE_RETRY,
-            build_paused_until: Instant::now(),
-            build_retry: ERASE_RETRY,
-            erase_last_pass: Instant::now(),
+            erase_backoff: Backoff::new(),
+            build_backoff: Backoff::new(),
+            background_last_pass: Instant::now(),
             table_build_due: true,
             retention_blocked: false,
             retract_tx: None,
@@ -611,11 +636,11 @@ impl Driver {
             // `ERASE_PASS_GAP_MAX` (it is not starved by a node that is always busy).
             // Likewise a pass of a table being built from the log.
             let now = Instant::now();
-            let erase_due = self.node.store().erasing() && now >= self.erase_paused_until;
-            let build_due = self.table_build_due && now >= self.build_paused_until;
+            let erase_due = self.node.store().erasing() && self.erase_backoff.ready(now);
+            let build_due = self.table_build_due && self.build_backoff.ready(now);
             let background = (erase_due || build_due)
                 && ((mesh_rx.is_empty() && cmd_rx.is_empty())
-                    || self.erase_last_pass.elapsed() >= ERASE_PASS_GAP_MAX);
+                    || self.background_last_pass.elapsed() >= ERASE_PASS_GAP_MAX);
             // Not biased: a flood of mesh input must not starve publishes and timers.
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -655,7 +680,7 @@ impl Driver {
                     } else {
                         self.table_build_pass();
                     }
-                    self.erase_last_pass = Instant::now();
+                    self.background_last_pass = Instant::now();
                     self.safe_point();
                 }
                 Some(done) = next_read(&mut read_done) => {
@@ -1762,10 +1787,8 @@ impl Driver {
         }
         self.metrics.erased.inc_by(erased.len() as u64);
         let what = target.to_string();
+        self.count_erases_pending();
         let removed = if pass.more {
-            self.metrics
-                .erases_pending
-                .set(self.node.store().erases_pending().len() as i64);
             info!(
                 erased = erased.len(),
                 "{what} erased in part; the rest is removed pass by pass, hidden from every read meanwhile"
@@ -1776,21 +1799,11 @@ impl Driver {
             )
         } else if was_pending {
             // This request finished an erase of the same target still being removed.
-            self.metrics
-                .erases_pending
-                .set(self.node.store().erases_pending().len() as i64);
             info!(
                 erased = erased.len(),
                 "{what} erased; it finishes the same erase still being removed"
             );
-            self.audit.record(entry(
-                Apply,
-                "erase_completed",
-                format!(
-                    "erase of {what} finished: {} stored events it covers removed in all",
-                    pass.removed
-                ),
-            ));
+            self.erase_completed(&entry, &format!("erase of {what}"), pass.removed, "");
             format!(
                 "{} stored events removed, finishing the same erase still being removed",
                 erased.len()
@@ -1809,20 +1822,6 @@ impl Driver {
         ));
     }
 
-    /// After a failed pass of an erase: no erase pass for `erase_retry`, which doubles for
-    /// the next failure.
-    fn pass_failed(&mut self) {
-        self.erase_paused_until = Instant::now() + self.erase_retry;
-        self.erase_retry = (self.erase_retry * 2).min(ERASE_RETRY_MAX);
-    }
-
-    /// After a failed pass of a table build: no build pass for `build_retry`, which
-    /// doubles for the next failure (erase passes go on).
-    fn build_failed(&mut self) {
-        self.build_paused_until = Instant::now() + self.build_retry;
-        self.build_retry = (self.build_retry * 2).min(ERASE_RETRY_MAX);
-    }
-
     /// One pass of a table being built from the log (`tables::build_pass`), between the
     /// driver's other inputs and in its write transaction; clears `table_build_due` when
     /// no build is left. A pass that fails changed nothing and is tried again after
@@ -1834,7 +1833,7 @@ impl Driver {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "looking for tables being built failed");
-                self.build_failed();
+                self.build_backoff.failed();
                 return;
             }
         };
@@ -1854,7 +1853,7 @@ impl Driver {
             });
             if let Err(e) = dropped {
                 warn!(stream, error = %e, "dropping the build of a table no longer declared failed");
-                self.build_failed();
+                self.build_backoff.failed();
             }
             return;
         };
@@ -1866,7 +1865,7 @@ impl Driver {
         });
         match result {
             Ok(Some(pass)) if pass.done => {
-                self.build_retry = ERASE_RETRY;
+                self.build_backoff.held();
                 self.tables_built.insert(stream.clone(), pass.strategy);
                 info!(
                     stream,
@@ -1875,7 +1874,7 @@ impl Driver {
                 );
             }
             Ok(Some(pass)) => {
-                self.build_retry = ERASE_RETRY;
+                self.build_backoff.held();
                 debug!(
                     stream,
                     keys = pass.keys,
@@ -1887,7 +1886,7 @@ impl Driver {
             Err(e) => {
                 self.metrics.reject("table_apply_failed");
                 warn!(stream, error = %e, "a pass of a table build failed; it is tried again");
-                self.build_failed();
+                self.build_backoff.failed();
             }
         }
     }
@@ -1898,29 +1897,22 @@ impl Driver {
     /// end is audited (`erase_completed`). A pass that fails changed nothing and is tried
     /// again after [`ERASE_RETRY`].
     fn erase_pass(&mut self) {
-        use crate::audit::Decision::Apply;
         let pass = match self.node.store_mut().erase_pass() {
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(e) => {
                 self.metrics.reject("erase_pass_failed");
-                warn!(error = %e, retry_s = self.erase_retry.as_secs(), "a pass of an erase failed; it is tried again (the rows it covers stay hidden)");
-                self.pass_failed();
+                warn!(error = %e, retry_s = self.erase_backoff.wait.as_secs(), "a pass of an erase failed; it is tried again (the rows it covers stay hidden)");
+                self.erase_backoff.failed();
                 return;
             }
         };
-        self.erase_retry = ERASE_RETRY;
-        let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
-        let entry = move |decision, reason: &str, message: String| {
-            crate::audit::Entry::now(decision, reason, epoch, message)
-                .stream(crate::erase::ERASE_STREAM.to_string())
-        };
+        self.erase_backoff.held();
+        let entry = self.erase_entry(crate::erase::ERASE_STREAM, None);
         let what = format!("erase of {}", pass.target);
         let tables_note = self.repair_tables_after_removal(&pass.events, None, &entry, &what);
         self.metrics.erased.inc_by(pass.events.len() as u64);
-        self.metrics
-            .erases_pending
-            .set(self.node.store().erases_pending().len() as i64);
+        self.count_erases_pending();
         debug!(
             erased = pass.events.len(),
             removed = pass.removed,
@@ -1930,16 +1922,34 @@ impl Driver {
         // A table whose repair failed was dropped: rebuilt now, not at the next timer.
         self.rebuild_late_tables();
         if !pass.more {
-            info!(removed = pass.removed, "{what} finished");
-            self.audit.record(entry(
-                Apply,
-                "erase_completed",
-                format!(
-                    "{what} finished: {} stored events it covers removed in all{tables_note}",
-                    pass.removed
-                ),
-            ));
+            self.erase_completed(&entry, &what, pass.removed, &tables_note);
         }
+    }
+
+    /// The end of an erase removed pass by pass: logged and audited (`erase_completed`).
+    fn erase_completed(
+        &mut self,
+        entry: &impl Fn(crate::audit::Decision, &str, String) -> crate::audit::Entry,
+        what: &str,
+        removed: u64,
+        tables_note: &str,
+    ) {
+        info!(removed, "{what} finished");
+        self.audit.record(entry(
+            crate::audit::Decision::Apply,
+            "erase_completed",
+            format!(
+                "{what} finished: {removed} stored events it covers removed in all{tables_note}"
+            ),
+        ));
+    }
+
+    /// `weft_erases_pending` after an erase or one of its passes (the status snapshot
+    /// counts them too, at its own pace).
+    fn count_erases_pending(&self) {
+        self.metrics
+            .erases_pending
+            .set(self.node.store().erases_pending().len() as i64);
     }
 
     /// Between two inputs of a step, where no delivery is half applied: commits when the
@@ -1989,12 +1999,25 @@ impl Driver {
         &self,
         event: &Event,
     ) -> impl Fn(crate::audit::Decision, &str, String) -> crate::audit::Entry + use<> {
+        self.erase_entry(event.stream().as_str(), Some(event.id().to_string()))
+    }
+
+    /// Audit entries about erasure on `stream` (about the event `id`, when one), under the
+    /// epoch in force.
+    fn erase_entry(
+        &self,
+        stream: &str,
+        id: Option<String>,
+    ) -> impl Fn(crate::audit::Decision, &str, String) -> crate::audit::Entry + use<> {
         let epoch = self.policy.as_ref().map_or(0, |(_, s)| s.epoch());
-        let (stream, id) = (event.stream().as_str().to_string(), event.id().to_string());
+        let stream = stream.to_string();
         move |decision, reason: &str, message: String| {
-            crate::audit::Entry::now(decision, reason, epoch, message)
-                .stream(stream.clone())
-                .event(id.clone())
+            let e =
+                crate::audit::Entry::now(decision, reason, epoch, message).stream(stream.clone());
+            match &id {
+                Some(id) => e.event(id.clone()),
+                None => e,
+            }
         }
     }
 
@@ -2133,18 +2156,15 @@ impl Driver {
         }
         self.table_build_due = true;
         let tables = self.tables.clone();
-        let conn = self
-            .node
-            .store_mut()
-            .write_conn()
-            .map_err(|e| e.to_string())?;
-        let failed = crate::tables::repair_streams(
-            conn,
-            &touched,
-            |name| tables.as_ref().and_then(|t| t.strategy(name)),
-            &mut self.tables_built,
-            &mut self.table_stats,
-        );
+        let failed = write_tx(&mut self.node, |conn| {
+            Ok(crate::tables::repair_streams(
+                conn,
+                &touched,
+                |name| tables.as_ref().and_then(|t| t.strategy(name)),
+                &mut self.tables_built,
+                &mut self.table_stats,
+            ))
+        })?;
         if failed.is_empty() {
             return Ok(());
         }
@@ -2453,9 +2473,7 @@ impl Driver {
         );
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
-        self.metrics
-            .erases_pending
-            .set(self.node.store().erases_pending().len() as i64);
+        self.count_erases_pending();
         self.metrics.members.set(self.members.len() as i64);
         self.snapshot.send_replace(Snapshot {
             members_up: self.members.len(),

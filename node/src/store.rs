@@ -2012,16 +2012,12 @@ impl SqliteStore {
             return Ok(None);
         };
         let result = self.in_savepoint("erase_pass", |s| {
-            let (events, after, more) =
-                s.erase_some(&pending.target, pending.hlc_max, pending.after)?;
-            let removed = pending.removed + events.len() as u64;
-            s.set_pending(&pending.target, pending.hlc_max, after, removed, more)?;
-            Ok(ErasedPass {
-                target: pending.target.clone(),
-                events,
-                removed,
-                more,
-            })
+            s.erase_after(
+                &pending.target,
+                pending.hlc_max,
+                pending.after,
+                pending.removed,
+            )
         });
         match result {
             Ok(pass) => {
@@ -2076,9 +2072,22 @@ impl SqliteStore {
             (Some(p), crate::erase::Target::Key { .. }) if p.hlc_max == bound => p.after,
             _ => (i64::MIN, i64::MIN),
         };
-        let (events, after, more) = self.erase_some(target, bound, start)?;
+        self.erase_after(target, bound, start, removed)
+    }
+
+    /// One pass of erase `target` (up to `hlc_max`) from after row `after`, `removed`
+    /// events removed before it: its rows erased ([`SqliteStore::erase_some`]) and where it
+    /// stands recorded ([`SqliteStore::set_pending`]).
+    fn erase_after(
+        &mut self,
+        target: &crate::erase::Target,
+        hlc_max: u64,
+        after: (i64, i64),
+        removed: u64,
+    ) -> Result<ErasedPass, StoreError> {
+        let (events, last, more) = self.erase_some(target, hlc_max, after)?;
         let removed = removed + events.len() as u64;
-        self.set_pending(target, bound, after, removed, more)?;
+        self.set_pending(target, hlc_max, last, removed, more)?;
         Ok(ErasedPass {
             target: target.clone(),
             events,

@@ -185,9 +185,7 @@ pub(crate) fn apply(
 ) -> Result<Applied, String> {
     let stream = event.stream().as_str();
     if !built_with(conn, stream, strategy, built)? {
-        if let Some((s, after)) = building(conn, stream)?
-            && s == strategy
-        {
+        if let Some(after) = building_with(conn, stream, strategy)? {
             // Being built a pass at a time: a key built already takes the write now; a
             // later key is built from the log at its pass, this write included.
             return match event.key() {
@@ -199,13 +197,8 @@ pub(crate) fn apply(
             };
         }
         // A new table, or a new strategy: built from the log, this event included (it was
-        // appended just before): a first pass now, the rest between the driver's other
-        // inputs.
-        start_build(conn, stream, strategy)?;
-        built.remove(stream);
-        if build_pass(conn, stream, BUILD_PASS_KEYS, stats)?.is_some_and(|p| p.done) {
-            built.insert(stream.to_string(), strategy);
-        }
+        // appended just before).
+        begin_build(conn, stream, strategy, built, stats)?;
         return Ok(Applied::Applied);
     }
     apply_one(conn, strategy, event, stats)
@@ -430,13 +423,12 @@ pub(crate) fn repair(
             );
             Ok(n)
         }
-        Some(t) if building(conn, name)?.is_some_and(|(s, _)| s == strategy) => {
+        Some(t) => match building_with(conn, name, strategy)? {
             // Being built a pass at a time: the keys built already are repaired; the
-            // others are built from the log as it is at their pass.
-            let after = building(conn, name)?.map(|(_, a)| a).unwrap_or_default();
-            // Each touched origin's applied number from the log as a whole (what the
-            // passes to come raise it to at most).
-            rebuild_keys(
+            // others are built from the log as it is at their pass. Each touched origin's
+            // applied number comes from the log as a whole (what the passes to come raise
+            // it to at most).
+            Some(after) => rebuild_keys(
                 conn,
                 strategy,
                 name,
@@ -446,19 +438,10 @@ pub(crate) fn repair(
                     .filter(|k| *k <= after.as_slice()),
                 &t.origins,
                 stats,
-            )
-        }
-        _ => {
-            // Built again from the log: a first pass now, the rest between the driver's
-            // other inputs (`build_pass`).
-            start_build(conn, name, strategy)?;
-            built.remove(name);
-            let pass = build_pass(conn, name, BUILD_PASS_KEYS, stats)?;
-            if pass.is_some_and(|p| p.done) {
-                built.insert(name.to_string(), strategy);
-            }
-            Ok(pass.map_or(0, |p| p.writes))
-        }
+            ),
+            None => begin_build(conn, name, strategy, built, stats),
+        },
+        None => begin_build(conn, name, strategy, built, stats),
     }
 }
 
@@ -678,6 +661,36 @@ fn building(conn: &Connection, stream: &str) -> Result<Option<(Strategy, Vec<u8>
             })
     })
     .transpose()
+}
+
+/// The last key built of `stream`'s table when it is being built with `strategy`.
+fn building_with(
+    conn: &Connection,
+    stream: &str,
+    strategy: Strategy,
+) -> Result<Option<Vec<u8>>, String> {
+    Ok(building(conn, stream)?
+        .filter(|(s, _)| *s == strategy)
+        .map(|(_, after)| after))
+}
+
+/// Starts building `stream`'s table under `strategy` ([`start_build`]) and runs its first
+/// pass now; the driver's passes do the rest (`Driver::table_build_pass`). `built` knows
+/// the table built only when that pass finished it. Returns the writes the pass applied.
+fn begin_build(
+    conn: &Connection,
+    stream: &str,
+    strategy: Strategy,
+    built: &mut BTreeMap<String, Strategy>,
+    stats: &mut ConflictStats,
+) -> Result<usize, String> {
+    start_build(conn, stream, strategy)?;
+    built.remove(stream);
+    let pass = build_pass(conn, stream, BUILD_PASS_KEYS, stats)?;
+    if pass.is_some_and(|p| p.done) {
+        built.insert(stream.to_string(), strategy);
+    }
+    Ok(pass.map_or(0, |p| p.writes))
 }
 
 /// The streams whose tables are being built a pass at a time ([`build_pass`]).
@@ -929,18 +942,13 @@ pub(crate) fn reconcile(
         }
         built.remove(&stream);
         match want {
-            Some(w) => {
-                start_build(conn, &stream, w)?;
-                let pass = build_pass(
-                    conn,
-                    &stream,
-                    BUILD_PASS_KEYS,
-                    stats.entry(w.as_str()).or_default(),
-                )?;
-                if pass.is_some_and(|p| p.done) {
-                    built.insert(stream.clone(), w);
-                }
-            }
+            Some(w) => drop(begin_build(
+                conn,
+                &stream,
+                w,
+                built,
+                stats.entry(w.as_str()).or_default(),
+            )?),
             None => drop_table(conn, &stream)?,
         }
         changed.push((stream, want));
