@@ -1860,18 +1860,26 @@ impl Driver {
         let stats = self.table_stats.entry(strategy.as_str()).or_default();
         let result = write_tx(&mut self.node, |conn| {
             crate::tables::atomically(conn, "table_build", |conn| {
-                crate::tables::build_pass(conn, &stream, crate::tables::BUILD_PASS_KEYS, stats)
+                crate::tables::build_pass(
+                    conn,
+                    &stream,
+                    crate::tables::BUILD_PASS_KEYS,
+                    crate::tables::BUILD_PASS_WRITES,
+                    stats,
+                )
             })
         });
         match result {
             Ok(Some(pass)) if pass.done => {
                 self.build_backoff.held();
                 self.tables_built.insert(stream.clone(), pass.strategy);
-                info!(
-                    stream,
-                    strategy = pass.strategy.as_str(),
-                    "table built pass by pass"
-                );
+                if pass.key.is_none() {
+                    info!(
+                        stream,
+                        strategy = pass.strategy.as_str(),
+                        "table built pass by pass"
+                    );
+                }
             }
             Ok(Some(pass)) => {
                 self.build_backoff.held();
