@@ -2479,6 +2479,15 @@ impl Driver {
             "store_erases_pending",
             self.node.store().erases_pending().len() as u64,
         );
+        match write_tx(&mut self.node, crate::tables::building_counts) {
+            Ok((tables, keys)) => {
+                stats.insert("tables_building", tables);
+                stats.insert("table_keys_building", keys);
+                self.metrics.tables_building.set(tables as i64);
+                self.metrics.table_keys_building.set(keys as i64);
+            }
+            Err(e) => debug!(error = %e, "counting the tables being built failed"),
+        }
         let stored = self.node.store().len();
         self.metrics.stored_events.set(stored as i64);
         self.count_erases_pending();

@@ -22,6 +22,10 @@ pub(crate) struct Metrics {
     /// Stored events removed by erase requests (`erase.rs`).
     pub(crate) erased: Counter,
     pub(crate) erases_pending: Gauge,
+    /// Tables being built from the log a pass at a time, and keys of tables rebuilt on
+    /// their own a pass at a time (`tables::build_pass`).
+    pub(crate) tables_building: Gauge,
+    pub(crate) table_keys_building: Gauge,
     /// Events received from peers that were new here.
     pub(crate) replicated_in: Counter,
     /// Events received from peers that were already here.
@@ -105,6 +109,8 @@ impl Metrics {
             deliveries: Counter::default(),
             erased: Counter::default(),
             erases_pending: Gauge::default(),
+            tables_building: Gauge::default(),
+            table_keys_building: Gauge::default(),
             replicated_in: Counter::default(),
             duplicates_in: Counter::default(),
             mesh_sent: Family::default(),
@@ -160,6 +166,16 @@ impl Metrics {
             "erases_pending",
             "Erases whose covered events are still being removed pass by pass (hidden from reads meanwhile)",
             m.erases_pending.clone(),
+        );
+        registry.register(
+            "tables_building",
+            "Tables being built from the log pass by pass (a new table or strategy; listings answer 503 meanwhile)",
+            m.tables_building.clone(),
+        );
+        registry.register(
+            "table_keys_building",
+            "Table keys of more writes than a pass rebuilt from the log pass by pass (after an erase, a late write or in a build; their table's listing answers 503 meanwhile)",
+            m.table_keys_building.clone(),
         );
         registry.register(
             "replicated_in",

@@ -882,6 +882,23 @@ fn begin_build(
     Ok(pass.map_or(0, |p| p.writes))
 }
 
+/// How many tables are being built a pass at a time ([`start_build`]) and how many keys
+/// rebuilt on their own ([`start_key_build`]).
+pub(crate) fn building_counts(conn: &Connection) -> Result<(u64, u64), String> {
+    conn.prepare_cached(
+        "SELECT (SELECT COUNT(*) FROM table_building), (SELECT COUNT(*) FROM table_key_building)",
+    )
+    .and_then(|mut s| {
+        s.query_row([], |r| {
+            Ok((
+                u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            ))
+        })
+    })
+    .map_err(backend)
+}
+
 /// The streams whose tables are being built a pass at a time ([`build_pass`]).
 pub(crate) fn builds(conn: &Connection) -> Result<Vec<String>, String> {
     conn.prepare_cached(
