@@ -662,3 +662,93 @@ fn an_erase_larger_than_a_pass_finishes_pass_by_pass_on_every_node() {
         }
     });
 }
+
+/// A principal erase reaching a key of more writes than a pass takes (2,100 puts by the
+/// admin to one key of an lww table, then 30 by alice, the last of hers the key's value):
+/// on every node the key is rebuilt on its own a pass at a time after the erase (logged),
+/// its value ends as the admin's last write, the status and gauges count no key left to
+/// build, and nothing of hers is left.
+#[test]
+fn an_erase_reaching_a_key_of_many_writes_rebuilds_it_pass_by_pass_on_every_node() {
+    rt().block_on(async {
+        let mut c = Cluster::new("erase-hot-key", 35, &three_regions()[..2], &extra());
+        c.start_all();
+        c.wait_meshed().await;
+        let admin = c.token.clone();
+        let batch = |who: &str, from: usize, n: usize| -> Vec<Value> {
+            (from..from + n)
+                .map(|j| {
+                    json!({"specversion": "1.0", "id": format!("{who}-{j}"), "source": "it",
+                        "type": "t", "subject": "hot", "datacontenttype": "application/json",
+                        "data": {"by": who, "n": j}})
+                })
+                .collect()
+        };
+        for from in (0..2_100).step_by(100) {
+            let (s, v) = c
+                .post_events(0, "kv.hot", "local", &admin, &batch("admin", from, 100))
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        let (s, v) = c
+            .post_events(1, "kv.hot", "local", ALICE_TOKEN, &batch("ALICE", 0, 30))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for i in 0..2 {
+            wait_for(Duration::from_secs(60), || async {
+                let (s, v) = get(&c, i, "/v1/tables/kv.hot/hot").await;
+                (s == 200 && v["value"] == json!({"by": "ALICE", "n": 29})).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never read alice's last write:\n{}", c.log(i)));
+            wait_for(Duration::from_secs(60), || async {
+                let (_, v) = get(&c, i, "/v1/status").await;
+                (v["stored_events"].as_u64()? >= 2_130).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} never stored the 2,130 writes:\n{}", c.log(i)));
+        }
+        let r = reqwest::Client::new()
+            .post(c.url(0, "/v1/erase"))
+            .bearer_auth(&admin)
+            .json(&json!({"principal": "alice"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        for i in 0..2 {
+            wait_for(Duration::from_secs(60), || async {
+                let (_, v) = get(&c, i, "/v1/status").await;
+                let stats = &v["stats"];
+                (stats["store_erased"] == 30
+                    && stats["store_erases_pending"] == 0
+                    && stats["table_keys_building"] == 0
+                    && stats["tables_building"] == 0)
+                    .then_some(())
+            })
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "node {i} never finished the erase and the key:\n{}",
+                    c.log(i)
+                )
+            });
+            assert!(
+                c.log(i)
+                    .contains("table key rebuilt from the log pass by pass"),
+                "node {i} rebuilt the key in one step:\n{}",
+                c.log(i)
+            );
+            assert_eq!(metric(&c, i, "weft_table_keys_building ").await, 0);
+            let (s, v) = get(&c, i, "/v1/tables/kv.hot/hot").await;
+            assert_eq!(
+                (s, &v["value"]),
+                (200, &json!({"by": "admin", "n": 2_099})),
+                "node {i}: {v}"
+            );
+            let (s, v) = get(&c, i, "/v1/tables/kv.hot").await;
+            assert_eq!(s, 200, "node {i}: the listing: {v}");
+            assert!(rows_with(&c, i, b"ALICE").is_empty(), "node {i} keeps hers");
+        }
+    });
+}
