@@ -2657,6 +2657,14 @@ mod tests {
             self.store.commit().unwrap();
         }
 
+        /// [`Replica::deliver`] without the commit (many writes, one commit).
+        fn deliver_uncommitted(&mut self, event: &Arc<Event>) {
+            assert_eq!(self.store.insert(event.clone()), Ok(Inserted::New));
+            self.store.append_log(event).unwrap();
+            let conn = self.store.write_conn().unwrap();
+            apply(conn, self.strategy, event, &mut self.stats, &mut self.built).unwrap();
+        }
+
         /// Applies an erase of `key` covering writes stamped up to `bound_ms`, as the
         /// driver's `apply_erase` does.
         fn erase(&mut self, key: &[u8], bound_ms: u64) {
@@ -3465,10 +3473,7 @@ replication = "all"
                     T0 + i,
                     &op(Strategy::Lww, 1),
                 );
-                assert_eq!(r.store.insert(w.clone()), Ok(Inserted::New));
-                r.store.append_log(&w).unwrap();
-                let conn = r.store.write_conn().unwrap();
-                apply(conn, r.strategy, &w, &mut r.stats, &mut r.built).unwrap();
+                r.deliver_uncommitted(&w);
                 if i % 1000 == 999 {
                     r.store.commit().unwrap();
                 }
@@ -3558,10 +3563,7 @@ replication = "all"
                     ));
                 }
                 for w in batch {
-                    assert_eq!(r.store.insert(w.clone()), Ok(Inserted::New));
-                    r.store.append_log(&w).unwrap();
-                    let conn = r.store.write_conn().unwrap();
-                    apply(conn, r.strategy, &w, &mut r.stats, &mut r.built).unwrap();
+                    r.deliver_uncommitted(&w);
                 }
                 if i % 1000 == 999 {
                     r.store.commit().unwrap();
@@ -3637,10 +3639,7 @@ replication = "all"
         let fill = || {
             let mut r = Replica::new(Strategy::Counter);
             for (i, w) in events.iter().enumerate() {
-                r.store.insert(w.clone()).unwrap();
-                r.store.append_log(w).unwrap();
-                let conn = r.store.write_conn().unwrap();
-                apply(conn, r.strategy, w, &mut r.stats, &mut r.built).unwrap();
+                r.deliver_uncommitted(w);
                 if i % 1000 == 999 {
                     r.store.commit().unwrap();
                 }
@@ -3729,6 +3728,75 @@ replication = "all"
         assert_eq!(digests[0], digests[1]);
     }
 
+    /// Two replicas given the same writes as they are made: `steady` applies each as it
+    /// comes under `strategy`; `r` is the one a test builds or rebuilds.
+    struct Twins {
+        steady: Replica,
+        r: Replica,
+        strategy: Strategy,
+        seqs: [u64; 4],
+        at: u64,
+    }
+
+    impl Twins {
+        /// `r` holding its table under `before` (another strategy for a build).
+        fn new(strategy: Strategy, before: Strategy) -> Self {
+            Twins {
+                steady: Replica::new(strategy),
+                r: Replica::new(before),
+                strategy,
+                seqs: [0; 4],
+                at: T0,
+            }
+        }
+
+        /// The next write of producer `signer` (1 to 3) to `key`, delivered to both.
+        fn write(&mut self, signer: u8, key: &[u8]) {
+            self.seqs[usize::from(signer)] += 1;
+            self.at += 1;
+            let w = write(
+                signer,
+                self.seqs[usize::from(signer)],
+                key,
+                self.at,
+                &op(self.strategy, u8::try_from(self.at % 200).unwrap()),
+            );
+            self.steady.deliver(&w);
+            self.r.deliver(&w);
+        }
+
+        /// `r`'s table built again from its first key under `strategy`, as `reconcile`
+        /// starts a build for a new strategy.
+        fn start_build(&mut self) {
+            let conn = self.r.store.write_conn().unwrap();
+            start_build(conn, STREAM, self.strategy).unwrap();
+            self.r.built.remove(STREAM);
+            self.r.strategy = self.strategy;
+            self.r.store.commit().unwrap();
+        }
+
+        /// `key` reads on `r` (replayed where it is not built) as on `steady`.
+        fn same(&mut self, key: &[u8], when: &str) {
+            assert_eq!(
+                self.r.key_seen_by(None, key),
+                self.steady.key(key),
+                "{:?}: key {} {when}",
+                self.strategy,
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    /// The strategy a test builds `strategy`'s table from: the other of lww and
+    /// multi-value (they take the same puts), else the same.
+    fn built_from(strategy: Strategy) -> Strategy {
+        match strategy {
+            Strategy::Lww => Strategy::MultiValue,
+            Strategy::MultiValue => Strategy::Lww,
+            other => other,
+        }
+    }
+
     /// A table built again pass by pass (a strategy change where the operations allow
     /// one: lww and multi-value take the same puts) while writes keep coming, to keys the
     /// build has reached, to keys it has not, and to new keys on either side of it: after
@@ -3738,100 +3806,52 @@ replication = "all"
     #[test]
     fn a_table_built_pass_by_pass_reads_and_ends_as_one_built_as_writes_came() {
         for strategy in STRATEGIES {
-            let before = match strategy {
-                Strategy::Lww => Strategy::MultiValue,
-                Strategy::MultiValue => Strategy::Lww,
-                other => other,
-            };
-            let mut steady = Replica::new(strategy);
-            let mut built = Replica::new(before);
-            let mut seqs = [0u64; 4];
-            let mut at = T0;
-            let mut write = |steady: &mut Replica, built: &mut Replica, signer: u8, key: &[u8]| {
-                seqs[usize::from(signer)] += 1;
-                at += 1;
-                let w = write_by(
-                    signer,
-                    seqs[usize::from(signer)],
-                    key,
-                    at,
-                    &op(strategy, u8::try_from(at % 200).unwrap()),
-                    ("acme", "internal", "app"),
-                );
-                steady.deliver(&w);
-                built.deliver(&w);
-            };
+            let mut t = Twins::new(strategy, built_from(strategy));
             let keys: Vec<Vec<u8>> = (0..20u8).map(|k| format!("k{k:02}").into_bytes()).collect();
             for (i, k) in keys.iter().enumerate() {
                 for signer in 1..=3u8 {
                     if (i + usize::from(signer)) % 2 == 0 || signer == 1 {
-                        write(&mut steady, &mut built, signer, k);
+                        t.write(signer, k);
                     }
                 }
             }
-            // A build from the first key, as `reconcile` starts one for a new strategy.
-            {
-                let conn = built.store.write_conn().unwrap();
-                start_build(conn, STREAM, strategy).unwrap();
-                built.built.remove(STREAM);
-                built.strategy = strategy;
-                built.store.commit().unwrap();
-            }
+            t.start_build();
             let mut passes = 0;
             loop {
-                let conn = built.store.write_conn().unwrap();
-                let pass = build_pass(conn, STREAM, 3, BUILD_PASS_WRITES, &mut built.stats)
+                let conn = t.r.store.write_conn().unwrap();
+                let pass = build_pass(conn, STREAM, 3, BUILD_PASS_WRITES, &mut t.r.stats)
                     .unwrap()
                     .unwrap();
-                built.store.commit().unwrap();
+                t.r.store.commit().unwrap();
                 passes += 1;
-                assert!(pass.writes <= BUILD_PASS_WRITES || pass.keys == 1);
+                assert!(pass.writes <= BUILD_PASS_WRITES);
                 if pass.done {
                     assert_eq!(pass.strategy, strategy);
-                    built.built.insert(STREAM.into(), strategy);
+                    t.r.built.insert(STREAM.into(), strategy);
                     break;
                 }
-                assert!(builds(built.store.write_conn().unwrap()).unwrap() == [STREAM]);
+                assert!(builds(t.r.store.write_conn().unwrap()).unwrap() == [STREAM]);
                 // Writes while the build goes on: a key it reached, one it has not, new
                 // keys before and after all the others.
-                write(&mut steady, &mut built, 2, b"k00");
-                write(&mut steady, &mut built, 3, b"k19");
-                write(
-                    &mut steady,
-                    &mut built,
-                    1,
-                    format!("n{passes:02}").as_bytes(),
-                );
-                write(
-                    &mut steady,
-                    &mut built,
-                    2,
-                    format!("a{passes:02}").as_bytes(),
-                );
+                t.write(2, b"k00");
+                t.write(3, b"k19");
+                t.write(1, format!("n{passes:02}").as_bytes());
+                t.write(2, format!("a{passes:02}").as_bytes());
                 for k in keys
                     .iter()
                     .cloned()
                     .chain([b"n01".to_vec(), b"a01".to_vec()])
                 {
-                    assert_eq!(
-                        built.key_seen_by(None, &k),
-                        steady.key(&k),
-                        "{strategy:?}: key {} after pass {passes}",
-                        String::from_utf8_lossy(&k)
-                    );
+                    t.same(&k, &format!("after pass {passes}"));
                 }
             }
             // 20 keys and one new key a pass, three a pass.
             assert!(passes >= 8, "{strategy:?}: {passes} passes");
-            assert!(
-                builds(built.store.write_conn().unwrap())
-                    .unwrap()
-                    .is_empty()
-            );
-            assert_eq!(built.digest(), steady.digest(), "{strategy:?}");
+            assert!(builds(t.r.store.write_conn().unwrap()).unwrap().is_empty());
+            assert_eq!(t.r.digest(), t.steady.digest(), "{strategy:?}");
             // And after the build, writes take the usual path with its duplicate guard.
-            write(&mut steady, &mut built, 1, b"k05");
-            assert_eq!(built.digest(), steady.digest(), "{strategy:?}");
+            t.write(1, b"k05");
+            assert_eq!(t.r.digest(), t.steady.digest(), "{strategy:?}");
         }
     }
 
@@ -3888,47 +3908,27 @@ replication = "all"
     #[test]
     fn a_key_rebuilt_pass_by_pass_reads_and_ends_as_one_never_rebuilt() {
         for strategy in STRATEGIES {
-            let mut steady = Replica::new(strategy);
-            let mut r = Replica::new(strategy);
-            let mut seqs = [0u64; 4];
-            let mut at = T0;
-            let mut write = |steady: &mut Replica, r: &mut Replica, signer: u8, key: &[u8]| {
-                seqs[usize::from(signer)] += 1;
-                at += 1;
-                let w = write(
-                    signer,
-                    seqs[usize::from(signer)],
-                    key,
-                    at,
-                    &op(strategy, u8::try_from(at % 200).unwrap()),
-                );
-                steady.deliver(&w);
-                r.deliver(&w);
-            };
+            let mut t = Twins::new(strategy, strategy);
             for i in 0..30 {
-                write(&mut steady, &mut r, 1 + i % 3, b"hot");
+                t.write(1 + i % 3, b"hot");
             }
-            write(&mut steady, &mut r, 2, b"a");
-            write(&mut steady, &mut r, 3, b"z");
+            t.write(2, b"a");
+            t.write(3, b"z");
             {
-                let conn = r.store.write_conn().unwrap();
+                let conn = t.r.store.write_conn().unwrap();
                 start_key_build(conn, STREAM, b"hot").unwrap();
                 assert_eq!(builds(conn).unwrap(), [STREAM]);
-                r.store.commit().unwrap();
+                t.r.store.commit().unwrap();
             }
-            assert_eq!(r.key(b"hot"), None, "{strategy:?}: the row went");
-            assert_eq!(
-                r.key_seen_by(None, b"hot"),
-                steady.key(b"hot"),
-                "{strategy:?}"
-            );
+            assert_eq!(t.r.key(b"hot"), None, "{strategy:?}: the row went");
+            t.same(b"hot", "once started");
             let mut passes = 0;
             loop {
-                let conn = r.store.write_conn().unwrap();
-                let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, 4, &mut r.stats)
+                let conn = t.r.store.write_conn().unwrap();
+                let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, 4, &mut t.r.stats)
                     .unwrap()
                     .unwrap();
-                r.store.commit().unwrap();
+                t.r.store.commit().unwrap();
                 passes += 1;
                 assert!(passes < 100, "{strategy:?}: the key's build never ends");
                 assert_eq!(pass.key.as_deref(), Some(&b"hot"[..]), "{strategy:?}");
@@ -3940,30 +3940,33 @@ replication = "all"
                 // Every origin, so some land before the cursor and some after it.
                 for signer in 1..=3 {
                     if (passes + usize::from(signer)) % 2 == 0 {
-                        write(&mut steady, &mut r, signer, b"hot");
+                        t.write(signer, b"hot");
                     }
                 }
-                write(&mut steady, &mut r, 2, b"a");
+                t.write(2, b"a");
                 for k in [&b"hot"[..], b"a", b"z"] {
-                    assert_eq!(
-                        r.key_seen_by(None, k),
-                        steady.key(k),
-                        "{strategy:?}: key {} after pass {passes}",
-                        String::from_utf8_lossy(k)
-                    );
+                    t.same(k, &format!("after pass {passes}"));
                 }
-                let conn = r.store.write_conn().unwrap();
+                let conn = t.r.store.write_conn().unwrap();
                 assert!(next_key_build(conn, STREAM).unwrap().is_some());
             }
             assert!(
                 passes >= 8,
                 "{strategy:?}: {passes} passes of 4 of 30 writes and more"
             );
-            assert!(builds(r.store.write_conn().unwrap()).unwrap().is_empty());
-            assert_eq!(r.key(b"hot"), steady.key(b"hot"), "{strategy:?}: the row");
-            assert_eq!(r.digest(), steady.digest(), "{strategy:?}");
-            write(&mut steady, &mut r, 1, b"hot");
-            assert_eq!(r.digest(), steady.digest(), "{strategy:?}: a write after");
+            assert!(builds(t.r.store.write_conn().unwrap()).unwrap().is_empty());
+            assert_eq!(
+                t.r.key(b"hot"),
+                t.steady.key(b"hot"),
+                "{strategy:?}: the row"
+            );
+            assert_eq!(t.r.digest(), t.steady.digest(), "{strategy:?}");
+            t.write(1, b"hot");
+            assert_eq!(
+                t.r.digest(),
+                t.steady.digest(),
+                "{strategy:?}: a write after"
+            );
         }
     }
 
@@ -3972,48 +3975,21 @@ replication = "all"
     #[test]
     fn a_build_that_meets_a_large_key_rebuilds_it_on_its_own_and_goes_on() {
         for strategy in STRATEGIES {
-            let before = match strategy {
-                Strategy::Lww => Strategy::MultiValue,
-                Strategy::MultiValue => Strategy::Lww,
-                other => other,
-            };
-            let mut steady = Replica::new(strategy);
-            let mut built = Replica::new(before);
-            let mut seqs = [0u64; 4];
-            let mut at = T0;
-            let mut write = |steady: &mut Replica, built: &mut Replica, signer: u8, key: &[u8]| {
-                seqs[usize::from(signer)] += 1;
-                at += 1;
-                let w = write(
-                    signer,
-                    seqs[usize::from(signer)],
-                    key,
-                    at,
-                    &op(strategy, u8::try_from(at % 200).unwrap()),
-                );
-                steady.deliver(&w);
-                built.deliver(&w);
-            };
+            let mut t = Twins::new(strategy, built_from(strategy));
             for k in [&b"a"[..], b"b", b"m", b"y"] {
-                write(&mut steady, &mut built, 1, k);
+                t.write(1, k);
             }
             for i in 0..20 {
-                write(&mut steady, &mut built, 1 + i % 3, b"hot");
+                t.write(1 + i % 3, b"hot");
             }
-            {
-                let conn = built.store.write_conn().unwrap();
-                start_build(conn, STREAM, strategy).unwrap();
-                built.built.remove(STREAM);
-                built.strategy = strategy;
-                built.store.commit().unwrap();
-            }
+            t.start_build();
             let (mut passes, mut on_its_own) = (0, 0);
             loop {
-                let conn = built.store.write_conn().unwrap();
-                let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, 6, &mut built.stats)
+                let conn = t.r.store.write_conn().unwrap();
+                let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, 6, &mut t.r.stats)
                     .unwrap()
                     .unwrap();
-                built.store.commit().unwrap();
+                t.r.store.commit().unwrap();
                 passes += 1;
                 assert!(passes < 100, "{strategy:?}: the build never ends");
                 assert!(pass.writes <= 6, "{strategy:?}: {} writes", pass.writes);
@@ -4025,25 +4001,20 @@ replication = "all"
                     assert_eq!(pass.key, None, "{strategy:?}: the table's pass ends it");
                     break;
                 }
-                write(&mut steady, &mut built, 2, b"hot");
-                write(&mut steady, &mut built, 3, b"b");
-                write(&mut steady, &mut built, 1, b"y");
+                t.write(2, b"hot");
+                t.write(3, b"b");
+                t.write(1, b"y");
                 for k in [&b"a"[..], b"b", b"hot", b"m", b"y"] {
-                    assert_eq!(
-                        built.key_seen_by(None, k),
-                        steady.key(k),
-                        "{strategy:?}: key {} after pass {passes}",
-                        String::from_utf8_lossy(k)
-                    );
+                    t.same(k, &format!("after pass {passes}"));
                 }
             }
             assert!(
                 on_its_own >= 4,
                 "{strategy:?}: {on_its_own} passes over the key"
             );
-            built.built.insert(STREAM.into(), strategy);
-            assert_eq!(built.digest(), steady.digest(), "{strategy:?}");
-            assert_eq!(built.key(b"hot"), steady.key(b"hot"), "{strategy:?}");
+            t.r.built.insert(STREAM.into(), strategy);
+            assert_eq!(t.r.digest(), t.steady.digest(), "{strategy:?}");
+            assert_eq!(t.r.key(b"hot"), t.steady.key(b"hot"), "{strategy:?}");
         }
     }
 
@@ -4069,17 +4040,9 @@ replication = "all"
             let mut in_order = Replica::new(strategy);
             let mut r = Replica::new(strategy);
             for (i, w) in writes.iter().enumerate() {
-                let (conn, applied) = (&mut in_order, true);
-                let _ = applied;
-                conn.store.insert(w.clone()).unwrap();
-                conn.store.append_log(w).unwrap();
-                let c = conn.store.write_conn().unwrap();
-                apply(c, strategy, w, &mut conn.stats, &mut conn.built).unwrap();
+                in_order.deliver_uncommitted(w);
                 if i != 10 {
-                    r.store.insert(w.clone()).unwrap();
-                    r.store.append_log(w).unwrap();
-                    let c = r.store.write_conn().unwrap();
-                    apply(c, strategy, w, &mut r.stats, &mut r.built).unwrap();
+                    r.deliver_uncommitted(w);
                 }
             }
             in_order.store.commit().unwrap();
