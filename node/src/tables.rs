@@ -1755,34 +1755,29 @@ fn visible_state(
     if state.is_none() && !unbuilt {
         return Ok(state);
     }
-    if let Some(cursor) = cursor.filter(|_| !table_unbuilt && matches!(vis, Visibility::All)) {
-        if !key_erasing(conn, stream.as_str(), key)? {
-            let mut state = state;
-            let mut stats = ConflictStats::default();
-            for_each_log_write(
-                conn,
-                stream.as_str(),
-                Writes::KeyAfter {
-                    key,
-                    origin: &cursor.origin,
-                    seq: cursor.seq,
-                    limit: i64::MAX,
-                },
-                |_| true,
-                |event| {
-                    if let Some(op) = op_of(event, &mut stats) {
-                        table::apply_key(
-                            strategy,
-                            &mut state,
-                            &write_of(event, key, &op),
-                            &mut stats,
-                        );
-                    }
-                    Ok(())
-                },
-            )?;
-            return Ok(state);
-        }
+    if let Some(cursor) = cursor.filter(|_| !table_unbuilt && matches!(vis, Visibility::All))
+        && !key_erasing(conn, stream.as_str(), key)?
+    {
+        let mut state = state;
+        let mut stats = ConflictStats::default();
+        for_each_log_write(
+            conn,
+            stream.as_str(),
+            Writes::KeyAfter {
+                key,
+                origin: &cursor.origin,
+                seq: cursor.seq,
+                limit: i64::MAX,
+            },
+            |_| true,
+            |event| {
+                if let Some(op) = op_of(event, &mut stats) {
+                    table::apply_key(strategy, &mut state, &write_of(event, key, &op), &mut stats);
+                }
+                Ok(())
+            },
+        )?;
+        return Ok(state);
     }
     // A row an erase still being removed has not repaired yet may hold what a covered
     // write set: replayed from the writes the erase leaves (`store::not_erasing!`).
