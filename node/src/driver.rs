@@ -387,6 +387,8 @@ pub(crate) struct Driver {
     /// When the next pass of a pending erase, and of a table build, may run.
     erase_backoff: Backoff,
     build_backoff: Backoff,
+    /// The stream the last table build pass went to (`Driver::table_build_pass`).
+    build_last: Option<String>,
     /// When the last pass of a pending erase or a table build ended.
     background_last_pass: Instant,
     /// A table may be being built a pass at a time (`tables::build_pass`): set where a
@@ -467,6 +469,7 @@ impl Driver {
             erased_in_step: std::collections::HashSet::new(),
             erase_backoff: Backoff::new(),
             build_backoff: Backoff::new(),
+            build_last: None,
             background_last_pass: Instant::now(),
             table_build_due: true,
             retention_blocked: false,
@@ -1698,7 +1701,7 @@ impl Driver {
                     .entry(event.stream().clone())
                     .or_insert_with(|| Some(crate::tables::Touched::default()));
                 if let (Some(t), Some(key)) = (touched, event.key()) {
-                    t.add(key, event.origin());
+                    t.add(key, event.origin(), event.seq());
                 }
             }
             Err(e) => {
@@ -1837,10 +1840,18 @@ impl Driver {
                 return;
             }
         };
-        let Some(stream) = streams.into_iter().next() else {
+        // The streams in turn, so that a key rebuilt again and again (late writes before
+        // its cursor) does not hold back the builds of other tables.
+        let next = streams
+            .iter()
+            .find(|s| self.build_last.as_ref().is_none_or(|last| *s > last))
+            .or(streams.first())
+            .cloned();
+        let Some(stream) = next else {
             self.table_build_due = false;
             return;
         };
+        self.build_last = Some(stream.clone());
         let strategy = weft_fabric::StreamName::new(stream.as_str())
             .ok()
             .and_then(|name| tables.as_ref().and_then(|t| t.strategy(&name)));
@@ -2153,7 +2164,7 @@ impl Driver {
                 touched
                     .entry(e.stream.clone())
                     .or_default()
-                    .add(key, e.origin);
+                    .add(key, e.origin, e.seq);
             }
         }
         if let Some((stream, key)) = also {

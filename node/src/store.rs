@@ -692,8 +692,10 @@ type SomeErased = (Vec<ErasedEvent>, (i64, i64), bool);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ErasedEvent {
     pub(crate) id: weft_fabric::EventId,
-    /// Its producer (what it wrote to a table is recomputed: `tables::rebuild_keys`).
+    /// Its producer and number (what it wrote to a table is recomputed:
+    /// `tables::rebuild_keys`).
     pub(crate) origin: OriginKey,
+    pub(crate) seq: u64,
     pub(crate) stream: String,
     pub(crate) key: Option<Vec<u8>>,
 }
@@ -2287,6 +2289,7 @@ impl SqliteStore {
         Ok(ErasedEvent {
             id: weft_fabric::EventId(key32(id, "id")?),
             origin: origin_key,
+            seq: seq_u,
             stream,
             key,
         })

@@ -345,25 +345,30 @@ fn write_of<'a>(event: &Event, key: &'a [u8], op: &'a Op) -> Write<'a> {
 /// [`rebuild`]. A key with more writes than a pass takes, or past the step's
 /// [`REPAIR_STEP_WRITES`], is finished a pass at a time ([`start_key_build`]).
 /// Returns how many writes were applied again.
-fn rebuild_keys<'k>(
+fn rebuild_keys(
     conn: &Connection,
     strategy: Strategy,
     stream: &str,
-    keys: impl IntoIterator<Item = &'k [u8]>,
-    origins: impl IntoIterator<Item = &'k OriginKey>,
+    touched: &Touched,
+    keys: impl Fn(&[u8]) -> bool,
     stats: &mut ConflictStats,
 ) -> Result<usize, String> {
     let mut n = 0;
-    for key in keys {
+    for key in touched.keys.iter().map(Vec::as_slice).filter(|k| keys(k)) {
+        // A key being rebuilt pass by pass goes on where it is when every change comes
+        // after the place its passes reached; otherwise it starts again.
+        if key_building(conn, stream, key)?.is_some_and(|c| touched.all_after(key, &c)) {
+            continue;
+        }
         // Its row goes and is built again from its first write: now, up to a pass's
         // writes within what is left of the step's; the rest a pass at a time.
         start_key_build(conn, stream, key)?;
         let budget = REPAIR_STEP_WRITES.saturating_sub(n).min(BUILD_PASS_WRITES);
         if budget > 0 {
-            n += key_build_pass(conn, strategy, stream, key, budget, stats)?.0;
+            n += key_build_pass(conn, strategy, stream, key, budget, stats)?.writes;
         }
     }
-    for origin in origins {
+    for origin in &touched.origins {
         conn.prepare_cached("DELETE FROM table_applied WHERE stream = ?1 AND origin = ?2")
             .and_then(|mut s| s.execute(params![stream, &origin.0[..]]))
             .map_err(backend)?;
@@ -385,25 +390,48 @@ fn rebuild_keys<'k>(
 }
 
 /// What changed in the log under a table: the keys whose writes changed and the origins
-/// that wrote them ([`rebuild_keys`]' input, gathered by the driver over a step).
+/// that wrote them ([`rebuild_keys`]' input, gathered by the driver over a step), with the
+/// earliest write touched of each key in per-origin order where every one is known.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Touched {
     pub(crate) keys: BTreeSet<Vec<u8>>,
     pub(crate) origins: BTreeSet<OriginKey>,
+    /// Per key, the least (origin, number) of the writes added or removed; `None` when
+    /// some change to the key is not a known write (the whole key).
+    first: BTreeMap<Vec<u8>, Option<(OriginKey, u64)>>,
 }
 
 impl Touched {
-    /// A write to `key` by `origin` was added to or removed from the log.
-    pub(crate) fn add(&mut self, key: &[u8], origin: OriginKey) {
-        self.add_key(key);
+    /// Write `seq` of `origin` to `key` was added to or removed from the log.
+    pub(crate) fn add(&mut self, key: &[u8], origin: OriginKey, seq: u64) {
+        self.keys.insert(key.to_vec());
         self.origins.insert(origin);
+        let dot = (origin, seq);
+        match self.first.get_mut(key) {
+            Some(Some(first)) if dot < *first => *first = dot,
+            Some(_) => {}
+            None => {
+                self.first.insert(key.to_vec(), Some(dot));
+            }
+        }
     }
 
     /// `key`'s row is to be rebuilt, whoever wrote to it.
     pub(crate) fn add_key(&mut self, key: &[u8]) {
-        if !self.keys.contains(key) {
-            self.keys.insert(key.to_vec());
-        }
+        self.keys.insert(key.to_vec());
+        self.first.insert(key.to_vec(), None);
+    }
+
+    /// Whether the changes to `key` all come after `cursor`, the place a key being rebuilt
+    /// pass by pass has reached: its row holds none of them, and the passes to come read
+    /// the log as it is now, so it need not start again.
+    fn all_after(&self, key: &[u8], cursor: &KeyCursor) -> bool {
+        self.first.get(key).is_some_and(|first| {
+            first.is_some_and(|(origin, seq)| {
+                let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+                (&origin.0[..], seq) > (cursor.origin.as_slice(), cursor.seq)
+            })
+        })
     }
 }
 
@@ -429,14 +457,7 @@ pub(crate) fn repair(
     };
     match touched {
         Some(t) if built_with(conn, name, strategy, built)? => {
-            let n = rebuild_keys(
-                conn,
-                strategy,
-                name,
-                t.keys.iter().map(Vec::as_slice),
-                &t.origins,
-                stats,
-            )?;
+            let n = rebuild_keys(conn, strategy, name, t, |_| true, stats)?;
             tracing::info!(
                 stream = name,
                 keys = t.keys.len(),
@@ -450,17 +471,7 @@ pub(crate) fn repair(
             // others are built from the log as it is at their pass. Each touched origin's
             // applied number comes from the log as a whole (what the passes to come raise
             // it to at most).
-            Some(after) => rebuild_keys(
-                conn,
-                strategy,
-                name,
-                t.keys
-                    .iter()
-                    .map(Vec::as_slice)
-                    .filter(|k| *k <= after.as_slice()),
-                &t.origins,
-                stats,
-            ),
+            Some(after) => rebuild_keys(conn, strategy, name, t, |k| k <= after.as_slice(), stats),
             None => begin_build(conn, name, strategy, built, stats),
         },
         None => begin_build(conn, name, strategy, built, stats),
@@ -748,10 +759,22 @@ fn key_build_pass(
     key: &[u8],
     writes_max: usize,
     stats: &mut ConflictStats,
-) -> Result<(usize, bool), String> {
+) -> Result<KeyPass, String> {
     let Some(cursor) = key_building(conn, stream, key)? else {
-        return Ok((0, true));
+        return Ok(KeyPass {
+            writes: 0,
+            done: true,
+            resumed: false,
+        });
     };
+    let resumed = !cursor.origin.is_empty();
+    if writes_max == 0 {
+        return Ok(KeyPass {
+            writes: 0,
+            done: false,
+            resumed,
+        });
+    }
     let limit = i64::try_from(writes_max).unwrap_or(i64::MAX);
     let mut last: Option<(OriginKey, u64)> = None;
     let mut newest: BTreeMap<OriginKey, u64> = BTreeMap::new();
@@ -792,7 +815,21 @@ fn key_build_pass(
                 .map_err(backend)?;
         }
     }
-    Ok((n, done))
+    Ok(KeyPass {
+        writes: n,
+        done,
+        resumed,
+    })
+}
+
+/// What one [`key_build_pass`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyPass {
+    writes: usize,
+    /// The key is built (its build row gone).
+    done: bool,
+    /// An earlier pass had applied some of its writes.
+    resumed: bool,
 }
 
 /// Applies a delivered write to its key's row ([`apply_write`]), unless the key is being
@@ -999,17 +1036,31 @@ pub(crate) fn build_pass(
                 }
             },
         };
-        let (writes, key_done) = key_build_pass(conn, strategy, stream, &key, writes_max, stats)?;
-        if key_done {
-            tracing::info!(
-                stream,
-                key = %String::from_utf8_lossy(&key),
-                "table key rebuilt from the log pass by pass"
-            );
+        // As many keys as the pass's writes allow (a repair leaves many small keys to the
+        // passes when it reached its step's budget).
+        let (mut writes, mut keys, mut key) = (0, 0, key);
+        loop {
+            let pass = key_build_pass(conn, strategy, stream, &key, writes_max - writes, stats)?;
+            writes += pass.writes;
+            if !pass.done {
+                break;
+            }
+            keys += 1;
+            if pass.resumed {
+                tracing::info!(
+                    stream,
+                    key = %String::from_utf8_lossy(&key),
+                    "table key rebuilt from the log pass by pass"
+                );
+            }
+            match next_key_build(conn, stream)? {
+                Some(next) if writes < writes_max => key = next,
+                _ => break,
+            }
         }
         return Ok(Some(BuildPass {
             strategy,
-            keys: usize::from(key_done),
+            keys,
             writes,
             done: table.is_none() && next_key_build(conn, stream)?.is_none(),
             key: Some(key),
@@ -1018,39 +1069,30 @@ pub(crate) fn build_pass(
     let Some((strategy, after)) = table else {
         return Ok(None);
     };
-    let limit = i64::try_from(keys_max).unwrap_or(i64::MAX);
-    // The next keys with their writes stored (counted in the index alone), taken while
-    // the pass stays within `writes_max` writes. A key with more writes than that is
-    // rebuilt on its own a pass at a time ([`start_key_build`]) when it comes first.
-    let counted: Vec<(Vec<u8>, usize)> = conn
-        .prepare_cached(
-            "SELECT e.key, COUNT(*) FROM events e INDEXED BY events_stream_key
-             WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key > ?2
-             GROUP BY e.key ORDER BY e.key LIMIT ?3",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![stream, after, limit], |r| {
-                Ok((
-                    r.get(0)?,
-                    usize::try_from(r.get::<_, i64>(1)?).unwrap_or(usize::MAX),
-                ))
-            })?
-            .collect()
-        })
-        .map_err(backend)?;
-    let mut done = counted.len() < keys_max;
-    let mut keys = Vec::with_capacity(counted.len());
+    // The next keys with their writes stored, taken while the pass stays within
+    // `writes_max` writes, each counted in the index only as far as that decides (a key of
+    // a million writes is not counted whole at every pass that looks at it). A key with
+    // more writes than a pass takes is rebuilt on its own a pass at a time
+    // ([`start_key_build`]) when it comes first.
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut writes_in = 0usize;
-    for (key, n) in counted {
+    let mut done = false;
+    while keys.len() < keys_max {
+        let from = keys.last().unwrap_or(&after);
+        let Some(key) = next_stored_key(conn, stream, from)? else {
+            done = true;
+            break;
+        };
+        let room = writes_max - writes_in;
+        let n = key_writes_upto(conn, stream, &key, room.saturating_add(1))?;
         if n > writes_max && keys.is_empty() {
             return build_large_key(conn, strategy, stream, &after, &key, writes_max, stats)
                 .map(Some);
         }
-        if writes_in.saturating_add(n) > writes_max {
-            done = false;
+        if n > room {
             break;
         }
-        writes_in = writes_in.saturating_add(n);
+        writes_in += n;
         keys.push(key);
     }
     // What the rows in the range held before (another strategy's state, keys no longer
@@ -1153,7 +1195,7 @@ fn build_large_key(
         .map_err(backend)?;
     }
     start_key_build(conn, stream, key)?;
-    let (writes, key_done) = key_build_pass(conn, strategy, stream, key, writes_max, stats)?;
+    let pass = key_build_pass(conn, strategy, stream, key, writes_max, stats)?;
     conn.prepare_cached("UPDATE table_building SET after_key = ?2 WHERE stream = ?1")
         .and_then(|mut s| s.execute(params![stream, key]))
         .map_err(backend)?;
@@ -1164,11 +1206,44 @@ fn build_large_key(
     );
     Ok(BuildPass {
         strategy,
-        keys: usize::from(key_done),
-        writes,
+        keys: usize::from(pass.done),
+        writes: pass.writes,
         done: false,
         key: Some(key.to_vec()),
     })
+}
+
+const NEXT_STORED_KEY_SQL: &str = "SELECT e.key FROM events e INDEXED BY events_stream_key
+     WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key > ?2 ORDER BY e.key LIMIT 1";
+
+/// The least key after `after` that a keyed write of `stream` stored names.
+fn next_stored_key(
+    conn: &Connection,
+    stream: &str,
+    after: &[u8],
+) -> Result<Option<Vec<u8>>, String> {
+    conn.prepare_cached(NEXT_STORED_KEY_SQL)
+        .and_then(|mut s| s.query_row(params![stream, after], |r| r.get(0)).optional())
+        .map_err(backend)
+}
+
+const KEY_WRITES_UPTO_SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM events e
+     INDEXED BY events_stream_key WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2
+     LIMIT ?3)";
+
+/// How many stored writes of `stream` name `key`, counted up to `upto` at most.
+fn key_writes_upto(
+    conn: &Connection,
+    stream: &str,
+    key: &[u8],
+    upto: usize,
+) -> Result<usize, String> {
+    let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+    let n: i64 = conn
+        .prepare_cached(KEY_WRITES_UPTO_SQL)
+        .and_then(|mut s| s.query_row(params![stream, key, upto], |r| r.get(0)))
+        .map_err(backend)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// The strategy `stream`'s table is built with (its `table_meta` row).
@@ -1543,17 +1618,40 @@ async fn refuse_while_building(api: &Arc<Api>, stream: &StreamName) -> ApiResult
     })
     .await?;
     if building.is_some() {
-        return Err(api
-            .fail(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "table_building",
-                format!(
-                    "the table of {stream} is being built from the log (a new table, or a new strategy); a write with a version token or a counter's deletion waits for the build: try again shortly"
-                ),
-            ))
-            .with_retry_after(1));
+        return Err(refused_while_building(api, stream));
     }
     Ok(())
+}
+
+/// Whether a counter's `key` has writes of another (tenant, classification) than `stamp`
+/// (a deletion stamped so is refused, 409 `counter_shared`); `None` while the table or the
+/// key is being built, when who wrote it is not all recorded yet.
+fn counter_shared(
+    conn: &Connection,
+    stream: &str,
+    key: &[u8],
+    stamp: &(String, String),
+) -> Result<Option<bool>, String> {
+    if building(conn, stream)?.is_some() || key_building(conn, stream, key)?.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(
+        writers(conn, stream, Some(key))?
+            .iter()
+            .any(|pair| pair != stamp),
+    ))
+}
+
+/// [`refuse_while_building`]'s answer, counted.
+fn refused_while_building(api: &Arc<Api>, stream: &StreamName) -> ApiError {
+    api.fail(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "table_building",
+        format!(
+            "the table of {stream}, or the key, is being built from the log (a new table, a new strategy, or a key of many writes rebuilt after an erase or a late write); a write with a version token or a counter's deletion waits for the build: try again shortly"
+        ),
+    ))
+    .with_retry_after(1)
 }
 
 /// A client's version token `ctx`, each origin's number cut to the highest this node has
@@ -2408,16 +2506,21 @@ pub(crate) async fn delete(
         // A counter resets per origin node, by running sums; a reset of one tenant's or
         // class's increments and one of another's at the same node do not combine (the
         // larger replaces the other). Refused rather than undo a reset. (Who wrote a key
-        // is complete only once the table is built.)
-        refuse_while_building(&api, &name).await?;
+        // is complete only once the table, and the key, are built: 503 until then, read in
+        // one snapshot with the writers.)
         let (table, k) = (name.clone(), key.clone());
         let stamp = (tenant.clone(), classification.clone());
         let shared = crate::http::read_store(&api, move |r| {
-            writers(r.conn(), table.as_str(), Some(k.as_bytes()))
-                .map(|w| w.iter().any(|pair| *pair != stamp))
-                .map_err(StoreError::Backend)
+            let conn = r.conn();
+            let _snapshot = conn
+                .unchecked_transaction()
+                .map_err(|e| StoreError::Backend(backend(e)))?;
+            counter_shared(conn, table.as_str(), k.as_bytes(), &stamp).map_err(StoreError::Backend)
         })
         .await?;
+        let Some(shared) = shared else {
+            return Err(refused_while_building(&api, &name));
+        };
         if shared {
             return Err(api.fail(ApiError::new(
                 StatusCode::CONFLICT,
@@ -2644,6 +2747,27 @@ mod tests {
         }
     }
 
+    /// A deletion of a key made from `state`, the writer's view of it: its version as the
+    /// context (multi-value, set, lww) or its sums (counter). Unlike puts, adds and blind
+    /// inserts, deletions do not commute with the writes they cover, so a test that makes
+    /// them fails when a replica applies an origin's writes out of order.
+    fn delete_op(strategy: Strategy, state: Option<&KeyState>) -> Op {
+        match (strategy, state) {
+            (Strategy::Counter, Some(KeyState::Counter { totals, .. })) => Op::Delete {
+                ctx: Vv::default(),
+                totals: totals.clone(),
+            },
+            (Strategy::Counter, _) => Op::Delete {
+                ctx: Vv::default(),
+                totals: BTreeMap::new(),
+            },
+            (_, state) => Op::Delete {
+                ctx: state.map(KeyState::version).unwrap_or_default(),
+                totals: BTreeMap::new(),
+            },
+        }
+    }
+
     /// One node's store with the table, driven as the driver drives it.
     struct Replica {
         _dir: tempfile::TempDir,
@@ -2751,7 +2875,7 @@ mod tests {
             mut touched: Touched,
         ) -> usize {
             for e in erased {
-                touched.add(e.key.as_deref().unwrap(), e.origin);
+                touched.add(e.key.as_deref().unwrap(), e.origin, e.seq);
             }
             self.repair(Some(&touched))
         }
@@ -3387,7 +3511,7 @@ replication = "all"
             assert_eq!(r.store.insert(late.clone()), Ok(Inserted::New));
             r.store.append_log(&late).unwrap();
             let mut touched = Touched::default();
-            touched.add(b"k", late.origin());
+            touched.add(b"k", late.origin(), late.seq());
             assert_eq!(r.repair(Some(&touched)), 3, "{strategy:?}: k's writes only");
             let digest = r.digest();
             assert_eq!(digest, in_order.digest(), "{strategy:?}");
@@ -3406,7 +3530,7 @@ replication = "all"
         }
         r.strategy = Strategy::MultiValue;
         let mut touched = Touched::default();
-        touched.add(b"a", OriginKey([0; 32]));
+        touched.add(b"a", OriginKey([0; 32]), 1);
         assert_eq!(r.repair(Some(&touched)), 25);
         assert_eq!(r.repair(Some(&touched)), 5, "built now: a's writes only");
     }
@@ -3448,10 +3572,11 @@ replication = "all"
         assert_eq!(erased.len(), 2);
         let mut touched: BTreeMap<String, Touched> = BTreeMap::new();
         for e in &erased {
-            touched
-                .entry(e.stream.clone())
-                .or_default()
-                .add(e.key.as_deref().unwrap(), e.origin);
+            touched.entry(e.stream.clone()).or_default().add(
+                e.key.as_deref().unwrap(),
+                e.origin,
+                e.seq,
+            );
         }
         let conn = r.store.write_conn().unwrap();
         let mut stats = BTreeMap::new();
@@ -3610,7 +3735,7 @@ replication = "all"
             assert_eq!(erased.len(), 20);
             let mut touched = Touched::default();
             for e in &erased {
-                touched.add(e.key.as_deref().unwrap(), e.origin);
+                touched.add(e.key.as_deref().unwrap(), e.origin, e.seq);
             }
             let median = |r: &mut Replica, touched: Option<&Touched>| {
                 let mut rounds: Vec<(Duration, usize)> = (0..3)
@@ -3703,7 +3828,7 @@ replication = "all"
                     let conn = r.store.write_conn().unwrap();
                     let mut touched = Touched::default();
                     for e in &p.events {
-                        touched.add(b"hot", e.origin);
+                        touched.add(b"hot", e.origin, e.seq);
                     }
                     repair(
                         conn,
@@ -3778,17 +3903,21 @@ replication = "all"
             }
         }
 
-        /// The next write of producer `signer` (1 to 3) to `key`, delivered to both.
+        /// The next write of producer `signer` (1 to 3) to `key`, delivered to both: a
+        /// deletion made from `steady`'s view one time in five, else a put, add or insert.
         fn write(&mut self, signer: u8, key: &[u8]) {
             self.seqs[usize::from(signer)] += 1;
             self.at += 1;
-            let w = write(
-                signer,
-                self.seqs[usize::from(signer)],
-                key,
-                self.at,
-                &op(self.strategy, u8::try_from(self.at % 200).unwrap()),
-            );
+            let op = if self.at.is_multiple_of(5) {
+                let conn = self.steady.store.write_conn().unwrap();
+                delete_op(
+                    self.strategy,
+                    load_state(conn, STREAM, key).unwrap().as_ref(),
+                )
+            } else {
+                op(self.strategy, u8::try_from(self.at % 200).unwrap())
+            };
+            let w = write(signer, self.seqs[usize::from(signer)], key, self.at, &op);
             self.steady.deliver(&w);
             self.r.deliver(&w);
         }
@@ -3883,47 +4012,64 @@ replication = "all"
         }
     }
 
-    /// Every log walk reads its writes through `events_key_writes` in the index's order:
-    /// a pass over a key of a million writes starts at its cursor and sorts nothing.
+    /// Every log walk reads its writes through `events_key_writes` in the index's order
+    /// (a pass over a key of a million writes starts at its cursor and sorts nothing), and
+    /// a build's pass finds and counts its keys by seeks in `events_stream_key`.
     #[test]
     fn log_walks_read_by_index_without_a_sort() {
         let mut r = Replica::new(Strategy::Lww);
         let conn = r.store.write_conn().unwrap();
-        for writes in [
-            Writes::Key(b"k"),
-            Writes::Keys {
-                after: b"a",
-                upto: Some(b"z"),
-            },
-            Writes::Keys {
-                after: b"a",
-                upto: None,
-            },
-            Writes::KeyAfter {
-                key: b"k",
-                origin: &[1; 32],
-                seq: 4,
-                limit: 10,
-            },
+        let walk = |writes: Writes<'_>| log_walk_sql(&writes);
+        for (sql, search) in [
+            (
+                walk(Writes::Key(b"k")),
+                "SEARCH e USING INDEX events_key_writes (stream=? AND key=?)",
+            ),
+            (
+                walk(Writes::Keys {
+                    after: b"a",
+                    upto: Some(b"z"),
+                }),
+                "SEARCH e USING INDEX events_key_writes (stream=? AND key>? AND key<?)",
+            ),
+            (
+                walk(Writes::Keys {
+                    after: b"a",
+                    upto: None,
+                }),
+                "SEARCH e USING INDEX events_key_writes (stream=? AND key>?)",
+            ),
+            (
+                walk(Writes::KeyAfter {
+                    key: b"k",
+                    origin: &[1; 32],
+                    seq: 4,
+                    limit: 10,
+                }),
+                "SEARCH e USING INDEX events_key_writes (stream=? AND key=? AND (origin,seq)>(?,?))",
+            ),
+            (
+                NEXT_STORED_KEY_SQL,
+                "SEARCH e USING COVERING INDEX events_stream_key (stream=? AND key>?)",
+            ),
+            (
+                KEY_WRITES_UPTO_SQL,
+                "SEARCH e USING COVERING INDEX events_stream_key (stream=? AND key=?)",
+            ),
         ] {
-            let sql = format!("EXPLAIN QUERY PLAN {}", log_walk_sql(&writes));
-            let mut s = conn.prepare(&sql).unwrap();
-            let n = s.parameter_count();
-            let args: Vec<rusqlite::types::Value> =
-                (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
+            let mut s = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let args: Vec<rusqlite::types::Value> = (0..s.parameter_count())
+                .map(|_| rusqlite::types::Value::Integer(1))
+                .collect();
             let plan: Vec<String> = s
                 .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-            assert!(
-                plan.iter()
-                    .any(|p| p.starts_with("SEARCH e USING INDEX events_key_writes")),
-                "{writes:?}: {plan:?}"
-            );
+            assert!(plan.iter().any(|p| p == search), "{sql}: {plan:?}");
             assert!(
                 !plan.iter().any(|p| p.contains("TEMP B-TREE")),
-                "{writes:?}: {plan:?}"
+                "{sql}: {plan:?}"
             );
         }
     }
@@ -4002,6 +4148,125 @@ replication = "all"
                 t.steady.digest(),
                 "{strategy:?}: a write after"
             );
+        }
+    }
+
+    /// Whether a counter key is shared by other tenants or classes (a deletion is then
+    /// refused) is not answered while the key is rebuilt: its writers are recorded again
+    /// with its passes.
+    #[test]
+    fn a_counter_key_being_rebuilt_does_not_say_whether_it_is_shared() {
+        let mut r = Replica::new(Strategy::Counter);
+        for (seq, stamp) in [(1, ("acme", "internal")), (2, ("globex", "internal"))] {
+            for i in 0..3 {
+                r.deliver(&write_as(
+                    1,
+                    seq * 3 + i - 2,
+                    b"c",
+                    T0 + seq * 3 + i,
+                    &op(Strategy::Counter, 1),
+                    stamp,
+                ));
+            }
+        }
+        let acme = ("acme".to_string(), "internal".to_string());
+        let conn = r.store.write_conn().unwrap();
+        assert_eq!(counter_shared(conn, STREAM, b"c", &acme), Ok(Some(true)));
+        start_key_build(conn, STREAM, b"c").unwrap();
+        key_build_pass(conn, Strategy::Counter, STREAM, b"c", 2, &mut r.stats).unwrap();
+        // Only acme's first writes applied again so far.
+        assert_eq!(counter_shared(conn, STREAM, b"c", &acme), Ok(None));
+        while !key_build_pass(conn, Strategy::Counter, STREAM, b"c", 2, &mut r.stats)
+            .unwrap()
+            .done
+        {}
+        assert_eq!(counter_shared(conn, STREAM, b"c", &acme), Ok(Some(true)));
+    }
+
+    /// A late write to a key being rebuilt pass by pass, after the place its passes have
+    /// reached: the key goes on from there (the passes read it in its order); one before
+    /// it, or a change to the key as a whole, starts the key again. Either way the key and
+    /// the table end as on a replica that took the write in order.
+    #[test]
+    fn a_late_write_after_a_key_builds_cursor_does_not_start_it_again() {
+        for strategy in STRATEGIES {
+            let writes: Vec<Arc<Event>> = (0..30u64)
+                .map(|i| {
+                    let signer = 1 + u8::try_from(i % 3).unwrap();
+                    write(
+                        signer,
+                        1 + i / 3,
+                        b"hot",
+                        T0 + i,
+                        &op(strategy, u8::try_from(i).unwrap()),
+                    )
+                })
+                .collect();
+            let last_origin = writes.iter().map(|w| w.origin()).max().unwrap();
+            let late = writes
+                .iter()
+                .position(|w| w.origin() == last_origin && w.seq() == 4)
+                .unwrap();
+            let mut steady = Replica::new(strategy);
+            let mut r = Replica::new(strategy);
+            for (i, w) in writes.iter().enumerate() {
+                steady.deliver(w);
+                if i != late {
+                    r.deliver(w);
+                }
+            }
+            let conn = r.store.write_conn().unwrap();
+            start_key_build(conn, STREAM, b"hot").unwrap();
+            key_build_pass(conn, strategy, STREAM, b"hot", 4, &mut r.stats).unwrap();
+            let cursor = key_building(conn, STREAM, b"hot").unwrap().unwrap();
+            assert!(cursor.origin < last_origin.0.to_vec(), "{strategy:?}");
+            r.store.commit().unwrap();
+            // The driver's `deliver_late`, then its repair at the step's end.
+            let w = &writes[late];
+            assert_eq!(r.store.insert(w.clone()), Ok(Inserted::New));
+            r.store.append_log(w).unwrap();
+            let mut touched = Touched::default();
+            touched.add(b"hot", w.origin(), w.seq());
+            assert_eq!(
+                r.repair(Some(&touched)),
+                0,
+                "{strategy:?}: nothing applied again"
+            );
+            let conn = r.store.write_conn().unwrap();
+            assert_eq!(
+                key_building(conn, STREAM, b"hot").unwrap(),
+                Some(cursor.clone()),
+                "{strategy:?}: where it was"
+            );
+            r.store.commit().unwrap();
+            assert_eq!(
+                r.key_seen_by(None, b"hot"),
+                steady.key(b"hot"),
+                "{strategy:?}"
+            );
+            // A write before the cursor starts the key again (and, at 30 writes, the
+            // repair's step finishes it).
+            let mut before = Touched::default();
+            let first_origin = writes.iter().map(|w| w.origin()).min().unwrap();
+            before.add(b"hot", first_origin, 1);
+            assert!(!before.all_after(b"hot", &cursor), "{strategy:?}");
+            let mut whole = Touched::default();
+            whole.add_key(b"hot");
+            assert!(!whole.all_after(b"hot", &cursor), "{strategy:?}");
+            let conn = r.store.write_conn().unwrap();
+            while !key_build_pass(conn, strategy, STREAM, b"hot", 4, &mut r.stats)
+                .unwrap()
+                .done
+            {}
+            r.store.commit().unwrap();
+            assert_eq!(r.key(b"hot"), steady.key(b"hot"), "{strategy:?}");
+            assert_eq!(r.digest(), steady.digest(), "{strategy:?}");
+            assert_eq!(
+                r.repair(Some(&before)),
+                30,
+                "{strategy:?}: the key again, whole"
+            );
+            assert_eq!(r.digest(), steady.digest(), "{strategy:?}");
         }
     }
 
@@ -4086,7 +4351,7 @@ replication = "all"
             assert_eq!(r.store.insert(late.clone()), Ok(Inserted::New));
             r.store.append_log(&late).unwrap();
             let mut touched = Touched::default();
-            touched.add(b"hot", late.origin());
+            touched.add(b"hot", late.origin(), late.seq());
             assert_eq!(r.repair(Some(&touched)), BUILD_PASS_WRITES, "{strategy:?}");
             assert_eq!(
                 r.key_seen_by(None, b"hot"),
