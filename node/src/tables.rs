@@ -1070,31 +1070,47 @@ pub(crate) fn build_pass(
         return Ok(None);
     };
     // The next keys with their writes stored, taken while the pass stays within
-    // `writes_max` writes, each counted in the index only as far as that decides (a key of
-    // a million writes is not counted whole at every pass that looks at it). A key with
-    // more writes than a pass takes is rebuilt on its own a pass at a time
-    // ([`start_key_build`]) when it comes first.
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    let mut writes_in = 0usize;
-    let mut done = false;
-    while keys.len() < keys_max {
-        let from = keys.last().unwrap_or(&after);
-        let Some(key) = next_stored_key(conn, stream, from)? else {
-            done = true;
-            break;
-        };
-        let room = writes_max - writes_in;
-        let n = key_writes_upto(conn, stream, &key, room.saturating_add(1))?;
-        if n > writes_max && keys.is_empty() {
-            return build_large_key(conn, strategy, stream, &after, &key, writes_max, stats)
-                .map(Some);
+    // `writes_max` writes: one walk of the index's entries from `after`, read only as far
+    // as that decides (a key of a million writes is not counted whole at every pass that
+    // reaches it). A key with more writes than a pass takes is rebuilt on its own a pass
+    // at a time ([`start_key_build`]) when it comes first.
+    let (mut keys, mut done) = (Vec::<(Vec<u8>, usize)>::new(), true);
+    {
+        let mut select = conn.prepare_cached(STORED_KEYS_SQL).map_err(backend)?;
+        let mut rows = select.query(params![stream, after]).map_err(backend)?;
+        let mut total = 0usize;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let key = row
+                .get_ref(0)
+                .and_then(|v| v.as_blob().map_err(Into::into))
+                .map_err(backend)?;
+            let held = keys.len();
+            match keys.last_mut() {
+                Some((last, n)) if last.as_slice() == key => *n += 1,
+                _ if held == keys_max => {
+                    done = false;
+                    break;
+                }
+                _ => keys.push((key.to_vec(), 1)),
+            }
+            total += 1;
+            if total > writes_max {
+                // The last key goes past the pass (or is one larger than a pass).
+                done = false;
+                let (last, n) = keys.pop().unwrap_or_default();
+                if keys.is_empty() && n > writes_max {
+                    drop(rows);
+                    drop(select);
+                    return build_large_key(
+                        conn, strategy, stream, &after, &last, writes_max, stats,
+                    )
+                    .map(Some);
+                }
+                break;
+            }
         }
-        if n > room {
-            break;
-        }
-        writes_in += n;
-        keys.push(key);
     }
+    let keys: Vec<Vec<u8>> = keys.into_iter().map(|(k, _)| k).collect();
     // What the rows in the range held before (another strategy's state, keys no longer
     // written) goes; the keys the log names are built again.
     let (range, args): (&str, Vec<rusqlite::types::Value>) = match keys.last() {
@@ -1213,38 +1229,10 @@ fn build_large_key(
     })
 }
 
-const NEXT_STORED_KEY_SQL: &str = "SELECT e.key FROM events e INDEXED BY events_stream_key
-     WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key > ?2 ORDER BY e.key LIMIT 1";
-
-/// The least key after `after` that a keyed write of `stream` stored names.
-fn next_stored_key(
-    conn: &Connection,
-    stream: &str,
-    after: &[u8],
-) -> Result<Option<Vec<u8>>, String> {
-    conn.prepare_cached(NEXT_STORED_KEY_SQL)
-        .and_then(|mut s| s.query_row(params![stream, after], |r| r.get(0)).optional())
-        .map_err(backend)
-}
-
-const KEY_WRITES_UPTO_SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM events e
-     INDEXED BY events_stream_key WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2
-     LIMIT ?3)";
-
-/// How many stored writes of `stream` name `key`, counted up to `upto` at most.
-fn key_writes_upto(
-    conn: &Connection,
-    stream: &str,
-    key: &[u8],
-    upto: usize,
-) -> Result<usize, String> {
-    let upto = i64::try_from(upto).unwrap_or(i64::MAX);
-    let n: i64 = conn
-        .prepare_cached(KEY_WRITES_UPTO_SQL)
-        .and_then(|mut s| s.query_row(params![stream, key, upto], |r| r.get(0)))
-        .map_err(backend)?;
-    Ok(usize::try_from(n).unwrap_or(usize::MAX))
-}
+/// Every keyed write of a stream after a key, in key order, read in the index alone
+/// (a build's pass counts its keys' writes with it).
+const STORED_KEYS_SQL: &str = "SELECT e.key FROM events e INDEXED BY events_stream_key
+     WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key > ?2 ORDER BY e.key";
 
 /// The strategy `stream`'s table is built with (its `table_meta` row).
 fn built_strategy(conn: &Connection, stream: &str) -> Result<Option<Strategy>, String> {
@@ -4014,7 +4002,7 @@ replication = "all"
 
     /// Every log walk reads its writes through `events_key_writes` in the index's order
     /// (a pass over a key of a million writes starts at its cursor and sorts nothing), and
-    /// a build's pass finds and counts its keys by seeks in `events_stream_key`.
+    /// a build's pass counts its keys' writes in `events_stream_key` alone.
     #[test]
     fn log_walks_read_by_index_without_a_sort() {
         let mut r = Replica::new(Strategy::Lww);
@@ -4049,12 +4037,8 @@ replication = "all"
                 "SEARCH e USING INDEX events_key_writes (stream=? AND key=? AND (origin,seq)>(?,?))",
             ),
             (
-                NEXT_STORED_KEY_SQL,
+                STORED_KEYS_SQL,
                 "SEARCH e USING COVERING INDEX events_stream_key (stream=? AND key>?)",
-            ),
-            (
-                KEY_WRITES_UPTO_SQL,
-                "SEARCH e USING COVERING INDEX events_stream_key (stream=? AND key=?)",
             ),
         ] {
             let mut s = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
