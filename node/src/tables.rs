@@ -279,23 +279,46 @@ fn apply_write(
     };
     // Who wrote to the key, for reads filtered per write (`visible_state`).
     let sec = event.security();
+    store_writer(conn, stream, key, &sec.tenant, &sec.classification)?;
+    let mut state = load_state(conn, stream, key)?;
+    let outcome = table::apply_key(strategy, &mut state, &write_of(event, key, &op), stats);
+    if let Some(state) = state {
+        store_state(conn, stream, key, &state)?;
+    }
+    Ok(outcome)
+}
+
+/// Records that a write of `tenant` and `classification` was applied to `key`.
+fn store_writer(
+    conn: &Connection,
+    stream: &str,
+    key: &[u8],
+    tenant: &str,
+    classification: &str,
+) -> Result<(), String> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO table_writers (stream, key, tenant, classification)
          VALUES (?1, ?2, ?3, ?4)",
     )
-    .and_then(|mut s| s.execute(params![stream, key, sec.tenant, sec.classification]))
-    .map_err(backend)?;
-    let mut state = load_state(conn, stream, key)?;
-    let outcome = table::apply_key(strategy, &mut state, &write_of(event, key, &op), stats);
-    if let Some(state) = state {
-        conn.prepare_cached(
-            "INSERT INTO table_keys (stream, key, state) VALUES (?1, ?2, ?3)
-             ON CONFLICT (stream, key) DO UPDATE SET state = excluded.state",
-        )
-        .and_then(|mut s| s.execute(params![stream, key, state.encode()]))
-        .map_err(backend)?;
-    }
-    Ok(outcome)
+    .and_then(|mut s| s.execute(params![stream, key, tenant, classification]))
+    .map(drop)
+    .map_err(backend)
+}
+
+/// Writes `key`'s row.
+fn store_state(
+    conn: &Connection,
+    stream: &str,
+    key: &[u8],
+    state: &KeyState,
+) -> Result<(), String> {
+    conn.prepare_cached(
+        "INSERT INTO table_keys (stream, key, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT (stream, key) DO UPDATE SET state = excluded.state",
+    )
+    .and_then(|mut s| s.execute(params![stream, key, state.encode()]))
+    .map(drop)
+    .map_err(backend)
 }
 
 /// The table operation a write carries; `None` (counted as ignored) for a sealed payload,
@@ -675,9 +698,12 @@ fn for_each_log_write(
 /// driver's time a pass for keys of a few writes each.
 pub(crate) const BUILD_PASS_KEYS: usize = 512;
 
-/// Writes one pass of a table's build applies at most, whole keys at a time (at least
-/// one key: a single key's writes are built in one pass, however many).
-pub(crate) const BUILD_PASS_WRITES: usize = 2_048;
+/// Writes one pass of a table's build applies at most, whole keys at a time, and one pass
+/// over a key rebuilt on its own ([`start_key_build`]). Each write read again from the log
+/// is decoded and its signature verified (about 40 us a write with the row kept in memory,
+/// `measure_hot_key_repair_in_passes_against_one_replay`), so a pass holds the driver some
+/// 20 ms.
+pub(crate) const BUILD_PASS_WRITES: usize = 512;
 
 /// Writes a repair ([`rebuild_keys`]) applies again in the step that asks for it, over
 /// all its keys: the keys past it, and a key's writes past a pass's, are left to the
@@ -778,6 +804,10 @@ fn key_build_pass(
     let limit = i64::try_from(writes_max).unwrap_or(i64::MAX);
     let mut last: Option<(OriginKey, u64)> = None;
     let mut newest: BTreeMap<OriginKey, u64> = BTreeMap::new();
+    // Every write of the pass is to this one key: its row is read once, the writes applied
+    // to it in memory, and written back once (what `apply_write` does write by write).
+    let mut state = load_state(conn, stream, key)?;
+    let mut writers: BTreeSet<(String, String)> = BTreeSet::new();
     let n = for_each_log_write(
         conn,
         stream,
@@ -792,9 +822,22 @@ fn key_build_pass(
             last = Some((event.origin(), event.seq()));
             let seq = newest.entry(event.origin()).or_default();
             *seq = (*seq).max(event.seq());
-            apply_write(conn, strategy, event, key, stats).map(drop)
+            if let Some(op) = op_of(event, stats) {
+                let sec = event.security();
+                if !writers.contains(&(sec.tenant.clone(), sec.classification.clone())) {
+                    writers.insert((sec.tenant.clone(), sec.classification.clone()));
+                }
+                table::apply_key(strategy, &mut state, &write_of(event, key, &op), stats);
+            }
+            Ok(())
         },
     )?;
+    for (tenant, classification) in &writers {
+        store_writer(conn, stream, key, tenant, classification)?;
+    }
+    if let Some(state) = &state {
+        store_state(conn, stream, key, state)?;
+    }
     for (origin, seq) in &newest {
         raise_applied(conn, stream, origin, *seq)?;
     }
