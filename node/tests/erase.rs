@@ -666,8 +666,9 @@ fn an_erase_larger_than_a_pass_finishes_pass_by_pass_on_every_node() {
 /// A principal erase reaching a key of more writes than a pass takes (a counter: 2,100
 /// increments of one by the admin through both nodes, so from two origins, and 30 of a
 /// thousand by alice): on every node the key is rebuilt on its own a pass at a time after
-/// the erase (logged), its value ends as the admin's increments alone, the status and
-/// gauges count no key left to build, and nothing of hers is left.
+/// the erase (logged), its value ends as the admin's increments alone (in a key read and in
+/// the listing), her 30 writes are counted removed, and the status and gauges count no key
+/// left to build.
 #[test]
 fn an_erase_reaching_a_key_of_many_writes_rebuilds_it_pass_by_pass_on_every_node() {
     rt().block_on(async {
