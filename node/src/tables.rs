@@ -2597,20 +2597,72 @@ async fn current(
     stream: &StreamName,
     key: &str,
 ) -> ApiResult<Option<KeyState>> {
-    let stream = stream.clone();
-    let key = key.to_string();
-    crate::http::read_store(api, move |r| {
+    let name = stream.clone();
+    let k = key.to_string();
+    let read = crate::http::read_store(api, move |r| {
         let conn = r.conn();
         let _snapshot = conn
             .unchecked_transaction()
             .map_err(|e| StoreError::Backend(backend(e)))?;
-        load_state(conn, stream.as_str(), key.as_bytes())
-            .and_then(|state| {
-                visible_state(conn, strategy, &stream, key.as_bytes(), state, &mut vis)
-            })
+        let all = matches!(vis, Visibility::All);
+        if replay_past_bound(conn, name.as_str(), k.as_bytes(), all, READ_REPLAY_MAX)
+            .map_err(StoreError::Backend)?
+        {
+            return Ok(None);
+        }
+        load_state(conn, name.as_str(), k.as_bytes())
+            .and_then(|state| visible_state(conn, strategy, &name, k.as_bytes(), state, &mut vis))
+            .map(Some)
             .map_err(StoreError::Backend)
     })
-    .await
+    .await?;
+    read.ok_or_else(|| {
+        api.fail(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "table_building",
+            format!(
+                "{stream} key {key:?} is being built from the log and reading it now would replay over {READ_REPLAY_MAX} of its writes: try again shortly"
+            ),
+        ))
+        .with_retry_after(1)
+    })
+}
+
+/// Most writes a read of a key being built replays from the log ([`visible_state`]: at
+/// some 40 us a write, 2 s on a reader thread); past it the read is refused, 503
+/// `table_building`, until the passes have come further.
+const READ_REPLAY_MAX: usize = 50_000;
+
+/// Whether reading `key` now would replay more than `max` writes from the log
+/// ([`READ_REPLAY_MAX`]): a key a table's build has not reached, or one rebuilt on its own (counted from its
+/// cursor for a reader who sees every write (`all`), else from its first write), counted in
+/// the index only as far as the bound.
+fn replay_past_bound(
+    conn: &Connection,
+    stream: &str,
+    key: &[u8],
+    all: bool,
+    max: usize,
+) -> Result<bool, String> {
+    let cursor = key_building(conn, stream, key)?;
+    let unreached = building(conn, stream)?.is_some_and(|(_, after)| key > after.as_slice());
+    if !unreached && cursor.is_none() {
+        return Ok(false);
+    }
+    let from = match &cursor {
+        Some(c) if all && !unreached => (c.origin.clone(), c.seq),
+        _ => (Vec::new(), 0),
+    };
+    let upto = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM events e INDEXED BY events_key_writes
+             WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2
+               AND (e.origin, e.seq) > (?3, ?4) LIMIT ?5)",
+        )
+        .and_then(|mut s| s.query_row(params![stream, key, from.0, from.1, upto], |r| r.get(0)))
+        .map_err(backend)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX) > max)
 }
 
 async fn write(
@@ -4308,6 +4360,29 @@ replication = "all"
             assert_eq!(r.key(b"hot"), steady.key(b"hot"), "{strategy:?}");
             assert_eq!(r.digest(), steady.digest(), "{strategy:?}");
         }
+    }
+
+    /// A read of a key being built is refused (503) while it would replay more writes than
+    /// the bound: from its cursor for a reader who sees every write, from its first write
+    /// for one checked write by write; a key not being built is never refused.
+    #[test]
+    fn a_read_of_a_key_being_built_is_bounded_by_what_it_would_replay() {
+        let mut t = Twins::new(Strategy::Counter, Strategy::Counter);
+        for i in 0..30 {
+            t.write(1 + i % 3, b"hot");
+        }
+        t.write(1, b"cold");
+        let conn = t.r.store.write_conn().unwrap();
+        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
+        start_key_build(conn, STREAM, b"hot").unwrap();
+        assert!(replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
+        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 30).unwrap());
+        key_build_pass(conn, Strategy::Counter, STREAM, b"hot", 24, &mut t.r.stats).unwrap();
+        // Six writes left after the cursor; a guarded reader would replay all thirty.
+        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
+        assert!(replay_past_bound(conn, STREAM, b"hot", true, 5).unwrap());
+        assert!(replay_past_bound(conn, STREAM, b"hot", false, 10).unwrap());
+        assert!(!replay_past_bound(conn, STREAM, b"cold", false, 0).unwrap());
     }
 
     /// A table's build that meets a key of more writes than a pass takes rebuilds that
