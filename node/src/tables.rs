@@ -2634,9 +2634,11 @@ async fn current(
 const READ_REPLAY_MAX: usize = 50_000;
 
 /// Whether reading `key` now would replay more than `max` writes from the log
-/// ([`READ_REPLAY_MAX`]): a key a table's build has not reached, or one rebuilt on its own (counted from its
-/// cursor for a reader who sees every write (`all`), else from its first write), counted in
-/// the index only as far as the bound.
+/// ([`READ_REPLAY_MAX`]): a key a table's build has not reached, or one rebuilt on its own
+/// (counted from its cursor for a reader who sees every write (`all`) while no pending
+/// erase covers it, else from its first write), counted in the index only as far as the
+/// bound (writes stored but not delivered, or covered by a pending erase, count too: an
+/// estimate from above).
 fn replay_past_bound(
     conn: &Connection,
     stream: &str,
@@ -2649,8 +2651,13 @@ fn replay_past_bound(
     if !unreached && cursor.is_none() {
         return Ok(false);
     }
+    // From the cursor where `visible_state` reads the row and the rest; from the first
+    // write where it replays the key whole (a reader checked write by write, or an erase
+    // still being removed covering some of its writes).
     let from = match &cursor {
-        Some(c) if all && !unreached => (c.origin.clone(), c.seq),
+        Some(c) if all && !unreached && !key_erasing(conn, stream, key)? => {
+            (c.origin.clone(), c.seq)
+        }
         _ => (Vec::new(), 0),
     };
     let upto = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
@@ -4383,6 +4390,43 @@ replication = "all"
         assert!(replay_past_bound(conn, STREAM, b"hot", true, 5).unwrap());
         assert!(replay_past_bound(conn, STREAM, b"hot", false, 10).unwrap());
         assert!(!replay_past_bound(conn, STREAM, b"cold", false, 0).unwrap());
+
+        // An erase still being removed that covers some of the key's writes: the read
+        // replays it whole, so the bound counts from its first write.
+        let mut r = Replica::with_erase_pass(Strategy::Counter, 1);
+        for i in 0..30u64 {
+            let who = if i == 0 { "alice" } else { "bob" };
+            r.deliver(&write_by(
+                1,
+                i + 1,
+                b"hot",
+                T0 + i,
+                &op(Strategy::Counter, 1),
+                ("acme", "internal", who),
+            ));
+        }
+        // Earlier than hers to `hot`: the erase's first pass (one row) removes this one.
+        r.deliver(&write_by(
+            2,
+            1,
+            b"other",
+            T0 - 1,
+            &op(Strategy::Counter, 1),
+            ("acme", "internal", "alice"),
+        ));
+        let conn = r.store.write_conn().unwrap();
+        start_key_build(conn, STREAM, b"hot").unwrap();
+        key_build_pass(conn, Strategy::Counter, STREAM, b"hot", 24, &mut r.stats).unwrap();
+        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
+        let target = Target::Principal {
+            principal: "alice".into(),
+            tenant: String::new(),
+        };
+        let bound = Hlc::new(T0 + 60_000, u16::MAX).unwrap().as_u64();
+        let first = r.store.erase(&target, bound).unwrap();
+        assert!(first.more, "the erase goes on in passes of one row");
+        let conn = r.store.write_conn().unwrap();
+        assert!(replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
     }
 
     /// A table's build that meets a key of more writes than a pass takes rebuilds that
