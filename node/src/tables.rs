@@ -1875,52 +1875,103 @@ fn visible_state(
     state: Option<KeyState>,
     vis: &mut Visibility,
 ) -> Result<Option<KeyState>, String> {
-    // A key a table build has not reached yet has no row, or another strategy's: replayed
-    // from the log ([`start_build`]). Likewise a key being rebuilt on its own
-    // ([`start_key_build`]), but for a reader who may read every write: its row holds its
-    // writes up to the cursor, so only the rest are applied from the log (unless an erase
-    // still being removed covers some, which the row may hold).
+    let how = key_read(conn, stream, key, state.is_some(), vis)?;
+    read_key(conn, strategy, stream, key, state, how, vis)
+}
+
+/// How a read of a key gets its state ([`key_read`] decides, [`read_key`] reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyRead {
+    /// The row as it is.
+    Row,
+    /// The row with the log's writes after the cursor applied: a key being rebuilt on its
+    /// own ([`start_key_build`]), read by a reader who may read every write, while no
+    /// erase still being removed covers it.
+    RowAndAfter(KeyCursor),
+    /// Replayed from the log with only the writes the reader may see; `building`: the key
+    /// is being built (not reached by a table's build, or rebuilt on its own).
+    Replay { building: bool },
+}
+
+/// How `key` is read by `vis` ([`visible_state`]). A key a table build has not reached
+/// yet has no row, or another strategy's: replayed from the log ([`start_build`]).
+/// Likewise a key being rebuilt on its own, but for a reader who may read every write: its
+/// row holds its writes up to the cursor, so only the rest are applied from the log
+/// (unless an erase still being removed covers some, which the row may hold). A row an
+/// erase still being removed has not repaired yet may hold what a covered write set:
+/// replayed from the writes the erase leaves (`store::not_erasing!`). A reader who may
+/// not read every recorded write of the key replays it too.
+fn key_read(
+    conn: &Connection,
+    stream: &StreamName,
+    key: &[u8],
+    has_row: bool,
+    vis: &mut Visibility,
+) -> Result<KeyRead, String> {
     let cursor = key_building(conn, stream.as_str(), key)?;
     let table_unbuilt =
         building(conn, stream.as_str())?.is_some_and(|(_, after)| key > after.as_slice());
-    let unbuilt = table_unbuilt || cursor.is_some();
-    if state.is_none() && !unbuilt {
-        return Ok(state);
+    let building = table_unbuilt || cursor.is_some();
+    if !has_row && !building {
+        return Ok(KeyRead::Row);
     }
-    if let Some(cursor) = cursor.filter(|_| !table_unbuilt && matches!(vis, Visibility::All))
-        && !key_erasing(conn, stream.as_str(), key)?
-    {
-        let mut state = state;
-        let mut stats = ConflictStats::default();
-        for_each_log_write(
-            conn,
-            stream.as_str(),
-            Writes::KeyAfter {
-                key,
-                origin: &cursor.origin,
-                seq: cursor.seq,
-                limit: i64::MAX,
-            },
-            |_| true,
-            |event| {
-                if let Some(op) = op_of(event, &mut stats) {
-                    table::apply_key(strategy, &mut state, &write_of(event, key, &op), &mut stats);
-                }
-                Ok(())
-            },
-        )?;
-        return Ok(state);
+    let erasing = key_erasing(conn, stream.as_str(), key)?;
+    let all = matches!(vis, Visibility::All);
+    if let Some(cursor) = cursor.filter(|_| !table_unbuilt && all && !erasing) {
+        return Ok(KeyRead::RowAndAfter(cursor));
     }
-    // A row an erase still being removed has not repaired yet may hold what a covered
-    // write set: replayed from the writes the erase leaves (`store::not_erasing!`).
-    if !unbuilt && !key_erasing(conn, stream.as_str(), key)? {
-        if matches!(vis, Visibility::All) {
-            return Ok(state);
+    if !building && !erasing {
+        if all {
+            return Ok(KeyRead::Row);
         }
         let recorded = writers(conn, stream.as_str(), Some(key))?;
         if !recorded.is_empty() && vis.allows_all(stream, &recorded) {
+            return Ok(KeyRead::Row);
+        }
+    }
+    Ok(KeyRead::Replay { building })
+}
+
+/// Reads `key`'s state (`state`, its row) the way `how` says ([`key_read`]).
+fn read_key(
+    conn: &Connection,
+    strategy: Strategy,
+    stream: &StreamName,
+    key: &[u8],
+    state: Option<KeyState>,
+    how: KeyRead,
+    vis: &mut Visibility,
+) -> Result<Option<KeyState>, String> {
+    match how {
+        KeyRead::Row => return Ok(state),
+        KeyRead::RowAndAfter(cursor) => {
+            let mut state = state;
+            let mut stats = ConflictStats::default();
+            for_each_log_write(
+                conn,
+                stream.as_str(),
+                Writes::KeyAfter {
+                    key,
+                    origin: &cursor.origin,
+                    seq: cursor.seq,
+                    limit: i64::MAX,
+                },
+                |_| true,
+                |event| {
+                    if let Some(op) = op_of(event, &mut stats) {
+                        table::apply_key(
+                            strategy,
+                            &mut state,
+                            &write_of(event, key, &op),
+                            &mut stats,
+                        );
+                    }
+                    Ok(())
+                },
+            )?;
             return Ok(state);
         }
+        KeyRead::Replay { .. } => {}
     }
     // The visible writes, with their stamp; each origin's in sequence order.
     let mut seen: Vec<(Dot, Hlc, Op, (String, String))> = Vec::new();
@@ -2604,16 +2655,16 @@ async fn current(
         let _snapshot = conn
             .unchecked_transaction()
             .map_err(|e| StoreError::Backend(backend(e)))?;
-        let all = matches!(vis, Visibility::All);
-        if replay_past_bound(conn, name.as_str(), k.as_bytes(), all, READ_REPLAY_MAX)
-            .map_err(StoreError::Backend)?
-        {
-            return Ok(None);
-        }
-        load_state(conn, name.as_str(), k.as_bytes())
-            .and_then(|state| visible_state(conn, strategy, &name, k.as_bytes(), state, &mut vis))
-            .map(Some)
-            .map_err(StoreError::Backend)
+        let key = k.as_bytes();
+        (|| {
+            let state = load_state(conn, name.as_str(), key)?;
+            let how = key_read(conn, &name, key, state.is_some(), &mut vis)?;
+            if replay_past_bound(conn, name.as_str(), key, &how, READ_REPLAY_MAX)? {
+                return Ok(None);
+            }
+            read_key(conn, strategy, &name, key, state, how, &mut vis).map(Some)
+        })()
+        .map_err(StoreError::Backend)
     })
     .await?;
     read.ok_or_else(|| {
@@ -2634,31 +2685,21 @@ async fn current(
 const READ_REPLAY_MAX: usize = 50_000;
 
 /// Whether reading `key` now would replay more than `max` writes from the log
-/// ([`READ_REPLAY_MAX`]): a key a table's build has not reached, or one rebuilt on its own
-/// (counted from its cursor for a reader who sees every write (`all`) while no pending
-/// erase covers it, else from its first write), counted in the index only as far as the
-/// bound (writes stored but not delivered, or covered by a pending erase, count too: an
-/// estimate from above).
+/// ([`READ_REPLAY_MAX`]) the way `how` reads it ([`key_read`]): the writes after the
+/// cursor, or every write of a key being built; a key not being built is never refused.
+/// Counted in the index only as far as the bound (writes stored but not delivered, or
+/// covered by a pending erase, count too: an estimate from above).
 fn replay_past_bound(
     conn: &Connection,
     stream: &str,
     key: &[u8],
-    all: bool,
+    how: &KeyRead,
     max: usize,
 ) -> Result<bool, String> {
-    let cursor = key_building(conn, stream, key)?;
-    let unreached = building(conn, stream)?.is_some_and(|(_, after)| key > after.as_slice());
-    if !unreached && cursor.is_none() {
-        return Ok(false);
-    }
-    // From the cursor where `visible_state` reads the row and the rest; from the first
-    // write where it replays the key whole (a reader checked write by write, or an erase
-    // still being removed covering some of its writes).
-    let from = match &cursor {
-        Some(c) if all && !unreached && !key_erasing(conn, stream, key)? => {
-            (c.origin.clone(), c.seq)
-        }
-        _ => (Vec::new(), 0),
+    let from = match how {
+        KeyRead::RowAndAfter(c) => (c.origin.clone(), c.seq),
+        KeyRead::Replay { building: true } => (Vec::new(), 0),
+        KeyRead::Row | KeyRead::Replay { building: false } => return Ok(false),
     };
     let upto = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
     let n: i64 = conn
@@ -4369,6 +4410,20 @@ replication = "all"
         }
     }
 
+    /// [`replay_past_bound`] as [`current`] asks it: for a reader who sees every write
+    /// (`all`) or one checked write by write (`ana`, who may read these writes).
+    fn past_bound(conn: &Connection, key: &[u8], all: bool, max: usize) -> bool {
+        let stream = StreamName::new(STREAM).unwrap();
+        let mut vis = if all {
+            Visibility::All
+        } else {
+            Visibility::reader(Some(guard("ana", "acme")))
+        };
+        let has_row = load_state(conn, STREAM, key).unwrap().is_some();
+        let how = key_read(conn, &stream, key, has_row, &mut vis).unwrap();
+        replay_past_bound(conn, STREAM, key, &how, max).unwrap()
+    }
+
     /// A read of a key being built is refused (503) while it would replay more writes than
     /// the bound: from its cursor for a reader who sees every write, from its first write
     /// for one checked write by write; a key not being built is never refused.
@@ -4380,16 +4435,16 @@ replication = "all"
         }
         t.write(1, b"cold");
         let conn = t.r.store.write_conn().unwrap();
-        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
+        assert!(!past_bound(conn, b"hot", true, 10));
         start_key_build(conn, STREAM, b"hot").unwrap();
-        assert!(replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
-        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 30).unwrap());
+        assert!(past_bound(conn, b"hot", true, 10));
+        assert!(!past_bound(conn, b"hot", true, 30));
         key_build_pass(conn, Strategy::Counter, STREAM, b"hot", 24, &mut t.r.stats).unwrap();
         // Six writes left after the cursor; a guarded reader would replay all thirty.
-        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
-        assert!(replay_past_bound(conn, STREAM, b"hot", true, 5).unwrap());
-        assert!(replay_past_bound(conn, STREAM, b"hot", false, 10).unwrap());
-        assert!(!replay_past_bound(conn, STREAM, b"cold", false, 0).unwrap());
+        assert!(!past_bound(conn, b"hot", true, 10));
+        assert!(past_bound(conn, b"hot", true, 5));
+        assert!(past_bound(conn, b"hot", false, 10));
+        assert!(!past_bound(conn, b"cold", false, 0));
 
         // An erase still being removed that covers some of the key's writes: the read
         // replays it whole, so the bound counts from its first write.
@@ -4417,7 +4472,7 @@ replication = "all"
         let conn = r.store.write_conn().unwrap();
         start_key_build(conn, STREAM, b"hot").unwrap();
         key_build_pass(conn, Strategy::Counter, STREAM, b"hot", 24, &mut r.stats).unwrap();
-        assert!(!replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
+        assert!(!past_bound(conn, b"hot", true, 10));
         let target = Target::Principal {
             principal: "alice".into(),
             tenant: String::new(),
@@ -4426,7 +4481,7 @@ replication = "all"
         let first = r.store.erase(&target, bound).unwrap();
         assert!(first.more, "the erase goes on in passes of one row");
         let conn = r.store.write_conn().unwrap();
-        assert!(replay_past_bound(conn, STREAM, b"hot", true, 10).unwrap());
+        assert!(past_bound(conn, b"hot", true, 10));
     }
 
     /// A table's build that meets a key of more writes than a pass takes rebuilds that
