@@ -2881,6 +2881,18 @@ mod tests {
         }
     }
 
+    /// An erase of every write of `principal` stamped up to `bound_ms`: its target and
+    /// its HLC bound.
+    fn principal_erase(principal: &str, bound_ms: u64) -> (Target, u64) {
+        (
+            Target::Principal {
+                principal: principal.into(),
+                tenant: String::new(),
+            },
+            Hlc::new(bound_ms, u16::MAX).unwrap().as_u64(),
+        )
+    }
+
     /// A deletion of a key made from `state`, the writer's view of it: its version as the
     /// context (multi-value, set, lww) or its sums (counter). Unlike puts, adds and blind
     /// inserts, deletions do not commute with the writes they cover, so a test that makes
@@ -2943,6 +2955,17 @@ mod tests {
             self.store.commit().unwrap();
         }
 
+        /// Delivers many `events`, committing every thousand (a large table fast).
+        fn deliver_many<'e>(&mut self, events: impl IntoIterator<Item = &'e Arc<Event>>) {
+            for (i, w) in events.into_iter().enumerate() {
+                self.deliver_uncommitted(w);
+                if i % 1000 == 999 {
+                    self.store.commit().unwrap();
+                }
+            }
+            self.store.commit().unwrap();
+        }
+
         /// [`Replica::deliver`] without the commit (many writes, one commit).
         fn deliver_uncommitted(&mut self, event: &Arc<Event>) {
             assert_eq!(self.store.insert(event.clone()), Ok(Inserted::New));
@@ -2981,11 +3004,7 @@ mod tests {
             bound_ms: u64,
             mut check: impl FnMut(&mut Self, &BTreeSet<Vec<u8>>),
         ) -> (usize, usize) {
-            let target = Target::Principal {
-                principal: principal.into(),
-                tenant: String::new(),
-            };
-            let bound = Hlc::new(bound_ms, u16::MAX).unwrap().as_u64();
+            let (target, bound) = principal_erase(principal, bound_ms);
             let mut pass = Some(self.store.erase(&target, bound).unwrap());
             let (mut erased, mut rebuilt) = (0, 0);
             let mut keys = BTreeSet::new();
@@ -3697,11 +3716,7 @@ replication = "all"
              BEGIN SELECT RAISE(ABORT, 'disk'); END;",
         )
         .unwrap();
-        let target = Target::Principal {
-            principal: "alice".into(),
-            tenant: String::new(),
-        };
-        let bound = Hlc::new(T0 + 60_000, u16::MAX).unwrap().as_u64();
+        let (target, bound) = principal_erase("alice", T0 + 60_000);
         let erased = r.store.erase(&target, bound).unwrap().events;
         assert_eq!(erased.len(), 2);
         let mut touched: BTreeMap<String, Touched> = BTreeMap::new();
@@ -3857,11 +3872,7 @@ replication = "all"
                 }
             }
             r.store.commit().unwrap();
-            let target = Target::Principal {
-                principal: "alice".into(),
-                tenant: String::new(),
-            };
-            let bound = Hlc::new(T0 + n + 60_000, u16::MAX).unwrap().as_u64();
+            let (target, bound) = principal_erase("alice", T0 + n + 60_000);
             let t = Instant::now();
             let erased = r.store.erase(&target, bound).unwrap().events;
             let erase = t.elapsed();
@@ -3925,20 +3936,10 @@ replication = "all"
         }
         let fill = || {
             let mut r = Replica::new(Strategy::Counter);
-            for (i, w) in events.iter().enumerate() {
-                r.deliver_uncommitted(w);
-                if i % 1000 == 999 {
-                    r.store.commit().unwrap();
-                }
-            }
-            r.store.commit().unwrap();
+            r.deliver_many(&events);
             r
         };
-        let target = Target::Principal {
-            principal: "alice".into(),
-            tenant: String::new(),
-        };
-        let bound = Hlc::new(T0 + n + 60_000, u16::MAX).unwrap().as_u64();
+        let (target, bound) = principal_erase("alice", T0 + n + 60_000);
         println!("repair of the hot key    steps  longest step  total");
         let mut digests = Vec::new();
         for whole in [true, false] {
@@ -4473,11 +4474,7 @@ replication = "all"
         start_key_build(conn, STREAM, b"hot").unwrap();
         key_build_pass(conn, Strategy::Counter, STREAM, b"hot", 24, &mut r.stats).unwrap();
         assert!(!past_bound(conn, b"hot", true, 10));
-        let target = Target::Principal {
-            principal: "alice".into(),
-            tenant: String::new(),
-        };
-        let bound = Hlc::new(T0 + 60_000, u16::MAX).unwrap().as_u64();
+        let (target, bound) = principal_erase("alice", T0 + 60_000);
         let first = r.store.erase(&target, bound).unwrap();
         assert!(first.more, "the erase goes on in passes of one row");
         let conn = r.store.write_conn().unwrap();

@@ -38,6 +38,17 @@ async fn put(c: &Cluster, i: usize, token: &str, path: &str, body: Value) -> Str
     v["ids"][0].as_str().unwrap().to_string()
 }
 
+/// `POST /v1/erase` with `body` to node 0 as `token`.
+async fn request_erase(c: &Cluster, token: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(c.url(0, "/v1/erase"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Publishes one CloudEvent as `token`; returns its event id.
 async fn publish(c: &Cluster, i: usize, token: &str, stream: &str, data: Value) -> String {
     let ce = json!({"specversion": "1.0", "id": format!("{stream}-{data}"), "source": "it",
@@ -214,26 +225,14 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
             (json!({"stream": "_weft.policy", "key": "a"}), "stream"),
             (json!({"principal": "alice", "color": "red"}), "color"),
         ] {
-            let r = http
-                .post(c.url(0, "/v1/erase"))
-                .bearer_auth(&admin)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = request_erase(&c, &admin, &body).await;
             assert_eq!(r.status(), 400, "{body}");
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["error"]["reason"], "bad_erase_request", "{v}");
             let message = v["error"]["message"].as_str().unwrap();
             assert!(message.contains(field), "{body}: {message}");
         }
-        let r = http
-            .post(c.url(0, "/v1/erase"))
-            .bearer_auth(ALICE_TOKEN)
-            .json(&json!({"principal": "alice"}))
-            .send()
-            .await
-            .unwrap();
+        let r = request_erase(&c, ALICE_TOKEN, &json!({"principal": "alice"})).await;
         assert_eq!(r.status(), 403);
         assert!(rejected(&c, 0, "bad_erase_request").await >= 4);
 
@@ -464,13 +463,7 @@ fn a_key_written_after_the_erase_window_survives_on_the_node_that_took_it_first(
             )
             .await;
         }
-        let r = reqwest::Client::new()
-            .post(c.url(0, "/v1/erase"))
-            .bearer_auth(&admin)
-            .json(&json!({"stream": "kv.users", "key": "dave"}))
-            .send()
-            .await
-            .unwrap();
+        let r = request_erase(&c, &admin, &json!({"stream": "kv.users", "key": "dave"})).await;
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
         for i in 0..2 {
             wait_for(Duration::from_secs(20), || async {
@@ -591,13 +584,7 @@ fn an_erase_larger_than_a_pass_finishes_pass_by_pass_on_every_node() {
             .unwrap_or_else(|| panic!("node {i} never held the 33 events:\n{}", c.log(i)));
         }
 
-        let r = reqwest::Client::new()
-            .post(c.url(0, "/v1/erase"))
-            .bearer_auth(&admin)
-            .json(&json!({"principal": "alice"}))
-            .send()
-            .await
-            .unwrap();
+        let r = request_erase(&c, &admin, &json!({"principal": "alice"})).await;
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
         for i in 0..2 {
             let done = wait_for(Duration::from_secs(30), || async {
@@ -715,13 +702,7 @@ fn an_erase_reaching_a_key_of_many_writes_rebuilds_it_pass_by_pass_on_every_node
             .await
             .unwrap_or_else(|| panic!("node {i} never counted 32,100:\n{}", c.log(i)));
         }
-        let r = client
-            .post(c.url(0, "/v1/erase"))
-            .bearer_auth(&admin)
-            .json(&json!({"principal": "alice"}))
-            .send()
-            .await
-            .unwrap();
+        let r = request_erase(&c, &admin, &json!({"principal": "alice"})).await;
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
         for i in 0..2 {
             wait_for(Duration::from_secs(60), || async {
