@@ -2955,6 +2955,14 @@ mod tests {
             self.store.commit().unwrap();
         }
 
+        /// One pass of the builds of the table ([`build_pass`]), committed.
+        fn pass(&mut self, keys_max: usize, writes_max: usize) -> Option<BuildPass> {
+            let conn = self.store.write_conn().unwrap();
+            let pass = build_pass(conn, STREAM, keys_max, writes_max, &mut self.stats).unwrap();
+            self.store.commit().unwrap();
+            pass
+        }
+
         /// Delivers many `events`, committing every thousand (a large table fast).
         fn deliver_many<'e>(&mut self, events: impl IntoIterator<Item = &'e Arc<Event>>) {
             for (i, w) in events.into_iter().enumerate() {
@@ -3797,17 +3805,7 @@ replication = "all"
             start_build(conn, STREAM, Strategy::Lww).unwrap();
             loop {
                 let t = Instant::now();
-                let conn = r.store.write_conn().unwrap();
-                let pass = build_pass(
-                    conn,
-                    STREAM,
-                    BUILD_PASS_KEYS,
-                    BUILD_PASS_WRITES,
-                    &mut r.stats,
-                )
-                .unwrap()
-                .unwrap();
-                r.store.commit().unwrap();
+                let pass = r.pass(BUILD_PASS_KEYS, BUILD_PASS_WRITES).unwrap();
                 longest = longest.max(t.elapsed());
                 passes += 1;
                 if pass.done {
@@ -3985,16 +3983,9 @@ replication = "all"
             loop {
                 let mut done = true;
                 step(&mut r, &mut |r| {
-                    let conn = r.store.write_conn().unwrap();
-                    let p = build_pass(
-                        conn,
-                        STREAM,
-                        BUILD_PASS_KEYS,
-                        BUILD_PASS_WRITES,
-                        &mut r.stats,
-                    )
-                    .unwrap();
-                    done = p.is_none_or(|p| p.done);
+                    done = r
+                        .pass(BUILD_PASS_KEYS, BUILD_PASS_WRITES)
+                        .is_none_or(|p| p.done);
                 });
                 if done {
                     break;
@@ -4110,11 +4101,7 @@ replication = "all"
             t.start_build();
             let mut passes = 0;
             loop {
-                let conn = t.r.store.write_conn().unwrap();
-                let pass = build_pass(conn, STREAM, 3, BUILD_PASS_WRITES, &mut t.r.stats)
-                    .unwrap()
-                    .unwrap();
-                t.r.store.commit().unwrap();
+                let pass = t.r.pass(3, BUILD_PASS_WRITES).unwrap();
                 passes += 1;
                 assert!(pass.writes <= BUILD_PASS_WRITES);
                 if pass.done {
@@ -4229,11 +4216,7 @@ replication = "all"
             t.same(b"hot", "once started");
             let mut passes = 0;
             loop {
-                let conn = t.r.store.write_conn().unwrap();
-                let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, 4, &mut t.r.stats)
-                    .unwrap()
-                    .unwrap();
-                t.r.store.commit().unwrap();
+                let pass = t.r.pass(BUILD_PASS_KEYS, 4).unwrap();
                 passes += 1;
                 assert!(passes < 100, "{strategy:?}: the key's build never ends");
                 assert_eq!(pass.key.as_deref(), Some(&b"hot"[..]), "{strategy:?}");
@@ -4496,11 +4479,7 @@ replication = "all"
             t.start_build();
             let (mut passes, mut on_its_own) = (0, 0);
             loop {
-                let conn = t.r.store.write_conn().unwrap();
-                let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, 6, &mut t.r.stats)
-                    .unwrap()
-                    .unwrap();
-                t.r.store.commit().unwrap();
+                let pass = t.r.pass(BUILD_PASS_KEYS, 6).unwrap();
                 passes += 1;
                 assert!(passes < 100, "{strategy:?}: the build never ends");
                 assert!(pass.writes <= 6, "{strategy:?}: {} writes", pass.writes);
@@ -4580,17 +4559,7 @@ replication = "all"
                 in_order.key(b"hot"),
                 "{strategy:?}"
             );
-            let conn = r.store.write_conn().unwrap();
-            let pass = build_pass(
-                conn,
-                STREAM,
-                BUILD_PASS_KEYS,
-                BUILD_PASS_WRITES,
-                &mut r.stats,
-            )
-            .unwrap()
-            .unwrap();
-            r.store.commit().unwrap();
+            let pass = r.pass(BUILD_PASS_KEYS, BUILD_PASS_WRITES).unwrap();
             assert_eq!(
                 (pass.writes, pass.keys, pass.done),
                 (300, 1, true),
@@ -4738,18 +4707,14 @@ replication = "all"
                     r.deliver(&w);
                     steady.deliver(&w);
                     if started && *pass {
-                        let conn = r.store.write_conn().unwrap();
-                        build_pass(conn, STREAM, BUILD_PASS_KEYS, writes_max, &mut r.stats).unwrap();
-                        r.store.commit().unwrap();
+                        r.pass(BUILD_PASS_KEYS, writes_max);
                     }
                     for k in [b"a", b"b", b"c"] {
                         prop_assert_eq!(r.key_seen_by(None, k), steady.key(k), "key {:?} after write {}", k, i);
                     }
                 }
                 loop {
-                    let conn = r.store.write_conn().unwrap();
-                    let pass = build_pass(conn, STREAM, BUILD_PASS_KEYS, writes_max, &mut r.stats).unwrap();
-                    r.store.commit().unwrap();
+                    let pass = r.pass(BUILD_PASS_KEYS, writes_max);
                     if pass.is_none_or(|p| p.done) {
                         break;
                     }
