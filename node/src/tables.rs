@@ -808,26 +808,22 @@ fn key_build_pass(
     // to it in memory, and written back once (what `apply_write` does write by write).
     let mut state = load_state(conn, stream, key)?;
     let mut writers: BTreeSet<(String, String)> = BTreeSet::new();
-    let n = for_each_log_write(
+    let n = apply_writes_after(
         conn,
-        stream,
-        Writes::KeyAfter {
-            key,
-            origin: &cursor.origin,
-            seq: cursor.seq,
-            limit,
-        },
-        |_| true,
-        |event| {
+        strategy,
+        (stream, key),
+        &cursor,
+        limit,
+        &mut state,
+        stats,
+        |event, is_op| {
             last = Some((event.origin(), event.seq()));
             let seq = newest.entry(event.origin()).or_default();
             *seq = (*seq).max(event.seq());
-            if let Some(op) = op_of(event, stats) {
+            if is_op {
                 let sec = event.security();
                 writers.insert((sec.tenant.clone(), sec.classification.clone()));
-                table::apply_key(strategy, &mut state, &write_of(event, key, &op), stats);
             }
-            Ok(())
         },
     )?;
     for (tenant, classification) in &writers {
@@ -863,6 +859,42 @@ fn key_build_pass(
         done,
         resumed,
     })
+}
+
+/// Applies to `state`, in memory, the log's writes of `key` after `cursor` in per-origin
+/// order, at most `limit` of them (a key's pass, or a read of a key being rebuilt);
+/// `walked` sees each write read and whether it was an operation. Returns how many were
+/// read.
+#[allow(clippy::too_many_arguments)]
+fn apply_writes_after(
+    conn: &Connection,
+    strategy: Strategy,
+    (stream, key): (&str, &[u8]),
+    cursor: &KeyCursor,
+    limit: i64,
+    state: &mut Option<KeyState>,
+    stats: &mut ConflictStats,
+    mut walked: impl FnMut(&Event, bool),
+) -> Result<usize, String> {
+    for_each_log_write(
+        conn,
+        stream,
+        Writes::KeyAfter {
+            key,
+            origin: &cursor.origin,
+            seq: cursor.seq,
+            limit,
+        },
+        |_| true,
+        |event| {
+            let op = op_of(event, stats);
+            walked(event, op.is_some());
+            if let Some(op) = op {
+                table::apply_key(strategy, state, &write_of(event, key, &op), stats);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// What one [`key_build_pass`] did.
@@ -1946,28 +1978,15 @@ fn read_key(
         KeyRead::Row => return Ok(state),
         KeyRead::RowAndAfter(cursor) => {
             let mut state = state;
-            let mut stats = ConflictStats::default();
-            for_each_log_write(
+            apply_writes_after(
                 conn,
-                stream.as_str(),
-                Writes::KeyAfter {
-                    key,
-                    origin: &cursor.origin,
-                    seq: cursor.seq,
-                    limit: i64::MAX,
-                },
-                |_| true,
-                |event| {
-                    if let Some(op) = op_of(event, &mut stats) {
-                        table::apply_key(
-                            strategy,
-                            &mut state,
-                            &write_of(event, key, &op),
-                            &mut stats,
-                        );
-                    }
-                    Ok(())
-                },
+                strategy,
+                (stream.as_str(), key),
+                &cursor,
+                i64::MAX,
+                &mut state,
+                &mut ConflictStats::default(),
+                |_, _| {},
             )?;
             return Ok(state);
         }
