@@ -1831,7 +1831,7 @@ impl Driver {
     /// [`ERASE_RETRY`].
     fn table_build_pass(&mut self) {
         let tables = self.tables.clone();
-        let result = write_tx(&mut self.node, crate::tables::builds);
+        let result = crate::tables::builds(self.node.store().read_conn());
         let streams = match result {
             Ok(r) => r,
             Err(e) => {
@@ -2490,7 +2490,7 @@ impl Driver {
             "store_erases_pending",
             self.node.store().erases_pending().len() as u64,
         );
-        match write_tx(&mut self.node, crate::tables::building_counts) {
+        match crate::tables::building_counts(self.node.store().read_conn()) {
             Ok((tables, keys)) => {
                 stats.insert("tables_building", tables);
                 stats.insert("table_keys_building", keys);

@@ -1530,6 +1530,13 @@ impl SqliteStore {
         Ok(true)
     }
 
+    /// The write connection for a read that must not open a write transaction (a status
+    /// count, a look for work to do): it sees what is committed and what the open step
+    /// wrote.
+    pub(crate) fn read_conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Opens the write transaction if none is open. Never commits (see
     /// [`TX_WRITES_MAX`]).
     fn begin_write(&mut self) -> Result<(), StoreError> {
