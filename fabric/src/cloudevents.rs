@@ -111,6 +111,25 @@ pub enum CeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `weft*` extension attribute other than `weftstream` and `weftkey`: those are the
+    /// node's own, set from the signed envelope when an event is read, so a publisher
+    /// cannot make one look attested.
+    #[error(
+        "attribute `{name}` is reserved: names beginning with `weft` are set by the node from the signed envelope when the event is read; a publisher may set only `weftstream` and `weftkey`"
+    )]
+    ReservedAttribute {
+        /// The attribute (clipped).
+        name: String,
+    },
+    /// A request read as a binary-mode CloudEvent (its content type is neither
+    /// [`CE_JSON`] nor [`CE_BATCH_JSON`]) without a `ce-specversion` header.
+    #[error(
+        "attribute `specversion` is missing: a body of content type {content_type} is read as a binary-mode CloudEvent, whose attributes come in `ce-*` headers (ce-specversion, ce-id, ce-source, ce-type); send a structured event with Content-Type application/cloudevents+json, a batch with application/cloudevents-batch+json"
+    )]
+    NotBinaryMode {
+        /// The request's content type, or `none` (clipped).
+        content_type: String,
+    },
     /// The same attribute appears twice (two `ce-` headers of one name).
     #[error("attribute `{name}` appears more than once")]
     DuplicateAttribute {
@@ -183,6 +202,8 @@ impl CeError {
             CeError::MissingAttribute { .. } => "missing_attribute",
             CeError::BadSpecversion { .. } => "bad_specversion",
             CeError::BadAttributeName { .. } => "bad_attribute_name",
+            CeError::ReservedAttribute { .. } => "reserved_attribute",
+            CeError::NotBinaryMode { .. } => "missing_attribute",
             CeError::BadAttributeValue { .. } => "bad_attribute_value",
             CeError::DuplicateAttribute { .. } => "duplicate_attribute",
             CeError::BadTime { .. } => "bad_time",
@@ -421,10 +442,46 @@ pub fn parse_http<'a>(
         .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
         .and_then(|(_, value)| std::str::from_utf8(value).ok())
         .map(media_essence);
-    match essence.as_deref() {
-        Some(CE_JSON) => parse_structured(body).map(|event| vec![event]),
-        Some(CE_BATCH_JSON) => parse_batch(body),
-        _ => parse_binary(headers, body).map(|event| vec![event]),
+    let events = match essence.as_deref() {
+        Some(CE_JSON) => parse_structured(body).map(|event| vec![event])?,
+        Some(CE_BATCH_JSON) => parse_batch(body)?,
+        _ => parse_binary(headers, body)
+            .map(|event| vec![event])
+            .map_err(|e| match e {
+                CeError::MissingAttribute {
+                    name: "specversion",
+                } => CeError::NotBinaryMode {
+                    content_type: clip(essence.as_deref().unwrap_or("none")),
+                },
+                other => other,
+            })?,
+    };
+    for (index, event) in events.iter().enumerate() {
+        check_reserved(event).map_err(|source| {
+            if essence.as_deref() == Some(CE_BATCH_JSON) {
+                CeError::InBatch {
+                    index,
+                    source: Box::new(source),
+                }
+            } else {
+                source
+            }
+        })?;
+    }
+    Ok(events)
+}
+
+/// Refuses the `weft*` attributes only the node sets ([`CeError::ReservedAttribute`]).
+/// Checked where events come in ([`parse_http`]), not when stored ones are parsed again
+/// for reading: those had theirs replaced by the renderer.
+pub fn check_reserved(event: &IncomingEvent) -> Result<(), CeError> {
+    match event
+        .structured
+        .keys()
+        .find(|n| n.starts_with("weft") && *n != "weftstream" && *n != "weftkey")
+    {
+        Some(name) => Err(CeError::ReservedAttribute { name: clip(name) }),
+        None => Ok(()),
     }
 }
 
@@ -1281,6 +1338,46 @@ mod tests {
         );
         let err = parse_http(ct("application/json"), &one).unwrap_err();
         assert_eq!(err.reason(), "missing_attribute", "binary mode: {err}");
+        assert!(
+            err.to_string().contains("application/cloudevents+json")
+                && err.to_string().contains("content type application/json"),
+            "a structured event sent as plain JSON is told which content type to use: {err}"
+        );
+    }
+
+    /// A publisher may set `weftstream` and `weftkey`; every other `weft*` attribute is the
+    /// node's own, refused in every mode (a batch names the event).
+    #[test]
+    fn weft_attributes_the_node_sets_are_refused_at_input() {
+        let ct = |v: &'static str| vec![("content-type", v.as_bytes())];
+        let fine = with(json!({"weftstream": "a.b", "weftkey": "k"}));
+        assert!(parse_http(ct(CE_JSON), &fine).is_ok());
+        for name in ["weftresidency", "weftprincipal", "weftderived", "weftx"] {
+            let body = with(json!({ name: "US" }));
+            let err = parse_http(ct(CE_JSON), &body).unwrap_err();
+            assert_eq!(err.reason(), "reserved_attribute", "{name}: {err}");
+            assert!(err.to_string().contains(name), "{err}");
+            let batch = format!(
+                "[{},{}]",
+                String::from_utf8(fine.clone()).unwrap(),
+                String::from_utf8(body).unwrap()
+            );
+            let err = parse_http(ct(CE_BATCH_JSON), batch.as_bytes()).unwrap_err();
+            assert_eq!(err.reason(), "reserved_attribute", "{name}: {err}");
+            assert!(err.to_string().contains("index 1"), "{err}");
+        }
+        let binary = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+            ("ce-weftresidency", "US"),
+        ]);
+        let err = parse_http(binary, b"").unwrap_err();
+        assert_eq!(err.reason(), "reserved_attribute", "{err}");
+        // Stored events are parsed again for reading without the check (the renderer
+        // replaces them), so an event stored before it still reads.
+        assert!(parse_structured(&with(json!({"weftresidency": "US"}))).is_ok());
     }
 
     // ------------------------------------------------------------ batch

@@ -738,6 +738,18 @@ pub(crate) fn table_write(
     if let Some(v) = version {
         url.query_pairs_mut().append_pair("version", v);
     }
+    // The operation meant, so that a table of another strategy refuses it (`wrong_op`)
+    // rather than storing `{"add": 5}` as an lww value.
+    let op = match &write {
+        None => None,
+        Some(TableWrite::Value(..)) => Some("value"),
+        Some(TableWrite::Add(_)) => Some("add"),
+        Some(TableWrite::Insert(_)) => Some("insert"),
+        Some(TableWrite::Remove(_)) => Some("remove"),
+    };
+    if let Some(op) = op {
+        url.query_pairs_mut().append_pair("op", op);
+    }
     let client = reqwest::Client::new();
     let req = match write {
         None => client.delete(url.clone()),

@@ -14,7 +14,8 @@
 //! path names none) and `weftkey` (the table key; else `subject` is the key). [`render`]
 //! always sets `weftstream`, `weftid`, `weftorigin`, `weftseq`, `wefthlc`, `weftprincipal`,
 //! `wefttenant`, `weftclassification` (and `weftsealed` for sealed payloads) from the signed
-//! envelope, overwriting whatever the publisher put there; for an event an egress transform
+//! envelope, and removes any other `weft*` attribute but `weftkey` (input refuses them:
+//! `reserved_attribute`); for an event an egress transform
 //! derived (`egress::DERIVED_CONTENT_TYPE`) also `weftlineage`, the lineage as JSON text.
 //!
 //! This module does no I/O: bytes and header pairs in, values out.
@@ -35,24 +36,6 @@ const SYNTH_SOURCE_PREFIX: &str = "weft:origin/";
 
 /// Type of events synthesized from non-CloudEvents payloads.
 const SYNTH_TYPE: &str = "weft.event";
-
-/// Extension attributes [`render`] sets from the envelope. Any the publisher supplied are
-/// replaced (or removed, for `weftsealed`), so readers can trust them.
-const RENDER_ATTRIBUTES: [&str; 11] = [
-    // A log position, added by reads and subscriptions (`http.rs`); one a publisher put in
-    // its event would otherwise show where none is added (`GET /v1/events/{id}`).
-    "weftcursor",
-    "weftlineage",
-    "weftstream",
-    "weftid",
-    "weftorigin",
-    "weftseq",
-    "wefthlc",
-    "weftprincipal",
-    "wefttenant",
-    "weftclassification",
-    "weftsealed",
-];
 
 /// Renders a stored Weft event as a structured CloudEvent JSON object for readers.
 ///
@@ -81,9 +64,10 @@ pub(crate) fn render(event: &EventData) -> Map<String, Value> {
         _ => None,
     };
     let mut map = stored.unwrap_or_else(|| synthesize(event));
-    for name in RENDER_ATTRIBUTES {
-        map.remove(name);
-    }
+    // Every `weft*` attribute but the key is the node's to set, from the envelope: one a
+    // publisher put there (refused at input since 2026-12-06, but stored before, or in a
+    // pre-signed envelope's payload) never shows, so readers can trust every one they see.
+    map.retain(|name, _| !name.starts_with("weft") || name == "weftkey");
     let security = event.security();
     let extensions = [
         ("weftstream", Value::from(event.stream().as_str())),
@@ -240,6 +224,12 @@ mod tests {
             assert_eq!(rendered.get(name), Some(&value), "{name}");
         }
         assert!(!rendered.contains_key("weftsealed"));
+        for name in ["weftresidency", "weftderived"] {
+            assert!(
+                !rendered.contains_key(name),
+                "{name}: a weft attribute the node does not set never shows"
+            );
+        }
         // What readers get is itself a valid CloudEvent with the same attributes.
         let again = parse_structured(&serde_json::to_vec(&rendered).unwrap()).unwrap();
         assert_eq!(
@@ -270,6 +260,7 @@ mod tests {
         let body = with(json!({
             "weftprincipal": "root", "weftsealed": true, "weftseq": 1, "weftstream": "x.y",
             "weftlineage": "{\"sources\":[]}", "weftcursor": "999999",
+            "weftresidency": "US", "weftderived": "true",
         }));
         let rendered = render(&stored(&parse_structured(&body).unwrap()));
         assert!(

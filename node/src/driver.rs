@@ -157,7 +157,7 @@ pub(crate) enum PublishError {
     #[error("the store refused the event: {0}")]
     Store(String),
     /// An erase rule covers the event (`erase.rs`): not stored, delivered or sent.
-    #[error("erased: {0}")]
+    #[error("{0}")]
     Erased(String),
     /// A pre-signed event reuses a sequence number its origin already has here with other
     /// content (a producer that lost its numbering state): refused, the held event kept.
@@ -1035,6 +1035,16 @@ impl Driver {
                     debug!("published");
                 }
                 let event_ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+                // Who published each event, and where: for the audit of a refusal.
+                let whose: Vec<(String, String)> = events
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.security().principal.clone(),
+                            e.stream().as_str().to_string(),
+                        )
+                    })
+                    .collect();
                 let numbers: Vec<(OriginKey, u64)> =
                     events.iter().map(|e| (e.origin(), e.seq())).collect();
                 // Sources an aggregating transform reads, and new here: each is added to
@@ -1148,7 +1158,9 @@ impl Driver {
                     }
                 }
                 let results_ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
-                for ((id, key), result) in event_ids.into_iter().zip(dedup).zip(results) {
+                for (((id, key), result), (principal, stream)) in
+                    event_ids.into_iter().zip(dedup).zip(results).zip(whose)
+                {
                     if let Err(e) = result {
                         let refuse = |reason: &str| {
                             self.metrics.reject(reason);
@@ -1159,6 +1171,8 @@ impl Driver {
                                     self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
                                     format!("publish of event {id} refused: {e}"),
                                 )
+                                .principal(&principal)
+                                .stream(&stream)
                                 .event(id.to_string()),
                             );
                         };
@@ -1191,7 +1205,9 @@ impl Driver {
                             ));
                         } else if let weft_fabric::mesh::StoreError::Erased { .. } = e {
                             refuse("erased");
-                            erased.get_or_insert(e.to_string());
+                            erased.get_or_insert(format!(
+                                "event {id} on {stream} is covered by an erase rule (an erase of its key or of its principal covers what is stamped up to 60 s, the HLC drift bound, past the request: docs/tables.md, Erasure); write it again after that"
+                            ));
                         } else {
                             self.metrics.reject("store_refused");
                             refused.get_or_insert(e.to_string());

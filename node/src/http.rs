@@ -438,11 +438,13 @@ impl Api {
                 self.policy.epoch(),
             ));
         };
+        // The scheme is case-insensitive (RFC 9110 11.1): `bearer` is `Bearer`.
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
             .unwrap_or("");
         let hash = crate::keys::token_hash(token);
         let policy = self.policy.policy();
@@ -512,6 +514,11 @@ impl Api {
         action: weft_policy::Action,
     ) -> ApiResult<Option<ReadGuard>> {
         let Some(policy) = self.policy.policy() else {
+            // A token sent anyway is checked: a wrong one is refused (401) here as it is
+            // where a token is needed, not taken silently until a policy makes it matter.
+            if headers.contains_key(header::AUTHORIZATION) {
+                self.authenticate(headers)?;
+            }
             return Ok(None);
         };
         let principal = self.authenticate(headers)?;
@@ -722,9 +729,9 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::routes())
-        .layer(axum::middleware::map_response_with_state(
+        .layer(axum::middleware::from_fn_with_state(
             api.clone(),
-            count_body_limit,
+            json_errors,
         ))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(api)
@@ -900,27 +907,69 @@ async fn bound_publish_bytes(
     resp
 }
 
-/// Bodies over `limits.http_body_max` are refused by axum's extractor before a handler
-/// runs: give them the API's error shape and count them. (A handler's own 413, already
-/// JSON with a more precise reason, passes through.)
-async fn count_body_limit(State(api): State<Arc<Api>>, resp: Response) -> Response {
+/// Every refusal is this API's JSON error, counted: the answers axum and its extractors
+/// give by themselves (an unknown route 404, a wrong method 405, a path segment that is not
+/// UTF-8 400, a body over `limits.http_body_max` 413, a JSON body of the wrong shape
+/// 400/415/422) are plain text and were counted nowhere. `/readyz` keeps its plain 503: a
+/// probe's answer, not a refusal.
+async fn json_errors(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
     let json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
-        return api
-            .fail(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body is over limits.http_body_max",
-            ))
-            .into_response();
+    if json || !(status.is_client_error()) || path == "/readyz" {
+        return resp;
     }
-    resp
+    let (reason, message) = match status {
+        StatusCode::NOT_FOUND => (
+            "no_such_route",
+            format!("no route {method} {path}: the API is listed in docs/node.md"),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("{path} does not take {method}: the API is listed in docs/node.md"),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body_too_large",
+            format!(
+                "the request body is over limits.http_body_max = {} bytes",
+                api.body_max
+            ),
+        ),
+        _ => {
+            // The extractor's own text says what was wrong (bounded: it is axum's).
+            let body = axum::body::to_bytes(resp.into_body(), 4096)
+                .await
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            let reason = if text.contains("path") || text.contains("URL") {
+                "bad_path"
+            } else {
+                "bad_request"
+            };
+            return api
+                .fail(ApiError::new(
+                    status,
+                    reason,
+                    format!("{method} {path}: {text}"),
+                ))
+                .into_response();
+        }
+    };
+    api.fail(ApiError::new(status, reason, message))
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PublishQuery {
     ack: Option<String>,
 }
@@ -1101,20 +1150,49 @@ async fn publish_inner(
     let mut fresh_at: Vec<usize> = Vec::new();
     let mut known: Vec<(usize, String)> = Vec::new();
     {
-        let keys: Vec<(String, String)> = incoming
+        // Each event's source and id, and the stream and payload it would be stored with,
+        // to tell a retry (the same event again) from another event under the same
+        // identity.
+        let keys: Vec<(String, String, Option<StreamName>, Vec<u8>)> = incoming
             .iter()
-            .map(|e| (e.source.clone(), e.id.clone()))
+            .map(|e| {
+                (
+                    e.source.clone(),
+                    e.id.clone(),
+                    path_stream.clone().or_else(|| e.stream.clone()),
+                    e.to_payload(),
+                )
+            })
             .collect();
         let name = principal.name.clone();
         let found = read_store(api, move |r| {
             keys.iter()
-                .map(|(s, i)| r.ce_dedup_get(&name, s, i))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|(s, i, stream, payload)| {
+                    let Some(id) = r.ce_dedup_get(&name, s, i)? else {
+                        return Ok(None);
+                    };
+                    let stored = r.event_by_id(&id)?;
+                    Ok(Some((
+                        id,
+                        stored_elsewhere(stored.as_deref(), stream, payload),
+                    )))
+                })
+                .collect::<Result<Vec<_>, weft_fabric::mesh::StoreError>>()
         })
         .await?;
         for (i, (event, seen)) in incoming.into_iter().zip(found).enumerate() {
             match seen {
-                Some(id) => known.push((i, id.to_string())),
+                Some((id, Some(differs))) => {
+                    return Err(api.fail(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "event_id_reused",
+                        format!(
+                            "event {i}: source {:?} and id {:?} were already published by {} as event {id} {differs}; a CloudEvent is identified by its source and id, so this is not a retry of it: give a different event another id",
+                            event.source, event.id, principal.name
+                        ),
+                    )));
+                }
+                Some((id, None)) => known.push((i, id.to_string())),
                 None => {
                     fresh.push(event);
                     fresh_at.push(i);
@@ -1151,7 +1229,7 @@ async fn publish_inner(
                 )));
             }
         };
-        check_stored(api, &stream)?;
+        check_stored(api, &principal.name, &stream)?;
         let (classification, residency) = match &policy {
             None => ("internal".to_string(), Residency::Unrestricted),
             Some(policy) => enforce_publish(api, policy, &principal, &stream, i)?,
@@ -1264,6 +1342,30 @@ async fn publish_inner(
     Ok(published_response(&out, out.complete))
 }
 
+/// How the event stored under a CloudEvent's identity differs from the one being published
+/// again (`stream`, `payload`): on another stream, or with other content (`None`: the same,
+/// a retry, or not stored any more, which the caller answers as it always has).
+fn stored_elsewhere(
+    stored: Option<&[u8]>,
+    stream: &Option<StreamName>,
+    payload: &[u8],
+) -> Option<String> {
+    let event = weft_fabric::decode(stored?).ok()?;
+    let data = event.claimed_data();
+    if let Some(stream) = stream
+        && data.stream() != stream
+    {
+        return Some(format!("on stream {}", data.stream().as_str()));
+    }
+    match data.payload() {
+        Payload::Clear(bytes) if bytes.as_slice() != payload => Some(format!(
+            "on stream {} with other content",
+            data.stream().as_str()
+        )),
+        _ => None,
+    }
+}
+
 /// Confirms already-accepted CloudEvents (answered by idempotency) at the request's ack
 /// level: their stored envelopes go through the pre-signed resend path, which the driver
 /// confirms in the regions that hold them. An event no longer stored (erased, or past
@@ -1363,7 +1465,7 @@ pub(crate) async fn publish_op(
             "too many publishes in progress (limits.publishes_inflight_max); retry shortly",
         ))
     })?;
-    check_stored(api, &stream)?;
+    check_stored(api, &principal.name, &stream)?;
     let policy = api.policy.policy();
     let mut charge = None;
     let (classification, residency) = match &policy {
@@ -1529,10 +1631,15 @@ fn sign_all(
 
 /// A node accepts publishes only on streams it stores: an event it signs or takes in must
 /// be durable here before it is acknowledged or sent on.
-pub(crate) fn check_stored(api: &Api, stream: &StreamName) -> ApiResult<()> {
+pub(crate) fn check_stored(api: &Api, principal: &str, stream: &StreamName) -> ApiResult<()> {
     stored_here(api, stream).map_err(|e| {
         if e.reason() == "system_stream" {
-            api.refuse(e, None, Some(stream.as_str()), api.policy.epoch())
+            api.refuse(
+                e,
+                Some(principal),
+                Some(stream.as_str()),
+                api.policy.epoch(),
+            )
         } else {
             api.fail(e)
         }
@@ -1578,6 +1685,8 @@ fn presigned(
         ))
     })?;
     let id = unverified.id().to_string();
+    // The stream it claims, unverified: the audit names where it was aimed.
+    let claimed = unverified.claimed_data().stream().as_str().to_string();
     let event = unverified.verify().map_err(|e| {
         api.audit.record(
             crate::audit::Entry::now(
@@ -1586,6 +1695,8 @@ fn presigned(
                 api.policy.epoch(),
                 format!("pre-signed event refused: {e}"),
             )
+            .principal(&principal.name)
+            .stream(&claimed)
             .event(id),
         );
         api.fail(ApiError::new(
@@ -1594,7 +1705,7 @@ fn presigned(
             e.to_string(),
         ))
     })?;
-    check_stored(api, event.stream())?;
+    check_stored(api, &principal.name, event.stream())?;
     crate::egress::check_presigned(&event).map_err(|m| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1615,8 +1726,27 @@ fn presigned(
             ),
         )));
     }
-    if let Some(policy) = api.policy.policy() {
-        enforce_presigned(api, &policy, principal, &event)?;
+    match api.policy.policy() {
+        Some(policy) => enforce_presigned(api, &policy, principal, &event)?,
+        // Without a policy every principal of the config is bound to its tenant: an
+        // envelope stamped for another would be read as that tenant's. An admin may pass
+        // on another tenant's signed events (a relay, a restore).
+        None if !principal.admin && event.security().tenant != principal.tenant => {
+            let e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "publish_forbidden",
+                format!(
+                    "event {} is stamped for tenant {:?}; principal {} is bound to tenant {:?} and may publish only its own tenant's events",
+                    event.id(),
+                    event.security().tenant,
+                    principal.name,
+                    principal.tenant
+                ),
+            );
+            audit_event(api, &e, &principal.name, &event, 0);
+            return Err(api.fail(e));
+        }
+        None => {}
     }
     Ok(event)
 }
@@ -1826,6 +1956,7 @@ fn published_response(p: &Published, complete: bool) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReadQuery {
     /// A cursor token (`cursor.rs`), or 0 for the start.
     after: Option<String>,
@@ -2099,11 +2230,14 @@ async fn event_by_id(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let guard = api.read_guard(&headers, weft_policy::Action::Read)?;
-    let key = crate::config::hex32("id", &id).map_err(|e| {
+    let key = crate::config::hex32("id", &id).map_err(|_| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_event_id",
-            format!("{e:#}"),
+            format!(
+                "event id {:?}: an event id is 64 hex digits (the SHA-256 `weftid` of a read)",
+                id.chars().take(80).collect::<String>()
+            ),
         ))
     })?;
     let found = read_store(&api, move |r| r.event_by_id(&weft_fabric::EventId(key))).await?;
@@ -2501,6 +2635,7 @@ async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> 
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AckQuery {
     /// A cursor token of the stream (`cursor.rs`).
     cursor: String,

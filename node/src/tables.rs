@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -175,6 +175,11 @@ pub(crate) struct Declared {
 impl Declared {
     /// The strategy of `stream`, if it is a table.
     pub(crate) fn strategy(&self, stream: &StreamName) -> Option<Strategy> {
+        // The node's own streams (policy bundles, erase requests) are never tables, even
+        // under a pattern as wide as `>`: their reads are for admins (`not_a_table`).
+        if stream.is_system() {
+            return None;
+        }
         if let Some(p) = self.policy.policy() {
             return p
                 .stream_rule(stream)
@@ -2208,11 +2213,17 @@ fn table_key(key: &[u8]) -> Result<&str, ApiError> {
     }
 }
 
+/// A key's read takes no query parameters: one sent is refused (`bad_query`), not ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoQuery {}
+
 /// `GET /v1/tables/{stream}/{key}`.
 pub(crate) async fn get_key(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path((stream, key)): Path<(String, String)>,
+    crate::http::ApiQuery(NoQuery {}): crate::http::ApiQuery<NoQuery>,
 ) -> ApiResult<Response> {
     let (name, strategy) = declared_strategy(&api, &stream)?;
     check_key(&api, &key)?;
@@ -2264,7 +2275,7 @@ pub(crate) async fn list(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(stream): Path<String>,
-    Query(q): Query<ListQuery>,
+    crate::http::ApiQuery(q): crate::http::ApiQuery<ListQuery>,
 ) -> ApiResult<Response> {
     let (name, strategy) = declared_strategy(&api, &stream)?;
     let guard = crate::http::authorize_read(&api, &headers, &name)?;
@@ -2484,6 +2495,40 @@ pub(crate) struct WriteQuery {
     ack: Option<String>,
     /// The version token of a read: the write supersedes what it covers (multi-value).
     version: Option<String>,
+    /// The operation the writer means (`value`, `add`, `insert`, `remove`): refused, 400
+    /// `wrong_op`, when the table's strategy does not take it, instead of storing
+    /// `{"add": 5}` as an lww value (`weft put` always says).
+    op: Option<String>,
+}
+
+/// Refuses a PUT whose `?op=` the strategy does not take ([`WriteQuery::op`]).
+fn check_op(api: &Api, stream: &str, strategy: Strategy, op: Option<&str>) -> ApiResult<()> {
+    let Some(op) = op else {
+        return Ok(());
+    };
+    let takes = match op {
+        "value" => matches!(strategy, Strategy::Lww | Strategy::MultiValue),
+        "add" => strategy == Strategy::Counter,
+        "insert" | "remove" => strategy == Strategy::Set,
+        other => {
+            return Err(api.fail(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("op {other:?}: one of value, add, insert, remove"),
+            )));
+        }
+    };
+    if takes {
+        return Ok(());
+    }
+    Err(api.fail(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "wrong_op",
+        format!(
+            "{stream} is a {} table, which does not take `{op}`: lww and multi-value tables take a value, a counter {{\"add\": N}}, a set {{\"insert\": [...]}} or {{\"remove\": [...]}}",
+            strategy.as_str()
+        ),
+    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -2509,16 +2554,30 @@ pub(crate) async fn put(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path((stream, key)): Path<(String, String)>,
-    Query(q): Query<WriteQuery>,
+    crate::http::ApiQuery(q): crate::http::ApiQuery<WriteQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let (name, strategy) = declared_strategy(&api, &stream)?;
     check_key(&api, &key)?;
+    check_op(&api, &stream, strategy, q.op.as_deref())?;
     let bad = |m: String| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_table_write", m));
     let op = match strategy {
         Strategy::Lww | Strategy::MultiValue => {
             let ctx = match &q.version {
-                Some(t) => applied_at_most(&api, &name, parse_version(t).map_err(&bad)?).await?,
+                Some(t) => {
+                    let token =
+                        applied_at_most(&api, &name, parse_version(t).map_err(&bad)?).await?;
+                    // Within the writer's own view, as a deletion's is: a token (made up,
+                    // or read by someone else) cannot make a put supersede a sibling of
+                    // another tenant or class, which the writer may not even read.
+                    match deletion_view(&api, &headers, &name)? {
+                        Visibility::All => token,
+                        vis => {
+                            let seen = current(&api, vis, strategy, &name, &key).await?;
+                            token.capped(&seen.map(|s| s.version()).unwrap_or_default())
+                        }
+                    }
+                }
                 None => Vv::default(),
             };
             if strategy == Strategy::MultiValue {
@@ -2594,7 +2653,7 @@ pub(crate) async fn delete(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path((stream, key)): Path<(String, String)>,
-    Query(q): Query<WriteQuery>,
+    crate::http::ApiQuery(q): crate::http::ApiQuery<WriteQuery>,
 ) -> ApiResult<Response> {
     let (name, strategy) = declared_strategy(&api, &stream)?;
     check_key(&api, &key)?;

@@ -1868,3 +1868,144 @@ fn one_principal_cannot_take_every_durable_subscription_and_deletes_its_own() {
         assert!(rejected(&c, 0, "subscription_not_found").await >= 1);
     });
 }
+
+/// What a user review (2026-12-06) found the HTTP API took silently or answered badly, each
+/// now refused with the API's JSON error and counted: a CloudEvent identity (principal,
+/// source, id) published again to another stream or with other content (it was answered
+/// 200 with the first event's id, and the second event was dropped); `weft*` attributes
+/// only the node sets; unknown query parameters (`?akc=regions:2` was taken as `ack=local`);
+/// unknown routes and methods (plain text, uncounted); a pre-signed envelope stamped for
+/// another tenant without a policy; a wrong token on an open read (ignored); the `bearer`
+/// scheme in lower case (refused); a table operation the strategy does not take (stored
+/// `{"add": 5}` as an lww value); a table read of a system stream.
+#[test]
+fn what_the_api_took_silently_is_refused_clearly_and_counted() {
+    use weft_fabric::Signer;
+    const USER_TOKEN: &str = "user-token-0123456789abcdef0123456789abcdef";
+    rt().block_on(async {
+        let hash = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(USER_TOKEN.as_bytes()))
+        };
+        let extra = format!(
+            "[[principals]]\nname = \"user\"\ntenant = \"globex\"\ntoken_sha256 = \"{hash}\"\n\n[[tables]]\npattern = \"kv.>\"\nstrategy = \"lww\"\n\n[[tables]]\npattern = \">\"\nstrategy = \"counter\"\n"
+        );
+        let mut c = Cluster::new("api-strict", 45, &three_regions()[..1], &extra);
+        c.start(0);
+        c.wait_healthy(0).await;
+        let http = reqwest::Client::new();
+        let ce = |data: i64| {
+            json!({"specversion": "1.0", "id": "e-1", "source": "/test", "type": "t",
+                "data": {"n": data}})
+        };
+        // The same event again is a retry: the first event's id.
+        let (s, first) = c.post_events(0, "orders.eu", "local", &c.token, &[ce(1)]).await;
+        assert_eq!(s, 200, "{first}");
+        let (s, again) = c.post_events(0, "orders.eu", "local", &c.token, &[ce(1)]).await;
+        assert_eq!((s, &again["ids"]), (200, &first["ids"]), "{again}");
+        // The same identity on another stream, or with other content, is not.
+        let before = rejected(&c, 0, "event_id_reused").await;
+        for (stream, data, says) in [
+            ("orders.us", 1, "on stream orders.eu"),
+            ("orders.eu", 2, "with other content"),
+        ] {
+            let (s, b) = c.post_events(0, stream, "local", &c.token, &[ce(data)]).await;
+            assert_eq!((s, &b["error"]["reason"]), (409, &json!("event_id_reused")), "{b}");
+            let m = b["error"]["message"].as_str().unwrap();
+            assert!(m.contains(says) && m.contains(first["ids"][0].as_str().unwrap()), "{m}");
+        }
+        assert_eq!(rejected(&c, 0, "event_id_reused").await, before + 2);
+        assert_eq!(c.ids(0, "orders.us").await, Some(vec![]), "nothing stored there");
+
+        // `weft*` attributes only the node sets.
+        let mut spoof = ce(3);
+        spoof["id"] = json!("e-spoof");
+        spoof["weftresidency"] = json!("US");
+        let (s, b) = c.post_events(0, "orders.eu", "local", &c.token, &[spoof]).await;
+        assert_eq!((s, &b["error"]["reason"]), (400, &json!("reserved_attribute")), "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("index 0"), "{b}");
+
+        // Unknown query parameters, routes and methods: JSON errors, counted.
+        let before = rejected(&c, 0, "bad_query").await;
+        let r = http
+            .post(c.url(0, "/v1/streams/orders.eu/events?akc=regions:2"))
+            .bearer_auth(&c.token)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&[ce(4)]).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let b: Value = r.json().await.unwrap();
+        assert!(b["error"]["message"].as_str().unwrap().contains("akc"), "{b}");
+        let r = http.get(c.url(0, "/v1/tables/kv.a/k?bogus=1")).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(rejected(&c, 0, "bad_query").await, before + 2);
+        for (method, path, status, reason) in [
+            (reqwest::Method::GET, "/v1/nope", 404, "no_such_route"),
+            (reqwest::Method::POST, "/v1/streams/s/subscribe", 405, "method_not_allowed"),
+        ] {
+            let before = rejected(&c, 0, reason).await;
+            let r = http.request(method, c.url(0, path)).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{path}");
+            let b: Value = r.json().await.unwrap();
+            assert_eq!(b["error"]["reason"], reason, "{path}: {b}");
+            assert_eq!(rejected(&c, 0, reason).await, before + 1, "{path}");
+        }
+
+        // Tokens: a wrong one on an open read is refused; the scheme in any case is taken.
+        let r = http
+            .get(c.url(0, "/v1/streams/orders.eu/events?after=0"))
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = http
+            .get(c.url(0, "/v1/streams/orders.eu/events?after=0"))
+            .header("authorization", format!("bearer {}", c.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+
+        // A pre-signed envelope stamped for tenant acme, from a principal of globex:
+        // refused and audited; the admin may pass it on.
+        let event = Signer::from_secret(&[4; 32])
+            .sign(draft("orders.eu", 1, "text/plain", b"hi".to_vec()))
+            .unwrap();
+        let post = |token: &'static str| {
+            http.post(c.url(0, "/v1/streams/orders.eu/events"))
+                .bearer_auth(token)
+                .header("content-type", "application/vnd.weft.event+cbor")
+                .body(event.encode())
+                .send()
+        };
+        let r = post(USER_TOKEN).await.unwrap();
+        assert_eq!(r.status(), 403);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["reason"], "publish_forbidden", "{b}");
+        let audit = c.get_auth(0, "/v1/audit?reason=publish_forbidden").await;
+        assert_eq!(audit["entries"][0]["principal"], "user", "{audit}");
+        let token: &'static str = Box::leak(c.token.clone().into_boxed_str());
+        assert_eq!(post(token).await.unwrap().status(), 200, "the admin passes it on");
+
+        // Tables: an operation the strategy does not take, and a system stream.
+        let r = http
+            .put(c.url(0, "/v1/tables/kv.a/k?op=add"))
+            .bearer_auth(&c.token)
+            .json(&json!({"add": 5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["reason"], "wrong_op", "{b}");
+        let r = http.get(c.url(0, "/v1/tables/kv.a/k")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "nothing was written");
+        let r = http.get(c.url(0, "/v1/tables/_weft.erase")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["reason"], "not_a_table", "{b}");
+    });
+}
