@@ -1464,6 +1464,59 @@ fn applied_vv(conn: &Connection, stream: &str) -> Result<Vv, String> {
     Ok(vv)
 }
 
+/// The newest write of `key` from each origin this node has applied to the table: the
+/// context of an lww write, so that it supersedes every write of the key its node had
+/// applied. lww itself ignores contexts, but a table built again as multi-value takes
+/// them: with only the winner's dot, a deletion (or a put after others) left the older
+/// writes of other origins standing as siblings there, a deleted value back (found by a
+/// review on 2026-12-06). One index seek per origin of the table.
+fn key_writes_vv(conn: &Connection, stream: &str, key: &[u8]) -> Result<Vv, String> {
+    let applied = applied_vv(conn, stream)?;
+    let mut vv = Vv::default();
+    let mut s = conn
+        .prepare_cached(
+            "SELECT MAX(e.seq) FROM events e INDEXED BY events_key_writes
+             WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2 AND e.origin = ?3",
+        )
+        .map_err(backend)?;
+    for origin in applied.0.keys() {
+        let max: Option<i64> = s
+            .query_row(params![stream, key, &origin.0[..]], |r| r.get(0))
+            .map_err(backend)?;
+        if let Some(seq) = max.and_then(|m| u64::try_from(m).ok()) {
+            vv.add(&Dot {
+                origin: *origin,
+                seq,
+            });
+        }
+    }
+    // Never past what was applied: a stored write not applied yet is not superseded.
+    Ok(vv.capped(&applied))
+}
+
+/// The context of an lww write made through the API ([`key_writes_vv`]): every write of the
+/// key this node applied, or under a policy the key as the writer's own view holds it.
+async fn lww_context(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    stream: &StreamName,
+    key: &str,
+) -> ApiResult<Vv> {
+    match deletion_view(api, headers, stream)? {
+        Visibility::All => {
+            let (name, k) = (stream.as_str().to_string(), key.to_string());
+            crate::http::read_store(api, move |r| {
+                key_writes_vv(r.conn(), &name, k.as_bytes()).map_err(StoreError::Backend)
+            })
+            .await
+        }
+        vis => Ok(current(api, vis, Strategy::Lww, stream, key)
+            .await?
+            .map(|s| s.version())
+            .unwrap_or_default()),
+    }
+}
+
 /// Runs `f` on `conn` inside a savepoint named `name`: all of its writes or none (a table
 /// write or rebuild that fails midway leaves no half-applied row, and no origin marked
 /// applied for a write that is not).
@@ -2578,6 +2631,11 @@ pub(crate) async fn put(
                         }
                     }
                 }
+                // A multi-value put without a version is concurrent with every sibling;
+                // an lww put supersedes what its node applied of the key.
+                None if strategy == Strategy::Lww => {
+                    lww_context(&api, &headers, &name, &key).await?
+                }
                 None => Vv::default(),
             };
             if strategy == Strategy::MultiValue {
@@ -2694,8 +2752,12 @@ pub(crate) async fn delete(
             )));
         }
     }
+    let all = matches!(vis, Visibility::All);
     let seen = current(&api, vis, strategy, &name, &key).await?;
     let mut ctx = seen.as_ref().map(KeyState::version).unwrap_or_default();
+    if strategy == Strategy::Lww && all {
+        ctx.join(&lww_context(&api, &headers, &name, &key).await?);
+    }
     if let Some(t) = &q.version {
         // Within the deletion's own view: a token cannot make it cover writes its view
         // leaves out (another tenant's, another class's) or writes not yet made.

@@ -765,3 +765,87 @@ fn a_table_built_again_for_a_new_strategy_finishes_pass_by_pass() {
         assert_eq!(n, 3000);
     });
 }
+
+/// An lww write supersedes every write of the key its node had applied, not only the
+/// winner: lww ignores that, but a table built again as multi-value takes it. Before
+/// (2026-12-06, a user review), a deletion on node 0 named only node 1's winning dot, and
+/// after the switch node 0's own older value came back as a sibling of the deleted key;
+/// writes made one after another through two nodes came back as siblings too.
+#[test]
+fn an_lww_table_built_again_as_multi_value_brings_back_nothing_its_writers_superseded() {
+    rt().block_on(async {
+        let config = "[[tables]]\npattern = \"kv.>\"\nstrategy = \"lww\"\n";
+        let mut c = Cluster::new("tables-lww-mv", 46, &three_regions()[..2], config);
+        c.start_all();
+        c.wait_meshed().await;
+        // Each write made after the previous one reached both nodes.
+        let reached = |i: usize, path: &'static str, want: Value| {
+            let c = &c;
+            async move {
+                wait_for(Duration::from_secs(20), || async {
+                    let (s, v) = get(c, i, path).await;
+                    (s == 200 && v["value"] == want).then_some(())
+                })
+                .await
+                .unwrap_or_else(|| panic!("{path} never read {want} on node {i}"));
+            }
+        };
+        put(&c, 0, "/v1/tables/kv.t/z", json!("old-from-0")).await;
+        reached(1, "/v1/tables/kv.t/z", json!("old-from-0")).await;
+        put(&c, 1, "/v1/tables/kv.t/z", json!("new-from-1")).await;
+        reached(0, "/v1/tables/kv.t/z", json!("new-from-1")).await;
+        del(&c, 0, "/v1/tables/kv.t/z").await;
+        put(&c, 0, "/v1/tables/kv.t/y", json!(1)).await;
+        reached(1, "/v1/tables/kv.t/y", json!(1)).await;
+        put(&c, 1, "/v1/tables/kv.t/y", json!(2)).await;
+        reached(0, "/v1/tables/kv.t/y", json!(2)).await;
+        put(&c, 0, "/v1/tables/kv.t/y", json!(3)).await;
+        reached(1, "/v1/tables/kv.t/y", json!(3)).await;
+        wait_for(Duration::from_secs(20), || async {
+            (get(&c, 1, "/v1/tables/kv.t/z").await.0 == 404).then_some(())
+        })
+        .await
+        .expect("the deletion reached node 1");
+        for i in 0..2 {
+            assert_eq!(
+                c.stop_gracefully(i, Duration::from_secs(20))
+                    .await
+                    .map(|s| s.success()),
+                Some(true)
+            );
+            let path = c.nodes[i].config.clone();
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &path,
+                text.replace("strategy = \"lww\"", "strategy = \"multi-value\""),
+            )
+            .unwrap();
+        }
+        c.start_all();
+        for i in 0..2 {
+            c.wait_healthy(i).await;
+            let built = wait_for(Duration::from_secs(30), || async {
+                let (s, v) = get(&c, i, "/v1/tables/kv.t").await;
+                (s == 200).then_some(v)
+            })
+            .await
+            .expect("the table was built again");
+            assert_eq!(built["strategy"], "multi-value", "{built}");
+            let (s, v) = get(&c, i, "/v1/tables/kv.t/z").await;
+            assert_eq!(s, 404, "node {i}: the deleted key stays deleted: {v}");
+            let (s, v) = get(&c, i, "/v1/tables/kv.t/y").await;
+            assert_eq!(s, 200, "{v}");
+            let values: Vec<&Value> = v["siblings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| &s["value"])
+                .collect();
+            assert_eq!(
+                values,
+                vec![&json!(3)],
+                "node {i}: one value, the last: {v}"
+            );
+        }
+    });
+}
