@@ -70,6 +70,13 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const SWITCH_MARGIN_PCT: f64 = 20.0;
 /// See [`SWITCH_MARGIN_PCT`].
 const SWITCH_MARGIN_MS: f64 = 1.0;
+/// Shortest and longest pause after a node answered `busy` (its `retry_ms`, bounded
+/// here): the node's rate limiter says to the millisecond how long until its bucket holds
+/// the batch again (a few ms to a second), a daily quota up to the node's own ceiling of a
+/// minute.
+const BUSY_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// See [`BUSY_PAUSE_MIN`].
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// How long a downlink command program may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Content type of events the agent makes: structured CloudEvents.
@@ -1069,6 +1076,11 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
     let mut reselect = tokio::time::interval(Duration::from_millis(500));
     // Whether the outbox may have something to send (idle agents do not poll it).
     let mut dirty = true;
+    // The node answered `busy` and has not yet taken a batch since: one batch in flight
+    // until it does. The whole window resent at once after the pause would be refused but
+    // for its first batch (a rate limit's bucket holds about one batch), and every refusal
+    // is counted and audited by the node.
+    let mut throttled = false;
     loop {
         // Which node.
         let chosen = {
@@ -1086,6 +1098,7 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
             inflight.abort_all();
             while inflight.join_next().await.is_some() {}
             retry.clear();
+            throttled = false;
             if let Some(t) = downlink_task.take() {
                 t.abort();
             }
@@ -1149,7 +1162,11 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
             && Instant::now() >= pause_until
         {
             dirty = false;
-            let credits = profile.batches_inflight_max.max(1) as usize;
+            let credits = if throttled {
+                1
+            } else {
+                profile.batches_inflight_max.max(1) as usize
+            };
             let batch_len = (profile.batch_len_max as usize).clamp(1, edge::BATCH_LEN_MAX);
             while inflight.len() < credits {
                 let mut rows = if let Some(seqs) = retry.pop_front() {
@@ -1232,6 +1249,7 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                     &mut retry,
                     &mut pause_until,
                     &mut refused_here,
+                    &mut throttled,
                 )
                 .await;
             }
@@ -1250,12 +1268,14 @@ async fn handle_answer(
     retry: &mut std::collections::VecDeque<Vec<u64>>,
     pause_until: &mut Instant,
     refused_here: &mut RefusedHere,
+    throttled: &mut bool,
 ) {
     let (first, last) = (sent.seqs[0], sent.seqs[sent.seqs.len() - 1]);
     match sent.answer {
         Ok(BatchAnswer::Durable { ids }) => {
             debug!(first, last, n = ids.len(), "batch durable");
             batch_outcome(shared, None);
+            *throttled = false;
             if let Err(e) = with_outbox(shared, move |o| o.ack(first, last)).await {
                 error!(error = %format!("{e:#}"), "outbox ack failed");
             }
@@ -1264,7 +1284,8 @@ async fn handle_answer(
         Ok(BatchAnswer::Busy { retry_ms }) => {
             debug!(first, last, retry_ms, "node busy");
             retry.push_back(sent.seqs);
-            *pause_until = Instant::now() + Duration::from_millis(retry_ms.clamp(10, 10_000));
+            *throttled = true;
+            *pause_until = Instant::now() + busy_pause(retry_ms);
         }
         Ok(BatchAnswer::Refused {
             index,
@@ -1355,6 +1376,12 @@ async fn handle_answer(
             *pause_until = Instant::now() + Duration::from_millis(200);
         }
     }
+}
+
+/// The pause after a `busy` answer: the node's `retry_ms` (its rate limiter's wait, to the
+/// millisecond), within [`BUSY_PAUSE_MIN`] and [`BUSY_PAUSE_MAX`].
+fn busy_pause(retry_ms: u64) -> Duration {
+    Duration::from_millis(retry_ms).clamp(BUSY_PAUSE_MIN, BUSY_PAUSE_MAX)
 }
 
 /// Counts a batch's outcome against the node in use: `None` for durable (the count starts
@@ -1622,6 +1649,14 @@ mod tests {
             REFUSED_WAIT_MIN
         );
         assert_eq!(next_wait(REFUSED_WAIT_MAX, None), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn a_busy_node_is_waited_for_as_long_as_it_says() {
+        assert_eq!(busy_pause(200), Duration::from_millis(200));
+        assert_eq!(busy_pause(37), Duration::from_millis(37));
+        assert_eq!(busy_pause(0), BUSY_PAUSE_MIN);
+        assert_eq!(busy_pause(3_600_000), BUSY_PAUSE_MAX);
     }
 
     #[test]
