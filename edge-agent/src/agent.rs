@@ -163,6 +163,8 @@ pub(crate) struct StatusView {
     pub(crate) policy_epoch: Option<u64>,
     pub(crate) counters: Counters,
     pub(crate) batches_inflight: usize,
+    /// The dead letters: how many are held, the newest few with their reasons.
+    pub(crate) dead_letters: crate::outbox::DeadLetters,
 }
 
 struct Candidate {
@@ -299,8 +301,14 @@ impl Shared {
     /// thread (`with_outbox`): the drain can hold the outbox for a while (sequencing
     /// passes, each with an fsync), and the agent's other tasks must not wait meanwhile.
     pub(crate) async fn status(self: &Arc<Self>) -> anyhow::Result<StatusView> {
-        let (depth, bytes, next_seq, counters) = with_outbox(self, |o| {
-            Ok((o.depth(), o.bytes(), o.next_seq(), o.counters.clone()))
+        let (depth, bytes, next_seq, counters, dead_letters) = with_outbox(self, |o| {
+            Ok((
+                o.depth(),
+                o.bytes(),
+                o.next_seq(),
+                o.counters.clone(),
+                o.dead_letters(crate::outbox::DEAD_LETTERS_SHOWN)?,
+            ))
         })
         .await?;
         let cands = lock(&self.candidates);
@@ -321,6 +329,7 @@ impl Shared {
                 .map(|p| p.epoch),
             counters,
             batches_inflight: self.inflight.load(std::sync::atomic::Ordering::Relaxed),
+            dead_letters,
         })
     }
 
