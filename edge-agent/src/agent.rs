@@ -99,6 +99,9 @@ pub(crate) struct Input {
     pub(crate) meta: Vec<(String, Vec<u8>)>,
     /// Bad lines or events the input refused before (counted with this message).
     pub(crate) bad: u64,
+    /// Requests the input refused because a stream is not among the device's enrolled
+    /// streams (counted with this message as `not_enrolled`).
+    pub(crate) not_enrolled: u64,
     /// All or none (standard input, a followed file: their lines have no one to be
     /// refused to): in `refuse` mode, when the outbox lacks room for every event the rules
     /// keep, none is taken, nothing of the message is applied (rules, `meta`, `bad`), and
@@ -700,6 +703,7 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             }
             if taken == len {
                 extra.bad_input += m.bad;
+                extra.not_enrolled += m.not_enrolled;
                 meta.append(&mut m.meta);
             } else {
                 // A prefix: the input's position after its last event (a followed file's

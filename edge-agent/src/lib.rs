@@ -307,14 +307,15 @@ fn render_status(value: &serde_json::Value) -> String {
     );
     let _ = writeln!(
         o,
-        "drops:         overflow {}  refused (full) {}  filtered {}  sampled out {}  aggregated {}  dead letters {}  bad input {}",
+        "drops:         overflow {}  refused (full) {}  filtered {}  sampled out {}  aggregated {}  dead letters {}  bad input {}  not enrolled {}",
         k["dropped_overflow"],
         k["refused_full"],
         k["filtered"],
         k["sampled_out"],
         k["aggregated"],
         k["dead"],
-        k["bad_input"]
+        k["bad_input"],
+        k["not_enrolled"]
     );
     let _ = writeln!(
         o,

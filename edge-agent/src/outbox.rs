@@ -275,13 +275,16 @@ pub(crate) struct Counters {
     pub(crate) dead: u64,
     /// Bad input lines or requests refused at the inputs.
     pub(crate) bad_input: u64,
+    /// HTTP input requests refused because a stream is not among the device's enrolled
+    /// streams (by the profile in use): they would only have gone to the dead letters.
+    pub(crate) not_enrolled: u64,
     /// Times standard input or a followed file found the outbox full (`refuse` mode) and
     /// waited to offer the same lines again: none of them is refused.
     pub(crate) input_waits: u64,
 }
 
 impl Counters {
-    fn fields(&mut self) -> [(&'static str, &mut u64); 12] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 13] {
         [
             ("accepted", &mut self.accepted),
             ("refused_full", &mut self.refused_full),
@@ -294,6 +297,7 @@ impl Counters {
             ("delivered", &mut self.delivered),
             ("dead", &mut self.dead),
             ("bad_input", &mut self.bad_input),
+            ("not_enrolled", &mut self.not_enrolled),
             ("input_waits", &mut self.input_waits),
         ]
     }
@@ -806,6 +810,7 @@ impl Outbox {
         c.sampled_out += extra.sampled_out;
         c.aggregated += extra.aggregated;
         c.bad_input += extra.bad_input;
+        c.not_enrolled += extra.not_enrolled;
         c.summaries_deferred += extra.summaries_deferred;
         c.input_waits += extra.input_waits;
         c.refused_full += extra.refused_full;
