@@ -156,19 +156,14 @@ impl ApiError {
         self.reason
     }
 
-    /// What was wrong.
-    /// Seconds to wait before a retry (`Retry-After`), when the refusal says.
-    pub(crate) fn retry_after(&self) -> Option<u64> {
-        self.retry_after
-    }
-
     /// Milliseconds to wait before a retry: the refusal's exact wait when it has one,
-    /// else `Retry-After`'s seconds.
+    /// else `Retry-After`'s seconds, when the refusal says.
     pub(crate) fn retry_after_ms(&self) -> Option<u64> {
         self.retry_after_ms
             .or_else(|| self.retry_after.map(|s| s.saturating_mul(1000)))
     }
 
+    /// What was wrong.
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
