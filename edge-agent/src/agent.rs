@@ -77,6 +77,10 @@ const SWITCH_MARGIN_MS: f64 = 1.0;
 const BUSY_PAUSE_MIN: Duration = Duration::from_millis(10);
 /// See [`BUSY_PAUSE_MIN`].
 const BUSY_PAUSE_MAX: Duration = Duration::from_secs(60);
+/// A failed attempt at a node is logged when its error differs from the last one logged
+/// for that node, or this long after it: one line per cause, not one per attempt (every
+/// 4 s at most), and none was logged at all before (only `status` showed the cause).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 /// How long a downlink command program may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Content type of events the agent makes: structured CloudEvents.
@@ -866,11 +870,14 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
         (c[idx].addr, c[idx].key)
     };
     let mut wait = Duration::ZERO;
+    // The last failure logged for this node, and when (see [`FAILURE_LOG_EVERY`]).
+    let mut said: Option<(String, Instant)> = None;
     loop {
         let (closed, error, lost) = match connect(&shared, addr, key).await {
             // The control stream's send half stays open as long as the connection.
             Ok((conn, _send, mut recv, profile)) => {
                 let since = Instant::now();
+                said = None;
                 info!(%addr, node = %profile.node, rtt_ms = conn.rtt().as_secs_f64() * 1000.0, "connected");
                 {
                     let mut c = lock(&shared.candidates);
@@ -908,7 +915,11 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
                     .chain()
                     .find_map(|c| c.downcast_ref::<quinn::ConnectionError>())
                     .and_then(node_close_code);
-                (closed, explained(closed, format!("{e:#}")), false)
+                let error = match closed {
+                    Some(_) => explained(closed, format!("{e:#}")),
+                    None => failure(&e, addr),
+                };
+                (closed, error, false)
             }
         };
         wait = next_wait(wait, closed);
@@ -920,11 +931,70 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
                 warn!(%addr, retry_in_s = wait.as_secs_f64(), "{error}");
             }
             _ if lost => warn!(%addr, reason = %error, "connection to node lost"),
+            _ if should_log(&mut said, &error, Instant::now()) => {
+                if error.starts_with(WRONG_KEY_TEXT) {
+                    error!(%addr, expected_key = %hex::encode(key), "{error}");
+                } else {
+                    warn!(%addr, retry_in_s = wait.as_secs_f64(), "cannot connect to the node: {error}");
+                }
+            }
             _ => debug!(%addr, %error, "connecting failed"),
         }
         lock(&shared.candidates)[idx].error = Some(error);
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Whether a failed attempt's `error` is logged now (`said`: the last one logged and
+/// when): a new cause at once, the same one again after [`FAILURE_LOG_EVERY`].
+fn should_log(said: &mut Option<(String, Instant)>, error: &str, now: Instant) -> bool {
+    if let Some((last, at)) = said.as_ref()
+        && last == error
+        && now.duration_since(*at) < FAILURE_LOG_EVERY
+    {
+        return false;
+    }
+    *said = Some((error.to_string(), now));
+    true
+}
+
+/// Starts what [`failure`] says of a node that presented another key than its configured one.
+const WRONG_KEY_TEXT: &str = "SECURITY: the node at this address is not the one configured";
+
+/// A failed attempt at a node (not closed by the node with an edge code) in words an
+/// operator acts on: a node with another key than the configured one (a security matter:
+/// a wrong `nodes[].key`, another node at the address, or someone impersonating it), a
+/// peer that refused the TLS handshake (not an edge port: a node's mesh port does that),
+/// or no answer at all (nothing listening, a firewall). QUIC's own words follow.
+fn failure(e: &anyhow::Error, addr: SocketAddr) -> String {
+    let raw = format!("{e:#}");
+    if raw.contains(crate::tls::WRONG_NODE_KEY) {
+        return format!(
+            "{WRONG_KEY_TEXT} (a wrong nodes[].key, another node at {addr}, or someone impersonating the node); nothing is sent to it: {raw}"
+        );
+    }
+    let quic = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<quinn::ConnectionError>());
+    let timed_out = matches!(quic, Some(quinn::ConnectionError::TimedOut))
+        || e.chain()
+            .any(|c| c.downcast_ref::<tokio::time::error::Elapsed>().is_some());
+    if let Some(quinn::ConnectionError::ConnectionClosed(c)) = quic
+        && (0x100..0x200).contains(&u64::from(c.error_code))
+    {
+        return format!(
+            "{addr} refused the agent's TLS handshake: is it the node's edge port (listen.edge, ALPN weft-edge/1)? A node's mesh port refuses agents so: {raw}"
+        );
+    }
+    // QUIC's own words are left out: they are "timed out" one way or another (the
+    // handshake's, or the attempt's bound), and one cause should read as one line.
+    if timed_out {
+        return format!(
+            "no answer from {addr} within {} s: nothing listening there (the node down, or not its listen.edge port, UDP), or a firewall drops it",
+            CONNECT_TIMEOUT.as_secs()
+        );
+    }
+    raw
 }
 
 /// The edge close code (`edge::close`) a node closed a connection with, if it did.
@@ -1662,6 +1732,50 @@ mod tests {
             REFUSED_WAIT_MIN
         );
         assert_eq!(next_wait(REFUSED_WAIT_MAX, None), BACKOFF_MAX);
+    }
+
+    /// A failed attempt is logged once per cause, and again after FAILURE_LOG_EVERY: a
+    /// misconfigured node (wrong key, wrong port, nothing there) logged nothing before.
+    #[test]
+    fn connection_failures_are_logged_once_per_cause_and_every_30_s() {
+        let t0 = Instant::now();
+        let mut said = None;
+        assert!(should_log(&mut said, "timed out", t0));
+        assert!(!should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(4)
+        ));
+        assert!(!should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(29)
+        ));
+        assert!(should_log(
+            &mut said,
+            "refused",
+            t0 + Duration::from_secs(29)
+        ));
+        assert!(should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(30)
+        ));
+        assert!(should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(60)
+        ));
+        // A wrong key is said as a security matter, naming the address.
+        let addr: SocketAddr = "127.0.0.9:7500".parse().unwrap();
+        let e = anyhow::anyhow!("{} aa, not the configured bb", crate::tls::WRONG_NODE_KEY)
+            .context("QUIC handshake");
+        let text = failure(&e, addr);
+        assert!(
+            text.starts_with(WRONG_KEY_TEXT) && text.contains("127.0.0.9:7500"),
+            "{text}"
+        );
+        assert_eq!(failure(&anyhow::anyhow!("odd"), addr), "odd");
     }
 
     #[test]
