@@ -44,6 +44,11 @@ const HLC_DRIFT_MS_MAX: u64 = 60_000;
 pub(crate) const OUTBOX_FILE: &str = "outbox.db";
 /// The lock file in the data directory: one agent at a time owns the outbox.
 pub(crate) const LOCK_FILE: &str = "agent.lock";
+/// Attempts at the data directory's lock before another agent is taken to hold it, and
+/// the pause between them.
+const LOCK_TRIES: u32 = 5;
+/// See [`LOCK_TRIES`].
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Dead letters `weft-agent status` shows (the newest).
 pub(crate) const DEAD_LETTERS_SHOWN: usize = 5;
 
@@ -102,7 +107,20 @@ fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join(LOCK_FILE);
     let mut file =
         open_private(&path).with_context(|| format!("opening the lock file {}", path.display()))?;
-    match file.try_lock() {
+    // A few tries: `weft-agent status` takes the lock shared for an instant to learn
+    // whether an agent holds it, and an agent starting just then must not take that for
+    // another agent.
+    let mut tries = LOCK_TRIES;
+    let locked = loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if tries > 1 => {
+                tries -= 1;
+                std::thread::sleep(LOCK_RETRY);
+            }
+            r => break r,
+        }
+    };
+    match locked {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
