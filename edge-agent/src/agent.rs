@@ -233,6 +233,10 @@ pub(crate) struct Shared {
     changed: Notify,
     active: Mutex<Option<usize>>,
     inflight: std::sync::atomic::AtomicUsize,
+    /// The streams the config's inputs write to, with the field naming each: checked
+    /// against every new profile's enrolled streams (events on another stream would all
+    /// go to the dead letters).
+    input_streams: Vec<(String, String)>,
     identity: crate::tls::Identity,
     endpoint: quinn::Endpoint,
 }
@@ -298,6 +302,7 @@ impl Shared {
             changed: Notify::new(),
             active: Mutex::new(None),
             inflight: std::sync::atomic::AtomicUsize::new(0),
+            input_streams: input_streams(&config.raw.inputs),
             identity: crate::tls::Identity::new(seed)?,
             endpoint,
         }))
@@ -849,6 +854,14 @@ fn adopt_profile(shared: &Arc<Shared>, profile: Profile) {
         return;
     }
     info!(node = %profile.node, epoch = profile.epoch, rules = profile.rules.len(), "profile in use");
+    for (field, stream) in unenrolled_inputs(&shared.input_streams, &profile) {
+        warn!(
+            node = %profile.node,
+            epoch = profile.epoch,
+            "config field `{field}`: stream {stream} is not among the device's enrolled streams ({}): its events will go to the dead letters",
+            profile.streams.join(", ")
+        );
+    }
     let bytes = serde_json::to_vec(&profile).unwrap_or_default();
     *shared
         .profile
@@ -860,6 +873,39 @@ fn adopt_profile(shared: &Arc<Shared>, profile: Profile) {
             warn!(error = %format!("{e:#}"), "storing the profile failed");
         }
     });
+}
+
+/// The streams the config's inputs write to, each with the field that names it.
+fn input_streams(inputs: &crate::config::Inputs) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(i) = &inputs.stdin {
+        out.push(("inputs.stdin.stream".to_string(), i.stream.clone()));
+    }
+    if let Some(s) = inputs.http.as_ref().and_then(|h| h.stream.as_ref()) {
+        out.push(("inputs.http.stream".to_string(), s.clone()));
+    }
+    for (i, f) in inputs.files.iter().enumerate() {
+        out.push((format!("inputs.files[{i}].stream"), f.stream.clone()));
+    }
+    out
+}
+
+/// The inputs whose stream `profile` does not enroll.
+fn unenrolled_inputs<'a>(
+    inputs: &'a [(String, String)],
+    profile: &Profile,
+) -> Vec<&'a (String, String)> {
+    let patterns: Vec<weft_fabric::StreamPattern> = profile
+        .streams
+        .iter()
+        .filter_map(|p| weft_fabric::StreamPattern::new(p.clone()).ok())
+        .collect();
+    inputs
+        .iter()
+        .filter(|(_, s)| {
+            StreamName::new(s.clone()).map_or(true, |s| !patterns.iter().any(|p| p.matches(&s)))
+        })
+        .collect()
 }
 
 /// Keeps a connection to candidate `idx`: connect, hello, profiles, reconnect (after
@@ -1776,6 +1822,40 @@ mod tests {
             "{text}"
         );
         assert_eq!(failure(&anyhow::anyhow!("odd"), addr), "odd");
+    }
+
+    /// An input configured for a stream the profile does not enroll is named (its events
+    /// would all be dead-lettered, silently but for the counter).
+    #[test]
+    fn inputs_on_streams_the_profile_does_not_enroll_are_named() {
+        let config: crate::config::Inputs = toml::from_str(
+            "[stdin]\nstream = \"t.dev.raw\"\n\
+             [http]\nlisten = \"127.0.0.1:8700\"\nstream = \"t.other\"\n\
+             [[files]]\npath = \"/x\"\nstream = \"t.dev.log\"\n",
+        )
+        .unwrap();
+        let inputs = input_streams(&config);
+        assert_eq!(inputs.len(), 3);
+        let profile = Profile {
+            node: "n".into(),
+            region: "r".into(),
+            epoch: 1,
+            principal: "dev".into(),
+            tenant: "acme".into(),
+            streams: vec!["t.dev.>".into()],
+            stamps: vec![],
+            default_stamp: None,
+            rules: vec![],
+            commands: None,
+            batch_len_max: 1,
+            batches_inflight_max: 1,
+            origin_seq_max: 0,
+        };
+        let named: Vec<&str> = unenrolled_inputs(&inputs, &profile)
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .collect();
+        assert_eq!(named, vec!["inputs.http.stream"]);
     }
 
     #[test]
