@@ -345,6 +345,19 @@ impl Shared {
         })
     }
 
+    /// Whether a node is in use now, over a live connection: the profile in use is then
+    /// that node's current one (offline, it is the last one stored, possibly older than
+    /// the policy).
+    pub(crate) fn connected(&self) -> bool {
+        let Some(idx) = *lock(&self.active) else {
+            return false;
+        };
+        lock(&self.candidates)
+            .get(idx)
+            .and_then(|c| c.conn.as_ref())
+            .is_some_and(|c| c.close_reason().is_none())
+    }
+
     /// Adds a node found on the LAN (mDNS) unless known; starts its connection task.
     #[cfg_attr(not(feature = "mdns"), allow(dead_code))]
     pub(crate) fn discovered(self: &Arc<Self>, addr: SocketAddr, key: [u8; 32]) {

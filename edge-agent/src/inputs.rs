@@ -737,12 +737,17 @@ async fn serve_http(
     };
     // A stream the device is not enrolled for would be taken, then moved to the dead
     // letters when the drain signs it: its client is told now instead, with what is allowed.
-    let refusal = {
+    // Only while connected: offline, the profile at hand is the last one stored, and a
+    // policy since may have enrolled the stream (the drain signs under the profile of the
+    // node it reaches).
+    let refusal = if shared.connected() {
         let profile = shared
             .profile
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         not_enrolled(profile.as_ref(), &events)
+    } else {
+        None
     };
     if let Some(body) = refusal {
         count_refused(tx, 0, 1).await;
@@ -797,8 +802,8 @@ async fn serve_http(
 }
 
 /// The 403 body for the first event of a request whose stream the device's profile does
-/// not enroll (`None`: all are enrolled, or no node has sent a profile yet: then the
-/// drain decides, once it has one).
+/// not enroll (`None`: all are enrolled, or no profile: then the drain decides, by the
+/// profile of the node it reaches).
 fn not_enrolled(profile: Option<&weft_fabric::edge::Profile>, events: &[InEvent]) -> Option<Value> {
     let profile = profile?;
     let patterns: Vec<weft_fabric::StreamPattern> = profile

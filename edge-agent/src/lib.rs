@@ -179,7 +179,11 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let value = match value {
         Some(v) => v,
         None => {
-            let snap = outbox::snapshot(&config.data_dir)?;
+            // Another agent answered: the error says so too (it is likely the cause).
+            let snap = outbox::snapshot(&config.data_dir).map_err(|e| match &foreign {
+                Some(f) => e.context(f.clone()),
+                None => e,
+            })?;
             let note = match (&foreign, outbox::lock_holder(&config.data_dir)) {
                 (Some(f), _) => f.clone(),
                 (None, Some(pid)) if http.is_some() => format!(

@@ -2106,6 +2106,39 @@ fn a_rate_limited_device_drains_at_its_rate_not_its_burst() {
         "500 events took {took:?}\n{}",
         w.logs()
     );
+
+    // A stream the device is not enrolled for: refused at the HTTP input (it was taken,
+    // 202, and dead-lettered later), counted, and no dead letter.
+    let ce = r#"{"specversion":"1.0","id":"x1","source":"s","type":"t","data":{"n":1}}"#;
+    let (code, body) = http_post(
+        &agent_http(94),
+        "/v1/streams/telemetry.other/events",
+        &[("content-type", "application/cloudevents+json")],
+        ce.as_bytes(),
+    )
+    .expect("agent HTTP input");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["error"]["reason"], "stream_not_enrolled", "{body}");
+    assert_eq!(body["stream"], "telemetry.other", "{body}");
+    assert_eq!(
+        body["allowed"],
+        serde_json::json!(["telemetry.till-7", "telemetry.till-7.>"]),
+        "{body}"
+    );
+    wait_for(Duration::from_secs(10), || {
+        w.status()
+            .filter(|s| s["counters"]["not_enrolled"].as_u64() == Some(1))
+    })
+    .unwrap_or_else(|| panic!("the refusal was not counted\n{}", w.logs()));
+    let out = run_ok(
+        &agent_bin(),
+        &["status", "--config", w.agent_config.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("not enrolled 1") && out.contains("dead letters:  0 held"),
+        "{out}"
+    );
 }
 
 /// Misconfigured nodes are logged with their cause (they logged nothing: only `status`
