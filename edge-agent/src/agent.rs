@@ -70,6 +70,17 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const SWITCH_MARGIN_PCT: f64 = 20.0;
 /// See [`SWITCH_MARGIN_PCT`].
 const SWITCH_MARGIN_MS: f64 = 1.0;
+/// Shortest and longest pause after a node answered `busy` (its `retry_ms`, bounded
+/// here): the node's rate limiter says to the millisecond how long until its bucket holds
+/// the batch again (a few ms to a second), a daily quota up to the node's own ceiling of a
+/// minute.
+const BUSY_PAUSE_MIN: Duration = Duration::from_millis(10);
+/// See [`BUSY_PAUSE_MIN`].
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(60);
+/// A failed attempt at a node is logged when its error differs from the last one logged
+/// for that node, or this long after it: one line per cause, not one per attempt (every
+/// 4 s at most), and none was logged at all before (only `status` showed the cause).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 /// How long a downlink command program may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Content type of events the agent makes: structured CloudEvents.
@@ -92,6 +103,9 @@ pub(crate) struct Input {
     pub(crate) meta: Vec<(String, Vec<u8>)>,
     /// Bad lines or events the input refused before (counted with this message).
     pub(crate) bad: u64,
+    /// Requests the input refused because a stream is not among the device's enrolled
+    /// streams (counted with this message as `not_enrolled`).
+    pub(crate) not_enrolled: u64,
     /// All or none (standard input, a followed file: their lines have no one to be
     /// refused to): in `refuse` mode, when the outbox lacks room for every event the rules
     /// keep, none is taken, nothing of the message is applied (rules, `meta`, `bad`), and
@@ -156,6 +170,8 @@ pub(crate) struct StatusView {
     pub(crate) policy_epoch: Option<u64>,
     pub(crate) counters: Counters,
     pub(crate) batches_inflight: usize,
+    /// The dead letters: how many are held, the newest few with their reasons.
+    pub(crate) dead_letters: crate::outbox::DeadLetters,
 }
 
 struct Candidate {
@@ -217,6 +233,10 @@ pub(crate) struct Shared {
     changed: Notify,
     active: Mutex<Option<usize>>,
     inflight: std::sync::atomic::AtomicUsize,
+    /// The streams the config's inputs write to, with the field naming each: checked
+    /// against every new profile's enrolled streams (events on another stream would all
+    /// go to the dead letters).
+    input_streams: Vec<(String, String)>,
     identity: crate::tls::Identity,
     endpoint: quinn::Endpoint,
 }
@@ -282,6 +302,7 @@ impl Shared {
             changed: Notify::new(),
             active: Mutex::new(None),
             inflight: std::sync::atomic::AtomicUsize::new(0),
+            input_streams: input_streams(&config.raw.inputs),
             identity: crate::tls::Identity::new(seed)?,
             endpoint,
         }))
@@ -292,8 +313,14 @@ impl Shared {
     /// thread (`with_outbox`): the drain can hold the outbox for a while (sequencing
     /// passes, each with an fsync), and the agent's other tasks must not wait meanwhile.
     pub(crate) async fn status(self: &Arc<Self>) -> anyhow::Result<StatusView> {
-        let (depth, bytes, next_seq, counters) = with_outbox(self, |o| {
-            Ok((o.depth(), o.bytes(), o.next_seq(), o.counters.clone()))
+        let (depth, bytes, next_seq, counters, dead_letters) = with_outbox(self, |o| {
+            Ok((
+                o.depth(),
+                o.bytes(),
+                o.next_seq(),
+                o.counters.clone(),
+                o.dead_letters(crate::outbox::DEAD_LETTERS_SHOWN)?,
+            ))
         })
         .await?;
         let cands = lock(&self.candidates);
@@ -314,7 +341,21 @@ impl Shared {
                 .map(|p| p.epoch),
             counters,
             batches_inflight: self.inflight.load(std::sync::atomic::Ordering::Relaxed),
+            dead_letters,
         })
+    }
+
+    /// Whether a node is in use now, over a live connection: the profile in use is then
+    /// that node's current one (offline, it is the last one stored, possibly older than
+    /// the policy).
+    pub(crate) fn connected(&self) -> bool {
+        let Some(idx) = *lock(&self.active) else {
+            return false;
+        };
+        lock(&self.candidates)
+            .get(idx)
+            .and_then(|c| c.conn.as_ref())
+            .is_some_and(|c| c.close_reason().is_none())
     }
 
     /// Adds a node found on the LAN (mDNS) unless known; starts its connection task.
@@ -684,6 +725,7 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             }
             if taken == len {
                 extra.bad_input += m.bad;
+                extra.not_enrolled += m.not_enrolled;
                 meta.append(&mut m.meta);
             } else {
                 // A prefix: the input's position after its last event (a followed file's
@@ -825,6 +867,14 @@ fn adopt_profile(shared: &Arc<Shared>, profile: Profile) {
         return;
     }
     info!(node = %profile.node, epoch = profile.epoch, rules = profile.rules.len(), "profile in use");
+    for (field, stream) in unenrolled_inputs(&shared.input_streams, &profile) {
+        warn!(
+            node = %profile.node,
+            epoch = profile.epoch,
+            "config field `{field}`: stream {stream} is not among the device's enrolled streams ({}): its events will go to the dead letters",
+            profile.streams.join(", ")
+        );
+    }
     let bytes = serde_json::to_vec(&profile).unwrap_or_default();
     *shared
         .profile
@@ -838,6 +888,39 @@ fn adopt_profile(shared: &Arc<Shared>, profile: Profile) {
     });
 }
 
+/// The streams the config's inputs write to, each with the field that names it.
+fn input_streams(inputs: &crate::config::Inputs) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(i) = &inputs.stdin {
+        out.push(("inputs.stdin.stream".to_string(), i.stream.clone()));
+    }
+    if let Some(s) = inputs.http.as_ref().and_then(|h| h.stream.as_ref()) {
+        out.push(("inputs.http.stream".to_string(), s.clone()));
+    }
+    for (i, f) in inputs.files.iter().enumerate() {
+        out.push((format!("inputs.files[{i}].stream"), f.stream.clone()));
+    }
+    out
+}
+
+/// The inputs whose stream `profile` does not enroll.
+fn unenrolled_inputs<'a>(
+    inputs: &'a [(String, String)],
+    profile: &Profile,
+) -> Vec<&'a (String, String)> {
+    let patterns: Vec<weft_fabric::StreamPattern> = profile
+        .streams
+        .iter()
+        .filter_map(|p| weft_fabric::StreamPattern::new(p.clone()).ok())
+        .collect();
+    inputs
+        .iter()
+        .filter(|(_, s)| {
+            StreamName::new(s.clone()).map_or(true, |s| !patterns.iter().any(|p| p.matches(&s)))
+        })
+        .collect()
+}
+
 /// Keeps a connection to candidate `idx`: connect, hello, profiles, reconnect (after
 /// [`next_wait`]).
 async fn candidate_task(shared: Arc<Shared>, idx: usize) {
@@ -846,11 +929,14 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
         (c[idx].addr, c[idx].key)
     };
     let mut wait = Duration::ZERO;
+    // The last failure logged for this node, and when (see [`FAILURE_LOG_EVERY`]).
+    let mut said: Option<(String, Instant)> = None;
     loop {
         let (closed, error, lost) = match connect(&shared, addr, key).await {
             // The control stream's send half stays open as long as the connection.
             Ok((conn, _send, mut recv, profile)) => {
                 let since = Instant::now();
+                said = None;
                 info!(%addr, node = %profile.node, rtt_ms = conn.rtt().as_secs_f64() * 1000.0, "connected");
                 {
                     let mut c = lock(&shared.candidates);
@@ -888,7 +974,11 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
                     .chain()
                     .find_map(|c| c.downcast_ref::<quinn::ConnectionError>())
                     .and_then(node_close_code);
-                (closed, explained(closed, format!("{e:#}")), false)
+                let error = match closed {
+                    Some(_) => explained(closed, format!("{e:#}")),
+                    None => failure(&e, addr),
+                };
+                (closed, error, false)
             }
         };
         wait = next_wait(wait, closed);
@@ -900,11 +990,70 @@ async fn candidate_task(shared: Arc<Shared>, idx: usize) {
                 warn!(%addr, retry_in_s = wait.as_secs_f64(), "{error}");
             }
             _ if lost => warn!(%addr, reason = %error, "connection to node lost"),
+            _ if should_log(&mut said, &error, Instant::now()) => {
+                if error.starts_with(WRONG_KEY_TEXT) {
+                    error!(%addr, expected_key = %hex::encode(key), "{error}");
+                } else {
+                    warn!(%addr, retry_in_s = wait.as_secs_f64(), "cannot connect to the node: {error}");
+                }
+            }
             _ => debug!(%addr, %error, "connecting failed"),
         }
         lock(&shared.candidates)[idx].error = Some(error);
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Whether a failed attempt's `error` is logged now (`said`: the last one logged and
+/// when): a new cause at once, the same one again after [`FAILURE_LOG_EVERY`].
+fn should_log(said: &mut Option<(String, Instant)>, error: &str, now: Instant) -> bool {
+    if let Some((last, at)) = said.as_ref()
+        && last == error
+        && now.duration_since(*at) < FAILURE_LOG_EVERY
+    {
+        return false;
+    }
+    *said = Some((error.to_string(), now));
+    true
+}
+
+/// Starts what [`failure`] says of a node that presented another key than its configured one.
+const WRONG_KEY_TEXT: &str = "SECURITY: the node at this address is not the one configured";
+
+/// A failed attempt at a node (not closed by the node with an edge code) in words an
+/// operator acts on: a node with another key than the configured one (a security matter:
+/// a wrong `nodes[].key`, another node at the address, or someone impersonating it), a
+/// peer that refused the TLS handshake (not an edge port: a node's mesh port does that),
+/// or no answer at all (nothing listening, a firewall). QUIC's own words follow.
+fn failure(e: &anyhow::Error, addr: SocketAddr) -> String {
+    let raw = format!("{e:#}");
+    if raw.contains(crate::tls::WRONG_NODE_KEY) {
+        return format!(
+            "{WRONG_KEY_TEXT} (a wrong nodes[].key, another node at {addr}, or someone impersonating the node); nothing is sent to it: {raw}"
+        );
+    }
+    let quic = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<quinn::ConnectionError>());
+    let timed_out = matches!(quic, Some(quinn::ConnectionError::TimedOut))
+        || e.chain()
+            .any(|c| c.downcast_ref::<tokio::time::error::Elapsed>().is_some());
+    if let Some(quinn::ConnectionError::ConnectionClosed(c)) = quic
+        && (0x100..0x200).contains(&u64::from(c.error_code))
+    {
+        return format!(
+            "{addr} refused the agent's TLS handshake: is it the node's edge port (listen.edge, ALPN weft-edge/1)? A node's mesh port refuses agents so: {raw}"
+        );
+    }
+    // QUIC's own words are left out: they are "timed out" one way or another (the
+    // handshake's, or the attempt's bound), and one cause should read as one line.
+    if timed_out {
+        return format!(
+            "no answer from {addr} within {} s: nothing listening there (the node down, or not its listen.edge port, UDP), or a firewall drops it",
+            CONNECT_TIMEOUT.as_secs()
+        );
+    }
+    raw
 }
 
 /// The edge close code (`edge::close`) a node closed a connection with, if it did.
@@ -1069,6 +1218,11 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
     let mut reselect = tokio::time::interval(Duration::from_millis(500));
     // Whether the outbox may have something to send (idle agents do not poll it).
     let mut dirty = true;
+    // The node answered `busy` and has not yet taken a batch since: one batch in flight
+    // until it does. The whole window resent at once after the pause would be refused but
+    // for its first batch (a rate limit's bucket holds about one batch), and every refusal
+    // is counted and audited by the node.
+    let mut throttled = false;
     loop {
         // Which node.
         let chosen = {
@@ -1086,6 +1240,7 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
             inflight.abort_all();
             while inflight.join_next().await.is_some() {}
             retry.clear();
+            throttled = false;
             if let Some(t) = downlink_task.take() {
                 t.abort();
             }
@@ -1149,7 +1304,11 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
             && Instant::now() >= pause_until
         {
             dirty = false;
-            let credits = profile.batches_inflight_max.max(1) as usize;
+            let credits = if throttled {
+                1
+            } else {
+                profile.batches_inflight_max.max(1) as usize
+            };
             let batch_len = (profile.batch_len_max as usize).clamp(1, edge::BATCH_LEN_MAX);
             while inflight.len() < credits {
                 let mut rows = if let Some(seqs) = retry.pop_front() {
@@ -1232,6 +1391,7 @@ async fn drain_task(shared: Arc<Shared>, downlink: crate::config::Downlink) {
                     &mut retry,
                     &mut pause_until,
                     &mut refused_here,
+                    &mut throttled,
                 )
                 .await;
             }
@@ -1250,12 +1410,14 @@ async fn handle_answer(
     retry: &mut std::collections::VecDeque<Vec<u64>>,
     pause_until: &mut Instant,
     refused_here: &mut RefusedHere,
+    throttled: &mut bool,
 ) {
     let (first, last) = (sent.seqs[0], sent.seqs[sent.seqs.len() - 1]);
     match sent.answer {
         Ok(BatchAnswer::Durable { ids }) => {
             debug!(first, last, n = ids.len(), "batch durable");
             batch_outcome(shared, None);
+            *throttled = false;
             if let Err(e) = with_outbox(shared, move |o| o.ack(first, last)).await {
                 error!(error = %format!("{e:#}"), "outbox ack failed");
             }
@@ -1264,7 +1426,8 @@ async fn handle_answer(
         Ok(BatchAnswer::Busy { retry_ms }) => {
             debug!(first, last, retry_ms, "node busy");
             retry.push_back(sent.seqs);
-            *pause_until = Instant::now() + Duration::from_millis(retry_ms.clamp(10, 10_000));
+            *throttled = true;
+            *pause_until = Instant::now() + busy_pause(retry_ms);
         }
         Ok(BatchAnswer::Refused {
             index,
@@ -1355,6 +1518,12 @@ async fn handle_answer(
             *pause_until = Instant::now() + Duration::from_millis(200);
         }
     }
+}
+
+/// The pause after a `busy` answer: the node's `retry_ms` (its rate limiter's wait, to the
+/// millisecond), within [`BUSY_PAUSE_MIN`] and [`BUSY_PAUSE_MAX`].
+fn busy_pause(retry_ms: u64) -> Duration {
+    Duration::from_millis(retry_ms).clamp(BUSY_PAUSE_MIN, BUSY_PAUSE_MAX)
 }
 
 /// Counts a batch's outcome against the node in use: `None` for durable (the count starts
@@ -1622,6 +1791,92 @@ mod tests {
             REFUSED_WAIT_MIN
         );
         assert_eq!(next_wait(REFUSED_WAIT_MAX, None), BACKOFF_MAX);
+    }
+
+    /// A failed attempt is logged once per cause, and again after FAILURE_LOG_EVERY: a
+    /// misconfigured node (wrong key, wrong port, nothing there) logged nothing before.
+    #[test]
+    fn connection_failures_are_logged_once_per_cause_and_every_30_s() {
+        let t0 = Instant::now();
+        let mut said = None;
+        assert!(should_log(&mut said, "timed out", t0));
+        assert!(!should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(4)
+        ));
+        assert!(!should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(29)
+        ));
+        assert!(should_log(
+            &mut said,
+            "refused",
+            t0 + Duration::from_secs(29)
+        ));
+        assert!(should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(30)
+        ));
+        assert!(should_log(
+            &mut said,
+            "timed out",
+            t0 + Duration::from_secs(60)
+        ));
+        // A wrong key is said as a security matter, naming the address.
+        let addr: SocketAddr = "127.0.0.9:7500".parse().unwrap();
+        let e = anyhow::anyhow!("{} aa, not the configured bb", crate::tls::WRONG_NODE_KEY)
+            .context("QUIC handshake");
+        let text = failure(&e, addr);
+        assert!(
+            text.starts_with(WRONG_KEY_TEXT) && text.contains("127.0.0.9:7500"),
+            "{text}"
+        );
+        assert_eq!(failure(&anyhow::anyhow!("odd"), addr), "odd");
+    }
+
+    /// An input configured for a stream the profile does not enroll is named (its events
+    /// would all be dead-lettered, silently but for the counter).
+    #[test]
+    fn inputs_on_streams_the_profile_does_not_enroll_are_named() {
+        let config: crate::config::Inputs = toml::from_str(
+            "[stdin]\nstream = \"t.dev.raw\"\n\
+             [http]\nlisten = \"127.0.0.1:8700\"\nstream = \"t.other\"\n\
+             [[files]]\npath = \"/x\"\nstream = \"t.dev.log\"\n",
+        )
+        .unwrap();
+        let inputs = input_streams(&config);
+        assert_eq!(inputs.len(), 3);
+        let profile = Profile {
+            node: "n".into(),
+            region: "r".into(),
+            epoch: 1,
+            principal: "dev".into(),
+            tenant: "acme".into(),
+            streams: vec!["t.dev.>".into()],
+            stamps: vec![],
+            default_stamp: None,
+            rules: vec![],
+            commands: None,
+            batch_len_max: 1,
+            batches_inflight_max: 1,
+            origin_seq_max: 0,
+        };
+        let named: Vec<&str> = unenrolled_inputs(&inputs, &profile)
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .collect();
+        assert_eq!(named, vec!["inputs.http.stream"]);
+    }
+
+    #[test]
+    fn a_busy_node_is_waited_for_as_long_as_it_says() {
+        assert_eq!(busy_pause(200), Duration::from_millis(200));
+        assert_eq!(busy_pause(37), Duration::from_millis(37));
+        assert_eq!(busy_pause(0), BUSY_PAUSE_MIN);
+        assert_eq!(busy_pause(3_600_000), BUSY_PAUSE_MAX);
     }
 
     #[test]

@@ -183,6 +183,7 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
                     events: events.clone(),
                     meta: Vec::new(),
                     bad,
+                    not_enrolled: 0,
                     whole: true,
                     retries: true,
                     progress: Vec::new(),
@@ -398,6 +399,7 @@ pub(crate) fn follow(
                     events,
                     meta: vec![(key.clone(), v)],
                     bad,
+                    not_enrolled: 0,
                     whole: true,
                     retries: true,
                     progress: ends.iter().map(|o| position(*o)).collect(),
@@ -576,6 +578,7 @@ async fn respond(
         200 => "OK",
         202 => "Accepted",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -732,12 +735,32 @@ async fn serve_http(
             return Ok(());
         }
     };
+    // A stream the device is not enrolled for would be taken, then moved to the dead
+    // letters when the drain signs it: its client is told now instead, with what is allowed.
+    // Only while connected: offline, the profile at hand is the last one stored, and a
+    // policy since may have enrolled the stream (the drain signs under the profile of the
+    // node it reaches).
+    let refusal = if shared.connected() {
+        let profile = shared
+            .profile
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        not_enrolled(profile.as_ref(), &events)
+    } else {
+        None
+    };
+    if let Some(body) = refusal {
+        count_refused(tx, 0, 1).await;
+        respond(&mut sock, 403, &body).await?;
+        return Ok(());
+    }
     let (rtx, rrx) = oneshot::channel();
     if tx
         .send(Input {
             events,
             meta: Vec::new(),
             bad: 0,
+            not_enrolled: 0,
             // All or none in `refuse` mode: a 507 means nothing was taken, retry it all.
             whole: true,
             retries: false,
@@ -778,12 +801,53 @@ async fn serve_http(
     Ok(())
 }
 
+/// The 403 body for the first event of a request whose stream the device's profile does
+/// not enroll (`None`: all are enrolled, or no profile: then the drain decides, by the
+/// profile of the node it reaches).
+fn not_enrolled(profile: Option<&weft_fabric::edge::Profile>, events: &[InEvent]) -> Option<Value> {
+    let profile = profile?;
+    let patterns: Vec<weft_fabric::StreamPattern> = profile
+        .streams
+        .iter()
+        .filter_map(|p| weft_fabric::StreamPattern::new(p.clone()).ok())
+        .collect();
+    let (i, e) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| !patterns.iter().any(|p| p.matches(&e.stream)))?;
+    let allowed = if profile.streams.is_empty() {
+        "none".to_string()
+    } else {
+        profile.streams.join(", ")
+    };
+    Some(json!({
+        "error": {
+            "reason": "stream_not_enrolled",
+            "message": format!(
+                "event {i}: stream {} is not among this device's enrolled streams ({allowed}; policy epoch {} from node {}): nothing of this request was taken",
+                e.stream.as_str(),
+                profile.epoch,
+                profile.node
+            ),
+        },
+        "stream": e.stream.as_str(),
+        "allowed": profile.streams,
+    }))
+}
+
 async fn count_bad(tx: &mpsc::Sender<Input>) {
+    count_refused(tx, 1, 0).await;
+}
+
+/// Counts requests refused at the input: `bad` (not readable as events) and
+/// `not_enrolled` (a stream the device's profile does not enroll).
+async fn count_refused(tx: &mpsc::Sender<Input>, bad: u64, not_enrolled: u64) {
     let _ = tx
         .send(Input {
             events: Vec::new(),
             meta: Vec::new(),
-            bad: 1,
+            bad,
+            not_enrolled,
             whole: false,
             retries: false,
             progress: Vec::new(),
@@ -927,5 +991,48 @@ mod tests {
         assert_eq!(offers.len(), 3, "{offers:?}");
         assert!(offers.iter().all(|o| *o == offers[0]), "{offers:?}");
         assert_eq!(offers[0], vec![0, 1, 2]);
+    }
+
+    /// A request naming a stream the device's profile does not enroll is refused at the
+    /// input (403, the stream and the allowed ones named), not taken and dead-lettered
+    /// later; before any profile came, the drain decides.
+    #[test]
+    fn a_stream_the_device_is_not_enrolled_for_is_refused_at_the_input() {
+        let profile = weft_fabric::edge::Profile {
+            node: "n1".into(),
+            region: "r".into(),
+            epoch: 3,
+            principal: "sensor-1".into(),
+            tenant: "acme".into(),
+            streams: vec!["telemetry.s1".into(), "telemetry.s1.>".into()],
+            stamps: vec![],
+            default_stamp: None,
+            rules: vec![],
+            commands: None,
+            batch_len_max: 256,
+            batches_inflight_max: 4,
+            origin_seq_max: 0,
+        };
+        let event = |stream: &str| InEvent {
+            stream: StreamName::new(stream.to_string()).unwrap(),
+            priority: 5,
+            ce: Map::new(),
+        };
+        let ok = [event("telemetry.s1"), event("telemetry.s1.temp")];
+        assert_eq!(not_enrolled(Some(&profile), &ok), None);
+        let mixed = [event("telemetry.s1"), event("telemetry.s2")];
+        let body = not_enrolled(Some(&profile), &mixed).unwrap();
+        assert_eq!(body["error"]["reason"], "stream_not_enrolled");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("event 1: stream telemetry.s2 is not among")
+                && message.contains("telemetry.s1, telemetry.s1.>")
+                && message.contains("epoch 3"),
+            "{message}"
+        );
+        assert_eq!(body["stream"], "telemetry.s2");
+        assert_eq!(body["allowed"], json!(["telemetry.s1", "telemetry.s1.>"]));
+        // No profile yet: taken (the drain dead-letters it if the profile does not allow it).
+        assert_eq!(not_enrolled(None, &mixed), None);
     }
 }

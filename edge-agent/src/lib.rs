@@ -146,44 +146,137 @@ async fn serve(config: config::Resolved, exit_when_drained: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// `weft-agent status`: prints the connected node, its RTT, the outbox depth and the
-/// counters of the agent whose config file is at `path` (JSON with `json`). Asks the
-/// running agent over its local HTTP input; without one (or with the agent stopped) reads
-/// the outbox directly.
+/// `weft-agent status`: prints the connected node, its RTT, the outbox depth, the
+/// counters and the dead letters of the agent whose config file is at `path` (JSON with
+/// `json`). Asks the running agent over its local HTTP input, and shows its answer only if
+/// it runs this config's device key; otherwise (no HTTP input, the agent stopped, another
+/// agent on that address) reads the outbox on disk, creating nothing. Fails (non-zero)
+/// when there is no outbox, and when another agent answers on this config's address.
 pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = config::AgentConfig::load(path)?;
-    let live = config.raw.inputs.http.as_ref().and_then(|h| {
-        let mut s = std::net::TcpStream::connect_timeout(&h.listen, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /v1/status HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n")
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let body = out.split_once("\r\n\r\n")?.1;
-        serde_json::from_str::<serde_json::Value>(body).ok()
-    });
+    // This config's device: what the answering agent must run. The key file is the
+    // device's (0600, this user's); without it, the config's name is all there is.
+    let own_key = keys::load(&config.key_path)
+        .map(|seed| weft_fabric::Signer::from_secret(&seed).origin().to_string())
+        .ok();
+    let http = config.raw.inputs.http.as_ref().map(|h| h.listen);
+    let live = http.and_then(ask_status);
+    let mut code = ExitCode::SUCCESS;
+    let mut foreign = None;
     let value = match live {
+        Some(v) => match same_agent(&v, own_key.as_deref(), &config.raw.name) {
+            Ok(()) => Some(v),
+            Err(why) => {
+                foreign = Some(format!(
+                    "the agent answering on {} is not this config's: {why}; figures from this config's outbox on disk",
+                    http.map_or_else(String::new, |a| a.to_string())
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let value = match value {
         Some(v) => v,
         None => {
-            let o = outbox::Outbox::open(&config.data_dir, config.raw.outbox.clone())?;
+            // Another agent answered: the error says so too (it is likely the cause).
+            let snap = outbox::snapshot(&config.data_dir).map_err(|e| match &foreign {
+                Some(f) => e.context(f.clone()),
+                None => e,
+            })?;
+            let note = match (&foreign, outbox::lock_holder(&config.data_dir)) {
+                (Some(f), _) => f.clone(),
+                (None, Some(pid)) if http.is_some() => format!(
+                    "an agent holds this data directory{} but does not answer on inputs.http.listen: figures from the outbox on disk",
+                    pid_text(&pid)
+                ),
+                (None, Some(pid)) => format!(
+                    "the agent is running{} and has no [inputs.http]: figures from the outbox on disk",
+                    pid_text(&pid)
+                ),
+                (None, None) => "the agent is not running: figures from the outbox on disk".into(),
+            };
+            if foreign.is_some() {
+                code = ExitCode::FAILURE;
+            }
             serde_json::json!({
                 "name": config.raw.name,
                 "connected": null,
-                "note": "the agent is not running, or has no [inputs.http]: figures from the outbox on disk",
-                "outbox_depth": o.depth(),
-                "outbox_bytes": o.bytes(),
-                "next_seq": o.next_seq(),
-                "counters": o.counters,
+                "note": note,
+                "outbox_depth": snap.outbox_depth,
+                "outbox_bytes": snap.outbox_bytes,
+                "next_seq": snap.next_seq,
+                "counters": snap.counters,
+                "dead_letters": snap.dead_letters,
             })
         }
     };
-    if json {
-        println!("{value}");
-        return Ok(ExitCode::SUCCESS);
+    let text = if json {
+        format!("{value}\n")
+    } else {
+        render_status(&value)
+    };
+    // A reader that went away (`weft-agent status | head -1`) is no error of ours: stop
+    // quietly (println! panicked on EPIPE, exit status 101).
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(e).context("writing the status to standard output"),
     }
+    if let Some(f) = foreign {
+        eprintln!("weft-agent: {f}");
+    }
+    Ok(code)
+}
+
+fn pid_text(pid: &str) -> String {
+    if pid.is_empty() {
+        String::new()
+    } else {
+        format!(" (pid {pid})")
+    }
+}
+
+/// `GET /v1/status` from the agent's HTTP input at `addr` (`None`: nothing answered, or
+/// not with JSON).
+fn ask_status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = out.split_once("\r\n\r\n")?.1;
+    serde_json::from_str::<serde_json::Value>(body).ok()
+}
+
+/// Whether the status `v` is of this config's agent: its device key (`own_key`, when the
+/// key file could be read), else its name. Another agent listening on the address this
+/// config names (two configs with one `inputs.http.listen`) would otherwise be reported
+/// as this one.
+fn same_agent(v: &serde_json::Value, own_key: Option<&str>, name: &str) -> Result<(), String> {
+    let their_key = v["key"].as_str().unwrap_or("?");
+    let their_name = v["name"].as_str().unwrap_or("?");
+    match own_key {
+        Some(k) if k != their_key => Err(format!(
+            "it runs device key {their_key} (name {their_name}), this config's key is {k}"
+        )),
+        None if name != their_name => Err(format!(
+            "it is named {their_name}, this config {name} (the device key could not be read to compare)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The status as text.
+fn render_status(value: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
     let c = &value["connected"];
     if c.is_null() {
-        println!(
+        let _ = writeln!(
+            o,
             "connected:     no{}",
             value["note"]
                 .as_str()
@@ -191,47 +284,75 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         );
     } else {
-        println!(
+        let key = c["key"].as_str().unwrap_or("?");
+        let _ = writeln!(
+            o,
             "connected:     {} at {} (key {})",
             c["node"].as_str().unwrap_or("?"),
             c["addr"].as_str().unwrap_or("?"),
-            &c["key"].as_str().unwrap_or("?")[..16.min(c["key"].as_str().unwrap_or("?").len())]
+            key.get(..16).unwrap_or(key)
         );
-        println!(
+        let _ = writeln!(
+            o,
             "rtt:           {:.2} ms",
             c["rtt_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    println!(
+    let _ = writeln!(
+        o,
         "outbox:        {} events, {} bytes (next seq {})",
         value["outbox_depth"], value["outbox_bytes"], value["next_seq"]
     );
     let k = &value["counters"];
-    println!(
+    let _ = writeln!(
+        o,
         "delivered:     {}   accepted: {}",
         k["delivered"], k["accepted"]
     );
-    println!(
-        "drops:         overflow {}  refused (full) {}  filtered {}  sampled out {}  aggregated {}  dead letters {}  bad input {}",
+    let _ = writeln!(
+        o,
+        "drops:         overflow {}  refused (full) {}  filtered {}  sampled out {}  aggregated {}  dead letters {}  bad input {}  not enrolled {}",
         k["dropped_overflow"],
         k["refused_full"],
         k["filtered"],
         k["sampled_out"],
         k["aggregated"],
         k["dead"],
-        k["bad_input"]
+        k["bad_input"],
+        k["not_enrolled"]
     );
-    println!(
+    let _ = writeln!(
+        o,
         "aggregates:    {} summaries  {} window extensions (summary budget full)",
         k["summaries"], k["summaries_deferred"]
     );
-    println!(
+    let _ = writeln!(
+        o,
         "inputs:        {} waits for room (outbox full; standard input and files offer their lines again)",
         k["input_waits"]
     );
+    let dead = &value["dead_letters"];
+    if let Some(held) = dead["held"].as_u64() {
+        let _ = writeln!(
+            o,
+            "dead letters:  {held} held (the newest {} kept)",
+            outbox::DEAD_LETTERS_KEPT
+        );
+        for d in dead["last"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                o,
+                "  {} seq {} {}: {}",
+                d["at_ms"].as_u64().map_or("?".into(), utc),
+                d["seq"].as_u64().map_or("-".into(), |s| s.to_string()),
+                d["stream"].as_str().unwrap_or("?"),
+                d["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
     if let Some(cands) = value["candidates"].as_array() {
         for c in cands {
-            println!(
+            let _ = writeln!(
+                o,
                 "node {:<22} {:<5} {:<6} rtt {} ms{}",
                 c["addr"].as_str().unwrap_or("?"),
                 c["source"].as_str().unwrap_or("?"),
@@ -246,5 +367,100 @@ pub fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    o
+}
+
+/// `ms` since the epoch as `YYYY-MM-DD HH:MM:SS` UTC (civil-from-days, no time crate).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_another_agent_on_the_configured_address() {
+        let v = serde_json::json!({"name": "till-9", "key": "bb"});
+        assert_eq!(same_agent(&v, Some("bb"), "till-7"), Ok(()));
+        let e = same_agent(&v, Some("aa"), "till-9").unwrap_err();
+        assert!(
+            e.contains("device key bb") && e.contains("key is aa"),
+            "{e}"
+        );
+        // Without the key file, the name decides.
+        assert_eq!(same_agent(&v, None, "till-9"), Ok(()));
+        assert!(same_agent(&v, None, "till-7").is_err());
+    }
+
+    #[test]
+    fn status_shows_the_newest_dead_letters_with_their_reasons() {
+        let v = serde_json::json!({
+            "connected": null, "note": "n", "outbox_depth": 0, "outbox_bytes": 0,
+            "next_seq": 4, "counters": {"dead": 2},
+            "dead_letters": {"held": 2, "last": [
+                {"seq": 3, "stream": "t.b", "reason": "refused: residency_wider", "at_ms": 1_764_979_200_000u64},
+                {"seq": null, "stream": "t.x", "reason": "the device is not enrolled for t.x (epoch 1)", "at_ms": 0},
+            ]},
+        });
+        let text = render_status(&v);
+        assert!(text.contains("dead letters:  2 held"), "{text}");
+        assert!(
+            text.contains("  2025-12-06 00:00:00 seq 3 t.b: refused: residency_wider"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  1970-01-01 00:00:00 seq - t.x: the device is not enrolled for t.x"),
+            "{text}"
+        );
+    }
+
+    /// A config whose data directory does not exist: `status` says so, fails, and makes
+    /// nothing (it made `nodata/outbox.db` and printed zeros).
+    #[test]
+    fn status_of_a_missing_data_dir_fails_and_creates_nothing() {
+        let dir = std::env::temp_dir().join(format!("weft-agent-status-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        keygen(&dir.join("device.key")).unwrap();
+        let cfg = dir.join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = \"t\"\nkey = \"device.key\"\ndata_dir = \"nodata\"\n\
+                 [[nodes]]\naddr = \"127.93.0.1:7500\"\nkey = \"{}\"\n",
+                "01".repeat(32)
+            ),
+        )
+        .unwrap();
+        let e = status(&cfg, true).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("does not exist") && text.contains("nodata"),
+            "{text}"
+        );
+        assert!(!dir.join("nodata").exists());
+        // An existing directory without an outbox: the same, nothing made.
+        std::fs::create_dir(dir.join("nodata")).unwrap();
+        let text = format!("{:#}", status(&cfg, true).unwrap_err());
+        assert!(text.contains("no outbox at"), "{text}");
+        assert!(!dir.join("nodata").join("outbox.db").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

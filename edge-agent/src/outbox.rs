@@ -14,7 +14,7 @@
 //! (`outbox.summaries_max`, `outbox.summary_bytes_max`) and are never dropped for room.
 //! Everything is counted ([`Counters`]), durably.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use rusqlite::{OptionalExtension as _, params};
@@ -33,11 +33,238 @@ const WINDOW_RULES: &str = "window_rules";
 /// Most rows kept in the dead-letter table (events a node refused for good); older ones
 /// are deleted first.
 const DEAD_LETTERS_MAX: i64 = 1000;
+/// [`DEAD_LETTERS_MAX`] for `weft-agent status`.
+pub(crate) const DEAD_LETTERS_KEPT: i64 = DEAD_LETTERS_MAX;
 /// Most bytes (payloads and envelopes) the dead-letter table keeps; older rows are deleted
 /// first. An event may be 1 MiB: a thousand of them would be a gigabyte on a device.
 const DEAD_LETTER_BYTES_MAX: i64 = 16 << 20;
 /// Largest clock drift accepted by the agent's HLC (it only ticks locally).
 const HLC_DRIFT_MS_MAX: u64 = 60_000;
+/// The outbox's file in the data directory.
+pub(crate) const OUTBOX_FILE: &str = "outbox.db";
+/// The lock file in the data directory: one agent at a time owns the outbox.
+pub(crate) const LOCK_FILE: &str = "agent.lock";
+/// Attempts at the data directory's lock before another agent is taken to hold it, and
+/// the pause between them.
+const LOCK_TRIES: u32 = 5;
+/// See [`LOCK_TRIES`].
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Dead letters `weft-agent status` shows (the newest).
+pub(crate) const DEAD_LETTERS_SHOWN: usize = 5;
+
+/// Why an outbox could not be opened, in words an operator acts on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// Another process holds the data directory's lock.
+    #[error(
+        "the data directory {dir} is in use by another weft-agent{holder} (it holds {lock}): \
+         two agents on one outbox each count what the other sends and stall; stop the other \
+         agent, or give this one a data_dir of its own"
+    )]
+    Locked {
+        dir: PathBuf,
+        lock: PathBuf,
+        /// " (pid N)" when the lock file names it.
+        holder: String,
+    },
+    /// The data directory is not there (`status` creates nothing).
+    #[error(
+        "the data directory {0} does not exist: no agent has run with this config's data_dir \
+         (or it names the wrong directory)"
+    )]
+    NoDataDir(PathBuf),
+    /// The data directory holds no outbox.
+    #[error("no outbox at {0}: no agent has run with this data directory")]
+    NoOutbox(PathBuf),
+}
+
+/// Creates `dir` (and its parents) readable by this user only: the outbox holds the
+/// device's events and the key usually sits beside it.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))
+}
+
+/// Opens `path` for writing, creating it mode 0600 (unix) if absent; never truncates.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
+}
+
+/// Takes the data directory's lock ([`LOCK_FILE`], an advisory `flock`-style lock the OS
+/// drops when the process ends, however it ends) and writes this process's id into it.
+/// A second agent on the same directory would share the SQLite file: each would count
+/// the events the other inserted or acknowledged, and the counts went wrong.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join(LOCK_FILE);
+    let mut file =
+        open_private(&path).with_context(|| format!("opening the lock file {}", path.display()))?;
+    // A few tries: `weft-agent status` takes the lock shared for an instant to learn
+    // whether an agent holds it, and an agent starting just then must not take that for
+    // another agent.
+    let mut tries = LOCK_TRIES;
+    let locked = loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if tries > 1 => {
+                tries -= 1;
+                std::thread::sleep(LOCK_RETRY);
+            }
+            r => break r,
+        }
+    };
+    match locked {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(OpenError::Locked {
+                dir: dir.to_path_buf(),
+                lock: path,
+                holder: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+            }
+            .into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    // Who holds it, for the next one's error (best effort: the lock is what counts).
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+/// Whether an agent holds the lock of `dir` now, and its pid if it wrote one.
+pub(crate) fn lock_holder(dir: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(dir.join(LOCK_FILE)).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(_) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Some(pid.trim().to_string())
+        }
+    }
+}
+
+/// One dead letter as `weft-agent status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct DeadLetter {
+    /// Its sequence number (none: moved before it had one).
+    pub(crate) seq: Option<u64>,
+    pub(crate) stream: String,
+    pub(crate) reason: String,
+    pub(crate) at_ms: u64,
+}
+
+/// The dead-letter table as `weft-agent status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct DeadLetters {
+    /// Rows held (the newest [`DEAD_LETTERS_MAX`] at most).
+    pub(crate) held: u64,
+    /// The newest [`DEAD_LETTERS_SHOWN`], newest first.
+    pub(crate) last: Vec<DeadLetter>,
+}
+
+fn dead_letters(conn: &rusqlite::Connection, n: usize) -> anyhow::Result<DeadLetters> {
+    let held: i64 = conn.query_row("SELECT COUNT(*) FROM dead", [], |r| r.get(0))?;
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, stream, reason, at_ms FROM dead ORDER BY id DESC LIMIT ?1")?;
+    let last = stmt
+        .query_map([n as i64], |r| {
+            Ok(DeadLetter {
+                seq: r.get::<_, Option<i64>>(0)?.map(|s| s as u64),
+                stream: r.get(1)?,
+                reason: r.get(2)?,
+                at_ms: r.get::<_, i64>(3)?.max(0) as u64,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(DeadLetters {
+        held: held.max(0) as u64,
+        last,
+    })
+}
+
+/// What `weft-agent status` reads from the outbox on disk when the agent does not answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Snapshot {
+    pub(crate) outbox_depth: u64,
+    pub(crate) outbox_bytes: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) counters: Counters,
+    pub(crate) dead_letters: DeadLetters,
+}
+
+/// Reads an existing outbox in `dir` without creating or changing anything (no
+/// directory, no file, no schema) and without its lock: `weft-agent status` beside a
+/// running agent, or after it.
+pub(crate) fn snapshot(dir: &Path) -> anyhow::Result<Snapshot> {
+    if !dir.is_dir() {
+        return Err(OpenError::NoDataDir(dir.to_path_buf()).into());
+    }
+    let path = dir.join(OUTBOX_FILE);
+    if !path.is_file() {
+        return Err(OpenError::NoOutbox(path).into());
+    }
+    // Read-write without create: SQLite reads a WAL database through its shared-memory
+    // file, which a read-only connection may not be able to make.
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    let (depth, bytes): (i64, Option<i64>) = conn
+        .query_row(
+            "SELECT COUNT(*), SUM(length(payload)) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
+    let next_seq = conn
+        .query_row("SELECT v FROM meta WHERE k = 'next_seq'", [], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .optional()?
+        .map_or(1, |v| {
+            u64::from_be_bytes(v.try_into().unwrap_or([0; 8])).max(1)
+        });
+    let mut counters = Counters::default();
+    let rows: Vec<(String, i64)> = conn
+        .prepare("SELECT k, v FROM counters")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (k, v) in rows {
+        for (name, slot) in counters.fields() {
+            if name == k {
+                *slot = v.max(0) as u64;
+            }
+        }
+    }
+    Ok(Snapshot {
+        outbox_depth: depth.max(0) as u64,
+        outbox_bytes: bytes.unwrap_or(0).max(0) as u64,
+        next_seq,
+        counters,
+        dead_letters: dead_letters(&conn, DEAD_LETTERS_SHOWN)?,
+    })
+}
 
 /// Durable counters (`weft-agent status`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -66,13 +293,16 @@ pub(crate) struct Counters {
     pub(crate) dead: u64,
     /// Bad input lines or requests refused at the inputs.
     pub(crate) bad_input: u64,
+    /// HTTP input requests refused because a stream is not among the device's enrolled
+    /// streams (by the profile in use): they would only have gone to the dead letters.
+    pub(crate) not_enrolled: u64,
     /// Times standard input or a followed file found the outbox full (`refuse` mode) and
     /// waited to offer the same lines again: none of them is refused.
     pub(crate) input_waits: u64,
 }
 
 impl Counters {
-    fn fields(&mut self) -> [(&'static str, &mut u64); 12] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 13] {
         [
             ("accepted", &mut self.accepted),
             ("refused_full", &mut self.refused_full),
@@ -85,6 +315,7 @@ impl Counters {
             ("delivered", &mut self.delivered),
             ("dead", &mut self.dead),
             ("bad_input", &mut self.bad_input),
+            ("not_enrolled", &mut self.not_enrolled),
             ("input_waits", &mut self.input_waits),
         ]
     }
@@ -178,6 +409,8 @@ pub(crate) struct Ready {
 /// The outbox.
 pub(crate) struct Outbox {
     conn: rusqlite::Connection,
+    /// The data directory's lock ([`LOCK_FILE`]), held while the outbox is open.
+    _lock: std::fs::File,
     config: OutboxConfig,
     depth: u64,
     bytes: u64,
@@ -203,10 +436,16 @@ fn wall_ms() -> u64 {
 }
 
 impl Outbox {
-    /// Opens (or creates) `dir/outbox.db`.
+    /// Opens (or creates) `dir/outbox.db`, holding the directory's lock ([`LOCK_FILE`]):
+    /// a second agent on the same directory is refused ([`OpenError::Locked`]). A new
+    /// directory is made mode 0700 and new files 0600 (SQLite makes its `-wal` and `-shm`
+    /// files with the database's mode).
     pub(crate) fn open(dir: &Path, config: OutboxConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join("outbox.db");
+        create_private_dir(dir)?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join(OUTBOX_FILE);
+        // Made here, empty, with its mode: SQLite takes an empty file as a new database.
+        open_private(&path).with_context(|| format!("creating {}", path.display()))?;
         let conn = rusqlite::Connection::open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         conn.execute_batch(
@@ -254,6 +493,7 @@ impl Outbox {
         )?;
         let mut out = Self {
             conn,
+            _lock: lock,
             config,
             depth: depth as u64,
             bytes: bytes.unwrap_or(0) as u64,
@@ -281,6 +521,35 @@ impl Outbox {
             }
         }
         Ok(out)
+    }
+
+    /// Counts the events and payload bytes held from the table itself. The counts in
+    /// memory follow what each committed transaction changed; after a failed one (whose
+    /// changes SQLite rolled back) they are read again rather than trusted.
+    fn recount(&mut self) -> anyhow::Result<()> {
+        let (depth, bytes): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT COUNT(*), SUM(length(payload)) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.depth = depth.max(0) as u64;
+        self.bytes = bytes.unwrap_or(0).max(0) as u64;
+        Ok(())
+    }
+
+    /// `r`, the result of a write; after a failure the counts are read again from the table.
+    fn settled<T>(&mut self, r: anyhow::Result<T>) -> anyhow::Result<T> {
+        if r.is_err()
+            && let Err(e) = self.recount()
+        {
+            tracing::warn!(error = %format!("{e:#}"), "recounting the outbox after a failed write failed");
+        }
+        r
+    }
+
+    /// The dead letters: how many are held and the newest `n`.
+    pub(crate) fn dead_letters(&self, n: usize) -> anyhow::Result<DeadLetters> {
+        dead_letters(&self.conn, n)
     }
 
     /// Events held.
@@ -459,6 +728,17 @@ impl Outbox {
         extra: &Counters,
         windows: &WindowChanges,
     ) -> anyhow::Result<Vec<bool>> {
+        let r = self.insert_tx(events, meta, extra, windows);
+        self.settled(r)
+    }
+
+    fn insert_tx(
+        &mut self,
+        events: &[NewEvent],
+        meta: &[(String, Vec<u8>)],
+        extra: &Counters,
+        windows: &WindowChanges,
+    ) -> anyhow::Result<Vec<bool>> {
         let tx = self.conn.transaction()?;
         Self::write_windows(&tx, windows)?;
         let mut accepted = Vec::with_capacity(events.len());
@@ -478,9 +758,10 @@ impl Outbox {
             // none of them goes (the savepoint) and the new event is refused alone.
             let before = (depth, bytes, c.dropped_overflow);
             tx.execute_batch("SAVEPOINT make_room")?;
+            // Saturating: the counts can never go below zero here, whatever they say.
             while !e.summary
-                && (depth - summaries.0 + 1 > self.config.events_max
-                    || bytes - summaries.1 + len > self.config.bytes_max)
+                && (depth.saturating_sub(summaries.0) + 1 > self.config.events_max
+                    || bytes.saturating_sub(summaries.1) + len > self.config.bytes_max)
             {
                 if self.config.overflow == Overflow::Refuse {
                     ok = false;
@@ -499,9 +780,13 @@ impl Outbox {
                     ok = false;
                     break;
                 };
-                tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
-                depth -= 1;
-                bytes -= vlen as u64;
+                // Counted by what the delete removed.
+                if tx.execute("DELETE FROM outbox WHERE id = ?1", [id])? == 0 {
+                    ok = false;
+                    break;
+                }
+                depth = depth.saturating_sub(1);
+                bytes = bytes.saturating_sub(vlen.max(0) as u64);
                 c.dropped_overflow += 1;
             }
             if !ok {
@@ -543,6 +828,7 @@ impl Outbox {
         c.sampled_out += extra.sampled_out;
         c.aggregated += extra.aggregated;
         c.bad_input += extra.bad_input;
+        c.not_enrolled += extra.not_enrolled;
         c.summaries_deferred += extra.summaries_deferred;
         c.input_waits += extra.input_waits;
         c.refused_full += extra.refused_full;
@@ -589,6 +875,16 @@ impl Outbox {
         profile: &Profile,
         signer: &Signer,
     ) -> anyhow::Result<usize> {
+        let r = self.sequence_tx(n, profile, signer);
+        self.settled(r)
+    }
+
+    fn sequence_tx(
+        &mut self,
+        n: usize,
+        profile: &Profile,
+        signer: &Signer,
+    ) -> anyhow::Result<usize> {
         let enrolled: Vec<StreamPattern> = profile
             .streams
             .iter()
@@ -630,13 +926,13 @@ impl Outbox {
         let now = wall_ms();
         for (id, stream, produced_ms, content_type, payload) in rows {
             let plen = payload.len() as u64;
-            let refuse = |why: String, payload: &[u8]| -> anyhow::Result<()> {
+            // Returns how many rows left the outbox (what the counts follow).
+            let refuse = |why: String, payload: &[u8]| -> anyhow::Result<u64> {
                 tx.execute(
                     "INSERT INTO dead (seq, stream, payload, envelope, reason, at_ms) VALUES (NULL, ?1, ?2, NULL, ?3, ?4)",
                     params![stream, payload, why, now as i64],
                 )?;
-                tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
-                Ok(())
+                Ok(tx.execute("DELETE FROM outbox WHERE id = ?1", [id])? as u64)
             };
             let name = StreamName::new(stream.clone());
             let stamp = name.as_ref().ok().and_then(|s| {
@@ -657,10 +953,10 @@ impl Outbox {
             };
             if let Some(why) = why {
                 tracing::warn!(stream = %stream, "event not publishable, moved to dead letters: {why}");
-                refuse(why, &payload)?;
+                let gone = refuse(why, &payload)?;
                 c.dead += 1;
-                depth -= 1;
-                bytes -= plen;
+                depth = depth.saturating_sub(gone);
+                bytes = bytes.saturating_sub(plen * gone);
                 continue;
             }
             let (Ok(name), Some(stamp)) = (name, stamp) else {
@@ -692,10 +988,10 @@ impl Outbox {
             let event = match signer.sign(draft) {
                 Ok(e) => e,
                 Err(e) => {
-                    refuse(format!("cannot be signed: {e}"), &[])?;
+                    let gone = refuse(format!("cannot be signed: {e}"), &[])?;
                     c.dead += 1;
-                    depth -= 1;
-                    bytes -= plen;
+                    depth = depth.saturating_sub(gone);
+                    bytes = bytes.saturating_sub(plen * gone);
                     continue;
                 }
             };
@@ -760,24 +1056,29 @@ impl Outbox {
 
     /// A node confirmed `first..=last` durable: they leave the outbox.
     pub(crate) fn ack(&mut self, first: u64, last: u64) -> anyhow::Result<u64> {
+        let r = self.ack_tx(first, last);
+        self.settled(r)
+    }
+
+    fn ack_tx(&mut self, first: u64, last: u64) -> anyhow::Result<u64> {
         let tx = self.conn.transaction()?;
-        let (n, b): (i64, Option<i64>) = tx.query_row(
-            "SELECT COUNT(*), SUM(length(payload)) FROM outbox WHERE seq BETWEEN ?1 AND ?2",
-            params![first as i64, last as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        tx.execute(
-            "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2",
-            params![first as i64, last as i64],
-        )?;
+        // The rows the delete removed, and their bytes: what the counts follow.
+        let gone: Vec<i64> = tx
+            .prepare_cached(
+                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING length(payload)",
+            )?
+            .query_map(params![first as i64, last as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let n = gone.len() as u64;
+        let b: u64 = gone.iter().map(|l| (*l).max(0) as u64).sum();
         let mut c = self.counters.clone();
-        c.delivered += n as u64;
+        c.delivered += n;
         Self::write_counters(&tx, &mut c)?;
         tx.commit()?;
         self.counters = c;
-        self.depth -= n as u64;
-        self.bytes -= b.unwrap_or(0) as u64;
-        Ok(n as u64)
+        self.depth = self.depth.saturating_sub(n);
+        self.bytes = self.bytes.saturating_sub(b);
+        Ok(n)
     }
 
     /// A node refused sequenced event `seq` for good: the event moves to the dead-letter
@@ -785,6 +1086,17 @@ impl Outbox {
     /// (`weft_fabric::edge::VOID_STREAM`), sent in its place so that nodes, which deliver
     /// the device's events in sequence order, do not wait for the number forever.
     pub(crate) fn void(
+        &mut self,
+        seq: u64,
+        reason: &str,
+        profile: &Profile,
+        signer: &Signer,
+    ) -> anyhow::Result<()> {
+        let r = self.void_tx(seq, reason, profile, signer);
+        self.settled(r)
+    }
+
+    fn void_tx(
         &mut self,
         seq: u64,
         reason: &str,
@@ -853,7 +1165,7 @@ impl Outbox {
         tx.commit()?;
         self.counters = c;
         self.clock = clock;
-        self.bytes = self.bytes - len as u64 + payload.len() as u64;
+        self.bytes = self.bytes.saturating_sub(len.max(0) as u64) + payload.len() as u64;
         Ok(())
     }
 
@@ -874,30 +1186,34 @@ impl Outbox {
     }
 
     pub(crate) fn dead_letter(&mut self, seq: u64, reason: &str) -> anyhow::Result<()> {
+        let r = self.dead_letter_tx(seq, reason);
+        self.settled(r)
+    }
+
+    fn dead_letter_tx(&mut self, seq: u64, reason: &str) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
-        let len: Option<i64> = tx
-            .query_row(
-                "SELECT length(payload) FROM outbox WHERE seq = ?1",
-                [seq as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
         tx.execute(
             "INSERT INTO dead (seq, stream, payload, envelope, reason, at_ms) \
              SELECT seq, stream, payload, envelope, ?2, ?3 FROM outbox WHERE seq = ?1",
             params![seq as i64, reason, wall_ms() as i64],
         )?;
-        tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq as i64])?;
+        // What the delete removed is what the counts follow, once the transaction
+        // commits (they were lowered before the commit, and a failed commit left them
+        // lowered for good).
+        let gone: Vec<i64> = tx
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING length(payload)")?
+            .query_map([seq as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         Self::prune_dead(&tx)?;
         let mut c = self.counters.clone();
-        if let Some(len) = len {
-            c.dead += 1;
-            self.depth -= 1;
-            self.bytes -= len as u64;
-        }
+        c.dead += gone.len() as u64;
         Self::write_counters(&tx, &mut c)?;
         tx.commit()?;
         self.counters = c;
+        self.depth = self.depth.saturating_sub(gone.len() as u64);
+        self.bytes = self
+            .bytes
+            .saturating_sub(gone.iter().map(|l| (*l).max(0) as u64).sum());
         Ok(())
     }
 }
@@ -1362,6 +1678,114 @@ mod tests {
         assert_eq!(payload(4), "event 3");
         assert_eq!(payload(6), "event 1");
         assert_eq!(payload(7), "event 2");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One agent per data directory: a second open is refused with an error naming the
+    /// directory (two agents on one outbox wedged the first: `507 outbox_full` on an empty
+    /// outbox, a depth of 2^64 - 29); the lock goes with the outbox.
+    #[test]
+    fn a_second_agent_on_the_data_directory_is_refused() {
+        let (dir, config, _) = fresh("lock-", 10);
+        let first = Outbox::open(&dir, config.clone()).unwrap();
+        let e = Outbox::open(&dir, config.clone()).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            matches!(e.downcast_ref(), Some(OpenError::Locked { .. })),
+            "{text}"
+        );
+        assert!(
+            text.contains(&dir.display().to_string())
+                && text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert_eq!(lock_holder(&dir), Some(std::process::id().to_string()));
+        drop(first);
+        assert_eq!(lock_holder(&dir), None);
+        Outbox::open(&dir, config).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The data directory is made 0700 and the outbox's files 0600: it holds the device's
+    /// events (it was 0644 in a 0755 directory, beside a key that must be 0600).
+    #[cfg(unix)]
+    #[test]
+    fn the_outbox_is_readable_by_its_user_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (dir, config, _) = fresh("mode-", 10);
+        let dir = dir.join("nested");
+        let mut o = Outbox::open(&dir, config).unwrap();
+        o.insert(
+            &[ev("t.a", 5, 0)],
+            &[],
+            &Counters::default(),
+            &WindowChanges::default(),
+        )
+        .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in [OUTBOX_FILE, "outbox.db-wal", "outbox.db-shm", LOCK_FILE] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        drop(o);
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    /// The counts in memory follow what SQLite changed and can never go below zero: rows
+    /// another writer added behind the outbox's back (a second agent, before the lock)
+    /// were acknowledged and dead-lettered here and took the depth below zero (a wrapped
+    /// u64, and every later event refused as if the outbox were full). A failed write
+    /// reads the counts again from the table.
+    #[test]
+    fn the_outbox_counts_follow_what_sqlite_changed() {
+        let (dir, config, signer) = fresh("counts-", 100);
+        let mut o = Outbox::open(&dir, config).unwrap();
+        let none = Counters::default();
+        let no_windows = WindowChanges::default();
+        o.insert(&[ev("t.a", 5, 0), ev("t.a", 5, 1)], &[], &none, &no_windows)
+            .unwrap();
+        // Another connection adds three rows (one for a stream the profile does not
+        // enroll: it is dead-lettered when sequenced).
+        let other = rusqlite::Connection::open(dir.join(OUTBOX_FILE)).unwrap();
+        for (stream, n) in [("t.b", 2), ("t.b", 3), ("u.x", 4)] {
+            other
+                .execute(
+                    "INSERT INTO outbox (stream, priority, produced_ms, content_type, payload) \
+                     VALUES (?1, 5, 1700000000000, 'text/plain', ?2)",
+                    params![stream, format!("event {n}").into_bytes()],
+                )
+                .unwrap();
+        }
+        assert_eq!(o.depth(), 2, "the outbox does not know of them yet");
+        assert_eq!(o.sequence(10, &profile(), &signer).unwrap(), 4);
+        assert_eq!(o.counters.dead, 1);
+        assert_eq!(o.depth(), 1);
+        // All four acknowledged: the depth stops at zero.
+        assert_eq!(o.ack(1, 4).unwrap(), 4);
+        assert_eq!((o.depth(), o.bytes()), (0, 0));
+        assert_eq!(o.counters.delivered, 4);
+        // Not refused as full: the outbox takes events again.
+        let ok = o
+            .insert(&[ev("t.a", 5, 5)], &[], &none, &no_windows)
+            .unwrap();
+        assert_eq!(ok, vec![true]);
+        // A write that fails (another writer holds the database) reads the counts again.
+        other
+            .execute(
+                "INSERT INTO outbox (stream, priority, produced_ms, content_type, payload) \
+                 VALUES ('t.c', 5, 0, 'text/plain', x'00')",
+                [],
+            )
+            .unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(
+            o.insert(&[ev("t.a", 5, 6)], &[], &none, &no_windows)
+                .is_err()
+        );
+        assert_eq!(o.depth(), 2, "recounted from the table after the failure");
+        other.execute_batch("ROLLBACK").unwrap();
+        drop(other);
+        drop(o);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

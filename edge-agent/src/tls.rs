@@ -17,6 +17,11 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// Starts the error of a node whose certificate carries another key than the one this
+/// agent was told to trust for its address (`agent::failure` reads it to say so as a
+/// security matter).
+pub(crate) const WRONG_NODE_KEY: &str = "the node presented key";
+
 fn cert_key(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
     let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
     let spki = parsed.subject_public_key_info();
@@ -42,7 +47,7 @@ impl ServerCertVerifier for NodeVerifier {
         match cert_key(end_entity) {
             Some(k) if k == self.expected => Ok(ServerCertVerified::assertion()),
             Some(k) => Err(rustls::Error::General(format!(
-                "node key {} is not the expected {}",
+                "{WRONG_NODE_KEY} {}, not the configured {}",
                 hex::encode(k),
                 hex::encode(self.expected)
             ))),

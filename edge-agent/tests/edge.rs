@@ -2066,3 +2066,204 @@ fn a_device_without_a_control_stream_is_still_cut_off_when_rekeyed() {
     .unwrap_or_else(|| panic!("the raw events were not stored\n{}", w.logs()));
     assert_eq!(ns(&events), vec![1, 2]);
 }
+
+/// A device limited to 100 events/s with a burst of 20 drains at about its rate: the node
+/// tells the agent the limiter's wait to the millisecond. It took 24.7 s for 500 events
+/// (~20/s): every `busy` answer paused the agent a whole second.
+#[test]
+fn a_rate_limited_device_drains_at_its_rate_not_its_burst() {
+    let mut w = World::new("edgerate", 94, 1, "", &[], "");
+    let limits = "[[limits]]\nprincipal = \"till-7\"\nevents_per_s = 100\nburst = 20\n";
+    let ops_key = signed_bundle(&w, 1, &w.agent_key.clone(), limits);
+    use_policy(&w, &ops_key, false);
+    w.start_node(0);
+    w.start_agent(false);
+    wait_for(Duration::from_secs(30), || {
+        w.status()
+            .filter(|s| s["policy_epoch"] == 1 && !s["connected"].is_null())
+    })
+    .unwrap_or_else(|| panic!("agent never got epoch 1\n{}", w.logs()));
+    let start = std::time::Instant::now();
+    w.feed(0..500);
+    wait_for(Duration::from_secs(60), || {
+        w.status()
+            .filter(|s| s["counters"]["delivered"].as_u64() >= Some(500))
+    })
+    .unwrap_or_else(|| panic!("the 500 events were never delivered\n{}", w.logs()));
+    let took = start.elapsed();
+    eprintln!("500 events at 100/s, burst 20: {took:?}");
+    let events = w.events(0, STREAM).unwrap_or_default();
+    assert_exactly_once_in_order(&events, 500, &w.agent_key, "under a rate limit");
+    assert!(
+        w.rejected(0, "rate_limited") >= 1,
+        "never rate limited\n{}",
+        w.logs()
+    );
+    // 480 events past the burst at 100 a second: 4.8 s; room for a busy machine, and
+    // well under the ~24 s of a one-second pause per batch.
+    assert!(
+        took < Duration::from_secs(15),
+        "500 events took {took:?}\n{}",
+        w.logs()
+    );
+
+    // A stream the device is not enrolled for: refused at the HTTP input (it was taken,
+    // 202, and dead-lettered later), counted, and no dead letter.
+    let ce = r#"{"specversion":"1.0","id":"x1","source":"s","type":"t","data":{"n":1}}"#;
+    let (code, body) = http_post(
+        &agent_http(94),
+        "/v1/streams/telemetry.other/events",
+        &[("content-type", "application/cloudevents+json")],
+        ce.as_bytes(),
+    )
+    .expect("agent HTTP input");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["error"]["reason"], "stream_not_enrolled", "{body}");
+    assert_eq!(body["stream"], "telemetry.other", "{body}");
+    assert_eq!(
+        body["allowed"],
+        serde_json::json!(["telemetry.till-7", "telemetry.till-7.>"]),
+        "{body}"
+    );
+    wait_for(Duration::from_secs(10), || {
+        w.status()
+            .filter(|s| s["counters"]["not_enrolled"].as_u64() == Some(1))
+    })
+    .unwrap_or_else(|| panic!("the refusal was not counted\n{}", w.logs()));
+    let out = run_ok(
+        &agent_bin(),
+        &["status", "--config", w.agent_config.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("not enrolled 1") && out.contains("dead letters:  0 held"),
+        "{out}"
+    );
+}
+
+/// Misconfigured nodes are logged with their cause (they logged nothing: only `status`
+/// showed it): another node's key (as a security matter), the node's mesh port instead of
+/// its edge port, and an address where nothing listens; each once, not at every attempt.
+/// A second agent on the same data directory is refused; `status` names an agent of
+/// another config answering on its address, and stops quietly on a closed pipe.
+#[test]
+fn misconfigured_nodes_are_logged_and_a_second_agent_is_refused() {
+    let mut w = World::new("misconf", 93, 1, "", &[], "");
+    let node = w.node_keys[0].clone();
+    let wrong = "ab".repeat(32);
+    let text = std::fs::read_to_string(&w.agent_config).unwrap();
+    let right =
+        format!("[[nodes]]\naddr = \"127.93.0.1:7500\"\nkey = \"{node}\"\nrtt_bias_ms = 0\n");
+    assert!(text.contains(&right), "{text}");
+    let nodes = format!(
+        "[[nodes]]\naddr = \"127.93.0.1:7500\"\nkey = \"{wrong}\"\n\
+         [[nodes]]\naddr = \"127.93.0.1:7400\"\nkey = \"{node}\"\n\
+         [[nodes]]\naddr = \"127.93.0.9:7500\"\nkey = \"{node}\"\n"
+    );
+    std::fs::write(&w.agent_config, text.replace(&right, &nodes)).unwrap();
+    w.start_node(0);
+    w.start_agent(false);
+    let log = wait_for(Duration::from_secs(30), || {
+        let log = w.agent_log();
+        let said = |s: &str| log.lines().any(|l| l.contains(s));
+        (said("SECURITY: the node at this address is not the one configured")
+            && said("127.93.0.1:7400")
+            && said("no answer from 127.93.0.9:7500"))
+        .then_some(log)
+    })
+    .unwrap_or_else(|| panic!("the causes were never logged\n{}", w.logs()));
+    let line = |s: &str| {
+        log.lines()
+            .find(|l| l.contains(s))
+            .unwrap_or_else(|| panic!("no {s} in\n{log}"))
+            .to_string()
+    };
+    let key = line("SECURITY");
+    assert!(
+        key.contains("ERROR") && key.contains(&wrong) && key.contains("127.93.0.1:7500"),
+        "{key}"
+    );
+    let mesh = line("addr=127.93.0.1:7400");
+    assert!(
+        mesh.contains("WARN") && mesh.contains("cannot connect"),
+        "{mesh}"
+    );
+    // Once per cause: attempts every few seconds, lines (past the debug ones) not.
+    std::thread::sleep(Duration::from_secs(10));
+    let log = w.agent_log();
+    let count = |level: &str, s: &str| {
+        log.lines()
+            .filter(|l| l.contains(level) && l.contains(s))
+            .count()
+    };
+    assert_eq!(
+        count(" WARN ", "no answer from 127.93.0.9:7500"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        count(" WARN ", "refused the agent's TLS handshake"),
+        1,
+        "{log}"
+    );
+    assert_eq!(count(" ERROR ", "SECURITY"), 1, "{log}");
+
+    // A second agent on the same data directory: refused, naming it, non-zero.
+    let out = std::process::Command::new(agent_bin())
+        .args(["run", "--config", w.agent_config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("agent-data") && err.contains("in use by another weft-agent"),
+        "{err}"
+    );
+    // The first is unharmed.
+    w.feed(0..3);
+    wait_for(Duration::from_secs(10), || {
+        w.status()
+            .filter(|s| s["counters"]["accepted"].as_u64() == Some(3))
+    })
+    .unwrap_or_else(|| panic!("the first agent stopped taking events\n{}", w.logs()));
+
+    // `status` of another config naming the same HTTP address: it says whose agent answers.
+    let other_key = w.dir.join("other.key");
+    run_ok(
+        &agent_bin(),
+        &["keygen", "--out", other_key.to_str().unwrap()],
+    );
+    let other = w.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&w.agent_config)
+            .unwrap()
+            .replace("key = \"device.key\"", "key = \"other.key\"")
+            .replace("data_dir = \"agent-data\"", "data_dir = \"other-data\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .args(["status", "--config", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("is not this config's") && err.contains(&w.agent_key),
+        "{err}"
+    );
+    assert!(!w.dir.join("other-data").exists());
+
+    // A reader that went away: no panic, status 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(agent_bin())
+        .args(["status", "--config", w.agent_config.to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
+}

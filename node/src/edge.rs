@@ -47,8 +47,16 @@ use crate::http::Api;
 const EPOCH_POLL: Duration = Duration::from_secs(1);
 /// Downlink events read from the log per query (one round trip to the store each).
 const COMMANDS_PAGE_LEN: usize = 128;
-/// How long a busy agent is told to wait.
+/// How long a busy agent is told to wait when nothing says how long (the publish queue,
+/// the body budget).
 const BUSY_RETRY_MS: u64 = 100;
+/// Shortest wait a rate-limited agent is told: the limiter's own wait is often a few
+/// milliseconds (one batch short of a token or two), and a resend sooner would only be
+/// refused again.
+const RATE_RETRY_MIN_MS: u64 = 10;
+/// Longest wait an agent is told (a daily quota says hours: the agent asks again after
+/// this, and is answered again).
+const RATE_RETRY_MAX_MS: u64 = 60_000;
 /// Largest control frame (hello, subscribe), bytes.
 const CONTROL_FRAME_LEN_MAX: usize = 64 << 10;
 /// TLS handshakes in progress at once on the edge port (a handshake holds no agent slot).
@@ -336,6 +344,17 @@ struct Subject<'a> {
 
 /// An event of a batch refused for good (the agent dead-letters it; a void takes its
 /// number). Counted and audited by the caller.
+/// The `busy` wait for a batch the policy's rate limit or quota refused: the limiter's
+/// wait to the millisecond (`wait_ms`), within [`RATE_RETRY_MIN_MS`] and
+/// [`RATE_RETRY_MAX_MS`]. It was whole seconds and at least [`BUSY_RETRY_MS`] before, so
+/// an agent limited to 100 events/s with a burst of 20 waited a second for every batch of
+/// 20 the bucket refilled in 200 ms, and drained at about its burst per second.
+fn rate_retry_ms(wait_ms: Option<u64>) -> u64 {
+    wait_ms.map_or(BUSY_RETRY_MS, |ms| {
+        ms.clamp(RATE_RETRY_MIN_MS, RATE_RETRY_MAX_MS)
+    })
+}
+
 fn refused(index: usize, reason: &str, message: String) -> BatchAnswer {
     BatchAnswer::Refused {
         index: index as u32,
@@ -951,10 +970,7 @@ impl Edge {
                     }
                 } else {
                     BatchAnswer::Busy {
-                        retry_ms: e
-                            .retry_after()
-                            .map_or(BUSY_RETRY_MS, |s| s.saturating_mul(1000))
-                            .clamp(BUSY_RETRY_MS, 60_000),
+                        retry_ms: rate_retry_ms(e.retry_after_ms()),
                     }
                 };
             }
@@ -1265,4 +1281,44 @@ async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> anyhow::Resul
     send.write_all(&(body.len() as u32).to_be_bytes()).await?;
     send.write_all(body).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rate-limited batch is told the limiter's own wait, to the millisecond, within a
+    /// floor and a ceiling: a bucket of 100 events/s a batch of 20 short waits 200 ms, not
+    /// the second it was told before (whole seconds, at least 1).
+    #[test]
+    fn edge_busy_waits_as_long_as_the_rate_limiter_says() {
+        use crate::ratelimit::Limiter;
+        let limits = weft_policy::RateLimits {
+            principal: Some(weft_policy::RateLimit {
+                events_per_s: 100,
+                burst: 20,
+                events_per_day: None,
+                bytes_per_day: None,
+            }),
+            tenant: None,
+        };
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        l.admit(1, &limits, "sensor-1", "acme", 20, 0, t0, 0)
+            .unwrap();
+        let refusal = l
+            .admit(1, &limits, "sensor-1", "acme", 20, 0, t0, 0)
+            .unwrap_err();
+        assert_eq!(rate_retry_ms(refusal.retry_after_ms()), 200);
+        // 150 ms later, 15 tokens back: 50 ms more.
+        let later = t0 + Duration::from_millis(150);
+        let refusal = l
+            .admit(1, &limits, "sensor-1", "acme", 20, 0, later, 0)
+            .unwrap_err();
+        assert_eq!(rate_retry_ms(refusal.retry_after_ms()), 50);
+        // Floor, ceiling (a quota until midnight), and no hint at all.
+        assert_eq!(rate_retry_ms(Some(1)), RATE_RETRY_MIN_MS);
+        assert_eq!(rate_retry_ms(Some(43_200_000)), RATE_RETRY_MAX_MS);
+        assert_eq!(rate_retry_ms(None), BUSY_RETRY_MS);
+    }
 }

@@ -129,6 +129,9 @@ pub(crate) struct ApiError {
     reason: &'static str,
     message: String,
     retry_after: Option<u64>,
+    /// The wait to the millisecond when the refusal knows it (a rate limit's bucket):
+    /// `retry_after` is whole seconds, too coarse for the edge port's `busy` answers.
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -142,6 +145,7 @@ impl ApiError {
             reason,
             message: message.into(),
             retry_after: None,
+            retry_after_ms: None,
         }
     }
 }
@@ -152,12 +156,14 @@ impl ApiError {
         self.reason
     }
 
-    /// What was wrong.
-    /// Seconds to wait before a retry (`Retry-After`), when the refusal says.
-    pub(crate) fn retry_after(&self) -> Option<u64> {
-        self.retry_after
+    /// Milliseconds to wait before a retry: the refusal's exact wait when it has one,
+    /// else `Retry-After`'s seconds, when the refusal says.
+    pub(crate) fn retry_after_ms(&self) -> Option<u64> {
+        self.retry_after_ms
+            .or_else(|| self.retry_after.map(|s| s.saturating_mul(1000)))
     }
 
+    /// What was wrong.
     pub(crate) fn message(&self) -> &str {
         &self.message
     }
@@ -3155,6 +3161,7 @@ pub(crate) fn enforce_rate<'a>(
         format!("policy epoch {}: {refusal}", policy.epoch()),
     );
     e.retry_after = refusal.retry_after_s();
+    e.retry_after_ms = refusal.retry_after_ms();
     Err(api.refuse(e, Some(&principal.name), Some(stream), policy.epoch()))
 }
 

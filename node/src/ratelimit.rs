@@ -48,12 +48,14 @@ impl Scope {
 /// Why a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The bucket holds too few tokens now; `retry_after_s` until it holds enough.
+    /// The bucket holds too few tokens now; `retry_after_ms` until it holds enough (to
+    /// the millisecond: the edge port tells an agent this wait, and a bucket refilling at
+    /// 100 events/s holds a batch's worth again in a fraction of a second).
     Rate {
         scope: Scope,
         name: String,
         limit: RateLimit,
-        retry_after_s: u64,
+        retry_after_ms: u64,
     },
     /// The request has more events than the bucket's burst: it can never be admitted
     /// whole.
@@ -84,12 +86,22 @@ impl Refusal {
         }
     }
 
-    /// Seconds for `Retry-After`, when waiting helps.
+    /// Seconds for `Retry-After` (whole seconds, at least 1: HTTP's unit), when waiting
+    /// helps.
     pub(crate) fn retry_after_s(&self) -> Option<u64> {
         match self {
-            Refusal::Rate { retry_after_s, .. } | Refusal::Quota { retry_after_s, .. } => {
-                Some(*retry_after_s)
-            }
+            Refusal::Rate { retry_after_ms, .. } => Some(retry_after_ms.div_ceil(1000).max(1)),
+            Refusal::Quota { retry_after_s, .. } => Some(*retry_after_s),
+            Refusal::OverBurst { .. } => None,
+        }
+    }
+
+    /// Milliseconds until waiting helps (a rate limit's exact wait; a quota's seconds to
+    /// UTC midnight), for the edge port's `busy` answers.
+    pub(crate) fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Refusal::Rate { retry_after_ms, .. } => Some(*retry_after_ms),
+            Refusal::Quota { retry_after_s, .. } => Some(retry_after_s.saturating_mul(1000)),
             Refusal::OverBurst { .. } => None,
         }
     }
@@ -102,13 +114,14 @@ impl std::fmt::Display for Refusal {
                 scope,
                 name,
                 limit,
-                retry_after_s,
+                retry_after_ms,
             } => write!(
                 f,
-                "{} {name} is over its rate limit ({} events/s, burst {}); retry in {retry_after_s} s",
+                "{} {name} is over its rate limit ({} events/s, burst {}); retry in {} s",
                 scope.as_str(),
                 limit.events_per_s,
-                limit.burst
+                limit.burst,
+                retry_after_ms.div_ceil(1000).max(1)
             ),
             Refusal::OverBurst {
                 scope,
@@ -234,12 +247,13 @@ impl Day {
         }
         let need = events as f64 - bucket.tokens;
         if need > 0.0 {
-            let wait = (need / limit.events_per_s as f64).ceil() as u64;
+            // Rounded up to the millisecond, so a retry after it finds the tokens there.
+            let wait_ms = (need * 1000.0 / limit.events_per_s as f64).ceil() as u64;
             return Err(Refusal::Rate {
                 scope,
                 name: name.into(),
                 limit: *limit,
-                retry_after_s: wait.max(1),
+                retry_after_ms: wait_ms.max(1),
             });
         }
         Ok(())
@@ -620,6 +634,8 @@ mod tests {
         let refusal = admit(1, t0).unwrap_err();
         assert_eq!(refusal.reason(), "rate_limited");
         assert_eq!(refusal.retry_after_s(), Some(1));
+        // One token at 10 a second: 100 ms, to the millisecond (the edge port's wait).
+        assert_eq!(refusal.retry_after_ms(), Some(100));
         let text = refusal.to_string();
         assert!(
             text.contains("principal p") && text.contains("10 events/s, burst 5"),
