@@ -411,6 +411,25 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => {
             let c = config::NodeConfig::load(&config)?;
             let raw = &c.raw;
+            // The bundle as `weft node` verifies it at start (same function): a missing,
+            // malformed or under-signed bundle stops the node, so it fails the check too.
+            // The key is read only for the jurisdiction claim; without it, that is skipped.
+            let node_key = keys::load(&c.key_path)
+                .ok()
+                .map(|seed| weft_fabric::Signer::from_secret(&seed).origin().0);
+            let policy = match &c.policy {
+                None => None,
+                Some((trust, path)) => Some(
+                    policy_push::check_configured(
+                        trust,
+                        path.as_deref(),
+                        node_key,
+                        &raw.jurisdiction,
+                        &raw.region,
+                    )
+                    .with_context(|| format!("config {}", config.display()))?,
+                ),
+            };
             say!("{}: ok", config.display());
             say!(
                 "name {} in {} ({}, {}); mesh {} (advertised {}), HTTP {}",
@@ -430,8 +449,24 @@ fn run() -> anyhow::Result<ExitCode> {
                 c.streams.len(),
                 if raw.chaos.enabled { "enabled" } else { "off" }
             );
+            match &policy {
+                None => say!("no policy configured"),
+                Some(None) => say!(
+                    "policy: operator trust only, no bundle configured (the node serves no data until one is pushed)"
+                ),
+                Some(Some(v)) => say!(
+                    "policy bundle epoch {} verified ({} signer(s)); jurisdiction claim {}",
+                    v.policy.epoch(),
+                    v.signers.len(),
+                    if node_key.is_some() {
+                        "granted"
+                    } else {
+                        "not checked (key file not readable)"
+                    }
+                ),
+            }
             say!(
-                "key file {} and data dir {} (not opened by check-config)",
+                "key file {} and data dir {} (the store is not opened by check-config)",
                 c.key_path.display(),
                 c.data_dir.display()
             );
