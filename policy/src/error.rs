@@ -18,7 +18,7 @@ pub enum BundleError {
         max: usize,
     },
     /// The TOML text does not parse, has an unknown field or a value of the wrong type.
-    #[error("bundle field `{path}`: {message}")]
+    #[error("{}", if path.is_empty() { format!("bundle is not valid TOML: {message}") } else { format!("bundle field `{path}`: {message}") })]
     Toml {
         /// Dotted path of the field (empty when the text is not TOML at all).
         path: String,
@@ -26,7 +26,7 @@ pub enum BundleError {
         message: String,
     },
     /// The CBOR is malformed, has an unknown field or a value of the wrong type.
-    #[error("malformed bundle CBOR at `{path}`: {detail}")]
+    #[error("{}", if path.is_empty() { format!("malformed bundle CBOR: {detail}") } else { format!("malformed bundle CBOR at `{path}`: {detail}") })]
     Cbor {
         /// Dotted path of the field being decoded.
         path: String,
