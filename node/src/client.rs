@@ -656,25 +656,138 @@ fn print_key(v: &Value) {
     say!("  version {}", v["version"].as_str().unwrap_or(""));
 }
 
-/// `weft get STREAM [KEY] [--prefix P]`: one key of a table, or its keys.
+/// How `weft get` lists a table's keys (without KEY).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Only keys starting with this.
+    #[arg(long)]
+    pub(crate) prefix: Option<String>,
+    /// Start after this key (the `next_after` a listing printed).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) after: Option<String>,
+    /// Keys per page (the node allows 1 to 1000; it defaults to 100).
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Follow the pages to the table's end (`next_after`), rather than one page.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Also print the table's state digest (SHA-256 of its whole state, equal on two
+    /// replicas exactly when their states are; needs read access to every write).
+    #[arg(long)]
+    pub(crate) digest: bool,
+}
+
+/// What a listing read: every key of the pages read, the digest if asked, and the key to
+/// continue after when keys remain that were not read.
+#[derive(Debug, Default)]
+struct Listing {
+    keys: Vec<Value>,
+    strategy: Value,
+    digest: Option<String>,
+    more_after: Option<Value>,
+}
+
+/// Reads one page of a table's keys, or every page with `all` (following `next_after`;
+/// the digest is asked of the first page only).
+async fn list_keys(
+    conn: &Conn,
+    client: &reqwest::Client,
+    stream: &str,
+    args: &ListArgs,
+) -> anyhow::Result<Listing> {
+    let mut listing = Listing::default();
+    let mut after = args.after.clone();
+    loop {
+        let mut url = table_url(conn, stream, None)?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(p) = &args.prefix {
+                q.append_pair("prefix", p);
+            }
+            if let Some(a) = &after {
+                q.append_pair("after", a);
+            }
+            if let Some(n) = args.limit {
+                q.append_pair("limit", &n.to_string());
+            }
+            if args.digest && listing.digest.is_none() && listing.keys.is_empty() {
+                q.append_pair("digest", "true");
+            }
+        }
+        let resp = authed(conn, client.get(url.clone()))?
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let mut page: Value = check(resp).await?.json().await?;
+        if let Some(d) = page["digest"].as_str() {
+            listing.digest = Some(d.to_string());
+        }
+        listing.strategy = page["strategy"].take();
+        if let Value::Array(keys) = page["keys"].take() {
+            listing.keys.extend(keys);
+        }
+        match page.get("next_after").cloned() {
+            Some(Value::String(next)) if args.all => after = Some(next),
+            Some(Value::Null) | None => return Ok(listing),
+            Some(next) => {
+                if args.all {
+                    bail!(
+                        "the table continues after a key that is not UTF-8 ({next}): --after cannot name it"
+                    );
+                }
+                listing.more_after = Some(next);
+                return Ok(listing);
+            }
+        }
+    }
+}
+
+/// `weft get STREAM [KEY]`: one key of a table, or its keys (a page, or all with --all).
 pub(crate) fn table_get(
     conn: &Conn,
     stream: &str,
     key: Option<&str>,
-    prefix: Option<&str>,
+    list: &ListArgs,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let mut url = table_url(conn, stream, key)?;
-    if let Some(p) = prefix {
-        url.query_pairs_mut().append_pair("prefix", p);
-    }
+    let Some(key) = key else {
+        let l = runtime()?.block_on(list_keys(conn, &reqwest::Client::new(), stream, list))?;
+        if json {
+            let mut body = serde_json::json!({
+                "stream": stream, "strategy": l.strategy, "keys": l.keys,
+            });
+            if let Some(d) = &l.digest {
+                body["digest"] = d.clone().into();
+            }
+            if let Some(a) = &l.more_after {
+                body["next_after"] = a.clone();
+            }
+            say!("{}", serde_json::to_string_pretty(&body)?);
+        } else {
+            for k in &l.keys {
+                print_key(k);
+            }
+            if let Some(d) = &l.digest {
+                say!("digest {d}");
+            }
+        }
+        if let Some(a) = &l.more_after {
+            let shown = a.as_str().map_or_else(|| a.to_string(), str::to_string);
+            eprintln!(
+                "({} key(s) shown; more follow: weft get --after {shown:?} ..., or --all for every page)",
+                l.keys.len()
+            );
+        }
+        return Ok(true);
+    };
+    let url = table_url(conn, stream, Some(key))?;
     let (status, v) = runtime()?.block_on(async {
         let resp = authed(conn, reqwest::Client::new().get(url.clone()))?
             .send()
             .await
             .with_context(|| format!("GET {url}"))?;
         let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND && key.is_some() {
+        if status == reqwest::StatusCode::NOT_FOUND {
             let v: Value = resp.json().await.unwrap_or(Value::Null);
             if v["error"]["reason"] == "no_such_key" {
                 return anyhow::Ok((status, v));
@@ -699,14 +812,28 @@ pub(crate) fn table_get(
         );
         return Ok(false);
     }
-    if key.is_some() {
-        print_key(&v);
-    } else {
-        for k in v["keys"].as_array().into_iter().flatten() {
-            print_key(k);
-        }
-    }
+    print_key(&v);
     Ok(true)
+}
+
+/// The body `weft put` sends for VALUE as JSON: VALUE itself when it is JSON, else VALUE
+/// as a JSON string, with a note for stderr saying so. With `as_string`, always the JSON string of VALUE (`--string`: `42`
+/// stored as the string "42"), without a note.
+pub(crate) fn json_put_body(value: &str, as_string: bool) -> (String, Option<String>) {
+    let quoted = || Value::String(value.to_string()).to_string();
+    if as_string {
+        return (quoted(), None);
+    }
+    match serde_json::from_str::<Value>(value) {
+        Ok(_) => (value.to_string(), None),
+        Err(e) => (
+            quoted(),
+            Some(format!(
+                "note: VALUE is not JSON ({e}): sent as the JSON string {}; give --string to say so, or valid JSON",
+                quoted()
+            )),
+        ),
+    }
 }
 
 /// What `weft put` writes.
@@ -779,6 +906,10 @@ pub(crate) struct AuditArgs {
     /// Most entries to print (the node allows 1 to 1000).
     #[arg(long, default_value_t = 50)]
     pub(crate) limit: usize,
+    /// Only entries older than this entry id: the `--before` the previous page's hint
+    /// named (`next_before` in the JSON).
+    #[arg(long, value_name = "ID")]
+    pub(crate) before: Option<i64>,
     /// Only this decision: deny, apply, change, overflow or egress_failed.
     #[arg(long)]
     pub(crate) decision: Option<String>,
@@ -836,6 +967,9 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
         "reading the audit log needs an admin token: --token, WEFT_TOKEN or --token-file",
     )?;
     let mut query = vec![format!("limit={}", args.limit)];
+    if let Some(b) = args.before {
+        query.push(format!("before={b}"));
+    }
     if let Some(s) = &args.since {
         query.push(format!("since={}", since_ms(s, crate::driver::wall_ms())?));
     }
@@ -902,12 +1036,33 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(b) = v["next_before"].as_i64() {
-        eprintln!(
-            "({} entries shown; older ones: GET /v1/audit?before={b})",
-            entries.len()
-        );
+        eprintln!("{}", older_hint(entries.len(), b));
     }
     Ok(())
+}
+
+/// The hint after a page of the audit log that has older entries: the same command with
+/// `--before` (the other filters kept).
+fn older_hint(shown: usize, next_before: i64) -> String {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Drop a --before already given (either form) so the hint names only the next one.
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--before" {
+            args.drain(i..(i + 2).min(args.len()));
+        } else if args[i].starts_with("--before=") {
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if args.first().map(String::as_str) != Some("audit") {
+        args = vec!["audit".into()];
+    }
+    format!(
+        "({shown} entries shown; older ones: weft {} --before {next_before})",
+        args.join(" ")
+    )
 }
 
 #[cfg(test)]
@@ -919,6 +1074,104 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00.000");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
         assert_eq!(utc(1_798_502_400_123), "2026-12-29 00:00:00.123");
+    }
+
+    /// A stand-in node serving `GET /v1/tables/t` as the node pages it: `n` keys `k000`..,
+    /// `limit` (default 100) per page, `next_after` while more remain, and the digest when
+    /// asked.
+    async fn fake_table(n: usize) -> (String, tokio::task::JoinHandle<()>) {
+        use axum::extract::Query;
+        use std::collections::HashMap;
+        let app = axum::Router::new().route(
+            "/v1/tables/t",
+            axum::routing::get(move |Query(q): Query<HashMap<String, String>>| async move {
+                let limit: usize = q.get("limit").map_or(100, |l| l.parse().unwrap());
+                let keys: Vec<String> = (0..n)
+                    .map(|i| format!("k{i:03}"))
+                    .filter(|k| q.get("after").is_none_or(|a| k > a))
+                    .collect();
+                let page: Vec<Value> = keys
+                    .iter()
+                    .take(limit)
+                    .map(|k| serde_json::json!({"key": k, "strategy": "lww", "value": 1, "version": "v"}))
+                    .collect();
+                let mut body = serde_json::json!({"stream": "t", "strategy": "lww", "keys": page});
+                if keys.len() > limit {
+                    body["next_after"] = keys[limit - 1].clone().into();
+                }
+                if q.get("digest").is_some_and(|d| d == "true") {
+                    body["digest"] = "abcd".into();
+                }
+                axum::Json(body)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        (
+            url,
+            tokio::spawn(async move {
+                axum::serve(listener, app).await.unwrap();
+            }),
+        )
+    }
+
+    /// A listing used to stop at the node's first page without a word: one page now says
+    /// where it continues, and --all follows `next_after` to the end.
+    #[tokio::test]
+    async fn get_lists_one_page_or_all() {
+        let (node, server) = fake_table(250).await;
+        let conn = Conn {
+            node,
+            token: None,
+            token_file: None,
+        };
+        let client = reqwest::Client::new();
+        let one = list_keys(&conn, &client, "t", &ListArgs::default())
+            .await
+            .unwrap();
+        assert_eq!(one.keys.len(), 100);
+        assert_eq!(one.more_after, Some(Value::from("k099")));
+        let all = ListArgs {
+            all: true,
+            digest: true,
+            ..ListArgs::default()
+        };
+        let l = list_keys(&conn, &client, "t", &all).await.unwrap();
+        assert_eq!(l.keys.len(), 250);
+        assert_eq!(l.keys[249]["key"], "k249");
+        assert_eq!(l.more_after, None);
+        assert_eq!(l.digest.as_deref(), Some("abcd"));
+        let from = ListArgs {
+            after: Some("k239".into()),
+            limit: Some(5),
+            ..ListArgs::default()
+        };
+        let l = list_keys(&conn, &client, "t", &from).await.unwrap();
+        assert_eq!(l.keys.len(), 5);
+        assert_eq!(l.keys[0]["key"], "k240");
+        assert_eq!(l.more_after, Some(Value::from("k244")));
+        server.abort();
+    }
+
+    #[test]
+    fn put_says_when_a_value_is_not_json() {
+        assert_eq!(
+            json_put_body("{\"a\": 1}", false),
+            ("{\"a\": 1}".into(), None)
+        );
+        assert_eq!(json_put_body("42", false), ("42".into(), None));
+        assert_eq!(json_put_body("42", true), ("\"42\"".into(), None));
+        let (body, note) = json_put_body("dark mode", false);
+        assert_eq!(body, "\"dark mode\"");
+        assert!(note.expect("a note").contains("not JSON"));
+        assert_eq!(json_put_body("dark", true), ("\"dark\"".into(), None));
+    }
+
+    #[test]
+    fn the_audit_hint_names_the_cli_flag() {
+        let hint = older_hint(50, 4);
+        assert!(hint.contains("--before 4"), "{hint}");
+        assert!(!hint.contains("GET /v1/audit"), "{hint}");
     }
 
     #[test]

@@ -250,13 +250,13 @@ enum Command {
         /// The event data (JSON or text); `-` or nothing reads lines from standard input.
         data: Option<String>,
     },
-    /// Read a keyed table (docs/tables.md): one key, or the keys (with --prefix).
+    /// Read a keyed table (docs/tables.md): one key, or its keys a page at a time (100 by
+    /// default; --all for every page).
     Get {
         #[command(flatten)]
         conn: client::Conn,
-        /// Only keys starting with this.
-        #[arg(long)]
-        prefix: Option<String>,
+        #[command(flatten)]
+        list: client::ListArgs,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
@@ -276,9 +276,13 @@ enum Command {
         /// Supersede the versions a read returned (multi-value: resolves siblings).
         #[arg(long)]
         version: Option<String>,
-        /// Content type of VALUE.
+        /// Content type of VALUE. With application/json (the default), a VALUE that is
+        /// not JSON is sent as a JSON string, with a note on stderr.
         #[arg(long, default_value = "application/json")]
         content_type: String,
+        /// Send VALUE as a JSON string even when it reads as JSON (`42` as "42").
+        #[arg(long, conflicts_with = "content_type")]
+        string: bool,
         /// Counter: add this (negative to subtract).
         #[arg(long, allow_hyphen_values = true)]
         add: Option<i64>,
@@ -532,12 +536,23 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Get {
             conn,
-            prefix,
+            list,
             json,
             stream,
             key,
         } => {
-            let found = client::table_get(&conn, &stream, key.as_deref(), prefix.as_deref(), json)?;
+            if key.is_some()
+                && (list.prefix.is_some()
+                    || list.after.is_some()
+                    || list.limit.is_some()
+                    || list.all
+                    || list.digest)
+            {
+                anyhow::bail!(
+                    "--prefix, --after, --limit, --all and --digest list a table's keys: give no KEY with them"
+                );
+            }
+            let found = client::table_get(&conn, &stream, key.as_deref(), &list, json)?;
             Ok(if found {
                 ExitCode::SUCCESS
             } else {
@@ -549,6 +564,7 @@ fn run() -> anyhow::Result<ExitCode> {
             ack,
             version,
             content_type,
+            string,
             add,
             insert,
             remove,
@@ -556,6 +572,16 @@ fn run() -> anyhow::Result<ExitCode> {
             key,
             value,
         } => {
+            let value = value.map(|v| {
+                if content_type != "application/json" {
+                    return v;
+                }
+                let (body, note) = client::json_put_body(&v, string);
+                if let Some(n) = note {
+                    eprintln!("{n}");
+                }
+                body
+            });
             let write = match (value, add, insert.is_empty(), remove.is_empty()) {
                 (Some(v), None, true, true) => client::TableWrite::Value(v, content_type),
                 (None, Some(n), true, true) => client::TableWrite::Add(n),
