@@ -185,118 +185,388 @@ pub(crate) fn publish(
     })
 }
 
-/// `weft tail`: prints each event as one line of CloudEvents JSON.
-pub(crate) fn tail(
-    conn: &Conn,
-    stream: &str,
-    (after, last): (Option<String>, Option<usize>),
-    durable: Option<String>,
-    count: Option<u64>,
-    timeout: Option<u64>,
-) -> anyhow::Result<()> {
+/// `weft tail` options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TailArgs {
+    /// Start after this cursor: a token the node gave (an event's `weftcursor`, the
+    /// SSE id, `weft-next-cursor`), or 0 for the beginning.
+    #[arg(long, conflicts_with = "last")]
+    pub(crate) after: Option<String>,
+    /// Start with the newest N events (that this token may read).
+    #[arg(long)]
+    pub(crate) last: Option<usize>,
+    /// A durable subscription name: resumes where it left off, across restarts.
+    #[arg(long)]
+    pub(crate) durable: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// Give up after this many seconds.
+    #[arg(long)]
+    pub(crate) timeout: Option<u64>,
+    /// End at the first lost connection (exit status 1) instead of reconnecting.
+    #[arg(long)]
+    pub(crate) no_reconnect: bool,
+    /// Give up (exit status 1) after this many seconds of failed reconnection attempts.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub(crate) reconnect_for: u64,
+}
+
+/// First wait before a reconnection; it doubles at each failure up to
+/// [`RECONNECT_WAIT_MAX`].
+const RECONNECT_WAIT_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts (a node's `Retry-After` may be longer).
+const RECONNECT_WAIT_MAX: Duration = Duration::from_secs(5);
+/// A connection that lasted this long, or printed an event, ends a run of failures: the
+/// next loss starts the backoff and the `--reconnect-for` bound again.
+const RECONNECT_HEALTHY: Duration = Duration::from_secs(5);
+/// How long an acknowledgement at the end may take (after Ctrl-C, say) before tail gives
+/// up on it.
+const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a tail has printed: how many events, the cursor of the last one, and the last
+/// cursor a durable subscription acknowledged.
+#[derive(Debug, Default)]
+struct TailState {
+    seen: u64,
+    last_id: Option<String>,
+    acked: Option<String>,
+}
+
+/// How one connection of a tail ended.
+enum Ending {
+    /// `--count` events printed.
+    Count,
+    /// `--timeout` passed.
+    Timeout,
+    /// SIGINT or SIGTERM: the exit status to end with.
+    Signal(u8),
+    /// A refusal that a reconnection would meet again (401, 403, a bad cursor...).
+    Fatal(anyhow::Error),
+    /// The connection failed or was lost: worth reconnecting.
+    Lost {
+        error: anyhow::Error,
+        /// The node asked for this wait (429, 503 with `Retry-After`).
+        retry_after: Option<Duration>,
+        /// The connection was healthy for a while ([`RECONNECT_HEALTHY`]).
+        healthy: bool,
+    },
+}
+
+/// `weft tail`: prints each event as one line of CloudEvents JSON, reconnecting when the
+/// connection is lost. Returns the exit status: 0, or 130 / 143 when ended by SIGINT /
+/// SIGTERM (after acknowledging what was printed, for a durable subscription).
+pub(crate) fn tail(conn: &Conn, stream: &str, args: &TailArgs) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async {
-        let client = reqwest::Client::new();
-        let base = conn.url(&format!("/v1/streams/{stream}/subscribe"));
-        let mut url = reqwest::Url::parse(&base).with_context(|| format!("URL {base}"))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(a) = &after {
-                q.append_pair("after", a);
-            }
-            if let Some(n) = last {
-                q.append_pair("last", &n.to_string());
-            }
-            if let Some(d) = &durable {
-                q.append_pair("durable", d);
-            }
-        }
-        let url = url.to_string();
-        // A node enforcing a policy authorizes subscriptions: send the token when given.
-        let mut req = client.get(&url);
-        if let Some(t) = conn.token()? {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
-        let mut body = check(resp).await?.bytes_stream();
-        let mut buf = Vec::new();
-        let mut seen = 0u64;
-        // Durable subscriptions are at-least-once: acknowledge what was printed, every 100
-        // events and when tail ends normally.
-        let mut last_id: Option<String> = None;
-        let mut acked: Option<String> = None;
-        let token = match &durable {
-            Some(_) => Some(conn.token()?.context(
-                "a durable tail acknowledges what it printed and needs a token: --token, WEFT_TOKEN or --token-file",
-            )?),
-            None => None,
-        };
-        let ack = |cursor: String| {
-            let url = conn.url(&format!(
-                "/v1/streams/{stream}/subscriptions/{}/ack?cursor={cursor}",
-                durable.as_deref().unwrap_or("")
-            ));
-            let client = client.clone();
-            let token = token.clone().unwrap_or_default();
-            async move {
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .with_context(|| format!("POST {url}"))?;
-                check(resp).await.map(|_| ())
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered before the first connection, so a signal at any time is caught.
+        let mut int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+        let stop = async move {
+            tokio::select! {
+                _ = int.recv() => 130u8,
+                _ = term.recv() => 143u8,
             }
         };
-        let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-        loop {
-            let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, body.next()).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        if let (Some(_), Some(p)) = (&durable, &last_id)
-                            && acked.as_ref() != Some(p)
-                        {
-                            ack(p.clone()).await?;
-                        }
-                        bail!("timed out after {} events", seen)
-                    }
-                },
-                None => body.next().await,
-            };
-            let Some(chunk) = next else { break };
-            buf.extend_from_slice(&chunk.context("reading the event stream")?);
-            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                let frame: Vec<u8> = buf.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&frame).into_owned();
-                let id = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("id:"))
-                    .map(|i| i.trim().to_string());
-                for line in text.lines() {
-                    if let Some(data) = line.strip_prefix("data:") {
-                        say!("{}", data.trim_start());
-                        seen += 1;
-                        if id.is_some() {
-                            last_id.clone_from(&id);
-                        }
-                    }
-                }
-                let done = count.is_some_and(|c| seen >= c);
-                if let (Some(_), Some(p)) = (&durable, &last_id)
-                    && (done || seen.is_multiple_of(100))
-                    && acked.as_ref() != Some(p)
-                {
-                    ack(p.clone()).await?;
-                    acked = Some(p.clone());
-                }
-                if done {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+        follow(conn, stream, args, |line| say!("{line}"), stop).await
     })
+}
+
+/// The subscription URL for the tail's options (the first connection's; reconnections add
+/// `Last-Event-ID`, which the node takes before any of these).
+fn subscribe_url(conn: &Conn, stream: &str, args: &TailArgs) -> anyhow::Result<String> {
+    let base = conn.url(&format!("/v1/streams/{stream}/subscribe"));
+    let mut url = reqwest::Url::parse(&base).with_context(|| format!("URL {base}"))?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(a) = &args.after {
+            q.append_pair("after", a);
+        }
+        if let Some(n) = args.last {
+            q.append_pair("last", &n.to_string());
+        }
+        if let Some(d) = &args.durable {
+            q.append_pair("durable", d);
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    Ok(url.to_string())
+}
+
+/// Acknowledges the last event printed on a durable subscription, if not yet.
+async fn ack_printed(
+    client: &reqwest::Client,
+    conn: &Conn,
+    stream: &str,
+    args: &TailArgs,
+    token: Option<&str>,
+    st: &mut TailState,
+) -> anyhow::Result<()> {
+    let (Some(name), Some(cursor)) = (&args.durable, &st.last_id) else {
+        return Ok(());
+    };
+    if st.acked.as_ref() == Some(cursor) {
+        return Ok(());
+    }
+    let url = conn.url(&format!(
+        "/v1/streams/{stream}/subscriptions/{name}/ack?cursor={cursor}"
+    ));
+    let resp = client
+        .post(&url)
+        .bearer_auth(token.unwrap_or_default())
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    check(resp).await?;
+    st.acked = Some(cursor.clone());
+    Ok(())
+}
+
+/// The tail itself, printing through `out`; `stop` resolves to an exit status when the
+/// tail is to end (a signal).
+async fn follow(
+    conn: &Conn,
+    stream: &str,
+    args: &TailArgs,
+    mut out: impl FnMut(&str),
+    stop: impl std::future::Future<Output = u8>,
+) -> anyhow::Result<u8> {
+    let client = reqwest::Client::new();
+    let url = subscribe_url(conn, stream, args)?;
+    // A node enforcing a policy authorizes subscriptions: send the token when given.
+    let token = conn.token()?;
+    if args.durable.is_some() && token.is_none() {
+        bail!(
+            "a durable tail acknowledges what it printed and needs a token: --token, WEFT_TOKEN or --token-file"
+        );
+    }
+    let mut st = TailState::default();
+    let deadline = args
+        .timeout
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let give_up_after = Duration::from_secs(args.reconnect_for);
+    tokio::pin!(stop);
+    // The start of the current run of failures, and the next wait.
+    let mut failing: Option<(tokio::time::Instant, Duration)> = None;
+    loop {
+        let ended = session(
+            &client,
+            conn,
+            (stream, &url),
+            args,
+            token.as_deref(),
+            &mut st,
+            &mut out,
+            deadline,
+            stop.as_mut(),
+        )
+        .await;
+        let ack = async |st: &mut TailState| {
+            tokio::time::timeout(
+                FINAL_ACK_TIMEOUT,
+                ack_printed(&client, conn, stream, args, token.as_deref(), st),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {FINAL_ACK_TIMEOUT:?}")))
+            .context("acknowledging what was printed (the next tail of this subscription prints it again)")
+        };
+        let (error, retry_after) = match ended {
+            Ending::Count => {
+                ack(&mut st).await?;
+                return Ok(0);
+            }
+            Ending::Timeout => {
+                ack(&mut st).await?;
+                bail!("timed out after {} events", st.seen)
+            }
+            Ending::Signal(code) => {
+                ack(&mut st).await?;
+                return Ok(code);
+            }
+            Ending::Fatal(e) => return Err(e),
+            Ending::Lost {
+                error,
+                retry_after,
+                healthy,
+            } => {
+                if args.no_reconnect {
+                    return Err(error);
+                }
+                if healthy {
+                    failing = None;
+                }
+                (error, retry_after)
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let (since, wait) = failing.get_or_insert((now, RECONNECT_WAIT_FIRST));
+        if now.duration_since(*since) >= give_up_after {
+            bail!(
+                "gave up reconnecting to {} after {} s of failures ({} event(s) printed): {error:#}",
+                conn.node,
+                args.reconnect_for,
+                st.seen
+            );
+        }
+        let this_wait = retry_after.unwrap_or(*wait);
+        *wait = (*wait * 2).min(RECONNECT_WAIT_MAX);
+        eprintln!(
+            "weft tail: {error:#}; reconnecting in {:.1} s{} (giving up after {} s of failures)",
+            this_wait.as_secs_f64(),
+            match st.seen {
+                0 => String::new(),
+                n => format!(", resuming after the last of {n} event(s) printed"),
+            },
+            args.reconnect_for
+        );
+        let at_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            code = &mut stop => {
+                ack(&mut st).await?;
+                return Ok(code);
+            }
+            () = at_deadline => {
+                ack(&mut st).await?;
+                bail!("timed out after {} events", st.seen)
+            }
+            () = tokio::time::sleep(this_wait) => {}
+        }
+    }
+}
+
+/// One connection of a tail: connects (resuming after the last event printed, with
+/// `Last-Event-ID`), prints what arrives, and says how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    client: &reqwest::Client,
+    conn: &Conn,
+    (stream, url): (&str, &str),
+    args: &TailArgs,
+    token: Option<&str>,
+    st: &mut TailState,
+    out: &mut impl FnMut(&str),
+    deadline: Option<tokio::time::Instant>,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = u8>>,
+) -> Ending {
+    let lost = |error: anyhow::Error, retry_after: Option<Duration>, healthy: bool| Ending::Lost {
+        error,
+        retry_after,
+        healthy,
+    };
+    let at_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(at_deadline);
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(id) = &st.last_id {
+        req = req.header("last-event-id", id);
+    }
+    let sent = tokio::select! {
+        biased;
+        code = &mut stop => return Ending::Signal(code),
+        () = &mut at_deadline => return Ending::Timeout,
+        r = req.send() => r,
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return lost(
+                anyhow::Error::new(e).context(format!("GET {url}")),
+                None,
+                false,
+            );
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(60)));
+        let error = check(resp)
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("{status}"));
+        return if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            lost(error, retry_after, false)
+        } else {
+            Ending::Fatal(error)
+        };
+    }
+    let started = tokio::time::Instant::now();
+    let seen_before = st.seen;
+    let healthy = |st: &TailState| st.seen > seen_before || started.elapsed() >= RECONNECT_HEALTHY;
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            code = &mut stop => return Ending::Signal(code),
+            () = &mut at_deadline => return Ending::Timeout,
+            n = body.next() => n,
+        };
+        let chunk = match next {
+            None => {
+                return lost(
+                    anyhow::anyhow!("the node ended the event stream"),
+                    None,
+                    healthy(st),
+                );
+            }
+            Some(Err(e)) => {
+                return lost(
+                    anyhow::Error::new(e).context("reading the event stream"),
+                    None,
+                    healthy(st),
+                );
+            }
+            Some(Ok(c)) => c,
+        };
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&frame).into_owned();
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .map(|i| i.trim().to_string());
+            for line in text.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    out(data.trim_start());
+                    st.seen += 1;
+                    if id.is_some() {
+                        st.last_id.clone_from(&id);
+                    }
+                }
+            }
+            if args.count.is_some_and(|c| st.seen >= c) {
+                return Ending::Count;
+            }
+            // Durable subscriptions are at-least-once: acknowledge what was printed every
+            // 100 events (and when tail ends).
+            if st.seen.is_multiple_of(100)
+                && let Err(e) = ack_printed(client, conn, stream, args, token, st).await
+            {
+                return lost(e, None, healthy(st));
+            }
+        }
+    }
 }
 
 async fn get_json(conn: &Conn, path: &str) -> anyhow::Result<Value> {
@@ -1151,6 +1421,195 @@ mod tests {
         assert_eq!(l.keys[0]["key"], "k240");
         assert_eq!(l.more_after, Some(Value::from("k244")));
         server.abort();
+    }
+
+    /// A stand-in node serving `GET /v1/streams/s/subscribe` as SSE: events `1`..`10` with
+    /// ids `c1`..`c10`, resuming after `Last-Event-ID`. The first connection breaks after
+    /// `break_after` events (as a node killed with -9 leaves it: the body cut short, an
+    /// error in the client); later ones send what remains and stay open. Acks are
+    /// recorded; so is every connection's `Last-Event-ID`.
+    struct FakeSse {
+        node: String,
+        acks: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        resumed: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    async fn fake_sse(break_after: usize) -> FakeSse {
+        use axum::extract::Query;
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let resumed: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(Vec::new()));
+        let (acks2, resumed2) = (acks.clone(), resumed.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/streams/s/subscribe",
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    let resumed = resumed2.clone();
+                    async move {
+                        let from = headers
+                            .get("last-event-id")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let first = {
+                            let mut r = resumed.lock().unwrap();
+                            r.push(from.clone());
+                            r.len() == 1
+                        };
+                        let start: usize = from.map_or(0, |c| c[1..].parse().unwrap());
+                        let frames: Vec<Result<bytes::Bytes, std::io::Error>> = (start + 1..=10)
+                            .take(if first { break_after } else { usize::MAX })
+                            .map(|i| Ok(format!("id: c{i}\ndata: {{\"n\":{i}}}\n\n").into()))
+                            .collect();
+                        let tail = futures_util::stream::once(async move {
+                            if first {
+                                // Sent first, then the connection dies.
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                Err(std::io::Error::other("killed"))
+                            } else {
+                                std::future::pending().await
+                            }
+                        });
+                        axum::body::Body::from_stream(
+                            futures_util::stream::iter(frames).chain(tail),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/v1/streams/s/subscriptions/d/ack",
+                axum::routing::post(move |Query(q): Query<HashMap<String, String>>| {
+                    let acks = acks2.clone();
+                    async move {
+                        acks.lock().unwrap().push(q["cursor"].clone());
+                        axum::Json(serde_json::json!({"cursor": q["cursor"]}))
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeSse {
+            node,
+            acks,
+            resumed,
+            server,
+        }
+    }
+
+    fn conn_to(node: &str) -> Conn {
+        Conn {
+            node: node.to_string(),
+            token: Some("t".into()),
+            token_file: None,
+        }
+    }
+
+    /// A lost connection used to end the tail with an error: it reconnects, resuming after
+    /// the last event printed, so every event prints once.
+    #[tokio::test]
+    async fn tail_reconnects_and_resumes_after_the_last_event_printed() {
+        let fake = fake_sse(3).await;
+        let mut lines = Vec::new();
+        let args = TailArgs {
+            count: Some(10),
+            timeout: Some(20),
+            reconnect_for: 10,
+            ..TailArgs::default()
+        };
+        let code = follow(
+            &conn_to(&fake.node),
+            "s",
+            &args,
+            |l| lines.push(l.to_string()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0);
+        let want: Vec<String> = (1..=10).map(|i| format!("{{\"n\":{i}}}")).collect();
+        assert_eq!(lines, want);
+        assert_eq!(
+            *fake.resumed.lock().unwrap(),
+            vec![None, Some("c3".to_string())]
+        );
+        // --no-reconnect keeps the old ending: an error at the first loss.
+        let fake = fake_sse(3).await;
+        let args = TailArgs {
+            no_reconnect: true,
+            ..args
+        };
+        let e = follow(
+            &conn_to(&fake.node),
+            "s",
+            &args,
+            |_| {},
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("reading the event stream"),
+            "{e:#}"
+        );
+        fake.server.abort();
+    }
+
+    /// A node that stays down: bounded attempts, then an error that says so.
+    #[tokio::test]
+    async fn tail_gives_up_after_its_reconnection_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let args = TailArgs {
+            reconnect_for: 1,
+            ..TailArgs::default()
+        };
+        let started = std::time::Instant::now();
+        let e = follow(&conn_to(&node), "s", &args, |_| {}, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("gave up reconnecting"), "{e:#}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// SIGINT / SIGTERM used to end a durable tail without acknowledging what it printed:
+    /// the next tail printed it again. The stop acknowledges the last event printed first.
+    #[tokio::test]
+    async fn a_stopped_durable_tail_acknowledges_what_it_printed() {
+        let fake = fake_sse(usize::MAX).await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut tx = Some(tx);
+        let mut printed = 0;
+        let args = TailArgs {
+            durable: Some("d".into()),
+            timeout: Some(20),
+            reconnect_for: 10,
+            ..TailArgs::default()
+        };
+        let code = follow(
+            &conn_to(&fake.node),
+            "s",
+            &args,
+            |_| {
+                printed += 1;
+                if printed == 5 {
+                    tx.take().unwrap().send(()).unwrap();
+                }
+            },
+            async {
+                rx.await.unwrap();
+                130
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 130);
+        assert!(printed >= 5);
+        assert_eq!(*fake.acks.lock().unwrap(), vec![format!("c{printed}")]);
+        fake.server.abort();
     }
 
     #[test]

@@ -311,26 +311,15 @@ enum Command {
         /// The key.
         key: String,
     },
-    /// Follow a stream (Server-Sent Events), printing one CloudEvents JSON per line.
+    /// Follow a stream (Server-Sent Events), printing one CloudEvents JSON per line;
+    /// reconnects when the connection is lost, resuming after the last event printed.
+    /// Ends with status 130 on SIGINT and 143 on SIGTERM (a durable tail acknowledges
+    /// what it printed first).
     Tail {
         #[command(flatten)]
         conn: client::Conn,
-        /// Start after this cursor: a token the node gave (an event's `weftcursor`, the
-        /// SSE id, `weft-next-cursor`), or 0 for the beginning.
-        #[arg(long, conflicts_with = "last")]
-        after: Option<String>,
-        /// Start with the newest N events (that this token may read).
-        #[arg(long)]
-        last: Option<usize>,
-        /// A durable subscription name: resumes where it left off, across restarts.
-        #[arg(long)]
-        durable: Option<String>,
-        /// Stop after this many events.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Give up after this many seconds.
-        #[arg(long)]
-        timeout: Option<u64>,
+        #[command(flatten)]
+        args: client::TailArgs,
         /// The stream.
         stream: String,
     },
@@ -603,17 +592,8 @@ fn run() -> anyhow::Result<ExitCode> {
             client::table_write(&conn, &stream, &key, None, None, &ack)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tail {
-            conn,
-            after,
-            last,
-            durable,
-            count,
-            timeout,
-            stream,
-        } => {
-            client::tail(&conn, &stream, (after, last), durable, count, timeout)?;
-            Ok(ExitCode::SUCCESS)
+        Command::Tail { conn, args, stream } => {
+            Ok(ExitCode::from(client::tail(&conn, &stream, &args)?))
         }
         Command::Peers { conn, json } => {
             client::peers(&conn, json)?;
