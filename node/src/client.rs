@@ -763,7 +763,7 @@ pub(crate) fn policy_push(conn: &Conn, bundle: &std::path::Path) -> anyhow::Resu
             .post(&url)
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/cbor")
-            .body(bytes)
+            .body(bytes.clone())
             .send()
             .await
             .with_context(|| format!("POST {url}"))?;
@@ -776,19 +776,80 @@ pub(crate) fn policy_push(conn: &Conn, bundle: &std::path::Path) -> anyhow::Resu
         v["previous"],
         v["event"].as_str().unwrap_or("-")
     );
-    say!("follow it with: weft policy status --node {}", conn.node);
+    // The digest `weft policy status --expect-digest` compares: of the canonical bundle
+    // the signatures cover, as the node reports it (GET /v1/policy `bundle_sha256`).
+    let digest = weft_policy::SignedBundle::decode(&bytes).ok().map(|s| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&s.bundle))
+    });
+    if let Some(d) = &digest {
+        say!("bundle sha256 {d}");
+    }
+    say!(
+        "follow it with: weft policy status --node {} --expect {}{}",
+        conn.node,
+        v["epoch"],
+        digest.map_or(String::new(), |d| format!(" --expect-digest {d}"))
+    );
     Ok(())
 }
 
+/// The rows of `weft policy status`: every node of the contacted node's gossiped view,
+/// except that the contacted node's own row (`me` of `/v1/mesh/nodes`) takes its epoch
+/// from its own state (`/v1/policy`), not from gossip about itself, which can lag a push it
+/// just applied. Added when the view does not list it.
+fn policy_rows(policy: &Value, nodes: &Value, status: &Value) -> Vec<Value> {
+    let me = nodes["me"]
+        .as_str()
+        .or(status["key"].as_str())
+        .unwrap_or("");
+    let own_epoch = policy["epoch"].clone();
+    let mut rows: Vec<Value> = nodes["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let own = !me.is_empty() && n["key"].as_str() == Some(me);
+            serde_json::json!({
+                "name": n["name"], "key": n["key"], "region": n["region"],
+                "jurisdiction": n["jurisdiction"],
+                "alive": if own { Value::Bool(true) } else { n["alive"].clone() },
+                "policy_epoch": if own { own_epoch.clone() } else { n["policy_epoch"].clone() },
+                "age_ms": if own { Value::from(0) } else { n["age_ms"].clone() },
+                "this_node": own,
+            })
+        })
+        .collect();
+    if !me.is_empty() && !rows.iter().any(|r| r["this_node"] == true) {
+        rows.insert(
+            0,
+            serde_json::json!({
+                "name": status["name"], "key": me, "region": status["region"],
+                "jurisdiction": status["jurisdiction"], "alive": true,
+                "policy_epoch": own_epoch, "age_ms": 0, "this_node": true,
+            }),
+        );
+    }
+    rows
+}
+
 /// `weft policy status`: the policy epoch of every node the contacted node knows of (its
-/// gossiped fabric view). With `expect`, fails unless every live node has that epoch.
-pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> anyhow::Result<bool> {
-    let (policy, nodes) = runtime()?.block_on(async {
+/// gossiped fabric view; its own row from its own state). With `expect`, fails unless
+/// every live node has that epoch; with `expect_digest`, unless the contacted node
+/// enforces the bundle of that SHA-256.
+pub(crate) fn policy_status(
+    conn: &Conn,
+    json: bool,
+    expect: Option<u64>,
+    expect_digest: Option<&str>,
+) -> anyhow::Result<bool> {
+    let (policy, nodes, status) = runtime()?.block_on(async {
         let policy = get_json(conn, "/v1/policy").await?;
         let nodes = get_json(conn, "/v1/mesh/nodes").await?;
-        anyhow::Ok((policy, nodes))
+        let status = get_json(conn, "/v1/status").await?;
+        anyhow::Ok((policy, nodes, status))
     })?;
-    let list: Vec<&Value> = nodes["nodes"].as_array().into_iter().flatten().collect();
+    let list = policy_rows(&policy, &nodes, &status);
     let live = || list.iter().filter(|n| n["alive"] == true);
     let newest = live()
         .filter_map(|n| n["policy_epoch"].as_u64())
@@ -799,6 +860,9 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
     let behind = live()
         .filter(|n| n["policy_epoch"].as_u64() != Some(target))
         .count();
+    let digest = policy["bundle_sha256"].as_str();
+    let digest_ok = expect_digest
+        .is_none_or(|want| digest.is_some_and(|d| d.eq_ignore_ascii_case(want.trim())));
     if json {
         say!(
             "{}",
@@ -806,22 +870,21 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
                 "node": policy,
                 "newest_epoch": newest,
                 "expected_epoch": target,
+                "expected_bundle_sha256": expect_digest,
+                "bundle_sha256_matches": digest_ok,
                 "live_nodes": live().count(),
                 "not_at_expected": behind,
-                "nodes": list.iter().map(|n| serde_json::json!({
-                    "name": n["name"], "key": n["key"], "region": n["region"],
-                    "jurisdiction": n["jurisdiction"], "alive": n["alive"],
-                    "policy_epoch": n["policy_epoch"], "age_ms": n["age_ms"],
-                })).collect::<Vec<_>>(),
+                "nodes": list,
             }))?
         );
     } else {
         let signers = policy["signers"].as_array().map_or(0, std::vec::Vec::len);
         say!(
-            "{}: epoch {} ({} signer(s))",
+            "{}: epoch {} ({} signer(s)), bundle sha256 {}",
             conn.node,
             policy["epoch"],
-            signers
+            signers,
+            digest.unwrap_or("-")
         );
         say!(
             "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8}",
@@ -844,13 +907,18 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
                 "ahead"
             };
             say!(
-                "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8.1}",
+                "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8}{}",
                 n["name"].as_str().unwrap_or(""),
                 n["region"].as_str().unwrap_or(""),
                 n["jurisdiction"].as_str().unwrap_or(""),
                 epoch,
                 state,
-                n["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                format!("{:.1}", n["age_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+                if n["this_node"] == true {
+                    "  (this node: its own state)"
+                } else {
+                    ""
+                }
             );
         }
         say!(
@@ -863,8 +931,15 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
                 " (newest)"
             }
         );
+        if let Some(want) = expect_digest {
+            say!(
+                "bundle sha256 of {}: {} (expected {want})",
+                conn.node,
+                if digest_ok { "matches" } else { "DIFFERS" }
+            );
+        }
     }
-    Ok(behind == 0)
+    Ok(behind == 0 && digest_ok)
 }
 
 /// The URL of a table or one of its keys (the key percent-encoded as one path segment).
@@ -1610,6 +1685,34 @@ mod tests {
         assert!(printed >= 5);
         assert_eq!(*fake.acks.lock().unwrap(), vec![format!("c{printed}")]);
         fake.server.abort();
+    }
+
+    /// Right after a push the contacted node's gossip about itself can still say the old
+    /// epoch: its own row comes from its own state, so it is not shown behind.
+    #[test]
+    fn policy_status_takes_the_asked_nodes_row_from_its_own_state() {
+        let policy = serde_json::json!({"epoch": 5, "bundle_sha256": "ab"});
+        let status =
+            serde_json::json!({"key": "k1", "name": "eu-1", "region": "r", "jurisdiction": "EU"});
+        let nodes = serde_json::json!({"me": "k1", "nodes": [
+            {"name": "eu-1", "key": "k1", "alive": true, "policy_epoch": 4, "age_ms": 900},
+            {"name": "us-1", "key": "k2", "alive": true, "policy_epoch": 5, "age_ms": 100},
+        ]});
+        let rows = policy_rows(&policy, &nodes, &status);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["policy_epoch"], 5);
+        assert_eq!(rows[0]["this_node"], true);
+        assert_eq!(rows[1]["policy_epoch"], 5);
+        // Not in the gossiped view at all: added from /v1/status.
+        let nodes = serde_json::json!({"me": "k1", "nodes": [
+            {"name": "us-1", "key": "k2", "alive": true, "policy_epoch": 5, "age_ms": 100},
+        ]});
+        let rows = policy_rows(&policy, &nodes, &status);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0]["name"].as_str(), rows[0]["policy_epoch"].as_u64()),
+            (Some("eu-1"), Some(5))
+        );
     }
 
     #[test]

@@ -2628,6 +2628,7 @@ async fn policy_get(State(api): State<Arc<Api>>) -> Response {
     let b = p.bundle();
     axum::Json(json!({
         "epoch": p.epoch(),
+        "bundle_sha256": applied.bundle_sha256(),
         "signers": applied.signers,
         "description": b.description,
         "jurisdictions": b.jurisdictions.keys().collect::<Vec<_>>(),

@@ -140,6 +140,10 @@ enum PolicyCommand {
         /// Exit with status 1 unless every live node has this epoch.
         #[arg(long, value_name = "EPOCH")]
         expect: Option<u64>,
+        /// Exit with status 1 unless the contacted node enforces the bundle of this
+        /// SHA-256 (`bundle_sha256` of GET /v1/policy; gossip carries epochs only).
+        #[arg(long, value_name = "HEX")]
+        expect_digest: Option<String>,
     },
 }
 
@@ -480,8 +484,13 @@ fn run() -> anyhow::Result<ExitCode> {
                     bundle,
                 } => policy_cli::verify(&bundle, &operators, threshold, epoch)?,
                 PolicyCommand::Push { conn, bundle } => client::policy_push(&conn, &bundle)?,
-                PolicyCommand::Status { conn, json, expect } => {
-                    if !client::policy_status(&conn, json, expect)? {
+                PolicyCommand::Status {
+                    conn,
+                    json,
+                    expect,
+                    expect_digest,
+                } => {
+                    if !client::policy_status(&conn, json, expect, expect_digest.as_deref())? {
                         return Ok(ExitCode::FAILURE);
                     }
                 }
