@@ -100,71 +100,251 @@ fn ce_id() -> String {
     format!("cli-{r}")
 }
 
-/// `weft publish`.
+/// How `weft publish` batches standard input.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PublishArgs {
+    /// Most lines of standard input per request.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub(crate) batch: u64,
+    /// Send what has been read after this many milliseconds without a new line.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub(crate) linger_ms: u64,
+}
+
+/// Attempts of one batch answered 429 or 503 before `weft publish` gives up.
+const PUBLISH_RETRIES: u32 = 5;
+/// Longest `Retry-After` `weft publish` waits for; a longer one (a daily quota) ends it.
+const PUBLISH_RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+
+/// One CloudEvent of `weft publish` from a line of input (JSON data, or text).
+fn cli_event(line: &str, ty: &str, key: Option<&str>) -> Value {
+    let mut ev = serde_json::json!({
+        "specversion": "1.0",
+        "id": ce_id(),
+        "source": "weft-cli",
+        "type": ty,
+    });
+    match serde_json::from_str::<Value>(line) {
+        Ok(v) => {
+            ev["datacontenttype"] = "application/json".into();
+            ev["data"] = v;
+        }
+        Err(_) => {
+            ev["datacontenttype"] = "text/plain".into();
+            ev["data"] = line.into();
+        }
+    }
+    if let Some(k) = key {
+        ev["weftkey"] = k.into();
+    }
+    ev
+}
+
+/// How one request of a batch ended.
+enum Sent {
+    /// Published: the answer's body.
+    Done(Value),
+    /// 400 `batch_over_burst`: no rate-limit bucket could ever take the batch whole.
+    OverBurst(anyhow::Error),
+    /// 429 / 503: try again after this.
+    Later(Option<Duration>, anyhow::Error),
+}
+
+/// Where `weft publish` sends and how it names its events.
+struct Publisher<'a> {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    ty: &'a str,
+    key: Option<&'a str>,
+}
+
+impl Publisher<'_> {
+    async fn post(&self, batch: &[Value]) -> anyhow::Result<Sent> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("content-type", crate::cloudevents::CE_BATCH_JSON)
+            .body(serde_json::to_vec(batch)?)
+            .send()
+            .await
+            .with_context(|| format!("POST {}", self.url))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Sent::Done(resp.json().await?));
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let error = check(resp)
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("{status}"));
+        if status == reqwest::StatusCode::BAD_REQUEST
+            && format!("{error}").contains("batch_over_burst")
+        {
+            return Ok(Sent::OverBurst(error));
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        {
+            return Ok(Sent::Later(retry_after, error));
+        }
+        Err(error)
+    }
+
+    /// Publishes `lines` in order, in requests of at most `*size` events: a request
+    /// refused as over the burst is split in halves (and `*size` lowered for what
+    /// follows), one answered 429 / 503 is sent again after its `Retry-After` (at most
+    /// [`PUBLISH_RETRIES`] times, waits of at most [`PUBLISH_RETRY_AFTER_MAX`]). Each
+    /// published batch's answer goes to `done`.
+    async fn send(
+        &self,
+        lines: &[String],
+        size: &mut usize,
+        done: &mut impl FnMut(&Value),
+    ) -> anyhow::Result<()> {
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let n = rest.len().min((*size).max(1));
+            let batch: Vec<Value> = rest[..n]
+                .iter()
+                .map(|l| cli_event(l, self.ty, self.key))
+                .collect();
+            let mut attempt = 0;
+            loop {
+                match self.post(&batch).await? {
+                    Sent::Done(body) => {
+                        done(&body);
+                        rest = &rest[n..];
+                        break;
+                    }
+                    Sent::OverBurst(_) if n > 1 => {
+                        *size = n / 2;
+                        eprintln!(
+                            "weft publish: {n} events are over the principal's rate-limit burst: sending them {} at a time",
+                            *size
+                        );
+                        break;
+                    }
+                    Sent::OverBurst(e) => return Err(e),
+                    Sent::Later(wait, e) => {
+                        attempt += 1;
+                        let wait = wait.unwrap_or(Duration::from_secs(1));
+                        if attempt > PUBLISH_RETRIES {
+                            return Err(
+                                e.context(format!("gave up after {PUBLISH_RETRIES} retries"))
+                            );
+                        }
+                        if wait > PUBLISH_RETRY_AFTER_MAX {
+                            return Err(e.context(format!(
+                                "the node asks to retry in {} s: not waiting that long",
+                                wait.as_secs()
+                            )));
+                        }
+                        eprintln!(
+                            "weft publish: {e:#}; retrying in {} s ({attempt} of {PUBLISH_RETRIES})",
+                            wait.as_secs_f64()
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads lines from `input` as they come and publishes them: a batch goes when it has
+/// `batch` lines, or when `linger` passes without a new line, or at the end of input.
+/// Blank lines are skipped. Returns how many lines were published.
+async fn publish_lines(
+    publisher: &Publisher<'_>,
+    mut input: tokio::sync::mpsc::Receiver<std::io::Result<String>>,
+    args: &PublishArgs,
+    mut done: impl FnMut(&Value),
+) -> anyhow::Result<u64> {
+    let linger = Duration::from_millis(args.linger_ms);
+    let batch_max = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    let mut size = batch_max;
+    let mut published = 0u64;
+    let mut ended = false;
+    while !ended {
+        let mut lines = Vec::new();
+        while lines.len() < batch_max {
+            // The first line of a batch is waited for as long as it takes; later ones for
+            // the linger.
+            let next = if lines.is_empty() {
+                input.recv().await
+            } else {
+                match tokio::time::timeout(linger, input.recv()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                }
+            };
+            match next {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(line) => {
+                    let line = line.context("reading standard input")?;
+                    if !line.trim().is_empty() {
+                        lines.push(line);
+                    }
+                }
+            }
+        }
+        if !lines.is_empty() {
+            publisher.send(&lines, &mut size, &mut done).await?;
+            published += lines.len() as u64;
+        }
+    }
+    Ok(published)
+}
+
+/// `weft publish`: DATA, or the lines of standard input as they come.
 pub(crate) fn publish(
     conn: &Conn,
     stream: &str,
     data: Option<String>,
     ack: &str,
-    key: Option<String>,
-    ty: &str,
+    (key, ty): (Option<String>, &str),
+    args: &PublishArgs,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let client = reqwest::Client::new();
         let token = conn.token()?.context(
             "publishing needs a token: --token, WEFT_TOKEN or --token-file (weft keygen --client)",
         )?;
-        let url = conn.url(&format!("/v1/streams/{stream}/events?ack={ack}"));
-        let lines: Vec<String> = match data.as_deref() {
-            Some("-") | None => std::io::stdin()
-                .lock()
-                .lines()
-                .collect::<Result<Vec<_>, _>>()
-                .context("reading standard input")?
-                .into_iter()
-                .filter(|l| !l.trim().is_empty())
-                .collect(),
-            Some(d) => vec![d.to_string()],
+        let publisher = Publisher {
+            client: reqwest::Client::new(),
+            url: conn.url(&format!("/v1/streams/{stream}/events?ack={ack}")),
+            token,
+            ty,
+            key: key.as_deref(),
         };
-        if lines.is_empty() {
-            bail!("nothing to publish (empty input)");
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        match data {
+            Some(d) if d != "-" => {
+                tx.send(Ok(d)).await.ok();
+                drop(tx);
+            }
+            _ => {
+                // A thread of its own: reading standard input blocks.
+                std::thread::spawn(move || {
+                    for line in std::io::stdin().lock().lines() {
+                        if tx.blocking_send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
         }
-        for chunk in lines.chunks(500) {
-            let batch: Vec<Value> = chunk
-                .iter()
-                .map(|line| {
-                    let mut ev = serde_json::json!({
-                        "specversion": "1.0",
-                        "id": ce_id(),
-                        "source": "weft-cli",
-                        "type": ty,
-                    });
-                    match serde_json::from_str::<Value>(line) {
-                        Ok(v) => {
-                            ev["datacontenttype"] = "application/json".into();
-                            ev["data"] = v;
-                        }
-                        Err(_) => {
-                            ev["datacontenttype"] = "text/plain".into();
-                            ev["data"] = line.clone().into();
-                        }
-                    }
-                    if let Some(k) = &key {
-                        ev["weftkey"] = k.clone().into();
-                    }
-                    ev
-                })
-                .collect();
-            let resp = client
-                .post(&url)
-                .bearer_auth(&token)
-                .header("content-type", crate::cloudevents::CE_BATCH_JSON)
-                .body(serde_json::to_vec(&batch)?)
-                .send()
-                .await
-                .with_context(|| format!("POST {url}"))?;
-            let body: Value = check(resp).await?.json().await?;
+        let published = publish_lines(&publisher, rx, args, |body| {
             for id in body["ids"].as_array().into_iter().flatten() {
                 say!("{}", id.as_str().unwrap_or_default());
             }
@@ -180,6 +360,10 @@ pub(crate) fn publish(
                         .join(", ")
                 );
             }
+        })
+        .await?;
+        if published == 0 {
+            bail!("nothing to publish (empty input)");
         }
         Ok(())
     })
@@ -1713,6 +1897,122 @@ mod tests {
             (rows[0]["name"].as_str(), rows[0]["policy_epoch"].as_u64()),
             (Some("eu-1"), Some(5))
         );
+    }
+
+    /// A stand-in node taking `POST /v1/streams/s/events` under a burst of 3: a larger
+    /// batch is 400 `batch_over_burst`; request number `busy_at` (from 1) is answered 429
+    /// with `Retry-After: 1` once. Records each accepted batch's data.
+    async fn fake_publish(
+        busy_at: usize,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<Vec<Value>>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use std::sync::{Arc, Mutex};
+        let got: Arc<Mutex<Vec<Vec<Value>>>> = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let got2 = got.clone();
+        let app = axum::Router::new().route(
+            "/v1/streams/s/events",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (got, calls) = (got2.clone(), calls.clone());
+                async move {
+                    use axum::response::IntoResponse as _;
+                    let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                    if call == busy_at {
+                        return (
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            axum::Json(serde_json::json!({"error": {"reason": "rate_limited", "message": "over"}})),
+                        )
+                            .into_response();
+                    }
+                    if batch.len() > 3 {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            axum::Json(serde_json::json!({"error": {"reason": "batch_over_burst", "message": "burst 3"}})),
+                        )
+                            .into_response();
+                    }
+                    let ids: Vec<String> = batch.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+                    got.lock().unwrap().push(batch.iter().map(|e| e["data"].clone()).collect());
+                    axum::Json(serde_json::json!({"ids": ids})).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (node, got, server)
+    }
+
+    fn publisher(node: &str) -> Publisher<'static> {
+        Publisher {
+            client: reqwest::Client::new(),
+            url: format!("{node}/v1/streams/s/events?ack=local"),
+            token: "t".into(),
+            ty: "weft.cli",
+            key: None,
+        }
+    }
+
+    /// Input used to be read to its end before anything was sent: a line followed by a
+    /// pause is published during the pause (after the linger), not after it.
+    #[tokio::test]
+    async fn publish_sends_what_it_has_after_the_linger() {
+        let (node, got, server) = fake_publish(0).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let args = PublishArgs {
+            batch: 100,
+            linger_ms: 100,
+        };
+        let task =
+            tokio::spawn(async move { publish_lines(&publisher(&node), rx, &args, |_| {}).await });
+        tx.send(Ok("{\"n\":1}".to_string())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![vec![serde_json::json!({"n": 1})]],
+            "not sent during the pause"
+        );
+        tx.send(Ok("{\"n\":2}".to_string())).await.unwrap();
+        drop(tx);
+        assert_eq!(task.await.unwrap().unwrap(), 2);
+        assert_eq!(got.lock().unwrap().len(), 2);
+        server.abort();
+    }
+
+    /// Under a burst of 3, 5 lines used to be one request refused 400
+    /// `batch_over_burst`: the batch is split down, and a 429 is retried after its
+    /// Retry-After; every line is published once, in order.
+    #[tokio::test]
+    async fn publish_splits_over_the_burst_and_honours_retry_after() {
+        let (node, got, server) = fake_publish(3).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for n in 1..=5 {
+            tx.send(Ok(format!("{{\"n\":{n}}}"))).await.unwrap();
+        }
+        drop(tx);
+        let args = PublishArgs {
+            batch: 100,
+            linger_ms: 100,
+        };
+        let mut answers = 0;
+        let n = publish_lines(&publisher(&node), rx, &args, |_| answers += 1)
+            .await
+            .unwrap();
+        assert_eq!(n, 5);
+        let got = got.lock().unwrap().clone();
+        let flat: Vec<Value> = got.iter().flatten().cloned().collect();
+        let want: Vec<Value> = (1..=5).map(|n| serde_json::json!({"n": n})).collect();
+        assert_eq!(flat, want);
+        assert!(got.iter().all(|b| b.len() <= 3), "{got:?}");
+        assert_eq!(answers, got.len());
+        server.abort();
     }
 
     #[test]

@@ -251,8 +251,11 @@ enum Command {
         ty: String,
         /// Stream to publish to, e.g. orders.eu.
         stream: String,
-        /// The event data (JSON or text); `-` or nothing reads lines from standard input.
+        /// The event data (JSON or text); `-` or nothing reads lines from standard input,
+        /// one event per line, sent as they come (see --batch, --linger-ms).
         data: Option<String>,
+        #[command(flatten)]
+        batching: client::PublishArgs,
     },
     /// Read a keyed table (docs/tables.md): one key, or its keys a page at a time (100 by
     /// default; --all for every page).
@@ -528,8 +531,9 @@ fn run() -> anyhow::Result<ExitCode> {
             ty,
             stream,
             data,
+            batching,
         } => {
-            client::publish(&conn, &stream, data, &ack, key, &ty)?;
+            client::publish(&conn, &stream, data, &ack, (key, &ty), &batching)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Get {
