@@ -149,9 +149,9 @@ fn describe<E: std::fmt::Debug>(
 ) -> String {
     use cbor4ii::core::error::DecodeError as D;
     match e {
-        D::Eof { name, .. } => format!(
-            "not valid CBOR: truncated, the input ends at byte {len} inside a {name} (starting before byte {at})"
-        ),
+        D::Eof { name, .. } => {
+            format!("not valid CBOR: truncated, the input ends at byte {len} inside a {name}")
+        }
         D::Mismatch { name, found } | D::Unsupported { name, found } => format!(
             "not valid CBOR at byte {at}: expected a {name}, found initial byte 0x{found:02x}"
         ),
