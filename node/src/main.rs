@@ -195,7 +195,9 @@ enum Command {
         base_port: u16,
     },
     /// Check a node config the way `weft node` does at start (every field, with errors
-    /// naming it) without starting anything; key and data paths are resolved, not opened.
+    /// naming it; the `[policy] bundle` read and verified, and the jurisdiction claim
+    /// checked when the key file is readable) without starting anything; the store is not
+    /// opened.
     CheckConfig {
         /// The node's TOML config.
         #[arg(long)]
