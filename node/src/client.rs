@@ -100,71 +100,251 @@ fn ce_id() -> String {
     format!("cli-{r}")
 }
 
-/// `weft publish`.
+/// How `weft publish` batches standard input.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PublishArgs {
+    /// Most lines of standard input per request.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub(crate) batch: u64,
+    /// Send what has been read after this many milliseconds without a new line.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub(crate) linger_ms: u64,
+}
+
+/// Attempts of one batch answered 429 or 503 before `weft publish` gives up.
+const PUBLISH_RETRIES: u32 = 5;
+/// Longest `Retry-After` `weft publish` waits for; a longer one (a daily quota) ends it.
+const PUBLISH_RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+
+/// One CloudEvent of `weft publish` from a line of input (JSON data, or text).
+fn cli_event(line: &str, ty: &str, key: Option<&str>) -> Value {
+    let mut ev = serde_json::json!({
+        "specversion": "1.0",
+        "id": ce_id(),
+        "source": "weft-cli",
+        "type": ty,
+    });
+    match serde_json::from_str::<Value>(line) {
+        Ok(v) => {
+            ev["datacontenttype"] = "application/json".into();
+            ev["data"] = v;
+        }
+        Err(_) => {
+            ev["datacontenttype"] = "text/plain".into();
+            ev["data"] = line.into();
+        }
+    }
+    if let Some(k) = key {
+        ev["weftkey"] = k.into();
+    }
+    ev
+}
+
+/// How one request of a batch ended.
+enum Sent {
+    /// Published: the answer's body.
+    Done(Value),
+    /// 400 `batch_over_burst`: no rate-limit bucket could ever take the batch whole.
+    OverBurst(anyhow::Error),
+    /// 429 / 503: try again after this.
+    Later(Option<Duration>, anyhow::Error),
+}
+
+/// Where `weft publish` sends and how it names its events.
+struct Publisher<'a> {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    ty: &'a str,
+    key: Option<&'a str>,
+}
+
+impl Publisher<'_> {
+    async fn post(&self, batch: &[Value]) -> anyhow::Result<Sent> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("content-type", crate::cloudevents::CE_BATCH_JSON)
+            .body(serde_json::to_vec(batch)?)
+            .send()
+            .await
+            .with_context(|| format!("POST {}", self.url))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Sent::Done(resp.json().await?));
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let error = check(resp)
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("{status}"));
+        if status == reqwest::StatusCode::BAD_REQUEST
+            && format!("{error}").contains("batch_over_burst")
+        {
+            return Ok(Sent::OverBurst(error));
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        {
+            return Ok(Sent::Later(retry_after, error));
+        }
+        Err(error)
+    }
+
+    /// Publishes `lines` in order, in requests of at most `*size` events: a request
+    /// refused as over the burst is split in halves (and `*size` lowered for what
+    /// follows), one answered 429 / 503 is sent again after its `Retry-After` (at most
+    /// [`PUBLISH_RETRIES`] times, waits of at most [`PUBLISH_RETRY_AFTER_MAX`]). Each
+    /// published batch's answer goes to `done`.
+    async fn send(
+        &self,
+        lines: &[String],
+        size: &mut usize,
+        done: &mut impl FnMut(&Value),
+    ) -> anyhow::Result<()> {
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let n = rest.len().min((*size).max(1));
+            let batch: Vec<Value> = rest[..n]
+                .iter()
+                .map(|l| cli_event(l, self.ty, self.key))
+                .collect();
+            let mut attempt = 0;
+            loop {
+                match self.post(&batch).await? {
+                    Sent::Done(body) => {
+                        done(&body);
+                        rest = &rest[n..];
+                        break;
+                    }
+                    Sent::OverBurst(_) if n > 1 => {
+                        *size = n / 2;
+                        eprintln!(
+                            "weft publish: {n} events are over the principal's rate-limit burst: sending them {} at a time",
+                            *size
+                        );
+                        break;
+                    }
+                    Sent::OverBurst(e) => return Err(e),
+                    Sent::Later(wait, e) => {
+                        attempt += 1;
+                        let wait = wait.unwrap_or(Duration::from_secs(1));
+                        if attempt > PUBLISH_RETRIES {
+                            return Err(
+                                e.context(format!("gave up after {PUBLISH_RETRIES} retries"))
+                            );
+                        }
+                        if wait > PUBLISH_RETRY_AFTER_MAX {
+                            return Err(e.context(format!(
+                                "the node asks to retry in {} s: not waiting that long",
+                                wait.as_secs()
+                            )));
+                        }
+                        eprintln!(
+                            "weft publish: {e:#}; retrying in {} s ({attempt} of {PUBLISH_RETRIES})",
+                            wait.as_secs_f64()
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads lines from `input` as they come and publishes them: a batch goes when it has
+/// `batch` lines, or when `linger` passes without a new line, or at the end of input.
+/// Blank lines are skipped. Returns how many lines were published.
+async fn publish_lines(
+    publisher: &Publisher<'_>,
+    mut input: tokio::sync::mpsc::Receiver<std::io::Result<String>>,
+    args: &PublishArgs,
+    mut done: impl FnMut(&Value),
+) -> anyhow::Result<u64> {
+    let linger = Duration::from_millis(args.linger_ms);
+    let batch_max = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    let mut size = batch_max;
+    let mut published = 0u64;
+    let mut ended = false;
+    while !ended {
+        let mut lines = Vec::new();
+        while lines.len() < batch_max {
+            // The first line of a batch is waited for as long as it takes; later ones for
+            // the linger.
+            let next = if lines.is_empty() {
+                input.recv().await
+            } else {
+                match tokio::time::timeout(linger, input.recv()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                }
+            };
+            match next {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(line) => {
+                    let line = line.context("reading standard input")?;
+                    if !line.trim().is_empty() {
+                        lines.push(line);
+                    }
+                }
+            }
+        }
+        if !lines.is_empty() {
+            publisher.send(&lines, &mut size, &mut done).await?;
+            published += lines.len() as u64;
+        }
+    }
+    Ok(published)
+}
+
+/// `weft publish`: DATA, or the lines of standard input as they come.
 pub(crate) fn publish(
     conn: &Conn,
     stream: &str,
     data: Option<String>,
     ack: &str,
-    key: Option<String>,
-    ty: &str,
+    (key, ty): (Option<String>, &str),
+    args: &PublishArgs,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let client = reqwest::Client::new();
         let token = conn.token()?.context(
             "publishing needs a token: --token, WEFT_TOKEN or --token-file (weft keygen --client)",
         )?;
-        let url = conn.url(&format!("/v1/streams/{stream}/events?ack={ack}"));
-        let lines: Vec<String> = match data.as_deref() {
-            Some("-") | None => std::io::stdin()
-                .lock()
-                .lines()
-                .collect::<Result<Vec<_>, _>>()
-                .context("reading standard input")?
-                .into_iter()
-                .filter(|l| !l.trim().is_empty())
-                .collect(),
-            Some(d) => vec![d.to_string()],
+        let publisher = Publisher {
+            client: reqwest::Client::new(),
+            url: conn.url(&format!("/v1/streams/{stream}/events?ack={ack}")),
+            token,
+            ty,
+            key: key.as_deref(),
         };
-        if lines.is_empty() {
-            bail!("nothing to publish (empty input)");
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        match data {
+            Some(d) if d != "-" => {
+                tx.send(Ok(d)).await.ok();
+                drop(tx);
+            }
+            _ => {
+                // A thread of its own: reading standard input blocks.
+                std::thread::spawn(move || {
+                    for line in std::io::stdin().lock().lines() {
+                        if tx.blocking_send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
         }
-        for chunk in lines.chunks(500) {
-            let batch: Vec<Value> = chunk
-                .iter()
-                .map(|line| {
-                    let mut ev = serde_json::json!({
-                        "specversion": "1.0",
-                        "id": ce_id(),
-                        "source": "weft-cli",
-                        "type": ty,
-                    });
-                    match serde_json::from_str::<Value>(line) {
-                        Ok(v) => {
-                            ev["datacontenttype"] = "application/json".into();
-                            ev["data"] = v;
-                        }
-                        Err(_) => {
-                            ev["datacontenttype"] = "text/plain".into();
-                            ev["data"] = line.clone().into();
-                        }
-                    }
-                    if let Some(k) = &key {
-                        ev["weftkey"] = k.clone().into();
-                    }
-                    ev
-                })
-                .collect();
-            let resp = client
-                .post(&url)
-                .bearer_auth(&token)
-                .header("content-type", crate::cloudevents::CE_BATCH_JSON)
-                .body(serde_json::to_vec(&batch)?)
-                .send()
-                .await
-                .with_context(|| format!("POST {url}"))?;
-            let body: Value = check(resp).await?.json().await?;
+        let published = publish_lines(&publisher, rx, args, |body| {
             for id in body["ids"].as_array().into_iter().flatten() {
                 say!("{}", id.as_str().unwrap_or_default());
             }
@@ -180,123 +360,397 @@ pub(crate) fn publish(
                         .join(", ")
                 );
             }
+        })
+        .await?;
+        if published == 0 {
+            bail!("nothing to publish (empty input)");
         }
         Ok(())
     })
 }
 
-/// `weft tail`: prints each event as one line of CloudEvents JSON.
-pub(crate) fn tail(
-    conn: &Conn,
-    stream: &str,
-    (after, last): (Option<String>, Option<usize>),
-    durable: Option<String>,
-    count: Option<u64>,
-    timeout: Option<u64>,
-) -> anyhow::Result<()> {
+/// `weft tail` options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TailArgs {
+    /// Start after this cursor: a token the node gave (an event's `weftcursor`, the
+    /// SSE id, `weft-next-cursor`), or 0 for the beginning.
+    #[arg(long, conflicts_with = "last")]
+    pub(crate) after: Option<String>,
+    /// Start with the newest N events (that this token may read).
+    #[arg(long)]
+    pub(crate) last: Option<usize>,
+    /// A durable subscription name: resumes where it left off, across restarts.
+    #[arg(long)]
+    pub(crate) durable: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// Give up after this many seconds.
+    #[arg(long)]
+    pub(crate) timeout: Option<u64>,
+    /// End at the first lost connection (exit status 1) instead of reconnecting.
+    #[arg(long)]
+    pub(crate) no_reconnect: bool,
+    /// Give up (exit status 1) after this many seconds of failed reconnection attempts.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub(crate) reconnect_for: u64,
+}
+
+/// First wait before a reconnection; it doubles at each failure up to
+/// [`RECONNECT_WAIT_MAX`].
+const RECONNECT_WAIT_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts (a node's `Retry-After` may be longer).
+const RECONNECT_WAIT_MAX: Duration = Duration::from_secs(5);
+/// A connection that lasted this long, or printed an event, ends a run of failures: the
+/// next loss starts the backoff and the `--reconnect-for` bound again.
+const RECONNECT_HEALTHY: Duration = Duration::from_secs(5);
+/// How long an acknowledgement at the end may take (after Ctrl-C, say) before tail gives
+/// up on it.
+const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a tail has printed: how many events, the cursor of the last one, and the last
+/// cursor a durable subscription acknowledged.
+#[derive(Debug, Default)]
+struct TailState {
+    seen: u64,
+    last_id: Option<String>,
+    acked: Option<String>,
+}
+
+/// How one connection of a tail ended.
+enum Ending {
+    /// `--count` events printed.
+    Count,
+    /// `--timeout` passed.
+    Timeout,
+    /// SIGINT or SIGTERM: the exit status to end with.
+    Signal(u8),
+    /// A refusal that a reconnection would meet again (401, 403, a bad cursor...).
+    Fatal(anyhow::Error),
+    /// The connection failed or was lost: worth reconnecting.
+    Lost {
+        error: anyhow::Error,
+        /// The node asked for this wait (429, 503 with `Retry-After`).
+        retry_after: Option<Duration>,
+        /// The connection was healthy for a while ([`RECONNECT_HEALTHY`]).
+        healthy: bool,
+    },
+}
+
+/// `weft tail`: prints each event as one line of CloudEvents JSON, reconnecting when the
+/// connection is lost. Returns the exit status: 0, or 130 / 143 when ended by SIGINT /
+/// SIGTERM (after acknowledging what was printed, for a durable subscription).
+pub(crate) fn tail(conn: &Conn, stream: &str, args: &TailArgs) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async {
-        let client = reqwest::Client::new();
-        let base = conn.url(&format!("/v1/streams/{stream}/subscribe"));
-        let mut url = reqwest::Url::parse(&base).with_context(|| format!("URL {base}"))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(a) = &after {
-                q.append_pair("after", a);
-            }
-            if let Some(n) = last {
-                q.append_pair("last", &n.to_string());
-            }
-            if let Some(d) = &durable {
-                q.append_pair("durable", d);
-            }
-        }
-        let url = url.to_string();
-        // A node enforcing a policy authorizes subscriptions: send the token when given.
-        let mut req = client.get(&url);
-        if let Some(t) = conn.token()? {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
-        let mut body = check(resp).await?.bytes_stream();
-        let mut buf = Vec::new();
-        let mut seen = 0u64;
-        // Durable subscriptions are at-least-once: acknowledge what was printed, every 100
-        // events and when tail ends normally.
-        let mut last_id: Option<String> = None;
-        let mut acked: Option<String> = None;
-        let token = match &durable {
-            Some(_) => Some(conn.token()?.context(
-                "a durable tail acknowledges what it printed and needs a token: --token, WEFT_TOKEN or --token-file",
-            )?),
-            None => None,
-        };
-        let ack = |cursor: String| {
-            let url = conn.url(&format!(
-                "/v1/streams/{stream}/subscriptions/{}/ack?cursor={cursor}",
-                durable.as_deref().unwrap_or("")
-            ));
-            let client = client.clone();
-            let token = token.clone().unwrap_or_default();
-            async move {
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .with_context(|| format!("POST {url}"))?;
-                check(resp).await.map(|_| ())
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered before the first connection, so a signal at any time is caught.
+        let mut int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+        let stop = async move {
+            tokio::select! {
+                _ = int.recv() => 130u8,
+                _ = term.recv() => 143u8,
             }
         };
-        let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-        loop {
-            let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, body.next()).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        if let (Some(_), Some(p)) = (&durable, &last_id)
-                            && acked.as_ref() != Some(p)
-                        {
-                            ack(p.clone()).await?;
-                        }
-                        bail!("timed out after {} events", seen)
-                    }
-                },
-                None => body.next().await,
-            };
-            let Some(chunk) = next else { break };
-            buf.extend_from_slice(&chunk.context("reading the event stream")?);
-            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                let frame: Vec<u8> = buf.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&frame).into_owned();
-                let id = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("id:"))
-                    .map(|i| i.trim().to_string());
-                for line in text.lines() {
-                    if let Some(data) = line.strip_prefix("data:") {
-                        say!("{}", data.trim_start());
-                        seen += 1;
-                        if id.is_some() {
-                            last_id.clone_from(&id);
-                        }
-                    }
-                }
-                let done = count.is_some_and(|c| seen >= c);
-                if let (Some(_), Some(p)) = (&durable, &last_id)
-                    && (done || seen.is_multiple_of(100))
-                    && acked.as_ref() != Some(p)
-                {
-                    ack(p.clone()).await?;
-                    acked = Some(p.clone());
-                }
-                if done {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+        follow(conn, stream, args, |line| say!("{line}"), stop).await
     })
+}
+
+/// The subscription URL for the tail's options (the first connection's; reconnections add
+/// `Last-Event-ID`, which the node takes before any of these).
+fn subscribe_url(conn: &Conn, stream: &str, args: &TailArgs) -> anyhow::Result<String> {
+    let base = conn.url(&format!("/v1/streams/{stream}/subscribe"));
+    let mut url = reqwest::Url::parse(&base).with_context(|| format!("URL {base}"))?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(a) = &args.after {
+            q.append_pair("after", a);
+        }
+        if let Some(n) = args.last {
+            q.append_pair("last", &n.to_string());
+        }
+        if let Some(d) = &args.durable {
+            q.append_pair("durable", d);
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    Ok(url.to_string())
+}
+
+/// Acknowledges the last event printed on a durable subscription, if not yet.
+async fn ack_printed(
+    client: &reqwest::Client,
+    conn: &Conn,
+    stream: &str,
+    args: &TailArgs,
+    token: Option<&str>,
+    st: &mut TailState,
+) -> anyhow::Result<()> {
+    let (Some(name), Some(cursor)) = (&args.durable, &st.last_id) else {
+        return Ok(());
+    };
+    if st.acked.as_ref() == Some(cursor) {
+        return Ok(());
+    }
+    let url = conn.url(&format!(
+        "/v1/streams/{stream}/subscriptions/{name}/ack?cursor={cursor}"
+    ));
+    let resp = client
+        .post(&url)
+        .bearer_auth(token.unwrap_or_default())
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    check(resp).await?;
+    st.acked = Some(cursor.clone());
+    Ok(())
+}
+
+/// The tail itself, printing through `out`; `stop` resolves to an exit status when the
+/// tail is to end (a signal).
+async fn follow(
+    conn: &Conn,
+    stream: &str,
+    args: &TailArgs,
+    mut out: impl FnMut(&str),
+    stop: impl std::future::Future<Output = u8>,
+) -> anyhow::Result<u8> {
+    let client = reqwest::Client::new();
+    let url = subscribe_url(conn, stream, args)?;
+    // A node enforcing a policy authorizes subscriptions: send the token when given.
+    let token = conn.token()?;
+    if args.durable.is_some() && token.is_none() {
+        bail!(
+            "a durable tail acknowledges what it printed and needs a token: --token, WEFT_TOKEN or --token-file"
+        );
+    }
+    let mut st = TailState::default();
+    let deadline = args
+        .timeout
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let give_up_after = Duration::from_secs(args.reconnect_for);
+    tokio::pin!(stop);
+    // The start of the current run of failures, and the next wait.
+    let mut failing: Option<(tokio::time::Instant, Duration)> = None;
+    loop {
+        let ended = session(
+            &client,
+            conn,
+            (stream, &url),
+            args,
+            token.as_deref(),
+            &mut st,
+            &mut out,
+            deadline,
+            stop.as_mut(),
+        )
+        .await;
+        let ack = async |st: &mut TailState| {
+            tokio::time::timeout(
+                FINAL_ACK_TIMEOUT,
+                ack_printed(&client, conn, stream, args, token.as_deref(), st),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {FINAL_ACK_TIMEOUT:?}")))
+            .context("acknowledging what was printed (the next tail of this subscription prints it again)")
+        };
+        let (error, retry_after) = match ended {
+            Ending::Count => {
+                ack(&mut st).await?;
+                return Ok(0);
+            }
+            Ending::Timeout => {
+                ack(&mut st).await?;
+                bail!("timed out after {} events", st.seen)
+            }
+            Ending::Signal(code) => {
+                ack(&mut st).await?;
+                return Ok(code);
+            }
+            Ending::Fatal(e) => return Err(e),
+            Ending::Lost {
+                error,
+                retry_after,
+                healthy,
+            } => {
+                if args.no_reconnect {
+                    return Err(error);
+                }
+                if healthy {
+                    failing = None;
+                }
+                (error, retry_after)
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let (since, wait) = failing.get_or_insert((now, RECONNECT_WAIT_FIRST));
+        if now.duration_since(*since) >= give_up_after {
+            bail!(
+                "gave up reconnecting to {} after {} s of failures ({} event(s) printed): {error:#}",
+                conn.node,
+                args.reconnect_for,
+                st.seen
+            );
+        }
+        let this_wait = retry_after.unwrap_or(*wait);
+        *wait = (*wait * 2).min(RECONNECT_WAIT_MAX);
+        eprintln!(
+            "weft tail: {error:#}; reconnecting in {:.1} s{} (giving up after {} s of failures)",
+            this_wait.as_secs_f64(),
+            match st.seen {
+                0 => String::new(),
+                n => format!(", resuming after the last of {n} event(s) printed"),
+            },
+            args.reconnect_for
+        );
+        let at_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            code = &mut stop => {
+                ack(&mut st).await?;
+                return Ok(code);
+            }
+            () = at_deadline => {
+                ack(&mut st).await?;
+                bail!("timed out after {} events", st.seen)
+            }
+            () = tokio::time::sleep(this_wait) => {}
+        }
+    }
+}
+
+/// One connection of a tail: connects (resuming after the last event printed, with
+/// `Last-Event-ID`), prints what arrives, and says how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    client: &reqwest::Client,
+    conn: &Conn,
+    (stream, url): (&str, &str),
+    args: &TailArgs,
+    token: Option<&str>,
+    st: &mut TailState,
+    out: &mut impl FnMut(&str),
+    deadline: Option<tokio::time::Instant>,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = u8>>,
+) -> Ending {
+    let lost = |error: anyhow::Error, retry_after: Option<Duration>, healthy: bool| Ending::Lost {
+        error,
+        retry_after,
+        healthy,
+    };
+    let at_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(at_deadline);
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(id) = &st.last_id {
+        req = req.header("last-event-id", id);
+    }
+    let sent = tokio::select! {
+        biased;
+        code = &mut stop => return Ending::Signal(code),
+        () = &mut at_deadline => return Ending::Timeout,
+        r = req.send() => r,
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return lost(
+                anyhow::Error::new(e).context(format!("GET {url}")),
+                None,
+                false,
+            );
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(60)));
+        let error = check(resp)
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("{status}"));
+        return if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            lost(error, retry_after, false)
+        } else {
+            Ending::Fatal(error)
+        };
+    }
+    let started = tokio::time::Instant::now();
+    let seen_before = st.seen;
+    let healthy = |st: &TailState| st.seen > seen_before || started.elapsed() >= RECONNECT_HEALTHY;
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            code = &mut stop => return Ending::Signal(code),
+            () = &mut at_deadline => return Ending::Timeout,
+            n = body.next() => n,
+        };
+        let chunk = match next {
+            None => {
+                return lost(
+                    anyhow::anyhow!("the node ended the event stream"),
+                    None,
+                    healthy(st),
+                );
+            }
+            Some(Err(e)) => {
+                return lost(
+                    anyhow::Error::new(e).context("reading the event stream"),
+                    None,
+                    healthy(st),
+                );
+            }
+            Some(Ok(c)) => c,
+        };
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&frame).into_owned();
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .map(|i| i.trim().to_string());
+            for line in text.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    out(data.trim_start());
+                    st.seen += 1;
+                    if id.is_some() {
+                        st.last_id.clone_from(&id);
+                    }
+                }
+            }
+            if args.count.is_some_and(|c| st.seen >= c) {
+                return Ending::Count;
+            }
+            // Durable subscriptions are at-least-once: acknowledge what was printed every
+            // 100 events (and when tail ends).
+            if st.seen.is_multiple_of(100)
+                && let Err(e) = ack_printed(client, conn, stream, args, token, st).await
+            {
+                return lost(e, None, healthy(st));
+            }
+        }
+    }
 }
 
 async fn get_json(conn: &Conn, path: &str) -> anyhow::Result<Value> {
@@ -493,7 +947,7 @@ pub(crate) fn policy_push(conn: &Conn, bundle: &std::path::Path) -> anyhow::Resu
             .post(&url)
             .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "application/cbor")
-            .body(bytes)
+            .body(bytes.clone())
             .send()
             .await
             .with_context(|| format!("POST {url}"))?;
@@ -506,19 +960,80 @@ pub(crate) fn policy_push(conn: &Conn, bundle: &std::path::Path) -> anyhow::Resu
         v["previous"],
         v["event"].as_str().unwrap_or("-")
     );
-    say!("follow it with: weft policy status --node {}", conn.node);
+    // The digest `weft policy status --expect-digest` compares: of the canonical bundle
+    // the signatures cover, as the node reports it (GET /v1/policy `bundle_sha256`).
+    let digest = weft_policy::SignedBundle::decode(&bytes).ok().map(|s| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&s.bundle))
+    });
+    if let Some(d) = &digest {
+        say!("bundle sha256 {d}");
+    }
+    say!(
+        "follow it with: weft policy status --node {} --expect {}{}",
+        conn.node,
+        v["epoch"],
+        digest.map_or(String::new(), |d| format!(" --expect-digest {d}"))
+    );
     Ok(())
 }
 
+/// The rows of `weft policy status`: every node of the contacted node's gossiped view,
+/// except that the contacted node's own row (`me` of `/v1/mesh/nodes`) takes its epoch
+/// from its own state (`/v1/policy`), not from gossip about itself, which can lag a push it
+/// just applied. Added when the view does not list it.
+fn policy_rows(policy: &Value, nodes: &Value, status: &Value) -> Vec<Value> {
+    let me = nodes["me"]
+        .as_str()
+        .or(status["key"].as_str())
+        .unwrap_or("");
+    let own_epoch = policy["epoch"].clone();
+    let mut rows: Vec<Value> = nodes["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let own = !me.is_empty() && n["key"].as_str() == Some(me);
+            serde_json::json!({
+                "name": n["name"], "key": n["key"], "region": n["region"],
+                "jurisdiction": n["jurisdiction"],
+                "alive": if own { Value::Bool(true) } else { n["alive"].clone() },
+                "policy_epoch": if own { own_epoch.clone() } else { n["policy_epoch"].clone() },
+                "age_ms": if own { Value::from(0) } else { n["age_ms"].clone() },
+                "this_node": own,
+            })
+        })
+        .collect();
+    if !me.is_empty() && !rows.iter().any(|r| r["this_node"] == true) {
+        rows.insert(
+            0,
+            serde_json::json!({
+                "name": status["name"], "key": me, "region": status["region"],
+                "jurisdiction": status["jurisdiction"], "alive": true,
+                "policy_epoch": own_epoch, "age_ms": 0, "this_node": true,
+            }),
+        );
+    }
+    rows
+}
+
 /// `weft policy status`: the policy epoch of every node the contacted node knows of (its
-/// gossiped fabric view). With `expect`, fails unless every live node has that epoch.
-pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> anyhow::Result<bool> {
-    let (policy, nodes) = runtime()?.block_on(async {
+/// gossiped fabric view; its own row from its own state). With `expect`, fails unless
+/// every live node has that epoch; with `expect_digest`, unless the contacted node
+/// enforces the bundle of that SHA-256.
+pub(crate) fn policy_status(
+    conn: &Conn,
+    json: bool,
+    expect: Option<u64>,
+    expect_digest: Option<&str>,
+) -> anyhow::Result<bool> {
+    let (policy, nodes, status) = runtime()?.block_on(async {
         let policy = get_json(conn, "/v1/policy").await?;
         let nodes = get_json(conn, "/v1/mesh/nodes").await?;
-        anyhow::Ok((policy, nodes))
+        let status = get_json(conn, "/v1/status").await?;
+        anyhow::Ok((policy, nodes, status))
     })?;
-    let list: Vec<&Value> = nodes["nodes"].as_array().into_iter().flatten().collect();
+    let list = policy_rows(&policy, &nodes, &status);
     let live = || list.iter().filter(|n| n["alive"] == true);
     let newest = live()
         .filter_map(|n| n["policy_epoch"].as_u64())
@@ -529,6 +1044,9 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
     let behind = live()
         .filter(|n| n["policy_epoch"].as_u64() != Some(target))
         .count();
+    let digest = policy["bundle_sha256"].as_str();
+    let digest_ok = expect_digest
+        .is_none_or(|want| digest.is_some_and(|d| d.eq_ignore_ascii_case(want.trim())));
     if json {
         say!(
             "{}",
@@ -536,22 +1054,21 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
                 "node": policy,
                 "newest_epoch": newest,
                 "expected_epoch": target,
+                "expected_bundle_sha256": expect_digest,
+                "bundle_sha256_matches": digest_ok,
                 "live_nodes": live().count(),
                 "not_at_expected": behind,
-                "nodes": list.iter().map(|n| serde_json::json!({
-                    "name": n["name"], "key": n["key"], "region": n["region"],
-                    "jurisdiction": n["jurisdiction"], "alive": n["alive"],
-                    "policy_epoch": n["policy_epoch"], "age_ms": n["age_ms"],
-                })).collect::<Vec<_>>(),
+                "nodes": list,
             }))?
         );
     } else {
         let signers = policy["signers"].as_array().map_or(0, std::vec::Vec::len);
         say!(
-            "{}: epoch {} ({} signer(s))",
+            "{}: epoch {} ({} signer(s)), bundle sha256 {}",
             conn.node,
             policy["epoch"],
-            signers
+            signers,
+            digest.unwrap_or("-")
         );
         say!(
             "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8}",
@@ -574,13 +1091,18 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
                 "ahead"
             };
             say!(
-                "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8.1}",
+                "{:<16} {:<28} {:<8} {:>6}  {:<8} {:>8}{}",
                 n["name"].as_str().unwrap_or(""),
                 n["region"].as_str().unwrap_or(""),
                 n["jurisdiction"].as_str().unwrap_or(""),
                 epoch,
                 state,
-                n["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                format!("{:.1}", n["age_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+                if n["this_node"] == true {
+                    "  (this node: its own state)"
+                } else {
+                    ""
+                }
             );
         }
         say!(
@@ -593,8 +1115,15 @@ pub(crate) fn policy_status(conn: &Conn, json: bool, expect: Option<u64>) -> any
                 " (newest)"
             }
         );
+        if let Some(want) = expect_digest {
+            say!(
+                "bundle sha256 of {}: {} (expected {want})",
+                conn.node,
+                if digest_ok { "matches" } else { "DIFFERS" }
+            );
+        }
     }
-    Ok(behind == 0)
+    Ok(behind == 0 && digest_ok)
 }
 
 /// The URL of a table or one of its keys (the key percent-encoded as one path segment).
@@ -656,25 +1185,138 @@ fn print_key(v: &Value) {
     say!("  version {}", v["version"].as_str().unwrap_or(""));
 }
 
-/// `weft get STREAM [KEY] [--prefix P]`: one key of a table, or its keys.
+/// How `weft get` lists a table's keys (without KEY).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Only keys starting with this.
+    #[arg(long)]
+    pub(crate) prefix: Option<String>,
+    /// Start after this key (the `next_after` a listing printed).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) after: Option<String>,
+    /// Keys per page (the node allows 1 to 1000; it defaults to 100).
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Follow the pages to the table's end (`next_after`), rather than one page.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Also print the table's state digest (SHA-256 of its whole state, equal on two
+    /// replicas exactly when their states are; needs read access to every write).
+    #[arg(long)]
+    pub(crate) digest: bool,
+}
+
+/// What a listing read: every key of the pages read, the digest if asked, and the key to
+/// continue after when keys remain that were not read.
+#[derive(Debug, Default)]
+struct Listing {
+    keys: Vec<Value>,
+    strategy: Value,
+    digest: Option<String>,
+    more_after: Option<Value>,
+}
+
+/// Reads one page of a table's keys, or every page with `all` (following `next_after`;
+/// the digest is asked of the first page only).
+async fn list_keys(
+    conn: &Conn,
+    client: &reqwest::Client,
+    stream: &str,
+    args: &ListArgs,
+) -> anyhow::Result<Listing> {
+    let mut listing = Listing::default();
+    let mut after = args.after.clone();
+    loop {
+        let mut url = table_url(conn, stream, None)?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(p) = &args.prefix {
+                q.append_pair("prefix", p);
+            }
+            if let Some(a) = &after {
+                q.append_pair("after", a);
+            }
+            if let Some(n) = args.limit {
+                q.append_pair("limit", &n.to_string());
+            }
+            if args.digest && listing.digest.is_none() && listing.keys.is_empty() {
+                q.append_pair("digest", "true");
+            }
+        }
+        let resp = authed(conn, client.get(url.clone()))?
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let mut page: Value = check(resp).await?.json().await?;
+        if let Some(d) = page["digest"].as_str() {
+            listing.digest = Some(d.to_string());
+        }
+        listing.strategy = page["strategy"].take();
+        if let Value::Array(keys) = page["keys"].take() {
+            listing.keys.extend(keys);
+        }
+        match page.get("next_after").cloned() {
+            Some(Value::String(next)) if args.all => after = Some(next),
+            Some(Value::Null) | None => return Ok(listing),
+            Some(next) => {
+                if args.all {
+                    bail!(
+                        "the table continues after a key that is not UTF-8 ({next}): --after cannot name it"
+                    );
+                }
+                listing.more_after = Some(next);
+                return Ok(listing);
+            }
+        }
+    }
+}
+
+/// `weft get STREAM [KEY]`: one key of a table, or its keys (a page, or all with --all).
 pub(crate) fn table_get(
     conn: &Conn,
     stream: &str,
     key: Option<&str>,
-    prefix: Option<&str>,
+    list: &ListArgs,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let mut url = table_url(conn, stream, key)?;
-    if let Some(p) = prefix {
-        url.query_pairs_mut().append_pair("prefix", p);
-    }
+    let Some(key) = key else {
+        let l = runtime()?.block_on(list_keys(conn, &reqwest::Client::new(), stream, list))?;
+        if json {
+            let mut body = serde_json::json!({
+                "stream": stream, "strategy": l.strategy, "keys": l.keys,
+            });
+            if let Some(d) = &l.digest {
+                body["digest"] = d.clone().into();
+            }
+            if let Some(a) = &l.more_after {
+                body["next_after"] = a.clone();
+            }
+            say!("{}", serde_json::to_string_pretty(&body)?);
+        } else {
+            for k in &l.keys {
+                print_key(k);
+            }
+            if let Some(d) = &l.digest {
+                say!("digest {d}");
+            }
+        }
+        if let Some(a) = &l.more_after {
+            let shown = a.as_str().map_or_else(|| a.to_string(), str::to_string);
+            eprintln!(
+                "({} key(s) shown; more follow: weft get --after {shown:?} ..., or --all for every page)",
+                l.keys.len()
+            );
+        }
+        return Ok(true);
+    };
+    let url = table_url(conn, stream, Some(key))?;
     let (status, v) = runtime()?.block_on(async {
         let resp = authed(conn, reqwest::Client::new().get(url.clone()))?
             .send()
             .await
             .with_context(|| format!("GET {url}"))?;
         let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND && key.is_some() {
+        if status == reqwest::StatusCode::NOT_FOUND {
             let v: Value = resp.json().await.unwrap_or(Value::Null);
             if v["error"]["reason"] == "no_such_key" {
                 return anyhow::Ok((status, v));
@@ -699,14 +1341,28 @@ pub(crate) fn table_get(
         );
         return Ok(false);
     }
-    if key.is_some() {
-        print_key(&v);
-    } else {
-        for k in v["keys"].as_array().into_iter().flatten() {
-            print_key(k);
-        }
-    }
+    print_key(&v);
     Ok(true)
+}
+
+/// The body `weft put` sends for VALUE as JSON: VALUE itself when it is JSON, else VALUE
+/// as a JSON string, with a note for stderr saying so. With `as_string`, always the JSON string of VALUE (`--string`: `42`
+/// stored as the string "42"), without a note.
+pub(crate) fn json_put_body(value: &str, as_string: bool) -> (String, Option<String>) {
+    let quoted = || Value::String(value.to_string()).to_string();
+    if as_string {
+        return (quoted(), None);
+    }
+    match serde_json::from_str::<Value>(value) {
+        Ok(_) => (value.to_string(), None),
+        Err(e) => (
+            quoted(),
+            Some(format!(
+                "note: VALUE is not JSON ({e}): sent as the JSON string {}; give --string to say so, or valid JSON",
+                quoted()
+            )),
+        ),
+    }
 }
 
 /// What `weft put` writes.
@@ -791,6 +1447,10 @@ pub(crate) struct AuditArgs {
     /// Most entries to print (the node allows 1 to 1000).
     #[arg(long, default_value_t = 50)]
     pub(crate) limit: usize,
+    /// Only entries older than this entry id: the `--before` the previous page's hint
+    /// named (`next_before` in the JSON).
+    #[arg(long, value_name = "ID")]
+    pub(crate) before: Option<i64>,
     /// Only this decision: deny, apply, change, overflow or egress_failed.
     #[arg(long)]
     pub(crate) decision: Option<String>,
@@ -848,6 +1508,9 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
         "reading the audit log needs an admin token: --token, WEFT_TOKEN or --token-file",
     )?;
     let mut query = vec![format!("limit={}", args.limit)];
+    if let Some(b) = args.before {
+        query.push(format!("before={b}"));
+    }
     if let Some(s) = &args.since {
         query.push(format!("since={}", since_ms(s, crate::driver::wall_ms())?));
     }
@@ -914,12 +1577,33 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(b) = v["next_before"].as_i64() {
-        eprintln!(
-            "({} entries shown; older ones: GET /v1/audit?before={b})",
-            entries.len()
-        );
+        eprintln!("{}", older_hint(entries.len(), b));
     }
     Ok(())
+}
+
+/// The hint after a page of the audit log that has older entries: the same command with
+/// `--before` (the other filters kept).
+fn older_hint(shown: usize, next_before: i64) -> String {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Drop a --before already given (either form) so the hint names only the next one.
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--before" {
+            args.drain(i..(i + 2).min(args.len()));
+        } else if args[i].starts_with("--before=") {
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if args.first().map(String::as_str) != Some("audit") {
+        args = vec!["audit".into()];
+    }
+    format!(
+        "({shown} entries shown; older ones: weft {} --before {next_before})",
+        args.join(" ")
+    )
 }
 
 #[cfg(test)]
@@ -931,6 +1615,437 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00.000");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
         assert_eq!(utc(1_798_502_400_123), "2026-12-29 00:00:00.123");
+    }
+
+    /// A stand-in node serving `GET /v1/tables/t` as the node pages it: `n` keys `k000`..,
+    /// `limit` (default 100) per page, `next_after` while more remain, and the digest when
+    /// asked.
+    async fn fake_table(n: usize) -> (String, tokio::task::JoinHandle<()>) {
+        use axum::extract::Query;
+        use std::collections::HashMap;
+        let app = axum::Router::new().route(
+            "/v1/tables/t",
+            axum::routing::get(move |Query(q): Query<HashMap<String, String>>| async move {
+                let limit: usize = q.get("limit").map_or(100, |l| l.parse().unwrap());
+                let keys: Vec<String> = (0..n)
+                    .map(|i| format!("k{i:03}"))
+                    .filter(|k| q.get("after").is_none_or(|a| k > a))
+                    .collect();
+                let page: Vec<Value> = keys
+                    .iter()
+                    .take(limit)
+                    .map(|k| serde_json::json!({"key": k, "strategy": "lww", "value": 1, "version": "v"}))
+                    .collect();
+                let mut body = serde_json::json!({"stream": "t", "strategy": "lww", "keys": page});
+                if keys.len() > limit {
+                    body["next_after"] = keys[limit - 1].clone().into();
+                }
+                if q.get("digest").is_some_and(|d| d == "true") {
+                    body["digest"] = "abcd".into();
+                }
+                axum::Json(body)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        (
+            url,
+            tokio::spawn(async move {
+                axum::serve(listener, app).await.unwrap();
+            }),
+        )
+    }
+
+    /// A listing used to stop at the node's first page without a word: one page now says
+    /// where it continues, and --all follows `next_after` to the end.
+    #[tokio::test]
+    async fn get_lists_one_page_or_all() {
+        let (node, server) = fake_table(250).await;
+        let conn = Conn {
+            node,
+            token: None,
+            token_file: None,
+        };
+        let client = reqwest::Client::new();
+        let one = list_keys(&conn, &client, "t", &ListArgs::default())
+            .await
+            .unwrap();
+        assert_eq!(one.keys.len(), 100);
+        assert_eq!(one.more_after, Some(Value::from("k099")));
+        let all = ListArgs {
+            all: true,
+            digest: true,
+            ..ListArgs::default()
+        };
+        let l = list_keys(&conn, &client, "t", &all).await.unwrap();
+        assert_eq!(l.keys.len(), 250);
+        assert_eq!(l.keys[249]["key"], "k249");
+        assert_eq!(l.more_after, None);
+        assert_eq!(l.digest.as_deref(), Some("abcd"));
+        let from = ListArgs {
+            after: Some("k239".into()),
+            limit: Some(5),
+            ..ListArgs::default()
+        };
+        let l = list_keys(&conn, &client, "t", &from).await.unwrap();
+        assert_eq!(l.keys.len(), 5);
+        assert_eq!(l.keys[0]["key"], "k240");
+        assert_eq!(l.more_after, Some(Value::from("k244")));
+        server.abort();
+    }
+
+    /// A stand-in node serving `GET /v1/streams/s/subscribe` as SSE: events `1`..`10` with
+    /// ids `c1`..`c10`, resuming after `Last-Event-ID`. The first connection breaks after
+    /// `break_after` events (as a node killed with -9 leaves it: the body cut short, an
+    /// error in the client); later ones send what remains and stay open. Acks are
+    /// recorded; so is every connection's `Last-Event-ID`.
+    struct FakeSse {
+        node: String,
+        acks: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        resumed: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    async fn fake_sse(break_after: usize) -> FakeSse {
+        use axum::extract::Query;
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let resumed: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(Vec::new()));
+        let (acks2, resumed2) = (acks.clone(), resumed.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/streams/s/subscribe",
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
+                    let resumed = resumed2.clone();
+                    async move {
+                        let from = headers
+                            .get("last-event-id")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let first = {
+                            let mut r = resumed.lock().unwrap();
+                            r.push(from.clone());
+                            r.len() == 1
+                        };
+                        let start: usize = from.map_or(0, |c| c[1..].parse().unwrap());
+                        let frames: Vec<Result<bytes::Bytes, std::io::Error>> = (start + 1..=10)
+                            .take(if first { break_after } else { usize::MAX })
+                            .map(|i| Ok(format!("id: c{i}\ndata: {{\"n\":{i}}}\n\n").into()))
+                            .collect();
+                        let tail = futures_util::stream::once(async move {
+                            if first {
+                                // Sent first, then the connection dies.
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                Err(std::io::Error::other("killed"))
+                            } else {
+                                std::future::pending().await
+                            }
+                        });
+                        axum::body::Body::from_stream(
+                            futures_util::stream::iter(frames).chain(tail),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/v1/streams/s/subscriptions/d/ack",
+                axum::routing::post(move |Query(q): Query<HashMap<String, String>>| {
+                    let acks = acks2.clone();
+                    async move {
+                        acks.lock().unwrap().push(q["cursor"].clone());
+                        axum::Json(serde_json::json!({"cursor": q["cursor"]}))
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeSse {
+            node,
+            acks,
+            resumed,
+            server,
+        }
+    }
+
+    fn conn_to(node: &str) -> Conn {
+        Conn {
+            node: node.to_string(),
+            token: Some("t".into()),
+            token_file: None,
+        }
+    }
+
+    /// A lost connection used to end the tail with an error: it reconnects, resuming after
+    /// the last event printed, so every event prints once.
+    #[tokio::test]
+    async fn tail_reconnects_and_resumes_after_the_last_event_printed() {
+        let fake = fake_sse(3).await;
+        let mut lines = Vec::new();
+        let args = TailArgs {
+            count: Some(10),
+            timeout: Some(20),
+            reconnect_for: 10,
+            ..TailArgs::default()
+        };
+        let code = follow(
+            &conn_to(&fake.node),
+            "s",
+            &args,
+            |l| lines.push(l.to_string()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0);
+        let want: Vec<String> = (1..=10).map(|i| format!("{{\"n\":{i}}}")).collect();
+        assert_eq!(lines, want);
+        assert_eq!(
+            *fake.resumed.lock().unwrap(),
+            vec![None, Some("c3".to_string())]
+        );
+        // --no-reconnect keeps the old ending: an error at the first loss.
+        let fake = fake_sse(3).await;
+        let args = TailArgs {
+            no_reconnect: true,
+            ..args
+        };
+        let e = follow(
+            &conn_to(&fake.node),
+            "s",
+            &args,
+            |_| {},
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("reading the event stream"),
+            "{e:#}"
+        );
+        fake.server.abort();
+    }
+
+    /// A node that stays down: bounded attempts, then an error that says so.
+    #[tokio::test]
+    async fn tail_gives_up_after_its_reconnection_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let args = TailArgs {
+            reconnect_for: 1,
+            ..TailArgs::default()
+        };
+        let started = std::time::Instant::now();
+        let e = follow(&conn_to(&node), "s", &args, |_| {}, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("gave up reconnecting"), "{e:#}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// SIGINT / SIGTERM used to end a durable tail without acknowledging what it printed:
+    /// the next tail printed it again. The stop acknowledges the last event printed first.
+    #[tokio::test]
+    async fn a_stopped_durable_tail_acknowledges_what_it_printed() {
+        let fake = fake_sse(usize::MAX).await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut tx = Some(tx);
+        let mut printed = 0;
+        let args = TailArgs {
+            durable: Some("d".into()),
+            timeout: Some(20),
+            reconnect_for: 10,
+            ..TailArgs::default()
+        };
+        let code = follow(
+            &conn_to(&fake.node),
+            "s",
+            &args,
+            |_| {
+                printed += 1;
+                if printed == 5 {
+                    tx.take().unwrap().send(()).unwrap();
+                }
+            },
+            async {
+                rx.await.unwrap();
+                130
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 130);
+        assert!(printed >= 5);
+        assert_eq!(*fake.acks.lock().unwrap(), vec![format!("c{printed}")]);
+        fake.server.abort();
+    }
+
+    /// Right after a push the contacted node's gossip about itself can still say the old
+    /// epoch: its own row comes from its own state, so it is not shown behind.
+    #[test]
+    fn policy_status_takes_the_asked_nodes_row_from_its_own_state() {
+        let policy = serde_json::json!({"epoch": 5, "bundle_sha256": "ab"});
+        let status =
+            serde_json::json!({"key": "k1", "name": "eu-1", "region": "r", "jurisdiction": "EU"});
+        let nodes = serde_json::json!({"me": "k1", "nodes": [
+            {"name": "eu-1", "key": "k1", "alive": true, "policy_epoch": 4, "age_ms": 900},
+            {"name": "us-1", "key": "k2", "alive": true, "policy_epoch": 5, "age_ms": 100},
+        ]});
+        let rows = policy_rows(&policy, &nodes, &status);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["policy_epoch"], 5);
+        assert_eq!(rows[0]["this_node"], true);
+        assert_eq!(rows[1]["policy_epoch"], 5);
+        // Not in the gossiped view at all: added from /v1/status.
+        let nodes = serde_json::json!({"me": "k1", "nodes": [
+            {"name": "us-1", "key": "k2", "alive": true, "policy_epoch": 5, "age_ms": 100},
+        ]});
+        let rows = policy_rows(&policy, &nodes, &status);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0]["name"].as_str(), rows[0]["policy_epoch"].as_u64()),
+            (Some("eu-1"), Some(5))
+        );
+    }
+
+    /// A stand-in node taking `POST /v1/streams/s/events` under a burst of 3: a larger
+    /// batch is 400 `batch_over_burst`; request number `busy_at` (from 1) is answered 429
+    /// with `Retry-After: 1` once. Records each accepted batch's data.
+    async fn fake_publish(
+        busy_at: usize,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<Vec<Value>>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use std::sync::{Arc, Mutex};
+        let got: Arc<Mutex<Vec<Vec<Value>>>> = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let got2 = got.clone();
+        let app = axum::Router::new().route(
+            "/v1/streams/s/events",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (got, calls) = (got2.clone(), calls.clone());
+                async move {
+                    use axum::response::IntoResponse as _;
+                    let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                    if call == busy_at {
+                        return (
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            axum::Json(serde_json::json!({"error": {"reason": "rate_limited", "message": "over"}})),
+                        )
+                            .into_response();
+                    }
+                    if batch.len() > 3 {
+                        return (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            axum::Json(serde_json::json!({"error": {"reason": "batch_over_burst", "message": "burst 3"}})),
+                        )
+                            .into_response();
+                    }
+                    let ids: Vec<String> = batch.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+                    got.lock().unwrap().push(batch.iter().map(|e| e["data"].clone()).collect());
+                    axum::Json(serde_json::json!({"ids": ids})).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (node, got, server)
+    }
+
+    fn publisher(node: &str) -> Publisher<'static> {
+        Publisher {
+            client: reqwest::Client::new(),
+            url: format!("{node}/v1/streams/s/events?ack=local"),
+            token: "t".into(),
+            ty: "weft.cli",
+            key: None,
+        }
+    }
+
+    /// Input used to be read to its end before anything was sent: a line followed by a
+    /// pause is published during the pause (after the linger), not after it.
+    #[tokio::test]
+    async fn publish_sends_what_it_has_after_the_linger() {
+        let (node, got, server) = fake_publish(0).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let args = PublishArgs {
+            batch: 100,
+            linger_ms: 100,
+        };
+        let task =
+            tokio::spawn(async move { publish_lines(&publisher(&node), rx, &args, |_| {}).await });
+        tx.send(Ok("{\"n\":1}".to_string())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            *got.lock().unwrap(),
+            vec![vec![serde_json::json!({"n": 1})]],
+            "not sent during the pause"
+        );
+        tx.send(Ok("{\"n\":2}".to_string())).await.unwrap();
+        drop(tx);
+        assert_eq!(task.await.unwrap().unwrap(), 2);
+        assert_eq!(got.lock().unwrap().len(), 2);
+        server.abort();
+    }
+
+    /// Under a burst of 3, 5 lines used to be one request refused 400
+    /// `batch_over_burst`: the batch is split down, and a 429 is retried after its
+    /// Retry-After; every line is published once, in order.
+    #[tokio::test]
+    async fn publish_splits_over_the_burst_and_honours_retry_after() {
+        let (node, got, server) = fake_publish(3).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for n in 1..=5 {
+            tx.send(Ok(format!("{{\"n\":{n}}}"))).await.unwrap();
+        }
+        drop(tx);
+        let args = PublishArgs {
+            batch: 100,
+            linger_ms: 100,
+        };
+        let mut answers = 0;
+        let n = publish_lines(&publisher(&node), rx, &args, |_| answers += 1)
+            .await
+            .unwrap();
+        assert_eq!(n, 5);
+        let got = got.lock().unwrap().clone();
+        let flat: Vec<Value> = got.iter().flatten().cloned().collect();
+        let want: Vec<Value> = (1..=5).map(|n| serde_json::json!({"n": n})).collect();
+        assert_eq!(flat, want);
+        assert!(got.iter().all(|b| b.len() <= 3), "{got:?}");
+        assert_eq!(answers, got.len());
+        server.abort();
+    }
+
+    #[test]
+    fn put_says_when_a_value_is_not_json() {
+        assert_eq!(
+            json_put_body("{\"a\": 1}", false),
+            ("{\"a\": 1}".into(), None)
+        );
+        assert_eq!(json_put_body("42", false), ("42".into(), None));
+        assert_eq!(json_put_body("42", true), ("\"42\"".into(), None));
+        let (body, note) = json_put_body("dark mode", false);
+        assert_eq!(body, "\"dark mode\"");
+        assert!(note.expect("a note").contains("not JSON"));
+        assert_eq!(json_put_body("dark", true), ("\"dark\"".into(), None));
+    }
+
+    #[test]
+    fn the_audit_hint_names_the_cli_flag() {
+        let hint = older_hint(50, 4);
+        assert!(hint.contains("--before 4"), "{hint}");
+        assert!(!hint.contains("GET /v1/audit"), "{hint}");
     }
 
     #[test]

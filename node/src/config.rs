@@ -398,7 +398,7 @@ impl NodeConfig {
                 Some((trust, p.bundle.clone()))
             }
         };
-        let mut tokens = Vec::new();
+        let mut tokens: Vec<([u8; 32], Principal)> = Vec::new();
         for (i, p) in self.principals.iter().enumerate() {
             if p.name.is_empty() || p.name.len() > weft_fabric::limits::NAME_LEN_MAX {
                 bail!(field_err(
@@ -412,10 +412,32 @@ impl NodeConfig {
                     "must be 1 to 128 bytes"
                 ));
             }
-            tokens.push((
-                hex32(&format!("principals[{i}].token_sha256"), &p.token_sha256)?,
-                p.clone(),
-            ));
+            let hash = hex32(&format!("principals[{i}].token_sha256"), &p.token_sha256)?;
+            // One token signs in as one principal: a second principal with the same hash
+            // would sign in as whichever the lookup keeps (an admin's token given to a
+            // service, say), and two principals of one name would be one in the audit log
+            // and the security context of what they publish.
+            for (j, (other_hash, other)) in tokens.iter().enumerate() {
+                if *other_hash == hash {
+                    bail!(field_err(
+                        &format!("principals[{i}].token_sha256"),
+                        format!(
+                            "principals {:?} (principals[{j}]) and {:?} (principals[{i}]) have the same token_sha256: each principal needs a token of its own (weft keygen --client)",
+                            other.name, p.name
+                        )
+                    ));
+                }
+                if other.name == p.name {
+                    bail!(field_err(
+                        &format!("principals[{i}].name"),
+                        format!(
+                            "principals[{j}] and principals[{i}] are both named {:?}: names must be unique",
+                            p.name
+                        )
+                    ));
+                }
+            }
+            tokens.push((hash, p.clone()));
         }
         let l = &self.limits;
         for (field, value) in [
@@ -718,6 +740,22 @@ http = "127.0.0.1:8400"
                 "edge.devices[1].name",
             ),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
+            // One token, two principals: the token would sign in as either.
+            (
+                format!(
+                    "{GOOD}\n[[principals]]\nname = \"admin\"\ntenant = \"ops\"\ntoken_sha256 = \"{h}\"\nadmin = true\n[[principals]]\nname = \"orders-svc\"\ntenant = \"shop\"\ntoken_sha256 = \"{h}\"\n",
+                    h = "ab".repeat(32)
+                ),
+                "principals \"admin\" (principals[0]) and \"orders-svc\" (principals[1]) have the same token_sha256",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[principals]]\nname = \"svc\"\ntenant = \"a\"\ntoken_sha256 = \"{}\"\n[[principals]]\nname = \"svc\"\ntenant = \"b\"\ntoken_sha256 = \"{}\"\n",
+                    "ab".repeat(32),
+                    "cd".repeat(32)
+                ),
+                "principals[0] and principals[1] are both named \"svc\"",
+            ),
             (
                 GOOD.replace("data_dir", "streams = [\"a..b\"]\ndata_dir"),
                 "streams[0]",

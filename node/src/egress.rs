@@ -354,11 +354,11 @@ fn sign_derived(
         &stamp.residency,
     ) {
         return Err(Failure::ResidencyIngress(format!(
-            "{} in {} is outside class {} (residency {:?}, policy epoch {})",
+            "{} in {} is outside class {} (residency {}, policy epoch {})",
             api.me.jurisdiction,
             api.me.region,
             stamp.classification,
-            stamp.residency,
+            weft_policy::residency_text(&stamp.residency),
             policy.epoch()
         )));
     }

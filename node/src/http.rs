@@ -1844,11 +1844,11 @@ pub(crate) fn presigned_refusal(
             StatusCode::FORBIDDEN,
             code,
             format!(
-                "event {} on {}: classification {:?} with residency {:?} refused by policy epoch {}: {}",
+                "event {} on {}: classification {:?} with residency {} refused by policy epoch {}: {}",
                 event.id(),
                 event.stream().as_str(),
                 security.classification,
-                security.residency,
+                weft_policy::residency_text(&security.residency),
                 policy.epoch(),
                 decision.reason
             ),
@@ -1880,9 +1880,10 @@ fn check_may_hold(
         StatusCode::FORBIDDEN,
         "residency_ingress",
         format!(
-            "this node ({} in {}) may not hold events of class {classification} (residency {residency:?}, policy epoch {}): publish through a node inside the residency set",
+            "this node ({} in {}) may not hold events of class {classification} (residency {}, policy epoch {}): publish through a node inside the residency set",
             api.me.jurisdiction,
             api.me.region,
+            weft_policy::residency_text(residency),
             policy.epoch()
         ),
     ))
@@ -2768,6 +2769,7 @@ async fn policy_get(State(api): State<Arc<Api>>) -> Response {
     let b = p.bundle();
     axum::Json(json!({
         "epoch": p.epoch(),
+        "bundle_sha256": applied.bundle_sha256(),
         "signers": applied.signers,
         "description": b.description,
         "jurisdictions": b.jurisdictions.keys().collect::<Vec<_>>(),

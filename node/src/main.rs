@@ -140,6 +140,10 @@ enum PolicyCommand {
         /// Exit with status 1 unless every live node has this epoch.
         #[arg(long, value_name = "EPOCH")]
         expect: Option<u64>,
+        /// Exit with status 1 unless the contacted node enforces the bundle of this
+        /// SHA-256 (`bundle_sha256` of GET /v1/policy; gossip carries epochs only).
+        #[arg(long, value_name = "HEX")]
+        expect_digest: Option<String>,
     },
 }
 
@@ -191,7 +195,9 @@ enum Command {
         base_port: u16,
     },
     /// Check a node config the way `weft node` does at start (every field, with errors
-    /// naming it) without starting anything; key and data paths are resolved, not opened.
+    /// naming it; the `[policy] bundle` read and verified, and the jurisdiction claim
+    /// checked when the key file is readable) without starting anything; the store is not
+    /// opened.
     CheckConfig {
         /// The node's TOML config.
         #[arg(long)]
@@ -247,16 +253,19 @@ enum Command {
         ty: String,
         /// Stream to publish to, e.g. orders.eu.
         stream: String,
-        /// The event data (JSON or text); `-` or nothing reads lines from standard input.
+        /// The event data (JSON or text); `-` or nothing reads lines from standard input,
+        /// one event per line, sent as they come (see --batch, --linger-ms).
         data: Option<String>,
+        #[command(flatten)]
+        batching: client::PublishArgs,
     },
-    /// Read a keyed table (docs/tables.md): one key, or the keys (with --prefix).
+    /// Read a keyed table (docs/tables.md): one key, or its keys a page at a time (100 by
+    /// default; --all for every page).
     Get {
         #[command(flatten)]
         conn: client::Conn,
-        /// Only keys starting with this.
-        #[arg(long)]
-        prefix: Option<String>,
+        #[command(flatten)]
+        list: client::ListArgs,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
@@ -276,9 +285,13 @@ enum Command {
         /// Supersede the versions a read returned (multi-value: resolves siblings).
         #[arg(long)]
         version: Option<String>,
-        /// Content type of VALUE.
+        /// Content type of VALUE. With application/json (the default), a VALUE that is
+        /// not JSON is sent as a JSON string, with a note on stderr.
         #[arg(long, default_value = "application/json")]
         content_type: String,
+        /// Send VALUE as a JSON string even when it reads as JSON (`42` as "42").
+        #[arg(long, conflicts_with = "content_type")]
+        string: bool,
         /// Counter: add this (negative to subtract).
         #[arg(long, allow_hyphen_values = true)]
         add: Option<i64>,
@@ -307,26 +320,15 @@ enum Command {
         /// The key.
         key: String,
     },
-    /// Follow a stream (Server-Sent Events), printing one CloudEvents JSON per line.
+    /// Follow a stream (Server-Sent Events), printing one CloudEvents JSON per line;
+    /// reconnects when the connection is lost, resuming after the last event printed.
+    /// Ends with status 130 on SIGINT and 143 on SIGTERM (a durable tail acknowledges
+    /// what it printed first).
     Tail {
         #[command(flatten)]
         conn: client::Conn,
-        /// Start after this cursor: a token the node gave (an event's `weftcursor`, the
-        /// SSE id, `weft-next-cursor`), or 0 for the beginning.
-        #[arg(long, conflicts_with = "last")]
-        after: Option<String>,
-        /// Start with the newest N events (that this token may read).
-        #[arg(long)]
-        last: Option<usize>,
-        /// A durable subscription name: resumes where it left off, across restarts.
-        #[arg(long)]
-        durable: Option<String>,
-        /// Stop after this many events.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Give up after this many seconds.
-        #[arg(long)]
-        timeout: Option<u64>,
+        #[command(flatten)]
+        args: client::TailArgs,
         /// The stream.
         stream: String,
     },
@@ -411,6 +413,25 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => {
             let c = config::NodeConfig::load(&config)?;
             let raw = &c.raw;
+            // The bundle as `weft node` verifies it at start (same function): a missing,
+            // malformed or under-signed bundle stops the node, so it fails the check too.
+            // The key is read only for the jurisdiction claim; without it, that is skipped.
+            let node_key = keys::load(&c.key_path)
+                .ok()
+                .map(|seed| weft_fabric::Signer::from_secret(&seed).origin().0);
+            let policy = match &c.policy {
+                None => None,
+                Some((trust, path)) => Some(
+                    policy_push::check_configured(
+                        trust,
+                        path.as_deref(),
+                        node_key,
+                        &raw.jurisdiction,
+                        &raw.region,
+                    )
+                    .with_context(|| format!("config {}", config.display()))?,
+                ),
+            };
             say!("{}: ok", config.display());
             say!(
                 "name {} in {} ({}, {}); mesh {} (advertised {}), HTTP {}",
@@ -430,8 +451,24 @@ fn run() -> anyhow::Result<ExitCode> {
                 c.streams.len(),
                 if raw.chaos.enabled { "enabled" } else { "off" }
             );
+            match &policy {
+                None => say!("no policy configured"),
+                Some(None) => say!(
+                    "policy: operator trust only, no bundle configured (the node serves no data until one is pushed)"
+                ),
+                Some(Some(v)) => say!(
+                    "policy bundle epoch {} verified ({} signer(s)); jurisdiction claim {}",
+                    v.policy.epoch(),
+                    v.signers.len(),
+                    if node_key.is_some() {
+                        "granted"
+                    } else {
+                        "not checked (key file not readable)"
+                    }
+                ),
+            }
             say!(
-                "key file {} and data dir {} (not opened by check-config)",
+                "key file {} and data dir {} (the store is not opened by check-config)",
                 c.key_path.display(),
                 c.data_dir.display()
             );
@@ -452,8 +489,13 @@ fn run() -> anyhow::Result<ExitCode> {
                     bundle,
                 } => policy_cli::verify(&bundle, &operators, threshold, epoch)?,
                 PolicyCommand::Push { conn, bundle } => client::policy_push(&conn, &bundle)?,
-                PolicyCommand::Status { conn, json, expect } => {
-                    if !client::policy_status(&conn, json, expect)? {
+                PolicyCommand::Status {
+                    conn,
+                    json,
+                    expect,
+                    expect_digest,
+                } => {
+                    if !client::policy_status(&conn, json, expect, expect_digest.as_deref())? {
                         return Ok(ExitCode::FAILURE);
                     }
                 }
@@ -491,18 +533,30 @@ fn run() -> anyhow::Result<ExitCode> {
             ty,
             stream,
             data,
+            batching,
         } => {
-            client::publish(&conn, &stream, data, &ack, key, &ty)?;
+            client::publish(&conn, &stream, data, &ack, (key, &ty), &batching)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Get {
             conn,
-            prefix,
+            list,
             json,
             stream,
             key,
         } => {
-            let found = client::table_get(&conn, &stream, key.as_deref(), prefix.as_deref(), json)?;
+            if key.is_some()
+                && (list.prefix.is_some()
+                    || list.after.is_some()
+                    || list.limit.is_some()
+                    || list.all
+                    || list.digest)
+            {
+                anyhow::bail!(
+                    "--prefix, --after, --limit, --all and --digest list a table's keys: give no KEY with them"
+                );
+            }
+            let found = client::table_get(&conn, &stream, key.as_deref(), &list, json)?;
             Ok(if found {
                 ExitCode::SUCCESS
             } else {
@@ -514,6 +568,7 @@ fn run() -> anyhow::Result<ExitCode> {
             ack,
             version,
             content_type,
+            string,
             add,
             insert,
             remove,
@@ -521,6 +576,16 @@ fn run() -> anyhow::Result<ExitCode> {
             key,
             value,
         } => {
+            let value = value.map(|v| {
+                if content_type != "application/json" {
+                    return v;
+                }
+                let (body, note) = client::json_put_body(&v, string);
+                if let Some(n) = note {
+                    eprintln!("{n}");
+                }
+                body
+            });
             let write = match (value, add, insert.is_empty(), remove.is_empty()) {
                 (Some(v), None, true, true) => client::TableWrite::Value(v, content_type),
                 (None, Some(n), true, true) => client::TableWrite::Add(n),
@@ -542,17 +607,8 @@ fn run() -> anyhow::Result<ExitCode> {
             client::table_write(&conn, &stream, &key, None, None, &ack)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tail {
-            conn,
-            after,
-            last,
-            durable,
-            count,
-            timeout,
-            stream,
-        } => {
-            client::tail(&conn, &stream, (after, last), durable, count, timeout)?;
-            Ok(ExitCode::SUCCESS)
+        Command::Tail { conn, args, stream } => {
+            Ok(ExitCode::from(client::tail(&conn, &stream, &args)?))
         }
         Command::Peers { conn, json } => {
             client::peers(&conn, json)?;

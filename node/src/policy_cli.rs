@@ -75,9 +75,34 @@ pub(crate) fn sign(
     );
     say!("  {}", summary(&inner));
     warn_deny_lists(&inner);
+    let mut added = 0;
     for key in keys {
-        let secret = crate::keys::load(key)?;
-        signed.add_signature(&SigningKey::from_bytes(&secret));
+        let signing = SigningKey::from_bytes(&crate::keys::load(key)?);
+        let signer = signing.verifying_key().to_bytes();
+        if signed.signatures.iter().any(|(s, _)| *s == signer) {
+            say!(
+                "note: {} ({}) had already signed this bundle: no signature added for it",
+                key.display(),
+                hex::encode(signer)
+            );
+            continue;
+        }
+        signed.add_signature(&signing);
+        added += 1;
+    }
+    if added == 0 {
+        // Every key had signed (a repeated --key, or --add-to with one's own signed
+        // output): nothing new to write. Not an error, so re-running a signing step is
+        // harmless, but it says so.
+        say!(
+            "nothing added: {} still has {} signature(s); the next operator must sign with their own key",
+            add_to.unwrap_or(out).display(),
+            signed.signatures.len()
+        );
+        // With another --out it is written anyway, so a script's next step finds it.
+        if add_to.is_none_or(|a| a == out) {
+            return Ok(());
+        }
     }
     let bytes = signed.encode();
     if out.exists() && add_to != Some(out) {
@@ -185,4 +210,65 @@ fn summary(b: &Bundle) -> String {
 /// The epoch of canonical bundle bytes, for an error message ("?" if they do not decode).
 fn epoch_of(bundle: &[u8]) -> String {
     Bundle::from_cbor(bundle).map_or_else(|_| "?".into(), |b| b.epoch.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyfile(dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        crate::keys::generate(&p).expect("keygen");
+        p
+    }
+
+    const BUNDLE: &str = "format = 1\nepoch = 3\n[jurisdictions.EU]\nregions = [\"aws:eu-west-1\"]\n[classes.public]\nanywhere = true\n";
+
+    /// `--add-to` with a key that already signed adds nothing, leaves the file as it was
+    /// and succeeds; a new key adds its signature.
+    #[test]
+    fn add_to_with_a_key_that_already_signed_adds_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (a, b) = (keyfile(dir.path(), "a.key"), keyfile(dir.path(), "b.key"));
+        let toml = dir.path().join("b.toml");
+        std::fs::write(&toml, BUNDLE).expect("write");
+        let out = dir.path().join("b.cbor");
+        sign(Some(&toml), None, std::slice::from_ref(&a), &out).expect("sign");
+        let before = std::fs::read(&out).expect("read");
+        sign(Some(&toml), Some(&out), std::slice::from_ref(&a), &out).expect("again");
+        assert_eq!(std::fs::read(&out).expect("read"), before, "rewritten");
+        sign(Some(&toml), Some(&out), &[a, b], &out).expect("co-sign");
+        let signed = SignedBundle::decode(&std::fs::read(&out).expect("read")).expect("decode");
+        assert_eq!(signed.signatures.len(), 2);
+    }
+
+    /// Messages a user sees: no Rust debug text for garbage CBOR, a TOML syntax error
+    /// with its line and column, a residency set as its codes.
+    #[test]
+    fn bundle_errors_read_as_words() {
+        let e = SignedBundle::decode(b"\x82\x63ab")
+            .expect_err("truncated")
+            .to_string();
+        assert!(!e.contains("Eof") && !e.contains("``"), "{e}");
+        assert!(e.contains("truncated") && e.contains("byte"), "{e}");
+        let e = SignedBundle::decode(&[0xff, 0x00])
+            .expect_err("junk")
+            .to_string();
+        assert!(e.contains("not valid CBOR at byte 0"), "{e}");
+        let e = Bundle::from_toml("format = 1\nepoch = = 3\n")
+            .expect_err("syntax")
+            .to_string();
+        assert!(
+            e.contains("not valid TOML") && e.contains("line 2, column"),
+            "{e}"
+        );
+        let e = Bundle::from_toml("format = 1\nepoch = \"x\"\n")
+            .expect_err("type")
+            .to_string();
+        assert!(e.contains("bundle field `epoch`"), "{e}");
+        let r = weft_fabric::Residency::only(["EU"]).expect("residency");
+        assert_eq!(weft_policy::residency_text(&r), "EU");
+        let r = weft_fabric::Residency::only(["US", "EU"]).expect("residency");
+        assert_eq!(weft_policy::residency_text(&r), "EU, US");
+    }
 }

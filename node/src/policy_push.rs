@@ -155,6 +155,45 @@ pub(crate) fn carried_bundle(event: &Event) -> Result<&[u8], &'static str> {
 /// applied (kept in the store), whichever has the higher epoch and verifies. A stored
 /// bundle that no longer verifies (the operator trust changed) is skipped with a warning;
 /// a configured bundle that does not verify stops the node (an operator error).
+/// Reads the bundle file `[policy] bundle` names, if any: what [`at_start`] takes as
+/// `configured` (both `weft node` and `weft check-config` read it here).
+pub(crate) fn read_configured(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    use anyhow::Context as _;
+    path.map(|p| std::fs::read(p).with_context(|| format!("reading policy bundle {}", p.display())))
+        .transpose()
+}
+
+/// What `weft check-config` says of `[policy]`: the configured bundle read and verified
+/// by [`at_start`] exactly as a starting node does (nothing stored is taken into account,
+/// as a fresh node would start), then this node's jurisdiction claim checked against it
+/// when its key can be read. Errors name the bundle and why a node would refuse it.
+pub(crate) fn check_configured(
+    trust: &Trust,
+    path: Option<&std::path::Path>,
+    node_key: Option<[u8; 32]>,
+    jurisdiction: &str,
+    region: &str,
+) -> anyhow::Result<Option<VerifiedBundle>> {
+    let shown = path.map_or(String::new(), |p| p.display().to_string());
+    let configured = read_configured(path)?;
+    let chosen = at_start(trust, configured, None, |_| {})
+        .map_err(|e| anyhow::anyhow!("policy bundle {shown}: {e}"))?;
+    let Some((verified, _)) = chosen else {
+        return Ok(None);
+    };
+    if let Some(key) = node_key {
+        let claim = verified.policy.claim(&key, jurisdiction, region);
+        if !claim.allowed {
+            anyhow::bail!(
+                "policy epoch {} does not grant this node's key jurisdiction {jurisdiction} in region {region}: {}",
+                verified.policy.epoch(),
+                claim.reason
+            );
+        }
+    }
+    Ok(Some(verified))
+}
+
 pub(crate) fn at_start(
     trust: &Trust,
     configured: Option<Vec<u8>>,
@@ -232,6 +271,59 @@ mod tests {
         let e =
             at_start(&trust, Some(signed(2, &other)), None, |_| {}).expect_err("unknown signer");
         assert_eq!(e.code(), "bundle_unknown_signer");
+    }
+
+    /// `weft check-config` verifies the configured bundle as a starting node does: a
+    /// missing file, bytes that are not a bundle and too few signatures are errors naming
+    /// the problem; a good bundle passes, and its jurisdiction claim is checked.
+    #[test]
+    fn check_config_refuses_what_the_node_refuses() {
+        let (a, b) = (
+            SigningKey::from_bytes(&[7; 32]),
+            SigningKey::from_bytes(&[8; 32]),
+        );
+        let trust = Trust::new(
+            vec![a.verifying_key().to_bytes(), b.verifying_key().to_bytes()],
+            2,
+        )
+        .expect("trust");
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).expect("write");
+            p
+        };
+        let check = |p: &std::path::Path| {
+            check_configured(&trust, Some(p), None, "EU", "aws:eu-west-1")
+                .map(|v| v.map(|v| v.policy.epoch()))
+                .map_err(|e| format!("{e:#}"))
+        };
+        let missing = dir.path().join("absent.cbor");
+        assert!(
+            check(&missing)
+                .unwrap_err()
+                .contains("reading policy bundle")
+        );
+        let junk = write("junk.cbor", b"not a bundle");
+        assert!(check(&junk).unwrap_err().contains("junk.cbor"));
+        let one = write("one.cbor", &signed(3, &a));
+        let e = check(&one).unwrap_err();
+        assert!(e.contains("one.cbor") && e.contains("1"), "{e}");
+        let both = write(
+            "both.cbor",
+            &weft_policy::sign_bundle(&bundle(3), &[&a, &b]).expect("sign"),
+        );
+        assert_eq!(check(&both), Ok(Some(3)));
+        // No node in the bundle's grants: a node key claiming EU is refused, as at start.
+        let e = check_configured(&trust, Some(&both), Some([9; 32]), "EU", "aws:eu-west-1")
+            .unwrap_err();
+        assert!(format!("{e}").contains("does not grant"), "{e}");
+        assert_eq!(
+            check_configured(&trust, None, None, "EU", "aws:eu-west-1")
+                .map(|v| v.is_none())
+                .ok(),
+            Some(true)
+        );
     }
 
     /// Two different bundles of one epoch: whichever a node applied first, the one whose

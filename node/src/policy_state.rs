@@ -21,6 +21,17 @@ pub(crate) struct Applied {
     pub(crate) signed: Arc<Vec<u8>>,
 }
 
+impl Applied {
+    /// Hex SHA-256 of the canonical bundle bytes in force (what the operators signed, not
+    /// the signatures): two nodes with equal digests enforce the same bundle, which equal
+    /// epochs alone do not show (two bundles signed for one epoch).
+    pub(crate) fn bundle_sha256(&self) -> Option<String> {
+        use sha2::Digest as _;
+        let signed = weft_policy::SignedBundle::decode(&self.signed).ok()?;
+        Some(hex::encode(sha2::Sha256::digest(&signed.bundle)))
+    }
+}
+
 /// The node's policy: none (every principal with a token may do anything) or one applied
 /// bundle.
 #[derive(Debug, Default)]

@@ -119,13 +119,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let (trust, policy) = match &config.policy {
         None => (None, None),
         Some((trust, path)) => {
-            let configured = match path {
-                None => None,
-                Some(path) => Some(
-                    std::fs::read(path)
-                        .with_context(|| format!("reading policy bundle {}", path.display()))?,
-                ),
-            };
+            let configured = crate::policy_push::read_configured(path.as_deref())?;
             let stored = store.meta_get(crate::policy_push::META_KEY)?;
             let stale = |e: &weft_policy::VerifyError| {
                 audit.deny(

@@ -376,15 +376,30 @@ impl Bundle {
                 max: BUNDLE_TOML_LEN_MAX,
             });
         }
+        // A syntax error has no field path: it is reported with its line and column.
+        let located = |e: &toml::de::Error| match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: {}", e.message().trim())
+            }
+            None => e.message().trim().to_string(),
+        };
         let de = toml::Deserializer::parse(text).map_err(|e| BundleError::Toml {
             path: String::new(),
-            message: e.to_string(),
+            message: located(&e),
         })?;
         let bundle: Bundle = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
+            let inner = e.into_inner();
             BundleError::Toml {
-                path,
-                message: e.into_inner().message().to_string(),
+                message: if path.is_empty() || path == "." {
+                    located(&inner)
+                } else {
+                    inner.message().to_string()
+                },
+                path: if path == "." { String::new() } else { path },
             }
         })?;
         crate::Policy::compile(&bundle)?;

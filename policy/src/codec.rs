@@ -70,13 +70,16 @@ pub(crate) fn decode_bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
             max: BUNDLE_LEN_MAX,
         });
     }
-    let mut de = cbor4ii::serde::Deserializer::new(SliceReader::new(bytes));
-    let bundle: Bundle = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let mut de = cbor4ii::serde::Deserializer::new(Counting::new(bytes));
+    let result: Result<Bundle, _> = serde_path_to_error::deserialize(&mut de);
+    let at = de.into_inner().pos;
+    let bundle = result.map_err(|e| {
         let path = e.path().to_string();
-        BundleError::Cbor {
-            path,
-            detail: e.into_inner().to_string(),
-        }
+        let detail = match e.into_inner() {
+            cbor4ii::serde::DecodeError::Core(e) => describe(&e, at, bytes.len()),
+            cbor4ii::serde::DecodeError::Custom(m) => format!("{m} (at byte {at})"),
+        };
+        BundleError::Cbor { path, detail }
     })?;
     let again = encode_bundle(&bundle);
     if let Some(offset) = first_difference(bytes, &again) {
@@ -98,12 +101,75 @@ pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     )
 }
 
+/// A [`SliceReader`] that counts the bytes read, so a decoding error can say where.
+struct Counting<'a> {
+    inner: SliceReader<'a>,
+    pos: usize,
+}
+
+impl<'a> Counting<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Counting {
+            inner: SliceReader::new(bytes),
+            pos: 0,
+        }
+    }
+}
+
+impl<'de> cbor4ii::core::dec::Read<'de> for Counting<'de> {
+    type Error = <SliceReader<'de> as cbor4ii::core::dec::Read<'de>>::Error;
+
+    fn fill<'b>(
+        &'b mut self,
+        want: usize,
+    ) -> Result<cbor4ii::core::dec::Reference<'de, 'b>, Self::Error> {
+        self.inner.fill(want)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        self.inner.advance(n);
+    }
+
+    fn step_in(&mut self) -> bool {
+        self.inner.step_in()
+    }
+
+    fn step_out(&mut self) {
+        self.inner.step_out();
+    }
+}
+
+/// A decoder error in words, with the byte offset where decoding stopped (the decoder's
+/// own text is its Rust debug form).
+fn describe<E: std::fmt::Debug>(
+    e: &cbor4ii::core::error::DecodeError<E>,
+    at: usize,
+    len: usize,
+) -> String {
+    use cbor4ii::core::error::DecodeError as D;
+    match e {
+        D::Eof { name, .. } => {
+            format!("not valid CBOR: truncated, the input ends at byte {len} inside a {name}")
+        }
+        D::Mismatch { name, found } | D::Unsupported { name, found } => format!(
+            "not valid CBOR at byte {at}: expected a {name}, found initial byte 0x{found:02x}"
+        ),
+        D::RequireUtf8 { name } => format!("not valid CBOR at byte {at}: {name} is not UTF-8"),
+        D::DepthOverflow { .. } => format!("not valid CBOR at byte {at}: nested too deeply"),
+        D::LengthOverflow { name, .. } | D::CastOverflow { name } => {
+            format!("not valid CBOR at byte {at}: the length of a {name} is too large")
+        }
+        other => format!("not valid CBOR at byte {at}: {other:?}"),
+    }
+}
+
 /// Decodes a generic value (for the signed-bundle wrapper).
 pub(crate) fn decode_value(bytes: &[u8]) -> Result<Value, BundleError> {
-    let mut reader = SliceReader::new(bytes);
+    let mut reader = Counting::new(bytes);
     let value = Value::decode(&mut reader).map_err(|e| BundleError::Cbor {
         path: String::new(),
-        detail: format!("{e:?}"),
+        detail: describe(&e, reader.pos, bytes.len()),
     })?;
     // Trailing bytes, and any non-canonical form, are caught by the caller's re-encoding.
     Ok(value)

@@ -18,7 +18,7 @@ pub enum BundleError {
         max: usize,
     },
     /// The TOML text does not parse, has an unknown field or a value of the wrong type.
-    #[error("bundle field `{path}`: {message}")]
+    #[error("{}", if path.is_empty() { format!("bundle is not valid TOML: {message}") } else { format!("bundle field `{path}`: {message}") })]
     Toml {
         /// Dotted path of the field (empty when the text is not TOML at all).
         path: String,
@@ -26,7 +26,7 @@ pub enum BundleError {
         message: String,
     },
     /// The CBOR is malformed, has an unknown field or a value of the wrong type.
-    #[error("malformed bundle CBOR at `{path}`: {detail}")]
+    #[error("{}", cbor_text(path, detail))]
     Cbor {
         /// Dotted path of the field being decoded.
         path: String,
@@ -250,4 +250,14 @@ pub enum TransformError {
         /// What was asked.
         reason: &'static str,
     },
+}
+
+/// [`BundleError::Cbor`] in words: no empty path shown, and a decoder's own "not valid
+/// CBOR" detail not prefixed again.
+fn cbor_text(path: &str, detail: &str) -> String {
+    match (path.is_empty(), detail.starts_with("not valid CBOR")) {
+        (true, true) => detail.to_string(),
+        (true, false) => format!("malformed bundle CBOR: {detail}"),
+        (false, _) => format!("malformed bundle CBOR at `{path}`: {detail}"),
+    }
 }

@@ -34,7 +34,7 @@ pub use bundle::{
 pub use error::{BundleError, TransformError, TrustError, VerifyError};
 pub use policy::{
     AccessRequest, Class, Decision, Enrollment, EventScope, Hop, HopDecision, HopReason, Placement,
-    Policy, PolicyFilter, RateLimit, RateLimits, Reason, Stamp, StreamRuleInfo,
+    Policy, PolicyFilter, RateLimit, RateLimits, Reason, Stamp, StreamRuleInfo, residency_text,
 };
 pub use sign::{
     BUNDLE_SIGNING_CONTEXT, SignedBundle, Trust, VerifiedBundle, sign_bundle, signed_bytes,

@@ -1017,6 +1017,19 @@ fn codes(r: &Residency) -> String {
     }
 }
 
+/// A residency set in words for messages: its jurisdiction codes (`EU`, `EU, US`), or
+/// `anywhere` when unrestricted (its `Debug` form is Rust syntax).
+pub fn residency_text(r: &Residency) -> String {
+    match r {
+        Residency::Unrestricted => "anywhere".into(),
+        Residency::Only(set) => set
+            .iter()
+            .map(|j| j.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Whether residency `a` is inside `b`.
 fn within(a: &Residency, b: &Residency) -> bool {
     match (a, b) {
