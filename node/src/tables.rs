@@ -2578,7 +2578,7 @@ fn check_op(api: &Api, stream: &str, strategy: Strategy, op: Option<&str>) -> Ap
         StatusCode::BAD_REQUEST,
         "wrong_op",
         format!(
-            "{stream} is a {} table, which does not take `{op}`: lww and multi-value tables take a value, a counter {{\"add\": N}}, a set {{\"insert\": [...]}} or {{\"remove\": [...]}}",
+            "{stream} is a table of strategy {}, which does not take `{op}`: lww and multi-value tables take a value, a counter {{\"add\": N}}, a set {{\"insert\": [...]}} or {{\"remove\": [...]}}",
             strategy.as_str()
         ),
     )))
