@@ -31,8 +31,11 @@ const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 fn init_tracing(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only for a terminal: a log written to a file or a journal kept the escape
+    // codes (`cat -v` showed them).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second initialisation (tests) is harmless.
     let _ = if format == "json" {

@@ -899,6 +899,46 @@ fn db_path(dir: &Path) -> PathBuf {
     dir.join(DB_FILE)
 }
 
+/// Creates `dir` (and its parents) readable by this user only: the store holds events in
+/// clear, and under a umask of 022 it was world-readable (a user review, 2026-12-06). A
+/// directory that exists keeps its mode.
+fn create_private(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates the database file mode 0600 before SQLite opens it (its WAL and shared-memory
+/// files take the database's mode); one that exists keeps its mode, with a warning when
+/// others may read it.
+fn private_db_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{:o}", mode & 0o777),
+                        "the store's database may be read by other users of this machine (it holds events in clear): chmod 600 it and its -wal and -shm files"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens a connection with the settings both handles share.
 fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {
     let sqlite = |source| OpenError::Sqlite {
@@ -1288,11 +1328,15 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `dir` (`dir/weft.db`), configures WAL and
     /// full sync, creates or checks the schema and loads the per-origin ranges and counts.
     pub(crate) fn open(dir: &Path, limits: StoreLimits) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+        create_private(dir).map_err(|source| OpenError::Dir {
             path: dir.to_owned(),
             source,
         })?;
         let path = db_path(dir);
+        private_db_file(&path).map_err(|source| OpenError::Dir {
+            path: path.clone(),
+            source,
+        })?;
         let conn = connect(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -3060,6 +3104,32 @@ mod tests {
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, StoreLimits::default()).unwrap()
+    }
+
+    /// The store holds events in clear: a new data directory is its user's only (0700) and
+    /// so are the database and its WAL (0600), whatever the umask (022 made them readable
+    /// by every user of the machine).
+    #[cfg(unix)]
+    #[test]
+    fn a_new_store_is_readable_by_its_user_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data").join("a");
+        let mut store = open(&data);
+        store.insert(event(1, "a", 1, b"x")).unwrap();
+        store.commit().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&dir.path().join("data")), 0o700);
+        for file in [DB_FILE.to_string(), format!("{DB_FILE}-wal")] {
+            assert_eq!(mode(&data.join(&file)), 0o600, "{file}");
+        }
+        drop(store);
+        // A store that exists is opened as it is (a warning says when others may read it).
+        std::fs::set_permissions(data.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        drop(open(&data));
+        assert_eq!(mode(&data.join(DB_FILE)), 0o644);
     }
 
     /// What the node held before a publish: the publish's own new numbers left out,
