@@ -297,6 +297,9 @@ pub(crate) struct AltView {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Snapshot {
     pub(crate) members_up: usize,
+    /// Whether a mesh member was reachable at some time since the start: a node that was
+    /// meshed stays ready when it loses every peer (it still serves its region).
+    pub(crate) meshed: bool,
     pub(crate) peers: Vec<PeerView>,
     pub(crate) nodes: Vec<NodeView>,
     pub(crate) routes: Vec<RouteView>,
@@ -318,6 +321,8 @@ struct Waiting {
 
 /// The driver's state.
 pub(crate) struct Driver {
+    /// A mesh member was up at some time since the start ([`Snapshot::meshed`]).
+    meshed: bool,
     node: Node<SqliteStore>,
     me: MemberInfo,
     epoch: Instant,
@@ -432,6 +437,7 @@ impl Driver {
         aggregator: crate::egress::Aggregator,
     ) -> Self {
         Self {
+            meshed: false,
             me: node.me().clone(),
             node,
             epoch,
@@ -2519,8 +2525,10 @@ impl Driver {
         self.metrics.stored_events.set(stored as i64);
         self.count_erases_pending();
         self.metrics.members.set(self.members.len() as i64);
+        self.meshed |= !self.members.is_empty();
         self.snapshot.send_replace(Snapshot {
             members_up: self.members.len(),
+            meshed: self.meshed,
             peers,
             nodes,
             routes,

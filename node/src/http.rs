@@ -3234,8 +3234,15 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
-    let up = api.snapshot.borrow().members_up;
-    if api.seeded && up == 0 {
+    let (up, meshed) = {
+        let s = api.snapshot.borrow();
+        (s.members_up, s.meshed)
+    };
+    // Not ready until the node has reached the mesh once (seeds configured): before, it may
+    // not know the fabric's state. After, losing every peer leaves it ready: it still takes
+    // `ack=local` publishes and serves its region, which a probe must not pull out of
+    // service (a user review, 2026-12-06).
+    if api.seeded && !meshed {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no mesh member reachable yet (seeds configured)\n",

@@ -2009,3 +2009,38 @@ fn what_the_api_took_silently_is_refused_clearly_and_counted() {
         assert_eq!(b["error"]["reason"], "not_a_table", "{b}");
     });
 }
+
+/// `/readyz`: 503 until the node has reached the mesh once (seeds configured), then 200
+/// even when every peer is gone: a node cut off still serves its region, and a readiness
+/// probe that pulled it out of service would take the region down with its peers (a user
+/// review, 2026-12-06, found the survivor of a `kill -9` answering 503).
+#[test]
+fn a_node_that_lost_every_peer_stays_ready_one_that_never_met_one_is_not() {
+    rt().block_on(async {
+        let mut c = Cluster::new("ready", 43, &three_regions()[..2], "");
+        c.start_all();
+        c.wait_meshed().await;
+        async fn ready(c: &Cluster, i: usize) -> u16 {
+            reqwest::get(c.url(i, "/readyz"))
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+        assert_eq!(ready(&c, 0).await, 200);
+        c.kill9(1);
+        wait_for(Duration::from_secs(90), || async {
+            (metric(&c, 0, "weft_members ").await == 0).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node 0 never saw its peer down:\n{}", c.log(0)));
+        assert_eq!(ready(&c, 0).await, 200, "cut off, but serving its region");
+        let (s, b) = c.publish(0, "alone", "local", &[json!({"n": 1})]).await;
+        assert_eq!(s, 200, "{b}");
+        // Node 1 restarted while node 0 is down: its seed (node 0) is unreachable and it
+        // never met a member since this start.
+        c.kill9(0);
+        c.start(1);
+        c.wait_healthy(1).await;
+        assert_eq!(ready(&c, 1).await, 503);
+    });
+}
