@@ -1806,12 +1806,23 @@ pub(crate) fn version_token(vv: &Vv) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// A version token as [`version_token`] makes it, and nothing else: base64url (padding
+/// tolerated, as common encoders add it), the whole of it a vector of distinct origins
+/// with sequence numbers from 1, at most `VV_LEN_MAX` of them. Trailing bytes, an origin
+/// named twice and a number 0 were taken before (a user review, 2026-12-06): a token that
+/// decodes to something other than what it says is a client's bug, better told.
 fn parse_version(token: &str) -> Result<Vv, String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
+        .decode(token.trim_end_matches('='))
         .map_err(|e| format!("version token is not base64url: {e}"))?;
-    let pairs: Vec<([u8; 32], u64)> =
-        postcard::from_bytes(&bytes).map_err(|e| format!("version token: {e}"))?;
+    let (pairs, rest): (Vec<([u8; 32], u64)>, &[u8]) =
+        postcard::take_from_bytes(&bytes).map_err(|e| format!("version token: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "version token has {} bytes after its vector: send the token a read returned, whole",
+            rest.len()
+        ));
+    }
     if pairs.len() > table::VV_LEN_MAX {
         return Err(format!(
             "version token names {} origins, over {}",
@@ -1819,10 +1830,19 @@ fn parse_version(token: &str) -> Result<Vv, String> {
             table::VV_LEN_MAX
         ));
     }
-    Ok(Vv(pairs
-        .into_iter()
-        .map(|(o, s)| (OriginKey(o), s))
-        .collect()))
+    let mut vv = BTreeMap::new();
+    for (o, seq) in pairs {
+        if seq == 0 {
+            return Err(format!(
+                "version token names origin {} at number 0: numbers start at 1",
+                OriginKey(o)
+            ));
+        }
+        if vv.insert(OriginKey(o), seq).is_some() {
+            return Err(format!("version token names origin {} twice", OriginKey(o)));
+        }
+    }
+    Ok(Vv(vv))
 }
 
 // ------------------------------------------------------------------ visibility
@@ -2651,6 +2671,12 @@ pub(crate) async fn put(
                 value: body.to_vec(),
                 ctx,
             }
+        }
+        Strategy::Counter | Strategy::Set if q.version.is_some() => {
+            return Err(bad(format!(
+                "a {} write takes no version (counters add, a set's insert and remove use what this node has seen of the key): drop ?version=",
+                strategy.as_str()
+            )));
         }
         Strategy::Counter => {
             let b: CounterBody = serde_json::from_slice(&body).map_err(|e| {
@@ -4271,6 +4297,37 @@ replication = "all"
             // And after the build, writes take the usual path with its duplicate guard.
             t.write(1, b"k05");
             assert_eq!(t.r.digest(), t.steady.digest(), "{strategy:?}");
+        }
+    }
+
+    /// A version token is read strictly: what `version_token` makes round-trips (with
+    /// base64 padding too), and trailing bytes, an origin named twice, a number 0 or
+    /// anything not base64url are refused, naming what was wrong.
+    #[test]
+    fn a_version_token_is_read_as_made_and_nothing_else() {
+        use base64::Engine as _;
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let vv = Vv([(OriginKey(a), 7), (OriginKey(b), 3)].into_iter().collect());
+        let token = version_token(&vv);
+        assert_eq!(parse_version(&token), Ok(vv.clone()));
+        assert_eq!(
+            parse_version(&format!("{token}==")),
+            Ok(vv),
+            "padding tolerated"
+        );
+        let encode = |pairs: Vec<([u8; 32], u64)>, extra: &[u8]| {
+            let mut bytes = postcard::to_allocvec(&pairs).unwrap();
+            bytes.extend_from_slice(extra);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        };
+        for (token, says) in [
+            (encode(vec![(a, 7)], b"junk"), "4 bytes after its vector"),
+            (encode(vec![(a, 7), (a, 9)], b""), "twice"),
+            (encode(vec![(a, 0)], b""), "number 0"),
+            ("not a token!".to_string(), "not base64url"),
+        ] {
+            let e = parse_version(&token).unwrap_err();
+            assert!(e.contains(says), "{token}: {e}");
         }
     }
 
