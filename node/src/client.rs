@@ -1597,6 +1597,14 @@ fn older_hint(shown: usize, next_before: i64) -> String {
             i += 1;
         }
     }
+    // A token given on the command line is not echoed: the hint may end up in a log.
+    for i in 0..args.len() {
+        if args[i] == "--token" && i + 1 < args.len() {
+            args[i + 1] = "TOKEN".into();
+        } else if args[i].starts_with("--token=") {
+            args[i] = "--token=TOKEN".into();
+        }
+    }
     if args.first().map(String::as_str) != Some("audit") {
         args = vec!["audit".into()];
     }

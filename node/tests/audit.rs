@@ -474,7 +474,16 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
                 "1",
             ],
         );
-        assert_eq!(out.matches("rate_limited").count(), 1, "{out}");
+        // One entry (the hint after it names the filter again, not the token).
+        let entries = out
+            .lines()
+            .filter(|l| l.contains(" deny ") && l.contains("rate_limited"))
+            .count();
+        assert_eq!(entries, 1, "{out}");
+        assert!(
+            !out.contains(&token),
+            "the hint does not echo the token:\n{out}"
+        );
         // A non-admin principal may not read it (refused and audited).
         let (ok, out) = weft(
             &c.dir,
