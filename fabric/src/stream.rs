@@ -69,7 +69,7 @@ pub enum StreamNameError {
     },
     /// A wildcard in a name that must be concrete (a publish target).
     #[error(
-        "stream name has wildcard {found:?} at byte {at}; wildcards are only for patterns (a node's `streams`, policy rules, table declarations): a read or subscription names one stream"
+        "stream name has wildcard {found:?} at byte {at}; wildcards are only for patterns (reads and subscriptions, a node's `streams`, policy rules): an event is published to one stream"
     )]
     WildcardInName {
         /// Byte offset of the wildcard.

@@ -36,6 +36,9 @@ use crate::store::StoreReader;
 pub(crate) const WEFT_CBOR: &str = "application/vnd.weft.event+cbor";
 /// Default page size of reads.
 const READ_LIMIT_DEFAULT: usize = 100;
+/// Log entries of every stream one step of a read over a pattern scans (a page takes as
+/// many steps as it needs, up to `READ_SCAN_LEN_MAX` entries).
+const PATTERN_SCAN_STEP: usize = 4096;
 /// Most log entries one page read scans to fill itself past events its reader may not
 /// read (`read_events`): a page of a stream mostly of other tenants' events can come back
 /// short, with its cursor past them, after this many.
@@ -343,12 +346,12 @@ impl Api {
     /// `field` names where it came from (`after`, `Last-Event-ID`, `cursor`).
     pub(crate) fn cursor_at(
         &self,
-        stream: &StreamName,
+        stream: &str,
         field: &str,
         token: Option<&str>,
     ) -> ApiResult<u64> {
         let Some(token) = token else { return Ok(0) };
-        self.cursors.open(stream.as_str(), token).map_err(|e| {
+        self.cursors.open(stream, token).map_err(|e| {
             self.fail(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_cursor",
@@ -1973,22 +1976,47 @@ struct ReadQuery {
     durable: Option<String>,
 }
 
-fn check_stream(api: &Api, stream: &str) -> ApiResult<StreamName> {
-    let name = StreamName::new(stream.to_string()).map_err(|e| {
-        api.fail(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_stream",
-            format!("stream {stream:?}: {e}"),
-        ))
-    })?;
-    if !api.streams.iter().any(|p| p.matches(&name)) {
-        return Err(api.fail(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "stream_not_stored",
-            format!("this node does not store {stream} (config `streams`); read it from a node that does"),
+/// What a read or subscription names: one stream, or a pattern of streams (`orders.>`,
+/// `*.eu`). A pattern reads the entries of every stream it matches in log order, each event
+/// authorized by its own stream (under a policy); the node's own `_weft.*` streams never
+/// match (they are read by name, by admins).
+#[derive(Debug, Clone)]
+pub(crate) enum Selector {
+    One(StreamName),
+    Pattern(weft_fabric::StreamPattern),
+}
+
+impl Selector {
+    /// The text a cursor is sealed with and a durable subscription is kept under.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Selector::One(n) => n.as_str(),
+            Selector::Pattern(p) => p.as_str(),
+        }
+    }
+
+    fn stream(&self) -> Option<&StreamName> {
+        match self {
+            Selector::One(n) => Some(n),
+            Selector::Pattern(_) => None,
+        }
+    }
+}
+
+/// A stream name, or a pattern (400 `bad_stream` naming what is wrong with it as either).
+fn check_selector(api: &Api, text: &str) -> ApiResult<Selector> {
+    if let Ok(name) = StreamName::new(text.to_string()) {
+        return Ok(Selector::One(name));
+    }
+    let bad = |m: String| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_stream", m));
+    let pattern = weft_fabric::StreamPattern::new(text.to_string())
+        .map_err(|e| bad(format!("stream or pattern {text:?}: {e}")))?;
+    if text.starts_with("_weft.") {
+        return Err(bad(format!(
+            "pattern {text:?}: system streams are read by name (by admins), not by pattern"
         )));
     }
-    Ok(name)
+    Ok(Selector::Pattern(pattern))
 }
 
 /// One log entry as the CloudEvent JSON text a reader gets (`weftcursor` added), or `None`
@@ -1998,12 +2026,15 @@ fn check_stream(api: &Api, stream: &str) -> ApiResult<StreamName> {
 fn render_one(
     entry: &crate::store::LogEntry,
     guard: Option<&ReadGuard>,
+    pattern: bool,
     left_out: &mut u64,
     cursor: &dyn Fn(u64) -> String,
 ) -> Option<(String, String)> {
     let u = weft_fabric::decode(&entry.envelope).ok()?;
+    // Over a pattern each event's stream is authorized too (one stream is, before).
     if let Some(g) = guard
-        && !g.allows(u.claimed_data())
+        && (!g.allows(u.claimed_data())
+            || pattern && !g.stream_decision(u.claimed_data().stream()).allowed)
     {
         *left_out += 1;
         return None;
@@ -2020,7 +2051,7 @@ fn render_one(
 /// Events left out are not counted, so how many come says nothing of them either.
 fn start_of_last(
     r: &crate::store::StoreReader,
-    stream: &str,
+    sel: &Selector,
     n: usize,
     guard: Option<&ReadGuard>,
 ) -> Result<u64, weft_fabric::mesh::StoreError> {
@@ -2030,7 +2061,23 @@ fn start_of_last(
     let mut scanned_bytes = 0;
     while scanned < READ_SCAN_LEN_MAX && scanned_bytes < READ_SCAN_BYTES_MAX {
         let want = (READ_SCAN_LEN_MAX - scanned).min(crate::store::READ_LOG_LEN_MAX);
-        let entries = r.read_log_before(stream, before, want)?;
+        let entries = match sel {
+            Selector::One(stream) => r.read_log_before(stream.as_str(), before, want)?,
+            Selector::Pattern(p) => {
+                // Entries of other streams count toward the scan bound too (at most
+                // `want` scanned a call; those matching are counted below).
+                let page = r.read_log_matching_before(p, before, want, want)?;
+                scanned += want.saturating_sub(page.entries.len());
+                if page.entries.is_empty() {
+                    if page.exhausted {
+                        return Ok(0);
+                    }
+                    before = page.scanned_to;
+                    continue;
+                }
+                page.entries
+            }
+        };
         if entries.is_empty() {
             return Ok(0);
         }
@@ -2038,8 +2085,13 @@ fn start_of_last(
             scanned += 1;
             scanned_bytes += e.envelope.len();
             before = e.pos;
-            let readable = weft_fabric::decode(&e.envelope)
-                .is_ok_and(|u| guard.is_none_or(|g| g.allows(u.claimed_data())));
+            let readable = weft_fabric::decode(&e.envelope).is_ok_and(|u| {
+                guard.is_none_or(|g| {
+                    g.allows(u.claimed_data())
+                        && (matches!(sel, Selector::One(_))
+                            || g.stream_decision(u.claimed_data().stream()).allowed)
+                })
+            });
             if readable {
                 found += 1;
                 if found == n {
@@ -2135,15 +2187,18 @@ async fn read_events(
     ApiQuery(q): ApiQuery<ReadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let name = check_stream(&api, &stream)?;
-    let system = api.check_system_read(&headers, &name, "read")?;
+    let name = check_selector(&api, &stream)?;
+    let system = match name.stream() {
+        Some(s) => api.check_system_read(&headers, s, "read")?,
+        None => false,
+    };
     let guard = if system {
         None
     } else {
         api.read_guard(&headers, weft_policy::Action::Read)?
     };
-    if let Some(g) = &guard {
-        api.authorize_stream(g, &name, "read")?;
+    if let (Some(g), Some(s)) = (&guard, name.stream()) {
+        api.authorize_stream(g, s, "read")?;
     }
     let last = check_last(&api, &q)?;
     // `last=N` alone: a page of those N.
@@ -2158,8 +2213,9 @@ async fn read_events(
             ),
         )));
     }
-    let after = api.cursor_at(&name, "after", q.after.as_deref())?;
+    let after = api.cursor_at(name.as_str(), "after", q.after.as_deref())?;
     let stream_name = name.as_str().to_string();
+    let pattern = matches!(name, Selector::Pattern(_));
     let api2 = api.clone();
     // The page is filled past the events left out (up to `READ_SCAN_LEN_MAX` log entries
     // scanned), so that how many a page holds says nothing of how many the reader may
@@ -2168,7 +2224,7 @@ async fn read_events(
         let stream = name.as_str();
         let cursor = |pos: u64| api2.cursors.seal(stream, pos);
         let mut next = match last {
-            Some(n) => start_of_last(r, stream, n, guard.as_ref())?,
+            Some(n) => start_of_last(r, &name, n, guard.as_ref())?,
             None => after,
         };
         let mut left_out = 0;
@@ -2190,7 +2246,28 @@ async fn read_events(
             let want = if left_out == 0 { need } else { need.max(256) }
                 .min(crate::store::READ_LOG_LEN_MAX)
                 .min(scan_len_max - scanned);
-            let entries = r.read_log(stream, next, want)?;
+            // Over a pattern, the last position scanned: past other streams' entries.
+            let mut tail = None;
+            let entries = match &name {
+                Selector::One(s) => r.read_log(s.as_str(), next, want)?,
+                Selector::Pattern(p) => {
+                    let scan = (scan_len_max - scanned).min(PATTERN_SCAN_STEP);
+                    let page =
+                        r.read_log_matching(p, next, want, crate::store::READ_LOG_BYTES_MAX, scan)?;
+                    // Other streams' entries count toward the scan bound (those matching
+                    // are counted below).
+                    scanned += scan.saturating_sub(page.entries.len());
+                    if page.entries.is_empty() {
+                        next = next.max(page.scanned_to);
+                        if page.exhausted {
+                            break;
+                        }
+                        continue;
+                    }
+                    tail = Some(page.scanned_to);
+                    page.entries
+                }
+            };
             if entries.is_empty() {
                 break;
             }
@@ -2200,7 +2277,9 @@ async fn read_events(
                 // The cursor moves past events left out too, so a reader never rereads
                 // them.
                 next = e.pos;
-                if let Some((text, _)) = render_one(e, guard.as_ref(), &mut left_out, &cursor) {
+                if let Some((text, _)) =
+                    render_one(e, guard.as_ref(), pattern, &mut left_out, &cursor)
+                {
                     if body.len() > 1 {
                         body.push(',');
                     }
@@ -2211,6 +2290,10 @@ async fn read_events(
                         break 'pages;
                     }
                 }
+            }
+            // Every entry taken: past the other streams' entries scanned after them.
+            if let Some(t) = tail {
+                next = next.max(t);
             }
         }
         body.push(']');
@@ -2308,20 +2391,24 @@ async fn subscribe(
     ApiQuery(q): ApiQuery<ReadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let name = check_stream(&api, &stream)?;
-    let system = api.check_system_read(&headers, &name, "subscribe to")?;
+    let name = check_selector(&api, &stream)?;
+    let system = match name.stream() {
+        Some(s) => api.check_system_read(&headers, s, "subscribe to")?,
+        None => false,
+    };
     let mut guard = if system {
         None
     } else {
         api.read_guard(&headers, weft_policy::Action::Subscribe)?
     };
-    if let Some(g) = &guard {
+    if let (Some(g), Some(s)) = (&guard, name.stream()) {
         let what = match &q.durable {
             Some(d) => format!("hold durable subscription {d} on"),
             None => "subscribe to".to_string(),
         };
-        api.authorize_stream(g, &name, &what)?;
+        api.authorize_stream(g, s, &what)?;
     }
+    let pattern = matches!(name, Selector::Pattern(_));
     // Taken now and held by the stream's task: concurrent admissions cannot pass the
     // limit together.
     let Ok(slot) = api.subscriber_slots.clone().try_acquire_owned() else {
@@ -2344,13 +2431,13 @@ async fn subscribe(
     };
     let principal_slot = PrincipalSubscription::take(&api, who)?;
     if let Some(d) = &q.durable {
-        check_durable_name(&api, &name, d)?;
+        check_durable_name(&api, name.as_str(), d)?;
     }
     let last = check_last(&api, &q)?;
     let after_param = q
         .after
         .as_deref()
-        .map(|t| api.cursor_at(&name, "after", Some(t)))
+        .map(|t| api.cursor_at(name.as_str(), "after", Some(t)))
         .transpose()?;
     // A Last-Event-ID this node cannot take (not its token, or from before cursors were
     // tokens) is 400 for a plain subscription, which asked to resume from a place this node
@@ -2370,7 +2457,7 @@ async fn subscribe(
                 None
             }
         },
-        Some(v) => Some(api.cursor_at(&name, "Last-Event-ID", Some(v))?),
+        Some(v) => Some(api.cursor_at(name.as_str(), "Last-Event-ID", Some(v))?),
     };
     // Whose subscription: the reader's principal (an admin's for a system stream). A
     // durable one needs a token even where reads need none: its position is a
@@ -2381,7 +2468,10 @@ async fn subscribe(
         (Some(g), true) => g.principal().to_string(),
         (None, true) => api.authenticate(&headers)?.name,
     };
-    let durable = q.durable.as_deref().map(|d| cursor_key(&owner, &name, d));
+    let durable = q
+        .durable
+        .as_deref()
+        .map(|d| cursor_key(&owner, name.as_str(), d));
     let saved = match &durable {
         Some(d) => {
             let d = d.clone();
@@ -2401,15 +2491,15 @@ async fn subscribe(
         && headers.contains_key(header::AUTHORIZATION)
     {
         api.authenticate(&headers)?;
-        save_cursor(&api, d.clone(), &name, pos).await?;
+        save_cursor(&api, d.clone(), name.as_str(), pos).await?;
     }
     let mut after = match last_event_id.or(after_param).or(saved) {
         Some(after) => after,
         None => match last {
             Some(n) => {
-                let stream = name.as_str().to_string();
+                let sel = name.clone();
                 let (start, g) = read_store(&api, move |r| {
-                    start_of_last(r, &stream, n, guard.as_ref()).map(|s| (s, guard))
+                    start_of_last(r, &sel, n, guard.as_ref()).map(|s| (s, guard))
                 })
                 .await?;
                 guard = g;
@@ -2481,13 +2571,33 @@ async fn subscribe(
                 && p.compilation() != g.policy.compilation()
             {
                 g.policy = p;
-                if api2.authorize_stream(g, &name, "subscribe to").is_err() {
+                if let Some(s) = name.stream()
+                    && api2.authorize_stream(g, s, "subscribe to").is_err()
+                {
                     break;
                 }
             }
-            let stream = name.as_str().to_string();
-            let entries = match read_store(&api2, move |r| {
-                r.read_log_within(&stream, after, SSE_PAGE_LEN, SSE_PAGE_BYTES_MAX)
+            let sel = name.clone();
+            // Over a pattern, the last position scanned: past other streams' entries.
+            let entries = match read_store(&api2, move |r| match &sel {
+                Selector::One(s) => r
+                    .read_log_within(s.as_str(), after, SSE_PAGE_LEN, SSE_PAGE_BYTES_MAX)
+                    .map(|e| {
+                        let exhausted = e.is_empty();
+                        (e, None, exhausted)
+                    }),
+                Selector::Pattern(p) => r
+                    .read_log_matching(
+                        p,
+                        after,
+                        SSE_PAGE_LEN,
+                        SSE_PAGE_BYTES_MAX,
+                        PATTERN_SCAN_STEP,
+                    )
+                    .map(|page| {
+                        let exhausted = page.exhausted && page.entries.is_empty();
+                        (page.entries, Some(page.scanned_to), exhausted)
+                    }),
             })
             .await
             {
@@ -2502,14 +2612,15 @@ async fn subscribe(
                 }
                 Err(_) => break,
             };
-            let n = entries.len();
+            let (entries, tail, exhausted) = entries;
             let last = entries.last().map(|e| e.pos);
             // Each event rendered just before it is sent, not the whole batch first.
             let mut left_out = 0;
             let mut ended = false;
             let cursor = |pos: u64| api2.cursors.seal(name.as_str(), pos);
             for e in &entries {
-                let Some((text, token)) = render_one(e, guard.as_ref(), &mut left_out, &cursor)
+                let Some((text, token)) =
+                    render_one(e, guard.as_ref(), pattern, &mut left_out, &cursor)
                 else {
                     continue;
                 };
@@ -2532,9 +2643,13 @@ async fn subscribe(
             if ended {
                 break;
             }
-            // Past the events left out too.
+            // Past the events left out too, and over a pattern past the other streams'
+            // entries scanned.
             after = last.map_or(after, |l| l.max(after));
-            if n == 0 {
+            if let Some(t) = tail {
+                after = after.max(t);
+            }
+            if exhausted {
                 tokio::select! {
                     r = committed.changed() => if r.is_err() { break },
                     () = tx.closed() => break,
@@ -2560,18 +2675,17 @@ const CURSOR_OWNER_HEX: usize = 16;
 /// the name. A subscription belongs to the principal that holds it: another principal
 /// using the same name gets a subscription of its own, and can neither move, read nor
 /// replay this one's position.
-fn cursor_key(owner: &str, stream: &StreamName, name: &str) -> String {
+fn cursor_key(owner: &str, stream: &str, name: &str) -> String {
     use sha2::Digest as _;
     let hash = hex::encode(sha2::Sha256::digest(owner.as_bytes()));
-    format!("{}:{}/{name}", &hash[..CURSOR_OWNER_HEX], stream.as_str())
+    format!("{}:{stream}/{name}", &hash[..CURSOR_OWNER_HEX])
 }
 
 /// A durable subscription's name: its cursor is kept as `OWNER:{stream}/{name}`
 /// ([`cursor_key`]), which must fit the store's name limit (`store::NAME_LEN_MAX`, 128
 /// bytes).
-fn check_durable_name(api: &Api, stream: &StreamName, d: &str) -> ApiResult<()> {
-    let max =
-        crate::store::NAME_LEN_MAX.saturating_sub(stream.as_str().len() + 2 + CURSOR_OWNER_HEX);
+fn check_durable_name(api: &Api, stream: &str, d: &str) -> ApiResult<()> {
+    let max = crate::store::NAME_LEN_MAX.saturating_sub(stream.len() + 2 + CURSOR_OWNER_HEX);
     if d.is_empty()
         || d.len() > max
         || !d
@@ -2583,7 +2697,7 @@ fn check_durable_name(api: &Api, stream: &StreamName, d: &str) -> ApiResult<()> 
             "bad_durable_name",
             format!(
                 "durable: 1 to {max} characters of A-Z a-z 0-9 - _ . (the cursor is kept as OWNER:{}/NAME, at most {} bytes)",
-                stream.as_str(),
+                stream,
                 crate::store::NAME_LEN_MAX
             ),
         )));
@@ -2603,14 +2717,14 @@ fn shutting_down(api: &Api) -> ApiError {
 /// Saves a durable cursor through the driver and waits for the outcome: a full cursor
 /// table is 507 `cursors_full`, counted (the position was not kept, and saying so beats a
 /// subscriber that replays from the start after its next reconnect).
-async fn save_cursor(api: &Api, name: String, stream: &StreamName, pos: u64) -> ApiResult<()> {
+async fn save_cursor(api: &Api, name: String, stream: &str, pos: u64) -> ApiResult<()> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     let shutting_down = || shutting_down(api);
     // A full driver queue answers 503 with Retry-After, as a publish does, rather than
     // hold the request (and its connection) until there is room.
     reserve(api)?.send(Command::SaveCursor {
         name,
-        stream: stream.as_str().to_string(),
+        stream: stream.to_string(),
         pos,
         reply,
     });
@@ -2659,10 +2773,15 @@ async fn ack_subscription(
 ) -> ApiResult<Response> {
     let who = api.authenticate(&headers)?;
     let who_name = who.name.clone();
-    let stream = check_stream(&api, &stream)?;
-    let system = api.check_system_read(&headers, &stream, "hold a subscription on")?;
-    check_durable_name(&api, &stream, &name)?;
-    if let Some(policy) = api.policy.policy().filter(|_| !system) {
+    let stream = check_selector(&api, &stream)?;
+    let system = match stream.stream() {
+        Some(s) => api.check_system_read(&headers, s, "hold a subscription on")?,
+        None => false,
+    };
+    check_durable_name(&api, stream.as_str(), &name)?;
+    if let Some(policy) = api.policy.policy().filter(|_| !system)
+        && let Some(s) = stream.stream()
+    {
         let guard = ReadGuard {
             policy,
             principal: who,
@@ -2671,11 +2790,11 @@ async fn ack_subscription(
         };
         api.authorize_stream(
             &guard,
-            &stream,
+            s,
             &format!("acknowledge durable subscription {name} on"),
         )?;
     }
-    let cursor = api.cursor_at(&stream, "cursor", Some(&q.cursor))?;
+    let cursor = api.cursor_at(stream.as_str(), "cursor", Some(&q.cursor))?;
     let mut committed = *api.committed.borrow();
     if cursor > committed {
         // The driver announces positions after its group commit; a batch the store
@@ -2691,13 +2810,13 @@ async fn ack_subscription(
             "cursor: beyond this node's log (was its store replaced?)".to_string(),
         )));
     }
-    let key = cursor_key(&who_name, &stream, &name);
+    let key = cursor_key(&who_name, stream.as_str(), &name);
     let k2 = key.clone();
     let saved = read_store(&api, move |r| r.cursor_get(&k2))
         .await?
         .map(|(_, pos)| pos);
     if saved.is_none_or(|s| cursor > s) {
-        save_cursor(&api, key, &stream, cursor).await?;
+        save_cursor(&api, key, stream.as_str(), cursor).await?;
     }
     let held = api
         .cursors
@@ -2718,13 +2837,13 @@ async fn delete_subscription(
     // principal), so no stream right is asked: a principal that lost its right to
     // subscribe can still free what it held.
     let who = api.authenticate(&headers)?;
-    let stream = check_stream(&api, &stream)?;
-    check_durable_name(&api, &stream, &name)?;
+    let stream = check_selector(&api, &stream)?;
+    check_durable_name(&api, stream.as_str(), &name)?;
     let who_name = who.name;
     let (reply, rx) = tokio::sync::oneshot::channel();
     let shutting_down = || shutting_down(&api);
     reserve(&api)?.send(Command::DeleteCursor {
-        name: cursor_key(&who_name, &stream, &name),
+        name: cursor_key(&who_name, stream.as_str(), &name),
         reply,
     });
     match rx.await.map_err(|_| shutting_down())? {

@@ -651,6 +651,34 @@ const READ_AFTER_SQL: &str = concat!(
     " ORDER BY log.pos LIMIT ?3"
 );
 
+/// Positions and streams of the whole log after a position, ascending: a read over a
+/// pattern ([`StoreReader::read_log_matching`]) filters them before fetching envelopes.
+const LOG_AFTER_SQL: &str = "SELECT pos, stream FROM log WHERE pos > ?1 ORDER BY pos LIMIT ?2";
+
+/// The same before a position, newest first.
+const LOG_BEFORE_SQL: &str =
+    "SELECT pos, stream FROM log WHERE pos < ?1 ORDER BY pos DESC LIMIT ?2";
+
+/// One log entry's envelope by position (none while an erase still being removed covers
+/// it).
+const LOG_AT_SQL: &str = concat!(
+    "SELECT events.envelope FROM log JOIN events ON events.id = log.id \
+     WHERE log.pos = ?1 AND ",
+    not_erasing!("events")
+);
+
+/// What a read over a pattern scanned: the entries of streams it matches, and the last
+/// position scanned (a cursor moves past the other streams' entries too, so a reader
+/// never scans them again).
+#[derive(Debug, Default)]
+pub(crate) struct MatchedPage {
+    pub(crate) entries: Vec<LogEntry>,
+    /// The last position scanned (the bound given when nothing was).
+    pub(crate) scanned_to: u64,
+    /// Whether the scan reached the end of the log (ascending) or its start (descending).
+    pub(crate) exhausted: bool,
+}
+
 /// A page of a stream's log before a position, newest first
 /// ([`StoreReader::read_log_before`]).
 const READ_BEFORE_SQL: &str = concat!(
@@ -3003,6 +3031,99 @@ impl StoreReader {
         }
         debug_assert!(out.len() <= limit);
         Ok(out)
+    }
+
+    /// Up to `limit` (at most [`READ_LOG_LEN_MAX`], about `bytes_max` bytes) entries of the
+    /// streams `pattern` matches after position `after`, ascending, scanning at most
+    /// `scan_max` entries of the whole log. The node's own `_weft.*` streams never match
+    /// (they are read by name, by admins). Hand-written rather than one SQL query: a NATS
+    /// pattern is not a SQL predicate, and filtering on (position, stream) before joining
+    /// the events reads no envelope of another stream.
+    pub(crate) fn read_log_matching(
+        &self,
+        pattern: &weft_fabric::StreamPattern,
+        after: u64,
+        limit: usize,
+        bytes_max: usize,
+        scan_max: usize,
+    ) -> Result<MatchedPage, StoreError> {
+        let bound = i64::try_from(after).unwrap_or(i64::MAX);
+        self.matching(LOG_AFTER_SQL, pattern, bound, limit, bytes_max, scan_max)
+            .map(|mut p| {
+                if p.scanned_to == 0 {
+                    p.scanned_to = after;
+                }
+                p
+            })
+    }
+
+    /// [`StoreReader::read_log_matching`] backwards from `before`, newest first (a
+    /// subscription's `last=N` over a pattern).
+    pub(crate) fn read_log_matching_before(
+        &self,
+        pattern: &weft_fabric::StreamPattern,
+        before: u64,
+        limit: usize,
+        scan_max: usize,
+    ) -> Result<MatchedPage, StoreError> {
+        let bound = i64::try_from(before).unwrap_or(i64::MAX);
+        self.matching(
+            LOG_BEFORE_SQL,
+            pattern,
+            bound,
+            limit,
+            READ_LOG_BYTES_MAX,
+            scan_max,
+        )
+    }
+
+    fn matching(
+        &self,
+        sql: &str,
+        pattern: &weft_fabric::StreamPattern,
+        bound: i64,
+        limit: usize,
+        bytes_max: usize,
+        scan_max: usize,
+    ) -> Result<MatchedPage, StoreError> {
+        let limit = limit.min(READ_LOG_LEN_MAX);
+        let bytes_max = bytes_max.min(READ_LOG_BYTES_MAX);
+        let scan = i64::try_from(scan_max.max(1)).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(sql).map_err(backend)?;
+        let mut rows = stmt.query(params![bound, scan]).map_err(backend)?;
+        let mut at = self.conn.prepare_cached(LOG_AT_SQL).map_err(backend)?;
+        let mut page = MatchedPage::default();
+        let mut scanned = 0usize;
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next().map_err(backend)? {
+            scanned += 1;
+            let pos: i64 = row.get(0).map_err(backend)?;
+            let stream: String = row.get(1).map_err(backend)?;
+            page.scanned_to = pos_from_sql(pos)?;
+            let Ok(name) = weft_fabric::StreamName::new(stream) else {
+                continue;
+            };
+            if name.is_system() || !pattern.matches(&name) {
+                continue;
+            }
+            let envelope: Option<Vec<u8>> = at
+                .query_row([pos], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(envelope) = envelope else {
+                continue;
+            };
+            bytes = bytes.saturating_add(envelope.len());
+            page.entries.push(LogEntry {
+                pos: pos_from_sql(pos)?,
+                envelope,
+            });
+            if page.entries.len() >= limit || bytes >= bytes_max {
+                return Ok(page);
+            }
+        }
+        page.exhausted = scanned < scan_max.max(1);
+        Ok(page)
     }
 
     /// The last log position of `stream` (0 if it has none).

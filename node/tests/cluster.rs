@@ -2044,3 +2044,165 @@ fn a_node_that_lost_every_peer_stays_ready_one_that_never_met_one_is_not() {
         assert_eq!(ready(&c, 1).await, 503);
     });
 }
+
+/// A read, a subscription and a durable subscription over a pattern (`orders.>`): every
+/// stream it matches, in log order, with cursors and `last=N` as for one stream; other
+/// streams and the node's own `_weft.*` never; `weft tail 'orders.>'` follows it. (A
+/// user review, 2026-12-06: `weft tail 'orders.>'` was 400, told that wildcards were
+/// "only for subscriptions".)
+#[test]
+fn reads_and_subscriptions_over_a_pattern_take_every_stream_it_matches() {
+    rt().block_on(async {
+        let mut c = Cluster::new("pattern-read", 44, &three_regions()[..1], "");
+        c.start(0);
+        c.wait_healthy(0).await;
+        let mut want = Vec::new();
+        for (stream, n) in [
+            ("orders.eu", 1),
+            ("other.x", 2),
+            ("orders.us", 3),
+            ("ordersx", 4),
+            ("orders.eu", 5),
+        ] {
+            let (s, b) = c.publish(0, stream, "local", &[json!({"n": n})]).await;
+            assert_eq!(s, 200, "{b}");
+            if stream.starts_with("orders.") {
+                want.push(n);
+            }
+        }
+        let ns = |page: &[Value]| -> Vec<i64> {
+            page.iter()
+                .map(|e| e["data"]["n"].as_i64().unwrap())
+                .collect()
+        };
+        let http = reqwest::Client::new();
+        let read = |path: String| {
+            let http = &http;
+            let url = c.url(0, &path);
+            async move {
+                let r = http.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                let next = r
+                    .headers()
+                    .get("weft-next-cursor")
+                    .map(|v| v.to_str().unwrap().to_string());
+                (status, next, r.json::<Value>().await.unwrap())
+            }
+        };
+        let (s, _, page) = read("/v1/streams/orders.%3E/events?after=0".into()).await;
+        assert_eq!(s, 200, "{page}");
+        assert_eq!(ns(page.as_array().unwrap()), want, "{page}");
+        let streams: Vec<&str> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["weftstream"].as_str().unwrap())
+            .collect();
+        assert_eq!(streams, ["orders.eu", "orders.us", "orders.eu"]);
+        // Page by page, the cursor past the other streams' entries.
+        let (_, next, page) = read("/v1/streams/orders.%3E/events?after=0&limit=1".into()).await;
+        assert_eq!(ns(page.as_array().unwrap()), [1]);
+        let (_, next, page) = read(format!(
+            "/v1/streams/orders.%3E/events?after={}&limit=1",
+            next.unwrap()
+        ))
+        .await;
+        assert_eq!(ns(page.as_array().unwrap()), [3], "past other.x");
+        let (_, next, page) = read(format!(
+            "/v1/streams/orders.%3E/events?after={}",
+            next.unwrap()
+        ))
+        .await;
+        assert_eq!(ns(page.as_array().unwrap()), [5], "past ordersx");
+        let (_, _, page) = read(format!(
+            "/v1/streams/orders.%3E/events?after={}",
+            next.unwrap()
+        ))
+        .await;
+        assert_eq!(page, json!([]));
+        let (_, _, page) = read("/v1/streams/orders.*/events?last=2".into()).await;
+        assert_eq!(ns(page.as_array().unwrap()), [3, 5]);
+        // A cursor is the pattern's: another stream's (or pattern's) is refused.
+        let (_, eu_next, _) = read("/v1/streams/orders.eu/events?after=0".into()).await;
+        let (s, _, b) = read(format!(
+            "/v1/streams/orders.%3E/events?after={}",
+            eu_next.unwrap()
+        ))
+        .await;
+        assert_eq!(
+            (s, &b["error"]["reason"]),
+            (400, &json!("bad_cursor")),
+            "{b}"
+        );
+        // System streams are read by name only.
+        let (s, _, b) = read("/v1/streams/_weft.%3E/events?after=0".into()).await;
+        assert_eq!(
+            (s, &b["error"]["reason"]),
+            (400, &json!("bad_stream")),
+            "{b}"
+        );
+        let (_, _, page) = read("/v1/streams/%3E/events?after=0".into()).await;
+        assert!(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .all(|e| !e["weftstream"].as_str().unwrap().starts_with("_weft")),
+            "{page}"
+        );
+        // A subscription: what is there, then what comes.
+        let url = c.url(0, "/v1/streams/orders.%3E/subscribe?after=0");
+        let sub = tokio::spawn(sse_take(url, None, 4));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.publish(0, "other.y", "local", &[json!({"n": 6})]).await;
+        c.publish(0, "orders.ap", "local", &[json!({"n": 7})]).await;
+        let got = sub.await.unwrap();
+        assert_eq!(ns(&got), [1, 3, 5, 7]);
+        // A durable one, acknowledged, resumes after its ack.
+        let token = c.token.clone();
+        let durable = c.url(0, "/v1/streams/orders.%3E/subscribe?durable=p1");
+        let got = sse_take_as(durable.clone(), Some(&token), None, 2).await;
+        assert_eq!(ns(&got), [1, 3]);
+        let cursor = got[1]["weftcursor"].as_str().unwrap();
+        let r = http
+            .post(c.url(
+                0,
+                &format!("/v1/streams/orders.%3E/subscriptions/p1/ack?cursor={cursor}"),
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let got = sse_take_as(durable, Some(&token), None, 2).await;
+        assert_eq!(ns(&got), [5, 7]);
+        // The CLI follows a pattern.
+        let out = std::process::Command::new(WEFT)
+            .args([
+                "tail",
+                "--node",
+                &c.nodes[0].http,
+                "--count",
+                "4",
+                "--timeout",
+                "20",
+                "orders.>",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let seen: Vec<i64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["data"]["n"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [1, 3, 5, 7],
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
