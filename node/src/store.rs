@@ -3885,6 +3885,73 @@ mod tests {
         assert_eq!(reader.read_log("big", 0, 10).unwrap().len(), 10);
     }
 
+    /// A read over a pattern: the entries of the streams it matches, in log order, in pages
+    /// of at most `limit` and steps of at most `scan_max` entries scanned, each page's
+    /// `scanned_to` where the next starts (past other streams' entries), `exhausted` once
+    /// the log's end is reached; system streams never match; the same backwards.
+    #[test]
+    fn a_log_read_over_a_pattern_takes_its_streams_in_order_in_bounded_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let reader = StoreReader::open(dir.path()).unwrap();
+        let streams = [
+            "o.a",
+            "x",
+            "o.b",
+            "_weft.erase",
+            "x",
+            "x",
+            "o.a",
+            "ox",
+            "o.c",
+        ];
+        let mut want = Vec::new();
+        for (i, stream) in streams.iter().enumerate() {
+            let e = event(1, stream, i as u64 + 1, b"p");
+            store.insert(e.clone()).unwrap();
+            let pos = store.append_log(&e).unwrap();
+            if stream.starts_with("o.") {
+                want.push(pos);
+            }
+        }
+        store.commit().unwrap();
+        for pattern in [">", "o.>", "o.*"] {
+            let p = weft_fabric::StreamPattern::new(pattern).unwrap();
+            let matches = |s: &str| s != "_weft.erase" && (pattern == ">" || s.starts_with("o."));
+            let expected: Vec<u64> = streams
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches(s))
+                .map(|(i, _)| i as u64 + 1)
+                .collect();
+            for (limit, scan) in [(100, 100), (1, 100), (2, 3), (1, 1)] {
+                let (mut after, mut got, mut steps) = (0, Vec::new(), 0);
+                loop {
+                    steps += 1;
+                    assert!(steps < 50, "{pattern} {limit}/{scan}: no progress");
+                    let page = reader
+                        .read_log_matching(&p, after, limit, READ_LOG_BYTES_MAX, scan)
+                        .unwrap();
+                    assert!(page.entries.len() <= limit.min(scan));
+                    got.extend(page.entries.iter().map(|e| e.pos));
+                    assert!(page.scanned_to >= after, "never back");
+                    after = page.scanned_to;
+                    if page.exhausted {
+                        break;
+                    }
+                }
+                assert_eq!(got, expected, "{pattern} limit {limit} scan {scan}");
+            }
+            let back = reader
+                .read_log_matching_before(&p, u64::MAX, 100, 100)
+                .unwrap();
+            let mut rev: Vec<u64> = back.entries.iter().map(|e| e.pos).collect();
+            rev.reverse();
+            assert_eq!(rev, expected, "{pattern} backwards");
+        }
+        assert_eq!(want, vec![1, 3, 7, 9]);
+    }
+
     #[test]
     fn log_pages_per_stream_and_reader_sees_only_commits() {
         let dir = tempfile::tempdir().unwrap();
