@@ -2006,6 +2006,13 @@ impl Selector {
 /// A stream name, or a pattern (400 `bad_stream` naming what is wrong with it as either).
 fn check_selector(api: &Api, text: &str) -> ApiResult<Selector> {
     if let Ok(name) = StreamName::new(text.to_string()) {
+        if !api.streams.iter().any(|p| p.matches(&name)) {
+            return Err(api.fail(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "stream_not_stored",
+                format!("this node does not store {text} (config `streams`); read it from a node that does"),
+            )));
+        }
         return Ok(Selector::One(name));
     }
     let bad = |m: String| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_stream", m));
@@ -2061,13 +2068,17 @@ fn start_of_last(
     let mut scanned_bytes = 0;
     while scanned < READ_SCAN_LEN_MAX && scanned_bytes < READ_SCAN_BYTES_MAX {
         let want = (READ_SCAN_LEN_MAX - scanned).min(crate::store::READ_LOG_LEN_MAX);
+        // Over a pattern, the lowest position the page scanned: the next starts below it.
+        let mut page_end = None;
         let entries = match sel {
             Selector::One(stream) => r.read_log_before(stream.as_str(), before, want)?,
             Selector::Pattern(p) => {
                 // Entries of other streams count toward the scan bound too (at most
                 // `want` scanned a call; those matching are counted below).
                 let page = r.read_log_matching_before(p, before, want, want)?;
-                scanned += want.saturating_sub(page.entries.len());
+                // Other streams' entries scanned count toward the bound (those matching
+                // are counted below).
+                scanned += page.scanned - page.entries.len();
                 if page.entries.is_empty() {
                     if page.exhausted {
                         return Ok(0);
@@ -2075,6 +2086,7 @@ fn start_of_last(
                     before = page.scanned_to;
                     continue;
                 }
+                page_end = Some(page.scanned_to);
                 page.entries
             }
         };
@@ -2098,6 +2110,9 @@ fn start_of_last(
                     return Ok(e.pos - 1);
                 }
             }
+        }
+        if let Some(end) = page_end {
+            before = before.min(end);
         }
     }
     Ok(before.saturating_sub(1))
@@ -2173,7 +2188,7 @@ fn audit_left_out(api: &Api, guard: &ReadGuard, stream: &str, left_out: u64) {
         Some(stream),
         guard.policy.epoch(),
         format!(
-            "{left_out} events of {stream} left out of a {} by principal {}: their tenant or classification is not readable by it (policy epoch {})",
+            "{left_out} events of {stream} left out of a {} by principal {}: their tenant or classification (or, over a pattern, their stream) is not readable by it (policy epoch {})",
             if guard.action == weft_policy::Action::Subscribe { "subscription" } else { "read" },
             guard.principal.name,
             guard.policy.epoch()
@@ -2256,7 +2271,7 @@ async fn read_events(
                         r.read_log_matching(p, next, want, crate::store::READ_LOG_BYTES_MAX, scan)?;
                     // Other streams' entries count toward the scan bound (those matching
                     // are counted below).
-                    scanned += scan.saturating_sub(page.entries.len());
+                    scanned += page.scanned - page.entries.len();
                     if page.entries.is_empty() {
                         next = next.max(page.scanned_to);
                         if page.exhausted {
@@ -2648,6 +2663,15 @@ async fn subscribe(
             after = last.map_or(after, |l| l.max(after));
             if let Some(t) = tail {
                 after = after.max(t);
+            }
+            if !exhausted && last.is_none() {
+                // A pattern matching little of a long log: one step of 4,096 entries at a
+                // time, a pause between them, so that catching up does not hold a read
+                // slot back to back.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    _ = closing.changed() => break,
+                }
             }
             if exhausted {
                 tokio::select! {

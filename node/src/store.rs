@@ -677,6 +677,8 @@ pub(crate) struct MatchedPage {
     pub(crate) scanned_to: u64,
     /// Whether the scan reached the end of the log (ascending) or its start (descending).
     pub(crate) exhausted: bool,
+    /// Log entries scanned, of every stream (at least `entries.len()`).
+    pub(crate) scanned: usize,
 }
 
 /// A page of a stream's log before a position, newest first
@@ -3097,6 +3099,7 @@ impl StoreReader {
         let mut bytes = 0usize;
         while let Some(row) = rows.next().map_err(backend)? {
             scanned += 1;
+            page.scanned = scanned;
             let pos: i64 = row.get(0).map_err(backend)?;
             let stream: String = row.get(1).map_err(backend)?;
             page.scanned_to = pos_from_sql(pos)?;
@@ -3933,6 +3936,7 @@ mod tests {
                         .read_log_matching(&p, after, limit, READ_LOG_BYTES_MAX, scan)
                         .unwrap();
                     assert!(page.entries.len() <= limit.min(scan));
+                    assert!(page.scanned <= scan && page.scanned >= page.entries.len());
                     got.extend(page.entries.iter().map(|e| e.pos));
                     assert!(page.scanned_to >= after, "never back");
                     after = page.scanned_to;
