@@ -161,15 +161,27 @@ struct Publisher<'a> {
 
 impl Publisher<'_> {
     async fn post(&self, batch: &[Value]) -> anyhow::Result<Sent> {
-        let resp = self
+        let sent = self
             .client
             .post(&self.url)
             .bearer_auth(&self.token)
             .header("content-type", crate::cloudevents::CE_BATCH_JSON)
             .body(serde_json::to_vec(batch)?)
             .send()
-            .await
-            .with_context(|| format!("POST {}", self.url))?;
+            .await;
+        // A lost connection may have lost only the answer: the same batch is sent again
+        // (the same CloudEvent ids, which the node answers from its idempotency record
+        // if it stored them), not dropped with the rest of the input.
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                return Ok(Sent::Later(
+                    Some(Duration::from_secs(1)),
+                    anyhow::Error::new(e).context(format!("POST {}", self.url)),
+                ));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("POST {}", self.url))),
+        };
         let status = resp.status();
         if status.is_success() {
             return Ok(Sent::Done(resp.json().await?));
@@ -188,8 +200,11 @@ impl Publisher<'_> {
         {
             return Ok(Sent::OverBurst(error));
         }
+        // 504: stored here but not yet confirmed in the regions asked for; sent again, the
+        // same events are answered by idempotency and waited for once more.
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS
             || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || status == reqwest::StatusCode::GATEWAY_TIMEOUT
         {
             return Ok(Sent::Later(retry_after, error));
         }
@@ -407,6 +422,10 @@ const RECONNECT_HEALTHY: Duration = Duration::from_secs(5);
 /// How long an acknowledgement at the end may take (after Ctrl-C, say) before tail gives
 /// up on it.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest `weft tail` waits for anything from the node (it sends a keep-alive every 15 s)
+/// before it takes the connection as lost and reconnects.
+const TAIL_IDLE_MAX: Duration = Duration::from_secs(45);
 
 /// What a tail has printed: how many events, the cursor of the last one, and the last
 /// cursor a durable subscription acknowledged.
@@ -687,7 +706,10 @@ async fn session(
             .await
             .err()
             .unwrap_or_else(|| anyhow::anyhow!("{status}"));
-        return if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        // 507 (the node's table of durable positions is full) does not pass by waiting.
+        return if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error() && status != reqwest::StatusCode::INSUFFICIENT_STORAGE
+        {
             lost(error, retry_after, false)
         } else {
             Ending::Fatal(error)
@@ -703,7 +725,22 @@ async fn session(
             biased;
             code = &mut stop => return Ending::Signal(code),
             () = &mut at_deadline => return Ending::Timeout,
-            n = body.next() => n,
+            // The node sends a comment every 15 s: three missed, and the connection is
+            // taken as lost (one whose host vanished sends no reset, and would be waited
+            // on for ever).
+            n = tokio::time::timeout(TAIL_IDLE_MAX, body.next()) => match n {
+                Ok(n) => n,
+                Err(_) => {
+                    return lost(
+                        anyhow::anyhow!(
+                            "no data or keep-alive from the node for {} s",
+                            TAIL_IDLE_MAX.as_secs()
+                        ),
+                        None,
+                        healthy(st),
+                    );
+                }
+            },
         };
         let chunk = match next {
             None => {
@@ -744,10 +781,20 @@ async fn session(
             }
             // Durable subscriptions are at-least-once: acknowledge what was printed every
             // 100 events (and when tail ends).
-            if st.seen.is_multiple_of(100)
-                && let Err(e) = ack_printed(client, conn, stream, args, token, st).await
-            {
-                return lost(e, None, healthy(st));
+            if st.seen.is_multiple_of(100) {
+                let acked = tokio::select! {
+                    biased;
+                    code = &mut stop => return Ending::Signal(code),
+                    a = tokio::time::timeout(
+                        FINAL_ACK_TIMEOUT,
+                        ack_printed(client, conn, stream, args, token, st),
+                    ) => a.unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("no answer to an ack in {FINAL_ACK_TIMEOUT:?}"))
+                    }),
+                };
+                if let Err(e) = acked {
+                    return lost(e, None, healthy(st));
+                }
             }
         }
     }
@@ -1256,7 +1303,18 @@ async fn list_keys(
             listing.keys.extend(keys);
         }
         match page.get("next_after").cloned() {
-            Some(Value::String(next)) if args.all => after = Some(next),
+            // Keys come in byte order: a next page starts after the last, never at it.
+            Some(Value::String(next)) if args.all => {
+                if after
+                    .as_ref()
+                    .is_some_and(|a| next.as_bytes() <= a.as_bytes())
+                {
+                    bail!(
+                        "the node's next page would start at {next:?}, not after {after:?}: stopped"
+                    );
+                }
+                after = Some(next);
+            }
             Some(Value::Null) | None => return Ok(listing),
             Some(next) => {
                 if args.all {
@@ -2032,6 +2090,65 @@ mod tests {
         assert_eq!(flat, want);
         assert!(got.iter().all(|b| b.len() <= 3), "{got:?}");
         assert_eq!(answers, got.len());
+        server.abort();
+    }
+
+    /// A batch whose answer was lost (504: stored but not yet confirmed; or a dropped
+    /// connection) is sent again with the same CloudEvent ids, which the node answers from
+    /// its idempotency record, instead of ending the publish with the rest of the input
+    /// unsent (a review, 2026-12-06).
+    #[tokio::test]
+    async fn publish_sends_a_batch_whose_answer_was_lost_again_with_the_same_ids() {
+        use std::sync::{Arc, Mutex};
+        let calls: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(Vec::new()));
+        let calls2 = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/streams/s/events",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let calls = calls2.clone();
+                async move {
+                    use axum::response::IntoResponse as _;
+                    let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                    let ids: Vec<String> =
+                        batch.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+                    let first = {
+                        let mut c = calls.lock().unwrap();
+                        c.push(ids.clone());
+                        c.len() == 1
+                    };
+                    if first {
+                        return (
+                            axum::http::StatusCode::GATEWAY_TIMEOUT,
+                            [("retry-after", "1")],
+                            axum::Json(serde_json::json!({"error": {"reason": "ack_timeout", "message": "not confirmed yet"}})),
+                        )
+                            .into_response();
+                    }
+                    axum::Json(serde_json::json!({"ids": ids})).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for n in 1..=3 {
+            tx.send(Ok(format!("{{\"n\":{n}}}"))).await.unwrap();
+        }
+        drop(tx);
+        let args = PublishArgs {
+            batch: 100,
+            linger_ms: 50,
+        };
+        let n = publish_lines(&publisher(&node), rx, &args, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[0], calls[1], "the same events again, by their ids");
         server.abort();
     }
 

@@ -342,8 +342,6 @@ struct Subject<'a> {
     id: String,
 }
 
-/// An event of a batch refused for good (the agent dead-letters it; a void takes its
-/// number). Counted and audited by the caller.
 /// The `busy` wait for a batch the policy's rate limit or quota refused: the limiter's
 /// wait to the millisecond (`wait_ms`), within [`RATE_RETRY_MIN_MS`] and
 /// [`RATE_RETRY_MAX_MS`]. It was whole seconds and at least [`BUSY_RETRY_MS`] before, so
@@ -355,6 +353,8 @@ fn rate_retry_ms(wait_ms: Option<u64>) -> u64 {
     })
 }
 
+/// An event of a batch refused for good (the agent dead-letters it; a void takes its
+/// number). Counted and audited by the caller.
 fn refused(index: usize, reason: &str, message: String) -> BatchAnswer {
     BatchAnswer::Refused {
         index: index as u32,

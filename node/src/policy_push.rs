@@ -151,10 +151,6 @@ pub(crate) fn carried_bundle(event: &Event) -> Result<&[u8], &'static str> {
     }
 }
 
-/// The newest bundle a node can start with: the one in its config, or the one it last
-/// applied (kept in the store), whichever has the higher epoch and verifies. A stored
-/// bundle that no longer verifies (the operator trust changed) is skipped with a warning;
-/// a configured bundle that does not verify stops the node (an operator error).
 /// Reads the bundle file `[policy] bundle` names, if any: what [`at_start`] takes as
 /// `configured` (both `weft node` and `weft check-config` read it here).
 pub(crate) fn read_configured(path: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
@@ -194,6 +190,10 @@ pub(crate) fn check_configured(
     Ok(Some(verified))
 }
 
+/// The newest bundle a node can start with: the one in its config, or the one it last
+/// applied (kept in the store), whichever has the higher epoch and verifies. A stored
+/// bundle that no longer verifies (the operator trust changed) is skipped with a warning;
+/// a configured bundle that does not verify stops the node (an operator error).
 pub(crate) fn at_start(
     trust: &Trust,
     configured: Option<Vec<u8>>,
