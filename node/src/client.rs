@@ -359,9 +359,19 @@ pub(crate) fn publish(
                 });
             }
         }
+        // Once standard output is closed (`weft publish ... | head -1`) the ids are no
+        // longer printed, but publishing goes on to the end of the input: `say!` would end
+        // the process at the closed pipe with lines still unsent.
+        let mut stdout_open = true;
         let published = publish_lines(&publisher, rx, args, |body| {
+            use std::io::Write as _;
             for id in body["ids"].as_array().into_iter().flatten() {
-                say!("{}", id.as_str().unwrap_or_default());
+                if stdout_open {
+                    let mut out = std::io::stdout().lock();
+                    stdout_open = writeln!(out, "{}", id.as_str().unwrap_or_default())
+                        .and_then(|()| out.flush())
+                        .is_ok();
+                }
             }
             if let Some(regions) = body["regions"].as_array()
                 && !regions.is_empty()
