@@ -370,30 +370,24 @@ fn render_status(value: &serde_json::Value) -> String {
     o
 }
 
-/// `ms` since the epoch as `YYYY-MM-DD HH:MM:SS` UTC (civil-from-days, no time crate).
+/// `ms` since the epoch as `YYYY-MM-DD HH:MM:SS` UTC: the fabric's RFC 3339 timestamp
+/// (as `weft audit` prints it), to the second; one past 9999 prints as its milliseconds.
 fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+    weft_fabric::cloudevents::rfc3339_from_ms(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.replacen('T', " ", 1).chars().take(19).collect(),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_prints_seconds_of_unix_milliseconds() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_709_251_199_999), "2024-02-29 23:59:59");
+    }
 
     #[test]
     fn status_names_another_agent_on_the_configured_address() {
