@@ -25,9 +25,11 @@
 //!   later-arriving writes the context covers are dropped. A delete supersedes what it
 //!   covers and adds nothing (concurrent writes survive: add wins).
 //! - `counter`: a PN-counter: per origin, the sums of its increments and decrements; the
-//!   value is their total. A delete records the per-origin sums its writer had seen
-//!   (prefix sums, by per-origin order), and the value counts only what came after:
-//!   concurrent increments survive the reset.
+//!   value is their total. A delete names, per origin, the last increment its writer had
+//!   seen; every replica resets the increments of that origin up to that number that it
+//!   holds itself (not the sums the delete carries), and the value counts only what came
+//!   after: concurrent increments survive the reset, and an increment erased from every
+//!   replica leaves no trace in a reset ([`apply_key_with`]).
 //! - `set`: an observed-remove set: every insert tags its elements with its dot; a remove
 //!   (or a delete of the key) removes the tags its context covers; a concurrent insert
 //!   survives (add wins).
@@ -590,7 +592,8 @@ pub enum KeyState {
     Counter {
         /// Per origin, its sums so far.
         totals: BTreeMap<OriginKey, Totals>,
-        /// Per origin, the sums reset by deletes (the greatest seen).
+        /// Per origin, the greatest number a delete named (`seq`) and the sums of the
+        /// increments applied here numbered up to it (`p`, `n`): those the value leaves out.
         reset: BTreeMap<OriginKey, Totals>,
     },
     /// `set`.
@@ -628,7 +631,9 @@ impl KeyState {
                 .wrapping_add(t.p.wrapping_sub(r.p) as i128)
                 .wrapping_sub(t.n.wrapping_sub(r.n) as i128);
         }
-        // Resets seen before the sums they reset: those sums still count against it.
+        // Resets of an origin none of whose increments are here: their sums are zero,
+        // but a row stored before 2026-12-06 may hold the sums a delete carried (which the
+        // increments arriving later made good).
         for (o, r) in reset {
             if !totals.contains_key(o) {
                 v = v.wrapping_sub(r.p as i128).wrapping_add(r.n as i128);
@@ -997,16 +1002,41 @@ impl KeyState {
 /// Applies one write to one key's state (`None`: the key has none yet). The caller has
 /// checked that the write is not a duplicate (per-origin sequence order). This is what a
 /// store that keeps each key's state apart (the node's SQLite tables) calls.
+///
+/// A counter delete that names a number below increments of that origin already applied
+/// here takes the sums it carries for the increments up to it: exact while every replica
+/// holds the same increments (per-origin order), not after an erase removed some of them.
+/// A store that can erase passes the sums it holds itself through [`apply_key_with`].
 pub fn apply_key(
     strategy: Strategy,
     state: &mut Option<KeyState>,
     w: &Write<'_>,
     stats: &mut ConflictStats,
 ) -> Applied {
+    apply_key_with(strategy, state, w, stats, &mut |_, _, _| None)
+}
+
+/// The sums (`p`, `n`) of the increments of an origin to the key being written that the
+/// replica holds, numbered in `(after, upto]`; `None` when it cannot tell.
+pub type HeldSums<'a> = dyn FnMut(&OriginKey, u64, u64) -> Option<(u128, u128)> + 'a;
+
+/// [`apply_key`], with `held` to ask what increments of an origin the replica holds when a
+/// counter delete names a number below some it has applied (the increments in between
+/// are not in the key's state, only their sums). With `held` answering from what the
+/// replica holds, every replica's reset is the sums of the increments it holds up to the
+/// named numbers: increments erased from every replica (a principal's erase) leave no
+/// trace in it, whatever sums the delete carried.
+pub fn apply_key_with(
+    strategy: Strategy,
+    state: &mut Option<KeyState>,
+    w: &Write<'_>,
+    stats: &mut ConflictStats,
+    held: &mut HeldSums<'_>,
+) -> Applied {
     let outcome = match strategy {
         Strategy::Lww => apply_lww(state, w, stats),
         Strategy::MultiValue => apply_mv(state, w, stats),
-        Strategy::Counter => apply_counter(state, w, stats),
+        Strategy::Counter => apply_counter(state, w, stats, held),
         Strategy::Set => apply_set(state, w, stats),
     };
     match outcome {
@@ -1090,6 +1120,7 @@ fn apply_counter(
     state: &mut Option<KeyState>,
     w: &Write<'_>,
     stats: &mut ConflictStats,
+    held: &mut HeldSums<'_>,
 ) -> Applied {
     if !matches!(w.op, Op::Add { .. } | Op::Delete { .. }) {
         return Applied::Ignored;
@@ -1110,21 +1141,53 @@ fn apply_counter(
             }
             let t = totals.entry(w.dot.origin).or_default();
             t.seq = t.seq.max(w.dot.seq);
-            if *delta >= 0 {
-                t.p = t.p.wrapping_add(*delta as u128);
-            } else {
-                t.n = t.n.wrapping_add(delta.unsigned_abs() as u128);
+            add_delta(t, *delta);
+            // An increment a delete applied here already named: reset with the others.
+            if let Some(r) = reset.get_mut(&w.dot.origin)
+                && w.dot.seq <= r.seq
+            {
+                add_delta(r, *delta);
             }
         }
         Op::Delete { totals: seen, .. } => {
-            for (o, t) in seen {
-                let r = reset.entry(*o).or_default();
-                *r = (*r).max(*t);
+            for (o, named) in seen {
+                let before = reset.get(o).copied().unwrap_or_default();
+                if named.seq <= before.seq {
+                    continue;
+                }
+                let here = totals.get(o).copied().unwrap_or_default();
+                let (p, n) = if here.seq <= named.seq {
+                    // Every increment of `o` held here is numbered up to the delete's (those
+                    // still to come count into the reset as they arrive, above).
+                    (here.p, here.n)
+                } else {
+                    // Some past it are applied too: the sums up to it are not in the state.
+                    match held(o, before.seq, named.seq) {
+                        Some((p, n)) => (before.p.wrapping_add(p), before.n.wrapping_add(n)),
+                        None => (named.p, named.n),
+                    }
+                };
+                reset.insert(
+                    *o,
+                    Totals {
+                        seq: named.seq,
+                        p,
+                        n,
+                    },
+                );
             }
         }
         _ => unreachable!("checked above"),
     }
     Applied::Applied
+}
+
+fn add_delta(t: &mut Totals, delta: i64) {
+    if delta >= 0 {
+        t.p = t.p.wrapping_add(delta as u128);
+    } else {
+        t.n = t.n.wrapping_add(delta.unsigned_abs() as u128);
+    }
 }
 
 /// Removes the tags of `e` that `ctx` covers and remembers `ctx` for copies of them that

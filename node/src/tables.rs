@@ -133,8 +133,34 @@ pub(crate) fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     if !had_writers {
         tx.execute("DELETE FROM table_meta", [])?;
     }
+    // Counter rows made before a deletion reset the increments each node holds (not the
+    // sums it carried, 2026-12-06) may hold a carried reset that increments arriving
+    // later would now count twice: those tables are built again from the log, once.
+    let held_resets: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM meta WHERE k = ?1)",
+        [COUNTER_RESETS_HELD],
+        |r| r.get(0),
+    )?;
+    if !held_resets {
+        let n = tx.execute("DELETE FROM table_meta WHERE strategy = 'counter'", [])?
+            + tx.execute("DELETE FROM table_building WHERE strategy = 'counter'", [])?;
+        if n > 0 {
+            tracing::info!(
+                tables = n,
+                "counter tables are rebuilt from the log once (deletions now reset the increments held)"
+            );
+        }
+        tx.execute(
+            "INSERT INTO meta (k, v) VALUES (?1, X'01')",
+            [COUNTER_RESETS_HELD],
+        )?;
+    }
     tx.commit()
 }
+
+/// The store's `meta` key saying its counter rows reset the increments held
+/// ([`create_schema`]).
+const COUNTER_RESETS_HELD: &str = "table_counter_resets_held";
 
 /// Most keys one list request returns.
 pub(crate) const LIST_LIMIT_MAX: usize = 1000;
@@ -286,11 +312,87 @@ fn apply_write(
     let sec = event.security();
     store_writer(conn, stream, key, &sec.tenant, &sec.classification)?;
     let mut state = load_state(conn, stream, key)?;
-    let outcome = table::apply_key(strategy, &mut state, &write_of(event, key, &op), stats);
+    let outcome = apply_logged(conn, strategy, (stream, key), &mut state, event, &op, stats)?;
     if let Some(state) = state {
         store_state(conn, stream, key, &state)?;
     }
     Ok(outcome)
+}
+
+/// Applies `op`, `event`'s operation, to `state`, `key`'s state, asking the log for the
+/// increments a counter deletion resets when they are not in the state ([`held_sums`]).
+fn apply_logged(
+    conn: &Connection,
+    strategy: Strategy,
+    (stream, key): (&str, &[u8]),
+    state: &mut Option<KeyState>,
+    event: &Event,
+    op: &Op,
+    stats: &mut ConflictStats,
+) -> Result<Applied, String> {
+    let mut failed = None;
+    let outcome = table::apply_key_with(
+        strategy,
+        state,
+        &write_of(event, key, op),
+        stats,
+        &mut |origin, after, upto| match held_sums(conn, (stream, key), origin, after, upto) {
+            Ok(sums) => Some(sums),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        },
+    );
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
+}
+
+/// The sums (positive, negative) of the increments `origin` wrote to `key` of `stream`
+/// numbered in `(after, upto]` that the log holds (not those an erase still being removed
+/// covers): what a counter deletion naming `upto` resets when this node has applied later
+/// increments of that origin too ([`table::apply_key_with`]). Every node holds the same
+/// increments once an erase is applied everywhere, so every node resets the same sums,
+/// those of what is left, whatever the deletion carried.
+fn held_sums(
+    conn: &Connection,
+    (stream, key): (&str, &[u8]),
+    origin: &OriginKey,
+    after: u64,
+    upto: u64,
+) -> Result<(u128, u128), String> {
+    let seq = |n: u64| i64::try_from(n).map_err(|_| "sequence number over i64".to_string());
+    let mut sums = (0u128, 0u128);
+    let mut ignored = ConflictStats::default();
+    for_each_log_write(
+        conn,
+        stream,
+        Writes::KeyOrigin {
+            key,
+            origin: &origin.0,
+            after: seq(after)?,
+            upto: seq(upto)?,
+        },
+        |_| true,
+        |event| {
+            if let Some(Op::Add { delta }) = op_of(event, &mut ignored) {
+                add_delta(&mut sums, delta);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(sums)
+}
+
+/// Adds an increment to running sums (positive, negative), as a counter keeps them.
+fn add_delta(sums: &mut (u128, u128), delta: i64) {
+    if delta >= 0 {
+        sums.0 = sums.0.wrapping_add(delta as u128);
+    } else {
+        sums.1 = sums.1.wrapping_add(delta.unsigned_abs() as u128);
+    }
 }
 
 /// Records that a write of `tenant` and `classification` was applied to `key`.
@@ -584,6 +686,14 @@ enum Writes<'a> {
         seq: i64,
         limit: i64,
     },
+    /// One key's by one origin numbered in `(after, upto]` (the increments a counter
+    /// deletion resets, [`held_sums`]).
+    KeyOrigin {
+        key: &'a [u8],
+        origin: &'a [u8],
+        after: i64,
+        upto: i64,
+    },
 }
 
 /// Events a log walk ([`for_each_log_write`]) decodes and verifies at once: its memory
@@ -628,6 +738,14 @@ fn log_walk_sql(writes: &Writes<'_>) -> &'static str {
             crate::store::not_erasing!("e"),
             " ORDER BY e.origin, e.seq LIMIT ?5"
         ),
+        Writes::KeyOrigin { .. } => concat!(
+            "SELECT e.envelope FROM events e INDEXED BY events_key_writes
+             JOIN log l ON l.id = e.id
+             WHERE e.stream = ?1 AND e.key IS NOT NULL AND e.key = ?2
+               AND e.origin = ?3 AND e.seq > ?4 AND e.seq <= ?5 AND ",
+            crate::store::not_erasing!("e"),
+            " ORDER BY e.origin, e.seq"
+        ),
     }
 }
 
@@ -663,6 +781,12 @@ fn for_each_log_write(
             seq,
             limit,
         } => select.query(params![stream, key, origin, seq, limit]),
+        Writes::KeyOrigin {
+            key,
+            origin,
+            after,
+            upto,
+        } => select.query(params![stream, key, origin, after, upto]),
     }
     .map_err(backend)?;
     let mut chunk = Vec::with_capacity(LOG_WALK_CHUNK);
@@ -895,7 +1019,7 @@ fn apply_writes_after(
             let op = op_of(event, stats);
             walked(event, op.is_some());
             if let Some(op) = op {
-                table::apply_key(strategy, state, &write_of(event, key, &op), stats);
+                apply_logged(conn, strategy, (stream, key), state, event, &op, stats)?;
             }
             Ok(())
         },
@@ -1974,9 +2098,8 @@ fn key_erasing(conn: &Connection, stream: &str, key: &[u8]) -> Result<bool, Stri
 /// write the reader may not read never shows, nor does its version.
 ///
 /// In the replay a counter deletion resets, per origin, the visible increments up to the
-/// number it names that have the deletion's own tenant and classification, not the sums
-/// it carries: a deletion made before contexts were cut to its stamp ([`deletion_view`])
-/// may carry sums of writes the reader may not read.
+/// number it names, not the sums it carries: a deletion made before contexts were cut to
+/// its stamp ([`deletion_view`]) may carry sums of writes the reader may not read.
 fn visible_state(
     conn: &Connection,
     strategy: Strategy,
@@ -2071,7 +2194,7 @@ fn read_key(
         KeyRead::Replay { .. } => {}
     }
     // The visible writes, with their stamp; each origin's in sequence order.
-    let mut seen: Vec<(Dot, Hlc, Op, (String, String))> = Vec::new();
+    let mut seen: Vec<(Dot, Hlc, Op)> = Vec::new();
     let mut stats = ConflictStats::default();
     for_each_log_write(
         conn,
@@ -2083,26 +2206,20 @@ fn read_key(
         },
         |event| {
             if let Some(op) = op_of(event, &mut stats) {
-                let sec = event.security();
-                seen.push((
-                    Dot {
-                        origin: event.origin(),
-                        seq: event.seq(),
-                    },
-                    event.hlc(),
-                    op,
-                    (sec.tenant.clone(), sec.classification.clone()),
-                ));
+                let dot = Dot {
+                    origin: event.origin(),
+                    seq: event.seq(),
+                };
+                seen.push((dot, event.hlc(), op));
             }
             Ok(())
         },
     )?;
-    if strategy == Strategy::Counter {
-        recount_resets(&mut seen);
-    }
     let mut fresh = None;
-    for (dot, hlc, op, _) in &seen {
-        table::apply_key(
+    for (dot, hlc, op) in &seen {
+        // A counter deletion resets the visible increments it covers, not the sums it
+        // carries (which may count writes this reader may not read).
+        table::apply_key_with(
             strategy,
             &mut fresh,
             &Write {
@@ -2112,47 +2229,22 @@ fn read_key(
                 op,
             },
             &mut stats,
+            &mut |origin, after, upto| {
+                let mut sums = (0, 0);
+                for (d, _, op) in &seen {
+                    if let Op::Add { delta } = op
+                        && d.origin == *origin
+                        && d.seq > after
+                        && d.seq <= upto
+                    {
+                        add_delta(&mut sums, *delta);
+                    }
+                }
+                Some(sums)
+            },
         );
     }
     Ok(fresh)
-}
-
-/// Replaces each counter deletion's sums by those of the increments in `writes` it covers:
-/// per origin it names, those numbered up to its number with the deletion's own tenant and
-/// classification.
-fn recount_resets(writes: &mut [(Dot, Hlc, Op, (String, String))]) {
-    let mut adds: Vec<(Dot, i64, (String, String))> = Vec::new();
-    for (dot, _, op, stamp) in writes.iter() {
-        if let Op::Add { delta } = op {
-            adds.push((*dot, *delta, stamp.clone()));
-        }
-    }
-    for (_, _, op, stamp) in writes.iter_mut() {
-        let Op::Delete { totals, .. } = op else {
-            continue;
-        };
-        let mut recounted = BTreeMap::new();
-        for (origin, named) in totals.iter() {
-            let mut t = Totals {
-                seq: named.seq,
-                p: 0,
-                n: 0,
-            };
-            for (dot, delta, by) in &adds {
-                if dot.origin == *origin && dot.seq <= named.seq && by == stamp {
-                    if *delta >= 0 {
-                        t.p = t.p.wrapping_add(*delta as u128);
-                    } else {
-                        t.n = t.n.wrapping_add(delta.unsigned_abs() as u128);
-                    }
-                }
-            }
-            if t.p != 0 || t.n != 0 {
-                recounted.insert(*origin, t);
-            }
-        }
-        *totals = recounted;
-    }
 }
 
 /// The view a deletion this node makes for `principal` on `stream` takes its context
@@ -3574,6 +3666,36 @@ replication = "all"
         assert_eq!(replica.key(b"k").unwrap()["value"], 7);
     }
 
+    /// A store whose counter rows were made before deletions reset the increments held
+    /// builds its counter tables again at start (once), and only those.
+    #[test]
+    fn a_store_with_counter_rows_of_carried_resets_rebuilds_them_once() {
+        for strategy in [Strategy::Counter, Strategy::Lww] {
+            let mut replica = Replica::new(strategy);
+            for (e, _) in shared_writes(strategy) {
+                replica.deliver(&e);
+            }
+            let before = replica.digest();
+            let conn = replica.store.write_conn().unwrap();
+            conn.execute("DELETE FROM meta WHERE k = ?1", [COUNTER_RESETS_HELD])
+                .unwrap();
+            replica.store.commit().unwrap();
+            for reopen in 0..2 {
+                replica.store.commit().unwrap();
+                replica.store =
+                    SqliteStore::open(replica._dir.path(), StoreLimits::default()).unwrap();
+                replica.built.clear();
+                let rebuilt = if strategy == Strategy::Counter && reopen == 0 {
+                    vec![(STREAM.to_string(), Some(strategy))]
+                } else {
+                    vec![]
+                };
+                assert_eq!(replica.declare(Some(strategy)), rebuilt, "{strategy:?}");
+                assert_eq!(replica.digest(), before, "{strategy:?}");
+            }
+        }
+    }
+
     const STRATEGIES: [Strategy; 4] = [
         Strategy::Lww,
         Strategy::MultiValue,
@@ -3812,6 +3934,60 @@ replication = "all"
             }
             erasing.rebuild();
             assert_eq!(erasing.digest(), digest, "{strategy:?}: whole rebuild");
+        }
+    }
+
+    /// A principal erase of increments a counter deletion counted leaves the counter at
+    /// what a history without them gives, on a replica that held them and on one that
+    /// never did, whether the deletion came after the increments it names at their origin
+    /// or from another origin after later increments (its reset then read from the log):
+    /// carol +7 and alice +11 through one node, alice's deletion, alice +1, carol erased,
+    /// reads 1 (the deletion's carried sums, 18, gave -6; a user review, 2026-12-06).
+    #[test]
+    fn a_principal_erase_leaves_a_counter_what_a_history_without_her_gives() {
+        let add = |delta| Op::Add { delta };
+        let by = |who| ("acme", "internal", who);
+        let carol = write_by(1, 1, b"k", T0, &add(7), by("carol"));
+        let alice = write_by(1, 2, b"k", T0 + 1, &add(11), by("alice"));
+        let named = |seq| Op::Delete {
+            ctx: Vv::default(),
+            totals: BTreeMap::from([(carol.origin(), Totals { seq, p: 18, n: 0 })]),
+        };
+        // At the increments' origin, after them.
+        let here = write_by(1, 3, b"k", T0 + 2, &named(2), by("alice"));
+        let later = write_by(1, 4, b"k", T0 + 3, &add(1), by("alice"));
+        // From another origin, reaching replicas after alice's later increment.
+        let there = write_by(2, 1, b"k", T0 + 4, &named(2), by("alice"));
+        for (deletion, order) in [
+            [&carol, &alice, &here, &later],
+            [&carol, &alice, &later, &there],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut held = Replica::new(Strategy::Counter);
+            let mut never = Replica::new(Strategy::Counter);
+            for w in order {
+                held.deliver(w);
+                if !Arc::ptr_eq(w, &carol) {
+                    never.deliver(w);
+                }
+            }
+            assert_eq!(held.key(b"k").unwrap()["value"], 1, "before the erase");
+            // Carol's increment refused (her erase came first): the deletion resets the
+            // increments held, not the 18 it carries.
+            assert_eq!(never.key(b"k").unwrap()["value"], 1, "never held carol's");
+            let (erased, _) = held.erase_principal("carol", T0 + 60_000);
+            assert_eq!(erased, 1);
+            never.erase_principal("carol", T0 + 60_000);
+            assert_eq!(held.key(b"k").unwrap()["value"], 1, "{deletion:?}");
+            assert_eq!(never.key(b"k").unwrap()["value"], 1, "{deletion:?}");
+            assert_eq!(held.digest(), never.digest());
+            let root = held.key_seen_by(Some(guard("root", "acme")), b"k").unwrap();
+            assert_eq!(root["value"], 1, "{root}");
+            let digest = held.digest();
+            held.rebuild();
+            assert_eq!(held.digest(), digest, "whole rebuild");
         }
     }
 
