@@ -777,21 +777,29 @@ async fn session(
                 .lines()
                 .find_map(|l| l.strip_prefix("id:"))
                 .map(|i| i.trim().to_string());
+            let mut data_lines = 0;
             for line in text.lines() {
                 if let Some(data) = line.strip_prefix("data:") {
                     out(data.trim_start());
                     st.seen += 1;
+                    data_lines += 1;
                     if id.is_some() {
                         st.last_id.clone_from(&id);
                     }
                 }
+            }
+            // An id without data: where the stream starts (`--last N` on a stream with
+            // fewer new events), to resume from there rather than ask for the newest N
+            // again and miss what came in between.
+            if data_lines == 0 && id.is_some() {
+                st.last_id = id;
             }
             if args.count.is_some_and(|c| st.seen >= c) {
                 return Ending::Count;
             }
             // Durable subscriptions are at-least-once: acknowledge what was printed every
             // 100 events (and when tail ends).
-            if st.seen.is_multiple_of(100) {
+            if data_lines > 0 && st.seen.is_multiple_of(100) {
                 let acked = tokio::select! {
                     biased;
                     code = &mut stop => return Ending::Signal(code),
@@ -1804,10 +1812,18 @@ mod tests {
                             r.len() == 1
                         };
                         let start: usize = from.map_or(0, |c| c[1..].parse().unwrap());
-                        let frames: Vec<Result<bytes::Bytes, std::io::Error>> = (start + 1..=10)
-                            .take(if first { break_after } else { usize::MAX })
-                            .map(|i| Ok(format!("id: c{i}\ndata: {{\"n\":{i}}}\n\n").into()))
-                            .collect();
+                        // Where it starts first, an id without data, as the node sends it
+                        // for `last=N`.
+                        let frames: Vec<Result<bytes::Bytes, std::io::Error>> =
+                            std::iter::once(Ok(format!("id: c{start}\n\n").into()))
+                                .chain(
+                                    (start + 1..=10)
+                                        .take(if first { break_after } else { usize::MAX })
+                                        .map(|i| {
+                                            Ok(format!("id: c{i}\ndata: {{\"n\":{i}}}\n\n").into())
+                                        }),
+                                )
+                                .collect();
                         let tail = futures_util::stream::once(async move {
                             if first {
                                 // Sent first, then the connection dies.
@@ -1900,6 +1916,37 @@ mod tests {
         assert!(
             format!("{e:#}").contains("reading the event stream"),
             "{e:#}"
+        );
+        fake.server.abort();
+    }
+
+    /// A tail whose connection died before it printed anything resumed with no position
+    /// and asked for `last=N` again, missing what came in between beyond N: it resumes
+    /// from where the stream started (the id without data the node sends first).
+    #[tokio::test]
+    async fn tail_lost_before_printing_resumes_from_where_its_stream_started() {
+        let fake = fake_sse(0).await;
+        let mut lines = Vec::new();
+        let args = TailArgs {
+            count: Some(10),
+            timeout: Some(20),
+            reconnect_for: 10,
+            ..TailArgs::default()
+        };
+        let code = follow(
+            &conn_to(&fake.node),
+            "s",
+            &args,
+            |l| lines.push(l.to_string()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0);
+        assert_eq!(lines.len(), 10, "{lines:?}");
+        assert_eq!(
+            *fake.resumed.lock().unwrap(),
+            vec![None, Some("c0".to_string())]
         );
         fake.server.abort();
     }

@@ -2508,6 +2508,9 @@ async fn subscribe(
         api.authenticate(&headers)?;
         save_cursor(&api, d.clone(), name.as_str(), pos).await?;
     }
+    // Started from `last=N` rather than from a position the client gave or a durable
+    // one saved: the client learns where (below).
+    let from_last = last.is_some() && last_event_id.or(after_param).or(saved).is_none();
     let mut after = match last_event_id.or(after_param).or(saved) {
         Some(after) => after,
         None => match last {
@@ -2538,6 +2541,14 @@ async fn subscribe(
     // Opened while reads needed no token (no policy in force, not an admin's system read).
     let opened_open = guard.is_none() && !system;
     api.metrics.subscribers.inc();
+    // Where a `last=N` stream starts, as an event with an id and no data (which an SSE
+    // client takes as its last event id and dispatches nothing): one that reconnects before
+    // an event came resumes from there instead of asking for the newest N again, which
+    // would miss what came in between beyond N. Queued before any event.
+    if from_last {
+        let start = SseEvent::default().id(api.cursors.seal(name.as_str(), after));
+        let _ = tx.try_send(Ok(start));
+    }
     tokio::spawn(async move {
         let mut committed = api2.committed.clone();
         let mut closing = api2.closing.clone();

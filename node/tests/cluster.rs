@@ -746,6 +746,51 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
             .map(|e| e["data"]["k"].as_i64().unwrap())
             .collect();
         assert_eq!(ks, vec![3, 4]);
+        // `last=N` on a stream with nothing yet says where it starts (an id, no data), so a
+        // client that loses the connection before an event came resumes from there and
+        // gets everything published meanwhile, not the newest N alone.
+        let start = {
+            use futures_util::StreamExt as _;
+            let resp = reqwest::get(c.url(0, "/v1/streams/quiet/subscribe?last=1"))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let mut body = resp.bytes_stream();
+            let mut text = String::new();
+            while !text.contains("\n\n") {
+                let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+                    .await
+                    .expect("the start frame in time")
+                    .expect("stream open")
+                    .unwrap();
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            let frame = &text[..text.find("\n\n").unwrap()];
+            assert!(!frame.contains("data:"), "{frame:?}");
+            frame
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .expect("an id")
+                .trim()
+                .to_string()
+        };
+        let (status, _) = c.publish(0, "quiet", "local", &data[..3]).await;
+        assert_eq!(status, 200);
+        let got = sse_take(
+            c.url(0, "/v1/streams/quiet/subscribe?last=1"),
+            Some(&start),
+            3,
+        )
+        .await;
+        let ks: Vec<i64> = got
+            .iter()
+            .map(|e| e["data"]["k"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ks,
+            vec![0, 1, 2],
+            "resumed from the start, not the newest 1"
+        );
         // A Last-Event-ID that is not this node's token: 400, not a silent start over.
         let resp = reqwest::Client::new()
             .get(c.url(0, "/v1/streams/s/subscribe"))
