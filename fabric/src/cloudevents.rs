@@ -247,6 +247,23 @@ impl IncomingEvent {
     }
 }
 
+/// The `source` and `id` of a stored CloudEvent payload (structured JSON), for the
+/// node's idempotency record; `None` when they are missing, not strings, or over
+/// [`CE_FIELD_LEN_MAX`] (a payload that did not come through the node's parser: a
+/// pre-signed event). Reads only those two members; the rest is skipped, not built.
+pub fn identity(payload: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Identity<'a> {
+        #[serde(borrow)]
+        source: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let i: Identity<'_> = serde_json::from_slice(payload).ok()?;
+    let fits = |f: &str| !f.is_empty() && f.len() <= CE_FIELD_LEN_MAX;
+    (fits(&i.source) && fits(&i.id)).then(|| (i.source.into_owned(), i.id.into_owned()))
+}
+
 /// Parses one CloudEvent in structured mode (body of content type [`CE_JSON`]).
 pub fn parse_structured(body: &[u8]) -> Result<IncomingEvent, CeError> {
     parse_structured_unbounded(body).and_then(check_size)
@@ -1347,6 +1364,37 @@ mod tests {
 
     /// A publisher may set `weftstream` and `weftkey`; every other `weft*` attribute is the
     /// node's own, refused in every mode (a batch names the event).
+    /// A stored payload's identity for the idempotency record: the two strings, whatever
+    /// else the event holds; nothing for a payload without both, with one not a string,
+    /// empty or over the limit, or that is not JSON.
+    #[test]
+    fn a_stored_event_gives_its_source_and_id_and_nothing_else() {
+        let ce = parse_structured(
+            br#"{"specversion":"1.0","id":"a-1","source":"/s","type":"t","data":{"big":[1,2,3]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            identity(&ce.to_payload()),
+            Some(("/s".to_string(), "a-1".to_string()))
+        );
+        let long = "x".repeat(CE_FIELD_LEN_MAX + 1);
+        for bad in [
+            r#"{"source":"/s"}"#.to_string(),
+            r#"{"source":"/s","id":7}"#.to_string(),
+            r#"{"source":"","id":"a"}"#.to_string(),
+            format!(r#"{{"source":"/s","id":"{long}"}}"#),
+            r#"{"source":"/s","id":"a","id":"b"}"#.to_string(),
+            "not json".to_string(),
+        ] {
+            assert_eq!(identity(bad.as_bytes()), None, "{bad}");
+        }
+        // Escapes are read as the parser reads them.
+        assert_eq!(
+            identity(br#"{"source":"/a\/b","id":"\u00e9"}"#),
+            Some(("/a/b".to_string(), "\u{e9}".to_string()))
+        );
+    }
+
     #[test]
     fn weft_attributes_the_node_sets_are_refused_at_input() {
         let ct = |v: &'static str| vec![("content-type", v.as_bytes())];

@@ -1681,6 +1681,7 @@ impl Driver {
             Ok(pos) => {
                 self.last_pos = pos;
                 self.metrics.deliveries.inc();
+                self.record_ce_identity(event);
                 if event.stream().as_str() == crate::policy_push::POLICY_STREAM {
                     self.apply_policy(event);
                 } else if event.stream().as_str() == crate::erase::ERASE_STREAM {
@@ -1697,6 +1698,28 @@ impl Driver {
                     &format!("appending event {} to the log failed: {e}", event.id()),
                 );
             }
+        }
+    }
+
+    /// Records the CloudEvents identity (principal, `source`, `id`) of an event another
+    /// node (or a producer's own key) published, in the commit that makes it durable here:
+    /// a client that retries through this node what it first published through another
+    /// is answered from this record once the event has reached this node, as a retry
+    /// through the first node is (idempotency across the fabric, eventual: a retry that
+    /// overtakes the event's replication is a new event). This node's own publishes are
+    /// recorded where they are taken. A sealed payload keeps its attributes from the node.
+    fn record_ce_identity(&mut self, event: &Event) {
+        if event.origin() == self.me.node_key()
+            || event.content_type() != weft_fabric::cloudevents::CE_JSON
+        {
+            return;
+        }
+        let weft_fabric::Payload::Clear(bytes) = event.payload() else {
+            return;
+        };
+        if let Some((source, id)) = weft_fabric::cloudevents::identity(bytes) {
+            let principal = event.security().principal.clone();
+            self.dedup.push((principal, source, id, event.id()));
         }
     }
 

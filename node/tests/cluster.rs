@@ -1592,6 +1592,38 @@ fn a_retry_answered_by_idempotency_is_confirmed_at_its_ack_level() {
         // Stored once.
         let ids = c.ids(0, "r").await.unwrap();
         assert_eq!(ids.len(), 1, "{ids:?}");
+        // The same retry through the other node, which holds the event now: answered from
+        // its record of the replicated event (it used to be stored again there, a second
+        // event), and the same identity with other data is refused there too.
+        let post_to = |i: usize, ce: Value| {
+            let url = c.url(i, "/v1/streams/r/events?ack=regions:2");
+            let (token, body) = (c.token.clone(), serde_json::to_vec(&ce).unwrap());
+            async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            }
+        };
+        let (s, there) = post_to(1, ce.clone()).await;
+        assert_eq!(s, 200, "{there}");
+        assert_eq!(there["ids"], first["ids"], "the same event: {there}");
+        let mut other = ce.clone();
+        other["data"] = json!({"n": 2});
+        let (s, refused) = post_to(1, other).await;
+        assert_eq!(s, 409, "{refused}");
+        assert_eq!(refused["error"]["reason"], "event_id_reused", "{refused}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..2 {
+            let ids = c.ids(i, "r").await.unwrap();
+            assert_eq!(ids.len(), 1, "node {i}: {ids:?}");
+        }
     });
 }
 
