@@ -1553,9 +1553,9 @@ fn a_retry_answered_by_idempotency_is_confirmed_at_its_ack_level() {
         c.wait_meshed().await;
         let ce = json!({"specversion": "1.0", "id": "retry-1", "source": "it", "type": "t",
             "datacontenttype": "application/json", "data": {"n": 1}});
-        let post = || {
-            let url = c.url(0, "/v1/streams/r/events?ack=regions:2");
-            let (token, body) = (c.token.clone(), serde_json::to_vec(&ce).unwrap());
+        let post_to = |i: usize, ce: &Value| {
+            let url = c.url(i, "/v1/streams/r/events?ack=regions:2");
+            let (token, body) = (c.token.clone(), serde_json::to_vec(ce).unwrap());
             async move {
                 let r = reqwest::Client::new()
                     .post(url)
@@ -1569,6 +1569,7 @@ fn a_retry_answered_by_idempotency_is_confirmed_at_its_ack_level() {
                 (status, r.json::<Value>().await.unwrap())
             }
         };
+        let post = || post_to(0, &ce);
         c.chaos(0, json!([{"peer": "*", "blackhole": true}])).await;
         let (s, first) = post().await;
         assert_eq!(s, 504, "{first}");
@@ -1595,28 +1596,12 @@ fn a_retry_answered_by_idempotency_is_confirmed_at_its_ack_level() {
         // The same retry through the other node, which holds the event now: answered from
         // its record of the replicated event (it used to be stored again there, a second
         // event), and the same identity with other data is refused there too.
-        let post_to = |i: usize, ce: Value| {
-            let url = c.url(i, "/v1/streams/r/events?ack=regions:2");
-            let (token, body) = (c.token.clone(), serde_json::to_vec(&ce).unwrap());
-            async move {
-                let r = reqwest::Client::new()
-                    .post(url)
-                    .bearer_auth(token)
-                    .header("content-type", "application/cloudevents+json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                (status, r.json::<Value>().await.unwrap())
-            }
-        };
-        let (s, there) = post_to(1, ce.clone()).await;
+        let (s, there) = post_to(1, &ce).await;
         assert_eq!(s, 200, "{there}");
         assert_eq!(there["ids"], first["ids"], "the same event: {there}");
         let mut other = ce.clone();
         other["data"] = json!({"n": 2});
-        let (s, refused) = post_to(1, other).await;
+        let (s, refused) = post_to(1, &other).await;
         assert_eq!(s, 409, "{refused}");
         assert_eq!(refused["error"]["reason"], "event_id_reused", "{refused}");
         tokio::time::sleep(Duration::from_millis(500)).await;
