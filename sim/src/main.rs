@@ -192,6 +192,20 @@ fn run() -> anyhow::Result<ExitCode> {
 }
 
 fn list(dir: &Path) -> anyhow::Result<ExitCode> {
+    let rows = list_rows(dir)?;
+    if rows.is_empty() {
+        outln!("no scenarios (*.toml files) in {}", dir.display());
+    }
+    for row in rows {
+        outln!("{row}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per `*.toml` entry of `dir`, in name order: its node count, duration and first
+/// sentence, or `INVALID:` and why (a scenario that does not parse, a file that cannot be
+/// read or is not UTF-8, a directory): one bad entry does not end the listing.
+fn list_rows(dir: &Path) -> anyhow::Result<Vec<String>> {
     let catalog = RegionCatalog::embedded()?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| {
@@ -210,20 +224,29 @@ fn list(dir: &Path) -> anyhow::Result<ExitCode> {
         .map(|p| p.display().to_string().chars().count())
         .max()
         .unwrap_or(0);
-    for path in entries {
-        let text = std::fs::read_to_string(&path)?;
-        let shown = path.display().to_string();
-        match Scenario::parse(&text, &catalog) {
-            Ok(s) => outln!(
-                "{shown:<width$} {:>5} nodes {:>5.0} s  {}",
-                s.topology.len(),
-                s.duration_us as f64 / 1e6,
-                first_sentence(&s.description, SUMMARY_CHARS_MAX)
-            ),
-            Err(e) => outln!("{shown:<width$} INVALID: {e}"),
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(entries
+        .into_iter()
+        .map(|path| {
+            let shown = path.display().to_string();
+            let text = match std::fs::read(&path).map(String::from_utf8) {
+                Ok(Ok(text)) => text,
+                Ok(Err(_)) => return format!("{shown:<width$} INVALID: not UTF-8 text"),
+                Err(e) if path.is_dir() => {
+                    return format!("{shown:<width$} INVALID: a directory, not a file ({e})");
+                }
+                Err(e) => return format!("{shown:<width$} INVALID: cannot be read: {e}"),
+            };
+            match Scenario::parse(&text, &catalog) {
+                Ok(s) => format!(
+                    "{shown:<width$} {:>5} nodes {:>5.0} s  {}",
+                    s.topology.len(),
+                    s.duration_us as f64 / 1e6,
+                    first_sentence(&s.description, SUMMARY_CHARS_MAX)
+                ),
+                Err(e) => format!("{shown:<width$} INVALID: {e}"),
+            }
+        })
+        .collect())
 }
 
 /// Longest scenario summary `list` prints.
@@ -627,7 +650,32 @@ fn progress_bar(name: &str) -> indicatif::ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use super::first_sentence;
+    use super::{first_sentence, list_rows};
+
+    /// `list` went through a directory until an entry it could not read as text (a file
+    /// that is not UTF-8, a directory named `*.toml`), then stopped with an error naming
+    /// neither: every entry gets its row, a bad one `INVALID:` and why.
+    #[test]
+    fn list_names_each_entry_it_cannot_read_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a-binary.toml"), [0xff, 0xfe, 0x00]).unwrap();
+        std::fs::create_dir(dir.path().join("b-dir.toml")).unwrap();
+        std::fs::write(dir.path().join("c-bad.toml"), "duration_s = ").unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/link-cut.toml"),
+            dir.path().join("d-good.toml"),
+        )
+        .unwrap();
+        let rows = list_rows(dir.path()).unwrap();
+        assert_eq!(rows.len(), 4, "{rows:#?}");
+        assert!(rows[0].contains("a-binary.toml") && rows[0].contains("INVALID: not UTF-8"));
+        assert!(rows[1].contains("b-dir.toml") && rows[1].contains("INVALID: a directory"));
+        assert!(rows[2].contains("c-bad.toml") && rows[2].contains("INVALID:"));
+        assert!(
+            rows[3].contains("d-good.toml") && rows[3].contains(" nodes "),
+            "{rows:#?}"
+        );
+    }
 
     #[test]
     fn list_summaries_are_the_first_sentence_cut_at_a_word() {
