@@ -2472,10 +2472,14 @@ pub(crate) async fn list(
             .unchecked_transaction()
             .map_err(|e| StoreError::Backend(backend(e)))?;
         // Rows past the keys a build reached are missing or another strategy's, and a
-        // key being rebuilt on its own has its row only in part.
+        // key being rebuilt on its own has its row only in part; rows built under another
+        // strategy than the one declared now wait for the build the driver is to start.
         if building(conn, name.as_str())
             .map_err(StoreError::Backend)?
             .is_some()
+            || built_strategy(conn, name.as_str())
+                .map_err(StoreError::Backend)?
+                .is_some_and(|b| b != strategy)
             || next_key_build(conn, name.as_str())
                 .map_err(StoreError::Backend)?
                 .is_some()
