@@ -548,6 +548,13 @@ impl NodeConfig {
                 "set chaos.enabled = true to use fault injection"
             ));
         }
+        // The checks `POST /v1/chaos` applies: a negative delay from the config panicked
+        // the RTT loop at start.
+        for (i, rule) in self.chaos.rules.iter().enumerate() {
+            if let Err(e) = rule.check() {
+                bail!(field_err(&format!("chaos.rules[{i}]"), e));
+            }
+        }
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -652,6 +659,35 @@ http = "127.0.0.1:8400"
             assert!(
                 err.contains("egress.hash_keys.") && err.contains(want),
                 "{entries}: {err}"
+            );
+        }
+    }
+
+    /// Fault-injection rules in the config are checked as `POST /v1/chaos` checks them (a
+    /// negative delay passed and panicked the node's RTT loop; a loss of 2 passed).
+    #[test]
+    fn chaos_rules_in_the_config_are_checked_as_the_api_checks_them() {
+        let with =
+            |rule: &str| format!("{GOOD}\n[chaos]\nenabled = true\n[[chaos.rules]]\n{rule}\n");
+        assert!(NodeConfig::parse(&with("peer = \"*\"\ndelay_ms = 5.0"), Path::new("/")).is_ok());
+        for (rule, want) in [
+            (
+                "peer = \"*\"\ndelay_ms = -5.0",
+                "delay_ms: must be between 0 and 60000, got -5",
+            ),
+            (
+                "peer = \"*\"\nloss = 2.0",
+                "loss: must be between 0 and 1, got 2",
+            ),
+            ("peer = \"\"", "peer: must be"),
+        ] {
+            let err = format!(
+                "{:#}",
+                NodeConfig::parse(&with(rule), Path::new("/")).unwrap_err()
+            );
+            assert!(
+                err.contains("chaos.rules[0]") && err.contains(want),
+                "{rule}: {err}"
             );
         }
     }
