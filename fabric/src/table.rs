@@ -172,6 +172,17 @@ pub struct Totals {
     pub n: u128,
 }
 
+impl Totals {
+    /// Counts an increment (`delta` >= 0) or a decrement into the sums.
+    pub fn add(&mut self, delta: i64) {
+        if delta >= 0 {
+            self.p = self.p.wrapping_add(delta as u128);
+        } else {
+            self.n = self.n.wrapping_add(delta.unsigned_abs() as u128);
+        }
+    }
+}
+
 /// A table operation, carried as a keyed event's payload (content type
 /// [`OP_CONTENT_TYPE`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1141,12 +1152,12 @@ fn apply_counter(
             }
             let t = totals.entry(w.dot.origin).or_default();
             t.seq = t.seq.max(w.dot.seq);
-            add_delta(t, *delta);
+            t.add(*delta);
             // An increment a delete applied here already named: reset with the others.
             if let Some(r) = reset.get_mut(&w.dot.origin)
                 && w.dot.seq <= r.seq
             {
-                add_delta(r, *delta);
+                r.add(*delta);
             }
         }
         Op::Delete { totals: seen, .. } => {
@@ -1180,14 +1191,6 @@ fn apply_counter(
         _ => unreachable!("checked above"),
     }
     Applied::Applied
-}
-
-fn add_delta(t: &mut Totals, delta: i64) {
-    if delta >= 0 {
-        t.p = t.p.wrapping_add(delta as u128);
-    } else {
-        t.n = t.n.wrapping_add(delta.unsigned_abs() as u128);
-    }
 }
 
 /// Removes the tags of `e` that `ctx` covers and remembers `ctx` for copies of them that

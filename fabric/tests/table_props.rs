@@ -389,19 +389,15 @@ fn counter_after_erase(steps: &[Step], erase: &[bool], order: &[usize]) {
                 },
                 &mut ConflictStats::default(),
                 &mut |o, after, upto| {
-                    let mut sums = (0u128, 0u128);
+                    let mut sums = Totals::default();
                     for h in held_by.iter().filter(|h| {
                         h.key == key && h.dot.origin == *o && h.dot.seq > after && h.dot.seq <= upto
                     }) {
                         if let Op::Add { delta } = h.op {
-                            if delta >= 0 {
-                                sums.0 += delta as u128;
-                            } else {
-                                sums.1 += delta.unsigned_abs() as u128;
-                            }
+                            sums.add(delta);
                         }
                     }
-                    Some(sums)
+                    Some((sums.p, sums.n))
                 },
             );
             if let Some(state) = state {

@@ -364,7 +364,7 @@ fn held_sums(
     upto: u64,
 ) -> Result<(u128, u128), String> {
     let seq = |n: u64| i64::try_from(n).map_err(|_| "sequence number over i64".to_string());
-    let mut sums = (0u128, 0u128);
+    let mut sums = Totals::default();
     let mut ignored = ConflictStats::default();
     for_each_log_write(
         conn,
@@ -378,21 +378,12 @@ fn held_sums(
         |_| true,
         |event| {
             if let Some(Op::Add { delta }) = op_of(event, &mut ignored) {
-                add_delta(&mut sums, delta);
+                sums.add(delta);
             }
             Ok(())
         },
     )?;
-    Ok(sums)
-}
-
-/// Adds an increment to running sums (positive, negative), as a counter keeps them.
-fn add_delta(sums: &mut (u128, u128), delta: i64) {
-    if delta >= 0 {
-        sums.0 = sums.0.wrapping_add(delta as u128);
-    } else {
-        sums.1 = sums.1.wrapping_add(delta.unsigned_abs() as u128);
-    }
+    Ok((sums.p, sums.n))
 }
 
 /// Records that a write of `tenant` and `classification` was applied to `key`.
@@ -2236,17 +2227,17 @@ fn read_key(
             },
             &mut stats,
             &mut |origin, after, upto| {
-                let mut sums = (0, 0);
+                let mut sums = Totals::default();
                 for (d, _, op) in &seen {
                     if let Op::Add { delta } = op
                         && d.origin == *origin
                         && d.seq > after
                         && d.seq <= upto
                     {
-                        add_delta(&mut sums, *delta);
+                        sums.add(*delta);
                     }
                 }
-                Some(sums)
+                Some((sums.p, sums.n))
             },
         );
     }
