@@ -2511,6 +2511,11 @@ impl Driver {
             ("events_erased", s.events_erased),
             ("erased_skips_sent", s.erased_skips_sent),
             ("own_voided", s.own_voided),
+            ("lost_out", s.lost_out),
+            ("lost_in", s.lost_in),
+            ("lost_skipped", s.lost_skipped),
+            ("lost_deferred", s.lost_deferred),
+            ("lost_pending", self.node.lost_pending()),
         ]);
         self.metrics.failovers.set(s.failovers as i64);
         self.metrics.relayed.set(s.relayed as i64);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use weft_fabric::mesh::{
-    AppEvent, MemStore, MemberInfo, MeshConfig, Message, Micros, Node, Store, Transmit,
+    AppEvent, EventRef, MemStore, MemberInfo, MeshConfig, Message, Micros, Node, Store, Transmit,
 };
 
 use crate::baseline::{BaselineKind, BaselineNode};
@@ -395,6 +395,10 @@ pub struct Metrics {
     pub order_violations: u64,
     /// Events not delivered to a live interested node at the end.
     pub missed: u64,
+    /// (event, live interested node) pairs not delivered because no copy of the event was
+    /// left to deliver: a node that lost its store held one, and at the end no node's store
+    /// holds it (every holder lost it before it reached the node). Not counted in `missed`.
+    pub destroyed: u64,
     /// Time from the last heal (or the end of publishing, if later) until every event had
     /// reached every live interested node; `None` if some never did.
     pub convergence_us: Option<Micros>,
@@ -546,6 +550,12 @@ pub struct SkipCounters {
     /// again. With `confirmed`, `expired`, `contradicted` and `pending_at_end` these make
     /// up `relayed`.
     pub dropped_at_restart: u64,
+    /// Numbers origins said they no longer hold (restarted without their stores,
+    /// `Message::Lost`) that a node lacked, first word only.
+    pub lost_in: u64,
+    /// Of those, taken as seen after `LOST_WAIT_US` without another holder's copy (the
+    /// rest came from a holder, or still wait).
+    pub lost_skipped: u64,
     /// Still waiting at the end of the run, over all live nodes.
     pub pending_at_end: u64,
     /// The most waiting at any one node at the end of the run.
@@ -565,6 +575,8 @@ impl SkipCounters {
         self.contradicted += s.skips_contradicted;
         self.deferred += s.skips_deferred;
         self.dropped_at_restart += s.skips_dropped_at_restart;
+        self.lost_in += s.lost_in;
+        self.lost_skipped += s.lost_skipped;
         if at_end {
             let pending = node.skips_unconfirmed_pending() as u64;
             self.pending_at_end += pending;
@@ -632,6 +644,10 @@ pub struct Engine {
     blocked: HashMap<(usize, usize), u32, KeyBuildHasher>,
     /// Directed node pairs under link degradation, with the active degradations composed.
     degraded: HashMap<(usize, usize), Degraded, KeyBuildHasher>,
+    /// Events a copy of which went with a store lost in a crash (`lose_memory`), by index in
+    /// `events`: at the end, those no store holds any more are not expected
+    /// ([`Metrics::destroyed`]).
+    destroyed: BTreeMap<usize, EventRef>,
     /// Published events: id -> index in `events`.
     event_index: HashMap<EventId, usize, KeyBuildHasher>,
     /// Published events in publish order: (publish time, origin node, workload). For an
@@ -806,6 +822,7 @@ impl Engine {
             events: Vec::new(),
             event_origin: Vec::new(),
             event_index: HashMap::default(),
+            destroyed: BTreeMap::new(),
             expected_pairs: 0,
             delivered_pairs: Vec::new(),
             hops: Vec::new(),
@@ -1222,6 +1239,7 @@ impl Engine {
                             let store = node.into_store();
                             if lose_memory && let Some(lost) = &store {
                                 self.audit_store(i, lost);
+                                self.note_destroyed(lost);
                             }
                             self.nodes[i].parked = if lose_memory { None } else { store };
                             if lose_memory {
@@ -1787,21 +1805,59 @@ impl Engine {
         self.expected_pairs
     }
 
-    fn missing_pairs(&self) -> u64 {
-        let mut missing = 0;
+    /// Records the events a store lost in a crash held (`lose_memory`): copies gone.
+    fn note_destroyed(&mut self, lost: &MemStore) {
+        for origin in lost.origins() {
+            let Some(ranges) = lost.ranges(&origin) else {
+                continue;
+            };
+            for (lo, hi) in ranges.iter() {
+                for seq in lo..=hi {
+                    if let Some(event) = lost.get(&origin, seq)
+                        && let Some(&e) = self.event_index.get(&event.id())
+                    {
+                        self.destroyed.insert(e, EventRef::of(&event));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether event `e` is gone: a lost store held it, and no store holds it now (a
+    /// running node's, or that of a node down with its store kept).
+    fn gone(&self, e: usize) -> bool {
+        self.destroyed.get(&e).is_some_and(|r| {
+            !self.nodes.iter().any(|n| match (&n.node, &n.parked) {
+                (Some(Proto::Weft(node)), _) => node.store().holds(r),
+                (Some(Proto::Base(_)), _) => false,
+                (None, Some(parked)) => parked.holds(r),
+                (None, None) => false,
+            })
+        })
+    }
+
+    /// (event, live interested node) pairs not delivered at the end: (missed, destroyed),
+    /// the second those of events [`Engine::gone`] (no copy left to deliver).
+    fn missing_pairs(&self) -> (u64, u64) {
+        let (mut missing, mut destroyed) = (0, 0);
         let nodes = self.nodes.len();
         for (e, (_, origin, w)) in self.events.iter().enumerate() {
+            let mut gone = None;
             for &s in &self.plan.workloads[*w].subscribers {
                 if s != *origin
                     && self.nodes[s].node.is_some()
                     && !self.delivered_pairs[e * nodes + s]
                     && self.entitled(*w, s)
                 {
-                    missing += 1;
+                    if *gone.get_or_insert_with(|| self.gone(e)) {
+                        destroyed += 1;
+                    } else {
+                        missing += 1;
+                    }
                 }
             }
         }
-        missing
+        (missing, destroyed)
     }
 
     /// Compares every table's replicas on live nodes that may hold it with each other and
@@ -1907,7 +1963,7 @@ impl Engine {
                 }
             }
         }
-        self.metrics.missed = self.missing_pairs();
+        (self.metrics.missed, self.metrics.destroyed) = self.missing_pairs();
         self.compare_tables();
         if self.metrics.missed == 0 {
             let reference = self

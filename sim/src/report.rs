@@ -122,6 +122,10 @@ pub struct StrategyReport {
     pub bytes_by_kind: BTreeMap<String, u64>,
     /// (event, live interested node) pairs never delivered.
     pub missed: u64,
+    /// (event, live interested node) pairs not delivered because every copy of the event
+    /// left was lost with a store (a crash with `lose_memory`) before it reached the node:
+    /// no protocol could deliver them; not in `missed`.
+    pub destroyed: u64,
     /// Deliveries of one event twice to one application.
     pub duplicates: u64,
     /// Per-origin order violations at applications.
@@ -406,6 +410,7 @@ impl StrategyReport {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             missed: m.missed,
+            destroyed: m.destroyed,
             duplicates: m.app_duplicates,
             order_violations: m.order_violations,
             convergence_ms: m.convergence_us.map(|u| round3(u as f64 / 1000.0)),
@@ -615,7 +620,14 @@ impl Report {
             check(
                 "missed = 0 after faults heal",
                 w.missed == 0,
-                format!("{} (event, node) pairs missed", w.missed),
+                if w.destroyed == 0 {
+                    format!("{} (event, node) pairs missed", w.missed)
+                } else {
+                    format!(
+                        "{} (event, node) pairs missed; {} more not deliverable (every copy lost with a store)",
+                        w.missed, w.destroyed
+                    )
+                },
             );
             let within_ms = plan.converge_within_us as f64 / 1000.0;
             check(
@@ -840,6 +852,13 @@ impl Report {
                     k.pending_at_end,
                     k.pending_max_at_end,
                     k.deferred
+                );
+            }
+            if k.lost_in > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} lost numbers: {} named by origins that restarted without their stores and lacked here, {} taken as seen after waiting for a holder's copy",
+                    w.strategy, k.lost_in, k.lost_skipped
                 );
             }
             for t in &w.tables {

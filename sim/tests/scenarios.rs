@@ -501,6 +501,56 @@ duration_s = 50"#,
     assert_healthy(&r);
 }
 
+/// Every node loses its store at once (a crash of the whole fabric with its disks): the
+/// events before are gone everywhere, and the origins number on. What they publish after
+/// the restart must still reach everyone: each origin says which of its numbers it no
+/// longer holds, and after the wait its peers move past them (before, every later event
+/// waited for good on numbers nobody held, and missed was every event after the restart).
+/// (Events published in the last moments before the crash, held by their origin alone,
+/// are gone with it: counted as `destroyed`, not missed.) Then the two nodes of one region
+/// lose theirs 200 ms apart, each the other's nearest holder.
+#[test]
+fn every_node_losing_its_store_at_once_leaves_later_events_flowing() {
+    let r = run(
+        &small(
+            "all-lose",
+            r#"
+[[fault]]
+kind = "node-crash"
+nodes = "all"
+lose_memory = true
+at_s = 30
+duration_s = 10"#,
+        ),
+        None,
+    );
+    assert_healthy(&r);
+    let w = &r.strategies[0];
+    assert!(w.skips.lost_skipped > 0, "{:?}", w.skips);
+    assert!(w.skips.lost_in >= w.skips.lost_skipped);
+    let r = run(
+        &small(
+            "two-lose",
+            r#"
+[[fault]]
+kind = "node-crash"
+nodes = { nodes = ["gcp:asia-south1/0"] }
+lose_memory = true
+at_s = 30
+duration_s = 10
+
+[[fault]]
+kind = "node-crash"
+nodes = { nodes = ["gcp:asia-south1/1"] }
+lose_memory = true
+at_s = 30.2
+duration_s = 10"#,
+        ),
+        None,
+    );
+    assert_healthy(&r);
+}
+
 #[test]
 fn same_seed_same_report_byte_for_byte() {
     let text = small(

@@ -152,12 +152,22 @@ pub enum Message {
     /// "Send me these records": the nodes of a [`Message::LinkDigest`] whose records the
     /// sender would take; answered with [`Message::Links`].
     LinkPull(Vec<OriginKey>),
+    /// "I no longer hold these numbers of mine": sent by an origin, about its own numbers
+    /// only (ranges, ascending), to a peer whose anti-entropy digest lacks them, when the
+    /// origin's store does not hold them either (it restarted without its store, or its
+    /// retention dropped them). Unlike the origin's [`Message::Skip`], not final: the peer
+    /// waits [`super::node::LOST_WAIT_US`] for another holder's copy (its anti-entropy
+    /// rounds in the meantime ask other partners), then takes the numbers still missing as
+    /// seen. Without it, when every holder of an origin's old events lost
+    /// them, nothing the origin published afterwards was ever delivered: per-origin order
+    /// waited for numbers nobody had.
+    Lost(Vec<(u64, u64)>),
 }
 
 impl Message {
     /// Every kind's name, indexed by [`Message::kind_index`]: the node's metric labels and
     /// the simulator's report fields.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "swim",
         "push",
         "ihave",
@@ -171,6 +181,7 @@ impl Message {
         "skip",
         "link_digest",
         "link_pull",
+        "lost",
     ];
 
     /// The message's kind, as an index into [`Message::KINDS`].
@@ -189,6 +200,7 @@ impl Message {
             Message::Skip(_) => 10,
             Message::LinkDigest(_) => 11,
             Message::LinkPull(_) => 12,
+            Message::Lost(_) => 13,
         }
     }
 
@@ -213,7 +225,9 @@ impl Message {
             // a lost Skip held back every later event of its origin at the receiver until an
             // anti-entropy round with a node that holds the event; during a partition that
             // took up to a minute: docs/sim.md, section 3.5.)
-            Message::Push { .. } | Message::Graft(_) | Message::Skip(_) => Channel::Uni,
+            Message::Push { .. } | Message::Graft(_) | Message::Skip(_) | Message::Lost(_) => {
+                Channel::Uni
+            }
             Message::SyncRequest { .. } | Message::SyncResponse { .. } => Channel::Bi,
         }
     }

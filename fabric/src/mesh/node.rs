@@ -40,6 +40,7 @@ use rand_core::{Rng, SeedableRng};
 use crate::envelope::{Event, EventData, EventId, OriginKey};
 use crate::mesh::member::{MemberInfo, MemberMap, SwimCodec, SwimId};
 use crate::mesh::message::{EventRef, Message};
+use crate::mesh::ranges::SeqRanges;
 use crate::mesh::route::{self, LinkRecord, RegionRoute, RelayHop, Router};
 use crate::mesh::seen::SeenSet;
 use crate::mesh::store::{Inserted, Store, StoreError};
@@ -141,6 +142,19 @@ pub const SKIP_CONFIRM_US: Micros = 120_000_000;
 pub const UNCONFIRMED_PER_SENDER_MAX: usize = 8_192;
 /// Most numbers waiting for confirmation over every sender (some 100 bytes each).
 pub const UNCONFIRMED_LEN_MAX: usize = 65_536;
+/// How long numbers an origin said it no longer holds ([`Message::Lost`]) wait for another
+/// holder's copy before they are taken as seen, as the origin's own Skip would be: 8
+/// anti-entropy rounds at the WAN default sync interval, half of them with a random member
+/// of another region. While they wait, per-origin delivery waits too, so an origin that
+/// alone lost its store (its events held elsewhere) costs its peers no order.
+pub const LOST_WAIT_US: Micros = 16_000_000;
+/// Most origins whose [`Message::Lost`] numbers wait at once (a later one is taken when the
+/// origin says it again, at the next anti-entropy round that asks it).
+pub const LOST_ORIGINS_MAX: usize = 4_096;
+/// Most numbers taken as seen from [`Message::Lost`] words per anti-entropy round (the
+/// rest at the next rounds): a store lost after a million events does not stall a node
+/// for one round.
+pub const LOST_PER_ROUND_MAX: u64 = 65_536;
 /// Most waiting numbers of one origin an anti-entropy digest leaves out (the lowest; the
 /// rest wait for later rounds): each is a hole in the origin's ranges, of which a digest
 /// holds at most [`crate::mesh::ranges::RANGES_PER_ORIGIN_MAX`].
@@ -571,6 +585,18 @@ pub struct Stats {
     /// This node's own events its store refused after they were signed: their numbers
     /// voided ([`Store::void`]) so that its later events are not held up anywhere.
     pub own_voided: u64,
+    /// Of this node's own numbers, those it told a peer it no longer holds
+    /// ([`Message::Lost`]: its store lacks them, below numbers it holds), counted per
+    /// message.
+    pub lost_out: u64,
+    /// Numbers origins said they no longer hold that this node lacked, first word only.
+    pub lost_in: u64,
+    /// Of those, taken as seen (as the origin's Skip is) after [`LOST_WAIT_US`] without a
+    /// holder's copy: delivery moves past them. A copy arriving later is a duplicate.
+    pub lost_skipped: u64,
+    /// [`Message::Lost`] words not taken: [`LOST_ORIGINS_MAX`] origins already waited (the
+    /// origin says it again when next asked).
+    pub lost_deferred: u64,
     /// Longest time from a cross-region push to its failover (the RTT timeout that
     /// expired), microseconds.
     pub failover_after_us_max: u64,
@@ -601,6 +627,16 @@ struct Missing {
     /// Its GRAFT timer's key: dropped with the entry when the event arrives (most do, by
     /// the tree, before the timeout: a timer step each that found nothing to do).
     timer: TimerKey,
+}
+
+/// Numbers an origin said it no longer holds ([`Node::on_lost`]), waiting for another
+/// holder's copy until [`LOST_WAIT_US`] after `since`.
+#[derive(Debug, Clone)]
+struct LostWait {
+    /// The numbers the origin named (normalized; some may have arrived since).
+    ranges: SeqRanges,
+    /// When the origin first said so (a later word adds numbers, not time).
+    since: Micros,
 }
 
 /// A Skip taken on another node's word than the origin's ([`Node::on_skip`]).
@@ -777,6 +813,9 @@ pub struct Node<S: Store> {
     unconfirmed_len: usize,
     /// Entries in `unconfirmed` per sender (no zero counts kept).
     unconfirmed_by: BTreeMap<OriginKey, usize>,
+    /// Numbers their origins said they no longer hold ([`Message::Lost`]), waiting for a
+    /// holder's copy ([`Node::take_lost`]); at most [`LOST_ORIGINS_MAX`] origins.
+    lost: BTreeMap<OriginKey, LostWait>,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
@@ -924,6 +963,7 @@ impl<S: Store> Node<S> {
             unconfirmed: BTreeMap::new(),
             unconfirmed_len: 0,
             unconfirmed_by: BTreeMap::new(),
+            lost: BTreeMap::new(),
             relay_cache: FxHashMap::default(),
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
@@ -1262,6 +1302,7 @@ impl<S: Store> Node<S> {
             Message::LinkDigest(entries) => self.on_link_digest(from, entries),
             Message::LinkPull(keys) => self.on_link_pull(from, keys),
             Message::Skip(list) => self.on_skip(from, list),
+            Message::Lost(ranges) => self.on_lost(from, ranges),
             Message::IHave(refs) => self.on_ihave(from, refs),
             Message::Graft(refs) => self.on_graft(from, refs),
             Message::SyncRequest {

@@ -138,6 +138,7 @@ enum Wire<'a> {
         held: u64,
         key: [u64; 2],
     },
+    Lost(Vec<(u64, u64)>),
 }
 
 /// Encodes `msg` for the wire.
@@ -178,6 +179,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             Wire::LinkDigest(list.iter().map(|(k, v)| (k.0, *v)).collect())
         }
         Message::LinkPull(keys) => Wire::LinkPull(keys.iter().map(|k| k.0).collect()),
+        Message::Lost(ranges) => Wire::Lost(ranges.clone()),
         Message::IHave(r) => Wire::IHave(refs(r)),
         Message::Graft(r) => Wire::Graft(refs(r)),
         Message::SyncRequest {
@@ -287,6 +289,13 @@ pub fn encoded_len(msg: &Message) -> usize {
                     .sum::<usize>()
         }
         Message::LinkPull(keys) => varint_len(keys.len() as u64) + keys.len() * KEY,
+        Message::Lost(ranges) => {
+            varint_len(ranges.len() as u64)
+                + ranges
+                    .iter()
+                    .map(|(lo, hi)| varint_len(*lo) + varint_len(*hi))
+                    .sum::<usize>()
+        }
         Message::IHave(r) | Message::Graft(r) => refs(r),
         Message::SyncRequest {
             digest,
@@ -536,6 +545,7 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
         Wire::LinkPull(keys) => {
             IncomingMessage::Plain(Message::LinkPull(keys.into_iter().map(OriginKey).collect()))
         }
+        Wire::Lost(ranges) => IncomingMessage::Plain(Message::Lost(ranges)),
         Wire::IHave(r) => {
             IncomingMessage::Plain(Message::IHave(r.into_iter().map(Into::into).collect()))
         }
@@ -799,6 +809,7 @@ mod tests {
             ),
             10 => Message::Skip((0..n).map(|i| (key(i), w(i))).collect()),
             11 => Message::LinkDigest((0..n).map(|i| (key(i), w(i))).collect()),
+            15 => Message::Lost((0..n).map(|i| (w(i), w(i + 1))).collect()),
             _ => Message::LinkPull((0..n).map(key).collect()),
         }
     }
@@ -808,7 +819,7 @@ mod tests {
         /// length, for every kind and every varint width.
         #[test]
         fn wire_len_is_the_encoded_length(
-            kind in 0u8..15,
+            kind in 0u8..16,
             n in 0usize..24,
             words in proptest::collection::vec(
                 proptest::prop_oneof![0u64..200, 0u64..70_000, proptest::num::u64::ANY],
@@ -825,7 +836,7 @@ mod tests {
         /// dropped) encodes to a message that decodes again.
         #[test]
         fn decode_is_total_on_damaged_messages(
-            kind in 0u8..15,
+            kind in 0u8..16,
             n in 0usize..8,
             words in proptest::collection::vec(
                 proptest::prop_oneof![0u64..200, proptest::num::u64::ANY],
@@ -915,6 +926,7 @@ mod tests {
         assert_eq!(encode(&Message::Skip(Vec::new())), vec![10, 0]);
         assert_eq!(encode(&Message::LinkDigest(Vec::new()))[0], 11);
         assert_eq!(encode(&Message::LinkPull(Vec::new()))[0], 12);
+        assert_eq!(encode(&Message::Lost(Vec::new())), vec![15, 0]);
     }
 
     #[test]

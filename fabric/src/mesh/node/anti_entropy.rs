@@ -440,6 +440,7 @@ impl<S: Store> Node<S> {
         // A resumed round waits for an answer too: a partner cut off mid-transfer goes silent.
         let now = self.now;
         self.expire_unconfirmed();
+        self.take_lost();
         let held = self.seen_count;
         let peer = self.peers.entry(partner).or_default();
         peer.unanswered_since.get_or_insert(now);
@@ -691,6 +692,55 @@ impl<S: Store> Node<S> {
                 unsettled: None,
             },
         );
+        // After the answer: its events are what makes the numbers below them a hole there.
+        let lost = self.own_lost(&theirs, from_origin, settled.is_some());
+        if !lost.is_empty() {
+            self.stats.lost_out += SeqRanges::covered(&lost);
+            self.send(from, Message::Lost(lost));
+        }
+    }
+
+    /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this
+    /// node's store lacks too, below the highest it holds: lost with a store the node
+    /// restarted without, or dropped by a retention that keeps no record of them. The
+    /// origin's word is the only one that can move its peers past such numbers when no node
+    /// holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
+    /// not one resuming past it, nor one whose summary stands for it (it is not listed).
+    fn own_lost(
+        &self,
+        theirs: &Digest,
+        from_origin: Option<OriginKey>,
+        summarised: bool,
+    ) -> Vec<(u64, u64)> {
+        let me = self.me.node_key();
+        if from_origin.is_some_and(|f| f > me) {
+            return Vec::new();
+        }
+        let listed = theirs.binary_search_by(|(o, _)| o.cmp(&me)).ok();
+        if summarised && listed.is_none() {
+            return Vec::new();
+        }
+        let Some(held) = self.store.ranges(&me) else {
+            return Vec::new();
+        };
+        let Some(&(_, top)) = held.as_slice().last() else {
+            return Vec::new();
+        };
+        let gaps = SeqRanges::from_ranges(
+            SeqRanges::from_ranges([(1, top)]).difference_ranges(held.as_slice()),
+        );
+        if gaps.range_count() == 0 {
+            return Vec::new();
+        }
+        let lacking = match listed {
+            None => gaps.difference_ranges(&[]),
+            Some(at) if SeqRanges::is_normalized(&theirs[at].1) => {
+                gaps.difference_ranges(&theirs[at].1)
+            }
+            Some(at) => gaps
+                .difference_ranges(SeqRanges::from_ranges(theirs[at].1.iter().copied()).as_slice()),
+        };
+        lacking.into_iter().take(RANGES_PER_ORIGIN_MAX).collect()
     }
 }
 

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use super::{
-    ANNOUNCERS_MAX, CHECK_TABLES_EVERY, CHECK_WINDOW, HANDOFFS_LEN_MAX, LAZY_MAX, MISSING_LEN_MAX,
-    Missing, NearIndex, Node, REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX, REFS_PER_MESSAGE_MAX,
-    RELAY_CACHE_LEN_MAX, REPAIRED_LEN_MAX, RETURNED_LEN_MAX, TRANSMIT_QUEUE_LEN_MAX, Timer,
-    UNCONFIRMED_LEN_MAX, UNCONFIRMED_PER_SENDER_MAX,
+    ANNOUNCERS_MAX, CHECK_TABLES_EVERY, CHECK_WINDOW, HANDOFFS_LEN_MAX, LAZY_MAX, LOST_ORIGINS_MAX,
+    MISSING_LEN_MAX, Missing, NearIndex, Node, REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX,
+    REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, REPAIRED_LEN_MAX, RETURNED_LEN_MAX,
+    TRANSMIT_QUEUE_LEN_MAX, Timer, UNCONFIRMED_LEN_MAX, UNCONFIRMED_PER_SENDER_MAX,
 };
 use crate::envelope::{EventId, OriginKey};
 use crate::mesh::route;
@@ -99,6 +99,12 @@ impl<S: Store> Node<S> {
         }
         assert_eq!(by, self.unconfirmed_by, "per-sender counts out of step");
         assert!(by.values().all(|&n| n <= UNCONFIRMED_PER_SENDER_MAX));
+        assert!(self.lost.len() <= LOST_ORIGINS_MAX, "lost words over limit");
+        for (origin, wait) in &self.lost {
+            assert_ne!(*origin, me, "own numbers waiting on a Lost word");
+            assert!(wait.ranges.range_count() > 0, "an empty Lost word is kept");
+            assert!(wait.since <= self.now, "a Lost word from the future");
+        }
     }
 
     fn check_missing(&self, id: &EventId, m: &Missing) {

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use super::{
-    AppEvent, Node, REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, SKIP_CONFIRM_US,
-    UNCONFIRMED_LEN_MAX, UNCONFIRMED_PER_SENDER_MAX, Unconfirmed,
+    AppEvent, LOST_ORIGINS_MAX, LOST_PER_ROUND_MAX, LOST_WAIT_US, LostWait, Node,
+    REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, SKIP_CONFIRM_US, UNCONFIRMED_LEN_MAX,
+    UNCONFIRMED_PER_SENDER_MAX, Unconfirmed,
 };
 use crate::envelope::{Event, OriginKey};
 use crate::mesh::message::Message;
+use crate::mesh::ranges::{RANGES_PER_ORIGIN_MAX, SeqRanges};
 use crate::mesh::store::{Inserted, Store, StoreError};
 
 impl<S: Store> Node<S> {
@@ -78,6 +80,105 @@ impl<S: Store> Node<S> {
                 self.peers.entry(from).or_default().skips_taken += relayed;
             }
         }
+    }
+
+    /// [`Message::Lost`] from `from`: numbers of its own its store no longer holds. Those
+    /// this node lacks, up to the highest `from` is known to have reached
+    /// ([`Node::reached`]: an origin cannot have lost what it never published), wait
+    /// [`LOST_WAIT_US`] for another holder's copy ([`Node::take_lost`]); a later word
+    /// adds numbers but not time.
+    pub(super) fn on_lost(&mut self, from: OriginKey, ranges: Vec<(u64, u64)>) {
+        if from == self.me.node_key() {
+            return;
+        }
+        let reached = self.reached(&from);
+        let named = SeqRanges::from_ranges(
+            ranges
+                .into_iter()
+                .take(RANGES_PER_ORIGIN_MAX)
+                .map(|(lo, hi)| (lo, hi.min(reached))),
+        );
+        let seen = self
+            .seen
+            .get(&from)
+            .map_or(&[][..], |s| s.ranges().as_slice());
+        let lacking = named.difference_ranges(seen);
+        if lacking.is_empty() {
+            return;
+        }
+        if !self.lost.contains_key(&from) && self.lost.len() >= LOST_ORIGINS_MAX {
+            self.stats.lost_deferred += 1;
+            return;
+        }
+        let now = self.now;
+        let wait = self.lost.entry(from).or_insert_with(|| LostWait {
+            ranges: SeqRanges::new(),
+            since: now,
+        });
+        let before = SeqRanges::covered(wait.ranges.as_slice());
+        wait.ranges = SeqRanges::from_ranges(wait.ranges.iter().chain(lacking));
+        self.stats.lost_in += SeqRanges::covered(wait.ranges.as_slice()).saturating_sub(before);
+    }
+
+    /// Numbers their origins said they no longer hold that waited [`LOST_WAIT_US`] without
+    /// a holder's copy arriving: taken as seen, as the origin's own Skip for them would be,
+    /// so per-origin delivery moves on to the origin's later events. At most
+    /// [`LOST_PER_ROUND_MAX`] numbers a call (the rest wait for the next); called at every
+    /// anti-entropy round.
+    pub(super) fn take_lost(&mut self) {
+        if self.lost.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let due: Vec<OriginKey> = self
+            .lost
+            .iter()
+            .filter(|(_, w)| now.saturating_sub(w.since) >= LOST_WAIT_US)
+            .map(|(o, _)| *o)
+            .collect();
+        let mut budget = LOST_PER_ROUND_MAX;
+        for origin in due {
+            let Some(wait) = self.lost.remove(&origin) else {
+                continue;
+            };
+            let seen = |node: &Self| {
+                node.seen
+                    .get(&origin)
+                    .map_or(&[][..], |s| s.ranges().as_slice())
+                    .to_vec()
+            };
+            let missing = wait.ranges.difference_ranges(&seen(self));
+            'ranges: for (lo, hi) in missing {
+                for seq in lo..=hi {
+                    if budget == 0 {
+                        break 'ranges;
+                    }
+                    budget -= 1;
+                    if self.skip_own(origin, seq) {
+                        self.stats.lost_skipped += 1;
+                    }
+                }
+            }
+            let left = wait.ranges.difference_ranges(&seen(self));
+            if !left.is_empty() {
+                self.lost.insert(
+                    origin,
+                    LostWait {
+                        ranges: SeqRanges::from_ranges(left),
+                        since: wait.since,
+                    },
+                );
+            }
+        }
+    }
+
+    /// How many numbers origins said they no longer hold wait here for a holder's copy
+    /// ([`Node::on_lost`]).
+    pub fn lost_pending(&self) -> u64 {
+        self.lost
+            .values()
+            .map(|w| SeqRanges::covered(w.ranges.as_slice()))
+            .sum()
     }
 
     /// Whether `(origin, seq)` is in the seen-set.

@@ -1633,6 +1633,159 @@ fn a_peer_missing_an_erased_event_gets_a_skip_and_moves_on() {
     }
 }
 
+/// `old` restarted without its store (a crash that lost the disk): a new generation over
+/// an empty store, knowing the members of `others` 500 us away.
+fn restarted_empty(
+    old: Node<crate::mesh::MemStore>,
+    others: &[&Node<crate::mesh::MemStore>],
+    now: Micros,
+) -> Node<crate::mesh::MemStore> {
+    let mut info = old.me().clone();
+    info.generation += 1;
+    let mut node = Node::new(
+        info,
+        MeshConfig::wan(others.len() as u32 + 1),
+        9,
+        crate::mesh::MemStore::new(16),
+        now,
+    );
+    for other in others {
+        node.member_insert(Arc::new(other.me().clone()));
+        node.handle_rtt_sample(now, other.me().node_key(), 500);
+    }
+    node.router.members_changed();
+    node
+}
+
+/// Pumps `nodes` in one-second steps from `from` until `done` holds (at most `most` us
+/// later); the time it held.
+fn pump_until(
+    nodes: &mut [Node<crate::mesh::MemStore>],
+    from: Micros,
+    most: Micros,
+    done: impl Fn(&[Node<crate::mesh::MemStore>]) -> bool,
+) -> Micros {
+    let mut t = from;
+    while !done(nodes) {
+        assert!(t < from + most, "not within {most} us");
+        pump(nodes, t, t + 990_000);
+        t += 1_000_000;
+    }
+    t
+}
+
+/// Every node that held an origin's first events lost them (the origin and its peer both
+/// restarted without their stores), and the origin numbers on: its peer gets event 3 and
+/// waits on 1 and 2, which nobody holds. Only the origin can move it on: asked for the
+/// hole, it says it no longer holds them (`Message::Lost`), and the peer, after
+/// LOST_WAIT_US with no other holder's copy, takes them as seen and delivers event 3.
+/// Before, the peer waited for good, and so did every later event of that origin.
+#[test]
+fn an_origin_that_lost_its_store_moves_its_peers_past_numbers_nobody_holds() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+    for seq in 1..=2 {
+        nodes[0]
+            .handle_publish(0, event_at(1, seq, "orders.all"))
+            .unwrap();
+    }
+    pump(&mut nodes, 0, 500_000);
+    assert_eq!(nodes[1].stats().delivered, 2);
+    let t = 1_000_000;
+    let peer = nodes.pop().unwrap();
+    let origin = nodes.pop().unwrap();
+    let origin = restarted_empty(origin, &[&peer], t);
+    let peer = restarted_empty(peer, &[&origin], t);
+    let mut nodes = vec![origin, peer];
+    let third = event_at(1, 3, "orders.all");
+    nodes[0].handle_publish(t, third.clone()).unwrap();
+    pump(&mut nodes, t, t + 500_000);
+    assert!(nodes[1].store().contains(&third.id()));
+    assert_eq!(nodes[1].stats().delivered, 0, "delivery waits on 1 and 2");
+    // The peer's rounds ask the origin of its hole; the origin answers that it lost them.
+    let said = pump_until(&mut nodes, t + 1_000_000, 30_000_000, |n| {
+        n[1].stats().lost_in > 0
+    });
+    assert_eq!(nodes[1].stats().lost_in, 2);
+    assert!(nodes[0].stats().lost_out >= 2);
+    assert_eq!(nodes[1].lost_pending(), 2);
+    // It waits for another holder's copy first.
+    pump(&mut nodes, said, said + LOST_WAIT_US - 3_000_000);
+    assert_eq!(nodes[1].stats().delivered, 0, "moved on before the wait");
+    pump_until(
+        &mut nodes,
+        said + LOST_WAIT_US - 2_000_000,
+        10_000_000,
+        |n| n[1].stats().delivered == 1,
+    );
+    let s = nodes[1].stats();
+    assert_eq!((s.lost_skipped, s.delivered_late), (2, 0));
+    assert_eq!(nodes[1].lost_pending(), 0);
+    // The origin's later events flow at once.
+    let t = said + LOST_WAIT_US + 10_000_000;
+    nodes[0]
+        .handle_publish(t, event_at(1, 4, "orders.all"))
+        .unwrap();
+    pump(&mut nodes, t, t + 500_000);
+    assert_eq!(nodes[1].stats().delivered, 2);
+    for n in &nodes {
+        n.check_invariants_full();
+    }
+}
+
+/// The origin and one peer lost their stores, a third node kept its copies: the peer
+/// waiting on the numbers the origin says it lost gets them from the third node within
+/// the wait and delivers all three events in order; nothing is taken as lost.
+#[test]
+fn numbers_an_origin_lost_still_come_from_another_holder_in_order() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2, 3], 1, 2, &rtts);
+    for seq in 1..=2 {
+        nodes[0]
+            .handle_publish(0, event_at(1, seq, "orders.all"))
+            .unwrap();
+    }
+    pump(&mut nodes, 0, 500_000);
+    assert!(nodes.iter().skip(1).all(|n| n.stats().delivered == 2));
+    let t = 1_000_000;
+    let keeper = nodes.pop().unwrap();
+    let peer = nodes.pop().unwrap();
+    let origin = nodes.pop().unwrap();
+    let origin = restarted_empty(origin, &[&peer, &keeper], t);
+    let peer = restarted_empty(peer, &[&origin, &keeper], t);
+    let mut nodes = vec![origin, peer, keeper];
+    nodes[0]
+        .handle_publish(t, event_at(1, 3, "orders.all"))
+        .unwrap();
+    pump_until(&mut nodes, t, LOST_WAIT_US + 20_000_000, |n| {
+        n[1].stats().delivered == 3
+    });
+    let s = nodes[1].stats();
+    assert_eq!((s.lost_skipped, s.delivered_late), (0, 0));
+    assert_eq!(nodes[2].stats().delivered, 3);
+    for n in &nodes {
+        n.check_invariants_full();
+    }
+}
+
+/// A Lost word is the origin's about its own numbers only, below what it is known to
+/// have reached: from another node it is about that node's numbers (nothing here), and
+/// numbers above the origin's known reach are not taken.
+#[test]
+fn a_lost_word_names_only_its_senders_numbers_it_reached() {
+    let (mut node, peer) = lone_node_with_peer(crate::mesh::MemStore::new(16));
+    let first = signed_event(3, 1, "orders.all", b"x").unwrap();
+    let fifth = signed_event(3, 5, "orders.all", b"x").unwrap();
+    assert_eq!(first.origin(), peer);
+    node.handle_message(0, peer, push_of(vec![first, fifth]));
+    node.handle_message(0, peer, Message::Lost(vec![(2, 3), (7, 9), (0, 0), (9, 2)]));
+    assert_eq!(node.lost_pending(), 2, "2 and 3: not 7-9, above 5");
+    node.handle_message(1_000_000, peer, Message::Lost(vec![(1, 4)]));
+    assert_eq!(node.lost_pending(), 3, "4 added; 1 is held");
+    assert_eq!(node.stats().lost_in, 3);
+    node.check_invariants_full();
+}
+
 /// This node's own event, signed and then refused by its full store, does not hold up
 /// its later events anywhere: the number is voided (seen, kept as erased), and a peer
 /// that reaches the hole gets a Skip from the origin. Before, the peer waited for it
