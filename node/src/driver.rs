@@ -372,6 +372,9 @@ pub(crate) struct Driver {
     late_tables: BTreeMap<weft_fabric::StreamName, Option<crate::tables::Touched>>,
     /// Whether the store is at `limits.events_max`, for the HTTP API (`with_store_full`).
     store_full: Arc<std::sync::atomic::AtomicBool>,
+    /// What the core knows of this node's own numbering, for the producer
+    /// (`with_own_numbers`).
+    own_numbers: Arc<OwnNumbers>,
     /// CloudEvents claims of the publishes since the last commit (released after it).
     claims: Vec<crate::ce_claims::Claim>,
     /// Answers waiting for the commit that makes their writes durable (cursor saves and
@@ -467,6 +470,7 @@ impl Driver {
             tables_built: BTreeMap::new(),
             late_tables: BTreeMap::new(),
             store_full: Arc::default(),
+            own_numbers: Arc::default(),
             claims: Vec::new(),
             after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
@@ -505,6 +509,15 @@ impl Driver {
 
     /// Shares whether the store is full with the HTTP API, which then refuses publishes
     /// before signing them (a signed number the store refuses is voided, not reused).
+    /// Shares what the core knows of this node's own numbering with the producer
+    /// (`http.rs`), kept up to date after every step.
+    pub(crate) fn with_own_numbers(mut self, own: Arc<OwnNumbers>) -> Self {
+        let (known, high) = self.node.own_numbers();
+        own.set(known, high);
+        self.own_numbers = own;
+        self
+    }
+
     pub(crate) fn with_store_full(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
         flag.store(
             self.node.store().is_full(),
@@ -716,6 +729,8 @@ impl Driver {
             self.metrics.queue("driver_mesh_inputs", mesh_rx.len());
             self.metrics.queue("driver_publishes", cmd_rx.len());
             self.commit();
+            let (known, high) = self.node.own_numbers();
+            self.own_numbers.set(known, high);
             // Reads ahead start after the commit: they see every event the core counted
             // when it named their runs.
             let removals = self.node.store().removals();
@@ -2516,6 +2531,7 @@ impl Driver {
             ("lost_skipped", s.lost_skipped),
             ("lost_deferred", s.lost_deferred),
             ("lost_pending", self.node.lost_pending()),
+            ("own_asks", s.own_asks),
         ]);
         self.metrics.failovers.set(s.failovers as i64);
         self.metrics.relayed.set(s.relayed as i64);
@@ -2694,6 +2710,36 @@ fn retention_clock(prev: Option<(u64, Instant)>, wall: u64, now: Instant) -> (u6
         .saturating_add(1_000);
     let clock = wall.clamp(last, cap.max(last));
     (clock, wall.saturating_sub(clock))
+}
+
+/// What the core knows of this node's own sequence numbers (`Node::own_numbers`), shared
+/// by the driver with the producer: whether the numbering is known (after a start over a
+/// store without this node's own events, a member asked for them answered), and the
+/// highest of its numbers known to be taken. The producer numbers past it, so a node
+/// started over an emptied data directory, or an older backup, under a key whose events
+/// the mesh holds does not reuse their numbers.
+#[derive(Debug, Default)]
+pub(crate) struct OwnNumbers {
+    known: std::sync::atomic::AtomicBool,
+    high: std::sync::atomic::AtomicU64,
+}
+
+impl OwnNumbers {
+    fn set(&self, known: bool, high: u64) {
+        use std::sync::atomic::Ordering::Release;
+        self.high.fetch_max(high, Release);
+        self.known.store(known, Release);
+    }
+
+    /// Whether the numbering is known.
+    pub(crate) fn known(&self) -> bool {
+        self.known.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The highest of this node's own numbers known to be taken.
+    pub(crate) fn high(&self) -> u64 {
+        self.high.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]

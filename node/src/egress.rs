@@ -366,7 +366,7 @@ fn sign_derived(
         .clock
         .tick(crate::driver::wall_ms().max(0) as u64)
         .map_err(|e| Failure::Sign(e.to_string()))?;
-    let seq = p.next_seq + 1;
+    let seq = p.last_seq(&api.own_numbers) + 1;
     let event = p
         .signer
         .sign(EventDraft {
@@ -483,6 +483,7 @@ pub(crate) async fn send_presigned(
         permit.send(command(events, Vec::new()));
         return;
     };
+    crate::http::own_numbers_known(api).await;
     let api2 = api.clone();
     let sent = tokio::task::spawn_blocking(move || {
         let fresh: Vec<Arc<Event>> = events
@@ -873,6 +874,7 @@ async fn publish_pending(
     batch: Vec<Pending>,
     ack: Ack,
 ) -> Option<oneshot::Receiver<Result<Published, crate::driver::PublishError>>> {
+    crate::http::own_numbers_known(api).await;
     let permit = api.cmd_tx.clone().reserve_owned().await.ok()?;
     let (reply, rx) = oneshot::channel();
     let api2 = api.clone();

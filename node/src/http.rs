@@ -54,6 +54,43 @@ pub(crate) struct Producer {
     pub(crate) clock: HybridClock,
 }
 
+impl Producer {
+    /// The last number taken: this producer's, or a higher one the mesh is known to hold
+    /// (`driver::OwnNumbers`: after a start over an emptied or older store), which the next
+    /// event numbers past.
+    pub(crate) fn last_seq(&mut self, own: &crate::driver::OwnNumbers) -> u64 {
+        self.next_seq = self.next_seq.max(own.high());
+        self.next_seq
+    }
+}
+
+/// How long after the node's start a publish waits for its own numbering to be known
+/// (`driver::OwnNumbers`) before it numbers from what the node knows: the members it
+/// asked did not answer (none reachable). A node whose store holds its own events, or that
+/// knows no member, never waits.
+const OWN_NUMBERS_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until this node's own numbering is known, at most until [`OWN_NUMBERS_WAIT`]
+/// after its start (then numbering goes on from what it knows, with a warning once). A
+/// node without seeds other than itself does not wait.
+pub(crate) async fn own_numbers_known(api: &Api) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    // No seeds but itself: no member to ask (a lone node, or one others dial).
+    while api.asks_own && !api.own_numbers.known() {
+        if api.started.elapsed() >= OWN_NUMBERS_WAIT {
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "no member answered for this node's own events within {} s of its start (its store held none of them): numbering from {}",
+                    OWN_NUMBERS_WAIT.as_secs(),
+                    api.own_numbers.high() + 1
+                );
+            });
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Shared state of the handlers.
 pub(crate) struct Api {
     pub(crate) me: MemberInfo,
@@ -90,6 +127,11 @@ pub(crate) struct Api {
     /// The store is at `limits.events_max` (set by the driver after each commit):
     /// publishes are refused before anything is signed.
     pub(crate) store_full: Arc<std::sync::atomic::AtomicBool>,
+    /// What the core knows of this node's own numbering (`driver::OwnNumbers`).
+    pub(crate) own_numbers: Arc<crate::driver::OwnNumbers>,
+    /// Whether the node has members to ask for its own events (seeds other than itself,
+    /// or mDNS): only then does a publish wait for them ([`own_numbers_known`]).
+    pub(crate) asks_own: bool,
     /// `limits.events_max`, for the refusal's message.
     pub(crate) events_max: usize,
     pub(crate) data_dir: PathBuf,
@@ -1547,6 +1589,7 @@ pub(crate) async fn sign_and_send(
             ),
         )));
     }
+    own_numbers_known(api).await;
     // Reserve the driver's queue before signing: an event signed with a sequence number
     // must reach the core, or its origin's later events would wait for it forever.
     let permit = reserve(api)?;
@@ -1561,7 +1604,7 @@ pub(crate) async fn sign_and_send(
         // All or nothing: the sequence advances only once every event of the request is
         // signed, and then all of them go to the core (the permit cannot fail), so a
         // refused event never leaves a gap in this node's sequence.
-        let base = p.next_seq;
+        let base = p.last_seq(&api2.own_numbers);
         let mut stamped = Vec::with_capacity(drafts.len());
         for (i, mut d) in drafts.into_iter().enumerate() {
             let hlc = p
@@ -3400,6 +3443,15 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no mesh member reachable yet (seeds configured)\n",
+        )
+            .into_response();
+    }
+    // Nor while it asks members for its own events (its store held none: perhaps an emptied
+    // data directory under a key the mesh knows), at most OWN_NUMBERS_WAIT after its start.
+    if api.asks_own && !api.own_numbers.known() && api.started.elapsed() < OWN_NUMBERS_WAIT {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: asking mesh members for this node's own events (its store holds none of them)\n",
         )
             .into_response();
     }

@@ -200,6 +200,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     mesh.interest = config.streams.clone();
     // The driver holds each step's transmits until its group commit.
     mesh.holds_transmits = true;
+    // A store without this node's own events may be an emptied data directory under a key
+    // the mesh knows: its numbering is learned from the first members before it publishes.
+    mesh.recover_own_numbers = true;
     // Every node stores the system streams (policy bundles travel on them).
     mesh.interest.push(
         weft_fabric::StreamPattern::new(crate::policy_push::SYSTEM_PATTERN)
@@ -284,6 +287,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     driver = driver.with_tables(tables.clone());
     let store_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
     driver = driver.with_store_full(store_full.clone());
+    let own_numbers = Arc::new(crate::driver::OwnNumbers::default());
+    driver = driver.with_own_numbers(own_numbers.clone());
     let (retract_tx, retract_rx) = mpsc::channel(4);
     driver = driver.with_retractor(retract_tx);
     driver = driver.with_readers(config.data_dir.clone());
@@ -309,6 +314,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         read_slots: Arc::new(tokio::sync::Semaphore::new(raw.limits.reads_inflight_max)),
         read_slots_max: raw.limits.reads_inflight_max,
         store_full,
+        own_numbers,
         events_max: raw.limits.events_max,
         producer: Mutex::new(Producer {
             signer,
@@ -329,6 +335,13 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         cursors: crate::cursor::Cursors::open_or_create(&config.data_dir)?,
         subscribers_max: raw.limits.subscribers_max,
         seeded: !raw.seeds.is_empty() || raw.mdns,
+        // Seeds other than itself (the first node of a mesh often lists itself), or mDNS:
+        // members to ask for this node's own events before it numbers new ones.
+        asks_own: raw.mdns
+            || raw
+                .seeds
+                .iter()
+                .any(|s| *s != config.advertise && *s != raw.listen.mesh),
         started: Instant::now(),
         closing: closing_rx,
         policy: policy_state,

@@ -2268,3 +2268,78 @@ fn reads_and_subscriptions_over_a_pattern_take_every_stream_it_matches() {
         );
     });
 }
+
+/// A node restarted over an emptied data directory under its old key (a disk replaced, a
+/// volume recreated) numbers its new events past the ones the mesh holds. Before, it
+/// numbered from 1 again: its new events, acknowledged, reused numbers every peer held and
+/// were dropped there as duplicates (found by hand, session 55: the peers never had them).
+/// Now it asks its first members for its own events before it numbers (a publish waits,
+/// and `/readyz` says so), and its producer numbers past what the mesh is known to hold.
+#[test]
+fn a_node_restarted_over_an_emptied_data_directory_numbers_past_what_the_mesh_holds() {
+    rt().block_on(async {
+        let mut c = Cluster::new("wiped", 97, &three_regions(), "");
+        c.start_all();
+        c.wait_meshed().await;
+        let first: Vec<Value> = (0..5).map(|n| json!({"n": n})).collect();
+        let (s, v) = c.publish(2, "wiped", "local", &first).await;
+        assert_eq!(s, 200, "{v}");
+        for i in 0..2 {
+            wait_for(Duration::from_secs(20), || async {
+                (c.ids(i, "wiped").await?.len() == 5).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} lacks the first events:\n{}", c.log(i)));
+        }
+        c.kill9(2);
+        std::fs::remove_dir_all(c.dir.join("data/ap")).unwrap();
+        c.start(2);
+        c.wait_healthy(2).await;
+        // At once: the publish waits until a member answered for the node's own events.
+        let (s, v) = c
+            .publish(2, "wiped", "local", &[json!({"n": 5}), json!({"n": 6})])
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let origin = c.keys[2].clone();
+        for i in 0..3 {
+            let events = wait_for(Duration::from_secs(30), || async {
+                let events: Vec<Value> = reqwest::Client::new()
+                    .get(c.url(i, "/v1/streams/wiped/events?after=0"))
+                    .bearer_auth(&c.token)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (events.len() == 7).then_some(events)
+            })
+            .await
+            .unwrap_or_else(|| panic!("node {i} does not hold all 7 events:\n{}", c.log(i)));
+            let mut by_seq: Vec<(u64, i64)> = events
+                .iter()
+                .map(|e| {
+                    assert_eq!(e["weftorigin"], json!(origin));
+                    (
+                        e["weftseq"].as_u64().unwrap(),
+                        e["data"]["n"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            by_seq.sort_unstable();
+            assert_eq!(
+                by_seq,
+                (1..=7).zip(0..7).collect::<Vec<_>>(),
+                "node {i}: the new events numbered 6 and 7"
+            );
+        }
+        // The status's counters are a snapshot the driver refreshes every half second.
+        let asks = wait_for(Duration::from_secs(5), || async {
+            let status = c.get_auth(2, "/v1/status").await;
+            let asks = status["stats"]["own_asks"].as_u64()?;
+            (asks >= 1).then_some(asks)
+        })
+        .await;
+        assert!(asks.is_some(), "own_asks stays 0");
+    });
+}

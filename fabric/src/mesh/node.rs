@@ -151,6 +151,9 @@ pub const LOST_WAIT_US: Micros = 16_000_000;
 /// Most origins whose [`Message::Lost`] numbers wait at once (a later one is taken when the
 /// origin says it again, at the next anti-entropy round that asks it).
 pub const LOST_ORIGINS_MAX: usize = 4_096;
+/// Members a node started without its own events asks for them
+/// ([`MeshConfig::recover_own_numbers`]).
+pub const OWN_ASKS_MAX: usize = 3;
 /// Most numbers taken as seen from [`Message::Lost`] words per anti-entropy round (the
 /// rest at the next rounds): a store lost after a million events does not stall a node
 /// for one round.
@@ -232,6 +235,13 @@ pub struct MeshConfig {
     /// push's acknowledgement timeout and RTT sample then count from there. `false` (the
     /// simulator): they count from when the core produced the push.
     pub holds_transmits: bool,
+    /// Whether a node started over a store that holds none of its own events asks the first
+    /// members it meets ([`OWN_ASKS_MAX`]) for its own numbers before it takes its numbering
+    /// as known ([`Node::own_numbers`]): its store may be an emptied data directory under a
+    /// key whose events the mesh holds, and numbering from 1 again would reuse numbers
+    /// peers hold (they drop such events as duplicates). The node sets it; `false` (the
+    /// simulator, whose nodes keep their numbering across a lost store): known at once.
+    pub recover_own_numbers: bool,
 }
 
 impl MeshConfig {
@@ -291,6 +301,7 @@ impl MeshConfig {
             ],
             swim,
             holds_transmits: false,
+            recover_own_numbers: false,
         }
     }
 }
@@ -594,6 +605,9 @@ pub struct Stats {
     /// Of those, taken as seen (as the origin's Skip is) after [`LOST_WAIT_US`] without a
     /// holder's copy: delivery moves past them. A copy arriving later is a duplicate.
     pub lost_skipped: u64,
+    /// Members asked for this node's own numbers after a start over a store without them
+    /// ([`MeshConfig::recover_own_numbers`]).
+    pub own_asks: u64,
     /// [`Message::Lost`] words not taken: [`LOST_ORIGINS_MAX`] origins already waited (the
     /// origin says it again when next asked).
     pub lost_deferred: u64,
@@ -816,6 +830,12 @@ pub struct Node<S: Store> {
     /// Numbers their origins said they no longer hold ([`Message::Lost`]), waiting for a
     /// holder's copy ([`Node::take_lost`]); at most [`LOST_ORIGINS_MAX`] origins.
     lost: BTreeMap<OriginKey, LostWait>,
+    /// The highest of this node's own numbers a peer's anti-entropy digest named.
+    own_heard: u64,
+    /// Whether this node's numbering is known ([`Node::own_numbers`]).
+    own_known: bool,
+    /// Members asked for this node's own numbers while it was not ([`OWN_ASKS_MAX`]).
+    own_asked: Vec<OriginKey>,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
@@ -964,6 +984,9 @@ impl<S: Store> Node<S> {
             unconfirmed_len: 0,
             unconfirmed_by: BTreeMap::new(),
             lost: BTreeMap::new(),
+            own_heard: 0,
+            own_known: true,
+            own_asked: Vec::new(),
             relay_cache: FxHashMap::default(),
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
@@ -995,6 +1018,9 @@ impl<S: Store> Node<S> {
         };
         node.took_in(restored);
         node.reload_waiting_skips();
+        let me = node.me.node_key();
+        node.own_known = !node.config.recover_own_numbers
+            || node.store.ranges(&me).is_some_and(|r| r.range_count() > 0);
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
         node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rand_core::Rng;
 
 use super::{
-    BATCH_BYTES_MAX, DIGEST_HOLES_MAX, DIGEST_ORIGINS_MAX, FilterHop, Micros, Node,
+    BATCH_BYTES_MAX, DIGEST_HOLES_MAX, DIGEST_ORIGINS_MAX, FilterHop, Micros, Node, OWN_ASKS_MAX,
     RANDOM_PARTNER_DRAWS, RANKED_CANDIDATES, SYNC_BATCH_RTT_FACTOR_MAX, SYNC_BATCH_RTT_REF_US,
     SYNC_FRESH_US,
 };
@@ -29,6 +29,9 @@ impl<S: Store> Node<S> {
         held: u64,
         unsettled: Option<[u64; 2]>,
     ) {
+        // An answer to a request for this node's own numbers (or any later one from a
+        // member asked): its events are in the store below, the numbering known after.
+        let own_answer = !self.own_known && self.own_asked.contains(&from);
         let peer = self.peers.entry(from).or_default();
         peer.held = held;
         peer.unanswered_since = None;
@@ -61,6 +64,9 @@ impl<S: Store> Node<S> {
             self.remember_repaired(event.id());
         }
         self.forward(&fresh, Some(from), false, false, &[], 0);
+        if own_answer {
+            self.own_known = true;
+        }
         if let Some(origin) = resume {
             self.send_digest(from, Some(origin), true);
         }
@@ -535,7 +541,7 @@ impl<S: Store> Node<S> {
             if taken == limit {
                 break;
             }
-            let Lacking::Runs(lacking) = self.lacking(&origin, &theirs) else {
+            let Lacking::Runs(lacking) = self.lacking(&origin, &theirs, from) else {
                 continue;
             };
             for (first, last) in runs_within(&lacking, limit - taken) {
@@ -569,9 +575,9 @@ impl<S: Store> Node<S> {
         })
     }
 
-    /// What the requester (its digest sorted, `theirs`) lacks of `origin` that this node
-    /// holds.
-    fn lacking(&self, origin: &OriginKey, theirs: &Digest) -> Lacking {
+    /// What the requester `from` (its digest sorted, `theirs`) lacks of `origin` that this
+    /// node holds.
+    fn lacking(&self, origin: &OriginKey, theirs: &Digest, from: &OriginKey) -> Lacking {
         let Some(mine) = self.store.ranges(origin) else {
             return Lacking::Nothing;
         };
@@ -589,10 +595,12 @@ impl<S: Store> Node<S> {
         }
         // All the requester lacks of this origin is what arrived here lately: most likely
         // on its way to the requester too (SYNC_FRESH_US). Behind on older numbers as well,
-        // it gets everything.
+        // it gets everything. Never its own events: nothing brings those to it but this
+        // answer (it restarted without them, and asks for them before it numbers on).
         let fresh_from = self
             .seen
             .get(origin)
+            .filter(|_| origin != from)
             .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
             .map_or(u64::MAX, |s| s.fresh_from);
         if lacking.first().is_some_and(|(seq, _)| *seq >= fresh_from) {
@@ -615,6 +623,7 @@ impl<S: Store> Node<S> {
             peer.unanswered_since = None;
         }
         let theirs = normalized_digest(&digest);
+        self.heard_own(&theirs);
         let held = self.seen_count;
         let Some(origins) = self.answer_origins(&theirs, from_origin, settled.as_ref()) else {
             self.stats.sync_unsettled_out += 1;
@@ -641,7 +650,7 @@ impl<S: Store> Node<S> {
             // Erased numbers count as events do: an answer names at most `limit` numbers
             // in all, whether as events or as Skips.
             let room = limit - events.len() - erased.len();
-            let lacking = match self.lacking(&origin, &theirs) {
+            let lacking = match self.lacking(&origin, &theirs, &from) {
                 Lacking::Nothing => continue,
                 Lacking::Fresh(count) => {
                     self.stats.sync_events_held_back += count.min(room as u64);
@@ -698,6 +707,48 @@ impl<S: Store> Node<S> {
             self.stats.lost_out += SeqRanges::covered(&lost);
             self.send(from, Message::Lost(lost));
         }
+    }
+
+    /// Notes the highest of this node's own numbers a peer's digest (sorted, `theirs`) names
+    /// ([`Node::own_numbers`]). A claim beyond `u64::MAX / 2` is ignored: numbering past it
+    /// could not go on for long.
+    fn heard_own(&mut self, theirs: &Digest) {
+        let me = self.me.node_key();
+        if let Ok(at) = theirs.binary_search_by(|(o, _)| o.cmp(&me))
+            && let Some(&(_, hi)) = theirs[at].1.iter().max_by_key(|(_, hi)| *hi)
+            && hi <= u64::MAX / 2
+        {
+            self.own_heard = self.own_heard.max(hi);
+        }
+    }
+
+    /// While this node's numbering is not known ([`super::MeshConfig::recover_own_numbers`]): asks
+    /// `peer` for what it holds from this node's own origin on (the answer starts with this
+    /// node's own events), at most [`OWN_ASKS_MAX`] members in all.
+    pub(super) fn ask_own_numbers(&mut self, peer: OriginKey) {
+        if self.own_known || self.own_asked.len() >= OWN_ASKS_MAX || self.own_asked.contains(&peer)
+        {
+            return;
+        }
+        self.own_asked.push(peer);
+        self.stats.own_asks += 1;
+        let me = self.me.node_key();
+        self.sync_with(peer, Some(me), true);
+    }
+
+    /// What this node knows of its own numbering: whether it is known (its store held its
+    /// own events at start, or a member asked for them answered, or
+    /// [`super::MeshConfig::recover_own_numbers`] is off), and the highest of its own numbers known
+    /// to be taken (held here, or named by a peer's digest). A producer numbers past it:
+    /// after a start over an emptied or older store, numbers peers hold are not reused.
+    pub fn own_numbers(&self) -> (bool, u64) {
+        let me = self.me.node_key();
+        let held = self
+            .store
+            .ranges(&me)
+            .and_then(|r| r.as_slice().last().map(|&(_, hi)| hi))
+            .unwrap_or(0);
+        (self.own_known, held.max(self.own_heard))
     }
 
     /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this

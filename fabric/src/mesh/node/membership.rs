@@ -144,6 +144,7 @@ impl<S: Store> Node<S> {
         self.member_insert(m);
         if joined {
             self.announce_recent(key);
+            self.ask_own_numbers(key);
         }
         if (joined || restarted)
             && self.handoff_turn(&key).is_some()

@@ -1768,6 +1768,75 @@ fn numbers_an_origin_lost_still_come_from_another_holder_in_order() {
     }
 }
 
+/// A node started over a store without its own events (an emptied data directory under
+/// its old key, `recover_own_numbers`) asks the first member that comes up for them: the
+/// answer brings them back, and its numbering is known, past them. A peer's digest naming
+/// higher numbers of its own raises what it knows too (an absurd claim does not).
+#[test]
+fn a_node_started_without_its_own_events_asks_members_for_them() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+    for seq in 1..=3 {
+        nodes[0]
+            .handle_publish(0, event_at(1, seq, "orders.all"))
+            .unwrap();
+    }
+    pump(&mut nodes, 0, 500_000);
+    let mut peer = nodes.pop().unwrap();
+    let old = nodes.pop().unwrap();
+    assert_eq!(old.own_numbers(), (true, 3), "off: known at once");
+    let me = old.me().node_key();
+    let peer_key = peer.me().node_key();
+    // Within SYNC_FRESH_US of their arrival at the peer: an answer holds such events back
+    // as on their way, but never from their own origin.
+    let t = 600_000;
+    let mut info = old.me().clone();
+    info.generation += 1;
+    let mut config = MeshConfig::wan(2);
+    config.recover_own_numbers = true;
+    let mut back = Node::new(info, config.clone(), 9, crate::mesh::MemStore::new(16), t);
+    assert_eq!(back.own_numbers(), (false, 0));
+    back.member_up(Arc::new(peer.me().clone()));
+    let asked: Vec<Message> = drain_to(&mut back, peer_key)
+        .into_iter()
+        .filter(|m| matches!(m, Message::SyncRequest { from_origin: Some(o), .. } if *o == me))
+        .collect();
+    assert_eq!(asked.len(), 1, "one request from its own origin on");
+    assert_eq!(back.stats().own_asks, 1);
+    peer.handle_message(t, me, asked.into_iter().next().unwrap());
+    let answer = drain_to(&mut peer, me)
+        .into_iter()
+        .find(|m| matches!(m, Message::SyncResponse { .. }))
+        .expect("an answer");
+    back.handle_message(t + 10_000, peer_key, answer);
+    assert_eq!(back.own_numbers(), (true, 3), "its own events came back");
+    // Another member coming up is not asked any more.
+    let mut other = peer.me().clone();
+    other.key = crate::Signer::from_secret(&[7; 32]).origin().0;
+    back.member_up(Arc::new(other));
+    assert_eq!(back.stats().own_asks, 1);
+    // A node over a store that holds its own events knows its numbering at once.
+    let kept = Node::new(old.me().clone(), config, 9, old.into_store(), t);
+    assert_eq!(kept.own_numbers(), (true, 3));
+    // A digest naming its numbers up to 9 raises what it knows; one beyond u64::MAX / 2
+    // does not.
+    for hi in [9, u64::MAX - 1] {
+        let mut ranges = crate::mesh::message::DigestRanges::new();
+        ranges.push((1, hi));
+        back.handle_message(
+            t + 20_000,
+            peer_key,
+            Message::SyncRequest {
+                digest: vec![(me, ranges)],
+                from_origin: None,
+                settled: None,
+            },
+        );
+    }
+    assert_eq!(back.own_numbers(), (true, 9));
+    back.check_invariants_full();
+}
+
 /// A Lost word is the origin's about its own numbers only, below what it is known to
 /// have reached: from another node it is about that node's numbers (nothing here), and
 /// numbers above the origin's known reach are not taken.
