@@ -284,6 +284,34 @@ impl Default for LogConfig {
     }
 }
 
+/// The levels a log filter names.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a log filter (`log.level`, or `RUST_LOG`, which overrides it): comma-separated
+/// directives, each a level or `target=level`. tracing takes any bare word as a target,
+/// so a typo (`verbose`, `warning`) made a filter that passed nothing but that target:
+/// every log line silenced, the audit entries' included (an operator review).
+pub(crate) fn check_log_filter(filter: &str) -> Result<(), String> {
+    let levels = LOG_LEVELS.join(", ");
+    if filter.trim().is_empty() {
+        return Err(format!("is empty: name a level ({levels})"));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            _ => directive,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} in {filter:?} is not a level ({levels}) or target=level: a bare word would be taken as a target and silence every other log line"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?}: {e}"))
+}
+
 fn default_streams() -> Vec<String> {
     vec![">".into()]
 }
@@ -542,6 +570,9 @@ impl NodeConfig {
                 format!("must be \"text\" or \"json\", got {:?}", self.log.format)
             ));
         }
+        if let Err(e) = check_log_filter(&self.log.level) {
+            bail!(field_err("log.level", e));
+        }
         if !self.chaos.enabled && !self.chaos.rules.is_empty() {
             bail!(field_err(
                 "chaos.rules",
@@ -666,6 +697,18 @@ http = "127.0.0.1:8400"
     /// Fault-injection rules in the config are checked as `POST /v1/chaos` checks them (a
     /// negative delay passed and panicked the node's RTT loop; a loss of 2 passed).
     #[test]
+    fn log_filters_name_levels() {
+        for good in ["info", "WARN", "weft=debug,info", "weft::mesh=trace", "off"] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["verbose", "warning", "weft", "info,weft=loud", "", " , "] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?}");
+        }
+        let e = check_log_filter("verbose").unwrap_err();
+        assert!(e.contains("silence") && e.contains("trace, debug"), "{e}");
+    }
+
+    #[test]
     fn chaos_rules_in_the_config_are_checked_as_the_api_checks_them() {
         let with =
             |rule: &str| format!("{GOOD}\n[chaos]\nenabled = true\n[[chaos.rules]]\n{rule}\n");
@@ -739,6 +782,12 @@ http = "127.0.0.1:8400"
                 "FRAME_LEN_MAX",
             ),
             (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
+            (format!("{GOOD}\n[log]\nlevel = \"verbose\"\n"), "log.level"),
+            (
+                format!("{GOOD}\n[log]\nlevel = \"weft=warning\"\n"),
+                "log.level",
+            ),
+            (format!("{GOOD}\n[log]\nlevel = \"\"\n"), "log.level"),
             (
                 format!("{GOOD}\n[audit]\nretention_days = 0\n"),
                 "audit.retention_days",

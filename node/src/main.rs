@@ -412,6 +412,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }),
         Command::CheckConfig { config } => {
             let c = config::NodeConfig::load(&config)?;
+            serve::check_rust_log()?;
             let raw = &c.raw;
             // The bundle as `weft node` verifies it at start (same function): a missing,
             // malformed or under-signed bundle stops the node, so it fails the check too.

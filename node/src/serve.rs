@@ -28,6 +28,19 @@ const HLC_DRIFT_MS_MAX: u64 = 60_000;
 /// How long a stopping node waits for its audit entries to reach the disk.
 const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
+/// `RUST_LOG`, when set, overrides `log.level`: checked as `log.level` is (a typo would
+/// silence every log line, the audit's included).
+pub(crate) fn check_rust_log() -> anyhow::Result<()> {
+    match std::env::var("RUST_LOG") {
+        Ok(filter) => crate::config::check_log_filter(&filter)
+            .map_err(|e| anyhow::anyhow!("RUST_LOG (it overrides log.level): {e}")),
+        Err(std::env::VarError::NotPresent) => Ok(()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("RUST_LOG (it overrides log.level): is not UTF-8")
+        }
+    }
+}
+
 fn init_tracing(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -48,6 +61,7 @@ fn init_tracing(format: &str, level: &str) {
 /// Runs the node described by the config at `path`.
 pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let config = NodeConfig::load(path)?;
+    check_rust_log()?;
     init_tracing(&config.raw.log.format, &config.raw.log.level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
