@@ -33,6 +33,9 @@ use crate::toml_text;
 
 /// Longest scenario name, in bytes: it names report files and appears in report titles.
 pub const NAME_LEN_MAX: usize = 64;
+/// Most of the run a workload without `stop_s` leaves unpublished at its end (a tenth of the
+/// run, up to this), so that its last events arrive before the checks.
+pub const STOP_DRAIN_MAX_US: u64 = 30_000_000;
 
 /// Longest scenario description, in bytes: a paragraph, not a document.
 pub const DESCRIPTION_LEN_MAX: usize = 4096;
@@ -1781,7 +1784,12 @@ fn workload(
     };
     let stop_us = match file.stop_s {
         Some(s) => seconds_us(&format!("{path}.stop_s"), s, Sign::Positive)?,
-        None => duration_us,
+        // A drain at the end by default: events published in the run's last moments would
+        // still be in flight when it ends, and count as missed. A workload starting inside
+        // the drain runs to the end.
+        None => Some(duration_us - (duration_us / 10).min(STOP_DRAIN_MAX_US))
+            .filter(|stop| *stop > start_us)
+            .unwrap_or(duration_us),
     };
     if stop_us > duration_us {
         return Err(invalid(
@@ -2536,7 +2544,8 @@ payload_bytes = 100
         );
         let w = &s.workloads[0];
         assert_eq!(w.stream.as_str(), "a.b");
-        assert_eq!((w.start_us, w.stop_us), (0, 100_000_000));
+        // A tenth of the run is left to drain (STOP_DRAIN_MAX_US at most).
+        assert_eq!((w.start_us, w.stop_us), (0, 90_000_000));
         assert_eq!(w.publishers, Selector::All);
         assert_eq!(w.subscriber_nodes.len(), 7);
         assert_eq!(s.checks, Checks::default());
@@ -3018,7 +3027,7 @@ payload_bytes = 100
         );
         assert_eq!(
             events,
-            "workload: 20000000 events in total (rate_per_s x active time, summed) is over the \
+            "workload: 18000000 events in total (rate_per_s x active time, summed) is over the \
              limit EVENTS_TOTAL_MAX = 10000000"
         );
         let s = with("").unwrap();
@@ -3287,7 +3296,7 @@ payload_bytes = 100
         );
         // A workload that runs to the end leaves no time to converge.
         assert_eq!(
-            err(with("[checks]\nconverge_within_s = 0.5")),
+            err(with("stop_s = 100\n[checks]\nconverge_within_s = 0.5")),
             "checks.converge_within_s: the last fault heals at 0 s and the last workload stops \
              at 100 s; 0.5 s later is after the scenario ends at 100 s (lengthen duration_s or \
              stop the workloads earlier)"

@@ -1250,3 +1250,20 @@ fn too_many_devices_is_refused_naming_the_field() {
         "{e}"
     );
 }
+
+/// A baseline ignores residency: its deliveries to nodes an event's residency excludes are
+/// counted as residency violations, not as deliveries, so its delivered fraction compares
+/// with what the run expects and never goes above 1 (flooding's was 1.12 on
+/// `region-outage`, found by a user review).
+#[test]
+fn a_baselines_deliveries_residency_excludes_are_violations_not_deliveries() {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let scenario = Scenario::parse(&small("baseline", ""), &catalog).unwrap();
+    let plan = weft_sim::plan::build(&scenario, &catalog, None);
+    let metrics = Engine::new(plan.clone(), Strategy::Flooding { degree: 6 }).run(|_, _| {});
+    let r = StrategyReport::new("flooding", &plan, &metrics);
+    assert!(r.residency.violations > 0, "{:?}", r.residency);
+    let fractions: Vec<f64> = r.delivered_fraction.iter().map(|(_, f)| *f).collect();
+    assert!(fractions.iter().all(|f| *f <= 1.0), "{fractions:?}");
+    assert!(*fractions.last().unwrap() > 0.99, "{fractions:?}");
+}
