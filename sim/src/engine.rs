@@ -302,6 +302,10 @@ impl Proto {
     }
 }
 
+/// The distance between regions with no path (a quarter of the range: sums of two stay
+/// representable in the shortest-path pass).
+const UNREACHABLE_US: Micros = Micros::MAX / 4;
+
 #[derive(Debug)]
 enum Ev {
     Msg {
@@ -406,6 +410,10 @@ pub struct Metrics {
     pub convergence_us: Option<Micros>,
     /// Deliveries of events published while a fault was active (not in latency figures).
     pub fault_window_deliveries: u64,
+    /// Deliveries of events published under `measure` faults that left no path between the
+    /// origin's region and the receiver's: in latency, not in stretch or the extra delay
+    /// over the ideal (there was none to compare with; they waited for the heal).
+    pub no_path_deliveries: u64,
     /// For events published during a `measure` fault: delivery latency minus the ideal
     /// under the fault, per cross-region delivery (how long rerouting took).
     pub measured_extra_us: Vec<Micros>,
@@ -1582,7 +1590,11 @@ impl Engine {
 
     /// The ideal one-way latency from node `a` to node `b` for event `e`: the shortest path
     /// its residency allows, under the faults in force when it was published.
-    fn ideal_us(&self, e: usize, a: usize, b: usize) -> Micros {
+    /// The ideal one-way latency from node `a` to node `b` for event `e` (the shortest
+    /// allowed path when it was published); `None` when no path was left then (a `measure`
+    /// partition cut every way): such a delivery waited for the heal, which no routing can
+    /// shorten, and has no stretch.
+    fn ideal_us(&self, e: usize, a: usize, b: usize) -> Option<Micros> {
         let (na, nb) = (&self.plan.nodes[a], &self.plan.nodes[b]);
         let base = if na.region == nb.region {
             self.plan.intra_region_us
@@ -1594,7 +1606,7 @@ impl Engine {
                 .unwrap_or(0);
             self.ideals[self.event_ideal[e] as usize][mask][na.region][nb.region]
         };
-        base + na.access_us + nb.access_us
+        (base < UNREACHABLE_US).then(|| base + na.access_us + nb.access_us)
     }
 
     fn link_us(&self, a: usize, b: usize) -> Micros {
@@ -1737,12 +1749,19 @@ impl Engine {
             {
                 self.metrics.intra_region_latency_us.push(latency);
             } else {
-                let ideal = self.ideal_us(e, origin, i).max(1);
-                self.metrics.stretch_milli.push(latency * 1000 / ideal);
-                if measured {
-                    self.metrics
-                        .measured_extra_us
-                        .push(latency.saturating_sub(ideal));
+                match self.ideal_us(e, origin, i) {
+                    Some(ideal) => {
+                        let ideal = ideal.max(1);
+                        self.metrics.stretch_milli.push(latency * 1000 / ideal);
+                        if measured {
+                            self.metrics
+                                .measured_extra_us
+                                .push(latency.saturating_sub(ideal));
+                        }
+                    }
+                    // Before, the unreachable distance stood in for the ideal: a stretch
+                    // of 0 and no extra delay, which pulled both figures down.
+                    None => self.metrics.no_path_deliveries += 1,
                 }
             }
             let r = self.plan.regions.len();
@@ -1764,7 +1783,7 @@ impl Engine {
             })
             .collect();
         let first_node = self.first_nodes();
-        let mut d = vec![vec![Micros::MAX / 4; r]; r];
+        let mut d = vec![vec![UNREACHABLE_US; r]; r];
         for a in 0..r {
             for b in 0..r {
                 if a == b {

@@ -262,6 +262,9 @@ pub struct RoutingReport {
     pub measured_extra_ms: Percentiles,
     /// Largest base RTT of a link those faults cut or degrade, ms (0 without).
     pub measured_link_rtt_ms: f64,
+    /// Deliveries of events published during `measure` faults that left no path at all
+    /// between the two regions: in latency, not in stretch or `measured_extra_ms`.
+    pub no_path_deliveries: u64,
 }
 
 /// Latency between two regions.
@@ -439,6 +442,7 @@ impl StrategyReport {
                 rtt_shifts_down: m.routing.rtt_shifts_down,
                 probes_sent: m.routing.probes_sent,
                 measured_extra_ms: Percentiles::from_us(&m.measured_extra_us),
+                no_path_deliveries: m.no_path_deliveries,
                 measured_link_rtt_ms: round3(m.measured_link_rtt_us as f64 / 1000.0),
             },
             anti_entropy: AntiEntropyCounters {
@@ -718,8 +722,13 @@ impl Report {
                     w.routing.measured_extra_ms.count > 0 && extra <= factor * rtt,
                     format!(
                         "worst extra delay {extra} ms over the ideal under the fault (bound \
-                         {factor} x {rtt} ms link RTT); {} failovers, slowest after {} ms",
-                        w.routing.failovers, w.routing.failover_after_ms_max
+                         {factor} x {rtt} ms link RTT) over {} deliveries; {} failovers, slowest \
+                         after {} ms; {} deliveries had no path left under the fault (not \
+                         measured: they waited for the heal)",
+                        w.routing.measured_extra_ms.count,
+                        w.routing.failovers,
+                        w.routing.failover_after_ms_max,
+                        w.routing.no_path_deliveries
                     ),
                 );
             }

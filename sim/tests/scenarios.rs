@@ -461,6 +461,53 @@ measure = true"#,
     );
 }
 
+/// A `measure` partition that leaves no path at all between two sides: deliveries of what
+/// was published across it wait for the heal. They count in latency, not in stretch or
+/// the extra delay over the ideal (there is no ideal to compare with), and the report says
+/// how many. Before, the unreachable distance stood in for the ideal: a stretch of 0 and no
+/// extra delay, which pulled both figures down (a user review: the check passed with p99
+/// latency at 29.6 s).
+#[test]
+fn deliveries_with_no_path_under_a_measured_cut_have_no_stretch() {
+    let r = run(
+        &small(
+            "no-path",
+            r#"
+[[fault]]
+kind = "partition"
+a = { regions = ["gcp:asia-south1"] }
+b = "rest"
+at_s = 30
+duration_s = 20
+measure = true"#,
+        ),
+        None,
+    );
+    assert_healthy(&r);
+    let w = &r.strategies[0];
+    assert!(w.routing.no_path_deliveries > 0, "{:?}", w.routing);
+    // Every stretch sample is a real path's (jitter aside, none below 1; the unreachable
+    // distance gave 0).
+    let catalog = RegionCatalog::embedded().unwrap();
+    let text = small(
+        "no-path",
+        "[[fault]]\nkind = \"partition\"\na = { regions = [\"gcp:asia-south1\"] }\nb = \"rest\"\nat_s = 30\nduration_s = 20\nmeasure = true",
+    );
+    let plan = weft_sim::plan::build(&Scenario::parse(&text, &catalog).unwrap(), &catalog, None);
+    let m = Engine::new(plan, Strategy::Weft).run(|_, _| {});
+    let least = m.stretch_milli.iter().min().copied().unwrap_or(0);
+    assert!(least >= 900, "a stretch of {least}/1000");
+    assert!(
+        w.latency_ms.max > 15_000.0,
+        "the cut's events waited for the heal"
+    );
+    assert!(
+        w.routing.measured_extra_ms.max < 15_000.0,
+        "{:?}",
+        w.routing
+    );
+}
+
 #[test]
 fn node_crash_with_and_without_memory_loss() {
     for lose in [false, true] {
