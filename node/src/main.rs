@@ -416,10 +416,18 @@ fn run() -> anyhow::Result<ExitCode> {
             let raw = &c.raw;
             // The bundle as `weft node` verifies it at start (same function): a missing,
             // malformed or under-signed bundle stops the node, so it fails the check too.
-            // The key is read only for the jurisdiction claim; without it, that is skipped.
-            let node_key = keys::load(&c.key_path)
-                .ok()
-                .map(|seed| weft_fabric::Signer::from_secret(&seed).origin().0);
+            // The key as `weft node` loads it: a key file the node would refuse (readable by
+            // others, malformed) fails the check. A missing one is reported, not failed
+            // (configs are checked away from their nodes' secrets, e.g. in CI); without it
+            // the jurisdiction claim is not checked.
+            let key_missing = !c.key_path.exists();
+            let node_key = if key_missing {
+                None
+            } else {
+                let seed =
+                    keys::load(&c.key_path).context("weft node refuses to start with this key")?;
+                Some(weft_fabric::Signer::from_secret(&seed).origin().0)
+            };
             let policy = match &c.policy {
                 None => None,
                 Some((trust, path)) => Some(
@@ -464,9 +472,16 @@ fn run() -> anyhow::Result<ExitCode> {
                     if node_key.is_some() {
                         "granted"
                     } else {
-                        "not checked (key file not readable)"
+                        "not checked (no key file)"
                     }
                 ),
+            }
+            if key_missing {
+                say!(
+                    "key file {} does not exist: weft node refuses to start without it (weft keygen --out {})",
+                    c.key_path.display(),
+                    c.key_path.display()
+                );
             }
             say!(
                 "key file {} and data dir {} (the store is not opened by check-config)",

@@ -248,3 +248,25 @@ fn policy_status_right_after_a_push_shows_the_asked_node_current() {
         assert!(!ok && out.contains("DIFFERS"), "{out}");
     });
 }
+
+/// `weft check-config` loads the key as `weft node` does: a key file the node would refuse
+/// (readable by others) fails the check, naming the file and the fix; a missing one is
+/// reported and the check passes (configs are checked away from their secrets).
+#[test]
+fn check_config_refuses_a_key_file_the_node_would_refuse() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let c = Cluster::new("cc-key", 98, &three_regions()[..1], "");
+    let config = c.nodes[0].config.to_str().unwrap().to_string();
+    let key = c.dir.join("eu.key");
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--config", &config]);
+    assert!(ok && out.contains(": ok"), "{out}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--config", &config]);
+    assert!(
+        !ok && out.contains("refuses to start with this key") && out.contains("chmod 600"),
+        "{out}"
+    );
+    std::fs::remove_file(&key).unwrap();
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--config", &config]);
+    assert!(ok && out.contains("does not exist"), "{out}");
+}
