@@ -58,6 +58,17 @@ fn init_tracing(format: &str, level: &str) {
     };
 }
 
+/// The HTTP address other nodes' dashboards link to: `listen.http`, with an unspecified IP
+/// (0.0.0.0, ::) replaced by the mesh's advertised one (the links pointed at
+/// `http://0.0.0.0:8400/`: an operator review).
+fn reachable_http(http: std::net::SocketAddr, advertise: std::net::SocketAddr) -> String {
+    if http.ip().is_unspecified() {
+        std::net::SocketAddr::new(advertise.ip(), http.port()).to_string()
+    } else {
+        http.to_string()
+    }
+}
+
 /// Runs the node described by the config at `path`.
 pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let config = NodeConfig::load(path)?;
@@ -225,7 +236,10 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let node_seed = u64::from_le_bytes(crate::keys::random32()?[..8].try_into()?);
     let epoch = Instant::now();
     let mut node = Node::new(me.clone(), mesh, node_seed, store, 0);
-    node.set_status(&raw.name, &raw.listen.http.to_string());
+    node.set_status(
+        &raw.name,
+        &reachable_http(raw.listen.http, config.advertise),
+    );
     let applied = policy.map(|(v, signed)| crate::policy_state::Applied {
         policy: Arc::new(v.policy),
         signers: v.signers.iter().map(hex::encode).collect(),
@@ -479,5 +493,19 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dashboards_link_to_a_reachable_http_address() {
+        let adv: std::net::SocketAddr = "10.0.2.10:7400".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:8400".parse().unwrap();
+        let any6: std::net::SocketAddr = "[::]:8400".parse().unwrap();
+        let one: std::net::SocketAddr = "127.0.0.1:8400".parse().unwrap();
+        assert_eq!(super::reachable_http(any, adv), "10.0.2.10:8400");
+        assert_eq!(super::reachable_http(any6, adv), "10.0.2.10:8400");
+        assert_eq!(super::reachable_http(one, adv), "127.0.0.1:8400");
     }
 }
