@@ -220,6 +220,13 @@ pub(crate) enum AuditError {
     /// The writer thread could not be started.
     #[error("starting the audit writer: {0}")]
     Thread(#[source] std::io::Error),
+    /// The audit database file could not be created (mode 0600).
+    #[error("creating the audit log {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 const SCHEMA: &str = "
@@ -261,6 +268,12 @@ impl AuditStore {
             path: path.clone(),
             source,
         };
+        // Readable by this user only (it was created 0644 under a umask of 022: an
+        // operator review); one that exists keeps its mode, with a warning.
+        crate::store::private_db_file(&path).map_err(|source| AuditError::Create {
+            path: path.clone(),
+            source,
+        })?;
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -698,6 +711,26 @@ mod tests {
             epoch: 3,
             message: format!("{reason} for {principal}"),
         }
+    }
+
+    /// The audit log is readable by its user only, whatever the umask (it was created 0644
+    /// under 022: who did what, principals and streams named), its WAL too.
+    #[test]
+    fn a_new_audit_log_is_readable_by_its_user_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = AuditStore::open(dir.path()).unwrap();
+        s.insert("n", "k", &[entry(1, Decision::Deny, "bad_token", "p")])
+            .unwrap();
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(db_path(dir.path())), 0o600);
+        assert_eq!(mode(dir.path().join("audit.sqlite-wal")), 0o600);
+        drop(s);
+        // One that exists opens as it is.
+        std::fs::set_permissions(db_path(dir.path()), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        drop(AuditStore::open(dir.path()).unwrap());
+        assert_eq!(mode(db_path(dir.path())), 0o640);
     }
 
     #[test]

@@ -943,7 +943,7 @@ fn create_private(dir: &Path) -> std::io::Result<()> {
 /// Creates the database file mode 0600 before SQLite opens it (its WAL and shared-memory
 /// files take the database's mode); one that exists keeps its mode, with a warning when
 /// others may read it.
-fn private_db_file(path: &Path) -> std::io::Result<()> {
+pub(crate) fn private_db_file(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -959,7 +959,7 @@ fn private_db_file(path: &Path) -> std::io::Result<()> {
                     tracing::warn!(
                         path = %path.display(),
                         mode = format!("{:o}", mode & 0o777),
-                        "the store's database may be read by other users of this machine (it holds events in clear): chmod 600 it and its -wal and -shm files"
+                        "a database of the node may be read by other users of this machine (the store holds events in clear, the audit log who did what): chmod 600 it and its -wal and -shm files"
                     );
                 }
             }
