@@ -507,17 +507,17 @@ impl Driver {
         self
     }
 
-    /// Shares whether the store is full with the HTTP API, which then refuses publishes
-    /// before signing them (a signed number the store refuses is voided, not reused).
     /// Shares what the core knows of this node's own numbering with the producer
     /// (`http.rs`), kept up to date after every step.
     pub(crate) fn with_own_numbers(mut self, own: Arc<OwnNumbers>) -> Self {
-        let (known, high) = self.node.own_numbers();
-        own.set(known, high);
+        let (known, asked, high) = self.node.own_numbers();
+        own.set(known, asked, high);
         self.own_numbers = own;
         self
     }
 
+    /// Shares whether the store is full with the HTTP API, which then refuses publishes
+    /// before signing them (a signed number the store refuses is voided, not reused).
     pub(crate) fn with_store_full(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
         flag.store(
             self.node.store().is_full(),
@@ -729,8 +729,8 @@ impl Driver {
             self.metrics.queue("driver_mesh_inputs", mesh_rx.len());
             self.metrics.queue("driver_publishes", cmd_rx.len());
             self.commit();
-            let (known, high) = self.node.own_numbers();
-            self.own_numbers.set(known, high);
+            let (known, asked, high) = self.node.own_numbers();
+            self.own_numbers.set(known, asked, high);
             // Reads ahead start after the commit: they see every event the core counted
             // when it named their runs.
             let removals = self.node.store().removals();
@@ -2721,14 +2721,21 @@ fn retention_clock(prev: Option<(u64, Instant)>, wall: u64, now: Instant) -> (u6
 #[derive(Debug, Default)]
 pub(crate) struct OwnNumbers {
     known: std::sync::atomic::AtomicBool,
+    asked: std::sync::atomic::AtomicBool,
     high: std::sync::atomic::AtomicU64,
 }
 
 impl OwnNumbers {
-    fn set(&self, known: bool, high: u64) {
+    fn set(&self, known: bool, asked: bool, high: u64) {
         use std::sync::atomic::Ordering::Release;
         self.high.fetch_max(high, Release);
+        self.asked.store(asked, Release);
         self.known.store(known, Release);
+    }
+
+    /// Whether a member was asked for this node's own events (and has not all answered).
+    pub(crate) fn asked(&self) -> bool {
+        self.asked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether the numbering is known.

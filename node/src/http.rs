@@ -64,23 +64,31 @@ impl Producer {
     }
 }
 
-/// How long after the node's start a publish waits for its own numbering to be known
-/// (`driver::OwnNumbers`) before it numbers from what the node knows: the members it
-/// asked did not answer (none reachable). A node whose store holds its own events, or that
-/// knows no member, never waits.
+/// How long after the node's start a publish waits for a member to ask for its own events
+/// (`driver::OwnNumbers`) before it numbers from what the node holds: no member came up.
+/// A node whose store holds its own events, or that has no seeds but itself, never waits.
 const OWN_NUMBERS_WAIT: Duration = Duration::from_secs(5);
+/// How long after the node's start a publish waits for the members asked to answer (every
+/// asked member that goes down unanswered is replaced by another) before it numbers from
+/// what the node holds, with a warning.
+const OWN_NUMBERS_ASKED_WAIT: Duration = Duration::from_secs(10);
 
-/// Waits until this node's own numbering is known, at most until [`OWN_NUMBERS_WAIT`]
-/// after its start (then numbering goes on from what it knows, with a warning once). A
-/// node without seeds other than itself does not wait.
+/// Waits until this node's own numbering is known: at most [`OWN_NUMBERS_WAIT`] after its
+/// start if no member came up to be asked, [`OWN_NUMBERS_ASKED_WAIT`] if one did (then
+/// numbering goes on from what it holds, with a warning once). A node without seeds other
+/// than itself does not wait.
 pub(crate) async fn own_numbers_known(api: &Api) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     // No seeds but itself: no member to ask (a lone node, or one others dial).
     while api.asks_own && !api.own_numbers.known() {
-        if api.started.elapsed() >= OWN_NUMBERS_WAIT {
+        let waited = api.started.elapsed();
+        if waited >= OWN_NUMBERS_ASKED_WAIT
+            || (waited >= OWN_NUMBERS_WAIT && !api.own_numbers.asked())
+        {
             WARNED.call_once(|| {
                 tracing::warn!(
-                    "no member answered for this node's own events within {} s of its start (its store held none of them): numbering from {}",
+                    "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s; its store held none of them): numbering from {}, which may reuse numbers a peer holds",
+                    OWN_NUMBERS_ASKED_WAIT.as_secs(),
                     OWN_NUMBERS_WAIT.as_secs(),
                     api.own_numbers.high() + 1
                 );
@@ -3448,7 +3456,12 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     }
     // Nor while it asks members for its own events (its store held none: perhaps an emptied
     // data directory under a key the mesh knows), at most OWN_NUMBERS_WAIT after its start.
-    if api.asks_own && !api.own_numbers.known() && api.started.elapsed() < OWN_NUMBERS_WAIT {
+    let waited = api.started.elapsed();
+    if api.asks_own
+        && !api.own_numbers.known()
+        && waited < OWN_NUMBERS_ASKED_WAIT
+        && (waited < OWN_NUMBERS_WAIT || api.own_numbers.asked())
+    {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: asking mesh members for this node's own events (its store holds none of them)\n",

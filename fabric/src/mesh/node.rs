@@ -830,12 +830,13 @@ pub struct Node<S: Store> {
     /// Numbers their origins said they no longer hold ([`Message::Lost`]), waiting for a
     /// holder's copy ([`Node::take_lost`]); at most [`LOST_ORIGINS_MAX`] origins.
     lost: BTreeMap<OriginKey, LostWait>,
-    /// The highest of this node's own numbers a peer's anti-entropy digest named.
-    own_heard: u64,
     /// Whether this node's numbering is known ([`Node::own_numbers`]).
     own_known: bool,
-    /// Members asked for this node's own numbers while it was not ([`OWN_ASKS_MAX`]).
-    own_asked: Vec<OriginKey>,
+    /// Members asked for this node's own numbers while it was not: when last asked, or
+    /// `None` once it answered past this node's origin ([`OWN_ASKS_MAX`]; a member that
+    /// goes down unanswered is dropped, so another is asked; one that does not answer
+    /// within a sync interval is asked again).
+    own_asked: Vec<(OriginKey, Option<Micros>)>,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
@@ -984,7 +985,6 @@ impl<S: Store> Node<S> {
             unconfirmed_len: 0,
             unconfirmed_by: BTreeMap::new(),
             lost: BTreeMap::new(),
-            own_heard: 0,
             own_known: true,
             own_asked: Vec::new(),
             relay_cache: FxHashMap::default(),

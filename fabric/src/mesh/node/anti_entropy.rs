@@ -29,9 +29,6 @@ impl<S: Store> Node<S> {
         held: u64,
         unsettled: Option<[u64; 2]>,
     ) {
-        // An answer to a request for this node's own numbers (or any later one from a
-        // member asked): its events are in the store below, the numbering known after.
-        let own_answer = !self.own_known && self.own_asked.contains(&from);
         let peer = self.peers.entry(from).or_default();
         peer.held = held;
         peer.unanswered_since = None;
@@ -64,9 +61,7 @@ impl<S: Store> Node<S> {
             self.remember_repaired(event.id());
         }
         self.forward(&fresh, Some(from), false, false, &[], 0);
-        if own_answer {
-            self.own_known = true;
-        }
+        self.own_answered(from, resume);
         if let Some(origin) = resume {
             self.send_digest(from, Some(origin), true);
         }
@@ -195,6 +190,7 @@ impl<S: Store> Node<S> {
     /// side.
     pub(super) fn start_sync(&mut self) {
         self.sync_rounds += 1;
+        self.ask_own_numbers_more();
         // Every fourth round, a hole in an origin's sequence (delivery stalled behind an
         // event, or a Skip, that never came: a node the publisher did not know yet gets no
         // Skip) is repaired from the origin itself, which holds all its events: it answers
@@ -623,7 +619,6 @@ impl<S: Store> Node<S> {
             peer.unanswered_since = None;
         }
         let theirs = normalized_digest(&digest);
-        self.heard_own(&theirs);
         let held = self.seen_count;
         let Some(origins) = self.answer_origins(&theirs, from_origin, settled.as_ref()) else {
             self.stats.sync_unsettled_out += 1;
@@ -709,46 +704,110 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Notes the highest of this node's own numbers a peer's digest (sorted, `theirs`) names
-    /// ([`Node::own_numbers`]). A claim beyond `u64::MAX / 2` is ignored: numbering past it
-    /// could not go on for long.
-    fn heard_own(&mut self, theirs: &Digest) {
-        let me = self.me.node_key();
-        if let Ok(at) = theirs.binary_search_by(|(o, _)| o.cmp(&me))
-            && let Some(&(_, hi)) = theirs[at].1.iter().max_by_key(|(_, hi)| *hi)
-            && hi <= u64::MAX / 2
-        {
-            self.own_heard = self.own_heard.max(hi);
-        }
-    }
-
-    /// While this node's numbering is not known ([`super::MeshConfig::recover_own_numbers`]): asks
-    /// `peer` for what it holds from this node's own origin on (the answer starts with this
-    /// node's own events), at most [`OWN_ASKS_MAX`] members in all.
+    /// While this node's numbering is not known ([`super::MeshConfig::recover_own_numbers`]):
+    /// asks `peer` for what it holds from this node's own origin on (the answer starts with
+    /// this node's own events), at most [`OWN_ASKS_MAX`] members at once.
     pub(super) fn ask_own_numbers(&mut self, peer: OriginKey) {
-        if self.own_known || self.own_asked.len() >= OWN_ASKS_MAX || self.own_asked.contains(&peer)
+        if self.own_known
+            || self.own_asked.len() >= OWN_ASKS_MAX
+            || self.own_asked.iter().any(|(k, _)| *k == peer)
         {
             return;
         }
-        self.own_asked.push(peer);
+        self.own_asked.push((peer, Some(self.now)));
         self.stats.own_asks += 1;
         let me = self.me.node_key();
         self.sync_with(peer, Some(me), true);
     }
 
+    /// An anti-entropy answer from `from` arrived (its events stored), `resume` where the
+    /// next request would go on. While this node's numbering is not known, an asked member's
+    /// answer that got past this node's origin (`resume` beyond it, or none) has given
+    /// every event of it that member holds; one cut inside it (the batch limit) has not,
+    /// and the request resumes there. The numbering is known once [`OWN_ASKS_MAX`] members
+    /// (every other member, if fewer) answered so: one member may be behind, or store none
+    /// of its streams.
+    fn own_answered(&mut self, from: OriginKey, resume: Option<OriginKey>) {
+        if self.own_known {
+            return;
+        }
+        let me = self.me.node_key();
+        if resume.is_some_and(|r| r <= me) {
+            return;
+        }
+        let Some(asked) = self.own_asked.iter_mut().find(|(k, _)| *k == from) else {
+            return;
+        };
+        asked.1 = None;
+        let others = self.members.keys().filter(|k| **k != me).count();
+        if self.own_asked.len() >= OWN_ASKS_MAX.min(others)
+            && self.own_asked.iter().all(|(_, asked)| asked.is_none())
+        {
+            self.own_known = true;
+        }
+    }
+
+    /// While this node's numbering is not known: asks again the members asked that have not
+    /// answered within a sync interval (a request sent before the connection was up is
+    /// lost), and, while fewer than [`OWN_ASKS_MAX`] were asked, the nearest member not
+    /// asked yet (one that went down unanswered was dropped from the list).
+    fn ask_own_numbers_more(&mut self) {
+        if self.own_known {
+            return;
+        }
+        let (now, interval) = (self.now, self.config.sync_interval_us);
+        let me = self.me.node_key();
+        let again: Vec<OriginKey> = self
+            .own_asked
+            .iter_mut()
+            .filter_map(|(k, asked)| {
+                let at = asked.as_mut()?;
+                (now.saturating_sub(*at) >= interval).then(|| {
+                    *at = now;
+                    *k
+                })
+            })
+            .collect();
+        for peer in again {
+            self.stats.own_asks += 1;
+            self.sync_with(peer, Some(me), true);
+        }
+        if self.own_asked.len() >= OWN_ASKS_MAX {
+            return;
+        }
+        let next =
+            self.near.by_rtt.iter().map(|&(_, k)| k).find(|k| {
+                self.members.contains_key(k) && !self.own_asked.iter().any(|(a, _)| a == k)
+            });
+        if let Some(peer) = next {
+            self.ask_own_numbers(peer);
+        }
+    }
+
+    /// A member went down: if it was asked for this node's own numbers and has not
+    /// answered, another is asked in its place ([`Node::ask_own_numbers`] at the next
+    /// anti-entropy round).
+    pub(super) fn own_ask_lost(&mut self, peer: &OriginKey) {
+        if !self.own_known {
+            self.own_asked
+                .retain(|(k, asked)| k != peer || asked.is_none());
+        }
+    }
+
     /// What this node knows of its own numbering: whether it is known (its store held its
-    /// own events at start, or a member asked for them answered, or
-    /// [`super::MeshConfig::recover_own_numbers`] is off), and the highest of its own numbers known
-    /// to be taken (held here, or named by a peer's digest). A producer numbers past it:
-    /// after a start over an emptied or older store, numbers peers hold are not reused.
-    pub fn own_numbers(&self) -> (bool, u64) {
+    /// own events at start, or the members asked answered, or
+    /// [`super::MeshConfig::recover_own_numbers`] is off), whether a member was asked, and
+    /// the highest of its own numbers its store holds. Only its own signed events, held
+    /// here, raise that number: a peer's word on them (a digest) does not, so a wrong one
+    /// cannot push its numbering out of range. A producer numbers past it.
+    pub fn own_numbers(&self) -> (bool, bool, u64) {
         let me = self.me.node_key();
         let held = self
             .store
             .ranges(&me)
             .and_then(|r| r.as_slice().last().map(|&(_, hi)| hi))
             .unwrap_or(0);
-        (self.own_known, held.max(self.own_heard))
+        (self.own_known, !self.own_asked.is_empty(), held)
     }
 
     /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this

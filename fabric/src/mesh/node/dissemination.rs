@@ -121,7 +121,7 @@ impl<S: Store> Node<S> {
     /// Records `(origin, seq)` in the seen-set at `now`; returns false if it was there.
     /// Keeps [`Node::seen_count`] in step (exactly: at the range limit the set may drop a
     /// range, so the count is taken again for that origin).
-    fn note_seen(&mut self, origin: OriginKey, seq: u64) -> bool {
+    pub(super) fn note_seen(&mut self, origin: OriginKey, seq: u64) -> bool {
         let recorded = self.seen.record(origin, seq, self.now);
         match recorded.counts {
             Some((before, after)) => self.seen_count = self.seen_count - before + after,

@@ -59,6 +59,7 @@ impl<S: Store> Node<S> {
                         }
                         self.lazy.remove(&key);
                         self.router.member_down(&key);
+                        self.own_ask_lost(&key);
                         self.push_app(AppEvent::MemberDown(Box::new(m.info().clone())));
                     }
                 }

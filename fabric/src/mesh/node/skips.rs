@@ -126,6 +126,7 @@ impl<S: Store> Node<S> {
     /// [`LOST_PER_ROUND_MAX`] numbers a call (the rest wait for the next); called at every
     /// anti-entropy round.
     pub(super) fn take_lost(&mut self) {
+        self.note_own_gaps();
         if self.lost.is_empty() {
             return;
         }
@@ -154,7 +155,9 @@ impl<S: Store> Node<S> {
                         break 'ranges;
                     }
                     budget -= 1;
-                    if self.skip_own(origin, seq) {
+                    // This node's own numbers too (`note_own_gaps`), which `skip_own` refuses.
+                    if seq != 0 && self.note_seen(origin, seq) {
+                        self.advance_delivery(origin);
                         self.stats.lost_skipped += 1;
                     }
                 }
@@ -172,13 +175,39 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// This node's own numbers below the highest it has seen that it neither holds nor has
+    /// seen (it restarted without its store, and no holder sent them back yet): its own
+    /// delivery waits on them as its peers' does. Noted once as a Lost word of its own, and
+    /// taken as seen after [`LOST_WAIT_US`] like its peers take it (before, its own new
+    /// events were never delivered here).
+    fn note_own_gaps(&mut self) {
+        let me = self.me.node_key();
+        if self.lost.contains_key(&me) || self.lost.len() >= LOST_ORIGINS_MAX {
+            return;
+        }
+        let Some(seen) = self.seen.get(&me).filter(|s| s.has_hole()) else {
+            return;
+        };
+        let Some(&(_, top)) = seen.ranges().as_slice().last() else {
+            return;
+        };
+        let gaps = SeqRanges::from_ranges([(1, top)]).difference_ranges(seen.ranges().as_slice());
+        if gaps.is_empty() {
+            return;
+        }
+        let ranges = SeqRanges::from_ranges(gaps);
+        self.stats.lost_in += SeqRanges::covered(ranges.as_slice());
+        let since = self.now;
+        self.lost.insert(me, LostWait { ranges, since });
+    }
+
     /// How many numbers origins said they no longer hold wait here for a holder's copy
     /// ([`Node::on_lost`]).
     pub fn lost_pending(&self) -> u64 {
         self.lost
             .values()
             .map(|w| SeqRanges::covered(w.ranges.as_slice()))
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Whether `(origin, seq)` is in the seen-set.

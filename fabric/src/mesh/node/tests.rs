@@ -1721,6 +1721,10 @@ fn an_origin_that_lost_its_store_moves_its_peers_past_numbers_nobody_holds() {
     let s = nodes[1].stats();
     assert_eq!((s.lost_skipped, s.delivered_late), (2, 0));
     assert_eq!(nodes[1].lost_pending(), 0);
+    // The origin itself delivers its own event 3 after the same wait (before, never: its
+    // own delivery waited on 1 and 2 for good).
+    assert_eq!(nodes[0].stats().delivered, 1, "the origin's own event 3");
+    assert_eq!(nodes[0].lost_pending(), 0);
     // The origin's later events flow at once.
     let t = said + LOST_WAIT_US + 10_000_000;
     nodes[0]
@@ -1784,7 +1788,7 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
     pump(&mut nodes, 0, 500_000);
     let mut peer = nodes.pop().unwrap();
     let old = nodes.pop().unwrap();
-    assert_eq!(old.own_numbers(), (true, 3), "off: known at once");
+    assert_eq!(old.own_numbers(), (true, false, 3), "off: known at once");
     let me = old.me().node_key();
     let peer_key = peer.me().node_key();
     // Within SYNC_FRESH_US of their arrival at the peer: an answer holds such events back
@@ -1795,8 +1799,9 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
     let mut config = MeshConfig::wan(2);
     config.recover_own_numbers = true;
     let mut back = Node::new(info, config.clone(), 9, crate::mesh::MemStore::new(16), t);
-    assert_eq!(back.own_numbers(), (false, 0));
+    assert_eq!(back.own_numbers(), (false, false, 0));
     back.member_up(Arc::new(peer.me().clone()));
+    assert_eq!(back.own_numbers(), (false, true, 0));
     let asked: Vec<Message> = drain_to(&mut back, peer_key)
         .into_iter()
         .filter(|m| matches!(m, Message::SyncRequest { from_origin: Some(o), .. } if *o == me))
@@ -1809,7 +1814,11 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
         .find(|m| matches!(m, Message::SyncResponse { .. }))
         .expect("an answer");
     back.handle_message(t + 10_000, peer_key, answer);
-    assert_eq!(back.own_numbers(), (true, 3), "its own events came back");
+    assert_eq!(
+        back.own_numbers(),
+        (true, true, 3),
+        "its own events came back"
+    );
     // Another member coming up is not asked any more.
     let mut other = peer.me().clone();
     other.key = crate::Signer::from_secret(&[7; 32]).origin().0;
@@ -1817,9 +1826,9 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
     assert_eq!(back.stats().own_asks, 1);
     // A node over a store that holds its own events knows its numbering at once.
     let kept = Node::new(old.me().clone(), config, 9, old.into_store(), t);
-    assert_eq!(kept.own_numbers(), (true, 3));
-    // A digest naming its numbers up to 9 raises what it knows; one beyond u64::MAX / 2
-    // does not.
+    assert_eq!(kept.own_numbers(), (true, false, 3));
+    // A peer's digest naming more of its numbers does not raise them: only its own signed
+    // events do (a wrong digest pushed its numbering out of range).
     for hi in [9, u64::MAX - 1] {
         let mut ranges = crate::mesh::message::DigestRanges::new();
         ranges.push((1, hi));
@@ -1833,7 +1842,71 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
             },
         );
     }
-    assert_eq!(back.own_numbers(), (true, 9));
+    assert_eq!(back.own_numbers(), (true, true, 3));
+    back.check_invariants_full();
+}
+
+/// The numbering is known only once the members asked answered past this node's own
+/// origin: an answer cut inside it (the batch limit: a node with more own events than one
+/// answer carries) leaves it unknown, and with two other members both must answer (one may
+/// be behind, or store none of its streams).
+#[test]
+fn own_numbers_wait_for_whole_answers_from_the_members_asked() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2, 3], 1, 2, &rtts);
+    let a = nodes.pop().unwrap();
+    let b = nodes.pop().unwrap();
+    let old = nodes.pop().unwrap();
+    let me = old.me().node_key();
+    let mut config = MeshConfig::wan(3);
+    config.recover_own_numbers = true;
+    let mut back = Node::new(
+        old.me().clone(),
+        config,
+        9,
+        crate::mesh::MemStore::new(16),
+        0,
+    );
+    back.member_up(Arc::new(a.me().clone()));
+    back.member_up(Arc::new(b.me().clone()));
+    assert_eq!(back.stats().own_asks, 2);
+    let answer = |events: Vec<Arc<Event>>, resume| Message::SyncResponse {
+        events,
+        resume,
+        held: 0,
+        unsettled: None,
+    };
+    let (ka, kb) = (a.me().node_key(), b.me().node_key());
+    // Cut inside its own origin: not yet.
+    back.handle_message(
+        1_000,
+        ka,
+        answer(vec![event_at(1, 1, "orders.all")], Some(me)),
+    );
+    assert_eq!(back.own_numbers(), (false, true, 1));
+    // Past it: a's part is done, b's is not.
+    back.handle_message(2_000, ka, answer(vec![event_at(1, 2, "orders.all")], None));
+    assert_eq!(back.own_numbers(), (false, true, 2));
+    // An answer from a member not asked counts for nothing.
+    let mut stranger = a.me().clone();
+    stranger.key = crate::Signer::from_secret(&[8; 32]).origin().0;
+    back.handle_message(3_000, OriginKey(stranger.key), answer(Vec::new(), None));
+    assert!(!back.own_numbers().0);
+    // b did not answer within a sync interval (its request may have gone before the
+    // connection was up): asked again at the next round, a (answered) not.
+    while back.poll_transmit().is_some() {}
+    back.now = 2_100_000;
+    back.start_sync();
+    assert_eq!(back.stats().own_asks, 3);
+    let mut asked_again = Vec::new();
+    while let Some(t) = back.poll_transmit() {
+        if matches!(&t.msg, Message::SyncRequest { from_origin: Some(o), .. } if *o == me) {
+            asked_again.push(t.to);
+        }
+    }
+    assert_eq!(asked_again, vec![kb]);
+    back.handle_message(2_200_000, kb, answer(Vec::new(), None));
+    assert_eq!(back.own_numbers(), (true, true, 2));
     back.check_invariants_full();
 }
 
