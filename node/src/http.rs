@@ -79,12 +79,8 @@ const OWN_NUMBERS_ASKED_WAIT: Duration = Duration::from_secs(10);
 /// than itself does not wait.
 pub(crate) async fn own_numbers_known(api: &Api) {
     static WARNED: std::sync::Once = std::sync::Once::new();
-    // No seeds but itself: no member to ask (a lone node, or one others dial).
-    while api.asks_own && !api.own_numbers.known() {
-        let waited = api.started.elapsed();
-        if waited >= OWN_NUMBERS_ASKED_WAIT
-            || (waited >= OWN_NUMBERS_WAIT && !api.own_numbers.asked())
-        {
+    while own_numbers_unknown(api) {
+        if !own_numbers_worth_waiting(api) {
             WARNED.call_once(|| {
                 tracing::warn!(
                     "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s; its store held none of them): numbering from {}, which may reuse numbers a peer holds",
@@ -97,6 +93,19 @@ pub(crate) async fn own_numbers_known(api: &Api) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether this node's own numbering is not known yet while it has members to ask (seeds
+/// other than itself: a lone node, or one others dial, has none).
+fn own_numbers_unknown(api: &Api) -> bool {
+    api.asks_own && !api.own_numbers.known()
+}
+
+/// Whether a publish still waits for the numbering: within [`OWN_NUMBERS_WAIT`] of the
+/// start, or [`OWN_NUMBERS_ASKED_WAIT`] once a member was asked.
+fn own_numbers_worth_waiting(api: &Api) -> bool {
+    let waited = api.started.elapsed();
+    waited < OWN_NUMBERS_ASKED_WAIT && (waited < OWN_NUMBERS_WAIT || api.own_numbers.asked())
 }
 
 /// Shared state of the handlers.
@@ -3455,13 +3464,8 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
             .into_response();
     }
     // Nor while it asks members for its own events (its store held none: perhaps an emptied
-    // data directory under a key the mesh knows), at most OWN_NUMBERS_WAIT after its start.
-    let waited = api.started.elapsed();
-    if api.asks_own
-        && !api.own_numbers.known()
-        && waited < OWN_NUMBERS_ASKED_WAIT
-        && (waited < OWN_NUMBERS_WAIT || api.own_numbers.asked())
-    {
+    // data directory under a key the mesh knows), as long as a publish would wait.
+    if own_numbers_unknown(&api) && own_numbers_worth_waiting(&api) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: asking mesh members for this node's own events (its store holds none of them)\n",

@@ -2303,15 +2303,8 @@ fn a_node_restarted_over_an_emptied_data_directory_numbers_past_what_the_mesh_ho
         let origin = c.keys[2].clone();
         for i in 0..3 {
             let events = wait_for(Duration::from_secs(30), || async {
-                let events: Vec<Value> = reqwest::Client::new()
-                    .get(c.url(i, "/v1/streams/wiped/events?after=0"))
-                    .bearer_auth(&c.token)
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let page = c.get_auth(i, "/v1/streams/wiped/events?after=0").await;
+                let events = page.as_array()?.clone();
                 (events.len() == 7).then_some(events)
             })
             .await

@@ -469,10 +469,9 @@ measure = true"#,
 /// latency at 29.6 s).
 #[test]
 fn deliveries_with_no_path_under_a_measured_cut_have_no_stretch() {
-    let r = run(
-        &small(
-            "no-path",
-            r#"
+    let text = small(
+        "no-path",
+        r#"
 [[fault]]
 kind = "partition"
 a = { regions = ["gcp:asia-south1"] }
@@ -480,19 +479,14 @@ b = "rest"
 at_s = 30
 duration_s = 20
 measure = true"#,
-        ),
-        None,
     );
+    let r = run(&text, None);
     assert_healthy(&r);
     let w = &r.strategies[0];
     assert!(w.routing.no_path_deliveries > 0, "{:?}", w.routing);
     // Every stretch sample is a real path's (jitter aside, none below 1; the unreachable
     // distance gave 0).
     let catalog = RegionCatalog::embedded().unwrap();
-    let text = small(
-        "no-path",
-        "[[fault]]\nkind = \"partition\"\na = { regions = [\"gcp:asia-south1\"] }\nb = \"rest\"\nat_s = 30\nduration_s = 20\nmeasure = true",
-    );
     let plan = weft_sim::plan::build(&Scenario::parse(&text, &catalog).unwrap(), &catalog, None);
     let m = Engine::new(plan, Strategy::Weft).run(|_, _| {});
     let least = m.stretch_milli.iter().min().copied().unwrap_or(0);

@@ -202,6 +202,20 @@ impl SeqRanges {
         out
     }
 
+    /// The numbers from 1 to the highest in the set that the set lacks: the gaps before
+    /// and between its ranges (none for the usual single range `1..=n`).
+    pub fn holes(&self) -> SeqRanges {
+        let mut holes = SeqRanges::new();
+        let mut next = 1u64;
+        for &(s, e) in &self.ranges {
+            if s > next {
+                holes.ranges.push((next, s - 1));
+            }
+            next = e.saturating_add(1);
+        }
+        holes
+    }
+
     /// How many numbers `ranges` (ascending, disjoint) cover, at most `u64::MAX`.
     pub fn covered(ranges: &[(u64, u64)]) -> u64 {
         ranges.iter().fold(0u64, |n, (s, e)| {
@@ -349,5 +363,24 @@ mod tests {
         assert!(set.insert(last + 2), "not claimed as present before");
         assert!(!set.contains(last + 2));
         assert_eq!(set.range_count(), RANGES_PER_ORIGIN_MAX);
+    }
+
+    #[test]
+    fn holes_are_the_gaps_below_the_highest_number() {
+        let holes = |r: &[(u64, u64)]| SeqRanges::from_ranges(r.iter().copied()).holes();
+        assert_eq!(holes(&[]).as_slice(), &[]);
+        assert_eq!(holes(&[(1, 9)]).as_slice(), &[]);
+        assert_eq!(holes(&[(4, 9)]).as_slice(), &[(1, 3)]);
+        assert_eq!(
+            holes(&[(1, 2), (5, 6), (9, u64::MAX)]).as_slice(),
+            &[(3, 4), (7, 8)]
+        );
+        let r = SeqRanges::from_ranges([(3, 4), (8, 8)]);
+        assert_eq!(
+            r.holes().as_slice(),
+            SeqRanges::from_ranges([(1, 8)])
+                .difference_ranges(r.as_slice())
+                .as_slice()
+        );
     }
 }

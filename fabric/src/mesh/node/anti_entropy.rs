@@ -715,6 +715,11 @@ impl<S: Store> Node<S> {
             return;
         }
         self.own_asked.push((peer, Some(self.now)));
+        self.send_own_ask(peer);
+    }
+
+    /// Sends `peer` an anti-entropy request from this node's own origin on.
+    fn send_own_ask(&mut self, peer: OriginKey) {
         self.stats.own_asks += 1;
         let me = self.me.node_key();
         self.sync_with(peer, Some(me), true);
@@ -756,7 +761,6 @@ impl<S: Store> Node<S> {
             return;
         }
         let (now, interval) = (self.now, self.config.sync_interval_us);
-        let me = self.me.node_key();
         let again: Vec<OriginKey> = self
             .own_asked
             .iter_mut()
@@ -769,8 +773,7 @@ impl<S: Store> Node<S> {
             })
             .collect();
         for peer in again {
-            self.stats.own_asks += 1;
-            self.sync_with(peer, Some(me), true);
+            self.send_own_ask(peer);
         }
         if self.own_asked.len() >= OWN_ASKS_MAX {
             return;
@@ -830,15 +833,9 @@ impl<S: Store> Node<S> {
         if summarised && listed.is_none() {
             return Vec::new();
         }
-        let Some(held) = self.store.ranges(&me) else {
+        let Some(gaps) = self.store.ranges(&me).map(SeqRanges::holes) else {
             return Vec::new();
         };
-        let Some(&(_, top)) = held.as_slice().last() else {
-            return Vec::new();
-        };
-        let gaps = SeqRanges::from_ranges(
-            SeqRanges::from_ranges([(1, top)]).difference_ranges(held.as_slice()),
-        );
         if gaps.range_count() == 0 {
             return Vec::new();
         }

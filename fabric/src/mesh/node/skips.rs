@@ -188,14 +188,10 @@ impl<S: Store> Node<S> {
         let Some(seen) = self.seen.get(&me).filter(|s| s.has_hole()) else {
             return;
         };
-        let Some(&(_, top)) = seen.ranges().as_slice().last() else {
-            return;
-        };
-        let gaps = SeqRanges::from_ranges([(1, top)]).difference_ranges(seen.ranges().as_slice());
-        if gaps.is_empty() {
+        let ranges = seen.ranges().holes();
+        if ranges.range_count() == 0 {
             return;
         }
-        let ranges = SeqRanges::from_ranges(gaps);
         self.stats.lost_in += SeqRanges::covered(ranges.as_slice());
         let since = self.now;
         self.lost.insert(me, LostWait { ranges, since });
