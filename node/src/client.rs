@@ -12,7 +12,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Conn {
     /// Base URL of the node's HTTP API.
-    #[arg(long, env = "WEFT_NODE", default_value = "http://127.0.0.1:8401")]
+    #[arg(long, env = "WEFT_NODE", default_value = "http://127.0.0.1:8400")]
     pub(crate) node: String,
     /// Bearer token (or set WEFT_TOKEN, or use --token-file).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]

@@ -370,6 +370,47 @@ impl NodeConfig {
         raw.resolve(base)
     }
 
+    /// The listeners and the advertised address, as the node will use them: peers dial the
+    /// advertised mesh address from SWIM gossip, so it must name this host (an unspecified
+    /// one, `0.0.0.0` or `::`, dials the dialer's own host: every peer then finds another
+    /// key there); the mesh and edge ports are both UDP (QUIC), so they must not share a
+    /// port on overlapping addresses (the second bind would fail at start with a bare
+    /// "address in use").
+    fn check_addresses(&self) -> anyhow::Result<()> {
+        let mesh = self.listen.mesh;
+        let (field, advertise) = match self.advertise {
+            Some(a) => ("advertise", a),
+            None => ("listen.mesh", mesh),
+        };
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            bail!(field_err(
+                field,
+                format!(
+                    "{advertise} is not an address peers can dial ({}); set `advertise` to this host's mesh address, e.g. \"10.0.0.5:{}\"",
+                    if advertise.port() == 0 {
+                        "port 0"
+                    } else {
+                        "an unspecified IP"
+                    },
+                    if mesh.port() == 0 { 7400 } else { mesh.port() }
+                )
+            ));
+        }
+        if let Some(edge) = self.listen.edge
+            && edge.port() != 0
+            && edge.port() == mesh.port()
+            && (edge.ip() == mesh.ip() || edge.ip().is_unspecified() || mesh.ip().is_unspecified())
+        {
+            bail!(field_err(
+                "listen.edge",
+                format!(
+                    "{edge} overlaps listen.mesh {mesh}: both are UDP (QUIC) listeners and cannot share a port; give the edge port its own (the shipped configs use 7500)"
+                )
+            ));
+        }
+        Ok(())
+    }
+
     fn resolve(self, base: &Path) -> anyhow::Result<Resolved> {
         for (field, value, max) in [
             ("name", &self.name, 128),
@@ -390,6 +431,7 @@ impl NodeConfig {
         }
         weft_fabric::Jurisdiction::new(self.jurisdiction.clone())
             .map_err(|e| field_err("jurisdiction", e))?;
+        self.check_addresses()?;
         let mut trusted = BTreeSet::new();
         for (i, k) in self.trusted_nodes.iter().enumerate() {
             trusted.insert(hex32(&format!("trusted_nodes[{i}]"), k)?);
@@ -780,6 +822,24 @@ http = "127.0.0.1:8400"
                     )
                 ),
                 "FRAME_LEN_MAX",
+            ),
+            // Peers would dial 0.0.0.0, i.e. their own host.
+            (
+                GOOD.replace("mesh = \"127.0.0.1:7400\"", "mesh = \"0.0.0.0:7400\""),
+                "`listen.mesh`: 0.0.0.0:7400 is not an address peers can dial",
+            ),
+            (
+                format!("advertise = \"[::]:7400\"\n{GOOD}"),
+                "`advertise`: [::]:7400 is not an address peers can dial",
+            ),
+            (format!("advertise = \"10.0.0.5:0\"\n{GOOD}"), "(port 0)"),
+            // The mesh and edge ports are both UDP.
+            (
+                GOOD.replace(
+                    "http = \"127.0.0.1:8400\"",
+                    "http = \"127.0.0.1:8400\"\nedge = \"0.0.0.0:7400\"",
+                ),
+                "`listen.edge`: 0.0.0.0:7400 overlaps listen.mesh 127.0.0.1:7400",
             ),
             (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
             (format!("{GOOD}\n[log]\nlevel = \"verbose\"\n"), "log.level"),

@@ -54,9 +54,10 @@ const DEVICE: &str = "sensor-dublin-1";
 const DEVICE_REGION: &str = "aws:eu-west-1";
 const DEVICE_STREAM: &str = "telemetry.devices.sensor-dublin-1.readings";
 const DEVICE_STREAMS: &str = "telemetry.devices.sensor-dublin-1.>";
-/// The default `--base-port`: the CLI's default `--node` is `http://127.0.0.1:8401`, so
-/// `weft peers` and friends reach the first demo node without flags.
-pub(crate) const BASE_PORT_DEFAULT: u16 = 8401;
+/// The default `--base-port`: the CLI's default `--node` is `http://127.0.0.1:8400` (the
+/// shipped configs' `listen.http`), so `weft peers` and friends reach the first demo node
+/// without flags.
+pub(crate) const BASE_PORT_DEFAULT: u16 = 8400;
 /// Uniform jitter added to every injected one-way delay, in milliseconds (as the cluster
 /// tests do): enough to keep RTT samples from being identical, small against the RTTs.
 const JITTER_MS: f64 = 1.0;

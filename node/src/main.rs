@@ -45,6 +45,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod audit;
 mod ce_claims;
 mod chaos;
+mod check_config;
 mod client;
 mod cloudevents;
 mod config;
@@ -197,11 +198,18 @@ enum Command {
     /// Check a node config the way `weft node` does at start (every field, with errors
     /// naming it; the `[policy] bundle` read and verified, and the jurisdiction claim
     /// checked when the key file is readable) without starting anything; the store is not
-    /// opened.
+    /// opened. Also warns about what this host says of it (the data dir, the listeners'
+    /// ports) and placement against the built-in region catalog.
     CheckConfig {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
+        /// Fail on warnings too: placement that differs from the built-in region catalog,
+        /// a data dir this user cannot write or create, a listener's port in use or an
+        /// address this host lacks (all of which may be fine when the check runs away from
+        /// the node's host).
+        #[arg(long)]
+        strict: bool,
     },
     /// Policy bundles (docs/policy.md): sign a TOML bundle with operator keys, check a
     /// signed one as a node would, push one to the fabric, see each node's epoch.
@@ -410,86 +418,7 @@ fn run() -> anyhow::Result<ExitCode> {
             duration,
             base_port,
         }),
-        Command::CheckConfig { config } => {
-            let c = config::NodeConfig::load(&config)?;
-            serve::check_rust_log()?;
-            let raw = &c.raw;
-            // The bundle as `weft node` verifies it at start (same function): a missing,
-            // malformed or under-signed bundle stops the node, so it fails the check too.
-            // The key as `weft node` loads it: a key file the node would refuse (readable by
-            // others, malformed) fails the check. A missing one is reported, not failed
-            // (configs are checked away from their nodes' secrets, e.g. in CI); without it
-            // the jurisdiction claim is not checked.
-            let key_missing = !c.key_path.exists();
-            let node_key = if key_missing {
-                None
-            } else {
-                let seed =
-                    keys::load(&c.key_path).context("weft node refuses to start with this key")?;
-                Some(weft_fabric::Signer::from_secret(&seed).origin().0)
-            };
-            let policy = match &c.policy {
-                None => None,
-                Some((trust, path)) => Some(
-                    policy_push::check_configured(
-                        trust,
-                        path.as_deref(),
-                        node_key,
-                        &raw.jurisdiction,
-                        &raw.region,
-                    )
-                    .with_context(|| format!("config {}", config.display()))?,
-                ),
-            };
-            say!("{}: ok", config.display());
-            say!(
-                "name {} in {} ({}, {}); mesh {} (advertised {}), HTTP {}",
-                raw.name,
-                raw.region,
-                raw.cloud,
-                raw.jurisdiction,
-                raw.listen.mesh,
-                c.advertise,
-                raw.listen.http
-            );
-            say!(
-                "{} seeds, {} trusted nodes, {} principals, {} stream patterns, chaos {}",
-                raw.seeds.len(),
-                c.trusted.len(),
-                c.tokens.len(),
-                c.streams.len(),
-                if raw.chaos.enabled { "enabled" } else { "off" }
-            );
-            match &policy {
-                None => say!("no policy configured"),
-                Some(None) => say!(
-                    "policy: operator trust only, no bundle configured (the node serves no data until one is pushed)"
-                ),
-                Some(Some(v)) => say!(
-                    "policy bundle epoch {} verified ({} signer(s)); jurisdiction claim {}",
-                    v.policy.epoch(),
-                    v.signers.len(),
-                    if node_key.is_some() {
-                        "granted"
-                    } else {
-                        "not checked (no key file)"
-                    }
-                ),
-            }
-            if key_missing {
-                say!(
-                    "key file {} does not exist: weft node refuses to start without it (weft keygen --out {})",
-                    c.key_path.display(),
-                    c.key_path.display()
-                );
-            }
-            say!(
-                "key file {} and data dir {} (the store is not opened by check-config)",
-                c.key_path.display(),
-                c.data_dir.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig { config, strict } => check_config::run(&config, strict),
         Command::Policy { command } => {
             match command {
                 PolicyCommand::Sign {

@@ -74,6 +74,15 @@ const BI_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed dial, how long a peer is not dialed again (what is sent to it meanwhile is
 /// dropped and counted), unless it dials in.
 const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
+/// How often one wrong member address (a peer's key dialed, another key found) is logged
+/// and audited again while it persists. Every dial is counted in the metric; after a key
+/// rotation the old address is dialed about once a second until every node has the new
+/// record, and a warning and an audit row per dial buried everything else (an operator
+/// review).
+const OTHER_KEY_REPORT_EVERY: Duration = Duration::from_secs(600);
+/// Distinct wrong addresses whose repeats are tracked; past it the oldest are forgotten
+/// (and reported again on their next repeat).
+const OTHER_KEY_TRACKED_MAX: usize = 1024;
 
 /// What the transport hands the driver.
 #[derive(Debug)]
@@ -228,6 +237,56 @@ pub(crate) struct Transport {
     queued: Arc<tokio::sync::Semaphore>,
     /// [`UNREACHABLE_WAIT`] in milliseconds (tests lengthen it).
     unreachable_wait_ms: std::sync::atomic::AtomicU64,
+    /// Wrong member addresses reported lately ([`OTHER_KEY_REPORT_EVERY`]).
+    other_key_reports: Mutex<RepeatGate<(OriginKey, SocketAddr, OriginKey)>>,
+}
+
+/// Lets one report of a repeating condition through per key and period, and counts the
+/// repeats it holds back so the next report can say how many there were. Bounded: past
+/// `max` keys the least recently reported is forgotten.
+#[derive(Debug)]
+struct RepeatGate<K> {
+    every: Duration,
+    max: usize,
+    /// Per key: when it was last reported and the repeats held back since.
+    last: HashMap<K, (std::time::Instant, u64)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> RepeatGate<K> {
+    fn new(every: Duration, max: usize) -> Self {
+        Self {
+            every,
+            max,
+            last: HashMap::new(),
+        }
+    }
+
+    /// `Some(held back)` when `key` is to be reported now (never reported, or last
+    /// reported at least a period ago), with the repeats held back since the last report;
+    /// `None` when this repeat is only counted.
+    fn report(&mut self, key: K, now: std::time::Instant) -> Option<u64> {
+        if let Some((at, held)) = self.last.get_mut(&key) {
+            if now.saturating_duration_since(*at) < self.every {
+                *held += 1;
+                return None;
+            }
+            let before = *held;
+            *at = now;
+            *held = 0;
+            return Some(before);
+        }
+        if self.last.len() >= self.max
+            && let Some(oldest) = self
+                .last
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            self.last.remove(&oldest);
+        }
+        self.last.insert(key, (now, 0));
+        Some(0)
+    }
 }
 
 impl std::fmt::Debug for Transport {
@@ -277,6 +336,10 @@ impl Transport {
             unreachable_wait_ms: std::sync::atomic::AtomicU64::new(
                 UNREACHABLE_WAIT.as_millis() as u64
             ),
+            other_key_reports: Mutex::new(RepeatGate::new(
+                OTHER_KEY_REPORT_EVERY,
+                OTHER_KEY_TRACKED_MAX,
+            )),
         });
         tokio::spawn(t.clone().accept_loop());
         tokio::spawn(t.clone().rtt_loop());
@@ -556,14 +619,30 @@ impl Transport {
                 // Counted: a member address that holds another trusted key is a wrong
                 // address in gossip (a node moved, or a lie).
                 self.metrics.reject("peer_address_other_key");
-                warn!(%addr, expected = %to, found = %key, "peer address now has another key");
-                self.audit.deny(
-                    "peer_address_other_key",
-                    None,
-                    None,
-                    0,
-                    format!("mesh dial of {to} at {addr} found {key} there; not used as {to}'s connection"),
-                );
+                let report = self
+                    .other_key_reports
+                    .lock()
+                    .ok()
+                    .and_then(|mut g| g.report((to, addr, key), std::time::Instant::now()));
+                if let Some(held) = report {
+                    let repeats = match held {
+                        0 => String::new(),
+                        n => format!(
+                            " ({n} more dials found it since the last report; reported every {} s)",
+                            OTHER_KEY_REPORT_EVERY.as_secs()
+                        ),
+                    };
+                    warn!(%addr, expected = %to, found = %key, repeats_held_back = held,
+                        "peer address now has another key (each repeat is counted in weft_rejected_total{{reason=\"peer_address_other_key\"}}; reported again every {} s while it lasts)",
+                        OTHER_KEY_REPORT_EVERY.as_secs());
+                    self.audit.deny(
+                        "peer_address_other_key",
+                        None,
+                        None,
+                        0,
+                        format!("mesh dial of {to} at {addr} found {key} there; not used as {to}'s connection{repeats}"),
+                    );
+                }
                 conn.close(quinn::VarInt::from_u32(0), b"not the key dialed");
                 None
             }
@@ -989,6 +1068,48 @@ impl Transport {
 mod tests {
     use super::*;
     use std::sync::Arc as StdArc;
+
+    #[test]
+    fn a_repeating_report_passes_once_a_period_and_counts_what_it_held_back() {
+        let t0 = std::time::Instant::now();
+        let every = Duration::from_secs(600);
+        let mut gate = RepeatGate::new(every, 2);
+        assert_eq!(
+            gate.report("a", t0),
+            Some(0),
+            "the first occurrence is reported"
+        );
+        for s in 1..=5 {
+            assert_eq!(gate.report("a", t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(
+            gate.report("b", t0 + Duration::from_secs(6)),
+            Some(0),
+            "another key is its own"
+        );
+        assert_eq!(
+            gate.report("a", t0 + every),
+            Some(5),
+            "a period later it is reported again with the repeats held back"
+        );
+        assert_eq!(gate.report("a", t0 + every + Duration::from_secs(1)), None);
+        // Bounded: a third key forgets the least recently reported ("b"), which is then
+        // reported afresh.
+        assert_eq!(
+            gate.report("c", t0 + every + Duration::from_secs(2)),
+            Some(0)
+        );
+        assert_eq!(gate.last.len(), 2);
+        assert_eq!(
+            gate.report("b", t0 + every + Duration::from_secs(3)),
+            Some(0)
+        );
+        assert!(
+            !gate.last.contains_key("a"),
+            "then \"a\" is the least recently reported"
+        );
+        assert!(gate.last.contains_key("c"));
+    }
     use weft_fabric::envelope::{EventDraft, Payload, Residency, SecurityContext};
     use weft_fabric::{Hlc, Signer, StreamName, StreamPattern};
 

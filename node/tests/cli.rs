@@ -270,3 +270,26 @@ fn check_config_refuses_a_key_file_the_node_would_refuse() {
     let (ok, out) = weft_in(&c.dir, &["check-config", "--config", &config]);
     assert!(ok && out.contains("does not exist"), "{out}");
 }
+
+/// `weft check-config` binds each listener for a moment: a port in use (here the HTTP one,
+/// held by the test) is a warning that names the field, the address and the protocol, and
+/// `--strict` fails on it.
+#[test]
+fn check_config_warns_of_a_listener_in_use_and_strict_fails_on_it() {
+    let c = Cluster::new("cc-ports", 99, &three_regions()[..1], "");
+    let config = c.nodes[0].config.to_str().unwrap().to_string();
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--strict", "--config", &config]);
+    assert!(ok && !out.contains("warning:"), "{out}");
+    let http = c.nodes[0].http.trim_start_matches("http://");
+    let held = std::net::TcpListener::bind(http).unwrap();
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--config", &config]);
+    assert!(
+        ok && out.contains(&format!(
+            "warning: `listen.http` {http} (TCP) is in use on this host"
+        )),
+        "{out}"
+    );
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--strict", "--config", &config]);
+    assert!(!ok && out.contains("--strict: failing the check"), "{out}");
+    drop(held);
+}

@@ -1,0 +1,398 @@
+//! `weft check-config`: a node config checked the way `weft node` checks it at start, plus
+//! what can be known about the host it is checked on (the data directory, the listeners'
+//! ports) and the node's placement against the built-in region catalog.
+//!
+//! Every error `weft node` would stop on fails the check. What depends on the host the
+//! check runs on (configs are often checked away from their nodes, e.g. in CI, or beside
+//! the running node before a restart) and placement that a custom region may legitimately
+//! differ on are printed as `warning:` lines; `--strict` makes them fail too.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::config::{NodeConfig, Resolved};
+use crate::{keys, policy_push, regions, serve};
+
+/// Runs the check and prints its findings; `strict` fails on warnings too.
+pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
+    let c = NodeConfig::load(config)?;
+    serve::check_rust_log()?;
+    let raw = &c.raw;
+    // The bundle as `weft node` verifies it at start (same function): a missing,
+    // malformed or under-signed bundle stops the node, so it fails the check too.
+    // The key as `weft node` loads it: a key file the node would refuse (readable by
+    // others, malformed) fails the check. A missing one is reported, not failed
+    // (configs are checked away from their nodes' secrets, e.g. in CI); without it
+    // the jurisdiction claim is not checked.
+    let key_missing = !c.key_path.exists();
+    let node_key = if key_missing {
+        None
+    } else {
+        let seed = keys::load(&c.key_path).context("weft node refuses to start with this key")?;
+        Some(weft_fabric::Signer::from_secret(&seed).origin().0)
+    };
+    let policy = match &c.policy {
+        None => None,
+        Some((trust, path)) => Some(
+            policy_push::check_configured(
+                trust,
+                path.as_deref(),
+                node_key,
+                &raw.jurisdiction,
+                &raw.region,
+            )
+            .with_context(|| format!("config {}", config.display()))?,
+        ),
+    };
+    let data_dir = data_dir_state(&c.data_dir)?;
+    say!("{}: ok", config.display());
+    say!(
+        "name {} in {} ({}, {}); mesh {} (advertised {}), HTTP {}{}",
+        raw.name,
+        raw.region,
+        raw.cloud,
+        raw.jurisdiction,
+        raw.listen.mesh,
+        c.advertise,
+        raw.listen.http,
+        raw.listen
+            .edge
+            .map(|e| format!(", edge {e}"))
+            .unwrap_or_default()
+    );
+    say!(
+        "{} seeds, {} trusted nodes, {} principals, {} stream patterns, chaos {}",
+        raw.seeds.len(),
+        c.trusted.len(),
+        c.tokens.len(),
+        c.streams.len(),
+        if raw.chaos.enabled { "enabled" } else { "off" }
+    );
+    match &policy {
+        None => say!("no policy configured"),
+        Some(None) => say!(
+            "policy: operator trust only, no bundle configured (the node serves no data until one is pushed)"
+        ),
+        Some(Some(v)) => say!(
+            "policy bundle epoch {} verified ({} signer(s)); jurisdiction claim {}",
+            v.policy.epoch(),
+            v.signers.len(),
+            if node_key.is_some() {
+                "granted"
+            } else {
+                "not checked (no key file)"
+            }
+        ),
+    }
+    if key_missing {
+        say!(
+            "key file {} does not exist: weft node refuses to start without it (weft keygen --out {})",
+            c.key_path.display(),
+            c.key_path.display()
+        );
+    }
+    say!(
+        "key file {}; data dir {}: {} (the store is not opened by check-config: a bundle it holds from a push, newer than the configured one, is not shown)",
+        c.key_path.display(),
+        c.data_dir.display(),
+        data_dir.describe()
+    );
+    let mut warnings = placement_warnings(raw, regions::regions());
+    warnings.extend(data_dir.warning(&c.data_dir));
+    warnings.extend(listener_warnings(&c));
+    for w in &warnings {
+        say!("warning: {w}");
+    }
+    if strict && !warnings.is_empty() {
+        say!(
+            "{} warning(s) and --strict: failing the check",
+            warnings.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The node's claimed placement against the built-in catalog: a region the catalog knows
+/// must be claimed with its cloud and jurisdiction (a wrong jurisdiction is a residency
+/// claim the policy may grant by region; a wrong cloud puts the node in another cloud's
+/// failure domain in every route), and a region id's `cloud:` prefix must name its cloud.
+fn placement_warnings(
+    raw: &NodeConfig,
+    catalog: &std::collections::BTreeMap<String, regions::Region>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((prefix, _)) = raw.region.split_once(':')
+        && prefix != raw.cloud
+    {
+        out.push(format!(
+            "region {:?} names cloud {prefix:?} but `cloud` is {:?}",
+            raw.region, raw.cloud
+        ));
+    }
+    match catalog.get(&raw.region) {
+        Some(r) => {
+            if r.cloud != raw.cloud {
+                out.push(format!(
+                    "`cloud` is {:?} but the catalog has region {} in {:?}",
+                    raw.cloud, raw.region, r.cloud
+                ));
+            }
+            if r.jurisdiction != raw.jurisdiction {
+                out.push(format!(
+                    "`jurisdiction` is {:?} but the catalog has region {} ({}) in {:?}: residency rules that grant by jurisdiction will treat this node as {:?}",
+                    raw.jurisdiction, raw.region, r.location, r.jurisdiction, raw.jurisdiction
+                ));
+            }
+        }
+        None => out.push(format!(
+            "region {:?} is not in the built-in catalog ({} regions, e.g. \"aws:eu-west-1\"): fine for an on-prem site or a region added since, but the dashboard's map cannot place it; check the spelling",
+            raw.region,
+            catalog.len()
+        )),
+    }
+    out
+}
+
+/// What the check found of the data directory on this host.
+#[derive(Debug, PartialEq)]
+enum DataDir {
+    /// A directory this user can create files in.
+    Writable,
+    /// A directory this user cannot write (the node may run as another user).
+    ReadOnly,
+    /// Absent; `weft node` creates it: `creatable` when the nearest existing ancestor
+    /// (named) is writable by this user.
+    Absent {
+        ancestor: Option<PathBuf>,
+        creatable: bool,
+    },
+}
+
+impl DataDir {
+    fn describe(&self) -> String {
+        match self {
+            DataDir::Writable => "writable".to_string(),
+            DataDir::ReadOnly => "not writable by this user".to_string(),
+            DataDir::Absent {
+                creatable: true, ..
+            } => "does not exist yet (weft node creates it)".to_string(),
+            DataDir::Absent {
+                creatable: false, ..
+            } => "does not exist".to_string(),
+        }
+    }
+
+    fn warning(&self, dir: &Path) -> Option<String> {
+        let user = current_uid();
+        match self {
+            DataDir::Writable
+            | DataDir::Absent {
+                creatable: true, ..
+            } => None,
+            DataDir::ReadOnly => Some(format!(
+                "data dir {} is not writable by this user (uid {user}): weft node fails at start unless it runs as a user that can write it",
+                dir.display()
+            )),
+            DataDir::Absent {
+                ancestor,
+                creatable: false,
+            } => Some(match ancestor {
+                Some(a) => format!(
+                    "data dir {} does not exist and this user (uid {user}) cannot create it ({} is not writable): create it for the node's user",
+                    dir.display(),
+                    a.display()
+                ),
+                None => format!(
+                    "data dir {} does not exist and no ancestor of it does",
+                    dir.display()
+                ),
+            }),
+        }
+    }
+}
+
+/// The uid this check runs as, for messages (from `/proc`, no unsafe call).
+fn current_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// Whether this user can create a file in `dir`: tried, not inferred from mode bits (ACLs,
+/// read-only mounts and capabilities all decide it), with a file removed at once.
+fn can_create_in(dir: &Path) -> bool {
+    let probe = dir.join(format!(".weft-check-config-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The data directory's state; a path that exists and is not a directory is an error
+/// (`weft node` cannot open its store there).
+fn data_dir_state(dir: &Path) -> anyhow::Result<DataDir> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(if can_create_in(dir) {
+            DataDir::Writable
+        } else {
+            DataDir::ReadOnly
+        }),
+        Ok(_) => anyhow::bail!(
+            "config field `data_dir`: {} exists and is not a directory; weft node cannot keep its store there",
+            dir.display()
+        ),
+        Err(_) => {
+            let ancestor = dir.ancestors().skip(1).find(|a| a.is_dir());
+            Ok(DataDir::Absent {
+                creatable: ancestor.is_some_and(can_create_in),
+                ancestor: ancestor.map(Path::to_path_buf),
+            })
+        }
+    }
+}
+
+/// Each listener bound for a moment on this host, as `weft node` will bind it: one in use
+/// (a node already running, or another program) or naming an address this host does not
+/// have would stop the node at start. Run on another host than the node's, these say
+/// nothing about the node's host, hence warnings.
+fn listener_warnings(c: &Resolved) -> Vec<String> {
+    let l = &c.raw.listen;
+    let mut binds: Vec<(&str, SocketAddr, bool)> = vec![
+        ("listen.mesh", l.mesh, true),
+        ("listen.http", l.http, false),
+    ];
+    if let Some(edge) = l.edge {
+        binds.push(("listen.edge", edge, true));
+    }
+    binds
+        .into_iter()
+        .filter_map(|(field, addr, udp)| {
+            let bound = if udp {
+                UdpSocket::bind(addr).map(drop)
+            } else {
+                TcpListener::bind(addr).map(drop)
+            };
+            let e = bound.err()?;
+            let proto = if udp { "UDP" } else { "TCP" };
+            let why = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "is in use on this host (a node already running on it, or another program)"
+                        .to_string()
+                }
+                std::io::ErrorKind::AddrNotAvailable => {
+                    "is not an address of this host".to_string()
+                }
+                _ => format!("cannot be bound here: {e}"),
+            };
+            Some(format!(
+                "`{field}` {addr} ({proto}) {why}: weft node on this host would fail to start"
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(region: &str, cloud: &str, jurisdiction: &str) -> NodeConfig {
+        let text = format!(
+            r#"
+name = "n"
+region = "{region}"
+cloud = "{cloud}"
+jurisdiction = "{jurisdiction}"
+key = "n.key"
+data_dir = "data"
+[listen]
+mesh = "127.0.0.1:7400"
+http = "127.0.0.1:8400"
+"#
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn placement_is_checked_against_the_catalog() {
+        let catalog = regions::regions();
+        assert!(
+            placement_warnings(&config("aws:eu-west-1", "aws", "EU"), catalog).is_empty(),
+            "the catalog's own placement"
+        );
+        let w = placement_warnings(&config("aws:eu-west-1", "aws", "US"), catalog);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("`jurisdiction` is \"US\"") && w[0].contains("\"EU\""));
+        let w = placement_warnings(&config("aws:eu-west-1", "gcp", "EU"), catalog);
+        assert_eq!(
+            w.len(),
+            2,
+            "the prefix and the catalog both disagree: {w:?}"
+        );
+        let w = placement_warnings(&config("aws:eu-wset-1", "aws", "EU"), catalog);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("not in the built-in catalog"), "{w:?}");
+        // A custom region without a cloud prefix: only the catalog note.
+        let w = placement_warnings(&config("dc-frankfurt", "onprem", "EU"), catalog);
+        assert_eq!(w.len(), 1, "{w:?}");
+    }
+
+    #[test]
+    fn the_data_dir_is_probed_not_inferred() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(data_dir_state(tmp.path()).unwrap(), DataDir::Writable);
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "the probe file is removed"
+        );
+        let absent = tmp.path().join("a/b");
+        assert_eq!(
+            data_dir_state(&absent).unwrap(),
+            DataDir::Absent {
+                ancestor: Some(tmp.path().to_path_buf()),
+                creatable: true
+            }
+        );
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        let e = data_dir_state(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("data_dir") && e.contains("not a directory"),
+            "{e}"
+        );
+        // A directory this user cannot write (unless it is root, which can).
+        use std::os::unix::fs::PermissionsExt as _;
+        let ro = tmp.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+        if !can_create_in(&ro) {
+            assert_eq!(data_dir_state(&ro).unwrap(), DataDir::ReadOnly);
+            let w = DataDir::ReadOnly.warning(&ro).unwrap();
+            assert!(w.contains("not writable"), "{w}");
+            assert!(matches!(
+                data_dir_state(&ro.join("sub")).unwrap(),
+                DataDir::Absent {
+                    creatable: false,
+                    ..
+                }
+            ));
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+}
