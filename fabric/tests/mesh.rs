@@ -326,6 +326,7 @@ fn noise(r: &mut impl FnMut() -> u64, origins: &[OriginKey], events: &[Arc<Event
             resume: r().is_multiple_of(2).then_some(origin),
             held: r(),
             unsettled: r().is_multiple_of(2).then(|| [r(), r()]),
+            your_high: if r().is_multiple_of(2) { r() } else { 0 },
         },
         5 => Message::PushAck(r()),
         6 => Message::LinkDigest(vec![(origin, r())]),

@@ -2532,6 +2532,7 @@ impl Driver {
             ("lost_deferred", s.lost_deferred),
             ("lost_pending", self.node.lost_pending()),
             ("own_asks", s.own_asks),
+            ("own_high_claims", s.own_high_claims),
         ]);
         self.metrics.failovers.set(s.failovers as i64);
         self.metrics.relayed.set(s.relayed as i64);

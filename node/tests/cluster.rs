@@ -2336,3 +2336,74 @@ fn a_node_restarted_over_an_emptied_data_directory_numbers_past_what_the_mesh_ho
         assert!(asks.is_some(), "own_asks stays 0");
     });
 }
+
+/// As the test above, when the only member the restarted node can ask stores none of its
+/// streams (it relays them) and the one that holds its events is down: the relay sends none
+/// of them back but says how far it saw their numbers, so the new events are numbered past
+/// them, and the holder, back up, takes them (before, they reused numbers 1 and 2, which it
+/// dropped as duplicates: two acknowledged events never reached it).
+#[test]
+fn a_restarted_node_numbers_past_what_a_relay_only_member_saw() {
+    rt().block_on(async {
+        let mut c = Cluster::new("wiped-relay", 100, &three_regions(), "");
+        let relay = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        std::fs::write(
+            &c.nodes[0].config,
+            relay.replace("[listen]", "streams = [\"other.>\"]\n[listen]"),
+        )
+        .unwrap();
+        c.start_all();
+        c.wait_meshed().await;
+        let first: Vec<Value> = (0..5).map(|n| json!({"n": n})).collect();
+        let (s, v) = c.publish(2, "wiped", "local", &first).await;
+        assert_eq!(s, 200, "{v}");
+        wait_for(Duration::from_secs(20), || async {
+            (c.ids(1, "wiped").await?.len() == 5).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("node 1 lacks the first events:\n{}", c.log(1)));
+        assert!(
+            c.stop_gracefully(1, Duration::from_secs(15))
+                .await
+                .is_some(),
+            "node 1 stops"
+        );
+        c.kill9(2);
+        std::fs::remove_dir_all(c.dir.join("data/ap")).unwrap();
+        c.start(2);
+        c.wait_healthy(2).await;
+        let (s, v) = c
+            .publish(2, "wiped", "local", &[json!({"n": 5}), json!({"n": 6})])
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let claims = wait_for(Duration::from_secs(5), || async {
+            let status = c.get_auth(2, "/v1/status").await;
+            let claims = status["stats"]["own_high_claims"].as_u64()?;
+            (claims >= 1).then_some(claims)
+        })
+        .await;
+        assert!(claims.is_some(), "own_high_claims stays 0:\n{}", c.log(2));
+        c.start(1);
+        c.wait_healthy(1).await;
+        let origin = c.keys[2].clone();
+        let events = wait_for(Duration::from_secs(40), || async {
+            let page = c.get_auth(1, "/v1/streams/wiped/events?after=0").await;
+            let events = page.as_array()?.clone();
+            (events.len() == 7).then_some(events)
+        })
+        .await
+        .unwrap_or_else(|| panic!("node 1 does not hold all 7 events:\n{}", c.log(1)));
+        let mut by_seq: Vec<(u64, i64)> = events
+            .iter()
+            .map(|e| {
+                assert_eq!(e["weftorigin"], json!(origin));
+                (
+                    e["weftseq"].as_u64().unwrap(),
+                    e["data"]["n"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        by_seq.sort_unstable();
+        assert_eq!(by_seq, (1..=7).zip(0..7).collect::<Vec<_>>());
+    });
+}

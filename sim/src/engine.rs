@@ -32,6 +32,14 @@ use weft_policy::{Hop, Policy, PolicyFilter};
 pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 /// Most simulator events processed in one run (a runaway protocol stops here, reported).
 pub const STEPS_MAX: u64 = 2_000_000_000;
+/// How long a node restarted without its store holds publishes for its numbering when no
+/// member came up to ask (the node's `OWN_NUMBERS_WAIT`, `node/src/http.rs`).
+const OWN_NUMBERS_WAIT_US: Micros = 5_000_000;
+/// ... and at most, once a member was asked (the node's `OWN_NUMBERS_ASKED_WAIT`).
+const OWN_NUMBERS_ASKED_WAIT_US: Micros = 10_000_000;
+/// How often a held publish is tried again (the node polls every 20 ms; coarser here, as a
+/// client's retry would be, to keep the queue small).
+const PUBLISH_HOLD_RETRY_US: Micros = 50_000;
 
 /// Most residency violations described in the report (all are counted).
 pub const RESIDENCY_EXAMPLES_MAX: usize = 8;
@@ -320,6 +328,12 @@ enum Ev {
     Publish {
         workload: usize,
     },
+    /// A publish through `node` held while its numbering is not known (a restart without
+    /// its store: [`SimNode::renumber_from`]), tried again.
+    PublishHeld {
+        workload: usize,
+        node: usize,
+    },
     FaultStart(usize),
     FaultEnd(usize),
 }
@@ -333,6 +347,13 @@ struct SimNode {
     clock: HybridClock,
     skew_ms: i64,
     next_seq: u64,
+    /// Set when the node restarted without its store (`lose_memory`): when it started.
+    /// Then, as the real node does (`MeshConfig::recover_own_numbers`), it asks members for
+    /// its own events before it numbers: its publishes wait while its numbering is not
+    /// known ([`OWN_NUMBERS_WAIT_US`], [`OWN_NUMBERS_ASKED_WAIT_US`]), and it numbers past
+    /// the highest own number it holds or a member asked saw (`Node::own_numbers`), not from
+    /// a counter the crash could not have kept.
+    renumber_from: Option<Micros>,
     interest: Vec<StreamPattern>,
     /// Application view: events delivered (by index in `Engine::events`), and last
     /// delivered seq per origin.
@@ -405,6 +426,10 @@ pub struct Metrics {
     pub destroyed: u64,
     /// When the newest event with a missed pair was published (`None`: nothing missed).
     pub missed_newest_publish_us: Option<Micros>,
+    /// Publish attempts held back while a node restarted without its store did not know
+    /// its own numbering yet ([`SimNode::renumber_from`]; each tried again after
+    /// [`PUBLISH_HOLD_RETRY_US`]).
+    pub publishes_held: u64,
     /// Time from the last heal (or the end of publishing, if later) until every event had
     /// reached every live interested node; `None` if some never did.
     pub convergence_us: Option<Micros>,
@@ -666,6 +691,8 @@ pub struct Engine {
     /// Per published event, its origin's index for the order check: the node's index, or
     /// a device's (`Device::origin`).
     event_origin: Vec<u32>,
+    /// Per published event, its sequence number (for [`Engine::note_own_destroyed`]).
+    event_seq: Vec<u64>,
     /// (event, subscriber) pairs expected so far, the origin excluded.
     expected_pairs: u64,
     /// Delivery record per (event, node), at `event * nodes + node`: seen at the
@@ -764,6 +791,7 @@ impl Engine {
                 clock: HybridClock::new(60_000),
                 skew_ms: 0,
                 next_seq: 1,
+                renumber_from: None,
                 interest,
                 app_ids: Vec::new(),
                 app_last: Vec::new(),
@@ -831,6 +859,7 @@ impl Engine {
             degraded: HashMap::default(),
             events: Vec::new(),
             event_origin: Vec::new(),
+            event_seq: Vec::new(),
             event_index: HashMap::default(),
             destroyed: BTreeMap::new(),
             expected_pairs: 0,
@@ -916,12 +945,19 @@ impl Engine {
         let me = OriginKey(n.info.key);
         n.node = Some(match self.strategy {
             Strategy::Weft => {
-                let store = n
-                    .parked
-                    .take()
-                    .unwrap_or_else(|| MemStore::new(NODE_STORE_LEN_MAX));
+                let parked = n.parked.take();
                 let mut config = MeshConfig::wan(self.plan.nodes.len() as u32);
                 config.interest = n.interest.clone();
+                // A restart after its store was lost (every node starts with one parked):
+                // it asks members for its own events before it numbers, as the node does.
+                // A first start has no earlier events, so it does not ask (the real node
+                // cannot tell and waits up to OWN_NUMBERS_WAIT_US at its first start).
+                if parked.is_none() {
+                    config.recover_own_numbers = true;
+                    n.renumber_from = Some(self.now);
+                    n.next_seq = 1;
+                }
+                let store = parked.unwrap_or_else(|| MemStore::new(NODE_STORE_LEN_MAX));
                 let mut node = Node::new(n.info.clone(), config, seed, store, self.now);
                 if let Some(r) = &self.residency
                     && self.plan.enforce_residency
@@ -1036,6 +1072,7 @@ impl Engine {
                 self.drain(i);
             }
             Ev::Publish { workload } => self.publish(workload),
+            Ev::PublishHeld { workload, node } => self.publish_from(workload, node),
             Ev::FaultStart(f) => self.fault(f, true),
             Ev::FaultEnd(f) => self.fault(f, false),
         }
@@ -1044,18 +1081,46 @@ impl Engine {
 
     #[inline(never)] // once per event or fault, not per message: out of `step`
     fn publish(&mut self, w: usize) {
-        let wl = self.plan.workloads[w].clone();
+        let wl = &self.plan.workloads[w];
         if self.now >= wl.stop_us || wl.publishers.is_empty() || wl.rate_per_s <= 0.0 {
             return;
         }
         let interval = (1_000_000.0 / wl.rate_per_s) as Micros;
+        let i = wl.publishers[self.workload_next_pub[w] % wl.publishers.len()];
         self.push(self.now + interval.max(1), Ev::Publish { workload: w });
-        let k = self.workload_next_pub[w] % wl.publishers.len();
         self.workload_next_pub[w] += 1;
-        let i = wl.publishers[k];
+        self.publish_from(w, i);
+    }
+
+    /// Workload `w`'s next event, published through node `i` now, or held while `i`'s own
+    /// numbering is not known ([`SimNode::renumber_from`]).
+    fn publish_from(&mut self, w: usize, i: usize) {
+        let wl = &self.plan.workloads[w];
         if self.nodes[i].node.is_none() {
             return; // a down node publishes nothing
         }
+        if let Some(started) = self.nodes[i].renumber_from
+            && let Some(Proto::Weft(node)) = &self.nodes[i].node
+        {
+            let (known, asked, high) = node.own_numbers();
+            let waited = self.now.saturating_sub(started);
+            let worth_waiting =
+                waited < OWN_NUMBERS_ASKED_WAIT_US && (waited < OWN_NUMBERS_WAIT_US || asked);
+            if !known && worth_waiting {
+                self.metrics.publishes_held += 1;
+                self.push(
+                    self.now + PUBLISH_HOLD_RETRY_US,
+                    Ev::PublishHeld {
+                        workload: w,
+                        node: i,
+                    },
+                );
+                return;
+            }
+            let n = &mut self.nodes[i];
+            n.next_seq = n.next_seq.max(high.saturating_add(1));
+        }
+        let wl = wl.clone();
         let wall_ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
         let n = &mut self.nodes[i];
         let Ok(hlc) = n.clock.tick(wall_ms.max(0) as u64) else {
@@ -1126,6 +1191,7 @@ impl Engine {
         self.events.push((self.now, i, w));
         self.event_origin
             .push(u32::try_from(origin_index).unwrap_or(u32::MAX));
+        self.event_seq.push(seq);
         self.event_ideal
             .push(u32::try_from(self.ideals.len().saturating_sub(1)).unwrap_or(u32::MAX));
         self.event_index.insert(event.id(), e);
@@ -1250,6 +1316,7 @@ impl Engine {
                             if lose_memory && let Some(lost) = &store {
                                 self.audit_store(i, lost);
                                 self.note_destroyed(lost);
+                                self.note_own_destroyed(i);
                             }
                             self.nodes[i].parked = if lose_memory { None } else { store };
                             if lose_memory {
@@ -1844,6 +1911,27 @@ impl Engine {
                         self.destroyed.insert(e, EventRef::of(&event));
                     }
                 }
+            }
+        }
+    }
+
+    /// Records the node's own events as held by a node that lost its memory: the origin
+    /// always held its own events, in its store or, for streams outside its interest, only
+    /// in memory (its relay cache) while it passed them on. When no store holds such an
+    /// event at the end (no subscriber got it before the crash), no copy is left.
+    fn note_own_destroyed(&mut self, i: usize) {
+        let key = self.nodes[i].info.key;
+        let Ok(origin) = u32::try_from(i) else {
+            return;
+        };
+        // Rare (a crash with lose_memory): a walk of every event published so far.
+        for (id, &e) in &self.event_index {
+            if self.event_origin[e] == origin {
+                self.destroyed.entry(e).or_insert(EventRef {
+                    origin: OriginKey(key),
+                    seq: self.event_seq[e],
+                    id: *id,
+                });
             }
         }
     }

@@ -126,6 +126,10 @@ pub struct StrategyReport {
     /// left was lost with a store (a crash with `lose_memory`) before it reached the node:
     /// no protocol could deliver them; not in `missed`.
     pub destroyed: u64,
+    /// Publish attempts held back (each tried again 50 ms later) while a node restarted
+    /// without its store asked members for its own events before numbering on, as the
+    /// real node does (at most 10 s after its start).
+    pub publishes_held: u64,
     /// When the newest event with a missed pair was published, seconds into the run (null
     /// when nothing was missed).
     pub missed_newest_publish_s: Option<f64>,
@@ -417,6 +421,7 @@ impl StrategyReport {
                 .collect(),
             missed: m.missed,
             destroyed: m.destroyed,
+            publishes_held: m.publishes_held,
             missed_newest_publish_s: m.missed_newest_publish_us.map(|u| round3(u as f64 / 1e6)),
             duplicates: m.app_duplicates,
             order_violations: m.order_violations,

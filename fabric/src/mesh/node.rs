@@ -154,6 +154,18 @@ pub const LOST_ORIGINS_MAX: usize = 4_096;
 /// Members a node started without its own events asks for them
 /// ([`MeshConfig::recover_own_numbers`]).
 pub const OWN_ASKS_MAX: usize = 3;
+/// Highest own number a member's word can make a node restarted without its store number
+/// past ([`Message::SyncResponse::your_high`]): 2^48, some nine years of a million events a
+/// second from one origin. A member's word is not signed by anyone: a wrong one costs the
+/// numbers skipped (peers wait [`LOST_WAIT_US`] for them once, then move on), and the
+/// bound keeps a lie from leaving the node too few numbers to publish with.
+pub const OWN_HIGH_CLAIM_MAX: u64 = 1 << 48;
+/// How long after its start a node asking for its own events ([`OWN_ASKS_MAX`]) takes the
+/// answers of fewer members as enough, when it knows of fewer others: membership is still
+/// coming in just after a start, and a region whose nodes all restarted without their
+/// stores at once met each other first, each answering the other with nothing (found by
+/// the simulator: `many-faults` with the modelled node renumbering, 1,836 pairs missed).
+pub const OWN_FEW_MEMBERS_WAIT_US: Micros = 2_000_000;
 /// Most numbers taken as seen from [`Message::Lost`] words per anti-entropy round (the
 /// rest at the next rounds): a store lost after a million events does not stall a node
 /// for one round.
@@ -608,6 +620,9 @@ pub struct Stats {
     /// Members asked for this node's own numbers after a start over a store without them
     /// ([`MeshConfig::recover_own_numbers`]).
     pub own_asks: u64,
+    /// Answers to those asks that named more of this node's own numbers than came back with
+    /// them ([`Message::SyncResponse::your_high`]): the numbering went past them.
+    pub own_high_claims: u64,
     /// [`Message::Lost`] words not taken: [`LOST_ORIGINS_MAX`] origins already waited (the
     /// origin says it again when next asked).
     pub lost_deferred: u64,
@@ -837,6 +852,13 @@ pub struct Node<S: Store> {
     /// goes down unanswered is dropped, so another is asked; one that does not answer
     /// within a sync interval is asked again).
     own_asked: Vec<(OriginKey, Option<Micros>)>,
+    /// The highest own number a member asked has seen (its answer's
+    /// [`Message::SyncResponse::your_high`], at most [`OWN_HIGH_CLAIM_MAX`]): a member that
+    /// stores none of this node's streams gives none of its events back, yet dropped
+    /// reused numbers as duplicates.
+    own_claimed: u64,
+    /// When this node started ([`OWN_FEW_MEMBERS_WAIT_US`]).
+    started_at: Micros,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
@@ -987,6 +1009,8 @@ impl<S: Store> Node<S> {
             lost: BTreeMap::new(),
             own_known: true,
             own_asked: Vec::new(),
+            own_claimed: 0,
+            started_at: now,
             relay_cache: FxHashMap::default(),
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
@@ -1341,7 +1365,8 @@ impl<S: Store> Node<S> {
                 resume,
                 held,
                 unsettled,
-            } => self.on_sync_response(from, events, resume, held, unsettled),
+                your_high,
+            } => self.on_sync_response(from, events, resume, held, unsettled, your_high),
         }
     }
 

@@ -139,6 +139,16 @@ enum Wire<'a> {
         key: [u64; 2],
     },
     Lost(Vec<(u64, u64)>),
+    /// A `SyncResponse` with [`Message::SyncResponse::your_high`] set (a request from a
+    /// node that asked for its own events; every other answer keeps the `SyncResponse`
+    /// tag and its bytes).
+    SyncResponseHigh {
+        #[serde(borrow)]
+        events: Vec<&'a Bytes>,
+        resume: Option<[u8; 32]>,
+        held: u64,
+        your_high: u64,
+    },
 }
 
 /// Encodes `msg` for the wire.
@@ -214,12 +224,22 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             resume,
             held,
             unsettled: None,
+            your_high,
         } => {
             owned = envelopes(events);
-            Wire::SyncResponse {
-                events: owned.iter().map(|b| Bytes::new(b)).collect(),
-                resume: resume.map(|o| o.0),
-                held: *held,
+            let events = owned.iter().map(|b| Bytes::new(b)).collect();
+            match *your_high {
+                0 => Wire::SyncResponse {
+                    events,
+                    resume: resume.map(|o| o.0),
+                    held: *held,
+                },
+                your_high => Wire::SyncResponseHigh {
+                    events,
+                    resume: resume.map(|o| o.0),
+                    held: *held,
+                    your_high,
+                },
             }
         }
     };
@@ -331,7 +351,17 @@ pub fn encoded_len(msg: &Message) -> usize {
             resume,
             held,
             unsettled: None,
-        } => events(e) + key_option(resume) + varint_len(*held),
+            your_high,
+        } => {
+            events(e)
+                + key_option(resume)
+                + varint_len(*held)
+                + if *your_high == 0 {
+                    0
+                } else {
+                    varint_len(*your_high)
+                }
+        }
     }
 }
 
@@ -372,6 +402,8 @@ pub enum IncomingMessage {
         resume: Option<OriginKey>,
         /// Sequence numbers the responder has seen (see [`Message::SyncResponse`]).
         held: u64,
+        /// See [`Message::SyncResponse::your_high`].
+        your_high: u64,
     },
 }
 
@@ -460,6 +492,7 @@ impl IncomingMessage {
                 events,
                 resume,
                 held,
+                your_high,
             } => {
                 let (good, bad) = check(events);
                 (
@@ -468,6 +501,7 @@ impl IncomingMessage {
                         resume,
                         held,
                         unsettled: None,
+                        your_high,
                     },
                     bad,
                 )
@@ -566,6 +600,7 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
             resume: None,
             held,
             unsettled: Some(key),
+            your_high: 0,
         }),
         Wire::SyncResponse {
             events: list,
@@ -575,6 +610,18 @@ pub fn decode(bytes: &[u8]) -> Result<IncomingMessage, WireError> {
             events: events(list)?,
             resume: resume.map(OriginKey),
             held,
+            your_high: 0,
+        },
+        Wire::SyncResponseHigh {
+            events: list,
+            resume,
+            held,
+            your_high,
+        } => IncomingMessage::SyncResponse {
+            events: events(list)?,
+            resume: resume.map(OriginKey),
+            held,
+            your_high,
         },
     })
 }
@@ -675,12 +722,21 @@ mod tests {
                 resume: None,
                 held: 42,
                 unsettled: None,
+                your_high: 0,
+            },
+            Message::SyncResponse {
+                events: vec![e1.clone()],
+                resume: Some(e1.origin()),
+                held: 42,
+                unsettled: None,
+                your_high: 77,
             },
             Message::SyncResponse {
                 events: Vec::new(),
                 resume: None,
                 held: 42,
                 unsettled: Some([3, 4]),
+                your_high: 0,
             },
         ];
         for msg in &msgs {
@@ -689,9 +745,13 @@ mod tests {
             // Messages hold events by Arc; compare through their encodings.
             assert_eq!(encode(&back), encode(msg), "{msg:?}");
         }
-        match round_trip(&msgs[msgs.len() - 3]).0 {
+        match round_trip(&msgs[msgs.len() - 4]).0 {
             Message::SyncRequest { settled, .. } => assert_eq!(settled.unwrap().count, 7),
             other => panic!("expected a sync request, got {other:?}"),
+        }
+        match round_trip(&msgs[msgs.len() - 2]).0 {
+            Message::SyncResponse { your_high, .. } => assert_eq!(your_high, 77),
+            other => panic!("expected a sync response, got {other:?}"),
         }
         match round_trip(&msgs[msgs.len() - 1]).0 {
             Message::SyncResponse {
@@ -717,7 +777,7 @@ mod tests {
         }
     }
 
-    /// A message of kind `kind` (0..15, one per `Wire` variant) built from `n` and `words`:
+    /// A message of kind `kind` (0..16, one per `Wire` variant) built from `n` and `words`:
     /// lengths from `n`, integers from `words` (every varint width), events whose bodies
     /// cross the CBOR length-header sizes.
     fn sample(kind: u8, n: usize, words: &[u64]) -> Message {
@@ -765,8 +825,8 @@ mod tests {
                     hash: w(9),
                 }),
             },
-            5 | 14 => Message::SyncResponse {
-                events: if kind == 5 {
+            5 | 14 | 16 => Message::SyncResponse {
+                events: if kind != 14 {
                     events(w(1) % 1000 + 1)
                 } else {
                     Vec::new()
@@ -774,6 +834,7 @@ mod tests {
                 resume: (w(4) % 2 == 0).then(|| key(5)),
                 held: w(2),
                 unsettled: (kind == 14).then(|| [w(6), w(7)]),
+                your_high: if kind == 16 { w(3).max(1) } else { 0 },
             },
             6 => Message::PushAck(w(0)),
             7 | 8 => {
@@ -819,7 +880,7 @@ mod tests {
         /// length, for every kind and every varint width.
         #[test]
         fn wire_len_is_the_encoded_length(
-            kind in 0u8..16,
+            kind in 0u8..17,
             n in 0usize..24,
             words in proptest::collection::vec(
                 proptest::prop_oneof![0u64..200, 0u64..70_000, proptest::num::u64::ANY],
@@ -836,7 +897,7 @@ mod tests {
         /// dropped) encodes to a message that decodes again.
         #[test]
         fn decode_is_total_on_damaged_messages(
-            kind in 0u8..16,
+            kind in 0u8..17,
             n in 0usize..8,
             words in proptest::collection::vec(
                 proptest::prop_oneof![0u64..200, proptest::num::u64::ANY],
@@ -897,6 +958,7 @@ mod tests {
                     resume: Some(e.origin()),
                     held: u64::MAX,
                     unsettled: None,
+                    your_high: 0,
                 },
             ] {
                 assert_eq!(msg.wire_len(), encode(&msg).len(), "payload of {len} bytes");
@@ -920,6 +982,7 @@ mod tests {
             resume: None,
             held: 7,
             unsettled: None,
+            your_high: 0,
         };
         assert_eq!(encode(&answer), vec![5, 0, 0, 7]);
         assert_eq!(encode(&Message::Links(Vec::new())), vec![9, 0]);

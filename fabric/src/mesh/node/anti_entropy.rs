@@ -7,8 +7,8 @@ use rand_core::Rng;
 
 use super::{
     BATCH_BYTES_MAX, DIGEST_HOLES_MAX, DIGEST_ORIGINS_MAX, FilterHop, Micros, Node, OWN_ASKS_MAX,
-    RANDOM_PARTNER_DRAWS, RANKED_CANDIDATES, SYNC_BATCH_RTT_FACTOR_MAX, SYNC_BATCH_RTT_REF_US,
-    SYNC_FRESH_US,
+    OWN_FEW_MEMBERS_WAIT_US, OWN_HIGH_CLAIM_MAX, RANDOM_PARTNER_DRAWS, RANKED_CANDIDATES,
+    SYNC_BATCH_RTT_FACTOR_MAX, SYNC_BATCH_RTT_REF_US, SYNC_FRESH_US,
 };
 use crate::envelope::{Event, OriginKey};
 use crate::mesh::message::{Digest, DigestRanges, Message, Settled};
@@ -28,6 +28,7 @@ impl<S: Store> Node<S> {
         resume: Option<OriginKey>,
         held: u64,
         unsettled: Option<[u64; 2]>,
+        your_high: u64,
     ) {
         let peer = self.peers.entry(from).or_default();
         peer.held = held;
@@ -61,7 +62,7 @@ impl<S: Store> Node<S> {
             self.remember_repaired(event.id());
         }
         self.forward(&fresh, Some(from), false, false, &[], 0);
-        self.own_answered(from, resume);
+        self.own_answered(from, resume, your_high);
         if let Some(origin) = resume {
             self.send_digest(from, Some(origin), true);
         }
@@ -629,6 +630,7 @@ impl<S: Store> Node<S> {
                     resume: None,
                     held,
                     unsettled: settled.map(|s| s.key),
+                    your_high: 0,
                 },
             );
             return;
@@ -687,6 +689,7 @@ impl<S: Store> Node<S> {
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
         self.stats.sync_events_sent += events.len() as u64;
+        let your_high = self.your_high(&from, &theirs, from_origin);
         self.send(
             from,
             Message::SyncResponse {
@@ -694,6 +697,7 @@ impl<S: Store> Node<S> {
                 resume,
                 held,
                 unsettled: None,
+                your_high,
             },
         );
         // After the answer: its events are what makes the numbers below them a hole there.
@@ -732,9 +736,18 @@ impl<S: Store> Node<S> {
     /// and the request resumes there. The numbering is known once [`OWN_ASKS_MAX`] members
     /// (every other member, if fewer) answered so: one member may be behind, or store none
     /// of its streams.
-    fn own_answered(&mut self, from: OriginKey, resume: Option<OriginKey>) {
+    ///
+    /// `your_high`, the highest of this node's numbers the member has seen, counts from any
+    /// answer of a member asked (one cut by the batch limit too): it may store none of
+    /// this node's streams and so send none back, yet it (and every node it relays to)
+    /// drops reused numbers as duplicates.
+    fn own_answered(&mut self, from: OriginKey, resume: Option<OriginKey>, your_high: u64) {
         if self.own_known {
             return;
+        }
+        if your_high > self.own_claimed && self.own_asked.iter().any(|(k, _)| *k == from) {
+            self.own_claimed = your_high.min(OWN_HIGH_CLAIM_MAX);
+            self.stats.own_high_claims += 1;
         }
         let me = self.me.node_key();
         if resume.is_some_and(|r| r <= me) {
@@ -744,9 +757,21 @@ impl<S: Store> Node<S> {
             return;
         };
         asked.1 = None;
+        self.own_check_known();
+    }
+
+    /// The numbering is known once [`OWN_ASKS_MAX`] members asked answered, or every other
+    /// member, if fewer, from [`OWN_FEW_MEMBERS_WAIT_US`] after the start on (before, the
+    /// members known are those met first, which may have lost their stores too).
+    fn own_check_known(&mut self) {
+        if self.own_known || !self.own_asked.iter().all(|(_, asked)| asked.is_none()) {
+            return;
+        }
+        let me = self.me.node_key();
         let others = self.members.keys().filter(|k| **k != me).count();
-        if self.own_asked.len() >= OWN_ASKS_MAX.min(others)
-            && self.own_asked.iter().all(|(_, asked)| asked.is_none())
+        let few_taken = self.now.saturating_sub(self.started_at) >= OWN_FEW_MEMBERS_WAIT_US;
+        if self.own_asked.len() >= OWN_ASKS_MAX
+            || (few_taken && self.own_asked.len() >= OWN_ASKS_MAX.min(others))
         {
             self.own_known = true;
         }
@@ -757,6 +782,7 @@ impl<S: Store> Node<S> {
     /// lost), and, while fewer than [`OWN_ASKS_MAX`] were asked, the nearest member not
     /// asked yet (one that went down unanswered was dropped from the list).
     fn ask_own_numbers_more(&mut self) {
+        self.own_check_known();
         if self.own_known {
             return;
         }
@@ -800,9 +826,11 @@ impl<S: Store> Node<S> {
     /// What this node knows of its own numbering: whether it is known (its store held its
     /// own events at start, or the members asked answered, or
     /// [`super::MeshConfig::recover_own_numbers`] is off), whether a member was asked, and
-    /// the highest of its own numbers its store holds. Only its own signed events, held
-    /// here, raise that number: a peer's word on them (a digest) does not, so a wrong one
-    /// cannot push its numbering out of range. A producer numbers past it.
+    /// the highest of its own numbers in use: the highest its store holds, or a member
+    /// asked saw, if more. Its own signed events, held here, raise that number; of a
+    /// peer's word only an asked member's answer does (not a digest, which any peer sends
+    /// at any time), and at most to [`OWN_HIGH_CLAIM_MAX`], so a wrong one cannot push the
+    /// numbering out of range. A producer numbers past it.
     pub fn own_numbers(&self) -> (bool, bool, u64) {
         let me = self.me.node_key();
         let held = self
@@ -810,12 +838,40 @@ impl<S: Store> Node<S> {
             .ranges(&me)
             .and_then(|r| r.as_slice().last().map(|&(_, hi)| hi))
             .unwrap_or(0);
-        (self.own_known, !self.own_asked.is_empty(), held)
+        (
+            self.own_known,
+            !self.own_asked.is_empty(),
+            held.max(self.own_claimed),
+        )
+    }
+
+    /// The highest of the requester `from`'s own numbers this node has seen, for an answer
+    /// to a request that starts at `from`'s origin (`from_origin`) whose digest (`theirs`,
+    /// sorted) names fewer of them: a node asking for its own events after a start
+    /// without its store ([`Node::ask_own_numbers`]); 0 otherwise (every other answer keeps
+    /// its bytes).
+    fn your_high(&self, from: &OriginKey, theirs: &Digest, from_origin: Option<OriginKey>) -> u64 {
+        if from_origin != Some(*from) {
+            return 0;
+        }
+        let seen = self
+            .seen
+            .get(from)
+            .and_then(|s| s.ranges().as_slice().last().map(|&(_, hi)| hi))
+            .unwrap_or(0);
+        let named = theirs
+            .binary_search_by(|(o, _)| o.cmp(from))
+            .ok()
+            .and_then(|at| theirs[at].1.iter().map(|&(_, hi)| hi).max())
+            .unwrap_or(0);
+        if seen > named { seen } else { 0 }
     }
 
     /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this
-    /// node's store lacks too, below the highest it holds: lost with a store the node
-    /// restarted without, or dropped by a retention that keeps no record of them. The
+    /// node's store lacks too, below the highest it holds (or, when it stores none of its
+    /// own events, the numbers it has not seen below the highest it used): lost with a
+    /// store the node restarted without, or dropped by a retention that keeps no record of
+    /// them. The
     /// origin's word is the only one that can move its peers past such numbers when no node
     /// holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
     /// not one resuming past it, nor one whose summary stands for it (it is not listed).
@@ -833,8 +889,19 @@ impl<S: Store> Node<S> {
         if summarised && listed.is_none() {
             return Vec::new();
         }
-        let Some(gaps) = self.store.ranges(&me).map(SeqRanges::holes) else {
-            return Vec::new();
+        // A node that stores none of its own streams (it publishes to streams outside its
+        // interest) holds none of its events: the numbers it has not seen since its start
+        // below the highest it used are the ones it knows of no copy of (its publishes and
+        // the copies that came back since are in its seen-set). Its store has none, so
+        // without this it never said Lost, and a peer missing numbers nobody held any more
+        // waited for them for good (found by the simulator once a restarted node numbers
+        // past what a relay saw).
+        let gaps = match self.store.ranges(&me).filter(|r| r.range_count() > 0) {
+            Some(held) => held.holes(),
+            None => match self.seen.get(&me) {
+                Some(seen) => seen.ranges().holes(),
+                None => return Vec::new(),
+            },
         };
         if gaps.range_count() == 0 {
             return Vec::new();

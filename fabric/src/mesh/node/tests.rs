@@ -925,6 +925,14 @@ fn a_restart_delivers_what_the_cursor_has_not_reached() {
 }
 
 /// The messages `node` has queued for `to` (every queued transmit is drained).
+/// Fires `node`'s timers due up to `until` (its messages dropped).
+fn run_timers_until(node: &mut Node<crate::mesh::MemStore>, until: Micros) {
+    while let Some(at) = node.poll_timeout().filter(|at| *at <= until) {
+        node.handle_timeout(at);
+        while node.poll_transmit().is_some() {}
+    }
+}
+
 fn drain_to(node: &mut Node<crate::mesh::MemStore>, to: OriginKey) -> Vec<Message> {
     let mut out = Vec::new();
     while let Some(t) = node.poll_transmit() {
@@ -1169,6 +1177,7 @@ fn next_sync_partner(
             resume: None,
             held: 0,
             unsettled: None,
+            your_high: 0,
         };
         node.handle_message(now + node.config.sync_interval_us / 2, t.to, answer);
         while node.poll_transmit().is_some() {}
@@ -1223,6 +1232,7 @@ fn anti_entropy_passes_over_partners_that_do_not_answer_or_are_suspected() {
             resume: None,
             held: 0,
             unsettled: None,
+            your_high: 0,
         },
     );
     assert!(!node.silent(&mute));
@@ -1816,8 +1826,15 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
     back.handle_message(t + 10_000, peer_key, answer);
     assert_eq!(
         back.own_numbers(),
+        (false, true, 3),
+        "its own events came back, but one member just after the start is not enough: \
+         membership is still coming in"
+    );
+    run_timers_until(&mut back, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
+    assert_eq!(
+        back.own_numbers(),
         (true, true, 3),
-        "its own events came back"
+        "the only other member answered, and the start is far enough behind"
     );
     // Another member coming up is not asked any more.
     let mut other = peer.me().clone();
@@ -1833,7 +1850,7 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
         let mut ranges = crate::mesh::message::DigestRanges::new();
         ranges.push((1, hi));
         back.handle_message(
-            t + 20_000,
+            t + super::OWN_FEW_MEMBERS_WAIT_US + 3_000_000,
             peer_key,
             Message::SyncRequest {
                 digest: vec![(me, ranges)],
@@ -1844,6 +1861,120 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
     }
     assert_eq!(back.own_numbers(), (true, true, 3));
     back.check_invariants_full();
+}
+
+/// A member asked that stores none of the restarted node's streams (it only relays them)
+/// sends none of its events back, yet saw their numbers, and drops reused ones as
+/// duplicates: its answer says how far it saw them (`your_high`), and the numbering goes
+/// past that. A claim is taken from a member asked only, and at most to
+/// `OWN_HIGH_CLAIM_MAX`.
+#[test]
+fn a_relay_only_member_asked_tells_a_restarted_node_how_far_it_had_numbered() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+    let all = StreamPattern::new(">").unwrap();
+    assert!(nodes[1].handle_unsubscribe(0, &all), "the peer only relays");
+    for seq in 1..=4 {
+        nodes[0]
+            .handle_publish(0, event_at(1, seq, "orders.all"))
+            .unwrap();
+    }
+    pump(&mut nodes, 0, 500_000);
+    let mut peer = nodes.pop().unwrap();
+    let old = nodes.pop().unwrap();
+    let me = old.me().node_key();
+    let peer_key = peer.me().node_key();
+    assert!(
+        peer.store().ranges(&me).is_none(),
+        "the relay stores none of them"
+    );
+    let t = 600_000;
+    let mut info = old.me().clone();
+    info.generation += 1;
+    let mut config = MeshConfig::wan(2);
+    config.recover_own_numbers = true;
+    let mut back = Node::new(info, config, 9, crate::mesh::MemStore::new(16), t);
+    // A claim from a member never asked is not taken.
+    back.handle_message(
+        t,
+        peer_key,
+        Message::SyncResponse {
+            events: Vec::new(),
+            resume: None,
+            held: 0,
+            unsettled: None,
+            your_high: 1 << 40,
+        },
+    );
+    assert_eq!(back.own_numbers(), (false, false, 0));
+    back.member_up(Arc::new(peer.me().clone()));
+    let ask = drain_to(&mut back, peer_key)
+        .into_iter()
+        .find(|m| matches!(m, Message::SyncRequest { from_origin: Some(o), .. } if *o == me))
+        .expect("an own-numbers request");
+    peer.handle_message(t, me, ask.clone());
+    let answer = drain_to(&mut peer, me)
+        .into_iter()
+        .find(|m| matches!(m, Message::SyncResponse { .. }))
+        .expect("an answer");
+    assert!(
+        matches!(&answer, Message::SyncResponse { events, your_high: 4, .. } if events.is_empty()),
+        "no events, but the numbers it saw: {answer:?}"
+    );
+    // On the wire too.
+    let bytes = crate::mesh::wire::encode(&answer);
+    assert_eq!(answer.wire_len(), bytes.len());
+    back.handle_message(t + 10_000, peer_key, answer);
+    run_timers_until(&mut back, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
+    assert_eq!(
+        back.own_numbers(),
+        (true, true, 4),
+        "known, past the numbers the relay saw"
+    );
+    assert_eq!(back.stats().own_high_claims, 1);
+    // The peer does not claim what the requester's digest already names (every other
+    // answer keeps its bytes).
+    let mut ranges = crate::mesh::message::DigestRanges::new();
+    ranges.push((1, 4));
+    peer.handle_message(
+        t + 20_000,
+        me,
+        Message::SyncRequest {
+            digest: vec![(me, ranges)],
+            from_origin: Some(me),
+            settled: None,
+        },
+    );
+    let answer = drain_to(&mut peer, me)
+        .into_iter()
+        .find(|m| matches!(m, Message::SyncResponse { .. }))
+        .expect("an answer");
+    assert!(
+        matches!(&answer, Message::SyncResponse { your_high: 0, .. }),
+        "{answer:?}"
+    );
+    back.check_invariants_full();
+    // An absurd claim from a member asked is cut to the bound.
+    let mut info = back.me().clone();
+    info.generation += 1;
+    let mut config = MeshConfig::wan(2);
+    config.recover_own_numbers = true;
+    let mut again = Node::new(info, config, 9, crate::mesh::MemStore::new(16), t);
+    again.member_up(Arc::new(peer.me().clone()));
+    drain_to(&mut again, peer_key);
+    again.handle_message(
+        t + 30_000,
+        peer_key,
+        Message::SyncResponse {
+            events: Vec::new(),
+            resume: None,
+            held: 0,
+            unsettled: None,
+            your_high: u64::MAX - 1,
+        },
+    );
+    run_timers_until(&mut again, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
+    assert_eq!(again.own_numbers(), (true, true, super::OWN_HIGH_CLAIM_MAX));
 }
 
 /// The numbering is known only once the members asked answered past this node's own
@@ -1875,6 +2006,7 @@ fn own_numbers_wait_for_whole_answers_from_the_members_asked() {
         resume,
         held: 0,
         unsettled: None,
+        your_high: 0,
     };
     let (ka, kb) = (a.me().node_key(), b.me().node_key());
     // Cut inside its own origin: not yet.
@@ -2041,6 +2173,7 @@ fn a_tree_push_after_an_anti_entropy_repair_still_goes_down_the_tree() {
                 resume: None,
                 held: seq,
                 unsettled: None,
+                your_high: 0,
             },
         );
         assert!(pushes_of(&mut nodes[root], &event).is_empty());
@@ -3099,6 +3232,7 @@ fn a_node_refuses_what_it_may_not_hold() {
         resume: None,
         held: 1,
         unsettled: None,
+        your_high: 0,
     };
     nodes[1].handle_message(2, from, sync);
     assert_eq!(nodes[1].me().region, "r1");
@@ -3666,6 +3800,8 @@ proptest! {
                         resume: resume.map(key_of),
                         held,
                         unsettled,
+                        // Any claim, from a peer never asked: ignored.
+                        your_high: held.rotate_left(13),
                     })
                 }
                 Hostile::Skip(list) => Some(Message::Skip(
