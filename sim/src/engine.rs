@@ -691,8 +691,6 @@ pub struct Engine {
     /// Per published event, its origin's index for the order check: the node's index, or
     /// a device's (`Device::origin`).
     event_origin: Vec<u32>,
-    /// Per published event, its sequence number (for [`Engine::note_own_destroyed`]).
-    event_seq: Vec<u64>,
     /// (event, subscriber) pairs expected so far, the origin excluded.
     expected_pairs: u64,
     /// Delivery record per (event, node), at `event * nodes + node`: seen at the
@@ -859,7 +857,6 @@ impl Engine {
             degraded: HashMap::default(),
             events: Vec::new(),
             event_origin: Vec::new(),
-            event_seq: Vec::new(),
             event_index: HashMap::default(),
             destroyed: BTreeMap::new(),
             expected_pairs: 0,
@@ -1191,7 +1188,6 @@ impl Engine {
         self.events.push((self.now, i, w));
         self.event_origin
             .push(u32::try_from(origin_index).unwrap_or(u32::MAX));
-        self.event_seq.push(seq);
         self.event_ideal
             .push(u32::try_from(self.ideals.len().saturating_sub(1)).unwrap_or(u32::MAX));
         self.event_index.insert(event.id(), e);
@@ -1301,6 +1297,9 @@ impl Engine {
                         if let Some(node) = self.nodes[i].node.take() {
                             self.metrics.first_receipts += node.events_new();
                             if let Proto::Weft(n) = &node {
+                                if lose_memory {
+                                    self.note_cached_destroyed(n);
+                                }
                                 self.metrics.skips.add(n, false);
                                 if lose_memory {
                                     // Its waiting Skips go with its store.
@@ -1316,7 +1315,6 @@ impl Engine {
                             if lose_memory && let Some(lost) = &store {
                                 self.audit_store(i, lost);
                                 self.note_destroyed(lost);
-                                self.note_own_destroyed(i);
                             }
                             self.nodes[i].parked = if lose_memory { None } else { store };
                             if lose_memory {
@@ -1915,23 +1913,13 @@ impl Engine {
         }
     }
 
-    /// Records the node's own events as held by a node that lost its memory: the origin
-    /// always held its own events, in its store or, for streams outside its interest, only
-    /// in memory (its relay cache) while it passed them on. When no store holds such an
-    /// event at the end (no subscriber got it before the crash), no copy is left.
-    fn note_own_destroyed(&mut self, i: usize) {
-        let key = self.nodes[i].info.key;
-        let Ok(origin) = u32::try_from(i) else {
-            return;
-        };
-        // Rare (a crash with lose_memory): a walk of every event published so far.
-        for (id, &e) in &self.event_index {
-            if self.event_origin[e] == origin {
-                self.destroyed.entry(e).or_insert(EventRef {
-                    origin: OriginKey(key),
-                    seq: self.event_seq[e],
-                    id: *id,
-                });
+    /// Records the events a node that lost its memory held in memory only (its relay cache:
+    /// streams outside its interest, its own included): when no store holds such an event
+    /// at the end, no copy is left.
+    fn note_cached_destroyed(&mut self, node: &Node<MemStore>) {
+        for event in node.relay_cached() {
+            if let Some(&e) = self.event_index.get(&event.id()) {
+                self.destroyed.entry(e).or_insert(EventRef::of(event));
             }
         }
     }

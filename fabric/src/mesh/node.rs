@@ -155,10 +155,14 @@ pub const LOST_ORIGINS_MAX: usize = 4_096;
 /// ([`MeshConfig::recover_own_numbers`]).
 pub const OWN_ASKS_MAX: usize = 3;
 /// Highest own number a member's word can make a node restarted without its store number
-/// past ([`Message::SyncResponse::your_high`]): 2^48, some nine years of a million events a
-/// second from one origin. A member's word is not signed by anyone: a wrong one costs the
-/// numbers skipped (peers wait [`LOST_WAIT_US`] for them once, then move on), and the
-/// bound keeps a lie from leaving the node too few numbers to publish with.
+/// past ([`Message::SyncResponse::your_high`], also at most the member's own count of
+/// numbers seen): 2^48, some nine years of a million events a second from one origin, so a
+/// lie cannot leave the node too few numbers to publish with. A member's word is not signed
+/// by anyone, and a wrong one is not cheap: the numbers it skips are holes that peers
+/// lacking them take as lost [`LOST_PER_ROUND_MAX`] per anti-entropy round after
+/// [`LOST_WAIT_US`], the origin's later events waiting behind them there (a lying member
+/// asked can stall an origin's delivery at such peers; ARCHITECTURE.md, "Trust between
+/// nodes").
 pub const OWN_HIGH_CLAIM_MAX: u64 = 1 << 48;
 /// How long after its start a node asking for its own events ([`OWN_ASKS_MAX`]) takes the
 /// answers of fewer members as enough, when it knows of fewer others: membership is still
@@ -1069,6 +1073,12 @@ impl<S: Store> Node<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The events this node relays without storing, held in memory only (its relay
+    /// cache, at most [`RELAY_CACHE_LEN_MAX`]): lost with the process.
+    pub fn relay_cached(&self) -> impl Iterator<Item = &Arc<Event>> {
+        self.relay_cache.values()
     }
 
     /// Forgets the events this node relays without storing (its relay cache) that

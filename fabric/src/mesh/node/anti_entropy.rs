@@ -62,7 +62,7 @@ impl<S: Store> Node<S> {
             self.remember_repaired(event.id());
         }
         self.forward(&fresh, Some(from), false, false, &[], 0);
-        self.own_answered(from, resume, your_high);
+        self.own_answered(from, resume, your_high, held);
         if let Some(origin) = resume {
             self.send_digest(from, Some(origin), true);
         }
@@ -741,12 +741,21 @@ impl<S: Store> Node<S> {
     /// answer of a member asked (one cut by the batch limit too): it may store none of
     /// this node's streams and so send none back, yet it (and every node it relays to)
     /// drops reused numbers as duplicates.
-    fn own_answered(&mut self, from: OriginKey, resume: Option<OriginKey>, your_high: u64) {
+    fn own_answered(
+        &mut self,
+        from: OriginKey,
+        resume: Option<OriginKey>,
+        your_high: u64,
+        held: u64,
+    ) {
         if self.own_known {
             return;
         }
-        if your_high > self.own_claimed && self.own_asked.iter().any(|(k, _)| *k == from) {
-            self.own_claimed = your_high.min(OWN_HIGH_CLAIM_MAX);
+        // A member cannot have seen more of this node's numbers than it has seen numbers
+        // at all (`held`, its count over every origin, in the same answer).
+        let claim = your_high.min(held).min(OWN_HIGH_CLAIM_MAX);
+        if claim > self.own_claimed && self.own_asked.iter().any(|(k, _)| *k == from) {
+            self.own_claimed = claim;
             self.stats.own_high_claims += 1;
         }
         let me = self.me.node_key();
@@ -764,7 +773,11 @@ impl<S: Store> Node<S> {
     /// member, if fewer, from [`OWN_FEW_MEMBERS_WAIT_US`] after the start on (before, the
     /// members known are those met first, which may have lost their stores too).
     fn own_check_known(&mut self) {
-        if self.own_known || !self.own_asked.iter().all(|(_, asked)| asked.is_none()) {
+        // Nobody asked yet (no member met): never known on no one's word.
+        if self.own_known
+            || self.own_asked.is_empty()
+            || !self.own_asked.iter().all(|(_, asked)| asked.is_none())
+        {
             return;
         }
         let me = self.me.node_key();

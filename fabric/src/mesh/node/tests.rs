@@ -924,7 +924,6 @@ fn a_restart_delivers_what_the_cursor_has_not_reached() {
     assert_eq!(node.store.delivered(&origin), Some(3));
 }
 
-/// The messages `node` has queued for `to` (every queued transmit is drained).
 /// Fires `node`'s timers due up to `until` (its messages dropped).
 fn run_timers_until(node: &mut Node<crate::mesh::MemStore>, until: Micros) {
     while let Some(at) = node.poll_timeout().filter(|at| *at <= until) {
@@ -933,6 +932,7 @@ fn run_timers_until(node: &mut Node<crate::mesh::MemStore>, until: Micros) {
     }
 }
 
+/// The messages `node` has queued for `to` (every queued transmit is drained).
 fn drain_to(node: &mut Node<crate::mesh::MemStore>, to: OriginKey) -> Vec<Message> {
     let mut out = Vec::new();
     while let Some(t) = node.poll_transmit() {
@@ -1901,7 +1901,7 @@ fn a_relay_only_member_asked_tells_a_restarted_node_how_far_it_had_numbered() {
         Message::SyncResponse {
             events: Vec::new(),
             resume: None,
-            held: 0,
+            held: u64::MAX,
             unsettled: None,
             your_high: 1 << 40,
         },
@@ -1968,13 +1968,51 @@ fn a_relay_only_member_asked_tells_a_restarted_node_how_far_it_had_numbered() {
         Message::SyncResponse {
             events: Vec::new(),
             resume: None,
-            held: 0,
+            held: u64::MAX,
             unsettled: None,
             your_high: u64::MAX - 1,
         },
     );
     run_timers_until(&mut again, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
     assert_eq!(again.own_numbers(), (true, true, super::OWN_HIGH_CLAIM_MAX));
+    // ... and to the member's own count of numbers seen.
+    let mut info = again.me().clone();
+    info.generation += 1;
+    let mut config = MeshConfig::wan(2);
+    config.recover_own_numbers = true;
+    let mut third = Node::new(info, config, 9, crate::mesh::MemStore::new(16), t);
+    third.member_up(Arc::new(peer.me().clone()));
+    drain_to(&mut third, peer_key);
+    third.handle_message(
+        t + 30_000,
+        peer_key,
+        Message::SyncResponse {
+            events: Vec::new(),
+            resume: None,
+            held: 7,
+            unsettled: None,
+            your_high: 1 << 40,
+        },
+    );
+    run_timers_until(&mut third, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
+    assert_eq!(third.own_numbers(), (true, true, 7));
+}
+
+/// A node started without its own events that meets no member does not take its numbering
+/// as known on no one's word, however long it waits (the node's publish falls back after
+/// 10 s with a warning).
+#[test]
+fn own_numbers_are_not_known_with_nobody_asked() {
+    let rtts = vec![10_000u64; 36];
+    let nodes = mesh(&[1], 1, 2, &rtts);
+    let mut info = nodes[0].me().clone();
+    info.generation += 1;
+    let mut config = MeshConfig::wan(2);
+    config.recover_own_numbers = true;
+    let mut alone = Node::new(info, config, 9, crate::mesh::MemStore::new(16), 0);
+    run_timers_until(&mut alone, 30_000_000);
+    assert_eq!(alone.own_numbers(), (false, false, 0));
+    assert_eq!(alone.stats().own_asks, 0);
 }
 
 /// The numbering is known only once the members asked answered past this node's own
@@ -3800,7 +3838,7 @@ proptest! {
                         resume: resume.map(key_of),
                         held,
                         unsettled,
-                        // Any claim, from a peer never asked: ignored.
+                        // Any claim (these nodes know their numbering: ignored).
                         your_high: held.rotate_left(13),
                     })
                 }
