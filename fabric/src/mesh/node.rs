@@ -170,6 +170,10 @@ pub const OWN_HIGH_CLAIM_MAX: u64 = 1 << 48;
 /// stores at once met each other first, each answering the other with nothing (found by
 /// the simulator: `many-faults` with the modelled node renumbering, 1,836 pairs missed).
 pub const OWN_FEW_MEMBERS_WAIT_US: Micros = 2_000_000;
+/// While its numbering is not known, how soon a node asks a member again that has not
+/// answered its request for its own events (one sent before the connection was up is
+/// lost): publishes wait meanwhile, so not a whole anti-entropy interval (2-4 s on a WAN).
+pub const OWN_REASK_US: Micros = 300_000;
 /// Most numbers taken as seen from [`Message::Lost`] words per anti-entropy round (the
 /// rest at the next rounds): a store lost after a million events does not stall a node
 /// for one round.
@@ -1383,6 +1387,10 @@ impl<S: Store> Node<S> {
     /// Time has reached a deadline from [`Node::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Micros) {
         self.advance(now);
+        if !self.own_known {
+            // Rare: only until a node started without its own events knows its numbering.
+            self.ask_own_numbers_more();
+        }
         // Bounded: each timer fires once; timers they schedule are for the future.
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {

@@ -7,8 +7,8 @@ use rand_core::Rng;
 
 use super::{
     BATCH_BYTES_MAX, DIGEST_HOLES_MAX, DIGEST_ORIGINS_MAX, FilterHop, Micros, Node, OWN_ASKS_MAX,
-    OWN_FEW_MEMBERS_WAIT_US, OWN_HIGH_CLAIM_MAX, RANDOM_PARTNER_DRAWS, RANKED_CANDIDATES,
-    SYNC_BATCH_RTT_FACTOR_MAX, SYNC_BATCH_RTT_REF_US, SYNC_FRESH_US,
+    OWN_FEW_MEMBERS_WAIT_US, OWN_HIGH_CLAIM_MAX, OWN_REASK_US, RANDOM_PARTNER_DRAWS,
+    RANKED_CANDIDATES, SYNC_BATCH_RTT_FACTOR_MAX, SYNC_BATCH_RTT_REF_US, SYNC_FRESH_US,
 };
 use crate::envelope::{Event, OriginKey};
 use crate::mesh::message::{Digest, DigestRanges, Message, Settled};
@@ -773,33 +773,34 @@ impl<S: Store> Node<S> {
     /// member, if fewer, from [`OWN_FEW_MEMBERS_WAIT_US`] after the start on (before, the
     /// members known are those met first, which may have lost their stores too).
     fn own_check_known(&mut self) {
-        // Nobody asked yet (no member met): never known on no one's word.
-        if self.own_known
-            || self.own_asked.is_empty()
-            || !self.own_asked.iter().all(|(_, asked)| asked.is_none())
-        {
-            return;
-        }
-        let me = self.me.node_key();
-        let others = self.members.keys().filter(|k| **k != me).count();
-        let few_taken = self.now.saturating_sub(self.started_at) >= OWN_FEW_MEMBERS_WAIT_US;
-        if self.own_asked.len() >= OWN_ASKS_MAX
-            || (few_taken && self.own_asked.len() >= OWN_ASKS_MAX.min(others))
-        {
+        if !self.own_known && self.own_answers_enough(self.now) {
             self.own_known = true;
         }
     }
 
+    /// Whether the members asked answered enough at `now` for [`Node::own_check_known`].
+    /// Nobody asked yet (no member met): never known on no one's word.
+    fn own_answers_enough(&self, now: Micros) -> bool {
+        if self.own_asked.is_empty() || !self.own_asked.iter().all(|(_, asked)| asked.is_none()) {
+            return false;
+        }
+        let me = self.me.node_key();
+        let others = self.members.keys().filter(|k| **k != me).count();
+        let few_taken = now.saturating_sub(self.started_at) >= OWN_FEW_MEMBERS_WAIT_US;
+        self.own_asked.len() >= OWN_ASKS_MAX
+            || (few_taken && self.own_asked.len() >= OWN_ASKS_MAX.min(others))
+    }
+
     /// While this node's numbering is not known: asks again the members asked that have not
-    /// answered within a sync interval (a request sent before the connection was up is
+    /// answered within [`OWN_REASK_US`] (a request sent before the connection was up is
     /// lost), and, while fewer than [`OWN_ASKS_MAX`] were asked, the nearest member not
     /// asked yet (one that went down unanswered was dropped from the list).
-    fn ask_own_numbers_more(&mut self) {
+    pub(super) fn ask_own_numbers_more(&mut self) {
         self.own_check_known();
         if self.own_known {
             return;
         }
-        let (now, interval) = (self.now, self.config.sync_interval_us);
+        let (now, interval) = (self.now, OWN_REASK_US.min(self.config.sync_interval_us));
         let again: Vec<OriginKey> = self
             .own_asked
             .iter_mut()
@@ -851,8 +852,11 @@ impl<S: Store> Node<S> {
             .ranges(&me)
             .and_then(|r| r.as_slice().last().map(|&(_, hi)| hi))
             .unwrap_or(0);
+        // Known as of the latest input too: the wait for fewer members ends with time,
+        // not only at the next answer or anti-entropy round (a 3-node mesh's first start
+        // waited some 4 s instead of 2 s).
         (
-            self.own_known,
+            self.own_known || self.own_answers_enough(self.now),
             !self.own_asked.is_empty(),
             held.max(self.own_claimed),
         )
