@@ -1954,48 +1954,32 @@ fn a_relay_only_member_asked_tells_a_restarted_node_how_far_it_had_numbered() {
         "{answer:?}"
     );
     back.check_invariants_full();
-    // An absurd claim from a member asked is cut to the bound.
-    let mut info = back.me().clone();
-    info.generation += 1;
-    let mut config = MeshConfig::wan(2);
-    config.recover_own_numbers = true;
-    let mut again = Node::new(info, config, 9, crate::mesh::MemStore::new(16), t);
-    again.member_up(Arc::new(peer.me().clone()));
-    drain_to(&mut again, peer_key);
-    again.handle_message(
-        t + 30_000,
-        peer_key,
-        Message::SyncResponse {
+    // A claim from a member asked is cut to the bound, and to the member's own count of
+    // numbers seen: each time a node restarted again, asking `peer` alone.
+    let claimed = |held: u64, your_high: u64| {
+        let mut info = back.me().clone();
+        info.generation += 1;
+        let mut config = MeshConfig::wan(2);
+        config.recover_own_numbers = true;
+        let mut again = Node::new(info, config, 9, crate::mesh::MemStore::new(16), t);
+        again.member_up(Arc::new(peer.me().clone()));
+        drain_to(&mut again, peer_key);
+        let answer = Message::SyncResponse {
             events: Vec::new(),
             resume: None,
-            held: u64::MAX,
+            held,
             unsettled: None,
-            your_high: u64::MAX - 1,
-        },
+            your_high,
+        };
+        again.handle_message(t + 30_000, peer_key, answer);
+        run_timers_until(&mut again, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
+        again.own_numbers()
+    };
+    assert_eq!(
+        claimed(u64::MAX, u64::MAX - 1),
+        (true, true, super::OWN_HIGH_CLAIM_MAX)
     );
-    run_timers_until(&mut again, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
-    assert_eq!(again.own_numbers(), (true, true, super::OWN_HIGH_CLAIM_MAX));
-    // ... and to the member's own count of numbers seen.
-    let mut info = again.me().clone();
-    info.generation += 1;
-    let mut config = MeshConfig::wan(2);
-    config.recover_own_numbers = true;
-    let mut third = Node::new(info, config, 9, crate::mesh::MemStore::new(16), t);
-    third.member_up(Arc::new(peer.me().clone()));
-    drain_to(&mut third, peer_key);
-    third.handle_message(
-        t + 30_000,
-        peer_key,
-        Message::SyncResponse {
-            events: Vec::new(),
-            resume: None,
-            held: 7,
-            unsettled: None,
-            your_high: 1 << 40,
-        },
-    );
-    run_timers_until(&mut third, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
-    assert_eq!(third.own_numbers(), (true, true, 7));
+    assert_eq!(claimed(7, 1 << 40), (true, true, 7));
 }
 
 /// A node started without its own events that meets no member does not take its numbering
