@@ -169,7 +169,7 @@ pub const OWN_HIGH_CLAIM_MAX: u64 = 1 << 48;
 /// coming in just after a start, and a region whose nodes all restarted without their
 /// stores at once met each other first, each answering the other with nothing (found by
 /// the simulator: `many-faults` with the modelled node renumbering, 1,836 pairs missed).
-pub const OWN_FEW_MEMBERS_WAIT_US: Micros = 2_000_000;
+pub const OWN_FEW_MEMBERS_WAIT_US: Micros = 1_000_000;
 /// While its numbering is not known, how soon a node asks a member again that has not
 /// answered its request for its own events (one sent before the connection was up is
 /// lost): publishes wait meanwhile, so not a whole anti-entropy interval (2-4 s on a WAN).

@@ -773,22 +773,21 @@ impl<S: Store> Node<S> {
     /// member, if fewer, from [`OWN_FEW_MEMBERS_WAIT_US`] after the start on (before, the
     /// members known are those met first, which may have lost their stores too).
     fn own_check_known(&mut self) {
-        if !self.own_known && self.own_answers_enough(self.now) {
-            self.own_known = true;
-        }
-    }
-
-    /// Whether the members asked answered enough at `now` for [`Node::own_check_known`].
-    /// Nobody asked yet (no member met): never known on no one's word.
-    fn own_answers_enough(&self, now: Micros) -> bool {
-        if self.own_asked.is_empty() || !self.own_asked.iter().all(|(_, asked)| asked.is_none()) {
-            return false;
+        // Nobody asked yet (no member met): never known on no one's word.
+        if self.own_known
+            || self.own_asked.is_empty()
+            || !self.own_asked.iter().all(|(_, asked)| asked.is_none())
+        {
+            return;
         }
         let me = self.me.node_key();
         let others = self.members.keys().filter(|k| **k != me).count();
-        let few_taken = now.saturating_sub(self.started_at) >= OWN_FEW_MEMBERS_WAIT_US;
-        self.own_asked.len() >= OWN_ASKS_MAX
+        let few_taken = self.now.saturating_sub(self.started_at) >= OWN_FEW_MEMBERS_WAIT_US;
+        if self.own_asked.len() >= OWN_ASKS_MAX
             || (few_taken && self.own_asked.len() >= OWN_ASKS_MAX.min(others))
+        {
+            self.own_known = true;
+        }
     }
 
     /// While this node's numbering is not known: asks again the members asked that have not
@@ -852,11 +851,11 @@ impl<S: Store> Node<S> {
             .ranges(&me)
             .and_then(|r| r.as_slice().last().map(|&(_, hi)| hi))
             .unwrap_or(0);
-        // Known as of the latest input too: the wait for fewer members ends with time,
-        // not only at the next answer or anti-entropy round (a 3-node mesh's first start
-        // waited some 4 s instead of 2 s).
+        // Known stays known: set once, by an answer or by the first timer after the wait
+        // for fewer members ends (`handle_timeout`). Evaluated here, it came and went as
+        // members came up and were asked.
         (
-            self.own_known || self.own_answers_enough(self.now),
+            self.own_known,
             !self.own_asked.is_empty(),
             held.max(self.own_claimed),
         )
