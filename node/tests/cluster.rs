@@ -2269,6 +2269,35 @@ fn reads_and_subscriptions_over_a_pattern_take_every_stream_it_matches() {
     });
 }
 
+/// Waits until node `i` holds 7 events of stream `wiped`, all from `origin`, and returns
+/// them as (sequence number, `data.n`), sorted.
+async fn wiped_events_by_seq(
+    c: &Cluster,
+    i: usize,
+    origin: &str,
+    limit: Duration,
+) -> Vec<(u64, i64)> {
+    let events = wait_for(limit, || async {
+        let page = c.get_auth(i, "/v1/streams/wiped/events?after=0").await;
+        let events = page.as_array()?.clone();
+        (events.len() == 7).then_some(events)
+    })
+    .await
+    .unwrap_or_else(|| panic!("node {i} does not hold all 7 events:\n{}", c.log(i)));
+    let mut by_seq: Vec<(u64, i64)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["weftorigin"], json!(origin));
+            (
+                e["weftseq"].as_u64().unwrap(),
+                e["data"]["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    by_seq.sort_unstable();
+    by_seq
+}
+
 /// A node restarted over an emptied data directory under its old key (a disk replaced, a
 /// volume recreated) numbers its new events past the ones the mesh holds. Before, it
 /// numbered from 1 again: its new events, acknowledged, reused numbers every peer held and
@@ -2302,24 +2331,7 @@ fn a_node_restarted_over_an_emptied_data_directory_numbers_past_what_the_mesh_ho
         assert_eq!(s, 200, "{v}");
         let origin = c.keys[2].clone();
         for i in 0..3 {
-            let events = wait_for(Duration::from_secs(30), || async {
-                let page = c.get_auth(i, "/v1/streams/wiped/events?after=0").await;
-                let events = page.as_array()?.clone();
-                (events.len() == 7).then_some(events)
-            })
-            .await
-            .unwrap_or_else(|| panic!("node {i} does not hold all 7 events:\n{}", c.log(i)));
-            let mut by_seq: Vec<(u64, i64)> = events
-                .iter()
-                .map(|e| {
-                    assert_eq!(e["weftorigin"], json!(origin));
-                    (
-                        e["weftseq"].as_u64().unwrap(),
-                        e["data"]["n"].as_i64().unwrap(),
-                    )
-                })
-                .collect();
-            by_seq.sort_unstable();
+            let by_seq = wiped_events_by_seq(&c, i, &origin, Duration::from_secs(30)).await;
             assert_eq!(
                 by_seq,
                 (1..=7).zip(0..7).collect::<Vec<_>>(),
@@ -2386,24 +2398,7 @@ fn a_restarted_node_numbers_past_what_a_relay_only_member_saw() {
         c.start(1);
         c.wait_healthy(1).await;
         let origin = c.keys[2].clone();
-        let events = wait_for(Duration::from_secs(40), || async {
-            let page = c.get_auth(1, "/v1/streams/wiped/events?after=0").await;
-            let events = page.as_array()?.clone();
-            (events.len() == 7).then_some(events)
-        })
-        .await
-        .unwrap_or_else(|| panic!("node 1 does not hold all 7 events:\n{}", c.log(1)));
-        let mut by_seq: Vec<(u64, i64)> = events
-            .iter()
-            .map(|e| {
-                assert_eq!(e["weftorigin"], json!(origin));
-                (
-                    e["weftseq"].as_u64().unwrap(),
-                    e["data"]["n"].as_i64().unwrap(),
-                )
-            })
-            .collect();
-        by_seq.sort_unstable();
+        let by_seq = wiped_events_by_seq(&c, 1, &origin, Duration::from_secs(40)).await;
         assert_eq!(by_seq, (1..=7).zip(0..7).collect::<Vec<_>>());
     });
 }
