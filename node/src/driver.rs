@@ -340,6 +340,10 @@ pub(crate) struct Driver {
     /// published twice at once (a retried pre-signed envelope, a CloudEvent answered by
     /// idempotency), and the first answer must not take the regions from the second.
     confirm_refs: BTreeMap<EventId, u32>,
+    /// Per watched event, the members a confirmable push of it went to that did not get it
+    /// (`FromMesh::ConfirmFailed`) or that were picked to stand in for one: each region's
+    /// next member is one not tried yet. Dropped with the event's `confirmed` entry.
+    confirm_tried: BTreeMap<EventId, BTreeSet<OriginKey>>,
     /// Confirmable pushes from peers, answered after the next commit.
     confirm_replies: Vec<ConfirmReply>,
     dedup: Vec<(String, String, String, EventId)>,
@@ -452,6 +456,7 @@ impl Driver {
             confirming: Vec::new(),
             confirmed: BTreeMap::new(),
             confirm_refs: BTreeMap::new(),
+            confirm_tried: BTreeMap::new(),
             confirm_replies: Vec::new(),
             dedup: Vec::new(),
             last_pos,
@@ -920,6 +925,7 @@ impl Driver {
                 }
                 self.settle_confirmations();
             }
+            FromMesh::ConfirmFailed { to, events } => self.confirm_elsewhere(to, events),
             FromMesh::SeedReached { key, addr } => {
                 info!(peer = %key, %addr, "seed reached; joining");
                 let seed = MemberInfo {
@@ -1394,6 +1400,7 @@ impl Driver {
                             }
                         };
                     let set = if last {
+                        self.confirm_tried.remove(id);
                         self.confirmed.remove(id).unwrap_or_default()
                     } else {
                         self.confirmed.get(id).cloned().unwrap_or_default()
@@ -1478,6 +1485,65 @@ impl Driver {
                 }
             }
         }
+        self.send_confirm_copies(extra);
+    }
+
+    /// A confirmable push (the core's or a copy) did not get through to `failed`: each of
+    /// its events still awaiting confirmation from `failed`'s region goes to the nearest
+    /// member of that region not tried yet for it (one unreachable member, or one whose
+    /// queue was full, left the region unconfirmed and the publish waiting out its ack
+    /// timeout). Bounded: each member is tried once per event.
+    fn confirm_elsewhere(&mut self, failed: OriginKey, events: Vec<Arc<Event>>) {
+        let Some(region) = self
+            .members
+            .get(&failed)
+            .or_else(|| self.down.get(&failed))
+            .map(|m| m.region.clone())
+            .filter(|r| !r.is_empty())
+        else {
+            return;
+        };
+        let mut candidates: Vec<(Micros, OriginKey)> = self
+            .members
+            .iter()
+            .filter(|(k, m)| m.region == region && **k != failed)
+            .map(|(k, _)| (self.node.rtt_us(k).unwrap_or(Micros::MAX), *k))
+            .collect();
+        candidates.sort();
+        let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
+        for event in events {
+            let id = event.id();
+            if self
+                .confirmed
+                .get(&id)
+                .is_none_or(|set| set.contains(region.as_str()))
+            {
+                continue;
+            }
+            let tried = self.confirm_tried.entry(id).or_default();
+            tried.insert(failed);
+            let next = candidates
+                .iter()
+                .map(|(_, k)| *k)
+                .find(|k| !tried.contains(k) && self.node.replication_allowed(&event, k));
+            match next {
+                Some(peer) => {
+                    tried.insert(peer);
+                    extra.entry(peer).or_default().push(event);
+                }
+                None => debug!(event = %id, %region, "no member of the region left to confirm"),
+            }
+        }
+        // The failure itself is counted by the transport (`weft_mesh_dropped_total`).
+        for (peer, events) in &extra {
+            debug!(failed = %failed, %peer, events = events.len(), %region, "confirmation sought at another member of the region");
+        }
+        self.send_confirm_copies(extra);
+    }
+
+    /// Queues confirmable pushes of `extra`'s events to each peer (held to the step's
+    /// commit, as every send).
+    fn send_confirm_copies(&mut self, extra: BTreeMap<OriginKey, Vec<Arc<Event>>>) {
         for (peer, events) in extra {
             let addr = self
                 .members

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
-use weft_fabric::OriginKey;
 use weft_fabric::mesh::wire::{self, IncomingMessage, MESSAGE_LEN_MAX};
 use weft_fabric::mesh::{Channel, Message};
+use weft_fabric::{Event, OriginKey};
 
 use crate::chaos::{Chaos, Verdict};
 use crate::metrics::Metrics;
@@ -64,8 +64,8 @@ const EXCHANGES_WAITING_MAX: usize = 256;
 struct Exchange {
     conn: quinn::Connection,
     bytes: Vec<u8>,
-    /// A confirmable push (else an anti-entropy request).
-    confirm: bool,
+    /// A confirmable push of these events (else, empty, an anti-entropy request).
+    confirm: Option<Vec<Arc<Event>>>,
 }
 /// Most incoming streams read at the same time per peer (all its connections together).
 pub(crate) const STREAM_READS_MAX: usize = 32;
@@ -98,6 +98,13 @@ pub(crate) enum FromMesh {
     },
     /// Committed ids a peer confirmed for a confirmable push.
     Confirmed { from: OriginKey, ids: Vec<[u8; 32]> },
+    /// A confirmable push to `to` did not get through (the peer unreachable, its queue
+    /// full, the exchange failed or timed out): its events, for another member of `to`'s
+    /// region to confirm.
+    ConfirmFailed {
+        to: OriginKey,
+        events: Vec<Arc<Event>>,
+    },
     /// A connection to a seed address is up; the peer's key is now known.
     SeedReached { key: OriginKey, addr: SocketAddr },
     /// QUIC's RTT estimate to a peer, plus the chaos delay.
@@ -378,16 +385,39 @@ impl Transport {
         let _ = tokio::time::timeout(rest, self.endpoint.wait_idle()).await;
     }
 
-    /// Records where a peer is and its region (for chaos rules).
-    pub(crate) fn learn(&self, key: OriginKey, addr: Option<SocketAddr>, region: &str) {
+    /// Records where a peer is and its region (for chaos rules). The address is kept even
+    /// when nothing was sent to the peer yet: the core's first messages to a new member
+    /// (SWIM, an anti-entropy request) leave in the step that reports it up, before the
+    /// driver's member table has its address, and a queue made without one dropped them
+    /// and held the peer unreachable for [`UNREACHABLE_WAIT`].
+    pub(crate) fn learn(self: &Arc<Self>, key: OriginKey, addr: Option<SocketAddr>, region: &str) {
         if let Ok(mut r) = self.regions.lock() {
             r.insert(key, region.to_string());
         }
         if let (Some(addr), Ok(mut peers)) = (addr, self.peers.lock())
-            && let Some(p) = peers.get_mut(&key)
+            && let Some(p) = self.queue(&mut peers, key)
         {
             p.addr = Some(addr);
         }
+    }
+
+    /// `to`'s send queue, made (with its task) on first use; `None` for a key this node
+    /// does not trust (the handshake would fail anyway: no queue is kept for it).
+    fn queue<'a>(
+        self: &Arc<Self>,
+        peers: &'a mut HashMap<OriginKey, Peer>,
+        to: OriginKey,
+    ) -> Option<&'a mut Peer> {
+        if !self.trusted.contains(&to.0) {
+            return None;
+        }
+        Some(peers.entry(to).or_insert_with(|| {
+            let (lanes, rx) = Lanes::new();
+            self.peer_tasks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(self.clone().peer_task(to, rx));
+            Peer { lanes, addr: None }
+        }))
     }
 
     /// Connects to seed addresses until each answers, reporting their keys to the driver.
@@ -536,29 +566,52 @@ impl Transport {
 
     /// Queues `out` for `to`; never blocks. `addr` is where to dial if no connection is up.
     pub(crate) fn send(self: &Arc<Self>, to: OriginKey, addr: Option<SocketAddr>, out: Outgoing) {
-        if !self.trusted.contains(&to.0) {
-            // A member record gossiped for a key this node does not trust: the handshake
-            // would fail anyway; do not keep a queue for it.
-            Metrics::inc(&self.metrics.mesh_dropped, "reason", "untrusted_peer");
-            return;
-        }
         let Ok(mut peers) = self.peers.lock() else {
             return;
         };
-        let peer = peers.entry(to).or_insert_with(|| {
-            let (lanes, rx) = Lanes::new();
-            self.peer_tasks
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(self.clone().peer_task(to, rx));
-            Peer { lanes, addr }
-        });
+        let Some(peer) = self.queue(&mut peers, to) else {
+            // A member record gossiped for a key this node does not trust.
+            Metrics::inc(&self.metrics.mesh_dropped, "reason", "untrusted_peer");
+            drop(peers);
+            self.undelivered(to, &out);
+            return;
+        };
         if addr.is_some() {
             peer.addr = addr;
         }
         let k = out.msg.kind();
         match peer.lanes[out.class as usize].try_send(out) {
             Ok(()) => Metrics::inc(&self.metrics.mesh_sent, "kind", k),
-            Err(_) => Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_queue_full"),
+            Err(e) => {
+                Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_queue_full");
+                drop(peers);
+                self.undelivered(to, &e.into_inner());
+            }
+        }
+    }
+
+    /// A message dropped before it reached `to`: when it was a confirmable push, the
+    /// driver is told, so the events' confirmation is sought at another member of that
+    /// region ([`FromMesh::ConfirmFailed`]) instead of the publish waiting out its ack
+    /// timeout. `try_send`: this runs on the driver's own thread too (`send`), which must
+    /// never wait on its own queue; a report that finds the queue full is lost, and the
+    /// publish answers at its timeout as it would have.
+    fn undelivered(&self, to: OriginKey, out: &Outgoing) {
+        if let (true, Message::Push { events, .. }) = (out.confirm, &out.msg) {
+            self.confirm_failed(to, events.clone());
+        }
+    }
+
+    fn confirm_failed(&self, to: OriginKey, events: Vec<Arc<Event>>) {
+        if events.is_empty() {
+            return;
+        }
+        if self
+            .to_driver
+            .try_send(FromMesh::ConfirmFailed { to, events })
+            .is_err()
+        {
+            Metrics::inc(&self.metrics.mesh_dropped, "reason", "confirm_report_lost");
         }
     }
 
@@ -671,6 +724,7 @@ impl Transport {
             // heals, the other side's announcements usually arrive before the window ends).
             if down_until.is_some_and(|t| tokio::time::Instant::now() < t) && !self.connected(&to) {
                 Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
+                self.undelivered(to, &out);
                 continue;
             }
             // The peer may have dialed in while our own dial was failing.
@@ -682,6 +736,7 @@ impl Transport {
                         // Drop while the peer is unreachable instead of dialing per message.
                         down_until = Some(tokio::time::Instant::now() + self.unreachable_wait());
                         Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
+                        self.undelivered(to, &out);
                         continue;
                     }
                 },
@@ -691,13 +746,17 @@ impl Transport {
             let verdict = self.chaos.verdict(&key_hex, &self.region_of(&to));
             let t = self.clone();
             match verdict {
-                Verdict::Drop => Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos"),
+                Verdict::Drop => {
+                    Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos");
+                    self.undelivered(to, &out);
+                }
                 Verdict::Send => t.transmit(to, conn, out, &exchanges).await,
                 Verdict::Delay(d) => {
                     use std::sync::atomic::Ordering::Relaxed;
                     if self.delayed.fetch_add(1, Relaxed) >= CHAOS_DELAYED_MAX {
                         self.delayed.fetch_sub(1, Relaxed);
                         Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos_delay_overflow");
+                        self.undelivered(to, &out);
                         continue;
                     }
                     let delayed = self.delayed.clone();
@@ -730,10 +789,11 @@ impl Transport {
             let t = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if confirm {
+                if let Some(events) = confirm {
                     if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
                         Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
                         warn!(peer = %to, error = %e, "confirmable push failed");
+                        t.confirm_failed(to, events);
                     }
                 } else if let Err(e) = t.sync_exchange(to, conn, bytes).await {
                     Metrics::inc(&t.metrics.mesh_dropped, "reason", "sync_failed");
@@ -792,11 +852,16 @@ impl Transport {
                         conn,
                         bytes,
                         // A Bi-channel message is an anti-entropy request, whatever `confirm`.
-                        confirm: !matches!(channel, Channel::Bi),
+                        confirm: match &out.msg {
+                            Message::Push { events, .. } if channel != Channel::Bi => {
+                                Some(events.clone())
+                            }
+                            _ => None,
+                        },
                     };
                     // Backpressure onto this peer's queue only once that queue is full too.
                     if exchanges.send(exchange).await.is_err() {
-                        return Ok(());
+                        anyhow::bail!("the peer's exchange queue is closed");
                     }
                 }
                 _ => {
@@ -812,6 +877,7 @@ impl Transport {
         if let Err(e) = result {
             Metrics::inc(&self.metrics.mesh_dropped, "reason", "send_failed");
             debug!(peer = %to, error = %e, "send failed");
+            self.undelivered(to, &out);
         }
     }
 
@@ -1252,6 +1318,103 @@ mod tests {
         a.close();
         b.close();
         c.close();
+    }
+
+    /// A member's address reaches the transport when the member comes up, before the
+    /// driver's table has it: the core's first messages to it (sent without an address)
+    /// are dialed there. Before, its queue was made without an address, they were dropped
+    /// and the peer held unreachable for a second (a fresh mesh's first anti-entropy
+    /// requests and confirmable pushes to it were lost).
+    #[tokio::test]
+    async fn a_member_learned_before_anything_is_sent_to_it_is_dialed_at_its_address() {
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 64);
+        let (a, _a_rx, a_metrics) = start(0);
+        let (b, mut b_rx, _) = start(1);
+        a.learn(
+            keys[1],
+            Some(b.endpoint.local_addr().unwrap()),
+            "aws:us-east-1",
+        );
+        a.send(
+            keys[1],
+            None,
+            Outgoing {
+                msg: Message::PushAck(7),
+                confirm: false,
+                class: Class::Latency,
+            },
+        );
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = b_rx.recv().await {
+                if let FromMesh::Message {
+                    msg: Message::PushAck(7),
+                    ..
+                } = m
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            got,
+            Ok(true),
+            "the message sent without an address was lost"
+        );
+        assert_eq!(
+            a_metrics
+                .mesh_dropped
+                .get_or_create(&vec![("reason", "peer_unreachable".into())])
+                .get(),
+            0
+        );
+        a.close();
+        b.close();
+    }
+
+    /// A confirmable push that cannot be sent (nothing answers at the peer's address) is
+    /// reported to the driver with its events, which then asks another member of the
+    /// peer's region; before, it was dropped without a word and the publish waited out
+    /// its ack timeout.
+    #[tokio::test]
+    async fn a_confirmable_push_that_cannot_be_sent_is_reported_with_its_events() {
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let (a, mut a_rx, _) = test_transport(&seeds, 0, "127.0.0.1:0".parse().unwrap(), 64);
+        // B's address, with nothing listening there.
+        let b_addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let msg = push("orders.eu");
+        let Message::Push { events, .. } = &msg else {
+            unreachable!()
+        };
+        let sent: Vec<_> = events.iter().map(|e| e.id()).collect();
+        a.send(
+            keys[1],
+            Some(b_addr),
+            Outgoing {
+                msg,
+                confirm: true,
+                class: Class::Latency,
+            },
+        );
+        // The dial gives up within its 5 s timeout.
+        let reported = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(m) = a_rx.recv().await {
+                if let FromMesh::ConfirmFailed { to, events } = m {
+                    return Some((to, events.iter().map(|e| e.id()).collect::<Vec<_>>()));
+                }
+            }
+            None
+        })
+        .await;
+        assert_eq!(reported, Ok(Some((keys[1], sent))));
+        a.close();
     }
 
     /// A node whose dial to a peer failed drops messages to it for a second instead of

@@ -1263,6 +1263,78 @@ fn two_publishes_of_one_event_at_once_are_both_confirmed() {
     });
 }
 
+/// A region's confirmation does not hang on one member: when the confirmable push to the
+/// region's nearest member does not get through (here the publishing node's sends to it are
+/// dropped, while it stays a member through SWIM's indirect probes), the next member of the
+/// region is asked. Before, the push was dropped without a word and the publish waited out
+/// its ack timeout (504) though the region held the event.
+#[test]
+fn a_region_is_confirmed_by_another_member_when_the_nearest_is_unreachable() {
+    rt().block_on(async {
+        let specs = [
+            Spec {
+                name: "eu",
+                region: "aws:eu-west-1",
+                jurisdiction: "EU",
+            },
+            Spec {
+                name: "us-1",
+                region: "aws:us-east-1",
+                jurisdiction: "US",
+            },
+            Spec {
+                name: "us-2",
+                region: "aws:us-east-1",
+                jurisdiction: "US",
+            },
+        ];
+        let mut c = Cluster::new("confirm-other", 73, &specs, "");
+        c.start_all();
+        c.wait_meshed().await;
+        // us-2 is farther from eu than us-1: eu asks us-1 first.
+        let far = json!({"peer": c.keys[2], "delay_ms": 40.0});
+        c.chaos(0, json!([far])).await;
+        let measured = wait_for(Duration::from_secs(15), || async {
+            let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
+            let rtt = |key: &str| {
+                v["peers"].as_array()?.iter().find(|p| p["key"] == key)?["rtt_ms"].as_f64()
+            };
+            (rtt(&c.keys[1])? < 20.0 && rtt(&c.keys[2])? > 60.0).then_some(())
+        })
+        .await;
+        assert!(
+            measured.is_some(),
+            "eu never measured us-2 as the farther member"
+        );
+        let ce = json!({"specversion": "1.0", "id": "held", "source": "it", "type": "t",
+            "data": {"k": 1}});
+        let (status, body) = c
+            .post_events(0, "r2", "local", &c.token, std::slice::from_ref(&ce))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let id = body["ids"][0].as_str().unwrap().to_string();
+        for i in 1..3 {
+            let held = wait_for(Duration::from_secs(10), || async {
+                c.ids(i, "r2").await.filter(|ids| ids.contains(&id))
+            })
+            .await;
+            assert!(held.is_some(), "node {i} never held the event");
+        }
+        // eu's sends to us-1 are dropped from now on. The event published again with
+        // regions:2: eu holds it, so its confirmation comes from confirmable copies.
+        c.chaos(0, json!([far, {"peer": c.keys[1], "blackhole": true}]))
+            .await;
+        let (status, body) = c.post_events(0, "r2", "regions:2", &c.token, &[ce]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["regions_min"], 2, "{body}");
+        assert_eq!(body["complete"], true, "{body}");
+        assert!(
+            metric(&c, 0, "weft_mesh_dropped_total{reason=\"chaos\"}").await > 0,
+            "the push to us-1 was not dropped, so the test proved nothing"
+        );
+    });
+}
+
 /// One principal holds at most `limits.subscribers_per_principal_max` open subscriptions
 /// (429 `too_many_subscriptions` beyond, counted), so one client cannot take every slot;
 /// readers without a token share one such share, and a closed subscription gives its

@@ -268,19 +268,9 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         std::fs::write(c.dir.join("policy.cbor"), signed).unwrap();
         c.start_all();
         c.wait_meshed().await;
-        // Every node ready (`/readyz` 200: numbering known after a start without own
-        // events). Open defect (2026-12-06): a replay asking `regions:3` sent to a node
-        // still waiting for its own numbering answered 504 though every region held the
-        // event (2 runs in 3 here, since fewer members' answers count only 1 s after a
-        // start); docs/status.md, mesh core.
-        for i in 0..3 {
-            let ready = wait_for(Duration::from_secs(15), || async {
-                let r = reqwest::get(c.url(i, "/readyz")).await.ok()?;
-                (r.status() == 200).then_some(())
-            })
-            .await;
-            assert!(ready.is_some(), "node {i} not ready:\n{}", c.log(i));
-        }
+        // No wait for `/readyz`: the replay below asking `regions:3` right after meshing
+        // once answered 504 in 2 runs in 3, the nodes' first confirmable pushes to a member
+        // learned in the same step dropped (`transport.rs`, `learn`).
 
         // 1. Forged signature: the envelope's signature bytes altered.
         let good = device_event("orders.x", 1, "public", Residency::Unrestricted);

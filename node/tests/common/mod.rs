@@ -144,9 +144,14 @@ enabled = true
             .append(true)
             .open(&n.log)
             .unwrap();
+        // `WEFT_TEST_LOG` (e.g. `info,weft=debug`) sets the nodes' log filter when a
+        // failing test needs more than `info` in its logs.
         let child = Command::new(WEFT)
             .args(["node", "--config", n.config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
