@@ -34,20 +34,36 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
         let seed = keys::load(&c.key_path).context("weft node refuses to start with this key")?;
         Some(weft_fabric::Signer::from_secret(&seed).origin().0)
     };
+    let data_dir = data_dir_state(&c.data_dir)?;
+    let mut warnings = Vec::new();
     let policy = match &c.policy {
         None => None,
-        Some((trust, path)) => Some(
-            policy_push::check_configured(
-                trust,
-                path.as_deref(),
-                node_key,
-                &raw.jurisdiction,
-                &raw.region,
+        Some((trust, path)) => {
+            // The bundle the node's store kept from a push, which the node starts with when
+            // it is newer: read as committed (a running node's store too), never written.
+            let stored = match stored_bundle(&c.data_dir) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    warnings.push(format!(
+                        "the store in {} was not read ({e}): a newer policy bundle it holds from a push, which the node would start with, is not checked",
+                        c.data_dir.display()
+                    ));
+                    None
+                }
+            };
+            Some(
+                policy_push::check_configured(
+                    trust,
+                    path.as_deref(),
+                    stored,
+                    node_key,
+                    &raw.jurisdiction,
+                    &raw.region,
+                )
+                .with_context(|| format!("config {}", config.display()))?,
             )
-            .with_context(|| format!("config {}", config.display()))?,
-        ),
+        }
     };
-    let data_dir = data_dir_state(&c.data_dir)?;
     say!("{}: ok", config.display());
     say!(
         "name {} in {} ({}, {}); mesh {} (advertised {}), HTTP {}{}",
@@ -71,21 +87,31 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
         c.streams.len(),
         if raw.chaos.enabled { "enabled" } else { "off" }
     );
-    match &policy {
+    match policy.as_ref().map(|p| (p.verified.as_ref(), p)) {
         None => say!("no policy configured"),
-        Some(None) => say!(
-            "policy: operator trust only, no bundle configured (the node serves no data until one is pushed)"
+        Some((None, _)) => say!(
+            "policy: operator trust only, no bundle configured or kept by the store (the node serves no data until one is pushed)"
         ),
-        Some(Some(v)) => say!(
-            "policy bundle epoch {} verified ({} signer(s)); jurisdiction claim {}",
+        Some((Some(v), p)) => say!(
+            "policy bundle epoch {} verified ({} signer(s)){}; jurisdiction claim {}",
             v.policy.epoch(),
             v.signers.len(),
+            if p.from_store {
+                ", the one the store kept from a push (newer than the configured one): the node starts with it"
+            } else {
+                ""
+            },
             if node_key.is_some() {
                 "granted"
             } else {
                 "not checked (no key file)"
             }
         ),
+    }
+    if let Some(e) = policy.as_ref().and_then(|p| p.stale.as_ref()) {
+        warnings.push(format!(
+            "the policy bundle the store kept from a push no longer verifies under the configured operators ({e}): the node skips it at start (audited)"
+        ));
     }
     if key_missing {
         say!(
@@ -95,12 +121,12 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
         );
     }
     say!(
-        "key file {}; data dir {}: {} (the store is not opened by check-config: a bundle it holds from a push, newer than the configured one, is not shown)",
+        "key file {}; data dir {}: {}",
         c.key_path.display(),
         c.data_dir.display(),
         data_dir.describe()
     );
-    let mut warnings = placement_warnings(raw, regions::regions());
+    warnings.extend(placement_warnings(raw, regions::regions()));
     warnings.extend(data_dir.warning(&c.data_dir));
     warnings.extend(listener_warnings(&c));
     for w in &warnings {
@@ -114,6 +140,17 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policy bundle the store in `dir` kept from a push (`None`: no store there yet, or it
+/// kept none). Opened as the node's HTTP readers open it (committed data only, never
+/// written), so a running node's store can be checked beside it.
+fn stored_bundle(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    if !dir.join(crate::store::DB_FILE).exists() {
+        return Ok(None);
+    }
+    let reader = crate::store::StoreReader::open(dir)?;
+    Ok(reader.meta_get(policy_push::META_KEY)?)
 }
 
 /// The node's claimed placement against the built-in catalog: a region the catalog knows
@@ -310,6 +347,26 @@ fn listener_warnings(c: &Resolved) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bundle a node's store kept is read as committed, with the node's own store code;
+    /// a data dir without a store yet has none.
+    #[test]
+    fn the_bundle_the_store_kept_is_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        assert_eq!(stored_bundle(dir.path()).expect("no store"), None);
+        let mut store =
+            crate::store::SqliteStore::open(dir.path(), crate::store::StoreLimits::default())
+                .expect("store");
+        assert_eq!(stored_bundle(dir.path()).expect("none kept"), None);
+        store
+            .meta_set(policy_push::META_KEY, b"bundle bytes")
+            .expect("set");
+        store.commit().expect("commit");
+        assert_eq!(
+            stored_bundle(dir.path()).expect("kept"),
+            Some(b"bundle bytes".to_vec())
+        );
+    }
 
     fn config(region: &str, cloud: &str, jurisdiction: &str) -> NodeConfig {
         let text = format!(

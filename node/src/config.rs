@@ -263,7 +263,16 @@ pub(crate) struct ChaosConfig {
     /// Rules applied from the start (same shape as the API's).
     #[serde(default)]
     pub(crate) rules: Vec<crate::chaos::Rule>,
+    /// Added to the wall clock this node stamps its events' HLCs with, in milliseconds
+    /// (negative: behind): a node whose clock is wrong, for tests and game days. Only the
+    /// HLC sees it (and the drift bound checked against it); retention, audit times and
+    /// everything else keep the host's clock. At most a day either way.
+    #[serde(default)]
+    pub(crate) clock_offset_ms: i64,
 }
+
+/// Largest `chaos.clock_offset_ms` either way: a day.
+pub(crate) const CLOCK_OFFSET_MS_MAX: i64 = 86_400_000;
 
 /// Logging.
 #[derive(Debug, Clone, Deserialize)]
@@ -619,6 +628,21 @@ impl NodeConfig {
             bail!(field_err(
                 "chaos.rules",
                 "set chaos.enabled = true to use fault injection"
+            ));
+        }
+        if !self.chaos.enabled && self.chaos.clock_offset_ms != 0 {
+            bail!(field_err(
+                "chaos.clock_offset_ms",
+                "set chaos.enabled = true to use fault injection"
+            ));
+        }
+        if self.chaos.clock_offset_ms.unsigned_abs() > CLOCK_OFFSET_MS_MAX.unsigned_abs() {
+            bail!(field_err(
+                "chaos.clock_offset_ms",
+                format!(
+                    "must be between -{CLOCK_OFFSET_MS_MAX} and {CLOCK_OFFSET_MS_MAX} (a day), got {}",
+                    self.chaos.clock_offset_ms
+                )
             ));
         }
         // The checks `POST /v1/chaos` applies: a negative delay from the config panicked

@@ -316,7 +316,23 @@ struct Waiting {
     ack: Ack,
     started: Instant,
     deadline: Instant,
+    /// When the regions that have not confirmed yet are asked again, at another member
+    /// (`Driver::confirm_again`): half the ack timeout after the publish, once.
+    ask_again: Option<Instant>,
     reply: oneshot::Sender<Result<Published, PublishError>>,
+}
+
+/// Who was asked to confirm a watched event (`ack=regions:N`).
+#[derive(Debug, Default)]
+struct ConfirmAsks {
+    /// The event, for the copies sent after the publish step.
+    event: Option<Arc<Event>>,
+    /// Members sent the event to confirm (the core's direct pushes and the driver's
+    /// copies): each is asked once.
+    asked: BTreeSet<OriginKey>,
+    /// Members whose copy did not get through (`FromMesh::ConfirmFailed`): a second report
+    /// of one is not acted on again.
+    failed: BTreeSet<OriginKey>,
 }
 
 /// The driver's state.
@@ -340,10 +356,10 @@ pub(crate) struct Driver {
     /// published twice at once (a retried pre-signed envelope, a CloudEvent answered by
     /// idempotency), and the first answer must not take the regions from the second.
     confirm_refs: BTreeMap<EventId, u32>,
-    /// Per watched event, the members a confirmable push of it went to that did not get it
-    /// (`FromMesh::ConfirmFailed`) or that were picked to stand in for one: each region's
-    /// next member is one not tried yet. Dropped with the event's `confirmed` entry.
-    confirm_tried: BTreeMap<EventId, BTreeSet<OriginKey>>,
+    /// Per watched event, the members asked to confirm it and those whose copy did not get
+    /// through ([`ConfirmAsks`]): a region's next member is one not asked yet. Dropped with
+    /// the event's `confirmed` entry.
+    confirm_asks: BTreeMap<EventId, ConfirmAsks>,
     /// Confirmable pushes from peers, answered after the next commit.
     confirm_replies: Vec<ConfirmReply>,
     dedup: Vec<(String, String, String, EventId)>,
@@ -379,6 +395,11 @@ pub(crate) struct Driver {
     /// What the core knows of this node's own numbering, for the producer
     /// (`with_own_numbers`).
     own_numbers: Arc<OwnNumbers>,
+    /// This node's time for HLCs (`clock.rs`): every event applied here is observed, so a
+    /// later local stamp is after it.
+    clock: Arc<crate::clock::NodeClock>,
+    /// When an applied event's HLC past the drift bound was last logged.
+    hlc_ahead_logged: Option<Instant>,
     /// CloudEvents claims of the publishes since the last commit (released after it).
     claims: Vec<crate::ce_claims::Claim>,
     /// Answers waiting for the commit that makes their writes durable (cursor saves and
@@ -456,7 +477,7 @@ impl Driver {
             confirming: Vec::new(),
             confirmed: BTreeMap::new(),
             confirm_refs: BTreeMap::new(),
-            confirm_tried: BTreeMap::new(),
+            confirm_asks: BTreeMap::new(),
             confirm_replies: Vec::new(),
             dedup: Vec::new(),
             last_pos,
@@ -476,6 +497,8 @@ impl Driver {
             late_tables: BTreeMap::new(),
             store_full: Arc::default(),
             own_numbers: Arc::default(),
+            clock: Arc::default(),
+            hlc_ahead_logged: None,
             claims: Vec::new(),
             after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
@@ -514,6 +537,11 @@ impl Driver {
 
     /// Shares what the core knows of this node's own numbering with the producer
     /// (`http.rs`), kept up to date after every step.
+    pub(crate) fn with_clock(mut self, clock: Arc<crate::clock::NodeClock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub(crate) fn with_own_numbers(mut self, own: Arc<OwnNumbers>) -> Self {
         let (known, asked, high) = self.node.own_numbers();
         own.set(known, asked, high);
@@ -764,6 +792,18 @@ impl Driver {
             // Committed here (they waited in `confirming`), not yet where asked.
             self.metrics.reject("ack_timeout");
             self.answer(w, true);
+        }
+        let mut again = Vec::new();
+        for w in &mut self.confirming {
+            if w.ask_again.is_some_and(|t| t <= now) {
+                w.ask_again = None;
+                again.extend(w.ids.iter().copied());
+            }
+        }
+        if !again.is_empty() {
+            self.confirm_again(&again);
+            // Sent like a step's own messages: after a commit (nothing new to make durable).
+            self.drain();
         }
         self.aggregator.tick(wall_ms().max(0) as u64);
         if now >= self.retention_due {
@@ -1116,6 +1156,13 @@ impl Driver {
                     } else {
                         BTreeMap::new()
                     };
+                // Kept for the confirmable copies sent after this step (`confirm_again`).
+                let watched: BTreeMap<EventId, Arc<Event>> = if matches!(ack, Ack::Regions(n) if n > 1)
+                {
+                    events.iter().map(|e| (e.id(), e.clone())).collect()
+                } else {
+                    BTreeMap::new()
+                };
                 let results = self.node.handle_publish_batch(now, events);
                 let sources_refused: BTreeSet<EventId> = event_ids
                     .iter()
@@ -1308,6 +1355,10 @@ impl Driver {
                             .or_default()
                             .insert(self.me.region.to_string());
                         *self.confirm_refs.entry(*id).or_default() += 1;
+                        let asks = self.confirm_asks.entry(*id).or_default();
+                        if asks.event.is_none() {
+                            asks.event = watched.get(id).cloned();
+                        }
                     }
                 }
                 self.drain();
@@ -1322,6 +1373,8 @@ impl Driver {
                     ack,
                     started,
                     deadline: Instant::now() + self.ack_timeout,
+                    ask_again: matches!(ack, Ack::Regions(n) if n > 1)
+                        .then(|| Instant::now() + self.ack_timeout / 2),
                     reply,
                 };
                 if ack == Ack::None {
@@ -1400,7 +1453,7 @@ impl Driver {
                             }
                         };
                     let set = if last {
-                        self.confirm_tried.remove(id);
+                        self.confirm_asks.remove(id);
                         self.confirmed.remove(id).unwrap_or_default()
                     } else {
                         self.confirmed.get(id).cloned().unwrap_or_default()
@@ -1488,28 +1541,85 @@ impl Driver {
         self.send_confirm_copies(extra);
     }
 
-    /// A confirmable push (the core's or a copy) did not get through to `failed`: each of
-    /// its events still awaiting confirmation from `failed`'s region goes to the nearest
-    /// member of that region not tried yet for it (one unreachable member, or one whose
-    /// queue was full, left the region unconfirmed and the publish waiting out its ack
-    /// timeout). Bounded: each member is tried once per event.
+    /// The nearest member of `region` not asked yet to confirm `event` that may hold it
+    /// (`asks`), marked asked.
+    fn next_confirmer(
+        &self,
+        region: &str,
+        event: &Event,
+        asks: &mut ConfirmAsks,
+    ) -> Option<OriginKey> {
+        let next = self
+            .members
+            .iter()
+            .filter(|(k, m)| {
+                m.region == region
+                    && !asks.asked.contains(*k)
+                    && self.node.replication_allowed(event, k)
+            })
+            .map(|(k, _)| (self.node.rtt_us(k).unwrap_or(Micros::MAX), *k))
+            .min()
+            .map(|(_, k)| k)?;
+        asks.asked.insert(next);
+        Some(next)
+    }
+
+    /// Half the ack timeout after a `regions:N` publish, the regions that have not confirmed
+    /// its events yet are asked again, each at its nearest member not asked yet: a member
+    /// that is unreachable without the transport knowing (a network blackhole, a crashed
+    /// peer whose connection has not timed out: nothing comes back before the exchange's
+    /// 30 s bound) or that answered without them does not hold the publish to its timeout.
+    /// Once per publish; each member is asked once per event.
+    fn confirm_again(&mut self, ids: &[EventId]) {
+        let regions: BTreeSet<&str> = self
+            .members
+            .values()
+            .map(|m| m.region.as_str())
+            .filter(|r| !r.is_empty() && *r != self.me.region.as_str())
+            .collect();
+        let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
+        for id in ids {
+            let Some(confirmed) = self.confirmed.get(id) else {
+                continue;
+            };
+            let Some(mut asks) = self.confirm_asks.remove(id) else {
+                continue;
+            };
+            if let Some(event) = asks.event.clone() {
+                for region in regions.iter().filter(|r| !confirmed.contains(**r)) {
+                    if let Some(peer) = self.next_confirmer(region, &event, &mut asks) {
+                        extra.entry(peer).or_default().push(event.clone());
+                    }
+                }
+            }
+            self.confirm_asks.insert(*id, asks);
+        }
+        if !extra.is_empty() {
+            let copies: u64 = extra.values().map(|v| v.len() as u64).sum();
+            self.metrics.confirm_retries.inc_by(copies);
+            debug!(
+                copies,
+                "regions not confirmed by half the ack timeout asked again"
+            );
+        }
+        self.send_confirm_copies(extra);
+    }
+
+    /// A confirmable push (the core's or a copy) did not get through to `failed`, or
+    /// `failed` answered without these events: each still awaiting confirmation from
+    /// `failed`'s region goes to the nearest member of that region not asked yet (one
+    /// unreachable member, or one whose queue was full, left the region unconfirmed and the
+    /// publish waiting out its ack timeout). A member's failure is acted on once per event.
     fn confirm_elsewhere(&mut self, failed: OriginKey, events: Vec<Arc<Event>>) {
         let Some(region) = self
             .members
             .get(&failed)
             .or_else(|| self.down.get(&failed))
-            .map(|m| m.region.clone())
+            .map(|m| m.region.to_string())
             .filter(|r| !r.is_empty())
         else {
             return;
         };
-        let mut candidates: Vec<(Micros, OriginKey)> = self
-            .members
-            .iter()
-            .filter(|(k, m)| m.region == region && **k != failed)
-            .map(|(k, _)| (self.node.rtt_us(k).unwrap_or(Micros::MAX), *k))
-            .collect();
-        candidates.sort();
         let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
         for event in events {
             let id = event.id();
@@ -1520,23 +1630,22 @@ impl Driver {
             {
                 continue;
             }
-            let tried = self.confirm_tried.entry(id).or_default();
-            tried.insert(failed);
-            let next = candidates
-                .iter()
-                .map(|(_, k)| *k)
-                .find(|k| !tried.contains(k) && self.node.replication_allowed(&event, k));
-            match next {
-                Some(peer) => {
-                    tried.insert(peer);
-                    extra.entry(peer).or_default().push(event);
+            let mut asks = self.confirm_asks.remove(&id).unwrap_or_default();
+            if asks.failed.insert(failed) {
+                asks.asked.insert(failed);
+                match self.next_confirmer(&region, &event, &mut asks) {
+                    Some(peer) => extra.entry(peer).or_default().push(event.clone()),
+                    None => debug!(event = %id, %region, "no member of the region left to confirm"),
                 }
-                None => debug!(event = %id, %region, "no member of the region left to confirm"),
             }
+            asks.event.get_or_insert(event);
+            self.confirm_asks.insert(id, asks);
         }
         // The failure itself is counted by the transport (`weft_mesh_dropped_total`).
-        for (peer, events) in &extra {
-            debug!(failed = %failed, %peer, events = events.len(), %region, "confirmation sought at another member of the region");
+        if !extra.is_empty() {
+            let copies: u64 = extra.values().map(|v| v.len() as u64).sum();
+            self.metrics.confirm_retries.inc_by(copies);
+            debug!(failed = %failed, copies, %region, "confirmation sought at another member of the region");
         }
         self.send_confirm_copies(extra);
     }
@@ -1545,6 +1654,11 @@ impl Driver {
     /// commit, as every send).
     fn send_confirm_copies(&mut self, extra: BTreeMap<OriginKey, Vec<Arc<Event>>>) {
         for (peer, events) in extra {
+            for e in &events {
+                if let Some(asks) = self.confirm_asks.get_mut(&e.id()) {
+                    asks.asked.insert(peer);
+                }
+            }
             let addr = self
                 .members
                 .get(&peer)
@@ -1596,6 +1710,11 @@ impl Driver {
                         .or_insert_with(|| (e.clone(), BTreeSet::new()))
                         .1
                         .insert(region.to_string());
+                    self.confirm_asks
+                        .entry(e.id())
+                        .or_default()
+                        .asked
+                        .insert(t.to);
                 }
             }
             let addr = self
@@ -1758,6 +1877,7 @@ impl Driver {
     /// Appends a delivered event to the log and applies what it carries (a policy bundle,
     /// an erase request, a table write).
     fn deliver(&mut self, event: &Event) {
+        self.observe_hlc(event);
         match self.node.store_records_mut().append_log(event) {
             Ok(pos) => {
                 self.last_pos = pos;
@@ -1779,6 +1899,24 @@ impl Driver {
                     &format!("appending event {} to the log failed: {e}", event.id()),
                 );
             }
+        }
+    }
+
+    /// Takes an applied event's HLC into this node's clock (`clock.rs`): a write made here
+    /// after it is stamped later. One more than the drift bound ahead is kept but not
+    /// taken in: counted, logged at most once a minute.
+    fn observe_hlc(&mut self, event: &Event) {
+        if self.clock.observe(event.hlc()) {
+            return;
+        }
+        self.metrics.hlc_ahead.inc();
+        if self
+            .hlc_ahead_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.hlc_ahead_logged = Some(Instant::now());
+            warn!(event = %event.id(), origin = %event.origin(), hlc = %event.hlc(),
+                "an applied event's HLC is more than the drift bound ahead of this node's clock: kept, its time not taken in (a producer's or this host's clock is wrong; counted in weft_hlc_ahead_total, logged once a minute)");
         }
     }
 
@@ -1810,6 +1948,7 @@ impl Driver {
     /// order) at the end of the step, once however many late writes reached it
     /// (`tables::rebuild_keys`).
     fn deliver_late(&mut self, event: &Event) {
+        self.observe_hlc(event);
         let strategy = event
             .key()
             .and(self.tables.as_ref())

@@ -1092,6 +1092,11 @@ impl Edge {
                 )),
             };
         }
+        // A stamp past the drift bound (a void's is not checked: it only fills a number
+        // after a refusal, perhaps this one, and no table or erase rule reads its time).
+        if let Some(message) = api.clock.refusal(&event.id(), event.hlc()) {
+            return Err(("hlc_ahead", message));
+        }
         crate::http::stored_here(api, event.stream())
             .map_err(|e| (e.reason(), e.message().to_string()))?;
         // The derived content type is the nodes' own: a device sending it would pass off

@@ -362,10 +362,7 @@ fn sign_derived(
             policy.epoch()
         )));
     }
-    let hlc = p
-        .clock
-        .tick(crate::driver::wall_ms().max(0) as u64)
-        .map_err(|e| Failure::Sign(e.to_string()))?;
+    let hlc = p.stamp().map_err(|e| Failure::Sign(e.to_string()))?;
     let seq = p.last_seq(&api.own_numbers) + 1;
     let event = p
         .signer

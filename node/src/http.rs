@@ -52,9 +52,17 @@ pub(crate) struct Producer {
     pub(crate) signer: Signer,
     pub(crate) next_seq: u64,
     pub(crate) clock: HybridClock,
+    /// This node's time, with the HLCs it applied (`clock.rs`).
+    pub(crate) time: Arc<crate::clock::NodeClock>,
 }
 
 impl Producer {
+    /// The HLC of the next local event: after every stamp before and every event this
+    /// node applied (`clock::NodeClock::stamp`).
+    pub(crate) fn stamp(&mut self) -> Result<weft_fabric::Hlc, weft_fabric::ClockError> {
+        self.time.stamp(&mut self.clock)
+    }
+
     /// The last number taken: this producer's, or a higher one the mesh is known to hold
     /// (`driver::OwnNumbers`: after a start over an emptied or older store), which the next
     /// event numbers past.
@@ -64,19 +72,11 @@ impl Producer {
     }
 }
 
-/// How long after the node's start a publish waits for a member to ask for its own events
-/// (`driver::OwnNumbers`) before it numbers from what the node holds: no member came up.
-/// A node whose store holds its own events, or that has no seeds but itself, never waits.
-const OWN_NUMBERS_WAIT: Duration = Duration::from_secs(5);
-/// How long after the node's start a publish waits for the members asked to answer (every
-/// asked member that goes down unanswered is replaced by another) before it numbers from
-/// what the node holds, with a warning.
-const OWN_NUMBERS_ASKED_WAIT: Duration = Duration::from_secs(10);
-
-/// Waits until this node's own numbering is known: at most [`OWN_NUMBERS_WAIT`] after its
-/// start if no member came up to be asked, [`OWN_NUMBERS_ASKED_WAIT`] if one did (then
-/// numbering goes on from what it holds, with a warning once). A node without seeds other
-/// than itself does not wait.
+/// Waits until this node's own numbering is known: at most
+/// [`weft_fabric::mesh::OWN_NUMBERS_WAIT_US`] after its start if no member came up to be
+/// asked, [`weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US`] if one did (then numbering goes on
+/// from what it holds, with a warning once). A node without seeds other than itself does not
+/// wait.
 pub(crate) async fn own_numbers_known(api: &Api) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     while own_numbers_unknown(api) {
@@ -84,8 +84,8 @@ pub(crate) async fn own_numbers_known(api: &Api) {
             WARNED.call_once(|| {
                 tracing::warn!(
                     "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s; its store held none of them): numbering from {}, which may reuse numbers a peer holds",
-                    OWN_NUMBERS_ASKED_WAIT.as_secs(),
-                    OWN_NUMBERS_WAIT.as_secs(),
+                    weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US / 1_000_000,
+                    weft_fabric::mesh::OWN_NUMBERS_WAIT_US / 1_000_000,
                     api.own_numbers.high() + 1
                 );
             });
@@ -101,11 +101,11 @@ fn own_numbers_unknown(api: &Api) -> bool {
     api.asks_own && !api.own_numbers.known()
 }
 
-/// Whether a publish still waits for the numbering: within [`OWN_NUMBERS_WAIT`] of the
-/// start, or [`OWN_NUMBERS_ASKED_WAIT`] once a member was asked.
+/// Whether a publish still waits for the numbering (the core's rule,
+/// [`weft_fabric::mesh::own_numbers_worth_waiting`], from the node's start).
 fn own_numbers_worth_waiting(api: &Api) -> bool {
-    let waited = api.started.elapsed();
-    waited < OWN_NUMBERS_ASKED_WAIT && (waited < OWN_NUMBERS_WAIT || api.own_numbers.asked())
+    let waited = u64::try_from(api.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    weft_fabric::mesh::own_numbers_worth_waiting(waited, api.own_numbers.asked())
 }
 
 /// Shared state of the handlers.
@@ -144,6 +144,8 @@ pub(crate) struct Api {
     /// The store is at `limits.events_max` (set by the driver after each commit):
     /// publishes are refused before anything is signed.
     pub(crate) store_full: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's time for HLCs (`clock.rs`): ingress bounds pre-signed stamps with it.
+    pub(crate) clock: Arc<crate::clock::NodeClock>,
     /// What the core knows of this node's own numbering (`driver::OwnNumbers`).
     pub(crate) own_numbers: Arc<crate::driver::OwnNumbers>,
     /// Whether the node has members to ask for its own events (seeds other than itself,
@@ -1624,10 +1626,7 @@ pub(crate) async fn sign_and_send(
         let base = p.last_seq(&api2.own_numbers);
         let mut stamped = Vec::with_capacity(drafts.len());
         for (i, mut d) in drafts.into_iter().enumerate() {
-            let hlc = p
-                .clock
-                .tick(crate::driver::wall_ms().max(0) as u64)
-                .map_err(|e| e.to_string())?;
+            let hlc = p.stamp().map_err(|e| e.to_string())?;
             d.seq = base + i as u64 + 1;
             d.hlc = hlc;
             stamped.push(d);
@@ -1775,6 +1774,11 @@ fn presigned(
         ))
     })?;
     check_stored(api, &principal.name, event.stream())?;
+    if let Some(message) = api.clock.refusal(&event.id(), event.hlc()) {
+        let e = ApiError::new(StatusCode::BAD_REQUEST, "hlc_ahead", message);
+        audit_event(api, &e, &principal.name, &event, api.policy.epoch());
+        return Err(api.fail(e));
+    }
     crate::egress::check_presigned(&event).map_err(|m| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -3469,6 +3473,17 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: asking mesh members for this node's own events (its store holds none of them)\n",
+        )
+            .into_response();
+    }
+    // Nor while it trusts operator keys and holds no bundle yet: it refuses every publish,
+    // read and edge device (503 `policy_pending`), so a load balancer must not send it
+    // clients. The bundle comes through the mesh, which readiness does not gate (the
+    // shipped Kubernetes mesh Service publishes addresses that are not ready).
+    if api.policy.pending() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no policy bundle in force yet (this node trusts operator keys; it serves no data until one arrives: weft policy push, or policy.bundle)\n",
         )
             .into_response();
     }

@@ -47,6 +47,7 @@ mod ce_claims;
 mod chaos;
 mod check_config;
 mod client;
+mod clock;
 mod cloudevents;
 mod config;
 mod cursor;

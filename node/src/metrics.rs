@@ -30,6 +30,11 @@ pub(crate) struct Metrics {
     pub(crate) replicated_in: Counter,
     /// Events received from peers that were already here.
     pub(crate) duplicates_in: Counter,
+    /// Events applied here whose HLC was more than the drift bound ahead of this node's
+    /// clock: kept, their time not adopted by this node's clock.
+    pub(crate) hlc_ahead: Counter,
+    /// Confirmable copies sent to another member of a region that had not confirmed.
+    pub(crate) confirm_retries: Counter,
     /// Mesh messages sent, by kind.
     pub(crate) mesh_sent: Family<Labels, Counter>,
     /// Mesh messages received, by kind.
@@ -113,6 +118,8 @@ impl Metrics {
             table_keys_building: Gauge::default(),
             replicated_in: Counter::default(),
             duplicates_in: Counter::default(),
+            hlc_ahead: Counter::default(),
+            confirm_retries: Counter::default(),
             mesh_sent: Family::default(),
             mesh_received: Family::default(),
             mesh_dropped: Family::default(),
@@ -186,6 +193,16 @@ impl Metrics {
             "duplicates_in",
             "Events received from peers already held",
             m.duplicates_in.clone(),
+        );
+        registry.register(
+            "confirm_retries",
+            "Confirmable copies of ack=regions:N events sent to another member of a region that had not confirmed (a copy did not get through, or no answer by half the ack timeout)",
+            m.confirm_retries.clone(),
+        );
+        registry.register(
+            "hlc_ahead",
+            "Events applied whose HLC was more than the 60 s drift bound ahead of this node's clock (kept; their time not adopted)",
+            m.hlc_ahead.clone(),
         );
         registry.register(
             "mesh_sent",

@@ -159,35 +159,66 @@ pub(crate) fn read_configured(path: Option<&std::path::Path>) -> anyhow::Result<
         .transpose()
 }
 
-/// What `weft check-config` says of `[policy]`: the configured bundle read and verified
-/// by [`at_start`] exactly as a starting node does (nothing stored is taken into account,
-/// as a fresh node would start), then this node's jurisdiction claim checked against it
-/// when its key can be read. Errors name the bundle and why a node would refuse it.
+/// What `weft check-config` found of the policy a node would start with.
+#[derive(Debug)]
+pub(crate) struct StartPolicy {
+    /// The bundle the node would enforce, if any.
+    pub(crate) verified: Option<VerifiedBundle>,
+    /// It is the bundle the store kept from a push (newer than the configured one).
+    pub(crate) from_store: bool,
+    /// Why the bundle the store kept was skipped (it no longer verifies under the
+    /// configured trust), if it was: the node skips it at start too (audited).
+    pub(crate) stale: Option<String>,
+}
+
+/// What `weft check-config` says of `[policy]`: the configured bundle and the one the
+/// node's store kept from a push (`stored`, when the check could read it), chosen and
+/// verified by [`at_start`] exactly as a starting node does, then this node's jurisdiction
+/// claim checked against the one chosen when its key can be read. Errors name the bundle
+/// and why a node would refuse it.
 pub(crate) fn check_configured(
     trust: &Trust,
     path: Option<&std::path::Path>,
+    stored: Option<Vec<u8>>,
     node_key: Option<[u8; 32]>,
     jurisdiction: &str,
     region: &str,
-) -> anyhow::Result<Option<VerifiedBundle>> {
+) -> anyhow::Result<StartPolicy> {
     let shown = path.map_or(String::new(), |p| p.display().to_string());
     let configured = read_configured(path)?;
-    let chosen = at_start(trust, configured, None, |_| {})
-        .map_err(|e| anyhow::anyhow!("policy bundle {shown}: {e}"))?;
-    let Some((verified, _)) = chosen else {
-        return Ok(None);
+    let mut stale = None;
+    let chosen = at_start(trust, configured, stored.clone(), |e| {
+        stale = Some(e.to_string());
+    })
+    .map_err(|e| anyhow::anyhow!("policy bundle {shown}: {e}"))?;
+    let Some((verified, bytes)) = chosen else {
+        return Ok(StartPolicy {
+            verified: None,
+            from_store: false,
+            stale,
+        });
     };
+    let from_store = stored.as_deref() == Some(bytes.as_slice());
     if let Some(key) = node_key {
         let claim = verified.policy.claim(&key, jurisdiction, region);
         if !claim.allowed {
+            let which = if from_store {
+                "the bundle the store kept from a push"
+            } else {
+                "the configured bundle"
+            };
             anyhow::bail!(
-                "policy epoch {} does not grant this node's key jurisdiction {jurisdiction} in region {region}: {}",
+                "policy epoch {} ({which}) does not grant this node's key jurisdiction {jurisdiction} in region {region}: {}",
                 verified.policy.epoch(),
                 claim.reason
             );
         }
     }
-    Ok(Some(verified))
+    Ok(StartPolicy {
+        verified: Some(verified),
+        from_store,
+        stale,
+    })
 }
 
 /// The newest bundle a node can start with: the one in its config, or the one it last
@@ -294,8 +325,8 @@ mod tests {
             p
         };
         let check = |p: &std::path::Path| {
-            check_configured(&trust, Some(p), None, "EU", "aws:eu-west-1")
-                .map(|v| v.map(|v| v.policy.epoch()))
+            check_configured(&trust, Some(p), None, None, "EU", "aws:eu-west-1")
+                .map(|v| v.verified.map(|v| v.policy.epoch()))
                 .map_err(|e| format!("{e:#}"))
         };
         let missing = dir.path().join("absent.cbor");
@@ -315,14 +346,60 @@ mod tests {
         );
         assert_eq!(check(&both), Ok(Some(3)));
         // No node in the bundle's grants: a node key claiming EU is refused, as at start.
-        let e = check_configured(&trust, Some(&both), Some([9; 32]), "EU", "aws:eu-west-1")
-            .unwrap_err();
+        let e = check_configured(
+            &trust,
+            Some(&both),
+            None,
+            Some([9; 32]),
+            "EU",
+            "aws:eu-west-1",
+        )
+        .unwrap_err();
         assert!(format!("{e}").contains("does not grant"), "{e}");
         assert_eq!(
-            check_configured(&trust, None, None, "EU", "aws:eu-west-1")
-                .map(|v| v.is_none())
+            check_configured(&trust, None, None, None, "EU", "aws:eu-west-1")
+                .map(|v| v.verified.is_none())
                 .ok(),
             Some(true)
+        );
+    }
+
+    /// The check takes the bundle the store kept from a push into account as a starting
+    /// node does: a newer one is the one named and whose grants the node's claim is
+    /// checked against (a push that no longer grants the node fails the check before a
+    /// restart would); one that no longer verifies is reported as skipped.
+    #[test]
+    fn check_config_weighs_the_bundle_the_store_kept() {
+        let op = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let trust = Trust::new(vec![op.verifying_key().to_bytes()], 1).expect("trust");
+        let dir = tempfile::tempdir().expect("dir");
+        let configured = dir.path().join("policy.cbor");
+        std::fs::write(&configured, signed(3, &op)).expect("write");
+        let check = |stored: Option<Vec<u8>>, key: Option<[u8; 32]>| {
+            check_configured(
+                &trust,
+                Some(&configured),
+                stored,
+                key,
+                "EU",
+                "aws:eu-west-1",
+            )
+        };
+        let r = check(Some(signed(5, &op)), None).expect("newer stored");
+        assert_eq!(r.verified.map(|v| v.policy.epoch()), Some(5));
+        assert!(r.from_store && r.stale.is_none());
+        let r = check(Some(signed(2, &op)), None).expect("older stored");
+        assert_eq!(r.verified.map(|v| v.policy.epoch()), Some(3));
+        assert!(!r.from_store);
+        let r = check(Some(signed(9, &other)), None).expect("stale stored");
+        assert_eq!(r.verified.map(|v| v.policy.epoch()), Some(3));
+        assert!(r.stale.is_some_and(|e| !e.is_empty()));
+        // A key the stored (chosen) bundle does not grant: named as the store's bundle.
+        let e = check(Some(signed(5, &op)), Some([9; 32])).unwrap_err();
+        assert!(
+            format!("{e}").contains("epoch 5 (the bundle the store kept from a push)"),
+            "{e}"
         );
     }
 

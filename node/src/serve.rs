@@ -23,8 +23,6 @@ use crate::transport::Transport;
 /// they hold at most `transport::STREAM_READS_MAX` streams per connection, and the rest
 /// wait in QUIC flow control).
 const MESH_QUEUE_LEN_MAX: usize = 8192;
-/// Largest clock drift accepted from remote HLC stamps.
-const HLC_DRIFT_MS_MAX: u64 = 60_000;
 /// How long a stopping node waits for its audit entries to reach the disk.
 const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
@@ -317,6 +315,14 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     driver = driver.with_store_full(store_full.clone());
     let own_numbers = Arc::new(crate::driver::OwnNumbers::default());
     driver = driver.with_own_numbers(own_numbers.clone());
+    let node_clock = Arc::new(crate::clock::NodeClock::new(raw.chaos.clock_offset_ms));
+    if raw.chaos.clock_offset_ms != 0 {
+        tracing::warn!(
+            offset_ms = raw.chaos.clock_offset_ms,
+            "fault injection: this node stamps its events' HLCs off the host's clock (chaos.clock_offset_ms)"
+        );
+    }
+    driver = driver.with_clock(node_clock.clone());
     let (retract_tx, retract_rx) = mpsc::channel(4);
     driver = driver.with_retractor(retract_tx);
     driver = driver.with_readers(config.data_dir.clone());
@@ -348,8 +354,13 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
             signer,
             next_seq,
             // Never below what it stamped before the restart, whatever the wall clock says.
-            clock: HybridClock::resume(weft_fabric::Hlc::from_u64(hlc_last), HLC_DRIFT_MS_MAX),
+            clock: HybridClock::resume(
+                weft_fabric::Hlc::from_u64(hlc_last),
+                crate::clock::HLC_DRIFT_MS_MAX,
+            ),
+            time: node_clock.clone(),
         }),
+        clock: node_clock,
         data_dir: config.data_dir.clone(),
         readers: Mutex::new(vec![StoreReader::open(&config.data_dir)?]),
         committed: committed_rx,

@@ -2959,6 +2959,14 @@ fn ce_dedup_lookup(
 }
 
 impl StoreReader {
+    /// A metadata value, as committed (`SqliteStore::meta_get`).
+    pub(crate) fn meta_get(&self, k: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT v FROM meta WHERE k = ?1")
+            .and_then(|mut s| s.query_row([k], |r| r.get(0)).optional())
+            .map_err(backend)
+    }
+
     /// The connection (committed data only), for the keyed tables' reads.
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn

@@ -746,10 +746,9 @@ impl Transport {
             let verdict = self.chaos.verdict(&key_hex, &self.region_of(&to));
             let t = self.clone();
             match verdict {
-                Verdict::Drop => {
-                    Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos");
-                    self.undelivered(to, &out);
-                }
+                // Not reported, as a network's loss is not: the driver asks the region's
+                // next member half the ack timeout after the publish instead.
+                Verdict::Drop => Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos"),
                 Verdict::Send => t.transmit(to, conn, out, &exchanges).await,
                 Verdict::Delay(d) => {
                     use std::sync::atomic::Ordering::Relaxed;
@@ -790,10 +789,21 @@ impl Transport {
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Some(events) = confirm {
-                    if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
-                        Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
-                        warn!(peer = %to, error = %e, "confirmable push failed");
-                        t.confirm_failed(to, events);
+                    match t.confirm_exchange(to, conn, bytes).await {
+                        Err(e) => {
+                            Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
+                            warn!(peer = %to, error = %e, "confirmable push failed");
+                            t.confirm_failed(to, events);
+                        }
+                        // Answered without some of them (it does not store their stream,
+                        // refused or could not store them): another member may.
+                        Ok(held) => t.confirm_failed(
+                            to,
+                            events
+                                .into_iter()
+                                .filter(|e| !held.contains(&e.id().0))
+                                .collect(),
+                        ),
                     }
                 } else if let Err(e) = t.sync_exchange(to, conn, bytes).await {
                     Metrics::inc(&t.metrics.mesh_dropped, "reason", "sync_failed");
@@ -901,12 +911,14 @@ impl Transport {
         Ok(())
     }
 
+    /// A confirmable push and its answer: the ids the peer holds committed (also handed
+    /// to the driver as `FromMesh::Confirmed`).
     async fn confirm_exchange(
         &self,
         to: OriginKey,
         conn: quinn::Connection,
         push: Vec<u8>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<std::collections::BTreeSet<[u8; 32]>> {
         // Bounded as a whole, as `sync_exchange`.
         let answer = tokio::time::timeout(BI_ANSWER_TIMEOUT, async {
             let (mut send, mut recv) = conn.open_bi().await?;
@@ -919,11 +931,12 @@ impl Transport {
         })
         .await??;
         let ids: Vec<[u8; 32]> = postcard::from_bytes(&answer)?;
+        let held = ids.iter().copied().collect();
         let _ = self
             .to_driver
             .send(FromMesh::Confirmed { from: to, ids })
             .await;
-        Ok(())
+        Ok(held)
     }
 
     /// Fault injection on an answer written back on a peer's bidirectional stream (sync
@@ -1235,6 +1248,52 @@ mod tests {
         (t, rx, metrics)
     }
 
+    /// Sends `events` from `a` to `to` at `addr` as one confirmable push.
+    fn send_confirmable(
+        a: &Arc<Transport>,
+        to: OriginKey,
+        addr: SocketAddr,
+        events: Vec<StdArc<Event>>,
+    ) {
+        a.send(
+            to,
+            Some(addr),
+            Outgoing {
+                msg: Message::Push {
+                    events,
+                    relay: Vec::new(),
+                    ack: 0,
+                    reroutes: 0,
+                },
+                confirm: true,
+                class: Class::Normal,
+            },
+        );
+    }
+
+    /// Plays the receiving driver: answers the first confirmable push arriving on `rx`
+    /// with `held`; `false` if none came within `limit`.
+    async fn answer_confirmable(
+        rx: &mut mpsc::Receiver<FromMesh>,
+        held: Vec<[u8; 32]>,
+        limit: Duration,
+    ) -> bool {
+        let answered = tokio::time::timeout(limit, async {
+            while let Some(m) = rx.recv().await {
+                if let FromMesh::Message {
+                    reply: Some(Reply::Confirm(tx)),
+                    ..
+                } = m
+                {
+                    return tx.send(held).is_ok();
+                }
+            }
+            false
+        })
+        .await;
+        answered == Ok(true)
+    }
+
     fn priorities() -> Priorities {
         Priorities {
             latency: vec![StreamPattern::new("orders.>").unwrap()],
@@ -1415,6 +1474,56 @@ mod tests {
         .await;
         assert_eq!(reported, Ok(Some((keys[1], sent))));
         a.close();
+    }
+
+    /// A confirmable push answered without some of its events (the peer does not store
+    /// their stream, or refused them) reports those to the driver, which asks another
+    /// member of the region; the confirmed ones go back as confirmed.
+    #[tokio::test]
+    async fn a_confirmation_without_some_events_reports_the_rest() {
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 64);
+        let (a, mut a_rx, _) = start(0);
+        let (b, mut b_rx, _) = start(1);
+        let Message::Push { events, .. } = push("orders.x") else {
+            unreachable!()
+        };
+        let signer = Signer::from_secret(&[5; 32]);
+        let events: Vec<_> = (1..=3)
+            .map(|seq| {
+                let mut d = events[0].draft().clone();
+                d.seq = seq;
+                StdArc::new(signer.sign(d).unwrap())
+            })
+            .collect();
+        let ids: Vec<_> = events.iter().map(|e| e.id()).collect();
+        send_confirmable(&a, keys[1], b.endpoint.local_addr().unwrap(), events);
+        // B holds the first only.
+        assert!(
+            answer_confirmable(&mut b_rx, vec![ids[0].0], Duration::from_secs(15)).await,
+            "B never got the confirmable push"
+        );
+        let (mut confirmed, mut failed) = (None, None);
+        let _ = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(m) = a_rx.recv().await {
+                match m {
+                    FromMesh::Confirmed { from, ids } => confirmed = Some((from, ids)),
+                    FromMesh::ConfirmFailed { to, events } => {
+                        failed = Some((to, events.iter().map(|e| e.id()).collect::<Vec<_>>()));
+                    }
+                    _ => {}
+                }
+                if confirmed.is_some() && failed.is_some() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert_eq!(confirmed, Some((keys[1], vec![ids[0].0])));
+        assert_eq!(failed, Some((keys[1], ids[1..].to_vec())));
+        a.close();
+        b.close();
     }
 
     /// A node whose dial to a peer failed drops messages to it for a second instead of
@@ -1778,35 +1887,12 @@ mod tests {
             ids.len() * 33 > 1 << 20,
             "the answer must be over a megabyte"
         );
-        a.send(
-            keys[1],
-            Some(b_addr),
-            Outgoing {
-                msg: Message::Push {
-                    events,
-                    relay: Vec::new(),
-                    ack: 0,
-                    reroutes: 0,
-                },
-                confirm: true,
-                class: Class::Normal,
-            },
-        );
+        send_confirmable(&a, keys[1], b_addr, events);
         // B's driver commits them all and confirms.
-        let answered = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(m) = b_rx.recv().await {
-                if let FromMesh::Message {
-                    reply: Some(Reply::Confirm(tx)),
-                    ..
-                } = m
-                {
-                    return tx.send(ids.clone()).is_ok();
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(answered, Ok(true), "B never got the confirmable push");
+        assert!(
+            answer_confirmable(&mut b_rx, ids.clone(), Duration::from_secs(30)).await,
+            "B never got the confirmable push"
+        );
         let confirmed = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(m) = a_rx.recv().await {
                 if let FromMesh::Confirmed { from, ids } = m {

@@ -424,11 +424,22 @@ fn a_node_that_trusts_operators_serves_no_data_until_its_first_policy() {
         let (status, v) = c.publish(0, "orders.x", "local", &[json!({"n": 1})]).await;
         pending(status, &v);
         assert_eq!(rejected(&c, 0, "policy_pending").await, 3);
+        // Not ready for clients (a load balancer keeps them away), though meshed.
+        let r = reqwest::get(c.url(0, "/readyz")).await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.text().await.unwrap().contains("no policy bundle"));
         // Status stays open, and the first bundle can be pushed.
         let r = reqwest::get(c.url(0, "/v1/status")).await.unwrap();
         assert_eq!(r.status(), 200);
         let (s, v) = push(&c, 0, &c.token, e3).await;
         assert_eq!(s, 200, "{v}");
+        // Ready once it is in force here (the push answers when this node applied it).
+        let ready = wait_for(Duration::from_secs(10), || async {
+            let r = reqwest::get(c.url(0, "/readyz")).await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "not ready under its policy");
         // Under the policy: the tester publishes and reads; anonymous reads are refused.
         let (status, v) = c.publish(0, "orders.x", "local", &[json!({"n": 2})]).await;
         assert_eq!(status, 200, "{v}");

@@ -351,6 +351,28 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         let held = c.get_auth(0, &format!("/v1/events/{id}")).await;
         assert_eq!(held["id"], id.as_str(), "the held event stays: {held}");
 
+        // 3d. A stamp from the future: a producer's HLC more than the 60 s drift bound
+        //     ahead of the node's clock would win every lww write of its key for good and
+        //     escape erase rules (they cover up to the bound past their request): refused.
+        let mut ahead = device_event("orders.x", 40, "public", Residency::Unrestricted)
+            .draft()
+            .clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        ahead.hlc = Hlc::new(now_ms + 600_000, 0).unwrap();
+        let ahead = Signer::from_secret(&[9; 32]).sign(ahead).unwrap();
+        let before = rejected(&c, 0, "hlc_ahead").await;
+        let r = post_cbor(&c, 0, "orders.x", ahead.encode()).await;
+        assert!(
+            r.1["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ahead of this node's clock") && m.contains("60000 ms")),
+            "{r:?}"
+        );
+        assert_refused(&c, 0, "a stamp from the future", r, (400, "hlc_ahead"), before).await;
+
         // 3c. System streams are read by admins only, whatever the policy grants: the
         //     policy bundle's carrier (token hashes) and its event by id are refused to a
         //     principal allowed to read `>`; an admin reads them.

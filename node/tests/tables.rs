@@ -766,6 +766,51 @@ fn a_table_built_again_for_a_new_strategy_finishes_pass_by_pass() {
     });
 }
 
+/// HLCs respect causality across nodes whose clocks disagree: a write made at a node
+/// after it applied another node's write of the key wins, though that node's clock is 30 s
+/// ahead. Before, the node stamped from its own wall clock alone and the earlier write
+/// won (an lww table kept the value its writer had already replaced). A stamp more than the
+/// drift bound ahead is refused at ingress (`hlc_ahead`, counted and audited).
+#[test]
+fn a_write_after_another_wins_whatever_the_clocks_say() {
+    rt().block_on(async {
+        let config = "[[tables]]\npattern = \"kv.>\"\nstrategy = \"lww\"\n";
+        let mut c = Cluster::new("tables-skew", 74, &three_regions()[..2], config);
+        // Node 1's clock runs 30 s ahead of node 0's (within the 60 s drift bound).
+        let path = c.nodes[1].config.clone();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace(
+                "[chaos]\nenabled = true\n",
+                "[chaos]\nenabled = true\nclock_offset_ms = 30000\n",
+            ),
+        )
+        .unwrap();
+        c.start_all();
+        c.wait_meshed().await;
+        put(&c, 1, "/v1/tables/kv.t/k", json!("first, at node 1")).await;
+        let applied = wait_for(Duration::from_secs(20), || async {
+            let (s, v) = get(&c, 0, "/v1/tables/kv.t/k").await;
+            (s == 200 && v["value"] == "first, at node 1").then_some(())
+        })
+        .await;
+        assert!(applied.is_some(), "node 0 never applied node 1's write");
+        // Written at node 0 after it applied the first: it must win everywhere.
+        put(&c, 0, "/v1/tables/kv.t/k", json!("second, at node 0")).await;
+        for i in 0..2 {
+            let won = wait_for(Duration::from_secs(20), || async {
+                let (s, v) = get(&c, i, "/v1/tables/kv.t/k").await;
+                (s == 200 && v["value"] == "second, at node 0").then_some(())
+            })
+            .await;
+            let (_, v) = get(&c, i, "/v1/tables/kv.t/k").await;
+            assert!(won.is_some(), "node {i}: the later write lost: {v}");
+        }
+        assert_eq!(metric(&c, 0, "weft_hlc_ahead_total").await, 0);
+    });
+}
+
 /// An lww write supersedes every write of the key its node had applied, not only the
 /// winner: lww ignores that, but a table built again as multi-value takes it. Before
 /// (2026-12-06, a user review), a deletion on node 0 named only node 1's winning dot, and

@@ -32,11 +32,6 @@ use weft_policy::{Hop, Policy, PolicyFilter};
 pub const NODE_STORE_LEN_MAX: usize = 10_000_000;
 /// Most simulator events processed in one run (a runaway protocol stops here, reported).
 pub const STEPS_MAX: u64 = 2_000_000_000;
-/// How long a node restarted without its store holds publishes for its numbering when no
-/// member came up to ask (the node's `OWN_NUMBERS_WAIT`, `node/src/http.rs`).
-const OWN_NUMBERS_WAIT_US: Micros = 5_000_000;
-/// ... and at most, once a member was asked (the node's `OWN_NUMBERS_ASKED_WAIT`).
-const OWN_NUMBERS_ASKED_WAIT_US: Micros = 10_000_000;
 /// How often a held publish is tried again (the node polls every 20 ms; coarser here, as a
 /// client's retry would be, to keep the queue small).
 const PUBLISH_HOLD_RETRY_US: Micros = 50_000;
@@ -350,7 +345,7 @@ struct SimNode {
     /// Set when the node restarted without its store (`lose_memory`): when it started.
     /// Then, as the real node does (`MeshConfig::recover_own_numbers`), it asks members for
     /// its own events before it numbers: its publishes wait while its numbering is not
-    /// known ([`OWN_NUMBERS_WAIT_US`], [`OWN_NUMBERS_ASKED_WAIT_US`]), and it numbers past
+    /// known (`weft_fabric::mesh::own_numbers_worth_waiting`), and it numbers past
     /// the highest own number it holds or a member asked saw (`Node::own_numbers`), not from
     /// a counter the crash could not have kept.
     renumber_from: Option<Micros>,
@@ -1101,9 +1096,7 @@ impl Engine {
         {
             let (known, asked, high) = node.own_numbers();
             let waited = self.now.saturating_sub(started);
-            let worth_waiting =
-                waited < OWN_NUMBERS_ASKED_WAIT_US && (waited < OWN_NUMBERS_WAIT_US || asked);
-            if !known && worth_waiting {
+            if !known && weft_fabric::mesh::own_numbers_worth_waiting(waited, asked) {
                 self.metrics.publishes_held += 1;
                 self.push(
                     self.now + PUBLISH_HOLD_RETRY_US,

@@ -174,6 +174,22 @@ pub const OWN_FEW_MEMBERS_WAIT_US: Micros = 1_000_000;
 /// answered its request for its own events (one sent before the connection was up is
 /// lost): publishes wait meanwhile, so not a whole anti-entropy interval (2-4 s on a WAN).
 pub const OWN_REASK_US: Micros = 300_000;
+/// How long after a start without its own events a publish through the node waits for its
+/// numbering to be known when no member came up to be asked; then it numbers from what it
+/// holds (a node that has no members to ask never waits).
+pub const OWN_NUMBERS_WAIT_US: Micros = 5_000_000;
+/// How long at most such a publish waits once a member was asked (each asked member that
+/// goes down unanswered is replaced by another); then it numbers from what the node holds,
+/// with a warning: it may reuse numbers a peer holds.
+pub const OWN_NUMBERS_ASKED_WAIT_US: Micros = 10_000_000;
+
+/// Whether a publish through a node whose own numbering is not known yet
+/// ([`Node::own_numbers`]) still waits for it, `waited` µs after the node's start, with a
+/// member asked (`asked`) or not: the rule the node's publishes follow and weft-sim models
+/// ([`OWN_NUMBERS_WAIT_US`], [`OWN_NUMBERS_ASKED_WAIT_US`]).
+pub fn own_numbers_worth_waiting(waited: Micros, asked: bool) -> bool {
+    waited < OWN_NUMBERS_ASKED_WAIT_US && (waited < OWN_NUMBERS_WAIT_US || asked)
+}
 /// Most numbers taken as seen from [`Message::Lost`] words per anti-entropy round (the
 /// rest at the next rounds): a store lost after a million events does not stall a node
 /// for one round.
