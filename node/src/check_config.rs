@@ -295,7 +295,18 @@ fn data_dir_state(dir: &Path) -> anyhow::Result<DataDir> {
             dir.display()
         ),
         Err(_) => {
-            let ancestor = dir.ancestors().skip(1).find(|a| a.is_dir());
+            // A relative path's last ancestor is the empty path: the working directory.
+            let ancestor = dir
+                .ancestors()
+                .skip(1)
+                .map(|a| {
+                    if a.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        a
+                    }
+                })
+                .find(|a| a.is_dir());
             Ok(DataDir::Absent {
                 creatable: ancestor.is_some_and(can_create_in),
                 ancestor: ancestor.map(Path::to_path_buf),
@@ -347,6 +358,24 @@ fn listener_warnings(c: &Resolved) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relative data dir (a config given by a relative path) that does not exist yet is
+    /// created in the working directory: creatable, not "no ancestor exists".
+    #[test]
+    fn a_relative_data_dir_is_creatable_in_the_working_directory() {
+        let state = data_dir_state(Path::new("weft-check-config-absent-dir")).expect("state");
+        assert!(
+            matches!(
+                state,
+                DataDir::Absent {
+                    creatable: true,
+                    ..
+                }
+            ),
+            "{}",
+            state.describe()
+        );
+    }
 
     /// The bundle a node's store kept is read as committed, with the node's own store code;
     /// a data dir without a store yet has none.

@@ -197,10 +197,11 @@ enum Command {
         base_port: u16,
     },
     /// Check a node config the way `weft node` does at start (every field, with errors
-    /// naming it; the `[policy] bundle` read and verified, and the jurisdiction claim
-    /// checked when the key file is readable) without starting anything; the store is not
-    /// opened. Also warns about what this host says of it (the data dir, the listeners'
-    /// ports) and placement against the built-in region catalog.
+    /// naming it; the `[policy] bundle` and a newer one the store kept from a push read and
+    /// verified, and the jurisdiction claim checked when the key file is readable) without
+    /// starting anything or writing the store. Also warns about what this host says of it
+    /// (the data dir, the listeners' ports) and placement against the built-in region
+    /// catalog.
     CheckConfig {
         /// The node's TOML config.
         #[arg(long)]
