@@ -429,6 +429,23 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// Where the clock resumes from the last stamp it issued: that stamp, unless it is more than
+/// the drift bound ahead of the wall clock now (the device's clock ran ahead then and was set
+/// right since): every later stamp would be refused by the nodes (`hlc_ahead`) until real
+/// time caught up, so the clock starts again from now. Stamps that far ahead were refused
+/// when they were sent, so no accepted stamp is passed over.
+fn resumable(last: Hlc, now_ms: u64) -> Hlc {
+    if last.physical_ms() > now_ms.saturating_add(HLC_DRIFT_MS_MAX) {
+        tracing::warn!(
+            last = %last,
+            now_ms,
+            "the last stamp of this outbox is more than 60 s ahead of the clock (it ran ahead before): stamping from now"
+        );
+        return Hlc::new(now_ms, 0).unwrap_or(last);
+    }
+    last
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -506,7 +523,7 @@ impl Outbox {
         }
         if let Some(v) = out.meta_get("hlc_last")? {
             let last = Hlc::from_u64(u64::from_be_bytes(v.try_into().unwrap_or([0; 8])));
-            out.clock = HybridClock::resume(last, HLC_DRIFT_MS_MAX);
+            out.clock = HybridClock::resume(resumable(last, wall_ms()), HLC_DRIFT_MS_MAX);
         }
         let mut stmt = out.conn.prepare("SELECT k, v FROM counters")?;
         let rows: Vec<(String, i64)> = stmt
@@ -966,8 +983,11 @@ impl Outbox {
                 None => Residency::Unrestricted,
                 Some(codes) => Residency::only(codes.iter().cloned())?,
             };
-            // The production time is the event's physical time (the clock keeps it monotonic).
-            let hlc = clock.tick(produced_ms.max(0) as u64)?;
+            // The production time is the event's physical time (the clock keeps it monotonic),
+            // never later than now: an event produced while the device's clock ran ahead,
+            // sequenced after it was set right, is not stamped in the future (nodes refuse a
+            // stamp more than 60 s ahead of theirs, `hlc_ahead`).
+            let hlc = clock.tick((produced_ms.max(0) as u64).min(now))?;
             let draft = EventDraft {
                 stream: name,
                 key: None,
@@ -1221,6 +1241,18 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock that stamped far ahead (the device's clock ran ahead, then was set right)
+    /// resumes from now, not from a stamp every node would refuse; one within the bound
+    /// resumes where it was.
+    #[test]
+    fn a_stamp_far_ahead_is_not_resumed() {
+        let now = 1_800_000_000_000;
+        let near = Hlc::new(now + 30_000, 2).unwrap();
+        assert_eq!(resumable(near, now), near);
+        let far = Hlc::new(now + 3_600_000, 0).unwrap();
+        assert_eq!(resumable(far, now), Hlc::new(now, 0).unwrap());
+    }
     use weft_fabric::edge::StampRule;
 
     fn profile() -> Profile {

@@ -143,11 +143,24 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The policy bundle the store in `dir` kept from a push (`None`: no store there yet, or it
-/// kept none). Opened as the node's HTTP readers open it (committed data only, never
-/// written), so a running node's store can be checked beside it.
+/// kept none). Opened as the node's HTTP readers open it (committed data only, nothing of
+/// it changed), so a running node's store can be checked beside it; only by the store's
+/// owner: SQLite may create the store's `-wal` and `-shm` files, and ones a check run as
+/// another user (root) left behind would keep the node from opening its store.
 fn stored_bundle(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
-    if !dir.join(crate::store::DB_FILE).exists() {
-        return Ok(None);
+    use std::os::unix::fs::MetadataExt as _;
+    let db = dir.join(crate::store::DB_FILE);
+    let owner = match std::fs::metadata(&db) {
+        Ok(m) => m.uid(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != me {
+        anyhow::bail!(
+            "{} belongs to uid {owner} and this check runs as uid {me}: run it as the node's user",
+            db.display()
+        );
     }
     let reader = crate::store::StoreReader::open(dir)?;
     Ok(reader.meta_get(policy_push::META_KEY)?)

@@ -19,6 +19,9 @@ use weft_fabric::{ClockError, Hlc, HybridClock};
 
 /// Largest clock drift accepted from remote HLC stamps, ms.
 pub(crate) const HLC_DRIFT_MS_MAX: u64 = 60_000;
+/// Store metadata key of the highest applied HLC ahead of this node's clock when last
+/// committed ([`NodeClock::observed_ahead`]): a restart resumes past it.
+pub(crate) const OBSERVED_META_KEY: &str = "hlc_observed";
 
 /// This node's time for HLC stamps: the host's wall clock plus `chaos.clock_offset_ms`, and
 /// the highest HLC of an event it applied within the drift bound.
@@ -61,16 +64,31 @@ impl NodeClock {
         true
     }
 
+    /// The highest applied HLC ([`Hlc::as_u64`]) when it is ahead of this node's clock
+    /// (what a restart must not stamp below; one behind it the clock passes by itself).
+    pub(crate) fn observed_ahead(&self) -> Option<u64> {
+        let observed = self.observed.load(Ordering::Relaxed);
+        (Hlc::from_u64(observed).physical_ms() > self.now_ms()).then_some(observed)
+    }
+
+    /// Resumes past an HLC kept from before a restart ([`OBSERVED_META_KEY`]), within the
+    /// drift bound as any observation.
+    pub(crate) fn resume_observed(&self, packed: u64) {
+        self.observe(Hlc::from_u64(packed));
+    }
+
     /// The stamp of a local event: later than everything `clock` issued and everything
     /// this node applied.
     pub(crate) fn stamp(&self, clock: &mut HybridClock) -> Result<Hlc, ClockError> {
         let now = self.now_ms();
         let observed = Hlc::from_u64(self.observed.load(Ordering::Relaxed));
         if observed > clock.last() {
-            // Within the bound when observed; a clock stepped back since can refuse it,
-            // and then the stamp is the clock's own (never earlier than its last).
-            if let Ok(hlc) = clock.receive(observed, now) {
-                return Ok(hlc);
+            // Within the bound when observed; a host clock stepped back since makes
+            // `receive` refuse it as too far ahead: the clock then resumes from it, so the
+            // stamp is still after it.
+            match clock.receive(observed, now) {
+                Ok(hlc) => return Ok(hlc),
+                Err(_) => *clock = HybridClock::resume(observed, HLC_DRIFT_MS_MAX),
             }
         }
         clock.tick(now)
@@ -111,6 +129,35 @@ mod tests {
         let refusal = clock.refusal(&id, far).expect("refused");
         assert!(refusal.contains("60000 ms"), "{refusal}");
         assert_eq!(clock.refusal(&id, ahead), None);
+    }
+
+    /// A host clock stepped back after an observation (here: the offset moved under it)
+    /// still stamps after what the node applied.
+    #[test]
+    fn a_clock_stepped_back_still_stamps_after_what_was_applied() {
+        let ahead = NodeClock::new(0);
+        let applied = Hlc::new(ahead.now_ms() + 50_000, 0).unwrap();
+        assert!(ahead.observe(applied));
+        // The same observation on a clock that is now 30 s behind: 80 s ahead of it.
+        let behind = NodeClock::new(-30_000);
+        behind.observed.store(applied.as_u64(), Ordering::Relaxed);
+        let mut hc = HybridClock::new(HLC_DRIFT_MS_MAX);
+        assert!(behind.stamp(&mut hc).unwrap() > applied);
+    }
+
+    /// What is ahead of the node's clock is what a restart must keep; one behind it is not.
+    #[test]
+    fn only_an_observation_ahead_of_the_clock_is_kept() {
+        let clock = NodeClock::new(0);
+        assert!(clock.observe(Hlc::new(clock.now_ms() - 5_000, 0).unwrap()));
+        assert_eq!(clock.observed_ahead(), None);
+        let ahead = Hlc::new(clock.now_ms() + 20_000, 0).unwrap();
+        assert!(clock.observe(ahead));
+        assert_eq!(clock.observed_ahead(), Some(ahead.as_u64()));
+        let restarted = NodeClock::new(0);
+        restarted.resume_observed(ahead.as_u64());
+        let mut hc = HybridClock::new(HLC_DRIFT_MS_MAX);
+        assert!(restarted.stamp(&mut hc).unwrap() > ahead);
     }
 
     /// The offset moves the node's stamps (fault injection: a node with a wrong clock).

@@ -400,6 +400,9 @@ pub(crate) struct Driver {
     clock: Arc<crate::clock::NodeClock>,
     /// When an applied event's HLC past the drift bound was last logged.
     hlc_ahead_logged: Option<Instant>,
+    /// The applied HLC ahead of this node's clock last kept in the store
+    /// (`clock::OBSERVED_META_KEY`).
+    hlc_kept: u64,
     /// CloudEvents claims of the publishes since the last commit (released after it).
     claims: Vec<crate::ce_claims::Claim>,
     /// Answers waiting for the commit that makes their writes durable (cursor saves and
@@ -499,6 +502,7 @@ impl Driver {
             own_numbers: Arc::default(),
             clock: Arc::default(),
             hlc_ahead_logged: None,
+            hlc_kept: 0,
             claims: Vec::new(),
             after_commit_replies: Vec::new(),
             retention_due: Instant::now(),
@@ -535,13 +539,15 @@ impl Driver {
         self
     }
 
-    /// Shares what the core knows of this node's own numbering with the producer
-    /// (`http.rs`), kept up to date after every step.
+    /// Shares this node's time for HLCs with the producer and the ingress checks
+    /// (`clock.rs`): every event the driver applies is taken into it.
     pub(crate) fn with_clock(mut self, clock: Arc<crate::clock::NodeClock>) -> Self {
         self.clock = clock;
         self
     }
 
+    /// Shares what the core knows of this node's own numbering with the producer
+    /// (`http.rs`), kept up to date after every step.
     pub(crate) fn with_own_numbers(mut self, own: Arc<OwnNumbers>) -> Self {
         let (known, asked, high) = self.node.own_numbers();
         own.set(known, asked, high);
@@ -793,11 +799,17 @@ impl Driver {
             self.metrics.reject("ack_timeout");
             self.answer(w, true);
         }
-        let mut again = Vec::new();
+        // Each event once, with the most regions any of its publishes waits for.
+        let mut again: BTreeMap<EventId, usize> = BTreeMap::new();
         for w in &mut self.confirming {
-            if w.ask_again.is_some_and(|t| t <= now) {
+            if let (Some(t), Ack::Regions(n)) = (w.ask_again, w.ack)
+                && t <= now
+            {
                 w.ask_again = None;
-                again.extend(w.ids.iter().copied());
+                for id in &w.ids {
+                    let want = again.entry(*id).or_default();
+                    *want = (*want).max(n);
+                }
             }
         }
         if !again.is_empty() {
@@ -1570,7 +1582,7 @@ impl Driver {
     /// peer whose connection has not timed out: nothing comes back before the exchange's
     /// 30 s bound) or that answered without them does not hold the publish to its timeout.
     /// Once per publish; each member is asked once per event.
-    fn confirm_again(&mut self, ids: &[EventId]) {
+    fn confirm_again(&mut self, ids: &BTreeMap<EventId, usize>) {
         let regions: BTreeSet<&str> = self
             .members
             .values()
@@ -1578,8 +1590,8 @@ impl Driver {
             .filter(|r| !r.is_empty() && *r != self.me.region.as_str())
             .collect();
         let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
-        for id in ids {
-            let Some(confirmed) = self.confirmed.get(id) else {
+        for (id, &want) in ids {
+            let Some(confirmed) = self.confirmed.get(id).filter(|c| c.len() < want) else {
                 continue;
             };
             let Some(mut asks) = self.confirm_asks.remove(id) else {
@@ -1948,7 +1960,6 @@ impl Driver {
     /// order) at the end of the step, once however many late writes reached it
     /// (`tables::rebuild_keys`).
     fn deliver_late(&mut self, event: &Event) {
-        self.observe_hlc(event);
         let strategy = event
             .key()
             .and(self.tables.as_ref())
@@ -1957,6 +1968,7 @@ impl Driver {
             self.deliver(event);
             return;
         }
+        self.observe_hlc(event);
         match self.node.store_records_mut().append_log(event) {
             Ok(pos) => {
                 self.last_pos = pos;
@@ -2567,6 +2579,18 @@ impl Driver {
     }
 
     fn commit(&mut self) {
+        // An applied HLC ahead of this node's clock goes into the same commit: a restart
+        // resumes past it, so a write made after restarting still stamps after it.
+        if let Some(ahead) = self.clock.observed_ahead().filter(|a| *a > self.hlc_kept) {
+            match self
+                .node
+                .store_records_mut()
+                .meta_set(crate::clock::OBSERVED_META_KEY, &ahead.to_be_bytes())
+            {
+                Ok(()) => self.hlc_kept = ahead,
+                Err(e) => warn!(error = %e, "keeping the applied HLC ahead of this clock failed"),
+            }
+        }
         // The core rejoined under a later generation (the mesh had declared this node down,
         // a partition healed): kept with the store, so the next start takes the one after
         // it and its record supersedes the one the mesh holds.

@@ -3478,8 +3478,9 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     }
     // Nor while it trusts operator keys and holds no bundle yet: it refuses every publish,
     // read and edge device (503 `policy_pending`), so a load balancer must not send it
-    // clients. The bundle comes through the mesh, which readiness does not gate (the
-    // shipped Kubernetes mesh Service publishes addresses that are not ready).
+    // clients. The bundle comes through the mesh, which readiness must not gate (the
+    // shipped Kubernetes mesh Services publish addresses that are not ready; the first push
+    // goes to a pod, not through the HTTP Service, which routes to ready pods only).
     if api.policy.pending() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -186,6 +186,7 @@ pub(crate) fn check_configured(
 ) -> anyhow::Result<StartPolicy> {
     let shown = path.map_or(String::new(), |p| p.display().to_string());
     let configured = read_configured(path)?;
+    let configured_bytes = configured.clone();
     let mut stale = None;
     let chosen = at_start(trust, configured, stored.clone(), |e| {
         stale = Some(e.to_string());
@@ -198,7 +199,9 @@ pub(crate) fn check_configured(
             stale,
         });
     };
-    let from_store = stored.as_deref() == Some(bytes.as_slice());
+    // The store's copy of the configured bundle (applied at a start) is the configured one.
+    let from_store = stored.as_deref() == Some(bytes.as_slice())
+        && configured_bytes.as_deref() != Some(bytes.as_slice());
     if let Some(key) = node_key {
         let claim = verified.policy.claim(&key, jurisdiction, region);
         if !claim.allowed {
@@ -392,6 +395,8 @@ mod tests {
         let r = check(Some(signed(2, &op)), None).expect("older stored");
         assert_eq!(r.verified.map(|v| v.policy.epoch()), Some(3));
         assert!(!r.from_store);
+        let r = check(Some(signed(3, &op)), None).expect("the configured one, stored");
+        assert!(!r.from_store, "the store's copy of the configured bundle");
         let r = check(Some(signed(9, &other)), None).expect("stale stored");
         assert_eq!(r.verified.map(|v| v.policy.epoch()), Some(3));
         assert!(r.stale.is_some_and(|e| !e.is_empty()));

@@ -105,6 +105,10 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     store.commit()?;
     let next_seq = store.max_seq(&origin)?;
     let hlc_last = store.hlc_last(&origin)?;
+    let hlc_observed = store
+        .meta_get(crate::clock::OBSERVED_META_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes);
     let last_pos = store.log_max_pos()?;
     let known_peers: Vec<MemberInfo> = store
         .peers()?
@@ -316,6 +320,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let own_numbers = Arc::new(crate::driver::OwnNumbers::default());
     driver = driver.with_own_numbers(own_numbers.clone());
     let node_clock = Arc::new(crate::clock::NodeClock::new(raw.chaos.clock_offset_ms));
+    if let Some(observed) = hlc_observed {
+        node_clock.resume_observed(observed);
+    }
     if raw.chaos.clock_offset_ms != 0 {
         tracing::warn!(
             offset_ms = raw.chaos.clock_offset_ms,

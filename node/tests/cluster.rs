@@ -2120,8 +2120,14 @@ fn what_the_api_took_silently_is_refused_clearly_and_counted() {
         assert_eq!(r.status(), 403);
         let b: Value = r.json().await.unwrap();
         assert_eq!(b["error"]["reason"], "publish_forbidden", "{b}");
+        // The audit log is written off the request path: waited for, bounded.
+        let audited = wait_for(Duration::from_secs(5), || async {
+            let audit = c.get_auth(0, "/v1/audit?reason=publish_forbidden").await;
+            (audit["entries"][0]["principal"] == "user").then_some(())
+        })
+        .await;
         let audit = c.get_auth(0, "/v1/audit?reason=publish_forbidden").await;
-        assert_eq!(audit["entries"][0]["principal"], "user", "{audit}");
+        assert!(audited.is_some(), "{audit}");
         let token: &'static str = Box::leak(c.token.clone().into_boxed_str());
         assert_eq!(post(token).await.unwrap().status(), 200, "the admin passes it on");
 

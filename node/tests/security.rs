@@ -351,7 +351,7 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         let held = c.get_auth(0, &format!("/v1/events/{id}")).await;
         assert_eq!(held["id"], id.as_str(), "the held event stays: {held}");
 
-        // 3d. A stamp from the future: a producer's HLC more than the 60 s drift bound
+        // 3c'. A stamp from the future: a producer's HLC more than the 60 s drift bound
         //     ahead of the node's clock would win every lww write of its key for good and
         //     escape erase rules (they cover up to the bound past their request): refused.
         let mut ahead = device_event("orders.x", 40, "public", Residency::Unrestricted)

@@ -769,8 +769,9 @@ fn a_table_built_again_for_a_new_strategy_finishes_pass_by_pass() {
 /// HLCs respect causality across nodes whose clocks disagree: a write made at a node
 /// after it applied another node's write of the key wins, though that node's clock is 30 s
 /// ahead. Before, the node stamped from its own wall clock alone and the earlier write
-/// won (an lww table kept the value its writer had already replaced). A stamp more than the
-/// drift bound ahead is refused at ingress (`hlc_ahead`, counted and audited).
+/// won (an lww table kept the value its writer had already replaced); and across a restart
+/// the node resumes past what it had applied. A stamp more than the drift bound ahead is
+/// refused at ingress (`hlc_ahead`, counted and audited).
 #[test]
 fn a_write_after_another_wins_whatever_the_clocks_say() {
     rt().block_on(async {
@@ -789,24 +790,36 @@ fn a_write_after_another_wins_whatever_the_clocks_say() {
         .unwrap();
         c.start_all();
         c.wait_meshed().await;
-        put(&c, 1, "/v1/tables/kv.t/k", json!("first, at node 1")).await;
-        let applied = wait_for(Duration::from_secs(20), || async {
-            let (s, v) = get(&c, 0, "/v1/tables/kv.t/k").await;
-            (s == 200 && v["value"] == "first, at node 1").then_some(())
-        })
-        .await;
-        assert!(applied.is_some(), "node 0 never applied node 1's write");
-        // Written at node 0 after it applied the first: it must win everywhere.
-        put(&c, 0, "/v1/tables/kv.t/k", json!("second, at node 0")).await;
-        for i in 0..2 {
-            let won = wait_for(Duration::from_secs(20), || async {
-                let (s, v) = get(&c, i, "/v1/tables/kv.t/k").await;
-                (s == 200 && v["value"] == "second, at node 0").then_some(())
+        async fn reads(c: &Cluster, i: usize, want: &str) {
+            let seen = wait_for(Duration::from_secs(20), || async {
+                let (s, v) = get(c, i, "/v1/tables/kv.t/k").await;
+                (s == 200 && v["value"] == want).then_some(())
             })
             .await;
-            let (_, v) = get(&c, i, "/v1/tables/kv.t/k").await;
-            assert!(won.is_some(), "node {i}: the later write lost: {v}");
+            let (_, v) = get(c, i, "/v1/tables/kv.t/k").await;
+            assert!(seen.is_some(), "node {i} never read {want:?}: {v}");
         }
+        put(&c, 1, "/v1/tables/kv.t/k", json!("first, at node 1")).await;
+        reads(&c, 0, "first, at node 1").await;
+        // Written at node 0 after it applied the first: it must win everywhere.
+        put(&c, 0, "/v1/tables/kv.t/k", json!("second, at node 0")).await;
+        reads(&c, 0, "second, at node 0").await;
+        reads(&c, 1, "second, at node 0").await;
+        // The same across a restart of node 0 between applying and writing: what it had
+        // applied ahead of its clock is kept with its store.
+        put(&c, 1, "/v1/tables/kv.t/k", json!("third, at node 1")).await;
+        reads(&c, 0, "third, at node 1").await;
+        assert!(
+            c.stop_gracefully(0, Duration::from_secs(10))
+                .await
+                .is_some(),
+            "node 0 did not stop"
+        );
+        c.start(0);
+        c.wait_healthy(0).await;
+        put(&c, 0, "/v1/tables/kv.t/k", json!("fourth, at node 0")).await;
+        reads(&c, 0, "fourth, at node 0").await;
+        reads(&c, 1, "fourth, at node 0").await;
         assert_eq!(metric(&c, 0, "weft_hlc_ahead_total").await, 0);
     });
 }
