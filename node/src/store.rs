@@ -941,8 +941,10 @@ fn create_private(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Creates the database file mode 0600 before SQLite opens it (its WAL and shared-memory
-/// files take the database's mode); one that exists keeps its mode, with a warning when
-/// others may read it.
+/// files take the database's mode). One that exists with a mode others may read (a backup
+/// restored with `cp`, which takes the umask) is set back to 0600, with its `-wal` and
+/// `-shm` files, and a warning says so; one this user cannot change keeps its mode, with a
+/// warning.
 pub(crate) fn private_db_file(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -956,11 +958,29 @@ pub(crate) fn private_db_file(path: &Path) -> std::io::Result<()> {
                 use std::os::unix::fs::PermissionsExt as _;
                 let mode = std::fs::metadata(path)?.permissions().mode();
                 if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        mode = format!("{:o}", mode & 0o777),
-                        "a database of the node may be read by other users of this machine (the store holds events in clear, the audit log who did what): chmod 600 it and its -wal and -shm files"
-                    );
+                    let private = std::fs::Permissions::from_mode(0o600);
+                    let mut files = vec![path.to_path_buf()];
+                    for suffix in ["-wal", "-shm"] {
+                        let mut p = path.as_os_str().to_owned();
+                        p.push(suffix);
+                        files.push(PathBuf::from(p));
+                    }
+                    let tightened = files.iter().all(|f| {
+                        !f.exists() || std::fs::set_permissions(f, private.clone()).is_ok()
+                    });
+                    if tightened {
+                        tracing::warn!(
+                            path = %path.display(),
+                            was = format!("{:o}", mode & 0o777),
+                            "a database of the node could be read by other users of this machine (a backup restored without its mode?): set back to 600 with its -wal and -shm files"
+                        );
+                    } else {
+                        tracing::warn!(
+                            path = %path.display(),
+                            mode = format!("{:o}", mode & 0o777),
+                            "a database of the node may be read by other users of this machine (the store holds events in clear, the audit log who did what), and this user cannot change its mode: chmod 600 it and its -wal and -shm files"
+                        );
+                    }
                 }
             }
             Ok(())
@@ -3284,11 +3304,11 @@ mod tests {
             assert_eq!(mode(&data.join(&file)), 0o600, "{file}");
         }
         drop(store);
-        // A store that exists is opened as it is (a warning says when others may read it).
+        // A store others may read (a backup restored with `cp`) is set back to 0600.
         std::fs::set_permissions(data.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         drop(open(&data));
-        assert_eq!(mode(&data.join(DB_FILE)), 0o644);
+        assert_eq!(mode(&data.join(DB_FILE)), 0o600);
     }
 
     /// What the node held before a publish: the publish's own new numbers left out,
