@@ -1123,6 +1123,7 @@ async fn publish_inner(
     let media = media_type(&headers);
     if media == WEFT_CBOR {
         let event = presigned(api, &principal, &body, path_stream.as_ref())?;
+        hlc_check(api, &principal.name, &event).await?;
         table_write_check(api, &principal.name, &event).await?;
         let charge = match api.policy.policy() {
             Some(policy) => Some(enforce_rate(
@@ -1774,11 +1775,6 @@ fn presigned(
         ))
     })?;
     check_stored(api, &principal.name, event.stream())?;
-    if let Some(message) = api.clock.refusal(&event.id(), event.hlc()) {
-        let e = ApiError::new(StatusCode::BAD_REQUEST, "hlc_ahead", message);
-        audit_event(api, &e, &principal.name, &event, api.policy.epoch());
-        return Err(api.fail(e));
-    }
     crate::egress::check_presigned(&event).map_err(|m| {
         api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1822,6 +1818,26 @@ fn presigned(
         None => {}
     }
     Ok(event)
+}
+
+/// A pre-signed event stamped past the HLC drift bound (`clock.rs`) is refused (400
+/// `hlc_ahead`, counted and audited): it would win every `lww` write of its key for good and
+/// escape erase rules. A resend of one this node holds already is durable, and taken as any
+/// resend (as the edge port does).
+async fn hlc_check(api: &Arc<Api>, principal: &str, event: &Event) -> ApiResult<()> {
+    let Some(message) = api.clock.refusal(&event.id(), event.hlc()) else {
+        return Ok(());
+    };
+    let id = event.id();
+    if read_store(api, move |r| r.event_by_id(&id))
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let e = ApiError::new(StatusCode::BAD_REQUEST, "hlc_ahead", message);
+    audit_event(api, &e, principal, event, api.policy.epoch());
+    Err(api.fail(e))
 }
 
 /// A pre-signed keyed event on a table stream is a write the tables API did not build:
