@@ -835,6 +835,12 @@ impl Report {
                     .map_or("-".to_string(), |c| format!("{:.0} ms", c)),
             );
         }
+        if !self.faults.is_empty() {
+            let _ = writeln!(
+                out,
+                "  latency and stretch: events published while no fault other than a `measure` partition was active; those published during a fault count in `converge` (docs/sim.md, .latency_ms)"
+            );
+        }
         if let Some(w) = self.strategies.first().filter(|w| w.residency.policy) {
             for wl in &w.workloads {
                 let _ = writeln!(

@@ -107,6 +107,13 @@ fn assert_healthy(report: &Report) {
         report.seed,
         report.table()
     );
+    // The summary says which events its latency counts when there were faults.
+    assert_eq!(
+        report
+            .table()
+            .contains("published during a fault count in `converge`"),
+        !report.faults.is_empty()
+    );
     let w = &report.strategies[0];
     assert!(w.published > 500, "the workload ran: {}", w.published);
     assert_eq!(w.missed, 0);
