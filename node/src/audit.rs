@@ -726,11 +726,12 @@ mod tests {
         assert_eq!(mode(db_path(dir.path())), 0o600);
         assert_eq!(mode(dir.path().join("audit.sqlite-wal")), 0o600);
         drop(s);
-        // One that exists opens as it is.
+        // One that exists with a mode others may read (a backup restored with `cp`) is set
+        // back to 0600.
         std::fs::set_permissions(db_path(dir.path()), std::fs::Permissions::from_mode(0o640))
             .unwrap();
         drop(AuditStore::open(dir.path()).unwrap());
-        assert_eq!(mode(db_path(dir.path())), 0o640);
+        assert_eq!(mode(db_path(dir.path())), 0o600);
     }
 
     #[test]
