@@ -1553,16 +1553,10 @@ impl Driver {
         self.send_confirm_copies(extra);
     }
 
-    /// The nearest member of `region` not asked yet to confirm `event` that may hold it
-    /// (`asks`), marked asked.
-    fn next_confirmer(
-        &self,
-        region: &str,
-        event: &Event,
-        asks: &mut ConfirmAsks,
-    ) -> Option<OriginKey> {
-        let next = self
-            .members
+    /// The nearest member of `region` not asked yet to confirm `event` (`asks`) that may
+    /// hold it; `send_confirm_copies` marks it asked.
+    fn next_confirmer(&self, region: &str, event: &Event, asks: &ConfirmAsks) -> Option<OriginKey> {
+        self.members
             .iter()
             .filter(|(k, m)| {
                 m.region == region
@@ -1571,9 +1565,7 @@ impl Driver {
             })
             .map(|(k, _)| (self.node.rtt_us(k).unwrap_or(Micros::MAX), *k))
             .min()
-            .map(|(_, k)| k)?;
-        asks.asked.insert(next);
-        Some(next)
+            .map(|(_, k)| k)
     }
 
     /// Half the ack timeout after a `regions:N` publish, the regions that have not confirmed
@@ -1594,17 +1586,16 @@ impl Driver {
             let Some(confirmed) = self.confirmed.get(id).filter(|c| c.len() < want) else {
                 continue;
             };
-            let Some(mut asks) = self.confirm_asks.remove(id) else {
+            let Some(asks) = self.confirm_asks.get(id) else {
                 continue;
             };
-            if let Some(event) = asks.event.clone() {
+            if let Some(event) = &asks.event {
                 for region in regions.iter().filter(|r| !confirmed.contains(**r)) {
-                    if let Some(peer) = self.next_confirmer(region, &event, &mut asks) {
+                    if let Some(peer) = self.next_confirmer(region, event, asks) {
                         extra.entry(peer).or_default().push(event.clone());
                     }
                 }
             }
-            self.confirm_asks.insert(*id, asks);
         }
         if !extra.is_empty() {
             let copies: u64 = extra.values().map(|v| v.len() as u64).sum();
@@ -1645,7 +1636,7 @@ impl Driver {
             let mut asks = self.confirm_asks.remove(&id).unwrap_or_default();
             if asks.failed.insert(failed) {
                 asks.asked.insert(failed);
-                match self.next_confirmer(&region, &event, &mut asks) {
+                match self.next_confirmer(&region, &event, &asks) {
                     Some(peer) => extra.entry(peer).or_default().push(event.clone()),
                     None => debug!(event = %id, %region, "no member of the region left to confirm"),
                 }

@@ -1820,6 +1820,14 @@ fn presigned(
     Ok(event)
 }
 
+/// Whether this node holds `event` already (committed): a resend, durable, taken as any.
+async fn holds(api: &Arc<Api>, event: &Event) -> ApiResult<bool> {
+    let id = event.id();
+    Ok(read_store(api, move |r| r.event_by_id(&id))
+        .await?
+        .is_some())
+}
+
 /// A pre-signed event stamped past the HLC drift bound (`clock.rs`) is refused (400
 /// `hlc_ahead`, counted and audited): it would win every `lww` write of its key for good and
 /// escape erase rules. A resend of one this node holds already is durable, and taken as any
@@ -1828,11 +1836,7 @@ async fn hlc_check(api: &Arc<Api>, principal: &str, event: &Event) -> ApiResult<
     let Some(message) = api.clock.refusal(&event.id(), event.hlc()) else {
         return Ok(());
     };
-    let id = event.id();
-    if read_store(api, move |r| r.event_by_id(&id))
-        .await?
-        .is_some()
-    {
+    if holds(api, event).await? {
         return Ok(());
     }
     let e = ApiError::new(StatusCode::BAD_REQUEST, "hlc_ahead", message);
@@ -1856,11 +1860,7 @@ async fn table_write_check(api: &Arc<Api>, principal: &str, event: &Event) -> Ap
     let Err(e) = refusal else {
         return Ok(());
     };
-    let id = event.id();
-    if read_store(api, move |r| r.event_by_id(&id))
-        .await?
-        .is_some()
-    {
+    if holds(api, event).await? {
         return Ok(());
     }
     if e.reason == "version_ahead" {

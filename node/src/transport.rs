@@ -1240,6 +1240,19 @@ mod tests {
         (t, rx, metrics)
     }
 
+    /// Whether `PushAck(n)` arrives on `rx` within `limit` (other messages are skipped).
+    async fn receives_ack(rx: &mut mpsc::Receiver<FromMesh>, n: u64, limit: Duration) -> bool {
+        let wait = async {
+            while let Some(m) = rx.recv().await {
+                if matches!(m, FromMesh::Message { msg: Message::PushAck(k), .. } if k == n) {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(limit, wait).await == Ok(true)
+    }
+
     /// Sends `events` from `a` to `to` at `addr` as one confirmable push.
     fn send_confirmable(
         a: &Arc<Transport>,
@@ -1331,20 +1344,12 @@ mod tests {
             b.endpoint.local_addr().unwrap(),
             c.endpoint.local_addr().unwrap(),
         );
-        async fn got(rx: &mut mpsc::Receiver<FromMesh>, n: u64) -> bool {
-            let wait = async {
-                while let Some(m) = rx.recv().await {
-                    if matches!(m, FromMesh::Message { msg: Message::PushAck(k), .. } if k == n) {
-                        return true;
-                    }
-                }
-                false
-            };
-            tokio::time::timeout(Duration::from_secs(15), wait).await == Ok(true)
-        }
         // A meets B at its address.
         a.send(keys[1], Some(b_addr), ack(1));
-        assert!(got(&mut b_rx, 1).await, "B never got the first message");
+        assert!(
+            receives_ack(&mut b_rx, 1, Duration::from_secs(15)).await,
+            "B never got the first message"
+        );
         // The connection ends; gossip now says B is at C's address.
         a.live(&keys[1])
             .unwrap()
@@ -1358,7 +1363,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         a.send(keys[1], Some(c_addr), ack(2));
-        assert!(got(&mut b_rx, 2).await, "B was cut off by a wrong address");
+        assert!(
+            receives_ack(&mut b_rx, 2, Duration::from_secs(15)).await,
+            "B was cut off by a wrong address"
+        );
         assert_eq!(
             a_metrics
                 .rejected
@@ -1397,22 +1405,8 @@ mod tests {
                 class: Class::Latency,
             },
         );
-        let got = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(m) = b_rx.recv().await {
-                if let FromMesh::Message {
-                    msg: Message::PushAck(7),
-                    ..
-                } = m
-                {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(
-            got,
-            Ok(true),
+        assert!(
+            receives_ack(&mut b_rx, 7, Duration::from_secs(10)).await,
             "the message sent without an address was lost"
         );
         assert_eq!(
@@ -1516,22 +1510,8 @@ mod tests {
         }
         // Within A's window: the message goes over B's connection.
         a.send(keys[1], Some(b_addr), ack(3));
-        let got = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(m) = b_rx.recv().await {
-                if let FromMesh::Message {
-                    msg: Message::PushAck(3),
-                    ..
-                } = m
-                {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(
-            got,
-            Ok(true),
+        assert!(
+            receives_ack(&mut b_rx, 3, Duration::from_secs(10)).await,
             "A's message did not reach B within the window"
         );
         assert_eq!(
@@ -1684,22 +1664,8 @@ mod tests {
                 class: Class::Latency,
             },
         );
-        let got = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(m) = b_rx.recv().await {
-                if let FromMesh::Message {
-                    msg: Message::PushAck(9),
-                    ..
-                } = m
-                {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(
-            got,
-            Ok(true),
+        assert!(
+            receives_ack(&mut b_rx, 9, Duration::from_secs(10)).await,
             "the acknowledgement waited behind the exchanges"
         );
         assert!(sent.elapsed() < Duration::from_secs(10));
