@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::report::{Report, StrategyReport};
+use crate::report::{FaultWindow, Report, StrategyReport};
 
 /// The latency CDF chart's file name.
 pub const LATENCY_CDF_SVG: &str = "latency-cdf.svg";
@@ -125,14 +125,8 @@ fn page(report: &Report, charts: &[(&str, String, &str)]) -> String {
     let _ = writeln!(out, "</ul>");
     if !report.faults.is_empty() {
         let _ = writeln!(out, "<h2>Faults</h2>\n<ul>");
-        for f in &report.faults {
-            let _ = writeln!(
-                out,
-                "<li>{} from {} s to {} s</li>",
-                escape(&f.kind),
-                f.at_s,
-                f.until_s
-            );
+        for (i, f) in report.faults.iter().enumerate() {
+            let _ = writeln!(out, "<li>{}</li>", escape(&f.line(i)));
         }
         let _ = writeln!(out, "</ul>");
     }
@@ -289,7 +283,8 @@ fn delivered_fraction(report: &Report) -> Result<String, HtmlError> {
             .draw()
             .map_err(&err)?;
         let shade = RGBColor(255, 140, 0);
-        for f in &report.faults {
+        let rows = label_rows(report, end);
+        for (i, f) in report.faults.iter().enumerate() {
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(f.at_s, 0.0), (f.until_s.max(f.at_s), top)],
@@ -298,8 +293,8 @@ fn delivered_fraction(report: &Report) -> Result<String, HtmlError> {
                 .map_err(&err)?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    f.kind.clone(),
-                    (f.at_s, top - 0.01),
+                    fault_label(i, f),
+                    (f.at_s, top - 0.01 - LABEL_ROW * rows[i] as f64),
                     ("sans-serif", 12).into_font().color(&BLACK),
                 )))
                 .map_err(&err)?;
@@ -325,6 +320,46 @@ fn delivered_fraction(report: &Report) -> Result<String, HtmlError> {
         root.present().map_err(&err)?;
     }
     Ok(svg)
+}
+
+/// Height of a row of fault labels on the delivered-fraction chart, in its y units.
+const LABEL_ROW: f64 = 0.045;
+
+/// Rows of fault labels before they wrap to the top.
+const LABEL_ROWS_MAX: usize = 8;
+
+/// A fault window's label on the chart: its number and kind (`F2 partition`); the page's
+/// fault list gives the rest under the same number.
+fn fault_label(index: usize, f: &FaultWindow) -> String {
+    format!("{} {}", FaultWindow::label(index), f.fault)
+}
+
+/// The row of each fault's label (0 at the top): the first row whose labels and windows
+/// end before this fault starts, so that overlapping faults' labels do not run together.
+/// A label's width is estimated at 7 px a character over the plot's width of `end` s. At
+/// most `LABEL_ROWS_MAX` rows (then they wrap to the top), so that the labels of a scenario
+/// with many overlapping faults stay in the chart's top third.
+fn label_rows(report: &Report, end: f64) -> Vec<usize> {
+    const PLOT_PX: f64 = (WIDTH - 100) as f64;
+    let s_per_px = end / PLOT_PX;
+    let mut row_ends: Vec<f64> = Vec::new();
+    let mut rows = Vec::with_capacity(report.faults.len());
+    for (i, f) in report.faults.iter().enumerate() {
+        let label_end = f.at_s + (fault_label(i, f).len() as f64 * 7.0 + 6.0) * s_per_px;
+        let taken_until = label_end.max(f.until_s);
+        let row = match row_ends.iter().position(|&e| e <= f.at_s) {
+            Some(r) => {
+                row_ends[r] = taken_until;
+                r
+            }
+            None => {
+                row_ends.push(taken_until);
+                row_ends.len() - 1
+            }
+        };
+        rows.push(row % LABEL_ROWS_MAX);
+    }
+    rows
 }
 
 fn region_lag(report: &Report) -> Result<String, HtmlError> {

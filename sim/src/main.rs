@@ -295,8 +295,7 @@ fn run_scenario(
         .map(|p| open_output(p, "the JSON report"))
         .transpose()?;
     if let Some(dir) = html {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {} for the HTML report", dir.display()))?;
+        html_dir(dir)?;
     }
     let plan = weft_sim::plan::build(&scenario, &catalog, seed);
     let seed = plan.seed;
@@ -627,12 +626,38 @@ fn open_output<'a>(path: &'a Path, what: &str) -> anyhow::Result<(&'a Path, std:
         .with_context(|| format!("opening {} for {what}", path.display()))
 }
 
-/// Replaces the contents of `file` (opened before the run) with `json`.
-fn write_json(file: &mut std::fs::File, json: &str) -> std::io::Result<()> {
+/// Makes `--html`'s directory, or says plainly why it cannot be one.
+fn html_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "--html {}: is a file, not a directory (the HTML report is a directory: \
+             index.html and its SVG charts)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating {} for the HTML report", dir.display()))
+}
+
+/// Replaces the contents of `file` (opened before the run) with `json`. Only a regular
+/// file is truncated first (a pipe or a device such as `/dev/stdout` cannot be), and a
+/// failed write says which report it was and how much of it was written.
+fn write_json(file: &mut std::fs::File, json: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    file.set_len(0)?;
-    file.write_all(json.as_bytes())?;
-    file.sync_all()
+    if file.metadata()?.is_file() {
+        file.set_len(0)?;
+    }
+    file.write_all(json.as_bytes()).with_context(|| {
+        format!(
+            "the JSON report ({} bytes) was not written whole",
+            json.len()
+        )
+    })?;
+    match file.sync_all() {
+        // Pipes, terminals and character devices cannot be synced; that is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        other => other.context("syncing the JSON report to disk"),
+    }
 }
 
 fn progress_bar(name: &str) -> indicatif::ProgressBar {

@@ -296,6 +296,13 @@ pub struct RegionLatency {
 pub struct FaultWindow {
     /// `down` (region outage or node crash), `partition`, `degrade` or `clock-skew`.
     pub kind: String,
+    /// The fault as written in the scenario (`region-outage`, `node-crash`, ...).
+    pub fault: String,
+    /// What it hits, as the scenario names it (`region aws:eu-west-1`, `{ clouds = ["aws"] }
+    /// -> "rest"`), with its figures (`x3.0 latency, loss 0.05`).
+    pub targets: String,
+    /// How many nodes it touches (both sides of a partition or degradation).
+    pub nodes: usize,
     /// Start, seconds.
     pub at_s: f64,
     /// Heal, seconds.
@@ -303,17 +310,82 @@ pub struct FaultWindow {
 }
 
 impl FaultWindow {
-    fn new(f: &crate::engine::PlanFault) -> Self {
-        let kind = match f.kind {
+    /// One line naming the fault by its number in the scenario (`F1`, as the charts label
+    /// it): `fault F1 region-outage region aws:eu-west-1 (3 nodes), 60 s to 240 s`.
+    pub fn line(&self, index: usize) -> String {
+        format!(
+            "fault {} {} {} ({} node{}), {} s to {} s",
+            Self::label(index),
+            self.fault,
+            self.targets,
+            self.nodes,
+            if self.nodes == 1 { "" } else { "s" },
+            self.at_s,
+            self.until_s
+        )
+    }
+
+    /// The short label of the scenario's fault number `index` (from 0): `F1`, `F2`, ...
+    pub fn label(index: usize) -> String {
+        format!("F{}", index + 1)
+    }
+
+    fn new(f: &crate::scenario::Fault, plan: &crate::engine::PlanFault) -> Self {
+        use crate::scenario::FaultKind as Written;
+        let kind = match plan.kind {
             FaultKind::Down { .. } => "down",
             FaultKind::Partition { .. } => "partition",
             FaultKind::Degrade { .. } => "degrade",
             FaultKind::ClockSkew { .. } => "clock-skew",
         };
+        let arrow = |symmetric: bool| if symmetric { "<->" } else { "->" };
+        let (targets, nodes) = match &f.kind {
+            Written::RegionOutage { region, nodes } => (format!("region {region}"), nodes.len()),
+            Written::NodeCrash {
+                selector,
+                nodes,
+                lose_memory,
+            } => (
+                format!(
+                    "{selector}{}",
+                    if *lose_memory { ", stores lost" } else { "" }
+                ),
+                nodes.len(),
+            ),
+            Written::Partition {
+                a,
+                b,
+                a_nodes,
+                b_nodes,
+                symmetric,
+            } => (
+                format!("{a} {} {b}", arrow(*symmetric)),
+                a_nodes.len() + b_nodes.len(),
+            ),
+            Written::LinkDegradation {
+                a,
+                b,
+                a_nodes,
+                b_nodes,
+                latency_factor,
+                loss,
+            } => (
+                format!("{a} <-> {b}, latency x{latency_factor}, loss {loss}"),
+                a_nodes.len() + b_nodes.len(),
+            ),
+            Written::ClockSkew {
+                selector,
+                nodes,
+                skew_ms,
+            } => (format!("{selector}, {skew_ms:+} ms"), nodes.len()),
+        };
         Self {
             kind: kind.to_string(),
-            at_s: round3(f.at_us as f64 / 1e6),
-            until_s: round3(f.until_us as f64 / 1e6),
+            fault: f.kind.name().to_string(),
+            targets,
+            nodes,
+            at_s: round3(plan.at_us as f64 / 1e6),
+            until_s: round3(plan.until_us as f64 / 1e6),
         }
     }
 }
@@ -743,14 +815,25 @@ impl Report {
             seed: plan.seed,
             nodes: plan.nodes.len(),
             duration_s: plan.duration_us as f64 / 1e6,
-            signature_checks: format!(
-                "modelled, not executed: each received event costs {} us of node time",
-                plan.verify_us
-            ),
+            signature_checks: if plan.verify_us == 0 {
+                "neither executed nor modelled: network.verify_us = 0, a received event \
+                 costs no node time"
+                    .to_string()
+            } else {
+                format!(
+                    "modelled, not executed: each received event costs {} us of node time",
+                    plan.verify_us
+                )
+            },
             signing: plan.signing.name().to_owned(),
             strategies,
             checks,
-            faults: plan.faults.iter().map(FaultWindow::new).collect(),
+            faults: scenario
+                .faults
+                .iter()
+                .zip(&plan.faults)
+                .map(|(f, p)| FaultWindow::new(f, p))
+                .collect(),
             latency_pairs: LatencyPairs::new(plan),
         }
     }
@@ -791,9 +874,12 @@ impl Report {
             if self.latency_pairs.derived.is_empty() {
                 ""
             } else {
-                " (listed in the JSON report's latency_pairs)"
+                " (listed under latency_pairs in the --json report)"
             }
         );
+        for (i, f) in self.faults.iter().enumerate() {
+            let _ = writeln!(out, "{}", f.line(i));
+        }
         let _ = writeln!(
             out,
             "{:<14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6} {:>10}",

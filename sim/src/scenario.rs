@@ -1182,6 +1182,32 @@ fn policy(
         })
         .collect();
     residency::compile(&spec, &regions, &nodes).map_err(|e| invalid("policy", e.to_string()))?;
+    // A class may name a jurisdiction this topology has no node in (a bundle written for a
+    // larger fabric), but not one that neither the catalog nor any node knows: that is
+    // most likely a typo, and the class would silently hold its events in fewer places.
+    for (name, class) in &spec.classes {
+        for (k, j) in class.jurisdictions.iter().enumerate() {
+            let known = catalog
+                .jurisdictions()
+                .iter()
+                .any(|c| c.as_str() == j.as_str())
+                || topology
+                    .nodes()
+                    .iter()
+                    .any(|n| n.jurisdiction.as_str() == j.as_str());
+            if !known {
+                let codes: Vec<&str> = catalog.jurisdictions().iter().map(|c| c.as_str()).collect();
+                return Err(invalid(
+                    format!("policy.classes.{name}.jurisdictions[{k}]"),
+                    format!(
+                        "{j:?} is neither a jurisdiction of the region catalog ({}) nor one \
+                         a node of the topology claims",
+                        codes.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     for (i, w) in workloads.iter().enumerate() {
         let path = format!("workload[{i}].classification");
         let Some(c) = &w.classification else {
@@ -2280,17 +2306,19 @@ fn checks(
         Some(s) => {
             let path = "checks.converge_within_s";
             let within_us = seconds_us(path, s, Sign::Positive)?;
-            let last_heal_us = faults.iter().map(Fault::heal_us).max().unwrap_or(0);
+            let last_heal_us = faults.iter().map(Fault::heal_us).max();
             let last_stop_us = workloads.iter().map(|w| w.stop_us).max().unwrap_or(0);
-            let from_us = last_heal_us.max(last_stop_us);
+            let from_us = last_heal_us.unwrap_or(0).max(last_stop_us);
             if from_us + within_us > duration_us {
+                let heal = match last_heal_us {
+                    Some(us) => format!("the last fault heals at {} and ", show_s(us)),
+                    None => "there is no fault and ".to_string(),
+                };
                 return Err(invalid(
                     path,
                     format!(
-                        "the last fault heals at {} and the last workload stops at {}; {} \
-                         later is after the scenario ends at {} (lengthen duration_s or stop \
-                         the workloads earlier)",
-                        show_s(last_heal_us),
+                        "{heal}the last workload stops at {}; {} later is after the scenario \
+                         ends at {} (lengthen duration_s or stop the workloads earlier)",
                         show_s(last_stop_us),
                         show_s(within_us),
                         show_s(duration_us)
@@ -2319,6 +2347,14 @@ fn checks(
         return Err(invalid(
             "checks.reroute_within_rtt",
             format!("is {v}, must be > 0 (a number of RTTs)"),
+        ));
+    }
+    if file.reroute_within_rtt.is_some() && !faults.iter().any(|f| f.measure) {
+        return Err(invalid(
+            "checks.reroute_within_rtt",
+            "needs a partition or link-degradation fault with measure = true: the check \
+             bounds the extra delay of events published during such a fault, and without \
+             one there is nothing to measure",
         ));
     }
     Ok(Checks {
@@ -3297,9 +3333,9 @@ payload_bytes = 100
         // A workload that runs to the end leaves no time to converge.
         assert_eq!(
             err(with("stop_s = 100\n[checks]\nconverge_within_s = 0.5")),
-            "checks.converge_within_s: the last fault heals at 0 s and the last workload stops \
-             at 100 s; 0.5 s later is after the scenario ends at 100 s (lengthen duration_s or \
-             stop the workloads earlier)"
+            "checks.converge_within_s: there is no fault and the last workload stops at 100 s; \
+             0.5 s later is after the scenario ends at 100 s (lengthen duration_s or stop the \
+             workloads earlier)"
         );
         assert_eq!(
             err(parse(&text(
@@ -3322,6 +3358,53 @@ payload_bytes = 100
             err(with("[checks]\nconverge_within_s = 0")),
             "checks.converge_within_s: must be > 0"
         );
+    }
+
+    /// `reroute_within_rtt` measures events published during a `measure` fault; without
+    /// one it was accepted and then failed every run with "0 ms within bound".
+    #[test]
+    fn a_reroute_bound_without_a_measured_fault_is_refused() {
+        let fault = |measure: bool| {
+            format!(
+                "[[fault]]\nkind = \"partition\"\na = {{ regions = [\"aws:us-east-1\"] }}\n\
+                 b = \"rest\"\nat_s = 10\nduration_s = 10\nmeasure = {measure}\n\
+                 [checks]\nreroute_within_rtt = 2\n"
+            )
+        };
+        let refused = "checks.reroute_within_rtt: needs a partition or link-degradation fault \
+                       with measure = true: the check bounds the extra delay of events \
+                       published during such a fault, and without one there is nothing to \
+                       measure";
+        assert_eq!(err(with("[checks]\nreroute_within_rtt = 2")), refused);
+        assert_eq!(err(with(&fault(false))), refused);
+        let s = with(&fault(true)).unwrap();
+        assert_eq!(s.checks.reroute_within_rtt, Some(2.0));
+    }
+
+    /// A residency class may name a jurisdiction the topology has no node in (a bundle
+    /// written for a larger fabric), not one that neither the catalog nor a node knows.
+    #[test]
+    fn a_class_naming_an_unknown_jurisdiction_is_refused() {
+        let class = |jurisdictions: &str| {
+            let text = BASE.replacen(
+                "payload_bytes = 100",
+                "payload_bytes = 100\nclassification = \"open\"",
+                1,
+            );
+            parse(&format!(
+                "{text}\n[policy.classes.open]\nanywhere = true\n\
+                 [policy.classes.held]\njurisdictions = {jurisdictions}\ntransit = \"forbidden\"\n"
+            ))
+        };
+        assert_eq!(
+            err(class("[\"EU\", \"ZZ\"]")),
+            "policy.classes.held.jurisdictions[1]: \"ZZ\" is neither a jurisdiction of the \
+             region catalog (AE, AU, BR, CA, EU, IN, JP, SG, UK, US, ZA) nor one a node of the \
+             topology claims"
+        );
+        // JP is in the catalog; no node of this topology is there.
+        class("[\"JP\"]").unwrap();
+        class("[\"EU\", \"US\"]").unwrap();
     }
 
     #[test]

@@ -213,6 +213,60 @@ fn a_bad_output_path_is_refused_before_the_run() {
         "{stderr}"
     );
     assert!(!text(&out.stdout).contains("simulated message deliveries"));
+
+    // `--html` naming a file: said plainly (it gave "File exists (os error 17)").
+    let out = weft_sim(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--html",
+        blocker.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--html {}: is a file, not a directory",
+            blocker.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("simulated message deliveries"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--json` to a device or a pipe: `/dev/stdout` gets the report (it was refused with
+/// "Invalid argument": a device cannot be truncated or synced), and a device that takes
+/// nothing (`/dev/full`) gives an error that says which report was lost and why.
+#[test]
+fn a_json_report_to_a_device_is_written_or_its_loss_said_plainly() {
+    let dir = scratch("jsondev");
+    let scenario = write_scenario(&dir, SCENARIO);
+    let out = weft_sim(&[
+        "run",
+        scenario.to_str().unwrap(),
+        "--no-baselines",
+        "--json",
+        "/dev/stdout",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("\"scenario\": \"cli-test\""), "{stdout}");
+    if Path::new("/dev/full").exists() {
+        let out = weft_sim(&[
+            "run",
+            scenario.to_str().unwrap(),
+            "--no-baselines",
+            "--json",
+            "/dev/full",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("writing /dev/full: the JSON report (")
+                && stderr.contains("bytes) was not written whole"),
+            "{stderr}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -64,6 +64,13 @@ fn html_report_has_index_and_charts() {
     let report = run(&small("html-smoke"));
     assert_eq!(report.faults.len(), 1);
     assert_eq!(report.faults[0].kind, "down");
+    // The fault names what it hit, as the scenario wrote it.
+    assert_eq!(report.faults[0].fault, "node-crash");
+    assert_eq!(
+        report.faults[0].targets,
+        r#"{ nodes = ["azure:westeurope/1"] }"#
+    );
+    assert_eq!(report.faults[0].nodes, 1);
     let w = &report.strategies[0];
     assert_eq!(w.latency_cdf_ms.len(), 100);
     assert!(w.latency_cdf_ms.windows(2).all(|p| p[0].0 <= p[1].0));
@@ -91,7 +98,60 @@ fn html_report_has_index_and_charts() {
     }
     let delivered =
         std::fs::read_to_string(dir.join(weft_sim::html::DELIVERED_FRACTION_SVG)).unwrap();
-    assert!(delivered.contains("down"), "the fault window is labelled");
+    assert!(
+        delivered.contains("F1 node-crash"),
+        "the fault window is labelled"
+    );
+    assert!(
+        html.contains(
+            "fault F1 node-crash { nodes = [&quot;azure:westeurope/1&quot;] } (1 node), 10 s to 18 s"
+        ),
+        "the page lists the fault with its target"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `y` of the chart label that reads exactly `label`.
+fn label_y(svg: &str, label: &str) -> f64 {
+    let end = svg
+        .find(&format!(">\n{label}\n</text>"))
+        .unwrap_or_else(|| panic!("no label {label:?} in {svg}"));
+    let open = svg[..end].rfind("<text").unwrap();
+    let attrs = &svg[open..end];
+    let y = attrs.split(" y=\"").nth(1).unwrap();
+    y[..y.find('"').unwrap()].parse().unwrap()
+}
+
+/// Overlapping faults' labels on the delivered-fraction chart sit in rows of their own
+/// (they were all drawn at the top, over each other); a fault that starts after the
+/// others' windows and labels end goes back to the top row.
+#[test]
+fn overlapping_fault_labels_do_not_run_together() {
+    let mut report = run(&small("html-labels"));
+    let first = report.faults[0].clone();
+    let at = |fault: &str, at_s: f64, until_s: f64| weft_sim::report::FaultWindow {
+        fault: fault.to_string(),
+        at_s,
+        until_s,
+        ..first.clone()
+    };
+    report.faults = vec![
+        at("partition", 10.0, 20.0),
+        at("link-degradation", 12.0, 18.0),
+        at("clock-skew", 15.0, 16.0),
+        at("node-crash", 40.0, 45.0),
+    ];
+    let dir = std::env::temp_dir().join(format!("weft-sim-html-labels-{}", std::process::id()));
+    weft_sim::html::write(&report, &dir).unwrap();
+    let svg = std::fs::read_to_string(dir.join(weft_sim::html::DELIVERED_FRACTION_SVG)).unwrap();
+    let y = [
+        label_y(&svg, "F1 partition"),
+        label_y(&svg, "F2 link-degradation"),
+        label_y(&svg, "F3 clock-skew"),
+        label_y(&svg, "F4 node-crash"),
+    ];
+    assert!(y[0] < y[1] && y[1] < y[2], "three overlapping rows: {y:?}");
+    assert_eq!(y[3], y[0], "a later fault is labelled on the top row again");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
