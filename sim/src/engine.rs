@@ -381,8 +381,11 @@ struct Device {
 pub struct Metrics {
     /// Events published.
     pub published: u64,
-    /// Deliveries to applications.
+    /// Deliveries to applications: the first of each (event, node) pair.
     pub deliveries: u64,
+    /// Deliveries again to the application of a node that restarted without its store
+    /// (`lose_memory`: a new application instance) of events it had delivered before.
+    pub redeliveries: u64,
     /// First deliveries of an event to a node other than its origin.
     pub remote_deliveries: u64,
     /// Delivery latencies (µs), all.
@@ -1762,13 +1765,16 @@ impl Engine {
         if !late {
             *last = event.seq();
         }
-        self.metrics.deliveries += 1;
         if self.plan.workloads[w].table.is_some() {
             self.apply_table(i, e, w, event);
         }
         if std::mem::replace(&mut self.delivered_pairs[e * nodes + i], true) {
-            return; // a node that lost its disk receives again: not a new delivery
+            // A node that lost its disk receives again (a new application instance): not a
+            // new delivery, counted apart.
+            self.metrics.redeliveries += 1;
+            return;
         }
+        self.metrics.deliveries += 1;
         if let Some(from) = self.handling_from
             && let h = self.hops[e * nodes + from]
             && h != HOPS_UNKNOWN

@@ -98,8 +98,11 @@ pub struct StrategyReport {
     pub strategy: String,
     /// Events published.
     pub published: u64,
-    /// Deliveries to applications.
+    /// Deliveries to applications: the first of each (event, node) pair.
     pub deliveries: u64,
+    /// Deliveries again, to nodes restarted without their stores, of events their earlier
+    /// application instance had (`lose_memory`); not in `deliveries`.
+    pub redeliveries: u64,
     /// Delivery latency, ms.
     pub latency_ms: Percentiles,
     /// Stretch = latency / ideal (shortest path over live nodes), deliveries across regions.
@@ -473,6 +476,7 @@ impl StrategyReport {
             strategy: strategy.to_string(),
             published: m.published,
             deliveries: m.deliveries,
+            redeliveries: m.redeliveries,
             latency_ms: Percentiles::from_us(&m.latency_us),
             stretch: Percentiles::from_scaled(&m.stretch_milli, 1000.0),
             intra_region_latency_ms: Percentiles::from_us(&m.intra_region_latency_us),
@@ -944,6 +948,14 @@ impl Report {
                     wl.latency_ms.count
                 );
             }
+        }
+        for w in self.strategies.iter().filter(|w| w.redeliveries > 0) {
+            let _ = writeln!(
+                out,
+                "  {} re-deliveries to nodes restarted without their stores (new application \
+                 instances): {}, not counted in delivered",
+                w.strategy, w.redeliveries
+            );
         }
         if let Some(w) = self.strategies.first() {
             let a = &w.anti_entropy;

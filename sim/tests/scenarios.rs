@@ -575,6 +575,33 @@ duration_s = 10"#,
     assert_healthy(&r);
     let w = &r.strategies[0];
     assert!(w.publishes_held > 0, "publishes waited for the numbering");
+    // One node losing its store: its new application instance gets every earlier event
+    // again from the others. Those are counted apart (`redeliveries`); `deliveries` counts
+    // each (event, node) pair once, so with nothing missed or destroyed it is every pair
+    // the residency allows (before, the re-deliveries were added to it).
+    let r = run(
+        &small(
+            "one-loses",
+            r#"
+[[fault]]
+kind = "node-crash"
+nodes = { nodes = ["aws:us-east-1/1"] }
+lose_memory = true
+at_s = 30
+duration_s = 10"#,
+        ),
+        None,
+    );
+    assert_healthy(&r);
+    let w = &r.strategies[0];
+    assert_eq!((w.missed, w.destroyed), (0, 0));
+    assert!(w.redeliveries > 100, "{}", w.redeliveries);
+    assert_eq!(
+        w.deliveries,
+        w.published * r.nodes as u64 - w.residency.withheld_pairs,
+        "redeliveries {}",
+        w.redeliveries
+    );
     let r = run(
         &small(
             "two-lose",
