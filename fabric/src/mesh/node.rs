@@ -158,11 +158,10 @@ pub const OWN_ASKS_MAX: usize = 3;
 /// past ([`Message::SyncResponse::your_high`], also at most the member's own count of
 /// numbers seen): 2^48, some nine years of a million events a second from one origin, so a
 /// lie cannot leave the node too few numbers to publish with. A member's word is not signed
-/// by anyone, and a wrong one is not cheap: the numbers it skips are holes that peers
-/// lacking them take as lost [`LOST_PER_ROUND_MAX`] per anti-entropy round after
-/// [`LOST_WAIT_US`], the origin's later events waiting behind them there (a lying member
-/// asked can stall an origin's delivery at such peers; ARCHITECTURE.md, "Trust between
-/// nodes").
+/// by anyone, and a wrong one is not free: the numbers it skips are a hole that peers
+/// lacking them take as lost (a whole range at a time) [`LOST_WAIT_US`] after the origin
+/// says it does not hold them, the origin's later events waiting behind it there until
+/// then (ARCHITECTURE.md, "Trust between nodes").
 pub const OWN_HIGH_CLAIM_MAX: u64 = 1 << 48;
 /// How long after its start a node asking for its own events ([`OWN_ASKS_MAX`]) takes the
 /// answers of fewer members as enough, when it knows of fewer others: membership is still
@@ -190,10 +189,11 @@ pub const OWN_NUMBERS_ASKED_WAIT_US: Micros = 10_000_000;
 pub fn own_numbers_worth_waiting(waited: Micros, asked: bool) -> bool {
     waited < OWN_NUMBERS_ASKED_WAIT_US && (waited < OWN_NUMBERS_WAIT_US || asked)
 }
-/// Most numbers taken as seen from [`Message::Lost`] words per anti-entropy round (the
-/// rest at the next rounds): a store lost after a million events does not stall a node
-/// for one round.
-pub const LOST_PER_ROUND_MAX: u64 = 65_536;
+/// Most ranges of numbers taken as seen from [`Message::Lost`] words per anti-entropy
+/// round (the rest at the next rounds). Each is taken whole, whatever its length, and
+/// delivery steps over numbers without a stored event in one step
+/// ([`Store::next_stored`]), so the work of a round is bounded by ranges, not numbers.
+pub const LOST_RANGES_PER_ROUND_MAX: u64 = 4_096;
 /// Most waiting numbers of one origin an anti-entropy digest leaves out (the lowest; the
 /// rest wait for later rounds): each is a hole in the origin's ranges, of which a digest
 /// holds at most [`crate::mesh::ranges::RANGES_PER_ORIGIN_MAX`].

@@ -224,7 +224,9 @@ impl SeqRanges {
     }
 
     /// Adds every number of `start..=end`.
-    fn insert_range(&mut self, start: u64, end: u64) {
+    /// Adds every number of `start..=end` (`start` at least 1), merging what it touches;
+    /// at [`RANGES_PER_ORIGIN_MAX`] the highest range goes, as with [`SeqRanges::insert`].
+    pub fn insert_range(&mut self, start: u64, end: u64) {
         // Every range that overlaps or touches [start, end] is merged into it: they are
         // the ones from the first ending at or after start - 1 to the last starting at or
         // before end + 1.

@@ -252,6 +252,28 @@ impl OriginSeen {
         }
         new
     }
+
+    /// Records every number of `lo..=hi` as seen at `now` (numbers taken as lost: whole
+    /// ranges, not number by number); returns the count of numbers before and after.
+    fn record_range(&mut self, lo: u64, hi: u64, now: Micros) -> (u64, u64) {
+        // As in `record`: at the limit the insert may drop the highest range.
+        if self.ranges.range_count() >= RANGES_PER_ORIGIN_MAX {
+            self.lossy = true;
+        }
+        let before = self.ranges.count();
+        self.ranges.insert_range(lo, hi);
+        let after = self.ranges.count();
+        if after != before {
+            self.changed_us = now;
+            if now.saturating_sub(self.fresh_at) >= SYNC_FRESH_US || self.fresh_from == 0 {
+                self.fresh_from = lo;
+                self.fresh_at = now;
+            } else {
+                self.fresh_from = self.fresh_from.min(lo);
+            }
+        }
+        (before, after)
+    }
 }
 
 /// What [`SeenSet::record`] did.
@@ -397,6 +419,30 @@ impl SeenSet {
             new,
             counts: before.map(|b| (b, s.ranges.count())),
         }
+    }
+
+    /// Records every number of `lo..=hi` (`lo` at least 1) of an origin already here as
+    /// seen at `now`, as [`SeenSet::record`] does one; returns the origin's count of
+    /// numbers before and after (`None`: the origin is not here).
+    pub(super) fn record_range(
+        &mut self,
+        origin: OriginKey,
+        lo: u64,
+        hi: u64,
+        now: Micros,
+    ) -> Option<(u64, u64)> {
+        let s = self.by_origin.get_mut(&origin)?;
+        let (before, after) = s.record_range(lo, hi, now);
+        if after != before {
+            Self::note_holes(&mut self.holed, origin, s);
+            let term = s.term();
+            s.set_term(Term::Recent);
+            if term != Term::Recent {
+                self.summary.remove(&origin, term);
+                self.summary.recent.push(Reverse((now, origin)));
+            }
+        }
+        Some((before, after))
     }
 
     /// Adds the record of an origin rebuilt after a restart ([`OriginSeen::restored`]):

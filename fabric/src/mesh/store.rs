@@ -118,6 +118,16 @@ pub trait Store {
             bytes_max,
         )
     }
+    /// The lowest number in `after + 1 ..= upto` at which an event of `origin` may be
+    /// stored, `None` if none is: ordered delivery steps over numbers without an event
+    /// (not for this node, skipped, taken as lost) with it, so a hole of any length costs
+    /// one call. It may answer a number [`Store::get`] then finds empty (an event hidden
+    /// by an erase rule); it must not pass over one `get` would give. The default asks
+    /// [`Store::get`] number by number; a store indexed by sequence number answers from
+    /// its index.
+    fn next_stored(&self, origin: &OriginKey, after: u64, upto: u64) -> Option<u64> {
+        (after.checked_add(1)?..=upto).find(|&seq| self.get(origin, seq).is_some())
+    }
     /// Whether the event of `origin` at `seq` was erased (removed by an erase rule, or
     /// refused on arrival as matching one). The core answers requests for it with a Skip,
     /// so peers' ordered delivery moves past it. Default: nothing is ever erased.
@@ -318,6 +328,36 @@ impl SeqTable {
         }
     }
 
+    /// The lowest number in `after + 1 ..= upto` that holds an event: the vector's part
+    /// scanned (it has at most [`DENSE_GAP_MAX`] empty slots in a row past each insert),
+    /// then the tree's, without walking the numbers between.
+    fn next(&self, after: u64, upto: u64) -> Option<u64> {
+        let from = after.checked_add(1)?;
+        if from > upto {
+            return None;
+        }
+        let len = self.dense.len() as u64;
+        if from <= len {
+            let end = upto.min(len);
+            // Indices `from - 1 .. end` are numbers `from ..= end`.
+            if let Some(i) = self.dense[(from - 1) as usize..end as usize]
+                .iter()
+                .position(Option::is_some)
+            {
+                return Some(from + i as u64);
+            }
+        }
+        let lo = from.max(len + 1);
+        if lo > upto {
+            return None; // (`range` panics on a reversed range)
+        }
+        self.sparse
+            .as_ref()?
+            .range(lo..=upto)
+            .next()
+            .map(|(&seq, _)| seq)
+    }
+
     fn iter(&self) -> impl Iterator<Item = &Arc<Event>> {
         self.dense
             .iter()
@@ -425,6 +465,10 @@ impl Store for MemStore {
 
     fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
         self.by_origin.get(origin)?.events.get(seq).cloned()
+    }
+
+    fn next_stored(&self, origin: &OriginKey, after: u64, upto: u64) -> Option<u64> {
+        self.by_origin.get(origin)?.events.next(after, upto)
     }
 
     fn get_run(
@@ -550,6 +594,11 @@ mod tests {
                 prop_assert_eq!(table.get(seq).map(|e| e.id()), model.get(&seq).map(|e| e.id()));
             }
             prop_assert_eq!(table.iter().count(), model.len());
+            // `next` finds what a walk number by number would, over any window.
+            for (after, upto) in [(0, 420), (0, u64::MAX), (5, 30), (39, 41), (300, 299), (u64::MAX - 1, u64::MAX), (u64::MAX, u64::MAX)] {
+                let walked = model.range(after.saturating_add(1).max(1)..).map(|(&s, _)| s).find(|&s| s > after && s <= upto);
+                prop_assert_eq!(table.next(after, upto), walked, "after {} upto {}", after, upto);
+            }
             if let Some((&seq, _)) = model.iter().next() {
                 prop_assert!(table.remove(seq).is_some());
                 prop_assert!(table.get(seq).is_none());

@@ -130,6 +130,18 @@ impl<S: Store> Node<S> {
         recorded.new
     }
 
+    /// Records every number of `lo..=hi` (`lo` at least 1) of an origin already seen as
+    /// seen, keeping [`Node::seen_count`] in step; returns how many were new.
+    pub(super) fn note_seen_range(&mut self, origin: OriginKey, lo: u64, hi: u64) -> u64 {
+        match self.seen.record_range(origin, lo, hi, self.now) {
+            Some((before, after)) => {
+                self.seen_count = self.seen_count - before + after;
+                after.saturating_sub(before)
+            }
+            None => 0,
+        }
+    }
+
     /// Takes `(origin, seq)` as seen without an event (a Skip): the sequence number is not
     /// for this node, so per-origin delivery and anti-entropy move past it.
     pub(super) fn skip_own(&mut self, origin: OriginKey, seq: u64) -> bool {
@@ -269,19 +281,27 @@ impl<S: Store> Node<S> {
             if seen.was_restored(cursor) {
                 continue;
             }
-            if let Some(event) = self.store.get(&origin, cursor) {
-                if self.interest_narrowed
-                    && !self
-                        .config
-                        .interest
-                        .iter()
-                        .any(|p| p.matches(event.stream()))
-                {
-                    continue;
-                }
-                self.stats.delivered += 1;
-                self.app.push_back(AppEvent::Deliver(event));
+            let Some(event) = self.store.get(&origin, cursor) else {
+                // Numbers without a stored event (not for this node, skipped, taken as
+                // lost) deliver nothing: on to the next stored one in one step, not number
+                // by number (a hole taken as lost can span billions of numbers).
+                cursor = match self.store.next_stored(&origin, cursor, upto) {
+                    Some(next) => next - 1,
+                    None => upto,
+                };
+                continue;
+            };
+            if self.interest_narrowed
+                && !self
+                    .config
+                    .interest
+                    .iter()
+                    .any(|p| p.matches(event.stream()))
+            {
+                continue;
             }
+            self.stats.delivered += 1;
+            self.app.push_back(AppEvent::Deliver(event));
         }
         seen.delivered = cursor;
         if cursor > from {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{
-    AppEvent, LOST_ORIGINS_MAX, LOST_PER_ROUND_MAX, LOST_WAIT_US, LostWait, Node,
+    AppEvent, LOST_ORIGINS_MAX, LOST_RANGES_PER_ROUND_MAX, LOST_WAIT_US, LostWait, Node,
     REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, SKIP_CONFIRM_US, UNCONFIRMED_LEN_MAX,
     UNCONFIRMED_PER_SENDER_MAX, Unconfirmed,
 };
@@ -122,9 +122,9 @@ impl<S: Store> Node<S> {
 
     /// Numbers their origins said they no longer hold that waited [`LOST_WAIT_US`] without
     /// a holder's copy arriving: taken as seen, as the origin's own Skip for them would be,
-    /// so per-origin delivery moves on to the origin's later events. At most
-    /// [`LOST_PER_ROUND_MAX`] numbers a call (the rest wait for the next); called at every
-    /// anti-entropy round.
+    /// so per-origin delivery moves on to the origin's later events, whole ranges at a time.
+    /// At most [`LOST_RANGES_PER_ROUND_MAX`] ranges a call (the rest wait for the next);
+    /// called at every anti-entropy round.
     pub(super) fn take_lost(&mut self) {
         self.note_own_gaps();
         if self.lost.is_empty() {
@@ -137,7 +137,7 @@ impl<S: Store> Node<S> {
             .filter(|(_, w)| now.saturating_sub(w.since) >= LOST_WAIT_US)
             .map(|(o, _)| *o)
             .collect();
-        let mut budget = LOST_PER_ROUND_MAX;
+        let mut budget = LOST_RANGES_PER_ROUND_MAX;
         for origin in due {
             let Some(wait) = self.lost.remove(&origin) else {
                 continue;
@@ -149,18 +149,20 @@ impl<S: Store> Node<S> {
                     .to_vec()
             };
             let missing = wait.ranges.difference_ranges(&seen(self));
-            'ranges: for (lo, hi) in missing {
-                for seq in lo..=hi {
-                    if budget == 0 {
-                        break 'ranges;
-                    }
-                    budget -= 1;
-                    // This node's own numbers too (`note_own_gaps`), which `skip_own` refuses.
-                    if seq != 0 && self.note_seen(origin, seq) {
-                        self.advance_delivery(origin);
-                        self.stats.lost_skipped += 1;
-                    }
+            let mut taken = 0;
+            for (lo, hi) in missing {
+                if budget == 0 {
+                    break;
                 }
+                budget -= 1;
+                // Whole ranges at once (a hole can span billions of numbers: a member's
+                // word moved a restarted origin's numbering far on), this node's own
+                // numbers too (`note_own_gaps`), which `skip_own` refuses.
+                taken += self.note_seen_range(origin, lo.max(1), hi);
+            }
+            if taken > 0 {
+                self.stats.lost_skipped += taken;
+                self.advance_delivery(origin);
             }
             let left = wait.ranges.difference_ranges(&seen(self));
             if !left.is_empty() {

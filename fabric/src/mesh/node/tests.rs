@@ -1747,6 +1747,46 @@ fn an_origin_that_lost_its_store_moves_its_peers_past_numbers_nobody_holds() {
     }
 }
 
+/// The hole an origin says it lost can be billions of numbers long (a member's word moved
+/// the numbering of an origin restarted without its store far on: `your_high` may be up to
+/// 2^48): the peer takes it whole after the wait and delivers the origin's next event at
+/// once. Before, it took 65,536 numbers an anti-entropy round (some 16 million rounds for
+/// this hole), and delivery stepped over the hole number by number.
+#[test]
+fn a_lost_hole_of_any_length_is_taken_whole() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+    nodes[0]
+        .handle_publish(0, event_at(1, 1, "orders.all"))
+        .unwrap();
+    pump(&mut nodes, 0, 500_000);
+    assert_eq!(nodes[1].stats().delivered, 1);
+    let t = 1_000_000;
+    let peer = nodes.pop().unwrap();
+    let origin = nodes.pop().unwrap();
+    let origin = restarted_empty(origin, &[&peer], t);
+    let mut nodes = vec![origin, peer];
+    let far = 1u64 << 40;
+    let event = event_at(1, far, "orders.all");
+    nodes[0].handle_publish(t, event.clone()).unwrap();
+    pump(&mut nodes, t, t + 500_000);
+    assert!(nodes[1].store().contains(&event.id()));
+    assert_eq!(nodes[1].stats().delivered, 1, "waits on 2..2^40");
+    let said = pump_until(&mut nodes, t + 1_000_000, 30_000_000, |n| {
+        n[1].stats().lost_in > 0
+    });
+    assert_eq!(nodes[1].stats().lost_in, far - 2, "numbers 2..2^40 - 1");
+    pump_until(&mut nodes, said, LOST_WAIT_US + 10_000_000, |n| {
+        n[1].stats().delivered == 2
+    });
+    let s = nodes[1].stats();
+    assert_eq!((s.lost_skipped, s.delivered_late), (far - 2, 0));
+    assert_eq!(nodes[1].lost_pending(), 0);
+    for n in &nodes {
+        n.check_invariants_full();
+    }
+}
+
 /// The origin and one peer lost their stores, a third node kept its copies: the peer
 /// waiting on the numbers the origin says it lost gets them from the third node within
 /// the wait and delivers all three events in order; nothing is taken as lost.
