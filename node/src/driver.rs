@@ -322,6 +322,28 @@ struct Waiting {
     reply: oneshot::Sender<Result<Published, PublishError>>,
 }
 
+/// Why a region's confirmation was sought at another member
+/// (`weft_confirm_retries_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+enum RetryReason {
+    /// The copy did not get through (`FromMesh::ConfirmFailed`).
+    NotSent,
+    /// The member answered without the events: it does not store their stream.
+    AnsweredWithout,
+    /// No confirmation from the region by half the ack timeout (a blackhole).
+    NoAnswerByHalfTimeout,
+}
+
+impl RetryReason {
+    fn label(self) -> &'static str {
+        match self {
+            RetryReason::NotSent => "not_sent",
+            RetryReason::AnsweredWithout => "answered_without",
+            RetryReason::NoAnswerByHalfTimeout => "no_answer_by_half_timeout",
+        }
+    }
+}
+
 /// Who was asked to confirm a watched event (`ack=regions:N`).
 #[derive(Debug, Default)]
 struct ConfirmAsks {
@@ -360,6 +382,9 @@ pub(crate) struct Driver {
     /// through ([`ConfirmAsks`]): a region's next member is one not asked yet. Dropped with
     /// the event's `confirmed` entry.
     confirm_asks: BTreeMap<EventId, ConfirmAsks>,
+    /// Members that answered a confirmable push without a stream's events: not asked to
+    /// confirm that stream's events for a while (`not_storing.rs`).
+    not_storing: crate::not_storing::NotStoring,
     /// Confirmable pushes from peers, answered after the next commit.
     confirm_replies: Vec<ConfirmReply>,
     dedup: Vec<(String, String, String, EventId)>,
@@ -481,6 +506,7 @@ impl Driver {
             confirmed: BTreeMap::new(),
             confirm_refs: BTreeMap::new(),
             confirm_asks: BTreeMap::new(),
+            not_storing: Default::default(),
             confirm_replies: Vec::new(),
             dedup: Vec::new(),
             last_pos,
@@ -958,7 +984,7 @@ impl Driver {
                 }
                 self.on_message(now, from, msg, reply, budget);
             }
-            FromMesh::Confirmed { from, ids } => {
+            FromMesh::Confirmed { from, ids, without } => {
                 // Only a peer whose region is known counts (a member, up or down).
                 let Some(region) = self
                     .members
@@ -976,8 +1002,19 @@ impl Driver {
                     }
                 }
                 self.settle_confirmations();
+                if !without.is_empty() {
+                    // It does not store their streams (or its store refused them): it
+                    // cannot confirm them, now or for the next events of those streams.
+                    let at = Instant::now();
+                    for e in &without {
+                        self.not_storing.learn(from, e.stream(), at);
+                    }
+                    self.confirm_elsewhere(from, without, RetryReason::AnsweredWithout);
+                }
             }
-            FromMesh::ConfirmFailed { to, events } => self.confirm_elsewhere(to, events),
+            FromMesh::ConfirmFailed { to, events } => {
+                self.confirm_elsewhere(to, events, RetryReason::NotSent);
+            }
             FromMesh::SeedReached { key, addr } => {
                 info!(peer = %key, %addr, "seed reached; joining");
                 let seed = MemberInfo {
@@ -1529,23 +1566,35 @@ impl Driver {
         if watched.is_empty() {
             return;
         }
-        let mut nearest: BTreeMap<&str, (Micros, OriginKey)> = BTreeMap::new();
+        // Each region's members, nearest first.
+        let mut by_region: BTreeMap<&str, Vec<(Micros, OriginKey)>> = BTreeMap::new();
         for (k, m) in &self.members {
             if m.region == self.me.region || m.region.is_empty() {
                 continue;
             }
             let rtt = self.node.rtt_us(k).unwrap_or(Micros::MAX);
-            let best = nearest.entry(&m.region).or_insert((rtt, *k));
-            if (rtt, *k) < *best {
-                *best = (rtt, *k);
-            }
+            by_region.entry(&m.region).or_default().push((rtt, *k));
         }
+        for members in by_region.values_mut() {
+            members.sort_unstable();
+        }
+        let now = Instant::now();
         let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
         for (event, direct) in watched.into_values() {
-            for (region, (_, peer)) in &nearest {
-                // Never around the replication filter (residency): a region the policy
-                // keeps the event out of gets no copy, and cannot confirm.
-                if !direct.contains(*region) && self.node.replication_allowed(&event, peer) {
+            for (region, members) in &by_region {
+                if direct.contains(*region) {
+                    continue;
+                }
+                // The nearest member not known to leave the stream unstored; never around
+                // the replication filter (residency): a region the policy keeps the event
+                // out of gets no copy, and cannot confirm.
+                let peer = members
+                    .iter()
+                    .map(|(_, k)| k)
+                    .find(|k| !self.not_storing.known(k, event.stream(), now));
+                if let Some(peer) = peer
+                    && self.node.replication_allowed(&event, peer)
+                {
                     extra.entry(*peer).or_default().push(event.clone());
                 }
             }
@@ -1554,13 +1603,16 @@ impl Driver {
     }
 
     /// The nearest member of `region` not asked yet to confirm `event` (`asks`) that may
-    /// hold it; `send_confirm_copies` marks it asked.
+    /// hold it and is not known to leave its stream unstored (`not_storing`);
+    /// `send_confirm_copies` marks it asked.
     fn next_confirmer(&self, region: &str, event: &Event, asks: &ConfirmAsks) -> Option<OriginKey> {
+        let now = Instant::now();
         self.members
             .iter()
             .filter(|(k, m)| {
                 m.region == region
                     && !asks.asked.contains(*k)
+                    && !self.not_storing.known(k, event.stream(), now)
                     && self.node.replication_allowed(event, k)
             })
             .map(|(k, _)| (self.node.rtt_us(k).unwrap_or(Micros::MAX), *k))
@@ -1599,7 +1651,7 @@ impl Driver {
         }
         if !extra.is_empty() {
             let copies: u64 = extra.values().map(|v| v.len() as u64).sum();
-            self.metrics.confirm_retries.inc_by(copies);
+            self.count_retries(RetryReason::NoAnswerByHalfTimeout, copies);
             debug!(
                 copies,
                 "regions not confirmed by half the ack timeout asked again"
@@ -1609,11 +1661,12 @@ impl Driver {
     }
 
     /// A confirmable push (the core's or a copy) did not get through to `failed`, or
-    /// `failed` answered without these events: each still awaiting confirmation from
-    /// `failed`'s region goes to the nearest member of that region not asked yet (one
-    /// unreachable member, or one whose queue was full, left the region unconfirmed and the
-    /// publish waiting out its ack timeout). A member's failure is acted on once per event.
-    fn confirm_elsewhere(&mut self, failed: OriginKey, events: Vec<Arc<Event>>) {
+    /// `failed` answered without these events (`why`): each still awaiting confirmation
+    /// from `failed`'s region goes to the nearest member of that region not asked yet and
+    /// not known to leave its stream unstored (one unreachable member, one whose queue was
+    /// full, or one that does not store the stream, left the region unconfirmed and the
+    /// publish waiting). A member's failure is acted on once per event.
+    fn confirm_elsewhere(&mut self, failed: OriginKey, events: Vec<Arc<Event>>, why: RetryReason) {
         let Some(region) = self
             .members
             .get(&failed)
@@ -1644,13 +1697,20 @@ impl Driver {
             asks.event.get_or_insert(event);
             self.confirm_asks.insert(id, asks);
         }
-        // The failure itself is counted by the transport (`weft_mesh_dropped_total`).
+        // A failure to send is counted by the transport (`weft_mesh_dropped_total`).
         if !extra.is_empty() {
             let copies: u64 = extra.values().map(|v| v.len() as u64).sum();
-            self.metrics.confirm_retries.inc_by(copies);
+            self.count_retries(why, copies);
             debug!(failed = %failed, copies, %region, "confirmation sought at another member of the region");
         }
         self.send_confirm_copies(extra);
+    }
+
+    fn count_retries(&self, why: RetryReason, copies: u64) {
+        self.metrics
+            .confirm_retries
+            .get_or_create(&vec![("reason", why.label().to_string())])
+            .inc_by(copies);
     }
 
     /// Queues confirmable pushes of `extra`'s events to each peer (held to the step's

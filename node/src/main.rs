@@ -62,6 +62,7 @@ mod http;
 mod inspect;
 mod keys;
 mod metrics;
+mod not_storing;
 mod parts;
 mod policy_cli;
 mod policy_push;

@@ -33,8 +33,9 @@ pub(crate) struct Metrics {
     /// Events applied here whose HLC was more than the drift bound ahead of this node's
     /// clock: kept, their time not adopted by this node's clock.
     pub(crate) hlc_ahead: Counter,
-    /// Confirmable copies sent to another member of a region that had not confirmed.
-    pub(crate) confirm_retries: Counter,
+    /// Confirmable copies sent to another member of a region that had not confirmed, by
+    /// reason.
+    pub(crate) confirm_retries: Family<Labels, Counter>,
     /// Mesh messages sent, by kind.
     pub(crate) mesh_sent: Family<Labels, Counter>,
     /// Mesh messages received, by kind.
@@ -119,7 +120,7 @@ impl Metrics {
             replicated_in: Counter::default(),
             duplicates_in: Counter::default(),
             hlc_ahead: Counter::default(),
-            confirm_retries: Counter::default(),
+            confirm_retries: Family::default(),
             mesh_sent: Family::default(),
             mesh_received: Family::default(),
             mesh_dropped: Family::default(),
@@ -196,7 +197,7 @@ impl Metrics {
         );
         registry.register(
             "confirm_retries",
-            "Confirmable copies of ack=regions:N events sent to another member of a region that had not confirmed (a copy did not get through, or no answer by half the ack timeout)",
+            "Confirmable copies of ack=regions:N events sent to another member of a region that had not confirmed, by reason: not_sent (a copy did not get through), answered_without (the member does not store the stream), no_answer_by_half_timeout",
             m.confirm_retries.clone(),
         );
         registry.register(

@@ -96,8 +96,14 @@ pub(crate) enum FromMesh {
         reply: Option<Reply>,
         budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
-    /// Committed ids a peer confirmed for a confirmable push.
-    Confirmed { from: OriginKey, ids: Vec<[u8; 32]> },
+    /// Committed ids a peer confirmed for a confirmable push, and the push's events it
+    /// answered without (it does not store their stream, its store refused them): for
+    /// another member of its region to confirm.
+    Confirmed {
+        from: OriginKey,
+        ids: Vec<[u8; 32]>,
+        without: Vec<Arc<Event>>,
+    },
     /// A confirmable push to `to` did not get through (the peer unreachable, its queue
     /// full, the exchange failed or timed out): its events, for another member of `to`'s
     /// region to confirm.
@@ -789,11 +795,7 @@ impl Transport {
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Some(events) = confirm {
-                    // An answer without some of the events is not reported: a member that
-                    // does not store their stream always answers so, and asking the next
-                    // one would copy every such event to each member of its region. The
-                    // driver's half-way round asks again when a publish still waits.
-                    if let Err(e) = t.confirm_exchange(to, conn, bytes).await {
+                    if let Err(e) = t.confirm_exchange(to, conn, bytes, &events).await {
                         Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
                         warn!(peer = %to, error = %e, "confirmable push failed");
                         t.confirm_failed(to, events);
@@ -904,13 +906,15 @@ impl Transport {
         Ok(())
     }
 
-    /// A confirmable push and its answer: the ids the peer holds committed, handed to the
-    /// driver as `FromMesh::Confirmed`.
+    /// A confirmable push and its answer: the ids the peer holds committed, and the
+    /// push's `events` it answered without, handed to the driver as
+    /// `FromMesh::Confirmed`.
     async fn confirm_exchange(
         &self,
         to: OriginKey,
         conn: quinn::Connection,
         push: Vec<u8>,
+        events: &[Arc<Event>],
     ) -> anyhow::Result<()> {
         // Bounded as a whole, as `sync_exchange`.
         let answer = tokio::time::timeout(BI_ANSWER_TIMEOUT, async {
@@ -924,9 +928,19 @@ impl Transport {
         })
         .await??;
         let ids: Vec<[u8; 32]> = postcard::from_bytes(&answer)?;
+        let answered: std::collections::HashSet<&[u8; 32]> = ids.iter().collect();
+        let without: Vec<Arc<Event>> = events
+            .iter()
+            .filter(|e| !answered.contains(&e.id().0))
+            .cloned()
+            .collect();
         let _ = self
             .to_driver
-            .send(FromMesh::Confirmed { from: to, ids })
+            .send(FromMesh::Confirmed {
+                from: to,
+                ids,
+                without,
+            })
             .await;
         Ok(())
     }
@@ -1274,6 +1288,22 @@ mod tests {
                 class: Class::Normal,
             },
         );
+    }
+
+    /// Events 1..=n of one origin on `orders.x`.
+    fn numbered_events(n: u64) -> Vec<StdArc<Event>> {
+        let signer = Signer::from_secret(&[5; 32]);
+        let Message::Push { events, .. } = push("orders.x") else {
+            unreachable!()
+        };
+        let template = events[0].draft().clone();
+        (1..=n)
+            .map(|seq| {
+                let mut d = template.clone();
+                d.seq = seq;
+                StdArc::new(signer.sign(d).unwrap())
+            })
+            .collect()
     }
 
     /// Plays the receiving driver: answers the first confirmable push arriving on `rx`
@@ -1778,18 +1808,7 @@ mod tests {
         let (a, mut a_rx, a_metrics) = start(0);
         let (b, mut b_rx, _) = start(1);
         let b_addr = b.endpoint.local_addr().unwrap();
-        let signer = Signer::from_secret(&[5; 32]);
-        let Message::Push { events, .. } = push("orders.x") else {
-            unreachable!()
-        };
-        let template = events[0].draft().clone();
-        let events: Vec<_> = (1..=N)
-            .map(|seq| {
-                let mut d = template.clone();
-                d.seq = seq;
-                StdArc::new(signer.sign(d).unwrap())
-            })
-            .collect();
+        let events = numbered_events(N);
         let ids: Vec<[u8; 32]> = events.iter().map(|e| e.id().0).collect();
         assert!(
             ids.len() * 33 > 1 << 20,
@@ -1803,7 +1822,8 @@ mod tests {
         );
         let confirmed = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(m) = a_rx.recv().await {
-                if let FromMesh::Confirmed { from, ids } = m {
+                if let FromMesh::Confirmed { from, ids, without } = m {
+                    assert!(without.is_empty(), "every event was confirmed");
                     return Some((from, ids.len()));
                 }
             }
@@ -1818,6 +1838,50 @@ mod tests {
             confirmed,
             Ok(Some((keys[1], N as usize))),
             "the confirmation never came back (confirm_failed {failed})"
+        );
+        a.close();
+        b.close();
+    }
+
+    /// A peer answering a confirmable push without some of its events (it does not store
+    /// their stream) is reported with those events, for the driver to ask the region's
+    /// next member at once (before, such an answer was reported as the ids alone, and the
+    /// publish waited for its half-way round).
+    #[tokio::test]
+    async fn an_answer_without_some_events_reports_them() {
+        let seeds = [[1u8; 32], [2u8; 32]];
+        let keys = seeds.map(|s| Signer::from_secret(&s).origin());
+        let start = |i: usize| test_transport(&seeds, i, "127.0.0.1:0".parse().unwrap(), 64);
+        let (a, mut a_rx, _) = start(0);
+        let (b, mut b_rx, _) = start(1);
+        let b_addr = b.endpoint.local_addr().unwrap();
+        let events = numbered_events(3);
+        send_confirmable(&a, keys[1], b_addr, events.clone());
+        // B holds only the first.
+        assert!(
+            answer_confirmable(&mut b_rx, vec![events[0].id().0], Duration::from_secs(30)).await,
+            "B never got the confirmable push"
+        );
+        let confirmed = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(m) = a_rx.recv().await {
+                if let FromMesh::Confirmed { from, ids, without } = m {
+                    return Some((
+                        from,
+                        ids,
+                        without.iter().map(|e| e.id()).collect::<Vec<_>>(),
+                    ));
+                }
+            }
+            None
+        })
+        .await;
+        assert_eq!(
+            confirmed,
+            Ok(Some((
+                keys[1],
+                vec![events[0].id().0],
+                vec![events[1].id(), events[2].id()]
+            )))
         );
         a.close();
         b.close();

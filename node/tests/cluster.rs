@@ -1263,6 +1263,45 @@ fn two_publishes_of_one_event_at_once_are_both_confirmed() {
     });
 }
 
+/// One EU node and two US nodes (`us-1`, `us-2`), for the confirmation tests.
+const EU_AND_TWO_US: [Spec; 3] = [
+    Spec {
+        name: "eu",
+        region: "aws:eu-west-1",
+        jurisdiction: "EU",
+    },
+    Spec {
+        name: "us-1",
+        region: "aws:us-east-1",
+        jurisdiction: "US",
+    },
+    Spec {
+        name: "us-2",
+        region: "aws:us-east-1",
+        jurisdiction: "US",
+    },
+];
+
+/// Delays node 0's sends to node 2 by 40 ms (chaos) and waits until node 0 measures node
+/// 2 as the farther of nodes 1 and 2, so it asks node 1 first. Returns the chaos rule, for
+/// rules added later to keep it.
+async fn make_node_2_the_farther(c: &Cluster) -> Value {
+    let far = json!({"peer": c.keys[2], "delay_ms": 40.0});
+    c.chaos(0, json!([far])).await;
+    let measured = wait_for(Duration::from_secs(15), || async {
+        let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
+        let rtt =
+            |key: &str| v["peers"].as_array()?.iter().find(|p| p["key"] == key)?["rtt_ms"].as_f64();
+        (rtt(&c.keys[1])? < 20.0 && rtt(&c.keys[2])? > 60.0).then_some(())
+    })
+    .await;
+    assert!(
+        measured.is_some(),
+        "node 0 never measured node 2 as the farther member"
+    );
+    far
+}
+
 /// A region's confirmation does not hang on one member: when the region's nearest member
 /// does not answer the confirmable push (here the publishing node's sends to it vanish, as
 /// behind a network blackhole, while it stays a member through SWIM's indirect probes),
@@ -1271,41 +1310,11 @@ fn two_publishes_of_one_event_at_once_are_both_confirmed() {
 #[test]
 fn a_region_is_confirmed_by_another_member_when_the_nearest_is_unreachable() {
     rt().block_on(async {
-        let specs = [
-            Spec {
-                name: "eu",
-                region: "aws:eu-west-1",
-                jurisdiction: "EU",
-            },
-            Spec {
-                name: "us-1",
-                region: "aws:us-east-1",
-                jurisdiction: "US",
-            },
-            Spec {
-                name: "us-2",
-                region: "aws:us-east-1",
-                jurisdiction: "US",
-            },
-        ];
-        let mut c = Cluster::new("confirm-other", 73, &specs, "");
+        let mut c = Cluster::new("confirm-other", 73, &EU_AND_TWO_US, "");
         c.start_all();
         c.wait_meshed().await;
         // us-2 is farther from eu than us-1: eu asks us-1 first.
-        let far = json!({"peer": c.keys[2], "delay_ms": 40.0});
-        c.chaos(0, json!([far])).await;
-        let measured = wait_for(Duration::from_secs(15), || async {
-            let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
-            let rtt = |key: &str| {
-                v["peers"].as_array()?.iter().find(|p| p["key"] == key)?["rtt_ms"].as_f64()
-            };
-            (rtt(&c.keys[1])? < 20.0 && rtt(&c.keys[2])? > 60.0).then_some(())
-        })
-        .await;
-        assert!(
-            measured.is_some(),
-            "eu never measured us-2 as the farther member"
-        );
+        let far = make_node_2_the_farther(&c).await;
         let ce = json!({"specversion": "1.0", "id": "held", "source": "it", "type": "t",
             "data": {"k": 1}});
         let (status, body) = c
@@ -1329,9 +1338,85 @@ fn a_region_is_confirmed_by_another_member_when_the_nearest_is_unreachable() {
         assert_eq!(body["regions_min"], 2, "{body}");
         assert_eq!(body["complete"], true, "{body}");
         assert_eq!(
-            metric(&c, 0, "weft_confirm_retries_total").await,
+            metric(
+                &c,
+                0,
+                "weft_confirm_retries_total{reason=\"no_answer_by_half_timeout\"}"
+            )
+            .await,
             1,
             "us-2 was asked first, so the test proved nothing"
+        );
+    });
+}
+
+/// A region's nearest member that does not store the stream (it relays it) answers a
+/// confirmable copy without the event: the region's next member is asked at once, and the
+/// stream's next events go to that member first (the relay is remembered for the stream).
+/// Before, only the half-way round (half the ack timeout: 15 s here) asked another member,
+/// for every event of the stream.
+#[test]
+fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
+    rt().block_on(async {
+        let mut c = Cluster::new(
+            "confirm-relay",
+            75,
+            &EU_AND_TWO_US,
+            "[limits]\nack_timeout_ms = 30000\n",
+        );
+        // us-1 relays the stream and stores none of it.
+        let relay = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+        std::fs::write(
+            &c.nodes[1].config,
+            relay.replace("[listen]", "streams = [\"other.>\"]\n[listen]"),
+        )
+        .unwrap();
+        c.start_all();
+        c.wait_meshed().await;
+        // us-2 (which stores the stream) is farther from eu: eu asks us-1 first.
+        make_node_2_the_farther(&c).await;
+        let retries = |reason: &'static str| {
+            let c = &c;
+            async move {
+                metric(
+                    c,
+                    0,
+                    &format!("weft_confirm_retries_total{{reason=\"{reason}\"}}"),
+                )
+                .await
+            }
+        };
+        for round in 0..2 {
+            let ce = json!({"specversion": "1.0", "id": format!("e{round}"), "source": "it",
+                "type": "t", "data": {"k": round}});
+            // Published first with ack=local and held by us-2, so the regions:2 publish
+            // of the same event below is confirmed by the driver's copies alone.
+            let (status, body) = c
+                .post_events(0, "rr", "local", &c.token, std::slice::from_ref(&ce))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let id = body["ids"][0].as_str().unwrap().to_string();
+            let held = wait_for(Duration::from_secs(10), || async {
+                c.ids(2, "rr").await.filter(|ids| ids.contains(&id))
+            })
+            .await;
+            assert!(held.is_some(), "us-2 never held event {round}");
+            let (status, body) = c.post_events(0, "rr", "regions:2", &c.token, &[ce]).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["regions_min"], 2, "{body}");
+            assert_eq!(body["complete"], true, "{body}");
+            assert_eq!(
+                retries("no_answer_by_half_timeout").await,
+                0,
+                "round {round} waited for the half-way round"
+            );
+        }
+        // The first event's copy went to us-1, which answered without it; the second's went
+        // straight to us-2.
+        assert_eq!(retries("answered_without").await, 1);
+        assert!(
+            c.ids(1, "rr").await.unwrap_or_default().is_empty(),
+            "us-1 stores none of the stream"
         );
     });
 }
