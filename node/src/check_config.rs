@@ -127,6 +127,7 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
         data_dir.describe()
     );
     warnings.extend(placement_warnings(raw, regions::regions()));
+    warnings.extend(raw.ignored_settings());
     warnings.extend(data_dir.warning(&c.data_dir));
     warnings.extend(listener_warnings(&c));
     for w in &warnings {

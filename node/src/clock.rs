@@ -57,6 +57,11 @@ impl NodeClock {
     /// Takes the HLC of an event this node applied into account: its next stamp is later.
     /// `false` (not taken in) when it is more than the drift bound ahead.
     pub(crate) fn observe(&self, hlc: Hlc) -> bool {
+        // Not past what was taken in already (replicas of older writes, repairs): nothing
+        // to take in, and no wall-clock read for it.
+        if hlc.as_u64() <= self.observed.load(Ordering::Relaxed) {
+            return true;
+        }
         if self.ahead_ms(hlc).is_some() {
             return false;
         }

@@ -361,6 +361,43 @@ pub(crate) fn hex32(field: &str, text: &str) -> anyhow::Result<[u8; 32]> {
 }
 
 impl NodeConfig {
+    /// Settings the node accepts but that do nothing in this configuration (or do less than
+    /// they seem to), each with why: `weft check-config` lists them as warnings and the
+    /// node logs them at start.
+    pub(crate) fn ignored_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.streams.is_empty() {
+            out.push(
+                "`streams = []`: this node stores and serves no stream, it only relays \
+                 (leave the field out to store every stream)"
+                    .to_string(),
+            );
+        }
+        let devices = self.edge.devices.len();
+        if devices > 0 && self.listen.edge.is_none() {
+            out.push(format!(
+                "[[edge.devices]] lists {devices} device(s) but `listen.edge` is not set: \
+                 there is no edge port for them to connect to"
+            ));
+        }
+        if self.policy.is_some() {
+            if devices > 0 {
+                out.push(format!(
+                    "[[edge.devices]] ({devices}) is ignored while a [policy] is configured: \
+                     the bundle's device enrollment decides which devices connect"
+                ));
+            }
+            if !self.tables.is_empty() {
+                out.push(format!(
+                    "[[tables]] ({}) is ignored while a [policy] is configured: the bundle's \
+                     stream rules (`conflict`) decide which streams are tables",
+                    self.tables.len()
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads and validates `path`.
     pub(crate) fn load(path: &Path) -> anyhow::Result<Resolved> {
         let text = std::fs::read_to_string(path)
@@ -374,7 +411,17 @@ impl NodeConfig {
         let de = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let raw: NodeConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            anyhow::anyhow!("config field `{path}`: {}", e.into_inner())
+            let inner = e.into_inner();
+            if path == "." {
+                // A top-level field: the path would read "`.`", and the TOML span points
+                // at the file's first line, which is not where anything is wrong.
+                anyhow::anyhow!(
+                    "config, top level (before any [table]): {}",
+                    inner.message()
+                )
+            } else {
+                anyhow::anyhow!("config field `{path}`: {inner}")
+            }
         })?;
         raw.resolve(base)
     }
@@ -801,6 +848,41 @@ http = "127.0.0.1:8400"
         }
     }
 
+    /// Settings the node accepts but ignores in a configuration are named, with why.
+    #[test]
+    fn settings_that_do_nothing_are_named() {
+        let parse = |text: &str| NodeConfig::parse(text, Path::new("/")).unwrap().raw;
+        assert!(parse(GOOD).ignored_settings().is_empty(), "{GOOD}");
+        let relay = parse(&format!("streams = []\n{GOOD}")).ignored_settings();
+        assert!(
+            relay.len() == 1 && relay[0].contains("only relays"),
+            "{relay:?}"
+        );
+        let key = "02".repeat(32);
+        let devices =
+            format!("{GOOD}\n[[edge.devices]]\nname = \"d\"\ntenant = \"t\"\nkey = \"{key}\"\n");
+        let w = parse(&devices).ignored_settings();
+        assert!(
+            w.len() == 1 && w[0].contains("`listen.edge` is not set"),
+            "{w:?}"
+        );
+        let with_edge = devices.replace(
+            "http = \"127.0.0.1:8400\"",
+            "http = \"127.0.0.1:8400\"\nedge = \"127.0.0.1:7500\"",
+        );
+        assert!(parse(&with_edge).ignored_settings().is_empty());
+        // With a policy, the bundle decides devices and tables.
+        let policed = format!(
+            "{with_edge}\n[policy]\noperators = [\"{}\"]\n\
+             [[tables]]\npattern = \"prefs.>\"\nstrategy = \"lww\"\n",
+            "03".repeat(32)
+        );
+        let w = parse(&policed).ignored_settings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("[[edge.devices]] (1) is ignored"), "{w:?}");
+        assert!(w[1].contains("[[tables]] (1) is ignored"), "{w:?}");
+    }
+
     #[test]
     fn errors_name_the_field() {
         let cases = [
@@ -864,6 +946,11 @@ http = "127.0.0.1:8400"
                     "http = \"127.0.0.1:8400\"\nedge = \"0.0.0.0:7400\"",
                 ),
                 "`listen.edge`: 0.0.0.0:7400 overlaps listen.mesh 127.0.0.1:7400",
+            ),
+            // A missing top-level field said "config field `.`" and pointed at line 1.
+            (
+                GOOD.replacen("name = \"eu-1\"\n", "", 1),
+                "config, top level (before any [table]): missing field `name`",
             ),
             (format!("{GOOD}\n[log]\nformat = \"xml\"\n"), "log.format"),
             (format!("{GOOD}\n[log]\nlevel = \"verbose\"\n"), "log.level"),

@@ -336,6 +336,21 @@ impl Metrics {
             "Edge agents connected",
             m.edge_agents.clone(),
         );
+        // Series whose labels are a fixed set are there from the start, at 0: a dashboard
+        // or an alert on them (a rate, an absence) works before the first event. Others
+        // (per peer, per stream, per rejection reason) appear at their first event.
+        for reason in ["not_sent", "answered_without", "no_answer_by_half_timeout"] {
+            drop(
+                m.confirm_retries
+                    .get_or_create(&vec![("reason", reason.to_string())]),
+            );
+        }
+        for level in ["none", "local", "regions"] {
+            drop(
+                m.ack_seconds
+                    .get_or_create(&vec![("level", level.to_string())]),
+            );
+        }
         Self { registry, ..m }
     }
 
@@ -410,5 +425,24 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Series with a fixed set of labels are rendered at 0 before any event (they were
+    /// absent until their first event, so a rate or an absence alert had nothing to read).
+    #[test]
+    fn fixed_label_series_are_there_from_the_start() {
+        let text = super::Metrics::new().render();
+        for series in [
+            "weft_confirm_retries_total{reason=\"not_sent\"} 0",
+            "weft_confirm_retries_total{reason=\"answered_without\"} 0",
+            "weft_confirm_retries_total{reason=\"no_answer_by_half_timeout\"} 0",
+            "weft_ack_seconds_count{level=\"regions\"} 0",
+            "weft_ack_seconds_count{level=\"local\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+        }
     }
 }

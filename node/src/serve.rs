@@ -82,6 +82,9 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
 
 async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     let raw = &config.raw;
+    for ignored in raw.ignored_settings() {
+        tracing::warn!("config: {ignored}");
+    }
     let seed = crate::keys::load(&config.key_path)?;
     let signer = Signer::from_secret(&seed);
     let origin = signer.origin();
@@ -496,21 +499,33 @@ fn save_quota_counts_now(api: &Api, data_dir: &std::path::Path) {
 /// Longest a graceful stop waits for open HTTP connections after the stop signal.
 const HTTP_DRAIN_MAX: Duration = Duration::from_secs(3);
 
+/// Waits for SIGINT, SIGTERM or SIGHUP and logs which came. SIGHUP stops the node
+/// gracefully too (it was not caught, and the node died at once, without its last commit,
+/// quota save or aggregation flush): the node reloads no configuration, so a changed config
+/// takes a restart (policy bundles are pushed through the fabric, `weft policy push`).
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    async fn wait(kind: SignalKind) {
+        match signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
+    }
+    let name = tokio::select! {
+        () = wait(SignalKind::interrupt()) => "SIGINT",
+        () = wait(SignalKind::terminate()) => "SIGTERM",
+        () = wait(SignalKind::hangup()) => "SIGHUP",
     };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    if name == "SIGHUP" {
+        tracing::info!(
+            signal = name,
+            "stopping gracefully: the node reloads no configuration on SIGHUP (restart it to \
+             apply a changed config; policy bundles are pushed with `weft policy push`)"
+        );
+    } else {
+        tracing::info!(signal = name, "stopping gracefully");
     }
 }
 

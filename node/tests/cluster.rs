@@ -1421,6 +1421,24 @@ fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
     });
 }
 
+/// SIGHUP stops the node gracefully, as SIGTERM does, saying that it reloads nothing
+/// (before, it was not caught and killed the node at once).
+#[test]
+fn sighup_stops_the_node_gracefully() {
+    rt().block_on(async {
+        let mut c = Cluster::new("sighup", 76, &three_regions()[..1], "");
+        c.start(0);
+        c.wait_healthy(0).await;
+        let status = c.stop_by_signal(0, "HUP", Duration::from_secs(15)).await;
+        let log = c.log(0);
+        assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+        assert!(
+            log.contains("the node reloads no configuration on SIGHUP"),
+            "{log}"
+        );
+    });
+}
+
 /// One principal holds at most `limits.subscribers_per_principal_max` open subscriptions
 /// (429 `too_many_subscriptions` beyond, counted), so one client cannot take every slot;
 /// readers without a token share one such share, and a closed subscription gives its

@@ -180,9 +180,20 @@ enabled = true
         i: usize,
         limit: std::time::Duration,
     ) -> Option<std::process::ExitStatus> {
+        self.stop_by_signal(i, "TERM", limit).await
+    }
+
+    /// Sends node `i` the signal `name` (`TERM`, `HUP`) and waits up to `limit` for it to
+    /// exit; killed and `None` past it.
+    pub async fn stop_by_signal(
+        &mut self,
+        i: usize,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
         let mut child = self.nodes[i].child.take()?;
         let killed = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{name}"), &child.id().to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
