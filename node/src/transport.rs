@@ -117,6 +117,19 @@ pub(crate) enum FromMesh {
     Rtt { peer: OriginKey, rtt: Duration },
 }
 
+/// Whether a failed incoming handshake was a TLS decision (a certificate refused, by this
+/// node or by the peer: a TLS alert travels as a QUIC crypto error, codes 0x100-0x1ff)
+/// rather than a connection that broke before it was up (a peer restarting, a timeout):
+/// only the first is a security decision worth an audit row.
+fn tls_refusal(e: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| u64::from(code) & !0xff == 0x100;
+    match e {
+        quinn::ConnectionError::TransportError(t) => crypto(t.code),
+        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+        _ => false,
+    }
+}
+
 /// How the driver answers on a bidirectional stream.
 #[derive(Debug)]
 pub(crate) enum Reply {
@@ -511,22 +524,28 @@ impl Transport {
                                 "peer_without_identity",
                                 None,
                                 None,
-                                0,
+                                t.policy_epoch(),
                                 format!("mesh connection from {from} refused: no node key in its certificate"),
                             );
                         }
                     },
-                    Err(e) => {
-                        // Unknown keys fail here, in the TLS handshake.
+                    Err(e) if tls_refusal(&e) => {
+                        // Unknown keys fail here, in the TLS handshake: a security decision.
                         t.metrics.reject("peer_handshake_failed");
-                        debug!(error = %e, "incoming mesh connection failed");
+                        debug!(error = %e, "incoming mesh connection refused");
                         t.audit.deny(
                             "peer_handshake_failed",
                             None,
                             None,
-                            0,
-                            format!("mesh connection from {from} refused in the handshake (an untrusted node key, or a broken connection): {e}"),
+                            t.policy_epoch(),
+                            format!("mesh connection from {from} refused in the TLS handshake (a certificate refused: an untrusted node key): {e}"),
                         );
+                    }
+                    Err(e) => {
+                        // A connection that broke before it was up (a peer restarting, a
+                        // timeout): no decision was made, so counted, not audited.
+                        Metrics::inc(&t.metrics.mesh_dropped, "reason", "handshake_broken");
+                        debug!(error = %e, "incoming mesh connection broke in the handshake");
                     }
                 }
             });
@@ -621,6 +640,12 @@ impl Transport {
         }
     }
 
+    /// The policy epoch in force (the driver keeps `weft_policy_epoch` current), for the
+    /// audit rows the transport writes; 0 without a policy.
+    fn policy_epoch(&self) -> u64 {
+        u64::try_from(self.metrics.policy_epoch.get()).unwrap_or(0)
+    }
+
     /// The connection to `to` if one is up, whichever side dialed it.
     fn live(&self, to: &OriginKey) -> Option<quinn::Connection> {
         self.conns
@@ -698,7 +723,7 @@ impl Transport {
                         "peer_address_other_key",
                         None,
                         None,
-                        0,
+                        self.policy_epoch(),
                         format!("mesh dial of {to} at {addr} found {key} there; not used as {to}'s connection{repeats}"),
                     );
                 }
@@ -1013,7 +1038,7 @@ impl Transport {
                             crate::audit::Entry::now(
                                 crate::audit::Decision::Deny,
                                 "bad_signature",
-                                0,
+                                self.policy_epoch(),
                                 format!(
                                     "event from peer {from} (origin {}) refused: {}",
                                     r.origin, r.error
@@ -1333,6 +1358,34 @@ mod tests {
         Priorities {
             latency: vec![StreamPattern::new("orders.>").unwrap()],
             bulk: vec![StreamPattern::new("logs.>").unwrap()],
+        }
+    }
+
+    /// Only a handshake a certificate decision ended is audited: a TLS alert from either
+    /// side (a QUIC crypto error), not a reset or a timeout (a peer restarting).
+    #[test]
+    fn only_tls_refusals_count_as_refused_handshakes() {
+        use quinn::{ConnectionClose, ConnectionError, TransportErrorCode};
+        let closed = |code| {
+            ConnectionError::ConnectionClosed(ConnectionClose {
+                error_code: code,
+                frame_type: None,
+                reason: bytes::Bytes::new(),
+            })
+        };
+        // TLS alerts 42 (bad_certificate) and 48 (unknown_ca).
+        assert!(super::tls_refusal(&closed(TransportErrorCode::crypto(42))));
+        assert!(super::tls_refusal(&closed(TransportErrorCode::crypto(48))));
+        assert!(!super::tls_refusal(&closed(
+            TransportErrorCode::PROTOCOL_VIOLATION
+        )));
+        for broken in [
+            ConnectionError::Reset,
+            ConnectionError::TimedOut,
+            ConnectionError::LocallyClosed,
+            ConnectionError::VersionMismatch,
+        ] {
+            assert!(!super::tls_refusal(&broken), "{broken}");
         }
     }
 
