@@ -383,14 +383,16 @@ impl NodeConfig {
         if self.policy.is_some() {
             if devices > 0 {
                 out.push(format!(
-                    "[[edge.devices]] ({devices}) is ignored while a [policy] is configured: \
-                     the bundle's device enrollment decides which devices connect"
+                    "[[edge.devices]] ({devices}) is not used with a [policy]: once a bundle \
+                     is in force its device enrollment decides which devices connect, and \
+                     until then devices are refused"
                 ));
             }
             if !self.tables.is_empty() {
                 out.push(format!(
-                    "[[tables]] ({}) is ignored while a [policy] is configured: the bundle's \
-                     stream rules (`conflict`) decide which streams are tables",
+                    "[[tables]] ({}) is superseded by a [policy]: once a bundle is in force \
+                     its stream rules (`conflict`) decide which streams are tables; until \
+                     then these are built, and dropped when it comes",
                     self.tables.len()
                 ));
             }
@@ -879,8 +881,8 @@ http = "127.0.0.1:8400"
         );
         let w = parse(&policed).ignored_settings();
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("[[edge.devices]] (1) is ignored"), "{w:?}");
-        assert!(w[1].contains("[[tables]] (1) is ignored"), "{w:?}");
+        assert!(w[0].contains("[[edge.devices]] (1) is not used"), "{w:?}");
+        assert!(w[1].contains("[[tables]] (1) is superseded"), "{w:?}");
     }
 
     #[test]

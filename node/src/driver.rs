@@ -335,11 +335,14 @@ enum RetryReason {
 }
 
 impl RetryReason {
+    /// Its label, one of [`crate::metrics::CONFIRM_RETRY_REASONS`] (whose series exist
+    /// from the start).
     fn label(self) -> &'static str {
+        let [not_sent, answered_without, half_timeout] = crate::metrics::CONFIRM_RETRY_REASONS;
         match self {
-            RetryReason::NotSent => "not_sent",
-            RetryReason::AnsweredWithout => "answered_without",
-            RetryReason::NoAnswerByHalfTimeout => "no_answer_by_half_timeout",
+            RetryReason::NotSent => not_sent,
+            RetryReason::AnsweredWithout => answered_without,
+            RetryReason::NoAnswerByHalfTimeout => half_timeout,
         }
     }
 }
@@ -1585,13 +1588,16 @@ impl Driver {
                 if direct.contains(*region) {
                     continue;
                 }
-                // The nearest member not known to leave the stream unstored; never around
-                // the replication filter (residency): a region the policy keeps the event
-                // out of gets no copy, and cannot confirm.
+                // The nearest member, those known to have answered without the stream's
+                // events last (an order, not a filter: such an answer can also come from a
+                // full store, and a region's only member is still asked); never around the
+                // replication filter (residency): a region the policy keeps the event out
+                // of gets no copy, and cannot confirm.
                 let peer = members
                     .iter()
                     .map(|(_, k)| k)
-                    .find(|k| !self.not_storing.known(k, event.stream(), now));
+                    .find(|k| !self.not_storing.known(k, event.stream(), now))
+                    .or_else(|| members.first().map(|(_, k)| k));
                 if let Some(peer) = peer
                     && self.node.replication_allowed(&event, peer)
                 {
@@ -1603,8 +1609,8 @@ impl Driver {
     }
 
     /// The nearest member of `region` not asked yet to confirm `event` (`asks`) that may
-    /// hold it and is not known to leave its stream unstored (`not_storing`);
-    /// `send_confirm_copies` marks it asked.
+    /// hold it, members known to have answered without its stream's events last
+    /// (`not_storing`: an order, not a filter); `send_confirm_copies` marks it asked.
     fn next_confirmer(&self, region: &str, event: &Event, asks: &ConfirmAsks) -> Option<OriginKey> {
         let now = Instant::now();
         self.members
@@ -1612,12 +1618,17 @@ impl Driver {
             .filter(|(k, m)| {
                 m.region == region
                     && !asks.asked.contains(*k)
-                    && !self.not_storing.known(k, event.stream(), now)
                     && self.node.replication_allowed(event, k)
             })
-            .map(|(k, _)| (self.node.rtt_us(k).unwrap_or(Micros::MAX), *k))
+            .map(|(k, _)| {
+                (
+                    self.not_storing.known(k, event.stream(), now),
+                    self.node.rtt_us(k).unwrap_or(Micros::MAX),
+                    *k,
+                )
+            })
             .min()
-            .map(|(_, k)| k)
+            .map(|(_, _, k)| k)
     }
 
     /// Half the ack timeout after a `regions:N` publish, the regions that have not confirmed

@@ -105,6 +105,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
+/// The reasons of `weft_confirm_retries_total`: a copy not sent, a member that answered
+/// without the events, no answer by half the ack timeout.
+pub(crate) const CONFIRM_RETRY_REASONS: [&str; 3] =
+    ["not_sent", "answered_without", "no_answer_by_half_timeout"];
+
 impl Metrics {
     /// All metrics, registered.
     pub(crate) fn new() -> Self {
@@ -339,7 +344,7 @@ impl Metrics {
         // Series whose labels are a fixed set are there from the start, at 0: a dashboard
         // or an alert on them (a rate, an absence) works before the first event. Others
         // (per peer, per stream, per rejection reason) appear at their first event.
-        for reason in ["not_sent", "answered_without", "no_answer_by_half_timeout"] {
+        for reason in CONFIRM_RETRY_REASONS {
             drop(
                 m.confirm_retries
                     .get_or_create(&vec![("reason", reason.to_string())]),

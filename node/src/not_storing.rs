@@ -4,10 +4,12 @@
 //!
 //! Member records do not carry a member's interest (SWIM gossips region, cloud,
 //! jurisdiction, address and policy epoch), so the driver learns it from answers: a member
-//! that answered without an event is not asked to confirm that stream's events again for
-//! [`NOT_STORING_TTL`], and its region's next member is asked at once instead. A member's
-//! interest changes only when it restarts with another configuration, which the TTL
-//! outlives by at most that long (its region is asked at other members meanwhile).
+//! that answered without an event is asked last to confirm that stream's events for
+//! [`NOT_STORING_TTL`], and its region's next member is asked at once instead. Last, not
+//! never: an answer without an event can also come from a full store or an erasure, and a
+//! region whose only member answered so is still asked. A member's interest changes only
+//! when it restarts with another configuration, which the TTL outlives by at most that
+//! long.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -267,6 +267,8 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         );
     }
 
+    // Set before the transport starts: its audit rows carry the epoch it reads here.
+    metrics.policy_epoch.set(policy_state.epoch() as i64);
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
     let quic = crate::tls::quic_configs(&seed, trusted.iter().copied())?;
     let (mesh_tx, mesh_rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);
@@ -513,10 +515,18 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     }
+    // A node started with SIGHUP ignored (`nohup`) keeps ignoring it: tokio would install
+    // a handler all the same, and a terminal's hangup would then stop it.
+    let hangup = async {
+        if sighup_ignored() {
+            std::future::pending::<()>().await;
+        }
+        wait(SignalKind::hangup()).await;
+    };
     let name = tokio::select! {
         () = wait(SignalKind::interrupt()) => "SIGINT",
         () = wait(SignalKind::terminate()) => "SIGTERM",
-        () = wait(SignalKind::hangup()) => "SIGHUP",
+        () = hangup => "SIGHUP",
     };
     if name == "SIGHUP" {
         tracing::info!(
@@ -529,8 +539,41 @@ async fn shutdown_signal() {
     }
 }
 
+/// Whether this process was started with SIGHUP ignored (`nohup`), read from the kernel's
+/// `SigIgn` mask in `/proc/self/status` (no unsafe `sigaction` query: the workspace forbids
+/// unsafe code). Elsewhere than Linux: false.
+fn sighup_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| sig_ignored(&status, 1))
+}
+
+/// Whether signal `signo` is set in the `SigIgn:` mask of a `/proc/<pid>/status` text.
+fn sig_ignored(status: &str, signo: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| signo >= 1 && mask & (1 << (signo - 1)) != 0)
+}
+
 #[cfg(test)]
 mod tests {
+    /// The `SigIgn` mask is read as the kernel writes it: bit `n - 1` for signal `n`.
+    #[test]
+    fn an_ignored_signal_is_read_from_the_status_mask() {
+        let status = |mask: &str| {
+            format!("Name:\tweft\nSigBlk:\t0000000000000000\nSigIgn:\t{mask}\nSigCgt:\t0\n")
+        };
+        assert!(super::sig_ignored(&status("0000000000000001"), 1), "SIGHUP");
+        assert!(!super::sig_ignored(&status("0000000000001000"), 1));
+        assert!(
+            super::sig_ignored(&status("0000000000001000"), 13),
+            "SIGPIPE"
+        );
+        assert!(!super::sig_ignored("no mask here", 1));
+        // This test process: whatever its mask, reading it does not fail.
+        let _ = super::sighup_ignored();
+    }
+
     #[test]
     fn dashboards_link_to_a_reachable_http_address() {
         let adv: std::net::SocketAddr = "10.0.2.10:7400".parse().unwrap();

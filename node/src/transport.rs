@@ -117,16 +117,36 @@ pub(crate) enum FromMesh {
     Rtt { peer: OriginKey, rtt: Duration },
 }
 
-/// Whether a failed incoming handshake was a TLS decision (a certificate refused, by this
-/// node or by the peer: a TLS alert travels as a QUIC crypto error, codes 0x100-0x1ff)
-/// rather than a connection that broke before it was up (a peer restarting, a timeout):
-/// only the first is a security decision worth an audit row.
-fn tls_refusal(e: &quinn::ConnectionError) -> bool {
-    let crypto = |code: quinn::TransportErrorCode| u64::from(code) & !0xff == 0x100;
+/// What a failed incoming handshake was when it was a TLS decision (a TLS alert travels as
+/// a QUIC crypto error, codes 0x100-0x1ff), said by side and alert; `None` for a connection
+/// that broke before it was up (a peer restarting, a timeout): only a decision is worth an
+/// audit row. This node's certificate verifier refuses an untrusted key with
+/// `handshake_failure` (40); a peer refusing this node's certificate closes with its own
+/// alert; a wrong ALPN is `no_application_protocol` (120).
+fn tls_refusal(e: &quinn::ConnectionError) -> Option<String> {
+    let alert = |code: quinn::TransportErrorCode| {
+        let code = u64::from(code);
+        (code & !0xff == 0x100).then(|| {
+            let alert = code & 0xff;
+            let name = match alert {
+                40 => "handshake_failure",
+                42 => "bad_certificate",
+                43 => "unsupported_certificate",
+                46 => "certificate_unknown",
+                48 => "unknown_ca",
+                120 => "no_application_protocol",
+                _ => "",
+            };
+            format!("TLS alert {alert} {name}").trim_end().to_string()
+        })
+    };
     match e {
-        quinn::ConnectionError::TransportError(t) => crypto(t.code),
-        quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
-        _ => false,
+        quinn::ConnectionError::TransportError(t) => alert(t.code).map(|a| {
+            format!("this node refused the peer ({a}; an untrusted node key is refused so)")
+        }),
+        quinn::ConnectionError::ConnectionClosed(c) => alert(c.error_code)
+            .map(|a| format!("the peer refused this node ({a}; it may not trust this key)")),
+        _ => None,
     }
 }
 
@@ -529,7 +549,7 @@ impl Transport {
                             );
                         }
                     },
-                    Err(e) if tls_refusal(&e) => {
+                    Err(e) if let Some(refusal) = tls_refusal(&e) => {
                         // Unknown keys fail here, in the TLS handshake: a security decision.
                         t.metrics.reject("peer_handshake_failed");
                         debug!(error = %e, "incoming mesh connection refused");
@@ -538,7 +558,7 @@ impl Transport {
                             None,
                             None,
                             t.policy_epoch(),
-                            format!("mesh connection from {from} refused in the TLS handshake (a certificate refused: an untrusted node key): {e}"),
+                            format!("mesh connection from {from} refused in the TLS handshake: {refusal}: {e}"),
                         );
                     }
                     Err(e) => {
@@ -1373,19 +1393,25 @@ mod tests {
                 reason: bytes::Bytes::new(),
             })
         };
-        // TLS alerts 42 (bad_certificate) and 48 (unknown_ca).
-        assert!(super::tls_refusal(&closed(TransportErrorCode::crypto(42))));
-        assert!(super::tls_refusal(&closed(TransportErrorCode::crypto(48))));
-        assert!(!super::tls_refusal(&closed(
-            TransportErrorCode::PROTOCOL_VIOLATION
-        )));
+        // The peer refused this node: alerts 42 (bad_certificate), 40 (handshake_failure).
+        assert_eq!(
+            super::tls_refusal(&closed(TransportErrorCode::crypto(42))).as_deref(),
+            Some(
+                "the peer refused this node (TLS alert 42 bad_certificate; it may not trust this key)"
+            )
+        );
+        assert!(super::tls_refusal(&closed(TransportErrorCode::crypto(40))).is_some());
+        assert_eq!(
+            super::tls_refusal(&closed(TransportErrorCode::PROTOCOL_VIOLATION)),
+            None
+        );
         for broken in [
             ConnectionError::Reset,
             ConnectionError::TimedOut,
             ConnectionError::LocallyClosed,
             ConnectionError::VersionMismatch,
         ] {
-            assert!(!super::tls_refusal(&broken), "{broken}");
+            assert_eq!(super::tls_refusal(&broken), None, "{broken}");
         }
     }
 

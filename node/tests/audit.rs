@@ -663,8 +663,16 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
         .await;
         drop(intruder);
         assert!(e["message"].as_str().unwrap().contains("127.50.0.2"), "{e}");
-        // Under the policy in force (mesh rows carried epoch 0 before).
+        // Under the policy in force (mesh rows carried epoch 0 before), saying which side
+        // refused.
         assert_eq!(e["epoch"], 5, "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("this node refused the peer (TLS alert"),
+            "{e}"
+        );
 
         // A bundle refused at start: the node exits, and the entry it wrote first is in the
         // log when it runs again.

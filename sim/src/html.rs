@@ -343,8 +343,12 @@ fn label_rows(report: &Report, end: f64) -> Vec<usize> {
     const PLOT_PX: f64 = (WIDTH - 100) as f64;
     let s_per_px = end / PLOT_PX;
     let mut row_ends: Vec<f64> = Vec::new();
-    let mut rows = Vec::with_capacity(report.faults.len());
-    for (i, f) in report.faults.iter().enumerate() {
+    let mut rows = vec![0; report.faults.len()];
+    // By start time, whatever order the scenario lists its faults in.
+    let mut order: Vec<usize> = (0..report.faults.len()).collect();
+    order.sort_by(|&a, &b| report.faults[a].at_s.total_cmp(&report.faults[b].at_s));
+    for i in order {
+        let f = &report.faults[i];
         let label_end = f.at_s + (fault_label(i, f).len() as f64 * 7.0 + 6.0) * s_per_px;
         let taken_until = label_end.max(f.until_s);
         let row = match row_ends.iter().position(|&e| e <= f.at_s) {
@@ -357,7 +361,7 @@ fn label_rows(report: &Report, end: f64) -> Vec<usize> {
                 row_ends.len() - 1
             }
         };
-        rows.push(row % LABEL_ROWS_MAX);
+        rows[i] = row % LABEL_ROWS_MAX;
     }
     rows
 }

@@ -135,10 +135,11 @@ fn overlapping_fault_labels_do_not_run_together() {
         until_s,
         ..first.clone()
     };
+    // Listed out of start order: the rows follow the start times.
     report.faults = vec![
         at("partition", 10.0, 20.0),
-        at("link-degradation", 12.0, 18.0),
         at("clock-skew", 15.0, 16.0),
+        at("link-degradation", 12.0, 18.0),
         at("node-crash", 40.0, 45.0),
     ];
     let dir = std::env::temp_dir().join(format!("weft-sim-html-labels-{}", std::process::id()));
@@ -146,8 +147,8 @@ fn overlapping_fault_labels_do_not_run_together() {
     let svg = std::fs::read_to_string(dir.join(weft_sim::html::DELIVERED_FRACTION_SVG)).unwrap();
     let y = [
         label_y(&svg, "F1 partition"),
-        label_y(&svg, "F2 link-degradation"),
-        label_y(&svg, "F3 clock-skew"),
+        label_y(&svg, "F3 link-degradation"),
+        label_y(&svg, "F2 clock-skew"),
         label_y(&svg, "F4 node-crash"),
     ];
     assert!(y[0] < y[1] && y[1] < y[2], "three overlapping rows: {y:?}");

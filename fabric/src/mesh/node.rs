@@ -194,6 +194,9 @@ pub fn own_numbers_worth_waiting(waited: Micros, asked: bool) -> bool {
 /// delivery steps over numbers without a stored event in one step
 /// ([`Store::next_stored`]), so the work of a round is bounded by ranges, not numbers.
 pub const LOST_RANGES_PER_ROUND_MAX: u64 = 4_096;
+/// Numbers without a stored event in a row after which ordered delivery asks the store
+/// where the next stored one is ([`Store::next_stored`]) instead of trying each.
+pub const NEXT_STORED_AFTER_MISSES: u32 = 4;
 /// Most waiting numbers of one origin an anti-entropy digest leaves out (the lowest; the
 /// rest wait for later rounds): each is a hole in the origin's ranges, of which a digest
 /// holds at most [`crate::mesh::ranges::RANGES_PER_ORIGIN_MAX`].

@@ -223,7 +223,6 @@ impl SeqRanges {
         })
     }
 
-    /// Adds every number of `start..=end`.
     /// Adds every number of `start..=end` (`start` at least 1), merging what it touches;
     /// at [`RANGES_PER_ORIGIN_MAX`] the highest range goes, as with [`SeqRanges::insert`].
     pub fn insert_range(&mut self, start: u64, end: u64) {

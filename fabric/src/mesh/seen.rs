@@ -17,7 +17,7 @@
 //! or it has no ranges yet: listed in every request). The term of an origin is a function
 //! of what the node has seen of it and of what the store holds of it
 //! ([`summary_ranges`]); the set recomputes it when either changes: the seen ranges change
-//! only through [`SeenSet::record`], the store's through the core's inserts and voids
+//! only through [`SeenSet::record`] and [`SeenSet::record_range`], the store's through the core's inserts and voids
 //! ([`SeenSet::store_changed`]) or through the node's `store_mut`, after which every term
 //! is recomputed before the next use ([`SeenSet::store_changed_elsewhere`]).
 
@@ -103,7 +103,8 @@ enum Term {
 /// simulation's instructions).
 #[derive(Debug, Default)]
 pub(super) struct OriginSeen {
-    /// Sequence numbers accepted. Private: they change only through [`SeenSet::record`],
+    /// Sequence numbers accepted. Private: they change only through [`SeenSet::record`]
+    /// and [`SeenSet::record_range`],
     /// which keeps the summary in step.
     ranges: SeqRanges,
     /// Next sequence number to deliver, minus one.
@@ -254,8 +255,17 @@ impl OriginSeen {
     }
 
     /// Records every number of `lo..=hi` as seen at `now` (numbers taken as lost: whole
-    /// ranges, not number by number); returns the count of numbers before and after.
-    fn record_range(&mut self, lo: u64, hi: u64, now: Micros) -> (u64, u64) {
+    /// ranges, not number by number); returns the count of numbers before and after, and
+    /// whether the ranges changed (at [`RANGES_PER_ORIGIN_MAX`] they can while the count
+    /// stays or falls: the insert drops the highest range).
+    fn record_range(&mut self, lo: u64, hi: u64, now: Micros) -> (u64, u64, bool) {
+        if SeqRanges::from_ranges([(lo, hi)])
+            .difference_ranges(self.ranges.as_slice())
+            .is_empty()
+        {
+            let count = self.ranges.count();
+            return (count, count, false);
+        }
         // As in `record`: at the limit the insert may drop the highest range.
         if self.ranges.range_count() >= RANGES_PER_ORIGIN_MAX {
             self.lossy = true;
@@ -263,7 +273,7 @@ impl OriginSeen {
         let before = self.ranges.count();
         self.ranges.insert_range(lo, hi);
         let after = self.ranges.count();
-        if after != before {
+        {
             self.changed_us = now;
             if now.saturating_sub(self.fresh_at) >= SYNC_FRESH_US || self.fresh_from == 0 {
                 self.fresh_from = lo;
@@ -272,7 +282,7 @@ impl OriginSeen {
                 self.fresh_from = self.fresh_from.min(lo);
             }
         }
-        (before, after)
+        (before, after, true)
     }
 }
 
@@ -383,6 +393,7 @@ impl SeenSet {
     }
 
     /// The origin's entry, to move its delivery cursor (its ranges change only through
+    /// [`SeenSet::record_range`] and
     /// [`SeenSet::record`]).
     pub(super) fn get_mut(&mut self, origin: &OriginKey) -> Option<&mut OriginSeen> {
         self.by_origin.get_mut(origin)
@@ -423,17 +434,18 @@ impl SeenSet {
 
     /// Records every number of `lo..=hi` (`lo` at least 1) of an origin already here as
     /// seen at `now`, as [`SeenSet::record`] does one; returns the origin's count of
-    /// numbers before and after (`None`: the origin is not here).
+    /// numbers before and after and whether its ranges changed (`None`: the origin is not
+    /// here).
     pub(super) fn record_range(
         &mut self,
         origin: OriginKey,
         lo: u64,
         hi: u64,
         now: Micros,
-    ) -> Option<(u64, u64)> {
+    ) -> Option<(u64, u64, bool)> {
         let s = self.by_origin.get_mut(&origin)?;
-        let (before, after) = s.record_range(lo, hi, now);
-        if after != before {
+        let (before, after, changed) = s.record_range(lo, hi, now);
+        if changed {
             Self::note_holes(&mut self.holed, origin, s);
             let term = s.term();
             s.set_term(Term::Recent);
@@ -442,7 +454,7 @@ impl SeenSet {
                 self.summary.recent.push(Reverse((now, origin)));
             }
         }
-        Some((before, after))
+        Some((before, after, changed))
     }
 
     /// Adds the record of an origin rebuilt after a restart ([`OriginSeen::restored`]):
@@ -863,6 +875,46 @@ mod tests {
         set.record(key(2), 1, SYNC_SETTLED_US + 40);
         assert_eq!(set.counted(&key(2)), Some(two));
         set.check_summary(SYNC_SETTLED_US + 40, &store);
+    }
+
+    /// A range recorded whole counts its new numbers and says whether the ranges changed:
+    /// a range already held changes nothing; at the range limit a new range can change them
+    /// while the count stays (the highest range is dropped for it), which its caller must
+    /// still act on (delivery may move on); and a counted origin leaves the sum as with
+    /// `record`.
+    #[test]
+    fn a_range_recorded_whole_says_what_it_changed() {
+        let store = MemStore::new(16);
+        let mut set = SeenSet::default();
+        set.record(key(1), 1, 0);
+        assert_eq!(
+            set.record_range(key(1), 2, 1_000_000, 5),
+            Some((1, 1_000_000, true))
+        );
+        assert_eq!(set.get(&key(1)).unwrap().ranges().contiguous(), 1_000_000);
+        assert_eq!(
+            set.record_range(key(1), 10, 20, 6),
+            Some((1_000_000, 1_000_000, false))
+        );
+        assert_eq!(
+            set.record_range(key(9), 1, 2, 7),
+            None,
+            "an origin not here"
+        );
+        set.settle(SYNC_SETTLED_US + 6, &store);
+        assert!(set.counted(&key(1)).is_some());
+        // At the limit: 1024 ranges of one number, four apart.
+        for i in 0..RANGES_PER_ORIGIN_MAX as u64 {
+            set.record(key(2), 1 + 4 * i, 10);
+        }
+        let full = set.get(&key(2)).unwrap().ranges().count();
+        let (before, after, changed) = set.record_range(key(2), 3, 3, 11).unwrap();
+        assert_eq!((before, after, changed), (full, full, true));
+        assert!(set.get(&key(2)).unwrap().ranges().contains(3));
+        // A change takes a counted origin out of the sum.
+        set.record_range(key(1), 1_000_001, 1_000_002, SYNC_SETTLED_US + 7);
+        assert_eq!(set.counted(&key(1)), None);
+        assert!(set.consistent());
     }
 
     /// An origin at the range limit cannot be vouched for: listed once settled, and a

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{
     ANNOUNCERS_MAX, APP_QUEUE_LEN_MAX, AppEvent, FilterHop, IHAVE_BATCH_RESERVE,
-    INTEREST_CACHE_LEN_MAX, MISSING_LEN_MAX, Micros, Missing, Node, RECENT_OWN_US,
-    REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX, REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX,
+    INTEREST_CACHE_LEN_MAX, MISSING_LEN_MAX, Micros, Missing, NEXT_STORED_AFTER_MISSES, Node,
+    RECENT_OWN_US, REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX, REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX,
     REPAIRED_LEN_MAX, Target, Timer, batches_of, chunks_of,
 };
 use crate::envelope::{Event, EventId, OriginKey};
@@ -131,14 +131,15 @@ impl<S: Store> Node<S> {
     }
 
     /// Records every number of `lo..=hi` (`lo` at least 1) of an origin already seen as
-    /// seen, keeping [`Node::seen_count`] in step; returns how many were new.
-    pub(super) fn note_seen_range(&mut self, origin: OriginKey, lo: u64, hi: u64) -> u64 {
+    /// seen, keeping [`Node::seen_count`] in step; returns how many were new and whether
+    /// the origin's ranges changed (at the range limit they can with none new).
+    pub(super) fn note_seen_range(&mut self, origin: OriginKey, lo: u64, hi: u64) -> (u64, bool) {
         match self.seen.record_range(origin, lo, hi, self.now) {
-            Some((before, after)) => {
+            Some((before, after, changed)) => {
                 self.seen_count = self.seen_count - before + after;
-                after.saturating_sub(before)
+                (after.saturating_sub(before), changed)
             }
-            None => 0,
+            None => (0, false),
         }
     }
 
@@ -265,6 +266,10 @@ impl<S: Store> Node<S> {
     }
 
     /// Delivers stored events of `origin` in sequence order from its cursor.
+    ///
+    /// Numbers without a stored event are stepped over; after
+    /// [`NEXT_STORED_AFTER_MISSES`] of them in a row, the store is asked where the next
+    /// stored one is ([`Store::next_stored`]).
     pub(super) fn advance_delivery(&mut self, origin: OriginKey) {
         let Some(seen) = self.seen.get_mut(&origin) else {
             return;
@@ -272,6 +277,7 @@ impl<S: Store> Node<S> {
         let upto = seen.ranges().contiguous();
         let from = seen.delivered;
         let mut cursor = from;
+        let mut misses = 0u32;
         while cursor < upto {
             if self.app.len() >= APP_QUEUE_LEN_MAX {
                 self.delivery_paused.insert(origin);
@@ -283,14 +289,25 @@ impl<S: Store> Node<S> {
             }
             let Some(event) = self.store.get(&origin, cursor) else {
                 // Numbers without a stored event (not for this node, skipped, taken as
-                // lost) deliver nothing: on to the next stored one in one step, not number
-                // by number (a hole taken as lost can span billions of numbers).
-                cursor = match self.store.next_stored(&origin, cursor, upto) {
-                    Some(next) => next - 1,
-                    None => upto,
-                };
+                // lost) deliver nothing: past a few in a row, on to the next stored one in
+                // one step, not number by number (a hole taken as lost can span billions of
+                // numbers). Not at the first miss: a node storing some of an origin's
+                // streams sees holes of one or two, where a store's search (a query in
+                // SQLite) would cost more than the next `get`.
+                misses += 1;
+                if misses >= NEXT_STORED_AFTER_MISSES {
+                    misses = 0;
+                    cursor = match self.store.next_stored(&origin, cursor, upto) {
+                        // Only an answer inside the window moves the cursor on (a store
+                        // answering outside it is stepped past number by number).
+                        Some(next) if next > cursor && next <= upto => next - 1,
+                        Some(_) => cursor,
+                        None => upto,
+                    };
+                }
                 continue;
             };
+            misses = 0;
             if self.interest_narrowed
                 && !self
                     .config

@@ -149,7 +149,7 @@ impl<S: Store> Node<S> {
                     .to_vec()
             };
             let missing = wait.ranges.difference_ranges(&seen(self));
-            let mut taken = 0;
+            let (mut taken, mut changed) = (0, false);
             for (lo, hi) in missing {
                 if budget == 0 {
                     break;
@@ -158,10 +158,14 @@ impl<S: Store> Node<S> {
                 // Whole ranges at once (a hole can span billions of numbers: a member's
                 // word moved a restarted origin's numbering far on), this node's own
                 // numbers too (`note_own_gaps`), which `skip_own` refuses.
-                taken += self.note_seen_range(origin, lo.max(1), hi);
+                let (new, moved) = self.note_seen_range(origin, lo.max(1), hi);
+                taken += new;
+                changed |= moved;
             }
-            if taken > 0 {
-                self.stats.lost_skipped += taken;
+            self.stats.lost_skipped += taken;
+            if changed {
+                // Also when none is counted new: at the range limit the set may drop its
+                // highest range for this one, and delivery can still move on.
                 self.advance_delivery(origin);
             }
             let left = wait.ranges.difference_ranges(&seen(self));
