@@ -223,7 +223,8 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<ExitCode> {
 struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    /// `None` when the demo was started with SIGHUP ignored (`nohup`): it keeps ignoring it.
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -232,7 +233,11 @@ impl Signals {
         Ok(Self {
             int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
-            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            hup: if crate::serve::sighup_ignored() {
+                None
+            } else {
+                Some(signal(SignalKind::hangup()).context("SIGHUP handler")?)
+            },
         })
     }
 
@@ -241,7 +246,12 @@ impl Signals {
         tokio::select! {
             _ = self.int.recv() => "Ctrl-C",
             _ = self.term.recv() => "SIGTERM",
-            _ = self.hup.recv() => "SIGHUP",
+            _ = async {
+                match &mut self.hup {
+                    Some(hup) => hup.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
         }
     }
 }

@@ -542,7 +542,7 @@ async fn shutdown_signal() {
 /// Whether this process was started with SIGHUP ignored (`nohup`), read from the kernel's
 /// `SigIgn` mask in `/proc/self/status` (no unsafe `sigaction` query: the workspace forbids
 /// unsafe code). Elsewhere than Linux: false.
-fn sighup_ignored() -> bool {
+pub(crate) fn sighup_ignored() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| sig_ignored(&status, 1))
 }
 

@@ -1422,21 +1422,53 @@ fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
 }
 
 /// SIGHUP stops the node gracefully, as SIGTERM does, saying that it reloads nothing
-/// (before, it was not caught and killed the node at once).
+/// (before, it was not caught and killed the node at once). A node started with SIGHUP
+/// ignored (`nohup`, as this test process may be: the node inherits it) keeps ignoring it
+/// and stops on SIGTERM.
 #[test]
 fn sighup_stops_the_node_gracefully() {
     rt().block_on(async {
         let mut c = Cluster::new("sighup", 76, &three_regions()[..1], "");
         c.start(0);
         c.wait_healthy(0).await;
+        let said = "the node reloads no configuration on SIGHUP";
+        if sighup_ignored_here() {
+            let pid = c.nodes[0].child.as_ref().unwrap().id().to_string();
+            let sent = std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let running = c.nodes[0].child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                running.is_none(),
+                "a node started under nohup stopped on SIGHUP ({running:?}):\n{}",
+                c.log(0)
+            );
+            c.wait_healthy(0).await;
+            let status = c.stop_gracefully(0, Duration::from_secs(15)).await;
+            assert!(status.is_some_and(|s| s.success()), "{status:?}");
+            assert!(!c.log(0).contains(said), "{}", c.log(0));
+            return;
+        }
         let status = c.stop_by_signal(0, "HUP", Duration::from_secs(15)).await;
         let log = c.log(0);
         assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
-        assert!(
-            log.contains("the node reloads no configuration on SIGHUP"),
-            "{log}"
-        );
+        assert!(log.contains(said), "{log}");
     });
+}
+
+/// Whether this test process runs with SIGHUP ignored (started under `nohup`): the nodes
+/// it starts inherit that.
+fn sighup_ignored_here() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & 1 != 0)
+    })
 }
 
 /// One principal holds at most `limits.subscribers_per_principal_max` open subscriptions
