@@ -1569,17 +1569,11 @@ impl Driver {
         if watched.is_empty() {
             return;
         }
-        // Each region's members, nearest first.
-        let mut by_region: BTreeMap<&str, Vec<(Micros, OriginKey)>> = BTreeMap::new();
+        let mut by_region: BTreeMap<&str, Vec<OriginKey>> = BTreeMap::new();
         for (k, m) in &self.members {
-            if m.region == self.me.region || m.region.is_empty() {
-                continue;
+            if m.region != self.me.region && !m.region.is_empty() {
+                by_region.entry(&m.region).or_default().push(*k);
             }
-            let rtt = self.node.rtt_us(k).unwrap_or(Micros::MAX);
-            by_region.entry(&m.region).or_default().push((rtt, *k));
-        }
-        for members in by_region.values_mut() {
-            members.sort_unstable();
         }
         let now = Instant::now();
         let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
@@ -1588,29 +1582,43 @@ impl Driver {
                 if direct.contains(*region) {
                     continue;
                 }
-                // The nearest member, those known to have answered without the stream's
-                // events last (an order, not a filter: such an answer can also come from a
-                // full store, and a region's only member is still asked); never around the
+                // The region's first member by `confirmer_rank`; never around the
                 // replication filter (residency): a region the policy keeps the event out
                 // of gets no copy, and cannot confirm.
                 let peer = members
                     .iter()
-                    .map(|(_, k)| k)
-                    .find(|k| !self.not_storing.known(k, event.stream(), now))
-                    .or_else(|| members.first().map(|(_, k)| k));
+                    .map(|k| self.confirmer_rank(k, &event, now))
+                    .min()
+                    .map(|(_, _, k)| k);
                 if let Some(peer) = peer
-                    && self.node.replication_allowed(&event, peer)
+                    && self.node.replication_allowed(&event, &peer)
                 {
-                    extra.entry(*peer).or_default().push(event.clone());
+                    extra.entry(peer).or_default().push(event.clone());
                 }
             }
         }
         self.send_confirm_copies(extra);
     }
 
-    /// The nearest member of `region` not asked yet to confirm `event` (`asks`) that may
-    /// hold it, members known to have answered without its stream's events last
-    /// (`not_storing`: an order, not a filter); `send_confirm_copies` marks it asked.
+    /// The order in which a region's members are asked to confirm `event` (the least
+    /// first): the nearest, those known to have answered without its stream's events last
+    /// (`not_storing`: an order, not a filter; such an answer can also come from a full
+    /// store, and a region's only member is still asked), the key breaking ties.
+    fn confirmer_rank(
+        &self,
+        k: &OriginKey,
+        event: &Event,
+        now: Instant,
+    ) -> (bool, Micros, OriginKey) {
+        (
+            self.not_storing.known(k, event.stream(), now),
+            self.node.rtt_us(k).unwrap_or(Micros::MAX),
+            *k,
+        )
+    }
+
+    /// The first member of `region` by `confirmer_rank` not asked yet to confirm `event`
+    /// (`asks`) that may hold it; `send_confirm_copies` marks it asked.
     fn next_confirmer(&self, region: &str, event: &Event, asks: &ConfirmAsks) -> Option<OriginKey> {
         let now = Instant::now();
         self.members
@@ -1620,13 +1628,7 @@ impl Driver {
                     && !asks.asked.contains(*k)
                     && self.node.replication_allowed(event, k)
             })
-            .map(|(k, _)| {
-                (
-                    self.not_storing.known(k, event.stream(), now),
-                    self.node.rtt_us(k).unwrap_or(Micros::MAX),
-                    *k,
-                )
-            })
+            .map(|(k, _)| self.confirmer_rank(k, event, now))
             .min()
             .map(|(_, _, k)| k)
     }

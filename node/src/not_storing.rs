@@ -24,38 +24,56 @@ pub(crate) const NOT_STORING_TTL: Duration = Duration::from_secs(600);
 /// (forgetting costs one more copy to a member that answers without, never a wrong answer).
 pub(crate) const NOT_STORING_LEN_MAX: usize = 4096;
 
-/// (member, stream) pairs known not to be stored, with when that was learned.
+/// (member, stream) pairs known not to be stored, with when that was learned; by stream,
+/// so a lookup (once per member a confirmation copy could go to) borrows the stream name
+/// instead of building a key.
 #[derive(Debug, Default)]
 pub(crate) struct NotStoring {
-    learned: HashMap<(OriginKey, StreamName), Instant>,
+    learned: HashMap<StreamName, HashMap<OriginKey, Instant>>,
+    /// Pairs held, across the streams.
+    len: usize,
 }
 
 impl NotStoring {
     /// `member` answered without an event of `stream` at `now`.
     pub(crate) fn learn(&mut self, member: OriginKey, stream: &StreamName, now: Instant) {
-        let key = (member, stream.clone());
-        if !self.learned.contains_key(&key) && self.learned.len() >= NOT_STORING_LEN_MAX {
-            self.learned
-                .retain(|_, at| now.saturating_duration_since(*at) < NOT_STORING_TTL);
-            if self.learned.len() >= NOT_STORING_LEN_MAX {
+        let known = self
+            .learned
+            .get(stream)
+            .is_some_and(|m| m.contains_key(&member));
+        if !known && self.len >= NOT_STORING_LEN_MAX {
+            for members in self.learned.values_mut() {
+                members.retain(|_, at| now.saturating_duration_since(*at) < NOT_STORING_TTL);
+            }
+            self.learned.retain(|_, members| !members.is_empty());
+            self.len = self.learned.values().map(HashMap::len).sum();
+            if self.len >= NOT_STORING_LEN_MAX {
                 self.learned.clear();
+                self.len = 0;
             }
         }
-        self.learned.insert(key, now);
+        let members = match self.learned.get_mut(stream) {
+            Some(members) => members,
+            None => self.learned.entry(stream.clone()).or_default(),
+        };
+        if members.insert(member, now).is_none() {
+            self.len += 1;
+        }
     }
 
     /// Whether `member` answered without an event of `stream` less than
     /// [`NOT_STORING_TTL`] before `now`.
     pub(crate) fn known(&self, member: &OriginKey, stream: &StreamName, now: Instant) -> bool {
         self.learned
-            .get(&(*member, stream.clone()))
+            .get(stream)
+            .and_then(|members| members.get(member))
             .is_some_and(|at| now.saturating_duration_since(*at) < NOT_STORING_TTL)
     }
 
     /// Pairs remembered (expired ones included until they are swept).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.learned.len()
+        self.len
     }
 }
 

@@ -1351,6 +1351,24 @@ mod tests {
             .collect()
     }
 
+    /// The first confirmation on `rx` (its sender, the ids confirmed and the events
+    /// answered without), within 30 s.
+    async fn next_confirmed(
+        rx: &mut mpsc::Receiver<FromMesh>,
+    ) -> Option<(OriginKey, Vec<[u8; 32]>, Vec<StdArc<Event>>)> {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(m) = rx.recv().await {
+                if let FromMesh::Confirmed { from, ids, without } = m {
+                    return Some((from, ids, without));
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Plays the receiving driver: answers the first confirmable push arriving on `rx`
     /// with `held`; `false` if none came within `limit`.
     async fn answer_confirmable(
@@ -1899,23 +1917,17 @@ mod tests {
             answer_confirmable(&mut b_rx, ids.clone(), Duration::from_secs(30)).await,
             "B never got the confirmable push"
         );
-        let confirmed = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(m) = a_rx.recv().await {
-                if let FromMesh::Confirmed { from, ids, without } = m {
-                    assert!(without.is_empty(), "every event was confirmed");
-                    return Some((from, ids.len()));
-                }
-            }
-            None
-        })
-        .await;
+        let confirmed = next_confirmed(&mut a_rx).await.map(|(from, ids, without)| {
+            assert!(without.is_empty(), "every event was confirmed");
+            (from, ids.len())
+        });
         let failed = a_metrics
             .mesh_dropped
             .get_or_create(&vec![("reason", "confirm_failed".into())])
             .get();
         assert_eq!(
             confirmed,
-            Ok(Some((keys[1], N as usize))),
+            Some((keys[1], N as usize)),
             "the confirmation never came back (confirm_failed {failed})"
         );
         a.close();
@@ -1941,26 +1953,20 @@ mod tests {
             answer_confirmable(&mut b_rx, vec![events[0].id().0], Duration::from_secs(30)).await,
             "B never got the confirmable push"
         );
-        let confirmed = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(m) = a_rx.recv().await {
-                if let FromMesh::Confirmed { from, ids, without } = m {
-                    return Some((
-                        from,
-                        ids,
-                        without.iter().map(|e| e.id()).collect::<Vec<_>>(),
-                    ));
-                }
-            }
-            None
-        })
-        .await;
+        let confirmed = next_confirmed(&mut a_rx).await.map(|(from, ids, without)| {
+            (
+                from,
+                ids,
+                without.iter().map(|e| e.id()).collect::<Vec<_>>(),
+            )
+        });
         assert_eq!(
             confirmed,
-            Ok(Some((
+            Some((
                 keys[1],
                 vec![events[0].id().0],
                 vec![events[1].id(), events[2].id()]
-            )))
+            ))
         );
         a.close();
         b.close();

@@ -8,6 +8,15 @@ use weft_sim::report::{Report, StrategyReport};
 use weft_sim::scenario::Scenario;
 use weft_sim::tables::TableSabotage;
 
+/// A `node-crash` of the nodes `selector` (as written in a scenario) that loses their
+/// stores, from `at_s` for `duration_s`.
+fn store_loss(selector: &str, at_s: f64, duration_s: f64) -> String {
+    format!(
+        "\n[[fault]]\nkind = \"node-crash\"\nnodes = {selector}\nlose_memory = true\n\
+         at_s = {at_s}\nduration_s = {duration_s}\n"
+    )
+}
+
 /// A small four-region, three-cloud mesh publishing from everywhere, with `faults` spliced
 /// in.
 fn small(name: &str, faults: &str) -> String {
@@ -559,19 +568,7 @@ duration_s = 50"#,
 /// lose theirs 200 ms apart, each the other's nearest holder.
 #[test]
 fn every_node_losing_its_store_at_once_leaves_later_events_flowing() {
-    let r = run(
-        &small(
-            "all-lose",
-            r#"
-[[fault]]
-kind = "node-crash"
-nodes = "all"
-lose_memory = true
-at_s = 30
-duration_s = 10"#,
-        ),
-        None,
-    );
+    let r = run(&small("all-lose", &store_loss("\"all\"", 30.0, 10.0)), None);
     assert_healthy(&r);
     let w = &r.strategies[0];
     assert!(w.publishes_held > 0, "publishes waited for the numbering");
@@ -582,13 +579,7 @@ duration_s = 10"#,
     let r = run(
         &small(
             "one-loses",
-            r#"
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["aws:us-east-1/1"] }
-lose_memory = true
-at_s = 30
-duration_s = 10"#,
+            &store_loss(r#"{ nodes = ["aws:us-east-1/1"] }"#, 30.0, 10.0),
         ),
         None,
     );
@@ -605,20 +596,8 @@ duration_s = 10"#,
     let r = run(
         &small(
             "two-lose",
-            r#"
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["gcp:asia-south1/0"] }
-lose_memory = true
-at_s = 30
-duration_s = 10
-
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["gcp:asia-south1/1"] }
-lose_memory = true
-at_s = 30.2
-duration_s = 10"#,
+            &(store_loss(r#"{ nodes = ["gcp:asia-south1/0"] }"#, 30.0, 10.0)
+                + &store_loss(r#"{ nodes = ["gcp:asia-south1/1"] }"#, 30.2, 10.0)),
         ),
         None,
     );
@@ -700,13 +679,7 @@ duration_s = 10
 fn same_seed_same_report_byte_for_byte() {
     let text = small(
         "determinism",
-        r#"
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["azure:westeurope/1"] }
-lose_memory = true
-at_s = 30
-duration_s = 20"#,
+        &store_loss(r#"{ nodes = ["azure:westeurope/1"] }"#, 30.0, 20.0),
     );
     let a = run(&text, Some(99)).to_json().unwrap();
     let b = run(&text, Some(99)).to_json().unwrap();

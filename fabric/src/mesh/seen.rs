@@ -243,15 +243,21 @@ impl OriginSeen {
         }
         let new = self.ranges.insert(seq);
         if new {
-            self.changed_us = now;
-            if now.saturating_sub(self.fresh_at) >= SYNC_FRESH_US || self.fresh_from == 0 {
-                self.fresh_from = seq;
-                self.fresh_at = now;
-            } else {
-                self.fresh_from = self.fresh_from.min(seq);
-            }
+            self.note_change(seq, now);
         }
         new
+    }
+
+    /// The ranges changed at `now`, from number `first` on: the change time, and the
+    /// start of the fresh tail (a new window once the last is [`SYNC_FRESH_US`] old).
+    fn note_change(&mut self, first: u64, now: Micros) {
+        self.changed_us = now;
+        if now.saturating_sub(self.fresh_at) >= SYNC_FRESH_US || self.fresh_from == 0 {
+            self.fresh_from = first;
+            self.fresh_at = now;
+        } else {
+            self.fresh_from = self.fresh_from.min(first);
+        }
     }
 
     /// Records every number of `lo..=hi` as seen at `now` (numbers taken as lost: whole
@@ -273,15 +279,7 @@ impl OriginSeen {
         let before = self.ranges.count();
         self.ranges.insert_range(lo, hi);
         let after = self.ranges.count();
-        {
-            self.changed_us = now;
-            if now.saturating_sub(self.fresh_at) >= SYNC_FRESH_US || self.fresh_from == 0 {
-                self.fresh_from = lo;
-                self.fresh_at = now;
-            } else {
-                self.fresh_from = self.fresh_from.min(lo);
-            }
-        }
+        self.note_change(lo, now);
         (before, after, true)
     }
 }
@@ -414,15 +412,7 @@ impl SeenSet {
         let before = (s.ranges.range_count() >= RANGES_PER_ORIGIN_MAX).then(|| s.ranges.count());
         let new = s.record(seq, now);
         if new {
-            Self::note_holes(&mut self.holed, origin, s);
-            let term = s.term();
-            s.set_term(Term::Recent);
-            if term != Term::Recent {
-                if !added {
-                    self.summary.remove(&origin, term);
-                }
-                self.summary.recent.push(Reverse((now, origin)));
-            }
+            Self::made_recent(&mut self.summary, &mut self.holed, origin, s, now, !added);
         } else if added {
             self.summary.listed.insert(origin);
         }
@@ -446,15 +436,31 @@ impl SeenSet {
         let s = self.by_origin.get_mut(&origin)?;
         let (before, after, changed) = s.record_range(lo, hi, now);
         if changed {
-            Self::note_holes(&mut self.holed, origin, s);
-            let term = s.term();
-            s.set_term(Term::Recent);
-            if term != Term::Recent {
-                self.summary.remove(&origin, term);
-                self.summary.recent.push(Reverse((now, origin)));
-            }
+            Self::made_recent(&mut self.summary, &mut self.holed, origin, s, now, true);
         }
         Some((before, after, changed))
+    }
+
+    /// Keeps the summary and the holed set in step with an origin whose ranges just
+    /// changed at `now`: it is recent (listed by requests until it settles again), out of
+    /// the term it had (`held`: it was in the summary already, not just added).
+    fn made_recent(
+        summary: &mut Summary,
+        holed: &mut BTreeSet<OriginKey>,
+        origin: OriginKey,
+        s: &mut OriginSeen,
+        now: Micros,
+        held: bool,
+    ) {
+        Self::note_holes(holed, origin, s);
+        let term = s.term();
+        s.set_term(Term::Recent);
+        if term != Term::Recent {
+            if held {
+                summary.remove(&origin, term);
+            }
+            summary.recent.push(Reverse((now, origin)));
+        }
     }
 
     /// Adds the record of an origin rebuilt after a restart ([`OriginSeen::restored`]):
