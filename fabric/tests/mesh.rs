@@ -110,7 +110,7 @@ impl Net {
         for e in app {
             match e {
                 AppEvent::Deliver(ev) => self.delivered[i].push(ev.id()),
-                AppEvent::Late(event) => {
+                AppEvent::Late(event) | AppEvent::Recovered(event) => {
                     self.delivered[i].push(event.id());
                     self.late[i].insert(event.id());
                 }

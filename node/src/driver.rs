@@ -1865,11 +1865,23 @@ impl Driver {
                         .event(id.to_string()),
                     );
                 }
-                // Delivered after the origin's later events (its Skip was contradicted).
-                AppEvent::Late(event) if self.erased_before_delivery(&event) => {
+                // Delivered after the origin's later events: its Skip was contradicted, or
+                // its number was taken as lost and a holder's copy came after all.
+                AppEvent::Late(event) | AppEvent::Recovered(event)
+                    if self.erased_before_delivery(&event) =>
+                {
                     debug!(event = %event.id(), "erased before delivery");
                 }
                 AppEvent::Late(event) => self.deliver_late(&event),
+                AppEvent::Recovered(event) => {
+                    info!(
+                        event = %event.id(),
+                        origin = %event.origin(),
+                        seq = event.seq(),
+                        "recovered an event its origin had lost: delivered late"
+                    );
+                    self.deliver_late(&event);
+                }
                 AppEvent::MemberUp(m) => {
                     info!(peer = %m.node_key(), region = %m.region, addr = %m.addr, "member up");
                     let addr = m.addr.parse::<SocketAddr>().ok();
@@ -2018,7 +2030,8 @@ impl Driver {
         }
     }
 
-    /// Appends an event delivered out of per-origin order ([`AppEvent::Late`]). A table
+    /// Appends an event delivered out of per-origin order ([`AppEvent::Late`],
+    /// [`AppEvent::Recovered`]). A table
     /// tracks what each origin wrote by its highest sequence number, so a table write that
     /// comes late has its key rebuilt from the log's writes of that key (in per-origin
     /// order) at the end of the step, once however many late writes reached it
@@ -2822,6 +2835,9 @@ impl Driver {
             ("lost_out", s.lost_out),
             ("lost_in", s.lost_in),
             ("lost_skipped", s.lost_skipped),
+            ("lost_recovered", s.lost_recovered),
+            ("lost_closed_at_once", s.lost_closed_at_once),
+            ("lost_open", self.node.lost_open()),
             ("lost_deferred", s.lost_deferred),
             ("lost_pending", self.node.lost_pending()),
             ("own_asks", s.own_asks),

@@ -589,10 +589,24 @@ pub struct SkipCounters {
     /// Of those, taken as seen after `LOST_WAIT_US` without another holder's copy (the
     /// rest came from a holder, or still wait).
     pub lost_skipped: u64,
+    /// Of those, the events a holder sent later, within `LOST_OPEN_US`: stored and
+    /// delivered late (`AppEvent::Recovered`, not an order violation).
+    pub lost_recovered: u64,
     /// Still waiting at the end of the run, over all live nodes.
     pub pending_at_end: u64,
     /// The most waiting at any one node at the end of the run.
     pub pending_max_at_end: u64,
+}
+
+/// How an event reached an application ([`Engine::app_deliver`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// In per-origin order (`AppEvent::Deliver`).
+    InOrder,
+    /// After a contradicted Skip (`AppEvent::Late`): an order violation.
+    Late,
+    /// After its number was taken as lost (`AppEvent::Recovered`): out of order by design.
+    Recovered,
 }
 
 impl SkipCounters {
@@ -610,6 +624,7 @@ impl SkipCounters {
         self.dropped_at_restart += s.skips_dropped_at_restart;
         self.lost_in += s.lost_in;
         self.lost_skipped += s.lost_skipped;
+        self.lost_recovered += s.lost_recovered;
         if at_end {
             let pending = node.skips_unconfirmed_pending() as u64;
             self.pending_at_end += pending;
@@ -1418,11 +1433,14 @@ impl Engine {
         }
         for e in app.drain(..) {
             match e {
-                AppEvent::Deliver(event) => self.app_deliver(i, &event, false),
+                AppEvent::Deliver(event) => self.app_deliver(i, &event, Arrival::InOrder),
                 // Out of per-origin order by definition (a Skip for it was contradicted):
                 // counted as an order violation; no node in the simulator lies, so only a
                 // policy or protocol fault gives one.
-                AppEvent::Late(event) => self.app_deliver(i, &event, true),
+                AppEvent::Late(event) => self.app_deliver(i, &event, Arrival::Late),
+                // Out of order too, but by design: its origin lost it, the node moved past
+                // its number, and a holder's copy came later (`.skips.lost_recovered`).
+                AppEvent::Recovered(event) => self.app_deliver(i, &event, Arrival::Recovered),
                 AppEvent::SkipContradicted { .. } => {}
                 AppEvent::MemberUp(m) => self.member_up(i, &m),
                 AppEvent::MemberDown(_) => {}
@@ -1726,7 +1744,7 @@ impl Engine {
         self.push(at, Ev::Msg { to, from, msg });
     }
 
-    fn app_deliver(&mut self, i: usize, event: &Event, late: bool) {
+    fn app_deliver(&mut self, i: usize, event: &Event, arrival: Arrival) {
         let id = event.id();
         let Some(&e) = self.event_index.get(&id) else {
             self.violation(|| format!("event {id} delivered but never published"));
@@ -1759,11 +1777,10 @@ impl Engine {
             n.app_last.resize(origin + 1, 0);
         }
         let last = &mut n.app_last[origin];
-        if late || event.seq() <= *last {
-            self.metrics.order_violations += 1;
-        }
-        if !late {
-            *last = event.seq();
+        match arrival {
+            Arrival::InOrder if event.seq() > *last => *last = event.seq(),
+            Arrival::InOrder | Arrival::Late => self.metrics.order_violations += 1,
+            Arrival::Recovered => {}
         }
         if self.plan.workloads[w].table.is_some() {
             self.apply_table(i, e, w, event);

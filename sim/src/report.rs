@@ -993,8 +993,8 @@ impl Report {
             if k.lost_in > 0 {
                 let _ = writeln!(
                     out,
-                    "  {} lost numbers: {} named by origins that restarted without their stores and lacked here, {} taken as seen after waiting for a holder's copy",
-                    w.strategy, k.lost_in, k.lost_skipped
+                    "  {} lost numbers: {} named by origins that restarted without their stores and lacked here, {} taken as seen after waiting for a holder's copy, {} of whose events a holder sent later (delivered late)",
+                    w.strategy, k.lost_in, k.lost_skipped, k.lost_recovered
                 );
             }
             for t in &w.tables {

@@ -149,8 +149,18 @@ pub const UNCONFIRMED_LEN_MAX: usize = 65_536;
 /// alone lost its store (its events held elsewhere) costs its peers no order.
 pub const LOST_WAIT_US: Micros = 16_000_000;
 /// Most origins whose [`Message::Lost`] numbers wait at once (a later one is taken when the
-/// origin says it again, at the next anti-entropy round that asks it).
+/// origin says it again, at the next anti-entropy round that asks it); also the most
+/// origins whose numbers taken as lost are kept open to a late copy ([`LOST_OPEN_US`]).
 pub const LOST_ORIGINS_MAX: usize = 4_096;
+/// How long numbers taken as lost ([`LOST_WAIT_US`] after their origin's word) stay open to
+/// a holder's copy: anti-entropy digests leave them out (as they leave out Skips waiting
+/// for a second word), so a holder that was cut off through the wait (a partition, a
+/// region down for minutes) sends its copy when it is back, and the event is stored and
+/// delivered late ([`AppEvent::Recovered`]). After this the numbers are final, and a copy
+/// arriving later is a duplicate. 300 anti-entropy rounds at the WAN default interval.
+/// The window is kept in memory only: a restart closes it (numbers below the restored
+/// delivery cursor are seen, and final).
+pub const LOST_OPEN_US: Micros = 600_000_000;
 /// Members a node started without its own events asks for them
 /// ([`MeshConfig::recover_own_numbers`]).
 pub const OWN_ASKS_MAX: usize = 3;
@@ -462,6 +472,12 @@ pub enum AppEvent {
     /// on another node's word and moved past it, and then the event came and this node may
     /// hold it (always after [`AppEvent::SkipContradicted`] for it).
     Late(Arc<Event>),
+    /// An event delivered out of per-origin order, once: its origin had said it no longer
+    /// holds it ([`Message::Lost`]), no holder's copy came within [`LOST_WAIT_US`], and this
+    /// node moved past its number; then, within [`LOST_OPEN_US`], a holder that had been
+    /// cut off sent it ([`Stats::lost_recovered`]). Not a fault: the copy that survived the
+    /// origin's store reached this node after the origin's later events.
+    Recovered(Arc<Event>),
     /// A Skip this node took from `skipped_by` (not the origin) for the origin and sequence
     /// number of `event` was wrong: the event came, and this node may hold it
     /// ([`Stats::skips_contradicted`]). Honest nodes send such Skips only when their policy
@@ -642,8 +658,17 @@ pub struct Stats {
     /// Numbers origins said they no longer hold that this node lacked, first word only.
     pub lost_in: u64,
     /// Of those, taken as seen (as the origin's Skip is) after [`LOST_WAIT_US`] without a
-    /// holder's copy: delivery moves past them. A copy arriving later is a duplicate.
+    /// holder's copy: delivery moves past them. They stay open to a holder's copy for
+    /// [`LOST_OPEN_US`] ([`Stats::lost_recovered`]); a copy arriving after that is a
+    /// duplicate.
     pub lost_skipped: u64,
+    /// Of the numbers taken as lost, those whose event a holder sent within
+    /// [`LOST_OPEN_US`]: stored (where this node stores the stream) and delivered late
+    /// ([`AppEvent::Recovered`]), or relayed.
+    pub lost_recovered: u64,
+    /// Numbers taken as lost that were final at once, not kept open to a late copy:
+    /// [`LOST_ORIGINS_MAX`] origins' numbers were already open.
+    pub lost_closed_at_once: u64,
     /// Members asked for this node's own numbers after a start over a store without them
     /// ([`MeshConfig::recover_own_numbers`]).
     pub own_asks: u64,
@@ -693,6 +718,25 @@ struct LostWait {
     ranges: SeqRanges,
     /// When the origin first said so (a later word adds numbers, not time).
     since: Micros,
+}
+
+/// What a number an event arrived for had been passed over on ([`Node::accept_late`]).
+#[derive(Debug, Clone, Copy)]
+enum Passed {
+    /// A Skip taken on another node's word, waiting for confirmation.
+    Skip(Unconfirmed),
+    /// Taken as lost after its origin's word ([`Node::take_lost`]), still open.
+    Lost,
+}
+
+/// Numbers of one origin taken as lost ([`Node::take_lost`]) and still open to a holder's
+/// copy until `until` ([`LOST_OPEN_US`]).
+#[derive(Debug, Clone)]
+struct LostOpen {
+    /// The numbers (normalized, never empty; each taken out when its event comes).
+    ranges: SeqRanges,
+    /// When they close: [`LOST_OPEN_US`] after the last of them was taken.
+    until: Micros,
 }
 
 /// A Skip taken on another node's word than the origin's ([`Node::on_skip`]).
@@ -872,6 +916,9 @@ pub struct Node<S: Store> {
     /// Numbers their origins said they no longer hold ([`Message::Lost`]), waiting for a
     /// holder's copy ([`Node::take_lost`]); at most [`LOST_ORIGINS_MAX`] origins.
     lost: BTreeMap<OriginKey, LostWait>,
+    /// Numbers taken as lost ([`Node::take_lost`]) still open to a holder's copy
+    /// ([`LOST_OPEN_US`]): digests leave them out; at most [`LOST_ORIGINS_MAX`] origins.
+    lost_open: BTreeMap<OriginKey, LostOpen>,
     /// Whether this node's numbering is known ([`Node::own_numbers`]).
     own_known: bool,
     /// Members asked for this node's own numbers while it was not: when last asked, or
@@ -1034,6 +1081,7 @@ impl<S: Store> Node<S> {
             unconfirmed_len: 0,
             unconfirmed_by: BTreeMap::new(),
             lost: BTreeMap::new(),
+            lost_open: BTreeMap::new(),
             own_known: true,
             own_asked: Vec::new(),
             own_claimed: 0,

@@ -84,10 +84,18 @@ impl<S: Store> Node<S> {
             self.settle_summary();
             let (mut count, mut hash) = self.seen.summary_totals();
             let mut listed: Vec<OriginKey> = self.seen.unsummarised().copied().collect();
-            // An origin with Skips waiting for a second word is listed, with them left out
+            // An origin with Skips waiting for a second word, or numbers taken as lost and
+            // still open to a late copy, is listed, with them left out
             // ([`Node::digest_entry`]).
-            if self.unconfirmed_len > 0 {
-                for o in self.unconfirmed.keys() {
+            if self.unconfirmed_len > 0 || !self.lost_open.is_empty() {
+                let mut holed: Vec<&OriginKey> = self
+                    .unconfirmed
+                    .keys()
+                    .chain(self.lost_open.keys())
+                    .collect();
+                holed.sort_unstable();
+                holed.dedup();
+                for o in holed {
                     if let Some(h) = self.seen.counted(o) {
                         count -= 1;
                         hash = hash.wrapping_sub(h);
@@ -139,24 +147,30 @@ impl<S: Store> Node<S> {
     }
 
     /// One origin's entry in a digest: the ranges seen, less the Skips waiting for a second
-    /// word (left out, so the partner answers for them: the event, or a Skip of its own).
+    /// word and the numbers taken as lost still open to a late copy (left out, so the
+    /// partner answers for them: the event, or a Skip of its own).
     fn digest_entry(&self, o: &OriginKey, s: &OriginSeen) -> (OriginKey, DigestRanges) {
-        if self.unconfirmed_len > 0
-            && let Some(waiting) = self.unconfirmed.get(o)
-        {
-            // Each hole can split a range: stay within the ranges a digest entry holds.
-            let room = RANGES_PER_ORIGIN_MAX.saturating_sub(s.ranges().range_count() + 1);
-            let holes: Vec<(u64, u64)> = waiting
-                .keys()
-                .take(DIGEST_HOLES_MAX.min(room))
-                .map(|&q| (q, q))
-                .collect();
-            return (
-                *o,
-                s.ranges().difference_ranges(&holes).into_iter().collect(),
-            );
+        let waiting = (self.unconfirmed_len > 0)
+            .then(|| self.unconfirmed.get(o))
+            .flatten();
+        let open = (!self.lost_open.is_empty())
+            .then(|| self.lost_open.get(o))
+            .flatten();
+        if waiting.is_none() && open.is_none() {
+            return (*o, s.ranges().iter().collect());
         }
-        (*o, s.ranges().iter().collect())
+        // Each hole can split a range: stay within the ranges a digest entry holds.
+        let room = RANGES_PER_ORIGIN_MAX.saturating_sub(s.ranges().range_count() + 1);
+        let singles = waiting
+            .into_iter()
+            .flat_map(|w| w.keys().take(DIGEST_HOLES_MAX).map(|&q| (q, q)));
+        let runs = open.into_iter().flat_map(|l| l.ranges.iter());
+        let holes = SeqRanges::from_ranges(singles.chain(runs));
+        let holes = &holes.as_slice()[..holes.range_count().min(DIGEST_HOLES_MAX).min(room)];
+        (
+            *o,
+            s.ranges().difference_ranges(holes).into_iter().collect(),
+        )
     }
 
     /// Whether the origins a request's digest leaves out (`listed`, sorted, each once) give,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::{
     ANNOUNCERS_MAX, APP_QUEUE_LEN_MAX, AppEvent, FilterHop, IHAVE_BATCH_RESERVE,
     INTEREST_CACHE_LEN_MAX, MISSING_LEN_MAX, Micros, Missing, NEXT_STORED_AFTER_MISSES, Node,
-    RECENT_OWN_US, REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX, REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX,
-    REPAIRED_LEN_MAX, Target, Timer, batches_of, chunks_of,
+    Passed, RECENT_OWN_US, REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX, REFS_PER_MESSAGE_MAX,
+    RELAY_CACHE_LEN_MAX, REPAIRED_LEN_MAX, Target, Timer, batches_of, chunks_of,
 };
 use crate::envelope::{Event, EventId, OriginKey};
 use crate::mesh::message::{EventRef, Message};
@@ -173,7 +173,10 @@ impl<S: Store> Node<S> {
         let seen = self.seen.get(&origin);
         if seen.is_some_and(|r| r.ranges().contains(seq)) {
             if let Some(waiting) = self.unconfirmed_take(&origin, seq) {
-                return self.accept_late(event, waiting);
+                return self.accept_late(event, Passed::Skip(waiting));
+            }
+            if self.lost_open_take(&origin, seq) {
+                return self.accept_late(event, Passed::Lost);
             }
             self.stats.events_duplicate += 1;
             return Ok(Inserted::Duplicate);

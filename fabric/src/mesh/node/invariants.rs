@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::{
-    ANNOUNCERS_MAX, CHECK_TABLES_EVERY, CHECK_WINDOW, HANDOFFS_LEN_MAX, LAZY_MAX, LOST_ORIGINS_MAX,
-    MISSING_LEN_MAX, Missing, NearIndex, Node, REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX,
-    REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, REPAIRED_LEN_MAX, RETURNED_LEN_MAX,
+    ANNOUNCERS_MAX, CHECK_TABLES_EVERY, CHECK_WINDOW, HANDOFFS_LEN_MAX, LAZY_MAX, LOST_OPEN_US,
+    LOST_ORIGINS_MAX, MISSING_LEN_MAX, Missing, NearIndex, Node, REF_BUFFER_CAP_MAX,
+    REF_BUFFERS_MAX, REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, REPAIRED_LEN_MAX, RETURNED_LEN_MAX,
     TRANSMIT_QUEUE_LEN_MAX, Timer, UNCONFIRMED_LEN_MAX, UNCONFIRMED_PER_SENDER_MAX,
 };
 use crate::envelope::{EventId, OriginKey};
@@ -103,6 +103,17 @@ impl<S: Store> Node<S> {
         for wait in self.lost.values() {
             assert!(wait.ranges.range_count() > 0, "an empty Lost word is kept");
             assert!(wait.since <= self.now, "a Lost word from the future");
+        }
+        assert!(
+            self.lost_open.len() <= LOST_ORIGINS_MAX,
+            "open lost numbers over limit"
+        );
+        for open in self.lost_open.values() {
+            assert!(open.ranges.range_count() > 0, "an empty open entry is kept");
+            assert!(
+                open.until <= self.now.saturating_add(LOST_OPEN_US),
+                "numbers open past their window"
+            );
         }
     }
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use super::{
-    AppEvent, LOST_ORIGINS_MAX, LOST_RANGES_PER_ROUND_MAX, LOST_WAIT_US, LostWait, Node,
-    REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, SKIP_CONFIRM_US, UNCONFIRMED_LEN_MAX,
-    UNCONFIRMED_PER_SENDER_MAX, Unconfirmed,
+    AppEvent, LOST_OPEN_US, LOST_ORIGINS_MAX, LOST_RANGES_PER_ROUND_MAX, LOST_WAIT_US, LostOpen,
+    LostWait, Node, Passed, REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, SKIP_CONFIRM_US,
+    UNCONFIRMED_LEN_MAX, UNCONFIRMED_PER_SENDER_MAX, Unconfirmed,
 };
 use crate::envelope::{Event, OriginKey};
 use crate::mesh::message::Message;
@@ -127,10 +127,13 @@ impl<S: Store> Node<S> {
     /// called at every anti-entropy round.
     pub(super) fn take_lost(&mut self) {
         self.note_own_gaps();
+        let now = self.now;
+        if !self.lost_open.is_empty() {
+            self.lost_open.retain(|_, open| open.until > now);
+        }
         if self.lost.is_empty() {
             return;
         }
-        let now = self.now;
         let due: Vec<OriginKey> = self
             .lost
             .iter()
@@ -150,6 +153,7 @@ impl<S: Store> Node<S> {
             };
             let missing = wait.ranges.difference_ranges(&seen(self));
             let (mut taken, mut changed) = (0, false);
+            let mut opened = Vec::new();
             for (lo, hi) in missing {
                 if budget == 0 {
                     break;
@@ -161,8 +165,10 @@ impl<S: Store> Node<S> {
                 let (new, moved) = self.note_seen_range(origin, lo.max(1), hi);
                 taken += new;
                 changed |= moved;
+                opened.push((lo.max(1), hi));
             }
             self.stats.lost_skipped += taken;
+            self.lost_open_ranges(origin, &opened);
             if changed {
                 // Also when none is counted new: at the range limit the set may drop its
                 // highest range for this one, and delivery can still move on.
@@ -209,6 +215,61 @@ impl<S: Store> Node<S> {
         self.lost
             .values()
             .map(|w| SeqRanges::covered(w.ranges.as_slice()))
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Keeps `ranges` of `origin`, just taken as lost, open to a holder's copy for
+    /// [`LOST_OPEN_US`] from now (the origin's earlier open numbers with them).
+    fn lost_open_ranges(&mut self, origin: OriginKey, ranges: &[(u64, u64)]) {
+        if ranges.is_empty() {
+            return;
+        }
+        if !self.lost_open.contains_key(&origin) && self.lost_open.len() >= LOST_ORIGINS_MAX {
+            self.stats.lost_closed_at_once += SeqRanges::covered(ranges);
+            return;
+        }
+        let until = self.now.saturating_add(LOST_OPEN_US);
+        let open = self.lost_open.entry(origin).or_insert_with(|| LostOpen {
+            ranges: SeqRanges::new(),
+            until,
+        });
+        // At RANGES_PER_ORIGIN_MAX ranges the highest goes: those numbers close early.
+        open.ranges = SeqRanges::from_ranges(open.ranges.iter().chain(ranges.iter().copied()));
+        open.until = until;
+    }
+
+    /// Puts `(origin, seq)` back among the numbers open to a late copy (its copy came but
+    /// the store refused it).
+    fn lost_open_put(&mut self, origin: OriginKey, seq: u64) {
+        self.lost_open_ranges(origin, &[(seq, seq)]);
+    }
+
+    /// Whether `(origin, seq)` was taken as lost and is still open to a late copy; if so it
+    /// is closed (its copy has come).
+    pub(super) fn lost_open_take(&mut self, origin: &OriginKey, seq: u64) -> bool {
+        if self.lost_open.is_empty() {
+            return false;
+        }
+        let Some(open) = self.lost_open.get_mut(origin) else {
+            return false;
+        };
+        if !open.ranges.contains(seq) {
+            return false;
+        }
+        let left = SeqRanges::from_ranges(open.ranges.difference_ranges(&[(seq, seq)]));
+        if left.range_count() == 0 {
+            self.lost_open.remove(origin);
+        } else {
+            open.ranges = left;
+        }
+        true
+    }
+
+    /// How many numbers taken as lost are still open to a holder's copy ([`LOST_OPEN_US`]).
+    pub fn lost_open(&self) -> u64 {
+        self.lost_open
+            .values()
+            .map(|o| SeqRanges::covered(o.ranges.as_slice()))
             .fold(0u64, u64::saturating_add)
     }
 
@@ -364,18 +425,20 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// An event arrived whose number this node had taken as a Skip on `waiting.by`'s word
-    /// (not its origin's), and this node may hold it (the caller checked its own hop): the
-    /// Skip was wrong, unless the store finds the event erased here (then it was right) or
-    /// already held. The event is stored and delivered now, out of per-origin order
-    /// ([`AppEvent::Late`]), or in order if delivery had not reached it yet; the
+    /// An event arrived whose number this node had moved past without it, and this node
+    /// may hold it (the caller checked its own hop): a Skip taken on `waiting.by`'s word
+    /// (not its origin's), which the event contradicts unless the store finds it erased
+    /// here (then the Skip was right) or already held; or a number taken as lost
+    /// ([`Passed::Lost`], [`Node::take_lost`]), whose copy a holder kept. The event is
+    /// stored and delivered now, out of per-origin order ([`AppEvent::Late`],
+    /// [`AppEvent::Recovered`]), or in order if delivery had not reached it yet. A
     /// contradiction is reported ([`AppEvent::SkipContradicted`]) and counted against the
-    /// sender. A store error puts the Skip back to wait, so the number is asked for again.
+    /// sender. A store error puts the number back to wait, so it is asked for again.
     #[inline(never)]
     pub(super) fn accept_late(
         &mut self,
         event: Arc<Event>,
-        waiting: Unconfirmed,
+        passed: Passed,
     ) -> Result<Inserted, StoreError> {
         let id = event.id();
         let (origin, seq) = (event.origin(), event.seq());
@@ -391,15 +454,20 @@ impl<S: Store> Node<S> {
                     return Ok(Inserted::Duplicate);
                 }
                 Ok(Inserted::Erased) => {
-                    // Erased here too: the Skip (an erased Skip) was right.
+                    // Erased here too: for a Skip (an erased Skip), it was right.
                     self.stats.events_erased += 1;
-                    self.stats.skips_confirmed += 1;
+                    if let Passed::Skip(_) = passed {
+                        self.stats.skips_confirmed += 1;
+                    }
                     self.arrived(&id);
                     return Ok(Inserted::Erased);
                 }
                 Err(e) => {
                     self.stats.events_refused += 1;
-                    self.unconfirmed_put(origin, seq, waiting);
+                    match passed {
+                        Passed::Skip(waiting) => self.unconfirmed_put(origin, seq, waiting),
+                        Passed::Lost => self.lost_open_put(origin, seq),
+                    }
                     return Err(e);
                 }
             }
@@ -417,19 +485,29 @@ impl<S: Store> Node<S> {
             self.relay_cache.insert(id, event.clone());
             self.relay_order.push_back(id);
         }
-        self.stats.skips_contradicted += 1;
-        if self.members.contains_key(&waiting.by) {
-            self.peers.entry(waiting.by).or_default().skips_contradicted += 1;
+        match passed {
+            Passed::Skip(waiting) => {
+                self.stats.skips_contradicted += 1;
+                if self.members.contains_key(&waiting.by) {
+                    self.peers.entry(waiting.by).or_default().skips_contradicted += 1;
+                }
+                self.app.push_back(AppEvent::SkipContradicted {
+                    event: event.clone(),
+                    skipped_by: waiting.by,
+                });
+            }
+            Passed::Lost => self.stats.lost_recovered += 1,
         }
-        self.app.push_back(AppEvent::SkipContradicted {
-            event: event.clone(),
-            skipped_by: waiting.by,
-        });
         if interested {
             if self.seen.get(&origin).is_some_and(|s| s.delivered >= seq) {
                 self.stats.delivered += 1;
-                self.stats.delivered_late += 1;
-                self.app.push_back(AppEvent::Late(event));
+                self.app.push_back(match passed {
+                    Passed::Skip(_) => {
+                        self.stats.delivered_late += 1;
+                        AppEvent::Late(event)
+                    }
+                    Passed::Lost => AppEvent::Recovered(event),
+                });
             } else {
                 // Delivery has not passed it yet (a gap below): it goes out in order.
                 self.advance_delivery(origin);

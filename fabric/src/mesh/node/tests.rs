@@ -1822,6 +1822,161 @@ fn numbers_an_origin_lost_still_come_from_another_holder_in_order() {
     }
 }
 
+/// The origin and one peer lost their stores; a third node kept its copies but was cut off
+/// through the whole wait. The peer takes the numbers as lost and delivers event 3; the
+/// numbers stay open ([`LOST_OPEN_US`]): its digests leave them out, so when the keeper is
+/// back its copies come, are stored and delivered late ([`AppEvent::Recovered`]). The
+/// origin takes its own gaps the same way and gets its own events back too. Before, the
+/// digests claimed the numbers, the keeper sent nothing, and its copies reached nobody.
+#[test]
+fn numbers_taken_as_lost_come_late_from_a_holder_cut_off_through_the_wait() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2, 3], 1, 2, &rtts);
+    let first: Vec<Arc<Event>> = (1..=2).map(|seq| event_at(1, seq, "orders.all")).collect();
+    for e in &first {
+        nodes[0].handle_publish(0, e.clone()).unwrap();
+    }
+    pump(&mut nodes, 0, 500_000);
+    assert!(nodes.iter().skip(1).all(|n| n.stats().delivered == 2));
+    let t = 1_000_000;
+    let keeper = nodes.pop().unwrap();
+    let peer = nodes.pop().unwrap();
+    let origin = nodes.pop().unwrap();
+    let origin = restarted_empty(origin, &[&peer, &keeper], t);
+    let peer = restarted_empty(peer, &[&origin, &keeper], t);
+    let mut nodes = vec![origin, peer, keeper];
+    nodes[0]
+        .handle_publish(t, event_at(1, 3, "orders.all"))
+        .unwrap();
+    // The keeper cut off until both have taken 1 and 2 as lost.
+    let mut now = t;
+    while nodes[1].stats().lost_skipped < 2 || nodes[0].stats().lost_skipped < 2 {
+        assert!(now < t + LOST_WAIT_US + 40_000_000, "never taken as lost");
+        pump_cut(&mut nodes, now, now + 990_000, |i| i == 2);
+        now += 1_000_000;
+    }
+    for n in &nodes[..2] {
+        let s = n.stats();
+        assert_eq!((s.lost_skipped, s.lost_recovered), (2, 0));
+        assert_eq!(n.lost_open(), 2, "taken and kept open");
+        assert!(first.iter().all(|e| !n.store().contains(&e.id())));
+    }
+    assert_eq!(
+        nodes[1].stats().delivered,
+        1,
+        "event 3, past the lost numbers"
+    );
+    // The keeper back: its copies come, stored and delivered late.
+    pump_until(&mut nodes, now, 30_000_000, |n| {
+        n[..2].iter().all(|n| n.stats().lost_recovered == 2)
+    });
+    for n in &nodes[..2] {
+        assert!(first.iter().all(|e| n.store().contains(&e.id())));
+        assert_eq!(n.lost_open(), 0, "closed as their copies came");
+    }
+    let s = nodes[1].stats();
+    assert_eq!(
+        (s.delivered, s.delivered_late),
+        (3, 0),
+        "recovered, not contradicted"
+    );
+    for n in &nodes {
+        n.check_invariants_full();
+    }
+}
+
+/// Numbers taken as lost close [`LOST_OPEN_US`] after they were taken: a copy arriving
+/// after that is a duplicate, and digests claim the numbers again.
+#[test]
+fn numbers_taken_as_lost_close_after_their_window() {
+    let rtts = vec![10_000u64; 36];
+    let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+    let first = event_at(1, 1, "orders.all");
+    nodes[0].handle_publish(0, first.clone()).unwrap();
+    pump(&mut nodes, 0, 500_000);
+    let t = 1_000_000;
+    let peer = nodes.pop().unwrap();
+    let origin = nodes.pop().unwrap();
+    let origin = restarted_empty(origin, &[&peer], t);
+    let peer = restarted_empty(peer, &[&origin], t);
+    let mut nodes = vec![origin, peer];
+    nodes[0]
+        .handle_publish(t, event_at(1, 2, "orders.all"))
+        .unwrap();
+    let taken = pump_until(&mut nodes, t, LOST_WAIT_US + 40_000_000, |n| {
+        n[1].stats().lost_skipped == 1
+    });
+    assert_eq!(nodes[1].lost_open(), 1);
+    let origin_key = nodes[0].me().node_key();
+    // Whether the peer's digest to the origin claims number 1; `None`: the origin is not
+    // listed (summarised, so claimed whole).
+    let claims_one = |n: &mut Node<crate::mesh::MemStore>, full: bool| {
+        n.send_digest(origin_key, None, full);
+        drain_to(n, origin_key).iter().find_map(|m| match m {
+            Message::SyncRequest { digest, .. } => Some(
+                digest
+                    .iter()
+                    .find(|(o, _)| *o == origin_key)
+                    .map(|(_, r)| r.iter().any(|&(lo, hi)| lo <= 1 && 1 <= hi)),
+            ),
+            _ => None,
+        })
+    };
+    // Settled past SYNC_SETTLED_US, so a summarised digest would leave the origin out.
+    pump(&mut nodes, taken, taken + 60_000_000);
+    for full in [false, true] {
+        assert_eq!(
+            claims_one(&mut nodes[1], full),
+            Some(Some(false)),
+            "the open number is left out of digests (full: {full})"
+        );
+    }
+    pump(
+        &mut nodes,
+        taken + 60_010_000,
+        taken + LOST_OPEN_US - 5_000_000,
+    );
+    assert_eq!(
+        nodes[1].lost_open(),
+        1,
+        "still open just before the window ends"
+    );
+    pump(
+        &mut nodes,
+        taken + LOST_OPEN_US - 4_990_000,
+        taken + LOST_OPEN_US + 5_000_000,
+    );
+    assert_eq!(nodes[1].lost_open(), 0, "closed after the window");
+    assert_eq!(
+        claims_one(&mut nodes[1], true),
+        Some(Some(true)),
+        "claimed again"
+    );
+    assert_ne!(claims_one(&mut nodes[1], false), Some(Some(false)));
+    let now = taken + LOST_OPEN_US + 6_000_000;
+    let keeper = nodes[0].me().node_key();
+    nodes[1].handle_message(
+        now,
+        keeper,
+        Message::SyncResponse {
+            events: vec![first.clone()],
+            resume: None,
+            held: 0,
+            unsettled: None,
+            your_high: 0,
+        },
+    );
+    let s = nodes[1].stats();
+    assert_eq!(s.lost_recovered, 0);
+    assert!(
+        !nodes[1].store().contains(&first.id()),
+        "a late copy after the window"
+    );
+    for n in &nodes {
+        n.check_invariants_full();
+    }
+}
+
 /// A node started over a store without its own events (an emptied data directory under
 /// its old key, `recover_own_numbers`) asks the first member that comes up for them: the
 /// answer brings them back, and its numbering is known, past them. A peer's digest naming
