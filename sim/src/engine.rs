@@ -419,8 +419,9 @@ pub struct Metrics {
     /// Events not delivered to a live interested node at the end.
     pub missed: u64,
     /// (event, live interested node) pairs not delivered because no copy of the event was
-    /// left to deliver: a node that lost its store held one, and at the end no node's store
-    /// holds it (every holder lost it before it reached the node). Not counted in `missed`.
+    /// left to deliver: a node that lost its store, or a crashed node's relay cache (memory),
+    /// held one, and at the end no node's store holds it (every holder lost it before it
+    /// reached the node). Not counted in `missed`.
     pub destroyed: u64,
     /// When the newest event with a missed pair was published (`None`: nothing missed).
     pub missed_newest_publish_us: Option<Micros>,
@@ -1308,9 +1309,9 @@ impl Engine {
                         if let Some(node) = self.nodes[i].node.take() {
                             self.metrics.first_receipts += node.events_new();
                             if let Proto::Weft(n) = &node {
-                                if lose_memory {
-                                    self.note_cached_destroyed(n);
-                                }
+                                // Its relay cache is memory: any crash loses it, the
+                                // store kept or not.
+                                self.note_cached_destroyed(n);
                                 self.metrics.skips.add(n, false);
                                 if lose_memory {
                                     // Its waiting Skips go with its store.
@@ -1929,9 +1930,9 @@ impl Engine {
         }
     }
 
-    /// Records the events a node that lost its memory held in memory only (its relay cache:
-    /// streams outside its interest, its own included): when no store holds such an event
-    /// at the end, no copy is left.
+    /// Records the events a crashed node held in memory only (its relay cache: streams
+    /// outside its interest, its own included), lost at any crash, its store kept or not:
+    /// when no store holds such an event at the end, no copy is left that anything serves.
     fn note_cached_destroyed(&mut self, node: &Node<MemStore>) {
         for event in node.relay_cached() {
             if let Some(&e) = self.event_index.get(&event.id()) {

@@ -126,8 +126,9 @@ pub struct StrategyReport {
     /// (event, live interested node) pairs never delivered.
     pub missed: u64,
     /// (event, live interested node) pairs not delivered because every copy of the event
-    /// left was lost with a store (a crash with `lose_memory`) before it reached the node:
-    /// no protocol could deliver them; not in `missed`.
+    /// left was lost with a store (a crash with `lose_memory`) or with a crashed node's
+    /// relay cache (memory, lost at any crash) before it reached the node, and no store
+    /// holds it at the end; not in `missed`.
     pub destroyed: u64,
     /// Publish attempts held back (each tried again 50 ms later) while a node restarted
     /// without its store asked members for its own events before numbering on, as the
@@ -726,7 +727,7 @@ impl Report {
                 }
                 if w.destroyed > 0 {
                     d.push_str(&format!(
-                        "; {} more not deliverable (every copy lost with a store)",
+                        "; {} more not deliverable (every copy lost with a store or a crashed node's memory)",
                         w.destroyed
                     ));
                 }

@@ -935,6 +935,17 @@ pub struct Node<S: Store> {
     started_at: Micros,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
+    /// This node's own events in the relay cache (it stores none of their streams), by
+    /// sequence number: the only copy it has of them, served to a peer that lacks them
+    /// ([`Node::on_sync_request`]); one published while no member was up went nowhere else.
+    own_relayed: BTreeMap<u64, EventId>,
+    /// This node's own numbers it knows it holds nowhere, since its start: their event
+    /// left the relay cache (pushed out by newer relayed events, or erased), or it took
+    /// them as lost itself ([`Node::take_lost`]: a hole in its own numbers no holder filled).
+    /// A peer lacking them is told so ([`Message::Lost`], [`Node::own_lost`]); before, an
+    /// origin that stores none of its streams named only the holes of its seen-set, which
+    /// taking them as lost fills, so a peer that came back later waited on them for good.
+    own_gone: SeqRanges,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
     /// does, this node still passes them on down its region's tree ([`Node::on_push`]).
     /// `repaired_order` holds them oldest first, and ids already taken out of the set.
@@ -1090,6 +1101,8 @@ impl<S: Store> Node<S> {
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
             relay_order: VecDeque::new(),
+            own_relayed: BTreeMap::new(),
+            own_gone: SeqRanges::new(),
             missing: BTreeMap::new(),
             pending_ihave: PeerBatches::default(),
             pending_graft: PeerBatches::default(),
@@ -1156,10 +1169,48 @@ impl<S: Store> Node<S> {
     /// `erased` says are erased, so it never answers a GRAFT with them. Returns how many.
     pub fn forget_relayed(&mut self, erased: impl Fn(&Event) -> bool) -> usize {
         let before = self.relay_cache.len();
-        self.relay_cache.retain(|_, e| !erased(e));
+        let me = self.me.node_key();
+        let mut own_gone = Vec::new();
+        self.relay_cache.retain(|_, e| {
+            let keep = !erased(e);
+            if !keep && e.origin() == me {
+                own_gone.push(e.seq());
+            }
+            keep
+        });
         let cache = &self.relay_cache;
         self.relay_order.retain(|id| cache.contains_key(id));
+        for seq in own_gone {
+            self.own_relayed.remove(&seq);
+            self.own_gone.insert(seq);
+        }
         before - self.relay_cache.len()
+    }
+
+    /// Keeps `event` (not stored: outside this node's interest) in the relay cache, to
+    /// answer GRAFTs (and, for this node's own events, peers that lack them), pushing out
+    /// the oldest at [`RELAY_CACHE_LEN_MAX`].
+    fn relay_keep(&mut self, id: EventId, event: Arc<Event>) {
+        let me = self.me.node_key();
+        if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
+            && let Some(old) = self.relay_order.pop_front()
+            && let Some(gone) = self.relay_cache.remove(&old)
+            && gone.origin() == me
+        {
+            self.own_relayed.remove(&gone.seq());
+            self.own_gone.insert(gone.seq());
+        }
+        if event.origin() == me {
+            let seq = event.seq();
+            self.own_relayed.insert(seq, id);
+            if self.own_gone.contains(seq) {
+                // Back (a late copy of a number it had lost): held again.
+                self.own_gone =
+                    SeqRanges::from_ranges(self.own_gone.difference_ranges(&[(seq, seq)]));
+            }
+        }
+        self.relay_cache.insert(id, event);
+        self.relay_order.push_back(id);
     }
 
     /// The store, for the driver's own records next to the events (log positions, cursors,

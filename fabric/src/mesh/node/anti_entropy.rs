@@ -700,6 +700,17 @@ impl<S: Store> Node<S> {
                 break;
             }
         }
+        if resume.is_none() {
+            let room = limit - events.len() - erased.len();
+            for e in self.own_relayed_lacking(&theirs, from_origin, settled.is_some(), room) {
+                bytes += answer_len(e.signed_bytes().len());
+                events.push(e);
+                if bytes >= BATCH_BYTES_MAX {
+                    // The rest at the requester's next round: its digest names what came.
+                    break;
+                }
+            }
+        }
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
         self.stats.sync_events_sent += events.len() as u64;
@@ -905,6 +916,63 @@ impl<S: Store> Node<S> {
     /// origin's word is the only one that can move its peers past such numbers when no node
     /// holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
     /// not one resuming past it, nor one whose summary stands for it (it is not listed).
+    /// This node's own events it holds only in its relay cache (`own_relayed`: it stores
+    /// none of their streams) that the requester (its digest sorted, `theirs`) lacks, at
+    /// most `room`, ascending; none that arrived lately (`SYNC_FRESH_US`: on their way, as
+    /// in [`Node::lacking`]). Without it nothing sent them: anti-entropy answers from the
+    /// store, and one published while no member was up (just after a restart, or cut off
+    /// from every member) was never pushed; every peer's delivery of this origin then
+    /// waited on its number for good, since this node's seen-set holds it and so it never
+    /// said Lost (found by the simulator).
+    fn own_relayed_lacking(
+        &self,
+        theirs: &Digest,
+        from_origin: Option<OriginKey>,
+        summarised: bool,
+        room: usize,
+    ) -> Vec<Arc<Event>> {
+        let me = self.me.node_key();
+        if self.own_relayed.is_empty() || room == 0 || from_origin.is_some_and(|f| f > me) {
+            return Vec::new();
+        }
+        let listed = theirs.binary_search_by(|(o, _)| o.cmp(&me)).ok();
+        if summarised && listed.is_none() {
+            return Vec::new();
+        }
+        let held = match listed {
+            None => SeqRanges::new(),
+            Some(at) => SeqRanges::from_ranges(theirs[at].1.iter().copied()),
+        };
+        let fresh_from = self
+            .seen
+            .get(&me)
+            .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
+            .map_or(u64::MAX, |s| s.fresh_from);
+        // What the requester lacks: the gaps of its ranges and everything above them,
+        // below the fresh numbers; walked through the index, not number by number.
+        let above = held
+            .as_slice()
+            .last()
+            .map_or(Some(1), |&(_, hi)| hi.checked_add(1));
+        let holes = held.holes();
+        let mut out = Vec::new();
+        for (lo, hi) in holes.iter().chain(above.map(|lo| (lo, u64::MAX))) {
+            let hi = hi.min(fresh_from.saturating_sub(1));
+            if lo > hi {
+                continue;
+            }
+            for (_, id) in self.own_relayed.range(lo..=hi) {
+                if out.len() == room {
+                    return out;
+                }
+                if let Some(e) = self.relay_cache.get(id) {
+                    out.push(e.clone());
+                }
+            }
+        }
+        out
+    }
+
     fn own_lost(
         &self,
         theirs: &Digest,
@@ -926,15 +994,32 @@ impl<S: Store> Node<S> {
         // without this it never said Lost, and a peer missing numbers nobody held any more
         // waited for them for good (found by the simulator once a restarted node numbers
         // past what a relay saw).
-        let gaps = match self.store.ranges(&me).filter(|r| r.range_count() > 0) {
+        // Its own events it relayed without storing are held only in its relay cache; the
+        // numbers it knows it holds nowhere (`own_gone`: left the relay cache, or taken as
+        // lost here) are lost too, less what it holds again (stored, or relayed: an answer
+        // sends those, `own_relayed_lacking`).
+        let held = self.store.ranges(&me).filter(|r| r.range_count() > 0);
+        let mut gaps = match held {
             Some(held) => held.holes(),
             None => match self.seen.get(&me) {
                 Some(seen) => seen.ranges().holes(),
                 None => return Vec::new(),
             },
         };
+        if self.own_gone.range_count() > 0 {
+            for (lo, hi) in self.own_gone.iter() {
+                gaps.insert_range(lo, hi);
+            }
+            if let Some(held) = held {
+                gaps = SeqRanges::from_ranges(gaps.difference_ranges(held.as_slice()));
+            }
+        }
         if gaps.range_count() == 0 {
             return Vec::new();
+        }
+        if !self.own_relayed.is_empty() {
+            let relayed = SeqRanges::from_ranges(self.own_relayed.keys().map(|&q| (q, q)));
+            gaps = SeqRanges::from_ranges(gaps.difference_ranges(relayed.as_slice()));
         }
         let lacking = match listed {
             None => gaps.difference_ranges(&[]),

@@ -8,7 +8,7 @@ use super::{
     ANNOUNCERS_MAX, APP_QUEUE_LEN_MAX, AppEvent, FilterHop, IHAVE_BATCH_RESERVE,
     INTEREST_CACHE_LEN_MAX, MISSING_LEN_MAX, Micros, Missing, NEXT_STORED_AFTER_MISSES, Node,
     Passed, RECENT_OWN_US, REF_BUFFER_CAP_MAX, REF_BUFFERS_MAX, REFS_PER_MESSAGE_MAX,
-    RELAY_CACHE_LEN_MAX, REPAIRED_LEN_MAX, Target, Timer, batches_of, chunks_of,
+    REPAIRED_LEN_MAX, Target, Timer, batches_of, chunks_of,
 };
 use crate::envelope::{Event, EventId, OriginKey};
 use crate::mesh::message::{EventRef, Message};
@@ -228,13 +228,7 @@ impl<S: Store> Node<S> {
                 }
             }
         } else {
-            if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
-                && let Some(old) = self.relay_order.pop_front()
-            {
-                self.relay_cache.remove(&old);
-            }
-            self.relay_cache.insert(id, event);
-            self.relay_order.push_back(id);
+            self.relay_keep(id, event);
         }
         self.stats.events_new += 1;
         self.note_seen(origin, seq);

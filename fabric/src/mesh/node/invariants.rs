@@ -58,6 +58,24 @@ impl<S: Store> Node<S> {
             self.check_missing(id, m);
         }
         assert!(self.seen.consistent(), "seen-set halves out of step");
+        let me = self.me.node_key();
+        for (&seq, id) in &self.own_relayed {
+            assert!(
+                self.relay_cache
+                    .get(id)
+                    .is_some_and(|e| e.origin() == me && e.seq() == seq),
+                "an own relayed number without its event in the relay cache"
+            );
+            assert!(!self.own_gone.contains(seq), "relayed and evicted at once");
+        }
+        assert_eq!(
+            self.relay_cache
+                .values()
+                .filter(|e| e.origin() == me)
+                .count(),
+            self.own_relayed.len(),
+            "an own event in the relay cache not indexed"
+        );
         assert!(
             self.router.hot_consistent(),
             "link records' hot queue out of step or over its bound"
@@ -195,6 +213,10 @@ impl<S: Store> Node<S> {
             self.relay_cache.len(),
             self.relay_order.len(),
             "relay cache index out of step"
+        );
+        assert!(
+            self.own_relayed.len() <= self.relay_cache.len(),
+            "own relayed events out of step with the relay cache"
         );
         assert!(
             self.repaired.len() <= self.repaired_order.len()

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{
     AppEvent, LOST_OPEN_US, LOST_ORIGINS_MAX, LOST_RANGES_PER_ROUND_MAX, LOST_WAIT_US, LostOpen,
-    LostWait, Node, Passed, REFS_PER_MESSAGE_MAX, RELAY_CACHE_LEN_MAX, SKIP_CONFIRM_US,
-    UNCONFIRMED_LEN_MAX, UNCONFIRMED_PER_SENDER_MAX, Unconfirmed,
+    LostWait, Node, Passed, REFS_PER_MESSAGE_MAX, SKIP_CONFIRM_US, UNCONFIRMED_LEN_MAX,
+    UNCONFIRMED_PER_SENDER_MAX, Unconfirmed,
 };
 use crate::envelope::{Event, OriginKey};
 use crate::mesh::message::Message;
@@ -168,6 +168,11 @@ impl<S: Store> Node<S> {
                 opened.push((lo.max(1), hi));
             }
             self.stats.lost_skipped += taken;
+            if origin == self.me.node_key() {
+                for &(lo, hi) in &opened {
+                    self.own_gone.insert_range(lo, hi);
+                }
+            }
             self.lost_open_ranges(origin, &opened);
             if changed {
                 // Also when none is counted new: at the range limit the set may drop its
@@ -477,13 +482,7 @@ impl<S: Store> Node<S> {
                 self.arrived(&id);
                 return Ok(Inserted::Duplicate);
             }
-            if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
-                && let Some(old) = self.relay_order.pop_front()
-            {
-                self.relay_cache.remove(&old);
-            }
-            self.relay_cache.insert(id, event.clone());
-            self.relay_order.push_back(id);
+            self.relay_keep(id, event.clone());
         }
         match passed {
             Passed::Skip(waiting) => {
