@@ -1874,7 +1874,8 @@ impl Driver {
                 }
                 AppEvent::Late(event) => self.deliver_late(&event),
                 AppEvent::Recovered(event) => {
-                    info!(
+                    // Counted in `lost_recovered`; a region's worth can come back at once.
+                    debug!(
                         event = %event.id(),
                         origin = %event.origin(),
                         seq = event.seq(),

@@ -1779,8 +1779,13 @@ impl Engine {
         }
         let last = &mut n.app_last[origin];
         match arrival {
-            Arrival::InOrder if event.seq() > *last => *last = event.seq(),
-            Arrival::InOrder | Arrival::Late => self.metrics.order_violations += 1,
+            Arrival::InOrder => {
+                if event.seq() <= *last {
+                    self.metrics.order_violations += 1;
+                }
+                *last = event.seq();
+            }
+            Arrival::Late => self.metrics.order_violations += 1,
             Arrival::Recovered => {}
         }
         if self.plan.workloads[w].table.is_some() {
@@ -1941,12 +1946,18 @@ impl Engine {
         }
     }
 
-    /// Whether event `e` is gone: a lost store held it, and no store holds it now (a
-    /// running node's, or that of a node down with its store kept).
+    /// Whether event `e` is gone: a lost store or a crashed node's relay cache held it, and
+    /// no store holds it now (a running node's, or that of a node down with its store
+    /// kept), nor the relay cache of its origin, running (which serves its own events).
     fn gone(&self, e: usize) -> bool {
         self.destroyed.get(&e).is_some_and(|r| {
             !self.nodes.iter().any(|n| match (&n.node, &n.parked) {
-                (Some(Proto::Weft(node)), _) => node.store().holds(r),
+                // The live origin's own relay cache counts too: it serves its own events
+                // from there (another relay's cache is served to nobody).
+                (Some(Proto::Weft(node)), _) => {
+                    node.store().holds(r)
+                        || (node.me().node_key() == r.origin && node.relay_holds(&r.id))
+                }
                 (Some(Proto::Base(_)), _) => false,
                 (None, Some(parked)) => parked.holds(r),
                 (None, None) => false,

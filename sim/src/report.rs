@@ -994,7 +994,7 @@ impl Report {
             if k.lost_in > 0 {
                 let _ = writeln!(
                     out,
-                    "  {} lost numbers: {} named by origins that restarted without their stores and lacked here, {} taken as seen after waiting for a holder's copy, {} of whose events a holder sent later (delivered late)",
+                    "  {} lost numbers: {} named by origins that no longer held them and lacked here, {} taken as seen after waiting for a holder's copy, {} of whose events a holder sent later (delivered late)",
                     w.strategy, k.lost_in, k.lost_skipped, k.lost_recovered
                 );
             }

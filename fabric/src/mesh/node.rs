@@ -667,7 +667,8 @@ pub struct Stats {
     /// ([`AppEvent::Recovered`]), or relayed.
     pub lost_recovered: u64,
     /// Numbers taken as lost that were final at once, not kept open to a late copy:
-    /// [`LOST_ORIGINS_MAX`] origins' numbers were already open.
+    /// [`LOST_ORIGINS_MAX`] origins' numbers were already open, or the origin's open
+    /// numbers were at [`crate::mesh::ranges::RANGES_PER_ORIGIN_MAX`] ranges.
     pub lost_closed_at_once: u64,
     /// Members asked for this node's own numbers after a start over a store without them
     /// ([`MeshConfig::recover_own_numbers`]).
@@ -938,13 +939,15 @@ pub struct Node<S: Store> {
     /// This node's own events in the relay cache (it stores none of their streams), by
     /// sequence number: the only copy it has of them, served to a peer that lacks them
     /// ([`Node::on_sync_request`]); one published while no member was up went nowhere else.
+    /// One pushed out of the cache before any peer got it (more than
+    /// [`RELAY_CACHE_LEN_MAX`] own publishes while cut off from every member) is lost, and
+    /// peers wait on its number (open: the origin cannot tell it from one that went out).
     own_relayed: BTreeMap<u64, EventId>,
-    /// This node's own numbers it knows it holds nowhere, since its start: their event
-    /// left the relay cache (pushed out by newer relayed events, or erased), or it took
-    /// them as lost itself ([`Node::take_lost`]: a hole in its own numbers no holder filled).
-    /// A peer lacking them is told so ([`Message::Lost`], [`Node::own_lost`]); before, an
-    /// origin that stores none of its streams named only the holes of its seen-set, which
-    /// taking them as lost fills, so a peer that came back later waited on them for good.
+    /// This node's own numbers it took as lost itself since its start ([`Node::take_lost`]:
+    /// a hole in its own numbers no holder filled). A peer lacking them is told so
+    /// ([`Message::Lost`], [`Node::own_lost`]); before, an origin that stores none of its
+    /// streams named only the holes of its seen-set, which taking them as lost fills, so a
+    /// peer that came back later waited on them for good.
     own_gone: SeqRanges,
     /// Events got by anti-entropy whose push down the tree has not come (yet): when it
     /// does, this node still passes them on down its region's tree ([`Node::on_push`]).
@@ -1165,6 +1168,11 @@ impl<S: Store> Node<S> {
         self.relay_cache.values()
     }
 
+    /// Whether the relay cache holds event `id` (relayed without storing, memory only).
+    pub fn relay_holds(&self, id: &EventId) -> bool {
+        self.relay_cache.contains_key(id)
+    }
+
     /// Forgets the events this node relays without storing (its relay cache) that
     /// `erased` says are erased, so it never answers a GRAFT with them. Returns how many.
     pub fn forget_relayed(&mut self, erased: impl Fn(&Event) -> bool) -> usize {
@@ -1182,7 +1190,6 @@ impl<S: Store> Node<S> {
         self.relay_order.retain(|id| cache.contains_key(id));
         for seq in own_gone {
             self.own_relayed.remove(&seq);
-            self.own_gone.insert(seq);
         }
         before - self.relay_cache.len()
     }
@@ -1197,8 +1204,9 @@ impl<S: Store> Node<S> {
             && let Some(gone) = self.relay_cache.remove(&old)
             && gone.origin() == me
         {
+            // Pushed out, not lost: its pushes and answers took it to the peers that store
+            // its stream (one never sent anywhere is lost with it: see `own_relayed`).
             self.own_relayed.remove(&gone.seq());
-            self.own_gone.insert(gone.seq());
         }
         if event.origin() == me {
             let seq = event.seq();

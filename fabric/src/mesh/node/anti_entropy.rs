@@ -75,6 +75,7 @@ impl<S: Store> Node<S> {
     /// (`seen.rs`): a summarised digest costs what it lists.
     fn digest(
         &mut self,
+        partner: OriginKey,
         from_origin: Option<OriginKey>,
         summarise: bool,
     ) -> (Digest, Option<Settled>) {
@@ -106,7 +107,7 @@ impl<S: Store> Node<S> {
             listed.sort_unstable();
             let digest = listed
                 .iter()
-                .filter_map(|o| Some(self.digest_entry(o, self.seen.get(o)?)))
+                .filter_map(|o| Some(self.digest_entry(o, self.seen.get(o)?, &partner)))
                 .collect();
             let settled = (count > 0).then(|| Settled {
                 key,
@@ -119,7 +120,7 @@ impl<S: Store> Node<S> {
         let digest = self
             .seen
             .range_from(from)
-            .map(|(o, s)| self.digest_entry(o, s))
+            .map(|(o, s)| self.digest_entry(o, s, &partner))
             .collect();
         (digest, None)
     }
@@ -146,14 +147,21 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// One origin's entry in a digest: the ranges seen, less the Skips waiting for a second
-    /// word and the numbers taken as lost still open to a late copy (left out, so the
-    /// partner answers for them: the event, or a Skip of its own).
-    fn digest_entry(&self, o: &OriginKey, s: &OriginSeen) -> (OriginKey, DigestRanges) {
+    /// One origin's entry in a digest for `partner`: the ranges seen, less the Skips waiting
+    /// for a second word and the numbers taken as lost still open to a late copy (left out,
+    /// so the partner answers for them: the event, or a Skip of its own). Open numbers are
+    /// not left out of their own origin's entry in a digest to that origin: it said it
+    /// holds none of them, and would say so again at every round.
+    fn digest_entry(
+        &self,
+        o: &OriginKey,
+        s: &OriginSeen,
+        partner: &OriginKey,
+    ) -> (OriginKey, DigestRanges) {
         let waiting = (self.unconfirmed_len > 0)
             .then(|| self.unconfirmed.get(o))
             .flatten();
-        let open = (!self.lost_open.is_empty())
+        let open = (!self.lost_open.is_empty() && o != partner)
             .then(|| self.lost_open.get(o))
             .flatten();
         if waiting.is_none() && open.is_none() {
@@ -161,12 +169,18 @@ impl<S: Store> Node<S> {
         }
         // Each hole can split a range: stay within the ranges a digest entry holds.
         let room = RANGES_PER_ORIGIN_MAX.saturating_sub(s.ranges().range_count() + 1);
-        let singles = waiting
+        // The waiting Skips first (their second word is what confirms them), then the open
+        // numbers, as far as the room goes: the rest at later rounds, as holes fill.
+        let singles: Vec<(u64, u64)> = waiting
             .into_iter()
-            .flat_map(|w| w.keys().take(DIGEST_HOLES_MAX).map(|&q| (q, q)));
-        let runs = open.into_iter().flat_map(|l| l.ranges.iter());
-        let holes = SeqRanges::from_ranges(singles.chain(runs));
-        let holes = &holes.as_slice()[..holes.range_count().min(DIGEST_HOLES_MAX).min(room)];
+            .flat_map(|w| w.keys().take(DIGEST_HOLES_MAX.min(room)).map(|&q| (q, q)))
+            .collect();
+        let room_left = room.saturating_sub(singles.len());
+        let runs = open
+            .into_iter()
+            .flat_map(|l| l.ranges.iter().take(DIGEST_HOLES_MAX.min(room_left)));
+        let holes = SeqRanges::from_ranges(singles.iter().copied().chain(runs));
+        let holes = holes.as_slice();
         (
             *o,
             s.ranges().difference_ranges(holes).into_iter().collect(),
@@ -462,7 +476,7 @@ impl<S: Store> Node<S> {
         let peer = self.peers.entry(partner).or_default();
         peer.unanswered_since.get_or_insert(now);
         let summarise = !full && from_origin.is_none() && peer.held <= held;
-        let (digest, settled) = self.digest(from_origin, summarise);
+        let (digest, settled) = self.digest(partner, from_origin, summarise);
         if let Some(p) = self.peers.get_mut(&partner) {
             p.summary_pending = settled.map(|s| s.key);
         }
@@ -908,14 +922,6 @@ impl<S: Store> Node<S> {
         if seen > named { seen } else { 0 }
     }
 
-    /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this
-    /// node's store lacks too, below the highest it holds (or, when it stores none of its
-    /// own events, the numbers it has not seen below the highest it used): lost with a
-    /// store the node restarted without, or dropped by a retention that keeps no record of
-    /// them. The
-    /// origin's word is the only one that can move its peers past such numbers when no node
-    /// holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
-    /// not one resuming past it, nor one whose summary stands for it (it is not listed).
     /// This node's own events it holds only in its relay cache (`own_relayed`: it stores
     /// none of their streams) that the requester (its digest sorted, `theirs`) lacks, at
     /// most `room`, ascending; none that arrived lately (`SYNC_FRESH_US`: on their way, as
@@ -973,6 +979,14 @@ impl<S: Store> Node<S> {
         out
     }
 
+    /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this
+    /// node's store lacks too, below the highest it holds (or, when it stores none of its
+    /// own events, the numbers it has not seen below the highest it used): and those it took as lost
+    /// itself (`own_gone`); lost with a store the node restarted without, or dropped by a retention that keeps no record of
+    /// them. The
+    /// origin's word is the only one that can move its peers past such numbers when no node
+    /// holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
+    /// not one resuming past it, nor one whose summary stands for it (it is not listed).
     fn own_lost(
         &self,
         theirs: &Digest,
@@ -994,10 +1008,8 @@ impl<S: Store> Node<S> {
         // without this it never said Lost, and a peer missing numbers nobody held any more
         // waited for them for good (found by the simulator once a restarted node numbers
         // past what a relay saw).
-        // Its own events it relayed without storing are held only in its relay cache; the
-        // numbers it knows it holds nowhere (`own_gone`: left the relay cache, or taken as
-        // lost here) are lost too, less what it holds again (stored, or relayed: an answer
-        // sends those, `own_relayed_lacking`).
+        // The numbers it took as lost itself (`own_gone`) are lost too, less what it holds
+        // again (stored, or relayed: an answer sends those, `own_relayed_lacking`).
         let held = self.store.ranges(&me).filter(|r| r.range_count() > 0);
         let mut gaps = match held {
             Some(held) => held.holes(),
@@ -1018,8 +1030,23 @@ impl<S: Store> Node<S> {
             return Vec::new();
         }
         if !self.own_relayed.is_empty() {
-            let relayed = SeqRanges::from_ranges(self.own_relayed.keys().map(|&q| (q, q)));
-            gaps = SeqRanges::from_ranges(gaps.difference_ranges(relayed.as_slice()));
+            // Gap by gap through the index (at most one range more per relayed number
+            // inside a gap), not a set of every relayed number (capped at
+            // RANGES_PER_ORIGIN_MAX ranges).
+            let mut left = Vec::new();
+            for (lo, hi) in gaps.iter() {
+                let mut next = lo;
+                for (&q, _) in self.own_relayed.range(lo..=hi) {
+                    if q > next {
+                        left.push((next, q - 1));
+                    }
+                    next = q.saturating_add(1);
+                }
+                if next <= hi && next >= lo {
+                    left.push((next, hi));
+                }
+            }
+            gaps = SeqRanges::from_ranges(left);
         }
         let lacking = match listed {
             None => gaps.difference_ranges(&[]),

@@ -239,8 +239,12 @@ impl<S: Store> Node<S> {
             until,
         });
         // At RANGES_PER_ORIGIN_MAX ranges the highest goes: those numbers close early.
+        let before =
+            SeqRanges::covered(open.ranges.as_slice()).saturating_add(SeqRanges::covered(ranges));
         open.ranges = SeqRanges::from_ranges(open.ranges.iter().chain(ranges.iter().copied()));
         open.until = until;
+        let kept = SeqRanges::covered(open.ranges.as_slice());
+        self.stats.lost_closed_at_once += before.saturating_sub(kept);
     }
 
     /// Puts `(origin, seq)` back among the numbers open to a late copy (its copy came but

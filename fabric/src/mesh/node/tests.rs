@@ -1886,33 +1886,42 @@ fn numbers_taken_as_lost_come_late_from_a_holder_cut_off_through_the_wait() {
 }
 
 /// Numbers taken as lost close [`LOST_OPEN_US`] after they were taken: a copy arriving
-/// after that is a duplicate, and digests claim the numbers again.
+/// after that is a duplicate, and digests claim the numbers again. While open, digests
+/// leave them out, except a digest to their origin (it said it holds none of them, and
+/// would say so again at every round).
 #[test]
 fn numbers_taken_as_lost_close_after_their_window() {
     let rtts = vec![10_000u64; 36];
-    let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+    let mut nodes = mesh(&[1, 2, 3], 1, 2, &rtts);
     let first = event_at(1, 1, "orders.all");
     nodes[0].handle_publish(0, first.clone()).unwrap();
     pump(&mut nodes, 0, 500_000);
     let t = 1_000_000;
+    let other = nodes.pop().unwrap();
     let peer = nodes.pop().unwrap();
     let origin = nodes.pop().unwrap();
-    let origin = restarted_empty(origin, &[&peer], t);
-    let peer = restarted_empty(peer, &[&origin], t);
-    let mut nodes = vec![origin, peer];
+    let origin = restarted_empty(origin, &[&peer, &other], t);
+    let peer = restarted_empty(peer, &[&origin, &other], t);
+    // The third node holds event 1 and stays cut off: the peer only asks it by hand.
+    let mut nodes = vec![origin, peer, other];
+    let cut = |i: usize| i == 2;
     nodes[0]
         .handle_publish(t, event_at(1, 2, "orders.all"))
         .unwrap();
-    let taken = pump_until(&mut nodes, t, LOST_WAIT_US + 40_000_000, |n| {
-        n[1].stats().lost_skipped == 1
-    });
+    let mut taken = t;
+    while nodes[1].stats().lost_skipped < 1 {
+        assert!(taken < t + LOST_WAIT_US + 40_000_000, "never taken as lost");
+        pump_cut(&mut nodes, taken, taken + 990_000, cut);
+        taken += 1_000_000;
+    }
     assert_eq!(nodes[1].lost_open(), 1);
     let origin_key = nodes[0].me().node_key();
-    // Whether the peer's digest to the origin claims number 1; `None`: the origin is not
-    // listed (summarised, so claimed whole).
-    let claims_one = |n: &mut Node<crate::mesh::MemStore>, full: bool| {
-        n.send_digest(origin_key, None, full);
-        drain_to(n, origin_key).iter().find_map(|m| match m {
+    let other_key = nodes[2].me().node_key();
+    // Whether the peer's digest to `to` claims the origin's number 1; `None`: the origin
+    // is not listed (summarised, so claimed whole).
+    let claims_one = |n: &mut Node<crate::mesh::MemStore>, to: OriginKey, full: bool| {
+        n.send_digest(to, None, full);
+        drain_to(n, to).iter().find_map(|m| match m {
             Message::SyncRequest { digest, .. } => Some(
                 digest
                     .iter()
@@ -1923,41 +1932,50 @@ fn numbers_taken_as_lost_close_after_their_window() {
         })
     };
     // Settled past SYNC_SETTLED_US, so a summarised digest would leave the origin out.
-    pump(&mut nodes, taken, taken + 60_000_000);
+    pump_cut(&mut nodes, taken, taken + 60_000_000, cut);
     for full in [false, true] {
         assert_eq!(
-            claims_one(&mut nodes[1], full),
+            claims_one(&mut nodes[1], other_key, full),
             Some(Some(false)),
             "the open number is left out of digests (full: {full})"
         );
     }
-    pump(
+    assert_eq!(
+        claims_one(&mut nodes[1], origin_key, true),
+        Some(Some(true)),
+        "but not out of one to its origin"
+    );
+    pump_cut(
         &mut nodes,
         taken + 60_010_000,
         taken + LOST_OPEN_US - 5_000_000,
+        cut,
     );
     assert_eq!(
         nodes[1].lost_open(),
         1,
         "still open just before the window ends"
     );
-    pump(
+    pump_cut(
         &mut nodes,
         taken + LOST_OPEN_US - 4_990_000,
         taken + LOST_OPEN_US + 5_000_000,
+        cut,
     );
     assert_eq!(nodes[1].lost_open(), 0, "closed after the window");
     assert_eq!(
-        claims_one(&mut nodes[1], true),
+        claims_one(&mut nodes[1], other_key, true),
         Some(Some(true)),
         "claimed again"
     );
-    assert_ne!(claims_one(&mut nodes[1], false), Some(Some(false)));
+    assert_ne!(
+        claims_one(&mut nodes[1], other_key, false),
+        Some(Some(false))
+    );
     let now = taken + LOST_OPEN_US + 6_000_000;
-    let keeper = nodes[0].me().node_key();
     nodes[1].handle_message(
         now,
-        keeper,
+        other_key,
         Message::SyncResponse {
             events: vec![first.clone()],
             resume: None,
