@@ -617,51 +617,17 @@ fn every_node_losing_its_store_at_once_leaves_later_events_flowing() {
 /// the report counts them as destroyed.
 #[test]
 fn a_restarted_publisher_numbers_past_what_relays_saw() {
-    let text = r#"
-name = "relay-saw-numbers"
-description = "test"
-duration_s = 150
-seed = 5
-
-[topology]
-regions = [
-  { region = "aws:eu-west-1", nodes = 2 },
-  { region = "aws:us-east-1", nodes = 2 },
-  { region = "aws:ap-northeast-1", nodes = 1 },
-]
-
-[network]
-jitter_ms = 1.0
-loss = 0.01
-verify_us = 60
-
-[policy.classes.public]
-anywhere = true
-
-[[workload]]
-stream = "t.events"
-classification = "public"
-rate_per_s = 10
-payload_bytes = 64
-publishers = { nodes = ["aws:eu-west-1/0"] }
-subscribers = { nodes = ["aws:ap-northeast-1/0"] }
-start_s = 5
-stop_s = 100
-
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["aws:ap-northeast-1/0"] }
-lose_memory = false
-at_s = 25
-duration_s = 25
-
-[[fault]]
-kind = "node-crash"
-nodes = { regions = ["aws:eu-west-1"] }
-lose_memory = true
-at_s = 30
-duration_s = 10
-"#;
+    let text = ireland_publisher(
+        "relay-saw-numbers",
+        150,
+        5,
+        &["aws:ap-northeast-1/0"],
+        &[
+            (r#"{ nodes = ["aws:ap-northeast-1/0"] }"#, false, 25, 25),
+            (r#"{ regions = ["aws:eu-west-1"] }"#, true, 30, 10),
+        ],
+    );
+    let text = text.as_str();
     let r = run(text, None);
     let failed = r.failed_checks();
     assert!(failed.is_empty(), "{failed:?}\n{}", r.table());
@@ -675,20 +641,29 @@ duration_s = 10
     assert!(w.skips.lost_skipped >= 50, "{:?}", w.skips);
 }
 
-/// Two subscribers (Virginia, Tokyo) of a publisher in Ireland that stores none of its
-/// stream; Virginia down 20-35 s, Tokyo down 28-88 s (stores kept), the publisher's region
-/// down 30-40 s with its stores lost.
-const LATE_HOLDER: &str = r#"
-name = "late-holder"
+/// A scenario of five nodes (Ireland 2, Virginia 2, Tokyo 1) and one publisher,
+/// `aws:eu-west-1/0`, of 10 events a second from 5 to 100 s, with `subscribers` (nodes)
+/// and node crashes `(selector, lose_memory, at_s, duration_s)`.
+fn ireland_publisher(
+    name: &str,
+    duration_s: u32,
+    seed: u64,
+    subscribers: &[&str],
+    crashes: &[(&str, bool, u32, u32)],
+) -> String {
+    let subscribers: Vec<String> = subscribers.iter().map(|n| format!("{n:?}")).collect();
+    let mut text = format!(
+        r#"
+name = "{name}"
 description = "test"
-duration_s = 200
-seed = 7
+duration_s = {duration_s}
+seed = {seed}
 
 [topology]
 regions = [
-  { region = "aws:eu-west-1", nodes = 2 },
-  { region = "aws:us-east-1", nodes = 2 },
-  { region = "aws:ap-northeast-1", nodes = 1 },
+  {{ region = "aws:eu-west-1", nodes = 2 }},
+  {{ region = "aws:us-east-1", nodes = 2 }},
+  {{ region = "aws:ap-northeast-1", nodes = 1 }},
 ]
 
 [network]
@@ -704,32 +679,37 @@ stream = "t.events"
 classification = "public"
 rate_per_s = 10
 payload_bytes = 64
-publishers = { nodes = ["aws:eu-west-1/0"] }
-subscribers = { nodes = ["aws:us-east-1/0", "aws:ap-northeast-1/0"] }
+publishers = {{ nodes = ["aws:eu-west-1/0"] }}
+subscribers = {{ nodes = [{}] }}
 start_s = 5
 stop_s = 100
+"#,
+        subscribers.join(", ")
+    );
+    for (nodes, lose_memory, at_s, duration_s) in crashes {
+        text += &format!(
+            "\n[[fault]]\nkind = \"node-crash\"\nnodes = {nodes}\nlose_memory = {lose_memory}\nat_s = {at_s}\nduration_s = {duration_s}\n"
+        );
+    }
+    text
+}
 
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["aws:us-east-1/0"] }
-lose_memory = false
-at_s = 20
-duration_s = 15
-
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["aws:ap-northeast-1/0"] }
-lose_memory = false
-at_s = 28
-duration_s = 60
-
-[[fault]]
-kind = "node-crash"
-nodes = { regions = ["aws:eu-west-1"] }
-lose_memory = true
-at_s = 30
-duration_s = 10
-"#;
+/// Two subscribers (Virginia, Tokyo) of a publisher in Ireland that stores none of its
+/// stream; Virginia down 20-35 s, Tokyo down 28-88 s (stores kept), the publisher's region
+/// down 30-40 s: with its stores lost (`lose_memory`), or not.
+fn late_holder(lose_memory: bool) -> String {
+    ireland_publisher(
+        "late-holder",
+        200,
+        7,
+        &["aws:us-east-1/0", "aws:ap-northeast-1/0"],
+        &[
+            (r#"{ nodes = ["aws:us-east-1/0"] }"#, false, 20, 15),
+            (r#"{ nodes = ["aws:ap-northeast-1/0"] }"#, false, 28, 60),
+            (r#"{ regions = ["aws:eu-west-1"] }"#, lose_memory, 30, 10),
+        ],
+    )
+}
 
 /// A holder cut off through the whole wait still brings back what its origin lost. Two
 /// subscribers, Virginia and Tokyo; the publisher (Ireland) stores none of its stream.
@@ -742,8 +722,7 @@ duration_s = 10
 /// every event of 20 to 28 s was missed there (Tokyo's store held them to the end).
 #[test]
 fn a_holder_cut_off_through_the_lost_wait_still_delivers_its_copies() {
-    let text = LATE_HOLDER;
-    let r = run(text, None);
+    let r = run(&late_holder(true), None);
     let failed = r.failed_checks();
     assert!(failed.is_empty(), "{failed:?}\n{}", r.table());
     let w = &r.strategies[0];
@@ -754,6 +733,12 @@ fn a_holder_cut_off_through_the_lost_wait_still_delivers_its_copies() {
         w.skips
     );
     assert!(w.skips.lost_skipped >= w.skips.lost_recovered);
+    // The publisher's region keeping its stores: the publisher (which stores none of its
+    // stream) takes its own numbers as lost, and keeps naming them to Tokyo when it is back.
+    let r = run(&late_holder(false), None);
+    let failed = r.failed_checks();
+    assert!(failed.is_empty(), "{failed:?}\n{}", r.table());
+    assert!(r.strategies[0].skips.lost_recovered >= 50);
 }
 
 /// A publisher that stores none of its stream restarts with its store kept: its first
@@ -764,11 +749,13 @@ fn a_holder_cut_off_through_the_lost_wait_still_delivers_its_copies() {
 /// answers a peer lacking its own events from its relay cache.
 #[test]
 fn a_publisher_that_stores_none_of_its_stream_loses_nothing_at_a_restart() {
-    let text = LATE_HOLDER
-        .replace("at_s = 20\nduration_s = 15", "at_s = 150\nduration_s = 1")
-        .replace("at_s = 28\nduration_s = 60", "at_s = 151\nduration_s = 1")
-        .replace("lose_memory = true", "lose_memory = false");
-    assert_eq!(text.matches("at_s = 15").count(), 2, "the edits took");
+    let text = ireland_publisher(
+        "store-none-restart",
+        200,
+        7,
+        &["aws:us-east-1/0", "aws:ap-northeast-1/0"],
+        &[(r#"{ regions = ["aws:eu-west-1"] }"#, false, 30, 10)],
+    );
     let r = run(&text, None);
     let failed = r.failed_checks();
     assert!(failed.is_empty(), "{failed:?}\n{}", r.table());

@@ -1787,27 +1787,39 @@ fn a_lost_hole_of_any_length_is_taken_whole() {
     }
 }
 
-/// The origin and one peer lost their stores, a third node kept its copies: the peer
-/// waiting on the numbers the origin says it lost gets them from the third node within
-/// the wait and delivers all three events in order; nothing is taken as lost.
-#[test]
-fn numbers_an_origin_lost_still_come_from_another_holder_in_order() {
+/// Three nodes in one region; the first (the origin) publishes events 1..=`first` of
+/// "orders.all", which reach the others; then the origin and the second (the peer) restart
+/// without their stores at 1 s, and the third (the keeper) keeps its copies. The nodes, in
+/// that order, and the events.
+fn origin_and_peer_restarted_empty(
+    first: u64,
+) -> (Vec<Node<crate::mesh::MemStore>>, Vec<Arc<Event>>) {
     let rtts = vec![10_000u64; 36];
     let mut nodes = mesh(&[1, 2, 3], 1, 2, &rtts);
-    for seq in 1..=2 {
-        nodes[0]
-            .handle_publish(0, event_at(1, seq, "orders.all"))
-            .unwrap();
+    let events: Vec<Arc<Event>> = (1..=first)
+        .map(|seq| event_at(1, seq, "orders.all"))
+        .collect();
+    for e in &events {
+        nodes[0].handle_publish(0, e.clone()).unwrap();
     }
     pump(&mut nodes, 0, 500_000);
-    assert!(nodes.iter().skip(1).all(|n| n.stats().delivered == 2));
+    assert!(nodes.iter().skip(1).all(|n| n.stats().delivered == first));
     let t = 1_000_000;
     let keeper = nodes.pop().unwrap();
     let peer = nodes.pop().unwrap();
     let origin = nodes.pop().unwrap();
     let origin = restarted_empty(origin, &[&peer, &keeper], t);
     let peer = restarted_empty(peer, &[&origin, &keeper], t);
-    let mut nodes = vec![origin, peer, keeper];
+    (vec![origin, peer, keeper], events)
+}
+
+/// The origin and one peer lost their stores, a third node kept its copies: the peer
+/// waiting on the numbers the origin says it lost gets them from the third node within
+/// the wait and delivers all three events in order; nothing is taken as lost.
+#[test]
+fn numbers_an_origin_lost_still_come_from_another_holder_in_order() {
+    let (mut nodes, _) = origin_and_peer_restarted_empty(2);
+    let t = 1_000_000;
     nodes[0]
         .handle_publish(t, event_at(1, 3, "orders.all"))
         .unwrap();
@@ -1830,21 +1842,8 @@ fn numbers_an_origin_lost_still_come_from_another_holder_in_order() {
 /// digests claimed the numbers, the keeper sent nothing, and its copies reached nobody.
 #[test]
 fn numbers_taken_as_lost_come_late_from_a_holder_cut_off_through_the_wait() {
-    let rtts = vec![10_000u64; 36];
-    let mut nodes = mesh(&[1, 2, 3], 1, 2, &rtts);
-    let first: Vec<Arc<Event>> = (1..=2).map(|seq| event_at(1, seq, "orders.all")).collect();
-    for e in &first {
-        nodes[0].handle_publish(0, e.clone()).unwrap();
-    }
-    pump(&mut nodes, 0, 500_000);
-    assert!(nodes.iter().skip(1).all(|n| n.stats().delivered == 2));
+    let (mut nodes, first) = origin_and_peer_restarted_empty(2);
     let t = 1_000_000;
-    let keeper = nodes.pop().unwrap();
-    let peer = nodes.pop().unwrap();
-    let origin = nodes.pop().unwrap();
-    let origin = restarted_empty(origin, &[&peer, &keeper], t);
-    let peer = restarted_empty(peer, &[&origin, &keeper], t);
-    let mut nodes = vec![origin, peer, keeper];
     nodes[0]
         .handle_publish(t, event_at(1, 3, "orders.all"))
         .unwrap();
@@ -1891,19 +1890,10 @@ fn numbers_taken_as_lost_come_late_from_a_holder_cut_off_through_the_wait() {
 /// would say so again at every round).
 #[test]
 fn numbers_taken_as_lost_close_after_their_window() {
-    let rtts = vec![10_000u64; 36];
-    let mut nodes = mesh(&[1, 2, 3], 1, 2, &rtts);
-    let first = event_at(1, 1, "orders.all");
-    nodes[0].handle_publish(0, first.clone()).unwrap();
-    pump(&mut nodes, 0, 500_000);
+    let (mut nodes, first) = origin_and_peer_restarted_empty(1);
+    let first = first[0].clone();
     let t = 1_000_000;
-    let other = nodes.pop().unwrap();
-    let peer = nodes.pop().unwrap();
-    let origin = nodes.pop().unwrap();
-    let origin = restarted_empty(origin, &[&peer, &other], t);
-    let peer = restarted_empty(peer, &[&origin, &other], t);
     // The third node holds event 1 and stays cut off: the peer only asks it by hand.
-    let mut nodes = vec![origin, peer, other];
     let cut = |i: usize| i == 2;
     nodes[0]
         .handle_publish(t, event_at(1, 2, "orders.all"))
