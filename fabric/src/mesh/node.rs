@@ -1178,17 +1178,17 @@ impl<S: Store> Node<S> {
     pub fn forget_relayed(&mut self, erased: impl Fn(&Event) -> bool) -> usize {
         let before = self.relay_cache.len();
         let me = self.me.node_key();
-        let mut own_gone = Vec::new();
+        let mut own_erased = Vec::new();
         self.relay_cache.retain(|_, e| {
             let keep = !erased(e);
             if !keep && e.origin() == me {
-                own_gone.push(e.seq());
+                own_erased.push(e.seq());
             }
             keep
         });
         let cache = &self.relay_cache;
         self.relay_order.retain(|id| cache.contains_key(id));
-        for seq in own_gone {
+        for seq in own_erased {
             self.own_relayed.remove(&seq);
         }
         before - self.relay_cache.len()
@@ -1211,11 +1211,8 @@ impl<S: Store> Node<S> {
         if event.origin() == me {
             let seq = event.seq();
             self.own_relayed.insert(seq, id);
-            if self.own_gone.contains(seq) {
-                // Back (a late copy of a number it had lost): held again.
-                self.own_gone =
-                    SeqRanges::from_ranges(self.own_gone.difference_ranges(&[(seq, seq)]));
-            }
+            // Back (a late copy of a number it had lost): held again.
+            self.own_gone.remove(seq);
         }
         self.relay_cache.insert(id, event);
         self.relay_order.push_back(id);

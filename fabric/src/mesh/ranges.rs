@@ -108,6 +108,35 @@ impl SeqRanges {
         true
     }
 
+    /// Takes `seq` out; returns whether it was there. Splitting a range at
+    /// [`RANGES_PER_ORIGIN_MAX`] drops the highest range, as [`SeqRanges::insert`] does.
+    pub fn remove(&mut self, seq: u64) -> bool {
+        let at = self.after(seq);
+        if at == 0 || self.ranges[at - 1].1 < seq {
+            return false;
+        }
+        let (s, e) = self.ranges[at - 1];
+        match (s == seq, e == seq) {
+            (true, true) => {
+                self.ranges.remove(at - 1);
+            }
+            (true, false) => self.ranges[at - 1].0 = seq + 1,
+            (false, true) => self.ranges[at - 1].1 = seq - 1,
+            (false, false) => {
+                self.ranges[at - 1].1 = seq - 1;
+                if self.ranges.len() >= RANGES_PER_ORIGIN_MAX {
+                    if at == self.ranges.len() {
+                        // The upper part would be the highest range: it is the one dropped.
+                        return true;
+                    }
+                    self.ranges.pop();
+                }
+                self.ranges.insert(at, (seq + 1, e));
+            }
+        }
+        true
+    }
+
     /// The largest `n` such that `1..=n` is in the set (0 if 1 is missing).
     pub fn contiguous(&self) -> u64 {
         match self.ranges.first() {
@@ -257,7 +286,49 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Splitting a range at the range limit drops the highest range, as an insert does.
+    #[test]
+    fn a_split_at_the_limit_drops_the_highest_range() {
+        let mut set = SeqRanges::from_ranges((0..RANGES_PER_ORIGIN_MAX as u64).map(|i| {
+            let lo = i * 10 + 1;
+            (lo, lo + 4)
+        }));
+        assert_eq!(set.range_count(), RANGES_PER_ORIGIN_MAX);
+        let top = set.as_slice()[RANGES_PER_ORIGIN_MAX - 1];
+        assert!(set.remove(3));
+        assert_eq!(set.range_count(), RANGES_PER_ORIGIN_MAX);
+        assert_eq!(&set.as_slice()[..2], &[(1, 2), (4, 5)]);
+        assert!(!set.contains(top.0), "the highest range went");
+        // Splitting the highest range itself keeps its lower part.
+        let last = set.as_slice()[RANGES_PER_ORIGIN_MAX - 1];
+        assert!(set.remove(last.0 + 2));
+        assert_eq!(
+            set.as_slice()[RANGES_PER_ORIGIN_MAX - 1],
+            (last.0, last.0 + 1)
+        );
+        assert!(!set.remove(last.0 + 2));
+        assert!(!set.remove(0));
+    }
+
     proptest! {
+        /// Inserts and removes in any order agree with a set (well under the range limit).
+        #[test]
+        fn removes_like_a_set(ops in proptest::collection::vec((any::<bool>(), 1u64..120), 0..400)) {
+            let mut set = SeqRanges::new();
+            let mut model = std::collections::BTreeSet::new();
+            for (add, s) in ops {
+                if add {
+                    prop_assert_eq!(set.insert(s), model.insert(s));
+                } else {
+                    prop_assert_eq!(set.remove(s), model.remove(&s));
+                }
+                prop_assert!(SeqRanges::is_normalized(set.as_slice()));
+            }
+            for s in 0..130 {
+                prop_assert_eq!(set.contains(s), model.contains(&s));
+            }
+        }
+
         #[test]
         fn behaves_like_a_set(seqs in proptest::collection::vec(1u64..200, 0..300)) {
             let mut set = SeqRanges::new();

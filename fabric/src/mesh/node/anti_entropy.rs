@@ -600,6 +600,15 @@ impl<S: Store> Node<S> {
         })
     }
 
+    /// The lowest of `origin`'s numbers that arrived here lately, within [`SYNC_FRESH_US`]
+    /// (most likely on their way to a requester too); `u64::MAX` if none did.
+    fn fresh_from(&self, origin: &OriginKey) -> u64 {
+        self.seen
+            .get(origin)
+            .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
+            .map_or(u64::MAX, |s| s.fresh_from)
+    }
+
     /// What the requester `from` (its digest sorted, `theirs`) lacks of `origin` that this
     /// node holds.
     fn lacking(&self, origin: &OriginKey, theirs: &Digest, from: &OriginKey) -> Lacking {
@@ -622,12 +631,11 @@ impl<S: Store> Node<S> {
         // on its way to the requester too (SYNC_FRESH_US). Behind on older numbers as well,
         // it gets everything. Never its own events: nothing brings those to it but this
         // answer (it restarted without them, and asks for them before it numbers on).
-        let fresh_from = self
-            .seen
-            .get(origin)
-            .filter(|_| origin != from)
-            .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
-            .map_or(u64::MAX, |s| s.fresh_from);
+        let fresh_from = if origin == from {
+            u64::MAX
+        } else {
+            self.fresh_from(origin)
+        };
         if lacking.first().is_some_and(|(seq, _)| *seq >= fresh_from) {
             return Lacking::Fresh(SeqRanges::covered(&lacking));
         }
@@ -949,11 +957,7 @@ impl<S: Store> Node<S> {
             None => SeqRanges::new(),
             Some(at) => SeqRanges::from_ranges(theirs[at].1.iter().copied()),
         };
-        let fresh_from = self
-            .seen
-            .get(&me)
-            .filter(|s| s.fresh_from > 0 && self.now.saturating_sub(s.fresh_at) < SYNC_FRESH_US)
-            .map_or(u64::MAX, |s| s.fresh_from);
+        let fresh_from = self.fresh_from(&me);
         // What the requester lacks: the gaps of its ranges and everything above them,
         // below the fresh numbers; walked through the index, not number by number.
         let above = held
@@ -981,11 +985,11 @@ impl<S: Store> Node<S> {
 
     /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this
     /// node's store lacks too, below the highest it holds (or, when it stores none of its
-    /// own events, the numbers it has not seen below the highest it used): and those it took as lost
-    /// itself (`own_gone`); lost with a store the node restarted without, or dropped by a retention that keeps no record of
-    /// them. The
-    /// origin's word is the only one that can move its peers past such numbers when no node
-    /// holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
+    /// own events, the numbers it has not seen below the highest it used), with those it
+    /// took as lost itself (`own_gone`), less those its relay cache holds: lost with a store
+    /// the node restarted without, or dropped by a retention that keeps no record of them.
+    /// The origin's word is the only one that can move its peers past such numbers when no
+    /// node holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
     /// not one resuming past it, nor one whose summary stands for it (it is not listed).
     fn own_lost(
         &self,

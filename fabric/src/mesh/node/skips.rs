@@ -262,14 +262,11 @@ impl<S: Store> Node<S> {
         let Some(open) = self.lost_open.get_mut(origin) else {
             return false;
         };
-        if !open.ranges.contains(seq) {
+        if !open.ranges.remove(seq) {
             return false;
         }
-        let left = SeqRanges::from_ranges(open.ranges.difference_ranges(&[(seq, seq)]));
-        if left.range_count() == 0 {
+        if open.ranges.range_count() == 0 {
             self.lost_open.remove(origin);
-        } else {
-            open.ranges = left;
         }
         true
     }
