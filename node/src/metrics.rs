@@ -2,7 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -109,6 +109,203 @@ fn latency_histogram() -> Histogram {
 /// without the events, no answer by half the ack timeout.
 pub(crate) const CONFIRM_RETRY_REASONS: [&str; 3] =
     ["not_sent", "answered_without", "no_answer_by_half_timeout"];
+
+/// Every reason of `weft_rejected_total` the node names, sorted: the API's error reasons,
+/// the edge port's, the mesh transport's and the driver's. Each series is there at 0 from
+/// the start. A test reads the sources for the reasons named where refusals are counted
+/// (`every_reason_named_in_the_sources_is_listed`); a reason missing here is still
+/// counted, its series appearing with its first refusal.
+pub(crate) const REJECT_REASONS: &[&str] = &[
+    "ack_timeout",
+    "audit_error",
+    "bad_ack",
+    "bad_attribute_name",
+    "bad_attribute_value",
+    "bad_audit_query",
+    "bad_chaos",
+    "bad_cursor",
+    "bad_data",
+    "bad_durable_name",
+    "bad_envelope",
+    "bad_erase_request",
+    "bad_event",
+    "bad_event_id",
+    "bad_header_encoding",
+    "bad_json",
+    "bad_key",
+    "bad_last",
+    "bad_limit",
+    "bad_query",
+    "bad_signature",
+    "bad_specversion",
+    "bad_stream",
+    "bad_table_write",
+    "bad_time",
+    "bad_token",
+    "bad_void",
+    "batch_empty",
+    "batch_over_burst",
+    "batch_too_large",
+    "bundle_bad_signature",
+    "bundle_invalid",
+    "bundle_malformed",
+    "bundle_oversize",
+    "bundle_rollback",
+    "bundle_signer_order",
+    "bundle_too_few_signers",
+    "bundle_too_many_signatures",
+    "bundle_unknown_signer",
+    "bundle_unsigned",
+    "commit_failed",
+    "confirm_from_unknown_peer",
+    "counter_shared",
+    "cursors_full",
+    "data_not_utf8",
+    "derived_unrecorded",
+    "device_not_allowed",
+    "device_not_enrolled",
+    "digest_forbidden",
+    "downlink_residency",
+    "duplicate_attribute",
+    "duplicate_in_batch",
+    "edge_bad_frame",
+    "edge_batch_too_large",
+    "edge_busy",
+    "edge_handshake_failed",
+    "edge_no_device_key",
+    "edge_protocol",
+    "edge_stream_error",
+    "edge_too_many_agents",
+    "edge_too_many_handshakes",
+    "erase_failed",
+    "erase_invalid",
+    "erase_pass_failed",
+    "erase_rules_full",
+    "erased",
+    "event_id_reused",
+    "event_not_found",
+    "expired",
+    "hlc_ahead",
+    "internal",
+    "log_append_failed",
+    "malformed_message",
+    "message_too_long",
+    "missing_attribute",
+    "missing_stream",
+    "missing_token",
+    "no_policy",
+    "not_a_table",
+    "not_admin",
+    "not_durable",
+    "origin_mismatch",
+    "overloaded",
+    "payload_too_large",
+    "peer_address_other_key",
+    "peer_handshake_failed",
+    "peer_without_identity",
+    "policy_carrier_invalid",
+    "policy_no_trust",
+    "policy_not_kept",
+    "principal_mismatch",
+    "publish_forbidden",
+    "publish_in_progress",
+    "quota_exceeded",
+    "rate_limited",
+    "read_filtered",
+    "read_forbidden",
+    "reserved_attribute",
+    "reserved_content_type",
+    "residency_ingress",
+    "residency_refused",
+    "retract_abandoned",
+    "seq_reused",
+    "shutting_down",
+    "skip_contradicted",
+    "skip_contradicted_retention",
+    "store_corrupt",
+    "store_error",
+    "store_refused",
+    "store_unavailable",
+    "stream_mismatch",
+    "stream_not_allowed",
+    "stream_not_stored",
+    "stream_read_failed",
+    "subscribe_forbidden",
+    "subscription_ended",
+    "subscription_not_found",
+    "system_stream",
+    "table_apply_failed",
+    "table_building",
+    "table_erasing",
+    "token_revoked",
+    "too_many_elements",
+    "too_many_siblings",
+    "too_many_subscribers",
+    "too_many_subscriptions",
+    "unclassified",
+    "unknown_stream_kind",
+    "version_ahead",
+    "wrong_op",
+];
+
+/// The reasons of `weft_egress_failures_total` (`egress::Failure::reason`), sorted.
+pub(crate) const EGRESS_FAILURE_REASONS: &[&str] = &[
+    "dropped_at_shutdown",
+    "flush_queue_full",
+    "hash_key_missing",
+    "not_a_number",
+    "not_json",
+    "path_unresolved",
+    "residency_disjoint",
+    "residency_ingress",
+    "sealed",
+    "sign_failed",
+    "source_refused",
+    "store_refused",
+    "target_not_stored",
+    "transform_withdrawn",
+    "unclassified",
+];
+
+/// The reasons of `weft_mesh_dropped_total` (the transport's), sorted.
+pub(crate) const MESH_DROP_REASONS: &[&str] = &[
+    "chaos",
+    "chaos_delay_overflow",
+    "confirm_failed",
+    "confirm_report_lost",
+    "connection_replaced",
+    "handshake_broken",
+    "peer_queue_full",
+    "peer_unreachable",
+    "send_failed",
+    "sync_failed",
+    "untrusted_peer",
+];
+
+/// The APIs of `weft_publishes_total`.
+pub(crate) const PUBLISH_APIS: [&str; 4] = ["cbor", "cloudevents", "edge", "table"];
+
+/// The causes of `weft_events_expired_total`.
+pub(crate) const EXPIRED_CAUSES: [&str; 2] = ["age", "size"];
+
+/// The queues of `weft_queue_depth`.
+pub(crate) const QUEUES: [&str; 4] = [
+    "audit",
+    "chaos_dropped",
+    "driver_mesh_inputs",
+    "driver_publishes",
+];
+
+/// Creates the series of `family` for each of `values` of label `key` (at 0).
+fn zeros<M, C: MetricConstructor<M>>(
+    family: &Family<Labels, M, C>,
+    key: &'static str,
+    values: &[&str],
+) {
+    for v in values {
+        drop(family.get_or_create(&vec![(key, (*v).to_string())]));
+    }
+}
 
 impl Metrics {
     /// All metrics, registered.
@@ -342,20 +539,22 @@ impl Metrics {
             m.edge_agents.clone(),
         );
         // Series whose labels are a fixed set are there from the start, at 0: a dashboard
-        // or an alert on them (a rate, an absence) works before the first event. Others
-        // (per peer, per stream, per rejection reason) appear at their first event.
-        for reason in CONFIRM_RETRY_REASONS {
-            drop(
-                m.confirm_retries
-                    .get_or_create(&vec![("reason", reason.to_string())]),
-            );
-        }
-        for level in ["none", "local", "regions"] {
-            drop(
-                m.ack_seconds
-                    .get_or_create(&vec![("level", level.to_string())]),
-            );
-        }
+        // or an alert on them (an `increase`, a rate, an absence) works from the first
+        // event (in Prometheus a series that appears at 1 shows no increase, so the first
+        // forged signature would pass an `increase(...) > 0` alert by). Series per peer,
+        // per transform and per table strategy appear with their first event.
+        zeros(&m.confirm_retries, "reason", &CONFIRM_RETRY_REASONS);
+        zeros(&m.ack_seconds, "level", &["none", "local", "regions"]);
+        zeros(&m.rejected, "reason", REJECT_REASONS);
+        zeros(&m.egress_failures, "reason", EGRESS_FAILURE_REASONS);
+        zeros(&m.mesh_dropped, "reason", MESH_DROP_REASONS);
+        zeros(&m.mesh_sent, "kind", &weft_fabric::mesh::Message::KINDS);
+        zeros(&m.mesh_received, "kind", &weft_fabric::mesh::Message::KINDS);
+        zeros(&m.publishes, "api", &PUBLISH_APIS);
+        zeros(&m.events_expired, "cause", &EXPIRED_CAUSES);
+        zeros(&m.queue_depth, "queue", &QUEUES);
+        let decisions = crate::audit::Decision::ALL.map(crate::audit::Decision::as_str);
+        zeros(&m.audit_entries, "decision", &decisions);
         Self { registry, ..m }
     }
 
@@ -446,8 +645,191 @@ mod tests {
             "weft_confirm_retries_total{reason=\"no_answer_by_half_timeout\"} 0",
             "weft_ack_seconds_count{level=\"regions\"} 0",
             "weft_ack_seconds_count{level=\"local\"} 0",
+            "weft_rejected_total{reason=\"bad_signature\"} 0",
+            "weft_rejected_total{reason=\"peer_handshake_failed\"} 0",
+            "weft_egress_failures_total{reason=\"not_json\"} 0",
+            "weft_mesh_dropped_total{reason=\"peer_queue_full\"} 0",
+            "weft_mesh_sent_total{kind=\"push\"} 0",
+            "weft_mesh_received_total{kind=\"sync_request\"} 0",
+            "weft_publishes_total{api=\"edge\"} 0",
+            "weft_events_expired_total{cause=\"age\"} 0",
+            "weft_queue_depth{queue=\"driver_publishes\"} 0",
+            "weft_audit_entries_total{decision=\"deny\"} 0",
         ] {
             assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
         }
+        let rejected = text
+            .lines()
+            .filter(|l| l.starts_with("weft_rejected_total{"))
+            .count();
+        assert_eq!(rejected, super::REJECT_REASONS.len(), "{text}");
+    }
+
+    /// The lists are sorted and without repeats (a repeat would be one series, and the
+    /// order is what a reader of the source searches by).
+    #[test]
+    fn label_lists_are_sorted_sets() {
+        for list in [
+            super::REJECT_REASONS,
+            super::EGRESS_FAILURE_REASONS,
+            super::MESH_DROP_REASONS,
+            &super::PUBLISH_APIS,
+            &super::EXPIRED_CAUSES,
+            &super::QUEUES,
+        ] {
+            assert!(list.windows(2).all(|w| w[0] < w[1]), "{list:?}");
+        }
+    }
+
+    /// The first snake_case string literal in the argument list that starts at `open`
+    /// (just after its `(`), if any.
+    fn first_reason(text: &str, open: usize) -> Option<&str> {
+        let bytes = text.as_bytes();
+        let (mut depth, mut i) = (1, open);
+        while depth > 0 && i < bytes.len() {
+            match bytes[i] {
+                // A char literal `'"'` or `'('` is no quote or parenthesis.
+                b'\'' if bytes.get(i + 2) == Some(&b'\'') => i += 2,
+                b'"' => {
+                    let mut end = i + 1;
+                    while end < bytes.len() && bytes[end] != b'"' {
+                        end += if bytes[end] == b'\\' { 2 } else { 1 };
+                    }
+                    let lit = text.get(i + 1..end)?;
+                    if is_reason(lit) {
+                        return Some(lit);
+                    }
+                    i = end;
+                }
+                b'(' => depth += 1,
+                b')' => depth -= 1,
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn is_reason(s: &str) -> bool {
+        s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }
+
+    /// The string literals of every `fn reason(&self)` / `fn code(&self)` body in `text`.
+    fn reason_fn_literals(text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        for head in [
+            "fn reason(&self) -> &'static str {",
+            "fn code(&self) -> &'static str {",
+        ] {
+            for (at, _) in text.match_indices(head) {
+                let body = &text[at + head.len()..];
+                let mut depth = 1;
+                let end = body
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '{' => 1,
+                            '}' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map_or(body.len(), |(i, _)| i);
+                out.extend(
+                    body[..end]
+                        .split('"')
+                        .skip(1)
+                        .step_by(2)
+                        .filter(|l| is_reason(l)),
+                );
+            }
+        }
+        out
+    }
+
+    fn source(path: &str) -> String {
+        let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+    }
+
+    /// Every reason the sources name where a refusal is counted (the calls that count one,
+    /// the refusals edge devices get, the error types' `reason`/`code`) is in
+    /// [`super::REJECT_REASONS`], and so on for the egress failures and the transport's
+    /// drops: their series are there from the start. Found by reading the source, so a
+    /// reason passed through a variable from elsewhere is not seen; the error types' own
+    /// lists cover those.
+    #[test]
+    fn every_reason_named_in_the_sources_is_listed() {
+        let calls = [
+            "reject(",
+            "reject_n(",
+            "ApiError::new(",
+            "Self::new(StatusCode",
+            "fail_stop(",
+            "failed(",
+            "deny(",
+            "refused(",
+            "refuse(",
+            "bad(",
+            "Err((",
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut missing = std::collections::BTreeSet::new();
+        let mut found = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let mut text = source(&format!("src/{name}"));
+            if name == "metrics.rs" {
+                // This test names the calls it looks for.
+                text.truncate(text.find("#[cfg(test)]\nmod tests").unwrap());
+            }
+            for call in calls {
+                for (at, m) in text.match_indices(call) {
+                    let before = text[..at].chars().next_back();
+                    if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue;
+                    }
+                    let open = at + m.find('(').unwrap() + 1;
+                    if let Some(r) = first_reason(&text, open) {
+                        found += 1;
+                        if !super::REJECT_REASONS.contains(&r) {
+                            missing.insert(format!("{r} ({name}, {call})"));
+                        }
+                    }
+                }
+            }
+            let dropped = "mesh_dropped, \"reason\", \"";
+            for (at, _) in text.match_indices(dropped) {
+                let lit = &text[at + dropped.len()..];
+                let r = &lit[..lit.find('"').unwrap()];
+                found += 1;
+                if !super::MESH_DROP_REASONS.contains(&r) {
+                    missing.insert(format!("{r} ({name}, mesh_dropped)"));
+                }
+            }
+        }
+        for (file, list) in [
+            ("../fabric/src/cloudevents.rs", super::REJECT_REASONS),
+            ("../fabric/src/mesh/wire.rs", super::REJECT_REASONS),
+            ("../policy/src/error.rs", super::REJECT_REASONS),
+            ("src/ratelimit.rs", super::REJECT_REASONS),
+            ("src/egress.rs", super::EGRESS_FAILURE_REASONS),
+        ] {
+            for r in reason_fn_literals(&source(file)) {
+                found += 1;
+                if !list.contains(&r) {
+                    missing.insert(format!("{r} ({file}, reason fn)"));
+                }
+            }
+        }
+        // The reading works: it finds well over a hundred named reasons.
+        assert!(found > 150, "only {found} reasons found in the sources");
+        assert!(missing.is_empty(), "not listed in metrics.rs: {missing:#?}");
     }
 }

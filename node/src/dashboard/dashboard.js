@@ -410,7 +410,8 @@ function renderRejections(rejected, now) {
   const body = document.querySelector("#rejections tbody");
   body.replaceChildren();
   const prev = state.prevRejected;
-  const entries = [...rejected.entries()].sort((a, b) => b[1] - a[1]);
+  // Every known reason is there at 0 from the node's start; only those counted are rows.
+  const entries = [...rejected.entries()].filter((e) => e[1] > 0).sort((a, b) => b[1] - a[1]);
   if (!entries.length) {
     const tr = el("tr");
     tr.append(el("td", { colspan: 3, class: "note" }, "none since the node started"));
