@@ -125,7 +125,7 @@ async fn regions() -> Response {
 
 /// Events taken in by this node's publish API (all APIs).
 fn published(api: &Api) -> u64 {
-    ["cloudevents", "cbor"]
+    crate::metrics::PUBLISH_APIS
         .iter()
         .map(|a| {
             api.metrics

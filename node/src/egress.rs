@@ -216,7 +216,7 @@ pub(crate) fn fail(
     transform: &str,
     source: &str,
 ) {
-    Metrics::inc(&metrics.egress_failures, "reason", failure.reason());
+    metrics.egress_failure(failure.reason());
     let mut entry = crate::audit::Entry::now(
         crate::audit::Decision::EgressFailed,
         failure.reason(),

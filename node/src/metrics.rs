@@ -112,9 +112,12 @@ pub(crate) const CONFIRM_RETRY_REASONS: [&str; 3] =
 
 /// Every reason of `weft_rejected_total` the node names, sorted: the API's error reasons,
 /// the edge port's, the mesh transport's and the driver's. Each series is there at 0 from
-/// the start. A test reads the sources for the reasons named where refusals are counted
-/// (`every_reason_named_in_the_sources_is_listed`); a reason missing here is still
-/// counted, its series appearing with its first refusal.
+/// the start. Two checks keep the list whole: a test reads the sources for the reasons
+/// named where refusals are counted (`every_reason_named_in_the_sources_is_listed`), and
+/// debug builds (every test of a running node) panic at a refusal whose reason is not
+/// here. A release build counts it all the same, its series appearing with it.
+/// `commit_failed`, `log_append_failed` and `policy_not_kept` are counted just before the
+/// node stops (exit 74): alert on the restarts, not on them.
 pub(crate) const REJECT_REASONS: &[&str] = &[
     "ack_timeout",
     "audit_error",
@@ -135,7 +138,9 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "bad_key",
     "bad_last",
     "bad_limit",
+    "bad_path",
     "bad_query",
+    "bad_request",
     "bad_signature",
     "bad_specversion",
     "bad_stream",
@@ -146,6 +151,7 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "batch_empty",
     "batch_over_burst",
     "batch_too_large",
+    "body_too_large",
     "bundle_bad_signature",
     "bundle_invalid",
     "bundle_malformed",
@@ -165,6 +171,7 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "device_not_allowed",
     "device_not_enrolled",
     "digest_forbidden",
+    "downlink_not_held",
     "downlink_residency",
     "duplicate_attribute",
     "duplicate_in_batch",
@@ -190,10 +197,12 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "log_append_failed",
     "malformed_message",
     "message_too_long",
+    "method_not_allowed",
     "missing_attribute",
     "missing_stream",
     "missing_token",
     "no_policy",
+    "no_such_route",
     "not_a_table",
     "not_admin",
     "not_durable",
@@ -206,6 +215,7 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "policy_carrier_invalid",
     "policy_no_trust",
     "policy_not_kept",
+    "policy_pending",
     "principal_mismatch",
     "publish_forbidden",
     "publish_in_progress",
@@ -213,10 +223,12 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "rate_limited",
     "read_filtered",
     "read_forbidden",
+    "reads_busy",
     "reserved_attribute",
     "reserved_content_type",
     "residency_ingress",
     "residency_refused",
+    "residency_wider",
     "retract_abandoned",
     "seq_reused",
     "shutting_down",
@@ -295,6 +307,15 @@ pub(crate) const QUEUES: [&str; 4] = [
     "driver_mesh_inputs",
     "driver_publishes",
 ];
+
+/// In debug builds, panics when `value` is not in `list`: its series would not be there
+/// from the start ([`REJECT_REASONS`]).
+fn listed(list: &[&str], value: &str) {
+    debug_assert!(
+        list.contains(&value),
+        "{value:?} is not listed in node/src/metrics.rs: add it so its series is exported at 0"
+    );
+}
 
 /// Creates the series of `family` for each of `values` of label `key` (at 0).
 fn zeros<M, C: MetricConstructor<M>>(
@@ -599,6 +620,7 @@ impl Metrics {
 
     /// Counts a refusal.
     pub(crate) fn reject(&self, reason: &str) {
+        listed(REJECT_REASONS, reason);
         self.rejected
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
@@ -606,9 +628,22 @@ impl Metrics {
 
     /// Counts `n` refusals of one reason.
     pub(crate) fn reject_n(&self, reason: &str, n: u64) {
+        listed(REJECT_REASONS, reason);
         self.rejected
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc_by(n);
+    }
+
+    /// Counts a mesh message dropped before sending ([`MESH_DROP_REASONS`]).
+    pub(crate) fn mesh_drop(&self, reason: &str) {
+        listed(MESH_DROP_REASONS, reason);
+        Self::inc(&self.mesh_dropped, "reason", reason);
+    }
+
+    /// Counts an egress transform's failure ([`EGRESS_FAILURE_REASONS`]).
+    pub(crate) fn egress_failure(&self, reason: &str) {
+        listed(EGRESS_FAILURE_REASONS, reason);
+        Self::inc(&self.egress_failures, "reason", reason);
     }
 
     /// One labelled counter.
@@ -758,8 +793,8 @@ mod tests {
     /// the refusals edge devices get, the error types' `reason`/`code`) is in
     /// [`super::REJECT_REASONS`], and so on for the egress failures and the transport's
     /// drops: their series are there from the start. Found by reading the source, so a
-    /// reason passed through a variable from elsewhere is not seen; the error types' own
-    /// lists cover those.
+    /// reason chosen into a variable or held in a constant is not seen here; debug builds
+    /// check those where they are counted (`listed`), which the node's process tests run.
     #[test]
     fn every_reason_named_in_the_sources_is_listed() {
         let calls = [
@@ -775,17 +810,30 @@ mod tests {
             "bad(",
             "Err((",
         ];
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        let mut dirs = vec![root.join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
         let mut missing = std::collections::BTreeSet::new();
         let mut found = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let mut text = source(&format!("src/{name}"));
-            if name == "metrics.rs" {
+        for path in files {
+            let name = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let mut text = source(&name);
+            if name.ends_with("metrics.rs") {
                 // This test names the calls it looks for.
                 text.truncate(text.find("#[cfg(test)]\nmod tests").unwrap());
             }
@@ -804,13 +852,12 @@ mod tests {
                     }
                 }
             }
-            let dropped = "mesh_dropped, \"reason\", \"";
-            for (at, _) in text.match_indices(dropped) {
-                let lit = &text[at + dropped.len()..];
-                let r = &lit[..lit.find('"').unwrap()];
-                found += 1;
-                if !super::MESH_DROP_REASONS.contains(&r) {
-                    missing.insert(format!("{r} ({name}, mesh_dropped)"));
+            for (at, m) in text.match_indices("mesh_drop(") {
+                if let Some(r) = first_reason(&text, at + m.len()) {
+                    found += 1;
+                    if !super::MESH_DROP_REASONS.contains(&r) {
+                        missing.insert(format!("{r} ({name}, mesh_drop)"));
+                    }
                 }
             }
         }

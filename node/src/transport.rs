@@ -509,7 +509,7 @@ impl Transport {
             .and_then(|mut d| d.insert((key, dialed), conn.clone()))
             .filter(|old| old.stable_id() != conn.stable_id());
         if let Some(older) = older {
-            Metrics::inc(&self.metrics.mesh_dropped, "reason", "connection_replaced");
+            self.metrics.mesh_drop("connection_replaced");
             debug!(peer = %key, dialed, "a newer connection replaces the older");
             older.close(
                 quinn::VarInt::from_u32(0),
@@ -564,7 +564,7 @@ impl Transport {
                     Err(e) => {
                         // A connection that broke before it was up (a peer restarting, a
                         // timeout): no decision was made, so counted, not audited.
-                        Metrics::inc(&t.metrics.mesh_dropped, "reason", "handshake_broken");
+                        t.metrics.mesh_drop("handshake_broken");
                         debug!(error = %e, "incoming mesh connection broke in the handshake");
                     }
                 }
@@ -616,7 +616,7 @@ impl Transport {
         };
         let Some(peer) = self.queue(&mut peers, to) else {
             // A member record gossiped for a key this node does not trust.
-            Metrics::inc(&self.metrics.mesh_dropped, "reason", "untrusted_peer");
+            self.metrics.mesh_drop("untrusted_peer");
             drop(peers);
             self.undelivered(to, &out);
             return;
@@ -628,7 +628,7 @@ impl Transport {
         match peer.lanes[out.class as usize].try_send(out) {
             Ok(()) => Metrics::inc(&self.metrics.mesh_sent, "kind", k),
             Err(e) => {
-                Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_queue_full");
+                self.metrics.mesh_drop("peer_queue_full");
                 drop(peers);
                 self.undelivered(to, &e.into_inner());
             }
@@ -656,7 +656,7 @@ impl Transport {
             .try_send(FromMesh::ConfirmFailed { to, events })
             .is_err()
         {
-            Metrics::inc(&self.metrics.mesh_dropped, "reason", "confirm_report_lost");
+            self.metrics.mesh_drop("confirm_report_lost");
         }
     }
 
@@ -774,7 +774,7 @@ impl Transport {
             // A peer that dialed in meanwhile ends the window at once (after a partition
             // heals, the other side's announcements usually arrive before the window ends).
             if down_until.is_some_and(|t| tokio::time::Instant::now() < t) && !self.connected(&to) {
-                Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
+                self.metrics.mesh_drop("peer_unreachable");
                 self.undelivered(to, &out);
                 continue;
             }
@@ -786,7 +786,7 @@ impl Transport {
                     None => {
                         // Drop while the peer is unreachable instead of dialing per message.
                         down_until = Some(tokio::time::Instant::now() + self.unreachable_wait());
-                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "peer_unreachable");
+                        self.metrics.mesh_drop("peer_unreachable");
                         self.undelivered(to, &out);
                         continue;
                     }
@@ -799,13 +799,13 @@ impl Transport {
             match verdict {
                 // Not reported, as a network's loss is not: the driver asks the region's
                 // next member half the ack timeout after the publish instead.
-                Verdict::Drop => Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos"),
+                Verdict::Drop => self.metrics.mesh_drop("chaos"),
                 Verdict::Send => t.transmit(to, conn, out, &exchanges).await,
                 Verdict::Delay(d) => {
                     use std::sync::atomic::Ordering::Relaxed;
                     if self.delayed.fetch_add(1, Relaxed) >= CHAOS_DELAYED_MAX {
                         self.delayed.fetch_sub(1, Relaxed);
-                        Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos_delay_overflow");
+                        self.metrics.mesh_drop("chaos_delay_overflow");
                         self.undelivered(to, &out);
                         continue;
                     }
@@ -841,12 +841,12 @@ impl Transport {
                 let _permit = permit;
                 if let Some(events) = confirm {
                     if let Err(e) = t.confirm_exchange(to, conn, bytes, &events).await {
-                        Metrics::inc(&t.metrics.mesh_dropped, "reason", "confirm_failed");
+                        t.metrics.mesh_drop("confirm_failed");
                         warn!(peer = %to, error = %e, "confirmable push failed");
                         t.confirm_failed(to, events);
                     }
                 } else if let Err(e) = t.sync_exchange(to, conn, bytes).await {
-                    Metrics::inc(&t.metrics.mesh_dropped, "reason", "sync_failed");
+                    t.metrics.mesh_drop("sync_failed");
                     debug!(peer = %to, error = %e, "sync exchange failed");
                 }
             });
@@ -925,7 +925,7 @@ impl Transport {
         }
         .await;
         if let Err(e) = result {
-            Metrics::inc(&self.metrics.mesh_dropped, "reason", "send_failed");
+            self.metrics.mesh_drop("send_failed");
             debug!(peer = %to, error = %e, "send failed");
             self.undelivered(to, &out);
         }
@@ -997,7 +997,7 @@ impl Transport {
         match self.chaos.verdict(&hex::encode(to.0), &self.region_of(&to)) {
             Verdict::Send => true,
             Verdict::Drop => {
-                Metrics::inc(&self.metrics.mesh_dropped, "reason", "chaos");
+                self.metrics.mesh_drop("chaos");
                 false
             }
             Verdict::Delay(d) => {

@@ -565,7 +565,8 @@ fn the_dashboard_renders_the_fabric_view_of_v1_mesh_nodes() {
         "aws:us-east-1": {"lat_deg": 39.04, "lon_deg": -77.49},
         "aws:ap-northeast-1": {"lat_deg": 35.68, "lon_deg": 139.69},
     });
-    let metrics = "weft_rejected_total{reason=\"bad_token\"} 2\nweft_publishes_total{api=\"cloudevents\"} 120\n";
+    // Every known reason is exported at 0 from the start; only counted ones are rows.
+    let metrics = "weft_rejected_total{reason=\"bad_signature\"} 0\nweft_rejected_total{reason=\"bad_token\"} 2\nweft_publishes_total{api=\"cloudevents\"} 120\n";
     let html = |body: &'static str, ty: &'static str| {
         get(move || async move { ([("content-type", ty)], body) })
     };
@@ -646,6 +647,10 @@ fn the_dashboard_renders_the_fabric_view_of_v1_mesh_nodes() {
         "{dom}"
     );
     assert!(dom.contains(">bad_token<"), "{dom}");
+    assert!(
+        !dom.contains(">bad_signature<"),
+        "a reason at 0 is no row: {dom}"
+    );
     // The audit panel: time in UTC, reason, epoch.
     assert!(
         dom.contains(">2026-12-29 00:00:00<") && dom.contains(">read_forbidden<"),
