@@ -741,6 +741,18 @@ CREATE TABLE IF NOT EXISTS waiting_skips (
 ) WITHOUT ROWID;
 ";
 
+/// Numbers taken as lost still open to a late copy (`Store::lost_open`; idempotent, run
+/// at every open): one row per range. Bounded by the core (`LOST_ORIGINS_MAX` origins, a
+/// range limit per origin).
+const LOST_OPEN_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS lost_open (
+    origin BLOB NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    PRIMARY KEY (origin, lo)
+) WITHOUT ROWID;
+";
+
 /// The `meta` key of the time the log got its arrival column (`at_ms`): rows logged before
 /// are taken as arrived then.
 const LOG_AT_FROM_KEY: &str = "log_at_from_ms";
@@ -1472,6 +1484,7 @@ impl SqliteStore {
             );
         }
         conn.execute_batch(WAITING_SCHEMA).map_err(sqlite)?;
+        conn.execute_batch(LOST_OPEN_SCHEMA).map_err(sqlite)?;
         let erase_rules = load_erase_rules(&conn).map_err(|source| OpenError::Load {
             path: path.clone(),
             source,
@@ -2938,6 +2951,82 @@ impl Store for SqliteStore {
         }
     }
 
+    fn lost_open(&self) -> Vec<(OriginKey, Vec<(u64, u64)>)> {
+        let rows = self
+            .conn
+            .prepare_cached("SELECT origin, lo, hi FROM lost_open ORDER BY origin, lo")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            });
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The numbers then close, as with a store that keeps none.
+                tracing::error!(error = %e, "reading the numbers open to a late copy failed");
+                return Vec::new();
+            }
+        };
+        let mut out: Vec<(OriginKey, Vec<(u64, u64)>)> = Vec::new();
+        for (origin, lo, hi) in rows {
+            let parsed = (
+                key32(&origin, "origin").ok(),
+                u64::try_from(lo).ok().filter(|&lo| lo > 0),
+                u64::try_from(hi).ok(),
+            );
+            let (Some(origin), Some(lo), Some(hi)) = parsed else {
+                tracing::error!("corrupt row of numbers open to a late copy skipped");
+                continue;
+            };
+            if hi < lo {
+                tracing::error!("corrupt row of numbers open to a late copy skipped");
+                continue;
+            }
+            let origin = OriginKey(origin);
+            match out.last_mut() {
+                Some((o, ranges)) if *o == origin => ranges.push((lo, hi)),
+                _ => out.push((origin, vec![(lo, hi)])),
+            }
+        }
+        out
+    }
+
+    fn set_lost_open(&mut self, origin: &OriginKey, ranges: &[(u64, u64)]) {
+        let result = self.begin_write().and_then(|()| {
+            self.conn
+                .prepare_cached("DELETE FROM lost_open WHERE origin = ?1")
+                .and_then(|mut s| s.execute(params![&origin.0[..]]))
+                .map_err(backend)?;
+            let mut insert = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO lost_open (origin, lo, hi) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(backend)?;
+            for &(lo, hi) in ranges {
+                // Numbers past i64 cannot be stored: those close at a restart.
+                let (Ok(lo), Ok(hi)) = (i64::try_from(lo), i64::try_from(hi)) else {
+                    continue;
+                };
+                insert
+                    .execute(params![&origin.0[..], lo, hi])
+                    .map_err(backend)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => self.tx_writes += 1,
+            // Kept in memory only: a restart would close them.
+            Err(e) => tracing::error!(error = %e, "recording numbers open to a late copy failed"),
+        }
+    }
+
     fn len(&self) -> usize {
         self.state.len
     }
@@ -2951,7 +3040,7 @@ impl Store for SqliteStore {
                     "DELETE FROM events; DELETE FROM log; DELETE FROM cursors; \
                      DELETE FROM peers; DELETE FROM meta; DELETE FROM ce_dedup; \
                      DELETE FROM erased; DELETE FROM erase_rules; DELETE FROM erase_pending; \
-                     DELETE FROM waiting_skips; \
+                     DELETE FROM waiting_skips; DELETE FROM lost_open; \
                      DELETE FROM expired; DELETE FROM stream_bytes; DELETE FROM expired_floor; \
                      DELETE FROM derived_from; DELETE FROM retract_pending; DELETE FROM retracted;",
                 )
@@ -4156,6 +4245,34 @@ mod tests {
         store.clear();
         store.commit().unwrap();
         assert!(store.waiting_skips().is_empty(), "cleared with the store");
+    }
+
+    /// Numbers taken as lost and still open to a late copy survive reopening the store
+    /// (`Store::set_lost_open`, read back by the restarted core, whose tests cover the
+    /// reload); an origin's rows are replaced whole, none forgets them, and they go with
+    /// the store.
+    #[test]
+    fn numbers_open_to_a_late_copy_survive_reopening_the_sqlite_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (OriginKey([1; 32]), OriginKey([2; 32]));
+        let mut store = open(dir.path());
+        assert!(store.lost_open().is_empty());
+        store.set_lost_open(&b, &[(7, 7)]);
+        store.set_lost_open(&a, &[(1, 2), (5, 1 << 40)]);
+        store.set_lost_open(&b, &[(3, 4), (9, 12)]);
+        store.commit().unwrap();
+        drop(store);
+        let mut store = open(dir.path());
+        assert_eq!(
+            store.lost_open(),
+            [(a, vec![(1, 2), (5, 1 << 40)]), (b, vec![(3, 4), (9, 12)])]
+        );
+        store.set_lost_open(&a, &[]);
+        store.commit().unwrap();
+        assert_eq!(store.lost_open(), [(b, vec![(3, 4), (9, 12)])]);
+        store.clear();
+        store.commit().unwrap();
+        assert!(store.lost_open().is_empty(), "cleared with the store");
     }
 
     /// The store never commits by itself inside a step: past [`TX_WRITES_MAX`] writes the

@@ -1133,6 +1133,7 @@ impl<S: Store> Node<S> {
         };
         node.took_in(restored);
         node.reload_waiting_skips();
+        node.reload_lost_open();
         let me = node.me.node_key();
         node.own_known = !node.config.recover_own_numbers
             || node.store.ranges(&me).is_some_and(|r| r.range_count() > 0);

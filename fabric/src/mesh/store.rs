@@ -193,6 +193,20 @@ pub trait Store {
     fn take_waiting_skip(&mut self, origin: &OriginKey, seq: u64) {
         let _ = (origin, seq);
     }
+    /// The numbers taken as lost that are still open to a late copy
+    /// ([`super::Node::lost_open`]), by origin, as [`Store::set_lost_open`] last kept them:
+    /// a restarted node reloads them, so that a holder's copy arriving after the restart is
+    /// still stored and delivered instead of dropped as a duplicate. Default: none kept (a
+    /// restart closes them).
+    fn lost_open(&self) -> Vec<(OriginKey, Vec<(u64, u64)>)> {
+        Vec::new()
+    }
+    /// Keeps `ranges` (normalized) as `origin`'s numbers open to a late copy, replacing
+    /// what was kept for it; none: forgets the origin's. The core keeps at most
+    /// [`super::node::LOST_ORIGINS_MAX`] origins. Default: not kept.
+    fn set_lost_open(&mut self, origin: &OriginKey, ranges: &[(u64, u64)]) {
+        let _ = (origin, ranges);
+    }
     /// Number of stored events.
     fn len(&self) -> usize;
     /// Whether nothing is stored.
@@ -234,6 +248,8 @@ pub struct MemStore {
     /// Skips waiting for confirmation ([`Store::put_waiting_skip`]): `(origin, seq)` to
     /// the sender. They survive a restart with the store.
     waiting: BTreeMap<(OriginKey, u64), OriginKey>,
+    /// Numbers taken as lost still open to a late copy ([`Store::set_lost_open`]).
+    lost_open: BTreeMap<OriginKey, Vec<(u64, u64)>>,
 }
 
 /// One origin's events, the ranges of their sequence numbers and its delivery cursor (one
@@ -376,6 +392,7 @@ impl MemStore {
             len_max,
             erased: BTreeSet::new(),
             waiting: BTreeMap::new(),
+            lost_open: BTreeMap::new(),
         }
     }
 
@@ -538,8 +555,24 @@ impl Store for MemStore {
         self.waiting.remove(&(*origin, seq));
     }
 
+    fn lost_open(&self) -> Vec<(OriginKey, Vec<(u64, u64)>)> {
+        self.lost_open
+            .iter()
+            .map(|(o, r)| (*o, r.clone()))
+            .collect()
+    }
+
+    fn set_lost_open(&mut self, origin: &OriginKey, ranges: &[(u64, u64)]) {
+        if ranges.is_empty() {
+            self.lost_open.remove(origin);
+        } else {
+            self.lost_open.insert(*origin, ranges.to_vec());
+        }
+    }
+
     fn clear(&mut self) {
         self.waiting.clear();
+        self.lost_open.clear();
         self.by_origin.clear();
         self.origins.clear();
         self.len = 0;

@@ -129,7 +129,16 @@ impl<S: Store> Node<S> {
         self.note_own_gaps();
         let now = self.now;
         if !self.lost_open.is_empty() {
-            self.lost_open.retain(|_, open| open.until > now);
+            let closed: Vec<OriginKey> = self
+                .lost_open
+                .iter()
+                .filter(|(_, open)| open.until <= now)
+                .map(|(o, _)| *o)
+                .collect();
+            for origin in closed {
+                self.lost_open.remove(&origin);
+                self.store.set_lost_open(&origin, &[]);
+            }
         }
         if self.lost.is_empty() {
             return;
@@ -245,6 +254,41 @@ impl<S: Store> Node<S> {
         open.until = until;
         let kept = SeqRanges::covered(open.ranges.as_slice());
         self.stats.lost_closed_at_once += before.saturating_sub(kept);
+        self.store.set_lost_open(&origin, open.ranges.as_slice());
+    }
+
+    /// Reloads the numbers the store kept open to a late copy ([`Store::lost_open`]) after
+    /// a restart. Their window starts again now, as waiting Skips' confirmation time does
+    /// (the node's clock does not survive a restart). Only numbers the rebuilt seen-set
+    /// holds stay open (anti-entropy asks for the others again, as for any gap); an origin
+    /// past [`LOST_ORIGINS_MAX`] is closed and counted in `lost_closed_at_once`.
+    pub(super) fn reload_lost_open(&mut self) {
+        for (origin, kept) in self.store.lost_open() {
+            let seen = self
+                .seen
+                .get(&origin)
+                .map_or(&[][..], |s| s.ranges().as_slice());
+            let kept_set = SeqRanges::from_ranges(kept.iter().copied());
+            // Kept and seen: kept less what of it is not seen.
+            let unseen = kept_set.difference_ranges(seen);
+            let open = kept_set.difference_ranges(&unseen).to_vec();
+            let room = self.lost_open.len() < LOST_ORIGINS_MAX;
+            if open.is_empty() || !room {
+                self.stats.lost_closed_at_once += SeqRanges::covered(&open);
+                self.store.set_lost_open(&origin, &[]);
+                continue;
+            }
+            if open != kept {
+                self.store.set_lost_open(&origin, &open);
+            }
+            self.lost_open.insert(
+                origin,
+                LostOpen {
+                    ranges: SeqRanges::from_ranges(open),
+                    until: self.now.saturating_add(LOST_OPEN_US),
+                },
+            );
+        }
     }
 
     /// Puts `(origin, seq)` back among the numbers open to a late copy (its copy came but
@@ -265,6 +309,7 @@ impl<S: Store> Node<S> {
         if !open.ranges.remove(seq) {
             return false;
         }
+        self.store.set_lost_open(origin, open.ranges.as_slice());
         if open.ranges.range_count() == 0 {
             self.lost_open.remove(origin);
         }

@@ -1652,19 +1652,45 @@ fn restarted_empty(
 ) -> Node<crate::mesh::MemStore> {
     let mut info = old.me().clone();
     info.generation += 1;
-    let mut node = Node::new(
+    let node = Node::new(
         info,
         MeshConfig::wan(others.len() as u32 + 1),
         9,
         crate::mesh::MemStore::new(16),
         now,
     );
+    knowing(node, others, now)
+}
+
+/// `node`, knowing the members of `others` 500 us away.
+fn knowing(
+    mut node: Node<crate::mesh::MemStore>,
+    others: &[&Node<crate::mesh::MemStore>],
+    now: Micros,
+) -> Node<crate::mesh::MemStore> {
     for other in others {
         node.member_insert(Arc::new(other.me().clone()));
         node.handle_rtt_sample(now, other.me().node_key(), 500);
     }
     node.router.members_changed();
     node
+}
+
+/// `old` restarted on its store (a crash that kept the disk): a new generation, knowing
+/// the members of `others` 500 us away.
+fn restarted_keeping_store(
+    old: Node<crate::mesh::MemStore>,
+    others: &[&Node<crate::mesh::MemStore>],
+    now: Micros,
+) -> Node<crate::mesh::MemStore> {
+    let mut info = old.me().clone();
+    info.generation += 1;
+    let config = old.config.clone();
+    knowing(
+        Node::new(info, config, 9, old.into_store(), now),
+        others,
+        now,
+    )
 }
 
 /// Pumps `nodes` in one-second steps from `from` until `done` holds (at most `most` us
@@ -1813,6 +1839,23 @@ fn origin_and_peer_restarted_empty(
     (vec![origin, peer, keeper], events)
 }
 
+/// After [`origin_and_peer_restarted_empty`] with two first events: the origin publishes
+/// its third at 1 s, and the keeper is cut off until the origin and the peer have both
+/// taken 1 and 2 as lost; the time then.
+fn keeper_cut_off_until_taken_as_lost(nodes: &mut [Node<crate::mesh::MemStore>]) -> Micros {
+    let t = 1_000_000;
+    nodes[0]
+        .handle_publish(t, event_at(1, 3, "orders.all"))
+        .unwrap();
+    let mut now = t;
+    while nodes[1].stats().lost_skipped < 2 || nodes[0].stats().lost_skipped < 2 {
+        assert!(now < t + LOST_WAIT_US + 40_000_000, "never taken as lost");
+        pump_cut(nodes, now, now + 990_000, |i| i == 2);
+        now += 1_000_000;
+    }
+    now
+}
+
 /// The origin and one peer lost their stores, a third node kept its copies: the peer
 /// waiting on the numbers the origin says it lost gets them from the third node within
 /// the wait and delivers all three events in order; nothing is taken as lost.
@@ -1842,18 +1885,14 @@ fn numbers_an_origin_lost_still_come_from_another_holder_in_order() {
 /// digests claimed the numbers, the keeper sent nothing, and its copies reached nobody.
 #[test]
 fn numbers_taken_as_lost_come_late_from_a_holder_cut_off_through_the_wait() {
+    holder_back_after_the_wait(false);
+}
+
+/// The keeper cut off until the origin and the peer took its numbers as lost, then back;
+/// `restart`: the peer restarts on its store before the keeper is back.
+fn holder_back_after_the_wait(restart: bool) {
     let (mut nodes, first) = origin_and_peer_restarted_empty(2);
-    let t = 1_000_000;
-    nodes[0]
-        .handle_publish(t, event_at(1, 3, "orders.all"))
-        .unwrap();
-    // The keeper cut off until both have taken 1 and 2 as lost.
-    let mut now = t;
-    while nodes[1].stats().lost_skipped < 2 || nodes[0].stats().lost_skipped < 2 {
-        assert!(now < t + LOST_WAIT_US + 40_000_000, "never taken as lost");
-        pump_cut(&mut nodes, now, now + 990_000, |i| i == 2);
-        now += 1_000_000;
-    }
+    let now = keeper_cut_off_until_taken_as_lost(&mut nodes);
     for n in &nodes[..2] {
         let s = n.stats();
         assert_eq!((s.lost_skipped, s.lost_recovered), (2, 0));
@@ -1865,6 +1904,16 @@ fn numbers_taken_as_lost_come_late_from_a_holder_cut_off_through_the_wait() {
         1,
         "event 3, past the lost numbers"
     );
+    let origin = nodes[0].me().node_key();
+    assert_eq!(nodes[1].store().lost_open(), [(origin, vec![(1, 2)])]);
+    if restart {
+        let peer = nodes.remove(1);
+        let peer = restarted_keeping_store(peer, &[&nodes[0], &nodes[1]], now);
+        nodes.insert(1, peer);
+        assert_eq!(nodes[1].lost_open(), 2, "reloaded from the store");
+        assert_eq!(nodes[1].stats().delivered, 0, "nothing delivered again");
+        nodes[1].check_invariants_full();
+    }
     // The keeper back: its copies come, stored and delivered late.
     pump_until(&mut nodes, now, 30_000_000, |n| {
         n[..2].iter().all(|n| n.stats().lost_recovered == 2)
@@ -1872,16 +1921,57 @@ fn numbers_taken_as_lost_come_late_from_a_holder_cut_off_through_the_wait() {
     for n in &nodes[..2] {
         assert!(first.iter().all(|e| n.store().contains(&e.id())));
         assert_eq!(n.lost_open(), 0, "closed as their copies came");
+        assert!(
+            n.store().lost_open().is_empty(),
+            "and forgotten by the store"
+        );
     }
     let s = nodes[1].stats();
     assert_eq!(
         (s.delivered, s.delivered_late),
-        (3, 0),
-        "recovered, not contradicted"
+        (if restart { 2 } else { 3 }, 0),
+        "recovered (after a restart, counted since it), not contradicted"
     );
     for n in &nodes {
         n.check_invariants_full();
     }
+}
+
+/// Numbers taken as lost stay open across a restart of the node that took them: the store
+/// keeps them ([`Store::set_lost_open`]), the restarted node reloads them with a fresh
+/// window, leaves them out of its digests, and a holder's copy arriving after the restart
+/// is stored and delivered late. Before, the restarted node claimed them (its seen-set is
+/// rebuilt up to its delivery cursor, past them) and dropped the copies as duplicates.
+#[test]
+fn numbers_taken_as_lost_stay_open_across_a_restart() {
+    holder_back_after_the_wait(true);
+}
+
+/// What the store kept open is reloaded only where the rebuilt seen-set holds it (above
+/// the delivery cursor anti-entropy asks again, as for any gap), and closes with its
+/// window: the store forgets it then.
+#[test]
+fn reloaded_open_numbers_are_those_seen_and_close_with_their_window() {
+    let (mut nodes, _) = origin_and_peer_restarted_empty(2);
+    let mut now = keeper_cut_off_until_taken_as_lost(&mut nodes);
+    let origin = nodes[0].me().node_key();
+    let mut peer = nodes.remove(1);
+    // A kept row reaching past what the node has seen (number 9 was never published).
+    peer.store_mut().set_lost_open(&origin, &[(1, 2), (9, 9)]);
+    let mut peer = restarted_keeping_store(peer, &[&nodes[0], &nodes[1]], now);
+    assert_eq!(peer.lost_open(), 2, "9 is not seen: not open");
+    assert_eq!(peer.store().lost_open(), [(origin, vec![(1, 2)])]);
+    // The keeper stays cut off: the window closes, and the store forgets the numbers.
+    let end = now + LOST_OPEN_US + 60_000_000;
+    while now < end {
+        peer.handle_timeout(now);
+        while peer.poll_transmit().is_some() {}
+        while peer.poll_event().is_some() {}
+        now += 1_000_000;
+    }
+    assert_eq!(peer.lost_open(), 0);
+    assert!(peer.store().lost_open().is_empty());
+    peer.check_invariants_full();
 }
 
 /// Numbers taken as lost close [`LOST_OPEN_US`] after they were taken: a copy arriving
