@@ -83,7 +83,7 @@ pub(crate) async fn own_numbers_known(api: &Api) {
         if !own_numbers_worth_waiting(api) {
             WARNED.call_once(|| {
                 tracing::warn!(
-                    "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s; its store held none of them): numbering from {}, which may reuse numbers a peer holds",
+                    "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s): numbering from {}, past what its store holds, which reuses numbers peers hold if its store is older than their copies (an emptied data directory, a restored backup)",
                     weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US / 1_000_000,
                     weft_fabric::mesh::OWN_NUMBERS_WAIT_US / 1_000_000,
                     api.own_numbers.high() + 1
@@ -3483,12 +3483,13 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
         )
             .into_response();
     }
-    // Nor while it asks members for its own events (its store held none: perhaps an emptied
-    // data directory under a key the mesh knows), as long as a publish would wait.
+    // Nor while it asks members for its own events at its start (its store may be an emptied
+    // data directory or an older backup under a key the mesh knows), as long as a publish
+    // would wait.
     if own_numbers_unknown(&api) && own_numbers_worth_waiting(&api) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: asking mesh members for this node's own events (its store holds none of them)\n",
+            "not ready: asking mesh members for this node's own events before numbering new ones\n",
         )
             .into_response();
     }

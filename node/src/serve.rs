@@ -230,8 +230,9 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     mesh.interest = config.streams.clone();
     // The driver holds each step's transmits until its group commit.
     mesh.holds_transmits = true;
-    // A store without this node's own events may be an emptied data directory under a key
-    // the mesh knows: its numbering is learned from the first members before it publishes.
+    // The store may be an emptied data directory or an older backup under a key the mesh
+    // knows: at every start, the numbering is learned from the first members before it
+    // publishes.
     mesh.recover_own_numbers = true;
     // Every node stores the system streams (policy bundles travel on them).
     mesh.interest.push(

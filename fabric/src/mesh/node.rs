@@ -284,12 +284,12 @@ pub struct MeshConfig {
     /// push's acknowledgement timeout and RTT sample then count from there. `false` (the
     /// simulator): they count from when the core produced the push.
     pub holds_transmits: bool,
-    /// Whether a node started over a store that holds none of its own events asks the first
-    /// members it meets ([`OWN_ASKS_MAX`]) for its own numbers before it takes its numbering
-    /// as known ([`Node::own_numbers`]): its store may be an emptied data directory under a
-    /// key whose events the mesh holds, and numbering from 1 again would reuse numbers
-    /// peers hold (they drop such events as duplicates). The node sets it; `false` (the
-    /// simulator, whose nodes keep their numbering across a lost store): known at once.
+    /// Whether a node asks the first members it meets ([`OWN_ASKS_MAX`]) for its own numbers
+    /// at its start, before it takes its numbering as known ([`Node::own_numbers`]): its
+    /// store may be an emptied data directory, or an older backup, under a key whose events
+    /// the mesh holds, and numbering past what it holds would reuse numbers peers hold
+    /// (they drop such events as duplicates). The node sets it; `false` (the simulator,
+    /// whose nodes keep their numbering across a restart): known at once.
     pub recover_own_numbers: bool,
 }
 
@@ -1134,9 +1134,11 @@ impl<S: Store> Node<S> {
         node.took_in(restored);
         node.reload_waiting_skips();
         node.reload_lost_open();
-        let me = node.me.node_key();
-        node.own_known = !node.config.recover_own_numbers
-            || node.store.ranges(&me).is_some_and(|r| r.range_count() > 0);
+        // Asked at every start, not only over a store without any of its own events: a
+        // store restored from an older backup under the same key holds some of them, and
+        // numbering past its highest would reuse the numbers the mesh holds since (peers
+        // drop those events as duplicates). Members send back what it lacks of its own.
+        node.own_known = !node.config.recover_own_numbers;
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
         node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);

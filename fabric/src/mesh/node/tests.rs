@@ -1856,6 +1856,50 @@ fn keeper_cut_off_until_taken_as_lost(nodes: &mut [Node<crate::mesh::MemStore>])
     now
 }
 
+/// A node restarted over an older backup of its store (its own events 1 to 3, while the
+/// mesh holds 1 to 5 of them) asks a member before it numbers: its own events 4 and 5 come
+/// back, and its numbering is known at 5, so its next event is 6. Before, a store holding
+/// any of its own events took its numbering as known at once: the next event was 4, a
+/// number the mesh holds, dropped as a duplicate everywhere.
+#[test]
+fn a_node_restarted_over_an_older_backup_numbers_past_what_the_mesh_holds() {
+    let rtts = vec![10_000u64; 4];
+    let mut nodes = mesh(&[1, 2], 1, 2, &rtts);
+    let events: Vec<Arc<Event>> = (1..=5).map(|s| event_at(1, s, "orders.all")).collect();
+    let me = nodes[0].me().node_key();
+    // The backup: the store as it was after the first three.
+    let mut backup = crate::mesh::MemStore::new(16);
+    for e in &events[..3] {
+        backup.insert(e.clone()).unwrap();
+    }
+    backup.set_delivered(&me, 3);
+    for e in &events {
+        nodes[0].handle_publish(0, e.clone()).unwrap();
+    }
+    pump(&mut nodes, 0, 500_000);
+    assert!(nodes[1].store().holds(&EventRef::of(&events[4])));
+    let t = 1_000_000;
+    let peer = nodes.pop().unwrap();
+    let old = nodes.pop().unwrap();
+    let mut info = old.me().clone();
+    info.generation += 1;
+    let mut config = old.config.clone();
+    config.recover_own_numbers = true;
+    let back = knowing(Node::new(info, config, 9, backup, t), &[&peer], t);
+    assert_eq!(
+        back.own_numbers(),
+        (false, false, 3),
+        "asks before it numbers"
+    );
+    let mut nodes = vec![back, peer];
+    pump_until(&mut nodes, t, 20_000_000, |n| n[0].own_numbers().0);
+    assert_eq!(nodes[0].own_numbers(), (true, true, 5));
+    assert!(events.iter().all(|e| nodes[0].store().contains(&e.id())));
+    for n in &nodes {
+        n.check_invariants_full();
+    }
+}
+
 /// The origin and one peer lost their stores, a third node kept its copies: the peer
 /// waiting on the numbers the origin says it lost gets them from the third node within
 /// the wait and delivers all three events in order; nothing is taken as lost.
@@ -2134,9 +2178,10 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
     other.key = crate::Signer::from_secret(&[7; 32]).origin().0;
     back.member_up(Arc::new(other));
     assert_eq!(back.stats().own_asks, 1);
-    // A node over a store that holds its own events knows its numbering at once.
+    // A node over a store that holds its own events asks too (the store may be an older
+    // backup): its numbering is not known at once, though its store's highest counts.
     let kept = Node::new(old.me().clone(), config, 9, old.into_store(), t);
-    assert_eq!(kept.own_numbers(), (true, false, 3));
+    assert_eq!(kept.own_numbers(), (false, false, 3));
     // A peer's digest naming more of its numbers does not raise them: only its own signed
     // events do (a wrong digest pushed its numbering out of range).
     for hi in [9, u64::MAX - 1] {
