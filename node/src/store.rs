@@ -2998,31 +2998,33 @@ impl Store for SqliteStore {
     }
 
     fn set_lost_open(&mut self, origin: &OriginKey, ranges: &[(u64, u64)]) {
-        let result = self.begin_write().and_then(|()| {
-            self.conn
+        // One savepoint: the origin's rows are replaced whole or not at all.
+        let result = self.in_savepoint("lost_open", |store| {
+            store
+                .conn
                 .prepare_cached("DELETE FROM lost_open WHERE origin = ?1")
                 .and_then(|mut s| s.execute(params![&origin.0[..]]))
                 .map_err(backend)?;
-            let mut insert = self
+            let mut insert = store
                 .conn
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO lost_open (origin, lo, hi) VALUES (?1, ?2, ?3)",
-                )
+                .prepare_cached("INSERT INTO lost_open (origin, lo, hi) VALUES (?1, ?2, ?3)")
                 .map_err(backend)?;
             for &(lo, hi) in ranges {
-                // Numbers past i64 cannot be stored: those close at a restart.
-                let (Ok(lo), Ok(hi)) = (i64::try_from(lo), i64::try_from(hi)) else {
+                // Numbers are stored up to SEQ_MAX (i64): a range reaching past it keeps
+                // its part below, one wholly past it closes at a restart.
+                let (Ok(lo), Ok(hi)) = (i64::try_from(lo), i64::try_from(hi.min(SEQ_MAX))) else {
                     continue;
                 };
                 insert
                     .execute(params![&origin.0[..], lo, hi])
                     .map_err(backend)?;
             }
-            Ok(())
+            Ok(ranges.len().max(1))
         });
         match result {
-            Ok(()) => self.tx_writes += 1,
-            // Kept in memory only: a restart would close them.
+            Ok(rows) => self.tx_writes += rows,
+            // As before the call: a restart reloads the origin's earlier rows (numbers
+            // closed since are then open again, and their copies duplicates).
             Err(e) => tracing::error!(error = %e, "recording numbers open to a late copy failed"),
         }
     }
@@ -4258,14 +4260,26 @@ mod tests {
         let mut store = open(dir.path());
         assert!(store.lost_open().is_empty());
         store.set_lost_open(&b, &[(7, 7)]);
-        store.set_lost_open(&a, &[(1, 2), (5, 1 << 40)]);
+        // Past SEQ_MAX: the part below is kept, a range wholly past it is not.
+        store.set_lost_open(
+            &a,
+            &[
+                (1, 2),
+                (5, 1 << 40),
+                (1 << 62, u64::MAX - 2),
+                (u64::MAX - 1, u64::MAX),
+            ],
+        );
         store.set_lost_open(&b, &[(3, 4), (9, 12)]);
         store.commit().unwrap();
         drop(store);
         let mut store = open(dir.path());
         assert_eq!(
             store.lost_open(),
-            [(a, vec![(1, 2), (5, 1 << 40)]), (b, vec![(3, 4), (9, 12)])]
+            [
+                (a, vec![(1, 2), (5, 1 << 40), (1 << 62, SEQ_MAX)]),
+                (b, vec![(3, 4), (9, 12)])
+            ]
         );
         store.set_lost_open(&a, &[]);
         store.commit().unwrap();

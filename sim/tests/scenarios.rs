@@ -765,6 +765,19 @@ fn numbers_taken_as_lost_stay_open_across_a_restart_of_the_node_that_took_them()
     let w = &r.strategies[0];
     assert_eq!((w.missed, w.duplicates, w.order_violations), (0, 0, 0));
     assert!(w.skips.lost_recovered >= 50, "{:?}", w.skips);
+    // The publisher's region keeping its stores, and the publisher (which stores none of
+    // its stream, and took its own numbers as lost) restarted inside the window too.
+    let text = late_holder_with(
+        false,
+        &[
+            (r#"{ nodes = ["aws:us-east-1/0"] }"#, false, 70, 5),
+            (r#"{ regions = ["aws:eu-west-1"] }"#, false, 76, 5),
+        ],
+    );
+    let r = run(&text, None);
+    let failed = r.failed_checks();
+    assert!(failed.is_empty(), "{failed:?}\n{}", r.table());
+    assert!(r.strategies[0].skips.lost_recovered >= 50);
 }
 
 /// A publisher that stores none of its stream restarts with its store kept: its first

@@ -920,6 +920,10 @@ pub struct Node<S: Store> {
     /// Numbers taken as lost ([`Node::take_lost`]) still open to a holder's copy
     /// ([`LOST_OPEN_US`]): digests leave them out; at most [`LOST_ORIGINS_MAX`] origins.
     lost_open: BTreeMap<OriginKey, LostOpen>,
+    /// Origins whose `lost_open` entry changed since the store last kept it
+    /// ([`Store::set_lost_open`], once a round in [`Node::take_lost`]: a holder's return
+    /// brings thousands of copies, each closing one number).
+    lost_open_dirty: BTreeSet<OriginKey>,
     /// Whether this node's numbering is known ([`Node::own_numbers`]).
     own_known: bool,
     /// Members asked for this node's own numbers while it was not: when last asked, or
@@ -1096,6 +1100,7 @@ impl<S: Store> Node<S> {
             unconfirmed_by: BTreeMap::new(),
             lost: BTreeMap::new(),
             lost_open: BTreeMap::new(),
+            lost_open_dirty: BTreeSet::new(),
             own_known: true,
             own_asked: Vec::new(),
             own_claimed: 0,

@@ -137,9 +137,30 @@ impl<S: Store> Node<S> {
                 .collect();
             for origin in closed {
                 self.lost_open.remove(&origin);
-                self.store.set_lost_open(&origin, &[]);
+                self.lost_open_dirty.insert(origin);
             }
         }
+        self.take_lost_due();
+        self.keep_lost_open();
+    }
+
+    /// The store keeps the open numbers of every origin whose entry changed since the last
+    /// call ([`Store::set_lost_open`]). Once a round: a number closed by its copy and not
+    /// kept yet when the node stops is reloaded open, and its copy, arriving again, is a
+    /// duplicate.
+    fn keep_lost_open(&mut self) {
+        for origin in std::mem::take(&mut self.lost_open_dirty) {
+            let ranges = self
+                .lost_open
+                .get(&origin)
+                .map_or(&[][..], |o| o.ranges.as_slice());
+            self.store.set_lost_open(&origin, ranges);
+        }
+    }
+
+    /// The part of [`Node::take_lost`] that takes the numbers whose wait is over.
+    fn take_lost_due(&mut self) {
+        let now = self.now;
         if self.lost.is_empty() {
             return;
         }
@@ -254,7 +275,7 @@ impl<S: Store> Node<S> {
         open.until = until;
         let kept = SeqRanges::covered(open.ranges.as_slice());
         self.stats.lost_closed_at_once += before.saturating_sub(kept);
-        self.store.set_lost_open(&origin, open.ranges.as_slice());
+        self.lost_open_dirty.insert(origin);
     }
 
     /// Reloads the numbers the store kept open to a late copy ([`Store::lost_open`]) after
@@ -281,6 +302,9 @@ impl<S: Store> Node<S> {
             if open != kept {
                 self.store.set_lost_open(&origin, &open);
             }
+            // Its own numbers among them need no more: a node that stores its own events
+            // names the holes of its store as lost ([`Node::own_lost`]), and one that stores
+            // none rebuilds no seen-set of its own origin, so none of them is reloaded.
             self.lost_open.insert(
                 origin,
                 LostOpen {
@@ -309,7 +333,7 @@ impl<S: Store> Node<S> {
         if !open.ranges.remove(seq) {
             return false;
         }
-        self.store.set_lost_open(origin, open.ranges.as_slice());
+        self.lost_open_dirty.insert(*origin);
         if open.ranges.range_count() == 0 {
             self.lost_open.remove(origin);
         }

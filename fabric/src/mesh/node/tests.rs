@@ -1959,9 +1959,12 @@ fn holder_back_after_the_wait(restart: bool) {
         nodes[1].check_invariants_full();
     }
     // The keeper back: its copies come, stored and delivered late.
-    pump_until(&mut nodes, now, 30_000_000, |n| {
+    let back = pump_until(&mut nodes, now, 30_000_000, |n| {
         n[..2].iter().all(|n| n.stats().lost_recovered == 2)
     });
+    // The store forgets them at the next anti-entropy round.
+    let round = nodes[1].config.sync_interval_us;
+    pump(&mut nodes, back, back + 2 * round);
     for n in &nodes[..2] {
         assert!(first.iter().all(|e| n.store().contains(&e.id())));
         assert_eq!(n.lost_open(), 0, "closed as their copies came");
@@ -1989,6 +1992,36 @@ fn holder_back_after_the_wait(restart: bool) {
 #[test]
 fn numbers_taken_as_lost_stay_open_across_a_restart() {
     holder_back_after_the_wait(true);
+}
+
+/// An origin that took its own numbers as lost and restarted on its store inside their
+/// window reloads them open and still names them as lost (the holes of its store): a peer
+/// restarted empty meanwhile, lacking them while their keeper is cut off, takes them as
+/// lost after the wait and delivers the origin's later event.
+#[test]
+fn an_origin_restarted_inside_the_window_still_names_its_own_lost_numbers() {
+    let (mut nodes, _) = origin_and_peer_restarted_empty(2);
+    let now = keeper_cut_off_until_taken_as_lost(&mut nodes);
+    let peer = nodes.remove(1);
+    let origin = nodes.remove(0);
+    let origin = restarted_keeping_store(origin, &[&peer, &nodes[0]], now);
+    assert_eq!(origin.lost_open(), 2, "its own numbers reloaded");
+    let peer = restarted_empty(peer, &[&origin, &nodes[0]], now);
+    nodes.insert(0, peer);
+    nodes.insert(0, origin);
+    let mut t = now;
+    while nodes[1].stats().delivered < 1 {
+        assert!(
+            t < now + LOST_WAIT_US + 40_000_000,
+            "the peer waits on 1 and 2 for good"
+        );
+        pump_cut(&mut nodes, t, t + 990_000, |i| i == 2);
+        t += 1_000_000;
+    }
+    assert_eq!(nodes[1].stats().lost_skipped, 2);
+    for n in &nodes {
+        n.check_invariants_full();
+    }
 }
 
 /// What the store kept open is reloaded only where the rebuilt seen-set holds it (above
