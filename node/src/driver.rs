@@ -3024,8 +3024,8 @@ fn retention_clock(prev: Option<(u64, Instant)>, wall: u64, now: Instant) -> (u6
 }
 
 /// What the core knows of this node's own sequence numbers (`Node::own_numbers`), shared
-/// by the driver with the producer: whether the numbering is known (after a start over a
-/// store without this node's own events, a member asked for them answered), and the
+/// by the driver with the producer: whether the numbering is known (after a start, the
+/// members asked for this node's own events answered), and the
 /// highest of its numbers known to be taken. The producer numbers past it, so a node
 /// started over an emptied data directory, or an older backup, under a key whose events
 /// the mesh holds does not reuse their numbers.

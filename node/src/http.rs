@@ -79,8 +79,21 @@ impl Producer {
 /// wait.
 pub(crate) async fn own_numbers_known(api: &Api) {
     static WARNED: std::sync::Once = std::sync::Once::new();
+    static INFORMED: std::sync::Once = std::sync::Once::new();
     while own_numbers_unknown(api) {
         if !own_numbers_worth_waiting(api) {
+            if api.own_numbers.high() > 0 {
+                // The store held its own events (a restart): numbering from them is right
+                // unless the store is an older backup, which a member's answer would have
+                // shown.
+                INFORMED.call_once(|| {
+                    tracing::info!(
+                        next = api.own_numbers.high() + 1,
+                        "no member asked for this node's own events answered in time: numbering past what its store holds"
+                    );
+                });
+                return;
+            }
             WARNED.call_once(|| {
                 tracing::warn!(
                     "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s): numbering from {}, past what its store holds, which reuses numbers peers hold if its store is older than their copies (an emptied data directory, a restored backup)",

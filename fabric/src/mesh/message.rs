@@ -145,8 +145,7 @@ pub enum Message {
         /// The highest of the requester's own sequence numbers the responder has seen
         /// (stored, relayed or taken as skipped), when the request starts at the
         /// requester's own origin and its digest names fewer of them; 0 otherwise. A node
-        /// restarted without its store asks members for its own events before it numbers
-        /// on ([`super::node::MeshConfig::recover_own_numbers`]): a member that stores none
+        /// asks members for its own events at its start before it numbers on ([`super::node::MeshConfig::recover_own_numbers`]): a member that stores none
         /// of its streams sends none of them back, yet saw their numbers and will drop
         /// reused ones as duplicates, and so will every node it relays to.
         your_high: u64,

@@ -158,10 +158,10 @@ pub const LOST_ORIGINS_MAX: usize = 4_096;
 /// region down for minutes) sends its copy when it is back, and the event is stored and
 /// delivered late ([`AppEvent::Recovered`]). After this the numbers are final, and a copy
 /// arriving later is a duplicate. 300 anti-entropy rounds at the WAN default interval.
-/// The window is kept in memory only: a restart closes it (numbers below the restored
-/// delivery cursor are seen, and final).
+/// The store keeps the open numbers ([`Store::set_lost_open`]); a restart reloads those its
+/// rebuilt seen-set holds and starts their window again.
 pub const LOST_OPEN_US: Micros = 600_000_000;
-/// Members a node started without its own events asks for them
+/// Members a node asks for its own events at its start
 /// ([`MeshConfig::recover_own_numbers`]).
 pub const OWN_ASKS_MAX: usize = 3;
 /// Highest own number a member's word can make a node restarted without its store number
@@ -183,8 +183,8 @@ pub const OWN_FEW_MEMBERS_WAIT_US: Micros = 1_000_000;
 /// answered its request for its own events (one sent before the connection was up is
 /// lost): publishes wait meanwhile, so not a whole anti-entropy interval (2-4 s on a WAN).
 pub const OWN_REASK_US: Micros = 300_000;
-/// How long after a start without its own events a publish through the node waits for its
-/// numbering to be known when no member came up to be asked; then it numbers from what it
+/// How long after a start a publish through the node waits for its numbering to be known
+/// when no member came up to be asked; then it numbers from what it
 /// holds (a node that has no members to ask never waits).
 pub const OWN_NUMBERS_WAIT_US: Micros = 5_000_000;
 /// How long at most such a publish waits once a member was asked (each asked member that
@@ -936,6 +936,10 @@ pub struct Node<S: Store> {
     /// stores none of this node's streams gives none of its events back, yet dropped
     /// reused numbers as duplicates.
     own_claimed: u64,
+    /// Whether the store held any of this node's own events at its start: then one asked
+    /// member's answer makes the numbering known ([`Node::own_numbers`]); a store without
+    /// any waits for every member asked.
+    own_held_at_start: bool,
     /// When this node started ([`OWN_FEW_MEMBERS_WAIT_US`]).
     started_at: Micros,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
@@ -1104,6 +1108,7 @@ impl<S: Store> Node<S> {
             own_known: true,
             own_asked: Vec::new(),
             own_claimed: 0,
+            own_held_at_start: false,
             started_at: now,
             relay_cache: FxHashMap::default(),
             repaired: FxHashSet::default(),
@@ -1144,6 +1149,8 @@ impl<S: Store> Node<S> {
         // numbering past its highest would reuse the numbers the mesh holds since (peers
         // drop those events as duplicates). Members send back what it lacks of its own.
         node.own_known = !node.config.recover_own_numbers;
+        let me = node.me.node_key();
+        node.own_held_at_start = node.store.ranges(&me).is_some_and(|r| r.range_count() > 0);
         node.refresh_view();
         let jitter = node.rng.next_u64() % node.config.sync_interval_us.max(1);
         node.schedule(now + node.config.sync_interval_us + jitter, Timer::Sync);
@@ -1519,7 +1526,7 @@ impl<S: Store> Node<S> {
     pub fn handle_timeout(&mut self, now: Micros) {
         self.advance(now);
         if !self.own_known {
-            // Rare: only until a node started without its own events knows its numbering.
+            // Rare: only until a node just started knows its numbering.
             self.ask_own_numbers_more();
         }
         // Bounded: each timer fires once; timers they schedule are for the future.

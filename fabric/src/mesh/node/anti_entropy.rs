@@ -816,15 +816,27 @@ impl<S: Store> Node<S> {
         self.own_check_known();
     }
 
-    /// The numbering is known once [`OWN_ASKS_MAX`] members asked answered, or every other
-    /// member, if fewer, from [`OWN_FEW_MEMBERS_WAIT_US`] after the start on (before, the
-    /// members known are those met first, which may have lost their stores too).
+    /// The numbering is known once one member asked answered, when the store held this
+    /// node's own events at the start; else once [`OWN_ASKS_MAX`] members asked answered, or
+    /// every other member, if fewer, from [`OWN_FEW_MEMBERS_WAIT_US`] after the start on
+    /// (before, the members known are those met first, which may have lost their stores
+    /// too).
     fn own_check_known(&mut self) {
         // Nobody asked yet (no member met): never known on no one's word.
-        if self.own_known
-            || self.own_asked.is_empty()
-            || !self.own_asked.iter().all(|(_, asked)| asked.is_none())
-        {
+        if self.own_known || self.own_asked.is_empty() {
+            return;
+        }
+        let answered = self.own_asked.iter().filter(|(_, a)| a.is_none()).count();
+        // A store that held its own events at the start (a restart; an older backup at
+        // worst): one member's answer brings back what it lacks and says how far the
+        // numbers went. Waiting for every member asked held an ordinary restart up to the
+        // whole wait when one of them had just crashed (it stays up in SWIM's view for
+        // seconds).
+        if self.own_held_at_start && answered > 0 {
+            self.own_known = true;
+            return;
+        }
+        if answered < self.own_asked.len() {
             return;
         }
         let me = self.me.node_key();
@@ -883,8 +895,8 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// What this node knows of its own numbering: whether it is known (its store held its
-    /// own events at start, or the members asked answered, or
+    /// What this node knows of its own numbering: whether it is known (the members asked
+    /// answered, one of them if its store held its own events at the start, or
     /// [`super::MeshConfig::recover_own_numbers`] is off), whether a member was asked, and
     /// the highest of its own numbers in use: the highest its store holds, or a member
     /// asked saw, if more. Its own signed events, held here, raise that number; of a
