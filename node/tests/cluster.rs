@@ -2534,34 +2534,13 @@ fn a_node_restarted_over_an_emptied_data_directory_numbers_past_what_the_mesh_ho
         let mut c = Cluster::new("wiped", 97, &three_regions(), "");
         c.start_all();
         c.wait_meshed().await;
-        let first: Vec<Value> = (0..5).map(|n| json!({"n": n})).collect();
-        let (s, v) = c.publish(2, "wiped", "local", &first).await;
-        assert_eq!(s, 200, "{v}");
-        for i in 0..2 {
-            wait_for(Duration::from_secs(20), || async {
-                (c.ids(i, "wiped").await?.len() == 5).then_some(())
-            })
-            .await
-            .unwrap_or_else(|| panic!("node {i} lacks the first events:\n{}", c.log(i)));
-        }
+        publish_and_wait(&c, &[0, 1, 2, 3, 4]).await;
         c.kill9(2);
         std::fs::remove_dir_all(c.dir.join("data/ap")).unwrap();
         c.start(2);
         c.wait_healthy(2).await;
         // At once: the publish waits until a member answered for the node's own events.
-        let (s, v) = c
-            .publish(2, "wiped", "local", &[json!({"n": 5}), json!({"n": 6})])
-            .await;
-        assert_eq!(s, 200, "{v}");
-        let origin = c.keys[2].clone();
-        for i in 0..3 {
-            let by_seq = wiped_events_by_seq(&c, i, &origin, Duration::from_secs(30)).await;
-            assert_eq!(
-                by_seq,
-                (1..=7).zip(0..7).collect::<Vec<_>>(),
-                "node {i}: the new events numbered 6 and 7"
-            );
-        }
+        publish_two_more_numbered_six_and_seven(&c).await;
         // The status's counters are a snapshot the driver refreshes every half second.
         let asks = wait_for(Duration::from_secs(5), || async {
             let status = c.get_auth(2, "/v1/status").await;
@@ -2593,43 +2572,50 @@ fn a_node_restarted_over_an_older_backup_numbers_past_what_the_mesh_holds() {
             "node 2 stops"
         );
         let (data, backup) = (c.dir.join("data/ap"), c.dir.join("backup-ap"));
-        std::fs::create_dir_all(&backup).unwrap();
-        for entry in std::fs::read_dir(&data).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                std::fs::copy(&path, backup.join(path.file_name().unwrap())).unwrap();
-            }
-        }
+        copy_store_files(&data, &backup);
         c.start(2);
         c.wait_healthy(2).await;
         publish_and_wait(&c, &[3, 4]).await;
         // Restored in place of the newer store.
         c.kill9(2);
         std::fs::remove_dir_all(&data).unwrap();
-        std::fs::create_dir_all(&data).unwrap();
-        for entry in std::fs::read_dir(&backup).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !name.ends_with("-wal") && !name.ends_with("-shm") {
-                std::fs::copy(&path, data.join(&name)).unwrap();
-            }
-        }
+        copy_store_files(&backup, &data);
         c.start(2);
         c.wait_healthy(2).await;
-        let (s, v) = c
-            .publish(2, "wiped", "local", &[json!({"n": 5}), json!({"n": 6})])
-            .await;
-        assert_eq!(s, 200, "{v}");
-        let origin = c.keys[2].clone();
-        for i in 0..3 {
-            let by_seq = wiped_events_by_seq(&c, i, &origin, Duration::from_secs(30)).await;
-            assert_eq!(
-                by_seq,
-                (1..=7).zip(0..7).collect::<Vec<_>>(),
-                "node {i}: the new events numbered 6 and 7, and 4 and 5 back at node 2"
-            );
-        }
+        // Events 4 and 5 back at node 2 too.
+        publish_two_more_numbered_six_and_seven(&c).await;
     });
+}
+
+/// Copies the files of data directory `from` into `to` (created), leaving out SQLite's
+/// `-wal` and `-shm` files as the operator's guide says to for a restore.
+fn copy_store_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_file() && !name.ends_with("-wal") && !name.ends_with("-shm") {
+            std::fs::copy(&path, to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Publishes `{"n": 5}` and `{"n": 6}` at node 2 (restarted) and checks that every node
+/// holds stream `wiped` numbered 1 to 7 in order of `n`: the new events numbered 6 and 7.
+async fn publish_two_more_numbered_six_and_seven(c: &Cluster) {
+    let (s, v) = c
+        .publish(2, "wiped", "local", &[json!({"n": 5}), json!({"n": 6})])
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let origin = c.keys[2].clone();
+    for i in 0..3 {
+        let by_seq = wiped_events_by_seq(c, i, &origin, Duration::from_secs(30)).await;
+        assert_eq!(
+            by_seq,
+            (1..=7).zip(0..7).collect::<Vec<_>>(),
+            "node {i}: the new events numbered 6 and 7"
+        );
+    }
 }
 
 /// Publishes `{"n": N}` for each of `ns` on stream `wiped` at node 2 and waits until nodes
