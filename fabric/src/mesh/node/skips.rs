@@ -128,18 +128,14 @@ impl<S: Store> Node<S> {
     pub(super) fn take_lost(&mut self) {
         self.note_own_gaps();
         let now = self.now;
-        if !self.lost_open.is_empty() {
-            let closed: Vec<OriginKey> = self
-                .lost_open
-                .iter()
-                .filter(|(_, open)| open.until <= now)
-                .map(|(o, _)| *o)
-                .collect();
-            for origin in closed {
-                self.lost_open.remove(&origin);
-                self.lost_open_dirty.insert(origin);
+        let dirty = &mut self.lost_open_dirty;
+        self.lost_open.retain(|origin, open| {
+            let keep = open.until > now;
+            if !keep {
+                dirty.insert(*origin);
             }
-        }
+            keep
+        });
         self.take_lost_due();
         self.keep_lost_open();
     }
