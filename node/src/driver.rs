@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::confirm::{Confirmations, Copies, Roster};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, info_span, warn};
@@ -347,19 +348,6 @@ impl RetryReason {
     }
 }
 
-/// Who was asked to confirm a watched event (`ack=regions:N`).
-#[derive(Debug, Default)]
-struct ConfirmAsks {
-    /// The event, for the copies sent after the publish step.
-    event: Option<Arc<Event>>,
-    /// Members sent the event to confirm (the core's direct pushes and the driver's
-    /// copies): each is asked once.
-    asked: BTreeSet<OriginKey>,
-    /// Members whose copy did not get through (`FromMesh::ConfirmFailed`): a second report
-    /// of one is not acted on again.
-    failed: BTreeSet<OriginKey>,
-}
-
 /// The driver's state.
 pub(crate) struct Driver {
     /// A mesh member was up at some time since the start ([`Snapshot::meshed`]).
@@ -375,19 +363,9 @@ pub(crate) struct Driver {
     after_commit: Vec<Waiting>,
     /// Publishes waiting for confirmations from other regions.
     confirming: Vec<Waiting>,
-    /// Regions where each watched event is confirmed committed.
-    confirmed: BTreeMap<EventId, BTreeSet<String>>,
-    /// How many waiting publishes watch each entry of `confirmed`: the same event can be
-    /// published twice at once (a retried pre-signed envelope, a CloudEvent answered by
-    /// idempotency), and the first answer must not take the regions from the second.
-    confirm_refs: BTreeMap<EventId, u32>,
-    /// Per watched event, the members asked to confirm it and those whose copy did not get
-    /// through ([`ConfirmAsks`]): a region's next member is one not asked yet. Dropped with
-    /// the event's `confirmed` entry.
-    confirm_asks: BTreeMap<EventId, ConfirmAsks>,
-    /// Members that answered a confirmable push without a stream's events: not asked to
-    /// confirm that stream's events for a while (`not_storing.rs`).
-    not_storing: crate::not_storing::NotStoring,
+    /// Events awaiting `ack=regions:N`: the regions that confirmed each, the members asked
+    /// and whom to ask next (`confirm.rs`).
+    confirms: Confirmations,
     /// Confirmable pushes from peers, answered after the next commit.
     confirm_replies: Vec<ConfirmReply>,
     dedup: Vec<(String, String, String, EventId)>,
@@ -498,6 +476,7 @@ impl Driver {
         Self {
             meshed: false,
             me: node.me().clone(),
+            confirms: Confirmations::new(&node.me().region),
             node,
             epoch,
             transport,
@@ -506,10 +485,6 @@ impl Driver {
             down: BTreeMap::new(),
             after_commit: Vec::new(),
             confirming: Vec::new(),
-            confirmed: BTreeMap::new(),
-            confirm_refs: BTreeMap::new(),
-            confirm_asks: BTreeMap::new(),
-            not_storing: Default::default(),
             confirm_replies: Vec::new(),
             dedup: Vec::new(),
             last_pos,
@@ -999,18 +974,15 @@ impl Driver {
                     self.metrics.reject("confirm_from_unknown_peer");
                     return;
                 };
-                for id in ids {
-                    if let Some(set) = self.confirmed.get_mut(&EventId(id)) {
-                        set.insert(region.to_string());
-                    }
-                }
+                self.confirms
+                    .confirmed(ids.into_iter().map(EventId), &region);
                 self.settle_confirmations();
                 if !without.is_empty() {
                     // It does not store their streams (or its store refused them): it
                     // cannot confirm them, now or for the next events of those streams.
                     let at = Instant::now();
                     for e in &without {
-                        self.not_storing.learn(from, e.stream(), at);
+                        self.confirms.learn_not_storing(from, e.stream(), at);
                     }
                     self.confirm_elsewhere(from, without, RetryReason::AnsweredWithout);
                 }
@@ -1401,24 +1373,10 @@ impl Driver {
                 if let Ack::Regions(n) = ack
                     && n > 1
                 {
-                    for id in &ids {
-                        self.confirmed
-                            .entry(*id)
-                            .or_default()
-                            .insert(self.me.region.to_string());
-                        *self.confirm_refs.entry(*id).or_default() += 1;
-                        let asks = self.confirm_asks.entry(*id).or_default();
-                        if asks.event.is_none() {
-                            asks.event = watched.get(id).cloned();
-                        }
-                    }
+                    self.confirms.watch(&ids, &watched, n);
                 }
                 self.drain();
-                self.confirm_around_relays(
-                    held.into_iter()
-                        .map(|e| (e.id(), (e, BTreeSet::new())))
-                        .collect(),
-                );
+                self.confirm_around_relays(held);
                 let w = Waiting {
                     ids,
                     derived: derived_ok,
@@ -1493,23 +1451,7 @@ impl Driver {
                 let watching = matches!(w.ack, Ack::Regions(n) if n > 1);
                 for id in &w.ids {
                     // The last publish watching it takes the entry; others see a copy.
-                    let last = watching
-                        && match self.confirm_refs.get_mut(id) {
-                            Some(n) if *n > 1 => {
-                                *n -= 1;
-                                false
-                            }
-                            _ => {
-                                self.confirm_refs.remove(id);
-                                true
-                            }
-                        };
-                    let set = if last {
-                        self.confirm_asks.remove(id);
-                        self.confirmed.remove(id).unwrap_or_default()
-                    } else {
-                        self.confirmed.get(id).cloned().unwrap_or_default()
-                    };
+                    let set = self.confirms.release(id, watching);
                     min = min.min(set.len());
                     common = Some(match common {
                         None => set,
@@ -1547,9 +1489,7 @@ impl Driver {
             .into_iter()
             .partition(|w| {
                 let Ack::Regions(n) = w.ack else { return true };
-                w.ids
-                    .iter()
-                    .all(|id| self.confirmed.get(id).is_some_and(|s| s.len() >= n))
+                w.ids.iter().all(|id| self.confirms.confirmed_in(id, n))
             });
         self.confirming = waiting;
         for w in done {
@@ -1558,127 +1498,42 @@ impl Driver {
     }
 
     /// Routing may take an event to a region through a relay region, and a relay does not
-    /// answer for the regions behind it: for events awaiting `ack=regions:N`, every region
-    /// the core did not push to directly also gets a confirmable copy at its nearest member
-    /// (a duplicate there, answered with what it has committed), so confirmations come
-    /// from every region whatever the path.
-    fn confirm_around_relays(
-        &mut self,
-        watched: BTreeMap<EventId, (Arc<Event>, BTreeSet<String>)>,
-    ) {
-        if watched.is_empty() {
-            return;
-        }
-        let mut by_region: BTreeMap<&str, Vec<OriginKey>> = BTreeMap::new();
-        for (k, m) in &self.members {
-            if m.region != self.me.region && !m.region.is_empty() {
-                by_region.entry(&m.region).or_default().push(*k);
-            }
-        }
-        let now = Instant::now();
-        let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
-        for (event, direct) in watched.into_values() {
-            for (region, members) in &by_region {
-                if direct.contains(*region) {
-                    continue;
-                }
-                // The region's first member by `confirmer_rank`; never around the
-                // replication filter (residency): a region the policy keeps the event out
-                // of gets no copy, and cannot confirm.
-                let peer = members
-                    .iter()
-                    .map(|k| self.confirmer_rank(k, &event, now))
-                    .min()
-                    .map(|(_, _, k)| k);
-                if let Some(peer) = peer
-                    && self.node.replication_allowed(&event, &peer)
-                {
-                    extra.entry(peer).or_default().push(event.clone());
-                }
-            }
-        }
-        self.send_confirm_copies(extra);
-    }
-
-    /// The order in which a region's members are asked to confirm `event` (the least
-    /// first): the nearest, those known to have answered without its stream's events last
-    /// (`not_storing`: an order, not a filter; such an answer can also come from a full
-    /// store, and a region's only member is still asked), the key breaking ties.
-    fn confirmer_rank(
-        &self,
-        k: &OriginKey,
-        event: &Event,
-        now: Instant,
-    ) -> (bool, Micros, OriginKey) {
-        (
-            self.not_storing.known(k, event.stream(), now),
-            self.node.rtt_us(k).unwrap_or(Micros::MAX),
-            *k,
-        )
-    }
-
-    /// The first member of `region` by `confirmer_rank` not asked yet to confirm `event`
-    /// (`asks`) that may hold it; `send_confirm_copies` marks it asked.
-    fn next_confirmer(&self, region: &str, event: &Event, asks: &ConfirmAsks) -> Option<OriginKey> {
-        let now = Instant::now();
-        self.members
-            .iter()
-            .filter(|(k, m)| {
-                m.region == region
-                    && !asks.asked.contains(*k)
-                    && self.node.replication_allowed(event, k)
-            })
-            .map(|(k, _)| self.confirmer_rank(k, event, now))
-            .min()
-            .map(|(_, _, k)| k)
+    /// answer for the regions behind it; a region's tree member may store none of the
+    /// stream (known from an earlier answer). For events awaiting `ack=regions:N`, every
+    /// region no member of which was asked and may answer gets a confirmable copy at its
+    /// next member (a duplicate there, answered with what it has committed), so
+    /// confirmations come from every region whatever the path (`confirm.rs`).
+    fn confirm_around_relays(&mut self, events: impl IntoIterator<Item = Arc<Event>>) {
+        let roster = DriverRoster::of(&self.members, &self.node);
+        let copies = self.confirms.around_relays(events, &roster, Instant::now());
+        self.send_confirm_copies(copies);
     }
 
     /// Half the ack timeout after a `regions:N` publish, the regions that have not confirmed
-    /// its events yet are asked again, each at its nearest member not asked yet: a member
-    /// that is unreachable without the transport knowing (a network blackhole, a crashed
-    /// peer whose connection has not timed out: nothing comes back before the exchange's
-    /// 30 s bound) or that answered without them does not hold the publish to its timeout.
-    /// Once per publish; each member is asked once per event.
+    /// its events yet are asked again, each at its next member not asked yet: a member that
+    /// is unreachable without the transport knowing (a network blackhole, a crashed peer
+    /// whose connection has not timed out: nothing comes back before the exchange's 30 s
+    /// bound) or that answered without them does not hold the publish to its timeout. Once
+    /// per publish; each member is asked once per event.
     fn confirm_again(&mut self, ids: &BTreeMap<EventId, usize>) {
-        let regions: BTreeSet<&str> = self
-            .members
-            .values()
-            .map(|m| m.region.as_str())
-            .filter(|r| !r.is_empty() && *r != self.me.region.as_str())
-            .collect();
-        let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
-        for (id, &want) in ids {
-            let Some(confirmed) = self.confirmed.get(id).filter(|c| c.len() < want) else {
-                continue;
-            };
-            let Some(asks) = self.confirm_asks.get(id) else {
-                continue;
-            };
-            if let Some(event) = &asks.event {
-                for region in regions.iter().filter(|r| !confirmed.contains(**r)) {
-                    if let Some(peer) = self.next_confirmer(region, event, asks) {
-                        extra.entry(peer).or_default().push(event.clone());
-                    }
-                }
-            }
-        }
-        if !extra.is_empty() {
-            let copies: u64 = extra.values().map(|v| v.len() as u64).sum();
-            self.count_retries(RetryReason::NoAnswerByHalfTimeout, copies);
+        let roster = DriverRoster::of(&self.members, &self.node);
+        let copies = self.confirms.again(ids, &roster, Instant::now());
+        if !copies.is_empty() {
+            let copies_n: u64 = copies.values().map(|v| v.len() as u64).sum();
+            self.count_retries(RetryReason::NoAnswerByHalfTimeout, copies_n);
             debug!(
-                copies,
+                copies = copies_n,
                 "regions not confirmed by half the ack timeout asked again"
             );
         }
-        self.send_confirm_copies(extra);
+        self.send_confirm_copies(copies);
     }
 
     /// A confirmable push (the core's or a copy) did not get through to `failed`, or
-    /// `failed` answered without these events (`why`): each still awaiting confirmation
-    /// from `failed`'s region goes to the nearest member of that region not asked yet and
-    /// not known to leave its stream unstored (one unreachable member, one whose queue was
-    /// full, or one that does not store the stream, left the region unconfirmed and the
-    /// publish waiting). A member's failure is acted on once per event.
+    /// `failed` answered without these events (`why`): each still needing `failed`'s region
+    /// goes to the region's next member, unless another member of it was asked and may
+    /// answer, or the event is already confirmed in as many regions as its publishes wait
+    /// for (`confirm.rs`). A member's failure is acted on once per event.
     fn confirm_elsewhere(&mut self, failed: OriginKey, events: Vec<Arc<Event>>, why: RetryReason) {
         let Some(region) = self
             .members
@@ -1689,34 +1544,17 @@ impl Driver {
         else {
             return;
         };
-        let mut extra: BTreeMap<OriginKey, Vec<Arc<Event>>> = BTreeMap::new();
-        for event in events {
-            let id = event.id();
-            if self
-                .confirmed
-                .get(&id)
-                .is_none_or(|set| set.contains(region.as_str()))
-            {
-                continue;
-            }
-            let mut asks = self.confirm_asks.remove(&id).unwrap_or_default();
-            if asks.failed.insert(failed) {
-                asks.asked.insert(failed);
-                match self.next_confirmer(&region, &event, &asks) {
-                    Some(peer) => extra.entry(peer).or_default().push(event.clone()),
-                    None => debug!(event = %id, %region, "no member of the region left to confirm"),
-                }
-            }
-            asks.event.get_or_insert(event);
-            self.confirm_asks.insert(id, asks);
-        }
+        let roster = DriverRoster::of(&self.members, &self.node);
+        let copies = self
+            .confirms
+            .elsewhere(failed, &region, events, &roster, Instant::now());
         // A failure to send is counted by the transport (`weft_mesh_dropped_total`).
-        if !extra.is_empty() {
-            let copies: u64 = extra.values().map(|v| v.len() as u64).sum();
-            self.count_retries(why, copies);
-            debug!(failed = %failed, copies, %region, "confirmation sought at another member of the region");
+        if !copies.is_empty() {
+            let copies_n: u64 = copies.values().map(|v| v.len() as u64).sum();
+            self.count_retries(why, copies_n);
+            debug!(failed = %failed, copies = copies_n, %region, "confirmation sought at another member of the region");
         }
-        self.send_confirm_copies(extra);
+        self.send_confirm_copies(copies);
     }
 
     fn count_retries(&self, why: RetryReason, copies: u64) {
@@ -1726,15 +1564,10 @@ impl Driver {
             .inc_by(copies);
     }
 
-    /// Queues confirmable pushes of `extra`'s events to each peer (held to the step's
+    /// Queues confirmable pushes of `copies`' events to each peer (held to the step's
     /// commit, as every send).
-    fn send_confirm_copies(&mut self, extra: BTreeMap<OriginKey, Vec<Arc<Event>>>) {
-        for (peer, events) in extra {
-            for e in &events {
-                if let Some(asks) = self.confirm_asks.get_mut(&e.id()) {
-                    asks.asked.insert(peer);
-                }
-            }
+    fn send_confirm_copies(&mut self, copies: Copies) {
+        for (peer, events) in copies {
             let addr = self
                 .members
                 .get(&peer)
@@ -1759,9 +1592,8 @@ impl Driver {
     }
 
     fn drain_with(&mut self, mut sync_reply: Option<(OriginKey, oneshot::Sender<Vec<u8>>)>) {
-        // Events awaiting `ack=regions:N` pushed in this step, and the regions they went to
-        // directly (see `confirm_around_relays`).
-        let mut watched: BTreeMap<EventId, (Arc<Event>, BTreeSet<String>)> = BTreeMap::new();
+        // Events awaiting `ack=regions:N` pushed in this step (see `confirm_around_relays`).
+        let mut watched: BTreeMap<EventId, Arc<Event>> = BTreeMap::new();
         while let Some(t) = self.node.poll_transmit() {
             if let Message::SyncResponse { .. } = &t.msg
                 && sync_reply.as_ref().is_some_and(|(to, _)| *to == t.to)
@@ -1771,28 +1603,13 @@ impl Driver {
                     .push((tx, weft_fabric::mesh::wire::encode(&t.msg)));
                 continue;
             }
-            let confirm = matches!(&t.msg, Message::Push { events, .. }
-                if events.iter().any(|e| self.confirmed.contains_key(&e.id())));
-            if confirm
-                && let Message::Push { events, .. } = &t.msg
-                && let Some(region) = self.members.get(&t.to).map(|m| m.region.clone())
-            {
-                for e in events
-                    .iter()
-                    .filter(|e| self.confirmed.contains_key(&e.id()))
-                {
-                    watched
-                        .entry(e.id())
-                        .or_insert_with(|| (e.clone(), BTreeSet::new()))
-                        .1
-                        .insert(region.to_string());
-                    self.confirm_asks
-                        .entry(e.id())
-                        .or_default()
-                        .asked
-                        .insert(t.to);
+            // A push carrying watched events travels as a confirmable one.
+            let confirm = match &t.msg {
+                Message::Push { events, .. } => {
+                    self.confirms.asked_by_push(t.to, events, &mut watched)
                 }
-            }
+                _ => false,
+            };
             let addr = self
                 .members
                 .get(&t.to)
@@ -1825,7 +1642,7 @@ impl Driver {
                 },
             ));
         }
-        self.confirm_around_relays(watched);
+        self.confirm_around_relays(watched.into_values());
         while let Some(ev) = self.node.poll_event() {
             match ev {
                 // Queued for delivery before an erase applied earlier in this step removed
@@ -2986,6 +2803,32 @@ pub(crate) fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The driver's up members as [`confirm.rs`](crate::confirm) sees them.
+struct DriverRoster<'a> {
+    members: &'a BTreeMap<OriginKey, MemberInfo>,
+    node: &'a Node<SqliteStore>,
+}
+
+impl<'a> DriverRoster<'a> {
+    fn of(members: &'a BTreeMap<OriginKey, MemberInfo>, node: &'a Node<SqliteStore>) -> Self {
+        DriverRoster { members, node }
+    }
+}
+
+impl Roster for DriverRoster<'_> {
+    fn members(&self) -> impl Iterator<Item = (OriginKey, &str)> {
+        self.members.iter().map(|(k, m)| (*k, m.region.as_str()))
+    }
+
+    fn rtt_us(&self, member: &OriginKey) -> Option<Micros> {
+        self.node.rtt_us(member)
+    }
+
+    fn may_hold(&self, event: &Event, member: &OriginKey) -> bool {
+        self.node.replication_allowed(event, member)
+    }
+}
+
 /// The confirmable copies of `events` for one peer: pushes cut at the core's
 /// [`weft_fabric::mesh::BATCH_BYTES_MAX`] as its own are, so each fits a message the peer
 /// reads whole (one push of a large `ack=regions:N` batch went over the read limit, and its
@@ -3086,35 +2929,17 @@ mod tests {
             (1_000_000, 0)
         );
     }
-    use weft_fabric::{EventDraft, Hlc, Payload, Residency, SecurityContext, Signer, StreamName};
 
     /// Twenty events of the largest payload (about a megabyte) go as several pushes, each within the message
     /// limit a peer reads, all events once and in order.
     #[test]
     fn confirmable_copies_fit_the_message_limit() {
-        let signer = Signer::from_secret(&[3; 32]);
         let events: Vec<Arc<Event>> = (1..=20)
             .map(|seq| {
-                Arc::new(
-                    signer
-                        .sign(EventDraft {
-                            stream: StreamName::new("orders.big").unwrap(),
-                            key: None,
-                            seq,
-                            hlc: Hlc::new(1_764_000_000_000 + seq, 0).unwrap(),
-                            security: SecurityContext {
-                                tenant: "acme".into(),
-                                principal: "svc".into(),
-                                classification: "internal".into(),
-                                residency: Residency::Unrestricted,
-                                scopes: Default::default(),
-                                policy_epoch: 0,
-                            },
-                            content_type: "application/octet-stream".into(),
-                            payload: Payload::Clear(vec![7; weft_fabric::limits::PAYLOAD_LEN_MAX]),
-                            trace: None,
-                        })
-                        .unwrap(),
+                crate::test_support::signed(
+                    "orders.big",
+                    seq,
+                    vec![7; weft_fabric::limits::PAYLOAD_LEN_MAX],
                 )
             })
             .collect();

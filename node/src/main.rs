@@ -50,6 +50,7 @@ mod client;
 mod clock;
 mod cloudevents;
 mod config;
+mod confirm;
 mod cursor;
 mod dashboard;
 mod demo;
@@ -73,6 +74,8 @@ mod regions;
 mod serve;
 mod store;
 mod tables;
+#[cfg(test)]
+mod test_support;
 mod tls;
 mod transport;
 mod wire_demo;

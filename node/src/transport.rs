@@ -1240,28 +1240,11 @@ mod tests {
         );
         assert!(gate.last.contains_key("c"));
     }
-    use weft_fabric::envelope::{EventDraft, Payload, Residency, SecurityContext};
-    use weft_fabric::{Hlc, Signer, StreamName, StreamPattern};
+    use weft_fabric::envelope::Payload;
+    use weft_fabric::{Signer, StreamPattern};
 
     fn push(stream: &str) -> Message {
-        let draft = EventDraft {
-            stream: StreamName::new(stream).unwrap(),
-            key: None,
-            seq: 1,
-            hlc: Hlc::new(1_764_000_000_000, 0).unwrap(),
-            security: SecurityContext {
-                tenant: "acme".into(),
-                principal: "svc".into(),
-                classification: "internal".into(),
-                residency: Residency::Unrestricted,
-                scopes: Default::default(),
-                policy_epoch: 0,
-            },
-            content_type: "text/plain".into(),
-            payload: Payload::Clear(b"x".to_vec()),
-            trace: None,
-        };
-        let event = StdArc::new(Signer::from_secret(&[5; 32]).sign(draft).unwrap());
+        let event = crate::test_support::signed(stream, 1, b"x".to_vec());
         Message::Push {
             events: vec![event],
             relay: Vec::new(),

@@ -1362,9 +1362,10 @@ fn a_region_is_confirmed_by_another_member_when_the_nearest_is_unreachable() {
 
 /// A region's nearest member that does not store the stream (it relays it) answers a
 /// confirmable copy without the event: the region's next member is asked at once, and the
-/// stream's next events go to that member first (the relay is remembered for the stream).
-/// Before, only the half-way round (half the ack timeout: 15 s here) asked another member,
-/// for every event of the stream.
+/// stream's next events go to that member first (the relay is remembered for the stream),
+/// new events too, which the core's tree pushes to the relay. Before, only the half-way
+/// round (half the ack timeout: 15 s here) asked another member, for every event of the
+/// stream.
 #[test]
 fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
     rt().block_on(async {
@@ -1374,17 +1375,44 @@ fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
             &EU_AND_TWO_US,
             "[limits]\nack_timeout_ms = 30000\n",
         );
-        // us-1 relays the stream and stores none of it.
-        let relay = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+        // The relay is the us node that roots the region's tree for eu's events (its keys
+        // are drawn at random), so that the core's pushes of new events go to it: it
+        // relays the stream and stores none of it.
+        let key =
+            |i: usize| weft_fabric::OriginKey(hex::decode(&c.keys[i]).unwrap().try_into().unwrap());
+        let root = weft_fabric::mesh::route::entry_of(&[key(1), key(2)], &key(0)).unwrap();
+        let (relay, stores) = if root == key(1) { (1, 2) } else { (2, 1) };
+        let config = std::fs::read_to_string(&c.nodes[relay].config).unwrap();
         std::fs::write(
-            &c.nodes[1].config,
-            relay.replace("[listen]", "streams = [\"other.>\"]\n[listen]"),
+            &c.nodes[relay].config,
+            config.replace("[listen]", "streams = [\"other.>\"]\n[listen]"),
         )
         .unwrap();
         c.start_all();
         c.wait_meshed().await;
-        // us-2 (which stores the stream) is farther from eu: eu asks us-1 first.
-        make_node_2_the_farther(&c).await;
+        // Both us nodes past the mesh's near-region bound (20 ms), so that eu pushes new
+        // events to the region's root alone (a near region gets them at every member);
+        // the node that stores the stream the farther, so that eu asks the relay first.
+        c.chaos(
+            0,
+            json!([{"peer": c.keys[relay], "delay_ms": 25.0},
+                {"peer": c.keys[stores], "delay_ms": 60.0}]),
+        )
+        .await;
+        let measured = wait_for(Duration::from_secs(15), || async {
+            let v = try_json(c.url(0, "/v1/mesh/peers")).await?;
+            let rtt = |i: usize| {
+                v["peers"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["key"] == c.keys[i])?["rtt_ms"]
+                    .as_f64()
+            };
+            let (near, far) = (rtt(relay)?, rtt(stores)?);
+            (near > 22.0 && far > near + 20.0).then_some(())
+        })
+        .await;
+        assert!(measured.is_some(), "node 0 never measured the delays");
         let retries = |reason: &'static str| {
             let c = &c;
             async move {
@@ -1399,18 +1427,19 @@ fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
         for round in 0..2 {
             let ce = json!({"specversion": "1.0", "id": format!("e{round}"), "source": "it",
                 "type": "t", "data": {"k": round}});
-            // Published first with ack=local and held by us-2, so the regions:2 publish
-            // of the same event below is confirmed by the driver's copies alone.
+            // Published first with ack=local and held by the storing node, so the
+            // regions:2 publish of the same event below is confirmed by the driver's
+            // copies alone.
             let (status, body) = c
                 .post_events(0, "rr", "local", &c.token, std::slice::from_ref(&ce))
                 .await;
             assert_eq!(status, 200, "{body}");
             let id = body["ids"][0].as_str().unwrap().to_string();
             let held = wait_for(Duration::from_secs(10), || async {
-                c.ids(2, "rr").await.filter(|ids| ids.contains(&id))
+                c.ids(stores, "rr").await.filter(|ids| ids.contains(&id))
             })
             .await;
-            assert!(held.is_some(), "us-2 never held event {round}");
+            assert!(held.is_some(), "node {stores} never held event {round}");
             let (status, body) = c.post_events(0, "rr", "regions:2", &c.token, &[ce]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["regions_min"], 2, "{body}");
@@ -1421,12 +1450,35 @@ fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
                 "round {round} waited for the half-way round"
             );
         }
-        // The first event's copy went to us-1, which answered without it; the second's went
-        // straight to us-2.
+        // The first event's copy went to the relay, which answered without it; the
+        // second's went straight to the storing node.
         assert_eq!(retries("answered_without").await, 1);
+        // New events: the core pushes them along its tree, to the relay (the region's
+        // root), which answers without them. Known not to store the stream, it does not
+        // hold the region: the storing node gets a copy at once, and the relay's answer
+        // asks nobody more. Before, each new event waited for that answer, then was
+        // copied (one `answered_without` retry per event).
+        let pushes_to_relay = || metric(&c, relay, "weft_mesh_received_total{kind=\"push\"} ");
+        let pushes_before = pushes_to_relay().await;
+        for round in 2..4 {
+            let ce = json!({"specversion": "1.0", "id": format!("e{round}"), "source": "it",
+                "type": "t", "data": {"k": round}});
+            let (status, body) = c.post_events(0, "rr", "regions:2", &c.token, &[ce]).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["regions_min"], 2, "{body}");
+            assert_eq!(body["complete"], true, "{body}");
+        }
+        // The relay's answers (one round trip of the near link) have come back.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(retries("answered_without").await, 1);
+        assert_eq!(retries("no_answer_by_half_timeout").await, 0);
         assert!(
-            c.ids(1, "rr").await.unwrap_or_default().is_empty(),
-            "us-1 stores none of the stream"
+            pushes_to_relay().await >= pushes_before + 2,
+            "the relay was not sent the new events, so the test proved nothing"
+        );
+        assert!(
+            c.ids(relay, "rr").await.unwrap_or_default().is_empty(),
+            "the relay stores none of the stream"
         );
     });
 }

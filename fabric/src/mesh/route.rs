@@ -1491,7 +1491,7 @@ impl Router {
 
 /// The root of a region's tree for `origin`'s events: the member first in rendezvous order
 /// (the origin itself if it is a member).
-pub(crate) fn entry_of(members: &[OriginKey], origin: &OriginKey) -> Option<OriginKey> {
+pub fn entry_of(members: &[OriginKey], origin: &OriginKey) -> Option<OriginKey> {
     members
         .iter()
         .map(|m| {
