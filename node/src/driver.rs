@@ -653,7 +653,7 @@ impl Driver {
         trust: weft_policy::Trust,
         state: Arc<crate::policy_state::PolicyState>,
     ) -> Self {
-        self.metrics.policy_epoch.set(state.epoch() as i64);
+        self.metrics.policy_in_force(state.policy().as_deref());
         self.node
             .store_mut()
             .set_retention(crate::store::RetentionRules::new(state.policy()));
@@ -2414,7 +2414,7 @@ impl Driver {
                 previous,
                 claim_revoked,
             } => {
-                self.metrics.policy_epoch.set(epoch as i64);
+                self.metrics.policy_in_force(state.policy().as_deref());
                 self.metrics.policy_applied.inc();
                 reconcile = true;
                 let rules = crate::store::RetentionRules::new(state.policy());

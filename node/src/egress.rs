@@ -977,7 +977,7 @@ pub(crate) async fn flush_at_shutdown(api: &Arc<Api>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use weft_fabric::{Hlc, Signer, StreamName};
 
@@ -1006,7 +1006,7 @@ mod tests {
     const WINDOW_MS: u64 = 10_000;
     const T0: u64 = 1_700_000_000_000;
 
-    fn state() -> Arc<PolicyState> {
+    pub(crate) fn state() -> Arc<PolicyState> {
         let bundle = weft_policy::Bundle::from_toml(
             r#"format = 1
 epoch = 2

@@ -105,6 +105,37 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
+/// The kinds of `weft_table_events_total` each table strategy counts (the fields of
+/// `weft_fabric::table::ConflictStats` its resolution moves), there from the start at 0.
+pub(crate) const TABLE_EVENT_KINDS: [(&str, &[&str]); 4] = [
+    ("lww", &["applied", "duplicate", "ignored", "lww_lost"]),
+    (
+        "multi-value",
+        &[
+            "applied",
+            "duplicate",
+            "ignored",
+            "mv_siblings",
+            "mv_resolved",
+            "superseded_late",
+        ],
+    ),
+    (
+        "counter",
+        &["applied", "duplicate", "ignored", "counter_merged"],
+    ),
+    (
+        "set",
+        &[
+            "applied",
+            "duplicate",
+            "ignored",
+            "superseded_late",
+            "set_add_wins",
+        ],
+    ),
+];
+
 /// The reasons of `weft_confirm_retries_total`: a copy not sent, a member that answered
 /// without the events, no answer by half the ack timeout.
 pub(crate) const CONFIRM_RETRY_REASONS: [&str; 3] =
@@ -562,8 +593,9 @@ impl Metrics {
         // Series whose labels are a fixed set are there from the start, at 0: a dashboard
         // or an alert on them (an `increase`, a rate, an absence) works from the first
         // event (in Prometheus a series that appears at 1 shows no increase, so the first
-        // forged signature would pass an `increase(...) > 0` alert by). Series per peer,
-        // per transform and per table strategy appear with their first event.
+        // forged signature would pass an `increase(...) > 0` alert by). Those per egress
+        // transform appear with the policy that names them (`policy_in_force`); the
+        // per-peer RTT gauge appears with the peer's first sample.
         zeros(&m.confirm_retries, "reason", &CONFIRM_RETRY_REASONS);
         zeros(&m.ack_seconds, "level", &["none", "local", "regions"]);
         zeros(&m.rejected, "reason", REJECT_REASONS);
@@ -576,7 +608,26 @@ impl Metrics {
         zeros(&m.queue_depth, "queue", &QUEUES);
         let decisions = crate::audit::Decision::ALL.map(crate::audit::Decision::as_str);
         zeros(&m.audit_entries, "decision", &decisions);
+        for (strategy, kinds) in TABLE_EVENT_KINDS {
+            for kind in kinds {
+                drop(m.table_events.get_or_create(&vec![
+                    ("strategy", strategy.to_string()),
+                    ("kind", kind.to_string()),
+                ]));
+            }
+        }
         Self { registry, ..m }
+    }
+
+    /// The policy in force changed (or was set at start; `None`: no policy): the epoch
+    /// gauge, and each of its egress transforms' series at 0 unless counted already.
+    pub(crate) fn policy_in_force(&self, policy: Option<&weft_policy::Policy>) {
+        self.policy_epoch
+            .set(policy.map_or(0, weft_policy::Policy::epoch) as i64);
+        if let Some(p) = policy {
+            let names: Vec<&str> = p.transforms().map(|t| t.name()).collect();
+            zeros(&self.egress_derived, "transform", &names);
+        }
     }
 
     /// Counts what one table write did: the difference between two snapshots of a
@@ -608,6 +659,13 @@ impl Metrics {
         ];
         for (kind, b, a) in pairs {
             if a > b {
+                // Every process test checks the list (as `listed` does the reasons).
+                debug_assert!(
+                    TABLE_EVENT_KINDS
+                        .iter()
+                        .any(|(s, k)| *s == strategy && k.contains(&kind)),
+                    "table event {strategy}/{kind} not in TABLE_EVENT_KINDS"
+                );
                 self.table_events
                     .get_or_create(&vec![
                         ("strategy", strategy.to_string()),
@@ -690,6 +748,10 @@ mod tests {
             "weft_events_expired_total{cause=\"age\"} 0",
             "weft_queue_depth{queue=\"driver_publishes\"} 0",
             "weft_audit_entries_total{decision=\"deny\"} 0",
+            "weft_table_events_total{strategy=\"lww\",kind=\"lww_lost\"} 0",
+            "weft_table_events_total{strategy=\"multi-value\",kind=\"mv_siblings\"} 0",
+            "weft_table_events_total{strategy=\"counter\",kind=\"counter_merged\"} 0",
+            "weft_table_events_total{strategy=\"set\",kind=\"set_add_wins\"} 0",
         ] {
             assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
         }
@@ -698,6 +760,46 @@ mod tests {
             .filter(|l| l.starts_with("weft_rejected_total{"))
             .count();
         assert_eq!(rejected, super::REJECT_REASONS.len(), "{text}");
+    }
+
+    /// Each table strategy's kinds are listed under the name the API and the metric use,
+    /// and a strategy counts no kind of another's resolution.
+    #[test]
+    fn table_event_kinds_name_every_strategy() {
+        use weft_fabric::table::Strategy;
+        let names: Vec<&str> = super::TABLE_EVENT_KINDS.iter().map(|(s, _)| *s).collect();
+        let strategies = [
+            Strategy::Lww,
+            Strategy::MultiValue,
+            Strategy::Counter,
+            Strategy::Set,
+        ];
+        assert_eq!(names, strategies.map(Strategy::as_str));
+        for (strategy, kinds) in super::TABLE_EVENT_KINDS {
+            assert_eq!(
+                kinds[..3],
+                ["applied", "duplicate", "ignored"],
+                "{strategy}"
+            );
+        }
+        let text = super::Metrics::new().render();
+        assert!(
+            !text.contains("strategy=\"counter\",kind=\"lww_lost\""),
+            "{text}"
+        );
+    }
+
+    /// A policy's transforms have their series at 0 once it is in force.
+    #[test]
+    fn a_policy_in_force_brings_its_transforms_series() {
+        let metrics = super::Metrics::new();
+        let line = "weft_egress_derived_total{transform=\"per-country\"} 0";
+        assert!(!metrics.render().contains(line));
+        let state = crate::egress::tests::state();
+        metrics.policy_in_force(state.policy().as_deref());
+        let text = metrics.render();
+        assert!(text.lines().any(|l| l == line), "{text}");
+        assert!(text.lines().any(|l| l == "weft_policy_epoch 2"), "{text}");
     }
 
     /// The lists are sorted and without repeats (a repeat would be one series, and the

@@ -269,7 +269,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
     }
 
     // Set before the transport starts: its audit rows carry the epoch it reads here.
-    metrics.policy_epoch.set(policy_state.epoch() as i64);
+    metrics.policy_in_force(policy_state.policy().as_deref());
     let chaos = Arc::new(Chaos::new(raw.chaos.enabled, raw.chaos.rules.clone()));
     let quic = crate::tls::quic_configs(&seed, trusted.iter().copied())?;
     let (mesh_tx, mesh_rx) = mpsc::channel(MESH_QUEUE_LEN_MAX);

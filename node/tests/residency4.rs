@@ -718,10 +718,19 @@ fn eu_profiles_stay_in_the_eu_and_only_their_masked_derivatives_leave() {
             c.log(eu_a).contains("egress transform failed"),
             "not audited"
         );
+        // Every transform's series is there from the start, at 0 where none derived.
         for i in [eu_b, us, ap] {
             let m = metrics(&c, i).await;
+            let derived: Vec<&str> = m
+                .lines()
+                .filter(|l| l.starts_with("weft_egress_derived_total{"))
+                .collect();
             assert!(
-                !m.contains("weft_egress_derived_total{"),
+                derived.iter().any(|l| l.contains("\"profiles-masked\"")),
+                "node {i} has no series for the policy's transform: {m}"
+            );
+            assert!(
+                derived.iter().all(|l| l.ends_with(" 0")),
                 "node {i} derived: {m}"
             );
         }

@@ -990,6 +990,11 @@ impl Policy {
             .filter(move |t| !system && t.source().matches(stream))
     }
 
+    /// Every egress transform, in the bundle's order.
+    pub fn transforms(&self) -> impl Iterator<Item = &Transform> {
+        self.transforms.iter()
+    }
+
     /// A transform by name.
     pub fn transform(&self, name: &str) -> Option<&Transform> {
         self.transforms.iter().find(|t| t.name() == name)
