@@ -9,7 +9,8 @@
 //!
 //! The rules, per watched event and region of another member:
 //! - a region is **served** while it has confirmed, or while a member of it was asked and
-//!   may still answer (not failed, not known to store none of the stream: `not_storing`);
+//!   may still answer (up, not failed, not known to store none of the stream:
+//!   `not_storing`, not silent through a half-way round);
 //! - after a step's pushes, every region not served gets a copy at its next member
 //!   ([`Confirmations::around_relays`]): a region routing reaches through a relay region,
 //!   and one whose tree member is known to store none of the stream (it would answer
@@ -19,7 +20,8 @@
 //!   as many regions as its publishes wait for (another event of the batch holds them);
 //! - half the ack timeout after a publish, every region that has not confirmed is asked at
 //!   its next member whatever it was asked before ([`Confirmations::again`]): an
-//!   unreachable member that nothing reports (a blackhole) looks like one that may answer;
+//!   unreachable member that nothing reports (a blackhole) looks like one that may answer,
+//!   so the members asked there until then are presumed silent from then on;
 //! - each member is asked once per event.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +66,10 @@ struct Watch {
     /// Members whose copy did not get through or that answered without it: a second
     /// report of one is not acted on again.
     failed: BTreeSet<OriginKey>,
+    /// Members asked before the half-way round that had not answered by then: presumed
+    /// silent (a blackhole, a lost failure report), they no longer hold their region for
+    /// a failure of another member; a late answer of theirs still counts.
+    silent: BTreeSet<OriginKey>,
 }
 
 /// The book (see the module's doc).
@@ -173,32 +179,44 @@ impl Confirmations {
         any
     }
 
-    /// Copies of `events` (watched ones; others are passed over) for every region not
-    /// served (see the module's doc), each at the region's next member.
+    /// Copies of `events` (watched ones still short of the regions their publishes wait
+    /// for; others are passed over) for every region not served (see the module's doc),
+    /// each at the region's next member; and how many of
+    /// them went to a region whose asked member is known to store none of the stream
+    /// (a retry, counted as such), the others to regions nobody was asked in (behind a
+    /// relay region).
     pub(crate) fn around_relays(
         &mut self,
         events: impl IntoIterator<Item = Arc<Event>>,
         roster: &impl Roster,
         now: Instant,
-    ) -> Copies {
+    ) -> (Copies, u64) {
         let regions = self.other_regions(roster);
         let mut copies = Copies::new();
+        let mut retries = 0;
         for event in events {
             let id = event.id();
-            let Some(w) = self.watches.get(&id) else {
+            let Some(w) = self.watches.get(&id).filter(|w| w.regions.len() < w.want) else {
                 continue;
             };
             let mut to = Vec::new();
             for region in &regions {
                 if !w.regions.contains(*region)
                     && !self.served(w, region, event.stream(), roster, now)
+                    && let Some(k) = self.next(w, region, &event, roster, now)
                 {
-                    to.extend(self.next(w, region, &event, roster, now));
+                    to.push(k);
+                    let stream = event.stream();
+                    retries += u64::from(roster.members().any(|(m, r)| {
+                        r == *region
+                            && w.asked.contains(&m)
+                            && self.not_storing.known(&m, stream, now)
+                    }));
                 }
             }
             self.ask(&id, &event, to, &mut copies);
         }
-        copies
+        (copies, retries)
     }
 
     /// Half the ack timeout after a publish: each of `ids` confirmed in fewer regions than
@@ -219,11 +237,23 @@ impl Confirmations {
             let Some(event) = w.event.clone() else {
                 continue;
             };
-            let to: Vec<OriginKey> = regions
+            let open: Vec<&str> = regions
                 .iter()
-                .filter(|r| !w.regions.contains(**r))
+                .copied()
+                .filter(|r| !w.regions.contains(*r))
+                .collect();
+            let silent: Vec<OriginKey> = roster
+                .members()
+                .filter(|(k, r)| open.contains(r) && w.asked.contains(k) && !w.failed.contains(k))
+                .map(|(k, _)| k)
+                .collect();
+            let to: Vec<OriginKey> = open
+                .iter()
                 .filter_map(|r| self.next(w, r, &event, roster, now))
                 .collect();
+            if let Some(w) = self.watches.get_mut(id) {
+                w.silent.extend(silent);
+            }
             self.ask(id, &event, to, &mut copies);
         }
         copies
@@ -270,8 +300,8 @@ impl Confirmations {
             .collect()
     }
 
-    /// Whether a member of `region` was asked for the event and may still answer: not
-    /// failed, not known to store none of `stream`.
+    /// Whether a member of `region` was asked for the event and may still answer: up (in
+    /// the roster), not failed, not known to store none of `stream`, not presumed silent.
     fn served(
         &self,
         w: &Watch,
@@ -284,6 +314,7 @@ impl Confirmations {
             r == region
                 && w.asked.contains(&k)
                 && !w.failed.contains(&k)
+                && !w.silent.contains(&k)
                 && !self.not_storing.known(&k, stream, now)
         })
     }
@@ -400,8 +431,9 @@ mod tests {
         let mut book = watching(std::slice::from_ref(&e), 2);
         let mut pushed = BTreeMap::new();
         assert!(book.asked_by_push(key(US1), std::slice::from_ref(&e), &mut pushed));
-        let copies = book.around_relays(pushed.into_values(), &roster(), Instant::now());
+        let (copies, retries) = book.around_relays(pushed.into_values(), &roster(), Instant::now());
         assert_eq!(sent(&copies), vec![(AP1, vec![1])]);
+        assert_eq!(retries, 0, "a region nobody was asked in is no retry");
         // A push of events nobody watches is not a confirmable one.
         let mut pushed = BTreeMap::new();
         assert!(!book.asked_by_push(key(US1), &[event(2)], &mut pushed));
@@ -424,8 +456,9 @@ mod tests {
         let mut pushed = BTreeMap::new();
         book.asked_by_push(key(US1), std::slice::from_ref(&e), &mut pushed);
         book.asked_by_push(key(AP1), std::slice::from_ref(&e), &mut pushed);
-        let copies = book.around_relays(pushed.into_values(), &three_in_us, now);
+        let (copies, retries) = book.around_relays(pushed.into_values(), &three_in_us, now);
         assert_eq!(sent(&copies), vec![(US2, vec![1])]);
+        assert_eq!(retries, 1);
         // us-1's answer without the event: us-2 was asked and may answer.
         let copies = book.elsewhere(key(US1), "us", vec![e.clone()], &three_in_us, now);
         assert!(copies.is_empty(), "{:?}", sent(&copies));
@@ -445,6 +478,7 @@ mod tests {
         book.asked_by_push(key(AP1), std::slice::from_ref(&e), &mut pushed);
         assert!(
             book.around_relays(pushed.into_values(), &roster(), now)
+                .0
                 .is_empty()
         );
         let copies = book.elsewhere(key(US1), "us", vec![e.clone()], &roster(), now);
@@ -477,6 +511,11 @@ mod tests {
         book.confirmed([a.id()], "us");
         let copies = book.elsewhere(key(AP1), "ap", vec![a.clone(), b.clone()], &roster(), now);
         assert_eq!(sent(&copies), vec![(AP2, vec![2])]);
+        // Nor when the mesh pushes it again later (a GRAFT), in a step of its own.
+        let mut pushed = BTreeMap::new();
+        book.asked_by_push(key(US2), std::slice::from_ref(&a), &mut pushed);
+        let (copies, _) = book.around_relays(pushed.into_values(), &roster(), now);
+        assert!(copies.is_empty(), "{:?}", sent(&copies));
     }
 
     /// Half the ack timeout on, each region not confirmed is asked at its next member even
@@ -500,6 +539,64 @@ mod tests {
         assert!(book.again(&ids, &roster(), now).is_empty());
     }
 
+    /// A member asked before the half-way round and silent through it (a blackhole: nothing
+    /// reports it) no longer holds its region: when the member the round asked fails too,
+    /// the next is asked at once. Before, the silent one kept the region served, and the
+    /// publish waited out its ack timeout.
+    #[test]
+    fn a_member_silent_through_the_half_way_round_does_not_hold_its_region() {
+        let now = Instant::now();
+        let us3 = 13;
+        let mut three_in_us = roster();
+        three_in_us.0.push((key(us3), "us", 100_000, true));
+        let e = event(1);
+        let mut book = watching(std::slice::from_ref(&e), 3);
+        let mut pushed = BTreeMap::new();
+        book.asked_by_push(key(US1), std::slice::from_ref(&e), &mut pushed);
+        book.asked_by_push(key(AP1), std::slice::from_ref(&e), &mut pushed);
+        book.around_relays(pushed.into_values(), &three_in_us, now);
+        book.confirmed([e.id()], "ap");
+        let ids = [(e.id(), 3)].into_iter().collect();
+        let copies = book.again(&ids, &three_in_us, now);
+        assert_eq!(sent(&copies), vec![(US2, vec![1])]);
+        let copies = book.elsewhere(key(US2), "us", vec![e.clone()], &three_in_us, now);
+        assert_eq!(sent(&copies), vec![(us3, vec![1])]);
+        // us-1's answer, late, still counts.
+        book.confirmed([e.id()], "us");
+        assert!(book.confirmed_in(&e.id(), 3));
+    }
+
+    /// A member asked that is no longer up (not in the roster) holds no region.
+    #[test]
+    fn a_member_gone_down_does_not_hold_its_region() {
+        let now = Instant::now();
+        let e = event(1);
+        let mut book = watching(std::slice::from_ref(&e), 2);
+        let mut pushed = BTreeMap::new();
+        book.asked_by_push(key(US1), std::slice::from_ref(&e), &mut pushed);
+        let mut us1_down = roster();
+        us1_down.0.retain(|m| m.0 != key(US1));
+        let (copies, _) = book.around_relays(pushed.into_values(), &us1_down, now);
+        assert_eq!(sent(&copies), vec![(US2, vec![1]), (AP1, vec![1])]);
+    }
+
+    /// Two publishes of one event waiting for 3 and 2 regions: a failure is acted on until
+    /// the event has 3 (the most), not 2 (the last watch).
+    #[test]
+    fn an_event_waits_for_the_most_regions_any_of_its_publishes_wants() {
+        let now = Instant::now();
+        let e = event(1);
+        let mut book = watching(std::slice::from_ref(&e), 3);
+        book.watch(&[e.id()], &BTreeMap::new(), 2);
+        let mut pushed = BTreeMap::new();
+        book.asked_by_push(key(US1), std::slice::from_ref(&e), &mut pushed);
+        book.asked_by_push(key(AP1), std::slice::from_ref(&e), &mut pushed);
+        book.around_relays(pushed.into_values(), &roster(), now);
+        book.confirmed([e.id()], "us");
+        let copies = book.elsewhere(key(AP1), "ap", vec![e.clone()], &roster(), now);
+        assert_eq!(sent(&copies), vec![(AP2, vec![1])]);
+    }
+
     /// Nearest first, but a member known to store none of the stream last; such a member
     /// is still asked when it is the region's only one left. A member the replication
     /// filter keeps the event from is never asked.
@@ -509,7 +606,7 @@ mod tests {
         let e = event(1);
         let mut book = watching(std::slice::from_ref(&e), 2);
         book.learn_not_storing(key(AP1), e.stream(), now);
-        let copies = book.around_relays([e.clone()], &roster(), now);
+        let copies = book.around_relays([e.clone()], &roster(), now).0;
         assert_eq!(sent(&copies), vec![(US1, vec![1]), (AP2, vec![1])]);
         let copies = book.elsewhere(key(AP2), "ap", vec![e.clone()], &roster(), now);
         assert_eq!(sent(&copies), vec![(AP1, vec![1])]);
@@ -520,7 +617,7 @@ mod tests {
         }
         let f = event(2);
         let mut book = watching(std::slice::from_ref(&f), 2);
-        let copies = book.around_relays([f.clone()], &kept_out, now);
+        let copies = book.around_relays([f.clone()], &kept_out, now).0;
         assert_eq!(sent(&copies), vec![(US1, vec![2])]);
     }
 
@@ -543,12 +640,14 @@ mod tests {
         let mut book = watching(std::slice::from_ref(&e), 2);
         assert_eq!(
             book.around_relays([e.clone()], &roster(), Instant::now())
+                .0
                 .len(),
             2
         );
         book.watch(&[e.id()], &BTreeMap::new(), 2);
         assert!(
             book.around_relays([e.clone()], &roster(), Instant::now())
+                .0
                 .is_empty()
         );
     }

@@ -331,6 +331,9 @@ enum RetryReason {
     NotSent,
     /// The member answered without the events: it does not store their stream.
     AnsweredWithout,
+    /// The member the mesh's tree pushed the events to is known not to store their stream
+    /// (it answered without that stream's events before).
+    KnownNotStoring,
     /// No confirmation from the region by half the ack timeout (a blackhole).
     NoAnswerByHalfTimeout,
 }
@@ -339,10 +342,12 @@ impl RetryReason {
     /// Its label, one of [`crate::metrics::CONFIRM_RETRY_REASONS`] (whose series exist
     /// from the start).
     fn label(self) -> &'static str {
-        let [not_sent, answered_without, half_timeout] = crate::metrics::CONFIRM_RETRY_REASONS;
+        let [not_sent, answered_without, known_not_storing, half_timeout] =
+            crate::metrics::CONFIRM_RETRY_REASONS;
         match self {
             RetryReason::NotSent => not_sent,
             RetryReason::AnsweredWithout => answered_without,
+            RetryReason::KnownNotStoring => known_not_storing,
             RetryReason::NoAnswerByHalfTimeout => half_timeout,
         }
     }
@@ -1505,7 +1510,8 @@ impl Driver {
     /// confirmations come from every region whatever the path (`confirm.rs`).
     fn confirm_around_relays(&mut self, events: impl IntoIterator<Item = Arc<Event>>) {
         let roster = DriverRoster::of(&self.members, &self.node);
-        let copies = self.confirms.around_relays(events, &roster, Instant::now());
+        let (copies, retries) = self.confirms.around_relays(events, &roster, Instant::now());
+        self.count_retries(RetryReason::KnownNotStoring, retries);
         self.send_confirm_copies(copies);
     }
 

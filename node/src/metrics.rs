@@ -137,9 +137,14 @@ pub(crate) const TABLE_EVENT_KINDS: [(&str, &[&str]); 4] = [
 ];
 
 /// The reasons of `weft_confirm_retries_total`: a copy not sent, a member that answered
-/// without the events, no answer by half the ack timeout.
-pub(crate) const CONFIRM_RETRY_REASONS: [&str; 3] =
-    ["not_sent", "answered_without", "no_answer_by_half_timeout"];
+/// without the events, a member asked (by the mesh's tree) known to store none of the
+/// stream, no answer by half the ack timeout.
+pub(crate) const CONFIRM_RETRY_REASONS: [&str; 4] = [
+    "not_sent",
+    "answered_without",
+    "known_not_storing",
+    "no_answer_by_half_timeout",
+];
 
 /// Every reason of `weft_rejected_total` the node names, sorted: the API's error reasons,
 /// the edge port's, the mesh transport's and the driver's. Each series is there at 0 from

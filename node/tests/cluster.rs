@@ -1471,6 +1471,11 @@ fn a_region_whose_nearest_member_relays_the_stream_is_confirmed_by_the_next() {
         // The relay's answers (one round trip of the near link) have come back.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(retries("answered_without").await, 1);
+        assert_eq!(
+            retries("known_not_storing").await,
+            2,
+            "one copy per new event"
+        );
         assert_eq!(retries("no_answer_by_half_timeout").await, 0);
         assert!(
             pushes_to_relay().await >= pushes_before + 2,
