@@ -2656,6 +2656,7 @@ impl Driver {
             ("events_erased", s.events_erased),
             ("erased_skips_sent", s.erased_skips_sent),
             ("own_voided", s.own_voided),
+            ("own_unsent_lost", s.own_unsent_lost),
             ("lost_out", s.lost_out),
             ("lost_in", s.lost_in),
             ("lost_skipped", s.lost_skipped),

@@ -651,6 +651,10 @@ pub struct Stats {
     /// This node's own events its store refused after they were signed: their numbers
     /// voided ([`Store::void`]) so that its later events are not held up anywhere.
     pub own_voided: u64,
+    /// This node's own events (of streams it stores none of) pushed out of its relay
+    /// cache never sent to any peer: no copy was left anywhere, so their numbers are named
+    /// lost to peers that lack them.
+    pub own_unsent_lost: u64,
     /// Of this node's own numbers, those it told a peer it no longer holds
     /// ([`Message::Lost`]: its store lacks them, below numbers it holds), counted per
     /// message.
@@ -947,10 +951,16 @@ pub struct Node<S: Store> {
     /// This node's own events in the relay cache (it stores none of their streams), by
     /// sequence number: the only copy it has of them, served to a peer that lacks them
     /// ([`Node::on_sync_request`]); one published while no member was up went nowhere else.
-    /// One pushed out of the cache before any peer got it (more than
-    /// [`RELAY_CACHE_LEN_MAX`] own publishes while cut off from every member) is lost, and
-    /// peers wait on its number (open: the origin cannot tell it from one that went out).
+    /// One pushed out of the cache never sent (more than [`RELAY_CACHE_LEN_MAX`] own
+    /// publishes while cut off from every member: `own_unsent`) is lost, and named so
+    /// (`own_gone`).
     own_relayed: BTreeMap<u64, EventId>,
+    /// The numbers of `own_relayed` never sent to any peer yet (no push, GRAFT answer or
+    /// anti-entropy answer carried them): one pushed out of the relay cache while still
+    /// here had no copy anywhere, and goes to `own_gone`, so that a peer lacking it is told
+    /// it is lost instead of waiting on it for good. (One that was sent may be held by a
+    /// peer that stores its stream: not named.)
+    own_unsent: BTreeSet<u64>,
     /// This node's own numbers it took as lost itself since its start ([`Node::take_lost`]:
     /// a hole in its own numbers no holder filled). A peer lacking them is told so
     /// ([`Message::Lost`], [`Node::own_lost`]); before, an origin that stores none of its
@@ -1115,6 +1125,7 @@ impl<S: Store> Node<S> {
             repaired_order: VecDeque::new(),
             relay_order: VecDeque::new(),
             own_relayed: BTreeMap::new(),
+            own_unsent: BTreeSet::new(),
             own_gone: SeqRanges::new(),
             missing: BTreeMap::new(),
             pending_ihave: PeerBatches::default(),
@@ -1183,6 +1194,18 @@ impl<S: Store> Node<S> {
         self.relay_cache.values()
     }
 
+    /// `events` go to a peer: this node's own among them are no longer unsent
+    /// (`own_unsent`).
+    pub(super) fn own_sent(&mut self, events: &[Arc<Event>]) {
+        if self.own_unsent.is_empty() {
+            return;
+        }
+        let me = self.me.node_key();
+        for e in events.iter().filter(|e| e.origin() == me) {
+            self.own_unsent.remove(&e.seq());
+        }
+    }
+
     /// Whether the relay cache holds event `id` (relayed without storing, memory only).
     pub fn relay_holds(&self, id: &EventId) -> bool {
         self.relay_cache.contains_key(id)
@@ -1205,6 +1228,7 @@ impl<S: Store> Node<S> {
         self.relay_order.retain(|id| cache.contains_key(id));
         for seq in own_erased {
             self.own_relayed.remove(&seq);
+            self.own_unsent.remove(&seq);
         }
         before - self.relay_cache.len()
     }
@@ -1219,13 +1243,19 @@ impl<S: Store> Node<S> {
             && let Some(gone) = self.relay_cache.remove(&old)
             && gone.origin() == me
         {
-            // Pushed out, not lost: its pushes and answers took it to the peers that store
-            // its stream (one never sent anywhere is lost with it: see `own_relayed`).
-            self.own_relayed.remove(&gone.seq());
+            // Pushed out: its pushes and answers took it to the peers that store its
+            // stream; one never sent anywhere had no other copy, and is lost.
+            let seq = gone.seq();
+            self.own_relayed.remove(&seq);
+            if self.own_unsent.remove(&seq) {
+                self.own_gone.insert(seq);
+                self.stats.own_unsent_lost += 1;
+            }
         }
         if event.origin() == me {
             let seq = event.seq();
             self.own_relayed.insert(seq, id);
+            self.own_unsent.insert(seq);
             // Back (a late copy of a number it had lost): held again.
             self.own_gone.remove(seq);
         }

@@ -68,6 +68,12 @@ impl<S: Store> Node<S> {
             );
             assert!(!self.own_gone.contains(seq), "relayed and evicted at once");
         }
+        assert!(
+            self.own_unsent
+                .iter()
+                .all(|seq| self.own_relayed.contains_key(seq)),
+            "an unsent own number not in the relay cache"
+        );
         assert_eq!(
             self.relay_cache
                 .values()

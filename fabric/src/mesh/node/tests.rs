@@ -4579,3 +4579,78 @@ fn an_answer_of_large_events_reads_and_sends_one_messages_worth() {
         (12 - in_one, None, 12 - in_one)
     );
 }
+
+/// An origin that stores none of its stream, with no member up, publishes more events
+/// than its relay cache holds: the oldest are pushed out of the cache never sent, and no
+/// copy of them is left anywhere. Asked by a peer that lacks its events, it names those
+/// lost (and sends the ones the cache still holds); before, it named nothing, and the
+/// peer's delivery of the origin waited on them for good. An own event that went out
+/// before it was pushed out is not named: a peer that stores its stream may hold it.
+#[test]
+fn own_events_pushed_out_of_the_relay_cache_unsent_are_named_lost() {
+    let all = StreamPattern::new(">").unwrap();
+    let mut node = Node::new(
+        lone_member(),
+        MeshConfig::wan(2),
+        1,
+        crate::mesh::MemStore::new(16),
+        0,
+    );
+    assert!(
+        node.handle_unsubscribe(0, &all),
+        "stores none of its streams"
+    );
+    let over = 3u64;
+    let published = RELAY_CACHE_LEN_MAX as u64 + over;
+    for seq in 1..=published {
+        node.handle_publish(0, event_at(9, seq, "orders.x"))
+            .unwrap();
+    }
+    while node.poll_transmit().is_some() {}
+    assert_eq!(node.stats().own_unsent_lost, over);
+    let mut other = lone_member();
+    other.key = crate::Signer::from_secret(&[3; 32]).origin().0;
+    other.addr = "n3".into();
+    let peer = OriginKey(other.key);
+    node.member_up(Arc::new(other));
+    while node.poll_transmit().is_some() {}
+    let t = 1_000_000;
+    node.handle_message(
+        t,
+        peer,
+        Message::SyncRequest {
+            digest: Vec::new(),
+            from_origin: None,
+            settled: None,
+        },
+    );
+    let answer = drain_to(&mut node, peer);
+    let lost: Vec<(u64, u64)> = answer
+        .iter()
+        .filter_map(|m| match m {
+            Message::Lost(ranges) => Some(ranges.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(lost, vec![(1, over)], "{answer:?}");
+    let sent: Vec<u64> = answer
+        .iter()
+        .filter_map(|m| match m {
+            Message::SyncResponse { events, .. } => Some(events.iter().map(|e| e.seq())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(sent.first(), Some(&(over + 1)), "the cache's oldest first");
+    // The ones the answer carried went out: pushed out of the cache now, they are not
+    // named lost (the peer got them).
+    for seq in published + 1..=published + sent.len() as u64 {
+        node.handle_publish(t, event_at(9, seq, "orders.x"))
+            .unwrap();
+    }
+    while node.poll_transmit().is_some() {}
+    assert_eq!(node.stats().own_unsent_lost, over);
+    assert!(node.stats().lost_out > 0);
+    node.check_invariants_full();
+}
