@@ -113,12 +113,14 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
             "the policy bundle the store kept from a push no longer verifies under the configured operators ({e}): the node skips it at start (audited)"
         ));
     }
+    // A warning (so `--strict` fails on it), not an error: a config is often checked
+    // before its key is made.
     if key_missing {
-        say!(
+        warnings.push(format!(
             "key file {} does not exist: weft node refuses to start without it (weft keygen --out {})",
             c.key_path.display(),
             c.key_path.display()
-        );
+        ));
     }
     say!(
         "key file {}; data dir {}: {}",

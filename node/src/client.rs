@@ -11,15 +11,39 @@ use serde_json::Value;
 /// Where and how to reach a node.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Conn {
-    /// Base URL of the node's HTTP API.
-    #[arg(long, env = "WEFT_NODE", default_value = "http://127.0.0.1:8400")]
+    /// Base URL of the node's HTTP API (`http://HOST:PORT`).
+    #[arg(long, env = "WEFT_NODE", default_value = "http://127.0.0.1:8400", value_parser = node_url)]
     pub(crate) node: String,
-    /// Bearer token (or set WEFT_TOKEN, or use --token-file).
-    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    /// Bearer token. An explicit --token or --token-file comes before WEFT_TOKEN.
+    #[arg(long, conflicts_with = "token_file")]
     pub(crate) token: Option<String>,
     /// File holding the bearer token (as written by `weft keygen --client`).
     #[arg(long)]
     pub(crate) token_file: Option<std::path::PathBuf>,
+}
+
+/// `--node`: an `http://` URL with a host, and no query or fragment; its trailing `/`
+/// dropped. The node's API speaks plain HTTP (TLS, where wanted, is a proxy's), so an
+/// `https://` URL could never work, and a bare `HOST:PORT` parses as a URL with `HOST` as
+/// its scheme: both are said at once instead of failing every request.
+fn node_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).ok().filter(|u| u.has_host());
+    let Some(url) = url else {
+        return Err(format!(
+            "not a URL with a host: write it as http://HOST:PORT (http://{text})"
+        ));
+    };
+    if url.scheme() != "http" {
+        return Err(format!(
+            "the node's API is served over plain http, not {}: http://{}",
+            url.scheme(),
+            &text[url.scheme().len() + 3..]
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a node URL takes no query (?) or fragment (#)".into());
+    }
+    Ok(text.trim_end_matches('/').to_string())
 }
 
 impl Conn {
@@ -27,20 +51,55 @@ impl Conn {
         format!("{}{path}", self.node.trim_end_matches('/'))
     }
 
-    fn token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(t) = &self.token {
-            return Ok(Some(t.clone()));
+    /// The URL of the API path `segments`, each percent-encoded as one path segment (a
+    /// stream name or pattern, a key, a subscription name: a `/`, `%`, `?` or `#` in one
+    /// stays in it, and the node refuses a name it does not take, instead of the request
+    /// going to another path).
+    fn endpoint(&self, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
+        // URLs resolve `.` and `..` segments (encoded or not) before anything is sent.
+        if let Some(dots) = segments.iter().find(|s| matches!(**s, "." | "..")) {
+            bail!("\"{dots}\" cannot be sent as a name in a URL path (URLs resolve it)");
         }
-        match &self.token_file {
-            Some(p) => Ok(Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?
-                    .trim()
-                    .to_string(),
-            )),
-            None => Ok(None),
-        }
+        let mut url =
+            reqwest::Url::parse(&self.node).with_context(|| format!("node URL {}", self.node))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("node URL {} cannot take a path", self.node))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
     }
+
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        pick_token(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+            std::env::var("WEFT_TOKEN").ok(),
+        )
+    }
+}
+
+/// The token: `--token` (`flag`), else the one in `--token-file` (`file`), else
+/// `WEFT_TOKEN` (`env`) when set and not empty: what is given on the command line comes
+/// before the environment, which may hold a stale token from another node.
+fn pick_token(
+    flag: Option<&str>,
+    file: Option<&std::path::Path>,
+    env: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(t) = flag {
+        return Ok(Some(t.to_string()));
+    }
+    if let Some(p) = file {
+        let token = std::fs::read_to_string(p)
+            .with_context(|| format!("reading the token file {}", p.display()))?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            bail!("the token file {} is empty", p.display());
+        }
+        return Ok(Some(token));
+    }
+    Ok(env.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -103,8 +162,8 @@ fn ce_id() -> String {
 /// How `weft publish` batches standard input.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct PublishArgs {
-    /// Most lines of standard input per request.
-    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Most lines of standard input per request (at most the node's 1000 events a request).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=weft_fabric::cloudevents::BATCH_LEN_MAX as u64))]
     pub(crate) batch: u64,
     /// Send what has been read after this many milliseconds without a new line.
     #[arg(long, value_name = "MS", default_value_t = 100)]
@@ -337,7 +396,11 @@ pub(crate) fn publish(
         )?;
         let publisher = Publisher {
             client: reqwest::Client::new(),
-            url: conn.url(&format!("/v1/streams/{stream}/events?ack={ack}")),
+            url: {
+                let mut url = conn.endpoint(&["v1", "streams", stream, "events"])?;
+                url.query_pairs_mut().append_pair("ack", ack);
+                url.to_string()
+            },
             token,
             ty,
             key: key.as_deref(),
@@ -345,6 +408,11 @@ pub(crate) fn publish(
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         match data {
             Some(d) if d != "-" => {
+                if let Err(e) = serde_json::from_str::<Value>(&d) {
+                    eprintln!(
+                        "weft publish: note: DATA is not JSON ({e}): published as text/plain"
+                    );
+                }
                 tx.send(Ok(d)).await.ok();
                 drop(tx);
             }
@@ -407,8 +475,8 @@ pub(crate) struct TailArgs {
     /// A durable subscription name: resumes where it left off, across restarts.
     #[arg(long)]
     pub(crate) durable: Option<String>,
-    /// Stop after this many events.
-    #[arg(long)]
+    /// Stop after this many events (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: Option<u64>,
     /// Give up after this many seconds.
     #[arg(long)]
@@ -489,8 +557,7 @@ pub(crate) fn tail(conn: &Conn, stream: &str, args: &TailArgs) -> anyhow::Result
 /// The subscription URL for the tail's options (the first connection's; reconnections add
 /// `Last-Event-ID`, which the node takes before any of these).
 fn subscribe_url(conn: &Conn, stream: &str, args: &TailArgs) -> anyhow::Result<String> {
-    let base = conn.url(&format!("/v1/streams/{stream}/subscribe"));
-    let mut url = reqwest::Url::parse(&base).with_context(|| format!("URL {base}"))?;
+    let mut url = conn.endpoint(&["v1", "streams", stream, "subscribe"])?;
     {
         let mut q = url.query_pairs_mut();
         if let Some(a) = &args.after {
@@ -524,9 +591,9 @@ async fn ack_printed(
     if st.acked.as_ref() == Some(cursor) {
         return Ok(());
     }
-    let url = conn.url(&format!(
-        "/v1/streams/{stream}/subscriptions/{name}/ack?cursor={cursor}"
-    ));
+    let mut url = conn.endpoint(&["v1", "streams", stream, "subscriptions", name, "ack"])?;
+    url.query_pairs_mut().append_pair("cursor", cursor);
+    let url = url.to_string();
     let resp = client
         .post(&url)
         .bearer_auth(token.unwrap_or_default())
@@ -1193,18 +1260,10 @@ pub(crate) fn policy_status(
 
 /// The URL of a table or one of its keys (the key percent-encoded as one path segment).
 fn table_url(conn: &Conn, stream: &str, key: Option<&str>) -> anyhow::Result<reqwest::Url> {
-    let mut url = reqwest::Url::parse(&conn.url("/v1/tables"))
-        .with_context(|| format!("node URL {}", conn.node))?;
-    {
-        let mut segments = url
-            .path_segments_mut()
-            .map_err(|()| anyhow::anyhow!("node URL {} cannot take a path", conn.node))?;
-        segments.push(stream);
-        if let Some(k) = key {
-            segments.push(k);
-        }
+    match key {
+        Some(k) => conn.endpoint(&["v1", "tables", stream, k]),
+        None => conn.endpoint(&["v1", "tables", stream]),
     }
-    Ok(url)
 }
 
 fn authed(conn: &Conn, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::RequestBuilder> {
@@ -1693,6 +1752,103 @@ fn older_hint(shown: usize, next_before: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--node` takes an http URL with a host and nothing after its path; the mistakes
+    /// users make (no scheme, https, a query) are said at the start, not per request.
+    #[test]
+    fn a_node_url_is_checked_when_given() {
+        assert_eq!(
+            node_url("http://127.0.0.1:8400/").unwrap(),
+            "http://127.0.0.1:8400"
+        );
+        assert_eq!(node_url("http://h:1/weft").unwrap(), "http://h:1/weft");
+        let bare = node_url("127.0.0.1:8400").unwrap_err();
+        assert!(bare.contains("http://127.0.0.1:8400"), "{bare}");
+        let tls = node_url("https://127.0.0.1:8400").unwrap_err();
+        assert!(
+            tls.contains("plain http") && tls.contains("http://127.0.0.1:8400"),
+            "{tls}"
+        );
+        assert!(node_url("http://h:1/?x=1").unwrap_err().contains("query"));
+        assert!(node_url("http://h:1/#f").unwrap_err().contains("fragment"));
+        assert!(node_url("nonsense").is_err());
+    }
+
+    /// A stream name, pattern, key or subscription name is one path segment whatever it
+    /// holds: a `/`, `%`, `?`, `#` or `..` in it cannot move the request to another path or
+    /// stream (before, `orders%2Eeu` published to `orders.eu`, and `a/../../v1/x` walked
+    /// the path).
+    #[test]
+    fn names_are_one_path_segment_each() {
+        let conn = Conn {
+            node: "http://127.0.0.1:8400".into(),
+            token: None,
+            token_file: None,
+        };
+        let path = |segments: &[&str]| conn.endpoint(segments).unwrap().path().to_string();
+        assert_eq!(
+            path(&["v1", "streams", "orders.eu", "events"]),
+            "/v1/streams/orders.eu/events"
+        );
+        assert_eq!(
+            path(&["v1", "streams", "orders%2Eeu", "events"]),
+            "/v1/streams/orders%252Eeu/events"
+        );
+        assert_eq!(
+            path(&["v1", "streams", "orders/eu", "events"]),
+            "/v1/streams/orders%2Feu/events"
+        );
+        assert_eq!(
+            path(&["v1", "streams", "orders.>", "subscribe"]),
+            "/v1/streams/orders.%3E/subscribe"
+        );
+        let dots = conn.endpoint(&["v1", "tables", "kv", ".."]).unwrap_err();
+        assert!(format!("{dots}").contains("cannot be sent"), "{dots}");
+        assert_eq!(
+            path(&["v1", "streams", "a?b#c", "events"]),
+            "/v1/streams/a%3Fb%23c/events"
+        );
+        let behind = Conn {
+            node: "http://h:1/weft".into(),
+            ..conn.clone()
+        };
+        assert_eq!(
+            behind.endpoint(&["v1", "status"]).unwrap().path(),
+            "/weft/v1/status"
+        );
+    }
+
+    /// `--token` before `--token-file` before `WEFT_TOKEN`; an empty `WEFT_TOKEN` is no
+    /// token, an empty token file an error. Before, WEFT_TOKEN (even empty) overrode an
+    /// explicit `--token-file`.
+    #[test]
+    fn an_explicit_token_comes_before_the_environment() {
+        let dir = std::env::temp_dir().join(format!("weft-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.token");
+        std::fs::write(&file, "weft_file\n").unwrap();
+        let env = || Some("weft_env".to_string());
+        let pick = |flag, file, env| pick_token(flag, file, env).unwrap();
+        assert_eq!(
+            pick(Some("weft_flag"), Some(file.as_path()), env()).as_deref(),
+            Some("weft_flag")
+        );
+        assert_eq!(
+            pick(None, Some(file.as_path()), env()).as_deref(),
+            Some("weft_file")
+        );
+        assert_eq!(
+            pick(None, Some(file.as_path()), Some(String::new())).as_deref(),
+            Some("weft_file")
+        );
+        assert_eq!(pick(None, None, env()).as_deref(), Some("weft_env"));
+        assert_eq!(pick(None, None, Some(" ".into())), None);
+        assert_eq!(pick(None, None, None), None);
+        std::fs::write(&file, "\n").unwrap();
+        let empty = pick_token(None, Some(file.as_path()), env()).unwrap_err();
+        assert!(format!("{empty}").contains("is empty"), "{empty}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn utc_formats_unix_milliseconds() {

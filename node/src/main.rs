@@ -464,13 +464,23 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { out, client } => {
+            let mut tpath = out.clone().into_os_string();
+            tpath.push(".token");
+            let tpath = PathBuf::from(tpath);
+            // Both paths checked before either is written: a second run must not find
+            // half of the first's output.
+            for p in [&out, &tpath].into_iter().take(if client { 2 } else { 1 }) {
+                if p.exists() {
+                    anyhow::bail!(
+                        "{} exists already: keygen never overwrites a key or a token (remove it, or choose another --out)",
+                        p.display()
+                    );
+                }
+            }
             let signer = keys::generate(&out)?;
             say!("wrote {} (mode 0600)", out.display());
             say!("public key: {}", signer.origin());
             if client {
-                let mut tpath = out.clone().into_os_string();
-                tpath.push(".token");
-                let tpath = PathBuf::from(tpath);
                 let (_, hash) = keys::generate_token(&tpath)?;
                 say!("wrote {} (mode 0600)", tpath.display());
                 say!("token_sha256: {hash}");
