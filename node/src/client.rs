@@ -275,22 +275,44 @@ impl Publisher<'_> {
     /// follows), one answered 429 / 503 is sent again after its `Retry-After` (at most
     /// [`PUBLISH_RETRIES`] times, waits of at most [`PUBLISH_RETRY_AFTER_MAX`]). Each
     /// published batch's answer goes to `done`.
+    /// `before`: the events published before `lines` (a failure names the input's lines by
+    /// their number among the non-blank ones).
     async fn send(
         &self,
         lines: &[String],
+        before: u64,
         size: &mut usize,
         done: &mut impl FnMut(&Value),
     ) -> anyhow::Result<()> {
         let mut rest = lines;
         while !rest.is_empty() {
+            let first = before + (lines.len() - rest.len()) as u64 + 1;
             let n = rest.len().min((*size).max(1));
+            let failed = |e: anyhow::Error| {
+                let at = format!("{e:#}");
+                let line = at
+                    .split_once("at index ")
+                    .and_then(|(_, i)| {
+                        i.split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .map(|i| format!("; index {i} is input line {}", first + i))
+                    .unwrap_or_default();
+                e.context(format!(
+                    "input lines {first} to {} (counting non-blank lines) and those after them were not published; the {} before them were{line}",
+                    first + n as u64 - 1,
+                    first - 1
+                ))
+            };
             let batch: Vec<Value> = rest[..n]
                 .iter()
                 .map(|l| cli_event(l, self.ty, self.key))
                 .collect();
             let mut attempt = 0;
             loop {
-                match self.post(&batch).await? {
+                match self.post(&batch).await.map_err(failed)? {
                     Sent::Done(body) => {
                         done(&body);
                         rest = &rest[n..];
@@ -304,20 +326,20 @@ impl Publisher<'_> {
                         );
                         break;
                     }
-                    Sent::OverBurst(e) => return Err(e),
+                    Sent::OverBurst(e) => return Err(failed(e)),
                     Sent::Later(wait, e) => {
                         attempt += 1;
                         let wait = wait.unwrap_or(Duration::from_secs(1));
                         if attempt > PUBLISH_RETRIES {
-                            return Err(
-                                e.context(format!("gave up after {PUBLISH_RETRIES} retries"))
-                            );
+                            return Err(failed(
+                                e.context(format!("gave up after {PUBLISH_RETRIES} retries")),
+                            ));
                         }
                         if wait > PUBLISH_RETRY_AFTER_MAX {
-                            return Err(e.context(format!(
+                            return Err(failed(e.context(format!(
                                 "the node asks to retry in {} s: not waiting that long",
                                 wait.as_secs()
-                            )));
+                            ))));
                         }
                         eprintln!(
                             "weft publish: {e:#}; retrying in {} s ({attempt} of {PUBLISH_RETRIES})",
@@ -373,7 +395,9 @@ async fn publish_lines(
             }
         }
         if !lines.is_empty() {
-            publisher.send(&lines, &mut size, &mut done).await?;
+            publisher
+                .send(&lines, published, &mut size, &mut done)
+                .await?;
             published += lines.len() as u64;
         }
     }
@@ -1456,7 +1480,11 @@ pub(crate) fn table_get(
             if v["error"]["reason"] == "no_such_key" {
                 return anyhow::Ok((status, v));
             }
-            bail!("node answered {status}: {}", v["error"]["message"]);
+            bail!(
+                "node answered {status}: {}: {}",
+                v["error"]["reason"].as_str().unwrap_or("not_found"),
+                v["error"]["message"].as_str().unwrap_or("")
+            );
         }
         anyhow::Ok((status, check(resp).await?.json::<Value>().await?))
     })?;
@@ -1465,8 +1493,9 @@ pub(crate) fn table_get(
         return Ok(status.is_success());
     }
     if !status.is_success() {
-        say!(
-            "{}{}",
+        // On stderr, as every error: `v=$(weft get ...)` must not take it for the value.
+        eprintln!(
+            "weft get: {}{}",
             v["error"]["message"].as_str().unwrap_or("no such key"),
             if v["deleted"] == true {
                 " (deleted)"
@@ -2362,6 +2391,57 @@ mod tests {
         let calls = calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2, "{calls:?}");
         assert_eq!(calls[0], calls[1], "the same events again, by their ids");
+        server.abort();
+    }
+
+    /// A batch the node refuses names the input lines that were not published, and the
+    /// line an event index points at (before: "batch event at index 1" alone, with no
+    /// word of which lines went and which did not).
+    #[tokio::test]
+    async fn a_refused_batch_names_the_input_lines_not_published() {
+        let app = axum::Router::new().route(
+            "/v1/streams/s/events",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                use axum::response::IntoResponse as _;
+                let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                if batch.iter().any(|e| e["data"]["n"] == 5) {
+                    return (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        axum::Json(serde_json::json!({"error": {"reason": "payload_too_large",
+                            "message": "batch event at index 1: too large"}})),
+                    )
+                        .into_response();
+                }
+                let ids: Vec<String> = batch
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_string())
+                    .collect();
+                axum::Json(serde_json::json!({"ids": ids})).into_response()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for n in 1..=6 {
+            tx.send(Ok(format!("{{\"n\":{n}}}"))).await.unwrap();
+        }
+        drop(tx);
+        let args = PublishArgs {
+            batch: 3,
+            linger_ms: 50,
+        };
+        let mut answers = 0;
+        let e = publish_lines(&publisher(&node), rx, &args, |_| answers += 1)
+            .await
+            .unwrap_err();
+        let said = format!("{e:#}");
+        assert!(said.contains("input lines 4 to 6"), "{said}");
+        assert!(said.contains("the 3 before them were"), "{said}");
+        assert!(said.contains("index 1 is input line 5"), "{said}");
+        assert_eq!(answers, 1);
         server.abort();
     }
 

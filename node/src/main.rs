@@ -178,7 +178,6 @@ enum Command {
         exit_with_parent: Option<u32>,
     },
     /// `weft-agent status` for an agent config: connected node, RTT, outbox, counters.
-    #[command(hide = true)]
     AgentStatus {
         /// The agent's config file.
         #[arg(long)]
