@@ -1136,6 +1136,14 @@ async fn publish_inner(
     let media = media_type(&headers);
     if media == WEFT_CBOR {
         let event = presigned(api, &principal, &body, path_stream.as_ref())?;
+        let s = event.security();
+        ack_reachable(
+            api,
+            api.policy.policy().as_deref(),
+            ack,
+            0,
+            (event.stream(), &s.classification, &s.residency),
+        )?;
         hlc_check(api, &principal.name, &event).await?;
         table_write_check(api, &principal.name, &event).await?;
         let charge = match api.policy.policy() {
@@ -1318,6 +1326,13 @@ async fn publish_inner(
             None => ("internal".to_string(), Residency::Unrestricted),
             Some(policy) => enforce_publish(api, policy, &principal, &stream, i)?,
         };
+        ack_reachable(
+            api,
+            policy.as_deref(),
+            ack,
+            i,
+            (&stream, &classification, &residency),
+        )?;
         drafts.push(EventDraft {
             stream,
             key: e.key.as_ref().map(|k| k.as_bytes().to_vec()),
@@ -1567,6 +1582,13 @@ pub(crate) async fn publish_op(
             stamped
         }
     };
+    ack_reachable(
+        api,
+        policy.as_deref(),
+        ack,
+        0,
+        (&stream, &classification, &residency),
+    )?;
     let draft = EventDraft {
         stream,
         key: Some(key),
@@ -3285,6 +3307,40 @@ async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiRe
 /// Publish authorization and residency stamping under the policy: who may publish to the
 /// stream, and which classification and residency set the event is signed with. A refusal
 /// is a 403 naming the rule's reason, counted and audited.
+/// Refuses an `ack=regions:N` (N > 1) the policy keeps from ever being met: the event may
+/// be held in fewer than N regions (its class's jurisdictions, its stream's listed
+/// regions). Refused before anything is signed or stored (400 `ack_unreachable`, naming
+/// the regions), instead of stored and answered 504 after the ack timeout, at every retry.
+/// Regions the policy allows but no node runs in yet are not known here: that stays a 504.
+fn ack_reachable(
+    api: &Api,
+    policy: Option<&weft_policy::Policy>,
+    ack: Ack,
+    index: usize,
+    (stream, classification, residency): (&StreamName, &str, &Residency),
+) -> ApiResult<()> {
+    let (Ack::Regions(n), Some(policy)) = (ack, policy) else {
+        return Ok(());
+    };
+    let Some(regions) = policy
+        .regions_that_may_hold(stream, classification, residency)
+        .filter(|r| r.len() < n)
+    else {
+        return Ok(());
+    };
+    let most = regions.len();
+    let list = regions.into_iter().collect::<Vec<_>>().join(", ");
+    Err(api.fail(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "ack_unreachable",
+        format!(
+            "event {index}: ack=regions:{n} can never be met: policy epoch {} lets events of class {classification} on {} be held in {most} region(s) ({list}); ask for at most regions:{most}",
+            policy.epoch(),
+            stream.as_str(),
+        ),
+    )))
+}
+
 pub(crate) fn enforce_publish(
     api: &Api,
     policy: &weft_policy::Policy,

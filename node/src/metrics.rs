@@ -156,6 +156,7 @@ pub(crate) const CONFIRM_RETRY_REASONS: [&str; 4] = [
 /// node stops (exit 74): alert on the restarts, not on them.
 pub(crate) const REJECT_REASONS: &[&str] = &[
     "ack_timeout",
+    "ack_unreachable",
     "audit_error",
     "bad_ack",
     "bad_attribute_name",

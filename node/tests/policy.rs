@@ -156,6 +156,24 @@ fn an_eu_resident_stream_never_reaches_the_us_node_and_access_rules_hold() {
             .map(|r| r.as_str().unwrap())
             .collect();
         assert!(!regions.contains(&"aws:us-east-1"), "{body}");
+        // Three regions for an EU-only class the policy places in two: refused at once,
+        // naming them, and nothing stored (before: stored, then 504 after the ack timeout
+        // at every retry).
+        let (status, body) = c
+            .publish(0, "pii.customers", "regions:3", &[json!({"name": "Bea"})])
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["reason"], "ack_unreachable", "{body}");
+        let said = body["error"]["message"].as_str().unwrap();
+        assert!(
+            said.contains("aws:eu-central-1, aws:eu-west-1") && said.contains("regions:2"),
+            "{said}"
+        );
+        assert_eq!(
+            c.ids(0, "pii.customers").await.unwrap_or_default(),
+            vec![pii_id.clone()],
+            "the refused event was stored"
+        );
         // Public: everywhere (and a marker that the US node has caught up with eu-a).
         let (status, body) = c
             .publish(0, "orders.eu", "regions:3", &[json!({"order": 1})])

@@ -992,3 +992,34 @@ fn docs_quote_the_example_verbatim() {
         "docs/policy.md §1 differs from policy/examples/eu-retail.toml"
     );
 }
+
+/// The regions an event may be held in, which bound what `ack=regions:N` can be confirmed
+/// in: a class's jurisdictions' regions, cut to the regions a stream's rule names; none
+/// for a public class on a stream replicated everywhere. A residency narrower than its
+/// class (a pre-signed stamp) narrows them.
+#[test]
+fn the_regions_an_event_may_be_held_in() {
+    let p = policy();
+    let eu = ["aws:eu-central-1", "aws:eu-west-1"];
+    let held = |s: &str, class: &str, residency: &Residency| {
+        p.regions_that_may_hold(&stream(s), class, residency)
+            .map(|r| r.into_iter().collect::<Vec<_>>())
+    };
+    assert_eq!(
+        held("orders.eu.ie", "eu-personal", &Residency::Unrestricted),
+        Some(eu.to_vec())
+    );
+    assert_eq!(
+        held("payments.card", "payment", &Residency::Unrestricted),
+        Some(vec!["aws:eu-central-1", "aws:eu-west-1", "aws:us-east-1"])
+    );
+    let only_us = Residency::only(["US"]).unwrap();
+    assert_eq!(
+        held("payments.card", "payment", &only_us),
+        Some(vec!["aws:us-east-1"])
+    );
+    assert_eq!(
+        held("orders.global.x", "public", &Residency::Unrestricted),
+        None
+    );
+}
