@@ -289,6 +289,10 @@ impl Publisher<'_> {
             let first = before + (lines.len() - rest.len()) as u64 + 1;
             let n = rest.len().min((*size).max(1));
             let failed = |e: anyhow::Error| {
+                // One event in all (DATA, or one line): nothing to name.
+                if before == 0 && lines.len() == 1 {
+                    return e;
+                }
                 let at = format!("{e:#}");
                 let line = at
                     .split_once("at index ")
@@ -959,9 +963,16 @@ pub(crate) fn peers(conn: &Conn, json: bool) -> anyhow::Result<()> {
 }
 
 /// `weft routes`.
-pub(crate) fn routes(conn: &Conn) -> anyhow::Result<()> {
+pub(crate) fn routes(conn: &Conn, json: bool) -> anyhow::Result<()> {
     let v = runtime()?.block_on(get_json(conn, "/v1/mesh/routes"))?;
-    say!("from {}", v["from"].as_str().unwrap_or(""));
+    if json {
+        say!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    say!(
+        "from {} (one-way latency estimates, ms; `weft peers` shows round trips)",
+        v["from"].as_str().unwrap_or("")
+    );
     say!(
         "{:<28} {:<11} {:>8} {:>10}  PATH (ALTERNATIVES)",
         "TO REGION",
@@ -1008,8 +1019,12 @@ pub(crate) fn routes(conn: &Conn) -> anyhow::Result<()> {
 }
 
 /// `weft status`.
-pub(crate) fn status(conn: &Conn) -> anyhow::Result<()> {
+pub(crate) fn status(conn: &Conn, json: bool) -> anyhow::Result<()> {
     let v = runtime()?.block_on(get_json(conn, "/v1/status"))?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
     for k in [
         "name",
         "region",
@@ -1452,6 +1467,16 @@ pub(crate) fn table_get(
             }
             say!("{}", serde_json::to_string_pretty(&body)?);
         } else {
+            if l.keys.is_empty() && l.more_after.is_none() {
+                eprintln!(
+                    "({stream} has no keys{})",
+                    if list.after.is_some() || list.prefix.is_some() {
+                        " in that range"
+                    } else {
+                        ""
+                    }
+                );
+            }
             for k in &l.keys {
                 print_key(k);
             }

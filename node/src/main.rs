@@ -93,6 +93,19 @@ struct Cli {
     command: Command,
 }
 
+/// `--expect-digest`: a SHA-256 in hex (64 digits), lower-cased as the node prints it.
+fn sha256_hex(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "not a SHA-256 in hex: {} characters, 64 hexadecimal digits expected",
+            t.len()
+        ))
+    }
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Sign a TOML bundle (or add signatures to a signed one) with operator keys from
@@ -148,7 +161,7 @@ enum PolicyCommand {
         expect: Option<u64>,
         /// Exit with status 1 unless the contacted node enforces the bundle of this
         /// SHA-256 (`bundle_sha256` of GET /v1/policy; gossip carries epochs only).
-        #[arg(long, value_name = "HEX")]
+        #[arg(long, value_name = "HEX", value_parser = sha256_hex)]
         expect_digest: Option<String>,
     },
 }
@@ -224,6 +237,7 @@ enum Command {
     },
     /// Erase a key of a stream, or all data of a principal, on every node of the fabric
     /// (docs/tables.md, Erasure). Needs an admin principal's token.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["stream", "principal"]))]
     Erase {
         #[command(flatten)]
         conn: client::Conn,
@@ -234,7 +248,7 @@ enum Command {
         #[arg(long, requires = "stream")]
         key: Option<String>,
         /// Erase every event this principal published.
-        #[arg(long, required_unless_present = "stream")]
+        #[arg(long)]
         principal: Option<String>,
         /// With --principal: only in this tenant.
         #[arg(long, requires = "principal")]
@@ -353,15 +367,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the path events take to each region.
+    /// Show the path events take to each region (one-way latency estimates).
     Routes {
         #[command(flatten)]
         conn: client::Conn,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the node's status.
     Status {
         #[command(flatten)]
         conn: client::Conn,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the node's audit log (denials, policy and fault-injection changes), newest
     /// first. Needs an admin principal's token.
@@ -574,12 +594,12 @@ fn run() -> anyhow::Result<ExitCode> {
             client::peers(&conn, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Routes { conn } => {
-            client::routes(&conn)?;
+        Command::Routes { conn, json } => {
+            client::routes(&conn, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { conn } => {
-            client::status(&conn)?;
+        Command::Status { conn, json } => {
+            client::status(&conn, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { conn, args } => {
