@@ -56,9 +56,13 @@ impl Conn {
     /// stays in it, and the node refuses a name it does not take, instead of the request
     /// going to another path).
     fn endpoint(&self, segments: &[&str]) -> anyhow::Result<reqwest::Url> {
-        // URLs resolve `.` and `..` segments (encoded or not) before anything is sent.
+        // URLs resolve `.` and `..` segments (encoded or not) before anything is sent,
+        // and an empty one names another route.
         if let Some(dots) = segments.iter().find(|s| matches!(**s, "." | "..")) {
             bail!("\"{dots}\" cannot be sent as a name in a URL path (URLs resolve it)");
+        }
+        if segments.iter().any(|s| s.is_empty()) {
+            bail!("an empty name (stream, key or subscription) cannot be sent");
         }
         let mut url =
             reqwest::Url::parse(&self.node).with_context(|| format!("node URL {}", self.node))?;
@@ -1858,6 +1862,8 @@ mod tests {
         );
         let dots = conn.endpoint(&["v1", "tables", "kv", ".."]).unwrap_err();
         assert!(format!("{dots}").contains("cannot be sent"), "{dots}");
+        let empty = conn.endpoint(&["v1", "tables", "kv", ""]).unwrap_err();
+        assert!(format!("{empty}").contains("empty name"), "{empty}");
         assert_eq!(
             path(&["v1", "streams", "a?b#c", "events"]),
             "/v1/streams/a%3Fb%23c/events"
