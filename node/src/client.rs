@@ -34,10 +34,14 @@ fn node_url(text: &str) -> Result<String, String> {
         ));
     };
     if url.scheme() != "http" {
+        let scheme = url.scheme().to_string();
+        let mut plain = url.clone();
+        let suggestion = match plain.set_scheme("http") {
+            Ok(()) => format!(": {}", plain.as_str().trim_end_matches('/')),
+            Err(()) => String::new(),
+        };
         return Err(format!(
-            "the node's API is served over plain http, not {}: http://{}",
-            url.scheme(),
-            &text[url.scheme().len() + 3..]
+            "the node's API is served over plain http, not {scheme}{suggestion}"
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
@@ -220,6 +224,8 @@ struct Publisher<'a> {
     token: String,
     ty: &'a str,
     key: Option<&'a str>,
+    /// One event given on the command line (DATA): its error needs no input line.
+    single: bool,
 }
 
 impl Publisher<'_> {
@@ -293,20 +299,23 @@ impl Publisher<'_> {
             let first = before + (lines.len() - rest.len()) as u64 + 1;
             let n = rest.len().min((*size).max(1));
             let failed = |e: anyhow::Error| {
-                // One event in all (DATA, or one line): nothing to name.
-                if before == 0 && lines.len() == 1 {
+                if self.single {
                     return e;
                 }
+                // The node names an event of the request as `event N:` or `at index N`.
                 let at = format!("{e:#}");
-                let line = at
-                    .split_once("at index ")
-                    .and_then(|(_, i)| {
-                        i.split(|c: char| !c.is_ascii_digit())
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
+                let index = ["at index ", "event "].into_iter().find_map(|mark| {
+                    at.split(mark).skip(1).find_map(|rest| {
+                        let digits: String =
+                            rest.chars().take_while(char::is_ascii_digit).collect();
+                        (!digits.is_empty())
+                            .then(|| digits.parse::<u64>().ok())
+                            .flatten()
                     })
-                    .map(|i| format!("; index {i} is input line {}", first + i))
+                });
+                let line = index
+                    .filter(|i| *i < n as u64)
+                    .map(|i| format!("; its event {i} is input line {}", first + i))
                     .unwrap_or_default();
                 e.context(format!(
                     "input lines {first} to {} (counting non-blank lines) and those after them were not published; the {} before them were{line}",
@@ -436,6 +445,7 @@ pub(crate) fn publish(
             token,
             ty,
             key: key.as_deref(),
+            single: data.as_deref().is_some_and(|d| d != "-"),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         match data {
@@ -1830,6 +1840,10 @@ mod tests {
         assert!(node_url("http://h:1/?x=1").unwrap_err().contains("query"));
         assert!(node_url("http://h:1/#f").unwrap_err().contains("fragment"));
         assert!(node_url("nonsense").is_err());
+        // No "://" in what was typed (a panic before, slicing past its end).
+        for odd in ["https:x", "ftp:h", "https:x\u{e9}"] {
+            assert!(node_url(odd).is_err(), "{odd}");
+        }
     }
 
     /// A stream name, pattern, key or subscription name is one path segment whatever it
@@ -2308,6 +2322,7 @@ mod tests {
             token: "t".into(),
             ty: "weft.cli",
             key: None,
+            single: false,
         }
     }
 
@@ -2471,7 +2486,7 @@ mod tests {
         let said = format!("{e:#}");
         assert!(said.contains("input lines 4 to 6"), "{said}");
         assert!(said.contains("the 3 before them were"), "{said}");
-        assert!(said.contains("index 1 is input line 5"), "{said}");
+        assert!(said.contains("its event 1 is input line 5"), "{said}");
         assert_eq!(answers, 1);
         server.abort();
     }

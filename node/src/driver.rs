@@ -1574,6 +1574,8 @@ impl Driver {
     /// commit, as every send).
     fn send_confirm_copies(&mut self, copies: Copies) {
         for (peer, events) in copies {
+            // The only copy of an own event published while no member was up may be this.
+            self.node.note_sent(&events);
             let addr = self
                 .members
                 .get(&peer)

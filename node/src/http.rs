@@ -3304,12 +3304,8 @@ async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiRe
     }
 }
 
-/// Publish authorization and residency stamping under the policy: who may publish to the
-/// stream, and which classification and residency set the event is signed with. A refusal
-/// is a 403 naming the rule's reason, counted and audited.
 /// Refuses an `ack=regions:N` (N > 1) the policy keeps from ever being met: the event may
-/// be held in fewer than N regions (its class's jurisdictions, its stream's listed
-/// regions). Refused before anything is signed or stored (400 `ack_unreachable`, naming
+/// be held in fewer than N regions (its class's jurisdictions). Refused before anything is signed or stored (400 `ack_unreachable`, naming
 /// the regions), instead of stored and answered 504 after the ack timeout, at every retry.
 /// Regions the policy allows but no node runs in yet are not known here: that stays a 504.
 fn ack_reachable(
@@ -3341,6 +3337,9 @@ fn ack_reachable(
     )))
 }
 
+/// Publish authorization and residency stamping under the policy: who may publish to the
+/// stream, and which classification and residency set the event is signed with. A refusal
+/// is a 403 naming the rule's reason, counted and audited.
 pub(crate) fn enforce_publish(
     api: &Api,
     policy: &weft_policy::Policy,

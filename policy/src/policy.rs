@@ -889,9 +889,10 @@ impl Policy {
     }
 
     /// The regions whose nodes may hold an event on `stream` of `classification` stamped
-    /// with `residency` (in clear: its effective residency's jurisdictions, and the regions
-    /// its stream's rule replicates to when it names them), in order; `None` when the
-    /// policy bounds neither. What `ack=regions:N` can at most be confirmed in.
+    /// with `residency` (in clear: its effective residency's jurisdictions), in order;
+    /// `None` when it is unrestricted. What `ack=regions:N` can at most be confirmed in.
+    /// (A stream rule's `regions` scope is not counted: the replication filter does not
+    /// apply it yet, so nodes elsewhere may hold and confirm the stream's events.)
     pub fn regions_that_may_hold(
         &self,
         stream: &StreamName,
@@ -900,24 +901,14 @@ impl Policy {
     ) -> Option<BTreeSet<&str>> {
         let mask = self
             .scope_of(stream, classification, residency, false)
-            .clear;
-        let listed = self
-            .stream_rule(stream)
-            .filter(|r| !stream.is_system() && r.replication == ReplicationScope::Regions)
-            .map(|r| &r.regions);
-        match (mask, listed) {
-            (None, None) => None,
-            (None, Some(listed)) => Some(listed.iter().map(String::as_str).collect()),
-            (Some(mask), listed) => Some(
-                self.region_bits
-                    .iter()
-                    .filter(|(r, b)| {
-                        mask & (1u64 << **b) != 0 && listed.is_none_or(|l| l.contains(*r))
-                    })
-                    .map(|(r, _)| r.as_str())
-                    .collect(),
-            ),
-        }
+            .clear?;
+        Some(
+            self.region_bits
+                .iter()
+                .filter(|(_, b)| mask & (1u64 << **b) != 0)
+                .map(|(r, _)| r.as_str())
+                .collect(),
+        )
     }
 
     /// Whether an enrolled device may receive (in clear) an event of `classification`

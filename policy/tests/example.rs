@@ -994,9 +994,9 @@ fn docs_quote_the_example_verbatim() {
 }
 
 /// The regions an event may be held in, which bound what `ack=regions:N` can be confirmed
-/// in: a class's jurisdictions' regions, cut to the regions a stream's rule names; none
-/// for a public class on a stream replicated everywhere. A residency narrower than its
-/// class (a pre-signed stamp) narrows them.
+/// in: a class's jurisdictions' regions; none for a public class. A residency narrower
+/// than its class (a pre-signed stamp) narrows them. A stream rule's `regions` scope does
+/// not (the replication filter does not apply it).
 #[test]
 fn the_regions_an_event_may_be_held_in() {
     let p = policy();

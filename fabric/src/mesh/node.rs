@@ -1194,6 +1194,13 @@ impl<S: Store> Node<S> {
         self.relay_cache.values()
     }
 
+    /// `events` went to a peer outside the core's own sends (the node's driver's
+    /// confirmable copies): this node's own among them are no longer unsent, so one pushed
+    /// out of the relay cache later is not named lost.
+    pub fn note_sent(&mut self, events: &[Arc<Event>]) {
+        self.own_sent(events);
+    }
+
     /// `events` go to a peer: this node's own among them are no longer unsent
     /// (`own_unsent`).
     pub(super) fn own_sent(&mut self, events: &[Arc<Event>]) {
@@ -1235,8 +1242,9 @@ impl<S: Store> Node<S> {
 
     /// Keeps `event` (not stored: outside this node's interest) in the relay cache, to
     /// answer GRAFTs (and, for this node's own events, peers that lack them), pushing out
-    /// the oldest at [`RELAY_CACHE_LEN_MAX`].
-    fn relay_keep(&mut self, id: EventId, event: Arc<Event>) {
+    /// the oldest at [`RELAY_CACHE_LEN_MAX`]. `publishing`: a local publish (an own event
+    /// that came from a peer is held there, so it is not unsent).
+    fn relay_keep(&mut self, id: EventId, event: Arc<Event>, publishing: bool) {
         let me = self.me.node_key();
         if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
             && let Some(old) = self.relay_order.pop_front()
@@ -1255,7 +1263,11 @@ impl<S: Store> Node<S> {
         if event.origin() == me {
             let seq = event.seq();
             self.own_relayed.insert(seq, id);
-            self.own_unsent.insert(seq);
+            if publishing {
+                self.own_unsent.insert(seq);
+            } else {
+                self.own_unsent.remove(&seq);
+            }
             // Back (a late copy of a number it had lost): held again.
             self.own_gone.remove(seq);
         }

@@ -228,7 +228,7 @@ impl<S: Store> Node<S> {
                 }
             }
         } else {
-            self.relay_keep(id, event);
+            self.relay_keep(id, event, publishing);
         }
         self.stats.events_new += 1;
         self.note_seen(origin, seq);

@@ -548,7 +548,8 @@ impl<S: Store> Node<S> {
                 self.arrived(&id);
                 return Ok(Inserted::Duplicate);
             }
-            self.relay_keep(id, event.clone());
+            // A copy that came back from a peer: that peer holds it.
+            self.relay_keep(id, event.clone(), false);
         }
         match passed {
             Passed::Skip(waiting) => {

@@ -4654,3 +4654,60 @@ fn own_events_pushed_out_of_the_relay_cache_unsent_are_named_lost() {
     assert!(node.stats().lost_out > 0);
     node.check_invariants_full();
 }
+
+/// An own event that came back from a peer (a restart's recovery, a push) is held by
+/// that peer: pushed out of the relay cache by other origins' relayed events, it is not
+/// named lost. Found by review: every own event in the cache was taken as unsent.
+#[test]
+fn an_own_event_that_came_from_a_peer_is_not_named_lost_when_pushed_out() {
+    let all = StreamPattern::new(">").unwrap();
+    let (mut node, peer) = lone_node_with_peer(crate::mesh::MemStore::new(16));
+    assert!(
+        node.handle_unsubscribe(0, &all),
+        "stores none of its streams"
+    );
+    let back: Vec<Arc<Event>> = (1..=3).map(|seq| event_at(9, seq, "orders.x")).collect();
+    node.handle_message(
+        0,
+        peer,
+        Message::Push {
+            events: back,
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        },
+    );
+    // Other origins' events relayed through this node push them out of the cache.
+    let relayed: Vec<Arc<Event>> = (1..=RELAY_CACHE_LEN_MAX as u64)
+        .map(|seq| event_at(3, seq, "orders.x"))
+        .collect();
+    for chunk in relayed.chunks(64) {
+        node.handle_message(
+            1_000,
+            peer,
+            Message::Push {
+                events: chunk.to_vec(),
+                relay: Vec::new(),
+                ack: 0,
+                reroutes: 0,
+            },
+        );
+    }
+    while node.poll_transmit().is_some() {}
+    assert_eq!(node.stats().own_unsent_lost, 0);
+    node.handle_message(
+        2_000_000,
+        peer,
+        Message::SyncRequest {
+            digest: Vec::new(),
+            from_origin: None,
+            settled: None,
+        },
+    );
+    let answer = drain_to(&mut node, peer);
+    assert!(
+        !answer.iter().any(|m| matches!(m, Message::Lost(_))),
+        "{answer:?}"
+    );
+    node.check_invariants_full();
+}
