@@ -1821,6 +1821,16 @@ fn older_hint(shown: usize, next_before: i64) -> String {
 mod tests {
     use super::*;
 
+    /// Serves `app` on a free loopback port: the base URL, and the server's task.
+    async fn stand_in(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (node, server)
+    }
+
     /// `--node` takes an http URL with a host and nothing after its path; the mistakes
     /// users make (no scheme, https, a query) are said at the start, not per request.
     #[test]
@@ -1960,14 +1970,7 @@ mod tests {
                 axum::Json(body)
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        (
-            url,
-            tokio::spawn(async move {
-                axum::serve(listener, app).await.unwrap();
-            }),
-        )
+        stand_in(app).await
     }
 
     /// A listing used to stop at the node's first page without a word: one page now says
@@ -2079,11 +2082,7 @@ mod tests {
                     }
                 }),
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (node, server) = stand_in(app).await;
         FakeSse {
             node,
             acks,
@@ -2307,11 +2306,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (node, server) = stand_in(app).await;
         (node, got, server)
     }
 
@@ -2416,11 +2411,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (node, server) = stand_in(app).await;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         for n in 1..=3 {
             tx.send(Ok(format!("{{\"n\":{n}}}"))).await.unwrap();
@@ -2465,11 +2456,7 @@ mod tests {
                 axum::Json(serde_json::json!({"ids": ids})).into_response()
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (node, server) = stand_in(app).await;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         for n in 1..=6 {
             tx.send(Ok(format!("{{\"n\":{n}}}"))).await.unwrap();

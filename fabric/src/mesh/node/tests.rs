@@ -4580,6 +4580,25 @@ fn an_answer_of_large_events_reads_and_sends_one_messages_worth() {
     );
 }
 
+/// What `node` answers `peer`'s anti-entropy request with an empty digest at `t` (the
+/// peer lacks everything).
+fn asked_with_nothing(
+    node: &mut Node<crate::mesh::MemStore>,
+    peer: OriginKey,
+    t: Micros,
+) -> Vec<Message> {
+    node.handle_message(
+        t,
+        peer,
+        Message::SyncRequest {
+            digest: Vec::new(),
+            from_origin: None,
+            settled: None,
+        },
+    );
+    drain_to(node, peer)
+}
+
 /// An origin that stores none of its stream, with no member up, publishes more events
 /// than its relay cache holds: the oldest are pushed out of the cache never sent, and no
 /// copy of them is left anywhere. Asked by a peer that lacks its events, it names those
@@ -4615,16 +4634,7 @@ fn own_events_pushed_out_of_the_relay_cache_unsent_are_named_lost() {
     node.member_up(Arc::new(other));
     while node.poll_transmit().is_some() {}
     let t = 1_000_000;
-    node.handle_message(
-        t,
-        peer,
-        Message::SyncRequest {
-            digest: Vec::new(),
-            from_origin: None,
-            settled: None,
-        },
-    );
-    let answer = drain_to(&mut node, peer);
+    let answer = asked_with_nothing(&mut node, peer, t);
     let lost: Vec<(u64, u64)> = answer
         .iter()
         .filter_map(|m| match m {
@@ -4695,16 +4705,7 @@ fn an_own_event_that_came_from_a_peer_is_not_named_lost_when_pushed_out() {
     }
     while node.poll_transmit().is_some() {}
     assert_eq!(node.stats().own_unsent_lost, 0);
-    node.handle_message(
-        2_000_000,
-        peer,
-        Message::SyncRequest {
-            digest: Vec::new(),
-            from_origin: None,
-            settled: None,
-        },
-    );
-    let answer = drain_to(&mut node, peer);
+    let answer = asked_with_nothing(&mut node, peer, 2_000_000);
     assert!(
         !answer.iter().any(|m| matches!(m, Message::Lost(_))),
         "{answer:?}"
