@@ -252,7 +252,10 @@ fn both_sides_of_a_partition_write_the_same_keys_and_every_replica_converges() {
             &c.dir,
             &["get", "--node", &node0, "--prefix", "a", "set.tags"],
         );
-        assert!(ok && out.is_empty(), "no key starts with a: {out}");
+        assert!(
+            ok && out.trim() == "(set.tags has no keys in that range)",
+            "no key starts with a, and the listing says so on stderr: {out}"
+        );
 
         // Conflicts were counted by strategy.
         let m = reqwest::get(c.url(0, "/metrics"))
