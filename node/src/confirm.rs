@@ -224,14 +224,14 @@ impl Confirmations {
     /// every region that has not confirmed it, whatever was asked there before.
     pub(crate) fn again(
         &mut self,
-        ids: &BTreeMap<EventId, usize>,
+        ids: &BTreeSet<EventId>,
         roster: &impl Roster,
         now: Instant,
     ) -> Copies {
         let regions = self.other_regions(roster);
         let mut copies = Copies::new();
-        for (id, &want) in ids {
-            let Some(w) = self.watches.get(id).filter(|w| w.regions.len() < want) else {
+        for id in ids {
+            let Some(w) = self.watches.get(id).filter(|w| w.regions.len() < w.want) else {
                 continue;
             };
             let Some(event) = w.event.clone() else {
@@ -532,7 +532,7 @@ mod tests {
         book.around_relays(pushed.into_values(), &roster(), now);
         book.confirmed([a.id(), b.id()], "ap");
         book.confirmed([b.id()], "us");
-        let ids = [(a.id(), 3), (b.id(), 3)].into_iter().collect();
+        let ids = [a.id(), b.id()].into_iter().collect();
         let copies = book.again(&ids, &roster(), now);
         assert_eq!(sent(&copies), vec![(US2, vec![1])]);
         // Every member of the region asked: nothing more to ask.
@@ -556,7 +556,7 @@ mod tests {
         book.asked_by_push(key(AP1), std::slice::from_ref(&e), &mut pushed);
         book.around_relays(pushed.into_values(), &three_in_us, now);
         book.confirmed([e.id()], "ap");
-        let ids = [(e.id(), 3)].into_iter().collect();
+        let ids = [e.id()].into_iter().collect();
         let copies = book.again(&ids, &three_in_us, now);
         assert_eq!(sent(&copies), vec![(US2, vec![1])]);
         let copies = book.elsewhere(key(US2), "us", vec![e.clone()], &three_in_us, now);

@@ -808,17 +808,14 @@ impl Driver {
             self.metrics.reject("ack_timeout");
             self.answer(w, true);
         }
-        // Each event once, with the most regions any of its publishes waits for.
-        let mut again: BTreeMap<EventId, usize> = BTreeMap::new();
+        // Each event once (the book knows the most regions its publishes wait for).
+        let mut again: BTreeSet<EventId> = BTreeSet::new();
         for w in &mut self.confirming {
-            if let (Some(t), Ack::Regions(n)) = (w.ask_again, w.ack)
+            if let Some(t) = w.ask_again
                 && t <= now
             {
                 w.ask_again = None;
-                for id in &w.ids {
-                    let want = again.entry(*id).or_default();
-                    *want = (*want).max(n);
-                }
+                again.extend(w.ids.iter().copied());
             }
         }
         if !again.is_empty() {
@@ -1521,7 +1518,7 @@ impl Driver {
     /// whose connection has not timed out: nothing comes back before the exchange's 30 s
     /// bound) or that answered without them does not hold the publish to its timeout. Once
     /// per publish; each member is asked once per event.
-    fn confirm_again(&mut self, ids: &BTreeMap<EventId, usize>) {
+    fn confirm_again(&mut self, ids: &BTreeSet<EventId>) {
         let roster = DriverRoster::of(&self.members, &self.node);
         let copies = self.confirms.again(ids, &roster, Instant::now());
         if !copies.is_empty() {
@@ -1564,6 +1561,10 @@ impl Driver {
     }
 
     fn count_retries(&self, why: RetryReason, copies: u64) {
+        // Called on every step that pushes watched events: no label built for nothing.
+        if copies == 0 {
+            return;
+        }
         self.metrics
             .confirm_retries
             .get_or_create(&vec![("reason", why.label().to_string())])

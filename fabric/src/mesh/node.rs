@@ -1194,16 +1194,10 @@ impl<S: Store> Node<S> {
         self.relay_cache.values()
     }
 
-    /// `events` went to a peer outside the core's own sends (the node's driver's
-    /// confirmable copies): this node's own among them are no longer unsent, so one pushed
-    /// out of the relay cache later is not named lost.
+    /// `events` go to a peer (the core's pushes and answers, and sends outside the core:
+    /// the node's driver's confirmable copies): this node's own among them are no longer
+    /// unsent (`own_unsent`), so one pushed out of the relay cache later is not named lost.
     pub fn note_sent(&mut self, events: &[Arc<Event>]) {
-        self.own_sent(events);
-    }
-
-    /// `events` go to a peer: this node's own among them are no longer unsent
-    /// (`own_unsent`).
-    pub(super) fn own_sent(&mut self, events: &[Arc<Event>]) {
         if self.own_unsent.is_empty() {
             return;
         }

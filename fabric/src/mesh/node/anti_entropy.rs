@@ -735,7 +735,7 @@ impl<S: Store> Node<S> {
         }
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
-        self.own_sent(&events);
+        self.note_sent(&events);
         self.stats.sync_events_sent += events.len() as u64;
         let your_high = self.your_high(&from, &theirs, from_origin);
         self.send(

@@ -461,7 +461,7 @@ impl<S: Store> Node<S> {
         ack: bool,
         reroutes: u8,
     ) {
-        self.own_sent(events);
+        self.note_sent(events);
         let chunks = batches_of(events, self.config.push_batch_len_max);
         let last = chunks.len().saturating_sub(1);
         let mut hops = Some(hops);
