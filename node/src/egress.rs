@@ -166,7 +166,7 @@ impl std::fmt::Display for Failure {
             ),
             Failure::Unclassified(r) => write!(f, "the target cannot be stamped: {r}"),
             Failure::ResidencyIngress(m) => {
-                write!(f, "this node may not hold the derived event: {m}")
+                write!(f, "the derived event is refused here: {m}")
             }
             Failure::ResidencyDisjoint(m) => write!(f, "nowhere may hold the derived event: {m}"),
             Failure::HashKeyMissing(m) => write!(f, "{m}"),
@@ -347,20 +347,14 @@ fn sign_derived(
         })?;
     // Stored here before it goes anywhere: this node must be one that may hold it, as an
     // ingress node must for any event it takes in.
-    if !policy.may_hold(
+    if let Some(why) = crate::http::ingress_refusal(
+        policy,
         &api.me,
         &derived.stream,
         &stamp.classification,
         &stamp.residency,
     ) {
-        return Err(Failure::ResidencyIngress(format!(
-            "{} in {} is outside class {} (residency {}, policy epoch {})",
-            api.me.jurisdiction,
-            api.me.region,
-            stamp.classification,
-            weft_policy::residency_text(&stamp.residency),
-            policy.epoch()
-        )));
+        return Err(Failure::ResidencyIngress(why));
     }
     let hlc = p.stamp().map_err(|e| Failure::Sign(e.to_string()))?;
     let seq = p.last_seq(&api.own_numbers) + 1;

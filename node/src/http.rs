@@ -1983,7 +1983,9 @@ pub(crate) fn presigned_refusal(
 
 /// A node stores what it accepts, so it accepts a publish only of a class it may hold in
 /// clear: an EU-resident event published at a US node is refused there (403
-/// `residency_ingress`), never stored and forwarded.
+/// `residency_ingress`), never stored and forwarded. So is an event on a stream whose rule
+/// keeps it to other regions (`replication = "regions"`): the same code, so that an edge
+/// agent tries another node as it does for residency (`REFUSED_HERE_ONLY`).
 fn check_may_hold(
     api: &Api,
     policy: &weft_policy::Policy,
@@ -1991,20 +1993,52 @@ fn check_may_hold(
     classification: &str,
     residency: &Residency,
 ) -> Result<(), ApiError> {
-    if policy.may_hold(&api.me, stream, classification, residency) {
-        return Ok(());
+    ingress_refusal(policy, &api.me, stream, classification, residency).map_or(Ok(()), |why| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "residency_ingress",
+            format!("{why}: publish through a node that may hold it"),
+        ))
+    })
+}
+
+/// Why `me` may not hold an event on `stream` of `classification` stamped `residency`
+/// (`None`: it may), naming the rule that keeps it out: the residency set, or the stream
+/// rule's replication regions.
+pub(crate) fn ingress_refusal(
+    policy: &weft_policy::Policy,
+    me: &weft_fabric::mesh::MemberInfo,
+    stream: &StreamName,
+    classification: &str,
+    residency: &Residency,
+) -> Option<String> {
+    let decision = policy.hold_decision(me, stream, classification, residency);
+    if decision.hop == weft_policy::Hop::Clear {
+        return None;
     }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "residency_ingress",
-        format!(
-            "this node ({} in {}) may not hold events of class {classification} (residency {}, policy epoch {}): publish through a node inside the residency set",
-            api.me.jurisdiction,
-            api.me.region,
+    Some(match (decision.reason, policy.stream_rule(stream)) {
+        (weft_policy::HopReason::OutsideReplicationScope, Some(rule)) => format!(
+            "this node ({} in {}) may not hold events on {}: stream rule streams[{}] of policy epoch {} keeps them to regions {}{}",
+            me.jurisdiction,
+            me.region,
+            stream.as_str(),
+            rule.index,
+            policy.epoch(),
+            rule.regions.iter().cloned().collect::<Vec<_>>().join(", "),
+            if policy.placement(me).is_granted() {
+                ""
+            } else {
+                " (and this node's jurisdiction claim is not granted, so its region is not taken on its word)"
+            }
+        ),
+        _ => format!(
+            "this node ({} in {}) may not hold events of class {classification} (residency {}, policy epoch {})",
+            me.jurisdiction,
+            me.region,
             weft_policy::residency_text(residency),
             policy.epoch()
         ),
-    ))
+    })
 }
 
 async fn submit(
@@ -3305,8 +3339,10 @@ async fn policy_bundle(State(api): State<Arc<Api>>, headers: HeaderMap) -> ApiRe
 }
 
 /// Refuses an `ack=regions:N` (N > 1) the policy keeps from ever being met: the event may
-/// be held in fewer than N regions (its class's jurisdictions). Refused before anything is signed or stored (400 `ack_unreachable`, naming
-/// the regions), instead of stored and answered 504 after the ack timeout, at every retry.
+/// be held in fewer than N regions (its class's jurisdictions' regions, narrowed to the
+/// stream rule's replication regions). Refused before anything is signed or stored (400
+/// `ack_unreachable`, naming the regions), instead of stored and answered 504 after the
+/// ack timeout, at every retry.
 /// Regions the policy allows but no node runs in yet are not known here: that stays a 504.
 fn ack_reachable(
     api: &Api,
@@ -3330,7 +3366,7 @@ fn ack_reachable(
         StatusCode::BAD_REQUEST,
         "ack_unreachable",
         format!(
-            "event {index}: ack=regions:{n} can never be met: policy epoch {} lets events of class {classification} on {} be held in {most} region(s) ({list}); ask for at most regions:{most}",
+            "event {index}: ack=regions:{n} can never be met: policy epoch {} lets events of class {classification} on {} be held in {most} region(s) ({list}: residency and the stream's replication regions); ask for at most regions:{most}",
             policy.epoch(),
             stream.as_str(),
         ),

@@ -28,8 +28,9 @@ fn weft(dir: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// The bundle: EU = the two EU nodes in their regions, US = the US node; `pii.>` is
-/// EU-resident personal data, `orders.>` public; the test principal may publish to both
-/// (and read both) and nothing else. `us_jurisdiction` is where the US node's key is granted.
+/// EU-resident personal data, `orders.>` public, `kept.>` public but replicated to
+/// eu-west-1 and us-east-1 only (not eu-central-1); the test principal may publish to
+/// those (and read them) and nothing else. `us_jurisdiction` is where the US node's key is granted.
 fn bundle(keys: &[String], token_sha256: &str, us_jurisdiction: &str) -> String {
     format!(
         r#"format = 1
@@ -57,14 +58,14 @@ token_sha256 = "{token_sha256}"
 name = "write"
 effect = "allow"
 actions = ["publish"]
-streams = ["pii.>", "orders.>"]
+streams = ["pii.>", "orders.>", "kept.>"]
 roles = ["writer"]
 
 [[access]]
 name = "read"
 effect = "allow"
 actions = ["subscribe", "read"]
-streams = ["pii.>", "orders.>"]
+streams = ["pii.>", "orders.>", "kept.>"]
 roles = ["writer"]
 
 [classes.eu-personal]
@@ -83,6 +84,12 @@ replication = "all"
 pattern = "orders.>"
 classification = "public"
 replication = "all"
+
+[[streams]]
+pattern = "kept.>"
+classification = "public"
+replication = "regions"
+regions = ["aws:eu-west-1", "aws:us-east-1"]
 "#,
         a = keys[0],
         b = keys[1],
@@ -174,6 +181,33 @@ fn an_eu_resident_stream_never_reaches_the_us_node_and_access_rules_hold() {
             vec![pii_id.clone()],
             "the refused event was stored"
         );
+        // Kept to two regions: refused at the node outside them, naming the rule; an ack
+        // of three regions can never be met; held where the rule says.
+        let (status, body) = c
+            .publish(1, "kept.audit", "local", &[json!({"n": 0})])
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["reason"], "residency_ingress", "{body}");
+        let said = body["error"]["message"].as_str().unwrap();
+        assert!(
+            said.contains("streams[2]") && said.contains("aws:eu-west-1, aws:us-east-1"),
+            "{said}"
+        );
+        let (status, body) = c
+            .publish(0, "kept.audit", "regions:3", &[json!({"n": 1})])
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["reason"], "ack_unreachable", "{body}");
+        let (status, body) = c
+            .publish(0, "kept.audit", "regions:2", &[json!({"n": 2})])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let kept_id = body["ids"][0].as_str().unwrap().to_string();
+        assert_eq!(
+            body["regions"],
+            json!(["aws:eu-west-1", "aws:us-east-1"]),
+            "{body}"
+        );
         // Public: everywhere (and a marker that the US node has caught up with eu-a).
         let (status, body) = c
             .publish(0, "orders.eu", "regions:3", &[json!({"order": 1})])
@@ -198,6 +232,25 @@ fn an_eu_resident_stream_never_reaches_the_us_node_and_access_rules_hold() {
             .await
             .unwrap();
         assert_eq!(r.status(), 404, "the US node serves the EU-resident event");
+        assert_eq!(
+            c.ids(2, "kept.audit").await.unwrap_or_default(),
+            vec![kept_id.clone()]
+        );
+        assert!(
+            c.ids(1, "kept.audit").await.unwrap_or_default().is_empty(),
+            "eu-central-1 holds an event its stream rule keeps out"
+        );
+        let r = http
+            .get(c.url(1, &format!("/v1/events/{kept_id}")))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "eu-central-1 serves an event kept out of it"
+        );
         let orders = c.ids(2, "orders.eu").await.unwrap_or_default();
         assert_eq!(orders.len(), 1, "the public event reached the US node");
 

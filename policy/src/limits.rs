@@ -57,6 +57,11 @@ pub const STREAM_RULES_MAX: usize = 256;
 /// Most regions named by one stream rule's replication scope.
 pub const STREAM_REGIONS_MAX: usize = 64;
 
+/// Most distinct `regions` sets among the stream rules with `replication = "regions"`
+/// (rules naming the same set share one). A member's placement holds one bit per set, so
+/// that a hop stays a few bit operations.
+pub const REPLICATION_SCOPES_MAX: usize = 64;
+
 /// Most egress transforms.
 pub const TRANSFORMS_MAX: usize = 64;
 

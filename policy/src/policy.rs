@@ -40,6 +40,9 @@ pub struct Policy {
     rules: Vec<Rule>,
     classes: FxHashMap<String, Class>,
     streams: Vec<(StreamPattern, StreamRuleInfo)>,
+    /// The distinct `regions` sets of `replication = "regions"` rules, by scope bit
+    /// ([`StreamRuleInfo::scope`]).
+    scopes: Vec<BTreeSet<String>>,
     transforms: Vec<Transform>,
     principal_limits: HashMap<String, RateLimit>,
     tenant_limits: HashMap<String, RateLimit>,
@@ -96,6 +99,9 @@ pub struct StreamRuleInfo {
     pub replication: ReplicationScope,
     /// Regions, for [`ReplicationScope::Regions`].
     pub regions: BTreeSet<String>,
+    /// For [`ReplicationScope::Regions`]: the bit of its region set in every member's
+    /// placement (rules naming the same set share one).
+    scope: Option<u8>,
     /// Retention time, seconds.
     pub retention_s: Option<u64>,
     /// Retention size, bytes per node.
@@ -323,6 +329,9 @@ pub enum HopReason {
     OutsideResidency,
     /// Outside the set; the class allows sealed transit but the payload is clear.
     PayloadNotSealed,
+    /// The node's region is outside the stream rule's `replication = "regions"` scope (or
+    /// its jurisdiction claim does not hold, so its region is not taken on its word).
+    OutsideReplicationScope,
 }
 
 impl fmt::Display for HopReason {
@@ -333,6 +342,9 @@ impl fmt::Display for HopReason {
             HopReason::SealedTransit => "sealed transit allowed by the event's class",
             HopReason::OutsideResidency => "node is outside the residency set; transit forbidden",
             HopReason::PayloadNotSealed => "node is outside the residency set; payload not sealed",
+            HopReason::OutsideReplicationScope => {
+                "node's region is outside the stream's replication regions"
+            }
         })
     }
 }
@@ -360,42 +372,60 @@ pub struct EventScope {
     /// `None`: unrestricted.
     clear: Option<u64>,
     transit: TransitState,
+    /// The stream rule's replication scope bit (`replication = "regions"`): only members
+    /// whose placement has it may hold the event.
+    scope: Option<u8>,
 }
 
 impl EventScope {
     /// The scope as a filter memo's two words: the clear mask, then whether there is one
-    /// (bit 0) and the transit state (bits 1-2).
+    /// (bit 0), the transit state (bits 1-2) and the replication scope bit plus one (bits
+    /// 3-10, 0 for none).
     fn to_words(self) -> [u64; 2] {
         let transit = match self.transit {
             TransitState::Forbidden => 0,
             TransitState::Sealed => 1,
             TransitState::SealedButClear => 2,
         };
+        let scope = self.scope.map_or(0, |k| u64::from(k) + 1);
         [
             self.clear.unwrap_or(0),
-            u64::from(self.clear.is_some()) | transit << 1,
+            u64::from(self.clear.is_some()) | transit << 1 | scope << 3,
         ]
     }
 
     /// The scope [`EventScope::to_words`] encoded.
     fn from_words([mask, flags]: [u64; 2]) -> Self {
-        let transit = match flags >> 1 {
+        let transit = match (flags >> 1) & 3 {
             1 => TransitState::Sealed,
             2 => TransitState::SealedButClear,
             _ => TransitState::Forbidden,
         };
+        let scope = match (flags >> 3) & 0xff {
+            0 => None,
+            k => Some((k - 1) as u8),
+        };
         Self {
             clear: (flags & 1 == 1).then_some(mask),
             transit,
+            scope,
         }
+    }
+
+    /// Whether the event is clear for every node whatever its placement.
+    fn unrestricted(&self) -> bool {
+        self.clear.is_none() && self.scope.is_none()
     }
 }
 
 /// A node's place as the policy sees it, computed once per member record: its granted
-/// jurisdiction, if its claim holds.
+/// jurisdiction, if its claim holds, and the replication scopes (`replication =
+/// "regions"` region sets) its region is in (none unless the claim holds: a region is
+/// taken on a member's word only when its key is granted the region's jurisdiction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     bit: Option<u8>,
+    scopes: u64,
 }
 
 impl Placement {
@@ -408,19 +438,41 @@ impl Placement {
 impl EventScope {
     /// What a node at `placement` may receive of the event. A few bit operations.
     pub fn hop(&self, placement: Placement) -> HopDecision {
+        let in_scope = self
+            .scope
+            .is_none_or(|k| placement.scopes & (1u64 << k) != 0);
         let Some(clear) = self.clear else {
-            return HopDecision {
-                hop: Hop::Clear,
-                reason: HopReason::Unrestricted,
+            return if in_scope {
+                HopDecision {
+                    hop: Hop::Clear,
+                    reason: HopReason::Unrestricted,
+                }
+            } else {
+                // An unrestricted class has no transit mode: nothing to carry sealed.
+                HopDecision {
+                    hop: Hop::Refuse,
+                    reason: HopReason::OutsideReplicationScope,
+                }
             };
         };
-        if placement.bit.is_some_and(|b| clear & (1u64 << b) != 0) {
+        let in_residency = placement.bit.is_some_and(|b| clear & (1u64 << b) != 0);
+        if in_residency && in_scope {
             return HopDecision {
                 hop: Hop::Clear,
                 reason: HopReason::InResidency,
             };
         }
         match self.transit {
+            // Out of the stream's scope but inside the residency set: carried sealed if the
+            // class lets it be, never held.
+            TransitState::Sealed if in_residency => HopDecision {
+                hop: Hop::SealedTransit,
+                reason: HopReason::OutsideReplicationScope,
+            },
+            _ if in_residency => HopDecision {
+                hop: Hop::Refuse,
+                reason: HopReason::OutsideReplicationScope,
+            },
             TransitState::Sealed => HopDecision {
                 hop: Hop::SealedTransit,
                 reason: HopReason::SealedTransit,
@@ -546,8 +598,8 @@ impl Hop {
 impl ReplicationFilter for PolicyFilter {
     fn hop(&self, event: &EventData, peer: &MemberInfo) -> FilterHop {
         let scope = self.scope(event);
-        if scope.clear.is_none() {
-            // Unrestricted: clear for every node, whatever its placement (no lookup).
+        if scope.unrestricted() {
+            // Clear for every node, whatever its placement (no lookup).
             return FilterHop::Clear;
         }
         let hop = scope.hop(self.placement(peer)).hop;
@@ -556,8 +608,9 @@ impl ReplicationFilter for PolicyFilter {
     }
 
     fn unrestricted(&self, event: &EventData) -> bool {
-        // No clear set: `EventScope::hop` answers Clear before looking at the placement.
-        self.scope(event).clear.is_none()
+        // No clear set and no replication scope: `EventScope::hop` answers Clear whatever
+        // the placement.
+        self.scope(event).unrestricted()
     }
 }
 
@@ -659,11 +712,13 @@ impl Policy {
     }
 
     /// Whether events of `stream` replicate to a node in `region` by the stream's scope
-    /// (residency is decided separately, per hop). Streams without a rule replicate to all.
+    /// alone (residency narrows it further; [`Policy::may_hold`] and the replication filter
+    /// apply both). Streams without a rule, and system streams, replicate to all.
     pub fn replicates_to(&self, stream: &StreamName, region: &str) -> bool {
-        self.stream_rule(stream).is_none_or(|r| {
-            r.replication != ReplicationScope::Regions || r.regions.contains(region)
-        })
+        stream.is_system()
+            || self.stream_rule(stream).is_none_or(|r| {
+                r.replication != ReplicationScope::Regions || r.regions.contains(region)
+            })
     }
 
     /// A residency class by classification.
@@ -845,11 +900,19 @@ impl Policy {
     /// A member's placement: its claimed jurisdiction if the claim holds, none otherwise
     /// (such a node receives only unrestricted events and sealed transit).
     pub fn placement(&self, member: &MemberInfo) -> Placement {
-        Placement {
-            bit: self
-                .claim_bit(&member.key, &member.jurisdiction, &member.region)
-                .ok(),
-        }
+        let bit = self
+            .claim_bit(&member.key, &member.jurisdiction, &member.region)
+            .ok();
+        let scopes = match bit {
+            Some(_) => self
+                .scopes
+                .iter()
+                .enumerate()
+                .filter(|(_, set)| set.contains(member.region.as_str()))
+                .fold(0u64, |m, (k, _)| m | (1u64 << k)),
+            None => 0,
+        };
+        Placement { bit, scopes }
     }
 
     /// An event's effective residency: its signed set narrowed to its class's
@@ -882,33 +945,56 @@ impl Policy {
         classification: &str,
         residency: &Residency,
     ) -> bool {
-        self.scope_of(stream, classification, residency, false)
-            .hop(self.placement(node))
+        self.hold_decision(node, stream, classification, residency)
             .hop
             == Hop::Clear
     }
 
+    /// [`Policy::may_hold`] with its reason: why a node may not hold such an event
+    /// (outside the residency set, or outside the stream's replication regions), for the
+    /// error that refuses a publish there.
+    pub fn hold_decision(
+        &self,
+        node: &MemberInfo,
+        stream: &StreamName,
+        classification: &str,
+        residency: &Residency,
+    ) -> HopDecision {
+        self.scope_of(stream, classification, residency, false)
+            .hop(self.placement(node))
+    }
+
     /// The regions whose nodes may hold an event on `stream` of `classification` stamped
-    /// with `residency` (in clear: its effective residency's jurisdictions), in order;
-    /// `None` when it is unrestricted. What `ack=regions:N` can at most be confirmed in.
-    /// (A stream rule's `regions` scope is not counted: the replication filter does not
-    /// apply it yet, so nodes elsewhere may hold and confirm the stream's events.)
+    /// with `residency` (in clear): its effective residency's jurisdictions' regions,
+    /// narrowed to the stream rule's replication regions; in order. `None` when neither
+    /// restricts it. What `ack=regions:N` can at most be confirmed in.
     pub fn regions_that_may_hold(
         &self,
         stream: &StreamName,
         classification: &str,
         residency: &Residency,
     ) -> Option<BTreeSet<&str>> {
-        let mask = self
-            .scope_of(stream, classification, residency, false)
-            .clear?;
-        Some(
-            self.region_bits
-                .iter()
-                .filter(|(_, b)| mask & (1u64 << **b) != 0)
-                .map(|(r, _)| r.as_str())
-                .collect(),
-        )
+        let scope = self.scope_of(stream, classification, residency, false);
+        let in_scope = |r: &str| {
+            scope
+                .scope
+                .is_none_or(|k| self.scopes[usize::from(k)].contains(r))
+        };
+        match scope.clear {
+            None => Some(
+                self.scopes[usize::from(scope.scope?)]
+                    .iter()
+                    .map(String::as_str)
+                    .collect(),
+            ),
+            Some(mask) => Some(
+                self.region_bits
+                    .iter()
+                    .filter(|(r, b)| mask & (1u64 << **b) != 0 && in_scope(r))
+                    .map(|(r, _)| r.as_str())
+                    .collect(),
+            ),
+        }
     }
 
     /// Whether an enrolled device may receive (in clear) an event of `classification`
@@ -928,6 +1014,9 @@ impl Policy {
                 .jurisdiction_bits
                 .get(device.jurisdiction.as_str())
                 .copied(),
+            // A stream's replication scope places copies on nodes; a device is an end
+            // served by a node, which must itself be in the scope to hold the command.
+            scopes: u64::MAX,
         };
         self.scope_of(stream, classification, residency, false)
             .hop(placement)
@@ -943,15 +1032,17 @@ impl Policy {
         sealed: bool,
     ) -> EventScope {
         let class = self.classes.get(classification);
-        // The class the stream's rule names now, when it is another one that restricts.
-        let reclassified = if stream.is_system() {
+        // System streams follow their own stamp only.
+        let rule = if stream.is_system() {
             None
         } else {
             self.stream_rule(stream)
-                .filter(|r| r.classification != classification)
-                .and_then(|r| self.classes.get(&r.classification))
-                .filter(|c| c.mask.is_some())
         };
+        // The class the stream's rule names now, when it is another one that restricts.
+        let reclassified = rule
+            .filter(|r| r.classification != classification)
+            .and_then(|r| self.classes.get(&r.classification))
+            .filter(|c| c.mask.is_some());
         let signed = match residency {
             Residency::Unrestricted => None,
             Residency::Only(set) => Some(set.iter().fold(0u64, |mask, j| {
@@ -978,7 +1069,11 @@ impl Policy {
         } else {
             TransitState::Forbidden
         };
-        EventScope { clear, transit }
+        EventScope {
+            clear,
+            transit,
+            scope: rule.and_then(|r| r.scope),
+        }
     }
 
     /// What `node` may receive of `event` (the replication filter's predicate). The mesh
@@ -1484,6 +1579,7 @@ impl Policy {
             STREAM_RULES_MAX,
         )?;
         let mut streams = Vec::with_capacity(b.streams.len());
+        let mut scopes: Vec<BTreeSet<String>> = Vec::new();
         for (i, rule) in b.streams.iter().enumerate() {
             let field = format!("streams[{i}]");
             let p = pattern(&format!("{field}.pattern"), &rule.pattern)?;
@@ -1528,13 +1624,36 @@ impl Policy {
                     "must be at least 1",
                 ));
             }
+            let regions: BTreeSet<String> = rule.regions.iter().cloned().collect();
+            let scope = if rule.replication == ReplicationScope::Regions {
+                let k = match scopes.iter().position(|s| *s == regions) {
+                    Some(k) => k,
+                    None if scopes.len() == REPLICATION_SCOPES_MAX => {
+                        return Err(invalid(
+                            f,
+                            format!(
+                                "would be distinct regions set {} of the replication = \"regions\" rules, over REPLICATION_SCOPES_MAX ({REPLICATION_SCOPES_MAX}); rules naming the same set share one",
+                                scopes.len() + 1
+                            ),
+                        ));
+                    }
+                    None => {
+                        scopes.push(regions.clone());
+                        scopes.len() - 1
+                    }
+                };
+                Some(u8::try_from(k).expect("at most REPLICATION_SCOPES_MAX (64) scopes"))
+            } else {
+                None
+            };
             streams.push((
                 p,
                 StreamRuleInfo {
                     index: i,
                     classification: rule.classification.clone(),
                     replication: rule.replication,
-                    regions: rule.regions.iter().cloned().collect(),
+                    regions,
+                    scope,
                     retention_s: rule.retention_s,
                     retention_bytes: rule.retention_bytes,
                     conflict: rule.conflict,
@@ -1682,6 +1801,7 @@ impl Policy {
             rules,
             classes,
             streams,
+            scopes,
             transforms,
             principal_limits,
             tenant_limits,

@@ -426,6 +426,84 @@ fn hops_and_claims() {
     }
 }
 
+/// `replication = "regions"` keeps a stream's events on nodes of the listed regions:
+/// another region's node gets nothing (or sealed transit, when the class allows it and the
+/// payload is sealed), a node whose claim does not hold is not taken at its word, system
+/// streams are never scoped, and `ack=regions:N` can count only the listed regions.
+#[test]
+fn a_stream_kept_to_regions_is_held_only_there() {
+    let p = Policy::compile(
+        &Bundle::from_toml(&EXAMPLE.replace(
+            "[[streams]]\npattern = \"payments.>\"",
+            "[[streams]]\npattern = \"audit.us.>\"\nclassification = \"public\"\n\
+             replication = \"regions\"\nregions = [\"aws:us-east-1\"]\n\n\
+             [[streams]]\npattern = \"payments.eu.>\"\nclassification = \"payment\"\n\
+             replication = \"regions\"\nregions = [\"aws:eu-west-1\"]\n\n\
+             [[streams]]\npattern = \"_weft.>\"\nclassification = \"public\"\n\
+             replication = \"regions\"\nregions = [\"aws:us-east-1\"]\n\n\
+             [[streams]]\npattern = \"payments.>\"",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let eu_node = member(4, "EU", "aws:eu-west-1");
+    let us_node = member(6, "US", "aws:us-east-1");
+    let apac_node = member(7, "APAC", "aws:ap-northeast-1");
+    // The APAC key claiming the US region: not granted, so its region is not believed.
+    let liar = member(7, "US", "aws:us-east-1");
+    let outside = |hop| HopDecision {
+        hop,
+        reason: HopReason::OutsideReplicationScope,
+    };
+
+    let audit = event("audit.us.login", "public", Residency::Unrestricted, false);
+    assert_eq!(p.hop(&audit, &us_node).hop, Hop::Clear);
+    assert_eq!(p.hop(&audit, &eu_node), outside(Hop::Refuse));
+    assert_eq!(p.hop(&audit, &apac_node), outside(Hop::Refuse));
+    assert_eq!(p.hop(&audit, &liar), outside(Hop::Refuse));
+    let f = PolicyFilter::new(std::sync::Arc::new(Policy::compile(p.bundle()).unwrap()));
+    assert!(!f.unrestricted(&audit), "scoped: asked member by member");
+    assert_eq!(f.hop(&audit, &eu_node), FilterHop::Refuse);
+    assert_eq!(
+        p.hold_decision(&eu_node, audit.stream(), "public", &Residency::Unrestricted),
+        outside(Hop::Refuse)
+    );
+    assert_eq!(
+        p.regions_that_may_hold(audit.stream(), "public", &Residency::Unrestricted),
+        Some(["aws:us-east-1"].into())
+    );
+
+    // A class that may transit sealed: a US node (inside the residency set, outside the
+    // scope) carries a sealed event and never holds it; a clear one not at all.
+    let pay = Residency::only(["EU", "US"]).unwrap();
+    let sealed = event("payments.eu.card", "payment", pay.clone(), true);
+    let clear = event("payments.eu.card", "payment", pay.clone(), false);
+    assert_eq!(p.hop(&sealed, &eu_node).hop, Hop::Clear);
+    assert_eq!(p.hop(&sealed, &us_node), outside(Hop::SealedTransit));
+    assert_eq!(p.hop(&clear, &us_node), outside(Hop::Refuse));
+    // Outside the residency set too: the residency reason.
+    assert_eq!(p.hop(&sealed, &apac_node).reason, HopReason::SealedTransit);
+    assert_eq!(
+        p.regions_that_may_hold(sealed.stream(), "payment", &pay),
+        Some(["aws:eu-west-1"].into())
+    );
+    // The unscoped rule after it: both jurisdictions' regions.
+    assert_eq!(
+        p.regions_that_may_hold(&stream("payments.card"), "payment", &pay)
+            .map(|r| r.len()),
+        Some(3)
+    );
+
+    // System streams follow their own stamp, whatever rule matches them.
+    let bundle = event("_weft.policy", "public", Residency::Unrestricted, false);
+    assert_eq!(p.hop(&bundle, &eu_node).hop, Hop::Clear);
+    assert!(p.replicates_to(bundle.stream(), "aws:eu-west-1"));
+    assert_eq!(
+        p.regions_that_may_hold(bundle.stream(), "public", &Residency::Unrestricted),
+        None
+    );
+}
+
 #[test]
 fn stream_rules_limits_enrollment() {
     let p = policy();

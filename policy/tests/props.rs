@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use weft_fabric::Residency;
+use weft_fabric::mesh::ReplicationFilter;
 use weft_policy::limits::*;
 use weft_policy::*;
 
@@ -324,11 +325,14 @@ proptest! {
 
     /// Hop decisions match a simple model, with the event's stream under a rule that names
     /// another class or none (an epoch that reclassified the stream after the event was
-    /// stamped: a narrower class holds it too, a wider one does not widen it).
+    /// stamped: a narrower class holds it too, a wider one does not widen it), and a rule
+    /// that keeps the stream to some regions (`replication = "regions"`) or not. The
+    /// filter, `may_hold` and `regions_that_may_hold` agree with the model.
     #[test]
     fn residency_matches_model(
         (mut b, classes) in bundle_strategy(),
         rule in proptest::option::of(0usize..4),
+        scope in proptest::option::of(proptest::collection::btree_set(0usize..4, 1..=3)),
         class in 0usize..4,
         event_set in proptest::option::of(proptest::collection::btree_set(0usize..5, 1..=3)),
         sealed in any::<bool>(),
@@ -336,12 +340,14 @@ proptest! {
         claimed in 0usize..5,
         region in 0usize..4,
     ) {
+        // A scope comes with a rule.
+        let scope = scope.filter(|_| rule.is_some());
         if let Some(rule) = rule {
             b.streams = vec![StreamRule {
                 pattern: "s.>".into(),
                 classification: format!("c{rule}"),
-                replication: ReplicationScope::All,
-                regions: Vec::new(),
+                replication: if scope.is_some() { ReplicationScope::Regions } else { ReplicationScope::All },
+                regions: scope.iter().flatten().map(|r| format!("r{r}")).collect(),
                 retention_s: None,
                 retention_bytes: None,
                 conflict: None,
@@ -371,16 +377,39 @@ proptest! {
         let unrestricted = event_set.is_none() && class_set.is_empty() && reclassified.is_none();
         let sealed_ok = *transit == Some(TransitMode::Sealed)
             && reclassified.is_none_or(|(_, t)| *t == Some(TransitMode::Sealed));
-        let expected = if unrestricted
-            || (granted && in_event(claimed) && in_class(claimed) && in_rule(claimed))
+        // A region counts only for a node whose claim holds.
+        let in_scope = |r: usize| scope.as_ref().is_none_or(|s| s.contains(&r));
+        let in_residency = |j: usize| unrestricted || (in_event(j) && in_class(j) && in_rule(j));
+        let expected = if granted && in_residency(claimed) && in_scope(region)
+            || unrestricted && scope.is_none()
         {
             Hop::Clear
-        } else if sealed_ok && sealed {
+        } else if !unrestricted && sealed_ok && sealed {
             Hop::SealedTransit
         } else {
             Hop::Refuse
         };
         prop_assert_eq!(p.hop(&e, &node).hop, expected);
+        let filter = PolicyFilter::new(std::sync::Arc::new(Policy::compile(&b).unwrap()));
+        // Twice: the second reads the scope the first left in the event's memo.
+        for _ in 0..2 {
+            prop_assert_eq!(filter.hop(&e, &node), expected.filter_hop());
+        }
+        prop_assert_eq!(filter.unrestricted(&e), unrestricted && scope.is_none());
+        prop_assert_eq!(
+            p.may_hold(&node, e.stream(), &format!("c{class}"), &e.security().residency),
+            expected == Hop::Clear
+        );
+        let may_hold = p
+            .regions_that_may_hold(e.stream(), &format!("c{class}"), &e.security().residency)
+            .map(|set| set.into_iter().map(String::from).collect::<Vec<_>>());
+        let model = (!(unrestricted && scope.is_none())).then(|| {
+            (0..4)
+                .filter(|&j| in_residency(j) && in_scope(j))
+                .map(|j| format!("r{j}"))
+                .collect::<Vec<_>>()
+        });
+        prop_assert_eq!(may_hold, model);
         prop_assert_eq!(p.placement(&node).is_granted(), granted);
         // Stamping never yields a set wider than the class.
         let stamp = p.stamp(e.stream(), Some(&format!("c{class}")), &Residency::Unrestricted).unwrap();
@@ -503,6 +532,30 @@ fn every_limit_is_refused_by_name() {
     let mut b = base.clone();
     b.streams[0].regions = names(STREAM_REGIONS_MAX + 1, "r");
     refused_with(&b, "STREAM_REGIONS_MAX");
+
+    // Distinct region sets of `replication = "regions"` rules: seven regions give enough
+    // sets; one rule per set, and the same set again and again shares one scope.
+    let mut b = base.clone();
+    b.jurisdictions
+        .get_mut("EU")
+        .unwrap()
+        .regions
+        .extend(names(7, "r"));
+    let rule = |set: usize| {
+        let mut r = base.streams[0].clone();
+        r.pattern = format!("s{set}.>");
+        r.regions = (0..7)
+            .filter(|k| set & (1 << k) != 0)
+            .map(|k| format!("r{k}"))
+            .collect();
+        r
+    };
+    b.streams = (1..=REPLICATION_SCOPES_MAX).map(rule).collect();
+    b.streams
+        .extend((0..100).map(|_| rule(REPLICATION_SCOPES_MAX)));
+    Policy::compile(&b).expect("as many sets as the limit, one shared by many rules");
+    b.streams.push(rule(REPLICATION_SCOPES_MAX + 1));
+    refused_with(&b, "REPLICATION_SCOPES_MAX");
 
     let mut b = base.clone();
     let t = base.transforms["orders-masked"].clone();
