@@ -52,7 +52,9 @@ pub(crate) fn event_json(
     })
 }
 
-/// Decodes and verifies `bytes`; prints the event, or the reason it was rejected.
+/// Decodes and verifies `bytes`; prints the event, or the reason it was rejected. Exit
+/// status 0 when it is valid, 1 when it is not (as for a file that cannot be read; 2 is
+/// clap's, for a usage error).
 pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let unverified = match weft_fabric::decode(bytes) {
         Ok(u) => u,
@@ -61,7 +63,7 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
                 "{}",
                 json!({ "valid": false, "stage": "decode", "reason": e.to_string() })
             );
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::FAILURE);
         }
     };
     let fields = event_json(
@@ -81,7 +83,7 @@ pub(crate) fn run(bytes: &[u8]) -> anyhow::Result<ExitCode> {
                 "valid": false, "stage": "verify", "reason": e.to_string(), "claimed": fields
             }))?;
             say!("{text}");
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::FAILURE)
         }
     }
 }

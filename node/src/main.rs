@@ -393,7 +393,9 @@ enum Command {
     },
     /// Sign, seal, encode, decode and reject sample events, showing each step.
     WireDemo,
-    /// Decode and verify one encoded envelope and print it as JSON.
+    /// Decode and verify one encoded envelope and print it as JSON (`"valid": false`
+    /// with the stage and reason when it is not). Exit status 0 when valid, 1 when invalid
+    /// or unreadable, 2 for a usage error.
     Inspect {
         /// File holding the envelope (`-` for standard input).
         path: PathBuf,

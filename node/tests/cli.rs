@@ -293,3 +293,38 @@ fn check_config_warns_of_a_listener_in_use_and_strict_fails_on_it() {
     assert!(!ok && out.contains("--strict: failing the check"), "{out}");
     drop(held);
 }
+
+/// `weft inspect` on every envelope of the wire vectors (docs/wire-vectors.json): it says
+/// `"valid"` as the vector does, with exit status 0 for a valid envelope and 1 for an
+/// invalid one (2 is a usage error's: a script can tell the two apart).
+#[test]
+fn inspect_exit_status_says_whether_the_envelope_is_valid() {
+    let vectors: Vec<Value> = serde_json::from_str(include_str!("../../docs/wire-vectors.json"))
+        .expect("the wire vectors parse");
+    let dir = std::env::temp_dir().join(format!("weft-it-inspect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut valid, mut invalid) = (0, 0);
+    for (i, v) in vectors.iter().enumerate() {
+        let path = dir.join(format!("v{i}.hex"));
+        std::fs::write(&path, v["envelope_hex"].as_str().unwrap()).unwrap();
+        let out = Command::new(WEFT)
+            .args(["inspect", "--hex", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let said: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("vector {i}: not JSON ({e}): {out:?}"));
+        assert_eq!(said["valid"], v["valid"], "vector {i}: {said}");
+        let expected = if v["valid"] == json!(true) {
+            valid += 1;
+            0
+        } else {
+            invalid += 1;
+            1
+        };
+        assert_eq!(out.status.code(), Some(expected), "vector {i}: {said}");
+    }
+    assert!(valid > 0 && invalid > 0, "the vectors hold both kinds");
+    let usage = Command::new(WEFT).args(["inspect"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
