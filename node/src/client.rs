@@ -483,18 +483,7 @@ pub(crate) fn publish(
                         .is_ok();
                 }
             }
-            if let Some(regions) = body["regions"].as_array()
-                && !regions.is_empty()
-            {
-                eprintln!(
-                    "durable in: {}",
-                    regions
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
+            say_durable_in(&body);
         })
         .await?;
         if published == 0 {
@@ -1631,13 +1620,30 @@ pub(crate) fn table_write(
             .with_context(|| format!("{url}"))?;
         anyhow::Ok(check(resp).await?.json::<Value>().await?)
     })?;
-    say!(
-        "ok: event {} (durable here: {}, regions {})",
-        v["ids"][0].as_str().unwrap_or("-"),
-        v["durable_local"],
-        v["regions"]
-    );
+    // As `weft publish` prints: the write's event id on stdout (for a script to keep), the
+    // regions it is durable in on stderr.
+    for id in v["ids"].as_array().into_iter().flatten() {
+        say!("{}", id.as_str().unwrap_or_default());
+    }
+    say_durable_in(&v);
     Ok(())
+}
+
+/// The `durable in: REGION, ...` line on stderr for a publish's or table write's answer
+/// (nothing when it names no region).
+fn say_durable_in(answer: &Value) {
+    if let Some(regions) = answer["regions"].as_array()
+        && !regions.is_empty()
+    {
+        eprintln!(
+            "durable in: {}",
+            regions
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }
 
 /// `weft audit` filters.

@@ -231,9 +231,9 @@ fn both_sides_of_a_partition_write_the_same_keys_and_every_replica_converges() {
         // The CLI reads and deletes.
         let (ok, out) = weft_in(&c.dir, &["get", "--node", &node2, "cnt.stock", "sku-1"]);
         assert!(ok && out.contains("sku-1: 1"), "{out}");
-        let (ok, out) = weft_in(
-            &c.dir,
-            &[
+        let out = std::process::Command::new(WEFT)
+            .current_dir(&c.dir)
+            .args([
                 "del",
                 "--node",
                 &node2,
@@ -243,9 +243,21 @@ fn both_sides_of_a_partition_write_the_same_keys_and_every_replica_converges() {
                 "regions:3",
                 "kv.users",
                 "alice",
-            ],
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // As `weft publish` prints: the event id on stdout, where it is durable on stderr.
+        let id = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            id.trim().len() == 64 && id.trim().chars().all(|c| c.is_ascii_hexdigit()),
+            "{out:?}"
         );
-        assert!(ok, "{out}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.starts_with("durable in: ") && said.matches("aws:").count() == 3,
+            "{out:?}"
+        );
         let (ok, out) = weft_in(&c.dir, &["get", "--node", &node0, "kv.users", "alice"]);
         assert!(!ok && out.contains("deleted"), "{out}");
         let (ok, out) = weft_in(
