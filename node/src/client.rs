@@ -483,7 +483,7 @@ pub(crate) fn publish(
                         .is_ok();
                 }
             }
-            say_durable_in(&body);
+            say_durable_in(body);
         })
         .await?;
         if published == 0 {
