@@ -2443,7 +2443,7 @@ impl Driver {
                         "jurisdiction_claim",
                         epoch,
                         format!(
-                            "policy epoch {epoch} no longer grants this node's jurisdiction claim {} in {} ({why}): it now receives only unrestricted events",
+                            "policy epoch {epoch} no longer grants this node's jurisdiction claim {} in {} ({why}): it now receives only unrestricted events of streams without a replication regions scope",
                             self.me.jurisdiction, self.me.region
                         ),
                     );

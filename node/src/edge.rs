@@ -1253,7 +1253,7 @@ impl Edge {
                 if reason == "downlink_residency" {
                     "may not be held there"
                 } else {
-                    "may no longer be held by this node"
+                    "may no longer be held by this node (outside its residency, or its stream's replication regions)"
                 },
             ),
         );

@@ -103,7 +103,8 @@ pub(crate) enum Failure {
     /// The policy cannot classify the target (`Policy::stamp` refused).
     Unclassified(String),
     /// The target's class may not be held on this node (its residency set leaves this
-    /// node's jurisdiction out): the derivative would be stored here in clear.
+    /// node's jurisdiction out, or the target stream's `replication = "regions"` rule this
+    /// node's region): the derivative would be stored here in clear.
     ResidencyIngress(String),
     /// The source was stamped more narrowly than its stream's class and that set shares
     /// no jurisdiction with the target class (`Policy::derived_stamp`).

@@ -1997,7 +1997,7 @@ fn check_may_hold(
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "residency_ingress",
-            format!("{why}: publish through a node that may hold it"),
+            format!("{why}: send it to a node that may hold it"),
         ))
     })
 }
@@ -2017,20 +2017,30 @@ pub(crate) fn ingress_refusal(
         return None;
     }
     Some(match (decision.reason, policy.stream_rule(stream)) {
-        (weft_policy::HopReason::OutsideReplicationScope, Some(rule)) => format!(
-            "this node ({} in {}) may not hold events on {}: stream rule streams[{}] of policy epoch {} keeps them to regions {}{}",
-            me.jurisdiction,
-            me.region,
-            stream.as_str(),
-            rule.index,
-            policy.epoch(),
-            rule.regions.iter().cloned().collect::<Vec<_>>().join(", "),
-            if policy.placement(me).is_granted() {
-                ""
-            } else {
-                " (and this node's jurisdiction claim is not granted, so its region is not taken on its word)"
-            }
-        ),
+        (weft_policy::HopReason::OutsideReplicationScope, Some(rule)) => {
+            let scope = rule.regions.iter().cloned().collect::<Vec<_>>().join(", ");
+            // Where residency narrows the scope further, say which of its regions remain.
+            let held = policy
+                .regions_that_may_hold(stream, classification, residency)
+                .map(|r| r.into_iter().collect::<Vec<_>>().join(", "))
+                .filter(|held| *held != scope)
+                .map_or(String::new(), |held| {
+                    format!(" (of those, class {classification} may be held in: {held})")
+                });
+            format!(
+                "this node ({} in {}) may not hold events on {}: stream rule streams[{}] of policy epoch {} keeps them to regions {scope}{held}{}",
+                me.jurisdiction,
+                me.region,
+                stream.as_str(),
+                rule.index,
+                policy.epoch(),
+                if policy.placement(me).is_granted() {
+                    ""
+                } else {
+                    " (and this node's jurisdiction claim is not granted, so its region is not taken on its word)"
+                }
+            )
+        }
         _ => format!(
             "this node ({} in {}) may not hold events of class {classification} (residency {}, policy epoch {})",
             me.jurisdiction,
@@ -3362,11 +3372,20 @@ fn ack_reachable(
     };
     let most = regions.len();
     let list = regions.into_iter().collect::<Vec<_>>().join(", ");
+    let scoped = !stream.is_system()
+        && policy
+            .stream_rule(stream)
+            .is_some_and(|r| r.replication == weft_policy::ReplicationScope::Regions);
+    let why = if scoped {
+        ": residency and the stream's replication regions"
+    } else {
+        ""
+    };
     Err(api.fail(ApiError::new(
         StatusCode::BAD_REQUEST,
         "ack_unreachable",
         format!(
-            "event {index}: ack=regions:{n} can never be met: policy epoch {} lets events of class {classification} on {} be held in {most} region(s) ({list}: residency and the stream's replication regions); ask for at most regions:{most}",
+            "event {index}: ack=regions:{n} can never be met: policy epoch {} lets events of class {classification} on {} be held in {most} region(s) ({list}{why}); ask for at most regions:{most}",
             policy.epoch(),
             stream.as_str(),
         ),

@@ -75,6 +75,7 @@ pub(crate) fn sign(
     );
     say!("  {}", summary(&inner));
     warn_deny_lists(&inner);
+    warn_scoped_targets(&inner);
     let mut added = 0;
     for key in keys {
         let signing = SigningKey::from_bytes(&crate::keys::load(key)?);
@@ -145,6 +146,7 @@ pub(crate) fn verify(
     }
     say!("  {}", summary(b));
     warn_deny_lists(b);
+    warn_scoped_targets(b);
     Ok(())
 }
 
@@ -183,6 +185,33 @@ fn warn_deny_lists(b: &Bundle) {
                 "  warning: transform {name} copies to {} (class {}) every field of {} it does not drop, hash or mask, fields added later included; name what it carries with `keep` (docs/policy.md §7)",
                 t.target,
                 t.classification,
+                t.source
+            );
+        }
+    }
+}
+
+/// Names each transform whose target stream a `replication = "regions"` rule keeps to some
+/// regions: derivatives are made on the node that takes the source in, and one outside
+/// those regions may not hold them, so it derives nothing (an egress failure,
+/// `residency_ingress`). A warning: sources published only inside the regions are fine.
+fn warn_scoped_targets(b: &Bundle) {
+    let Ok(policy) = weft_policy::Policy::compile(b) else {
+        return; // refused elsewhere, with the reason
+    };
+    for (name, t) in &b.transforms {
+        let Ok(target) = weft_fabric::StreamName::new(&t.target) else {
+            continue;
+        };
+        if let Some(rule) = policy
+            .stream_rule(&target)
+            .filter(|r| r.replication == weft_policy::ReplicationScope::Regions)
+        {
+            say!(
+                "  warning: transform {name} derives into {}, which stream rule streams[{}] keeps to regions {}: a node elsewhere that takes in {} derives nothing (egress failure residency_ingress; docs/policy.md §6.3)",
+                t.target,
+                rule.index,
+                rule.regions.iter().cloned().collect::<Vec<_>>().join(", "),
                 t.source
             );
         }

@@ -70,16 +70,21 @@ fn bundles_are_signed_k_of_n_and_verified_as_a_node_would() {
                 "note: transform orders-masked hashes under the node-local key orders-2025: give it to every node that takes orders.eu.> in"
             )
             && !text(&o).contains("hashes with a salt")
-            && !text(&o).contains("transform orders-per-country hashes"),
+            && !text(&o).contains("transform orders-per-country hashes")
+            && !text(&o).contains("derives into"),
         "{}",
         text(&o)
     );
-    // The same transform with a salt instead: warned, with the remedy.
-    let salted = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
-        "hash_key = \"orders-2025\"",
-        "salt = \"acme-2025\"",
-        1,
-    );
+    // The same transform with a salt instead: warned, with the remedy. Its target's stream
+    // kept to one region: warned, as a node elsewhere would derive nothing.
+    let salted = std::fs::read_to_string(EXAMPLE)
+        .unwrap()
+        .replacen("hash_key = \"orders-2025\"", "salt = \"acme-2025\"", 1)
+        .replacen(
+            "pattern = \"orders.global.>\"\nclassification = \"public\"\nreplication = \"all\"",
+            "pattern = \"orders.global.>\"\nclassification = \"public\"\nreplication = \"regions\"\nregions = [\"aws:us-east-1\"]",
+            1,
+        );
     std::fs::write(dir.join("salted.toml"), salted).unwrap();
     let o = weft(
         &dir,
@@ -97,7 +102,10 @@ fn bundles_are_signed_k_of_n_and_verified_as_a_node_would() {
     assert!(
         text(&o)
             .contains("warning: transform orders-masked hashes with a salt carried in the bundle")
-            && !text(&o).contains("note: transform orders-masked hashes under"),
+            && !text(&o).contains("note: transform orders-masked hashes under")
+            && text(&o).contains(
+                "warning: transform orders-masked derives into orders.global.masked, which stream rule streams[2] keeps to regions aws:us-east-1"
+            ),
         "{}",
         text(&o)
     );

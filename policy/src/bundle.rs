@@ -200,7 +200,8 @@ fn is_false(b: &bool) -> bool {
 pub enum ReplicationScope {
     /// Every node (that residency allows).
     All,
-    /// Nodes with a matching interest (subscription) only.
+    /// Nodes with a matching interest only. Today the same as [`ReplicationScope::All`]:
+    /// every node holds the streams its config names (`streams`), whatever the rule says.
     Interest,
     /// Nodes in the regions listed in `regions` only.
     Regions,

@@ -1612,6 +1612,23 @@ impl Policy {
                     return Err(unknown(format!("{f}[{k}]"), "region", r));
                 }
             }
+            // A scope none of whose regions the class lets hold the events leaves the
+            // stream nowhere to be held: every node would refuse its publishes.
+            if let Some(mask) = classes.get(&rule.classification).and_then(|c| c.mask)
+                && !rule.regions.is_empty()
+                && rule
+                    .regions
+                    .iter()
+                    .all(|r| region_bits.get(r).is_none_or(|b| mask & (1u64 << b) == 0))
+            {
+                return Err(invalid(
+                    f,
+                    format!(
+                        "names no region of class {}'s jurisdictions: its events could be held nowhere",
+                        rule.classification
+                    ),
+                ));
+            }
             if rule.retention_s == Some(0) {
                 return Err(invalid(
                     format!("{field}.retention_s"),

@@ -502,6 +502,20 @@ fn a_stream_kept_to_regions_is_held_only_there() {
         p.regions_that_may_hold(bundle.stream(), "public", &Residency::Unrestricted),
         None
     );
+
+    // A scope with no region of its (EU-only) class: nowhere could hold the stream.
+    let e = Bundle::from_toml(&EXAMPLE.replacen(
+        "regions = [\"aws:eu-west-1\", \"aws:eu-central-1\"]\nretention_s",
+        "regions = [\"aws:us-east-1\"]\nretention_s",
+        1,
+    ))
+    .and_then(|b| Policy::compile(&b).map(drop))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("streams[0].regions") && e.contains("could be held nowhere"),
+        "{e}"
+    );
 }
 
 #[test]

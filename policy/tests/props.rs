@@ -354,6 +354,16 @@ proptest! {
                 priority: Priority::Normal,
             }];
         }
+        // A scope with no region of its rule's restricted class is refused: nowhere could
+        // hold the stream.
+        if let (Some(rule), Some(scope)) = (rule, &scope)
+            && !classes[rule].0.is_empty()
+            && scope.iter().all(|r| !classes[rule].0.contains(r))
+        {
+            let e = Policy::compile(&b).unwrap_err().to_string();
+            prop_assert!(e.contains("could be held nowhere"), "{}", e);
+            return Ok(());
+        }
         let p = Policy::compile(&b).unwrap();
         // J4 exists in events only (unknown to the bundle).
         let residency = match &event_set {
