@@ -12,17 +12,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use weft_policy::{Bundle, BundleError, ClassSpec, JurisdictionSpec, Policy};
+use weft_policy::{Bundle, BundleError, ClassSpec, JurisdictionSpec, Policy, StreamRule};
 
 /// The policy epoch the simulator's bundles carry.
 pub const SIM_POLICY_EPOCH: u64 = 1;
 
 /// A scenario's `[policy]`: residency classes by classification, in weft-policy's bundle
-/// format (`jurisdictions` + `transit`, or `anywhere = true`).
+/// format (`jurisdictions` + `transit`, or `anywhere = true`), and stream rules keeping
+/// streams to some regions (`replication = "regions"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
     /// Classification -> residency class.
     pub classes: BTreeMap<String, ClassSpec>,
+    /// Stream rules, in order (first match wins), each `replication = "regions"`.
+    pub streams: Vec<StreamRule>,
 }
 
 /// One node as the bundle sees it.
@@ -69,14 +72,14 @@ pub fn bundle(spec: &PolicySpec, regions: &[(&str, &str)], nodes: &[GrantedNode<
     Bundle {
         format: weft_policy::limits::BUNDLE_FORMAT,
         epoch: SIM_POLICY_EPOCH,
-        description: Some("weft-sim: the scenario's residency classes".into()),
+        description: Some("weft-sim: the scenario's residency classes and stream scopes".into()),
         jurisdictions,
         tenants: BTreeMap::new(),
         roles: BTreeMap::new(),
         principals: BTreeMap::new(),
         access: Vec::new(),
         classes: spec.classes.clone(),
-        streams: Vec::new(),
+        streams: spec.streams.clone(),
         transforms: BTreeMap::new(),
         limits: Vec::new(),
         devices: BTreeMap::new(),

@@ -737,6 +737,18 @@ struct ScenarioFile {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     classes: BTreeMap<String, weft_policy::ClassSpec>,
+    #[serde(default)]
+    streams: Vec<StreamScopeFile>,
+}
+
+/// `[[policy.streams]]`: a stream rule keeping the streams `pattern` matches to `regions`
+/// (a bundle's `replication = "regions"` rule, docs/policy.md §6.3).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamScopeFile {
+    pattern: String,
+    classification: String,
+    regions: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -1162,6 +1174,20 @@ fn policy(
     }
     let spec = PolicySpec {
         classes: file.classes.clone(),
+        streams: file
+            .streams
+            .iter()
+            .map(|s| weft_policy::StreamRule {
+                pattern: s.pattern.clone(),
+                classification: s.classification.clone(),
+                replication: weft_policy::ReplicationScope::Regions,
+                regions: s.regions.clone(),
+                retention_s: None,
+                retention_bytes: None,
+                conflict: None,
+                priority: weft_policy::Priority::Normal,
+            })
+            .collect(),
     };
     let region_jurisdiction = |region: &str| {
         catalog
@@ -1181,7 +1207,8 @@ fn policy(
             key: None,
         })
         .collect();
-    residency::compile(&spec, &regions, &nodes).map_err(|e| invalid("policy", e.to_string()))?;
+    let compiled = residency::compile(&spec, &regions, &nodes)
+        .map_err(|e| invalid("policy", e.to_string()))?;
     // A class may name a jurisdiction this topology has no node in (a bundle written for a
     // larger fabric), but not one that neither the catalog nor any node knows: that is
     // most likely a typo, and the class would silently hold its events in fewer places.
@@ -1237,6 +1264,25 @@ fn policy(
                         node.name,
                         node.jurisdiction.as_str(),
                         class.jurisdictions
+                    ),
+                ));
+            }
+            // A stream kept to some regions: the publisher must be in one of them, and its
+            // region is taken only when its claim holds.
+            if let Some(rule) = compiled
+                .stream_rule(&w.stream)
+                .filter(|r| r.replication == weft_policy::ReplicationScope::Regions)
+                && (placed.is_none() || !rule.regions.contains(node.region.as_str()))
+            {
+                return Err(invalid(
+                    format!("workload[{i}].publishers"),
+                    format!(
+                        "node {} (region {}) may not hold events on {}, which                          policy.streams[{}] keeps to {:?}: a publisher stores what it publishes",
+                        node.name,
+                        node.region.as_str(),
+                        w.stream.as_str(),
+                        rule.index,
+                        rule.regions
                     ),
                 ));
             }

@@ -1513,3 +1513,109 @@ fn a_baselines_deliveries_residency_excludes_are_violations_not_deliveries() {
     assert!(fractions.iter().all(|f| *f <= 1.0), "{fractions:?}");
     assert!(*fractions.last().unwrap() > 0.99, "{fractions:?}");
 }
+
+/// A stream kept to two regions (`[[policy.streams]]`, a bundle's `replication =
+/// "regions"` rule) through a region outage of one of them and a partition: every node of
+/// those regions gets every event (missed 0 after the heal), no node elsewhere ever gets one
+/// (the checker counts a clear send outside the scope as a violation), and a fabric that
+/// does not enforce the scope is caught by the checker.
+#[test]
+fn a_stream_kept_to_regions_stays_there_through_faults() {
+    let text = r#"
+name = "kept-to-regions"
+description = "test"
+duration_s = 150
+seed = 9
+
+[topology]
+regions = [
+  { region = "aws:us-east-1", nodes = 2 },
+  { region = "aws:eu-west-1", nodes = 2 },
+  { region = "azure:westeurope", nodes = 2 },
+  { region = "gcp:asia-south1", nodes = 2 },
+]
+
+[network]
+jitter_ms = 1.0
+loss = 0.01
+verify_us = 60
+
+[policy.classes.public]
+anywhere = true
+
+[[policy.streams]]
+pattern = "t.kept.>"
+classification = "public"
+regions = ["aws:us-east-1", "gcp:asia-south1"]
+
+[[workload]]
+stream = "t.events"
+classification = "public"
+rate_per_s = 10
+payload_bytes = 64
+start_s = 10
+stop_s = 80
+
+[[workload]]
+stream = "t.kept.audit"
+classification = "public"
+rate_per_s = 10
+payload_bytes = 64
+publishers = { regions = ["aws:us-east-1", "gcp:asia-south1"] }
+start_s = 10
+stop_s = 80
+
+[[fault]]
+kind = "region-outage"
+region = "gcp:asia-south1"
+at_s = 30
+duration_s = 20
+
+[[fault]]
+kind = "partition"
+a = { regions = ["aws:us-east-1"] }
+b = { regions = ["gcp:asia-south1"] }
+at_s = 55
+duration_s = 15
+
+[checks]
+converge_within_s = 60
+"#;
+    let r = run(text, None);
+    assert_healthy(&r);
+    let w = &r.strategies[0];
+    let kept = w
+        .workloads
+        .iter()
+        .find(|x| x.stream == "t.kept.audit")
+        .unwrap();
+    let to: std::collections::BTreeSet<&str> = kept
+        .latency_by_region_pair
+        .iter()
+        .map(|p| p.to.as_str())
+        .collect();
+    assert_eq!(
+        to,
+        ["aws:us-east-1", "gcp:asia-south1"].into(),
+        "delivered in exactly the stream's regions"
+    );
+    // Without enforcement the checker catches the scoped stream (the only restricted one).
+    let r = run_enforcing(text, None, false);
+    let w = &r.strategies[0];
+    assert!(w.residency.violations > 0, "{:?}", w.residency);
+    // A publisher outside the scope is refused, naming the rule.
+    let catalog = RegionCatalog::embedded().unwrap();
+    let e = Scenario::parse(
+        &text.replace(
+            r#"publishers = { regions = ["aws:us-east-1", "gcp:asia-south1"] }"#,
+            r#"publishers = { regions = ["aws:eu-west-1"] }"#,
+        ),
+        &catalog,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("workload[1].publishers") && e.contains("policy.streams[0]"),
+        "{e}"
+    );
+}
