@@ -169,6 +169,23 @@ impl StreamPattern {
     }
 }
 
+impl StreamPattern {
+    /// Whether some stream name matches both patterns: token by token, `*` matches any
+    /// token and `>` one token or more, so patterns overlap when each token pair can be the
+    /// same token until one of them ends in `>`, or both end together.
+    pub fn overlaps(&self, other: &StreamPattern) -> bool {
+        let mut a = self.0.split('.');
+        let mut b = other.0.split('.');
+        loop {
+            match (a.next(), b.next()) {
+                (Some(">"), Some(_)) | (Some(_), Some(">")) | (None, None) => return true,
+                (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
 impl fmt::Display for StreamPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -249,6 +266,44 @@ mod tests {
 
     fn name(s: &str) -> StreamName {
         StreamName::new(s).unwrap()
+    }
+
+    /// Every pair of patterns of up to three tokens over `x`, `y`, `*` and a last `>`:
+    /// `overlaps` says whether some name of up to four tokens over `x`, `y`, `z` matches
+    /// both (four tokens and a third letter are enough for a witness: a `>` needs one token
+    /// past the longer pattern's fixed ones, a `*` one neither literal names).
+    #[test]
+    fn overlaps_is_whether_some_name_matches_both() {
+        fn words(alphabet: &[&str], len: usize) -> Vec<Vec<String>> {
+            (1..=len)
+                .flat_map(|n| {
+                    (0..alphabet.len().pow(n as u32)).map(move |mut k| {
+                        (0..n)
+                            .map(|_| {
+                                let t = alphabet[k % alphabet.len()].to_string();
+                                k /= alphabet.len();
+                                t
+                            })
+                            .collect()
+                    })
+                })
+                .collect()
+        }
+        let patterns: Vec<StreamPattern> = words(&["x", "y", "*", ">"], 3)
+            .into_iter()
+            .filter_map(|w| StreamPattern::new(w.join(".")).ok())
+            .collect();
+        let names: Vec<StreamName> = words(&["x", "y", "z"], 4)
+            .into_iter()
+            .map(|w| name(&w.join(".")))
+            .collect();
+        assert!(patterns.len() > 50, "{}", patterns.len());
+        for a in &patterns {
+            for b in &patterns {
+                let witness = names.iter().any(|n| a.matches(n) && b.matches(n));
+                assert_eq!(a.overlaps(b), witness, "{a} and {b}");
+            }
+        }
     }
 
     #[test]

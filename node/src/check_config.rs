@@ -128,6 +128,9 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
         c.data_dir.display(),
         data_dir.describe()
     );
+    if let Some(v) = policy.as_ref().and_then(|p| p.verified.as_ref()) {
+        warnings.extend(scope_warnings(&v.policy, &c.streams, &raw.region));
+    }
     warnings.extend(placement_warnings(raw, regions::regions()));
     warnings.extend(raw.ignored_settings());
     warnings.extend(data_dir.warning(&c.data_dir));
@@ -173,6 +176,37 @@ fn stored_bundle(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 /// must be claimed with its cloud and jurisdiction (a wrong jurisdiction is a residency
 /// claim the policy may grant by region; a wrong cloud puts the node in another cloud's
 /// failure domain in every route), and a region id's `cloud:` prefix must name its cloud.
+/// A stream pattern of the config that overlaps a stream rule keeping its streams to
+/// regions this node is not in (`replication = "regions"`, docs/policy.md §6.3): the node
+/// will hold none of those streams' events, however its config names them. (Overlap is of
+/// patterns: an earlier rule may govern some of the names first.)
+fn scope_warnings(
+    policy: &weft_policy::Policy,
+    streams: &[weft_fabric::StreamPattern],
+    region: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, rule) in policy.bundle().streams.iter().enumerate() {
+        if rule.replication != weft_policy::ReplicationScope::Regions
+            || rule.regions.iter().any(|r| r == region)
+        {
+            continue;
+        }
+        let Ok(pattern) = weft_fabric::StreamPattern::new(rule.pattern.as_str()) else {
+            continue;
+        };
+        for s in streams.iter().filter(|s| s.overlaps(&pattern)) {
+            out.push(format!(
+                "streams pattern {s} overlaps the policy's stream rule streams[{i}] ({}), which epoch {} keeps to regions {}: this node ({region}) holds none of those events",
+                rule.pattern,
+                policy.epoch(),
+                rule.regions.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 fn placement_warnings(
     raw: &NodeConfig,
     catalog: &std::collections::BTreeMap<String, regions::Region>,
@@ -428,6 +462,31 @@ http = "127.0.0.1:8400"
 "#
         );
         toml::from_str(&text).unwrap()
+    }
+
+    /// A config stream pattern that overlaps a stream rule keeping its streams to other
+    /// regions is named, with the rule; inside the rule's regions, or apart from its
+    /// pattern, nothing.
+    #[test]
+    fn streams_a_scope_keeps_from_this_region_are_named() {
+        let bundle =
+            weft_policy::Bundle::from_toml(include_str!("../../policy/examples/eu-retail.toml"))
+                .unwrap();
+        let policy = weft_policy::Policy::compile(&bundle).unwrap();
+        let streams: Vec<weft_fabric::StreamPattern> = [">", "orders.*.ie", "payments.>"]
+            .into_iter()
+            .map(|p| weft_fabric::StreamPattern::new(p).unwrap())
+            .collect();
+        let w = scope_warnings(&policy, &streams, "aws:us-east-1");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "streams pattern > overlaps the policy's stream rule streams[0] (orders.eu.>)"
+            ) && w[0].contains("aws:eu-west-1, aws:eu-central-1")
+                && w[1].starts_with("streams pattern orders.*.ie"),
+            "{w:?}"
+        );
+        assert!(scope_warnings(&policy, &streams, "aws:eu-west-1").is_empty());
     }
 
     #[test]
