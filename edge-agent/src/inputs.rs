@@ -779,18 +779,25 @@ async fn serve_http(
         return Ok(());
     }
     let outcome: IngestOutcome = rrx.await.unwrap_or_default();
+    let fullness = if outcome.waiting || outcome.refused_full > 0 {
+        crate::agent::with_outbox(shared, |o| Ok(o.fullness()))
+            .await
+            .unwrap_or_else(|e| format!("its figures could not be read: {e}"))
+    } else {
+        String::new()
+    };
     let (status, body) = if let Some(e) = &outcome.error {
         (503, error("outbox_error", e.clone()))
     } else if outcome.waiting {
         (
             507,
-            json!({"error": {"reason": "outbox_full", "message": "the outbox is full (outbox.events_max / bytes_max): nothing of this request was taken; send it again later"},
+            json!({"error": {"reason": "outbox_full", "message": format!("the outbox is full ({fullness}): nothing of this request was taken; send it again later")},
                    "accepted": 0, "refused": outcome.refused_full}),
         )
     } else if outcome.refused_full > 0 {
         (
             507,
-            json!({"error": {"reason": "outbox_full", "message": "the outbox is full (outbox.events_max / bytes_max) and the overflow rule refused the events at `refused_at` (positions in the request); the others were taken"},
+            json!({"error": {"reason": "outbox_full", "message": format!("the outbox is full ({fullness}) and the overflow rule refused the events at `refused_at` (positions in the request); the others were taken")},
                    "accepted": outcome.accepted, "refused": outcome.refused_full,
                    "refused_at": outcome.refused_at}),
         )

@@ -54,6 +54,12 @@ pub fn load(path: &Path) -> anyhow::Result<[u8; 32]> {
 /// [`load`] with the credentials directory given.
 fn load_in(path: &Path, credentials: Option<&std::ffi::OsStr>) -> anyhow::Result<[u8; 32]> {
     let meta = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
+    if meta.is_dir() {
+        bail!(
+            "key file {} is a directory: name the key file itself (weft keygen --out PATH writes one)",
+            path.display()
+        );
+    }
     let credential =
         credentials.is_some_and(|dir| !dir.is_empty() && path.starts_with(Path::new(dir)));
     let forbidden = if credential { 0o007 } else { 0o077 };
@@ -111,6 +117,9 @@ mod tests {
         assert!(load_in(&path, Some(elsewhere.as_os_str())).is_err());
         chmod(0o444);
         assert!(load_in(&path, Some(dir.as_os_str())).is_err());
+        // A directory named as the key: said so, not taken for a key others may read.
+        let e = load_in(&dir, None).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

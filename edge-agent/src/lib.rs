@@ -80,7 +80,7 @@ fn init_tracing(level: &str) {
 }
 
 async fn serve(config: config::Resolved, exit_when_drained: bool) -> anyhow::Result<ExitCode> {
-    let seed = keys::load(&config.key_path)?;
+    let seed = keys::load(&config.key_path).context("config field `key`")?;
     let shared = agent::Shared::new(&config, &seed)?;
     let tx = agent::start(&shared, &config);
     let raw = &config.raw;

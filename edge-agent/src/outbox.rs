@@ -579,6 +579,22 @@ impl Outbox {
         self.bytes
     }
 
+    /// What the outbox holds against its limits, for the error that refuses events: which
+    /// limit is reached, with the figures.
+    pub(crate) fn fullness(&self) -> String {
+        let (events_max, bytes_max) = (self.config.events_max, self.config.bytes_max);
+        format!(
+            "it holds {} of outbox.events_max {events_max} events and {} of outbox.bytes_max {bytes_max} payload bytes{}",
+            self.depth,
+            self.bytes,
+            match (self.depth >= events_max, self.bytes >= bytes_max) {
+                (true, _) => ": events_max is reached",
+                (false, true) => ": bytes_max is reached",
+                (false, false) => ": the request's events do not fit in what is left",
+            }
+        )
+    }
+
     /// The next sequence number to assign.
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq

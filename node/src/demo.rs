@@ -210,7 +210,16 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<ExitCode> {
     let dir = demo.dir.clone();
     // Kills anything still running and removes the directory.
     drop(demo);
-    let (nodes, agent) = stopped?;
+    // The run's own failure (a node or the agent exited) is the one to report; a stop that
+    // also went wrong (a node that had to be killed) is said beside it, not instead of it.
+    let (nodes, agent) = match (stopped, &outcome) {
+        (Ok(stopped), _) => stopped,
+        (Err(e), Err(_)) => {
+            eprintln!("weft demo: while stopping after the failure below: {e:#}");
+            return outcome;
+        }
+        (Err(e), Ok(_)) => return Err(e),
+    };
     say!(
         "stopped {nodes} nodes{} (SIGTERM and a clean shutdown each) and removed {}; nothing is left running",
         if agent { " and the edge agent" } else { "" },

@@ -186,6 +186,9 @@ enum Command {
         /// The agent's config file (docs/agent.md).
         #[arg(long)]
         config: PathBuf,
+        /// Exit (status 0) once standard input has ended and the outbox is empty.
+        #[arg(long)]
+        exit_when_drained: bool,
         /// Stop (SIGTERM) when the process with this pid, this agent's parent, exits.
         #[arg(long, hide = true)]
         exit_with_parent: Option<u32>,
@@ -430,12 +433,13 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::AgentRun {
             config,
+            exit_when_drained,
             exit_with_parent,
         } => {
             if let Some(parent) = exit_with_parent {
                 demo::exit_with_parent(parent)?;
             }
-            weft_agent::run(&config, false)
+            weft_agent::run(&config, exit_when_drained)
         }
         Command::AgentStatus { config, json } => weft_agent::status(&config, json),
         Command::Demo {

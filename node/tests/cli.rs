@@ -328,3 +328,54 @@ fn inspect_exit_status_says_whether_the_envelope_is_valid() {
     assert_eq!(usage.status.code(), Some(2), "{usage:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `weft agent-run` takes `--exit-when-drained` as `weft-agent run` does: an agent fed an
+/// empty standard input, with nothing in its outbox, exits 0 at once, whether or not a node
+/// answers (none does here).
+#[test]
+fn agent_run_exits_when_drained() {
+    let dir = std::env::temp_dir().join(format!("weft-it-agent-drained-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ok, out) = weft_in(&dir, &["keygen", "--out", "device.key"]);
+    assert!(ok, "{out}");
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "name = \"drained\"\nkey = \"device.key\"\ndata_dir = \"data\"\n\
+             [[nodes]]\naddr = \"127.0.0.1:9\"\nkey = \"{}\"\n\
+             [inputs.stdin]\nstream = \"t.drained\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(WEFT)
+        .args(["agent-run", "--exit-when-drained", "--config"])
+        .arg(dir.join("agent.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after 30 s:\n{}",
+                std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
