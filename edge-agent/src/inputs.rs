@@ -494,6 +494,18 @@ struct Request {
     body: Vec<u8>,
 }
 
+/// The error reason of a request refused before it is read whole, by its status: a client
+/// can tell a body too large from a slow one without parsing the message.
+fn http_reason(status: u16) -> &'static str {
+    match status {
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "body_too_large",
+        431 => "head_too_large",
+        _ => "bad_request",
+    }
+}
+
 async fn read_request(sock: &mut tokio::net::TcpStream) -> Result<Request, (u16, String)> {
     let mut buf = Vec::with_capacity(4096);
     let head_end = loop {
@@ -651,7 +663,7 @@ async fn serve_http(
         Ok(r) => r,
         Err((status, message)) => {
             count_bad(tx).await;
-            respond(&mut sock, status, &error("bad_request", message)).await?;
+            respond(&mut sock, status, &error(http_reason(status), message)).await?;
             return Ok(());
         }
     };
@@ -885,6 +897,51 @@ async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Requests refused before their body is read get a status and a reason of their own:
+    /// a body over `HTTP_BODY_MAX` (413 `body_too_large`), a chunked one (411
+    /// `length_required`), a head over `HTTP_HEAD_MAX` (431 `head_too_large`), a bad
+    /// content-length (400 `bad_request`).
+    #[tokio::test]
+    async fn refused_requests_say_which_limit() {
+        async fn refusal(request: Vec<u8>) -> (u16, &'static str, String) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = tokio::spawn(async move {
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut c, &request).await;
+                c // kept open until the server has read
+            });
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let (status, message) = match read_request(&mut sock).await {
+                Ok(r) => panic!("taken: {} {}", r.method, r.path),
+                Err(e) => e,
+            };
+            drop(client.await);
+            (status, http_reason(status), message)
+        }
+        let post =
+            |headers: &str| format!("POST /v1/events HTTP/1.1\r\n{headers}\r\n").into_bytes();
+        let (status, reason, message) =
+            refusal(post(&format!("content-length: {}\r\n", HTTP_BODY_MAX + 1))).await;
+        assert_eq!((status, reason), (413, "body_too_large"));
+        assert!(message.contains("HTTP_BODY_MAX"), "{message}");
+        let (status, reason, _) = refusal(post("transfer-encoding: chunked\r\n")).await;
+        assert_eq!((status, reason), (411, "length_required"));
+        // A head that has not ended within the limit (read 4 KiB at a time).
+        let (status, reason, message) = refusal(
+            format!(
+                "POST /v1/events HTTP/1.1\r\nx-pad: {}",
+                "a".repeat(2 * HTTP_HEAD_MAX)
+            )
+            .into_bytes(),
+        )
+        .await;
+        assert_eq!((status, reason), (431, "head_too_large"));
+        assert!(message.contains(&HTTP_HEAD_MAX.to_string()), "{message}");
+        let (status, reason, _) = refusal(post("content-length: lots\r\n")).await;
+        assert_eq!((status, reason), (400, "bad_request"));
+    }
 
     #[tokio::test]
     async fn an_over_long_line_is_skipped_without_holding_it() {
