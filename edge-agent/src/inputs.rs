@@ -667,6 +667,24 @@ async fn serve_http(
             return Ok(());
         }
     };
+    // No path takes parameters. Refused rather than ignored: `?ack=regions:2`, which a
+    // node's API takes, would otherwise be dropped in silence (the agent answers once an
+    // event is in its outbox, whatever is asked).
+    if let Some((path, query)) = req.path.split_once('?') {
+        count_bad(tx).await;
+        respond(
+            &mut sock,
+            400,
+            &error(
+                "unknown_parameter",
+                format!(
+                    "{path} takes no query parameters (got {query:?}): the agent answers once the events are in its outbox; acknowledgements from the fabric (ack=...) are the node API's"
+                ),
+            ),
+        )
+        .await?;
+        return Ok(());
+    }
     if req.method == "GET" && (req.path == "/v1/status" || req.path == "/status") {
         let status = serde_json::to_value(shared.status().await?)?;
         respond(&mut sock, 200, &status).await?;

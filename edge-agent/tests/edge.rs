@@ -476,6 +476,21 @@ aggregate = { window_s = 2, fields = ["c"] }
         "{}",
         String::from_utf8_lossy(&resp)
     );
+    // A query parameter (a node API's `ack=` asked of the agent) is refused, not ignored.
+    let (code, resp) = http_post(
+        &agent_http(73),
+        "/v1/events?ack=regions:2",
+        &[("content-type", "application/cloudevents+json")],
+        br#"{"specversion": "1.0", "id": "q-1", "source": "s", "type": "t", "data": {"level": "info"}}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&resp));
+    assert!(
+        String::from_utf8_lossy(&resp).contains("unknown_parameter")
+            && String::from_utf8_lossy(&resp).contains("ack=regions:2"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
 
     let kept = wait_for(Duration::from_secs(30), || {
         let e = w.events(0, STREAM)?;
@@ -513,7 +528,11 @@ aggregate = { window_s = 2, fields = ["c"] }
     assert_eq!(c["filtered"].as_u64(), Some(5), "{s}");
     assert_eq!(c["sampled_out"].as_u64(), Some(8), "{s}");
     assert_eq!(c["aggregated"].as_u64(), Some(5), "{s}");
-    assert_eq!(c["bad_input"].as_u64(), Some(2), "{s}");
+    assert_eq!(
+        c["bad_input"].as_u64(),
+        Some(3),
+        "two bad events and a query parameter: {s}"
+    );
 
     // Downlink: an operator publishes a command; the agent hands it to its command.
     let auth = format!("Bearer {}", w.token);
