@@ -821,13 +821,13 @@ async fn serve_http(
     } else if outcome.waiting {
         (
             507,
-            json!({"error": {"reason": "outbox_full", "message": format!("the outbox is full ({fullness}): nothing of this request was taken; send it again later")},
+            json!({"error": {"reason": "outbox_full", "message": format!("the outbox has no room for this request ({fullness}): nothing of it was taken; send it again later")},
                    "accepted": 0, "refused": outcome.refused_full}),
         )
     } else if outcome.refused_full > 0 {
         (
             507,
-            json!({"error": {"reason": "outbox_full", "message": format!("the outbox is full ({fullness}) and the overflow rule refused the events at `refused_at` (positions in the request); the others were taken")},
+            json!({"error": {"reason": "outbox_full", "message": format!("the outbox had no room for some of this request's events ({fullness}): the overflow rule refused those at `refused_at` (positions in the request); the others were taken")},
                    "accepted": outcome.accepted, "refused": outcome.refused_full,
                    "refused_at": outcome.refused_at}),
         )

@@ -579,19 +579,26 @@ impl Outbox {
         self.bytes
     }
 
-    /// What the outbox holds against its limits, for the error that refuses events: which
-    /// limit is reached, with the figures.
+    /// What the outbox holds against its limits (ordinary events: aggregate summaries have
+    /// a budget of their own), for the error that refuses events: which limit is reached,
+    /// with the figures, as of when it is asked.
     pub(crate) fn fullness(&self) -> String {
         let (events_max, bytes_max) = (self.config.events_max, self.config.bytes_max);
-        format!(
-            "it holds {} of outbox.events_max {events_max} events and {} of outbox.bytes_max {bytes_max} payload bytes{}",
-            self.depth,
-            self.bytes,
-            match (self.depth >= events_max, self.bytes >= bytes_max) {
-                (true, _) => ": events_max is reached",
-                (false, true) => ": bytes_max is reached",
-                (false, false) => ": the request's events do not fit in what is left",
+        let (held, held_bytes) = Self::summaries_held(&self.conn).unwrap_or((0, 0));
+        let (depth, bytes) = (
+            self.depth.saturating_sub(held),
+            self.bytes.saturating_sub(held_bytes),
+        );
+        let why = match (depth >= events_max, bytes >= bytes_max) {
+            (true, _) => "events_max is reached",
+            (false, true) => "bytes_max is reached",
+            (false, false) if self.config.overflow == Overflow::DropOldest => {
+                "drop-oldest found nothing it may drop (what is held is in flight or of a higher priority), or an event is larger than the room"
             }
+            (false, false) => "the request's events do not fit in what is left",
+        };
+        format!(
+            "it holds {depth} of outbox.events_max {events_max} events and {bytes} of outbox.bytes_max {bytes_max} payload bytes: {why}"
         )
     }
 

@@ -802,7 +802,7 @@ fn a_full_outbox_makes_standard_input_and_a_followed_file_wait_not_lose_lines() 
     assert!(
         v["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("nothing of this request was taken")
+            .is_some_and(|m| m.contains("nothing of it was taken")
                 && m.contains("it holds 20 of outbox.events_max 20 events")
                 && m.contains("events_max is reached")),
         "{v}"

@@ -172,7 +172,9 @@ impl StreamPattern {
 impl StreamPattern {
     /// Whether some stream name matches both patterns: token by token, `*` matches any
     /// token and `>` one token or more, so patterns overlap when each token pair can be the
-    /// same token until one of them ends in `>`, or both end together.
+    /// same token until one of them ends in `>`, or both end together. (Lengths are not
+    /// counted: two long patterns may be said to overlap through a name longer than
+    /// [`STREAM_LEN_MAX`], which no stream can have.)
     pub fn overlaps(&self, other: &StreamPattern) -> bool {
         let mut a = self.0.split('.');
         let mut b = other.0.split('.');

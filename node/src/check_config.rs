@@ -129,7 +129,9 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
         data_dir.describe()
     );
     if let Some(v) = policy.as_ref().and_then(|p| p.verified.as_ref()) {
-        warnings.extend(scope_warnings(&v.policy, &c.streams, &raw.region));
+        for n in scope_notes(&v.policy, &c.streams, &raw.region) {
+            say!("note: {n}");
+        }
     }
     warnings.extend(placement_warnings(raw, regions::regions()));
     warnings.extend(raw.ignored_settings());
@@ -172,15 +174,13 @@ fn stored_bundle(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(reader.meta_get(policy_push::META_KEY)?)
 }
 
-/// The node's claimed placement against the built-in catalog: a region the catalog knows
-/// must be claimed with its cloud and jurisdiction (a wrong jurisdiction is a residency
-/// claim the policy may grant by region; a wrong cloud puts the node in another cloud's
-/// failure domain in every route), and a region id's `cloud:` prefix must name its cloud.
 /// A stream pattern of the config that overlaps a stream rule keeping its streams to
 /// regions this node is not in (`replication = "regions"`, docs/policy.md §6.3): the node
-/// will hold none of those streams' events, however its config names them. (Overlap is of
+/// holds none of the events that rule governs, however its config names them. Notes, not
+/// warnings: a node outside a scope is the scope's intent, and the default `streams =
+/// [">"]` overlaps every rule, so `--strict` must not fail on them. (Overlap is of
 /// patterns: an earlier rule may govern some of the names first.)
-fn scope_warnings(
+fn scope_notes(
     policy: &weft_policy::Policy,
     streams: &[weft_fabric::StreamPattern],
     region: &str,
@@ -197,7 +197,7 @@ fn scope_warnings(
         };
         for s in streams.iter().filter(|s| s.overlaps(&pattern)) {
             out.push(format!(
-                "streams pattern {s} overlaps the policy's stream rule streams[{i}] ({}), which epoch {} keeps to regions {}: this node ({region}) holds none of those events",
+                "streams pattern {s} overlaps the policy's stream rule streams[{i}] ({}), which epoch {} keeps to regions {}: this node ({region}) holds none of the events that rule governs",
                 rule.pattern,
                 policy.epoch(),
                 rule.regions.join(", ")
@@ -207,6 +207,10 @@ fn scope_warnings(
     out
 }
 
+/// The node's claimed placement against the built-in catalog: a region the catalog knows
+/// must be claimed with its cloud and jurisdiction (a wrong jurisdiction is a residency
+/// claim the policy may grant by region; a wrong cloud puts the node in another cloud's
+/// failure domain in every route), and a region id's `cloud:` prefix must name its cloud.
 fn placement_warnings(
     raw: &NodeConfig,
     catalog: &std::collections::BTreeMap<String, regions::Region>,
@@ -477,7 +481,7 @@ http = "127.0.0.1:8400"
             .into_iter()
             .map(|p| weft_fabric::StreamPattern::new(p).unwrap())
             .collect();
-        let w = scope_warnings(&policy, &streams, "aws:us-east-1");
+        let w = scope_notes(&policy, &streams, "aws:us-east-1");
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
             w[0].starts_with(
@@ -486,7 +490,7 @@ http = "127.0.0.1:8400"
                 && w[1].starts_with("streams pattern orders.*.ie"),
             "{w:?}"
         );
-        assert!(scope_warnings(&policy, &streams, "aws:eu-west-1").is_empty());
+        assert!(scope_notes(&policy, &streams, "aws:eu-west-1").is_empty());
     }
 
     #[test]

@@ -1267,24 +1267,49 @@ fn policy(
                     ),
                 ));
             }
-            // A stream kept to some regions: the publisher must be in one of them, and its
-            // region is taken only when its claim holds.
-            if let Some(rule) = compiled
-                .stream_rule(&w.stream)
-                .filter(|r| r.replication == weft_policy::ReplicationScope::Regions)
-                && (placed.is_none() || !rule.regions.contains(node.region.as_str()))
-            {
-                return Err(invalid(
-                    format!("workload[{i}].publishers"),
-                    format!(
-                        "node {} (region {}) may not hold events on {}, which                          policy.streams[{}] keeps to {:?}: a publisher stores what it publishes",
-                        node.name,
-                        node.region.as_str(),
-                        w.stream.as_str(),
-                        rule.index,
-                        rule.regions
-                    ),
-                ));
+            // The stream's rule: its class narrows the workload's when it is another
+            // restricted one (as the engine's `Policy::event_scope` does), and a
+            // `replication = "regions"` scope keeps the stream to its regions; a region is
+            // taken only when the node's claim holds.
+            if let Some(rule) = compiled.stream_rule(&w.stream) {
+                let rule_class = spec
+                    .classes
+                    .get(&rule.classification)
+                    .filter(|rc| rule.classification != *c && !rc.anywhere);
+                if let Some(rc) = rule_class
+                    && !placed.is_some_and(|j| rc.jurisdictions.iter().any(|x| x == j))
+                {
+                    return Err(invalid(
+                        format!("workload[{i}].publishers"),
+                        format!(
+                            "node {} (jurisdiction {}) may not hold events on {}, whose stream \
+                             rule policy.streams[{}] names class {:?}, which stays in {:?}: a \
+                             publisher stores what it publishes",
+                            node.name,
+                            node.jurisdiction.as_str(),
+                            w.stream.as_str(),
+                            rule.index,
+                            rule.classification,
+                            rc.jurisdictions
+                        ),
+                    ));
+                }
+                if rule.replication == weft_policy::ReplicationScope::Regions
+                    && (placed.is_none() || !rule.regions.contains(node.region.as_str()))
+                {
+                    return Err(invalid(
+                        format!("workload[{i}].publishers"),
+                        format!(
+                            "node {} (region {}) may not hold events on {}, which \
+                             policy.streams[{}] keeps to {}: a publisher stores what it publishes",
+                            node.name,
+                            node.region.as_str(),
+                            w.stream.as_str(),
+                            rule.index,
+                            rule.regions.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
             }
         }
     }

@@ -1615,7 +1615,34 @@ converge_within_s = 60
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("workload[1].publishers") && e.contains("policy.streams[0]"),
+        e.contains(
+            "workload[1].publishers: node aws:eu-west-1/0 (region aws:eu-west-1) may not hold \
+             events on t.kept.audit, which policy.streams[0] keeps to aws:us-east-1, \
+             gcp:asia-south1: a publisher stores what it publishes"
+        ),
+        "{e}"
+    );
+    // A rule naming a restricted class narrows the workload's (as the engine does): a
+    // publisher outside that class is refused before the run, not caught as violations.
+    let e = Scenario::parse(
+        &text
+            .replace(
+                "[[policy.streams]]\npattern = \"t.kept.>\"\nclassification = \"public\"\n\
+                 regions = [\"aws:us-east-1\", \"gcp:asia-south1\"]",
+                "[policy.classes.eu]\njurisdictions = [\"EU\"]\ntransit = \"forbidden\"\n\n\
+                 [[policy.streams]]\npattern = \"t.kept.>\"\nclassification = \"eu\"\n\
+                 regions = [\"aws:us-east-1\", \"aws:eu-west-1\"]",
+            )
+            .replace(
+                r#"publishers = { regions = ["aws:us-east-1", "gcp:asia-south1"] }"#,
+                r#"publishers = { regions = ["aws:us-east-1"] }"#,
+            ),
+        &catalog,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("workload[1].publishers") && e.contains("names class \"eu\""),
         "{e}"
     );
 }
