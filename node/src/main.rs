@@ -140,6 +140,20 @@ enum PolicyCommand {
         /// The signed bundle.
         bundle: PathBuf,
     },
+    /// Where a stream's events may be held under a bundle (TOML, or signed as `weft policy
+    /// sign` writes it): the stream rule that governs it, the class it is stamped with, and
+    /// the regions whose nodes may hold it in clear (residency and the rule's `replication
+    /// = "regions"` scope), so the most an `ack=regions:N` can ask.
+    Where {
+        /// The bundle: TOML, or the signed CBOR (not verified: see `weft policy verify`).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The classification a publisher names (default: the stream rule's).
+        #[arg(long)]
+        classification: Option<String>,
+        /// The stream.
+        stream: String,
+    },
     /// Push a signed bundle to a node (an admin principal's token): the node verifies it
     /// and sends it through the fabric; every node applies it, nodes that were down when
     /// they come back.
@@ -465,6 +479,11 @@ fn run() -> anyhow::Result<ExitCode> {
                     bundle,
                 } => policy_cli::verify(&bundle, &operators, threshold, epoch)?,
                 PolicyCommand::Push { conn, bundle } => client::policy_push(&conn, &bundle)?,
+                PolicyCommand::Where {
+                    bundle,
+                    classification,
+                    stream,
+                } => policy_cli::where_held(&bundle, &stream, classification.as_deref())?,
                 PolicyCommand::Status {
                     conn,
                     json,

@@ -218,6 +218,84 @@ fn warn_scoped_targets(b: &Bundle) {
     }
 }
 
+/// `weft policy where`: where events of `stream` may be held under the bundle at `path`
+/// (TOML, or signed CBOR, not verified), stamped with `classification` or the stream
+/// rule's.
+pub(crate) fn where_held(
+    path: &Path,
+    stream: &str,
+    classification: Option<&str>,
+) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading bundle {}", path.display()))?;
+    let bundle = match SignedBundle::decode(&bytes) {
+        Ok(signed) => Bundle::from_cbor(&signed.bundle)
+            .map_err(|e| anyhow::anyhow!("signed bundle {}: {e}", path.display()))?,
+        Err(_) => {
+            let text = String::from_utf8(bytes).with_context(|| {
+                format!("{}: neither a signed bundle nor TOML text", path.display())
+            })?;
+            Bundle::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+    };
+    let policy = weft_policy::Policy::compile(&bundle)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let name = weft_fabric::StreamName::new(stream)
+        .map_err(|e| anyhow::anyhow!("stream {stream:?}: {e}"))?;
+    let stamp = policy
+        .stamp(&name, classification, &weft_fabric::Residency::Unrestricted)
+        .map_err(|r| anyhow::anyhow!("stream {stream}: {r}"))?;
+    say!("stream {stream} under policy epoch {}:", policy.epoch());
+    match policy.stream_rule(&name).filter(|_| !name.is_system()) {
+        Some(rule) => say!(
+            "  stream rule streams[{}] ({}): class {}, replication {}{}",
+            rule.index,
+            bundle.streams[rule.index].pattern,
+            rule.classification,
+            match rule.replication {
+                weft_policy::ReplicationScope::All => "all",
+                weft_policy::ReplicationScope::Interest => "interest",
+                weft_policy::ReplicationScope::Regions => "regions",
+            },
+            if rule.regions.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    rule.regions.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        ),
+        None if name.is_system() => say!("  a system stream: its events follow their own stamp"),
+        None => say!("  no stream rule matches: published with a classification it names"),
+    }
+    let narrowed = policy
+        .stream_rule(&name)
+        .filter(|r| !name.is_system() && r.classification != stamp.classification)
+        .map_or(String::new(), |r| {
+            format!(
+                "; the stream rule's class {} narrows it where it restricts more",
+                r.classification
+            )
+        });
+    say!(
+        "  stamped class {} (residency {}{narrowed})",
+        stamp.classification,
+        weft_policy::residency_text(&stamp.residency)
+    );
+    match policy.regions_that_may_hold(&name, &stamp.classification, &stamp.residency) {
+        None => say!("  held in clear by every node (no residency, no replication scope)"),
+        Some(regions) if regions.is_empty() => say!("  held in clear by no node"),
+        Some(regions) => say!(
+            "  held in clear only in {} region(s): {} (ack=regions:{} at most)",
+            regions.len(),
+            regions.iter().copied().collect::<Vec<_>>().join(", "),
+            regions.len()
+        ),
+    }
+    Ok(())
+}
+
 /// What a bundle holds, counted, on one line.
 fn summary(b: &Bundle) -> String {
     format!(

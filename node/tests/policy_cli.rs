@@ -209,3 +209,78 @@ fn bundles_are_signed_k_of_n_and_verified_as_a_node_would() {
     refused(o, "colour");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `weft policy where` answers where a stream's events may be held, from the TOML bundle
+/// and from its signed form alike: the rule, the class, and the regions (residency narrowed
+/// by a `replication = "regions"` scope), or every node; a stream no rule classifies is an
+/// error naming it.
+#[test]
+fn policy_where_names_the_regions_a_stream_may_be_held_in() {
+    let dir = std::env::temp_dir().join(format!("weft-policy-where-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    operator(&dir, "a.key");
+    let o = weft(
+        &dir,
+        &[
+            "policy", "sign", "--key", "a.key", "--out", "p.cbor", EXAMPLE,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A scope narrower than residency would be: US residency for the payments class,
+    // kept to one EU region by the rule.
+    let scoped = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
+        "pattern = \"payments.>\"\nclassification = \"payment\"\nreplication = \"all\"",
+        "pattern = \"payments.>\"\nclassification = \"payment\"\nreplication = \"regions\"\nregions = [\"aws:eu-west-1\"]",
+        1,
+    );
+    std::fs::write(dir.join("scoped.toml"), scoped).unwrap();
+    for bundle in [EXAMPLE, "p.cbor"] {
+        let o = weft(
+            &dir,
+            &["policy", "where", "--bundle", bundle, "orders.eu.ie"],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains("stream rule streams[0] (orders.eu.>): class eu-personal, replication regions")
+                && text(&o).contains(
+                    "held in clear only in 2 region(s): aws:eu-central-1, aws:eu-west-1 (ack=regions:2 at most)"
+                ),
+            "{bundle}: {}",
+            text(&o)
+        );
+    }
+    let o = weft(
+        &dir,
+        &[
+            "policy",
+            "where",
+            "--bundle",
+            "scoped.toml",
+            "payments.card",
+        ],
+    );
+    assert!(
+        o.status.success()
+            && text(&o).contains("residency EU, US")
+            && text(&o).contains("held in clear only in 1 region(s): aws:eu-west-1"),
+        "{}",
+        text(&o)
+    );
+    let o = weft(
+        &dir,
+        &["policy", "where", "--bundle", EXAMPLE, "orders.global.x"],
+    );
+    assert!(
+        text(&o).contains("held in clear by every node"),
+        "{}",
+        text(&o)
+    );
+    let o = weft(&dir, &["policy", "where", "--bundle", EXAMPLE, "misc"]);
+    assert!(
+        !o.status.success() && text(&o).contains("stream misc: no classification given"),
+        "{}",
+        text(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
