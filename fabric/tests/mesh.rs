@@ -115,6 +115,9 @@ impl Net {
                     self.late[i].insert(event.id());
                 }
                 AppEvent::SkipContradicted { .. } => {}
+                AppEvent::Equivocation { origin, seq, .. } => {
+                    panic!("no two producers here share a key: {origin} {seq}")
+                }
                 AppEvent::MemberUp(m) => {
                     let j = self.keys[&OriginKey(m.key)];
                     let rtt = 2 * self.latency(i, j);

@@ -379,6 +379,9 @@ pub(crate) struct Driver {
     committed: watch::Sender<u64>,
     snapshot: watch::Sender<Snapshot>,
     last_snapshot: Instant,
+    /// When an origin's equivocation was last logged and audited (each one is counted):
+    /// at most once a minute per origin, so a cloned device does not flood the audit log.
+    equivocation_said: BTreeMap<OriginKey, Instant>,
     /// Transmits of this step, sent after its commit.
     outbox: Vec<(OriginKey, Option<SocketAddr>, Outgoing)>,
     /// Sync answers of this step, sent after its commit.
@@ -497,6 +500,7 @@ impl Driver {
             committed,
             snapshot,
             last_snapshot: Instant::now(),
+            equivocation_said: BTreeMap::new(),
             outbox: Vec::new(),
             outbox_replies: Vec::new(),
             priorities,
@@ -1709,6 +1713,12 @@ impl Driver {
                     );
                     self.deliver_late(&event);
                 }
+                AppEvent::Equivocation {
+                    origin,
+                    seq,
+                    held,
+                    other,
+                } => self.equivocation(origin, seq, held, other),
                 AppEvent::MemberUp(m) => {
                     info!(peer = %m.node_key(), region = %m.region, addr = %m.addr, "member up");
                     let addr = m.addr.parse::<SocketAddr>().ok();
@@ -1863,6 +1873,40 @@ impl Driver {
     /// comes late has its key rebuilt from the log's writes of that key (in per-origin
     /// order) at the end of the step, once however many late writes reached it
     /// (`tables::rebuild_keys`).
+    /// A peer sent an event under a number this node holds another event for: the origin's
+    /// key signed both (a cloned device or producer sharing a key, or an origin that
+    /// equivocates). Counted every time (`weft_rejected_total{reason="origin_equivocation"}`);
+    /// logged and audited at most once a minute per origin. The held event stays.
+    fn equivocation(&mut self, origin: OriginKey, seq: u64, held: EventId, other: EventId) {
+        /// How often one origin's equivocations are logged and audited.
+        const SAY_EVERY: Duration = Duration::from_secs(60);
+        /// Most origins remembered for that; past it the memory starts over.
+        const ORIGINS_MAX: usize = 1024;
+        self.metrics.reject("origin_equivocation");
+        let now = Instant::now();
+        if self
+            .equivocation_said
+            .get(&origin)
+            .is_some_and(|t| now.duration_since(*t) < SAY_EVERY)
+        {
+            return;
+        }
+        if self.equivocation_said.len() >= ORIGINS_MAX {
+            self.equivocation_said.clear();
+        }
+        self.equivocation_said.insert(origin, now);
+        let message = format!(
+            "origin {origin} signed two events with sequence number {seq}: this node holds {held}, a peer sent {other} (dropped here); two producers share the origin's key (a cloned device?) or it equivocates, and replicas may disagree on that number: give each producer its own key"
+        );
+        warn!(%origin, seq, %held, %other, "an origin signed two events with one sequence number (logged at most once a minute per origin)");
+        self.audit.record(crate::audit::Entry::now(
+            crate::audit::Decision::Deny,
+            "origin_equivocation",
+            self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+            message,
+        ));
+    }
+
     fn deliver_late(&mut self, event: &Event) {
         let strategy = event
             .key()
@@ -2610,6 +2654,7 @@ impl Driver {
         let stats = BTreeMap::from([
             ("events_new", s.events_new),
             ("events_duplicate", s.events_duplicate),
+            ("equivocations", s.equivocations),
             ("events_refused", s.events_refused),
             ("pushes_sent", s.pushes_sent),
             ("ihaves_sent", s.ihaves_sent),

@@ -243,6 +243,7 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "not_a_table",
     "not_admin",
     "not_durable",
+    "origin_equivocation",
     "origin_mismatch",
     "overloaded",
     "payload_too_large",

@@ -776,5 +776,60 @@ fn every_attack_on_the_checklist_is_refused_counted_and_audited() {
         assert_eq!((s, &b["value"]), (200, &json!(0)), "{b}");
         let (s, b) = table(&c, RIVAL_TOKEN, Method::GET, own, None).await;
         assert_eq!(s, 404, "{b}");
+
+        // 12. A cloned device: two producers of one key publish different events under one
+        //     number at two nodes, while the mesh between them is slow (1.5 s each way), so
+        //     each node takes its own before the other's arrives. When the other's push
+        //     comes, the node names the equivocation (counted, audited once, the held event
+        //     kept); before, it was dropped as a duplicate unseen and the replicas disagreed
+        //     in silence.
+        let equivocations = || {
+            let c = &c;
+            async move {
+                let mut n = 0;
+                for i in 0..2 {
+                    n += rejected(c, i, "origin_equivocation").await;
+                }
+                n
+            }
+        };
+        let before = equivocations().await;
+        for i in 0..3 {
+            c.chaos(i, json!([{"peer": "*", "delay_ms": 1500}])).await;
+        }
+        let x = device_event_with("orders.x", 6, "public", Residency::Unrestricted, br#"{"clone":"a"}"#);
+        let y = device_event_with("orders.x", 6, "public", Residency::Unrestricted, br#"{"clone":"b"}"#);
+        let (a, b) = tokio::join!(
+            post_cbor(&c, 0, "orders.x", x.encode()),
+            post_cbor(&c, 1, "orders.x", y.encode())
+        );
+        assert_eq!((a.0, b.0), (200, 200), "each node takes its own: {a:?} {b:?}");
+        let named = wait_for(Duration::from_secs(20), || async {
+            (equivocations().await > before).then_some(())
+        })
+        .await;
+        for i in 0..3 {
+            c.chaos(i, json!([])).await;
+        }
+        assert!(named.is_some(), "no node named the equivocation:\n{}\n{}", c.log(0), c.log(1));
+        let entry = wait_for(Duration::from_secs(10), || async {
+            for i in 0..2 {
+                let v = c.get_auth(i, "/v1/audit?reason=origin_equivocation").await;
+                if let Some(e) = v["entries"].get(0) {
+                    return Some(e.clone());
+                }
+            }
+            None
+        })
+        .await
+        .expect("the equivocation is audited");
+        let said = entry["message"].as_str().unwrap();
+        assert!(
+            said.contains("signed two events with sequence number 6")
+                && (said.contains(&x.id().to_string()) && said.contains(&y.id().to_string())),
+            "{entry}"
+        );
+        let held = c.get_auth(0, &format!("/v1/events/{}", x.id())).await;
+        assert_eq!(held["id"], x.id().to_string().as_str(), "node 0 keeps its own: {held}");
     });
 }

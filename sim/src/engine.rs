@@ -1443,6 +1443,8 @@ impl Engine {
                 // its number, and a holder's copy came later (`.skips.lost_recovered`).
                 AppEvent::Recovered(event) => self.app_deliver(i, &event, Arrival::Recovered),
                 AppEvent::SkipContradicted { .. } => {}
+                // No two simulated producers share a key.
+                AppEvent::Equivocation { .. } => {}
                 AppEvent::MemberUp(m) => self.member_up(i, &m),
                 AppEvent::MemberDown(_) => {}
             }

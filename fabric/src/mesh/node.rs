@@ -497,6 +497,22 @@ pub enum AppEvent {
     MemberUp(Box<MemberInfo>),
     /// A member was declared down.
     MemberDown(Box<MemberInfo>),
+    /// A peer sent an event under an origin and sequence number this node holds another
+    /// event for ([`Stats::equivocations`]): the origin's key signed two events with one
+    /// number (two producers sharing a key, such as a cloned device, or an origin that
+    /// equivocates). The held event stays; the other is dropped here, and other nodes may
+    /// hold it instead, so replicas disagree on that number. Only a node that stores the
+    /// stream can compare.
+    Equivocation {
+        /// The origin whose key signed both.
+        origin: OriginKey,
+        /// The number.
+        seq: u64,
+        /// The event this node holds.
+        held: crate::EventId,
+        /// The event the peer sent.
+        other: crate::EventId,
+    },
 }
 
 /// Counters, for metrics and the simulator's report.
@@ -508,6 +524,9 @@ pub struct Stats {
     pub events_duplicate: u64,
     /// Events refused by the store (full, equivocation).
     pub events_refused: u64,
+    /// Events a peer sent under an origin and number this node holds another event for
+    /// ([`AppEvent::Equivocation`]).
+    pub equivocations: u64,
     /// Eager push messages sent.
     pub pushes_sent: u64,
     /// IHAVE messages sent.

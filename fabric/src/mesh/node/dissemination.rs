@@ -179,6 +179,9 @@ impl<S: Store> Node<S> {
                 return self.accept_late(event, Passed::Lost);
             }
             self.stats.events_duplicate += 1;
+            if !publishing {
+                self.compare_held(&event);
+            }
             return Ok(Inserted::Duplicate);
         }
         // An exact seen-set that lacks the number: neither stored nor relayed (no lookup).
@@ -235,6 +238,28 @@ impl<S: Store> Node<S> {
         self.arrived(&id);
         self.advance_delivery(origin);
         Ok(Inserted::New)
+    }
+
+    /// A peer's event under a number already seen: the same event (the store's id index
+    /// answers, the common case), or one held under the number with other content, which
+    /// is an equivocation ([`AppEvent::Equivocation`]). A number seen but not held here (a
+    /// stream this node only relays, an erased or expired event) cannot be compared.
+    fn compare_held(&mut self, event: &Arc<Event>) {
+        if self.store.holds(&EventRef::of(event)) {
+            return;
+        }
+        let (origin, seq) = (event.origin(), event.seq());
+        if let Some(held) = self.store.get(&origin, seq)
+            && held.id() != event.id()
+        {
+            self.stats.equivocations += 1;
+            self.app.push_back(AppEvent::Equivocation {
+                origin,
+                seq,
+                held: held.id(),
+                other: event.id(),
+            });
+        }
     }
 
     /// [`Node::accept`]'s rare paths (a held event the seen-set had dropped, an erased one):

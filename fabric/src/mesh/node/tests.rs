@@ -738,6 +738,20 @@ fn delivered_seqs<S: Store>(node: &mut Node<S>) -> Vec<u64> {
     seqs
 }
 
+/// `event` pushed to `node` by `from` at time 1, one event in the push.
+fn push_one(node: &mut Node<crate::mesh::MemStore>, from: OriginKey, event: Arc<Event>) {
+    node.handle_message(
+        1,
+        from,
+        Message::Push {
+            events: vec![event],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        },
+    );
+}
+
 fn event_at(seed: u8, seq: u64, stream: &str) -> Arc<Event> {
     signed_event(seed, seq, stream, b"x").unwrap()
 }
@@ -775,6 +789,57 @@ fn a_republished_number_with_other_content_is_refused() {
     assert!(node.store().contains(&next.id()));
 }
 
+/// A peer's event under a number this node holds another event for (the origin's key
+/// signed both: a cloned producer) is named ([`AppEvent::Equivocation`], counted) and
+/// dropped; the same event again is an ordinary duplicate.
+#[test]
+fn a_peers_event_under_a_held_number_with_other_content_is_named() {
+    let mut node = Node::new(
+        lone_member(),
+        MeshConfig::wan(2),
+        1,
+        crate::mesh::MemStore::new(100),
+        0,
+    );
+    let from = crate::Signer::from_secret(&[1; 32]).origin();
+    let push = |node: &mut Node<crate::mesh::MemStore>, event| push_one(node, from, event);
+    let equivocations = |node: &mut Node<crate::mesh::MemStore>| {
+        let mut named = Vec::new();
+        while let Some(e) = node.poll_event() {
+            if let AppEvent::Equivocation {
+                origin,
+                seq,
+                held,
+                other,
+            } = e
+            {
+                named.push((origin, seq, held, other));
+            }
+        }
+        named
+    };
+    let first = signed_event(1, 1, "orders.all", b"first").unwrap();
+    let clone = signed_event(1, 1, "orders.all", b"the clone's").unwrap();
+    push(&mut node, first.clone());
+    assert!(equivocations(&mut node).is_empty());
+    push(&mut node, first.clone());
+    assert!(
+        equivocations(&mut node).is_empty(),
+        "a resend is a duplicate"
+    );
+    push(&mut node, clone.clone());
+    assert_eq!(
+        equivocations(&mut node),
+        [(first.origin(), 1, first.id(), clone.id())]
+    );
+    assert_eq!(node.stats.equivocations, 1);
+    assert_eq!(
+        node.store().get(&first.origin(), 1).unwrap().id(),
+        first.id(),
+        "the held event stays"
+    );
+}
+
 /// A seen-set that once reached its range limit is no longer trusted to be exact: an
 /// event it dropped but the store holds still counts as a duplicate when pushed again
 /// (and an exact seen-set spares the store lookup for every new event).
@@ -789,18 +854,7 @@ fn a_seen_set_at_its_range_limit_falls_back_to_the_store() {
         0,
     );
     let from = crate::Signer::from_secret(&[1; 32]).origin();
-    let push = |node: &mut Node<crate::mesh::MemStore>, event: Arc<Event>| {
-        node.handle_message(
-            1,
-            from,
-            Message::Push {
-                events: vec![event],
-                relay: Vec::new(),
-                ack: 0,
-                reroutes: 0,
-            },
-        );
-    };
+    let push = |node: &mut Node<crate::mesh::MemStore>, event| push_one(node, from, event);
     // Odd numbers only: every one is a range of its own.
     let last = 2 * RANGES_PER_ORIGIN_MAX as u64 + 1;
     let mut events = Vec::new();
