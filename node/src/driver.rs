@@ -1867,18 +1867,14 @@ impl Driver {
         }
     }
 
-    /// Appends an event delivered out of per-origin order ([`AppEvent::Late`],
-    /// [`AppEvent::Recovered`]). A table
-    /// tracks what each origin wrote by its highest sequence number, so a table write that
-    /// comes late has its key rebuilt from the log's writes of that key (in per-origin
-    /// order) at the end of the step, once however many late writes reached it
-    /// (`tables::rebuild_keys`).
     /// A peer sent an event under a number this node holds another event for: the origin's
-    /// key signed both (a cloned device or producer sharing a key, or an origin that
-    /// equivocates). Counted every time (`weft_rejected_total{reason="origin_equivocation"}`);
-    /// logged and audited at most once a minute per origin. The held event stays.
+    /// key signed both (producers sharing a key, such as a cloned device; an origin that
+    /// restarted on an older or lost store and reused its numbers; or one that
+    /// equivocates). Counted every time it arrives
+    /// (`weft_rejected_total{reason="origin_equivocation"}`); audited (which logs it) at
+    /// most once a minute per origin. The held event stays; the other is not stored here.
     fn equivocation(&mut self, origin: OriginKey, seq: u64, held: EventId, other: EventId) {
-        /// How often one origin's equivocations are logged and audited.
+        /// How often one origin's equivocations are audited.
         const SAY_EVERY: Duration = Duration::from_secs(60);
         /// Most origins remembered for that; past it the memory starts over.
         const ORIGINS_MAX: usize = 1024;
@@ -1895,18 +1891,32 @@ impl Driver {
             self.equivocation_said.clear();
         }
         self.equivocation_said.insert(origin, now);
-        let message = format!(
-            "origin {origin} signed two events with sequence number {seq}: this node holds {held}, a peer sent {other} (dropped here); two producers share the origin's key (a cloned device?) or it equivocates, and replicas may disagree on that number: give each producer its own key"
+        let cause = if origin == self.node.me().node_key() {
+            "this node's own key: it restarted on an older or lost store and reused its numbers"
+        } else if self.node.members().any(|m| m.key == origin.0) {
+            "a mesh member's key: it restarted on an older or lost store and reused its numbers, or two nodes run with one key"
+        } else {
+            "two producers share the key (a cloned device: give each its own key), or the origin restarted on an older or lost store"
+        };
+        self.audit.record(
+            crate::audit::Entry::now(
+                crate::audit::Decision::Deny,
+                "origin_equivocation",
+                self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
+                format!(
+                    "origin {origin} signed two events with sequence number {seq}: this node holds {held}, a peer sent {other} (not stored here); {cause}. Replicas may disagree on that number (counted every time; audited at most once a minute per origin)"
+                ),
+            )
+            .event(other.to_string()),
         );
-        warn!(%origin, seq, %held, %other, "an origin signed two events with one sequence number (logged at most once a minute per origin)");
-        self.audit.record(crate::audit::Entry::now(
-            crate::audit::Decision::Deny,
-            "origin_equivocation",
-            self.policy.as_ref().map_or(0, |(_, s)| s.epoch()),
-            message,
-        ));
     }
 
+    /// Appends an event delivered out of per-origin order ([`AppEvent::Late`],
+    /// [`AppEvent::Recovered`]). A table
+    /// tracks what each origin wrote by its highest sequence number, so a table write that
+    /// comes late has its key rebuilt from the log's writes of that key (in per-origin
+    /// order) at the end of the step, once however many late writes reached it
+    /// (`tables::rebuild_keys`).
     fn deliver_late(&mut self, event: &Event) {
         let strategy = event
             .key()

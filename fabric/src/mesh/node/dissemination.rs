@@ -181,7 +181,7 @@ impl<S: Store> Node<S> {
             }
             self.stats.events_duplicate += 1;
             if !publishing {
-                self.compare_held(&event);
+                self.compare_held(origin, seq, id, false);
             }
             return Ok(Inserted::Duplicate);
         }
@@ -222,6 +222,11 @@ impl<S: Store> Node<S> {
                 }
                 Err(e) => {
                     self.stats.events_refused += 1;
+                    // A peer's other event under a held number the seen-set no longer
+                    // listed (it reached its range limit): named as on the common path.
+                    if !publishing && matches!(e, StoreError::Equivocation { .. }) {
+                        self.compare_held(origin, seq, id, true);
+                    }
                     // This node's own number, signed and now never to be stored: voided
                     // like an erased event (seen, answered with a Skip, kept across a
                     // restart), or its later events would wait for it everywhere.
@@ -241,24 +246,29 @@ impl<S: Store> Node<S> {
         Ok(Inserted::New)
     }
 
-    /// A peer's event under a number already seen: the same event (the store's id index
-    /// answers, the common case), or one held under the number with other content, which
-    /// is an equivocation ([`AppEvent::Equivocation`]). A number seen but not held here (a
-    /// stream this node only relays, an erased or expired event) cannot be compared.
-    fn compare_held(&mut self, event: &Arc<Event>) {
-        if self.store.holds(&EventRef::of(event)) {
+    /// A peer's event `id` under a number already seen: the same event again, or other
+    /// content under a number the store holds, an equivocation ([`AppEvent::Equivocation`]).
+    /// A number seen but not held here (a stream this node only relays, an erased or
+    /// expired event) cannot be compared. Only events that arrive whole are compared
+    /// (pushes, GRAFT and anti-entropy answers): an IHAVE for a seen number is not, and
+    /// anti-entropy compares numbers, not contents. `known`: the store has said it holds
+    /// the number (its ranges may under-claim once they reached their limit).
+    fn compare_held(&mut self, origin: OriginKey, seq: u64, id: crate::EventId, known: bool) {
+        // The store's ranges (in memory) first: a number this node does not store (a
+        // stream it only relays) has nothing to compare, and costs no store read. A
+        // held number is compared by reading its event (recent ones are cached).
+        if !known && !self.store.ranges(&origin).is_some_and(|r| r.contains(seq)) {
             return;
         }
-        let (origin, seq) = (event.origin(), event.seq());
         if let Some(held) = self.store.get(&origin, seq)
-            && held.id() != event.id()
+            && held.id() != id
         {
             self.stats.equivocations += 1;
             self.app.push_back(AppEvent::Equivocation {
                 origin,
                 seq,
                 held: held.id(),
-                other: event.id(),
+                other: id,
             });
         }
     }
