@@ -142,6 +142,10 @@ pub(crate) struct IngestOutcome {
     /// message: `drop-oldest` found nothing to drop, or a message larger than the outbox).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) refused_at: Vec<usize>,
+    /// What the outbox held against its limits right after this ingest
+    /// ([`crate::outbox::Outbox::fullness`]): what a client refused for room is told.
+    #[serde(skip)]
+    pub(crate) full: Option<String>,
 }
 
 /// One candidate node as the status shows it.
@@ -755,10 +759,16 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
         events.append(&mut summaries);
         let result = {
             let events = events;
-            with_outbox(&shared, move |o| o.insert(&events, &meta, &extra, &windows)).await
+            // What the outbox holds right after this insert: the figures a refused client is
+            // told (read later, the uplink may have drained some already).
+            with_outbox(&shared, move |o| {
+                let accepted = o.insert(&events, &meta, &extra, &windows)?;
+                Ok((accepted, o.fullness()))
+            })
+            .await
         };
         match result {
-            Ok(accepted) => {
+            Ok((accepted, fullness)) => {
                 for (m, slice) in group.into_iter().zip(slices) {
                     let outcome = match slice {
                         Slice::Taken {
@@ -782,12 +792,14 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
                                     .collect(),
                                 waiting: taken < len,
                                 taken,
+                                full: Some(fullness.clone()),
                                 ..Default::default()
                             }
                         }
                         Slice::Waiting(n) => IngestOutcome {
                             refused_full: n,
                             waiting: true,
+                            full: Some(fullness.clone()),
                             ..Default::default()
                         },
                     };

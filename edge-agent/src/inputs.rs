@@ -809,13 +809,7 @@ async fn serve_http(
         return Ok(());
     }
     let outcome: IngestOutcome = rrx.await.unwrap_or_default();
-    let fullness = if outcome.waiting || outcome.refused_full > 0 {
-        crate::agent::with_outbox(shared, |o| Ok(o.fullness()))
-            .await
-            .unwrap_or_else(|e| format!("its figures could not be read: {e}"))
-    } else {
-        String::new()
-    };
+    let fullness = outcome.full.clone().unwrap_or_default();
     let (status, body) = if let Some(e) = &outcome.error {
         (503, error("outbox_error", e.clone()))
     } else if outcome.waiting {
