@@ -757,13 +757,16 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
             continue;
         }
         events.append(&mut summaries);
+        let waiting = slices.iter().any(|s| matches!(s, Slice::Waiting(_)));
         let result = {
             let events = events;
             // What the outbox holds right after this insert: the figures a refused client is
-            // told (read later, the uplink may have drained some already).
+            // told (read later, the uplink may have drained some already). Only when some
+            // client was refused: it costs a query.
             with_outbox(&shared, move |o| {
                 let accepted = o.insert(&events, &meta, &extra, &windows)?;
-                Ok((accepted, o.fullness()))
+                let refused = waiting || accepted.iter().any(|a| !a);
+                Ok((accepted, refused.then(|| o.fullness())))
             })
             .await
         };
@@ -792,14 +795,14 @@ async fn ingest_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Input>) {
                                     .collect(),
                                 waiting: taken < len,
                                 taken,
-                                full: Some(fullness.clone()),
+                                full: fullness.clone(),
                                 ..Default::default()
                             }
                         }
                         Slice::Waiting(n) => IngestOutcome {
                             refused_full: n,
                             waiting: true,
-                            full: Some(fullness.clone()),
+                            full: fullness.clone(),
                             ..Default::default()
                         },
                     };
