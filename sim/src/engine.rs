@@ -429,6 +429,20 @@ pub struct Metrics {
     /// its own numbering yet ([`SimNode::renumber_from`]; each tried again after
     /// [`PUBLISH_HOLD_RETRY_US`]).
     pub publishes_held: u64,
+    /// Publishes that took a sequence number their origin had already given another event
+    /// while some node still remembers it (an origin restarted without its store that
+    /// numbered before it learned its numbering): the engine's own record of every number
+    /// each origin published, across restarts.
+    pub numbers_reused: u64,
+    /// The first number reused, as "origin N seq S" (`None`: none).
+    pub numbers_reused_first: Option<String>,
+    /// Publishes under a number its origin used before that no node remembers any more
+    /// (every copy of the earlier event, and every node that saw its number, went with
+    /// lost stores): the fabric forgot the number, so nothing drops or contradicts it.
+    pub numbers_renumbered: u64,
+    /// [`AppEvent::Equivocation`]s the nodes raised: a peer's event under a number the
+    /// node holds another event for.
+    pub equivocations: u64,
     /// Time from the last heal (or the end of publishing, if later) until every event had
     /// reached every live interested node; `None` if some never did.
     pub convergence_us: Option<Micros>,
@@ -705,6 +719,9 @@ pub struct Engine {
     /// Per published event, its origin's index for the order check: the node's index, or
     /// a device's (`Device::origin`).
     event_origin: Vec<u32>,
+    /// Per origin (nodes, then devices: [`Device::origin`]), the highest sequence number
+    /// it published, kept across restarts (the engine's truth, not a node's).
+    published_high: Vec<u64>,
     /// (event, subscriber) pairs expected so far, the origin excluded.
     expected_pairs: u64,
     /// Delivery record per (event, node), at `event * nodes + node`: seen at the
@@ -871,6 +888,7 @@ impl Engine {
             degraded: HashMap::default(),
             events: Vec::new(),
             event_origin: Vec::new(),
+            published_high: vec![0; device_origin],
             event_index: HashMap::default(),
             destroyed: BTreeMap::new(),
             expected_pairs: 0,
@@ -1194,6 +1212,11 @@ impl Engine {
             Some(d) => n.devices[d].next_seq += 1,
             None => n.next_seq += 1,
         }
+        let high = self.published_high[origin_index];
+        if seq <= high {
+            self.number_reused(i, origin_index, &event, high);
+        }
+        self.published_high[origin_index] = high.max(seq);
         let event = Arc::new(event);
         let e = self.events.len();
         let nodes = self.nodes.len();
@@ -1234,6 +1257,33 @@ impl Engine {
             }
         }
         self.drain(i);
+    }
+
+    /// Origin `origin_index` published `event` (through node `i`) under a number it gave another event before
+    /// (`high`: the highest it had published). Harmful when some node still remembers the
+    /// number (a running node has seen it, or a down node's kept store holds it): that node
+    /// drops the new event as a duplicate or names an equivocation. Benign when every
+    /// copy and trace of the earlier one went with lost stores (renumbered after loss).
+    #[cold]
+    #[inline(never)]
+    fn number_reused(&mut self, i: usize, origin_index: usize, event: &Event, high: u64) {
+        let (origin, seq) = (event.origin(), event.seq());
+        let remembered = self.nodes.iter().any(|n| match (&n.node, &n.parked) {
+            (Some(Proto::Weft(node)), _) => node.has_seen(&origin, seq),
+            (None, Some(parked)) => parked.ranges(&origin).is_some_and(|r| r.contains(seq)),
+            _ => false,
+        });
+        if !remembered {
+            self.metrics.numbers_renumbered += 1;
+            return;
+        }
+        self.metrics.numbers_reused += 1;
+        if self.metrics.numbers_reused_first.is_none() {
+            let at = &self.nodes[i].info.addr;
+            self.metrics.numbers_reused_first = Some(format!(
+                "origin {origin_index} (publishing at {at}) seq {seq}, published up to {high} before"
+            ));
+        }
     }
 
     fn unreadable_table_event(&mut self, event: &Event) {
@@ -1443,8 +1493,9 @@ impl Engine {
                 // its number, and a holder's copy came later (`.skips.lost_recovered`).
                 AppEvent::Recovered(event) => self.app_deliver(i, &event, Arrival::Recovered),
                 AppEvent::SkipContradicted { .. } => {}
-                // No two simulated producers share a key.
-                AppEvent::Equivocation { .. } => {}
+                // No two simulated producers share a key: only a reused number gives one
+                // (`Metrics::numbers_reused`).
+                AppEvent::Equivocation { .. } => self.metrics.equivocations += 1,
                 AppEvent::MemberUp(m) => self.member_up(i, &m),
                 AppEvent::MemberDown(_) => {}
             }

@@ -134,6 +134,21 @@ pub struct StrategyReport {
     /// without its store asked members for its own events before numbering on, as the
     /// real node does (at most 10 s after its start).
     pub publishes_held: u64,
+    /// Publishes that took a sequence number their origin had already given another event
+    /// while some node still remembered the number (the engine's record of every origin's
+    /// numbers, across restarts): nodes that saw it drop the new event as a duplicate or
+    /// name an equivocation. The "no sequence number reused" check.
+    pub numbers_reused: u64,
+    /// The first such publish, as "origin N (publishing at NODE) seq S, published up to H
+    /// before"; null when none was.
+    pub numbers_reused_first: Option<String>,
+    /// Publishes under a number their origin used before that no node remembered any more
+    /// (every store that held or saw it was lost): harmless to the fabric, not a failure.
+    pub numbers_renumbered: u64,
+    /// Times a node found a peer's event under a number it held another event for
+    /// (`AppEvent::Equivocation`, the real node's `origin_equivocation`); at most one
+    /// per reused number and node that saw both, 0 when no number was reused.
+    pub equivocations: u64,
     /// When the newest event with a missed pair was published, seconds into the run (null
     /// when nothing was missed).
     pub missed_newest_publish_s: Option<f64>,
@@ -499,6 +514,10 @@ impl StrategyReport {
             missed: m.missed,
             destroyed: m.destroyed,
             publishes_held: m.publishes_held,
+            numbers_reused: m.numbers_reused,
+            numbers_reused_first: m.numbers_reused_first.clone(),
+            numbers_renumbered: m.numbers_renumbered,
+            equivocations: m.equivocations,
             missed_newest_publish_s: m.missed_newest_publish_us.map(|u| round3(u as f64 / 1e6)),
             duplicates: m.app_duplicates,
             order_violations: m.order_violations,
@@ -709,6 +728,26 @@ impl Report {
                     (true, Some(first)) => {
                         format!("{} violations, first: {first}", w.residency.violations)
                     }
+                },
+            );
+            check(
+                "no sequence number reused while a node remembers it",
+                w.numbers_reused == 0 && w.equivocations == 0,
+                {
+                    let mut d = format!(
+                        "{} reused, {} equivocations named by nodes",
+                        w.numbers_reused, w.equivocations
+                    );
+                    if let Some(first) = &w.numbers_reused_first {
+                        d.push_str(&format!("; first: {first}"));
+                    }
+                    if w.numbers_renumbered > 0 {
+                        d.push_str(&format!(
+                            "; {} renumbered after every node forgot them",
+                            w.numbers_renumbered
+                        ));
+                    }
+                    d
                 },
             );
             check("missed = 0 after faults heal", w.missed == 0, {

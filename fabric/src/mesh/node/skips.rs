@@ -344,8 +344,11 @@ impl<S: Store> Node<S> {
             .fold(0u64, u64::saturating_add)
     }
 
-    /// Whether `(origin, seq)` is in the seen-set.
-    fn has_seen(&self, origin: &OriginKey, seq: u64) -> bool {
+    /// Whether this node has seen `origin`'s number `seq` (stored, relayed, skipped, erased
+    /// or taken as lost): another event under it would be dropped here as a duplicate, or
+    /// named as an equivocation where the held one can be compared. A seen-set that reached
+    /// its range limit may under-claim. The simulator asks it when an origin reuses a number.
+    pub fn has_seen(&self, origin: &OriginKey, seq: u64) -> bool {
         self.seen
             .get(origin)
             .is_some_and(|s| s.ranges().contains(seq))
