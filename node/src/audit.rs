@@ -43,6 +43,9 @@ pub(crate) const AUDIT_MESSAGE_LEN_MAX: usize = 2048;
 pub(crate) const AUDIT_NAME_LEN_MAX: usize = 256;
 /// Reason codes are snake_case identifiers of at most this many bytes.
 pub(crate) const AUDIT_REASON_LEN_MAX: usize = 64;
+/// Most distinct reasons a read lists when its reason filter names one the log does not
+/// hold (`reasons_in_log`).
+pub(crate) const AUDIT_REASONS_LISTED_MAX: usize = 200;
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -378,6 +381,29 @@ impl AuditStore {
         Ok((by_age + by_count) as u64)
     }
 
+    /// The distinct reasons the log holds, in order, at most `limit`: what a reader who
+    /// filtered on a reason no entry has can pick from. A loose index scan over
+    /// `audit_reason` (one seek per distinct reason), not a walk of every entry.
+    pub(crate) fn reasons(&self, limit: usize) -> Result<Vec<String>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "WITH RECURSIVE r(reason) AS ( \
+                   SELECT MIN(reason) FROM audit \
+                   UNION ALL \
+                   SELECT (SELECT MIN(reason) FROM audit WHERE reason > r.reason) FROM r \
+                   WHERE r.reason IS NOT NULL) \
+                 SELECT reason FROM r WHERE reason IS NOT NULL LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| r.get(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
     /// Entries matching `f`, newest first.
     pub(crate) fn query(&self, f: &Filter) -> Result<Vec<Row>, AuditError> {
         let mut sql = String::from(
@@ -609,6 +635,25 @@ impl Audit {
         AuditStore::open_reader(&self.inner.dir)?.query(f)
     }
 
+    /// Entries matching `f`, and when a reason filter matched none, the reasons the log
+    /// does hold (at most [`AUDIT_REASONS_LISTED_MAX`]): a mistyped reason is told apart
+    /// from a quiet log (a reader connection of its own; blocking).
+    pub(crate) fn query_explained(
+        &self,
+        f: &Filter,
+    ) -> Result<(Vec<Row>, Option<Vec<String>>), AuditError> {
+        let store = AuditStore::open_reader(&self.inner.dir)?;
+        let rows = store.query(f)?;
+        let reasons = match &f.reason {
+            Some(r) if rows.is_empty() => {
+                let held = store.reasons(AUDIT_REASONS_LISTED_MAX)?;
+                (!held.contains(r)).then_some(held)
+            }
+            _ => None,
+        };
+        Ok((rows, reasons))
+    }
+
     /// This node's name and key, as entries carry them.
     pub(crate) fn node(&self) -> (&str, &str) {
         (&self.inner.node, &self.inner.node_key)
@@ -837,6 +882,30 @@ mod tests {
             ..Filter::default()
         });
         assert_eq!(by_reason.len(), 5);
+    }
+
+    /// The distinct reasons a log holds, in order (each once, however many entries), capped.
+    #[test]
+    fn the_reasons_a_log_holds_are_listed_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = AuditStore::open(dir.path()).unwrap();
+        assert!(s.reasons(10).unwrap().is_empty(), "an empty log");
+        let entries: Vec<Entry> = ["rate_limited", "read_forbidden", "policy_applied"]
+            .iter()
+            .cycle()
+            .take(30)
+            .enumerate()
+            .map(|(i, r)| entry(1000 + i as i64, Decision::Deny, r, "a"))
+            .collect();
+        s.insert("node-1", "ab", &entries).unwrap();
+        assert_eq!(
+            s.reasons(10).unwrap(),
+            vec!["policy_applied", "rate_limited", "read_forbidden"]
+        );
+        assert_eq!(
+            s.reasons(2).unwrap(),
+            vec!["policy_applied", "rate_limited"]
+        );
     }
 
     #[test]

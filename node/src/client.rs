@@ -1788,6 +1788,17 @@ pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
     if let Some(b) = v["next_before"].as_i64() {
         eprintln!("{}", older_hint(entries.len(), b));
     }
+    if let (Some(reason), Some(held)) = (&args.reason, v["reasons_in_log"].as_array()) {
+        let held: Vec<&str> = held.iter().filter_map(Value::as_str).collect();
+        eprintln!(
+            "no entry of this log has reason {reason:?}; the reasons it holds: {}",
+            if held.is_empty() {
+                "none (the log is empty)".to_string()
+            } else {
+                held.join(", ")
+            }
+        );
+    }
     Ok(())
 }
 

@@ -3785,33 +3785,39 @@ async fn audit_get(
         limit,
     };
     let audit = api.audit.clone();
-    let rows = tokio::task::spawn_blocking(move || audit.query(&filter))
-        .await
-        .map_err(|e| {
-            api.fail(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-            ))
-        })?
-        .map_err(|e| {
-            api.fail(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "audit_error",
-                e.to_string(),
-            ))
-        })?;
+    let (rows, reasons_in_log) =
+        tokio::task::spawn_blocking(move || audit.query_explained(&filter))
+            .await
+            .map_err(|e| {
+                api.fail(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    e.to_string(),
+                ))
+            })?
+            .map_err(|e| {
+                api.fail(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "audit_error",
+                    e.to_string(),
+                ))
+            })?;
     let next_before = (rows.len() == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     let (node, key) = api.audit.node();
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "node": node,
         "node_key": key,
         "entries": rows,
         "next_before": next_before,
-    }))
-    .into_response())
+    });
+    // A reason no entry of the log has (a typo, or a code this node never audits): the
+    // reasons it does hold, so an empty answer is not read as "nothing happened".
+    if let Some(reasons) = reasons_in_log {
+        body["reasons_in_log"] = json!(reasons);
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 #[cfg(test)]

@@ -484,6 +484,41 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             !out.contains(&token),
             "the hint does not echo the token:\n{out}"
         );
+        // A reason no entry has (a typo): an empty page, and the reasons the log holds.
+        let out = weft_ok(
+            &c.dir,
+            &[
+                "audit",
+                "--node",
+                &c.nodes[0].http,
+                "--token",
+                &token,
+                "--reason",
+                "rate_limted",
+            ],
+        );
+        assert!(
+            out.contains("no entry of this log has reason \"rate_limted\"")
+                && out.contains("rate_limited, ")
+                && out.contains("policy_applied"),
+            "{out}"
+        );
+        // A held reason that other filters leave empty is not explained away.
+        let out = weft_ok(
+            &c.dir,
+            &[
+                "audit",
+                "--node",
+                &c.nodes[0].http,
+                "--token",
+                &token,
+                "--reason",
+                "rate_limited",
+                "--decision",
+                "apply",
+            ],
+        );
+        assert!(!out.contains("no entry of this log has reason"), "{out}");
         // A non-admin principal may not read it (refused and audited).
         let (ok, out) = weft(
             &c.dir,

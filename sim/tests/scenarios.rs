@@ -662,7 +662,12 @@ fn a_publisher_that_numbers_again_while_cut_off_is_caught_reusing_numbers() {
     text += "\n[[fault]]\nkind = \"partition\"\na = { nodes = [\"aws:eu-west-1/0\"] }\nb = \"rest\"\nat_s = 34\nduration_s = 26\n";
     let r = run(&text, None);
     let w = &r.strategies[0];
-    assert!(w.numbers_reused > 100, "{}\n{}", w.numbers_reused, r.table());
+    assert!(
+        w.numbers_reused > 100,
+        "{}\n{}",
+        w.numbers_reused,
+        r.table()
+    );
     let first = w.numbers_reused_first.as_deref().unwrap_or_default();
     assert!(
         first.contains("aws:eu-west-1/0") && first.contains("seq 1,"),
@@ -670,7 +675,9 @@ fn a_publisher_that_numbers_again_while_cut_off_is_caught_reusing_numbers() {
     );
     let failed = r.failed_checks();
     assert!(
-        failed.iter().any(|c| c.starts_with("no sequence number reused")),
+        failed
+            .iter()
+            .any(|c| c.starts_with("no sequence number reused")),
         "{failed:?}"
     );
     // The same crash with the publisher reachable: it asks members for its numbers
