@@ -2633,6 +2633,12 @@ fn a_node_restarted_over_an_older_backup_numbers_past_what_the_mesh_holds() {
         c.start(2);
         c.wait_healthy(2).await;
         publish_and_wait(&c, &[3, 4]).await;
+        // The backup holds the node's own events 1 to 3 and not 4 or 5 (so what follows is
+        // a restore of an older store, not an emptied directory).
+        assert_eq!(
+            own_numbers_in(&backup.join("weft.db"), "wiped"),
+            vec![1, 2, 3]
+        );
         // Restored in place of the newer store.
         c.kill9(2);
         std::fs::remove_dir_all(&data).unwrap();
@@ -2642,6 +2648,21 @@ fn a_node_restarted_over_an_older_backup_numbers_past_what_the_mesh_holds() {
         // Events 4 and 5 back at node 2 too.
         publish_two_more_numbered_six_and_seven(&c).await;
     });
+}
+
+/// The sequence numbers of stream `stream`'s events in the store file `db`, in order (read
+/// straight from SQLite, with no node running on it).
+fn own_numbers_in(db: &std::path::Path, stream: &str) -> Vec<i64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("{}: {e}", db.display()));
+    let mut stmt = conn
+        .prepare("SELECT seq FROM events WHERE stream = ?1 ORDER BY seq")
+        .unwrap();
+    stmt.query_map([stream], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// Copies the files of data directory `from` into `to` (created), leaving out SQLite's
