@@ -325,6 +325,9 @@ pub(crate) struct ReadGuard {
     action: weft_policy::Action,
     /// This node: what it may hold under the policy is all it serves.
     me: MemberInfo,
+    /// This node placed under `policy` (its granted jurisdiction and replication scopes),
+    /// once for every event the guard is asked about.
+    placement: weft_policy::Placement,
 }
 
 impl ReadGuard {
@@ -334,11 +337,13 @@ impl ReadGuard {
         action: weft_policy::Action,
         me: MemberInfo,
     ) -> Self {
+        let placement = policy.placement(&me);
         ReadGuard {
             policy,
             principal,
             action,
             me,
+            placement,
         }
     }
 
@@ -352,8 +357,8 @@ impl ReadGuard {
         let sec = &event.draft().security;
         self.allows_write(event.stream(), &sec.tenant, &sec.classification)
             && (event.stream().is_system()
-                || self.policy.may_hold(
-                    &self.me,
+                || self.policy.may_hold_at(
+                    self.placement,
                     event.stream(),
                     &sec.classification,
                     &sec.residency,
@@ -382,9 +387,12 @@ impl ReadGuard {
             })
             .allowed
             && (stream.is_system()
-                || self
-                    .policy
-                    .may_hold(&self.me, stream, classification, &Residency::Unrestricted))
+                || self.policy.may_hold_at(
+                    self.placement,
+                    stream,
+                    classification,
+                    &Residency::Unrestricted,
+                ))
     }
 
     /// Whether the principal may read (or subscribe to) `stream` as a whole: its tenant,
@@ -2976,12 +2984,7 @@ async fn ack_subscription(
     if let Some(policy) = api.policy.policy().filter(|_| !system)
         && let Some(s) = stream.stream()
     {
-        let guard = ReadGuard {
-            policy,
-            principal: who,
-            action: weft_policy::Action::Subscribe,
-            me: api.me.clone(),
-        };
+        let guard = ReadGuard::new(policy, who, weft_policy::Action::Subscribe, api.me.clone());
         api.authorize_stream(
             &guard,
             s,
@@ -3969,16 +3972,18 @@ replication = "all"
         ))
         .unwrap();
         let policy = Arc::new(weft_policy::Policy::compile(&bundle).unwrap());
-        let guard = |me: MemberInfo| ReadGuard {
-            policy: policy.clone(),
-            principal: Principal {
-                name: "ana".into(),
-                tenant: "acme".into(),
-                token_sha256: String::new(),
-                admin: false,
-            },
-            action: weft_policy::Action::Read,
-            me,
+        let guard = |me: MemberInfo| {
+            ReadGuard::new(
+                policy.clone(),
+                Principal {
+                    name: "ana".into(),
+                    tenant: "acme".into(),
+                    token_sha256: String::new(),
+                    admin: false,
+                },
+                weft_policy::Action::Read,
+                me,
+            )
         };
         let eu = guard(node_in("aws:eu-west-1", "EU"));
         let mut us_node = node_in("aws:us-east-1", "US");
@@ -4026,17 +4031,17 @@ replication = "all"
     #[test]
     fn a_reader_gets_only_events_its_tenant_and_the_event_classification_allow() {
         let bundle = weft_policy::Bundle::from_toml(BUNDLE).unwrap();
-        let guard = ReadGuard {
-            policy: Arc::new(weft_policy::Policy::compile(&bundle).unwrap()),
-            principal: Principal {
+        let guard = ReadGuard::new(
+            Arc::new(weft_policy::Policy::compile(&bundle).unwrap()),
+            Principal {
                 name: "ana".into(),
                 tenant: "acme".into(),
                 token_sha256: String::new(),
                 admin: false,
             },
-            action: weft_policy::Action::Read,
-            me: node_in("aws:eu-west-1", "EU"),
-        };
+            weft_policy::Action::Read,
+            node_in("aws:eu-west-1", "EU"),
+        );
         // The stream rule says public, but the event itself is classified personal: the
         // deny rule on the classification holds per event.
         assert!(guard.allows(&event("orders.eu", "acme", "public")));

@@ -950,6 +950,21 @@ impl Policy {
             == Hop::Clear
     }
 
+    /// [`Policy::may_hold`] for a node already placed ([`Policy::placement`]): a caller that
+    /// asks for many events on one node (a read serving a page) places it once.
+    pub fn may_hold_at(
+        &self,
+        placement: Placement,
+        stream: &StreamName,
+        classification: &str,
+        residency: &Residency,
+    ) -> bool {
+        self.scope_of(stream, classification, residency, false)
+            .hop(placement)
+            .hop
+            == Hop::Clear
+    }
+
     /// [`Policy::may_hold`] with its reason: why a node may not hold such an event
     /// (outside the residency set, or outside the stream's replication regions), for the
     /// error that refuses a publish there.

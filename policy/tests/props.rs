@@ -410,6 +410,16 @@ proptest! {
             p.may_hold(&node, e.stream(), &format!("c{class}"), &e.security().residency),
             expected == Hop::Clear
         );
+        // The same answer for the node placed once beforehand (a read's guard).
+        prop_assert_eq!(
+            p.may_hold_at(
+                p.placement(&node),
+                e.stream(),
+                &format!("c{class}"),
+                &e.security().residency
+            ),
+            expected == Hop::Clear
+        );
         let may_hold = p
             .regions_that_may_hold(e.stream(), &format!("c{class}"), &e.security().residency)
             .map(|set| set.into_iter().map(String::from).collect::<Vec<_>>());
