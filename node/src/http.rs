@@ -291,9 +291,40 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<Arc<
             Err(e) => Err(api.fail(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_query",
-                e.body_text(),
+                query_error(&e.body_text(), parts.uri.query()),
             ))),
         }
+    }
+}
+
+/// A query the route takes no parameter of: any is 400 `bad_query` (an `ack=` or `limit=`
+/// meant for another route is not dropped in silence).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoQuery {}
+
+/// The refusal of a query string as a reader can act on: serde's number errors ("invalid
+/// digit found in string", "number too large to fit in target type") say what was
+/// expected and quote the value given.
+fn query_error(text: &str, query: Option<&str>) -> String {
+    let msg = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    let Some((field, err)) = msg.split_once(": ") else {
+        return msg.to_string();
+    };
+    let number = ["invalid digit", "too large to fit", "cannot parse integer"]
+        .iter()
+        .any(|m| err.contains(m));
+    let given = query
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == field).map(|(_, v)| v));
+    match (number, given) {
+        (true, Some(v)) => format!(
+            "{field}: expected a whole number (no sign, at most {}), got {v:?}",
+            u64::MAX
+        ),
+        _ => msg.to_string(),
     }
 }
 
@@ -2132,6 +2163,7 @@ fn published_response(p: &Published, complete: bool) -> Response {
     (status, axum::Json(json!(p))).into_response()
 }
 
+/// `GET /v1/streams/{stream}/events`'s parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReadQuery {
@@ -2140,6 +2172,18 @@ struct ReadQuery {
     /// Start with the last N events the reader may read (instead of `after`).
     last: Option<usize>,
     limit: Option<usize>,
+}
+
+/// `GET /v1/streams/{stream}/subscribe`'s parameters: no `limit` (a stream has no page; a
+/// `limit` taken and ignored gave an endless stream to a client that expected a cap).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeQuery {
+    /// A cursor token (`cursor.rs`), or 0 for the start.
+    after: Option<String>,
+    /// Start with the last N events the reader may read (instead of `after`).
+    last: Option<usize>,
+    /// A durable subscription's name.
     durable: Option<String>,
 }
 
@@ -2172,14 +2216,29 @@ impl Selector {
 
 /// A stream name, or a pattern (400 `bad_stream` naming what is wrong with it as either).
 fn check_selector(api: &Api, text: &str) -> ApiResult<Selector> {
+    let selector = parse_selector(api, text)?;
+    if let Selector::One(name) = &selector
+        // Every node stores the system streams (policy bundles and erase requests travel
+        // on them), whatever its config's `streams` say: an admin reads them anywhere.
+        && !name.is_system()
+        && !api.streams.iter().any(|p| p.matches(name))
+    {
+        return Err(api.fail(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "stream_not_stored",
+            format!(
+                "this node does not store {text} (config `streams`); read it from a node that does"
+            ),
+        )));
+    }
+    Ok(selector)
+}
+
+/// A stream name or a pattern, checked as text only ([`check_selector`] also asks that
+/// this node store a stream named alone): what a principal frees (a durable subscription)
+/// need not be stored here any more.
+fn parse_selector(api: &Api, text: &str) -> ApiResult<Selector> {
     if let Ok(name) = StreamName::new(text.to_string()) {
-        if !api.streams.iter().any(|p| p.matches(&name)) {
-            return Err(api.fail(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "stream_not_stored",
-                format!("this node does not store {text} (config `streams`); read it from a node that does"),
-            )));
-        }
         return Ok(Selector::One(name));
     }
     let bad = |m: String| api.fail(ApiError::new(StatusCode::BAD_REQUEST, "bad_stream", m));
@@ -2286,10 +2345,10 @@ fn start_of_last(
 }
 
 /// `last=N` checked: 1 to `limits.read_limit_max`, and not with `after`.
-fn check_last(api: &Api, q: &ReadQuery) -> ApiResult<Option<usize>> {
-    match q.last {
+fn check_last(api: &Api, last: Option<usize>, after: bool) -> ApiResult<Option<usize>> {
+    match last {
         None => Ok(None),
-        Some(_) if q.after.is_some() => Err(api.fail(ApiError::new(
+        Some(_) if after => Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_last",
             "last and after cannot both be given: last=N starts with the last N events, after=CURSOR after a cursor".to_string(),
@@ -2382,9 +2441,13 @@ async fn read_events(
     if let (Some(g), Some(s)) = (&guard, name.stream()) {
         api.authorize_stream(g, s, "read")?;
     }
-    let last = check_last(&api, &q)?;
-    // `last=N` alone: a page of those N.
-    let limit = q.limit.or(last).unwrap_or(READ_LIMIT_DEFAULT);
+    let last = check_last(&api, q.last, q.after.is_some())?;
+    // `last=N` alone: a page of those N. Without either, the default page, no larger than
+    // the node's limit (a node configured under 100 refused every read that named none).
+    let limit = q
+        .limit
+        .or(last)
+        .unwrap_or(READ_LIMIT_DEFAULT.min(api.read_limit_max));
     if limit == 0 || limit > api.read_limit_max {
         return Err(api.fail(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -2499,6 +2562,7 @@ async fn read_events(
 async fn event_by_id(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let guard = api.read_guard(&headers, weft_policy::Action::Read)?;
@@ -2570,7 +2634,7 @@ async fn event_by_id(
 async fn subscribe(
     State(api): State<Arc<Api>>,
     Path(stream): Path<String>,
-    ApiQuery(q): ApiQuery<ReadQuery>,
+    ApiQuery(q): ApiQuery<SubscribeQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = check_selector(&api, &stream)?;
@@ -2615,7 +2679,7 @@ async fn subscribe(
     if let Some(d) = &q.durable {
         check_durable_name(&api, name.as_str(), d)?;
     }
-    let last = check_last(&api, &q)?;
+    let last = check_last(&api, q.last, q.after.is_some())?;
     let after_param = q
         .after
         .as_deref()
@@ -2667,6 +2731,7 @@ async fn subscribe(
     // with a token, as the ack endpoint (reads may be open; moving another subscriber's
     // cursor may not). Without one the stream is served from Last-Event-ID and the saved
     // position stays (a browser's EventSource reconnects without headers of its own).
+    let mut kept = saved.is_some();
     if let (Some(d), Some(pos)) = (&durable, last_event_id)
         && saved.is_none_or(|s| pos > s)
         && pos <= *api.committed.borrow()
@@ -2674,6 +2739,7 @@ async fn subscribe(
     {
         api.authenticate(&headers)?;
         save_cursor(&api, d.clone(), name.as_str(), pos).await?;
+        kept = true;
     }
     // Started from `last=N` rather than from a position the client gave or a durable
     // one saved: the client learns where (below).
@@ -2693,6 +2759,16 @@ async fn subscribe(
             None => 0,
         },
     };
+    // A durable subscription this principal does not hold yet is kept from its start, now:
+    // a position the node cannot keep (`cursors_full`) is refused before any event is
+    // sent, not found out at the first ack after the subscriber processed them (which
+    // then failed at every run, the same events replayed each time), and a reconnect
+    // before the first ack resumes where it began instead of choosing its start again.
+    if let Some(d) = &durable
+        && !kept
+    {
+        save_cursor(&api, d.clone(), name.as_str(), after).await?;
+    }
     // The token it was opened with, checked again whenever a new policy epoch comes into
     // force: a bundle that rotates or drops it ends the stream (refused and audited as
     // `token_revoked` or `bad_token`, as a new request would be).
@@ -2888,23 +2964,37 @@ fn cursor_key(owner: &str, stream: &str, name: &str) -> String {
 /// bytes).
 fn check_durable_name(api: &Api, stream: &str, d: &str) -> ApiResult<()> {
     let max = crate::store::NAME_LEN_MAX.saturating_sub(stream.len() + 2 + CURSOR_OWNER_HEX);
-    if d.is_empty()
-        || d.len() > max
-        || !d
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    let fixed = CURSOR_OWNER_HEX + 2;
+    let what = if max == 0 {
+        // No name fits: the stream's own name takes the whole key.
+        format!(
+            "no durable subscription fits a stream name of {} bytes: its position is kept as OWNER:STREAM/NAME in at most {} bytes ({fixed} for the owner and separators), so the stream's name may be at most {} bytes",
+            stream.len(),
+            crate::store::NAME_LEN_MAX,
+            crate::store::NAME_LEN_MAX - fixed - 1
+        )
+    } else if d.is_empty() {
+        "the subscription name is empty".to_string()
+    } else if let Some(c) = d
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
     {
-        return Err(api.fail(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_durable_name",
-            format!(
-                "durable: 1 to {max} characters of A-Z a-z 0-9 - _ . (the cursor is kept as OWNER:{}/NAME, at most {} bytes)",
-                stream,
-                crate::store::NAME_LEN_MAX
-            ),
-        )));
-    }
-    Ok(())
+        format!("the subscription name {d:?} has {c:?}, which is not one of A-Z a-z 0-9 - _ .")
+    } else if d.len() > max {
+        format!(
+            "the subscription name {d:?} is {} bytes; on stream {stream} ({} bytes) it may be at most {max} (its position is kept as OWNER:STREAM/NAME in at most {} bytes)",
+            d.len(),
+            stream.len(),
+            crate::store::NAME_LEN_MAX
+        )
+    } else {
+        return Ok(());
+    };
+    Err(api.fail(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_durable_name",
+        what,
+    )))
 }
 
 /// 503 `shutting_down`, counted: the driver is gone (the node is stopping).
@@ -3028,13 +3118,15 @@ async fn ack_subscription(
 async fn delete_subscription(
     State(api): State<Arc<Api>>,
     Path((stream, name)): Path<(String, String)>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     // Only the caller's own subscription can be named (the key is built from its
     // principal), so no stream right is asked: a principal that lost its right to
     // subscribe can still free what it held.
     let who = api.authenticate(&headers)?;
-    let stream = check_selector(&api, &stream)?;
+    // A stream this node no longer stores (its config changed) still frees what was held.
+    let stream = parse_selector(&api, &stream)?;
     check_durable_name(&api, stream.as_str(), &name)?;
     let who_name = who.name;
     let (reply, rx) = tokio::sync::oneshot::channel();

@@ -500,9 +500,24 @@ fn bad_input_gets_a_named_error_a_metric_and_stores_nothing() {
         assert_eq!(read.status(), 400);
         // A malformed query string gets this API's JSON error, counted (not axum's text);
         // a cursor that is not one of this node's tokens is refused as such.
+        // A malformed number says what was expected and quotes what was given; a parameter
+        // the route does not take is refused there (`limit` on a stream, any on one event).
+        let id = "00".repeat(32);
         for (path, reason, says) in [
             ("/v1/streams/s/events?after=abc", "bad_cursor", "after"),
-            ("/v1/streams/s/events?limit=-1", "bad_query", "limit"),
+            (
+                "/v1/streams/s/events?limit=-1",
+                "bad_query",
+                "limit: expected a whole number (no sign, at most 18446744073709551615), got \"-1\"",
+            ),
+            (
+                "/v1/streams/s/events?last=99999999999999999999999",
+                "bad_query",
+                "got \"99999999999999999999999\"",
+            ),
+            ("/v1/streams/s/subscribe?limit=5", "bad_query", "unknown field `limit`"),
+            ("/v1/streams/s/events?durable=x", "bad_query", "unknown field `durable`"),
+            (&format!("/v1/events/{id}?bogus=1"), "bad_query", "bogus"),
         ] {
             let r = http.get(c.url(0, path)).send().await.unwrap();
             assert_eq!(r.status(), 400, "{path}");
@@ -519,7 +534,14 @@ fn bad_input_gets_a_named_error_a_metric_and_stores_nothing() {
         assert_eq!(r.status(), 400);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["reason"], "bad_query", "{v}");
-        assert_eq!(rejected(&c, 0, "bad_query").await, 2);
+        let r = http
+            .delete(c.url(0, "/v1/streams/s/subscriptions/x?x=1"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(rejected(&c, 0, "bad_query").await, 7);
         assert_eq!(rejected(&c, 0, "bad_cursor").await, 1);
     });
 }
@@ -921,6 +943,22 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
                 "{v}"
             );
         }
+        // A character outside the set is named.
+        let resp = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/s/subscribe?durable=a%20b"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"a b\" has ' '"),
+            "{v}"
+        );
         // Reads page with the cursor, across the restart (the key is kept in the data
         // directory): after the fifth event comes the sixth, then the seventh.
         let resp = reqwest::get(c.url(
@@ -2077,13 +2115,29 @@ fn a_cursor_the_node_cannot_keep_is_refused_not_forgotten() {
             "cursors",
             27,
             &three_regions()[..1],
-            "[limits]\ncursors_max = 1\n",
+            "[limits]\ncursors_max = 1\nread_limit_max = 50\n",
         );
+        // A node that stores stream `s` alone (its config's `streams`).
+        let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        std::fs::write(
+            &c.nodes[0].config,
+            config.replace("[listen]", "streams = [\"s\"]\n[listen]"),
+        )
+        .unwrap();
         c.start(0);
         c.wait_healthy(0).await;
         let (status, _) = c.publish(0, "s", "local", &[json!({"k": 1})]).await;
         assert_eq!(status, 200);
         let first = c.first_cursor(0, "s").await;
+        // A read that names no limit gets the default page, capped at the node's limit
+        // (it was 400 `bad_limit` "got 100" under any limit below 100).
+        let (s, v) = c.get_status_auth(0, "/v1/streams/s/events").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        // The system streams are stored by every node whatever its `streams`: an admin
+        // reads them here (it was 404 `stream_not_stored`).
+        let (s, v) = c.get_status_auth(0, "/v1/streams/_weft.erase/events").await;
+        assert_eq!(s, 200, "{v}");
         let ack = |name: &'static str| {
             let url = c.url(
                 0,
@@ -2117,6 +2171,51 @@ fn a_cursor_the_node_cannot_keep_is_refused_not_forgotten() {
         // The kept one still moves.
         let (s, _) = ack("first").await;
         assert_eq!(s, 200);
+        // Opening a new durable subscription is refused at once: its position could not
+        // be kept, so no event is sent that its first ack would then fail to record (it
+        // was a 200 stream whose every ack failed, the same events replayed each run).
+        let r = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/s/subscribe?durable=third"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 507);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["reason"], "cursors_full", "{v}");
+        assert_eq!(rejected(&c, 0, "cursors_full").await, 2);
+        // The one it holds opens (its position is kept already).
+        let r = reqwest::Client::new()
+            .get(c.url(0, "/v1/streams/s/subscribe?durable=first"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        drop(r);
+        // Restarted storing another stream: the position held on `s` is still freed by its
+        // principal (it was 404 `stream_not_stored`, and counted against the limits).
+        assert!(
+            c.stop_gracefully(0, Duration::from_secs(15))
+                .await
+                .is_some(),
+            "the node stops"
+        );
+        let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+        std::fs::write(
+            &c.nodes[0].config,
+            config.replace("streams = [\"s\"]", "streams = [\"t\"]"),
+        )
+        .unwrap();
+        c.start(0);
+        c.wait_healthy(0).await;
+        let r = reqwest::Client::new()
+            .delete(c.url(0, "/v1/streams/s/subscriptions/first"))
+            .bearer_auth(&c.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
     });
 }
 

@@ -367,6 +367,19 @@ enabled = true
             .unwrap()
     }
 
+    /// GET `path` at node `i` with the cluster's token: the status and the JSON body
+    /// (null when the body is not JSON).
+    pub async fn get_status_auth(&self, i: usize, path: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .get(self.url(i, path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn chaos(&self, i: usize, rules: Value) {
         let r = reqwest::Client::new()
             .post(self.url(i, "/v1/chaos"))
