@@ -117,6 +117,12 @@ pub(crate) enum FromMesh {
     Rtt { peer: OriginKey, rtt: Duration },
 }
 
+/// Longest wait between dials of a seed that is not reachable.
+const SEED_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest wait between dials of a seed that refused this node in the TLS handshake (or
+/// that this node refused): each refusal is a warning and an audit entry.
+const SEED_REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// What a failed incoming handshake was when it was a TLS decision (a TLS alert travels as
 /// a QUIC crypto error, codes 0x100-0x1ff), said by side and alert; `None` for a connection
 /// that broke before it was up (a peer restarting, a timeout): only a decision is worth an
@@ -466,20 +472,54 @@ impl Transport {
             tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(200);
                 loop {
-                    match t.connect(addr).await {
+                    let refusal = match t.connect(addr).await {
                         Ok((key, conn)) => {
-                            if key != t.me {
-                                t.adopt(key, conn, true);
-                                let _ = t.to_driver.send(FromMesh::SeedReached { key, addr }).await;
+                            if key == t.me {
+                                return;
                             }
-                            return;
+                            t.adopt(key, conn.clone(), true);
+                            let _ = t.to_driver.send(FromMesh::SeedReached { key, addr }).await;
+                            // In TLS 1.3 this side's handshake completes before the seed has
+                            // checked this node's certificate: a seed that does not trust
+                            // this key closes the connection right after, with its alert.
+                            // Taken as reached for good, the node said it was joining and
+                            // never dialed again, counting nothing (an operator review).
+                            match tls_refusal(&conn.closed().await) {
+                                Some(refusal) => refusal,
+                                None => return,
+                            }
                         }
-                        Err(e) => {
-                            debug!(%addr, error = %e, "seed not reachable yet");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
+                        Err(e) => match e
+                            .downcast_ref::<quinn::ConnectionError>()
+                            .and_then(tls_refusal)
+                        {
+                            Some(refusal) => refusal,
+                            None => {
+                                debug!(%addr, error = %e, "seed not reachable yet");
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(SEED_RETRY_MAX);
+                                continue;
+                            }
+                        },
+                    };
+                    // A trust decision, on either side: counted and audited here too (the
+                    // side that refused does the same), and dialed again, since a trust
+                    // list can change (a bundle granting the key, a config fixed and the
+                    // seed restarted).
+                    backoff = (backoff * 2).min(SEED_REFUSED_RETRY_MAX);
+                    t.metrics.reject("peer_handshake_failed");
+                    warn!(%addr, %refusal, retry_in_s = backoff.as_secs_f64(),
+                        "the seed and this node do not trust each other's keys: check trusted_nodes (or the policy's node keys) on both; dialing it again");
+                    t.audit.deny(
+                        "peer_handshake_failed",
+                        None,
+                        None,
+                        t.policy_epoch(),
+                        format!(
+                            "mesh connection to seed {addr} refused in the TLS handshake: {refusal}"
+                        ),
+                    );
+                    tokio::time::sleep(backoff).await;
                 }
             });
         }

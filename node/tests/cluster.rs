@@ -1220,6 +1220,46 @@ fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
             metrics.contains("weft_rejected_total{reason=\"bad_signature\"} 1"),
             "{metrics}"
         );
+        // The refused node knows it too: its dial of the seed completes its side of the
+        // handshake before the seed refuses its certificate, and it used to log "joining"
+        // and never dial again. Now it counts and audits the refusal, warns, and dials
+        // again: once node 0 trusts it (config fixed, restarted) it joins.
+        let counted = wait_for(Duration::from_secs(20), || async {
+            let m = http
+                .get(c.url(1, "/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix("weft_rejected_total{reason=\"peer_handshake_failed\"} ")
+                })
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|&n| n > 0)
+        })
+        .await;
+        assert!(
+            counted.is_some(),
+            "node 1 counted no refusal:\n{}",
+            c.log(1)
+        );
+        assert!(
+            c.log(1).contains("do not trust each other's keys"),
+            "{}",
+            c.log(1)
+        );
+        assert!(
+            c.stop_gracefully(0, Duration::from_secs(15))
+                .await
+                .is_some(),
+            "node 0 stops"
+        );
+        std::fs::write(&c.nodes[0].config, &cfg).unwrap();
+        c.start(0);
+        c.wait_meshed().await;
     });
 }
 
