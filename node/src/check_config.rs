@@ -113,6 +113,19 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
             "the policy bundle the store kept from a push no longer verifies under the configured operators ({e}): the node skips it at start (audited)"
         ));
     }
+    // Seeds to dial and no other node trusted: every mesh handshake is refused, both ways
+    // (the shipped single-file configs start so, to be filled in).
+    // A node whose only seed is itself (the first node of a fabric) dials no one.
+    let other_seeds = raw
+        .seeds
+        .iter()
+        .filter(|s| **s != c.advertise && **s != raw.listen.mesh)
+        .count();
+    if other_seeds > 0 && c.trusted.iter().all(|k| Some(*k) == node_key) {
+        warnings.push(format!(
+            "{other_seeds} seed(s) of other nodes configured but trusted_nodes names no other node: every mesh connection will be refused in the TLS handshake (peer_handshake_failed); list the public keys of the other nodes (weft keygen prints a node's key)"
+        ));
+    }
     // A warning (so `--strict` fails on it), not an error: a config is often checked
     // before its key is made.
     if key_missing {

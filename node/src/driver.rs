@@ -154,9 +154,15 @@ pub(crate) struct Published {
 /// Why a publish failed in the driver.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum PublishError {
-    /// The store refused (full, or an I/O failure).
-    #[error("the store refused the event: {0}")]
-    Store(String),
+    /// The store refused (full, or an I/O failure), counted here (`store_refused`, per
+    /// event refused); `accepted` of the request's events were taken before it.
+    #[error("the store refused the event: {message}")]
+    Store {
+        /// What was refused, and why.
+        message: String,
+        /// The request's events taken (stored and committed) before the refusal.
+        accepted: usize,
+    },
     /// An erase rule covers the event (`erase.rs`): not stored, delivered or sent.
     #[error("{0}")]
     Erased(String),
@@ -1324,10 +1330,13 @@ impl Driver {
                     ids.push(id);
                 }
                 if let Some(e) = refused {
-                    let _ = reply.send(Err(PublishError::Store(format!(
-                        "{e} ({} of the request's events were accepted)",
-                        ids.len()
-                    ))));
+                    let _ = reply.send(Err(PublishError::Store {
+                        message: format!(
+                            "{e} ({} of the request's events were accepted)",
+                            ids.len()
+                        ),
+                        accepted: ids.len(),
+                    }));
                     self.drain();
                     return;
                 }
@@ -1370,7 +1379,10 @@ impl Driver {
                         let _ = reply.send(Err(if durable {
                             PublishError::Erased(message)
                         } else {
-                            PublishError::Store(format!("the commit failed; {message}"))
+                            PublishError::Store {
+                                message: format!("the commit failed; {message}"),
+                                accepted: 0,
+                            }
                         }));
                     }));
                     self.drain();
@@ -2229,7 +2241,10 @@ impl Driver {
         self.metrics.reject(reason);
         error!("{message}; stopping (nothing of this step was acknowledged or sent)");
         for w in std::mem::take(&mut self.after_commit) {
-            let _ = w.reply.send(Err(PublishError::Store(message.to_string())));
+            let _ = w.reply.send(Err(PublishError::Store {
+                message: message.to_string(),
+                accepted: 0,
+            }));
         }
         std::process::exit(74);
     }

@@ -982,10 +982,6 @@ impl Edge {
         let n = events.len();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq()).collect();
         let batch_ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
-        api.metrics
-            .publishes
-            .get_or_create(&vec![("api", "edge".to_string())])
-            .inc_by(n as u64);
         let (reply, rx) = tokio::sync::oneshot::channel();
         // Egress transforms derive from device events too, as from any pre-signed publish.
         crate::egress::send_presigned(
@@ -999,7 +995,10 @@ impl Edge {
         )
         .await;
         match rx.await {
-            Ok(Ok(p)) if p.durable_local => BatchAnswer::Durable { ids: p.ids },
+            Ok(Ok(p)) if p.durable_local => {
+                crate::http::count_published(api, "edge", n);
+                BatchAnswer::Durable { ids: p.ids }
+            }
             Ok(Ok(_)) => self.failed("not_durable", "the node did not confirm the commit".into()),
             // Every event of the batch is stored or settled for good: an erase covers it,
             // or retention expired it here after it was stored. Its number is seen
@@ -1031,8 +1030,16 @@ impl Edge {
                     },
                 }
             }
+            // Counted by the driver, once per event refused.
             Ok(Err(e)) => {
-                api.metrics.reject("store_refused");
+                crate::http::count_published(
+                    api,
+                    "edge",
+                    match &e {
+                        crate::driver::PublishError::Store { accepted, .. } => *accepted,
+                        _ => 0,
+                    },
+                );
                 BatchAnswer::Failed {
                     reason: "store_refused".into(),
                     message: e.to_string(),

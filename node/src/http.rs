@@ -209,6 +209,9 @@ pub(crate) struct ApiError {
     /// The wait to the millisecond when the refusal knows it (a rate limit's bucket):
     /// `retry_after` is whole seconds, too coarse for the edge port's `busy` answers.
     retry_after_ms: Option<u64>,
+    /// A publish the store refused part way: how many of its events were taken before
+    /// (counted in `weft_publishes_total`; the message says it too).
+    accepted: usize,
 }
 
 impl ApiError {
@@ -223,6 +226,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             retry_after_ms: None,
+            accepted: 0,
         }
     }
 }
@@ -1032,8 +1036,8 @@ async fn bound_publish_bytes(
 /// Every refusal is this API's JSON error, counted: the answers axum and its extractors
 /// give by themselves (an unknown route 404, a wrong method 405, a path segment that is not
 /// UTF-8 400, a body over `limits.http_body_max` 413, a JSON body of the wrong shape
-/// 400/415/422) are plain text and were counted nowhere. `/readyz` keeps its plain 503: a
-/// probe's answer, not a refusal.
+/// 400/415/422) are plain text and were counted nowhere. `/readyz` keeps its plain 503 (not
+/// a client error, so not rewritten): a probe's answer, not a refusal.
 async fn json_errors(
     State(api): State<Arc<Api>>,
     req: axum::extract::Request,
@@ -1047,7 +1051,9 @@ async fn json_errors(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if json || !(status.is_client_error()) || path == "/readyz" {
+    // `/readyz`'s own 503 is not a client error: a wrong method on it is refused as on any
+    // route (it was an empty 405, counted nowhere).
+    if json || !(status.is_client_error()) {
         return resp;
     }
     let (reason, message) = match status {
@@ -1196,15 +1202,12 @@ async fn publish_inner(
             )?),
             None => None,
         };
-        api.metrics
-            .publishes
-            .get_or_create(&vec![("api", "cbor".to_string())])
-            .inc();
         let out = submit(api, vec![Arc::new(event)], vec![None], ack, started).await;
-        if out.is_ok()
-            && let Some(c) = charge
-        {
-            c.keep();
+        if out.is_ok() {
+            count_published(api, "cbor", 1);
+            if let Some(c) = charge {
+                c.keep();
+            }
         }
         return out;
     }
@@ -1427,10 +1430,7 @@ async fn publish_inner(
         }
         _ => None,
     };
-    api.metrics
-        .publishes
-        .get_or_create(&vec![("api", "cloudevents".to_string())])
-        .inc_by(drafts.len() as u64);
+    let new_events = drafts.len();
     // Already-known events are on this node's disk; when the request asks for more
     // regions, they are confirmed as a pre-signed resend is (the driver asks the other
     // regions for them), not answered complete unchecked.
@@ -1463,7 +1463,10 @@ async fn publish_inner(
     // that writes their idempotency records: whether the answer is an error, comes before
     // the commit (`ack=none`) or the client has gone, a request waiting on it then finds
     // them.
-    let mut out = sign_and_send(api, policy, drafts, dedup, Some(claim), ack, started).await?;
+    let mut out = sign_and_send(api, policy, drafts, dedup, Some(claim), ack, started)
+        .await
+        .inspect_err(|e| count_published(api, "cloudevents", e.accepted))?;
+    count_published(api, "cloudevents", new_events);
     if let Some(c) = charge {
         c.keep();
     }
@@ -1645,11 +1648,8 @@ pub(crate) async fn publish_op(
         payload: Payload::Clear(payload),
         trace: None,
     };
-    api.metrics
-        .publishes
-        .get_or_create(&vec![("api", "table".to_string())])
-        .inc();
     let out = sign_and_send(api, policy, vec![draft], vec![None], None, ack, started).await?;
+    count_published(api, "table", 1);
     if let Some(c) = charge {
         c.keep();
     }
@@ -2113,6 +2113,18 @@ async fn submit(
     Ok(published_response(&out, out.complete))
 }
 
+/// `n` events taken from local producers through `api` (`weft_publishes_total`): counted
+/// once the driver took them, not before (refused ones, a full queue's, an erased key's
+/// were counted as published).
+pub(crate) fn count_published(api: &Api, label: &'static str, n: usize) {
+    if n > 0 {
+        api.metrics
+            .publishes
+            .get_or_create(&vec![("api", label.to_string())])
+            .inc_by(n as u64);
+    }
+}
+
 /// A slot in the driver's publish queue, or 503 when it is full.
 pub(crate) fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
     api.cmd_tx.clone().try_reserve_owned().map_err(|e| match e {
@@ -2138,11 +2150,16 @@ async fn wait_published(
             "seq_reused",
             e.to_string(),
         )),
-        Ok(Err(e)) => Err(api.fail(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "store_refused",
-            e.to_string(),
-        ))),
+        // Counted by the driver, once per event refused (not again per request).
+        Ok(Err(e @ crate::driver::PublishError::Store { accepted, .. })) => {
+            let mut refused = ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "store_refused",
+                e.to_string(),
+            );
+            refused.accepted = accepted;
+            Err(refused)
+        }
         Err(_) => Err(api.fail(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

@@ -271,6 +271,44 @@ fn check_config_refuses_a_key_file_the_node_would_refuse() {
     assert!(ok && out.contains("does not exist"), "{out}");
 }
 
+/// A node config's text with its `trusted_nodes` emptied.
+fn empty_trust(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("trusted_nodes") {
+                "trusted_nodes = []"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `weft check-config` warns of seeds to dial with no other node trusted (every mesh
+/// handshake would be refused, both ways); a node whose only seed is itself is not warned.
+#[test]
+fn check_config_warns_of_seeds_without_a_trusted_node() {
+    let c = Cluster::new("cc-trust", 97, &three_regions()[..2], "");
+    // Node 0's only seed is itself: no warning even with no other node trusted.
+    let first = c.nodes[0].config.to_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&first, empty_trust(&text)).unwrap();
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--strict", "--config", &first]);
+    assert!(ok && !out.contains("warning:"), "{out}");
+    // Node 1 dials node 0.
+    let config = c.nodes[1].config.to_str().unwrap().to_string();
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--strict", "--config", &config]);
+    assert!(ok && !out.contains("warning:"), "{out}");
+    let text = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+    std::fs::write(&c.nodes[1].config, empty_trust(&text)).unwrap();
+    let (ok, out) = weft_in(&c.dir, &["check-config", "--strict", "--config", &config]);
+    assert!(
+        !ok && out.contains("but trusted_nodes names no other node"),
+        "{out}"
+    );
+}
+
 /// `weft check-config` binds each listener for a moment: a port in use (here the HTTP one,
 /// held by the test) is a warning that names the field, the address and the protocol, and
 /// `--strict` fails on it.

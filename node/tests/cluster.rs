@@ -2054,10 +2054,35 @@ fn a_full_store_refuses_publishes_before_signing_them() {
         .unwrap();
         c.start(0);
         c.wait_healthy(0).await;
-        for n in 0..3 {
+        for n in 0..2 {
             let (s, v) = c.publish(0, "full", "local", &[json!({"n": n})]).await;
             assert_eq!(s, 200, "{v}");
         }
+        // A batch of three with room for one: the store takes the first and refuses the
+        // other two. Counted once per event refused (not once more for the request), and
+        // `weft_publishes_total` counts the one taken (it counted all three).
+        let before = rejected(&c, 0, "store_refused").await;
+        let batch: Vec<Value> = (2..5).map(|n| json!({"n": n})).collect();
+        let (s, v) = c.publish(0, "full", "local", &batch).await;
+        assert_eq!(s, 507, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("(1 of the request's events were accepted)"),
+            "{v}"
+        );
+        assert_eq!(rejected(&c, 0, "store_refused").await, before + 2);
+        let metrics = reqwest::get(c.url(0, "/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("weft_publishes_total{api=\"cloudevents\"} 3"),
+            "{metrics}"
+        );
         let before = rejected(&c, 0, "store_refused").await;
         let (s, v) = c.publish(0, "full", "local", &[json!({"n": 3})]).await;
         assert_eq!(s, 507, "{v}");
@@ -2102,10 +2127,12 @@ fn a_full_store_refuses_publishes_before_signing_them() {
             .iter()
             .map(|e| e["weftseq"].as_u64().unwrap())
             .collect();
-        // Number 4 is the erase request's event (`_weft.erase`); none went to the refusal.
+        // Numbers 4 and 5 went to the batch's events the store refused after they were
+        // signed (voided: peers take them as skips); 6 is the erase request's event
+        // (`_weft.erase`); none went to the refusal before signing.
         assert_eq!(
             seqs,
-            vec![1, 2, 3, 5],
+            vec![1, 2, 3, 7],
             "no number spent on the refusal: {events:?}"
         );
     });
@@ -2420,6 +2447,7 @@ fn what_the_api_took_silently_is_refused_clearly_and_counted() {
         for (method, path, status, reason) in [
             (reqwest::Method::GET, "/v1/nope", 404, "no_such_route"),
             (reqwest::Method::POST, "/v1/streams/s/subscribe", 405, "method_not_allowed"),
+            (reqwest::Method::PUT, "/readyz", 405, "method_not_allowed"),
         ] {
             let before = rejected(&c, 0, reason).await;
             let r = http.request(method, c.url(0, path)).send().await.unwrap();

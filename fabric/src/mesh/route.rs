@@ -1431,11 +1431,16 @@ impl Router {
             }
             let direct = graph.edges.get(&(mine, i)).map(|(w, _)| w / 2);
             let direct_failed = self.failed.contains_key(name.as_str());
-            // Alternatives: the best path through each other first hop.
+            let path = tree.path(mine, i);
+            // The chosen path's first hop (the region itself when it goes direct).
+            let chosen_hop = path.as_ref().and_then(|p| p.get(1).copied());
+            // Alternatives: the best path through each other first hop (not the direct
+            // link, nor the chosen path's own first hop, which listed the chosen relay path
+            // again as its own alternative).
             let mut alternatives = Vec::new();
             for (&(a, h), (w1, _)) in graph.edges.range((mine, 0)..=(mine, u16::MAX)) {
                 debug_assert_eq!(a, mine);
-                if h == i {
+                if h == i || Some(h) == chosen_hop {
                     continue;
                 }
                 if let Some((w2, _)) = graph.edges.get(&(h, i)) {
@@ -1451,7 +1456,7 @@ impl Router {
             }
             alternatives.sort_by_key(|a| a.1);
             alternatives.truncate(3);
-            let Some(path) = tree.path(mine, i) else {
+            let Some(path) = path else {
                 out.push(RegionRoute {
                     region: name.clone(),
                     path: Vec::new(),

@@ -228,6 +228,24 @@ fn a_publisher_reaches_a_far_region_through_a_relay_region() {
     assert_eq!(r2.path, vec!["r0", "r1", "r2"]);
     assert_eq!(r2.latency_us, 35_000);
     assert_eq!(r2.direct_us, Some(100_000));
+    // Alternatives go through another first hop: not the chosen path again (it was listed
+    // as its own alternative), nor the direct link (shown apart).
+    assert!(
+        r2.alternatives
+            .iter()
+            .all(|(p, _)| p[1] != "r1" && p[1] != "r2"),
+        "{:?}",
+        r2.alternatives
+    );
+    let r1 = routes.iter().find(|r| r.region == "r1").unwrap();
+    assert_eq!(r1.path, vec!["r0", "r1"]);
+    assert_eq!(
+        r1.alternatives
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect::<Vec<_>>(),
+        vec![vec!["r0".to_string(), "r2".into(), "r1".into()]]
+    );
 }
 
 /// A relay whose direct link to the next region failed sends the event back to the
