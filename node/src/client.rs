@@ -1048,6 +1048,13 @@ pub(crate) fn status(conn: &Conn, json: bool) -> anyhow::Result<()> {
             }
         );
     }
+    // Whether it takes clients (`/readyz`), and why not: a node waiting for its first policy
+    // bundle shows policy_epoch 0 like a node without a policy.
+    match (v["ready"].as_bool(), v["not_ready"].as_str()) {
+        (Some(true), _) => say!("{:<14} yes", "ready"),
+        (Some(false), why) => say!("{:<14} no: {}", "ready", why.unwrap_or("unknown")),
+        (None, _) => {}
+    }
     // What retention and erasure removed (stream rules' retention_s / retention_bytes).
     let stat = |k: &str| v["stats"][k].as_u64().unwrap_or(0);
     let dropped = match stat("store_expired_ranges_dropped") {

@@ -277,6 +277,12 @@ impl IntoResponse for ApiError {
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
+tokio::task_local! {
+    /// The method and path of the HTTP request being served (set by [`json_errors`]
+    /// around every route): what [`Api::refuse`]'s audit entries name.
+    static REQUEST_LINE: String;
+}
+
 /// A query string, decoded like axum's `Query`, whose refusal is this API's: a JSON 400
 /// `bad_query` naming what was wrong, counted (axum's own answers plain text, uncounted).
 pub(crate) struct ApiQuery<T>(pub(crate) T);
@@ -491,8 +497,14 @@ impl Api {
         stream: Option<&str>,
         epoch: u64,
     ) -> ApiError {
-        self.audit
-            .deny(e.reason, principal, stream, epoch, e.message.clone());
+        // The entry names the request refused (method and path, no query: a token never
+        // travels there), so a refusal without a principal or stream still says what was
+        // asked.
+        let message = match REQUEST_LINE.try_with(Clone::clone) {
+            Ok(line) => format!("{} (request {line})", e.message),
+            Err(_) => e.message.clone(),
+        };
+        self.audit.deny(e.reason, principal, stream, epoch, message);
         self.fail(e)
     }
 
@@ -564,12 +576,32 @@ impl Api {
                 self.policy.epoch(),
             ));
         };
-        // The scheme is case-insensitive (RFC 9110 11.1): `bearer` is `Bearer`.
+        // The scheme is case-insensitive (RFC 9110 11.1): `bearer` is `Bearer`. Another
+        // scheme (`Basic`) is refused as such, not as a token that matches no principal.
+        let scheme = value
+            .to_str()
+            .ok()
+            .map(|v| v.trim_start().split(' ').next().unwrap_or(""))
+            .unwrap_or("");
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(self.refuse(
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_token",
+                    format!(
+                        "the Authorization scheme is {:?}: this API takes `Authorization: Bearer <token>` only",
+                        scheme.chars().take(32).collect::<String>()
+                    ),
+                ),
+                None,
+                None,
+                self.policy.epoch(),
+            ));
+        }
         let token = value
             .to_str()
             .ok()
             .and_then(|v| v.trim_start().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .unwrap_or("");
         let hash = crate::keys::token_hash(token);
@@ -898,7 +930,12 @@ async fn admin_first(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match api.require_admin(req.headers(), "make admin requests (principals[].admin)") {
+    let what = format!(
+        "make admin request {} {} (principals[].admin)",
+        req.method(),
+        req.uri().path()
+    );
+    match api.require_admin(req.headers(), &what) {
         Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
     }
@@ -1045,7 +1082,10 @@ async fn json_errors(
 ) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = next.run(req).await;
+    // The request line, for the audit entries the request's refusals write.
+    let resp = REQUEST_LINE
+        .scope(format!("{method} {path}"), next.run(req))
+        .await;
     let status = resp.status();
     let json = resp
         .headers()
@@ -3694,6 +3734,8 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
         "jurisdiction": api.me.jurisdiction,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
+        "ready": not_ready(&api).is_none(),
+        "not_ready": not_ready(&api),
         "members_up": s.members_up,
         "stored_events": s.stored_events,
         "policy_epoch": api.policy.epoch(),
@@ -3702,31 +3744,24 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
-async fn readyz(State(api): State<Arc<Api>>) -> Response {
-    let (up, meshed) = {
-        let s = api.snapshot.borrow();
-        (s.members_up, s.meshed)
-    };
+/// Why this node is not ready to take clients (`/readyz`'s 503, `/v1/status`'s
+/// `not_ready`), or `None` when it is.
+fn not_ready(api: &Api) -> Option<&'static str> {
+    let meshed = api.snapshot.borrow().meshed;
     // Not ready until the node has reached the mesh once (seeds configured): before, it may
     // not know the fabric's state. After, losing every peer leaves it ready: it still takes
     // `ack=local` publishes and serves its region, which a probe must not pull out of
     // service (a user review, 2026-12-06).
     if api.seeded && !meshed {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no mesh member reachable yet (seeds configured)\n",
-        )
-            .into_response();
+        return Some(
+            "no mesh member reachable yet (seeds configured; a seed that refuses this node's key is logged and counted as peer_handshake_failed)",
+        );
     }
     // Nor while it asks members for its own events at its start (its store may be an emptied
     // data directory or an older backup under a key the mesh knows), as long as a publish
     // would wait.
-    if own_numbers_unknown(&api) && own_numbers_worth_waiting(&api) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: asking mesh members for this node's own events before numbering new ones\n",
-        )
-            .into_response();
+    if own_numbers_unknown(api) && own_numbers_worth_waiting(api) {
+        return Some("asking mesh members for this node's own events before numbering new ones");
     }
     // Nor while it trusts operator keys and holds no bundle yet: it refuses every publish,
     // read and edge device (503 `policy_pending`), so a load balancer must not send it
@@ -3734,13 +3769,25 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
     // shipped Kubernetes mesh Services publish addresses that are not ready; the first push
     // goes to a pod, not through the HTTP Service, which routes to ready pods only).
     if api.policy.pending() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no policy bundle in force yet (this node trusts operator keys; it serves no data until one arrives: weft policy push, or policy.bundle)\n",
-        )
-            .into_response();
+        return Some(
+            "no policy bundle in force yet (this node trusts operator keys; it serves no data until one arrives: weft policy push, or policy.bundle)",
+        );
     }
-    (StatusCode::OK, format!("ready: {up} members up\n")).into_response()
+    None
+}
+
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    match not_ready(&api) {
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+        None => {
+            let up = api.snapshot.borrow().members_up;
+            (StatusCode::OK, format!("ready: {up} members up\n")).into_response()
+        }
+    }
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {

@@ -331,7 +331,31 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             "read_forbidden",
         )
         .await;
-        audited(&c, &token, "reason=missing_token", "missing_token").await;
+        let e = audited(&c, &token, "reason=missing_token", "missing_token").await;
+        // The entry names the request refused (it had no principal or stream to say).
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("(request GET /v1/streams/orders.eu/events)"),
+            "{e}"
+        );
+        // Another scheme is refused as such, not as a token matching no principal.
+        let r = http
+            .get(c.url(0, "/v1/streams/orders.eu/events"))
+            .header("authorization", "Basic YWxpY2U6cHc=")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("the Authorization scheme is \"Basic\""),
+            "{body}"
+        );
 
         // 3. A denied subscribe (and a denied durable one).
         let r = http

@@ -664,16 +664,19 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
             "{peers}"
         );
         let mut status = String::new();
-        for _ in 0..30 {
+        for _ in 0..150 {
             status = run(vec!["status".into(), "--node".into(), node1.clone()]);
-            // Two events of cli.test and two of cli.pipe.
-            if status.contains("stored_events  4") {
+            // Two events of cli.test and two of cli.pipe; ready once it knows its own
+            // numbering (it asks members at its start).
+            if status.contains("stored_events  4") && status.contains("ready          yes") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
-            status.contains("aws:us-east-1") && status.contains("stored_events  4"),
+            status.contains("aws:us-east-1")
+                && status.contains("stored_events  4")
+                && status.contains("ready          yes"),
             "{status}"
         );
         let routes = run(vec!["routes".into(), "--node".into(), node0]);

@@ -428,9 +428,18 @@ fn a_node_that_trusts_operators_serves_no_data_until_its_first_policy() {
         let r = reqwest::get(c.url(0, "/readyz")).await.unwrap();
         assert_eq!(r.status(), 503);
         assert!(r.text().await.unwrap().contains("no policy bundle"));
-        // Status stays open, and the first bundle can be pushed.
+        // Status stays open, says why the node is not ready (its policy_epoch 0 looks like
+        // a node without a policy), and the first bundle can be pushed.
         let r = reqwest::get(c.url(0, "/v1/status")).await.unwrap();
         assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["ready"], false, "{v}");
+        assert!(
+            v["not_ready"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("no policy bundle in force yet")),
+            "{v}"
+        );
         let (s, v) = push(&c, 0, &c.token, e3).await;
         assert_eq!(s, 200, "{v}");
         // Ready once it is in force here (the push answers when this node applied it).
