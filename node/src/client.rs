@@ -1718,6 +1718,63 @@ fn utc(ms: i64) -> String {
         )
 }
 
+/// `weft subscriptions`: the caller's durable subscriptions on the node (stream, name,
+/// position), or with `delete = Some((stream, name))` forgets one of them.
+pub(crate) fn subscriptions(
+    conn: &Conn,
+    delete: Option<&[String]>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let token = conn.token()?.context(
+        "durable subscriptions belong to a principal: give its token (--token, WEFT_TOKEN or --token-file)",
+    )?;
+    runtime()?.block_on(async {
+        let http = reqwest::Client::new();
+        if let Some([stream, name]) = delete {
+            let url = conn.endpoint(&["v1", "streams", stream, "subscriptions", name])?;
+            let resp = http
+                .delete(url.clone())
+                .bearer_auth(&token)
+                .send()
+                .await
+                .with_context(|| format!("DELETE {url}"))?;
+            check(resp).await?;
+            say!("deleted durable subscription {name} on {stream}");
+            return Ok(());
+        }
+        let url = conn.url("/v1/subscriptions");
+        let resp = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let v: Value = check(resp).await?.json().await?;
+        if json {
+            say!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let held = v["subscriptions"].as_array().cloned().unwrap_or_default();
+        say!(
+            "{} durable subscription(s) of principal {} on this node",
+            held.len(),
+            v["principal"].as_str().unwrap_or("?")
+        );
+        if !held.is_empty() {
+            say!("{:<32} {:<24} CURSOR", "STREAM", "NAME");
+        }
+        for h in &held {
+            say!(
+                "{:<32} {:<24} {}",
+                h["stream"].as_str().unwrap_or(""),
+                h["name"].as_str().unwrap_or(""),
+                h["cursor"].as_str().unwrap_or("")
+            );
+        }
+        anyhow::Ok(())
+    })
+}
+
 /// `weft audit`: the node's audit log, newest first (needs an admin token).
 pub(crate) fn audit(conn: &Conn, args: &AuditArgs) -> anyhow::Result<()> {
     let token = conn.token()?.context(

@@ -177,6 +177,8 @@ pub(crate) struct Api {
     /// Egress transforms' node-local hash keys (config `egress.hash_keys`).
     pub(crate) hash_keys: weft_policy::HashKeys,
     pub(crate) read_limit_max: usize,
+    /// Most durable subscriptions one principal holds (`limits.cursors_per_principal_max`).
+    pub(crate) cursors_per_principal_max: usize,
     /// Seals and opens read cursors (`cursor.rs`): a reader never sees a log position.
     pub(crate) cursors: crate::cursor::Cursors,
     pub(crate) subscribers_max: usize,
@@ -878,6 +880,7 @@ pub(crate) fn router(api: Arc<Api>, body_max: usize) -> Router {
         .route("/v1/policy/bundle", get(policy_bundle))
         .route("/v1/erase", admin_post(&api, erase, ADMIN_BODY_LEN_MAX))
         .route("/v1/status", get(status))
+        .route("/v1/subscriptions", get(list_subscriptions))
         .route(
             "/v1/chaos",
             admin_post(&api, chaos_set, ADMIN_BODY_LEN_MAX).get(chaos_get),
@@ -3083,7 +3086,7 @@ async fn save_cursor(api: &Api, name: String, stream: &str, pos: u64) -> ApiResu
             let limit = if table == "cursors" {
                 "limits.cursors_max"
             } else {
-                "limits.cursors_per_principal_max; DELETE one of its subscriptions first"
+                "limits.cursors_per_principal_max; list them with weft subscriptions or GET /v1/subscriptions and DELETE one first"
             };
             Err(api.fail(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
@@ -3166,6 +3169,40 @@ async fn ack_subscription(
         .cursors
         .seal(stream.as_str(), cursor.max(saved.unwrap_or(0)));
     Ok(axum::Json(json!({"cursor": held})).into_response())
+}
+
+/// `GET /v1/subscriptions`: the caller's durable subscriptions on this node (stream, name,
+/// the position kept as a cursor), at most `limits.cursors_per_principal_max`: what to
+/// `DELETE` when the principal's share is full (the 507 says to).
+async fn list_subscriptions(
+    State(api): State<Arc<Api>>,
+    ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let who = api.authenticate(&headers)?;
+    // The owner part of `cursor_key`: the same hash, whatever stream and name.
+    let key = cursor_key(&who.name, "", "");
+    let prefix = key
+        .split_once(':')
+        .map_or(key.as_str(), |(o, _)| o)
+        .to_string()
+        + ":";
+    let limit = api.cursors_per_principal_max.max(1);
+    let p2 = prefix.clone();
+    let rows = read_store(&api, move |r| r.cursors_with_prefix(&p2, limit)).await?;
+    let held: Vec<Value> = rows
+        .into_iter()
+        .filter_map(|(name, stream, pos)| {
+            // `OWNER:{stream}/{name}`: names have no '/'.
+            let (_, name) = name.strip_prefix(&prefix)?.rsplit_once('/')?;
+            Some(json!({
+                "stream": stream,
+                "name": name,
+                "cursor": api.cursors.seal(&stream, pos),
+            }))
+        })
+        .collect();
+    Ok(axum::Json(json!({"principal": who.name, "subscriptions": held})).into_response())
 }
 
 /// `DELETE /v1/streams/{stream}/subscriptions/{name}`: forgets the caller's durable

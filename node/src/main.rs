@@ -400,6 +400,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List this principal's durable subscriptions on the node (stream, name, position),
+    /// or delete one (`--delete STREAM NAME`). Needs the principal's token.
+    Subscriptions {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Forget the durable subscription NAME on STREAM (it starts afresh next time).
+        #[arg(long, num_args = 2, value_names = ["STREAM", "NAME"])]
+        delete: Option<Vec<String>>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the node's audit log (denials, policy and fault-injection changes), newest
     /// first. Needs an admin principal's token.
     Audit {
@@ -625,6 +637,10 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Status { conn, json } => {
             client::status(&conn, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Subscriptions { conn, delete, json } => {
+            client::subscriptions(&conn, delete.as_deref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { conn, args } => {

@@ -384,6 +384,7 @@ async fn serve(config: crate::config::Resolved) -> anyhow::Result<()> {
         streams: config.streams.clone(),
         hash_keys: config.hash_keys.clone(),
         read_limit_max: raw.limits.read_limit_max,
+        cursors_per_principal_max: raw.limits.cursors_per_principal_max,
         cursors: crate::cursor::Cursors::open_or_create(&config.data_dir)?,
         subscribers_max: raw.limits.subscribers_max,
         seeded: !raw.seeds.is_empty() || raw.mdns,

@@ -1851,7 +1851,7 @@ impl SqliteStore {
             let held = usize::try_from(held).unwrap_or(usize::MAX);
             if held >= self.limits.cursors_per_owner_max {
                 return Err(RecordError::TableFull {
-                    table: "cursors of this principal",
+                    table: "this principal's share of the cursors table",
                     len: held,
                     max: self.limits.cursors_per_owner_max,
                 });
@@ -3346,6 +3346,38 @@ impl StoreReader {
     /// A durable cursor: its stream and log position.
     pub(crate) fn cursor_get(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
         cursor_get(&self.conn, name)
+    }
+
+    /// The durable cursors whose names start with `prefix` (one owner's: `OWNER:`), in
+    /// name order, at most `limit`: (name, stream, position).
+    pub(crate) fn cursors_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        // The names from `prefix` up to the prefix with its last byte raised (':' + 1 is
+        // ';'): an index range of the primary key, not a scan.
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last = last.saturating_add(1);
+        }
+        let end = String::from_utf8_lossy(&end).into_owned();
+        let rows: Vec<(String, String, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT name, stream, pos FROM cursors WHERE name >= ?1 AND name < ?2 \
+                 ORDER BY name LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![prefix, end, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })
+            .map_err(backend)?;
+        rows.into_iter()
+            .map(|(name, stream, pos)| Ok((name, stream, pos_from_sql(pos)?)))
+            .collect()
     }
 }
 

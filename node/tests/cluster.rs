@@ -2351,6 +2351,31 @@ fn one_principal_cannot_take_every_durable_subscription_and_deletes_its_own() {
         assert_eq!(s, 404, "{v}");
         assert_eq!(v["error"]["reason"], "subscription_not_found", "{v}");
         assert_eq!(ack(&tester, "c").await.0, 200);
+        // What a principal holds is listed (its own only), and the CLI deletes one.
+        let list = |token: &str| {
+            let req = http.get(c.url(0, "/v1/subscriptions")).bearer_auth(token);
+            async move {
+                let v: Value = req.send().await.unwrap().json().await.unwrap();
+                v["subscriptions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| format!("{}/{}", h["stream"].as_str().unwrap(), h["name"].as_str().unwrap()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(list(&tester).await, vec!["s/a", "s/c"]);
+        assert_eq!(list(reader_token).await, vec!["s/a"]);
+        let node = c.nodes[0].http.clone();
+        let (ok, out) = weft_in(&c.dir, &["subscriptions", "--node", &node, "--token", &tester]);
+        assert!(ok && out.contains("2 durable subscription(s) of principal tester"), "{out}");
+        let (ok, out) = weft_in(
+            &c.dir,
+            &["subscriptions", "--node", &node, "--token", &tester, "--delete", "s", "c"],
+        );
+        assert!(ok && out.contains("deleted durable subscription c on s"), "{out}");
+        assert_eq!(list(&tester).await, vec!["s/a"]);
+        assert_eq!(ack(&tester, "c").await.0, 200);
         // The tester's "a" resumes after cursor 1; deleted, it starts from the beginning.
         let got = sse_take_as(
             c.url(0, "/v1/streams/s/subscribe?durable=a"),
