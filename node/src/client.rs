@@ -47,6 +47,13 @@ fn node_url(text: &str) -> Result<String, String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("a node URL takes no query (?) or fragment (#)".into());
     }
+    // Credentials in the URL would go as HTTP Basic beside (or instead of) the bearer
+    // token, which the node refuses: every call failed with a 401 that named neither.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "a node URL takes no user or password (user:pw@): the API takes a bearer token, given with --token, --token-file or WEFT_TOKEN".into(),
+        );
+    }
     Ok(text.trim_end_matches('/').to_string())
 }
 
@@ -450,6 +457,10 @@ pub(crate) fn publish(
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         match data {
             Some(d) if d != "-" => {
+                // An empty DATA is no event (the same as empty input), not text to note.
+                if d.trim().is_empty() {
+                    bail!("nothing to publish: DATA is empty (give a JSON value or text, or - to read lines from standard input)");
+                }
                 if let Err(e) = serde_json::from_str::<Value>(&d) {
                     eprintln!(
                         "weft publish: note: DATA is not JSON ({e}): published as text/plain"
@@ -1930,6 +1941,12 @@ mod tests {
         );
         assert!(node_url("http://h:1/?x=1").unwrap_err().contains("query"));
         assert!(node_url("http://h:1/#f").unwrap_err().contains("fragment"));
+        assert!(
+            node_url("http://u:pw@h:1")
+                .unwrap_err()
+                .contains("bearer token")
+        );
+        assert!(node_url("http://u@h:1").unwrap_err().contains("no user"));
         assert!(node_url("nonsense").is_err());
         // No "://" in what was typed (a panic before, slicing past its end).
         for odd in ["https:x", "ftp:h", "https:x\u{e9}"] {

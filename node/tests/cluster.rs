@@ -690,6 +690,19 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
             .unwrap();
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("bad_token"));
+        // An empty DATA is nothing to publish, said once (it was noted as text, then
+        // refused as empty input).
+        let out = std::process::Command::new(WEFT)
+            .args([
+                "publish", "--node", &node1, "--token", "wrong", "cli.test", "",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("DATA is empty") && !err.contains("note:"),
+            "{err}"
+        );
     });
 }
 
