@@ -2507,15 +2507,13 @@ impl Driver {
                     ),
                 );
                 if let Some(why) = claim_revoked {
-                    audit(
-                        Deny,
-                        "jurisdiction_claim",
-                        epoch,
-                        format!(
-                            "policy epoch {epoch} no longer grants this node's jurisdiction claim {} in {} ({why}): it now receives only unrestricted events of streams without a replication regions scope",
-                            self.me.jurisdiction, self.me.region
-                        ),
+                    self.metrics.reject("jurisdiction_claim");
+                    let message = format!(
+                        "policy epoch {epoch} no longer grants this node's jurisdiction claim {} in {} ({why}): it now receives only unrestricted events of streams without a replication regions scope, and a restart with this bundle is refused until a bundle grants the claim (weft check-config says so)",
+                        self.me.jurisdiction, self.me.region
                     );
+                    warn!("{message}");
+                    audit(Deny, "jurisdiction_claim", epoch, message);
                 }
             }
             Outcome::AlreadyInForce { epoch } => {

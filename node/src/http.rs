@@ -3773,6 +3773,13 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
         "uptime_s": api.started.elapsed().as_secs(),
         "ready": not_ready(&api).is_none(),
         "not_ready": not_ready(&api),
+        // Whether the policy in force grants this node's jurisdiction claim (null without
+        // a policy): a node it does not grant holds only unrestricted events, and refuses
+        // to start with that bundle.
+        "jurisdiction_granted": api
+            .policy
+            .policy()
+            .map(|p| p.claim(&api.me.key, &api.me.jurisdiction, &api.me.region).allowed),
         "members_up": s.members_up,
         "stored_events": s.stored_events,
         "policy_epoch": api.policy.epoch(),

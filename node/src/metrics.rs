@@ -231,6 +231,7 @@ pub(crate) const REJECT_REASONS: &[&str] = &[
     "expired",
     "hlc_ahead",
     "internal",
+    "jurisdiction_claim",
     "log_append_failed",
     "malformed_message",
     "message_too_long",

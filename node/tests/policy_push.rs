@@ -281,6 +281,25 @@ fn a_pushed_bundle_reaches_every_node_and_survives_outages_and_restarts() {
         c.start(0);
         c.wait_healthy(0).await;
         assert_eq!(epoch(&c, 0).await, Some(5));
+
+        // An epoch that no longer grants node 1's claim (its key left out of EU's nodes):
+        // node 1 applies it, demoted, and says so (counted, warned, in its status), not
+        // only in its audit log.
+        let demoting = bundle(6, &c.keys, &token_sha256).replace(&format!(", \"{}\"", c.keys[1]), "");
+        let e6 = ops.sign(&demoting, &["op1"], "e6.cbor");
+        let (s, body) = push(&c, 0, &c.token, e6).await;
+        assert_eq!(s, 200, "{body}");
+        wait_epoch(&c, 1, 6, Duration::from_secs(10)).await;
+        assert_eq!(rejected(&c, 1, "jurisdiction_claim").await, 1);
+        let status: Value = c.get_auth(1, "/v1/status").await;
+        assert_eq!(status["jurisdiction_granted"], false, "{status}");
+        let status: Value = c.get_auth(0, "/v1/status").await;
+        assert_eq!(status["jurisdiction_granted"], true, "{status}");
+        assert!(
+            c.log(1).contains("a restart with this bundle is refused"),
+            "{}",
+            c.log(1)
+        );
     });
 }
 
