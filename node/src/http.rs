@@ -3835,10 +3835,8 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    api.metrics.queue(
-        "chaos_dropped",
-        api.chaos.dropped.load(std::sync::atomic::Ordering::Relaxed) as usize,
-    );
+    // (Messages fault injection dropped are `weft_mesh_dropped_total{reason="chaos"}`, a
+    // counter: they were also a `weft_queue_depth` label, a running count among depths.)
     api.metrics.queue("audit", api.audit.queued() as usize);
     (
         [(

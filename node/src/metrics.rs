@@ -340,12 +340,7 @@ pub(crate) const PUBLISH_APIS: [&str; 4] = ["cbor", "cloudevents", "edge", "tabl
 pub(crate) const EXPIRED_CAUSES: [&str; 2] = ["age", "size"];
 
 /// The queues of `weft_queue_depth`.
-pub(crate) const QUEUES: [&str; 4] = [
-    "audit",
-    "chaos_dropped",
-    "driver_mesh_inputs",
-    "driver_publishes",
-];
+pub(crate) const QUEUES: [&str; 3] = ["audit", "driver_mesh_inputs", "driver_publishes"];
 
 /// In debug builds, panics when `value` is not in `list`: its series would not be there
 /// from the start ([`REJECT_REASONS`]).
