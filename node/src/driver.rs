@@ -2451,7 +2451,13 @@ impl Driver {
     fn apply_policy(&mut self, event: &Event) {
         use crate::policy_push::{Outcome, apply, carried_bundle};
         let carrier = event.id();
-        let relayed_by = event.origin();
+        // Who put the carrier into the fabric: this node itself for a bundle pushed to it
+        // (`weft policy push`), not a relay.
+        let relayed_by = if event.origin() == self.node.me().node_key() {
+            "this node (pushed to it)".to_string()
+        } else {
+            event.origin().to_string()
+        };
         let audit = |decision, reason: &str, epoch: u64, message: String| {
             self.audit.record(
                 crate::audit::Entry::now(decision, reason, epoch, message)

@@ -454,7 +454,7 @@ impl Metrics {
         );
         registry.register(
             "confirm_retries",
-            "Confirmable copies of ack=regions:N events sent to another member of a region that had not confirmed, by reason: not_sent (a copy did not get through), answered_without (the member does not store the stream), no_answer_by_half_timeout",
+            "Confirmable copies of ack=regions:N events sent to another member of a region that had not confirmed, by reason: not_sent (a copy did not get through), answered_without (the member does not store the stream), known_not_storing (a member known to store none of the stream was passed over), no_answer_by_half_timeout",
             m.confirm_retries.clone(),
         );
         registry.register(
@@ -464,7 +464,7 @@ impl Metrics {
         );
         registry.register(
             "mesh_sent",
-            "Mesh messages sent, by kind",
+            "Mesh messages handed to the transport to send, by kind (a message fault injection or a broken connection then drops is in weft_mesh_dropped_total too)",
             m.mesh_sent.clone(),
         );
         registry.register(
@@ -474,7 +474,7 @@ impl Metrics {
         );
         registry.register(
             "mesh_dropped",
-            "Mesh messages dropped before sending, by reason",
+            "Mesh messages and connections dropped, by reason: before sending (full queue, no route, fault injection), or a connection lost or replaced (handshake_broken, connection_replaced, sync_failed, untrusted_peer)",
             m.mesh_dropped.clone(),
         );
         registry.register(
@@ -545,7 +545,7 @@ impl Metrics {
         );
         registry.register(
             "policy_applied",
-            "Policy bundles applied since start",
+            "Policy bundles applied since start (pushes and bundles from the fabric; not the one loaded at start, which weft_policy_epoch shows)",
             m.policy_applied.clone(),
         );
         registry.register(
