@@ -49,7 +49,8 @@ pub(crate) enum CursorError {
     )]
     Malformed,
     #[error(
-        "not a cursor this node gave for stream {stream}: a token from another node or another stream, or altered (0 reads from the start)"
+        "not a cursor this node gave for {what} {stream}: a token from another node, another stream or pattern, or altered (0 reads from the start)",
+        what = if stream.contains(['*', '>']) { "pattern" } else { "stream" }
     )]
     NotOurs { stream: String },
 }

@@ -2772,6 +2772,18 @@ async fn subscribe(
     let owner = match (&guard, q.durable.is_some()) {
         (_, false) => String::new(),
         (Some(g), true) => g.principal().to_string(),
+        (None, true) if !headers.contains_key(header::AUTHORIZATION) => {
+            return Err(api.refuse(
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_token",
+                    "a durable subscription belongs to a principal: it needs `Authorization: Bearer <token>` even where reads need none (drop ?durable= to read without one)",
+                ),
+                None,
+                name.stream().map(StreamName::as_str),
+                api.policy.epoch(),
+            ));
+        }
         (None, true) => api.authenticate(&headers)?.name,
     };
     let durable = q

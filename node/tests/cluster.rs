@@ -929,7 +929,14 @@ fn sse_resumes_by_last_event_id_and_durable_subscriptions_survive_a_restart() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 401);
-        drop(resp);
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("a durable subscription belongs to a principal"),
+            "{v}"
+        );
         let resp = reqwest::Client::new()
             .get(c.url(0, "/v1/streams/s/subscribe?durable=billing"))
             .header("last-event-id", token_of(4))
