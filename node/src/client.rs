@@ -437,6 +437,14 @@ pub(crate) fn publish(
     (key, ty): (Option<String>, &str),
     args: &PublishArgs,
 ) -> anyhow::Result<()> {
+    // Said here, by the flag's name: the node would name the CloudEvents attribute of
+    // event 0 of a batch (`type`, `weftkey`) for what the user typed as one flag.
+    if ty.is_empty() {
+        bail!("--type is empty: give the CloudEvents type of the events (default weft.cli)");
+    }
+    if key.as_deref() == Some("") {
+        bail!("--key is empty: give the table key, or leave --key out for an event without one");
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let token = conn.token()?.context(

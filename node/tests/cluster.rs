@@ -703,6 +703,17 @@ fn the_cli_publishes_tails_and_shows_peers_and_status() {
             !out.status.success() && err.contains("DATA is empty") && !err.contains("note:"),
             "{err}"
         );
+        // Empty flags are named as the flags typed, not as event 0's attributes.
+        for (flag, says) in [("--type", "--type is empty"), ("--key", "--key is empty")] {
+            let out = std::process::Command::new(WEFT)
+                .args([
+                    "publish", "--node", &node1, "--token", "wrong", flag, "", "cli.test", "x",
+                ])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && err.contains(says), "{err}");
+        }
     });
 }
 
