@@ -2525,7 +2525,7 @@ async fn read_events(
     // The page is filled past the events left out (up to `READ_SCAN_LEN_MAX` log entries
     // scanned), so that how many a page holds says nothing of how many the reader may
     // not read, as the opaque cursors say nothing of where they sit.
-    let ((body, next, left_out, guard), _slot) = read_store_held(&api, move |r| {
+    let ((body, next, left_out, guard, caught_up), _slot) = read_store_held(&api, move |r| {
         let stream = name.as_str();
         let cursor = |pos: u64| api2.cursors.seal(stream, pos);
         let mut next = match last {
@@ -2538,6 +2538,9 @@ async fn read_events(
         let mut scanned_bytes = 0;
         let mut shown_bytes = 0;
         let mut body = String::from("[");
+        // Whether the page stopped at the end of the log (nothing more to read now), rather
+        // than at its limit or a scan bound: `weft-caught-up`.
+        let mut caught_up = false;
         // After `last=N` the walk back bounded the work already, and the page must reach
         // the newest events: no scan bound forward.
         let (scan_len_max, scan_bytes_max) = match last {
@@ -2565,6 +2568,7 @@ async fn read_events(
                     if page.entries.is_empty() {
                         next = next.max(page.scanned_to);
                         if page.exhausted {
+                            caught_up = true;
                             break;
                         }
                         continue;
@@ -2574,6 +2578,7 @@ async fn read_events(
                 }
             };
             if entries.is_empty() {
+                caught_up = true;
                 break;
             }
             for e in &entries {
@@ -2602,7 +2607,7 @@ async fn read_events(
             }
         }
         body.push(']');
-        Ok((body, next, left_out, guard))
+        Ok((body, next, left_out, guard, caught_up))
     })
     .await?;
     if let Some(g) = &guard {
@@ -2613,6 +2618,12 @@ async fn read_events(
     resp.headers_mut().insert(
         "weft-next-cursor",
         HeaderValue::from_str(&next).expect("base64url is a header value"),
+    );
+    // A page short (even empty) for a scan bound is not the end: this says which it is
+    // (cursors are sealed afresh each time, so comparing them cannot).
+    resp.headers_mut().insert(
+        "weft-caught-up",
+        HeaderValue::from_static(if caught_up { "true" } else { "false" }),
     );
     Ok(resp)
 }

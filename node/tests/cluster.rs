@@ -2235,6 +2235,24 @@ fn a_cursor_the_node_cannot_keep_is_refused_not_forgotten() {
         let (s, v) = c.get_status_auth(0, "/v1/streams/s/events").await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        // `weft-caught-up` says whether a page ended at the end of the log (cursors are
+        // sealed afresh, so a client cannot compare them to tell): a page that stopped at
+        // its limit may have more after it.
+        let caught_up = |limit: &str| {
+            let url = c.url(0, &format!("/v1/streams/s/events?limit={limit}"));
+            let token = c.token.clone();
+            async move {
+                let r = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                r.headers()["weft-caught-up"].to_str().unwrap().to_string()
+            }
+        };
+        assert_eq!(caught_up("1").await, "false");
+        assert_eq!(caught_up("2").await, "true");
         // The system streams are stored by every node whatever its `streams`: an admin
         // reads them here (it was 404 `stream_not_stored`).
         let (s, v) = c.get_status_auth(0, "/v1/streams/_weft.erase/events").await;
