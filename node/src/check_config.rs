@@ -116,11 +116,15 @@ pub(crate) fn run(config: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     // Seeds to dial and no other node trusted: every mesh handshake is refused, both ways
     // (the shipped single-file configs start so, to be filled in).
     // A node whose only seed is itself (the first node of a fabric) dials no one.
-    let other_seeds = raw
-        .seeds
-        .iter()
-        .filter(|s| **s != c.advertise && **s != raw.listen.mesh)
-        .count();
+    // Itself: its mesh port at its advertised or listening address, or at a loopback
+    // address when it listens on every interface.
+    let is_self = |s: &std::net::SocketAddr| {
+        s.port() == raw.listen.mesh.port()
+            && (s.ip() == c.advertise.ip()
+                || s.ip() == raw.listen.mesh.ip()
+                || (raw.listen.mesh.ip().is_unspecified() && s.ip().is_loopback()))
+    };
+    let other_seeds = raw.seeds.iter().filter(|s| !is_self(s)).count();
     if other_seeds > 0 && c.trusted.iter().all(|k| Some(*k) == node_key) {
         warnings.push(format!(
             "{other_seeds} seed(s) of other nodes configured but trusted_nodes names no other node: every mesh connection will be refused in the TLS handshake (peer_handshake_failed); list the public keys of the other nodes (weft keygen prints a node's key)"

@@ -1790,6 +1790,11 @@ pub(crate) fn subscriptions(
                 h["cursor"].as_str().unwrap_or("")
             );
         }
+        if v["truncated"] == true {
+            eprintln!(
+                "more are held than listed (limits.cursors_per_principal_max was lowered since): delete some to see the rest"
+            );
+        }
         anyhow::Ok(())
     })
 }

@@ -151,6 +151,18 @@ pub(crate) struct Published {
     pub(crate) derived: Vec<String>,
 }
 
+impl PublishError {
+    /// How many of the request's events were taken before or beside the refusal (counted
+    /// in `weft_publishes_total`).
+    pub(crate) fn accepted(&self) -> usize {
+        match self {
+            PublishError::Store { accepted, .. }
+            | PublishError::Erased { accepted, .. }
+            | PublishError::SeqReused { accepted, .. } => *accepted,
+        }
+    }
+}
+
 /// Why a publish failed in the driver.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum PublishError {
@@ -163,9 +175,15 @@ pub(crate) enum PublishError {
         /// The request's events taken (stored and committed) before the refusal.
         accepted: usize,
     },
-    /// An erase rule covers the event (`erase.rs`): not stored, delivered or sent.
-    #[error("{0}")]
-    Erased(String),
+    /// An erase rule covers the event (`erase.rs`): not stored, delivered or sent;
+    /// `accepted` of the request's other events were taken.
+    #[error("{message}")]
+    Erased {
+        /// What was refused, and why.
+        message: String,
+        /// The request's events taken (stored and committed).
+        accepted: usize,
+    },
     /// A pre-signed event reuses a sequence number its origin already has here with other
     /// content (a producer that lost its numbering state): refused, the held event kept.
     #[error(
@@ -182,6 +200,8 @@ pub(crate) enum PublishError {
         /// The highest number of the origin this node held apart from what this request
         /// added (stored or erased).
         held_max: u64,
+        /// The request's events taken (stored and committed).
+        accepted: usize,
     },
 }
 
@@ -1295,6 +1315,7 @@ impl Driver {
                                         seq,
                                         seqs: vec![seq],
                                         held_max: seq,
+                                        accepted: 0,
                                     });
                                 }
                                 Some(PublishError::SeqReused {
@@ -1364,6 +1385,7 @@ impl Driver {
                         seq,
                         seqs,
                         held_max,
+                        accepted: ids.len(),
                     }));
                     self.drain();
                     return;
@@ -1375,9 +1397,10 @@ impl Driver {
                         "{e}: not stored again ({} of the request's events were accepted)",
                         ids.len()
                     );
+                    let accepted = ids.len();
                     self.after_commit_replies.push(Box::new(move |durable| {
                         let _ = reply.send(Err(if durable {
-                            PublishError::Erased(message)
+                            PublishError::Erased { message, accepted }
                         } else {
                             PublishError::Store {
                                 message: format!("the commit failed; {message}"),

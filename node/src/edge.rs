@@ -1004,13 +1004,15 @@ impl Edge {
             // or retention expired it here after it was stored. Its number is seen
             // fabric-wide, so resending it (or a void event under its number) could only
             // be refused again, for ever. Counted and audited by the driver.
-            Ok(Err(e @ crate::driver::PublishError::Erased(_))) => {
+            Ok(Err(e @ crate::driver::PublishError::Erased { .. })) => {
+                crate::http::count_published(api, "edge", e.accepted());
                 warn!(device = %hex::encode(device.key), error = %e,
                     "edge batch: events refused as erased or expired are settled; answered durable");
                 BatchAnswer::Durable { ids: batch_ids }
             }
             // Counted and audited by the driver.
             Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => {
+                crate::http::count_published(api, "edge", e.accepted());
                 let message = e.to_string();
                 match e {
                     crate::driver::PublishError::SeqReused {
@@ -1032,14 +1034,7 @@ impl Edge {
             }
             // Counted by the driver, once per event refused.
             Ok(Err(e)) => {
-                crate::http::count_published(
-                    api,
-                    "edge",
-                    match &e {
-                        crate::driver::PublishError::Store { accepted, .. } => *accepted,
-                        _ => 0,
-                    },
-                );
+                crate::http::count_published(api, "edge", e.accepted());
                 BatchAnswer::Failed {
                     reason: "store_refused".into(),
                     message: e.to_string(),

@@ -390,6 +390,14 @@ impl ReadGuard {
         }
     }
 
+    /// A newer policy for an open subscription: this node placed again under it (a
+    /// placement's bits are positions in its own policy's tables, and an epoch may no
+    /// longer grant this node's claim).
+    pub(crate) fn set_policy(&mut self, policy: Arc<weft_policy::Policy>) {
+        self.placement = policy.placement(&self.me);
+        self.policy = policy;
+    }
+
     /// Whether the principal may read this event: its own stream, tenant and
     /// classification, so a deny rule on a classification holds even for an event whose
     /// stream rule says otherwise, and a tenant-bound principal reads its tenant's events
@@ -580,20 +588,32 @@ impl Api {
         };
         // The scheme is case-insensitive (RFC 9110 11.1): `bearer` is `Bearer`. Another
         // scheme (`Basic`) is refused as such, not as a token that matches no principal.
-        let scheme = value
-            .to_str()
-            .ok()
-            .map(|v| v.trim_start().split(' ').next().unwrap_or(""))
-            .unwrap_or("");
+        let text = value.to_str().unwrap_or("").trim_start();
+        let scheme = text.split(' ').next().unwrap_or("");
         if !scheme.eq_ignore_ascii_case("bearer") {
+            // Named only when it is a known scheme followed by its credentials: a bare
+            // token (no scheme) or `Bearer<TAB>token` would otherwise be quoted into the
+            // answer and the audit log.
+            const SCHEMES: [&str; 6] = [
+                "Basic",
+                "Digest",
+                "Negotiate",
+                "NTLM",
+                "Token",
+                "AWS4-HMAC-SHA256",
+            ];
+            let named = SCHEMES
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(scheme) && text.len() > scheme.len());
+            let what = match named {
+                Some(k) => format!("the Authorization scheme is {k}"),
+                None => "the Authorization header does not start with `Bearer ` (its value is not quoted here: it may be a token)".to_string(),
+            };
             return Err(self.refuse(
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "bad_token",
-                    format!(
-                        "the Authorization scheme is {:?}: this API takes `Authorization: Bearer <token>` only",
-                        scheme.chars().take(32).collect::<String>()
-                    ),
+                    format!("{what}: this API takes `Authorization: Bearer <token>` only"),
                 ),
                 None,
                 None,
@@ -1085,9 +1105,18 @@ async fn json_errors(
 ) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    // The request line, for the audit entries the request's refusals write.
+    // The request line, for the audit entries the request's refusals write: the route's
+    // template (`/v1/tables/{stream}/{key}`), not the path, whose segments may be personal
+    // data (a table key) that an erase must not leave behind in the audit log.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || "an unknown route".to_string(),
+            |m| m.as_str().to_string(),
+        );
     let resp = REQUEST_LINE
-        .scope(format!("{method} {path}"), next.run(req))
+        .scope(format!("{method} {route}"), next.run(req))
         .await;
     let status = resp.status();
     let json = resp
@@ -1717,6 +1746,9 @@ pub(crate) async fn sign_and_send(
     if api.store_full.load(std::sync::atomic::Ordering::Relaxed)
         && !drafts.iter().all(|d| d.stream.is_system())
     {
+        // Counted once per event refused, as the driver counts those it refuses.
+        api.metrics
+            .reject_n("store_refused", drafts.len().saturating_sub(1) as u64);
         return Err(api.fail(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "store_refused",
@@ -2184,15 +2216,17 @@ async fn wait_published(
 ) -> ApiResult<Published> {
     match rx.await {
         Ok(Ok(p)) => Ok(p),
-        Ok(Err(e @ crate::driver::PublishError::Erased(_))) => {
-            Err(ApiError::new(StatusCode::CONFLICT, "erased", e.to_string()))
+        Ok(Err(e @ crate::driver::PublishError::Erased { .. })) => {
+            let mut refused = ApiError::new(StatusCode::CONFLICT, "erased", e.to_string());
+            refused.accepted = e.accepted();
+            Err(refused)
         }
         // Counted and audited by the driver.
-        Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "seq_reused",
-            e.to_string(),
-        )),
+        Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => {
+            let mut refused = ApiError::new(StatusCode::CONFLICT, "seq_reused", e.to_string());
+            refused.accepted = e.accepted();
+            Err(refused)
+        }
         // Counted by the driver, once per event refused (not again per request).
         Ok(Err(e @ crate::driver::PublishError::Store { accepted, .. })) => {
             let mut refused = ApiError::new(
@@ -2750,7 +2784,13 @@ async fn subscribe(
     if let Some(d) = &q.durable {
         check_durable_name(&api, name.as_str(), d)?;
     }
-    let last = check_last(&api, q.last, q.after.is_some())?;
+    // A stream has no page: a `last` above the page limit starts with the newest
+    // `limits.read_limit_max` (the dashboard's tail asks for 40 whatever the node's limit).
+    let last = check_last(
+        &api,
+        q.last.map(|n| n.min(api.read_limit_max)),
+        q.after.is_some(),
+    )?;
     let after_param = q
         .after
         .as_deref()
@@ -2850,6 +2890,15 @@ async fn subscribe(
     if let Some(d) = &durable
         && !kept
     {
+        // As an acknowledgement is: a position beyond this node's log (a cursor from a
+        // newer store this one replaced) is refused, not kept to skip what comes next.
+        if after > *api.committed.borrow() && after > read_store(&api, |r| r.log_max_pos()).await? {
+            return Err(api.fail(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                "the durable subscription's start is beyond this node's log (was its store replaced?)".to_string(),
+            )));
+        }
         save_cursor(&api, d.clone(), name.as_str(), after).await?;
     }
     // The token it was opened with, checked again whenever a new policy epoch comes into
@@ -2922,7 +2971,7 @@ async fn subscribe(
                 && let Some(p) = api2.policy.policy()
                 && p.compilation() != g.policy.compilation()
             {
-                g.policy = p;
+                g.set_policy(p);
                 if let Some(s) = name.stream()
                     && api2.authorize_stream(g, s, "subscribe to").is_err()
                 {
@@ -3212,7 +3261,11 @@ async fn list_subscriptions(
         + ":";
     let limit = api.cursors_per_principal_max.max(1);
     let p2 = prefix.clone();
-    let rows = read_store(&api, move |r| r.cursors_with_prefix(&p2, limit)).await?;
+    // One more than listed, to say when there are more (a limit lowered since they were
+    // made leaves a principal holding more than it now may).
+    let mut rows = read_store(&api, move |r| r.cursors_with_prefix(&p2, limit + 1)).await?;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
     let held: Vec<Value> = rows
         .into_iter()
         .filter_map(|(name, stream, pos)| {
@@ -3225,7 +3278,10 @@ async fn list_subscriptions(
             }))
         })
         .collect();
-    Ok(axum::Json(json!({"principal": who.name, "subscriptions": held})).into_response())
+    Ok(
+        axum::Json(json!({"principal": who.name, "subscriptions": held, "truncated": truncated}))
+            .into_response(),
+    )
 }
 
 /// `DELETE /v1/streams/{stream}/subscriptions/{name}`: forgets the caller's durable
@@ -3786,6 +3842,8 @@ async fn mesh_nodes(State(api): State<Arc<Api>>) -> Response {
 
 async fn status(State(api): State<Arc<Api>>) -> Response {
     let s = api.snapshot.borrow().clone();
+    // Asked once: `ready` and `not_ready` agree.
+    let why_not_ready = not_ready(&api);
     axum::Json(json!({
         "name": api.name,
         "key": hex::encode(api.me.key),
@@ -3794,8 +3852,8 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
         "jurisdiction": api.me.jurisdiction,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
-        "ready": not_ready(&api).is_none(),
-        "not_ready": not_ready(&api),
+        "ready": why_not_ready.is_none(),
+        "not_ready": why_not_ready,
         // Whether the policy in force grants this node's jurisdiction claim (null without
         // a policy): a node it does not grant holds only unrestricted events, and refuses
         // to start with that bundle.
@@ -4155,7 +4213,7 @@ replication = "all"
     fn a_node_serves_only_what_it_may_hold() {
         let eu_key = hex::encode([3u8; 32]);
         let us_key = hex::encode([4u8; 32]);
-        let bundle = weft_policy::Bundle::from_toml(&format!(
+        let bundle_text = format!(
             r#"format = 1
 epoch = 3
 [jurisdictions.EU]
@@ -4190,8 +4248,8 @@ pattern = ">"
 classification = "public"
 replication = "all"
 "#
-        ))
-        .unwrap();
+        );
+        let bundle = weft_policy::Bundle::from_toml(&bundle_text).unwrap();
         let policy = Arc::new(weft_policy::Policy::compile(&bundle).unwrap());
         let guard = |me: MemberInfo| {
             ReadGuard::new(
@@ -4247,6 +4305,16 @@ replication = "all"
         let orders = StreamName::new("orders.x").unwrap();
         assert!(!us.allows_write(&orders, "acme", "eu-personal"));
         assert!(us.allows_write(&orders, "acme", "public"));
+        // An open subscription's guard given a newer epoch that no longer grants the EU
+        // node's claim places the node again: the personal event is no longer served
+        // (the placement cached from the older epoch kept serving it).
+        let demoting = bundle_text.replace(&format!("nodes = [\"{eu_key}\"]"), "nodes = []");
+        let demoting =
+            weft_policy::Bundle::from_toml(&demoting.replace("epoch = 3", "epoch = 4")).unwrap();
+        let mut open = guard(node_in("aws:eu-west-1", "EU"));
+        assert!(open.allows(&personal));
+        open.set_policy(Arc::new(weft_policy::Policy::compile(&demoting).unwrap()));
+        assert!(!open.allows(&personal), "served under the older placement");
     }
 
     #[test]

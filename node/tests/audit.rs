@@ -337,7 +337,7 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             e["message"]
                 .as_str()
                 .unwrap()
-                .ends_with("(request GET /v1/streams/orders.eu/events)"),
+                .ends_with("(request GET /v1/streams/{stream}/events)"),
             "{e}"
         );
         // Another scheme is refused as such, not as a token matching no principal.
@@ -353,8 +353,21 @@ fn denials_and_rate_limits_are_refused_counted_and_audited() {
             body["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("the Authorization scheme is \"Basic\""),
+                .contains("the Authorization scheme is Basic:"),
             "{body}"
+        );
+        // A bare token (no scheme) is not quoted back, nor into the audit log.
+        let r = http
+            .get(c.url(0, "/v1/streams/orders.eu/events"))
+            .header("authorization", token.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let text = r.text().await.unwrap();
+        assert!(
+            !text.contains(&token[..8]) && text.contains("does not start with"),
+            "{text}"
         );
 
         // 3. A denied subscribe (and a denied durable one).
