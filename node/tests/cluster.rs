@@ -1259,20 +1259,8 @@ fn a_forged_envelope_and_an_untrusted_node_are_refused_and_counted() {
         // and never dial again. Now it counts and audits the refusal, warns, and dials
         // again: once node 0 trusts it (config fixed, restarted) it joins.
         let counted = wait_for(Duration::from_secs(20), || async {
-            let m = http
-                .get(c.url(1, "/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            m.lines()
-                .find_map(|l| {
-                    l.strip_prefix("weft_rejected_total{reason=\"peer_handshake_failed\"} ")
-                })
-                .and_then(|v| v.parse::<u64>().ok())
-                .filter(|&n| n > 0)
+            let n = rejected(&c, 1, "peer_handshake_failed").await;
+            (n > 0).then_some(n)
         })
         .await;
         assert!(
@@ -2107,15 +2095,9 @@ fn a_full_store_refuses_publishes_before_signing_them() {
             "{v}"
         );
         assert_eq!(rejected(&c, 0, "store_refused").await, before + 2);
-        let metrics = reqwest::get(c.url(0, "/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(
-            metrics.contains("weft_publishes_total{api=\"cloudevents\"} 3"),
-            "{metrics}"
+        assert_eq!(
+            metric(&c, 0, "weft_publishes_total{api=\"cloudevents\"} ").await,
+            3
         );
         let before = rejected(&c, 0, "store_refused").await;
         let (s, v) = c.publish(0, "full", "local", &[json!({"n": 3})]).await;
