@@ -2006,6 +2006,13 @@ impl Driver {
                 return;
             }
         };
+        // A key's erase is filed under the key's stream (`weft audit --stream`), not the
+        // erase stream that carried it.
+        let filed_under = match &target {
+            crate::erase::Target::Key { stream, .. } => stream.as_str(),
+            crate::erase::Target::Principal { .. } => event.stream().as_str(),
+        };
+        let entry = self.erase_entry(filed_under, Some(event.id().to_string()));
         let was_pending = self
             .node
             .store()

@@ -3584,7 +3584,12 @@ async fn erase(
         format!("erase of {target} requested; published to the fabric"),
     )
     .principal(who.name.clone())
-    .stream(crate::erase::ERASE_STREAM);
+    // A key's erase under the key's stream (`weft audit --stream`); a principal's under the
+    // erase stream.
+    .stream(match &target {
+        crate::erase::Target::Key { stream, .. } => stream.as_str(),
+        crate::erase::Target::Principal { .. } => crate::erase::ERASE_STREAM,
+    });
     entry.event_id = out.ids.first().cloned();
     api.audit.record(entry);
     Ok(axum::Json(json!({

@@ -404,6 +404,22 @@ fn an_erase_reaches_every_node_and_nothing_it_covers_comes_back() {
             entries.iter().any(|e| e["reason"] == "erase_requested"),
             "{v}"
         );
+        // A key's erase is filed under its stream (`weft audit --stream kv.users` finds
+        // it), a principal's under the erase stream.
+        for reason in ["erase_requested", "erase_applied"] {
+            assert!(
+                entries
+                    .iter()
+                    .any(|e| e["reason"] == reason && e["stream"] == "kv.users"),
+                "{reason}: {v}"
+            );
+            assert!(
+                entries
+                    .iter()
+                    .any(|e| e["reason"] == reason && e["stream"] == "_weft.erase"),
+                "{reason}: {v}"
+            );
+        }
         assert!(
             entries.iter().any(|e| e["reason"] == "erased"),
             "the refused publish: {v}"
