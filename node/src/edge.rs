@@ -994,25 +994,31 @@ impl Edge {
             reply,
         )
         .await;
-        match rx.await {
-            Ok(Ok(p)) if p.durable_local => {
-                crate::http::count_published(api, "edge", n);
-                BatchAnswer::Durable { ids: p.ids }
-            }
+        let answer = rx.await;
+        // The batch's events the node took: all of a durable answer, and those a refusal
+        // says were taken beside the refused ones.
+        api.metrics.published(
+            "edge",
+            match &answer {
+                Ok(Ok(p)) if p.durable_local => n,
+                Ok(Err(e)) => e.accepted(),
+                _ => 0,
+            },
+        );
+        match answer {
+            Ok(Ok(p)) if p.durable_local => BatchAnswer::Durable { ids: p.ids },
             Ok(Ok(_)) => self.failed("not_durable", "the node did not confirm the commit".into()),
             // Every event of the batch is stored or settled for good: an erase covers it,
             // or retention expired it here after it was stored. Its number is seen
             // fabric-wide, so resending it (or a void event under its number) could only
             // be refused again, for ever. Counted and audited by the driver.
             Ok(Err(e @ crate::driver::PublishError::Erased { .. })) => {
-                crate::http::count_published(api, "edge", e.accepted());
                 warn!(device = %hex::encode(device.key), error = %e,
                     "edge batch: events refused as erased or expired are settled; answered durable");
                 BatchAnswer::Durable { ids: batch_ids }
             }
             // Counted and audited by the driver.
             Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => {
-                crate::http::count_published(api, "edge", e.accepted());
                 let message = e.to_string();
                 match e {
                     crate::driver::PublishError::SeqReused {
@@ -1033,13 +1039,10 @@ impl Edge {
                 }
             }
             // Counted by the driver, once per event refused.
-            Ok(Err(e)) => {
-                crate::http::count_published(api, "edge", e.accepted());
-                BatchAnswer::Failed {
-                    reason: "store_refused".into(),
-                    message: e.to_string(),
-                }
-            }
+            Ok(Err(e)) => BatchAnswer::Failed {
+                reason: "store_refused".into(),
+                message: e.to_string(),
+            },
             Err(_) => self.failed("shutting_down", "the node is shutting down".into()),
         }
     }

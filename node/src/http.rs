@@ -1276,7 +1276,7 @@ async fn publish_inner(
         };
         let out = submit(api, vec![Arc::new(event)], vec![None], ack, started).await;
         if out.is_ok() {
-            count_published(api, "cbor", 1);
+            api.metrics.published("cbor", 1);
             if let Some(c) = charge {
                 c.keep();
             }
@@ -1537,8 +1537,8 @@ async fn publish_inner(
     // them.
     let mut out = sign_and_send(api, policy, drafts, dedup, Some(claim), ack, started)
         .await
-        .inspect_err(|e| count_published(api, "cloudevents", e.accepted))?;
-    count_published(api, "cloudevents", new_events);
+        .inspect_err(|e| api.metrics.published("cloudevents", e.accepted))?;
+    api.metrics.published("cloudevents", new_events);
     if let Some(c) = charge {
         c.keep();
     }
@@ -1721,7 +1721,7 @@ pub(crate) async fn publish_op(
         trace: None,
     };
     let out = sign_and_send(api, policy, vec![draft], vec![None], None, ack, started).await?;
-    count_published(api, "table", 1);
+    api.metrics.published("table", 1);
     if let Some(c) = charge {
         c.keep();
     }
@@ -1747,16 +1747,15 @@ pub(crate) async fn sign_and_send(
         && !drafts.iter().all(|d| d.stream.is_system())
     {
         // Counted once per event refused, as the driver counts those it refuses.
-        api.metrics
-            .reject_n("store_refused", drafts.len().saturating_sub(1) as u64);
-        return Err(api.fail(ApiError::new(
+        api.metrics.reject_n("store_refused", drafts.len() as u64);
+        return Err(ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "store_refused",
             format!(
                 "the node's store is full (limits.events_max = {}): nothing was signed or stored",
                 api.events_max
             ),
-        )));
+        ));
     }
     own_numbers_known(api).await;
     // Reserve the driver's queue before signing: an event signed with a sequence number
@@ -2188,18 +2187,6 @@ async fn submit(
     Ok(published_response(&out, out.complete))
 }
 
-/// `n` events taken from local producers through `api` (`weft_publishes_total`): counted
-/// once the driver took them, not before (refused ones, a full queue's, an erased key's
-/// were counted as published).
-pub(crate) fn count_published(api: &Api, label: &'static str, n: usize) {
-    if n > 0 {
-        api.metrics
-            .publishes
-            .get_or_create(&vec![("api", label.to_string())])
-            .inc_by(n as u64);
-    }
-}
-
 /// A slot in the driver's publish queue, or 503 when it is full.
 pub(crate) fn reserve(api: &Api) -> ApiResult<mpsc::OwnedPermit<Command>> {
     api.cmd_tx.clone().try_reserve_owned().map_err(|e| match e {
@@ -2216,25 +2203,20 @@ async fn wait_published(
 ) -> ApiResult<Published> {
     match rx.await {
         Ok(Ok(p)) => Ok(p),
-        Ok(Err(e @ crate::driver::PublishError::Erased { .. })) => {
-            let mut refused = ApiError::new(StatusCode::CONFLICT, "erased", e.to_string());
+        // Counted (and audited where it is a decision) by the driver: `store_refused` once
+        // per event refused, not again per request.
+        Ok(Err(e)) => {
+            let (status, reason) = match &e {
+                crate::driver::PublishError::Erased { .. } => (StatusCode::CONFLICT, "erased"),
+                crate::driver::PublishError::SeqReused { .. } => {
+                    (StatusCode::CONFLICT, "seq_reused")
+                }
+                crate::driver::PublishError::Store { .. } => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "store_refused")
+                }
+            };
+            let mut refused = ApiError::new(status, reason, e.to_string());
             refused.accepted = e.accepted();
-            Err(refused)
-        }
-        // Counted and audited by the driver.
-        Ok(Err(e @ crate::driver::PublishError::SeqReused { .. })) => {
-            let mut refused = ApiError::new(StatusCode::CONFLICT, "seq_reused", e.to_string());
-            refused.accepted = e.accepted();
-            Err(refused)
-        }
-        // Counted by the driver, once per event refused (not again per request).
-        Ok(Err(e @ crate::driver::PublishError::Store { accepted, .. })) => {
-            let mut refused = ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "store_refused",
-                e.to_string(),
-            );
-            refused.accepted = accepted;
             Err(refused)
         }
         Err(_) => Err(api.fail(ApiError::new(
@@ -2890,15 +2872,8 @@ async fn subscribe(
     if let Some(d) = &durable
         && !kept
     {
-        // As an acknowledgement is: a position beyond this node's log (a cursor from a
-        // newer store this one replaced) is refused, not kept to skip what comes next.
-        if after > *api.committed.borrow() && after > read_store(&api, |r| r.log_max_pos()).await? {
-            return Err(api.fail(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_cursor",
-                "the durable subscription's start is beyond this node's log (was its store replaced?)".to_string(),
-            )));
-        }
+        // As an acknowledgement is: a start beyond this node's log is refused.
+        within_log(&api, after, "the durable subscription's start").await?;
         save_cursor(&api, d.clone(), name.as_str(), after).await?;
     }
     // The token it was opened with, checked again whenever a new policy epoch comes into
@@ -3086,9 +3061,31 @@ const CURSOR_OWNER_HEX: usize = 16;
 /// using the same name gets a subscription of its own, and can neither move, read nor
 /// replay this one's position.
 fn cursor_key(owner: &str, stream: &str, name: &str) -> String {
+    format!("{}{stream}/{name}", cursor_owner(owner))
+}
+
+/// The start of every durable subscription key `owner` holds ([`cursor_key`]): `OWNER:`.
+fn cursor_owner(owner: &str) -> String {
     use sha2::Digest as _;
     let hash = hex::encode(sha2::Sha256::digest(owner.as_bytes()));
-    format!("{}:{stream}/{name}", &hash[..CURSOR_OWNER_HEX])
+    format!("{}:", &hash[..CURSOR_OWNER_HEX])
+}
+
+/// Refuses (400 `bad_cursor`, as `field`) a position beyond this node's log: only a token
+/// this node gave passes `cursor_at`, and it gives none beyond its log, so it is a store
+/// replaced under the same key; kept, it would skip what comes next.
+async fn within_log(api: &Arc<Api>, pos: u64, field: &str) -> ApiResult<()> {
+    let committed = *api.committed.borrow();
+    // The driver announces positions after its group commit; a batch the store committed
+    // by itself (`TX_WRITES_MAX`) may already be read. Ask the log.
+    if pos > committed && pos > read_store(api, |r| r.log_max_pos()).await? {
+        return Err(api.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_cursor",
+            format!("{field}: beyond this node's log (was its store replaced?)"),
+        )));
+    }
+    Ok(())
 }
 
 /// A durable subscription's name: its cursor is kept as `OWNER:{stream}/{name}`
@@ -3214,21 +3211,7 @@ async fn ack_subscription(
         )?;
     }
     let cursor = api.cursor_at(stream.as_str(), "cursor", Some(&q.cursor))?;
-    let mut committed = *api.committed.borrow();
-    if cursor > committed {
-        // The driver announces positions after its group commit; a batch the store
-        // committed by itself (`TX_WRITES_MAX`) may already be read. Ask the log.
-        committed = committed.max(read_store(&api, |r| r.log_max_pos()).await?);
-    }
-    if cursor > committed {
-        // Only a token this node gave passes `cursor_at`, and it gives none beyond its
-        // log: a store replaced under the same key.
-        return Err(api.fail(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_cursor",
-            "cursor: beyond this node's log (was its store replaced?)".to_string(),
-        )));
-    }
+    within_log(&api, cursor, "cursor").await?;
     let key = cursor_key(&who_name, stream.as_str(), &name);
     let k2 = key.clone();
     let saved = read_store(&api, move |r| r.cursor_get(&k2))
@@ -3252,13 +3235,7 @@ async fn list_subscriptions(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let who = api.authenticate(&headers)?;
-    // The owner part of `cursor_key`: the same hash, whatever stream and name.
-    let key = cursor_key(&who.name, "", "");
-    let prefix = key
-        .split_once(':')
-        .map_or(key.as_str(), |(o, _)| o)
-        .to_string()
-        + ":";
+    let prefix = cursor_owner(&who.name);
     let limit = api.cursors_per_principal_max.max(1);
     let p2 = prefix.clone();
     // One more than listed, to say when there are more (a limit lowered since they were

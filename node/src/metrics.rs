@@ -712,6 +712,18 @@ impl Metrics {
         family.get_or_create(&vec![(key, value.to_string())]).inc();
     }
 
+    /// `n` events taken from local producers through `api` (`weft_publishes_total`):
+    /// counted once the driver took them, not before (refused ones, a full queue's, an
+    /// erased key's were counted as published).
+    pub(crate) fn published(&self, api: &'static str, n: usize) {
+        listed(&PUBLISH_APIS, api);
+        if n > 0 {
+            self.publishes
+                .get_or_create(&vec![("api", api.to_string())])
+                .inc_by(n as u64);
+        }
+    }
+
     /// Sets a queue depth gauge.
     pub(crate) fn queue(&self, queue: &str, depth: usize) {
         self.queue_depth
