@@ -434,7 +434,8 @@ pub struct Metrics {
     /// numbered before it learned its numbering): the engine's own record of every number
     /// each origin published, across restarts.
     pub numbers_reused: u64,
-    /// The first number reused, as "origin N seq S" (`None`: none).
+    /// The first number reused, as "origin N (publishing at NODE) seq S, published up to H
+    /// before" (`None`: none).
     pub numbers_reused_first: Option<String>,
     /// Publishes under a number its origin used before that no node remembers any more
     /// (every copy of the earlier event, and every node that saw its number, went with
@@ -1259,8 +1260,8 @@ impl Engine {
         self.drain(i);
     }
 
-    /// Origin `origin_index` published `event` (through node `i`) under a number it gave another event before
-    /// (`high`: the highest it had published). Harmful when some node still remembers the
+    /// Origin `origin_index` published `event` (through node `i`) under a number it gave
+    /// another event before (`high`: the highest it had published). Harmful when some node still remembers the
     /// number (a running node has seen it, or a down node's kept store holds it): that node
     /// drops the new event as a duplicate or names an equivocation. Benign when every
     /// copy and trace of the earlier one went with lost stores (renumbered after loss).
