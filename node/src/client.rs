@@ -1074,6 +1074,14 @@ pub(crate) fn status(conn: &Conn, json: bool) -> anyhow::Result<()> {
         (Some(false), why) => say!("{:<14} no: {}", "ready", why.unwrap_or("unknown")),
         (None, _) => {}
     }
+    // A start whose wait for its own numbering found no member answering: numbered past a
+    // wall-clock floor (peers take the numbers skipped as lost, once).
+    if let Some(floor) = v["own_numbers_floor"].as_u64() {
+        say!(
+            "{:<14} numbering past the wall-clock floor {floor}: no member asked for this node's own events answered in time",
+            "numbering"
+        );
+    }
     // What retention and erasure removed (stream rules' retention_s / retention_bytes).
     let stat = |k: &str| v["stats"][k].as_u64().unwrap_or(0);
     let dropped = match stat("store_expired_ranges_dropped") {

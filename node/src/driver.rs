@@ -2985,12 +2985,16 @@ fn retention_clock(prev: Option<(u64, Instant)>, wall: u64, now: Instant) -> (u6
 /// members asked for this node's own events answered), and the
 /// highest of its numbers known to be taken. The producer numbers past it, so a node
 /// started over an emptied data directory, or an older backup, under a key whose events
-/// the mesh holds does not reuse their numbers.
+/// the mesh holds does not reuse their numbers. When the members asked do not answer in
+/// time, the producer numbers past a wall-clock floor instead, once
+/// ([`OwnNumbers::floor_once`]).
 #[derive(Debug, Default)]
 pub(crate) struct OwnNumbers {
     known: std::sync::atomic::AtomicBool,
     asked: std::sync::atomic::AtomicBool,
     high: std::sync::atomic::AtomicU64,
+    /// The floor taken when the wait for the numbering ended without it known.
+    floor: std::sync::OnceLock<u64>,
 }
 
 impl OwnNumbers {
@@ -3014,6 +3018,24 @@ impl OwnNumbers {
     /// The highest of this node's own numbers known to be taken.
     pub(crate) fn high(&self) -> u64 {
         self.high.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The wall-clock floor this node numbers past since its wait for its numbering ended
+    /// without it known: `take` (which raises the producer's numbering) runs once, for the
+    /// first publish after the wait; every later caller gets the same floor and `false`.
+    pub(crate) fn floor_once(&self, take: impl FnOnce() -> u64) -> (u64, bool) {
+        let mut taken = false;
+        let floor = *self.floor.get_or_init(|| {
+            taken = true;
+            take()
+        });
+        (floor, taken)
+    }
+
+    /// The floor taken, if the wait ended without the numbering known
+    /// ([`OwnNumbers::floor_once`]).
+    pub(crate) fn floor(&self) -> Option<u64> {
+        self.floor.get().copied()
     }
 }
 

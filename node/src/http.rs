@@ -74,37 +74,45 @@ impl Producer {
 
 /// Waits until this node's own numbering is known: at most
 /// [`weft_fabric::mesh::OWN_NUMBERS_WAIT_US`] after its start if no member came up to be
-/// asked, [`weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US`] if one did (then numbering goes on
-/// from what it holds, with a warning once). A node without seeds other than itself does not
-/// wait.
+/// asked, [`weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US`] if one did. A wait that ends
+/// without the numbering known moves the producer past the wall-clock floor, once
+/// ([`weft_fabric::mesh::own_numbers_floor`], with a warning): numbering past what the store
+/// holds would reuse every number peers saw that the store lacks (an emptied data
+/// directory, an older backup), and peers drop a reused number's event as a duplicate. A
+/// node without seeds other than itself does not wait.
 pub(crate) async fn own_numbers_known(api: &Api) {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    static INFORMED: std::sync::Once = std::sync::Once::new();
     while own_numbers_unknown(api) {
         if !own_numbers_worth_waiting(api) {
-            if api.own_numbers.high() > 0 {
-                // The store held its own events (a restart): numbering from them is right
-                // unless the store is an older backup, which a member's answer would have
-                // shown.
-                INFORMED.call_once(|| {
-                    tracing::info!(
-                        next = api.own_numbers.high() + 1,
-                        "no member asked for this node's own events answered in time: numbering past what its store holds"
-                    );
-                });
-                return;
-            }
-            WARNED.call_once(|| {
-                tracing::warn!(
-                    "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s): numbering from {}, past what its store holds, which reuses numbers peers hold if its store is older than their copies (an emptied data directory, a restored backup)",
-                    weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US / 1_000_000,
-                    weft_fabric::mesh::OWN_NUMBERS_WAIT_US / 1_000_000,
-                    api.own_numbers.high() + 1
-                );
-            });
+            take_own_floor(api);
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Moves the producer's numbering past the wall-clock floor, at the first publish after a
+/// wait for the numbering that ended without it known (later ones find it done): the
+/// floor of this node's time, at least its latest HLC.
+fn take_own_floor(api: &Api) {
+    let (floor, taken) = api.own_numbers.floor_once(|| {
+        let Ok(mut p) = api.producer.lock() else {
+            // A poisoned producer signs nothing more; the publish fails on it.
+            return 0;
+        };
+        let ms = p.time.now_ms().max(p.clock.last().physical_ms());
+        let floor = weft_fabric::mesh::own_numbers_floor(ms);
+        p.next_seq = p.next_seq.max(floor);
+        floor
+    });
+    if taken {
+        tracing::warn!(
+            held = api.own_numbers.high(),
+            next = floor + 1,
+            "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s): numbering past the wall-clock floor, not past what its store holds, so no number peers saw is reused; peers take the numbers skipped as lost, whole, once this node names them (their delivery of its later events waits up to {} s for that, once)",
+            weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US / 1_000_000,
+            weft_fabric::mesh::OWN_NUMBERS_WAIT_US / 1_000_000,
+            weft_fabric::mesh::LOST_WAIT_US / 1_000_000,
+        );
     }
 }
 
@@ -3843,6 +3851,9 @@ async fn status(State(api): State<Arc<Api>>) -> Response {
             .policy
             .policy()
             .map(|p| p.claim(&api.me.key, &api.me.jurisdiction, &api.me.region).allowed),
+        // The wall-clock floor this node numbers past since its wait for its own numbering
+        // ended with no member asked answering (null: it did not; `own_numbers_known`).
+        "own_numbers_floor": api.own_numbers.floor(),
         "members_up": s.members_up,
         "stored_events": s.stored_events,
         "policy_epoch": api.policy.epoch(),

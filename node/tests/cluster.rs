@@ -2876,6 +2876,73 @@ fn a_node_restarted_over_an_older_backup_numbers_past_what_the_mesh_holds() {
     });
 }
 
+/// A node restarted over an emptied data directory while no member is up (every seed down:
+/// a cut, or the whole fabric restarting with this node first) waits 5 s for a member to
+/// ask for its own events, then numbers past a wall-clock floor: its new events reach the
+/// peers when they come back, which take the numbers skipped as lost once it names them.
+/// Before, it numbered from 1 again: its acknowledged new events reused numbers 1 and 2,
+/// which the peers held, and were dropped there as duplicates (found by the simulator's
+/// record of every origin's numbers, session 63).
+#[test]
+fn a_node_restarted_over_an_emptied_data_directory_with_no_member_up_numbers_past_a_floor() {
+    rt().block_on(async {
+        let mut c = Cluster::new("wiped-alone", 101, &three_regions(), "");
+        c.start_all();
+        c.wait_meshed().await;
+        publish_and_wait(&c, &[0, 1, 2, 3, 4]).await;
+        c.kill9(0);
+        c.kill9(1);
+        c.kill9(2);
+        std::fs::remove_dir_all(c.dir.join("data/ap")).unwrap();
+        let before_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        c.start(2);
+        c.wait_healthy(2).await;
+        // Answered once the 5 s wait for a member ends.
+        let (s, v) = c
+            .publish(2, "wiped", "local", &[json!({"n": 5}), json!({"n": 6})])
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let status = c.get_auth(2, "/v1/status").await;
+        let floor = status["own_numbers_floor"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no floor taken: {status}"));
+        assert!(floor >= before_ms * 1000, "{floor} {before_ms}");
+        assert!(
+            c.log(2).contains("numbering past the wall-clock floor"),
+            "{}",
+            c.log(2)
+        );
+        let (ok, out) = weft_in(&c.dir, &["status", "--node", &c.nodes[2].http]);
+        assert!(
+            ok && out.contains(&format!("wall-clock floor {floor}")),
+            "{out}"
+        );
+        // The peers come back with events 1 to 5; every node ends with all seven, the new
+        // ones past the floor (the node's own first five come back to it from them).
+        c.start(0);
+        c.start(1);
+        c.wait_healthy(0).await;
+        c.wait_healthy(1).await;
+        let origin = c.keys[2].clone();
+        let want = vec![
+            (1, 0),
+            (2, 1),
+            (3, 2),
+            (4, 3),
+            (5, 4),
+            (floor + 1, 5),
+            (floor + 2, 6),
+        ];
+        for i in 0..3 {
+            let by_seq = wiped_events_by_seq(&c, i, &origin, Duration::from_secs(60)).await;
+            assert_eq!(by_seq, want, "node {i}");
+        }
+    });
+}
+
 /// The sequence numbers of stream `stream`'s events in the store file `db`, in order (read
 /// straight from SQLite, with no node running on it).
 fn own_numbers_in(db: &std::path::Path, stream: &str) -> Vec<i64> {
@@ -2970,6 +3037,25 @@ fn a_restarted_node_numbers_past_what_a_relay_only_member_saw() {
                 .is_some(),
             "node 1 stops"
         );
+        // Node 1 down in the relay's view (SWIM's WAN timing: about 35 s here) before node
+        // 2 restarts and learns the membership from it: else node 2 asks node 1 too, which
+        // never answers, and after 10 s numbers past the wall-clock floor (safe, but not
+        // what this test is about).
+        let relay_alone = wait_for(Duration::from_secs(90), || async {
+            let v = c.get_auth(0, "/v1/mesh/peers").await;
+            let up = v["peers"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["state"] == "up")
+                .count();
+            (up == 1).then_some(())
+        })
+        .await;
+        assert!(
+            relay_alone.is_some(),
+            "node 0 still counts node 1 up: {}",
+            c.get_auth(0, "/v1/mesh/peers").await
+        );
         c.kill9(2);
         std::fs::remove_dir_all(c.dir.join("data/ap")).unwrap();
         c.start(2);
@@ -2978,6 +3064,8 @@ fn a_restarted_node_numbers_past_what_a_relay_only_member_saw() {
             .publish(2, "wiped", "local", &[json!({"n": 5}), json!({"n": 6})])
             .await;
         assert_eq!(s, 200, "{v}");
+        let status = c.get_auth(2, "/v1/status").await;
+        assert_eq!(status["own_numbers_floor"], Value::Null, "{status}");
         let claims = wait_for(Duration::from_secs(5), || async {
             let status = c.get_auth(2, "/v1/status").await;
             let claims = status["stats"]["own_high_claims"].as_u64()?;

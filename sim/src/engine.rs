@@ -87,6 +87,13 @@ pub struct Plan {
     /// checker checks every send either way; `false` (nodes run `AllowAll`) exists to show
     /// that the check catches a fabric that does not enforce.
     pub enforce_residency: bool,
+    /// Whether a node restarted without its store, whose wait for its own numbering ends
+    /// with no member asked answering, numbers past the wall-clock floor
+    /// (`weft_fabric::mesh::own_numbers_floor`), as the node does. `false` models nodes
+    /// before 2026-12-07, which numbered past what they held and so reused numbers their
+    /// peers remembered (tests only: it shows that the "no sequence number reused" check
+    /// can fail); `true` in every real run.
+    pub numbering_floor: bool,
     /// A deliberate fault in one replica's table application (tests only: it shows that
     /// the table digest checks can fail); `None` in every real run.
     pub table_sabotage: Option<TableSabotage>,
@@ -441,6 +448,10 @@ pub struct Metrics {
     /// (every copy of the earlier event, and every node that saw its number, went with
     /// lost stores): the fabric forgot the number, so nothing drops or contradicts it.
     pub numbers_renumbered: u64,
+    /// Times a node restarted without its store numbered past the wall-clock floor
+    /// (`weft_fabric::mesh::own_numbers_floor`): its wait for its numbering ended without
+    /// any member asked answering, as when it is cut off from every other node.
+    pub numbers_floored: u64,
     /// [`AppEvent::Equivocation`]s the nodes raised: a peer's event under a number the
     /// node holds another event for.
     pub equivocations: u64,
@@ -1145,13 +1156,23 @@ impl Engine {
                 );
                 return;
             }
+            let wall_ms = self.wall_ms(i);
             let n = &mut self.nodes[i];
             n.next_seq = n.next_seq.max(high.saturating_add(1));
+            if !known && self.plan.numbering_floor {
+                // The wait ended without the numbering known: past the wall-clock floor,
+                // once, as the node's producer does (it is then known for good).
+                let last = n.clock.last().physical_ms();
+                let floor = weft_fabric::mesh::own_numbers_floor(wall_ms.max(last));
+                n.next_seq = n.next_seq.max(floor.saturating_add(1));
+                n.renumber_from = None;
+                self.metrics.numbers_floored += 1;
+            }
         }
         let wl = wl.clone();
-        let wall_ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
+        let wall_ms = self.wall_ms(i);
         let n = &mut self.nodes[i];
-        let Ok(hlc) = n.clock.tick(wall_ms.max(0) as u64) else {
+        let Ok(hlc) = n.clock.tick(wall_ms) else {
             let addr = n.info.addr.clone();
             self.violation(|| format!("hlc refused at node {addr}"));
             return;
@@ -1323,11 +1344,11 @@ impl Engine {
             self.unreadable_table_event(event);
             return;
         };
-        let wall_ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
+        let wall_ms = self.wall_ms(i);
         let n = &mut self.nodes[i];
         // A remote HLC beyond the drift bound is refused by the clock; the write still
         // applies (the table orders by the event's HLC, not the node's clock).
-        let _ = n.clock.receive(event.hlc(), wall_ms.max(0) as u64);
+        let _ = n.clock.receive(event.hlc(), wall_ms);
         let Some(table) = n.tables[w].as_mut() else {
             return;
         };
@@ -1544,6 +1565,13 @@ impl Engine {
     /// the 32 KiB instruction cache; docs/sim.md, section 3.3).
     #[cold]
     #[inline(never)]
+    /// Node `i`'s wall clock, ms since the Unix epoch: the simulated time from
+    /// 2025-11-24 16:00 UTC on, plus the node's skew.
+    fn wall_ms(&self, i: usize) -> u64 {
+        let ms = (self.now / 1000) as i64 + 1_764_000_000_000 + self.nodes[i].skew_ms;
+        ms.max(0) as u64
+    }
+
     fn violation(&mut self, describe: impl FnOnce() -> String) {
         self.metrics.violations.push(describe());
     }

@@ -135,6 +135,7 @@ pub fn build(scenario: &Scenario, catalog: &RegionCatalog, seed: Option<u64>) ->
         policy: scenario.policy.clone(),
         region_jurisdictions,
         enforce_residency: true,
+        numbering_floor: true,
         table_sabotage: None,
     }
 }

@@ -145,6 +145,11 @@ pub struct StrategyReport {
     /// Publishes under a number their origin used before that no node remembered any more
     /// (every store that held or saw it was lost): harmless to the fabric, not a failure.
     pub numbers_renumbered: u64,
+    /// Times a node restarted without its store, whose wait for its own numbering ended
+    /// with no member asked answering (cut off from every other node), numbered past the
+    /// wall-clock floor (`weft_fabric::mesh::own_numbers_floor`) instead of past what it
+    /// held: a hole its peers take as lost, never a reused number.
+    pub numbers_floored: u64,
     /// Times a node found a peer's event under a number it held another event for
     /// (`AppEvent::Equivocation`, the real node's `origin_equivocation`); at most one
     /// per reused number and node that saw both, 0 when no number was reused.
@@ -517,6 +522,7 @@ impl StrategyReport {
             numbers_reused: m.numbers_reused,
             numbers_reused_first: m.numbers_reused_first.clone(),
             numbers_renumbered: m.numbers_renumbered,
+            numbers_floored: m.numbers_floored,
             equivocations: m.equivocations,
             missed_newest_publish_s: m.missed_newest_publish_us.map(|u| round3(u as f64 / 1e6)),
             duplicates: m.app_duplicates,

@@ -3,7 +3,7 @@
 //! validity.
 
 use weft_sim::catalog::RegionCatalog;
-use weft_sim::engine::{Engine, Strategy};
+use weft_sim::engine::{Engine, Plan, Strategy};
 use weft_sim::report::{Report, StrategyReport};
 use weft_sim::scenario::Scenario;
 use weft_sim::tables::TableSabotage;
@@ -99,10 +99,16 @@ fn run(text: &str, seed: Option<u64>) -> Report {
 
 /// [`run`], with the nodes enforcing residency or not (the checker checks either way).
 fn run_enforcing(text: &str, seed: Option<u64>, enforce: bool) -> Report {
+    run_planned(text, seed, |plan| plan.enforce_residency = enforce)
+}
+
+/// [`run`], with the plan changed by `edit` first (the tests' switches that show a check
+/// can fail).
+fn run_planned(text: &str, seed: Option<u64>, edit: impl FnOnce(&mut Plan)) -> Report {
     let catalog = RegionCatalog::embedded().unwrap();
     let scenario = Scenario::parse(text, &catalog).unwrap_or_else(|e| panic!("{e}"));
     let mut plan = weft_sim::plan::build(&scenario, &catalog, seed);
-    plan.enforce_residency = enforce;
+    edit(&mut plan);
     let metrics = Engine::new(plan.clone(), Strategy::Weft).run(|_, _| {});
     let report = StrategyReport::new("weft", &plan, &metrics);
     Report::new(&scenario, &plan, vec![report])
@@ -644,14 +650,18 @@ fn a_restarted_publisher_numbers_past_what_relays_saw() {
     assert!(w.skips.lost_skipped >= 50, "{:?}", w.skips);
 }
 
-/// The exposure the node documents (a publisher restarted without its store that no
-/// member answers numbers from what it holds after 5 s) is caught by the simulator's own
-/// record of every origin's numbers: the Irish publisher loses its store at 30 s, is back
-/// at 35 s cut off from every other node until 60 s, and numbers from 1 again while every
-/// other node remembers 1 to about 250. The "no sequence number reused" check fails and
-/// names the first one; the reused events are missed where the old ones were seen.
+/// A publisher restarted without its store while cut off from every member: the Irish
+/// publisher loses its store at 30 s and is back at 35 s, cut off from every other node
+/// until 60 s, while every other node remembers its numbers 1 to about 250. No member
+/// answers its ask for its own numbers, so after the 5 s wait it numbers past the
+/// wall-clock floor (`own_numbers_floor`), as the node does: nothing is reused, the hole
+/// below the floor is taken as lost (whole) once the partition heals, and every event
+/// reaches the subscriber. With the floor switched off (nodes before 2026-12-07, which
+/// numbered past what they held) it numbers from 1 again: the "no sequence number reused"
+/// check fails and names the first one, and the reused events are missed where the old
+/// ones were seen.
 #[test]
-fn a_publisher_that_numbers_again_while_cut_off_is_caught_reusing_numbers() {
+fn a_publisher_restarted_cut_off_numbers_past_the_wall_clock_floor() {
     let mut text = ireland_publisher(
         "reuse-cut-off",
         150,
@@ -662,6 +672,22 @@ fn a_publisher_that_numbers_again_while_cut_off_is_caught_reusing_numbers() {
     text += "\n[[fault]]\nkind = \"partition\"\na = { nodes = [\"aws:eu-west-1/0\"] }\nb = \"rest\"\nat_s = 34\nduration_s = 26\n";
     let r = run(&text, None);
     let w = &r.strategies[0];
+    let failed = r.failed_checks();
+    assert!(failed.is_empty(), "{failed:?}\n{}", r.table());
+    assert_eq!(w.numbers_floored, 1, "{}", r.table());
+    assert_eq!((w.numbers_reused, w.equivocations), (0, 0));
+    assert_eq!((w.missed, w.duplicates, w.order_violations), (0, 0, 0));
+    assert!(
+        w.publishes_held > 0 && w.published >= 900,
+        "{}",
+        w.published
+    );
+    // The subscriber moved past the hole below the floor on the publisher's word.
+    assert!(w.skips.lost_in > 1_000_000_000, "{:?}", w.skips);
+
+    let r = run_planned(&text, None, |plan| plan.numbering_floor = false);
+    let w = &r.strategies[0];
+    assert_eq!(w.numbers_floored, 0);
     assert!(
         w.numbers_reused > 100,
         "{}\n{}",

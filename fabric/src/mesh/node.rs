@@ -199,6 +199,28 @@ pub const OWN_NUMBERS_ASKED_WAIT_US: Micros = 10_000_000;
 pub fn own_numbers_worth_waiting(waited: Micros, asked: bool) -> bool {
     waited < OWN_NUMBERS_ASKED_WAIT_US && (waited < OWN_NUMBERS_WAIT_US || asked)
 }
+/// Numbers a node takes per millisecond of wall-clock time in [`own_numbers_floor`].
+pub const OWN_FLOOR_PER_MS: u64 = 1_000;
+
+/// The lowest number a node gives its next event when its wait for its own numbering ended
+/// without it known ([`own_numbers_worth_waiting`] false while [`Node::own_numbers`] says
+/// unknown: no member asked answered in time), at `wall_ms` (milliseconds since the Unix
+/// epoch, at least this node's latest HLC): [`OWN_FLOOR_PER_MS`] numbers per millisecond.
+///
+/// Numbering past what it holds instead reused every number its peers saw and it lost (an
+/// emptied data directory, an older backup, a restart cut off from every member): each new
+/// event was dropped where its number was seen, accepted and then lost without a word
+/// (found by the simulator's own record of every origin's numbers). An earlier life of the
+/// node used a number at or above this floor only if it numbered more than a thousand
+/// events a millisecond on average from where its numbering began (1, so since 1970; or an
+/// earlier floor, so since that floor's time), or if the wall clock now reads earlier than
+/// it did then. The skipped numbers are a hole, taken whole: the node names them lost
+/// ([`Message::Lost`]) to each peer whose digest lacks them, and a peer's delivery of the
+/// node's later events waits [`LOST_WAIT_US`] for them, once. Latency, not loss. The floor
+/// stays below 2^53, which JSON readers hold exactly, until the year 2255.
+pub fn own_numbers_floor(wall_ms: u64) -> u64 {
+    wall_ms.saturating_mul(OWN_FLOOR_PER_MS)
+}
 /// Most ranges of numbers taken as seen from [`Message::Lost`] words per anti-entropy
 /// round (the rest at the next rounds). Each is taken whole, whatever its length, and
 /// delivery steps over numbers without a stored event in one step
