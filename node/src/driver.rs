@@ -588,8 +588,7 @@ impl Driver {
     /// Shares what the core knows of this node's own numbering with the producer
     /// (`http.rs`), kept up to date after every step.
     pub(crate) fn with_own_numbers(mut self, own: Arc<OwnNumbers>) -> Self {
-        let (known, asked, high) = self.node.own_numbers();
-        own.set(known, asked, high);
+        own.set_from(&self.node);
         self.own_numbers = own;
         self
     }
@@ -807,8 +806,7 @@ impl Driver {
             self.metrics.queue("driver_mesh_inputs", mesh_rx.len());
             self.metrics.queue("driver_publishes", cmd_rx.len());
             self.commit();
-            let (known, asked, high) = self.node.own_numbers();
-            self.own_numbers.set(known, asked, high);
+            self.own_numbers.set_from(&self.node);
             // Reads ahead start after the commit: they see every event the core counted
             // when it named their runs.
             let removals = self.node.store().removals();
@@ -2993,16 +2991,37 @@ pub(crate) struct OwnNumbers {
     known: std::sync::atomic::AtomicBool,
     asked: std::sync::atomic::AtomicBool,
     high: std::sync::atomic::AtomicU64,
-    /// The floor taken when the wait for the numbering ended without it known.
+    /// Whether the producer numbers past the wall-clock floor if its wait ends without the
+    /// numbering known (`Node::own_floor_wanted(true)`).
+    floor_if_waited_out: std::sync::atomic::AtomicBool,
+    /// Whether it does so in any case (`Node::own_floor_wanted(false)`: a member's claim
+    /// was more than it can be believed on).
+    floor_wanted: std::sync::atomic::AtomicBool,
+    /// The floor taken ([`OwnNumbers::floor_once`]).
     floor: std::sync::OnceLock<u64>,
 }
 
 impl OwnNumbers {
-    fn set(&self, known: bool, asked: bool, high: u64) {
+    /// Takes in what the core knows now (`Node::own_numbers`, `Node::own_floor_wanted`);
+    /// `known` last, so that a reader that sees it known sees the rest as of then.
+    fn set_from(&self, node: &Node<SqliteStore>) {
         use std::sync::atomic::Ordering::Release;
+        let (known, asked, high) = node.own_numbers();
         self.high.fetch_max(high, Release);
         self.asked.store(asked, Release);
+        self.floor_if_waited_out
+            .store(node.own_floor_wanted(true), Release);
+        self.floor_wanted
+            .store(node.own_floor_wanted(false), Release);
         self.known.store(known, Release);
+    }
+
+    /// Whether the producer numbers past the wall-clock floor: `waited_out` (its wait for
+    /// the numbering ended without it known) over a store that held none of its own events
+    /// at the start, or a member's claim more than it can be believed on.
+    pub(crate) fn floor_wanted(&self, waited_out: bool) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.floor_wanted.load(Acquire) || (waited_out && self.floor_if_waited_out.load(Acquire))
     }
 
     /// Whether a member was asked for this node's own events (and has not all answered).

@@ -74,31 +74,54 @@ impl Producer {
 
 /// Waits until this node's own numbering is known: at most
 /// [`weft_fabric::mesh::OWN_NUMBERS_WAIT_US`] after its start if no member came up to be
-/// asked, [`weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US`] if one did. A wait that ends
-/// without the numbering known moves the producer past the wall-clock floor, once
-/// ([`weft_fabric::mesh::own_numbers_floor`], with a warning): numbering past what the store
-/// holds would reuse every number peers saw that the store lacks (an emptied data
-/// directory, an older backup), and peers drop a reused number's event as a duplicate. A
-/// node without seeds other than itself does not wait.
+/// asked, [`weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US`] if one did. Then the producer
+/// numbers past what the node holds and the members asked saw, or past the wall-clock floor
+/// ([`weft_fabric::mesh::own_numbers_floor`], once, with a warning) when the core wants it
+/// (`Node::own_floor_wanted`): a wait that ended without the numbering known over a store
+/// that held none of the node's own events (an emptied data directory: numbering past what
+/// it holds would reuse every number peers saw, and peers drop a reused number's event as
+/// a duplicate), or a member's claim more than it can be believed on. A node without seeds
+/// other than itself does not wait.
 pub(crate) async fn own_numbers_known(api: &Api) {
-    while own_numbers_unknown(api) {
+    static INFORMED: std::sync::Once = std::sync::Once::new();
+    loop {
+        if !own_numbers_unknown(api) {
+            if api.own_numbers.floor_wanted(false) {
+                take_own_floor(api);
+            }
+            return;
+        }
         if !own_numbers_worth_waiting(api) {
-            take_own_floor(api);
+            if api.own_numbers.floor_wanted(true) {
+                take_own_floor(api);
+            } else {
+                // The store held its own events (a restart): numbering from them is right
+                // unless the store is an older backup, which a member's answer would have
+                // shown.
+                INFORMED.call_once(|| {
+                    tracing::info!(
+                        next = api.own_numbers.high() + 1,
+                        "no member asked for this node's own events answered in time: numbering past what its store holds"
+                    );
+                });
+            }
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Moves the producer's numbering past the wall-clock floor, at the first publish after a
-/// wait for the numbering that ended without it known (later ones find it done): the
-/// floor of this node's time, at least its latest HLC.
+/// Moves the producer's numbering past the wall-clock floor, at the first publish that
+/// wants it (later ones find it done): the floor of this node's time, at least its latest
+/// HLC.
 fn take_own_floor(api: &Api) {
     let (floor, taken) = api.own_numbers.floor_once(|| {
-        let Ok(mut p) = api.producer.lock() else {
-            // A poisoned producer signs nothing more; the publish fails on it.
-            return 0;
-        };
+        // A panic while the producer was held leaves its state as it was: publishes go on
+        // through it (`egress::publish_pending` too), so the floor must reach it.
+        let mut p = api
+            .producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ms = p.time.now_ms().max(p.clock.last().physical_ms());
         let floor = weft_fabric::mesh::own_numbers_floor(ms);
         p.next_seq = p.next_seq.max(floor);
@@ -108,7 +131,7 @@ fn take_own_floor(api: &Api) {
         tracing::warn!(
             held = api.own_numbers.high(),
             next = floor + 1,
-            "the members asked for this node's own events did not all answer within {} s of its start (or none came up within {} s): numbering past the wall-clock floor, not past what its store holds, so no number peers saw is reused; peers take the numbers skipped as lost, whole, once this node names them (their delivery of its later events waits up to {} s for that, once)",
+            "this node's own numbering could not be confirmed (the members asked did not all answer within {} s of its start, or none came up within {} s, and its store held none of its own events; or a member claimed more of its numbers than it can be believed on): numbering past the wall-clock floor, so no number peers saw is reused; peers take the numbers skipped as lost, whole, once this node names them at their next anti-entropy round with it (then after {} s)",
             weft_fabric::mesh::OWN_NUMBERS_ASKED_WAIT_US / 1_000_000,
             weft_fabric::mesh::OWN_NUMBERS_WAIT_US / 1_000_000,
             weft_fabric::mesh::LOST_WAIT_US / 1_000_000,

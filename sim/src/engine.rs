@@ -450,7 +450,8 @@ pub struct Metrics {
     pub numbers_renumbered: u64,
     /// Times a node restarted without its store numbered past the wall-clock floor
     /// (`weft_fabric::mesh::own_numbers_floor`): its wait for its numbering ended without
-    /// any member asked answering, as when it is cut off from every other node.
+    /// it known, as when it is cut off from every other node, or a member asked claimed
+    /// more than it can be believed on (`Node::own_floor_wanted`).
     pub numbers_floored: u64,
     /// [`AppEvent::Equivocation`]s the nodes raised: a peer's event under a number the
     /// node holds another event for.
@@ -460,6 +461,8 @@ pub struct Metrics {
     pub convergence_us: Option<Micros>,
     /// Deliveries of events published while a fault was active (not in latency figures).
     pub fault_window_deliveries: u64,
+    /// Their latencies (µs): publish to delivery, the wait for the heal included.
+    pub fault_window_latency_us: Vec<Micros>,
     /// Deliveries of events published under `measure` faults that left no path between the
     /// origin's region and the receiver's: in latency, not in stretch or the extra delay
     /// over the ideal (there was none to compare with; they waited for the heal).
@@ -649,8 +652,9 @@ impl SkipCounters {
         self.contradicted += s.skips_contradicted;
         self.deferred += s.skips_deferred;
         self.dropped_at_restart += s.skips_dropped_at_restart;
-        self.lost_in += s.lost_in;
-        self.lost_skipped += s.lost_skipped;
+        // Numbers, not events: one wall-clock floor's hole is some 1.8e15 of them.
+        self.lost_in = self.lost_in.saturating_add(s.lost_in);
+        self.lost_skipped = self.lost_skipped.saturating_add(s.lost_skipped);
         self.lost_recovered += s.lost_recovered;
         if at_end {
             let pending = node.skips_unconfirmed_pending() as u64;
@@ -1144,6 +1148,8 @@ impl Engine {
             && let Some(Proto::Weft(node)) = &self.nodes[i].node
         {
             let (known, asked, high) = node.own_numbers();
+            // Here the wait is over when the numbering is not known.
+            let floor_wanted = node.own_floor_wanted(!known);
             let waited = self.now.saturating_sub(started);
             if !known && weft_fabric::mesh::own_numbers_worth_waiting(waited, asked) {
                 self.metrics.publishes_held += 1;
@@ -1159,9 +1165,11 @@ impl Engine {
             let wall_ms = self.wall_ms(i);
             let n = &mut self.nodes[i];
             n.next_seq = n.next_seq.max(high.saturating_add(1));
-            if !known && self.plan.numbering_floor {
-                // The wait ended without the numbering known: past the wall-clock floor,
-                // once, as the node's producer does (it is then known for good).
+            if floor_wanted && self.plan.numbering_floor {
+                // The wait ended without the numbering known (over a store that held none of
+                // the node's events: every restart the simulator asks after), or a member
+                // claimed more than it can be believed on: past the wall-clock floor, once,
+                // as the node's producer does.
                 let last = n.clock.last().physical_ms();
                 let floor = weft_fabric::mesh::own_numbers_floor(wall_ms.max(last));
                 n.next_seq = n.next_seq.max(floor.saturating_add(1));
@@ -1559,12 +1567,6 @@ impl Engine {
             .is_none_or(|r| r.open[w] || r.hops[w][i] == Hop::Clear)
     }
 
-    /// Records a broken invariant. Out of line and cold, as every caller's branch to it is:
-    /// the description is formatted here, so that the formatting code stays out of the hot
-    /// loop's instruction cache lines (the simulator's code path per message is larger than
-    /// the 32 KiB instruction cache; docs/sim.md, section 3.3).
-    #[cold]
-    #[inline(never)]
     /// Node `i`'s wall clock, ms since the Unix epoch: the simulated time from
     /// 2025-11-24 16:00 UTC on, plus the node's skew.
     fn wall_ms(&self, i: usize) -> u64 {
@@ -1572,6 +1574,12 @@ impl Engine {
         ms.max(0) as u64
     }
 
+    /// Records a broken invariant. Out of line and cold, as every caller's branch to it is:
+    /// the description is formatted here, so that the formatting code stays out of the hot
+    /// loop's instruction cache lines (the simulator's code path per message is larger than
+    /// the 32 KiB instruction cache; docs/sim.md, section 3.3).
+    #[cold]
+    #[inline(never)]
     fn violation(&mut self, describe: impl FnOnce() -> String) {
         self.metrics.violations.push(describe());
     }
@@ -1903,12 +1911,13 @@ impl Engine {
             // fault was active reach some nodes only after the heal, which the convergence
             // time reports instead.
             let during = |f: &&PlanFault| f.at_us <= t0 && t0 < f.until_us;
+            let latency = self.now.saturating_sub(t0);
             if self.plan.faults.iter().filter(during).any(|f| !f.measure) {
                 self.metrics.fault_window_deliveries += 1;
+                self.metrics.fault_window_latency_us.push(latency);
                 return;
             }
             let measured = self.plan.faults.iter().filter(during).any(|f| f.measure);
-            let latency = self.now.saturating_sub(t0);
             self.metrics.latency_us.push(latency);
             // Stretch is measured across regions: inside one region the ideal is a single
             // sub-millisecond hop, where any relay, however cheap, doubles the ratio without

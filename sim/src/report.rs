@@ -109,6 +109,10 @@ pub struct StrategyReport {
     pub stretch: Percentiles,
     /// Latency of deliveries inside the origin's region, ms.
     pub intra_region_latency_ms: Percentiles,
+    /// Latency of deliveries of events published while a fault other than a `measure`
+    /// partition was active (not in `latency_ms`), ms: publish to delivery, so an event a
+    /// cut held back counts the wait until the heal and the repair after it.
+    pub fault_latency_ms: Percentiles,
     /// Last delivery hop: hops travelled to the last node an event reached (p50, p99, max).
     pub ldh: Percentiles,
     /// Relative message redundancy: payload copies received / first receipts - 1.
@@ -145,10 +149,11 @@ pub struct StrategyReport {
     /// Publishes under a number their origin used before that no node remembered any more
     /// (every store that held or saw it was lost): harmless to the fabric, not a failure.
     pub numbers_renumbered: u64,
-    /// Times a node restarted without its store, whose wait for its own numbering ended
-    /// with no member asked answering (cut off from every other node), numbered past the
-    /// wall-clock floor (`weft_fabric::mesh::own_numbers_floor`) instead of past what it
-    /// held: a hole its peers take as lost, never a reused number.
+    /// Times a node restarted without its store numbered past the wall-clock floor
+    /// (`weft_fabric::mesh::own_numbers_floor`) instead of past what it held: its wait for
+    /// its own numbering ended without it known (cut off from every other node), or a
+    /// member asked claimed more than it can be believed on. A hole its peers take as
+    /// lost, never a reused number.
     pub numbers_floored: u64,
     /// Times a node found a peer's event under a number it held another event for
     /// (`AppEvent::Equivocation`, the real node's `origin_equivocation`); at most one
@@ -501,6 +506,7 @@ impl StrategyReport {
             latency_ms: Percentiles::from_us(&m.latency_us),
             stretch: Percentiles::from_scaled(&m.stretch_milli, 1000.0),
             intra_region_latency_ms: Percentiles::from_us(&m.intra_region_latency_us),
+            fault_latency_ms: Percentiles::from_us(&m.fault_window_latency_us),
             ldh: Percentiles::from_scaled(&m.ldh, 1.0),
             rmr,
             messages_per_event: per_event(total_messages),
@@ -976,6 +982,18 @@ impl Report {
                 out,
                 "  latency and stretch: events published while no fault other than a `measure` partition was active; those published during a fault count in `converge` (docs/sim.md, .latency_ms)"
             );
+            for s in self
+                .strategies
+                .iter()
+                .filter(|s| s.fault_latency_ms.count > 0)
+            {
+                let f = &s.fault_latency_ms;
+                let _ = writeln!(
+                    out,
+                    "  {:<12} published during a fault: latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} deliveries)",
+                    s.strategy, f.p50, f.p95, f.p99, f.max, f.count
+                );
+            }
         }
         if let Some(w) = self.strategies.first().filter(|w| w.residency.policy) {
             for wl in &w.workloads {

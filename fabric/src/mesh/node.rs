@@ -202,10 +202,11 @@ pub fn own_numbers_worth_waiting(waited: Micros, asked: bool) -> bool {
 /// Numbers a node takes per millisecond of wall-clock time in [`own_numbers_floor`].
 pub const OWN_FLOOR_PER_MS: u64 = 1_000;
 
-/// The lowest number a node gives its next event when its wait for its own numbering ended
-/// without it known ([`own_numbers_worth_waiting`] false while [`Node::own_numbers`] says
-/// unknown: no member asked answered in time), at `wall_ms` (milliseconds since the Unix
-/// epoch, at least this node's latest HLC): [`OWN_FLOOR_PER_MS`] numbers per millisecond.
+/// The lowest number a node gives its next event when [`Node::own_floor_wanted`] says so
+/// (its wait for its own numbering ended without it known over a store that held none of
+/// its own events, or a member asked claimed more than it can be believed on), at `wall_ms`
+/// (milliseconds since the Unix epoch, at least this node's latest HLC):
+/// [`OWN_FLOOR_PER_MS`] numbers per millisecond.
 ///
 /// Numbering past what it holds instead reused every number its peers saw and it lost (an
 /// emptied data directory, an older backup, a restart cut off from every member): each new
@@ -215,8 +216,9 @@ pub const OWN_FLOOR_PER_MS: u64 = 1_000;
 /// events a millisecond on average from where its numbering began (1, so since 1970; or an
 /// earlier floor, so since that floor's time), or if the wall clock now reads earlier than
 /// it did then. The skipped numbers are a hole, taken whole: the node names them lost
-/// ([`Message::Lost`]) to each peer whose digest lacks them, and a peer's delivery of the
-/// node's later events waits [`LOST_WAIT_US`] for them, once. Latency, not loss. The floor
+/// ([`Message::Lost`]) to each peer whose digest lacks them at their next anti-entropy
+/// round, and a peer's delivery of the node's later events waits [`LOST_WAIT_US`] more for
+/// them, once. Latency, not loss. The floor
 /// stays below 2^53, which JSON readers hold exactly, until the year 2255.
 pub fn own_numbers_floor(wall_ms: u64) -> u64 {
     wall_ms.saturating_mul(OWN_FLOOR_PER_MS)
@@ -698,7 +700,8 @@ pub struct Stats {
     pub own_unsent_lost: u64,
     /// Of this node's own numbers, those it told a peer it no longer holds
     /// ([`Message::Lost`]: its store lacks them, below numbers it holds), counted per
-    /// message.
+    /// message. This and the other `lost_*` counts of numbers saturate: a wall-clock
+    /// floor's hole ([`own_numbers_floor`]) is some 1.8e15 numbers.
     pub lost_out: u64,
     /// Numbers origins said they no longer hold that this node lacked, first word only.
     pub lost_in: u64,
@@ -985,6 +988,12 @@ pub struct Node<S: Store> {
     /// member's answer makes the numbering known ([`Node::own_numbers`]); a store without
     /// any waits for every member asked.
     own_held_at_start: bool,
+    /// Whether a member asked claimed more of this node's numbers than it can be believed
+    /// on (its answer's `your_high` above its own count of numbers seen, or above
+    /// [`OWN_HIGH_CLAIM_MAX`]): numbering past the believed part could fall inside a hole
+    /// its peers took as lost (a wall-clock floor taken before), so the producer numbers
+    /// past the floor ([`Node::own_floor_wanted`]).
+    own_claim_cut: bool,
     /// When this node started ([`OWN_FEW_MEMBERS_WAIT_US`]).
     started_at: Micros,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
@@ -1160,6 +1169,7 @@ impl<S: Store> Node<S> {
             own_asked: Vec::new(),
             own_claimed: 0,
             own_held_at_start: false,
+            own_claim_cut: false,
             started_at: now,
             relay_cache: FxHashMap::default(),
             repaired: FxHashSet::default(),

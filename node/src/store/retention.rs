@@ -23,7 +23,8 @@
 //! origin with the most, and every origin keeps its newest (its top is the delivery
 //! cursor a restart resumes from). This node then no longer answers Skips for the numbers
 //! dropped; the origin itself, which holds all its own numbers (so they expire into one
-//! range there), and nodes that hold them in one range still do.
+//! range there, or one per wall-clock floor it numbered past: the hole below a floor is
+//! not its to expire), and nodes that hold them in one range still do.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};

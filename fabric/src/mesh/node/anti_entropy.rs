@@ -751,7 +751,10 @@ impl<S: Store> Node<S> {
         // After the answer: its events are what makes the numbers below them a hole there.
         let lost = self.own_lost(&theirs, from_origin, settled.is_some());
         if !lost.is_empty() {
-            self.stats.lost_out += SeqRanges::covered(&lost);
+            self.stats.lost_out = self
+                .stats
+                .lost_out
+                .saturating_add(SeqRanges::covered(&lost));
             self.send(from, Message::Lost(lost));
         }
     }
@@ -802,9 +805,17 @@ impl<S: Store> Node<S> {
         // A member cannot have seen more of this node's numbers than it has seen numbers
         // at all (`held`, its count over every origin, in the same answer).
         let claim = your_high.min(held).min(OWN_HIGH_CLAIM_MAX);
-        if claim > self.own_claimed && self.own_asked.iter().any(|(k, _)| *k == from) {
+        let asked = self.own_asked.iter().any(|(k, _)| *k == from);
+        if claim > self.own_claimed && asked {
             self.own_claimed = claim;
             self.stats.own_high_claims += 1;
+        }
+        // More than it can be believed on: a lie, or a member that saw numbers past a
+        // wall-clock floor this node took in an earlier life but not yet the hole below
+        // them (its count is short of them) or took it (past the cap). Numbering past the
+        // believed part could fall inside that hole, which peers took as lost: the floor.
+        if your_high > claim && asked {
+            self.own_claim_cut = true;
         }
         let me = self.me.node_key();
         if resume.is_some_and(|r| r <= me) {
@@ -919,6 +930,19 @@ impl<S: Store> Node<S> {
             !self.own_asked.is_empty(),
             held.max(self.own_claimed),
         )
+    }
+
+    /// Whether this node's producer numbers past the wall-clock floor
+    /// ([`super::own_numbers_floor`]) rather than past [`Node::own_numbers`]' highest, once
+    /// its wait for its numbering is over: when a member asked claimed more of its numbers
+    /// than it can be believed on, or (`waited_out`: the wait ended without the numbering
+    /// known) when its store held none of its own events at the start (an emptied data
+    /// directory, or a first start: peers may hold any number of them). A store that held
+    /// its own events numbers past them when no member answers (an ordinary restart cut off
+    /// from its members; an older backup restored then reuses the numbers it lacks, the
+    /// exposure the operator's guide warns of).
+    pub fn own_floor_wanted(&self, waited_out: bool) -> bool {
+        self.own_claim_cut || (waited_out && !self.own_known && !self.own_held_at_start)
     }
 
     /// The highest of the requester `from`'s own numbers this node has seen, for an answer

@@ -117,7 +117,10 @@ impl<S: Store> Node<S> {
         });
         let before = SeqRanges::covered(wait.ranges.as_slice());
         wait.ranges = SeqRanges::from_ranges(wait.ranges.iter().chain(lacking));
-        self.stats.lost_in += SeqRanges::covered(wait.ranges.as_slice()).saturating_sub(before);
+        self.stats.lost_in = self
+            .stats
+            .lost_in
+            .saturating_add(SeqRanges::covered(wait.ranges.as_slice()).saturating_sub(before));
     }
 
     /// Numbers their origins said they no longer hold that waited [`LOST_WAIT_US`] without
@@ -193,7 +196,7 @@ impl<S: Store> Node<S> {
                 changed |= moved;
                 opened.push((lo.max(1), hi));
             }
-            self.stats.lost_skipped += taken;
+            self.stats.lost_skipped = self.stats.lost_skipped.saturating_add(taken);
             if origin == self.me.node_key() {
                 for &(lo, hi) in &opened {
                     self.own_gone.insert_range(lo, hi);
@@ -235,7 +238,10 @@ impl<S: Store> Node<S> {
         if ranges.range_count() == 0 {
             return;
         }
-        self.stats.lost_in += SeqRanges::covered(ranges.as_slice());
+        self.stats.lost_in = self
+            .stats
+            .lost_in
+            .saturating_add(SeqRanges::covered(ranges.as_slice()));
         let since = self.now;
         self.lost.insert(me, LostWait { ranges, since });
     }

@@ -2309,6 +2309,9 @@ fn a_node_started_without_its_own_events_asks_members_for_them() {
     // backup): its numbering is not known at once, though its store's highest counts.
     let kept = Node::new(old.me().clone(), config, 9, old.into_store(), t);
     assert_eq!(kept.own_numbers(), (false, false, 3));
+    // If no member answers it numbers past them, not past the wall-clock floor (an
+    // ordinary restart cut off from its members).
+    assert!(!kept.own_floor_wanted(true));
     // A peer's digest naming more of its numbers does not raise them: only its own signed
     // events do (a wrong digest pushed its numbering out of range).
     for hi in [9, u64::MAX - 1] {
@@ -2438,13 +2441,18 @@ fn a_relay_only_member_asked_tells_a_restarted_node_how_far_it_had_numbered() {
         };
         again.handle_message(t + 30_000, peer_key, answer);
         run_timers_until(&mut again, t + super::OWN_FEW_MEMBERS_WAIT_US + 2_000_000);
-        again.own_numbers()
+        (again.own_numbers(), again.own_floor_wanted(false))
     };
+    // Cut: numbering past the part believed could fall inside a hole peers took as lost
+    // (a wall-clock floor taken in an earlier life), so the producer takes the floor.
     assert_eq!(
         claimed(u64::MAX, u64::MAX - 1),
-        (true, true, super::OWN_HIGH_CLAIM_MAX)
+        ((true, true, super::OWN_HIGH_CLAIM_MAX), true)
     );
-    assert_eq!(claimed(7, 1 << 40), (true, true, 7));
+    assert_eq!(claimed(7, 1 << 40), ((true, true, 7), true));
+    // Believed whole: no floor.
+    assert_eq!(claimed(100, 40), ((true, true, 40), false));
+    assert!(!back.own_floor_wanted(false), "the relay's 4 was believed");
 }
 
 /// A node started without its own events that meets no member does not take its numbering
@@ -2462,6 +2470,10 @@ fn own_numbers_are_not_known_with_nobody_asked() {
     run_timers_until(&mut alone, 30_000_000);
     assert_eq!(alone.own_numbers(), (false, false, 0));
     assert_eq!(alone.stats().own_asks, 0);
+    // Its store held none of its own events: the publish that falls back numbers past the
+    // wall-clock floor (peers may hold any number of them), and only then.
+    assert!(alone.own_floor_wanted(true));
+    assert!(!alone.own_floor_wanted(false));
 }
 
 /// The numbering is known only once the members asked answered past this node's own
