@@ -1078,7 +1078,7 @@ pub(crate) fn status(conn: &Conn, json: bool) -> anyhow::Result<()> {
     // wall-clock floor (peers take the numbers skipped as lost, once).
     if let Some(floor) = v["own_numbers_floor"].as_u64() {
         say!(
-            "{:<14} numbering past the wall-clock floor {floor}: no member asked for this node's own events answered in time",
+            "{:<14} past the wall-clock floor {floor}: no member confirmed this node's own numbering at its start",
             "numbering"
         );
     }

@@ -269,6 +269,12 @@ impl<S: Store> Node<S> {
         }
         if let Some(partner) = self.ranked() {
             self.sync_with(partner, None, false);
+        } else {
+            // No partner (a lone node, or one cut off from every member): the numbers
+            // waiting as lost still come due, this node's own among them. A node that
+            // numbered past a wall-clock floor with no member up delivered none of its new
+            // events to its own subscribers until a member came (found by hand).
+            self.take_lost();
         }
     }
 

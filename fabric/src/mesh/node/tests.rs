@@ -2476,6 +2476,35 @@ fn own_numbers_are_not_known_with_nobody_asked() {
     assert!(!alone.own_floor_wanted(false));
 }
 
+/// A node with no member up that numbers past a wall-clock floor delivers its new events to
+/// its own subscribers once its own numbers below the floor waited as lost, though no
+/// anti-entropy partner is at hand to start a round (before, they waited until a member
+/// came).
+#[test]
+fn a_lone_node_past_a_floor_delivers_its_own_events() {
+    let rtts = vec![10_000u64; 36];
+    let nodes = mesh(&[1], 1, 2, &rtts);
+    let mut info = nodes[0].me().clone();
+    info.generation += 1;
+    let mut config = MeshConfig::wan(2);
+    config.recover_own_numbers = true;
+    let mut alone = Node::new(info, config, 9, crate::mesh::MemStore::new(16), 0);
+    run_timers_until(&mut alone, 6_000_000);
+    assert!(alone.own_floor_wanted(true));
+    let floor = super::own_numbers_floor(1_765_000_000_000);
+    alone
+        .handle_publish(6_000_000, event_at(1, floor + 1, "orders.all"))
+        .unwrap();
+    assert_eq!(
+        delivered_seqs(&mut alone),
+        Vec::<u64>::new(),
+        "behind its hole"
+    );
+    run_timers_until(&mut alone, 6_000_000 + super::LOST_WAIT_US + 10_000_000);
+    assert_eq!(delivered_seqs(&mut alone), vec![floor + 1]);
+    alone.check_invariants_full();
+}
+
 /// The numbering is known only once the members asked answered past this node's own
 /// origin: an answer cut inside it (the batch limit: a node with more own events than one
 /// answer carries) leaves it unknown, and with two other members both must answer (one may
