@@ -2455,18 +2455,24 @@ fn a_relay_only_member_asked_tells_a_restarted_node_how_far_it_had_numbered() {
     assert!(!back.own_floor_wanted(false), "the relay's 4 was believed");
 }
 
-/// A node started without its own events that meets no member does not take its numbering
-/// as known on no one's word, however long it waits (the node's publish falls back after
-/// 10 s with a warning).
-#[test]
-fn own_numbers_are_not_known_with_nobody_asked() {
+/// A node of a one-node mesh restarted at time 0 without its store (a later generation),
+/// asking for its own numbers before it numbers, with no member to ask.
+fn restarted_alone() -> Node<crate::mesh::MemStore> {
     let rtts = vec![10_000u64; 36];
     let nodes = mesh(&[1], 1, 2, &rtts);
     let mut info = nodes[0].me().clone();
     info.generation += 1;
     let mut config = MeshConfig::wan(2);
     config.recover_own_numbers = true;
-    let mut alone = Node::new(info, config, 9, crate::mesh::MemStore::new(16), 0);
+    Node::new(info, config, 9, crate::mesh::MemStore::new(16), 0)
+}
+
+/// A node started without its own events that meets no member does not take its numbering
+/// as known on no one's word, however long it waits (the node's publish falls back after
+/// 10 s with a warning).
+#[test]
+fn own_numbers_are_not_known_with_nobody_asked() {
+    let mut alone = restarted_alone();
     run_timers_until(&mut alone, 30_000_000);
     assert_eq!(alone.own_numbers(), (false, false, 0));
     assert_eq!(alone.stats().own_asks, 0);
@@ -2482,13 +2488,7 @@ fn own_numbers_are_not_known_with_nobody_asked() {
 /// came).
 #[test]
 fn a_lone_node_past_a_floor_delivers_its_own_events() {
-    let rtts = vec![10_000u64; 36];
-    let nodes = mesh(&[1], 1, 2, &rtts);
-    let mut info = nodes[0].me().clone();
-    info.generation += 1;
-    let mut config = MeshConfig::wan(2);
-    config.recover_own_numbers = true;
-    let mut alone = Node::new(info, config, 9, crate::mesh::MemStore::new(16), 0);
+    let mut alone = restarted_alone();
     run_timers_until(&mut alone, 6_000_000);
     assert!(alone.own_floor_wanted(true));
     let floor = super::own_numbers_floor(1_765_000_000_000);
