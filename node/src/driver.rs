@@ -2769,6 +2769,7 @@ impl Driver {
             ("lost_closed_at_once", s.lost_closed_at_once),
             ("lost_open", self.node.lost_open()),
             ("lost_deferred", s.lost_deferred),
+            ("delivery_store_errors", s.delivery_store_errors),
             ("lost_pending", self.node.lost_pending()),
             ("own_asks", s.own_asks),
             ("own_high_claims", s.own_high_claims),
@@ -2780,6 +2781,7 @@ impl Driver {
         stats.insert("store_commits", st.commits);
         stats.insert("store_commit_failures", st.commit_failures);
         stats.insert("store_corrupt_rows", st.corrupt_rows);
+        stats.insert("store_query_errors", st.query_errors);
         stats.insert("store_read_ahead", st.read_ahead);
         stats.insert("store_read_ahead_dropped", st.read_ahead_dropped);
         stats.insert("store_read_ahead_hits", st.read_ahead_hits);

@@ -290,6 +290,9 @@ pub(crate) struct StoreStats {
     pub(crate) cache_hits: u64,
     /// Rows that failed to decode or verify (corruption).
     pub(crate) corrupt_rows: u64,
+    /// Queries that failed outright (`next_stored`: a failing disk), each answered to the
+    /// core as an error.
+    pub(crate) query_errors: u64,
     /// Stored events removed by erase rules.
     pub(crate) erased: u64,
     /// Inserts refused as covered by an erase rule (or erased before).
@@ -2710,15 +2713,27 @@ impl Store for SqliteStore {
     }
 
     /// One query on the `(origin, seq)` index instead of a `get` per number: ordered
-    /// delivery steps over a hole taken as lost, whatever its length, in one call. An
-    /// error answers the very next number, so delivery falls back to asking `get` number
-    /// by number and never passes over a stored event.
-    fn next_stored(&self, origin: &OriginKey, after: u64, upto: u64) -> Option<u64> {
-        let from = after.checked_add(1)?;
+    /// delivery steps over a hole taken as lost, whatever its length, in one call. A failed
+    /// query is an error (counted in `query_errors`): the core stops delivering the origin
+    /// there and asks again at its next poll, so it never passes over a stored event and
+    /// never steps number by number across a hole (one past a wall-clock floor spans
+    /// 10^15 numbers; answering the next number, as this did, held the driver thread).
+    fn next_stored(
+        &self,
+        origin: &OriginKey,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(None);
+        };
         if from > upto {
-            return None;
+            return Ok(None);
         }
-        let after_sql = i64::try_from(after).ok()?;
+        // Numbers past SQLite's signed range are never stored (`SEQ_MAX`).
+        let Ok(after_sql) = i64::try_from(after) else {
+            return Ok(None);
+        };
         let upto_sql = i64::try_from(upto).unwrap_or(i64::MAX);
         let next: rusqlite::Result<Option<i64>> = self
             .conn
@@ -2729,10 +2744,24 @@ impl Store for SqliteStore {
                 s.query_row(params![&origin.0[..], after_sql, upto_sql], |r| r.get(0))
             });
         match next {
-            Ok(next) => next.and_then(|n| u64::try_from(n).ok()),
+            Ok(next) => Ok(next.and_then(|n| u64::try_from(n).ok())),
             Err(e) => {
-                tracing::warn!(%origin, after, error = %e, "finding the next stored event failed");
-                Some(from)
+                let errors = {
+                    let mut stats = self.stats.borrow_mut();
+                    stats.query_errors += 1;
+                    stats.query_errors
+                };
+                // Asked again at every poll while the disk fails: the first error and
+                // then one in a thousand go to the log; the metric counts them all.
+                if errors == 1 || errors.is_multiple_of(1000) {
+                    tracing::warn!(
+                        %origin, after, error = %e, errors,
+                        "finding the next stored event failed; delivery of the origin waits"
+                    );
+                }
+                Err(StoreError::Backend(format!(
+                    "finding the next stored event of {origin} after {after}: {e}"
+                )))
             }
         }
     }
@@ -3586,6 +3615,37 @@ mod tests {
         let store = open(dir.path());
         assert_eq!(store.delivered(&o1), Some(2));
         assert_eq!(store.delivered(&o2), Some(0));
+    }
+
+    /// A failed query for the next stored event is an error to the core (which pauses the
+    /// origin's delivery), counted, never an answer: the old answer (the very next number)
+    /// made delivery step a hole number by number.
+    #[test]
+    fn a_failed_next_stored_query_is_an_error_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        for seq in [1, 9] {
+            store.insert(event(1, "a", seq, b"x")).unwrap();
+        }
+        store.commit().unwrap();
+        let origin = event(1, "a", 1, b"").origin();
+        assert_eq!(store.next_stored(&origin, 1, u64::MAX), Ok(Some(9)));
+        store
+            .conn
+            .execute_batch("ALTER TABLE events RENAME TO events_gone")
+            .unwrap();
+        let err = store.next_stored(&origin, 1, u64::MAX).unwrap_err();
+        assert!(
+            err.to_string().contains("finding the next stored event"),
+            "{err}"
+        );
+        assert_eq!(store.stats().query_errors, 1);
+        store
+            .conn
+            .execute_batch("ALTER TABLE events_gone RENAME TO events")
+            .unwrap();
+        assert_eq!(store.next_stored(&origin, 1, u64::MAX), Ok(Some(9)));
+        assert_eq!(store.stats().query_errors, 1);
     }
 
     #[test]

@@ -727,6 +727,9 @@ pub struct Stats {
     /// [`Message::Lost`] words not taken: [`LOST_ORIGINS_MAX`] origins already waited (the
     /// origin says it again when next asked).
     pub lost_deferred: u64,
+    /// Times ordered delivery stopped because the store could not say where an origin's
+    /// next stored event is ([`Store::next_stored`] failed); it resumes at the next poll.
+    pub delivery_store_errors: u64,
     /// Longest time from a cross-region push to its failover (the RTT timeout that
     /// expired), microseconds.
     pub failover_after_us_max: u64,

@@ -119,14 +119,48 @@ pub trait Store {
         )
     }
     /// The lowest number in `after + 1 ..= upto` at which an event of `origin` may be
-    /// stored, `None` if none is: ordered delivery steps over numbers without an event
+    /// stored, `Ok(None)` if none is: ordered delivery steps over numbers without an event
     /// (not for this node, skipped, taken as lost) with it, so a hole of any length costs
     /// one call. It may answer a number [`Store::get`] then finds empty (an event hidden
-    /// by an erase rule); it must not pass over one `get` would give. The default asks
-    /// [`Store::get`] number by number; a store indexed by sequence number answers from
+    /// by an erase rule); it must not pass over one `get` would give.
+    ///
+    /// An error means the store cannot tell (a failing disk): the core then stops
+    /// delivering `origin` where it is and asks again at its next poll
+    /// ([`Stats::delivery_store_errors`](super::Stats::delivery_store_errors)), rather
+    /// than stepping number by number across a hole that can span 10^15 numbers after a
+    /// wall-clock floor.
+    ///
+    /// The default asks [`Store::get`] for the numbers inside [`Store::ranges`] only (every
+    /// stored number is in them while an origin has fewer than [`RANGES_PER_ORIGIN_MAX`]
+    /// ranges; past that the highest are dropped and the default does not see their
+    /// events), so a hole costs nothing; a store indexed by sequence number answers from
     /// its index.
-    fn next_stored(&self, origin: &OriginKey, after: u64, upto: u64) -> Option<u64> {
-        (after.checked_add(1)?..=upto).find(|&seq| self.get(origin, seq).is_some())
+    fn next_stored(
+        &self,
+        origin: &OriginKey,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(ranges) = self.ranges(origin) else {
+            return Ok(None);
+        };
+        let Some(from) = after.checked_add(1) else {
+            return Ok(None);
+        };
+        for (start, end) in ranges.iter() {
+            if end < from {
+                continue;
+            }
+            if start > upto {
+                break;
+            }
+            if let Some(seq) =
+                (start.max(from)..=end.min(upto)).find(|&seq| self.get(origin, seq).is_some())
+            {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
     }
     /// Whether the event of `origin` at `seq` was erased (removed by an erase rule, or
     /// refused on arrival as matching one). The core answers requests for it with a Skip,
@@ -484,8 +518,16 @@ impl Store for MemStore {
         self.by_origin.get(origin)?.events.get(seq).cloned()
     }
 
-    fn next_stored(&self, origin: &OriginKey, after: u64, upto: u64) -> Option<u64> {
-        self.by_origin.get(origin)?.events.next(after, upto)
+    fn next_stored(
+        &self,
+        origin: &OriginKey,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .by_origin
+            .get(origin)
+            .and_then(|held| held.events.next(after, upto)))
     }
 
     fn get_run(

@@ -333,9 +333,17 @@ impl<S: Store> Node<S> {
                     cursor = match self.store.next_stored(&origin, cursor, upto) {
                         // Only an answer inside the window moves the cursor on (a store
                         // answering outside it is stepped past number by number).
-                        Some(next) if next > cursor && next <= upto => next - 1,
-                        Some(_) => cursor,
-                        None => upto,
+                        Ok(Some(next)) if next > cursor && next <= upto => next - 1,
+                        Ok(Some(_)) => cursor,
+                        Ok(None) => upto,
+                        Err(_) => {
+                            // The store cannot tell where the next event is: delivery stops
+                            // here and resumes at the next poll, rather than stepping
+                            // number by number across a hole that may span 10^15 numbers.
+                            self.stats.delivery_store_errors += 1;
+                            self.delivery_paused.insert(origin);
+                            break;
+                        }
                     };
                 }
                 continue;

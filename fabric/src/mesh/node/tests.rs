@@ -1008,7 +1008,7 @@ fn a_restart_delivers_what_the_cursor_has_not_reached() {
 }
 
 /// Fires `node`'s timers due up to `until` (its messages dropped).
-fn run_timers_until(node: &mut Node<crate::mesh::MemStore>, until: Micros) {
+fn run_timers_until<S: Store>(node: &mut Node<S>, until: Micros) {
     while let Some(at) = node.poll_timeout().filter(|at| *at <= until) {
         node.handle_timeout(at);
         while node.poll_transmit().is_some() {}
@@ -2458,13 +2458,18 @@ fn a_relay_only_member_asked_tells_a_restarted_node_how_far_it_had_numbered() {
 /// A node of a one-node mesh restarted at time 0 without its store (a later generation),
 /// asking for its own numbers before it numbers, with no member to ask.
 fn restarted_alone() -> Node<crate::mesh::MemStore> {
+    restarted_alone_over(crate::mesh::MemStore::new(16))
+}
+
+/// [`restarted_alone`] over `store`.
+fn restarted_alone_over<S: Store>(store: S) -> Node<S> {
     let rtts = vec![10_000u64; 36];
     let nodes = mesh(&[1], 1, 2, &rtts);
     let mut info = nodes[0].me().clone();
     info.generation += 1;
     let mut config = MeshConfig::wan(2);
     config.recover_own_numbers = true;
-    Node::new(info, config, 9, crate::mesh::MemStore::new(16), 0)
+    Node::new(info, config, 9, store, 0)
 }
 
 /// A node started without its own events that meets no member does not take its numbering
@@ -2503,6 +2508,120 @@ fn a_lone_node_past_a_floor_delivers_its_own_events() {
     run_timers_until(&mut alone, 6_000_000 + super::LOST_WAIT_US + 10_000_000);
     assert_eq!(delivered_seqs(&mut alone), vec![floor + 1]);
     alone.check_invariants_full();
+}
+
+/// A store that cannot say where the next stored event is (a failing disk) stops ordered
+/// delivery of the origin where it is, counted, without stepping number by number across
+/// the hole below a wall-clock floor (10^15 numbers: the old fallback, answering the next
+/// number, held the caller for good); once the store answers again, the next poll
+/// delivers.
+#[test]
+fn a_store_failing_to_find_the_next_event_pauses_delivery_without_stepping_the_hole() {
+    struct Failing(crate::mesh::MemStore, std::cell::Cell<u32>, bool);
+    impl Store for Failing {
+        memstore_required!();
+        fn next_stored(
+            &self,
+            origin: &OriginKey,
+            after: u64,
+            upto: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.1.set(self.1.get() + 1);
+            if self.2 {
+                return Err(StoreError::Backend("disk I/O error".into()));
+            }
+            self.0.next_stored(origin, after, upto)
+        }
+    }
+    let mut alone = restarted_alone_over(Failing(
+        crate::mesh::MemStore::new(16),
+        Default::default(),
+        true,
+    ));
+    run_timers_until(&mut alone, 6_000_000);
+    let floor = super::own_numbers_floor(1_765_000_000_000);
+    alone
+        .handle_publish(6_000_000, event_at(1, floor + 1, "orders.all"))
+        .unwrap();
+    run_timers_until(&mut alone, 6_000_000 + super::LOST_WAIT_US + 10_000_000);
+    assert_eq!(
+        delivered_seqs(&mut alone),
+        Vec::<u64>::new(),
+        "the store failed"
+    );
+    let errors = alone.stats().delivery_store_errors;
+    assert!(errors >= 1, "counted");
+    assert_eq!(
+        u64::from(alone.store().1.get()),
+        errors,
+        "one question per try: nothing stepped across the hole"
+    );
+    // Each poll tries again, once.
+    assert_eq!(delivered_seqs(&mut alone), Vec::<u64>::new());
+    assert_eq!(alone.stats().delivery_store_errors, errors + 1);
+    // The disk is back: the next poll delivers.
+    alone.store_mut().2 = false;
+    assert_eq!(delivered_seqs(&mut alone), vec![floor + 1]);
+    assert_eq!(alone.stats().delivery_store_errors, errors + 1);
+    alone.check_invariants_full();
+}
+
+/// The trait's default `next_stored` looks only inside the store's ranges: a hole of
+/// 10^15 numbers costs no `get`, and it agrees with `MemStore`'s index.
+#[test]
+fn the_default_next_stored_steps_a_hole_in_one_call() {
+    struct Default_(crate::mesh::MemStore, std::cell::Cell<u64>);
+    impl Store for Default_ {
+        fn insert(&mut self, event: Arc<Event>) -> Result<Inserted, StoreError> {
+            self.0.insert(event)
+        }
+        fn contains(&self, id: &crate::EventId) -> bool {
+            self.0.contains(id)
+        }
+        fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+            self.1.set(self.1.get() + 1);
+            self.0.get(origin, seq)
+        }
+        fn ranges(&self, origin: &OriginKey) -> Option<&SeqRanges> {
+            self.0.ranges(origin)
+        }
+        fn origins(&self) -> Vec<OriginKey> {
+            self.0.origins()
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn clear(&mut self) {
+            self.0.clear();
+        }
+    }
+    let far = super::own_numbers_floor(1_765_000_000_000);
+    let mut store = Default_(crate::mesh::MemStore::new(16), Default::default());
+    for seq in [1, 2, 3, 7, far + 1, far + 2] {
+        store.insert(event_at(5, seq, "orders.all")).unwrap();
+    }
+    let origin = crate::Signer::from_secret(&[5; 32]).origin();
+    for (after, upto) in [
+        (0, 10),
+        (3, 10),
+        (3, 6),
+        (7, u64::MAX),
+        (far, far),
+        (far + 1, u64::MAX),
+        (far + 2, u64::MAX),
+        (u64::MAX, u64::MAX),
+    ] {
+        store.1.set(0);
+        let got = store.next_stored(&origin, after, upto);
+        assert_eq!(
+            got,
+            store.0.next_stored(&origin, after, upto),
+            "after {after} upto {upto}"
+        );
+        assert!(store.1.get() <= 1, "after {after}: {} gets", store.1.get());
+    }
+    let unknown = crate::Signer::from_secret(&[6; 32]).origin();
+    assert_eq!(store.next_stored(&unknown, 0, u64::MAX), Ok(None));
 }
 
 /// The numbering is known only once the members asked answered past this node's own
