@@ -1137,14 +1137,19 @@ impl Engine {
         self.publish_from(w, i);
     }
 
-    /// Workload `w`'s next event, published through node `i` now, or held while `i`'s own
-    /// numbering is not known ([`SimNode::renumber_from`]).
+    /// Workload `w`'s next event, published through node `i` now, or, when it is `i`'s own
+    /// (not a device's), held while `i`'s own numbering is not known
+    /// ([`SimNode::renumber_from`]).
     fn publish_from(&mut self, w: usize, i: usize) {
         let wl = &self.plan.workloads[w];
         if self.nodes[i].node.is_none() {
             return; // a down node publishes nothing
         }
-        if let Some(started) = self.nodes[i].renumber_from
+        // A device's event is numbered by the device: the node's own numbering, known or
+        // not, neither holds nor floors it.
+        let by_device = wl.devices > 0 && !self.nodes[i].devices.is_empty();
+        if !by_device
+            && let Some(started) = self.nodes[i].renumber_from
             && let Some(Proto::Weft(node)) = &self.nodes[i].node
         {
             let (known, asked, high) = node.own_numbers();

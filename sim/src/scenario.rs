@@ -501,7 +501,8 @@ pub struct Workload {
     /// behalf of that many devices in turn, each event signed by the device's own key (an
     /// origin of its own), as `weft-agent` does through the node it connects to. A node's
     /// devices are shared by its workloads that name devices (device `k` of a node is one
-    /// origin in all of them).
+    /// origin in all of them). Such a workload's publishers must be among its subscribers,
+    /// as a node stores the streams devices publish through it.
     pub devices: u32,
 }
 
@@ -1916,6 +1917,22 @@ fn workload(
             format!(
                 "{} is over the limit {DEVICES_PER_PUBLISHER_MAX} per publisher",
                 file.devices
+            ),
+        ));
+    }
+    if file.devices > 0
+        && let Some(p) = publisher_nodes
+            .iter()
+            .find(|p| subscriber_nodes.binary_search(p).is_err())
+    {
+        let name = topology.node(*p).map_or("?", |n| n.name.as_str());
+        return Err(invalid(
+            format!("{path}.publishers"),
+            format!(
+                "node {name} publishes for devices to a stream it does not subscribe to: a \
+                 node stores what devices publish through it (`weft node` refuses an edge \
+                 publish to a stream it does not store, and only a node's own events are \
+                 answered from its relay cache)"
             ),
         ));
     }

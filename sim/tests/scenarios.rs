@@ -737,6 +737,57 @@ fn a_publisher_restarted_cut_off_numbers_past_the_wall_clock_floor() {
     assert!(r.failed_checks().is_empty(), "{:?}", r.failed_checks());
 }
 
+/// Devices behind a node sign and number their own events, and the node stores what they
+/// publish through it. A scenario whose device publisher does not subscribe is refused (the
+/// simulator ran it: the node held the devices' events in its relay cache only, one
+/// published at its restart went nowhere, and every later event of that device was missed
+/// at the subscriber). The node's restart, its store kept or lost, cut off so that no
+/// member can tell it its own numbers, neither holds the devices' events nor takes a
+/// wall-clock floor for them (the simulator did both).
+#[test]
+fn device_events_through_a_node_restarted_cut_off_are_neither_held_nor_floored() {
+    let devices = |lose_memory: bool, subscribers: &[&str]| {
+        let mut text = ireland_publisher(
+            "devices-cut-off",
+            150,
+            5,
+            subscribers,
+            &[(r#"{ nodes = ["aws:eu-west-1/0"] }"#, lose_memory, 30, 5)],
+        )
+        .replace("payload_bytes = 64\n", "payload_bytes = 64\ndevices = 5\n");
+        assert!(text.contains("devices = 5"));
+        text += "\n[[fault]]\nkind = \"partition\"\na = { nodes = [\"aws:eu-west-1/0\"] }\nb = \"rest\"\nat_s = 34\nduration_s = 26\n";
+        text
+    };
+    let catalog = RegionCatalog::embedded().unwrap();
+    let e = Scenario::parse(&devices(false, &["aws:ap-northeast-1/0"]), &catalog)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "workload[0].publishers: node aws:eu-west-1/0 publishes for devices to a stream it does not subscribe to"
+        ),
+        "{e}"
+    );
+    for lose_memory in [false, true] {
+        let r = run(
+            &devices(lose_memory, &["aws:eu-west-1/0", "aws:ap-northeast-1/0"]),
+            None,
+        );
+        let w = &r.strategies[0];
+        let failed = r.failed_checks();
+        assert!(failed.is_empty(), "{failed:?}\n{}", r.table());
+        assert_eq!(
+            (w.numbers_floored, w.publishes_held),
+            (0, 0),
+            "lose_memory {lose_memory}\n{}",
+            r.table()
+        );
+        assert_eq!((w.numbers_reused, w.missed, w.duplicates), (0, 0, 0));
+        assert!(w.published >= 900, "{}", w.published);
+    }
+}
+
 /// A scenario of five nodes (Ireland 2, Virginia 2, Tokyo 1) and one publisher,
 /// `aws:eu-west-1/0`, of 10 events a second from 5 to 100 s, with `subscribers` (nodes)
 /// and node crashes `(selector, lose_memory, at_s, duration_s)`.

@@ -48,6 +48,18 @@ pub enum StoreError {
     /// The backing storage failed (I/O, corruption).
     #[error("storage failed: {0}")]
     Backend(String),
+    /// A local publish of another origin's event (a device's, through this node) to a
+    /// stream outside this node's interest: it would be held in the relay cache only, where
+    /// nothing answers a peer lacking it (only this node's own events are answered from
+    /// there), so one published while no member was up would be lost and every later event
+    /// of its origin would wait on it everywhere. Refused, as `weft node` refuses it.
+    #[error(
+        "this node does not store stream {stream}, so it cannot hold another origin's event published through it; publish through a node that stores it"
+    )]
+    NotStored {
+        /// The stream.
+        stream: crate::StreamName,
+    },
     /// A local publish matches an erase rule: the event was not stored, delivered or
     /// sent; its sequence number is taken as seen (peers get a Skip for it).
     #[error("origin {origin} seq {seq} matches an erase rule and was not stored")]

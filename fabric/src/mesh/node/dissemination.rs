@@ -236,6 +236,13 @@ impl<S: Store> Node<S> {
                     return Err(e);
                 }
             }
+        } else if publishing && origin != self.me.node_key() {
+            // Another origin's event published here (a device's) that this node would only
+            // relay: `StoreError::NotStored` says why it is refused.
+            self.stats.events_refused += 1;
+            return Err(StoreError::NotStored {
+                stream: event.stream().clone(),
+            });
         } else {
             self.relay_keep(id, event, publishing);
         }

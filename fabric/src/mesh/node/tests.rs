@@ -385,6 +385,45 @@ fn the_last_direct_try_carries_only_hops_no_other_push_reaches() {
     );
 }
 
+/// A local publish of another origin's event (a device's) to a stream this node does not
+/// store is refused (`StoreError::NotStored`): held in the relay cache only, nothing would
+/// answer a peer lacking it. This node's own event there is relayed as before, and the
+/// device's event to a stream it stores is taken.
+#[test]
+fn another_origins_publish_to_a_stream_not_stored_is_refused() {
+    let mut node = restarted_alone();
+    let me = node.me().node_key();
+    let all = StreamPattern::new(">").unwrap();
+    assert!(node.handle_unsubscribe(0, &all));
+    assert!(node.handle_subscribe(0, StreamPattern::new("orders.>").unwrap()));
+    let device = event_at(5, 1, "telemetry.eu");
+    assert_eq!(
+        node.handle_publish(1, device.clone()),
+        Err(StoreError::NotStored {
+            stream: device.stream().clone()
+        })
+    );
+    assert_eq!(node.stats().events_refused, 1);
+    assert!(!node.relay_holds(&device.id()));
+    assert!(
+        !node.has_seen(&device.origin(), 1),
+        "its number is not taken"
+    );
+    let results = node.handle_publish_batch(2, vec![device.clone(), event_at(5, 1, "orders.eu")]);
+    assert!(
+        matches!(results[0], Err(StoreError::NotStored { .. })),
+        "{results:?}"
+    );
+    assert_eq!(results[1], Ok(()));
+    // Its own event to a stream it does not store: relayed (answered from the relay cache).
+    let own = crate::Signer::from_secret(&[1; 32]);
+    assert_eq!(own.origin(), me, "the test's node signs with seed 1");
+    node.handle_publish(3, event_at(1, 1, "telemetry.eu"))
+        .unwrap();
+    assert_eq!(node.relay_cached().count(), 1);
+    node.check_invariants_full();
+}
+
 /// Interest changes at run time: a node that only relays a stream stores and delivers
 /// its events once subscribed, and neither stores nor delivers them after the
 /// unsubscribe, while it goes on relaying.
