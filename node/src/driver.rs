@@ -1612,8 +1612,6 @@ impl Driver {
     /// commit, as every send).
     fn send_confirm_copies(&mut self, copies: Copies) {
         for (peer, events) in copies {
-            // The only copy of an own event published while no member was up may be this.
-            self.node.note_sent(&events);
             let addr = self
                 .members
                 .get(&peer)
@@ -2761,7 +2759,6 @@ impl Driver {
             ("events_erased", s.events_erased),
             ("erased_skips_sent", s.erased_skips_sent),
             ("own_voided", s.own_voided),
-            ("own_unsent_lost", s.own_unsent_lost),
             ("lost_out", s.lost_out),
             ("lost_in", s.lost_in),
             ("lost_skipped", s.lost_skipped),

@@ -694,10 +694,6 @@ pub struct Stats {
     /// This node's own events its store refused after they were signed: their numbers
     /// voided ([`Store::void`]) so that its later events are not held up anywhere.
     pub own_voided: u64,
-    /// This node's own events (of streams it stores none of) pushed out of its relay
-    /// cache never sent to any peer: no copy was left anywhere, so their numbers are named
-    /// lost to peers that lack them.
-    pub own_unsent_lost: u64,
     /// Of this node's own numbers, those it told a peer it no longer holds
     /// ([`Message::Lost`]: its store lacks them, below numbers it holds), counted per
     /// message. This and the other `lost_*` counts of numbers saturate: a wall-clock
@@ -1001,19 +997,10 @@ pub struct Node<S: Store> {
     started_at: Micros,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
-    /// This node's own events in the relay cache (it stores none of their streams), by
-    /// sequence number: the only copy it has of them, served to a peer that lacks them
-    /// ([`Node::on_sync_request`]); one published while no member was up went nowhere else.
-    /// One pushed out of the cache never sent (more than [`RELAY_CACHE_LEN_MAX`] own
-    /// publishes while cut off from every member: `own_unsent`) is lost, and named so
-    /// (`own_gone`).
-    own_relayed: BTreeMap<u64, EventId>,
-    /// The numbers of `own_relayed` never sent to any peer yet (no push, GRAFT answer or
-    /// anti-entropy answer carried them): one pushed out of the relay cache while still
-    /// here had no copy anywhere, and goes to `own_gone`, so that a peer lacking it is told
-    /// it is lost instead of waiting on it for good. (One that was sent may be held by a
-    /// peer that stores its stream: not named.)
-    own_unsent: BTreeSet<u64>,
+    // (This node's own events are stored whatever its interest, never relayed only: until
+    // session 65 an origin that stored none of its streams kept them in the relay cache,
+    // indexed and answered from there, and one whose pushes the network dropped was lost
+    // once the cache, shared with every event it relays, pushed it out.)
     /// This node's own numbers it took as lost itself since its start ([`Node::take_lost`]:
     /// a hole in its own numbers no holder filled). A peer lacking them is told so
     /// ([`Message::Lost`], [`Node::own_lost`]); before, an origin that stores none of its
@@ -1178,8 +1165,6 @@ impl<S: Store> Node<S> {
             repaired: FxHashSet::default(),
             repaired_order: VecDeque::new(),
             relay_order: VecDeque::new(),
-            own_relayed: BTreeMap::new(),
-            own_unsent: BTreeSet::new(),
             own_gone: SeqRanges::new(),
             missing: BTreeMap::new(),
             pending_ihave: PeerBatches::default(),
@@ -1248,19 +1233,6 @@ impl<S: Store> Node<S> {
         self.relay_cache.values()
     }
 
-    /// `events` go to a peer (the core's pushes and answers, and sends outside the core:
-    /// the node's driver's confirmable copies): this node's own among them are no longer
-    /// unsent (`own_unsent`), so one pushed out of the relay cache later is not named lost.
-    pub fn note_sent(&mut self, events: &[Arc<Event>]) {
-        if self.own_unsent.is_empty() {
-            return;
-        }
-        let me = self.me.node_key();
-        for e in events.iter().filter(|e| e.origin() == me) {
-            self.own_unsent.remove(&e.seq());
-        }
-    }
-
     /// Whether the relay cache holds event `id` (relayed without storing, memory only).
     pub fn relay_holds(&self, id: &EventId) -> bool {
         self.relay_cache.contains_key(id)
@@ -1270,54 +1242,19 @@ impl<S: Store> Node<S> {
     /// `erased` says are erased, so it never answers a GRAFT with them. Returns how many.
     pub fn forget_relayed(&mut self, erased: impl Fn(&Event) -> bool) -> usize {
         let before = self.relay_cache.len();
-        let me = self.me.node_key();
-        let mut own_erased = Vec::new();
-        self.relay_cache.retain(|_, e| {
-            let keep = !erased(e);
-            if !keep && e.origin() == me {
-                own_erased.push(e.seq());
-            }
-            keep
-        });
+        self.relay_cache.retain(|_, e| !erased(e));
         let cache = &self.relay_cache;
         self.relay_order.retain(|id| cache.contains_key(id));
-        for seq in own_erased {
-            self.own_relayed.remove(&seq);
-            self.own_unsent.remove(&seq);
-        }
         before - self.relay_cache.len()
     }
 
-    /// Keeps `event` (not stored: outside this node's interest) in the relay cache, to
-    /// answer GRAFTs (and, for this node's own events, peers that lack them), pushing out
-    /// the oldest at [`RELAY_CACHE_LEN_MAX`]. `publishing`: a local publish (an own event
-    /// that came from a peer is held there, so it is not unsent).
-    fn relay_keep(&mut self, id: EventId, event: Arc<Event>, publishing: bool) {
-        let me = self.me.node_key();
+    /// Keeps another origin's `event` (not stored: outside this node's interest) in the
+    /// relay cache, to answer GRAFTs, pushing out the oldest at [`RELAY_CACHE_LEN_MAX`].
+    fn relay_keep(&mut self, id: EventId, event: Arc<Event>) {
         if self.relay_order.len() >= RELAY_CACHE_LEN_MAX
             && let Some(old) = self.relay_order.pop_front()
-            && let Some(gone) = self.relay_cache.remove(&old)
-            && gone.origin() == me
         {
-            // Pushed out: its pushes and answers took it to the peers that store its
-            // stream; one never sent anywhere had no other copy, and is lost.
-            let seq = gone.seq();
-            self.own_relayed.remove(&seq);
-            if self.own_unsent.remove(&seq) {
-                self.own_gone.insert(seq);
-                self.stats.own_unsent_lost += 1;
-            }
-        }
-        if event.origin() == me {
-            let seq = event.seq();
-            self.own_relayed.insert(seq, id);
-            if publishing {
-                self.own_unsent.insert(seq);
-            } else {
-                self.own_unsent.remove(&seq);
-            }
-            // Back (a late copy of a number it had lost): held again.
-            self.own_gone.remove(seq);
+            self.relay_cache.remove(&old);
         }
         self.relay_cache.insert(id, event);
         self.relay_order.push_back(id);

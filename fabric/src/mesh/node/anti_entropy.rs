@@ -728,20 +728,8 @@ impl<S: Store> Node<S> {
                 break;
             }
         }
-        if resume.is_none() {
-            let room = limit - events.len() - erased.len();
-            for e in self.own_relayed_lacking(&theirs, from_origin, settled.is_some(), room) {
-                bytes += answer_len(e.signed_bytes().len());
-                events.push(e);
-                if bytes >= BATCH_BYTES_MAX {
-                    // The rest at the requester's next round: its digest names what came.
-                    break;
-                }
-            }
-        }
         self.send_erased_skips(from, &erased);
         let events = self.allowed_vec(events, &from, false, true);
-        self.note_sent(&events);
         self.stats.sync_events_sent += events.len() as u64;
         let your_high = self.your_high(&from, &theirs, from_origin);
         self.send(
@@ -973,64 +961,11 @@ impl<S: Store> Node<S> {
         if seen > named { seen } else { 0 }
     }
 
-    /// This node's own events it holds only in its relay cache (`own_relayed`: it stores
-    /// none of their streams) that the requester (its digest sorted, `theirs`) lacks, at
-    /// most `room`, ascending; none that arrived lately (`SYNC_FRESH_US`: on their way, as
-    /// in [`Node::lacking`]). Without it nothing sent them: anti-entropy answers from the
-    /// store, and one published while no member was up (just after a restart, or cut off
-    /// from every member) was never pushed; every peer's delivery of this origin then
-    /// waited on its number for good, since this node's seen-set holds it and so it never
-    /// said Lost (found by the simulator).
-    fn own_relayed_lacking(
-        &self,
-        theirs: &Digest,
-        from_origin: Option<OriginKey>,
-        summarised: bool,
-        room: usize,
-    ) -> Vec<Arc<Event>> {
-        let me = self.me.node_key();
-        if self.own_relayed.is_empty() || room == 0 || from_origin.is_some_and(|f| f > me) {
-            return Vec::new();
-        }
-        let listed = theirs.binary_search_by(|(o, _)| o.cmp(&me)).ok();
-        if summarised && listed.is_none() {
-            return Vec::new();
-        }
-        let held = match listed {
-            None => SeqRanges::new(),
-            Some(at) => SeqRanges::from_ranges(theirs[at].1.iter().copied()),
-        };
-        let fresh_from = self.fresh_from(&me);
-        // What the requester lacks: the gaps of its ranges and everything above them,
-        // below the fresh numbers; walked through the index, not number by number.
-        let above = held
-            .as_slice()
-            .last()
-            .map_or(Some(1), |&(_, hi)| hi.checked_add(1));
-        let holes = held.holes();
-        let mut out = Vec::new();
-        for (lo, hi) in holes.iter().chain(above.map(|lo| (lo, u64::MAX))) {
-            let hi = hi.min(fresh_from.saturating_sub(1));
-            if lo > hi {
-                continue;
-            }
-            for (_, id) in self.own_relayed.range(lo..=hi) {
-                if out.len() == room {
-                    return out;
-                }
-                if let Some(e) = self.relay_cache.get(id) {
-                    out.push(e.clone());
-                }
-            }
-        }
-        out
-    }
-
     /// This node's own numbers the requester (its digest sorted, `theirs`) lacks and this
-    /// node's store lacks too, below the highest it holds (or, when it stores none of its
-    /// own events, the numbers it has not seen below the highest it used), with those it
-    /// took as lost itself (`own_gone`), less those its relay cache holds: lost with a store
-    /// the node restarted without, or dropped by a retention that keeps no record of them.
+    /// node's store lacks too, below the highest it holds (or, when its store holds none of
+    /// its own events, the numbers it has not seen below the highest it used), with those
+    /// it took as lost itself (`own_gone`) and does not hold again: lost with a store the
+    /// node restarted without, or dropped by a retention that keeps no record of them.
     /// The origin's word is the only one that can move its peers past such numbers when no
     /// node holds them ([`Message::Lost`]). Only for a request that covers this node's origin:
     /// not one resuming past it, nor one whose summary stands for it (it is not listed).
@@ -1048,15 +983,14 @@ impl<S: Store> Node<S> {
         if summarised && listed.is_none() {
             return Vec::new();
         }
-        // A node that stores none of its own streams (it publishes to streams outside its
-        // interest) holds none of its events: the numbers it has not seen since its start
-        // below the highest it used are the ones it knows of no copy of (its publishes and
-        // the copies that came back since are in its seen-set). Its store has none, so
-        // without this it never said Lost, and a peer missing numbers nobody held any more
-        // waited for them for good (found by the simulator once a restarted node numbers
-        // past what a relay saw).
-        // The numbers it took as lost itself (`own_gone`) are lost too, less what it holds
-        // again (stored, or relayed: an answer sends those, `own_relayed_lacking`).
+        // A node whose store holds none of its own events (restarted over an emptied data
+        // directory, none back yet): the numbers it has not seen since its start below the
+        // highest it used are the ones it knows of no copy of (its publishes and the copies
+        // that came back since are in its seen-set). Without this it never said Lost, and a
+        // peer missing numbers nobody held any more waited for them for good (found by the
+        // simulator once a restarted node numbers past what a relay saw).
+        // The numbers it took as lost itself (`own_gone`) are lost too, less what it stores
+        // again.
         let held = self.store.ranges(&me).filter(|r| r.range_count() > 0);
         let mut gaps = match held {
             Some(held) => held.holes(),
@@ -1075,25 +1009,6 @@ impl<S: Store> Node<S> {
         }
         if gaps.range_count() == 0 {
             return Vec::new();
-        }
-        if !self.own_relayed.is_empty() {
-            // Gap by gap through the index (at most one range more per relayed number
-            // inside a gap), not a set of every relayed number (capped at
-            // RANGES_PER_ORIGIN_MAX ranges).
-            let mut left = Vec::new();
-            for (lo, hi) in gaps.iter() {
-                let mut next = lo;
-                for (&q, _) in self.own_relayed.range(lo..=hi) {
-                    if q > next {
-                        left.push((next, q - 1));
-                    }
-                    next = q.saturating_add(1);
-                }
-                if next <= hi && next >= lo {
-                    left.push((next, hi));
-                }
-            }
-            gaps = SeqRanges::from_ranges(left);
         }
         let lacking = match listed {
             None => gaps.difference_ranges(&[]),

@@ -195,12 +195,17 @@ impl<S: Store> Node<S> {
             self.seen_again(origin, seq);
             return Ok(Inserted::Duplicate);
         }
-        let interested = self.interested(event.stream());
-        if interested {
+        let mine = origin == self.me.node_key();
+        // A node stores every event of its own origin, whatever its interest (it delivers
+        // only those its interest names): held in the relay cache only, one whose pushes
+        // the network dropped (a partition) had no copy anywhere once the cache, shared
+        // with every event the node relays, pushed it out, and every later event of the
+        // origin waited on it everywhere (found by the simulator).
+        if mine || self.interested(event.stream()) {
             // A local publish of this node's own event (not one of its events coming back
             // from a peer: a store restored from a backup refusing those must not void
             // numbers other nodes hold events for).
-            let own = publishing && origin == self.me.node_key();
+            let own = publishing && mine;
             let inserted = self.store.insert(event);
             self.seen.store_changed(&origin, &self.store);
             match inserted {
@@ -236,7 +241,7 @@ impl<S: Store> Node<S> {
                     return Err(e);
                 }
             }
-        } else if publishing && origin != self.me.node_key() {
+        } else if publishing {
             // Another origin's event published here (a device's) that this node would only
             // relay: `StoreError::NotStored` says why it is refused.
             self.stats.events_refused += 1;
@@ -244,7 +249,7 @@ impl<S: Store> Node<S> {
                 stream: event.stream().clone(),
             });
         } else {
-            self.relay_keep(id, event, publishing);
+            self.relay_keep(id, event);
         }
         self.stats.events_new += 1;
         self.note_seen(origin, seq);
@@ -318,6 +323,9 @@ impl<S: Store> Node<S> {
         let from = seen.delivered;
         let mut cursor = from;
         let mut misses = 0u32;
+        // This node's own events are stored whatever its interest (`accept`): only those
+        // its interest names are delivered.
+        let mine = origin == self.me.node_key();
         while cursor < upto {
             if self.app.len() >= APP_QUEUE_LEN_MAX {
                 self.delivery_paused.insert(origin);
@@ -356,7 +364,7 @@ impl<S: Store> Node<S> {
                 continue;
             };
             misses = 0;
-            if self.interest_narrowed
+            if (self.interest_narrowed || mine)
                 && !self
                     .config
                     .interest
@@ -512,7 +520,6 @@ impl<S: Store> Node<S> {
         ack: bool,
         reroutes: u8,
     ) {
-        self.note_sent(events);
         let chunks = batches_of(events, self.config.push_batch_len_max);
         let last = chunks.len().saturating_sub(1);
         let mut hops = Some(hops);

@@ -523,7 +523,10 @@ impl<S: Store> Node<S> {
         let id = event.id();
         let (origin, seq) = (event.origin(), event.seq());
         let interested = self.interested(event.stream());
-        if interested {
+        // This node's own events are stored whatever its interest (delivered only if it
+        // names them), as in `accept`.
+        let stored = interested || origin == self.me.node_key();
+        if stored {
             let inserted = self.store.insert(event.clone());
             self.seen.store_changed(&origin, &self.store);
             match inserted {
@@ -557,8 +560,7 @@ impl<S: Store> Node<S> {
                 self.arrived(&id);
                 return Ok(Inserted::Duplicate);
             }
-            // A copy that came back from a peer: that peer holds it.
-            self.relay_keep(id, event.clone(), false);
+            self.relay_keep(id, event.clone());
         }
         match passed {
             Passed::Skip(waiting) => {
@@ -573,16 +575,19 @@ impl<S: Store> Node<S> {
             }
             Passed::Lost => self.stats.lost_recovered += 1,
         }
-        if interested {
+        if stored {
             if self.seen.get(&origin).is_some_and(|s| s.delivered >= seq) {
-                self.stats.delivered += 1;
-                self.app.push_back(match passed {
-                    Passed::Skip(_) => {
-                        self.stats.delivered_late += 1;
-                        AppEvent::Late(event)
-                    }
-                    Passed::Lost => AppEvent::Recovered(event),
-                });
+                // Stored only (this node's own event outside its interest): not delivered.
+                if interested {
+                    self.stats.delivered += 1;
+                    self.app.push_back(match passed {
+                        Passed::Skip(_) => {
+                            self.stats.delivered_late += 1;
+                            AppEvent::Late(event)
+                        }
+                        Passed::Lost => AppEvent::Recovered(event),
+                    });
+                }
             } else {
                 // Delivery has not passed it yet (a gap below): it goes out in order.
                 self.advance_delivery(origin);
