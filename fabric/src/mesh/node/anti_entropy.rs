@@ -755,11 +755,16 @@ impl<S: Store> Node<S> {
 
     /// While this node's numbering is not known ([`super::MeshConfig::recover_own_numbers`]):
     /// asks `peer` for what it holds from this node's own origin on (the answer starts with
-    /// this node's own events), at most [`OWN_ASKS_MAX`] members at once.
+    /// this node's own events), at most [`OWN_ASKS_MAX`] members at once, and a member of
+    /// this node's own region besides when none of those is ([`Node::own_region_asked`]).
     pub(super) fn ask_own_numbers(&mut self, peer: OriginKey) {
-        if self.own_known
-            || self.own_asked.len() >= OWN_ASKS_MAX
-            || self.own_asked.iter().any(|(k, _)| *k == peer)
+        if self.own_known || self.own_asked.iter().any(|(k, _)| *k == peer) {
+            return;
+        }
+        if self.own_asked.len() >= OWN_ASKS_MAX
+            && (self.own_asked.len() > OWN_ASKS_MAX
+                || !self.in_own_region(&peer)
+                || self.own_region_asked().is_some())
         {
             return;
         }
@@ -845,6 +850,22 @@ impl<S: Store> Node<S> {
         if answered < self.own_asked.len() {
             return;
         }
+        // A member of its own region too, when one is up (asked besides the others, and
+        // waited for as every member asked is): the members its last pushes reached
+        // first, and often the only ones (a region cut off from the others one way, or a
+        // crash in the middle of a partition). Three far members that had not seen its last
+        // events made a node restarted over a lost store reuse them (`many-faults` seeds
+        // 1045 and 1148: 24-27 numbers reused).
+        if self.own_region_asked().is_none() {
+            let region_member = self
+                .regions
+                .get(self.me.region.as_str())
+                .and_then(|keys| keys.iter().copied().find(|k| *k != self.me.node_key()));
+            if let Some(peer) = region_member {
+                self.ask_own_numbers(peer);
+                return;
+            }
+        }
         let me = self.me.node_key();
         let others = self.members.keys().filter(|k| **k != me).count();
         let few_taken = self.now.saturating_sub(self.started_at) >= OWN_FEW_MEMBERS_WAIT_US;
@@ -853,6 +874,25 @@ impl<S: Store> Node<S> {
         {
             self.own_known = true;
         }
+    }
+
+    /// Whether a member of this node's own region was asked for its own numbers: `None`
+    /// if none was, else whether one of those asked answered.
+    fn own_region_asked(&self) -> Option<bool> {
+        let mut asked = None;
+        for (k, pending) in &self.own_asked {
+            if self.in_own_region(k) {
+                asked = Some(asked.unwrap_or(false) || pending.is_none());
+            }
+        }
+        asked
+    }
+
+    /// Whether member `peer` is in this node's region.
+    fn in_own_region(&self, peer: &OriginKey) -> bool {
+        self.members
+            .get(peer)
+            .is_some_and(|m| m.region == self.me.region)
     }
 
     /// While this node's numbering is not known: asks again the members asked that have not

@@ -2669,6 +2669,51 @@ fn the_default_next_stored_steps_a_hole_in_one_call() {
     assert_eq!(store.next_stored(&unknown, 0, u64::MAX), Ok(None));
 }
 
+/// A node restarted over an emptied store whose first three members met are far away
+/// also asks a member of its own region (the one its last pushes reached first, often the
+/// only one in a one-way partition) and its numbering is known only once that one answered
+/// too: three far members that had not seen its last events made it reuse them
+/// (`many-faults` seeds 1045 and 1148).
+#[test]
+fn a_restarted_node_waits_for_a_member_of_its_own_region() {
+    let rtts = vec![80_000u64; 36];
+    let nodes = mesh(&[1, 2, 3, 4, 5], 4, 2, &rtts);
+    let infos: Vec<MemberInfo> = nodes.iter().map(|n| n.me().clone()).collect();
+    assert_eq!(
+        infos[0].region, infos[4].region,
+        "seeds 1 and 5 share a region"
+    );
+    let mut info = infos[0].clone();
+    info.generation += 1;
+    let mut config = MeshConfig::wan(5);
+    config.recover_own_numbers = true;
+    let mut back = Node::new(info, config, 9, crate::mesh::MemStore::new(16), 0);
+    let answer = |your_high| Message::SyncResponse {
+        events: Vec::new(),
+        resume: None,
+        held: 100,
+        unsettled: None,
+        your_high,
+    };
+    for far in &infos[1..4] {
+        back.member_up(Arc::new(far.clone()));
+    }
+    assert_eq!(back.stats().own_asks, 3);
+    back.member_up(Arc::new(infos[4].clone()));
+    assert_eq!(back.stats().own_asks, 4, "the region member asked besides");
+    for (i, far) in infos[1..4].iter().enumerate() {
+        back.handle_message(1_000 * (i as u64 + 1), far.node_key(), answer(4));
+    }
+    assert_eq!(
+        back.own_numbers(),
+        (false, true, 4),
+        "three far answers are not enough while a region member is up"
+    );
+    back.handle_message(10_000, infos[4].node_key(), answer(9));
+    assert_eq!(back.own_numbers(), (true, true, 9));
+    back.check_invariants_full();
+}
+
 /// The numbering is known only once the members asked answered past this node's own
 /// origin: an answer cut inside it (the batch limit: a node with more own events than one
 /// answer carries) leaves it unknown, and with two other members both must answer (one may
