@@ -2031,8 +2031,8 @@ impl Engine {
         }
     }
 
-    /// Records the events a crashed node held in memory only (its relay cache: streams
-    /// outside its interest, its own included), lost at any crash, its store kept or not:
+    /// Records the events a crashed node held in memory only (its relay cache: other
+    /// origins' events of streams outside its interest), lost at any crash, its store kept or not:
     /// when no store holds such an event at the end, no copy is left that anything serves.
     fn note_cached_destroyed(&mut self, node: &Node<MemStore>) {
         for event in node.relay_cached() {
@@ -2044,16 +2044,11 @@ impl Engine {
 
     /// Whether event `e` is gone: a lost store or a crashed node's relay cache held it, and
     /// no store holds it now (a running node's, or that of a node down with its store
-    /// kept), nor the relay cache of its origin, running (which serves its own events).
+    /// kept). A relay cache serves nobody (a node stores its own events).
     fn gone(&self, e: usize) -> bool {
         self.destroyed.get(&e).is_some_and(|r| {
             !self.nodes.iter().any(|n| match (&n.node, &n.parked) {
-                // The live origin's own relay cache counts too: it serves its own events
-                // from there (another relay's cache is served to nobody).
-                (Some(Proto::Weft(node)), _) => {
-                    node.store().holds(r)
-                        || (node.me().node_key() == r.origin && node.relay_holds(&r.id))
-                }
+                (Some(Proto::Weft(node)), _) => node.store().holds(r),
                 (Some(Proto::Base(_)), _) => false,
                 (None, Some(parked)) => parked.holds(r),
                 (None, None) => false,

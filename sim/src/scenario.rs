@@ -1084,6 +1084,30 @@ fn validate(file: ScenarioFile, catalog: &RegionCatalog) -> Result<Scenario, Sce
             EVENTS_TOTAL_MAX,
         ));
     }
+    // A node stores what devices publish through it: each publisher of a device workload
+    // subscribes to its stream (in that workload or another: a node's interest is every
+    // stream it subscribes to).
+    for (i, w) in workloads.iter().enumerate() {
+        if w.devices == 0 {
+            continue;
+        }
+        let subscribes = |p: &NodeIndex| {
+            workloads
+                .iter()
+                .any(|o| o.stream == w.stream && o.subscriber_nodes.binary_search(p).is_ok())
+        };
+        if let Some(p) = w.publisher_nodes.iter().find(|p| !subscribes(p)) {
+            let name = topology.node(*p).map_or("?", |n| n.name.as_str());
+            return Err(invalid(
+                format!("workload[{i}].publishers"),
+                format!(
+                    "node {name} publishes for devices to a stream it does not subscribe to: a \
+                     node stores what devices publish through it (`weft node` refuses an edge \
+                     publish to a stream it does not store, and a relay cache answers nobody)"
+                ),
+            ));
+        }
+    }
     // A node's devices are shared by its workloads: it has as many as the most any of them
     // names.
     let mut devices_of: BTreeMap<NodeIndex, u32> = BTreeMap::new();
@@ -1917,22 +1941,6 @@ fn workload(
             format!(
                 "{} is over the limit {DEVICES_PER_PUBLISHER_MAX} per publisher",
                 file.devices
-            ),
-        ));
-    }
-    if file.devices > 0
-        && let Some(p) = publisher_nodes
-            .iter()
-            .find(|p| subscriber_nodes.binary_search(p).is_err())
-    {
-        let name = topology.node(*p).map_or("?", |n| n.name.as_str());
-        return Err(invalid(
-            format!("{path}.publishers"),
-            format!(
-                "node {name} publishes for devices to a stream it does not subscribe to: a \
-                 node stores what devices publish through it (`weft node` refuses an edge \
-                 publish to a stream it does not store, and only a node's own events are \
-                 answered from its relay cache)"
             ),
         ));
     }

@@ -769,6 +769,15 @@ fn device_events_through_a_node_restarted_cut_off_are_neither_held_nor_floored()
         ),
         "{e}"
     );
+    // Subscribed to the stream through another workload: accepted (a node's interest is
+    // every stream it subscribes to).
+    let also = devices(false, &["aws:ap-northeast-1/0"]).replacen(
+        "\n[[fault]]",
+        "\n[[workload]]\nstream = \"t.events\"\nclassification = \"public\"\nrate_per_s = 1\npayload_bytes = 8\npublishers = { nodes = [\"aws:us-east-1/0\"] }\nsubscribers = { nodes = [\"aws:eu-west-1/0\"] }\n\n[[fault]]",
+        1,
+    );
+    assert!(also.matches("[[workload]]").count() == 2, "{also}");
+    Scenario::parse(&also, &catalog).unwrap_or_else(|e| panic!("{e}"));
     for lose_memory in [false, true] {
         let r = run(
             &devices(lose_memory, &["aws:eu-west-1/0", "aws:ap-northeast-1/0"]),

@@ -162,8 +162,23 @@ pub const LOST_ORIGINS_MAX: usize = 4_096;
 /// rebuilt seen-set holds and starts their window again.
 pub const LOST_OPEN_US: Micros = 600_000_000;
 /// Members a node asks for its own events at its start
-/// ([`MeshConfig::recover_own_numbers`]).
+/// ([`MeshConfig::recover_own_numbers`]), not counting the members of its own region asked
+/// besides ([`OwnAsk::region`]).
 pub const OWN_ASKS_MAX: usize = 3;
+
+/// A member asked for this node's own numbers ([`MeshConfig::recover_own_numbers`]).
+#[derive(Debug, Clone, Copy)]
+struct OwnAsk {
+    /// The member.
+    peer: OriginKey,
+    /// When it was last asked; `None` once it answered past this node's origin.
+    pending: Option<Micros>,
+    /// When it was first asked.
+    first: Micros,
+    /// It was in this node's region when asked (judged then: a member that goes down
+    /// later leaves the members map).
+    region: bool,
+}
 /// Highest own number a member's word can make a node restarted without its store number
 /// past ([`Message::SyncResponse::your_high`], also at most the member's own count of
 /// numbers seen): 2^48, some nine years of a million events a second from one origin, so a
@@ -286,7 +301,10 @@ pub struct MeshConfig {
     pub graft_batch_len_max: usize,
     /// How often the peer view is refreshed from membership and RTT.
     pub view_refresh_us: Micros,
-    /// Stream patterns this node stores and delivers; it relays everything else.
+    /// Stream patterns this node stores and delivers; it relays everything else, but for
+    /// its own events, which it stores whatever their stream (and delivers only those
+    /// named here): a full store therefore refuses an own publish outside the interest too,
+    /// voiding its number, as it does inside it.
     pub interest: Vec<StreamPattern>,
     /// How often link probes go out (to a few regions each time; see `probe_regions`).
     pub probe_interval_us: Micros,
@@ -973,11 +991,11 @@ pub struct Node<S: Store> {
     lost_open_dirty: BTreeSet<OriginKey>,
     /// Whether this node's numbering is known ([`Node::own_numbers`]).
     own_known: bool,
-    /// Members asked for this node's own numbers while it was not: when last asked, or
-    /// `None` once it answered past this node's origin ([`OWN_ASKS_MAX`]; a member that
-    /// goes down unanswered is dropped, so another is asked; one that does not answer
-    /// within a sync interval is asked again).
-    own_asked: Vec<(OriginKey, Option<Micros>)>,
+    /// Members asked for this node's own numbers while it was not ([`OWN_ASKS_MAX`], and
+    /// members of its own region besides: [`OwnAsk`]; a member that goes down unanswered is
+    /// dropped, so another is asked; one that does not answer within a sync interval is
+    /// asked again).
+    own_asked: Vec<OwnAsk>,
     /// The highest own number a member asked has seen (its answer's
     /// [`Message::SyncResponse::your_high`], at most [`OWN_HIGH_CLAIM_MAX`]): a member that
     /// stores none of this node's streams gives none of its events back, yet dropped
@@ -1397,7 +1415,8 @@ impl<S: Store> Node<S> {
     }
 
     /// A local subscriber's interest in `pattern` ends: events of streams no pattern left
-    /// matches are relayed but no longer stored, and none of them is delivered from now on,
+    /// matches are relayed but no longer stored (this node's own excepted: it stores its own
+    /// events whatever its interest), and none of them is delivered from now on,
     /// those already stored and waiting for their turn included (events stored before stay
     /// in the store for anti-entropy and retention). Returns false when the interest did
     /// not have the pattern.

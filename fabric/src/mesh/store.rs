@@ -50,8 +50,8 @@ pub enum StoreError {
     Backend(String),
     /// A local publish of another origin's event (a device's, through this node) to a
     /// stream outside this node's interest: it would be held in the relay cache only, where
-    /// nothing answers a peer lacking it (only this node's own events are answered from
-    /// there), so one published while no member was up would be lost and every later event
+    /// nothing answers a peer lacking it (this node's own events outside its interest are
+    /// stored), so one published while no member was up would be lost and every later event
     /// of its origin would wait on it everywhere. Refused, as `weft node` refuses it.
     #[error(
         "this node does not store stream {stream}, so it cannot hold another origin's event published through it; publish through a node that stores it"
@@ -142,38 +142,16 @@ pub trait Store {
     /// than stepping number by number across a hole that can span 10^15 numbers after a
     /// wall-clock floor.
     ///
-    /// The default asks [`Store::get`] for the numbers inside [`Store::ranges`] only (every
-    /// stored number is in them while an origin has fewer than [`RANGES_PER_ORIGIN_MAX`]
-    /// ranges; past that the highest are dropped and the default does not see their
-    /// events), so a hole costs nothing; a store indexed by sequence number answers from
-    /// its index.
+    /// Required, with no default: asking [`Store::get`] number by number stepped a hole of
+    /// 10^15 numbers for good, and [`Store::ranges`] alone under-claims once an origin has
+    /// [`RANGES_PER_ORIGIN_MAX`] ranges (a node storing some of an origin's streams gets
+    /// there soon), so an answer from them passed over events `get` would give.
     fn next_stored(
         &self,
         origin: &OriginKey,
         after: u64,
         upto: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        let Some(ranges) = self.ranges(origin) else {
-            return Ok(None);
-        };
-        let Some(from) = after.checked_add(1) else {
-            return Ok(None);
-        };
-        for (start, end) in ranges.iter() {
-            if end < from {
-                continue;
-            }
-            if start > upto {
-                break;
-            }
-            if let Some(seq) =
-                (start.max(from)..=end.min(upto)).find(|&seq| self.get(origin, seq).is_some())
-            {
-                return Ok(Some(seq));
-            }
-        }
-        Ok(None)
-    }
+    ) -> Result<Option<u64>, StoreError>;
     /// Whether the event of `origin` at `seq` was erased (removed by an erase rule, or
     /// refused on arrival as matching one). The core answers requests for it with a Skip,
     /// so peers' ordered delivery moves past it. Default: nothing is ever erased.

@@ -7,7 +7,7 @@ use rand_core::Rng;
 
 use super::{
     BATCH_BYTES_MAX, DIGEST_HOLES_MAX, DIGEST_ORIGINS_MAX, FilterHop, Micros, Node, OWN_ASKS_MAX,
-    OWN_FEW_MEMBERS_WAIT_US, OWN_HIGH_CLAIM_MAX, OWN_REASK_US, RANDOM_PARTNER_DRAWS,
+    OWN_FEW_MEMBERS_WAIT_US, OWN_HIGH_CLAIM_MAX, OWN_REASK_US, OwnAsk, RANDOM_PARTNER_DRAWS,
     RANKED_CANDIDATES, SYNC_BATCH_RTT_FACTOR_MAX, SYNC_BATCH_RTT_REF_US, SYNC_FRESH_US,
 };
 use crate::envelope::{Event, OriginKey};
@@ -755,21 +755,25 @@ impl<S: Store> Node<S> {
 
     /// While this node's numbering is not known ([`super::MeshConfig::recover_own_numbers`]):
     /// asks `peer` for what it holds from this node's own origin on (the answer starts with
-    /// this node's own events), at most [`OWN_ASKS_MAX`] members at once, and a member of
-    /// this node's own region besides when none of those is ([`Node::own_region_asked`]).
-    pub(super) fn ask_own_numbers(&mut self, peer: OriginKey) {
-        if self.own_known || self.own_asked.iter().any(|(k, _)| *k == peer) {
-            return;
+    /// this node's own events): the first [`OWN_ASKS_MAX`] members met, and a member of
+    /// this node's own region besides while one is wanted ([`Node::own_region_wanted`]).
+    /// Returns whether it asked.
+    pub(super) fn ask_own_numbers(&mut self, peer: OriginKey) -> bool {
+        if self.own_known || self.own_asked.iter().any(|a| a.peer == peer) {
+            return false;
         }
-        if self.own_asked.len() >= OWN_ASKS_MAX
-            && (self.own_asked.len() > OWN_ASKS_MAX
-                || !self.in_own_region(&peer)
-                || self.own_region_asked().is_some())
-        {
-            return;
+        let region = self.in_own_region(&peer);
+        if self.own_asked.len() >= OWN_ASKS_MAX && !(region && self.own_region_wanted()) {
+            return false;
         }
-        self.own_asked.push((peer, Some(self.now)));
+        self.own_asked.push(OwnAsk {
+            peer,
+            pending: Some(self.now),
+            first: self.now,
+            region,
+        });
         self.send_own_ask(peer);
+        true
     }
 
     /// Sends `peer` an anti-entropy request from this node's own origin on.
@@ -804,7 +808,7 @@ impl<S: Store> Node<S> {
         // A member cannot have seen more of this node's numbers than it has seen numbers
         // at all (`held`, its count over every origin, in the same answer).
         let claim = your_high.min(held).min(OWN_HIGH_CLAIM_MAX);
-        let asked = self.own_asked.iter().any(|(k, _)| *k == from);
+        let asked = self.own_asked.iter().any(|a| a.peer == from);
         if claim > self.own_claimed && asked {
             self.own_claimed = claim;
             self.stats.own_high_claims += 1;
@@ -820,10 +824,10 @@ impl<S: Store> Node<S> {
         if resume.is_some_and(|r| r <= me) {
             return;
         }
-        let Some(asked) = self.own_asked.iter_mut().find(|(k, _)| *k == from) else {
+        let Some(asked) = self.own_asked.iter_mut().find(|a| a.peer == from) else {
             return;
         };
-        asked.1 = None;
+        asked.pending = None;
         self.own_check_known();
     }
 
@@ -831,13 +835,18 @@ impl<S: Store> Node<S> {
     /// node's own events at the start; else once [`OWN_ASKS_MAX`] members asked answered, or
     /// every other member, if fewer, from [`OWN_FEW_MEMBERS_WAIT_US`] after the start on
     /// (before, the members known are those met first, which may have lost their stores
-    /// too).
+    /// too), every member asked outside its region among them, and, while a member of its
+    /// own region is up, one of those.
     fn own_check_known(&mut self) {
         // Nobody asked yet (no member met): never known on no one's word.
         if self.own_known || self.own_asked.is_empty() {
             return;
         }
-        let answered = self.own_asked.iter().filter(|(_, a)| a.is_none()).count();
+        let answered = self
+            .own_asked
+            .iter()
+            .filter(|a| a.pending.is_none())
+            .count();
         // A store that held its own events at the start (a restart; an older backup at
         // worst): one member's answer brings back what it lacks and says how far the
         // numbers went. Waiting for every member asked held an ordinary restart up to the
@@ -847,45 +856,63 @@ impl<S: Store> Node<S> {
             self.own_known = true;
             return;
         }
-        if answered < self.own_asked.len() {
+        if self
+            .own_asked
+            .iter()
+            .any(|a| !a.region && a.pending.is_some())
+        {
             return;
         }
-        // A member of its own region too, when one is up (asked besides the others, and
-        // waited for as every member asked is): the members its last pushes reached
-        // first, and often the only ones (a region cut off from the others one way, or a
-        // crash in the middle of a partition). Three far members that had not seen its last
-        // events made a node restarted over a lost store reuse them (`many-faults` seeds
-        // 1045 and 1148: 24-27 numbers reused).
-        if self.own_region_asked().is_none() {
-            let region_member = self
-                .regions
-                .get(self.me.region.as_str())
-                .and_then(|keys| keys.iter().copied().find(|k| *k != self.me.node_key()));
-            if let Some(peer) = region_member {
-                self.ask_own_numbers(peer);
-                return;
-            }
-        }
+        // A member of its own region too, while one is up: the members its last pushes
+        // reached first, and often the only ones (a region cut off from the others one
+        // way, or a crash in the middle of a partition). Three far members that had not
+        // seen its last events made a node restarted over a lost store reuse them
+        // (`many-faults` seeds 1045 and 1148: 24-27 numbers reused). One region member's
+        // answer is enough; one silent for `OWN_REASK_US` (crashed, not yet declared down)
+        // is passed over for the next, and a region silent through the whole wait leaves
+        // the numbering unknown (the producer then takes the wall-clock floor).
         let me = self.me.node_key();
+        let region_up: Vec<OriginKey> = self
+            .regions
+            .get(self.me.region.as_str())
+            .map(|keys| keys.iter().copied().filter(|k| *k != me).collect())
+            .unwrap_or_default();
+        if !region_up.is_empty()
+            && !self
+                .own_asked
+                .iter()
+                .any(|a| a.region && a.pending.is_none())
+        {
+            if self.own_region_wanted() {
+                let asked = &self.own_asked;
+                if let Some(peer) = region_up
+                    .into_iter()
+                    .find(|k| !asked.iter().any(|a| a.peer == *k))
+                {
+                    self.ask_own_numbers(peer);
+                }
+            }
+            return;
+        }
         let others = self.members.keys().filter(|k| **k != me).count();
         let few_taken = self.now.saturating_sub(self.started_at) >= OWN_FEW_MEMBERS_WAIT_US;
-        if self.own_asked.len() >= OWN_ASKS_MAX
-            || (few_taken && self.own_asked.len() >= OWN_ASKS_MAX.min(others))
-        {
+        if answered >= OWN_ASKS_MAX || (few_taken && answered >= OWN_ASKS_MAX.min(others)) {
             self.own_known = true;
         }
     }
 
-    /// Whether a member of this node's own region was asked for its own numbers: `None`
-    /// if none was, else whether one of those asked answered.
-    fn own_region_asked(&self) -> Option<bool> {
-        let mut asked = None;
-        for (k, pending) in &self.own_asked {
-            if self.in_own_region(k) {
-                asked = Some(asked.unwrap_or(false) || pending.is_none());
+    /// Whether a member of this node's own region is to be asked for its own numbers: none
+    /// asked answered, none asked is waiting less than [`OWN_REASK_US`] for its answer,
+    /// and fewer than [`OWN_ASKS_MAX`] were asked.
+    fn own_region_wanted(&self) -> bool {
+        let mut asked = 0;
+        for a in self.own_asked.iter().filter(|a| a.region) {
+            if a.pending.is_none() || self.now.saturating_sub(a.first) < OWN_REASK_US {
+                return false;
             }
+            asked += 1;
         }
-        asked
+        asked < OWN_ASKS_MAX
     }
 
     /// Whether member `peer` is in this node's region.
@@ -908,11 +935,11 @@ impl<S: Store> Node<S> {
         let again: Vec<OriginKey> = self
             .own_asked
             .iter_mut()
-            .filter_map(|(k, asked)| {
-                let at = asked.as_mut()?;
+            .filter_map(|a| {
+                let at = a.pending.as_mut()?;
                 (now.saturating_sub(*at) >= interval).then(|| {
                     *at = now;
-                    *k
+                    a.peer
                 })
             })
             .collect();
@@ -924,7 +951,7 @@ impl<S: Store> Node<S> {
         }
         let next =
             self.near.by_rtt.iter().map(|&(_, k)| k).find(|k| {
-                self.members.contains_key(k) && !self.own_asked.iter().any(|(a, _)| a == k)
+                self.members.contains_key(k) && !self.own_asked.iter().any(|a| a.peer == *k)
             });
         if let Some(peer) = next {
             self.ask_own_numbers(peer);
@@ -937,7 +964,7 @@ impl<S: Store> Node<S> {
     pub(super) fn own_ask_lost(&mut self, peer: &OriginKey) {
         if !self.own_known {
             self.own_asked
-                .retain(|(k, asked)| k != peer || asked.is_none());
+                .retain(|a| a.peer != *peer || a.pending.is_none());
         }
     }
 

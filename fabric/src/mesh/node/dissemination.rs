@@ -323,6 +323,10 @@ impl<S: Store> Node<S> {
         let from = seen.delivered;
         let mut cursor = from;
         let mut misses = 0u32;
+        // Where the current run of numbers without an event began: a store failing to say
+        // where the next event is may be failing its reads too, so delivery goes back there
+        // and reads them again at the next try, never past an event it could not read.
+        let mut run_from = cursor;
         // This node's own events are stored whatever its interest (`accept`): only those
         // its interest names are delivered.
         let mine = origin == self.me.node_key();
@@ -342,6 +346,9 @@ impl<S: Store> Node<S> {
                 // numbers). Not at the first miss: a node storing some of an origin's
                 // streams sees holes of one or two, where a store's search (a query in
                 // SQLite) would cost more than the next `get`.
+                if misses == 0 {
+                    run_from = cursor - 1;
+                }
                 misses += 1;
                 if misses >= NEXT_STORED_AFTER_MISSES {
                     misses = 0;
@@ -353,10 +360,12 @@ impl<S: Store> Node<S> {
                         Ok(None) => upto,
                         Err(_) => {
                             // The store cannot tell where the next event is: delivery stops
-                            // here and resumes at the next poll, rather than stepping
-                            // number by number across a hole that may span 10^15 numbers.
+                            // before the run of misses and resumes at the next poll, rather
+                            // than stepping number by number across a hole that may span
+                            // 10^15 numbers, or past events whose reads failed.
                             self.stats.delivery_store_errors += 1;
                             self.delivery_paused.insert(origin);
+                            cursor = run_from;
                             break;
                         }
                     };
