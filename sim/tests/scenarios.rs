@@ -797,6 +797,35 @@ fn device_events_through_a_node_restarted_cut_off_are_neither_held_nor_floored()
     }
 }
 
+/// Every scenario of `sim/stress/` (docs/sim.md, section 9) reads and plans: they are
+/// swept by hand, not run here, and must not rot.
+#[test]
+fn every_stress_scenario_is_valid() {
+    let catalog = RegionCatalog::embedded().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stress");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let scenario =
+            Scenario::parse(&text, &catalog).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let plan = weft_sim::plan::build(&scenario, &catalog, None);
+        assert!(!plan.faults.is_empty(), "{}: no fault", path.display());
+        names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "churn.toml",
+            "devices-under-faults.toml",
+            "floors.toml",
+            "relay-publishers.toml",
+            "tables-under-faults.toml"
+        ]
+    );
+}
+
 /// Publishers that subscribe to none of their stream, crashes with lost stores, a
 /// one-way partition, a region outage. Before session 65 a publisher kept its own events
 /// of such a stream in its relay cache only (4,096 events, shared with every event it
@@ -804,91 +833,16 @@ fn device_events_through_a_node_restarted_cut_off_are_neither_held_nor_floored()
 /// were pushed out of the cache before the heal, no copy was left, and every later event
 /// of the origin waited on them for good at every subscriber (12,800 pairs missed on this
 /// seed; 96 of 200 seeds failed). Now a node stores its own events whatever its interest.
+/// (`sim/stress/relay-publishers.toml`, seed 52.)
 #[test]
 fn publishers_outside_their_interest_lose_nothing_to_a_partition() {
-    let r = run(TORTURE_RELAYS, None);
+    let r = run(include_str!("../stress/relay-publishers.toml"), Some(52));
     let failed = r.failed_checks();
     assert!(failed.is_empty(), "{failed:?}\n{}", r.table());
     let w = &r.strategies[0];
     assert_eq!((w.missed, w.duplicates, w.order_violations), (0, 0, 0));
     assert!(w.published > 18_000, "{}", w.published);
 }
-
-const TORTURE_RELAYS: &str = r#"
-name = "torture-relays"
-description = "publishers outside their interest, subsets of subscribers, crashes with lost stores, outages"
-duration_s = 300
-seed = 52
-
-[topology]
-regions = [
-  { region = "aws:us-east-1", nodes = 3 },
-  { region = "aws:eu-west-1", nodes = 3 },
-  { region = "gcp:europe-west3", nodes = 2 },
-  { region = "azure:southeastasia", nodes = 2 },
-]
-
-[network]
-jitter_ms = 2.0
-loss = 0.01
-verify_us = 60
-
-[[workload]]
-stream = "a.events"
-rate_per_s = 60
-payload_bytes = 128
-publishers = { regions = ["aws:us-east-1"] }
-subscribers = { regions = ["gcp:europe-west3", "azure:southeastasia"] }
-start_s = 5
-stop_s = 220
-
-[[workload]]
-stream = "b.events"
-rate_per_s = 30
-payload_bytes = 128
-publishers = { nodes = ["aws:eu-west-1/0", "azure:southeastasia/1"] }
-subscribers = { nodes = ["aws:us-east-1/2", "gcp:europe-west3/0"] }
-start_s = 5
-stop_s = 220
-
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["aws:us-east-1/0", "aws:eu-west-1/0"] }
-lose_memory = true
-at_s = 40
-duration_s = 10
-
-[[fault]]
-kind = "partition"
-a = { regions = ["aws:us-east-1"] }
-b = "rest"
-symmetric = false
-at_s = 60
-duration_s = 40
-
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["gcp:europe-west3/0"] }
-lose_memory = true
-at_s = 90
-duration_s = 20
-
-[[fault]]
-kind = "region-outage"
-region = "azure:southeastasia"
-at_s = 120
-duration_s = 30
-
-[[fault]]
-kind = "node-crash"
-nodes = { nodes = ["aws:us-east-1/1", "azure:southeastasia/1"] }
-lose_memory = false
-at_s = 160
-duration_s = 10
-
-[checks]
-converge_within_s = 60
-"#;
 
 /// A scenario of five nodes (Ireland 2, Virginia 2, Tokyo 1) and one publisher,
 /// `aws:eu-west-1/0`, of 10 events a second from 5 to 100 s, with `subscribers` (nodes)
