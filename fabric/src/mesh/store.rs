@@ -137,10 +137,12 @@ pub trait Store {
     /// by an erase rule); it must not pass over one `get` would give.
     ///
     /// An error means the store cannot tell (a failing disk): the core then stops
-    /// delivering `origin` where it is and asks again at its next poll
+    /// delivering `origin` before the run of numbers [`Store::get`] found empty just before
+    /// (its reads may be failing too) and tries again at its next poll
     /// ([`Stats::delivery_store_errors`](super::Stats::delivery_store_errors)), rather
     /// than stepping number by number across a hole that can span 10^15 numbers after a
-    /// wall-clock floor.
+    /// wall-clock floor. (A `get` that fails while this answers is a miss: `get` has no
+    /// error to give, so an event whose row alone cannot be read is passed over.)
     ///
     /// Required, with no default: asking [`Store::get`] number by number stepped a hole of
     /// 10^15 numbers for good, and [`Store::ranges`] alone under-claims once an origin has

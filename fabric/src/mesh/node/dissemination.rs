@@ -325,7 +325,8 @@ impl<S: Store> Node<S> {
         let mut misses = 0u32;
         // Where the current run of numbers without an event began: a store failing to say
         // where the next event is may be failing its reads too, so delivery goes back there
-        // and reads them again at the next try, never past an event it could not read.
+        // and reads them again at the next try, not past events it could not read while
+        // the store fails. (A `get` failing alone is a miss: `Store::get` gives no error.)
         let mut run_from = cursor;
         // This node's own events are stored whatever its interest (`accept`): only those
         // its interest names are delivered.
