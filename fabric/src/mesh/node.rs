@@ -1015,10 +1015,6 @@ pub struct Node<S: Store> {
     started_at: Micros,
     relay_cache: FxHashMap<EventId, Arc<Event>>,
     relay_order: VecDeque<EventId>,
-    // (This node's own events are stored whatever its interest, never relayed only: until
-    // session 65 an origin that stored none of its streams kept them in the relay cache,
-    // indexed and answered from there, and one whose pushes the network dropped was lost
-    // once the cache, shared with every event it relays, pushed it out.)
     /// This node's own numbers it took as lost itself since its start ([`Node::take_lost`]:
     /// a hole in its own numbers no holder filled). A peer lacking them is told so
     /// ([`Message::Lost`], [`Node::own_lost`]); before, an origin that stores none of its
@@ -1249,11 +1245,6 @@ impl<S: Store> Node<S> {
     /// cache, at most [`RELAY_CACHE_LEN_MAX`]): lost with the process.
     pub fn relay_cached(&self) -> impl Iterator<Item = &Arc<Event>> {
         self.relay_cache.values()
-    }
-
-    /// Whether the relay cache holds event `id` (relayed without storing, memory only).
-    pub fn relay_holds(&self, id: &EventId) -> bool {
-        self.relay_cache.contains_key(id)
     }
 
     /// Forgets the events this node relays without storing (its relay cache) that

@@ -195,17 +195,11 @@ impl<S: Store> Node<S> {
             self.seen_again(origin, seq);
             return Ok(Inserted::Duplicate);
         }
-        let mine = origin == self.me.node_key();
-        // A node stores every event of its own origin, whatever its interest (it delivers
-        // only those its interest names): held in the relay cache only, one whose pushes
-        // the network dropped (a partition) had no copy anywhere once the cache, shared
-        // with every event the node relays, pushed it out, and every later event of the
-        // origin waited on it everywhere (found by the simulator).
-        if mine || self.interested(event.stream()) {
+        if self.stores(&event) {
             // A local publish of this node's own event (not one of its events coming back
             // from a peer: a store restored from a backup refusing those must not void
             // numbers other nodes hold events for).
-            let own = publishing && mine;
+            let own = publishing && origin == self.me.node_key();
             let inserted = self.store.insert(event);
             self.seen.store_changed(&origin, &self.store);
             match inserted {
@@ -294,6 +288,16 @@ impl<S: Store> Node<S> {
         if self.note_seen(origin, seq) {
             self.advance_delivery(origin);
         }
+    }
+
+    /// Whether this node stores `event`: every event of its own origin, whatever its
+    /// interest (it delivers only those its interest names), and others' events of the
+    /// streams its interest names. Held in the relay cache only, an own event whose pushes
+    /// the network dropped (a partition) had no copy anywhere once the cache, shared with
+    /// every event the node relays, pushed it out, and every later event of the origin
+    /// waited on it everywhere (found by the simulator).
+    pub(super) fn stores(&mut self, event: &Event) -> bool {
+        event.origin() == self.me.node_key() || self.interested(event.stream())
     }
 
     /// Whether this node's configured interest names `stream` (it stores and delivers the

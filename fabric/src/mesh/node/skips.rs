@@ -523,9 +523,9 @@ impl<S: Store> Node<S> {
         let id = event.id();
         let (origin, seq) = (event.origin(), event.seq());
         let interested = self.interested(event.stream());
-        // This node's own events are stored whatever its interest (delivered only if it
-        // names them), as in `accept`.
-        let stored = interested || origin == self.me.node_key();
+        // This node's own events are stored whatever its interest, delivered only if it
+        // names them (`Node::stores`).
+        let stored = self.stores(&event);
         if stored {
             let inserted = self.store.insert(event.clone());
             self.seen.store_changed(&origin, &self.store);
