@@ -3037,7 +3037,7 @@ fn a_restarted_node_numbers_past_what_a_relay_only_member_saw() {
                 .is_some(),
             "node 1 stops"
         );
-        // Node 1 down in the relay's view (SWIM's WAN timing: about 35 s here) before node
+        // Node 1 down in the relay's view (SWIM's suspicion: about 15 s here) before node
         // 2 restarts and learns the membership from it: else node 2 asks node 1 too, which
         // never answers, and after 10 s numbers past the wall-clock floor (safe, but not
         // what this test is about).

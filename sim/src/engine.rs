@@ -356,6 +356,12 @@ struct SimNode {
     /// the highest own number it holds or a member asked saw (`Node::own_numbers`), not from
     /// a counter the crash could not have kept.
     renumber_from: Option<Micros>,
+    /// When the node last stopped (crash, region outage); `None` while it runs.
+    stopped_at: Option<Micros>,
+    /// Whether some node has no path of at most two hops to this one (partitions, links
+    /// degraded to total loss), and when that last ended (for [`Engine::member_down`]).
+    cut_off: bool,
+    cut_off_ended_at: Option<Micros>,
     interest: Vec<StreamPattern>,
     /// Application view: events delivered (by index in `Engine::events`), and last
     /// delivered seq per origin.
@@ -479,6 +485,11 @@ pub struct Metrics {
     pub anti_entropy: AntiEntropyCounters,
     /// Skips' counters (Weft only).
     pub skips: SkipCounters,
+    /// SWIM's verdicts: members declared down, by what the member really was (Weft only).
+    pub membership: MembershipCounters,
+    /// Per declaration of a stopped node down (at each node that declared it): the time
+    /// since it stopped (µs).
+    pub detection_us: Vec<Micros>,
     /// Last delivery hop per event: hops travelled by the event's last-reached delivery
     /// (only deliveries whose sender's hop count is known: relays that do not subscribe
     /// break the chain).
@@ -585,6 +596,34 @@ pub struct AntiEntropyCounters {
     pub rounds_after_heal: u64,
     /// Partners passed over because they did not answer or SWIM suspected them.
     pub partners_passed_over: u64,
+}
+
+/// How long after a cut heals a verdict on a member it cut off counts as the cut's
+/// ([`MembershipCounters::of_cut_off`]): verdicts reached on either side spread to the other
+/// within seconds of the heal.
+pub const VERDICT_AFTER_CUT_US: Micros = 60_000_000;
+
+/// Members declared down by SWIM (`AppEvent::MemberDown`), counted at every node that
+/// declared one, by what the engine knows the member was at that moment: the report's
+/// `membership`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MembershipCounters {
+    /// Declarations of a member down.
+    pub downs: u64,
+    /// Of those, of a member stopped (crashed, its region out) or since restarted under a
+    /// new generation: what failure detection is for.
+    pub of_stopped: u64,
+    /// Of a running member that partitions (or links degraded to total loss) left with no
+    /// path of at most two hops (SWIM's probe, or an indirect probe through one member) to
+    /// some node, while that lasted or within [`VERDICT_AFTER_CUT_US`] after: a verdict
+    /// across the cut, or one that reached the member's own side as the cut healed (a SWIM
+    /// verdict holds fabric-wide; the member rejoins under a new generation).
+    pub of_cut_off: u64,
+    /// Of a running member every node could reach in two hops throughout the last
+    /// [`VERDICT_AFTER_CUT_US`] (lossy, degraded or single cut links aside): false
+    /// suspicions that became verdicts. Each costs the member a rejoin under a new
+    /// generation and its trees a rebuild.
+    pub of_reachable: u64,
 }
 
 /// What Skips did, summed over Weft's nodes (`weft_fabric::mesh::Stats`): the report's
@@ -837,6 +876,9 @@ impl Engine {
                 skew_ms: 0,
                 next_seq: 1,
                 renumber_from: None,
+                stopped_at: None,
+                cut_off: false,
+                cut_off_ended_at: None,
                 interest,
                 app_ids: Vec::new(),
                 app_last: Vec::new(),
@@ -1426,7 +1468,9 @@ impl Engine {
                             }
                         }
                         self.nodes[i].timer_at = None;
+                        self.nodes[i].stopped_at.get_or_insert(self.now);
                     } else if self.nodes[i].node.is_none() {
+                        self.nodes[i].stopped_at = None;
                         self.nodes[i].info.generation += 1;
                         self.start_node(i);
                         let seeds: Vec<MemberInfo> = self
@@ -1488,6 +1532,12 @@ impl Engine {
                 }
             }
         }
+        if matches!(
+            self.plan.faults[f].kind,
+            FaultKind::Partition { .. } | FaultKind::Degrade { .. }
+        ) {
+            self.note_cuts();
+        }
         self.recompute_ideal();
     }
 
@@ -1532,7 +1582,7 @@ impl Engine {
                 // (`Metrics::numbers_reused`).
                 AppEvent::Equivocation { .. } => self.metrics.equivocations += 1,
                 AppEvent::MemberUp(m) => self.member_up(i, &m),
-                AppEvent::MemberDown(_) => {}
+                AppEvent::MemberDown(m) => self.member_down(&m),
             }
         }
         self.drain_app = app;
@@ -1552,6 +1602,83 @@ impl Engine {
             if let Some(node) = self.nodes[i].node.as_mut() {
                 node.handle_rtt_sample(now, OriginKey(m.key), rtt);
             }
+        }
+    }
+
+    /// After a partition or a degradation starts or heals: which nodes some node has no
+    /// path of at most two hops to (both ways over links neither blocked nor at total
+    /// loss), for [`Self::member_down`]. Bitsets: n^2 / 64 words per change, a few
+    /// milliseconds at 1000 nodes, and faults are rare.
+    #[cold]
+    fn note_cuts(&mut self) {
+        let n = self.nodes.len();
+        let words = n.div_ceil(64);
+        let cut = |a: usize, b: usize| {
+            self.blocked.contains_key(&(a, b))
+                || self.degraded.get(&(a, b)).is_some_and(|d| d.loss >= 1.0)
+        };
+        // Each node's neighbours both ways (itself included); all when nothing is cut.
+        let all: Vec<u64> = (0..words)
+            .map(|w| match n - 64 * w {
+                left if left >= 64 => u64::MAX,
+                left => (1u64 << left) - 1,
+            })
+            .collect();
+        let mut near: Vec<u64> = (0..n).flat_map(|_| all.iter().copied()).collect();
+        let mut any = false;
+        for &(a, b) in self.blocked.keys().chain(
+            self.degraded
+                .iter()
+                .filter(|(_, d)| d.loss >= 1.0)
+                .map(|(pair, _)| pair),
+        ) {
+            any = true;
+            near[a * words + b / 64] &= !(1 << (b % 64));
+            near[b * words + a / 64] &= !(1 << (a % 64));
+        }
+        let cut_off: Vec<bool> = (0..n)
+            .map(|i| {
+                any && (0..n).any(|j| {
+                    (cut(i, j) || cut(j, i))
+                        && !(0..words).any(|w| near[i * words + w] & near[j * words + w] != 0)
+                })
+            })
+            .collect();
+        for (node, now_cut) in self.nodes.iter_mut().zip(cut_off) {
+            if node.cut_off && !now_cut {
+                node.cut_off_ended_at = Some(self.now);
+            }
+            node.cut_off = now_cut;
+        }
+    }
+
+    /// A node declared member `m` down: counted by what `m` really was
+    /// ([`MembershipCounters`]), and for a stopped node, how long after it stopped.
+    #[cold]
+    #[inline(never)]
+    fn member_down(&mut self, m: &MemberInfo) {
+        let Some(&j) = self.key_index.get(&OriginKey(m.key)) else {
+            return;
+        };
+        let c = &mut self.metrics.membership;
+        c.downs += 1;
+        if self.nodes[j].node.is_none() {
+            c.of_stopped += 1;
+            if let Some(at) = self.nodes[j].stopped_at {
+                self.metrics.detection_us.push(self.now - at);
+            }
+        } else if m.generation < self.nodes[j].info.generation {
+            // An incarnation from before a restart (a rejoin after a false verdict keeps
+            // the engine's generation: that one counts below).
+            c.of_stopped += 1;
+        } else if self.nodes[j].cut_off
+            || self.nodes[j]
+                .cut_off_ended_at
+                .is_some_and(|at| self.now < at + VERDICT_AFTER_CUT_US)
+        {
+            c.of_cut_off += 1;
+        } else {
+            c.of_reachable += 1;
         }
     }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::engine::{AntiEntropyCounters, FaultKind, Metrics, Plan, SkipCounters};
+use crate::engine::{
+    AntiEntropyCounters, FaultKind, MembershipCounters, Metrics, Plan, SkipCounters,
+};
 
 /// Points of a latency CDF: the nearest-rank latency at quantiles 0.01, 0.02, .., 1.00.
 const CDF_POINTS: usize = 100;
@@ -189,12 +191,26 @@ pub struct StrategyReport {
     pub anti_entropy: AntiEntropyCounters,
     /// What Skips did (Weft's counters; zero for the baselines).
     pub skips: SkipCounters,
+    /// SWIM's verdicts (Weft's; zero for the baselines, which have no membership).
+    pub membership: MembershipReport,
     /// Residency, as the engine checked it on every send, delivery and store.
     pub residency: ResidencyReport,
     /// Per workload: its residency class and delivery latency.
     pub workloads: Vec<WorkloadReport>,
     /// Per table workload: its replicas compared at the end of the run.
     pub tables: Vec<TableReport>,
+}
+
+/// Members declared down during a run, and how long after a node stopped its peers
+/// declared it down: the report's `membership`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MembershipReport {
+    /// Declarations, by what the member really was.
+    #[serde(flatten)]
+    pub downs: MembershipCounters,
+    /// Per declaration of a stopped node (at each node that declared it): time from its
+    /// stop to the declaration, ms.
+    pub detection_ms: Percentiles,
 }
 
 /// One table workload's replicas at the end of a run (`docs/sim.md` section 4).
@@ -563,6 +579,10 @@ impl StrategyReport {
                 ..m.anti_entropy.clone()
             },
             skips: m.skips.clone(),
+            membership: MembershipReport {
+                downs: m.membership.clone(),
+                detection_ms: Percentiles::from_us(&m.detection_us),
+            },
             delivered_fraction: m
                 .timeline
                 .iter()
@@ -1035,6 +1055,27 @@ impl Report {
                     a.events_sent,
                     a.events_repaired,
                     a.events_held_back
+                );
+            }
+            let d = &w.membership;
+            if d.downs.downs > 0 {
+                let after = if d.detection_ms.count > 0 {
+                    format!(
+                        " (declared p50 {:.1} s, max {:.1} s after they stopped)",
+                        d.detection_ms.p50 / 1000.0,
+                        d.detection_ms.max / 1000.0
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} membership: {} members declared down: {} stopped{after}, {} cut off, {} reachable (false verdicts)",
+                    w.strategy,
+                    d.downs.downs,
+                    d.downs.of_stopped,
+                    d.downs.of_cut_off,
+                    d.downs.of_reachable
                 );
             }
             let k = &w.skips;

@@ -10,6 +10,28 @@ fn wan_config_is_sane() {
     assert!(c.graft_timeout_us > c.ihave_delay_us);
 }
 
+/// SWIM's suspicion timeout follows the probe period the mesh uses (2 s), not foca's WAN
+/// default of 5 s, which held a stopped node in every view of a small mesh for ~35 s.
+#[test]
+fn suspicion_follows_the_probe_period_in_use() {
+    for (nodes, secs) in [(1, 12), (3, 12), (10, 12), (100, 24), (1000, 36)] {
+        let c = MeshConfig::wan(nodes);
+        assert_eq!(c.swim.probe_period, Duration::from_secs(2));
+        assert_eq!(c.swim.num_indirect_probes.get(), 5);
+        assert_eq!(
+            c.swim.suspect_to_down_after,
+            Duration::from_secs(secs),
+            "{nodes} nodes"
+        );
+    }
+    // Between the decades it grows with log10 of the mesh's size.
+    let mid = MeshConfig::wan(30).swim.suspect_to_down_after;
+    assert!(
+        mid > Duration::from_secs(12) && mid < Duration::from_secs(24),
+        "{mid:?}"
+    );
+}
+
 use proptest::prelude::*;
 
 /// A member with key `[key; 32]` in `region`.
