@@ -2526,31 +2526,46 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn get_row(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
+    /// The row of `origin` at `seq`: `Err` when the query itself fails (the disk, the
+    /// database), `Ok(Err(what))` when a row is there but is not a valid event (an
+    /// undecodable or unverifiable envelope, a column of the wrong type, another event
+    /// than the row names): reading it again would give the same.
+    fn get_row(
+        &self,
+        origin: &OriginKey,
+        seq: u64,
+    ) -> rusqlite::Result<Result<Option<Arc<Event>>, String>> {
         let Ok(seq_sql) = i64::try_from(seq) else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
-        let row: Option<(Vec<u8>, Vec<u8>)> = self
+        // Each column's read kept apart from the query's: a column of the wrong type is
+        // the row's fault (corrupt), not the disk's.
+        type Columns = (rusqlite::Result<Vec<u8>>, rusqlite::Result<Vec<u8>>);
+        let row: Option<Columns> = self
             .conn
-            .prepare_cached("SELECT id, envelope FROM events WHERE origin = ?1 AND seq = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![&origin.0[..], seq_sql], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
+            .prepare_cached("SELECT id, envelope FROM events WHERE origin = ?1 AND seq = ?2")?
+            .query_row(params![&origin.0[..], seq_sql], |r| {
+                Ok((r.get(0), r.get(1)))
             })
-            .map_err(backend)?;
+            .optional()?;
         let Some((id, envelope)) = row else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
-        let event = weft_fabric::decode(&envelope)
-            .map_err(|e| StoreError::Backend(format!("corrupt envelope: {e}")))?
-            .verify()
-            .map_err(|e| StoreError::Backend(format!("envelope fails verification: {e}")))?;
+        let (id, envelope) = match (id, envelope) {
+            (Ok(id), Ok(envelope)) => (id, envelope),
+            (Err(e), _) | (_, Err(e)) => return Ok(Err(format!("unreadable column: {e}"))),
+        };
+        let event = match weft_fabric::decode(&envelope) {
+            Ok(unverified) => match unverified.verify() {
+                Ok(event) => event,
+                Err(e) => return Ok(Err(format!("envelope fails verification: {e}"))),
+            },
+            Err(e) => return Ok(Err(format!("corrupt envelope: {e}"))),
+        };
         if !names(&event, origin, seq, &id) {
-            return Err(corrupt("envelope is not the event its row names"));
+            return Ok(Err("envelope is not the event its row names".into()));
         }
-        Ok(Some(Arc::new(event)))
+        Ok(Ok(Some(Arc::new(event))))
     }
 }
 
@@ -2689,25 +2704,47 @@ impl Store for SqliteStore {
             })
     }
 
-    fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+    /// A failed query is an error (counted in `query_errors`): the core stops delivering
+    /// the origin before the number and reads it again at its next poll, where answering
+    /// "not stored", as this did, passed the event over for good. A row that reads but is
+    /// not a valid event is a miss, logged and counted in `corrupt_rows`.
+    fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
         let key = (*origin, seq);
         if let Some(event) = self.cache.borrow_mut().get(&key) {
             self.stats.borrow_mut().cache_hits += 1;
-            return Some(event).filter(|e| !self.hidden_by_erase(e));
+            return Ok(Some(event).filter(|e| !self.hidden_by_erase(e)));
         }
-        match self
-            .get_row(origin, seq)
-            .map(|e| e.filter(|e| !self.hidden_by_erase(e)))
-        {
-            Ok(Some(event)) => {
-                self.cache.borrow_mut().put(key, event.clone());
-                Some(event)
+        match self.get_row(origin, seq) {
+            Ok(Ok(Some(event))) => {
+                let event = Some(event).filter(|e| !self.hidden_by_erase(e));
+                if let Some(event) = &event {
+                    self.cache.borrow_mut().put(key, event.clone());
+                }
+                Ok(event)
             }
-            Ok(None) => None,
-            Err(e) => {
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(what)) => {
                 self.stats.borrow_mut().corrupt_rows += 1;
-                tracing::error!(%origin, seq, error = %e, "stored event unreadable");
-                None
+                tracing::error!(%origin, seq, error = %what, "stored event unreadable");
+                Ok(None)
+            }
+            Err(e) => {
+                let errors = {
+                    let mut stats = self.stats.borrow_mut();
+                    stats.query_errors += 1;
+                    stats.query_errors
+                };
+                // Asked again at every poll while the disk fails: the first error and
+                // then one in a thousand go to the log; the metric counts them all.
+                if errors == 1 || errors.is_multiple_of(1000) {
+                    tracing::warn!(
+                        %origin, seq, error = %e, errors,
+                        "reading a stored event failed; delivery of the origin waits"
+                    );
+                }
+                Err(StoreError::Backend(format!(
+                    "reading the event of {origin} at {seq}: {e}"
+                )))
             }
         }
     }
@@ -2811,7 +2848,7 @@ impl Store for SqliteStore {
                     .min(SEQ_MAX)
                     .min(first.saturating_add(RUN_FALLBACK_LEN_MAX));
                 out.extend(within_bytes(
-                    (first..=end).filter_map(|seq| self.get(origin, seq)),
+                    (first..=end).filter_map(|seq| self.get(origin, seq).ok().flatten()),
                     bytes_max,
                 ));
             }
@@ -3539,7 +3576,7 @@ mod tests {
             Err(StoreError::Full { len: 2, max: 2 })
         );
         assert_eq!(store.len(), 2);
-        assert_eq!(store.get(&a.origin(), 1).as_deref(), Some(&*a));
+        assert_eq!(store.get(&a.origin(), 1).unwrap().as_deref(), Some(&*a));
         assert_eq!(store.max_seq(&a.origin()), Ok(2));
         let stats = store.stats();
         assert_eq!(
@@ -3584,8 +3621,8 @@ mod tests {
         let r1: Vec<_> = store.ranges(&o1).unwrap().iter().collect();
         assert_eq!(r1, vec![(1, 3), (5, 5)]);
         assert_eq!(store.ranges(&o2).unwrap().contiguous(), 1);
-        assert!(store.get(&o1, 4).is_none());
-        assert!(store.get(&o1, 5).is_some());
+        assert!(store.get(&o1, 4).unwrap().is_none());
+        assert!(store.get(&o1, 5).unwrap().is_some());
         assert_eq!(store.cursor_get("o:c"), Ok(Some(("a".into(), 3))));
         assert_eq!(store.meta_get("m"), Ok(None));
     }
@@ -3648,6 +3685,38 @@ mod tests {
         assert_eq!(store.stats().query_errors, 1);
     }
 
+    /// A failed query for one event is an error to the core (which stops the origin's
+    /// delivery before it and reads it again at the next poll), counted in `query_errors`;
+    /// a row that reads but is corrupt stays a counted miss (`corrupt_rows`). Before, both
+    /// were misses, and delivery passed over an event whose read had failed once.
+    #[test]
+    fn a_failed_read_of_an_event_is_an_error_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = event(1, "a", 1, b"x");
+        let origin = e.origin();
+        {
+            let mut store = open(dir.path());
+            store.insert(e.clone()).unwrap();
+            store.commit().unwrap();
+        }
+        // Reopened: the event is not in the cache, so `get` reads the row.
+        let store = open(dir.path());
+        store
+            .conn
+            .execute_batch("ALTER TABLE events RENAME TO events_gone")
+            .unwrap();
+        let err = store.get(&origin, 1).unwrap_err();
+        assert!(err.to_string().contains("reading the event of"), "{err}");
+        assert_eq!(store.stats().query_errors, 1);
+        assert_eq!(store.stats().corrupt_rows, 0);
+        store
+            .conn
+            .execute_batch("ALTER TABLE events_gone RENAME TO events")
+            .unwrap();
+        assert_eq!(store.get(&origin, 1).unwrap().map(|e| e.id()), Some(e.id()));
+        assert_eq!(store.stats().query_errors, 1);
+    }
+
     #[test]
     fn erase_removes_rows_refuses_later_copies_and_survives_reopen() {
         use crate::erase::Target;
@@ -3693,7 +3762,7 @@ mod tests {
         assert_eq!(erased[0].key.as_deref(), Some(&b"k"[..]));
         store.commit().unwrap();
         store.check_invariants().unwrap();
-        assert!(!store.contains(&a.id()) && store.get(&origin, 1).is_none());
+        assert!(!store.contains(&a.id()) && store.get(&origin, 1).unwrap().is_none());
         assert!(store.erased(&origin, 1) && store.erased(&origin, 2));
         assert!(!store.erased(&origin, 3) && store.contains(&other.id()));
         assert_eq!(store.ranges(&origin).map(|r| r.contiguous()), Some(3));
@@ -3832,7 +3901,11 @@ mod tests {
             assert_eq!(reader.read_log("_weft.erase", 0, 10).unwrap().len(), 1);
             for e in &alice {
                 assert_eq!(reader.event_by_id(&e.id()).unwrap(), None);
-                assert!(store.get(&e.origin(), e.seq()).is_none(), "{}", e.seq());
+                assert!(
+                    store.get(&e.origin(), e.seq()).unwrap().is_none(),
+                    "{}",
+                    e.seq()
+                );
             }
             assert!(reader.event_by_id(&globex[0].id()).unwrap().is_some());
             assert_eq!(store.get_run(&alice[0].origin(), 1, 9, usize::MAX).len(), 1);
@@ -3840,7 +3913,7 @@ mod tests {
                 store.get_run(&globex[0].origin(), 1, 2, usize::MAX).len(),
                 2
             );
-            assert!(store.get(&bob[1].origin(), 2).is_some());
+            assert!(store.get(&bob[1].origin(), 2).unwrap().is_some());
         };
         check_hidden(&store, &reader);
         assert_eq!(
@@ -3994,7 +4067,7 @@ mod tests {
         store.check_invariants().unwrap();
         assert_eq!(store.len(), 3);
         assert!(!store.erase_covers(&events[0]), "the rule is not in force");
-        assert!(store.get(&origin, 1).is_some() && !store.erased(&origin, 1));
+        assert!(store.get(&origin, 1).unwrap().is_some() && !store.erased(&origin, 1));
         assert_eq!(store.erase_rules_len(), 0);
         store.conn.execute_batch("DROP TRIGGER fail_log").unwrap();
         // A row that no longer decodes, matched by the rule's columns: erased with the rest.
@@ -4540,8 +4613,8 @@ mod tests {
         set_envelope(&raw, 2, event(1, "a", 3, b"x").encode());
         drop(raw);
         let store = open(dir.path());
-        assert!(store.get(&e.origin(), 1).is_none());
-        assert!(store.get(&e.origin(), 2).is_none());
+        assert!(store.get(&e.origin(), 1).unwrap().is_none());
+        assert!(store.get(&e.origin(), 2).unwrap().is_none());
         assert_eq!(store.stats().corrupt_rows, 2);
         assert!(store.contains(&e.id()));
     }
@@ -4571,7 +4644,7 @@ mod tests {
             .unwrap();
         drop(raw);
         let store = open(dir.path());
-        assert!(store.get(&origin, 2).is_some(), "now in the cache");
+        assert!(store.get(&origin, 2).unwrap().is_some(), "now in the cache");
         let hits = store.stats().cache_hits;
         let seqs = |run: Vec<Arc<Event>>| run.iter().map(|e| e.seq()).collect::<Vec<u64>>();
         assert_eq!(
@@ -4582,7 +4655,7 @@ mod tests {
         assert_eq!(store.stats().cache_hits, hits + 1);
         for (first, last) in [(1, 1), (3, 3), (4, 8), (7, 7), (8, 20), (1, SEQ_MAX + 5)] {
             let one_by_one: Vec<u64> = (first..=last.min(20))
-                .filter_map(|seq| store.get(&origin, seq))
+                .filter_map(|seq| store.get(&origin, seq).unwrap())
                 .map(|e| e.seq())
                 .collect();
             assert_eq!(
@@ -4935,7 +5008,9 @@ mod tests {
             let (one, a) = median(&|| {
                 let store = open(dir.path());
                 let t = Instant::now();
-                let got = (1..=n).filter_map(|s| store.get(&origin, s)).count();
+                let got = (1..=n)
+                    .filter_map(|s| store.get(&origin, s).unwrap())
+                    .count();
                 (t.elapsed(), got)
             });
             let (run, b) = median(&|| {
@@ -5057,7 +5132,7 @@ mod tests {
         store.clear();
         assert!(store.is_empty());
         assert!(store.origins().is_empty());
-        assert!(store.get(&e.origin(), 1).is_none());
+        assert!(store.get(&e.origin(), 1).unwrap().is_none());
         store.check_invariants().unwrap();
         store.commit().unwrap();
         drop(store);

@@ -1823,7 +1823,7 @@ impl Engine {
             };
             for (lo, hi) in ranges.iter() {
                 for seq in lo..=hi {
-                    let Some(event) = store.get(&origin, seq) else {
+                    let Ok(Some(event)) = store.get(&origin, seq) else {
                         continue;
                     };
                     let Some(&e) = self.event_index.get(&event.id()) else {
@@ -2148,7 +2148,7 @@ impl Engine {
             };
             for (lo, hi) in ranges.iter() {
                 for seq in lo..=hi {
-                    if let Some(event) = lost.get(&origin, seq)
+                    if let Ok(Some(event)) = lost.get(&origin, seq)
                         && let Some(&e) = self.event_index.get(&event.id())
                     {
                         self.destroyed.insert(e, EventRef::of(&event));

@@ -767,8 +767,9 @@ pub struct Stats {
     /// [`Message::Lost`] words not taken: [`LOST_ORIGINS_MAX`] origins already waited (the
     /// origin says it again when next asked).
     pub lost_deferred: u64,
-    /// Times ordered delivery stopped because the store could not say where an origin's
-    /// next stored event is ([`Store::next_stored`] failed); it resumes at the next poll.
+    /// Times ordered delivery stopped because the store could not read an origin's next
+    /// event ([`Store::get`] failed) or say where it is ([`Store::next_stored`] failed);
+    /// it resumes at the next poll, from before what could not be read.
     pub delivery_store_errors: u64,
     /// Longest time from a cross-region push to its failover (the RTT timeout that
     /// expired), microseconds.

@@ -107,7 +107,14 @@ pub trait Store {
         self.contains(&r.id)
     }
     /// The event of `origin` at `seq`, if stored.
-    fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>>;
+    ///
+    /// An error means the store cannot read it now (a failing disk, a query that fails):
+    /// ordered delivery then stops before the number and tries again at its next poll
+    /// ([`Stats::delivery_store_errors`](super::Stats::delivery_store_errors)), so an
+    /// event is never passed over because its read failed once. A row that reads but is
+    /// not a valid event (a corrupt envelope) is `Ok(None)`, counted by the store: reading
+    /// it again would give the same, and delivery moves past it.
+    fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError>;
     /// The events of `origin` stored at `first..=last`, ascending (numbers not stored are
     /// left out): what [`Store::get`] gives for each number of the run, up to the first
     /// event at which the events' [`answer_len`]s add up to `bytes_max` (the rest of the
@@ -125,8 +132,9 @@ pub trait Store {
         last: u64,
         bytes_max: usize,
     ) -> Vec<Arc<Event>> {
+        // An answer leaves out what cannot be read now: the requester asks again.
         within_bytes(
-            (first..=last).filter_map(|seq| self.get(origin, seq)),
+            (first..=last).filter_map(|seq| self.get(origin, seq).ok().flatten()),
             bytes_max,
         )
     }
@@ -141,8 +149,8 @@ pub trait Store {
     /// (its reads may be failing too) and tries again at its next poll
     /// ([`Stats::delivery_store_errors`](super::Stats::delivery_store_errors)), rather
     /// than stepping number by number across a hole that can span 10^15 numbers after a
-    /// wall-clock floor. (A `get` that fails while this answers is a miss: `get` has no
-    /// error to give, so an event whose row alone cannot be read is passed over.)
+    /// wall-clock floor. (A `get` that fails stops delivery the same way, before its
+    /// number.)
     ///
     /// Required, with no default: asking [`Store::get`] number by number stepped a hole of
     /// 10^15 numbers for good, and [`Store::ranges`] alone under-claims once an origin has
@@ -506,8 +514,11 @@ impl Store for MemStore {
         held.events.get(r.seq).is_some_and(|e| e.id() == r.id)
     }
 
-    fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
-        self.by_origin.get(origin)?.events.get(seq).cloned()
+    fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
+        Ok(self
+            .by_origin
+            .get(origin)
+            .and_then(|held| held.events.get(seq).cloned()))
     }
 
     fn next_stored(
@@ -711,7 +722,7 @@ mod tests {
                 .map(|e| e.seq())
                 .collect();
             let one_by_one: Vec<u64> = (first..=last)
-                .filter_map(|seq| store.get(&origin, seq))
+                .filter_map(|seq| store.get(&origin, seq).unwrap())
                 .map(|e| e.seq())
                 .collect();
             assert_eq!(run, one_by_one, "run {first}..={last}");

@@ -519,7 +519,7 @@ mod tests {
         );
         let done = store.retract(&me, &[3], true, T0).unwrap();
         assert_eq!((done.erased.len(), done.ahead, done.not_derived), (1, 0, 0));
-        assert!(store.get(&me, 3).is_none() && store.erased(&me, 3));
+        assert!(store.get(&me, 3).unwrap().is_none() && store.erased(&me, 3));
         assert!(store.pending_retractions().unwrap().is_empty());
         // A principal rule in another tenant covers nothing; in the source's, bob's.
         for (tenant, found) in [("other", 0), ("acme", 1)] {
@@ -557,9 +557,9 @@ mod tests {
         }
         let done = store.retract(&a, &[3, 4, 5], false, T0).unwrap();
         assert_eq!((done.erased.len(), done.ahead, done.not_derived), (1, 1, 1));
-        assert!(store.get(&a, 3).is_none());
-        assert!(store.get(&a, 5).is_some(), "not a derivative");
-        assert!(store.get(&b, 3).is_some(), "another origin's");
+        assert!(store.get(&a, 3).unwrap().is_none());
+        assert!(store.get(&a, 5).unwrap().is_some(), "not a derivative");
+        assert!(store.get(&b, 3).unwrap().is_some(), "another origin's");
         // Number 4 arrives afterwards: refused, taken as erased.
         assert_eq!(
             store.insert(event(1, "masked", 4, None, true)),

@@ -954,11 +954,11 @@ retention_s = 60
         store.check_invariants().unwrap();
         let o = origin(1);
         for seq in 1..=4 {
-            assert!(store.get(&o, seq).is_none(), "seq {seq} expired");
+            assert!(store.get(&o, seq).unwrap().is_none(), "seq {seq} expired");
             assert!(store.erased(&o, seq), "seq {seq} answered with a Skip");
         }
         for seq in 5..=7 {
-            assert!(store.get(&o, seq).is_some(), "seq {seq} kept");
+            assert!(store.get(&o, seq).unwrap().is_some(), "seq {seq} kept");
         }
         // Every number stays seen, and the origin's numbering continues after them.
         assert!(store.ranges(&o).unwrap().contains(1));
@@ -1009,7 +1009,10 @@ retention_s = 60
         assert_eq!(store.expired_ranges(), 3);
         let (o1, o2) = (origin(1), origin(2));
         assert!(store.erased(&o1, 9));
-        assert!(store.get(&o1, 4).is_some(), "held, served as the event");
+        assert!(
+            store.get(&o1, 4).unwrap().is_some(),
+            "held, served as the event"
+        );
         assert!(
             !store.erased(&o2, 3),
             "never held here: no Skip claimed for it"
@@ -1150,7 +1153,7 @@ retention_s = 60
         store.check_invariants().unwrap();
         assert!(store.stream_bytes("logs.a").unwrap() <= 3000);
         let kept = (1..=20)
-            .filter(|s| store.get(&origin(8), *s).is_some())
+            .filter(|s| store.get(&origin(8), *s).unwrap().is_some())
             .count();
         assert!(kept >= 5, "only what was over the budget went: {kept} kept");
     }
@@ -1199,13 +1202,13 @@ retention_s = 60
         let o = origin(6);
         for seq in 1..=300 {
             assert!(
-                store.get(&o, seq).is_none(),
+                store.get(&o, seq).unwrap().is_none(),
                 "logs.a {seq} older than every logs.b"
             );
         }
         let kept = newer
             .iter()
-            .filter(|e| store.get(&o, e.seq()).is_some())
+            .filter(|e| store.get(&o, e.seq()).unwrap().is_some())
             .count();
         assert!(kept >= 5, "{kept} of the 10 newest kept");
         store.check_invariants().unwrap();
@@ -1241,7 +1244,7 @@ retention_s = 60
         let size = |e: &Arc<Event>| e.encode().len() as u64;
         let kept: Vec<&Arc<Event>> = all
             .iter()
-            .filter(|e| store.get(&o, e.seq()).is_some())
+            .filter(|e| store.get(&o, e.seq()).unwrap().is_some())
             .collect();
         let kept_bytes: u64 = kept.iter().map(|e| size(e)).sum();
         assert!(kept_bytes <= 3000, "{kept_bytes} bytes kept");
@@ -1276,7 +1279,7 @@ retention_s = 60
         let o = origin(3);
         let kept: Vec<&Arc<Event>> = all
             .iter()
-            .filter(|e| store.get(&o, e.seq()).is_some())
+            .filter(|e| store.get(&o, e.seq()).unwrap().is_some())
             .collect();
         let kept_bytes: u64 = kept.iter().map(|e| size(e)).sum();
         assert!(kept_bytes <= 3000, "{kept_bytes} bytes kept");
@@ -1295,7 +1298,7 @@ retention_s = 60
         store.commit().unwrap();
         let kept_bytes: u64 = all
             .iter()
-            .filter(|e| store.get(&o, e.seq()).is_some())
+            .filter(|e| store.get(&o, e.seq()).unwrap().is_some())
             .map(size)
             .sum();
         assert!(
@@ -1331,7 +1334,7 @@ retention_s = 60
         put(&mut store, &event(13, "metrics", 1, 300, 1));
         let blocked = store.expire(*NOW).unwrap();
         assert_eq!((blocked.by_age, blocked.ranges_full), (0, true));
-        assert!(store.get(&origin(13), 1).is_some());
+        assert!(store.get(&origin(13), 1).unwrap().is_some());
         store.commit().unwrap();
         store.check_invariants().unwrap();
     }
@@ -1376,7 +1379,7 @@ retention_s = 60
         // (origin 20's is its held order's number).
         let want = (vec![15, 17, 19], true, Some(21), Some(1));
         assert_eq!(answers(&store), want);
-        assert!(store.get(&o20, 21).is_some());
+        assert!(store.get(&o20, 21).unwrap().is_some());
         // A dropped number is gone for good all the same: not answered as erased (this
         // node no longer tells it from numbers it never held), but neither taken again
         // nor published again.
@@ -1386,7 +1389,7 @@ retention_s = 60
             store.insert(event(20, "metrics", 1, 300, 1)),
             Ok(Inserted::Erased)
         );
-        assert!(store.get(&o20, 1).is_none());
+        assert!(store.get(&o20, 1).unwrap().is_none());
         // The rows say the same after a restart.
         drop(store);
         let mut store = open_bounded(dir.path(), 4);
@@ -1430,8 +1433,11 @@ retention_s = 60
         assert!(store.expired_ranges() <= 300);
         store.check_invariants().unwrap();
         let o = origin(22);
-        assert!(store.get(&o, 2 * 600 + 1).is_some(), "young orders stay");
-        assert!(store.get(&o, 1).is_none() && store.gone(&o, 1));
+        assert!(
+            store.get(&o, 2 * 600 + 1).unwrap().is_some(),
+            "young orders stay"
+        );
+        assert!(store.get(&o, 1).unwrap().is_none() && store.gone(&o, 1));
     }
 
     /// A derivative that expires at its ingress node keeps its source's row for a while:
@@ -1454,7 +1460,7 @@ retention_s = 60
         store.commit().unwrap();
         assert_eq!(store.expire(*NOW).unwrap().by_age, 1);
         store.commit().unwrap();
-        assert!(store.get(&origin(30), 1).is_none());
+        assert!(store.get(&origin(30), 1).unwrap().is_none());
         let alice = crate::erase::Target::Key {
             stream: "profiles".into(),
             key: b"alice".to_vec(),

@@ -30,7 +30,9 @@ impl<S: Store> Node<S> {
             return Ok(());
         }
         let (origin, seq) = (event.origin(), event.seq());
-        match self.store.get(&origin, seq) {
+        // A store that cannot read the number now refuses the publish (its error): taking
+        // it as a resend could acknowledge other content under a held number.
+        match self.store.get(&origin, seq)? {
             Some(held) if held.id() != event.id() => Err(StoreError::Equivocation { origin, seq }),
             Some(_) => Ok(()),
             // Seen, not held, and erased or expired here: the publish is refused as the
@@ -72,7 +74,8 @@ impl<S: Store> Node<S> {
         let events: Vec<Arc<Event>> = self
             .recent_own
             .iter()
-            .filter_map(|(_, origin, seq)| self.store.get(origin, *seq))
+            // What cannot be read now is left out: anti-entropy brings it.
+            .filter_map(|(_, origin, seq)| self.store.get(origin, *seq).ok().flatten())
             .collect();
         let events = self.allowed_vec(events, &member, false, true);
         self.announce(member, &events);
@@ -266,7 +269,8 @@ impl<S: Store> Node<S> {
         if !known && !self.store.ranges(&origin).is_some_and(|r| r.contains(seq)) {
             return;
         }
-        if let Some(held) = self.store.get(&origin, seq)
+        // A held event that cannot be read now is not compared (the store counts it).
+        if let Ok(Some(held)) = self.store.get(&origin, seq)
             && held.id() != id
         {
             self.stats.equivocations += 1;
@@ -330,7 +334,7 @@ impl<S: Store> Node<S> {
         // Where the current run of numbers without an event began: a store failing to say
         // where the next event is may be failing its reads too, so delivery goes back there
         // and reads them again at the next try, not past events it could not read while
-        // the store fails. (A `get` failing alone is a miss: `Store::get` gives no error.)
+        // the store fails. (A `get` that fails stops delivery before its own number.)
         let mut run_from = cursor;
         // This node's own events are stored whatever its interest (`accept`): only those
         // its interest names are delivered.
@@ -344,7 +348,19 @@ impl<S: Store> Node<S> {
             if seen.was_restored(cursor) {
                 continue;
             }
-            let Some(event) = self.store.get(&origin, cursor) else {
+            let read = match self.store.get(&origin, cursor) {
+                Ok(read) => read,
+                Err(_) => {
+                    // The store cannot read this number now: delivery stops before it and
+                    // reads it again at the next poll, never past an event whose read
+                    // failed (a row whose read fails is not a row that is absent).
+                    self.stats.delivery_store_errors += 1;
+                    self.delivery_paused.insert(origin);
+                    cursor -= 1;
+                    break;
+                }
+            };
+            let Some(event) = read else {
                 // Numbers without a stored event (not for this node, skipped, taken as
                 // lost) deliver nothing: past a few in a row, on to the next stored one in
                 // one step, not number by number (a hole taken as lost can span billions of
@@ -836,9 +852,12 @@ impl<S: Store> Node<S> {
         let mut events = Vec::new();
         let mut erased = Vec::new();
         for &r in refs.iter().take(REFS_PER_MESSAGE_MAX) {
+            // What cannot be read now is not sent: the peer's GRAFT timer asks another.
             if let Some(e) = self
                 .store
                 .get(&r.origin, r.seq)
+                .ok()
+                .flatten()
                 .or_else(|| self.relay_cache.get(&r.id).cloned())
                 && e.id() == r.id
             {

@@ -443,7 +443,7 @@ fn another_origins_publish_to_a_stream_not_stored_is_refused() {
     node.handle_publish(3, event_at(1, 1, "telemetry.eu"))
         .unwrap();
     assert_eq!(node.relay_cached().count(), 0);
-    assert!(node.store().get(&me, 1).is_some());
+    assert!(node.store().get(&me, 1).unwrap().is_some());
     assert_eq!(
         delivered_seqs(&mut node),
         vec![1],
@@ -868,7 +868,7 @@ fn a_republished_number_with_other_content_is_refused() {
         vec![Ok(()), refused, Ok(())]
     );
     assert_eq!(
-        node.store().get(&first.origin(), 1).unwrap().id(),
+        node.store().get(&first.origin(), 1).unwrap().unwrap().id(),
         first.id()
     );
     assert!(node.store().contains(&next.id()));
@@ -919,7 +919,7 @@ fn a_peers_event_under_a_held_number_with_other_content_is_named() {
     );
     assert_eq!(node.stats.equivocations, 1);
     assert_eq!(
-        node.store().get(&first.origin(), 1).unwrap().id(),
+        node.store().get(&first.origin(), 1).unwrap().unwrap().id(),
         first.id(),
         "the held event stays"
     );
@@ -982,7 +982,7 @@ fn a_seen_set_at_its_range_limit_falls_back_to_the_store() {
 macro_rules! memstore_required {
     () => {
         memstore_required!(but_get);
-        fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+        fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
             self.0.get(origin, seq)
         }
     };
@@ -2769,9 +2769,9 @@ fn delivery_over_failing_reads_does_not_pass_stored_events() {
     struct Failing(crate::mesh::MemStore, bool);
     impl Store for Failing {
         memstore_required!(but_get);
-        fn get(&self, origin: &OriginKey, seq: u64) -> Option<Arc<Event>> {
+        fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
             if self.1 {
-                None
+                Ok(None)
             } else {
                 self.0.get(origin, seq)
             }
@@ -2820,6 +2820,63 @@ fn delivery_over_failing_reads_does_not_pass_stored_events() {
     assert!(node.stats().delivery_store_errors >= 10);
     node.store_mut().1 = false;
     assert_eq!(delivered_seqs(&mut node), (1..=20).collect::<Vec<u64>>());
+}
+
+/// A store whose read of one event fails (`Store::get` gives an error: a failing disk, a
+/// query that fails) while the events around it read: ordered delivery stops before that
+/// number, delivers nothing past it, and delivers it and the rest in order once the read
+/// works. Before, a failed read was a miss, and the event was passed over for good.
+#[test]
+fn a_failed_read_of_an_event_stops_delivery_before_it() {
+    struct OneBadRead(crate::mesh::MemStore, Option<u64>);
+    impl Store for OneBadRead {
+        memstore_required!(but_get);
+        fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
+            if self.1 == Some(seq) {
+                return Err(StoreError::Backend("disk I/O error".into()));
+            }
+            self.0.get(origin, seq)
+        }
+        fn next_stored(
+            &self,
+            origin: &OriginKey,
+            after: u64,
+            upto: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.0.next_stored(origin, after, upto)
+        }
+    }
+    let mut node = Node::new(
+        lone_member(),
+        MeshConfig::wan(2),
+        1,
+        OneBadRead(crate::mesh::MemStore::new(100), Some(3)),
+        0,
+    );
+    let from = crate::Signer::from_secret(&[1; 32]).origin();
+    for seq in 1..=20 {
+        node.handle_message(
+            1,
+            from,
+            Message::Push {
+                events: vec![event_at(1, seq, "orders.all")],
+                relay: Vec::new(),
+                ack: 0,
+                reroutes: 0,
+            },
+        );
+    }
+    assert_eq!(
+        delivered_seqs(&mut node),
+        vec![1, 2],
+        "nothing past the failed read"
+    );
+    for _ in 0..5 {
+        assert!(delivered_seqs(&mut node).is_empty());
+    }
+    assert!(node.stats().delivery_store_errors >= 5);
+    node.store_mut().1 = None;
+    assert_eq!(delivered_seqs(&mut node), (3..=20).collect::<Vec<u64>>());
 }
 
 /// The numbering is known only once the members asked answered past this node's own
@@ -4280,7 +4337,7 @@ fn a_false_skip_is_contradicted_by_the_event_and_the_event_delivered_late() {
         app_trace(node, &keys),
         ["deliver 2", "contradicted 2:1 by 1", "late 1"]
     );
-    assert!(node.store.get(&keys[2], 1).is_some(), "stored");
+    assert!(node.store.get(&keys[2], 1).unwrap().is_some(), "stored");
     assert_eq!(node.stats().skips_contradicted, 1);
     assert_eq!(node.stats().delivered_late, 1);
     assert_eq!(node.skips_contradicted_by(&keys[1]), 1);
@@ -4936,10 +4993,12 @@ fn a_run_is_read_up_to_the_byte_bound() {
             .unwrap();
     }
     let origin = crate::Signer::from_secret(&[4; 32]).origin();
-    let one = crate::mesh::answer_len(mem.get(&origin, 1).unwrap().signed_bytes().len());
+    let one = crate::mesh::answer_len(mem.get(&origin, 1).unwrap().unwrap().signed_bytes().len());
     let mut wrapped = Default_(crate::mesh::MemStore::new(100));
     for seq in 1..=10 {
-        wrapped.insert(mem.get(&origin, seq).unwrap()).unwrap();
+        wrapped
+            .insert(mem.get(&origin, seq).unwrap().unwrap())
+            .unwrap();
     }
     for (bytes_max, expected) in [
         (1, 1),
@@ -4991,7 +5050,14 @@ fn an_answer_of_large_events_reads_and_sends_one_messages_worth() {
         assert_eq!(node.store_mut().insert(e), Ok(Inserted::New));
     }
     let origin = crate::Signer::from_secret(&[4; 32]).origin();
-    let one = crate::mesh::answer_len(node.store().get(&origin, 1).unwrap().signed_bytes().len());
+    let one = crate::mesh::answer_len(
+        node.store()
+            .get(&origin, 1)
+            .unwrap()
+            .unwrap()
+            .signed_bytes()
+            .len(),
+    );
     let in_one = BATCH_BYTES_MAX.div_ceil(one);
     assert!(in_one < 12, "the test needs more than one answer's worth");
     let ask = |node: &mut Node<Counting>, digest: crate::mesh::message::Digest| {
