@@ -290,9 +290,12 @@ pub(crate) struct StoreStats {
     pub(crate) cache_hits: u64,
     /// Rows that failed to decode or verify (corruption).
     pub(crate) corrupt_rows: u64,
-    /// Queries that failed outright (`next_stored`: a failing disk), each answered to the
-    /// core as an error.
+    /// Queries that failed outright (`next_stored`, `get`: a failing disk), each answered
+    /// to the core as an error.
     pub(crate) query_errors: u64,
+    /// Of those, reads of one event (`get`): counted apart so that their first failure is
+    /// logged whatever `next_stored` logged before.
+    pub(crate) read_errors: u64,
     /// Stored events removed by erase rules.
     pub(crate) erased: u64,
     /// Inserts refused as covered by an erase rule (or erased before).
@@ -2529,8 +2532,28 @@ impl SqliteStore {
     /// The row of `origin` at `seq`: `Err` when the query itself fails (the disk, the
     /// database), `Ok(Err(what))` when a row is there but is not a valid event (an
     /// undecodable or unverifiable envelope, a column of the wrong type, another event
-    /// than the row names): reading it again would give the same.
+    /// than the row names) or SQLite finds the page holding it corrupt: reading it again
+    /// would give the same, and an error would stop the origin's delivery for good.
     fn get_row(
+        &self,
+        origin: &OriginKey,
+        seq: u64,
+    ) -> rusqlite::Result<Result<Option<Arc<Event>>, String>> {
+        match self.read_row(origin, seq) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+                ) =>
+            {
+                Ok(Err(format!("corrupt page: {e}")))
+            }
+            read => read,
+        }
+    }
+
+    /// [`SqliteStore::get_row`]'s query and checks.
+    fn read_row(
         &self,
         origin: &OriginKey,
         seq: u64,
@@ -2732,14 +2755,15 @@ impl Store for SqliteStore {
                 let errors = {
                     let mut stats = self.stats.borrow_mut();
                     stats.query_errors += 1;
-                    stats.query_errors
+                    stats.read_errors += 1;
+                    stats.read_errors
                 };
                 // Asked again at every poll while the disk fails: the first error and
                 // then one in a thousand go to the log; the metric counts them all.
                 if errors == 1 || errors.is_multiple_of(1000) {
                     tracing::warn!(
                         %origin, seq, error = %e, errors,
-                        "reading a stored event failed; delivery of the origin waits"
+                        "reading a stored event failed; its origin's delivery waits for it (if delivery asked)"
                     );
                 }
                 Err(StoreError::Backend(format!(
@@ -2786,7 +2810,7 @@ impl Store for SqliteStore {
                 let errors = {
                     let mut stats = self.stats.borrow_mut();
                     stats.query_errors += 1;
-                    stats.query_errors
+                    stats.query_errors - stats.read_errors
                 };
                 // Asked again at every poll while the disk fails: the first error and
                 // then one in a thousand go to the log; the metric counts them all.

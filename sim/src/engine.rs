@@ -1532,10 +1532,8 @@ impl Engine {
                 }
             }
         }
-        if matches!(
-            self.plan.faults[f].kind,
-            FaultKind::Partition { .. } | FaultKind::Degrade { .. }
-        ) {
+        // A crash or restart changes who can help an indirect probe too.
+        if !matches!(self.plan.faults[f].kind, FaultKind::ClockSkew { .. }) {
             self.note_cuts();
         }
         self.recompute_ideal();
@@ -1605,10 +1603,11 @@ impl Engine {
         }
     }
 
-    /// After a partition or a degradation starts or heals: which nodes some node has no
-    /// path of at most two hops to (both ways over links neither blocked nor at total
-    /// loss), for [`Self::member_down`]. Bitsets: n^2 / 64 words per change, a few
-    /// milliseconds at 1000 nodes, and faults are rare.
+    /// After a fault starts or heals: which running nodes some other running node has no
+    /// path of at most two hops to (both ways over links neither blocked nor at total loss,
+    /// through a running node), for [`Self::member_down`]. Bitsets: n^2 / 64 words and up
+    /// to 4 n^2 map lookups per change while some link is cut (a few milliseconds at 1000
+    /// nodes), and faults are rare.
     #[cold]
     fn note_cuts(&mut self) {
         let n = self.nodes.len();
@@ -1617,13 +1616,13 @@ impl Engine {
             self.blocked.contains_key(&(a, b))
                 || self.degraded.get(&(a, b)).is_some_and(|d| d.loss >= 1.0)
         };
-        // Each node's neighbours both ways (itself included); all when nothing is cut.
-        let all: Vec<u64> = (0..words)
-            .map(|w| match n - 64 * w {
-                left if left >= 64 => u64::MAX,
-                left => (1u64 << left) - 1,
-            })
-            .collect();
+        let running: Vec<bool> = self.nodes.iter().map(|s| s.node.is_some()).collect();
+        // Each node's running neighbours both ways (itself included); all running nodes
+        // when nothing is cut. A stopped node helps no indirect probe.
+        let mut all = vec![0u64; words];
+        for (k, _) in running.iter().enumerate().filter(|(_, up)| **up) {
+            all[k / 64] |= 1 << (k % 64);
+        }
         let mut near: Vec<u64> = (0..n).flat_map(|_| all.iter().copied()).collect();
         let mut any = false;
         for &(a, b) in self.blocked.keys().chain(
@@ -1638,10 +1637,12 @@ impl Engine {
         }
         let cut_off: Vec<bool> = (0..n)
             .map(|i| {
-                any && (0..n).any(|j| {
-                    (cut(i, j) || cut(j, i))
-                        && !(0..words).any(|w| near[i * words + w] & near[j * words + w] != 0)
-                })
+                any && running[i]
+                    && (0..n).any(|j| {
+                        running[j]
+                            && (cut(i, j) || cut(j, i))
+                            && !(0..words).any(|w| near[i * words + w] & near[j * words + w] != 0)
+                    })
             })
             .collect();
         for (node, now_cut) in self.nodes.iter_mut().zip(cut_off) {

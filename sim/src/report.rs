@@ -1070,7 +1070,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "  {} membership: {} members declared down: {} stopped{after}, {} cut off, {} reachable (false verdicts)",
+                    "  {} membership: {} down verdicts (counted at each node that declared one): {} on stopped nodes{after}, {} on cut-off ones, {} on reachable ones (false verdicts)",
                     w.strategy,
                     d.downs.downs,
                     d.downs.of_stopped,

@@ -343,8 +343,9 @@ duration_s = 30"#
         // figures of their own: one published at its start crossed only at the heal.
         let f = &r.strategies[0].fault_latency_ms;
         assert!(f.count > 1000 && f.max > 25_000.0, "{f:?}");
-        // The 30 s cut outlasts the suspicion timeout: the sides declare each other down,
-        // and no verdict falls on a member the declaring node could reach.
+        // The 30 s cut outlasts the suspicion timeout: the sides declare each other down.
+        // (Every node is on one side of this cut, so every verdict during it, or in the
+        // minute after, counts as `of_cut_off`; the 30 s after that must have none.)
         let m = &r.strategies[0].membership.downs;
         assert!(m.of_cut_off > 0 && m.of_reachable == 0, "{m:?}");
         assert!(r.strategies[0].latency_ms.max < f.max, "{f:?}");
@@ -588,10 +589,63 @@ duration_s = 60"#,
     assert_eq!(m.downs.of_reachable, 0, "{m:?}");
     assert_eq!(m.downs.of_cut_off, 0, "{m:?}");
     assert!(
-        r.table().contains("7 stopped (declared p50"),
+        r.table().contains("7 on stopped nodes (declared p50"),
         "{}",
         r.table()
     );
+}
+
+/// Verdicts across a cut link whose only helper (the third node) crashed are counted as
+/// verdicts on a cut-off member, not as false ones: a stopped node helps no indirect probe
+/// (found by review: the classification counted it as a two-hop path).
+#[test]
+fn a_cut_with_its_only_helper_crashed_counts_as_cut_off() {
+    let text = r#"
+name = "cut-helper-down"
+description = "test"
+duration_s = 200
+seed = 5
+
+[topology]
+regions = [
+  { region = "aws:us-east-1", nodes = 1 },
+  { region = "azure:westeurope", nodes = 1 },
+  { region = "gcp:asia-south1", nodes = 1 },
+]
+
+[network]
+jitter_ms = 1.0
+loss = 0.0
+verify_us = 60
+
+[policy.classes.public]
+anywhere = true
+
+[[workload]]
+stream = "orders.created"
+classification = "public"
+rate_per_s = 10
+payload_bytes = 128
+
+[[fault]]
+kind = "partition"
+a = { nodes = ["aws:us-east-1/0"] }
+b = { nodes = ["gcp:asia-south1/0"] }
+at_s = 30
+duration_s = 120
+
+[[fault]]
+kind = "node-crash"
+nodes = { nodes = ["azure:westeurope/0"] }
+lose_memory = false
+at_s = 40
+duration_s = 100
+"#;
+    let r = run(text, None);
+    let m = &r.strategies[0].membership.downs;
+    assert_eq!(m.of_stopped, 2, "the crashed helper, at both others: {m:?}");
+    assert!(m.of_cut_off >= 2, "the two sides of the cut: {m:?}");
+    assert_eq!(m.of_reachable, 0, "{m:?}");
 }
 
 /// One inter-region link cut for three minutes, every other link working (the shipped

@@ -1067,7 +1067,8 @@ pub struct Node<S: Store> {
     timers: TimerQueue<Timer>,
     transmits: VecDeque<Transmit>,
     app: VecDeque<AppEvent>,
-    /// Origins whose delivery paused because the app queue was full.
+    /// Origins whose delivery paused (the app queue was full, or the store could not read
+    /// or find their next event): resumed at the next poll with the app queue empty.
     delivery_paused: BTreeSet<OriginKey>,
     /// Anti-entropy rounds started.
     sync_rounds: u64,

@@ -38,6 +38,14 @@ impl<S: Store> Node<S> {
             // Seen, not held, and erased or expired here: the publish is refused as the
             // store would refuse it, not answered as if it were stored.
             None if self.store.gone(&origin, seq) => Err(StoreError::Erased { origin, seq }),
+            // Held (the store's ranges name it) but unreadable (a corrupt row): what this
+            // publish carries cannot be compared with it, and taking it as a resend would
+            // acknowledge content that is never stored.
+            None if self.store.ranges(&origin).is_some_and(|r| r.contains(seq)) => {
+                Err(StoreError::Backend(format!(
+                    "the event held at {origin} seq {seq} cannot be read (a corrupt row), so this publish cannot be compared with it"
+                )))
+            }
             None => Ok(()),
         }
     }

@@ -2822,6 +2822,49 @@ fn delivery_over_failing_reads_does_not_pass_stored_events() {
     assert_eq!(delivered_seqs(&mut node), (1..=20).collect::<Vec<u64>>());
 }
 
+/// A local publish of a number the store holds but cannot read (a corrupt row: `get`
+/// answers nothing while its ranges name the number) is refused unless it is the held event
+/// itself (the id index still answers that): other content cannot be compared with the
+/// held one, and taking it as a resend acknowledged content that was never stored.
+#[test]
+fn a_republish_over_an_unreadable_held_event_is_refused() {
+    struct Unreadable(crate::mesh::MemStore);
+    impl Store for Unreadable {
+        memstore_required!(but_get);
+        fn get(&self, _: &OriginKey, _: u64) -> Result<Option<Arc<Event>>, StoreError> {
+            Ok(None)
+        }
+        fn next_stored(
+            &self,
+            origin: &OriginKey,
+            after: u64,
+            upto: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.0.next_stored(origin, after, upto)
+        }
+    }
+    let mut node = Node::new(
+        lone_member(),
+        MeshConfig::wan(2),
+        1,
+        Unreadable(crate::mesh::MemStore::new(100)),
+        0,
+    );
+    let first = signed_event(9, 1, "orders.all", b"first").unwrap();
+    let other = signed_event(9, 1, "orders.all", b"other").unwrap();
+    node.handle_publish(0, first.clone()).unwrap();
+    assert_eq!(
+        node.handle_publish(1, first.clone()),
+        Ok(()),
+        "the same event"
+    );
+    let err = node.handle_publish(2, other).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("cannot be read")),
+        "{err}"
+    );
+}
+
 /// A store whose read of one event fails (`Store::get` gives an error: a failing disk, a
 /// query that fails) while the events around it read: ordered delivery stops before that
 /// number, delivers nothing past it, and delivers it and the rest in order once the read
