@@ -916,6 +916,13 @@ fn log_max_pos_in(conn: &Connection) -> Result<u64, StoreError> {
     .map_err(backend)
 }
 
+/// Whether the `errors`-th failure of a query the core asks again at every poll while the
+/// disk fails goes to the log: the first, then one in a thousand (the metric counts them
+/// all).
+fn logged_failure(errors: u64) -> bool {
+    errors == 1 || errors.is_multiple_of(1000)
+}
+
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -2529,6 +2536,19 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Counts a failed query (`read`: a read of one event, else a search for the next
+    /// one) and returns how many of its kind failed so far.
+    fn query_failed(&self, read: bool) -> u64 {
+        let mut stats = self.stats.borrow_mut();
+        stats.query_errors += 1;
+        if read {
+            stats.read_errors += 1;
+            stats.read_errors
+        } else {
+            stats.query_errors - stats.read_errors
+        }
+    }
+
     /// The row of `origin` at `seq`: `Err` when the query itself fails (the disk, the
     /// database), `Ok(Err(what))` when a row is there but is not a valid event (an
     /// undecodable or unverifiable envelope, a column of the wrong type, another event
@@ -2752,15 +2772,8 @@ impl Store for SqliteStore {
                 Ok(None)
             }
             Err(e) => {
-                let errors = {
-                    let mut stats = self.stats.borrow_mut();
-                    stats.query_errors += 1;
-                    stats.read_errors += 1;
-                    stats.read_errors
-                };
-                // Asked again at every poll while the disk fails: the first error and
-                // then one in a thousand go to the log; the metric counts them all.
-                if errors == 1 || errors.is_multiple_of(1000) {
+                let errors = self.query_failed(true);
+                if logged_failure(errors) {
                     tracing::warn!(
                         %origin, seq, error = %e, errors,
                         "reading a stored event failed; its origin's delivery waits for it (if delivery asked)"
@@ -2807,14 +2820,8 @@ impl Store for SqliteStore {
         match next {
             Ok(next) => Ok(next.and_then(|n| u64::try_from(n).ok())),
             Err(e) => {
-                let errors = {
-                    let mut stats = self.stats.borrow_mut();
-                    stats.query_errors += 1;
-                    stats.query_errors - stats.read_errors
-                };
-                // Asked again at every poll while the disk fails: the first error and
-                // then one in a thousand go to the log; the metric counts them all.
-                if errors == 1 || errors.is_multiple_of(1000) {
+                let errors = self.query_failed(false);
+                if logged_failure(errors) {
                     tracing::warn!(
                         %origin, after, error = %e, errors,
                         "finding the next stored event failed; delivery of the origin waits"

@@ -1007,7 +1007,13 @@ macro_rules! memstore_required {
         }
     };
     (next_stored) => {
-        memstore_required!();
+        memstore_required!(next_stored_but_get);
+        fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
+            self.0.get(origin, seq)
+        }
+    };
+    (next_stored_but_get) => {
+        memstore_required!(but_get);
         fn next_stored(
             &self,
             origin: &OriginKey,
@@ -2830,17 +2836,9 @@ fn delivery_over_failing_reads_does_not_pass_stored_events() {
 fn a_republish_over_an_unreadable_held_event_is_refused() {
     struct Unreadable(crate::mesh::MemStore);
     impl Store for Unreadable {
-        memstore_required!(but_get);
+        memstore_required!(next_stored_but_get);
         fn get(&self, _: &OriginKey, _: u64) -> Result<Option<Arc<Event>>, StoreError> {
             Ok(None)
-        }
-        fn next_stored(
-            &self,
-            origin: &OriginKey,
-            after: u64,
-            upto: u64,
-        ) -> Result<Option<u64>, StoreError> {
-            self.0.next_stored(origin, after, upto)
         }
     }
     let mut node = Node::new(
@@ -2873,20 +2871,12 @@ fn a_republish_over_an_unreadable_held_event_is_refused() {
 fn a_failed_read_of_an_event_stops_delivery_before_it() {
     struct OneBadRead(crate::mesh::MemStore, Option<u64>);
     impl Store for OneBadRead {
-        memstore_required!(but_get);
+        memstore_required!(next_stored_but_get);
         fn get(&self, origin: &OriginKey, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
             if self.1 == Some(seq) {
                 return Err(StoreError::Backend("disk I/O error".into()));
             }
             self.0.get(origin, seq)
-        }
-        fn next_stored(
-            &self,
-            origin: &OriginKey,
-            after: u64,
-            upto: u64,
-        ) -> Result<Option<u64>, StoreError> {
-            self.0.next_stored(origin, after, upto)
         }
     }
     let mut node = Node::new(
