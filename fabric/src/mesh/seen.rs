@@ -45,8 +45,9 @@ pub const SYNC_FRESH_US: Micros = 1_000_000;
 
 /// How long an origin's seen ranges must stay unchanged before anti-entropy requests
 /// summarise it instead of listing it ([`super::Settled`]): longer than SWIM takes to
-/// declare a cut-off member down (after which the round with a member back from down sends
-/// the whole digest), so the origins a short cut kept news of are usually still listed, and
+/// declare a cut-off member down in a mesh of up to about 100 nodes (a failed probe, then
+/// 12-24 s of suspicion; 36 s at 1000), after which the round with a member back from down
+/// sends the whole digest, so the origins a short cut kept news of are usually still listed, and
 /// an idle fabric's rounds carry little more than the summary.
 pub const SYNC_SETTLED_US: Micros = 30_000_000;
 
