@@ -2766,6 +2766,21 @@ fn a_region_member_gone_or_silent_does_not_hold_the_numbering() {
     assert!(!back.own_floor_wanted(false));
 }
 
+/// A push to `node` of the event numbered `seq` of the origin with secret `[1; 32]` on
+/// `orders.all`, from that origin.
+fn push_from_one<S: Store>(node: &mut Node<S>, seq: u64) {
+    node.handle_message(
+        1,
+        crate::Signer::from_secret(&[1; 32]).origin(),
+        Message::Push {
+            events: vec![event_at(1, seq, "orders.all")],
+            relay: Vec::new(),
+            ack: 0,
+            reroutes: 0,
+        },
+    );
+}
+
 /// Ordered delivery over a store whose reads fail (a failing disk: `get` answers nothing,
 /// `next_stored` fails) stops before the run of numbers it could not read and reads them
 /// again at the next poll, rather than creeping past stored events four numbers a poll
@@ -2801,19 +2816,7 @@ fn delivery_over_failing_reads_does_not_pass_stored_events() {
         Failing(crate::mesh::MemStore::new(100), false),
         0,
     );
-    let from = crate::Signer::from_secret(&[1; 32]).origin();
-    let push = |node: &mut Node<Failing>, seq: u64| {
-        node.handle_message(
-            1,
-            from,
-            Message::Push {
-                events: vec![event_at(1, seq, "orders.all")],
-                relay: Vec::new(),
-                ack: 0,
-                reroutes: 0,
-            },
-        );
-    };
+    let push = push_from_one::<Failing>;
     for seq in 2..=20 {
         push(&mut node, seq);
     }
@@ -2886,18 +2889,8 @@ fn a_failed_read_of_an_event_stops_delivery_before_it() {
         OneBadRead(crate::mesh::MemStore::new(100), Some(3)),
         0,
     );
-    let from = crate::Signer::from_secret(&[1; 32]).origin();
     for seq in 1..=20 {
-        node.handle_message(
-            1,
-            from,
-            Message::Push {
-                events: vec![event_at(1, seq, "orders.all")],
-                relay: Vec::new(),
-                ack: 0,
-                reroutes: 0,
-            },
-        );
+        push_from_one(&mut node, seq);
     }
     assert_eq!(
         delivered_seqs(&mut node),
